@@ -1,0 +1,125 @@
+//! Loads the embedded XDP object, attaches it to the edge NIC and pins link and maps.
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use log::{info, warn};
+
+use crate::config::XdpModeSetting;
+
+/// The balancer program's name in the object.
+pub const BALANCER_PROGRAM: &str = "sluice_balancer";
+/// File name of the pinned XDP link inside the pin directory.
+pub const LINK_PIN: &str = "link";
+
+/// The compiled lb-ebpf object, built by build.rs.
+pub fn ebpf_object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"))
+}
+
+/// Loads the object with every map pinned under `pin_dir` (existing pins are re-adopted),
+/// and loads the balancer program into the kernel.
+pub fn load(pin_dir: &Path) -> Result<Ebpf> {
+    std::fs::create_dir_all(pin_dir)
+        .with_context(|| format!("creating pin directory {} (is bpffs mounted?)", pin_dir.display()))?;
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(ebpf_object())
+        .context("loading the XDP object")?;
+    balancer(&mut ebpf)?
+        .load()
+        .context("verifying the balancer program")?;
+    Ok(ebpf)
+}
+
+/// The balancer program of a loaded object.
+pub fn balancer(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let program = ebpf
+        .program_mut(BALANCER_PROGRAM)
+        .with_context(|| format!("program {BALANCER_PROGRAM} missing from the object"))?;
+    Ok(program.try_into()?)
+}
+
+/// How the program ended up on the interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attached {
+    /// A pinned link from an earlier lbd was found and its program replaced atomically.
+    Adopted,
+    /// Freshly attached in native (driver) mode.
+    Native,
+    /// Freshly attached in generic (skb) mode.
+    Generic,
+}
+
+/// Attaches the balancer to `iface` and pins the link at `pin_dir/link`; if a link is
+/// already pinned there, swaps the new program into it without a gap in forwarding.
+pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: XdpModeSetting, pin_dir: &Path) -> Result<Attached> {
+    let link_path = pin_dir.join(LINK_PIN);
+    let if_name = std::ffi::CString::new(iface).context("interface name contains NUL")?;
+    let program = balancer(ebpf)?;
+    if link_path.exists() {
+        let pinned = PinnedLink::from_pin(&link_path)
+            .with_context(|| format!("opening pinned link {}", link_path.display()))?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).context("pinned link is not an XDP link")?;
+        let id = program
+            .attach_to_link(link)
+            .context("replacing the program in the pinned link")?;
+        // Dropping the program's handle would detach it: keep the link alive through the pin.
+        let link = program.take_link(id)?;
+        std::mem::forget(link);
+        return Ok(Attached::Adopted);
+    }
+    let (id, attached) = match mode {
+        XdpModeSetting::Native => (
+            program.attach(if_name.as_c_str(), XdpMode::Driver),
+            Attached::Native,
+        ),
+        XdpModeSetting::Generic => (
+            program.attach(if_name.as_c_str(), XdpMode::Skb),
+            Attached::Generic,
+        ),
+        XdpModeSetting::Auto => match program.attach(if_name.as_c_str(), XdpMode::Driver) {
+            Ok(id) => (Ok(id), Attached::Native),
+            Err(err) => {
+                warn!("native XDP on {iface} failed ({err}); falling back to generic mode");
+                (
+                    program.attach(if_name.as_c_str(), XdpMode::Skb),
+                    Attached::Generic,
+                )
+            }
+        },
+    };
+    let id = id.with_context(|| format!("attaching XDP to {iface}"))?;
+    let link = program.take_link(id)?;
+    let fd_link = FdLink::try_from(link).context("XDP link is not an fd link (kernel < 5.9?)")?;
+    fd_link
+        .pin(&link_path)
+        .with_context(|| format!("pinning the link at {}", link_path.display()))?;
+    info!("attached {BALANCER_PROGRAM} to {iface} ({attached:?})");
+    Ok(attached)
+}
+
+/// Detaches the program and removes every pinned object under `pin_dir`.
+pub fn detach(pin_dir: &Path) -> Result<()> {
+    if !pin_dir.exists() {
+        bail!("nothing pinned at {}", pin_dir.display());
+    }
+    let link_path = pin_dir.join(LINK_PIN);
+    if link_path.exists() {
+        // Unpinning drops the last reference to the link: the program leaves the interface.
+        PinnedLink::from_pin(&link_path)?.unpin()?;
+    }
+    for entry in std::fs::read_dir(pin_dir)? {
+        let path: PathBuf = entry?.path();
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    std::fs::remove_dir(pin_dir)?;
+    Ok(())
+}

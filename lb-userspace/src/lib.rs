@@ -1,0 +1,4 @@
+//! Sluice userspace: config, the XDP data plane's loader and its counters.
+pub mod config;
+pub mod dataplane;
+pub mod stats;

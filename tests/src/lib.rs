@@ -1,0 +1,21 @@
+//! Helpers for Sluice's root tests and demo: network namespaces, real servers, lbd processes.
+pub mod netns;
+pub mod servers;
+
+/// The directory holding the workspace's built binaries (lbd, lbctl).
+pub fn bin_dir() -> std::path::PathBuf {
+    match std::env::var_os("SLUICE_BIN_DIR") {
+        Some(dir) => dir.into(),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug"),
+    }
+}
+
+/// Fails with a clear message unless running as root (namespaces, XDP and bpffs need it).
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "these tests need root (network namespaces, XDP, bpffs): run them as root"
+    );
+}

@@ -1,0 +1,174 @@
+//! Real processes for tests and the demo: nginx backends and lbd, each stopped on drop.
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::netns::Host;
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Result<TempDir> {
+        let dir = std::env::temp_dir().join(format!("sluice-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Stops a child: SIGTERM, then SIGKILL after a second.
+fn stop(child: &mut Child) {
+    // SAFETY: signalling our own child by PID.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Waits until `ready` holds, polling, or fails after `timeout` naming `what`.
+pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+/// An nginx (one worker) in a namespace answering every GET on port 80 with its own name.
+pub struct Nginx {
+    child: Child,
+    _dir: TempDir,
+}
+
+impl Nginx {
+    pub fn start(host: &Host, name: &str) -> Result<Nginx> {
+        let dir = TempDir::new(&format!("nginx-{}", host.ns))?;
+        let conf = dir.0.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx.pid;\n\
+                 error_log {dir}/error.log;\nevents {{ worker_connections 4096; }}\n\
+                 http {{\n  access_log off;\n  keepalive_requests 100000;\n  client_body_temp_path {dir};\n  \
+                 proxy_temp_path {dir};\n  fastcgi_temp_path {dir};\n  uwsgi_temp_path {dir};\n  scgi_temp_path {dir};\n  \
+                 server {{\n    listen 80 reuseport;\n    listen [::]:80 reuseport;\n    \
+                 location / {{ return 200 \"{name}\\n\"; }}\n  }}\n}}\n",
+                dir = dir.0.display()
+            ),
+        )?;
+        let child = host
+            .command("nginx")
+            .args([
+                "-c",
+                conf.to_str().context("path")?,
+                "-p",
+                dir.0.to_str().context("path")?,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nginx")?;
+        let mut nginx = Nginx { child, _dir: dir };
+        wait_for("nginx to listen on :80", Duration::from_secs(5), || {
+            host.run("ss", &["-Htln", "sport = :80"])
+                .map(|o| !o.stdout.is_empty())
+                .unwrap_or(false)
+        })
+        .inspect_err(|_| stop(&mut nginx.child))?;
+        Ok(nginx)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// A running `lbd run` inside the lb namespace. On drop: SIGTERM, then `lbd stop --detach`.
+pub struct Lbd {
+    child: Child,
+    host: Host,
+    pub config: PathBuf,
+    pub pin_dir: PathBuf,
+    /// Whether drop detaches the program and removes the pins (false after [`Lbd::sigkill`]).
+    detach_on_drop: bool,
+}
+
+impl Lbd {
+    /// Starts lbd with `config` (whose pin_dir must be `pin_dir`) and waits for the pinned link.
+    pub fn start(host: &Host, config: &Path, pin_dir: &Path) -> Result<Lbd> {
+        let child = host
+            .command(crate::bin_dir().join("lbd").to_str().context("path")?)
+            .args(["run", "-c", config.to_str().context("path")?])
+            .spawn()
+            .context("starting lbd")?;
+        let mut lbd = Lbd {
+            child,
+            host: host.clone(),
+            config: config.to_owned(),
+            pin_dir: pin_dir.to_owned(),
+            detach_on_drop: true,
+        };
+        let link = pin_dir.join("link");
+        let child = &mut lbd.child;
+        wait_for("lbd to attach and pin its link", Duration::from_secs(10), || {
+            link.exists() || matches!(child.try_wait(), Ok(Some(_)))
+        })?;
+        if let Ok(Some(status)) = lbd.child.try_wait() {
+            bail!("lbd exited early: {status}");
+        }
+        Ok(lbd)
+    }
+
+    /// Kills lbd with SIGKILL, leaving its pinned program and maps in the kernel.
+    pub fn sigkill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.detach_on_drop = false;
+    }
+
+    /// Runs lbctl against this lbd and returns its stdout.
+    pub fn lbctl(&self, args: &[&str]) -> Result<String> {
+        let lbctl = crate::bin_dir().join("lbctl");
+        let mut all = vec!["--pin-dir", self.pin_dir.to_str().context("path")?];
+        all.extend_from_slice(args);
+        let out = self.host.run(lbctl.to_str().context("path")?, &all)?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Lbd {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+        if !self.detach_on_drop {
+            return;
+        }
+        let lbd = crate::bin_dir().join("lbd");
+        let _ = self.host.run(
+            lbd.to_str().unwrap_or("lbd"),
+            &["stop", "--detach", "-c", self.config.to_str().unwrap_or_default()],
+        );
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}

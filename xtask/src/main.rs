@@ -1,0 +1,108 @@
+//! Project tasks: `cargo xtask test | demo | bench`.
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Sluice project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// fmt check, clippy, host unit tests, then the root tests (XDP fixtures, namespaces).
+    Test {
+        /// Only the host checks and unit tests (no root needed).
+        #[arg(long)]
+        host_only: bool,
+    },
+    /// Build, bring up a namespace topology, run lbd with config/demo.toml, send traffic, show counters.
+    Demo {
+        /// Leave the topology and lbd running for exploration (Ctrl-C tears down).
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    println!("==> cargo {}", args.join(" "));
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn test(host_only: bool) -> Result<()> {
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "lb-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    cargo(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "lb-ebpf",
+        "--exclude",
+        "sluice-tests",
+    ])?;
+    if host_only {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "the root tests (BPF_PROG_TEST_RUN fixtures, network namespaces) need root: \
+             run `sudo scripts/test`, or `cargo xtask test --host-only` for the host tests alone"
+        );
+    }
+    cargo(&["build", "--package", "lb-userspace"])?;
+    cargo(&["test", "--package", "sluice-tests", "--", "--test-threads", "2"])
+}
+
+fn demo(keep: bool) -> Result<()> {
+    if !is_root() {
+        bail!("the demo makes network namespaces and attaches XDP: run it as root");
+    }
+    cargo(&["build", "--package", "lb-userspace"])?;
+    let mut args = vec![
+        "run",
+        "--quiet",
+        "--package",
+        "sluice-tests",
+        "--bin",
+        "sluice-demo",
+        "--",
+    ];
+    if keep {
+        args.push("--keep");
+    }
+    cargo(&args)
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Test { host_only } => test(host_only),
+        Task::Demo { keep } => demo(keep),
+    }
+}
