@@ -1,34 +1,36 @@
-//! Sluice's XDP programs: the edge balancer.
+//! Sluice's XDP programs: the edge balancer, and the backends' decapsulation.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{
-    bindings::xdp_action,
-    macros::{map, xdp},
-    maps::PerCpuArray,
-    programs::XdpContext,
-};
-use lb_common::stats::{Counter, STATS_ENTRIES, Stat};
+mod balance;
+mod decap;
+mod encap;
+mod icmp;
+mod maps;
 
-/// Per-CPU packets/bytes per [`Stat`] slot; written here, summed by userspace.
-#[map(name = "STATS")]
-static STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_ENTRIES, 0);
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
+/// The balancer: filter, pick a backend for L4 VIP traffic, encapsulate, send back out.
 #[xdp]
 pub fn sluice_balancer(ctx: XdpContext) -> u32 {
-    count(Stat::Pass, ctx.data_end() - ctx.data());
-    xdp_action::XDP_PASS
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let (action, reason) = match balance::try_balance(&ctx) {
+        Ok(outcome) => outcome,
+        Err(reason) => (xdp_action::XDP_DROP, reason),
+    };
+    let verdict = balance::verdict_stat(action);
+    if reason != verdict {
+        balance::count(reason, bytes);
+    }
+    balance::count(verdict, bytes);
+    action
 }
 
-#[inline(always)]
-fn count(stat: Stat, bytes: usize) {
-    if let Some(counter) = STATS.get_ptr_mut(stat as u32) {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        unsafe {
-            (*counter).packets += 1;
-            (*counter).bytes += bytes as u64;
-        }
-    }
+/// The backends' half: strip an outer IPv4/IPv6 header addressed to this host and let the
+/// inner packet up the stack (for kernels without ipip/ip6_tunnel).
+#[xdp]
+pub fn sluice_decap(ctx: XdpContext) -> u32 {
+    decap::try_decap(&ctx)
 }
 
 #[cfg(not(test))]

@@ -1,0 +1,187 @@
+//! The balancer's flow: parse, filter, find the VIP, pick the backend, hand off to encap.
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::XdpContext};
+use lb_common::{
+    addr::{Addr, is_v4},
+    backend::{BACKEND_F_IN_USE, NO_BACKEND},
+    flow::FlowValue,
+    hash::flow_hash,
+    ring::RING_SIZE,
+    stats::Stat,
+    vip::{ANY_PORT, VIP_F_DROP_FRAGMENTS, VIP_F_L7, VipKey, VipMeta},
+};
+use lb_ebpf::parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, Malformed, Packet, parse_frame};
+
+use crate::{encap, icmp, maps::*};
+
+/// An XDP action and the counter slot that says why.
+pub type Outcome = (u32, Stat);
+
+/// Adds one packet of `bytes` to a global counter slot.
+#[inline(always)]
+pub fn count(stat: Stat, bytes: u64) {
+    if let Some(counter) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: a per-CPU slot; nothing else on this CPU runs while the program does.
+        unsafe {
+            (*counter).packets += 1;
+            (*counter).bytes += bytes;
+        }
+    }
+}
+
+/// The verdict slot for an XDP action.
+#[inline(always)]
+pub fn verdict_stat(action: u32) -> Stat {
+    match action {
+        xdp_action::XDP_PASS => Stat::Pass,
+        xdp_action::XDP_TX => Stat::Tx,
+        xdp_action::XDP_REDIRECT => Stat::Redirect,
+        _ => Stat::Drop,
+    }
+}
+
+#[inline(always)]
+fn malformed(m: Malformed) -> Stat {
+    match m {
+        Malformed::L2 => Stat::DropMalformedL2,
+        Malformed::Ipv4 => Stat::DropMalformedIpv4,
+        Malformed::Ipv6 => Stat::DropMalformedIpv6,
+        Malformed::L4 => Stat::DropMalformedL4,
+    }
+}
+
+#[inline(always)]
+pub fn try_balance(ctx: &XdpContext) -> Result<Outcome, Stat> {
+    let mut packet = Packet::EMPTY;
+    if !parse_frame(ctx.data(), ctx.data_end(), &mut packet).map_err(malformed)? {
+        return Ok((xdp_action::XDP_PASS, Stat::PassNotIp));
+    }
+    if denied(&packet) {
+        return Err(Stat::DropDenied);
+    }
+    if packet.fragment {
+        // SAFETY: the value is a plain u32 read once.
+        return match unsafe { VIP_ADDRS.get(&packet.flow.dst) } {
+            None => Ok((xdp_action::XDP_PASS, Stat::PassNotVip)),
+            Some(flags) if flags & VIP_F_DROP_FRAGMENTS != 0 => Err(Stat::DropFragment),
+            Some(_) => Ok((xdp_action::XDP_PASS, Stat::PassFragment)),
+        };
+    }
+    if packet.flow.proto == IPPROTO_ICMP || packet.flow.proto == IPPROTO_ICMPV6 {
+        return icmp::handle(ctx, &mut packet);
+    }
+    let Some(vip) = lookup_vip(&packet.flow.dst, packet.flow.dport, packet.flow.proto) else {
+        return Ok((xdp_action::XDP_PASS, Stat::PassNotVip));
+    };
+    if vip.flags & VIP_F_L7 != 0 {
+        return Ok((xdp_action::XDP_PASS, Stat::PassL7));
+    }
+    forward(ctx, &packet, &vip, packet.is_syn())
+}
+
+/// Whether the source is in a deny list.
+#[inline(always)]
+fn denied(packet: &Packet) -> bool {
+    let src = &packet.flow.src;
+    if is_v4(src) {
+        DENY_V4
+            .get(&Key::new(32, [src[12], src[13], src[14], src[15]]))
+            .is_some()
+    } else {
+        DENY_V6.get(&Key::new(128, *src)).is_some()
+    }
+}
+
+/// The VIP for (address, port, protocol): the exact port first, then the any-port VIP.
+#[inline(always)]
+pub fn lookup_vip(addr: &Addr, port: u16, proto: u8) -> Option<VipMeta> {
+    let mut key = VipKey {
+        addr: *addr,
+        port,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: VipMeta is copied out at once; lbd replaces values whole.
+    if let Some(meta) = unsafe { VIPS.get(&key) } {
+        return Some(*meta);
+    }
+    key.port = ANY_PORT;
+    unsafe { VIPS.get(&key) }.copied()
+}
+
+/// Picks the backend of `packet.flow` and sends the packet to it. `new_flow`: a TCP SYN, which
+/// always takes the current Maglev table; others use the connection table first.
+/// Not inlined: its stack frame is separate from the parser's.
+#[inline(never)]
+pub fn forward(ctx: &XdpContext, packet: &Packet, vip: &VipMeta, new_flow: bool) -> Result<Outcome, Stat> {
+    let flow = &packet.flow;
+    let Some(config) = DATAPLANE_CONFIG.get(0) else {
+        return Err(Stat::DropInternal);
+    };
+    if config.next_hop_mac == [0; 6] {
+        return Ok((xdp_action::XDP_PASS, Stat::PassNoNextHop));
+    }
+    let config = *config;
+    let hash = flow_hash(flow);
+    let vip_stats = VIP_STATS.get_ptr_mut(vip.index);
+    let mut backend_id = NO_BACKEND;
+    let mut hit = false;
+    if !new_flow {
+        // SAFETY: FlowValue is copied out at once.
+        if let Some(value) = unsafe { CONN_TABLE.get(flow) } {
+            backend_id = value.backend;
+            hit = true;
+        }
+    }
+    if !hit {
+        // A non-SYN miss shortly after a pool change most likely belongs to a flow placed by
+        // the previous table (evicted from the LRU since): keep it there.
+        let slot = if !new_flow && unsafe { bpf_ktime_get_ns() } < vip.previous_until_ns {
+            vip.ring_previous
+        } else {
+            vip.ring_current
+        };
+        let index = slot.wrapping_mul(RING_SIZE).wrapping_add(hash % RING_SIZE);
+        backend_id = match RINGS.get(index) {
+            Some(id) => *id,
+            None => return Err(Stat::DropInternal),
+        };
+        if backend_id == NO_BACKEND {
+            return Err(Stat::DropNoBackend);
+        }
+        let _ = CONN_TABLE.insert(
+            flow,
+            &FlowValue {
+                backend: backend_id,
+                _pad: 0,
+            },
+            0,
+        );
+    }
+    let backend = match BACKENDS.get(backend_id) {
+        Some(b) if b.flags & BACKEND_F_IN_USE != 0 => *b,
+        _ => return Err(Stat::DropNoBackend),
+    };
+    let bytes = packet.ip_len as u64;
+    add_traffic(vip_stats, bytes, hit, new_flow);
+    add_traffic(BACKEND_STATS.get_ptr_mut(backend_id), bytes, hit, new_flow);
+    encap::encapsulate(ctx, packet, &backend.addr, &config, hash)
+}
+
+#[inline(always)]
+fn add_traffic(counter: Option<*mut lb_common::stats::TrafficCounter>, bytes: u64, hit: bool, syn: bool) {
+    if let Some(c) = counter {
+        // SAFETY: a per-CPU slot; nothing else on this CPU runs while the program does.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+            if hit {
+                (*c).lru_hits += 1;
+            } else {
+                (*c).new_flows += 1;
+                if !syn {
+                    (*c).lru_misses += 1;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Every map of the balancer, one line each: key -> value, who writes it.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    addr::Addr,
+    backend::{Backend, MAX_BACKENDS},
+    config::DataplaneConfig,
+    deny::MAX_DENY_PREFIXES,
+    flow::{CONN_TABLE_ENTRIES, FlowKey, FlowValue},
+    ring::ring_entries,
+    stats::{Counter, STATS_ENTRIES, TrafficCounter},
+    vip::{MAX_VIPS, VipKey, VipMeta},
+};
+
+/// LRU flag: per-CPU LRU lists over one shared table (flows stay put whichever CPU sees them).
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+/// VIPs the object is sized for by default; lbd resizes RINGS for its configured max_vips.
+pub const DEFAULT_RING_VIPS: u32 = 16;
+
+/// VipKey -> VipMeta; lbd.
+#[map(name = "VIPS")]
+pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::pinned(MAX_VIPS, 0);
+/// VIP address -> OR of its VIPs' flags (ICMP and fragments match on address only); lbd.
+#[map(name = "VIP_ADDRS")]
+pub static VIP_ADDRS: HashMap<Addr, u32> = HashMap::pinned(MAX_VIPS, 0);
+/// Ring slot * RING_SIZE + bucket -> backend id; lbd (Maglev).
+#[map(name = "RINGS")]
+pub static RINGS: Array<u32> = Array::pinned(ring_entries(DEFAULT_RING_VIPS), 0);
+/// Backend id -> Backend; lbd.
+#[map(name = "BACKENDS")]
+pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
+/// FlowKey -> backend id; this program (lbd reads it for `lbctl flow`).
+#[map(name = "CONN_TABLE")]
+pub static CONN_TABLE: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::pinned(CONN_TABLE_ENTRIES, BPF_F_NO_COMMON_LRU);
+/// IPv4 source prefix -> 1: dropped; lbd.
+#[map(name = "DENY_V4")]
+pub static DENY_V4: LpmTrie<[u8; 4], u32> = LpmTrie::pinned(MAX_DENY_PREFIXES, 0);
+/// IPv6 source prefix -> 1: dropped; lbd.
+#[map(name = "DENY_V6")]
+pub static DENY_V6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(MAX_DENY_PREFIXES, 0);
+/// 0 -> DataplaneConfig; lbd.
+#[map(name = "DATAPLANE_CONFIG")]
+pub static DATAPLANE_CONFIG: Array<DataplaneConfig> = Array::pinned(1, 0);
+/// Stat -> packets/bytes, per CPU; this program.
+#[map(name = "STATS")]
+pub static STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_ENTRIES, 0);
+/// VIP index -> traffic, per CPU; this program.
+#[map(name = "VIP_STATS")]
+pub static VIP_STATS: PerCpuArray<TrafficCounter> = PerCpuArray::pinned(MAX_VIPS, 0);
+/// Backend id -> traffic, per CPU; this program.
+#[map(name = "BACKEND_STATS")]
+pub static BACKEND_STATS: PerCpuArray<TrafficCounter> = PerCpuArray::pinned(MAX_BACKENDS, 0);
+/// DecapStat -> packets/bytes, per CPU; the decap program.
+#[map(name = "DECAP_STATS")]
+pub static DECAP_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(lb_common::stats::DECAP_STATS_ENTRIES, 0);

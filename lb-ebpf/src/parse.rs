@@ -1,0 +1,239 @@
+//! Bounds-checked parsing of Ethernet / 802.1Q / IPv4 / IPv6 / TCP / UDP / ICMP over the packet
+//! bytes `[start, end)`. No BPF helpers: the same code runs in the XDP program and in host tests.
+//! Every read is checked against `end` right before it, in the form the verifier accepts.
+use core::mem::size_of;
+
+use lb_common::{addr::mapped_v4, flow::FlowKey};
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_IPIP: u8 = 4;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_IPV6: u8 = 41;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPV6_HLEN: usize = 40;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+/// Extension headers skipped at most; a longer chain is malformed.
+pub const MAX_IPV6_EXT_HEADERS: usize = 4;
+/// VLAN tags skipped at most (QinQ).
+pub const MAX_VLAN_TAGS: usize = 2;
+
+/// Reads a `T` at `start + off` if it lies entirely before `end`.
+#[inline(always)]
+pub fn load<T: Copy>(start: usize, end: usize, off: usize) -> Option<T> {
+    let at = start + off;
+    if at + size_of::<T>() > end {
+        return None;
+    }
+    // SAFETY: [at, at + size_of::<T>()) is inside the packet, checked just above.
+    Some(unsafe { core::ptr::read_unaligned(at as *const T) })
+}
+
+#[inline(always)]
+fn be16(start: usize, end: usize, off: usize) -> Option<u16> {
+    load::<[u8; 2]>(start, end, off).map(u16::from_be_bytes)
+}
+
+/// Why a packet is malformed; each maps to a drop-reason counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Malformed {
+    L2,
+    Ipv4,
+    Ipv6,
+    L4,
+}
+
+/// The fields the balancer needs from an IP packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Packet {
+    /// Offset of the IP header from the start of the frame.
+    pub l3_off: usize,
+    /// Offset of the L4 header (meaningless for fragments).
+    pub l4_off: usize,
+    pub ipv6: bool,
+    /// Addresses (IPv4-mapped for IPv4), ports (network order; 0 for ICMP and fragments) and
+    /// L4 protocol (after IPv6 extension headers): the connection-table key as it stands.
+    pub flow: FlowKey,
+    pub tcp_flags: u8,
+    /// ICMP/ICMPv6 type and code (0 otherwise).
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// A fragment (IPv4 MF or offset, or an IPv6 fragment header): no L4 header parsed.
+    pub fragment: bool,
+    /// Bytes of the IP packet per its header (header and payload).
+    pub ip_len: usize,
+}
+
+impl Packet {
+    /// A packet with every field zero, to parse into (parsing fills it in place: the BPF
+    /// stack is too small for copies of it).
+    pub const EMPTY: Packet = Packet {
+        l3_off: 0,
+        l4_off: 0,
+        ipv6: false,
+        flow: FlowKey {
+            src: [0; 16],
+            dst: [0; 16],
+            sport: 0,
+            dport: 0,
+            proto: 0,
+            _pad: [0; 3],
+        },
+        tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        fragment: false,
+        ip_len: 0,
+    };
+
+    /// A TCP SYN without ACK: a new connection, always placed by the current Maglev table.
+    pub fn is_syn(&self) -> bool {
+        self.flow.proto == IPPROTO_TCP && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+}
+
+/// Parses a whole frame into `p`: Ok(false) if it is not IPv4 or IPv6 (ARP, LLDP, ...).
+#[inline(always)]
+pub fn parse_frame(start: usize, end: usize, p: &mut Packet) -> Result<bool, Malformed> {
+    let mut ethertype = be16(start, end, 12).ok_or(Malformed::L2)?;
+    let mut l3_off = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        ethertype = be16(start, end, l3_off + 2).ok_or(Malformed::L2)?;
+        l3_off += 4;
+    }
+    match ethertype {
+        ETH_P_IP => parse_ipv4(start, end, l3_off, true, p).map(|()| true),
+        ETH_P_IPV6 => parse_ipv6(start, end, l3_off, true, p).map(|()| true),
+        _ => Ok(false),
+    }
+}
+
+/// Parses an IPv4 header at `l3_off` and its L4 header. `whole` is false for the packet quoted
+/// inside an ICMP error, which is cut short: then only the first 8 L4 bytes must be present
+/// and the total length is not checked against the frame.
+#[inline(always)]
+pub fn parse_ipv4(
+    start: usize,
+    end: usize,
+    l3_off: usize,
+    whole: bool,
+    p: &mut Packet,
+) -> Result<(), Malformed> {
+    let head: [u8; 20] = load(start, end, l3_off).ok_or(Malformed::Ipv4)?;
+    let ihl = ((head[0] & 0x0f) as usize) * 4;
+    if head[0] >> 4 != 4 || ihl < 20 {
+        return Err(Malformed::Ipv4);
+    }
+    let ip_len = u16::from_be_bytes([head[2], head[3]]) as usize;
+    if ip_len < ihl || (whole && l3_off + ip_len > end - start) {
+        return Err(Malformed::Ipv4);
+    }
+    p.l3_off = l3_off;
+    p.ipv6 = false;
+    p.ip_len = ip_len;
+    p.flow.proto = head[9];
+    p.flow.src = mapped_v4([head[12], head[13], head[14], head[15]]);
+    p.flow.dst = mapped_v4([head[16], head[17], head[18], head[19]]);
+    p.l4_off = l3_off + ihl;
+    // MF set or a non-zero offset.
+    p.fragment = u16::from_be_bytes([head[6], head[7]]) & 0x3fff != 0;
+    if p.fragment {
+        return Ok(());
+    }
+    parse_l4(start, end, p, whole)
+}
+
+/// Parses an IPv6 header at `l3_off`, skips extension headers, and parses the L4 header.
+#[inline(always)]
+pub fn parse_ipv6(
+    start: usize,
+    end: usize,
+    l3_off: usize,
+    whole: bool,
+    p: &mut Packet,
+) -> Result<(), Malformed> {
+    let head: [u8; 8] = load(start, end, l3_off).ok_or(Malformed::Ipv6)?;
+    if head[0] >> 4 != 6 {
+        return Err(Malformed::Ipv6);
+    }
+    let payload_len = u16::from_be_bytes([head[4], head[5]]) as usize;
+    if whole && l3_off + IPV6_HLEN + payload_len > end - start {
+        return Err(Malformed::Ipv6);
+    }
+    p.l3_off = l3_off;
+    p.ipv6 = true;
+    p.ip_len = IPV6_HLEN + payload_len;
+    p.flow.src = load(start, end, l3_off + 8).ok_or(Malformed::Ipv6)?;
+    p.flow.dst = load(start, end, l3_off + 24).ok_or(Malformed::Ipv6)?;
+    let mut next = head[6];
+    let mut off = l3_off + IPV6_HLEN;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
+            0 | 43 | 60 => {
+                let ext: [u8; 2] = load(start, end, off).ok_or(Malformed::Ipv6)?;
+                next = ext[0];
+                off += (ext[1] as usize + 1) * 8;
+            }
+            // Fragment header: 8 bytes; the L4 header is only in the first fragment, and the
+            // balancer does not reassemble, so stop here.
+            44 => {
+                let frag: [u8; 4] = load(start, end, off).ok_or(Malformed::Ipv6)?;
+                p.flow.proto = frag[0];
+                p.l4_off = off + 8;
+                p.fragment = true;
+                return Ok(());
+            }
+            _ => break,
+        }
+    }
+    if matches!(next, 0 | 43 | 60 | 44) {
+        return Err(Malformed::Ipv6);
+    }
+    p.flow.proto = next;
+    p.l4_off = off;
+    parse_l4(start, end, p, whole)
+}
+
+#[inline(always)]
+fn parse_l4(start: usize, end: usize, p: &mut Packet, whole: bool) -> Result<(), Malformed> {
+    match p.flow.proto {
+        // An ICMP error quotes only 8 bytes of the L4 header: the ports.
+        IPPROTO_TCP | IPPROTO_UDP if !whole => {
+            let ports: [u8; 4] = load(start, end, p.l4_off).ok_or(Malformed::L4)?;
+            p.flow.sport = u16::from_ne_bytes([ports[0], ports[1]]);
+            p.flow.dport = u16::from_ne_bytes([ports[2], ports[3]]);
+        }
+        IPPROTO_TCP => {
+            // Ports, and flags at byte 13: the whole fixed header must be there.
+            let tcp: [u8; 20] = load(start, end, p.l4_off).ok_or(Malformed::L4)?;
+            p.flow.sport = u16::from_ne_bytes([tcp[0], tcp[1]]);
+            p.flow.dport = u16::from_ne_bytes([tcp[2], tcp[3]]);
+            p.tcp_flags = tcp[13];
+        }
+        IPPROTO_UDP => {
+            let udp: [u8; 8] = load(start, end, p.l4_off).ok_or(Malformed::L4)?;
+            p.flow.sport = u16::from_ne_bytes([udp[0], udp[1]]);
+            p.flow.dport = u16::from_ne_bytes([udp[2], udp[3]]);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let icmp: [u8; 8] = load(start, end, p.l4_off).ok_or(Malformed::L4)?;
+            p.icmp_type = icmp[0];
+            p.icmp_code = icmp[1];
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
