@@ -2,7 +2,7 @@
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::XdpContext};
 use lb_common::{
     addr::{Addr, is_v4},
-    backend::{BACKEND_F_IN_USE, NO_BACKEND},
+    backend::{BACKEND_F_IN_USE, Backend, NO_BACKEND},
     flow::FlowValue,
     hash::flow_hash,
     ring::RING_SIZE,
@@ -122,7 +122,6 @@ pub fn forward(ctx: &XdpContext, packet: &Packet, vip: &VipMeta, new_flow: bool)
     }
     let config = *config;
     let hash = flow_hash(flow);
-    let vip_stats = VIP_STATS.get_ptr_mut(vip.index);
     let mut backend_id = NO_BACKEND;
     let mut hit = false;
     if !new_flow {
@@ -134,17 +133,18 @@ pub fn forward(ctx: &XdpContext, packet: &Packet, vip: &VipMeta, new_flow: bool)
     }
     if !hit {
         // A non-SYN miss shortly after a pool change most likely belongs to a flow placed by
-        // the previous table (evicted from the LRU since): keep it there.
-        let slot = if !new_flow && unsafe { bpf_ktime_get_ns() } < vip.previous_until_ns {
-            vip.ring_previous
-        } else {
-            vip.ring_current
-        };
-        let index = slot.wrapping_mul(RING_SIZE).wrapping_add(hash % RING_SIZE);
-        backend_id = match RINGS.get(index) {
-            Some(id) => *id,
-            None => return Err(Stat::DropInternal),
-        };
+        // the previous table (evicted from the LRU since): keep it there while that backend
+        // is still in use.
+        backend_id = NO_BACKEND;
+        if !new_flow && unsafe { bpf_ktime_get_ns() } < vip.previous_until_ns {
+            backend_id = ring_entry(vip.ring_previous, hash)?;
+            if live_backend(backend_id).is_none() {
+                backend_id = NO_BACKEND;
+            }
+        }
+        if backend_id == NO_BACKEND {
+            backend_id = ring_entry(vip.ring_current, hash)?;
+        }
         if backend_id == NO_BACKEND {
             return Err(Stat::DropNoBackend);
         }
@@ -157,14 +157,31 @@ pub fn forward(ctx: &XdpContext, packet: &Packet, vip: &VipMeta, new_flow: bool)
             0,
         );
     }
-    let backend = match BACKENDS.get(backend_id) {
-        Some(b) if b.flags & BACKEND_F_IN_USE != 0 => *b,
-        _ => return Err(Stat::DropNoBackend),
+    let Some(backend) = live_backend(backend_id) else {
+        return Err(Stat::DropNoBackend);
     };
+    // Counted once the packet is really on its way (not when it is too big).
     let bytes = packet.ip_len as u64;
-    add_traffic(vip_stats, bytes, hit, new_flow);
+    let outcome = encap::encapsulate(ctx, packet, &backend.addr, &config, hash)?;
+    add_traffic(VIP_STATS.get_ptr_mut(vip.index), bytes, hit, new_flow);
     add_traffic(BACKEND_STATS.get_ptr_mut(backend_id), bytes, hit, new_flow);
-    encap::encapsulate(ctx, packet, &backend.addr, &config, hash)
+    Ok(outcome)
+}
+
+/// The bucket of `hash` in ring `slot`.
+#[inline(always)]
+fn ring_entry(slot: u32, hash: u32) -> Result<u32, Stat> {
+    let index = slot.wrapping_mul(RING_SIZE).wrapping_add(hash % RING_SIZE);
+    RINGS.get(index).copied().ok_or(Stat::DropInternal)
+}
+
+/// The backend with id `id` if its slot is in use.
+#[inline(always)]
+fn live_backend(id: u32) -> Option<Backend> {
+    BACKENDS
+        .get(id)
+        .filter(|b| b.flags & BACKEND_F_IN_USE != 0)
+        .copied()
 }
 
 #[inline(always)]

@@ -1,11 +1,15 @@
 //! The TOML config: raw serde structs, validation that reports every error with file:line,
 //! and the typed config the daemon runs with.
 use std::{
+    collections::{BTreeMap, HashSet},
     fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     ops::Range,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
+use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -22,10 +26,50 @@ pub enum XdpModeSetting {
     Auto,
 }
 
+/// L4 protocol of a VIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+}
+
+/// Who handles a VIP's traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum VipMode {
+    /// Balanced in XDP and encapsulated to a backend (direct server return).
+    #[default]
+    L4,
+    /// Passed up to the kernel stack for lbd's TLS/HTTP proxy.
+    L7,
+}
+
+/// Default backend weight.
+pub const DEFAULT_WEIGHT: u32 = 100;
+/// Largest backend weight.
+pub const MAX_WEIGHT: u32 = 65535;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     dataplane: RawDataplane,
+    #[serde(default)]
+    vip: Vec<RawVip>,
+    #[serde(default)]
+    pool: Vec<RawPool>,
+    #[serde(default)]
+    deny: RawDeny,
 }
 
 #[derive(Debug, Deserialize)]
@@ -35,6 +79,47 @@ struct RawDataplane {
     #[serde(default)]
     xdp_mode: XdpModeSetting,
     pin_dir: Option<Spanned<PathBuf>>,
+    next_hop_mac: Option<Spanned<String>>,
+    encap_source_v4: Option<Spanned<String>>,
+    encap_source_v6: Option<Spanned<String>>,
+    max_vips: Option<Spanned<u32>>,
+    flow_grace_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVip {
+    name: Spanned<String>,
+    address: Spanned<String>,
+    port: Option<u16>,
+    protocol: Protocol,
+    pool: Spanned<String>,
+    #[serde(default)]
+    mode: VipMode,
+    #[serde(default)]
+    drop_fragments: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    name: Spanned<String>,
+    #[serde(default)]
+    backends: Vec<RawBackend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    address: Spanned<String>,
+    weight: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDeny {
+    #[serde(default)]
+    prefixes: Vec<Spanned<String>>,
 }
 
 /// The validated config.
@@ -45,6 +130,45 @@ pub struct Config {
     pub xdp_mode: XdpModeSetting,
     /// bpffs directory for the link and maps.
     pub pin_dir: PathBuf,
+    /// Destination MAC of encapsulated packets; None: L4 VIP traffic is passed up.
+    pub next_hop_mac: Option<[u8; 6]>,
+    /// Outer source addresses: the top 16 (IPv4) / 96 (IPv6) bits, the rest from the flow hash.
+    pub encap_source_v4: Ipv4Addr,
+    pub encap_source_v6: Ipv6Addr,
+    /// VIPs the data plane is sized for.
+    pub max_vips: u32,
+    /// After a pool change, how long non-SYN packets missing the connection table keep going
+    /// to the previous Maglev table's backend.
+    pub flow_grace: Duration,
+    pub vips: Vec<Vip>,
+    pub pools: BTreeMap<String, Pool>,
+    /// Source prefixes dropped in XDP.
+    pub deny: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vip {
+    pub name: String,
+    pub addr: IpAddr,
+    /// 0: every port.
+    pub port: u16,
+    pub protocol: Protocol,
+    pub pool: String,
+    pub mode: VipMode,
+    pub drop_fragments: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    pub name: String,
+    pub backends: Vec<BackendSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub addr: IpAddr,
+    /// 0: drained (no new flows).
+    pub weight: u32,
 }
 
 /// One thing wrong with a config file, with where it is.
@@ -93,6 +217,33 @@ impl Errors<'_> {
             message: message.into(),
         });
     }
+
+    /// Parses a spanned string with `parse`, reporting `what` on failure.
+    fn parse<T>(
+        &mut self,
+        value: &Spanned<String>,
+        what: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Option<T> {
+        let parsed = parse(value.get_ref());
+        if parsed.is_none() {
+            self.at(value.span(), format!("`{}` is not {what}", value.get_ref()));
+        }
+        parsed
+    }
+}
+
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 impl Config {
@@ -122,74 +273,184 @@ impl Config {
                 return Err(ConfigErrors(errors.found));
             }
         };
-        let interface = raw.dataplane.interface;
-        if interface.get_ref().is_empty() || interface.get_ref().len() >= libc::IFNAMSIZ {
+        let config = validate(raw, &mut errors);
+        if errors.found.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors.found))
+        }
+    }
+
+    /// The pool a VIP sends to (validated to exist).
+    pub fn pool_of(&self, vip: &Vip) -> &Pool {
+        &self.pools[&vip.pool]
+    }
+}
+
+fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
+    let dp = raw.dataplane;
+    let interface = dp.interface;
+    if interface.get_ref().is_empty() || interface.get_ref().len() >= libc::IFNAMSIZ {
+        errors.at(
+            interface.span(),
+            format!("interface name must be 1 to {} bytes", libc::IFNAMSIZ - 1),
+        );
+    }
+    let pin_dir = match dp.pin_dir {
+        Some(dir) if !dir.get_ref().starts_with("/sys/fs/bpf") => {
+            errors.at(dir.span(), "pin_dir must be under /sys/fs/bpf (bpffs)");
+            PathBuf::new()
+        }
+        Some(dir) => dir.into_inner(),
+        None => PathBuf::from(lb_common::PIN_DIR),
+    };
+    let next_hop_mac = dp
+        .next_hop_mac
+        .and_then(|m| errors.parse(&m, "a MAC address like 02:00:00:00:00:01", parse_mac));
+    let encap_source_v4 = dp
+        .encap_source_v4
+        .and_then(|a| errors.parse(&a, "an IPv4 address", |s| s.parse().ok()))
+        .unwrap_or(Ipv4Addr::new(198, 18, 255, 0));
+    let encap_source_v6 = dp
+        .encap_source_v6
+        .and_then(|a| errors.parse(&a, "an IPv6 address", |s| s.parse().ok()))
+        .unwrap_or(Ipv6Addr::new(0xfd00, 0x5e, 0xffff, 0, 0, 0, 0, 0));
+    let max_vips = match dp.max_vips {
+        Some(n) if *n.get_ref() == 0 || *n.get_ref() > lb_common::vip::MAX_VIPS => {
             errors.at(
-                interface.span(),
-                format!("interface name must be 1 to {} bytes", libc::IFNAMSIZ - 1),
+                n.span(),
+                format!("max_vips must be 1 to {}", lb_common::vip::MAX_VIPS),
+            );
+            0
+        }
+        Some(n) => n.into_inner(),
+        None => 16,
+    };
+
+    let mut pools = BTreeMap::new();
+    for raw_pool in raw.pool {
+        let name = raw_pool.name.get_ref().clone();
+        let mut backends: Vec<BackendSpec> = Vec::new();
+        for b in raw_pool.backends {
+            let Some(addr) = errors.parse(&b.address, "an IP address", |s| s.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            if backends.iter().any(|x| x.addr == addr) {
+                errors.at(
+                    b.address.span(),
+                    format!("backend {addr} is listed twice in pool `{name}`"),
+                );
+            }
+            let weight = match b.weight {
+                Some(w) if *w.get_ref() > MAX_WEIGHT => {
+                    errors.at(w.span(), format!("weight must be 0 (drained) to {MAX_WEIGHT}"));
+                    0
+                }
+                Some(w) => w.into_inner(),
+                None => DEFAULT_WEIGHT,
+            };
+            backends.push(BackendSpec { addr, weight });
+        }
+        if pools
+            .insert(
+                name.clone(),
+                Pool {
+                    name: name.clone(),
+                    backends,
+                },
+            )
+            .is_some()
+        {
+            errors.at(raw_pool.name.span(), format!("pool `{name}` is defined twice"));
+        }
+    }
+
+    let mut vips = Vec::new();
+    let mut names = HashSet::new();
+    let mut keys = HashSet::new();
+    for raw_vip in raw.vip {
+        let name = raw_vip.name.get_ref().clone();
+        if !names.insert(name.clone()) {
+            errors.at(raw_vip.name.span(), format!("VIP `{name}` is defined twice"));
+        }
+        let Some(addr) = errors.parse(&raw_vip.address, "an IP address", |s| s.parse::<IpAddr>().ok()) else {
+            continue;
+        };
+        let port = raw_vip.port.unwrap_or(0);
+        if !keys.insert((addr, port, raw_vip.protocol)) {
+            errors.at(
+                raw_vip.address.span(),
+                format!("VIP `{name}`: {addr} port {port} is already a VIP"),
             );
         }
-        let pin_dir = match raw.dataplane.pin_dir {
-            Some(dir) if !dir.get_ref().starts_with("/sys/fs/bpf") => {
-                errors.at(dir.span(), "pin_dir must be under /sys/fs/bpf (bpffs)");
-                PathBuf::new()
+        let pool_name = raw_vip.pool.get_ref();
+        match pools.get(pool_name) {
+            None => errors.at(
+                raw_vip.pool.span(),
+                format!("VIP `{name}` uses pool `{pool_name}`, which is not defined"),
+            ),
+            Some(pool) if addr.is_ipv6() && raw_vip.mode == VipMode::L4 => {
+                if let Some(b) = pool.backends.iter().find(|b| b.addr.is_ipv4()) {
+                    errors.at(
+                        raw_vip.pool.span(),
+                        format!(
+                            "IPv6 VIP `{name}` cannot reach IPv4 backend {} of pool `{pool_name}`",
+                            b.addr
+                        ),
+                    );
+                }
             }
-            Some(dir) => dir.into_inner(),
-            None => PathBuf::from(lb_common::PIN_DIR),
-        };
-        if !errors.found.is_empty() {
-            return Err(ConfigErrors(errors.found));
+            Some(_) => {}
         }
-        Ok(Config {
-            interface: interface.into_inner(),
-            xdp_mode: raw.dataplane.xdp_mode,
-            pin_dir,
-        })
+        vips.push(Vip {
+            name,
+            addr,
+            port,
+            protocol: raw_vip.protocol,
+            pool: pool_name.clone(),
+            mode: raw_vip.mode,
+            drop_fragments: raw_vip.drop_fragments,
+        });
+    }
+    if vips.len() > max_vips as usize {
+        errors.at(
+            0..0,
+            format!("{} VIPs configured but max_vips is {max_vips}", vips.len()),
+        );
+    }
+
+    let mut deny = Vec::new();
+    for prefix in raw.deny.prefixes {
+        let parsed = errors.parse(&prefix, "a prefix like 203.0.113.0/24", |s| {
+            s.parse::<IpNet>()
+                .ok()
+                .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+        });
+        if let Some(net) = parsed {
+            if net.trunc() != net {
+                errors.at(
+                    prefix.span(),
+                    format!("`{net}` has host bits set; did you mean {}?", net.trunc()),
+                );
+            }
+            deny.push(net);
+        }
+    }
+
+    Config {
+        interface: interface.into_inner(),
+        xdp_mode: dp.xdp_mode,
+        pin_dir,
+        next_hop_mac,
+        encap_source_v4,
+        encap_source_v6,
+        max_vips,
+        flow_grace: Duration::from_secs(dp.flow_grace_seconds.unwrap_or(60)),
+        vips,
+        pools,
+        deny,
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn errors(text: &str) -> Vec<String> {
-        Config::parse(Path::new("t.toml"), text)
-            .unwrap_err()
-            .0
-            .iter()
-            .map(ToString::to_string)
-            .collect()
-    }
-
-    #[test]
-    fn minimal_config_gets_defaults() {
-        let config = Config::parse(Path::new("t.toml"), "[dataplane]\ninterface = \"eth0\"\n").unwrap();
-        assert_eq!(config.interface, "eth0");
-        assert_eq!(config.xdp_mode, XdpModeSetting::Auto);
-        assert_eq!(config.pin_dir, PathBuf::from(lb_common::PIN_DIR));
-    }
-
-    #[test]
-    fn unknown_key_is_reported_with_its_line() {
-        let found = errors("[dataplane]\ninterface = \"eth0\"\nmtu = 1500\n");
-        assert_eq!(found.len(), 1);
-        assert!(found[0].starts_with("t.toml:3: unknown field `mtu`"), "{found:?}");
-    }
-
-    #[test]
-    fn every_semantic_error_is_reported() {
-        let found = errors("[dataplane]\ninterface = \"\"\npin_dir = \"/tmp/x\"\n");
-        assert_eq!(found.len(), 2, "{found:?}");
-        assert!(found[0].starts_with("t.toml:2: interface name"));
-        assert!(found[1].starts_with("t.toml:3: pin_dir must be under /sys/fs/bpf"));
-    }
-
-    #[test]
-    fn bad_mode_is_reported() {
-        let found = errors("[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"fast\"\n");
-        assert!(
-            found[0].starts_with("t.toml:3: unknown variant `fast`"),
-            "{found:?}"
-        );
-    }
-}
+mod tests;

@@ -1,4 +1,4 @@
-//! Loads the embedded XDP object, attaches it to the edge NIC and pins link and maps.
+//! Loads the embedded XDP object, attaches a program to a NIC and pins link and maps.
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
@@ -10,13 +10,16 @@ use aya::{
         xdp::XdpLink,
     },
 };
+use lb_common::{flow::CONN_TABLE_MAP, ring::RINGS_MAP, ring::ring_entries};
 use log::{info, warn};
 
 use crate::config::XdpModeSetting;
 
 /// The balancer program's name in the object.
 pub const BALANCER_PROGRAM: &str = "sluice_balancer";
-/// File name of the pinned XDP link inside the pin directory.
+/// The backends' decapsulation program's name in the object.
+pub const DECAP_PROGRAM: &str = "sluice_decap";
+/// File name of the pinned XDP link inside a pin directory.
 pub const LINK_PIN: &str = "link";
 
 /// The compiled lb-ebpf object, built by build.rs.
@@ -24,26 +27,46 @@ pub fn ebpf_object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"))
 }
 
-/// Loads the object with every map pinned under `pin_dir` (existing pins are re-adopted),
-/// and loads the balancer program into the kernel.
-pub fn load(pin_dir: &Path) -> Result<Ebpf> {
+/// Which program of the object to load, and how big its maps are.
+#[derive(Debug, Clone, Copy)]
+pub enum Role {
+    /// The edge balancer with rings for this many VIPs.
+    Balancer { max_vips: u32 },
+    /// A backend's decapsulation (balancer maps shrunk to nothing).
+    Decap,
+}
+
+/// Loads the object with every map pinned under `pin_dir` (existing pins are re-adopted), and
+/// loads the role's program into the kernel.
+pub fn load(pin_dir: &Path, role: Role) -> Result<Ebpf> {
     std::fs::create_dir_all(pin_dir)
         .with_context(|| format!("creating pin directory {} (is bpffs mounted?)", pin_dir.display()))?;
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(pin_dir)
-        .load(ebpf_object())
-        .context("loading the XDP object")?;
-    balancer(&mut ebpf)?
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(pin_dir);
+    let program = match role {
+        Role::Balancer { max_vips } => {
+            loader.map_max_entries(RINGS_MAP, ring_entries(max_vips));
+            BALANCER_PROGRAM
+        }
+        Role::Decap => {
+            loader
+                .map_max_entries(RINGS_MAP, 1)
+                .map_max_entries(CONN_TABLE_MAP, 1);
+            DECAP_PROGRAM
+        }
+    };
+    let mut ebpf = loader.load(ebpf_object()).context("loading the XDP object")?;
+    xdp_program(&mut ebpf, program)?
         .load()
-        .context("verifying the balancer program")?;
+        .with_context(|| format!("verifying {program}"))?;
     Ok(ebpf)
 }
 
-/// The balancer program of a loaded object.
-pub fn balancer(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+/// A program of a loaded object.
+pub fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     let program = ebpf
-        .program_mut(BALANCER_PROGRAM)
-        .with_context(|| format!("program {BALANCER_PROGRAM} missing from the object"))?;
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?;
     Ok(program.try_into()?)
 }
 
@@ -58,12 +81,18 @@ pub enum Attached {
     Generic,
 }
 
-/// Attaches the balancer to `iface` and pins the link at `pin_dir/link`; if a link is
-/// already pinned there, swaps the new program into it without a gap in forwarding.
-pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: XdpModeSetting, pin_dir: &Path) -> Result<Attached> {
+/// Attaches program `name` to `iface` and pins the link at `pin_dir/link`; if a link is already
+/// pinned there, swaps the new program into it without a gap in forwarding.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    name: &str,
+    iface: &str,
+    mode: XdpModeSetting,
+    pin_dir: &Path,
+) -> Result<Attached> {
     let link_path = pin_dir.join(LINK_PIN);
     let if_name = std::ffi::CString::new(iface).context("interface name contains NUL")?;
-    let program = balancer(ebpf)?;
+    let program = xdp_program(ebpf, name)?;
     if link_path.exists() {
         let pinned = PinnedLink::from_pin(&link_path)
             .with_context(|| format!("opening pinned link {}", link_path.display()))?;
@@ -71,9 +100,8 @@ pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: XdpModeSetting, pin_dir: &Path
         let id = program
             .attach_to_link(link)
             .context("replacing the program in the pinned link")?;
-        // Dropping the program's handle would detach it: keep the link alive through the pin.
-        let link = program.take_link(id)?;
-        std::mem::forget(link);
+        // Dropping the program's handle would detach it: the pin keeps the link alive.
+        std::mem::forget(program.take_link(id)?);
         return Ok(Attached::Adopted);
     }
     let (id, attached) = match mode {
@@ -102,7 +130,7 @@ pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: XdpModeSetting, pin_dir: &Path
     fd_link
         .pin(&link_path)
         .with_context(|| format!("pinning the link at {}", link_path.display()))?;
-    info!("attached {BALANCER_PROGRAM} to {iface} ({attached:?})");
+    info!("attached {name} to {iface} ({attached:?})");
     Ok(attached)
 }
 
@@ -122,4 +150,35 @@ pub fn detach(pin_dir: &Path) -> Result<()> {
     }
     std::fs::remove_dir(pin_dir)?;
     Ok(())
+}
+
+/// Where `lbd decap` pins its link and maps for `iface`.
+pub fn decap_pin_dir(iface: &str) -> PathBuf {
+    PathBuf::from(format!("{}-decap-{iface}", lb_common::PIN_DIR))
+}
+
+/// The MTU of `iface` in the current network namespace.
+pub fn interface_mtu(iface: &str) -> Result<u32> {
+    // SAFETY: plain socket/ioctl/close with a zeroed, NUL-terminated ifreq.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            bail!("socket: {}", std::io::Error::last_os_error());
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req
+            .ifr_name
+            .iter_mut()
+            .zip(iface.bytes().take(libc::IFNAMSIZ - 1))
+        {
+            *dst = src as libc::c_char;
+        }
+        let rc = libc::ioctl(fd, libc::SIOCGIFMTU, &mut req);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc < 0 {
+            bail!("reading the MTU of {iface}: {err}");
+        }
+        Ok(req.ifr_ifru.ifru_mtu as u32)
+    }
 }

@@ -1,4 +1,6 @@
 //! Sluice userspace: config, the XDP data plane's loader and its counters.
 pub mod config;
 pub mod dataplane;
+pub mod maglev;
 pub mod stats;
+pub mod tables;

@@ -1,5 +1,7 @@
 //! Helpers for Sluice's root tests and demo: network namespaces, real servers, lbd processes.
+pub mod harness;
 pub mod netns;
+pub mod packets;
 pub mod servers;
 
 /// The directory holding the workspace's built binaries (lbd, lbctl).

@@ -1,9 +1,16 @@
 //! lbd: the Sluice daemon. Attaches the XDP balancer and keeps its maps in step with the config.
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use lb_userspace::{config::Config, dataplane};
+use lb_userspace::{
+    config::{Config, XdpModeSetting},
+    dataplane::{self, Role},
+    tables::{Desired, Tables},
+};
 use log::{error, info};
 
 #[derive(Parser)]
@@ -19,8 +26,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Attach the XDP balancer to the configured interface, pin it, and serve until SIGTERM.
-    /// The program stays attached after lbd exits; the next `lbd run` re-adopts it.
+    /// Attach the XDP balancer to the configured interface, program VIPs, pools and deny lists,
+    /// and serve until SIGTERM (SIGHUP reloads the config). The program stays attached after
+    /// lbd exits; the next `lbd run` re-adopts it with its connection table.
     Run {
         /// Config file.
         #[arg(short, long, default_value = "/etc/sluice/sluice.toml")]
@@ -41,6 +49,28 @@ enum Command {
         #[arg(long)]
         detach: bool,
     },
+    /// On a backend: attach Sluice's decapsulation program (IPIP / IPv6-in-IPv6 / IPv4-in-IPv6)
+    /// to IFACE, for kernels without ipip/ip6_tunnel. Pins under /sys/fs/bpf/sluice-decap-IFACE.
+    Decap {
+        /// The backend's NIC.
+        #[arg(long)]
+        iface: String,
+        /// native, generic or auto.
+        #[arg(long, default_value = "auto", value_parser = parse_mode)]
+        mode: XdpModeSetting,
+        /// Detach it instead.
+        #[arg(long)]
+        detach: bool,
+    },
+}
+
+fn parse_mode(text: &str) -> Result<XdpModeSetting, String> {
+    match text {
+        "native" => Ok(XdpModeSetting::Native),
+        "generic" => Ok(XdpModeSetting::Generic),
+        "auto" => Ok(XdpModeSetting::Auto),
+        _ => Err(format!("`{text}`: expected native, generic or auto")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -50,6 +80,7 @@ fn main() -> ExitCode {
         Command::Check { config } => return check(&config),
         Command::Run { config } => run(&config),
         Command::Stop { config, detach } => stop(&config, detach),
+        Command::Decap { iface, mode, detach } => decap(&iface, mode, detach),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -60,11 +91,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_config(path: &std::path::Path) -> Result<Config> {
+fn load_config(path: &Path) -> Result<Config> {
     Config::load(path).map_err(|errors| anyhow::anyhow!("invalid config:\n{errors}"))
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(_) => {
             println!("OK");
@@ -77,10 +108,33 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(path: &std::path::Path) -> Result<()> {
-    let config = load_config(path)?;
-    let mut ebpf = dataplane::load(&config.pin_dir)?;
-    let attached = dataplane::attach(&mut ebpf, &config.interface, config.xdp_mode, &config.pin_dir)?;
+/// Writes the config's L4 state into the maps, logging each change.
+fn apply(tables: &mut Tables, config: &Config) -> Result<()> {
+    let mtu = dataplane::interface_mtu(&config.interface)?;
+    for change in tables.apply(&Desired::from_config(config, mtu))? {
+        info!("{change}");
+    }
+    Ok(())
+}
+
+fn run(path: &Path) -> Result<()> {
+    let mut config = load_config(path)?;
+    let mut ebpf = dataplane::load(
+        &config.pin_dir,
+        Role::Balancer {
+            max_vips: config.max_vips,
+        },
+    )?;
+    let mut tables = Tables::open(&config.pin_dir)?;
+    // Program the maps before attaching, so the first packet already sees the pools.
+    apply(&mut tables, &config)?;
+    let attached = dataplane::attach(
+        &mut ebpf,
+        dataplane::BALANCER_PROGRAM,
+        &config.interface,
+        config.xdp_mode,
+        &config.pin_dir,
+    )?;
     info!(
         "balancer on {} ({attached:?}); maps pinned under {}",
         config.interface,
@@ -89,23 +143,37 @@ fn run(path: &std::path::Path) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(wait_for_stop_signal())?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => match Config::load(path) {
+                    Err(errors) => error!("reload refused, nothing changed:\n{errors}"),
+                    Ok(new) if new.interface != config.interface || new.pin_dir != config.pin_dir => {
+                        error!("reload refused: interface and pin_dir need a restart");
+                    }
+                    Ok(new) => match apply(&mut tables, &new) {
+                        Ok(()) => {
+                            info!("reload applied");
+                            config = new;
+                        }
+                        Err(err) => error!("reload failed: {err:#}"),
+                    },
+                },
+            }
+        }
+        anyhow::Ok(())
+    })?;
     info!("stopping; the XDP program stays attached (lbd stop --detach removes it)");
     Ok(())
 }
 
-async fn wait_for_stop_signal() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
-}
-
-fn stop(path: &std::path::Path, detach: bool) -> Result<()> {
+fn stop(path: &Path, detach: bool) -> Result<()> {
     anyhow::ensure!(
         detach,
         "`lbd stop` needs --detach: it removes the fast path and its connection table"
@@ -113,5 +181,21 @@ fn stop(path: &std::path::Path, detach: bool) -> Result<()> {
     let config = load_config(path)?;
     dataplane::detach(&config.pin_dir)?;
     info!("detached and removed {}", config.pin_dir.display());
+    Ok(())
+}
+
+fn decap(iface: &str, mode: XdpModeSetting, detach: bool) -> Result<()> {
+    let pin_dir = dataplane::decap_pin_dir(iface);
+    if detach {
+        dataplane::detach(&pin_dir)?;
+        info!("decap detached from {iface}");
+        return Ok(());
+    }
+    let mut ebpf = dataplane::load(&pin_dir, Role::Decap)?;
+    let attached = dataplane::attach(&mut ebpf, dataplane::DECAP_PROGRAM, iface, mode, &pin_dir)?;
+    info!(
+        "decap on {iface} ({attached:?}); counters: lbctl --pin-dir {} decap-stats",
+        pin_dir.display()
+    );
     Ok(())
 }

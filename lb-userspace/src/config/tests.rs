@@ -1,0 +1,167 @@
+//! Config validation: every broken config gives the expected file:line message.
+use super::*;
+
+const BASE: &str = "[dataplane]\ninterface = \"eth0\"\n";
+
+fn errors(text: &str) -> Vec<String> {
+    Config::parse(Path::new("t.toml"), text)
+        .unwrap_err()
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+fn assert_error(text: &str, expected: &str) {
+    let found = errors(text);
+    assert!(
+        found.iter().any(|e| e.starts_with(expected)),
+        "expected `{expected}` in {found:?}"
+    );
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let config = Config::parse(Path::new("t.toml"), BASE).unwrap();
+    assert_eq!(config.interface, "eth0");
+    assert_eq!(config.xdp_mode, XdpModeSetting::Auto);
+    assert_eq!(config.pin_dir, PathBuf::from(lb_common::PIN_DIR));
+    assert_eq!(config.max_vips, 16);
+    assert_eq!(config.next_hop_mac, None);
+}
+
+#[test]
+fn full_config_parses() {
+    let text = format!(
+        "{BASE}next_hop_mac = \"02:00:00:00:00:01\"\n\
+         [[vip]]\nname = \"web\"\naddress = \"198.19.0.1\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n\
+         [[pool]]\nname = \"web\"\nbackends = [{{ address = \"198.18.10.2\" }}, {{ address = \"198.18.11.2\", weight = 50 }}]\n\
+         [deny]\nprefixes = [\"203.0.113.0/24\", \"2001:db8::1\"]\n"
+    );
+    let config = Config::parse(Path::new("t.toml"), &text).unwrap();
+    assert_eq!(config.next_hop_mac, Some([2, 0, 0, 0, 0, 1]));
+    assert_eq!(config.vips[0].port, 80);
+    assert_eq!(config.pool_of(&config.vips[0]).backends[1].weight, 50);
+    assert_eq!(config.pool_of(&config.vips[0]).backends[0].weight, DEFAULT_WEIGHT);
+    assert_eq!(config.deny[1].to_string(), "2001:db8::1/128");
+}
+
+#[test]
+fn unknown_key() {
+    assert_error(&format!("{BASE}mtu = 1500\n"), "t.toml:3: unknown field `mtu`");
+}
+
+#[test]
+fn bad_mode() {
+    assert_error(
+        &format!("{BASE}xdp_mode = \"fast\"\n"),
+        "t.toml:3: unknown variant `fast`",
+    );
+}
+
+#[test]
+fn empty_interface_and_bad_pin_dir_are_both_reported() {
+    let found = errors("[dataplane]\ninterface = \"\"\npin_dir = \"/tmp/x\"\n");
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found[0].starts_with("t.toml:2: interface name"));
+    assert!(found[1].starts_with("t.toml:3: pin_dir must be under /sys/fs/bpf"));
+}
+
+#[test]
+fn bad_mac() {
+    assert_error(
+        &format!("{BASE}next_hop_mac = \"02:00:00\"\n"),
+        "t.toml:3: `02:00:00` is not a MAC address",
+    );
+}
+
+#[test]
+fn undefined_pool() {
+    let text = format!(
+        "{BASE}[[vip]]\nname = \"a\"\naddress = \"198.19.0.1\"\nprotocol = \"tcp\"\npool = \"nope\"\n"
+    );
+    assert_error(&text, "t.toml:7: VIP `a` uses pool `nope`, which is not defined");
+}
+
+#[test]
+fn bad_vip_address() {
+    let text = format!(
+        "{BASE}[[vip]]\nname = \"a\"\naddress = \"198.19.0.300\"\nprotocol = \"tcp\"\npool = \"p\"\n"
+    );
+    assert_error(&text, "t.toml:5: `198.19.0.300` is not an IP address");
+}
+
+#[test]
+fn duplicate_vip_and_duplicate_pool() {
+    let vip =
+        "[[vip]]\nname = \"a\"\naddress = \"198.19.0.1\"\nport = 80\nprotocol = \"tcp\"\npool = \"p\"\n";
+    let pool = "[[pool]]\nname = \"p\"\n";
+    let found = errors(&format!("{BASE}{vip}{vip}{pool}{pool}"));
+    assert!(
+        found.iter().any(|e| e.contains("VIP `a` is defined twice")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|e| e.contains("198.19.0.1 port 80 is already a VIP")),
+        "{found:?}"
+    );
+    assert!(
+        found.iter().any(|e| e.contains("pool `p` is defined twice")),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn duplicate_backend_and_heavy_weight() {
+    let text = format!(
+        "{BASE}[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}, {{ address = \"10.0.0.1\", weight = 70000 }}]\n"
+    );
+    let found = errors(&text);
+    assert!(
+        found
+            .iter()
+            .any(|e| e.contains("backend 10.0.0.1 is listed twice")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|e| e.contains("weight must be 0 (drained) to 65535")),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn ipv6_vip_with_ipv4_backend() {
+    let text = format!(
+        "{BASE}[[vip]]\nname = \"v6\"\naddress = \"fd00::1\"\nprotocol = \"udp\"\npool = \"p\"\n\
+         [[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n"
+    );
+    assert_error(
+        &text,
+        "t.toml:7: IPv6 VIP `v6` cannot reach IPv4 backend 10.0.0.1",
+    );
+}
+
+#[test]
+fn deny_prefix_with_host_bits() {
+    assert_error(
+        &format!("{BASE}[deny]\nprefixes = [\"203.0.113.7/24\"]\n"),
+        "t.toml:4: `203.0.113.7/24` has host bits set; did you mean 203.0.113.0/24?",
+    );
+}
+
+#[test]
+fn max_vips_out_of_range() {
+    assert_error(
+        &format!("{BASE}max_vips = 5000\n"),
+        "t.toml:3: max_vips must be 1 to 1024",
+    );
+}
+
+#[test]
+fn syntax_error() {
+    assert_error("[dataplane\ninterface = 1\n", "t.toml:1:");
+}

@@ -1,0 +1,411 @@
+//! Writes the L4 part of the config into the data plane's maps: backends, VIPs, Maglev rings
+//! (new generation into the spare slot, then one flip), deny lists and the data-plane settings.
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{
+    Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key,
+};
+use ipnet::IpNet;
+use lb_common::{
+    addr::{Addr, mapped_v4},
+    backend::{BACKEND_F_IN_USE, BACKENDS_MAP, Backend, NO_BACKEND},
+    config::{DATAPLANE_CONFIG_MAP, DataplaneConfig},
+    deny::{DENY_V4_MAP, DENY_V6_MAP},
+    ring::{RING_SIZE, RINGS_MAP, SLOTS_PER_VIP},
+    stats::{BACKEND_STATS_MAP, TrafficCounter, VIP_STATS_MAP},
+    vip::{VIP_ADDRS_MAP, VIP_F_DROP_FRAGMENTS, VIP_F_L7, VIPS_MAP, VipKey, VipMeta},
+};
+
+use crate::{
+    config::{Config, VipMode},
+    maglev::{self, Weighted},
+};
+
+/// The 16-byte map form of an address (IPv4-mapped for IPv4).
+pub fn addr_of(ip: IpAddr) -> Addr {
+    match ip {
+        IpAddr::V4(v4) => mapped_v4(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The address a 16-byte map address stands for.
+pub fn ip_of(addr: &Addr) -> IpAddr {
+    std::net::Ipv6Addr::from(*addr).to_canonical()
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn open(pin_dir: &Path, name: &str) -> Result<MapData> {
+    let path = pin_dir.join(name);
+    MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))
+}
+
+/// The pinned maps lbd programs, and what it last wrote to each VIP's ring.
+pub struct Tables {
+    vips: BpfHashMap<MapData, VipKey, VipMeta>,
+    vip_addrs: BpfHashMap<MapData, Addr, u32>,
+    rings: Array<MapData, u32>,
+    backends: Array<MapData, Backend>,
+    deny_v4: LpmTrie<MapData, [u8; 4], u32>,
+    deny_v6: LpmTrie<MapData, [u8; 16], u32>,
+    dataplane: Array<MapData, DataplaneConfig>,
+    vip_stats: PerCpuArray<MapData, TrafficCounter>,
+    backend_stats: PerCpuArray<MapData, TrafficCounter>,
+    /// The current generation's table per VIP, as backend ids.
+    written: HashMap<VipKey, Vec<u32>>,
+}
+
+/// What the data plane should hold for the L4 path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub vips: Vec<DesiredVip>,
+    pub deny: Vec<IpNet>,
+    pub next_hop_mac: Option<[u8; 6]>,
+    pub encap_source_v4: [u8; 4],
+    pub encap_source_v6: [u8; 16],
+    pub max_encap_ip_len: u32,
+    pub flow_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredVip {
+    pub key: VipKey,
+    pub flags: u32,
+    /// Empty for L7 VIPs (no ring).
+    pub backends: Vec<Weighted>,
+}
+
+impl Desired {
+    /// The L4 state a config asks for; `max_encap_ip_len` is the interface MTU.
+    pub fn from_config(config: &Config, max_encap_ip_len: u32) -> Desired {
+        let vips = config
+            .vips
+            .iter()
+            .map(|vip| {
+                let mut flags = 0;
+                if vip.mode == VipMode::L7 {
+                    flags |= VIP_F_L7;
+                }
+                if vip.drop_fragments {
+                    flags |= VIP_F_DROP_FRAGMENTS;
+                }
+                let backends = match vip.mode {
+                    VipMode::L7 => Vec::new(),
+                    VipMode::L4 => config
+                        .pool_of(vip)
+                        .backends
+                        .iter()
+                        .map(|b| Weighted {
+                            addr: addr_of(b.addr),
+                            weight: b.weight,
+                        })
+                        .collect(),
+                };
+                let key = VipKey {
+                    addr: addr_of(vip.addr),
+                    port: vip.port.to_be(),
+                    proto: vip.protocol.number(),
+                    _pad: 0,
+                };
+                DesiredVip { key, flags, backends }
+            })
+            .collect();
+        Desired {
+            vips,
+            deny: config.deny.clone(),
+            next_hop_mac: config.next_hop_mac,
+            encap_source_v4: config.encap_source_v4.octets(),
+            encap_source_v6: config.encap_source_v6.octets(),
+            max_encap_ip_len,
+            flow_grace: config.flow_grace,
+        }
+    }
+}
+
+fn zero_counters(map: &mut PerCpuArray<MapData, TrafficCounter>, index: u32) -> Result<()> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    map.set(
+        index,
+        PerCpuValues::try_from(vec![TrafficCounter::default(); cpus.get() as usize])?,
+        0,
+    )?;
+    Ok(())
+}
+
+impl Tables {
+    /// Opens the maps pinned under `pin_dir`.
+    pub fn open(pin_dir: &Path) -> Result<Tables> {
+        Ok(Tables {
+            vips: BpfHashMap::try_from(Map::HashMap(open(pin_dir, VIPS_MAP)?))?,
+            vip_addrs: BpfHashMap::try_from(Map::HashMap(open(pin_dir, VIP_ADDRS_MAP)?))?,
+            rings: Array::try_from(Map::Array(open(pin_dir, RINGS_MAP)?))?,
+            backends: Array::try_from(Map::Array(open(pin_dir, BACKENDS_MAP)?))?,
+            deny_v4: LpmTrie::try_from(Map::LpmTrie(open(pin_dir, DENY_V4_MAP)?))?,
+            deny_v6: LpmTrie::try_from(Map::LpmTrie(open(pin_dir, DENY_V6_MAP)?))?,
+            dataplane: Array::try_from(Map::Array(open(pin_dir, DATAPLANE_CONFIG_MAP)?))?,
+            vip_stats: PerCpuArray::try_from(Map::PerCpuArray(open(pin_dir, VIP_STATS_MAP)?))?,
+            backend_stats: PerCpuArray::try_from(Map::PerCpuArray(open(pin_dir, BACKEND_STATS_MAP)?))?,
+            written: HashMap::new(),
+        })
+    }
+
+    /// VIPs the RINGS map has room for.
+    pub fn max_vips(&self) -> u32 {
+        self.rings.len() / (SLOTS_PER_VIP * RING_SIZE)
+    }
+
+    /// Backends in use: address -> id.
+    pub fn backend_ids(&self) -> Result<BTreeMap<Addr, u32>> {
+        let mut ids = BTreeMap::new();
+        for (id, backend) in self.backends.iter().enumerate() {
+            let backend = backend?;
+            if backend.flags & BACKEND_F_IN_USE != 0 {
+                ids.insert(backend.addr, id as u32);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// VIPs present: key -> meta.
+    pub fn vips(&self) -> Result<BTreeMap<VipKey, VipMeta>> {
+        self.vips.iter().map(|kv| Ok(kv?)).collect()
+    }
+
+    fn read_ring(&self, slot: u32) -> Result<Vec<u32>> {
+        (0..RING_SIZE)
+            .map(|i| Ok(self.rings.get(&(slot * RING_SIZE + i), 0)?))
+            .collect()
+    }
+
+    fn write_ring(&mut self, slot: u32, table: &[u32]) -> Result<()> {
+        for (i, id) in table.iter().enumerate() {
+            self.rings.set(slot * RING_SIZE + i as u32, id, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the maps hold `desired`, returning one line per change. Order keeps every packet
+    /// consistent: backends are written before rings name them, rings before VIPs flip to
+    /// them, and backends are cleared only once no current ring names them.
+    pub fn apply(&mut self, desired: &Desired) -> Result<Vec<String>> {
+        let mut changes = Vec::new();
+        if desired.vips.len() > self.max_vips() as usize {
+            bail!(
+                "{} VIPs configured but the pinned rings hold {}: `lbd stop --detach` and start again to resize",
+                desired.vips.len(),
+                self.max_vips()
+            );
+        }
+        // 1. Backends: keep ids of known addresses, give new ones the lowest free ids.
+        let mut ids = self.backend_ids()?;
+        let wanted: BTreeSet<Addr> = desired
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.addr))
+            .collect();
+        let taken: BTreeSet<u32> = ids.values().copied().collect();
+        let mut free = (0..self.backends.len()).filter(|id| !taken.contains(id));
+        for addr in &wanted {
+            if ids.contains_key(addr) {
+                continue;
+            }
+            let id = free.next().context("no free backend slot")?;
+            self.backends.set(
+                id,
+                &Backend {
+                    addr: *addr,
+                    flags: BACKEND_F_IN_USE,
+                },
+                0,
+            )?;
+            zero_counters(&mut self.backend_stats, id)?;
+            ids.insert(*addr, id);
+            changes.push(format!("backend {} added as id {id}", ip_of(addr)));
+        }
+
+        // 2. VIPs and their rings.
+        let existing = self.vips()?;
+        let mut used_indexes: BTreeSet<u32> = existing.values().map(|m| m.index).collect();
+        let now = monotonic_ns();
+        for vip in &desired.vips {
+            let name = format!(
+                "{}:{}/{}",
+                ip_of(&vip.key.addr),
+                u16::from_be(vip.key.port),
+                vip.key.proto
+            );
+            let mut meta = match existing.get(&vip.key) {
+                Some(meta) => *meta,
+                None => {
+                    let index = (0..self.max_vips())
+                        .find(|i| !used_indexes.contains(i))
+                        .context("no free VIP index")?;
+                    used_indexes.insert(index);
+                    zero_counters(&mut self.vip_stats, index)?;
+                    let slot = index * SLOTS_PER_VIP;
+                    changes.push(format!("VIP {name} added as index {index}"));
+                    VipMeta {
+                        index,
+                        flags: 0,
+                        ring_current: slot,
+                        ring_previous: slot,
+                        previous_until_ns: 0,
+                    }
+                }
+            };
+            meta.flags = vip.flags;
+            if vip.flags & VIP_F_L7 == 0 {
+                let table: Vec<u32> = maglev::table(&vip.backends, RING_SIZE)
+                    .into_iter()
+                    .map(|e| {
+                        if e == NO_BACKEND {
+                            NO_BACKEND
+                        } else {
+                            ids[&vip.backends[e as usize].addr]
+                        }
+                    })
+                    .collect();
+                let current = match self.written.remove(&vip.key) {
+                    Some(ring) => Some(ring),
+                    None if existing.contains_key(&vip.key) => Some(self.read_ring(meta.ring_current)?),
+                    None => None,
+                };
+                match current {
+                    Some(current) if current == table => {}
+                    Some(current) => {
+                        let base = meta.index * SLOTS_PER_VIP;
+                        let spare = base + (1 - (meta.ring_current - base));
+                        self.write_ring(spare, &table)?;
+                        let moved = current.iter().zip(&table).filter(|(a, b)| a != b).count();
+                        meta.ring_previous = meta.ring_current;
+                        meta.ring_current = spare;
+                        meta.previous_until_ns = now + desired.flow_grace.as_nanos() as u64;
+                        changes.push(format!(
+                            "VIP {name}: new Maglev table, {:.2}% of buckets moved",
+                            100.0 * moved as f64 / RING_SIZE as f64
+                        ));
+                    }
+                    None => self.write_ring(meta.ring_current, &table)?,
+                }
+                self.written.insert(vip.key, table);
+            }
+            if existing.get(&vip.key) != Some(&meta) {
+                self.vips.insert(&vip.key, &meta, 0)?;
+            }
+        }
+        for key in existing.keys() {
+            if !desired.vips.iter().any(|v| v.key == *key) {
+                self.vips.remove(key)?;
+                self.written.remove(key);
+                changes.push(format!(
+                    "VIP {}:{} removed",
+                    ip_of(&key.addr),
+                    u16::from_be(key.port)
+                ));
+            }
+        }
+
+        // 3. Addresses with a VIP (ICMP, fragments).
+        let mut addr_flags: BTreeMap<Addr, u32> = BTreeMap::new();
+        for vip in &desired.vips {
+            *addr_flags.entry(vip.key.addr).or_default() |= vip.flags;
+        }
+        let stale: Vec<Addr> = self
+            .vip_addrs
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !addr_flags.contains_key(k))
+            .collect();
+        for addr in stale {
+            self.vip_addrs.remove(&addr)?;
+        }
+        for (addr, flags) in &addr_flags {
+            self.vip_addrs.insert(addr, flags, 0)?;
+        }
+
+        // 4. Backends no ring names any more.
+        for (addr, id) in &ids {
+            if !wanted.contains(addr) {
+                self.backends.set(*id, &Backend::default(), 0)?;
+                changes.push(format!("backend {} removed (id {id})", ip_of(addr)));
+            }
+        }
+
+        // 5. Deny lists.
+        changes.extend(self.apply_deny(&desired.deny)?);
+
+        // 6. Data-plane settings.
+        let mut v4 = desired.encap_source_v4;
+        v4[2..].fill(0);
+        let mut v6 = desired.encap_source_v6;
+        v6[12..].fill(0);
+        let settings = DataplaneConfig {
+            next_hop_mac: desired.next_hop_mac.unwrap_or([0; 6]),
+            _pad: [0; 2],
+            redirect_ifindex: 0,
+            encap_source_v4: v4,
+            encap_source_v6: v6,
+            max_encap_ip_len: desired.max_encap_ip_len,
+        };
+        if self.dataplane.get(&0, 0)? != settings {
+            self.dataplane.set(0, &settings, 0)?;
+        }
+        Ok(changes)
+    }
+
+    fn apply_deny(&mut self, deny: &[IpNet]) -> Result<Vec<String>> {
+        let mut changes = Vec::new();
+        let (mut want4, mut want6) = (BTreeSet::new(), BTreeSet::new());
+        for net in deny {
+            match net {
+                IpNet::V4(n) => want4.insert((n.prefix_len() as u32, n.network().octets())),
+                IpNet::V6(n) => want6.insert((n.prefix_len() as u32, n.network().octets())),
+            };
+        }
+        let have4: BTreeSet<(u32, [u8; 4])> = self
+            .deny_v4
+            .keys()
+            .filter_map(|k| k.ok())
+            .map(|k| (k.prefix_len(), k.data()))
+            .collect();
+        for (len, data) in have4.difference(&want4) {
+            self.deny_v4.remove(&Key::new(*len, *data))?;
+            changes.push(format!("deny {}/{len} removed", std::net::Ipv4Addr::from(*data)));
+        }
+        for (len, data) in want4.difference(&have4) {
+            self.deny_v4.insert(&Key::new(*len, *data), &1, 0)?;
+            changes.push(format!("deny {}/{len} added", std::net::Ipv4Addr::from(*data)));
+        }
+        let have6: BTreeSet<(u32, [u8; 16])> = self
+            .deny_v6
+            .keys()
+            .filter_map(|k| k.ok())
+            .map(|k| (k.prefix_len(), k.data()))
+            .collect();
+        for (len, data) in have6.difference(&want6) {
+            self.deny_v6.remove(&Key::new(*len, *data))?;
+            changes.push(format!("deny {}/{len} removed", std::net::Ipv6Addr::from(*data)));
+        }
+        for (len, data) in want6.difference(&have6) {
+            self.deny_v6.insert(&Key::new(*len, *data), &1, 0)?;
+            changes.push(format!("deny {}/{len} added", std::net::Ipv6Addr::from(*data)));
+        }
+        Ok(changes)
+    }
+}

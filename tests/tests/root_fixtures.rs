@@ -1,0 +1,839 @@
+//! Root test, Katran's method: the real balancer object in the kernel, provisioned with fixed
+//! VIPs, backends and MACs through lbd's map writer, runs a table of fixtures in order through
+//! BPF_PROG_TEST_RUN; each asserts the verdict and the output bytes. Counters are then compared
+//! with what the table implies.
+use std::{collections::BTreeMap, net::IpAddr};
+
+use anyhow::{Context as _, Result};
+use lb_common::{
+    flow::FlowKey,
+    hash::flow_hash,
+    vip::{VIP_F_DROP_FRAGMENTS, VIP_F_L7},
+};
+use sluice_tests::{
+    harness::{ENCAP_SRC4, ENCAP_SRC6, Harness, desired, flow, vip},
+    packets::{self, Tcp, echo_reply, echo_request, encapsulated, hex_diff, ip_part, tcp, too_big, udp},
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const CLIENT: &str = "198.18.0.2";
+const CLIENT6: &str = "fd00:5e::2";
+const VIP_WEB: &str = "198.19.0.1"; // :80 tcp -> web, :53 udp -> dns
+const VIP_ANY: &str = "198.19.0.2"; // every tcp port -> solo
+const VIP_L7: &str = "198.19.0.3"; // :443 tcp, L7
+const VIP_NOFRAG: &str = "198.19.0.4"; // :80 tcp, drops fragments
+const VIP_V4_TO_V6: &str = "198.19.0.5"; // :80 tcp -> IPv6 backend
+const VIP_EMPTY: &str = "198.19.0.6"; // :80 tcp -> empty pool
+const VIP6: &str = "fd00:5e:100::1"; // :80 tcp -> web6
+const WEB: [(&str, u32); 2] = [("198.18.10.2", 100), ("198.18.11.2", 100)];
+const WEB_PLUS: [(&str, u32); 3] = [("198.18.10.2", 100), ("198.18.11.2", 100), ("198.18.13.2", 100)];
+const WEB6: [(&str, u32); 2] = [("fd00:5e:10::2", 100), ("fd00:5e:11::2", 100)];
+
+/// VIP table index of each VIP in [`desired_state`] (for the model).
+const IDX_WEB: usize = 0;
+const IDX_V6: usize = 6;
+
+fn desired_state(web: &[(&str, u32)]) -> lb_userspace::tables::Desired {
+    desired(
+        vec![
+            vip(VIP_WEB, 80, 6, 0, web),
+            vip(VIP_WEB, 53, 17, 0, &[("198.18.12.2", 100)]),
+            vip(VIP_ANY, 0, 6, 0, &[("198.18.12.2", 100)]),
+            vip(VIP_L7, 443, 6, VIP_F_L7, &[]),
+            vip(VIP_NOFRAG, 80, 6, VIP_F_DROP_FRAGMENTS, web),
+            vip(VIP_V4_TO_V6, 80, 6, 0, &[("fd00:5e:12::2", 100)]),
+            vip(VIP6, 80, 6, 0, &WEB6),
+            vip(VIP_EMPTY, 80, 6, 0, &[]),
+        ],
+        &["203.0.113.0/24", "2001:db8:bad::/48"],
+    )
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// What the balancer should send.
+enum Expect {
+    /// The input, unchanged (pass or drop).
+    Same,
+    /// Exactly these bytes.
+    Bytes(Vec<u8>),
+}
+
+struct Fixture {
+    description: String,
+    input: Vec<u8>,
+    verdict: u32,
+    /// The counter slot that says why.
+    reason: &'static str,
+    output: Expect,
+}
+
+fn fixture(description: &str, input: Vec<u8>, verdict: u32, reason: &'static str) -> Fixture {
+    Fixture {
+        description: description.into(),
+        input,
+        verdict,
+        reason,
+        output: Expect::Same,
+    }
+}
+
+/// A fixture whose output is `input`'s IP packet encapsulated to `backend` with `flow`'s hash.
+fn forwarded(description: &str, input: Vec<u8>, inner_at: usize, backend: IpAddr, flow: &FlowKey) -> Fixture {
+    let out = encapsulated(
+        &input[inner_at..],
+        backend,
+        ENCAP_SRC4,
+        ENCAP_SRC6,
+        flow_hash(flow),
+    );
+    Fixture {
+        description: description.into(),
+        input,
+        verdict: XDP_TX,
+        reason: "tx",
+        output: Expect::Bytes(out),
+    }
+}
+
+fn tcp4(sport: u16, dst: &str, dport: u16, flags: Tcp) -> Vec<u8> {
+    tcp(ip(CLIENT), sport, ip(dst), dport, flags, b"")
+}
+
+fn with_vlans(frame: &[u8], tags: &[u16]) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    for (i, tag) in tags.iter().enumerate() {
+        let tpid: u16 = if i == 0 && tags.len() > 1 { 0x88a8 } else { 0x8100 };
+        out.extend_from_slice(&tpid.to_be_bytes());
+        out.extend_from_slice(&tag.to_be_bytes());
+    }
+    out.extend_from_slice(&frame[12..]);
+    out
+}
+
+/// Inserts `options` (a multiple of 4 bytes) into an IPv4 frame's header, fixing IHL, length
+/// and header checksum.
+fn with_ipv4_options(frame: &[u8], options: &[u8]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out.splice(34..34, options.iter().copied());
+    out[14] = 0x40 | ((20 + options.len()) / 4) as u8;
+    let total = u16::from_be_bytes([out[16], out[17]]) + options.len() as u16;
+    out[16..18].copy_from_slice(&total.to_be_bytes());
+    refresh_ipv4_checksum(&mut out);
+    out
+}
+
+fn refresh_ipv4_checksum(frame: &mut [u8]) {
+    let ihl = ((frame[14] & 0x0f) as usize) * 4;
+    frame[24..26].fill(0);
+    let sum: u32 = frame[14..14 + ihl]
+        .chunks(2)
+        .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
+        .sum();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let folded = !(((folded & 0xffff) + (folded >> 16)) as u16);
+    frame[24..26].copy_from_slice(&folded.to_be_bytes());
+}
+
+/// Sets IPv4 flags/fragment offset bytes.
+fn fragment4(mut frame: Vec<u8>, flags_offset: u16) -> Vec<u8> {
+    frame[20..22].copy_from_slice(&flags_offset.to_be_bytes());
+    refresh_ipv4_checksum(&mut frame);
+    frame
+}
+
+/// Inserts IPv6 extension headers (already chained: the last one's next header is the L4).
+fn with_ipv6_ext(frame: &[u8], first: u8, ext: &[u8]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out.splice(54..54, ext.iter().copied());
+    out[20] = first;
+    let len = u16::from_be_bytes([out[18], out[19]]) + ext.len() as u16;
+    out[18..20].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+fn set(mut frame: Vec<u8>, at: usize, bytes: &[u8]) -> Vec<u8> {
+    frame[at..at + bytes.len()].copy_from_slice(bytes);
+    frame
+}
+
+/// Fixtures of the first phase: every path, with the web pool at two backends.
+fn phase_one(h: &Harness) -> Vec<Fixture> {
+    let web_flow = |sport| flow(CLIENT, sport, VIP_WEB, 80, 6);
+    let web = |sport| h.model_backend(IDX_WEB, &web_flow(sport));
+    let mut f = Vec::new();
+    // TCP over IPv4: a connection's life, and new connections spreading over the pool.
+    for (flags, name) in [
+        (Tcp::Syn, "SYN"),
+        (Tcp::Ack, "ACK (connection table hit)"),
+        (Tcp::PshAck, "PSH/ACK"),
+        (Tcp::Fin, "FIN"),
+        (Tcp::Rst, "RST"),
+    ] {
+        f.push(forwarded(
+            &format!("v4 TCP {name} to web VIP"),
+            tcp4(40000, VIP_WEB, 80, flags),
+            14,
+            web(40000),
+            &web_flow(40000),
+        ));
+    }
+    let data = tcp(ip(CLIENT), 40000, ip(VIP_WEB), 80, Tcp::PshAck, &[0xab; 1000]);
+    f.push(forwarded(
+        "v4 TCP 1000-byte segment",
+        data,
+        14,
+        web(40000),
+        &web_flow(40000),
+    ));
+    for sport in 41000..41006 {
+        f.push(forwarded(
+            &format!("v4 TCP SYN, new flow from :{sport}"),
+            tcp4(sport, VIP_WEB, 80, Tcp::Syn),
+            14,
+            web(sport),
+            &web_flow(sport),
+        ));
+    }
+    f.push(forwarded(
+        "v4 TCP ACK of an unknown flow (table miss, Maglev)",
+        tcp4(42000, VIP_WEB, 80, Tcp::Ack),
+        14,
+        web(42000),
+        &web_flow(42000),
+    ));
+    f.push(forwarded(
+        "v4 TCP SYN/ACK to a VIP is not a new flow",
+        tcp4(42001, VIP_WEB, 80, Tcp::SynAck),
+        14,
+        web(42001),
+        &web_flow(42001),
+    ));
+    // UDP.
+    let dns = ip("198.18.12.2");
+    let dns_flow = flow(CLIENT, 5353, VIP_WEB, 53, 17);
+    f.push(forwarded(
+        "v4 UDP to dns VIP",
+        udp(ip(CLIENT), 5353, ip(VIP_WEB), 53, b"query"),
+        14,
+        dns,
+        &dns_flow,
+    ));
+    f.push(forwarded(
+        "v4 UDP same flow again (hit)",
+        udp(ip(CLIENT), 5353, ip(VIP_WEB), 53, b"query2"),
+        14,
+        dns,
+        &dns_flow,
+    ));
+    f.push(fixture(
+        "v4 UDP to a port that is no VIP",
+        udp(ip(CLIENT), 5353, ip(VIP_WEB), 54, b"x"),
+        XDP_PASS,
+        "pass_not_vip",
+    ));
+    f.push(fixture(
+        "v4 TCP to the UDP VIP's port",
+        tcp4(40000, VIP_WEB, 53, Tcp::Syn),
+        XDP_PASS,
+        "pass_not_vip",
+    ));
+    // Any-port VIP.
+    for port in [8080u16, 22] {
+        let fl = flow(CLIENT, 40000, VIP_ANY, port, 6);
+        f.push(forwarded(
+            &format!("v4 TCP SYN to any-port VIP :{port}"),
+            tcp4(40000, VIP_ANY, port, Tcp::Syn),
+            14,
+            dns,
+            &fl,
+        ));
+    }
+    f.push(fixture(
+        "v4 UDP to a TCP any-port VIP",
+        udp(ip(CLIENT), 1, ip(VIP_ANY), 53, b"x"),
+        XDP_PASS,
+        "pass_not_vip",
+    ));
+    // L7 VIP and non-VIP traffic go up the stack.
+    f.push(fixture(
+        "v4 TCP SYN to L7 VIP",
+        tcp4(40000, VIP_L7, 443, Tcp::Syn),
+        XDP_PASS,
+        "pass_l7",
+    ));
+    f.push(fixture(
+        "v4 TCP ACK to L7 VIP",
+        tcp4(40000, VIP_L7, 443, Tcp::Ack),
+        XDP_PASS,
+        "pass_l7",
+    ));
+    f.push(fixture(
+        "v4 TCP to L7 VIP address, other port",
+        tcp4(40000, VIP_L7, 80, Tcp::Syn),
+        XDP_PASS,
+        "pass_not_vip",
+    ));
+    f.push(fixture(
+        "v4 TCP to the lb's own address",
+        tcp4(40000, "198.18.1.2", 22, Tcp::Syn),
+        XDP_PASS,
+        "pass_not_vip",
+    ));
+    let mut arp = tcp4(40000, VIP_WEB, 80, Tcp::Syn);
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    f.push(fixture("ARP", arp.clone(), XDP_PASS, "pass_not_ip"));
+    f.push(fixture(
+        "LLDP",
+        set(arp, 12, &0x88ccu16.to_be_bytes()),
+        XDP_PASS,
+        "pass_not_ip",
+    ));
+    // VLAN tags are stripped on the way to the backend.
+    let syn = tcp4(43000, VIP_WEB, 80, Tcp::Syn);
+    f.push(forwarded(
+        "802.1Q-tagged v4 SYN",
+        with_vlans(&syn, &[7]),
+        18,
+        web(43000),
+        &web_flow(43000),
+    ));
+    let q = udp(ip(CLIENT), 5353, ip(VIP_WEB), 53, b"qinq");
+    f.push(forwarded(
+        "QinQ-tagged v4 UDP",
+        with_vlans(&q, &[100, 7]),
+        22,
+        dns,
+        &dns_flow,
+    ));
+    // IPv4 options are carried inside.
+    let opt = with_ipv4_options(&tcp4(43001, VIP_WEB, 80, Tcp::Syn), &[1, 1, 1, 0]);
+    f.push(forwarded(
+        "v4 SYN with 4 bytes of IP options",
+        opt,
+        14,
+        web(43001),
+        &web_flow(43001),
+    ));
+    let opt = with_ipv4_options(&tcp4(43002, VIP_WEB, 80, Tcp::Syn), &[1; 40]);
+    f.push(forwarded(
+        "v4 SYN with IHL 15 (40 bytes of options)",
+        opt,
+        14,
+        web(43002),
+        &web_flow(43002),
+    ));
+    // Malformed packets: dropped, counted by reason.
+    let good = tcp4(40000, VIP_WEB, 80, Tcp::Syn);
+    // (BPF_PROG_TEST_RUN refuses frames under 14 bytes, as drivers never deliver them.)
+    f.push(fixture(
+        "QinQ inner tag cut short",
+        with_vlans(&good, &[100, 7])[..20].to_vec(),
+        XDP_DROP,
+        "drop_malformed_l2",
+    ));
+    f.push(fixture(
+        "VLAN tag cut short",
+        with_vlans(&good, &[7])[..15].to_vec(),
+        XDP_DROP,
+        "drop_malformed_l2",
+    ));
+    f.push(fixture(
+        "IPv4 header cut at 10 bytes",
+        good[..24].to_vec(),
+        XDP_DROP,
+        "drop_malformed_ipv4",
+    ));
+    f.push(fixture(
+        "IPv4 IHL 4",
+        set(good.clone(), 14, &[0x44]),
+        XDP_DROP,
+        "drop_malformed_ipv4",
+    ));
+    f.push(fixture(
+        "IPv4 total length beyond the frame",
+        set(good.clone(), 16, &[0x05, 0xdc]),
+        XDP_DROP,
+        "drop_malformed_ipv4",
+    ));
+    f.push(fixture(
+        "IPv4 total length below IHL",
+        set(good.clone(), 16, &[0, 12]),
+        XDP_DROP,
+        "drop_malformed_ipv4",
+    ));
+    f.push(fixture(
+        "IP version 5 in an IPv4 frame",
+        set(good.clone(), 14, &[0x55]),
+        XDP_DROP,
+        "drop_malformed_ipv4",
+    ));
+    let mut short_tcp = good[..44].to_vec();
+    short_tcp[16..18].copy_from_slice(&30u16.to_be_bytes());
+    f.push(fixture(
+        "TCP header cut at 10 bytes",
+        short_tcp,
+        XDP_DROP,
+        "drop_malformed_l4",
+    ));
+    let mut short_udp = udp(ip(CLIENT), 1, ip(VIP_WEB), 53, b"")[..38].to_vec();
+    short_udp[16..18].copy_from_slice(&24u16.to_be_bytes());
+    f.push(fixture(
+        "UDP header cut at 4 bytes",
+        short_udp,
+        XDP_DROP,
+        "drop_malformed_l4",
+    ));
+    let syn6 = tcp(ip(CLIENT6), 40000, ip(VIP6), 80, Tcp::Syn, b"");
+    f.push(fixture(
+        "IPv6 header cut at 20 bytes",
+        syn6[..34].to_vec(),
+        XDP_DROP,
+        "drop_malformed_ipv6",
+    ));
+    f.push(fixture(
+        "IPv6 payload length beyond the frame",
+        set(syn6.clone(), 18, &[0x05, 0xdc]),
+        XDP_DROP,
+        "drop_malformed_ipv6",
+    ));
+    let chain: Vec<u8> = [[60, 0, 1, 4, 0, 0, 0, 0]; 4]
+        .concat()
+        .into_iter()
+        .chain([6, 0, 1, 4, 0, 0, 0, 0])
+        .collect();
+    f.push(fixture(
+        "IPv6 with 5 extension headers",
+        with_ipv6_ext(&syn6, 0, &chain),
+        XDP_DROP,
+        "drop_malformed_ipv6",
+    ));
+    let cut_ext = with_ipv6_ext(&syn6, 0, &[6, 1, 1, 4, 0, 0, 0, 0]);
+    f.push(fixture(
+        "IPv6 extension header longer than the packet",
+        cut_ext,
+        XDP_DROP,
+        "drop_malformed_l4",
+    ));
+    let mut short_icmp = echo_request(ip(CLIENT), ip(VIP_WEB))[..38].to_vec();
+    short_icmp[16..18].copy_from_slice(&24u16.to_be_bytes());
+    f.push(fixture(
+        "ICMP header cut at 4 bytes",
+        short_icmp,
+        XDP_DROP,
+        "drop_malformed_l4",
+    ));
+    // Deny lists come first.
+    let denied = tcp(ip("203.0.113.9"), 40000, ip(VIP_WEB), 80, Tcp::Syn, b"");
+    f.push(fixture(
+        "denied v4 source to a VIP",
+        denied,
+        XDP_DROP,
+        "drop_denied",
+    ));
+    let denied = udp(ip("203.0.113.200"), 1, ip("198.18.1.2"), 53, b"x");
+    f.push(fixture(
+        "denied v4 source to a non-VIP",
+        denied,
+        XDP_DROP,
+        "drop_denied",
+    ));
+    let denied = tcp(ip("2001:db8:bad:1::9"), 40000, ip(VIP6), 80, Tcp::Syn, b"");
+    f.push(fixture("denied v6 source", denied, XDP_DROP, "drop_denied"));
+    let near = tcp(ip("203.0.114.1"), 40000, ip(VIP_WEB), 80, Tcp::Syn, b"");
+    let near_flow = flow("203.0.114.1", 40000, VIP_WEB, 80, 6);
+    f.push(forwarded(
+        "v4 source just outside a denied prefix",
+        near,
+        14,
+        h.model_backend(IDX_WEB, &near_flow),
+        &near_flow,
+    ));
+    // Fragments.
+    let frag = tcp(ip(CLIENT), 40000, ip(VIP_WEB), 80, Tcp::PshAck, &[1; 64]);
+    f.push(fixture(
+        "v4 first fragment (MF) to a VIP",
+        fragment4(frag.clone(), 0x2000),
+        XDP_PASS,
+        "pass_fragment",
+    ));
+    f.push(fixture(
+        "v4 later fragment to a VIP",
+        fragment4(frag.clone(), 0x0008),
+        XDP_PASS,
+        "pass_fragment",
+    ));
+    let nofrag = tcp(ip(CLIENT), 40000, ip(VIP_NOFRAG), 80, Tcp::PshAck, &[1; 64]);
+    f.push(fixture(
+        "v4 fragment to a VIP that drops them",
+        fragment4(nofrag, 0x2000),
+        XDP_DROP,
+        "drop_fragment",
+    ));
+    let frag6 = with_ipv6_ext(
+        &tcp(ip(CLIENT6), 40000, ip(VIP6), 80, Tcp::PshAck, &[1; 64]),
+        44,
+        &[6, 0, 0, 1, 0, 0, 0, 9],
+    );
+    f.push(fixture(
+        "v6 fragment header to a VIP",
+        frag6,
+        XDP_PASS,
+        "pass_fragment",
+    ));
+    let other = tcp(ip(CLIENT), 40000, ip("198.18.1.2"), 80, Tcp::PshAck, &[1; 64]);
+    f.push(fixture(
+        "v4 fragment to a non-VIP",
+        fragment4(other, 0x2000),
+        XDP_PASS,
+        "pass_not_vip",
+    ));
+    // ICMP echo to a VIP is answered here.
+    let reply = |src, dst| Expect::Bytes(echo_reply(ip(src), ip(dst)));
+    f.push(Fixture {
+        output: reply(CLIENT, VIP_WEB),
+        ..fixture(
+            "ICMP echo to a VIP",
+            echo_request(ip(CLIENT), ip(VIP_WEB)),
+            XDP_TX,
+            "icmp_echo_reply",
+        )
+    });
+    f.push(Fixture {
+        output: reply(CLIENT6, VIP6),
+        ..fixture(
+            "ICMPv6 echo to a VIP",
+            echo_request(ip(CLIENT6), ip(VIP6)),
+            XDP_TX,
+            "icmp_echo_reply",
+        )
+    });
+    f.push(fixture(
+        "ICMP echo to a non-VIP",
+        echo_request(ip(CLIENT), ip("198.18.1.2")),
+        XDP_PASS,
+        "pass_not_vip",
+    ));
+    let echo_reply_in = set(echo_request(ip(CLIENT), ip(VIP_WEB)), 34, &[0]);
+    f.push(fixture(
+        "ICMP echo reply to a VIP",
+        echo_reply_in,
+        XDP_PASS,
+        "pass_not_vip",
+    ));
+    // ICMP "too big" about a VIP flow goes to that flow's backend.
+    let sent = tcp(ip(VIP_WEB), 80, ip(CLIENT), 40000, Tcp::PshAck, &[0; 64]);
+    let ptb = too_big(ip("198.18.0.1"), ip(VIP_WEB), ip_part(&sent));
+    let mut fx = forwarded(
+        "ICMP frag-needed quoting a web VIP flow",
+        ptb,
+        14,
+        web(40000),
+        &web_flow(40000),
+    );
+    fx.reason = "icmp_too_big_forwarded";
+    f.push(fx);
+    let sent6 = tcp(ip(VIP6), 80, ip(CLIENT6), 40000, Tcp::PshAck, &[0; 64]);
+    let ptb6 = too_big(ip("fd00:5e::1"), ip(VIP6), ip_part(&sent6));
+    let f6 = flow(CLIENT6, 40000, VIP6, 80, 6);
+    let mut fx = forwarded(
+        "ICMPv6 packet-too-big quoting a v6 VIP flow",
+        ptb6,
+        14,
+        h.model_backend(IDX_V6, &f6),
+        &f6,
+    );
+    fx.reason = "icmp_too_big_forwarded";
+    f.push(fx);
+    let not_vip = tcp(ip(VIP_WEB), 81, ip(CLIENT), 40000, Tcp::PshAck, &[0; 64]);
+    let ptb = too_big(ip("198.18.0.1"), ip(VIP_WEB), ip_part(&not_vip));
+    f.push(fixture(
+        "ICMP frag-needed quoting a non-VIP port",
+        ptb,
+        XDP_PASS,
+        "pass_not_vip",
+    ));
+    // IPv6: IP6IP6.
+    let v6_flow = |sport| flow(CLIENT6, sport, VIP6, 80, 6);
+    let v6 = |sport| h.model_backend(IDX_V6, &v6_flow(sport));
+    f.push(forwarded(
+        "v6 TCP SYN to v6 VIP",
+        syn6.clone(),
+        14,
+        v6(40000),
+        &v6_flow(40000),
+    ));
+    let ack6 = tcp(ip(CLIENT6), 40000, ip(VIP6), 80, Tcp::Ack, b"");
+    f.push(forwarded(
+        "v6 TCP ACK (hit)",
+        ack6,
+        14,
+        v6(40000),
+        &v6_flow(40000),
+    ));
+    let hbh = with_ipv6_ext(
+        &tcp(ip(CLIENT6), 40001, ip(VIP6), 80, Tcp::Syn, b""),
+        0,
+        &[6, 0, 1, 4, 0, 0, 0, 0],
+    );
+    f.push(forwarded(
+        "v6 SYN with a hop-by-hop header",
+        hbh,
+        14,
+        v6(40001),
+        &v6_flow(40001),
+    ));
+    for sport in 40010..40014 {
+        let syn = tcp(ip(CLIENT6), sport, ip(VIP6), 80, Tcp::Syn, b"");
+        f.push(forwarded(
+            &format!("v6 SYN, new flow from :{sport}"),
+            syn,
+            14,
+            v6(sport),
+            &v6_flow(sport),
+        ));
+    }
+    f.push(fixture(
+        "v6 UDP to the v6 TCP VIP",
+        udp(ip(CLIENT6), 1, ip(VIP6), 80, b"x"),
+        XDP_PASS,
+        "pass_not_vip",
+    ));
+    // IPv4 VIP, IPv6 backend: IPv4-in-IPv6.
+    let fl = flow(CLIENT, 40000, VIP_V4_TO_V6, 80, 6);
+    f.push(forwarded(
+        "v4 SYN to a VIP with an IPv6 backend",
+        tcp4(40000, VIP_V4_TO_V6, 80, Tcp::Syn),
+        14,
+        ip("fd00:5e:12::2"),
+        &fl,
+    ));
+    // No backend, too big.
+    f.push(fixture(
+        "SYN to a VIP with an empty pool",
+        tcp4(40000, VIP_EMPTY, 80, Tcp::Syn),
+        XDP_DROP,
+        "drop_no_backend",
+    ));
+    let big = tcp(ip(CLIENT), 44000, ip(VIP_WEB), 80, Tcp::PshAck, &[0; 1460]);
+    f.push(fixture(
+        "1500-byte packet: encapsulated it would exceed the MTU",
+        big,
+        XDP_DROP,
+        "drop_too_big",
+    ));
+    f
+}
+
+fn run_fixtures(h: &mut Harness, fixtures: &[Fixture]) -> Result<()> {
+    for (i, f) in fixtures.iter().enumerate() {
+        let (verdict, out) = h
+            .run(&f.input)
+            .with_context(|| format!("fixture {i} `{}`", f.description))?;
+        let expected = match &f.output {
+            Expect::Same => &f.input,
+            Expect::Bytes(b) => b,
+        };
+        if verdict != f.verdict || &out != expected {
+            panic!(
+                "fixture {i} `{}`: verdict {verdict}, expected {}\n{}{}",
+                f.description,
+                f.verdict,
+                hex_diff("expected", expected, &out),
+                hex_diff("actual", &out, expected)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Counter slot -> how many fixtures should have counted there.
+fn expected_counts(fixtures: &[Fixture]) -> BTreeMap<&'static str, u64> {
+    let mut counts = BTreeMap::new();
+    for f in fixtures {
+        let verdict = match f.verdict {
+            XDP_DROP => "drop",
+            XDP_PASS => "pass",
+            _ => "tx",
+        };
+        *counts.entry(verdict).or_default() += 1;
+        if f.reason != verdict {
+            *counts.entry(f.reason).or_default() += 1;
+        }
+    }
+    counts
+}
+
+#[test]
+fn root_fixtures_every_path() -> Result<()> {
+    let mut h = Harness::new("fixtures", 8, desired_state(&WEB))?;
+    let fixtures = phase_one(&h);
+    assert!(fixtures.len() >= 60, "only {} fixtures", fixtures.len());
+    run_fixtures(&mut h, &fixtures)?;
+
+    let mut expected = expected_counts(&fixtures);
+    let actual: BTreeMap<&str, u64> = h.stats()?.into_iter().filter(|(_, n)| *n > 0).collect();
+    expected.retain(|_, n| *n > 0);
+    assert_eq!(actual, expected, "global counters");
+
+    // Per-backend packets: every forwarded fixture counted on the backend it went to.
+    let mut per_backend: BTreeMap<IpAddr, u64> = BTreeMap::new();
+    for f in &fixtures {
+        if let (Expect::Bytes(out), XDP_TX) = (&f.output, f.verdict)
+            && f.reason != "icmp_echo_reply"
+        {
+            let backend: IpAddr = if out[12] == 0x08 {
+                <[u8; 4]>::try_from(&out[30..34]).unwrap().into()
+            } else {
+                <[u8; 16]>::try_from(&out[38..54]).unwrap().into()
+            };
+            *per_backend.entry(backend).or_default() += 1;
+        }
+    }
+    let actual: BTreeMap<IpAddr, u64> = h
+        .backend_stats()?
+        .into_iter()
+        .map(|(a, p, _, _)| (a, p))
+        .filter(|(_, p)| *p > 0)
+        .collect();
+    assert_eq!(actual, per_backend, "per-backend packets");
+    Ok(())
+}
+
+#[test]
+fn root_fixtures_pool_change_keeps_flows() -> Result<()> {
+    let mut h = Harness::new("poolchange", 8, desired_state(&WEB))?;
+    let web_flow = |sport| flow(CLIENT, sport, VIP_WEB, 80, 6);
+    // Establish flows from many ports on the two-backend pool.
+    let ports: Vec<u16> = (50000..50200).collect();
+    let before: Vec<IpAddr> = ports
+        .iter()
+        .map(|&p| h.model_backend(IDX_WEB, &web_flow(p)))
+        .collect();
+    let setup: Vec<Fixture> = ports
+        .iter()
+        .zip(&before)
+        .map(|(&p, &b)| {
+            forwarded(
+                "SYN before the change",
+                tcp4(p, VIP_WEB, 80, Tcp::Syn),
+                14,
+                b,
+                &web_flow(p),
+            )
+        })
+        .collect();
+    run_fixtures(&mut h, &setup)?;
+
+    // Add a third backend: about a third of new flows go to it.
+    let changes = h.apply(desired_state(&WEB_PLUS))?;
+    assert!(
+        changes.iter().any(|c| c.contains("new Maglev table")),
+        "{changes:?}"
+    );
+    let after: Vec<IpAddr> = ports
+        .iter()
+        .map(|&p| h.model_backend(IDX_WEB, &web_flow(p)))
+        .collect();
+    let moved: Vec<usize> = (0..ports.len()).filter(|&i| before[i] != after[i]).collect();
+    let kept: Vec<usize> = (0..ports.len()).filter(|&i| before[i] == after[i]).collect();
+    assert!(
+        moved.len() > 20 && kept.len() > 20,
+        "moved {} kept {}",
+        moved.len(),
+        kept.len()
+    );
+    let (m0, m1, m2, k0) = (moved[0], moved[1], moved[2], kept[0]);
+
+    // Established flows whose bucket moved stay on their backend (connection table hit).
+    let f = vec![
+        forwarded(
+            "ACK of a moved flow: table hit keeps it",
+            tcp4(ports[m0], VIP_WEB, 80, Tcp::Ack),
+            14,
+            before[m0],
+            &web_flow(ports[m0]),
+        ),
+        forwarded(
+            "ACK of a kept flow",
+            tcp4(ports[k0], VIP_WEB, 80, Tcp::Ack),
+            14,
+            before[k0],
+            &web_flow(ports[k0]),
+        ),
+    ];
+    run_fixtures(&mut h, &f)?;
+
+    // Evicted from the table: a non-SYN goes to the previous generation's backend.
+    h.evict(&web_flow(ports[m1]))?;
+    let f = vec![
+        forwarded(
+            "ACK of an evicted moved flow: previous generation",
+            tcp4(ports[m1], VIP_WEB, 80, Tcp::Ack),
+            14,
+            before[m1],
+            &web_flow(ports[m1]),
+        ),
+        forwarded(
+            "...and stays there (re-inserted)",
+            tcp4(ports[m1], VIP_WEB, 80, Tcp::PshAck),
+            14,
+            before[m1],
+            &web_flow(ports[m1]),
+        ),
+        // A SYN always takes the current table (a new connection reusing the 5-tuple).
+        forwarded(
+            "SYN of a moved flow: current generation",
+            tcp4(ports[m2], VIP_WEB, 80, Tcp::Syn),
+            14,
+            after[m2],
+            &web_flow(ports[m2]),
+        ),
+        forwarded(
+            "ACK after that SYN: hit on the new backend",
+            tcp4(ports[m2], VIP_WEB, 80, Tcp::Ack),
+            14,
+            after[m2],
+            &web_flow(ports[m2]),
+        ),
+    ];
+    run_fixtures(&mut h, &f)?;
+    assert!(h.conn_entry(&web_flow(ports[m1]))?.is_some());
+
+    // Remove the backend a flow is on: its packets move (only they do), nothing is dropped.
+    let gone = before[k0];
+    let remaining: Vec<(&str, u32)> = WEB_PLUS.iter().copied().filter(|(a, _)| ip(a) != gone).collect();
+    h.apply(desired_state(&remaining))?;
+    let now = h.model_backend(IDX_WEB, &web_flow(ports[k0]));
+    assert_ne!(now, gone);
+    h.evict(&web_flow(ports[k0]))?;
+    let f = vec![forwarded(
+        "ACK of a flow whose backend was removed: current generation",
+        tcp4(ports[k0], VIP_WEB, 80, Tcp::Ack),
+        14,
+        now,
+        &web_flow(ports[k0]),
+    )];
+    run_fixtures(&mut h, &f)?;
+    Ok(())
+}
+
+#[test]
+fn root_fixtures_flow_hash_matches_userspace() -> Result<()> {
+    // The outer source carries the kernel's flow hash: it must equal lb-common's.
+    let mut h = Harness::new("hash", 8, desired_state(&WEB))?;
+    for sport in [1u16, 80, 443, 40000, 65535] {
+        let input = tcp4(sport, VIP_WEB, 80, Tcp::Syn);
+        let (verdict, out) = h.run(&input)?;
+        assert_eq!(verdict, XDP_TX);
+        let expected = (flow_hash(&flow(CLIENT, sport, VIP_WEB, 80, 6)) as u16).to_be_bytes();
+        assert_eq!(&out[28..30], &expected, "sport {sport}");
+    }
+    let _ = packets::LB_MAC;
+    Ok(())
+}
