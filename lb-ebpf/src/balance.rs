@@ -75,7 +75,7 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Outcome, Stat> {
     if vip.flags & VIP_F_L7 != 0 {
         return Ok((xdp_action::XDP_PASS, Stat::PassL7));
     }
-    forward(ctx, &packet, &vip, packet.is_syn())
+    Ok(forward(ctx, &packet, &vip, packet.is_syn()))
 }
 
 /// Whether the source is in a deny list.
@@ -110,9 +110,18 @@ pub fn lookup_vip(addr: &Addr, port: u16, proto: u8) -> Option<VipMeta> {
 
 /// Picks the backend of `packet.flow` and sends the packet to it. `new_flow`: a TCP SYN, which
 /// always takes the current Maglev table; others use the connection table first.
-/// Not inlined: its stack frame is separate from the parser's.
+/// Not inlined: its stack frame is separate from the parser's. (It returns a plain tuple, with
+/// drops as XDP_DROP: a Result in a BPF function's signature makes BTF the kernel refuses.)
 #[inline(never)]
-pub fn forward(ctx: &XdpContext, packet: &Packet, vip: &VipMeta, new_flow: bool) -> Result<Outcome, Stat> {
+pub fn forward(ctx: &XdpContext, packet: &Packet, vip: &VipMeta, new_flow: bool) -> Outcome {
+    match try_forward(ctx, packet, vip, new_flow) {
+        Ok(outcome) => outcome,
+        Err(reason) => (xdp_action::XDP_DROP, reason),
+    }
+}
+
+#[inline(always)]
+fn try_forward(ctx: &XdpContext, packet: &Packet, vip: &VipMeta, new_flow: bool) -> Result<Outcome, Stat> {
     let flow = &packet.flow;
     let Some(config) = DATAPLANE_CONFIG.get(0) else {
         return Err(Stat::DropInternal);

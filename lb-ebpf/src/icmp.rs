@@ -109,7 +109,7 @@ fn too_big(ctx: &XdpContext, packet: &mut Packet) -> Result<Outcome, Stat> {
     core::mem::swap(&mut flow.src, &mut flow.dst);
     core::mem::swap(&mut flow.sport, &mut flow.dport);
     (packet.l3_off, packet.ip_len, packet.ipv6) = (l3_off, ip_len, ipv6);
-    let (action, stat) = forward(ctx, packet, &vip, false)?;
+    let (action, stat) = forward(ctx, packet, &vip, false);
     let stat = if matches!(stat, Stat::Tx | Stat::Redirect) {
         Stat::IcmpTooBigForwarded
     } else {

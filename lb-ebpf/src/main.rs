@@ -33,6 +33,13 @@ pub fn sluice_decap(ctx: XdpContext) -> u32 {
     decap::try_decap(&ctx)
 }
 
+/// Passes every packet. Attached to the peer of a veth whose other end does native XDP_TX or
+/// redirect: veth delivers such frames only to a peer with an XDP program.
+#[xdp]
+pub fn sluice_pass(_ctx: XdpContext) -> u32 {
+    aya_ebpf::bindings::xdp_action::XDP_PASS
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -130,8 +130,8 @@ pub struct Config {
     pub xdp_mode: XdpModeSetting,
     /// bpffs directory for the link and maps.
     pub pin_dir: PathBuf,
-    /// Destination MAC of encapsulated packets; None: L4 VIP traffic is passed up.
-    pub next_hop_mac: Option<[u8; 6]>,
+    /// Destination MAC of encapsulated packets.
+    pub next_hop_mac: NextHop,
     /// Outer source addresses: the top 16 (IPv4) / 96 (IPv6) bits, the rest from the flow hash.
     pub encap_source_v4: Ipv4Addr,
     pub encap_source_v6: Ipv6Addr,
@@ -144,6 +144,16 @@ pub struct Config {
     pub pools: BTreeMap<String, Pool>,
     /// Source prefixes dropped in XDP.
     pub deny: Vec<IpNet>,
+}
+
+/// Where encapsulated packets go at L2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextHop {
+    /// Not configured: L4 VIP traffic is passed up to the stack instead of forwarded.
+    Unset,
+    /// The MAC of the interface's IPv4 default gateway, resolved by lbd at start and reload.
+    Auto,
+    Mac([u8; 6]),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,9 +314,13 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
         Some(dir) => dir.into_inner(),
         None => PathBuf::from(lb_common::PIN_DIR),
     };
-    let next_hop_mac = dp
-        .next_hop_mac
-        .and_then(|m| errors.parse(&m, "a MAC address like 02:00:00:00:00:01", parse_mac));
+    let next_hop_mac = match dp.next_hop_mac {
+        None => NextHop::Unset,
+        Some(m) if m.get_ref() == "auto" => NextHop::Auto,
+        Some(m) => errors
+            .parse(&m, "\"auto\" or a MAC address like 02:00:00:00:00:01", parse_mac)
+            .map_or(NextHop::Unset, NextHop::Mac),
+    };
     let encap_source_v4 = dp
         .encap_source_v4
         .and_then(|a| errors.parse(&a, "an IPv4 address", |s| s.parse().ok()))

@@ -19,6 +19,8 @@ use crate::config::XdpModeSetting;
 pub const BALANCER_PROGRAM: &str = "sluice_balancer";
 /// The backends' decapsulation program's name in the object.
 pub const DECAP_PROGRAM: &str = "sluice_decap";
+/// The pass-everything program for a veth peer of a native-XDP interface.
+pub const PASS_PROGRAM: &str = "sluice_pass";
 /// File name of the pinned XDP link inside a pin directory.
 pub const LINK_PIN: &str = "link";
 
@@ -34,6 +36,8 @@ pub enum Role {
     Balancer { max_vips: u32 },
     /// A backend's decapsulation (balancer maps shrunk to nothing).
     Decap,
+    /// The pass-everything program (balancer maps shrunk to nothing).
+    Pass,
 }
 
 /// Loads the object with every map pinned under `pin_dir` (existing pins are re-adopted), and
@@ -48,11 +52,15 @@ pub fn load(pin_dir: &Path, role: Role) -> Result<Ebpf> {
             loader.map_max_entries(RINGS_MAP, ring_entries(max_vips));
             BALANCER_PROGRAM
         }
-        Role::Decap => {
+        Role::Decap | Role::Pass => {
             loader
                 .map_max_entries(RINGS_MAP, 1)
                 .map_max_entries(CONN_TABLE_MAP, 1);
-            DECAP_PROGRAM
+            if matches!(role, Role::Decap) {
+                DECAP_PROGRAM
+            } else {
+                PASS_PROGRAM
+            }
         }
     };
     let mut ebpf = loader.load(ebpf_object()).context("loading the XDP object")?;

@@ -2,5 +2,6 @@
 pub mod config;
 pub mod dataplane;
 pub mod maglev;
+pub mod nexthop;
 pub mod stats;
 pub mod tables;

@@ -92,8 +92,9 @@ pub struct DesiredVip {
 }
 
 impl Desired {
-    /// The L4 state a config asks for; `max_encap_ip_len` is the interface MTU.
-    pub fn from_config(config: &Config, max_encap_ip_len: u32) -> Desired {
+    /// The L4 state a config asks for; `max_encap_ip_len` is the interface MTU, `next_hop_mac`
+    /// the resolved next hop (None: pass L4 VIP traffic up).
+    pub fn from_config(config: &Config, max_encap_ip_len: u32, next_hop_mac: Option<[u8; 6]>) -> Desired {
         let vips = config
             .vips
             .iter()
@@ -129,7 +130,7 @@ impl Desired {
         Desired {
             vips,
             deny: config.deny.clone(),
-            next_hop_mac: config.next_hop_mac,
+            next_hop_mac,
             encap_source_v4: config.encap_source_v4.octets(),
             encap_source_v6: config.encap_source_v6.octets(),
             max_encap_ip_len,

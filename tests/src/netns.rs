@@ -74,6 +74,44 @@ impl Host {
         Ok(output)
     }
 
+    /// Makes this host a direct-server-return backend for `vips`: the VIPs on loopback, no
+    /// reverse-path filter, and no ARP answers for them on its NIC.
+    pub fn make_dsr_backend(&self, vips: &[&str]) -> Result<()> {
+        for vip in vips {
+            let prefix = if vip.contains(':') {
+                format!("{vip}/128")
+            } else {
+                format!("{vip}/32")
+            };
+            self.run("ip", &["addr", "add", &prefix, "dev", "lo"])?;
+        }
+        for key in ["all", "eth0", "lo", "default"] {
+            self.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0")?;
+        }
+        self.sysctl("net.ipv4.conf.eth0.arp_ignore", "1")?;
+        self.sysctl("net.ipv4.conf.eth0.arp_announce", "2")?;
+        Ok(())
+    }
+
+    /// Runs `f` on a thread that has entered this host's network namespace.
+    pub fn within<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        let path = format!("/run/netns/{}", self.ns);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+                    // SAFETY: setns on this thread only, with a valid namespace fd.
+                    if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) } != 0
+                    {
+                        bail!("setns {path}: {}", std::io::Error::last_os_error());
+                    }
+                    f()
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("thread in {path} panicked"))?
+        })
+    }
+
     fn sysctl(&self, key: &str, value: &str) -> Result<()> {
         self.run("sysctl", &["-qw", &format!("{key}={value}")]).map(drop)
     }

@@ -172,3 +172,76 @@ impl Drop for Lbd {
         let _ = std::fs::remove_dir_all(&self.pin_dir);
     }
 }
+
+/// Sluice's decapsulation program on a backend's eth0 (`lbd decap`), detached on drop.
+pub struct Decap {
+    host: Host,
+    pub pin_dir: PathBuf,
+}
+
+impl Decap {
+    pub fn attach(host: &Host, mode: &str) -> Result<Decap> {
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}-decap", host.ns));
+        let lbd = crate::bin_dir().join("lbd");
+        let pin = pin_dir.to_str().context("path")?;
+        host.run(
+            lbd.to_str().context("path")?,
+            &["decap", "--iface", "eth0", "--mode", mode, "--pin-dir", pin],
+        )?;
+        Ok(Decap {
+            host: host.clone(),
+            pin_dir,
+        })
+    }
+
+    /// Packets the program decapsulated.
+    pub fn decapsulated(&self) -> Result<u64> {
+        let stats = lb_userspace::stats::decap(&self.pin_dir)?;
+        Ok(stats[lb_common::stats::DecapStat::Decapsulated as usize]
+            .1
+            .packets)
+    }
+}
+
+impl Drop for Decap {
+    fn drop(&mut self) {
+        let lbd = crate::bin_dir().join("lbd");
+        let pin = self.pin_dir.to_str().unwrap_or_default().to_owned();
+        let _ = self.host.run(
+            lbd.to_str().unwrap_or("lbd"),
+            &["decap", "--iface", "eth0", "--detach", "--pin-dir", &pin],
+        );
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// The pass-everything XDP program on a veth end, so that its peer's native XDP_TX frames are
+/// delivered (veth drops them otherwise). Detached on drop.
+pub struct PeerPass {
+    pin_dir: PathBuf,
+}
+
+impl PeerPass {
+    pub fn attach(host: &Host, iface: &str) -> Result<PeerPass> {
+        use lb_userspace::{
+            config::XdpModeSetting,
+            dataplane::{self, PASS_PROGRAM, Role},
+        };
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}-{iface}-pass", host.ns));
+        let dir = pin_dir.clone();
+        let iface = iface.to_owned();
+        host.within(move || {
+            let mut ebpf = dataplane::load(&dir, Role::Pass)?;
+            dataplane::attach(&mut ebpf, PASS_PROGRAM, &iface, XdpModeSetting::Native, &dir)?;
+            Ok(())
+        })?;
+        Ok(PeerPass { pin_dir })
+    }
+}
+
+impl Drop for PeerPass {
+    fn drop(&mut self) {
+        let _ = lb_userspace::dataplane::detach(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}

@@ -59,6 +59,17 @@ fn test(host_only: bool) -> Result<()> {
         "-D",
         "warnings",
     ])?;
+    // lb-ebpf's helper-free library (parser, checksums) builds and is tested on the host too.
+    cargo(&[
+        "clippy",
+        "--package",
+        "lb-ebpf",
+        "--lib",
+        "--tests",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     cargo(&[
         "test",
         "--workspace",
@@ -67,6 +78,7 @@ fn test(host_only: bool) -> Result<()> {
         "--exclude",
         "sluice-tests",
     ])?;
+    cargo(&["test", "--package", "lb-ebpf", "--lib"])?;
     if host_only {
         return Ok(());
     }

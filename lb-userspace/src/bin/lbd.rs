@@ -7,8 +7,9 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use lb_userspace::{
-    config::{Config, XdpModeSetting},
+    config::{Config, NextHop, XdpModeSetting},
     dataplane::{self, Role},
+    nexthop,
     tables::{Desired, Tables},
 };
 use log::{error, info};
@@ -61,6 +62,9 @@ enum Command {
         /// Detach it instead.
         #[arg(long)]
         detach: bool,
+        /// bpffs directory for its link and counters (default /sys/fs/bpf/sluice-decap-IFACE).
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
     },
 }
 
@@ -74,13 +78,25 @@ fn parse_mode(text: &str) -> Result<XdpModeSetting, String> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // aya warns that the kernel refuses the object's BTF (rustc describes Rust enums with
+    // unions the kernel rejects); the maps and programs do not need it, so only errors show.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,aya::bpf=error")).init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { config } => return check(&config),
         Command::Run { config } => run(&config),
         Command::Stop { config, detach } => stop(&config, detach),
-        Command::Decap { iface, mode, detach } => decap(&iface, mode, detach),
+        Command::Decap {
+            iface,
+            mode,
+            detach,
+            pin_dir,
+        } => decap(
+            &iface,
+            mode,
+            detach,
+            pin_dir.unwrap_or_else(|| dataplane::decap_pin_dir(&iface)),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -111,7 +127,12 @@ fn check(path: &Path) -> ExitCode {
 /// Writes the config's L4 state into the maps, logging each change.
 fn apply(tables: &mut Tables, config: &Config) -> Result<()> {
     let mtu = dataplane::interface_mtu(&config.interface)?;
-    for change in tables.apply(&Desired::from_config(config, mtu))? {
+    let next_hop = match config.next_hop_mac {
+        NextHop::Unset => None,
+        NextHop::Mac(mac) => Some(mac),
+        NextHop::Auto => Some(nexthop::resolve(&config.interface)?),
+    };
+    for change in tables.apply(&Desired::from_config(config, mtu, next_hop))? {
         info!("{change}");
     }
     Ok(())
@@ -184,8 +205,7 @@ fn stop(path: &Path, detach: bool) -> Result<()> {
     Ok(())
 }
 
-fn decap(iface: &str, mode: XdpModeSetting, detach: bool) -> Result<()> {
-    let pin_dir = dataplane::decap_pin_dir(iface);
+fn decap(iface: &str, mode: XdpModeSetting, detach: bool, pin_dir: PathBuf) -> Result<()> {
     if detach {
         dataplane::detach(&pin_dir)?;
         info!("decap detached from {iface}");

@@ -27,7 +27,7 @@ fn minimal_config_gets_defaults() {
     assert_eq!(config.xdp_mode, XdpModeSetting::Auto);
     assert_eq!(config.pin_dir, PathBuf::from(lb_common::PIN_DIR));
     assert_eq!(config.max_vips, 16);
-    assert_eq!(config.next_hop_mac, None);
+    assert_eq!(config.next_hop_mac, NextHop::Unset);
 }
 
 #[test]
@@ -39,7 +39,7 @@ fn full_config_parses() {
          [deny]\nprefixes = [\"203.0.113.0/24\", \"2001:db8::1\"]\n"
     );
     let config = Config::parse(Path::new("t.toml"), &text).unwrap();
-    assert_eq!(config.next_hop_mac, Some([2, 0, 0, 0, 0, 1]));
+    assert_eq!(config.next_hop_mac, NextHop::Mac([2, 0, 0, 0, 0, 1]));
     assert_eq!(config.vips[0].port, 80);
     assert_eq!(config.pool_of(&config.vips[0]).backends[1].weight, 50);
     assert_eq!(config.pool_of(&config.vips[0]).backends[0].weight, DEFAULT_WEIGHT);
@@ -71,7 +71,7 @@ fn empty_interface_and_bad_pin_dir_are_both_reported() {
 fn bad_mac() {
     assert_error(
         &format!("{BASE}next_hop_mac = \"02:00:00\"\n"),
-        "t.toml:3: `02:00:00` is not a MAC address",
+        "t.toml:3: `02:00:00` is not \"auto\" or a MAC address",
     );
 }
 

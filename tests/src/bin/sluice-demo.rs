@@ -1,10 +1,11 @@
-//! The demo: a namespace topology, lbd with config/demo.toml, real traffic, counters shown.
-use std::{path::Path, time::Duration};
+//! The demo: a namespace topology, lbd with config/demo.toml, real traffic through the XDP
+//! balancer to two DSR backends, per-backend counters, teardown.
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use anyhow::Result;
 use sluice_tests::{
     netns::{self, Topology},
-    servers::{Lbd, Nginx},
+    servers::{Decap, Lbd, Nginx, PeerPass},
 };
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/demo.toml");
@@ -14,19 +15,34 @@ fn step(text: &str) {
     println!("\n\x1b[1m==> {text}\x1b[0m");
 }
 
+fn requests(topology: &Topology, url: &str, n: usize) -> Result<()> {
+    let mut answers: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..n {
+        let out = topology.client.run("curl", &["-sS", "--max-time", "5", url])?;
+        *answers
+            .entry(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            .or_default() += 1;
+    }
+    println!("  {n} x GET {url}: answered by {answers:?}");
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let keep = std::env::args().any(|a| a == "--keep");
     sluice_tests::require_root();
     // A stale demo (killed hard) would hold the pins: start clean.
     let _ = std::fs::remove_dir_all(PIN_DIR);
 
-    step("topology: client -- router -- lb, and two backends behind the router");
+    step("topology: client -- router -- lb, two backends behind the router");
     let topology = Topology::new(2)?;
     let tag = topology.tag.clone();
     ctrlc::set_handler(move || {
         eprintln!("\ninterrupted: tearing down");
         netns::delete_namespaces(&tag);
-        let _ = std::fs::remove_dir_all(PIN_DIR);
+        let _ = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("rm -rf /sys/fs/bpf/{tag}-* {PIN_DIR}"))
+            .status();
         std::process::exit(130);
     })?;
     for host in std::iter::once(&topology.client)
@@ -36,34 +52,41 @@ fn main() -> Result<()> {
         println!("  {:<18} {} {}", host.ns, host.addr4, host.addr6);
     }
 
+    step("backends: VIPs on loopback, nginx, `lbd decap` (XDP strips IPIP/IP6IP6)");
+    let mut keepalive = Vec::new();
+    for (i, backend) in topology.backends.iter().enumerate() {
+        backend.make_dsr_backend(&["198.19.0.1", "fd00:5e:100::1"])?;
+        let nginx = Nginx::start(backend, &format!("backend{}", i + 1))?;
+        let decap = Decap::attach(backend, "native")?;
+        println!("  {}: nginx on :80, decap on eth0", backend.ns);
+        keepalive.push((nginx, decap));
+    }
+    // The router's end of the lb link gets an XDP program so veth delivers native XDP_TX frames.
+    let _pass = PeerPass::attach(&topology.router, "r1")?;
+
     step("lbd run -c config/demo.toml (in the lb namespace)");
     let lbd = Lbd::start(&topology.lb, Path::new(CONFIG), Path::new(PIN_DIR))?;
     print!(
         "{}",
         String::from_utf8_lossy(&topology.lb.run("ip", &["-br", "link", "show", "eth0"])?.stdout)
     );
-    let _lb_server = Nginx::start(&topology.lb, "lb")?;
 
-    step("client: 20 HTTP requests through the lb's XDP-attached NIC");
-    let url = format!("http://{}/", topology.lb.addr4);
-    for _ in 0..20 {
-        topology
-            .client
-            .run("curl", &["-sS", "--max-time", "5", "-o", "/dev/null", &url])?;
-    }
-    println!("  20 requests answered");
+    step("client: HTTP to the VIPs; the balancer encapsulates, backends answer the client directly");
+    requests(&topology, "http://198.19.0.1/", 20)?;
+    requests(&topology, "http://[fd00:5e:100::1]/", 10)?;
 
     step("lbctl stats");
     print!("{}", lbd.lbctl(&["stats"])?);
 
     if keep {
-        step("--keep: running; enter a namespace with `nsenter --net=/run/netns/<name>`; Ctrl-C tears down");
+        step("--keep: running; `nsenter --net=/run/netns/<name>` to explore; Ctrl-C tears down");
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
     step("teardown");
     drop(lbd);
+    drop(keepalive);
     drop(topology);
     println!("  done: namespaces, links and pins removed");
     Ok(())
