@@ -16,6 +16,8 @@ use lb_common::{
 
 /// LRU flag: per-CPU LRU lists over one shared table (flows stay put whichever CPU sees them).
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+/// Array flag: userspace can mmap the array and write tables with plain stores.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// VIPs the object is sized for by default; lbd resizes RINGS for its configured max_vips.
 pub const DEFAULT_RING_VIPS: u32 = 16;
 
@@ -27,7 +29,7 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::pinned(MAX_VIPS, 0);
 pub static VIP_ADDRS: HashMap<Addr, u32> = HashMap::pinned(MAX_VIPS, 0);
 /// Ring slot * RING_SIZE + bucket -> backend id; lbd (Maglev).
 #[map(name = "RINGS")]
-pub static RINGS: Array<u32> = Array::pinned(ring_entries(DEFAULT_RING_VIPS), 0);
+pub static RINGS: Array<u32> = Array::pinned(ring_entries(DEFAULT_RING_VIPS), BPF_F_MMAPABLE);
 /// Backend id -> Backend; lbd.
 #[map(name = "BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);

@@ -56,11 +56,89 @@ fn open(pin_dir: &Path, name: &str) -> Result<MapData> {
     MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))
 }
 
+/// The RINGS array mapped into lbd's memory (it is BPF_F_MMAPABLE): a table is written with
+/// plain stores instead of 65537 syscalls. Readers see it only after the VIP's flip, a map
+/// update syscall that orders these stores before it. Array elements are 8-byte aligned in
+/// the kernel, so each u32 entry sits in the low half of a u64 slot.
+struct Rings {
+    _data: MapData,
+    ptr: *mut u64,
+    entries: usize,
+    bytes: usize,
+}
+
+impl Rings {
+    fn open(data: MapData) -> Result<Rings> {
+        let entries = data.info()?.max_entries() as usize;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let bytes = (entries * 8).div_ceil(page) * page;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(data.fd()));
+        // SAFETY: mapping a BPF array fd shared and read/write, as the kernel allows for
+        // BPF_F_MMAPABLE arrays; the mapping lives as long as this struct.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            bail!(
+                "mmap of RINGS: {} (was it created without BPF_F_MMAPABLE?)",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(Rings {
+            _data: data,
+            ptr: ptr.cast(),
+            entries,
+            bytes,
+        })
+    }
+
+    /// The mapped u64 words of ring `slot`.
+    fn words(&self, slot: u32) -> *mut u64 {
+        let start = slot as usize * RING_SIZE as usize;
+        assert!(
+            start + RING_SIZE as usize <= self.entries,
+            "ring slot {slot} out of range"
+        );
+        // SAFETY: in bounds of the mapping (checked above).
+        unsafe { self.ptr.add(start) }
+    }
+
+    fn read(&self, slot: u32) -> Vec<u32> {
+        // SAFETY: RING_SIZE words in bounds (words() checks); any bits are a valid u64.
+        let words = unsafe { std::slice::from_raw_parts(self.words(slot), RING_SIZE as usize) };
+        words.iter().map(|w| *w as u32).collect()
+    }
+
+    fn write(&mut self, slot: u32, table: &[u32]) {
+        assert_eq!(table.len(), RING_SIZE as usize);
+        // SAFETY: RING_SIZE words in bounds (words() checks); &mut self: the only writer here.
+        let words = unsafe { std::slice::from_raw_parts_mut(self.words(slot), RING_SIZE as usize) };
+        for (word, id) in words.iter_mut().zip(table) {
+            *word = *id as u64;
+        }
+    }
+}
+
+impl Drop for Rings {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what open() mapped.
+        unsafe { libc::munmap(self.ptr.cast(), self.bytes) };
+    }
+}
+
 /// The pinned maps lbd programs, and what it last wrote to each VIP's ring.
 pub struct Tables {
     vips: BpfHashMap<MapData, VipKey, VipMeta>,
     vip_addrs: BpfHashMap<MapData, Addr, u32>,
-    rings: Array<MapData, u32>,
+    rings: Rings,
     backends: Array<MapData, Backend>,
     deny_v4: LpmTrie<MapData, [u8; 4], u32>,
     deny_v6: LpmTrie<MapData, [u8; 16], u32>,
@@ -155,7 +233,7 @@ impl Tables {
         Ok(Tables {
             vips: BpfHashMap::try_from(Map::HashMap(open(pin_dir, VIPS_MAP)?))?,
             vip_addrs: BpfHashMap::try_from(Map::HashMap(open(pin_dir, VIP_ADDRS_MAP)?))?,
-            rings: Array::try_from(Map::Array(open(pin_dir, RINGS_MAP)?))?,
+            rings: Rings::open(open(pin_dir, RINGS_MAP)?)?,
             backends: Array::try_from(Map::Array(open(pin_dir, BACKENDS_MAP)?))?,
             deny_v4: LpmTrie::try_from(Map::LpmTrie(open(pin_dir, DENY_V4_MAP)?))?,
             deny_v6: LpmTrie::try_from(Map::LpmTrie(open(pin_dir, DENY_V6_MAP)?))?,
@@ -168,7 +246,7 @@ impl Tables {
 
     /// VIPs the RINGS map has room for.
     pub fn max_vips(&self) -> u32 {
-        self.rings.len() / (SLOTS_PER_VIP * RING_SIZE)
+        (self.rings.entries / (SLOTS_PER_VIP * RING_SIZE) as usize) as u32
     }
 
     /// Backends in use: address -> id.
@@ -186,19 +264,6 @@ impl Tables {
     /// VIPs present: key -> meta.
     pub fn vips(&self) -> Result<BTreeMap<VipKey, VipMeta>> {
         self.vips.iter().map(|kv| Ok(kv?)).collect()
-    }
-
-    fn read_ring(&self, slot: u32) -> Result<Vec<u32>> {
-        (0..RING_SIZE)
-            .map(|i| Ok(self.rings.get(&(slot * RING_SIZE + i), 0)?))
-            .collect()
-    }
-
-    fn write_ring(&mut self, slot: u32, table: &[u32]) -> Result<()> {
-        for (i, id) in table.iter().enumerate() {
-            self.rings.set(slot * RING_SIZE + i as u32, id, 0)?;
-        }
-        Ok(())
     }
 
     /// Makes the maps hold `desired`, returning one line per change. Order keeps every packet
@@ -284,7 +349,7 @@ impl Tables {
                     .collect();
                 let current = match self.written.remove(&vip.key) {
                     Some(ring) => Some(ring),
-                    None if existing.contains_key(&vip.key) => Some(self.read_ring(meta.ring_current)?),
+                    None if existing.contains_key(&vip.key) => Some(self.rings.read(meta.ring_current)),
                     None => None,
                 };
                 match current {
@@ -292,7 +357,7 @@ impl Tables {
                     Some(current) => {
                         let base = meta.index * SLOTS_PER_VIP;
                         let spare = base + (1 - (meta.ring_current - base));
-                        self.write_ring(spare, &table)?;
+                        self.rings.write(spare, &table);
                         let moved = current.iter().zip(&table).filter(|(a, b)| a != b).count();
                         meta.ring_previous = meta.ring_current;
                         meta.ring_current = spare;
@@ -302,7 +367,7 @@ impl Tables {
                             100.0 * moved as f64 / RING_SIZE as f64
                         ));
                     }
-                    None => self.write_ring(meta.ring_current, &table)?,
+                    None => self.rings.write(meta.ring_current, &table),
                 }
                 self.written.insert(vip.key, table);
             }
