@@ -20,12 +20,12 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
-/// Where a flow goes.
+/// Where a flow goes, and its flow hash (kept so a table hit need not hash again).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
     pub backend: u32,
-    pub _pad: u32,
+    pub hash: u32,
 }
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
 

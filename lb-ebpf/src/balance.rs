@@ -130,17 +130,19 @@ fn try_forward(ctx: &XdpContext, packet: &Packet, vip: &VipMeta, new_flow: bool)
         return Ok((xdp_action::XDP_PASS, Stat::PassNoNextHop));
     }
     let config = *config;
-    let hash = flow_hash(flow);
     let mut backend_id = NO_BACKEND;
+    let mut hash = 0;
     let mut hit = false;
     if !new_flow {
         // SAFETY: FlowValue is copied out at once.
         if let Some(value) = unsafe { CONN_TABLE.get(flow) } {
             backend_id = value.backend;
+            hash = value.hash;
             hit = true;
         }
     }
     if !hit {
+        hash = flow_hash(flow);
         // A non-SYN miss shortly after a pool change most likely belongs to a flow placed by
         // the previous table (evicted from the LRU since): keep it there while that backend
         // is still in use.
@@ -161,7 +163,7 @@ fn try_forward(ctx: &XdpContext, packet: &Packet, vip: &VipMeta, new_flow: bool)
             flow,
             &FlowValue {
                 backend: backend_id,
-                _pad: 0,
+                hash,
             },
             0,
         );

@@ -43,6 +43,12 @@ pub enum Role {
 /// Loads the object with every map pinned under `pin_dir` (existing pins are re-adopted), and
 /// loads the role's program into the kernel.
 pub fn load(pin_dir: &Path, role: Role) -> Result<Ebpf> {
+    load_object(ebpf_object(), pin_dir, role)
+}
+
+/// [`load`] with another build of the object (benchmarks compare map variants). `object` must
+/// be 8-byte aligned.
+pub fn load_object(object: &[u8], pin_dir: &Path, role: Role) -> Result<Ebpf> {
     std::fs::create_dir_all(pin_dir)
         .with_context(|| format!("creating pin directory {} (is bpffs mounted?)", pin_dir.display()))?;
     let mut loader = EbpfLoader::new();
@@ -63,7 +69,7 @@ pub fn load(pin_dir: &Path, role: Role) -> Result<Ebpf> {
             }
         }
     };
-    let mut ebpf = loader.load(ebpf_object()).context("loading the XDP object")?;
+    let mut ebpf = loader.load(object).context("loading the XDP object")?;
     xdp_program(&mut ebpf, program)?
         .load()
         .with_context(|| format!("verifying {program}"))?;

@@ -73,10 +73,15 @@ pub fn desired(vips: Vec<DesiredVip>, deny: &[&str]) -> Desired {
 impl Harness {
     /// Loads the object with rings for `max_vips` and applies `desired`.
     pub fn new(name: &str, max_vips: u32, desired: Desired) -> Result<Harness> {
+        Harness::with_object(dataplane::ebpf_object(), name, max_vips, desired)
+    }
+
+    /// [`Harness::new`] with another build of the object (8-byte aligned).
+    pub fn with_object(object: &[u8], name: &str, max_vips: u32, desired: Desired) -> Result<Harness> {
         crate::require_root();
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sluice-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&pin_dir);
-        let ebpf = dataplane::load(&pin_dir, Role::Balancer { max_vips })?;
+        let ebpf = dataplane::load_object(object, &pin_dir, Role::Balancer { max_vips })?;
         let mut tables = Tables::open(&pin_dir)?;
         tables.apply(&desired)?;
         Ok(Harness {
@@ -109,15 +114,15 @@ impl Harness {
         Ok((result.return_value, out))
     }
 
-    /// Runs the balancer `repeat` times in the kernel on `input`: mean ns per run.
-    pub fn time(&mut self, input: &[u8], repeat: u32) -> Result<f64> {
+    /// Runs the balancer once on `input` and returns the kernel's measured run time in ns
+    /// (one packet per call: the kernel does not restore a rewritten packet between repeats).
+    pub fn time_once(&mut self, input: &[u8]) -> Result<u64> {
         let program = dataplane::xdp_program(&mut self.ebpf, BALANCER_PROGRAM)?;
         let result = program.test_run(TestRunOptions {
             data_in: Some(input),
-            repeat,
             ..Default::default()
         })?;
-        Ok(result.duration.as_nanos() as f64)
+        Ok(result.duration.as_nanos() as u64)
     }
 
     /// The backend the model (Maglev over the VIP's pool, flow hash) predicts for a new flow.
