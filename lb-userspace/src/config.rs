@@ -84,6 +84,7 @@ struct RawDataplane {
     encap_source_v6: Option<Spanned<String>>,
     max_vips: Option<Spanned<u32>>,
     flow_grace_seconds: Option<u64>,
+    redirect_interface: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,6 +141,8 @@ pub struct Config {
     /// After a pool change, how long non-SYN packets missing the connection table keep going
     /// to the previous Maglev table's backend.
     pub flow_grace: Duration,
+    /// Send encapsulated packets out of this interface (bpf_redirect) instead of XDP_TX.
+    pub redirect_interface: Option<String>,
     pub vips: Vec<Vip>,
     pub pools: BTreeMap<String, Pool>,
     /// Source prefixes dropped in XDP.
@@ -460,6 +463,7 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
         encap_source_v6,
         max_vips,
         flow_grace: Duration::from_secs(dp.flow_grace_seconds.unwrap_or(60)),
+        redirect_interface: dp.redirect_interface.map(Spanned::into_inner),
         vips,
         pools,
         deny,

@@ -170,29 +170,3 @@ pub fn detach(pin_dir: &Path) -> Result<()> {
 pub fn decap_pin_dir(iface: &str) -> PathBuf {
     PathBuf::from(format!("{}-decap-{iface}", lb_common::PIN_DIR))
 }
-
-/// The MTU of `iface` in the current network namespace.
-pub fn interface_mtu(iface: &str) -> Result<u32> {
-    // SAFETY: plain socket/ioctl/close with a zeroed, NUL-terminated ifreq.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-        if fd < 0 {
-            bail!("socket: {}", std::io::Error::last_os_error());
-        }
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (dst, src) in req
-            .ifr_name
-            .iter_mut()
-            .zip(iface.bytes().take(libc::IFNAMSIZ - 1))
-        {
-            *dst = src as libc::c_char;
-        }
-        let rc = libc::ioctl(fd, libc::SIOCGIFMTU, &mut req);
-        let err = std::io::Error::last_os_error();
-        libc::close(fd);
-        if rc < 0 {
-            bail!("reading the MTU of {iface}: {err}");
-        }
-        Ok(req.ifr_ifru.ifru_mtu as u32)
-    }
-}

@@ -24,6 +24,7 @@ use lb_common::{
 
 use crate::{
     config::{Config, VipMode},
+    host::HostFacts,
     maglev::{self, Weighted},
 };
 
@@ -159,6 +160,8 @@ pub struct Desired {
     pub encap_source_v6: [u8; 16],
     pub max_encap_ip_len: u32,
     pub flow_grace: Duration,
+    /// ifindex to redirect encapsulated packets to; 0: XDP_TX.
+    pub redirect_ifindex: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -170,9 +173,8 @@ pub struct DesiredVip {
 }
 
 impl Desired {
-    /// The L4 state a config asks for; `max_encap_ip_len` is the interface MTU, `next_hop_mac`
-    /// the resolved next hop (None: pass L4 VIP traffic up).
-    pub fn from_config(config: &Config, max_encap_ip_len: u32, next_hop_mac: Option<[u8; 6]>) -> Desired {
+    /// The L4 state a config asks for on a host.
+    pub fn from_config(config: &Config, host: &HostFacts) -> Desired {
         let vips = config
             .vips
             .iter()
@@ -208,11 +210,12 @@ impl Desired {
         Desired {
             vips,
             deny: config.deny.clone(),
-            next_hop_mac,
+            next_hop_mac: host.next_hop_mac,
             encap_source_v4: config.encap_source_v4.octets(),
             encap_source_v6: config.encap_source_v6.octets(),
-            max_encap_ip_len,
+            max_encap_ip_len: host.mtu,
             flow_grace: config.flow_grace,
+            redirect_ifindex: host.redirect_ifindex,
         }
     }
 }
@@ -424,7 +427,7 @@ impl Tables {
         let settings = DataplaneConfig {
             next_hop_mac: desired.next_hop_mac.unwrap_or([0; 6]),
             _pad: [0; 2],
-            redirect_ifindex: 0,
+            redirect_ifindex: desired.redirect_ifindex,
             encap_source_v4: v4,
             encap_source_v6: v6,
             max_encap_ip_len: desired.max_encap_ip_len,

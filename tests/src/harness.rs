@@ -67,6 +67,7 @@ pub fn desired(vips: Vec<DesiredVip>, deny: &[&str]) -> Desired {
         encap_source_v6: ENCAP_SRC6,
         max_encap_ip_len: 1500,
         flow_grace: Duration::from_secs(3600),
+        redirect_ifindex: 0,
     }
 }
 

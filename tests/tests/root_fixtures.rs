@@ -837,3 +837,25 @@ fn root_fixtures_flow_hash_matches_userspace() -> Result<()> {
     let _ = packets::LB_MAC;
     Ok(())
 }
+
+#[test]
+fn root_fixtures_redirect_instead_of_tx() -> Result<()> {
+    const XDP_REDIRECT: u32 = 4;
+    let mut state = desired_state(&WEB);
+    state.redirect_ifindex = 1; // loopback: any ifindex the kernel knows
+    let mut h = Harness::new("redirect", 8, state)?;
+    let fl = flow(CLIENT, 40000, VIP_WEB, 80, 6);
+    let input = tcp4(40000, VIP_WEB, 80, Tcp::Syn);
+    let expected = encapsulated(
+        &input[14..],
+        h.model_backend(IDX_WEB, &fl),
+        ENCAP_SRC4,
+        ENCAP_SRC6,
+        flow_hash(&fl),
+    );
+    let (verdict, out) = h.run(&input)?;
+    assert_eq!((verdict, out), (XDP_REDIRECT, expected));
+    let stats: BTreeMap<&str, u64> = h.stats()?.into_iter().collect();
+    assert_eq!((stats["redirect"], stats["tx"]), (1, 0));
+    Ok(())
+}

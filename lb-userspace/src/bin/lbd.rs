@@ -7,9 +7,9 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use lb_userspace::{
-    config::{Config, NextHop, XdpModeSetting},
+    config::{Config, XdpModeSetting},
     dataplane::{self, Role},
-    nexthop,
+    host,
     tables::{Desired, Tables},
 };
 use log::{error, info};
@@ -126,13 +126,7 @@ fn check(path: &Path) -> ExitCode {
 
 /// Writes the config's L4 state into the maps, logging each change.
 fn apply(tables: &mut Tables, config: &Config) -> Result<()> {
-    let mtu = dataplane::interface_mtu(&config.interface)?;
-    let next_hop = match config.next_hop_mac {
-        NextHop::Unset => None,
-        NextHop::Mac(mac) => Some(mac),
-        NextHop::Auto => Some(nexthop::resolve(&config.interface)?),
-    };
-    for change in tables.apply(&Desired::from_config(config, mtu, next_hop))? {
+    for change in tables.apply(&Desired::from_config(config, &host::facts(config)?))? {
         info!("{change}");
     }
     Ok(())
