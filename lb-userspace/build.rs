@@ -6,10 +6,7 @@ fn main() -> aya_build::Result<()> {
     let ebpf_dir = workspace.join("lb-ebpf");
     let pin = ebpf_dir.join("rust-toolchain.toml");
     println!("cargo:rerun-if-changed={}", pin.display());
-    println!(
-        "cargo:rerun-if-changed={}",
-        workspace.join("lb-common/src").display()
-    );
+    println!("cargo:rerun-if-changed={}", workspace.join("lb-common/src").display());
     let pin_text = std::fs::read_to_string(&pin)?;
     let toolchain = pin_text
         .lines()

@@ -6,9 +6,7 @@ pub type Addr = [u8; 16];
 /// The IPv4-mapped form of an IPv4 address given as its four network-order bytes.
 #[inline(always)]
 pub const fn mapped_v4(v4: [u8; 4]) -> Addr {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
-    ]
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]
 }
 
 /// Whether `addr` is an IPv4-mapped address.

@@ -10,10 +10,7 @@ pub const FLOW_HASH_SEED: u32 = 0x5151_1ce5;
 
 #[inline(always)]
 fn mix(h: u32, word: u32) -> u32 {
-    let k = word
-        .wrapping_mul(0xcc9e_2d51)
-        .rotate_left(15)
-        .wrapping_mul(0x1b87_3593);
+    let k = word.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
     (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
 }
 
@@ -39,10 +36,7 @@ pub fn murmur3_32(data: &[u8], seed: u32) -> u32 {
         for (i, b) in tail.iter().enumerate() {
             k |= (*b as u32) << (8 * i);
         }
-        h ^= k
-            .wrapping_mul(0xcc9e_2d51)
-            .rotate_left(15)
-            .wrapping_mul(0x1b87_3593);
+        h ^= k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
     }
     finish(h, data.len() as u32)
 }
@@ -54,27 +48,18 @@ pub fn flow_hash(key: &FlowKey) -> u32 {
     let mut h = FLOW_HASH_SEED;
     let mut i = 0;
     while i < 16 {
-        h = mix(
-            h,
-            u32::from_le_bytes([key.src[i], key.src[i + 1], key.src[i + 2], key.src[i + 3]]),
-        );
+        h = mix(h, u32::from_le_bytes([key.src[i], key.src[i + 1], key.src[i + 2], key.src[i + 3]]));
         i += 4;
     }
     i = 0;
     while i < 16 {
-        h = mix(
-            h,
-            u32::from_le_bytes([key.dst[i], key.dst[i + 1], key.dst[i + 2], key.dst[i + 3]]),
-        );
+        h = mix(h, u32::from_le_bytes([key.dst[i], key.dst[i + 1], key.dst[i + 2], key.dst[i + 3]]));
         i += 4;
     }
     let sport = key.sport.to_ne_bytes();
     let dport = key.dport.to_ne_bytes();
     h = mix(h, u32::from_le_bytes([sport[0], sport[1], dport[0], dport[1]]));
-    h = mix(
-        h,
-        u32::from_le_bytes([key.proto, key._pad[0], key._pad[1], key._pad[2]]),
-    );
+    h = mix(h, u32::from_le_bytes([key.proto, key._pad[0], key._pad[1], key._pad[2]]));
     finish(h, 40)
 }
 
@@ -89,10 +74,7 @@ mod tests {
         assert_eq!(murmur3_32(b"", 0), 0);
         assert_eq!(murmur3_32(b"", 1), 0x514e_28b7);
         assert_eq!(murmur3_32(b"hello", 0), 0x248b_fa47);
-        assert_eq!(
-            murmur3_32(b"The quick brown fox jumps over the lazy dog", 0),
-            0x2e4f_f723
-        );
+        assert_eq!(murmur3_32(b"The quick brown fox jumps over the lazy dog", 0), 0x2e4f_f723);
     }
 
     fn key() -> FlowKey {

@@ -83,9 +83,7 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Outcome, Stat> {
 fn denied(packet: &Packet) -> bool {
     let src = &packet.flow.src;
     if is_v4(src) {
-        DENY_V4
-            .get(&Key::new(32, [src[12], src[13], src[14], src[15]]))
-            .is_some()
+        DENY_V4.get(&Key::new(32, [src[12], src[13], src[14], src[15]])).is_some()
     } else {
         DENY_V6.get(&Key::new(128, *src)).is_some()
     }
@@ -94,12 +92,7 @@ fn denied(packet: &Packet) -> bool {
 /// The VIP for (address, port, protocol): the exact port first, then the any-port VIP.
 #[inline(always)]
 pub fn lookup_vip(addr: &Addr, port: u16, proto: u8) -> Option<VipMeta> {
-    let mut key = VipKey {
-        addr: *addr,
-        port,
-        proto,
-        _pad: 0,
-    };
+    let mut key = VipKey { addr: *addr, port, proto, _pad: 0 };
     // SAFETY: VipMeta is copied out at once; lbd replaces values whole.
     if let Some(meta) = unsafe { VIPS.get(&key) } {
         return Some(*meta);
@@ -159,14 +152,7 @@ fn try_forward(ctx: &XdpContext, packet: &Packet, vip: &VipMeta, new_flow: bool)
         if backend_id == NO_BACKEND {
             return Err(Stat::DropNoBackend);
         }
-        let _ = CONN_TABLE.insert(
-            flow,
-            &FlowValue {
-                backend: backend_id,
-                hash,
-            },
-            0,
-        );
+        let _ = CONN_TABLE.insert(flow, &FlowValue { backend: backend_id, hash }, 0);
     }
     let Some(backend) = live_backend(backend_id) else {
         return Err(Stat::DropNoBackend);
@@ -189,10 +175,7 @@ fn ring_entry(slot: u32, hash: u32) -> Result<u32, Stat> {
 /// The backend with id `id` if its slot is in use.
 #[inline(always)]
 fn live_backend(id: u32) -> Option<Backend> {
-    BACKENDS
-        .get(id)
-        .filter(|b| b.flags & BACKEND_F_IN_USE != 0)
-        .copied()
+    BACKENDS.get(id).filter(|b| b.flags & BACKEND_F_IN_USE != 0).copied()
 }
 
 #[inline(always)]

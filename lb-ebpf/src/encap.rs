@@ -68,19 +68,9 @@ pub fn encapsulate(
     eth[12..14].copy_from_slice(&ethertype.to_be_bytes());
     store(data, data_end, 0, eth)?;
     if outer_v4 {
-        store(
-            data,
-            data_end,
-            ETH_HLEN,
-            ipv4_header(backend, config, hash, total),
-        )?;
+        store(data, data_end, ETH_HLEN, ipv4_header(backend, config, hash, total))?;
     } else {
-        store(
-            data,
-            data_end,
-            ETH_HLEN,
-            ipv6_header(packet, backend, config, hash),
-        )?;
+        store(data, data_end, ETH_HLEN, ipv6_header(packet, backend, config, hash))?;
     }
     if config.redirect_ifindex != 0 {
         // SAFETY: plain helper call.

@@ -65,21 +65,14 @@ fn echo_reply(ctx: &XdpContext, packet: &Packet, reply_type: u8) -> Result<Outco
         store(data, end, packet.l3_off + 8, swapped)?;
     } else {
         let addrs: [u8; 8] = load(data, end, packet.l3_off + 12).ok_or(Stat::DropMalformedIpv4)?;
-        let swapped = [
-            addrs[4], addrs[5], addrs[6], addrs[7], addrs[0], addrs[1], addrs[2], addrs[3],
-        ];
+        let swapped = [addrs[4], addrs[5], addrs[6], addrs[7], addrs[0], addrs[1], addrs[2], addrs[3]];
         store(data, end, packet.l3_off + 12, swapped)?;
     }
     let head: [u8; 4] = load(data, end, packet.l4_off).ok_or(Stat::DropMalformedL4)?;
     let old = u16::from_be_bytes([head[0], head[1]]);
     let new = u16::from_be_bytes([reply_type, head[1]]);
     let check = csum::replace16(u16::from_be_bytes([head[2], head[3]]), old, new).to_be_bytes();
-    store(
-        data,
-        end,
-        packet.l4_off,
-        [reply_type, head[1], check[0], check[1]],
-    )?;
+    store(data, end, packet.l4_off, [reply_type, head[1], check[0], check[1]])?;
     Ok((xdp_action::XDP_TX, Stat::IcmpEchoReply))
 }
 
@@ -110,10 +103,6 @@ fn too_big(ctx: &XdpContext, packet: &mut Packet) -> Result<Outcome, Stat> {
     core::mem::swap(&mut flow.sport, &mut flow.dport);
     (packet.l3_off, packet.ip_len, packet.ipv6) = (l3_off, ip_len, ipv6);
     let (action, stat) = forward(ctx, packet, &vip, false);
-    let stat = if matches!(stat, Stat::Tx | Stat::Redirect) {
-        Stat::IcmpTooBigForwarded
-    } else {
-        stat
-    };
+    let stat = if matches!(stat, Stat::Tx | Stat::Redirect) { Stat::IcmpTooBigForwarded } else { stat };
     Ok((action, stat))
 }

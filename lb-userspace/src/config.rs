@@ -70,6 +70,15 @@ struct RawConfig {
     pool: Vec<RawPool>,
     #[serde(default)]
     deny: RawDeny,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    socket: Option<PathBuf>,
+    metrics: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +116,7 @@ struct RawPool {
     name: Spanned<String>,
     #[serde(default)]
     backends: Vec<RawBackend>,
+    health: Option<Spanned<RawHealth>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +124,68 @@ struct RawPool {
 struct RawBackend {
     address: Spanned<String>,
     weight: Option<Spanned<u32>>,
+    #[serde(default)]
+    drain: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    kind: HealthKind,
+    port: u16,
+    #[serde(default = "default_path")]
+    path: String,
+    #[serde(default = "default_status")]
+    expect_status: u16,
+    #[serde(default = "default_interval")]
+    interval_ms: u64,
+    #[serde(default = "default_timeout")]
+    timeout_ms: u64,
+    #[serde(default = "default_rise_fall")]
+    rise: u32,
+    #[serde(default = "default_rise_fall")]
+    fall: u32,
+}
+
+fn default_path() -> String {
+    "/".into()
+}
+fn default_status() -> u16 {
+    200
+}
+fn default_interval() -> u64 {
+    2000
+}
+fn default_timeout() -> u64 {
+    1000
+}
+fn default_rise_fall() -> u32 {
+    2
+}
+
+/// How a pool's backends are probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthKind {
+    /// A TCP connect must succeed.
+    Tcp,
+    /// An HTTP/1.1 GET of `path` must answer `expect_status`.
+    Http,
+}
+
+/// Active health checking of a pool.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HealthCheck {
+    pub kind: HealthKind,
+    pub port: u16,
+    pub path: String,
+    pub expect_status: u16,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down backend up.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    pub fall: u32,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -147,7 +219,14 @@ pub struct Config {
     pub pools: BTreeMap<String, Pool>,
     /// Source prefixes dropped in XDP.
     pub deny: Vec<IpNet>,
+    /// The admin API's unix socket.
+    pub admin_socket: PathBuf,
+    /// Where Prometheus metrics are served (TCP).
+    pub metrics: Option<std::net::SocketAddr>,
 }
+
+/// Default admin socket.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/sluice/lbd.sock";
 
 /// Where encapsulated packets go at L2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,13 +254,16 @@ pub struct Vip {
 pub struct Pool {
     pub name: String,
     pub backends: Vec<BackendSpec>,
+    pub health: Option<HealthCheck>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct BackendSpec {
     pub addr: IpAddr,
-    /// 0: drained (no new flows).
+    /// Share of new flows relative to the pool's other backends; 0: none.
     pub weight: u32,
+    /// Set by the operator: no new flows, established flows stay; the weight is kept.
+    pub drain: bool,
 }
 
 /// One thing wrong with a config file, with where it is.
@@ -224,11 +306,7 @@ struct Errors<'a> {
 impl Errors<'_> {
     fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
         let line = self.text[..span.start.min(self.text.len())].matches('\n').count() + 1;
-        self.found.push(ConfigError {
-            file: self.file.to_owned(),
-            line,
-            message: message.into(),
-        });
+        self.found.push(ConfigError { file: self.file.to_owned(), line, message: message.into() });
     }
 
     /// Parses a spanned string with `parse`, reporting `what` on failure.
@@ -274,11 +352,7 @@ impl Config {
 
     /// Validates `text` as the contents of `file`.
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
-        let mut errors = Errors {
-            file,
-            text,
-            found: Vec::new(),
-        };
+        let mut errors = Errors { file, text, found: Vec::new() };
         let raw: RawConfig = match toml::from_str(text) {
             Ok(raw) => raw,
             Err(err) => {
@@ -287,11 +361,7 @@ impl Config {
             }
         };
         let config = validate(raw, &mut errors);
-        if errors.found.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigErrors(errors.found))
-        }
+        if errors.found.is_empty() { Ok(config) } else { Err(ConfigErrors(errors.found)) }
     }
 
     /// The pool a VIP sends to (validated to exist).
@@ -304,10 +374,7 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
     let dp = raw.dataplane;
     let interface = dp.interface;
     if interface.get_ref().is_empty() || interface.get_ref().len() >= libc::IFNAMSIZ {
-        errors.at(
-            interface.span(),
-            format!("interface name must be 1 to {} bytes", libc::IFNAMSIZ - 1),
-        );
+        errors.at(interface.span(), format!("interface name must be 1 to {} bytes", libc::IFNAMSIZ - 1));
     }
     let pin_dir = match dp.pin_dir {
         Some(dir) if !dir.get_ref().starts_with("/sys/fs/bpf") => {
@@ -334,10 +401,7 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
         .unwrap_or(Ipv6Addr::new(0xfd00, 0x5e, 0xffff, 0, 0, 0, 0, 0));
     let max_vips = match dp.max_vips {
         Some(n) if *n.get_ref() == 0 || *n.get_ref() > lb_common::vip::MAX_VIPS => {
-            errors.at(
-                n.span(),
-                format!("max_vips must be 1 to {}", lb_common::vip::MAX_VIPS),
-            );
+            errors.at(n.span(), format!("max_vips must be 1 to {}", lb_common::vip::MAX_VIPS));
             0
         }
         Some(n) => n.into_inner(),
@@ -353,10 +417,7 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
                 continue;
             };
             if backends.iter().any(|x| x.addr == addr) {
-                errors.at(
-                    b.address.span(),
-                    format!("backend {addr} is listed twice in pool `{name}`"),
-                );
+                errors.at(b.address.span(), format!("backend {addr} is listed twice in pool `{name}`"));
             }
             let weight = match b.weight {
                 Some(w) if *w.get_ref() > MAX_WEIGHT => {
@@ -366,18 +427,34 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
                 Some(w) => w.into_inner(),
                 None => DEFAULT_WEIGHT,
             };
-            backends.push(BackendSpec { addr, weight });
+            backends.push(BackendSpec { addr, weight, drain: b.drain });
         }
-        if pools
-            .insert(
-                name.clone(),
-                Pool {
-                    name: name.clone(),
-                    backends,
-                },
-            )
-            .is_some()
-        {
+        let health = raw_pool.health.map(|h| {
+            let span = h.span();
+            let h = h.into_inner();
+            let check = HealthCheck {
+                kind: h.kind,
+                port: h.port,
+                path: h.path,
+                expect_status: h.expect_status,
+                interval: Duration::from_millis(h.interval_ms),
+                timeout: Duration::from_millis(h.timeout_ms),
+                rise: h.rise,
+                fall: h.fall,
+            };
+            if check.port == 0 || check.rise == 0 || check.fall == 0 {
+                errors.at(span, format!("pool `{name}` health: port, rise and fall must be at least 1"));
+            } else if check.timeout.is_zero() || check.timeout >= check.interval {
+                errors.at(
+                    span,
+                    format!("pool `{name}` health: timeout_ms must be above 0 and below interval_ms"),
+                );
+            } else if !check.path.starts_with('/') {
+                errors.at(span, format!("pool `{name}` health: path must start with /"));
+            }
+            check
+        });
+        if pools.insert(name.clone(), Pool { name: name.clone(), backends, health }).is_some() {
             errors.at(raw_pool.name.span(), format!("pool `{name}` is defined twice"));
         }
     }
@@ -395,10 +472,7 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
         };
         let port = raw_vip.port.unwrap_or(0);
         if !keys.insert((addr, port, raw_vip.protocol)) {
-            errors.at(
-                raw_vip.address.span(),
-                format!("VIP `{name}`: {addr} port {port} is already a VIP"),
-            );
+            errors.at(raw_vip.address.span(), format!("VIP `{name}`: {addr} port {port} is already a VIP"));
         }
         let pool_name = raw_vip.pool.get_ref();
         match pools.get(pool_name) {
@@ -430,25 +504,17 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
         });
     }
     if vips.len() > max_vips as usize {
-        errors.at(
-            0..0,
-            format!("{} VIPs configured but max_vips is {max_vips}", vips.len()),
-        );
+        errors.at(0..0, format!("{} VIPs configured but max_vips is {max_vips}", vips.len()));
     }
 
     let mut deny = Vec::new();
     for prefix in raw.deny.prefixes {
         let parsed = errors.parse(&prefix, "a prefix like 203.0.113.0/24", |s| {
-            s.parse::<IpNet>()
-                .ok()
-                .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+            s.parse::<IpNet>().ok().or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
         });
         if let Some(net) = parsed {
             if net.trunc() != net {
-                errors.at(
-                    prefix.span(),
-                    format!("`{net}` has host bits set; did you mean {}?", net.trunc()),
-                );
+                errors.at(prefix.span(), format!("`{net}` has host bits set; did you mean {}?", net.trunc()));
             }
             deny.push(net);
         }
@@ -464,6 +530,11 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
         max_vips,
         flow_grace: Duration::from_secs(dp.flow_grace_seconds.unwrap_or(60)),
         redirect_interface: dp.redirect_interface.map(Spanned::into_inner),
+        admin_socket: raw.admin.socket.unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET)),
+        metrics: raw
+            .admin
+            .metrics
+            .and_then(|m| errors.parse(&m, "an address:port like 127.0.0.1:9100", |s| s.parse().ok())),
         vips,
         pools,
         deny,

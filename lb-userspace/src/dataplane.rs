@@ -59,28 +59,19 @@ pub fn load_object(object: &[u8], pin_dir: &Path, role: Role) -> Result<Ebpf> {
             BALANCER_PROGRAM
         }
         Role::Decap | Role::Pass => {
-            loader
-                .map_max_entries(RINGS_MAP, 1)
-                .map_max_entries(CONN_TABLE_MAP, 1);
-            if matches!(role, Role::Decap) {
-                DECAP_PROGRAM
-            } else {
-                PASS_PROGRAM
-            }
+            loader.map_max_entries(RINGS_MAP, 1).map_max_entries(CONN_TABLE_MAP, 1);
+            if matches!(role, Role::Decap) { DECAP_PROGRAM } else { PASS_PROGRAM }
         }
     };
     let mut ebpf = loader.load(object).context("loading the XDP object")?;
-    xdp_program(&mut ebpf, program)?
-        .load()
-        .with_context(|| format!("verifying {program}"))?;
+    xdp_program(&mut ebpf, program)?.load().with_context(|| format!("verifying {program}"))?;
     Ok(ebpf)
 }
 
 /// A program of a loaded object.
 pub fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
-    let program = ebpf
-        .program_mut(name)
-        .with_context(|| format!("program {name} missing from the object"))?;
+    let program =
+        ebpf.program_mut(name).with_context(|| format!("program {name} missing from the object"))?;
     Ok(program.try_into()?)
 }
 
@@ -111,39 +102,26 @@ pub fn attach(
         let pinned = PinnedLink::from_pin(&link_path)
             .with_context(|| format!("opening pinned link {}", link_path.display()))?;
         let link = XdpLink::try_from(FdLink::from(pinned)).context("pinned link is not an XDP link")?;
-        let id = program
-            .attach_to_link(link)
-            .context("replacing the program in the pinned link")?;
+        let id = program.attach_to_link(link).context("replacing the program in the pinned link")?;
         // Dropping the program's handle would detach it: the pin keeps the link alive.
         std::mem::forget(program.take_link(id)?);
         return Ok(Attached::Adopted);
     }
     let (id, attached) = match mode {
-        XdpModeSetting::Native => (
-            program.attach(if_name.as_c_str(), XdpMode::Driver),
-            Attached::Native,
-        ),
-        XdpModeSetting::Generic => (
-            program.attach(if_name.as_c_str(), XdpMode::Skb),
-            Attached::Generic,
-        ),
+        XdpModeSetting::Native => (program.attach(if_name.as_c_str(), XdpMode::Driver), Attached::Native),
+        XdpModeSetting::Generic => (program.attach(if_name.as_c_str(), XdpMode::Skb), Attached::Generic),
         XdpModeSetting::Auto => match program.attach(if_name.as_c_str(), XdpMode::Driver) {
             Ok(id) => (Ok(id), Attached::Native),
             Err(err) => {
                 warn!("native XDP on {iface} failed ({err}); falling back to generic mode");
-                (
-                    program.attach(if_name.as_c_str(), XdpMode::Skb),
-                    Attached::Generic,
-                )
+                (program.attach(if_name.as_c_str(), XdpMode::Skb), Attached::Generic)
             }
         },
     };
     let id = id.with_context(|| format!("attaching XDP to {iface}"))?;
     let link = program.take_link(id)?;
     let fd_link = FdLink::try_from(link).context("XDP link is not an fd link (kernel < 5.9?)")?;
-    fd_link
-        .pin(&link_path)
-        .with_context(|| format!("pinning the link at {}", link_path.display()))?;
+    fd_link.pin(&link_path).with_context(|| format!("pinning the link at {}", link_path.display()))?;
     info!("attached {name} to {iface} ({attached:?})");
     Ok(attached)
 }

@@ -28,11 +28,7 @@ pub fn facts(config: &Config) -> Result<HostFacts> {
         None => 0,
         Some(name) => ifindex(name)?,
     };
-    Ok(HostFacts {
-        mtu: interface_mtu(&config.interface)?,
-        next_hop_mac,
-        redirect_ifindex,
-    })
+    Ok(HostFacts { mtu: interface_mtu(&config.interface)?, next_hop_mac, redirect_ifindex })
 }
 
 /// The index of interface `name`.
@@ -98,11 +94,7 @@ pub fn interface_mtu(iface: &str) -> Result<u32> {
             bail!("socket: {}", std::io::Error::last_os_error());
         }
         let mut req: libc::ifreq = std::mem::zeroed();
-        for (dst, src) in req
-            .ifr_name
-            .iter_mut()
-            .zip(iface.bytes().take(libc::IFNAMSIZ - 1))
-        {
+        for (dst, src) in req.ifr_name.iter_mut().zip(iface.bytes().take(libc::IFNAMSIZ - 1)) {
             *dst = src as libc::c_char;
         }
         let rc = libc::ioctl(fd, libc::SIOCGIFMTU, &mut req);

@@ -1,7 +1,13 @@
 //! Sluice userspace: config, the XDP data plane's loader and its counters.
+pub mod admin;
 pub mod config;
+pub mod daemon;
 pub mod dataplane;
+pub mod health;
 pub mod host;
 pub mod maglev;
+pub mod metrics;
+pub mod persist;
+pub mod state;
 pub mod stats;
 pub mod tables;

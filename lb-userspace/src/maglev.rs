@@ -75,12 +75,7 @@ mod tests {
     use super::*;
 
     fn pool(n: u8, weight: u32) -> Vec<Weighted> {
-        (1..=n)
-            .map(|i| Weighted {
-                addr: mapped_v4([198, 18, 10, i]),
-                weight,
-            })
-            .collect()
+        (1..=n).map(|i| Weighted { addr: mapped_v4([198, 18, 10, i]), weight }).collect()
     }
 
     fn shares(table: &[u32], n: usize) -> Vec<f64> {
@@ -140,10 +135,7 @@ mod tests {
                 .count();
             let fraction = moved as f64 / RING_SIZE as f64;
             let bound = 1.0 / n as f64 + 0.01;
-            assert!(
-                fraction <= bound,
-                "n={n}: {fraction:.4} of buckets moved, bound {bound:.4}"
-            );
+            assert!(fraction <= bound, "n={n}: {fraction:.4} of buckets moved, bound {bound:.4}");
         }
     }
 

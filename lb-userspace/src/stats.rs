@@ -58,39 +58,25 @@ pub fn sum_slot<V: Summable>(map: &PerCpuArray<MapData, V>, index: u32) -> Resul
 /// Global counters: verdicts, pass reasons, drop reasons.
 pub fn verdicts(pin_dir: &Path) -> Result<Vec<(Stat, Counter)>> {
     let map = open(pin_dir, STATS_MAP)?;
-    Stat::ALL
-        .iter()
-        .map(|&stat| Ok((stat, sum_slot(&map, stat as u32)?)))
-        .collect()
+    Stat::ALL.iter().map(|&stat| Ok((stat, sum_slot(&map, stat as u32)?))).collect()
 }
 
 /// The decap program's counters.
 pub fn decap(pin_dir: &Path) -> Result<Vec<(DecapStat, Counter)>> {
     let map = open(pin_dir, DECAP_STATS_MAP)?;
-    DecapStat::ALL
-        .iter()
-        .map(|&stat| Ok((stat, sum_slot(&map, stat as u32)?)))
-        .collect()
+    DecapStat::ALL.iter().map(|&stat| Ok((stat, sum_slot(&map, stat as u32)?))).collect()
 }
 
 /// Traffic per backend in use, by address.
 pub fn backends(pin_dir: &Path) -> Result<Vec<(IpAddr, TrafficCounter)>> {
     let tables = Tables::open(pin_dir)?;
     let map = open(pin_dir, BACKEND_STATS_MAP)?;
-    tables
-        .backend_ids()?
-        .iter()
-        .map(|(addr, id)| Ok((ip_of(addr), sum_slot(&map, *id)?)))
-        .collect()
+    tables.backend_ids()?.iter().map(|(addr, id)| Ok((ip_of(addr), sum_slot(&map, *id)?))).collect()
 }
 
 /// Traffic per VIP.
 pub fn vips(pin_dir: &Path) -> Result<Vec<(VipKey, TrafficCounter)>> {
     let tables = Tables::open(pin_dir)?;
     let map = open(pin_dir, VIP_STATS_MAP)?;
-    tables
-        .vips()?
-        .iter()
-        .map(|(key, meta)| Ok((*key, sum_slot(&map, meta.index)?)))
-        .collect()
+    tables.vips()?.iter().map(|(key, meta)| Ok((*key, sum_slot(&map, meta.index)?))).collect()
 }

@@ -43,10 +43,7 @@ pub fn ip_of(addr: &Addr) -> IpAddr {
 
 /// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -93,21 +90,13 @@ impl Rings {
                 std::io::Error::last_os_error()
             );
         }
-        Ok(Rings {
-            _data: data,
-            ptr: ptr.cast(),
-            entries,
-            bytes,
-        })
+        Ok(Rings { _data: data, ptr: ptr.cast(), entries, bytes })
     }
 
     /// The mapped u64 words of ring `slot`.
     fn words(&self, slot: u32) -> *mut u64 {
         let start = slot as usize * RING_SIZE as usize;
-        assert!(
-            start + RING_SIZE as usize <= self.entries,
-            "ring slot {slot} out of range"
-        );
+        assert!(start + RING_SIZE as usize <= self.entries, "ring slot {slot} out of range");
         // SAFETY: in bounds of the mapping (checked above).
         unsafe { self.ptr.add(start) }
     }
@@ -127,6 +116,10 @@ impl Rings {
         }
     }
 }
+
+// SAFETY: the mapping belongs to this struct alone; reads take &self and writes &mut self, so
+// moving it to another thread is as safe as moving a Vec.
+unsafe impl Send for Rings {}
 
 impl Drop for Rings {
     fn drop(&mut self) {
@@ -192,10 +185,7 @@ impl Desired {
                         .pool_of(vip)
                         .backends
                         .iter()
-                        .map(|b| Weighted {
-                            addr: addr_of(b.addr),
-                            weight: b.weight,
-                        })
+                        .map(|b| Weighted { addr: addr_of(b.addr), weight: b.weight })
                         .collect(),
                 };
                 let key = VipKey {
@@ -222,11 +212,7 @@ impl Desired {
 
 fn zero_counters(map: &mut PerCpuArray<MapData, TrafficCounter>, index: u32) -> Result<()> {
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-    map.set(
-        index,
-        PerCpuValues::try_from(vec![TrafficCounter::default(); cpus.get() as usize])?,
-        0,
-    )?;
+    map.set(index, PerCpuValues::try_from(vec![TrafficCounter::default(); cpus.get() as usize])?, 0)?;
     Ok(())
 }
 
@@ -283,11 +269,8 @@ impl Tables {
         }
         // 1. Backends: keep ids of known addresses, give new ones the lowest free ids.
         let mut ids = self.backend_ids()?;
-        let wanted: BTreeSet<Addr> = desired
-            .vips
-            .iter()
-            .flat_map(|v| v.backends.iter().map(|b| b.addr))
-            .collect();
+        let wanted: BTreeSet<Addr> =
+            desired.vips.iter().flat_map(|v| v.backends.iter().map(|b| b.addr)).collect();
         let taken: BTreeSet<u32> = ids.values().copied().collect();
         let mut free = (0..self.backends.len()).filter(|id| !taken.contains(id));
         for addr in &wanted {
@@ -295,14 +278,7 @@ impl Tables {
                 continue;
             }
             let id = free.next().context("no free backend slot")?;
-            self.backends.set(
-                id,
-                &Backend {
-                    addr: *addr,
-                    flags: BACKEND_F_IN_USE,
-                },
-                0,
-            )?;
+            self.backends.set(id, &Backend { addr: *addr, flags: BACKEND_F_IN_USE }, 0)?;
             zero_counters(&mut self.backend_stats, id)?;
             ids.insert(*addr, id);
             changes.push(format!("backend {} added as id {id}", ip_of(addr)));
@@ -313,12 +289,7 @@ impl Tables {
         let mut used_indexes: BTreeSet<u32> = existing.values().map(|m| m.index).collect();
         let now = monotonic_ns();
         for vip in &desired.vips {
-            let name = format!(
-                "{}:{}/{}",
-                ip_of(&vip.key.addr),
-                u16::from_be(vip.key.port),
-                vip.key.proto
-            );
+            let name = format!("{}:{}/{}", ip_of(&vip.key.addr), u16::from_be(vip.key.port), vip.key.proto);
             let mut meta = match existing.get(&vip.key) {
                 Some(meta) => *meta,
                 None => {
@@ -329,26 +300,14 @@ impl Tables {
                     zero_counters(&mut self.vip_stats, index)?;
                     let slot = index * SLOTS_PER_VIP;
                     changes.push(format!("VIP {name} added as index {index}"));
-                    VipMeta {
-                        index,
-                        flags: 0,
-                        ring_current: slot,
-                        ring_previous: slot,
-                        previous_until_ns: 0,
-                    }
+                    VipMeta { index, flags: 0, ring_current: slot, ring_previous: slot, previous_until_ns: 0 }
                 }
             };
             meta.flags = vip.flags;
             if vip.flags & VIP_F_L7 == 0 {
                 let table: Vec<u32> = maglev::table(&vip.backends, RING_SIZE)
                     .into_iter()
-                    .map(|e| {
-                        if e == NO_BACKEND {
-                            NO_BACKEND
-                        } else {
-                            ids[&vip.backends[e as usize].addr]
-                        }
-                    })
+                    .map(|e| if e == NO_BACKEND { NO_BACKEND } else { ids[&vip.backends[e as usize].addr] })
                     .collect();
                 let current = match self.written.remove(&vip.key) {
                     Some(ring) => Some(ring),
@@ -382,11 +341,7 @@ impl Tables {
             if !desired.vips.iter().any(|v| v.key == *key) {
                 self.vips.remove(key)?;
                 self.written.remove(key);
-                changes.push(format!(
-                    "VIP {}:{} removed",
-                    ip_of(&key.addr),
-                    u16::from_be(key.port)
-                ));
+                changes.push(format!("VIP {}:{} removed", ip_of(&key.addr), u16::from_be(key.port)));
             }
         }
 
@@ -395,12 +350,8 @@ impl Tables {
         for vip in &desired.vips {
             *addr_flags.entry(vip.key.addr).or_default() |= vip.flags;
         }
-        let stale: Vec<Addr> = self
-            .vip_addrs
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !addr_flags.contains_key(k))
-            .collect();
+        let stale: Vec<Addr> =
+            self.vip_addrs.keys().filter_map(|k| k.ok()).filter(|k| !addr_flags.contains_key(k)).collect();
         for addr in stale {
             self.vip_addrs.remove(&addr)?;
         }
@@ -447,12 +398,8 @@ impl Tables {
                 IpNet::V6(n) => want6.insert((n.prefix_len() as u32, n.network().octets())),
             };
         }
-        let have4: BTreeSet<(u32, [u8; 4])> = self
-            .deny_v4
-            .keys()
-            .filter_map(|k| k.ok())
-            .map(|k| (k.prefix_len(), k.data()))
-            .collect();
+        let have4: BTreeSet<(u32, [u8; 4])> =
+            self.deny_v4.keys().filter_map(|k| k.ok()).map(|k| (k.prefix_len(), k.data())).collect();
         for (len, data) in have4.difference(&want4) {
             self.deny_v4.remove(&Key::new(*len, *data))?;
             changes.push(format!("deny {}/{len} removed", std::net::Ipv4Addr::from(*data)));
@@ -461,12 +408,8 @@ impl Tables {
             self.deny_v4.insert(&Key::new(*len, *data), &1, 0)?;
             changes.push(format!("deny {}/{len} added", std::net::Ipv4Addr::from(*data)));
         }
-        let have6: BTreeSet<(u32, [u8; 16])> = self
-            .deny_v6
-            .keys()
-            .filter_map(|k| k.ok())
-            .map(|k| (k.prefix_len(), k.data()))
-            .collect();
+        let have6: BTreeSet<(u32, [u8; 16])> =
+            self.deny_v6.keys().filter_map(|k| k.ok()).map(|k| (k.prefix_len(), k.data())).collect();
         for (len, data) in have6.difference(&want6) {
             self.deny_v6.remove(&Key::new(*len, *data))?;
             changes.push(format!("deny {}/{len} removed", std::net::Ipv6Addr::from(*data)));

@@ -40,19 +40,11 @@ pub struct Harness {
 /// A VIP for [`Desired`]: address, port (0: any), protocol number, flags, backends with weights.
 pub fn vip(addr: &str, port: u16, proto: u8, flags: u32, backends: &[(&str, u32)]) -> DesiredVip {
     DesiredVip {
-        key: VipKey {
-            addr: addr_of(addr.parse().unwrap()),
-            port: port.to_be(),
-            proto,
-            _pad: 0,
-        },
+        key: VipKey { addr: addr_of(addr.parse().unwrap()), port: port.to_be(), proto, _pad: 0 },
         flags,
         backends: backends
             .iter()
-            .map(|(a, w)| Weighted {
-                addr: addr_of(a.parse().unwrap()),
-                weight: *w,
-            })
+            .map(|(a, w)| Weighted { addr: addr_of(a.parse().unwrap()), weight: *w })
             .collect(),
     }
 }
@@ -85,12 +77,7 @@ impl Harness {
         let ebpf = dataplane::load_object(object, &pin_dir, Role::Balancer { max_vips })?;
         let mut tables = Tables::open(&pin_dir)?;
         tables.apply(&desired)?;
-        Ok(Harness {
-            ebpf,
-            tables,
-            pin_dir,
-            desired,
-        })
+        Ok(Harness { ebpf, tables, pin_dir, desired })
     }
 
     /// Applies a new desired state (a pool change).
@@ -105,11 +92,7 @@ impl Harness {
         let program = dataplane::xdp_program(&mut self.ebpf, BALANCER_PROGRAM)?;
         let mut out = vec![0u8; input.len() + 256];
         let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
+            .test_run(TestRunOptions { data_in: Some(input), data_out: Some(&mut out), ..Default::default() })
             .context("BPF_PROG_TEST_RUN")?;
         out.truncate(result.data_size_out as usize);
         Ok((result.return_value, out))
@@ -119,10 +102,7 @@ impl Harness {
     /// (one packet per call: the kernel does not restore a rewritten packet between repeats).
     pub fn time_once(&mut self, input: &[u8]) -> Result<u64> {
         let program = dataplane::xdp_program(&mut self.ebpf, BALANCER_PROGRAM)?;
-        let result = program.test_run(TestRunOptions {
-            data_in: Some(input),
-            ..Default::default()
-        })?;
+        let result = program.test_run(TestRunOptions { data_in: Some(input), ..Default::default() })?;
         Ok(result.duration.as_nanos() as u64)
     }
 
@@ -154,10 +134,7 @@ impl Harness {
 
     /// Global counters by name.
     pub fn stats(&self) -> Result<Vec<(&'static str, u64)>> {
-        Ok(stats::verdicts(&self.pin_dir)?
-            .into_iter()
-            .map(|(s, c)| (s.name(), c.packets))
-            .collect())
+        Ok(stats::verdicts(&self.pin_dir)?.into_iter().map(|(s, c)| (s.name(), c.packets)).collect())
     }
 
     /// Per-backend (address, packets, new flows, lru hits).

@@ -16,8 +16,5 @@ pub fn bin_dir() -> std::path::PathBuf {
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "these tests need root (network namespaces, XDP, bpffs): run them as root"
-    );
+    assert_eq!(euid, 0, "these tests need root (network namespaces, XDP, bpffs): run them as root");
 }

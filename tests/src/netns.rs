@@ -22,16 +22,9 @@ pub const VIP6_NET: &str = "fd00:5e:100::/64";
 
 /// Runs a command, failing with its stderr if it exits non-zero.
 pub fn run(program: &str, args: &[&str]) -> Result<Output> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("spawning {program}"))?;
+    let output = Command::new(program).args(args).output().with_context(|| format!("spawning {program}"))?;
     if !output.status.success() {
-        bail!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
     }
     Ok(output)
 }
@@ -54,9 +47,7 @@ impl Host {
     /// A command that runs inside this host's network namespace (bpffs stays visible).
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.ns))
-            .arg("--")
-            .arg(program);
+        cmd.arg(format!("--net=/run/netns/{}", self.ns)).arg("--").arg(program);
         cmd
     }
 
@@ -78,11 +69,7 @@ impl Host {
     /// reverse-path filter, and no ARP answers for them on its NIC.
     pub fn make_dsr_backend(&self, vips: &[&str]) -> Result<()> {
         for vip in vips {
-            let prefix = if vip.contains(':') {
-                format!("{vip}/128")
-            } else {
-                format!("{vip}/32")
-            };
+            let prefix = if vip.contains(':') { format!("{vip}/128") } else { format!("{vip}/32") };
             self.run("ip", &["addr", "add", &prefix, "dev", "lo"])?;
         }
         for key in ["all", "eth0", "lo", "default"] {
@@ -134,10 +121,7 @@ static NEXT_TOPOLOGY: AtomicU32 = AtomicU32::new(0);
 fn read_mac(host_ns: &str, dev: &str) -> Result<[u8; 6]> {
     let out = run("ip", &["-n", host_ns, "-br", "link", "show", dev])?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let mac = text
-        .split_whitespace()
-        .nth(2)
-        .context("no MAC in ip link output")?;
+    let mac = text.split_whitespace().nth(2).context("no MAC in ip link output")?;
     let mut bytes = [0u8; 6];
     for (byte, part) in bytes.iter_mut().zip(mac.split(':')) {
         *byte = u8::from_str_radix(part, 16)?;
@@ -179,12 +163,8 @@ impl Topology {
         // VIPs live behind the lb.
         let lb4 = topology.lb.addr4.to_string();
         let lb6 = topology.lb.addr6.to_string();
-        topology
-            .router
-            .run("ip", &["route", "add", VIP4_NET, "via", &lb4])?;
-        topology
-            .router
-            .run("ip", &["-6", "route", "add", VIP6_NET, "via", &lb6])?;
+        topology.router.run("ip", &["route", "add", VIP4_NET, "via", &lb4])?;
+        topology.router.run("ip", &["-6", "route", "add", VIP6_NET, "via", &lb6])?;
         Ok(topology)
     }
 
@@ -233,56 +213,17 @@ impl Topology {
             mac: [0; 6],
         };
         let r = &self.router;
-        r.run(
-            "ip",
-            &["addr", "add", &format!("198.18.{index}.1/24"), "dev", &router_dev],
-        )?;
-        r.run(
-            "ip",
-            &[
-                "addr",
-                "add",
-                &format!("fd00:5e:{index}::1/64"),
-                "dev",
-                &router_dev,
-                "nodad",
-            ],
-        )?;
+        r.run("ip", &["addr", "add", &format!("198.18.{index}.1/24"), "dev", &router_dev])?;
+        r.run("ip", &["addr", "add", &format!("fd00:5e:{index}::1/64"), "dev", &router_dev, "nodad"])?;
         r.run("ip", &["link", "set", &router_dev, "up"])?;
         r.sysctl(&format!("net.ipv4.conf.{router_dev}.rp_filter"), "0")?;
         r.run("ethtool", &["-K", &router_dev, "tx", "off"])?;
         host.run("ip", &["link", "set", "lo", "up"])?;
-        host.run(
-            "ip",
-            &["addr", "add", &format!("{}/24", host.addr4), "dev", "eth0"],
-        )?;
-        host.run(
-            "ip",
-            &[
-                "addr",
-                "add",
-                &format!("{}/64", host.addr6),
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        )?;
+        host.run("ip", &["addr", "add", &format!("{}/24", host.addr4), "dev", "eth0"])?;
+        host.run("ip", &["addr", "add", &format!("{}/64", host.addr6), "dev", "eth0", "nodad"])?;
         host.run("ip", &["link", "set", "eth0", "up"])?;
-        host.run(
-            "ip",
-            &["route", "add", "default", "via", &format!("198.18.{index}.1")],
-        )?;
-        host.run(
-            "ip",
-            &[
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("fd00:5e:{index}::1"),
-            ],
-        )?;
+        host.run("ip", &["route", "add", "default", "via", &format!("198.18.{index}.1")])?;
+        host.run("ip", &["-6", "route", "add", "default", "via", &format!("fd00:5e:{index}::1")])?;
         host.run("ethtool", &["-K", "eth0", "tx", "off"])?;
         let mac = read_mac(&ns, "eth0")?;
         Ok(Host { mac, ..host })

@@ -42,11 +42,7 @@ fn v6(ip: IpAddr) -> [u8; 16] {
 /// Ethernet + IPv4/IPv6 (by the addresses) builder start.
 fn ip(src: IpAddr, dst: IpAddr) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
     let eth = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
-    if src.is_ipv4() {
-        eth.ipv4(v4(src), v4(dst), 64)
-    } else {
-        eth.ipv6(v6(src), v6(dst), 64)
-    }
+    if src.is_ipv4() { eth.ipv4(v4(src), v4(dst), 64) } else { eth.ipv6(v6(src), v6(dst), 64) }
 }
 
 /// A TCP segment from `src:sport` to `dst:dport`.
@@ -89,15 +85,9 @@ pub fn echo_reply(src: IpAddr, dst: IpAddr) -> Vec<u8> {
     let mut out = Vec::new();
     let eth = PacketBuilder::ethernet2(LB_MAC, CLIENT_MAC);
     if src.is_ipv4() {
-        eth.ipv4(v4(dst), v4(src), 64)
-            .icmpv4_echo_reply(7, 1)
-            .write(&mut out, b"ping")
-            .unwrap();
+        eth.ipv4(v4(dst), v4(src), 64).icmpv4_echo_reply(7, 1).write(&mut out, b"ping").unwrap();
     } else {
-        eth.ipv6(v6(dst), v6(src), 64)
-            .icmpv6_echo_reply(7, 1)
-            .write(&mut out, b"ping")
-            .unwrap();
+        eth.ipv6(v6(dst), v6(src), 64).icmpv6_echo_reply(7, 1).write(&mut out, b"ping").unwrap();
     }
     out
 }
@@ -111,9 +101,7 @@ pub fn too_big(router: IpAddr, to: IpAddr, quoted: &[u8]) -> Vec<u8> {
         let t = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
             next_hop_mtu: 1400,
         });
-        b.icmpv4(t)
-            .write(&mut out, &quoted[..quoted.len().min(28)])
-            .unwrap();
+        b.icmpv4(t).write(&mut out, &quoted[..quoted.len().min(28)]).unwrap();
     } else {
         b.icmpv6(Icmpv6Type::PacketTooBig { mtu: 1400 })
             .write(&mut out, &quoted[..quoted.len().min(48)])

@@ -78,21 +78,14 @@ impl Nginx {
         )?;
         let child = host
             .command("nginx")
-            .args([
-                "-c",
-                conf.to_str().context("path")?,
-                "-p",
-                dir.0.to_str().context("path")?,
-            ])
+            .args(["-c", conf.to_str().context("path")?, "-p", dir.0.to_str().context("path")?])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("starting nginx")?;
         let mut nginx = Nginx { child, _dir: dir };
         wait_for("nginx to listen on :80", Duration::from_secs(5), || {
-            host.run("ss", &["-Htln", "sport = :80"])
-                .map(|o| !o.stdout.is_empty())
-                .unwrap_or(false)
+            host.run("ss", &["-Htln", "sport = :80"]).map(|o| !o.stdout.is_empty()).unwrap_or(false)
         })
         .inspect_err(|_| stop(&mut nginx.child))?;
         Ok(nginx)
@@ -111,13 +104,17 @@ pub struct Lbd {
     host: Host,
     pub config: PathBuf,
     pub pin_dir: PathBuf,
+    pub socket: PathBuf,
     /// Whether drop detaches the program and removes the pins (false after [`Lbd::sigkill`]).
     detach_on_drop: bool,
 }
 
 impl Lbd {
-    /// Starts lbd with `config` (whose pin_dir must be `pin_dir`) and waits for the pinned link.
-    pub fn start(host: &Host, config: &Path, pin_dir: &Path) -> Result<Lbd> {
+    /// Starts lbd with `config` and waits until it has attached and its admin socket answers.
+    pub fn start(host: &Host, config: &Path) -> Result<Lbd> {
+        let parsed = lb_userspace::config::Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (pin_dir, socket) = (parsed.pin_dir, parsed.admin_socket);
+        let _ = std::fs::remove_file(&socket);
         let child = host
             .command(crate::bin_dir().join("lbd").to_str().context("path")?)
             .args(["run", "-c", config.to_str().context("path")?])
@@ -127,13 +124,14 @@ impl Lbd {
             child,
             host: host.clone(),
             config: config.to_owned(),
-            pin_dir: pin_dir.to_owned(),
+            pin_dir,
+            socket,
             detach_on_drop: true,
         };
-        let link = pin_dir.join("link");
+        let (link, socket) = (lbd.pin_dir.join("link"), lbd.socket.clone());
         let child = &mut lbd.child;
-        wait_for("lbd to attach and pin its link", Duration::from_secs(10), || {
-            link.exists() || matches!(child.try_wait(), Ok(Some(_)))
+        wait_for("lbd to attach and open its admin socket", Duration::from_secs(10), || {
+            (link.exists() && socket.exists()) || matches!(child.try_wait(), Ok(Some(_)))
         })?;
         if let Ok(Some(status)) = lbd.child.try_wait() {
             bail!("lbd exited early: {status}");
@@ -148,10 +146,16 @@ impl Lbd {
         self.detach_on_drop = false;
     }
 
-    /// Runs lbctl against this lbd and returns its stdout.
+    /// Sends a signal to lbd.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Runs lbctl against this lbd and returns its stdout (an error carries its stderr).
     pub fn lbctl(&self, args: &[&str]) -> Result<String> {
         let lbctl = crate::bin_dir().join("lbctl");
-        let mut all = vec!["--pin-dir", self.pin_dir.to_str().context("path")?];
+        let mut all = vec!["--socket", self.socket.to_str().context("path")?];
         all.extend_from_slice(args);
         let out = self.host.run(lbctl.to_str().context("path")?, &all)?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -170,6 +174,7 @@ impl Drop for Lbd {
             &["stop", "--detach", "-c", self.config.to_str().unwrap_or_default()],
         );
         let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
 
@@ -188,18 +193,13 @@ impl Decap {
             lbd.to_str().context("path")?,
             &["decap", "--iface", "eth0", "--mode", mode, "--pin-dir", pin],
         )?;
-        Ok(Decap {
-            host: host.clone(),
-            pin_dir,
-        })
+        Ok(Decap { host: host.clone(), pin_dir })
     }
 
     /// Packets the program decapsulated.
     pub fn decapsulated(&self) -> Result<u64> {
         let stats = lb_userspace::stats::decap(&self.pin_dir)?;
-        Ok(stats[lb_common::stats::DecapStat::Decapsulated as usize]
-            .1
-            .packets)
+        Ok(stats[lb_common::stats::DecapStat::Decapsulated as usize].1.packets)
     }
 }
 
@@ -207,10 +207,9 @@ impl Drop for Decap {
     fn drop(&mut self) {
         let lbd = crate::bin_dir().join("lbd");
         let pin = self.pin_dir.to_str().unwrap_or_default().to_owned();
-        let _ = self.host.run(
-            lbd.to_str().unwrap_or("lbd"),
-            &["decap", "--iface", "eth0", "--detach", "--pin-dir", &pin],
-        );
+        let _ = self
+            .host
+            .run(lbd.to_str().unwrap_or("lbd"), &["decap", "--iface", "eth0", "--detach", "--pin-dir", &pin]);
         let _ = std::fs::remove_dir_all(&self.pin_dir);
     }
 }

@@ -14,11 +14,7 @@ fn verdict_rows(text: &str) -> Vec<(String, u64, u64)> {
         .skip(1)
         .filter_map(|line| {
             let mut cols = line.split_whitespace();
-            Some((
-                cols.next()?.to_owned(),
-                cols.next()?.parse().ok()?,
-                cols.next()?.parse().ok()?,
-            ))
+            Some((cols.next()?.to_owned(), cols.next()?.parse().ok()?, cols.next()?.parse().ok()?))
         })
         .collect()
 }
@@ -46,18 +42,16 @@ fn attach_count_and_readopt(mode: &str) -> Result<()> {
     std::fs::write(
         &config,
         format!(
-            "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"{mode}\"\npin_dir = \"{}\"\n",
-            pin_dir.display()
+            "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"{mode}\"\npin_dir = \"{}\"\n[admin]\nsocket = \"{}/lbd.sock\"\n",
+            pin_dir.display(),
+            dir.0.display()
         ),
     )?;
     let _nginx = Nginx::start(&topology.lb, "lb")?;
-    let lbd = Lbd::start(&topology.lb, &config, &pin_dir)?;
+    let lbd = Lbd::start(&topology.lb, &config)?;
     let link = topology.lb.run("ip", &["link", "show", "eth0"])?;
     let expected = if mode == "native" { "xdp " } else { "xdpgeneric" };
-    assert!(
-        String::from_utf8_lossy(&link.stdout).contains(expected),
-        "not attached in {mode} mode"
-    );
+    assert!(String::from_utf8_lossy(&link.stdout).contains(expected), "not attached in {mode} mode");
 
     let (before, _) = passed(&lbd)?;
     curl_lb(&topology, 10)?;
@@ -69,12 +63,9 @@ fn attach_count_and_readopt(mode: &str) -> Result<()> {
     // SIGKILL lbd: the pinned program keeps counting; a new lbd adopts it and counters continue.
     lbd.sigkill();
     curl_lb(&topology, 2)?;
-    let lbd = Lbd::start(&topology.lb, &config, &pin_dir)?;
+    let lbd = Lbd::start(&topology.lb, &config)?;
     let (adopted, _) = passed(&lbd)?;
-    assert!(
-        adopted >= after + 10,
-        "counters did not continue across SIGKILL: {after} -> {adopted}"
-    );
+    assert!(adopted >= after + 10, "counters did not continue across SIGKILL: {after} -> {adopted}");
     Ok(())
 }
 #[test]

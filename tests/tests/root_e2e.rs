@@ -23,7 +23,9 @@ fn config(topology: &Topology, dir: &TempDir, mode: &str, pin_dir: &std::path::P
          [[vip]]\nname = \"web4\"\naddress = \"{VIP4}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web4\"\n\
          [[vip]]\nname = \"web6\"\naddress = \"{VIP6}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web6\"\n\
          [[pool]]\nname = \"web4\"\nbackends = [{{ address = \"{a4}\" }}, {{ address = \"{b4}\" }}]\n\
-         [[pool]]\nname = \"web6\"\nbackends = [{{ address = \"{a6}\" }}, {{ address = \"{b6}\" }}]\n",
+         [[pool]]\nname = \"web6\"\nbackends = [{{ address = \"{a6}\" }}, {{ address = \"{b6}\" }}]\n\
+         [admin]\nsocket = \"{dir}/lbd.sock\"\n",
+        dir = dir.0.display(),
         pin = pin_dir.display(),
         mac = mac(topology.router_mac_to_lb),
         a4 = b[0].addr4,
@@ -41,12 +43,8 @@ fn spread(topology: &Topology, url: &str, first_port: u16, n: u16) -> Result<BTr
     let mut seen = BTreeMap::new();
     for i in 0..n {
         let port = (first_port + i).to_string();
-        let out = topology
-            .client
-            .run("curl", &["-sS", "--max-time", "5", "--local-port", &port, url])?;
-        *seen
-            .entry(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-            .or_default() += 1;
+        let out = topology.client.run("curl", &["-sS", "--max-time", "5", "--local-port", &port, url])?;
+        *seen.entry(String::from_utf8_lossy(&out.stdout).trim().to_owned()).or_default() += 1;
     }
     Ok(seen)
 }
@@ -56,11 +54,7 @@ fn dsr_end_to_end(mode: &str) -> Result<()> {
     let dir = TempDir::new(&format!("e2e-{mode}"))?;
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", topology.tag));
     // Native XDP_TX on a veth needs an XDP program on the peer.
-    let _pass = if mode == "native" {
-        Some(PeerPass::attach(&topology.router, "r1")?)
-    } else {
-        None
-    };
+    let _pass = if mode == "native" { Some(PeerPass::attach(&topology.router, "r1")?) } else { None };
     let mut servers = Vec::new();
     let mut decaps = Vec::new();
     for (i, backend) in topology.backends.iter().enumerate() {
@@ -68,18 +62,11 @@ fn dsr_end_to_end(mode: &str) -> Result<()> {
         servers.push(Nginx::start(backend, &format!("backend{}", i + 1))?);
         decaps.push(Decap::attach(backend, mode)?);
     }
-    let lbd = Lbd::start(&topology.lb, &config(&topology, &dir, mode, &pin_dir)?, &pin_dir)?;
+    let lbd = Lbd::start(&topology.lb, &config(&topology, &dir, mode, &pin_dir)?)?;
 
-    for (url, first_port) in [
-        (format!("http://{VIP4}/"), 20000),
-        (format!("http://[{VIP6}]/"), 30000),
-    ] {
+    for (url, first_port) in [(format!("http://{VIP4}/"), 20000), (format!("http://[{VIP6}]/"), 30000)] {
         let seen = spread(&topology, &url, first_port, 24)?;
-        assert_eq!(
-            seen.keys().cloned().collect::<Vec<_>>(),
-            ["backend1", "backend2"],
-            "{url}: {seen:?}"
-        );
+        assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), ["backend1", "backend2"], "{url}: {seen:?}");
         assert!(seen.values().all(|&n| n >= 4), "{url}: uneven spread {seen:?}");
     }
     // Every backend decapsulated, and the lb counted per-backend traffic.
@@ -93,21 +80,11 @@ fn dsr_end_to_end(mode: &str) -> Result<()> {
     // DSR: replies do not cross the lb. The lb's XDP saw only client->VIP packets; a reply
     // would have been passed to its stack, and nothing else talks to the lb here.
     let passed = lb_userspace::stats::verdicts(&pin_dir)?;
-    let tx = passed
-        .iter()
-        .find(|(s, _)| s.name() == "tx")
-        .map(|(_, c)| c.packets)
-        .unwrap_or(0);
-    let not_vip = passed
-        .iter()
-        .find(|(s, _)| s.name() == "pass_not_vip")
-        .map(|(_, c)| c.packets)
-        .unwrap_or(0);
+    let tx = passed.iter().find(|(s, _)| s.name() == "tx").map(|(_, c)| c.packets).unwrap_or(0);
+    let not_vip =
+        passed.iter().find(|(s, _)| s.name() == "pass_not_vip").map(|(_, c)| c.packets).unwrap_or(0);
     assert!(tx >= 48 * 5, "only {tx} packets forwarded");
-    assert!(
-        not_vip < 10,
-        "{not_vip} non-VIP packets reached the lb: replies are not direct"
-    );
+    assert!(not_vip < 10, "{not_vip} non-VIP packets reached the lb: replies are not direct");
     drop(lbd);
     Ok(())
 }

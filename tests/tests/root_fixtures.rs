@@ -74,24 +74,12 @@ struct Fixture {
 }
 
 fn fixture(description: &str, input: Vec<u8>, verdict: u32, reason: &'static str) -> Fixture {
-    Fixture {
-        description: description.into(),
-        input,
-        verdict,
-        reason,
-        output: Expect::Same,
-    }
+    Fixture { description: description.into(), input, verdict, reason, output: Expect::Same }
 }
 
 /// A fixture whose output is `input`'s IP packet encapsulated to `backend` with `flow`'s hash.
 fn forwarded(description: &str, input: Vec<u8>, inner_at: usize, backend: IpAddr, flow: &FlowKey) -> Fixture {
-    let out = encapsulated(
-        &input[inner_at..],
-        backend,
-        ENCAP_SRC4,
-        ENCAP_SRC6,
-        flow_hash(flow),
-    );
+    let out = encapsulated(&input[inner_at..], backend, ENCAP_SRC4, ENCAP_SRC6, flow_hash(flow));
     Fixture {
         description: description.into(),
         input,
@@ -131,10 +119,7 @@ fn with_ipv4_options(frame: &[u8], options: &[u8]) -> Vec<u8> {
 fn refresh_ipv4_checksum(frame: &mut [u8]) {
     let ihl = ((frame[14] & 0x0f) as usize) * 4;
     frame[24..26].fill(0);
-    let sum: u32 = frame[14..14 + ihl]
-        .chunks(2)
-        .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
-        .sum();
+    let sum: u32 = frame[14..14 + ihl].chunks(2).map(|w| u16::from_be_bytes([w[0], w[1]]) as u32).sum();
     let folded = (sum & 0xffff) + (sum >> 16);
     let folded = !(((folded & 0xffff) + (folded >> 16)) as u16);
     frame[24..26].copy_from_slice(&folded.to_be_bytes());
@@ -184,13 +169,7 @@ fn phase_one(h: &Harness) -> Vec<Fixture> {
         ));
     }
     let data = tcp(ip(CLIENT), 40000, ip(VIP_WEB), 80, Tcp::PshAck, &[0xab; 1000]);
-    f.push(forwarded(
-        "v4 TCP 1000-byte segment",
-        data,
-        14,
-        web(40000),
-        &web_flow(40000),
-    ));
+    f.push(forwarded("v4 TCP 1000-byte segment", data, 14, web(40000), &web_flow(40000)));
     for sport in 41000..41006 {
         f.push(forwarded(
             &format!("v4 TCP SYN, new flow from :{sport}"),
@@ -261,18 +240,8 @@ fn phase_one(h: &Harness) -> Vec<Fixture> {
         "pass_not_vip",
     ));
     // L7 VIP and non-VIP traffic go up the stack.
-    f.push(fixture(
-        "v4 TCP SYN to L7 VIP",
-        tcp4(40000, VIP_L7, 443, Tcp::Syn),
-        XDP_PASS,
-        "pass_l7",
-    ));
-    f.push(fixture(
-        "v4 TCP ACK to L7 VIP",
-        tcp4(40000, VIP_L7, 443, Tcp::Ack),
-        XDP_PASS,
-        "pass_l7",
-    ));
+    f.push(fixture("v4 TCP SYN to L7 VIP", tcp4(40000, VIP_L7, 443, Tcp::Syn), XDP_PASS, "pass_l7"));
+    f.push(fixture("v4 TCP ACK to L7 VIP", tcp4(40000, VIP_L7, 443, Tcp::Ack), XDP_PASS, "pass_l7"));
     f.push(fixture(
         "v4 TCP to L7 VIP address, other port",
         tcp4(40000, VIP_L7, 80, Tcp::Syn),
@@ -288,46 +257,17 @@ fn phase_one(h: &Harness) -> Vec<Fixture> {
     let mut arp = tcp4(40000, VIP_WEB, 80, Tcp::Syn);
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
     f.push(fixture("ARP", arp.clone(), XDP_PASS, "pass_not_ip"));
-    f.push(fixture(
-        "LLDP",
-        set(arp, 12, &0x88ccu16.to_be_bytes()),
-        XDP_PASS,
-        "pass_not_ip",
-    ));
+    f.push(fixture("LLDP", set(arp, 12, &0x88ccu16.to_be_bytes()), XDP_PASS, "pass_not_ip"));
     // VLAN tags are stripped on the way to the backend.
     let syn = tcp4(43000, VIP_WEB, 80, Tcp::Syn);
-    f.push(forwarded(
-        "802.1Q-tagged v4 SYN",
-        with_vlans(&syn, &[7]),
-        18,
-        web(43000),
-        &web_flow(43000),
-    ));
+    f.push(forwarded("802.1Q-tagged v4 SYN", with_vlans(&syn, &[7]), 18, web(43000), &web_flow(43000)));
     let q = udp(ip(CLIENT), 5353, ip(VIP_WEB), 53, b"qinq");
-    f.push(forwarded(
-        "QinQ-tagged v4 UDP",
-        with_vlans(&q, &[100, 7]),
-        22,
-        dns,
-        &dns_flow,
-    ));
+    f.push(forwarded("QinQ-tagged v4 UDP", with_vlans(&q, &[100, 7]), 22, dns, &dns_flow));
     // IPv4 options are carried inside.
     let opt = with_ipv4_options(&tcp4(43001, VIP_WEB, 80, Tcp::Syn), &[1, 1, 1, 0]);
-    f.push(forwarded(
-        "v4 SYN with 4 bytes of IP options",
-        opt,
-        14,
-        web(43001),
-        &web_flow(43001),
-    ));
+    f.push(forwarded("v4 SYN with 4 bytes of IP options", opt, 14, web(43001), &web_flow(43001)));
     let opt = with_ipv4_options(&tcp4(43002, VIP_WEB, 80, Tcp::Syn), &[1; 40]);
-    f.push(forwarded(
-        "v4 SYN with IHL 15 (40 bytes of options)",
-        opt,
-        14,
-        web(43002),
-        &web_flow(43002),
-    ));
+    f.push(forwarded("v4 SYN with IHL 15 (40 bytes of options)", opt, 14, web(43002), &web_flow(43002)));
     // Malformed packets: dropped, counted by reason.
     let good = tcp4(40000, VIP_WEB, 80, Tcp::Syn);
     // (BPF_PROG_TEST_RUN refuses frames under 14 bytes, as drivers never deliver them.)
@@ -343,18 +283,8 @@ fn phase_one(h: &Harness) -> Vec<Fixture> {
         XDP_DROP,
         "drop_malformed_l2",
     ));
-    f.push(fixture(
-        "IPv4 header cut at 10 bytes",
-        good[..24].to_vec(),
-        XDP_DROP,
-        "drop_malformed_ipv4",
-    ));
-    f.push(fixture(
-        "IPv4 IHL 4",
-        set(good.clone(), 14, &[0x44]),
-        XDP_DROP,
-        "drop_malformed_ipv4",
-    ));
+    f.push(fixture("IPv4 header cut at 10 bytes", good[..24].to_vec(), XDP_DROP, "drop_malformed_ipv4"));
+    f.push(fixture("IPv4 IHL 4", set(good.clone(), 14, &[0x44]), XDP_DROP, "drop_malformed_ipv4"));
     f.push(fixture(
         "IPv4 total length beyond the frame",
         set(good.clone(), 16, &[0x05, 0xdc]),
@@ -375,38 +305,20 @@ fn phase_one(h: &Harness) -> Vec<Fixture> {
     ));
     let mut short_tcp = good[..44].to_vec();
     short_tcp[16..18].copy_from_slice(&30u16.to_be_bytes());
-    f.push(fixture(
-        "TCP header cut at 10 bytes",
-        short_tcp,
-        XDP_DROP,
-        "drop_malformed_l4",
-    ));
+    f.push(fixture("TCP header cut at 10 bytes", short_tcp, XDP_DROP, "drop_malformed_l4"));
     let mut short_udp = udp(ip(CLIENT), 1, ip(VIP_WEB), 53, b"")[..38].to_vec();
     short_udp[16..18].copy_from_slice(&24u16.to_be_bytes());
-    f.push(fixture(
-        "UDP header cut at 4 bytes",
-        short_udp,
-        XDP_DROP,
-        "drop_malformed_l4",
-    ));
+    f.push(fixture("UDP header cut at 4 bytes", short_udp, XDP_DROP, "drop_malformed_l4"));
     let syn6 = tcp(ip(CLIENT6), 40000, ip(VIP6), 80, Tcp::Syn, b"");
-    f.push(fixture(
-        "IPv6 header cut at 20 bytes",
-        syn6[..34].to_vec(),
-        XDP_DROP,
-        "drop_malformed_ipv6",
-    ));
+    f.push(fixture("IPv6 header cut at 20 bytes", syn6[..34].to_vec(), XDP_DROP, "drop_malformed_ipv6"));
     f.push(fixture(
         "IPv6 payload length beyond the frame",
         set(syn6.clone(), 18, &[0x05, 0xdc]),
         XDP_DROP,
         "drop_malformed_ipv6",
     ));
-    let chain: Vec<u8> = [[60, 0, 1, 4, 0, 0, 0, 0]; 4]
-        .concat()
-        .into_iter()
-        .chain([6, 0, 1, 4, 0, 0, 0, 0])
-        .collect();
+    let chain: Vec<u8> =
+        [[60, 0, 1, 4, 0, 0, 0, 0]; 4].concat().into_iter().chain([6, 0, 1, 4, 0, 0, 0, 0]).collect();
     f.push(fixture(
         "IPv6 with 5 extension headers",
         with_ipv6_ext(&syn6, 0, &chain),
@@ -414,35 +326,15 @@ fn phase_one(h: &Harness) -> Vec<Fixture> {
         "drop_malformed_ipv6",
     ));
     let cut_ext = with_ipv6_ext(&syn6, 0, &[6, 1, 1, 4, 0, 0, 0, 0]);
-    f.push(fixture(
-        "IPv6 extension header longer than the packet",
-        cut_ext,
-        XDP_DROP,
-        "drop_malformed_l4",
-    ));
+    f.push(fixture("IPv6 extension header longer than the packet", cut_ext, XDP_DROP, "drop_malformed_l4"));
     let mut short_icmp = echo_request(ip(CLIENT), ip(VIP_WEB))[..38].to_vec();
     short_icmp[16..18].copy_from_slice(&24u16.to_be_bytes());
-    f.push(fixture(
-        "ICMP header cut at 4 bytes",
-        short_icmp,
-        XDP_DROP,
-        "drop_malformed_l4",
-    ));
+    f.push(fixture("ICMP header cut at 4 bytes", short_icmp, XDP_DROP, "drop_malformed_l4"));
     // Deny lists come first.
     let denied = tcp(ip("203.0.113.9"), 40000, ip(VIP_WEB), 80, Tcp::Syn, b"");
-    f.push(fixture(
-        "denied v4 source to a VIP",
-        denied,
-        XDP_DROP,
-        "drop_denied",
-    ));
+    f.push(fixture("denied v4 source to a VIP", denied, XDP_DROP, "drop_denied"));
     let denied = udp(ip("203.0.113.200"), 1, ip("198.18.1.2"), 53, b"x");
-    f.push(fixture(
-        "denied v4 source to a non-VIP",
-        denied,
-        XDP_DROP,
-        "drop_denied",
-    ));
+    f.push(fixture("denied v4 source to a non-VIP", denied, XDP_DROP, "drop_denied"));
     let denied = tcp(ip("2001:db8:bad:1::9"), 40000, ip(VIP6), 80, Tcp::Syn, b"");
     f.push(fixture("denied v6 source", denied, XDP_DROP, "drop_denied"));
     let near = tcp(ip("203.0.114.1"), 40000, ip(VIP_WEB), 80, Tcp::Syn, b"");
@@ -462,12 +354,7 @@ fn phase_one(h: &Harness) -> Vec<Fixture> {
         XDP_PASS,
         "pass_fragment",
     ));
-    f.push(fixture(
-        "v4 later fragment to a VIP",
-        fragment4(frag.clone(), 0x0008),
-        XDP_PASS,
-        "pass_fragment",
-    ));
+    f.push(fixture("v4 later fragment to a VIP", fragment4(frag.clone(), 0x0008), XDP_PASS, "pass_fragment"));
     let nofrag = tcp(ip(CLIENT), 40000, ip(VIP_NOFRAG), 80, Tcp::PshAck, &[1; 64]);
     f.push(fixture(
         "v4 fragment to a VIP that drops them",
@@ -480,38 +367,18 @@ fn phase_one(h: &Harness) -> Vec<Fixture> {
         44,
         &[6, 0, 0, 1, 0, 0, 0, 9],
     );
-    f.push(fixture(
-        "v6 fragment header to a VIP",
-        frag6,
-        XDP_PASS,
-        "pass_fragment",
-    ));
+    f.push(fixture("v6 fragment header to a VIP", frag6, XDP_PASS, "pass_fragment"));
     let other = tcp(ip(CLIENT), 40000, ip("198.18.1.2"), 80, Tcp::PshAck, &[1; 64]);
-    f.push(fixture(
-        "v4 fragment to a non-VIP",
-        fragment4(other, 0x2000),
-        XDP_PASS,
-        "pass_not_vip",
-    ));
+    f.push(fixture("v4 fragment to a non-VIP", fragment4(other, 0x2000), XDP_PASS, "pass_not_vip"));
     // ICMP echo to a VIP is answered here.
     let reply = |src, dst| Expect::Bytes(echo_reply(ip(src), ip(dst)));
     f.push(Fixture {
         output: reply(CLIENT, VIP_WEB),
-        ..fixture(
-            "ICMP echo to a VIP",
-            echo_request(ip(CLIENT), ip(VIP_WEB)),
-            XDP_TX,
-            "icmp_echo_reply",
-        )
+        ..fixture("ICMP echo to a VIP", echo_request(ip(CLIENT), ip(VIP_WEB)), XDP_TX, "icmp_echo_reply")
     });
     f.push(Fixture {
         output: reply(CLIENT6, VIP6),
-        ..fixture(
-            "ICMPv6 echo to a VIP",
-            echo_request(ip(CLIENT6), ip(VIP6)),
-            XDP_TX,
-            "icmp_echo_reply",
-        )
+        ..fixture("ICMPv6 echo to a VIP", echo_request(ip(CLIENT6), ip(VIP6)), XDP_TX, "icmp_echo_reply")
     });
     f.push(fixture(
         "ICMP echo to a non-VIP",
@@ -520,83 +387,35 @@ fn phase_one(h: &Harness) -> Vec<Fixture> {
         "pass_not_vip",
     ));
     let echo_reply_in = set(echo_request(ip(CLIENT), ip(VIP_WEB)), 34, &[0]);
-    f.push(fixture(
-        "ICMP echo reply to a VIP",
-        echo_reply_in,
-        XDP_PASS,
-        "pass_not_vip",
-    ));
+    f.push(fixture("ICMP echo reply to a VIP", echo_reply_in, XDP_PASS, "pass_not_vip"));
     // ICMP "too big" about a VIP flow goes to that flow's backend.
     let sent = tcp(ip(VIP_WEB), 80, ip(CLIENT), 40000, Tcp::PshAck, &[0; 64]);
     let ptb = too_big(ip("198.18.0.1"), ip(VIP_WEB), ip_part(&sent));
-    let mut fx = forwarded(
-        "ICMP frag-needed quoting a web VIP flow",
-        ptb,
-        14,
-        web(40000),
-        &web_flow(40000),
-    );
+    let mut fx = forwarded("ICMP frag-needed quoting a web VIP flow", ptb, 14, web(40000), &web_flow(40000));
     fx.reason = "icmp_too_big_forwarded";
     f.push(fx);
     let sent6 = tcp(ip(VIP6), 80, ip(CLIENT6), 40000, Tcp::PshAck, &[0; 64]);
     let ptb6 = too_big(ip("fd00:5e::1"), ip(VIP6), ip_part(&sent6));
     let f6 = flow(CLIENT6, 40000, VIP6, 80, 6);
-    let mut fx = forwarded(
-        "ICMPv6 packet-too-big quoting a v6 VIP flow",
-        ptb6,
-        14,
-        h.model_backend(IDX_V6, &f6),
-        &f6,
-    );
+    let mut fx =
+        forwarded("ICMPv6 packet-too-big quoting a v6 VIP flow", ptb6, 14, h.model_backend(IDX_V6, &f6), &f6);
     fx.reason = "icmp_too_big_forwarded";
     f.push(fx);
     let not_vip = tcp(ip(VIP_WEB), 81, ip(CLIENT), 40000, Tcp::PshAck, &[0; 64]);
     let ptb = too_big(ip("198.18.0.1"), ip(VIP_WEB), ip_part(&not_vip));
-    f.push(fixture(
-        "ICMP frag-needed quoting a non-VIP port",
-        ptb,
-        XDP_PASS,
-        "pass_not_vip",
-    ));
+    f.push(fixture("ICMP frag-needed quoting a non-VIP port", ptb, XDP_PASS, "pass_not_vip"));
     // IPv6: IP6IP6.
     let v6_flow = |sport| flow(CLIENT6, sport, VIP6, 80, 6);
     let v6 = |sport| h.model_backend(IDX_V6, &v6_flow(sport));
-    f.push(forwarded(
-        "v6 TCP SYN to v6 VIP",
-        syn6.clone(),
-        14,
-        v6(40000),
-        &v6_flow(40000),
-    ));
+    f.push(forwarded("v6 TCP SYN to v6 VIP", syn6.clone(), 14, v6(40000), &v6_flow(40000)));
     let ack6 = tcp(ip(CLIENT6), 40000, ip(VIP6), 80, Tcp::Ack, b"");
-    f.push(forwarded(
-        "v6 TCP ACK (hit)",
-        ack6,
-        14,
-        v6(40000),
-        &v6_flow(40000),
-    ));
-    let hbh = with_ipv6_ext(
-        &tcp(ip(CLIENT6), 40001, ip(VIP6), 80, Tcp::Syn, b""),
-        0,
-        &[6, 0, 1, 4, 0, 0, 0, 0],
-    );
-    f.push(forwarded(
-        "v6 SYN with a hop-by-hop header",
-        hbh,
-        14,
-        v6(40001),
-        &v6_flow(40001),
-    ));
+    f.push(forwarded("v6 TCP ACK (hit)", ack6, 14, v6(40000), &v6_flow(40000)));
+    let hbh =
+        with_ipv6_ext(&tcp(ip(CLIENT6), 40001, ip(VIP6), 80, Tcp::Syn, b""), 0, &[6, 0, 1, 4, 0, 0, 0, 0]);
+    f.push(forwarded("v6 SYN with a hop-by-hop header", hbh, 14, v6(40001), &v6_flow(40001)));
     for sport in 40010..40014 {
         let syn = tcp(ip(CLIENT6), sport, ip(VIP6), 80, Tcp::Syn, b"");
-        f.push(forwarded(
-            &format!("v6 SYN, new flow from :{sport}"),
-            syn,
-            14,
-            v6(sport),
-            &v6_flow(sport),
-        ));
+        f.push(forwarded(&format!("v6 SYN, new flow from :{sport}"), syn, 14, v6(sport), &v6_flow(sport)));
     }
     f.push(fixture(
         "v6 UDP to the v6 TCP VIP",
@@ -621,20 +440,13 @@ fn phase_one(h: &Harness) -> Vec<Fixture> {
         "drop_no_backend",
     ));
     let big = tcp(ip(CLIENT), 44000, ip(VIP_WEB), 80, Tcp::PshAck, &[0; 1460]);
-    f.push(fixture(
-        "1500-byte packet: encapsulated it would exceed the MTU",
-        big,
-        XDP_DROP,
-        "drop_too_big",
-    ));
+    f.push(fixture("1500-byte packet: encapsulated it would exceed the MTU", big, XDP_DROP, "drop_too_big"));
     f
 }
 
 fn run_fixtures(h: &mut Harness, fixtures: &[Fixture]) -> Result<()> {
     for (i, f) in fixtures.iter().enumerate() {
-        let (verdict, out) = h
-            .run(&f.input)
-            .with_context(|| format!("fixture {i} `{}`", f.description))?;
+        let (verdict, out) = h.run(&f.input).with_context(|| format!("fixture {i} `{}`", f.description))?;
         let expected = match &f.output {
             Expect::Same => &f.input,
             Expect::Bytes(b) => b,
@@ -695,12 +507,8 @@ fn root_fixtures_every_path() -> Result<()> {
             *per_backend.entry(backend).or_default() += 1;
         }
     }
-    let actual: BTreeMap<IpAddr, u64> = h
-        .backend_stats()?
-        .into_iter()
-        .map(|(a, p, _, _)| (a, p))
-        .filter(|(_, p)| *p > 0)
-        .collect();
+    let actual: BTreeMap<IpAddr, u64> =
+        h.backend_stats()?.into_iter().map(|(a, p, _, _)| (a, p)).filter(|(_, p)| *p > 0).collect();
     assert_eq!(actual, per_backend, "per-backend packets");
     Ok(())
 }
@@ -711,43 +519,23 @@ fn root_fixtures_pool_change_keeps_flows() -> Result<()> {
     let web_flow = |sport| flow(CLIENT, sport, VIP_WEB, 80, 6);
     // Establish flows from many ports on the two-backend pool.
     let ports: Vec<u16> = (50000..50200).collect();
-    let before: Vec<IpAddr> = ports
-        .iter()
-        .map(|&p| h.model_backend(IDX_WEB, &web_flow(p)))
-        .collect();
+    let before: Vec<IpAddr> = ports.iter().map(|&p| h.model_backend(IDX_WEB, &web_flow(p))).collect();
     let setup: Vec<Fixture> = ports
         .iter()
         .zip(&before)
         .map(|(&p, &b)| {
-            forwarded(
-                "SYN before the change",
-                tcp4(p, VIP_WEB, 80, Tcp::Syn),
-                14,
-                b,
-                &web_flow(p),
-            )
+            forwarded("SYN before the change", tcp4(p, VIP_WEB, 80, Tcp::Syn), 14, b, &web_flow(p))
         })
         .collect();
     run_fixtures(&mut h, &setup)?;
 
     // Add a third backend: about a third of new flows go to it.
     let changes = h.apply(desired_state(&WEB_PLUS))?;
-    assert!(
-        changes.iter().any(|c| c.contains("new Maglev table")),
-        "{changes:?}"
-    );
-    let after: Vec<IpAddr> = ports
-        .iter()
-        .map(|&p| h.model_backend(IDX_WEB, &web_flow(p)))
-        .collect();
+    assert!(changes.iter().any(|c| c.contains("new Maglev table")), "{changes:?}");
+    let after: Vec<IpAddr> = ports.iter().map(|&p| h.model_backend(IDX_WEB, &web_flow(p))).collect();
     let moved: Vec<usize> = (0..ports.len()).filter(|&i| before[i] != after[i]).collect();
     let kept: Vec<usize> = (0..ports.len()).filter(|&i| before[i] == after[i]).collect();
-    assert!(
-        moved.len() > 20 && kept.len() > 20,
-        "moved {} kept {}",
-        moved.len(),
-        kept.len()
-    );
+    assert!(moved.len() > 20 && kept.len() > 20, "moved {} kept {}", moved.len(), kept.len());
     let (m0, m1, m2, k0) = (moved[0], moved[1], moved[2], kept[0]);
 
     // Established flows whose bucket moved stay on their backend (connection table hit).
@@ -846,13 +634,8 @@ fn root_fixtures_redirect_instead_of_tx() -> Result<()> {
     let mut h = Harness::new("redirect", 8, state)?;
     let fl = flow(CLIENT, 40000, VIP_WEB, 80, 6);
     let input = tcp4(40000, VIP_WEB, 80, Tcp::Syn);
-    let expected = encapsulated(
-        &input[14..],
-        h.model_backend(IDX_WEB, &fl),
-        ENCAP_SRC4,
-        ENCAP_SRC6,
-        flow_hash(&fl),
-    );
+    let expected =
+        encapsulated(&input[14..], h.model_backend(IDX_WEB, &fl), ENCAP_SRC4, ENCAP_SRC6, flow_hash(&fl));
     let (verdict, out) = h.run(&input)?;
     assert_eq!((verdict, out), (XDP_REDIRECT, expected));
     let stats: BTreeMap<&str, u64> = h.stats()?.into_iter().collect();

@@ -35,10 +35,7 @@ enum Task {
 
 fn cargo(args: &[&str]) -> Result<()> {
     println!("==> cargo {}", args.join(" "));
-    let status = Command::new(env!("CARGO"))
-        .args(args)
-        .status()
-        .context("running cargo")?;
+    let status = Command::new(env!("CARGO")).args(args).status().context("running cargo")?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
@@ -55,35 +52,10 @@ fn is_root() -> bool {
 
 fn test(host_only: bool) -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
-    cargo(&[
-        "clippy",
-        "--workspace",
-        "--exclude",
-        "lb-ebpf",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ])?;
+    cargo(&["clippy", "--workspace", "--exclude", "lb-ebpf", "--all-targets", "--", "-D", "warnings"])?;
     // lb-ebpf's helper-free library (parser, checksums) builds and is tested on the host too.
-    cargo(&[
-        "clippy",
-        "--package",
-        "lb-ebpf",
-        "--lib",
-        "--tests",
-        "--",
-        "-D",
-        "warnings",
-    ])?;
-    cargo(&[
-        "test",
-        "--workspace",
-        "--exclude",
-        "lb-ebpf",
-        "--exclude",
-        "sluice-tests",
-    ])?;
+    cargo(&["clippy", "--package", "lb-ebpf", "--lib", "--tests", "--", "-D", "warnings"])?;
+    cargo(&["test", "--workspace", "--exclude", "lb-ebpf", "--exclude", "sluice-tests"])?;
     cargo(&["test", "--package", "lb-ebpf", "--lib"])?;
     if host_only {
         return Ok(());
@@ -103,15 +75,7 @@ fn demo(keep: bool) -> Result<()> {
         bail!("the demo makes network namespaces and attaches XDP: run it as root");
     }
     cargo(&["build", "--package", "lb-userspace"])?;
-    let mut args = vec![
-        "run",
-        "--quiet",
-        "--package",
-        "sluice-tests",
-        "--bin",
-        "sluice-demo",
-        "--",
-    ];
+    let mut args = vec!["run", "--quiet", "--package", "sluice-tests", "--bin", "sluice-demo", "--"];
     if keep {
         args.push("--keep");
     }

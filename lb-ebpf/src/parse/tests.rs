@@ -37,11 +37,7 @@ fn udp6() -> Vec<u8> {
     let mut out = Vec::new();
     let src = [0xfd, 0, 0, 0x5e, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
     let dst = [0xfd, 0, 0, 0x5e, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-    PacketBuilder::ethernet2(MAC_A, MAC_B)
-        .ipv6(src, dst, 64)
-        .udp(5353, 53)
-        .write(&mut out, b"q")
-        .unwrap();
+    PacketBuilder::ethernet2(MAC_A, MAC_B).ipv6(src, dst, 64).udp(5353, 53).write(&mut out, b"q").unwrap();
     out
 }
 
@@ -52,10 +48,7 @@ fn tcp_over_ipv4() {
     assert_eq!((p.l3_off, p.l4_off, p.flow.proto), (14, 34, IPPROTO_TCP));
     assert_eq!(p.flow.src, mapped_v4([198, 18, 0, 2]));
     assert_eq!(p.flow.dst, mapped_v4([198, 19, 0, 1]));
-    assert_eq!(
-        (u16::from_be(p.flow.sport), u16::from_be(p.flow.dport)),
-        (40000, 80)
-    );
+    assert_eq!((u16::from_be(p.flow.sport), u16::from_be(p.flow.dport)), (40000, 80));
     assert!(p.is_syn());
     assert_eq!(p.ip_len, 20 + 20 + 2);
 }
@@ -64,10 +57,7 @@ fn tcp_over_ipv4() {
 fn udp_over_ipv6() {
     let p = packet(&udp6());
     assert!(p.ipv6);
-    assert_eq!(
-        (p.l4_off, p.flow.proto, u16::from_be(p.flow.dport)),
-        (54, IPPROTO_UDP, 53)
-    );
+    assert_eq!((p.l4_off, p.flow.proto, u16::from_be(p.flow.dport)), (54, IPPROTO_UDP, 53));
 }
 
 #[test]
@@ -105,10 +95,7 @@ fn ipv6_extension_headers_are_skipped() {
     let len = u16::from_be_bytes([bytes[18], bytes[19]]) + 24;
     bytes[18..20].copy_from_slice(&len.to_be_bytes());
     let p = packet(&bytes);
-    assert_eq!(
-        (p.l4_off, p.flow.proto, u16::from_be(p.flow.dport)),
-        (78, IPPROTO_UDP, 53)
-    );
+    assert_eq!((p.l4_off, p.flow.proto, u16::from_be(p.flow.dport)), (78, IPPROTO_UDP, 53));
 }
 
 #[test]
@@ -146,11 +133,7 @@ fn non_ip_is_not_ip() {
 #[test]
 fn every_truncation_is_malformed_never_a_panic() {
     for full in [tcp4(b"data"), udp6()] {
-        let l4_end = if full[12] == 0x08 {
-            14 + 20 + 20
-        } else {
-            14 + 40 + 8
-        };
+        let l4_end = if full[12] == 0x08 { 14 + 20 + 20 } else { 14 + 40 + 8 };
         for len in 0..l4_end {
             let result = parse(&full[..len]);
             assert!(result.is_err(), "truncated to {len}: {result:?}");

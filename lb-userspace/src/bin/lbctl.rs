@@ -1,100 +1,407 @@
-//! lbctl: inspect a running Sluice: fast-path counters per verdict, VIP and backend.
-use std::path::PathBuf;
+//! lbctl: operate a running lbd through its admin socket: pools, backends, deny lists, counters.
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
-use lb_common::stats::Stat;
-use lb_userspace::{stats, tables::ip_of};
+use anyhow::{Context as _, Result, bail};
+use bytes::Bytes;
+use clap::{Parser, Subcommand, ValueEnum};
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use ipnet::IpNet;
+use lb_userspace::{config::DEFAULT_ADMIN_SOCKET, state::Command, stats};
+use serde_json::{Value, json};
 
 #[derive(Parser)]
 #[command(name = "lbctl", version, about = "Control and inspect a running Sluice (lbd)")]
 struct Cli {
-    /// bpffs directory where lbd pinned its maps.
-    #[arg(long, global = true, default_value = lb_common::PIN_DIR)]
-    pin_dir: PathBuf,
+    /// lbd's admin socket.
+    #[arg(long, global = true, default_value = DEFAULT_ADMIN_SOCKET)]
+    socket: PathBuf,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
     #[command(subcommand)]
-    command: Command,
+    noun: Noun,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
 }
 
 #[derive(Subcommand)]
-enum Command {
-    /// Fast-path counters summed over CPUs: verdicts and reasons, then per VIP and per backend.
+enum Noun {
+    /// Uptime, interface, pin directory, pools failing open.
+    Status,
+    /// VIPs.
+    Vip {
+        #[command(subcommand)]
+        verb: VipVerb,
+    },
+    /// Pools and their backends' weight, drain and health.
+    Pool {
+        #[command(subcommand)]
+        verb: PoolVerb,
+    },
+    /// Change a pool's backends (written to the config file, applied at once).
+    Backend {
+        #[command(subcommand)]
+        verb: BackendVerb,
+    },
+    /// Source prefixes dropped in XDP.
+    Deny {
+        #[command(subcommand)]
+        verb: DenyVerb,
+    },
+    /// Fast-path counters: per verdict and reason, per VIP and per backend (ipvsadm --stats style).
     Stats {
-        /// Only the per-VIP table.
+        /// Only VIPs.
         #[arg(long)]
         vip: bool,
-        /// Only the per-backend table.
+        /// Only backends.
         #[arg(long)]
         backend: bool,
+        /// Print rates (pps, bps) every N seconds until interrupted.
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<u64>,
     },
-    /// Counters of the backends' decapsulation program (`lbd decap`); use its --pin-dir.
-    DecapStats,
+    /// Counters of a backend's decapsulation program (`lbd decap`), read from its pins.
+    DecapStats {
+        /// Its pin directory.
+        #[arg(long)]
+        pin_dir: PathBuf,
+    },
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Stats { vip, backend } => {
-            let all = !vip && !backend;
-            if all {
-                println!("{:<24} {:>14} {:>16}", "counter", "packets", "bytes");
-                for (stat, c) in stats::verdicts(&cli.pin_dir)? {
-                    if c.packets > 0 || (stat as u32) <= Stat::Redirect as u32 {
-                        println!("{:<24} {:>14} {:>16}", stat.name(), c.packets, c.bytes);
-                    }
-                }
-            }
-            let header = |what| {
+#[derive(Subcommand)]
+enum VipVerb {
+    /// List VIPs.
+    List,
+}
+
+#[derive(Subcommand)]
+enum PoolVerb {
+    /// List pools.
+    List,
+    /// One pool's backends.
+    Show { name: String },
+}
+
+#[derive(Subcommand, Clone)]
+enum BackendVerb {
+    /// Add a backend.
+    Add {
+        pool: String,
+        address: IpAddr,
+        #[arg(long, default_value_t = lb_userspace::config::DEFAULT_WEIGHT)]
+        weight: u32,
+    },
+    /// Remove a backend: its flows move to the others.
+    Remove { pool: String, address: IpAddr },
+    /// Drain a backend: no new flows, established flows stay (`--undo` makes it ready again).
+    Drain {
+        pool: String,
+        address: IpAddr,
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Set a backend's weight.
+    Weight { pool: String, address: IpAddr, weight: u32 },
+}
+
+#[derive(Subcommand)]
+enum DenyVerb {
+    Add { prefix: IpNet },
+    Remove { prefix: IpNet },
+    List,
+}
+
+/// One request to the admin socket; non-2xx answers become errors carrying lbd's reason.
+async fn call(socket: &PathBuf, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .with_context(|| format!("connecting to {} (is lbd running? --socket)", socket.display()))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "lbd")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    let value: Value =
+        serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+    if !status.is_success() {
+        bail!("{}", value.get("error").and_then(Value::as_str).unwrap_or(&value.to_string()));
+    }
+    Ok(value)
+}
+
+async fn command(cli: &Cli, command: Command) -> Result<Value> {
+    call(&cli.socket, Method::POST, "/commands", Some(serde_json::to_value(command)?)).await
+}
+
+fn print_changes(value: &Value) {
+    let changes = value["changes"].as_array().cloned().unwrap_or_default();
+    if changes.is_empty() {
+        println!("no change");
+    }
+    for change in changes {
+        println!("{}", change.as_str().unwrap_or_default());
+    }
+}
+
+fn print_pool(pool: &Value) {
+    let open = if pool["failing_open"].as_bool() == Some(true) {
+        "  (FAILING OPEN: every backend down)"
+    } else {
+        ""
+    };
+    println!("pool {}{open}", pool["name"].as_str().unwrap_or_default());
+    println!("  {:<40} {:>7} {:>6} {:>8} {:>10}", "backend", "weight", "drain", "health", "effective");
+    for b in pool["backends"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<40} {:>7} {:>6} {:>8} {:>10}",
+            b["address"].as_str().unwrap_or_default(),
+            b["weight"],
+            if b["drain"].as_bool() == Some(true) { "yes" } else { "no" },
+            if b["healthy"].as_bool() == Some(true) { "up" } else { "DOWN" },
+            b["effective_weight"]
+        );
+    }
+}
+
+fn traffic_row(name: &str, t: &Value, rate: Option<(&Value, f64)>) {
+    let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
+    match rate {
+        None => println!(
+            "{name:<30} {:>12} {:>14} {:>10} {:>10} {:>10}",
+            n(t, "packets"),
+            n(t, "bytes"),
+            n(t, "new_flows"),
+            n(t, "lru_hits"),
+            n(t, "lru_misses")
+        ),
+        Some((before, secs)) => {
+            let pps = (n(t, "packets") - n(before, "packets")) as f64 / secs;
+            let bps = 8.0 * (n(t, "bytes") - n(before, "bytes")) as f64 / secs;
+            let cps = (n(t, "new_flows") - n(before, "new_flows")) as f64 / secs;
+            println!(
+                "{name:<30} {:>12} {:>14} {pps:>10.0} {bps:>12.0} {cps:>8.0}",
+                n(t, "packets"),
+                n(t, "bytes")
+            );
+        }
+    }
+}
+
+fn print_stats(stats: &Value, previous: Option<(&Value, f64)>, vip: bool, backend: bool) {
+    let all = !vip && !backend;
+    if all {
+        println!("{:<30} {:>12} {:>14}", "counter", "packets", "bytes");
+        for (i, c) in stats["counters"].as_array().into_iter().flatten().enumerate() {
+            if i < 4 || c["packets"].as_u64() != Some(0) {
                 println!(
-                    "\n{what:<28} {:>12} {:>14} {:>10} {:>10} {:>10}",
-                    "packets", "bytes", "new_flows", "lru_hits", "lru_miss"
-                )
+                    "{:<30} {:>12} {:>14}",
+                    c["name"].as_str().unwrap_or_default(),
+                    c["packets"],
+                    c["bytes"]
+                );
+            }
+        }
+        println!();
+    }
+    let header = |what: &str| match previous {
+        None => println!(
+            "{what:<30} {:>12} {:>14} {:>10} {:>10} {:>10}",
+            "packets", "bytes", "new_flows", "lru_hits", "lru_miss"
+        ),
+        Some(_) => {
+            println!("{what:<30} {:>12} {:>14} {:>10} {:>12} {:>8}", "packets", "bytes", "pps", "bps", "cps")
+        }
+    };
+    let find = |list: &str, key: &str, id: &Value| -> Option<Value> {
+        previous.and_then(|(p, _)| {
+            p[list].as_array()?.iter().find(|x| x[key] == *id).map(|x| x["traffic"].clone())
+        })
+    };
+    if all || vip {
+        header("vip");
+        for v in stats["vips"].as_array().into_iter().flatten() {
+            let port = v["port"].as_u64().unwrap_or(0);
+            let proto = match v["protocol"].as_u64() {
+                Some(6) => "tcp",
+                Some(17) => "udp",
+                _ => "?",
             };
-            if all || vip {
-                header("vip");
-                for (key, c) in stats::vips(&cli.pin_dir)? {
-                    let port = u16::from_be(key.port);
-                    let name = format!(
-                        "{}:{}/{}",
-                        ip_of(&key.addr),
-                        if port == 0 { "*".into() } else { port.to_string() },
-                        proto(key.proto)
-                    );
-                    println!(
-                        "{name:<28} {:>12} {:>14} {:>10} {:>10} {:>10}",
-                        c.packets, c.bytes, c.new_flows, c.lru_hits, c.lru_misses
-                    );
+            let name = format!(
+                "{}:{}/{proto}",
+                v["address"].as_str().unwrap_or_default(),
+                if port == 0 { "*".into() } else { port.to_string() }
+            );
+            let before = find("vips", "address", &v["address"]);
+            traffic_row(
+                &name,
+                &v["traffic"],
+                previous.map(|(_, s)| (before.as_ref().unwrap_or(&v["traffic"]), s)),
+            );
+        }
+        println!();
+    }
+    if all || backend {
+        header("backend");
+        for b in stats["backends"].as_array().into_iter().flatten() {
+            let before = find("backends", "address", &b["address"]);
+            let name = b["address"].as_str().unwrap_or_default();
+            traffic_row(
+                name,
+                &b["traffic"],
+                previous.map(|(_, s)| (before.as_ref().unwrap_or(&b["traffic"]), s)),
+            );
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let json_out = matches!(cli.output, Output::Json);
+    let show = |value: &Value| println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    match &cli.noun {
+        Noun::Status => {
+            let v = call(&cli.socket, Method::GET, "/status", None).await?;
+            if json_out {
+                show(&v);
+            } else {
+                for (k, val) in v.as_object().into_iter().flatten() {
+                    println!("{k:<16} {val}");
                 }
             }
-            if all || backend {
-                header("backend");
-                for (addr, c) in stats::backends(&cli.pin_dir)? {
+        }
+        Noun::Vip { verb: VipVerb::List } => {
+            let v = call(&cli.socket, Method::GET, "/vips", None).await?;
+            if json_out {
+                show(&v);
+            } else {
+                println!("{:<16} {:<40} {:>6} {:<5} {:<4} pool", "name", "address", "port", "proto", "mode");
+                for vip in v.as_array().into_iter().flatten() {
+                    let port = vip["port"].as_u64().unwrap_or(0);
                     println!(
-                        "{:<28} {:>12} {:>14} {:>10} {:>10} {:>10}",
-                        addr.to_string(),
-                        c.packets,
-                        c.bytes,
-                        c.new_flows,
-                        c.lru_hits,
-                        c.lru_misses
+                        "{:<16} {:<40} {:>6} {:<5} {:<4} {}",
+                        vip["name"].as_str().unwrap_or_default(),
+                        vip["address"].as_str().unwrap_or_default(),
+                        if port == 0 { "*".into() } else { port.to_string() },
+                        vip["protocol"].as_str().unwrap_or_default(),
+                        vip["mode"].as_str().unwrap_or_default(),
+                        vip["pool"].as_str().unwrap_or_default()
                     );
                 }
             }
         }
-        Command::DecapStats => {
-            println!("{:<14} {:>14} {:>16}", "counter", "packets", "bytes");
-            for (stat, c) in stats::decap(&cli.pin_dir)? {
-                println!("{:<14} {:>14} {:>16}", stat.name(), c.packets, c.bytes);
+        Noun::Pool { verb } => {
+            let v = match verb {
+                PoolVerb::List => call(&cli.socket, Method::GET, "/pools", None).await?,
+                PoolVerb::Show { name } => {
+                    call(&cli.socket, Method::GET, &format!("/pools/{name}"), None).await?
+                }
+            };
+            if json_out {
+                show(&v);
+            } else if let Some(pools) = v.as_array() {
+                pools.iter().for_each(print_pool);
+            } else {
+                print_pool(&v);
+            }
+        }
+        Noun::Backend { verb } => {
+            let c = match verb.clone() {
+                BackendVerb::Add { pool, address, weight } => Command::AddBackend { pool, address, weight },
+                BackendVerb::Remove { pool, address } => Command::RemoveBackend { pool, address },
+                BackendVerb::Drain { pool, address, undo } => {
+                    Command::SetDrain { pool, address, drain: !undo }
+                }
+                BackendVerb::Weight { pool, address, weight } => Command::SetWeight { pool, address, weight },
+            };
+            let v = command(&cli, c).await?;
+            if json_out { show(&v) } else { print_changes(&v) }
+        }
+        Noun::Deny { verb } => match verb {
+            DenyVerb::Add { prefix } | DenyVerb::Remove { prefix } => {
+                let c = if matches!(verb, DenyVerb::Add { .. }) {
+                    Command::AddDeny { prefix: *prefix }
+                } else {
+                    Command::RemoveDeny { prefix: *prefix }
+                };
+                let v = command(&cli, c).await?;
+                if json_out { show(&v) } else { print_changes(&v) }
+            }
+            DenyVerb::List => {
+                let status = call(&cli.socket, Method::GET, "/deny", None).await?;
+                if json_out {
+                    show(&status);
+                } else {
+                    for p in status.as_array().into_iter().flatten() {
+                        println!("{}", p.as_str().unwrap_or_default());
+                    }
+                }
+            }
+        },
+        Noun::Stats { vip, backend, watch } => {
+            let mut previous: Option<(Value, std::time::Instant)> = None;
+            loop {
+                let v = call(&cli.socket, Method::GET, "/stats", None).await?;
+                if json_out {
+                    show(&v);
+                } else {
+                    let rate = previous.as_ref().map(|(p, at)| (p, at.elapsed().as_secs_f64()));
+                    print_stats(&v, rate, *vip, *backend);
+                }
+                let Some(seconds) = watch else { break };
+                previous = Some((v, std::time::Instant::now()));
+                tokio::time::sleep(Duration::from_secs(*seconds)).await;
+                println!();
+            }
+        }
+        Noun::DecapStats { pin_dir } => {
+            let rows: Vec<Value> = stats::decap(pin_dir)?
+                .into_iter()
+                .map(|(s, c)| json!({ "name": s.name(), "packets": c.packets, "bytes": c.bytes }))
+                .collect();
+            if json_out {
+                show(&json!(rows));
+            } else {
+                println!("{:<14} {:>14} {:>16}", "counter", "packets", "bytes");
+                for r in rows {
+                    println!(
+                        "{:<14} {:>14} {:>16}",
+                        r["name"].as_str().unwrap_or_default(),
+                        r["packets"],
+                        r["bytes"]
+                    );
+                }
             }
         }
     }
     Ok(())
 }
 
-fn proto(number: u8) -> &'static str {
-    match number {
-        6 => "tcp",
-        17 => "udp",
-        _ => "?",
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("lbctl: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("lbctl: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

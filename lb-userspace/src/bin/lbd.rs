@@ -1,25 +1,25 @@
 //! lbd: the Sluice daemon. Attaches the XDP balancer and keeps its maps in step with the config.
 use std::{
+    collections::HashSet,
     path::{Path, PathBuf},
     process::ExitCode,
+    sync::{Arc, Mutex},
 };
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use lb_userspace::{
+    admin,
     config::{Config, XdpModeSetting},
+    daemon::{Core, Shared, lock},
     dataplane::{self, Role},
-    host,
-    tables::{Desired, Tables},
+    health,
 };
 use log::{error, info};
+use sd_notify::NotifyState;
 
 #[derive(Parser)]
-#[command(
-    name = "lbd",
-    version,
-    about = "Sluice load balancer daemon: XDP L4 fast path and L7 proxy"
-)]
+#[command(name = "lbd", version, about = "Sluice load balancer daemon: XDP L4 fast path and L7 proxy")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -86,17 +86,9 @@ fn main() -> ExitCode {
         Command::Check { config } => return check(&config),
         Command::Run { config } => run(&config),
         Command::Stop { config, detach } => stop(&config, detach),
-        Command::Decap {
-            iface,
-            mode,
-            detach,
-            pin_dir,
-        } => decap(
-            &iface,
-            mode,
-            detach,
-            pin_dir.unwrap_or_else(|| dataplane::decap_pin_dir(&iface)),
-        ),
+        Command::Decap { iface, mode, detach, pin_dir } => {
+            decap(&iface, mode, detach, pin_dir.unwrap_or_else(|| dataplane::decap_pin_dir(&iface)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -124,75 +116,70 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-/// Writes the config's L4 state into the maps, logging each change.
-fn apply(tables: &mut Tables, config: &Config) -> Result<()> {
-    for change in tables.apply(&Desired::from_config(config, &host::facts(config)?))? {
-        info!("{change}");
-    }
-    Ok(())
-}
-
 fn run(path: &Path) -> Result<()> {
-    let mut config = load_config(path)?;
-    let mut ebpf = dataplane::load(
-        &config.pin_dir,
-        Role::Balancer {
-            max_vips: config.max_vips,
-        },
-    )?;
-    let mut tables = Tables::open(&config.pin_dir)?;
+    let config = load_config(path)?;
+    let (interface, mode, pin_dir) = (config.interface.clone(), config.xdp_mode, config.pin_dir.clone());
+    let (admin_socket, metrics) = (config.admin_socket.clone(), config.metrics);
+    // Keeps the program loaded while lbd runs; the pinned link keeps it attached after.
+    let mut ebpf = dataplane::load(&pin_dir, Role::Balancer { max_vips: config.max_vips })?;
     // Program the maps before attaching, so the first packet already sees the pools.
-    apply(&mut tables, &config)?;
-    let attached = dataplane::attach(
-        &mut ebpf,
-        dataplane::BALANCER_PROGRAM,
-        &config.interface,
-        config.xdp_mode,
-        &config.pin_dir,
-    )?;
-    info!(
-        "balancer on {} ({attached:?}); maps pinned under {}",
-        config.interface,
-        config.pin_dir.display()
-    );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let core: Shared = Arc::new(Mutex::new(Core::start(config, path.to_owned())?));
+    let attached = dataplane::attach(&mut ebpf, dataplane::BALANCER_PROGRAM, &interface, mode, &pin_dir)?;
+    info!("balancer on {interface} ({attached:?}); maps pinned under {}", pin_dir.display());
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
         let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+        let admin = admin::bind(&admin_socket)?;
+        tokio::spawn(admin::serve(admin, core.clone()));
+        info!("admin API on {}", admin_socket.display());
+        if let Some(address) = metrics {
+            tokio::spawn(lb_userspace::metrics::serve(lb_userspace::metrics::bind(address).await?, core.clone()));
+            info!("metrics on http://{address}/metrics");
+        }
+        let mut checked = HashSet::new();
+        health::spawn_missing(&core, &mut checked);
+        notify(&[NotifyState::Ready]);
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                _ = hup.recv() => match Config::load(path) {
-                    Err(errors) => error!("reload refused, nothing changed:\n{errors}"),
-                    Ok(new) if new.interface != config.interface || new.pin_dir != config.pin_dir => {
-                        error!("reload refused: interface and pin_dir need a restart");
+                _ = hup.recv() => {
+                    notify(&[NotifyState::Reloading, NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Ready)]);
+                    match Config::load(path) {
+                        Err(errors) => error!("reload refused, nothing changed:\n{errors}"),
+                        Ok(new) => match lock(&core).reload(new) {
+                            Ok(lines) => {
+                                for line in &lines {
+                                    info!("{line}");
+                                }
+                                info!("reload applied ({} changes)", lines.len());
+                            }
+                            Err(err) => error!("reload refused, nothing changed: {err:#}"),
+                        },
                     }
-                    Ok(new) => match apply(&mut tables, &new) {
-                        Ok(()) => {
-                            info!("reload applied");
-                            config = new;
-                        }
-                        Err(err) => error!("reload failed: {err:#}"),
-                    },
-                },
+                    health::spawn_missing(&core, &mut checked);
+                    notify(&[NotifyState::Ready]);
+                }
             }
         }
         anyhow::Ok(())
     })?;
+    notify(&[NotifyState::Stopping]);
+    let _ = std::fs::remove_file(&admin_socket);
     info!("stopping; the XDP program stays attached (lbd stop --detach removes it)");
     Ok(())
 }
 
+/// Tells systemd (when lbd runs under it) where the daemon is.
+fn notify(states: &[NotifyState]) {
+    let _ = sd_notify::notify(states);
+}
+
 fn stop(path: &Path, detach: bool) -> Result<()> {
-    anyhow::ensure!(
-        detach,
-        "`lbd stop` needs --detach: it removes the fast path and its connection table"
-    );
+    anyhow::ensure!(detach, "`lbd stop` needs --detach: it removes the fast path and its connection table");
     let config = load_config(path)?;
     dataplane::detach(&config.pin_dir)?;
     info!("detached and removed {}", config.pin_dir.display());
@@ -207,9 +194,6 @@ fn decap(iface: &str, mode: XdpModeSetting, detach: bool, pin_dir: PathBuf) -> R
     }
     let mut ebpf = dataplane::load(&pin_dir, Role::Decap)?;
     let attached = dataplane::attach(&mut ebpf, dataplane::DECAP_PROGRAM, iface, mode, &pin_dir)?;
-    info!(
-        "decap on {iface} ({attached:?}); counters: lbctl --pin-dir {} decap-stats",
-        pin_dir.display()
-    );
+    info!("decap on {iface} ({attached:?}); counters: lbctl --pin-dir {} decap-stats", pin_dir.display());
     Ok(())
 }

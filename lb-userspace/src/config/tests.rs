@@ -4,20 +4,12 @@ use super::*;
 const BASE: &str = "[dataplane]\ninterface = \"eth0\"\n";
 
 fn errors(text: &str) -> Vec<String> {
-    Config::parse(Path::new("t.toml"), text)
-        .unwrap_err()
-        .0
-        .iter()
-        .map(ToString::to_string)
-        .collect()
+    Config::parse(Path::new("t.toml"), text).unwrap_err().0.iter().map(ToString::to_string).collect()
 }
 
 fn assert_error(text: &str, expected: &str) {
     let found = errors(text);
-    assert!(
-        found.iter().any(|e| e.starts_with(expected)),
-        "expected `{expected}` in {found:?}"
-    );
+    assert!(found.iter().any(|e| e.starts_with(expected)), "expected `{expected}` in {found:?}");
 }
 
 #[test]
@@ -53,10 +45,7 @@ fn unknown_key() {
 
 #[test]
 fn bad_mode() {
-    assert_error(
-        &format!("{BASE}xdp_mode = \"fast\"\n"),
-        "t.toml:3: unknown variant `fast`",
-    );
+    assert_error(&format!("{BASE}xdp_mode = \"fast\"\n"), "t.toml:3: unknown variant `fast`");
 }
 
 #[test]
@@ -97,20 +86,9 @@ fn duplicate_vip_and_duplicate_pool() {
         "[[vip]]\nname = \"a\"\naddress = \"198.19.0.1\"\nport = 80\nprotocol = \"tcp\"\npool = \"p\"\n";
     let pool = "[[pool]]\nname = \"p\"\n";
     let found = errors(&format!("{BASE}{vip}{vip}{pool}{pool}"));
-    assert!(
-        found.iter().any(|e| e.contains("VIP `a` is defined twice")),
-        "{found:?}"
-    );
-    assert!(
-        found
-            .iter()
-            .any(|e| e.contains("198.19.0.1 port 80 is already a VIP")),
-        "{found:?}"
-    );
-    assert!(
-        found.iter().any(|e| e.contains("pool `p` is defined twice")),
-        "{found:?}"
-    );
+    assert!(found.iter().any(|e| e.contains("VIP `a` is defined twice")), "{found:?}");
+    assert!(found.iter().any(|e| e.contains("198.19.0.1 port 80 is already a VIP")), "{found:?}");
+    assert!(found.iter().any(|e| e.contains("pool `p` is defined twice")), "{found:?}");
 }
 
 #[test]
@@ -119,18 +97,8 @@ fn duplicate_backend_and_heavy_weight() {
         "{BASE}[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}, {{ address = \"10.0.0.1\", weight = 70000 }}]\n"
     );
     let found = errors(&text);
-    assert!(
-        found
-            .iter()
-            .any(|e| e.contains("backend 10.0.0.1 is listed twice")),
-        "{found:?}"
-    );
-    assert!(
-        found
-            .iter()
-            .any(|e| e.contains("weight must be 0 (drained) to 65535")),
-        "{found:?}"
-    );
+    assert!(found.iter().any(|e| e.contains("backend 10.0.0.1 is listed twice")), "{found:?}");
+    assert!(found.iter().any(|e| e.contains("weight must be 0 (drained) to 65535")), "{found:?}");
 }
 
 #[test]
@@ -139,10 +107,7 @@ fn ipv6_vip_with_ipv4_backend() {
         "{BASE}[[vip]]\nname = \"v6\"\naddress = \"fd00::1\"\nprotocol = \"udp\"\npool = \"p\"\n\
          [[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n"
     );
-    assert_error(
-        &text,
-        "t.toml:7: IPv6 VIP `v6` cannot reach IPv4 backend 10.0.0.1",
-    );
+    assert_error(&text, "t.toml:7: IPv6 VIP `v6` cannot reach IPv4 backend 10.0.0.1");
 }
 
 #[test]
@@ -155,10 +120,7 @@ fn deny_prefix_with_host_bits() {
 
 #[test]
 fn max_vips_out_of_range() {
-    assert_error(
-        &format!("{BASE}max_vips = 5000\n"),
-        "t.toml:3: max_vips must be 1 to 1024",
-    );
+    assert_error(&format!("{BASE}max_vips = 5000\n"), "t.toml:3: max_vips must be 1 to 1024");
 }
 
 #[test]

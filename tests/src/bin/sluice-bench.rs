@@ -49,10 +49,7 @@ fn object_variant(variant: ConnTable) -> Result<Vec<u64>> {
     let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8) };
     bytes[..original.len()].copy_from_slice(original);
     let file = object::File::parse(original)?;
-    let symbol = file
-        .symbols()
-        .find(|s| s.name() == Ok(CONN_TABLE_MAP))
-        .context("CONN_TABLE symbol")?;
+    let symbol = file.symbols().find(|s| s.name() == Ok(CONN_TABLE_MAP)).context("CONN_TABLE symbol")?;
     let section = file.section_by_index(symbol.section_index().context("no section")?)?;
     let (offset, _) = section.file_range().context("maps section has no file range")?;
     // struct bpf_map_def { type, key_size, value_size, max_entries, map_flags, ... }
@@ -117,37 +114,17 @@ fn measure(h: &mut Harness, inputs: &[Vec<u8>], calls: usize) -> Result<f64> {
 /// The measured paths: name -> median ns.
 fn paths(h: &mut Harness, label: &str) -> Result<Vec<(String, f64)>> {
     let mut out = Vec::new();
-    let non_vip = vec![tcp(
-        "198.18.0.2".parse()?,
-        40000,
-        "198.18.1.2".parse()?,
-        22,
-        Tcp::Ack,
-        b"",
-    )];
+    let non_vip = vec![tcp("198.18.0.2".parse()?, 40000, "198.18.1.2".parse()?, 22, Tcp::Ack, b"")];
     out.push(("non-VIP pass".to_owned(), measure(h, &non_vip, CALLS)?));
     // Every SYN a new 5-tuple: Maglev lookup, LRU insert, encapsulation.
-    out.push((
-        "SYN to VIP (new flow)".to_owned(),
-        measure(h, &packets("syn", CALLS, 2_000_000), CALLS)?,
-    ));
+    out.push(("SYN to VIP (new flow)".to_owned(), measure(h, &packets("syn", CALLS, 2_000_000), CALLS)?));
     // One established flow over and over: LRU hit.
     let hit = packets("ack", 1, 3_000_000);
     h.run(&hit[0])?;
     out.push(("established (LRU hit)".to_owned(), measure(h, &hit, CALLS)?));
     // Every ACK a flow never seen: LRU miss, Maglev, insert.
-    out.push((
-        "LRU miss (non-SYN)".to_owned(),
-        measure(h, &packets("ack", CALLS, 4_000_000), CALLS)?,
-    ));
-    let denied = vec![tcp(
-        "203.0.113.7".parse()?,
-        40000,
-        VIP.parse()?,
-        80,
-        Tcp::Syn,
-        b"",
-    )];
+    out.push(("LRU miss (non-SYN)".to_owned(), measure(h, &packets("ack", CALLS, 4_000_000), CALLS)?));
+    let denied = vec![tcp("203.0.113.7".parse()?, 40000, VIP.parse()?, 80, Tcp::Syn, b"")];
     out.push(("deny-listed drop".to_owned(), measure(h, &denied, CALLS)?));
     eprintln!("  measured {label}");
     Ok(out)
@@ -156,14 +133,7 @@ fn paths(h: &mut Harness, label: &str) -> Result<Vec<(String, f64)>> {
 /// Mean ns per packet of the non-rewriting paths and the empty program, `repeat` = CALLS in
 /// one BPF_PROG_TEST_RUN (warm caches, no per-call timer overhead).
 fn warm_paths(h: &mut Harness) -> Result<Vec<(&'static str, f64)>> {
-    let non_vip = tcp(
-        "198.18.0.2".parse()?,
-        40000,
-        "198.18.1.2".parse()?,
-        22,
-        Tcp::Ack,
-        b"",
-    );
+    let non_vip = tcp("198.18.0.2".parse()?, 40000, "198.18.1.2".parse()?, 22, Tcp::Ack, b"");
     let denied = tcp("203.0.113.7".parse()?, 40000, VIP.parse()?, 80, Tcp::Syn, b"");
     let mut out = Vec::new();
     for (name, input) in [("non-VIP pass", &non_vip), ("deny-listed drop", &denied)] {
@@ -200,10 +170,7 @@ fn floor() -> Result<f64> {
     for _ in 0..CALLS {
         samples.push(
             program
-                .test_run(TestRunOptions {
-                    data_in: Some(&input),
-                    ..Default::default()
-                })?
+                .test_run(TestRunOptions { data_in: Some(&input), ..Default::default() })?
                 .duration
                 .as_nanos() as u64,
         );
@@ -249,10 +216,7 @@ fn fill_conn_table(h: &Harness, n: usize) -> Result<usize> {
             let (src, port) = client(10_000_000 + i);
             table.insert(
                 &flow(&src, port, VIP, 80, 6),
-                &FlowValue {
-                    backend: (i % 16) as u32,
-                    hash: i as u32,
-                },
+                &FlowValue { backend: (i % 16) as u32, hash: i as u32 },
                 0,
             )?;
         }
@@ -302,10 +266,7 @@ fn main() -> Result<()> {
     println!(
         "\nempty XDP program (floor): {floor_before:.0} ns before, {floor_after:.0} ns after; net = path - {floor:.0}"
     );
-    println!(
-        "\n{:<26} {:>8} {:>8} | {:>10} {:>8} {:>8}",
-        "path", "ns", "net", "at scale", "net", "ratio"
-    );
+    println!("\n{:<26} {:>8} {:>8} | {:>10} {:>8} {:>8}", "path", "ns", "net", "at scale", "net", "ratio");
     for ((name, ns), (_, big)) in base.iter().zip(&scaled) {
         println!(
             "{name:<26} {ns:>8.0} {:>8.0} | {big:>10.0} {:>8.0} {:>8.2}",
@@ -317,11 +278,7 @@ fn main() -> Result<()> {
     println!("(at scale: 1024 VIPs, 16384 backends, {flows} flows in the connection table)");
     println!("\nconnection table variants (net ns):");
     print!("{:<26}", "path");
-    for v in [
-        ConnTable::SharedPerCpuLru,
-        ConnTable::SharedCommonLru,
-        ConnTable::PerCpu,
-    ] {
+    for v in [ConnTable::SharedPerCpuLru, ConnTable::SharedCommonLru, ConnTable::PerCpu] {
         print!(
             " {:>22}",
             v.name().split(' ').next().unwrap_or_default().to_owned()

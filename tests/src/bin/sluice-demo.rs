@@ -19,9 +19,7 @@ fn requests(topology: &Topology, url: &str, n: usize) -> Result<()> {
     let mut answers: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..n {
         let out = topology.client.run("curl", &["-sS", "--max-time", "5", url])?;
-        *answers
-            .entry(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-            .or_default() += 1;
+        *answers.entry(String::from_utf8_lossy(&out.stdout).trim().to_owned()).or_default() += 1;
     }
     println!("  {n} x GET {url}: answered by {answers:?}");
     Ok(())
@@ -45,10 +43,7 @@ fn main() -> Result<()> {
             .status();
         std::process::exit(130);
     })?;
-    for host in std::iter::once(&topology.client)
-        .chain([&topology.lb])
-        .chain(&topology.backends)
-    {
+    for host in std::iter::once(&topology.client).chain([&topology.lb]).chain(&topology.backends) {
         println!("  {:<18} {} {}", host.ns, host.addr4, host.addr6);
     }
 
@@ -65,11 +60,8 @@ fn main() -> Result<()> {
     let _pass = PeerPass::attach(&topology.router, "r1")?;
 
     step("lbd run -c config/demo.toml (in the lb namespace)");
-    let lbd = Lbd::start(&topology.lb, Path::new(CONFIG), Path::new(PIN_DIR))?;
-    print!(
-        "{}",
-        String::from_utf8_lossy(&topology.lb.run("ip", &["-br", "link", "show", "eth0"])?.stdout)
-    );
+    let lbd = Lbd::start(&topology.lb, Path::new(CONFIG))?;
+    print!("{}", String::from_utf8_lossy(&topology.lb.run("ip", &["-br", "link", "show", "eth0"])?.stdout));
 
     step("client: HTTP to the VIPs; the balancer encapsulates, backends answer the client directly");
     requests(&topology, "http://198.19.0.1/", 20)?;

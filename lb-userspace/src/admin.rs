@@ -1,0 +1,204 @@
+//! The admin API: HTTP/JSON on a unix socket (mode 0600; each connection's peer uid is logged).
+//!
+//! - `GET /status`: uptime, interface, pin directory, pools failing open
+//! - `GET /vips`, `GET /pools`, `GET /pools/NAME`: the State, with health and effective weights
+//! - `GET /deny`: the deny list
+//! - `GET /stats`: fast-path counters per verdict/reason, VIP and backend
+//! - `POST /commands`: one [`Command`] or a list, applied all or nothing; 400 with the reason
+//!   when refused, 500 when the maps or the config file could not be written
+use std::{convert::Infallible, os::unix::fs::PermissionsExt, path::Path};
+
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use log::{error, info};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::net::UnixListener;
+
+use crate::{
+    config::VipMode,
+    daemon::{ExecError, Shared, lock},
+    state::Command,
+    stats,
+    tables::ip_of,
+};
+
+fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string() + "\n")));
+    *response.status_mut() = status;
+    response.headers_mut().insert("content-type", "application/json".parse().expect("static header"));
+    response
+}
+
+#[derive(Serialize)]
+struct BackendView {
+    address: std::net::IpAddr,
+    weight: u32,
+    drain: bool,
+    healthy: bool,
+    /// The weight Maglev uses: 0 when drained or down (unless the pool fails open).
+    effective_weight: u32,
+}
+
+fn pool_view(core: &crate::daemon::Core, name: &str) -> Option<Value> {
+    let pool = core.state.config.pools.get(name)?;
+    let (weighted, fail_open) = core.state.effective_backends(pool);
+    let backends: Vec<BackendView> = pool
+        .backends
+        .iter()
+        .zip(weighted)
+        .map(|(b, w)| BackendView {
+            address: b.addr,
+            weight: b.weight,
+            drain: b.drain,
+            healthy: core.state.healthy(name, b.addr),
+            effective_weight: w.weight,
+        })
+        .collect();
+    Some(
+        json!({ "name": name, "backends": backends, "failing_open": fail_open, "health_check": pool.health }),
+    )
+}
+
+fn stats_view(pin_dir: &Path) -> Result<Value> {
+    let verdicts: Vec<Value> = stats::verdicts(pin_dir)?
+        .into_iter()
+        .map(|(s, c)| json!({ "name": s.name(), "packets": c.packets, "bytes": c.bytes }))
+        .collect();
+    let traffic = |c: lb_common::stats::TrafficCounter| {
+        json!({ "packets": c.packets, "bytes": c.bytes, "new_flows": c.new_flows,
+                "lru_hits": c.lru_hits, "lru_misses": c.lru_misses })
+    };
+    let vips: Vec<Value> = stats::vips(pin_dir)?
+        .into_iter()
+        .map(|(k, c)| {
+            json!({ "address": ip_of(&k.addr), "port": u16::from_be(k.port), "protocol": k.proto, "traffic": traffic(c) })
+        })
+        .collect();
+    let backends: Vec<Value> = stats::backends(pin_dir)?
+        .into_iter()
+        .map(|(a, c)| json!({ "address": a, "traffic": traffic(c) }))
+        .collect();
+    Ok(json!({ "counters": verdicts, "vips": vips, "backends": backends }))
+}
+
+async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = request.uri().path().to_owned();
+    let method = request.method().clone();
+    let response = match (&method, path.as_str()) {
+        (&Method::GET, "/status") => {
+            let core = lock(&core);
+            let config = &core.state.config;
+            reply(
+                StatusCode::OK,
+                json!({
+                    "interface": config.interface,
+                    "pin_dir": config.pin_dir,
+                    "config": core.config_path,
+                    "uptime_seconds": core.started.elapsed().as_secs(),
+                    "vips": config.vips.len(),
+                    "pools": config.pools.len(),
+                    "failing_open": core.state.failing_open(),
+                }),
+            )
+        }
+        (&Method::GET, "/vips") => {
+            let core = lock(&core);
+            let vips: Vec<Value> = core
+                .state
+                .config
+                .vips
+                .iter()
+                .map(|v| {
+                    json!({ "name": v.name, "address": v.addr, "port": v.port,
+                            "protocol": format!("{:?}", v.protocol).to_lowercase(), "pool": v.pool,
+                            "mode": if v.mode == VipMode::L4 { "l4" } else { "l7" } })
+                })
+                .collect();
+            reply(StatusCode::OK, json!(vips))
+        }
+        (&Method::GET, "/pools") => {
+            let core = lock(&core);
+            let pools: Vec<Value> =
+                core.state.config.pools.keys().filter_map(|n| pool_view(&core, n)).collect();
+            reply(StatusCode::OK, json!(pools))
+        }
+        (&Method::GET, p) if p.starts_with("/pools/") => {
+            let core = lock(&core);
+            match pool_view(&core, &p["/pools/".len()..]) {
+                Some(view) => reply(StatusCode::OK, view),
+                None => reply(StatusCode::NOT_FOUND, json!({ "error": format!("no pool `{}`", &p[7..]) })),
+            }
+        }
+        (&Method::GET, "/deny") => {
+            let core = lock(&core);
+            let deny: Vec<String> = core.state.config.deny.iter().map(ToString::to_string).collect();
+            reply(StatusCode::OK, json!(deny))
+        }
+        (&Method::GET, "/stats") => {
+            let pin_dir = lock(&core).state.config.pin_dir.clone();
+            match stats_view(&pin_dir) {
+                Ok(view) => reply(StatusCode::OK, view),
+                Err(err) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": format!("{err:#}") })),
+            }
+        }
+        (&Method::POST, "/commands") => {
+            let body = match request.into_body().collect().await {
+                Ok(body) => body.to_bytes(),
+                Err(err) => return Ok(reply(StatusCode::BAD_REQUEST, json!({ "error": err.to_string() }))),
+            };
+            let commands: Result<Vec<Command>, _> = serde_json::from_slice::<Vec<Command>>(&body)
+                .or_else(|_| serde_json::from_slice::<Command>(&body).map(|c| vec![c]));
+            match commands {
+                Err(err) => {
+                    reply(StatusCode::BAD_REQUEST, json!({ "error": format!("not a command: {err}") }))
+                }
+                Ok(commands) => match lock(&core).execute(&commands) {
+                    Ok(lines) => reply(StatusCode::OK, json!({ "changes": lines })),
+                    Err(ExecError::Refused(err)) => {
+                        reply(StatusCode::BAD_REQUEST, json!({ "error": err.to_string() }))
+                    }
+                    Err(err) => {
+                        error!("command failed: {err}");
+                        reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": err.to_string() }))
+                    }
+                },
+            }
+        }
+        _ => reply(StatusCode::NOT_FOUND, json!({ "error": format!("no endpoint {method} {path}") })),
+    };
+    Ok(response)
+}
+
+/// Binds the admin socket (replacing a stale one), mode 0600.
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves the admin API until the task is dropped.
+pub async fn serve(listener: UnixListener, core: Shared) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let uid = stream.peer_cred().map(|c| c.uid().to_string()).unwrap_or_else(|_| "?".into());
+        info!("admin connection from uid {uid}");
+        let core = core.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| handle(core.clone(), request));
+            if let Err(err) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                error!("admin connection: {err}");
+            }
+        });
+    }
+}

@@ -1,0 +1,128 @@
+//! lbd's running core: the State, the maps it is written to, and the one method every change
+//! (CLI, admin API, health checks, reload) goes through.
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result};
+use log::{info, warn};
+
+use crate::{
+    config::Config,
+    host::{self, HostFacts},
+    persist,
+    state::{Command, CommandError, State},
+    tables::Tables,
+};
+
+/// Why a change was not made. Nothing changed in either case.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The command does not fit the State (unknown pool, duplicate backend, ...).
+    #[error(transparent)]
+    Refused(#[from] CommandError),
+    /// The maps or the config file could not be written.
+    #[error("{0:#}")]
+    Failed(anyhow::Error),
+}
+
+pub struct Core {
+    pub state: State,
+    tables: Tables,
+    host: HostFacts,
+    /// The config file operator commands are written back to.
+    pub config_path: PathBuf,
+    pub started: Instant,
+}
+
+/// The core, shared by the admin API, health checks and the signal loop.
+pub type Shared = Arc<Mutex<Core>>;
+
+/// Locks the core; a panic elsewhere does not stop the daemon from serving.
+pub fn lock(core: &Shared) -> MutexGuard<'_, Core> {
+    core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Core {
+    /// Opens the pinned maps of `config` and writes the config into them.
+    pub fn start(config: Config, config_path: PathBuf) -> Result<Core> {
+        let host = host::facts(&config)?;
+        let mut tables = Tables::open(&config.pin_dir)?;
+        let state = State::new(config);
+        for change in tables.apply(&state.desired(&host))? {
+            info!("{change}");
+        }
+        let core = Core { state, tables, host, config_path, started: Instant::now() };
+        core.warn_fail_open(&[]);
+        Ok(core)
+    }
+
+    fn warn_fail_open(&self, before: &[String]) {
+        for pool in self.state.failing_open() {
+            if !before.contains(&pool) {
+                warn!("pool {pool}: EVERY backend is down; failing open: traffic goes to all of them");
+            }
+        }
+    }
+
+    /// Applies `commands` to a copy of the State, writes the maps, writes operator commands to
+    /// the config file, and only then keeps the new State. Returns one line per change.
+    pub fn execute(&mut self, commands: &[Command]) -> Result<Vec<String>, ExecError> {
+        let mut next = self.state.clone();
+        let mut lines = Vec::new();
+        for command in commands {
+            let line = next.apply(command)?;
+            if !line.is_empty() {
+                lines.push(line);
+            }
+        }
+        if next == self.state {
+            return Ok(lines);
+        }
+        let restore = |core: &mut Core| {
+            let _ = core.tables.apply(&core.state.desired(&core.host));
+        };
+        if let Err(err) = self.tables.apply(&next.desired(&self.host)) {
+            restore(self);
+            return Err(ExecError::Failed(err.context("writing the maps")));
+        }
+        for command in commands.iter().filter(|c| c.persists()) {
+            if let Err(err) = persist::persist(&self.config_path, command) {
+                restore(self);
+                return Err(ExecError::Failed(err.context("writing the change to the config file")));
+            }
+        }
+        let before = self.state.failing_open();
+        self.state = next;
+        for line in &lines {
+            info!("{line}");
+        }
+        self.warn_fail_open(&before);
+        Ok(lines)
+    }
+
+    /// A reload: the difference between the running State and `config`, as commands.
+    pub fn reload(&mut self, config: Config) -> Result<Vec<String>> {
+        if config.interface != self.state.config.interface || config.pin_dir != self.state.config.pin_dir {
+            anyhow::bail!("interface and pin_dir need a restart");
+        }
+        self.host = host::facts(&config).context("resolving the host's interface and next hop")?;
+        let commands = self.state.diff(&config);
+        // The commands come from the file itself: nothing to write back.
+        let mut next = self.state.clone();
+        let mut lines = Vec::new();
+        for command in &commands {
+            let line = next.apply(command).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if !line.is_empty() {
+                lines.push(line);
+            }
+        }
+        self.tables.apply(&next.desired(&self.host)).context("writing the maps")?;
+        let before = self.state.failing_open();
+        self.state = next;
+        self.warn_fail_open(&before);
+        Ok(lines)
+    }
+}

@@ -1,0 +1,100 @@
+//! Active health checks: per pool, TCP connect or HTTP GET to every backend each interval;
+//! `rise` successes bring a backend up, `fall` failures take it down, through Command::SetHealth.
+use std::{collections::HashMap, net::IpAddr, net::SocketAddr};
+
+use futures_util::future::join_all;
+
+use http_body_util::Empty;
+use hyper::{Request, body::Bytes};
+use hyper_util::rt::TokioIo;
+use log::debug;
+use tokio::net::TcpStream;
+
+use crate::{
+    config::{HealthCheck, HealthKind},
+    daemon::{Shared, lock},
+    state::Command,
+};
+
+/// One probe: true if the backend answered as the check expects within its timeout.
+pub async fn probe(check: &HealthCheck, address: IpAddr) -> bool {
+    let target = SocketAddr::new(address, check.port);
+    let attempt = async {
+        let stream = TcpStream::connect(target).await.ok()?;
+        if check.kind == HealthKind::Tcp {
+            return Some(true);
+        }
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+        tokio::spawn(connection);
+        let request = Request::get(check.path.as_str())
+            .header("host", target.to_string())
+            .header("user-agent", "sluice-health/1")
+            .body(Empty::<Bytes>::new())
+            .ok()?;
+        let response = sender.send_request(request).await.ok()?;
+        Some(response.status().as_u16() == check.expect_status)
+    };
+    matches!(tokio::time::timeout(check.timeout, attempt).await, Ok(Some(true)))
+}
+
+/// Consecutive results of one backend.
+#[derive(Default)]
+struct Streak {
+    ok: u32,
+    failed: u32,
+}
+
+/// Checks pool `pool` until it disappears or loses its health check.
+pub async fn run_pool(core: Shared, pool: String) {
+    let mut streaks: HashMap<IpAddr, Streak> = HashMap::new();
+    loop {
+        let (check, backends) = {
+            let core = lock(&core);
+            let Some(p) = core.state.config.pools.get(&pool) else { return };
+            let Some(check) = p.health.clone() else { return };
+            let backends: Vec<(IpAddr, bool)> =
+                p.backends.iter().map(|b| (b.addr, core.state.healthy(&pool, b.addr))).collect();
+            (check, backends)
+        };
+        let results = join_all(backends.iter().map(|(addr, _)| probe(&check, *addr))).await;
+        let mut commands = Vec::new();
+        for ((address, healthy), ok) in backends.iter().zip(results) {
+            let streak = streaks.entry(*address).or_default();
+            if ok {
+                streak.ok += 1;
+                streak.failed = 0;
+            } else {
+                streak.failed += 1;
+                streak.ok = 0;
+            }
+            debug!("probe {pool}/{address}: {ok}");
+            if *healthy && streak.failed >= check.fall {
+                commands.push(Command::SetHealth { pool: pool.clone(), address: *address, healthy: false });
+            } else if !*healthy && streak.ok >= check.rise {
+                commands.push(Command::SetHealth { pool: pool.clone(), address: *address, healthy: true });
+            }
+        }
+        streaks.retain(|addr, _| backends.iter().any(|(a, _)| a == addr));
+        if !commands.is_empty()
+            && let Err(err) = lock(&core).execute(&commands)
+        {
+            log::error!("pool {pool}: applying health results: {err}");
+        }
+        tokio::time::sleep(check.interval).await;
+    }
+}
+
+/// Starts checkers for pools with a health check that have none running.
+pub fn spawn_missing(core: &Shared, running: &mut std::collections::HashSet<String>) {
+    let pools: Vec<String> = {
+        let core = lock(core);
+        core.state.config.pools.values().filter(|p| p.health.is_some()).map(|p| p.name.clone()).collect()
+    };
+    running.retain(|p| pools.contains(p));
+    for pool in pools {
+        if running.insert(pool.clone()) {
+            tokio::spawn(run_pool(core.clone(), pool));
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Prometheus text exposition on a TCP address: `GET /metrics`. Counters are read from the
+//! per-CPU maps and summed at scrape time; health and weights come from the State.
+use std::net::SocketAddr;
+
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use log::error;
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+
+use crate::{
+    daemon::{Shared, lock},
+    stats,
+    tables::ip_of,
+};
+
+type Labels = Vec<(String, String)>;
+
+fn counter_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+    let family = Family::<Labels, Gauge>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+/// The whole exposition, read now.
+pub fn render(core: &Shared) -> Result<String> {
+    let mut registry = Registry::with_prefix("sluice");
+    let up = gauge_family(&mut registry, "backend_up", "1 if the backend passes its health check");
+    let weight = gauge_family(&mut registry, "backend_weight", "Configured weight");
+    let effective =
+        gauge_family(&mut registry, "backend_effective_weight", "Weight Maglev uses (0: drained or down)");
+    let size = gauge_family(&mut registry, "pool_backends", "Backends in the pool");
+    let pin_dir = {
+        let core = lock(core);
+        for pool in core.state.config.pools.values() {
+            size.get_or_create(&vec![("pool".to_owned(), pool.name.clone())]).set(pool.backends.len() as i64);
+            let (weighted, _) = core.state.effective_backends(pool);
+            for (b, w) in pool.backends.iter().zip(weighted) {
+                let labels =
+                    vec![("pool".to_owned(), pool.name.clone()), ("backend".to_owned(), b.addr.to_string())];
+                up.get_or_create(&labels).set(core.state.healthy(&pool.name, b.addr) as i64);
+                weight.get_or_create(&labels).set(b.weight as i64);
+                effective.get_or_create(&labels).set(w.weight as i64);
+            }
+        }
+        core.state.config.pin_dir.clone()
+    };
+    let packets = counter_family(&mut registry, "xdp_packets", "Packets per XDP verdict and reason");
+    let bytes = counter_family(&mut registry, "xdp_bytes", "Bytes per XDP verdict and reason");
+    for (stat, c) in stats::verdicts(&pin_dir)? {
+        let labels = vec![("counter".to_owned(), stat.name().to_owned())];
+        packets.get_or_create(&labels).inc_by(c.packets);
+        bytes.get_or_create(&labels).inc_by(c.bytes);
+    }
+    let names = ["packets", "bytes", "new_flows", "lru_hits", "lru_misses"];
+    let vip: Vec<_> = names
+        .iter()
+        .map(|n| counter_family(&mut registry, &format!("vip_{n}"), &format!("Forwarded {n} per VIP")))
+        .collect();
+    for (key, c) in stats::vips(&pin_dir)? {
+        let labels = vec![
+            ("vip".to_owned(), ip_of(&key.addr).to_string()),
+            ("port".to_owned(), u16::from_be(key.port).to_string()),
+            ("protocol".to_owned(), key.proto.to_string()),
+        ];
+        for (family, value) in vip.iter().zip([c.packets, c.bytes, c.new_flows, c.lru_hits, c.lru_misses]) {
+            family.get_or_create(&labels).inc_by(value);
+        }
+    }
+    let backend: Vec<_> = names
+        .iter()
+        .map(|n| {
+            counter_family(&mut registry, &format!("backend_{n}"), &format!("Forwarded {n} per backend"))
+        })
+        .collect();
+    for (addr, c) in stats::backends(&pin_dir)? {
+        let labels = vec![("backend".to_owned(), addr.to_string())];
+        for (family, value) in backend.iter().zip([c.packets, c.bytes, c.new_flows, c.lru_hits, c.lru_misses])
+        {
+            family.get_or_create(&labels).inc_by(value);
+        }
+    }
+    let mut out = String::new();
+    encode(&mut out, &registry).context("encoding metrics")?;
+    Ok(out)
+}
+
+async fn handle(
+    core: Shared,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let (status, body) = match request.uri().path() {
+        "/metrics" => match render(&core) {
+            Ok(text) => (StatusCode::OK, text),
+            Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}\n")),
+        },
+        _ => (StatusCode::NOT_FOUND, "try /metrics\n".to_owned()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    Ok(response)
+}
+
+/// Binds the metrics address.
+pub async fn bind(address: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(address).await.with_context(|| format!("binding metrics on {address}"))
+}
+
+/// Serves `/metrics` until the task is dropped.
+pub async fn serve(listener: TcpListener, core: Shared) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let core = core.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| handle(core.clone(), request));
+            if let Err(err) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                error!("metrics connection: {err}");
+            }
+        });
+    }
+}

@@ -1,0 +1,140 @@
+//! Writes operator commands back into the config file, so the file stays the single source of
+//! truth: a restart or a reload serves what lbctl set. toml_edit keeps the operator's comments
+//! and layout; the result is validated before it atomically replaces the file.
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+use toml_edit::{Array, DocumentMut, InlineTable, Item, Value};
+
+use crate::{config::Config, state::Command};
+
+fn pool_backends<'a>(doc: &'a mut DocumentMut, pool: &str) -> Result<&'a mut Array> {
+    let pools =
+        doc.get_mut("pool").and_then(Item::as_array_of_tables_mut).context("no [[pool]] in the file")?;
+    let table = pools
+        .iter_mut()
+        .find(|t| t.get("name").and_then(Item::as_str) == Some(pool))
+        .with_context(|| format!("no [[pool]] named `{pool}` in the file"))?;
+    if !table.contains_key("backends") {
+        table.insert("backends", Item::Value(Value::Array(Array::new())));
+    }
+    table.get_mut("backends").and_then(Item::as_array_mut).context("`backends` is not an array")
+}
+
+fn backend<'a>(doc: &'a mut DocumentMut, pool: &str, address: &str) -> Result<&'a mut InlineTable> {
+    pool_backends(doc, pool)?
+        .iter_mut()
+        .filter_map(Value::as_inline_table_mut)
+        .find(|t| {
+            t.get("address").and_then(Value::as_str).and_then(|a| a.parse::<std::net::IpAddr>().ok())
+                == address.parse().ok()
+        })
+        .with_context(|| format!("no backend {address} in pool `{pool}` in the file"))
+}
+
+fn deny_prefixes(doc: &mut DocumentMut) -> Result<&mut Array> {
+    if !doc.contains_key("deny") {
+        doc.insert("deny", Item::Table(toml_edit::Table::new()));
+    }
+    let deny = doc.get_mut("deny").and_then(Item::as_table_like_mut).context("`deny` is not a table")?;
+    if !deny.contains_key("prefixes") {
+        deny.insert("prefixes", Item::Value(Value::Array(Array::new())));
+    }
+    deny.get_mut("prefixes").and_then(Item::as_array_mut).context("`deny.prefixes` is not an array")
+}
+
+/// The file's text with `command` applied.
+pub fn edit(text: &str, command: &Command) -> Result<String> {
+    let mut doc: DocumentMut = text.parse().context("parsing the config file")?;
+    match command {
+        Command::AddBackend { pool, address, weight } => {
+            let mut entry = InlineTable::new();
+            entry.insert("address", address.to_string().into());
+            entry.insert("weight", (*weight as i64).into());
+            pool_backends(&mut doc, pool)?.push(Value::InlineTable(entry));
+        }
+        Command::RemoveBackend { pool, address } => {
+            let backends = pool_backends(&mut doc, pool)?;
+            let index = backends
+                .iter()
+                .position(|v| {
+                    v.as_inline_table()
+                        .and_then(|t| t.get("address"))
+                        .and_then(Value::as_str)
+                        .and_then(|a| a.parse().ok())
+                        == Some(*address)
+                })
+                .with_context(|| format!("no backend {address} in pool `{pool}` in the file"))?;
+            backends.remove(index);
+        }
+        Command::SetWeight { pool, address, weight } => {
+            backend(&mut doc, pool, &address.to_string())?.insert("weight", (*weight as i64).into());
+        }
+        Command::SetDrain { pool, address, drain } => {
+            let entry = backend(&mut doc, pool, &address.to_string())?;
+            if *drain {
+                entry.insert("drain", true.into());
+            } else {
+                entry.remove("drain");
+            }
+        }
+        Command::AddDeny { prefix } => deny_prefixes(&mut doc)?.push(prefix.to_string()),
+        Command::RemoveDeny { prefix } => {
+            let prefixes = deny_prefixes(&mut doc)?;
+            let index = prefixes
+                .iter()
+                .position(|v| v.as_str().and_then(|s| s.parse::<ipnet::IpNet>().ok()) == Some(*prefix))
+                .with_context(|| format!("{prefix} is not in the file's deny list"))?;
+            prefixes.remove(index);
+        }
+        other => bail!("{other:?} is not written to the config file"),
+    }
+    Ok(doc.to_string())
+}
+
+/// Applies `command` to the config file at `path`: edit, validate, write a temporary file
+/// beside it, rename over. On any error the file is untouched.
+pub fn persist(path: &Path, command: &Command) -> Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let edited = edit(&text, command)?;
+    Config::parse(path, &edited)
+        .map_err(|errors| anyhow::anyhow!("the edited config would be invalid:\n{errors}"))?;
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, &edited).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "# edge\n[dataplane]\ninterface = \"eth0\"\n\n[[pool]]\nname = \"web\" # the web pool\n\
+                        backends = [{ address = \"10.0.0.1\" }]\n";
+
+    #[test]
+    fn edits_keep_comments_and_round_trip_through_the_parser() {
+        let add = Command::AddBackend { pool: "web".into(), address: "10.0.0.2".parse().unwrap(), weight: 7 };
+        let text = edit(TEXT, &add).unwrap();
+        assert!(text.contains("# edge") && text.contains("# the web pool"), "{text}");
+        let drain =
+            Command::SetDrain { pool: "web".into(), address: "10.0.0.1".parse().unwrap(), drain: true };
+        let text = edit(&text, &drain).unwrap();
+        let deny = Command::AddDeny { prefix: "203.0.113.0/24".parse().unwrap() };
+        let text = edit(&text, &deny).unwrap();
+        let config = Config::parse(Path::new("t.toml"), &text).unwrap();
+        let web = &config.pools["web"];
+        assert_eq!((web.backends.len(), web.backends[0].drain, web.backends[1].weight), (2, true, 7));
+        assert_eq!(config.deny[0].to_string(), "203.0.113.0/24");
+        let remove = Command::RemoveBackend { pool: "web".into(), address: "10.0.0.1".parse().unwrap() };
+        let config = Config::parse(Path::new("t.toml"), &edit(&text, &remove).unwrap()).unwrap();
+        assert_eq!(config.pools["web"].backends.len(), 1);
+    }
+
+    #[test]
+    fn unknown_pool_is_an_error() {
+        let add =
+            Command::AddBackend { pool: "nope".into(), address: "10.0.0.2".parse().unwrap(), weight: 7 };
+        assert!(edit(TEXT, &add).unwrap_err().to_string().contains("no [[pool]] named `nope`"));
+    }
+}

@@ -1,0 +1,375 @@
+//! The one canonical State of what lbd serves (the config plus probe results), the typed
+//! Commands that change it, and the diff that turns a reload into Commands. The CLI, the admin
+//! API, health checks and SIGHUP all go through [`State::apply`].
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{BackendSpec, Config, MAX_WEIGHT, Pool, Vip, VipMode},
+    host::HostFacts,
+    maglev::Weighted,
+    tables::{Desired, DesiredVip, addr_of},
+};
+
+/// One change to the State.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    AddBackend {
+        pool: String,
+        address: IpAddr,
+        weight: u32,
+    },
+    RemoveBackend {
+        pool: String,
+        address: IpAddr,
+    },
+    SetWeight {
+        pool: String,
+        address: IpAddr,
+        weight: u32,
+    },
+    /// Drain (no new flows, established flows stay) or undrain a backend.
+    SetDrain {
+        pool: String,
+        address: IpAddr,
+        drain: bool,
+    },
+    AddDeny {
+        prefix: IpNet,
+    },
+    RemoveDeny {
+        prefix: IpNet,
+    },
+    /// A probe result (runtime only, never written to the config).
+    SetHealth {
+        pool: String,
+        address: IpAddr,
+        healthy: bool,
+    },
+    AddPool {
+        pool: String,
+    },
+    RemovePool {
+        pool: String,
+    },
+    AddVip {
+        name: String,
+    },
+    RemoveVip {
+        name: String,
+    },
+    /// Take everything else (data-plane settings, VIP definitions, health checks) from a
+    /// reloaded config.
+    #[serde(skip)]
+    SetSettings(Box<Config>),
+}
+
+impl Command {
+    /// Whether the command is an operator's change that belongs in the config file.
+    pub fn persists(&self) -> bool {
+        matches!(
+            self,
+            Command::AddBackend { .. }
+                | Command::RemoveBackend { .. }
+                | Command::SetWeight { .. }
+                | Command::SetDrain { .. }
+                | Command::AddDeny { .. }
+                | Command::RemoveDeny { .. }
+        )
+    }
+}
+
+/// Why a command was refused; the State is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("no pool `{0}`")]
+    NoPool(String),
+    #[error("pool `{0}` has no backend {1}")]
+    NoBackend(String, IpAddr),
+    #[error("pool `{0}` already has backend {1}")]
+    DuplicateBackend(String, IpAddr),
+    #[error("weight {0} is above {MAX_WEIGHT}")]
+    Weight(u32),
+    #[error("pool `{0}` is used by VIP `{1}`")]
+    PoolInUse(String, String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What lbd serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct State {
+    pub config: Config,
+    /// Probe results by (pool, backend); a backend not yet probed counts as healthy.
+    pub health: BTreeMap<(String, IpAddr), bool>,
+}
+
+impl State {
+    pub fn new(config: Config) -> State {
+        State { config, health: BTreeMap::new() }
+    }
+
+    fn pool_mut(&mut self, pool: &str) -> Result<&mut Pool, CommandError> {
+        self.config.pools.get_mut(pool).ok_or_else(|| CommandError::NoPool(pool.to_owned()))
+    }
+
+    fn backend_mut(&mut self, pool: &str, address: IpAddr) -> Result<&mut BackendSpec, CommandError> {
+        self.pool_mut(pool)?
+            .backends
+            .iter_mut()
+            .find(|b| b.addr == address)
+            .ok_or_else(|| CommandError::NoBackend(pool.to_owned(), address))
+    }
+
+    /// Whether a backend is healthy (not yet probed: yes).
+    pub fn healthy(&self, pool: &str, address: IpAddr) -> bool {
+        self.health.get(&(pool.to_owned(), address)).copied().unwrap_or(true)
+    }
+
+    /// Applies one command, returning a line describing the change ("" when nothing changed).
+    pub fn apply(&mut self, command: &Command) -> Result<String, CommandError> {
+        match command {
+            Command::AddBackend { pool, address, weight } => {
+                if *weight > MAX_WEIGHT {
+                    return Err(CommandError::Weight(*weight));
+                }
+                let p = self.pool_mut(pool)?;
+                if p.backends.iter().any(|b| b.addr == *address) {
+                    return Err(CommandError::DuplicateBackend(pool.clone(), *address));
+                }
+                if self.config.vips.iter().any(|v| v.pool == *pool && v.addr.is_ipv6() && address.is_ipv4()) {
+                    return Err(CommandError::Invalid(format!(
+                        "pool `{pool}` serves an IPv6 VIP: it cannot take IPv4 backend {address}"
+                    )));
+                }
+                self.pool_mut(pool)?.backends.push(BackendSpec {
+                    addr: *address,
+                    weight: *weight,
+                    drain: false,
+                });
+                Ok(format!("pool {pool}: backend {address} added with weight {weight}"))
+            }
+            Command::RemoveBackend { pool, address } => {
+                self.backend_mut(pool, *address)?;
+                self.pool_mut(pool)?.backends.retain(|b| b.addr != *address);
+                self.health.remove(&(pool.clone(), *address));
+                Ok(format!("pool {pool}: backend {address} removed"))
+            }
+            Command::SetWeight { pool, address, weight } => {
+                if *weight > MAX_WEIGHT {
+                    return Err(CommandError::Weight(*weight));
+                }
+                let backend = self.backend_mut(pool, *address)?;
+                let old = std::mem::replace(&mut backend.weight, *weight);
+                Ok(if old == *weight {
+                    String::new()
+                } else {
+                    format!("pool {pool}: backend {address} weight {old} -> {weight}")
+                })
+            }
+            Command::SetDrain { pool, address, drain } => {
+                let backend = self.backend_mut(pool, *address)?;
+                let old = std::mem::replace(&mut backend.drain, *drain);
+                let what = if *drain { "draining" } else { "ready" };
+                Ok(if old == *drain {
+                    String::new()
+                } else {
+                    format!("pool {pool}: backend {address} {what}")
+                })
+            }
+            Command::AddDeny { prefix } => {
+                if prefix.trunc() != *prefix {
+                    return Err(CommandError::Invalid(format!("`{prefix}` has host bits set")));
+                }
+                if self.config.deny.contains(prefix) {
+                    return Ok(String::new());
+                }
+                self.config.deny.push(*prefix);
+                Ok(format!("deny {prefix} added"))
+            }
+            Command::RemoveDeny { prefix } => {
+                if !self.config.deny.contains(prefix) {
+                    return Err(CommandError::Invalid(format!("{prefix} is not in the deny list")));
+                }
+                self.config.deny.retain(|p| p != prefix);
+                Ok(format!("deny {prefix} removed"))
+            }
+            Command::SetHealth { pool, address, healthy } => {
+                self.backend_mut(pool, *address)?;
+                let old = self.health.insert((pool.clone(), *address), *healthy).unwrap_or(true);
+                let what = if *healthy { "up" } else { "DOWN" };
+                Ok(if old == *healthy {
+                    String::new()
+                } else {
+                    format!("pool {pool}: backend {address} is {what}")
+                })
+            }
+            Command::AddPool { pool } => {
+                if self.config.pools.contains_key(pool) {
+                    return Err(CommandError::Invalid(format!("pool `{pool}` exists")));
+                }
+                self.config
+                    .pools
+                    .insert(pool.clone(), Pool { name: pool.clone(), backends: Vec::new(), health: None });
+                Ok(format!("pool {pool} added"))
+            }
+            Command::RemovePool { pool } => {
+                if let Some(vip) = self.config.vips.iter().find(|v| v.pool == *pool) {
+                    return Err(CommandError::PoolInUse(pool.clone(), vip.name.clone()));
+                }
+                self.config.pools.remove(pool).ok_or_else(|| CommandError::NoPool(pool.clone()))?;
+                self.health.retain(|(p, _), _| p != pool);
+                Ok(format!("pool {pool} removed"))
+            }
+            Command::AddVip { name } | Command::RemoveVip { name } => {
+                // VIP definitions arrive with SetSettings; these name the change for the log.
+                let what = if matches!(command, Command::AddVip { .. }) { "added" } else { "removed" };
+                Ok(format!("VIP {name} {what}"))
+            }
+            Command::SetSettings(new) => {
+                let pools = std::mem::take(&mut self.config.pools);
+                let deny = std::mem::take(&mut self.config.deny);
+                let mut config = (**new).clone();
+                // Pool health checks come from the new config; membership stays as applied.
+                let mut pools = pools;
+                for (name, pool) in pools.iter_mut() {
+                    pool.health = config.pools.get(name).and_then(|p| p.health.clone());
+                }
+                config.pools = pools;
+                config.deny = deny;
+                let changed = config != self.config;
+                self.config = config;
+                Ok(if changed { "settings, VIPs and health checks reloaded".into() } else { String::new() })
+            }
+        }
+    }
+
+    /// The commands that turn this State's config into `new` (a reload), in an order that is
+    /// valid at every step: pools first, then members, VIPs and settings, then pool removals.
+    pub fn diff(&self, new: &Config) -> Vec<Command> {
+        let old = &self.config;
+        let mut commands = Vec::new();
+        for name in new.pools.keys().filter(|n| !old.pools.contains_key(*n)) {
+            commands.push(Command::AddPool { pool: name.clone() });
+        }
+        for (name, pool) in &new.pools {
+            let before: BTreeMap<IpAddr, &BackendSpec> = old
+                .pools
+                .get(name)
+                .map(|p| p.backends.iter().map(|b| (b.addr, b)).collect())
+                .unwrap_or_default();
+            let after: BTreeMap<IpAddr, &BackendSpec> = pool.backends.iter().map(|b| (b.addr, b)).collect();
+            for (addr, b) in &after {
+                match before.get(addr) {
+                    None => {
+                        commands.push(Command::AddBackend {
+                            pool: name.clone(),
+                            address: *addr,
+                            weight: b.weight,
+                        });
+                        if b.drain {
+                            commands.push(Command::SetDrain {
+                                pool: name.clone(),
+                                address: *addr,
+                                drain: true,
+                            });
+                        }
+                    }
+                    Some(a) => {
+                        if a.weight != b.weight {
+                            commands.push(Command::SetWeight {
+                                pool: name.clone(),
+                                address: *addr,
+                                weight: b.weight,
+                            });
+                        }
+                        if a.drain != b.drain {
+                            commands.push(Command::SetDrain {
+                                pool: name.clone(),
+                                address: *addr,
+                                drain: b.drain,
+                            });
+                        }
+                    }
+                }
+            }
+            for addr in before.keys().filter(|a| !after.contains_key(*a)) {
+                commands.push(Command::RemoveBackend { pool: name.clone(), address: *addr });
+            }
+        }
+        let old_deny: BTreeSet<&IpNet> = old.deny.iter().collect();
+        let new_deny: BTreeSet<&IpNet> = new.deny.iter().collect();
+        for prefix in new_deny.difference(&old_deny) {
+            commands.push(Command::AddDeny { prefix: **prefix });
+        }
+        for prefix in old_deny.difference(&new_deny) {
+            commands.push(Command::RemoveDeny { prefix: **prefix });
+        }
+        let old_vips: BTreeMap<&str, &Vip> = old.vips.iter().map(|v| (v.name.as_str(), v)).collect();
+        let new_vips: BTreeMap<&str, &Vip> = new.vips.iter().map(|v| (v.name.as_str(), v)).collect();
+        for name in new_vips.keys().filter(|n| !old_vips.contains_key(*n)) {
+            commands.push(Command::AddVip { name: (*name).to_owned() });
+        }
+        for name in old_vips.keys().filter(|n| !new_vips.contains_key(*n)) {
+            commands.push(Command::RemoveVip { name: (*name).to_owned() });
+        }
+        // Everything but pool membership and deny prefixes (handled above).
+        let mut rest = old.clone();
+        rest.pools = new.pools.clone();
+        rest.deny = new.deny.clone();
+        let health_changed =
+            old.pools.iter().any(|(n, p)| new.pools.get(n).is_some_and(|q| q.health != p.health));
+        if rest != *new || health_changed {
+            commands.push(Command::SetSettings(Box::new(new.clone())));
+        }
+        for name in old.pools.keys().filter(|n| !new.pools.contains_key(*n)) {
+            commands.push(Command::RemovePool { pool: name.clone() });
+        }
+        commands
+    }
+
+    /// Effective Maglev weights of a pool: drained and down backends get 0. If every backend
+    /// that is not drained is down, all of them keep their weight (fail open): dropping all
+    /// traffic is worse than sending some to backends the probes may be wrong about.
+    pub fn effective_backends(&self, pool: &Pool) -> (Vec<Weighted>, bool) {
+        let ready: Vec<&BackendSpec> = pool.backends.iter().filter(|b| !b.drain).collect();
+        let fail_open = !ready.is_empty() && ready.iter().all(|b| !self.healthy(&pool.name, b.addr));
+        let weighted = pool
+            .backends
+            .iter()
+            .map(|b| {
+                let usable = !b.drain && (fail_open || self.healthy(&pool.name, b.addr));
+                Weighted { addr: addr_of(b.addr), weight: if usable { b.weight } else { 0 } }
+            })
+            .collect();
+        (weighted, fail_open)
+    }
+
+    /// The pools failing open (every ready backend down).
+    pub fn failing_open(&self) -> Vec<String> {
+        self.config.pools.values().filter(|p| self.effective_backends(p).1).map(|p| p.name.clone()).collect()
+    }
+
+    /// What the maps should hold.
+    pub fn desired(&self, host: &HostFacts) -> Desired {
+        let mut desired = Desired::from_config(&self.config, host);
+        for (vip, out) in self.config.vips.iter().zip(desired.vips.iter_mut()) {
+            if vip.mode == VipMode::L4 {
+                *out = DesiredVip {
+                    backends: self.effective_backends(self.config.pool_of(vip)).0,
+                    ..out.clone()
+                };
+            }
+        }
+        desired
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,79 @@
+//! State: commands, validation, diff and effective weights.
+use std::path::Path;
+
+use super::*;
+
+fn config(backends: &str, deny: &str) -> Config {
+    let text = format!(
+        "[dataplane]\ninterface = \"eth0\"\n\
+         [[vip]]\nname = \"web\"\naddress = \"198.19.0.1\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n\
+         [[pool]]\nname = \"web\"\nbackends = [{backends}]\n[deny]\nprefixes = [{deny}]\n"
+    );
+    Config::parse(Path::new("t.toml"), &text).unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn operator_commands_change_the_pool() {
+    let mut state = State::new(config("{ address = \"10.0.0.1\" }", ""));
+    let add = Command::AddBackend { pool: "web".into(), address: ip("10.0.0.2"), weight: 50 };
+    assert_eq!(state.apply(&add).unwrap(), "pool web: backend 10.0.0.2 added with weight 50");
+    assert_eq!(state.apply(&add), Err(CommandError::DuplicateBackend("web".into(), ip("10.0.0.2"))));
+    let drain = Command::SetDrain { pool: "web".into(), address: ip("10.0.0.1"), drain: true };
+    assert!(state.apply(&drain).unwrap().contains("draining"));
+    let (weights, _) = state.effective_backends(&state.config.pools["web"]);
+    assert_eq!(weights.iter().map(|w| w.weight).collect::<Vec<_>>(), [0, 50]);
+    let remove = Command::RemoveBackend { pool: "web".into(), address: ip("10.0.0.9") };
+    assert_eq!(state.apply(&remove), Err(CommandError::NoBackend("web".into(), ip("10.0.0.9"))));
+    let nopool = Command::SetWeight { pool: "nope".into(), address: ip("10.0.0.1"), weight: 1 };
+    assert_eq!(state.apply(&nopool), Err(CommandError::NoPool("nope".into())));
+}
+
+#[test]
+fn down_backends_leave_and_all_down_fails_open() {
+    let mut state = State::new(config("{ address = \"10.0.0.1\" }, { address = \"10.0.0.2\" }", ""));
+    let down = |a| Command::SetHealth { pool: "web".into(), address: ip(a), healthy: false };
+    state.apply(&down("10.0.0.1")).unwrap();
+    let (weights, open) = state.effective_backends(&state.config.pools["web"]);
+    assert_eq!((weights[0].weight, weights[1].weight, open), (0, 100, false));
+    state.apply(&down("10.0.0.2")).unwrap();
+    let (weights, open) = state.effective_backends(&state.config.pools["web"]);
+    assert_eq!((weights[0].weight, weights[1].weight, open), (100, 100, true));
+    assert_eq!(state.failing_open(), ["web"]);
+}
+
+#[test]
+fn diff_then_apply_reaches_the_new_config() {
+    let old =
+        config("{ address = \"10.0.0.1\" }, { address = \"10.0.0.2\", weight = 10 }", "\"203.0.113.0/24\"");
+    let new = config(
+        "{ address = \"10.0.0.2\", weight = 20 }, { address = \"10.0.0.3\", drain = true }",
+        "\"198.51.100.0/24\"",
+    );
+    let mut state = State::new(old);
+    let commands = state.diff(&new);
+    for c in &commands {
+        state.apply(c).unwrap();
+    }
+    assert_eq!(state.config.pools, new.pools);
+    assert_eq!(state.config.deny, new.deny);
+    assert!(state.diff(&new).is_empty(), "second diff: {:?}", state.diff(&new));
+    assert!(commands.contains(&Command::RemoveBackend { pool: "web".into(), address: ip("10.0.0.1") }));
+    assert!(commands.contains(&Command::SetWeight {
+        pool: "web".into(),
+        address: ip("10.0.0.2"),
+        weight: 20
+    }));
+}
+
+#[test]
+fn a_pool_in_use_cannot_be_removed() {
+    let mut state = State::new(config("", ""));
+    assert_eq!(
+        state.apply(&Command::RemovePool { pool: "web".into() }),
+        Err(CommandError::PoolInUse("web".into(), "web".into()))
+    );
+}
