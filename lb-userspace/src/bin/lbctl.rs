@@ -168,10 +168,10 @@ fn print_pool(pool: &Value) {
         println!(
             "  {:<40} {:>7} {:>6} {:>8} {:>10}",
             b["address"].as_str().unwrap_or_default(),
-            b["weight"],
+            b["weight"].as_u64().unwrap_or(0),
             if b["drain"].as_bool() == Some(true) { "yes" } else { "no" },
             if b["healthy"].as_bool() == Some(true) { "up" } else { "DOWN" },
-            b["effective_weight"]
+            b["effective_weight"].as_u64().unwrap_or(0)
         );
     }
 }
@@ -209,8 +209,8 @@ fn print_stats(stats: &Value, previous: Option<(&Value, f64)>, vip: bool, backen
                 println!(
                     "{:<30} {:>12} {:>14}",
                     c["name"].as_str().unwrap_or_default(),
-                    c["packets"],
-                    c["bytes"]
+                    c["packets"].as_u64().unwrap_or(0),
+                    c["bytes"].as_u64().unwrap_or(0)
                 );
             }
         }
@@ -378,8 +378,8 @@ async fn run(cli: Cli) -> Result<()> {
                     println!(
                         "{:<14} {:>14} {:>16}",
                         r["name"].as_str().unwrap_or_default(),
-                        r["packets"],
-                        r["bytes"]
+                        r["packets"].as_u64().unwrap_or(0),
+                        r["bytes"].as_u64().unwrap_or(0)
                     );
                 }
             }
