@@ -1,0 +1,301 @@
+//! Root tests of the control plane on a real topology: lbctl pool changes under long-lived
+//! connections, health checks taking backends out and back, SIGKILL and re-adoption, SIGHUP.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use sluice_tests::{
+    netns::{Host, Topology},
+    servers::{Decap, Lbd, Nginx, PeerPass, TempDir, wait_for},
+};
+
+const VIP: &str = "198.19.0.1";
+
+/// A test bed: three DSR backends (nginx answering its name), the lb with lbd.
+struct Bed {
+    lbd: Option<Lbd>,
+    nginx: Vec<Option<Nginx>>,
+    _decap: Vec<Decap>,
+    _pass: PeerPass,
+    config: PathBuf,
+    dir: TempDir,
+    topology: Topology,
+}
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+impl Bed {
+    /// Pool `web` starts with backends 1 and 2 (backend 3 exists, unused), TCP health checks
+    /// every 300 ms, rise and fall 2.
+    fn new(name: &str) -> Result<Bed> {
+        let topology = Topology::new(3)?;
+        let dir = TempDir::new(name)?;
+        let _pass = PeerPass::attach(&topology.router, "r1")?;
+        let mut nginx = Vec::new();
+        let mut decap = Vec::new();
+        for (i, backend) in topology.backends.iter().enumerate() {
+            backend.make_dsr_backend(&[VIP])?;
+            nginx.push(Some(Nginx::start(backend, &format!("backend{}", i + 1))?));
+            decap.push(Decap::attach(backend, "native")?);
+        }
+        let config = dir.0.join("sluice.toml");
+        let b = &topology.backends;
+        std::fs::write(
+            &config,
+            format!(
+                "# test bed\n[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"native\"\npin_dir = \"/sys/fs/bpf/{tag}\"\n\
+                 next_hop_mac = \"{mac}\"\n\n[[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\n\
+                 pool = \"web\"\n\n[[pool]]\nname = \"web\"\nbackends = [{{ address = \"{b1}\" }}, {{ address = \"{b2}\" }}]\n\
+                 health = {{ kind = \"tcp\", port = 80, interval_ms = 300, timeout_ms = 200, rise = 2, fall = 2 }}\n\n\
+                 [admin]\nsocket = \"{dir}/lbd.sock\"\nmetrics = \"127.0.0.1:9100\"\n",
+                tag = topology.tag,
+                mac = mac(topology.router_mac_to_lb),
+                b1 = b[0].addr4,
+                b2 = b[1].addr4,
+                dir = dir.0.display(),
+            ),
+        )?;
+        let lbd = Lbd::start(&topology.lb, &config)?;
+        Ok(Bed { lbd: Some(lbd), nginx, _decap: decap, _pass, config, dir, topology })
+    }
+
+    fn lbd(&self) -> &Lbd {
+        self.lbd.as_ref().expect("lbd running")
+    }
+
+    fn backend(&self, n: usize) -> String {
+        self.topology.backends[n - 1].addr4.to_string()
+    }
+
+    /// Which backends answer `n` new connections.
+    fn new_connections(&self, n: usize) -> Result<BTreeMap<String, usize>> {
+        let mut seen = BTreeMap::new();
+        for _ in 0..n {
+            let out =
+                self.topology.client.run("curl", &["-sS", "--max-time", "3", &format!("http://{VIP}/")])?;
+            *seen.entry(String::from_utf8_lossy(&out.stdout).trim().to_owned()).or_default() += 1;
+        }
+        Ok(seen)
+    }
+
+    /// The backend lines of `lbctl pool show web`: address -> (health, effective weight).
+    fn pool(&self) -> Result<BTreeMap<String, (String, u64)>> {
+        let text = self.lbd().lbctl(&["pool", "show", "web"])?;
+        Ok(text
+            .lines()
+            .skip(2)
+            .filter_map(|l| {
+                let c: Vec<&str> = l.split_whitespace().collect();
+                Some((c.first()?.to_string(), (c.get(3)?.to_string(), c.get(4)?.parse().ok()?)))
+            })
+            .collect())
+    }
+}
+
+/// A long-lived HTTP/1.1 keep-alive connection from the client namespace to the VIP.
+struct KeepAlive {
+    reader: BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    fn open(client: &Host) -> Result<KeepAlive> {
+        let stream = client.within(|| {
+            Ok(TcpStream::connect_timeout(
+                &std::net::SocketAddr::new(VIP.parse::<std::net::IpAddr>()?, 80),
+                Duration::from_secs(3),
+            )?)
+        })?;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        Ok(KeepAlive { reader: BufReader::new(stream) })
+    }
+
+    /// Sends a request on the connection and returns the backend that answered.
+    fn ask(&mut self) -> Result<String> {
+        self.reader.get_mut().write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
+        let mut length = None;
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                bail!("connection closed");
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = Some(v.trim().parse::<usize>()?);
+            }
+        }
+        let mut body = vec![0; length.context("no content-length")?];
+        self.reader.read_exact(&mut body)?;
+        Ok(String::from_utf8_lossy(&body).trim().to_owned())
+    }
+}
+
+/// Opens connections until both initial backends hold some.
+fn open_spread(bed: &Bed, n: usize) -> Result<Vec<(KeepAlive, String)>> {
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        let mut c = KeepAlive::open(&bed.topology.client)?;
+        let who = c.ask()?;
+        conns.push((c, who));
+    }
+    let owners: BTreeSet<&str> = conns.iter().map(|(_, w)| w.as_str()).collect();
+    assert_eq!(owners, BTreeSet::from(["backend1", "backend2"]), "initial spread");
+    Ok(conns)
+}
+
+#[test]
+fn root_control_pool_changes_keep_established_connections() -> Result<()> {
+    let bed = Bed::new("control-pool")?;
+    let mut conns = open_spread(&bed, 12)?;
+
+    // Add backend3: established connections stay, new ones reach it; the file has it.
+    let out = bed.lbd().lbctl(&["backend", "add", "web", &bed.backend(3), "--weight", "100"])?;
+    assert!(out.contains("added"), "{out}");
+    for (c, who) in conns.iter_mut() {
+        assert_eq!(&c.ask()?, who, "an established connection moved after backend add");
+    }
+    let seen = bed.new_connections(30)?;
+    assert!(seen.contains_key("backend3"), "new connections never reached the new backend: {seen:?}");
+    let file = std::fs::read_to_string(&bed.config)?;
+    assert!(file.contains(&bed.backend(3)) && file.starts_with("# test bed"), "not written back:\n{file}");
+
+    // Drain backend1: its connections stay, no new connection reaches it.
+    bed.lbd().lbctl(&["backend", "drain", "web", &bed.backend(1)])?;
+    for (c, who) in conns.iter_mut() {
+        assert_eq!(&c.ask()?, who, "an established connection moved after drain");
+    }
+    let seen = bed.new_connections(30)?;
+    assert!(!seen.contains_key("backend1"), "a drained backend got new connections: {seen:?}");
+    assert_eq!(bed.pool()?[&bed.backend(1)].1, 0, "drained backend's effective weight");
+
+    // Weight: backend3 weight 0 leaves only backend2 for new connections.
+    bed.lbd().lbctl(&["backend", "weight", "web", &bed.backend(3), "0"])?;
+    let seen = bed.new_connections(10)?;
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["backend2"], "{seen:?}");
+    bed.lbd().lbctl(&["backend", "weight", "web", &bed.backend(3), "100"])?;
+
+    // Remove backend2: connections on backend1 and backend3 stay; backend2's move (and are reset).
+    bed.lbd().lbctl(&["backend", "remove", "web", &bed.backend(2)])?;
+    for (c, who) in conns.iter_mut().filter(|(_, w)| w != "backend2") {
+        assert_eq!(&c.ask()?, who, "a connection on a remaining backend moved after remove");
+    }
+    let seen = bed.new_connections(20)?;
+    assert!(!seen.contains_key("backend2"), "a removed backend got new connections: {seen:?}");
+
+    // Refused commands change nothing.
+    let err = bed.lbd().lbctl(&["backend", "add", "web", &bed.backend(1)]).unwrap_err().to_string();
+    assert!(err.contains("already has backend"), "{err}");
+    let err = bed.lbd().lbctl(&["backend", "remove", "nope", &bed.backend(1)]).unwrap_err().to_string();
+    assert!(err.contains("no pool `nope`"), "{err}");
+
+    // The file written back is what a restart serves.
+    let out = std::process::Command::new(sluice_tests::bin_dir().join("lbd"))
+        .args(["check", "-c"])
+        .arg(&bed.config)
+        .output()?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n");
+    let file = std::fs::read_to_string(&bed.config)?;
+    assert!(!file.contains(&bed.backend(2)) && file.contains("drain = true"), "{file}");
+    Ok(())
+}
+
+#[test]
+fn root_control_health_checks_remove_and_restore_backends() -> Result<()> {
+    let mut bed = Bed::new("control-health")?;
+    let interval = Duration::from_millis(300);
+    assert_eq!(bed.new_connections(20)?.len(), 2);
+
+    // Stop backend2's server: down within two intervals (plus one for the probe in flight).
+    bed.nginx[1] = None;
+    let b2 = bed.backend(2);
+    wait_for("backend2 marked down", interval * 3 + Duration::from_millis(400), || {
+        bed.pool().map(|p| p[&b2].0 == "DOWN").unwrap_or(false)
+    })?;
+    assert_eq!(bed.pool()?[&b2].1, 0, "a down backend keeps Maglev buckets");
+    assert_eq!(bed.new_connections(20)?.keys().collect::<Vec<_>>(), ["backend1"]);
+    let metrics = bed.topology.lb.run("curl", &["-sS", "http://127.0.0.1:9100/metrics"])?;
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        metrics.lines().any(|l| l.starts_with("sluice_backend_up{") && l.contains(&b2) && l.ends_with(" 0")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("sluice_backend_packets_total{backend=\"198.18.10.2\"}"), "{metrics}");
+
+    // Bring it back: up after `rise` good probes.
+    bed.nginx[1] = Some(Nginx::start(&bed.topology.backends[1], "backend2")?);
+    wait_for("backend2 back up", interval * 4 + Duration::from_millis(400), || {
+        bed.pool().map(|p| p[&b2].0 == "up").unwrap_or(false)
+    })?;
+    assert!(bed.new_connections(20)?.contains_key("backend2"));
+
+    // Every backend down: the pool fails open rather than dropping everything.
+    bed.nginx[0] = None;
+    bed.nginx[1] = None;
+    let b1 = bed.backend(1);
+    wait_for("both down", interval * 4, || {
+        bed.pool().map(|p| p[&b1].0 == "DOWN" && p[&b2].0 == "DOWN").unwrap_or(false)
+    })?;
+    let show = bed.lbd().lbctl(&["pool", "show", "web"])?;
+    assert!(show.contains("FAILING OPEN"), "{show}");
+    assert!(bed.pool()?.values().all(|(_, w)| *w == 100), "{show}");
+    Ok(())
+}
+
+#[test]
+fn root_control_sigkill_keeps_forwarding_and_restart_readopts() -> Result<()> {
+    let mut bed = Bed::new("control-kill")?;
+    let mut conns = open_spread(&bed, 8)?;
+    let before = bed.lbd().lbctl(&["stats", "--backend"])?;
+    let packets = |text: &str| -> u64 {
+        text.lines().skip(1).filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()).sum()
+    };
+
+    bed.lbd.take().expect("running").sigkill();
+    for (c, who) in conns.iter_mut() {
+        assert_eq!(&c.ask()?, who, "forwarding stopped or moved after SIGKILL");
+    }
+    assert_eq!(bed.new_connections(10)?.len(), 2, "new connections while lbd is dead");
+
+    bed.lbd = Some(Lbd::start(&bed.topology.lb, &bed.config)?);
+    for (c, who) in conns.iter_mut() {
+        assert_eq!(&c.ask()?, who, "a flow was re-balanced by the restart");
+    }
+    let after = bed.lbd().lbctl(&["stats", "--backend"])?;
+    assert!(packets(&after) > packets(&before) + 16, "counters did not continue:\n{before}\n{after}");
+    drop(bed.dir.0.clone());
+    Ok(())
+}
+
+#[test]
+fn root_control_sighup_applies_good_configs_only() -> Result<()> {
+    let bed = Bed::new("control-hup")?;
+    let original = std::fs::read_to_string(&bed.config)?;
+    let pool_before = bed.pool()?;
+
+    std::fs::write(&bed.config, original.replace("port = 80\nprotocol", "port = 80\nprotocl"))?;
+    bed.lbd().signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(bed.pool()?, pool_before, "a broken reload changed the pool");
+
+    let b3 = bed.backend(3);
+    let good = original.replace(
+        &format!("{{ address = \"{}\" }}]", bed.backend(2)),
+        &format!("{{ address = \"{}\" }}, {{ address = \"{b3}\", weight = 100 }}]", bed.backend(2)),
+    );
+    assert_ne!(good, original);
+    std::fs::write(&bed.config, good)?;
+    bed.lbd().signal(libc::SIGHUP);
+    wait_for("reload applied", Duration::from_secs(3), || {
+        bed.pool().map(|p| p.contains_key(&b3)).unwrap_or(false)
+    })?;
+    assert!(bed.new_connections(30)?.contains_key("backend3"));
+    Ok(())
+}
