@@ -4,6 +4,8 @@
 //! - `GET /vips`, `GET /pools`, `GET /pools/NAME`: the State, with health and effective weights
 //! - `GET /deny`: the deny list
 //! - `GET /stats`: fast-path counters per verdict/reason, VIP and backend
+//! - `POST /flow`: which backend a 5-tuple goes to and why (runs the loaded program)
+//! - `POST /plan`: what share of buckets and which live flows a change would move
 //! - `POST /commands`: one [`Command`] or a list, applied all or nothing; 400 with the reason
 //!   when refused, 500 when the maps or the config file could not be written
 use std::{convert::Infallible, os::unix::fs::PermissionsExt, path::Path};
@@ -21,6 +23,7 @@ use tokio::net::UnixListener;
 use crate::{
     config::VipMode,
     daemon::{ExecError, Shared, lock},
+    inspect,
     state::Command,
     stats,
     tables::ip_of,
@@ -145,6 +148,17 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
                 Err(err) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": format!("{err:#}") })),
             }
         }
+        (&Method::POST, "/flow") | (&Method::POST, "/plan") => {
+            let body = match request.into_body().collect().await {
+                Ok(body) => body.to_bytes(),
+                Err(err) => return Ok(reply(StatusCode::BAD_REQUEST, json!({ "error": err.to_string() }))),
+            };
+            let answer = if path == "/flow" { flow(&core, &body) } else { plan(&core, &body) };
+            match answer {
+                Ok(value) => reply(StatusCode::OK, value),
+                Err(err) => reply(StatusCode::BAD_REQUEST, json!({ "error": format!("{err:#}") })),
+            }
+        }
         (&Method::POST, "/commands") => {
             let body = match request.into_body().collect().await {
                 Ok(body) => body.to_bytes(),
@@ -171,6 +185,39 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
         _ => reply(StatusCode::NOT_FOUND, json!({ "error": format!("no endpoint {method} {path}") })),
     };
     Ok(response)
+}
+
+/// `POST /flow {"protocol": "tcp", "source": "ADDR:PORT", "vip": "ADDR:PORT"}`.
+fn flow(core: &Shared, body: &[u8]) -> Result<Value> {
+    #[derive(serde::Deserialize)]
+    struct Query {
+        protocol: crate::config::Protocol,
+        source: std::net::SocketAddr,
+        vip: std::net::SocketAddr,
+    }
+    let q: Query = serde_json::from_slice(body).context("expected {protocol, source, vip}")?;
+    let mut core = lock(core);
+    let core = &mut *core;
+    Ok(serde_json::to_value(inspect::flow(&mut core.ebpf, &core.state, q.protocol, q.source, q.vip)?)?)
+}
+
+/// `POST /plan {"commands": [...]}` or `{"config": "PATH"}`.
+fn plan(core: &Shared, body: &[u8]) -> Result<Value> {
+    #[derive(serde::Deserialize)]
+    struct Query {
+        #[serde(default)]
+        commands: Vec<Command>,
+        config: Option<std::path::PathBuf>,
+    }
+    let q: Query = serde_json::from_slice(body).context("expected {commands} or {config}")?;
+    let config = match &q.config {
+        Some(path) => {
+            Some(crate::config::Config::load(path).map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?)
+        }
+        None => None,
+    };
+    let core = lock(core);
+    Ok(serde_json::to_value(inspect::plan(&core.state, &q.commands, config.as_ref())?)?)
 }
 
 /// Binds the admin socket (replacing a stale one), mode 0600.

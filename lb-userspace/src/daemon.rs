@@ -35,6 +35,8 @@ pub struct Core {
     /// The config file operator commands are written back to.
     pub config_path: PathBuf,
     pub started: Instant,
+    /// The loaded object: keeps the program loaded, and runs it for `lbctl flow`.
+    pub ebpf: aya::Ebpf,
 }
 
 /// The core, shared by the admin API, health checks and the signal loop.
@@ -47,14 +49,14 @@ pub fn lock(core: &Shared) -> MutexGuard<'_, Core> {
 
 impl Core {
     /// Opens the pinned maps of `config` and writes the config into them.
-    pub fn start(config: Config, config_path: PathBuf) -> Result<Core> {
+    pub fn start(config: Config, config_path: PathBuf, ebpf: aya::Ebpf) -> Result<Core> {
         let host = host::facts(&config)?;
         let mut tables = Tables::open(&config.pin_dir)?;
         let state = State::new(config);
         for change in tables.apply(&state.desired(&host))? {
             info!("{change}");
         }
-        let core = Core { state, tables, host, config_path, started: Instant::now() };
+        let core = Core { state, tables, host, config_path, started: Instant::now(), ebpf };
         core.warn_fail_open(&[]);
         Ok(core)
     }

@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod health;
 pub mod host;
+pub mod inspect;
 pub mod maglev;
 pub mod metrics;
 pub mod persist;

@@ -182,6 +182,26 @@ fn root_control_pool_changes_keep_established_connections() -> Result<()> {
     assert_eq!(seen.keys().collect::<Vec<_>>(), ["backend2"], "{seen:?}");
     bed.lbd().lbctl(&["backend", "weight", "web", &bed.backend(3), "100"])?;
 
+    // `lbctl flow` names each connection's backend, from the connection table.
+    for (c, who) in conns.iter() {
+        let source = c.reader.get_ref().local_addr()?.to_string();
+        let out = bed.lbd().lbctl(&["flow", &format!("{VIP}:80"), "tcp", &source])?;
+        let n: usize = who.trim_start_matches("backend").parse()?;
+        assert!(out.contains(&format!("backend {} (connection table)", bed.backend(n))), "{out}");
+    }
+    let unseen = bed.lbd().lbctl(&["flow", &format!("{VIP}:80"), "tcp", "198.18.0.2:1"])?;
+    assert!(unseen.contains("current Maglev generation"), "{unseen}");
+
+    // `lbctl plan` before removing backend2: a share of buckets and its live flows move.
+    let on_b2 = conns.iter().filter(|(_, w)| w == "backend2").count();
+    let plan = bed.lbd().lbctl(&["plan", "backend", "remove", "web", &bed.backend(2)])?;
+    let row: Vec<&str> = plan.lines().nth(1).context("plan row")?.split_whitespace().collect();
+    let moved: f64 = row[row.len() - 3].trim_end_matches('%').parse()?;
+    let live_moved: usize = row[row.len() - 1].parse()?;
+    assert!((20.0..=60.0).contains(&moved), "{plan}");
+    assert!(live_moved >= on_b2, "{plan}");
+    assert!(bed.pool()?.contains_key(&bed.backend(2)), "plan changed the pool");
+
     // Remove backend2: connections on backend1 and backend3 stay; backend2's move (and are reset).
     bed.lbd().lbctl(&["backend", "remove", "web", &bed.backend(2)])?;
     for (c, who) in conns.iter_mut().filter(|(_, w)| w != "backend2") {

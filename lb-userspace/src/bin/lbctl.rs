@@ -1,5 +1,9 @@
 //! lbctl: operate a running lbd through its admin socket: pools, backends, deny lists, counters.
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
@@ -66,6 +70,24 @@ enum Noun {
         #[arg(long, value_name = "SECONDS")]
         watch: Option<u64>,
     },
+    /// Which backend a flow goes to and why (connection table, current or previous Maglev
+    /// generation), answered by running the loaded XDP program on a synthesized packet.
+    Flow {
+        /// The VIP as ADDR:PORT ([v6]:port for IPv6).
+        vip: SocketAddr,
+        /// tcp or udp.
+        protocol: String,
+        /// The client as ADDR:PORT.
+        source: SocketAddr,
+    },
+    /// What a change would move before making it: share of Maglev buckets, live flows.
+    Plan {
+        /// A whole new config (what a reload to it would do).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        change: Option<PlanVerb>,
+    },
     /// Counters of a backend's decapsulation program (`lbd decap`), read from its pins.
     DecapStats {
         /// Its pin directory.
@@ -108,6 +130,26 @@ enum BackendVerb {
     },
     /// Set a backend's weight.
     Weight { pool: String, address: IpAddr, weight: u32 },
+}
+
+#[derive(Subcommand, Clone)]
+enum PlanVerb {
+    /// A backend change: add, remove, drain or weight.
+    Backend {
+        #[command(subcommand)]
+        verb: BackendVerb,
+    },
+}
+
+impl BackendVerb {
+    fn command(self) -> Command {
+        match self {
+            BackendVerb::Add { pool, address, weight } => Command::AddBackend { pool, address, weight },
+            BackendVerb::Remove { pool, address } => Command::RemoveBackend { pool, address },
+            BackendVerb::Drain { pool, address, undo } => Command::SetDrain { pool, address, drain: !undo },
+            BackendVerb::Weight { pool, address, weight } => Command::SetWeight { pool, address, weight },
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -317,15 +359,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Noun::Backend { verb } => {
-            let c = match verb.clone() {
-                BackendVerb::Add { pool, address, weight } => Command::AddBackend { pool, address, weight },
-                BackendVerb::Remove { pool, address } => Command::RemoveBackend { pool, address },
-                BackendVerb::Drain { pool, address, undo } => {
-                    Command::SetDrain { pool, address, drain: !undo }
-                }
-                BackendVerb::Weight { pool, address, weight } => Command::SetWeight { pool, address, weight },
-            };
-            let v = command(&cli, c).await?;
+            let v = command(&cli, verb.clone().command()).await?;
             if json_out { show(&v) } else { print_changes(&v) }
         }
         Noun::Deny { verb } => match verb {
@@ -363,6 +397,48 @@ async fn run(cli: Cli) -> Result<()> {
                 previous = Some((v, std::time::Instant::now()));
                 tokio::time::sleep(Duration::from_secs(*seconds)).await;
                 println!();
+            }
+        }
+        Noun::Flow { vip, protocol, source } => {
+            let body = json!({ "protocol": protocol, "source": source, "vip": vip });
+            let v = call(&cli.socket, Method::POST, "/flow", Some(body)).await?;
+            if json_out {
+                show(&v);
+            } else {
+                match v["backend"].as_str() {
+                    Some(backend) => println!(
+                        "{source} -> {vip}/{protocol}: backend {backend} ({})",
+                        v["why"].as_str().unwrap_or_default()
+                    ),
+                    None => {
+                        println!("{source} -> {vip}/{protocol}: not forwarded (XDP action {})", v["action"])
+                    }
+                }
+            }
+        }
+        Noun::Plan { config, change } => {
+            let body = match (config, change) {
+                (Some(path), None) => json!({ "config": std::fs::canonicalize(path)? }),
+                (None, Some(PlanVerb::Backend { verb })) => json!({ "commands": [verb.clone().command()] }),
+                _ => bail!("give either -c NEW.toml or a change (`lbctl plan backend remove POOL ADDR`)"),
+            };
+            let v = call(&cli.socket, Method::POST, "/plan", Some(body)).await?;
+            if json_out {
+                show(&v);
+            } else {
+                println!(
+                    "{:<40} {:>14} {:>11} {:>16}",
+                    "vip", "buckets moved", "live flows", "live flows moved"
+                );
+                for p in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<40} {:>13.2}% {:>11} {:>16}",
+                        p["vip"].as_str().unwrap_or_default(),
+                        p["buckets_moved_percent"].as_f64().unwrap_or(0.0),
+                        p["live_flows"].as_u64().unwrap_or(0),
+                        p["live_flows_moved"].as_u64().unwrap_or(0)
+                    );
+                }
             }
         }
         Noun::DecapStats { pin_dir } => {

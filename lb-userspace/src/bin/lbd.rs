@@ -121,10 +121,11 @@ fn run(path: &Path) -> Result<()> {
     let (interface, mode, pin_dir) = (config.interface.clone(), config.xdp_mode, config.pin_dir.clone());
     let (admin_socket, metrics) = (config.admin_socket.clone(), config.metrics);
     // Keeps the program loaded while lbd runs; the pinned link keeps it attached after.
-    let mut ebpf = dataplane::load(&pin_dir, Role::Balancer { max_vips: config.max_vips })?;
+    let ebpf = dataplane::load(&pin_dir, Role::Balancer { max_vips: config.max_vips })?;
     // Program the maps before attaching, so the first packet already sees the pools.
-    let core: Shared = Arc::new(Mutex::new(Core::start(config, path.to_owned())?));
-    let attached = dataplane::attach(&mut ebpf, dataplane::BALANCER_PROGRAM, &interface, mode, &pin_dir)?;
+    let core: Shared = Arc::new(Mutex::new(Core::start(config, path.to_owned(), ebpf)?));
+    let attached =
+        dataplane::attach(&mut lock(&core).ebpf, dataplane::BALANCER_PROGRAM, &interface, mode, &pin_dir)?;
     info!("balancer on {interface} ({attached:?}); maps pinned under {}", pin_dir.display());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {

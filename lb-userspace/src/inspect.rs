@@ -1,0 +1,181 @@
+//! Questions answered without changing what is served: which backend a flow goes to (by
+//! running the loaded program on a synthesized packet), and what a change would move.
+use std::{collections::BTreeSet, net::IpAddr, net::SocketAddr};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, Map, MapData},
+    programs::{TestRun, TestRunOptions},
+};
+use etherparse::PacketBuilder;
+use lb_common::{
+    flow::{CONN_TABLE_MAP, FlowKey, FlowValue},
+    hash::flow_hash,
+    ring::RING_SIZE,
+};
+use serde::Serialize;
+
+use crate::{
+    config::{Config, Protocol},
+    dataplane::{self, BALANCER_PROGRAM},
+    maglev,
+    state::{Command, State},
+    tables::{addr_of, ip_of},
+};
+
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+/// The answer to "where does this flow go?".
+#[derive(Debug, Serialize)]
+pub struct FlowAnswer {
+    /// The backend the loaded program sent the packet to (None: not forwarded).
+    pub backend: Option<IpAddr>,
+    /// XDP action of the run.
+    pub action: u32,
+    /// connection table | previous Maglev generation | current Maglev generation | not forwarded
+    pub why: String,
+}
+
+fn conn_table(pin_dir: &std::path::Path) -> Result<BpfHashMap<MapData, FlowKey, FlowValue>> {
+    let data = MapData::from_pin(pin_dir.join(CONN_TABLE_MAP))?;
+    Ok(BpfHashMap::try_from(Map::LruHashMap(data))?)
+}
+
+/// A non-SYN packet of the flow (SYNs always take the current table; established packets are
+/// what an operator asks about).
+fn packet(protocol: Protocol, source: SocketAddr, vip: SocketAddr) -> Result<Vec<u8>> {
+    let mac = [2, 0, 0, 0, 0, 1];
+    let eth = PacketBuilder::ethernet2(mac, mac);
+    let ip = match (source.ip(), vip.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        _ => bail!("source and VIP must both be IPv4 or both IPv6"),
+    };
+    let mut out = Vec::new();
+    match protocol {
+        Protocol::Tcp => ip.tcp(source.port(), vip.port(), 1, 65535).ack(1).write(&mut out, &[])?,
+        Protocol::Udp => ip.udp(source.port(), vip.port()).write(&mut out, &[])?,
+    }
+    Ok(out)
+}
+
+/// Runs the loaded balancer on a synthesized packet of the flow and explains the result. The
+/// run counts as one packet in the counters; a connection-table entry it creates is removed.
+pub fn flow(
+    ebpf: &mut Ebpf,
+    state: &State,
+    protocol: Protocol,
+    source: SocketAddr,
+    vip: SocketAddr,
+) -> Result<FlowAnswer> {
+    let pin_dir = &state.config.pin_dir;
+    let key = FlowKey {
+        src: addr_of(source.ip()),
+        dst: addr_of(vip.ip()),
+        sport: source.port().to_be(),
+        dport: vip.port().to_be(),
+        proto: protocol.number(),
+        _pad: [0; 3],
+    };
+    let mut table = conn_table(pin_dir)?;
+    let known = table.get(&key, 0).ok();
+    let input = packet(protocol, source, vip)?;
+    let program = dataplane::xdp_program(ebpf, BALANCER_PROGRAM)?;
+    let mut out = vec![0u8; input.len() + 128];
+    let run = program
+        .test_run(TestRunOptions { data_in: Some(&input), data_out: Some(&mut out), ..Default::default() })
+        .context("BPF_PROG_TEST_RUN")?;
+    out.truncate(run.data_size_out as usize);
+    if known.is_none() {
+        let _ = table.remove(&key);
+    }
+    if run.return_value != XDP_TX && run.return_value != XDP_REDIRECT {
+        return Ok(FlowAnswer { backend: None, action: run.return_value, why: "not forwarded".into() });
+    }
+    let backend: IpAddr = match u16::from_be_bytes([out[12], out[13]]) {
+        0x0800 => <[u8; 4]>::try_from(&out[30..34])?.into(),
+        _ => <[u8; 16]>::try_from(&out[38..54])?.into(),
+    };
+    let why = if known.is_some() {
+        "connection table".to_owned()
+    } else {
+        // Which generation placed it: the current table for this VIP's pool, or not.
+        let current = state
+            .config
+            .vips
+            .iter()
+            .find(|v| v.addr == vip.ip() && (v.port == vip.port() || v.port == 0) && v.protocol == protocol)
+            .map(|v| {
+                let (weighted, _) = state.effective_backends(state.config.pool_of(v));
+                let table = maglev::table(&weighted, RING_SIZE);
+                let entry = table[(flow_hash(&key) % RING_SIZE) as usize];
+                weighted.get(entry as usize).map(|w| ip_of(&w.addr))
+            });
+        if current.flatten() == Some(backend) {
+            "current Maglev generation".to_owned()
+        } else {
+            "previous Maglev generation (within flow_grace_seconds of a pool change)".to_owned()
+        }
+    };
+    Ok(FlowAnswer { backend: Some(backend), action: run.return_value, why })
+}
+
+/// What a change would do to one VIP.
+#[derive(Debug, Serialize)]
+pub struct VipPlan {
+    pub vip: String,
+    /// Share of Maglev buckets whose backend changes (new connections that would land elsewhere).
+    pub buckets_moved_percent: f64,
+    /// Flows of this VIP in the connection table now.
+    pub live_flows: usize,
+    /// Of those, flows whose backend leaves the pool: they move (and are reset by the new backend).
+    pub live_flows_moved: usize,
+}
+
+/// The plan for `commands` (or, with `new_config`, for a reload to it), computed on a copy.
+pub fn plan(state: &State, commands: &[Command], new_config: Option<&Config>) -> Result<Vec<VipPlan>> {
+    let mut next = state.clone();
+    let commands = match new_config {
+        Some(config) => state.diff(config),
+        None => commands.to_vec(),
+    };
+    for command in &commands {
+        next.apply(command).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let flows: Vec<(FlowKey, FlowValue)> =
+        conn_table(&state.config.pin_dir)?.iter().filter_map(|kv| kv.ok()).collect();
+    let ids = crate::tables::Tables::open(&state.config.pin_dir)?.backend_ids()?;
+    let mut plans = Vec::new();
+    for vip in state.config.vips.iter().filter(|v| v.mode == crate::config::VipMode::L4) {
+        let before = state.effective_backends(state.config.pool_of(vip)).0;
+        let Some(after_vip) = next.config.vips.iter().find(|v| v.name == vip.name) else { continue };
+        let after = next.effective_backends(next.config.pool_of(after_vip)).0;
+        let owner = |backends: &[maglev::Weighted], e: u32| backends.get(e as usize).map(|w| w.addr);
+        let (tb, ta) = (maglev::table(&before, RING_SIZE), maglev::table(&after, RING_SIZE));
+        let moved = tb.iter().zip(&ta).filter(|&(&b, &a)| owner(&before, b) != owner(&after, a)).count();
+        let remaining: BTreeSet<[u8; 16]> =
+            next.config.pool_of(after_vip).backends.iter().map(|b| addr_of(b.addr)).collect();
+        let addr = addr_of(vip.addr);
+        let of_vip: Vec<&(FlowKey, FlowValue)> = flows
+            .iter()
+            .filter(|(k, _)| {
+                k.dst == addr
+                    && (vip.port == 0 || u16::from_be(k.dport) == vip.port)
+                    && k.proto == vip.protocol.number()
+            })
+            .collect();
+        let leaving = of_vip
+            .iter()
+            .filter(|(_, v)| !ids.iter().any(|(a, id)| *id == v.backend && remaining.contains(a)))
+            .count();
+        plans.push(VipPlan {
+            vip: format!("{} {}:{}", vip.name, vip.addr, vip.port),
+            buckets_moved_percent: 100.0 * moved as f64 / RING_SIZE as f64,
+            live_flows: of_vip.len(),
+            live_flows_moved: leaving,
+        });
+    }
+    Ok(plans)
+}
