@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 use anyhow::Result;
 use sluice_tests::{
     netns::{self, Topology},
-    servers::{Decap, Lbd, Nginx, PeerPass},
+    servers::{Decap, Lbd, Nginx, PeerPass, TempDir},
 };
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/demo.toml");
@@ -59,8 +59,11 @@ fn main() -> Result<()> {
     // The router's end of the lb link gets an XDP program so veth delivers native XDP_TX frames.
     let _pass = PeerPass::attach(&topology.router, "r1")?;
 
-    step("lbd run -c config/demo.toml (in the lb namespace)");
-    let lbd = Lbd::start(&topology.lb, Path::new(CONFIG))?;
+    step("lbd run -c config/demo.toml (a copy: lbctl writes changes back to the file)");
+    let scratch = TempDir::new("demo")?;
+    let config = scratch.0.join("sluice.toml");
+    std::fs::copy(CONFIG, &config)?;
+    let lbd = Lbd::start(&topology.lb, &config)?;
     print!("{}", String::from_utf8_lossy(&topology.lb.run("ip", &["-br", "link", "show", "eth0"])?.stdout));
 
     step("client: HTTP to the VIPs; the balancer encapsulates, backends answer the client directly");
@@ -69,6 +72,21 @@ fn main() -> Result<()> {
 
     step("lbctl stats");
     print!("{}", lbd.lbctl(&["stats"])?);
+
+    step("lbctl pool show web");
+    print!("{}", lbd.lbctl(&["pool", "show", "web"])?);
+    step("lbctl plan backend drain web 198.18.11.2   (what would move, before doing it)");
+    print!("{}", lbd.lbctl(&["plan", "backend", "drain", "web", "198.18.11.2"])?);
+    step("lbctl backend drain web 198.18.11.2");
+    print!("{}", lbd.lbctl(&["backend", "drain", "web", "198.18.11.2"])?);
+    requests(&topology, "http://198.19.0.1/", 10)?;
+    step("lbctl backend drain --undo web 198.18.11.2");
+    print!("{}", lbd.lbctl(&["backend", "drain", "--undo", "web", "198.18.11.2"])?);
+    requests(&topology, "http://198.19.0.1/", 10)?;
+    step("lbctl flow 198.19.0.1:80 tcp 198.18.0.2:40000   (asks the loaded XDP program)");
+    print!("{}", lbd.lbctl(&["flow", "198.19.0.1:80", "tcp", "198.18.0.2:40000"])?);
+    step("lbctl stats --backend");
+    print!("{}", lbd.lbctl(&["stats", "--backend"])?);
 
     if keep {
         step("--keep: running; `nsenter --net=/run/netns/<name>` to explore; Ctrl-C tears down");
