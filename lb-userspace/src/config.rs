@@ -200,6 +200,8 @@ struct RawDeny {
 pub struct Config {
     /// The edge NIC the balancer attaches to.
     pub interface: String,
+    /// Where `interface` is set in the file (for errors found later, on the host).
+    pub interface_line: usize,
     pub xdp_mode: XdpModeSetting,
     /// bpffs directory for the link and maps.
     pub pin_dir: PathBuf,
@@ -304,8 +306,12 @@ struct Errors<'a> {
 }
 
 impl Errors<'_> {
+    fn line_of(&self, span: Range<usize>) -> usize {
+        self.text[..span.start.min(self.text.len())].matches('\n').count() + 1
+    }
+
     fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
-        let line = self.text[..span.start.min(self.text.len())].matches('\n').count() + 1;
+        let line = self.line_of(span);
         self.found.push(ConfigError { file: self.file.to_owned(), line, message: message.into() });
     }
 
@@ -362,6 +368,21 @@ impl Config {
         };
         let config = validate(raw, &mut errors);
         if errors.found.is_empty() { Ok(config) } else { Err(ConfigErrors(errors.found)) }
+    }
+
+    /// What only the host can tell: the interfaces named exist in this network namespace.
+    pub fn check_host(&self, file: &Path) -> Result<(), ConfigErrors> {
+        let mut found = Vec::new();
+        for name in std::iter::once(&self.interface).chain(&self.redirect_interface) {
+            if crate::host::ifindex(name).is_err() {
+                found.push(ConfigError {
+                    file: file.to_owned(),
+                    line: self.interface_line,
+                    message: format!("interface `{name}` does not exist in this network namespace"),
+                });
+            }
+        }
+        if found.is_empty() { Ok(()) } else { Err(ConfigErrors(found)) }
     }
 
     /// The pool a VIP sends to (validated to exist).
@@ -520,8 +541,10 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
         }
     }
 
+    let interface_line = errors.line_of(interface.span());
     Config {
         interface: interface.into_inner(),
+        interface_line,
         xdp_mode: dp.xdp_mode,
         pin_dir,
         next_hop_mac,

@@ -104,7 +104,7 @@ fn load_config(path: &Path) -> Result<Config> {
 }
 
 fn check(path: &Path) -> ExitCode {
-    match Config::load(path) {
+    match Config::load(path).and_then(|config| config.check_host(path)) {
         Ok(_) => {
             println!("OK");
             ExitCode::SUCCESS

@@ -1,6 +1,6 @@
 //! The demo: a namespace topology, lbd with config/demo.toml, real traffic through the XDP
 //! balancer to two DSR backends, per-backend counters, teardown.
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::Result;
 use sluice_tests::{
