@@ -231,21 +231,29 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// Serves one HTTP/1.1 connection with `handler` on its own task (admin API and metrics).
+pub fn spawn_connection<S, F, Fut>(stream: S, what: &'static str, core: Shared, handler: F)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Shared, Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let service = service_fn(move |request| handler(core.clone(), request));
+        if let Err(err) =
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
+        {
+            error!("{what} connection: {err}");
+        }
+    });
+}
+
 /// Serves the admin API until the task is dropped.
 pub async fn serve(listener: UnixListener, core: Shared) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let uid = stream.peer_cred().map(|c| c.uid().to_string()).unwrap_or_else(|_| "?".into());
         info!("admin connection from uid {uid}");
-        let core = core.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| handle(core.clone(), request));
-            if let Err(err) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                error!("admin connection: {err}");
-            }
-        });
+        spawn_connection(stream, "admin", core.clone(), handle);
     }
 }

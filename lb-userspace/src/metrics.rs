@@ -5,9 +5,7 @@ use std::net::SocketAddr;
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
-use log::error;
+use hyper::{Request, Response, StatusCode, body::Incoming};
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -123,15 +121,6 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener> {
 pub async fn serve(listener: TcpListener, core: Shared) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        let core = core.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| handle(core.clone(), request));
-            if let Err(err) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                error!("metrics connection: {err}");
-            }
-        });
+        crate::admin::spawn_connection(stream, "metrics", core.clone(), handle);
     }
 }
