@@ -98,3 +98,58 @@ pub fn spawn_missing(core: &Shared, running: &mut std::collections::HashSet<Stri
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A one-shot HTTP server on loopback answering `status`.
+    async fn server(status: &'static str) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+            let _ = stream.write_all(reply.as_bytes()).await;
+        });
+        port
+    }
+
+    fn check(kind: HealthKind, port: u16) -> HealthCheck {
+        HealthCheck {
+            kind,
+            port,
+            path: "/healthz".into(),
+            expect_status: 200,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            rise: 1,
+            fall: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn http_probe_wants_the_expected_status() {
+        let ok = server("200 OK").await;
+        assert!(probe(&check(HealthKind::Http, ok), "127.0.0.1".parse().unwrap()).await);
+        let bad = server("503 Service Unavailable").await;
+        assert!(!probe(&check(HealthKind::Http, bad), "127.0.0.1".parse().unwrap()).await);
+    }
+
+    #[tokio::test]
+    async fn tcp_probe_wants_a_listener() {
+        let open = server("200 OK").await;
+        assert!(probe(&check(HealthKind::Tcp, open), "127.0.0.1".parse().unwrap()).await);
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        assert!(!probe(&check(HealthKind::Tcp, closed), "127.0.0.1".parse().unwrap()).await);
+    }
+}

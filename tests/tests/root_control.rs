@@ -53,7 +53,7 @@ impl Bed {
                 "# test bed\n[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"native\"\npin_dir = \"/sys/fs/bpf/{tag}\"\n\
                  next_hop_mac = \"{mac}\"\n\n[[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\n\
                  pool = \"web\"\n\n[[pool]]\nname = \"web\"\nbackends = [{{ address = \"{b1}\" }}, {{ address = \"{b2}\" }}]\n\
-                 health = {{ kind = \"tcp\", port = 80, interval_ms = 300, timeout_ms = 200, rise = 2, fall = 2 }}\n\n\
+                 health = {{ kind = \"http\", port = 80, path = \"/\", interval_ms = 300, timeout_ms = 200, rise = 2, fall = 2 }}\n\n\
                  [admin]\nsocket = \"{dir}/lbd.sock\"\nmetrics = \"127.0.0.1:9100\"\n",
                 tag = topology.tag,
                 mac = mac(topology.router_mac_to_lb),
