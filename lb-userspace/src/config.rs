@@ -72,6 +72,111 @@ struct RawConfig {
     deny: RawDeny,
     #[serde(default)]
     admin: RawAdmin,
+    #[serde(default)]
+    listener: Vec<RawListener>,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: Spanned<String>,
+    address: Spanned<String>,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    redirect_https: bool,
+    #[serde(default = "yes")]
+    access_log: bool,
+    max_connections: Option<usize>,
+    header_read_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    max_body_bytes: Option<u64>,
+    max_header_bytes: Option<usize>,
+    drain_timeout_ms: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    certificates: Vec<RawCertificate>,
+    client_ca: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    cert: Spanned<PathBuf>,
+    key: Spanned<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    listener: Spanned<String>,
+    host: Option<String>,
+    path: Option<String>,
+    path_prefix: Option<String>,
+    path_regex: Option<Spanned<String>>,
+    method: Option<Spanned<String>>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    pool: Spanned<String>,
+    timeout_ms: Option<u64>,
+}
+
+/// An L7 listener: TLS or plain HTTP, on lbd's own socket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub name: String,
+    pub address: std::net::SocketAddr,
+    /// Certificates chosen by SNI; the first is the default.
+    pub tls: Option<Tls>,
+    /// Plain HTTP only: answer every request with a redirect to https.
+    pub redirect_https: bool,
+    pub access_log: bool,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_body_bytes: u64,
+    pub max_header_bytes: usize,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    /// (certificate chain PEM, private key PEM) files.
+    pub certificates: Vec<(PathBuf, PathBuf)>,
+    /// Require client certificates signed by this CA (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// An L7 route: the first route of a listener that matches a request wins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub listener: String,
+    /// Exact host, or `*.example.com` for any one-or-more-label subdomain.
+    pub host: Option<String>,
+    pub path: PathMatch,
+    pub method: Option<String>,
+    /// Headers that must be present with these values.
+    pub headers: BTreeMap<String, String>,
+    pub pool: String,
+    /// The whole request, upstream included; over it the client gets 504.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PathMatch {
+    Any,
+    Exact(String),
+    Prefix(String),
+    Regex(String),
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -117,6 +222,22 @@ struct RawPool {
     #[serde(default)]
     backends: Vec<RawBackend>,
     health: Option<Spanned<RawHealth>>,
+    port: Option<u16>,
+    #[serde(default)]
+    balance: Balance,
+    hash_key: Option<String>,
+}
+
+/// How the L7 proxy picks a backend inside a pool (L4 VIPs always use Maglev).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    /// The less busy of two random backends (power of two choices).
+    LeastRequests,
+    /// Consistent hash of `hash_key`: `header:NAME`, `cookie:NAME` or `client_ip`.
+    Hash,
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,6 +346,8 @@ pub struct Config {
     pub admin_socket: PathBuf,
     /// Where Prometheus metrics are served (TCP).
     pub metrics: Option<std::net::SocketAddr>,
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<Route>,
 }
 
 /// Default admin socket.
@@ -252,11 +375,16 @@ pub struct Vip {
     pub drop_fragments: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Pool {
     pub name: String,
     pub backends: Vec<BackendSpec>,
     pub health: Option<HealthCheck>,
+    /// Upstream port for the L7 proxy (L4 forwarding keeps the client's port).
+    pub port: u16,
+    pub balance: Balance,
+    /// For `balance = "hash"`: `header:NAME`, `cookie:NAME` or `client_ip`.
+    pub hash_key: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -475,7 +603,26 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
             }
             check
         });
-        if pools.insert(name.clone(), Pool { name: name.clone(), backends, health }).is_some() {
+        let hash_key = raw_pool.hash_key.unwrap_or_else(|| "client_ip".into());
+        if raw_pool.balance == Balance::Hash
+            && !(hash_key == "client_ip"
+                || hash_key.starts_with("header:")
+                || hash_key.starts_with("cookie:"))
+        {
+            errors.at(
+                raw_pool.name.span(),
+                format!("pool `{name}`: hash_key must be header:NAME, cookie:NAME or client_ip"),
+            );
+        }
+        let pool = Pool {
+            name: name.clone(),
+            backends,
+            health,
+            port: raw_pool.port.unwrap_or(80),
+            balance: raw_pool.balance,
+            hash_key,
+        };
+        if pools.insert(name.clone(), pool).is_some() {
             errors.at(raw_pool.name.span(), format!("pool `{name}` is defined twice"));
         }
     }
@@ -541,6 +688,100 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
         }
     }
 
+    let mut listeners = Vec::new();
+    for raw in raw.listener {
+        let name = raw.name.get_ref().clone();
+        if listeners.iter().any(|l: &Listener| l.name == name) {
+            errors.at(raw.name.span(), format!("listener `{name}` is defined twice"));
+        }
+        let Some(address) = errors.parse(&raw.address, "an address:port", |s| s.parse().ok()) else {
+            continue;
+        };
+        let tls = raw.tls.map(|t| {
+            if t.certificates.is_empty() {
+                errors.at(raw.name.span(), format!("listener `{name}`: tls needs at least one certificate"));
+            }
+            let mut readable = |file: &Spanned<PathBuf>| {
+                if let Err(err) = std::fs::File::open(file.get_ref()) {
+                    errors.at(file.span(), format!("cannot read {}: {err}", file.get_ref().display()));
+                }
+            };
+            for c in &t.certificates {
+                readable(&c.cert);
+                readable(&c.key);
+            }
+            if let Some(ca) = &t.client_ca {
+                readable(ca);
+            }
+            Tls {
+                certificates: t
+                    .certificates
+                    .into_iter()
+                    .map(|c| (c.cert.into_inner(), c.key.into_inner()))
+                    .collect(),
+                client_ca: t.client_ca.map(Spanned::into_inner),
+            }
+        });
+        listeners.push(Listener {
+            name,
+            address,
+            tls,
+            redirect_https: raw.redirect_https,
+            access_log: raw.access_log,
+            max_connections: raw.max_connections.unwrap_or(10_000),
+            header_read_timeout: Duration::from_millis(raw.header_read_timeout_ms.unwrap_or(10_000)),
+            idle_timeout: Duration::from_millis(raw.idle_timeout_ms.unwrap_or(60_000)),
+            max_body_bytes: raw.max_body_bytes.unwrap_or(10 << 20),
+            max_header_bytes: raw.max_header_bytes.unwrap_or(16 << 10),
+            drain_timeout: Duration::from_millis(raw.drain_timeout_ms.unwrap_or(10_000)),
+        });
+    }
+    let mut routes = Vec::new();
+    for raw in raw.route {
+        if !listeners.iter().any(|l| l.name == *raw.listener.get_ref()) {
+            errors.at(
+                raw.listener.span(),
+                format!("route uses listener `{}`, which is not defined", raw.listener.get_ref()),
+            );
+        }
+        if !pools.contains_key(raw.pool.get_ref()) {
+            errors.at(
+                raw.pool.span(),
+                format!("route uses pool `{}`, which is not defined", raw.pool.get_ref()),
+            );
+        }
+        let path = match (raw.path, raw.path_prefix, raw.path_regex) {
+            (None, None, None) => PathMatch::Any,
+            (Some(p), None, None) => PathMatch::Exact(p),
+            (None, Some(p), None) => PathMatch::Prefix(p),
+            (None, None, Some(r)) => {
+                if let Err(err) = regex::Regex::new(r.get_ref()) {
+                    errors.at(r.span(), format!("path_regex does not compile: {err}"));
+                }
+                PathMatch::Regex(r.into_inner())
+            }
+            _ => {
+                errors.at(raw.pool.span(), "a route takes one of path, path_prefix and path_regex");
+                PathMatch::Any
+            }
+        };
+        let method = raw.method.map(|m| {
+            if hyper::Method::from_bytes(m.get_ref().as_bytes()).is_err() {
+                errors.at(m.span(), format!("`{}` is not an HTTP method", m.get_ref()));
+            }
+            m.into_inner().to_ascii_uppercase()
+        });
+        routes.push(Route {
+            listener: raw.listener.into_inner(),
+            host: raw.host.map(|h| h.to_ascii_lowercase()),
+            path,
+            method,
+            headers: raw.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect(),
+            pool: raw.pool.into_inner(),
+            timeout: Duration::from_millis(raw.timeout_ms.unwrap_or(30_000)),
+        });
+    }
+
     let interface_line = errors.line_of(interface.span());
     Config {
         interface: interface.into_inner(),
@@ -558,6 +799,8 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
             .admin
             .metrics
             .and_then(|m| errors.parse(&m, "an address:port like 127.0.0.1:9100", |s| s.parse().ok())),
+        listeners,
+        routes,
         vips,
         pools,
         deny,

@@ -7,12 +7,14 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use arc_swap::ArcSwap;
 use log::{info, warn};
 
 use crate::{
     config::Config,
     host::{self, HostFacts},
     persist,
+    proxy::{metrics::ProxyMetrics, routes::Snapshot},
     state::{Command, CommandError, State},
     tables::Tables,
 };
@@ -37,6 +39,10 @@ pub struct Core {
     pub started: Instant,
     /// The loaded object: keeps the program loaded, and runs it for `lbctl flow`.
     pub ebpf: aya::Ebpf,
+    /// Routes and pools as the L7 proxy reads them, republished on every change.
+    pub l7: Arc<ArcSwap<Snapshot>>,
+    /// The proxy's request metrics.
+    pub proxy_metrics: ProxyMetrics,
 }
 
 /// The core, shared by the admin API, health checks and the signal loop.
@@ -56,7 +62,10 @@ impl Core {
         for change in tables.apply(&state.desired(&host))? {
             info!("{change}");
         }
-        let core = Core { state, tables, host, config_path, started: Instant::now(), ebpf };
+        let l7 = Arc::new(ArcSwap::from_pointee(Snapshot::build(&state)));
+        let proxy_metrics = ProxyMetrics::default();
+        let core =
+            Core { state, tables, host, config_path, started: Instant::now(), ebpf, l7, proxy_metrics };
         core.warn_fail_open(&[]);
         Ok(core)
     }
@@ -98,6 +107,7 @@ impl Core {
         }
         let before = self.state.failing_open();
         self.state = next;
+        self.l7.store(Arc::new(Snapshot::build(&self.state)));
         for line in &lines {
             info!("{line}");
         }
@@ -124,6 +134,7 @@ impl Core {
         self.tables.apply(&next.desired(&self.host)).context("writing the maps")?;
         let before = self.state.failing_open();
         self.state = next;
+        self.l7.store(Arc::new(Snapshot::build(&self.state)));
         self.warn_fail_open(&before);
         Ok(lines)
     }

@@ -9,6 +9,7 @@ pub mod inspect;
 pub mod maglev;
 pub mod metrics;
 pub mod persist;
+pub mod proxy;
 pub mod state;
 pub mod stats;
 pub mod tables;

@@ -54,6 +54,7 @@ pub fn render(core: &Shared) -> Result<String> {
                 effective.get_or_create(&labels).set(w.weight as i64);
             }
         }
+        core.proxy_metrics.register(&mut registry);
         core.state.config.pin_dir.clone()
     };
     let packets = counter_family(&mut registry, "xdp_packets", "Packets per XDP verdict and reason");

@@ -214,9 +214,10 @@ impl State {
                 if self.config.pools.contains_key(pool) {
                     return Err(CommandError::Invalid(format!("pool `{pool}` exists")));
                 }
-                self.config
-                    .pools
-                    .insert(pool.clone(), Pool { name: pool.clone(), backends: Vec::new(), health: None });
+                self.config.pools.insert(
+                    pool.clone(),
+                    Pool { name: pool.clone(), backends: Vec::new(), ..Pool::default() },
+                );
                 Ok(format!("pool {pool} added"))
             }
             Command::RemovePool { pool } => {
@@ -236,10 +237,12 @@ impl State {
                 let pools = std::mem::take(&mut self.config.pools);
                 let deny = std::mem::take(&mut self.config.deny);
                 let mut config = (**new).clone();
-                // Pool health checks come from the new config; membership stays as applied.
+                // Pool settings come from the new config; membership stays as applied.
                 let mut pools = pools;
                 for (name, pool) in pools.iter_mut() {
-                    pool.health = config.pools.get(name).and_then(|p| p.health.clone());
+                    if let Some(p) = config.pools.get(name) {
+                        *pool = Pool { backends: std::mem::take(&mut pool.backends), ..p.clone() };
+                    }
                 }
                 config.pools = pools;
                 config.deny = deny;
@@ -323,8 +326,11 @@ impl State {
         let mut rest = old.clone();
         rest.pools = new.pools.clone();
         rest.deny = new.deny.clone();
-        let health_changed =
-            old.pools.iter().any(|(n, p)| new.pools.get(n).is_some_and(|q| q.health != p.health));
+        let health_changed = old.pools.iter().any(|(n, p)| {
+            new.pools.get(n).is_some_and(|q| {
+                Pool { backends: Vec::new(), ..q.clone() } != Pool { backends: Vec::new(), ..p.clone() }
+            })
+        });
         if rest != *new || health_changed {
             commands.push(Command::SetSettings(Box::new(new.clone())));
         }

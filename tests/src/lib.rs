@@ -2,6 +2,7 @@
 pub mod harness;
 pub mod netns;
 pub mod packets;
+pub mod pki;
 pub mod servers;
 
 /// The directory holding the workspace's built binaries (lbd, lbctl).

@@ -72,10 +72,15 @@ impl Nginx {
                  http {{\n  access_log off;\n  keepalive_requests 100000;\n  client_body_temp_path {dir};\n  \
                  proxy_temp_path {dir};\n  fastcgi_temp_path {dir};\n  uwsgi_temp_path {dir};\n  scgi_temp_path {dir};\n  \
                  server {{\n    listen 80 reuseport;\n    listen [::]:80 reuseport;\n    \
-                 location / {{ return 200 \"{name}\\n\"; }}\n  }}\n}}\n",
+                 location / {{ return 200 \"{name}\\n\"; }}\n    \
+                 location /echo {{ return 200 \"{name} xff=$http_x_forwarded_for proto=$http_x_forwarded_proto \
+                 fwd=$http_forwarded rid=$http_x_request_id via=$http_via host=$host method=$request_method\\n\"; }}\n    \
+                 location /slow {{ root {dir}; limit_rate 40k; }}\n  }}\n}}\n",
                 dir = dir.0.display()
             ),
         )?;
+        // /slow serves 120 KiB at 40 KiB/s: a three-second response for drain tests.
+        std::fs::write(dir.0.join("slow"), vec![b'x'; 120 * 1024])?;
         let child = host
             .command("nginx")
             .args(["-c", conf.to_str().context("path")?, "-p", dir.0.to_str().context("path")?])

@@ -13,7 +13,7 @@ use lb_userspace::{
     config::{Config, XdpModeSetting},
     daemon::{Core, Shared, lock},
     dataplane::{self, Role},
-    health,
+    health, proxy,
 };
 use log::{error, info};
 use sd_notify::NotifyState;
@@ -142,6 +142,31 @@ fn run(path: &Path) -> Result<()> {
         }
         let mut checked = HashSet::new();
         health::spawn_missing(&core, &mut checked);
+        // L7 listeners: bound before READY, so a busy port fails the start.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (snapshot, forwarder) = {
+            let core = lock(&core);
+            (core.l7.clone(), Arc::new(proxy::forward::Forwarder::new(core.proxy_metrics.clone())))
+        };
+        let mut listeners = Vec::new();
+        let mut serving = Vec::new();
+        let configured = lock(&core).state.config.listeners.clone();
+        for listener in configured {
+            let socket = proxy::bind(listener.address).await?;
+            let certs = proxy::load_certs(&listener)?;
+            if let Some(resolver) = &certs {
+                tokio::spawn(proxy::watch_certs(listener.clone(), resolver.clone()));
+            }
+            serving.push(tokio::spawn(proxy::serve(
+                listener.clone(),
+                socket,
+                snapshot.clone(),
+                forwarder.clone(),
+                certs.clone(),
+                stop_rx.clone(),
+            )));
+            listeners.push((listener, certs));
+        }
         notify(&[NotifyState::Ready]);
         loop {
             tokio::select! {
@@ -162,13 +187,23 @@ fn run(path: &Path) -> Result<()> {
                         },
                     }
                     health::spawn_missing(&core, &mut checked);
+                    for (listener, certs) in &listeners {
+                        if let Some(resolver) = certs {
+                            proxy::reload_certs(listener, resolver);
+                        }
+                    }
                     notify(&[NotifyState::Ready]);
                 }
             }
         }
+        // Graceful stop: listeners stop accepting and drain in-flight requests.
+        notify(&[NotifyState::Stopping]);
+        let _ = stop_tx.send(true);
+        for task in serving {
+            let _ = task.await;
+        }
         anyhow::Ok(())
     })?;
-    notify(&[NotifyState::Stopping]);
     let _ = std::fs::remove_file(&admin_socket);
     info!("stopping; the XDP program stays attached (lbd stop --detach removes it)");
     Ok(())

@@ -1,0 +1,350 @@
+//! One request through the proxy: route, pick an upstream, rewrite headers, forward with a
+//! pooled keep-alive connection, stream both bodies, log and count. WebSocket upgrades are
+//! passed through.
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, Limited, combinators::BoxBody};
+use hyper::{
+    HeaderMap, Request, Response, StatusCode, Uri, Version,
+    body::Incoming,
+    header::{self, HeaderValue},
+};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo},
+};
+use log::info;
+
+use crate::{
+    config::Listener,
+    proxy::{metrics::ProxyMetrics, routes::Snapshot},
+};
+
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+fn full(status: StatusCode, text: &str) -> Response<Body> {
+    let mut response =
+        Response::new(Full::new(Bytes::from(format!("{text}\n"))).map_err(|e| match e {}).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and the ones a Connection header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == "upgrade") {
+            headers.remove(name.as_str());
+        }
+    }
+    for name in ["keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding"] {
+        headers.remove(name);
+    }
+    if !keep_upgrade {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Forwards requests; one per lbd, shared by every listener.
+pub struct Forwarder {
+    client: Client<HttpConnector, Body>,
+    pub metrics: ProxyMetrics,
+    next_id: AtomicU64,
+    id_seed: u64,
+}
+
+impl Forwarder {
+    pub fn new(metrics: ProxyMetrics) -> Forwarder {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(std::time::Duration::from_secs(3)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        let id_seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        Forwarder { client, metrics, next_id: AtomicU64::new(1), id_seed }
+    }
+
+    fn request_id(&self) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "{:016x}{:08x}",
+            self.id_seed,
+            lb_common::hash::murmur3_32(&n.to_le_bytes(), self.id_seed as u32) ^ n as u32
+        )
+    }
+
+    /// Answers one request.
+    pub async fn handle(
+        self: Arc<Self>,
+        mut request: Request<Incoming>,
+        snapshot: Arc<Snapshot>,
+        listener: Arc<Listener>,
+        client: SocketAddr,
+        tls: bool,
+    ) -> Result<Response<Body>, Infallible> {
+        let started = Instant::now();
+        let host = request
+            .uri()
+            .host()
+            .map(str::to_owned)
+            .or_else(|| {
+                request
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(|h| h.rsplit_once(':').map_or(h, |(a, _)| a).to_owned())
+            })
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let request_id = match request.headers().get("x-request-id").and_then(|v| v.to_str().ok()) {
+            Some(id) if !id.is_empty() && id.len() <= 200 => id.to_owned(),
+            _ => self.request_id(),
+        };
+        let path =
+            request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+        let method = request.method().clone();
+        let (route_label, pool_label, backend_label, response) = 'answer: {
+            if listener.redirect_https && !tls {
+                let mut r = full(StatusCode::MOVED_PERMANENTLY, "moved to https");
+                if let Ok(location) = HeaderValue::from_str(&format!("https://{host}{path}")) {
+                    r.headers_mut().insert(header::LOCATION, location);
+                }
+                break 'answer (String::new(), String::new(), String::new(), r);
+            }
+            // Request smuggling (RFC 9112 §6.3): a message with both framings is refused, not
+            // forwarded with one of them, and the connection is closed after the answer.
+            if request.headers().contains_key(header::TRANSFER_ENCODING)
+                && request.headers().contains_key(header::CONTENT_LENGTH)
+            {
+                let mut r = full(StatusCode::BAD_REQUEST, "both Content-Length and Transfer-Encoding");
+                r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                break 'answer (String::new(), String::new(), String::new(), r);
+            }
+            let too_big = request
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .is_some_and(|n| n > listener.max_body_bytes);
+            if too_big {
+                break 'answer (
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    full(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+                );
+            }
+            let Some(route) = snapshot.route(&listener.name, &host, &request) else {
+                break 'answer (
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    full(StatusCode::NOT_FOUND, "no route"),
+                );
+            };
+            let route_label = route.index.to_string();
+            let Some(upstream) = snapshot.pools.get(&route.pool).and_then(|p| p.pick(&request, client.ip()))
+            else {
+                break 'answer (
+                    route_label,
+                    route.pool.clone(),
+                    String::new(),
+                    full(StatusCode::SERVICE_UNAVAILABLE, "no backend available"),
+                );
+            };
+            let backend_label = upstream.address.to_string();
+
+            // The upstream request.
+            let upgrade = request.headers().contains_key(header::UPGRADE);
+            let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+            let (mut parts, body) = request.into_parts();
+            let uri = format!("http://{}{}", upstream.address, path);
+            parts.uri = match uri.parse::<Uri>() {
+                Ok(uri) => uri,
+                Err(_) => {
+                    break 'answer (
+                        route_label,
+                        route.pool.clone(),
+                        backend_label,
+                        full(StatusCode::BAD_REQUEST, "bad request target"),
+                    );
+                }
+            };
+            if parts.version == Version::HTTP_2
+                && !parts.headers.contains_key(header::HOST)
+                && let Ok(value) = HeaderValue::from_str(&host)
+            {
+                parts.headers.insert(header::HOST, value);
+            }
+            parts.version = Version::HTTP_11;
+            strip_hop_by_hop(&mut parts.headers, upgrade);
+            let forwarded_for = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(previous) => format!("{previous}, {}", client.ip()),
+                None => client.ip().to_string(),
+            };
+            let proto = if tls { "https" } else { "http" };
+            let for_node =
+                if client.is_ipv6() { format!("\"[{}]\"", client.ip()) } else { client.ip().to_string() };
+            for (name, value) in [
+                ("x-forwarded-for", forwarded_for),
+                ("x-forwarded-proto", proto.to_owned()),
+                ("forwarded", format!("for={for_node};proto={proto};host={host}")),
+                ("x-request-id", request_id.clone()),
+                ("via", "1.1 sluice".to_owned()),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    parts.headers.insert(name, v);
+                }
+            }
+            // A body that fails while streaming (too long, bad chunking) is the client's fault:
+            // remember which, to answer 413 / 400 rather than 502.
+            let limit = listener.max_body_bytes as usize;
+            let body_error = Arc::new(std::sync::atomic::AtomicU16::new(0));
+            let seen = body_error.clone();
+            let body: Body = Limited::new(body, limit)
+                .map_err(move |err| {
+                    let status = if err.is::<http_body_util::LengthLimitError>() { 413 } else { 400 };
+                    seen.store(status, Ordering::Relaxed);
+                    err
+                })
+                .boxed();
+            let upstream_request = Request::from_parts(parts, body);
+
+            upstream.in_flight.fetch_add(1, Ordering::Relaxed);
+            let sent = Instant::now();
+            let result = tokio::time::timeout(route.timeout, self.client.request(upstream_request)).await;
+            upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let upstream_seconds = sent.elapsed().as_secs_f64();
+            let mut response = match result {
+                Err(_) => {
+                    break 'answer (
+                        route_label,
+                        route.pool.clone(),
+                        backend_label,
+                        full(StatusCode::GATEWAY_TIMEOUT, "upstream timed out"),
+                    );
+                }
+                Ok(Err(err)) => {
+                    log::debug!("upstream {backend_label}: {err}");
+                    let response = match body_error.load(Ordering::Relaxed) {
+                        413 => full(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+                        400 => {
+                            let mut r = full(StatusCode::BAD_REQUEST, "malformed request body");
+                            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                            r
+                        }
+                        _ => full(StatusCode::BAD_GATEWAY, "upstream failed"),
+                    };
+                    break 'answer (route_label, route.pool.clone(), backend_label, response);
+                }
+                Ok(Ok(response)) => response,
+            };
+            self.metrics.request(
+                &route_label,
+                &route.pool,
+                &backend_label,
+                response.status().as_u16(),
+                Some(upstream_seconds),
+            );
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                && let Some(downstream) = downstream_upgrade
+            {
+                let upstream_upgrade = hyper::upgrade::on(&mut response);
+                tokio::spawn(async move {
+                    if let (Ok(down), Ok(up)) = (downstream.await, upstream_upgrade.await) {
+                        let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up))
+                            .await;
+                    }
+                });
+            }
+            let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+            strip_hop_by_hop(response.headers_mut(), switching);
+            response.headers_mut().insert("via", HeaderValue::from_static("1.1 sluice"));
+            let response = response
+                .map(|b| b.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>).boxed());
+            // Counted above with its upstream time; log and return.
+            if listener.access_log {
+                access_log(
+                    client,
+                    &host,
+                    &method,
+                    &path,
+                    response.status(),
+                    &backend_label,
+                    started,
+                    &request_id,
+                );
+            }
+            let mut response = response;
+            if let Ok(v) = HeaderValue::from_str(&request_id) {
+                response.headers_mut().insert("x-request-id", v);
+            }
+            return Ok(response);
+        };
+        self.metrics.request(&route_label, &pool_label, &backend_label, response.status().as_u16(), None);
+        if listener.access_log {
+            access_log(
+                client,
+                &host,
+                &method,
+                &path,
+                response.status(),
+                &backend_label,
+                started,
+                &request_id,
+            );
+        }
+        let mut response = response;
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-request-id", v);
+        }
+        Ok(response)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn access_log(
+    client: SocketAddr,
+    host: &str,
+    method: &hyper::Method,
+    path: &str,
+    status: StatusCode,
+    upstream: &str,
+    started: Instant,
+    request_id: &str,
+) {
+    info!(
+        target: "access",
+        "client={client} host={host} method={method} path={path} status={} upstream={} duration_ms={:.3} request_id={request_id}",
+        status.as_u16(),
+        if upstream.is_empty() { "-" } else { upstream },
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+}
+
+/// An empty body (for tests and redirects).
+pub fn empty() -> Body {
+    Empty::new().map_err(|e| match e {}).boxed()
+}

@@ -1,0 +1,100 @@
+//! The proxy's metrics, kept across scrapes: requests by route, backend and status class,
+//! upstream latency, connections, TLS handshakes. Registered into each scrape's registry.
+use prometheus_client::{
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+type Labels = Vec<(&'static str, String)>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+}
+
+#[derive(Clone)]
+pub struct ProxyMetrics {
+    requests: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram, fn() -> Histogram>,
+    connections: Family<Labels, Gauge>,
+    handshakes: Family<Labels, Counter>,
+    refused: Family<Labels, Counter>,
+}
+
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        ProxyMetrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            connections: Family::default(),
+            handshakes: Family::default(),
+            refused: Family::default(),
+        }
+    }
+}
+
+impl ProxyMetrics {
+    /// One answered request; `backend` is empty when the proxy answered itself.
+    pub fn request(
+        &self,
+        route: &str,
+        pool: &str,
+        backend: &str,
+        status: u16,
+        upstream_seconds: Option<f64>,
+    ) {
+        let class = format!("{}xx", status / 100);
+        let labels = vec![
+            ("route", route.to_owned()),
+            ("pool", pool.to_owned()),
+            ("backend", backend.to_owned()),
+            ("class", class),
+        ];
+        self.requests.get_or_create(&labels).inc();
+        if let Some(seconds) = upstream_seconds {
+            self.latency
+                .get_or_create(&vec![("pool", pool.to_owned()), ("backend", backend.to_owned())])
+                .observe(seconds);
+        }
+    }
+
+    pub fn connection_opened(&self, listener: &str) {
+        self.connections.get_or_create(&vec![("listener", listener.to_owned())]).inc();
+    }
+
+    pub fn connection_closed(&self, listener: &str) {
+        self.connections.get_or_create(&vec![("listener", listener.to_owned())]).dec();
+    }
+
+    pub fn handshake(&self, listener: &str, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.handshakes
+            .get_or_create(&vec![("listener", listener.to_owned()), ("result", result.to_owned())])
+            .inc();
+    }
+
+    /// A connection closed at once because the listener was at max_connections.
+    pub fn refused(&self, listener: &str) {
+        self.refused.get_or_create(&vec![("listener", listener.to_owned())]).inc();
+    }
+
+    /// Adds these metrics to a scrape's registry.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "http_requests",
+            "Requests answered, by route, pool, backend and status class",
+            self.requests.clone(),
+        );
+        registry.register(
+            "http_upstream_seconds",
+            "Upstream response time (until headers)",
+            self.latency.clone(),
+        );
+        registry.register("http_connections", "Open client connections", self.connections.clone());
+        registry.register("tls_handshakes", "TLS handshakes by result", self.handshakes.clone());
+        registry.register(
+            "http_refused_connections",
+            "Connections closed at max_connections",
+            self.refused.clone(),
+        );
+    }
+}

@@ -1,0 +1,217 @@
+//! Routes compiled once per config into a matcher, and pools as the proxy sees them; the whole
+//! snapshot sits behind an ArcSwap, so requests take no lock.
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use hyper::{Method, Request};
+use lb_common::hash::murmur3_32;
+use regex::Regex;
+
+use crate::{
+    config::{Balance, PathMatch, Route},
+    maglev::{self, Weighted},
+    state::State,
+    tables::addr_of,
+};
+
+/// Buckets of an L7 consistent-hash table (prime).
+const HASH_TABLE_SIZE: u32 = 4093;
+
+enum CompiledPath {
+    Any,
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+pub struct CompiledRoute {
+    /// Index in the config's routes (metrics label).
+    pub index: usize,
+    host: Option<String>,
+    path: CompiledPath,
+    method: Option<Method>,
+    headers: Vec<(String, String)>,
+    pub pool: String,
+    pub timeout: Duration,
+}
+
+impl CompiledRoute {
+    fn compile(index: usize, route: &Route) -> CompiledRoute {
+        CompiledRoute {
+            index,
+            host: route.host.clone(),
+            path: match &route.path {
+                PathMatch::Any => CompiledPath::Any,
+                PathMatch::Exact(p) => CompiledPath::Exact(p.clone()),
+                PathMatch::Prefix(p) => CompiledPath::Prefix(p.clone()),
+                // Validated when the config was read.
+                PathMatch::Regex(r) => CompiledPath::Regex(Regex::new(r).expect("validated regex")),
+            },
+            method: route.method.as_deref().and_then(|m| Method::from_bytes(m.as_bytes()).ok()),
+            headers: route.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            pool: route.pool.clone(),
+            timeout: route.timeout,
+        }
+    }
+
+    fn matches<B>(&self, host: &str, request: &Request<B>) -> bool {
+        let host_ok = match &self.host {
+            None => true,
+            Some(h) => match h.strip_prefix("*.") {
+                Some(parent) => {
+                    host.len() > parent.len() + 1
+                        && host.ends_with(parent)
+                        && host[..host.len() - parent.len()].ends_with('.')
+                }
+                None => host == h,
+            },
+        };
+        let path = request.uri().path();
+        let path_ok = match &self.path {
+            CompiledPath::Any => true,
+            CompiledPath::Exact(p) => path == p,
+            CompiledPath::Prefix(p) => path.starts_with(p.as_str()),
+            CompiledPath::Regex(r) => r.is_match(path),
+        };
+        host_ok
+            && path_ok
+            && self.method.as_ref().is_none_or(|m| m == request.method())
+            && self
+                .headers
+                .iter()
+                .all(|(k, v)| request.headers().get(k).is_some_and(|h| h.as_bytes() == v.as_bytes()))
+    }
+}
+
+/// One upstream of a pool.
+pub struct Upstream {
+    pub address: SocketAddr,
+    /// Requests in flight (least-requests balancing).
+    pub in_flight: AtomicUsize,
+}
+
+/// A pool as the proxy balances it: usable backends only (drained and down ones are out,
+/// unless the pool fails open).
+pub struct L7Pool {
+    pub upstreams: Vec<Arc<Upstream>>,
+    balance: Balance,
+    hash_key: String,
+    next: AtomicUsize,
+    /// Consistent-hash table (indexes into upstreams), for Balance::Hash.
+    table: Vec<u32>,
+}
+
+/// What the key of a consistent-hash pool is for this request.
+fn hash_input<B>(key: &str, request: &Request<B>, client: IpAddr) -> Vec<u8> {
+    if let Some(name) = key.strip_prefix("header:") {
+        return request.headers().get(name).map(|v| v.as_bytes().to_vec()).unwrap_or_default();
+    }
+    if let Some(name) = key.strip_prefix("cookie:") {
+        let cookies = request.headers().get_all("cookie");
+        for header in cookies.iter().filter_map(|h| h.to_str().ok()) {
+            for pair in header.split(';') {
+                if let Some((k, v)) = pair.trim().split_once('=')
+                    && k == name
+                {
+                    return v.as_bytes().to_vec();
+                }
+            }
+        }
+        return Vec::new();
+    }
+    addr_of(client).to_vec()
+}
+
+impl L7Pool {
+    /// Picks an upstream for `request` from `client`.
+    pub fn pick<B>(&self, request: &Request<B>, client: IpAddr) -> Option<Arc<Upstream>> {
+        let n = self.upstreams.len();
+        if n == 0 {
+            return None;
+        }
+        let index = match self.balance {
+            Balance::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % n,
+            Balance::LeastRequests => {
+                // Power of two choices; the pair walks every combination (no RNG on the hot path).
+                let c = self.next.fetch_add(1, Ordering::Relaxed);
+                let a = c % n;
+                let b = if n > 1 { (a + 1 + (c / n) % (n - 1)) % n } else { a };
+                let load = |i: usize| self.upstreams[i].in_flight.load(Ordering::Relaxed);
+                if load(b) < load(a) { b } else { a }
+            }
+            Balance::Hash => {
+                let key = hash_input(&self.hash_key, request, client);
+                self.table[(murmur3_32(&key, 0) % HASH_TABLE_SIZE) as usize] as usize
+            }
+        };
+        Some(self.upstreams[index].clone())
+    }
+}
+
+/// Everything a request needs, rebuilt on every State change.
+pub struct Snapshot {
+    /// Routes per listener name, in config order.
+    pub routes: HashMap<String, Vec<CompiledRoute>>,
+    pub pools: HashMap<String, L7Pool>,
+}
+
+impl Snapshot {
+    pub fn build(state: &State) -> Snapshot {
+        let mut routes: HashMap<String, Vec<CompiledRoute>> = HashMap::new();
+        for (i, route) in state.config.routes.iter().enumerate() {
+            routes.entry(route.listener.clone()).or_default().push(CompiledRoute::compile(i, route));
+        }
+        let pools = state
+            .config
+            .pools
+            .values()
+            .map(|pool| {
+                let (weighted, _) = state.effective_backends(pool);
+                let usable: Vec<(IpAddr, u32)> = pool
+                    .backends
+                    .iter()
+                    .zip(&weighted)
+                    .filter(|(_, w)| w.weight > 0)
+                    .map(|(b, w)| (b.addr, w.weight))
+                    .collect();
+                let table = if pool.balance == Balance::Hash {
+                    let w: Vec<Weighted> =
+                        usable.iter().map(|(a, w)| Weighted { addr: addr_of(*a), weight: *w }).collect();
+                    maglev::table(&w, HASH_TABLE_SIZE)
+                } else {
+                    Vec::new()
+                };
+                let upstreams = usable
+                    .iter()
+                    .map(|(addr, _)| {
+                        Arc::new(Upstream {
+                            address: SocketAddr::new(*addr, pool.port),
+                            in_flight: AtomicUsize::new(0),
+                        })
+                    })
+                    .collect();
+                let l7 = L7Pool {
+                    upstreams,
+                    balance: pool.balance,
+                    hash_key: pool.hash_key.clone(),
+                    next: AtomicUsize::new(0),
+                    table,
+                };
+                (pool.name.clone(), l7)
+            })
+            .collect();
+        Snapshot { routes, pools }
+    }
+
+    /// The first route of `listener` matching the request.
+    pub fn route<B>(&self, listener: &str, host: &str, request: &Request<B>) -> Option<&CompiledRoute> {
+        self.routes.get(listener)?.iter().find(|r| r.matches(host, request))
+    }
+}

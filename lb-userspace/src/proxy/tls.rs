@@ -1,0 +1,133 @@
+//! TLS for L7 listeners: certificates chosen by SNI (exact, then wildcard, then the first as
+//! default), ALPN h2 and http/1.1, TLS 1.2 and 1.3, session tickets, optional client
+//! certificates (mTLS). Certificates reload without a restart; a bad file keeps the old one.
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::SystemTime,
+};
+
+use anyhow::{Context as _, Result, bail};
+use arc_swap::ArcSwap;
+use rustls::{
+    ServerConfig,
+    server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
+    sign::CertifiedKey,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+
+use crate::config::Tls;
+
+/// The certificates of one listener, by name.
+#[derive(Debug)]
+pub struct CertStore {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// "example.com" for "*.example.com".
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+fn load_pair(cert: &Path, key: &Path) -> Result<(Arc<CertifiedKey>, Vec<String>)> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing {}", cert.display()))?;
+    if chain.is_empty() {
+        bail!("{} holds no certificate", cert.display());
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading the key {}", key.display()))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let certified = CertifiedKey::from_der(chain.clone(), key, &provider)
+        .with_context(|| format!("{} does not match its key", cert.display()))?;
+    let names = names_of(&chain[0]);
+    Ok((Arc::new(certified), names))
+}
+
+/// DNS names of a certificate (subject alternative names), lowercase.
+fn names_of(cert: &CertificateDer<'_>) -> Vec<String> {
+    // webpki parses the certificate; its DNS names iterate as strings.
+    match webpki::EndEntityCert::try_from(cert) {
+        Ok(ee) => ee.valid_dns_names().map(|n| n.to_ascii_lowercase()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+impl CertStore {
+    pub fn load(tls: &Tls) -> Result<CertStore> {
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        let mut default = None;
+        for (cert, key) in &tls.certificates {
+            let (certified, names) = load_pair(cert, key)?;
+            default.get_or_insert_with(|| certified.clone());
+            for name in names {
+                match name.strip_prefix("*.") {
+                    Some(parent) => wildcard.insert(parent.to_owned(), certified.clone()),
+                    None => exact.insert(name, certified.clone()),
+                };
+            }
+        }
+        Ok(CertStore { exact, wildcard, default: default.context("no certificate")? })
+    }
+
+    /// The certificate for a server name.
+    pub fn pick(&self, name: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = name.map(str::to_ascii_lowercase) else { return self.default.clone() };
+        if let Some(c) = self.exact.get(&name) {
+            return c.clone();
+        }
+        let mut rest = name.as_str();
+        while let Some((_, parent)) = rest.split_once('.') {
+            if let Some(c) = self.wildcard.get(parent) {
+                return c.clone();
+            }
+            rest = parent;
+        }
+        self.default.clone()
+    }
+}
+
+/// SNI resolver over a store that can be swapped while connections are accepted.
+#[derive(Debug)]
+pub struct Resolver(pub ArcSwap<CertStore>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load().pick(hello.server_name()))
+    }
+}
+
+/// A listener's rustls config over `resolver`.
+pub fn server_config(tls: &Tls, resolver: Arc<Resolver>) -> Result<Arc<ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match &tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in
+                CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))?
+            {
+                roots.add(cert?)?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    Ok(Arc::new(config))
+}
+
+/// The newest modification time among a listener's certificate files.
+pub fn files_mtime(tls: &Tls) -> Option<SystemTime> {
+    tls.certificates
+        .iter()
+        .flat_map(|(c, k)| [c, k])
+        .filter_map(|p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .max()
+}

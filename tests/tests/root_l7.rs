@@ -1,0 +1,426 @@
+//! Root tests of the L7 proxy with real clients (curl, openssl s_client, wrk) and real backends
+//! (nginx): TLS by SNI with ALPN, HTTP/1.1 and HTTP/2, routing, forwarding headers, limits and
+//! request smuggling, certificate reload, graceful stop.
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::PathBuf,
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::{Result, bail};
+use sluice_tests::{
+    netns::Topology,
+    pki::TestCa,
+    servers::{Lbd, Nginx, TempDir, wait_for},
+};
+
+const VIP: &str = "198.19.0.3";
+
+struct Bed {
+    lbd: Option<Lbd>,
+    _nginx: Vec<Nginx>,
+    ca: TestCa,
+    config: PathBuf,
+    topology: Topology,
+    _dir: TempDir,
+}
+
+impl Bed {
+    fn new(name: &str) -> Result<Bed> {
+        let topology = Topology::new(2)?;
+        let dir = TempDir::new(name)?;
+        let ca = TestCa::new(&dir.0)?;
+        let (a_cert, a_key) = ca.leaf("example", &["example.test", "api.example.test"], false)?;
+        let (b_cert, b_key) = ca.leaf("wild", &["*.wild.test"], true)?;
+        let mut nginx = Vec::new();
+        for (i, backend) in topology.backends.iter().enumerate() {
+            nginx.push(Nginx::start(backend, &format!("backend{}", i + 1))?);
+        }
+        topology.lb.run("ip", &["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+        let (b1, b2) = (topology.backends[0].addr4, topology.backends[1].addr4);
+        let config = dir.0.join("sluice.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[dataplane]
+interface = "eth0"
+xdp_mode = "generic"
+pin_dir = "/sys/fs/bpf/{tag}"
+
+[[vip]]
+name = "https"
+address = "{VIP}"
+port = 443
+protocol = "tcp"
+pool = "web"
+mode = "l7"
+
+[[vip]]
+name = "http"
+address = "{VIP}"
+protocol = "tcp"
+pool = "web"
+mode = "l7"
+
+[[pool]]
+name = "web"
+backends = [{{ address = "{b1}" }}, {{ address = "{b2}" }}]
+
+[[pool]]
+name = "api"
+backends = [{{ address = "{b1}" }}, {{ address = "{b2}" }}]
+balance = "hash"
+hash_key = "header:x-user"
+
+[[listener]]
+name = "https"
+address = "{VIP}:443"
+tls = {{ certificates = [{{ cert = "{ac}", key = "{ak}" }}, {{ cert = "{bc}", key = "{bk}" }}] }}
+max_body_bytes = 1000
+max_header_bytes = 8192
+header_read_timeout_ms = 1000
+drain_timeout_ms = 10000
+
+[[listener]]
+name = "http"
+address = "{VIP}:80"
+header_read_timeout_ms = 1000
+
+[[listener]]
+name = "redirect"
+address = "{VIP}:8080"
+redirect_https = true
+
+[[route]]
+listener = "https"
+host = "api.example.test"
+path_prefix = "/api"
+pool = "api"
+
+[[route]]
+listener = "https"
+host = "*.wild.test"
+pool = "web"
+
+[[route]]
+listener = "https"
+host = "example.test"
+method = "GET"
+pool = "web"
+
+[[route]]
+listener = "http"
+pool = "web"
+
+[admin]
+socket = "{dir}/lbd.sock"
+metrics = "127.0.0.1:9100"
+"#,
+                tag = topology.tag,
+                ac = a_cert.display(),
+                ak = a_key.display(),
+                bc = b_cert.display(),
+                bk = b_key.display(),
+                dir = dir.0.display(),
+            ),
+        )?;
+        let lbd = Lbd::start(&topology.lb, &config)?;
+        wait_for("the https listener", Duration::from_secs(5), || {
+            topology.lb.run("ss", &["-Htln", "sport = :443"]).map(|o| !o.stdout.is_empty()).unwrap_or(false)
+        })?;
+        Ok(Bed { lbd: Some(lbd), _nginx: nginx, ca, config, topology, _dir: dir })
+    }
+
+    /// curl from the client namespace with the test CA; returns stdout.
+    fn curl(&self, args: &[&str]) -> Result<String> {
+        let cacert = self.ca.cert.to_str().unwrap_or_default().to_owned();
+        let mut all = vec!["-sS", "--max-time", "5", "--cacert", &cacert];
+        for name in ["example.test", "api.example.test", "x.wild.test", "other.test"] {
+            all.push("--resolve");
+            all.push(Box::leak(format!("{name}:443:{VIP}").into_boxed_str()));
+        }
+        all.extend_from_slice(args);
+        Ok(String::from_utf8_lossy(&self.topology.client.run("curl", &all)?.stdout).into_owned())
+    }
+
+    /// `openssl s_client` from the client namespace; returns its whole output.
+    fn s_client(&self, args: &[&str]) -> Result<String> {
+        let mut child = self
+            .topology
+            .client
+            .command("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &format!("{VIP}:443"),
+                "-CAfile",
+                self.ca.cert.to_str().unwrap_or_default(),
+            ])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        drop(child.stdin.take());
+        let out = child.wait_with_output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    }
+
+    /// A raw TCP exchange with the plain listener: sends `bytes`, returns what came back
+    /// until the server closed or 3 s passed.
+    fn raw(&self, bytes: &[u8], pause: Duration) -> Result<String> {
+        let mut stream = self.topology.client.within(|| Ok(TcpStream::connect((VIP, 80))?))?;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        stream.write_all(bytes)?;
+        std::thread::sleep(pause);
+        let mut out = Vec::new();
+        let _ = stream.read_to_end(&mut out);
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+fn subject(s_client: &str) -> String {
+    s_client.lines().find(|l| l.starts_with("subject=")).unwrap_or_default().replace(' ', "")
+}
+
+#[test]
+fn root_l7_tls_sni_alpn_versions_resumption() -> Result<()> {
+    let bed = Bed::new("l7-tls")?;
+    let out = bed.s_client(&["-servername", "api.example.test", "-alpn", "h2"])?;
+    assert!(subject(&out).contains("CN=example.test"), "{out}");
+    assert!(out.contains("ALPN protocol: h2") && out.contains("TLSv1.3"), "{out}");
+    assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+
+    let out = bed.s_client(&["-servername", "deep.x.wild.test", "-alpn", "http/1.1"])?;
+    assert!(subject(&out).contains("CN=*.wild.test"), "wildcard by SNI: {out}");
+    assert!(out.contains("ALPN protocol: http/1.1") && out.contains("2048 bit"), "RSA key: {out}");
+
+    let out = bed.s_client(&["-servername", "unknown.test", "-tls1_2"])?;
+    assert!(subject(&out).contains("CN=example.test"), "default certificate: {out}");
+    assert!(out.contains("TLSv1.2"), "{out}");
+
+    let session = bed._dir.0.join("session.pem");
+    bed.s_client(&[
+        "-servername",
+        "example.test",
+        "-tls1_2",
+        "-sess_out",
+        session.to_str().unwrap_or_default(),
+    ])?;
+    let out = bed.s_client(&[
+        "-servername",
+        "example.test",
+        "-tls1_2",
+        "-sess_in",
+        session.to_str().unwrap_or_default(),
+    ])?;
+    assert!(out.contains("Reused, TLSv1.2"), "session resumption: {out}");
+    Ok(())
+}
+
+#[test]
+fn root_l7_http1_http2_routing_and_headers() -> Result<()> {
+    let bed = Bed::new("l7-route")?;
+    let mut seen = std::collections::BTreeSet::new();
+    for version in ["--http2", "--http1.1"] {
+        for _ in 0..4 {
+            let out = bed.curl(&[version, "-w", " %{http_version}", "https://example.test/"])?;
+            let (body, got) = out.rsplit_once(' ').unwrap_or_default();
+            assert_eq!(got, if version == "--http2" { "2" } else { "1.1" }, "{out}");
+            seen.insert(body.trim().to_owned());
+        }
+    }
+    assert_eq!(seen.len(), 2, "round robin over both backends: {seen:?}");
+
+    // Routing: host + path prefix to the hashed pool, wildcard host, method, no match.
+    let user_a: Vec<String> = (0..4)
+        .map(|_| bed.curl(&["-H", "x-user: alice", "https://api.example.test/api/v1"]))
+        .collect::<Result<_>>()?;
+    assert!(user_a.iter().all(|b| *b == user_a[0]), "consistent hash on x-user: {user_a:?}");
+    assert!(bed.curl(&["https://x.wild.test/"])?.starts_with("backend"));
+    let code = |args: &[&str]| -> Result<String> {
+        let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        all.extend_from_slice(args);
+        bed.curl(&all)
+    };
+    assert_eq!(code(&["https://api.example.test/other"])?, "404");
+    assert_eq!(code(&["-X", "POST", "https://example.test/"])?, "404", "route is GET only");
+    assert_eq!(code(&["-k", "https://other.test/"])?, "404");
+
+    // Forwarding headers reach the backend; X-Request-Id is kept or made.
+    let echo = bed.curl(&["-H", "x-request-id: abc123", "https://example.test/echo"])?;
+    for part in [
+        "xff=198.18.0.2",
+        "proto=https",
+        "rid=abc123",
+        "via=1.1 sluice",
+        "host=example.test",
+        "fwd=for=198.18.0.2;proto=https;host=example.test",
+    ] {
+        assert!(echo.contains(part), "missing {part}: {echo}");
+    }
+    let headers = bed.curl(&["-D", "-", "-o", "/dev/null", "https://example.test/echo"])?;
+    assert!(headers.to_ascii_lowercase().contains("x-request-id: "), "{headers}");
+
+    // Redirect listener.
+    let location = bed.curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        &format!("http://{VIP}:8080/x?y=1"),
+    ])?;
+    assert_eq!(location, format!("301 https://{VIP}/x?y=1"));
+
+    // Metrics.
+    let metrics = String::from_utf8_lossy(
+        &bed.topology.lb.run("curl", &["-sS", "http://127.0.0.1:9100/metrics"])?.stdout,
+    )
+    .into_owned();
+    assert!(metrics.contains("sluice_http_requests_total{route=\"2\",pool=\"web\""), "{metrics}");
+    assert!(metrics.contains("sluice_tls_handshakes_total{listener=\"https\",result=\"ok\"}"), "{metrics}");
+    assert!(metrics.contains("sluice_http_upstream_seconds_bucket"), "{metrics}");
+    Ok(())
+}
+
+#[test]
+fn root_l7_limits_and_request_smuggling() -> Result<()> {
+    let bed = Bed::new("l7-limits")?;
+    let code = |args: &[&str]| -> Result<String> {
+        let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        all.extend_from_slice(args);
+        bed.curl(&all)
+    };
+    let body = "x".repeat(2000);
+    assert_eq!(code(&["--http1.1", "-X", "GET", "--data", &body, "https://example.test/"])?, "413");
+    let big = format!("x-big: {}", "y".repeat(10_000));
+    assert_eq!(code(&["--http1.1", "-H", &big, "https://example.test/"])?, "431");
+
+    // CL.TE: hyper follows RFC 9112 §6.3 (Transfer-Encoding wins, the connection closes after
+    // the answer), so the smuggled second request is never read, let alone forwarded.
+    let out = bed.raw(
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+        Duration::ZERO,
+    )?;
+    assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "a smuggled request was answered: {out}");
+    assert!(out.to_ascii_lowercase().contains("connection: close"), "{out}");
+    // Duplicate lengths, invalid chunk sizes, unknown codings: 400 and closed.
+    let vectors: [&[u8]; 3] = [
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nhello\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ];
+    for vector in vectors {
+        let out = bed.raw(vector, Duration::ZERO)?;
+        assert!(
+            out.starts_with("HTTP/1.1 400") || out.is_empty(),
+            "{:?} -> {out:?}",
+            String::from_utf8_lossy(vector)
+        );
+        assert!(!out.contains("backend"), "smuggled through: {out}");
+    }
+    // A well-formed request on the same path works.
+    let ok = bed.raw(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Duration::ZERO)?;
+    assert!(ok.starts_with("HTTP/1.1 200") && ok.contains("backend"), "{ok}");
+    // Slowloris: headers never finish; the listener hangs up after header_read_timeout (1 s).
+    let started = std::time::Instant::now();
+    let out = bed.raw(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: 1\r\n", Duration::from_millis(100))?;
+    assert!(started.elapsed() < Duration::from_millis(2900), "slow headers held the connection: {out:?}");
+    assert!(!out.contains("200"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn root_l7_certificate_reload_and_graceful_stop() -> Result<()> {
+    let mut bed = Bed::new("l7-reload")?;
+    let fingerprint = |bed: &Bed| -> Result<String> {
+        let out = bed.s_client(&["-servername", "example.test", "-showcerts"])?;
+        let pem: String = out
+            .lines()
+            .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
+            .take_while(|l| !l.starts_with("-----END"))
+            .collect();
+        if pem.is_empty() {
+            bail!("no certificate in: {out}");
+        }
+        Ok(pem)
+    };
+    let first = fingerprint(&bed)?;
+    // New certificate files: picked up without a restart.
+    bed.ca.leaf("example", &["example.test", "api.example.test"], false)?;
+    wait_for("the new certificate", Duration::from_secs(4), || {
+        fingerprint(&bed).map(|f| f != first).unwrap_or(false)
+    })?;
+    let second = fingerprint(&bed)?;
+    // A broken file is refused: the last good certificate keeps serving.
+    std::fs::write(bed.ca.dir.join("example.pem"), "not a certificate")?;
+    if let Some(lbd) = bed.lbd.as_ref() {
+        lbd.signal(libc::SIGHUP);
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(fingerprint(&bed)?, second);
+    assert!(bed.curl(&["https://example.test/"])?.starts_with("backend"));
+
+    // Graceful stop: a 3 s response in flight finishes; lbd exits; the port closes.
+    let cacert = bed.ca.cert.to_str().unwrap_or_default().to_owned();
+    let resolve = format!("example.test:443:{VIP}");
+    let download = bed
+        .topology
+        .client
+        .command("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "15",
+            "--cacert",
+            &cacert,
+            "--resolve",
+            &resolve,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+        ])
+        .arg("https://example.test/slow")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(700));
+    let lbd = bed.lbd.take().expect("running");
+    lbd.signal(libc::SIGTERM);
+    let out = download.wait_with_output()?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 122880", "in-flight response cut by SIGTERM");
+    drop(lbd);
+    let _ = bed.config.clone();
+    Ok(())
+}
+
+#[test]
+fn root_l7_no_failures_under_load_while_rotating() -> Result<()> {
+    let bed = Bed::new("l7-load")?;
+    let wrk = bed
+        .topology
+        .client
+        .command("wrk")
+        .args(["-t1", "-c8", "-d5s", "-H", "Host: example.test", &format!("https://{VIP}/")])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(1000));
+        bed.ca.leaf("example", &["example.test", "api.example.test"], false)?;
+        if let Some(lbd) = bed.lbd.as_ref() {
+            lbd.signal(libc::SIGHUP);
+        }
+    }
+    let out = String::from_utf8_lossy(&wrk.wait_with_output()?.stdout).into_owned();
+    assert!(out.contains("requests in"), "{out}");
+    assert!(!out.contains("Socket errors") && !out.contains("Non-2xx"), "failures under rotation: {out}");
+    let requests: u64 = out
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(requests > 500, "{out}");
+    Ok(())
+}
