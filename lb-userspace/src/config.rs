@@ -90,7 +90,6 @@ struct RawListener {
     access_log: bool,
     max_connections: Option<usize>,
     header_read_timeout_ms: Option<u64>,
-    idle_timeout_ms: Option<u64>,
     max_body_bytes: Option<u64>,
     max_header_bytes: Option<usize>,
     drain_timeout_ms: Option<u64>,
@@ -141,7 +140,6 @@ pub struct Listener {
     pub access_log: bool,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
-    pub idle_timeout: Duration,
     pub max_body_bytes: u64,
     pub max_header_bytes: usize,
     /// On SIGTERM, how long in-flight requests may take to finish.
@@ -226,6 +224,19 @@ struct RawPool {
     #[serde(default)]
     balance: Balance,
     hash_key: Option<String>,
+    #[serde(default)]
+    protocol: UpstreamProtocol,
+}
+
+/// How the L7 proxy talks to a pool's backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive (requests from HTTP/2 clients are translated).
+    #[default]
+    Http1,
+    /// Cleartext HTTP/2 with prior knowledge: gRPC, trailers.
+    H2c,
 }
 
 /// How the L7 proxy picks a backend inside a pool (L4 VIPs always use Maglev).
@@ -385,6 +396,7 @@ pub struct Pool {
     pub balance: Balance,
     /// For `balance = "hash"`: `header:NAME`, `cookie:NAME` or `client_ip`.
     pub hash_key: String,
+    pub protocol: UpstreamProtocol,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -621,6 +633,7 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
             port: raw_pool.port.unwrap_or(80),
             balance: raw_pool.balance,
             hash_key,
+            protocol: raw_pool.protocol,
         };
         if pools.insert(name.clone(), pool).is_some() {
             errors.at(raw_pool.name.span(), format!("pool `{name}` is defined twice"));
@@ -730,7 +743,6 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
             access_log: raw.access_log,
             max_connections: raw.max_connections.unwrap_or(10_000),
             header_read_timeout: Duration::from_millis(raw.header_read_timeout_ms.unwrap_or(10_000)),
-            idle_timeout: Duration::from_millis(raw.idle_timeout_ms.unwrap_or(60_000)),
             max_body_bytes: raw.max_body_bytes.unwrap_or(10 << 20),
             max_header_bytes: raw.max_header_bytes.unwrap_or(16 << 10),
             drain_timeout: Duration::from_millis(raw.drain_timeout_ms.unwrap_or(10_000)),

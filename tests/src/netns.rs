@@ -80,22 +80,39 @@ impl Host {
         Ok(())
     }
 
-    /// Runs `f` on a thread that has entered this host's network namespace.
-    pub fn within<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    /// Moves the calling thread into this host's network namespace.
+    fn enter(&self) -> Result<()> {
         let path = format!("/run/netns/{}", self.ns);
+        let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        // SAFETY: setns on this thread only, with a valid namespace fd.
+        if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns {path}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on a thread that has entered this host's network namespace, and waits for it.
+    pub fn within<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
-                    let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-                    // SAFETY: setns on this thread only, with a valid namespace fd.
-                    if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) } != 0
-                    {
-                        bail!("setns {path}: {}", std::io::Error::last_os_error());
-                    }
+                    self.enter()?;
                     f()
                 })
                 .join()
-                .map_err(|_| anyhow::anyhow!("thread in {path} panicked"))?
+                .map_err(|_| anyhow::anyhow!("thread in {} panicked", self.ns))?
+        })
+    }
+
+    /// Runs `f` on its own thread inside this host's network namespace (a server).
+    pub fn spawn_within(
+        &self,
+        f: impl FnOnce() -> Result<()> + Send + 'static,
+    ) -> std::thread::JoinHandle<Result<()>> {
+        let host = self.clone();
+        std::thread::spawn(move || {
+            host.enter()?;
+            f()
         })
     }
 

@@ -249,3 +249,70 @@ impl Drop for PeerPass {
         let _ = std::fs::remove_dir_all(&self.pin_dir);
     }
 }
+
+/// A cleartext HTTP/2 (prior knowledge) server in a namespace, as gRPC backends are: answers
+/// every request with `h2c <name>` and the trailer `grpc-status: 0`. Stopped on drop.
+pub struct H2cServer {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl H2cServer {
+    pub fn start(host: &Host, port: u16, name: &str) -> Result<H2cServer> {
+        use bytes::Bytes;
+        use http_body_util::StreamBody;
+        use hyper::body::Frame;
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+        let name = name.to_owned();
+        host.spawn_within(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
+                    Ok(l) => l,
+                    Err(err) => {
+                        let _ = ready_tx.send(Err(err.into()));
+                        return Ok(());
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                loop {
+                    let (stream, _) = tokio::select! {
+                        accepted = listener.accept() => accepted?,
+                        _ = &mut stopped => return Ok(()),
+                    };
+                    let name = name.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(
+                            move |request: hyper::Request<hyper::body::Incoming>| {
+                                let body = format!("h2c {name} {:?}\n", request.version());
+                                let mut trailers = hyper::HeaderMap::new();
+                                trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+                                let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
+                                    vec![Ok(Frame::data(Bytes::from(body))), Ok(Frame::trailers(trailers))];
+                                async move {
+                                    Ok::<_, std::convert::Infallible>(hyper::Response::new(StreamBody::new(
+                                        futures_util::stream::iter(frames),
+                                    )))
+                                }
+                            },
+                        );
+                        let _ =
+                            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .await;
+                    });
+                }
+            })
+        });
+        ready_rx.recv_timeout(Duration::from_secs(5)).context("h2c server did not start")??;
+        Ok(H2cServer { stop: Some(stop) })
+    }
+}
+
+impl Drop for H2cServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

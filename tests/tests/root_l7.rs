@@ -13,7 +13,7 @@ use anyhow::{Result, bail};
 use sluice_tests::{
     netns::Topology,
     pki::TestCa,
-    servers::{Lbd, Nginx, TempDir, wait_for},
+    servers::{H2cServer, Lbd, Nginx, TempDir, wait_for},
 };
 
 const VIP: &str = "198.19.0.3";
@@ -21,6 +21,7 @@ const VIP: &str = "198.19.0.3";
 struct Bed {
     lbd: Option<Lbd>,
     _nginx: Vec<Nginx>,
+    _h2c: H2cServer,
     ca: TestCa,
     config: PathBuf,
     topology: Topology,
@@ -32,7 +33,9 @@ impl Bed {
         let topology = Topology::new(2)?;
         let dir = TempDir::new(name)?;
         let ca = TestCa::new(&dir.0)?;
-        let (a_cert, a_key) = ca.leaf("example", &["example.test", "api.example.test"], false)?;
+        let (a_cert, a_key) =
+            ca.leaf("example", &["example.test", "api.example.test", "grpc.example.test"], false)?;
+        ca.leaf("client", &["client.test"], false)?;
         let (b_cert, b_key) = ca.leaf("wild", &["*.wild.test"], true)?;
         let mut nginx = Vec::new();
         for (i, backend) in topology.backends.iter().enumerate() {
@@ -88,6 +91,26 @@ name = "http"
 address = "{VIP}:80"
 header_read_timeout_ms = 1000
 
+[[pool]]
+name = "grpc"
+backends = [{{ address = "{b1}" }}]
+port = 8081
+protocol = "h2c"
+
+[[listener]]
+name = "mtls"
+address = "{VIP}:8443"
+tls = {{ certificates = [{{ cert = "{ac}", key = "{ak}" }}], client_ca = "{ca}" }}
+
+[[route]]
+listener = "mtls"
+pool = "web"
+
+[[route]]
+listener = "https"
+host = "grpc.example.test"
+pool = "grpc"
+
 [[listener]]
 name = "redirect"
 address = "{VIP}:8080"
@@ -124,20 +147,22 @@ metrics = "127.0.0.1:9100"
                 bc = b_cert.display(),
                 bk = b_key.display(),
                 dir = dir.0.display(),
+                ca = ca.cert.display(),
             ),
         )?;
+        let h2c = H2cServer::start(&topology.backends[0], 8081, "backend1")?;
         let lbd = Lbd::start(&topology.lb, &config)?;
         wait_for("the https listener", Duration::from_secs(5), || {
             topology.lb.run("ss", &["-Htln", "sport = :443"]).map(|o| !o.stdout.is_empty()).unwrap_or(false)
         })?;
-        Ok(Bed { lbd: Some(lbd), _nginx: nginx, ca, config, topology, _dir: dir })
+        Ok(Bed { lbd: Some(lbd), _nginx: nginx, _h2c: h2c, ca, config, topology, _dir: dir })
     }
 
     /// curl from the client namespace with the test CA; returns stdout.
     fn curl(&self, args: &[&str]) -> Result<String> {
         let cacert = self.ca.cert.to_str().unwrap_or_default().to_owned();
         let mut all = vec!["-sS", "--max-time", "5", "--cacert", &cacert];
-        for name in ["example.test", "api.example.test", "x.wild.test", "other.test"] {
+        for name in ["example.test", "api.example.test", "x.wild.test", "other.test", "grpc.example.test"] {
             all.push("--resolve");
             all.push(Box::leak(format!("{name}:443:{VIP}").into_boxed_str()));
         }
@@ -422,5 +447,43 @@ fn root_l7_no_failures_under_load_while_rotating() -> Result<()> {
         .and_then(|l| l.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
     assert!(requests > 500, "{out}");
+    Ok(())
+}
+
+#[test]
+fn root_l7_h2c_upstream_with_trailers_and_mtls() -> Result<()> {
+    let bed = Bed::new("l7-h2c")?;
+    // HTTP/2 to the client, prior-knowledge HTTP/2 to the backend, trailers kept (gRPC's way).
+    let out =
+        bed.curl(&["--http2", "-v", "-H", "te: trailers", "https://grpc.example.test/pkg.Service/Call"])?;
+    assert!(out.contains("h2c backend1 HTTP/2.0"), "{out}");
+    let verbose = String::from_utf8_lossy(
+        &bed.topology
+            .client
+            .command("curl")
+            .args(["-sS", "--http2", "-v", "--cacert", bed.ca.cert.to_str().unwrap_or_default()])
+            .args(["--resolve", &format!("grpc.example.test:443:{VIP}"), "https://grpc.example.test/x"])
+            .output()?
+            .stderr,
+    )
+    .into_owned();
+    assert!(verbose.to_ascii_lowercase().contains("grpc-status: 0"), "trailer lost: {verbose}");
+
+    // mTLS: a client certificate from the CA is required.
+    let dir = &bed.ca.dir;
+    let url = format!("https://example.test:8443/");
+    let resolve = format!("example.test:8443:{VIP}");
+    let with_cert = bed.curl(&[
+        "--resolve",
+        &resolve,
+        "--cert",
+        dir.join("client.pem").to_str().unwrap_or_default(),
+        "--key",
+        dir.join("client.key").to_str().unwrap_or_default(),
+        &url,
+    ])?;
+    assert!(with_cert.starts_with("backend"), "{with_cert}");
+    let without = bed.curl(&["--resolve", &resolve, &url]);
+    assert!(without.is_err(), "no client certificate, yet: {without:?}");
     Ok(())
 }

@@ -25,7 +25,7 @@ use hyper_util::{
 use log::info;
 
 use crate::{
-    config::Listener,
+    config::{Listener, UpstreamProtocol},
     proxy::{metrics::ProxyMetrics, routes::Snapshot},
 };
 
@@ -66,6 +66,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// Forwards requests; one per lbd, shared by every listener.
 pub struct Forwarder {
     client: Client<HttpConnector, Body>,
+    /// Prior-knowledge HTTP/2 to h2c pools.
+    h2c: Client<HttpConnector, Body>,
     pub metrics: ProxyMetrics,
     next_id: AtomicU64,
     id_seed: u64,
@@ -79,12 +81,16 @@ impl Forwarder {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .pool_max_idle_per_host(256)
+            .build(connector.clone());
+        let h2c = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .http2_only(true)
             .build(connector);
         let id_seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        Forwarder { client, metrics, next_id: AtomicU64::new(1), id_seed }
+        Forwarder { client, h2c, metrics, next_id: AtomicU64::new(1), id_seed }
     }
 
     fn request_id(&self) -> String {
@@ -126,6 +132,8 @@ impl Forwarder {
         let path =
             request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
         let method = request.method().clone();
+        // Set when an upstream answered: its time to response headers.
+        let mut upstream_seconds = None;
         let (route_label, pool_label, backend_label, response) = 'answer: {
             if listener.redirect_https && !tls {
                 let mut r = full(StatusCode::MOVED_PERMANENTLY, "moved to https");
@@ -198,8 +206,15 @@ impl Forwarder {
             {
                 parts.headers.insert(header::HOST, value);
             }
-            parts.version = Version::HTTP_11;
+            let h2 = snapshot.pools.get(&route.pool).is_some_and(|p| p.protocol == UpstreamProtocol::H2c);
+            // gRPC needs `te: trailers` end to end; every other hop-by-hop header stops here.
+            let te_trailers =
+                parts.headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+            parts.version = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
             strip_hop_by_hop(&mut parts.headers, upgrade);
+            if h2 && te_trailers {
+                parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+            }
             let forwarded_for = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
                 Some(previous) => format!("{previous}, {}", client.ip()),
                 None => client.ip().to_string(),
@@ -234,9 +249,10 @@ impl Forwarder {
 
             upstream.in_flight.fetch_add(1, Ordering::Relaxed);
             let sent = Instant::now();
-            let result = tokio::time::timeout(route.timeout, self.client.request(upstream_request)).await;
+            let upstream_client = if h2 { &self.h2c } else { &self.client };
+            let result = tokio::time::timeout(route.timeout, upstream_client.request(upstream_request)).await;
             upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
-            let upstream_seconds = sent.elapsed().as_secs_f64();
+            let elapsed = sent.elapsed().as_secs_f64();
             let mut response = match result {
                 Err(_) => {
                     break 'answer (
@@ -261,13 +277,6 @@ impl Forwarder {
                 }
                 Ok(Ok(response)) => response,
             };
-            self.metrics.request(
-                &route_label,
-                &route.pool,
-                &backend_label,
-                response.status().as_u16(),
-                Some(upstream_seconds),
-            );
             if response.status() == StatusCode::SWITCHING_PROTOCOLS
                 && let Some(downstream) = downstream_upgrade
             {
@@ -284,26 +293,16 @@ impl Forwarder {
             response.headers_mut().insert("via", HeaderValue::from_static("1.1 sluice"));
             let response = response
                 .map(|b| b.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>).boxed());
-            // Counted above with its upstream time; log and return.
-            if listener.access_log {
-                access_log(
-                    client,
-                    &host,
-                    &method,
-                    &path,
-                    response.status(),
-                    &backend_label,
-                    started,
-                    &request_id,
-                );
-            }
-            let mut response = response;
-            if let Ok(v) = HeaderValue::from_str(&request_id) {
-                response.headers_mut().insert("x-request-id", v);
-            }
-            return Ok(response);
+            upstream_seconds = Some(elapsed);
+            break 'answer (route_label, route.pool.clone(), backend_label, response);
         };
-        self.metrics.request(&route_label, &pool_label, &backend_label, response.status().as_u16(), None);
+        self.metrics.request(
+            &route_label,
+            &pool_label,
+            &backend_label,
+            response.status().as_u16(),
+            upstream_seconds,
+        );
         if listener.access_log {
             access_log(
                 client,

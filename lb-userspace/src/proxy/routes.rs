@@ -15,7 +15,7 @@ use lb_common::hash::murmur3_32;
 use regex::Regex;
 
 use crate::{
-    config::{Balance, PathMatch, Route},
+    config::{Balance, PathMatch, Route, UpstreamProtocol},
     maglev::{self, Weighted},
     state::State,
     tables::addr_of,
@@ -101,6 +101,7 @@ pub struct Upstream {
 /// unless the pool fails open).
 pub struct L7Pool {
     pub upstreams: Vec<Arc<Upstream>>,
+    pub protocol: UpstreamProtocol,
     balance: Balance,
     hash_key: String,
     next: AtomicUsize,
@@ -199,6 +200,7 @@ impl Snapshot {
                     .collect();
                 let l7 = L7Pool {
                     upstreams,
+                    protocol: pool.protocol,
                     balance: pool.balance,
                     hash_key: pool.hash_key.clone(),
                     next: AtomicUsize::new(0),
