@@ -471,7 +471,7 @@ fn root_l7_h2c_upstream_with_trailers_and_mtls() -> Result<()> {
 
     // mTLS: a client certificate from the CA is required.
     let dir = &bed.ca.dir;
-    let url = format!("https://example.test:8443/");
+    let url = "https://example.test:8443/".to_owned();
     let resolve = format!("example.test:8443:{VIP}");
     let with_cert = bed.curl(&[
         "--resolve",
