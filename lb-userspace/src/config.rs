@@ -116,6 +116,7 @@ struct RawCertificate {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRoute {
+    name: Option<String>,
     listener: Spanned<String>,
     host: Option<String>,
     path: Option<String>,
@@ -157,6 +158,8 @@ pub struct Tls {
 /// An L7 route: the first route of a listener that matches a request wins.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Route {
+    /// For metrics and logs; default `LISTENER#N` (N: its place among the listener's routes).
+    pub name: String,
     pub listener: String,
     /// Exact host, or `*.example.com` for any one-or-more-label subdomain.
     pub host: Option<String>,
@@ -783,7 +786,9 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
             }
             m.into_inner().to_ascii_uppercase()
         });
+        let place = routes.iter().filter(|r: &&Route| r.listener == *raw.listener.get_ref()).count();
         routes.push(Route {
+            name: raw.name.unwrap_or_else(|| format!("{}#{place}", raw.listener.get_ref())),
             listener: raw.listener.into_inner(),
             host: raw.host.map(|h| h.to_ascii_lowercase()),
             path,

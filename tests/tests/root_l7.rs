@@ -128,6 +128,7 @@ host = "*.wild.test"
 pool = "web"
 
 [[route]]
+name = "site"
 listener = "https"
 host = "example.test"
 method = "GET"
@@ -304,7 +305,7 @@ fn root_l7_http1_http2_routing_and_headers() -> Result<()> {
         &bed.topology.lb.run("curl", &["-sS", "http://127.0.0.1:9100/metrics"])?.stdout,
     )
     .into_owned();
-    assert!(metrics.contains("sluice_http_requests_total{route=\"2\",pool=\"web\""), "{metrics}");
+    assert!(metrics.contains("sluice_http_requests_total{route=\"site\",pool=\"web\""), "{metrics}");
     assert!(metrics.contains("sluice_tls_handshakes_total{listener=\"https\",result=\"ok\"}"), "{metrics}");
     assert!(metrics.contains("sluice_http_upstream_seconds_bucket"), "{metrics}");
     Ok(())

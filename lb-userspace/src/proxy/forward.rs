@@ -172,7 +172,7 @@ impl Forwarder {
                     full(StatusCode::NOT_FOUND, "no route"),
                 );
             };
-            let route_label = route.index.to_string();
+            let route_label = route.name.clone();
             let Some(upstream) = snapshot.pools.get(&route.pool).and_then(|p| p.pick(&request, client.ip()))
             else {
                 break 'answer (

@@ -32,8 +32,8 @@ enum CompiledPath {
 }
 
 pub struct CompiledRoute {
-    /// Index in the config's routes (metrics label).
-    pub index: usize,
+    /// Metrics and log label.
+    pub name: String,
     host: Option<String>,
     path: CompiledPath,
     method: Option<Method>,
@@ -43,9 +43,9 @@ pub struct CompiledRoute {
 }
 
 impl CompiledRoute {
-    fn compile(index: usize, route: &Route) -> CompiledRoute {
+    fn compile(route: &Route) -> CompiledRoute {
         CompiledRoute {
-            index,
+            name: route.name.clone(),
             host: route.host.clone(),
             path: match &route.path {
                 PathMatch::Any => CompiledPath::Any,
@@ -166,8 +166,8 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn build(state: &State) -> Snapshot {
         let mut routes: HashMap<String, Vec<CompiledRoute>> = HashMap::new();
-        for (i, route) in state.config.routes.iter().enumerate() {
-            routes.entry(route.listener.clone()).or_default().push(CompiledRoute::compile(i, route));
+        for route in &state.config.routes {
+            routes.entry(route.listener.clone()).or_default().push(CompiledRoute::compile(route));
         }
         let pools = state
             .config
