@@ -713,7 +713,22 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
         let Some(address) = errors.parse(&raw.address, "an address:port", |s| s.parse().ok()) else {
             continue;
         };
+        // Relative certificate paths are relative to the config file's directory.
+        let base = errors.file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: Spanned<PathBuf>| {
+            let span = p.span();
+            let path = p.into_inner();
+            Spanned::new(span, if path.is_relative() { base.join(path) } else { path })
+        };
         let tls = raw.tls.map(|t| {
+            let t = RawTls {
+                certificates: t
+                    .certificates
+                    .into_iter()
+                    .map(|c| RawCertificate { cert: resolve(c.cert), key: resolve(c.key) })
+                    .collect(),
+                client_ca: t.client_ca.map(resolve),
+            };
             if t.certificates.is_empty() {
                 errors.at(raw.name.span(), format!("listener `{name}`: tls needs at least one certificate"));
             }

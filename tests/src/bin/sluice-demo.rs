@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::Result;
 use sluice_tests::{
     netns::{self, Topology},
+    pki::TestCa,
     servers::{Decap, Lbd, Nginx, PeerPass, TempDir},
 };
 
@@ -63,12 +64,36 @@ fn main() -> Result<()> {
     let scratch = TempDir::new("demo")?;
     let config = scratch.0.join("sluice.toml");
     std::fs::copy(CONFIG, &config)?;
+    // The HTTPS VIP's certificate, from a CA made now (no key is ever committed).
+    let ca = TestCa::new(&scratch.0)?;
+    ca.leaf("site", &["site.demo.test"], false)?;
+    topology.lb.run("ip", &["addr", "add", "198.19.0.3/32", "dev", "lo"])?;
     let lbd = Lbd::start(&topology.lb, &config)?;
     print!("{}", String::from_utf8_lossy(&topology.lb.run("ip", &["-br", "link", "show", "eth0"])?.stdout));
 
     step("client: HTTP to the VIPs; the balancer encapsulates, backends answer the client directly");
     requests(&topology, "http://198.19.0.1/", 20)?;
     requests(&topology, "http://[fd00:5e:100::1]/", 10)?;
+
+    step("client: HTTPS to the L7 VIP (XDP passes it up; lbd terminates TLS, HTTP/2, routes to the pool)");
+    let cacert = ca.cert.to_str().unwrap_or_default().to_owned();
+    let mut answers: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..10 {
+        let out = topology.client.run(
+            "curl",
+            &[
+                "-sS",
+                "--http2",
+                "--cacert",
+                &cacert,
+                "--resolve",
+                "site.demo.test:443:198.19.0.3",
+                "https://site.demo.test/",
+            ],
+        )?;
+        *answers.entry(String::from_utf8_lossy(&out.stdout).trim().to_owned()).or_default() += 1;
+    }
+    println!("  10 x GET https://site.demo.test/ (TLS 1.3, h2): answered by {answers:?}");
 
     step("lbctl stats");
     print!("{}", lbd.lbctl(&["stats"])?);
@@ -87,6 +112,13 @@ fn main() -> Result<()> {
     print!("{}", lbd.lbctl(&["flow", "198.19.0.1:80", "tcp", "198.18.0.2:40000"])?);
     step("lbctl stats --backend");
     print!("{}", lbd.lbctl(&["stats", "--backend"])?);
+    step("L7 metrics (curl http://127.0.0.1:9190/metrics | grep sluice_http_requests)");
+    let metrics = topology.lb.run("curl", &["-sS", "http://127.0.0.1:9190/metrics"])?;
+    for line in
+        String::from_utf8_lossy(&metrics.stdout).lines().filter(|l| l.starts_with("sluice_http_requests"))
+    {
+        println!("  {line}");
+    }
 
     if keep {
         step("--keep: running; `nsenter --net=/run/netns/<name>` to explore; Ctrl-C tears down");
