@@ -1,4 +1,5 @@
 //! Helpers for Sluice's root tests and demo: network namespaces, real servers, lbd processes.
+pub mod bench_l7;
 pub mod harness;
 pub mod netns;
 pub mod packets;

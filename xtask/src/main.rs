@@ -82,25 +82,27 @@ fn demo(keep: bool) -> Result<()> {
     cargo(&args)
 }
 
+fn bench(what: &str) -> Result<()> {
+    if !is_root() {
+        bail!("benchmarks load XDP programs and make namespaces: run them as root");
+    }
+    // Benchmarks measure release builds of lbd.
+    cargo(&["build", "--release", "--package", "lb-userspace"])?;
+    let bin_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release");
+    let args =
+        ["run", "--quiet", "--release", "--package", "sluice-tests", "--bin", "sluice-bench", "--", what];
+    println!("==> SLUICE_BIN_DIR={bin_dir} cargo {}", args.join(" "));
+    let status = Command::new(env!("CARGO")).args(args).env("SLUICE_BIN_DIR", bin_dir).status()?;
+    if !status.success() {
+        bail!("bench {what} failed ({status})");
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Test { host_only } => test(host_only),
         Task::Demo { keep } => demo(keep),
-        Task::Bench { what } => {
-            if !is_root() {
-                bail!("benchmarks load XDP programs: run them as root");
-            }
-            cargo(&[
-                "run",
-                "--quiet",
-                "--release",
-                "--package",
-                "sluice-tests",
-                "--bin",
-                "sluice-bench",
-                "--",
-                &what,
-            ])
-        }
+        Task::Bench { what } => bench(&what),
     }
 }

@@ -127,7 +127,10 @@ fn run(path: &Path) -> Result<()> {
     let attached =
         dataplane::attach(&mut lock(&core).ebpf, dataplane::BALANCER_PROGRAM, &interface, mode, &pin_dir)?;
     info!("balancer on {interface} ({attached:?}); maps pinned under {}", pin_dir.display());
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;

@@ -226,8 +226,13 @@ fn fill_conn_table(h: &Harness, n: usize) -> Result<usize> {
 
 fn main() -> Result<()> {
     let what = std::env::args().nth(1).unwrap_or_default();
+    if what == "l7" {
+        let seconds = std::env::var("SLUICE_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+        let rounds = std::env::var("SLUICE_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+        return sluice_tests::bench_l7::run_bench(seconds, rounds);
+    }
     if what != "l4" {
-        bail!("usage: sluice-bench l4");
+        bail!("usage: sluice-bench l4|l7");
     }
     sluice_tests::require_root();
     let started = Instant::now();

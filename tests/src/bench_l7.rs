@@ -1,0 +1,332 @@
+//! `cargo xtask bench l7`: Sluice's L7 proxy next to HAProxy and nginx as reverse proxies, same
+//! backends, same load, each proxy alone on CPU 0 and the load generator and backends on CPU 1.
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{netns::run, pki::TestCa, servers::TempDir};
+
+const NS: &str = "slbench";
+const BACKENDS: [u16; 2] = [18081, 18082];
+
+/// A process in the bench namespace, killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn in_ns(cpu: &str, program: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{NS}")).args(["--", "taskset", "-c", cpu, program]).args(args);
+    cmd
+}
+
+fn spawn(cpu: &str, program: &str, args: &[&str]) -> Result<Proc> {
+    let child = in_ns(cpu, program, args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {program}"))?;
+    Ok(Proc(child))
+}
+
+/// CPU seconds (user + system) used so far by `pid` and its threads.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks: f64 =
+        fields.get(11..13).map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Busy share of all CPUs over `window` (other load on the shared machine).
+fn busy(window: Duration) -> f64 {
+    let read = || -> (f64, f64) {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let v: Vec<f64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+        (v.iter().sum(), idle)
+    };
+    let (t0, i0) = read();
+    std::thread::sleep(window);
+    let (t1, i1) = read();
+    if t1 > t0 { 1.0 - (i1 - i0) / (t1 - t0) } else { 0.0 }
+}
+
+fn wait_port(port: u16) -> Result<()> {
+    for _ in 0..100 {
+        let out = run("ip", &["netns", "exec", NS, "ss", "-Htln", &format!("sport = :{port}")])?;
+        if !out.stdout.is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on {port}")
+}
+
+/// One measured case.
+pub struct Sample {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub cpu_us_per_request: f64,
+    pub other_cpu: f64,
+}
+
+fn parse_ms(v: &str) -> f64 {
+    let (num, unit) = v.find(|c: char| c.is_ascii_alphabetic()).map(|i| v.split_at(i)).unwrap_or((v, "ms"));
+    let n: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1000.0,
+        "s" => n * 1000.0,
+        _ => n,
+    }
+}
+
+/// Runs the load for `seconds` against a proxy: wrk (HTTP/1.1) or h2load (HTTP/2).
+fn load(proxy_pid: u32, mode: &str, url: &str, seconds: u64) -> Result<Sample> {
+    let other_cpu = busy(Duration::from_millis(500));
+    let cpu_before = cpu_seconds(proxy_pid);
+    let started = Instant::now();
+    let duration = format!("{seconds}s");
+    let out = if mode == "h2" {
+        in_ns("1", "h2load", &["-t1", "-c64", "-m10", "-D", &seconds.to_string(), url]).output()?
+    } else {
+        let mut args = vec!["-t1", "-c64", "-d", &duration, "--latency"];
+        if mode == "tls-handshake" {
+            args.extend(["-H", "Connection: close"]);
+        }
+        args.push(url);
+        in_ns("1", "wrk", &args).output()?
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(proxy_pid) - cpu_before;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (rps, p50_ms, p99_ms) = if mode == "h2" {
+        let rps = text
+            .lines()
+            .find(|l| l.starts_with("finished in"))
+            .and_then(|l| l.split(", ").nth(1)?.split_whitespace().next()?.parse().ok());
+        let mean = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("time for request:"))
+            .and_then(|l| l.split_whitespace().nth(5).map(parse_ms));
+        (rps.context(format!("h2load output: {text}"))?, mean.unwrap_or(f64::NAN), f64::NAN)
+    } else {
+        let rps = text
+            .lines()
+            .find(|l| l.starts_with("Requests/sec:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok());
+        let pct = |p: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(p))
+                .and_then(|l| l.split_whitespace().nth(1).map(parse_ms))
+        };
+        (
+            rps.context(format!("wrk output: {text}"))?,
+            pct("50%").unwrap_or(f64::NAN),
+            pct("99%").unwrap_or(f64::NAN),
+        )
+    };
+    let requests = rps * elapsed.min(seconds as f64 + 0.5);
+    Ok(Sample { rps, p50_ms, p99_ms, cpu_us_per_request: cpu * 1e6 / requests.max(1.0), other_cpu })
+}
+
+fn backend_config(dir: &Path, port: u16) -> String {
+    format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/b{port}.pid;\nerror_log {d}/b{port}.log;\n\
+         events {{ worker_connections 4096; }}\nhttp {{\n access_log off;\n keepalive_requests 1000000;\n\
+         client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+         server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
+        d = dir.display()
+    )
+}
+
+fn nginx_proxy_config(dir: &Path, cert: &Path, key: &Path) -> String {
+    format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/np.pid;\nerror_log {d}/np.log;\nworker_rlimit_nofile 8192;\n\
+         events {{ worker_connections 4096; }}\nhttp {{\n access_log off;\n keepalive_requests 1000000;\n http2_max_requests 1000000;\n\
+         client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+         upstream b {{ server 127.0.0.1:{b0}; server 127.0.0.1:{b1}; keepalive 64; keepalive_requests 1000000; }}\n\
+         server {{ listen 127.0.0.1:8080; listen 127.0.0.1:8443 ssl http2; ssl_certificate {c}; ssl_certificate_key {k};\n\
+         ssl_protocols TLSv1.3 TLSv1.2; ssl_session_tickets on;\n\
+         location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n}}\n",
+        d = dir.display(),
+        c = cert.display(),
+        k = key.display(),
+        b0 = BACKENDS[0],
+        b1 = BACKENDS[1]
+    )
+}
+
+fn haproxy_config(pem: &Path) -> String {
+    format!(
+        "global\n nbthread 1\n maxconn 8000\n tune.ssl.default-dh-param 2048\ndefaults\n mode http\n timeout connect 5s\n timeout client 30s\n timeout server 30s\n\
+         http-reuse always\nfrontend f\n bind 127.0.0.1:7080\n bind 127.0.0.1:7443 ssl crt {p} alpn h2,http/1.1\n default_backend b\n\
+         backend b\n balance roundrobin\n server b0 127.0.0.1:{b0}\n server b1 127.0.0.1:{b1}\n",
+        p = pem.display(),
+        b0 = BACKENDS[0],
+        b1 = BACKENDS[1]
+    )
+}
+
+fn sluice_config(dir: &Path, cert: &Path, key: &Path) -> String {
+    format!(
+        "[dataplane]\ninterface = \"bench0\"\nxdp_mode = \"generic\"\npin_dir = \"/sys/fs/bpf/sluice-bench-l7\"\n\n\
+         [[pool]]\nname = \"b\"\nbackends = [{{ address = \"127.0.0.1\" }}]\nport = {b0}\n\n\
+         [[listener]]\nname = \"http\"\naddress = \"127.0.0.1:9080\"\naccess_log = false\n\n\
+         [[listener]]\nname = \"https\"\naddress = \"127.0.0.1:9443\"\naccess_log = false\n\
+         tls = {{ certificates = [{{ cert = \"{c}\", key = \"{k}\" }}] }}\n\n\
+         [[route]]\nlistener = \"http\"\npool = \"b\"\n\n[[route]]\nlistener = \"https\"\npool = \"b\"\n\n\
+         [admin]\nsocket = \"{d}/lbd.sock\"\n",
+        c = cert.display(),
+        k = key.display(),
+        d = dir.display(),
+        b0 = BACKENDS[0]
+    )
+}
+
+/// Runs the whole comparison and prints it.
+pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
+    crate::require_root();
+    let _ = run("ip", &["netns", "del", NS]);
+    run("ip", &["netns", "add", NS])?;
+    let _cleanup = scopeguard(|| {
+        let _ = run("ip", &["netns", "del", NS]);
+        let _ = std::fs::remove_dir_all("/sys/fs/bpf/sluice-bench-l7");
+    });
+    run("ip", &["-n", NS, "link", "set", "lo", "up"])?;
+    run("ip", &["-n", NS, "link", "add", "bench0", "type", "veth", "peer", "name", "bench1"])?;
+    let dir = TempDir::new("bench-l7")?;
+    let ca = TestCa::new(&dir.0)?;
+    let (cert, key) = ca.leaf("bench", &["bench.test", "127.0.0.1"], false)?;
+    let combined = dir.0.join("haproxy.pem");
+    std::fs::write(&combined, std::fs::read_to_string(&cert)? + &std::fs::read_to_string(&key)?)?;
+
+    let mut backends = Vec::new();
+    for port in BACKENDS {
+        let conf = dir.0.join(format!("b{port}.conf"));
+        std::fs::write(&conf, backend_config(&dir.0, port))?;
+        backends.push(spawn(
+            "1",
+            "nginx",
+            &["-c", conf.to_str().context("path")?, "-p", dir.0.to_str().context("path")?],
+        )?);
+        wait_port(port)?;
+    }
+    let sluice_conf = dir.0.join("sluice.toml");
+    std::fs::write(&sluice_conf, sluice_config(&dir.0, &cert, &key))?;
+    let nginx_conf = dir.0.join("proxy.conf");
+    std::fs::write(&nginx_conf, nginx_proxy_config(&dir.0, &cert, &key))?;
+    let haproxy_conf = dir.0.join("haproxy.cfg");
+    std::fs::write(&haproxy_conf, haproxy_config(&combined))?;
+    let lbd = crate::bin_dir().join("lbd");
+    let proxies: Vec<(&str, Vec<String>, u16, u16)> = vec![
+        (
+            "sluice",
+            vec![lbd.display().to_string(), "run".into(), "-c".into(), sluice_conf.display().to_string()],
+            9080,
+            9443,
+        ),
+        (
+            "haproxy",
+            vec!["haproxy".into(), "-db".into(), "-f".into(), haproxy_conf.display().to_string()],
+            7080,
+            7443,
+        ),
+        (
+            "nginx",
+            vec![
+                "nginx".into(),
+                "-c".into(),
+                nginx_conf.display().to_string(),
+                "-p".into(),
+                dir.0.display().to_string(),
+            ],
+            8080,
+            8443,
+        ),
+    ];
+    let modes = ["http1-keepalive", "tls-keepalive", "tls-handshake", "h2"];
+    println!(
+        "cargo xtask bench l7: {seconds} s per case, wrk -t1 -c64 (h2: h2load -t1 -c64 -m10), proxy on CPU 0, load and backends on CPU 1"
+    );
+    for round in 1..=rounds {
+        let mut table: Vec<(String, String, Sample)> = Vec::new();
+        for (name, argv, http, https) in &proxies {
+            let args: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
+            let proc = spawn("0", &argv[0], &args)?;
+            wait_port(*https)?;
+            // nsenter execs taskset, which execs the proxy: the child's pid is the proxy's.
+            let pid = proc.0.id();
+            for mode in modes {
+                let url = match mode {
+                    "http1-keepalive" => format!("http://127.0.0.1:{http}/"),
+                    _ => format!("https://127.0.0.1:{https}/"),
+                };
+                let sample = load(pid, mode, &url, seconds)?;
+                table.push((mode.to_owned(), name.to_string(), sample));
+            }
+            drop(proc);
+            let _ = std::fs::remove_dir_all("/sys/fs/bpf/sluice-bench-l7");
+        }
+        println!("\nround {round}:");
+        println!(
+            "{:<16} {:<8} {:>10} {:>9} {:>9} {:>10} {:>7} {:>14}",
+            "mode", "proxy", "req/s", "p50 ms", "p99 ms", "cpu us/req", "other", "sluice/best"
+        );
+        for mode in modes {
+            let rows: Vec<&(String, String, Sample)> = table.iter().filter(|(m, _, _)| m == mode).collect();
+            let best_peer =
+                rows.iter().filter(|(_, p, _)| p != "sluice").map(|(_, _, s)| s.rps).fold(0.0, f64::max);
+            for (m, p, s) in &rows {
+                let ratio = if p == "sluice" && best_peer > 0.0 {
+                    format!("{:.2}x", s.rps / best_peer)
+                } else {
+                    String::new()
+                };
+                println!(
+                    "{m:<16} {p:<8} {:>10.0} {:>9.2} {:>9.2} {:>10.1} {:>6.0}% {:>14}",
+                    s.rps,
+                    s.p50_ms,
+                    s.p99_ms,
+                    s.cpu_us_per_request,
+                    s.other_cpu * 100.0,
+                    ratio
+                );
+            }
+        }
+    }
+    drop(backends);
+    Ok(())
+}
+
+/// Runs `f` on drop.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
