@@ -127,6 +127,61 @@ struct RawRoute {
     headers: BTreeMap<String, String>,
     pool: Spanned<String>,
     timeout_ms: Option<u64>,
+    #[serde(default)]
+    split: Vec<RawSplit>,
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    deny: Vec<Spanned<String>>,
+    rate_limit: Option<RawRateLimit>,
+    #[serde(default)]
+    retries: u32,
+    fallback: Option<Fallback>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSplit {
+    pool: Spanned<String>,
+    percent: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    requests_per_second: f64,
+    burst: Option<f64>,
+    #[serde(default)]
+    key: RateKey,
+}
+
+/// What a rate limit counts per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RateKey {
+    #[default]
+    ClientIp,
+    /// The whole route.
+    Route,
+}
+
+/// A token bucket: `requests_per_second` sustained, `burst` at once; over it, 429.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    pub requests_per_second: f64,
+    pub burst: f64,
+    pub key: RateKey,
+}
+
+/// A static answer when no backend can take the request (none usable, or all tries failed).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fallback {
+    pub status: u16,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub content_type: Option<String>,
 }
 
 /// An L7 listener: TLS or plain HTTP, on lbd's own socket.
@@ -170,6 +225,16 @@ pub struct Route {
     pub pool: String,
     /// The whole request, upstream included; over it the client gets 504.
     pub timeout: Duration,
+    /// Share (percent) of requests sent to other pools instead of `pool` (canary, blue-green).
+    pub split: Vec<(String, f64)>,
+    /// Client addresses allowed (empty: all) and denied; others get 403.
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+    pub rate_limit: Option<RateLimit>,
+    /// Extra tries on another backend after a connect failure or a 502/503/504, for requests
+    /// without a body of idempotent methods.
+    pub retries: u32,
+    pub fallback: Option<Fallback>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -801,6 +866,42 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
             }
             m.into_inner().to_ascii_uppercase()
         });
+        let mut split = Vec::new();
+        for s in raw.split {
+            if !pools.contains_key(s.pool.get_ref()) {
+                errors.at(
+                    s.pool.span(),
+                    format!("split uses pool `{}`, which is not defined", s.pool.get_ref()),
+                );
+            }
+            split.push((s.pool.into_inner(), s.percent));
+        }
+        let total: f64 = split.iter().map(|(_, p)| p).sum();
+        if split.iter().any(|(_, p)| !(0.0..=100.0).contains(p)) || total > 100.0 {
+            errors.at(raw.pool.span(), "split percents must be 0 to 100 and add up to at most 100");
+        }
+        let mut nets = |list: Vec<Spanned<String>>| -> Vec<IpNet> {
+            list.iter()
+                .filter_map(|n| {
+                    errors.parse(n, "a prefix like 10.0.0.0/8", |s| {
+                        s.parse::<IpNet>().ok().or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+                    })
+                })
+                .collect()
+        };
+        let (allow, deny) = (nets(raw.allow), nets(raw.deny));
+        let rate_limit = raw.rate_limit.map(|r| RateLimit {
+            requests_per_second: r.requests_per_second,
+            burst: r.burst.unwrap_or(r.requests_per_second.max(1.0)),
+            key: r.key,
+        });
+        if rate_limit.as_ref().is_some_and(|r| r.requests_per_second <= 0.0 || r.burst < 1.0) {
+            errors
+                .at(raw.pool.span(), "rate_limit needs requests_per_second above 0 and burst of at least 1");
+        }
+        if raw.fallback.as_ref().is_some_and(|f| !(200..=599).contains(&f.status)) {
+            errors.at(raw.pool.span(), "fallback status must be 200 to 599");
+        }
         let place = routes.iter().filter(|r: &&Route| r.listener == *raw.listener.get_ref()).count();
         routes.push(Route {
             name: raw.name.unwrap_or_else(|| format!("{}#{place}", raw.listener.get_ref())),
@@ -811,6 +912,12 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
             headers: raw.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect(),
             pool: raw.pool.into_inner(),
             timeout: Duration::from_millis(raw.timeout_ms.unwrap_or(30_000)),
+            split,
+            allow,
+            deny,
+            rate_limit,
+            retries: raw.retries,
+            fallback: raw.fallback,
         });
     }
 

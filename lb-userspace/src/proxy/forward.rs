@@ -93,6 +93,12 @@ impl Forwarder {
         Forwarder { client, h2c, metrics, next_id: AtomicU64::new(1), id_seed }
     }
 
+    /// A uniform draw in [0, 100) for traffic splits (a hash of a counter: no RNG state).
+    fn draw(&self) -> f64 {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        lb_common::hash::murmur3_32(&n.to_le_bytes(), 0x5eed) as f64 / (u32::MAX as f64 + 1.0) * 100.0
+    }
+
     fn request_id(&self) -> String {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         format!(
@@ -173,44 +179,47 @@ impl Forwarder {
                 );
             };
             let route_label = route.name.clone();
-            let Some(upstream) = snapshot.pools.get(&route.pool).and_then(|p| p.pick(&request, client.ip()))
-            else {
-                break 'answer (
-                    route_label,
-                    route.pool.clone(),
-                    String::new(),
-                    full(StatusCode::SERVICE_UNAVAILABLE, "no backend available"),
-                );
+            // Gateway steps before any upstream: access control, rate limit, pool choice.
+            if !route.admits(client.ip()) {
+                let r = full(StatusCode::FORBIDDEN, "client address not allowed on this route");
+                break 'answer (route_label, route.pool.clone(), String::new(), r);
+            }
+            if let Some(wait) = route.rate_limited(client.ip()) {
+                let mut r = full(StatusCode::TOO_MANY_REQUESTS, "rate limited");
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
+                break 'answer (route_label, route.pool.clone(), String::new(), r);
+            }
+            let pool_name = route.pool_for(self.draw()).to_owned();
+            let fallback = |status: StatusCode, text: &str| match &route.fallback {
+                Some(f) => fallback_response(f),
+                None => full(status, text),
             };
-            let backend_label = upstream.address.to_string();
+            let Some(pool) = snapshot.pools.get(&pool_name).filter(|p| !p.upstreams.is_empty()) else {
+                let r = fallback(StatusCode::SERVICE_UNAVAILABLE, "no backend available");
+                break 'answer (route_label, pool_name, String::new(), r);
+            };
+            let h2 = pool.protocol == UpstreamProtocol::H2c;
 
-            // The upstream request.
+            // The upstream request's parts, shared by every try.
             let upgrade = request.headers().contains_key(header::UPGRADE);
             let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+            let bodiless = !request.headers().contains_key(header::TRANSFER_ENCODING)
+                && request.headers().get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0");
+            let idempotent =
+                matches!(request.method().as_str(), "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE");
+            let tries =
+                if route.retries > 0 && bodiless && idempotent && !upgrade { route.retries + 1 } else { 1 };
+            let picked_first = pool.pick(&request, client.ip());
             let (mut parts, body) = request.into_parts();
-            let uri = format!("http://{}{}", upstream.address, path);
-            parts.uri = match uri.parse::<Uri>() {
-                Ok(uri) => uri,
-                Err(_) => {
-                    break 'answer (
-                        route_label,
-                        route.pool.clone(),
-                        backend_label,
-                        full(StatusCode::BAD_REQUEST, "bad request target"),
-                    );
-                }
-            };
             if parts.version == Version::HTTP_2
                 && !parts.headers.contains_key(header::HOST)
                 && let Ok(value) = HeaderValue::from_str(&host)
             {
                 parts.headers.insert(header::HOST, value);
             }
-            let h2 = snapshot.pools.get(&route.pool).is_some_and(|p| p.protocol == UpstreamProtocol::H2c);
             // gRPC needs `te: trailers` end to end; every other hop-by-hop header stops here.
             let te_trailers =
                 parts.headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-            parts.version = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
             strip_hop_by_hop(&mut parts.headers, upgrade);
             if h2 && te_trailers {
                 parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -238,44 +247,92 @@ impl Forwarder {
             let limit = listener.max_body_bytes as usize;
             let body_error = Arc::new(std::sync::atomic::AtomicU16::new(0));
             let seen = body_error.clone();
-            let body: Body = Limited::new(body, limit)
-                .map_err(move |err| {
-                    let status = if err.is::<http_body_util::LengthLimitError>() { 413 } else { 400 };
-                    seen.store(status, Ordering::Relaxed);
-                    err
-                })
-                .boxed();
-            let upstream_request = Request::from_parts(parts, body);
+            let mut body: Option<Body> = Some(
+                Limited::new(body, limit)
+                    .map_err(move |err| {
+                        let status = if err.is::<http_body_util::LengthLimitError>() { 413 } else { 400 };
+                        seen.store(status, Ordering::Relaxed);
+                        err
+                    })
+                    .boxed(),
+            );
 
-            upstream.in_flight.fetch_add(1, Ordering::Relaxed);
-            let sent = Instant::now();
-            let upstream_client = if h2 { &self.h2c } else { &self.client };
-            let result = tokio::time::timeout(route.timeout, upstream_client.request(upstream_request)).await;
-            upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
-            let elapsed = sent.elapsed().as_secs_f64();
-            let mut response = match result {
-                Err(_) => {
-                    break 'answer (
-                        route_label,
-                        route.pool.clone(),
-                        backend_label,
-                        full(StatusCode::GATEWAY_TIMEOUT, "upstream timed out"),
-                    );
-                }
-                Ok(Err(err)) => {
-                    log::debug!("upstream {backend_label}: {err}");
-                    let response = match body_error.load(Ordering::Relaxed) {
-                        413 => full(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
-                        400 => {
-                            let mut r = full(StatusCode::BAD_REQUEST, "malformed request body");
-                            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-                            r
+            // Tries: a retry goes to another backend, after a connect failure or a 502/503/504.
+            let mut tried = Vec::new();
+            let mut failure = full(StatusCode::BAD_GATEWAY, "upstream failed");
+            let mut answered = None;
+            for attempt in 0..tries {
+                let upstream = match (attempt, &picked_first) {
+                    (0, Some(first)) => first.clone(),
+                    _ => match pool.pick_other(&Request::new(()), client.ip(), &tried) {
+                        Some(u) => u,
+                        None => break,
+                    },
+                };
+                tried.push(upstream.address);
+                let Ok(uri) = format!("http://{}{}", upstream.address, path).parse::<Uri>() else {
+                    failure = full(StatusCode::BAD_REQUEST, "bad request target");
+                    break;
+                };
+                let mut upstream_request = Request::new(body.take().unwrap_or_else(empty));
+                *upstream_request.method_mut() = parts.method.clone();
+                *upstream_request.uri_mut() = uri;
+                *upstream_request.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+                *upstream_request.headers_mut() = parts.headers.clone();
+                upstream.in_flight.fetch_add(1, Ordering::Relaxed);
+                let sent = Instant::now();
+                let upstream_client = if h2 { &self.h2c } else { &self.client };
+                let result =
+                    tokio::time::timeout(route.timeout, upstream_client.request(upstream_request)).await;
+                upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
+                let elapsed = sent.elapsed().as_secs_f64();
+                match result {
+                    Err(_) => {
+                        failure = full(StatusCode::GATEWAY_TIMEOUT, "upstream timed out");
+                        break;
+                    }
+                    Ok(Err(err)) => {
+                        log::debug!("upstream {}: {err}", upstream.address);
+                        match body_error.load(Ordering::Relaxed) {
+                            413 => {
+                                failure = full(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+                                break;
+                            }
+                            400 => {
+                                failure = full(StatusCode::BAD_REQUEST, "malformed request body");
+                                failure
+                                    .headers_mut()
+                                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                                break;
+                            }
+                            _ => failure = full(StatusCode::BAD_GATEWAY, "upstream failed"),
                         }
-                        _ => full(StatusCode::BAD_GATEWAY, "upstream failed"),
-                    };
-                    break 'answer (route_label, route.pool.clone(), backend_label, response);
+                    }
+                    Ok(Ok(response))
+                        if attempt + 1 < tries && matches!(response.status().as_u16(), 502..=504) =>
+                    {
+                        self.metrics.request(
+                            &route_label,
+                            &pool_name,
+                            &upstream.address.to_string(),
+                            response.status().as_u16(),
+                            Some(elapsed),
+                        );
+                    }
+                    Ok(Ok(response)) => {
+                        answered = Some((response, upstream, elapsed));
+                        break;
+                    }
                 }
-                Ok(Ok(response)) => response,
+            }
+            let backend_label = tried.last().map(ToString::to_string).unwrap_or_default();
+            let Some((mut response, _upstream, elapsed)) = answered else {
+                let r = if failure.status() == StatusCode::BAD_GATEWAY {
+                    fallback(StatusCode::BAD_GATEWAY, "upstream failed")
+                } else {
+                    failure
+                };
+                break 'answer (route_label, pool_name, backend_label, r);
             };
             if response.status() == StatusCode::SWITCHING_PROTOCOLS
                 && let Some(downstream) = downstream_upgrade
@@ -294,7 +351,7 @@ impl Forwarder {
             let response = response
                 .map(|b| b.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>).boxed());
             upstream_seconds = Some(elapsed);
-            break 'answer (route_label, route.pool.clone(), backend_label, response);
+            break 'answer (route_label, pool_name, backend_label, response);
         };
         self.metrics.request(
             &route_label,
@@ -343,7 +400,19 @@ fn access_log(
     );
 }
 
-/// An empty body (for tests and redirects).
+/// The route's static answer when no backend can take a request.
+fn fallback_response(fallback: &crate::config::Fallback) -> Response<Body> {
+    let mut response =
+        Response::new(Full::new(Bytes::from(fallback.body.clone())).map_err(|e| match e {}).boxed());
+    *response.status_mut() = StatusCode::from_u16(fallback.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let content_type = fallback.content_type.as_deref().unwrap_or("text/plain");
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    response
+}
+
+/// An empty body.
 pub fn empty() -> Body {
     Empty::new().map_err(|e| match e {}).boxed()
 }

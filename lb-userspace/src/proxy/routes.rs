@@ -4,18 +4,20 @@ use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
+
+use ipnet::IpNet;
 
 use hyper::{Method, Request};
 use lb_common::hash::murmur3_32;
 use regex::Regex;
 
 use crate::{
-    config::{Balance, PathMatch, Route, UpstreamProtocol},
+    config::{Balance, Fallback, PathMatch, RateKey, RateLimit, Route, UpstreamProtocol},
     maglev::{self, Weighted},
     state::State,
     tables::addr_of,
@@ -40,11 +42,85 @@ pub struct CompiledRoute {
     headers: Vec<(String, String)>,
     pub pool: String,
     pub timeout: Duration,
+    /// Other pools and their share (percent) of this route's requests.
+    split: Vec<(String, f64)>,
+    allow: Vec<IpNet>,
+    deny: Vec<IpNet>,
+    limiter: Option<RateLimiter>,
+    pub retries: u32,
+    pub fallback: Option<Fallback>,
+}
+
+/// Token buckets per key; a new snapshot (reload) starts them full.
+struct RateLimiter {
+    limit: RateLimit,
+    buckets: Mutex<HashMap<Option<IpAddr>, (f64, Instant)>>,
+}
+
+/// Most keys a rate limiter remembers; past it, full buckets are forgotten.
+const MAX_BUCKETS: usize = 100_000;
+
+impl RateLimiter {
+    /// None if the request may go; else the seconds to wait (Retry-After).
+    fn check(&self, client: IpAddr) -> Option<u64> {
+        let key = match self.limit.key {
+            RateKey::ClientIp => Some(client),
+            RateKey::Route => None,
+        };
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() >= MAX_BUCKETS {
+            let (rate, burst) = (self.limit.requests_per_second, self.limit.burst);
+            buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < burst);
+        }
+        let (tokens, at) = buckets.entry(key).or_insert((self.limit.burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.limit.requests_per_second)
+            .min(self.limit.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            None
+        } else {
+            Some(((1.0 - *tokens) / self.limit.requests_per_second).ceil().max(1.0) as u64)
+        }
+    }
 }
 
 impl CompiledRoute {
+    /// Whether the client may use this route (allow list, if any, then deny list).
+    pub fn admits(&self, client: IpAddr) -> bool {
+        (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&client)))
+            && !self.deny.iter().any(|n| n.contains(&client))
+    }
+
+    /// None if under the rate limit; else seconds to wait.
+    pub fn rate_limited(&self, client: IpAddr) -> Option<u64> {
+        self.limiter.as_ref().and_then(|l| l.check(client))
+    }
+
+    /// The pool for a request, given a uniform draw in [0, 100).
+    pub fn pool_for(&self, draw: f64) -> &str {
+        let mut edge = 0.0;
+        for (pool, percent) in &self.split {
+            edge += percent;
+            if draw < edge {
+                return pool;
+            }
+        }
+        &self.pool
+    }
+
     fn compile(route: &Route) -> CompiledRoute {
         CompiledRoute {
+            split: route.split.clone(),
+            allow: route.allow.clone(),
+            deny: route.deny.clone(),
+            limiter: route
+                .rate_limit
+                .clone()
+                .map(|limit| RateLimiter { limit, buckets: Mutex::new(HashMap::new()) }),
+            retries: route.retries,
+            fallback: route.fallback.clone(),
             name: route.name.clone(),
             host: route.host.clone(),
             path: match &route.path {
@@ -131,6 +207,25 @@ fn hash_input<B>(key: &str, request: &Request<B>, client: IpAddr) -> Vec<u8> {
 }
 
 impl L7Pool {
+    /// Picks an upstream for `request` from `client`, other than those in `tried` if it can.
+    pub fn pick_other<B>(
+        &self,
+        request: &Request<B>,
+        client: IpAddr,
+        tried: &[SocketAddr],
+    ) -> Option<Arc<Upstream>> {
+        let first = self.pick(request, client)?;
+        if !tried.contains(&first.address) {
+            return Some(first);
+        }
+        // Retries go to a different backend: the next one not tried yet, in pool order.
+        let start = self.upstreams.iter().position(|u| u.address == first.address).unwrap_or(0);
+        (1..self.upstreams.len())
+            .map(|k| &self.upstreams[(start + k) % self.upstreams.len()])
+            .find(|u| !tried.contains(&u.address))
+            .cloned()
+    }
+
     /// Picks an upstream for `request` from `client`.
     pub fn pick<B>(&self, request: &Request<B>, client: IpAddr) -> Option<Arc<Upstream>> {
         let n = self.upstreams.len();

@@ -1,0 +1,196 @@
+//! Root tests of the gateway steps on the L7 path, with curl against real nginx backends:
+//! weighted canary split, rate limits, client address lists, retries to another backend, and
+//! fallback answers.
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::Result;
+use sluice_tests::{
+    netns::Topology,
+    servers::{Lbd, Nginx, TempDir, wait_for},
+};
+
+const VIP: &str = "198.19.0.4";
+
+struct Bed {
+    _lbd: Lbd,
+    _nginx: Vec<Nginx>,
+    topology: Topology,
+    _dir: TempDir,
+}
+
+impl Bed {
+    /// Backends 1 and 2 run nginx; backend 3 runs nothing (connections are refused).
+    fn new() -> Result<Bed> {
+        let topology = Topology::new(3)?;
+        let dir = TempDir::new("gateway")?;
+        let nginx = vec![
+            Nginx::start(&topology.backends[0], "backend1")?,
+            Nginx::start(&topology.backends[1], "backend2")?,
+        ];
+        topology.lb.run("ip", &["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+        let b = |i: usize| topology.backends[i].addr4;
+        let config = dir.0.join("sluice.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[dataplane]
+interface = "eth0"
+xdp_mode = "generic"
+pin_dir = "/sys/fs/bpf/{tag}"
+
+[[vip]]
+name = "gw"
+address = "{VIP}"
+port = 80
+protocol = "tcp"
+pool = "one"
+mode = "l7"
+
+[[pool]]
+name = "one"
+backends = [{{ address = "{b1}" }}]
+
+[[pool]]
+name = "two"
+backends = [{{ address = "{b2}" }}]
+
+[[pool]]
+name = "flaky"
+backends = [{{ address = "{b3}" }}, {{ address = "{b1}" }}]
+
+[[pool]]
+name = "dead"
+backends = [{{ address = "{b3}" }}]
+
+[[listener]]
+name = "http"
+address = "{VIP}:80"
+access_log = false
+
+[[route]]
+name = "canary"
+listener = "http"
+host = "canary.test"
+pool = "one"
+split = [{{ pool = "two", percent = 10 }}]
+
+[[route]]
+name = "limited"
+listener = "http"
+host = "limited.test"
+pool = "one"
+rate_limit = {{ requests_per_second = 5, burst = 5 }}
+
+[[route]]
+name = "private"
+listener = "http"
+host = "private.test"
+pool = "one"
+deny = ["198.18.0.0/24"]
+
+[[route]]
+name = "retry"
+listener = "http"
+host = "retry.test"
+pool = "flaky"
+retries = 1
+
+[[route]]
+name = "noretry"
+listener = "http"
+host = "noretry.test"
+pool = "flaky"
+
+[[route]]
+name = "fallback"
+listener = "http"
+host = "fallback.test"
+pool = "dead"
+fallback = {{ status = 503, body = "down for maintenance\n" }}
+
+[admin]
+socket = "{dir}/lbd.sock"
+"#,
+                tag = topology.tag,
+                b1 = b(0),
+                b2 = b(1),
+                b3 = b(2),
+                dir = dir.0.display(),
+            ),
+        )?;
+        let lbd = Lbd::start(&topology.lb, &config)?;
+        wait_for("the listener", Duration::from_secs(5), || {
+            topology.lb.run("ss", &["-Htln", "sport = :80"]).map(|o| !o.stdout.is_empty()).unwrap_or(false)
+        })?;
+        Ok(Bed { _lbd: lbd, _nginx: nginx, topology, _dir: dir })
+    }
+
+    /// `n` requests for `host` on one keep-alive connection: (status, body) of each.
+    fn requests(&self, host: &str, n: usize) -> Result<Vec<(u16, String)>> {
+        let url = format!("http://{VIP}/");
+        let header = format!("Host: {host}");
+        let mut args = vec!["-sS", "-H", &header, "-w", "|%{http_code}\n"];
+        for _ in 0..n {
+            args.push(&url);
+        }
+        let out = String::from_utf8_lossy(&self.topology.client.run("curl", &args)?.stdout).into_owned();
+        // Every body here is one line, and -w adds "|CODE" on the next.
+        let lines: Vec<&str> = out.lines().collect();
+        Ok(lines
+            .chunks(2)
+            .map(|pair| {
+                let code = pair.get(1).and_then(|l| l.strip_prefix('|')?.parse().ok()).unwrap_or(0);
+                (code, pair[0].trim().to_owned())
+            })
+            .collect())
+    }
+}
+
+fn tally(answers: &[(u16, String)]) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for (code, body) in answers {
+        *seen.entry(format!("{code} {body}")).or_default() += 1;
+    }
+    seen
+}
+
+#[test]
+fn root_gateway_split_limits_access_retries_fallback() -> Result<()> {
+    let bed = Bed::new()?;
+
+    // Canary: 10% of 2000 requests to pool `two`, within ±3 points.
+    let answers = bed.requests("canary.test", 2000)?;
+    assert_eq!(answers.len(), 2000);
+    let canary = answers.iter().filter(|(c, b)| *c == 200 && b == "backend2").count() as f64 / 20.0;
+    assert!((7.0..=13.0).contains(&canary), "canary share {canary}%: {:?}", tally(&answers));
+    assert!(answers.iter().all(|(c, _)| *c == 200));
+
+    // Rate limit: burst 5 at once, then 429 with Retry-After.
+    let answers = bed.requests("limited.test", 20)?;
+    let ok = answers.iter().filter(|(c, _)| *c == 200).count();
+    let limited = answers.iter().filter(|(c, _)| *c == 429).count();
+    assert!((5..=7).contains(&ok) && ok + limited == 20, "{:?}", tally(&answers));
+    let headers = bed.topology.client.run(
+        "curl",
+        &["-sS", "-D", "-", "-o", "/dev/null", "-H", "Host: limited.test", &format!("http://{VIP}/")],
+    )?;
+    let headers = String::from_utf8_lossy(&headers.stdout).to_ascii_lowercase();
+    assert!(headers.contains("429") && headers.contains("retry-after: 1"), "{headers}");
+
+    // Client address lists: the client's /24 is denied.
+    assert_eq!(
+        tally(&bed.requests("private.test", 3)?).keys().next().map(String::as_str),
+        Some("403 client address not allowed on this route")
+    );
+
+    // Retries: half the picks hit a refusing backend; one retry on the other makes all succeed.
+    let with_retry = bed.requests("retry.test", 40)?;
+    assert!(with_retry.iter().all(|(c, b)| *c == 200 && b == "backend1"), "{:?}", tally(&with_retry));
+    let without = bed.requests("noretry.test", 40)?;
+    assert!(without.iter().any(|(c, _)| *c == 502), "without retries some must fail: {:?}", tally(&without));
+
+    // Fallback: the pool's only backend is down.
+    let answers = bed.requests("fallback.test", 2)?;
+    assert!(answers.iter().all(|(c, b)| *c == 503 && b == "down for maintenance"), "{answers:?}");
+    Ok(())
+}
