@@ -136,6 +136,7 @@ struct RawRoute {
     rate_limit: Option<RawRateLimit>,
     #[serde(default)]
     retries: u32,
+    retry_budget_percent: Option<f64>,
     fallback: Option<Fallback>,
 }
 
@@ -234,6 +235,9 @@ pub struct Route {
     /// Extra tries on another backend after a connect failure or a 502/503/504, for requests
     /// without a body of idempotent methods.
     pub retries: u32,
+    /// Retries stay under this share of the route's requests (plus a few), so they never
+    /// multiply an outage's load.
+    pub retry_budget_percent: f64,
     pub fallback: Option<Fallback>,
 }
 
@@ -294,6 +298,17 @@ struct RawPool {
     hash_key: Option<String>,
     #[serde(default)]
     protocol: UpstreamProtocol,
+    max_requests_per_backend: Option<usize>,
+    outlier: Option<Outlier>,
+}
+
+/// Passive outlier ejection: a backend that fails this many requests in a row (connect error
+/// or 5xx) is marked down (for L4 too) for `ejection_ms`, longer each time it happens again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outlier {
+    pub consecutive_failures: u32,
+    pub ejection_ms: u64,
 }
 
 /// How the L7 proxy talks to a pool's backends.
@@ -465,6 +480,9 @@ pub struct Pool {
     /// For `balance = "hash"`: `header:NAME`, `cookie:NAME` or `client_ip`.
     pub hash_key: String,
     pub protocol: UpstreamProtocol,
+    /// Circuit breaking: requests in flight per backend at most; past it, another backend or 503.
+    pub max_requests_per_backend: Option<usize>,
+    pub outlier: Option<Outlier>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -702,6 +720,8 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
             balance: raw_pool.balance,
             hash_key,
             protocol: raw_pool.protocol,
+            max_requests_per_backend: raw_pool.max_requests_per_backend,
+            outlier: raw_pool.outlier,
         };
         if pools.insert(name.clone(), pool).is_some() {
             errors.at(raw_pool.name.span(), format!("pool `{name}` is defined twice"));
@@ -917,6 +937,7 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
             deny,
             rate_limit,
             retries: raw.retries,
+            retry_budget_percent: raw.retry_budget_percent.unwrap_or(20.0),
             fallback: raw.fallback,
         });
     }

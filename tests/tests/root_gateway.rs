@@ -12,7 +12,7 @@ use sluice_tests::{
 const VIP: &str = "198.19.0.4";
 
 struct Bed {
-    _lbd: Lbd,
+    lbd: Lbd,
     _nginx: Vec<Nginx>,
     topology: Topology,
     _dir: TempDir,
@@ -62,6 +62,38 @@ backends = [{{ address = "{b3}" }}, {{ address = "{b1}" }}]
 name = "dead"
 backends = [{{ address = "{b3}" }}]
 
+[[pool]]
+name = "ejecting"
+backends = [{{ address = "{b3}" }}, {{ address = "{b1}" }}]
+outlier = {{ consecutive_failures = 2, ejection_ms = 1500 }}
+
+[[pool]]
+name = "narrow"
+backends = [{{ address = "{b1}" }}]
+max_requests_per_backend = 1
+
+[[route]]
+name = "eject"
+listener = "http"
+host = "eject.test"
+pool = "ejecting"
+retries = 1
+retry_budget_percent = 100
+
+[[route]]
+name = "breaker"
+listener = "http"
+host = "breaker.test"
+pool = "narrow"
+
+[[route]]
+name = "budget"
+listener = "http"
+host = "budget.test"
+pool = "flaky"
+retries = 1
+retry_budget_percent = 0
+
 [[listener]]
 name = "http"
 address = "{VIP}:80"
@@ -94,6 +126,7 @@ listener = "http"
 host = "retry.test"
 pool = "flaky"
 retries = 1
+retry_budget_percent = 100
 
 [[route]]
 name = "noretry"
@@ -122,7 +155,7 @@ socket = "{dir}/lbd.sock"
         wait_for("the listener", Duration::from_secs(5), || {
             topology.lb.run("ss", &["-Htln", "sport = :80"]).map(|o| !o.stdout.is_empty()).unwrap_or(false)
         })?;
-        Ok(Bed { _lbd: lbd, _nginx: nginx, topology, _dir: dir })
+        Ok(Bed { lbd, _nginx: nginx, topology, _dir: dir })
     }
 
     /// `n` requests for `host` on one keep-alive connection: (status, body) of each.
@@ -192,5 +225,56 @@ fn root_gateway_split_limits_access_retries_fallback() -> Result<()> {
     // Fallback: the pool's only backend is down.
     let answers = bed.requests("fallback.test", 2)?;
     assert!(answers.iter().all(|(c, b)| *c == 503 && b == "down for maintenance"), "{answers:?}");
+    Ok(())
+}
+
+/// The backend lines of `lbctl pool show`: address -> (health, effective weight).
+fn pool_show(bed: &Bed, pool: &str) -> Result<BTreeMap<String, (String, u64)>> {
+    Ok(bed
+        .lbd
+        .lbctl(&["pool", "show", pool])?
+        .lines()
+        .skip(2)
+        .filter_map(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            Some((c.first()?.to_string(), (c.get(3)?.to_string(), c.get(4)?.parse().ok()?)))
+        })
+        .collect())
+}
+
+#[test]
+fn root_gateway_outlier_ejection_circuit_breaker_retry_budget() -> Result<()> {
+    let bed = Bed::new()?;
+    let dead = bed.topology.backends[2].addr4.to_string();
+
+    // Two failures in a row eject the refusing backend: down for L7 and L4 (Maglev weight 0).
+    let answers = bed.requests("eject.test", 8)?;
+    assert!(answers.iter().all(|(c, _)| *c == 200), "{:?}", tally(&answers));
+    wait_for("ejection", Duration::from_secs(1), || {
+        pool_show(&bed, "ejecting").map(|p| p[&dead] == ("DOWN".to_owned(), 0)).unwrap_or(false)
+    })?;
+    // ...and back after the ejection time.
+    wait_for("return after ejection", Duration::from_secs(3), || {
+        pool_show(&bed, "ejecting").map(|p| p[&dead].0 == "up").unwrap_or(false)
+    })?;
+
+    // Circuit breaking: one request in flight per backend; a second one gets 503 at once.
+    let slow = bed
+        .topology
+        .client
+        .command("curl")
+        .args(["-sS", "-o", "/dev/null", "-H", "Host: breaker.test", &format!("http://{VIP}/slow")])
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let second = bed.requests("breaker.test", 1)?;
+    assert_eq!(second[0].0, 503, "{second:?}");
+    let mut slow = slow;
+    slow.wait()?;
+    assert_eq!(bed.requests("breaker.test", 1)?[0], (200, "backend1".to_owned()));
+
+    // Retry budget 0%: only the floor of 3 retries; after that failures show.
+    let answers = bed.requests("budget.test", 40)?;
+    let failed = answers.iter().filter(|(c, _)| *c == 502).count();
+    assert!(failed >= 5, "budget did not stop retries: {:?}", tally(&answers));
     Ok(())
 }

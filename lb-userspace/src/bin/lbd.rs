@@ -147,9 +147,19 @@ fn run(path: &Path) -> Result<()> {
         health::spawn_missing(&core, &mut checked);
         // L7 listeners: bound before READY, so a busy port fails the start.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        // The proxy's outlier ejections are State commands, applied like health results.
+        let (ejections, mut ejected) = tokio::sync::mpsc::unbounded_channel();
+        let ejecting = core.clone();
+        tokio::spawn(async move {
+            while let Some(command) = ejected.recv().await {
+                if let Err(err) = lock(&ejecting).execute(&[command]) {
+                    error!("outlier ejection: {err}");
+                }
+            }
+        });
         let (snapshot, forwarder) = {
             let core = lock(&core);
-            (core.l7.clone(), Arc::new(proxy::forward::Forwarder::new(core.proxy_metrics.clone())))
+            (core.l7.clone(), Arc::new(proxy::forward::Forwarder::new(core.proxy_metrics.clone(), ejections)))
         };
         let mut listeners = Vec::new();
         let mut serving = Vec::new();

@@ -26,7 +26,11 @@ use log::info;
 
 use crate::{
     config::{Listener, UpstreamProtocol},
-    proxy::{metrics::ProxyMetrics, routes::Snapshot},
+    proxy::{
+        metrics::ProxyMetrics,
+        routes::{L7Pool, Snapshot, Upstream},
+    },
+    state::Command,
 };
 
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -63,8 +67,28 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// A request in flight on an upstream, from send until its response body is done.
+struct InFlight(Arc<Upstream>);
+
+impl InFlight {
+    fn start(upstream: &Arc<Upstream>) -> InFlight {
+        upstream.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(upstream.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Forwards requests; one per lbd, shared by every listener.
 pub struct Forwarder {
+    /// Where outlier ejections go (into the State, like health results).
+    commands: tokio::sync::mpsc::UnboundedSender<Command>,
+    /// Times each backend was ejected: the next ejection lasts that much longer.
+    ejections: std::sync::Mutex<std::collections::HashMap<(String, SocketAddr), u32>>,
     client: Client<HttpConnector, Body>,
     /// Prior-knowledge HTTP/2 to h2c pools.
     h2c: Client<HttpConnector, Body>,
@@ -74,7 +98,7 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(metrics: ProxyMetrics) -> Forwarder {
+    pub fn new(metrics: ProxyMetrics, commands: tokio::sync::mpsc::UnboundedSender<Command>) -> Forwarder {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(std::time::Duration::from_secs(3)));
         connector.set_nodelay(true);
@@ -90,7 +114,49 @@ impl Forwarder {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        Forwarder { client, h2c, metrics, next_id: AtomicU64::new(1), id_seed }
+        Forwarder {
+            commands,
+            ejections: Default::default(),
+            client,
+            h2c,
+            metrics,
+            next_id: AtomicU64::new(1),
+            id_seed,
+        }
+    }
+
+    /// Passive outlier ejection: counts failures in a row; at the pool's threshold the backend
+    /// is marked down (so it also leaves the XDP tables) for a time that grows with each
+    /// ejection, then marked up again.
+    fn observe(&self, pool: &L7Pool, upstream: &Upstream, failed: bool) {
+        let Some(outlier) = pool.outlier else { return };
+        if !failed {
+            upstream.failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        if upstream.failures.fetch_add(1, Ordering::Relaxed) + 1 != outlier.consecutive_failures {
+            return;
+        }
+        let times = {
+            let mut ejections = self.ejections.lock().unwrap_or_else(|p| p.into_inner());
+            let n = ejections.entry((pool.name.clone(), upstream.address)).or_default();
+            *n += 1;
+            *n
+        };
+        let duration = std::time::Duration::from_millis(outlier.ejection_ms * times as u64);
+        log::warn!(
+            "pool {}: backend {} ejected for {duration:?} after {} failures in a row",
+            pool.name,
+            upstream.address,
+            outlier.consecutive_failures
+        );
+        let (name, address) = (pool.name.clone(), upstream.address.ip());
+        let _ = self.commands.send(Command::SetHealth { pool: name.clone(), address, healthy: false });
+        let commands = self.commands.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            let _ = commands.send(Command::SetHealth { pool: name, address, healthy: true });
+        });
     }
 
     /// A uniform draw in [0, 100) for traffic splits (a hash of a counter: no RNG state).
@@ -209,7 +275,12 @@ impl Forwarder {
                 matches!(request.method().as_str(), "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE");
             let tries =
                 if route.retries > 0 && bodiless && idempotent && !upgrade { route.retries + 1 } else { 1 };
-            let picked_first = pool.pick(&request, client.ip());
+            route.count_request();
+            let Some(picked_first) = pool.pick(&request, client.ip(), &[]) else {
+                // Circuit breaking: every backend is at max_requests_per_backend.
+                let r = fallback(StatusCode::SERVICE_UNAVAILABLE, "every backend is at its request limit");
+                break 'answer (route_label, pool_name, String::new(), r);
+            };
             let (mut parts, body) = request.into_parts();
             if parts.version == Version::HTTP_2
                 && !parts.headers.contains_key(header::HOST)
@@ -262,12 +333,14 @@ impl Forwarder {
             let mut failure = full(StatusCode::BAD_GATEWAY, "upstream failed");
             let mut answered = None;
             for attempt in 0..tries {
-                let upstream = match (attempt, &picked_first) {
-                    (0, Some(first)) => first.clone(),
-                    _ => match pool.pick_other(&Request::new(()), client.ip(), &tried) {
-                        Some(u) => u,
-                        None => break,
-                    },
+                let upstream = if attempt == 0 {
+                    picked_first.clone()
+                } else {
+                    // A retry: within the route's budget, on a backend not tried yet.
+                    match pool.pick(&Request::new(()), client.ip(), &tried) {
+                        Some(u) if route.take_retry() => u,
+                        _ => break,
+                    }
                 };
                 tried.push(upstream.address);
                 let Ok(uri) = format!("http://{}{}", upstream.address, path).parse::<Uri>() else {
@@ -279,13 +352,18 @@ impl Forwarder {
                 *upstream_request.uri_mut() = uri;
                 *upstream_request.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
                 *upstream_request.headers_mut() = parts.headers.clone();
-                upstream.in_flight.fetch_add(1, Ordering::Relaxed);
+                let in_flight = InFlight::start(&upstream);
                 let sent = Instant::now();
                 let upstream_client = if h2 { &self.h2c } else { &self.client };
                 let result =
                     tokio::time::timeout(route.timeout, upstream_client.request(upstream_request)).await;
-                upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
                 let elapsed = sent.elapsed().as_secs_f64();
+                let failed = match &result {
+                    Err(_) => true,
+                    Ok(Err(_)) => body_error.load(Ordering::Relaxed) == 0,
+                    Ok(Ok(response)) => response.status().is_server_error(),
+                };
+                self.observe(pool, &upstream, failed);
                 match result {
                     Err(_) => {
                         failure = full(StatusCode::GATEWAY_TIMEOUT, "upstream timed out");
@@ -320,13 +398,13 @@ impl Forwarder {
                         );
                     }
                     Ok(Ok(response)) => {
-                        answered = Some((response, upstream, elapsed));
+                        answered = Some((response, in_flight, elapsed));
                         break;
                     }
                 }
             }
             let backend_label = tried.last().map(ToString::to_string).unwrap_or_default();
-            let Some((mut response, _upstream, elapsed)) = answered else {
+            let Some((mut response, in_flight, elapsed)) = answered else {
                 let r = if failure.status() == StatusCode::BAD_GATEWAY {
                     fallback(StatusCode::BAD_GATEWAY, "upstream failed")
                 } else {
@@ -348,8 +426,15 @@ impl Forwarder {
             let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
             strip_hop_by_hop(response.headers_mut(), switching);
             response.headers_mut().insert("via", HeaderValue::from_static("1.1 sluice"));
-            let response = response
-                .map(|b| b.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>).boxed());
+            // The request stays in flight (circuit breaking, least requests) until its body is done.
+            let response = response.map(|b| {
+                b.map_frame(move |frame| {
+                    let _ = &in_flight;
+                    frame
+                })
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                .boxed()
+            });
             upstream_seconds = Some(elapsed);
             break 'answer (route_label, pool_name, backend_label, response);
         };

@@ -5,7 +5,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -17,7 +17,7 @@ use lb_common::hash::murmur3_32;
 use regex::Regex;
 
 use crate::{
-    config::{Balance, Fallback, PathMatch, RateKey, RateLimit, Route, UpstreamProtocol},
+    config::{Balance, Fallback, Outlier, PathMatch, RateKey, RateLimit, Route, UpstreamProtocol},
     maglev::{self, Weighted},
     state::State,
     tables::addr_of,
@@ -48,8 +48,15 @@ pub struct CompiledRoute {
     deny: Vec<IpNet>,
     limiter: Option<RateLimiter>,
     pub retries: u32,
+    retry_budget_percent: f64,
+    /// Requests and retries seen since this snapshot (the retry budget).
+    requests: AtomicU64,
+    retries_used: AtomicU64,
     pub fallback: Option<Fallback>,
 }
+
+/// Retries always allowed before the budget's share applies.
+const RETRY_BUDGET_FLOOR: u64 = 3;
 
 /// Token buckets per key; a new snapshot (reload) starts them full.
 struct RateLimiter {
@@ -98,6 +105,18 @@ impl CompiledRoute {
         self.limiter.as_ref().and_then(|l| l.check(client))
     }
 
+    /// Counts a request (the retry budget's base).
+    pub fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes one retry from the budget, if there is one left.
+    pub fn take_retry(&self) -> bool {
+        let allowed = RETRY_BUDGET_FLOOR
+            + (self.requests.load(Ordering::Relaxed) as f64 * self.retry_budget_percent / 100.0) as u64;
+        self.retries_used.fetch_add(1, Ordering::Relaxed) < allowed
+    }
+
     /// The pool for a request, given a uniform draw in [0, 100).
     pub fn pool_for(&self, draw: f64) -> &str {
         let mut edge = 0.0;
@@ -120,6 +139,9 @@ impl CompiledRoute {
                 .clone()
                 .map(|limit| RateLimiter { limit, buckets: Mutex::new(HashMap::new()) }),
             retries: route.retries,
+            retry_budget_percent: route.retry_budget_percent,
+            requests: AtomicU64::new(0),
+            retries_used: AtomicU64::new(0),
             fallback: route.fallback.clone(),
             name: route.name.clone(),
             host: route.host.clone(),
@@ -169,15 +191,20 @@ impl CompiledRoute {
 /// One upstream of a pool.
 pub struct Upstream {
     pub address: SocketAddr,
-    /// Requests in flight (least-requests balancing).
+    /// Requests in flight (least-requests balancing, circuit breaking).
     pub in_flight: AtomicUsize,
+    /// Failed requests in a row (outlier ejection).
+    pub failures: AtomicU32,
 }
 
 /// A pool as the proxy balances it: usable backends only (drained and down ones are out,
 /// unless the pool fails open).
 pub struct L7Pool {
+    pub name: String,
     pub upstreams: Vec<Arc<Upstream>>,
     pub protocol: UpstreamProtocol,
+    max_in_flight: Option<usize>,
+    pub outlier: Option<Outlier>,
     balance: Balance,
     hash_key: String,
     next: AtomicUsize,
@@ -207,27 +234,37 @@ fn hash_input<B>(key: &str, request: &Request<B>, client: IpAddr) -> Vec<u8> {
 }
 
 impl L7Pool {
-    /// Picks an upstream for `request` from `client`, other than those in `tried` if it can.
-    pub fn pick_other<B>(
+    /// Picks an upstream for `request` from `client`: the balancer's choice, else (tried
+    /// already, or at its circuit breaker's limit) the next usable one in pool order.
+    /// None: every upstream was tried or is at its limit.
+    pub fn pick<B>(
         &self,
         request: &Request<B>,
         client: IpAddr,
         tried: &[SocketAddr],
     ) -> Option<Arc<Upstream>> {
-        let first = self.pick(request, client)?;
-        if !tried.contains(&first.address) {
+        // A retry does not consult the balancer again (that would skew round robin): it takes
+        // the next backend after the last one tried.
+        let first = match tried.last() {
+            None => self.choose(request, client)?,
+            Some(last) => self.upstreams.iter().find(|u| u.address == *last)?.clone(),
+        };
+        let usable = |u: &Upstream| {
+            !tried.contains(&u.address)
+                && self.max_in_flight.is_none_or(|max| u.in_flight.load(Ordering::Relaxed) < max)
+        };
+        if usable(&first) {
             return Some(first);
         }
-        // Retries go to a different backend: the next one not tried yet, in pool order.
         let start = self.upstreams.iter().position(|u| u.address == first.address).unwrap_or(0);
         (1..self.upstreams.len())
             .map(|k| &self.upstreams[(start + k) % self.upstreams.len()])
-            .find(|u| !tried.contains(&u.address))
+            .find(|u| usable(u))
             .cloned()
     }
 
-    /// Picks an upstream for `request` from `client`.
-    pub fn pick<B>(&self, request: &Request<B>, client: IpAddr) -> Option<Arc<Upstream>> {
+    /// The balancing rule's choice for `request` from `client`.
+    fn choose<B>(&self, request: &Request<B>, client: IpAddr) -> Option<Arc<Upstream>> {
         let n = self.upstreams.len();
         if n == 0 {
             return None;
@@ -290,12 +327,16 @@ impl Snapshot {
                         Arc::new(Upstream {
                             address: SocketAddr::new(*addr, pool.port),
                             in_flight: AtomicUsize::new(0),
+                            failures: AtomicU32::new(0),
                         })
                     })
                     .collect();
                 let l7 = L7Pool {
+                    name: pool.name.clone(),
                     upstreams,
                     protocol: pool.protocol,
+                    max_in_flight: pool.max_requests_per_backend,
+                    outlier: pool.outlier,
                     balance: pool.balance,
                     hash_key: pool.hash_key.clone(),
                     next: AtomicUsize::new(0),
