@@ -138,6 +138,40 @@ struct RawRoute {
     retries: u32,
     retry_budget_percent: Option<f64>,
     fallback: Option<Fallback>,
+    api_key: Option<RawApiKey>,
+    jwt: Option<JwtConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApiKey {
+    header: Option<String>,
+    query: Option<String>,
+    file: Spanned<PathBuf>,
+}
+
+/// API keys: presented in a header or a query parameter, accepted from a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyConfig {
+    pub header: Option<String>,
+    pub query: Option<String>,
+    pub file: PathBuf,
+}
+
+/// JWT bearer tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// HS256, RS256 or ES256.
+    pub algorithm: String,
+    /// The HS256 secret.
+    pub secret: Option<String>,
+    /// The RS256/ES256 public key (PEM).
+    pub key_file: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// Pass the verified subject (`sub`) to the backend in this header.
+    pub subject_header: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,6 +273,8 @@ pub struct Route {
     /// multiply an outage's load.
     pub retry_budget_percent: f64,
     pub fallback: Option<Fallback>,
+    pub api_key: Option<ApiKeyConfig>,
+    pub jwt: Option<JwtConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -789,6 +825,13 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
         }
     }
 
+    // Relative paths (certificates, key files) are relative to the config file's directory.
+    let base = errors.file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let resolve = |p: Spanned<PathBuf>| {
+        let span = p.span();
+        let path = p.into_inner();
+        Spanned::new(span, if path.is_relative() { base.join(path) } else { path })
+    };
     let mut listeners = Vec::new();
     for raw in raw.listener {
         let name = raw.name.get_ref().clone();
@@ -797,13 +840,6 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
         }
         let Some(address) = errors.parse(&raw.address, "an address:port", |s| s.parse().ok()) else {
             continue;
-        };
-        // Relative certificate paths are relative to the config file's directory.
-        let base = errors.file.parent().map(Path::to_path_buf).unwrap_or_default();
-        let resolve = |p: Spanned<PathBuf>| {
-            let span = p.span();
-            let path = p.into_inner();
-            Spanned::new(span, if path.is_relative() { base.join(path) } else { path })
         };
         let tls = raw.tls.map(|t| {
             let t = RawTls {
@@ -922,6 +958,27 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
         if raw.fallback.as_ref().is_some_and(|f| !(200..=599).contains(&f.status)) {
             errors.at(raw.pool.span(), "fallback status must be 200 to 599");
         }
+        let api_key = raw.api_key.map(|k| {
+            if k.header.is_some() == k.query.is_some() {
+                errors.at(k.file.span(), "api_key takes one of header and query");
+            }
+            let file = resolve(k.file);
+            if let Err(err) = std::fs::File::open(file.get_ref()) {
+                errors.at(file.span(), format!("cannot read {}: {err}", file.get_ref().display()));
+            }
+            ApiKeyConfig {
+                header: k.header.map(|h| h.to_ascii_lowercase()),
+                query: k.query,
+                file: file.into_inner(),
+            }
+        });
+        let jwt = raw.jwt.map(|mut j| {
+            j.key_file = j.key_file.map(|f| if f.is_relative() { base.join(f) } else { f });
+            if let Err(err) = crate::proxy::auth::Jwt::new(&j) {
+                errors.at(raw.pool.span(), format!("jwt: {err:#}"));
+            }
+            j
+        });
         let place = routes.iter().filter(|r: &&Route| r.listener == *raw.listener.get_ref()).count();
         routes.push(Route {
             name: raw.name.unwrap_or_else(|| format!("{}#{place}", raw.listener.get_ref())),
@@ -939,6 +996,8 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
             retries: raw.retries,
             retry_budget_percent: raw.retry_budget_percent.unwrap_or(20.0),
             fallback: raw.fallback,
+            api_key,
+            jwt,
         });
     }
 

@@ -76,7 +76,7 @@ impl Nginx {
                  server {{\n    listen 80 reuseport;\n    listen [::]:80 reuseport;\n    \
                  location / {{ return 200 \"{name}\\n\"; }}\n    \
                  location /echo {{ return 200 \"{name} xff=$http_x_forwarded_for proto=$http_x_forwarded_proto \
-                 fwd=$http_forwarded rid=$http_x_request_id via=$http_via host=$host method=$request_method\\n\"; }}\n    \
+                 fwd=$http_forwarded rid=$http_x_request_id via=$http_via host=$host method=$request_method sub=$http_x_subject\\n\"; }}\n    \
                  location /slow {{ root {dir}; limit_rate 40k; }}\n  }}\n}}\n",
                 dir = dir.0.display()
             ),

@@ -15,7 +15,7 @@ struct Bed {
     lbd: Lbd,
     _nginx: Vec<Nginx>,
     topology: Topology,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Bed {
@@ -29,6 +29,7 @@ impl Bed {
         ];
         topology.lb.run("ip", &["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
         let b = |i: usize| topology.backends[i].addr4;
+        std::fs::write(dir.0.join("keys.txt"), "# accepted keys\nkey-one\n")?;
         let config = dir.0.join("sluice.toml");
         std::fs::write(
             &config,
@@ -94,6 +95,20 @@ pool = "flaky"
 retries = 1
 retry_budget_percent = 0
 
+[[route]]
+name = "keys"
+listener = "http"
+host = "keys.test"
+pool = "one"
+api_key = {{ header = "x-api-key", file = "keys.txt" }}
+
+[[route]]
+name = "jwt"
+listener = "http"
+host = "jwt.test"
+pool = "one"
+jwt = {{ algorithm = "HS256", secret = "s3cret", issuer = "sluice-test", audience = "edge", subject_header = "x-subject" }}
+
 [[listener]]
 name = "http"
 address = "{VIP}:80"
@@ -155,7 +170,7 @@ socket = "{dir}/lbd.sock"
         wait_for("the listener", Duration::from_secs(5), || {
             topology.lb.run("ss", &["-Htln", "sport = :80"]).map(|o| !o.stdout.is_empty()).unwrap_or(false)
         })?;
-        Ok(Bed { lbd, _nginx: nginx, topology, _dir: dir })
+        Ok(Bed { lbd, _nginx: nginx, topology, dir })
     }
 
     /// `n` requests for `host` on one keep-alive connection: (status, body) of each.
@@ -276,5 +291,71 @@ fn root_gateway_outlier_ejection_circuit_breaker_retry_budget() -> Result<()> {
     let answers = bed.requests("budget.test", 40)?;
     let failed = answers.iter().filter(|(c, _)| *c == 502).count();
     assert!(failed >= 5, "budget did not stop retries: {:?}", tally(&answers));
+    Ok(())
+}
+
+/// One request with extra headers: (status, body).
+fn ask(bed: &Bed, host: &str, path: &str, headers: &[String]) -> Result<(u16, String)> {
+    let url = format!("http://{VIP}{path}");
+    let host = format!("Host: {host}");
+    let mut args = vec!["-sS", "-H", host.as_str(), "-w", "\n|%{http_code}"];
+    for h in headers {
+        args.extend(["-H", h.as_str()]);
+    }
+    args.push(&url);
+    let out = String::from_utf8_lossy(&bed.topology.client.run("curl", &args)?.stdout).into_owned();
+    let (body, code) = out.rsplit_once('|').unwrap_or_default();
+    Ok((code.trim().parse().unwrap_or(0), body.trim().to_owned()))
+}
+
+fn token(secret: &str, sub: &str, aud: &str, exp_in: i64, nbf_in: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let claims = serde_json::json!({ "sub": sub, "iss": "sluice-test", "aud": aud, "exp": now + exp_in, "nbf": now + nbf_in });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode")
+}
+
+#[test]
+fn root_gateway_api_keys_and_jwt() -> Result<()> {
+    let bed = Bed::new()?;
+    // API keys from a file that reloads.
+    assert_eq!(ask(&bed, "keys.test", "/", &[])?, (401, "API key required".into()));
+    assert_eq!(
+        ask(&bed, "keys.test", "/", &["x-api-key: nope".into()])?,
+        (403, "API key not accepted".into())
+    );
+    assert_eq!(ask(&bed, "keys.test", "/", &["x-api-key: key-one".into()])?, (200, "backend1".into()));
+    std::fs::write(bed.dir.0.join("keys.txt"), "key-one\nkey-two\n")?;
+    wait_for("the new key", Duration::from_secs(4), || {
+        ask(&bed, "keys.test", "/", &["x-api-key: key-two".into()]).map(|a| a.0 == 200).unwrap_or(false)
+    })?;
+
+    // JWT: valid, expired, not yet valid, wrong audience, bad signature, missing.
+    let bearer = |t: String| format!("authorization: Bearer {t}");
+    let (code, body) = ask(
+        &bed,
+        "jwt.test",
+        "/echo",
+        &[bearer(token("s3cret", "alice", "edge", 60, -1)), "x-subject: mallory".into()],
+    )?;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("sub=alice"), "the verified subject, not the forged one: {body}");
+    let cases = [
+        (token("s3cret", "alice", "edge", -10, -60), 401, "token expired"),
+        (token("s3cret", "alice", "edge", 600, 300), 401, "token not valid yet"),
+        (token("s3cret", "alice", "other", 60, -1), 403, "token audience not accepted"),
+        (token("wrong", "alice", "edge", 60, -1), 401, "token signature invalid"),
+    ];
+    for (t, status, why) in cases {
+        assert_eq!(ask(&bed, "jwt.test", "/", &[bearer(t)])?, (status, why.to_owned()));
+    }
+    assert_eq!(ask(&bed, "jwt.test", "/", &[])?, (401, "bearer token required".into()));
     Ok(())
 }

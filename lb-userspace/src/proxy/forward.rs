@@ -250,6 +250,28 @@ impl Forwarder {
                 let r = full(StatusCode::FORBIDDEN, "client address not allowed on this route");
                 break 'answer (route_label, route.pool.clone(), String::new(), r);
             }
+            if let Some(keys) = &route.api_keys
+                && let Err((status, why)) = keys.check(request.headers(), request.uri())
+            {
+                break 'answer (route_label, route.pool.clone(), String::new(), full(status, why));
+            }
+            if let Some(jwt) = &route.jwt {
+                let subject = match jwt.check(request.headers()) {
+                    Ok(subject) => subject,
+                    Err((status, why)) => {
+                        let mut r = full(status, why);
+                        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                        break 'answer (route_label, route.pool.clone(), String::new(), r);
+                    }
+                };
+                // Only the verified subject reaches the backend under that header.
+                if let Some(name) = &jwt.subject_header {
+                    request.headers_mut().remove(name);
+                    if let Some(value) = subject.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
+                        request.headers_mut().insert(name.clone(), value);
+                    }
+                }
+            }
             if let Some(wait) = route.rate_limited(client.ip()) {
                 let mut r = full(StatusCode::TOO_MANY_REQUESTS, "rate limited");
                 r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));

@@ -1,6 +1,7 @@
 //! The L7 proxy: TLS termination and HTTP routing for VIPs that XDP passes up. Listeners accept
 //! TLS or plain connections, serve HTTP/1.1 and HTTP/2, route by host/path/method/headers to a
 //! pool (the same pools and health as L4), and forward with keep-alive upstream connections.
+pub mod auth;
 pub mod forward;
 pub mod metrics;
 pub mod routes;

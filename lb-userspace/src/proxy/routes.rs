@@ -12,6 +12,8 @@ use std::{
 
 use ipnet::IpNet;
 
+use crate::proxy::auth::{ApiKeys, Jwt};
+
 use hyper::{Method, Request};
 use lb_common::hash::murmur3_32;
 use regex::Regex;
@@ -47,6 +49,8 @@ pub struct CompiledRoute {
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,
     limiter: Option<RateLimiter>,
+    pub api_keys: Option<ApiKeys>,
+    pub jwt: Option<Jwt>,
     pub retries: u32,
     retry_budget_percent: f64,
     /// Requests and retries seen since this snapshot (the retry budget).
@@ -138,6 +142,12 @@ impl CompiledRoute {
                 .rate_limit
                 .clone()
                 .map(|limit| RateLimiter { limit, buckets: Mutex::new(HashMap::new()) }),
+            api_keys: route.api_key.clone().map(ApiKeys::new),
+            // Validated when the config was read; a key file gone since then refuses everything.
+            jwt: route
+                .jwt
+                .as_ref()
+                .and_then(|j| Jwt::new(j).map_err(|e| log::error!("route {}: jwt: {e:#}", route.name)).ok()),
             retries: route.retries,
             retry_budget_percent: route.retry_budget_percent,
             requests: AtomicU64::new(0),
