@@ -196,6 +196,8 @@ struct RawRateLimit {
 pub enum RateKey {
     #[default]
     ClientIp,
+    /// The API key the request presented (needs the route's `api_key`).
+    ApiKey,
     /// The whole route.
     Route,
 }
@@ -951,6 +953,9 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
             burst: r.burst.unwrap_or(r.requests_per_second.max(1.0)),
             key: r.key,
         });
+        if rate_limit.as_ref().is_some_and(|r| r.key == RateKey::ApiKey) && raw.api_key.is_none() {
+            errors.at(raw.pool.span(), "rate_limit key = \"api_key\" needs the route's api_key");
+        }
         if rate_limit.as_ref().is_some_and(|r| r.requests_per_second <= 0.0 || r.burst < 1.0) {
             errors
                 .at(raw.pool.span(), "rate_limit needs requests_per_second above 0 and burst of at least 1");

@@ -29,7 +29,7 @@ impl Bed {
         ];
         topology.lb.run("ip", &["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
         let b = |i: usize| topology.backends[i].addr4;
-        std::fs::write(dir.0.join("keys.txt"), "# accepted keys\nkey-one\n")?;
+        std::fs::write(dir.0.join("keys.txt"), "# accepted keys\nkey-one\nkey-three\n")?;
         let config = dir.0.join("sluice.toml");
         std::fs::write(
             &config,
@@ -108,6 +108,14 @@ listener = "http"
 host = "jwt.test"
 pool = "one"
 jwt = {{ algorithm = "HS256", secret = "s3cret", issuer = "sluice-test", audience = "edge", subject_header = "x-subject" }}
+
+[[route]]
+name = "keyed"
+listener = "http"
+host = "keyed.test"
+pool = "one"
+api_key = {{ header = "x-api-key", file = "keys.txt" }}
+rate_limit = {{ requests_per_second = 1, burst = 2, key = "api_key" }}
 
 [[listener]]
 name = "http"
@@ -332,7 +340,7 @@ fn root_gateway_api_keys_and_jwt() -> Result<()> {
         (403, "API key not accepted".into())
     );
     assert_eq!(ask(&bed, "keys.test", "/", &["x-api-key: key-one".into()])?, (200, "backend1".into()));
-    std::fs::write(bed.dir.0.join("keys.txt"), "key-one\nkey-two\n")?;
+    std::fs::write(bed.dir.0.join("keys.txt"), "key-one\nkey-two\nkey-three\n")?;
     wait_for("the new key", Duration::from_secs(4), || {
         ask(&bed, "keys.test", "/", &["x-api-key: key-two".into()]).map(|a| a.0 == 200).unwrap_or(false)
     })?;
@@ -357,5 +365,12 @@ fn root_gateway_api_keys_and_jwt() -> Result<()> {
         assert_eq!(ask(&bed, "jwt.test", "/", &[bearer(t)])?, (status, why.to_owned()));
     }
     assert_eq!(ask(&bed, "jwt.test", "/", &[])?, (401, "bearer token required".into()));
+
+    // Rate limit per API key: one key's bucket running dry does not touch another's.
+    let codes: Vec<u16> = (0..5)
+        .map(|_| ask(&bed, "keyed.test", "/", &["x-api-key: key-one".into()]).map(|a| a.0))
+        .collect::<Result<_>>()?;
+    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 3, "{codes:?}");
+    assert_eq!(ask(&bed, "keyed.test", "/", &["x-api-key: key-three".into()])?.0, 200);
     Ok(())
 }

@@ -250,10 +250,14 @@ impl Forwarder {
                 let r = full(StatusCode::FORBIDDEN, "client address not allowed on this route");
                 break 'answer (route_label, route.pool.clone(), String::new(), r);
             }
-            if let Some(keys) = &route.api_keys
-                && let Err((status, why)) = keys.check(request.headers(), request.uri())
-            {
-                break 'answer (route_label, route.pool.clone(), String::new(), full(status, why));
+            let mut api_key = None;
+            if let Some(keys) = &route.api_keys {
+                match keys.check(request.headers(), request.uri()) {
+                    Ok(key) => api_key = Some(key),
+                    Err((status, why)) => {
+                        break 'answer (route_label, route.pool.clone(), String::new(), full(status, why));
+                    }
+                }
             }
             if let Some(jwt) = &route.jwt {
                 let subject = match jwt.check(request.headers()) {
@@ -272,7 +276,7 @@ impl Forwarder {
                     }
                 }
             }
-            if let Some(wait) = route.rate_limited(client.ip()) {
+            if let Some(wait) = route.rate_limited(client.ip(), api_key.as_deref()) {
                 let mut r = full(StatusCode::TOO_MANY_REQUESTS, "rate limited");
                 r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
                 break 'answer (route_label, route.pool.clone(), String::new(), r);

@@ -65,7 +65,7 @@ const RETRY_BUDGET_FLOOR: u64 = 3;
 /// Token buckets per key; a new snapshot (reload) starts them full.
 struct RateLimiter {
     limit: RateLimit,
-    buckets: Mutex<HashMap<Option<IpAddr>, (f64, Instant)>>,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
 }
 
 /// Most keys a rate limiter remembers; past it, full buckets are forgotten.
@@ -73,10 +73,11 @@ const MAX_BUCKETS: usize = 100_000;
 
 impl RateLimiter {
     /// None if the request may go; else the seconds to wait (Retry-After).
-    fn check(&self, client: IpAddr) -> Option<u64> {
+    fn check(&self, client: IpAddr, api_key: Option<&str>) -> Option<u64> {
         let key = match self.limit.key {
-            RateKey::ClientIp => Some(client),
-            RateKey::Route => None,
+            RateKey::ClientIp => client.to_string(),
+            RateKey::ApiKey => api_key.unwrap_or_default().to_owned(),
+            RateKey::Route => String::new(),
         };
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
@@ -105,8 +106,8 @@ impl CompiledRoute {
     }
 
     /// None if under the rate limit; else seconds to wait.
-    pub fn rate_limited(&self, client: IpAddr) -> Option<u64> {
-        self.limiter.as_ref().and_then(|l| l.check(client))
+    pub fn rate_limited(&self, client: IpAddr, api_key: Option<&str>) -> Option<u64> {
+        self.limiter.as_ref().and_then(|l| l.check(client, api_key))
     }
 
     /// Counts a request (the retry budget's base).
