@@ -140,6 +140,14 @@ struct RawRoute {
     fallback: Option<Fallback>,
     api_key: Option<RawApiKey>,
     jwt: Option<JwtConfig>,
+    shadow: Option<RawShadow>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShadow {
+    pool: Spanned<String>,
+    percent: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -277,6 +285,9 @@ pub struct Route {
     pub fallback: Option<Fallback>,
     pub api_key: Option<ApiKeyConfig>,
     pub jwt: Option<JwtConfig>,
+    /// Mirror this share (percent) of bodiless requests to another pool; its answers are
+    /// discarded and never wait for or change the client's.
+    pub shadow: Option<(String, f64)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -984,6 +995,18 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
             }
             j
         });
+        let shadow = raw.shadow.map(|sh| {
+            if !pools.contains_key(sh.pool.get_ref()) {
+                errors.at(
+                    sh.pool.span(),
+                    format!("shadow uses pool `{}`, which is not defined", sh.pool.get_ref()),
+                );
+            }
+            if !(0.0..=100.0).contains(&sh.percent) {
+                errors.at(sh.pool.span(), "shadow percent must be 0 to 100");
+            }
+            (sh.pool.into_inner(), sh.percent)
+        });
         let place = routes.iter().filter(|r: &&Route| r.listener == *raw.listener.get_ref()).count();
         routes.push(Route {
             name: raw.name.unwrap_or_else(|| format!("{}#{place}", raw.listener.get_ref())),
@@ -1003,6 +1026,7 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
             fallback: raw.fallback,
             api_key,
             jwt,
+            shadow,
         });
     }
 

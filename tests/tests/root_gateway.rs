@@ -117,6 +117,13 @@ pool = "one"
 api_key = {{ header = "x-api-key", file = "keys.txt" }}
 rate_limit = {{ requests_per_second = 1, burst = 2, key = "api_key" }}
 
+[[route]]
+name = "mirror"
+listener = "http"
+host = "mirror.test"
+pool = "one"
+shadow = {{ pool = "two", percent = 50 }}
+
 [[listener]]
 name = "http"
 address = "{VIP}:80"
@@ -166,6 +173,7 @@ fallback = {{ status = 503, body = "down for maintenance\n" }}
 
 [admin]
 socket = "{dir}/lbd.sock"
+metrics = "127.0.0.1:9100"
 "#,
                 tag = topology.tag,
                 b1 = b(0),
@@ -244,6 +252,12 @@ fn root_gateway_split_limits_access_retries_fallback() -> Result<()> {
     assert!(with_retry.iter().all(|(c, b)| *c == 200 && b == "backend1"), "{:?}", tally(&with_retry));
     let without = bed.requests("noretry.test", 40)?;
     assert!(without.iter().any(|(c, _)| *c == 502), "without retries some must fail: {:?}", tally(&without));
+
+    // Shadowing: half the requests are mirrored to pool `two`; the client only sees `one`.
+    let answers = bed.requests("mirror.test", 200)?;
+    assert!(answers.iter().all(|(c, b)| *c == 200 && b == "backend1"), "{:?}", tally(&answers));
+    let mirrored = wait_for_count(&bed, "sluice_http_requests_total{route=\"mirror:shadow\",pool=\"two\"")?;
+    assert!((60..=140).contains(&mirrored), "{mirrored} of 200 mirrored");
 
     // Fallback: the pool's only backend is down.
     let answers = bed.requests("fallback.test", 2)?;
@@ -373,4 +387,26 @@ fn root_gateway_api_keys_and_jwt() -> Result<()> {
     assert_eq!(codes.iter().filter(|c| **c == 429).count(), 3, "{codes:?}");
     assert_eq!(ask(&bed, "keyed.test", "/", &["x-api-key: key-three".into()])?.0, 200);
     Ok(())
+}
+
+/// The value of the first metrics line starting with `prefix` (after the shadow tasks finish).
+fn wait_for_count(bed: &Bed, prefix: &str) -> Result<u64> {
+    let read = || -> Result<u64> {
+        let out = bed.topology.lb.run("curl", &["-sS", "http://127.0.0.1:9100/metrics"])?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum())
+    };
+    let mut last = read()?;
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = read()?;
+        if now == last && now > 0 {
+            break;
+        }
+        last = now;
+    }
+    Ok(last)
 }

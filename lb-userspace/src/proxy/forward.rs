@@ -354,6 +354,40 @@ impl Forwarder {
                     .boxed(),
             );
 
+            // Shadowing: a copy of a share of bodiless requests goes to the shadow pool on its own
+            // task; its answer is dropped.
+            if let Some((shadow_pool, percent)) = &route.shadow
+                && bodiless
+                && !upgrade
+                && self.draw() < *percent
+                && let Some(target) =
+                    snapshot.pools.get(shadow_pool).and_then(|p| p.pick(&Request::new(()), client.ip(), &[]))
+                && let Ok(uri) = format!("http://{}{}", target.address, path).parse::<Uri>()
+            {
+                let mut copy = Request::new(empty());
+                *copy.method_mut() = parts.method.clone();
+                *copy.uri_mut() = uri;
+                *copy.headers_mut() = parts.headers.clone();
+                let (client_pool, metrics) = (self.client.clone(), self.metrics.clone());
+                let (label, pool_label) = (format!("{route_label}:shadow"), shadow_pool.clone());
+                tokio::spawn(async move {
+                    let status = match tokio::time::timeout(
+                        std::time::Duration::from_secs(30),
+                        client_pool.request(copy),
+                    )
+                    .await
+                    {
+                        Ok(Ok(response)) => {
+                            let status = response.status().as_u16();
+                            let _ = response.into_body().collect().await;
+                            status
+                        }
+                        _ => 502,
+                    };
+                    metrics.request(&label, &pool_label, &target.address.to_string(), status, None);
+                });
+            }
+
             // Tries: a retry goes to another backend, after a connect failure or a 502/503/504.
             let mut tried = Vec::new();
             let mut failure = full(StatusCode::BAD_GATEWAY, "upstream failed");

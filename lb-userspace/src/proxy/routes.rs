@@ -49,6 +49,7 @@ pub struct CompiledRoute {
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,
     limiter: Option<RateLimiter>,
+    pub shadow: Option<(String, f64)>,
     pub api_keys: Option<ApiKeys>,
     pub jwt: Option<Jwt>,
     pub retries: u32,
@@ -143,6 +144,7 @@ impl CompiledRoute {
                 .rate_limit
                 .clone()
                 .map(|limit| RateLimiter { limit, buckets: Mutex::new(HashMap::new()) }),
+            shadow: route.shadow.clone(),
             api_keys: route.api_key.clone().map(ApiKeys::new),
             // Validated when the config was read; a key file gone since then refuses everything.
             jwt: route
