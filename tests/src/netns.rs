@@ -126,6 +126,8 @@ pub struct Topology {
     /// Unique prefix of every namespace name.
     pub tag: String,
     pub client: Host,
+    /// A second client on its own link (198.18.2.0/24), e.g. one to deny-list.
+    pub client2: Host,
     pub router: Host,
     pub lb: Host,
     pub backends: Vec<Host>,
@@ -147,8 +149,8 @@ fn read_mac(host_ns: &str, dev: &str) -> Result<[u8; 6]> {
 }
 
 impl Topology {
-    /// Builds client, router, lb and `backends` backend namespaces. Link `i` (client 0, lb 1,
-    /// backend k at 10+k) uses 198.18.i.0/24 and fd00:5e:i::/64; the router is .1 / ::1.
+    /// Builds client, client2, router, lb and `backends` backend namespaces. Link `i` (client
+    /// 0, lb 1, client2 2, backend k at 10+k) uses 198.18.i.0/24 and fd00:5e:i::/64; the router is .1 / ::1.
     pub fn new(backends: usize) -> Result<Topology> {
         crate::require_root();
         let n = NEXT_TOPOLOGY.fetch_add(1, Ordering::Relaxed);
@@ -158,6 +160,7 @@ impl Topology {
         let mut topology = Topology {
             tag: tag.clone(),
             client: placeholder(),
+            client2: placeholder(),
             router: Host {
                 ns: router_ns.clone(),
                 addr4: Ipv4Addr::UNSPECIFIED,
@@ -172,6 +175,7 @@ impl Topology {
         topology.setup_router()?;
         topology.client = topology.add_host("client", 0, 1500)?;
         topology.lb = topology.add_host("lb", 1, 1600)?;
+        topology.client2 = topology.add_host("client2", 2, 1500)?;
         for k in 0..backends {
             let host = topology.add_host(&format!("be{}", k + 1), 10 + k as u8, 1600)?;
             topology.backends.push(host);
@@ -248,7 +252,8 @@ impl Topology {
 
     /// Every namespace this topology made.
     pub fn namespaces(&self) -> Vec<String> {
-        let mut all = vec![self.router.ns.clone(), self.client.ns.clone(), self.lb.ns.clone()];
+        let mut all =
+            vec![self.router.ns.clone(), self.client.ns.clone(), self.client2.ns.clone(), self.lb.ns.clone()];
         all.extend(self.backends.iter().map(|b| b.ns.clone()));
         all
     }

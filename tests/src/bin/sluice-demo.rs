@@ -1,12 +1,12 @@
 //! The demo: a namespace topology, lbd with config/demo.toml, real traffic through the XDP
-//! balancer to two DSR backends, per-backend counters, teardown.
+//! balancer (L4, DSR) and the TLS proxy (L7), an operator's day with lbctl, teardown.
 use std::{collections::BTreeMap, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use sluice_tests::{
-    netns::{self, Topology},
+    netns::{self, Host, Topology},
     pki::TestCa,
-    servers::{Decap, Lbd, Nginx, PeerPass, TempDir},
+    servers::{Decap, Lbd, Nginx, PeerPass, TempDir, wait_for},
 };
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/demo.toml");
@@ -16,14 +16,24 @@ fn step(text: &str) {
     println!("\n\x1b[1m==> {text}\x1b[0m");
 }
 
-fn requests(topology: &Topology, url: &str, n: usize) -> Result<()> {
-    let mut answers: BTreeMap<String, usize> = BTreeMap::new();
+/// `n` requests on one connection with curl: who answered, and how many failed.
+fn requests(client: &Host, url: &str, n: usize, extra: &[&str]) -> Result<BTreeMap<String, usize>> {
+    let mut args = vec!["-sS", "--max-time", "10", "-w", "|%{http_code}\n"];
+    args.extend_from_slice(extra);
     for _ in 0..n {
-        let out = topology.client.run("curl", &["-sS", "--max-time", "5", url])?;
-        *answers.entry(String::from_utf8_lossy(&out.stdout).trim().to_owned()).or_default() += 1;
+        args.push(url);
     }
-    println!("  {n} x GET {url}: answered by {answers:?}");
-    Ok(())
+    let out = String::from_utf8_lossy(&client.run("curl", &args)?.stdout).into_owned();
+    let mut answers = BTreeMap::new();
+    for pair in out.lines().collect::<Vec<_>>().chunks(2) {
+        let who = if pair.get(1) == Some(&"|200") { pair[0].to_owned() } else { format!("failed {pair:?}") };
+        *answers.entry(who).or_default() += 1;
+    }
+    println!("  {n} x GET {url}: {answers:?}");
+    if answers.keys().any(|k| k.starts_with("failed")) {
+        bail!("client errors");
+    }
+    Ok(answers)
 }
 
 fn main() -> Result<()> {
@@ -32,7 +42,7 @@ fn main() -> Result<()> {
     // A stale demo (killed hard) would hold the pins: start clean.
     let _ = std::fs::remove_dir_all(PIN_DIR);
 
-    step("topology: client -- router -- lb, two backends behind the router");
+    step("topology: two clients -- router -- lb (XDP), two backends behind the router");
     let topology = Topology::new(2)?;
     let tag = topology.tag.clone();
     ctrlc::set_handler(move || {
@@ -44,18 +54,18 @@ fn main() -> Result<()> {
             .status();
         std::process::exit(130);
     })?;
-    for host in std::iter::once(&topology.client).chain([&topology.lb]).chain(&topology.backends) {
+    for host in [&topology.client, &topology.client2, &topology.lb].into_iter().chain(&topology.backends) {
         println!("  {:<18} {} {}", host.ns, host.addr4, host.addr6);
     }
 
     step("backends: VIPs on loopback, nginx, `lbd decap` (XDP strips IPIP/IP6IP6)");
-    let mut keepalive = Vec::new();
+    let mut nginx = Vec::new();
+    let mut decaps = Vec::new();
     for (i, backend) in topology.backends.iter().enumerate() {
         backend.make_dsr_backend(&["198.19.0.1", "fd00:5e:100::1"])?;
-        let nginx = Nginx::start(backend, &format!("backend{}", i + 1))?;
-        let decap = Decap::attach(backend, "native")?;
+        nginx.push(Some(Nginx::start(backend, &format!("backend{}", i + 1))?));
+        decaps.push(Decap::attach(backend, "native")?);
         println!("  {}: nginx on :80, decap on eth0", backend.ns);
-        keepalive.push((nginx, decap));
     }
     // The router's end of the lb link gets an XDP program so veth delivers native XDP_TX frames.
     let _pass = PeerPass::attach(&topology.router, "r1")?;
@@ -71,54 +81,64 @@ fn main() -> Result<()> {
     let lbd = Lbd::start(&topology.lb, &config)?;
     print!("{}", String::from_utf8_lossy(&topology.lb.run("ip", &["-br", "link", "show", "eth0"])?.stdout));
 
-    step("client: HTTP to the VIPs; the balancer encapsulates, backends answer the client directly");
-    requests(&topology, "http://198.19.0.1/", 20)?;
-    requests(&topology, "http://[fd00:5e:100::1]/", 10)?;
+    // A new connection (a new flow) per request, so Maglev's spread shows.
+    let fresh = ["-H", "Connection: close"];
+    step("L4: HTTP to the VIPs; XDP encapsulates to a backend, which answers the client directly");
+    requests(&topology.client, "http://198.19.0.1/", 20, &fresh)?;
+    requests(&topology.client, "http://[fd00:5e:100::1]/", 10, &fresh)?;
 
-    step("client: HTTPS to the L7 VIP (XDP passes it up; lbd terminates TLS, HTTP/2, routes to the pool)");
+    step("L7: HTTPS to 198.19.0.3 (XDP passes it up; lbd terminates TLS 1.3 + h2 and routes)");
     let cacert = ca.cert.to_str().unwrap_or_default().to_owned();
-    let mut answers: BTreeMap<String, usize> = BTreeMap::new();
-    for _ in 0..10 {
-        let out = topology.client.run(
-            "curl",
-            &[
-                "-sS",
-                "--http2",
-                "--cacert",
-                &cacert,
-                "--resolve",
-                "site.demo.test:443:198.19.0.3",
-                "https://site.demo.test/",
-            ],
-        )?;
-        *answers.entry(String::from_utf8_lossy(&out.stdout).trim().to_owned()).or_default() += 1;
-    }
-    println!("  10 x GET https://site.demo.test/ (TLS 1.3, h2): answered by {answers:?}");
+    let tls = ["--http2", "--cacert", &cacert, "--resolve", "site.demo.test:443:198.19.0.3"];
+    requests(&topology.client, "https://site.demo.test/", 10, &tls)?;
 
-    step("lbctl stats");
+    step("lbctl stats   (per-CPU XDP counters, summed)");
     print!("{}", lbd.lbctl(&["stats"])?);
 
-    step("lbctl pool show web");
-    print!("{}", lbd.lbctl(&["pool", "show", "web"])?);
     step("lbctl plan backend drain web 198.18.11.2   (what would move, before doing it)");
     print!("{}", lbd.lbctl(&["plan", "backend", "drain", "web", "198.18.11.2"])?);
-    step("lbctl backend drain web 198.18.11.2");
+    step("lbctl backend drain web 198.18.11.2   (no new flows; established ones stay)");
     print!("{}", lbd.lbctl(&["backend", "drain", "web", "198.18.11.2"])?);
-    requests(&topology, "http://198.19.0.1/", 10)?;
-    step("lbctl backend drain --undo web 198.18.11.2");
-    print!("{}", lbd.lbctl(&["backend", "drain", "--undo", "web", "198.18.11.2"])?);
-    requests(&topology, "http://198.19.0.1/", 10)?;
-    step("lbctl flow 198.19.0.1:80 tcp 198.18.0.2:40000   (asks the loaded XDP program)");
-    print!("{}", lbd.lbctl(&["flow", "198.19.0.1:80", "tcp", "198.18.0.2:40000"])?);
-    step("lbctl stats --backend");
-    print!("{}", lbd.lbctl(&["stats", "--backend"])?);
-    step("L7 metrics (curl http://127.0.0.1:9190/metrics | grep sluice_http_requests)");
-    let metrics = topology.lb.run("curl", &["-sS", "http://127.0.0.1:9190/metrics"])?;
-    for line in
-        String::from_utf8_lossy(&metrics.stdout).lines().filter(|l| l.starts_with("sluice_http_requests"))
-    {
+    requests(&topology.client, "http://198.19.0.1/", 10, &fresh)?;
+
+    step("backend2's nginx dies; the health check (1 s, fall 2) takes it out");
+    nginx[1] = None;
+    wait_for("backend2 marked down", Duration::from_secs(5), || {
+        lbd.lbctl(&["pool", "show", "web"]).map(|s| s.contains("DOWN")).unwrap_or(false)
+    })?;
+    print!("{}", lbd.lbctl(&["pool", "show", "web"])?);
+    lbd.lbctl(&["backend", "drain", "--undo", "web", "198.18.11.2"])?;
+    println!("  (undrained: it stays out while down)");
+    requests(&topology.client, "http://198.19.0.1/", 20, &fresh)?;
+
+    step("backend2 comes back; after two good checks it takes traffic again");
+    nginx[1] = Some(Nginx::start(&topology.backends[1], "backend2")?);
+    wait_for("backend2 back up", Duration::from_secs(5), || {
+        lbd.lbctl(&["pool", "show", "web"]).map(|s| !s.contains("DOWN")).unwrap_or(false)
+    })?;
+    requests(&topology.client, "http://198.19.0.1/", 20, &fresh)?;
+
+    step("reload: 10% of the HTTPS site to the canary pool (edit the file, SIGHUP)");
+    let text = std::fs::read_to_string(&config)?;
+    let canary = text
+        .replace("pool = \"stable\"\n", "pool = \"stable\"\nsplit = [{ pool = \"canary\", percent = 10 }]\n");
+    std::fs::write(&config, canary)?;
+    lbd.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    let answers = requests(&topology.client, "https://site.demo.test/", 400, &tls)?;
+    let share = *answers.get("backend2").unwrap_or(&0) as f64 / 4.0;
+    println!("  canary share: {share:.1}%");
+
+    step("a deny-listed client (198.18.2.0/24) is dropped in XDP");
+    let denied = topology.client2.run("curl", &["-sS", "--max-time", "2", "http://198.19.0.1/"]);
+    println!("  client2: {}", if denied.is_err() { "no answer (dropped)" } else { "answered?!" });
+    let stats = lbd.lbctl(&["stats"])?;
+    for line in stats.lines().filter(|l| l.starts_with("drop")) {
         println!("  {line}");
     }
+
+    step("lbctl stats --backend");
+    print!("{}", lbd.lbctl(&["stats", "--backend"])?);
 
     if keep {
         step("--keep: running; `nsenter --net=/run/netns/<name>` to explore; Ctrl-C tears down");
@@ -128,7 +148,8 @@ fn main() -> Result<()> {
     }
     step("teardown");
     drop(lbd);
-    drop(keepalive);
+    drop(decaps);
+    drop(nginx);
     drop(topology);
     println!("  done: namespaces, links and pins removed");
     Ok(())
