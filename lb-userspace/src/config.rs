@@ -125,6 +125,10 @@ struct RawRoute {
     method: Option<Spanned<String>>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    #[serde(default)]
+    cookies: BTreeMap<String, String>,
+    #[serde(default)]
+    sticky: bool,
     pool: Spanned<String>,
     timeout_ms: Option<u64>,
     #[serde(default)]
@@ -267,6 +271,10 @@ pub struct Route {
     pub method: Option<String>,
     /// Headers that must be present with these values.
     pub headers: BTreeMap<String, String>,
+    /// Cookies that must be present with these values (A/B routing).
+    pub cookies: BTreeMap<String, String>,
+    /// With `split`: a client keeps the pool it was first given (cookie `sluice_pool`).
+    pub sticky: bool,
     pub pool: String,
     /// The whole request, upstream included; over it the client gets 504.
     pub timeout: Duration,
@@ -1015,6 +1023,8 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
             path,
             method,
             headers: raw.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect(),
+            cookies: raw.cookies,
+            sticky: raw.sticky,
             pool: raw.pool.into_inner(),
             timeout: Duration::from_millis(raw.timeout_ms.unwrap_or(30_000)),
             split,

@@ -124,6 +124,27 @@ host = "mirror.test"
 pool = "one"
 shadow = {{ pool = "two", percent = 50 }}
 
+[[route]]
+name = "ab"
+listener = "http"
+host = "ab.test"
+cookies = {{ variant = "b" }}
+pool = "two"
+
+[[route]]
+name = "ab-default"
+listener = "http"
+host = "ab.test"
+pool = "one"
+
+[[route]]
+name = "sticky"
+listener = "http"
+host = "sticky.test"
+pool = "one"
+split = [{{ pool = "two", percent = 50 }}]
+sticky = true
+
 [[listener]]
 name = "http"
 address = "{VIP}:80"
@@ -258,6 +279,28 @@ fn root_gateway_split_limits_access_retries_fallback() -> Result<()> {
     assert!(answers.iter().all(|(c, b)| *c == 200 && b == "backend1"), "{:?}", tally(&answers));
     let mirrored = wait_for_count(&bed, "sluice_http_requests_total{route=\"mirror:shadow\",pool=\"two\"")?;
     assert!((60..=140).contains(&mirrored), "{mirrored} of 200 mirrored");
+
+    // A/B by cookie value.
+    assert_eq!(ask(&bed, "ab.test", "/", &["cookie: variant=b".into()])?, (200, "backend2".into()));
+    assert_eq!(ask(&bed, "ab.test", "/", &["cookie: variant=a".into()])?, (200, "backend1".into()));
+    // Sticky split: with cookies kept, every request stays on the first pool it was given;
+    // without, both pools answer.
+    let sticky = |cookies: bool| -> Result<BTreeMap<String, usize>> {
+        let url = format!("http://{VIP}/");
+        let mut args = vec!["-sS", "-H", "Host: sticky.test", "-w", "\n"];
+        if cookies {
+            args.extend(["-b", ""]);
+        }
+        args.extend(std::iter::repeat_n(url.as_str(), 20));
+        let out = String::from_utf8_lossy(&bed.topology.client.run("curl", &args)?.stdout).into_owned();
+        let mut seen = BTreeMap::new();
+        for line in out.lines().filter(|l| !l.is_empty()) {
+            *seen.entry(line.to_owned()).or_default() += 1;
+        }
+        Ok(seen)
+    };
+    assert_eq!(sticky(true)?.len(), 1, "sticky clients moved between pools");
+    assert_eq!(sticky(false)?.len(), 2, "the split did not split");
 
     // Fallback: the pool's only backend is down.
     let answers = bed.requests("fallback.test", 2)?;

@@ -28,7 +28,7 @@ use crate::{
     config::{Listener, UpstreamProtocol},
     proxy::{
         metrics::ProxyMetrics,
-        routes::{L7Pool, Snapshot, Upstream},
+        routes::{self, L7Pool, Snapshot, Upstream},
     },
     state::Command,
 };
@@ -66,6 +66,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.remove(header::UPGRADE);
     }
 }
+
+/// The cookie that keeps a client on the pool a sticky split gave it.
+const STICKY_COOKIE: &str = "sluice_pool";
 
 /// A request in flight on an upstream, from send until its response body is done.
 struct InFlight(Arc<Upstream>);
@@ -281,7 +284,14 @@ impl Forwarder {
                 r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
                 break 'answer (route_label, route.pool.clone(), String::new(), r);
             }
-            let pool_name = route.pool_for(self.draw()).to_owned();
+            let remembered = route
+                .sticky
+                .then(|| routes::cookie(request.headers(), STICKY_COOKIE))
+                .flatten()
+                .filter(|p| route.serves(p))
+                .map(str::to_owned);
+            let set_sticky = route.sticky && remembered.is_none();
+            let pool_name = remembered.unwrap_or_else(|| route.pool_for(self.draw()).to_owned());
             let fallback = |status: StatusCode, text: &str| match &route.fallback {
                 Some(f) => fallback_response(f),
                 None => full(status, text),
@@ -495,6 +505,13 @@ impl Forwarder {
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
                 .boxed()
             });
+            let mut response = response;
+            if set_sticky
+                && let Ok(v) =
+                    HeaderValue::from_str(&format!("{STICKY_COOKIE}={pool_name}; Path=/; HttpOnly"))
+            {
+                response.headers_mut().append(header::SET_COOKIE, v);
+            }
             upstream_seconds = Some(elapsed);
             break 'answer (route_label, pool_name, backend_label, response);
         };

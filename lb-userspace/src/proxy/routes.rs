@@ -42,7 +42,10 @@ pub struct CompiledRoute {
     path: CompiledPath,
     method: Option<Method>,
     headers: Vec<(String, String)>,
+    cookies: Vec<(String, String)>,
     pub pool: String,
+    /// Keep a client on the pool its split gave it (cookie `sluice_pool`).
+    pub sticky: bool,
     pub timeout: Duration,
     /// Other pools and their share (percent) of this route's requests.
     split: Vec<(String, f64)>,
@@ -123,6 +126,11 @@ impl CompiledRoute {
         self.retries_used.fetch_add(1, Ordering::Relaxed) < allowed
     }
 
+    /// Whether `pool` is one this route sends to.
+    pub fn serves(&self, pool: &str) -> bool {
+        self.pool == pool || self.split.iter().any(|(p, _)| p == pool)
+    }
+
     /// The pool for a request, given a uniform draw in [0, 100).
     pub fn pool_for(&self, draw: f64) -> &str {
         let mut edge = 0.0;
@@ -167,6 +175,8 @@ impl CompiledRoute {
             },
             method: route.method.as_deref().and_then(|m| Method::from_bytes(m.as_bytes()).ok()),
             headers: route.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            cookies: route.cookies.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            sticky: route.sticky,
             pool: route.pool.clone(),
             timeout: route.timeout,
         }
@@ -198,6 +208,7 @@ impl CompiledRoute {
                 .headers
                 .iter()
                 .all(|(k, v)| request.headers().get(k).is_some_and(|h| h.as_bytes() == v.as_bytes()))
+            && self.cookies.iter().all(|(k, v)| cookie(request.headers(), k) == Some(v.as_str()))
     }
 }
 
@@ -225,23 +236,25 @@ pub struct L7Pool {
     table: Vec<u32>,
 }
 
+/// The value of cookie `name` in a request's Cookie headers.
+pub fn cookie<'a>(headers: &'a hyper::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(hyper::header::COOKIE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
 /// What the key of a consistent-hash pool is for this request.
 fn hash_input<B>(key: &str, request: &Request<B>, client: IpAddr) -> Vec<u8> {
     if let Some(name) = key.strip_prefix("header:") {
         return request.headers().get(name).map(|v| v.as_bytes().to_vec()).unwrap_or_default();
     }
     if let Some(name) = key.strip_prefix("cookie:") {
-        let cookies = request.headers().get_all("cookie");
-        for header in cookies.iter().filter_map(|h| h.to_str().ok()) {
-            for pair in header.split(';') {
-                if let Some((k, v)) = pair.trim().split_once('=')
-                    && k == name
-                {
-                    return v.as_bytes().to_vec();
-                }
-            }
-        }
-        return Vec::new();
+        return cookie(request.headers(), name).unwrap_or_default().as_bytes().to_vec();
     }
     addr_of(client).to_vec()
 }
