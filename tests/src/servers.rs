@@ -159,6 +159,19 @@ impl Lbd {
         unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 
+    /// `lbctl pool show POOL` as backend address -> (health, effective weight).
+    pub fn pool_show(&self, pool: &str) -> Result<std::collections::BTreeMap<String, (String, u64)>> {
+        Ok(self
+            .lbctl(&["pool", "show", pool])?
+            .lines()
+            .skip(2)
+            .filter_map(|l| {
+                let c: Vec<&str> = l.split_whitespace().collect();
+                Some((c.first()?.to_string(), (c.get(3)?.to_string(), c.get(4)?.parse().ok()?)))
+            })
+            .collect())
+    }
+
     /// Runs lbctl against this lbd and returns its stdout (an error carries its stderr).
     pub fn lbctl(&self, args: &[&str]) -> Result<String> {
         let lbctl = crate::bin_dir().join("lbctl");

@@ -85,17 +85,9 @@ impl Bed {
         Ok(seen)
     }
 
-    /// The backend lines of `lbctl pool show web`: address -> (health, effective weight).
+    /// `lbctl pool show web`: address -> (health, effective weight).
     fn pool(&self) -> Result<BTreeMap<String, (String, u64)>> {
-        let text = self.lbd().lbctl(&["pool", "show", "web"])?;
-        Ok(text
-            .lines()
-            .skip(2)
-            .filter_map(|l| {
-                let c: Vec<&str> = l.split_whitespace().collect();
-                Some((c.first()?.to_string(), (c.get(3)?.to_string(), c.get(4)?.parse().ok()?)))
-            })
-            .collect())
+        self.lbd().pool_show("web")
     }
 }
 

@@ -308,20 +308,6 @@ fn root_gateway_split_limits_access_retries_fallback() -> Result<()> {
     Ok(())
 }
 
-/// The backend lines of `lbctl pool show`: address -> (health, effective weight).
-fn pool_show(bed: &Bed, pool: &str) -> Result<BTreeMap<String, (String, u64)>> {
-    Ok(bed
-        .lbd
-        .lbctl(&["pool", "show", pool])?
-        .lines()
-        .skip(2)
-        .filter_map(|l| {
-            let c: Vec<&str> = l.split_whitespace().collect();
-            Some((c.first()?.to_string(), (c.get(3)?.to_string(), c.get(4)?.parse().ok()?)))
-        })
-        .collect())
-}
-
 #[test]
 fn root_gateway_outlier_ejection_circuit_breaker_retry_budget() -> Result<()> {
     let bed = Bed::new()?;
@@ -331,11 +317,11 @@ fn root_gateway_outlier_ejection_circuit_breaker_retry_budget() -> Result<()> {
     let answers = bed.requests("eject.test", 8)?;
     assert!(answers.iter().all(|(c, _)| *c == 200), "{:?}", tally(&answers));
     wait_for("ejection", Duration::from_secs(1), || {
-        pool_show(&bed, "ejecting").map(|p| p[&dead] == ("DOWN".to_owned(), 0)).unwrap_or(false)
+        bed.lbd.pool_show("ejecting").map(|p| p[&dead] == ("DOWN".to_owned(), 0)).unwrap_or(false)
     })?;
     // ...and back after the ejection time.
     wait_for("return after ejection", Duration::from_secs(3), || {
-        pool_show(&bed, "ejecting").map(|p| p[&dead].0 == "up").unwrap_or(false)
+        bed.lbd.pool_show("ejecting").map(|p| p[&dead].0 == "up").unwrap_or(false)
     })?;
 
     // Circuit breaking: one request in flight per backend; a second one gets 503 at once.
