@@ -4,6 +4,7 @@
 //! - `GET /vips`, `GET /pools`, `GET /pools/NAME`: the State, with health and effective weights
 //! - `GET /deny`: the deny list
 //! - `GET /stats`: fast-path counters per verdict/reason, VIP and backend
+//! - `POST /cache/purge {"route": NAME, "path": "/x"}`: empty a route's response cache
 //! - `POST /flow`: which backend a 5-tuple goes to and why (runs the loaded program)
 //! - `POST /plan`: what share of buckets and which live flows a change would move
 //! - `POST /commands`: one [`Command`] or a list, applied all or nothing; 400 with the reason
@@ -146,6 +147,32 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
             match stats_view(&pin_dir) {
                 Ok(view) => reply(StatusCode::OK, view),
                 Err(err) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": format!("{err:#}") })),
+            }
+        }
+        (&Method::POST, "/cache/purge") => {
+            #[derive(serde::Deserialize)]
+            struct Purge {
+                route: String,
+                path: Option<String>,
+            }
+            let body = match request.into_body().collect().await {
+                Ok(body) => body.to_bytes(),
+                Err(err) => return Ok(reply(StatusCode::BAD_REQUEST, json!({ "error": err.to_string() }))),
+            };
+            match serde_json::from_slice::<Purge>(&body) {
+                Err(err) => reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({ "error": format!("expected {{route, path}}: {err}") }),
+                ),
+                Ok(p) => {
+                    let purged = lock(&core).cache.purge(&p.route, p.path.as_deref());
+                    info!(
+                        "cache purge of route {} {}: {purged} entries",
+                        p.route,
+                        p.path.as_deref().unwrap_or("(all)")
+                    );
+                    reply(StatusCode::OK, json!({ "purged": purged }))
+                }
             }
         }
         (&Method::POST, "/flow") | (&Method::POST, "/plan") => {

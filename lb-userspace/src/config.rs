@@ -145,6 +145,29 @@ struct RawRoute {
     api_key: Option<RawApiKey>,
     jwt: Option<JwtConfig>,
     shadow: Option<RawShadow>,
+    cache: Option<CacheConfig>,
+}
+
+/// A route's response cache.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: usize,
+    #[serde(default = "default_cache_bytes")]
+    pub max_bytes: usize,
+    #[serde(default = "default_cache_object")]
+    pub max_object_bytes: usize,
+}
+
+fn default_cache_entries() -> usize {
+    10_000
+}
+fn default_cache_bytes() -> usize {
+    64 << 20
+}
+fn default_cache_object() -> usize {
+    1 << 20
 }
 
 #[derive(Debug, Deserialize)]
@@ -296,6 +319,7 @@ pub struct Route {
     /// Mirror this share (percent) of bodiless requests to another pool; its answers are
     /// discarded and never wait for or change the client's.
     pub shadow: Option<(String, f64)>,
+    pub cache: Option<CacheConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1037,6 +1061,7 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
             api_key,
             jwt,
             shadow,
+            cache: raw.cache,
         });
     }
 

@@ -14,7 +14,7 @@ use crate::{
     config::Config,
     host::{self, HostFacts},
     persist,
-    proxy::{metrics::ProxyMetrics, routes::Snapshot},
+    proxy::{cache::CacheStore, metrics::ProxyMetrics, routes::Snapshot},
     state::{Command, CommandError, State},
     tables::Tables,
 };
@@ -43,6 +43,8 @@ pub struct Core {
     pub l7: Arc<ArcSwap<Snapshot>>,
     /// The proxy's request metrics.
     pub proxy_metrics: ProxyMetrics,
+    /// The proxy's response caches (purged through the admin API).
+    pub cache: Arc<CacheStore>,
 }
 
 /// The core, shared by the admin API, health checks and the signal loop.
@@ -64,8 +66,18 @@ impl Core {
         }
         let l7 = Arc::new(ArcSwap::from_pointee(Snapshot::build(&state)));
         let proxy_metrics = ProxyMetrics::default();
-        let core =
-            Core { state, tables, host, config_path, started: Instant::now(), ebpf, l7, proxy_metrics };
+        let cache = Arc::new(CacheStore::default());
+        let core = Core {
+            state,
+            tables,
+            host,
+            config_path,
+            started: Instant::now(),
+            ebpf,
+            l7,
+            proxy_metrics,
+            cache,
+        };
         core.warn_fail_open(&[]);
         Ok(core)
     }

@@ -77,7 +77,8 @@ impl Nginx {
                  location / {{ return 200 \"{name}\\n\"; }}\n    \
                  location /echo {{ return 200 \"{name} xff=$http_x_forwarded_for proto=$http_x_forwarded_proto \
                  fwd=$http_forwarded rid=$http_x_request_id via=$http_via host=$host method=$request_method sub=$http_x_subject\\n\"; }}\n    \
-                 location /slow {{ root {dir}; limit_rate 40k; }}\n  }}\n}}\n",
+                 location /slow {{ root {dir}; limit_rate 40k; }}\n    \
+                 location /cached {{ add_header Cache-Control \"max-age=3\"; return 200 \"{name} cached\\n\"; }}\n  }}\n}}\n",
                 dir = dir.0.display()
             ),
         )?;

@@ -13,7 +13,7 @@ const VIP: &str = "198.19.0.4";
 
 struct Bed {
     lbd: Lbd,
-    _nginx: Vec<Nginx>,
+    nginx: Vec<Nginx>,
     topology: Topology,
     dir: TempDir,
 }
@@ -145,6 +145,13 @@ pool = "one"
 split = [{{ pool = "two", percent = 50 }}]
 sticky = true
 
+[[route]]
+name = "cached"
+listener = "http"
+host = "cache.test"
+pool = "one"
+cache = {{ max_entries = 100 }}
+
 [[listener]]
 name = "http"
 address = "{VIP}:80"
@@ -207,7 +214,7 @@ metrics = "127.0.0.1:9100"
         wait_for("the listener", Duration::from_secs(5), || {
             topology.lb.run("ss", &["-Htln", "sport = :80"]).map(|o| !o.stdout.is_empty()).unwrap_or(false)
         })?;
-        Ok(Bed { lbd, _nginx: nginx, topology, dir })
+        Ok(Bed { lbd, nginx, topology, dir })
     }
 
     /// `n` requests for `host` on one keep-alive connection: (status, body) of each.
@@ -438,4 +445,44 @@ fn wait_for_count(bed: &Bed, prefix: &str) -> Result<u64> {
         last = now;
     }
     Ok(last)
+}
+
+#[test]
+fn root_gateway_response_cache() -> Result<()> {
+    let mut bed = Bed::new()?;
+    let get = |bed: &Bed| -> Result<(u16, String, String)> {
+        let out = bed
+            .topology
+            .client
+            .run("curl", &["-sS", "-D", "-", "-H", "Host: cache.test", &format!("http://{VIP}/cached")])?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let code = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let x_cache = text
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-cache: ").map(|v| v.trim().to_owned()))
+            .unwrap_or_default();
+        let body = text.rsplit("\r\n\r\n").next().unwrap_or_default().trim().to_owned();
+        Ok((code, x_cache, body))
+    };
+    assert_eq!(get(&bed)?, (200, "miss".into(), "backend1 cached".into()));
+    assert_eq!(get(&bed)?, (200, "hit".into(), "backend1 cached".into()));
+
+    // Concurrent misses make one upstream request.
+    assert!(bed.lbd.lbctl(&["cache", "purge", "cached", "/cached"])?.contains("purged 1"));
+    let fills = || wait_for_count(&bed, "sluice_http_requests_total{route=\"cached:fill\"");
+    let before = fills()?;
+    let url = format!("http://{VIP}/cached");
+    let mut args =
+        vec!["-sS", "--parallel", "--parallel-immediate", "-H", "Host: cache.test", "-o", "/dev/null"];
+    args.extend(std::iter::repeat_n(url.as_str(), 10));
+    bed.topology.client.run("curl", &args)?;
+    assert_eq!(fills()? - before, 1, "10 concurrent misses, one fill");
+
+    // Served while the backend is down, within max-age (3 s)...
+    bed.nginx.remove(0);
+    assert_eq!(get(&bed)?, (200, "hit".into(), "backend1 cached".into()));
+    // ...and gone after a purge.
+    assert!(bed.lbd.lbctl(&["cache", "purge", "cached"])?.contains("purged 1"));
+    assert_eq!(get(&bed)?.0, 502);
+    Ok(())
 }

@@ -88,6 +88,11 @@ enum Noun {
         #[command(subcommand)]
         change: Option<PlanVerb>,
     },
+    /// L7 response caches.
+    Cache {
+        #[command(subcommand)]
+        verb: CacheVerb,
+    },
     /// Counters of a backend's decapsulation program (`lbd decap`), read from its pins.
     DecapStats {
         /// Its pin directory.
@@ -130,6 +135,12 @@ enum BackendVerb {
     },
     /// Set a backend's weight.
     Weight { pool: String, address: IpAddr, weight: u32 },
+}
+
+#[derive(Subcommand)]
+enum CacheVerb {
+    /// Empty a route's cache, or only one path of it.
+    Purge { route: String, path: Option<String> },
 }
 
 #[derive(Subcommand, Clone)]
@@ -439,6 +450,20 @@ async fn run(cli: Cli) -> Result<()> {
                         p["live_flows_moved"].as_u64().unwrap_or(0)
                     );
                 }
+            }
+        }
+        Noun::Cache { verb: CacheVerb::Purge { route, path } } => {
+            let v = call(
+                &cli.socket,
+                Method::POST,
+                "/cache/purge",
+                Some(json!({ "route": route, "path": path })),
+            )
+            .await?;
+            if json_out {
+                show(&v);
+            } else {
+                println!("purged {} entries", v["purged"].as_u64().unwrap_or(0));
             }
         }
         Noun::DecapStats { pin_dir } => {

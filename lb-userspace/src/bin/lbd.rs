@@ -159,7 +159,8 @@ fn run(path: &Path) -> Result<()> {
         });
         let (snapshot, forwarder) = {
             let core = lock(&core);
-            (core.l7.clone(), Arc::new(proxy::forward::Forwarder::new(core.proxy_metrics.clone(), ejections)))
+            let forwarder = proxy::forward::Forwarder::new(core.proxy_metrics.clone(), ejections, core.cache.clone());
+            (core.l7.clone(), Arc::new(forwarder))
         };
         let mut listeners = Vec::new();
         let mut serving = Vec::new();

@@ -27,6 +27,7 @@ use log::info;
 use crate::{
     config::{Listener, UpstreamProtocol},
     proxy::{
+        cache::{self, CacheStore},
         metrics::ProxyMetrics,
         routes::{self, L7Pool, Snapshot, Upstream},
     },
@@ -88,6 +89,8 @@ impl Drop for InFlight {
 
 /// Forwards requests; one per lbd, shared by every listener.
 pub struct Forwarder {
+    /// Routes' response caches (shared with the admin API for purges).
+    cache: Arc<CacheStore>,
     /// Where outlier ejections go (into the State, like health results).
     commands: tokio::sync::mpsc::UnboundedSender<Command>,
     /// Times each backend was ejected: the next ejection lasts that much longer.
@@ -101,7 +104,11 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(metrics: ProxyMetrics, commands: tokio::sync::mpsc::UnboundedSender<Command>) -> Forwarder {
+    pub fn new(
+        metrics: ProxyMetrics,
+        commands: tokio::sync::mpsc::UnboundedSender<Command>,
+        cache: Arc<CacheStore>,
+    ) -> Forwarder {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(std::time::Duration::from_secs(3)));
         connector.set_nodelay(true);
@@ -118,6 +125,7 @@ impl Forwarder {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
         Forwarder {
+            cache,
             commands,
             ejections: Default::default(),
             client,
@@ -160,6 +168,41 @@ impl Forwarder {
             tokio::time::sleep(duration).await;
             let _ = commands.send(Command::SetHealth { pool: name, address, healthy: true });
         });
+    }
+
+    /// One upstream request for the cache: the whole answer buffered (up to `max_bytes`), with
+    /// how long it may be stored. None when no backend answered.
+    async fn fetch(
+        &self,
+        pool: &L7Pool,
+        parts: &hyper::http::request::Parts,
+        path: &str,
+        client: std::net::IpAddr,
+        timeout: std::time::Duration,
+        max_bytes: usize,
+    ) -> Option<(StatusCode, HeaderMap, Bytes, Option<std::time::Duration>)> {
+        let upstream = pool.pick(&Request::new(()), client, &[])?;
+        let uri = format!("http://{}{}", upstream.address, path).parse::<Uri>().ok()?;
+        let mut request = Request::new(empty());
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = parts.headers.clone();
+        let h2 = pool.protocol == UpstreamProtocol::H2c;
+        *request.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        let _in_flight = InFlight::start(&upstream);
+        let client_pool = if h2 { &self.h2c } else { &self.client };
+        let response = tokio::time::timeout(timeout, client_pool.request(request)).await.ok()?.ok()?;
+        let (mut head, body) = response.into_parts();
+        let body = tokio::time::timeout(timeout, Limited::new(body, max_bytes).collect())
+            .await
+            .ok()?
+            .ok()?
+            .to_bytes();
+        strip_hop_by_hop(&mut head.headers, false);
+        head.headers.insert("via", HeaderValue::from_static("1.1 sluice"));
+        head.headers.remove(header::CONTENT_LENGTH);
+        let ttl = cache::lifetime(head.status, &head.headers);
+        Some((head.status, head.headers, body, ttl))
     }
 
     /// A uniform draw in [0, 100) for traffic splits (a hash of a counter: no RNG state).
@@ -363,6 +406,57 @@ impl Forwarder {
                     })
                     .boxed(),
             );
+
+            // The route's cache: fresh answers are served from it; concurrent misses of one key
+            // make one upstream request, whose answer every waiter gets.
+            if let Some(config) = &route.cache
+                && matches!(parts.method, hyper::Method::GET | hyper::Method::HEAD)
+                && !parts.headers.contains_key(header::AUTHORIZATION)
+            {
+                let key = self.cache.key(&route.name, config, &parts.method, &host, &path, &parts.headers);
+                if let Some(hit) = self.cache.get(&route.name, config, &key) {
+                    break 'answer (route_label, pool_name, "cache".into(), cached_response(&hit, "HIT"));
+                }
+                let cell = self.cache.pending(&route.name, config, &key);
+                let fetched = cell
+                    .get_or_init(|| async {
+                        let answer = self
+                            .fetch(pool, &parts, &path, client.ip(), route.timeout, config.max_object_bytes)
+                            .await;
+                        // Upstream fills are counted apart (route NAME:fill): coalescing shows there.
+                        let status = answer.as_ref().map_or(502, |a| a.0.as_u16());
+                        self.metrics.request(&format!("{}:fill", route.name), &pool_name, "", status, None);
+                        let request = (&parts.method, host.as_str(), path.as_str());
+                        match answer {
+                            Some((status, headers, body, Some(ttl))) => {
+                                let stored = self.cache.finish(
+                                    &route.name,
+                                    config,
+                                    &parts.headers,
+                                    request,
+                                    Some((status, headers.clone(), body.clone(), ttl)),
+                                    &key,
+                                );
+                                stored.or(Some(cache::Cached::now(status, headers, body)))
+                            }
+                            Some((status, headers, body, None)) => {
+                                self.cache.finish(&route.name, config, &parts.headers, request, None, &key);
+                                Some(cache::Cached::now(status, headers, body))
+                            }
+                            None => {
+                                self.cache.finish(&route.name, config, &parts.headers, request, None, &key);
+                                None
+                            }
+                        }
+                    })
+                    .await
+                    .clone();
+                let response = match fetched {
+                    Some(answer) => cached_response(&answer, "MISS"),
+                    None => fallback(StatusCode::BAD_GATEWAY, "upstream failed"),
+                };
+                break 'answer (route_label, pool_name, "cache".into(), response);
+            }
 
             // Shadowing: a copy of a share of bodiless requests goes to the shadow pool on its own
             // task; its answer is dropped.
@@ -571,6 +665,15 @@ fn fallback_response(fallback: &crate::config::Fallback) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(content_type) {
         response.headers_mut().insert(header::CONTENT_TYPE, v);
     }
+    response
+}
+
+/// A response from a cached (or just fetched) answer, marked `X-Cache: HIT|MISS`.
+fn cached_response(answer: &cache::Cached, x_cache: &'static str) -> Response<Body> {
+    let mut response = Response::new(Full::new(answer.body.clone()).map_err(|e| match e {}).boxed());
+    *response.status_mut() = answer.status;
+    *response.headers_mut() = answer.headers.clone();
+    response.headers_mut().insert("x-cache", HeaderValue::from_static(x_cache));
     response
 }
 

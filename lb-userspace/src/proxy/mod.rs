@@ -2,6 +2,7 @@
 //! TLS or plain connections, serve HTTP/1.1 and HTTP/2, route by host/path/method/headers to a
 //! pool (the same pools and health as L4), and forward with keep-alive upstream connections.
 pub mod auth;
+pub mod cache;
 pub mod forward;
 pub mod metrics;
 pub mod routes;

@@ -19,7 +19,9 @@ use lb_common::hash::murmur3_32;
 use regex::Regex;
 
 use crate::{
-    config::{Balance, Fallback, Outlier, PathMatch, RateKey, RateLimit, Route, UpstreamProtocol},
+    config::{
+        Balance, CacheConfig, Fallback, Outlier, PathMatch, RateKey, RateLimit, Route, UpstreamProtocol,
+    },
     maglev::{self, Weighted},
     state::State,
     tables::addr_of,
@@ -53,6 +55,7 @@ pub struct CompiledRoute {
     deny: Vec<IpNet>,
     limiter: Option<RateLimiter>,
     pub shadow: Option<(String, f64)>,
+    pub cache: Option<CacheConfig>,
     pub api_keys: Option<ApiKeys>,
     pub jwt: Option<Jwt>,
     pub retries: u32,
@@ -153,6 +156,7 @@ impl CompiledRoute {
                 .clone()
                 .map(|limit| RateLimiter { limit, buckets: Mutex::new(HashMap::new()) }),
             shadow: route.shadow.clone(),
+            cache: route.cache.clone(),
             api_keys: route.api_key.clone().map(ApiKeys::new),
             // Validated when the config was read; a key file gone since then refuses everything.
             jwt: route

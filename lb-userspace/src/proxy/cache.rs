@@ -1,0 +1,285 @@
+//! The response cache of routes with `cache`: GET/HEAD answers that Cache-Control (max-age,
+//! s-maxage, no-store, private) or Expires allow, keyed by method, host, path and the request
+//! headers the answer Varies on; bounded by entries and bytes (LRU); concurrent misses of one
+//! key make one upstream request; `lbctl cache purge` empties a route or one path.
+use std::{
+    collections::HashMap,
+    num::NonZeroUsize,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use bytes::Bytes;
+use hyper::{HeaderMap, Method, StatusCode, header};
+use lru::LruCache;
+use tokio::sync::OnceCell;
+
+use crate::config::CacheConfig;
+
+/// A stored answer.
+#[derive(Clone)]
+pub struct Cached {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    expires: Instant,
+}
+
+impl Cached {
+    /// An answer that is not stored (served once to the requests that waited for it).
+    pub fn now(status: StatusCode, headers: HeaderMap, body: Bytes) -> Cached {
+        Cached { status, headers, body, expires: Instant::now() }
+    }
+
+    pub fn fresh(&self) -> bool {
+        Instant::now() < self.expires
+    }
+}
+
+/// One route's cache.
+struct RouteCache {
+    config: CacheConfig,
+    entries: LruCache<String, Cached>,
+    bytes: usize,
+    /// Header names a path's answers Vary on (to build keys for later requests).
+    vary: HashMap<String, Vec<String>>,
+    /// Misses being fetched: later requests of the same key wait for the first.
+    pending: HashMap<String, Arc<OnceCell<Option<Cached>>>>,
+}
+
+/// Every route's cache.
+#[derive(Default)]
+pub struct CacheStore {
+    routes: Mutex<HashMap<String, RouteCache>>,
+}
+
+/// How long a response may be cached, from its headers; None: not cacheable.
+pub fn lifetime(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+    if status != StatusCode::OK || headers.contains_key(header::SET_COOKIE) {
+        return None;
+    }
+    let control = headers
+        .get(header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let directives: Vec<&str> = control.split(',').map(str::trim).collect();
+    if directives.iter().any(|d| *d == "no-store" || *d == "private" || *d == "no-cache") {
+        return None;
+    }
+    let seconds = |name: &str| {
+        directives.iter().find_map(|d| d.strip_prefix(name)?.strip_prefix('=')?.parse::<u64>().ok())
+    };
+    if let Some(s) = seconds("s-maxage").or_else(|| seconds("max-age")) {
+        return (s > 0).then(|| Duration::from_secs(s));
+    }
+    let expires = headers.get(header::EXPIRES).and_then(|v| v.to_str().ok())?;
+    let at = httpdate::parse_http_date(expires).ok()?;
+    at.duration_since(SystemTime::now()).ok()
+}
+
+fn base_key(method: &Method, host: &str, path: &str) -> String {
+    format!("{method} {host}{path}")
+}
+
+impl CacheStore {
+    fn with<T>(&self, route: &str, config: &CacheConfig, f: impl FnOnce(&mut RouteCache) -> T) -> T {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let cache = routes.entry(route.to_owned()).or_insert_with(|| RouteCache {
+            config: config.clone(),
+            entries: LruCache::new(NonZeroUsize::new(config.max_entries.max(1)).expect("at least one")),
+            bytes: 0,
+            vary: HashMap::new(),
+            pending: HashMap::new(),
+        });
+        f(cache)
+    }
+
+    /// The full key of a request (base key plus the values of the headers its answers Vary on).
+    pub fn key(
+        &self,
+        route: &str,
+        config: &CacheConfig,
+        method: &Method,
+        host: &str,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> String {
+        let base = base_key(method, host, path);
+        self.with(route, config, |c| {
+            let mut key = base.clone();
+            for name in c.vary.get(&base).into_iter().flatten() {
+                key.push('\n');
+                key.push_str(headers.get(name.as_str()).and_then(|v| v.to_str().ok()).unwrap_or_default());
+            }
+            key
+        })
+    }
+
+    /// A fresh stored answer, if any.
+    pub fn get(&self, route: &str, config: &CacheConfig, key: &str) -> Option<Cached> {
+        self.with(route, config, |c| c.entries.get(key).filter(|e| e.fresh()).cloned())
+    }
+
+    /// The cell that coalesces misses of `key`: every caller gets the same one until it is done.
+    pub fn pending(&self, route: &str, config: &CacheConfig, key: &str) -> Arc<OnceCell<Option<Cached>>> {
+        self.with(route, config, |c| c.pending.entry(key.to_owned()).or_default().clone())
+    }
+
+    /// Stores an answer (if it fits) and ends the coalescing of its key.
+    pub fn finish(
+        &self,
+        route: &str,
+        config: &CacheConfig,
+        request_headers: &HeaderMap,
+        (method, host, path): (&Method, &str, &str),
+        answer: Option<(StatusCode, HeaderMap, Bytes, Duration)>,
+        key: &str,
+    ) -> Option<Cached> {
+        self.with(route, config, |c| {
+            c.pending.remove(key);
+            let (status, headers, body, ttl) = answer?;
+            if body.len() > c.config.max_object_bytes {
+                return None;
+            }
+            let base = base_key(method, host, path);
+            let vary: Vec<String> = headers
+                .get_all(header::VARY)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(|v| v.trim().to_ascii_lowercase())
+                .filter(|v| !v.is_empty())
+                .collect();
+            if vary.iter().any(|v| v == "*") {
+                return None;
+            }
+            let mut full_key = base.clone();
+            for name in &vary {
+                full_key.push('\n');
+                full_key.push_str(
+                    request_headers.get(name.as_str()).and_then(|v| v.to_str().ok()).unwrap_or_default(),
+                );
+            }
+            c.vary.insert(base, vary);
+            let entry = Cached { status, headers, body, expires: Instant::now() + ttl };
+            c.bytes += entry.body.len();
+            if let Some((_, old)) = c.entries.push(full_key, entry.clone()) {
+                c.bytes -= old.body.len();
+            }
+            while c.bytes > c.config.max_bytes {
+                match c.entries.pop_lru() {
+                    Some((_, old)) => c.bytes -= old.body.len(),
+                    None => break,
+                }
+            }
+            Some(entry)
+        })
+    }
+
+    /// Empties a route's cache, or only the entries of one path; returns how many went.
+    pub fn purge(&self, route: &str, path: Option<&str>) -> usize {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(cache) = routes.get_mut(route) else { return 0 };
+        let doomed: Vec<String> = cache
+            .entries
+            .iter()
+            .map(|(k, _)| k.clone())
+            .filter(|k| {
+                path.is_none_or(|p| {
+                    k.split('\n').next().is_some_and(|base| {
+                        base.split_once('/').is_some_and(|(_, rest)| format!("/{rest}") == p)
+                    })
+                })
+            })
+            .collect();
+        for key in &doomed {
+            if let Some(old) = cache.entries.pop(key) {
+                cache.bytes -= old.body.len();
+            }
+        }
+        doomed.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hyper::header::HeaderValue;
+
+    use super::*;
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(k.clone(), HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn cache_control_decides_the_lifetime() {
+        let ok = StatusCode::OK;
+        let cc = header::CACHE_CONTROL;
+        assert_eq!(lifetime(ok, &headers(&[(cc.clone(), "max-age=60")])), Some(Duration::from_secs(60)));
+        assert_eq!(
+            lifetime(ok, &headers(&[(cc.clone(), "max-age=60, s-maxage=5")])),
+            Some(Duration::from_secs(5))
+        );
+        for no in ["no-store", "private, max-age=60", "no-cache", "max-age=0"] {
+            assert_eq!(lifetime(ok, &headers(&[(cc.clone(), no)])), None, "{no}");
+        }
+        assert_eq!(lifetime(StatusCode::NOT_FOUND, &headers(&[(cc.clone(), "max-age=60")])), None);
+        let cookie = headers(&[(cc.clone(), "max-age=60"), (header::SET_COOKIE, "a=b")]);
+        assert_eq!(lifetime(ok, &cookie), None, "answers that set cookies are per client");
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let ttl = lifetime(ok, &headers(&[(header::EXPIRES, &later)])).unwrap();
+        assert!(ttl > Duration::from_secs(100) && ttl <= Duration::from_secs(120), "{ttl:?}");
+        assert_eq!(lifetime(ok, &HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn vary_separates_entries_and_bytes_are_bounded() {
+        let store = CacheStore::default();
+        let config = CacheConfig { max_entries: 100, max_bytes: 10, max_object_bytes: 8 };
+        let vary = headers(&[(header::VARY, "accept-encoding")]);
+        let gzip = headers(&[(header::ACCEPT_ENCODING, "gzip")]);
+        let plain = HeaderMap::new();
+        let request = (&Method::GET, "h", "/p");
+        let ttl = Duration::from_secs(60);
+        store.finish(
+            "r",
+            &config,
+            &gzip,
+            request,
+            Some((StatusCode::OK, vary.clone(), Bytes::from("zzzz"), ttl)),
+            "k",
+        );
+        let gzip_key = store.key("r", &config, &Method::GET, "h", "/p", &gzip);
+        let plain_key = store.key("r", &config, &Method::GET, "h", "/p", &plain);
+        assert!(store.get("r", &config, &gzip_key).is_some());
+        assert!(store.get("r", &config, &plain_key).is_none(), "Vary ignored");
+        // Too big for one object: not stored. Over max_bytes: the oldest goes.
+        assert!(
+            store
+                .finish(
+                    "r",
+                    &config,
+                    &plain,
+                    request,
+                    Some((StatusCode::OK, vary.clone(), Bytes::from("123456789"), ttl)),
+                    "k"
+                )
+                .is_none()
+        );
+        store.finish(
+            "r",
+            &config,
+            &plain,
+            (&Method::GET, "h", "/q"),
+            Some((StatusCode::OK, HeaderMap::new(), Bytes::from("1234567"), ttl)),
+            "k",
+        );
+        assert!(store.get("r", &config, &gzip_key).is_none(), "LRU by bytes");
+        assert_eq!(store.purge("r", Some("/q")), 1);
+    }
+}
