@@ -332,3 +332,57 @@ impl Drop for H2cServer {
         }
     }
 }
+
+/// An HTTP/1.1 server in a namespace that answers every request after `delay` (a slow
+/// backend). Stopped on drop.
+pub struct SlowServer {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl SlowServer {
+    pub fn start(host: &Host, port: u16, delay: Duration) -> Result<SlowServer> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+        host.spawn_within(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
+                    Ok(l) => l,
+                    Err(err) => {
+                        let _ = ready_tx.send(Err(err.into()));
+                        return Ok(());
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                loop {
+                    let (mut stream, _) = tokio::select! {
+                        accepted = listener.accept() => accepted?,
+                        _ = &mut stopped => return Ok(()),
+                    };
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 8192];
+                        while let Ok(n) = stream.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            tokio::time::sleep(delay).await;
+                            let _ =
+                                stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nslow\n").await;
+                        }
+                    });
+                }
+            })
+        });
+        ready_rx.recv_timeout(Duration::from_secs(5)).context("slow server did not start")??;
+        Ok(SlowServer { stop: Some(stop) })
+    }
+}
+
+impl Drop for SlowServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -152,6 +152,17 @@ host = "cache.test"
 pool = "one"
 cache = {{ max_entries = 100 }}
 
+[[pool]]
+name = "three"
+backends = [{{ address = "{b3}" }}]
+
+[[route]]
+name = "mirror-slow"
+listener = "http"
+host = "mirror-slow.test"
+pool = "one"
+shadow = {{ pool = "three", percent = 100 }}
+
 [[listener]]
 name = "http"
 address = "{VIP}:80"
@@ -484,5 +495,24 @@ fn root_gateway_response_cache() -> Result<()> {
     // ...and gone after a purge.
     assert!(bed.lbd.lbctl(&["cache", "purge", "cached"])?.contains("purged 1"));
     assert_eq!(get(&bed)?.0, 502);
+    Ok(())
+}
+
+#[test]
+fn root_gateway_shadow_never_slows_the_client() -> Result<()> {
+    let bed = Bed::new()?;
+    // Backend 3 answers only after 2 s; every request is mirrored to it.
+    let _slow =
+        sluice_tests::servers::SlowServer::start(&bed.topology.backends[2], 80, Duration::from_secs(2))?;
+    let started = std::time::Instant::now();
+    let answers = bed.requests("mirror-slow.test", 10)?;
+    let took = started.elapsed();
+    assert!(answers.iter().all(|(c, b)| *c == 200 && b == "backend1"), "{:?}", tally(&answers));
+    assert!(took < Duration::from_millis(1500), "10 answers took {took:?}: the shadow held them up");
+    wait_for("every request mirrored", Duration::from_secs(6), || {
+        wait_for_count(&bed, "sluice_http_requests_total{route=\"mirror-slow:shadow\"")
+            .map(|n| n == 10)
+            .unwrap_or(false)
+    })?;
     Ok(())
 }

@@ -500,11 +500,15 @@ impl Forwarder {
                 let upstream = if attempt == 0 {
                     picked_first.clone()
                 } else {
-                    // A retry: within the route's budget, on a backend not tried yet.
-                    match pool.pick(&Request::new(()), client.ip(), &tried) {
+                    // A retry: within the route's budget, on a backend not tried yet, after a
+                    // short backoff with jitter (5 ms doubling per try, times a draw in [0.5, 1.5)).
+                    let upstream = match pool.pick(&Request::new(()), client.ip(), &tried) {
                         Some(u) if route.take_retry() => u,
                         _ => break,
-                    }
+                    };
+                    let backoff = 5.0 * 2f64.powi(attempt as i32 - 1) * (0.5 + self.draw() / 100.0);
+                    tokio::time::sleep(std::time::Duration::from_secs_f64(backoff / 1000.0)).await;
+                    upstream
                 };
                 tried.push(upstream.address);
                 let Ok(uri) = format!("http://{}{}", upstream.address, path).parse::<Uri>() else {
