@@ -380,6 +380,8 @@ struct RawPool {
     #[serde(default)]
     protocol: UpstreamProtocol,
     max_requests_per_backend: Option<usize>,
+    #[serde(default)]
+    max_pending_requests: usize,
     outlier: Option<Outlier>,
 }
 
@@ -563,6 +565,9 @@ pub struct Pool {
     pub protocol: UpstreamProtocol,
     /// Circuit breaking: requests in flight per backend at most; past it, another backend or 503.
     pub max_requests_per_backend: Option<usize>,
+    /// With `max_requests_per_backend`: requests that may wait (up to the route's timeout) for
+    /// a backend under its limit; past them, 503 at once.
+    pub max_pending_requests: usize,
     pub outlier: Option<Outlier>,
 }
 
@@ -802,6 +807,7 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
             hash_key,
             protocol: raw_pool.protocol,
             max_requests_per_backend: raw_pool.max_requests_per_backend,
+            max_pending_requests: raw_pool.max_pending_requests,
             outlier: raw_pool.outlier,
         };
         if pools.insert(name.clone(), pool).is_some() {

@@ -266,20 +266,19 @@ impl Drop for PeerPass {
     }
 }
 
-/// A cleartext HTTP/2 (prior knowledge) server in a namespace, as gRPC backends are: answers
-/// every request with `h2c <name>` and the trailer `grpc-status: 0`. Stopped on drop.
-pub struct H2cServer {
+/// A tokio server on its own thread inside a namespace, one task per connection; stopped on drop.
+pub struct NsServer {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-impl H2cServer {
-    pub fn start(host: &Host, port: u16, name: &str) -> Result<H2cServer> {
-        use bytes::Bytes;
-        use http_body_util::StreamBody;
-        use hyper::body::Frame;
+impl NsServer {
+    pub fn start<F, Fut>(host: &Host, port: u16, serve: F) -> Result<NsServer>
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
-        let name = name.to_owned();
         host.spawn_within(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async move {
@@ -296,90 +295,61 @@ impl H2cServer {
                         accepted = listener.accept() => accepted?,
                         _ = &mut stopped => return Ok(()),
                     };
-                    let name = name.clone();
-                    tokio::spawn(async move {
-                        let service = hyper::service::service_fn(
-                            move |request: hyper::Request<hyper::body::Incoming>| {
-                                let body = format!("h2c {name} {:?}\n", request.version());
-                                let mut trailers = hyper::HeaderMap::new();
-                                trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
-                                let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
-                                    vec![Ok(Frame::data(Bytes::from(body))), Ok(Frame::trailers(trailers))];
-                                async move {
-                                    Ok::<_, std::convert::Infallible>(hyper::Response::new(StreamBody::new(
-                                        futures_util::stream::iter(frames),
-                                    )))
-                                }
-                            },
-                        );
-                        let _ =
-                            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                                .await;
-                    });
+                    tokio::spawn(serve(stream));
                 }
             })
         });
-        ready_rx.recv_timeout(Duration::from_secs(5)).context("h2c server did not start")??;
-        Ok(H2cServer { stop: Some(stop) })
+        ready_rx.recv_timeout(Duration::from_secs(5)).context("server did not start")??;
+        Ok(NsServer { stop: Some(stop) })
     }
-}
 
-impl Drop for H2cServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-/// An HTTP/1.1 server in a namespace that answers every request after `delay` (a slow
-/// backend). Stopped on drop.
-pub struct SlowServer {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl SlowServer {
-    pub fn start(host: &Host, port: u16, delay: Duration) -> Result<SlowServer> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
-        host.spawn_within(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(async move {
-                let listener = match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
-                    Ok(l) => l,
-                    Err(err) => {
-                        let _ = ready_tx.send(Err(err.into()));
-                        return Ok(());
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                loop {
-                    let (mut stream, _) = tokio::select! {
-                        accepted = listener.accept() => accepted?,
-                        _ = &mut stopped => return Ok(()),
-                    };
-                    tokio::spawn(async move {
-                        let mut buf = vec![0u8; 8192];
-                        while let Ok(n) = stream.read(&mut buf).await {
-                            if n == 0 {
-                                break;
-                            }
-                            tokio::time::sleep(delay).await;
-                            let _ =
-                                stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nslow\n").await;
+    /// Cleartext HTTP/2 (prior knowledge), as gRPC backends are: answers every request with
+    /// `h2c <name>` and the trailer `grpc-status: 0`.
+    pub fn h2c(host: &Host, port: u16, name: &str) -> Result<NsServer> {
+        use bytes::Bytes;
+        use http_body_util::StreamBody;
+        use hyper::body::Frame;
+        let name = name.to_owned();
+        NsServer::start(host, port, move |stream| {
+            let name = name.clone();
+            async move {
+                let service =
+                    hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                        let body = format!("h2c {name} {:?}\n", request.version());
+                        let mut trailers = hyper::HeaderMap::new();
+                        trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+                        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
+                            vec![Ok(Frame::data(Bytes::from(body))), Ok(Frame::trailers(trailers))];
+                        async move {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(StreamBody::new(
+                                futures_util::stream::iter(frames),
+                            )))
                         }
                     });
+                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            }
+        })
+    }
+
+    /// HTTP/1.1 that answers every request after `delay` (a slow backend).
+    pub fn slow(host: &Host, port: u16, delay: Duration) -> Result<NsServer> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        NsServer::start(host, port, move |mut stream| async move {
+            let mut buf = vec![0u8; 8192];
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
                 }
-            })
-        });
-        ready_rx.recv_timeout(Duration::from_secs(5)).context("slow server did not start")??;
-        Ok(SlowServer { stop: Some(stop) })
+                tokio::time::sleep(delay).await;
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nslow\n").await;
+            }
+        })
     }
 }
 
-impl Drop for SlowServer {
+impl Drop for NsServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

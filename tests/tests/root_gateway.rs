@@ -72,6 +72,7 @@ outlier = {{ consecutive_failures = 2, ejection_ms = 1500 }}
 name = "narrow"
 backends = [{{ address = "{b1}" }}]
 max_requests_per_backend = 1
+max_pending_requests = 1
 
 [[route]]
 name = "eject"
@@ -350,10 +351,23 @@ fn root_gateway_outlier_ejection_circuit_breaker_retry_budget() -> Result<()> {
         .args(["-sS", "-o", "/dev/null", "-H", "Host: breaker.test", &format!("http://{VIP}/slow")])
         .spawn()?;
     std::thread::sleep(Duration::from_millis(500));
-    let second = bed.requests("breaker.test", 1)?;
-    assert_eq!(second[0].0, 503, "{second:?}");
+    // The second waits (pending) for the first to finish; a third finds the queue full.
+    let started = std::time::Instant::now();
+    let pending = bed
+        .topology
+        .client
+        .command("curl")
+        .args(["-sS", "-H", "Host: breaker.test", &format!("http://{VIP}/")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let third = bed.requests("breaker.test", 1)?;
+    assert_eq!(third[0].0, 503, "{third:?}");
     let mut slow = slow;
     slow.wait()?;
+    let out = pending.wait_with_output()?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "backend1", "the pending request");
+    assert!(started.elapsed() > Duration::from_secs(1), "the pending request did not wait");
     assert_eq!(bed.requests("breaker.test", 1)?[0], (200, "backend1".to_owned()));
 
     // Retry budget 0%: only the floor of 3 retries; after that failures show.
@@ -502,8 +516,7 @@ fn root_gateway_response_cache() -> Result<()> {
 fn root_gateway_shadow_never_slows_the_client() -> Result<()> {
     let bed = Bed::new()?;
     // Backend 3 answers only after 2 s; every request is mirrored to it.
-    let _slow =
-        sluice_tests::servers::SlowServer::start(&bed.topology.backends[2], 80, Duration::from_secs(2))?;
+    let _slow = sluice_tests::servers::NsServer::slow(&bed.topology.backends[2], 80, Duration::from_secs(2))?;
     let started = std::time::Instant::now();
     let answers = bed.requests("mirror-slow.test", 10)?;
     let took = started.elapsed();

@@ -13,7 +13,7 @@ use anyhow::{Result, bail};
 use sluice_tests::{
     netns::Topology,
     pki::TestCa,
-    servers::{H2cServer, Lbd, Nginx, TempDir, wait_for},
+    servers::{Lbd, Nginx, NsServer, TempDir, wait_for},
 };
 
 const VIP: &str = "198.19.0.3";
@@ -21,7 +21,7 @@ const VIP: &str = "198.19.0.3";
 struct Bed {
     lbd: Option<Lbd>,
     _nginx: Vec<Nginx>,
-    _h2c: H2cServer,
+    _h2c: NsServer,
     ca: TestCa,
     config: PathBuf,
     topology: Topology,
@@ -151,7 +151,7 @@ metrics = "127.0.0.1:9100"
                 ca = ca.cert.display(),
             ),
         )?;
-        let h2c = H2cServer::start(&topology.backends[0], 8081, "backend1")?;
+        let h2c = NsServer::h2c(&topology.backends[0], 8081, "backend1")?;
         let lbd = Lbd::start(&topology.lb, &config)?;
         wait_for("the https listener", Duration::from_secs(5), || {
             topology.lb.run("ss", &["-Htln", "sport = :443"]).map(|o| !o.stdout.is_empty()).unwrap_or(false)

@@ -84,6 +84,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.freed.notify_waiters();
     }
 }
 
@@ -355,7 +356,7 @@ impl Forwarder {
             let tries =
                 if route.retries > 0 && bodiless && idempotent && !upgrade { route.retries + 1 } else { 1 };
             route.count_request();
-            let Some(picked_first) = pool.pick(&request, client.ip(), &[]) else {
+            let Some(picked_first) = pool.pick_or_wait(&request, client.ip(), route.timeout).await else {
                 // Circuit breaking: every backend is at max_requests_per_backend.
                 let r = fallback(StatusCode::SERVICE_UNAVAILABLE, "every backend is at its request limit");
                 break 'answer (route_label, pool_name, String::new(), r);

@@ -223,6 +223,8 @@ pub struct Upstream {
     pub in_flight: AtomicUsize,
     /// Failed requests in a row (outlier ejection).
     pub failures: AtomicU32,
+    /// Woken when a request of this pool ends (pending requests wait on it).
+    pub freed: Arc<tokio::sync::Notify>,
 }
 
 /// A pool as the proxy balances it: usable backends only (drained and down ones are out,
@@ -232,6 +234,10 @@ pub struct L7Pool {
     pub upstreams: Vec<Arc<Upstream>>,
     pub protocol: UpstreamProtocol,
     max_in_flight: Option<usize>,
+    max_pending: usize,
+    /// Requests waiting for a backend under its limit.
+    pending: AtomicUsize,
+    freed: Arc<tokio::sync::Notify>,
     pub outlier: Option<Outlier>,
     balance: Balance,
     hash_key: String,
@@ -293,6 +299,38 @@ impl L7Pool {
             .cloned()
     }
 
+    /// [`L7Pool::pick`] that, when every backend is at its limit, waits (at most `timeout`, as
+    /// one of at most `max_pending_requests`) for one to free up.
+    pub async fn pick_or_wait<B>(
+        &self,
+        request: &Request<B>,
+        client: IpAddr,
+        timeout: Duration,
+    ) -> Option<Arc<Upstream>> {
+        if let Some(upstream) = self.pick(request, client, &[]) {
+            return Some(upstream);
+        }
+        if self.upstreams.is_empty() || self.pending.fetch_add(1, Ordering::Relaxed) >= self.max_pending {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let picked = loop {
+            // Registered before the check, so a request ending in between still wakes us.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(upstream) = self.pick(request, client, &[]) {
+                break Some(upstream);
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                break None;
+            }
+        };
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+        picked
+    }
+
     /// The balancing rule's choice for `request` from `client`.
     fn choose<B>(&self, request: &Request<B>, client: IpAddr) -> Option<Arc<Upstream>> {
         let n = self.upstreams.len();
@@ -351,6 +389,7 @@ impl Snapshot {
                 } else {
                     Vec::new()
                 };
+                let freed = Arc::new(tokio::sync::Notify::new());
                 let upstreams = usable
                     .iter()
                     .map(|(addr, _)| {
@@ -358,6 +397,7 @@ impl Snapshot {
                             address: SocketAddr::new(*addr, pool.port),
                             in_flight: AtomicUsize::new(0),
                             failures: AtomicU32::new(0),
+                            freed: freed.clone(),
                         })
                     })
                     .collect();
@@ -366,6 +406,9 @@ impl Snapshot {
                     upstreams,
                     protocol: pool.protocol,
                     max_in_flight: pool.max_requests_per_backend,
+                    max_pending: pool.max_pending_requests,
+                    pending: AtomicUsize::new(0),
+                    freed,
                     outlier: pool.outlier,
                     balance: pool.balance,
                     hash_key: pool.hash_key.clone(),
