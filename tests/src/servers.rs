@@ -333,6 +333,29 @@ impl NsServer {
         })
     }
 
+    /// Accepts an HTTP/1.1 Upgrade (`101 Switching Protocols`), then echoes every byte back:
+    /// a stand-in for a WebSocket server.
+    pub fn upgrade_echo(host: &Host, port: u16) -> Result<NsServer> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        NsServer::start(host, port, |mut stream| async move {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut byte).await {
+                    Ok(1) => head.push(byte[0]),
+                    _ => return,
+                }
+            }
+            let reply =
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+            if stream.write_all(reply).await.is_err() {
+                return;
+            }
+            let (mut read, mut write) = stream.split();
+            let _ = tokio::io::copy(&mut read, &mut write).await;
+        })
+    }
+
     /// HTTP/1.1 that answers every request after `delay` (a slow backend).
     pub fn slow(host: &Host, port: u16, delay: Duration) -> Result<NsServer> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -21,7 +21,7 @@ const VIP: &str = "198.19.0.3";
 struct Bed {
     lbd: Option<Lbd>,
     _nginx: Vec<Nginx>,
-    _h2c: NsServer,
+    _servers: Vec<NsServer>,
     ca: TestCa,
     config: PathBuf,
     topology: Topology,
@@ -134,6 +134,16 @@ host = "example.test"
 method = "GET"
 pool = "web"
 
+[[pool]]
+name = "ws"
+backends = [{{ address = "{b2}" }}]
+port = 8082
+
+[[route]]
+listener = "http"
+host = "ws.test"
+pool = "ws"
+
 [[route]]
 listener = "http"
 pool = "web"
@@ -151,12 +161,15 @@ metrics = "127.0.0.1:9100"
                 ca = ca.cert.display(),
             ),
         )?;
-        let h2c = NsServer::h2c(&topology.backends[0], 8081, "backend1")?;
+        let h2c = vec![
+            NsServer::h2c(&topology.backends[0], 8081, "backend1")?,
+            NsServer::upgrade_echo(&topology.backends[1], 8082)?,
+        ];
         let lbd = Lbd::start(&topology.lb, &config)?;
         wait_for("the https listener", Duration::from_secs(5), || {
             topology.lb.run("ss", &["-Htln", "sport = :443"]).map(|o| !o.stdout.is_empty()).unwrap_or(false)
         })?;
-        Ok(Bed { lbd: Some(lbd), _nginx: nginx, _h2c: h2c, ca, config, topology, _dir: dir })
+        Ok(Bed { lbd: Some(lbd), _nginx: nginx, _servers: h2c, ca, config, topology, _dir: dir })
     }
 
     /// curl from the client namespace with the test CA; returns stdout.
@@ -347,6 +360,36 @@ fn root_l7_limits_and_request_smuggling() -> Result<()> {
         );
         assert!(!out.contains("backend"), "smuggled through: {out}");
     }
+    // Too many header fields: 431.
+    let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let out = bed.raw(format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n").as_bytes(), Duration::ZERO)?;
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    // A WebSocket-style upgrade is passed through: after 101, bytes flow both ways.
+    let mut stream = bed.topology.client.within(|| Ok(TcpStream::connect((VIP, 80))?))?;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    stream.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    )?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte)? == 1 {
+        head.push(byte[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    stream.write_all(b"ping through the tunnel")?;
+    let mut echoed = [0u8; 23];
+    stream.read_exact(&mut echoed)?;
+    assert_eq!(&echoed, b"ping through the tunnel");
+    // An idle keep-alive connection is closed after header_read_timeout (1 s): reading to the
+    // end returns as soon as the pause is over, not when the 3 s read timeout expires.
+    let started = std::time::Instant::now();
+    let out = bed.raw(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", Duration::from_millis(1600))?;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "idle connection kept open: {:?}",
+        started.elapsed()
+    );
     // A well-formed request on the same path works.
     let ok = bed.raw(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Duration::ZERO)?;
     assert!(ok.starts_with("HTTP/1.1 200") && ok.contains("backend"), "{ok}");
