@@ -426,3 +426,58 @@ impl Snapshot {
         self.routes.get(listener)?.iter().find(|r| r.matches(host, request))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn snapshot(pool: &str) -> Snapshot {
+        let text = format!(
+            "[dataplane]\ninterface = \"lo\"\n[[pool]]\nname = \"p\"\n\
+             backends = [{{ address = \"10.0.0.1\" }}, {{ address = \"10.0.0.2\" }}, {{ address = \"10.0.0.3\" }}]\n{pool}"
+        );
+        Snapshot::build(&State::new(Config::parse(Path::new("t.toml"), &text).unwrap()))
+    }
+
+    fn request() -> Request<()> {
+        Request::new(())
+    }
+
+    #[test]
+    fn least_requests_avoids_the_busy_backend() {
+        let s = snapshot("balance = \"least_requests\"\n");
+        let pool = &s.pools["p"];
+        pool.upstreams[0].in_flight.store(10, Ordering::Relaxed);
+        let client: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..30 {
+            let picked = pool.pick(&request(), client, &[]).unwrap();
+            assert_ne!(picked.address, pool.upstreams[0].address);
+        }
+    }
+
+    #[test]
+    fn round_robin_visits_every_backend_in_turn() {
+        let s = snapshot("");
+        let pool = &s.pools["p"];
+        let client: IpAddr = "192.0.2.1".parse().unwrap();
+        let picks: Vec<SocketAddr> =
+            (0..6).map(|_| pool.pick(&request(), client, &[]).unwrap().address).collect();
+        assert_eq!(picks[..3], picks[3..]);
+        assert_eq!(picks[..3].iter().collect::<std::collections::BTreeSet<_>>().len(), 3);
+    }
+
+    #[test]
+    fn a_retry_takes_the_next_backend_not_tried() {
+        let s = snapshot("");
+        let pool = &s.pools["p"];
+        let client: IpAddr = "192.0.2.1".parse().unwrap();
+        let first = pool.pick(&request(), client, &[]).unwrap().address;
+        let second = pool.pick(&request(), client, &[first]).unwrap().address;
+        let third = pool.pick(&request(), client, &[first, second]).unwrap().address;
+        assert!(first != second && second != third && first != third);
+        assert!(pool.pick(&request(), client, &[first, second, third]).is_none());
+    }
+}
