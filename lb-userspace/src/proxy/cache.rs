@@ -143,14 +143,7 @@ impl CacheStore {
                 return None;
             }
             let base = base_key(method, host, path);
-            let vary: Vec<String> = headers
-                .get_all(header::VARY)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(|v| v.trim().to_ascii_lowercase())
-                .filter(|v| !v.is_empty())
-                .collect();
+            let vary = super::header_tokens(&headers, header::VARY);
             if vary.iter().any(|v| v == "*") {
                 return None;
             }

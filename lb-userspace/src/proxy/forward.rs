@@ -46,14 +46,7 @@ fn full(status: StatusCode, text: &str) -> Response<Body> {
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and the ones a Connection header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect();
+    let named = super::header_tokens(headers, header::CONNECTION);
     for name in named {
         if !(keep_upgrade && name == "upgrade") {
             headers.remove(name.as_str());
@@ -171,6 +164,27 @@ impl Forwarder {
         });
     }
 
+    /// The request to send to `upstream` for the client's `parts` (headers already rewritten),
+    /// in the pool's protocol, and the client pool that speaks it. None: `path` is no valid
+    /// request target.
+    fn upstream_request(
+        &self,
+        parts: &hyper::http::request::Parts,
+        upstream: SocketAddr,
+        path: &str,
+        pool: &L7Pool,
+        body: Body,
+    ) -> Option<(Request<Body>, &Client<HttpConnector, Body>)> {
+        let uri = format!("http://{upstream}{path}").parse::<Uri>().ok()?;
+        let h2 = pool.protocol == UpstreamProtocol::H2c;
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        *request.headers_mut() = parts.headers.clone();
+        Some((request, if h2 { &self.h2c } else { &self.client }))
+    }
+
     /// One upstream request for the cache: the whole answer buffered (up to `max_bytes`), with
     /// how long it may be stored. None when no backend answered.
     async fn fetch(
@@ -183,15 +197,8 @@ impl Forwarder {
         max_bytes: usize,
     ) -> Option<(StatusCode, HeaderMap, Bytes, Option<std::time::Duration>)> {
         let upstream = pool.pick(&Request::new(()), client, &[])?;
-        let uri = format!("http://{}{}", upstream.address, path).parse::<Uri>().ok()?;
-        let mut request = Request::new(empty());
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = uri;
-        *request.headers_mut() = parts.headers.clone();
-        let h2 = pool.protocol == UpstreamProtocol::H2c;
-        *request.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        let (request, client_pool) = self.upstream_request(parts, upstream.address, path, pool, empty())?;
         let _in_flight = InFlight::start(&upstream);
-        let client_pool = if h2 { &self.h2c } else { &self.client };
         let response = tokio::time::timeout(timeout, client_pool.request(request)).await.ok()?.ok()?;
         let (mut head, body) = response.into_parts();
         let body = tokio::time::timeout(timeout, Limited::new(body, max_bytes).collect())
@@ -465,15 +472,12 @@ impl Forwarder {
                 && bodiless
                 && !upgrade
                 && self.draw() < *percent
-                && let Some(target) =
-                    snapshot.pools.get(shadow_pool).and_then(|p| p.pick(&Request::new(()), client.ip(), &[]))
-                && let Ok(uri) = format!("http://{}{}", target.address, path).parse::<Uri>()
+                && let Some(shadow) = snapshot.pools.get(shadow_pool)
+                && let Some(target) = shadow.pick(&Request::new(()), client.ip(), &[])
+                && let Some((copy, client_pool)) =
+                    self.upstream_request(&parts, target.address, &path, shadow, empty())
             {
-                let mut copy = Request::new(empty());
-                *copy.method_mut() = parts.method.clone();
-                *copy.uri_mut() = uri;
-                *copy.headers_mut() = parts.headers.clone();
-                let (client_pool, metrics) = (self.client.clone(), self.metrics.clone());
+                let (client_pool, metrics) = (client_pool.clone(), self.metrics.clone());
                 let (label, pool_label) = (format!("{route_label}:shadow"), shadow_pool.clone());
                 tokio::spawn(async move {
                     let status = match tokio::time::timeout(
@@ -512,18 +516,15 @@ impl Forwarder {
                     upstream
                 };
                 tried.push(upstream.address);
-                let Ok(uri) = format!("http://{}{}", upstream.address, path).parse::<Uri>() else {
+                let request_body = body.take().unwrap_or_else(empty);
+                let Some((upstream_request, upstream_client)) =
+                    self.upstream_request(&parts, upstream.address, &path, pool, request_body)
+                else {
                     failure = full(StatusCode::BAD_REQUEST, "bad request target");
                     break;
                 };
-                let mut upstream_request = Request::new(body.take().unwrap_or_else(empty));
-                *upstream_request.method_mut() = parts.method.clone();
-                *upstream_request.uri_mut() = uri;
-                *upstream_request.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
-                *upstream_request.headers_mut() = parts.headers.clone();
                 let in_flight = InFlight::start(&upstream);
                 let sent = Instant::now();
-                let upstream_client = if h2 { &self.h2c } else { &self.client };
                 let result =
                     tokio::time::timeout(route.timeout, upstream_client.request(upstream_request)).await;
                 let elapsed = sent.elapsed().as_secs_f64();

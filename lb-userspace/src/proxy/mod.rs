@@ -127,6 +127,18 @@ pub async fn serve(
     Ok(())
 }
 
+/// The comma-separated tokens of every `name` header, trimmed and lowercase (Connection, Vary).
+pub fn header_tokens(headers: &hyper::HeaderMap, name: hyper::header::HeaderName) -> Vec<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
 /// Binds a listener's socket (so lbd reports a busy port before it says READY).
 pub async fn bind(address: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(address).await.with_context(|| format!("binding {address}"))
