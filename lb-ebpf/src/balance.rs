@@ -19,13 +19,7 @@ pub type Outcome = (u32, Stat);
 /// Adds one packet of `bytes` to a global counter slot.
 #[inline(always)]
 pub fn count(stat: Stat, bytes: u64) {
-    if let Some(counter) = STATS.get_ptr_mut(stat as u32) {
-        // SAFETY: a per-CPU slot; nothing else on this CPU runs while the program does.
-        unsafe {
-            (*counter).packets += 1;
-            (*counter).bytes += bytes;
-        }
-    }
+    bump(&STATS, stat as u32, bytes);
 }
 
 /// The verdict slot for an XDP action.

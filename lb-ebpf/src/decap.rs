@@ -3,17 +3,11 @@ use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::Xdp
 use lb_common::stats::DecapStat;
 use lb_ebpf::parse::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPV6_HLEN, load};
 
-use crate::maps::DECAP_STATS;
+use crate::maps::{DECAP_STATS, bump};
 
 #[inline(always)]
 fn count(stat: DecapStat, bytes: u64) {
-    if let Some(counter) = DECAP_STATS.get_ptr_mut(stat as u32) {
-        // SAFETY: a per-CPU slot; nothing else on this CPU runs while the program does.
-        unsafe {
-            (*counter).packets += 1;
-            (*counter).bytes += bytes;
-        }
-    }
+    bump(&DECAP_STATS, stat as u32, bytes);
 }
 
 /// Which outer header this is and how long: (outer length, inner ethertype).

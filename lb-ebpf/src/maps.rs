@@ -58,3 +58,15 @@ pub static BACKEND_STATS: PerCpuArray<TrafficCounter> = PerCpuArray::pinned(MAX_
 /// DecapStat -> packets/bytes, per CPU; the decap program.
 #[map(name = "DECAP_STATS")]
 pub static DECAP_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(lb_common::stats::DECAP_STATS_ENTRIES, 0);
+
+/// Adds one packet of `bytes` to slot `index` of a per-CPU counter array.
+#[inline(always)]
+pub fn bump(counters: &PerCpuArray<Counter>, index: u32, bytes: u64) {
+    if let Some(counter) = counters.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot; nothing else on this CPU runs while the program does.
+        unsafe {
+            (*counter).packets += 1;
+            (*counter).bytes += bytes;
+        }
+    }
+}

@@ -210,6 +210,29 @@ impl Desired {
     }
 }
 
+/// Makes an LPM deny trie hold exactly `want` (prefix length, address), one line per change.
+fn sync_trie<const N: usize>(
+    trie: &mut LpmTrie<MapData, [u8; N], u32>,
+    want: &BTreeSet<(u32, [u8; N])>,
+    ip: impl Fn([u8; N]) -> IpAddr,
+) -> Result<Vec<String>>
+where
+    [u8; N]: aya::Pod,
+{
+    let have: BTreeSet<(u32, [u8; N])> =
+        trie.keys().filter_map(|k| k.ok()).map(|k| (k.prefix_len(), k.data())).collect();
+    let mut changes = Vec::new();
+    for (len, data) in have.difference(want) {
+        trie.remove(&Key::new(*len, *data))?;
+        changes.push(format!("deny {}/{len} removed", ip(*data)));
+    }
+    for (len, data) in want.difference(&have) {
+        trie.insert(&Key::new(*len, *data), &1, 0)?;
+        changes.push(format!("deny {}/{len} added", ip(*data)));
+    }
+    Ok(changes)
+}
+
 fn zero_counters(map: &mut PerCpuArray<MapData, TrafficCounter>, index: u32) -> Result<()> {
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
     map.set(index, PerCpuValues::try_from(vec![TrafficCounter::default(); cpus.get() as usize])?, 0)?;
@@ -390,7 +413,6 @@ impl Tables {
     }
 
     fn apply_deny(&mut self, deny: &[IpNet]) -> Result<Vec<String>> {
-        let mut changes = Vec::new();
         let (mut want4, mut want6) = (BTreeSet::new(), BTreeSet::new());
         for net in deny {
             match net {
@@ -398,26 +420,8 @@ impl Tables {
                 IpNet::V6(n) => want6.insert((n.prefix_len() as u32, n.network().octets())),
             };
         }
-        let have4: BTreeSet<(u32, [u8; 4])> =
-            self.deny_v4.keys().filter_map(|k| k.ok()).map(|k| (k.prefix_len(), k.data())).collect();
-        for (len, data) in have4.difference(&want4) {
-            self.deny_v4.remove(&Key::new(*len, *data))?;
-            changes.push(format!("deny {}/{len} removed", std::net::Ipv4Addr::from(*data)));
-        }
-        for (len, data) in want4.difference(&have4) {
-            self.deny_v4.insert(&Key::new(*len, *data), &1, 0)?;
-            changes.push(format!("deny {}/{len} added", std::net::Ipv4Addr::from(*data)));
-        }
-        let have6: BTreeSet<(u32, [u8; 16])> =
-            self.deny_v6.keys().filter_map(|k| k.ok()).map(|k| (k.prefix_len(), k.data())).collect();
-        for (len, data) in have6.difference(&want6) {
-            self.deny_v6.remove(&Key::new(*len, *data))?;
-            changes.push(format!("deny {}/{len} removed", std::net::Ipv6Addr::from(*data)));
-        }
-        for (len, data) in want6.difference(&have6) {
-            self.deny_v6.insert(&Key::new(*len, *data), &1, 0)?;
-            changes.push(format!("deny {}/{len} added", std::net::Ipv6Addr::from(*data)));
-        }
+        let mut changes = sync_trie(&mut self.deny_v4, &want4, |a| std::net::Ipv4Addr::from(a).into())?;
+        changes.extend(sync_trie(&mut self.deny_v6, &want6, |a| std::net::Ipv6Addr::from(a).into())?);
         Ok(changes)
     }
 }
