@@ -12,6 +12,9 @@ use crate::{netns::run, pki::TestCa, servers::TempDir};
 
 const NS: &str = "slbench";
 const BACKENDS: [u16; 2] = [18081, 18082];
+/// Idle keep-alive connections held open to measure each proxy's memory per connection. Not
+/// 10,000: the open-file hard limit here is 20,000 and HAProxy reserves two per connection.
+const IDLE_CONNECTIONS: usize = 9_000;
 
 /// A process in the bench namespace, killed on drop.
 struct Proc(Child);
@@ -79,6 +82,67 @@ fn wait_port(port: u16) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!("nothing listens on {port}")
+}
+
+/// Resident memory of `pid`, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Opens `n` connections to the proxy's plain HTTP port, makes one request on each and leaves
+/// them open and idle; returns the growth of the proxy's resident memory per connection.
+fn idle_memory_per_connection(pid: u32, port: u16, n: usize) -> Result<f64> {
+    use std::io::{Read as _, Write as _};
+    let before = rss_bytes(pid);
+    let path = format!("/run/netns/{NS}");
+    let held = std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<Vec<std::net::TcpStream>> {
+                let ns = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+                // SAFETY: setns on this thread only, with a valid namespace fd.
+                if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
+                    bail!("setns {path}: {}", std::io::Error::last_os_error());
+                }
+                let mut streams = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+                    s.write_all(b"GET / HTTP/1.1\r\nHost: bench.test\r\n\r\n")?;
+                    streams.push(s);
+                }
+                let mut buf = [0u8; 4096];
+                for s in &mut streams {
+                    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    let got = s.read(&mut buf)?;
+                    if !buf[..got].starts_with(b"HTTP/1.1 200") {
+                        bail!("an idle-connection probe got: {}", String::from_utf8_lossy(&buf[..got]));
+                    }
+                }
+                Ok(streams)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("idle-connection thread panicked"))?
+    })?;
+    std::thread::sleep(Duration::from_secs(1));
+    let after = rss_bytes(pid);
+    drop(held);
+    Ok(after.saturating_sub(before) as f64 / n as f64)
+}
+
+/// Raises this process's open-file limit to its hard limit (the proxies it starts inherit it).
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain getrlimit/setrlimit on this process with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// One measured case.
@@ -161,8 +225,8 @@ fn backend_config(dir: &Path, port: u16) -> String {
 
 fn nginx_proxy_config(dir: &Path, cert: &Path, key: &Path) -> String {
     format!(
-        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/np.pid;\nerror_log {d}/np.log;\nworker_rlimit_nofile 8192;\n\
-         events {{ worker_connections 4096; }}\nhttp {{\n access_log off;\n keepalive_requests 1000000;\n http2_max_requests 1000000;\n\
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/np.pid;\nerror_log {d}/np.log;\nworker_rlimit_nofile 19000;\n\
+         events {{ worker_connections 16384; }}\nhttp {{\n access_log off;\n keepalive_requests 1000000;\n http2_max_requests 1000000;\n\
          client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
          upstream b {{ server 127.0.0.1:{b0}; server 127.0.0.1:{b1}; keepalive 64; keepalive_requests 1000000; }}\n\
          server {{ listen 127.0.0.1:8080; listen 127.0.0.1:8443 ssl http2; ssl_certificate {c}; ssl_certificate_key {k};\n\
@@ -178,7 +242,7 @@ fn nginx_proxy_config(dir: &Path, cert: &Path, key: &Path) -> String {
 
 fn haproxy_config(pem: &Path) -> String {
     format!(
-        "global\n nbthread 1\n maxconn 8000\n tune.ssl.default-dh-param 2048\ndefaults\n mode http\n timeout connect 5s\n timeout client 30s\n timeout server 30s\n\
+        "global\n nbthread 1\n maxconn 9500\n tune.ssl.default-dh-param 2048\ndefaults\n mode http\n timeout connect 5s\n timeout client 30s\n timeout server 30s\n\
          http-reuse always\nfrontend f\n bind 127.0.0.1:7080\n bind 127.0.0.1:7443 ssl crt {p} alpn h2,http/1.1\n default_backend b\n\
          backend b\n balance roundrobin\n server b0 127.0.0.1:{b0}\n server b1 127.0.0.1:{b1}\n",
         p = pem.display(),
@@ -191,7 +255,7 @@ fn sluice_config(dir: &Path, cert: &Path, key: &Path) -> String {
     format!(
         "[dataplane]\ninterface = \"bench0\"\nxdp_mode = \"generic\"\npin_dir = \"/sys/fs/bpf/sluice-bench-l7\"\n\n\
          [[pool]]\nname = \"b\"\nbackends = [{{ address = \"127.0.0.1\" }}]\nport = {b0}\n\n\
-         [[listener]]\nname = \"http\"\naddress = \"127.0.0.1:9080\"\naccess_log = false\n\n\
+         [[listener]]\nname = \"http\"\naddress = \"127.0.0.1:9080\"\naccess_log = false\nmax_connections = 15000\n\n\
          [[listener]]\nname = \"https\"\naddress = \"127.0.0.1:9443\"\naccess_log = false\n\
          tls = {{ certificates = [{{ cert = \"{c}\", key = \"{k}\" }}] }}\n\n\
          [[route]]\nlistener = \"http\"\npool = \"b\"\n\n[[route]]\nlistener = \"https\"\npool = \"b\"\n\n\
@@ -206,6 +270,7 @@ fn sluice_config(dir: &Path, cert: &Path, key: &Path) -> String {
 /// Runs the whole comparison and prints it.
 pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
     crate::require_root();
+    raise_fd_limit();
     let _ = run("ip", &["netns", "del", NS]);
     run("ip", &["netns", "add", NS])?;
     let _cleanup = scopeguard(|| {
@@ -270,12 +335,16 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
     );
     for round in 1..=rounds {
         let mut table: Vec<(String, String, Sample)> = Vec::new();
+        let mut memory: Vec<(String, f64)> = Vec::new();
         for (name, argv, http, https) in &proxies {
             let args: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
             let proc = spawn("0", &argv[0], &args)?;
             wait_port(*https)?;
             // nsenter execs taskset, which execs the proxy: the child's pid is the proxy's.
             let pid = proc.0.id();
+            // Memory first, on a fresh process: after the load, freed buffers the allocator keeps
+            // would hide the growth.
+            memory.push((name.to_string(), idle_memory_per_connection(pid, *http, IDLE_CONNECTIONS)?));
             for mode in modes {
                 let url = match mode {
                     "http1-keepalive" => format!("http://127.0.0.1:{http}/"),
@@ -312,6 +381,19 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
                     ratio
                 );
             }
+        }
+        let best_peer =
+            memory.iter().filter(|(p, _)| p != "sluice").map(|(_, b)| *b).fold(f64::MAX, f64::min);
+        println!(
+            "\nmemory per idle keep-alive connection ({IDLE_CONNECTIONS} open, one request each, plain HTTP):"
+        );
+        for (proxy, bytes) in &memory {
+            let ratio = if proxy == "sluice" && best_peer >= 1.0 {
+                format!("{:.2}x the smallest peer", bytes / best_peer)
+            } else {
+                String::new()
+            };
+            println!("{proxy:<8} {:>8.1} KiB  {ratio}", bytes / 1024.0);
         }
     }
     drop(backends);

@@ -1,5 +1,6 @@
 //! Helpers for Sluice's root tests and demo: network namespaces, real servers, lbd processes.
 pub mod bench_l7;
+pub mod bench_traffic;
 pub mod harness;
 pub mod netns;
 pub mod packets;

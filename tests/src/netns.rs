@@ -137,7 +137,7 @@ pub struct Topology {
 
 static NEXT_TOPOLOGY: AtomicU32 = AtomicU32::new(0);
 
-fn read_mac(host_ns: &str, dev: &str) -> Result<[u8; 6]> {
+pub fn read_mac(host_ns: &str, dev: &str) -> Result<[u8; 6]> {
     let out = run("ip", &["-n", host_ns, "-br", "link", "show", dev])?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mac = text.split_whitespace().nth(2).context("no MAC in ip link output")?;

@@ -20,9 +20,10 @@ enum Task {
         host_only: bool,
     },
     /// Benchmarks, printed next to a peer measured in the same run. `l4`: ns per packet of
-    /// each XDP path against an empty XDP program.
+    /// each XDP path against an empty XDP program, then real traffic against nftables
+    /// (`l4-traffic` alone); `l7`: the proxy against HAProxy and nginx.
     Bench {
-        /// Which: l4.
+        /// Which: l4, l4-traffic or l7.
         what: String,
     },
     /// Build, bring up a namespace topology, run lbd with config/demo.toml, send traffic, show counters.

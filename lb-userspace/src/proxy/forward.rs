@@ -17,6 +17,7 @@ use hyper::{
     HeaderMap, Request, Response, StatusCode, Uri, Version,
     body::Incoming,
     header::{self, HeaderValue},
+    http::uri::PathAndQuery,
 };
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
@@ -28,7 +29,7 @@ use crate::{
     config::{Listener, UpstreamProtocol},
     proxy::{
         cache::{self, CacheStore},
-        metrics::ProxyMetrics,
+        metrics::{Label, ProxyMetrics},
         routes::{self, L7Pool, Snapshot, Upstream},
     },
     state::Command,
@@ -95,6 +96,10 @@ pub struct Forwarder {
     pub metrics: ProxyMetrics,
     next_id: AtomicU64,
     id_seed: u64,
+    /// The metrics label of no route, pool or backend (the proxy answered by itself).
+    none: Label,
+    /// The backend label of answers from a route's cache.
+    cache_label: Label,
 }
 
 impl Forwarder {
@@ -127,6 +132,8 @@ impl Forwarder {
             metrics,
             next_id: AtomicU64::new(1),
             id_seed,
+            none: Label::from(""),
+            cache_label: Label::from("cache"),
         }
     }
 
@@ -144,7 +151,7 @@ impl Forwarder {
         }
         let times = {
             let mut ejections = self.ejections.lock().unwrap_or_else(|p| p.into_inner());
-            let n = ejections.entry((pool.name.clone(), upstream.address)).or_default();
+            let n = ejections.entry((pool.name.to_string(), upstream.address)).or_default();
             *n += 1;
             *n
         };
@@ -155,7 +162,7 @@ impl Forwarder {
             upstream.address,
             outlier.consecutive_failures
         );
-        let (name, address) = (pool.name.clone(), upstream.address.ip());
+        let (name, address) = (pool.name.to_string(), upstream.address.ip());
         let _ = self.commands.send(Command::SetHealth { pool: name.clone(), address, healthy: false });
         let commands = self.commands.clone();
         tokio::spawn(async move {
@@ -164,24 +171,29 @@ impl Forwarder {
         });
     }
 
-    /// The request to send to `upstream` for the client's `parts` (headers already rewritten),
-    /// in the pool's protocol, and the client pool that speaks it. None: `path` is no valid
-    /// request target.
+    /// The request to send to `upstream` for the client's `parts` with `headers` (the parts'
+    /// headers, already rewritten), in the pool's protocol, and the client pool that speaks it.
+    /// None: no valid request target.
     fn upstream_request(
         &self,
         parts: &hyper::http::request::Parts,
-        upstream: SocketAddr,
-        path: &str,
+        headers: HeaderMap,
+        upstream: &Upstream,
         pool: &L7Pool,
         body: Body,
     ) -> Option<(Request<Body>, &Client<HttpConnector, Body>)> {
-        let uri = format!("http://{upstream}{path}").parse::<Uri>().ok()?;
+        let mut target = hyper::http::uri::Parts::default();
+        target.scheme = Some(hyper::http::uri::Scheme::HTTP);
+        target.authority = Some(upstream.authority.clone());
+        target.path_and_query =
+            Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+        let uri = Uri::from_parts(target).ok()?;
         let h2 = pool.protocol == UpstreamProtocol::H2c;
         let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
         *request.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
-        *request.headers_mut() = parts.headers.clone();
+        *request.headers_mut() = headers;
         Some((request, if h2 { &self.h2c } else { &self.client }))
     }
 
@@ -191,13 +203,13 @@ impl Forwarder {
         &self,
         pool: &L7Pool,
         parts: &hyper::http::request::Parts,
-        path: &str,
         client: std::net::IpAddr,
         timeout: std::time::Duration,
         max_bytes: usize,
     ) -> Option<(StatusCode, HeaderMap, Bytes, Option<std::time::Duration>)> {
         let upstream = pool.pick(&Request::new(()), client, &[])?;
-        let (request, client_pool) = self.upstream_request(parts, upstream.address, path, pool, empty())?;
+        let (request, client_pool) =
+            self.upstream_request(parts, parts.headers.clone(), &upstream, pool, empty())?;
         let _in_flight = InFlight::start(&upstream);
         let response = tokio::time::timeout(timeout, client_pool.request(request)).await.ok()?.ok()?;
         let (mut head, body) = response.into_parts();
@@ -266,7 +278,7 @@ impl Forwarder {
                 if let Ok(location) = HeaderValue::from_str(&format!("https://{host}{path}")) {
                     r.headers_mut().insert(header::LOCATION, location);
                 }
-                break 'answer (String::new(), String::new(), String::new(), r);
+                break 'answer (self.none.clone(), self.none.clone(), self.none.clone(), r);
             }
             // Request smuggling (RFC 9112 §6.3): a message with both framings is refused, not
             // forwarded with one of them, and the connection is closed after the answer.
@@ -275,7 +287,7 @@ impl Forwarder {
             {
                 let mut r = full(StatusCode::BAD_REQUEST, "both Content-Length and Transfer-Encoding");
                 r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-                break 'answer (String::new(), String::new(), String::new(), r);
+                break 'answer (self.none.clone(), self.none.clone(), self.none.clone(), r);
             }
             let too_big = request
                 .headers()
@@ -284,17 +296,17 @@ impl Forwarder {
                 .is_some_and(|n| n > listener.max_body_bytes);
             if too_big {
                 break 'answer (
-                    String::new(),
-                    String::new(),
-                    String::new(),
+                    self.none.clone(),
+                    self.none.clone(),
+                    self.none.clone(),
                     full(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
                 );
             }
             let Some(route) = snapshot.route(&listener.name, &host, &request) else {
                 break 'answer (
-                    String::new(),
-                    String::new(),
-                    String::new(),
+                    self.none.clone(),
+                    self.none.clone(),
+                    self.none.clone(),
                     full(StatusCode::NOT_FOUND, "no route"),
                 );
             };
@@ -302,14 +314,19 @@ impl Forwarder {
             // Gateway steps before any upstream: access control, rate limit, pool choice.
             if !route.admits(client.ip()) {
                 let r = full(StatusCode::FORBIDDEN, "client address not allowed on this route");
-                break 'answer (route_label, route.pool.clone(), String::new(), r);
+                break 'answer (route_label, route.pool.clone(), self.none.clone(), r);
             }
             let mut api_key = None;
             if let Some(keys) = &route.api_keys {
                 match keys.check(request.headers(), request.uri()) {
                     Ok(key) => api_key = Some(key),
                     Err((status, why)) => {
-                        break 'answer (route_label, route.pool.clone(), String::new(), full(status, why));
+                        break 'answer (
+                            route_label,
+                            route.pool.clone(),
+                            self.none.clone(),
+                            full(status, why),
+                        );
                     }
                 }
             }
@@ -319,7 +336,7 @@ impl Forwarder {
                     Err((status, why)) => {
                         let mut r = full(status, why);
                         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                        break 'answer (route_label, route.pool.clone(), String::new(), r);
+                        break 'answer (route_label, route.pool.clone(), self.none.clone(), r);
                     }
                 };
                 // Only the verified subject reaches the backend under that header.
@@ -333,23 +350,23 @@ impl Forwarder {
             if let Some(wait) = route.rate_limited(client.ip(), api_key.as_deref()) {
                 let mut r = full(StatusCode::TOO_MANY_REQUESTS, "rate limited");
                 r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
-                break 'answer (route_label, route.pool.clone(), String::new(), r);
+                break 'answer (route_label, route.pool.clone(), self.none.clone(), r);
             }
             let remembered = route
                 .sticky
                 .then(|| routes::cookie(request.headers(), STICKY_COOKIE))
                 .flatten()
-                .filter(|p| route.serves(p))
-                .map(str::to_owned);
+                .and_then(|p| route.serves(p))
+                .cloned();
             let set_sticky = route.sticky && remembered.is_none();
-            let pool_name = remembered.unwrap_or_else(|| route.pool_for(self.draw()).to_owned());
+            let pool_name = remembered.unwrap_or_else(|| route.pool_for(self.draw()).clone());
             let fallback = |status: StatusCode, text: &str| match &route.fallback {
                 Some(f) => fallback_response(f),
                 None => full(status, text),
             };
-            let Some(pool) = snapshot.pools.get(&pool_name).filter(|p| !p.upstreams.is_empty()) else {
+            let Some(pool) = snapshot.pools.get(&*pool_name).filter(|p| !p.upstreams.is_empty()) else {
                 let r = fallback(StatusCode::SERVICE_UNAVAILABLE, "no backend available");
-                break 'answer (route_label, pool_name, String::new(), r);
+                break 'answer (route_label, pool_name, self.none.clone(), r);
             };
             let h2 = pool.protocol == UpstreamProtocol::H2c;
 
@@ -366,7 +383,7 @@ impl Forwarder {
             let Some(picked_first) = pool.pick_or_wait(&request, client.ip(), route.timeout).await else {
                 // Circuit breaking: every backend is at max_requests_per_backend.
                 let r = fallback(StatusCode::SERVICE_UNAVAILABLE, "every backend is at its request limit");
-                break 'answer (route_label, pool_name, String::new(), r);
+                break 'answer (route_label, pool_name, self.none.clone(), r);
             };
             let (mut parts, body) = request.into_parts();
             if parts.version == Version::HTTP_2
@@ -391,15 +408,15 @@ impl Forwarder {
                 if client.is_ipv6() { format!("\"[{}]\"", client.ip()) } else { client.ip().to_string() };
             for (name, value) in [
                 ("x-forwarded-for", forwarded_for),
-                ("x-forwarded-proto", proto.to_owned()),
                 ("forwarded", format!("for={for_node};proto={proto};host={host}")),
                 ("x-request-id", request_id.clone()),
-                ("via", "1.1 sluice".to_owned()),
             ] {
                 if let Ok(v) = HeaderValue::from_str(&value) {
                     parts.headers.insert(name, v);
                 }
             }
+            parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+            parts.headers.insert("via", HeaderValue::from_static("1.1 sluice"));
             // A body that fails while streaming (too long, bad chunking) is the client's fault:
             // remember which, to answer 413 / 400 rather than 502.
             let limit = listener.max_body_bytes as usize;
@@ -423,17 +440,23 @@ impl Forwarder {
             {
                 let key = self.cache.key(&route.name, config, &parts.method, &host, &path, &parts.headers);
                 if let Some(hit) = self.cache.get(&route.name, config, &key) {
-                    break 'answer (route_label, pool_name, "cache".into(), cached_response(&hit, "HIT"));
+                    break 'answer (
+                        route_label,
+                        pool_name,
+                        self.cache_label.clone(),
+                        cached_response(&hit, "HIT"),
+                    );
                 }
                 let cell = self.cache.pending(&route.name, config, &key);
                 let fetched = cell
                     .get_or_init(|| async {
                         let answer = self
-                            .fetch(pool, &parts, &path, client.ip(), route.timeout, config.max_object_bytes)
+                            .fetch(pool, &parts, client.ip(), route.timeout, config.max_object_bytes)
                             .await;
                         // Upstream fills are counted apart (route NAME:fill): coalescing shows there.
                         let status = answer.as_ref().map_or(502, |a| a.0.as_u16());
-                        self.metrics.request(&format!("{}:fill", route.name), &pool_name, "", status, None);
+                        let fill = Label::from(format!("{}:fill", route.name));
+                        self.metrics.request(&fill, &pool_name, &self.none, status, None);
                         let request = (&parts.method, host.as_str(), path.as_str());
                         match answer {
                             Some((status, headers, body, Some(ttl))) => {
@@ -463,7 +486,7 @@ impl Forwarder {
                     Some(answer) => cached_response(&answer, "MISS"),
                     None => fallback(StatusCode::BAD_GATEWAY, "upstream failed"),
                 };
-                break 'answer (route_label, pool_name, "cache".into(), response);
+                break 'answer (route_label, pool_name, self.cache_label.clone(), response);
             }
 
             // Shadowing: a copy of a share of bodiless requests goes to the shadow pool on its own
@@ -475,10 +498,10 @@ impl Forwarder {
                 && let Some(shadow) = snapshot.pools.get(shadow_pool)
                 && let Some(target) = shadow.pick(&Request::new(()), client.ip(), &[])
                 && let Some((copy, client_pool)) =
-                    self.upstream_request(&parts, target.address, &path, shadow, empty())
+                    self.upstream_request(&parts, parts.headers.clone(), &target, shadow, empty())
             {
                 let (client_pool, metrics) = (client_pool.clone(), self.metrics.clone());
-                let (label, pool_label) = (format!("{route_label}:shadow"), shadow_pool.clone());
+                let (label, pool_label) = (Label::from(format!("{route_label}:shadow")), shadow.name.clone());
                 tokio::spawn(async move {
                     let status = match tokio::time::timeout(
                         std::time::Duration::from_secs(30),
@@ -493,12 +516,13 @@ impl Forwarder {
                         }
                         _ => 502,
                     };
-                    metrics.request(&label, &pool_label, &target.address.to_string(), status, None);
+                    metrics.request(&label, &pool_label, &target.label, status, None);
                 });
             }
 
             // Tries: a retry goes to another backend, after a connect failure or a 502/503/504.
             let mut tried = Vec::new();
+            let mut last_label = None;
             let mut failure = full(StatusCode::BAD_GATEWAY, "upstream failed");
             let mut answered = None;
             for attempt in 0..tries {
@@ -516,9 +540,16 @@ impl Forwarder {
                     upstream
                 };
                 tried.push(upstream.address);
+                last_label = Some(upstream.label.clone());
                 let request_body = body.take().unwrap_or_else(empty);
+                // The last try takes the headers; earlier ones send a copy.
+                let headers = if attempt + 1 == tries {
+                    std::mem::take(&mut parts.headers)
+                } else {
+                    parts.headers.clone()
+                };
                 let Some((upstream_request, upstream_client)) =
-                    self.upstream_request(&parts, upstream.address, &path, pool, request_body)
+                    self.upstream_request(&parts, headers, &upstream, pool, request_body)
                 else {
                     failure = full(StatusCode::BAD_REQUEST, "bad request target");
                     break;
@@ -562,7 +593,7 @@ impl Forwarder {
                         self.metrics.request(
                             &route_label,
                             &pool_name,
-                            &upstream.address.to_string(),
+                            &upstream.label,
                             response.status().as_u16(),
                             Some(elapsed),
                         );
@@ -573,7 +604,7 @@ impl Forwarder {
                     }
                 }
             }
-            let backend_label = tried.last().map(ToString::to_string).unwrap_or_default();
+            let backend_label = last_label.unwrap_or_else(|| self.none.clone());
             let Some((mut response, in_flight, elapsed)) = answered else {
                 let r = if failure.status() == StatusCode::BAD_GATEWAY {
                     fallback(StatusCode::BAD_GATEWAY, "upstream failed")

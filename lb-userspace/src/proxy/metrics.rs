@@ -1,11 +1,32 @@
 //! The proxy's metrics, kept across scrapes: requests by route, backend and status class,
 //! upstream latency, connections, TLS handshakes. Registered into each scrape's registry.
+use std::sync::Arc;
+
 use prometheus_client::{
+    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
 type Labels = Vec<(&'static str, String)>;
+
+/// A label value (route, pool or backend name) made once per config and shared by every request
+/// that carries it, so counting a request allocates nothing.
+pub type Label = Arc<str>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: Label,
+    pool: Label,
+    backend: Label,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    pool: Label,
+    backend: Label,
+}
 
 fn latency_histogram() -> Histogram {
     Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
@@ -13,8 +34,8 @@ fn latency_histogram() -> Histogram {
 
 #[derive(Clone)]
 pub struct ProxyMetrics {
-    requests: Family<Labels, Counter>,
-    latency: Family<Labels, Histogram, fn() -> Histogram>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
     connections: Family<Labels, Gauge>,
     handshakes: Family<Labels, Counter>,
     refused: Family<Labels, Counter>,
@@ -36,24 +57,20 @@ impl ProxyMetrics {
     /// One answered request; `backend` is empty when the proxy answered itself.
     pub fn request(
         &self,
-        route: &str,
-        pool: &str,
-        backend: &str,
+        route: &Label,
+        pool: &Label,
+        backend: &Label,
         status: u16,
         upstream_seconds: Option<f64>,
     ) {
-        let class = format!("{}xx", status / 100);
-        let labels = vec![
-            ("route", route.to_owned()),
-            ("pool", pool.to_owned()),
-            ("backend", backend.to_owned()),
-            ("class", class),
-        ];
+        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        let class = CLASSES.get(usize::from(status / 100).wrapping_sub(1)).copied().unwrap_or("other");
+        let labels =
+            RequestLabels { route: route.clone(), pool: pool.clone(), backend: backend.clone(), class };
         self.requests.get_or_create(&labels).inc();
         if let Some(seconds) = upstream_seconds {
-            self.latency
-                .get_or_create(&vec![("pool", pool.to_owned()), ("backend", backend.to_owned())])
-                .observe(seconds);
+            let labels = LatencyLabels { pool: labels.pool, backend: labels.backend };
+            self.latency.get_or_create(&labels).observe(seconds);
         }
     }
 

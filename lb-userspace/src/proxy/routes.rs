@@ -23,6 +23,7 @@ use crate::{
         Balance, CacheConfig, Fallback, Outlier, PathMatch, RateKey, RateLimit, Route, UpstreamProtocol,
     },
     maglev::{self, Weighted},
+    proxy::metrics::Label,
     state::State,
     tables::addr_of,
 };
@@ -39,18 +40,18 @@ enum CompiledPath {
 
 pub struct CompiledRoute {
     /// Metrics and log label.
-    pub name: String,
+    pub name: Label,
     host: Option<String>,
     path: CompiledPath,
     method: Option<Method>,
     headers: Vec<(String, String)>,
     cookies: Vec<(String, String)>,
-    pub pool: String,
+    pub pool: Label,
     /// Keep a client on the pool its split gave it (cookie `sluice_pool`).
     pub sticky: bool,
     pub timeout: Duration,
     /// Other pools and their share (percent) of this route's requests.
-    split: Vec<(String, f64)>,
+    split: Vec<(Label, f64)>,
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,
     limiter: Option<RateLimiter>,
@@ -130,12 +131,13 @@ impl CompiledRoute {
     }
 
     /// Whether `pool` is one this route sends to.
-    pub fn serves(&self, pool: &str) -> bool {
-        self.pool == pool || self.split.iter().any(|(p, _)| p == pool)
+    /// This route's label of `pool`, if it is one this route sends to.
+    pub fn serves(&self, pool: &str) -> Option<&Label> {
+        std::iter::once(&self.pool).chain(self.split.iter().map(|(p, _)| p)).find(|p| &***p == pool)
     }
 
     /// The pool for a request, given a uniform draw in [0, 100).
-    pub fn pool_for(&self, draw: f64) -> &str {
+    pub fn pool_for(&self, draw: f64) -> &Label {
         let mut edge = 0.0;
         for (pool, percent) in &self.split {
             edge += percent;
@@ -148,7 +150,7 @@ impl CompiledRoute {
 
     fn compile(route: &Route) -> CompiledRoute {
         CompiledRoute {
-            split: route.split.clone(),
+            split: route.split.iter().map(|(p, share)| (Label::from(p.as_str()), *share)).collect(),
             allow: route.allow.clone(),
             deny: route.deny.clone(),
             limiter: route
@@ -168,7 +170,7 @@ impl CompiledRoute {
             requests: AtomicU64::new(0),
             retries_used: AtomicU64::new(0),
             fallback: route.fallback.clone(),
-            name: route.name.clone(),
+            name: route.name.as_str().into(),
             host: route.host.clone(),
             path: match &route.path {
                 PathMatch::Any => CompiledPath::Any,
@@ -181,7 +183,7 @@ impl CompiledRoute {
             headers: route.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             cookies: route.cookies.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             sticky: route.sticky,
-            pool: route.pool.clone(),
+            pool: route.pool.as_str().into(),
             timeout: route.timeout,
         }
     }
@@ -219,6 +221,10 @@ impl CompiledRoute {
 /// One upstream of a pool.
 pub struct Upstream {
     pub address: SocketAddr,
+    /// `address` as the metrics label.
+    pub label: Label,
+    /// `address` as the authority of upstream request URIs.
+    pub authority: hyper::http::uri::Authority,
     /// Requests in flight (least-requests balancing, circuit breaking).
     pub in_flight: AtomicUsize,
     /// Failed requests in a row (outlier ejection).
@@ -230,7 +236,7 @@ pub struct Upstream {
 /// A pool as the proxy balances it: usable backends only (drained and down ones are out,
 /// unless the pool fails open).
 pub struct L7Pool {
-    pub name: String,
+    pub name: Label,
     pub upstreams: Vec<Arc<Upstream>>,
     pub protocol: UpstreamProtocol,
     max_in_flight: Option<usize>,
@@ -393,8 +399,11 @@ impl Snapshot {
                 let upstreams = usable
                     .iter()
                     .map(|(addr, _)| {
+                        let address = SocketAddr::new(*addr, pool.port);
                         Arc::new(Upstream {
-                            address: SocketAddr::new(*addr, pool.port),
+                            address,
+                            label: address.to_string().into(),
+                            authority: address.to_string().parse().expect("a socket address is an authority"),
                             in_flight: AtomicUsize::new(0),
                             failures: AtomicU32::new(0),
                             freed: freed.clone(),
@@ -402,7 +411,7 @@ impl Snapshot {
                     })
                     .collect();
                 let l7 = L7Pool {
-                    name: pool.name.clone(),
+                    name: pool.name.as_str().into(),
                     upstreams,
                     protocol: pool.protocol,
                     max_in_flight: pool.max_requests_per_backend,

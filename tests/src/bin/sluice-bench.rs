@@ -226,13 +226,21 @@ fn fill_conn_table(h: &Harness, n: usize) -> Result<usize> {
 
 fn main() -> Result<()> {
     let what = std::env::args().nth(1).unwrap_or_default();
+    if std::env::var_os("RUST_LOG").is_none() {
+        // SAFETY: the first thing main does, before any other thread exists. The lbd processes
+        // the benches start inherit it: their info lines would break up the tables.
+        unsafe { std::env::set_var("RUST_LOG", "warn") };
+    }
+    let seconds = std::env::var("SLUICE_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let rounds = std::env::var("SLUICE_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
     if what == "l7" {
-        let seconds = std::env::var("SLUICE_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
-        let rounds = std::env::var("SLUICE_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
         return sluice_tests::bench_l7::run_bench(seconds, rounds);
     }
+    if what == "l4-traffic" {
+        return sluice_tests::bench_traffic::run(seconds, rounds);
+    }
     if what != "l4" {
-        bail!("usage: sluice-bench l4|l7");
+        bail!("usage: sluice-bench l4|l4-traffic|l7");
     }
     sluice_tests::require_root();
     let started = Instant::now();
@@ -308,6 +316,7 @@ fn main() -> Result<()> {
     for (name, ns) in &warm {
         println!("{name:<26} {ns:>8.0} ns/packet");
     }
+    sluice_tests::bench_traffic::run(seconds, rounds)?;
     println!("\ntook {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -1,0 +1,265 @@
+//! The real-traffic half of `cargo xtask bench l4`: packets/s and connections/s through the lb
+//! namespace, Sluice's XDP balancer (native mode, DSR) against the kernel's own nftables
+//! `dnat to jhash` balancer (NAT, replies back through the lb) on the same topology.
+//!
+//! ```text
+//!  client (trafgen, wrk) ── router ── lb (Sluice XDP | nftables dnat)
+//!                              ├── be1 (nginx; Sluice decap)
+//!                              └── be2
+//! ```
+//! Packets: trafgen sends 64-byte UDP datagrams to the VIP from 1024 source ports in turn (every
+//! flow established) and from random source ports (every packet a new flow); counted where the
+//! router hands them to the backends. Connections: wrk with `Connection: close`, one TCP
+//! connection per request, to nginx on the backends.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    netns::{Host, Topology},
+    servers::{Decap, Lbd, Nginx, PeerPass, TempDir},
+};
+
+const VIP: &str = "198.19.0.1";
+const UDP_PORT: u16 = 9;
+
+/// What each balancer did in one run.
+struct Figures {
+    /// UDP packets/s delivered to the backends, established flows.
+    pps_established: f64,
+    /// The same with every packet a new flow.
+    pps_new: f64,
+    /// Share of the sent packets that reached a backend (established flows).
+    delivered: f64,
+    /// TCP connections/s (one request each).
+    cps: f64,
+    /// Share of connections that failed.
+    cps_errors: f64,
+}
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// A counter of interface `dev` in `host`'s namespace ("tx_packets", "rx_packets").
+fn link_counter(host: &Host, dev: &str, counter: &str) -> Result<u64> {
+    let out = host.run("ip", &["-s", "-j", "link", "show", dev])?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let direction = if counter.starts_with("tx") { "tx" } else { "rx" };
+    json[0]["stats64"][direction]["packets"].as_u64().with_context(|| format!("no {counter} on {dev}"))
+}
+
+/// Packets the router has handed to the backends so far.
+fn delivered_to_backends(topology: &Topology) -> Result<u64> {
+    (0..topology.backends.len()).map(|k| link_counter(&topology.router, &format!("r{}", 10 + k), "tx")).sum()
+}
+
+/// trafgen's packet description: Ethernet to the router, IPv4 to the VIP, UDP with the given
+/// source-port expression, 18 bytes of payload (a 64-byte frame).
+fn trafgen_config(topology: &Topology, router_mac: [u8; 6], sport: &str) -> String {
+    format!(
+        "{{ eth(da={da}, sa={sa}), ipv4(sa={src}, da={VIP}, ttl=64), udp(sp={sport}, dp={UDP_PORT}), fill(0x5a, 18) }}\n",
+        da = mac(router_mac),
+        sa = mac(topology.client.mac),
+        src = topology.client.addr4,
+    )
+}
+
+/// Sends UDP from the client for `seconds` with one trafgen process; returns (delivered/s, share).
+fn blast(
+    topology: &Topology,
+    dir: &Path,
+    router_mac: [u8; 6],
+    sport: &str,
+    seconds: u64,
+) -> Result<(f64, f64)> {
+    let conf = dir.join("trafgen.cfg");
+    std::fs::write(&conf, trafgen_config(topology, router_mac, sport))?;
+    let sent_before = link_counter(&topology.client, "eth0", "tx")?;
+    let delivered_before = delivered_to_backends(topology)?;
+    let started = Instant::now();
+    let status = topology
+        .client
+        .command("timeout")
+        .args(["-s", "INT", &seconds.to_string(), "trafgen", "--dev", "eth0", "--conf"])
+        .arg(&conf)
+        .args(["--cpus", "1", "--no-cpu-stats"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running trafgen (scripts/setup installs netsniff-ng)")?;
+    // timeout exits 124 when it stopped trafgen, which is the normal end.
+    if !status.success() && status.code() != Some(124) {
+        bail!("trafgen failed: {status}");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = link_counter(&topology.client, "eth0", "tx")? - sent_before;
+    let delivered = delivered_to_backends(topology)? - delivered_before;
+    Ok((delivered as f64 / elapsed, delivered as f64 / sent.max(1) as f64))
+}
+
+/// wrk from the client with one connection per request; returns (connections/s, error share).
+fn connect_rate(topology: &Topology, seconds: u64) -> Result<(f64, f64)> {
+    let out = topology.client.run(
+        "taskset",
+        &[
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            "-c32",
+            &format!("-d{seconds}s"),
+            "-H",
+            "Connection: close",
+            &format!("http://{VIP}/"),
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let number = |prefix: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    };
+    let rate = number("Requests/sec:").context("wrk printed no rate")?;
+    let total = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let errors: f64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+        .map(|e| e.split(',').filter_map(|p| p.split_whitespace().last()?.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0)
+        + number("Non-2xx or 3xx responses:").unwrap_or(0.0);
+    Ok((rate, if total > 0.0 { errors / total } else { 1.0 }))
+}
+
+/// The whole measurement on a topology whose lb balances VIP:80/tcp and VIP:9/udp.
+fn measure(topology: &Topology, dir: &Path, seconds: u64) -> Result<Figures> {
+    let router_mac = crate::netns::read_mac(&topology.router.ns, "r0")?;
+    // Warm the path (ARP, flows) before counting.
+    blast(topology, dir, router_mac, "dinc(1024, 2047)", 1)?;
+    let (pps_established, delivered) = blast(topology, dir, router_mac, "dinc(1024, 2047)", seconds)?;
+    let (pps_new, _) = blast(topology, dir, router_mac, "drnd()", seconds)?;
+    let (cps, cps_errors) = connect_rate(topology, seconds)?;
+    Ok(Figures { pps_established, pps_new, delivered, cps, cps_errors })
+}
+
+/// A topology with two nginx backends that accept the VIP on loopback (DSR).
+fn topology() -> Result<(Topology, Vec<Nginx>)> {
+    let topology = Topology::new(2)?;
+    let mut servers = Vec::new();
+    for (i, backend) in topology.backends.iter().enumerate() {
+        backend.make_dsr_backend(&[VIP])?;
+        servers.push(Nginx::start(backend, &format!("backend{}", i + 1))?);
+    }
+    Ok((topology, servers))
+}
+
+fn sluice(seconds: u64) -> Result<Figures> {
+    let (topology, _servers) = topology()?;
+    let dir = TempDir::new("bench-traffic-sluice")?;
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", topology.tag));
+    let _pass = PeerPass::attach(&topology.router, "r1")?;
+    let _decaps: Vec<Decap> =
+        topology.backends.iter().map(|b| Decap::attach(b, "native")).collect::<Result<_>>()?;
+    let b = &topology.backends;
+    let config = dir.0.join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"native\"\npin_dir = \"{pin}\"\nnext_hop_mac = \"{mac}\"\n\
+             [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n\
+             [[vip]]\nname = \"udp\"\naddress = \"{VIP}\"\nport = {UDP_PORT}\nprotocol = \"udp\"\npool = \"web\"\n\
+             [[pool]]\nname = \"web\"\nbackends = [{{ address = \"{a}\" }}, {{ address = \"{b}\" }}]\n\
+             [admin]\nsocket = \"{dir}/lbd.sock\"\n",
+            pin = pin_dir.display(),
+            mac = mac(topology.router_mac_to_lb),
+            a = b[0].addr4,
+            b = b[1].addr4,
+            dir = dir.0.display(),
+        ),
+    )?;
+    let _lbd = Lbd::start(&topology.lb, &config)?;
+    measure(&topology, &dir.0, seconds)
+}
+
+fn nftables(seconds: u64) -> Result<Figures> {
+    let (topology, _servers) = topology()?;
+    let dir = TempDir::new("bench-traffic-nft")?;
+    // Same peer program on the router's lb link as in Sluice's run, so only the lb differs.
+    let _pass = PeerPass::attach(&topology.router, "r1")?;
+    let lb = &topology.lb;
+    for key in
+        ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.eth0.send_redirects=0"]
+    {
+        lb.run("sysctl", &["-qw", key])?;
+    }
+    let (a, b) = (topology.backends[0].addr4, topology.backends[1].addr4);
+    let rules = format!(
+        "table ip sluicebench {{\n chain prerouting {{\n  type nat hook prerouting priority dstnat; policy accept;\n  \
+         ip daddr {VIP} tcp dport 80 dnat to jhash ip saddr . tcp sport mod 2 map {{ 0 : {a}, 1 : {b} }}\n  \
+         ip daddr {VIP} udp dport {UDP_PORT} dnat to jhash ip saddr . udp sport mod 2 map {{ 0 : {a}, 1 : {b} }}\n }}\n}}\n"
+    );
+    let file = dir.0.join("lb.nft");
+    std::fs::write(&file, rules)?;
+    lb.run("nft", &["-f", file.to_str().context("path")?])?;
+    // NAT needs the replies back through the lb: the router sends what the backends send to it.
+    let router = &topology.router;
+    for k in 0..topology.backends.len() {
+        router.run("ip", &["rule", "add", "iif", &format!("r{}", 10 + k), "table", "100"])?;
+    }
+    router.run("ip", &["route", "add", "default", "via", &lb.addr4.to_string(), "table", "100"])?;
+    measure(&topology, &dir.0, seconds)
+}
+
+/// Runs both balancers `rounds` times and prints the table.
+pub fn run(seconds: u64, rounds: usize) -> Result<()> {
+    crate::require_root();
+    for tool in ["trafgen", "nft", "wrk"] {
+        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).output()?.stdout.is_empty() {
+            bail!("{tool} is missing: run scripts/setup");
+        }
+    }
+    println!(
+        "\nreal traffic through the lb namespace ({seconds} s per case; trafgen and wrk on CPU 1, \
+         the lb's softirq wherever the kernel runs it):"
+    );
+    println!(
+        "{:<6} {:<22} {:>14} {:>14} {:>10} {:>12} {:>9}",
+        "round", "lb", "pps (1k flows)", "pps (new)", "delivered", "conn/s", "errors"
+    );
+    for round in 1..=rounds {
+        let mut rows = Vec::new();
+        for (name, f) in
+            [("sluice xdp native", sluice as fn(u64) -> Result<Figures>), ("nftables dnat jhash", nftables)]
+        {
+            let figures = f(seconds).with_context(|| format!("{name} run"))?;
+            println!(
+                "{round:<6} {name:<22} {:>14.0} {:>14.0} {:>9.1}% {:>12.0} {:>8.2}%",
+                figures.pps_established,
+                figures.pps_new,
+                figures.delivered * 100.0,
+                figures.cps,
+                figures.cps_errors * 100.0
+            );
+            rows.push(figures);
+        }
+        let (s, n) = (&rows[0], &rows[1]);
+        println!(
+            "{round:<6} {:<22} {:>13.2}x {:>13.2}x {:>10} {:>11.2}x",
+            "sluice/nftables",
+            s.pps_established / n.pps_established,
+            s.pps_new / n.pps_new,
+            "",
+            s.cps / n.cps
+        );
+    }
+    Ok(())
+}
