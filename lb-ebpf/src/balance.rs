@@ -3,6 +3,7 @@ use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, maps::lpm_trie::
 use lb_common::{
     addr::{Addr, is_v4},
     backend::{BACKEND_F_IN_USE, Backend, NO_BACKEND},
+    config::{CONFIG_F_ANY_PORT_VIPS, CONFIG_F_DENY_V4, CONFIG_F_DENY_V6},
     flow::FlowValue,
     hash::flow_hash,
     ring::RING_SIZE,
@@ -49,7 +50,8 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Outcome, Stat> {
     if !parse_frame(ctx.data(), ctx.data_end(), &mut packet).map_err(malformed)? {
         return Ok((xdp_action::XDP_PASS, Stat::PassNotIp));
     }
-    if denied(&packet) {
+    let flags = lookup_flags();
+    if denied(&packet, flags) {
         return Err(Stat::DropDenied);
     }
     if packet.fragment {
@@ -63,7 +65,7 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Outcome, Stat> {
     if packet.flow.proto == IPPROTO_ICMP || packet.flow.proto == IPPROTO_ICMPV6 {
         return icmp::handle(ctx, &mut packet);
     }
-    let Some(vip) = lookup_vip(&packet.flow.dst, packet.flow.dport, packet.flow.proto) else {
+    let Some(vip) = lookup_vip(&packet.flow.dst, packet.flow.dport, packet.flow.proto, flags) else {
         return Ok((xdp_action::XDP_PASS, Stat::PassNotVip));
     };
     if vip.flags & VIP_F_L7 != 0 {
@@ -72,24 +74,35 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Outcome, Stat> {
     Ok(forward(ctx, &packet, &vip, packet.is_syn()))
 }
 
-/// Whether the source is in a deny list.
+/// `CONFIG_F_*`: the lookups worth making (all of them if the settings cannot be read).
 #[inline(always)]
-fn denied(packet: &Packet) -> bool {
+pub fn lookup_flags() -> u32 {
+    DATAPLANE_CONFIG.get(0).map_or(u32::MAX, |c| c.flags)
+}
+
+/// Whether the source is in a deny list (an empty list is not looked up).
+#[inline(always)]
+fn denied(packet: &Packet, flags: u32) -> bool {
     let src = &packet.flow.src;
     if is_v4(src) {
-        DENY_V4.get(&Key::new(32, [src[12], src[13], src[14], src[15]])).is_some()
+        flags & CONFIG_F_DENY_V4 != 0
+            && DENY_V4.get(&Key::new(32, [src[12], src[13], src[14], src[15]])).is_some()
     } else {
-        DENY_V6.get(&Key::new(128, *src)).is_some()
+        flags & CONFIG_F_DENY_V6 != 0 && DENY_V6.get(&Key::new(128, *src)).is_some()
     }
 }
 
-/// The VIP for (address, port, protocol): the exact port first, then the any-port VIP.
+/// The VIP for (address, port, protocol): the exact port first, then the any-port VIP (only
+/// looked up when one exists).
 #[inline(always)]
-pub fn lookup_vip(addr: &Addr, port: u16, proto: u8) -> Option<VipMeta> {
+pub fn lookup_vip(addr: &Addr, port: u16, proto: u8, flags: u32) -> Option<VipMeta> {
     let mut key = VipKey { addr: *addr, port, proto, _pad: 0 };
     // SAFETY: VipMeta is copied out at once; lbd replaces values whole.
     if let Some(meta) = unsafe { VIPS.get(&key) } {
         return Some(*meta);
+    }
+    if flags & CONFIG_F_ANY_PORT_VIPS == 0 {
+        return None;
     }
     key.port = ANY_PORT;
     unsafe { VIPS.get(&key) }.copied()

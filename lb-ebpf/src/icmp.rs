@@ -8,7 +8,7 @@ use lb_ebpf::{
 };
 
 use crate::{
-    balance::{Outcome, forward, lookup_vip},
+    balance::{Outcome, forward, lookup_flags, lookup_vip},
     maps::VIP_ADDRS,
 };
 
@@ -91,7 +91,8 @@ fn too_big(ctx: &XdpContext, packet: &mut Packet) -> Result<Outcome, Stat> {
         parse_ipv4(data, end, inner_off, false, packet)
     }
     .map_err(|_| Stat::DropMalformedL4)?;
-    let Some(vip) = lookup_vip(&packet.flow.src, packet.flow.sport, packet.flow.proto) else {
+    let flags = lookup_flags();
+    let Some(vip) = lookup_vip(&packet.flow.src, packet.flow.sport, packet.flow.proto, flags) else {
         return Ok((xdp_action::XDP_PASS, Stat::PassNotVip));
     };
     if vip.flags & VIP_F_L7 != 0 {

@@ -15,11 +15,13 @@ use ipnet::IpNet;
 use lb_common::{
     addr::{Addr, mapped_v4},
     backend::{BACKEND_F_IN_USE, BACKENDS_MAP, Backend, NO_BACKEND},
-    config::{DATAPLANE_CONFIG_MAP, DataplaneConfig},
+    config::{
+        CONFIG_F_ANY_PORT_VIPS, CONFIG_F_DENY_V4, CONFIG_F_DENY_V6, DATAPLANE_CONFIG_MAP, DataplaneConfig,
+    },
     deny::{DENY_V4_MAP, DENY_V6_MAP},
     ring::{RING_SIZE, RINGS_MAP, SLOTS_PER_VIP},
     stats::{BACKEND_STATS_MAP, TrafficCounter, VIP_STATS_MAP},
-    vip::{VIP_ADDRS_MAP, VIP_F_DROP_FRAGMENTS, VIP_F_L7, VIPS_MAP, VipKey, VipMeta},
+    vip::{ANY_PORT, VIP_ADDRS_MAP, VIP_F_DROP_FRAGMENTS, VIP_F_L7, VIPS_MAP, VipKey, VipMeta},
 };
 
 use crate::{
@@ -208,6 +210,21 @@ impl Desired {
             redirect_ifindex: host.redirect_ifindex,
         }
     }
+}
+
+/// Which of the balancer's lookups have anything to find (`CONFIG_F_*`).
+fn lookup_flags(desired: &Desired) -> u32 {
+    let mut flags = 0;
+    if desired.vips.iter().any(|v| v.key.port == ANY_PORT) {
+        flags |= CONFIG_F_ANY_PORT_VIPS;
+    }
+    if desired.deny.iter().any(|n| matches!(n, IpNet::V4(_))) {
+        flags |= CONFIG_F_DENY_V4;
+    }
+    if desired.deny.iter().any(|n| matches!(n, IpNet::V6(_))) {
+        flags |= CONFIG_F_DENY_V6;
+    }
+    flags
 }
 
 /// Makes an LPM deny trie hold exactly `want` (prefix length, address), one line per change.
@@ -405,6 +422,8 @@ impl Tables {
             encap_source_v4: v4,
             encap_source_v6: v6,
             max_encap_ip_len: desired.max_encap_ip_len,
+            // Written after the maps they describe, so a lookup is skipped only once it would miss.
+            flags: lookup_flags(desired),
         };
         if self.dataplane.get(&0, 0)? != settings {
             self.dataplane.set(0, &settings, 0)?;

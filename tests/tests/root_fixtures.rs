@@ -642,3 +642,31 @@ fn root_fixtures_redirect_instead_of_tx() -> Result<()> {
     assert_eq!((stats["redirect"], stats["tx"]), (1, 0));
     Ok(())
 }
+
+/// The deny lists and the any-port lookup are skipped while empty (DataplaneConfig flags): a
+/// prefix or an any-port VIP added later is honoured at once, and one removed stops matching.
+#[test]
+fn root_fixtures_lookups_follow_what_the_maps_hold() -> Result<()> {
+    let bare = desired(vec![vip(VIP_WEB, 80, 6, 0, &WEB)], &[]);
+    let full = desired(
+        vec![vip(VIP_WEB, 80, 6, 0, &WEB), vip(VIP_ANY, 0, 6, 0, &[("198.18.12.2", 100)])],
+        &["198.18.0.0/24", "fd00:5e::/64"],
+    );
+    let mut h = Harness::new("lookup-flags", 8, bare.clone())?;
+    let to_web = tcp4(40000, VIP_WEB, 80, Tcp::Syn);
+    let to_any = tcp4(40001, VIP_ANY, 8080, Tcp::Syn);
+    let v6 = tcp(ip(CLIENT6), 40002, ip(VIP6), 80, Tcp::Syn, b"");
+    let verdicts = |h: &mut Harness| -> Result<Vec<u32>> {
+        [&to_web, &to_any, &v6].iter().map(|p| h.run(p).map(|(verdict, _)| verdict)).collect()
+    };
+    assert_eq!(verdicts(&mut h)?, [XDP_TX, XDP_PASS, XDP_PASS], "empty deny lists, no any-port VIP");
+    h.apply(full)?;
+    assert_eq!(verdicts(&mut h)?, [XDP_DROP, XDP_DROP, XDP_DROP], "client prefixes denied");
+    let mut any_port_only = bare.clone();
+    any_port_only.vips.push(vip(VIP_ANY, 0, 6, 0, &[("198.18.12.2", 100)]));
+    h.apply(any_port_only)?;
+    assert_eq!(verdicts(&mut h)?, [XDP_TX, XDP_TX, XDP_PASS], "deny lists emptied, any-port VIP kept");
+    h.apply(bare)?;
+    assert_eq!(verdicts(&mut h)?, [XDP_TX, XDP_PASS, XDP_PASS], "back to the start");
+    Ok(())
+}
