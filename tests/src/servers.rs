@@ -100,6 +100,13 @@ impl Nginx {
     }
 }
 
+impl Nginx {
+    /// The nginx process (nsenter execs it, so it is the child itself).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Nginx {
     fn drop(&mut self) {
         stop(&mut self.child);
@@ -145,6 +152,11 @@ impl Lbd {
             bail!("lbd exited early: {status}");
         }
         Ok(lbd)
+    }
+
+    /// The lbd process (nsenter execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Kills lbd with SIGKILL, leaving its pinned program and maps in the kernel.

@@ -237,7 +237,7 @@ fn main() -> Result<()> {
         return sluice_tests::bench_l7::run_bench(seconds, rounds);
     }
     if what == "l4-traffic" {
-        return sluice_tests::bench_traffic::run(seconds, rounds);
+        return sluice_tests::bench_traffic::run_bench(seconds, rounds);
     }
     if what != "l4" {
         bail!("usage: sluice-bench l4|l4-traffic|l7");
@@ -316,7 +316,7 @@ fn main() -> Result<()> {
     for (name, ns) in &warm {
         println!("{name:<26} {ns:>8.0} ns/packet");
     }
-    sluice_tests::bench_traffic::run(seconds, rounds)?;
+    sluice_tests::bench_traffic::run_bench(seconds, rounds)?;
     println!("\ntook {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
