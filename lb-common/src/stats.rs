@@ -82,6 +82,9 @@ enum Stat {
     IcmpEchoReply = "icmp_echo_reply",
     /// ICMP "fragmentation needed" / ICMPv6 "packet too big" forwarded to the flow's backend.
     IcmpTooBigForwarded = "icmp_too_big_forwarded",
+    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" sent to a client whose packet would
+    /// exceed the link once encapsulated.
+    IcmpTooBigSent = "icmp_too_big_sent",
     /// Dropped: source in a deny list.
     DropDenied = "drop_denied",
     /// Dropped: truncated Ethernet or VLAN header.
@@ -96,7 +99,8 @@ enum Stat {
     DropFragment = "drop_fragment",
     /// Dropped: the VIP's pool has no backend.
     DropNoBackend = "drop_no_backend",
-    /// Dropped: the encapsulated packet would exceed the link.
+    /// Dropped: the encapsulated packet would exceed the link, and no ICMP error could be sent
+    /// (VLAN-tagged, IPv4 without DF, or ICMP itself).
     DropTooBig = "drop_too_big",
     /// Dropped: an IPv6 VIP with an IPv4 backend, or a map that should exist did not.
     DropInternal = "drop_internal",

@@ -71,7 +71,11 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Outcome, Stat> {
     if vip.flags & VIP_F_L7 != 0 {
         return Ok((xdp_action::XDP_PASS, Stat::PassL7));
     }
-    Ok(forward(ctx, &packet, &vip, packet.is_syn()))
+    let outcome = forward(ctx, &packet, &vip, packet.is_syn());
+    if outcome.1 == Stat::DropTooBig {
+        return Ok(icmp::too_big_reply(ctx, &packet));
+    }
+    Ok(outcome)
 }
 
 /// `CONFIG_F_*`: the lookups worth making (all of them if the settings cannot be read).
@@ -167,8 +171,10 @@ fn try_forward(ctx: &XdpContext, packet: &Packet, vip: &VipMeta, new_flow: bool)
     // Counted once the packet is really on its way (not when it is too big).
     let bytes = packet.ip_len as u64;
     let outcome = encap::encapsulate(ctx, packet, &backend.addr, &config, hash)?;
-    add_traffic(VIP_STATS.get_ptr_mut(vip.index), bytes, hit, new_flow);
-    add_traffic(BACKEND_STATS.get_ptr_mut(backend_id), bytes, hit, new_flow);
+    if matches!(outcome.1, Stat::Tx | Stat::Redirect) {
+        add_traffic(VIP_STATS.get_ptr_mut(vip.index), bytes, hit, new_flow);
+        add_traffic(BACKEND_STATS.get_ptr_mut(backend_id), bytes, hit, new_flow);
+    }
     Ok(outcome)
 }
 

@@ -110,6 +110,29 @@ pub fn too_big(router: IpAddr, to: IpAddr, quoted: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The balancer's answer to a client packet too big to encapsulate: from the VIP back to the
+/// client (MACs swapped), ICMP "fragmentation needed" (IPv4, DF set like any etherparse IPv4
+/// header) or ICMPv6 "packet too big" with `mtu`, quoting the first 68 (IPv4) or 128 (IPv6)
+/// bytes of `ip_packet`.
+pub fn too_big_answer(vip: IpAddr, client: IpAddr, ip_packet: &[u8], mtu: u32) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2(LB_MAC, CLIENT_MAC);
+    let mut out = Vec::new();
+    if vip.is_ipv4() {
+        let quote = 68;
+        let t = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+            next_hop_mtu: mtu as u16,
+        });
+        eth.ipv4(v4(vip), v4(client), 64).icmpv4(t).write(&mut out, &ip_packet[..quote]).unwrap();
+    } else {
+        let quote = ip_packet.len().min(128);
+        eth.ipv6(v6(vip), v6(client), 64)
+            .icmpv6(Icmpv6Type::PacketTooBig { mtu })
+            .write(&mut out, &ip_packet[..quote])
+            .unwrap();
+    }
+    out
+}
+
 /// The IP packet inside an Ethernet frame without VLAN tags.
 pub fn ip_part(frame: &[u8]) -> &[u8] {
     &frame[14..]

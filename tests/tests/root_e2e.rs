@@ -98,3 +98,54 @@ fn root_e2e_dsr_native() -> Result<()> {
 fn root_e2e_dsr_generic() -> Result<()> {
     dsr_end_to_end("generic")
 }
+
+/// Path MTU discovery through the balancer: with the lb's link at 1500 bytes, a client's
+/// full-size segments no longer fit once encapsulated. The lb answers "fragmentation needed" /
+/// "packet too big" from the VIP; the client's kernel accepts it (it caches the smaller path
+/// MTU for the VIP), resends smaller segments, and the upload completes.
+#[test]
+fn root_e2e_path_mtu_discovery_through_the_balancer() -> Result<()> {
+    let topology = Topology::new(2)?;
+    let dir = TempDir::new("e2e-pmtu")?;
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", topology.tag));
+    let mut servers = Vec::new();
+    let mut decaps = Vec::new();
+    for (i, backend) in topology.backends.iter().enumerate() {
+        backend.make_dsr_backend(&[VIP4, VIP6])?;
+        servers.push(Nginx::start(backend, &format!("backend{}", i + 1))?);
+        decaps.push(Decap::attach(backend, "generic")?);
+    }
+    topology.lb.run("ip", &["link", "set", "eth0", "mtu", "1500"])?;
+    let lbd = Lbd::start(&topology.lb, &config(&topology, &dir, "generic", &pin_dir)?)?;
+    let body = dir.0.join("body");
+    std::fs::write(&body, vec![b'x'; 200_000])?;
+    let upload = format!("@{}", body.display());
+    for (url, vip, mtu) in
+        [(format!("http://{VIP4}/"), VIP4, "mtu 1480"), (format!("http://[{VIP6}]/"), VIP6, "mtu 1460")]
+    {
+        let out = topology.client.run(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--data-binary",
+                &upload,
+                &url,
+            ],
+        )?;
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{url}");
+        let route = topology.client.run("ip", &["route", "get", vip])?;
+        let route = String::from_utf8_lossy(&route.stdout);
+        assert!(route.contains(mtu), "the client did not learn the path MTU to {vip}: {route}");
+    }
+    let stats = lb_userspace::stats::verdicts(&pin_dir)?;
+    let sent = stats.iter().find(|(s, _)| s.name() == "icmp_too_big_sent").map_or(0, |(_, c)| c.packets);
+    assert!(sent >= 2, "the lb sent {sent} ICMP errors");
+    drop(lbd);
+    Ok(())
+}

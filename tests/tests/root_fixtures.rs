@@ -12,7 +12,10 @@ use lb_common::{
 };
 use sluice_tests::{
     harness::{ENCAP_SRC4, ENCAP_SRC6, Harness, desired, flow, vip},
-    packets::{self, Tcp, echo_reply, echo_request, encapsulated, hex_diff, ip_part, tcp, too_big, udp},
+    packets::{
+        self, Tcp, echo_reply, echo_request, encapsulated, hex_diff, ip_part, tcp, too_big, too_big_answer,
+        udp,
+    },
 };
 
 const XDP_DROP: u32 = 1;
@@ -439,8 +442,46 @@ fn phase_one(h: &Harness) -> Vec<Fixture> {
         XDP_DROP,
         "drop_no_backend",
     ));
-    let big = tcp(ip(CLIENT), 44000, ip(VIP_WEB), 80, Tcp::PshAck, &[0; 1460]);
-    f.push(fixture("1500-byte packet: encapsulated it would exceed the MTU", big, XDP_DROP, "drop_too_big"));
+    // Too big to encapsulate (max_encap_ip_len 1500): the client gets "fragmentation needed" /
+    // "packet too big" with the inner MTU that fits, unless no error may be sent.
+    let answered = |description: &str, input: Vec<u8>, vip: &str, client: &str, mtu: u32| Fixture {
+        description: description.into(),
+        output: Expect::Bytes(too_big_answer(ip(vip), ip(client), ip_part(&input), mtu)),
+        input,
+        verdict: XDP_TX,
+        reason: "icmp_too_big_sent",
+    };
+    let big = tcp(ip(CLIENT), 44000, ip(VIP_WEB), 80, Tcp::PshAck, &[7; 1460]);
+    f.push(answered(
+        "1500-byte IPv4 packet, DF: fragmentation needed, MTU 1480",
+        big.clone(),
+        VIP_WEB,
+        CLIENT,
+        1480,
+    ));
+    let big6 = tcp(ip(CLIENT6), 44000, ip(VIP6), 80, Tcp::PshAck, &[7; 1440]);
+    f.push(answered("1500-byte IPv6 packet: packet too big, MTU 1460", big6, VIP6, CLIENT6, 1460));
+    let big_4in6 = tcp(ip(CLIENT), 44001, ip(VIP_V4_TO_V6), 80, Tcp::PshAck, &[7; 1460]);
+    f.push(answered(
+        "1500-byte IPv4 packet to an IPv6 backend: MTU 1460",
+        big_4in6,
+        VIP_V4_TO_V6,
+        CLIENT,
+        1460,
+    ));
+    let with_options = with_ipv4_options(&big, &[1, 1, 1, 1]);
+    f.push(answered(
+        "1504-byte IPv4 packet with options: the quote keeps them",
+        with_options,
+        VIP_WEB,
+        CLIENT,
+        1480,
+    ));
+    let mut no_df = big.clone();
+    no_df[14 + 6] &= !0x40;
+    refresh_ipv4_checksum(&mut no_df);
+    f.push(fixture("1500-byte IPv4 packet without DF: dropped", no_df, XDP_DROP, "drop_too_big"));
+    f.push(fixture("1500-byte packet in a VLAN: dropped", with_vlans(&big, &[7]), XDP_DROP, "drop_too_big"));
     f
 }
 
@@ -497,7 +538,7 @@ fn root_fixtures_every_path() -> Result<()> {
     let mut per_backend: BTreeMap<IpAddr, u64> = BTreeMap::new();
     for f in &fixtures {
         if let (Expect::Bytes(out), XDP_TX) = (&f.output, f.verdict)
-            && f.reason != "icmp_echo_reply"
+            && !matches!(f.reason, "icmp_echo_reply" | "icmp_too_big_sent")
         {
             let backend: IpAddr = if out[12] == 0x08 {
                 <[u8; 4]>::try_from(&out[30..34]).unwrap().into()
