@@ -24,7 +24,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    netns::{Host, Topology, run},
+    netns::{Host, Topology, mac_text, read_mac, run},
     servers::{Decap, Lbd, Nginx, PeerPass, TempDir},
 };
 
@@ -49,10 +49,6 @@ struct Figures {
     us_per_connection: f64,
     /// Share of connections that failed.
     cps_errors: f64,
-}
-
-fn mac(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// A packet counter of interface `dev` in `host`'s namespace ("tx" or "rx").
@@ -122,8 +118,8 @@ fn pin_napi(host: &Host, dev: &str, cpu: u32) -> Result<()> {
 fn trafgen_config(topology: &Topology, router_mac: [u8; 6], sport: &str) -> String {
     format!(
         "{{ eth(da={da}, sa={sa}), ipv4(sa={src}, da={VIP}, ttl=64), udp(sp={sport}, dp={UDP_PORT}), fill(0x5a, 18) }}\n",
-        da = mac(router_mac),
-        sa = mac(topology.client.mac),
+        da = mac_text(router_mac),
+        sa = mac_text(topology.client.mac),
         src = topology.client.addr4,
     )
 }
@@ -208,7 +204,7 @@ fn connect_rate(topology: &Topology, seconds: u64) -> Result<(f64, f64, f64)> {
 
 /// The whole measurement on a topology whose lb balances VIP:80/tcp and VIP:9/udp.
 fn measure(topology: &Topology, dir: &Path, seconds: u64) -> Result<Figures> {
-    let router_mac = crate::netns::read_mac(&topology.router.ns, "r0")?;
+    let router_mac = read_mac(&topology.router.ns, "r0")?;
     // Warm the path (ARP, flows) before counting.
     blast(topology, dir, router_mac, "dinc(1024, 2047)", 1)?;
     let (pps_established, ns_established, delivered) =
@@ -261,7 +257,7 @@ fn sluice(seconds: u64) -> Result<Figures> {
              [[pool]]\nname = \"web\"\nbackends = [{{ address = \"{a}\" }}, {{ address = \"{b}\" }}]\n\
              [admin]\nsocket = \"{dir}/lbd.sock\"\n",
             pin = pin_dir.display(),
-            mac = mac(topology.router_mac_to_lb),
+            mac = mac_text(topology.router_mac_to_lb),
             a = b[0].addr4,
             b = b[1].addr4,
             dir = dir.0.display(),

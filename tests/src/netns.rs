@@ -137,6 +137,12 @@ pub struct Topology {
 
 static NEXT_TOPOLOGY: AtomicU32 = AtomicU32::new(0);
 
+/// A MAC address as config files write it (`02:00:00:00:00:fe`).
+pub fn mac_text(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// The MAC of `dev` in namespace `host_ns`.
 pub fn read_mac(host_ns: &str, dev: &str) -> Result<[u8; 6]> {
     let out = run("ip", &["-n", host_ns, "-br", "link", "show", dev])?;
     let text = String::from_utf8_lossy(&out.stdout);

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use sluice_tests::{
-    netns::{Host, Topology},
+    netns::{Host, Topology, mac_text},
     servers::{Decap, Lbd, Nginx, PeerPass, TempDir, wait_for},
 };
 
@@ -25,10 +25,6 @@ struct Bed {
     config: PathBuf,
     dir: TempDir,
     topology: Topology,
-}
-
-fn mac(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 impl Bed {
@@ -56,7 +52,7 @@ impl Bed {
                  health = {{ kind = \"http\", port = 80, path = \"/\", interval_ms = 300, timeout_ms = 200, rise = 2, fall = 2 }}\n\n\
                  [admin]\nsocket = \"{dir}/lbd.sock\"\nmetrics = \"127.0.0.1:9100\"\n",
                 tag = topology.tag,
-                mac = mac(topology.router_mac_to_lb),
+                mac = mac_text(topology.router_mac_to_lb),
                 b1 = b[0].addr4,
                 b2 = b[1].addr4,
                 dir = dir.0.display(),

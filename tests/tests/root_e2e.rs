@@ -4,16 +4,12 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use anyhow::Result;
 use sluice_tests::{
-    netns::Topology,
+    netns::{Topology, mac_text},
     servers::{Decap, Lbd, Nginx, PeerPass, TempDir},
 };
 
 const VIP4: &str = "198.19.0.1";
 const VIP6: &str = "fd00:5e:100::1";
-
-fn mac(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
 
 /// Writes an lbd config for the topology: one v4 and one v6 TCP VIP over both backends.
 fn config(topology: &Topology, dir: &TempDir, mode: &str, pin_dir: &std::path::Path) -> Result<PathBuf> {
@@ -27,7 +23,7 @@ fn config(topology: &Topology, dir: &TempDir, mode: &str, pin_dir: &std::path::P
          [admin]\nsocket = \"{dir}/lbd.sock\"\n",
         dir = dir.0.display(),
         pin = pin_dir.display(),
-        mac = mac(topology.router_mac_to_lb),
+        mac = mac_text(topology.router_mac_to_lb),
         a4 = b[0].addr4,
         b4 = b[1].addr4,
         a6 = b[0].addr6,
