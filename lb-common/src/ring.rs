@@ -1,16 +1,28 @@
-//! Maglev lookup tables, computed by lbd: the kernel only reads `ring[slot * RING_SIZE + h % RING_SIZE]`.
+//! Maglev lookup tables, computed by lbd: the kernel only reads bucket `h % RING_SIZE` of a slot.
 //!
 //! Each VIP owns two slots (2 * index and 2 * index + 1). lbd writes a new generation into the
 //! slot not in use, then flips [`crate::vip::VipMeta::ring_current`] with one map update, so a
 //! packet never sees a half-written table; the other slot keeps the previous generation.
 
-/// Array `u32` -> backend id ([`crate::backend::NO_BACKEND`] for none).
+/// Array of [`RingChunk`]: bucket `b` of slot `s` is lane `b % RING_LANES` of chunk
+/// `s * RING_CHUNKS + b / RING_LANES`. Backend ids are 16 bits (4 to an 8-byte array element,
+/// the kernel's element size), a quarter of the memory one id per element would take: 268 MB
+/// instead of 1 GB for 1024 VIPs.
 pub const RINGS_MAP: &str = "RINGS";
-/// Entries per table: prime, as Maglev requires. Fixed: the flow -> bucket mapping depends on it.
+/// Buckets per table: prime, as Maglev requires. Fixed: the flow -> bucket mapping depends on it.
 pub const RING_SIZE: u32 = 65537;
+/// Buckets per array element.
+pub const RING_LANES: u32 = 4;
+/// Array elements per table (the last one partly used).
+pub const RING_CHUNKS: u32 = RING_SIZE.div_ceil(RING_LANES);
+/// One array element: four buckets' backend ids, [`RING_NONE`] for none.
+pub type RingChunk = [u16; RING_LANES as usize];
+/// A bucket with no backend (an empty pool).
+pub const RING_NONE: u16 = u16::MAX;
+const _: () = assert!(crate::backend::MAX_BACKENDS < RING_NONE as u32);
 /// Ring slots per VIP (current and previous generation).
 pub const SLOTS_PER_VIP: u32 = 2;
-/// Entries in [`RINGS_MAP`] for `max_vips` VIPs; lbd sizes the map at load time.
+/// Elements in [`RINGS_MAP`] for `max_vips` VIPs; lbd sizes the map at load time.
 pub const fn ring_entries(max_vips: u32) -> u32 {
-    max_vips * SLOTS_PER_VIP * RING_SIZE
+    max_vips * SLOTS_PER_VIP * RING_CHUNKS
 }

@@ -6,7 +6,7 @@ use lb_common::{
     config::{CONFIG_F_ANY_PORT_VIPS, CONFIG_F_DENY_V4, CONFIG_F_DENY_V6},
     flow::FlowValue,
     hash::flow_hash,
-    ring::RING_SIZE,
+    ring::{RING_CHUNKS, RING_LANES, RING_NONE, RING_SIZE},
     stats::Stat,
     vip::{ANY_PORT, VIP_F_DROP_FRAGMENTS, VIP_F_L7, VipKey, VipMeta},
 };
@@ -178,11 +178,14 @@ fn try_forward(ctx: &XdpContext, packet: &Packet, vip: &VipMeta, new_flow: bool)
     Ok(outcome)
 }
 
-/// The bucket of `hash` in ring `slot`.
+/// The backend id in the bucket of `hash` in ring `slot` (NO_BACKEND for none).
 #[inline(always)]
 fn ring_entry(slot: u32, hash: u32) -> Result<u32, Stat> {
-    let index = slot.wrapping_mul(RING_SIZE).wrapping_add(hash % RING_SIZE);
-    RINGS.get(index).copied().ok_or(Stat::DropInternal)
+    let bucket = hash % RING_SIZE;
+    let index = slot.wrapping_mul(RING_CHUNKS).wrapping_add(bucket / RING_LANES);
+    let chunk = RINGS.get(index).ok_or(Stat::DropInternal)?;
+    let id = chunk[(bucket % RING_LANES) as usize];
+    Ok(if id == RING_NONE { NO_BACKEND } else { id as u32 })
 }
 
 /// The backend with id `id` if its slot is in use.

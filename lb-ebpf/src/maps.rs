@@ -9,7 +9,7 @@ use lb_common::{
     config::DataplaneConfig,
     deny::MAX_DENY_PREFIXES,
     flow::{CONN_TABLE_ENTRIES, FlowKey, FlowValue},
-    ring::ring_entries,
+    ring::{RingChunk, ring_entries},
     stats::{Counter, STATS_ENTRIES, TrafficCounter},
     vip::{MAX_VIPS, VipKey, VipMeta},
 };
@@ -27,9 +27,9 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::pinned(MAX_VIPS, 0);
 /// VIP address -> OR of its VIPs' flags (ICMP and fragments match on address only); lbd.
 #[map(name = "VIP_ADDRS")]
 pub static VIP_ADDRS: HashMap<Addr, u32> = HashMap::pinned(MAX_VIPS, 0);
-/// Ring slot * RING_SIZE + bucket -> backend id; lbd (Maglev).
+/// Ring slot * RING_CHUNKS + bucket / 4 -> four buckets' backend ids; lbd (Maglev).
 #[map(name = "RINGS")]
-pub static RINGS: Array<u32> = Array::pinned(ring_entries(DEFAULT_RING_VIPS), BPF_F_MMAPABLE);
+pub static RINGS: Array<RingChunk> = Array::pinned(ring_entries(DEFAULT_RING_VIPS), BPF_F_MMAPABLE);
 /// Backend id -> Backend; lbd.
 #[map(name = "BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);

@@ -19,7 +19,7 @@ use lb_common::{
         CONFIG_F_ANY_PORT_VIPS, CONFIG_F_DENY_V4, CONFIG_F_DENY_V6, DATAPLANE_CONFIG_MAP, DataplaneConfig,
     },
     deny::{DENY_V4_MAP, DENY_V6_MAP},
-    ring::{RING_SIZE, RINGS_MAP, SLOTS_PER_VIP},
+    ring::{RING_CHUNKS, RING_LANES, RING_NONE, RING_SIZE, RINGS_MAP, RingChunk, SLOTS_PER_VIP},
     stats::{BACKEND_STATS_MAP, TrafficCounter, VIP_STATS_MAP},
     vip::{ANY_PORT, VIP_ADDRS_MAP, VIP_F_DROP_FRAGMENTS, VIP_F_L7, VIPS_MAP, VipKey, VipMeta},
 };
@@ -58,21 +58,25 @@ fn open(pin_dir: &Path, name: &str) -> Result<MapData> {
 
 /// The RINGS array mapped into lbd's memory (it is BPF_F_MMAPABLE): a table is written with
 /// plain stores instead of 65537 syscalls. Readers see it only after the VIP's flip, a map
-/// update syscall that orders these stores before it. Array elements are 8-byte aligned in
-/// the kernel, so each u32 entry sits in the low half of a u64 slot.
+/// update syscall that orders these stores before it. Its elements are 4 u16 buckets each, so
+/// the mapping is one u16 array in which slot `s` starts at `s * RING_CHUNKS * RING_LANES`.
 struct Rings {
     _data: MapData,
-    ptr: *mut u64,
+    ptr: *mut u16,
+    /// Array elements (chunks of RING_LANES buckets).
     entries: usize,
     bytes: usize,
 }
+
+/// u16 buckets from one slot's start to the next's.
+const SLOT_STRIDE: usize = (RING_CHUNKS * RING_LANES) as usize;
 
 impl Rings {
     fn open(data: MapData) -> Result<Rings> {
         let entries = data.info()?.max_entries() as usize;
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let bytes = (entries * 8).div_ceil(page) * page;
+        let bytes = (entries * std::mem::size_of::<RingChunk>()).div_ceil(page) * page;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(data.fd()));
         // SAFETY: mapping a BPF array fd shared and read/write, as the kernel allows for
         // BPF_F_MMAPABLE arrays; the mapping lives as long as this struct.
@@ -95,26 +99,29 @@ impl Rings {
         Ok(Rings { _data: data, ptr: ptr.cast(), entries, bytes })
     }
 
-    /// The mapped u64 words of ring `slot`.
-    fn words(&self, slot: u32) -> *mut u64 {
-        let start = slot as usize * RING_SIZE as usize;
-        assert!(start + RING_SIZE as usize <= self.entries, "ring slot {slot} out of range");
+    /// The mapped buckets of ring `slot`.
+    fn buckets(&self, slot: u32) -> *mut u16 {
+        let start = slot as usize * SLOT_STRIDE;
+        let lanes = self.entries * RING_LANES as usize;
+        assert!(start + RING_SIZE as usize <= lanes, "ring slot {slot} out of range");
         // SAFETY: in bounds of the mapping (checked above).
         unsafe { self.ptr.add(start) }
     }
 
+    /// Ring `slot` as backend ids (NO_BACKEND for none).
     fn read(&self, slot: u32) -> Vec<u32> {
-        // SAFETY: RING_SIZE words in bounds (words() checks); any bits are a valid u64.
-        let words = unsafe { std::slice::from_raw_parts(self.words(slot), RING_SIZE as usize) };
-        words.iter().map(|w| *w as u32).collect()
+        // SAFETY: RING_SIZE buckets in bounds (buckets() checks); any bits are a valid u16.
+        let buckets = unsafe { std::slice::from_raw_parts(self.buckets(slot), RING_SIZE as usize) };
+        buckets.iter().map(|&b| if b == RING_NONE { NO_BACKEND } else { b as u32 }).collect()
     }
 
+    /// Writes backend ids (below MAX_BACKENDS, or NO_BACKEND) into ring `slot`.
     fn write(&mut self, slot: u32, table: &[u32]) {
         assert_eq!(table.len(), RING_SIZE as usize);
-        // SAFETY: RING_SIZE words in bounds (words() checks); &mut self: the only writer here.
-        let words = unsafe { std::slice::from_raw_parts_mut(self.words(slot), RING_SIZE as usize) };
-        for (word, id) in words.iter_mut().zip(table) {
-            *word = *id as u64;
+        // SAFETY: RING_SIZE buckets in bounds (buckets() checks); &mut self: the only writer.
+        let buckets = unsafe { std::slice::from_raw_parts_mut(self.buckets(slot), RING_SIZE as usize) };
+        for (bucket, &id) in buckets.iter_mut().zip(table) {
+            *bucket = if id == NO_BACKEND { RING_NONE } else { id as u16 };
         }
     }
 }
@@ -275,7 +282,7 @@ impl Tables {
 
     /// VIPs the RINGS map has room for.
     pub fn max_vips(&self) -> u32 {
-        (self.rings.entries / (SLOTS_PER_VIP * RING_SIZE) as usize) as u32
+        (self.rings.entries / (SLOTS_PER_VIP * RING_CHUNKS) as usize) as u32
     }
 
     /// Backends in use: address -> id.
