@@ -99,20 +99,20 @@ fn root_e2e_dsr_generic() -> Result<()> {
 /// full-size segments no longer fit once encapsulated. The lb answers "fragmentation needed" /
 /// "packet too big" from the VIP; the client's kernel accepts it (it caches the smaller path
 /// MTU for the VIP), resends smaller segments, and the upload completes.
-#[test]
-fn root_e2e_path_mtu_discovery_through_the_balancer() -> Result<()> {
+fn path_mtu_discovery(mode: &str) -> Result<()> {
     let topology = Topology::new(2)?;
-    let dir = TempDir::new("e2e-pmtu")?;
+    let dir = TempDir::new(&format!("e2e-pmtu-{mode}"))?;
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", topology.tag));
+    let _pass = if mode == "native" { Some(PeerPass::attach(&topology.router, "r1")?) } else { None };
     let mut servers = Vec::new();
     let mut decaps = Vec::new();
     for (i, backend) in topology.backends.iter().enumerate() {
         backend.make_dsr_backend(&[VIP4, VIP6])?;
         servers.push(Nginx::start(backend, &format!("backend{}", i + 1))?);
-        decaps.push(Decap::attach(backend, "generic")?);
+        decaps.push(Decap::attach(backend, mode)?);
     }
     topology.lb.run("ip", &["link", "set", "eth0", "mtu", "1500"])?;
-    let lbd = Lbd::start(&topology.lb, &config(&topology, &dir, "generic", &pin_dir)?)?;
+    let lbd = Lbd::start(&topology.lb, &config(&topology, &dir, mode, &pin_dir)?)?;
     let body = dir.0.join("body");
     std::fs::write(&body, vec![b'x'; 200_000])?;
     let upload = format!("@{}", body.display());
@@ -144,4 +144,14 @@ fn root_e2e_path_mtu_discovery_through_the_balancer() -> Result<()> {
     assert!(sent >= 2, "the lb sent {sent} ICMP errors");
     drop(lbd);
     Ok(())
+}
+
+#[test]
+fn root_e2e_path_mtu_discovery_native() -> Result<()> {
+    path_mtu_discovery("native")
+}
+
+#[test]
+fn root_e2e_path_mtu_discovery_generic() -> Result<()> {
+    path_mtu_discovery("generic")
 }
