@@ -46,12 +46,13 @@ fn malformed(m: Malformed) -> Stat {
 
 #[inline(always)]
 pub fn try_balance(ctx: &XdpContext) -> Result<Outcome, Stat> {
-    let mut packet = Packet::EMPTY;
-    if !parse_frame(ctx.data(), ctx.data_end(), &mut packet).map_err(malformed)? {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let packet = Packet::zeroed_in(&mut slot);
+    if !parse_frame(ctx.data(), ctx.data_end(), packet).map_err(malformed)? {
         return Ok((xdp_action::XDP_PASS, Stat::PassNotIp));
     }
     let flags = lookup_flags();
-    if denied(&packet, flags) {
+    if denied(packet, flags) {
         return Err(Stat::DropDenied);
     }
     if packet.fragment {
@@ -63,7 +64,7 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Outcome, Stat> {
         };
     }
     if packet.flow.proto == IPPROTO_ICMP || packet.flow.proto == IPPROTO_ICMPV6 {
-        return icmp::handle(ctx, &mut packet);
+        return icmp::handle(ctx, packet);
     }
     let Some(vip) = lookup_vip(&packet.flow.dst, packet.flow.dport, packet.flow.proto, flags) else {
         return Ok((xdp_action::XDP_PASS, Stat::PassNotVip));
@@ -71,9 +72,9 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Outcome, Stat> {
     if vip.flags & VIP_F_L7 != 0 {
         return Ok((xdp_action::XDP_PASS, Stat::PassL7));
     }
-    let outcome = forward(ctx, &packet, &vip, packet.is_syn());
+    let outcome = forward(ctx, packet, &vip, packet.is_syn());
     if outcome.1 == Stat::DropTooBig {
-        return Ok(icmp::too_big_reply(ctx, &packet));
+        return Ok(icmp::too_big_reply(ctx, packet));
     }
     Ok(outcome)
 }

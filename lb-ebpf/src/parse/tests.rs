@@ -4,6 +4,8 @@ use std::vec::Vec;
 
 use etherparse::PacketBuilder;
 
+use lb_common::addr::mapped_v4;
+
 use super::*;
 
 const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
