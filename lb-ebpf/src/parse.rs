@@ -89,22 +89,9 @@ pub struct Packet {
 }
 
 impl Packet {
-    /// A packet with every field zero, to parse into (parsing fills it in place: the BPF
-    /// stack is too small for copies of it).
-    pub const EMPTY: Packet = Packet {
-        l3_off: 0,
-        l4_off: 0,
-        ipv6: false,
-        flow: FlowKey { src: [0; 16], dst: [0; 16], sport: 0, dport: 0, proto: 0, _pad: [0; 3] },
-        tcp_flags: 0,
-        icmp_type: 0,
-        icmp_code: 0,
-        fragment: false,
-        ip_len: 0,
-    };
-
-    /// A zeroed packet in `slot`, made with eight-byte stores. (`Packet::EMPTY` compiles, on
-    /// BPF, to a call of a memset subprogram that stores one byte per loop turn.)
+    /// A zeroed packet in `slot`, to parse into (parsing fills it in place: the BPF stack is
+    /// too small for copies of it). Made with eight-byte stores: a zeroed struct literal
+    /// compiles, on BPF, to a call of a memset subprogram that stores one byte per loop turn.
     #[inline(always)]
     pub fn zeroed_in(slot: &mut core::mem::MaybeUninit<Packet>) -> &mut Packet {
         const WORDS: usize = size_of::<Packet>() / 8;

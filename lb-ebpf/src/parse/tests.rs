@@ -13,15 +13,16 @@ const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
 fn parse(bytes: &[u8]) -> Result<bool, Malformed> {
     let start = bytes.as_ptr() as usize;
-    let mut p = Packet::EMPTY;
-    parse_frame(start, start + bytes.len(), &mut p)
+    let mut slot = core::mem::MaybeUninit::uninit();
+    parse_frame(start, start + bytes.len(), Packet::zeroed_in(&mut slot))
 }
 
 fn packet(bytes: &[u8]) -> Packet {
     let start = bytes.as_ptr() as usize;
-    let mut p = Packet::EMPTY;
-    assert_eq!(parse_frame(start, start + bytes.len(), &mut p), Ok(true));
-    p
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let p = Packet::zeroed_in(&mut slot);
+    assert_eq!(parse_frame(start, start + bytes.len(), p), Ok(true));
+    *p
 }
 
 fn tcp4(payload: &[u8]) -> Vec<u8> {
