@@ -45,12 +45,23 @@ fn spread(topology: &Topology, url: &str, first_port: u16, n: u16) -> Result<BTr
     Ok(seen)
 }
 
-fn dsr_end_to_end(mode: &str) -> Result<()> {
+/// The DSR test bed: the topology, two nginx backends with the VIPs on loopback and Sluice's
+/// decap in `mode`, and (native mode) the pass program XDP_TX needs on the router's lb link.
+/// Fields drop in order, the topology last.
+struct Bed {
+    _pass: Option<PeerPass>,
+    _servers: Vec<Nginx>,
+    decaps: Vec<Decap>,
+    dir: TempDir,
+    pin_dir: PathBuf,
+    topology: Topology,
+}
+
+fn bed(mode: &str, name: &str) -> Result<Bed> {
     let topology = Topology::new(2)?;
-    let dir = TempDir::new(&format!("e2e-{mode}"))?;
+    let dir = TempDir::new(&format!("{name}-{mode}"))?;
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", topology.tag));
-    // Native XDP_TX on a veth needs an XDP program on the peer.
-    let _pass = if mode == "native" { Some(PeerPass::attach(&topology.router, "r1")?) } else { None };
+    let pass = if mode == "native" { Some(PeerPass::attach(&topology.router, "r1")?) } else { None };
     let mut servers = Vec::new();
     let mut decaps = Vec::new();
     for (i, backend) in topology.backends.iter().enumerate() {
@@ -58,15 +69,20 @@ fn dsr_end_to_end(mode: &str) -> Result<()> {
         servers.push(Nginx::start(backend, &format!("backend{}", i + 1))?);
         decaps.push(Decap::attach(backend, mode)?);
     }
-    let lbd = Lbd::start(&topology.lb, &config(&topology, &dir, mode, &pin_dir)?)?;
+    Ok(Bed { _pass: pass, _servers: servers, decaps, dir, pin_dir, topology })
+}
+
+fn dsr_end_to_end(mode: &str) -> Result<()> {
+    let Bed { ref topology, ref dir, ref pin_dir, ref decaps, .. } = bed(mode, "e2e")?;
+    let lbd = Lbd::start(&topology.lb, &config(topology, dir, mode, pin_dir)?)?;
 
     for (url, first_port) in [(format!("http://{VIP4}/"), 20000), (format!("http://[{VIP6}]/"), 30000)] {
-        let seen = spread(&topology, &url, first_port, 24)?;
+        let seen = spread(topology, &url, first_port, 24)?;
         assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), ["backend1", "backend2"], "{url}: {seen:?}");
         assert!(seen.values().all(|&n| n >= 4), "{url}: uneven spread {seen:?}");
     }
     // Every backend decapsulated, and the lb counted per-backend traffic.
-    for decap in &decaps {
+    for decap in decaps {
         assert!(decap.decapsulated()? >= 40, "backend decapsulated too little");
     }
     let stats = lbd.lbctl(&["stats"])?;
@@ -75,7 +91,7 @@ fn dsr_end_to_end(mode: &str) -> Result<()> {
     }
     // DSR: replies do not cross the lb. The lb's XDP saw only client->VIP packets; a reply
     // would have been passed to its stack, and nothing else talks to the lb here.
-    let passed = lb_userspace::stats::verdicts(&pin_dir)?;
+    let passed = lb_userspace::stats::verdicts(pin_dir)?;
     let tx = passed.iter().find(|(s, _)| s.name() == "tx").map(|(_, c)| c.packets).unwrap_or(0);
     let not_vip =
         passed.iter().find(|(s, _)| s.name() == "pass_not_vip").map(|(_, c)| c.packets).unwrap_or(0);
@@ -100,19 +116,9 @@ fn root_e2e_dsr_generic() -> Result<()> {
 /// "packet too big" from the VIP; the client's kernel accepts it (it caches the smaller path
 /// MTU for the VIP), resends smaller segments, and the upload completes.
 fn path_mtu_discovery(mode: &str) -> Result<()> {
-    let topology = Topology::new(2)?;
-    let dir = TempDir::new(&format!("e2e-pmtu-{mode}"))?;
-    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", topology.tag));
-    let _pass = if mode == "native" { Some(PeerPass::attach(&topology.router, "r1")?) } else { None };
-    let mut servers = Vec::new();
-    let mut decaps = Vec::new();
-    for (i, backend) in topology.backends.iter().enumerate() {
-        backend.make_dsr_backend(&[VIP4, VIP6])?;
-        servers.push(Nginx::start(backend, &format!("backend{}", i + 1))?);
-        decaps.push(Decap::attach(backend, mode)?);
-    }
+    let Bed { ref topology, ref dir, ref pin_dir, .. } = bed(mode, "e2e-pmtu")?;
     topology.lb.run("ip", &["link", "set", "eth0", "mtu", "1500"])?;
-    let lbd = Lbd::start(&topology.lb, &config(&topology, &dir, mode, &pin_dir)?)?;
+    let lbd = Lbd::start(&topology.lb, &config(topology, dir, mode, pin_dir)?)?;
     let body = dir.0.join("body");
     std::fs::write(&body, vec![b'x'; 200_000])?;
     let upload = format!("@{}", body.display());
@@ -139,7 +145,7 @@ fn path_mtu_discovery(mode: &str) -> Result<()> {
         let route = String::from_utf8_lossy(&route.stdout);
         assert!(route.contains(mtu), "the client did not learn the path MTU to {vip}: {route}");
     }
-    let stats = lb_userspace::stats::verdicts(&pin_dir)?;
+    let stats = lb_userspace::stats::verdicts(pin_dir)?;
     let sent = stats.iter().find(|(s, _)| s.name() == "icmp_too_big_sent").map_or(0, |(_, c)| c.packets);
     assert!(sent >= 2, "the lb sent {sent} ICMP errors");
     drop(lbd);
