@@ -64,7 +64,7 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Outcome, Stat> {
         };
     }
     if packet.flow.proto == IPPROTO_ICMP || packet.flow.proto == IPPROTO_ICMPV6 {
-        return icmp::handle(ctx, packet);
+        return icmp::handle(ctx, packet, flags);
     }
     let Some(vip) = lookup_vip(&packet.flow.dst, packet.flow.dport, packet.flow.proto, flags) else {
         return Ok((xdp_action::XDP_PASS, Stat::PassNotVip));
@@ -81,7 +81,7 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Outcome, Stat> {
 
 /// `CONFIG_F_*`: the lookups worth making (all of them if the settings cannot be read).
 #[inline(always)]
-pub fn lookup_flags() -> u32 {
+fn lookup_flags() -> u32 {
     DATAPLANE_CONFIG.get(0).map_or(u32::MAX, |c| c.flags)
 }
 

@@ -12,12 +12,11 @@ use lb_common::{
 };
 use lb_ebpf::{
     csum,
-    parse::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPV6_HLEN, Packet},
+    parse::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_HLEN, IPV6_HLEN, Packet},
 };
 
 use crate::balance::Outcome;
 
-const IPV4_HLEN: usize = 20;
 /// TTL / hop limit of the outer header.
 const OUTER_TTL: u8 = 64;
 

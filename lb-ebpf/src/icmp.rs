@@ -10,13 +10,13 @@ use lb_common::{addr::is_v4, stats::Stat, vip::VIP_F_L7};
 use lb_ebpf::{
     csum,
     parse::{
-        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPV6_HLEN, Packet, load, parse_ipv4,
-        parse_ipv6,
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPV4_HLEN, IPV6_HLEN, Packet, load,
+        parse_ipv4, parse_ipv6,
     },
 };
 
 use crate::{
-    balance::{Outcome, forward, lookup_flags, lookup_vip},
+    balance::{Outcome, forward, lookup_vip},
     maps::{BACKENDS, CONN_TABLE, DATAPLANE_CONFIG, VIP_ADDRS},
 };
 
@@ -29,12 +29,11 @@ const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
 /// ICMP header bytes before the quoted packet.
 const ICMP_HLEN: usize = 8;
-const IPV4_HLEN: usize = 20;
 /// TTL / hop limit of the ICMP errors the balancer sends.
 const REPLY_TTL: u8 = 64;
 
 #[inline(always)]
-pub fn handle(ctx: &XdpContext, packet: &mut Packet) -> Result<Outcome, Stat> {
+pub fn handle(ctx: &XdpContext, packet: &mut Packet, flags: u32) -> Result<Outcome, Stat> {
     if VIP_ADDRS.get_ptr(&packet.flow.dst).is_none() {
         return Ok((xdp_action::XDP_PASS, Stat::PassNotVip));
     }
@@ -42,7 +41,7 @@ pub fn handle(ctx: &XdpContext, packet: &mut Packet) -> Result<Outcome, Stat> {
         (false, ICMP_ECHO_REQUEST, _) => echo_reply(ctx, packet, ICMP_ECHO_REPLY),
         (true, ICMPV6_ECHO_REQUEST, _) => echo_reply(ctx, packet, ICMPV6_ECHO_REPLY),
         (false, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED) | (true, ICMPV6_PACKET_TOO_BIG, _) => {
-            too_big(ctx, packet)
+            too_big(ctx, packet, flags)
         }
         _ => Ok((xdp_action::XDP_PASS, Stat::PassNotVip)),
     }
@@ -92,7 +91,7 @@ fn echo_reply(ctx: &XdpContext, packet: &Packet, reply_type: u8) -> Result<Outco
 /// `packet` itself (the BPF stack has no room for a second one); what encapsulation needs of
 /// the outer packet is put back afterwards.
 #[inline(always)]
-fn too_big(ctx: &XdpContext, packet: &mut Packet) -> Result<Outcome, Stat> {
+fn too_big(ctx: &XdpContext, packet: &mut Packet, flags: u32) -> Result<Outcome, Stat> {
     let (data, end) = (ctx.data(), ctx.data_end());
     let (l3_off, ip_len, ipv6) = (packet.l3_off, packet.ip_len, packet.ipv6);
     let inner_off = packet.l4_off + ICMP_HLEN;
@@ -102,7 +101,6 @@ fn too_big(ctx: &XdpContext, packet: &mut Packet) -> Result<Outcome, Stat> {
         parse_ipv4(data, end, inner_off, false, packet)
     }
     .map_err(|_| Stat::DropMalformedL4)?;
-    let flags = lookup_flags();
     let Some(vip) = lookup_vip(&packet.flow.src, packet.flow.sport, packet.flow.proto, flags) else {
         return Ok((xdp_action::XDP_PASS, Stat::PassNotVip));
     };
