@@ -4,7 +4,6 @@ use lb_common::{
     addr::{Addr, is_v4},
     backend::{BACKEND_F_IN_USE, Backend, NO_BACKEND},
     config::{CONFIG_F_ANY_PORT_VIPS, CONFIG_F_DENY_V4, CONFIG_F_DENY_V6},
-    flow::FlowValue,
     hash::flow_hash,
     ring::{RING_CHUNKS, RING_LANES, RING_NONE, RING_SIZE},
     stats::Stat,
@@ -12,7 +11,7 @@ use lb_common::{
 };
 use lb_ebpf::parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, Malformed, Packet, parse_frame};
 
-use crate::{encap, icmp, maps::*};
+use crate::{conn, encap, icmp, maps::*};
 
 /// An XDP action and the counter slot that says why.
 pub type Outcome = (u32, Stat);
@@ -135,19 +134,11 @@ fn try_forward(ctx: &XdpContext, packet: &Packet, vip: &VipMeta, new_flow: bool)
         return Ok((xdp_action::XDP_PASS, Stat::PassNoNextHop));
     }
     let config = *config;
-    let mut backend_id = NO_BACKEND;
-    let mut hash = 0;
-    let mut hit = false;
-    if !new_flow {
-        // SAFETY: FlowValue is copied out at once.
-        if let Some(value) = unsafe { CONN_TABLE.get(flow) } {
-            backend_id = value.backend;
-            hash = value.hash;
-            hit = true;
-        }
-    }
+    let hash = flow_hash(flow);
+    let known = if new_flow { None } else { conn::lookup(flow, hash) };
+    let hit = known.is_some();
+    let mut backend_id = known.unwrap_or(NO_BACKEND);
     if !hit {
-        hash = flow_hash(flow);
         // A non-SYN miss shortly after a pool change most likely belongs to a flow placed by
         // the previous table (evicted from the LRU since): keep it there while that backend
         // is still in use.
@@ -164,7 +155,7 @@ fn try_forward(ctx: &XdpContext, packet: &Packet, vip: &VipMeta, new_flow: bool)
         if backend_id == NO_BACKEND {
             return Err(Stat::DropNoBackend);
         }
-        let _ = CONN_TABLE.insert(flow, &FlowValue { backend: backend_id, hash }, 0);
+        conn::insert(flow, hash, backend_id);
     }
     let Some(backend) = live_backend(backend_id) else {
         return Err(Stat::DropNoBackend);

@@ -6,7 +6,7 @@ use aya_ebpf::{
     helpers::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use lb_common::{addr::is_v4, stats::Stat, vip::VIP_F_L7};
+use lb_common::{addr::is_v4, hash::flow_hash, stats::Stat, vip::VIP_F_L7};
 use lb_ebpf::{
     csum,
     parse::{
@@ -17,7 +17,8 @@ use lb_ebpf::{
 
 use crate::{
     balance::{Outcome, forward, lookup_vip},
-    maps::{BACKENDS, CONN_TABLE, DATAPLANE_CONFIG, VIP_ADDRS},
+    conn,
+    maps::{BACKENDS, DATAPLANE_CONFIG, VIP_ADDRS},
 };
 
 const ICMP_ECHO_REQUEST: u8 = 8;
@@ -159,8 +160,7 @@ pub fn too_big_reply(ctx: &XdpContext, packet: &Packet) -> Outcome {
 #[inline(always)]
 fn inner_mtu(packet: &Packet) -> u32 {
     let max = DATAPLANE_CONFIG.get(0).map_or(0, |c| c.max_encap_ip_len);
-    // SAFETY: FlowValue is copied out at once.
-    let backend = unsafe { CONN_TABLE.get(&packet.flow) }.and_then(|v| BACKENDS.get(v.backend));
+    let backend = conn::lookup(&packet.flow, flow_hash(&packet.flow)).and_then(|id| BACKENDS.get(id));
     let outer = match backend {
         Some(b) if !packet.ipv6 && is_v4(&b.addr) => IPV4_HLEN,
         _ => IPV6_HLEN,

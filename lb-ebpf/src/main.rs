@@ -3,6 +3,7 @@
 #![no_main]
 
 mod balance;
+mod conn;
 mod decap;
 mod encap;
 mod icmp;

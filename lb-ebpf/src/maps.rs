@@ -1,21 +1,19 @@
 //! Every map of the balancer, one line each: key -> value, who writes it.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
 use lb_common::{
     addr::Addr,
     backend::{Backend, MAX_BACKENDS},
     config::DataplaneConfig,
     deny::MAX_DENY_PREFIXES,
-    flow::{CONN_TABLE_ENTRIES, FlowKey, FlowValue},
+    flow::{CONN_SETS, CONN_SLOTS, ConnSet, FlowKey},
     ring::{RingChunk, ring_entries},
     stats::{Counter, STATS_ENTRIES, TrafficCounter},
     vip::{MAX_VIPS, VipKey, VipMeta},
 };
 
-/// LRU flag: per-CPU LRU lists over one shared table (flows stay put whichever CPU sees them).
-const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 /// Array flag: userspace can mmap the array and write tables with plain stores.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// VIPs the object is sized for by default; lbd resizes RINGS for its configured max_vips.
@@ -33,10 +31,12 @@ pub static RINGS: Array<RingChunk> = Array::pinned(ring_entries(DEFAULT_RING_VIP
 /// Backend id -> Backend; lbd.
 #[map(name = "BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
-/// FlowKey -> backend id; this program (lbd reads it for `lbctl flow`).
-#[map(name = "CONN_TABLE")]
-pub static CONN_TABLE: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::pinned(CONN_TABLE_ENTRIES, BPF_F_NO_COMMON_LRU);
+/// Connection-table set -> its slots' tags (lb_common::flow); this program (lbd reads it).
+#[map(name = "CONN_TAGS")]
+pub static CONN_TAGS: Array<ConnSet> = Array::pinned(CONN_SETS, BPF_F_MMAPABLE);
+/// Set * CONN_WAYS + way -> the slot's flow; this program (lbd reads it).
+#[map(name = "CONN_KEYS")]
+pub static CONN_KEYS: Array<FlowKey> = Array::pinned(CONN_SLOTS, BPF_F_MMAPABLE);
 /// IPv4 source prefix -> 1: dropped; lbd.
 #[map(name = "DENY_V4")]
 pub static DENY_V4: LpmTrie<[u8; 4], u32> = LpmTrie::pinned(MAX_DENY_PREFIXES, 0);

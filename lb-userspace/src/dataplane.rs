@@ -10,7 +10,10 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use lb_common::{flow::CONN_TABLE_MAP, ring::RINGS_MAP, ring::ring_entries};
+use lb_common::{
+    flow::{CONN_KEYS_MAP, CONN_TAGS_MAP},
+    ring::{RINGS_MAP, ring_entries},
+};
 use log::{info, warn};
 
 use crate::config::XdpModeSetting;
@@ -43,12 +46,6 @@ pub enum Role {
 /// Loads the object with every map pinned under `pin_dir` (existing pins are re-adopted), and
 /// loads the role's program into the kernel.
 pub fn load(pin_dir: &Path, role: Role) -> Result<Ebpf> {
-    load_object(ebpf_object(), pin_dir, role)
-}
-
-/// [`load`] with another build of the object (benchmarks compare map variants). `object` must
-/// be 8-byte aligned.
-pub fn load_object(object: &[u8], pin_dir: &Path, role: Role) -> Result<Ebpf> {
     std::fs::create_dir_all(pin_dir)
         .with_context(|| format!("creating pin directory {} (is bpffs mounted?)", pin_dir.display()))?;
     let mut loader = EbpfLoader::new();
@@ -59,11 +56,14 @@ pub fn load_object(object: &[u8], pin_dir: &Path, role: Role) -> Result<Ebpf> {
             BALANCER_PROGRAM
         }
         Role::Decap | Role::Pass => {
-            loader.map_max_entries(RINGS_MAP, 1).map_max_entries(CONN_TABLE_MAP, 1);
+            loader
+                .map_max_entries(RINGS_MAP, 1)
+                .map_max_entries(CONN_TAGS_MAP, 1)
+                .map_max_entries(CONN_KEYS_MAP, 1);
             if matches!(role, Role::Decap) { DECAP_PROGRAM } else { PASS_PROGRAM }
         }
     };
-    let mut ebpf = loader.load(object).context("loading the XDP object")?;
+    let mut ebpf = loader.load(ebpf_object()).context("loading the XDP object")?;
     xdp_program(&mut ebpf, program)?.load().with_context(|| format!("verifying {program}"))?;
     Ok(ebpf)
 }

@@ -5,19 +5,15 @@ use std::{collections::BTreeSet, net::IpAddr, net::SocketAddr};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, Map, MapData},
     programs::{TestRun, TestRunOptions},
 };
 use etherparse::PacketBuilder;
-use lb_common::{
-    flow::{CONN_TABLE_MAP, FlowKey, FlowValue},
-    hash::flow_hash,
-    ring::RING_SIZE,
-};
+use lb_common::{flow::FlowKey, hash::flow_hash, ring::RING_SIZE};
 use serde::Serialize;
 
 use crate::{
     config::{Config, Protocol},
+    conn_table::ConnTable,
     dataplane::{self, BALANCER_PROGRAM},
     maglev,
     state::{Command, State},
@@ -36,11 +32,6 @@ pub struct FlowAnswer {
     pub action: u32,
     /// connection table | previous Maglev generation | current Maglev generation | not forwarded
     pub why: String,
-}
-
-fn conn_table(pin_dir: &std::path::Path) -> Result<BpfHashMap<MapData, FlowKey, FlowValue>> {
-    let data = MapData::from_pin(pin_dir.join(CONN_TABLE_MAP))?;
-    Ok(BpfHashMap::try_from(Map::LruHashMap(data))?)
 }
 
 /// A non-SYN packet of the flow (SYNs always take the current table; established packets are
@@ -79,8 +70,8 @@ pub fn flow(
         proto: protocol.number(),
         _pad: [0; 3],
     };
-    let mut table = conn_table(pin_dir)?;
-    let known = table.get(&key, 0).ok();
+    let mut table = ConnTable::open(pin_dir)?;
+    let known = table.get(&key);
     let input = packet(protocol, source, vip)?;
     let program = dataplane::xdp_program(ebpf, BALANCER_PROGRAM)?;
     let mut out = vec![0u8; input.len() + 128];
@@ -89,7 +80,7 @@ pub fn flow(
         .context("BPF_PROG_TEST_RUN")?;
     out.truncate(run.data_size_out as usize);
     if known.is_none() {
-        let _ = table.remove(&key);
+        table.remove(&key);
     }
     if run.return_value != XDP_TX && run.return_value != XDP_REDIRECT {
         return Ok(FlowAnswer { backend: None, action: run.return_value, why: "not forwarded".into() });
@@ -144,8 +135,7 @@ pub fn plan(state: &State, commands: &[Command], new_config: Option<&Config>) ->
     for command in &commands {
         next.apply(command).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    let flows: Vec<(FlowKey, FlowValue)> =
-        conn_table(&state.config.pin_dir)?.iter().filter_map(|kv| kv.ok()).collect();
+    let flows = ConnTable::open(&state.config.pin_dir)?.flows();
     let ids = crate::tables::Tables::open(&state.config.pin_dir)?.backend_ids()?;
     let mut plans = Vec::new();
     for vip in state.config.vips.iter().filter(|v| v.mode == crate::config::VipMode::L4) {
@@ -158,7 +148,7 @@ pub fn plan(state: &State, commands: &[Command], new_config: Option<&Config>) ->
         let remaining: BTreeSet<[u8; 16]> =
             next.config.pool_of(after_vip).backends.iter().map(|b| addr_of(b.addr)).collect();
         let addr = addr_of(vip.addr);
-        let of_vip: Vec<&(FlowKey, FlowValue)> = flows
+        let of_vip: Vec<&(FlowKey, u32)> = flows
             .iter()
             .filter(|(k, _)| {
                 k.dst == addr
@@ -168,7 +158,7 @@ pub fn plan(state: &State, commands: &[Command], new_config: Option<&Config>) ->
             .collect();
         let leaving = of_vip
             .iter()
-            .filter(|(_, v)| !ids.iter().any(|(a, id)| *id == v.backend && remaining.contains(a)))
+            .filter(|(_, backend)| !ids.iter().any(|(a, id)| id == backend && remaining.contains(a)))
             .count();
         plans.push(VipPlan {
             vip: format!("{} {}:{}", vip.name, vip.addr, vip.port),

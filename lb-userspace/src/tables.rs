@@ -28,6 +28,7 @@ use crate::{
     config::{Config, VipMode},
     host::HostFacts,
     maglev::{self, Weighted},
+    mapped::MappedArray,
 };
 
 /// The 16-byte map form of an address (IPv4-mapped for IPv4).
@@ -51,89 +52,51 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn open(pin_dir: &Path, name: &str) -> Result<MapData> {
+pub(crate) fn open(pin_dir: &Path, name: &str) -> Result<MapData> {
     let path = pin_dir.join(name);
     MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))
 }
 
-/// The RINGS array mapped into lbd's memory (it is BPF_F_MMAPABLE): a table is written with
-/// plain stores instead of 65537 syscalls. Readers see it only after the VIP's flip, a map
-/// update syscall that orders these stores before it. Its elements are 4 u16 buckets each, so
-/// the mapping is one u16 array in which slot `s` starts at `s * RING_CHUNKS * RING_LANES`.
-struct Rings {
-    _data: MapData,
-    ptr: *mut u16,
-    /// Array elements (chunks of RING_LANES buckets).
-    entries: usize,
-    bytes: usize,
-}
-
-/// u16 buckets from one slot's start to the next's.
-const SLOT_STRIDE: usize = (RING_CHUNKS * RING_LANES) as usize;
+/// The RINGS array mapped into lbd's memory: a table is written with plain stores instead of
+/// 65537 syscalls. Readers see it only after the VIP's flip, a map update syscall that orders
+/// these stores before it. Bucket `b` of slot `s` is lane `b % RING_LANES` of element
+/// `s * RING_CHUNKS + b / RING_LANES`.
+struct Rings(MappedArray<RingChunk>);
 
 impl Rings {
-    fn open(data: MapData) -> Result<Rings> {
-        let entries = data.info()?.max_entries() as usize;
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let bytes = (entries * std::mem::size_of::<RingChunk>()).div_ceil(page) * page;
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(data.fd()));
-        // SAFETY: mapping a BPF array fd shared and read/write, as the kernel allows for
-        // BPF_F_MMAPABLE arrays; the mapping lives as long as this struct.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            bail!(
-                "mmap of RINGS: {} (was it created without BPF_F_MMAPABLE?)",
-                std::io::Error::last_os_error()
-            );
-        }
-        Ok(Rings { _data: data, ptr: ptr.cast(), entries, bytes })
+    /// Array elements (chunks of RING_LANES buckets).
+    fn entries(&self) -> usize {
+        self.0.len()
     }
 
-    /// The mapped buckets of ring `slot`.
-    fn buckets(&self, slot: u32) -> *mut u16 {
-        let start = slot as usize * SLOT_STRIDE;
-        let lanes = self.entries * RING_LANES as usize;
-        assert!(start + RING_SIZE as usize <= lanes, "ring slot {slot} out of range");
-        // SAFETY: in bounds of the mapping (checked above).
-        unsafe { self.ptr.add(start) }
+    /// The element of bucket `bucket` of ring `slot`, and its lane.
+    fn place(slot: u32, bucket: usize) -> (usize, usize) {
+        let lanes = RING_LANES as usize;
+        (slot as usize * RING_CHUNKS as usize + bucket / lanes, bucket % lanes)
     }
 
     /// Ring `slot` as backend ids (NO_BACKEND for none).
     fn read(&self, slot: u32) -> Vec<u32> {
-        // SAFETY: RING_SIZE buckets in bounds (buckets() checks); any bits are a valid u16.
-        let buckets = unsafe { std::slice::from_raw_parts(self.buckets(slot), RING_SIZE as usize) };
-        buckets.iter().map(|&b| if b == RING_NONE { NO_BACKEND } else { b as u32 }).collect()
+        (0..RING_SIZE as usize)
+            .map(|bucket| {
+                let (element, lane) = Rings::place(slot, bucket);
+                let id = self.0.get(element)[lane];
+                if id == RING_NONE { NO_BACKEND } else { id as u32 }
+            })
+            .collect()
     }
 
     /// Writes backend ids (below MAX_BACKENDS, or NO_BACKEND) into ring `slot`.
     fn write(&mut self, slot: u32, table: &[u32]) {
         assert_eq!(table.len(), RING_SIZE as usize);
-        // SAFETY: RING_SIZE buckets in bounds (buckets() checks); &mut self: the only writer.
-        let buckets = unsafe { std::slice::from_raw_parts_mut(self.buckets(slot), RING_SIZE as usize) };
-        for (bucket, &id) in buckets.iter_mut().zip(table) {
-            *bucket = if id == NO_BACKEND { RING_NONE } else { id as u16 };
+        for (chunk, ids) in table.chunks(RING_LANES as usize).enumerate() {
+            let mut element: RingChunk = [RING_NONE; RING_LANES as usize];
+            for (lane, &id) in ids.iter().enumerate() {
+                element[lane] = if id == NO_BACKEND { RING_NONE } else { id as u16 };
+            }
+            let (index, _) = Rings::place(slot, chunk * RING_LANES as usize);
+            self.0.set(index, element);
         }
-    }
-}
-
-// SAFETY: the mapping belongs to this struct alone; reads take &self and writes &mut self, so
-// moving it to another thread is as safe as moving a Vec.
-unsafe impl Send for Rings {}
-
-impl Drop for Rings {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what open() mapped.
-        unsafe { libc::munmap(self.ptr.cast(), self.bytes) };
     }
 }
 
@@ -269,7 +232,7 @@ impl Tables {
         Ok(Tables {
             vips: BpfHashMap::try_from(Map::HashMap(open(pin_dir, VIPS_MAP)?))?,
             vip_addrs: BpfHashMap::try_from(Map::HashMap(open(pin_dir, VIP_ADDRS_MAP)?))?,
-            rings: Rings::open(open(pin_dir, RINGS_MAP)?)?,
+            rings: Rings(MappedArray::open(open(pin_dir, RINGS_MAP)?, RINGS_MAP)?),
             backends: Array::try_from(Map::Array(open(pin_dir, BACKENDS_MAP)?))?,
             deny_v4: LpmTrie::try_from(Map::LpmTrie(open(pin_dir, DENY_V4_MAP)?))?,
             deny_v6: LpmTrie::try_from(Map::LpmTrie(open(pin_dir, DENY_V6_MAP)?))?,
@@ -282,7 +245,7 @@ impl Tables {
 
     /// VIPs the RINGS map has room for.
     pub fn max_vips(&self) -> u32 {
-        (self.rings.entries / (SLOTS_PER_VIP * RING_CHUNKS) as usize) as u32
+        (self.rings.entries() / (SLOTS_PER_VIP * RING_CHUNKS) as usize) as u32
     }
 
     /// Backends in use: address -> id.

@@ -5,17 +5,12 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, Map, MapData},
     programs::{TestRun, TestRunOptions},
 };
 use ipnet::IpNet;
-use lb_common::{
-    flow::{FlowKey, FlowValue},
-    hash::flow_hash,
-    ring::RING_SIZE,
-    vip::VipKey,
-};
+use lb_common::{flow::FlowKey, hash::flow_hash, ring::RING_SIZE, vip::VipKey};
 use lb_userspace::{
+    conn_table::ConnTable,
     dataplane::{self, BALANCER_PROGRAM, Role},
     maglev::{self, Weighted},
     stats,
@@ -66,15 +61,10 @@ pub fn desired(vips: Vec<DesiredVip>, deny: &[&str]) -> Desired {
 impl Harness {
     /// Loads the object with rings for `max_vips` and applies `desired`.
     pub fn new(name: &str, max_vips: u32, desired: Desired) -> Result<Harness> {
-        Harness::with_object(dataplane::ebpf_object(), name, max_vips, desired)
-    }
-
-    /// [`Harness::new`] with another build of the object (8-byte aligned).
-    pub fn with_object(object: &[u8], name: &str, max_vips: u32, desired: Desired) -> Result<Harness> {
         crate::require_root();
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sluice-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&pin_dir);
-        let ebpf = dataplane::load_object(object, &pin_dir, Role::Balancer { max_vips })?;
+        let ebpf = dataplane::load(&pin_dir, Role::Balancer { max_vips })?;
         let mut tables = Tables::open(&pin_dir)?;
         tables.apply(&desired)?;
         Ok(Harness { ebpf, tables, pin_dir, desired })
@@ -116,20 +106,13 @@ impl Harness {
 
     /// The connection table's entry for a flow (backend id), if any.
     pub fn conn_entry(&self, flow: &FlowKey) -> Result<Option<u32>> {
-        let map = self.conn_table()?;
-        Ok(map.get(flow, 0).ok().map(|v| v.backend))
+        Ok(ConnTable::open(&self.pin_dir)?.get(flow))
     }
 
-    /// Forgets a flow, as an LRU eviction would.
+    /// Forgets a flow, as an eviction would.
     pub fn evict(&self, flow: &FlowKey) -> Result<()> {
-        let mut map = self.conn_table()?;
-        map.remove(flow)?;
+        ConnTable::open(&self.pin_dir)?.remove(flow);
         Ok(())
-    }
-
-    fn conn_table(&self) -> Result<BpfHashMap<MapData, FlowKey, FlowValue>> {
-        let data = MapData::from_pin(self.pin_dir.join(lb_common::flow::CONN_TABLE_MAP))?;
-        Ok(BpfHashMap::try_from(Map::LruHashMap(data))?)
     }
 
     /// Global counters by name.

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use anyhow::{Context as _, Result};
 use lb_common::{
-    flow::FlowKey,
+    flow::{CONN_WAYS, FlowKey, set_of},
     hash::flow_hash,
     vip::{VIP_F_DROP_FRAGMENTS, VIP_F_L7},
 };
@@ -709,5 +709,59 @@ fn root_fixtures_lookups_follow_what_the_maps_hold() -> Result<()> {
     assert_eq!(verdicts(&mut h)?, [XDP_TX, XDP_TX, XDP_PASS], "deny lists emptied, any-port VIP kept");
     h.apply(bare)?;
     assert_eq!(verdicts(&mut h)?, [XDP_TX, XDP_PASS, XDP_PASS], "back to the start");
+    Ok(())
+}
+
+/// The connection table's sets (lb_common::flow): a ninth flow in a full set, all used since
+/// the last sweep, evicts the slot its hash names and starts a sweep; the next one evicts the
+/// first slot not used since, sparing a flow that sent a packet in between.
+#[test]
+fn root_fixtures_conn_table_sets_evict_the_unused() -> Result<()> {
+    let mut h = Harness::new("conn-sets", 8, desired_state(&WEB))?;
+    let first = flow(CLIENT, 40000, VIP_WEB, 80, 6);
+    let set = set_of(flow_hash(&first));
+    // Ten flows of one set: other clients and ports until enough share it.
+    let mut flows = vec![(CLIENT.to_owned(), 40000u16)];
+    'search: for host in 0..=u16::MAX {
+        let src = format!("198.18.{}.{}", host >> 8, host & 0xff);
+        for sport in 1024..=u16::MAX {
+            if set_of(flow_hash(&flow(&src, sport, VIP_WEB, 80, 6))) == set
+                && (src.as_str(), sport) != (CLIENT, 40000)
+            {
+                flows.push((src.clone(), sport));
+                if flows.len() == 10 {
+                    break 'search;
+                }
+            }
+        }
+    }
+    assert_eq!(flows.len(), 10);
+    let key = |i: usize| flow(&flows[i].0, flows[i].1, VIP_WEB, 80, 6);
+    let send = |h: &mut Harness, i: usize, flags: Tcp| -> Result<()> {
+        let (verdict, _) = h.run(&tcp(ip(&flows[i].0), flows[i].1, ip(VIP_WEB), 80, flags, b""))?;
+        assert_eq!(verdict, XDP_TX, "flow {i}");
+        Ok(())
+    };
+    let present = |h: &Harness| -> Result<Vec<usize>> {
+        Ok((0..10).filter(|&i| h.conn_entry(&key(i)).ok().flatten().is_some()).collect())
+    };
+    // Eight SYNs fill the set's ways 0..7 in order.
+    for i in 0..8 {
+        send(&mut h, i, Tcp::Syn)?;
+    }
+    assert_eq!(present(&h)?, (0..8).collect::<Vec<_>>());
+    // The ninth: every slot was used since the (never run) sweep, so the hash names the slot.
+    send(&mut h, 8, Tcp::Syn)?;
+    let named = ((flow_hash(&key(8)) >> 17) % CONN_WAYS) as usize;
+    let expected: Vec<usize> = (0..9).filter(|&i| i != named).collect();
+    assert_eq!(present(&h)?, expected, "flow {named} evicted");
+    // Flow `spared` sends a packet (a hit marks it used); the tenth flow evicts the first slot
+    // used by neither it nor the ninth flow (which took slot `named`).
+    let spared = if named == 0 { 1 } else { 0 };
+    send(&mut h, spared, Tcp::Ack)?;
+    send(&mut h, 9, Tcp::Syn)?;
+    let victim = (0..8).find(|&way| way != spared && way != named).unwrap();
+    let expected: Vec<usize> = (0..10).filter(|&i| i != named && i != victim).collect();
+    assert_eq!(present(&h)?, expected, "flow {victim} evicted, flow {spared} spared");
     Ok(())
 }

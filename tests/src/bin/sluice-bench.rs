@@ -2,14 +2,12 @@
 //! per call, median over many calls, next to an empty XDP program measured in the same run.
 use std::{net::Ipv4Addr, time::Instant};
 
-use anyhow::{Context as _, Result, bail};
-use aya::{
-    maps::{HashMap as BpfHashMap, Map, MapData},
-    programs::{TestRun, TestRunOptions},
+use anyhow::{Result, bail};
+use aya::programs::{TestRun, TestRunOptions};
+use lb_userspace::{
+    conn_table::ConnTable,
+    dataplane::{self, PASS_PROGRAM, Role},
 };
-use lb_common::flow::{CONN_TABLE_MAP, FlowKey, FlowValue};
-use lb_userspace::dataplane::{self, PASS_PROGRAM, Role};
-use object::{Object, ObjectSection, ObjectSymbol};
 use sluice_tests::{
     harness::{Harness, desired, flow, vip},
     packets::{Tcp, tcp},
@@ -19,60 +17,6 @@ use sluice_tests::{
 /// Calls per measured path.
 const CALLS: usize = 100_000;
 const VIP: &str = "198.19.0.1";
-
-/// Builds of the object that differ in the connection table's map type and flags.
-#[derive(Clone, Copy)]
-enum ConnTable {
-    /// BPF_MAP_TYPE_LRU_HASH with BPF_F_NO_COMMON_LRU (what Sluice ships).
-    SharedPerCpuLru,
-    /// BPF_MAP_TYPE_LRU_HASH with one common LRU list.
-    SharedCommonLru,
-    /// BPF_MAP_TYPE_LRU_PERCPU_HASH: a value per CPU.
-    PerCpu,
-}
-
-impl ConnTable {
-    fn name(self) -> &'static str {
-        match self {
-            ConnTable::SharedPerCpuLru => "lru_hash + NO_COMMON_LRU (shipped)",
-            ConnTable::SharedCommonLru => "lru_hash, common LRU",
-            ConnTable::PerCpu => "lru_percpu_hash",
-        }
-    }
-}
-
-/// An 8-byte aligned copy of the object with CONN_TABLE's definition patched.
-fn object_variant(variant: ConnTable) -> Result<Vec<u64>> {
-    let original = dataplane::ebpf_object();
-    let mut words = vec![0u64; original.len().div_ceil(8)];
-    // SAFETY: viewing a u64 buffer as bytes.
-    let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8) };
-    bytes[..original.len()].copy_from_slice(original);
-    let file = object::File::parse(original)?;
-    let symbol = file.symbols().find(|s| s.name() == Ok(CONN_TABLE_MAP)).context("CONN_TABLE symbol")?;
-    let section = file.section_by_index(symbol.section_index().context("no section")?)?;
-    let (offset, _) = section.file_range().context("maps section has no file range")?;
-    // struct bpf_map_def { type, key_size, value_size, max_entries, map_flags, ... }
-    let at = (offset + symbol.address()) as usize;
-    let (map_type, flags): (u32, u32) = match variant {
-        ConnTable::SharedPerCpuLru => (9, 2),
-        ConnTable::SharedCommonLru => (9, 0),
-        ConnTable::PerCpu => (10, 0),
-    };
-    if u32::from_le_bytes(bytes[at..at + 4].try_into()?) != 9 {
-        bail!("CONN_TABLE is not where expected in the object");
-    }
-    bytes[at..at + 4].copy_from_slice(&map_type.to_le_bytes());
-    bytes[at + 16..at + 20].copy_from_slice(&flags.to_le_bytes());
-    words.truncate(original.len().div_ceil(8));
-    Ok(words)
-}
-
-fn as_bytes(words: &[u64], len: usize) -> &[u8] {
-    // SAFETY: viewing a u64 buffer as bytes.
-    let bytes = unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 8) };
-    &bytes[..len]
-}
 
 fn median(mut samples: Vec<u64>) -> f64 {
     samples.sort_unstable();
@@ -200,28 +144,14 @@ fn large_state() -> lb_userspace::tables::Desired {
     desired(vips, &["203.0.113.0/24"])
 }
 
-/// Fills the connection table with `n` flows, spread over the CPUs' LRU lists.
+/// Fills the connection table with `n` flows of the measured VIP.
 fn fill_conn_table(h: &Harness, n: usize) -> Result<usize> {
-    let data = MapData::from_pin(h.pin_dir.join(CONN_TABLE_MAP))?;
-    let mut table: BpfHashMap<MapData, FlowKey, FlowValue> = BpfHashMap::try_from(Map::LruHashMap(data))?;
-    let cpus = std::thread::available_parallelism()?.get();
-    for cpu in 0..cpus {
-        // SAFETY: a zeroed cpu_set_t with one CPU set, applied to this thread.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-        }
-        for i in (cpu..n).step_by(cpus) {
-            let (src, port) = client(10_000_000 + i);
-            table.insert(
-                &flow(&src, port, VIP, 80, 6),
-                &FlowValue { backend: (i % 16) as u32, hash: i as u32 },
-                0,
-            )?;
-        }
+    let mut table = ConnTable::open(&h.pin_dir)?;
+    for i in 0..n {
+        let (src, port) = client(10_000_000 + i);
+        table.insert(&flow(&src, port, VIP, 80, 6), (i % 16) as u32);
     }
-    Ok(table.keys().count())
+    Ok(table.flows().len())
 }
 
 fn main() -> Result<()> {
@@ -266,13 +196,6 @@ fn main() -> Result<()> {
     let scaled = paths(&mut large, "1024 VIPs, 16384 backends, 1M flows")?;
     drop(large);
 
-    let mut variants = Vec::new();
-    for variant in [ConnTable::SharedCommonLru, ConnTable::PerCpu] {
-        let object = object_variant(variant)?;
-        let bytes = as_bytes(&object, dataplane::ebpf_object().len());
-        let mut h = Harness::with_object(bytes, "bench-variant", 4, small_state())?;
-        variants.push((variant, paths(&mut h, variant.name())?));
-    }
     let floor_after = floor()?;
     let floor = (floor_before + floor_after) / 2.0;
 
@@ -289,29 +212,6 @@ fn main() -> Result<()> {
         );
     }
     println!("(at scale: 1024 VIPs, 16384 backends, {flows} flows in the connection table)");
-    println!("\nconnection table variants (net ns):");
-    print!("{:<26}", "path");
-    for v in [ConnTable::SharedPerCpuLru, ConnTable::SharedCommonLru, ConnTable::PerCpu] {
-        print!(
-            " {:>22}",
-            v.name().split(' ').next().unwrap_or_default().to_owned()
-                + if matches!(v, ConnTable::SharedPerCpuLru) {
-                    "+nocommon"
-                } else if matches!(v, ConnTable::SharedCommonLru) {
-                    "+common"
-                } else {
-                    ""
-                }
-        );
-    }
-    println!();
-    for (i, (name, ns)) in base.iter().enumerate() {
-        print!("{name:<26} {:>22.0}", ns - floor);
-        for (_, results) in &variants {
-            print!(" {:>22.0}", results[i].1 - floor);
-        }
-        println!();
-    }
     println!("\nwarm, repeat={CALLS} in one call (paths that do not rewrite the packet):");
     for (name, ns) in &warm {
         println!("{name:<26} {ns:>8.0} ns/packet");
