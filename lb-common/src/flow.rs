@@ -48,6 +48,15 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
+impl FlowKey {
+    /// The key as five words: source halves, destination halves, ports and protocol.
+    #[inline(always)]
+    pub fn words(&self) -> &[u64; 5] {
+        // SAFETY: 40 bytes, 8-aligned, every bit pattern a valid u64.
+        unsafe { &*(self as *const FlowKey as *const [u64; 5]) }
+    }
+}
+
 crate::pod!(FlowKey);
 
 /// The set of a flow hash.

@@ -1,13 +1,13 @@
 //! The balancer's flow: parse, filter, find the VIP, pick the backend, hand off to encap.
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::XdpContext};
 use lb_common::{
-    addr::{Addr, is_v4},
+    addr::is_v4,
     backend::{BACKEND_F_IN_USE, Backend, NO_BACKEND},
     config::{CONFIG_F_ANY_PORT_VIPS, CONFIG_F_DENY_V4, CONFIG_F_DENY_V6},
     hash::flow_hash,
     ring::{RING_CHUNKS, RING_LANES, RING_NONE, RING_SIZE},
     stats::Stat,
-    vip::{ANY_PORT, VIP_F_DROP_FRAGMENTS, VIP_F_L7, VipKey, VipMeta},
+    vip::{ANY_PORT, VIP_F_DROP_FRAGMENTS, VIP_F_L7, VIP_WAYS, VipMeta, vip_place, vip_words},
 };
 use lb_ebpf::parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, Malformed, Packet, parse_frame};
 
@@ -65,7 +65,8 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Outcome, Stat> {
     if packet.flow.proto == IPPROTO_ICMP || packet.flow.proto == IPPROTO_ICMPV6 {
         return icmp::handle(ctx, packet, flags);
     }
-    let Some(vip) = lookup_vip(&packet.flow.dst, packet.flow.dport, packet.flow.proto, flags) else {
+    let words = packet.flow.words();
+    let Some(vip) = lookup_vip([words[2], words[3]], packet.flow.dport, packet.flow.proto, flags) else {
         return Ok((xdp_action::XDP_PASS, Stat::PassNotVip));
     };
     if vip.flags & VIP_F_L7 != 0 {
@@ -96,20 +97,33 @@ fn denied(packet: &Packet, flags: u32) -> bool {
     }
 }
 
-/// The VIP for (address, port, protocol): the exact port first, then the any-port VIP (only
-/// looked up when one exists).
+/// The VIP for (address words, port, protocol): the exact port first, then the any-port VIP
+/// (only looked up when one exists).
 #[inline(always)]
-pub fn lookup_vip(addr: &Addr, port: u16, proto: u8, flags: u32) -> Option<VipMeta> {
-    let mut key = VipKey { addr: *addr, port, proto, _pad: 0 };
-    // SAFETY: VipMeta is copied out at once; lbd replaces values whole.
-    if let Some(meta) = unsafe { VIPS.get(&key) } {
-        return Some(*meta);
+pub fn lookup_vip(addr: [u64; 2], port: u16, proto: u8, flags: u32) -> Option<VipMeta> {
+    if let Some(meta) = find_vip(&vip_words(addr, port, proto)) {
+        return Some(meta);
     }
     if flags & CONFIG_F_ANY_PORT_VIPS == 0 {
         return None;
     }
-    key.port = ANY_PORT;
-    unsafe { VIPS.get(&key) }.copied()
+    find_vip(&vip_words(addr, ANY_PORT, proto))
+}
+
+/// The meta of the VIP with key `words`, from its bucket of the VIP table.
+#[inline(always)]
+fn find_vip(words: &[u64; 3]) -> Option<VipMeta> {
+    let (index, tag) = vip_place(words);
+    let bucket = VIP_TABLE.get(index)?;
+    let mut way = 0;
+    while way < VIP_WAYS {
+        let key = &bucket.keys[way];
+        if bucket.tags[way] == tag && ((key[0] ^ words[0]) | (key[1] ^ words[1]) | (key[2] ^ words[2])) == 0 {
+            return VIP_METAS.get(bucket.metas[way]).copied();
+        }
+        way += 1;
+    }
+    None
 }
 
 /// Picks the backend of `packet.flow` and sends the packet to it. `new_flow`: a TCP SYN, which

@@ -3,18 +3,14 @@ use lb_common::flow::{CONN_WAYS, ConnSet, FlowKey, TAG_USED, set_of, tag, tag_ba
 
 use crate::maps::{CONN_KEYS, CONN_TAGS};
 
-/// The words of a key (FlowKey is 8-byte aligned and 40 bytes long).
-type KeyWords = [u64; 5];
-
 /// Whether slot `slot` holds `flow`. XOR-OR rather than a chain of comparisons, which the
 /// compiler would turn into a call of a byte-wise bcmp subprogram.
 #[inline(always)]
 fn holds(slot: u32, flow: &FlowKey) -> bool {
-    let Some(key) = CONN_KEYS.get_ptr(slot) else {
+    let Some(key) = CONN_KEYS.get(slot) else {
         return false;
     };
-    // SAFETY: both point to 40-byte, 8-aligned FlowKeys (a map value and the parser's).
-    let (a, b) = unsafe { (&*(key as *const KeyWords), &*(flow as *const FlowKey as *const KeyWords)) };
+    let (a, b) = (key.words(), flow.words());
     ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4])) == 0
 }
 
@@ -78,10 +74,10 @@ pub fn insert(flow: &FlowKey, hash: u32, backend: u32) {
             // readers rely on (no tag, the key, then the tag naming it).
             unsafe {
                 core::ptr::write_volatile(slot, 0);
-                let (to, from) = (key as *mut KeyWords, flow as *const FlowKey as *const KeyWords);
+                let (to, from) = (key as *mut [u64; 5], flow.words());
                 let mut i = 0;
                 while i < 5 {
-                    core::ptr::write_volatile(&mut (*to)[i], (*from)[i]);
+                    core::ptr::write_volatile(&mut (*to)[i], from[i]);
                     i += 1;
                 }
             }

@@ -102,7 +102,8 @@ fn too_big(ctx: &XdpContext, packet: &mut Packet, flags: u32) -> Result<Outcome,
         parse_ipv4(data, end, inner_off, false, packet)
     }
     .map_err(|_| Stat::DropMalformedL4)?;
-    let Some(vip) = lookup_vip(&packet.flow.src, packet.flow.sport, packet.flow.proto, flags) else {
+    let words = packet.flow.words();
+    let Some(vip) = lookup_vip([words[0], words[1]], packet.flow.sport, packet.flow.proto, flags) else {
         return Ok((xdp_action::XDP_PASS, Stat::PassNotVip));
     };
     if vip.flags & VIP_F_L7 != 0 {

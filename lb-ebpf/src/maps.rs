@@ -11,7 +11,7 @@ use lb_common::{
     flow::{CONN_SETS, CONN_SLOTS, ConnSet, FlowKey},
     ring::{RingChunk, ring_entries},
     stats::{Counter, STATS_ENTRIES, TrafficCounter},
-    vip::{MAX_VIPS, VipKey, VipMeta},
+    vip::{MAX_VIPS, VIP_BUCKETS, VipBucket, VipMeta},
 };
 
 /// Array flag: userspace can mmap the array and write tables with plain stores.
@@ -19,9 +19,12 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// VIPs the object is sized for by default; lbd resizes RINGS for its configured max_vips.
 pub const DEFAULT_RING_VIPS: u32 = 16;
 
-/// VipKey -> VipMeta; lbd.
-#[map(name = "VIPS")]
-pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::pinned(MAX_VIPS, 0);
+/// VIP hash bucket -> its VIPs' tags, meta copies and keys (lb_common::vip); lbd.
+#[map(name = "VIP_TABLE")]
+pub static VIP_TABLE: Array<VipBucket> = Array::pinned(VIP_BUCKETS, BPF_F_MMAPABLE);
+/// VIP index * 2 + copy -> VipMeta; lbd.
+#[map(name = "VIP_METAS")]
+pub static VIP_METAS: Array<VipMeta> = Array::pinned(2 * MAX_VIPS, BPF_F_MMAPABLE);
 /// VIP address -> OR of its VIPs' flags (ICMP and fragments match on address only); lbd.
 #[map(name = "VIP_ADDRS")]
 pub static VIP_ADDRS: HashMap<Addr, u32> = HashMap::pinned(MAX_VIPS, 0);

@@ -15,3 +15,4 @@ pub mod proxy;
 pub mod state;
 pub mod stats;
 pub mod tables;
+pub mod vip_table;

@@ -21,7 +21,7 @@ use lb_common::{
     deny::{DENY_V4_MAP, DENY_V6_MAP},
     ring::{RING_CHUNKS, RING_LANES, RING_NONE, RING_SIZE, RINGS_MAP, RingChunk, SLOTS_PER_VIP},
     stats::{BACKEND_STATS_MAP, TrafficCounter, VIP_STATS_MAP},
-    vip::{ANY_PORT, VIP_ADDRS_MAP, VIP_F_DROP_FRAGMENTS, VIP_F_L7, VIPS_MAP, VipKey, VipMeta},
+    vip::{ANY_PORT, VIP_ADDRS_MAP, VIP_F_DROP_FRAGMENTS, VIP_F_L7, VipKey, VipMeta},
 };
 
 use crate::{
@@ -29,6 +29,7 @@ use crate::{
     host::HostFacts,
     maglev::{self, Weighted},
     mapped::MappedArray,
+    vip_table::VipTable,
 };
 
 /// The 16-byte map form of an address (IPv4-mapped for IPv4).
@@ -102,7 +103,7 @@ impl Rings {
 
 /// The pinned maps lbd programs, and what it last wrote to each VIP's ring.
 pub struct Tables {
-    vips: BpfHashMap<MapData, VipKey, VipMeta>,
+    vips: VipTable,
     vip_addrs: BpfHashMap<MapData, Addr, u32>,
     rings: Rings,
     backends: Array<MapData, Backend>,
@@ -230,7 +231,7 @@ impl Tables {
     /// Opens the maps pinned under `pin_dir`.
     pub fn open(pin_dir: &Path) -> Result<Tables> {
         Ok(Tables {
-            vips: BpfHashMap::try_from(Map::HashMap(open(pin_dir, VIPS_MAP)?))?,
+            vips: VipTable::open(pin_dir)?,
             vip_addrs: BpfHashMap::try_from(Map::HashMap(open(pin_dir, VIP_ADDRS_MAP)?))?,
             rings: Rings(MappedArray::open(open(pin_dir, RINGS_MAP)?, RINGS_MAP)?),
             backends: Array::try_from(Map::Array(open(pin_dir, BACKENDS_MAP)?))?,
@@ -262,7 +263,7 @@ impl Tables {
 
     /// VIPs present: key -> meta.
     pub fn vips(&self) -> Result<BTreeMap<VipKey, VipMeta>> {
-        self.vips.iter().map(|kv| Ok(kv?)).collect()
+        Ok(self.vips.all())
     }
 
     /// Makes the maps hold `desired`, returning one line per change. Order keeps every packet
@@ -344,12 +345,12 @@ impl Tables {
                 self.written.insert(vip.key, table);
             }
             if existing.get(&vip.key) != Some(&meta) {
-                self.vips.insert(&vip.key, &meta, 0)?;
+                self.vips.set(&vip.key, &meta)?;
             }
         }
         for key in existing.keys() {
             if !desired.vips.iter().any(|v| v.key == *key) {
-                self.vips.remove(key)?;
+                self.vips.remove(key);
                 self.written.remove(key);
                 changes.push(format!("VIP {}:{} removed", ip_of(&key.addr), u16::from_be(key.port)));
             }
