@@ -64,10 +64,19 @@ impl Harness {
         crate::require_root();
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sluice-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&pin_dir);
-        let ebpf = dataplane::load(&pin_dir, Role::Balancer { max_vips })?;
-        let mut tables = Tables::open(&pin_dir)?;
-        tables.apply(&desired)?;
-        Ok(Harness { ebpf, tables, pin_dir, desired })
+        let loaded = dataplane::load(&pin_dir, Role::Balancer { max_vips }).and_then(|ebpf| {
+            let mut tables = Tables::open(&pin_dir)?;
+            tables.apply(&desired)?;
+            Ok((ebpf, tables))
+        });
+        match loaded {
+            Ok((ebpf, tables)) => Ok(Harness { ebpf, tables, pin_dir, desired }),
+            Err(e) => {
+                // No Harness, so no Drop: the pins a failed load left go here.
+                let _ = std::fs::remove_dir_all(&pin_dir);
+                Err(e)
+            }
+        }
     }
 
     /// Applies a new desired state (a pool change).

@@ -765,3 +765,14 @@ fn root_fixtures_conn_table_sets_evict_the_unused() -> Result<()> {
     assert_eq!(present(&h)?, expected, "flow {victim} evicted, flow {spared} spared");
     Ok(())
 }
+
+/// A harness whose state does not fit (two VIPs, rings for one) fails and leaves no pins.
+#[test]
+fn root_fixtures_failed_setup_leaves_no_pins() -> Result<()> {
+    let two = desired(vec![vip(VIP_WEB, 80, 6, 0, &WEB), vip(VIP_ANY, 0, 6, 0, &WEB)], &[]);
+    let error = Harness::new("too-small", 1, two).err().context("2 VIPs in rings for 1 were accepted")?;
+    assert!(format!("{error:#}").contains("2 VIPs configured"), "{error:#}");
+    let pins = format!("/sys/fs/bpf/sluice-too-small-{}", std::process::id());
+    assert!(!std::path::Path::new(&pins).exists(), "{pins} left behind");
+    Ok(())
+}
