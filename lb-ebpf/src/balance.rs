@@ -9,7 +9,10 @@ use lb_common::{
     stats::Stat,
     vip::{ANY_PORT, VIP_F_DROP_FRAGMENTS, VIP_F_L7, VIP_WAYS, VipMeta, vip_place, vip_words},
 };
-use lb_ebpf::parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, Malformed, Packet, parse_frame};
+use lb_ebpf::{
+    parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, Malformed, Packet, parse_frame},
+    words::same,
+};
 
 use crate::{conn, encap, icmp, maps::*};
 
@@ -117,8 +120,7 @@ fn find_vip(words: &[u64; 3]) -> Option<VipMeta> {
     let bucket = VIP_TABLE.get(index)?;
     let mut way = 0;
     while way < VIP_WAYS {
-        let key = &bucket.keys[way];
-        if bucket.tags[way] == tag && ((key[0] ^ words[0]) | (key[1] ^ words[1]) | (key[2] ^ words[2])) == 0 {
+        if bucket.tags[way] == tag && same(&bucket.keys[way], words) {
             return VIP_METAS.get(bucket.metas[way]).copied();
         }
         way += 1;

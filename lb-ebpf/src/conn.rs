@@ -1,17 +1,14 @@
 //! The connection table's lookup and insert (the layout is lb_common::flow's).
 use lb_common::flow::{CONN_WAYS, ConnSet, FlowKey, TAG_USED, set_of, tag, tag_backend, tag_matches, victim};
 
+use lb_ebpf::words::same;
+
 use crate::maps::{CONN_KEYS, CONN_TAGS};
 
-/// Whether slot `slot` holds `flow`. XOR-OR rather than a chain of comparisons, which the
-/// compiler would turn into a call of a byte-wise bcmp subprogram.
+/// Whether slot `slot` holds `flow`.
 #[inline(always)]
 fn holds(slot: u32, flow: &FlowKey) -> bool {
-    let Some(key) = CONN_KEYS.get(slot) else {
-        return false;
-    };
-    let (a, b) = (key.words(), flow.words());
-    ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4])) == 0
+    CONN_KEYS.get(slot).is_some_and(|key| same(key.words(), flow.words()))
 }
 
 /// The way of `set` that holds `flow`.

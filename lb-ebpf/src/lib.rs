@@ -3,3 +3,4 @@
 
 pub mod csum;
 pub mod parse;
+pub mod words;
