@@ -59,8 +59,8 @@ pub(crate) fn open(pin_dir: &Path, name: &str) -> Result<MapData> {
 }
 
 /// The RINGS array mapped into lbd's memory: a table is written with plain stores instead of
-/// 65537 syscalls. Readers see it only after the VIP's flip, a map update syscall that orders
-/// these stores before it. Bucket `b` of slot `s` is lane `b % RING_LANES` of element
+/// 65537 syscalls. Readers see it only after the VIP's flip, a later store through the VIP
+/// table's mapping (vip_table.rs fences before it). Bucket `b` of slot `s` is lane `b % RING_LANES` of element
 /// `s * RING_CHUNKS + b / RING_LANES`.
 struct Rings(MappedArray<RingChunk>);
 

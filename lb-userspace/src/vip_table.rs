@@ -31,8 +31,10 @@ impl VipTable {
         (index, tag, way)
     }
 
-    /// Writes one 4-byte word of a bucket (tag or meta copy) with a single aligned store.
+    /// Writes one 4-byte word of a bucket (tag or meta copy) with a single aligned store, after
+    /// every store before it (the key, a meta copy, a ring) is visible.
     fn store(&mut self, index: u32, word: impl FnOnce(*mut VipBucket) -> *mut u32, value: u32) {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
         // SAFETY: `word` names a u32 field inside the in-bounds bucket element.
         unsafe { word(self.buckets.at(index as usize)).write_volatile(value) };
     }
