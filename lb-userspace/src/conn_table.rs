@@ -34,27 +34,26 @@ impl ConnTable {
         unsafe { (self.tags.at(set as usize) as *mut u64).add(way) }
     }
 
-    /// The set of `flow` and the way that holds it.
-    fn find(&self, flow: &FlowKey) -> (u32, u32, Option<usize>) {
+    /// The flow's hash, its set (the index, and the tags read once) and the way that holds it.
+    fn find(&self, flow: &FlowKey) -> (u32, u32, ConnSet, Option<usize>) {
         let hash = flow_hash(flow);
         let set = set_of(hash);
-        let set_tags = self.tags.get(set as usize);
+        let tags = self.tags.get(set as usize);
         let way = (0..CONN_WAYS as usize).find(|&way| {
-            tag_matches(set_tags[way], hash) && self.keys.get((set * CONN_WAYS) as usize + way) == *flow
+            tag_matches(tags[way], hash) && self.keys.get((set * CONN_WAYS) as usize + way) == *flow
         });
-        (hash, set, way)
+        (hash, set, tags, way)
     }
 
     /// The backend id recorded for `flow`.
     pub fn get(&self, flow: &FlowKey) -> Option<u32> {
-        let (_, set, way) = self.find(flow);
-        // SAFETY: an aligned tag word, read once.
-        way.map(|way| tag_backend(unsafe { self.tag_at(set, way).read_volatile() }))
+        let (_, _, tags, way) = self.find(flow);
+        way.map(|way| tag_backend(tags[way]))
     }
 
     /// Forgets `flow` (as an eviction would); whether it was recorded.
     pub fn remove(&mut self, flow: &FlowKey) -> bool {
-        let (_, set, way) = self.find(flow);
+        let (_, set, _, way) = self.find(flow);
         if let Some(way) = way {
             // SAFETY: an aligned tag word; one 8-byte store, as the program's own.
             unsafe { self.tag_at(set, way).write_volatile(0) };
@@ -62,18 +61,21 @@ impl ConnTable {
         way.is_some()
     }
 
-    /// Records `flow` -> `backend` as the program does for a new flow.
+    /// Records `flow` -> `backend` as the program does for a new flow: every tag written alone,
+    /// the tag cleared before its key changes and written last.
     pub fn insert(&mut self, flow: &FlowKey, backend: u32) {
-        let (hash, set, way) = self.find(flow);
+        let (hash, set, tags, way) = self.find(flow);
         let way = way.unwrap_or_else(|| {
-            let (way, sweep) = victim(&self.tags.get(set as usize), hash);
-            if sweep {
-                let mut cleared = self.tags.get(set as usize);
-                cleared.iter_mut().for_each(|t| *t &= !TAG_USED);
-                self.tags.set(set as usize, cleared);
+            let (way, sweep) = victim(&tags, hash);
+            // SAFETY: aligned tag words inside the set element (way < CONN_WAYS).
+            unsafe {
+                if sweep {
+                    for (w, &t) in tags.iter().enumerate() {
+                        self.tag_at(set, w).write_volatile(t & !TAG_USED);
+                    }
+                }
+                self.tag_at(set, way).write_volatile(0);
             }
-            // SAFETY: aligned tag word; cleared before its key changes (the program's order).
-            unsafe { self.tag_at(set, way).write_volatile(0) };
             self.keys.set((set * CONN_WAYS) as usize + way, *flow);
             way
         });

@@ -22,13 +22,14 @@ impl VipTable {
         })
     }
 
-    /// The bucket of `key`, its tag, and the way that holds it.
-    fn find(&self, key: &VipKey) -> (u32, u32, Option<usize>) {
+    /// The bucket of `key` (its index, and its contents read once), its tag, and the way that
+    /// holds it.
+    fn find(&self, key: &VipKey) -> (u32, VipBucket, u32, Option<usize>) {
         let words = key.words();
         let (index, tag) = vip_place(&words);
         let bucket = self.buckets.get(index as usize);
         let way = (0..VIP_WAYS).find(|&w| bucket.tags[w] == tag && bucket.keys[w] == words);
-        (index, tag, way)
+        (index, bucket, tag, way)
     }
 
     /// Writes one 4-byte word of a bucket (tag or meta copy) with a single aligned store, after
@@ -54,14 +55,13 @@ impl VipTable {
     /// Adds the VIP `key` or replaces its meta. A new VIP's key and meta are written before
     /// its tag; a known VIP's new meta goes into its spare copy, then the slot points at it.
     pub fn set(&mut self, key: &VipKey, meta: &VipMeta) -> Result<()> {
-        let (index, tag, way) = self.find(key);
+        let (index, bucket, tag, way) = self.find(key);
         if let Some(way) = way {
-            let spare = self.buckets.get(index as usize).metas[way] ^ 1;
+            let spare = bucket.metas[way] ^ 1;
             self.metas.set(spare as usize, *meta);
             self.store(index, |b| unsafe { std::ptr::addr_of_mut!((*b).metas[way]) }, spare);
             return Ok(());
         }
-        let bucket = self.buckets.get(index as usize);
         let Some(way) = (0..VIP_WAYS).find(|&w| bucket.tags[w] == 0) else {
             bail!(
                 "VIP table bucket {index} already holds {VIP_WAYS} VIPs (a hash collision; change a VIP address)"
@@ -80,7 +80,7 @@ impl VipTable {
 
     /// Removes the VIP `key` (its tag first: packets stop matching it at once).
     pub fn remove(&mut self, key: &VipKey) {
-        if let (index, _, Some(way)) = self.find(key) {
+        if let (index, _, _, Some(way)) = self.find(key) {
             self.store(index, |b| unsafe { std::ptr::addr_of_mut!((*b).tags[way]) }, 0);
         }
     }
