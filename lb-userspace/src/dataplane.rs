@@ -28,7 +28,7 @@ pub const PASS_PROGRAM: &str = "sluice_pass";
 pub const LINK_PIN: &str = "link";
 
 /// The compiled lb-ebpf object, built by build.rs.
-pub fn ebpf_object() -> &'static [u8] {
+fn ebpf_object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"))
 }
 
