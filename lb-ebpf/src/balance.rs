@@ -3,7 +3,7 @@ use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, maps::lpm_trie::
 use lb_common::{
     addr::is_v4,
     backend::{BACKEND_F_IN_USE, Backend, NO_BACKEND},
-    config::{CONFIG_F_ANY_PORT_VIPS, CONFIG_F_DENY_V4, CONFIG_F_DENY_V6},
+    config::{CONFIG_F_ANY_PORT_VIPS, CONFIG_F_DENY_V4, CONFIG_F_DENY_V6, DataplaneConfig},
     hash::flow_hash,
     ring::{RING_CHUNKS, RING_LANES, RING_NONE, RING_SIZE},
     stats::Stat,
@@ -53,7 +53,9 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Outcome, Stat> {
     if !parse_frame(ctx.data(), ctx.data_end(), packet).map_err(malformed)? {
         return Ok((xdp_action::XDP_PASS, Stat::PassNotIp));
     }
-    let flags = lookup_flags();
+    // One element, always there; the check is for the verifier.
+    let config = DATAPLANE_CONFIG.get(0).ok_or(Stat::DropInternal)?;
+    let flags = config.flags;
     if denied(packet, flags) {
         return Err(Stat::DropDenied);
     }
@@ -66,7 +68,7 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Outcome, Stat> {
         };
     }
     if packet.flow.proto == IPPROTO_ICMP || packet.flow.proto == IPPROTO_ICMPV6 {
-        return icmp::handle(ctx, packet, flags);
+        return icmp::handle(ctx, packet, config);
     }
     let words = packet.flow.words();
     let Some(vip) = lookup_vip([words[2], words[3]], packet.flow.dport, packet.flow.proto, flags) else {
@@ -75,17 +77,11 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Outcome, Stat> {
     if vip.flags & VIP_F_L7 != 0 {
         return Ok((xdp_action::XDP_PASS, Stat::PassL7));
     }
-    let outcome = forward(ctx, packet, &vip, packet.is_syn());
+    let outcome = forward(ctx, packet, &vip, config);
     if outcome.1 == Stat::DropTooBig {
         return Ok(icmp::too_big_reply(ctx, packet));
     }
     Ok(outcome)
-}
-
-/// `CONFIG_F_*`: the lookups worth making (all of them if the settings cannot be read).
-#[inline(always)]
-fn lookup_flags() -> u32 {
-    DATAPLANE_CONFIG.get(0).map_or(u32::MAX, |c| c.flags)
 }
 
 /// Whether the source is in a deny list (an empty list is not looked up).
@@ -128,28 +124,31 @@ fn find_vip(words: &[u64; 3]) -> Option<VipMeta> {
     None
 }
 
-/// Picks the backend of `packet.flow` and sends the packet to it. `new_flow`: a TCP SYN, which
-/// always takes the current Maglev table; others use the connection table first.
+/// Picks the backend of `packet.flow` and sends the packet to it. A TCP SYN always takes the
+/// current Maglev table; others use the connection table first (a flow quoted in an ICMP error
+/// has no TCP flags parsed, so it is never a SYN).
 /// Not inlined: its stack frame is separate from the parser's. (It returns a plain tuple, with
 /// drops as XDP_DROP: a Result in a BPF function's signature makes BTF the kernel refuses.)
 #[inline(never)]
-pub fn forward(ctx: &XdpContext, packet: &Packet, vip: &VipMeta, new_flow: bool) -> Outcome {
-    match try_forward(ctx, packet, vip, new_flow) {
+pub fn forward(ctx: &XdpContext, packet: &Packet, vip: &VipMeta, config: &DataplaneConfig) -> Outcome {
+    match try_forward(ctx, packet, vip, config) {
         Ok(outcome) => outcome,
         Err(reason) => (xdp_action::XDP_DROP, reason),
     }
 }
 
 #[inline(always)]
-fn try_forward(ctx: &XdpContext, packet: &Packet, vip: &VipMeta, new_flow: bool) -> Result<Outcome, Stat> {
+fn try_forward(
+    ctx: &XdpContext,
+    packet: &Packet,
+    vip: &VipMeta,
+    config: &DataplaneConfig,
+) -> Result<Outcome, Stat> {
     let flow = &packet.flow;
-    let Some(config) = DATAPLANE_CONFIG.get(0) else {
-        return Err(Stat::DropInternal);
-    };
+    let new_flow = packet.is_syn();
     if config.next_hop_mac == [0; 6] {
         return Ok((xdp_action::XDP_PASS, Stat::PassNoNextHop));
     }
-    let config = *config;
     let hash = flow_hash(flow);
     let known = if new_flow { None } else { conn::lookup(flow, hash) };
     let hit = known.is_some();
@@ -178,7 +177,7 @@ fn try_forward(ctx: &XdpContext, packet: &Packet, vip: &VipMeta, new_flow: bool)
     };
     // Counted once the packet is really on its way (not when it is too big).
     let bytes = packet.ip_len as u64;
-    let outcome = encap::encapsulate(ctx, packet, &backend.addr, &config, hash)?;
+    let outcome = encap::encapsulate(ctx, packet, &backend.addr, config, hash)?;
     if matches!(outcome.1, Stat::Tx | Stat::Redirect) {
         add_traffic(VIP_STATS.get_ptr_mut(vip.index), bytes, hit, new_flow);
         add_traffic(BACKEND_STATS.get_ptr_mut(backend_id), bytes, hit, new_flow);
@@ -198,8 +197,8 @@ fn ring_entry(slot: u32, hash: u32) -> Result<u32, Stat> {
 
 /// The backend with id `id` if its slot is in use.
 #[inline(always)]
-fn live_backend(id: u32) -> Option<Backend> {
-    BACKENDS.get(id).filter(|b| b.flags & BACKEND_F_IN_USE != 0).copied()
+fn live_backend(id: u32) -> Option<&'static Backend> {
+    BACKENDS.get(id).filter(|b| b.flags & BACKEND_F_IN_USE != 0)
 }
 
 #[inline(always)]

@@ -13,6 +13,7 @@ use lb_common::{
 use lb_ebpf::{
     csum,
     parse::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_HLEN, IPV6_HLEN, Packet},
+    wire::{Word, span},
 };
 
 use crate::balance::Outcome;
@@ -20,16 +21,14 @@ use crate::balance::Outcome;
 /// TTL / hop limit of the outer header.
 const OUTER_TTL: u8 = 64;
 
-/// Writes `value` at `data + off` if it fits before `data_end`.
+// Ethernet addresses are handled as the little-endian image of their 6 bytes in a u64.
+const _: () = assert!(cfg!(target_endian = "little"));
+
+/// The image of a MAC address held in a map value: the bytes as they lie, in the low 48 bits.
 #[inline(always)]
-fn store<T>(data: usize, data_end: usize, off: usize, value: T) -> Result<(), Stat> {
-    let at = data + off;
-    if at + core::mem::size_of::<T>() > data_end {
-        return Err(Stat::DropInternal);
-    }
-    // SAFETY: the write lies inside the packet, checked just above.
-    unsafe { core::ptr::write_unaligned(at as *mut T, value) };
-    Ok(())
+fn mac_image(mac: &[u8; 6]) -> u64 {
+    u32::from_le_bytes([mac[0], mac[1], mac[2], mac[3]]) as u64
+        | (u16::from_le_bytes([mac[4], mac[5]]) as u64) << 32
 }
 
 /// Replaces the frame's L2 header (with any VLAN tags) by Ethernet + an outer IP header to
@@ -53,23 +52,33 @@ pub fn encapsulate(
         return Err(Stat::DropTooBig);
     }
     // The frame's own destination MAC (ours) becomes the source.
-    let our_mac: [u8; 6] = lb_ebpf::parse::load(ctx.data(), ctx.data_end(), 0).ok_or(Stat::DropInternal)?;
+    let at = span(ctx.data(), ctx.data_end(), 0, 6).ok_or(Stat::DropInternal)?;
+    // SAFETY: the 6 bytes at `at` are inside the packet, checked just above.
+    let our_mac = unsafe { u32::read(at) as u64 | (u16::read(at + 4) as u64) << 32 };
     let grow = outer_len as i32 - (packet.l3_off - ETH_HLEN) as i32;
     // SAFETY: ctx is this program's context.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -grow) } != 0 {
         return Err(Stat::DropInternal);
     }
     let (data, data_end) = (ctx.data(), ctx.data_end());
-    let mut eth = [0u8; ETH_HLEN];
-    eth[..6].copy_from_slice(&config.next_hop_mac);
-    eth[6..12].copy_from_slice(&our_mac);
+    let at = span(data, data_end, 0, ETH_HLEN).ok_or(Stat::DropInternal)?;
     let ethertype = if outer_v4 { ETH_P_IP } else { ETH_P_IPV6 };
-    eth[12..14].copy_from_slice(&ethertype.to_be_bytes());
-    store(data, data_end, 0, eth)?;
+    // SAFETY: the 14 bytes at `at` are inside the packet, checked just above.
+    unsafe {
+        u64::write(at, mac_image(&config.next_hop_mac) | our_mac << 48);
+        u32::write(at + 8, (our_mac >> 16) as u32);
+        u16::write(at + 12, ethertype.to_be());
+    }
     if outer_v4 {
-        store(data, data_end, ETH_HLEN, ipv4_header(backend, config, hash, total))?;
+        let at = span(data, data_end, ETH_HLEN, IPV4_HLEN).ok_or(Stat::DropInternal)?;
+        let header = ipv4_header(backend, config, hash, total);
+        for (i, word) in header.iter().enumerate() {
+            // SAFETY: the 20 bytes at `at` are inside the packet, checked just above.
+            unsafe { u32::write(at + 4 * i, word.to_be()) };
+        }
     } else {
-        store(data, data_end, ETH_HLEN, ipv6_header(packet, backend, config, hash))?;
+        let at = span(data, data_end, ETH_HLEN, IPV6_HLEN).ok_or(Stat::DropInternal)?;
+        write_ipv6_header(at, packet, backend, config, hash);
     }
     if config.redirect_ifindex != 0 {
         // SAFETY: plain helper call.
@@ -79,50 +88,39 @@ pub fn encapsulate(
     Ok((xdp_action::XDP_TX, Stat::Tx))
 }
 
+/// The outer IPv4 header as five big-endian words (numbers; stored with `to_be`).
 #[inline(always)]
-fn ipv4_header(backend: &Addr, config: &DataplaneConfig, hash: u32, total: usize) -> [u8; 20] {
+fn ipv4_header(backend: &Addr, config: &DataplaneConfig, hash: u32, total: usize) -> [u32; 5] {
     let src = config.encap_source_v4;
-    let h = (hash as u16).to_be_bytes();
-    let len = (total as u16).to_be_bytes();
     let mut header = [
-        0x45,
+        0x4500_0000 | total as u32,
         0,
-        len[0],
-        len[1],
-        0,
-        0,
-        0,
-        0,
-        OUTER_TTL,
-        IPPROTO_IPIP,
-        0,
-        0,
-        src[0],
-        src[1],
-        h[0],
-        h[1],
-        backend[12],
-        backend[13],
-        backend[14],
-        backend[15],
+        (OUTER_TTL as u32) << 24 | (IPPROTO_IPIP as u32) << 16,
+        (u16::from_be_bytes([src[0], src[1]]) as u32) << 16 | (hash & 0xffff),
+        u32::from_be_bytes([backend[12], backend[13], backend[14], backend[15]]),
     ];
-    let check = csum::ipv4_header(&header).to_be_bytes();
-    header[10] = check[0];
-    header[11] = check[1];
+    header[2] |= csum::ipv4_header(&header) as u32;
     header
 }
 
+/// Writes the outer IPv6 header at `at` (40 bytes inside the packet).
 #[inline(always)]
-fn ipv6_header(packet: &Packet, backend: &Addr, config: &DataplaneConfig, hash: u32) -> [u8; 40] {
-    let mut header = [0u8; 40];
+fn write_ipv6_header(at: usize, packet: &Packet, backend: &Addr, config: &DataplaneConfig, hash: u32) {
     // Version 6, flow label from the hash so routers' ECMP spreads flows.
-    let label = (0x6000_0000u32 | (hash & 0x000f_ffff)).to_be_bytes();
-    header[..4].copy_from_slice(&label);
-    header[4..6].copy_from_slice(&(packet.ip_len as u16).to_be_bytes());
-    header[6] = if packet.ipv6 { IPPROTO_IPV6 } else { IPPROTO_IPIP };
-    header[7] = OUTER_TTL;
-    header[8..20].copy_from_slice(&config.encap_source_v6[..12]);
-    header[20..24].copy_from_slice(&hash.to_be_bytes());
-    header[24..40].copy_from_slice(backend);
-    header
+    let label = 0x6000_0000u32 | (hash & 0x000f_ffff);
+    let next = if packet.ipv6 { IPPROTO_IPV6 } else { IPPROTO_IPIP };
+    let lengths = (packet.ip_len as u32) << 16 | (next as u32) << 8 | OUTER_TTL as u32;
+    let src = &config.encap_source_v6;
+    let raw64 = |b: &[u8]| u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    // SAFETY: the caller checked the 40 bytes at `at`.
+    unsafe {
+        u32::write(at, label.to_be());
+        u32::write(at + 4, lengths.to_be());
+        // Source: the top 96 bits of encap_source_v6, then the flow hash.
+        u64::write(at + 8, raw64(&src[..8]));
+        u32::write(at + 16, u32::from_ne_bytes([src[8], src[9], src[10], src[11]]));
+        u32::write(at + 20, hash.to_be());
+        u64::write(at + 24, raw64(&backend[..8]));
+        u64::write(at + 32, raw64(&backend[8..]));
+    }
 }

@@ -6,7 +6,7 @@ use aya_ebpf::{
     helpers::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use lb_common::{addr::is_v4, hash::flow_hash, stats::Stat, vip::VIP_F_L7};
+use lb_common::{addr::is_v4, config::DataplaneConfig, hash::flow_hash, stats::Stat, vip::VIP_F_L7};
 use lb_ebpf::{
     csum,
     parse::{
@@ -34,7 +34,7 @@ const ICMP_HLEN: usize = 8;
 const REPLY_TTL: u8 = 64;
 
 #[inline(always)]
-pub fn handle(ctx: &XdpContext, packet: &mut Packet, flags: u32) -> Result<Outcome, Stat> {
+pub fn handle(ctx: &XdpContext, packet: &mut Packet, config: &DataplaneConfig) -> Result<Outcome, Stat> {
     if VIP_ADDRS.get_ptr(&packet.flow.dst).is_none() {
         return Ok((xdp_action::XDP_PASS, Stat::PassNotVip));
     }
@@ -42,7 +42,7 @@ pub fn handle(ctx: &XdpContext, packet: &mut Packet, flags: u32) -> Result<Outco
         (false, ICMP_ECHO_REQUEST, _) => echo_reply(ctx, packet, ICMP_ECHO_REPLY),
         (true, ICMPV6_ECHO_REQUEST, _) => echo_reply(ctx, packet, ICMPV6_ECHO_REPLY),
         (false, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED) | (true, ICMPV6_PACKET_TOO_BIG, _) => {
-            too_big(ctx, packet, flags)
+            too_big(ctx, packet, config)
         }
         _ => Ok((xdp_action::XDP_PASS, Stat::PassNotVip)),
     }
@@ -92,7 +92,7 @@ fn echo_reply(ctx: &XdpContext, packet: &Packet, reply_type: u8) -> Result<Outco
 /// `packet` itself (the BPF stack has no room for a second one); what encapsulation needs of
 /// the outer packet is put back afterwards.
 #[inline(always)]
-fn too_big(ctx: &XdpContext, packet: &mut Packet, flags: u32) -> Result<Outcome, Stat> {
+fn too_big(ctx: &XdpContext, packet: &mut Packet, config: &DataplaneConfig) -> Result<Outcome, Stat> {
     let (data, end) = (ctx.data(), ctx.data_end());
     let (l3_off, ip_len, ipv6) = (packet.l3_off, packet.ip_len, packet.ipv6);
     let inner_off = packet.l4_off + ICMP_HLEN;
@@ -103,7 +103,8 @@ fn too_big(ctx: &XdpContext, packet: &mut Packet, flags: u32) -> Result<Outcome,
     }
     .map_err(|_| Stat::DropMalformedL4)?;
     let words = packet.flow.words();
-    let Some(vip) = lookup_vip([words[0], words[1]], packet.flow.sport, packet.flow.proto, flags) else {
+    let Some(vip) = lookup_vip([words[0], words[1]], packet.flow.sport, packet.flow.proto, config.flags)
+    else {
         return Ok((xdp_action::XDP_PASS, Stat::PassNotVip));
     };
     if vip.flags & VIP_F_L7 != 0 {
@@ -114,7 +115,7 @@ fn too_big(ctx: &XdpContext, packet: &mut Packet, flags: u32) -> Result<Outcome,
     core::mem::swap(&mut flow.src, &mut flow.dst);
     core::mem::swap(&mut flow.sport, &mut flow.dport);
     (packet.l3_off, packet.ip_len, packet.ipv6) = (l3_off, ip_len, ipv6);
-    let (action, stat) = forward(ctx, packet, &vip, false);
+    let (action, stat) = forward(ctx, packet, &vip, config);
     let stat = if matches!(stat, Stat::Tx | Stat::Redirect) { Stat::IcmpTooBigForwarded } else { stat };
     Ok((action, stat))
 }

@@ -5,6 +5,8 @@ use core::mem::size_of;
 
 use lb_common::flow::FlowKey;
 
+use crate::wire::{Word, read, span};
+
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
@@ -38,12 +40,7 @@ pub fn load<T: Copy>(start: usize, end: usize, off: usize) -> Option<T> {
 
 #[inline(always)]
 fn be16(start: usize, end: usize, off: usize) -> Option<u16> {
-    load::<[u8; 2]>(start, end, off).map(u16::from_be_bytes)
-}
-
-#[inline(always)]
-fn be64(start: usize, end: usize, off: usize) -> Option<u64> {
-    load::<[u8; 8]>(start, end, off).map(u64::from_be_bytes)
+    read::<u16>(start, end, off).map(u16::from_be)
 }
 
 /// Sets a 16-byte address from its big-endian halves with two 8-byte stores. (Assigning an
@@ -147,26 +144,28 @@ pub fn parse_ipv4(
     whole: bool,
     p: &mut Packet,
 ) -> Result<(), Malformed> {
-    let head: [u8; 20] = load(start, end, l3_off).ok_or(Malformed::Ipv4)?;
-    let ihl = ((head[0] & 0x0f) as usize) * 4;
-    if head[0] >> 4 != 4 || ihl < 20 {
+    let at = span(start, end, l3_off, IPV4_HLEN).ok_or(Malformed::Ipv4)?;
+    // SAFETY: the 20 bytes at `at` are inside the packet, checked just above.
+    let [head, frag, ttl_proto, src, dst] =
+        unsafe { [0, 4, 8, 12, 16].map(|off| u32::from_be(u32::read(at + off))) };
+    let ihl = ((head >> 24) as usize & 0x0f) * 4;
+    if head >> 28 != 4 || ihl < 20 {
         return Err(Malformed::Ipv4);
     }
-    let ip_len = u16::from_be_bytes([head[2], head[3]]) as usize;
+    let ip_len = (head & 0xffff) as usize;
     if ip_len < ihl || (whole && l3_off + ip_len > end - start) {
         return Err(Malformed::Ipv4);
     }
     p.l3_off = l3_off;
     p.ipv6 = false;
     p.ip_len = ip_len;
-    p.flow.proto = head[9];
+    p.flow.proto = (ttl_proto >> 16) as u8;
     // IPv4-mapped (::ffff:a.b.c.d), as lb_common::addr::mapped_v4 spells it.
-    let mapped = |a: &[u8]| 0xffff_0000_0000 | u32::from_be_bytes([a[0], a[1], a[2], a[3]]) as u64;
-    set_addr(&mut p.flow.src, 0, mapped(&head[12..16]));
-    set_addr(&mut p.flow.dst, 0, mapped(&head[16..20]));
+    set_addr(&mut p.flow.src, 0, 0xffff_0000_0000 | src as u64);
+    set_addr(&mut p.flow.dst, 0, 0xffff_0000_0000 | dst as u64);
     p.l4_off = l3_off + ihl;
     // MF set or a non-zero offset.
-    p.fragment = u16::from_be_bytes([head[6], head[7]]) & 0x3fff != 0;
+    p.fragment = frag & 0x3fff != 0;
     if p.fragment {
         return Ok(());
     }
@@ -182,39 +181,39 @@ pub fn parse_ipv6(
     whole: bool,
     p: &mut Packet,
 ) -> Result<(), Malformed> {
-    let head: [u8; 8] = load(start, end, l3_off).ok_or(Malformed::Ipv6)?;
-    if head[0] >> 4 != 6 {
+    let at = span(start, end, l3_off, IPV6_HLEN).ok_or(Malformed::Ipv6)?;
+    // SAFETY: the 40 bytes at `at` are inside the packet, checked just above.
+    let (version, lengths) = unsafe { (u8::read(at) >> 4, u32::from_be(u32::read(at + 4))) };
+    if version != 6 {
         return Err(Malformed::Ipv6);
     }
-    let payload_len = u16::from_be_bytes([head[4], head[5]]) as usize;
+    let payload_len = (lengths >> 16) as usize;
     if whole && l3_off + IPV6_HLEN + payload_len > end - start {
         return Err(Malformed::Ipv6);
     }
     p.l3_off = l3_off;
     p.ipv6 = true;
     p.ip_len = IPV6_HLEN + payload_len;
-    let address = |off| -> Result<(u64, u64), Malformed> {
-        Ok((be64(start, end, off).ok_or(Malformed::Ipv6)?, be64(start, end, off + 8).ok_or(Malformed::Ipv6)?))
-    };
-    let (high, low) = address(l3_off + 8)?;
-    set_addr(&mut p.flow.src, high, low);
-    let (high, low) = address(l3_off + 24)?;
-    set_addr(&mut p.flow.dst, high, low);
-    let mut next = head[6];
+    // SAFETY: as above.
+    let [src_high, src_low, dst_high, dst_low] =
+        unsafe { [8, 16, 24, 32].map(|off| u64::from_be(u64::read(at + off))) };
+    set_addr(&mut p.flow.src, src_high, src_low);
+    set_addr(&mut p.flow.dst, dst_high, dst_low);
+    let mut next = (lengths >> 8) as u8;
     let mut off = l3_off + IPV6_HLEN;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
             0 | 43 | 60 => {
-                let ext: [u8; 2] = load(start, end, off).ok_or(Malformed::Ipv6)?;
+                let ext = read::<u16>(start, end, off).ok_or(Malformed::Ipv6)?.to_le_bytes();
                 next = ext[0];
                 off += (ext[1] as usize + 1) * 8;
             }
             // Fragment header: 8 bytes; the L4 header is only in the first fragment, and the
             // balancer does not reassemble, so stop here.
             44 => {
-                let frag: [u8; 4] = load(start, end, off).ok_or(Malformed::Ipv6)?;
-                p.flow.proto = frag[0];
+                // Its first 4 bytes: next header, reserved, offset and flags.
+                p.flow.proto = read::<u32>(start, end, off).ok_or(Malformed::Ipv6)? as u8;
                 p.l4_off = off + 8;
                 p.fragment = true;
                 return Ok(());
@@ -232,33 +231,45 @@ pub fn parse_ipv6(
 
 #[inline(always)]
 fn parse_l4(start: usize, end: usize, p: &mut Packet, whole: bool) -> Result<(), Malformed> {
+    // Each arm checks its own length: the verifier does not carry a length chosen by one
+    // match over to another.
     match p.flow.proto {
         // An ICMP error quotes only 8 bytes of the L4 header: the ports.
         IPPROTO_TCP | IPPROTO_UDP if !whole => {
-            let ports: [u8; 4] = load(start, end, p.l4_off).ok_or(Malformed::L4)?;
-            p.flow.sport = u16::from_ne_bytes([ports[0], ports[1]]);
-            p.flow.dport = u16::from_ne_bytes([ports[2], ports[3]]);
+            let at = span(start, end, p.l4_off, 4).ok_or(Malformed::L4)?;
+            set_ports(p, at);
         }
         IPPROTO_TCP => {
             // Ports, and flags at byte 13: the whole fixed header must be there.
-            let tcp: [u8; 20] = load(start, end, p.l4_off).ok_or(Malformed::L4)?;
-            p.flow.sport = u16::from_ne_bytes([tcp[0], tcp[1]]);
-            p.flow.dport = u16::from_ne_bytes([tcp[2], tcp[3]]);
-            p.tcp_flags = tcp[13];
+            let at = span(start, end, p.l4_off, 20).ok_or(Malformed::L4)?;
+            set_ports(p, at);
+            // SAFETY: byte 13 of the 20 checked above.
+            p.tcp_flags = unsafe { u8::read(at + 13) };
         }
         IPPROTO_UDP => {
-            let udp: [u8; 8] = load(start, end, p.l4_off).ok_or(Malformed::L4)?;
-            p.flow.sport = u16::from_ne_bytes([udp[0], udp[1]]);
-            p.flow.dport = u16::from_ne_bytes([udp[2], udp[3]]);
+            let at = span(start, end, p.l4_off, 8).ok_or(Malformed::L4)?;
+            set_ports(p, at);
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let icmp: [u8; 8] = load(start, end, p.l4_off).ok_or(Malformed::L4)?;
-            p.icmp_type = icmp[0];
-            p.icmp_code = icmp[1];
+            let at = span(start, end, p.l4_off, 8).ok_or(Malformed::L4)?;
+            // SAFETY: 2 of the 8 bytes checked above.
+            let [icmp_type, icmp_code] = unsafe { u16::read(at) }.to_le_bytes();
+            p.icmp_type = icmp_type;
+            p.icmp_code = icmp_code;
         }
         _ => {}
     }
     Ok(())
+}
+
+/// Sets the ports from the 4 bytes at `at` (checked by the caller), in network order as the
+/// bytes lie.
+#[inline(always)]
+fn set_ports(p: &mut Packet, at: usize) {
+    // SAFETY: the caller checked the 4 bytes at `at`.
+    let ports = unsafe { u32::read(at) }.to_le_bytes();
+    p.flow.sport = u16::from_ne_bytes([ports[0], ports[1]]);
+    p.flow.dport = u16::from_ne_bytes([ports[2], ports[3]]);
 }
 
 #[cfg(test)]

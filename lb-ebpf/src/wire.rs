@@ -1,0 +1,94 @@
+//! Packet reads and writes of 2, 4 and 8 bytes at any alignment, as single instructions.
+//!
+//! Rust's unaligned reads compile, on BPF, to one load per byte plus shifts (the target does
+//! not assume misaligned access is allowed), and IP headers sit 2 bytes off a word boundary.
+//! The verifier accepts misaligned packet access where the kernel's architecture handles it
+//! (x86-64 and arm64: CONFIG_HAVE_EFFICIENT_UNALIGNED_ACCESS), so on BPF these are inline
+//! assembly; on the host (unit tests) they are plain unaligned reads and writes.
+
+/// A value read or written as one access. Values are in memory order (`from_ne_bytes` of the
+/// bytes): `u16::from_be` and friends turn network-order fields into numbers.
+pub trait Word: Copy {
+    /// Reads the word at `at`.
+    ///
+    /// # Safety
+    /// `[at, at + size)` must be readable (for packets: checked against `data_end`).
+    unsafe fn read(at: usize) -> Self;
+    /// Writes the word at `at`.
+    ///
+    /// # Safety
+    /// `[at, at + size)` must be writable (for packets: checked against `data_end`).
+    unsafe fn write(at: usize, value: Self);
+}
+
+macro_rules! word {
+    ($ty:ty, $size:literal) => {
+        impl Word for $ty {
+            #[inline(always)]
+            unsafe fn read(at: usize) -> Self {
+                #[cfg(target_arch = "bpf")]
+                {
+                    let value: u64;
+                    // SAFETY: the caller vouches for the range; one load, no other effect.
+                    unsafe {
+                        core::arch::asm!(
+                            concat!("{value} = *(", $size, " *)({at} + 0)"),
+                            at = in(reg) at,
+                            value = lateout(reg) value,
+                            options(readonly, nostack, preserves_flags),
+                        )
+                    };
+                    value as $ty
+                }
+                #[cfg(not(target_arch = "bpf"))]
+                // SAFETY: the caller vouches for the range.
+                unsafe {
+                    core::ptr::read_unaligned(at as *const $ty)
+                }
+            }
+
+            #[inline(always)]
+            unsafe fn write(at: usize, value: Self) {
+                #[cfg(target_arch = "bpf")]
+                // SAFETY: the caller vouches for the range; one store, no other effect.
+                unsafe {
+                    core::arch::asm!(
+                        concat!("*(", $size, " *)({at} + 0) = {value}"),
+                        at = in(reg) at,
+                        value = in(reg) value as u64,
+                        options(nostack, preserves_flags),
+                    )
+                };
+                #[cfg(not(target_arch = "bpf"))]
+                // SAFETY: the caller vouches for the range.
+                unsafe {
+                    core::ptr::write_unaligned(at as *mut $ty, value)
+                }
+            }
+        }
+    };
+}
+
+word!(u8, "u8");
+word!(u16, "u16");
+word!(u32, "u32");
+word!(u64, "u64");
+
+/// The address of `len` bytes at `start + off`, if they end by `end`.
+#[inline(always)]
+pub fn span(start: usize, end: usize, off: usize, len: usize) -> Option<usize> {
+    let at = start + off;
+    if at + len > end {
+        return None;
+    }
+    Some(at)
+}
+
+/// The word at `start + off`, if it ends by `end`. Not for one byte: the compiler turns
+/// `at + 1 > end` into `at >= end`, a form from which the verifier learns no packet range.
+#[inline(always)]
+pub fn read<W: Word>(start: usize, end: usize, off: usize) -> Option<W> {
+    let at = span(start, end, off, core::mem::size_of::<W>())?;
+    // SAFETY: inside [start, end), checked just above.
+    Some(unsafe { W::read(at) })
+}
