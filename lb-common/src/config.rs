@@ -20,16 +20,12 @@ pub struct DataplaneConfig {
     /// Encapsulated packets longer than this (IP bytes, outer header included) are dropped
     /// and counted; 0 means no limit.
     pub max_encap_ip_len: u32,
-    /// `CONFIG_F_*`: which lookups can be skipped because their map is empty.
+    /// `CONFIG_F_*`: which lookups can be skipped because they would find nothing.
     pub flags: u32,
 }
 const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 40);
 
 /// Some VIP listens on any port (a packet that misses the exact-port VIP looks again).
 pub const CONFIG_F_ANY_PORT_VIPS: u32 = 1 << 0;
-/// The IPv4 deny list has prefixes.
-pub const CONFIG_F_DENY_V4: u32 = 1 << 1;
-/// The IPv6 deny list has prefixes.
-pub const CONFIG_F_DENY_V6: u32 = 1 << 2;
 
 crate::pod!(DataplaneConfig);

@@ -3,7 +3,8 @@ use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, maps::lpm_trie::
 use lb_common::{
     addr::is_v4,
     backend::{BACKEND_F_IN_USE, Backend, NO_BACKEND},
-    config::{CONFIG_F_ANY_PORT_VIPS, CONFIG_F_DENY_V4, CONFIG_F_DENY_V6, DataplaneConfig},
+    config::{CONFIG_F_ANY_PORT_VIPS, DataplaneConfig},
+    deny::filter_block,
     hash::flow_hash,
     ring::{RING_CHUNKS, RING_LANES, RING_NONE, RING_SIZE},
     stats::Stat,
@@ -56,7 +57,7 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Outcome, Stat> {
     // One element, always there; the check is for the verifier.
     let config = DATAPLANE_CONFIG.get(0).ok_or(Stat::DropInternal)?;
     let flags = config.flags;
-    if denied(packet, flags) {
+    if denied(packet) {
         return Err(Stat::DropDenied);
     }
     if packet.fragment {
@@ -84,15 +85,19 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Outcome, Stat> {
     Ok(outcome)
 }
 
-/// Whether the source is in a deny list (an empty list is not looked up).
+/// Whether the source is in a deny list. The trie is looked up only when the filter says a
+/// prefix overlaps the source's block (lb_common::deny).
 #[inline(always)]
-fn denied(packet: &Packet, flags: u32) -> bool {
+fn denied(packet: &Packet) -> bool {
     let src = &packet.flow.src;
+    let block = filter_block(src);
+    if DENY_FILTER.get(block / 64).is_none_or(|word| word >> (block % 64) & 1 == 0) {
+        return false;
+    }
     if is_v4(src) {
-        flags & CONFIG_F_DENY_V4 != 0
-            && DENY_V4.get(&Key::new(32, [src[12], src[13], src[14], src[15]])).is_some()
+        DENY_V4.get(&Key::new(32, [src[12], src[13], src[14], src[15]])).is_some()
     } else {
-        flags & CONFIG_F_DENY_V6 != 0 && DENY_V6.get(&Key::new(128, *src)).is_some()
+        DENY_V6.get(&Key::new(128, *src)).is_some()
     }
 }
 

@@ -7,7 +7,7 @@ use lb_common::{
     addr::Addr,
     backend::{Backend, MAX_BACKENDS},
     config::DataplaneConfig,
-    deny::MAX_DENY_PREFIXES,
+    deny::{DENY_FILTER_WORDS, MAX_DENY_PREFIXES},
     flow::{CONN_SETS, CONN_SLOTS, ConnSet, FlowKey},
     ring::{RingChunk, ring_entries},
     stats::{Counter, STATS_ENTRIES, TrafficCounter},
@@ -46,6 +46,10 @@ pub static DENY_V4: LpmTrie<[u8; 4], u32> = LpmTrie::pinned(MAX_DENY_PREFIXES, 0
 /// IPv6 source prefix -> 1: dropped; lbd.
 #[map(name = "DENY_V6")]
 pub static DENY_V6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(MAX_DENY_PREFIXES, 0);
+/// Source block / 64 -> bits of the blocks some deny prefix overlaps (lb_common::deny); lbd.
+/// Not mmapable, so the kernel can place its 16 KB in huge-page-mapped memory.
+#[map(name = "DENY_FILTER")]
+pub static DENY_FILTER: Array<u64> = Array::pinned(DENY_FILTER_WORDS, 0);
 /// 0 -> DataplaneConfig; lbd.
 #[map(name = "DATAPLANE_CONFIG")]
 pub static DATAPLANE_CONFIG: Array<DataplaneConfig> = Array::pinned(1, 0);

@@ -15,10 +15,8 @@ use ipnet::IpNet;
 use lb_common::{
     addr::{Addr, mapped_v4},
     backend::{BACKEND_F_IN_USE, BACKENDS_MAP, Backend, NO_BACKEND},
-    config::{
-        CONFIG_F_ANY_PORT_VIPS, CONFIG_F_DENY_V4, CONFIG_F_DENY_V6, DATAPLANE_CONFIG_MAP, DataplaneConfig,
-    },
-    deny::{DENY_V4_MAP, DENY_V6_MAP},
+    config::{CONFIG_F_ANY_PORT_VIPS, DATAPLANE_CONFIG_MAP, DataplaneConfig},
+    deny::{DENY_FILTER_MAP, DENY_FILTER_WORDS, DENY_V4_MAP, DENY_V6_MAP, filter_blocks},
     ring::{RING_CHUNKS, RING_LANES, RING_NONE, RING_SIZE, RINGS_MAP, RingChunk, SLOTS_PER_VIP},
     stats::{BACKEND_STATS_MAP, TrafficCounter, VIP_STATS_MAP},
     vip::{ANY_PORT, VIP_ADDRS_MAP, VIP_F_DROP_FRAGMENTS, VIP_F_L7, VipKey, VipMeta},
@@ -109,6 +107,7 @@ pub struct Tables {
     backends: Array<MapData, Backend>,
     deny_v4: LpmTrie<MapData, [u8; 4], u32>,
     deny_v6: LpmTrie<MapData, [u8; 16], u32>,
+    deny_filter: DenyFilter,
     dataplane: Array<MapData, DataplaneConfig>,
     vip_stats: PerCpuArray<MapData, TrafficCounter>,
     backend_stats: PerCpuArray<MapData, TrafficCounter>,
@@ -189,13 +188,43 @@ fn lookup_flags(desired: &Desired) -> u32 {
     if desired.vips.iter().any(|v| v.key.port == ANY_PORT) {
         flags |= CONFIG_F_ANY_PORT_VIPS;
     }
-    if desired.deny.iter().any(|n| matches!(n, IpNet::V4(_))) {
-        flags |= CONFIG_F_DENY_V4;
-    }
-    if desired.deny.iter().any(|n| matches!(n, IpNet::V6(_))) {
-        flags |= CONFIG_F_DENY_V6;
-    }
     flags
+}
+
+/// The DENY_FILTER array (lb_common::deny) and the words last written to it.
+struct DenyFilter {
+    map: Array<MapData, u64>,
+    words: Vec<u64>,
+}
+
+impl DenyFilter {
+    fn open(pin_dir: &Path) -> Result<DenyFilter> {
+        let map = Array::try_from(Map::Array(open(pin_dir, DENY_FILTER_MAP)?))?;
+        let words = (0..DENY_FILTER_WORDS).map(|i| map.get(&i, 0)).collect::<Result<_, _>>()?;
+        Ok(DenyFilter { map, words })
+    }
+
+    /// The words that mark the blocks of `deny`.
+    fn words_for(deny: &[IpNet]) -> Vec<u64> {
+        let mut words = vec![0u64; DENY_FILTER_WORDS as usize];
+        for net in deny {
+            for block in filter_blocks(&addr_of(net.network()), net.prefix_len() as u32) {
+                words[block as usize / 64] |= 1 << (block % 64);
+            }
+        }
+        words
+    }
+
+    /// Writes the words that differ from `words`.
+    fn write(&mut self, words: &[u64]) -> Result<()> {
+        for (i, (old, new)) in self.words.iter_mut().zip(words).enumerate() {
+            if old != new {
+                self.map.set(i as u32, new, 0)?;
+                *old = *new;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Makes an LPM deny trie hold exactly `want` (prefix length, address), one line per change.
@@ -237,6 +266,7 @@ impl Tables {
             backends: Array::try_from(Map::Array(open(pin_dir, BACKENDS_MAP)?))?,
             deny_v4: LpmTrie::try_from(Map::LpmTrie(open(pin_dir, DENY_V4_MAP)?))?,
             deny_v6: LpmTrie::try_from(Map::LpmTrie(open(pin_dir, DENY_V6_MAP)?))?,
+            deny_filter: DenyFilter::open(pin_dir)?,
             dataplane: Array::try_from(Map::Array(open(pin_dir, DATAPLANE_CONFIG_MAP)?))?,
             vip_stats: PerCpuArray::try_from(Map::PerCpuArray(open(pin_dir, VIP_STATS_MAP)?))?,
             backend_stats: PerCpuArray::try_from(Map::PerCpuArray(open(pin_dir, BACKEND_STATS_MAP)?))?,
@@ -410,8 +440,14 @@ impl Tables {
                 IpNet::V6(n) => want6.insert((n.prefix_len() as u32, n.network().octets())),
             };
         }
+        // While the tries change, the filter passes both the old and the new prefixes' blocks
+        // on to them: a source is never let through by a stale filter.
+        let want = DenyFilter::words_for(deny);
+        let both: Vec<u64> = self.deny_filter.words.iter().zip(&want).map(|(old, new)| old | new).collect();
+        self.deny_filter.write(&both)?;
         let mut changes = sync_trie(&mut self.deny_v4, &want4, |a| std::net::Ipv4Addr::from(a).into())?;
         changes.extend(sync_trie(&mut self.deny_v6, &want6, |a| std::net::Ipv6Addr::from(a).into())?);
+        self.deny_filter.write(&want)?;
         Ok(changes)
     }
 }

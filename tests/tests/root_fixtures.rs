@@ -684,8 +684,9 @@ fn root_fixtures_redirect_instead_of_tx() -> Result<()> {
     Ok(())
 }
 
-/// The deny lists and the any-port lookup are skipped while empty (DataplaneConfig flags): a
-/// prefix or an any-port VIP added later is honoured at once, and one removed stops matching.
+/// The deny lists are looked up only for sources the deny filter marks, and the any-port lookup
+/// only while an any-port VIP exists (DataplaneConfig flags): a prefix or an any-port VIP added
+/// later is honoured at once, and one removed stops matching.
 #[test]
 fn root_fixtures_lookups_follow_what_the_maps_hold() -> Result<()> {
     let bare = desired(vec![vip(VIP_WEB, 80, 6, 0, &WEB)], &[]);
@@ -709,6 +710,40 @@ fn root_fixtures_lookups_follow_what_the_maps_hold() -> Result<()> {
     assert_eq!(verdicts(&mut h)?, [XDP_TX, XDP_TX, XDP_PASS], "deny lists emptied, any-port VIP kept");
     h.apply(bare)?;
     assert_eq!(verdicts(&mut h)?, [XDP_TX, XDP_PASS, XDP_PASS], "back to the start");
+    Ok(())
+}
+
+/// Deny prefixes wider than a filter block mark every block they overlap (IPv4 /16s, IPv6 bits
+/// 16..32), so sources far from the prefix's network address are still denied; neighbours
+/// just outside pass; removing the prefixes lets all through.
+#[test]
+fn root_fixtures_deny_filter_covers_wide_prefixes() -> Result<()> {
+    let vips = vec![vip(VIP_WEB, 80, 6, 0, &WEB), vip(VIP6, 80, 6, 0, &WEB6)];
+    let deny = desired(vips.clone(), &["10.0.0.0/8", "fd00:5e00::/24", "172.16.5.0/24"]);
+    let mut h = Harness::new("deny-filter", 8, deny)?;
+    let cases = [
+        ("10.0.0.1", VIP_WEB, XDP_DROP),
+        ("10.255.200.7", VIP_WEB, XDP_DROP),
+        ("11.0.0.1", VIP_WEB, XDP_TX),
+        ("9.255.255.255", VIP_WEB, XDP_TX),
+        ("172.16.5.77", VIP_WEB, XDP_DROP),
+        ("172.16.6.77", VIP_WEB, XDP_TX),
+        ("fd00:5eff:1234::9", VIP6, XDP_DROP),
+        ("fd00:5e00::1", VIP6, XDP_DROP),
+        ("fd00:5f00::1", VIP6, XDP_TX),
+        ("fd01:5e00::1", VIP6, XDP_TX),
+    ];
+    let run = |h: &mut Harness| -> Result<Vec<u32>> {
+        let mut verdicts = Vec::new();
+        for (i, (src, dst, _)) in cases.iter().enumerate() {
+            verdicts.push(h.run(&tcp(ip(src), 41000 + i as u16, ip(dst), 80, Tcp::Syn, b""))?.0);
+        }
+        Ok(verdicts)
+    };
+    let expected: Vec<u32> = cases.iter().map(|c| c.2).collect();
+    assert_eq!(run(&mut h)?, expected, "sources against {cases:?}");
+    h.apply(desired(vips, &[]))?;
+    assert_eq!(run(&mut h)?, vec![XDP_TX; cases.len()], "deny lists emptied");
     Ok(())
 }
 
