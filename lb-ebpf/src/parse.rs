@@ -205,7 +205,7 @@ pub fn parse_ipv6(
         match next {
             // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
             0 | 43 | 60 => {
-                let ext = read::<u16>(start, end, off).ok_or(Malformed::Ipv6)?.to_le_bytes();
+                let ext = read::<u16>(start, end, off).ok_or(Malformed::Ipv6)?.to_ne_bytes();
                 next = ext[0];
                 off += (ext[1] as usize + 1) * 8;
             }
@@ -213,7 +213,7 @@ pub fn parse_ipv6(
             // balancer does not reassemble, so stop here.
             44 => {
                 // Its first 4 bytes: next header, reserved, offset and flags.
-                p.flow.proto = read::<u32>(start, end, off).ok_or(Malformed::Ipv6)? as u8;
+                p.flow.proto = read::<u32>(start, end, off).ok_or(Malformed::Ipv6)?.to_ne_bytes()[0];
                 p.l4_off = off + 8;
                 p.fragment = true;
                 return Ok(());
@@ -253,7 +253,7 @@ fn parse_l4(start: usize, end: usize, p: &mut Packet, whole: bool) -> Result<(),
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             let at = span(start, end, p.l4_off, 8).ok_or(Malformed::L4)?;
             // SAFETY: 2 of the 8 bytes checked above.
-            let [icmp_type, icmp_code] = unsafe { u16::read(at) }.to_le_bytes();
+            let [icmp_type, icmp_code] = unsafe { u16::read(at) }.to_ne_bytes();
             p.icmp_type = icmp_type;
             p.icmp_code = icmp_code;
         }
@@ -267,7 +267,7 @@ fn parse_l4(start: usize, end: usize, p: &mut Packet, whole: bool) -> Result<(),
 #[inline(always)]
 fn set_ports(p: &mut Packet, at: usize) {
     // SAFETY: the caller checked the 4 bytes at `at`.
-    let ports = unsafe { u32::read(at) }.to_le_bytes();
+    let ports = unsafe { u32::read(at) }.to_ne_bytes();
     p.flow.sport = u16::from_ne_bytes([ports[0], ports[1]]);
     p.flow.dport = u16::from_ne_bytes([ports[2], ports[3]]);
 }
