@@ -1,7 +1,10 @@
 //! The backends' decapsulation: IPIP / IPv6-in-IPv6 / IPv4-in-IPv6 in, the inner packet up.
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::stats::DecapStat;
-use lb_ebpf::parse::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPV6_HLEN, load};
+use lb_ebpf::{
+    parse::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPV6_HLEN},
+    wire::load,
+};
 
 use crate::maps::{DECAP_STATS, bump};
 

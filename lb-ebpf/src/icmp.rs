@@ -10,9 +10,10 @@ use lb_common::{addr::is_v4, config::DataplaneConfig, hash::flow_hash, stats::St
 use lb_ebpf::{
     csum,
     parse::{
-        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPV4_HLEN, IPV6_HLEN, Packet, load,
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPV4_HLEN, IPV6_HLEN, Packet,
         parse_ipv4, parse_ipv6,
     },
+    wire::{self, load},
 };
 
 use crate::{
@@ -48,14 +49,10 @@ pub fn handle(ctx: &XdpContext, packet: &mut Packet, config: &DataplaneConfig) -
     }
 }
 
+/// wire::store, a write past the end counted as a malformed L4 header.
 #[inline(always)]
 fn store<T>(data: usize, data_end: usize, off: usize, value: T) -> Result<(), Stat> {
-    if data + off + core::mem::size_of::<T>() > data_end {
-        return Err(Stat::DropMalformedL4);
-    }
-    // SAFETY: inside the packet, checked just above.
-    unsafe { core::ptr::write_unaligned((data + off) as *mut T, value) };
-    Ok(())
+    wire::store(data, data_end, off, value).ok_or(Stat::DropMalformedL4)
 }
 
 /// Turns the request into its reply in place: swap MACs and addresses, set the type, and

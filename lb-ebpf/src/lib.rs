@@ -1,4 +1,4 @@
-//! Helper-free pieces of Sluice's XDP programs (packet parsing, checksums), testable on the host.
+//! Helper-free pieces of Sluice's XDP programs (packet access and parsing, checksums), testable on the host.
 #![no_std]
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 

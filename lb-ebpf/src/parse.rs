@@ -27,17 +27,6 @@ pub const MAX_IPV6_EXT_HEADERS: usize = 4;
 /// VLAN tags skipped at most (QinQ).
 pub const MAX_VLAN_TAGS: usize = 2;
 
-/// Reads a `T` at `start + off` if it lies entirely before `end`.
-#[inline(always)]
-pub fn load<T: Copy>(start: usize, end: usize, off: usize) -> Option<T> {
-    let at = start + off;
-    if at + size_of::<T>() > end {
-        return None;
-    }
-    // SAFETY: [at, at + size_of::<T>()) is inside the packet, checked just above.
-    Some(unsafe { core::ptr::read_unaligned(at as *const T) })
-}
-
 #[inline(always)]
 fn be16(start: usize, end: usize, off: usize) -> Option<u16> {
     read::<u16>(start, end, off).map(u16::from_be)

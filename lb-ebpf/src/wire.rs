@@ -1,4 +1,5 @@
-//! Packet reads and writes of 2, 4 and 8 bytes at any alignment, as single instructions.
+//! Bounds-checked packet access: words of 2, 4 and 8 bytes as single instructions at any
+//! alignment (the per-packet path), and byte-wise copies of any type (the rare paths).
 //!
 //! Rust's unaligned reads compile, on BPF, to one load per byte plus shifts (the target does
 //! not assume misaligned access is allowed), and IP headers sit 2 bytes off a word boundary.
@@ -82,6 +83,25 @@ pub fn span(start: usize, end: usize, off: usize, len: usize) -> Option<usize> {
         return None;
     }
     Some(at)
+}
+
+/// A copy of the `T` at `start + off`, if it ends by `end`: any size, one access per byte on
+/// BPF. For the paths that run rarely (ICMP, decapsulation); [`read`] for words.
+#[inline(always)]
+pub fn load<T: Copy>(start: usize, end: usize, off: usize) -> Option<T> {
+    let at = span(start, end, off, core::mem::size_of::<T>())?;
+    // SAFETY: inside [start, end), checked just above.
+    Some(unsafe { core::ptr::read_unaligned(at as *const T) })
+}
+
+/// Writes `value` at `start + off`, if it ends by `end`: one access per byte on BPF, as
+/// [`load`].
+#[inline(always)]
+pub fn store<T>(start: usize, end: usize, off: usize, value: T) -> Option<()> {
+    let at = span(start, end, off, core::mem::size_of::<T>())?;
+    // SAFETY: inside [start, end), checked just above.
+    unsafe { core::ptr::write_unaligned(at as *mut T, value) };
+    Some(())
 }
 
 /// The word at `start + off`, if it ends by `end`. Not for one byte: the compiler turns
