@@ -191,17 +191,17 @@ fn lookup_flags(desired: &Desired) -> u32 {
     flags
 }
 
-/// The DENY_FILTER array (lb_common::deny) and the words last written to it.
-struct DenyFilter {
-    map: Array<MapData, u64>,
-    words: Vec<u64>,
-}
+/// The DENY_FILTER array (lb_common::deny).
+struct DenyFilter(Array<MapData, u64>);
 
 impl DenyFilter {
     fn open(pin_dir: &Path) -> Result<DenyFilter> {
-        let map = Array::try_from(Map::Array(open(pin_dir, DENY_FILTER_MAP)?))?;
-        let words = (0..DENY_FILTER_WORDS).map(|i| map.get(&i, 0)).collect::<Result<_, _>>()?;
-        Ok(DenyFilter { map, words })
+        Ok(DenyFilter(Array::try_from(Map::Array(open(pin_dir, DENY_FILTER_MAP)?))?))
+    }
+
+    /// The words the array holds.
+    fn read(&self) -> Result<Vec<u64>> {
+        Ok((0..DENY_FILTER_WORDS).map(|i| self.0.get(&i, 0)).collect::<Result<_, _>>()?)
     }
 
     /// The words that mark the blocks of `deny`.
@@ -215,11 +215,11 @@ impl DenyFilter {
         words
     }
 
-    /// Writes the words that differ from `words`.
-    fn write(&mut self, words: &[u64]) -> Result<()> {
-        for (i, (old, new)) in self.words.iter_mut().zip(words).enumerate() {
+    /// Makes the array hold `words`, given that it holds `have`: writes the words that differ.
+    fn write(&mut self, have: &mut [u64], words: &[u64]) -> Result<()> {
+        for (i, (old, new)) in have.iter_mut().zip(words).enumerate() {
             if old != new {
-                self.map.set(i as u32, new, 0)?;
+                self.0.set(i as u32, new, 0)?;
                 *old = *new;
             }
         }
@@ -443,11 +443,12 @@ impl Tables {
         // While the tries change, the filter passes both the old and the new prefixes' blocks
         // on to them: a source is never let through by a stale filter.
         let want = DenyFilter::words_for(deny);
-        let both: Vec<u64> = self.deny_filter.words.iter().zip(&want).map(|(old, new)| old | new).collect();
-        self.deny_filter.write(&both)?;
+        let mut have = self.deny_filter.read()?;
+        let both: Vec<u64> = have.iter().zip(&want).map(|(old, new)| old | new).collect();
+        self.deny_filter.write(&mut have, &both)?;
         let mut changes = sync_trie(&mut self.deny_v4, &want4, |a| std::net::Ipv4Addr::from(a).into())?;
         changes.extend(sync_trie(&mut self.deny_v6, &want6, |a| std::net::Ipv6Addr::from(a).into())?);
-        self.deny_filter.write(&want)?;
+        self.deny_filter.write(&mut have, &want)?;
         Ok(changes)
     }
 }
