@@ -11,7 +11,7 @@ use lb_common::{
     hash::flow_hash,
 };
 
-use crate::{mapped::MappedArray, tables::open};
+use crate::mapped::MappedArray;
 
 /// The pinned CONN_TAGS and CONN_KEYS arrays, mapped.
 pub struct ConnTable {
@@ -23,8 +23,8 @@ impl ConnTable {
     /// Maps the table pinned under `pin_dir`.
     pub fn open(pin_dir: &Path) -> Result<ConnTable> {
         Ok(ConnTable {
-            tags: MappedArray::open(open(pin_dir, CONN_TAGS_MAP)?, CONN_TAGS_MAP)?,
-            keys: MappedArray::open(open(pin_dir, CONN_KEYS_MAP)?, CONN_KEYS_MAP)?,
+            tags: MappedArray::open(pin_dir, CONN_TAGS_MAP)?,
+            keys: MappedArray::open(pin_dir, CONN_KEYS_MAP)?,
         })
     }
 

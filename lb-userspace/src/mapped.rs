@@ -1,9 +1,11 @@
 //! A BPF_F_MMAPABLE array mapped into lbd's memory: read and written with plain loads and
 //! stores instead of a syscall per element.
-use std::marker::PhantomData;
+use std::{marker::PhantomData, path::Path};
 
 use anyhow::{Result, bail};
 use aya::maps::MapData;
+
+use crate::tables::open;
 
 /// The elements of one pinned array, shared with the kernel. The XDP program may write them at
 /// any time, so they are accessed through raw pointers, never Rust references.
@@ -16,8 +18,9 @@ pub struct MappedArray<T> {
 }
 
 impl<T: Copy> MappedArray<T> {
-    /// Maps the array `data` (named `name` in errors) read/write.
-    pub fn open(data: MapData, name: &str) -> Result<MappedArray<T>> {
+    /// Maps the array pinned as `name` under `pin_dir` read/write.
+    pub fn open(pin_dir: &Path, name: &str) -> Result<MappedArray<T>> {
+        let data = open(pin_dir, name)?;
         let info = data.info()?;
         if info.value_size() as usize != size_of::<T>() {
             bail!("{name}: value size {} where {} was expected", info.value_size(), size_of::<T>());

@@ -262,7 +262,7 @@ impl Tables {
         Ok(Tables {
             vips: VipTable::open(pin_dir)?,
             vip_addrs: BpfHashMap::try_from(Map::HashMap(open(pin_dir, VIP_ADDRS_MAP)?))?,
-            rings: Rings(MappedArray::open(open(pin_dir, RINGS_MAP)?, RINGS_MAP)?),
+            rings: Rings(MappedArray::open(pin_dir, RINGS_MAP)?),
             backends: Array::try_from(Map::Array(open(pin_dir, BACKENDS_MAP)?))?,
             deny_v4: LpmTrie::try_from(Map::LpmTrie(open(pin_dir, DENY_V4_MAP)?))?,
             deny_v6: LpmTrie::try_from(Map::LpmTrie(open(pin_dir, DENY_V6_MAP)?))?,

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, path::Path};
 use anyhow::{Result, bail};
 use lb_common::vip::{VIP_METAS_MAP, VIP_TABLE_MAP, VIP_WAYS, VipBucket, VipKey, VipMeta, vip_place};
 
-use crate::{mapped::MappedArray, tables::open};
+use crate::mapped::MappedArray;
 
 /// The pinned VIP_TABLE and VIP_METAS arrays, mapped.
 pub struct VipTable {
@@ -17,8 +17,8 @@ impl VipTable {
     /// Maps the table pinned under `pin_dir`.
     pub fn open(pin_dir: &Path) -> Result<VipTable> {
         Ok(VipTable {
-            buckets: MappedArray::open(open(pin_dir, VIP_TABLE_MAP)?, VIP_TABLE_MAP)?,
-            metas: MappedArray::open(open(pin_dir, VIP_METAS_MAP)?, VIP_METAS_MAP)?,
+            buckets: MappedArray::open(pin_dir, VIP_TABLE_MAP)?,
+            metas: MappedArray::open(pin_dir, VIP_METAS_MAP)?,
         })
     }
 
