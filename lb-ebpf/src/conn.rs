@@ -1,45 +1,48 @@
 //! The connection table's lookup and insert (the layout is lb_common::flow's).
-use lb_common::flow::{CONN_WAYS, ConnSet, FlowKey, TAG_USED, set_of, tag, tag_backend, tag_matches, victim};
+use lb_common::flow::{CONN_WAYS, ConnSet, ConnSlot, FlowKey, TAG_USED, set_of, tag, tag_matches};
 
-use lb_ebpf::words::same;
+use crate::maps::{CONN_SLOTS, CONN_TAGS};
 
-use crate::maps::{CONN_KEYS, CONN_TAGS};
-
-/// Whether slot `slot` holds `flow`.
+/// The way of `set` whose slot holds `flow`, and that slot.
 #[inline(always)]
-fn holds(slot: u32, flow: &FlowKey) -> bool {
-    CONN_KEYS.get(slot).is_some_and(|key| same(key.words(), flow.words()))
-}
-
-/// The way of `set` that holds `flow`.
-#[inline(always)]
-fn find(tags: &ConnSet, set: u32, flow: &FlowKey, hash: u32) -> Option<usize> {
+fn find(tags: &ConnSet, set: u32, flow: &FlowKey, hash: u32) -> Option<(usize, *mut ConnSlot)> {
     let mut way = 0;
     while way < CONN_WAYS as usize {
-        if tag_matches(tags[way], hash) && holds(set * CONN_WAYS + way as u32, flow) {
-            return Some(way);
+        if tag_matches(tags.tags[way], hash) {
+            let slot = CONN_SLOTS.get_ptr_mut(set * CONN_WAYS + way as u32)?;
+            // SAFETY: a map value; a writer on another CPU changes it only while its tag is 0,
+            // and a slot read mid-change does not hold `flow` (lb_common::flow).
+            if unsafe { (*slot).holds(flow) } {
+                return Some((way, slot));
+            }
         }
         way += 1;
     }
     None
 }
 
+/// The set's tags, from CONN_TAGS.
+#[inline(always)]
+fn tags_of(set: u32) -> Option<&'static mut ConnSet> {
+    // SAFETY: a map value of CONN_TAGS; other CPUs write single bytes of it.
+    CONN_TAGS.get_ptr_mut(set).map(|tags| unsafe { &mut *tags })
+}
+
 /// The backend id recorded for `flow` (its flow hash is `hash`), marking the flow used.
 #[inline(always)]
 pub fn lookup(flow: &FlowKey, hash: u32) -> Option<u32> {
     let set = set_of(hash);
-    let tags = CONN_TAGS.get_ptr_mut(set)?;
-    // SAFETY: a map value of CONN_TAGS; other CPUs write single aligned words of it.
-    let tags = unsafe { &mut *tags };
-    let way = find(tags, set, flow, hash)?;
-    let slot = tags.get_mut(way)?;
-    let found = *slot;
-    if found & TAG_USED == 0 {
+    let tags = tags_of(set)?;
+    let (way, slot) = find(tags, set, flow, hash)?;
+    // SAFETY: a map value, read once: the backend shares its word with the flow's ports.
+    let backend = unsafe { core::ptr::read_volatile(&(*slot).backend) };
+    let tag = tags.tags.get_mut(way)?;
+    if *tag & TAG_USED == 0 {
         // A race with a writer on another CPU can only lose this slot (its tag then no longer
-        // matches its key), which costs a Maglev lookup, as an eviction would.
-        *slot = found | TAG_USED;
+        // matches its flow), which costs a Maglev lookup, as an eviction would.
+        *tag |= TAG_USED;
     }
-    Some(tag_backend(found))
+    Some(backend as u32)
 }
 
 /// Records `flow` -> `backend`: in the flow's own slot if it has one, else in a free one, else
@@ -47,42 +50,42 @@ pub fn lookup(flow: &FlowKey, hash: u32) -> Option<u32> {
 #[inline(always)]
 pub fn insert(flow: &FlowKey, hash: u32, backend: u32) {
     let set = set_of(hash);
-    let Some(tags) = CONN_TAGS.get_ptr_mut(set) else {
+    let Some(tags) = tags_of(set) else {
         return;
     };
-    // SAFETY: a map value of CONN_TAGS; other CPUs write single aligned words of it.
-    let tags = unsafe { &mut *tags };
-    let way = match find(tags, set, flow, hash) {
-        Some(way) => way,
+    let (way, slot) = match find(tags, set, flow, hash) {
+        Some(found) => found,
         None => {
-            let (way, sweep) = victim(tags, hash);
+            let (way, sweep) = tags.victim(hash);
             if sweep {
-                for tag in tags.iter_mut() {
+                for tag in tags.tags.iter_mut() {
                     *tag &= !TAG_USED;
                 }
             }
-            let Some(key) = CONN_KEYS.get_ptr_mut(set * CONN_WAYS + way as u32) else {
+            let Some(slot) = CONN_SLOTS.get_ptr_mut(set * CONN_WAYS + way as u32) else {
                 return;
             };
-            let Some(slot) = tags.get_mut(way) else {
-                return;
-            };
-            // SAFETY: the slot's tag and key are map values; volatile keeps the order that
-            // readers rely on (no tag, the key, then the tag naming it).
-            unsafe {
-                core::ptr::write_volatile(slot, 0);
-                let (to, from) = (key as *mut [u64; 5], flow.words());
-                let mut i = 0;
-                while i < 5 {
-                    core::ptr::write_volatile(&mut (*to)[i], from[i]);
-                    i += 1;
-                }
+            if let Some(tag) = tags.tags.get_mut(way) {
+                // SAFETY: a byte of a map value; volatile keeps the order readers rely on (no
+                // tag, the slot, then the tag naming it).
+                unsafe { core::ptr::write_volatile(tag, 0) };
             }
-            way
+            (way, slot)
         }
     };
-    if let Some(slot) = tags.get_mut(way) {
-        // SAFETY: an aligned word of a map value.
-        unsafe { core::ptr::write_volatile(slot, tag(hash, backend)) };
+    let words = ConnSlot::new(flow, backend);
+    let words = words.words();
+    // SAFETY: a map value written as aligned words, in order (see above).
+    unsafe {
+        let to = slot as *mut [u64; 5];
+        let mut i = 0;
+        while i < 5 {
+            core::ptr::write_volatile(&mut (*to)[i], words[i]);
+            i += 1;
+        }
+    }
+    if let Some(slot) = tags.tags.get_mut(way) {
+        // SAFETY: a byte of a map value, written last.
+        unsafe { core::ptr::write_volatile(slot, tag(hash)) };
     }
 }

@@ -8,7 +8,7 @@ use lb_common::{
     backend::{Backend, MAX_BACKENDS},
     config::DataplaneConfig,
     deny::{DENY_FILTER_WORDS, MAX_DENY_PREFIXES},
-    flow::{CONN_SETS, CONN_SLOTS, ConnSet, FlowKey},
+    flow::{CONN_SETS, CONN_SLOT_COUNT, ConnSet, ConnSlot},
     ring::{RingChunk, ring_entries},
     stats::{Counter, STATS_ENTRIES, TrafficCounter},
     vip::{MAX_VIPS, VIP_BUCKETS, VipBucket, VipMeta},
@@ -37,9 +37,9 @@ pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
 /// Connection-table set -> its slots' tags (lb_common::flow); this program (lbd reads it).
 #[map(name = "CONN_TAGS")]
 pub static CONN_TAGS: Array<ConnSet> = Array::pinned(CONN_SETS, BPF_F_MMAPABLE);
-/// Set * CONN_WAYS + way -> the slot's flow; this program (lbd reads it).
-#[map(name = "CONN_KEYS")]
-pub static CONN_KEYS: Array<FlowKey> = Array::pinned(CONN_SLOTS, BPF_F_MMAPABLE);
+/// Set * CONN_WAYS + way -> the slot's flow and backend; this program (lbd reads it).
+#[map(name = "CONN_SLOTS")]
+pub static CONN_SLOTS: Array<ConnSlot> = Array::pinned(CONN_SLOT_COUNT, BPF_F_MMAPABLE);
 /// IPv4 source prefix -> 1: dropped; lbd.
 #[map(name = "DENY_V4")]
 pub static DENY_V4: LpmTrie<[u8; 4], u32> = LpmTrie::pinned(MAX_DENY_PREFIXES, 0);

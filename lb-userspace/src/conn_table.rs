@@ -5,18 +5,18 @@ use std::path::Path;
 use anyhow::Result;
 use lb_common::{
     flow::{
-        CONN_KEYS_MAP, CONN_TAGS_MAP, CONN_WAYS, ConnSet, FlowKey, TAG_USED, TAG_VALID, set_of, tag,
-        tag_backend, tag_matches, victim,
+        CONN_SLOTS_MAP, CONN_TAGS_MAP, CONN_WAYS, ConnSet, ConnSlot, FlowKey, TAG_HASH, TAG_USED, set_of,
+        tag, tag_matches,
     },
     hash::flow_hash,
 };
 
 use crate::mapped::MappedArray;
 
-/// The pinned CONN_TAGS and CONN_KEYS arrays, mapped.
+/// The pinned CONN_TAGS and CONN_SLOTS arrays, mapped.
 pub struct ConnTable {
     tags: MappedArray<ConnSet>,
-    keys: MappedArray<FlowKey>,
+    slots: MappedArray<ConnSlot>,
 }
 
 impl ConnTable {
@@ -24,75 +24,85 @@ impl ConnTable {
     pub fn open(pin_dir: &Path) -> Result<ConnTable> {
         Ok(ConnTable {
             tags: MappedArray::open(pin_dir, CONN_TAGS_MAP)?,
-            keys: MappedArray::open(pin_dir, CONN_KEYS_MAP)?,
+            slots: MappedArray::open(pin_dir, CONN_SLOTS_MAP)?,
         })
     }
 
-    /// The tag word of `way` in `set`.
-    fn tag_at(&self, set: u32, way: usize) -> *mut u64 {
+    /// The tag byte of `way` in `set`.
+    fn tag_at(&self, set: u32, way: usize) -> *mut u8 {
         // SAFETY: way < CONN_WAYS: inside the set element.
-        unsafe { (self.tags.at(set as usize) as *mut u64).add(way) }
+        unsafe { (self.tags.at(set as usize) as *mut u8).add(way) }
     }
 
-    /// The flow's hash, its set (the index, and the tags read once) and the way that holds it.
-    fn find(&self, flow: &FlowKey) -> (u32, u32, ConnSet, Option<usize>) {
+    /// Index of `way` of `set` in CONN_SLOTS.
+    fn slot_index(set: u32, way: usize) -> usize {
+        (set * CONN_WAYS) as usize + way
+    }
+
+    /// The flow's hash, its set (the index, and the tags read once) and the way and slot that
+    /// hold it.
+    fn find(&self, flow: &FlowKey) -> (u32, u32, ConnSet, Option<(usize, ConnSlot)>) {
         let hash = flow_hash(flow);
         let set = set_of(hash);
         let tags = self.tags.get(set as usize);
-        let way = (0..CONN_WAYS as usize).find(|&way| {
-            tag_matches(tags[way], hash) && self.keys.get((set * CONN_WAYS) as usize + way) == *flow
-        });
-        (hash, set, tags, way)
+        let found = (0..CONN_WAYS as usize)
+            .filter(|&way| tag_matches(tags.tags[way], hash))
+            .map(|way| (way, self.slots.get(Self::slot_index(set, way))))
+            .find(|(_, slot)| slot.holds(flow));
+        (hash, set, tags, found)
     }
 
     /// The backend id recorded for `flow`.
     pub fn get(&self, flow: &FlowKey) -> Option<u32> {
-        let (_, _, tags, way) = self.find(flow);
-        way.map(|way| tag_backend(tags[way]))
+        self.find(flow).3.map(|(_, slot)| slot.backend as u32)
     }
 
     /// Forgets `flow` (as an eviction would); whether it was recorded.
     pub fn remove(&mut self, flow: &FlowKey) -> bool {
-        let (_, set, _, way) = self.find(flow);
-        if let Some(way) = way {
-            // SAFETY: an aligned tag word; one 8-byte store, as the program's own.
+        let (_, set, _, found) = self.find(flow);
+        if let Some((way, _)) = found {
+            // SAFETY: a tag byte; one store, as the program's own.
             unsafe { self.tag_at(set, way).write_volatile(0) };
         }
-        way.is_some()
+        found.is_some()
     }
 
     /// Records `flow` -> `backend` as the program does for a new flow: every tag written alone,
-    /// the tag cleared before its key changes and written last.
+    /// the tag cleared before its slot changes and written last.
     pub fn insert(&mut self, flow: &FlowKey, backend: u32) {
-        let (hash, set, tags, way) = self.find(flow);
-        let way = way.unwrap_or_else(|| {
-            let (way, sweep) = victim(&tags, hash);
-            // SAFETY: aligned tag words inside the set element (way < CONN_WAYS).
-            unsafe {
-                if sweep {
-                    for (w, &t) in tags.iter().enumerate() {
-                        self.tag_at(set, w).write_volatile(t & !TAG_USED);
+        let (hash, set, tags, found) = self.find(flow);
+        let way = match found {
+            Some((way, _)) => way,
+            None => {
+                let (way, sweep) = tags.victim(hash);
+                // SAFETY: tag bytes inside the set element (way < CONN_WAYS).
+                unsafe {
+                    if sweep {
+                        for (w, &t) in tags.tags.iter().enumerate() {
+                            self.tag_at(set, w).write_volatile(t & !TAG_USED);
+                        }
                     }
+                    self.tag_at(set, way).write_volatile(0);
                 }
-                self.tag_at(set, way).write_volatile(0);
+                way
             }
-            self.keys.set((set * CONN_WAYS) as usize + way, *flow);
-            way
-        });
-        // SAFETY: aligned tag word, written last.
-        unsafe { self.tag_at(set, way).write_volatile(tag(hash, backend)) };
+        };
+        self.slots.set(Self::slot_index(set, way), ConnSlot::new(flow, backend));
+        // SAFETY: a tag byte, written last.
+        unsafe { self.tag_at(set, way).write_volatile(tag(hash)) };
     }
 
     /// Every recorded flow and its backend id.
     pub fn flows(&self) -> Vec<(FlowKey, u32)> {
         let mut out = Vec::new();
         for set in 0..self.tags.len() {
-            for (way, &t) in self.tags.get(set).iter().enumerate() {
-                if t & TAG_VALID != 0 {
-                    let key = self.keys.get(set * CONN_WAYS as usize + way);
-                    // A slot caught mid-rewrite has a tag not matching its key: skip it.
-                    if tag_matches(t, flow_hash(&key)) {
-                        out.push((key, tag_backend(t)));
+            for (way, &t) in self.tags.get(set).tags.iter().enumerate() {
+                if t & TAG_HASH != 0 {
+                    let slot = self.slots.get(Self::slot_index(set as u32, way));
+                    let flow = slot.flow();
+                    // A slot caught mid-rewrite has a tag not matching its flow: skip it.
+                    if tag_matches(t, flow_hash(&flow)) {
+                        out.push((flow, slot.backend as u32));
                     }
                 }
             }

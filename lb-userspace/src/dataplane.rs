@@ -11,7 +11,7 @@ use aya::{
     },
 };
 use lb_common::{
-    flow::{CONN_KEYS_MAP, CONN_TAGS_MAP},
+    flow::{CONN_SLOTS_MAP, CONN_TAGS_MAP},
     ring::{RINGS_MAP, ring_entries},
 };
 use log::{info, warn};
@@ -59,7 +59,7 @@ pub fn load(pin_dir: &Path, role: Role) -> Result<Ebpf> {
             loader
                 .map_max_entries(RINGS_MAP, 1)
                 .map_max_entries(CONN_TAGS_MAP, 1)
-                .map_max_entries(CONN_KEYS_MAP, 1);
+                .map_max_entries(CONN_SLOTS_MAP, 1);
             if matches!(role, Role::Decap) { DECAP_PROGRAM } else { PASS_PROGRAM }
         }
     };

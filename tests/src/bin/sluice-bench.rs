@@ -201,10 +201,17 @@ fn main() -> Result<()> {
     println!(
         "cargo xtask bench l4: median ns per packet, {CALLS} BPF_PROG_TEST_RUN calls per path, one packet per call, best of {L4_ROUNDS} rounds"
     );
-    if std::env::var_os("SLUICE_BENCH_QUICK").is_some() {
+    // One round, no peers: for comparing builds. "scale" measures the large state instead.
+    if let Some(quick) = std::env::var_os("SLUICE_BENCH_QUICK") {
         let floor = floor()?;
-        let mut small = Harness::new("bench-small", 4, small_state())?;
-        for (name, ns) in paths(&mut small, "1 VIP, 16 backends", 0)? {
+        let mut h = if quick == "scale" {
+            let large = Harness::new("bench-large", 1024, large_state())?;
+            fill_conn_table(&large, 1_000_000)?;
+            large
+        } else {
+            Harness::new("bench-small", 4, small_state())?
+        };
+        for (name, ns) in paths(&mut h, "quick", 0)? {
             println!("{name:<26} {ns:>8.0} net {:>8.0}", ns - floor);
         }
         return Ok(());
