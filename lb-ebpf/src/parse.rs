@@ -252,13 +252,16 @@ fn parse_l4(start: usize, end: usize, p: &mut Packet, whole: bool) -> Result<(),
 }
 
 /// Sets the ports from the 4 bytes at `at` (checked by the caller), in network order as the
-/// bytes lie.
+/// bytes lie. The flow's last word (ports, protocol, zero padding) is written with one store:
+/// the hash and the lookups read it as one word, and a load spanning several smaller stores
+/// still on their way to the cache cannot take its bytes from them, so it waits.
 #[inline(always)]
 fn set_ports(p: &mut Packet, at: usize) {
     // SAFETY: the caller checked the 4 bytes at `at`.
-    let ports = unsafe { u32::read(at) }.to_ne_bytes();
-    p.flow.sport = u16::from_ne_bytes([ports[0], ports[1]]);
-    p.flow.dport = u16::from_ne_bytes([ports[2], ports[3]]);
+    let [a, b, c, d] = unsafe { u32::read(at) }.to_ne_bytes();
+    let tail = u64::from_ne_bytes([a, b, c, d, p.flow.proto, 0, 0, 0]);
+    // SAFETY: word 4 of the 8-aligned 40-byte FlowKey (lb_common::flow::FlowKey::words).
+    unsafe { (&mut p.flow as *mut FlowKey as *mut u64).add(4).write(tail) };
 }
 
 #[cfg(test)]
