@@ -175,7 +175,8 @@ fn try_forward(
         if backend_id == NO_BACKEND {
             return Err(Stat::DropNoBackend);
         }
-        conn::insert(flow, hash, backend_id);
+        // A SYN may repeat one whose slot is there; any other flow was just looked up.
+        conn::insert(flow, hash, backend_id, !new_flow);
     }
     let Some(backend) = live_backend(backend_id) else {
         return Err(Stat::DropNoBackend);

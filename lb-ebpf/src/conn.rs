@@ -46,14 +46,16 @@ pub fn lookup(flow: &FlowKey, hash: u32) -> Option<u32> {
 }
 
 /// Records `flow` -> `backend`: in the flow's own slot if it has one, else in a free one, else
-/// in one not used since its set's last sweep (lb_common::flow::victim).
+/// in one not used since its set's last sweep (lb_common::flow::ConnSet::victim). `absent`:
+/// the caller has just looked the flow up and not found it, so its slot is not searched again.
 #[inline(always)]
-pub fn insert(flow: &FlowKey, hash: u32, backend: u32) {
+pub fn insert(flow: &FlowKey, hash: u32, backend: u32, absent: bool) {
     let set = set_of(hash);
     let Some(tags) = tags_of(set) else {
         return;
     };
-    let (way, slot) = match find(tags, set, flow, hash) {
+    let found = if absent { None } else { find(tags, set, flow, hash) };
+    let (way, slot) = match found {
         Some(found) => found,
         None => {
             let (way, sweep) = tags.victim(hash);
