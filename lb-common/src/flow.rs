@@ -8,9 +8,10 @@
 //! a free slot of its set, else one not used since the set's last sweep (CLOCK), else the slot
 //! its hash names, and the set's used bits start over.
 //!
-//! Writers clear a slot's tag, write the slot, then write the new tag, each tag one byte store:
-//! a reader on another CPU sees the old flow, no flow, or the new flow whole (the backend shares
-//! an 8-byte word with the ports, so a flow is never read with another flow's backend).
+//! Writers clear a slot's tag, write the slot's words in order, then write the new tag, each tag
+//! one byte store; readers read the slot's last word (ports, protocol, backend) before its
+//! addresses ([`recorded`]). A reader on another CPU sees the old flow, no flow, or the new flow
+//! whole, and never one flow with another's backend.
 
 use crate::addr::Addr;
 
@@ -113,14 +114,28 @@ impl ConnSlot {
             _pad: [0; 3],
         }
     }
+}
 
-    /// Whether the slot holds `flow` (a FlowKey's padding is zero). An OR of XORs rather than
-    /// a chain of comparisons, which the BPF compiler turns into a byte-wise bcmp call.
-    #[inline(always)]
-    pub fn holds(&self, flow: &FlowKey) -> bool {
-        let (a, b) = (self.words(), flow.words());
-        ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | ((a[4] ^ b[4]) & FLOW_TAIL)) == 0
-    }
+/// The backend recorded for `flow` if the slot at `slot` holds it (a FlowKey's padding is zero).
+/// The last word (ports, protocol, backend) is read first, and once: writers write it after the
+/// addresses (lb_common::flow's order), so on x86 the addresses read after it belong to the same
+/// flow or differ from `flow`'s, and a match never comes with another flow's backend. Volatile
+/// keeps that order; an OR of XORs rather than a chain of comparisons, which the BPF compiler
+/// turns into a byte-wise bcmp call.
+///
+/// # Safety
+/// `slot` points to a readable, 8-aligned ConnSlot (a map value, or its mmap'd image).
+#[inline(always)]
+pub unsafe fn recorded(slot: *const ConnSlot, flow: &FlowKey) -> Option<u32> {
+    let (at, f) = (slot as *const u64, flow.words());
+    // SAFETY: five aligned words inside the slot (the caller's promise). Read in this order.
+    let (tail, a) = unsafe {
+        let tail = at.add(4).read_volatile();
+        (tail, [0, 1, 2, 3].map(|i| at.add(i).read_volatile()))
+    };
+    let diff = ((tail ^ f[4]) & FLOW_TAIL) | (a[0] ^ f[0]) | (a[1] ^ f[1]) | (a[2] ^ f[2]) | (a[3] ^ f[3]);
+    let [.., b0, b1] = tail.to_ne_bytes();
+    (diff == 0).then_some(u16::from_ne_bytes([b0, b1]) as u32)
 }
 
 crate::pod!(FlowKey, ConnSlot);
@@ -208,8 +223,10 @@ mod tests {
     fn slots_hold_a_flow_and_its_backend() {
         let flow = FlowKey { src: [1; 16], dst: [2; 16], sport: 3, dport: 4, proto: 6, _pad: [0; 3] };
         let slot = ConnSlot::new(&flow, 0xbeef);
-        assert!(slot.holds(&flow), "whatever its backend");
-        assert_eq!((slot.flow(), slot.backend), (flow, 0xbeef));
+        // SAFETY: a ConnSlot on the stack.
+        let recorded = |other: &FlowKey| unsafe { recorded(&slot, other) };
+        assert_eq!(recorded(&flow), Some(0xbeef));
+        assert_eq!(slot.flow(), flow);
         for other in [
             FlowKey { sport: 5, ..flow },
             FlowKey { dport: 5, ..flow },
@@ -217,7 +234,7 @@ mod tests {
             FlowKey { src: [9; 16], ..flow },
             FlowKey { dst: [9; 16], ..flow },
         ] {
-            assert!(!slot.holds(&other), "{other:?}");
+            assert_eq!(recorded(&other), None, "{other:?}");
         }
     }
 

@@ -1,19 +1,19 @@
 //! The connection table's lookup and insert (the layout is lb_common::flow's).
-use lb_common::flow::{CONN_WAYS, ConnSet, ConnSlot, FlowKey, TAG_USED, set_of, tag, tag_matches};
+use lb_common::flow::{CONN_WAYS, ConnSet, ConnSlot, FlowKey, TAG_USED, recorded, set_of, tag, tag_matches};
 
 use crate::maps::{CONN_SLOTS, CONN_TAGS};
 
-/// The way of `set` whose slot holds `flow`, and that slot.
+/// The way of `set` whose slot holds `flow`, that slot, and the backend recorded there.
 #[inline(always)]
-fn find(tags: &ConnSet, set: u32, flow: &FlowKey, hash: u32) -> Option<(usize, *mut ConnSlot)> {
+fn find(tags: &ConnSet, set: u32, flow: &FlowKey, hash: u32) -> Option<(usize, *mut ConnSlot, u32)> {
     let mut way = 0;
     while way < CONN_WAYS as usize {
         if tag_matches(tags.tags[way], hash) {
             let slot = CONN_SLOTS.get_ptr_mut(set * CONN_WAYS + way as u32)?;
             // SAFETY: a map value; a writer on another CPU changes it only while its tag is 0,
-            // and a slot read mid-change does not hold `flow` (lb_common::flow).
-            if unsafe { (*slot).holds(flow) } {
-                return Some((way, slot));
+            // and `recorded` reads it in the order that makes a slot read mid-change not match.
+            if let Some(backend) = unsafe { recorded(slot, flow) } {
+                return Some((way, slot, backend));
             }
         }
         way += 1;
@@ -33,16 +33,14 @@ fn tags_of(set: u32) -> Option<&'static mut ConnSet> {
 pub fn lookup(flow: &FlowKey, hash: u32) -> Option<u32> {
     let set = set_of(hash);
     let tags = tags_of(set)?;
-    let (way, slot) = find(tags, set, flow, hash)?;
-    // SAFETY: a map value, read once: the backend shares its word with the flow's ports.
-    let backend = unsafe { core::ptr::read_volatile(&(*slot).backend) };
+    let (way, _, backend) = find(tags, set, flow, hash)?;
     let tag = tags.tags.get_mut(way)?;
     if *tag & TAG_USED == 0 {
         // A race with a writer on another CPU can only lose this slot (its tag then no longer
         // matches its flow), which costs a Maglev lookup, as an eviction would.
         *tag |= TAG_USED;
     }
-    Some(backend as u32)
+    Some(backend)
 }
 
 /// Records `flow` -> `backend`: in the flow's own slot if it has one, else in a free one, else
@@ -56,7 +54,7 @@ pub fn insert(flow: &FlowKey, hash: u32, backend: u32, absent: bool) {
     };
     let found = if absent { None } else { find(tags, set, flow, hash) };
     let (way, slot) = match found {
-        Some(found) => found,
+        Some((way, slot, _)) => (way, slot),
         None => {
             let (way, sweep) = tags.victim(hash);
             if sweep {

@@ -5,8 +5,8 @@ use std::path::Path;
 use anyhow::Result;
 use lb_common::{
     flow::{
-        CONN_SLOTS_MAP, CONN_TAGS_MAP, CONN_WAYS, ConnSet, ConnSlot, FlowKey, TAG_HASH, TAG_USED, set_of,
-        tag, tag_matches,
+        CONN_SLOTS_MAP, CONN_TAGS_MAP, CONN_WAYS, ConnSet, ConnSlot, FlowKey, TAG_HASH, TAG_USED, recorded,
+        set_of, tag, tag_matches,
     },
     hash::flow_hash,
 };
@@ -39,22 +39,24 @@ impl ConnTable {
         (set * CONN_WAYS) as usize + way
     }
 
-    /// The flow's hash, its set (the index, and the tags read once) and the way and slot that
-    /// hold it.
-    fn find(&self, flow: &FlowKey) -> (u32, u32, ConnSet, Option<(usize, ConnSlot)>) {
+    /// The flow's hash, its set (the index, and the tags read once), and the way that holds it
+    /// with the backend recorded there.
+    fn find(&self, flow: &FlowKey) -> (u32, u32, ConnSet, Option<(usize, u32)>) {
         let hash = flow_hash(flow);
         let set = set_of(hash);
         let tags = self.tags.get(set as usize);
-        let found = (0..CONN_WAYS as usize)
-            .filter(|&way| tag_matches(tags.tags[way], hash))
-            .map(|way| (way, self.slots.get(Self::slot_index(set, way))))
-            .find(|(_, slot)| slot.holds(flow));
+        let found =
+            (0..CONN_WAYS as usize).filter(|&way| tag_matches(tags.tags[way], hash)).find_map(|way| {
+                // SAFETY: an in-bounds element of the mapping, read as the program reads it.
+                unsafe { recorded(self.slots.at(Self::slot_index(set, way)), flow) }
+                    .map(|backend| (way, backend))
+            });
         (hash, set, tags, found)
     }
 
     /// The backend id recorded for `flow`.
     pub fn get(&self, flow: &FlowKey) -> Option<u32> {
-        self.find(flow).3.map(|(_, slot)| slot.backend as u32)
+        self.find(flow).3.map(|(_, backend)| backend)
     }
 
     /// Forgets `flow` (as an eviction would); whether it was recorded.
