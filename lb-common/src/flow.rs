@@ -76,6 +76,7 @@ pub struct ConnSlot {
     pub backend: u16,
 }
 const _: () = assert!(core::mem::size_of::<ConnSlot>() == 40);
+const _: () = assert!(core::mem::offset_of!(ConnSlot, backend) == 38, "the last 2 bytes of word 4");
 const _: () = assert!(crate::backend::MAX_BACKENDS <= 1 << 16);
 
 /// The bytes of a slot's last word that are the flow's (ports, protocol, zero padding).
