@@ -94,6 +94,14 @@ impl ConnTable {
         unsafe { self.tag_at(set, way).write_volatile(tag(hash)) };
     }
 
+    /// Slots holding a flow, and all slots: how full the table is. Reads only the tags.
+    pub fn occupancy(&self) -> (usize, usize) {
+        let used = (0..self.tags.len())
+            .map(|set| self.tags.get(set).tags.iter().filter(|&&t| t & TAG_HASH != 0).count())
+            .sum();
+        (used, self.slots.len())
+    }
+
     /// Every recorded flow and its backend id.
     pub fn flows(&self) -> Vec<(FlowKey, u32)> {
         let mut out = Vec::new();

@@ -14,6 +14,7 @@ use prometheus_client::{
 use tokio::net::TcpListener;
 
 use crate::{
+    conn_table::ConnTable,
     daemon::{Shared, lock},
     stats,
     tables::ip_of,
@@ -91,6 +92,15 @@ pub fn render(core: &Shared) -> Result<String> {
         {
             family.get_or_create(&labels).inc_by(value);
         }
+    }
+    let (used, slots) = ConnTable::open(&pin_dir)?.occupancy();
+    for (name, help, value) in [
+        ("conn_table_flows", "Flows in the XDP connection table", used),
+        ("conn_table_slots", "Slots of the XDP connection table", slots),
+    ] {
+        let gauge = Gauge::<i64>::default();
+        gauge.set(value as i64);
+        registry.register(name, help, gauge);
     }
     let mut out = String::new();
     encode(&mut out, &registry).context("encoding metrics")?;

@@ -243,6 +243,12 @@ fn root_control_health_checks_remove_and_restore_backends() -> Result<()> {
         "{metrics}"
     );
     assert!(metrics.contains("sluice_backend_packets_total{backend=\"198.18.10.2\"}"), "{metrics}");
+    let gauge = |name: &str| -> Option<u64> {
+        metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    let flows = gauge("sluice_conn_table_flows").unwrap_or(0);
+    assert!(flows >= 20, "the connections above are in the connection table: {metrics}");
+    assert_eq!(gauge("sluice_conn_table_slots"), Some(lb_common::flow::CONN_SLOT_COUNT as u64), "{metrics}");
 
     // Bring it back: up after `rise` good probes.
     bed.nginx[1] = Some(Nginx::start(&bed.topology.backends[1], "backend2")?);
