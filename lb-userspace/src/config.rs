@@ -727,7 +727,7 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
     let encap_source_v4 = dp
         .encap_source_v4
         .and_then(|a| errors.parse(&a, "an IPv4 address", |s| s.parse().ok()))
-        .unwrap_or(Ipv4Addr::new(198, 18, 255, 0));
+        .unwrap_or(Ipv4Addr::new(172, 16, 0, 0));
     let encap_source_v6 = dp
         .encap_source_v6
         .and_then(|a| errors.parse(&a, "an IPv6 address", |s| s.parse().ok()))

@@ -9,7 +9,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use lb_common::hash::flow_hash;
 use sluice_tests::{
+    harness::flow,
     netns::{Host, Topology, mac_text},
     servers::{Decap, Lbd, Nginx, PeerPass, TempDir, wait_for},
 };
@@ -318,5 +320,32 @@ fn root_control_sighup_applies_good_configs_only() -> Result<()> {
         bed.pool().map(|p| p.contains_key(&b3)).unwrap_or(false)
     })?;
     assert!(bed.new_connections(30)?.contains_key("backend3"));
+    Ok(())
+}
+
+/// Flows whose outer source would land on an address of the router, with the outer /16 its own
+/// links use (198.18.0.0/16), connect like any other: the default `encap_source_v4` lies
+/// outside the bed's addresses. With 198.18.255.0 the router dropped such packets as martians
+/// and a few flows in 65,536 per router address never connected (the e2e tests' rare timeouts).
+#[test]
+fn root_control_flows_connect_whatever_their_outer_source() -> Result<()> {
+    let bed = Bed::new("control-outer")?;
+    // The router's addresses (198.18.N.1) and its subnets' network and broadcast addresses.
+    let router: Vec<u32> =
+        [0u32, 1, 2, 10, 11, 12].iter().flat_map(|&n| [n << 8 | 1, n << 8, n << 8 | 255]).collect();
+    let client = bed.topology.client.addr4.to_string();
+    // Ports below the ephemeral range: free to bind in the client namespace.
+    let ports: Vec<u16> = (1_024..32_768u16)
+        .filter(|&port| router.contains(&(flow_hash(&flow(&client, port, VIP, 80, 6)) & 0xffff)))
+        .take(4)
+        .collect();
+    assert_eq!(ports.len(), 4, "too few ports with such a hash in the range");
+    for port in ports {
+        let out = bed.topology.client.run(
+            "curl",
+            &["-sS", "--max-time", "3", "--local-port", &port.to_string(), &format!("http://{VIP}/")],
+        )?;
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("backend"), "port {port}");
+    }
     Ok(())
 }
