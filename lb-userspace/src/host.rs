@@ -1,5 +1,6 @@
 //! What the config needs from the host, in lbd's network namespace: interface MTU and index,
-//! and for `next_hop_mac = "auto"` the IPv4 default gateway's MAC from the neighbour table.
+//! for `next_hop_mac = "auto"` the IPv4 default gateway's MAC from the neighbour table, and
+//! whether the outer IPv4 sources share addresses with a subnet on the interface.
 use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
@@ -28,7 +29,44 @@ pub fn facts(config: &Config) -> Result<HostFacts> {
         None => 0,
         Some(name) => ifindex(name)?,
     };
+    for subnet in encap_source_clashes(&config.interface, config.encap_source_v4).unwrap_or_default() {
+        log::warn!(
+            "encap_source_v4 {}: its /16 overlaps {subnet} on {}; a router there drops packets whose \
+             source is its own or a broadcast address, so some flows would never connect: use a /16 \
+             found nowhere on the path",
+            config.encap_source_v4,
+            config.interface
+        );
+    }
     Ok(HostFacts { mtu: interface_mtu(&config.interface)?, next_hop_mac, redirect_ifindex })
+}
+
+/// The IPv4 subnets connected to `iface` that share addresses with the /16 of `source`.
+fn encap_source_clashes(iface: &str, source: Ipv4Addr) -> Result<Vec<String>> {
+    let routes = std::fs::read_to_string("/proc/net/route").context("reading /proc/net/route")?;
+    subnets_sharing_16(&routes, iface, source)
+}
+
+/// Of the routes without a gateway on `iface` in `routes` (/proc/net/route's text), those that
+/// share addresses with the /16 of `source`, as "a.b.c.d/len".
+fn subnets_sharing_16(routes: &str, iface: &str, source: Ipv4Addr) -> Result<Vec<String>> {
+    let word = |hex: &str| -> Result<u32> {
+        Ok(u32::from(Ipv4Addr::from(u32::from_str_radix(hex, 16)?.to_le_bytes())))
+    };
+    let mut clashes = Vec::new();
+    for line in routes.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() < 8 || cols[0] != iface || cols[2] != "00000000" {
+            continue;
+        }
+        let (net, mask) = (word(cols[1])?, word(cols[7])?);
+        // The wider of the two prefixes decides whether they share addresses.
+        let common = mask & 0xffff_0000;
+        if mask != 0 && net & common == u32::from(source) & common {
+            clashes.push(format!("{}/{}", Ipv4Addr::from(net), mask.count_ones()));
+        }
+    }
+    Ok(clashes)
 }
 
 /// The index of interface `name`.
@@ -104,5 +142,28 @@ pub fn interface_mtu(iface: &str) -> Result<u32> {
             bail!("reading the MTU of {iface}: {err}");
         }
         Ok(req.ifr_ifru.ifru_mtu as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// /proc/net/route of the test bed's lb: its link 198.18.1.0/24, a default route, and a
+    /// 10.0.0.0/8 on another interface.
+    const ROUTES: &str = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+        eth0\t00000000\t010112C6\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+        eth0\t000112C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+        eth1\t0000000A\t00000000\t0001\t0\t0\t0\t000000FF\t0\t0\t0\n";
+
+    #[test]
+    fn encap_sources_sharing_a_connected_subnet_are_named() -> Result<()> {
+        let clashes = |source: [u8; 4]| subnets_sharing_16(ROUTES, "eth0", Ipv4Addr::from(source));
+        assert_eq!(clashes([198, 18, 255, 0])?, ["198.18.1.0/24"], "the /16 holds eth0's subnet");
+        assert!(clashes([172, 16, 0, 0])?.is_empty(), "the default route does not count");
+        assert!(clashes([198, 19, 0, 0])?.is_empty());
+        assert!(clashes([10, 1, 0, 0])?.is_empty(), "10.0.0.0/8 is on eth1");
+        assert_eq!(subnets_sharing_16(ROUTES, "eth1", Ipv4Addr::new(10, 1, 0, 0))?, ["10.0.0.0/8"]);
+        Ok(())
     }
 }
