@@ -50,16 +50,13 @@ fn encap_source_clashes(iface: &str, source: Ipv4Addr) -> Result<Vec<String>> {
 /// Of the routes without a gateway on `iface` in `routes` (/proc/net/route's text), those that
 /// share addresses with the /16 of `source`, as "a.b.c.d/len".
 fn subnets_sharing_16(routes: &str, iface: &str, source: Ipv4Addr) -> Result<Vec<String>> {
-    let word = |hex: &str| -> Result<u32> {
-        Ok(u32::from(Ipv4Addr::from(u32::from_str_radix(hex, 16)?.to_le_bytes())))
-    };
     let mut clashes = Vec::new();
     for line in routes.lines().skip(1) {
         let cols: Vec<&str> = line.split_whitespace().collect();
         if cols.len() < 8 || cols[0] != iface || cols[2] != "00000000" {
             continue;
         }
-        let (net, mask) = (word(cols[1])?, word(cols[7])?);
+        let (net, mask) = (u32::from(route_addr(cols[1])?), u32::from(route_addr(cols[7])?));
         // The wider of the two prefixes decides whether they share addresses.
         let common = mask & 0xffff_0000;
         if mask != 0 && net & common == u32::from(source) & common {
@@ -67,6 +64,12 @@ fn subnets_sharing_16(routes: &str, iface: &str, source: Ipv4Addr) -> Result<Vec
         }
     }
     Ok(clashes)
+}
+
+/// An address or mask column of /proc/net/route (hex of the address's bytes read as a
+/// little-endian word).
+fn route_addr(hex: &str) -> Result<Ipv4Addr> {
+    Ok(Ipv4Addr::from(u32::from_str_radix(hex, 16)?.to_le_bytes()))
 }
 
 /// The index of interface `name`.
@@ -85,8 +88,7 @@ fn default_gateway(iface: &str) -> Result<Ipv4Addr> {
     for line in routes.lines().skip(1) {
         let cols: Vec<&str> = line.split_whitespace().collect();
         if cols.len() > 2 && cols[0] == iface && cols[1] == "00000000" {
-            let raw = u32::from_str_radix(cols[2], 16)?;
-            return Ok(Ipv4Addr::from(raw.to_le_bytes()));
+            return route_addr(cols[2]);
         }
     }
     bail!("no IPv4 default route via {iface}: set dataplane.next_hop_mac explicitly")
