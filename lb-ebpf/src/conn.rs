@@ -73,8 +73,8 @@ pub fn insert(flow: &FlowKey, hash: u32, backend: u32, absent: bool) {
             (way, slot)
         }
     };
-    let words = ConnSlot::new(flow, backend);
-    let words = words.words();
+    let value = ConnSlot::new(flow, backend);
+    let words = value.words();
     // SAFETY: a map value written as aligned words, in order (see above).
     unsafe {
         let to = slot as *mut [u64; 5];
