@@ -1,5 +1,7 @@
 //! The balancer's flow: parse, filter, find the VIP, pick the backend, hand off to encap.
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key, programs::XdpContext,
+};
 use lb_common::{
     addr::is_v4,
     backend::{BACKEND_F_IN_USE, Backend, NO_BACKEND},
@@ -163,7 +165,7 @@ fn try_forward(
         // the previous table (evicted from the LRU since): keep it there while that backend
         // is still in use.
         backend_id = NO_BACKEND;
-        if !new_flow && unsafe { bpf_ktime_get_ns() } < vip.previous_until_ns {
+        if !new_flow && unsafe { bpf_ktime_get_coarse_ns() } < vip.previous_until_ns {
             backend_id = ring_entry(vip.ring_previous, hash)?;
             if live_backend(backend_id).is_none() {
                 backend_id = NO_BACKEND;

@@ -43,7 +43,8 @@ pub fn ip_of(addr: &Addr) -> IpAddr {
     std::net::Ipv6Addr::from(*addr).to_canonical()
 }
 
-/// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns.
+/// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns (and, at tick resolution, of
+/// bpf_ktime_get_coarse_ns, which the balancer reads).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid pointer to a timespec.

@@ -2,7 +2,7 @@
 //! VIPs, backends and MACs through lbd's map writer, runs a table of fixtures in order through
 //! BPF_PROG_TEST_RUN; each asserts the verdict and the output bytes. Counters are then compared
 //! with what the table implies.
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use anyhow::{Context as _, Result};
 use lb_common::{
@@ -10,6 +10,7 @@ use lb_common::{
     hash::flow_hash,
     vip::{VIP_F_DROP_FRAGMENTS, VIP_F_L7},
 };
+use lb_userspace::tables::Desired;
 use sluice_tests::{
     harness::{ENCAP_SRC4, ENCAP_SRC6, Harness, desired, flow, vip},
     packets::{
@@ -39,7 +40,7 @@ const WEB6: [(&str, u32); 2] = [("fd00:5e:10::2", 100), ("fd00:5e:11::2", 100)];
 const IDX_WEB: usize = 0;
 const IDX_V6: usize = 6;
 
-fn desired_state(web: &[(&str, u32)]) -> lb_userspace::tables::Desired {
+fn desired_state(web: &[(&str, u32)]) -> Desired {
     desired(
         vec![
             vip(VIP_WEB, 80, 6, 0, web),
@@ -649,6 +650,32 @@ fn root_fixtures_pool_change_keeps_flows() -> Result<()> {
         &web_flow(ports[k0]),
     )];
     run_fixtures(&mut h, &f)?;
+    Ok(())
+}
+
+#[test]
+fn root_fixtures_previous_generation_ends_with_flow_grace() -> Result<()> {
+    // The balancer checks the grace on the coarse clock: within it, an evicted flow whose bucket
+    // moved goes to its old backend; after it, to the current table's.
+    let grace = Duration::from_secs(1);
+    let with_grace = |web: &[(&str, u32)]| Desired { flow_grace: grace, ..desired_state(web) };
+    let mut h = Harness::new("grace", 8, with_grace(&WEB))?;
+    let web_flow = |sport| flow(CLIENT, sport, VIP_WEB, 80, 6);
+    let ports: Vec<u16> = (51000..51100).collect();
+    let before: Vec<IpAddr> = ports.iter().map(|&p| h.model_backend(IDX_WEB, &web_flow(p))).collect();
+    h.apply(with_grace(&WEB_PLUS))?;
+    let after: Vec<IpAddr> = ports.iter().map(|&p| h.model_backend(IDX_WEB, &web_flow(p))).collect();
+    let moved: Vec<usize> = (0..ports.len()).filter(|&i| before[i] != after[i]).collect();
+    assert!(moved.len() >= 2, "moved {}", moved.len());
+    let (m0, m1) = (moved[0], moved[1]);
+    let ack = |i: usize, what, to| {
+        forwarded(what, tcp4(ports[i], VIP_WEB, 80, Tcp::Ack), 14, to, &web_flow(ports[i]))
+    };
+
+    // No SYN was seen for these flows: each ACK misses the connection table.
+    run_fixtures(&mut h, &[ack(m0, "ACK within the grace: previous generation", before[m0])])?;
+    std::thread::sleep(grace + Duration::from_millis(100));
+    run_fixtures(&mut h, &[ack(m1, "ACK after the grace: current generation", after[m1])])?;
     Ok(())
 }
 
