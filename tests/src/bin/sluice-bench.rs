@@ -57,6 +57,8 @@ fn measure(h: &mut Harness, inputs: &[Vec<u8>], calls: usize) -> Result<f64> {
 
 /// Rounds of `bench l4`'s per-path measurements.
 const L4_ROUNDS: usize = 3;
+/// Floor rounds further apart than this (max / min) mean the machine was busy during the run.
+const BUSY_SPREAD: f64 = 1.10;
 
 /// Per path, the lowest of the rounds' medians.
 fn best(rounds: &[Vec<(String, f64)>]) -> Vec<(String, f64)> {
@@ -237,9 +239,18 @@ fn main() -> Result<()> {
     drop(small);
 
     let floor = floors.iter().copied().fold(f64::INFINITY, f64::min);
+    let floors_max = floors.iter().copied().fold(0.0, f64::max);
     let floors: Vec<String> = floors.iter().map(|f| format!("{f:.0}")).collect();
 
     println!("\nempty XDP program (floor): {} ns in the rounds; net = path - {floor:.0}", floors.join(", "));
+    let spread = floors_max / floor;
+    if spread > BUSY_SPREAD {
+        println!(
+            "warning: the floor moved by {:.0}% between rounds: the machine was busy during this run, \
+             so absolute figures are high (ratios hold better); run again for them",
+            100.0 * (spread - 1.0)
+        );
+    }
     println!("\n{:<26} {:>8} {:>8} | {:>10} {:>8} {:>8}", "path", "ns", "net", "at scale", "net", "ratio");
     for ((name, ns), (_, big)) in base.iter().zip(&scaled) {
         println!(
