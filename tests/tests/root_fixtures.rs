@@ -341,6 +341,9 @@ fn phase_one(h: &Harness) -> Vec<Fixture> {
     f.push(fixture("denied v4 source to a non-VIP", denied, XDP_DROP, "drop_denied"));
     let denied = tcp(ip("2001:db8:bad:1::9"), 40000, ip(VIP6), 80, Tcp::Syn, b"");
     f.push(fixture("denied v6 source", denied, XDP_DROP, "drop_denied"));
+    // An IPv6 packet from an IPv4-mapped source meets the IPv4 deny list.
+    let denied = tcp(ip("::ffff:203.0.113.9"), 40000, ip(VIP6), 80, Tcp::Syn, b"");
+    f.push(fixture("denied v4 source, IPv4-mapped in an IPv6 packet", denied, XDP_DROP, "drop_denied"));
     let near = tcp(ip("203.0.114.1"), 40000, ip(VIP_WEB), 80, Tcp::Syn, b"");
     let near_flow = flow("203.0.114.1", 40000, VIP_WEB, 80, 6);
     f.push(forwarded(
