@@ -185,7 +185,7 @@ fn try_forward(
     };
     // Counted once the packet is really on its way (not when it is too big).
     let bytes = packet.ip_len as u64;
-    let outcome = encap::encapsulate(ctx, packet, &backend.addr, config, hash)?;
+    let outcome = encap::encapsulate(ctx, packet, backend, config, hash)?;
     if matches!(outcome.1, Stat::Tx | Stat::Redirect) {
         add_traffic(VIP_STATS.get_ptr_mut(vip.index), bytes, hit, new_flow);
         add_traffic(BACKEND_STATS.get_ptr_mut(backend_id), bytes, hit, new_flow);

@@ -5,11 +5,7 @@ use aya_ebpf::{
     helpers::{bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
-use lb_common::{
-    addr::{Addr, is_v4},
-    config::DataplaneConfig,
-    stats::Stat,
-};
+use lb_common::{addr::Addr, backend::Backend, config::DataplaneConfig, stats::Stat};
 use lb_ebpf::{
     csum,
     parse::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_HLEN, IPV6_HLEN, Packet},
@@ -37,11 +33,11 @@ fn mac_image(mac: &[u8; 6]) -> u64 {
 pub fn encapsulate(
     ctx: &XdpContext,
     packet: &Packet,
-    backend: &Addr,
+    backend: &Backend,
     config: &DataplaneConfig,
     hash: u32,
 ) -> Result<Outcome, Stat> {
-    let outer_v4 = is_v4(backend);
+    let outer_v4 = backend.is_v4();
     if outer_v4 && packet.ipv6 {
         // IPv6 VIPs need IPv6 backends: lbd's config check refuses the rest.
         return Err(Stat::DropInternal);
@@ -78,7 +74,7 @@ pub fn encapsulate(
         }
     } else {
         let at = span(data, data_end, ETH_HLEN, IPV6_HLEN).ok_or(Stat::DropInternal)?;
-        write_ipv6_header(at, packet, backend, config, hash);
+        write_ipv6_header(at, packet, &backend.addr, config, hash);
     }
     if config.redirect_ifindex != 0 {
         // SAFETY: plain helper call.
@@ -90,14 +86,14 @@ pub fn encapsulate(
 
 /// The outer IPv4 header as five big-endian words (numbers; stored with `to_be`).
 #[inline(always)]
-fn ipv4_header(backend: &Addr, config: &DataplaneConfig, hash: u32, total: usize) -> [u32; 5] {
+fn ipv4_header(backend: &Backend, config: &DataplaneConfig, hash: u32, total: usize) -> [u32; 5] {
     let src = config.encap_source_v4;
     let mut header = [
         0x4500_0000 | total as u32,
         0,
         (OUTER_TTL as u32) << 24 | (IPPROTO_IPIP as u32) << 16,
         (u16::from_be_bytes([src[0], src[1]]) as u32) << 16 | (hash & 0xffff),
-        u32::from_be_bytes([backend[12], backend[13], backend[14], backend[15]]),
+        u32::from_be(backend.addr_words()[3]),
     ];
     header[2] |= csum::ipv4_header(&header) as u32;
     header

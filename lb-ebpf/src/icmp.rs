@@ -6,7 +6,7 @@ use aya_ebpf::{
     helpers::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use lb_common::{addr::is_v4, config::DataplaneConfig, hash::flow_hash, stats::Stat, vip::VIP_F_L7};
+use lb_common::{config::DataplaneConfig, hash::flow_hash, stats::Stat, vip::VIP_F_L7};
 use lb_ebpf::{
     csum,
     parse::{
@@ -161,7 +161,7 @@ fn inner_mtu(packet: &Packet) -> u32 {
     let max = DATAPLANE_CONFIG.get(0).map_or(0, |c| c.max_encap_ip_len);
     let backend = conn::lookup(&packet.flow, flow_hash(&packet.flow)).and_then(|id| BACKENDS.get(id));
     let outer = match backend {
-        Some(b) if !packet.ipv6 && is_v4(&b.addr) => IPV4_HLEN,
+        Some(b) if !packet.ipv6 && b.is_v4() => IPV4_HLEN,
         _ => IPV6_HLEN,
     };
     max.saturating_sub(outer as u32)
