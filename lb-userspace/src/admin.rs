@@ -43,7 +43,9 @@ struct BackendView {
     weight: u32,
     drain: bool,
     healthy: bool,
-    /// The weight Maglev uses: 0 when drained or down (unless the pool fails open).
+    /// Taken out by the proxy's outlier detection (probes do not end it).
+    ejected: bool,
+    /// The weight Maglev uses: 0 when drained, down or ejected (unless the pool fails open).
     effective_weight: u32,
 }
 
@@ -59,6 +61,7 @@ fn pool_view(core: &crate::daemon::Core, name: &str) -> Option<Value> {
             weight: b.weight,
             drain: b.drain,
             healthy: core.state.healthy(name, b.addr),
+            ejected: core.state.ejected.contains(&(name.to_owned(), b.addr)),
             effective_weight: w.weight,
         })
         .collect();

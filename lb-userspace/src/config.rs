@@ -90,6 +90,9 @@ struct RawListener {
     access_log: bool,
     max_connections: Option<usize>,
     header_read_timeout_ms: Option<u64>,
+    handshake_timeout_ms: Option<u64>,
+    first_byte_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
     max_body_bytes: Option<u64>,
     max_header_bytes: Option<usize>,
     drain_timeout_ms: Option<u64>,
@@ -268,6 +271,12 @@ pub struct Listener {
     pub access_log: bool,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    /// A TLS handshake not done by then is dropped.
+    pub handshake_timeout: Duration,
+    /// A connection whose first request has not begun by then is closed.
+    pub first_byte_timeout: Duration,
+    /// A connection with no request in flight and no byte either way for this long is closed.
+    pub idle_timeout: Duration,
     pub max_body_bytes: u64,
     pub max_header_bytes: usize,
     /// On SIGTERM, how long in-flight requests may take to finish.
@@ -925,6 +934,16 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
                 client_ca: t.client_ca.map(Spanned::into_inner),
             }
         });
+        for (what, value) in [
+            ("header_read_timeout_ms", raw.header_read_timeout_ms),
+            ("handshake_timeout_ms", raw.handshake_timeout_ms),
+            ("first_byte_timeout_ms", raw.first_byte_timeout_ms),
+            ("idle_timeout_ms", raw.idle_timeout_ms),
+        ] {
+            if value == Some(0) {
+                errors.at(raw.name.span(), format!("listener `{name}`: {what} must be above 0"));
+            }
+        }
         listeners.push(Listener {
             name,
             address,
@@ -933,6 +952,9 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
             access_log: raw.access_log,
             max_connections: raw.max_connections.unwrap_or(10_000),
             header_read_timeout: Duration::from_millis(raw.header_read_timeout_ms.unwrap_or(10_000)),
+            handshake_timeout: Duration::from_millis(raw.handshake_timeout_ms.unwrap_or(10_000)),
+            first_byte_timeout: Duration::from_millis(raw.first_byte_timeout_ms.unwrap_or(10_000)),
+            idle_timeout: Duration::from_millis(raw.idle_timeout_ms.unwrap_or(60_000)),
             max_body_bytes: raw.max_body_bytes.unwrap_or(10 << 20),
             max_header_bytes: raw.max_header_bytes.unwrap_or(16 << 10),
             drain_timeout: Duration::from_millis(raw.drain_timeout_ms.unwrap_or(10_000)),

@@ -14,7 +14,7 @@ use crate::{
     config::Config,
     host::{self, HostFacts},
     persist,
-    proxy::{cache::CacheStore, metrics::ProxyMetrics, routes::Snapshot},
+    proxy::{cache::CacheStore, metrics::ProxyMetrics, routes::Snapshot, runtime::Runtime},
     state::{Command, CommandError, State},
     tables::Tables,
 };
@@ -45,6 +45,8 @@ pub struct Core {
     pub proxy_metrics: ProxyMetrics,
     /// The proxy's response caches (purged through the admin API).
     pub cache: Arc<CacheStore>,
+    /// What the proxy keeps across snapshots (in-flight counts, streaks, buckets, budgets).
+    pub runtime: Arc<Runtime>,
 }
 
 /// The core, shared by the admin API, health checks and the signal loop.
@@ -64,7 +66,8 @@ impl Core {
         for change in tables.apply(&state.desired(&host))? {
             info!("{change}");
         }
-        let l7 = Arc::new(ArcSwap::from_pointee(Snapshot::build(&state)));
+        let runtime = Arc::new(Runtime::default());
+        let l7 = Arc::new(ArcSwap::from_pointee(Snapshot::build(&state, &runtime)));
         let proxy_metrics = ProxyMetrics::default();
         let cache = Arc::new(CacheStore::default());
         let core = Core {
@@ -77,6 +80,7 @@ impl Core {
             l7,
             proxy_metrics,
             cache,
+            runtime,
         };
         core.warn_fail_open(&[]);
         Ok(core)
@@ -119,7 +123,7 @@ impl Core {
         }
         let before = self.state.failing_open();
         self.state = next;
-        self.l7.store(Arc::new(Snapshot::build(&self.state)));
+        self.l7.store(Arc::new(Snapshot::build(&self.state, &self.runtime)));
         for line in &lines {
             info!("{line}");
         }
@@ -146,7 +150,7 @@ impl Core {
         self.tables.apply(&next.desired(&self.host)).context("writing the maps")?;
         let before = self.state.failing_open();
         self.state = next;
-        self.l7.store(Arc::new(Snapshot::build(&self.state)));
+        self.l7.store(Arc::new(Snapshot::build(&self.state, &self.runtime)));
         self.warn_fail_open(&before);
         Ok(lines)
     }

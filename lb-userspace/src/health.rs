@@ -16,26 +16,39 @@ use crate::{
     state::Command,
 };
 
-/// One probe: true if the backend answered as the check expects within its timeout.
-pub async fn probe(check: &HealthCheck, address: IpAddr) -> bool {
+/// Whether a connect error is this host's (out of descriptors or buffers), not the backend's.
+fn local_shortage(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+/// One probe: Some(true) if the backend answered as the check expects within its timeout,
+/// None when this host could not even try (out of descriptors): that says nothing of the backend.
+pub async fn probe(check: &HealthCheck, address: IpAddr) -> Option<bool> {
     let target = SocketAddr::new(address, check.port);
     let attempt = async {
-        let stream = TcpStream::connect(target).await.ok()?;
+        let stream = match TcpStream::connect(target).await {
+            Ok(stream) => stream,
+            Err(err) if local_shortage(&err) => return None,
+            Err(_) => return Some(false),
+        };
         if check.kind == HealthKind::Tcp {
             return Some(true);
         }
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
-        tokio::spawn(connection);
-        let request = Request::get(check.path.as_str())
-            .header("host", target.to_string())
-            .header("user-agent", "sluice-health/1")
-            .body(Empty::<Bytes>::new())
-            .ok()?;
-        let response = sender.send_request(request).await.ok()?;
-        Some(response.status().as_u16() == check.expect_status)
+        let http = async {
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+            tokio::spawn(connection);
+            let request = Request::get(check.path.as_str())
+                .header("host", target.to_string())
+                .header("user-agent", "sluice-health/1")
+                .body(Empty::<Bytes>::new())
+                .ok()?;
+            let response = sender.send_request(request).await.ok()?;
+            Some(response.status().as_u16() == check.expect_status)
+        };
+        Some(http.await == Some(true))
     };
-    matches!(tokio::time::timeout(check.timeout, attempt).await, Ok(Some(true)))
+    tokio::time::timeout(check.timeout, attempt).await.unwrap_or(Some(false))
 }
 
 /// Consecutive results of one backend.
@@ -60,6 +73,10 @@ pub async fn run_pool(core: Shared, pool: String) {
         let results = join_all(backends.iter().map(|(addr, _)| probe(&check, *addr))).await;
         let mut commands = Vec::new();
         for ((address, healthy), ok) in backends.iter().zip(results) {
+            let Some(ok) = ok else {
+                debug!("probe {pool}/{address}: skipped (this host is out of descriptors)");
+                continue;
+            };
             let streak = streaks.entry(*address).or_default();
             if ok {
                 streak.ok += 1;
@@ -137,19 +154,19 @@ mod tests {
     #[tokio::test]
     async fn http_probe_wants_the_expected_status() {
         let ok = server("200 OK").await;
-        assert!(probe(&check(HealthKind::Http, ok), "127.0.0.1".parse().unwrap()).await);
+        assert_eq!(probe(&check(HealthKind::Http, ok), "127.0.0.1".parse().unwrap()).await, Some(true));
         let bad = server("503 Service Unavailable").await;
-        assert!(!probe(&check(HealthKind::Http, bad), "127.0.0.1".parse().unwrap()).await);
+        assert_eq!(probe(&check(HealthKind::Http, bad), "127.0.0.1".parse().unwrap()).await, Some(false));
     }
 
     #[tokio::test]
     async fn tcp_probe_wants_a_listener() {
         let open = server("200 OK").await;
-        assert!(probe(&check(HealthKind::Tcp, open), "127.0.0.1".parse().unwrap()).await);
+        assert_eq!(probe(&check(HealthKind::Tcp, open), "127.0.0.1".parse().unwrap()).await, Some(true));
         let closed = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        assert!(!probe(&check(HealthKind::Tcp, closed), "127.0.0.1".parse().unwrap()).await);
+        assert_eq!(probe(&check(HealthKind::Tcp, closed), "127.0.0.1".parse().unwrap()).await, Some(false));
     }
 }

@@ -52,6 +52,14 @@ pub enum Command {
         address: IpAddr,
         healthy: bool,
     },
+    /// Passive outlier ejection by the proxy (runtime only, never written to the config, not on
+    /// the admin API). Kept apart from probe health: probes neither end nor start an ejection.
+    #[serde(skip)]
+    SetEjected {
+        pool: String,
+        address: IpAddr,
+        ejected: bool,
+    },
     AddPool {
         pool: String,
     },
@@ -108,11 +116,13 @@ pub struct State {
     pub config: Config,
     /// Probe results by (pool, backend); a backend not yet probed counts as healthy.
     pub health: BTreeMap<(String, IpAddr), bool>,
+    /// Backends the proxy's outlier detection has taken out, until it lets them back.
+    pub ejected: BTreeSet<(String, IpAddr)>,
 }
 
 impl State {
     pub fn new(config: Config) -> State {
-        State { config, health: BTreeMap::new() }
+        State { config, health: BTreeMap::new(), ejected: BTreeSet::new() }
     }
 
     fn pool_mut(&mut self, pool: &str) -> Result<&mut Pool, CommandError> {
@@ -130,6 +140,11 @@ impl State {
     /// Whether a backend is healthy (not yet probed: yes).
     pub fn healthy(&self, pool: &str, address: IpAddr) -> bool {
         self.health.get(&(pool.to_owned(), address)).copied().unwrap_or(true)
+    }
+
+    /// Whether a backend takes new traffic as far as probes and ejection go (drain aside).
+    pub fn usable(&self, pool: &str, address: IpAddr) -> bool {
+        self.healthy(pool, address) && !self.ejected.contains(&(pool.to_owned(), address))
     }
 
     /// Applies one command, returning a line describing the change ("" when nothing changed).
@@ -159,6 +174,7 @@ impl State {
                 self.backend_mut(pool, *address)?;
                 self.pool_mut(pool)?.backends.retain(|b| b.addr != *address);
                 self.health.remove(&(pool.clone(), *address));
+                self.ejected.remove(&(pool.clone(), *address));
                 Ok(format!("pool {pool}: backend {address} removed"))
             }
             Command::SetWeight { pool, address, weight } => {
@@ -210,6 +226,13 @@ impl State {
                     format!("pool {pool}: backend {address} is {what}")
                 })
             }
+            Command::SetEjected { pool, address, ejected } => {
+                self.backend_mut(pool, *address)?;
+                let key = (pool.clone(), *address);
+                let changed = if *ejected { self.ejected.insert(key) } else { self.ejected.remove(&key) };
+                let what = if *ejected { "ejected (outlier)" } else { "back from ejection" };
+                Ok(if changed { format!("pool {pool}: backend {address} {what}") } else { String::new() })
+            }
             Command::AddPool { pool } => {
                 if self.config.pools.contains_key(pool) {
                     return Err(CommandError::Invalid(format!("pool `{pool}` exists")));
@@ -226,6 +249,7 @@ impl State {
                 }
                 self.config.pools.remove(pool).ok_or_else(|| CommandError::NoPool(pool.clone()))?;
                 self.health.retain(|(p, _), _| p != pool);
+                self.ejected.retain(|(p, _)| p != pool);
                 Ok(format!("pool {pool} removed"))
             }
             Command::AddVip { name } | Command::RemoveVip { name } => {
@@ -340,17 +364,17 @@ impl State {
         commands
     }
 
-    /// Effective Maglev weights of a pool: drained and down backends get 0. If every backend
-    /// that is not drained is down, all of them keep their weight (fail open): dropping all
+    /// Effective Maglev weights of a pool: drained, down and ejected backends get 0. If every
+    /// backend that is not drained is down or ejected, all of them keep their weight (fail open): dropping all
     /// traffic is worse than sending some to backends the probes may be wrong about.
     pub fn effective_backends(&self, pool: &Pool) -> (Vec<Weighted>, bool) {
         let ready: Vec<&BackendSpec> = pool.backends.iter().filter(|b| !b.drain).collect();
-        let fail_open = !ready.is_empty() && ready.iter().all(|b| !self.healthy(&pool.name, b.addr));
+        let fail_open = !ready.is_empty() && ready.iter().all(|b| !self.usable(&pool.name, b.addr));
         let weighted = pool
             .backends
             .iter()
             .map(|b| {
-                let usable = !b.drain && (fail_open || self.healthy(&pool.name, b.addr));
+                let usable = !b.drain && (fail_open || self.usable(&pool.name, b.addr));
                 Weighted { addr: addr_of(b.addr), weight: if usable { b.weight } else { 0 } }
             })
             .collect();

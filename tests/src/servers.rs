@@ -78,12 +78,16 @@ impl Nginx {
                  location /echo {{ return 200 \"{name} xff=$http_x_forwarded_for proto=$http_x_forwarded_proto \
                  fwd=$http_forwarded rid=$http_x_request_id via=$http_via host=$host method=$request_method sub=$http_x_subject\\n\"; }}\n    \
                  location /slow {{ root {dir}; limit_rate 40k; }}\n    \
-                 location /cached {{ add_header Cache-Control \"max-age=3\"; return 200 \"{name} cached\\n\"; }}\n  }}\n}}\n",
+                 location /cached {{ add_header Cache-Control \"max-age=3\"; return 200 \"{name} cached\\n\"; }}\n    \
+                 location /busy {{ return 503 \"{name} busy\\n\"; }}\n    \
+                 location /big {{ root {dir}; add_header Cache-Control \"max-age=60\"; }}\n  }}\n}}\n",
                 dir = dir.0.display()
             ),
         )?;
         // /slow serves 120 KiB at 40 KiB/s: a three-second response for drain tests.
         std::fs::write(dir.0.join("slow"), vec![b'x'; 120 * 1024])?;
+        // /big: 64 KiB at full speed, cacheable (larger than a small cache's objects).
+        std::fs::write(dir.0.join("big"), vec![b'y'; 64 * 1024])?;
         let child = host
             .command("nginx")
             .args(["-c", conf.to_str().context("path")?, "-p", dir.0.to_str().context("path")?])
@@ -127,12 +131,21 @@ pub struct Lbd {
 impl Lbd {
     /// Starts lbd with `config` and waits until it has attached and its admin socket answers.
     pub fn start(host: &Host, config: &Path) -> Result<Lbd> {
+        Lbd::start_logging(host, config, None)
+    }
+
+    /// [`Lbd::start`] with lbd's log (stderr) written to `log` when given.
+    pub fn start_logging(host: &Host, config: &Path, log: Option<&Path>) -> Result<Lbd> {
         let parsed = lb_userspace::config::Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
         let (pin_dir, socket) = (parsed.pin_dir, parsed.admin_socket);
         let _ = std::fs::remove_file(&socket);
         let child = host
             .command(crate::bin_dir().join("lbd").to_str().context("path")?)
             .args(["run", "-c", config.to_str().context("path")?])
+            .stderr(match log {
+                Some(path) => Stdio::from(std::fs::File::create(path).context("creating the lbd log")?),
+                None => Stdio::inherit(),
+            })
             .spawn()
             .context("starting lbd")?;
         let mut lbd = Lbd {

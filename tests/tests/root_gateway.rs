@@ -170,6 +170,47 @@ address = "{VIP}:80"
 access_log = false
 
 [[route]]
+name = "passthrough"
+listener = "http"
+host = "passthrough.test"
+pool = "one"
+retries = 1
+
+[[route]]
+name = "budget20"
+listener = "http"
+host = "budget20.test"
+pool = "flaky"
+retries = 1
+retry_budget_percent = 20
+
+[[route]]
+name = "smallcache"
+listener = "http"
+host = "smallcache.test"
+pool = "one"
+cache = {{ max_entries = 10, max_object_bytes = 1000 }}
+
+[[pool]]
+name = "hashed"
+backends = [{{ address = "{b1}" }}, {{ address = "{b2}" }}]
+balance = "hash"
+hash_key = "header:x-user"
+
+[[route]]
+name = "hashplain"
+listener = "http"
+host = "hashplain.test"
+pool = "hashed"
+
+[[route]]
+name = "hashcache"
+listener = "http"
+host = "hashcache.test"
+pool = "hashed"
+cache = {{ max_entries = 100 }}
+
+[[route]]
 name = "canary"
 listener = "http"
 host = "canary.test"
@@ -332,11 +373,11 @@ fn root_gateway_outlier_ejection_circuit_breaker_retry_budget() -> Result<()> {
     let bed = Bed::new()?;
     let dead = bed.topology.backends[2].addr4.to_string();
 
-    // Two failures in a row eject the refusing backend: down for L7 and L4 (Maglev weight 0).
+    // Two failures in a row eject the refusing backend: out for L7 and L4 (Maglev weight 0).
     let answers = bed.requests("eject.test", 8)?;
     assert!(answers.iter().all(|(c, _)| *c == 200), "{:?}", tally(&answers));
     wait_for("ejection", Duration::from_secs(1), || {
-        bed.lbd.pool_show("ejecting").map(|p| p[&dead] == ("DOWN".to_owned(), 0)).unwrap_or(false)
+        bed.lbd.pool_show("ejecting").map(|p| p[&dead] == ("EJECTED".to_owned(), 0)).unwrap_or(false)
     })?;
     // ...and back after the ejection time.
     wait_for("return after ejection", Duration::from_secs(3), || {
@@ -527,5 +568,67 @@ fn root_gateway_shadow_never_slows_the_client() -> Result<()> {
             .map(|n| n == 10)
             .unwrap_or(false)
     })?;
+    Ok(())
+}
+
+#[test]
+fn root_gateway_claims_pass_through_budget_big_objects_and_hashed_fills() -> Result<()> {
+    let bed = Bed::new()?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+    let sign = |claims: serde_json::Value| {
+        let key = jsonwebtoken::EncodingKey::from_secret(b"s3cret");
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("encode")
+    };
+    // JWT: a configured issuer or audience must be present; the scheme is case-insensitive.
+    let no_iss = sign(serde_json::json!({ "sub": "ann", "aud": "edge", "exp": now + 60 }));
+    let no_aud = sign(serde_json::json!({ "sub": "ann", "iss": "sluice-test", "exp": now + 60 }));
+    let good = token("s3cret", "ann", "edge", 60, -5);
+    assert_eq!(ask(&bed, "jwt.test", "/", &[format!("authorization: Bearer {no_iss}")])?.0, 403);
+    assert_eq!(ask(&bed, "jwt.test", "/", &[format!("authorization: Bearer {no_aud}")])?.0, 403);
+    assert_eq!(ask(&bed, "jwt.test", "/", &[format!("authorization: bEARER {good}")])?.0, 200);
+
+    // A 503 that cannot be retried (one backend) reaches the client as the backend sent it.
+    assert_eq!(ask(&bed, "passthrough.test", "/busy", &[])?, (503, "backend1 busy".into()));
+
+    // The retry budget counts granted retries only: 200 GETs on a half-refusing pool get about
+    // 3 + 20% of 200 = 43 retries (the rest of the refused half fails).
+    let answers = bed.requests("budget20.test", 200)?;
+    let failed = answers.iter().filter(|(c, _)| *c == 502).count();
+    assert!((40..=75).contains(&failed), "{failed} failures: {:?}", tally(&answers));
+
+    // On a cache route, an answer over max_object_bytes streams through, uncached, every time.
+    for _ in 0..2 {
+        let url = format!("http://{VIP}/big");
+        let out = bed.topology.client.run(
+            "curl",
+            &[
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-H",
+                "Host: smallcache.test",
+                "-w",
+                "%{http_code} %{size_download}",
+                &url,
+            ],
+        )?;
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200 65536");
+    }
+
+    // Cache fills pick the backend with the request's own hash key.
+    let backend_of = |user: &str| -> Result<String> {
+        Ok(ask(&bed, "hashplain.test", "/", &[format!("x-user: {user}")])?.1)
+    };
+    let users: Vec<String> = (0..20).map(|i| format!("user{i}")).collect();
+    let mut by_backend = BTreeMap::new();
+    for user in &users {
+        by_backend.entry(backend_of(user)?).or_insert_with(|| user.clone());
+    }
+    assert_eq!(by_backend.len(), 2, "20 users all hashed to one backend: {by_backend:?}");
+    for (i, (backend, user)) in by_backend.iter().enumerate() {
+        let (code, body) =
+            ask(&bed, "hashcache.test", &format!("/cached?fill={i}"), &[format!("x-user: {user}")])?;
+        assert_eq!((code, body), (200, format!("{backend} cached")), "{user}");
+    }
     Ok(())
 }

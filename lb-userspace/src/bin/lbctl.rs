@@ -223,7 +223,11 @@ fn print_pool(pool: &Value) {
             b["address"].as_str().unwrap_or_default(),
             b["weight"].as_u64().unwrap_or(0),
             if b["drain"].as_bool() == Some(true) { "yes" } else { "no" },
-            if b["healthy"].as_bool() == Some(true) { "up" } else { "DOWN" },
+            match (b["healthy"].as_bool(), b["ejected"].as_bool()) {
+                (_, Some(true)) => "EJECTED",
+                (Some(true), _) => "up",
+                _ => "DOWN",
+            },
             b["effective_weight"].as_u64().unwrap_or(0)
         );
     }

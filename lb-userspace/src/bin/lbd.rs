@@ -120,8 +120,25 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
+/// Raises the soft descriptor limit to the hard one (every client connection and upstream
+/// connection is a descriptor; the usual soft default of 1024 is far below `max_connections`).
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the rlimit we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let soft = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit reads the rlimit we own.
+    let raised = soft == limit.rlim_max || unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0;
+    let now = if raised { limit.rlim_max } else { soft };
+    info!("descriptor limit: soft {now} (was {soft}), hard {}", limit.rlim_max);
+}
+
 fn run(path: &Path) -> Result<()> {
     let config = load_config(path)?;
+    raise_descriptor_limit();
     let (interface, mode, pin_dir) = (config.interface.clone(), config.xdp_mode, config.pin_dir.clone());
     let (admin_socket, metrics) = (config.admin_socket.clone(), config.metrics);
     // Keeps the program loaded while lbd runs; the pinned link keeps it attached after.
@@ -163,7 +180,7 @@ fn run(path: &Path) -> Result<()> {
         });
         let (snapshot, forwarder) = {
             let core = lock(&core);
-            let forwarder = proxy::forward::Forwarder::new(core.proxy_metrics.clone(), ejections, core.cache.clone());
+            let forwarder = proxy::pipeline::Forwarder::new(core.proxy_metrics.clone(), ejections, core.cache.clone());
             (core.l7.clone(), Arc::new(forwarder))
         };
         let mut listeners = Vec::new();

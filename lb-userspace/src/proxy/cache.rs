@@ -44,7 +44,18 @@ struct RouteCache {
     /// Header names a path's answers Vary on (to build keys for later requests).
     vary: HashMap<String, Vec<String>>,
     /// Misses being fetched: later requests of the same key wait for the first.
-    pending: HashMap<String, Arc<OnceCell<Option<Cached>>>>,
+    pending: HashMap<String, Arc<OnceCell<Fill>>>,
+}
+
+/// What the requests waiting on one miss get.
+#[derive(Clone)]
+pub enum Fill {
+    /// The answer (stored, or served once to the waiters).
+    Answer(Cached),
+    /// The upstream failed: every waiter answers with this status (502, 504).
+    Failed(StatusCode),
+    /// Too big to share: every waiter makes its own upstream request.
+    Uncached,
 }
 
 /// Every route's cache.
@@ -122,7 +133,7 @@ impl CacheStore {
     }
 
     /// The cell that coalesces misses of `key`: every caller gets the same one until it is done.
-    pub fn pending(&self, route: &str, config: &CacheConfig, key: &str) -> Arc<OnceCell<Option<Cached>>> {
+    pub fn pending(&self, route: &str, config: &CacheConfig, key: &str) -> Arc<OnceCell<Fill>> {
         self.with(route, config, |c| c.pending.entry(key.to_owned()).or_default().clone())
     }
 

@@ -39,6 +39,8 @@ pub struct ProxyMetrics {
     connections: Family<Labels, Gauge>,
     handshakes: Family<Labels, Counter>,
     refused: Family<Labels, Counter>,
+    closed_idle: Family<Labels, Counter>,
+    parser_refused: Family<Labels, Counter>,
 }
 
 impl Default for ProxyMetrics {
@@ -49,6 +51,8 @@ impl Default for ProxyMetrics {
             connections: Family::default(),
             handshakes: Family::default(),
             refused: Family::default(),
+            closed_idle: Family::default(),
+            parser_refused: Family::default(),
         }
     }
 }
@@ -82,8 +86,8 @@ impl ProxyMetrics {
         self.connections.get_or_create(&vec![("listener", listener.to_owned())]).dec();
     }
 
-    pub fn handshake(&self, listener: &str, ok: bool) {
-        let result = if ok { "ok" } else { "failed" };
+    /// A TLS handshake's end: `ok`, `failed` or `timeout`.
+    pub fn handshake(&self, listener: &str, result: &str) {
         self.handshakes
             .get_or_create(&vec![("listener", listener.to_owned()), ("result", result.to_owned())])
             .inc();
@@ -92,6 +96,21 @@ impl ProxyMetrics {
     /// A connection closed at once because the listener was at max_connections.
     pub fn refused(&self, listener: &str) {
         self.refused.get_or_create(&vec![("listener", listener.to_owned())]).inc();
+    }
+
+    /// A connection closed by the idle watchdog (`reason`: first_byte_timeout, idle_timeout,
+    /// evicted_idle).
+    pub fn closed_idle(&self, listener: &str, reason: &'static str) {
+        self.closed_idle
+            .get_or_create(&vec![("listener", listener.to_owned()), ("reason", reason.to_owned())])
+            .inc();
+    }
+
+    /// A request the HTTP parser refused before it reached a route (400, 408, 431).
+    pub fn parser_refused(&self, listener: &str, status: u16) {
+        self.parser_refused
+            .get_or_create(&vec![("listener", listener.to_owned()), ("status", status.to_string())])
+            .inc();
     }
 
     /// Adds these metrics to a scrape's registry.
@@ -112,6 +131,16 @@ impl ProxyMetrics {
             "http_refused_connections",
             "Connections closed at max_connections",
             self.refused.clone(),
+        );
+        registry.register(
+            "http_idle_closed_connections",
+            "Connections closed while idle, by reason",
+            self.closed_idle.clone(),
+        );
+        registry.register(
+            "http_parser_refused",
+            "Requests refused by the HTTP parser, by status",
+            self.parser_refused.clone(),
         );
     }
 }

@@ -1,29 +1,28 @@
 //! Routes compiled once per config into a matcher, and pools as the proxy sees them; the whole
-//! snapshot sits behind an ArcSwap, so requests take no lock.
+//! snapshot sits behind an ArcSwap, so requests take no lock. What must outlive a rebuild
+//! (in-flight counts, streaks, buckets, budgets) lives in the [`Runtime`] the snapshot points to.
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
+        Arc,
+        atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
+use hyper::{HeaderMap, Method, Request};
 use ipnet::IpNet;
-
-use crate::proxy::auth::{ApiKeys, Jwt};
-
-use hyper::{Method, Request};
 use lb_common::hash::murmur3_32;
 use regex::Regex;
 
 use crate::{
-    config::{
-        Balance, CacheConfig, Fallback, Outlier, PathMatch, RateKey, RateLimit, Route, UpstreamProtocol,
-    },
+    config::{Balance, CacheConfig, Fallback, Outlier, PathMatch, Route, UpstreamProtocol},
     maglev::{self, Weighted},
-    proxy::metrics::Label,
+    proxy::{
+        metrics::Label,
+        runtime::{BackendRuntime, PoolRuntime, RouteRuntime, Runtime},
+    },
     state::State,
     tables::addr_of,
 };
@@ -54,56 +53,13 @@ pub struct CompiledRoute {
     split: Vec<(Label, f64)>,
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,
-    limiter: Option<RateLimiter>,
     pub shadow: Option<(String, f64)>,
     pub cache: Option<CacheConfig>,
-    pub api_keys: Option<ApiKeys>,
-    pub jwt: Option<Jwt>,
     pub retries: u32,
     retry_budget_percent: f64,
-    /// Requests and retries seen since this snapshot (the retry budget).
-    requests: AtomicU64,
-    retries_used: AtomicU64,
     pub fallback: Option<Fallback>,
-}
-
-/// Retries always allowed before the budget's share applies.
-const RETRY_BUDGET_FLOOR: u64 = 3;
-
-/// Token buckets per key; a new snapshot (reload) starts them full.
-struct RateLimiter {
-    limit: RateLimit,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
-}
-
-/// Most keys a rate limiter remembers; past it, full buckets are forgotten.
-const MAX_BUCKETS: usize = 100_000;
-
-impl RateLimiter {
-    /// None if the request may go; else the seconds to wait (Retry-After).
-    fn check(&self, client: IpAddr, api_key: Option<&str>) -> Option<u64> {
-        let key = match self.limit.key {
-            RateKey::ClientIp => client.to_string(),
-            RateKey::ApiKey => api_key.unwrap_or_default().to_owned(),
-            RateKey::Route => String::new(),
-        };
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= MAX_BUCKETS {
-            let (rate, burst) = (self.limit.requests_per_second, self.limit.burst);
-            buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < burst);
-        }
-        let (tokens, at) = buckets.entry(key).or_insert((self.limit.burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.limit.requests_per_second)
-            .min(self.limit.burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            None
-        } else {
-            Some(((1.0 - *tokens) / self.limit.requests_per_second).ceil().max(1.0) as u64)
-        }
-    }
+    /// Rate-limit buckets, the retry budget and credentials (kept across rebuilds).
+    pub runtime: Arc<RouteRuntime>,
 }
 
 impl CompiledRoute {
@@ -113,24 +69,11 @@ impl CompiledRoute {
             && !self.deny.iter().any(|n| n.contains(&client))
     }
 
-    /// None if under the rate limit; else seconds to wait.
-    pub fn rate_limited(&self, client: IpAddr, api_key: Option<&str>) -> Option<u64> {
-        self.limiter.as_ref().and_then(|l| l.check(client, api_key))
-    }
-
-    /// Counts a request (the retry budget's base).
-    pub fn count_request(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Takes one retry from the budget, if there is one left.
+    /// Takes one retry from the route's budget, if there is one left.
     pub fn take_retry(&self) -> bool {
-        let allowed = RETRY_BUDGET_FLOOR
-            + (self.requests.load(Ordering::Relaxed) as f64 * self.retry_budget_percent / 100.0) as u64;
-        self.retries_used.fetch_add(1, Ordering::Relaxed) < allowed
+        self.runtime.take_retry(self.retry_budget_percent)
     }
 
-    /// Whether `pool` is one this route sends to.
     /// This route's label of `pool`, if it is one this route sends to.
     pub fn serves(&self, pool: &str) -> Option<&Label> {
         std::iter::once(&self.pool).chain(self.split.iter().map(|(p, _)| p)).find(|p| &***p == pool)
@@ -148,27 +91,16 @@ impl CompiledRoute {
         &self.pool
     }
 
-    fn compile(route: &Route) -> CompiledRoute {
+    fn compile(route: &Route, runtime: &Runtime) -> CompiledRoute {
         CompiledRoute {
             split: route.split.iter().map(|(p, share)| (Label::from(p.as_str()), *share)).collect(),
             allow: route.allow.clone(),
             deny: route.deny.clone(),
-            limiter: route
-                .rate_limit
-                .clone()
-                .map(|limit| RateLimiter { limit, buckets: Mutex::new(HashMap::new()) }),
             shadow: route.shadow.clone(),
             cache: route.cache.clone(),
-            api_keys: route.api_key.clone().map(ApiKeys::new),
-            // Validated when the config was read; a key file gone since then refuses everything.
-            jwt: route
-                .jwt
-                .as_ref()
-                .and_then(|j| Jwt::new(j).map_err(|e| log::error!("route {}: jwt: {e:#}", route.name)).ok()),
             retries: route.retries,
             retry_budget_percent: route.retry_budget_percent,
-            requests: AtomicU64::new(0),
-            retries_used: AtomicU64::new(0),
+            runtime: runtime.route(route),
             fallback: route.fallback.clone(),
             name: route.name.as_str().into(),
             host: route.host.clone(),
@@ -225,12 +157,16 @@ pub struct Upstream {
     pub label: Label,
     /// `address` as the authority of upstream request URIs.
     pub authority: hyper::http::uri::Authority,
-    /// Requests in flight (least-requests balancing, circuit breaking).
-    pub in_flight: AtomicUsize,
-    /// Failed requests in a row (outlier ejection).
-    pub failures: AtomicU32,
-    /// Woken when a request of this pool ends (pending requests wait on it).
-    pub freed: Arc<tokio::sync::Notify>,
+    /// In-flight count and failure streak (kept across rebuilds).
+    pub runtime: Arc<BackendRuntime>,
+    /// Its pool's runtime: woken when a request ends (pending requests wait on it).
+    pub pool: Arc<PoolRuntime>,
+}
+
+impl Upstream {
+    pub fn in_flight(&self) -> usize {
+        self.runtime.in_flight.load(Ordering::Relaxed)
+    }
 }
 
 /// A pool as the proxy balances it: usable backends only (drained and down ones are out,
@@ -241,9 +177,8 @@ pub struct L7Pool {
     pub protocol: UpstreamProtocol,
     max_in_flight: Option<usize>,
     max_pending: usize,
-    /// Requests waiting for a backend under its limit.
-    pending: AtomicUsize,
-    freed: Arc<tokio::sync::Notify>,
+    /// Requests waiting for a backend under its limit (kept across rebuilds).
+    runtime: Arc<PoolRuntime>,
     pub outlier: Option<Outlier>,
     balance: Balance,
     hash_key: String,
@@ -264,36 +199,30 @@ pub fn cookie<'a>(headers: &'a hyper::HeaderMap, name: &str) -> Option<&'a str> 
         .map(|(_, v)| v)
 }
 
-/// What the key of a consistent-hash pool is for this request.
-fn hash_input<B>(key: &str, request: &Request<B>, client: IpAddr) -> Vec<u8> {
+/// What the key of a consistent-hash pool is for a request with `headers`.
+fn hash_input(key: &str, headers: &HeaderMap, client: IpAddr) -> Vec<u8> {
     if let Some(name) = key.strip_prefix("header:") {
-        return request.headers().get(name).map(|v| v.as_bytes().to_vec()).unwrap_or_default();
+        return headers.get(name).map(|v| v.as_bytes().to_vec()).unwrap_or_default();
     }
     if let Some(name) = key.strip_prefix("cookie:") {
-        return cookie(request.headers(), name).unwrap_or_default().as_bytes().to_vec();
+        return cookie(headers, name).unwrap_or_default().as_bytes().to_vec();
     }
     addr_of(client).to_vec()
 }
 
 impl L7Pool {
-    /// Picks an upstream for `request` from `client`: the balancer's choice, else (tried
-    /// already, or at its circuit breaker's limit) the next usable one in pool order.
+    /// Picks an upstream for a request with `headers` from `client`: the balancer's choice, else
+    /// (tried already, or at its circuit breaker's limit) the next usable one in pool order.
     /// None: every upstream was tried or is at its limit.
-    pub fn pick<B>(
-        &self,
-        request: &Request<B>,
-        client: IpAddr,
-        tried: &[SocketAddr],
-    ) -> Option<Arc<Upstream>> {
+    pub fn pick(&self, headers: &HeaderMap, client: IpAddr, tried: &[SocketAddr]) -> Option<Arc<Upstream>> {
         // A retry does not consult the balancer again (that would skew round robin): it takes
         // the next backend after the last one tried.
         let first = match tried.last() {
-            None => self.choose(request, client)?,
+            None => self.choose(headers, client)?,
             Some(last) => self.upstreams.iter().find(|u| u.address == *last)?.clone(),
         };
         let usable = |u: &Upstream| {
-            !tried.contains(&u.address)
-                && self.max_in_flight.is_none_or(|max| u.in_flight.load(Ordering::Relaxed) < max)
+            !tried.contains(&u.address) && self.max_in_flight.is_none_or(|max| u.in_flight() < max)
         };
         if usable(&first) {
             return Some(first);
@@ -307,38 +236,39 @@ impl L7Pool {
 
     /// [`L7Pool::pick`] that, when every backend is at its limit, waits (at most `timeout`, as
     /// one of at most `max_pending_requests`) for one to free up.
-    pub async fn pick_or_wait<B>(
+    pub async fn pick_or_wait(
         &self,
-        request: &Request<B>,
+        headers: &HeaderMap,
         client: IpAddr,
         timeout: Duration,
     ) -> Option<Arc<Upstream>> {
-        if let Some(upstream) = self.pick(request, client, &[]) {
+        if let Some(upstream) = self.pick(headers, client, &[]) {
             return Some(upstream);
         }
-        if self.upstreams.is_empty() || self.pending.fetch_add(1, Ordering::Relaxed) >= self.max_pending {
-            self.pending.fetch_sub(1, Ordering::Relaxed);
+        let pending = &self.runtime.pending;
+        if self.upstreams.is_empty() || pending.fetch_add(1, Ordering::Relaxed) >= self.max_pending {
+            pending.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let picked = loop {
             // Registered before the check, so a request ending in between still wakes us.
-            let freed = self.freed.notified();
+            let freed = self.runtime.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if let Some(upstream) = self.pick(request, client, &[]) {
+            if let Some(upstream) = self.pick(headers, client, &[]) {
                 break Some(upstream);
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 break None;
             }
         };
-        self.pending.fetch_sub(1, Ordering::Relaxed);
+        pending.fetch_sub(1, Ordering::Relaxed);
         picked
     }
 
     /// The balancing rule's choice for `request` from `client`.
-    fn choose<B>(&self, request: &Request<B>, client: IpAddr) -> Option<Arc<Upstream>> {
+    fn choose(&self, headers: &HeaderMap, client: IpAddr) -> Option<Arc<Upstream>> {
         let n = self.upstreams.len();
         if n == 0 {
             return None;
@@ -350,11 +280,11 @@ impl L7Pool {
                 let c = self.next.fetch_add(1, Ordering::Relaxed);
                 let a = c % n;
                 let b = if n > 1 { (a + 1 + (c / n) % (n - 1)) % n } else { a };
-                let load = |i: usize| self.upstreams[i].in_flight.load(Ordering::Relaxed);
+                let load = |i: usize| self.upstreams[i].in_flight();
                 if load(b) < load(a) { b } else { a }
             }
             Balance::Hash => {
-                let key = hash_input(&self.hash_key, request, client);
+                let key = hash_input(&self.hash_key, headers, client);
                 self.table[(murmur3_32(&key, 0) % HASH_TABLE_SIZE) as usize] as usize
             }
         };
@@ -370,10 +300,12 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn build(state: &State) -> Snapshot {
+    /// The snapshot of `state`, its runtime entries taken from (or added to) `runtime`.
+    pub fn build(state: &State, runtime: &Runtime) -> Snapshot {
+        runtime.retain(&state.config);
         let mut routes: HashMap<String, Vec<CompiledRoute>> = HashMap::new();
         for route in &state.config.routes {
-            routes.entry(route.listener.clone()).or_default().push(CompiledRoute::compile(route));
+            routes.entry(route.listener.clone()).or_default().push(CompiledRoute::compile(route, runtime));
         }
         let pools = state
             .config
@@ -395,7 +327,7 @@ impl Snapshot {
                 } else {
                     Vec::new()
                 };
-                let freed = Arc::new(tokio::sync::Notify::new());
+                let pool_runtime = runtime.pool(&pool.name);
                 let upstreams = usable
                     .iter()
                     .map(|(addr, _)| {
@@ -404,9 +336,8 @@ impl Snapshot {
                             address,
                             label: address.to_string().into(),
                             authority: address.to_string().parse().expect("a socket address is an authority"),
-                            in_flight: AtomicUsize::new(0),
-                            failures: AtomicU32::new(0),
-                            freed: freed.clone(),
+                            runtime: runtime.backend(&pool.name, address),
+                            pool: pool_runtime.clone(),
                         })
                     })
                     .collect();
@@ -416,8 +347,7 @@ impl Snapshot {
                     protocol: pool.protocol,
                     max_in_flight: pool.max_requests_per_backend,
                     max_pending: pool.max_pending_requests,
-                    pending: AtomicUsize::new(0),
-                    freed,
+                    runtime: pool_runtime,
                     outlier: pool.outlier,
                     balance: pool.balance,
                     hash_key: pool.hash_key.clone(),
@@ -448,18 +378,18 @@ mod tests {
             "[dataplane]\ninterface = \"lo\"\n[[pool]]\nname = \"p\"\n\
              backends = [{{ address = \"10.0.0.1\" }}, {{ address = \"10.0.0.2\" }}, {{ address = \"10.0.0.3\" }}]\n{pool}"
         );
-        Snapshot::build(&State::new(Config::parse(Path::new("t.toml"), &text).unwrap()))
+        Snapshot::build(&State::new(Config::parse(Path::new("t.toml"), &text).unwrap()), &Runtime::default())
     }
 
-    fn request() -> Request<()> {
-        Request::new(())
+    fn request() -> HeaderMap {
+        HeaderMap::new()
     }
 
     #[test]
     fn least_requests_avoids_the_busy_backend() {
         let s = snapshot("balance = \"least_requests\"\n");
         let pool = &s.pools["p"];
-        pool.upstreams[0].in_flight.store(10, Ordering::Relaxed);
+        pool.upstreams[0].runtime.in_flight.store(10, Ordering::Relaxed);
         let client: IpAddr = "192.0.2.1".parse().unwrap();
         for _ in 0..30 {
             let picked = pool.pick(&request(), client, &[]).unwrap();
@@ -476,6 +406,41 @@ mod tests {
             (0..6).map(|_| pool.pick(&request(), client, &[]).unwrap().address).collect();
         assert_eq!(picks[..3], picks[3..]);
         assert_eq!(picks[..3].iter().collect::<std::collections::BTreeSet<_>>().len(), 3);
+    }
+
+    #[test]
+    fn runtime_state_survives_a_rebuild_for_an_unrelated_change() {
+        let text = "[dataplane]\ninterface = \"lo\"\n[[pool]]\nname = \"p\"\n\
+             backends = [{ address = \"10.0.0.1\" }, { address = \"10.0.0.2\" }, { address = \"10.0.0.3\" }]\n\
+             [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\n\
+             [[route]]\nname = \"r\"\nlistener = \"l\"\npool = \"p\"\n\
+             rate_limit = { requests_per_second = 1, burst = 1 }\n";
+        let mut state = State::new(Config::parse(Path::new("t.toml"), text).unwrap());
+        let runtime = Runtime::default();
+        let before = Snapshot::build(&state, &runtime);
+        let first = &before.pools["p"].upstreams[0];
+        first.runtime.in_flight.store(7, Ordering::Relaxed);
+        first.runtime.failures.store(2, Ordering::Relaxed);
+        let route = &before.routes["l"][0];
+        let client: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(route.runtime.rate_limited(client, None), None);
+        assert!(route.runtime.rate_limited(client, None).is_some(), "burst of 1 spent");
+        // Another backend goes down: the snapshot is rebuilt.
+        let down = crate::state::Command::SetHealth {
+            pool: "p".into(),
+            address: "10.0.0.3".parse().unwrap(),
+            healthy: false,
+        };
+        state.apply(&down).unwrap();
+        let after = Snapshot::build(&state, &runtime);
+        let same = after.pools["p"].upstreams.iter().find(|u| u.address == first.address).unwrap();
+        assert_eq!(same.in_flight(), 7, "in-flight count reset");
+        assert_eq!(same.runtime.failures.load(Ordering::Relaxed), 2, "failure streak reset");
+        assert!(
+            after.routes["l"][0].runtime.rate_limited(client, None).is_some(),
+            "rate-limit bucket refilled"
+        );
+        assert_eq!(after.pools["p"].upstreams.len(), 2);
     }
 
     #[test]

@@ -77,3 +77,23 @@ fn a_pool_in_use_cannot_be_removed() {
         Err(CommandError::PoolInUse("web".into(), "web".into()))
     );
 }
+
+#[test]
+fn an_ejection_outlasts_good_probes() {
+    let mut state = State::new(config("{ address = \"10.0.0.1\" }, { address = \"10.0.0.2\" }", ""));
+    let eject = Command::SetEjected { pool: "web".into(), address: ip("10.0.0.1"), ejected: true };
+    assert!(state.apply(&eject).unwrap().contains("ejected"));
+    let up = Command::SetHealth { pool: "web".into(), address: ip("10.0.0.1"), healthy: true };
+    state.apply(&up).unwrap();
+    let (weights, open) = state.effective_backends(&state.config.pools["web"]);
+    assert_eq!(
+        weights.iter().map(|w| w.weight).collect::<Vec<_>>(),
+        [0, 100],
+        "a good probe ended the ejection"
+    );
+    assert!(!open);
+    let back = Command::SetEjected { pool: "web".into(), address: ip("10.0.0.1"), ejected: false };
+    assert!(state.apply(&back).unwrap().contains("back"));
+    let (weights, _) = state.effective_backends(&state.config.pools["web"]);
+    assert_eq!(weights.iter().map(|w| w.weight).collect::<Vec<_>>(), [100, 100]);
+}

@@ -1,0 +1,176 @@
+//! The access log: one logfmt line per request on log target `access`, written when the
+//! response is done (so it has the bytes sent). Values a client controls are quoted and escaped,
+//! so none can forge a field; an API key in the query is redacted.
+use std::{fmt::Write as _, net::SocketAddr, time::Instant};
+
+use crate::proxy::metrics::Label;
+
+/// What one client connection is, for every request on it.
+pub struct ClientConn {
+    pub address: SocketAddr,
+    /// `TLSv1_3`, `TLSv1_2`; None for plain HTTP.
+    pub tls_version: Option<&'static str>,
+    /// The server name the client asked for in its ClientHello.
+    pub sni: Option<String>,
+}
+
+impl ClientConn {
+    pub fn tls(&self) -> bool {
+        self.tls_version.is_some()
+    }
+}
+
+/// One request's line, filled in as the request goes, written by [`Entry::write`].
+pub struct Entry {
+    pub started: Instant,
+    pub method: String,
+    pub host: String,
+    /// Path and query, with a query API key already redacted.
+    pub target: String,
+    pub status: u16,
+    pub upstream: Label,
+    pub request_id: String,
+    /// Why the proxy answered by itself, when it did (`no route`, `rate limited`, ...).
+    pub reason: Option<&'static str>,
+}
+
+/// A value as logfmt writes it: bare when it is plain, else quoted with `"` and `\` escaped and
+/// every control or non-ASCII byte written as `\xNN`.
+pub fn quote(value: &str) -> String {
+    let plain = !value.is_empty()
+        && value.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\');
+    if plain {
+        return value.to_owned();
+    }
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for b in value.bytes() {
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b' ' => out.push(' '),
+            _ if b.is_ascii_graphic() => out.push(b as char),
+            _ => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `target` with the value of query parameter `param` replaced by `REDACTED`.
+pub fn redact_query(target: &str, param: &str) -> String {
+    let Some((path, query)) = target.split_once('?') else { return target.to_owned() };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if k == param => format!("{k}=REDACTED"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{path}?{}", pairs.join("&"))
+}
+
+impl Entry {
+    /// The line for this request, sent `bytes` body bytes on `conn`.
+    pub fn line(&self, conn: &ClientConn, bytes: u64) -> String {
+        let mut line = format!(
+            "client={} host={} method={} path={} status={} upstream={} bytes={bytes} duration_ms={:.3} request_id={}",
+            conn.address,
+            quote(&self.host),
+            quote(&self.method),
+            quote(&self.target),
+            self.status,
+            if self.upstream.is_empty() { "-".to_owned() } else { quote(&self.upstream) },
+            self.started.elapsed().as_secs_f64() * 1000.0,
+            quote(&self.request_id),
+        );
+        if let Some(version) = conn.tls_version {
+            let _ = write!(line, " tls={version} sni={}", quote(conn.sni.as_deref().unwrap_or("-")));
+        }
+        if let Some(reason) = self.reason {
+            let _ = write!(line, " reason={}", quote(reason));
+        }
+        line
+    }
+
+    pub fn write(&self, conn: &ClientConn, bytes: u64) {
+        log::info!(target: "access", "{}", self.line(conn, bytes));
+    }
+}
+
+/// The line for a request the HTTP parser refused (it never had a method or a path).
+pub fn refused(conn: &ClientConn, status: u16, reason: &str) {
+    log::info!(target: "access", "client={} status={status} reason={}", conn.address, quote(reason));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_value_cannot_forge_fields() {
+        let forged = quote("abc status=500 upstream=10.6.6.6:80");
+        assert_eq!(forged, "\"abc status=500 upstream=10.6.6.6:80\"");
+        assert_eq!(quote("a\"b\\c\nd\u{7f}é"), "\"a\\\"b\\\\c\\x0ad\\x7f\\xc3\\xa9\"");
+        assert_eq!(quote(""), "\"\"");
+        assert_eq!(quote("/plain/path?x=1"), "\"/plain/path?x=1\"");
+        assert_eq!(quote("example.test"), "example.test");
+    }
+
+    #[test]
+    fn a_query_api_key_is_redacted() {
+        assert_eq!(redact_query("/a?x=1&key=s3cret&y=2", "key"), "/a?x=1&key=REDACTED&y=2");
+        assert_eq!(redact_query("/a?keys=1", "key"), "/a?keys=1");
+        assert_eq!(redact_query("/a", "key"), "/a");
+    }
+
+    /// A logfmt line's (key, value) pairs, as a log reader splits them.
+    fn fields(line: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut rest = line;
+        while let Some((key, after)) = rest.trim_start().split_once('=') {
+            let (value, next) = match after.strip_prefix('"') {
+                Some(quoted) => {
+                    let mut end = 0;
+                    let bytes = quoted.as_bytes();
+                    while end < bytes.len() && bytes[end] != b'"' {
+                        end += if bytes[end] == b'\\' { 2 } else { 1 };
+                    }
+                    (&quoted[..end], &quoted[(end + 1).min(quoted.len())..])
+                }
+                None => after.split_once(' ').unwrap_or((after, "")),
+            };
+            out.push((key.to_owned(), value.to_owned()));
+            rest = next;
+        }
+        out
+    }
+
+    #[test]
+    fn the_line_names_every_field_once() {
+        let conn = ClientConn {
+            address: "192.0.2.1:5000".parse().unwrap(),
+            tls_version: Some("TLSv1_3"),
+            sni: Some("example.test".into()),
+        };
+        let entry = Entry {
+            started: Instant::now(),
+            method: "GET".into(),
+            host: "example.test".into(),
+            target: "/".into(),
+            status: 200,
+            upstream: "10.0.0.1:80".into(),
+            request_id: "abc status=500".into(),
+            reason: None,
+        };
+        let line = entry.line(&conn, 42);
+        let keys = fields(&line);
+        let status: Vec<_> = keys.iter().filter(|(k, _)| k == "status").collect();
+        assert_eq!(status.len(), 1, "{line}");
+        assert_eq!(status[0].1, "200");
+        assert!(line.contains("bytes=42 ") && line.contains("tls=TLSv1_3 sni=example.test"), "{line}");
+        assert!(line.contains("request_id=\"abc status=500\""), "{line}");
+    }
+}

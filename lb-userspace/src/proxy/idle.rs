@@ -1,0 +1,279 @@
+//! Idle client connections: each connection's activity (last byte, requests in flight), the
+//! watchdog that closes it when it stays idle too long, and the listener's registry of open
+//! connections, from which the longest-idle one is closed first when the listener is full.
+use std::{
+    collections::HashMap,
+    io,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    sync::Notify,
+};
+
+/// What one client connection has been doing.
+pub struct Activity {
+    born: Instant,
+    /// Milliseconds after `born` of the last byte read or written.
+    last_ms: AtomicU64,
+    /// Requests started on this connection; 0 until the first one.
+    requests: AtomicU64,
+    /// Requests whose response is not finished.
+    in_flight: AtomicUsize,
+    /// Told when the listener needs this connection's slot.
+    evict: Notify,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            born: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            evict: Notify::new(),
+        }
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms.store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Time since the last byte either way.
+    fn quiet_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.born.elapsed().saturating_sub(last)
+    }
+
+    fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+    }
+
+    /// A request starts; it stays in flight until the returned guard is dropped (with the
+    /// response body).
+    pub fn start(self: &Arc<Self>) -> Busy {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+}
+
+/// A request in flight on a connection.
+pub struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why the watchdog closed a connection (a metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// No request began within the first-byte timeout.
+    FirstByte,
+    /// Idle between requests for the keep-alive timeout.
+    KeepAlive,
+    /// Closed while idle to make room for a new connection.
+    Evicted,
+}
+
+impl Closed {
+    pub fn label(self) -> &'static str {
+        match self {
+            Closed::FirstByte => "first_byte_timeout",
+            Closed::KeepAlive => "idle_timeout",
+            Closed::Evicted => "evicted_idle",
+        }
+    }
+}
+
+/// Resolves when the connection should be closed: idle (no request in flight) and quiet for
+/// `first_byte` before its first request or `keep_alive` after one, or evicted while idle.
+pub async fn watchdog(activity: &Activity, first_byte: Duration, keep_alive: Duration) -> Closed {
+    loop {
+        let (limit, reason) = if activity.requests.load(Ordering::Relaxed) == 0 {
+            (first_byte, Closed::FirstByte)
+        } else {
+            (keep_alive, Closed::KeepAlive)
+        };
+        let quiet = activity.quiet_for();
+        if activity.idle() && quiet >= limit {
+            return reason;
+        }
+        let wait = if activity.idle() { limit - quiet } else { limit };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = activity.evict.notified() => {
+                if activity.idle() {
+                    return Closed::Evicted;
+                }
+            }
+        }
+    }
+}
+
+/// A client stream whose reads and writes mark its connection active.
+pub struct Watched<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> Watched<S> {
+    pub fn new(inner: S, activity: Arc<Activity>) -> Self {
+        activity.touch();
+        Watched { inner, activity }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A listener's open connections.
+#[derive(Default)]
+pub struct Registry {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<Activity>>>,
+}
+
+/// A connection's place in its listener's registry; leaves it when dropped.
+pub struct Registered {
+    registry: Arc<Registry>,
+    id: u64,
+    pub activity: Arc<Activity>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.registry.open.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
+}
+
+impl Registry {
+    /// Adds a new connection.
+    pub fn register(self: &Arc<Self>) -> Registered {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let activity = Arc::new(Activity::default());
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).insert(id, activity.clone());
+        Registered { registry: self.clone(), id, activity }
+    }
+
+    /// Asks the connection idle the longest to close. False: every connection is busy.
+    pub fn evict_idle(&self) -> bool {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let victim = open.values().filter(|a| a.idle()).max_by_key(|a| a.quiet_for());
+        match victim {
+            Some(activity) => {
+                activity.evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_closes_at_the_first_byte_timeout() {
+        let activity = Activity::default();
+        let started = tokio::time::Instant::now();
+        let reason = watchdog(&activity, Duration::from_secs(2), Duration::from_secs(60)).await;
+        assert_eq!(reason, Closed::FirstByte);
+        assert!(started.elapsed() >= Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_busy_connection_is_not_closed_and_not_evicted() {
+        let registry = Arc::new(Registry::default());
+        let conn = registry.register();
+        let busy = conn.activity.start();
+        assert!(!registry.evict_idle(), "the only connection is busy");
+        let closed = tokio::time::timeout(
+            Duration::from_millis(100),
+            watchdog(&conn.activity, Duration::from_millis(10), Duration::from_millis(10)),
+        )
+        .await;
+        assert!(closed.is_err(), "closed with a request in flight");
+        drop(busy);
+        let reason = watchdog(&conn.activity, Duration::from_millis(10), Duration::from_millis(20)).await;
+        assert_eq!(reason, Closed::KeepAlive);
+    }
+
+    #[tokio::test]
+    async fn eviction_picks_the_longest_idle_connection() {
+        let registry = Arc::new(Registry::default());
+        let old = registry.register();
+        std::thread::sleep(Duration::from_millis(20));
+        let new = registry.register();
+        let _busy = registry.register();
+        let _busy_guard = _busy.activity.start();
+        assert!(registry.evict_idle());
+        let far = Duration::from_secs(60);
+        let reason = tokio::time::timeout(Duration::from_secs(1), watchdog(&old.activity, far, far)).await;
+        assert_eq!(reason.ok(), Some(Closed::Evicted));
+        let untouched =
+            tokio::time::timeout(Duration::from_millis(50), watchdog(&new.activity, far, far)).await;
+        assert!(untouched.is_err(), "the newer connection was evicted");
+        drop(old);
+        assert_eq!(registry.open.lock().unwrap().len(), 2);
+    }
+}

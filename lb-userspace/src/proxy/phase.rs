@@ -1,0 +1,32 @@
+//! The phases one request goes through, in order: guard (framing and size limits), gate
+//! (allow/deny, API key, JWT, rate limit), choose (split, sticky, circuit breaking), headers,
+//! caching, shadow, upstream (tries, retries, outlier observation), respond. Each is a short
+//! function of the request's parts; `pipeline` calls them in turn.
+pub mod caching;
+pub mod choose;
+pub mod gate;
+pub mod guard;
+pub mod headers;
+pub mod respond;
+pub mod shadow;
+pub mod upstream;
+
+use hyper::Response;
+
+use respond::Body;
+
+/// A request the proxy answers by itself, and why (for the access log).
+pub struct Refusal {
+    pub response: Box<Response<Body>>,
+    pub reason: &'static str,
+}
+
+impl Refusal {
+    pub fn new(status: hyper::StatusCode, reason: &'static str) -> Refusal {
+        Refusal::with(respond::text(status, reason), reason)
+    }
+
+    pub fn with(response: Response<Body>, reason: &'static str) -> Refusal {
+        Refusal { response: Box::new(response), reason }
+    }
+}

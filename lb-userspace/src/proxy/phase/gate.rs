@@ -1,0 +1,50 @@
+//! Gate: who may use a route: the client allow and deny lists, an API key, a JWT (whose verified
+//! subject, and only it, reaches the backend in the route's subject header), the rate limit.
+use std::net::IpAddr;
+
+use hyper::{
+    HeaderMap, StatusCode, Uri,
+    header::{self, HeaderValue},
+};
+
+use crate::proxy::{phase::Refusal, routes::CompiledRoute};
+
+/// Lets the request through or says why not; may set the JWT subject header.
+pub fn admit(
+    route: &CompiledRoute,
+    headers: &mut HeaderMap,
+    uri: &Uri,
+    client: IpAddr,
+) -> Result<(), Refusal> {
+    if !route.admits(client) {
+        return Err(Refusal::new(StatusCode::FORBIDDEN, "client address not allowed on this route"));
+    }
+    let runtime = &route.runtime;
+    let mut api_key = None;
+    if let Some(keys) = &runtime.api_keys {
+        let key = keys.check(headers, uri).map_err(|(status, why)| Refusal::new(status, why))?;
+        api_key = Some(key);
+    }
+    if let Some(jwt) = &runtime.jwt {
+        let subject = jwt.check(headers).map_err(|(status, why)| {
+            let mut refusal = Refusal::new(status, why);
+            refusal
+                .response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            refusal
+        })?;
+        if let Some(name) = &jwt.subject_header {
+            headers.remove(name);
+            if let Some(value) = subject.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
+                headers.insert(name.clone(), value);
+            }
+        }
+    }
+    if let Some(wait) = runtime.rate_limited(client, api_key.as_deref()) {
+        let mut refusal = Refusal::new(StatusCode::TOO_MANY_REQUESTS, "rate limited");
+        refusal.response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
+        return Err(refusal);
+    }
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! Shadow: a copy of a share of a route's bodiless requests goes to the shadow pool on a task of
+//! its own (the backend is picked with the request's own headers, so hashing holds); its answer
+//! is counted and dropped.
+use std::{net::IpAddr, sync::Arc, time::Duration};
+
+use http_body_util::BodyExt;
+use hyper::http::request::Parts;
+
+use crate::proxy::{
+    metrics::{Label, ProxyMetrics},
+    phase::{
+        respond,
+        upstream::{InFlight, Upstreams},
+    },
+    routes::L7Pool,
+};
+
+/// How long a shadow copy may take before it is given up.
+const SHADOW_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends a copy of the request (`parts`, already rewritten for upstream) to `shadow`.
+pub fn send(
+    upstreams: &Arc<Upstreams>,
+    shadow: &L7Pool,
+    parts: &Parts,
+    host: &str,
+    client: IpAddr,
+    metrics: &ProxyMetrics,
+    route: &Label,
+) {
+    let Some(target) = shadow.pick(&parts.headers, client, &[]) else { return };
+    let mut copy = Parts::clone(parts);
+    copy.extensions = Default::default();
+    let (upstreams, metrics, host) = (upstreams.clone(), metrics.clone(), host.to_owned());
+    let (label, pool, protocol) =
+        (Label::from(format!("{route}:shadow")), shadow.name.clone(), shadow.protocol);
+    tokio::spawn(async move {
+        let _in_flight = InFlight::start(&target);
+        let sent = upstreams.send(protocol, &target, &copy, copy.headers.clone(), &host, respond::empty());
+        let status = match tokio::time::timeout(SHADOW_TIMEOUT, sent).await {
+            Ok(Ok(response)) => {
+                let status = response.status().as_u16();
+                let _ = tokio::time::timeout(SHADOW_TIMEOUT, response.into_body().collect()).await;
+                status
+            }
+            _ => 502,
+        };
+        metrics.request(&label, &pool, &target.label, status, None);
+    });
+}

@@ -1,0 +1,324 @@
+//! Upstream: sending a request to one backend (pooled HTTP/1.1 keep-alive connections, or
+//! HTTP/2 to h2c pools with the client's host as `:authority`), and the tries of one request:
+//! a retry goes to another backend within the route's budget; a 502/503/504 that cannot be
+//! retried reaches the client as the backend sent it; every answer feeds outlier detection.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU16, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use hyper::{
+    HeaderMap, Request, Response, StatusCode, Uri, Version,
+    body::Incoming,
+    client::conn::http2,
+    header,
+    http::{request::Parts, uri::PathAndQuery},
+};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+};
+
+use crate::{
+    config::UpstreamProtocol,
+    proxy::{
+        metrics::Label,
+        phase::respond::{self, Body},
+        routes::{CompiledRoute, L7Pool, Upstream},
+    },
+    state::Command,
+};
+
+type SendError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long connecting to a backend may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A request in flight on an upstream, from send until its response body is done.
+pub struct InFlight(Arc<Upstream>);
+
+impl InFlight {
+    pub fn start(upstream: &Arc<Upstream>) -> InFlight {
+        upstream.runtime.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(upstream.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.runtime.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.pool.freed.notify_waiters();
+    }
+}
+
+/// Open HTTP/2 connections to h2c backends, one per backend (streams are multiplexed on it).
+#[derive(Default)]
+struct H2cConnections(Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>);
+
+impl H2cConnections {
+    async fn send(
+        &self,
+        address: SocketAddr,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let open = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&address)
+            .filter(|s| !s.is_closed())
+            .cloned();
+        let mut sender = match open {
+            Some(sender) => sender,
+            None => {
+                let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
+                    .await
+                    .map_err(|_| "connect timed out")??;
+                let _ = stream.set_nodelay(true);
+                let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .handshake(TokioIo::new(stream))
+                    .await?;
+                tokio::spawn(async move {
+                    if let Err(err) = connection.await {
+                        log::debug!("h2c upstream {address}: {err}");
+                    }
+                });
+                self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(address, sender.clone());
+                sender
+            }
+        };
+        sender.ready().await?;
+        Ok(sender.send_request(request).await?)
+    }
+}
+
+/// The connections to every backend.
+pub struct Upstreams {
+    http1: Client<HttpConnector, Body>,
+    h2c: H2cConnections,
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Upstreams { http1, h2c: H2cConnections::default() }
+    }
+}
+
+impl Upstreams {
+    /// Sends the request (`parts` with `headers`) to `upstream` in its pool's protocol. HTTP/1.1
+    /// keeps the client's Host; HTTP/2 carries the client's host as `:authority` and no Host
+    /// (RFC 9113 §8.3.1).
+    pub async fn send(
+        &self,
+        protocol: UpstreamProtocol,
+        upstream: &Upstream,
+        parts: &Parts,
+        mut headers: HeaderMap,
+        host: &str,
+        body: Body,
+    ) -> Result<Response<Incoming>, SendError> {
+        let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let h2 = protocol == UpstreamProtocol::H2c;
+        let authority = if h2 {
+            headers.remove(header::HOST);
+            host.parse().unwrap_or_else(|_| upstream.authority.clone())
+        } else {
+            upstream.authority.clone()
+        };
+        let uri = Uri::builder().scheme("http").authority(authority).path_and_query(path).build()?;
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        *request.headers_mut() = headers;
+        if h2 {
+            self.h2c.send(upstream.address, request).await
+        } else {
+            Ok(self.http1.request(request).await?)
+        }
+    }
+}
+
+/// Passive outlier ejection: failures in a row; at the pool's threshold the backend is ejected
+/// (it also leaves the XDP tables) for a time that grows with each ejection, then let back.
+/// Probes neither end nor start an ejection.
+pub fn observe(
+    pool: &L7Pool,
+    upstream: &Upstream,
+    failed: bool,
+    commands: &tokio::sync::mpsc::UnboundedSender<Command>,
+) {
+    let Some(outlier) = pool.outlier else { return };
+    let runtime = &upstream.runtime;
+    if !failed {
+        runtime.failures.store(0, Ordering::Relaxed);
+        return;
+    }
+    if runtime.failures.fetch_add(1, Ordering::Relaxed) + 1 != outlier.consecutive_failures {
+        return;
+    }
+    let times = runtime.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+    let duration = Duration::from_millis(outlier.ejection_ms * times as u64);
+    log::warn!(
+        "pool {}: backend {} ejected for {duration:?} after {} failures in a row",
+        pool.name,
+        upstream.address,
+        outlier.consecutive_failures
+    );
+    let (name, address) = (pool.name.to_string(), upstream.address.ip());
+    let _ = commands.send(Command::SetEjected { pool: name.clone(), address, ejected: true });
+    let commands = commands.clone();
+    let runtime = runtime.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(duration).await;
+        runtime.failures.store(0, Ordering::Relaxed);
+        let _ = commands.send(Command::SetEjected { pool: name, address, ejected: false });
+    });
+}
+
+/// A backend's answer, with its request still in flight.
+pub struct Answered {
+    pub response: Response<Incoming>,
+    pub in_flight: InFlight,
+    /// Time to response headers.
+    pub seconds: f64,
+    pub backend: Label,
+}
+
+/// No answer to pass on: what to tell the client.
+pub struct Failed {
+    pub status: StatusCode,
+    pub reason: &'static str,
+    /// The last backend tried (empty if none).
+    pub backend: Label,
+}
+
+/// What the tries of one request need.
+pub struct Tries<'a> {
+    pub upstreams: &'a Upstreams,
+    /// Where outlier ejections go.
+    pub commands: &'a tokio::sync::mpsc::UnboundedSender<Command>,
+    pub route: &'a CompiledRoute,
+    pub pool: &'a L7Pool,
+    pub host: &'a str,
+    pub client: std::net::IpAddr,
+    /// How many tries at most (1 + retries when the request may be retried).
+    pub tries: u32,
+    /// Set by the body reader when the client's body was bad: 413 (too long) or 400.
+    pub body_error: Arc<AtomicU16>,
+}
+
+impl Tries<'_> {
+    /// The next backend for a retry: one not tried yet, if the budget allows.
+    fn next(&self, headers: &HeaderMap, tried: &[SocketAddr]) -> Option<Arc<Upstream>> {
+        self.pool.pick(headers, self.client, tried).filter(|_| self.route.take_retry())
+    }
+
+    /// Sends the request to `first`, and on a connect failure or a 502/503/504 to other
+    /// backends while tries and budget last. `on_retried` sees every answer dropped for a retry.
+    pub async fn run(
+        &self,
+        first: Arc<Upstream>,
+        parts: &mut Parts,
+        body: Body,
+        draw: impl Fn() -> f64,
+        on_retried: impl Fn(&Upstream, u16, f64),
+    ) -> Result<Answered, Failed> {
+        let mut upstream = first;
+        let mut body = Some(body);
+        let mut tried = Vec::new();
+        for attempt in 0..self.tries {
+            if attempt > 0 {
+                // 5 ms doubling per try, times a draw in [0.5, 1.5).
+                let backoff = 5.0 * 2f64.powi(attempt as i32 - 1) * (0.5 + draw() / 100.0);
+                tokio::time::sleep(Duration::from_secs_f64(backoff / 1000.0)).await;
+            }
+            tried.push(upstream.address);
+            let last = attempt + 1 == self.tries;
+            // The last try takes the headers; earlier ones send a copy.
+            let headers = if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
+            let in_flight = InFlight::start(&upstream);
+            let sent = Instant::now();
+            let request_body = body.take().unwrap_or_else(respond::empty);
+            let result = tokio::time::timeout(
+                self.route.timeout,
+                self.upstreams.send(self.pool.protocol, &upstream, parts, headers, self.host, request_body),
+            )
+            .await;
+            let seconds = sent.elapsed().as_secs_f64();
+            let body_error = self.body_error.load(Ordering::Relaxed);
+            let failed = match &result {
+                Err(_) => true,
+                Ok(Err(_)) => body_error == 0,
+                Ok(Ok(response)) => response.status().is_server_error(),
+            };
+            observe(self.pool, &upstream, failed, self.commands);
+            let backend = upstream.label.clone();
+            let response = match result {
+                Err(_) => {
+                    return Err(Failed {
+                        status: StatusCode::GATEWAY_TIMEOUT,
+                        reason: "upstream timed out",
+                        backend,
+                    });
+                }
+                Ok(Err(err)) => {
+                    log::debug!("upstream {}: {err}", upstream.address);
+                    match body_error {
+                        413 => {
+                            let reason = "request body too large";
+                            return Err(Failed { status: StatusCode::PAYLOAD_TOO_LARGE, reason, backend });
+                        }
+                        400 => {
+                            let reason = "malformed request body";
+                            return Err(Failed { status: StatusCode::BAD_REQUEST, reason, backend });
+                        }
+                        _ => {}
+                    }
+                    match (!last).then(|| self.next(&parts.headers, &tried)).flatten() {
+                        Some(next) => {
+                            upstream = next;
+                            continue;
+                        }
+                        None => {
+                            return Err(Failed {
+                                status: StatusCode::BAD_GATEWAY,
+                                reason: "upstream failed",
+                                backend,
+                            });
+                        }
+                    }
+                }
+                Ok(Ok(response)) => response,
+            };
+            let status = response.status().as_u16();
+            if !last
+                && matches!(status, 502..=504)
+                && let Some(next) = self.next(&parts.headers, &tried)
+            {
+                on_retried(&upstream, status, seconds);
+                upstream = next;
+                continue;
+            }
+            return Ok(Answered { response, in_flight, seconds, backend });
+        }
+        Err(Failed {
+            status: StatusCode::BAD_GATEWAY,
+            reason: "upstream failed",
+            backend: upstream.label.clone(),
+        })
+    }
+}

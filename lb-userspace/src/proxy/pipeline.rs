@@ -1,0 +1,357 @@
+//! One request through the proxy, as a short sequence of phases (see `phase`): guard, route,
+//! gate, choose, headers, caching or shadow, upstream, respond; then count and log.
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU16, AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use http_body_util::{BodyExt, Limited};
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::Incoming,
+    header::{self, HeaderValue},
+};
+
+use crate::{
+    config::{Listener, UpstreamProtocol},
+    proxy::{
+        access_log::{self, ClientConn, Entry},
+        cache::CacheStore,
+        metrics::{Label, ProxyMetrics},
+        phase::{
+            Refusal, caching, choose, gate, guard, headers,
+            respond::{self, Body},
+            shadow,
+            upstream::{Tries, Upstreams},
+        },
+        routes::Snapshot,
+    },
+    state::Command,
+};
+
+/// Where an answer came from, for the metrics.
+struct Labels {
+    route: Label,
+    pool: Label,
+    backend: Label,
+    /// Set when an upstream answered: its time to response headers.
+    upstream_seconds: Option<f64>,
+    /// The query parameter the route takes API keys in (redacted from the log).
+    api_key_query: Option<String>,
+}
+
+/// Forwards requests; one per lbd, shared by every listener.
+pub struct Forwarder {
+    /// Routes' response caches (shared with the admin API for purges).
+    cache: Arc<CacheStore>,
+    /// Where outlier ejections go (into the State, like health results).
+    commands: tokio::sync::mpsc::UnboundedSender<Command>,
+    upstreams: Arc<Upstreams>,
+    pub metrics: ProxyMetrics,
+    next_id: AtomicU64,
+    id_seed: u64,
+    /// The metrics label of no route, pool or backend (the proxy answered by itself).
+    none: Label,
+    /// The backend label of answers from a route's cache.
+    cache_label: Label,
+}
+
+/// The request's host: the URI's (HTTP/2, absolute form), else the Host header's, without the
+/// port, lowercase.
+fn host_of<B>(request: &Request<B>) -> String {
+    request
+        .uri()
+        .host()
+        .map(str::to_owned)
+        .or_else(|| {
+            let host = request.headers().get(header::HOST)?.to_str().ok()?;
+            Some(
+                host.rsplit_once(':')
+                    .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+                    .map_or(host, |(h, _)| h)
+                    .to_owned(),
+            )
+        })
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+impl Forwarder {
+    pub fn new(
+        metrics: ProxyMetrics,
+        commands: tokio::sync::mpsc::UnboundedSender<Command>,
+        cache: Arc<CacheStore>,
+    ) -> Forwarder {
+        let id_seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        Forwarder {
+            cache,
+            commands,
+            upstreams: Arc::new(Upstreams::default()),
+            metrics,
+            next_id: AtomicU64::new(1),
+            id_seed,
+            none: Label::from(""),
+            cache_label: Label::from("cache"),
+        }
+    }
+
+    /// A uniform draw in [0, 100) for traffic splits (a hash of a counter: no RNG state).
+    fn draw(&self) -> f64 {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        lb_common::hash::murmur3_32(&n.to_le_bytes(), 0x5eed) as f64 / (u32::MAX as f64 + 1.0) * 100.0
+    }
+
+    fn request_id(&self) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "{:016x}{:08x}",
+            self.id_seed,
+            lb_common::hash::murmur3_32(&n.to_le_bytes(), self.id_seed as u32) ^ n as u32
+        )
+    }
+
+    /// Answers one request; returns the response and its access-log entry (written when the
+    /// response body is done).
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        snapshot: Arc<Snapshot>,
+        listener: Arc<Listener>,
+        conn: Arc<ClientConn>,
+    ) -> (Response<Body>, Option<Entry>) {
+        let started = Instant::now();
+        let host = host_of(&request);
+        let request_id = match request.headers().get("x-request-id").and_then(|v| v.to_str().ok()) {
+            Some(id) if !id.is_empty() && id.len() <= 200 => id.to_owned(),
+            _ => self.request_id(),
+        };
+        let target = request.uri().path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+        let method = request.method().clone();
+        let mut labels = Labels {
+            route: self.none.clone(),
+            pool: self.none.clone(),
+            backend: self.none.clone(),
+            upstream_seconds: None,
+            api_key_query: None,
+        };
+        let (mut response, reason) =
+            match self.answer(request, &snapshot, &listener, &conn, &host, &request_id, &mut labels).await {
+                Ok(response) => (response, None),
+                Err(refusal) => (*refusal.response, Some(refusal.reason)),
+            };
+        let status = response.status().as_u16();
+        self.metrics.request(&labels.route, &labels.pool, &labels.backend, status, labels.upstream_seconds);
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-request-id", v);
+        }
+        let entry = listener.access_log.then(|| Entry {
+            started,
+            method: method.to_string(),
+            // A key presented in the query stays out of the log.
+            target: match &labels.api_key_query {
+                Some(param) => access_log::redact_query(&target, param),
+                None => target,
+            },
+            host,
+            status,
+            upstream: labels.backend,
+            request_id,
+            reason,
+        });
+        (response, entry)
+    }
+
+    /// The phases, in order; an Err is an answer the proxy made itself.
+    #[allow(clippy::too_many_arguments)]
+    async fn answer(
+        &self,
+        request: Request<Incoming>,
+        snapshot: &Snapshot,
+        listener: &Listener,
+        conn: &ClientConn,
+        host: &str,
+        request_id: &str,
+        labels: &mut Labels,
+    ) -> Result<Response<Body>, Refusal> {
+        let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let head = guard::Head { headers: request.headers(), host, target };
+        guard::check(&head, listener, conn.tls())?;
+        let route = snapshot
+            .route(&listener.name, host, &request)
+            .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no route"))?;
+        labels.route = route.name.clone();
+        labels.pool = route.pool.clone();
+        labels.api_key_query =
+            route.runtime.api_keys.as_ref().and_then(|k| k.query_param()).map(str::to_owned);
+        let client = conn.address.ip();
+        let (mut parts, body) = request.into_parts();
+        gate::admit(route, &mut parts.headers, &parts.uri, client)?;
+
+        let choice = choose::pool(route, &parts.headers, self.draw());
+        labels.pool = choice.pool.clone();
+        let no_backend = |status, reason| {
+            Refusal::with(respond::fallback_or(route.fallback.as_ref(), status, reason), reason)
+        };
+        let pool = snapshot
+            .pools
+            .get(&*choice.pool)
+            .filter(|p| !p.upstreams.is_empty())
+            .ok_or_else(|| no_backend(StatusCode::SERVICE_UNAVAILABLE, "no backend available"))?;
+        let upgrade = parts.headers.contains_key(header::UPGRADE);
+        let bodiless = !parts.headers.contains_key(header::TRANSFER_ENCODING)
+            && parts.headers.get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0");
+        let idempotent = matches!(parts.method.as_str(), "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE");
+        let tries =
+            if route.retries > 0 && bodiless && idempotent && !upgrade { route.retries + 1 } else { 1 };
+        route.runtime.count_request();
+
+        headers::upstream_request(
+            &mut parts,
+            host,
+            conn,
+            request_id,
+            pool.protocol == UpstreamProtocol::H2c,
+            upgrade,
+        );
+        if let Some(config) = &route.cache
+            && matches!(parts.method, Method::GET | Method::HEAD)
+            && !parts.headers.contains_key(header::AUTHORIZATION)
+        {
+            let target = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+            let request =
+                caching::CacheRequest { route, config, pool, parts: &parts, host, target: &target, client };
+            let cached = caching::serve(&self.cache, &self.upstreams, &self.metrics, &request).await;
+            labels.backend = self.cache_label.clone();
+            return match cached.reason {
+                Some(reason) => Err(Refusal::with(cached.response, reason)),
+                None => Ok(cached.response),
+            };
+        }
+        if let Some((shadow_pool, percent)) = &route.shadow
+            && bodiless
+            && !upgrade
+            && self.draw() < *percent
+            && let Some(shadow) = snapshot.pools.get(shadow_pool)
+        {
+            shadow::send(&self.upstreams, shadow, &parts, host, client, &self.metrics, &route.name);
+        }
+
+        let first = pool.pick_or_wait(&parts.headers, client, route.timeout).await.ok_or_else(|| {
+            no_backend(StatusCode::SERVICE_UNAVAILABLE, "every backend is at its request limit")
+        })?;
+        let mut downstream_upgrade = None;
+        let mut parts = parts;
+        if upgrade {
+            let mut request = Request::from_parts(parts, ());
+            downstream_upgrade = Some(hyper::upgrade::on(&mut request));
+            parts = request.into_parts().0;
+        }
+        // A body that fails while streaming (too long, bad chunking) is the client's fault:
+        // remember which, to answer 413 / 400 rather than 502.
+        let body_error = Arc::new(AtomicU16::new(0));
+        let seen = body_error.clone();
+        let body = Limited::new(body, listener.max_body_bytes as usize)
+            .map_err(move |err| {
+                let status = if err.is::<http_body_util::LengthLimitError>() { 413 } else { 400 };
+                seen.store(status, Ordering::Relaxed);
+                err
+            })
+            .boxed();
+        let tries = Tries {
+            upstreams: &self.upstreams,
+            commands: &self.commands,
+            route,
+            pool,
+            host,
+            client,
+            tries,
+            body_error,
+        };
+        let on_retried = |upstream: &crate::proxy::routes::Upstream, status: u16, seconds: f64| {
+            self.metrics.request(&route.name, &choice.pool, &upstream.label, status, Some(seconds));
+        };
+        let answered = tries.run(first, &mut parts, body, || self.draw(), on_retried).await;
+        let answered = match answered {
+            Ok(answered) => answered,
+            Err(failed) => {
+                labels.backend = failed.backend;
+                let mut refusal = match failed.status {
+                    StatusCode::BAD_GATEWAY => no_backend(failed.status, failed.reason),
+                    status => Refusal::new(status, failed.reason),
+                };
+                if failed.status == StatusCode::BAD_REQUEST {
+                    refusal
+                        .response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                return Err(refusal);
+            }
+        };
+        labels.backend = answered.backend;
+        labels.upstream_seconds = Some(answered.seconds);
+        let mut response = answered.response;
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching && let Some(downstream) = downstream_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                if let (Ok(down), Ok(up)) = (downstream.await, upstream_upgrade.await) {
+                    let _ = tokio::io::copy_bidirectional(
+                        &mut hyper_util::rt::TokioIo::new(down),
+                        &mut hyper_util::rt::TokioIo::new(up),
+                    )
+                    .await;
+                }
+            });
+        }
+        headers::client_response(response.headers_mut(), switching);
+        if choice.set_sticky
+            && let Some(cookie) = choose::sticky_cookie(&choice.pool)
+        {
+            response.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+        // The request stays in flight (circuit breaking, least requests) until its body is done.
+        let in_flight = answered.in_flight;
+        Ok(response.map(|b| {
+            b.map_frame(move |frame| {
+                let _ = &in_flight;
+                frame
+            })
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            .boxed()
+        }))
+    }
+
+    /// A connection the HTTP parser gave up on: counted, and logged like a request.
+    pub fn refused_by_parser(
+        &self,
+        listener: &Listener,
+        conn: &ClientConn,
+        err: &(dyn std::error::Error + 'static),
+    ) {
+        let Some(err) = err.downcast_ref::<hyper::Error>() else {
+            log::debug!("listener {}: connection from {}: {err}", listener.name, conn.address);
+            return;
+        };
+        let status = if err.is_parse_too_large() {
+            431
+        } else if err.is_parse() {
+            400
+        } else if err.is_timeout() {
+            408
+        } else {
+            log::debug!("listener {}: connection from {}: {err}", listener.name, conn.address);
+            return;
+        };
+        self.metrics.parser_refused(&listener.name, status);
+        if listener.access_log {
+            access_log::refused(conn, status, &err.to_string());
+        }
+    }
+}

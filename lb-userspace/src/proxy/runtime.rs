@@ -1,0 +1,314 @@
+//! Proxy state that outlives snapshots: per-backend in-flight counts, failure streaks and
+//! ejection counts, per-pool pending queues, per-route rate-limit buckets, retry budgets and
+//! credentials. Kept by stable identities (pool name and backend address, route name), so the
+//! snapshot rebuilt for every command, health flip or reload finds them as they were.
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    net::{IpAddr, SocketAddr},
+    num::NonZeroU32,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use governor::{DefaultKeyedRateLimiter, Quota, clock::Clock as _};
+use tokio::sync::Notify;
+
+use crate::{
+    config::{ApiKeyConfig, Config, JwtConfig, RateKey, RateLimit, Route},
+    proxy::auth::{ApiKeys, Jwt},
+};
+
+/// One backend of one pool, as requests see it.
+#[derive(Default)]
+pub struct BackendRuntime {
+    /// Requests in flight (least-requests balancing, circuit breaking).
+    pub in_flight: AtomicUsize,
+    /// Failed requests in a row (outlier ejection).
+    pub failures: AtomicU32,
+    /// Times ejected so far: the next ejection lasts that many times `ejection_ms`.
+    pub ejections: AtomicU32,
+}
+
+/// One pool: requests waiting for a backend under its circuit breaker's limit.
+#[derive(Default)]
+pub struct PoolRuntime {
+    pub pending: AtomicUsize,
+    /// Woken when a request of this pool ends.
+    pub freed: Notify,
+}
+
+/// What a rate limit counts per, for one request.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum LimitKey {
+    Client(IpAddr),
+    ApiKey(String),
+    Route,
+}
+
+/// Most keys a limiter keeps before full buckets are forgotten.
+const MAX_BUCKETS: usize = 100_000;
+
+/// A route's token buckets (GCRA, from `governor`).
+struct Limiter {
+    key: RateKey,
+    buckets: DefaultKeyedRateLimiter<LimitKey>,
+    checks: AtomicU64,
+}
+
+impl Limiter {
+    fn new(limit: &RateLimit) -> Limiter {
+        let period = Duration::from_secs_f64(1.0 / limit.requests_per_second.max(1e-6));
+        let burst = NonZeroU32::new(limit.burst.max(1.0) as u32).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
+        Limiter {
+            key: limit.key,
+            buckets: DefaultKeyedRateLimiter::keyed(quota.allow_burst(burst)),
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    /// None if the request may go; else the seconds to wait (Retry-After).
+    fn check(&self, client: IpAddr, api_key: Option<&str>) -> Option<u64> {
+        let key = match self.key {
+            RateKey::ClientIp => LimitKey::Client(client),
+            RateKey::ApiKey => LimitKey::ApiKey(api_key.unwrap_or_default().to_owned()),
+            RateKey::Route => LimitKey::Route,
+        };
+        // Now and then, forget the buckets that are full again (they hold nothing).
+        if self.checks.fetch_add(1, Ordering::Relaxed).is_multiple_of(4096)
+            && self.buckets.len() > MAX_BUCKETS
+        {
+            self.buckets.retain_recent();
+            self.buckets.shrink_to_fit();
+        }
+        match self.buckets.check_key(&key) {
+            Ok(()) => None,
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+                Some(wait.as_secs_f64().ceil().max(1.0) as u64)
+            }
+        }
+    }
+}
+
+/// Retries always allowed before the budget's share applies.
+const RETRY_BUDGET_FLOOR: u64 = 3;
+/// The budget counts requests and retries over the current and the previous window.
+const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+
+/// A route's retry budget: retries stay under a share of its recent requests.
+struct RetryBudget {
+    epoch: Instant,
+    /// The window the current counts belong to.
+    window: AtomicU64,
+    /// Requests and retries granted, in the current and the previous window.
+    requests: [AtomicU64; 2],
+    retries: [AtomicU64; 2],
+}
+
+impl RetryBudget {
+    fn new() -> RetryBudget {
+        RetryBudget {
+            epoch: Instant::now(),
+            window: AtomicU64::new(0),
+            requests: Default::default(),
+            retries: Default::default(),
+        }
+    }
+
+    /// Moves to the current window; returns its slot.
+    fn roll(&self) -> usize {
+        let now = self.epoch.elapsed().as_secs() / BUDGET_WINDOW.as_secs();
+        let seen = self.window.load(Ordering::Relaxed);
+        if now != seen
+            && self.window.compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            let slot = (now % 2) as usize;
+            // Two windows on, the previous one is stale too.
+            if now > seen + 1 {
+                self.requests[1 - slot].store(0, Ordering::Relaxed);
+                self.retries[1 - slot].store(0, Ordering::Relaxed);
+            }
+            self.requests[slot].store(0, Ordering::Relaxed);
+            self.retries[slot].store(0, Ordering::Relaxed);
+        }
+        (now % 2) as usize
+    }
+
+    fn count_request(&self) {
+        let slot = self.roll();
+        self.requests[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes a retry if the budget has one; a refused retry costs nothing.
+    fn take(&self, percent: f64) -> bool {
+        let slot = self.roll();
+        let requests = self.requests[0].load(Ordering::Relaxed) + self.requests[1].load(Ordering::Relaxed);
+        let allowed = RETRY_BUDGET_FLOOR + (requests as f64 * percent / 100.0) as u64;
+        let other = self.retries[1 - slot].load(Ordering::Relaxed);
+        let mut used = self.retries[slot].load(Ordering::Relaxed);
+        loop {
+            if used + other >= allowed {
+                return false;
+            }
+            match self.retries[slot].compare_exchange(used, used + 1, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now) => used = now,
+            }
+        }
+    }
+}
+
+/// The settings a route's runtime is made from; a change of any of them makes it anew.
+#[derive(Clone, PartialEq)]
+struct RouteSettings {
+    rate_limit: Option<RateLimit>,
+    api_key: Option<ApiKeyConfig>,
+    jwt: Option<JwtConfig>,
+}
+
+impl RouteSettings {
+    fn of(route: &Route) -> RouteSettings {
+        RouteSettings {
+            rate_limit: route.rate_limit.clone(),
+            api_key: route.api_key.clone(),
+            jwt: route.jwt.clone(),
+        }
+    }
+}
+
+/// One route's buckets, budget and credentials.
+pub struct RouteRuntime {
+    settings: RouteSettings,
+    limiter: Option<Limiter>,
+    budget: RetryBudget,
+    pub api_keys: Option<ApiKeys>,
+    pub jwt: Option<Jwt>,
+}
+
+impl RouteRuntime {
+    fn new(route: &Route) -> RouteRuntime {
+        RouteRuntime {
+            settings: RouteSettings::of(route),
+            limiter: route.rate_limit.as_ref().map(Limiter::new),
+            budget: RetryBudget::new(),
+            api_keys: route.api_key.clone().map(ApiKeys::new),
+            // Validated when the config was read; a key file gone since then refuses everything.
+            jwt: route
+                .jwt
+                .as_ref()
+                .and_then(|j| Jwt::new(j).map_err(|e| log::error!("route {}: jwt: {e:#}", route.name)).ok()),
+        }
+    }
+
+    /// None if under the rate limit; else seconds to wait.
+    pub fn rate_limited(&self, client: IpAddr, api_key: Option<&str>) -> Option<u64> {
+        self.limiter.as_ref().and_then(|l| l.check(client, api_key))
+    }
+
+    /// Counts a request (the retry budget's base).
+    pub fn count_request(&self) {
+        self.budget.count_request();
+    }
+
+    /// Takes one retry from the budget (`percent` of recent requests, plus 3), if one is left.
+    pub fn take_retry(&self, percent: f64) -> bool {
+        self.budget.take(percent)
+    }
+}
+
+/// Every runtime entry, shared by all snapshots.
+#[derive(Default)]
+pub struct Runtime {
+    backends: Mutex<HashMap<(String, SocketAddr), Arc<BackendRuntime>>>,
+    pools: Mutex<HashMap<String, Arc<PoolRuntime>>>,
+    routes: Mutex<HashMap<String, Arc<RouteRuntime>>>,
+}
+
+fn entry<K: Hash + Eq, V>(map: &Mutex<HashMap<K, Arc<V>>>, key: K, make: impl FnOnce() -> V) -> Arc<V> {
+    map.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_insert_with(|| Arc::new(make())).clone()
+}
+
+impl Runtime {
+    pub fn backend(&self, pool: &str, address: SocketAddr) -> Arc<BackendRuntime> {
+        entry(&self.backends, (pool.to_owned(), address), BackendRuntime::default)
+    }
+
+    pub fn pool(&self, pool: &str) -> Arc<PoolRuntime> {
+        entry(&self.pools, pool.to_owned(), PoolRuntime::default)
+    }
+
+    /// The route's runtime; made anew only when its limit or credential settings changed
+    /// (reading key files then, not on every rebuild).
+    pub fn route(&self, route: &Route) -> Arc<RouteRuntime> {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        match routes.get(&route.name) {
+            Some(existing) if existing.settings == RouteSettings::of(route) => existing.clone(),
+            _ => {
+                let made = Arc::new(RouteRuntime::new(route));
+                routes.insert(route.name.clone(), made.clone());
+                made
+            }
+        }
+    }
+
+    /// Forgets what `config` no longer names (removed routes, pools and backends).
+    pub fn retain(&self, config: &Config) {
+        self.backends.lock().unwrap_or_else(|p| p.into_inner()).retain(|(pool, address), _| {
+            config.pools.get(pool).is_some_and(|p| {
+                p.port == address.port() && p.backends.iter().any(|b| b.addr == address.ip())
+            })
+        });
+        self.pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|pool, _| config.pools.contains_key(pool));
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name, _| config.routes.iter().any(|r| r.name == *name));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_retry_costs_nothing() {
+        let budget = RetryBudget::new();
+        for _ in 0..200 {
+            budget.count_request();
+        }
+        // 3 + 20% of 200 = 43, however many are asked for.
+        let granted = (0..500).filter(|_| budget.take(20.0)).count();
+        assert_eq!(granted, 43);
+    }
+
+    #[test]
+    fn the_budget_grows_with_requests_after_refusals() {
+        let budget = RetryBudget::new();
+        let early = (0..10).filter(|_| budget.take(20.0)).count();
+        assert_eq!(early, 3, "the floor");
+        for _ in 0..100 {
+            budget.count_request();
+        }
+        let later = (0..100).filter(|_| budget.take(20.0)).count();
+        assert_eq!(later, 20, "refused retries used up the budget");
+    }
+
+    #[test]
+    fn buckets_limit_per_client() {
+        let limiter =
+            Limiter::new(&RateLimit { requests_per_second: 1.0, burst: 2.0, key: RateKey::ClientIp });
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        assert_eq!(limiter.check(a, None), None);
+        assert_eq!(limiter.check(a, None), None);
+        assert_eq!(limiter.check(a, None), Some(1), "the burst is spent");
+        assert_eq!(limiter.check(b, None), None, "another client has its own bucket");
+    }
+}

@@ -1,0 +1,279 @@
+//! A listener's accept loop and its client connections: the connection cap (idle connections
+//! are closed first when full), accept errors backed off, the TLS handshake timeout, the
+//! first-byte and keep-alive idle timeouts, HTTP/1.1 and HTTP/2 served by hyper, and the drain
+//! on stop.
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use hyper::{
+    body::{Frame, SizeHint},
+    service::service_fn,
+};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use log::{info, warn};
+use tokio::{net::TcpListener, sync::Semaphore};
+
+use crate::{
+    config::Listener,
+    proxy::{
+        access_log::{ClientConn, Entry},
+        idle::{self, Busy, Registry, Watched},
+        phase::respond::Body,
+        pipeline::Forwarder,
+        routes::Snapshot,
+        tls,
+    },
+};
+
+/// How long a full listener waits for an evicted idle connection to free its slot.
+const EVICTION_WAIT: Duration = Duration::from_millis(100);
+/// The pause after a failed accept (out of descriptors, mostly), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// Header fields a request may carry (HTTP/1.1 and HTTP/2 alike); more get 431.
+pub const MAX_HEADER_FIELDS: usize = 100;
+
+/// A response body that keeps its request in flight on the connection until it is done, counts
+/// the bytes sent, and writes the request's access-log line at the end.
+struct Tracked {
+    body: Body,
+    _busy: Busy,
+    entry: Option<Entry>,
+    conn: Arc<ClientConn>,
+    bytes: u64,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(entry) = &self.entry {
+            entry.write(&self.conn, self.bytes);
+        }
+    }
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.bytes += data.len() as u64;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Counts accept errors and logs them at most once a second.
+struct AcceptErrors {
+    since_log: u64,
+    logged: Option<Instant>,
+}
+
+impl AcceptErrors {
+    fn failed(&mut self, listener: &str, err: &std::io::Error) {
+        self.since_log += 1;
+        if self.logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            warn!(
+                "listener {listener}: accept: {err} ({} failed accepts since the last report)",
+                self.since_log
+            );
+            self.since_log = 0;
+            self.logged = Some(Instant::now());
+        }
+    }
+}
+
+/// Serves `listener` on `socket` until `stop` fires, then drains in-flight requests for up to
+/// the listener's drain timeout.
+pub async fn serve(
+    listener: Listener,
+    socket: TcpListener,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    forwarder: Arc<Forwarder>,
+    resolver: Option<Arc<tls::Resolver>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    let acceptor = match (&listener.tls, &resolver) {
+        (Some(tls), Some(resolver)) => {
+            Some(tokio_rustls::TlsAcceptor::from(tls::server_config(tls, resolver.clone())?))
+        }
+        _ => None,
+    };
+    let slots = Arc::new(Semaphore::new(listener.max_connections));
+    let registry = Arc::new(Registry::default());
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(listener.header_read_timeout)
+        .half_close(true)
+        .max_headers(MAX_HEADER_FIELDS)
+        .max_buf_size(listener.max_header_bytes.max(8192));
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(listener.max_header_bytes as u32);
+    let builder = Arc::new(builder);
+    let listener = Arc::new(listener);
+    info!(
+        "listener {} on {} ({})",
+        listener.name,
+        listener.address,
+        if acceptor.is_some() { "tls" } else { "http" }
+    );
+    let mut errors = AcceptErrors { since_log: 0, logged: None };
+    loop {
+        let (stream, client) = tokio::select! {
+            accepted = socket.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    errors.failed(&listener.name, &err);
+                    // Out of descriptors: an idle connection's is the one to give back.
+                    registry.evict_idle();
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            // Full: an idle keep-alive connection makes room, else the new one is refused.
+            Err(_) if registry.evict_idle() => {
+                match tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => {
+                        forwarder.metrics.refused(&listener.name);
+                        continue;
+                    }
+                }
+            }
+            Err(_) => {
+                forwarder.metrics.refused(&listener.name);
+                continue; // every connection is busy: closed at once
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let registered = registry.register();
+        let (snapshot, forwarder, listener, builder) =
+            (snapshot.clone(), forwarder.clone(), listener.clone(), builder.clone());
+        let watcher = graceful.watcher();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let activity = registered.activity.clone();
+            let stream = Watched::new(stream, activity.clone());
+            forwarder.metrics.connection_opened(&listener.name);
+            let service = |conn: Arc<ClientConn>| {
+                let listener = listener.clone();
+                let forwarder = forwarder.clone();
+                let activity = activity.clone();
+                let snapshot = snapshot.clone();
+                service_fn(move |request| {
+                    let busy = activity.start();
+                    let conn = conn.clone();
+                    let answer = forwarder.clone().handle(
+                        request,
+                        snapshot.load_full(),
+                        listener.clone(),
+                        conn.clone(),
+                    );
+                    async move {
+                        let (response, entry) = answer.await;
+                        let response =
+                            response.map(|body| Tracked { body, _busy: busy, entry, conn, bytes: 0 });
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                })
+            };
+            let plain = Arc::new(ClientConn { address: client, tls_version: None, sni: None });
+            let conn_for_errors = std::sync::Mutex::new(plain.clone());
+            let watchdog = idle::watchdog(&activity, listener.first_byte_timeout, listener.idle_timeout);
+            let served = async {
+                match acceptor {
+                    Some(acceptor) => {
+                        match tokio::time::timeout(listener.handshake_timeout, acceptor.accept(stream)).await
+                        {
+                            Ok(Ok(stream)) => {
+                                forwarder.metrics.handshake(&listener.name, "ok");
+                                let session = stream.get_ref().1;
+                                let conn = Arc::new(ClientConn {
+                                    address: client,
+                                    tls_version: session.protocol_version().and_then(|v| v.as_str()),
+                                    sni: session.server_name().map(str::to_owned),
+                                });
+                                *conn_for_errors.lock().unwrap_or_else(|p| p.into_inner()) = conn.clone();
+                                let connection = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(stream), service(conn));
+                                watcher.watch(connection.into_owned()).await
+                            }
+                            Ok(Err(err)) => {
+                                forwarder.metrics.handshake(&listener.name, "failed");
+                                log::debug!("listener {}: TLS handshake from {client}: {err}", listener.name);
+                                Ok(())
+                            }
+                            Err(_) => {
+                                forwarder.metrics.handshake(&listener.name, "timeout");
+                                log::debug!(
+                                    "listener {}: TLS handshake from {client} timed out",
+                                    listener.name
+                                );
+                                Ok(())
+                            }
+                        }
+                    }
+                    None => {
+                        let connection = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service(plain.clone()));
+                        watcher.watch(connection.into_owned()).await
+                    }
+                }
+            };
+            let result = tokio::select! {
+                result = served => result,
+                closed = watchdog => {
+                    forwarder.metrics.closed_idle(&listener.name, closed.label());
+                    Ok(())
+                }
+            };
+            if let Err(err) = result {
+                let conn = conn_for_errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                forwarder.refused_by_parser(&listener, &conn, &*err);
+            }
+            forwarder.metrics.connection_closed(&listener.name);
+            drop(registered);
+        });
+    }
+    drop(socket);
+    info!(
+        "listener {}: draining {} connections (up to {:?})",
+        listener.name,
+        graceful.count(),
+        listener.drain_timeout
+    );
+    if tokio::time::timeout(listener.drain_timeout, graceful.shutdown()).await.is_err() {
+        warn!("listener {}: drain deadline passed, closing the rest", listener.name);
+    }
+    Ok(())
+}

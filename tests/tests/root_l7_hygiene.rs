@@ -1,0 +1,307 @@
+//! Root tests of client-connection hygiene on the L7 listeners, with real sockets from a client
+//! namespace: silent and stalled connections closed by their timeouts, idle connections closed
+//! first when a listener is full, the descriptor limit reached without a log flood or false
+//! health verdicts, and the parser's edge cases (duplicate Host, HTTP/2 header count,
+//! `Connection: Host`, half-close, access-log injection, refusals counted).
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, TcpStream},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use sluice_tests::{
+    netns::Topology,
+    pki::TestCa,
+    servers::{Lbd, Nginx, TempDir, wait_for},
+};
+
+const VIP: &str = "198.19.0.5";
+
+struct Bed {
+    lbd: Lbd,
+    _nginx: Nginx,
+    ca: TestCa,
+    log: PathBuf,
+    topology: Topology,
+    _dir: TempDir,
+}
+
+impl Bed {
+    fn new(name: &str) -> Result<Bed> {
+        let topology = Topology::new(1)?;
+        let dir = TempDir::new(name)?;
+        let ca = TestCa::new(&dir.0)?;
+        let (cert, key) = ca.leaf("example", &["example.test"], false)?;
+        let nginx = Nginx::start(&topology.backends[0], "backend1")?;
+        topology.lb.run("ip", &["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+        let b1 = topology.backends[0].addr4;
+        let config = dir.0.join("sluice.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[dataplane]
+interface = "eth0"
+xdp_mode = "generic"
+pin_dir = "/sys/fs/bpf/{tag}"
+
+[[vip]]
+name = "web"
+address = "{VIP}"
+protocol = "tcp"
+pool = "web"
+mode = "l7"
+
+[[pool]]
+name = "web"
+backends = [{{ address = "{b1}" }}]
+health = {{ kind = "tcp", port = 80, interval_ms = 300, timeout_ms = 200, rise = 1, fall = 2 }}
+
+[[listener]]
+name = "plain"
+address = "{VIP}:80"
+first_byte_timeout_ms = 1000
+idle_timeout_ms = 1500
+
+[[listener]]
+name = "tls"
+address = "{VIP}:443"
+tls = {{ certificates = [{{ cert = "{cert}", key = "{key}" }}] }}
+handshake_timeout_ms = 1000
+
+[[listener]]
+name = "small"
+address = "{VIP}:8080"
+max_connections = 50
+first_byte_timeout_ms = 60000
+idle_timeout_ms = 60000
+
+[[listener]]
+name = "wide"
+address = "{VIP}:8081"
+first_byte_timeout_ms = 60000
+idle_timeout_ms = 60000
+
+[[route]]
+listener = "plain"
+pool = "web"
+
+[[route]]
+listener = "tls"
+pool = "web"
+
+[[route]]
+listener = "small"
+pool = "web"
+
+[[route]]
+listener = "wide"
+pool = "web"
+
+[admin]
+socket = "{dir}/lbd.sock"
+metrics = "127.0.0.1:9100"
+"#,
+                tag = topology.tag,
+                cert = cert.display(),
+                key = key.display(),
+                dir = dir.0.display(),
+            ),
+        )?;
+        let log = dir.0.join("lbd.log");
+        let lbd = Lbd::start_logging(&topology.lb, &config, Some(&log))?;
+        wait_for("the listeners", Duration::from_secs(5), || {
+            topology.lb.run("ss", &["-Htln", "sport = :8081"]).map(|o| !o.stdout.is_empty()).unwrap_or(false)
+        })?;
+        Ok(Bed { lbd, _nginx: nginx, ca, log, topology, _dir: dir })
+    }
+
+    /// `curl` from the client namespace: the status code (000 on failure).
+    fn status(&self, url: &str, args: &[&str]) -> Result<String> {
+        let cacert = self.ca.cert.to_str().unwrap_or_default().to_owned();
+        let resolve = format!("example.test:443:{VIP}");
+        let mut all = vec!["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3"];
+        all.extend(["--cacert", &cacert, "--resolve", &resolve]);
+        all.extend_from_slice(args);
+        all.push(url);
+        Ok(String::from_utf8_lossy(&self.topology.client.run("curl", &all)?.stdout).into_owned())
+    }
+
+    /// `n` connections to `port` that send `bytes` (maybe nothing) and then wait.
+    fn idle_sockets(&self, port: u16, n: usize, bytes: &[u8]) -> Result<Vec<TcpStream>> {
+        let bytes = bytes.to_vec();
+        self.topology.client.within(move || {
+            let mut sockets = Vec::new();
+            for _ in 0..n {
+                let mut s =
+                    TcpStream::connect_timeout(&format!("{VIP}:{port}").parse()?, Duration::from_secs(2))?;
+                if !bytes.is_empty() {
+                    s.write_all(&bytes)?;
+                }
+                sockets.push(s);
+            }
+            Ok(sockets)
+        })
+    }
+
+    /// A raw exchange with the plain listener; `half_close` shuts the write side after sending.
+    fn raw(&self, bytes: &[u8], half_close: bool) -> Result<String> {
+        let bytes = bytes.to_vec();
+        self.topology.client.within(move || {
+            let mut s = TcpStream::connect((VIP, 80))?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            s.write_all(&bytes)?;
+            if half_close {
+                s.shutdown(Shutdown::Write)?;
+            }
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            Ok(String::from_utf8_lossy(&out).into_owned())
+        })
+    }
+
+    fn metrics(&self) -> Result<String> {
+        let out = self.topology.lb.run("curl", &["-sS", "http://127.0.0.1:9100/metrics"])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// Whether the server has closed `socket` (a read sees the end, or a reset).
+fn closed_by_server(mut socket: &TcpStream) -> bool {
+    let _ = socket.set_read_timeout(Some(Duration::from_millis(20)));
+    let mut byte = [0u8; 64];
+    loop {
+        match socket.read(&mut byte) {
+            Ok(0) => return true,
+            Ok(_) => continue, // an answer (e.g. a TLS alert) before the close
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// The value of the first metrics line starting with `prefix`.
+fn metric(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn root_l7_hygiene_silent_and_stalled_connections_time_out() -> Result<()> {
+    let bed = Bed::new("hyg-timeouts")?;
+    // 500 plain sockets that send nothing, 200 TLS sockets stalled inside their ClientHello
+    // (a record header announcing 512 bytes, then 6 of them).
+    let silent = bed.idle_sockets(80, 500, b"")?;
+    let stalled =
+        bed.idle_sockets(443, 200, &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03])?;
+    // Meanwhile a normal client keeps getting answers.
+    for _ in 0..5 {
+        assert_eq!(bed.status(&format!("http://{VIP}/"), &[])?, "200");
+        assert_eq!(bed.status("https://example.test/", &[])?, "200");
+    }
+    std::thread::sleep(Duration::from_millis(1800));
+    let silent_closed = silent.iter().filter(|s| closed_by_server(s)).count();
+    let stalled_closed = stalled.iter().filter(|s| closed_by_server(s)).count();
+    assert_eq!(silent_closed, 500, "silent sockets still open after the first-byte timeout");
+    assert_eq!(stalled_closed, 200, "stalled handshakes still open after the handshake timeout");
+    let metrics = bed.metrics()?;
+    assert!(
+        metric(
+            &metrics,
+            "sluice_http_idle_closed_connections_total{listener=\"plain\",reason=\"first_byte_timeout\"}"
+        ) >= 500.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "sluice_tls_handshakes_total{listener=\"tls\",result=\"timeout\"}") >= 200.0,
+        "{metrics}"
+    );
+
+    // A keep-alive connection idle between requests is closed after idle_timeout (1.5 s).
+    let kept = bed.idle_sockets(80, 1, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")?;
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!closed_by_server(&kept[0]), "closed before the idle timeout");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(closed_by_server(&kept[0]), "idle keep-alive connection kept open");
+    Ok(())
+}
+
+#[test]
+fn root_l7_hygiene_full_listener_closes_idle_first_and_descriptor_limit() -> Result<()> {
+    let bed = Bed::new("hyg-limits")?;
+    // max_connections = 50, all taken by idle sockets: a new client is still served.
+    let idle = bed.idle_sockets(8080, 50, b"")?;
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(bed.status(&format!("http://{VIP}:8080/"), &[])?, "200", "locked out by idle sockets");
+    assert!(idle.iter().any(|s| closed_by_server(s)), "no idle connection made room");
+    drop(idle);
+
+    // The descriptor limit: 300, exhausted by 400 idle clients on a listener with long timeouts.
+    let pid = bed.lbd.pid().to_string();
+    let out = bed.topology.lb.run("prlimit", &["--pid", &pid, "--nofile=300:300"])?;
+    assert!(out.status.success(), "prlimit: {}", String::from_utf8_lossy(&out.stderr));
+    let lines_before = std::fs::read_to_string(&bed.log)?.lines().count();
+    let started = Instant::now();
+    let flood = bed.idle_sockets(8081, 400, b"")?;
+    std::thread::sleep(Duration::from_secs(3));
+    let seconds = started.elapsed().as_secs_f64();
+    let log = std::fs::read_to_string(&bed.log)?;
+    let new_lines = log.lines().count() - lines_before;
+    assert!(new_lines as f64 <= 5.0 * seconds + 5.0, "{new_lines} log lines in {seconds:.1} s:\n{log}");
+    // Health probes did not mark the healthy backend down.
+    assert!(!log.contains("is DOWN"), "a healthy backend was marked down:\n{log}");
+    let pool = bed.lbd.pool_show("web")?;
+    assert!(pool.values().all(|(health, _)| health == "up"), "{pool:?}");
+    // The clients leave: service resumes.
+    drop(flood);
+    wait_for("service after the flood", Duration::from_secs(5), || {
+        bed.status(&format!("http://{VIP}/"), &[]).map(|c| c == "200").unwrap_or(false)
+    })?;
+    Ok(())
+}
+
+#[test]
+fn root_l7_hygiene_parser_edges_and_access_log() -> Result<()> {
+    let bed = Bed::new("hyg-parser")?;
+    // Two Host headers: 400.
+    let out = bed.raw(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", false)?;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    // `Connection: close, Host` does not strip Host on the way to the backend.
+    let out =
+        bed.raw(b"GET /echo HTTP/1.1\r\nHost: example.test\r\nConnection: close, Host\r\n\r\n", false)?;
+    assert!(out.contains("host=example.test"), "{out}");
+    // A client that half-closes after a complete GET is answered.
+    let out = bed.raw(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", true)?;
+    assert!(out.starts_with("HTTP/1.1 200") && out.contains("backend1"), "{out}");
+    // HTTP/2 with 150 header fields: 431, as HTTP/1.1.
+    let many: Vec<String> = (0..150).map(|i| format!("x-h{i}: v")).collect();
+    let mut args: Vec<&str> = vec!["--http2"];
+    for h in &many {
+        args.extend(["-H", h.as_str()]);
+    }
+    assert_eq!(bed.status("https://example.test/", &args)?, "431");
+    // A forged X-Request-Id arrives escaped in the access log.
+    let forged = "x-request-id: abc status=500 upstream=10.6.6.6:80";
+    assert_eq!(bed.status(&format!("http://{VIP}/"), &["-H", forged])?, "200");
+    // Parser refusals are counted and logged.
+    let out = bed.raw(b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n", false)?;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    std::thread::sleep(Duration::from_millis(200));
+    let log = std::fs::read_to_string(&bed.log)?;
+    let line = log.lines().find(|l| l.contains("abc status=500")).unwrap_or_default();
+    assert!(line.contains("request_id=\"abc status=500 upstream=10.6.6.6:80\""), "not escaped: {line}");
+    assert!(line.contains(" status=200 "), "{line}");
+    assert!(log.lines().any(|l| l.contains("access") && l.contains("status=400 reason=")), "{log}");
+    let metrics = bed.metrics()?;
+    assert!(
+        metric(&metrics, "sluice_http_parser_refused_total{listener=\"plain\",status=\"400\"}") >= 1.0,
+        "{metrics}"
+    );
+    Ok(())
+}
