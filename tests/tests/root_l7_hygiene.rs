@@ -239,7 +239,7 @@ fn root_l7_hygiene_full_listener_closes_idle_first_and_descriptor_limit() -> Res
     let idle = bed.idle_sockets(8080, 50, b"")?;
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(bed.status(&format!("http://{VIP}:8080/"), &[])?, "200", "locked out by idle sockets");
-    assert!(idle.iter().any(|s| closed_by_server(s)), "no idle connection made room");
+    assert!(idle.iter().any(closed_by_server), "no idle connection made room");
     drop(idle);
 
     // The descriptor limit: 300, exhausted by 400 idle clients on a listener with long timeouts.
