@@ -1,5 +1,6 @@
 //! `cargo xtask bench l7`: Sluice's L7 proxy next to HAProxy and nginx as reverse proxies, same
-//! backends, same load, each proxy alone on CPU 0 and the load generator and backends on CPU 1.
+//! two backends (round robin in every proxy), same load, each proxy alone on CPU 0 and the load
+//! generator and backends on CPU 1.
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
@@ -213,12 +214,15 @@ fn load(proxy_pid: u32, mode: &str, url: &str, seconds: u64) -> Result<Sample> {
     Ok(Sample { rps, p50_ms, p99_ms, cpu_us_per_request: cpu * 1e6 / requests.max(1.0), other_cpu })
 }
 
+/// The second backend also listens on 127.0.0.2 at the first one's port: a Sluice pool has one
+/// port, so it reaches the two backends as 127.0.0.1 and 127.0.0.2 (the peers use the ports).
 fn backend_config(dir: &Path, port: u16) -> String {
+    let alias = if port == BACKENDS[1] { format!("listen 127.0.0.2:{};", BACKENDS[0]) } else { String::new() };
     format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/b{port}.pid;\nerror_log {d}/b{port}.log;\n\
          events {{ worker_connections 4096; }}\nhttp {{\n access_log off;\n keepalive_requests 1000000;\n\
          client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-         server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
+         server {{ listen 127.0.0.1:{port}; {alias} location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
         d = dir.display()
     )
 }
@@ -254,7 +258,7 @@ fn haproxy_config(pem: &Path) -> String {
 fn sluice_config(dir: &Path, cert: &Path, key: &Path) -> String {
     format!(
         "[dataplane]\ninterface = \"bench0\"\nxdp_mode = \"generic\"\npin_dir = \"/sys/fs/bpf/sluice-bench-l7\"\n\n\
-         [[pool]]\nname = \"b\"\nbackends = [{{ address = \"127.0.0.1\" }}]\nport = {b0}\n\n\
+         [[pool]]\nname = \"b\"\nbackends = [{{ address = \"127.0.0.1\" }}, {{ address = \"127.0.0.2\" }}]\nport = {b0}\n\n\
          [[listener]]\nname = \"http\"\naddress = \"127.0.0.1:9080\"\naccess_log = false\nmax_connections = 15000\n\n\
          [[listener]]\nname = \"https\"\naddress = \"127.0.0.1:9443\"\naccess_log = false\n\
          tls = {{ certificates = [{{ cert = \"{c}\", key = \"{k}\" }}] }}\n\n\
