@@ -217,7 +217,8 @@ fn load(proxy_pid: u32, mode: &str, url: &str, seconds: u64) -> Result<Sample> {
 /// The second backend also listens on 127.0.0.2 at the first one's port: a Sluice pool has one
 /// port, so it reaches the two backends as 127.0.0.1 and 127.0.0.2 (the peers use the ports).
 fn backend_config(dir: &Path, port: u16) -> String {
-    let alias = if port == BACKENDS[1] { format!("listen 127.0.0.2:{};", BACKENDS[0]) } else { String::new() };
+    let alias =
+        if port == BACKENDS[1] { format!("listen 127.0.0.2:{};", BACKENDS[0]) } else { String::new() };
     format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/b{port}.pid;\nerror_log {d}/b{port}.log;\n\
          events {{ worker_connections 4096; }}\nhttp {{\n access_log off;\n keepalive_requests 1000000;\n\

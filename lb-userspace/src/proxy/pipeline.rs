@@ -335,17 +335,8 @@ impl Forwarder {
         conn: &ClientConn,
         err: &(dyn std::error::Error + 'static),
     ) {
-        let Some(err) = err.downcast_ref::<hyper::Error>() else {
-            log::debug!("listener {}: connection from {}: {err}", listener.name, conn.address);
-            return;
-        };
-        let status = if err.is_parse_too_large() {
-            431
-        } else if err.is_parse() {
-            400
-        } else if err.is_timeout() {
-            408
-        } else {
+        let status = err.downcast_ref::<hyper::Error>().and_then(parser_status);
+        let Some(status) = status else {
             log::debug!("listener {}: connection from {}: {err}", listener.name, conn.address);
             return;
         };
@@ -353,5 +344,18 @@ impl Forwarder {
         if listener.access_log {
             access_log::refused(conn, status, &err.to_string());
         }
+    }
+}
+
+/// The status hyper's HTTP/1.1 server answered a refused request with, if the error is one.
+fn parser_status(err: &hyper::Error) -> Option<u16> {
+    if err.is_parse_too_large() {
+        Some(431)
+    } else if err.is_parse() {
+        Some(400)
+    } else if err.is_timeout() {
+        Some(408)
+    } else {
+        None
     }
 }

@@ -208,8 +208,8 @@ pub async fn serve(
                 })
             };
             let plain = Arc::new(ClientConn { address: client, tls_version: None, sni: None });
-            let conn_for_errors = std::sync::Mutex::new(plain.clone());
             let watchdog = idle::watchdog(&activity, listener.first_byte_timeout, listener.idle_timeout);
+            // The connection's result, with what the client connection turned out to be.
             let served = async {
                 match acceptor {
                     Some(acceptor) => {
@@ -223,15 +223,16 @@ pub async fn serve(
                                     tls_version: session.protocol_version().and_then(|v| v.as_str()),
                                     sni: session.server_name().map(str::to_owned),
                                 });
-                                *conn_for_errors.lock().unwrap_or_else(|p| p.into_inner()) = conn.clone();
-                                let connection = builder
-                                    .serve_connection_with_upgrades(TokioIo::new(stream), service(conn));
-                                watcher.watch(connection.into_owned()).await
+                                let connection = builder.serve_connection_with_upgrades(
+                                    TokioIo::new(stream),
+                                    service(conn.clone()),
+                                );
+                                (watcher.watch(connection.into_owned()).await, conn)
                             }
                             Ok(Err(err)) => {
                                 forwarder.metrics.handshake(&listener.name, "failed");
                                 log::debug!("listener {}: TLS handshake from {client}: {err}", listener.name);
-                                Ok(())
+                                (Ok(()), plain.clone())
                             }
                             Err(_) => {
                                 forwarder.metrics.handshake(&listener.name, "timeout");
@@ -239,27 +240,24 @@ pub async fn serve(
                                     "listener {}: TLS handshake from {client} timed out",
                                     listener.name
                                 );
-                                Ok(())
+                                (Ok(()), plain.clone())
                             }
                         }
                     }
                     None => {
                         let connection = builder
                             .serve_connection_with_upgrades(TokioIo::new(stream), service(plain.clone()));
-                        watcher.watch(connection.into_owned()).await
+                        (watcher.watch(connection.into_owned()).await, plain.clone())
                     }
                 }
             };
-            let result = tokio::select! {
-                result = served => result,
-                closed = watchdog => {
-                    forwarder.metrics.closed_idle(&listener.name, closed.label());
-                    Ok(())
+            tokio::select! {
+                (result, conn) = served => {
+                    if let Err(err) = result {
+                        forwarder.refused_by_parser(&listener, &conn, &*err);
+                    }
                 }
-            };
-            if let Err(err) = result {
-                let conn = conn_for_errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                forwarder.refused_by_parser(&listener, &conn, &*err);
+                closed = watchdog => forwarder.metrics.closed_idle(&listener.name, closed.label()),
             }
             forwarder.metrics.connection_closed(&listener.name);
             drop(registered);
