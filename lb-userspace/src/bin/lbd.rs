@@ -184,24 +184,18 @@ fn run(path: &Path) -> Result<()> {
             (core.l7.clone(), Arc::new(forwarder))
         };
         let mut listeners = Vec::new();
-        let mut serving = Vec::new();
+        let mut bound = Vec::new();
+        let workers = proxy::workers::count();
         let configured = lock(&core).state.config.listeners.clone();
         for listener in configured {
-            let socket = proxy::bind(listener.address).await?;
             let certs = proxy::load_certs(&listener)?;
             if let Some(resolver) = &certs {
                 tokio::spawn(proxy::watch_certs(listener.clone(), resolver.clone()));
             }
-            serving.push(tokio::spawn(proxy::serve(
-                listener.clone(),
-                socket,
-                snapshot.clone(),
-                forwarder.clone(),
-                certs.clone(),
-                stop_rx.clone(),
-            )));
+            bound.push(proxy::workers::bind(listener.clone(), certs.clone(), workers)?);
             listeners.push((listener, certs));
         }
+        let serving = proxy::workers::start(bound, snapshot.clone(), forwarder.clone(), stop_rx.clone())?;
         notify(&[NotifyState::Ready]);
         loop {
             tokio::select! {
@@ -234,9 +228,12 @@ fn run(path: &Path) -> Result<()> {
         // Graceful stop: listeners stop accepting and drain in-flight requests.
         notify(&[NotifyState::Stopping]);
         let _ = stop_tx.send(true);
-        for task in serving {
-            let _ = task.await;
-        }
+        let _ = tokio::task::spawn_blocking(move || {
+            for worker in serving {
+                let _ = worker.join();
+            }
+        })
+        .await;
         anyhow::Ok(())
     })?;
     let _ = std::fs::remove_file(&admin_socket);

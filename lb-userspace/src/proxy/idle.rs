@@ -10,7 +10,7 @@ use std::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tokio::{
@@ -18,10 +18,18 @@ use tokio::{
     sync::Notify,
 };
 
+/// Milliseconds on the coarse monotonic clock (a few ms of resolution, read without a
+/// timer access): every read and write marks its connection with it, so it must be cheap.
+fn coarse_ms() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec for the call to fill; the clock id is a constant.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) };
+    now.tv_sec as u64 * 1000 + now.tv_nsec as u64 / 1_000_000
+}
+
 /// What one client connection has been doing.
 pub struct Activity {
-    born: Instant,
-    /// Milliseconds after `born` of the last byte read or written.
+    /// Coarse-clock milliseconds of the last byte read or written.
     last_ms: AtomicU64,
     /// Requests started on this connection; 0 until the first one.
     requests: AtomicU64,
@@ -34,8 +42,7 @@ pub struct Activity {
 impl Default for Activity {
     fn default() -> Self {
         Activity {
-            born: Instant::now(),
-            last_ms: AtomicU64::new(0),
+            last_ms: AtomicU64::new(coarse_ms()),
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             evict: Notify::new(),
@@ -45,13 +52,12 @@ impl Default for Activity {
 
 impl Activity {
     fn touch(&self) {
-        self.last_ms.store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms.store(coarse_ms(), Ordering::Relaxed);
     }
 
     /// Time since the last byte either way.
     fn quiet_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.born.elapsed().saturating_sub(last)
+        Duration::from_millis(coarse_ms().saturating_sub(self.last_ms.load(Ordering::Relaxed)))
     }
 
     fn idle(&self) -> bool {
@@ -133,6 +139,10 @@ impl<S> Watched<S> {
     pub fn new(inner: S, activity: Arc<Activity>) -> Self {
         activity.touch();
         Watched { inner, activity }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod auth;
 pub mod cache;
+pub mod h1;
 pub mod idle;
 pub mod metrics;
 pub mod phase;
@@ -12,15 +13,13 @@ pub mod routes;
 pub mod runtime;
 pub mod server;
 pub mod tls;
+pub mod workers;
 
-pub use server::serve;
-
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use arc_swap::ArcSwap;
 use log::{error, info};
-use tokio::net::TcpListener;
 
 use crate::{config::Listener, proxy::tls::CertStore};
 
@@ -34,11 +33,6 @@ pub fn header_tokens(headers: &hyper::HeaderMap, name: hyper::header::HeaderName
         .map(|t| t.trim().to_ascii_lowercase())
         .filter(|t| !t.is_empty())
         .collect()
-}
-
-/// Binds a listener's socket (so lbd reports a busy port before it says READY).
-pub async fn bind(address: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(address).await.with_context(|| format!("binding {address}"))
 }
 
 /// Loads a listener's certificates (None for plain HTTP).

@@ -11,7 +11,6 @@ use std::{
 use http_body_util::{BodyExt, Limited};
 use hyper::{
     Method, Request, Response, StatusCode,
-    body::Incoming,
     header::{self, HeaderValue},
 };
 
@@ -120,14 +119,14 @@ impl Forwarder {
     /// response body is done).
     pub async fn handle(
         self: Arc<Self>,
-        request: Request<Incoming>,
+        request: Request<Body>,
         snapshot: Arc<Snapshot>,
         listener: Arc<Listener>,
         conn: Arc<ClientConn>,
     ) -> (Response<Body>, Option<Entry>) {
         let started = Instant::now();
         let host = host_of(&request);
-        let request_id = match request.headers().get("x-request-id").and_then(|v| v.to_str().ok()) {
+        let request_id = match request.headers().get(headers::X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
             Some(id) if !id.is_empty() && id.len() <= 200 => id.to_owned(),
             _ => self.request_id(),
         };
@@ -148,7 +147,7 @@ impl Forwarder {
         let status = response.status().as_u16();
         self.metrics.request(&labels.route, &labels.pool, &labels.backend, status, labels.upstream_seconds);
         if let Ok(v) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert("x-request-id", v);
+            response.headers_mut().insert(headers::X_REQUEST_ID, v);
         }
         let entry = listener.access_log.then(|| Entry {
             started,
@@ -171,7 +170,7 @@ impl Forwarder {
     #[allow(clippy::too_many_arguments)]
     async fn answer(
         &self,
-        request: Request<Incoming>,
+        request: Request<Body>,
         snapshot: &Snapshot,
         listener: &Listener,
         conn: &ClientConn,
@@ -245,13 +244,7 @@ impl Forwarder {
         let first = pool.pick_or_wait(&parts.headers, client, route.timeout).await.ok_or_else(|| {
             no_backend(StatusCode::SERVICE_UNAVAILABLE, "every backend is at its request limit")
         })?;
-        let mut downstream_upgrade = None;
         let mut parts = parts;
-        if upgrade {
-            let mut request = Request::from_parts(parts, ());
-            downstream_upgrade = Some(hyper::upgrade::on(&mut request));
-            parts = request.into_parts().0;
-        }
         // A body that fails while streaming (too long, bad chunking) is the client's fault:
         // remember which, to answer 413 / 400 rather than 502.
         let body_error = Arc::new(AtomicU16::new(0));
@@ -297,19 +290,8 @@ impl Forwarder {
         labels.backend = answered.backend;
         labels.upstream_seconds = Some(answered.seconds);
         let mut response = answered.response;
-        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if switching && let Some(downstream) = downstream_upgrade {
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(async move {
-                if let (Ok(down), Ok(up)) = (downstream.await, upstream_upgrade.await) {
-                    let _ = tokio::io::copy_bidirectional(
-                        &mut hyper_util::rt::TokioIo::new(down),
-                        &mut hyper_util::rt::TokioIo::new(up),
-                    )
-                    .await;
-                }
-            });
-        }
+        // A 101 carries its backend connection; the client's connection tunnels to it.
+        let switching = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
         headers::client_response(response.headers_mut(), switching);
         if choice.set_sticky
             && let Some(cookie) = choose::sticky_cookie(&choice.pool)
@@ -323,7 +305,6 @@ impl Forwarder {
                 let _ = &in_flight;
                 frame
             })
-            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             .boxed()
         }))
     }

@@ -1,7 +1,7 @@
 //! A listener's accept loop and its client connections: the connection cap (idle connections
 //! are closed first when full), accept errors backed off, the TLS handshake timeout, the
-//! first-byte and keep-alive idle timeouts, HTTP/1.1 and HTTP/2 served by hyper, and the drain
-//! on stop.
+//! first-byte and keep-alive idle timeouts, HTTP/1.1 served by the own engine (`h1`) and
+//! HTTP/2 by hyper, and the drain on stop.
 use std::{
     pin::Pin,
     sync::Arc,
@@ -12,13 +12,17 @@ use std::{
 use anyhow::Result;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use bytes::BytesMut;
+use http_body_util::BodyExt;
 use hyper::{
-    body::{Frame, SizeHint},
+    Request,
+    body::{Frame, Incoming, SizeHint},
+    server::conn::http2,
     service::service_fn,
 };
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::graceful::GracefulShutdown,
 };
 use log::{info, warn};
 use tokio::{net::TcpListener, sync::Semaphore};
@@ -27,6 +31,10 @@ use crate::{
     config::Listener,
     proxy::{
         access_log::{ClientConn, Entry},
+        h1::{
+            downstream::{self, Ended, Session},
+            rewind::Rewind,
+        },
         idle::{self, Busy, Registry, Watched},
         phase::respond::Body,
         pipeline::Forwarder,
@@ -39,8 +47,6 @@ use crate::{
 const EVICTION_WAIT: Duration = Duration::from_millis(100);
 /// The pause after a failed accept (out of descriptors, mostly), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
-/// Header fields a request may carry (HTTP/1.1 and HTTP/2 alike); more get 431.
-pub const MAX_HEADER_FIELDS: usize = 100;
 
 /// A response body that keeps its request in flight on the connection until it is done, counts
 /// the bytes sent, and writes the request's access-log line at the end.
@@ -106,11 +112,28 @@ impl AcceptErrors {
     }
 }
 
+/// What every worker's socket of one listener shares: the connection cap and the registry of
+/// open connections (the longest-idle one anywhere is closed first when full).
+pub struct Shared {
+    slots: Arc<Semaphore>,
+    registry: Arc<Registry>,
+}
+
+impl Shared {
+    pub fn new(listener: &Listener) -> Arc<Shared> {
+        Arc::new(Shared {
+            slots: Arc::new(Semaphore::new(listener.max_connections)),
+            registry: Arc::new(Registry::default()),
+        })
+    }
+}
+
 /// Serves `listener` on `socket` until `stop` fires, then drains in-flight requests for up to
 /// the listener's drain timeout.
 pub async fn serve(
     listener: Listener,
     socket: TcpListener,
+    shared: Arc<Shared>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     forwarder: Arc<Forwarder>,
     resolver: Option<Arc<tls::Resolver>>,
@@ -122,26 +145,12 @@ pub async fn serve(
         }
         _ => None,
     };
-    let slots = Arc::new(Semaphore::new(listener.max_connections));
-    let registry = Arc::new(Registry::default());
+    let (slots, registry) = (shared.slots.clone(), shared.registry.clone());
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(listener.header_read_timeout)
-        .half_close(true)
-        .max_headers(MAX_HEADER_FIELDS)
-        .max_buf_size(listener.max_header_bytes.max(8192));
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(listener.max_header_bytes as u32);
-    let builder = Arc::new(builder);
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2.timer(TokioTimer::new()).max_header_list_size(listener.max_header_bytes as u32);
+    let http2 = Arc::new(http2);
     let listener = Arc::new(listener);
-    info!(
-        "listener {} on {} ({})",
-        listener.name,
-        listener.address,
-        if acceptor.is_some() { "tls" } else { "http" }
-    );
     let mut errors = AcceptErrors { since_log: 0, logged: None };
     loop {
         let (stream, client) = tokio::select! {
@@ -176,23 +185,34 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let registered = registry.register();
-        let (snapshot, forwarder, listener, builder) =
-            (snapshot.clone(), forwarder.clone(), listener.clone(), builder.clone());
+        let (snapshot, forwarder, listener, http2) =
+            (snapshot.clone(), forwarder.clone(), listener.clone(), http2.clone());
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let activity = registered.activity.clone();
             let stream = Watched::new(stream, activity.clone());
             forwarder.metrics.connection_opened(&listener.name);
+            let session = |conn: Arc<ClientConn>| Session {
+                forwarder: forwarder.clone(),
+                snapshot: snapshot.clone(),
+                listener: listener.clone(),
+                conn,
+                activity: activity.clone(),
+                stop: stop.clone(),
+            };
+            // HTTP/2 (ALPN h2, or a plain connection opening with the preface) is hyper's.
             let service = |conn: Arc<ClientConn>| {
                 let listener = listener.clone();
                 let forwarder = forwarder.clone();
                 let activity = activity.clone();
                 let snapshot = snapshot.clone();
-                service_fn(move |request| {
+                service_fn(move |request: Request<Incoming>| {
                     let busy = activity.start();
                     let conn = conn.clone();
+                    let request = request.map(|body| body.map_err(Into::into).boxed());
                     let answer = forwarder.clone().handle(
                         request,
                         snapshot.load_full(),
@@ -217,17 +237,26 @@ pub async fn serve(
                         {
                             Ok(Ok(stream)) => {
                                 forwarder.metrics.handshake(&listener.name, "ok");
-                                let session = stream.get_ref().1;
+                                let session_info = stream.get_ref().1;
                                 let conn = Arc::new(ClientConn {
                                     address: client,
-                                    tls_version: session.protocol_version().and_then(|v| v.as_str()),
-                                    sni: session.server_name().map(str::to_owned),
+                                    tls_version: session_info.protocol_version().and_then(|v| v.as_str()),
+                                    sni: session_info.server_name().map(str::to_owned),
                                 });
-                                let connection = builder.serve_connection_with_upgrades(
-                                    TokioIo::new(stream),
+                                let h2 = session_info.alpn_protocol() == Some(b"h2");
+                                let (stream, read) = if h2 {
+                                    (stream, BytesMut::new())
+                                } else {
+                                    match downstream::serve(stream, session(conn.clone())).await {
+                                        (_, Ended::Closed) => return (Ok(()), conn),
+                                        (stream, Ended::Http2(read)) => (stream, read),
+                                    }
+                                };
+                                let connection = http2.serve_connection(
+                                    TokioIo::new(Rewind::new(read, stream)),
                                     service(conn.clone()),
                                 );
-                                (watcher.watch(connection.into_owned()).await, conn)
+                                (watcher.watch(connection).await.map_err(Into::into), conn)
                             }
                             Ok(Err(err)) => {
                                 forwarder.metrics.handshake(&listener.name, "failed");
@@ -244,16 +273,22 @@ pub async fn serve(
                             }
                         }
                     }
-                    None => {
-                        let connection = builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), service(plain.clone()));
-                        (watcher.watch(connection.into_owned()).await, plain.clone())
-                    }
+                    None => match downstream::serve(stream, session(plain.clone())).await {
+                        (_, Ended::Closed) => (Ok(()), plain.clone()),
+                        (stream, Ended::Http2(read)) => {
+                            let connection = http2.serve_connection(
+                                TokioIo::new(Rewind::new(read, stream)),
+                                service(plain.clone()),
+                            );
+                            (watcher.watch(connection).await.map_err(Into::into), plain.clone())
+                        }
+                    },
                 }
             };
             tokio::select! {
                 (result, conn) = served => {
                     if let Err(err) = result {
+                        let err: Box<dyn std::error::Error + Send + Sync> = err;
                         forwarder.refused_by_parser(&listener, &conn, &*err);
                     }
                 }
@@ -267,10 +302,16 @@ pub async fn serve(
     info!(
         "listener {}: draining {} connections (up to {:?})",
         listener.name,
-        graceful.count(),
+        listener.max_connections - slots.available_permits(),
         listener.drain_timeout
     );
-    if tokio::time::timeout(listener.drain_timeout, graceful.shutdown()).await.is_err() {
+    // Every connection gives its slot back when it closes: HTTP/1.1 ones at their next idle
+    // moment (an answer in progress is sent with `Connection: close`), HTTP/2 ones by GOAWAY.
+    let drained = async {
+        graceful.shutdown().await;
+        let _ = slots.acquire_many(listener.max_connections as u32).await;
+    };
+    if tokio::time::timeout(listener.drain_timeout, drained).await.is_err() {
         warn!("listener {}: drain deadline passed, closing the rest", listener.name);
     }
     Ok(())

@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use hyper::{
     HeaderMap, Response, StatusCode,
-    body::{Frame, Incoming, SizeHint},
+    body::{Frame, SizeHint},
     header,
     http::request::Parts,
 };
@@ -63,7 +63,7 @@ enum Fetched {
 /// the request stays in flight until it is done.
 struct Prefixed {
     head: Option<Bytes>,
-    rest: Incoming,
+    rest: Body,
     _in_flight: InFlight,
 }
 
@@ -78,7 +78,7 @@ impl hyper::body::Body for Prefixed {
         if let Some(head) = self.head.take().filter(|h| !h.is_empty()) {
             return Poll::Ready(Some(Ok(Frame::data(head))));
         }
-        Pin::new(&mut self.rest).poll_frame(cx).map_err(Into::into)
+        Pin::new(&mut self.rest).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -120,11 +120,10 @@ async fn fetch(upstreams: &Upstreams, request: &CacheRequest<'_>) -> Fetched {
     headers::client_response(&mut head.headers, false);
     let max = request.config.max_object_bytes;
     let mut read = BytesMut::new();
-    let too_big =
-        |head: hyper::http::response::Parts, read: BytesMut, rest: Incoming, in_flight: InFlight| {
-            let body = Prefixed { head: Some(read.freeze()), rest, _in_flight: in_flight };
-            Fetched::TooBig(Response::from_parts(head, body.boxed()))
-        };
+    let too_big = |head: hyper::http::response::Parts, read: BytesMut, rest: Body, in_flight: InFlight| {
+        let body = Prefixed { head: Some(read.freeze()), rest, _in_flight: in_flight };
+        Fetched::TooBig(Response::from_parts(head, body.boxed()))
+    };
     if body.size_hint().lower() > max as u64 {
         return too_big(head, read, body, in_flight);
     }

@@ -1,6 +1,6 @@
 //! Guard: what is refused before routing: plain HTTP on a redirect listener, ambiguous framing
 //! (Content-Length with Transfer-Encoding), more header fields than allowed, two Host headers,
-//! a declared body over the limit. Framing errors inside a body are the parser's (hyper's).
+//! a declared body over the limit. Framing errors inside a body are the engine's (`h1::body`).
 use hyper::{
     HeaderMap, StatusCode,
     header::{self, HeaderValue},
@@ -8,7 +8,7 @@ use hyper::{
 
 use crate::{
     config::Listener,
-    proxy::{phase::Refusal, server::MAX_HEADER_FIELDS},
+    proxy::{h1::head::MAX_HEADER_FIELDS, phase::Refusal},
 };
 
 /// The request head's facts the guard looks at.

@@ -3,7 +3,7 @@
 //! fields are added (X-Forwarded-For/-Proto, Forwarded, Via, X-Request-Id).
 use hyper::{
     HeaderMap, Version,
-    header::{self, HeaderValue},
+    header::{self, HeaderName, HeaderValue},
     http::request::Parts,
 };
 
@@ -11,15 +11,29 @@ use crate::proxy::{access_log::ClientConn, header_tokens};
 
 /// Fields a Connection header may not remove: the request would lose its meaning.
 const END_TO_END: [&str; 1] = ["host"];
+/// Hop-by-hop fields besides Connection and Upgrade (names made once, not per request).
+const HOP_BY_HOP: [HeaderName; 5] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const VIA: HeaderName = HeaderName::from_static("via");
 
 /// Drops hop-by-hop fields (keeping Upgrade and Connection for a protocol switch).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    for name in header_tokens(headers, header::CONNECTION) {
-        if !(keep_upgrade && name == "upgrade") && !END_TO_END.contains(&name.as_str()) {
-            headers.remove(name.as_str());
+    if headers.contains_key(header::CONNECTION) {
+        for name in header_tokens(headers, header::CONNECTION) {
+            if !(keep_upgrade && name == "upgrade") && !END_TO_END.contains(&name.as_str()) {
+                headers.remove(name.as_str());
+            }
         }
     }
-    for name in ["keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding"] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
     if !keep_upgrade {
@@ -51,29 +65,29 @@ pub fn upstream_request(
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     let client = conn.address.ip();
-    let forwarded_for = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let forwarded_for = match parts.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(previous) => format!("{previous}, {client}"),
         None => client.to_string(),
     };
     let proto = if conn.tls() { "https" } else { "http" };
     let for_node = if client.is_ipv6() { format!("\"[{client}]\"") } else { client.to_string() };
     for (name, value) in [
-        ("x-forwarded-for", forwarded_for),
-        ("forwarded", format!("for={for_node};proto={proto};host={host}")),
-        ("x-request-id", request_id.to_owned()),
+        (X_FORWARDED_FOR, forwarded_for),
+        (header::FORWARDED, format!("for={for_node};proto={proto};host={host}")),
+        (X_REQUEST_ID, request_id.to_owned()),
     ] {
         if let Ok(v) = HeaderValue::from_str(&value) {
             parts.headers.insert(name, v);
         }
     }
-    parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
-    parts.headers.insert("via", HeaderValue::from_static("1.1 sluice"));
+    parts.headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    parts.headers.insert(VIA, HeaderValue::from_static("1.1 sluice"));
 }
 
 /// Rewrites the backend's response head for the client.
 pub fn client_response(headers: &mut HeaderMap, switching: bool) {
     strip_hop_by_hop(headers, switching);
-    headers.insert("via", HeaderValue::from_static("1.1 sluice"));
+    headers.insert(VIA, HeaderValue::from_static("1.1 sluice"));
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! Upstream: sending a request to one backend (pooled HTTP/1.1 keep-alive connections, or
-//! HTTP/2 to h2c pools with the client's host as `:authority`), and the tries of one request:
+//! Upstream: sending a request to one backend (HTTP/1.1 on the own engine's pooled keep-alive
+//! connections, or HTTP/2 to h2c pools with the client's host as `:authority`), and the tries of one request:
 //! a retry goes to another backend within the route's budget; a 502/503/504 that cannot be
 //! retried reaches the client as the backend sent it; every answer feeds outlier detection.
 use std::{
@@ -12,21 +12,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use http_body_util::BodyExt;
 use hyper::{
-    HeaderMap, Request, Response, StatusCode, Uri, Version,
-    body::Incoming,
-    client::conn::http2,
-    header,
-    http::{request::Parts, uri::PathAndQuery},
+    HeaderMap, Request, Response, StatusCode, Uri, Version, client::conn::http2, header, http::request::Parts,
 };
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::{
     config::UpstreamProtocol,
     proxy::{
+        h1,
         metrics::Label,
         phase::respond::{self, Body},
         routes::{CompiledRoute, L7Pool, Upstream},
@@ -61,11 +56,7 @@ impl Drop for InFlight {
 struct H2cConnections(Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>);
 
 impl H2cConnections {
-    async fn send(
-        &self,
-        address: SocketAddr,
-        request: Request<Body>,
-    ) -> Result<Response<Incoming>, SendError> {
+    async fn send(&self, address: SocketAddr, request: Request<Body>) -> Result<Response<Body>, SendError> {
         let open = self
             .0
             .lock()
@@ -94,27 +85,15 @@ impl H2cConnections {
             }
         };
         sender.ready().await?;
-        Ok(sender.send_request(request).await?)
+        Ok(sender.send_request(request).await?.map(|body| body.map_err(Into::into).boxed()))
     }
 }
 
 /// The connections to every backend.
+#[derive(Default)]
 pub struct Upstreams {
-    http1: Client<HttpConnector, Body>,
+    http1: Arc<h1::upstream::Pool>,
     h2c: H2cConnections,
-}
-
-impl Default for Upstreams {
-    fn default() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
-        Upstreams { http1, h2c: H2cConnections::default() }
-    }
 }
 
 impl Upstreams {
@@ -129,26 +108,20 @@ impl Upstreams {
         mut headers: HeaderMap,
         host: &str,
         body: Body,
-    ) -> Result<Response<Incoming>, SendError> {
-        let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let h2 = protocol == UpstreamProtocol::H2c;
-        let authority = if h2 {
-            headers.remove(header::HOST);
-            host.parse().unwrap_or_else(|_| upstream.authority.clone())
-        } else {
-            upstream.authority.clone()
-        };
-        let uri = Uri::builder().scheme("http").authority(authority).path_and_query(path).build()?;
+    ) -> Result<Response<Body>, SendError> {
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        if protocol == UpstreamProtocol::Http1 {
+            return self.http1.send(upstream.address, &parts.method, target, &headers, body).await;
+        }
+        headers.remove(header::HOST);
+        let authority = host.parse().unwrap_or_else(|_| upstream.authority.clone());
+        let uri = Uri::builder().scheme("http").authority(authority).path_and_query(target).build()?;
         let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
-        *request.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        *request.version_mut() = Version::HTTP_2;
         *request.headers_mut() = headers;
-        if h2 {
-            self.h2c.send(upstream.address, request).await
-        } else {
-            Ok(self.http1.request(request).await?)
-        }
+        self.h2c.send(upstream.address, request).await
     }
 }
 
@@ -191,7 +164,7 @@ pub fn observe(
 
 /// A backend's answer, with its request still in flight.
 pub struct Answered {
-    pub response: Response<Incoming>,
+    pub response: Response<Body>,
     pub in_flight: InFlight,
     /// Time to response headers.
     pub seconds: f64,

@@ -1,0 +1,311 @@
+//! Body framing (RFC 9112 §6, §7): one state machine that cuts a message body out of the bytes
+//! read from a connection: none, Content-Length, chunked, or until the peer closes (responses
+//! only). Every framing rule is one match arm; anything it cannot read exactly is an error.
+use bytes::{Buf, Bytes, BytesMut};
+
+/// How a message's body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (GET without a length, HEAD and 204/304 answers, 1xx).
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the peer closes (a response with neither length nor chunking).
+    Close,
+}
+
+/// What went wrong reading a body.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BodyError {
+    #[error("bad chunk size line")]
+    ChunkSize,
+    #[error("chunk size too large")]
+    ChunkTooLarge,
+    #[error("chunk data not followed by CRLF")]
+    ChunkEnd,
+    #[error("trailer section too long or malformed")]
+    Trailer,
+    #[error("connection closed before the body ended")]
+    Truncated,
+}
+
+/// The longest chunk-size line (digits, extensions) and trailer section accepted.
+const MAX_LINE: usize = 4096;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    /// Hex digits of the next chunk's size (`digits` read so far).
+    Size {
+        size: u64,
+        digits: u8,
+    },
+    /// After the size: optional whitespace and `;extensions` up to CR.
+    Extension {
+        size: u64,
+    },
+    /// CR seen after the size line; LF next.
+    SizeLf {
+        size: u64,
+    },
+    /// Chunk data still to come.
+    Data {
+        left: u64,
+    },
+    /// CRLF after a chunk's data.
+    DataCr,
+    DataLf,
+    /// After the last chunk: the start of a trailer line, or the final CRLF.
+    TrailerStart,
+    /// Inside a trailer field line (discarded).
+    TrailerLine,
+    TrailerLf,
+    /// CR of the final empty line seen; LF next.
+    EndLf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Length(u64),
+    Chunked(Chunk),
+    Close,
+    Done,
+}
+
+/// What one call to `Decoder::decode` found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// Body bytes.
+    Data(Bytes),
+    /// The buffer holds no more of the body: read more, then call again.
+    NeedMore,
+    /// The body is complete (the bytes after it belong to the next message).
+    Done,
+}
+
+/// Cuts one body out of a connection's read buffer.
+#[derive(Debug)]
+pub struct Decoder {
+    state: State,
+    /// Bytes of the current size line or trailer section (bounded by `MAX_LINE`).
+    line: usize,
+}
+
+impl Decoder {
+    pub fn new(framing: Framing) -> Decoder {
+        let state = match framing {
+            Framing::Empty | Framing::Length(0) => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::Chunked(Chunk::Size { size: 0, digits: 0 }),
+            Framing::Close => State::Close,
+        };
+        Decoder { state, line: 0 }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Bytes the body still has, when that is known.
+    pub fn remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Length(n) => Some(n),
+            State::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// The peer closed its side: the end of a close-delimited body, else a truncated one.
+    pub fn eof(&mut self) -> Result<(), BodyError> {
+        match self.state {
+            State::Close | State::Done => {
+                self.state = State::Done;
+                Ok(())
+            }
+            _ => Err(BodyError::Truncated),
+        }
+    }
+
+    /// Takes the next piece of the body out of `buf`.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, BodyError> {
+        loop {
+            match self.state {
+                State::Done => return Ok(Decoded::Done),
+                State::Close => {
+                    return Ok(if buf.is_empty() {
+                        Decoded::NeedMore
+                    } else {
+                        Decoded::Data(buf.split().freeze())
+                    });
+                }
+                State::Length(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let n = (buf.len() as u64).min(left) as usize;
+                    let left = left - n as u64;
+                    self.state = if left == 0 { State::Done } else { State::Length(left) };
+                    return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                }
+                State::Chunked(Chunk::Data { left }) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let n = (buf.len() as u64).min(left) as usize;
+                    let left = left - n as u64;
+                    self.state = State::Chunked(if left == 0 { Chunk::DataCr } else { Chunk::Data { left } });
+                    return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                }
+                State::Chunked(chunk) => {
+                    let Some(&byte) = buf.first() else { return Ok(Decoded::NeedMore) };
+                    buf.advance(1);
+                    self.state = self.chunk_byte(chunk, byte)?;
+                }
+            }
+        }
+    }
+
+    /// One byte of chunked framing outside chunk data.
+    fn chunk_byte(&mut self, chunk: Chunk, byte: u8) -> Result<State, BodyError> {
+        // A size line, or the last chunk's line with the trailer section, is bounded.
+        self.line += 1;
+        let long = self.line > MAX_LINE;
+        Ok(State::Chunked(match chunk {
+            Chunk::Size { size, digits } => match byte {
+                b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                    // 16 hex digits overflow nothing; more could (or smuggle with leading zeros).
+                    if digits >= 16 {
+                        return Err(BodyError::ChunkTooLarge);
+                    }
+                    let value = (byte as char).to_digit(16).unwrap_or(0) as u64;
+                    Chunk::Size { size: size << 4 | value, digits: digits + 1 }
+                }
+                _ if digits == 0 => return Err(BodyError::ChunkSize),
+                b'\r' => Chunk::SizeLf { size },
+                b';' | b' ' | b'\t' => Chunk::Extension { size },
+                _ => return Err(BodyError::ChunkSize),
+            },
+            Chunk::Extension { size } => match byte {
+                _ if long => return Err(BodyError::ChunkSize),
+                b'\r' => Chunk::SizeLf { size },
+                // Extensions are ignored, but may not hold line breaks or control bytes.
+                b'\n' | 0..=8 | 10..=31 | 127 => return Err(BodyError::ChunkSize),
+                _ => Chunk::Extension { size },
+            },
+            Chunk::SizeLf { size } => match byte {
+                b'\n' if size == 0 => Chunk::TrailerStart,
+                b'\n' => Chunk::Data { left: size },
+                _ => return Err(BodyError::ChunkSize),
+            },
+            Chunk::Data { .. } => unreachable!("chunk data is taken whole"),
+            Chunk::DataCr => match byte {
+                b'\r' => Chunk::DataLf,
+                _ => return Err(BodyError::ChunkEnd),
+            },
+            Chunk::DataLf => match byte {
+                b'\n' => {
+                    self.line = 0;
+                    Chunk::Size { size: 0, digits: 0 }
+                }
+                _ => return Err(BodyError::ChunkEnd),
+            },
+            Chunk::TrailerStart => match byte {
+                _ if long => return Err(BodyError::Trailer),
+                b'\r' => Chunk::EndLf,
+                b'\n' | b' ' | b'\t' => return Err(BodyError::Trailer),
+                _ => Chunk::TrailerLine,
+            },
+            Chunk::TrailerLine => match byte {
+                _ if long => return Err(BodyError::Trailer),
+                b'\r' => Chunk::TrailerLf,
+                b'\n' | 0 => return Err(BodyError::Trailer),
+                _ => Chunk::TrailerLine,
+            },
+            Chunk::TrailerLf => match byte {
+                b'\n' => Chunk::TrailerStart,
+                _ => return Err(BodyError::Trailer),
+            },
+            Chunk::EndLf => match byte {
+                b'\n' => return Ok(State::Done),
+                _ => return Err(BodyError::Trailer),
+            },
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `input` in pieces of `step` bytes; returns the body and what was left after it.
+    fn run(framing: Framing, input: &[u8], step: usize) -> Result<(Vec<u8>, Vec<u8>), BodyError> {
+        let mut decoder = Decoder::new(framing);
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut fed = 0;
+        loop {
+            match decoder.decode(&mut buf)? {
+                Decoded::Data(data) => body.extend_from_slice(&data),
+                Decoded::Done => return Ok((body, [&buf[..], &input[fed..]].concat())),
+                Decoded::NeedMore if fed < input.len() => {
+                    let end = (fed + step).min(input.len());
+                    buf.extend_from_slice(&input[fed..end]);
+                    fed = end;
+                }
+                Decoded::NeedMore => {
+                    decoder.eof()?;
+                    return Ok((body, Vec::new()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_framing_reads_its_body_whatever_the_pieces() {
+        let chunked = b"5\r\nhello\r\n6;ext=\"x\"\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\nGET /next";
+        for step in [1, 2, 7, 1000] {
+            assert_eq!(
+                run(Framing::Length(5), b"helloGET", step).unwrap(),
+                (b"hello".to_vec(), b"GET".to_vec())
+            );
+            assert_eq!(
+                run(Framing::Chunked, chunked, step).unwrap(),
+                (b"hello world".to_vec(), b"GET /next".to_vec()),
+                "step {step}"
+            );
+            assert_eq!(run(Framing::Close, b"until the end", step).unwrap().0, b"until the end".to_vec());
+        }
+        assert_eq!(run(Framing::Empty, b"GET", 10).unwrap(), (Vec::new(), b"GET".to_vec()));
+        assert_eq!(run(Framing::Chunked, b"0\r\n\r\n", 1).unwrap(), (Vec::new(), Vec::new()));
+        assert_eq!(run(Framing::Chunked, b"A\r\n0123456789\r\n0\r\n\r\n", 3).unwrap().0, b"0123456789");
+    }
+
+    #[test]
+    fn malformed_or_truncated_bodies_are_errors() {
+        let err = |framing, input: &[u8]| run(framing, input, 1000).unwrap_err();
+        assert_eq!(err(Framing::Chunked, b"ZZ\r\nhello\r\n0\r\n\r\n"), BodyError::ChunkSize);
+        assert_eq!(err(Framing::Chunked, b"\r\n"), BodyError::ChunkSize, "no digits");
+        assert_eq!(err(Framing::Chunked, b"5\nhello\r\n0\r\n\r\n"), BodyError::ChunkSize, "bare LF");
+        assert_eq!(err(Framing::Chunked, b"-5\r\n"), BodyError::ChunkSize);
+        assert_eq!(err(Framing::Chunked, b"0x5\r\n"), BodyError::ChunkSize);
+        assert_eq!(
+            err(Framing::Chunked, b"5\r\nhelloXX0\r\n\r\n"),
+            BodyError::ChunkEnd,
+            "data longer than its size"
+        );
+        assert_eq!(err(Framing::Chunked, b"11111111111111111\r\n"), BodyError::ChunkTooLarge);
+        assert_eq!(
+            err(Framing::Chunked, b"5;a\nb\r\nhello\r\n0\r\n\r\n"),
+            BodyError::ChunkSize,
+            "LF in extension"
+        );
+        assert_eq!(err(Framing::Chunked, b"0\r\n folded\r\n\r\n"), BodyError::Trailer);
+        assert_eq!(err(Framing::Chunked, b"5\r\nhel"), BodyError::Truncated);
+        assert_eq!(err(Framing::Length(10), b"short"), BodyError::Truncated);
+        let long_extension = format!("5;{}\r\nhello\r\n0\r\n\r\n", "x".repeat(5000));
+        assert_eq!(err(Framing::Chunked, long_extension.as_bytes()), BodyError::ChunkSize);
+        let long_trailer = format!("0\r\nx: {}\r\n\r\n", "y".repeat(5000));
+        assert_eq!(err(Framing::Chunked, long_trailer.as_bytes()), BodyError::Trailer);
+    }
+}

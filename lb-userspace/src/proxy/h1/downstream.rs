@@ -1,0 +1,503 @@
+//! A client's HTTP/1.1 connection, driven in one task: read a request head, hand the request
+//! to the pipeline (its body streamed from this connection while the pipeline runs), write
+//! the answer's head and body with as few writes as possible, and go again while keep-alive
+//! holds. An idle connection holds no buffer. Requests the parser refuses are answered,
+//! counted and logged. A connection that opens with HTTP/2's preface is handed back.
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use http_body_util::BodyExt;
+use hyper::{
+    Method, Request, Response, StatusCode, Version,
+    body::{Body as _, Frame, SizeHint},
+    header,
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+    sync::mpsc,
+};
+
+use crate::{
+    config::Listener,
+    proxy::{
+        access_log::{self, ClientConn},
+        h1::{
+            body::{BodyError, Decoded, Decoder, Framing},
+            encode::{self, Out},
+            head::{self, Refused},
+            upstream::{Switched, write_all_vectored},
+        },
+        idle::{Activity, Closed, Watched},
+        phase::respond::{self, Body},
+        pipeline::Forwarder,
+        routes::Snapshot,
+    },
+};
+
+/// The start of HTTP/2's client preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+/// What one read from a client asks for.
+const READ_SIZE: usize = 8 * 1024;
+/// Request body chunks queued between this connection and the pipeline.
+const BODY_QUEUE: usize = 4;
+
+/// A client connection's stream.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Resolves when the client has sent something, without holding a buffer while it waits.
+    /// TLS may hold decrypted bytes already, so its streams answer at once and read instead.
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+impl ClientIo for Watched<TcpStream> {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        self.get_ref().readable()
+    }
+}
+
+impl ClientIo for tokio_rustls::server::TlsStream<Watched<TcpStream>> {}
+
+/// What the connection serves requests with.
+pub struct Session {
+    pub forwarder: Arc<Forwarder>,
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub listener: Arc<Listener>,
+    pub conn: Arc<ClientConn>,
+    pub activity: Arc<Activity>,
+    /// Fires when the listener stops: idle connections close, busy ones after their answer.
+    pub stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// How the connection ended.
+pub enum Ended {
+    /// Closed (by either side, or after a refusal).
+    Closed,
+    /// The client spoke HTTP/2: these bytes were read, the rest is on the stream.
+    Http2(BytesMut),
+}
+
+/// A request body read from the connection while the pipeline consumes it.
+struct RequestBody {
+    chunks: mpsc::Receiver<Result<Bytes, BodyError>>,
+    left: Option<u64>,
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.chunks.poll_recv(cx) {
+            Poll::Ready(Some(Ok(data))) => {
+                if let Some(left) = &mut self.left {
+                    *left = left.saturating_sub(data.len() as u64);
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == Some(0)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.left.map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
+}
+
+/// Reads the body into the pipeline's queue. Returns whether the body was read to its end.
+async fn pump<S: ClientIo>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    decoder: &mut Decoder,
+    chunks: mpsc::Sender<Result<Bytes, BodyError>>,
+    mut expect_continue: bool,
+) -> bool {
+    loop {
+        match decoder.decode(buf) {
+            Ok(Decoded::Data(data)) => {
+                if chunks.send(Ok(data)).await.is_err() {
+                    return false; // the pipeline no longer wants it
+                }
+            }
+            Ok(Decoded::Done) => return true,
+            Ok(Decoded::NeedMore) => {
+                if expect_continue {
+                    expect_continue = false;
+                    if io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+                        return false;
+                    }
+                    let _ = io.flush().await;
+                }
+                buf.reserve(READ_SIZE);
+                match io.read_buf(buf).await {
+                    Ok(0) => {
+                        let err = decoder.eof().err().unwrap_or(BodyError::Truncated);
+                        let _ = chunks.send(Err(err)).await;
+                        return false;
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        let _ = chunks.send(Err(BodyError::Truncated)).await;
+                        return false;
+                    }
+                }
+            }
+            Err(err) => {
+                let _ = chunks.send(Err(err)).await;
+                return false;
+            }
+        }
+    }
+}
+
+/// Answers a request the parser refused, counts and logs it.
+async fn refuse<S: ClientIo>(io: &mut S, cx: &Session, refused: Refused) {
+    let status = refused.status;
+    let line = format!(
+        "HTTP/1.1 {} {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let _ = io.write_all(line.as_bytes()).await;
+    let _ = io.shutdown().await;
+    cx.forwarder.metrics.parser_refused(&cx.listener.name, status.as_u16());
+    if cx.listener.access_log {
+        access_log::refused(&cx.conn, status.as_u16(), refused.reason);
+    }
+}
+
+/// Reads the next request head; None when the client closed (or was refused).
+async fn read_head<S: ClientIo>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    cx: &Session,
+    first: bool,
+) -> Result<Option<head::RequestHead>, Ended> {
+    let max = cx.listener.max_header_bytes.max(1024);
+    let mut deadline = None;
+    loop {
+        if !buf.is_empty() {
+            if first && (buf.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(buf)) {
+                if buf.len() >= H2_PREFACE.len() {
+                    return Err(Ended::Http2(std::mem::take(buf)));
+                }
+            } else {
+                match head::parse_request(buf, max) {
+                    Ok(Some(head)) => return Ok(Some(head)),
+                    Ok(None) => {}
+                    Err(refused) => {
+                        refuse(io, cx, refused).await;
+                        return Ok(None);
+                    }
+                }
+            }
+            // A request has started: the rest of its head must come within the timeout.
+            deadline.get_or_insert_with(|| tokio::time::Instant::now() + cx.listener.header_read_timeout);
+        } else {
+            // Idle: wait for a byte with no buffer held, or the listener's stop. Between
+            // requests the wait is bounded by the header read timeout (before the first one,
+            // the watchdog's first-byte timeout bounds it).
+            *buf = BytesMut::new();
+            let mut stop = cx.stop.clone();
+            if *stop.borrow() {
+                return Ok(None);
+            }
+            let keep_alive = async {
+                match first {
+                    true => std::future::pending().await,
+                    false => tokio::time::sleep(cx.listener.header_read_timeout).await,
+                }
+            };
+            tokio::select! {
+                biased;
+                ready = io.readable() => if ready.is_err() {
+                    return Ok(None);
+                },
+                _ = stop.changed() => return Ok(None),
+                _ = keep_alive => {
+                    cx.forwarder.metrics.closed_idle(&cx.listener.name, Closed::KeepAlive.label());
+                    return Ok(None);
+                }
+            }
+        }
+        let idle_wait = buf.is_empty() && !first;
+        buf.reserve(READ_SIZE);
+        let read = match deadline {
+            Some(at) => match tokio::time::timeout_at(at, io.read_buf(buf)).await {
+                Ok(read) => read,
+                Err(_) => {
+                    let refused =
+                        Refused { status: StatusCode::REQUEST_TIMEOUT, reason: "request head timed out" };
+                    refuse(io, cx, refused).await;
+                    return Ok(None);
+                }
+            },
+            // TLS waits here between requests (its `readable` answers at once).
+            None if idle_wait => {
+                match tokio::time::timeout(cx.listener.header_read_timeout, io.read_buf(buf)).await {
+                    Ok(read) => read,
+                    Err(_) => {
+                        cx.forwarder.metrics.closed_idle(&cx.listener.name, Closed::KeepAlive.label());
+                        return Ok(None);
+                    }
+                }
+            }
+            None => io.read_buf(buf).await,
+        };
+        match read {
+            Ok(0) if !buf.is_empty() && deadline.is_some() => {
+                refuse(
+                    io,
+                    cx,
+                    Refused { status: StatusCode::BAD_REQUEST, reason: "incomplete request head" },
+                )
+                .await;
+                return Ok(None);
+            }
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Serves requests on `io` until either side closes.
+pub async fn serve<S: ClientIo>(mut io: S, cx: Session) -> (S, Ended) {
+    let mut buf = BytesMut::new();
+    let mut first = true;
+    loop {
+        let head = match read_head(&mut io, &mut buf, &cx, first).await {
+            Ok(Some(head)) => head,
+            Ok(None) => return (io, Ended::Closed),
+            Err(ended) => return (io, ended),
+        };
+        first = false;
+        let busy = cx.activity.start();
+        let method = head.method.clone();
+        let mut decoder = Decoder::new(head.framing);
+        let left = match head.framing {
+            Framing::Length(n) => Some(n),
+            Framing::Empty => Some(0),
+            _ => None,
+        };
+        let (body, chunks) = if decoder.is_done() {
+            (respond::empty(), None)
+        } else {
+            let (tx, rx) = mpsc::channel(BODY_QUEUE);
+            (RequestBody { chunks: rx, left }.boxed(), Some(tx))
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = head.method;
+        *request.uri_mut() = head.uri;
+        *request.version_mut() = head.version;
+        *request.headers_mut() = head.headers;
+        let handled = cx.forwarder.clone().handle(
+            request,
+            cx.snapshot.load_full(),
+            cx.listener.clone(),
+            cx.conn.clone(),
+        );
+        let (response, entry) = match chunks {
+            None => Box::pin(handled).await,
+            Some(chunks) => {
+                let mut handled = Box::pin(handled);
+                let pumped = pump(&mut io, &mut buf, &mut decoder, chunks, head.expect_continue);
+                tokio::pin!(pumped);
+                let mut pumping = true;
+                loop {
+                    tokio::select! {
+                        biased;
+                        answer = &mut handled => break answer,
+                        _ = &mut pumped, if pumping => pumping = false,
+                    }
+                }
+            }
+        };
+        // A body not read to its end leaves the stream unusable for another request.
+        let keep_alive = head.keep_alive && decoder.is_done() && !*cx.stop.borrow();
+        let written = write_response(&mut io, &method, head.version, response, keep_alive).await;
+        if let Some(entry) = &entry {
+            entry.write(&cx.conn, written.bytes);
+        }
+        if let Some(switched) = written.switched {
+            tunnel(&mut io, &mut buf, switched).await;
+            drop(busy);
+            return (io, Ended::Closed);
+        }
+        drop(busy);
+        if !written.keep_alive {
+            let _ = io.shutdown().await;
+            return (io, Ended::Closed);
+        }
+    }
+}
+
+/// What writing an answer did.
+struct Written {
+    bytes: u64,
+    keep_alive: bool,
+    /// The backend connection of a `101 Switching Protocols`.
+    switched: Option<Switched>,
+}
+
+/// Writes the answer's head and body; the head and the first piece of the body go in one
+/// write when the body is ready.
+async fn write_response<S: ClientIo>(
+    io: &mut S,
+    method: &Method,
+    version: Version,
+    response: Response<Body>,
+    keep_alive: bool,
+) -> Written {
+    let (mut parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let switched =
+        if status == StatusCode::SWITCHING_PROTOCOLS { parts.extensions.remove::<Switched>() } else { None };
+    let mut keep_alive = keep_alive && !head::connection_has(&parts.headers, "close") && switched.is_none();
+    let bodiless = *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let mut first = None;
+    let mut done = bodiless;
+    if !bodiless {
+        match body.frame().now_or_never() {
+            Some(Some(Ok(frame))) => first = frame.into_data().ok(),
+            Some(None) => done = true,
+            Some(Some(Err(_))) => return Written { bytes: 0, keep_alive: false, switched: None },
+            None => {}
+        }
+        done = done || body.is_end_stream();
+    }
+    let first_len = first.as_ref().map_or(0, |f| f.len() as u64);
+    let out = if bodiless {
+        Out::None
+    } else if done {
+        Out::Length(first_len)
+    } else if let Some(rest) = body.size_hint().exact() {
+        Out::Length(first_len + rest)
+    } else if version == Version::HTTP_11 {
+        Out::Chunked
+    } else {
+        keep_alive = false;
+        Out::Close
+    };
+    // HEAD and 304 keep the length the full answer would have had.
+    let kept_length = match (bodiless, status) {
+        (true, StatusCode::NO_CONTENT) => None,
+        (true, s) if s.is_informational() => None,
+        (true, _) => parts.headers.get(header::CONTENT_LENGTH).map(|v| v.as_bytes().to_vec()).or_else(|| {
+            (*method == Method::HEAD)
+                .then(|| body.size_hint().exact())
+                .flatten()
+                .map(|n| n.to_string().into_bytes())
+        }),
+        (false, _) => None,
+    };
+    let mut head = Vec::with_capacity(256 + parts.headers.len() * 32);
+    let keep_alive_10 = keep_alive && version == Version::HTTP_10;
+    encode::response_head(
+        &mut head,
+        status,
+        &parts.headers,
+        out,
+        kept_length.as_deref(),
+        !keep_alive && switched.is_none(),
+        keep_alive_10,
+    );
+    let mut bytes = 0u64;
+    let failed = Written { bytes: 0, keep_alive: false, switched: None };
+    // Head and first piece together.
+    {
+        let size;
+        let mut slices = Vec::with_capacity(5);
+        slices.push(io::IoSlice::new(&head));
+        if let Some(data) = &first {
+            bytes += data.len() as u64;
+            if out == Out::Chunked && !data.is_empty() {
+                size = encode::chunk_size(data.len());
+                slices.push(io::IoSlice::new(size.as_bytes()));
+                slices.push(io::IoSlice::new(data));
+                slices.push(io::IoSlice::new(b"\r\n"));
+            } else {
+                slices.push(io::IoSlice::new(data));
+            }
+        }
+        if out == Out::Chunked && done {
+            slices.push(io::IoSlice::new(encode::LAST_CHUNK));
+        }
+        if write_all_vectored(io, &mut slices).await.is_err() {
+            return failed;
+        }
+    }
+    if !done {
+        loop {
+            let frame = match body.frame().await {
+                None => break,
+                Some(Ok(frame)) => frame,
+                Some(Err(_)) => {
+                    // Cut short upstream: the client must see the answer end abnormally.
+                    let _ = io.flush().await;
+                    return Written { bytes, keep_alive: false, switched: None };
+                }
+            };
+            let Ok(data) = frame.into_data() else { continue };
+            if data.is_empty() {
+                continue;
+            }
+            bytes += data.len() as u64;
+            let result = if out == Out::Chunked {
+                let size = encode::chunk_size(data.len());
+                let mut slices =
+                    [io::IoSlice::new(size.as_bytes()), io::IoSlice::new(&data), io::IoSlice::new(b"\r\n")];
+                write_all_vectored(io, &mut slices).await
+            } else {
+                io.write_all(&data).await
+            };
+            if result.is_err() {
+                return failed;
+            }
+            // Streamed answers reach the client as they come.
+            let _ = io.flush().await;
+        }
+        if out == Out::Chunked && io.write_all(encode::LAST_CHUNK).await.is_err() {
+            return failed;
+        }
+    }
+    if io.flush().await.is_err() {
+        return failed;
+    }
+    Written { bytes, keep_alive, switched }
+}
+
+/// After `101 Switching Protocols`: bytes both ways until either side closes.
+async fn tunnel<S: ClientIo>(io: &mut S, buf: &mut BytesMut, switched: Switched) {
+    let Some(conn) = switched.0.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+    let (mut upstream, read_ahead) = conn.into_parts();
+    if !read_ahead.is_empty() && io.write_all(&read_ahead).await.is_err() {
+        return;
+    }
+    if !buf.is_empty() && upstream.write_all(buf).await.is_err() {
+        return;
+    }
+    buf.clear();
+    let _ = io.flush().await;
+    let _ = tokio::io::copy_bidirectional(io, &mut upstream).await;
+}

@@ -1,0 +1,143 @@
+//! Writing HTTP/1.1 heads and chunk framing into a byte buffer: the response head a client
+//! gets, the request head a backend gets, and the size line of a chunk.
+use std::{
+    sync::Mutex,
+    time::{Duration, SystemTime},
+};
+
+use hyper::{HeaderMap, Method, StatusCode, header};
+
+/// How the body written after a head is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Out {
+    /// No body follows (HEAD, 1xx/204/304, or an empty one with its length written).
+    None,
+    /// `Content-Length: n` followed by n bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Written until the connection closes (an HTTP/1.0 client).
+    Close,
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn fields(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        // Framing is the writer's to say, never copied.
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+}
+
+fn framing(out: &mut Vec<u8>, body: Out) {
+    match body {
+        Out::Length(n) => field(out, b"content-length", itoa(n).as_bytes()),
+        Out::Chunked => field(out, b"transfer-encoding", b"chunked"),
+        Out::None | Out::Close => {}
+    }
+}
+
+fn itoa(n: u64) -> String {
+    n.to_string()
+}
+
+/// The `Date` value, formatted once a second at most.
+fn date() -> String {
+    static CACHE: Mutex<Option<(u64, String)>> = Mutex::new(None);
+    let now = SystemTime::now();
+    let second = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    match &*cache {
+        Some((at, text)) if *at == second => text.clone(),
+        _ => {
+            let text = httpdate::fmt_http_date(now);
+            *cache = Some((second, text.clone()));
+            text
+        }
+    }
+}
+
+/// A response head. `length` is the Content-Length to keep for a HEAD or 304 answer (whose
+/// body is not sent); `close` adds `Connection: close`, `keep_alive_10` `Connection:
+/// keep-alive` for an HTTP/1.0 client.
+pub fn response_head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: Out,
+    length: Option<&[u8]>,
+    close: bool,
+    keep_alive_10: bool,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    fields(out, headers);
+    framing(out, body);
+    if let Some(length) = length {
+        field(out, b"content-length", length);
+    }
+    if !headers.contains_key(header::DATE) {
+        field(out, b"date", date().as_bytes());
+    }
+    if close {
+        field(out, b"connection", b"close");
+    } else if keep_alive_10 {
+        field(out, b"connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A request head to a backend (`target` in origin form; Host among `headers`).
+pub fn request_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap, body: Out) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    fields(out, headers);
+    framing(out, body);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The line before a chunk of `len` bytes.
+pub fn chunk_size(len: usize) -> String {
+    format!("{len:x}\r\n")
+}
+
+/// The last chunk and the end of the body (no trailers).
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_carry_the_writers_framing_not_the_copied_one() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "a".parse().unwrap());
+        headers.insert(header::CONTENT_LENGTH, "99".parse().unwrap());
+        headers.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        let mut out = Vec::new();
+        request_head(&mut out, &Method::POST, "/x", &headers, Out::Length(3));
+        assert_eq!(out, b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\n\r\n");
+        let mut out = Vec::new();
+        headers.insert(header::DATE, "d".parse().unwrap());
+        response_head(&mut out, StatusCode::OK, &headers, Out::Chunked, None, true, false);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nhost: a\r\ndate: d\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+        assert_eq!(chunk_size(255), "ff\r\n");
+    }
+}

@@ -1,0 +1,323 @@
+//! Message heads (RFC 9112 §2-§6): a request head from a client and a response head from a
+//! backend, parsed with `httparse` into `http` types, with the framing each one's body has.
+//! Ambiguous framing (Content-Length with Transfer-Encoding, differing lengths, a coding
+//! other than a lone `chunked`) is refused here, before anything is forwarded.
+use bytes::{Bytes, BytesMut};
+use hyper::{
+    HeaderMap, Method, StatusCode, Uri, Version,
+    header::{self, HeaderName, HeaderValue},
+};
+
+use crate::proxy::h1::body::Framing;
+
+/// Header fields a request may carry (HTTP/1.1 and HTTP/2 alike); more get 431.
+pub const MAX_HEADER_FIELDS: usize = 100;
+/// Header fields a backend's response may carry.
+const MAX_RESPONSE_FIELDS: usize = 200;
+
+/// Why a request head is refused: the status it is answered with, and a reason for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{status}: {reason}")]
+pub struct Refused {
+    pub status: StatusCode,
+    pub reason: &'static str,
+}
+
+fn bad(reason: &'static str) -> Refused {
+    Refused { status: StatusCode::BAD_REQUEST, reason }
+}
+
+/// A parsed request head.
+#[derive(Debug)]
+pub struct RequestHead {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// The connection may carry another request after this one (before the answer's say).
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` on a request with a body.
+    pub expect_continue: bool,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// The backend keeps the connection open after this answer.
+    pub keep_alive: bool,
+}
+
+/// Where each field of a parsed head sits in its buffer (httparse borrows the buffer; the
+/// head is cut out of it afterwards, and the values become slices of that cut, not copies).
+fn field_ranges(
+    buf: &[u8],
+    fields: &[httparse::Header<'_>],
+) -> Result<Vec<(HeaderName, std::ops::Range<usize>)>, &'static str> {
+    let base = buf.as_ptr() as usize;
+    fields
+        .iter()
+        .map(|field| {
+            let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| "bad header name")?;
+            let start = field.value.as_ptr() as usize - base;
+            Ok((name, start..start + field.value.len()))
+        })
+        .collect()
+}
+
+fn header_map(
+    head: &Bytes,
+    ranges: Vec<(HeaderName, std::ops::Range<usize>)>,
+) -> Result<HeaderMap, &'static str> {
+    let mut map = HeaderMap::with_capacity(ranges.len());
+    for (name, range) in ranges {
+        let value = HeaderValue::from_maybe_shared(head.slice(range)).map_err(|_| "bad header value")?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// Whether the Connection header lists `token`.
+pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// The body framing a head's Content-Length and Transfer-Encoding fields give (RFC 9112 §6.3):
+/// `Ok(None)` when the message has neither.
+fn declared_framing(headers: &HeaderMap) -> Result<Option<Framing>, &'static str> {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
+    if codings.peek().is_some() {
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err("both Content-Length and Transfer-Encoding");
+        }
+        // Only a lone `chunked` is understood; anything else (gzip, "chunked, identity",
+        // "xchunked", a repeated field) cannot be framed exactly.
+        let mut tokens = codings.flat_map(|v| v.as_bytes().split(|&b| b == b',')).map(<[u8]>::trim_ascii);
+        return match (tokens.next(), tokens.next()) {
+            (Some(t), None) if t.eq_ignore_ascii_case(b"chunked") => Ok(Some(Framing::Chunked)),
+            _ => Err("unsupported Transfer-Encoding"),
+        };
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        // `Content-Length: 5, 5` and repeated equal fields are one length; anything else is not.
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || part.len() > 18 || !part.iter().all(u8::is_ascii_digit) {
+                return Err("bad Content-Length");
+            }
+            let n: u64 =
+                std::str::from_utf8(part).ok().and_then(|s| s.parse().ok()).ok_or("bad Content-Length")?;
+            if length.is_some_and(|l| l != n) {
+                return Err("differing Content-Length values");
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.map(Framing::Length))
+}
+
+/// Parses a request head at the start of `buf` and takes it out: `Ok(None)` while it is
+/// incomplete (and under `max_bytes`).
+pub fn parse_request(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<RequestHead>, Refused> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADER_FIELDS];
+    let mut request = httparse::Request::new(&mut fields);
+    let too_large =
+        Refused { status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, reason: "request head too large" };
+    let length = match request.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n > max_bytes => return Err(too_large),
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= max_bytes => return Err(too_large),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Refused {
+                status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                reason: "too many header fields",
+            });
+        }
+        Err(httparse::Error::Version) => {
+            return Err(Refused {
+                status: StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                reason: "bad HTTP version",
+            });
+        }
+        Err(err) => return Err(bad(parse_reason(err))),
+    };
+    let method =
+        Method::from_bytes(request.method.unwrap_or_default().as_bytes()).map_err(|_| bad("bad method"))?;
+    let target = request.path.unwrap_or_default();
+    let target_start = target.as_ptr() as usize - buf.as_ptr() as usize;
+    let target = target_start..target_start + target.len();
+    let version = if request.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    let ranges = field_ranges(buf, request.headers).map_err(bad)?;
+    let head = buf.split_to(length).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(target)).map_err(|_| bad("bad request target"))?;
+    let headers = header_map(&head, ranges).map_err(bad)?;
+    let framing = match declared_framing(&headers).map_err(bad)? {
+        Some(Framing::Chunked) if version == Version::HTTP_10 => return Err(bad("chunked HTTP/1.0 request")),
+        Some(framing) => framing,
+        None => Framing::Empty,
+    };
+    let keep_alive = match version {
+        Version::HTTP_10 => connection_has(&headers, "keep-alive"),
+        _ => !connection_has(&headers, "close"),
+    };
+    let expect_continue = framing != Framing::Empty
+        && framing != Framing::Length(0)
+        && headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    Ok(Some(RequestHead { method, uri, version, headers, framing, keep_alive, expect_continue }))
+}
+
+fn parse_reason(err: httparse::Error) -> &'static str {
+    match err {
+        httparse::Error::HeaderName => "bad header name",
+        httparse::Error::HeaderValue => "bad header value",
+        httparse::Error::NewLine => "bad line ending",
+        httparse::Error::Status => "bad status",
+        httparse::Error::Token => "bad request line",
+        _ => "malformed request head",
+    }
+}
+
+/// Parses a backend's response head to a request with `method` and takes it out of `buf`:
+/// `Ok(None)` while incomplete.
+pub fn parse_response(
+    buf: &mut BytesMut,
+    method: &Method,
+    max_bytes: usize,
+) -> Result<Option<ResponseHead>, &'static str> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
+    let mut response = httparse::Response::new(&mut fields);
+    let length = match response.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n <= max_bytes => n,
+        Ok(httparse::Status::Partial) if buf.len() < max_bytes => return Ok(None),
+        Ok(_) => return Err("response head too large"),
+        Err(_) => return Err("malformed response head"),
+    };
+    let status = StatusCode::from_u16(response.code.unwrap_or(0)).map_err(|_| "bad status code")?;
+    let version = if response.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    let ranges = field_ranges(buf, response.headers)?;
+    let head = buf.split_to(length).freeze();
+    let headers = header_map(&head, ranges)?;
+    let bodiless = *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = if bodiless {
+        Framing::Empty
+    } else {
+        match declared_framing(&headers) {
+            Ok(Some(framing)) => framing,
+            Ok(None) => Framing::Close,
+            // A coding we do not frame (gzip alone): read to the close, as RFC 9112 §6.3 says.
+            Err("unsupported Transfer-Encoding") => Framing::Close,
+            Err(reason) => return Err(reason),
+        }
+    };
+    let keep_alive = framing != Framing::Close
+        && match version {
+            Version::HTTP_10 => connection_has(&headers, "keep-alive"),
+            _ => !connection_has(&headers, "close"),
+        };
+    Ok(Some(ResponseHead { status, version, headers, framing, keep_alive }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(text: &str) -> Result<Option<RequestHead>, Refused> {
+        parse_request(&mut BytesMut::from(text.as_bytes()), 16 * 1024)
+    }
+
+    fn status(text: &str) -> u16 {
+        request(text).map(|_| 0).unwrap_or_else(|r| r.status.as_u16())
+    }
+
+    #[test]
+    fn a_request_head_is_parsed_with_its_framing_and_the_rest_left() {
+        let mut buf =
+            BytesMut::from(&b"POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET"[..]);
+        let head = parse_request(&mut buf, 1024).unwrap().unwrap();
+        assert_eq!((head.method, head.uri.to_string()), (Method::POST, "/a?b=1".to_owned()));
+        assert_eq!((head.framing, head.keep_alive), (Framing::Length(3), true));
+        assert_eq!(head.headers.get("host").unwrap(), "x");
+        assert_eq!(&buf[..], b"abcGET");
+        assert!(request("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none(), "incomplete");
+        let close = request("GET / HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n").unwrap().unwrap();
+        assert!(!close.keep_alive);
+        let old = request("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!old.keep_alive && old.version == Version::HTTP_10);
+        let chunked = request("PUT / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\nExpect: 100-continue\r\n\r\n");
+        let chunked = chunked.unwrap().unwrap();
+        assert!(chunked.framing == Framing::Chunked && chunked.expect_continue);
+        let same = request("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5, 5\r\n\r\n");
+        assert_eq!(same.unwrap().unwrap().framing, Framing::Length(5));
+    }
+
+    #[test]
+    fn ambiguous_or_malformed_requests_are_refused() {
+        // Smuggling: both framings, differing lengths, codings other than a lone chunked.
+        assert_eq!(status("POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"), 400);
+        assert_eq!(status("POST / HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n"), 400);
+        assert_eq!(status("POST / HTTP/1.1\r\nContent-Length: +4\r\n\r\n"), 400);
+        assert_eq!(status("POST / HTTP/1.1\r\nContent-Length: 4 4\r\n\r\n"), 400);
+        assert_eq!(status("POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n"), 400);
+        assert_eq!(status("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n"), 400);
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            400
+        );
+        assert_eq!(status("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), 400);
+        // Bytes the grammar forbids: NUL, obs-fold, bad request line, bare CR.
+        assert_eq!(status("GET / HTTP/1.1\r\nX-A: a\0b\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/1.1\r\nX-A: a\r\n folded\r\n\r\n"), 400);
+        assert_eq!(status("GET  HTTP/1.1\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/1.1\rX-A: a\r\n\r\n"), 400);
+        assert_eq!(status("GET / HTTP/3.0\r\n\r\n"), 505);
+        // Too much: fields over the count, a head over the byte limit.
+        let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+        assert_eq!(status(&format!("GET / HTTP/1.1\r\n{many}\r\n")), 431);
+        assert_eq!(status(&format!("GET / HTTP/1.1\r\nx-big: {}\r\n\r\n", "y".repeat(20_000))), 431);
+        assert_eq!(status(&format!("GET / HTTP/1.1\r\nx-big: {}", "y".repeat(20_000))), 431, "unfinished");
+    }
+
+    #[test]
+    fn a_response_head_says_how_its_body_ends() {
+        let parse = |text: &str, method: &Method| {
+            let mut buf = BytesMut::from(text.as_bytes());
+            parse_response(&mut buf, method, 1024).unwrap().unwrap()
+        };
+        let get = Method::GET;
+        let ok = parse("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", &get);
+        assert_eq!((ok.framing, ok.keep_alive), (Framing::Length(3), true));
+        assert_eq!(
+            parse("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", &Method::HEAD).framing,
+            Framing::Empty
+        );
+        assert_eq!(
+            parse("HTTP/1.1 304 Not Modified\r\nContent-Length: 3\r\n\r\n", &get).framing,
+            Framing::Empty
+        );
+        assert_eq!(
+            parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", &get).framing,
+            Framing::Chunked
+        );
+        let close = parse("HTTP/1.1 200 OK\r\n\r\n", &get);
+        assert_eq!((close.framing, close.keep_alive), (Framing::Close, false));
+        let old = parse("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", &get);
+        assert!(!old.keep_alive);
+        let mut both = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+        );
+        assert!(parse_response(&mut both, &get, 1024).is_err());
+    }
+}

@@ -1,0 +1,393 @@
+//! HTTP/1.1 to backends, driven in the request's own task: a request head and body written
+//! on a pooled keep-alive connection, the response head read back, and the response body cut
+//! from the same connection, which goes back to the pool when its body is done. No task and
+//! no channel per connection; a reused connection the backend closed meanwhile is replaced
+//! once for a request without a body.
+use std::{
+    collections::{HashMap, VecDeque},
+    io::{self, IoSlice},
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll, ready},
+    time::{Duration, Instant},
+};
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::{
+    HeaderMap, Method, Response,
+    body::{Body as _, Frame, SizeHint},
+    header,
+};
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+
+use crate::proxy::{
+    h1::{
+        body::{Decoded, Decoder},
+        encode::{self, Out},
+        head,
+    },
+    phase::respond::{self, Body},
+};
+
+type SendError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long connecting to a backend may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// An idle pooled connection older than this is closed rather than reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections kept per backend.
+const MAX_IDLE_PER_BACKEND: usize = 256;
+/// The longest response head read from a backend.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// What one read from a backend asks for.
+const READ_SIZE: usize = 16 * 1024;
+
+/// One keep-alive connection to a backend, with what was read past the last message.
+pub struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    /// Reads more into the buffer; 0 means the backend closed.
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_SIZE);
+        }
+        loop {
+            ready!(self.stream.poll_read_ready(cx))?;
+            match self.stream.try_read_buf(&mut self.buf) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    async fn read_more(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read_more(cx)).await
+    }
+
+    /// The socket and the bytes already read from it (after a 101 answer).
+    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.buf)
+    }
+}
+
+/// A connection handed over after `101 Switching Protocols` (in the response's extensions).
+#[derive(Clone)]
+pub struct Switched(pub Arc<Mutex<Option<Conn>>>);
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// Idle keep-alive connections by backend address, most recently used last.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<SocketAddr, VecDeque<Idle>>>,
+}
+
+impl Pool {
+    /// The most recently used idle connection to `address`. With `probe`, one the backend has
+    /// closed meanwhile is skipped (a syscall; a request with a body needs it, as it cannot be
+    /// sent again; a bodiless one is resent on a new connection instead).
+    fn checkout(&self, address: SocketAddr, probe: bool) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(&address)?;
+        while let Some(Idle { conn, since }) = list.pop_back() {
+            if since.elapsed() >= IDLE_TIMEOUT {
+                list.clear(); // the rest are older still
+                return None;
+            }
+            if !probe {
+                return Some(conn);
+            }
+            // A backend that closed (or sent something unasked) shows it as readable now.
+            let mut byte = [0u8; 1];
+            match conn.stream.try_read(&mut byte) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Some(conn),
+                _ => continue,
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, address: SocketAddr, conn: Conn) {
+        if !conn.buf.is_empty() {
+            return; // bytes nobody asked for: the connection cannot be trusted
+        }
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(address).or_default();
+        // The oldest go first: when the list is full, or when they have idled too long.
+        while list.front().is_some_and(|i| now.duration_since(i.since) >= IDLE_TIMEOUT)
+            || list.len() >= MAX_IDLE_PER_BACKEND
+        {
+            list.pop_front();
+        }
+        let conn = Conn { stream: conn.stream, buf: BytesMut::new() };
+        list.push_back(Idle { conn, since: now });
+    }
+
+    async fn connect(address: SocketAddr) -> Result<Conn, SendError> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
+            .await
+            .map_err(|_| "connect timed out")??;
+        let _ = stream.set_nodelay(true);
+        Ok(Conn { stream, buf: BytesMut::new() })
+    }
+
+    /// Sends a request to `address` and reads the response head; the response's body reads
+    /// the rest from the connection.
+    pub async fn send(
+        self: &Arc<Self>,
+        address: SocketAddr,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        mut body: Body,
+    ) -> Result<Response<Body>, SendError> {
+        let bodiless = body.is_end_stream();
+        let out = if bodiless {
+            // A client's `Content-Length: 0` is kept as it came.
+            if headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() == b"0") {
+                Out::Length(0)
+            } else {
+                Out::None
+            }
+        } else {
+            match headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()) {
+                Some(n) => Out::Length(n),
+                None => Out::Chunked,
+            }
+        };
+        let mut head = Vec::with_capacity(512);
+        encode::request_head(&mut head, method, target, headers, out);
+        let reused = self.checkout(address, !bodiless);
+        if bodiless {
+            if let Some(mut conn) = reused
+                && conn.stream.write_all(&head).await.is_ok()
+            {
+                match read_head(&mut conn, method).await {
+                    Ok(Some(answer)) => return Ok(self.response(address, conn, answer)),
+                    // Closed or reset before answering: the backend dropped the idle
+                    // connection; the request goes again on a new one.
+                    Ok(None) => {}
+                    Err(err) if err.is::<io::Error>() => {}
+                    Err(err) => return Err(err),
+                }
+            }
+            let mut conn = Self::connect(address).await?;
+            conn.stream.write_all(&head).await?;
+            return match read_head(&mut conn, method).await? {
+                Some(answer) => Ok(self.response(address, conn, answer)),
+                None => Err("backend closed the connection before answering".into()),
+            };
+        }
+        let mut conn = match reused {
+            Some(conn) => conn,
+            None => Self::connect(address).await?,
+        };
+        write_body(&mut conn, &head, &mut body, out).await?;
+        match read_head(&mut conn, method).await? {
+            Some(answer) => Ok(self.response(address, conn, answer)),
+            None => Err("backend closed the connection before answering".into()),
+        }
+    }
+
+    fn response(
+        self: &Arc<Self>,
+        address: SocketAddr,
+        mut conn: Conn,
+        answer: head::ResponseHead,
+    ) -> Response<Body> {
+        let mut response = Response::new(respond::empty());
+        *response.status_mut() = answer.status;
+        *response.version_mut() = answer.version;
+        if answer.status == hyper::StatusCode::SWITCHING_PROTOCOLS {
+            response.extensions_mut().insert(Switched(Arc::new(Mutex::new(Some(conn)))));
+            *response.headers_mut() = answer.headers;
+            return response;
+        }
+        let mut decoder = Decoder::new(answer.framing);
+        // The whole body is often read with its head: answer from the buffer, and give the
+        // connection back before the client has even been written to.
+        if let Some(left) = decoder.remaining()
+            && (conn.buf.len() as u64) >= left
+        {
+            let data = conn.buf.split_to(left as usize).freeze();
+            if answer.keep_alive {
+                self.checkin(address, conn);
+            }
+            if !data.is_empty() {
+                *response.body_mut() = respond::full(data);
+            }
+            *response.headers_mut() = answer.headers;
+            return response;
+        }
+        let _ = decoder.decode(&mut BytesMut::new());
+        *response.headers_mut() = answer.headers;
+        *response.body_mut() = UpstreamBody {
+            conn: Some(conn),
+            decoder,
+            pool: self.clone(),
+            address,
+            keep_alive: answer.keep_alive,
+        }
+        .boxed();
+        response
+    }
+}
+
+/// Writes the head and the body, framed as `out` says.
+async fn write_body(conn: &mut Conn, head: &[u8], body: &mut Body, out: Out) -> Result<(), SendError> {
+    let mut head = Some(head);
+    let mut written = 0u64;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else { continue };
+        if data.is_empty() {
+            continue;
+        }
+        written += data.len() as u64;
+        let size = encode::chunk_size(data.len());
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(4);
+        if let Some(head) = head.take() {
+            slices.push(IoSlice::new(head));
+        }
+        if out == Out::Chunked {
+            slices.push(IoSlice::new(size.as_bytes()));
+            slices.push(IoSlice::new(&data));
+            slices.push(IoSlice::new(b"\r\n"));
+        } else {
+            slices.push(IoSlice::new(&data));
+        }
+        write_all_vectored(&mut conn.stream, &mut slices).await?;
+    }
+    if let Out::Length(n) = out
+        && n != written
+    {
+        return Err("request body shorter than its Content-Length".into());
+    }
+    let mut tail: Vec<IoSlice<'_>> = Vec::with_capacity(2);
+    if let Some(head) = head {
+        tail.push(IoSlice::new(head));
+    }
+    if out == Out::Chunked {
+        tail.push(IoSlice::new(encode::LAST_CHUNK));
+    }
+    write_all_vectored(&mut conn.stream, &mut tail).await?;
+    Ok(())
+}
+
+/// Writes every slice, in as few calls as the socket allows.
+pub async fn write_all_vectored<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut W,
+    mut slices: &mut [IoSlice<'_>],
+) -> io::Result<()> {
+    while !slices.is_empty() {
+        let n = writer.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
+}
+
+/// Reads a response head (skipping 100 Continue and other interim answers but 101); None if
+/// the backend closed before sending a byte.
+async fn read_head(conn: &mut Conn, method: &Method) -> Result<Option<head::ResponseHead>, SendError> {
+    loop {
+        if !conn.buf.is_empty()
+            && let Some(answer) = head::parse_response(&mut conn.buf, method, MAX_HEAD_BYTES)?
+        {
+            if answer.status.is_informational() && answer.status != hyper::StatusCode::SWITCHING_PROTOCOLS {
+                continue;
+            }
+            return Ok(Some(answer));
+        }
+        let read_before = conn.buf.len();
+        if conn.read_more().await? == 0 {
+            return if read_before == 0 { Ok(None) } else { Err("backend closed mid-head".into()) };
+        }
+    }
+}
+
+/// A response body read from its backend connection; the connection goes back to the pool
+/// when the body is done (and is closed if the body is dropped before).
+struct UpstreamBody {
+    conn: Option<Conn>,
+    decoder: Decoder,
+    pool: Arc<Pool>,
+    address: SocketAddr,
+    keep_alive: bool,
+}
+
+impl UpstreamBody {
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && self.keep_alive
+        {
+            self.pool.checkin(self.address, conn);
+        }
+    }
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = SendError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, SendError>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
+            match this.decoder.decode(&mut conn.buf) {
+                Err(err) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(err.into())));
+                }
+                Ok(Decoded::Data(data)) => {
+                    if this.decoder.is_done() {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::Done) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => match ready!(conn.poll_read_more(cx)) {
+                    Ok(0) => {
+                        this.keep_alive = false;
+                        if let Err(err) = this.decoder.eof() {
+                            this.conn = None;
+                            return Poll::Ready(Some(Err(err.into())));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        this.conn = None;
+                        return Poll::Ready(Some(Err(err.into())));
+                    }
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none() || self.decoder.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Per-core workers (nginx's model): one thread per usable core, each a single-threaded tokio
+//! runtime serving every L7 listener on a socket of its own (`SO_REUSEPORT`, so the kernel
+//! spreads new connections), so a connection, its requests and its upstream connections never
+//! cross threads. The control path (admin, health, metrics) stays on lbd's main runtime.
+use std::{net::SocketAddr, sync::Arc, thread::JoinHandle};
+
+use anyhow::{Context as _, Result};
+use arc_swap::ArcSwap;
+use log::{error, info};
+use tokio::net::TcpSocket;
+
+use crate::{
+    config::Listener,
+    proxy::{
+        pipeline::Forwarder,
+        routes::Snapshot,
+        server::{self, Shared},
+        tls,
+    },
+};
+
+/// How many workers: one per core lbd may run on (its CPU affinity, e.g. `taskset`).
+pub fn count() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// One listener's sockets, one per worker, bound and listening.
+pub struct Bound {
+    pub listener: Listener,
+    pub certs: Option<Arc<tls::Resolver>>,
+    sockets: Vec<std::net::TcpListener>,
+}
+
+fn socket(address: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListener> {
+    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(reuse_port)?;
+    socket.bind(address)?;
+    Ok(socket.listen(4096)?.into_std()?)
+}
+
+/// Binds `workers` sockets for `listener` (must run inside a tokio runtime). A port another
+/// process holds fails here, before READY: the first socket is bound without `SO_REUSEPORT`
+/// to find out, then let go.
+pub fn bind(listener: Listener, certs: Option<Arc<tls::Resolver>>, workers: usize) -> Result<Bound> {
+    let address = listener.address;
+    let sockets = if workers == 1 {
+        vec![socket(address, false).with_context(|| format!("binding {address}"))?]
+    } else {
+        drop(socket(address, false).with_context(|| format!("binding {address}"))?);
+        (0..workers)
+            .map(|_| socket(address, true).with_context(|| format!("binding {address}")))
+            .collect::<Result<_>>()?
+    };
+    Ok(Bound { listener, certs, sockets })
+}
+
+/// Starts the workers; each serves every listener until `stop` fires and its connections
+/// have drained.
+pub fn start(
+    bound: Vec<Bound>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    forwarder: Arc<Forwarder>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<JoinHandle<()>>> {
+    let workers = bound.first().map_or(0, |b| b.sockets.len());
+    let mut per_worker: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
+    for Bound { listener, certs, sockets } in bound {
+        info!(
+            "listener {} on {} ({}, {workers} workers)",
+            listener.name,
+            listener.address,
+            if listener.tls.is_some() { "tls" } else { "http" }
+        );
+        let shared = Shared::new(&listener);
+        for (worker, socket) in sockets.into_iter().enumerate() {
+            per_worker[worker].push((listener.clone(), socket, shared.clone(), certs.clone()));
+        }
+    }
+    let mut threads = Vec::new();
+    for (worker, listeners) in per_worker.into_iter().enumerate() {
+        let (snapshot, forwarder, stop) = (snapshot.clone(), forwarder.clone(), stop.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting an L7 worker runtime")?;
+        let thread = std::thread::Builder::new().name(format!("l7-worker-{worker}")).spawn(move || {
+            runtime.block_on(async move {
+                let mut serving = Vec::new();
+                for (listener, socket, shared, certs) in listeners {
+                    let name = listener.name.clone();
+                    let socket = match socket
+                        .set_nonblocking(true)
+                        .and_then(|()| tokio::net::TcpListener::from_std(socket))
+                    {
+                        Ok(socket) => socket,
+                        Err(err) => {
+                            error!("listener {name}: worker {worker}: {err}");
+                            continue;
+                        }
+                    };
+                    let served = server::serve(
+                        listener,
+                        socket,
+                        shared,
+                        snapshot.clone(),
+                        forwarder.clone(),
+                        certs,
+                        stop.clone(),
+                    );
+                    serving.push(tokio::spawn(async move {
+                        if let Err(err) = served.await {
+                            error!("listener {name}: {err:#}");
+                        }
+                    }));
+                }
+                for task in serving {
+                    let _ = task.await;
+                }
+            })
+        })?;
+        threads.push(thread);
+    }
+    Ok(threads)
+}
