@@ -391,3 +391,122 @@ impl hyper::body::Body for UpstreamBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// A backend on 127.0.0.1 answering by path: `/length`, `/chunked`, `/close` (a body
+    /// delimited by closing), `/once` (answers, then closes the kept-alive connection).
+    async fn backend() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut read = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        while !read.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => read.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let end = read.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        let head = String::from_utf8_lossy(&read[..end]).to_string();
+                        read.drain(..end);
+                        let answer: &[u8] = if head.starts_with("GET /length") {
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nlength"
+                        } else if head.starts_with("GET /chunked") {
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nchu\r\n4\r\nnked\r\n0\r\n\r\n"
+                        } else if head.starts_with("GET /close") {
+                            b"HTTP/1.1 200 OK\r\n\r\nuntil close"
+                        } else {
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nonce"
+                        };
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                        if head.starts_with("GET /close") || head.starts_with("GET /once") {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (address, accepted)
+    }
+
+    async fn get(pool: &Arc<Pool>, address: SocketAddr, path: &str) -> String {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "backend.test".parse().unwrap());
+        let response = pool.send(address, &Method::GET, path, &headers, respond::empty()).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn connections_are_reused_and_every_framing_is_read() {
+        let (address, accepted) = backend().await;
+        let pool = Arc::new(Pool::default());
+        assert_eq!(get(&pool, address, "/length").await, "length");
+        assert_eq!(get(&pool, address, "/chunked").await, "chunked");
+        assert_eq!(get(&pool, address, "/length").await, "length");
+        assert_eq!(accepted.load(Ordering::Relaxed), 1, "one kept-alive connection");
+        assert_eq!(get(&pool, address, "/close").await, "until close");
+        assert_eq!(get(&pool, address, "/length").await, "length");
+        assert_eq!(accepted.load(Ordering::Relaxed), 2, "a close-delimited answer ends its connection");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_backend_closed_costs_a_bodiless_request_nothing() {
+        let (address, accepted) = backend().await;
+        let pool = Arc::new(Pool::default());
+        assert_eq!(get(&pool, address, "/once").await, "once");
+        // Let the backend's close arrive: the pooled connection is now dead.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(get(&pool, address, "/length").await, "length");
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_body_is_sent_with_its_framing() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let seen = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut read = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !read.ends_with(b"0\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0);
+                read.extend_from_slice(&buf[..n]);
+            }
+            stream.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+            String::from_utf8(read).unwrap()
+        });
+        let pool = Arc::new(Pool::default());
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "backend.test".parse().unwrap());
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(
+            ["ab", "cde"].map(|s| Ok::<_, SendError>(Frame::data(Bytes::from(s)))),
+        ))
+        .boxed();
+        let response = pool.send(address, &Method::POST, "/up", &headers, body).await.unwrap();
+        assert_eq!(response.status(), hyper::StatusCode::NO_CONTENT);
+        let request = seen.await.unwrap();
+        assert!(
+            request
+                .starts_with("POST /up HTTP/1.1\r\nhost: backend.test\r\ntransfer-encoding: chunked\r\n\r\n")
+        );
+        assert!(request.ends_with("\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"), "{request}");
+    }
+}
