@@ -225,7 +225,9 @@ impl Forwarder {
             let target = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
             let request =
                 caching::CacheRequest { route, config, pool, parts: &parts, host, target: &target, client };
-            let cached = caching::serve(&self.cache, &self.upstreams, &self.metrics, &request).await;
+            // Boxed: the cache's state is not carried by every request's future.
+            let cached =
+                Box::pin(caching::serve(&self.cache, &self.upstreams, &self.metrics, &request)).await;
             labels.backend = self.cache_label.clone();
             return match cached.reason {
                 Some(reason) => Err(Refusal::with(cached.response, reason)),

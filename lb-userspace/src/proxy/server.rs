@@ -230,60 +230,69 @@ pub async fn serve(
             let plain = Arc::new(ClientConn { address: client, tls_version: None, sni: None });
             let watchdog = idle::watchdog(&activity, listener.first_byte_timeout, listener.idle_timeout);
             // The connection's result, with what the client connection turned out to be.
-            let served = async {
-                match acceptor {
-                    Some(acceptor) => {
-                        match tokio::time::timeout(listener.handshake_timeout, acceptor.accept(stream)).await
-                        {
-                            Ok(Ok(stream)) => {
-                                forwarder.metrics.handshake(&listener.name, "ok");
-                                let session_info = stream.get_ref().1;
-                                let conn = Arc::new(ClientConn {
-                                    address: client,
-                                    tls_version: session_info.protocol_version().and_then(|v| v.as_str()),
-                                    sni: session_info.server_name().map(str::to_owned),
-                                });
-                                let h2 = session_info.alpn_protocol() == Some(b"h2");
-                                let (stream, read) = if h2 {
-                                    (stream, BytesMut::new())
-                                } else {
-                                    match downstream::serve(stream, session(conn.clone())).await {
-                                        (_, Ended::Closed) => return (Ok(()), conn),
-                                        (stream, Ended::Http2(read)) => (stream, read),
-                                    }
-                                };
-                                let connection = http2.serve_connection(
-                                    TokioIo::new(Rewind::new(read, stream)),
-                                    service(conn.clone()),
-                                );
-                                (watcher.watch(connection).await.map_err(Into::into), conn)
-                            }
-                            Ok(Err(err)) => {
-                                forwarder.metrics.handshake(&listener.name, "failed");
-                                log::debug!("listener {}: TLS handshake from {client}: {err}", listener.name);
-                                (Ok(()), plain.clone())
-                            }
-                            Err(_) => {
-                                forwarder.metrics.handshake(&listener.name, "timeout");
-                                log::debug!(
-                                    "listener {}: TLS handshake from {client} timed out",
-                                    listener.name
-                                );
-                                (Ok(()), plain.clone())
-                            }
+            // The connection's result, with what the client connection turned out to be. Each
+            // kind is its own boxed future: a plain connection does not carry the size of TLS
+            // and HTTP/2 state it never uses.
+            type Served<'a> = std::pin::Pin<
+                Box<
+                    dyn std::future::Future<
+                            Output = (Result<(), Box<dyn std::error::Error + Send + Sync>>, Arc<ClientConn>),
+                        > + Send
+                        + 'a,
+                >,
+            >;
+            let served: Served<'_> = match &acceptor {
+                Some(acceptor) => Box::pin(async {
+                    match tokio::time::timeout(listener.handshake_timeout, Box::pin(acceptor.accept(stream)))
+                        .await
+                    {
+                        Ok(Ok(stream)) => {
+                            forwarder.metrics.handshake(&listener.name, "ok");
+                            let session_info = stream.get_ref().1;
+                            let conn = Arc::new(ClientConn {
+                                address: client,
+                                tls_version: session_info.protocol_version().and_then(|v| v.as_str()),
+                                sni: session_info.server_name().map(str::to_owned),
+                            });
+                            let h2 = session_info.alpn_protocol() == Some(b"h2");
+                            let (stream, read) = if h2 {
+                                (stream, BytesMut::new())
+                            } else {
+                                match downstream::serve(stream, session(conn.clone())).await {
+                                    (_, Ended::Closed) => return (Ok(()), conn),
+                                    (stream, Ended::Http2(read)) => (stream, read),
+                                }
+                            };
+                            let connection = http2.serve_connection(
+                                TokioIo::new(Rewind::new(read, stream)),
+                                service(conn.clone()),
+                            );
+                            (Box::pin(watcher.watch(connection)).await.map_err(Into::into), conn)
+                        }
+                        Ok(Err(err)) => {
+                            forwarder.metrics.handshake(&listener.name, "failed");
+                            log::debug!("listener {}: TLS handshake from {client}: {err}", listener.name);
+                            (Ok(()), plain.clone())
+                        }
+                        Err(_) => {
+                            forwarder.metrics.handshake(&listener.name, "timeout");
+                            log::debug!("listener {}: TLS handshake from {client} timed out", listener.name);
+                            (Ok(()), plain.clone())
                         }
                     }
-                    None => match downstream::serve(stream, session(plain.clone())).await {
+                }),
+                None => Box::pin(async {
+                    match downstream::serve(stream, session(plain.clone())).await {
                         (_, Ended::Closed) => (Ok(()), plain.clone()),
                         (stream, Ended::Http2(read)) => {
                             let connection = http2.serve_connection(
                                 TokioIo::new(Rewind::new(read, stream)),
                                 service(plain.clone()),
                             );
-                            (watcher.watch(connection).await.map_err(Into::into), plain.clone())
+                            (Box::pin(watcher.watch(connection)).await.map_err(Into::into), plain.clone())
                         }
-                    },
-                }
+                    }
+                }),
             };
             tokio::select! {
                 (result, conn) = served => {

@@ -45,7 +45,9 @@ use crate::{
 
 /// The start of HTTP/2's client preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
-/// What one read from a client asks for.
+/// What one read from a client asks for: a request head's first read is small (most heads
+/// fit; many requests in flight at once then cost little memory), later reads larger.
+const FIRST_READ: usize = 2 * 1024;
 const READ_SIZE: usize = 8 * 1024;
 /// Request body chunks queued between this connection and the pipeline.
 const BODY_QUEUE: usize = 4;
@@ -204,7 +206,7 @@ async fn read_head<S: ClientIo>(
                     Ok(Some(head)) => return Ok(Some(head)),
                     Ok(None) => {}
                     Err(refused) => {
-                        refuse(io, cx, refused).await;
+                        Box::pin(refuse(io, cx, refused)).await;
                         return Ok(None);
                     }
                 }
@@ -239,14 +241,14 @@ async fn read_head<S: ClientIo>(
             }
         }
         let idle_wait = buf.is_empty() && !first;
-        buf.reserve(READ_SIZE);
+        buf.reserve(if buf.is_empty() { FIRST_READ } else { READ_SIZE });
         let read = match deadline {
             Some(at) => match tokio::time::timeout_at(at, io.read_buf(buf)).await {
                 Ok(read) => read,
                 Err(_) => {
                     let refused =
                         Refused { status: StatusCode::REQUEST_TIMEOUT, reason: "request head timed out" };
-                    refuse(io, cx, refused).await;
+                    Box::pin(refuse(io, cx, refused)).await;
                     return Ok(None);
                 }
             },
@@ -283,70 +285,94 @@ pub async fn serve<S: ClientIo>(mut io: S, cx: Session) -> (S, Ended) {
     let mut buf = BytesMut::new();
     let mut first = true;
     loop {
-        let head = match read_head(&mut io, &mut buf, &cx, first).await {
-            Ok(Some(head)) => head,
+        // One request and its answer run boxed: an idle connection carries none of their state.
+        let exchanged = match read_head(&mut io, &mut buf, &cx, first).await {
+            Ok(Some(head)) => Box::pin(exchange(&mut io, &mut buf, &cx, head)),
             Ok(None) => return (io, Ended::Closed),
             Err(ended) => return (io, ended),
         };
         first = false;
-        let busy = cx.activity.start();
-        let method = head.method.clone();
-        let mut decoder = Decoder::new(head.framing);
-        let left = match head.framing {
-            Framing::Length(n) => Some(n),
-            Framing::Empty => Some(0),
-            _ => None,
-        };
-        let (body, chunks) = if decoder.is_done() {
-            (respond::empty(), None)
-        } else {
-            let (tx, rx) = mpsc::channel(BODY_QUEUE);
-            (RequestBody { chunks: rx, left }.boxed(), Some(tx))
-        };
-        let mut request = Request::new(body);
-        *request.method_mut() = head.method;
-        *request.uri_mut() = head.uri;
-        *request.version_mut() = head.version;
-        *request.headers_mut() = head.headers;
-        let handled = cx.forwarder.clone().handle(
-            request,
-            cx.snapshot.load_full(),
-            cx.listener.clone(),
-            cx.conn.clone(),
-        );
-        let (response, entry) = match chunks {
-            None => Box::pin(handled).await,
-            Some(chunks) => {
-                let mut handled = Box::pin(handled);
-                let pumped = pump(&mut io, &mut buf, &mut decoder, chunks, head.expect_continue);
-                tokio::pin!(pumped);
-                let mut pumping = true;
-                loop {
-                    tokio::select! {
-                        biased;
-                        answer = &mut handled => break answer,
-                        _ = &mut pumped, if pumping => pumping = false,
-                    }
-                }
+        match exchanged.await {
+            Next::Request => {}
+            Next::Close => {
+                let _ = io.shutdown().await;
+                return (io, Ended::Closed);
             }
-        };
-        // A body not read to its end leaves the stream unusable for another request.
-        let keep_alive = head.keep_alive && decoder.is_done() && !*cx.stop.borrow();
-        let written = write_response(&mut io, &method, head.version, response, keep_alive).await;
-        if let Some(entry) = &entry {
-            entry.write(&cx.conn, written.bytes);
-        }
-        if let Some(switched) = written.switched {
-            tunnel(&mut io, &mut buf, switched).await;
-            drop(busy);
-            return (io, Ended::Closed);
-        }
-        drop(busy);
-        if !written.keep_alive {
-            let _ = io.shutdown().await;
-            return (io, Ended::Closed);
+            Next::Closed => return (io, Ended::Closed),
         }
     }
+}
+
+/// What the connection does after an exchange.
+enum Next {
+    /// Read the next request.
+    Request,
+    /// Close it (a body not read to its end, `Connection: close`, the listener stopping).
+    Close,
+    /// Already over (a tunnel after `101 Switching Protocols` ended).
+    Closed,
+}
+
+/// One request: handed to the pipeline (its body pumped from the connection meanwhile), then
+/// the answer written.
+async fn exchange<S: ClientIo>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    cx: &Session,
+    head: head::RequestHead,
+) -> Next {
+    let busy = cx.activity.start();
+    let head::RequestHead { method, uri, version, headers, framing, keep_alive, expect_continue } = head;
+    let mut decoder = Decoder::new(framing);
+    let left = match framing {
+        Framing::Length(n) => Some(n),
+        Framing::Empty => Some(0),
+        _ => None,
+    };
+    let (body, chunks) = if decoder.is_done() {
+        (respond::empty(), None)
+    } else {
+        let (tx, rx) = mpsc::channel(BODY_QUEUE);
+        (RequestBody { chunks: rx, left }.boxed(), Some(tx))
+    };
+    let mut request = Request::new(body);
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    let mut handled = Box::pin(cx.forwarder.clone().handle(
+        request,
+        cx.snapshot.load_full(),
+        cx.listener.clone(),
+        cx.conn.clone(),
+    ));
+    let (response, entry) = match chunks {
+        None => handled.await,
+        Some(chunks) => {
+            let mut pumped = Box::pin(pump(io, buf, &mut decoder, chunks, expect_continue));
+            let mut pumping = true;
+            loop {
+                tokio::select! {
+                    biased;
+                    answer = &mut handled => break answer,
+                    _ = &mut pumped, if pumping => pumping = false,
+                }
+            }
+        }
+    };
+    // A body not read to its end leaves the stream unusable for another request.
+    let keep_alive = keep_alive && decoder.is_done() && !*cx.stop.borrow();
+    let written = write_response(io, &method, version, response, keep_alive).await;
+    if let Some(entry) = &entry {
+        entry.write(&cx.conn, written.bytes);
+    }
+    if let Some(switched) = written.switched {
+        tunnel(io, buf, switched).await;
+        drop(busy);
+        return Next::Closed;
+    }
+    drop(busy);
+    if written.keep_alive { Next::Request } else { Next::Close }
 }
 
 /// What writing an answer did.

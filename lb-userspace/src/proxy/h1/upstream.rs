@@ -41,7 +41,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_IDLE_PER_BACKEND: usize = 256;
 /// The longest response head read from a backend.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// What one read from a backend asks for.
+/// What one read from a backend asks for: small for the first (a head and a short body), larger
+/// once a body streams.
+const FIRST_READ: usize = 4 * 1024;
 const READ_SIZE: usize = 16 * 1024;
 
 /// One keep-alive connection to a backend, with what was read past the last message.
@@ -54,7 +56,7 @@ impl Conn {
     /// Reads more into the buffer; 0 means the backend closed.
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(READ_SIZE);
+            self.buf.reserve(if self.buf.capacity() == 0 { FIRST_READ } else { READ_SIZE });
         }
         loop {
             ready!(self.stream.poll_read_ready(cx))?;
@@ -180,7 +182,7 @@ impl Pool {
                     Err(err) => return Err(err),
                 }
             }
-            let mut conn = Self::connect(address).await?;
+            let mut conn = Box::pin(Self::connect(address)).await?;
             conn.stream.write_all(&head).await?;
             return match read_head(&mut conn, method).await? {
                 Some(answer) => Ok(self.response(address, conn, answer)),
@@ -189,7 +191,7 @@ impl Pool {
         }
         let mut conn = match reused {
             Some(conn) => conn,
-            None => Self::connect(address).await?,
+            None => Box::pin(Self::connect(address)).await?,
         };
         write_body(&mut conn, &head, &mut body, out).await?;
         match read_head(&mut conn, method).await? {

@@ -121,7 +121,8 @@ impl Upstreams {
         *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_2;
         *request.headers_mut() = headers;
-        self.h2c.send(upstream.address, request).await
+        // Boxed: HTTP/2's state is not carried by every HTTP/1.1 request's future.
+        Box::pin(self.h2c.send(upstream.address, request)).await
     }
 }
 
