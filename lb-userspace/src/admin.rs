@@ -9,17 +9,20 @@
 //! - `POST /plan`: what share of buckets and which live flows a change would move
 //! - `POST /commands`: one [`Command`] or a list, applied all or nothing; 400 with the reason
 //!   when refused, 500 when the maps or the config file could not be written
-use std::{convert::Infallible, os::unix::fs::PermissionsExt, path::Path};
+//!
+//! Bodies are bounded (1 MiB: 413), heads and bodies must arrive within 10 s, and at most 64
+//! connections are open at once (the metrics server has the same limits).
+use std::{convert::Infallible, os::unix::fs::PermissionsExt, path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
-use log::{error, info};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use log::{debug, error, info, warn};
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::net::UnixListener;
+use tokio::{net::UnixListener, sync::Semaphore};
 
 use crate::{
     config::VipMode,
@@ -158,9 +161,9 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
                 route: String,
                 path: Option<String>,
             }
-            let body = match request.into_body().collect().await {
-                Ok(body) => body.to_bytes(),
-                Err(err) => return Ok(reply(StatusCode::BAD_REQUEST, json!({ "error": err.to_string() }))),
+            let body = match read_body(request).await {
+                Ok(body) => body,
+                Err(answer) => return Ok(*answer),
             };
             match serde_json::from_slice::<Purge>(&body) {
                 Err(err) => reply(
@@ -179,9 +182,9 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
             }
         }
         (&Method::POST, "/flow") | (&Method::POST, "/plan") => {
-            let body = match request.into_body().collect().await {
-                Ok(body) => body.to_bytes(),
-                Err(err) => return Ok(reply(StatusCode::BAD_REQUEST, json!({ "error": err.to_string() }))),
+            let body = match read_body(request).await {
+                Ok(body) => body,
+                Err(answer) => return Ok(*answer),
             };
             let answer = if path == "/flow" { flow(&core, &body) } else { plan(&core, &body) };
             match answer {
@@ -190,9 +193,9 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
             }
         }
         (&Method::POST, "/commands") => {
-            let body = match request.into_body().collect().await {
-                Ok(body) => body.to_bytes(),
-                Err(err) => return Ok(reply(StatusCode::BAD_REQUEST, json!({ "error": err.to_string() }))),
+            let body = match read_body(request).await {
+                Ok(body) => body,
+                Err(answer) => return Ok(*answer),
             };
             let commands: Result<Vec<Command>, _> = serde_json::from_slice::<Vec<Command>>(&body)
                 .or_else(|_| serde_json::from_slice::<Command>(&body).map(|c| vec![c]));
@@ -217,6 +220,29 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
     Ok(response)
 }
 
+/// The largest admin request body read (commands, plans with a whole config).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// How long a client may take to send a request head (and to idle between requests) or a body.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections each of the admin and metrics servers holds at once; more are closed.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// A request's body, bounded in size and time; the answer to give instead when it is not.
+async fn read_body(request: Request<Incoming>) -> Result<Bytes, Box<Response<Full<Bytes>>>> {
+    let limited = Limited::new(request.into_body(), MAX_BODY_BYTES);
+    match tokio::time::timeout(READ_TIMEOUT, limited.collect()).await {
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(err)) if err.is::<LengthLimitError>() => Err(Box::new(reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            json!({ "error": format!("request body over {MAX_BODY_BYTES} bytes") }),
+        ))),
+        Ok(Err(err)) => Err(Box::new(reply(StatusCode::BAD_REQUEST, json!({ "error": err.to_string() })))),
+        Err(_) => {
+            Err(Box::new(reply(StatusCode::REQUEST_TIMEOUT, json!({ "error": "request body timed out" }))))
+        }
+    }
+}
+
 /// `POST /flow {"protocol": "tcp", "source": "ADDR:PORT", "vip": "ADDR:PORT"}`.
 fn flow(core: &Shared, body: &[u8]) -> Result<Value> {
     #[derive(serde::Deserialize)]
@@ -231,18 +257,27 @@ fn flow(core: &Shared, body: &[u8]) -> Result<Value> {
     Ok(serde_json::to_value(inspect::flow(&mut core.ebpf, &core.state, q.protocol, q.source, q.vip)?)?)
 }
 
-/// `POST /plan {"commands": [...]}` or `{"config": "PATH"}`.
+/// `POST /plan {"commands": [...]}` or `{"config_text": "...", "config_name": "NAME"}`: the
+/// client sends a new config's text (lbd opens no path a client names; the name is for
+/// messages only).
 fn plan(core: &Shared, body: &[u8]) -> Result<Value> {
     #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct Query {
         #[serde(default)]
         commands: Vec<Command>,
-        config: Option<std::path::PathBuf>,
+        config_text: Option<String>,
+        config_name: Option<String>,
     }
-    let q: Query = serde_json::from_slice(body).context("expected {commands} or {config}")?;
-    let config = match &q.config {
-        Some(path) => {
-            Some(crate::config::Config::load(path).map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?)
+    let q: Query =
+        serde_json::from_slice(body).context("expected {commands} or {config_text, config_name}")?;
+    let config = match &q.config_text {
+        Some(text) => {
+            let name = std::path::PathBuf::from(q.config_name.as_deref().unwrap_or("sent config"));
+            Some(
+                crate::config::Config::parse_sent(&name, text)
+                    .map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?,
+            )
         }
         None => None,
     };
@@ -261,29 +296,51 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves one HTTP/1.1 connection with `handler` on its own task (admin API and metrics).
-pub fn spawn_connection<S, F, Fut>(stream: S, what: &'static str, core: Shared, handler: F)
-where
+/// Serves one HTTP/1.1 connection with `handler` on its own task (admin API and metrics),
+/// holding one of `slots` (none left: the connection is closed at once). A head must arrive
+/// within `READ_TIMEOUT`, which also bounds the idle time between requests.
+pub fn spawn_connection<S, F, Fut>(
+    stream: S,
+    what: &'static str,
+    slots: &Arc<Semaphore>,
+    core: Shared,
+    handler: F,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     F: Fn(Shared, Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
 {
+    let Ok(permit) = slots.clone().try_acquire_owned() else {
+        // At most one line a second, however many are refused.
+        static LOGGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if LOGGED.swap(now, std::sync::atomic::Ordering::Relaxed) != now {
+            warn!("{what}: {MAX_CONNECTIONS} connections open, more are closed");
+        }
+        return;
+    };
     tokio::spawn(async move {
+        let _permit = permit;
         let service = service_fn(move |request| handler(core.clone(), request));
-        if let Err(err) =
-            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
-        {
-            error!("{what} connection: {err}");
+        let served = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(READ_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+        if let Err(err) = served {
+            debug!("{what} connection: {err}");
         }
     });
 }
 
 /// Serves the admin API until the task is dropped.
 pub async fn serve(listener: UnixListener, core: Shared) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let uid = stream.peer_cred().map(|c| c.uid().to_string()).unwrap_or_else(|_| "?".into());
-        info!("admin connection from uid {uid}");
-        spawn_connection(stream, "admin", core.clone(), handle);
+        debug!("admin connection from uid {uid}");
+        spawn_connection(stream, "admin", &slots, core.clone(), handle);
     }
 }

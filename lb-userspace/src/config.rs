@@ -624,6 +624,38 @@ struct Errors<'a> {
     file: &'a Path,
     text: &'a str,
     found: Vec<ConfigError>,
+    /// Whether files the config names (certificates, keys, key lists) are checked for
+    /// readability; not for a config an admin client sent (lbd opens no path a client names).
+    open_files: bool,
+}
+
+/// The largest config file read.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Opens `path` for reading without blocking (a FIFO or a device would hang a plain open or
+/// read) and checks it is a regular file of at most `MAX_FILE_BYTES`.
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("larger than {} MiB", MAX_FILE_BYTES >> 20),
+        ));
+    }
+    Ok(file)
+}
+
+/// Reads a config file: a regular file, bounded, UTF-8.
+pub fn read_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    open_regular(path)?.take(MAX_FILE_BYTES).read_to_string(&mut text)?;
+    Ok(text)
 }
 
 impl Errors<'_> {
@@ -667,7 +699,7 @@ fn parse_mac(text: &str) -> Option<[u8; 6]> {
 impl Config {
     /// Reads and validates `file`.
     pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(file).map_err(|err| {
+        let text = read_file(file).map_err(|err| {
             ConfigErrors(vec![ConfigError {
                 file: file.to_owned(),
                 line: 0,
@@ -679,7 +711,17 @@ impl Config {
 
     /// Validates `text` as the contents of `file`.
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
-        let mut errors = Errors { file, text, found: Vec::new() };
+        Config::parse_with(file, text, true)
+    }
+
+    /// Validates `text` sent by an admin client (`lbctl plan -c`): the files it names are not
+    /// opened.
+    pub fn parse_sent(name: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse_with(name, text, false)
+    }
+
+    fn parse_with(file: &Path, text: &str, open_files: bool) -> Result<Config, ConfigErrors> {
+        let mut errors = Errors { file, text, found: Vec::new(), open_files };
         let raw: RawConfig = match toml::from_str(text) {
             Ok(raw) => raw,
             Err(err) => {
@@ -914,7 +956,10 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
                 errors.at(raw.name.span(), format!("listener `{name}`: tls needs at least one certificate"));
             }
             let mut readable = |file: &Spanned<PathBuf>| {
-                if let Err(err) = std::fs::File::open(file.get_ref()) {
+                if !errors.open_files {
+                    return;
+                }
+                if let Err(err) = open_regular(file.get_ref()) {
                     errors.at(file.span(), format!("cannot read {}: {err}", file.get_ref().display()));
                 }
             };
@@ -1039,7 +1084,8 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
                 errors.at(k.file.span(), "api_key takes one of header and query");
             }
             let file = resolve(k.file);
-            if let Err(err) = std::fs::File::open(file.get_ref()) {
+            if let Err(err) = if errors.open_files { open_regular(file.get_ref()).map(drop) } else { Ok(()) }
+            {
                 errors.at(file.span(), format!("cannot read {}: {err}", file.get_ref().display()));
             }
             ApiKeyConfig {

@@ -7,6 +7,7 @@ pub mod dataplane;
 pub mod health;
 pub mod host;
 pub mod inspect;
+pub mod instance;
 pub mod maglev;
 pub mod mapped;
 pub mod metrics;

@@ -120,6 +120,15 @@ async fn handle(
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
+    // prometheus-client writes OpenMetrics text; Prometheus 3 refuses a scrape without a type.
+    let content_type = if status == StatusCode::OK {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
     Ok(response)
 }
 
@@ -130,8 +139,9 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener> {
 
 /// Serves `/metrics` until the task is dropped.
 pub async fn serve(listener: TcpListener, core: Shared) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(crate::admin::MAX_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        crate::admin::spawn_connection(stream, "metrics", core.clone(), handle);
+        crate::admin::spawn_connection(stream, "metrics", &slots, core.clone(), handle);
     }
 }

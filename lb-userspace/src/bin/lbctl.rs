@@ -21,6 +21,9 @@ struct Cli {
     /// lbd's admin socket.
     #[arg(long, global = true, default_value = DEFAULT_ADMIN_SOCKET)]
     socket: PathBuf,
+    /// How long to wait for lbd's answer, in seconds.
+    #[arg(long, global = true, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout: u64,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -67,7 +70,7 @@ enum Noun {
         #[arg(long)]
         backend: bool,
         /// Print rates (pps, bps) every N seconds until interrupted.
-        #[arg(long, value_name = "SECONDS")]
+        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
         watch: Option<u64>,
     },
     /// Which backend a flow goes to and why (connection table, current or previous Maglev
@@ -170,8 +173,19 @@ enum DenyVerb {
     List,
 }
 
-/// One request to the admin socket; non-2xx answers become errors carrying lbd's reason.
+/// How long every admin call may take (set once from `--timeout`).
+static TIMEOUT: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+
+/// One request to the admin socket within `--timeout`; non-2xx answers become errors carrying
+/// lbd's reason.
 async fn call(socket: &PathBuf, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
+    let limit = *TIMEOUT.get_or_init(|| std::time::Duration::from_secs(10));
+    tokio::time::timeout(limit, call_once(socket, method, path, body))
+        .await
+        .map_err(|_| anyhow::anyhow!("lbd did not answer within {limit:?} (--timeout)"))?
+}
+
+async fn call_once(socket: &PathBuf, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .with_context(|| format!("connecting to {} (is lbd running? --socket)", socket.display()))?;
@@ -433,7 +447,12 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Noun::Plan { config, change } => {
             let body = match (config, change) {
-                (Some(path), None) => json!({ "config": std::fs::canonicalize(path)? }),
+                (Some(path), None) => {
+                    // lbctl reads the file (bounded, regular files only) and sends its text.
+                    let text = lb_userspace::config::read_file(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    json!({ "config_text": text, "config_name": path.display().to_string() })
+                }
                 (None, Some(PlanVerb::Backend { verb })) => json!({ "commands": [verb.clone().command()] }),
                 _ => bail!("give either -c NEW.toml or a change (`lbctl plan backend remove POOL ADDR`)"),
             };
@@ -494,7 +513,11 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
+    // A closed pipe (`lbctl stats | head`) ends lbctl quietly, as it does any other tool.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
+    let _ = TIMEOUT.set(std::time::Duration::from_secs(cli.timeout));
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {

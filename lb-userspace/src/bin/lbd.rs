@@ -141,6 +141,10 @@ fn run(path: &Path) -> Result<()> {
     raise_descriptor_limit();
     let (interface, mode, pin_dir) = (config.interface.clone(), config.xdp_mode, config.pin_dir.clone());
     let (admin_socket, metrics) = (config.admin_socket.clone(), config.metrics);
+    // One lbd per pin directory, which only root may change: checked and locked before
+    // anything (maps, admin socket) is touched.
+    lb_userspace::instance::prepare_pin_dir(&pin_dir)?;
+    let _instance = lb_userspace::instance::lock(&pin_dir)?;
     // Keeps the program loaded while lbd runs; the pinned link keeps it attached after.
     let ebpf = dataplane::load(&pin_dir, Role::Balancer { max_vips: config.max_vips })?;
     // Program the maps before attaching, so the first packet already sees the pools.
@@ -164,6 +168,7 @@ fn run(path: &Path) -> Result<()> {
             tokio::spawn(lb_userspace::metrics::serve(lb_userspace::metrics::bind(address).await?, core.clone()));
             info!("metrics on http://{address}/metrics");
         }
+        tokio::spawn(watch_link(pin_dir.join("link")));
         let mut checked = HashSet::new();
         health::spawn_missing(&core, &mut checked);
         // L7 listeners: bound before READY, so a busy port fails the start.
@@ -203,9 +208,13 @@ fn run(path: &Path) -> Result<()> {
                 _ = int.recv() => break,
                 _ = hup.recv() => {
                     notify(&[NotifyState::Reloading, NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Ready)]);
-                    match Config::load(path) {
-                        Err(errors) => error!("reload refused, nothing changed:\n{errors}"),
-                        Ok(new) => match lock(&core).reload(new) {
+                    // Read off the async workers and outside the core lock.
+                    let file = path.to_owned();
+                    let loaded = tokio::task::spawn_blocking(move || Config::load(&file)).await;
+                    match loaded {
+                        Err(err) => error!("reload refused, nothing changed: {err}"),
+                        Ok(Err(errors)) => error!("reload refused, nothing changed:\n{errors}"),
+                        Ok(Ok(new)) => match lock(&core).reload(new) {
                             Ok(lines) => {
                                 for line in &lines {
                                     info!("{line}");
@@ -241,6 +250,25 @@ fn run(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Says so when the pinned XDP link disappears while lbd runs (someone ran `bpftool` or
+/// removed the pins): the fast path is then detached and the maps lbd writes unused.
+async fn watch_link(link: PathBuf) {
+    let mut present = true;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        let now = link.exists();
+        if present && !now {
+            error!(
+                "the XDP link pin {} is gone: the fast path is detached; restart lbd to attach it",
+                link.display()
+            );
+        } else if !present && now {
+            info!("the XDP link pin {} is back", link.display());
+        }
+        present = now;
+    }
+}
+
 /// Tells systemd (when lbd runs under it) where the daemon is.
 fn notify(states: &[NotifyState]) {
     let _ = sd_notify::notify(states);
@@ -249,6 +277,11 @@ fn notify(states: &[NotifyState]) {
 fn stop(path: &Path, detach: bool) -> Result<()> {
     anyhow::ensure!(detach, "`lbd stop` needs --detach: it removes the fast path and its connection table");
     let config = load_config(path)?;
+    if config.pin_dir.exists() {
+        // A running lbd holds the lock: detaching under it would leave it serving from maps
+        // nothing uses.
+        let _instance = lb_userspace::instance::lock(&config.pin_dir)?;
+    }
     dataplane::detach(&config.pin_dir)?;
     info!("detached and removed {}", config.pin_dir.display());
     Ok(())

@@ -112,19 +112,28 @@ impl AcceptErrors {
     }
 }
 
-/// What every worker's socket of one listener shares: the connection cap and the registry of
-/// open connections (the longest-idle one anywhere is closed first when full).
+/// What every worker's socket of one listener shares: the connection cap, the registry of
+/// open connections (the longest-idle one anywhere is closed first when full), and one TLS
+/// config (one session cache and ticket key, so a session resumes on any worker).
 pub struct Shared {
     slots: Arc<Semaphore>,
     registry: Arc<Registry>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Shared {
-    pub fn new(listener: &Listener) -> Arc<Shared> {
-        Arc::new(Shared {
+    pub fn new(listener: &Listener, resolver: Option<&Arc<tls::Resolver>>) -> Result<Arc<Shared>> {
+        let acceptor = match (&listener.tls, resolver) {
+            (Some(tls), Some(resolver)) => {
+                Some(tokio_rustls::TlsAcceptor::from(tls::server_config(tls, resolver.clone())?))
+            }
+            _ => None,
+        };
+        Ok(Arc::new(Shared {
             slots: Arc::new(Semaphore::new(listener.max_connections)),
             registry: Arc::new(Registry::default()),
-        })
+            acceptor,
+        }))
     }
 }
 
@@ -136,15 +145,9 @@ pub async fn serve(
     shared: Arc<Shared>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     forwarder: Arc<Forwarder>,
-    resolver: Option<Arc<tls::Resolver>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
-    let acceptor = match (&listener.tls, &resolver) {
-        (Some(tls), Some(resolver)) => {
-            Some(tokio_rustls::TlsAcceptor::from(tls::server_config(tls, resolver.clone())?))
-        }
-        _ => None,
-    };
+    let acceptor = shared.acceptor.clone();
     let (slots, registry) = (shared.slots.clone(), shared.registry.clone());
     let graceful = GracefulShutdown::new();
     let mut http2 = http2::Builder::new(TokioExecutor::new());

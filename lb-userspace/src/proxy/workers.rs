@@ -72,9 +72,9 @@ pub fn start(
             listener.address,
             if listener.tls.is_some() { "tls" } else { "http" }
         );
-        let shared = Shared::new(&listener);
+        let shared = Shared::new(&listener, certs.as_ref())?;
         for (worker, socket) in sockets.into_iter().enumerate() {
-            per_worker[worker].push((listener.clone(), socket, shared.clone(), certs.clone()));
+            per_worker[worker].push((listener.clone(), socket, shared.clone()));
         }
     }
     let mut threads = Vec::new();
@@ -87,7 +87,7 @@ pub fn start(
         let thread = std::thread::Builder::new().name(format!("l7-worker-{worker}")).spawn(move || {
             runtime.block_on(async move {
                 let mut serving = Vec::new();
-                for (listener, socket, shared, certs) in listeners {
+                for (listener, socket, shared) in listeners {
                     let name = listener.name.clone();
                     let socket = match socket
                         .set_nonblocking(true)
@@ -105,7 +105,6 @@ pub fn start(
                         shared,
                         snapshot.clone(),
                         forwarder.clone(),
-                        certs,
                         stop.clone(),
                     );
                     serving.push(tokio::spawn(async move {

@@ -1,0 +1,227 @@
+//! Root tests of the control plane against hostile or mistaken use: a second lbd on the same
+//! pin directory, `lbd stop --detach` under a running lbd, a foreign-owned pin directory, an
+//! oversized or slow admin request, a plan that names a path, a FIFO as a config, lbctl's
+//! timeout, closed pipe and `--watch 0`.
+use std::{
+    io::{Read, Write},
+    os::unix::{fs::PermissionsExt, net::UnixStream},
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use sluice_tests::{
+    netns::{Topology, mac_text},
+    servers::{Lbd, TempDir},
+};
+
+const VIP: &str = "198.19.0.1";
+
+fn config(topology: &Topology, dir: &Path) -> Result<std::path::PathBuf> {
+    let path = dir.join("sluice.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"generic\"\npin_dir = \"/sys/fs/bpf/{tag}\"\n\
+             next_hop_mac = \"{mac}\"\n\n[[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\n\
+             pool = \"web\"\n\n[[pool]]\nname = \"web\"\nbackends = [{{ address = \"{b1}\" }}]\n\n\
+             [admin]\nsocket = \"{dir}/lbd.sock\"\nmetrics = \"127.0.0.1:9100\"\n",
+            tag = topology.tag,
+            mac = mac_text(topology.router_mac_to_lb),
+            b1 = topology.backends[0].addr4,
+            dir = dir.display(),
+        ),
+    )?;
+    Ok(path)
+}
+
+fn lbd_bin() -> String {
+    sluice_tests::bin_dir().join("lbd").display().to_string()
+}
+
+fn lbctl_bin() -> String {
+    sluice_tests::bin_dir().join("lbctl").display().to_string()
+}
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// One raw HTTP exchange on the admin socket; returns the status line.
+fn admin_raw(socket: &Path, request: &[u8]) -> Result<String> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+    // A refused body may close the connection before all of it is written.
+    let _ = stream.write_all(request);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    Ok(String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned())
+}
+
+#[test]
+fn root_trust_one_lbd_per_pin_directory() -> Result<()> {
+    let topology = Topology::new(1)?;
+    let dir = TempDir::new("trust-instance")?;
+    let config = config(&topology, &dir.0)?;
+    let lbd = Lbd::start(&topology.lb, &config)?;
+    let config_arg = config.to_str().context("path")?;
+    // A second lbd on the same config fails at once, with a message, and touches nothing.
+    let started = Instant::now();
+    let second = topology.lb.command(&lbd_bin()).args(["run", "-c", config_arg]).output()?;
+    assert!(!second.status.success(), "a second lbd started");
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("another lbd is running"), "{said}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(lbd.lbctl(&["status"])?.contains("eth0"), "the first lbd is unreachable");
+    // `lbd stop --detach` under a running lbd is refused; the program stays attached.
+    let stop = topology.lb.command(&lbd_bin()).args(["stop", "--detach", "-c", config_arg]).output()?;
+    assert!(!stop.status.success(), "detached under a running lbd");
+    assert!(String::from_utf8_lossy(&stop.stderr).contains("another lbd is running"));
+    assert!(lbd.pin_dir.join("link").exists(), "the link pin is gone");
+    drop(lbd);
+
+    // A pin directory another user owns, or anyone may write, is refused before anything.
+    let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/{}", topology.tag));
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    std::fs::create_dir_all(&pin_dir)?;
+    std::os::unix::fs::chown(&pin_dir, Some(65534), Some(65534))?;
+    let foreign = topology.lb.command(&lbd_bin()).args(["run", "-c", config_arg]).output()?;
+    assert!(!foreign.status.success());
+    assert!(String::from_utf8_lossy(&foreign.stderr).contains("owned by uid 65534"), "{foreign:?}");
+    std::os::unix::fs::chown(&pin_dir, Some(0), Some(0))?;
+    std::fs::set_permissions(&pin_dir, std::fs::Permissions::from_mode(0o777))?;
+    let open = topology.lb.command(&lbd_bin()).args(["run", "-c", config_arg]).output()?;
+    assert!(!open.status.success());
+    assert!(String::from_utf8_lossy(&open.stderr).contains("writable by group or others"), "{open:?}");
+    std::fs::remove_dir_all(&pin_dir)?;
+    Ok(())
+}
+
+#[test]
+fn root_trust_admin_input_is_bounded() -> Result<()> {
+    let topology = Topology::new(1)?;
+    let dir = TempDir::new("trust-admin")?;
+    let config = config(&topology, &dir.0)?;
+    let lbd = Lbd::start(&topology.lb, &config)?;
+    let socket = lbd.socket.clone();
+
+    // A 300 MB body is refused after 1 MiB, and lbd's memory does not grow with it.
+    let before = rss(lbd.pid());
+    let status = std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<String> {
+                let mut stream = UnixStream::connect(&socket)?;
+                stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+                stream.write_all(
+                    b"POST /commands HTTP/1.1\r\nHost: lbd\r\nContent-Length: 300000000\r\n\r\n",
+                )?;
+                let chunk = vec![b'x'; 1 << 20];
+                for _ in 0..300 {
+                    if stream.write_all(&chunk).is_err() {
+                        break; // lbd closed it, as it should
+                    }
+                }
+                let mut answer = Vec::new();
+                let _ = stream.read_to_end(&mut answer);
+                Ok(String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))?
+    })?;
+    assert!(status.is_empty() || status.contains("413"), "{status}");
+    let grown = rss(lbd.pid()).saturating_sub(before);
+    assert!(grown < 64 << 20, "lbd grew by {grown} bytes on a refused body");
+
+    // A plan names no path: lbd refuses the old `config` field, lbctl sends the text.
+    let body = r#"{"config": "/dev/zero"}"#;
+    let request = format!(
+        "POST /plan HTTP/1.1\r\nHost: lbd\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let started = Instant::now();
+    assert!(admin_raw(&socket, request.as_bytes())?.contains("400"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let plan = lbd.lbctl(&["plan", "-c", config.to_str().context("path")?])?;
+    assert!(plan.contains("buckets moved"), "{plan}");
+    // A FIFO as a config: lbctl, `lbd check` and a plan all say so at once instead of hanging.
+    let fifo = dir.0.join("fifo.toml");
+    let fifo_c = std::ffi::CString::new(fifo.to_str().context("path")?)?;
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) }, 0);
+    let started = Instant::now();
+    let lbctl = topology
+        .lb
+        .command(&lbctl_bin())
+        .args(["--socket", socket.to_str().context("path")?, "plan", "-c", fifo.to_str().context("path")?])
+        .output()?;
+    assert!(!lbctl.status.success() && String::from_utf8_lossy(&lbctl.stderr).contains("not a regular file"));
+    let check =
+        topology.lb.command(&lbd_bin()).args(["check", "-c", fifo.to_str().context("path")?]).output()?;
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(!check.status.success() && said.contains("not a regular file"), "{said}");
+    assert!(started.elapsed() < Duration::from_secs(5), "a FIFO hung a reader");
+
+    // A connection that sends nothing is closed by lbd's read timeout (10 s).
+    let mut idle = UnixStream::connect(&socket)?;
+    idle.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = idle.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(started.elapsed() < Duration::from_secs(15), "an idle admin connection stayed open");
+    // More than 64 connections at once: the extra ones are closed, lbctl still gets through
+    // once they are gone.
+    let held: Vec<UnixStream> = (0..70).map(|_| UnixStream::connect(&socket)).collect::<Result<_, _>>()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let mut refused = 0;
+    for mut stream in held.iter().skip(64) {
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        if matches!(stream.read(&mut buf), Ok(0)) {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 6, "connections over the cap were not closed");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(lbd.lbctl(&["status"])?.contains("eth0"));
+
+    // Metrics carry a content type Prometheus accepts.
+    let metrics =
+        topology.lb.run("curl", &["-sS", "-D", "-", "-o", "/dev/null", "http://127.0.0.1:9100/metrics"])?;
+    let head = String::from_utf8_lossy(&metrics.stdout).to_ascii_lowercase();
+    assert!(head.contains("content-type: application/openmetrics-text"), "{head}");
+
+    // lbctl: `--watch 0` is refused, a closed pipe ends it quietly, a silent lbd times out.
+    let watch0 = topology
+        .lb
+        .command(&lbctl_bin())
+        .args(["--socket", socket.to_str().context("path")?, "stats", "--watch", "0"])
+        .output()?;
+    assert!(!watch0.status.success());
+    let piped = topology
+        .lb
+        .command("sh")
+        .args(["-c", &format!("{} --socket {} stats --watch 1 | head -1", lbctl_bin(), socket.display())])
+        .stderr(Stdio::piped())
+        .output()?;
+    assert!(!String::from_utf8_lossy(&piped.stderr).contains("panicked"), "{piped:?}");
+    let silent = dir.0.join("silent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&silent)?; // accepts, never answers
+    let started = Instant::now();
+    let timed = topology
+        .lb
+        .command(&lbctl_bin())
+        .args(["--socket", silent.to_str().context("path")?, "--timeout", "1", "status"])
+        .output()?;
+    assert!(!timed.status.success() && String::from_utf8_lossy(&timed.stderr).contains("did not answer"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    Ok(())
+}
