@@ -8,7 +8,9 @@
 //! - `POST /flow`: which backend a 5-tuple goes to and why (runs the loaded program)
 //! - `POST /plan`: what share of buckets and which live flows a change would move
 //! - `POST /commands`: one [`Command`] or a list, applied all or nothing; 400 with the reason
-//!   when refused, 500 when the maps or the config file could not be written
+//!   when refused, 500 when the maps or the config file could not be written. Only operator
+//!   commands (`add_backend`, `remove_backend`, `set_weight`, `set_drain`, `add_deny`,
+//!   `remove_deny`); the rest (`set_health`, `add_pool`, `remove_vip`, …) are 400.
 //!
 //! Bodies are bounded (1 MiB: 413), heads and bodies must arrive within 10 s, and at most 64
 //! connections are open at once (the metrics server has the same limits).
@@ -199,10 +201,9 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
             };
             let commands: Result<Vec<Command>, _> = serde_json::from_slice::<Vec<Command>>(&body)
                 .or_else(|_| serde_json::from_slice::<Command>(&body).map(|c| vec![c]));
+            let commands = commands.map_err(|err| format!("not a command: {err}")).and_then(operator_only);
             match commands {
-                Err(err) => {
-                    reply(StatusCode::BAD_REQUEST, json!({ "error": format!("not a command: {err}") }))
-                }
+                Err(err) => reply(StatusCode::BAD_REQUEST, json!({ "error": err })),
                 Ok(commands) => match lock(&core).execute(&commands) {
                     Ok(lines) => reply(StatusCode::OK, json!({ "changes": lines })),
                     Err(ExecError::Refused(err)) => {
@@ -218,6 +219,23 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
         _ => reply(StatusCode::NOT_FOUND, json!({ "error": format!("no endpoint {method} {path}") })),
     };
     Ok(response)
+}
+
+/// The commands an operator may send: the ones written to the config file. Probe results,
+/// pool and VIP additions and removals are the State's own (health checks, reloads) and are
+/// refused here, whole request and all.
+fn operator_only(commands: Vec<Command>) -> Result<Vec<Command>, String> {
+    match commands.iter().find(|c| !c.persists()) {
+        Some(other) => Err(format!(
+            "{} is not an admin command (add_backend, remove_backend, set_weight, set_drain, \
+             add_deny, remove_deny; pools and VIPs change in the config file and a reload)",
+            serde_json::to_value(other)
+                .ok()
+                .and_then(|v| v["command"].as_str().map(str::to_owned))
+                .unwrap_or_default()
+        )),
+        None => Ok(commands),
+    }
 }
 
 /// The largest admin request body read (commands, plans with a whole config).
@@ -271,6 +289,7 @@ fn plan(core: &Shared, body: &[u8]) -> Result<Value> {
     }
     let q: Query =
         serde_json::from_slice(body).context("expected {commands} or {config_text, config_name}")?;
+    let commands = operator_only(q.commands).map_err(anyhow::Error::msg)?;
     let config = match &q.config_text {
         Some(text) => {
             let name = std::path::PathBuf::from(q.config_name.as_deref().unwrap_or("sent config"));
@@ -282,7 +301,7 @@ fn plan(core: &Shared, body: &[u8]) -> Result<Value> {
         None => None,
     };
     let core = lock(core);
-    Ok(serde_json::to_value(inspect::plan(&core.state, &q.commands, config.as_ref())?)?)
+    Ok(serde_json::to_value(inspect::plan(&core.state, &commands, config.as_ref())?)?)
 }
 
 /// Binds the admin socket (replacing a stale one), mode 0600.

@@ -136,6 +136,15 @@ impl Core {
         if config.interface != self.state.config.interface || config.pin_dir != self.state.config.pin_dir {
             anyhow::bail!("interface and pin_dir need a restart");
         }
+        // Listeners are bound and configured at start (one socket per worker).
+        if config.listeners != self.state.config.listeners {
+            let names = |c: &Config| c.listeners.iter().map(|l| l.name.clone()).collect::<Vec<_>>();
+            anyhow::bail!(
+                "listeners changed (now {:?}, running {:?}, or their settings): a restart is needed",
+                names(&config),
+                names(&self.state.config)
+            );
+        }
         self.host = host::facts(&config).context("resolving the host's interface and next hop")?;
         let commands = self.state.diff(&config);
         // The commands come from the file itself: nothing to write back.

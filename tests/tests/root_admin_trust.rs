@@ -139,6 +139,22 @@ fn root_trust_admin_input_is_bounded() -> Result<()> {
     let grown = rss(lbd.pid()).saturating_sub(before);
     assert!(grown < 64 << 20, "lbd grew by {grown} bytes on a refused body");
 
+    // Commands that are the State's own (probe results, pools, VIPs) are not on the API.
+    for body in [
+        r#"{"command": "remove_vip", "name": "web"}"#,
+        r#"{"command": "add_vip", "name": "nonexistent"}"#,
+        r#"{"command": "set_health", "pool": "web", "address": "10.0.0.1", "healthy": false}"#,
+        r#"[{"command": "add_deny", "prefix": "192.0.2.0/24"}, {"command": "remove_pool", "pool": "web"}]"#,
+    ] {
+        let request = format!(
+            "POST /commands HTTP/1.1\r\nHost: lbd\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        assert!(admin_raw(&socket, request.as_bytes())?.contains("400"), "{body} was accepted");
+    }
+    assert!(lbd.lbctl(&["vip", "list"])?.contains("web"), "a refused command changed the VIPs");
+    assert!(!lbd.lbctl(&["deny", "list"])?.contains("192.0.2.0"), "half of a refused list was applied");
+
     // A plan names no path: lbd refuses the old `config` field, lbctl sends the text.
     let body = r#"{"config": "/dev/zero"}"#;
     let request = format!(
@@ -223,5 +239,27 @@ fn root_trust_admin_input_is_bounded() -> Result<()> {
         .output()?;
     assert!(!timed.status.success() && String::from_utf8_lossy(&timed.stderr).contains("did not answer"));
     assert!(started.elapsed() < Duration::from_secs(5));
+    Ok(())
+}
+
+#[test]
+fn root_trust_reload_refuses_what_needs_a_restart() -> Result<()> {
+    let topology = Topology::new(1)?;
+    let dir = TempDir::new("trust-reload")?;
+    let config = config(&topology, &dir.0)?;
+    let log = dir.0.join("lbd.log");
+    let lbd = Lbd::start_logging(&topology.lb, &config, Some(&log))?;
+    // A new listener cannot start on SIGHUP: the reload says so instead of "applied".
+    let mut text = std::fs::read_to_string(&config)?;
+    text.push_str("\n[[listener]]\nname = \"late\"\naddress = \"127.0.0.1:18443\"\n");
+    std::fs::write(&config, text)?;
+    lbd.signal(libc::SIGHUP);
+    sluice_tests::servers::wait_for("the reload's verdict", Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("reload refused"))
+    })?;
+    let said = std::fs::read_to_string(&log)?;
+    assert!(said.contains("a restart is needed"), "{said}");
+    assert!(!said.contains("reload applied") && !said.contains("certificates reloaded"), "{said}");
+    assert!(!said.contains("admin connection from"), "every lbctl call logged at INFO");
     Ok(())
 }

@@ -211,24 +211,26 @@ fn run(path: &Path) -> Result<()> {
                     // Read off the async workers and outside the core lock.
                     let file = path.to_owned();
                     let loaded = tokio::task::spawn_blocking(move || Config::load(&file)).await;
-                    match loaded {
-                        Err(err) => error!("reload refused, nothing changed: {err}"),
-                        Ok(Err(errors)) => error!("reload refused, nothing changed:\n{errors}"),
-                        Ok(Ok(new)) => match lock(&core).reload(new) {
-                            Ok(lines) => {
-                                for line in &lines {
-                                    info!("{line}");
-                                }
-                                info!("reload applied ({} changes)", lines.len());
+                    let applied = match loaded {
+                        Err(err) => Err(format!("{err}")),
+                        Ok(Err(errors)) => Err(format!("\n{errors}")),
+                        Ok(Ok(new)) => lock(&core).reload(new).map_err(|err| format!("{err:#}")),
+                    };
+                    match applied {
+                        Ok(lines) => {
+                            for line in &lines {
+                                info!("{line}");
                             }
-                            Err(err) => error!("reload refused, nothing changed: {err:#}"),
-                        },
-                    }
-                    health::spawn_missing(&core, &mut checked);
-                    for (listener, certs) in &listeners {
-                        if let Some(resolver) = certs {
-                            proxy::reload_certs(listener, resolver);
+                            info!("reload applied ({} changes)", lines.len());
+                            health::spawn_missing(&core, &mut checked);
+                            // Certificates follow an applied reload only.
+                            for (listener, certs) in &listeners {
+                                if let Some(resolver) = certs {
+                                    proxy::reload_certs(listener, resolver);
+                                }
+                            }
                         }
+                        Err(err) => error!("reload refused, nothing changed: {err}"),
                     }
                     notify(&[NotifyState::Ready]);
                 }
