@@ -116,9 +116,19 @@ impl Core {
             return Err(ExecError::Failed(err.context("writing the maps")));
         }
         for command in commands.iter().filter(|c| c.persists()) {
-            if let Err(err) = persist::persist(&self.config_path, command) {
-                restore(self);
-                return Err(ExecError::Failed(err.context("writing the change to the config file")));
+            match persist::persist(&self.config_path, command) {
+                Ok(persist::Persisted::Written) => {}
+                // A read-only config must not block a drain: applied, and said to be temporary.
+                Ok(persist::Persisted::ReadOnly(why)) => {
+                    warn!("config not written ({why}): this change lasts until lbd restarts");
+                    lines.push(format!(
+                        "config file is read-only: this change lasts until lbd restarts ({why})"
+                    ));
+                }
+                Err(err) => {
+                    restore(self);
+                    return Err(ExecError::Failed(err.context("writing the change to the config file")));
+                }
             }
         }
         let before = self.state.failing_open();

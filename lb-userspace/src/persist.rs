@@ -1,7 +1,13 @@
 //! Writes operator commands back into the config file, so the file stays the single source of
 //! truth: a restart or a reload serves what lbctl set. toml_edit keeps the operator's comments
-//! and layout; the result is validated before it atomically replaces the file.
-use std::path::Path;
+//! and layout; the result is validated, then replaces the file atomically and durably: through
+//! a symlink to its target, in a temporary file beside it with the target's owner and mode,
+//! fsync, rename, fsync of the directory. A read-only config is reported, not an error.
+use std::{
+    io::Write as _,
+    os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, bail};
 use toml_edit::{Array, DocumentMut, InlineTable, Item, Value};
@@ -51,7 +57,13 @@ pub fn edit(text: &str, command: &Command) -> Result<String> {
             let mut entry = InlineTable::new();
             entry.insert("address", address.to_string().into());
             entry.insert("weight", (*weight as i64).into());
-            pool_backends(&mut doc, pool)?.push(Value::InlineTable(entry));
+            let backends = pool_backends(&mut doc, pool)?;
+            let mut value = Value::InlineTable(entry);
+            // A one-per-line list stays one per line.
+            if let Some(prefix) = backends.iter().last().and_then(|v| v.decor().prefix()).cloned() {
+                value.decor_mut().set_prefix(prefix);
+            }
+            backends.push_formatted(value);
         }
         Command::RemoveBackend { pool, address } => {
             let backends = pool_backends(&mut doc, pool)?;
@@ -92,17 +104,51 @@ pub fn edit(text: &str, command: &Command) -> Result<String> {
     Ok(doc.to_string())
 }
 
+/// What became of a change to the config file.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Persisted {
+    Written,
+    /// The file or its directory cannot be written (a read-only mount, say): the change is
+    /// applied but lasts until lbd restarts.
+    ReadOnly(String),
+}
+
 /// Applies `command` to the config file at `path`: edit, validate, write a temporary file
-/// beside it, rename over. On any error the file is untouched.
-pub fn persist(path: &Path, command: &Command) -> Result<()> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+/// beside the real file (through a symlink), rename over. On any error the file is untouched.
+pub fn persist(path: &Path, command: &Command) -> Result<Persisted> {
+    let target = std::fs::canonicalize(path).with_context(|| format!("resolving {}", path.display()))?;
+    let text = crate::config::read_file(&target).with_context(|| format!("reading {}", target.display()))?;
     let edited = edit(&text, command)?;
     Config::parse(path, &edited)
         .map_err(|errors| anyhow::anyhow!("the edited config would be invalid:\n{errors}"))?;
-    let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, &edited).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-    Ok(())
+    match replace(&target, edited.as_bytes()) {
+        Ok(()) => Ok(Persisted::Written),
+        Err(err) if matches!(err.raw_os_error(), Some(libc::EROFS | libc::EACCES | libc::EPERM)) => {
+            Ok(Persisted::ReadOnly(format!("{}: {err}", target.display())))
+        }
+        Err(err) => Err(err).with_context(|| format!("replacing {}", target.display())),
+    }
+}
+
+/// Replaces `target` with `bytes`, keeping its owner and mode, durably.
+fn replace(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let meta = std::fs::metadata(target)?;
+    let dir = target.parent().unwrap_or(Path::new("/"));
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    let written = (|| {
+        std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))?;
+        file.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, target)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]
@@ -129,6 +175,37 @@ mod tests {
         let remove = Command::RemoveBackend { pool: "web".into(), address: "10.0.0.1".parse().unwrap() };
         let config = Config::parse(Path::new("t.toml"), &edit(&text, &remove).unwrap()).unwrap();
         assert_eq!(config.pools["web"].backends.len(), 1);
+    }
+
+    #[test]
+    fn a_backend_added_to_a_list_one_per_line_gets_its_own_line() {
+        let text = "[dataplane]\ninterface = \"eth0\"\n[[pool]]\nname = \"web\"\nbackends = [\n  { address = \"10.0.0.1\" },\n  { address = \"10.0.0.2\" },\n]\n";
+        let add = Command::AddBackend { pool: "web".into(), address: "10.0.0.3".parse().unwrap(), weight: 1 };
+        let edited = edit(text, &add).unwrap();
+        assert!(
+            edited.contains("\n  { address = \"10.0.0.2\" },\n  { address = \"10.0.0.3\", weight = 1 }"),
+            "{edited}"
+        );
+    }
+
+    #[test]
+    fn writes_go_through_a_symlink_and_keep_owner_and_mode() {
+        let dir = std::env::temp_dir().join(format!("sluice-persist-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("real")).unwrap();
+        let real = dir.join("real/sluice.toml");
+        std::fs::write(&real, TEXT).unwrap();
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let link = dir.join("sluice.toml");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let add = Command::AddBackend { pool: "web".into(), address: "10.0.0.2".parse().unwrap(), weight: 7 };
+        assert_eq!(persist(&link, &add).unwrap(), Persisted::Written);
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link was replaced");
+        assert_eq!(std::fs::metadata(&real).unwrap().mode() & 0o777, 0o640);
+        assert!(std::fs::read_to_string(&real).unwrap().contains("10.0.0.2"));
+        let leftovers = std::fs::read_dir(dir.join("real")).unwrap().count();
+        assert_eq!(leftovers, 1, "a temporary file was left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

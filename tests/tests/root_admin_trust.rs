@@ -261,5 +261,17 @@ fn root_trust_reload_refuses_what_needs_a_restart() -> Result<()> {
     assert!(said.contains("a restart is needed"), "{said}");
     assert!(!said.contains("reload applied") && !said.contains("certificates reloaded"), "{said}");
     assert!(!said.contains("admin connection from"), "every lbctl call logged at INFO");
+
+    // A config on a read-only mount does not block a drain: applied, and said to be temporary.
+    let d = dir.0.to_str().context("path")?;
+    sluice_tests::netns::run("mount", &["--bind", d, d])?;
+    let remounted = sluice_tests::netns::run("mount", &["-o", "remount,ro,bind", d]);
+    let backend = topology.backends[0].addr4.to_string();
+    let drained = remounted.and_then(|_| lbd.lbctl(&["backend", "drain", "web", &backend]));
+    let pool = lbd.lbctl(&["pool", "show", "web"]);
+    let _ = sluice_tests::netns::run("umount", &[d]);
+    let drained = drained?;
+    assert!(drained.contains("read-only"), "{drained}");
+    assert!(pool?.to_ascii_lowercase().contains("drain"), "the drain was not applied");
     Ok(())
 }
