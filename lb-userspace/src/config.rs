@@ -629,6 +629,32 @@ struct Errors<'a> {
     open_files: bool,
 }
 
+/// The longest `flow_grace_seconds` (a day; larger values overflow the tables' clock math).
+pub const MAX_FLOW_GRACE_SECONDS: u64 = 86_400;
+/// The longest name of a VIP, pool, listener or route (they become metric labels).
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// Why `addr` cannot be a VIP's or a backend's address, if it cannot.
+fn not_a_host(addr: IpAddr) -> Option<&'static str> {
+    if addr.is_unspecified() {
+        Some("the unspecified address is no host")
+    } else if addr.is_multicast() {
+        Some("a multicast address is no host")
+    } else if addr == IpAddr::V4(Ipv4Addr::BROADCAST) {
+        Some("the broadcast address is no host")
+    } else {
+        None
+    }
+}
+
+/// A name cut short for a message.
+fn short(name: &str) -> String {
+    match name.char_indices().nth(40) {
+        Some((at, _)) => format!("{}…", &name[..at]),
+        None => name.to_owned(),
+    }
+}
+
 /// The largest config file read.
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -659,6 +685,17 @@ pub fn read_file(path: &Path) -> std::io::Result<String> {
 }
 
 impl Errors<'_> {
+    /// A name must be 1 to `MAX_NAME_BYTES` bytes.
+    fn name(&mut self, name: &Spanned<String>, what: &str) {
+        let n = name.get_ref().len();
+        if n == 0 || n > MAX_NAME_BYTES {
+            self.at(
+                name.span(),
+                format!("{what} name must be 1 to {MAX_NAME_BYTES} bytes (this one has {n})"),
+            );
+        }
+    }
+
     fn line_of(&self, span: Range<usize>) -> usize {
         self.text[..span.start.min(self.text.len())].matches('\n').count() + 1
     }
@@ -786,7 +823,7 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
     let max_vips = match dp.max_vips {
         Some(n) if *n.get_ref() == 0 || *n.get_ref() > lb_common::vip::MAX_VIPS => {
             errors.at(n.span(), format!("max_vips must be 1 to {}", lb_common::vip::MAX_VIPS));
-            0
+            lb_common::vip::MAX_VIPS // already reported: no second error about the VIP count
         }
         Some(n) => n.into_inner(),
         None => 16,
@@ -794,6 +831,7 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
 
     let mut pools = BTreeMap::new();
     for raw_pool in raw.pool {
+        errors.name(&raw_pool.name, "pool");
         let name = raw_pool.name.get_ref().clone();
         let mut backends: Vec<BackendSpec> = Vec::new();
         for b in raw_pool.backends {
@@ -802,6 +840,9 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
             };
             if backends.iter().any(|x| x.addr == addr) {
                 errors.at(b.address.span(), format!("backend {addr} is listed twice in pool `{name}`"));
+            }
+            if let Some(why) = not_a_host(addr) {
+                errors.at(b.address.span(), format!("backend {addr} in pool `{name}`: {why}"));
             }
             let weight = match b.weight {
                 Some(w) if *w.get_ref() > MAX_WEIGHT => {
@@ -874,9 +915,13 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
         if !names.insert(name.clone()) {
             errors.at(raw_vip.name.span(), format!("VIP `{name}` is defined twice"));
         }
+        errors.name(&raw_vip.name, "VIP");
         let Some(addr) = errors.parse(&raw_vip.address, "an IP address", |s| s.parse::<IpAddr>().ok()) else {
             continue;
         };
+        if let Some(why) = not_a_host(addr) {
+            errors.at(raw_vip.address.span(), format!("VIP `{}`: {addr}: {why}", short(&name)));
+        }
         let port = raw_vip.port.unwrap_or(0);
         if !keys.insert((addr, port, raw_vip.protocol)) {
             errors.at(raw_vip.address.span(), format!("VIP `{name}`: {addr} port {port} is already a VIP"));
@@ -940,9 +985,37 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
         if listeners.iter().any(|l: &Listener| l.name == name) {
             errors.at(raw.name.span(), format!("listener `{name}` is defined twice"));
         }
-        let Some(address) = errors.parse(&raw.address, "an address:port", |s| s.parse().ok()) else {
+        errors.name(&raw.name, "listener");
+        let Some(address) =
+            errors.parse(&raw.address, "an address:port", |s| s.parse::<std::net::SocketAddr>().ok())
+        else {
             continue;
         };
+        if address.port() == 0 {
+            errors.at(
+                raw.address.span(),
+                format!("listener `{}`: port 0 is not a port to listen on", short(&name)),
+            );
+        }
+        if raw.max_connections == Some(0) {
+            errors
+                .at(raw.name.span(), format!("listener `{}`: max_connections must be above 0", short(&name)));
+        }
+        // An L4 VIP on the same address and port would take the listener's packets in XDP.
+        if let Some(vip) = vips.iter().find(|v: &&Vip| {
+            v.mode == VipMode::L4
+                && v.port == address.port()
+                && (v.addr == address.ip() || address.ip().is_unspecified())
+        }) {
+            errors.at(
+                raw.address.span(),
+                format!(
+                    "listener `{}` on {address} is also L4 VIP `{}`: XDP would take its packets",
+                    short(&name),
+                    vip.name
+                ),
+            );
+        }
         let tls = raw.tls.map(|t| {
             let t = RawTls {
                 certificates: t
@@ -1004,6 +1077,25 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
             max_header_bytes: raw.max_header_bytes.unwrap_or(16 << 10),
             drain_timeout: Duration::from_millis(raw.drain_timeout_ms.unwrap_or(10_000)),
         });
+    }
+    // An L7 VIP is passed up to the stack for a listener: one must listen there (on its port,
+    // or on any port of a VIP with every port).
+    for vip in vips.iter().filter(|v| v.mode == VipMode::L7) {
+        let heard = listeners.iter().any(|l: &Listener| {
+            (vip.port == 0 || l.address.port() == vip.port)
+                && (l.address.ip() == vip.addr || l.address.ip().is_unspecified())
+        });
+        if !heard {
+            errors.at(
+                0..0,
+                format!(
+                    "L7 VIP `{}` ({} port {}) has no listener on that address and port",
+                    short(&vip.name),
+                    vip.addr,
+                    vip.port
+                ),
+            );
+        }
     }
     let mut routes = Vec::new();
     for raw in raw.route {
@@ -1149,7 +1241,16 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
         encap_source_v4,
         encap_source_v6,
         max_vips,
-        flow_grace: Duration::from_secs(dp.flow_grace_seconds.unwrap_or(60)),
+        flow_grace: Duration::from_secs(match dp.flow_grace_seconds {
+            Some(n) if n > MAX_FLOW_GRACE_SECONDS => {
+                errors.at(
+                    0..0,
+                    format!("flow_grace_seconds must be at most {MAX_FLOW_GRACE_SECONDS} (one day)"),
+                );
+                60
+            }
+            n => n.unwrap_or(60),
+        }),
         redirect_interface: dp.redirect_interface.map(Spanned::into_inner),
         admin_socket: raw.admin.socket.unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET)),
         metrics: raw

@@ -275,3 +275,24 @@ fn root_trust_reload_refuses_what_needs_a_restart() -> Result<()> {
     assert!(pool?.to_ascii_lowercase().contains("drain"), "the drain was not applied");
     Ok(())
 }
+
+#[test]
+fn root_trust_systemd_unit_is_hardened() -> Result<()> {
+    // systemd-analyze's offline check of the shipped unit: exposure 5.0 or lower.
+    let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/sluice.service");
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--threshold=50"])
+        .arg(&unit)
+        .output()
+        .context("running systemd-analyze (package systemd)")?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    let overall = said.lines().find(|l| l.contains("Overall exposure level")).unwrap_or_default().to_owned();
+    assert!(out.status.success(), "exposure above 5.0: {overall}\n{}", String::from_utf8_lossy(&out.stderr));
+    let level: f64 = overall
+        .split("sluice.service: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .context("no exposure level in systemd-analyze's output")?;
+    assert!(level <= 5.0, "{overall}");
+    Ok(())
+}

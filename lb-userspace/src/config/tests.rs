@@ -127,3 +127,58 @@ fn max_vips_out_of_range() {
 fn syntax_error() {
     assert_error("[dataplane\ninterface = 1\n", "t.toml:1:");
 }
+
+#[test]
+fn values_that_parse_but_cannot_work_are_refused() {
+    let assert_says = |text: &str, expected: &str| {
+        let found = errors(text);
+        assert!(
+            found.iter().any(|e| e.starts_with("t.toml:") && e.contains(expected)),
+            "expected `{expected}` in {found:?}"
+        );
+    };
+    let vip = |address: &str, extra: &str| {
+        format!(
+            "{BASE}{extra}[[vip]]\nname = \"web\"\naddress = \"{address}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n\
+             [[pool]]\nname = \"web\"\nbackends = [{{ address = \"198.18.10.2\" }}]\n"
+        )
+    };
+    assert_says(&vip("0.0.0.0", ""), "VIP `web`: 0.0.0.0: the unspecified address is no host");
+    assert_says(&vip("224.0.0.1", ""), "VIP `web`: 224.0.0.1: a multicast address");
+    let broadcast = vip("198.19.0.1", "").replace("198.18.10.2", "255.255.255.255");
+    assert_says(&broadcast, "backend 255.255.255.255 in pool `web`: the broadcast address");
+    let long = vip("198.19.0.1", "")
+        .replace("name = \"web\"\naddress", &format!("name = \"{}\"\naddress", "v".repeat(5000)));
+    assert_says(&long, "VIP name must be 1 to 128 bytes (this one has 5000)");
+    assert_says(
+        &vip("198.19.0.1", "flow_grace_seconds = 18446744073\n"),
+        "flow_grace_seconds must be at most 86400",
+    );
+    // One error for a bad max_vips, not a second about the VIP count.
+    assert_eq!(errors(&vip("198.19.0.1", "max_vips = 1025\n")).len(), 1);
+    // Listeners: port 0, no connections, a timeout of 0, the same address as an L4 VIP.
+    let listener = |address: &str, extra: &str| {
+        format!("{}[[listener]]\nname = \"l\"\naddress = \"{address}\"\n{extra}", vip("198.19.0.1", ""))
+    };
+    assert_says(&listener("127.0.0.1:0", ""), "listener `l`: port 0");
+    assert_says(
+        &listener("127.0.0.1:8080", "max_connections = 0\n"),
+        "listener `l`: max_connections must be above 0",
+    );
+    assert_says(
+        &listener("127.0.0.1:8080", "header_read_timeout_ms = 0\n"),
+        "listener `l`: header_read_timeout_ms must be above 0",
+    );
+    assert_says(&listener("198.19.0.1:80", ""), "listener `l` on 198.19.0.1:80 is also L4 VIP `web`");
+    // An L7 VIP needs a listener on its address and port.
+    let l7 = vip("198.19.0.1", "").replace("pool = \"web\"\n\n", "pool = \"web\"\nmode = \"l7\"\n\n");
+    let l7 = l7.replacen("pool = \"web\"\n[[pool]]", "pool = \"web\"\nmode = \"l7\"\n[[pool]]", 1);
+    assert_says(&l7, "L7 VIP `web` (198.19.0.1 port 80) has no listener");
+    assert!(
+        Config::parse(
+            Path::new("t.toml"),
+            &format!("{l7}[[listener]]\nname = \"l\"\naddress = \"0.0.0.0:80\"\n")
+        )
+        .is_ok()
+    );
+}
