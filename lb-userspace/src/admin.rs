@@ -87,7 +87,7 @@ fn stats_view(pin_dir: &Path) -> Result<Value> {
     let vips: Vec<Value> = stats::vips(pin_dir)?
         .into_iter()
         .map(|(k, c)| {
-            json!({ "address": ip_of(&k.addr), "port": u16::from_be(k.port), "protocol": k.proto, "traffic": traffic(c) })
+            json!({ "address": ip_of(&k.addr), "port": u16::from_be(k.port), "protocol": stats::protocol_name(k.proto), "traffic": traffic(c) })
         })
         .collect();
     let backends: Vec<Value> = stats::backends(pin_dir)?

@@ -480,6 +480,11 @@ pub enum HealthKind {
     Http,
 }
 
+/// A duration as whole milliseconds (JSON views say `…_ms`, like the config).
+fn millis<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(duration.as_millis() as u64)
+}
+
 /// Active health checking of a pool.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HealthCheck {
@@ -487,7 +492,10 @@ pub struct HealthCheck {
     pub port: u16,
     pub path: String,
     pub expect_status: u16,
+    /// Shown as `interval_ms` and `timeout_ms`, as in the config.
+    #[serde(rename = "interval_ms", serialize_with = "millis")]
     pub interval: Duration,
+    #[serde(rename = "timeout_ms", serialize_with = "millis")]
     pub timeout: Duration,
     /// Consecutive successes that bring a down backend up.
     pub rise: u32,

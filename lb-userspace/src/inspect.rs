@@ -24,12 +24,24 @@ const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 
 /// The answer to "where does this flow go?".
+/// An XDP return code's name.
+pub fn xdp_action(code: u32) -> &'static str {
+    match code {
+        0 => "aborted",
+        1 => "drop",
+        2 => "pass",
+        3 => "tx",
+        4 => "redirect",
+        _ => "unknown",
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct FlowAnswer {
     /// The backend the loaded program sent the packet to (None: not forwarded).
     pub backend: Option<IpAddr>,
-    /// XDP action of the run.
-    pub action: u32,
+    /// XDP action of the run, by name (`tx`, `pass`, `drop`, …).
+    pub action: &'static str,
     /// connection table | previous Maglev generation | current Maglev generation | not forwarded
     pub why: String,
 }
@@ -83,7 +95,11 @@ pub fn flow(
         table.remove(&key);
     }
     if run.return_value != XDP_TX && run.return_value != XDP_REDIRECT {
-        return Ok(FlowAnswer { backend: None, action: run.return_value, why: "not forwarded".into() });
+        return Ok(FlowAnswer {
+            backend: None,
+            action: xdp_action(run.return_value),
+            why: "not forwarded".into(),
+        });
     }
     let backend: IpAddr = match u16::from_be_bytes([out[12], out[13]]) {
         0x0800 => <[u8; 4]>::try_from(&out[30..34])?.into(),
@@ -110,7 +126,7 @@ pub fn flow(
             "previous Maglev generation (within flow_grace_seconds of a pool change)".to_owned()
         }
     };
-    Ok(FlowAnswer { backend: Some(backend), action: run.return_value, why })
+    Ok(FlowAnswer { backend: Some(backend), action: xdp_action(run.return_value), why })
 }
 
 /// What a change would do to one VIP.

@@ -74,7 +74,7 @@ pub fn render(core: &Shared) -> Result<String> {
         let labels = vec![
             ("vip".to_owned(), ip_of(&key.addr).to_string()),
             ("port".to_owned(), u16::from_be(key.port).to_string()),
-            ("protocol".to_owned(), key.proto.to_string()),
+            ("protocol".to_owned(), crate::stats::protocol_name(key.proto)),
         ];
         for (family, value) in vip.iter().zip([c.packets, c.bytes, c.new_flows, c.lru_hits, c.lru_misses]) {
             family.get_or_create(&labels).inc_by(value);

@@ -80,3 +80,12 @@ pub fn vips(pin_dir: &Path) -> Result<Vec<(VipKey, TrafficCounter)>> {
     let map = open(pin_dir, VIP_STATS_MAP)?;
     tables.vips()?.iter().map(|(key, meta)| Ok((*key, sum_slot(&map, meta.index)?))).collect()
 }
+
+/// An IP protocol number as lbctl, the admin API and the metrics name it.
+pub fn protocol_name(proto: u8) -> String {
+    match proto {
+        6 => "tcp".to_owned(),
+        17 => "udp".to_owned(),
+        other => other.to_string(),
+    }
+}

@@ -209,6 +209,15 @@ fn root_trust_admin_input_is_bounded() -> Result<()> {
     std::thread::sleep(Duration::from_millis(300));
     assert!(lbd.lbctl(&["status"])?.contains("eth0"));
 
+    // lbctl and the API speak names, not codes or serde's shapes.
+    let status = lbd.lbctl(&["status"])?;
+    assert!(status.contains("eth0") && !status.contains("\"eth0\""), "{status}");
+    let flow = lbd.lbctl(&["-o", "json", "flow", &format!("{VIP}:80"), "tcp", "10.9.9.9:40000"])?;
+    assert!(flow.contains("\"action\": \"tx\""), "{flow}");
+    let scrape = topology.lb.run("curl", &["-sS", "http://127.0.0.1:9100/metrics"])?;
+    let scrape = String::from_utf8_lossy(&scrape.stdout);
+    assert!(scrape.contains("protocol=\"tcp\"") && !scrape.contains("protocol=\"6\""), "{scrape}");
+
     // Metrics carry a content type Prometheus accepts.
     let metrics =
         topology.lb.run("curl", &["-sS", "-D", "-", "-o", "/dev/null", "http://127.0.0.1:9100/metrics"])?;

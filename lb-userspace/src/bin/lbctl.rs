@@ -115,35 +115,61 @@ enum PoolVerb {
     /// List pools.
     List,
     /// One pool's backends.
-    Show { name: String },
+    Show {
+        /// The pool's name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Clone)]
 enum BackendVerb {
     /// Add a backend.
     Add {
+        /// The pool's name.
         pool: String,
+        /// The backend's IP address.
         address: IpAddr,
+        /// Its weight (0 to 65535).
         #[arg(long, default_value_t = lb_userspace::config::DEFAULT_WEIGHT)]
         weight: u32,
     },
     /// Remove a backend: its flows move to the others.
-    Remove { pool: String, address: IpAddr },
+    Remove {
+        /// The pool's name.
+        pool: String,
+        /// The backend's IP address.
+        address: IpAddr,
+    },
     /// Drain a backend: no new flows, established flows stay (`--undo` makes it ready again).
     Drain {
+        /// The pool's name.
         pool: String,
+        /// The backend's IP address.
         address: IpAddr,
+        /// Make it ready again.
         #[arg(long)]
         undo: bool,
     },
     /// Set a backend's weight.
-    Weight { pool: String, address: IpAddr, weight: u32 },
+    Weight {
+        /// The pool's name.
+        pool: String,
+        /// The backend's IP address.
+        address: IpAddr,
+        /// The new weight (0 to 65535; 0 drains it).
+        weight: u32,
+    },
 }
 
 #[derive(Subcommand)]
 enum CacheVerb {
     /// Empty a route's cache, or only one path of it.
-    Purge { route: String, path: Option<String> },
+    Purge {
+        /// The route's name.
+        route: String,
+        /// Only this path (and query), e.g. `/img/logo.png`.
+        path: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Clone)]
@@ -168,8 +194,17 @@ impl BackendVerb {
 
 #[derive(Subcommand)]
 enum DenyVerb {
-    Add { prefix: IpNet },
-    Remove { prefix: IpNet },
+    /// Drop a source prefix in XDP.
+    Add {
+        /// A prefix like 203.0.113.0/24 or an address.
+        prefix: IpNet,
+    },
+    /// Stop dropping a source prefix.
+    Remove {
+        /// The prefix, as added.
+        prefix: IpNet,
+    },
+    /// The prefixes dropped.
     List,
 }
 
@@ -305,11 +340,7 @@ fn print_stats(stats: &Value, previous: Option<(&Value, f64)>, vip: bool, backen
         header("vip");
         for v in stats["vips"].as_array().into_iter().flatten() {
             let port = v["port"].as_u64().unwrap_or(0);
-            let proto = match v["protocol"].as_u64() {
-                Some(6) => "tcp",
-                Some(17) => "udp",
-                _ => "?",
-            };
+            let proto = v["protocol"].as_str().unwrap_or("?");
             let name = format!(
                 "{}:{}/{proto}",
                 v["address"].as_str().unwrap_or_default(),
@@ -348,7 +379,11 @@ async fn run(cli: Cli) -> Result<()> {
                 show(&v);
             } else {
                 for (k, val) in v.as_object().into_iter().flatten() {
-                    println!("{k:<16} {val}");
+                    // Strings as they are, not JSON-quoted.
+                    match val.as_str() {
+                        Some(text) => println!("{k:<16} {text}"),
+                        None => println!("{k:<16} {val}"),
+                    }
                 }
             }
         }
@@ -440,7 +475,10 @@ async fn run(cli: Cli) -> Result<()> {
                         v["why"].as_str().unwrap_or_default()
                     ),
                     None => {
-                        println!("{source} -> {vip}/{protocol}: not forwarded (XDP action {})", v["action"])
+                        println!(
+                            "{source} -> {vip}/{protocol}: not forwarded (XDP action {})",
+                            v["action"].as_str().unwrap_or("?")
+                        )
                     }
                 }
             }

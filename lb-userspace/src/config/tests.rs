@@ -182,3 +182,14 @@ fn values_that_parse_but_cannot_work_are_refused() {
         .is_ok()
     );
 }
+
+#[test]
+fn health_checks_show_their_durations_in_milliseconds() {
+    let text = format!(
+        "{BASE}[[pool]]\nname = \"web\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n\
+         health = {{ kind = \"tcp\", port = 80, interval_ms = 1500, timeout_ms = 500 }}\n"
+    );
+    let config = Config::parse(Path::new("t.toml"), &text).unwrap();
+    let shown = serde_json::to_value(config.pools["web"].health.as_ref().unwrap()).unwrap();
+    assert_eq!((shown["interval_ms"].as_u64(), shown["timeout_ms"].as_u64()), (Some(1500), Some(500)));
+}
