@@ -7,7 +7,7 @@ use futures_util::future::join_all;
 use http_body_util::Empty;
 use hyper::{Request, body::Bytes};
 use hyper_util::rt::TokioIo;
-use log::debug;
+use log::{debug, info, warn};
 use tokio::net::TcpStream;
 
 use crate::{
@@ -21,34 +21,57 @@ fn local_shortage(err: &std::io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
-/// One probe: Some(true) if the backend answered as the check expects within its timeout,
-/// None when this host could not even try (out of descriptors): that says nothing of the backend.
-pub async fn probe(check: &HealthCheck, address: IpAddr) -> Option<bool> {
+/// What one probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    Up,
+    /// Down, and why (for the log line that takes a backend out, as HAProxy gives one).
+    Down(String),
+    /// This host could not even try (out of descriptors): nothing is said of the backend.
+    Skipped,
+}
+
+/// One probe of `address` as `check` says, within its timeout.
+pub async fn probe(check: &HealthCheck, address: IpAddr) -> Probe {
     let target = SocketAddr::new(address, check.port);
     let attempt = async {
         let stream = match TcpStream::connect(target).await {
             Ok(stream) => stream,
-            Err(err) if local_shortage(&err) => return None,
-            Err(_) => return Some(false),
+            Err(err) if local_shortage(&err) => return Probe::Skipped,
+            Err(err) => return Probe::Down(format!("TCP connect to {target}: {err}")),
         };
         if check.kind == HealthKind::Tcp {
-            return Some(true);
+            return Probe::Up;
         }
         let http = async {
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|err| format!("HTTP: {err}"))?;
             tokio::spawn(connection);
             let request = Request::get(check.path.as_str())
                 .header("host", target.to_string())
                 .header("user-agent", "sluice-health/1")
                 .body(Empty::<Bytes>::new())
-                .ok()?;
-            let response = sender.send_request(request).await.ok()?;
-            Some(response.status().as_u16() == check.expect_status)
+                .map_err(|err| format!("HTTP request: {err}"))?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|err| format!("HTTP GET {}: {err}", check.path))?;
+            let status = response.status().as_u16();
+            if status == check.expect_status {
+                Ok(())
+            } else {
+                Err(format!("HTTP GET {} answered {status}, expected {}", check.path, check.expect_status))
+            }
         };
-        Some(http.await == Some(true))
+        match http.await {
+            Ok(()) => Probe::Up,
+            Err(why) => Probe::Down(why),
+        }
     };
-    tokio::time::timeout(check.timeout, attempt).await.unwrap_or(Some(false))
+    tokio::time::timeout(check.timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Probe::Down(format!("no answer from {target} within {:?}", check.timeout)))
 }
 
 /// Consecutive results of one backend.
@@ -72,23 +95,32 @@ pub async fn run_pool(core: Shared, pool: String) {
         };
         let results = join_all(backends.iter().map(|(addr, _)| probe(&check, *addr))).await;
         let mut commands = Vec::new();
-        for ((address, healthy), ok) in backends.iter().zip(results) {
-            let Some(ok) = ok else {
-                debug!("probe {pool}/{address}: skipped (this host is out of descriptors)");
-                continue;
-            };
+        for ((address, healthy), result) in backends.iter().zip(results) {
             let streak = streaks.entry(*address).or_default();
-            if ok {
-                streak.ok += 1;
-                streak.failed = 0;
-            } else {
-                streak.failed += 1;
-                streak.ok = 0;
+            match &result {
+                Probe::Skipped => {
+                    debug!("probe {pool}/{address}: skipped (this host is out of descriptors)");
+                    continue;
+                }
+                Probe::Up => {
+                    streak.ok += 1;
+                    streak.failed = 0;
+                }
+                Probe::Down(_) => {
+                    streak.failed += 1;
+                    streak.ok = 0;
+                }
             }
-            debug!("probe {pool}/{address}: {ok}");
+            debug!("probe {pool}/{address}: {result:?}");
             if *healthy && streak.failed >= check.fall {
+                let why = match &result {
+                    Probe::Down(why) => why.as_str(),
+                    _ => "",
+                };
+                warn!("pool {pool}: backend {address} is DOWN after {} failed probes: {why}", streak.failed);
                 commands.push(Command::SetHealth { pool: pool.clone(), address: *address, healthy: false });
             } else if !*healthy && streak.ok >= check.rise {
+                info!("pool {pool}: backend {address} is UP after {} good probes", streak.ok);
                 commands.push(Command::SetHealth { pool: pool.clone(), address: *address, healthy: true });
             }
         }
@@ -154,19 +186,26 @@ mod tests {
     #[tokio::test]
     async fn http_probe_wants_the_expected_status() {
         let ok = server("200 OK").await;
-        assert_eq!(probe(&check(HealthKind::Http, ok), "127.0.0.1".parse().unwrap()).await, Some(true));
+        assert_eq!(probe(&check(HealthKind::Http, ok), "127.0.0.1".parse().unwrap()).await, Probe::Up);
         let bad = server("503 Service Unavailable").await;
-        assert_eq!(probe(&check(HealthKind::Http, bad), "127.0.0.1".parse().unwrap()).await, Some(false));
+        assert_eq!(
+            probe(&check(HealthKind::Http, bad), "127.0.0.1".parse().unwrap()).await,
+            Probe::Down("HTTP GET /healthz answered 503, expected 200".into())
+        );
     }
 
     #[tokio::test]
     async fn tcp_probe_wants_a_listener() {
         let open = server("200 OK").await;
-        assert_eq!(probe(&check(HealthKind::Tcp, open), "127.0.0.1".parse().unwrap()).await, Some(true));
+        assert_eq!(probe(&check(HealthKind::Tcp, open), "127.0.0.1".parse().unwrap()).await, Probe::Up);
         let closed = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        assert_eq!(probe(&check(HealthKind::Tcp, closed), "127.0.0.1".parse().unwrap()).await, Some(false));
+        let Probe::Down(why) = probe(&check(HealthKind::Tcp, closed), "127.0.0.1".parse().unwrap()).await
+        else {
+            panic!("a closed port was up");
+        };
+        assert!(why.contains("Connection refused"), "{why}");
     }
 }

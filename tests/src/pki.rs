@@ -45,6 +45,10 @@ impl TestCa {
         // Written to temporary names and renamed, as an operator's deploy would.
         std::fs::write(cert_path.with_extension("pem.tmp"), cert.pem())?;
         std::fs::write(key_path.with_extension("key.tmp"), key.serialize_pem())?;
+        std::fs::set_permissions(
+            key_path.with_extension("key.tmp"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
         std::fs::rename(key_path.with_extension("key.tmp"), &key_path)?;
         std::fs::rename(cert_path.with_extension("pem.tmp"), &cert_path)?;
         Ok((cert_path, key_path))

@@ -12,13 +12,25 @@ use crate::netns::Host;
 /// A scratch directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
+/// Removes every `TempDir` this process made (for an interrupt, when no destructor runs).
+pub fn remove_temp_dirs() {
+    let mine = format!("-{}-", std::process::id());
+    for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("sluice-") && name.contains(&mine) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 impl TempDir {
     pub fn new(name: &str) -> Result<TempDir> {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("sluice-{name}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
+        // 0700: test keys and configs inside are nobody else's to read.
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&dir)?;
         Ok(TempDir(dir))
     }
 }

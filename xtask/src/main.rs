@@ -80,7 +80,16 @@ fn demo(keep: bool) -> Result<()> {
     if keep {
         args.push("--keep");
     }
-    cargo(&args)
+    println!("==> cargo {}", args.join(" "));
+    let status = Command::new(env!("CARGO")).args(&args).status().context("running cargo")?;
+    // Ctrl-C: the demo tore itself down and said so; end as interrupted, without an error.
+    if status.code() == Some(130) || std::os::unix::process::ExitStatusExt::signal(&status) == Some(2) {
+        std::process::exit(130);
+    }
+    if !status.success() {
+        bail!("the demo failed ({status})");
+    }
+    Ok(())
 }
 
 fn bench(what: &str) -> Result<()> {

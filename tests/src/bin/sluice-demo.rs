@@ -36,6 +36,20 @@ fn requests(client: &Host, url: &str, n: usize, extra: &[&str]) -> Result<BTreeM
     Ok(answers)
 }
 
+/// Prints the end of lbd's log when the demo stops early (a failed step unwinds through it).
+struct LogOnFailure(std::path::PathBuf);
+
+impl Drop for LogOnFailure {
+    fn drop(&mut self) {
+        let log = std::fs::read_to_string(&self.0).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        eprintln!("\n--- the last lines of lbd's log ({}) ---", self.0.display());
+        for line in &lines[lines.len().saturating_sub(40)..] {
+            eprintln!("{line}");
+        }
+    }
+}
+
 fn main() -> Result<()> {
     let keep = std::env::args().any(|a| a == "--keep");
     sluice_tests::require_root();
@@ -47,11 +61,17 @@ fn main() -> Result<()> {
     let tag = topology.tag.clone();
     ctrlc::set_handler(move || {
         eprintln!("\ninterrupted: tearing down");
+        // The daemons first (they hold the pins), then namespaces, pins and temporary files.
+        // lbd's and nginx's command lines name their files in this process's temporary dirs.
+        let mine = format!("sluice-.*-{}-", std::process::id());
+        let _ = std::process::Command::new("pkill").args(["-TERM", "-f", &mine]).status();
+        std::thread::sleep(Duration::from_millis(500));
         netns::delete_namespaces(&tag);
         let _ = std::process::Command::new("sh")
             .arg("-c")
             .arg(format!("rm -rf /sys/fs/bpf/{tag}-* {PIN_DIR}"))
             .status();
+        sluice_tests::servers::remove_temp_dirs();
         std::process::exit(130);
     })?;
     for host in [&topology.client, &topology.client2, &topology.lb].into_iter().chain(&topology.backends) {
@@ -78,7 +98,10 @@ fn main() -> Result<()> {
     let ca = TestCa::new(&scratch.0)?;
     ca.leaf("site", &["site.demo.test"], false)?;
     topology.lb.run("ip", &["addr", "add", "198.19.0.3/32", "dev", "lo"])?;
-    let lbd = Lbd::start(&topology.lb, &config)?;
+    // lbd's own log goes to a file, so the story reads clean; it is shown if a step fails.
+    let log = scratch.0.join("lbd.log");
+    let lbd = Lbd::start_logging(&topology.lb, &config, Some(&log))?;
+    let show_log_on_failure = LogOnFailure(log.clone());
     print!("{}", String::from_utf8_lossy(&topology.lb.run("ip", &["-br", "link", "show", "eth0"])?.stdout));
 
     // A new connection (a new flow) per request, so Maglev's spread shows.
@@ -147,6 +170,7 @@ fn main() -> Result<()> {
         }
     }
     step("teardown");
+    std::mem::forget(show_log_on_failure);
     drop(lbd);
     drop(decaps);
     drop(nginx);
