@@ -101,6 +101,32 @@ fn root_trust_one_lbd_per_pin_directory() -> Result<()> {
     assert!(!open.status.success());
     assert!(String::from_utf8_lossy(&open.stderr).contains("writable by group or others"), "{open:?}");
     std::fs::remove_dir_all(&pin_dir)?;
+
+    // `lbd decap` on an interface that does not exist fails and leaves no pins behind.
+    let decap_dir = format!("/sys/fs/bpf/{}-decap-nonexist0", topology.tag);
+    let decap = topology
+        .lb
+        .command(&lbd_bin())
+        .args(["decap", "--iface", "nonexist0", "--pin-dir", &decap_dir])
+        .output()?;
+    assert!(!decap.status.success());
+    assert!(!Path::new(&decap_dir).exists(), "a failed decap left its pins");
+    // `lbd pass` puts the pass program on a veth peer (the router's end) and takes it off.
+    let pass_dir = format!("/sys/fs/bpf/{}-r1-pass", topology.tag);
+    let pass = topology
+        .router
+        .command(&lbd_bin())
+        .args(["pass", "--iface", "r1", "--pin-dir", &pass_dir])
+        .output()?;
+    assert!(pass.status.success(), "{}", String::from_utf8_lossy(&pass.stderr));
+    let shown = topology.router.run("ip", &["link", "show", "r1"])?;
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("xdp"), "no XDP program on r1");
+    let off = topology
+        .router
+        .command(&lbd_bin())
+        .args(["pass", "--iface", "r1", "--pin-dir", &pass_dir, "--detach"])
+        .output()?;
+    assert!(off.status.success() && !Path::new(&pass_dir).exists());
     Ok(())
 }
 

@@ -70,6 +70,23 @@ enum Command {
         #[arg(long)]
         pin_dir: Option<PathBuf>,
     },
+    /// On the peer of a veth the balancer runs on native XDP (a router's end, a test bed):
+    /// attach the pass-everything program, without which veth drops native XDP_TX frames.
+    /// Pins under /sys/fs/bpf/sluice-pass-IFACE.
+    Pass {
+        /// The peer interface.
+        #[arg(long)]
+        iface: String,
+        /// native, generic or auto.
+        #[arg(long, default_value = "native", value_parser = parse_mode)]
+        mode: XdpModeSetting,
+        /// Detach it instead.
+        #[arg(long)]
+        detach: bool,
+        /// bpffs directory for its link (default /sys/fs/bpf/sluice-pass-IFACE).
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+    },
 }
 
 fn parse_mode(text: &str) -> Result<XdpModeSetting, String> {
@@ -91,7 +108,13 @@ fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::Stop { config, detach } => stop(&config, detach),
         Command::Decap { iface, mode, detach, pin_dir } => {
-            decap(&iface, mode, detach, pin_dir.unwrap_or_else(|| dataplane::decap_pin_dir(&iface)))
+            let pin_dir = pin_dir.unwrap_or_else(|| dataplane::decap_pin_dir(&iface));
+            helper(Helper::Decap, &iface, mode, detach, &pin_dir)
+        }
+        Command::Pass { iface, mode, detach, pin_dir } => {
+            let pin_dir =
+                pin_dir.unwrap_or_else(|| PathBuf::from(format!("{}-pass-{iface}", lb_common::PIN_DIR)));
+            helper(Helper::Pass, &iface, mode, detach, &pin_dir)
         }
     };
     match result {
@@ -289,14 +312,45 @@ fn stop(path: &Path, detach: bool) -> Result<()> {
     Ok(())
 }
 
-fn decap(iface: &str, mode: XdpModeSetting, detach: bool, pin_dir: PathBuf) -> Result<()> {
+/// The small XDP programs lbd attaches for others: a backend's decapsulation, a veth peer's pass.
+#[derive(Clone, Copy)]
+enum Helper {
+    Decap,
+    Pass,
+}
+
+fn helper(which: Helper, iface: &str, mode: XdpModeSetting, detach: bool, pin_dir: &Path) -> Result<()> {
+    let (role, program, what) = match which {
+        Helper::Decap => (Role::Decap, dataplane::DECAP_PROGRAM, "decap"),
+        Helper::Pass => (Role::Pass, dataplane::PASS_PROGRAM, "pass"),
+    };
     if detach {
-        dataplane::detach(&pin_dir)?;
-        info!("decap detached from {iface}");
+        dataplane::detach(pin_dir)?;
+        info!("{what} detached from {iface}");
         return Ok(());
     }
-    let mut ebpf = dataplane::load(&pin_dir, Role::Decap)?;
-    let attached = dataplane::attach(&mut ebpf, dataplane::DECAP_PROGRAM, iface, mode, &pin_dir)?;
-    info!("decap on {iface} ({attached:?}); counters: lbctl --pin-dir {} decap-stats", pin_dir.display());
+    // A wrong interface fails before anything is pinned.
+    lb_userspace::host::ifindex(iface).with_context(|| format!("interface {iface}"))?;
+    let fresh = !pin_dir.exists();
+    let attached = dataplane::load(pin_dir, role)
+        .and_then(|mut ebpf| dataplane::attach(&mut ebpf, program, iface, mode, pin_dir));
+    let attached = match attached {
+        Ok(attached) => attached,
+        Err(err) => {
+            // Leave no maps behind from a failed first attach.
+            if fresh {
+                let _ = dataplane::detach(pin_dir);
+                let _ = std::fs::remove_dir_all(pin_dir);
+            }
+            return Err(err);
+        }
+    };
+    match which {
+        Helper::Decap => info!(
+            "decap on {iface} ({attached:?}); counters: lbctl decap-stats --pin-dir {}",
+            pin_dir.display()
+        ),
+        Helper::Pass => info!("pass on {iface} ({attached:?}); pinned under {}", pin_dir.display()),
+    }
     Ok(())
 }
