@@ -5,6 +5,8 @@
 //! - `GET /deny`: the deny list
 //! - `GET /stats`: fast-path counters per verdict/reason, VIP and backend
 //! - `POST /cache/purge {"route": NAME, "path": "/x"}`: empty a route's response cache
+//! - `POST /reload`: re-read the config file, as SIGHUP does; 200 with the changes, 400 with
+//!   why nothing changed
 //! - `POST /flow`: which backend a 5-tuple goes to and why (runs the loaded program)
 //! - `POST /plan`: what share of buckets and which live flows a change would move
 //! - `POST /commands`: one [`Command`] or a list, applied all or nothing; 400 with the reason
@@ -114,6 +116,10 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
                     "vips": config.vips.len(),
                     "pools": config.pools.len(),
                     "failing_open": core.state.failing_open(),
+                    "last_reload": core.last_reload.map(|r| json!({
+                        "unix_seconds": r.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                        "applied": r.applied,
+                    })),
                 }),
             )
         }
@@ -192,6 +198,31 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
             match answer {
                 Ok(value) => reply(StatusCode::OK, value),
                 Err(err) => reply(StatusCode::BAD_REQUEST, json!({ "error": format!("{err:#}") })),
+            }
+        }
+        (&Method::POST, "/reload") => {
+            // The same path as SIGHUP, run by the signal loop; the answer is its result.
+            let (asked, answer) = tokio::sync::oneshot::channel();
+            let reloads = lock(&core).reloads.clone();
+            let sent = match reloads {
+                Some(reloads) => reloads.send(asked).await.is_ok(),
+                None => false,
+            };
+            if !sent {
+                return Ok(reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({ "error": "lbd is not ready to reload" }),
+                ));
+            }
+            match tokio::time::timeout(Duration::from_secs(60), answer).await {
+                Ok(Ok(Ok(lines))) => reply(StatusCode::OK, json!({ "changes": lines })),
+                Ok(Ok(Err(why))) => reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({ "error": format!("reload refused, nothing changed: {why}") }),
+                ),
+                _ => {
+                    reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "the reload did not finish" }))
+                }
             }
         }
         (&Method::POST, "/commands") => {

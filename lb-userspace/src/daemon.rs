@@ -47,6 +47,10 @@ pub struct Core {
     pub cache: Arc<CacheStore>,
     /// What the proxy keeps across snapshots (in-flight counts, streaks, buckets, budgets).
     pub runtime: Arc<Runtime>,
+    /// Where `lbctl reload` asks the signal loop for a reload (set once lbd runs it).
+    pub reloads: Option<tokio::sync::mpsc::Sender<crate::reload::Asked>>,
+    /// How the last reload went (none yet: None).
+    pub last_reload: Option<crate::reload::LastReload>,
 }
 
 /// The core, shared by the admin API, health checks and the signal loop.
@@ -81,6 +85,8 @@ impl Core {
             proxy_metrics,
             cache,
             runtime,
+            reloads: None,
+            last_reload: None,
         };
         core.warn_fail_open(&[]);
         Ok(core)

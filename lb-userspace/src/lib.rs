@@ -13,6 +13,7 @@ pub mod mapped;
 pub mod metrics;
 pub mod persist;
 pub mod proxy;
+pub mod reload;
 pub mod state;
 pub mod stats;
 pub mod tables;

@@ -34,6 +34,16 @@ fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Label
     family
 }
 
+/// lbd's resident memory in bytes, from /proc.
+fn process_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
 /// The whole exposition, read now.
 pub fn render(core: &Shared) -> Result<String> {
     let mut registry = Registry::with_prefix("sluice");
@@ -56,6 +66,44 @@ pub fn render(core: &Shared) -> Result<String> {
             }
         }
         core.proxy_metrics.register(&mut registry);
+        let build = gauge_family(&mut registry, "build_info", "1, labelled with lbd's version");
+        build.get_or_create(&vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]).set(1);
+        let unix = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64
+        };
+        let reload = core.last_reload;
+        for (name, help, value) in [
+            (
+                "xdp_attached",
+                "1 while the balancer's XDP link is pinned (0: detached from outside lbd)",
+                core.state.config.pin_dir.join("link").exists() as i64,
+            ),
+            (
+                "reload_last_success",
+                "1 if the last reload was applied, 0 if refused (1 before any)",
+                reload.is_none_or(|r| r.applied) as i64,
+            ),
+            (
+                "reload_last_timestamp_seconds",
+                "Unix time of the last reload (0 before any)",
+                reload.map_or(0, |r| unix(r.at)),
+            ),
+            (
+                "process_start_time_seconds",
+                "Unix time lbd started",
+                unix(std::time::SystemTime::now() - core.started.elapsed()),
+            ),
+            ("process_resident_memory_bytes", "lbd's resident memory", process_rss() as i64),
+            (
+                "process_open_fds",
+                "lbd's open descriptors",
+                std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()) as i64,
+            ),
+        ] {
+            let gauge = Gauge::<i64>::default();
+            gauge.set(value);
+            registry.register(name, help, gauge);
+        }
         core.state.config.pin_dir.clone()
     };
     let packets = counter_family(&mut registry, "xdp_packets", "Packets per XDP verdict and reason");

@@ -285,7 +285,8 @@ fn root_trust_reload_refuses_what_needs_a_restart() -> Result<()> {
     let log = dir.0.join("lbd.log");
     let lbd = Lbd::start_logging(&topology.lb, &config, Some(&log))?;
     // A new listener cannot start on SIGHUP: the reload says so instead of "applied".
-    let mut text = std::fs::read_to_string(&config)?;
+    let original = std::fs::read_to_string(&config)?;
+    let mut text = original.clone();
     text.push_str("\n[[listener]]\nname = \"late\"\naddress = \"127.0.0.1:18443\"\n");
     std::fs::write(&config, text)?;
     lbd.signal(libc::SIGHUP);
@@ -296,6 +297,29 @@ fn root_trust_reload_refuses_what_needs_a_restart() -> Result<()> {
     assert!(said.contains("a restart is needed"), "{said}");
     assert!(!said.contains("reload applied") && !said.contains("certificates reloaded"), "{said}");
     assert!(!said.contains("admin connection from"), "every lbctl call logged at INFO");
+    // `lbctl reload` takes the same path and answers with its result; status and metrics keep it.
+    let refused = lbd.lbctl(&["reload"]).expect_err("a refused reload succeeded").to_string();
+    assert!(refused.contains("a restart is needed"), "{refused}");
+    let scrape = |topology: &Topology| -> Result<String> {
+        Ok(String::from_utf8_lossy(
+            &topology.lb.run("curl", &["-sS", "http://127.0.0.1:9100/metrics"])?.stdout,
+        )
+        .into_owned())
+    };
+    assert!(scrape(&topology)?.contains("sluice_reload_last_success 0"));
+    std::fs::write(&config, &original)?;
+    let applied = lbd.lbctl(&["reload"])?;
+    assert!(applied.contains("reload applied"), "{applied}");
+    let metrics = scrape(&topology)?;
+    for expected in [
+        "sluice_reload_last_success 1",
+        "sluice_xdp_attached 1",
+        "sluice_build_info{version=",
+        "sluice_process_open_fds",
+    ] {
+        assert!(metrics.contains(expected), "no `{expected}` in the metrics");
+    }
+    assert!(lbd.lbctl(&["status"])?.contains("last_reload"));
 
     // A config on a read-only mount does not block a drain: applied, and said to be temporary.
     let d = dir.0.to_str().context("path")?;

@@ -39,8 +39,10 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Noun {
-    /// Uptime, interface, pin directory, pools failing open.
+    /// Uptime, interface, pin directory, pools failing open, the last reload.
     Status,
+    /// Re-read the config file (as SIGHUP does) and say what changed, or why nothing did.
+    Reload,
     /// VIPs.
     Vip {
         #[command(subcommand)]
@@ -385,6 +387,18 @@ async fn run(cli: Cli) -> Result<()> {
                         None => println!("{k:<16} {val}"),
                     }
                 }
+            }
+        }
+        Noun::Reload => {
+            let v = call(&cli.socket, Method::POST, "/reload", None).await?;
+            if json_out {
+                show(&v);
+            } else {
+                let changes = v["changes"].as_array().cloned().unwrap_or_default();
+                for line in &changes {
+                    println!("{}", line.as_str().unwrap_or_default());
+                }
+                println!("reload applied ({} changes)", changes.len());
             }
         }
         Noun::Vip { verb: VipVerb::List } => {

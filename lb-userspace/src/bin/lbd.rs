@@ -224,6 +224,15 @@ fn run(path: &Path) -> Result<()> {
             listeners.push((listener, certs));
         }
         let serving = proxy::workers::start(bound, snapshot.clone(), forwarder.clone(), stop_rx.clone())?;
+        // SIGHUP and `lbctl reload` share one reload path (lb_userspace::reload).
+        let (reload_tx, mut reload_asks) = tokio::sync::mpsc::channel(4);
+        lock(&core).reloads = Some(reload_tx);
+        let mut reloader = lb_userspace::reload::Reloader {
+            core: core.clone(),
+            path: path.to_owned(),
+            listeners,
+            checked,
+        };
         notify(&[NotifyState::Ready]);
         loop {
             tokio::select! {
@@ -231,30 +240,12 @@ fn run(path: &Path) -> Result<()> {
                 _ = int.recv() => break,
                 _ = hup.recv() => {
                     notify(&[NotifyState::Reloading, NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Ready)]);
-                    // Read off the async workers and outside the core lock.
-                    let file = path.to_owned();
-                    let loaded = tokio::task::spawn_blocking(move || Config::load(&file)).await;
-                    let applied = match loaded {
-                        Err(err) => Err(format!("{err}")),
-                        Ok(Err(errors)) => Err(format!("\n{errors}")),
-                        Ok(Ok(new)) => lock(&core).reload(new).map_err(|err| format!("{err:#}")),
-                    };
-                    match applied {
-                        Ok(lines) => {
-                            for line in &lines {
-                                info!("{line}");
-                            }
-                            info!("reload applied ({} changes)", lines.len());
-                            health::spawn_missing(&core, &mut checked);
-                            // Certificates follow an applied reload only.
-                            for (listener, certs) in &listeners {
-                                if let Some(resolver) = certs {
-                                    proxy::reload_certs(listener, resolver);
-                                }
-                            }
-                        }
-                        Err(err) => error!("reload refused, nothing changed: {err}"),
-                    }
+                    let _ = reloader.reload().await;
+                    notify(&[NotifyState::Ready]);
+                }
+                Some(asked) = reload_asks.recv() => {
+                    notify(&[NotifyState::Reloading, NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Ready)]);
+                    let _ = asked.send(reloader.reload().await);
                     notify(&[NotifyState::Ready]);
                 }
             }

@@ -1,0 +1,63 @@
+//! One reload path, for SIGHUP and `lbctl reload` alike: the config file re-read off the async
+//! workers and outside the core lock, applied through `Core::reload` (all or nothing), then
+//! health checks started for new pools and listeners' certificates re-read. Its result and
+//! time are kept for `lbctl status` and the metrics.
+use std::{collections::HashSet, path::PathBuf, sync::Arc, time::SystemTime};
+
+use log::{error, info};
+
+use crate::{
+    config::{Config, Listener},
+    daemon::{Shared, lock},
+    health, proxy,
+};
+
+/// What asks the signal loop for a reload, and hears its result.
+pub type Asked = tokio::sync::oneshot::Sender<Result<Vec<String>, String>>;
+
+/// How the last reload went.
+#[derive(Debug, Clone, Copy)]
+pub struct LastReload {
+    pub at: SystemTime,
+    pub applied: bool,
+}
+
+/// Everything a reload touches.
+pub struct Reloader {
+    pub core: Shared,
+    pub path: PathBuf,
+    pub listeners: Vec<(Listener, Option<Arc<proxy::tls::Resolver>>)>,
+    /// Pools with a running health checker.
+    pub checked: HashSet<String>,
+}
+
+impl Reloader {
+    /// Re-reads and applies the config file; Err says why nothing changed.
+    pub async fn reload(&mut self) -> Result<Vec<String>, String> {
+        let file = self.path.clone();
+        let loaded = tokio::task::spawn_blocking(move || Config::load(&file)).await;
+        let applied = match loaded {
+            Err(err) => Err(format!("{err}")),
+            Ok(Err(errors)) => Err(format!("\n{errors}")),
+            Ok(Ok(new)) => lock(&self.core).reload(new).map_err(|err| format!("{err:#}")),
+        };
+        lock(&self.core).last_reload = Some(LastReload { at: SystemTime::now(), applied: applied.is_ok() });
+        match &applied {
+            Ok(lines) => {
+                for line in lines {
+                    info!("{line}");
+                }
+                info!("reload applied ({} changes)", lines.len());
+                health::spawn_missing(&self.core, &mut self.checked);
+                // Certificates follow an applied reload only.
+                for (listener, certs) in &self.listeners {
+                    if let Some(resolver) = certs {
+                        proxy::reload_certs(listener, resolver);
+                    }
+                }
+            }
+            Err(err) => error!("reload refused, nothing changed: {err}"),
+        }
+        applied
+    }
+}
