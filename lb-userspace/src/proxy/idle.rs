@@ -64,6 +64,11 @@ impl Activity {
         self.in_flight.load(Ordering::Relaxed) == 0
     }
 
+    /// Resolves when the listener asks this connection to make room (it is the longest idle).
+    pub async fn evicted(&self) {
+        self.evict.notified().await
+    }
+
     /// A request starts; it stays in flight until the returned guard is dropped (with the
     /// response body).
     pub fn start(self: &Arc<Self>) -> Busy {
@@ -143,6 +148,17 @@ impl<S> Watched<S> {
 
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+}
+
+impl Watched<tokio::net::TcpStream> {
+    /// A read that does not wait (tokio's `try_read`), marking the connection active.
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.try_read(buf)?;
+        if n > 0 {
+            self.activity.touch();
+        }
+        Ok(n)
     }
 }
 

@@ -137,6 +137,152 @@ impl Shared {
     }
 }
 
+/// What every connection of a listener is served with.
+#[derive(Clone)]
+struct Serving {
+    listener: Arc<Listener>,
+    forwarder: Arc<Forwarder>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    http2: Arc<http2::Builder<TokioExecutor>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// One accepted connection: its listener's slot, its place in the idle registry, and the
+/// graceful-shutdown watcher HTTP/2 uses.
+struct Connection {
+    serving: Serving,
+    client: std::net::SocketAddr,
+    registered: idle::Registered,
+    /// Taken by the HTTP/2 path (the graceful stop's GOAWAY).
+    watcher: Option<hyper_util::server::graceful::Watcher>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Connection {
+    fn session(&self, conn: Arc<ClientConn>) -> Session {
+        let s = &self.serving;
+        Session {
+            forwarder: s.forwarder.clone(),
+            snapshot: s.snapshot.clone(),
+            listener: s.listener.clone(),
+            conn,
+            activity: self.registered.activity.clone(),
+            stop: s.stop.clone(),
+        }
+    }
+
+    fn opened(&self) {
+        self.serving.forwarder.metrics.connection_opened(&self.serving.listener.name);
+    }
+
+    fn closed(self) {
+        self.serving.forwarder.metrics.connection_closed(&self.serving.listener.name);
+    }
+
+    /// A plain connection: HTTP/1.1 on the own engine, or HTTP/2 with prior knowledge.
+    async fn plain(mut self, stream: tokio::net::TcpStream) {
+        self.opened();
+        let conn = Arc::new(ClientConn { address: self.client, tls_version: None, sni: None });
+        let stream = Watched::new(stream, self.registered.activity.clone());
+        if let (stream, Ended::Http2(read)) = downstream::serve(stream, self.session(conn.clone())).await {
+            Box::pin(self.http2(TokioIo::new(Rewind::new(read, stream)), conn)).await;
+        }
+        self.closed();
+    }
+
+    /// A TLS connection: the handshake within its timeout, then HTTP/1.1 or (ALPN h2) HTTP/2.
+    async fn tls(mut self, acceptor: tokio_rustls::TlsAcceptor, stream: tokio::net::TcpStream) {
+        self.opened();
+        let (listener, metrics) = (&self.serving.listener, &self.serving.forwarder.metrics);
+        let stream = Watched::new(stream, self.registered.activity.clone());
+        let handshake =
+            tokio::time::timeout(listener.handshake_timeout, Box::pin(acceptor.accept(stream))).await;
+        let stream = match handshake {
+            Ok(Ok(stream)) => {
+                metrics.handshake(&listener.name, "ok");
+                stream
+            }
+            Ok(Err(err)) => {
+                metrics.handshake(&listener.name, "failed");
+                log::debug!("listener {}: TLS handshake from {}: {err}", listener.name, self.client);
+                return self.closed();
+            }
+            Err(_) => {
+                metrics.handshake(&listener.name, "timeout");
+                log::debug!("listener {}: TLS handshake from {} timed out", listener.name, self.client);
+                return self.closed();
+            }
+        };
+        let session = stream.get_ref().1;
+        let conn = Arc::new(ClientConn {
+            address: self.client,
+            tls_version: session.protocol_version().and_then(|v| v.as_str()),
+            sni: session.server_name().map(str::to_owned),
+        });
+        let h2 = session.alpn_protocol() == Some(b"h2");
+        let (stream, read) = if h2 {
+            (stream, BytesMut::new())
+        } else {
+            // The HTTP/1.1 loop's idle wait has the timeouts; the watchdog covers a TLS stream's
+            // own buffering too.
+            let first_byte = listener.first_byte_timeout;
+            let watchdog = idle::watchdog(&self.registered.activity, first_byte, listener.idle_timeout);
+            tokio::select! {
+                served = downstream::serve(stream, self.session(conn.clone())) => match served {
+                    (stream, Ended::Http2(read)) => (stream, read),
+                    (_, Ended::Closed) => return self.closed(),
+                },
+                closed = watchdog => {
+                    metrics.closed_idle(&listener.name, closed.label());
+                    return self.closed();
+                }
+            }
+        };
+        Box::pin(self.http2(TokioIo::new(Rewind::new(read, stream)), conn)).await;
+        self.closed();
+    }
+
+    /// HTTP/2 on hyper's server, watched for idleness and for the graceful stop.
+    async fn http2<S>(&mut self, io: TokioIo<S>, conn: Arc<ClientConn>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let s = &self.serving;
+        let activity = self.registered.activity.clone();
+        let service = {
+            let (listener, forwarder, snapshot, conn) =
+                (s.listener.clone(), s.forwarder.clone(), s.snapshot.clone(), conn.clone());
+            service_fn(move |request: Request<Incoming>| {
+                let busy = activity.start();
+                let conn = conn.clone();
+                let request = request.map(|body| body.map_err(Into::into).boxed());
+                let answer =
+                    forwarder.clone().handle(request, snapshot.load_full(), listener.clone(), conn.clone());
+                async move {
+                    let (response, entry) = answer.await;
+                    let response = response.map(|body| Tracked { body, _busy: busy, entry, conn, bytes: 0 });
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            })
+        };
+        let Some(watcher) = self.watcher.take() else { return };
+        let served = watcher.watch(s.http2.serve_connection(io, service));
+        let watchdog =
+            idle::watchdog(&self.registered.activity, s.listener.first_byte_timeout, s.listener.idle_timeout);
+        tokio::select! {
+            result = served => {
+                if let Err(err) = result {
+                    let err: BoxError = err.into();
+                    s.forwarder.refused_by_parser(&s.listener, &conn, &*err);
+                }
+            }
+            closed = watchdog => s.forwarder.metrics.closed_idle(&s.listener.name, closed.label()),
+        }
+    }
+}
+
 /// Serves `listener` on `socket` until `stop` fires, then drains in-flight requests for up to
 /// the listener's drain timeout.
 pub async fn serve(
@@ -152,8 +298,14 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let mut http2 = http2::Builder::new(TokioExecutor::new());
     http2.timer(TokioTimer::new()).max_header_list_size(listener.max_header_bytes as u32);
-    let http2 = Arc::new(http2);
     let listener = Arc::new(listener);
+    let serving = Serving {
+        listener: listener.clone(),
+        forwarder: forwarder.clone(),
+        snapshot,
+        http2: Arc::new(http2),
+        stop: stop.clone(),
+    };
     let mut errors = AcceptErrors { since_log: 0, logged: None };
     loop {
         let (stream, client) = tokio::select! {
@@ -187,128 +339,19 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let registered = registry.register();
-        let (snapshot, forwarder, listener, http2) =
-            (snapshot.clone(), forwarder.clone(), listener.clone(), http2.clone());
-        let watcher = graceful.watcher();
-        let acceptor = acceptor.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let activity = registered.activity.clone();
-            let stream = Watched::new(stream, activity.clone());
-            forwarder.metrics.connection_opened(&listener.name);
-            let session = |conn: Arc<ClientConn>| Session {
-                forwarder: forwarder.clone(),
-                snapshot: snapshot.clone(),
-                listener: listener.clone(),
-                conn,
-                activity: activity.clone(),
-                stop: stop.clone(),
-            };
-            // HTTP/2 (ALPN h2, or a plain connection opening with the preface) is hyper's.
-            let service = |conn: Arc<ClientConn>| {
-                let listener = listener.clone();
-                let forwarder = forwarder.clone();
-                let activity = activity.clone();
-                let snapshot = snapshot.clone();
-                service_fn(move |request: Request<Incoming>| {
-                    let busy = activity.start();
-                    let conn = conn.clone();
-                    let request = request.map(|body| body.map_err(Into::into).boxed());
-                    let answer = forwarder.clone().handle(
-                        request,
-                        snapshot.load_full(),
-                        listener.clone(),
-                        conn.clone(),
-                    );
-                    async move {
-                        let (response, entry) = answer.await;
-                        let response =
-                            response.map(|body| Tracked { body, _busy: busy, entry, conn, bytes: 0 });
-                        Ok::<_, std::convert::Infallible>(response)
-                    }
-                })
-            };
-            let plain = Arc::new(ClientConn { address: client, tls_version: None, sni: None });
-            let watchdog = idle::watchdog(&activity, listener.first_byte_timeout, listener.idle_timeout);
-            // The connection's result, with what the client connection turned out to be.
-            // The connection's result, with what the client connection turned out to be. Each
-            // kind is its own boxed future: a plain connection does not carry the size of TLS
-            // and HTTP/2 state it never uses.
-            type Served<'a> = std::pin::Pin<
-                Box<
-                    dyn std::future::Future<
-                            Output = (Result<(), Box<dyn std::error::Error + Send + Sync>>, Arc<ClientConn>),
-                        > + Send
-                        + 'a,
-                >,
-            >;
-            let served: Served<'_> = match &acceptor {
-                Some(acceptor) => Box::pin(async {
-                    match tokio::time::timeout(listener.handshake_timeout, Box::pin(acceptor.accept(stream)))
-                        .await
-                    {
-                        Ok(Ok(stream)) => {
-                            forwarder.metrics.handshake(&listener.name, "ok");
-                            let session_info = stream.get_ref().1;
-                            let conn = Arc::new(ClientConn {
-                                address: client,
-                                tls_version: session_info.protocol_version().and_then(|v| v.as_str()),
-                                sni: session_info.server_name().map(str::to_owned),
-                            });
-                            let h2 = session_info.alpn_protocol() == Some(b"h2");
-                            let (stream, read) = if h2 {
-                                (stream, BytesMut::new())
-                            } else {
-                                match downstream::serve(stream, session(conn.clone())).await {
-                                    (_, Ended::Closed) => return (Ok(()), conn),
-                                    (stream, Ended::Http2(read)) => (stream, read),
-                                }
-                            };
-                            let connection = http2.serve_connection(
-                                TokioIo::new(Rewind::new(read, stream)),
-                                service(conn.clone()),
-                            );
-                            (Box::pin(watcher.watch(connection)).await.map_err(Into::into), conn)
-                        }
-                        Ok(Err(err)) => {
-                            forwarder.metrics.handshake(&listener.name, "failed");
-                            log::debug!("listener {}: TLS handshake from {client}: {err}", listener.name);
-                            (Ok(()), plain.clone())
-                        }
-                        Err(_) => {
-                            forwarder.metrics.handshake(&listener.name, "timeout");
-                            log::debug!("listener {}: TLS handshake from {client} timed out", listener.name);
-                            (Ok(()), plain.clone())
-                        }
-                    }
-                }),
-                None => Box::pin(async {
-                    match downstream::serve(stream, session(plain.clone())).await {
-                        (_, Ended::Closed) => (Ok(()), plain.clone()),
-                        (stream, Ended::Http2(read)) => {
-                            let connection = http2.serve_connection(
-                                TokioIo::new(Rewind::new(read, stream)),
-                                service(plain.clone()),
-                            );
-                            (Box::pin(watcher.watch(connection)).await.map_err(Into::into), plain.clone())
-                        }
-                    }
-                }),
-            };
-            tokio::select! {
-                (result, conn) = served => {
-                    if let Err(err) = result {
-                        let err: Box<dyn std::error::Error + Send + Sync> = err;
-                        forwarder.refused_by_parser(&listener, &conn, &*err);
-                    }
-                }
-                closed = watchdog => forwarder.metrics.closed_idle(&listener.name, closed.label()),
-            }
-            forwarder.metrics.connection_closed(&listener.name);
-            drop(registered);
-        });
+        let connection = Connection {
+            serving: serving.clone(),
+            client,
+            registered: registry.register(),
+            watcher: Some(graceful.watcher()),
+            _permit: permit,
+        };
+        match &acceptor {
+            // Plain connections are one lean task: no TLS or HTTP/2 state, no watchdog beside
+            // the HTTP/1.1 loop (its idle wait has the timeouts and the eviction).
+            None => tokio::spawn(connection.plain(stream)),
+            Some(acceptor) => tokio::spawn(connection.tls(acceptor.clone(), stream)),
+        };
     }
     drop(socket);
     info!(

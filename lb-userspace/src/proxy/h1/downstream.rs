@@ -54,16 +54,38 @@ const BODY_QUEUE: usize = 4;
 
 /// A client connection's stream.
 pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
-    /// Resolves when the client has sent something, without holding a buffer while it waits.
-    /// TLS may hold decrypted bytes already, so its streams answer at once and read instead.
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        std::future::ready(Ok(()))
+    /// Waits until the client sends something and appends it to `buf`, holding no buffer while
+    /// it waits: `Some(0)` at end of stream. `None`: this stream cannot (TLS may hold decrypted
+    /// bytes already), and is read the usual way.
+    fn read_when_ready<'a>(
+        &'a mut self,
+        _buf: &'a mut BytesMut,
+    ) -> impl Future<Output = Option<io::Result<usize>>> + Send + 'a {
+        std::future::ready(None)
     }
 }
 
 impl ClientIo for Watched<TcpStream> {
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        self.get_ref().readable()
+    async fn read_when_ready(&mut self, buf: &mut BytesMut) -> Option<io::Result<usize>> {
+        loop {
+            // A read now, into a stack buffer that is not held across the wait; only bytes that
+            // came get a heap buffer. A WouldBlock clears tokio's readiness (which can be a false
+            // positive), so the wait below is a real one.
+            {
+                let mut chunk = [0u8; FIRST_READ];
+                match self.try_read(&mut chunk) {
+                    Ok(n) => {
+                        buf.extend_from_slice(&chunk[..n]);
+                        return Some(Ok(n));
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(err) => return Some(Err(err)),
+                }
+            }
+            if let Err(err) = self.get_ref().readable().await {
+                return Some(Err(err));
+            }
+        }
     }
 }
 
@@ -195,6 +217,13 @@ async fn read_head<S: ClientIo>(
 ) -> Result<Option<head::RequestHead>, Ended> {
     let max = cx.listener.max_header_bytes.max(1024);
     let mut deadline = None;
+    // Before the first request the first-byte timeout bounds an idle wait, after one the header
+    // read timeout (and the idle timeout, if shorter).
+    let listener = &cx.listener;
+    let (limit, why) = match first {
+        true => (listener.first_byte_timeout, Closed::FirstByte),
+        false => (listener.header_read_timeout.min(listener.idle_timeout), Closed::KeepAlive),
+    };
     loop {
         if !buf.is_empty() {
             if first && (buf.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(buf)) {
@@ -214,33 +243,32 @@ async fn read_head<S: ClientIo>(
             // A request has started: the rest of its head must come within the timeout.
             deadline.get_or_insert_with(|| tokio::time::Instant::now() + cx.listener.header_read_timeout);
         } else {
-            // Idle: wait for a byte with no buffer held, or the listener's stop. Between
-            // requests the wait is bounded by the header read timeout (before the first one,
-            // the watchdog's first-byte timeout bounds it).
+            // Idle: wait for a byte with no buffer held, the listener's stop, an eviction, or
+            // the idle limit.
             *buf = BytesMut::new();
             let mut stop = cx.stop.clone();
             if *stop.borrow() {
                 return Ok(None);
             }
-            let keep_alive = async {
-                match first {
-                    true => std::future::pending().await,
-                    false => tokio::time::sleep(cx.listener.header_read_timeout).await,
-                }
-            };
             tokio::select! {
                 biased;
-                ready = io.readable() => if ready.is_err() {
-                    return Ok(None);
+                read = io.read_when_ready(buf) => match read {
+                    Some(Ok(0) | Err(_)) => return Ok(None),
+                    Some(Ok(_)) => continue,
+                    None => {} // TLS: read below
                 },
                 _ = stop.changed() => return Ok(None),
-                _ = keep_alive => {
-                    cx.forwarder.metrics.closed_idle(&cx.listener.name, Closed::KeepAlive.label());
+                _ = cx.activity.evicted() => {
+                    cx.forwarder.metrics.closed_idle(&listener.name, Closed::Evicted.label());
+                    return Ok(None);
+                }
+                _ = tokio::time::sleep(limit) => {
+                    cx.forwarder.metrics.closed_idle(&listener.name, why.label());
                     return Ok(None);
                 }
             }
         }
-        let idle_wait = buf.is_empty() && !first;
+        let idle_wait = buf.is_empty();
         buf.reserve(if buf.is_empty() { FIRST_READ } else { READ_SIZE });
         let read = match deadline {
             Some(at) => match tokio::time::timeout_at(at, io.read_buf(buf)).await {
@@ -252,16 +280,15 @@ async fn read_head<S: ClientIo>(
                     return Ok(None);
                 }
             },
-            // TLS waits here between requests (its `readable` answers at once).
-            None if idle_wait => {
-                match tokio::time::timeout(cx.listener.header_read_timeout, io.read_buf(buf)).await {
-                    Ok(read) => read,
-                    Err(_) => {
-                        cx.forwarder.metrics.closed_idle(&cx.listener.name, Closed::KeepAlive.label());
-                        return Ok(None);
-                    }
+            // TLS waits here (its `readable` answers at once), and a plain stream whose
+            // readiness was a false positive.
+            None if idle_wait => match tokio::time::timeout(limit, io.read_buf(buf)).await {
+                Ok(read) => read,
+                Err(_) => {
+                    cx.forwarder.metrics.closed_idle(&cx.listener.name, why.label());
+                    return Ok(None);
                 }
-            }
+            },
             None => io.read_buf(buf).await,
         };
         match read {
@@ -526,4 +553,27 @@ async fn tunnel<S: ClientIo>(io: &mut S, buf: &mut BytesMut, switched: Switched)
     buf.clear();
     let _ = io.flush().await;
     let _ = tokio::io::copy_bidirectional(io, &mut upstream).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// An idle plain connection waits without a buffer and reads only when a byte comes.
+    #[tokio::test]
+    async fn a_silent_plain_connection_waits_without_reading() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let mut stream = Watched::new(accepted, Arc::new(Activity::default()));
+        let mut buf = BytesMut::new();
+        let waited = tokio::time::timeout(Duration::from_millis(200), stream.read_when_ready(&mut buf)).await;
+        assert!(waited.is_err() && buf.capacity() == 0, "read before the client sent a byte");
+        tokio::io::AsyncWriteExt::write_all(&mut { client }, b"GET").await.unwrap();
+        let read =
+            tokio::time::timeout(Duration::from_secs(2), stream.read_when_ready(&mut buf)).await.unwrap();
+        assert_eq!((read.unwrap().unwrap(), &buf[..]), (3, &b"GET"[..]));
+    }
 }
