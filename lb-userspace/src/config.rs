@@ -88,6 +88,8 @@ struct RawListener {
     redirect_https: bool,
     #[serde(default = "yes")]
     access_log: bool,
+    #[serde(default)]
+    access_log_format: AccessLogFormat,
     max_connections: Option<usize>,
     header_read_timeout_ms: Option<u64>,
     handshake_timeout_ms: Option<u64>,
@@ -259,6 +261,17 @@ pub struct Fallback {
     pub content_type: Option<String>,
 }
 
+/// How access-log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// `key=value` pairs, values quoted and escaped when they need it.
+    #[default]
+    Logfmt,
+    /// One JSON object per line.
+    Json,
+}
+
 /// An L7 listener: TLS or plain HTTP, on lbd's own socket.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
@@ -269,6 +282,7 @@ pub struct Listener {
     /// Plain HTTP only: answer every request with a redirect to https.
     pub redirect_https: bool,
     pub access_log: bool,
+    pub access_log_format: AccessLogFormat,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     /// A TLS handshake not done by then is dropped.
@@ -1076,6 +1090,7 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
             tls,
             redirect_https: raw.redirect_https,
             access_log: raw.access_log,
+            access_log_format: raw.access_log_format,
             max_connections: raw.max_connections.unwrap_or(10_000),
             header_read_timeout: Duration::from_millis(raw.header_read_timeout_ms.unwrap_or(10_000)),
             handshake_timeout: Duration::from_millis(raw.handshake_timeout_ms.unwrap_or(10_000)),

@@ -193,3 +193,21 @@ fn health_checks_show_their_durations_in_milliseconds() {
     let shown = serde_json::to_value(config.pools["web"].health.as_ref().unwrap()).unwrap();
     assert_eq!((shown["interval_ms"].as_u64(), shown["timeout_ms"].as_u64()), (Some(1500), Some(500)));
 }
+
+#[test]
+fn access_log_format_is_logfmt_or_json() {
+    let listener = |format: &str| {
+        format!(
+            "{BASE}[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\naccess_log_format = \"{format}\"\n"
+        )
+    };
+    let config = Config::parse(Path::new("t.toml"), &listener("json")).unwrap();
+    assert_eq!(config.listeners[0].access_log_format, AccessLogFormat::Json);
+    assert!(Config::parse(Path::new("t.toml"), &listener("xml")).is_err());
+    let default = Config::parse(
+        Path::new("t.toml"),
+        &format!("{BASE}[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n"),
+    )
+    .unwrap();
+    assert_eq!(default.listeners[0].access_log_format, AccessLogFormat::Logfmt);
+}

@@ -1,9 +1,9 @@
-//! The access log: one logfmt line per request on log target `access`, written when the
-//! response is done (so it has the bytes sent). Values a client controls are quoted and escaped,
-//! so none can forge a field; an API key in the query is redacted.
+//! The access log: one line per request on log target `access`, logfmt or JSON (per listener),
+//! written when the response is done (so it has the bytes sent). Values a client controls are
+//! quoted and escaped, so none can forge a field; an API key in the query is redacted.
 use std::{fmt::Write as _, net::SocketAddr, time::Instant};
 
-use crate::proxy::metrics::Label;
+use crate::{config::AccessLogFormat, proxy::metrics::Label};
 
 /// What one client connection is, for every request on it.
 pub struct ClientConn {
@@ -32,6 +32,7 @@ pub struct Entry {
     pub request_id: String,
     /// Why the proxy answered by itself, when it did (`no route`, `rate limited`, ...).
     pub reason: Option<&'static str>,
+    pub format: AccessLogFormat,
 }
 
 /// A value as logfmt writes it: bare when it is plain, else quoted with `"` and `\` escaped and
@@ -95,14 +96,49 @@ impl Entry {
         line
     }
 
+    /// The JSON object for this request (serde_json escapes every value).
+    pub fn json(&self, conn: &ClientConn, bytes: u64) -> String {
+        let mut object = serde_json::json!({
+            "client": conn.address.to_string(),
+            "host": self.host,
+            "method": self.method,
+            "path": self.target,
+            "status": self.status,
+            "upstream": if self.upstream.is_empty() { "-" } else { &*self.upstream },
+            "bytes": bytes,
+            "duration_ms": (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+            "request_id": self.request_id,
+        });
+        if let Some(version) = conn.tls_version {
+            object["tls"] = version.into();
+            object["sni"] = conn.sni.as_deref().unwrap_or("-").into();
+        }
+        if let Some(reason) = self.reason {
+            object["reason"] = reason.into();
+        }
+        object.to_string()
+    }
+
     pub fn write(&self, conn: &ClientConn, bytes: u64) {
-        log::info!(target: "access", "{}", self.line(conn, bytes));
+        match self.format {
+            AccessLogFormat::Logfmt => log::info!(target: "access", "{}", self.line(conn, bytes)),
+            AccessLogFormat::Json => log::info!(target: "access", "{}", self.json(conn, bytes)),
+        }
     }
 }
 
 /// The line for a request the HTTP parser refused (it never had a method or a path).
-pub fn refused(conn: &ClientConn, status: u16, reason: &str) {
-    log::info!(target: "access", "client={} status={status} reason={}", conn.address, quote(reason));
+pub fn refused(conn: &ClientConn, status: u16, reason: &str, format: AccessLogFormat) {
+    match format {
+        AccessLogFormat::Logfmt => {
+            log::info!(target: "access", "client={} status={status} reason={}", conn.address, quote(reason))
+        }
+        AccessLogFormat::Json => log::info!(
+            target: "access",
+            "{}",
+            serde_json::json!({ "client": conn.address.to_string(), "status": status, "reason": reason })
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -164,6 +200,7 @@ mod tests {
             upstream: "10.0.0.1:80".into(),
             request_id: "abc status=500".into(),
             reason: None,
+            format: AccessLogFormat::Logfmt,
         };
         let line = entry.line(&conn, 42);
         let keys = fields(&line);
@@ -172,5 +209,28 @@ mod tests {
         assert_eq!(status[0].1, "200");
         assert!(line.contains("bytes=42 ") && line.contains("tls=TLSv1_3 sni=example.test"), "{line}");
         assert!(line.contains("request_id=\"abc status=500\""), "{line}");
+    }
+
+    #[test]
+    fn the_json_line_is_one_object_with_the_same_fields() {
+        let conn = ClientConn { address: "192.0.2.1:5000".parse().unwrap(), tls_version: None, sni: None };
+        let entry = Entry {
+            started: Instant::now(),
+            method: "GET".into(),
+            host: "example.test".into(),
+            target: "/a?b=\"c\"\n".into(),
+            status: 404,
+            upstream: "".into(),
+            request_id: "abc\", \"status\": 500".into(),
+            reason: Some("no route"),
+            format: AccessLogFormat::Json,
+        };
+        let line = entry.json(&conn, 7);
+        assert!(!line.contains('\n'), "{line}");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!((v["status"].as_u64(), v["bytes"].as_u64()), (Some(404), Some(7)));
+        assert_eq!(v["request_id"], "abc\", \"status\": 500", "a value cannot forge a field");
+        assert_eq!((v["upstream"].as_str(), v["reason"].as_str()), (Some("-"), Some("no route")));
+        assert!(v.get("tls").is_none());
     }
 }

@@ -162,6 +162,7 @@ impl Forwarder {
             upstream: labels.backend,
             request_id,
             reason,
+            format: listener.access_log_format,
         });
         (response, entry)
     }
@@ -325,7 +326,7 @@ impl Forwarder {
         };
         self.metrics.parser_refused(&listener.name, status);
         if listener.access_log {
-            access_log::refused(conn, status, &err.to_string());
+            access_log::refused(conn, status, &err.to_string(), listener.access_log_format);
         }
     }
 }
