@@ -621,7 +621,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+        match self.line {
+            // About the file as a whole (unreadable, not UTF-8): no line to point at.
+            0 => write!(f, "{}: {}", self.file.display(), self.message),
+            line => write!(f, "{}:{line}: {}", self.file.display(), self.message),
+        }
     }
 }
 
@@ -655,6 +659,32 @@ struct Errors<'a> {
 pub const MAX_FLOW_GRACE_SECONDS: u64 = 86_400;
 /// The longest name of a VIP, pool, listener or route (they become metric labels).
 pub const MAX_NAME_BYTES: usize = 128;
+
+/// `text` with the section (from its `[header]` line to the next header) around byte `at`
+/// replaced by empty lines; None when there is no header to cut at (a syntax error, or one in
+/// the top-level keys), since nothing more can be read then.
+fn blank_section(text: &str, at: usize) -> Option<String> {
+    let is_header = |line: &str| line.trim_start().starts_with('[');
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let mut offset = 0;
+    let mut line_of_error = lines.len().saturating_sub(1);
+    for (i, line) in lines.iter().enumerate() {
+        if at < offset + line.len() {
+            line_of_error = i;
+            break;
+        }
+        offset += line.len();
+    }
+    let start = (0..=line_of_error).rev().find(|&i| is_header(lines[i]))?;
+    let end = (line_of_error + 1..lines.len()).find(|&i| is_header(lines[i])).unwrap_or(lines.len());
+    let blanked: String = lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| if (start..end).contains(&i) { "\n" } else { line })
+        .collect();
+    // A section that blanks to the same text (an error toml reports again) ends the search.
+    (blanked != text).then_some(blanked)
+}
 
 /// Why `addr` cannot be a VIP's or a backend's address, if it cannot.
 fn not_a_host(addr: IpAddr) -> Option<&'static str> {
@@ -781,11 +811,32 @@ impl Config {
 
     fn parse_with(file: &Path, text: &str, open_files: bool) -> Result<Config, ConfigErrors> {
         let mut errors = Errors { file, text, found: Vec::new(), open_files };
-        let raw: RawConfig = match toml::from_str(text) {
-            Ok(raw) => raw,
-            Err(err) => {
-                errors.at(err.span().unwrap_or(0..0), err.message().to_owned());
-                return Err(ConfigErrors(errors.found));
+        // serde stops at the first type error: the section holding it is blanked (its lines
+        // kept, so line numbers hold) and the rest read again, so every section's first error
+        // is reported at once. Validation waits until they are fixed.
+        let mut readable = text.to_owned();
+        let raw: RawConfig = loop {
+            match toml::from_str(&readable) {
+                Ok(raw) if errors.found.is_empty() => break raw,
+                Ok(_) => return Err(ConfigErrors(errors.found)),
+                Err(err) => {
+                    let start = err.span().unwrap_or(0..0).start.min(readable.len());
+                    // A field missing after a section was blanked is that blanking's doing.
+                    let cascade = !errors.found.is_empty() && err.message().starts_with("missing field");
+                    if !cascade {
+                        // Blanked lines are shorter but as many: the line is read from this text.
+                        let line = readable[..start].matches('\n').count() + 1;
+                        errors.found.push(ConfigError {
+                            file: file.to_owned(),
+                            line,
+                            message: err.message().to_owned(),
+                        });
+                    }
+                    match blank_section(&readable, start).filter(|_| !cascade) {
+                        Some(next) if errors.found.len() < 50 => readable = next,
+                        _ => return Err(ConfigErrors(errors.found)),
+                    }
+                }
             }
         };
         let config = validate(raw, &mut errors);

@@ -211,3 +211,17 @@ fn access_log_format_is_logfmt_or_json() {
     .unwrap();
     assert_eq!(default.listeners[0].access_log_format, AccessLogFormat::Logfmt);
 }
+
+#[test]
+fn every_section_s_type_error_is_reported_at_once() {
+    let text = format!(
+        "{BASE}xdp_mode = \"fast\"\n\
+         [[vip]]\nname = \"a\"\naddress = \"198.19.0.1\"\nport = \"eighty\"\nprotocol = \"tcp\"\npool = \"web\"\n\
+         [[pool]]\nname = \"web\"\nbackendz = []\n\
+         [[vip]]\nname = \"b\"\naddress = \"198.19.0.2\"\nport = 80\nprotocol = \"sctp\"\npool = \"web\"\n"
+    );
+    let found = errors(&text);
+    assert_eq!(found.len(), 4, "{found:?}");
+    let lines: Vec<&str> = found.iter().map(|e| e.split(':').nth(1).unwrap_or("")).collect();
+    assert_eq!(lines, ["3", "7", "12", "17"], "{found:?}");
+}
