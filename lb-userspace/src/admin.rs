@@ -157,8 +157,15 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
             reply(StatusCode::OK, json!(deny))
         }
         (&Method::GET, "/stats") => {
-            let pin_dir = lock(&core).state.config.pin_dir.clone();
-            match stats_view(&pin_dir) {
+            let (pin_dir, dataplane) = {
+                let core = lock(&core);
+                (core.state.config.pin_dir.clone(), core.state.config.dataplane)
+            };
+            let view = match dataplane {
+                true => stats_view(&pin_dir),
+                false => Ok(json!({ "counters": [], "vips": [], "backends": [] })),
+            };
+            match view {
                 Ok(view) => reply(StatusCode::OK, view),
                 Err(err) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": format!("{err:#}") })),
             }
@@ -303,7 +310,8 @@ fn flow(core: &Shared, body: &[u8]) -> Result<Value> {
     let q: Query = serde_json::from_slice(body).context("expected {protocol, source, vip}")?;
     let mut core = lock(core);
     let core = &mut *core;
-    Ok(serde_json::to_value(inspect::flow(&mut core.ebpf, &core.state, q.protocol, q.source, q.vip)?)?)
+    let ebpf = core.ebpf.as_mut().context("no [dataplane] on this host: no XDP program to run")?;
+    Ok(serde_json::to_value(inspect::flow(ebpf, &core.state, q.protocol, q.source, q.vip)?)?)
 }
 
 /// `POST /plan {"commands": [...]}` or `{"config_text": "...", "config_name": "NAME"}`: the

@@ -63,7 +63,8 @@ pub const MAX_WEIGHT: u32 = 65535;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    dataplane: RawDataplane,
+    /// None: an L7-only host (no XDP, no VIPs).
+    dataplane: Option<RawDataplane>,
     #[serde(default)]
     vip: Vec<RawVip>,
     #[serde(default)]
@@ -528,6 +529,8 @@ struct RawDeny {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The edge NIC the balancer attaches to.
+    /// Whether the host runs the XDP balancer (`[dataplane]`); false: L7 only.
+    pub dataplane: bool,
     pub interface: String,
     /// Where `interface` is set in the file (for errors found later, on the host).
     pub interface_line: usize,
@@ -845,6 +848,9 @@ impl Config {
 
     /// What only the host can tell: the interfaces named exist in this network namespace.
     pub fn check_host(&self, file: &Path) -> Result<(), ConfigErrors> {
+        if !self.dataplane {
+            return Ok(());
+        }
         let mut found = Vec::new();
         for name in std::iter::once(&self.interface).chain(&self.redirect_interface) {
             if crate::host::ifindex(name).is_err() {
@@ -865,9 +871,26 @@ impl Config {
 }
 
 fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
-    let dp = raw.dataplane;
+    let has_dataplane = raw.dataplane.is_some();
+    if !has_dataplane && !raw.vip.is_empty() {
+        errors.at(raw.vip[0].name.span(), "VIPs are balanced in XDP: they need a [dataplane] section");
+    }
+    if !has_dataplane && !raw.deny.prefixes.is_empty() {
+        errors.at(0..0, "[deny] drops sources in XDP: it needs a [dataplane] section");
+    }
+    let dp = raw.dataplane.unwrap_or(RawDataplane {
+        interface: Spanned::new(0..0, String::new()),
+        xdp_mode: XdpModeSetting::default(),
+        pin_dir: None,
+        next_hop_mac: None,
+        encap_source_v4: None,
+        encap_source_v6: None,
+        max_vips: None,
+        flow_grace_seconds: None,
+        redirect_interface: None,
+    });
     let interface = dp.interface;
-    if interface.get_ref().is_empty() || interface.get_ref().len() >= libc::IFNAMSIZ {
+    if has_dataplane && (interface.get_ref().is_empty() || interface.get_ref().len() >= libc::IFNAMSIZ) {
         errors.at(interface.span(), format!("interface name must be 1 to {} bytes", libc::IFNAMSIZ - 1));
     }
     let pin_dir = match dp.pin_dir {
@@ -1307,6 +1330,7 @@ fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
 
     let interface_line = errors.line_of(interface.span());
     Config {
+        dataplane: has_dataplane,
         interface: interface.into_inner(),
         interface_line,
         xdp_mode: dp.xdp_mode,

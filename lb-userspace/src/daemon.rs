@@ -32,13 +32,15 @@ pub enum ExecError {
 
 pub struct Core {
     pub state: State,
-    tables: Tables,
+    /// The maps (None on an L7-only host).
+    tables: Option<Tables>,
     host: HostFacts,
     /// The config file operator commands are written back to.
     pub config_path: PathBuf,
     pub started: Instant,
     /// The loaded object: keeps the program loaded, and runs it for `lbctl flow`.
-    pub ebpf: aya::Ebpf,
+    /// None on an L7-only host.
+    pub ebpf: Option<aya::Ebpf>,
     /// Routes and pools as the L7 proxy reads them, republished on every change.
     pub l7: Arc<ArcSwap<Snapshot>>,
     /// The proxy's request metrics.
@@ -63,11 +65,18 @@ pub fn lock(core: &Shared) -> MutexGuard<'_, Core> {
 
 impl Core {
     /// Opens the pinned maps of `config` and writes the config into them.
-    pub fn start(config: Config, config_path: PathBuf, ebpf: aya::Ebpf) -> Result<Core> {
+    pub fn start(config: Config, config_path: PathBuf, ebpf: Option<aya::Ebpf>) -> Result<Core> {
         let host = host::facts(&config)?;
-        let mut tables = Tables::open(&config.pin_dir)?;
+        let mut tables = match ebpf {
+            Some(_) => Some(Tables::open(&config.pin_dir)?),
+            None => None,
+        };
         let state = State::new(config);
-        for change in tables.apply(&state.desired(&host))? {
+        let changes = match &mut tables {
+            Some(tables) => tables.apply(&state.desired(&host))?,
+            None => Vec::new(),
+        };
+        for change in changes {
             info!("{change}");
         }
         let runtime = Arc::new(Runtime::default());
@@ -115,9 +124,11 @@ impl Core {
             return Ok(lines);
         }
         let restore = |core: &mut Core| {
-            let _ = core.tables.apply(&core.state.desired(&core.host));
+            if let Some(tables) = &mut core.tables {
+                let _ = tables.apply(&core.state.desired(&core.host));
+            }
         };
-        if let Err(err) = self.tables.apply(&next.desired(&self.host)) {
+        if let Some(Err(err)) = self.tables.as_mut().map(|t| t.apply(&next.desired(&self.host))) {
             restore(self);
             return Err(ExecError::Failed(err.context("writing the maps")));
         }
@@ -172,7 +183,9 @@ impl Core {
                 lines.push(line);
             }
         }
-        self.tables.apply(&next.desired(&self.host)).context("writing the maps")?;
+        if let Some(tables) = &mut self.tables {
+            tables.apply(&next.desired(&self.host)).context("writing the maps")?;
+        }
         let before = self.state.failing_open();
         self.state = next;
         self.l7.store(Arc::new(Snapshot::build(&self.state, &self.runtime)));

@@ -20,6 +20,10 @@ pub struct HostFacts {
 
 /// Looks up what `config` refers to on this host.
 pub fn facts(config: &Config) -> Result<HostFacts> {
+    if !config.dataplane {
+        // L7 only: nothing is written to maps.
+        return Ok(HostFacts { mtu: 1500, next_hop_mac: None, redirect_ifindex: 0 });
+    }
     let next_hop_mac = match config.next_hop_mac {
         NextHop::Unset => None,
         NextHop::Mac(mac) => Some(mac),

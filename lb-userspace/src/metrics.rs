@@ -44,6 +44,53 @@ fn process_rss() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
+/// The fast path's counters and connection table, read from the pinned maps.
+fn xdp(registry: &mut Registry, pin_dir: &std::path::Path) -> Result<()> {
+    let packets = counter_family(registry, "xdp_packets", "Packets per XDP verdict and reason");
+    let bytes = counter_family(registry, "xdp_bytes", "Bytes per XDP verdict and reason");
+    for (stat, c) in stats::verdicts(pin_dir)? {
+        let labels = vec![("counter".to_owned(), stat.name().to_owned())];
+        packets.get_or_create(&labels).inc_by(c.packets);
+        bytes.get_or_create(&labels).inc_by(c.bytes);
+    }
+    let names = ["packets", "bytes", "new_flows", "lru_hits", "lru_misses"];
+    let vip: Vec<_> = names
+        .iter()
+        .map(|n| counter_family(registry, &format!("vip_{n}"), &format!("Forwarded {n} per VIP")))
+        .collect();
+    for (key, c) in stats::vips(pin_dir)? {
+        let labels = vec![
+            ("vip".to_owned(), ip_of(&key.addr).to_string()),
+            ("port".to_owned(), u16::from_be(key.port).to_string()),
+            ("protocol".to_owned(), crate::stats::protocol_name(key.proto)),
+        ];
+        for (family, value) in vip.iter().zip([c.packets, c.bytes, c.new_flows, c.lru_hits, c.lru_misses]) {
+            family.get_or_create(&labels).inc_by(value);
+        }
+    }
+    let backend: Vec<_> = names
+        .iter()
+        .map(|n| counter_family(registry, &format!("backend_{n}"), &format!("Forwarded {n} per backend")))
+        .collect();
+    for (addr, c) in stats::backends(pin_dir)? {
+        let labels = vec![("backend".to_owned(), addr.to_string())];
+        for (family, value) in backend.iter().zip([c.packets, c.bytes, c.new_flows, c.lru_hits, c.lru_misses])
+        {
+            family.get_or_create(&labels).inc_by(value);
+        }
+    }
+    let (used, slots) = ConnTable::open(pin_dir)?.occupancy();
+    for (name, help, value) in [
+        ("conn_table_flows", "Flows in the XDP connection table", used),
+        ("conn_table_slots", "Slots of the XDP connection table", slots),
+    ] {
+        let gauge = Gauge::<i64>::default();
+        gauge.set(value as i64);
+        registry.register(name, help, gauge);
+    }
+    Ok(())
+}
+
 /// The whole exposition, read now.
 pub fn render(core: &Shared) -> Result<String> {
     let mut registry = Registry::with_prefix("sluice");
@@ -52,7 +99,7 @@ pub fn render(core: &Shared) -> Result<String> {
     let effective =
         gauge_family(&mut registry, "backend_effective_weight", "Weight Maglev uses (0: drained or down)");
     let size = gauge_family(&mut registry, "pool_backends", "Backends in the pool");
-    let pin_dir = {
+    let (pin_dir, dataplane) = {
         let core = lock(core);
         for pool in core.state.config.pools.values() {
             size.get_or_create(&vec![("pool".to_owned(), pool.name.clone())]).set(pool.backends.len() as i64);
@@ -104,51 +151,10 @@ pub fn render(core: &Shared) -> Result<String> {
             gauge.set(value);
             registry.register(name, help, gauge);
         }
-        core.state.config.pin_dir.clone()
+        (core.state.config.pin_dir.clone(), core.state.config.dataplane)
     };
-    let packets = counter_family(&mut registry, "xdp_packets", "Packets per XDP verdict and reason");
-    let bytes = counter_family(&mut registry, "xdp_bytes", "Bytes per XDP verdict and reason");
-    for (stat, c) in stats::verdicts(&pin_dir)? {
-        let labels = vec![("counter".to_owned(), stat.name().to_owned())];
-        packets.get_or_create(&labels).inc_by(c.packets);
-        bytes.get_or_create(&labels).inc_by(c.bytes);
-    }
-    let names = ["packets", "bytes", "new_flows", "lru_hits", "lru_misses"];
-    let vip: Vec<_> = names
-        .iter()
-        .map(|n| counter_family(&mut registry, &format!("vip_{n}"), &format!("Forwarded {n} per VIP")))
-        .collect();
-    for (key, c) in stats::vips(&pin_dir)? {
-        let labels = vec![
-            ("vip".to_owned(), ip_of(&key.addr).to_string()),
-            ("port".to_owned(), u16::from_be(key.port).to_string()),
-            ("protocol".to_owned(), crate::stats::protocol_name(key.proto)),
-        ];
-        for (family, value) in vip.iter().zip([c.packets, c.bytes, c.new_flows, c.lru_hits, c.lru_misses]) {
-            family.get_or_create(&labels).inc_by(value);
-        }
-    }
-    let backend: Vec<_> = names
-        .iter()
-        .map(|n| {
-            counter_family(&mut registry, &format!("backend_{n}"), &format!("Forwarded {n} per backend"))
-        })
-        .collect();
-    for (addr, c) in stats::backends(&pin_dir)? {
-        let labels = vec![("backend".to_owned(), addr.to_string())];
-        for (family, value) in backend.iter().zip([c.packets, c.bytes, c.new_flows, c.lru_hits, c.lru_misses])
-        {
-            family.get_or_create(&labels).inc_by(value);
-        }
-    }
-    let (used, slots) = ConnTable::open(&pin_dir)?.occupancy();
-    for (name, help, value) in [
-        ("conn_table_flows", "Flows in the XDP connection table", used),
-        ("conn_table_slots", "Slots of the XDP connection table", slots),
-    ] {
-        let gauge = Gauge::<i64>::default();
-        gauge.set(value as i64);
-        registry.register(name, help, gauge);
+    if dataplane {
+        xdp(&mut registry, &pin_dir)?;
     }
     let mut out = String::new();
     encode(&mut out, &registry).context("encoding metrics")?;

@@ -355,3 +355,48 @@ fn root_trust_systemd_unit_is_hardened() -> Result<()> {
     assert!(level <= 5.0, "{overall}");
     Ok(())
 }
+
+#[test]
+fn root_trust_l7_only_host_runs_without_dataplane() -> Result<()> {
+    let topology = Topology::new(1)?;
+    let dir = TempDir::new("trust-l7only")?;
+    let _nginx = sluice_tests::servers::Nginx::start(&topology.backends[0], "backend1")?;
+    let config = dir.0.join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[pool]]\nname = \"web\"\nbackends = [{{ address = \"{b1}\" }}]\n\n\
+             [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:18080\"\n\n[[route]]\nlistener = \"l\"\npool = \"web\"\n\n\
+             [admin]\nsocket = \"{dir}/lbd.sock\"\n",
+            b1 = topology.backends[0].addr4,
+            dir = dir.0.display(),
+        ),
+    )?;
+    let check =
+        topology.lb.command(&lbd_bin()).args(["check", "-c", config.to_str().context("path")?]).output()?;
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    let mut lbd =
+        topology.lb.command(&lbd_bin()).args(["run", "-c", config.to_str().context("path")?]).spawn()?;
+    let socket = dir.0.join("lbd.sock");
+    let answered =
+        sluice_tests::servers::wait_for("the L7-only lbd to answer", Duration::from_secs(10), || {
+            topology
+                .lb
+                .run("curl", &["-sS", "--max-time", "2", "http://127.0.0.1:18080/"])
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("backend1"))
+        });
+    let status = topology
+        .lb
+        .run(&lbctl_bin(), &["--socket", socket.to_str().context("path")?, "status"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let pins = std::fs::read_dir("/sys/fs/bpf")?
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().contains(&topology.tag));
+    // SAFETY: signalling our own child by PID.
+    unsafe { libc::kill(lbd.id() as i32, libc::SIGTERM) };
+    let _ = lbd.wait();
+    answered?;
+    assert!(status?.contains("uptime_seconds"));
+    assert!(!pins, "an L7-only lbd pinned something");
+    Ok(())
+}

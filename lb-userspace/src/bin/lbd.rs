@@ -165,16 +165,26 @@ fn run(path: &Path) -> Result<()> {
     let (interface, mode, pin_dir) = (config.interface.clone(), config.xdp_mode, config.pin_dir.clone());
     let (admin_socket, metrics) = (config.admin_socket.clone(), config.metrics);
     // One lbd per pin directory, which only root may change: checked and locked before
-    // anything (maps, admin socket) is touched.
-    lb_userspace::instance::prepare_pin_dir(&pin_dir)?;
-    let _instance = lb_userspace::instance::lock(&pin_dir)?;
-    // Keeps the program loaded while lbd runs; the pinned link keeps it attached after.
-    let ebpf = dataplane::load(&pin_dir, Role::Balancer { max_vips: config.max_vips })?;
-    // Program the maps before attaching, so the first packet already sees the pools.
-    let core: Shared = Arc::new(Mutex::new(Core::start(config, path.to_owned(), ebpf)?));
-    let attached =
-        dataplane::attach(&mut lock(&core).ebpf, dataplane::BALANCER_PROGRAM, &interface, mode, &pin_dir)?;
-    info!("balancer on {interface} ({attached:?}); maps pinned under {}", pin_dir.display());
+    // anything (maps, admin socket) is touched. An L7-only host (no [dataplane]) has neither.
+    let (_instance, core) = if config.dataplane {
+        lb_userspace::instance::prepare_pin_dir(&pin_dir)?;
+        let instance = lb_userspace::instance::lock(&pin_dir)?;
+        // Keeps the program loaded while lbd runs; the pinned link keeps it attached after.
+        let ebpf = dataplane::load(&pin_dir, Role::Balancer { max_vips: config.max_vips })?;
+        // Program the maps before attaching, so the first packet already sees the pools.
+        let core: Shared = Arc::new(Mutex::new(Core::start(config, path.to_owned(), Some(ebpf))?));
+        let attached = {
+            let mut core = lock(&core);
+            let ebpf = core.ebpf.as_mut().context("the loaded program")?;
+            dataplane::attach(ebpf, dataplane::BALANCER_PROGRAM, &interface, mode, &pin_dir)?
+        };
+        info!("balancer on {interface} ({attached:?}); maps pinned under {}", pin_dir.display());
+        (Some(instance), core)
+    } else {
+        info!("no [dataplane]: L7 only, no XDP program");
+        (None, Arc::new(Mutex::new(Core::start(config, path.to_owned(), None)?)))
+    };
+    let dataplane_on = _instance.is_some();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
         .enable_all()
@@ -191,7 +201,9 @@ fn run(path: &Path) -> Result<()> {
             tokio::spawn(lb_userspace::metrics::serve(lb_userspace::metrics::bind(address).await?, core.clone()));
             info!("metrics on http://{address}/metrics");
         }
-        tokio::spawn(watch_link(pin_dir.join("link")));
+        if dataplane_on {
+            tokio::spawn(watch_link(pin_dir.join("link")));
+        }
         let mut checked = HashSet::new();
         health::spawn_missing(&core, &mut checked);
         // L7 listeners: bound before READY, so a busy port fails the start.
@@ -262,7 +274,11 @@ fn run(path: &Path) -> Result<()> {
         anyhow::Ok(())
     })?;
     let _ = std::fs::remove_file(&admin_socket);
-    info!("stopping; the XDP program stays attached (lbd stop --detach removes it)");
+    if dataplane_on {
+        info!("stopping; the XDP program stays attached (lbd stop --detach removes it)");
+    } else {
+        info!("stopping");
+    }
     Ok(())
 }
 

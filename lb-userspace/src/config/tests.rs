@@ -225,3 +225,22 @@ fn every_section_s_type_error_is_reported_at_once() {
     let lines: Vec<&str> = found.iter().map(|e| e.split(':').nth(1).unwrap_or("")).collect();
     assert_eq!(lines, ["3", "7", "12", "17"], "{found:?}");
 }
+
+#[test]
+fn a_host_without_dataplane_is_l7_only() {
+    let l7 = "[[pool]]\nname = \"web\"\nbackends = [{ address = \"10.0.0.1\" }]\n\
+              [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n[[route]]\nlistener = \"l\"\npool = \"web\"\n";
+    let config = Config::parse(Path::new("t.toml"), l7).unwrap();
+    assert!(!config.dataplane && config.interface.is_empty());
+    assert!(config.check_host(Path::new("t.toml")).is_ok());
+    let with_vip = format!(
+        "{l7}[[vip]]\nname = \"v\"\naddress = \"198.19.0.1\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n"
+    );
+    assert!(
+        errors(&with_vip)
+            .iter()
+            .any(|e| e.contains("VIPs are balanced in XDP: they need a [dataplane] section"))
+    );
+    let with_deny = format!("{l7}[deny]\nprefixes = [\"192.0.2.0/24\"]\n");
+    assert!(errors(&with_deny).iter().any(|e| e.contains("[deny] drops sources in XDP")));
+}
