@@ -1,6 +1,7 @@
 //! The admin API: HTTP/JSON on a unix socket (mode 0600; each connection's peer uid is logged).
 //!
-//! - `GET /status`: uptime, interface, pin directory, pools failing open
+//! - `GET /live`, `GET /ready`: 200 while lbd serves (it binds the socket once it is ready)
+//! - `GET /status`: uptime, interface, pin directory, pools failing open, the last reload
 //! - `GET /vips`, `GET /pools`, `GET /pools/NAME`: the State, with health and effective weights
 //! - `GET /deny`: the deny list
 //! - `GET /stats`: fast-path counters per verdict/reason, VIP and backend
@@ -27,6 +28,8 @@ use log::{debug, error, info, warn};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::{net::UnixListener, sync::Semaphore};
+
+pub mod views;
 
 use crate::{
     config::VipMode,
@@ -103,25 +106,26 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     let response = match (&method, path.as_str()) {
+        // Liveness and readiness (linkerd's names): the admin API answers only once lbd has
+        // applied its config, attached and bound its listeners.
+        (&Method::GET, "/live") | (&Method::GET, "/ready") => reply(StatusCode::OK, json!({ "ok": true })),
         (&Method::GET, "/status") => {
             let core = lock(&core);
             let config = &core.state.config;
-            reply(
-                StatusCode::OK,
-                json!({
-                    "interface": config.interface,
-                    "pin_dir": config.pin_dir,
-                    "config": core.config_path,
-                    "uptime_seconds": core.started.elapsed().as_secs(),
-                    "vips": config.vips.len(),
-                    "pools": config.pools.len(),
-                    "failing_open": core.state.failing_open(),
-                    "last_reload": core.last_reload.map(|r| json!({
-                        "unix_seconds": r.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-                        "applied": r.applied,
-                    })),
+            let status = views::Status {
+                interface: config.interface.clone(),
+                pin_dir: config.pin_dir.clone(),
+                config: core.config_path.clone(),
+                uptime_seconds: core.started.elapsed().as_secs(),
+                vips: config.vips.len(),
+                pools: config.pools.len(),
+                failing_open: core.state.failing_open(),
+                last_reload: core.last_reload.map(|r| views::LastReload {
+                    unix_seconds: r.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                    applied: r.applied,
                 }),
-            )
+            };
+            reply(StatusCode::OK, json!(status))
         }
         (&Method::GET, "/vips") => {
             let core = lock(&core);
@@ -131,9 +135,14 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
                 .vips
                 .iter()
                 .map(|v| {
-                    json!({ "name": v.name, "address": v.addr, "port": v.port,
-                            "protocol": format!("{:?}", v.protocol).to_lowercase(), "pool": v.pool,
-                            "mode": if v.mode == VipMode::L4 { "l4" } else { "l7" } })
+                    json!(views::Vip {
+                        name: v.name.clone(),
+                        address: v.addr,
+                        port: v.port,
+                        protocol: format!("{:?}", v.protocol).to_lowercase(),
+                        pool: v.pool.clone(),
+                        mode: if v.mode == VipMode::L4 { "l4" } else { "l7" }.to_owned(),
+                    })
                 })
                 .collect();
             reply(StatusCode::OK, json!(vips))
@@ -171,16 +180,11 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
             }
         }
         (&Method::POST, "/cache/purge") => {
-            #[derive(serde::Deserialize)]
-            struct Purge {
-                route: String,
-                path: Option<String>,
-            }
             let body = match read_body(request).await {
                 Ok(body) => body,
                 Err(answer) => return Ok(*answer),
             };
-            match serde_json::from_slice::<Purge>(&body) {
+            match serde_json::from_slice::<views::Purge>(&body) {
                 Err(err) => reply(
                     StatusCode::BAD_REQUEST,
                     json!({ "error": format!("expected {{route, path}}: {err}") }),
@@ -192,7 +196,7 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
                         p.route,
                         p.path.as_deref().unwrap_or("(all)")
                     );
-                    reply(StatusCode::OK, json!({ "purged": purged }))
+                    reply(StatusCode::OK, json!(views::Purged { purged }))
                 }
             }
         }
@@ -222,7 +226,7 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
                 ));
             }
             match tokio::time::timeout(Duration::from_secs(60), answer).await {
-                Ok(Ok(Ok(lines))) => reply(StatusCode::OK, json!({ "changes": lines })),
+                Ok(Ok(Ok(lines))) => reply(StatusCode::OK, json!(views::Changes { changes: lines })),
                 Ok(Ok(Err(why))) => reply(
                     StatusCode::BAD_REQUEST,
                     json!({ "error": format!("reload refused, nothing changed: {why}") }),
@@ -243,7 +247,7 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
             match commands {
                 Err(err) => reply(StatusCode::BAD_REQUEST, json!({ "error": err })),
                 Ok(commands) => match lock(&core).execute(&commands) {
-                    Ok(lines) => reply(StatusCode::OK, json!({ "changes": lines })),
+                    Ok(lines) => reply(StatusCode::OK, json!(views::Changes { changes: lines })),
                     Err(ExecError::Refused(err)) => {
                         reply(StatusCode::BAD_REQUEST, json!({ "error": err.to_string() }))
                     }

@@ -235,6 +235,11 @@ fn root_trust_admin_input_is_bounded() -> Result<()> {
     std::thread::sleep(Duration::from_millis(300));
     assert!(lbd.lbctl(&["status"])?.contains("eth0"));
 
+    // Liveness and readiness.
+    for path in ["/live", "/ready"] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: lbd\r\nConnection: close\r\n\r\n");
+        assert!(admin_raw(&socket, request.as_bytes())?.contains("200"), "{path}");
+    }
     // lbctl and the API speak names, not codes or serde's shapes.
     let status = lbd.lbctl(&["status"])?;
     assert!(status.contains("eth0") && !status.contains("\"eth0\""), "{status}");

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
-use lb_userspace::{config::DEFAULT_ADMIN_SOCKET, state::Command, stats};
+use lb_userspace::{admin::views, config::DEFAULT_ADMIN_SOCKET, state::Command, stats};
 use serde_json::{Value, json};
 
 #[derive(Parser)]
@@ -380,13 +380,24 @@ async fn run(cli: Cli) -> Result<()> {
             if json_out {
                 show(&v);
             } else {
-                for (k, val) in v.as_object().into_iter().flatten() {
-                    // Strings as they are, not JSON-quoted.
-                    match val.as_str() {
-                        Some(text) => println!("{k:<16} {text}"),
-                        None => println!("{k:<16} {val}"),
-                    }
-                }
+                let s: views::Status = serde_json::from_value(v).context("lbd's /status answer")?;
+                let reload = match s.last_reload {
+                    None => "none yet".to_owned(),
+                    Some(r) => format!(
+                        "{} (unix time {})",
+                        if r.applied { "applied" } else { "refused" },
+                        r.unix_seconds
+                    ),
+                };
+                let interface = if s.interface.is_empty() { "- (L7 only)" } else { &s.interface };
+                println!("{:<16} {interface}", "interface");
+                println!("{:<16} {}", "pin_dir", s.pin_dir.display());
+                println!("{:<16} {}", "config", s.config.display());
+                println!("{:<16} {}", "uptime_seconds", s.uptime_seconds);
+                println!("{:<16} {}", "vips", s.vips);
+                println!("{:<16} {}", "pools", s.pools);
+                println!("{:<16} {}", "failing_open", s.failing_open.join(", "));
+                println!("{:<16} {reload}", "last_reload");
             }
         }
         Noun::Reload => {
@@ -394,11 +405,11 @@ async fn run(cli: Cli) -> Result<()> {
             if json_out {
                 show(&v);
             } else {
-                let changes = v["changes"].as_array().cloned().unwrap_or_default();
-                for line in &changes {
-                    println!("{}", line.as_str().unwrap_or_default());
+                let applied: views::Changes = serde_json::from_value(v).context("lbd's /reload answer")?;
+                for line in &applied.changes {
+                    println!("{line}");
                 }
-                println!("reload applied ({} changes)", changes.len());
+                println!("reload applied ({} changes)", applied.changes.len());
             }
         }
         Noun::Vip { verb: VipVerb::List } => {
@@ -407,16 +418,17 @@ async fn run(cli: Cli) -> Result<()> {
                 show(&v);
             } else {
                 println!("{:<16} {:<40} {:>6} {:<5} {:<4} pool", "name", "address", "port", "proto", "mode");
-                for vip in v.as_array().into_iter().flatten() {
-                    let port = vip["port"].as_u64().unwrap_or(0);
+                let vips: Vec<views::Vip> = serde_json::from_value(v).context("lbd's /vips answer")?;
+                for vip in vips {
+                    let port = if vip.port == 0 { "*".into() } else { vip.port.to_string() };
                     println!(
                         "{:<16} {:<40} {:>6} {:<5} {:<4} {}",
-                        vip["name"].as_str().unwrap_or_default(),
-                        vip["address"].as_str().unwrap_or_default(),
-                        if port == 0 { "*".into() } else { port.to_string() },
-                        vip["protocol"].as_str().unwrap_or_default(),
-                        vip["mode"].as_str().unwrap_or_default(),
-                        vip["pool"].as_str().unwrap_or_default()
+                        vip.name,
+                        vip.address.to_string(),
+                        port,
+                        vip.protocol,
+                        vip.mode,
+                        vip.pool
                     );
                 }
             }
@@ -532,7 +544,7 @@ async fn run(cli: Cli) -> Result<()> {
                 &cli.socket,
                 Method::POST,
                 "/cache/purge",
-                Some(json!({ "route": route, "path": path })),
+                Some(serde_json::to_value(views::Purge { route: route.clone(), path: path.clone() })?),
             )
             .await?;
             if json_out {

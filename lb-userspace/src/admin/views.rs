@@ -1,0 +1,90 @@
+//! The admin API's request and response bodies as types, shared by lbd (which writes them)
+//! and lbctl (which reads them): one definition of each shape, as Sozu shares its
+//! request/response types between its server and its CLI.
+use std::{net::IpAddr, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// The edge NIC (empty on an L7-only host).
+    pub interface: String,
+    pub pin_dir: PathBuf,
+    /// The config file changes are written back to.
+    pub config: PathBuf,
+    pub uptime_seconds: u64,
+    pub vips: usize,
+    pub pools: usize,
+    /// Pools whose every backend is down (traffic goes to all of them).
+    pub failing_open: Vec<String>,
+    pub last_reload: Option<LastReload>,
+}
+
+/// How the last reload went.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct LastReload {
+    pub unix_seconds: u64,
+    pub applied: bool,
+}
+
+/// One entry of `GET /vips`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Vip {
+    pub name: String,
+    pub address: IpAddr,
+    /// 0: every port.
+    pub port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    pub pool: String,
+    /// `l4` or `l7`.
+    pub mode: String,
+}
+
+/// The answer to `POST /commands` and `POST /reload`: one line per change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Changes {
+    pub changes: Vec<String>,
+}
+
+/// `POST /cache/purge`'s request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Purge {
+    pub route: String,
+    pub path: Option<String>,
+}
+
+/// `POST /cache/purge`'s answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Purged {
+    pub purged: usize,
+}
+
+/// Every refusal and failure: 4xx and 5xx bodies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Failure {
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trips_as_lbctl_reads_it() {
+        let status = Status {
+            interface: "eth0".into(),
+            pin_dir: "/sys/fs/bpf/sluice".into(),
+            config: "/etc/sluice/sluice.toml".into(),
+            uptime_seconds: 5,
+            vips: 2,
+            pools: 1,
+            failing_open: vec![],
+            last_reload: Some(LastReload { unix_seconds: 1, applied: true }),
+        };
+        let text = serde_json::to_string(&status).unwrap();
+        let back: Status = serde_json::from_str(&text).unwrap();
+        assert_eq!((back.interface, back.last_reload.map(|r| r.applied)), ("eth0".to_owned(), Some(true)));
+    }
+}
