@@ -25,7 +25,6 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use log::{debug, error, info, warn};
-use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::{net::UnixListener, sync::Semaphore};
 
@@ -47,26 +46,14 @@ fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
     response
 }
 
-#[derive(Serialize)]
-struct BackendView {
-    address: std::net::IpAddr,
-    weight: u32,
-    drain: bool,
-    healthy: bool,
-    /// Taken out by the proxy's outlier detection (probes do not end it).
-    ejected: bool,
-    /// The weight Maglev uses: 0 when drained, down or ejected (unless the pool fails open).
-    effective_weight: u32,
-}
-
 fn pool_view(core: &crate::daemon::Core, name: &str) -> Option<Value> {
     let pool = core.state.config.pools.get(name)?;
     let (weighted, fail_open) = core.state.effective_backends(pool);
-    let backends: Vec<BackendView> = pool
+    let backends: Vec<views::Backend> = pool
         .backends
         .iter()
         .zip(weighted)
-        .map(|(b, w)| BackendView {
+        .map(|(b, w)| views::Backend {
             address: b.addr,
             weight: b.weight,
             drain: b.drain,
@@ -75,9 +62,12 @@ fn pool_view(core: &crate::daemon::Core, name: &str) -> Option<Value> {
             effective_weight: w.weight,
         })
         .collect();
-    Some(
-        json!({ "name": name, "backends": backends, "failing_open": fail_open, "health_check": pool.health }),
-    )
+    Some(json!(views::Pool {
+        name: name.to_owned(),
+        backends,
+        failing_open: fail_open,
+        health_check: pool.health.as_ref().and_then(|h| serde_json::to_value(h).ok()),
+    }))
 }
 
 fn stats_view(pin_dir: &Path) -> Result<Value> {

@@ -42,6 +42,30 @@ pub struct Vip {
     pub mode: String,
 }
 
+/// `GET /pools/NAME`, and each entry of `GET /pools`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pool {
+    pub name: String,
+    pub backends: Vec<Backend>,
+    /// Every backend is down: traffic goes to all of them.
+    pub failing_open: bool,
+    /// The pool's health check as configured (durations as `interval_ms`/`timeout_ms`).
+    pub health_check: Option<serde_json::Value>,
+}
+
+/// One backend of a pool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Backend {
+    pub address: IpAddr,
+    pub weight: u32,
+    pub drain: bool,
+    pub healthy: bool,
+    /// Taken out by the proxy's outlier detection (probes do not end it).
+    pub ejected: bool,
+    /// The weight Maglev uses: 0 when drained, down or ejected (unless the pool fails open).
+    pub effective_weight: u32,
+}
+
 /// The answer to `POST /commands` and `POST /reload`: one line per change.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Changes {

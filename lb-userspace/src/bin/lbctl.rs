@@ -260,26 +260,23 @@ fn print_changes(value: &Value) {
     }
 }
 
-fn print_pool(pool: &Value) {
-    let open = if pool["failing_open"].as_bool() == Some(true) {
-        "  (FAILING OPEN: every backend down)"
-    } else {
-        ""
-    };
-    println!("pool {}{open}", pool["name"].as_str().unwrap_or_default());
+fn print_pool(pool: &views::Pool) {
+    let open = if pool.failing_open { "  (FAILING OPEN: every backend down)" } else { "" };
+    println!("pool {}{open}", pool.name);
     println!("  {:<40} {:>7} {:>6} {:>8} {:>10}", "backend", "weight", "drain", "health", "effective");
-    for b in pool["backends"].as_array().into_iter().flatten() {
+    for b in &pool.backends {
+        let health = match (b.healthy, b.ejected) {
+            (_, true) => "EJECTED",
+            (true, _) => "up",
+            _ => "DOWN",
+        };
         println!(
             "  {:<40} {:>7} {:>6} {:>8} {:>10}",
-            b["address"].as_str().unwrap_or_default(),
-            b["weight"].as_u64().unwrap_or(0),
-            if b["drain"].as_bool() == Some(true) { "yes" } else { "no" },
-            match (b["healthy"].as_bool(), b["ejected"].as_bool()) {
-                (_, Some(true)) => "EJECTED",
-                (Some(true), _) => "up",
-                _ => "DOWN",
-            },
-            b["effective_weight"].as_u64().unwrap_or(0)
+            b.address.to_string(),
+            b.weight,
+            if b.drain { "yes" } else { "no" },
+            health,
+            b.effective_weight
         );
     }
 }
@@ -442,10 +439,11 @@ async fn run(cli: Cli) -> Result<()> {
             };
             if json_out {
                 show(&v);
-            } else if let Some(pools) = v.as_array() {
+            } else if v.is_array() {
+                let pools: Vec<views::Pool> = serde_json::from_value(v).context("lbd's /pools answer")?;
                 pools.iter().for_each(print_pool);
             } else {
-                print_pool(&v);
+                print_pool(&serde_json::from_value(v).context("lbd's /pools/NAME answer")?);
             }
         }
         Noun::Backend { verb } => {
