@@ -10,6 +10,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use http_cache_semantics::{CacheOptions, CachePolicy};
 use hyper::{HeaderMap, Method, StatusCode, header};
 use lru::LruCache;
 use tokio::sync::OnceCell;
@@ -64,29 +65,35 @@ pub struct CacheStore {
     routes: Mutex<HashMap<String, RouteCache>>,
 }
 
-/// How long a response may be cached, from its headers; None: not cacheable.
-pub fn lifetime(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+/// How long a response to `request` may be cached; None: not cacheable. RFC 9111 for a
+/// shared cache (the `http-cache-semantics` crate: `s-maxage` over `max-age`, `Age` taken off,
+/// `Expires` counted from `Date`, `private`/`no-store`/`no-cache` refused, no heuristic
+/// freshness), plus Sluice's own rules: only 200s, and never an answer that sets a cookie.
+pub fn lifetime(
+    request: &hyper::http::request::Parts,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Option<Duration> {
     if status != StatusCode::OK || headers.contains_key(header::SET_COOKIE) {
         return None;
     }
-    let control = headers
-        .get(header::CACHE_CONTROL)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let directives: Vec<&str> = control.split(',').map(str::trim).collect();
-    if directives.iter().any(|d| *d == "no-store" || *d == "private" || *d == "no-cache") {
+    let mut response = hyper::Response::new(());
+    *response.status_mut() = status;
+    *response.headers_mut() = headers.clone();
+    let (response, ()) = response.into_parts();
+    let options = CacheOptions {
+        shared: true,
+        cache_heuristic: 0.0,
+        immutable_min_time_to_live: Duration::ZERO,
+        ignore_cargo_cult: false,
+    };
+    let now = SystemTime::now();
+    let policy = CachePolicy::new_options(request, &response, now, options);
+    if !policy.is_storable() {
         return None;
     }
-    let seconds = |name: &str| {
-        directives.iter().find_map(|d| d.strip_prefix(name)?.strip_prefix('=')?.parse::<u64>().ok())
-    };
-    if let Some(s) = seconds("s-maxage").or_else(|| seconds("max-age")) {
-        return (s > 0).then(|| Duration::from_secs(s));
-    }
-    let expires = headers.get(header::EXPIRES).and_then(|v| v.to_str().ok())?;
-    let at = httpdate::parse_http_date(expires).ok()?;
-    at.duration_since(SystemTime::now()).ok()
+    let ttl = policy.time_to_live(now);
+    (ttl > Duration::ZERO).then_some(ttl)
 }
 
 fn base_key(method: &Method, host: &str, path: &str) -> String {
@@ -218,6 +225,33 @@ mod tests {
             map.append(k.clone(), HeaderValue::from_str(v).unwrap());
         }
         map
+    }
+
+    fn get() -> hyper::http::request::Parts {
+        hyper::Request::get("http://example.test/a").body(()).unwrap().into_parts().0
+    }
+
+    fn lifetime(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+        super::lifetime(&get(), status, headers)
+    }
+
+    #[test]
+    fn age_and_date_count() {
+        let ok = StatusCode::OK;
+        let cc = header::CACHE_CONTROL;
+        // 60 s of life, 50 of them already spent in another cache.
+        let aged = lifetime(ok, &headers(&[(cc.clone(), "max-age=60"), (header::AGE, "50")])).unwrap();
+        assert!(aged <= Duration::from_secs(10), "{aged:?}");
+        // Expires counts from the response's Date (the origin's clock), not from this host's:
+        // a skewed origin clock does not shorten or stretch the lifetime.
+        let date = SystemTime::now() - Duration::from_secs(30);
+        let expires = date + Duration::from_secs(100);
+        let dated = headers(&[
+            (header::DATE, &httpdate::fmt_http_date(date)),
+            (header::EXPIRES, &httpdate::fmt_http_date(expires)),
+        ]);
+        let ttl = lifetime(ok, &dated).unwrap();
+        assert!(ttl > Duration::from_secs(90) && ttl <= Duration::from_secs(100), "{ttl:?}");
     }
 
     #[test]

@@ -143,7 +143,7 @@ async fn fetch(upstreams: &Upstreams, request: &CacheRequest<'_>) -> Fetched {
         }
     }
     head.headers.remove(header::CONTENT_LENGTH);
-    let ttl = cache::lifetime(head.status, &head.headers);
+    let ttl = cache::lifetime(parts, head.status, &head.headers);
     Fetched::Whole(head.status, head.headers, read.freeze(), ttl)
 }
 
