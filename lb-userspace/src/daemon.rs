@@ -53,6 +53,8 @@ pub struct Core {
     pub reloads: Option<tokio::sync::mpsc::Sender<crate::reload::Asked>>,
     /// How the last reload went (none yet: None).
     pub last_reload: Option<crate::reload::LastReload>,
+    /// The edge NIC's XDP transmit error counters, summed (None: the driver has none).
+    pub nic_xdp_tx_errors: Option<u64>,
 }
 
 /// The core, shared by the admin API, health checks and the signal loop.
@@ -96,6 +98,7 @@ impl Core {
             runtime,
             reloads: None,
             last_reload: None,
+            nic_xdp_tx_errors: None,
         };
         core.warn_fail_open(&[]);
         Ok(core)

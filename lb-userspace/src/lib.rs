@@ -11,6 +11,7 @@ pub mod instance;
 pub mod maglev;
 pub mod mapped;
 pub mod metrics;
+pub mod nic;
 pub mod persist;
 pub mod proxy;
 pub mod reload;

@@ -146,6 +146,11 @@ pub fn render(core: &Shared) -> Result<String> {
                 "lbd's open descriptors",
                 std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()) as i64,
             ),
+            (
+                "nic_xdp_tx_errors",
+                "The edge NIC's own XDP transmit error counters, summed (ethtool -S; -1: it has none)",
+                core.nic_xdp_tx_errors.map_or(-1, |n| n as i64),
+            ),
         ] {
             let gauge = Gauge::<i64>::default();
             gauge.set(value);

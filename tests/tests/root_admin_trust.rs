@@ -405,3 +405,46 @@ fn root_trust_l7_only_host_runs_without_dataplane() -> Result<()> {
     assert!(!pins, "an L7-only lbd pinned something");
     Ok(())
 }
+
+#[test]
+fn root_trust_dropped_native_xdp_tx_is_reported() -> Result<()> {
+    // Native XDP on a veth whose peer (the router's r1) has no XDP program: every frame the
+    // balancer sends back out is dropped by the driver. lbd must say so, not stay silent.
+    let topology = Topology::new(1)?;
+    let dir = TempDir::new("trust-xdp-tx")?;
+    let config = config(&topology, &dir.0)?;
+    std::fs::write(&config, std::fs::read_to_string(&config)?.replace("\"generic\"", "\"native\""))?;
+    let log = dir.0.join("lbd.log");
+    let lbd = Lbd::start_logging(&topology.lb, &config, Some(&log))?;
+    let counters = topology.lb.within(|| Ok(lb_userspace::nic::xdp_tx_errors("eth0")))?;
+    let (_, names) = counters.context("veth shows no XDP transmit error counters")?;
+    assert!(names.iter().any(|n| n.contains("xdp_tx_errors")), "{names:?}");
+    for port in 0..20 {
+        let _ = topology.client.run(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "0.3",
+                "--local-port",
+                &(40_000 + port).to_string(),
+                &format!("http://{VIP}/"),
+            ],
+        );
+    }
+    sluice_tests::servers::wait_for(
+        "lbd to report the dropped XDP_TX frames",
+        Duration::from_secs(12),
+        || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("XDP transmit errors")),
+    )?;
+    let scrape = topology.lb.run("curl", &["-sS", "http://127.0.0.1:9100/metrics"])?;
+    let scrape = String::from_utf8_lossy(&scrape.stdout);
+    let errors: i64 = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_nic_xdp_tx_errors "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no sluice_nic_xdp_tx_errors in the metrics")?;
+    assert!(errors > 0, "{errors}");
+    drop(lbd);
+    Ok(())
+}

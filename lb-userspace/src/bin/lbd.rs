@@ -15,7 +15,7 @@ use lb_userspace::{
     dataplane::{self, Role},
     health, proxy,
 };
-use log::{error, info};
+use log::{error, info, warn};
 use sd_notify::NotifyState;
 
 // The proxy allocates per request; mimalloc spends a third of glibc's time on it.
@@ -202,7 +202,7 @@ fn run(path: &Path) -> Result<()> {
             info!("metrics on http://{address}/metrics");
         }
         if dataplane_on {
-            tokio::spawn(watch_link(pin_dir.join("link")));
+            tokio::spawn(watch_dataplane(core.clone(), pin_dir.join("link"), interface.clone()));
         }
         let mut checked = HashSet::new();
         health::spawn_missing(&core, &mut checked);
@@ -282,10 +282,13 @@ fn run(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Says so when the pinned XDP link disappears while lbd runs (someone ran `bpftool` or
-/// removed the pins): the fast path is then detached and the maps lbd writes unused.
-async fn watch_link(link: PathBuf) {
+/// Watches what can silently stop the fast path, every 5 s: the pinned XDP link disappearing
+/// (someone ran `bpftool` or removed the pins), and the NIC's own XDP transmit error counters
+/// growing (native XDP_TX frames the driver drops; on veth, a peer without an XDP program).
+async fn watch_dataplane(core: Shared, link: PathBuf, interface: String) {
     let mut present = true;
+    let mut errors = lb_userspace::nic::xdp_tx_errors(&interface).map(|(n, _)| n);
+    lock(&core).nic_xdp_tx_errors = errors;
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
         let now = link.exists();
@@ -298,6 +301,23 @@ async fn watch_link(link: PathBuf) {
             info!("the XDP link pin {} is back", link.display());
         }
         present = now;
+        let iface = interface.clone();
+        let read = tokio::task::spawn_blocking(move || lb_userspace::nic::xdp_tx_errors(&iface))
+            .await
+            .ok()
+            .flatten();
+        if let (Some((total, names)), Some(before)) = (&read, errors)
+            && *total > before
+        {
+            warn!(
+                "{interface}: {} XDP transmit errors in the last 5 s ({}): the driver drops frames the \
+                 balancer sends back out; on veth, the peer needs an XDP program (`lbd pass --iface PEER`)",
+                total - before,
+                names.join(", ")
+            );
+        }
+        errors = read.map(|(n, _)| n);
+        lock(&core).nic_xdp_tx_errors = errors;
     }
 }
 
