@@ -70,26 +70,32 @@ fn pool_view(core: &crate::daemon::Core, name: &str) -> Option<Value> {
     }))
 }
 
-fn stats_view(pin_dir: &Path) -> Result<Value> {
-    let verdicts: Vec<Value> = stats::verdicts(pin_dir)?
+fn stats_view(pin_dir: &Path) -> Result<views::Stats> {
+    let counters = stats::verdicts(pin_dir)?
         .into_iter()
-        .map(|(s, c)| json!({ "name": s.name(), "packets": c.packets, "bytes": c.bytes }))
+        .map(|(s, c)| views::Counter { name: s.name().to_owned(), packets: c.packets, bytes: c.bytes })
         .collect();
-    let traffic = |c: lb_common::stats::TrafficCounter| {
-        json!({ "packets": c.packets, "bytes": c.bytes, "new_flows": c.new_flows,
-                "lru_hits": c.lru_hits, "lru_misses": c.lru_misses })
+    let traffic = |c: lb_common::stats::TrafficCounter| views::Traffic {
+        packets: c.packets,
+        bytes: c.bytes,
+        new_flows: c.new_flows,
+        lru_hits: c.lru_hits,
+        lru_misses: c.lru_misses,
     };
-    let vips: Vec<Value> = stats::vips(pin_dir)?
+    let vips = stats::vips(pin_dir)?
         .into_iter()
-        .map(|(k, c)| {
-            json!({ "address": ip_of(&k.addr), "port": u16::from_be(k.port), "protocol": stats::protocol_name(k.proto), "traffic": traffic(c) })
+        .map(|(k, c)| views::VipTraffic {
+            address: ip_of(&k.addr),
+            port: u16::from_be(k.port),
+            protocol: stats::protocol_name(k.proto),
+            traffic: traffic(c),
         })
         .collect();
-    let backends: Vec<Value> = stats::backends(pin_dir)?
+    let backends = stats::backends(pin_dir)?
         .into_iter()
-        .map(|(a, c)| json!({ "address": a, "traffic": traffic(c) }))
+        .map(|(address, c)| views::BackendTraffic { address, traffic: traffic(c) })
         .collect();
-    Ok(json!({ "counters": verdicts, "vips": vips, "backends": backends }))
+    Ok(views::Stats { counters, vips, backends })
 }
 
 async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -162,10 +168,10 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
             };
             let view = match dataplane {
                 true => stats_view(&pin_dir),
-                false => Ok(json!({ "counters": [], "vips": [], "backends": [] })),
+                false => Ok(views::Stats::default()),
             };
             match view {
-                Ok(view) => reply(StatusCode::OK, view),
+                Ok(view) => reply(StatusCode::OK, json!(view)),
                 Err(err) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": format!("{err:#}") })),
             }
         }

@@ -66,6 +66,46 @@ pub struct Backend {
     pub effective_weight: u32,
 }
 
+/// `GET /stats`: the fast path's counters, summed over CPUs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// Per verdict and reason (`pass`, `tx`, `drop_…`).
+    pub counters: Vec<Counter>,
+    pub vips: Vec<VipTraffic>,
+    pub backends: Vec<BackendTraffic>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Counter {
+    pub name: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// What passed one VIP (address, port, protocol).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VipTraffic {
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: String,
+    pub traffic: Traffic,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendTraffic {
+    pub address: IpAddr,
+    pub traffic: Traffic,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub lru_hits: u64,
+    pub lru_misses: u64,
+}
+
 /// The answer to `POST /commands` and `POST /reload`: one line per change.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Changes {

@@ -281,42 +281,30 @@ fn print_pool(pool: &views::Pool) {
     }
 }
 
-fn traffic_row(name: &str, t: &Value, rate: Option<(&Value, f64)>) {
-    let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
+fn traffic_row(name: &str, t: &views::Traffic, rate: Option<(&views::Traffic, f64)>) {
     match rate {
         None => println!(
             "{name:<30} {:>12} {:>14} {:>10} {:>10} {:>10}",
-            n(t, "packets"),
-            n(t, "bytes"),
-            n(t, "new_flows"),
-            n(t, "lru_hits"),
-            n(t, "lru_misses")
+            t.packets, t.bytes, t.new_flows, t.lru_hits, t.lru_misses
         ),
         Some((before, secs)) => {
-            let pps = (n(t, "packets") - n(before, "packets")) as f64 / secs;
-            let bps = 8.0 * (n(t, "bytes") - n(before, "bytes")) as f64 / secs;
-            let cps = (n(t, "new_flows") - n(before, "new_flows")) as f64 / secs;
-            println!(
-                "{name:<30} {:>12} {:>14} {pps:>10.0} {bps:>12.0} {cps:>8.0}",
-                n(t, "packets"),
-                n(t, "bytes")
-            );
+            // Counters restart with the maps: a smaller value is a new start, not a negative rate.
+            let per_second = |now: u64, then: u64| now.saturating_sub(then) as f64 / secs;
+            let pps = per_second(t.packets, before.packets);
+            let bps = 8.0 * per_second(t.bytes, before.bytes);
+            let cps = per_second(t.new_flows, before.new_flows);
+            println!("{name:<30} {:>12} {:>14} {pps:>10.0} {bps:>12.0} {cps:>8.0}", t.packets, t.bytes);
         }
     }
 }
 
-fn print_stats(stats: &Value, previous: Option<(&Value, f64)>, vip: bool, backend: bool) {
+fn print_stats(stats: &views::Stats, previous: Option<(&views::Stats, f64)>, vip: bool, backend: bool) {
     let all = !vip && !backend;
     if all {
         println!("{:<30} {:>12} {:>14}", "counter", "packets", "bytes");
-        for (i, c) in stats["counters"].as_array().into_iter().flatten().enumerate() {
-            if i < 4 || c["packets"].as_u64() != Some(0) {
-                println!(
-                    "{:<30} {:>12} {:>14}",
-                    c["name"].as_str().unwrap_or_default(),
-                    c["packets"].as_u64().unwrap_or(0),
-                    c["bytes"].as_u64().unwrap_or(0)
-                );
+        for (i, c) in stats.counters.iter().enumerate() {
+            if i < 4 || c.packets != 0 {
+                println!("{:<30} {:>12} {:>14}", c.name, c.packets, c.bytes);
             }
         }
         println!();
@@ -330,40 +318,33 @@ fn print_stats(stats: &Value, previous: Option<(&Value, f64)>, vip: bool, backen
             println!("{what:<30} {:>12} {:>14} {:>10} {:>12} {:>8}", "packets", "bytes", "pps", "bps", "cps")
         }
     };
-    let find = |list: &str, key: &str, id: &Value| -> Option<Value> {
-        previous.and_then(|(p, _)| {
-            p[list].as_array()?.iter().find(|x| x[key] == *id).map(|x| x["traffic"].clone())
-        })
-    };
     if all || vip {
         header("vip");
-        for v in stats["vips"].as_array().into_iter().flatten() {
-            let port = v["port"].as_u64().unwrap_or(0);
-            let proto = v["protocol"].as_str().unwrap_or("?");
-            let name = format!(
-                "{}:{}/{proto}",
-                v["address"].as_str().unwrap_or_default(),
-                if port == 0 { "*".into() } else { port.to_string() }
-            );
-            let before = find("vips", "address", &v["address"]);
-            traffic_row(
-                &name,
-                &v["traffic"],
-                previous.map(|(_, s)| (before.as_ref().unwrap_or(&v["traffic"]), s)),
-            );
+        for v in &stats.vips {
+            let port = if v.port == 0 { "*".to_owned() } else { v.port.to_string() };
+            let name = format!("{}:{port}/{}", v.address, v.protocol);
+            // The same VIP in the previous reading: address, port and protocol.
+            let rate = previous.map(|(p, secs)| {
+                let before = p
+                    .vips
+                    .iter()
+                    .find(|x| x.address == v.address && x.port == v.port && x.protocol == v.protocol)
+                    .map_or(&v.traffic, |x| &x.traffic);
+                (before, secs)
+            });
+            traffic_row(&name, &v.traffic, rate);
         }
         println!();
     }
     if all || backend {
         header("backend");
-        for b in stats["backends"].as_array().into_iter().flatten() {
-            let before = find("backends", "address", &b["address"]);
-            let name = b["address"].as_str().unwrap_or_default();
-            traffic_row(
-                name,
-                &b["traffic"],
-                previous.map(|(_, s)| (before.as_ref().unwrap_or(&b["traffic"]), s)),
-            );
+        for b in &stats.backends {
+            let rate = previous.map(|(p, secs)| {
+                let before =
+                    p.backends.iter().find(|x| x.address == b.address).map_or(&b.traffic, |x| &x.traffic);
+                (before, secs)
+            });
+            traffic_row(&b.address.to_string(), &b.traffic, rate);
         }
     }
 }
@@ -472,17 +453,18 @@ async fn run(cli: Cli) -> Result<()> {
             }
         },
         Noun::Stats { vip, backend, watch } => {
-            let mut previous: Option<(Value, std::time::Instant)> = None;
+            let mut previous: Option<(views::Stats, std::time::Instant)> = None;
             loop {
                 let v = call(&cli.socket, Method::GET, "/stats", None).await?;
+                let stats: views::Stats = serde_json::from_value(v.clone()).context("lbd's /stats answer")?;
                 if json_out {
                     show(&v);
                 } else {
                     let rate = previous.as_ref().map(|(p, at)| (p, at.elapsed().as_secs_f64()));
-                    print_stats(&v, rate, *vip, *backend);
+                    print_stats(&stats, rate, *vip, *backend);
                 }
                 let Some(seconds) = watch else { break };
-                previous = Some((v, std::time::Instant::now()));
+                previous = Some((stats, std::time::Instant::now()));
                 tokio::time::sleep(Duration::from_secs(*seconds)).await;
                 println!();
             }
