@@ -1,0 +1,250 @@
+//! The config file as serde reads it: raw structs (`deny_unknown_fields`, spans kept for
+//! file:line messages) and their defaults; `validate` turns them into the typed model.
+use super::*;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    /// None: an L7-only host (no XDP, no VIPs).
+    pub(super) dataplane: Option<RawDataplane>,
+    #[serde(default)]
+    pub(super) vip: Vec<RawVip>,
+    #[serde(default)]
+    pub(super) pool: Vec<RawPool>,
+    #[serde(default)]
+    pub(super) deny: RawDeny,
+    #[serde(default)]
+    pub(super) admin: RawAdmin,
+    #[serde(default)]
+    pub(super) listener: Vec<RawListener>,
+    #[serde(default)]
+    pub(super) route: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListener {
+    pub(super) name: Spanned<String>,
+    pub(super) address: Spanned<String>,
+    pub(super) tls: Option<RawTls>,
+    #[serde(default)]
+    pub(super) redirect_https: bool,
+    #[serde(default = "yes")]
+    pub(super) access_log: bool,
+    #[serde(default)]
+    pub(super) access_log_format: AccessLogFormat,
+    pub(super) max_connections: Option<usize>,
+    pub(super) header_read_timeout_ms: Option<u64>,
+    pub(super) handshake_timeout_ms: Option<u64>,
+    pub(super) first_byte_timeout_ms: Option<u64>,
+    pub(super) idle_timeout_ms: Option<u64>,
+    pub(super) max_body_bytes: Option<u64>,
+    pub(super) max_header_bytes: Option<usize>,
+    pub(super) drain_timeout_ms: Option<u64>,
+}
+
+pub(super) fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) certificates: Vec<RawCertificate>,
+    pub(super) client_ca: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCertificate {
+    pub(super) cert: Spanned<PathBuf>,
+    pub(super) key: Spanned<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub(super) name: Option<String>,
+    pub(super) listener: Spanned<String>,
+    pub(super) host: Option<String>,
+    pub(super) path: Option<String>,
+    pub(super) path_prefix: Option<String>,
+    pub(super) path_regex: Option<Spanned<String>>,
+    pub(super) method: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) cookies: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) sticky: bool,
+    pub(super) pool: Spanned<String>,
+    pub(super) timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub(super) split: Vec<RawSplit>,
+    #[serde(default)]
+    pub(super) allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) deny: Vec<Spanned<String>>,
+    pub(super) rate_limit: Option<RawRateLimit>,
+    #[serde(default)]
+    pub(super) retries: u32,
+    pub(super) retry_budget_percent: Option<f64>,
+    pub(super) fallback: Option<Fallback>,
+    pub(super) api_key: Option<RawApiKey>,
+    pub(super) jwt: Option<JwtConfig>,
+    pub(super) shadow: Option<RawShadow>,
+    pub(super) cache: Option<CacheConfig>,
+}
+
+pub(super) fn default_cache_entries() -> usize {
+    10_000
+}
+
+pub(super) fn default_cache_bytes() -> usize {
+    64 << 20
+}
+
+pub(super) fn default_cache_object() -> usize {
+    1 << 20
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShadow {
+    pub(super) pool: Spanned<String>,
+    pub(super) percent: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApiKey {
+    pub(super) header: Option<String>,
+    pub(super) query: Option<String>,
+    pub(super) file: Spanned<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSplit {
+    pub(super) pool: Spanned<String>,
+    pub(super) percent: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRateLimit {
+    pub(super) requests_per_second: f64,
+    pub(super) burst: Option<f64>,
+    #[serde(default)]
+    pub(super) key: RateKey,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub(super) socket: Option<PathBuf>,
+    pub(super) metrics: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDataplane {
+    pub(super) interface: Spanned<String>,
+    #[serde(default)]
+    pub(super) xdp_mode: XdpModeSetting,
+    pub(super) pin_dir: Option<Spanned<PathBuf>>,
+    pub(super) next_hop_mac: Option<Spanned<String>>,
+    pub(super) encap_source_v4: Option<Spanned<String>>,
+    pub(super) encap_source_v6: Option<Spanned<String>>,
+    pub(super) max_vips: Option<Spanned<u32>>,
+    pub(super) flow_grace_seconds: Option<u64>,
+    pub(super) redirect_interface: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVip {
+    pub(super) name: Spanned<String>,
+    pub(super) address: Spanned<String>,
+    pub(super) port: Option<u16>,
+    pub(super) protocol: Protocol,
+    pub(super) pool: Spanned<String>,
+    #[serde(default)]
+    pub(super) mode: VipMode,
+    #[serde(default)]
+    pub(super) drop_fragments: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPool {
+    pub(super) name: Spanned<String>,
+    #[serde(default)]
+    pub(super) backends: Vec<RawBackend>,
+    pub(super) health: Option<Spanned<RawHealth>>,
+    pub(super) port: Option<u16>,
+    #[serde(default)]
+    pub(super) balance: Balance,
+    pub(super) hash_key: Option<String>,
+    #[serde(default)]
+    pub(super) protocol: UpstreamProtocol,
+    pub(super) max_requests_per_backend: Option<usize>,
+    #[serde(default)]
+    pub(super) max_pending_requests: usize,
+    pub(super) outlier: Option<Outlier>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackend {
+    pub(super) address: Spanned<String>,
+    pub(super) weight: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub(super) drain: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealth {
+    pub(super) kind: HealthKind,
+    pub(super) port: u16,
+    #[serde(default = "default_path")]
+    pub(super) path: String,
+    #[serde(default = "default_status")]
+    pub(super) expect_status: u16,
+    #[serde(default = "default_interval")]
+    pub(super) interval_ms: u64,
+    #[serde(default = "default_timeout")]
+    pub(super) timeout_ms: u64,
+    #[serde(default = "default_rise_fall")]
+    pub(super) rise: u32,
+    #[serde(default = "default_rise_fall")]
+    pub(super) fall: u32,
+}
+
+pub(super) fn default_path() -> String {
+    "/".into()
+}
+
+pub(super) fn default_status() -> u16 {
+    200
+}
+
+pub(super) fn default_interval() -> u64 {
+    2000
+}
+
+pub(super) fn default_timeout() -> u64 {
+    1000
+}
+
+pub(super) fn default_rise_fall() -> u32 {
+    2
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDeny {
+    #[serde(default)]
+    pub(super) prefixes: Vec<Spanned<String>>,
+}
