@@ -85,21 +85,11 @@ fn wait_port(port: u16) -> Result<()> {
     bail!("nothing listens on {port}")
 }
 
-/// Resident memory of `pid`, in bytes.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
-}
-
 /// Opens `n` connections to the proxy's plain HTTP port, makes one request on each and leaves
 /// them open and idle; returns the growth of the proxy's resident memory per connection.
 fn idle_memory_per_connection(pid: u32, port: u16, n: usize) -> Result<f64> {
     use std::io::{Read as _, Write as _};
-    let before = rss_bytes(pid);
+    let before = crate::rss_bytes(pid);
     let path = format!("/run/netns/{NS}");
     let held = std::thread::scope(|scope| {
         scope
@@ -129,7 +119,7 @@ fn idle_memory_per_connection(pid: u32, port: u16, n: usize) -> Result<f64> {
             .map_err(|_| anyhow::anyhow!("idle-connection thread panicked"))?
     })?;
     std::thread::sleep(Duration::from_secs(1));
-    let after = rss_bytes(pid);
+    let after = crate::rss_bytes(pid);
     drop(held);
     Ok(after.saturating_sub(before) as f64 / n as f64)
 }

@@ -44,16 +44,6 @@ fn lbctl_bin() -> String {
     sluice_tests::bin_dir().join("lbctl").display().to_string()
 }
 
-/// Resident memory of a process, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
-}
-
 /// One raw HTTP exchange on the admin socket; returns the status line.
 fn admin_raw(socket: &Path, request: &[u8]) -> Result<String> {
     let mut stream = UnixStream::connect(socket)?;
@@ -139,7 +129,7 @@ fn root_trust_admin_input_is_bounded() -> Result<()> {
     let socket = lbd.socket.clone();
 
     // A 300 MB body is refused after 1 MiB, and lbd's memory does not grow with it.
-    let before = rss(lbd.pid());
+    let before = sluice_tests::rss_bytes(lbd.pid());
     let status = std::thread::scope(|scope| {
         scope
             .spawn(|| -> Result<String> {
@@ -162,7 +152,7 @@ fn root_trust_admin_input_is_bounded() -> Result<()> {
             .map_err(|_| anyhow::anyhow!("writer panicked"))?
     })?;
     assert!(status.is_empty() || status.contains("413"), "{status}");
-    let grown = rss(lbd.pid()).saturating_sub(before);
+    let grown = sluice_tests::rss_bytes(lbd.pid()).saturating_sub(before);
     assert!(grown < 64 << 20, "lbd grew by {grown} bytes on a refused body");
 
     // Commands that are the State's own (probe results, pools, VIPs) are not on the API.

@@ -39,14 +39,10 @@ fn fields(out: &mut Vec<u8>, headers: &HeaderMap) {
 
 fn framing(out: &mut Vec<u8>, body: Out) {
     match body {
-        Out::Length(n) => field(out, b"content-length", itoa(n).as_bytes()),
+        Out::Length(n) => field(out, b"content-length", n.to_string().as_bytes()),
         Out::Chunked => field(out, b"transfer-encoding", b"chunked"),
         Out::None | Out::Close => {}
     }
-}
-
-fn itoa(n: u64) -> String {
-    n.to_string()
 }
 
 /// The `Date` value, formatted once a second at most.
