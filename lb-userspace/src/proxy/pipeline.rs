@@ -61,21 +61,15 @@ pub struct Forwarder {
 /// The request's host: the URI's (HTTP/2, absolute form), else the Host header's, without the
 /// port, lowercase.
 fn host_of<B>(request: &Request<B>) -> String {
-    request
-        .uri()
-        .host()
-        .map(str::to_owned)
-        .or_else(|| {
-            let host = request.headers().get(header::HOST)?.to_str().ok()?;
-            Some(
-                host.rsplit_once(':')
-                    .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-                    .map_or(host, |(h, _)| h)
-                    .to_owned(),
-            )
-        })
-        .unwrap_or_default()
-        .to_ascii_lowercase()
+    let host = request.uri().host().or_else(|| {
+        let host = request.headers().get(header::HOST)?.to_str().ok()?;
+        Some(
+            host.rsplit_once(':')
+                .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+                .map_or(host, |(h, _)| h),
+        )
+    });
+    host.unwrap_or_default().to_ascii_lowercase()
 }
 
 impl Forwarder {
@@ -106,13 +100,16 @@ impl Forwarder {
         lb_common::hash::murmur3_32(&n.to_le_bytes(), 0x5eed) as f64 / (u32::MAX as f64 + 1.0) * 100.0
     }
 
-    fn request_id(&self) -> String {
+    /// A new request ID: the lbd's seed and a hash of a counter, 24 hex digits.
+    fn request_id(&self) -> HeaderValue {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        format!(
-            "{:016x}{:08x}",
-            self.id_seed,
-            lb_common::hash::murmur3_32(&n.to_le_bytes(), self.id_seed as u32) ^ n as u32
-        )
+        let low = lb_common::hash::murmur3_32(&n.to_le_bytes(), self.id_seed as u32) ^ n as u32;
+        let mut id = [0u8; 24];
+        let digits = (u128::from(self.id_seed) << 32) | u128::from(low);
+        for (i, digit) in id.iter_mut().enumerate() {
+            *digit = b"0123456789abcdef"[(digits >> (4 * (23 - i)) & 0xf) as usize];
+        }
+        HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
     }
 
     /// Answers one request; returns the response and its access-log entry (written when the
@@ -126,12 +123,16 @@ impl Forwarder {
     ) -> (Response<Body>, Option<Entry>) {
         let started = Instant::now();
         let host = host_of(&request);
-        let request_id = match request.headers().get(headers::X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-            Some(id) if !id.is_empty() && id.len() <= 200 => id.to_owned(),
+        // The client's ID when it is printable and short, else a new one.
+        let request_id = match request.headers().get(headers::X_REQUEST_ID) {
+            Some(id) if !id.is_empty() && id.len() <= 200 && id.to_str().is_ok() => id.clone(),
             _ => self.request_id(),
         };
-        let target = request.uri().path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
-        let method = request.method().clone();
+        // What the log line needs of the request, taken before the request moves on.
+        let logged = listener.access_log.then(|| {
+            let target = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+            (request.method().to_string(), target)
+        });
         let mut labels = Labels {
             route: self.none.clone(),
             pool: self.none.clone(),
@@ -146,12 +147,9 @@ impl Forwarder {
             };
         let status = response.status().as_u16();
         self.metrics.request(&labels.route, &labels.pool, &labels.backend, status, labels.upstream_seconds);
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert(headers::X_REQUEST_ID, v);
-        }
-        let entry = listener.access_log.then(|| Entry {
+        let entry = logged.map(|(method, target)| Entry {
             started,
-            method: method.to_string(),
+            method,
             // A key presented in the query stays out of the log.
             target: match &labels.api_key_query {
                 Some(param) => access_log::redact_query(&target, param),
@@ -160,10 +158,11 @@ impl Forwarder {
             host,
             status,
             upstream: labels.backend,
-            request_id,
+            request_id: request_id.to_str().unwrap_or_default().to_owned(),
             reason,
             format: listener.access_log_format,
         });
+        response.headers_mut().insert(headers::X_REQUEST_ID, request_id);
         (response, entry)
     }
 
@@ -176,7 +175,7 @@ impl Forwarder {
         listener: &Listener,
         conn: &ClientConn,
         host: &str,
-        request_id: &str,
+        request_id: &HeaderValue,
         labels: &mut Labels,
     ) -> Result<Response<Body>, Refusal> {
         let target = request.uri().path_and_query().map_or("/", |p| p.as_str());

@@ -8,7 +8,7 @@ use std::{
     io,
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
 };
 
 use arc_swap::ArcSwap;
@@ -21,7 +21,7 @@ use hyper::{
     header,
 };
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::TcpStream,
     sync::mpsc,
 };
@@ -67,25 +67,18 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
 
 impl ClientIo for Watched<TcpStream> {
     async fn read_when_ready(&mut self, buf: &mut BytesMut) -> Option<io::Result<usize>> {
-        loop {
-            // A read now, into a stack buffer that is not held across the wait; only bytes that
-            // came get a heap buffer. A WouldBlock clears tokio's readiness (which can be a false
-            // positive), so the wait below is a real one.
-            {
-                let mut chunk = [0u8; FIRST_READ];
-                match self.try_read(&mut chunk) {
-                    Ok(n) => {
-                        buf.extend_from_slice(&chunk[..n]);
-                        return Some(Ok(n));
-                    }
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(err) => return Some(Err(err)),
-                }
-            }
-            if let Err(err) = self.get_ref().readable().await {
-                return Some(Err(err));
-            }
-        }
+        // Each poll reads into a stack buffer that is not held across the wait; only bytes
+        // that came get a heap buffer. Through AsyncRead, a short read tells tokio the socket
+        // is drained, and an EAGAIN (tokio's first readiness on a fresh socket can be a false
+        // positive) clears readiness: either way the next wait is a real one, with no syscall.
+        let read = std::future::poll_fn(|cx| {
+            let mut chunk = [0u8; FIRST_READ];
+            let mut chunk = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut *self).poll_read(cx, &mut chunk))?;
+            buf.extend_from_slice(chunk.filled());
+            Poll::Ready(Ok(chunk.filled().len()))
+        });
+        Some(read.await)
     }
 }
 

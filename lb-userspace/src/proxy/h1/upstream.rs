@@ -58,13 +58,9 @@ impl Conn {
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(if self.buf.capacity() == 0 { FIRST_READ } else { READ_SIZE });
         }
-        loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            match self.stream.try_read_buf(&mut self.buf) {
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
-            }
-        }
+        // Through AsyncRead: a short read tells tokio the socket is drained, so the next read
+        // waits for epoll instead of costing an EAGAIN (try_read clears only on EAGAIN).
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
     }
 
     async fn read_more(&mut self) -> io::Result<usize> {
@@ -168,6 +164,11 @@ impl Pool {
         };
         let mut head = Vec::with_capacity(512);
         encode::request_head(&mut head, method, target, headers, out);
+        // Let the worker's other ready connections reach this point first: their requests then
+        // go out back to back, and a backend woken once finds several waiting (HAProxy's loop
+        // does the same). Measured: backend context switches per request 0.18 -> 0.06,
+        // +9% requests/s at 64 connections (docs/performance.md).
+        tokio::task::yield_now().await;
         let reused = self.checkout(address, !bodiless);
         if bodiless {
             if let Some(mut conn) = reused

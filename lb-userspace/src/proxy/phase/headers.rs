@@ -1,16 +1,17 @@
 //! Headers: the upstream request's head and the client's response head. Hop-by-hop fields
 //! (RFC 9110 §7.6.1) and the ones Connection names are dropped, but never Host; forwarding
 //! fields are added (X-Forwarded-For/-Proto, Forwarded, Via, X-Request-Id).
+use std::{io::Write as _, net::IpAddr};
+
+use bytes::Bytes;
 use hyper::{
     HeaderMap, Version,
     header::{self, HeaderName, HeaderValue},
     http::request::Parts,
 };
 
-use crate::proxy::{access_log::ClientConn, header_tokens};
+use crate::proxy::access_log::ClientConn;
 
-/// Fields a Connection header may not remove: the request would lose its meaning.
-const END_TO_END: [&str; 1] = ["host"];
 /// Hop-by-hop fields besides Connection and Upgrade (names made once, not per request).
 const HOP_BY_HOP: [HeaderName; 5] = [
     HeaderName::from_static("keep-alive"),
@@ -26,14 +27,36 @@ const VIA: HeaderName = HeaderName::from_static("via");
 
 /// Drops hop-by-hop fields (keeping Upgrade and Connection for a protocol switch).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most heads carry few of these: one pass over the names finds them, where a removal per
+    // name would hash each (measured: ~2% of a proxied request).
+    let hop_by_hop = |name: &HeaderName| {
+        name == header::CONNECTION || name == header::UPGRADE || HOP_BY_HOP.contains(name)
+    };
+    if !headers.keys().any(hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
-        for name in header_tokens(headers, header::CONNECTION) {
-            if !(keep_upgrade && name == "upgrade") && !END_TO_END.contains(&name.as_str()) {
-                headers.remove(name.as_str());
-            }
+        // Options that are not fields, or fields removed below anyway, are skipped; Host is
+        // never removed (the request would lose its meaning).
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| {
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case("keep-alive")
+                    && !t.eq_ignore_ascii_case("host")
+                    && !t.eq_ignore_ascii_case("upgrade")
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if !keep_upgrade {
@@ -42,12 +65,40 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Appends an address's text (a fast path for IPv4, which `Display` pads through `fmt`).
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// A header value from bytes made for it (no copy); None if they are not a valid value.
+fn value(bytes: Vec<u8>) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from(bytes)).ok()
+}
+
 /// Rewrites the client's request head for the backend.
 pub fn upstream_request(
     parts: &mut Parts,
     host: &str,
     conn: &ClientConn,
-    request_id: &str,
+    request_id: &HeaderValue,
     h2_upstream: bool,
     upgrade: bool,
 ) {
@@ -58,28 +109,37 @@ pub fn upstream_request(
         parts.headers.insert(header::HOST, value);
     }
     // gRPC needs `te: trailers` end to end; every other hop-by-hop header stops here.
-    let te_trailers =
-        parts.headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let te_trailers = h2_upstream
+        && parts.headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    if h2_upstream && te_trailers {
+    if te_trailers {
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     let client = conn.address.ip();
-    let forwarded_for = match parts.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {client}"),
-        None => client.to_string(),
-    };
-    let proto = if conn.tls() { "https" } else { "http" };
-    let for_node = if client.is_ipv6() { format!("\"[{client}]\"") } else { client.to_string() };
-    for (name, value) in [
-        (X_FORWARDED_FOR, forwarded_for),
-        (header::FORWARDED, format!("for={for_node};proto={proto};host={host}")),
-        (X_REQUEST_ID, request_id.to_owned()),
-    ] {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            parts.headers.insert(name, v);
-        }
+    let mut forwarded_for = Vec::with_capacity(48);
+    if let Some(previous) = parts.headers.get(X_FORWARDED_FOR) {
+        forwarded_for.extend_from_slice(previous.as_bytes());
+        forwarded_for.extend_from_slice(b", ");
     }
+    push_ip(&mut forwarded_for, client);
+    let proto = if conn.tls() { "https" } else { "http" };
+    let mut forwarded = Vec::with_capacity(48 + host.len());
+    forwarded.extend_from_slice(if client.is_ipv6() { b"for=\"[" } else { b"for=" });
+    push_ip(&mut forwarded, client);
+    if client.is_ipv6() {
+        forwarded.extend_from_slice(b"]\"");
+    }
+    forwarded.extend_from_slice(b";proto=");
+    forwarded.extend_from_slice(proto.as_bytes());
+    forwarded.extend_from_slice(b";host=");
+    forwarded.extend_from_slice(host.as_bytes());
+    if let Some(v) = value(forwarded_for) {
+        parts.headers.insert(X_FORWARDED_FOR, v);
+    }
+    if let Some(v) = value(forwarded) {
+        parts.headers.insert(header::FORWARDED, v);
+    }
+    parts.headers.insert(X_REQUEST_ID, request_id.clone());
     parts.headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     parts.headers.insert(VIA, HeaderValue::from_static("1.1 sluice"));
 }
@@ -103,6 +163,33 @@ mod tests {
         strip_hop_by_hop(&mut headers, false);
         assert_eq!(headers.get(header::HOST).unwrap(), "example.test");
         assert!(!headers.contains_key("x-secret") && !headers.contains_key(header::CONNECTION));
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for text in ["0.0.0.0", "9.10.99.100", "255.254.1.20", "192.0.2.1", "::1", "2001:db8::5"] {
+            let ip: IpAddr = text.parse().unwrap();
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn forwarding_fields_name_the_client() {
+        let (mut parts, ()) = hyper::Request::new(()).into_parts();
+        parts.headers.insert(X_FORWARDED_FOR, "203.0.113.7".parse().unwrap());
+        parts.headers.insert(header::CONNECTION, "keep-alive, x-hop".parse().unwrap());
+        parts.headers.insert("x-hop", "1".parse().unwrap());
+        let conn =
+            ClientConn { address: "[2001:db8::5]:4000".parse().unwrap(), tls_version: None, sni: None };
+        let id = HeaderValue::from_static("abc");
+        upstream_request(&mut parts, "example.test", &conn, &id, false, false);
+        let h = &parts.headers;
+        assert_eq!(h[X_FORWARDED_FOR], "203.0.113.7, 2001:db8::5");
+        assert_eq!(h[header::FORWARDED], "for=\"[2001:db8::5]\";proto=http;host=example.test");
+        assert_eq!(h[X_REQUEST_ID], "abc");
+        assert!(!h.contains_key("x-hop") && !h.contains_key(header::CONNECTION));
     }
 
     #[test]
