@@ -166,25 +166,60 @@ pub fn render(core: &Shared) -> Result<String> {
     Ok(out)
 }
 
+/// The text format of Prometheus 0.0.4 from OpenMetrics text: a counter's HELP and TYPE name
+/// its `_total` samples, and the `# EOF` and `# UNIT` lines go. Served to scrapers that do
+/// not ask for OpenMetrics (and read by `promtool check metrics`).
+pub fn text_format(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> =
+        openmetrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "].into_iter().find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 async fn handle(
     core: Shared,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let (status, body) = match request.uri().path() {
+    // Prometheus asks for OpenMetrics in Accept; anything else gets the 0.0.4 text format.
+    let openmetrics = request
+        .headers()
+        .get_all(hyper::header::ACCEPT)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.contains("application/openmetrics-text")));
+    let (status, body, content_type) = match request.uri().path() {
         "/metrics" => match render(&core) {
-            Ok(text) => (StatusCode::OK, text),
-            Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}\n")),
+            Ok(text) if openmetrics => {
+                (StatusCode::OK, text, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            }
+            Ok(text) => (StatusCode::OK, text_format(&text), "text/plain; version=0.0.4; charset=utf-8"),
+            Err(err) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}\n"), "text/plain; charset=utf-8")
+            }
         },
-        _ => (StatusCode::NOT_FOUND, "try /metrics\n".to_owned()),
+        _ => (StatusCode::NOT_FOUND, "try /metrics\n".to_owned(), "text/plain; charset=utf-8"),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    // prometheus-client writes OpenMetrics text; Prometheus 3 refuses a scrape without a type.
-    let content_type = if status == StatusCode::OK {
-        "application/openmetrics-text; version=1.0.0; charset=utf-8"
-    } else {
-        "text/plain; charset=utf-8"
-    };
     response
         .headers_mut()
         .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
@@ -202,5 +237,21 @@ pub async fn serve(listener: TcpListener, core: Shared) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         crate::admin::spawn_connection(stream, "metrics", &slots, core.clone(), handle);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_named_by_their_samples_in_the_text_format() {
+        let openmetrics = "# HELP a_requests Requests.\n# TYPE a_requests counter\na_requests_total{x=\"1\"} 2\n\
+                           # HELP a_up Up.\n# TYPE a_up gauge\n# UNIT a_up seconds\na_up 1\n# EOF\n";
+        assert_eq!(
+            text_format(openmetrics),
+            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total{x=\"1\"} 2\n\
+             # HELP a_up Up.\n# TYPE a_up gauge\na_up 1\n"
+        );
     }
 }

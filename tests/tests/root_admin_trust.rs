@@ -239,11 +239,28 @@ fn root_trust_admin_input_is_bounded() -> Result<()> {
     let scrape = String::from_utf8_lossy(&scrape.stdout);
     assert!(scrape.contains("protocol=\"tcp\"") && !scrape.contains("protocol=\"6\""), "{scrape}");
 
-    // Metrics carry a content type Prometheus accepts.
+    // Metrics carry a content type Prometheus accepts: OpenMetrics when asked for (Prometheus's
+    // Accept header), else the 0.0.4 text format, which promtool checks.
+    let accept = "Accept: application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3";
+    let metrics = topology
+        .lb
+        .run("curl", &["-sS", "-H", accept, "-D", "-", "-o", "/dev/null", "http://127.0.0.1:9100/metrics"])?;
+    let head = String::from_utf8_lossy(&metrics.stdout).to_ascii_lowercase();
+    assert!(head.contains("content-type: application/openmetrics-text"), "{head}");
     let metrics =
         topology.lb.run("curl", &["-sS", "-D", "-", "-o", "/dev/null", "http://127.0.0.1:9100/metrics"])?;
     let head = String::from_utf8_lossy(&metrics.stdout).to_ascii_lowercase();
-    assert!(head.contains("content-type: application/openmetrics-text"), "{head}");
+    assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
+    let promtool = "/usr/local/lib/sluice/promtool";
+    anyhow::ensure!(Path::new(promtool).exists(), "{promtool} missing: run scripts/setup");
+    let checked = topology
+        .lb
+        .command("sh")
+        .args(["-c", &format!("curl -sS http://127.0.0.1:9100/metrics | {promtool} check metrics")])
+        .output()?;
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&checked.stdout), String::from_utf8_lossy(&checked.stderr));
+    assert!(checked.status.success() && said.trim().is_empty(), "promtool check metrics: {said}");
 
     // lbctl: `--watch 0` is refused, a closed pipe ends it quietly, a silent lbd times out.
     let watch0 = topology
