@@ -92,12 +92,19 @@ pub struct ApiKeyConfig {
     pub file: PathBuf,
 }
 
+/// A JWT signature algorithm (the names RFC 7518 gives them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+    ES256,
+}
+
 /// JWT bearer tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
-    /// HS256, RS256 or ES256.
-    pub algorithm: String,
+    pub algorithm: JwtAlgorithm,
     /// The HS256 secret.
     pub secret: Option<String>,
     /// The RS256/ES256 public key (PEM).
@@ -106,6 +113,36 @@ pub struct JwtConfig {
     pub audience: Option<String>,
     /// Pass the verified subject (`sub`) to the backend in this header.
     pub subject_header: Option<String>,
+}
+
+impl JwtConfig {
+    /// The key tokens are verified with: the HS256 secret, or the RS256/ES256 public key read
+    /// from its PEM file (config validation and the proxy both build it here).
+    pub fn decoding_key(&self) -> Result<(jsonwebtoken::Algorithm, jsonwebtoken::DecodingKey), String> {
+        use jsonwebtoken::{Algorithm, DecodingKey};
+        let pem = || -> Result<Vec<u8>, String> {
+            let file = self.key_file.as_ref().ok_or("key_file required")?;
+            files::read_file(file)
+                .map(String::into_bytes)
+                .map_err(|err| format!("cannot read {}: {err}", file.display()))
+        };
+        match self.algorithm {
+            JwtAlgorithm::HS256 => match self.secret.as_deref() {
+                Some(secret) if !secret.is_empty() => {
+                    Ok((Algorithm::HS256, DecodingKey::from_secret(secret.as_bytes())))
+                }
+                _ => Err("HS256 needs a secret".into()),
+            },
+            JwtAlgorithm::RS256 => Ok((
+                Algorithm::RS256,
+                DecodingKey::from_rsa_pem(&pem()?).map_err(|err| format!("key_file: {err}"))?,
+            )),
+            JwtAlgorithm::ES256 => Ok((
+                Algorithm::ES256,
+                DecodingKey::from_ec_pem(&pem()?).map_err(|err| format!("key_file: {err}"))?,
+            )),
+        }
+    }
 }
 
 /// What a rate limit counts per.
@@ -263,6 +300,32 @@ pub enum Balance {
     Hash,
 }
 
+/// What a consistent-hash pool hashes (`hash_key`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HashKey {
+    /// `client_ip`: the client's address.
+    #[default]
+    ClientIp,
+    /// `header:NAME`: a request header's value.
+    Header(hyper::header::HeaderName),
+    /// `cookie:NAME`: a cookie's value.
+    Cookie(String),
+}
+
+impl HashKey {
+    /// `client_ip`, `header:NAME` or `cookie:NAME`; None for anything else.
+    pub fn parse(text: &str) -> Option<HashKey> {
+        if text == "client_ip" {
+            return Some(HashKey::ClientIp);
+        }
+        if let Some(name) = text.strip_prefix("header:") {
+            return hyper::header::HeaderName::from_bytes(name.as_bytes()).ok().map(HashKey::Header);
+        }
+        let name = text.strip_prefix("cookie:").filter(|n| !n.is_empty() && !n.contains([';', '=', ' ']))?;
+        Some(HashKey::Cookie(name.to_owned()))
+    }
+}
+
 /// How a pool's backends are probed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -365,8 +428,8 @@ pub struct Pool {
     /// Upstream port for the L7 proxy (L4 forwarding keeps the client's port).
     pub port: u16,
     pub balance: Balance,
-    /// For `balance = "hash"`: `header:NAME`, `cookie:NAME` or `client_ip`.
-    pub hash_key: String,
+    /// For `balance = "hash"`: what is hashed.
+    pub hash_key: HashKey,
     pub protocol: UpstreamProtocol,
     /// Circuit breaking: requests in flight per backend at most; past it, another backend or 503.
     pub max_requests_per_backend: Option<usize>,
@@ -447,24 +510,6 @@ impl Config {
         };
         let config = validate(raw, &mut errors);
         if errors.found.is_empty() { Ok(config) } else { Err(ConfigErrors(errors.found)) }
-    }
-
-    /// What only the host can tell: the interfaces named exist in this network namespace.
-    pub fn check_host(&self, file: &Path) -> Result<(), ConfigErrors> {
-        if !self.dataplane {
-            return Ok(());
-        }
-        let mut found = Vec::new();
-        for name in std::iter::once(&self.interface).chain(&self.redirect_interface) {
-            if crate::host::ifindex(name).is_err() {
-                found.push(ConfigError {
-                    file: file.to_owned(),
-                    line: self.interface_line,
-                    message: format!("interface `{name}` does not exist in this network namespace"),
-                });
-            }
-        }
-        if found.is_empty() { Ok(()) } else { Err(ConfigErrors(found)) }
     }
 
     /// The pool a VIP sends to (validated to exist).

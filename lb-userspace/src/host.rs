@@ -1,11 +1,11 @@
 //! What the config needs from the host, in lbd's network namespace: interface MTU and index,
 //! for `next_hop_mac = "auto"` the IPv4 default gateway's MAC from the neighbour table, and
 //! whether the outer IPv4 sources share addresses with a subnet on the interface.
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::Ipv4Addr, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::config::{Config, NextHop};
+use crate::config::{Config, ConfigError, ConfigErrors, NextHop};
 
 /// Facts about the host that turn a config into map contents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +16,24 @@ pub struct HostFacts {
     pub next_hop_mac: Option<[u8; 6]>,
     /// ifindex of `redirect_interface`; 0: XDP_TX.
     pub redirect_ifindex: u32,
+}
+
+/// What only the host can tell `lbd check`: the interfaces `config` (read from `file`) names
+/// exist in this network namespace.
+pub fn check(config: &Config, file: &Path) -> Result<(), ConfigErrors> {
+    if !config.dataplane {
+        return Ok(());
+    }
+    let found: Vec<ConfigError> = std::iter::once(&config.interface)
+        .chain(&config.redirect_interface)
+        .filter(|name| ifindex(name).is_err())
+        .map(|name| ConfigError {
+            file: file.to_owned(),
+            line: config.interface_line,
+            message: format!("interface `{name}` does not exist in this network namespace"),
+        })
+        .collect();
+    if found.is_empty() { Ok(()) } else { Err(ConfigErrors(found)) }
 }
 
 /// Looks up what `config` refers to on this host.

@@ -131,7 +131,7 @@ fn load_config(path: &Path) -> Result<Config> {
 }
 
 fn check(path: &Path) -> ExitCode {
-    match Config::load(path).and_then(|config| config.check_host(path)) {
+    match Config::load(path).and_then(|config| lb_userspace::host::check(&config, path)) {
         Ok(_) => {
             println!("OK");
             ExitCode::SUCCESS

@@ -232,7 +232,7 @@ fn a_host_without_dataplane_is_l7_only() {
               [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n[[route]]\nlistener = \"l\"\npool = \"web\"\n";
     let config = Config::parse(Path::new("t.toml"), l7).unwrap();
     assert!(!config.dataplane && config.interface.is_empty());
-    assert!(config.check_host(Path::new("t.toml")).is_ok());
+    assert!(crate::host::check(&config, Path::new("t.toml")).is_ok());
     let with_vip = format!(
         "{l7}[[vip]]\nname = \"v\"\naddress = \"198.19.0.1\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n"
     );
@@ -243,4 +243,23 @@ fn a_host_without_dataplane_is_l7_only() {
     );
     let with_deny = format!("{l7}[deny]\nprefixes = [\"192.0.2.0/24\"]\n");
     assert!(errors(&with_deny).iter().any(|e| e.contains("[deny] drops sources in XDP")));
+}
+
+#[test]
+fn jwt_algorithm_hash_key_and_secret_are_checked_at_their_lines() {
+    let l7 = "[[pool]]\nname = \"p\"\nbalance = \"hash\"\nhash_key = \"header:X Bad\"\nbackends = [{ address = \"10.0.0.1\" }]\n\
+              [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n";
+    let found = errors(&format!("{BASE}{l7}"));
+    assert!(found.iter().any(|e| e.contains("t.toml:4: pool `p`: hash_key must be")), "{found:?}");
+    let route =
+        |jwt: &str| format!("{BASE}{l7}[[route]]\nlistener = \"l\"\npool = \"p\"\njwt = {{ {jwt} }}\n");
+    let found = errors(&route("algorithm = \"none\""));
+    assert!(found.iter().any(|e| e.contains("unknown variant `none`")), "{found:?}");
+    let found = errors(&route("algorithm = \"HS256\""));
+    assert!(found.iter().any(|e| e.contains("jwt: HS256 needs a secret")), "{found:?}");
+    let ok = format!(
+        "{BASE}[[pool]]\nname = \"p\"\nbalance = \"hash\"\nhash_key = \"cookie:session\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n"
+    );
+    let config = Config::parse(Path::new("t.toml"), &ok).unwrap();
+    assert_eq!(config.pools["p"].hash_key, HashKey::Cookie("session".into()));
 }

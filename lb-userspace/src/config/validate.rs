@@ -214,17 +214,17 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
             }
             check
         });
-        let hash_key = raw_pool.hash_key.unwrap_or_else(|| "client_ip".into());
-        if raw_pool.balance == Balance::Hash
-            && !(hash_key == "client_ip"
-                || hash_key.starts_with("header:")
-                || hash_key.starts_with("cookie:"))
-        {
-            errors.at(
-                raw_pool.name.span(),
-                format!("pool `{name}`: hash_key must be header:NAME, cookie:NAME or client_ip"),
-            );
-        }
+        let hash_key = match raw_pool.hash_key.as_deref().map(HashKey::parse) {
+            None => HashKey::ClientIp,
+            Some(Some(key)) => key,
+            Some(None) => {
+                errors.at(
+                    raw_pool.name.span(),
+                    format!("pool `{name}`: hash_key must be header:NAME, cookie:NAME or client_ip"),
+                );
+                HashKey::ClientIp
+            }
+        };
         let pool = Pool {
             name: name.clone(),
             backends,
@@ -524,8 +524,16 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
         });
         let jwt = raw.jwt.map(|mut j| {
             j.key_file = j.key_file.map(|f| if f.is_relative() { base.join(f) } else { f });
-            if let Err(err) = crate::proxy::auth::Jwt::new(&j) {
-                errors.at(raw.pool.span(), format!("jwt: {err:#}"));
+            // A key file is opened only where files are (never for a config text a client sent).
+            if (j.algorithm == JwtAlgorithm::HS256 || errors.open_files)
+                && let Err(err) = j.decoding_key()
+            {
+                errors.at(raw.pool.span(), format!("jwt: {err}"));
+            }
+            if let Some(name) = &j.subject_header
+                && hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+            {
+                errors.at(raw.pool.span(), format!("jwt: subject_header `{name}` is not a header name"));
             }
             j
         });

@@ -12,7 +12,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 use hyper::{HeaderMap, StatusCode, Uri, header};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use jsonwebtoken::{DecodingKey, Validation, errors::ErrorKind};
 
 use crate::config::{ApiKeyConfig, JwtConfig};
 
@@ -113,23 +113,7 @@ struct Claims {
 
 impl Jwt {
     pub fn new(config: &JwtConfig) -> anyhow::Result<Jwt> {
-        let (algorithm, key) = match config.algorithm.as_str() {
-            "HS256" => (
-                Algorithm::HS256,
-                DecodingKey::from_secret(config.secret.as_deref().unwrap_or_default().as_bytes()),
-            ),
-            "RS256" | "ES256" => {
-                let pem = std::fs::read(
-                    config.key_file.as_ref().ok_or_else(|| anyhow::anyhow!("key_file required"))?,
-                )?;
-                if config.algorithm == "RS256" {
-                    (Algorithm::RS256, DecodingKey::from_rsa_pem(&pem)?)
-                } else {
-                    (Algorithm::ES256, DecodingKey::from_ec_pem(&pem)?)
-                }
-            }
-            other => anyhow::bail!("algorithm {other}: expected HS256, RS256 or ES256"),
-        };
+        let (algorithm, key) = config.decoding_key().map_err(|err| anyhow::anyhow!(err))?;
         let mut validation = Validation::new(algorithm);
         validation.validate_nbf = true;
         validation.leeway = 0;
@@ -196,7 +180,7 @@ mod tests {
 
     fn jwt(issuer: Option<&str>, audience: Option<&str>) -> Jwt {
         Jwt::new(&JwtConfig {
-            algorithm: "HS256".into(),
+            algorithm: crate::config::JwtAlgorithm::HS256,
             secret: Some("s3cret".into()),
             key_file: None,
             issuer: issuer.map(str::to_owned),
@@ -208,7 +192,8 @@ mod tests {
 
     fn token(claims: serde_json::Value) -> String {
         let key = jsonwebtoken::EncodingKey::from_secret(b"s3cret");
-        jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key).unwrap()
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key)
+            .unwrap()
     }
 
     fn headers(value: &str) -> HeaderMap {

@@ -17,7 +17,7 @@ use lb_common::hash::murmur3_32;
 use regex::Regex;
 
 use crate::{
-    config::{Balance, CacheConfig, Fallback, Outlier, PathMatch, Route, UpstreamProtocol},
+    config::{Balance, CacheConfig, Fallback, HashKey, Outlier, PathMatch, Route, UpstreamProtocol},
     maglev::{self, Weighted},
     proxy::{
         metrics::Label,
@@ -181,7 +181,7 @@ pub struct L7Pool {
     runtime: Arc<PoolRuntime>,
     pub outlier: Option<Outlier>,
     balance: Balance,
-    hash_key: String,
+    hash_key: HashKey,
     next: AtomicUsize,
     /// Consistent-hash table (indexes into upstreams), for Balance::Hash.
     table: Vec<u32>,
@@ -200,14 +200,12 @@ pub fn cookie<'a>(headers: &'a hyper::HeaderMap, name: &str) -> Option<&'a str> 
 }
 
 /// What the key of a consistent-hash pool is for a request with `headers`.
-fn hash_input(key: &str, headers: &HeaderMap, client: IpAddr) -> Vec<u8> {
-    if let Some(name) = key.strip_prefix("header:") {
-        return headers.get(name).map(|v| v.as_bytes().to_vec()).unwrap_or_default();
+fn hash_input(key: &HashKey, headers: &HeaderMap, client: IpAddr) -> Vec<u8> {
+    match key {
+        HashKey::Header(name) => headers.get(name).map(|v| v.as_bytes().to_vec()).unwrap_or_default(),
+        HashKey::Cookie(name) => cookie(headers, name).unwrap_or_default().as_bytes().to_vec(),
+        HashKey::ClientIp => addr_of(client).to_vec(),
     }
-    if let Some(name) = key.strip_prefix("cookie:") {
-        return cookie(headers, name).unwrap_or_default().as_bytes().to_vec();
-    }
-    addr_of(client).to_vec()
 }
 
 impl L7Pool {
