@@ -33,10 +33,12 @@ pub mod views;
 use crate::{
     config::VipMode,
     daemon::{ExecError, Shared, lock},
+    dataplane::{
+        counters::{Counters, protocol_name},
+        tables::ip_of,
+    },
     inspect,
     state::Command,
-    stats,
-    tables::ip_of,
 };
 
 fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
@@ -70,8 +72,9 @@ fn pool_view(core: &crate::daemon::Core, name: &str) -> Option<Value> {
     }))
 }
 
-fn stats_view(pin_dir: &Path) -> Result<views::Stats> {
-    let counters = stats::verdicts(pin_dir)?
+fn stats_view(counters: &Counters) -> Result<views::Stats> {
+    let verdicts = counters
+        .verdicts()?
         .into_iter()
         .map(|(s, c)| views::Counter { name: s.name().to_owned(), packets: c.packets, bytes: c.bytes })
         .collect();
@@ -82,20 +85,22 @@ fn stats_view(pin_dir: &Path) -> Result<views::Stats> {
         lru_hits: c.lru_hits,
         lru_misses: c.lru_misses,
     };
-    let vips = stats::vips(pin_dir)?
+    let vips = counters
+        .vips()?
         .into_iter()
         .map(|(k, c)| views::VipTraffic {
             address: ip_of(&k.addr),
             port: u16::from_be(k.port),
-            protocol: stats::protocol_name(k.proto),
+            protocol: protocol_name(k.proto),
             traffic: traffic(c),
         })
         .collect();
-    let backends = stats::backends(pin_dir)?
+    let backends = counters
+        .backends()?
         .into_iter()
         .map(|(address, c)| views::BackendTraffic { address, traffic: traffic(c) })
         .collect();
-    Ok(views::Stats { counters, vips, backends })
+    Ok(views::Stats { counters: verdicts, vips, backends })
 }
 
 async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -162,13 +167,10 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
             reply(StatusCode::OK, json!(deny))
         }
         (&Method::GET, "/stats") => {
-            let (pin_dir, dataplane) = {
-                let core = lock(&core);
-                (core.state.config.pin_dir.clone(), core.state.config.dataplane)
-            };
-            let view = match dataplane {
-                true => stats_view(&pin_dir),
-                false => Ok(views::Stats::default()),
+            let counters = lock(&core).counters.clone();
+            let view = match counters {
+                Some(counters) => stats_view(&counters.lock().unwrap_or_else(|p| p.into_inner())),
+                None => Ok(views::Stats::default()),
             };
             match view {
                 Ok(view) => reply(StatusCode::OK, json!(view)),

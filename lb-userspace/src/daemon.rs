@@ -12,11 +12,11 @@ use log::{info, warn};
 
 use crate::{
     config::Config,
+    dataplane::{counters::Counters, tables::Tables},
     host::{self, HostFacts},
     persist,
     proxy::{cache::CacheStore, metrics::ProxyMetrics, routes::Snapshot, runtime::Runtime},
     state::{Command, CommandError, State},
-    tables::Tables,
 };
 
 /// Why a change was not made. Nothing changed in either case.
@@ -34,6 +34,9 @@ pub struct Core {
     pub state: State,
     /// The maps (None on an L7-only host).
     tables: Option<Tables>,
+    /// The balancer's counters, read by the admin API and the metrics without the core lock
+    /// (None on an L7-only host).
+    pub counters: Option<Arc<Mutex<Counters>>>,
     host: HostFacts,
     /// The config file operator commands are written back to.
     pub config_path: PathBuf,
@@ -73,6 +76,10 @@ impl Core {
             Some(_) => Some(Tables::open(&config.pin_dir)?),
             None => None,
         };
+        let counters = match ebpf {
+            Some(_) => Some(Arc::new(Mutex::new(Counters::open(&config.pin_dir)?))),
+            None => None,
+        };
         let state = State::new(config);
         let changes = match &mut tables {
             Some(tables) => tables.apply(&state.desired(&host))?,
@@ -88,6 +95,7 @@ impl Core {
         let core = Core {
             state,
             tables,
+            counters,
             host,
             config_path,
             started: Instant::now(),

@@ -1,4 +1,15 @@
-//! Loads the embedded XDP object, attaches a program to a NIC and pins link and maps.
+//! The XDP data plane from lbd's side. This file loads the embedded XDP object, attaches a
+//! program to a NIC and pins link and maps; its children write and read the pinned maps:
+//! `tables` (the writer: backends, VIPs, Maglev rings, deny lists, settings), `vip_table`,
+//! `conn_table`, `mapped` (mmap'ed arrays), `counters` (per-CPU counters), `nic` (the NIC's own
+//! XDP error counters).
+pub mod conn_table;
+pub mod counters;
+pub mod mapped;
+pub mod nic;
+pub mod tables;
+pub mod vip_table;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};

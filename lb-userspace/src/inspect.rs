@@ -13,11 +13,11 @@ use serde::Serialize;
 
 use crate::{
     config::{Config, Protocol},
-    conn_table::ConnTable,
+    dataplane::conn_table::ConnTable,
+    dataplane::tables::{addr_of, ip_of},
     dataplane::{self, BALANCER_PROGRAM},
     maglev,
     state::{Command, State},
-    tables::{addr_of, ip_of},
 };
 
 const XDP_TX: u32 = 3;
@@ -152,7 +152,7 @@ pub fn plan(state: &State, commands: &[Command], new_config: Option<&Config>) ->
         next.apply(command).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let flows = ConnTable::open(&state.config.pin_dir)?.flows();
-    let ids = crate::tables::Tables::open(&state.config.pin_dir)?.backend_ids()?;
+    let ids = crate::dataplane::tables::Tables::open(&state.config.pin_dir)?.backend_ids()?;
     let mut plans = Vec::new();
     for vip in state.config.vips.iter().filter(|v| v.mode == crate::config::VipMode::L4) {
         let before = state.effective_backends(state.config.pool_of(vip)).0;

@@ -14,10 +14,11 @@ use prometheus_client::{
 use tokio::net::TcpListener;
 
 use crate::{
-    conn_table::ConnTable,
     daemon::{Shared, lock},
-    stats,
-    tables::ip_of,
+    dataplane::{
+        counters::{Counters, protocol_name},
+        tables::ip_of,
+    },
 };
 
 type Labels = Vec<(String, String)>;
@@ -45,10 +46,10 @@ fn process_rss() -> u64 {
 }
 
 /// The fast path's counters and connection table, read from the pinned maps.
-fn xdp(registry: &mut Registry, pin_dir: &std::path::Path) -> Result<()> {
+fn xdp(registry: &mut Registry, counters: &Counters) -> Result<()> {
     let packets = counter_family(registry, "xdp_packets", "Packets per XDP verdict and reason");
     let bytes = counter_family(registry, "xdp_bytes", "Bytes per XDP verdict and reason");
-    for (stat, c) in stats::verdicts(pin_dir)? {
+    for (stat, c) in counters.verdicts()? {
         let labels = vec![("counter".to_owned(), stat.name().to_owned())];
         packets.get_or_create(&labels).inc_by(c.packets);
         bytes.get_or_create(&labels).inc_by(c.bytes);
@@ -58,11 +59,11 @@ fn xdp(registry: &mut Registry, pin_dir: &std::path::Path) -> Result<()> {
         .iter()
         .map(|n| counter_family(registry, &format!("vip_{n}"), &format!("Forwarded {n} per VIP")))
         .collect();
-    for (key, c) in stats::vips(pin_dir)? {
+    for (key, c) in counters.vips()? {
         let labels = vec![
             ("vip".to_owned(), ip_of(&key.addr).to_string()),
             ("port".to_owned(), u16::from_be(key.port).to_string()),
-            ("protocol".to_owned(), crate::stats::protocol_name(key.proto)),
+            ("protocol".to_owned(), protocol_name(key.proto)),
         ];
         for (family, value) in vip.iter().zip([c.packets, c.bytes, c.new_flows, c.lru_hits, c.lru_misses]) {
             family.get_or_create(&labels).inc_by(value);
@@ -72,14 +73,14 @@ fn xdp(registry: &mut Registry, pin_dir: &std::path::Path) -> Result<()> {
         .iter()
         .map(|n| counter_family(registry, &format!("backend_{n}"), &format!("Forwarded {n} per backend")))
         .collect();
-    for (addr, c) in stats::backends(pin_dir)? {
+    for (addr, c) in counters.backends()? {
         let labels = vec![("backend".to_owned(), addr.to_string())];
         for (family, value) in backend.iter().zip([c.packets, c.bytes, c.new_flows, c.lru_hits, c.lru_misses])
         {
             family.get_or_create(&labels).inc_by(value);
         }
     }
-    let (used, slots) = ConnTable::open(pin_dir)?.occupancy();
+    let (used, slots) = counters.flows();
     for (name, help, value) in [
         ("conn_table_flows", "Flows in the XDP connection table", used),
         ("conn_table_slots", "Slots of the XDP connection table", slots),
@@ -99,7 +100,7 @@ pub fn render(core: &Shared) -> Result<String> {
     let effective =
         gauge_family(&mut registry, "backend_effective_weight", "Weight Maglev uses (0: drained or down)");
     let size = gauge_family(&mut registry, "pool_backends", "Backends in the pool");
-    let (pin_dir, dataplane) = {
+    let counters = {
         let core = lock(core);
         for pool in core.state.config.pools.values() {
             size.get_or_create(&vec![("pool".to_owned(), pool.name.clone())]).set(pool.backends.len() as i64);
@@ -156,10 +157,10 @@ pub fn render(core: &Shared) -> Result<String> {
             gauge.set(value);
             registry.register(name, help, gauge);
         }
-        (core.state.config.pin_dir.clone(), core.state.config.dataplane)
+        core.counters.clone()
     };
-    if dataplane {
-        xdp(&mut registry, &pin_dir)?;
+    if let Some(counters) = counters {
+        xdp(&mut registry, &counters.lock().unwrap_or_else(|p| p.into_inner()))?;
     }
     let mut out = String::new();
     encode(&mut out, &registry).context("encoding metrics")?;

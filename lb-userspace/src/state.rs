@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{BackendSpec, Config, MAX_WEIGHT, Pool, Vip, VipMode},
+    dataplane::tables::{Desired, DesiredVip, addr_of},
     host::HostFacts,
     maglev::Weighted,
-    tables::{Desired, DesiredVip, addr_of},
 };
 
 /// One change to the State.

@@ -10,11 +10,13 @@ use aya::{
 use ipnet::IpNet;
 use lb_common::{flow::FlowKey, hash::flow_hash, ring::RING_SIZE, vip::VipKey};
 use lb_userspace::{
-    conn_table::ConnTable,
-    dataplane::{self, BALANCER_PROGRAM, Role},
+    dataplane::{
+        self, BALANCER_PROGRAM, Role,
+        conn_table::ConnTable,
+        counters::Counters,
+        tables::{Desired, DesiredVip, Tables, addr_of},
+    },
     maglev::{self, Weighted},
-    stats,
-    tables::{Desired, DesiredVip, Tables, addr_of},
 };
 
 use crate::packets::NEXT_HOP_MAC;
@@ -110,7 +112,7 @@ impl Harness {
         let backends = &self.desired.vips[vip_index].backends;
         let table = maglev::table(backends, RING_SIZE);
         let entry = table[(flow_hash(flow) % RING_SIZE) as usize];
-        lb_userspace::tables::ip_of(&backends[entry as usize].addr)
+        lb_userspace::dataplane::tables::ip_of(&backends[entry as usize].addr)
     }
 
     /// The connection table's entry for a flow (backend id), if any.
@@ -126,12 +128,17 @@ impl Harness {
 
     /// Global counters by name.
     pub fn stats(&self) -> Result<Vec<(&'static str, u64)>> {
-        Ok(stats::verdicts(&self.pin_dir)?.into_iter().map(|(s, c)| (s.name(), c.packets)).collect())
+        Ok(Counters::open(&self.pin_dir)?
+            .verdicts()?
+            .into_iter()
+            .map(|(s, c)| (s.name(), c.packets))
+            .collect())
     }
 
     /// Per-backend (address, packets, new flows, lru hits).
     pub fn backend_stats(&self) -> Result<Vec<(IpAddr, u64, u64, u64)>> {
-        Ok(stats::backends(&self.pin_dir)?
+        Ok(Counters::open(&self.pin_dir)?
+            .backends()?
             .into_iter()
             .map(|(addr, c)| (addr, c.packets, c.new_flows, c.lru_hits))
             .collect())

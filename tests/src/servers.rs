@@ -256,7 +256,7 @@ impl Decap {
 
     /// Packets the program decapsulated.
     pub fn decapsulated(&self) -> Result<u64> {
-        let stats = lb_userspace::stats::decap(&self.pin_dir)?;
+        let stats = lb_userspace::dataplane::counters::decap(&self.pin_dir)?;
         Ok(stats[lb_common::stats::DecapStat::Decapsulated as usize].1.packets)
     }
 }

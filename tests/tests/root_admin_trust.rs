@@ -423,7 +423,7 @@ fn root_trust_dropped_native_xdp_tx_is_reported() -> Result<()> {
     std::fs::write(&config, std::fs::read_to_string(&config)?.replace("\"generic\"", "\"native\""))?;
     let log = dir.0.join("lbd.log");
     let lbd = Lbd::start_logging(&topology.lb, &config, Some(&log))?;
-    let counters = topology.lb.within(|| Ok(lb_userspace::nic::xdp_tx_errors("eth0")))?;
+    let counters = topology.lb.within(|| Ok(lb_userspace::dataplane::nic::xdp_tx_errors("eth0")))?;
     let (_, names) = counters.context("veth shows no XDP transmit error counters")?;
     assert!(names.iter().any(|n| n.contains("xdp_tx_errors")), "{names:?}");
     for port in 0..20 {

@@ -91,7 +91,7 @@ fn dsr_end_to_end(mode: &str) -> Result<()> {
     }
     // DSR: replies do not cross the lb. The lb's XDP saw only client->VIP packets; a reply
     // would have been passed to its stack, and nothing else talks to the lb here.
-    let passed = lb_userspace::stats::verdicts(pin_dir)?;
+    let passed = lb_userspace::dataplane::counters::Counters::open(pin_dir)?.verdicts()?;
     let tx = passed.iter().find(|(s, _)| s.name() == "tx").map(|(_, c)| c.packets).unwrap_or(0);
     let not_vip =
         passed.iter().find(|(s, _)| s.name() == "pass_not_vip").map(|(_, c)| c.packets).unwrap_or(0);
@@ -145,7 +145,7 @@ fn path_mtu_discovery(mode: &str) -> Result<()> {
         let route = String::from_utf8_lossy(&route.stdout);
         assert!(route.contains(mtu), "the client did not learn the path MTU to {vip}: {route}");
     }
-    let stats = lb_userspace::stats::verdicts(pin_dir)?;
+    let stats = lb_userspace::dataplane::counters::Counters::open(pin_dir)?.verdicts()?;
     let sent = stats.iter().find(|(s, _)| s.name() == "icmp_too_big_sent").map_or(0, |(_, c)| c.packets);
     assert!(sent >= 2, "the lb sent {sent} ICMP errors");
     drop(lbd);

@@ -10,7 +10,7 @@ use lb_common::{
     hash::flow_hash,
     vip::{VIP_F_DROP_FRAGMENTS, VIP_F_L7},
 };
-use lb_userspace::tables::Desired;
+use lb_userspace::dataplane::tables::Desired;
 use sluice_tests::{
     harness::{ENCAP_SRC4, ENCAP_SRC6, Harness, desired, flow, vip},
     packets::{

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
-use lb_userspace::{admin::views, config::DEFAULT_ADMIN_SOCKET, state::Command, stats};
+use lb_userspace::{admin::views, config::DEFAULT_ADMIN_SOCKET, dataplane::counters, state::Command};
 use serde_json::{Value, json};
 
 #[derive(Parser)]
@@ -534,7 +534,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Noun::DecapStats { pin_dir } => {
-            let rows: Vec<Value> = stats::decap(pin_dir)?
+            let rows: Vec<Value> = counters::decap(pin_dir)?
                 .into_iter()
                 .map(|(s, c)| json!({ "name": s.name(), "packets": c.packets, "bytes": c.bytes }))
                 .collect();

@@ -287,7 +287,7 @@ fn run(path: &Path) -> Result<()> {
 /// growing (native XDP_TX frames the driver drops; on veth, a peer without an XDP program).
 async fn watch_dataplane(core: Shared, link: PathBuf, interface: String) {
     let mut present = true;
-    let mut errors = lb_userspace::nic::xdp_tx_errors(&interface).map(|(n, _)| n);
+    let mut errors = lb_userspace::dataplane::nic::xdp_tx_errors(&interface).map(|(n, _)| n);
     lock(&core).nic_xdp_tx_errors = errors;
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
@@ -302,7 +302,7 @@ async fn watch_dataplane(core: Shared, link: PathBuf, interface: String) {
         }
         present = now;
         let iface = interface.clone();
-        let read = tokio::task::spawn_blocking(move || lb_userspace::nic::xdp_tx_errors(&iface))
+        let read = tokio::task::spawn_blocking(move || lb_userspace::dataplane::nic::xdp_tx_errors(&iface))
             .await
             .ok()
             .flatten();

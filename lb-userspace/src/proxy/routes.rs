@@ -18,13 +18,13 @@ use regex::Regex;
 
 use crate::{
     config::{Balance, CacheConfig, Fallback, HashKey, Outlier, PathMatch, Route, UpstreamProtocol},
+    dataplane::tables::addr_of,
     maglev::{self, Weighted},
     proxy::{
         metrics::Label,
         runtime::{BackendRuntime, PoolRuntime, RouteRuntime, Runtime},
     },
     state::State,
-    tables::addr_of,
 };
 
 /// Buckets of an L7 consistent-hash table (prime).

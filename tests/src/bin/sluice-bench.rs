@@ -4,10 +4,7 @@ use std::{net::Ipv4Addr, time::Instant};
 
 use anyhow::{Result, bail};
 use aya::programs::{TestRun, TestRunOptions};
-use lb_userspace::{
-    conn_table::ConnTable,
-    dataplane::{self, PASS_PROGRAM, Role},
-};
+use lb_userspace::dataplane::{self, PASS_PROGRAM, Role, conn_table::ConnTable};
 use sluice_tests::{
     harness::{Harness, desired, flow, vip},
     packets::{Tcp, tcp},
@@ -150,14 +147,14 @@ fn floor() -> Result<f64> {
     Ok(median(samples))
 }
 
-fn small_state() -> lb_userspace::tables::Desired {
+fn small_state() -> lb_userspace::dataplane::tables::Desired {
     let web: Vec<(String, u32)> = (0..16).map(|i| (format!("198.18.10.{}", i + 2), 100)).collect();
     let web: Vec<(&str, u32)> = web.iter().map(|(a, w)| (a.as_str(), *w)).collect();
     desired(vec![vip(VIP, 80, 6, 0, &web)], &["203.0.113.0/24"])
 }
 
 /// 1024 VIPs with 16 backends each (16384 backends); the measured VIP is the first.
-fn large_state() -> lb_userspace::tables::Desired {
+fn large_state() -> lb_userspace::dataplane::tables::Desired {
     let mut vips = Vec::new();
     for v in 0..1024u32 {
         let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 1)) + v).to_string();

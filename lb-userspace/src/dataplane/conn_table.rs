@@ -11,7 +11,7 @@ use lb_common::{
     hash::flow_hash,
 };
 
-use crate::mapped::MappedArray;
+use crate::dataplane::mapped::MappedArray;
 
 /// The pinned CONN_TAGS and CONN_SLOTS arrays, mapped.
 pub struct ConnTable {

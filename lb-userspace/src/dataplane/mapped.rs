@@ -5,7 +5,7 @@ use std::{marker::PhantomData, path::Path};
 use anyhow::{Result, bail};
 use aya::maps::MapData;
 
-use crate::tables::open;
+use crate::dataplane::tables::open;
 
 /// The elements of one pinned array, shared with the kernel. The XDP program may write them at
 /// any time, so they are accessed through raw pointers, never Rust references.

@@ -24,10 +24,10 @@ use lb_common::{
 
 use crate::{
     config::{Config, VipMode},
+    dataplane::mapped::MappedArray,
+    dataplane::vip_table::VipTable,
     host::HostFacts,
     maglev::{self, Weighted},
-    mapped::MappedArray,
-    vip_table::VipTable,
 };
 
 /// The 16-byte map form of an address (IPv4-mapped for IPv4).
@@ -257,6 +257,18 @@ fn zero_counters(map: &mut PerCpuArray<MapData, TrafficCounter>, index: u32) -> 
     Ok(())
 }
 
+/// The backends array's slots in use: address -> id.
+pub fn backends_in_use(backends: &Array<MapData, Backend>) -> Result<BTreeMap<Addr, u32>> {
+    let mut ids = BTreeMap::new();
+    for (id, backend) in backends.iter().enumerate() {
+        let backend = backend?;
+        if backend.flags & BACKEND_F_IN_USE != 0 {
+            ids.insert(backend.addr, id as u32);
+        }
+    }
+    Ok(ids)
+}
+
 impl Tables {
     /// Opens the maps pinned under `pin_dir`.
     pub fn open(pin_dir: &Path) -> Result<Tables> {
@@ -282,14 +294,7 @@ impl Tables {
 
     /// Backends in use: address -> id.
     pub fn backend_ids(&self) -> Result<BTreeMap<Addr, u32>> {
-        let mut ids = BTreeMap::new();
-        for (id, backend) in self.backends.iter().enumerate() {
-            let backend = backend?;
-            if backend.flags & BACKEND_F_IN_USE != 0 {
-                ids.insert(backend.addr, id as u32);
-            }
-        }
-        Ok(ids)
+        backends_in_use(&self.backends)
     }
 
     /// VIPs present: key -> meta.

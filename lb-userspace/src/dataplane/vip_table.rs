@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, path::Path};
 use anyhow::{Result, bail};
 use lb_common::vip::{VIP_METAS_MAP, VIP_TABLE_MAP, VIP_WAYS, VipBucket, VipKey, VipMeta, vip_place};
 
-use crate::mapped::MappedArray;
+use crate::dataplane::mapped::MappedArray;
 
 /// The pinned VIP_TABLE and VIP_METAS arrays, mapped.
 pub struct VipTable {

@@ -1,0 +1,127 @@
+//! Reads the per-CPU counters from pinned maps and sums them over CPUs: the balancer's through
+//! handles lbd opens once (`Counters`), the decap helper's by its pin directory.
+use std::{net::IpAddr, path::Path};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Pod,
+    maps::{Array, Map, MapData, PerCpuArray},
+};
+use lb_common::{
+    backend::{BACKENDS_MAP, Backend},
+    stats::{
+        BACKEND_STATS_MAP, Counter, DECAP_STATS_MAP, DecapStat, STATS_MAP, Stat, TrafficCounter,
+        VIP_STATS_MAP,
+    },
+    vip::VipKey,
+};
+
+use crate::dataplane::{
+    conn_table::ConnTable,
+    tables::{backends_in_use, ip_of},
+    vip_table::VipTable,
+};
+
+/// Opens a pinned per-CPU array.
+fn open<V: Pod>(pin_dir: &Path, name: &str) -> Result<PerCpuArray<MapData, V>> {
+    let path = pin_dir.join(name);
+    let data =
+        MapData::from_pin(&path).with_context(|| format!("opening {} (is lbd running?)", path.display()))?;
+    Ok(PerCpuArray::try_from(Map::PerCpuArray(data))?)
+}
+
+/// Values that add up over CPUs.
+pub trait Summable: Pod + Default {
+    fn add(&mut self, other: &Self);
+}
+
+impl Summable for Counter {
+    fn add(&mut self, o: &Self) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+    }
+}
+
+impl Summable for TrafficCounter {
+    fn add(&mut self, o: &Self) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.new_flows += o.new_flows;
+        self.lru_hits += o.lru_hits;
+        self.lru_misses += o.lru_misses;
+    }
+}
+
+/// One slot summed over every CPU.
+pub fn sum_slot<V: Summable>(map: &PerCpuArray<MapData, V>, index: u32) -> Result<V> {
+    let mut total = V::default();
+    for value in map.get(&index, 0)?.iter() {
+        total.add(value);
+    }
+    Ok(total)
+}
+
+/// The balancer's counters and the maps that say which of their slots are in use, opened once:
+/// lbd keeps one for its lifetime, so a scrape or `lbctl stats` reads slots and opens nothing.
+pub struct Counters {
+    verdicts: PerCpuArray<MapData, Counter>,
+    vip_stats: PerCpuArray<MapData, TrafficCounter>,
+    backend_stats: PerCpuArray<MapData, TrafficCounter>,
+    vips: VipTable,
+    backends: Array<MapData, Backend>,
+    flows: ConnTable,
+}
+
+impl Counters {
+    /// Opens the balancer's maps pinned under `pin_dir`.
+    pub fn open(pin_dir: &Path) -> Result<Counters> {
+        let backends = MapData::from_pin(pin_dir.join(BACKENDS_MAP))
+            .with_context(|| format!("opening {} (is lbd running?)", pin_dir.join(BACKENDS_MAP).display()))?;
+        Ok(Counters {
+            verdicts: open(pin_dir, STATS_MAP)?,
+            vip_stats: open(pin_dir, VIP_STATS_MAP)?,
+            backend_stats: open(pin_dir, BACKEND_STATS_MAP)?,
+            vips: VipTable::open(pin_dir)?,
+            backends: Array::try_from(Map::Array(backends))?,
+            flows: ConnTable::open(pin_dir)?,
+        })
+    }
+
+    /// Global counters: verdicts, pass reasons, drop reasons.
+    pub fn verdicts(&self) -> Result<Vec<(Stat, Counter)>> {
+        Stat::ALL.iter().map(|&stat| Ok((stat, sum_slot(&self.verdicts, stat as u32)?))).collect()
+    }
+
+    /// Traffic per backend in use, by address.
+    pub fn backends(&self) -> Result<Vec<(IpAddr, TrafficCounter)>> {
+        backends_in_use(&self.backends)?
+            .iter()
+            .map(|(addr, id)| Ok((ip_of(addr), sum_slot(&self.backend_stats, *id)?)))
+            .collect()
+    }
+
+    /// Flows in the connection table, and its slots.
+    pub fn flows(&self) -> (usize, usize) {
+        self.flows.occupancy()
+    }
+
+    /// Traffic per VIP.
+    pub fn vips(&self) -> Result<Vec<(VipKey, TrafficCounter)>> {
+        self.vips.all().iter().map(|(key, meta)| Ok((*key, sum_slot(&self.vip_stats, meta.index)?))).collect()
+    }
+}
+
+/// The decap program's counters.
+pub fn decap(pin_dir: &Path) -> Result<Vec<(DecapStat, Counter)>> {
+    let map = open(pin_dir, DECAP_STATS_MAP)?;
+    DecapStat::ALL.iter().map(|&stat| Ok((stat, sum_slot(&map, stat as u32)?))).collect()
+}
+
+/// An IP protocol number as lbctl, the admin API and the metrics name it.
+pub fn protocol_name(proto: u8) -> String {
+    match proto {
+        6 => "tcp".to_owned(),
+        17 => "udp".to_owned(),
+        other => other.to_string(),
+    }
+}
