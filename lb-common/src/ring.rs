@@ -22,7 +22,29 @@ pub const RING_NONE: u16 = u16::MAX;
 const _: () = assert!(crate::backend::MAX_BACKENDS < RING_NONE as u32);
 /// Ring slots per VIP (current and previous generation).
 pub const SLOTS_PER_VIP: u32 = 2;
+/// Where bucket `bucket` of ring `slot` lives: the array element and the lane in it (the
+/// kernel's lookup and lbd's writer both place buckets with this).
+#[inline(always)]
+pub const fn ring_place(slot: u32, bucket: u32) -> (u32, u32) {
+    (slot.wrapping_mul(RING_CHUNKS).wrapping_add(bucket / RING_LANES), bucket % RING_LANES)
+}
 /// Elements in [`RINGS_MAP`] for `max_vips` VIPs; lbd sizes the map at load time.
 pub const fn ring_entries(max_vips: u32) -> u32 {
     max_vips * SLOTS_PER_VIP * RING_CHUNKS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_placed_in_order_and_inside_the_map() {
+        assert_eq!(ring_place(0, 0), (0, 0));
+        assert_eq!(ring_place(0, 5), (1, 1));
+        assert_eq!(ring_place(1, 0), (RING_CHUNKS, 0));
+        // The last bucket of the last slot is the map's last element.
+        let max_vips = 1024;
+        let last = ring_place(max_vips * SLOTS_PER_VIP - 1, RING_SIZE - 1);
+        assert_eq!(last, (ring_entries(max_vips) - 1, (RING_SIZE - 1) % RING_LANES));
+    }
 }

@@ -8,7 +8,7 @@ use lb_common::{
     config::{CONFIG_F_ANY_PORT_VIPS, DataplaneConfig},
     deny::filter_block,
     hash::flow_hash,
-    ring::{RING_CHUNKS, RING_LANES, RING_NONE, RING_SIZE},
+    ring::{RING_NONE, RING_SIZE, ring_place},
     stats::Stat,
     vip::{ANY_PORT, VIP_F_DROP_FRAGMENTS, VIP_F_L7, VIP_WAYS, VipMeta, vip_place, vip_words},
 };
@@ -197,9 +197,9 @@ fn try_forward(
 #[inline(always)]
 fn ring_entry(slot: u32, hash: u32) -> Result<u32, Stat> {
     let bucket = hash % RING_SIZE;
-    let index = slot.wrapping_mul(RING_CHUNKS).wrapping_add(bucket / RING_LANES);
+    let (index, lane) = ring_place(slot, bucket);
     let chunk = RINGS.get(index).ok_or(Stat::DropInternal)?;
-    let id = chunk[(bucket % RING_LANES) as usize];
+    let id = chunk[lane as usize];
     Ok(if id == RING_NONE { NO_BACKEND } else { id as u32 })
 }
 

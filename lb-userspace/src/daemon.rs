@@ -170,7 +170,8 @@ impl Core {
     }
 
     /// A reload: the difference between the running State and `config`, as commands.
-    pub fn reload(&mut self, config: Config) -> Result<Vec<String>> {
+    /// `host`: the new config's host facts, resolved off the core lock (ARP may take seconds).
+    pub fn reload(&mut self, config: Config, host: HostFacts) -> Result<Vec<String>> {
         if config.interface != self.state.config.interface || config.pin_dir != self.state.config.pin_dir {
             anyhow::bail!("interface and pin_dir need a restart");
         }
@@ -183,7 +184,7 @@ impl Core {
                 names(&self.state.config)
             );
         }
-        self.host = host::facts(&config).context("resolving the host's interface and next hop")?;
+        self.host = host;
         let commands = self.state.diff(&config);
         // The commands come from the file itself: nothing to write back.
         let mut next = self.state.clone();

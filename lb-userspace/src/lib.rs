@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod persist;
 pub mod proxy;
 pub mod reload;
+pub mod run;
 pub mod state;

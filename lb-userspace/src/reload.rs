@@ -9,7 +9,7 @@ use log::{error, info};
 use crate::{
     config::{Config, Listener},
     daemon::{Shared, lock},
-    health, proxy,
+    health, host, proxy,
 };
 
 /// What asks the signal loop for a reload, and hears its result.
@@ -35,11 +35,19 @@ impl Reloader {
     /// Re-reads and applies the config file; Err says why nothing changed.
     pub async fn reload(&mut self) -> Result<Vec<String>, String> {
         let file = self.path.clone();
-        let loaded = tokio::task::spawn_blocking(move || Config::load(&file)).await;
+        // Reading the file and resolving the next hop (ARP: up to 2 s) block: off the workers,
+        // and before the core lock is taken.
+        let loaded = tokio::task::spawn_blocking(move || {
+            let config = Config::load(&file).map_err(|errors| format!("\n{errors}"))?;
+            let host = host::facts(&config)
+                .map_err(|err| format!("resolving the host's interface and next hop: {err:#}"))?;
+            Ok::<_, String>((config, host))
+        })
+        .await;
         let applied = match loaded {
             Err(err) => Err(format!("{err}")),
-            Ok(Err(errors)) => Err(format!("\n{errors}")),
-            Ok(Ok(new)) => lock(&self.core).reload(new).map_err(|err| format!("{err:#}")),
+            Ok(Err(err)) => Err(err),
+            Ok(Ok((new, host))) => lock(&self.core).reload(new, host).map_err(|err| format!("{err:#}")),
         };
         lock(&self.core).last_reload = Some(LastReload { at: SystemTime::now(), applied: applied.is_ok() });
         match &applied {

@@ -7,6 +7,7 @@ use std::{
 };
 
 use ipnet::IpNet;
+use lb_common::vip::{VIP_F_DROP_FRAGMENTS, VIP_F_L7, VipKey};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -386,18 +387,44 @@ impl State {
         self.config.pools.values().filter(|p| self.effective_backends(p).1).map(|p| p.name.clone()).collect()
     }
 
-    /// What the maps should hold.
+    /// What the maps should hold: every VIP with its flags and, for L4, the backends Maglev
+    /// spreads over (health, drain and weights applied), and the host's settings.
     pub fn desired(&self, host: &HostFacts) -> Desired {
-        let mut desired = Desired::from_config(&self.config, host);
-        for (vip, out) in self.config.vips.iter().zip(desired.vips.iter_mut()) {
-            if vip.mode == VipMode::L4 {
-                *out = DesiredVip {
-                    backends: self.effective_backends(self.config.pool_of(vip)).0,
-                    ..out.clone()
+        let config = &self.config;
+        let vips = config
+            .vips
+            .iter()
+            .map(|vip| {
+                let mut flags = 0;
+                if vip.mode == VipMode::L7 {
+                    flags |= VIP_F_L7;
+                }
+                if vip.drop_fragments {
+                    flags |= VIP_F_DROP_FRAGMENTS;
+                }
+                let backends = match vip.mode {
+                    VipMode::L7 => Vec::new(),
+                    VipMode::L4 => self.effective_backends(config.pool_of(vip)).0,
                 };
-            }
+                let key = VipKey {
+                    addr: addr_of(vip.addr),
+                    port: vip.port.to_be(),
+                    proto: vip.protocol.number(),
+                    _pad: 0,
+                };
+                DesiredVip { key, flags, backends }
+            })
+            .collect();
+        Desired {
+            vips,
+            deny: config.deny.clone(),
+            next_hop_mac: host.next_hop_mac,
+            encap_source_v4: config.encap_source_v4.octets(),
+            encap_source_v6: config.encap_source_v6.octets(),
+            max_encap_ip_len: host.mtu,
+            flow_grace: config.flow_grace,
+            redirect_ifindex: host.redirect_ifindex,
         }
-        desired
     }
 }
 

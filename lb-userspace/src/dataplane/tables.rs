@@ -17,16 +17,13 @@ use lb_common::{
     backend::{BACKEND_F_IN_USE, BACKENDS_MAP, Backend, NO_BACKEND},
     config::{CONFIG_F_ANY_PORT_VIPS, DATAPLANE_CONFIG_MAP, DataplaneConfig},
     deny::{DENY_FILTER_MAP, DENY_FILTER_WORDS, DENY_V4_MAP, DENY_V6_MAP, filter_blocks},
-    ring::{RING_CHUNKS, RING_LANES, RING_NONE, RING_SIZE, RINGS_MAP, RingChunk, SLOTS_PER_VIP},
+    ring::{RING_CHUNKS, RING_LANES, RING_NONE, RING_SIZE, RINGS_MAP, RingChunk, SLOTS_PER_VIP, ring_place},
     stats::{BACKEND_STATS_MAP, TrafficCounter, VIP_STATS_MAP},
-    vip::{ANY_PORT, VIP_ADDRS_MAP, VIP_F_DROP_FRAGMENTS, VIP_F_L7, VipKey, VipMeta},
+    vip::{ANY_PORT, VIP_ADDRS_MAP, VIP_F_L7, VipKey, VipMeta},
 };
 
 use crate::{
-    config::{Config, VipMode},
-    dataplane::mapped::MappedArray,
-    dataplane::vip_table::VipTable,
-    host::HostFacts,
+    dataplane::{mapped::MappedArray, vip_table::VipTable},
     maglev::{self, Weighted},
 };
 
@@ -71,8 +68,8 @@ impl Rings {
 
     /// The element of bucket `bucket` of ring `slot`, and its lane.
     fn place(slot: u32, bucket: usize) -> (usize, usize) {
-        let lanes = RING_LANES as usize;
-        (slot as usize * RING_CHUNKS as usize + bucket / lanes, bucket % lanes)
+        let (element, lane) = ring_place(slot, bucket as u32);
+        (element as usize, lane as usize)
     }
 
     /// Ring `slot` as backend ids (NO_BACKEND for none).
@@ -136,51 +133,6 @@ pub struct DesiredVip {
     pub flags: u32,
     /// Empty for L7 VIPs (no ring).
     pub backends: Vec<Weighted>,
-}
-
-impl Desired {
-    /// The L4 state a config asks for on a host.
-    pub fn from_config(config: &Config, host: &HostFacts) -> Desired {
-        let vips = config
-            .vips
-            .iter()
-            .map(|vip| {
-                let mut flags = 0;
-                if vip.mode == VipMode::L7 {
-                    flags |= VIP_F_L7;
-                }
-                if vip.drop_fragments {
-                    flags |= VIP_F_DROP_FRAGMENTS;
-                }
-                let backends = match vip.mode {
-                    VipMode::L7 => Vec::new(),
-                    VipMode::L4 => config
-                        .pool_of(vip)
-                        .backends
-                        .iter()
-                        .map(|b| Weighted { addr: addr_of(b.addr), weight: b.weight })
-                        .collect(),
-                };
-                let key = VipKey {
-                    addr: addr_of(vip.addr),
-                    port: vip.port.to_be(),
-                    proto: vip.protocol.number(),
-                    _pad: 0,
-                };
-                DesiredVip { key, flags, backends }
-            })
-            .collect();
-        Desired {
-            vips,
-            deny: config.deny.clone(),
-            next_hop_mac: host.next_hop_mac,
-            encap_source_v4: config.encap_source_v4.octets(),
-            encap_source_v6: config.encap_source_v6.octets(),
-            max_encap_ip_len: host.mtu,
-            flow_grace: config.flow_grace,
-            redirect_ifindex: host.redirect_ifindex,
-        }
-    }
 }
 
 /// Which of the balancer's lookups have anything to find (`CONFIG_F_*`).
