@@ -303,13 +303,7 @@ async fn read_body(request: Request<Incoming>) -> Result<Bytes, Box<Response<Ful
 
 /// `POST /flow {"protocol": "tcp", "source": "ADDR:PORT", "vip": "ADDR:PORT"}`.
 fn flow(core: &Shared, body: &[u8]) -> Result<Value> {
-    #[derive(serde::Deserialize)]
-    struct Query {
-        protocol: crate::config::Protocol,
-        source: std::net::SocketAddr,
-        vip: std::net::SocketAddr,
-    }
-    let q: Query = serde_json::from_slice(body).context("expected {protocol, source, vip}")?;
+    let q: views::FlowQuery = serde_json::from_slice(body).context("expected {protocol, source, vip}")?;
     let mut core = lock(core);
     let core = &mut *core;
     let ebpf = core.ebpf.as_mut().context("no [dataplane] on this host: no XDP program to run")?;
@@ -320,15 +314,7 @@ fn flow(core: &Shared, body: &[u8]) -> Result<Value> {
 /// client sends a new config's text (lbd opens no path a client names; the name is for
 /// messages only).
 fn plan(core: &Shared, body: &[u8]) -> Result<Value> {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Query {
-        #[serde(default)]
-        commands: Vec<Command>,
-        config_text: Option<String>,
-        config_name: Option<String>,
-    }
-    let q: Query =
+    let q: views::PlanQuery =
         serde_json::from_slice(body).context("expected {commands} or {config_text, config_name}")?;
     let commands = operator_only(q.commands).map_err(anyhow::Error::msg)?;
     let config = match &q.config_text {

@@ -9,7 +9,7 @@ use aya::{
 };
 use etherparse::PacketBuilder;
 use lb_common::{flow::FlowKey, hash::flow_hash, ring::RING_SIZE};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{Config, Protocol},
@@ -36,12 +36,13 @@ pub fn xdp_action(code: u32) -> &'static str {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// Which backend a flow goes to, and why (`POST /flow`'s answer).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FlowAnswer {
     /// The backend the loaded program sent the packet to (None: not forwarded).
     pub backend: Option<IpAddr>,
     /// XDP action of the run, by name (`tx`, `pass`, `drop`, …).
-    pub action: &'static str,
+    pub action: String,
     /// connection table | previous Maglev generation | current Maglev generation | not forwarded
     pub why: String,
 }
@@ -97,7 +98,7 @@ pub fn flow(
     if run.return_value != XDP_TX && run.return_value != XDP_REDIRECT {
         return Ok(FlowAnswer {
             backend: None,
-            action: xdp_action(run.return_value),
+            action: xdp_action(run.return_value).to_owned(),
             why: "not forwarded".into(),
         });
     }
@@ -126,11 +127,11 @@ pub fn flow(
             "previous Maglev generation (within flow_grace_seconds of a pool change)".to_owned()
         }
     };
-    Ok(FlowAnswer { backend: Some(backend), action: xdp_action(run.return_value), why })
+    Ok(FlowAnswer { backend: Some(backend), action: xdp_action(run.return_value).to_owned(), why })
 }
 
-/// What a change would do to one VIP.
-#[derive(Debug, Serialize)]
+/// What a change would do to one VIP (`POST /plan`'s answer is one per VIP).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VipPlan {
     pub vip: String,
     /// Share of Maglev buckets whose backend changes (new connections that would land elsewhere).

@@ -1,9 +1,37 @@
 //! The admin API's request and response bodies as types, shared by lbd (which writes them)
 //! and lbctl (which reads them): one definition of each shape, as Sozu shares its
 //! request/response types between its server and its CLI.
-use std::{net::IpAddr, path::PathBuf};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::inspect::{FlowAnswer as Flow, VipPlan};
+use crate::{config::Protocol, state::Command};
+
+/// `POST /flow`: which backend a flow of `protocol` from `source` to `vip` goes to (answer:
+/// [`Flow`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowQuery {
+    pub protocol: Protocol,
+    pub source: SocketAddr,
+    pub vip: SocketAddr,
+}
+
+/// `POST /plan`: what `commands`, or a reload to the config text sent, would move (answer: a
+/// [`VipPlan`] per VIP). The client sends the text: lbd opens no path a client names.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanQuery {
+    #[serde(default)]
+    pub commands: Vec<Command>,
+    pub config_text: Option<String>,
+    /// The file's name, for messages only.
+    pub config_name: Option<String>,
+}
 
 /// `GET /status`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -150,5 +178,23 @@ mod tests {
         let text = serde_json::to_string(&status).unwrap();
         let back: Status = serde_json::from_str(&text).unwrap();
         assert_eq!((back.interface, back.last_reload.map(|r| r.applied)), ("eth0".to_owned(), Some(true)));
+    }
+
+    #[test]
+    fn flow_and_plan_queries_read_what_lbctl_sends() {
+        let flow: FlowQuery =
+            serde_json::from_str(r#"{"protocol": "udp", "source": "10.0.0.1:5", "vip": "[2001:db8::1]:53"}"#)
+                .unwrap();
+        assert_eq!(flow.protocol, Protocol::Udp);
+        assert!(
+            serde_json::from_str::<FlowQuery>(
+                r#"{"protocol": "icmp", "source": "1.1.1.1:1", "vip": "1.1.1.1:1"}"#
+            )
+            .is_err()
+        );
+        let plan: PlanQuery =
+            serde_json::from_str(r#"{"config_text": "x", "config_name": "n.toml"}"#).unwrap();
+        assert!(plan.commands.is_empty() && plan.config_text.as_deref() == Some("x"));
+        assert!(serde_json::from_str::<PlanQuery>(r#"{"config_path": "/dev/zero"}"#).is_err());
     }
 }

@@ -470,51 +470,54 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Noun::Flow { vip, protocol, source } => {
-            let body = json!({ "protocol": protocol, "source": source, "vip": vip });
-            let v = call(&cli.socket, Method::POST, "/flow", Some(body)).await?;
+            let proto: lb_userspace::config::Protocol = serde_json::from_value(json!(protocol))
+                .map_err(|_| anyhow::anyhow!("{protocol}: tcp or udp"))?;
+            let query = views::FlowQuery { protocol: proto, source: *source, vip: *vip };
+            let v = call(&cli.socket, Method::POST, "/flow", Some(serde_json::to_value(&query)?)).await?;
             if json_out {
                 show(&v);
             } else {
-                match v["backend"].as_str() {
-                    Some(backend) => println!(
-                        "{source} -> {vip}/{protocol}: backend {backend} ({})",
-                        v["why"].as_str().unwrap_or_default()
-                    ),
+                let flow: views::Flow = serde_json::from_value(v).context("lbd's /flow answer")?;
+                match flow.backend {
+                    Some(backend) => {
+                        println!("{source} -> {vip}/{protocol}: backend {backend} ({})", flow.why)
+                    }
                     None => {
-                        println!(
-                            "{source} -> {vip}/{protocol}: not forwarded (XDP action {})",
-                            v["action"].as_str().unwrap_or("?")
-                        )
+                        println!("{source} -> {vip}/{protocol}: not forwarded (XDP action {})", flow.action)
                     }
                 }
             }
         }
         Noun::Plan { config, change } => {
-            let body = match (config, change) {
+            let query = match (config, change) {
                 (Some(path), None) => {
                     // lbctl reads the file (bounded, regular files only) and sends its text.
                     let text = lb_userspace::config::read_file(path)
                         .with_context(|| format!("reading {}", path.display()))?;
-                    json!({ "config_text": text, "config_name": path.display().to_string() })
+                    views::PlanQuery {
+                        config_text: Some(text),
+                        config_name: Some(path.display().to_string()),
+                        ..Default::default()
+                    }
                 }
-                (None, Some(PlanVerb::Backend { verb })) => json!({ "commands": [verb.clone().command()] }),
+                (None, Some(PlanVerb::Backend { verb })) => {
+                    views::PlanQuery { commands: vec![verb.clone().command()], ..Default::default() }
+                }
                 _ => bail!("give either -c NEW.toml or a change (`lbctl plan backend remove POOL ADDR`)"),
             };
-            let v = call(&cli.socket, Method::POST, "/plan", Some(body)).await?;
+            let v = call(&cli.socket, Method::POST, "/plan", Some(serde_json::to_value(&query)?)).await?;
             if json_out {
                 show(&v);
             } else {
+                let plans: Vec<views::VipPlan> = serde_json::from_value(v).context("lbd's /plan answer")?;
                 println!(
                     "{:<40} {:>14} {:>11} {:>16}",
                     "vip", "buckets moved", "live flows", "live flows moved"
                 );
-                for p in v.as_array().into_iter().flatten() {
+                for p in plans {
                     println!(
                         "{:<40} {:>13.2}% {:>11} {:>16}",
-                        p["vip"].as_str().unwrap_or_default(),
-                        p["buckets_moved_percent"].as_f64().unwrap_or(0.0),
-                        p["live_flows"].as_u64().unwrap_or(0),
-                        p["live_flows_moved"].as_u64().unwrap_or(0)
+                        p.vip, p.buckets_moved_percent, p.live_flows, p.live_flows_moved
                     );
                 }
             }
