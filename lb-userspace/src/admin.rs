@@ -125,6 +125,11 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
                     unix_seconds: r.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
                     applied: r.applied,
                 }),
+                bgp: config.bgp.as_ref().map(|b| views::Announcing {
+                    drained: b.drained,
+                    announced: core.announcing.announced.clone(),
+                    error: core.announcing.error.clone(),
+                }),
             };
             reply(StatusCode::OK, json!(status))
         }
@@ -268,7 +273,8 @@ fn operator_only(commands: Vec<Command>) -> Result<Vec<Command>, String> {
     match commands.iter().find(|c| !c.persists()) {
         Some(other) => Err(format!(
             "{} is not an admin command (add_backend, remove_backend, set_weight, set_drain, \
-             add_deny, remove_deny; pools and VIPs change in the config file and a reload)",
+             set_node_drain, add_deny, remove_deny; pools and VIPs change in the config file and a \
+             reload)",
             serde_json::to_value(other)
                 .ok()
                 .and_then(|v| v["command"].as_str().map(str::to_owned))

@@ -393,7 +393,30 @@ pub struct Config {
     pub metrics: Option<std::net::SocketAddr>,
     pub listeners: Vec<Listener>,
     pub routes: Vec<Route>,
+    /// VIP announcements through BIRD (`[bgp]`); None: nothing is announced.
+    pub bgp: Option<Bgp>,
 }
+
+/// How this host announces its VIPs: lbd writes the routes it wants announced into a file that
+/// BIRD's config includes, and asks BIRD to reload it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bgp {
+    /// The file lbd writes (two BIRD `protocol static` blocks, `sluice_vips4` and
+    /// `sluice_vips6`); bird.conf includes it and exports those protocols over BGP.
+    pub routes_file: PathBuf,
+    /// BIRD's control socket.
+    pub control_socket: PathBuf,
+    /// The birdc binary.
+    pub birdc: PathBuf,
+    /// The node is drained: nothing is announced (`lbctl node drain`, written back here).
+    pub drained: bool,
+    /// On SIGTERM, how long lbd keeps serving after withdrawing, so the router moves the
+    /// traffic before the listeners stop.
+    pub withdraw_wait: Duration,
+}
+
+/// BIRD's default control socket on Debian.
+pub const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
 
 /// Default admin socket.
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/sluice/lbd.sock";

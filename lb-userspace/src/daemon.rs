@@ -58,6 +58,18 @@ pub struct Core {
     pub last_reload: Option<crate::reload::LastReload>,
     /// The edge NIC's XDP transmit error counters, summed (None: the driver has none).
     pub nic_xdp_tx_errors: Option<u64>,
+    /// What BIRD announces for this host, as the announcer last saw it.
+    pub announcing: Announcing,
+}
+
+/// The announcer's last word (`[bgp]`).
+#[derive(Debug, Clone, Default)]
+pub struct Announcing {
+    pub announced: Vec<std::net::IpAddr>,
+    /// Why BIRD could not be told (None: it was).
+    pub error: Option<String>,
+    /// Failed attempts to tell BIRD since lbd started.
+    pub failures: u64,
 }
 
 /// The core, shared by the admin API, health checks and the signal loop.
@@ -106,6 +118,7 @@ impl Core {
             runtime,
             reloads: None,
             last_reload: None,
+            announcing: Announcing::default(),
             nic_xdp_tx_errors: None,
         };
         core.warn_fail_open(&[]);

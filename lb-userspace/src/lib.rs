@@ -1,5 +1,6 @@
 //! Sluice userspace: config, the XDP data plane's loader and its counters.
 pub mod admin;
+pub mod announce;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

@@ -114,8 +114,35 @@ pub fn render(core: &Shared) -> Result<String> {
             }
         }
         core.proxy_metrics.register(&mut registry);
-        let build = gauge_family(&mut registry, "build_info", "1, labelled with lbd's version");
-        build.get_or_create(&vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]).set(1);
+        let build =
+            gauge_family(&mut registry, "build_info", "1, labelled with lbd's version and the host's name");
+        let node = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
+        build
+            .get_or_create(&vec![
+                ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+                ("node".to_owned(), node),
+            ])
+            .set(1);
+        if core.state.config.bgp.is_some() {
+            let announced = gauge_family(
+                &mut registry,
+                "bgp_announced",
+                "1 while BIRD is told to announce the VIP address",
+            );
+            let addresses: std::collections::BTreeSet<_> =
+                core.state.config.vips.iter().map(|v| v.addr).collect();
+            for address in addresses {
+                let on = core.announcing.announced.contains(&address);
+                announced.get_or_create(&vec![("address".to_owned(), address.to_string())]).set(on as i64);
+            }
+            let failures = Counter::<u64>::default();
+            failures.inc_by(core.announcing.failures);
+            registry.register(
+                "bgp_update_failures",
+                "Times BIRD could not be told what to announce",
+                failures,
+            );
+        }
         let unix = |t: std::time::SystemTime| {
             t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64
         };

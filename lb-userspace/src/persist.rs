@@ -90,6 +90,14 @@ pub fn edit(text: &str, command: &Command) -> Result<String> {
                 entry.remove("drain");
             }
         }
+        Command::SetNodeDrain { drained } => {
+            let bgp = doc.get_mut("bgp").and_then(Item::as_table_mut).context("no [bgp] in the file")?;
+            if *drained {
+                bgp.insert("drained", toml_edit::value(true));
+            } else {
+                bgp.remove("drained");
+            }
+        }
         Command::AddDeny { prefix } => deny_prefixes(&mut doc)?.push(prefix.to_string()),
         Command::RemoveDeny { prefix } => {
             let prefixes = deny_prefixes(&mut doc)?;
@@ -213,5 +221,18 @@ mod tests {
         let add =
             Command::AddBackend { pool: "nope".into(), address: "10.0.0.2".parse().unwrap(), weight: 7 };
         assert!(edit(TEXT, &add).unwrap_err().to_string().contains("no [[pool]] named `nope`"));
+    }
+
+    #[test]
+    fn node_drain_is_written_under_bgp() {
+        let text = "[dataplane]\ninterface = \"eth0\"\n\n[bgp]\n# the routes BIRD includes\nroutes_file = \"/run/sluice/vips.conf\"\n";
+        let drained = edit(text, &Command::SetNodeDrain { drained: true }).unwrap();
+        let config = Config::parse(Path::new("t.toml"), &drained).unwrap();
+        assert!(config.bgp.unwrap().drained && drained.contains("# the routes BIRD includes"), "{drained}");
+        let undrained = edit(&drained, &Command::SetNodeDrain { drained: false }).unwrap();
+        assert!(!Config::parse(Path::new("t.toml"), &undrained).unwrap().bgp.unwrap().drained);
+        assert!(
+            edit("[dataplane]\ninterface = \"eth0\"\n", &Command::SetNodeDrain { drained: true }).is_err()
+        );
     }
 }

@@ -82,6 +82,11 @@ pub fn run(path: &Path) -> Result<()> {
         if dataplane_on {
             tokio::spawn(watch_dataplane(core.clone(), pin_dir.join("link"), interface.clone()));
         }
+        // BGP: announces while the XDP program is attached; withdrawn first on SIGTERM.
+        let (withdraw_tx, withdraw_rx) = tokio::sync::oneshot::channel();
+        if dataplane_on {
+            tokio::spawn(announce(core.clone(), pin_dir.join("link"), withdraw_rx));
+        }
         let mut checked = HashSet::new();
         health::spawn_missing(&core, &mut checked);
         // L7 listeners: bound before READY, so a busy port fails the start.
@@ -142,6 +147,7 @@ pub fn run(path: &Path) -> Result<()> {
         }
         // Graceful stop: listeners stop accepting and drain in-flight requests.
         notify(&[NotifyState::Stopping]);
+        withdraw(&core, withdraw_tx).await;
         let _ = stop_tx.send(true);
         let _ = tokio::task::spawn_blocking(move || {
             for worker in serving {
@@ -158,6 +164,84 @@ pub fn run(path: &Path) -> Result<()> {
         info!("stopping");
     }
     Ok(())
+}
+
+/// Keeps BIRD announcing what the State wants (checked every second, so health flips, drains
+/// and reloads are followed within a second); on `withdraw`, withdraws everything, answers and
+/// ends.
+async fn announce(
+    core: Shared,
+    link: PathBuf,
+    mut withdraw: tokio::sync::oneshot::Receiver<tokio::sync::oneshot::Sender<()>>,
+) {
+    let mut announcer: Option<crate::announce::Announcer> = None;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        let done = tokio::select! {
+            _ = tick.tick() => None,
+            asked = &mut withdraw => Some(asked.ok()),
+        };
+        let (bgp, mut wanted) = {
+            let core = lock(&core);
+            let attached = link.exists();
+            (core.state.config.bgp.clone(), crate::announce::wanted(&core.state, attached))
+        };
+        if done.is_some() {
+            wanted.clear();
+        }
+        let result = match (&mut announcer, bgp) {
+            (None, None) => Ok(false),
+            (Some(announcer), None) => announcer.sync(&wanted).await, // [bgp] removed: withdraw
+            (Some(announcer), Some(bgp)) => {
+                announcer.configure(&bgp);
+                announcer.sync(&wanted).await
+            }
+            (slot @ None, Some(bgp)) => slot.insert(crate::announce::Announcer::new(bgp)).sync(&wanted).await,
+        };
+        {
+            let mut core = lock(&core);
+            let state = &mut core.announcing;
+            match result {
+                Ok(changed) => {
+                    if changed {
+                        let announced = announcer.as_ref().map(|a| a.announced()).unwrap_or_default();
+                        info!("BGP: announcing {announced:?}");
+                        state.announced = announced;
+                    }
+                    state.error = None;
+                }
+                Err(err) => {
+                    if state.error.as_ref() != Some(&err) {
+                        error!("BGP: {err}");
+                    }
+                    state.failures += 1;
+                    state.error = Some(err);
+                }
+            }
+        }
+        if let Some(reply) = done {
+            if let Some(reply) = reply {
+                let _ = reply.send(());
+            }
+            return;
+        }
+    }
+}
+
+/// On SIGTERM with `[bgp]`: withdraws every VIP, then keeps serving for `withdraw_wait` so the
+/// router moves traffic to the other hosts before the listeners stop.
+async fn withdraw(core: &Shared, announcer: tokio::sync::oneshot::Sender<tokio::sync::oneshot::Sender<()>>) {
+    let Some(wait) = lock(core).state.config.bgp.as_ref().map(|b| b.withdraw_wait) else { return };
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    if announcer.send(done_tx).is_err() {
+        return;
+    }
+    if tokio::time::timeout(std::time::Duration::from_secs(10), done_rx).await.is_err() {
+        warn!("BGP: the withdrawal did not finish within 10 s");
+        return;
+    }
+    info!("BGP: every VIP withdrawn; serving {wait:?} more while the router moves traffic");
+    tokio::time::sleep(wait).await;
 }
 
 /// Watches what can silently stop the fast path, every 5 s: the pinned XDP link disappearing

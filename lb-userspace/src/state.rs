@@ -41,6 +41,10 @@ pub enum Command {
         address: IpAddr,
         drain: bool,
     },
+    /// Drain the node (withdraw every VIP from BGP) or undrain it; needs `[bgp]`.
+    SetNodeDrain {
+        drained: bool,
+    },
     AddDeny {
         prefix: IpNet,
     },
@@ -88,6 +92,7 @@ impl Command {
                 | Command::RemoveBackend { .. }
                 | Command::SetWeight { .. }
                 | Command::SetDrain { .. }
+                | Command::SetNodeDrain { .. }
                 | Command::AddDeny { .. }
                 | Command::RemoveDeny { .. }
         )
@@ -198,6 +203,17 @@ impl State {
                     String::new()
                 } else {
                     format!("pool {pool}: backend {address} {what}")
+                })
+            }
+            Command::SetNodeDrain { drained } => {
+                let bgp = self.config.bgp.as_mut().ok_or_else(|| {
+                    CommandError::Invalid("no [bgp] in the config: nothing is announced to drain".into())
+                })?;
+                let old = std::mem::replace(&mut bgp.drained, *drained);
+                Ok(match (old, *drained) {
+                    (false, true) => "node drained: every VIP is withdrawn".to_owned(),
+                    (true, false) => "node undrained: VIPs are announced again".to_owned(),
+                    _ => String::new(),
                 })
             }
             Command::AddDeny { prefix } => {
@@ -380,6 +396,12 @@ impl State {
             })
             .collect();
         (weighted, fail_open)
+    }
+
+    /// Whether the pool has a backend new flows can go to: ready (probes, no ejection), not
+    /// drained, weight above 0. A pool failing open has none.
+    pub fn pool_usable(&self, pool: &Pool) -> bool {
+        pool.backends.iter().any(|b| !b.drain && b.weight > 0 && self.usable(&pool.name, b.addr))
     }
 
     /// The pools failing open (every ready backend down).

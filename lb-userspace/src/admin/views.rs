@@ -47,6 +47,20 @@ pub struct Status {
     /// Pools whose every backend is down (traffic goes to all of them).
     pub failing_open: Vec<String>,
     pub last_reload: Option<LastReload>,
+    /// BGP (`[bgp]`); None: this host announces nothing.
+    #[serde(default)]
+    pub bgp: Option<Announcing>,
+}
+
+/// What this host announces over BGP.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Announcing {
+    /// The node is drained (`lbctl node drain`): nothing is announced.
+    pub drained: bool,
+    /// The addresses BIRD was last told to announce.
+    pub announced: Vec<IpAddr>,
+    /// Why the last attempt to tell BIRD failed (None: it worked).
+    pub error: Option<String>,
 }
 
 /// How the last reload went.
@@ -174,6 +188,7 @@ mod tests {
             pools: 1,
             failing_open: vec![],
             last_reload: Some(LastReload { unix_seconds: 1, applied: true }),
+            bgp: None,
         };
         let text = serde_json::to_string(&status).unwrap();
         let back: Status = serde_json::from_str(&text).unwrap();

@@ -43,6 +43,11 @@ enum Noun {
     Status,
     /// Re-read the config file (as SIGHUP does) and say what changed, or why nothing did.
     Reload,
+    /// This host's BGP announcements (`[bgp]`).
+    Node {
+        #[command(subcommand)]
+        verb: NodeVerb,
+    },
     /// VIPs.
     Vip {
         #[command(subcommand)]
@@ -104,6 +109,15 @@ enum Noun {
         #[arg(long)]
         pin_dir: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum NodeVerb {
+    /// Withdraw every VIP from BGP (the router sends the traffic to the other hosts); kept in
+    /// the config file across restarts.
+    Drain,
+    /// Announce the VIPs again.
+    Undrain,
 }
 
 #[derive(Subcommand)]
@@ -376,6 +390,19 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{:<16} {}", "pools", s.pools);
                 println!("{:<16} {}", "failing_open", s.failing_open.join(", "));
                 println!("{:<16} {reload}", "last_reload");
+                if let Some(bgp) = &s.bgp {
+                    let announced: Vec<String> = bgp.announced.iter().map(ToString::to_string).collect();
+                    let announced =
+                        if announced.is_empty() { "nothing".to_owned() } else { announced.join(", ") };
+                    println!(
+                        "{:<16} {announced}{}",
+                        "bgp_announced",
+                        if bgp.drained { " (node drained)" } else { "" }
+                    );
+                    if let Some(err) = &bgp.error {
+                        println!("{:<16} {err}", "bgp_error");
+                    }
+                }
             }
         }
         Noun::Reload => {
@@ -389,6 +416,11 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 println!("reload applied ({} changes)", applied.changes.len());
             }
+        }
+        Noun::Node { verb } => {
+            let drained = matches!(verb, NodeVerb::Drain);
+            let v = command(&cli, Command::SetNodeDrain { drained }).await?;
+            if json_out { show(&v) } else { print_changes(&v) }
         }
         Noun::Vip { verb: VipVerb::List } => {
             let v = call(&cli.socket, Method::GET, "/vips", None).await?;

@@ -15,6 +15,7 @@ pub(super) struct RawConfig {
     pub(super) deny: RawDeny,
     #[serde(default)]
     pub(super) admin: RawAdmin,
+    pub(super) bgp: Option<RawBgp>,
     #[serde(default)]
     pub(super) listener: Vec<RawListener>,
     #[serde(default)]
@@ -144,6 +145,17 @@ pub(super) struct RawRateLimit {
 pub(super) struct RawAdmin {
     pub(super) socket: Option<PathBuf>,
     pub(super) metrics: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBgp {
+    pub(super) routes_file: Spanned<PathBuf>,
+    pub(super) control_socket: Option<PathBuf>,
+    pub(super) birdc: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) drained: bool,
+    pub(super) withdraw_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -575,6 +575,24 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
         });
     }
 
+    let bgp = raw.bgp.map(|b| {
+        if !b.routes_file.get_ref().is_absolute() {
+            errors.at(b.routes_file.span(), "bgp routes_file must be an absolute path");
+        }
+        if b.withdraw_wait_ms.is_some_and(|ms| ms > 60_000) {
+            errors.at(b.routes_file.span(), "bgp withdraw_wait_ms must be at most 60000");
+        }
+        Bgp {
+            routes_file: b.routes_file.into_inner(),
+            control_socket: b.control_socket.unwrap_or_else(|| PathBuf::from(DEFAULT_BIRD_SOCKET)),
+            birdc: b.birdc.unwrap_or_else(|| PathBuf::from("birdc")),
+            drained: b.drained,
+            withdraw_wait: Duration::from_millis(b.withdraw_wait_ms.unwrap_or(2_000)),
+        }
+    });
+    if bgp.is_some() && !has_dataplane {
+        errors.at(0..0, "[bgp] announces VIPs, which need [dataplane]");
+    }
     let interface_line = errors.line_of(interface.span());
     Config {
         dataplane: has_dataplane,
@@ -607,5 +625,6 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
         vips,
         pools,
         deny,
+        bgp,
     }
 }

@@ -1,0 +1,169 @@
+//! BGP announcements through BIRD. lbd decides what this host announces; BIRD speaks BGP. An
+//! address is announced while lbd runs, its XDP program is attached, the node is not drained
+//! and a VIP on the address has a usable backend (ready, not drained, weight above 0). The
+//! wanted set is written as two BIRD static protocols (`sluice_vips4`, `sluice_vips6`) into the
+//! file bird.conf includes, then `birdc configure` applies it; withdrawing is the same with
+//! fewer routes.
+use std::{
+    collections::BTreeSet,
+    io::Write as _,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use crate::{config::Bgp, state::State};
+
+/// The longest birdc may take.
+const BIRDC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The addresses `state` wants announced; `attached`: the XDP program is attached.
+pub fn wanted(state: &State, attached: bool) -> BTreeSet<IpAddr> {
+    let config = &state.config;
+    let drained = config.bgp.as_ref().is_none_or(|b| b.drained);
+    if drained || !attached {
+        return BTreeSet::new();
+    }
+    config.vips.iter().filter(|vip| state.pool_usable(config.pool_of(vip))).map(|vip| vip.addr).collect()
+}
+
+/// The routes file for `addresses`: host routes BIRD originates (blackhole locally: the XDP
+/// program takes the packets before any route is looked up).
+pub fn render(addresses: &BTreeSet<IpAddr>) -> String {
+    let mut text = String::from("# Written by lbd: the VIPs this host announces now. Do not edit.\n");
+    for (name, family, v6) in [("sluice_vips4", "ipv4", false), ("sluice_vips6", "ipv6", true)] {
+        text.push_str(&format!("protocol static {name} {{\n  {family};\n"));
+        for address in addresses.iter().filter(|a| a.is_ipv6() == v6) {
+            let length = if v6 { 128 } else { 32 };
+            text.push_str(&format!("  route {address}/{length} blackhole;\n"));
+        }
+        text.push_str("}\n");
+    }
+    text
+}
+
+/// Keeps BIRD announcing what lbd wants.
+pub struct Announcer {
+    bgp: Bgp,
+    /// What BIRD was last told (None: nothing yet).
+    announced: Option<BTreeSet<IpAddr>>,
+}
+
+impl Announcer {
+    pub fn new(bgp: Bgp) -> Announcer {
+        Announcer { bgp, announced: None }
+    }
+
+    /// Follows a reload's `[bgp]` (a changed file or socket is written on the next sync).
+    pub fn configure(&mut self, bgp: &Bgp) {
+        if (&bgp.routes_file, &bgp.control_socket) != (&self.bgp.routes_file, &self.bgp.control_socket) {
+            self.announced = None;
+        }
+        self.bgp = bgp.clone();
+    }
+
+    /// Makes BIRD announce `wanted` if it does not already; Ok(true) when something changed.
+    pub async fn sync(&mut self, wanted: &BTreeSet<IpAddr>) -> Result<bool, String> {
+        if self.announced.as_ref() == Some(wanted) {
+            return Ok(false);
+        }
+        let (file, text) = (self.bgp.routes_file.clone(), render(wanted));
+        tokio::task::spawn_blocking(move || write_atomically(&file, &text))
+            .await
+            .map_err(|err| err.to_string())?
+            .map_err(|err| format!("writing {}: {err}", self.bgp.routes_file.display()))?;
+        birdc_configure(&self.bgp.birdc, &self.bgp.control_socket).await?;
+        self.announced = Some(wanted.clone());
+        Ok(true)
+    }
+
+    /// What BIRD was last told to announce.
+    pub fn announced(&self) -> Vec<IpAddr> {
+        self.announced.iter().flatten().copied().collect()
+    }
+}
+
+/// Writes `text` to `path` through a temporary file beside it and a rename: BIRD never reads a
+/// half-written file.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut temporary = PathBuf::from(path);
+    temporary.as_mut_os_string().push(".lbd-tmp");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
+}
+
+/// `birdc -s SOCKET configure`, within its timeout; Err with BIRD's words when it refuses.
+async fn birdc_configure(birdc: &Path, socket: &Path) -> Result<(), String> {
+    let run = tokio::process::Command::new(birdc)
+        .arg("-s")
+        .arg(socket)
+        .arg("configure")
+        .kill_on_drop(true)
+        .output();
+    let output = match tokio::time::timeout(BIRDC_TIMEOUT, run).await {
+        Err(_) => return Err(format!("{} did not answer within {BIRDC_TIMEOUT:?}", birdc.display())),
+        Ok(Err(err)) => return Err(format!("running {}: {err}", birdc.display())),
+        Ok(Ok(output)) => output,
+    };
+    let said = String::from_utf8_lossy(&output.stdout);
+    // birdc prints "Reconfigured" (or "Reconfiguration in progress") when BIRD took the file.
+    if output.status.success() && said.contains("Reconfigur") {
+        Ok(())
+    } else {
+        Err(format!("birdc configure: {}{}", said.trim(), String::from_utf8_lossy(&output.stderr).trim()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::{config::Config, state::Command};
+
+    fn state(bgp: &str) -> State {
+        let text = format!(
+            "[dataplane]\ninterface = \"eth0\"\n{bgp}\
+             [[pool]]\nname = \"web\"\nbackends = [{{ address = \"10.0.0.1\" }}, {{ address = \"10.0.0.2\" }}]\n\
+             [[pool]]\nname = \"dns\"\nbackends = [{{ address = \"2001:db8::10\" }}]\n\
+             [[vip]]\nname = \"web\"\naddress = \"198.19.0.1\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n\
+             [[vip]]\nname = \"dns\"\naddress = \"2001:db8::1\"\nport = 53\nprotocol = \"udp\"\npool = \"dns\"\n"
+        );
+        State::new(Config::parse(Path::new("t.toml"), &text).unwrap())
+    }
+
+    const BGP: &str = "[bgp]\nroutes_file = \"/run/sluice/vips.conf\"\n";
+
+    #[test]
+    fn vips_are_announced_while_usable_attached_and_undrained() {
+        let mut s = state(BGP);
+        let all: BTreeSet<IpAddr> = ["198.19.0.1".parse().unwrap(), "2001:db8::1".parse().unwrap()].into();
+        assert_eq!(wanted(&s, true), all);
+        assert!(wanted(&s, false).is_empty(), "detached: nothing");
+        // A pool with nothing usable withdraws its VIP; the other stays.
+        for address in ["10.0.0.1", "10.0.0.2"] {
+            let drain =
+                Command::SetDrain { pool: "web".into(), address: address.parse().unwrap(), drain: true };
+            s.apply(&drain).unwrap();
+        }
+        assert_eq!(wanted(&s, true), ["2001:db8::1".parse().unwrap()].into());
+        s.apply(&Command::SetNodeDrain { drained: true }).unwrap();
+        assert!(wanted(&s, true).is_empty(), "drained node: nothing");
+        assert!(wanted(&state(""), true).is_empty(), "no [bgp]: nothing");
+    }
+
+    #[test]
+    fn the_routes_file_is_two_static_protocols() {
+        let text = render(&["198.19.0.1".parse().unwrap(), "2001:db8::1".parse().unwrap()].into());
+        assert!(
+            text.contains("protocol static sluice_vips4 {\n  ipv4;\n  route 198.19.0.1/32 blackhole;\n}")
+        );
+        assert!(
+            text.contains("protocol static sluice_vips6 {\n  ipv6;\n  route 2001:db8::1/128 blackhole;\n}")
+        );
+        let empty = render(&BTreeSet::new());
+        assert!(empty.contains("sluice_vips4 {\n  ipv4;\n}") && !empty.contains("route"));
+    }
+}

@@ -1,0 +1,221 @@
+//! Root test of BGP announcements with real BIRD daemons: three Sluice hosts, each running lbd
+//! and BIRD, peer with a router whose BIRD installs multipath (ECMP) routes into its kernel with
+//! L4 hashing. The router holds a 3-way route per VIP; `lbctl node drain` withdraws one host's
+//! announcements (kept in its config file); a pool with nothing usable withdraws that VIP only;
+//! SIGTERM withdraws before lbd stops serving; `undrain` announces again.
+use std::{
+    net::Ipv4Addr,
+    path::Path,
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use sluice_tests::{
+    netns::{Host, delete_namespaces, run},
+    servers::{Lbd, TempDir, wait_for},
+};
+
+const HOSTS: usize = 3;
+const WEB: &str = "198.19.0.1";
+const API: &str = "198.19.0.2";
+
+/// Router, hosts and their BIRDs; everything is removed on drop.
+struct Bed {
+    tag: String,
+    router: Host,
+    hosts: Vec<Host>,
+    birds: Vec<Child>,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        for bird in &mut self.birds {
+            let _ = bird.kill();
+            let _ = bird.wait();
+        }
+        delete_namespaces(&self.tag);
+    }
+}
+
+fn host(ns: String, addr4: Ipv4Addr, dev: &str) -> Host {
+    Host { ns, addr4, addr6: std::net::Ipv6Addr::UNSPECIFIED, dev: dev.to_owned(), mac: [0; 6] }
+}
+
+/// Starts BIRD in `host`'s namespace with `conf`, in the foreground (a child of the test).
+fn bird(host: &Host, dir: &Path, name: &str, conf: &str) -> Result<Child> {
+    let file = dir.join(format!("bird-{name}.conf"));
+    std::fs::write(&file, conf)?;
+    let socket = dir.join(format!("{name}.ctl"));
+    let check = host.command("bird").args(["-p", "-c", file.to_str().context("path")?]).output()?;
+    anyhow::ensure!(check.status.success(), "bird -p {name}: {}", String::from_utf8_lossy(&check.stderr));
+    let child = host
+        .command("bird")
+        .args(["-f", "-c", file.to_str().context("path")?, "-s", socket.to_str().context("path")?])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting bird (apt install bird2)")?;
+    wait_for("bird's control socket", Duration::from_secs(10), || socket.exists())?;
+    Ok(child)
+}
+
+impl Bed {
+    fn new(dir: &Path) -> Result<Bed> {
+        sluice_tests::require_root();
+        let tag = format!("slb{}", std::process::id() % 100_000);
+        delete_namespaces(&tag);
+        let router = host(format!("{tag}-r"), Ipv4Addr::new(10, 77, 0, 1), "");
+        run("ip", &["netns", "add", &router.ns])?;
+        let mut bed = Bed { tag: tag.clone(), router, hosts: Vec::new(), birds: Vec::new() };
+        bed.router.run("ip", &["link", "set", "lo", "up"])?;
+        // ECMP over the hosts, hashed on the 5-tuple (what an edge router's L4 hashing does).
+        bed.router
+            .run("sysctl", &["-qw", "net.ipv4.fib_multipath_hash_policy=1", "net.ipv4.ip_forward=1"])?;
+        let mut neighbors = String::new();
+        for i in 1..=HOSTS {
+            let h = host(format!("{tag}-h{i}"), Ipv4Addr::new(10, 77, i as u8, 2), "eth0");
+            run("ip", &["netns", "add", &h.ns])?;
+            let peer = format!("h{i}");
+            run(
+                "ip",
+                &[
+                    "link",
+                    "add",
+                    &peer,
+                    "netns",
+                    &bed.router.ns,
+                    "type",
+                    "veth",
+                    "peer",
+                    "eth0",
+                    "netns",
+                    &h.ns,
+                ],
+            )?;
+            bed.router.run("ip", &["addr", "add", &format!("10.77.{i}.1/24"), "dev", &peer])?;
+            bed.router.run("ip", &["link", "set", &peer, "up"])?;
+            h.run("ip", &["link", "set", "lo", "up"])?;
+            h.run("ip", &["addr", "add", &format!("10.77.{i}.2/24"), "dev", "eth0"])?;
+            h.run("ip", &["link", "set", "eth0", "up"])?;
+            neighbors.push_str(&format!("protocol bgp h{i} from lb {{ neighbor 10.77.{i}.2 as 65001; }}\n"));
+            bed.hosts.push(h);
+        }
+        let router_conf = format!(
+            "router id 10.77.0.1;\nprotocol device {{ scan time 1; }}\n\
+             protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths on; }}\n\
+             template bgp lb {{ local as 65000; hold time 6; connect retry time 1; \
+             ipv4 {{ import all; export none; }}; }}\n{neighbors}"
+        );
+        let router_bird = bird(&bed.router, dir, "r", &router_conf)?;
+        bed.birds.push(router_bird);
+        for (i, h) in bed.hosts.clone().iter().enumerate() {
+            let i = i + 1;
+            let routes = dir.join(format!("h{i}-vips.conf"));
+            // lbd rewrites this file; BIRD needs it to exist at start.
+            std::fs::write(&routes, lb_userspace::announce::render(&Default::default()))?;
+            let conf = format!(
+                "router id 10.77.{i}.2;\nprotocol device {{ scan time 1; }}\ninclude \"{routes}\";\n\
+                 protocol bgp uplink {{ local 10.77.{i}.2 as 65001; neighbor 10.77.{i}.1 as 65000; hold time 6; \
+                 connect retry time 1; ipv4 {{ import none; export where proto = \"sluice_vips4\"; next hop self; }}; }}\n",
+                routes = routes.display()
+            );
+            let child = bird(h, dir, &format!("h{i}"), &conf)?;
+            bed.birds.push(child);
+        }
+        Ok(bed)
+    }
+
+    /// The router's next hops for `vip` (the hosts' addresses), from its kernel table.
+    fn next_hops(&self, vip: &str) -> Vec<String> {
+        let Ok(out) = self.router.run("ip", &["-4", "route", "show", vip]) else { return Vec::new() };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut hops: Vec<String> = text
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == "via")
+            .map(|w| w[1].to_owned())
+            .collect();
+        hops.sort();
+        hops
+    }
+
+    /// Waits until the router sends `vip` to exactly the hosts numbered `hosts`.
+    fn expect(&self, vip: &str, hosts: &[usize]) -> Result<()> {
+        let want: Vec<String> = hosts.iter().map(|i| format!("10.77.{i}.2")).collect();
+        wait_for(&format!("the router's route to {vip} via {want:?}"), Duration::from_secs(20), || {
+            self.next_hops(vip) == want
+        })
+        .with_context(|| format!("{vip} is via {:?}", self.next_hops(vip)))
+    }
+}
+
+fn config(dir: &Path, tag: &str, i: usize, withdraw_wait_ms: u64) -> Result<std::path::PathBuf> {
+    let path = dir.join(format!("h{i}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"generic\"\npin_dir = \"/sys/fs/bpf/{tag}-h{i}\"\n\n\
+             [bgp]\nroutes_file = \"{d}/h{i}-vips.conf\"\ncontrol_socket = \"{d}/h{i}.ctl\"\n\
+             withdraw_wait_ms = {withdraw_wait_ms}\n\n\
+             [[vip]]\nname = \"web\"\naddress = \"{WEB}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n\n\
+             [[vip]]\nname = \"api\"\naddress = \"{API}\"\nport = 80\nprotocol = \"tcp\"\npool = \"api\"\n\n\
+             [[pool]]\nname = \"web\"\nbackends = [{{ address = \"10.99.0.1\" }}, {{ address = \"10.99.0.2\" }}]\n\n\
+             [[pool]]\nname = \"api\"\nbackends = [{{ address = \"10.99.0.3\" }}]\n\n\
+             [admin]\nsocket = \"{d}/h{i}.sock\"\n",
+            d = dir.display(),
+        ),
+    )?;
+    Ok(path)
+}
+
+#[test]
+fn root_bgp_hosts_announce_drain_and_withdraw_through_bird() -> Result<()> {
+    let dir = TempDir::new("bgp")?;
+    let bed = Bed::new(&dir.0)?;
+    let mut lbds = Vec::new();
+    for (i, h) in bed.hosts.iter().enumerate() {
+        // The third host waits 3 s after withdrawing on SIGTERM, long enough to watch it.
+        let wait = if i == 2 { 3_000 } else { 500 };
+        let log = dir.0.join(format!("lbd-h{}.log", i + 1));
+        lbds.push(Lbd::start_logging(h, &config(&dir.0, &bed.tag, i + 1, wait)?, Some(&log))?);
+    }
+
+    // Every host announces both VIPs: the router holds a 3-way ECMP route for each.
+    bed.expect(WEB, &[1, 2, 3])?;
+    bed.expect(API, &[1, 2, 3])?;
+    let status = lbds[0].lbctl(&["status"])?;
+    assert!(status.contains(&format!("bgp_announced    {WEB}, {API}")), "{status}");
+
+    // Drain host 1: both VIPs leave it; the drain is written to its config file.
+    lbds[0].lbctl(&["node", "drain"])?;
+    bed.expect(WEB, &[2, 3])?;
+    bed.expect(API, &[2, 3])?;
+    assert!(lbds[0].lbctl(&["status"])?.contains("nothing (node drained)"));
+    assert!(std::fs::read_to_string(&lbds[0].config)?.contains("drained = true"));
+
+    // Host 2's web pool has nothing usable: web leaves host 2, api stays.
+    for backend in ["10.99.0.1", "10.99.0.2"] {
+        lbds[1].lbctl(&["backend", "drain", "web", backend])?;
+    }
+    bed.expect(WEB, &[3])?;
+    bed.expect(API, &[2, 3])?;
+
+    // SIGTERM on host 3: withdrawn while lbd still serves (its withdraw wait), then it exits.
+    lbds[2].signal(libc::SIGTERM);
+    let pid = lbds[2].pid();
+    bed.expect(API, &[2])?;
+    assert!(bed.next_hops(WEB).is_empty(), "web still routed: {:?}", bed.next_hops(WEB));
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "lbd exited before the router moved the traffic");
+    let log = dir.0.join("lbd-h3.log");
+    wait_for("lbd on host 3 to exit", Duration::from_secs(15), || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("stopping")
+    })?;
+
+    // Undrain host 1: it announces again.
+    lbds[0].lbctl(&["node", "undrain"])?;
+    bed.expect(WEB, &[1])?;
+    bed.expect(API, &[1, 2])?;
+    Ok(())
+}
