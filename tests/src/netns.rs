@@ -130,6 +130,8 @@ pub struct Topology {
     pub client2: Host,
     pub router: Host,
     pub lb: Host,
+    /// More balancer hosts (`with_lbs`): links 3, 4, ... The router routes VIPs to `lb` only.
+    pub more_lbs: Vec<Host>,
     pub backends: Vec<Host>,
     /// The router's MAC on the lb link: the lb's next hop for encapsulated packets.
     pub router_mac_to_lb: [u8; 6],
@@ -158,6 +160,12 @@ impl Topology {
     /// Builds client, client2, router, lb and `backends` backend namespaces. Link `i` (client
     /// 0, lb 1, client2 2, backend k at 10+k) uses 198.18.i.0/24 and fd00:5e:i::/64; the router is .1 / ::1.
     pub fn new(backends: usize) -> Result<Topology> {
+        Topology::with_lbs(1, backends)
+    }
+
+    /// [`Topology::new`] with `lbs` balancer hosts: `lb` and `more_lbs` (`lb2`, `lb3`, ... on
+    /// links 3, 4, ...).
+    pub fn with_lbs(lbs: usize, backends: usize) -> Result<Topology> {
         crate::require_root();
         let n = NEXT_TOPOLOGY.fetch_add(1, Ordering::Relaxed);
         let tag = format!("sl{}x{n}", std::process::id() % 100_000);
@@ -175,6 +183,7 @@ impl Topology {
                 mac: [0; 6],
             },
             lb: placeholder(),
+            more_lbs: Vec::new(),
             backends: Vec::new(),
             router_mac_to_lb: [0; 6],
         };
@@ -182,6 +191,10 @@ impl Topology {
         topology.client = topology.add_host("client", 0, 1500)?;
         topology.lb = topology.add_host("lb", 1, 1600)?;
         topology.client2 = topology.add_host("client2", 2, 1500)?;
+        for k in 1..lbs.max(1) {
+            let host = topology.add_host(&format!("lb{}", k + 1), 2 + k as u8, 1600)?;
+            topology.more_lbs.push(host);
+        }
         for k in 0..backends {
             let host = topology.add_host(&format!("be{}", k + 1), 10 + k as u8, 1600)?;
             topology.backends.push(host);
@@ -260,7 +273,7 @@ impl Topology {
     pub fn namespaces(&self) -> Vec<String> {
         let mut all =
             vec![self.router.ns.clone(), self.client.ns.clone(), self.client2.ns.clone(), self.lb.ns.clone()];
-        all.extend(self.backends.iter().map(|b| b.ns.clone()));
+        all.extend(self.more_lbs.iter().chain(&self.backends).map(|h| h.ns.clone()));
         all
     }
 }

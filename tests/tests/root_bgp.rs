@@ -2,18 +2,23 @@
 //! and BIRD, peer with a router whose BIRD installs multipath (ECMP) routes into its kernel with
 //! L4 hashing. The router holds a 3-way route per VIP; `lbctl node drain` withdraws one host's
 //! announcements (kept in its config file); a pool with nothing usable withdraws that VIP only;
-//! SIGTERM withdraws before lbd stops serving; `undrain` announces again.
+//! SIGTERM withdraws before lbd stops serving; `undrain` announces again. On the full edge
+//! topology (client, router, three balancers, three DSR backends with Sluice's decap), new
+//! connections spread over every balancer and backend, and when a balancer is lost the router
+//! moves its flows to the others, which find the same backend (same Maglev table, same hash).
 use std::{
-    net::Ipv4Addr,
+    io::{Read, Write},
+    net::{Ipv4Addr, TcpStream},
     path::Path,
     process::{Child, Stdio},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result};
+use lb_userspace::dataplane::counters::Counters;
 use sluice_tests::{
-    netns::{Host, delete_namespaces, run},
-    servers::{Lbd, TempDir, wait_for},
+    netns::{Host, Topology, VIP4_NET, delete_namespaces, mac_text, read_mac, run},
+    servers::{Decap, Lbd, Nginx, TempDir, wait_for},
 };
 
 const HOSTS: usize = 3;
@@ -218,4 +223,174 @@ fn root_bgp_hosts_announce_drain_and_withdraw_through_bird() -> Result<()> {
     bed.expect(WEB, &[1])?;
     bed.expect(API, &[1, 2])?;
     Ok(())
+}
+
+/// New flows of every VIP counted by the balancer pinned at `pin_dir`.
+fn new_flows(pin_dir: &Path) -> Result<u64> {
+    Ok(Counters::open(pin_dir)?.vips()?.iter().map(|(_, c)| c.new_flows).sum())
+}
+
+/// One HTTP/1.1 exchange on a kept-alive connection: the body (nginx answers with its name).
+fn get(stream: &mut TcpStream) -> Result<String> {
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        anyhow::ensure!(n > 0, "closed after {:?}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                })
+                .and_then(|v| v.parse::<usize>().ok())
+                .context("no Content-Length")?;
+            if body.len() >= length {
+                return Ok(body.trim().to_owned());
+            }
+        }
+    }
+}
+
+#[test]
+fn root_bgp_ecmp_spreads_flows_and_a_lost_host_keeps_them_on_their_backends() -> Result<()> {
+    let dir = TempDir::new("bgp-ecmp")?;
+    let topology = Topology::with_lbs(3, 3)?;
+    let router = &topology.router;
+    // The VIPs reach the balancers through BGP only, hashed on the 5-tuple; a nexthop whose
+    // link is down is not used.
+    router.run("ip", &["route", "del", VIP4_NET])?;
+    router.run(
+        "sysctl",
+        &["-qw", "net.ipv4.fib_multipath_hash_policy=1", "net.ipv4.conf.all.ignore_routes_with_linkdown=1"],
+    )?;
+    let lbs: Vec<&Host> = std::iter::once(&topology.lb).chain(&topology.more_lbs).collect();
+    let link = |lb: &Host| lb.addr4.octets()[2];
+    let neighbors: String = lbs
+        .iter()
+        .map(|lb| {
+            format!("protocol bgp lb{i} from lb {{ neighbor {a} as 65001; }}\n", i = link(lb), a = lb.addr4)
+        })
+        .collect();
+    let mut birds = vec![bird(
+        router,
+        &dir.0,
+        "router",
+        &format!(
+            "router id 198.18.0.1;\nprotocol device {{ scan time 1; }}\n\
+             protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths on; }}\n\
+             template bgp lb {{ local as 65000; hold time 6; connect retry time 1; \
+             ipv4 {{ import all; export none; }}; }}\n{neighbors}"
+        ),
+    )?];
+    let stop_birds = |birds: &mut Vec<Child>| {
+        for b in birds.iter_mut() {
+            let _ = b.kill();
+            let _ = b.wait();
+        }
+    };
+    let result = (|| -> Result<()> {
+        let vip = "198.19.0.1";
+        let mut servers = Vec::new();
+        let mut decaps = Vec::new();
+        for (i, backend) in topology.backends.iter().enumerate() {
+            backend.make_dsr_backend(&[vip])?;
+            decaps.push(Decap::attach(backend, "generic")?);
+            servers.push(Nginx::start(backend, &format!("backend{}", i + 1))?);
+        }
+        let pool: Vec<String> =
+            topology.backends.iter().map(|b| format!("{{ address = \"{}\" }}", b.addr4)).collect();
+        let mut lbds = Vec::new();
+        for (n, lb) in lbs.iter().enumerate() {
+            let k = link(lb);
+            // The third balancer lists the pool in the opposite order: Maglev must not care.
+            let pool: Vec<String> = if n == 2 { pool.iter().rev().cloned().collect() } else { pool.clone() };
+            let routes = dir.0.join(format!("lb{k}-vips.conf"));
+            std::fs::write(&routes, lb_userspace::announce::render(&Default::default()))?;
+            birds.push(bird(
+                lb,
+                &dir.0,
+                &format!("lb{k}"),
+                &format!(
+                    "router id {a};\nprotocol device {{ scan time 1; }}\ninclude \"{routes}\";\n\
+                     protocol bgp uplink {{ local {a} as 65001; neighbor 198.18.{k}.1 as 65000; hold time 6; \
+                     connect retry time 1; ipv4 {{ import none; export where proto = \"sluice_vips4\"; next hop self; }}; }}\n",
+                    a = lb.addr4,
+                    routes = routes.display()
+                ),
+            )?);
+            let config = dir.0.join(format!("lb{k}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"generic\"\npin_dir = \"/sys/fs/bpf/{tag}-lb{k}\"\n\
+                     next_hop_mac = \"{mac}\"\n\n[bgp]\nroutes_file = \"{routes}\"\ncontrol_socket = \"{d}/lb{k}.ctl\"\n\n\
+                     [[vip]]\nname = \"web\"\naddress = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n\n\
+                     [[pool]]\nname = \"web\"\nbackends = [{pool}]\n\n[admin]\nsocket = \"{d}/lb{k}.sock\"\n",
+                    tag = topology.tag,
+                    mac = mac_text(read_mac(&router.ns, &format!("r{k}"))?),
+                    routes = routes.display(),
+                    d = dir.0.display(),
+                    pool = pool.join(", "),
+                ),
+            )?;
+            lbds.push(Lbd::start(lb, &config)?);
+        }
+        let hops: Vec<String> = lbs.iter().map(|lb| lb.addr4.to_string()).collect();
+        wait_for("a 3-way ECMP route to the VIP", Duration::from_secs(20), || {
+            let out = router.run("ip", &["-4", "route", "show", vip]).map(|o| o.stdout).unwrap_or_default();
+            let text = String::from_utf8_lossy(&out);
+            hops.iter().all(|h| text.contains(&format!("via {h} ")))
+        })?;
+
+        // 300 new connections: every balancer takes new flows, every backend answers.
+        let before: Vec<u64> = lbds.iter().map(|l| new_flows(&l.pin_dir)).collect::<Result<_>>()?;
+        let out = topology.client.run(
+            "sh",
+            &["-c", &format!("for i in $(seq 300); do curl -s --max-time 3 http://{vip}/; done")],
+        )?;
+        let answers = String::from_utf8_lossy(&out.stdout).into_owned();
+        let per_backend: Vec<usize> =
+            (1..=3).map(|i| answers.lines().filter(|l| *l == format!("backend{i}")).count()).collect();
+        assert_eq!(per_backend.iter().sum::<usize>(), 300, "{per_backend:?}");
+        assert!(per_backend.iter().all(|&n| n >= 40), "backends took {per_backend:?} of 300");
+        let per_lb: Vec<u64> =
+            lbds.iter().zip(&before).map(|(l, b)| Ok(new_flows(&l.pin_dir)? - b)).collect::<Result<_>>()?;
+        assert!(per_lb.iter().all(|&n| n >= 40), "balancers took {per_lb:?} of 300 new flows");
+        println!("300 connections: backends {per_backend:?}, balancers {per_lb:?}");
+
+        // 30 kept-alive connections, then the router loses balancer 3's link: its flows move to
+        // the other balancers, which miss them in their connection tables and still pick the
+        // same backend.
+        let lost = &lbds[2];
+        let lost_before = new_flows(&lost.pin_dir)?;
+        let mut streams: Vec<TcpStream> = topology.client.within(|| {
+            (0..30)
+                .map(|_| {
+                    let s = TcpStream::connect((vip, 80))?;
+                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    Ok(s)
+                })
+                .collect()
+        })?;
+        let first: Vec<String> = streams.iter_mut().map(get).collect::<Result<_>>()?;
+        let carried = new_flows(&lost.pin_dir)? - lost_before;
+        assert!(carried > 0, "balancer 3 carried none of the 30 connections: the test shows nothing");
+        router.run("ip", &["link", "set", &format!("r{}", link(lbs[2])), "down"])?;
+        wait_for("the router to drop balancer 3", Duration::from_secs(20), || {
+            let out = router.run("ip", &["-4", "route", "show", vip]).map(|o| o.stdout).unwrap_or_default();
+            !String::from_utf8_lossy(&out).contains(&format!("via {} ", lbs[2].addr4))
+        })?;
+        let second: Vec<String> = streams.iter_mut().map(get).collect::<Result<_>>()?;
+        assert_eq!(first, second, "a connection changed backend when its balancer was lost");
+        println!("balancer 3 lost with {carried} of 30 kept-alive connections: all 30 kept their backend");
+        drop(lbds);
+        drop(decaps);
+        Ok(())
+    })();
+    stop_birds(&mut birds);
+    result
 }
