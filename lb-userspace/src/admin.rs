@@ -125,6 +125,12 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
                     unix_seconds: r.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
                     applied: r.applied,
                 }),
+                cluster: config.cluster.as_ref().map(|c| views::Following {
+                    endpoints: c.endpoints.clone(),
+                    prefix: c.prefix.clone(),
+                    revision: core.following.revision,
+                    error: core.following.error.clone(),
+                }),
                 bgp: config.bgp.as_ref().map(|b| views::Announcing {
                     drained: b.drained,
                     announced: core.announcing.announced.clone(),
@@ -247,8 +253,17 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
             let commands: Result<Vec<Command>, _> = serde_json::from_slice::<Vec<Command>>(&body)
                 .or_else(|_| serde_json::from_slice::<Command>(&body).map(|c| vec![c]));
             let commands = commands.map_err(|err| format!("not a command: {err}")).and_then(operator_only);
+            let etcd = lock(&core).etcd.clone();
             match commands {
                 Err(err) => reply(StatusCode::BAD_REQUEST, json!({ "error": err })),
+                // With [cluster], backends change in etcd; every host (this one too) applies
+                // the change from there.
+                Ok(commands) if etcd.is_some() && commands.iter().any(is_backend_command) => {
+                    match to_etcd(&core, etcd.as_deref().unwrap_or_else(|| unreachable!()), &commands).await {
+                        Ok(lines) => reply(StatusCode::OK, json!(views::Changes { changes: lines })),
+                        Err(err) => reply(StatusCode::BAD_REQUEST, json!({ "error": err })),
+                    }
+                }
                 Ok(commands) => match lock(&core).execute(&commands) {
                     Ok(lines) => reply(StatusCode::OK, json!(views::Changes { changes: lines })),
                     Err(ExecError::Refused(err)) => {
@@ -264,6 +279,53 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
         _ => reply(StatusCode::NOT_FOUND, json!({ "error": format!("no endpoint {method} {path}") })),
     };
     Ok(response)
+}
+
+fn is_backend_command(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::AddBackend { .. }
+            | Command::RemoveBackend { .. }
+            | Command::SetWeight { .. }
+            | Command::SetDrain { .. }
+    )
+}
+
+/// Writes backend commands to etcd, each checked against the State first; the lines say what
+/// was written (the State changes when the change comes back from etcd, within a second).
+async fn to_etcd(
+    core: &Shared,
+    etcd: &crate::cluster::Etcd,
+    commands: &[Command],
+) -> Result<Vec<String>, String> {
+    if !commands.iter().all(is_backend_command) {
+        return Err("with [cluster], send backend commands apart from the others".to_owned());
+    }
+    let mut lines = Vec::new();
+    let mut state = lock(core).state.clone();
+    let (_, mut known) = etcd.pools().await.map_err(|err| format!("etcd: {err} (nothing changed)"))?;
+    for command in commands {
+        let (pool, address, member) = crate::cluster::write_for(&state, command)?;
+        // The first change to a pool etcd knows nothing of writes the pool's backends first:
+        // etcd then holds the whole pool, not this one backend alone.
+        if !known.contains_key(&pool) {
+            for b in &state.config.pools[&pool].backends {
+                let seed = crate::cluster::Member { weight: b.weight, drain: b.drain };
+                etcd.put(&pool, b.addr, seed).await.map_err(|err| format!("etcd: {err}"))?;
+            }
+            known.insert(pool.clone(), Default::default());
+        }
+        state.apply(command).map_err(|e| e.to_string())?;
+        let revision = match member {
+            Some(member) => etcd.put(&pool, address, member).await,
+            None => etcd.delete(&pool, address).await,
+        }
+        .map_err(|err| format!("etcd: {err} (nothing changed)"))?;
+        lines.push(format!(
+            "pool {pool}: backend {address} written to etcd at revision {revision}; every host applies it"
+        ));
+    }
+    Ok(lines)
 }
 
 /// The commands an operator may send: the ones written to the config file. Probe results,

@@ -395,6 +395,17 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// VIP announcements through BIRD (`[bgp]`); None: nothing is announced.
     pub bgp: Option<Bgp>,
+    /// Pools' backends from etcd (`[cluster]`); None: from this file and lbctl only.
+    pub cluster: Option<Cluster>,
+}
+
+/// Where the pools' backends come from when several hosts share them: etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// `HOST:PORT` of each etcd endpoint (its client URL, plain HTTP), tried in order.
+    pub endpoints: Vec<String>,
+    /// Key prefix; backends live at `PREFIX/pools/POOL/ADDRESS`. Ends with `/`.
+    pub prefix: String,
 }
 
 /// How this host announces its VIPs: lbd writes the routes it wants announced into a file that

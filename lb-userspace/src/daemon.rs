@@ -60,6 +60,19 @@ pub struct Core {
     pub nic_xdp_tx_errors: Option<u64>,
     /// What BIRD announces for this host, as the announcer last saw it.
     pub announcing: Announcing,
+    /// etcd, where the pools' backends come from with `[cluster]`.
+    pub etcd: Option<Arc<crate::cluster::Etcd>>,
+    /// How following etcd goes.
+    pub following: Following,
+}
+
+/// The etcd follower's last word (`[cluster]`).
+#[derive(Debug, Clone, Default)]
+pub struct Following {
+    /// The etcd revision whose pools are applied (0: none yet).
+    pub revision: i64,
+    /// Why etcd could not be read (None: it was, at the last attempt).
+    pub error: Option<String>,
 }
 
 /// The announcer's last word (`[bgp]`).
@@ -119,6 +132,8 @@ impl Core {
             reloads: None,
             last_reload: None,
             announcing: Announcing::default(),
+            etcd: None,
+            following: Following::default(),
             nic_xdp_tx_errors: None,
         };
         core.warn_fail_open(&[]);

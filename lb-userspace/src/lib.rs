@@ -1,6 +1,7 @@
 //! Sluice userspace: config, the XDP data plane's loader and its counters.
 pub mod admin;
 pub mod announce;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

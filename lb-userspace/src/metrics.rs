@@ -123,6 +123,20 @@ pub fn render(core: &Shared) -> Result<String> {
                 ("node".to_owned(), node),
             ])
             .set(1);
+        if core.state.config.cluster.is_some() {
+            for (name, help, value) in [
+                ("cluster_revision", "The etcd revision whose pools are applied", core.following.revision),
+                (
+                    "cluster_reachable",
+                    "1 if etcd answered the last read",
+                    core.following.error.is_none() as i64,
+                ),
+            ] {
+                let gauge = Gauge::<i64>::default();
+                gauge.set(value);
+                registry.register(name, help, gauge);
+            }
+        }
         if core.state.config.bgp.is_some() {
             let announced = gauge_family(
                 &mut registry,

@@ -82,6 +82,14 @@ pub fn run(path: &Path) -> Result<()> {
         if dataplane_on {
             tokio::spawn(watch_dataplane(core.clone(), pin_dir.join("link"), interface.clone()));
         }
+        // Pools from etcd, applied like lbctl's changes.
+        let cluster = lock(&core).state.config.cluster.clone();
+        if let Some(cluster) = cluster {
+            let etcd = Arc::new(crate::cluster::Etcd::new(&cluster));
+            lock(&core).etcd = Some(etcd.clone());
+            tokio::spawn(follow(core.clone(), etcd));
+            info!("pools follow etcd at {:?} under {}", cluster.endpoints, cluster.prefix);
+        }
         // BGP: announces while the XDP program is attached; withdrawn first on SIGTERM.
         let (withdraw_tx, withdraw_rx) = tokio::sync::oneshot::channel();
         if dataplane_on {
@@ -224,6 +232,56 @@ async fn announce(
                 let _ = reply.send(());
             }
             return;
+        }
+    }
+}
+
+/// Keeps the pools what etcd holds: reads them, applies the difference (pool by pool), then
+/// waits for the next change (or 30 s, then reads again anyway). etcd away: the last known
+/// pools keep serving, and status, metrics and the log say so; a view older than the one
+/// applied is never applied.
+async fn follow(core: Shared, etcd: Arc<crate::cluster::Etcd>) {
+    let mut applied = 0;
+    loop {
+        let wait = match etcd.pools().await {
+            Ok((revision, _)) if revision < applied => {
+                warn!("etcd: revision {revision} is older than the applied {applied}: ignored");
+                Err(())
+            }
+            Ok((revision, pools)) => {
+                {
+                    let mut core = lock(&core);
+                    if core.following.error.take().is_some() {
+                        info!("etcd: reachable again at revision {revision}");
+                    }
+                    let (lists, unknown) = crate::cluster::commands(&core.state, &pools);
+                    for list in lists {
+                        match core.execute(&list) {
+                            Ok(lines) => lines.iter().for_each(|l| info!("etcd revision {revision}: {l}")),
+                            Err(err) => error!("etcd revision {revision}: not applied: {err}"),
+                        }
+                    }
+                    if !unknown.is_empty() && revision != core.following.revision {
+                        warn!("etcd names pools this config does not define: {unknown:?}");
+                    }
+                    core.following.revision = revision;
+                }
+                applied = revision;
+                etcd.changed_after(revision, std::time::Duration::from_secs(30)).await.map_err(|err| {
+                    warn!("etcd watch: {err}");
+                })
+            }
+            Err(err) => {
+                let mut core = lock(&core);
+                if core.following.error.as_ref() != Some(&err) {
+                    error!("etcd unreachable ({err}): the last known pools keep serving");
+                }
+                core.following.error = Some(err);
+                Err(())
+            }
+        };
+        if wait.is_err() {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
     }
 }

@@ -50,6 +50,20 @@ pub struct Status {
     /// BGP (`[bgp]`); None: this host announces nothing.
     #[serde(default)]
     pub bgp: Option<Announcing>,
+    /// etcd (`[cluster]`); None: pools come from the config file and lbctl.
+    #[serde(default)]
+    pub cluster: Option<Following>,
+}
+
+/// How this host follows etcd.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Following {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    /// The etcd revision whose pools are applied (0: none yet).
+    pub revision: i64,
+    /// Why etcd could not be read at the last attempt (None: it could).
+    pub error: Option<String>,
 }
 
 /// What this host announces over BGP.
@@ -189,6 +203,7 @@ mod tests {
             failing_open: vec![],
             last_reload: Some(LastReload { unix_seconds: 1, applied: true }),
             bgp: None,
+            cluster: None,
         };
         let text = serde_json::to_string(&status).unwrap();
         let back: Status = serde_json::from_str(&text).unwrap();

@@ -390,6 +390,13 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{:<16} {}", "pools", s.pools);
                 println!("{:<16} {}", "failing_open", s.failing_open.join(", "));
                 println!("{:<16} {reload}", "last_reload");
+                if let Some(c) = &s.cluster {
+                    let state = match &c.error {
+                        None => format!("revision {}", c.revision),
+                        Some(err) => format!("UNREACHABLE, serving revision {} ({err})", c.revision),
+                    };
+                    println!("{:<16} {} under {}: {state}", "etcd", c.endpoints.join(", "), c.prefix);
+                }
                 if let Some(bgp) = &s.bgp {
                     let announced: Vec<String> = bgp.announced.iter().map(ToString::to_string).collect();
                     let announced =

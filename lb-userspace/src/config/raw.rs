@@ -16,6 +16,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) admin: RawAdmin,
     pub(super) bgp: Option<RawBgp>,
+    pub(super) cluster: Option<RawCluster>,
     #[serde(default)]
     pub(super) listener: Vec<RawListener>,
     #[serde(default)]
@@ -145,6 +146,13 @@ pub(super) struct RawRateLimit {
 pub(super) struct RawAdmin {
     pub(super) socket: Option<PathBuf>,
     pub(super) metrics: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub(super) endpoints: Spanned<Vec<String>>,
+    pub(super) prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -593,6 +593,32 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
     if bgp.is_some() && !has_dataplane {
         errors.at(0..0, "[bgp] announces VIPs, which need [dataplane]");
     }
+    let cluster = raw.cluster.map(|c| {
+        let span = c.endpoints.span();
+        let endpoints: Vec<String> = c
+            .endpoints
+            .into_inner()
+            .iter()
+            .filter_map(|e| {
+                let host_port = e.strip_prefix("http://").unwrap_or(e).trim_end_matches('/');
+                let valid = host_port
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                if !valid {
+                    errors.at(span.clone(), format!("cluster endpoint `{e}`: expected http://HOST:PORT"));
+                }
+                valid.then(|| host_port.to_owned())
+            })
+            .collect();
+        if endpoints.is_empty() {
+            errors.at(span, "cluster needs at least one endpoint");
+        }
+        let mut prefix = c.prefix.unwrap_or_else(|| "/sluice/".to_owned());
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Cluster { endpoints, prefix }
+    });
     let interface_line = errors.line_of(interface.span());
     Config {
         dataplane: has_dataplane,
@@ -626,5 +652,6 @@ pub(super) fn validate(raw: RawConfig, errors: &mut Errors) -> Config {
         pools,
         deny,
         bgp,
+        cluster,
     }
 }

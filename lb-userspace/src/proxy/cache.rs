@@ -139,9 +139,19 @@ impl CacheStore {
         self.with(route, config, |c| c.entries.get(key).filter(|e| e.fresh()).cloned())
     }
 
-    /// The cell that coalesces misses of `key`: every caller gets the same one until it is done.
-    pub fn pending(&self, route: &str, config: &CacheConfig, key: &str) -> Arc<OnceCell<Fill>> {
-        self.with(route, config, |c| c.pending.entry(key.to_owned()).or_default().clone())
+    /// A fresh stored answer, else the cell that coalesces misses of `key` (every caller gets
+    /// the same one until it is done). One lock for both: a fill that ends between a caller's
+    /// miss and its cell would otherwise start a second fill.
+    pub fn lookup(
+        &self,
+        route: &str,
+        config: &CacheConfig,
+        key: &str,
+    ) -> Result<Cached, Arc<OnceCell<Fill>>> {
+        self.with(route, config, |c| match c.entries.get(key).filter(|e| e.fresh()) {
+            Some(hit) => Ok(hit.clone()),
+            None => Err(c.pending.entry(key.to_owned()).or_default().clone()),
+        })
     }
 
     /// Stores an answer (if it fits) and ends the coalescing of its key.

@@ -165,10 +165,10 @@ pub async fn serve(
 ) -> Cached {
     let (route, config, parts) = (request.route, request.config, request.parts);
     let key = store.key(&route.name, config, &parts.method, request.host, request.target, &parts.headers);
-    if let Some(hit) = store.get(&route.name, config, &key) {
-        return Cached { response: respond::cached(&hit, "HIT"), reason: None };
-    }
-    let cell = store.pending(&route.name, config, &key);
+    let cell = match store.lookup(&route.name, config, &key) {
+        Ok(hit) => return Cached { response: respond::cached(&hit, "HIT"), reason: None },
+        Err(cell) => cell,
+    };
     let mut mine = None;
     let fill = cell
         .get_or_init(|| async {
