@@ -1,0 +1,84 @@
+//! `[dataplane]`: interface, pin directory, next hop, encapsulation sources, VIP capacity.
+use super::*;
+
+/// The `[dataplane]` section checked (defaults when there is none: an L7-only host).
+pub(in crate::config) struct Dataplane {
+    pub(in crate::config) present: bool,
+    pub(in crate::config) interface: Spanned<String>,
+    pub(in crate::config) xdp_mode: XdpModeSetting,
+    pub(in crate::config) pin_dir: PathBuf,
+    pub(in crate::config) next_hop_mac: NextHop,
+    pub(in crate::config) encap_source_v4: Ipv4Addr,
+    pub(in crate::config) encap_source_v6: Ipv6Addr,
+    pub(in crate::config) max_vips: u32,
+    pub(in crate::config) flow_grace_seconds: Option<u64>,
+    pub(in crate::config) redirect_interface: Option<Spanned<String>>,
+}
+
+pub(in crate::config) fn check(raw: &mut RawConfig, errors: &mut Errors) -> Dataplane {
+    let has_dataplane = raw.dataplane.is_some();
+    if !has_dataplane && !raw.vip.is_empty() {
+        errors.at(raw.vip[0].name.span(), "VIPs are balanced in XDP: they need a [dataplane] section");
+    }
+    if !has_dataplane && !raw.deny.prefixes.is_empty() {
+        errors.at(0..0, "[deny] drops sources in XDP: it needs a [dataplane] section");
+    }
+    let dp = raw.dataplane.take().unwrap_or(RawDataplane {
+        interface: Spanned::new(0..0, String::new()),
+        xdp_mode: XdpModeSetting::default(),
+        pin_dir: None,
+        next_hop_mac: None,
+        encap_source_v4: None,
+        encap_source_v6: None,
+        max_vips: None,
+        flow_grace_seconds: None,
+        redirect_interface: None,
+    });
+    let interface = dp.interface;
+    if has_dataplane && (interface.get_ref().is_empty() || interface.get_ref().len() >= libc::IFNAMSIZ) {
+        errors.at(interface.span(), format!("interface name must be 1 to {} bytes", libc::IFNAMSIZ - 1));
+    }
+    let pin_dir = match dp.pin_dir {
+        Some(dir) if !dir.get_ref().starts_with("/sys/fs/bpf") => {
+            errors.at(dir.span(), "pin_dir must be under /sys/fs/bpf (bpffs)");
+            PathBuf::new()
+        }
+        Some(dir) => dir.into_inner(),
+        None => PathBuf::from(lb_common::PIN_DIR),
+    };
+    let next_hop_mac = match dp.next_hop_mac {
+        None => NextHop::Unset,
+        Some(m) if m.get_ref() == "auto" => NextHop::Auto,
+        Some(m) => errors
+            .parse(&m, "\"auto\" or a MAC address like 02:00:00:00:00:01", parse_mac)
+            .map_or(NextHop::Unset, NextHop::Mac),
+    };
+    let encap_source_v4 = dp
+        .encap_source_v4
+        .and_then(|a| errors.parse(&a, "an IPv4 address", |s| s.parse().ok()))
+        .unwrap_or(Ipv4Addr::new(172, 16, 0, 0));
+    let encap_source_v6 = dp
+        .encap_source_v6
+        .and_then(|a| errors.parse(&a, "an IPv6 address", |s| s.parse().ok()))
+        .unwrap_or(Ipv6Addr::new(0xfd00, 0x5e, 0xffff, 0, 0, 0, 0, 0));
+    let max_vips = match dp.max_vips {
+        Some(n) if *n.get_ref() == 0 || *n.get_ref() > lb_common::vip::MAX_VIPS => {
+            errors.at(n.span(), format!("max_vips must be 1 to {}", lb_common::vip::MAX_VIPS));
+            lb_common::vip::MAX_VIPS // already reported: no second error about the VIP count
+        }
+        Some(n) => n.into_inner(),
+        None => 16,
+    };
+    Dataplane {
+        present: has_dataplane,
+        interface,
+        xdp_mode: dp.xdp_mode,
+        pin_dir,
+        next_hop_mac,
+        encap_source_v4,
+        encap_source_v6,
+        max_vips,
+        flow_grace_seconds: dp.flow_grace_seconds,
+        redirect_interface: dp.redirect_interface,
+    }
+}

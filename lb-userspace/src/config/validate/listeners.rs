@@ -1,0 +1,130 @@
+//! `[[listener]]`: addresses, TLS, limits and timeouts; every L7 VIP needs one.
+use super::*;
+
+pub(in crate::config) fn check(
+    raw_listeners: Vec<RawListener>,
+    vips: &[Vip],
+    resolve: &impl Fn(Spanned<PathBuf>) -> Spanned<PathBuf>,
+    errors: &mut Errors,
+) -> Vec<Listener> {
+    let mut listeners = Vec::new();
+    for raw in raw_listeners {
+        let name = raw.name.get_ref().clone();
+        if listeners.iter().any(|l: &Listener| l.name == name) {
+            errors.at(raw.name.span(), format!("listener `{name}` is defined twice"));
+        }
+        errors.name(&raw.name, "listener");
+        let Some(address) =
+            errors.parse(&raw.address, "an address:port", |s| s.parse::<std::net::SocketAddr>().ok())
+        else {
+            continue;
+        };
+        if address.port() == 0 {
+            errors.at(
+                raw.address.span(),
+                format!("listener `{}`: port 0 is not a port to listen on", short(&name)),
+            );
+        }
+        if raw.max_connections == Some(0) {
+            errors
+                .at(raw.name.span(), format!("listener `{}`: max_connections must be above 0", short(&name)));
+        }
+        // An L4 VIP on the same address and port would take the listener's packets in XDP.
+        if let Some(vip) = vips.iter().find(|v: &&Vip| {
+            v.mode == VipMode::L4
+                && v.port == address.port()
+                && (v.addr == address.ip() || address.ip().is_unspecified())
+        }) {
+            errors.at(
+                raw.address.span(),
+                format!(
+                    "listener `{}` on {address} is also L4 VIP `{}`: XDP would take its packets",
+                    short(&name),
+                    vip.name
+                ),
+            );
+        }
+        let tls = raw.tls.map(|t| {
+            let t = RawTls {
+                certificates: t
+                    .certificates
+                    .into_iter()
+                    .map(|c| RawCertificate { cert: resolve(c.cert), key: resolve(c.key) })
+                    .collect(),
+                client_ca: t.client_ca.map(resolve),
+            };
+            if t.certificates.is_empty() {
+                errors.at(raw.name.span(), format!("listener `{name}`: tls needs at least one certificate"));
+            }
+            let mut readable = |file: &Spanned<PathBuf>| {
+                if !errors.open_files {
+                    return;
+                }
+                if let Err(err) = open_regular(file.get_ref()) {
+                    errors.at(file.span(), format!("cannot read {}: {err}", file.get_ref().display()));
+                }
+            };
+            for c in &t.certificates {
+                readable(&c.cert);
+                readable(&c.key);
+            }
+            if let Some(ca) = &t.client_ca {
+                readable(ca);
+            }
+            Tls {
+                certificates: t
+                    .certificates
+                    .into_iter()
+                    .map(|c| (c.cert.into_inner(), c.key.into_inner()))
+                    .collect(),
+                client_ca: t.client_ca.map(Spanned::into_inner),
+            }
+        });
+        for (what, value) in [
+            ("header_read_timeout_ms", raw.header_read_timeout_ms),
+            ("handshake_timeout_ms", raw.handshake_timeout_ms),
+            ("first_byte_timeout_ms", raw.first_byte_timeout_ms),
+            ("idle_timeout_ms", raw.idle_timeout_ms),
+        ] {
+            if value == Some(0) {
+                errors.at(raw.name.span(), format!("listener `{name}`: {what} must be above 0"));
+            }
+        }
+        listeners.push(Listener {
+            name,
+            address,
+            tls,
+            redirect_https: raw.redirect_https,
+            access_log: raw.access_log,
+            access_log_format: raw.access_log_format,
+            max_connections: raw.max_connections.unwrap_or(10_000),
+            header_read_timeout: Duration::from_millis(raw.header_read_timeout_ms.unwrap_or(10_000)),
+            handshake_timeout: Duration::from_millis(raw.handshake_timeout_ms.unwrap_or(10_000)),
+            first_byte_timeout: Duration::from_millis(raw.first_byte_timeout_ms.unwrap_or(10_000)),
+            idle_timeout: Duration::from_millis(raw.idle_timeout_ms.unwrap_or(60_000)),
+            max_body_bytes: raw.max_body_bytes.unwrap_or(10 << 20),
+            max_header_bytes: raw.max_header_bytes.unwrap_or(16 << 10),
+            drain_timeout: Duration::from_millis(raw.drain_timeout_ms.unwrap_or(10_000)),
+        });
+    }
+    // An L7 VIP is passed up to the stack for a listener: one must listen there (on its port,
+    // or on any port of a VIP with every port).
+    for vip in vips.iter().filter(|v| v.mode == VipMode::L7) {
+        let heard = listeners.iter().any(|l: &Listener| {
+            (vip.port == 0 || l.address.port() == vip.port)
+                && (l.address.ip() == vip.addr || l.address.ip().is_unspecified())
+        });
+        if !heard {
+            errors.at(
+                0..0,
+                format!(
+                    "L7 VIP `{}` ({} port {}) has no listener on that address and port",
+                    short(&vip.name),
+                    vip.addr,
+                    vip.port
+                ),
+            );
+        }
+    }
+    listeners
+}

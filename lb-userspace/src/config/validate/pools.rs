@@ -1,0 +1,83 @@
+//! `[[pool]]`: names, backends, health checks, balancing, L7 settings.
+use super::*;
+
+pub(in crate::config) fn check(raw_pools: Vec<RawPool>, errors: &mut Errors) -> BTreeMap<String, Pool> {
+    let mut pools = BTreeMap::new();
+    for raw_pool in raw_pools {
+        errors.name(&raw_pool.name, "pool");
+        let name = raw_pool.name.get_ref().clone();
+        let mut backends: Vec<BackendSpec> = Vec::new();
+        for b in raw_pool.backends {
+            let Some(addr) = errors.parse(&b.address, "an IP address", |s| s.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            if backends.iter().any(|x| x.addr == addr) {
+                errors.at(b.address.span(), format!("backend {addr} is listed twice in pool `{name}`"));
+            }
+            if let Some(why) = not_a_host(addr) {
+                errors.at(b.address.span(), format!("backend {addr} in pool `{name}`: {why}"));
+            }
+            let weight = match b.weight {
+                Some(w) if *w.get_ref() > MAX_WEIGHT => {
+                    errors.at(w.span(), format!("weight must be 0 (drained) to {MAX_WEIGHT}"));
+                    0
+                }
+                Some(w) => w.into_inner(),
+                None => DEFAULT_WEIGHT,
+            };
+            backends.push(BackendSpec { addr, weight, drain: b.drain });
+        }
+        let health = raw_pool.health.map(|h| {
+            let span = h.span();
+            let h = h.into_inner();
+            let check = HealthCheck {
+                kind: h.kind,
+                port: h.port,
+                path: h.path,
+                expect_status: h.expect_status,
+                interval: Duration::from_millis(h.interval_ms),
+                timeout: Duration::from_millis(h.timeout_ms),
+                rise: h.rise,
+                fall: h.fall,
+            };
+            if check.port == 0 || check.rise == 0 || check.fall == 0 {
+                errors.at(span, format!("pool `{name}` health: port, rise and fall must be at least 1"));
+            } else if check.timeout.is_zero() || check.timeout >= check.interval {
+                errors.at(
+                    span,
+                    format!("pool `{name}` health: timeout_ms must be above 0 and below interval_ms"),
+                );
+            } else if !check.path.starts_with('/') {
+                errors.at(span, format!("pool `{name}` health: path must start with /"));
+            }
+            check
+        });
+        let hash_key = match raw_pool.hash_key.as_deref().map(HashKey::parse) {
+            None => HashKey::ClientIp,
+            Some(Some(key)) => key,
+            Some(None) => {
+                errors.at(
+                    raw_pool.name.span(),
+                    format!("pool `{name}`: hash_key must be header:NAME, cookie:NAME or client_ip"),
+                );
+                HashKey::ClientIp
+            }
+        };
+        let pool = Pool {
+            name: name.clone(),
+            backends,
+            health,
+            port: raw_pool.port.unwrap_or(80),
+            balance: raw_pool.balance,
+            hash_key,
+            protocol: raw_pool.protocol,
+            max_requests_per_backend: raw_pool.max_requests_per_backend,
+            max_pending_requests: raw_pool.max_pending_requests,
+            outlier: raw_pool.outlier,
+        };
+        if pools.insert(name.clone(), pool).is_some() {
+            errors.at(raw_pool.name.span(), format!("pool `{name}` is defined twice"));
+        }
+    }
+    pools
+}

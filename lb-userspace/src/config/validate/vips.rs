@@ -1,0 +1,79 @@
+//! `[[vip]]` and `[deny]`: what XDP balances and what it drops first.
+use super::*;
+
+pub(in crate::config) fn check(
+    raw_vips: Vec<RawVip>,
+    pools: &BTreeMap<String, Pool>,
+    max_vips: u32,
+    errors: &mut Errors,
+) -> Vec<Vip> {
+    let mut vips = Vec::new();
+    let mut names = HashSet::new();
+    let mut keys = HashSet::new();
+    for raw_vip in raw_vips {
+        let name = raw_vip.name.get_ref().clone();
+        if !names.insert(name.clone()) {
+            errors.at(raw_vip.name.span(), format!("VIP `{name}` is defined twice"));
+        }
+        errors.name(&raw_vip.name, "VIP");
+        let Some(addr) = errors.parse(&raw_vip.address, "an IP address", |s| s.parse::<IpAddr>().ok()) else {
+            continue;
+        };
+        if let Some(why) = not_a_host(addr) {
+            errors.at(raw_vip.address.span(), format!("VIP `{}`: {addr}: {why}", short(&name)));
+        }
+        let port = raw_vip.port.unwrap_or(0);
+        if !keys.insert((addr, port, raw_vip.protocol)) {
+            errors.at(raw_vip.address.span(), format!("VIP `{name}`: {addr} port {port} is already a VIP"));
+        }
+        let pool_name = raw_vip.pool.get_ref();
+        match pools.get(pool_name) {
+            None => errors.at(
+                raw_vip.pool.span(),
+                format!("VIP `{name}` uses pool `{pool_name}`, which is not defined"),
+            ),
+            Some(pool) if addr.is_ipv6() && raw_vip.mode == VipMode::L4 => {
+                if let Some(b) = pool.backends.iter().find(|b| b.addr.is_ipv4()) {
+                    errors.at(
+                        raw_vip.pool.span(),
+                        format!(
+                            "IPv6 VIP `{name}` cannot reach IPv4 backend {} of pool `{pool_name}`",
+                            b.addr
+                        ),
+                    );
+                }
+            }
+            Some(_) => {}
+        }
+        vips.push(Vip {
+            name,
+            addr,
+            port,
+            protocol: raw_vip.protocol,
+            pool: pool_name.clone(),
+            mode: raw_vip.mode,
+            drop_fragments: raw_vip.drop_fragments,
+        });
+    }
+    if vips.len() > max_vips as usize {
+        errors.at(0..0, format!("{} VIPs configured but max_vips is {max_vips}", vips.len()));
+    }
+    vips
+}
+
+pub(in crate::config) fn deny(raw: RawDeny, errors: &mut Errors) -> Vec<IpNet> {
+    let mut deny = Vec::new();
+    for prefix in raw.prefixes {
+        let parsed = errors.parse(&prefix, "a prefix like 203.0.113.0/24", |s| {
+            s.parse::<IpNet>().ok().or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+        });
+        if let Some(net) = parsed {
+            if net.trunc() != net {
+                errors.at(prefix.span(), format!("`{net}` has host bits set; did you mean {}?", net.trunc()));
+            }
+            deny.push(net);
+        }
+    }
+
+    deny
+}
