@@ -258,7 +258,7 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
                 Err(err) => reply(StatusCode::BAD_REQUEST, json!({ "error": err })),
                 // With [cluster], backends change in etcd; every host (this one too) applies
                 // the change from there.
-                Ok(commands) if etcd.is_some() && commands.iter().any(is_backend_command) => {
+                Ok(commands) if etcd.is_some() && commands.iter().any(Command::is_backend) => {
                     match to_etcd(&core, etcd.as_deref().unwrap_or_else(|| unreachable!()), &commands).await {
                         Ok(lines) => reply(StatusCode::OK, json!(views::Changes { changes: lines })),
                         Err(err) => reply(StatusCode::BAD_REQUEST, json!({ "error": err })),
@@ -281,16 +281,6 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
     Ok(response)
 }
 
-fn is_backend_command(command: &Command) -> bool {
-    matches!(
-        command,
-        Command::AddBackend { .. }
-            | Command::RemoveBackend { .. }
-            | Command::SetWeight { .. }
-            | Command::SetDrain { .. }
-    )
-}
-
 /// Writes backend commands to etcd, each checked against the State first; the lines say what
 /// was written (the State changes when the change comes back from etcd, within a second).
 async fn to_etcd(
@@ -298,7 +288,7 @@ async fn to_etcd(
     etcd: &crate::cluster::Etcd,
     commands: &[Command],
 ) -> Result<Vec<String>, String> {
-    if !commands.iter().all(is_backend_command) {
+    if !commands.iter().all(Command::is_backend) {
         return Err("with [cluster], send backend commands apart from the others".to_owned());
     }
     let mut lines = Vec::new();

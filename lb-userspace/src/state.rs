@@ -84,18 +84,24 @@ pub enum Command {
 }
 
 impl Command {
-    /// Whether the command is an operator's change that belongs in the config file.
-    pub fn persists(&self) -> bool {
+    /// Whether the command changes a pool's backend (what etcd holds with `[cluster]`).
+    pub fn is_backend(&self) -> bool {
         matches!(
             self,
             Command::AddBackend { .. }
                 | Command::RemoveBackend { .. }
                 | Command::SetWeight { .. }
                 | Command::SetDrain { .. }
-                | Command::SetNodeDrain { .. }
-                | Command::AddDeny { .. }
-                | Command::RemoveDeny { .. }
         )
+    }
+
+    /// Whether the command is an operator's change that belongs in the config file.
+    pub fn persists(&self) -> bool {
+        self.is_backend()
+            || matches!(
+                self,
+                Command::SetNodeDrain { .. } | Command::AddDeny { .. } | Command::RemoveDeny { .. }
+            )
     }
 }
 

@@ -226,6 +226,67 @@ fn root_bgp_hosts_announce_drain_and_withdraw_through_bird() -> Result<()> {
     Ok(())
 }
 
+/// Long-lived flows, each a kept-alive connection making a request every 200 ms on its own
+/// thread for a while; each remembers the backends that answered, whether it broke, and the
+/// longest gap between two answers.
+struct Flows {
+    threads: Vec<std::thread::JoinHandle<Flow>>,
+}
+
+/// One flow's backends that answered, its error if it broke, its longest gap between answers.
+type Flow = (Vec<String>, Option<String>, Duration);
+
+impl Flows {
+    fn start(client: &Host, vip: &str, n: usize, lasting: Duration) -> Result<Flows> {
+        let streams: Vec<TcpStream> = client.within(|| {
+            (0..n)
+                .map(|_| {
+                    let s = TcpStream::connect((vip, 80))?;
+                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    Ok(s)
+                })
+                .collect()
+        })?;
+        let started = std::time::Instant::now();
+        let threads = streams
+            .into_iter()
+            .map(|mut stream| {
+                std::thread::spawn(move || {
+                    let (mut seen, mut broken, mut gap, mut last) =
+                        (Vec::new(), None, Duration::ZERO, std::time::Instant::now());
+                    while started.elapsed() < lasting {
+                        match get(&mut stream) {
+                            Ok(name) => {
+                                gap = gap.max(last.elapsed());
+                                last = std::time::Instant::now();
+                                seen.push(name);
+                            }
+                            Err(err) => {
+                                broken = Some(err.to_string());
+                                break;
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    (seen, broken, gap)
+                })
+            })
+            .collect();
+        Ok(Flows { threads })
+    }
+
+    /// Waits for every flow: the errors of those that broke, how many changed backend, and the
+    /// longest gap between answers on one flow.
+    fn finish(self) -> (Vec<String>, usize, Duration) {
+        let results: Vec<_> = self.threads.into_iter().map(|t| t.join().expect("flow thread")).collect();
+        let broken = results.iter().filter_map(|(_, b, _)| b.clone()).collect();
+        let switched = results.iter().filter(|(seen, _, _)| seen.windows(2).any(|w| w[0] != w[1])).count();
+        let stalled = results.iter().filter(|(seen, broken, _)| broken.is_none() && seen.len() < 5).count();
+        assert_eq!(stalled, 0, "flows stalled");
+        (broken, switched, results.iter().map(|(_, _, g)| *g).max().unwrap_or_default())
+    }
+}
+
 /// New flows of every VIP counted by the balancer pinned at `pin_dir`.
 fn new_flows(pin_dir: &Path) -> Result<u64> {
     Ok(Counters::open(pin_dir)?.vips()?.iter().map(|(_, c)| c.new_flows).sum())
@@ -369,40 +430,7 @@ fn root_bgp_ecmp_spreads_flows_and_a_lost_host_keeps_them_on_their_backends() ->
         // longest gap between two answers on one flow.
         let lost = &lbds[2];
         let lost_before = new_flows(&lost.pin_dir)?;
-        let streams: Vec<TcpStream> = topology.client.within(|| {
-            (0..50)
-                .map(|_| {
-                    let s = TcpStream::connect((vip, 80))?;
-                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                    Ok(s)
-                })
-                .collect()
-        })?;
-        let started = std::time::Instant::now();
-        let flows: Vec<_> = streams
-            .into_iter()
-            .map(|mut stream| {
-                std::thread::spawn(move || {
-                    let (mut seen, mut broken, mut gap, mut last) =
-                        (Vec::new(), None, Duration::ZERO, std::time::Instant::now());
-                    while started.elapsed() < Duration::from_secs(5) {
-                        match get(&mut stream) {
-                            Ok(name) => {
-                                gap = gap.max(last.elapsed());
-                                last = std::time::Instant::now();
-                                seen.push(name);
-                            }
-                            Err(err) => {
-                                broken = Some(err.to_string());
-                                break;
-                            }
-                        }
-                        std::thread::sleep(Duration::from_millis(200));
-                    }
-                    (seen, broken, gap)
-                })
-            })
-            .collect();
+        let flows = Flows::start(&topology.client, vip, 50, Duration::from_secs(5))?;
         std::thread::sleep(Duration::from_secs(2));
         let carried = new_flows(&lost.pin_dir)? - lost_before;
         let cut = std::time::Instant::now();
@@ -412,10 +440,7 @@ fn root_bgp_ecmp_spreads_flows_and_a_lost_host_keeps_them_on_their_backends() ->
             !String::from_utf8_lossy(&out).contains(&format!("via {} ", lbs[2].addr4))
         })?;
         let withdrawn = cut.elapsed();
-        let results: Vec<_> = flows.into_iter().map(|f| f.join().expect("flow thread")).collect();
-        let broken: Vec<&String> = results.iter().filter_map(|(_, b, _)| b.as_ref()).collect();
-        let switched = results.iter().filter(|(seen, _, _)| seen.windows(2).any(|w| w[0] != w[1])).count();
-        let gap = results.iter().map(|(_, _, g)| *g).max().unwrap_or_default();
+        let (broken, switched, gap) = flows.finish();
         println!(
             "balancer 3 lost: {carried} of 50 flows moved, route gone in {withdrawn:?}, {} broken, \
              {switched} changed backend, longest gap between answers {gap:?} (requests every 200 ms)",
@@ -424,7 +449,25 @@ fn root_bgp_ecmp_spreads_flows_and_a_lost_host_keeps_them_on_their_backends() ->
         assert!(carried > 0, "balancer 3 carried none of the 50 flows: the test shows nothing");
         assert!(broken.is_empty(), "flows broke: {broken:?}");
         assert_eq!(switched, 0, "a flow changed backend when its balancer was lost");
-        assert!(results.iter().all(|(seen, _, _)| seen.len() >= 20), "flows stalled");
+
+        // Balancer 1 is drained under 30 more long-lived flows: its route goes first, its flows
+        // move to balancer 2 on their backends, and it takes no new connection afterwards.
+        let flows = Flows::start(&topology.client, vip, 30, Duration::from_secs(4))?;
+        std::thread::sleep(Duration::from_secs(1));
+        lbds[0].lbctl(&["node", "drain"])?;
+        wait_for("the router to drop drained balancer 1", Duration::from_secs(20), || {
+            let out = router.run("ip", &["-4", "route", "show", vip]).map(|o| o.stdout).unwrap_or_default();
+            !String::from_utf8_lossy(&out).contains(&format!("via {} ", lbs[0].addr4))
+        })?;
+        let drained_before = new_flows(&lbds[0].pin_dir)?;
+        let (broken, switched, _) = flows.finish();
+        assert!(broken.is_empty() && switched == 0, "drain: broken {broken:?}, {switched} changed backend");
+        topology.client.run(
+            "sh",
+            &["-c", &format!("for i in $(seq 50); do curl -s --max-time 3 -o /dev/null http://{vip}/; done")],
+        )?;
+        assert_eq!(new_flows(&lbds[0].pin_dir)?, drained_before, "a drained balancer took new connections");
+        println!("balancer 1 drained under 30 flows: 0 broken, 0 changed backend, no new connections after");
         drop(lbds);
         drop(decaps);
         Ok(())

@@ -133,31 +133,18 @@ pub(super) fn validate(mut raw: RawConfig, errors: &mut Errors) -> Config {
     let listeners = listeners::check(raw.listener, &vips, &resolve, errors);
     let routes = routes::check(raw.route, &pools, &listeners, &base, &resolve, errors);
     let (bgp, cluster) = cluster::check(raw.bgp, raw.cluster, dp.present, errors);
-    let (interface, has_dataplane) = (dp.interface, dp.present);
-    let (pin_dir, next_hop_mac, encap_source_v4, encap_source_v6, max_vips) =
-        (dp.pin_dir, dp.next_hop_mac, dp.encap_source_v4, dp.encap_source_v6, dp.max_vips);
-    let interface_line = errors.line_of(interface.span());
     Config {
-        dataplane: has_dataplane,
-        interface: interface.into_inner(),
-        interface_line,
+        dataplane: dp.present,
+        interface: dp.interface,
+        interface_line: dp.interface_line,
         xdp_mode: dp.xdp_mode,
-        pin_dir,
-        next_hop_mac,
-        encap_source_v4,
-        encap_source_v6,
-        max_vips,
-        flow_grace: Duration::from_secs(match dp.flow_grace_seconds {
-            Some(n) if n > MAX_FLOW_GRACE_SECONDS => {
-                errors.at(
-                    0..0,
-                    format!("flow_grace_seconds must be at most {MAX_FLOW_GRACE_SECONDS} (one day)"),
-                );
-                60
-            }
-            n => n.unwrap_or(60),
-        }),
-        redirect_interface: dp.redirect_interface.map(Spanned::into_inner),
+        pin_dir: dp.pin_dir,
+        next_hop_mac: dp.next_hop_mac,
+        encap_source_v4: dp.encap_source_v4,
+        encap_source_v6: dp.encap_source_v6,
+        max_vips: dp.max_vips,
+        flow_grace: dp.flow_grace,
+        redirect_interface: dp.redirect_interface,
         admin_socket: raw.admin.socket.unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET)),
         metrics: raw
             .admin

@@ -4,15 +4,16 @@ use super::*;
 /// The `[dataplane]` section checked (defaults when there is none: an L7-only host).
 pub(in crate::config) struct Dataplane {
     pub(in crate::config) present: bool,
-    pub(in crate::config) interface: Spanned<String>,
+    pub(in crate::config) interface: String,
+    pub(in crate::config) interface_line: usize,
     pub(in crate::config) xdp_mode: XdpModeSetting,
     pub(in crate::config) pin_dir: PathBuf,
     pub(in crate::config) next_hop_mac: NextHop,
     pub(in crate::config) encap_source_v4: Ipv4Addr,
     pub(in crate::config) encap_source_v6: Ipv6Addr,
     pub(in crate::config) max_vips: u32,
-    pub(in crate::config) flow_grace_seconds: Option<u64>,
-    pub(in crate::config) redirect_interface: Option<Spanned<String>>,
+    pub(in crate::config) flow_grace: Duration,
+    pub(in crate::config) redirect_interface: Option<String>,
 }
 
 pub(in crate::config) fn check(raw: &mut RawConfig, errors: &mut Errors) -> Dataplane {
@@ -69,16 +70,24 @@ pub(in crate::config) fn check(raw: &mut RawConfig, errors: &mut Errors) -> Data
         Some(n) => n.into_inner(),
         None => 16,
     };
+    let flow_grace = match dp.flow_grace_seconds {
+        Some(n) if n > MAX_FLOW_GRACE_SECONDS => {
+            errors.at(0..0, format!("flow_grace_seconds must be at most {MAX_FLOW_GRACE_SECONDS} (one day)"));
+            60
+        }
+        n => n.unwrap_or(60),
+    };
     Dataplane {
         present: has_dataplane,
-        interface,
+        interface_line: errors.line_of(interface.span()),
+        interface: interface.into_inner(),
         xdp_mode: dp.xdp_mode,
         pin_dir,
         next_hop_mac,
         encap_source_v4,
         encap_source_v6,
         max_vips,
-        flow_grace_seconds: dp.flow_grace_seconds,
-        redirect_interface: dp.redirect_interface,
+        flow_grace: Duration::from_secs(flow_grace),
+        redirect_interface: dp.redirect_interface.map(Spanned::into_inner),
     }
 }
