@@ -31,6 +31,9 @@ enum Task {
         /// Leave the topology and lbd running for exploration (Ctrl-C tears down).
         #[arg(long)]
         keep: bool,
+        /// The many-host story: three balancers behind a BGP router, one lost.
+        #[arg(long)]
+        cluster: bool,
     },
 }
 
@@ -71,7 +74,7 @@ fn test(host_only: bool) -> Result<()> {
     cargo(&["test", "--package", "sluice-tests", "--", "--test-threads", "2"])
 }
 
-fn demo(keep: bool) -> Result<()> {
+fn demo(keep: bool, cluster: bool) -> Result<()> {
     if !is_root() {
         bail!("the demo makes network namespaces and attaches XDP: run it as root");
     }
@@ -79,6 +82,9 @@ fn demo(keep: bool) -> Result<()> {
     let mut args = vec!["run", "--quiet", "--package", "sluice-tests", "--bin", "sluice-demo", "--"];
     if keep {
         args.push("--keep");
+    }
+    if cluster {
+        args.push("--cluster");
     }
     println!("==> cargo {}", args.join(" "));
     let status = Command::new(env!("CARGO")).args(&args).status().context("running cargo")?;
@@ -112,7 +118,7 @@ fn bench(what: &str) -> Result<()> {
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Test { host_only } => test(host_only),
-        Task::Demo { keep } => demo(keep),
+        Task::Demo { keep, cluster } => demo(keep, cluster),
         Task::Bench { what } => bench(&what),
     }
 }

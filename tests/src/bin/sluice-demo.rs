@@ -1,9 +1,11 @@
 //! The demo: a namespace topology, lbd with config/demo.toml, real traffic through the XDP
-//! balancer (L4, DSR) and the TLS proxy (L7), an operator's day with lbctl, teardown.
+//! balancer (L4, DSR) and the TLS proxy (L7), an operator's day with lbctl, teardown. With
+//! `--cluster`: three balancers behind a BGP router (ECMP), a balancer lost, flows living on.
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Result, bail};
 use sluice_tests::{
+    many_hosts::{Edge, Flows},
     netns::{self, Host, Topology},
     pki::TestCa,
     servers::{Decap, Lbd, Nginx, PeerPass, TempDir, wait_for},
@@ -50,19 +52,12 @@ impl Drop for LogOnFailure {
     }
 }
 
-fn main() -> Result<()> {
-    let keep = std::env::args().any(|a| a == "--keep");
-    sluice_tests::require_root();
-    // A stale demo (killed hard) would hold the pins: start clean.
-    let _ = std::fs::remove_dir_all(PIN_DIR);
-
-    step("topology: two clients -- router -- lb (XDP), two backends behind the router");
-    let topology = Topology::new(2)?;
-    let tag = topology.tag.clone();
+/// Tears down on Ctrl-C: the daemons first (they hold the pins), then the namespaces whose
+/// names start with `tag`, pins and temporary files.
+fn on_interrupt(tag: String) -> Result<()> {
     ctrlc::set_handler(move || {
         eprintln!("\ninterrupted: tearing down");
-        // The daemons first (they hold the pins), then namespaces, pins and temporary files.
-        // lbd's and nginx's command lines name their files in this process's temporary dirs.
+        // lbd's, nginx's and BIRD's command lines name their files in this process's temporary dirs.
         let mine = format!("sluice-.*-{}-", std::process::id());
         let _ = std::process::Command::new("pkill").args(["-TERM", "-f", &mine]).status();
         std::thread::sleep(Duration::from_millis(500));
@@ -74,6 +69,62 @@ fn main() -> Result<()> {
         sluice_tests::servers::remove_temp_dirs();
         std::process::exit(130);
     })?;
+    Ok(())
+}
+
+/// `--cluster`: three balancers announce the VIP over BGP (BIRD) to a router that spreads
+/// connections with ECMP; one balancer is lost and the connections it carried live on.
+fn cluster() -> Result<()> {
+    step("three balancers (lbd + BIRD each) announce 198.19.0.1 to a BIRD router (ECMP, L4 hash)");
+    let edge = Edge::start("demo-cluster")?;
+    on_interrupt(edge.topology.tag.clone())?;
+    println!("  router: {}", edge.route().trim_end().replace('\n', "\n          "));
+    step("60 new connections: spread over the balancers and the backends");
+    let before = edge.new_flows()?;
+    let backends = edge.connections(60)?;
+    let balancers: Vec<u64> = edge.new_flows()?.iter().zip(&before).map(|(a, b)| a - b).collect();
+    println!("  backends 1-3 answered {backends:?}; balancers 1-3 took {balancers:?} new flows");
+    step("lbctl status on balancer 1");
+    print!("{}", edge.lbds[0].lbctl(&["status"])?);
+    step("30 long-lived connections (a request every 200 ms); balancer 3's link goes down");
+    let flows = Flows::start(&edge.topology.client, edge.vip, 30, Duration::from_secs(4))?;
+    std::thread::sleep(Duration::from_secs(1));
+    let gone = edge.lose(2)?;
+    println!("  the router dropped balancer 3 after {gone:?}:");
+    println!("  router: {}", edge.route().trim_end().replace('\n', "\n          "));
+    let seen = flows.finish();
+    println!(
+        "  30 connections: {} broken, {} changed backend, longest pause {:?}",
+        seen.broken.len(),
+        seen.switched,
+        seen.gap
+    );
+    if !seen.broken.is_empty() || seen.switched > 0 {
+        bail!("connections broke");
+    }
+    step("lbctl node drain on balancer 1: its route is withdrawn first");
+    print!("{}", edge.lbds[0].lbctl(&["node", "drain"])?);
+    edge.wait_gone(0)?;
+    println!("  router: {}", edge.route().trim_end());
+    step("teardown");
+    drop(edge);
+    println!("  done: daemons stopped, namespaces and pins removed");
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let keep = std::env::args().any(|a| a == "--keep");
+    sluice_tests::require_root();
+    if std::env::args().any(|a| a == "--cluster") {
+        return cluster();
+    }
+    // A stale demo (killed hard) would hold the pins: start clean.
+    let _ = std::fs::remove_dir_all(PIN_DIR);
+
+    step("topology: two clients -- router -- lb (XDP), two backends behind the router");
+    let topology = Topology::new(2)?;
+    let tag = topology.tag.clone();
+    on_interrupt(tag)?;
     for host in [&topology.client, &topology.client2, &topology.lb].into_iter().chain(&topology.backends) {
         println!("  {:<18} {} {}", host.ns, host.addr4, host.addr6);
     }

@@ -1,0 +1,305 @@
+//! Many balancer hosts behind one router, for `root_bgp` and `scripts/demo --cluster`: BIRD
+//! daemons; the edge bed (three balancers announcing a VIP over BGP to a BIRD router doing
+//! L4-hashed ECMP, three DSR backends with Sluice's decap); long-lived flows that record which
+//! backend answered them.
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::Path,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use lb_userspace::dataplane::counters::Counters;
+
+use crate::{
+    netns::{Host, Topology, VIP4_NET, mac_text, read_mac},
+    servers::{Decap, Lbd, Nginx, TempDir, wait_for},
+};
+
+/// Starts BIRD in `host`'s namespace with `conf` (checked first), in the foreground: a child
+/// of this process, with its control socket `dir/NAME.ctl`.
+pub fn bird(host: &Host, dir: &Path, name: &str, conf: &str) -> Result<Child> {
+    let file = dir.join(format!("bird-{name}.conf"));
+    std::fs::write(&file, conf)?;
+    let socket = dir.join(format!("{name}.ctl"));
+    let check = host.command("bird").args(["-p", "-c", file.to_str().context("path")?]).output()?;
+    anyhow::ensure!(check.status.success(), "bird -p {name}: {}", String::from_utf8_lossy(&check.stderr));
+    let child = host
+        .command("bird")
+        .args(["-f", "-c", file.to_str().context("path")?, "-s", socket.to_str().context("path")?])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting bird (apt install bird2)")?;
+    wait_for("bird's control socket", Duration::from_secs(10), || socket.exists())?;
+    Ok(child)
+}
+
+/// The edge bed: client, router (BIRD, ECMP), three balancers (lbd and BIRD each), three
+/// backends (nginx, decap). Everything stops and goes on drop.
+pub struct Edge {
+    pub vip: &'static str,
+    pub lbds: Vec<Lbd>,
+    pub decaps: Vec<Decap>,
+    pub servers: Vec<Nginx>,
+    birds: Vec<Child>,
+    pub topology: Topology,
+    pub dir: TempDir,
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        for bird in &mut self.birds {
+            let _ = bird.kill();
+            let _ = bird.wait();
+        }
+        // Then lbds, decaps and servers (fields in order), the namespaces, the files.
+    }
+}
+
+impl Edge {
+    /// Builds the bed and waits until the router holds a 3-way route to the VIP. The third
+    /// balancer lists the pool in the opposite order (Maglev must not care).
+    pub fn start(name: &str) -> Result<Edge> {
+        let mut edge = Edge {
+            vip: "198.19.0.1",
+            lbds: Vec::new(),
+            decaps: Vec::new(),
+            servers: Vec::new(),
+            birds: Vec::new(),
+            topology: Topology::with_lbs(3, 3)?,
+            dir: TempDir::new(name)?,
+        };
+        let (router, dir, vip) = (&edge.topology.router, edge.dir.0.clone(), edge.vip);
+        // The VIPs reach the balancers through BGP only, hashed on the 5-tuple; a nexthop
+        // whose link is down is not used.
+        router.run("ip", &["route", "del", VIP4_NET])?;
+        router.run(
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv4.fib_multipath_hash_policy=1",
+                "net.ipv4.conf.all.ignore_routes_with_linkdown=1",
+            ],
+        )?;
+        let lbs: Vec<Host> = edge.balancers().into_iter().cloned().collect();
+        let neighbors: String = lbs
+            .iter()
+            .map(|lb| format!("protocol bgp lb{} from lb {{ neighbor {} as 65001; }}\n", link(lb), lb.addr4))
+            .collect();
+        let router_bird = bird(
+            router,
+            &dir,
+            "router",
+            &format!(
+                "router id 198.18.0.1;\nprotocol device {{ scan time 1; }}\n\
+                 protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths on; }}\n\
+                 template bgp lb {{ local as 65000; hold time 6; connect retry time 1; \
+                 ipv4 {{ import all; export none; }}; }}\n{neighbors}"
+            ),
+        )?;
+        edge.birds.push(router_bird);
+        for (i, backend) in edge.topology.backends.iter().enumerate() {
+            backend.make_dsr_backend(&[vip])?;
+            edge.decaps.push(Decap::attach(backend, "generic")?);
+            edge.servers.push(Nginx::start(backend, &format!("backend{}", i + 1))?);
+        }
+        let pool: Vec<String> =
+            edge.topology.backends.iter().map(|b| format!("{{ address = \"{}\" }}", b.addr4)).collect();
+        for (n, lb) in lbs.iter().enumerate() {
+            let k = link(lb);
+            let pool: Vec<String> = if n == 2 { pool.iter().rev().cloned().collect() } else { pool.clone() };
+            let routes = dir.join(format!("lb{k}-vips.conf"));
+            // lbd rewrites this file; BIRD needs it to exist at start.
+            std::fs::write(&routes, lb_userspace::announce::render(&Default::default()))?;
+            let lb_bird = bird(
+                lb,
+                &dir,
+                &format!("lb{k}"),
+                &format!(
+                    "router id {a};\nprotocol device {{ scan time 1; }}\ninclude \"{routes}\";\n\
+                     protocol bgp uplink {{ local {a} as 65001; neighbor 198.18.{k}.1 as 65000; hold time 6; \
+                     connect retry time 1; ipv4 {{ import none; export where proto = \"sluice_vips4\"; next hop self; }}; }}\n",
+                    a = lb.addr4,
+                    routes = routes.display()
+                ),
+            )?;
+            edge.birds.push(lb_bird);
+            let config = dir.join(format!("lb{k}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"generic\"\npin_dir = \"/sys/fs/bpf/{tag}-lb{k}\"\n\
+                     next_hop_mac = \"{mac}\"\n\n[bgp]\nroutes_file = \"{routes}\"\ncontrol_socket = \"{d}/lb{k}.ctl\"\n\n\
+                     [[vip]]\nname = \"web\"\naddress = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n\n\
+                     [[pool]]\nname = \"web\"\nbackends = [{pool}]\n\n[admin]\nsocket = \"{d}/lb{k}.sock\"\n",
+                    tag = edge.topology.tag,
+                    mac = mac_text(read_mac(&edge.topology.router.ns, &format!("r{k}"))?),
+                    routes = routes.display(),
+                    d = dir.display(),
+                    pool = pool.join(", "),
+                ),
+            )?;
+            let log = dir.join(format!("lbd-lb{k}.log"));
+            edge.lbds.push(Lbd::start_logging(lb, &config, Some(&log))?);
+        }
+        let hops: Vec<String> = lbs.iter().map(|lb| lb.addr4.to_string()).collect();
+        wait_for("a 3-way ECMP route to the VIP", Duration::from_secs(20), || {
+            hops.iter().all(|h| edge.route().contains(&format!("via {h} ")))
+        })?;
+        Ok(edge)
+    }
+
+    /// The balancer hosts, in order.
+    pub fn balancers(&self) -> Vec<&Host> {
+        std::iter::once(&self.topology.lb).chain(&self.topology.more_lbs).collect()
+    }
+
+    /// The router's route to the VIP, as `ip route` shows it.
+    pub fn route(&self) -> String {
+        let out = self.topology.router.run("ip", &["-4", "route", "show", self.vip]);
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    }
+
+    /// Takes balancer `n`'s link down at the router (the host is lost); how long until the
+    /// router's route no longer names it.
+    pub fn lose(&self, n: usize) -> Result<Duration> {
+        let lb = self.balancers()[n].clone();
+        let cut = Instant::now();
+        self.topology.router.run("ip", &["link", "set", &format!("r{}", link(&lb)), "down"])?;
+        self.wait_gone(n)?;
+        Ok(cut.elapsed())
+    }
+
+    /// Waits until the router's route no longer names balancer `n`.
+    pub fn wait_gone(&self, n: usize) -> Result<()> {
+        let via = format!("via {} ", self.balancers()[n].addr4);
+        wait_for(&format!("the router to drop balancer {}", n + 1), Duration::from_secs(20), || {
+            !self.route().contains(&via)
+        })
+    }
+
+    /// `n` new connections from the client: the answers per backend (backend1..3).
+    pub fn connections(&self, n: usize) -> Result<Vec<usize>> {
+        let out = self.topology.client.run(
+            "sh",
+            &["-c", &format!("for i in $(seq {n}); do curl -s --max-time 3 http://{}/; done", self.vip)],
+        )?;
+        let answers = String::from_utf8_lossy(&out.stdout).into_owned();
+        Ok((1..=3).map(|i| answers.lines().filter(|l| *l == format!("backend{i}")).count()).collect())
+    }
+
+    /// New flows each balancer has counted.
+    pub fn new_flows(&self) -> Result<Vec<u64>> {
+        self.lbds.iter().map(|l| new_flows(&l.pin_dir)).collect()
+    }
+}
+
+/// The router link number of a balancer (its address's third byte).
+fn link(lb: &Host) -> u8 {
+    lb.addr4.octets()[2]
+}
+
+/// Long-lived flows, each a kept-alive connection making a request every 200 ms on its own
+/// thread for a while; each remembers the backends that answered, whether it broke, and the
+/// longest gap between two answers.
+pub struct Flows {
+    threads: Vec<std::thread::JoinHandle<Flow>>,
+}
+
+/// One flow's backends that answered, its error if it broke, its longest gap between answers.
+type Flow = (Vec<String>, Option<String>, Duration);
+
+/// What long-lived flows saw.
+pub struct Seen {
+    /// The errors of the flows that broke.
+    pub broken: Vec<String>,
+    /// Flows answered by more than one backend.
+    pub switched: usize,
+    /// The longest gap between two answers on one flow.
+    pub gap: Duration,
+}
+
+impl Flows {
+    pub fn start(client: &Host, vip: &str, n: usize, lasting: Duration) -> Result<Flows> {
+        let streams: Vec<TcpStream> = client.within(|| {
+            (0..n)
+                .map(|_| {
+                    let s = TcpStream::connect((vip, 80))?;
+                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    Ok(s)
+                })
+                .collect()
+        })?;
+        let started = Instant::now();
+        let threads = streams
+            .into_iter()
+            .map(|mut stream| {
+                std::thread::spawn(move || {
+                    let (mut seen, mut broken, mut gap, mut last) =
+                        (Vec::new(), None, Duration::ZERO, Instant::now());
+                    while started.elapsed() < lasting {
+                        match get(&mut stream) {
+                            Ok(name) => {
+                                gap = gap.max(last.elapsed());
+                                last = Instant::now();
+                                seen.push(name);
+                            }
+                            Err(err) => {
+                                broken = Some(err.to_string());
+                                break;
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    (seen, broken, gap)
+                })
+            })
+            .collect();
+        Ok(Flows { threads })
+    }
+
+    /// Waits for every flow to end.
+    pub fn finish(self) -> Seen {
+        let results: Vec<Flow> = self.threads.into_iter().map(|t| t.join().expect("flow thread")).collect();
+        let stalled = results.iter().filter(|(seen, broken, _)| broken.is_none() && seen.len() < 5).count();
+        assert_eq!(stalled, 0, "flows stalled");
+        Seen {
+            broken: results.iter().filter_map(|(_, b, _)| b.clone()).collect(),
+            switched: results.iter().filter(|(seen, _, _)| seen.windows(2).any(|w| w[0] != w[1])).count(),
+            gap: results.iter().map(|(_, _, g)| *g).max().unwrap_or_default(),
+        }
+    }
+}
+
+/// New flows of every VIP counted by the balancer pinned at `pin_dir`.
+pub fn new_flows(pin_dir: &Path) -> Result<u64> {
+    Ok(Counters::open(pin_dir)?.vips()?.iter().map(|(_, c)| c.new_flows).sum())
+}
+
+/// One HTTP/1.1 exchange on a kept-alive connection: the body (nginx answers with its name).
+pub fn get(stream: &mut TcpStream) -> Result<String> {
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        anyhow::ensure!(n > 0, "closed after {:?}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                })
+                .and_then(|v| v.parse::<usize>().ok())
+                .context("no Content-Length")?;
+            if body.len() >= length {
+                return Ok(body.trim().to_owned());
+            }
+        }
+    }
+}
