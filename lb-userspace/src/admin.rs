@@ -264,16 +264,23 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
                         Err(err) => reply(StatusCode::BAD_REQUEST, json!({ "error": err })),
                     }
                 }
-                Ok(commands) => match lock(&core).execute(&commands) {
-                    Ok(lines) => reply(StatusCode::OK, json!(views::Changes { changes: lines })),
-                    Err(ExecError::Refused(err)) => {
-                        reply(StatusCode::BAD_REQUEST, json!({ "error": err.to_string() }))
+                // Executing writes the maps and the config file (fsync): off the async workers.
+                Ok(commands) => {
+                    let core = core.clone();
+                    match tokio::task::spawn_blocking(move || lock(&core).execute(&commands)).await {
+                        Ok(Ok(lines)) => reply(StatusCode::OK, json!(views::Changes { changes: lines })),
+                        Ok(Err(ExecError::Refused(err))) => {
+                            reply(StatusCode::BAD_REQUEST, json!({ "error": err.to_string() }))
+                        }
+                        Ok(Err(err)) => {
+                            error!("command failed: {err}");
+                            reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": err.to_string() }))
+                        }
+                        Err(err) => {
+                            reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": err.to_string() }))
+                        }
                     }
-                    Err(err) => {
-                        error!("command failed: {err}");
-                        reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": err.to_string() }))
-                    }
-                },
+                }
             }
         }
         _ => reply(StatusCode::NOT_FOUND, json!({ "error": format!("no endpoint {method} {path}") })),

@@ -249,8 +249,10 @@ async fn follow(core: Shared, etcd: Arc<crate::cluster::Etcd>) {
                 Err(())
             }
             Ok((revision, pools)) => {
-                {
-                    let mut core = lock(&core);
+                // Applying writes the maps and the config file: off the async workers.
+                let applying = core.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    let mut core = lock(&applying);
                     if core.following.error.take().is_some() {
                         info!("etcd: reachable again at revision {revision}");
                     }
@@ -265,7 +267,8 @@ async fn follow(core: Shared, etcd: Arc<crate::cluster::Etcd>) {
                         warn!("etcd names pools this config does not define: {unknown:?}");
                     }
                     core.following.revision = revision;
-                }
+                })
+                .await;
                 applied = revision;
                 etcd.changed_after(revision, std::time::Duration::from_secs(30)).await.map_err(|err| {
                     warn!("etcd watch: {err}");
