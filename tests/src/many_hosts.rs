@@ -1,7 +1,7 @@
-//! Many balancer hosts behind one router, for `root_bgp` and `scripts/demo --cluster`: BIRD
-//! daemons; the edge bed (three balancers announcing a VIP over BGP to a BIRD router doing
-//! L4-hashed ECMP, three DSR backends with Sluice's decap); long-lived flows that record which
-//! backend answered them.
+//! Many balancer hosts behind one router, for `root_bgp`, `root_cluster` and `scripts/demo
+//! --cluster`: BIRD and etcd daemons; the edge bed (three balancers announcing a VIP over BGP to
+//! a BIRD router doing L4-hashed ECMP, three DSR backends with Sluice's decap, optionally etcd
+//! for the pools); long-lived flows that record which backend answered them.
 use std::{
     io::{Read, Write},
     net::TcpStream,
@@ -37,11 +37,40 @@ pub fn bird(host: &Host, dir: &Path, name: &str, conf: &str) -> Result<Child> {
     Ok(child)
 }
 
+/// etcd in `host`'s namespace on its link address, data in `data`; answers before it returns.
+pub fn etcd(host: &Host, data: &Path) -> Result<Child> {
+    let client = format!("http://{}:2379", host.addr4);
+    let child = host
+        .command("etcd")
+        .args(["--name", "sluice-test", "--data-dir", data.to_str().context("path")?])
+        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &format!("http://{}:2380", host.addr4)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting etcd (apt install etcd-server)")?;
+    wait_for("etcd to answer", Duration::from_secs(20), || etcdctl(host, &["endpoint", "health"]).is_ok())?;
+    Ok(child)
+}
+
+/// etcdctl against the etcd in `host`'s namespace.
+pub fn etcdctl(host: &Host, args: &[&str]) -> Result<String> {
+    let endpoint = format!("http://{}:2379", host.addr4);
+    let mut all = vec!["--endpoints", &endpoint, "--command-timeout", "3s"];
+    all.extend_from_slice(args);
+    let out = host.command("etcdctl").env("ETCDCTL_API", "3").args(&all).output()?;
+    anyhow::ensure!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The edge bed: client, router (BIRD, ECMP), three balancers (lbd and BIRD each), three
-/// backends (nginx, decap). Everything stops and goes on drop.
+/// backends (nginx, decap), and with `cluster` etcd (in client2's namespace) for the pools.
+/// Everything stops and goes on drop.
 pub struct Edge {
     pub vip: &'static str,
     pub lbds: Vec<Lbd>,
+    /// etcd, when the balancers follow it.
+    pub etcd: Option<Child>,
     pub decaps: Vec<Decap>,
     pub servers: Vec<Nginx>,
     birds: Vec<Child>,
@@ -51,9 +80,9 @@ pub struct Edge {
 
 impl Drop for Edge {
     fn drop(&mut self) {
-        for bird in &mut self.birds {
-            let _ = bird.kill();
-            let _ = bird.wait();
+        for daemon in self.etcd.iter_mut().chain(&mut self.birds) {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
         }
         // Then lbds, decaps and servers (fields in order), the namespaces, the files.
     }
@@ -63,9 +92,16 @@ impl Edge {
     /// Builds the bed and waits until the router holds a 3-way route to the VIP. The third
     /// balancer lists the pool in the opposite order (Maglev must not care).
     pub fn start(name: &str) -> Result<Edge> {
+        Edge::start_with(name, false)
+    }
+
+    /// [`Edge::start`]; with `cluster`, etcd runs in client2's namespace and every balancer
+    /// follows it (`[cluster]`).
+    pub fn start_with(name: &str, cluster: bool) -> Result<Edge> {
         let mut edge = Edge {
             vip: "198.19.0.1",
             lbds: Vec::new(),
+            etcd: None,
             decaps: Vec::new(),
             servers: Vec::new(),
             birds: Vec::new(),
@@ -108,6 +144,11 @@ impl Edge {
         }
         let pool: Vec<String> =
             edge.topology.backends.iter().map(|b| format!("{{ address = \"{}\" }}", b.addr4)).collect();
+        let mut follow = String::new();
+        if cluster {
+            edge.etcd = Some(etcd(&edge.topology.client2, &dir.join("etcd"))?);
+            follow = format!("[cluster]\nendpoints = [\"http://{}:2379\"]\n\n", edge.topology.client2.addr4);
+        }
         for (n, lb) in lbs.iter().enumerate() {
             let k = link(lb);
             let pool: Vec<String> = if n == 2 { pool.iter().rev().cloned().collect() } else { pool.clone() };
@@ -132,7 +173,7 @@ impl Edge {
                 &config,
                 format!(
                     "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"generic\"\npin_dir = \"/sys/fs/bpf/{tag}-lb{k}\"\n\
-                     next_hop_mac = \"{mac}\"\n\n[bgp]\nroutes_file = \"{routes}\"\ncontrol_socket = \"{d}/lb{k}.ctl\"\n\n\
+                     next_hop_mac = \"{mac}\"\n\n{follow}[bgp]\nroutes_file = \"{routes}\"\ncontrol_socket = \"{d}/lb{k}.ctl\"\n\n\
                      [[vip]]\nname = \"web\"\naddress = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n\n\
                      [[pool]]\nname = \"web\"\nbackends = [{pool}]\n\n[admin]\nsocket = \"{d}/lb{k}.sock\"\n",
                     tag = edge.topology.tag,
