@@ -1,12 +1,14 @@
 //! The XDP data plane from lbd's side. This file loads the embedded XDP object, attaches a
 //! program to a NIC and pins link and maps; its children write and read the pinned maps:
-//! `tables` (the writer: backends, VIPs, Maglev rings, deny lists, settings), `vip_table`,
+//! `tables` (the writer: backends, VIPs, settings; with `rings` and `deny`), `vip_table`,
 //! `conn_table`, `mapped` (mmap'ed arrays), `counters` (per-CPU counters), `nic` (the NIC's own
 //! XDP error counters).
 pub mod conn_table;
 pub mod counters;
+mod deny;
 pub mod mapped;
 pub mod nic;
+mod rings;
 pub mod tables;
 pub mod vip_table;
 

@@ -1,5 +1,6 @@
 //! Writes the L4 part of the config into the data plane's maps: backends, VIPs, Maglev rings
-//! (new generation into the spare slot, then one flip), deny lists and the data-plane settings.
+//! (new generation into the spare slot, then one flip; `rings.rs`), deny lists (`deny.rs`) and
+//! the data-plane settings.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
@@ -8,22 +9,19 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{
-    Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key,
-};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use ipnet::IpNet;
 use lb_common::{
     addr::{Addr, mapped_v4},
     backend::{BACKEND_F_IN_USE, BACKENDS_MAP, Backend, NO_BACKEND},
     config::{CONFIG_F_ANY_PORT_VIPS, DATAPLANE_CONFIG_MAP, DataplaneConfig},
-    deny::{DENY_FILTER_MAP, DENY_FILTER_WORDS, DENY_V4_MAP, DENY_V6_MAP, filter_blocks},
-    ring::{RING_CHUNKS, RING_LANES, RING_NONE, RING_SIZE, RINGS_MAP, RingChunk, SLOTS_PER_VIP, ring_place},
+    ring::{RING_CHUNKS, RING_SIZE, RINGS_MAP, SLOTS_PER_VIP},
     stats::{BACKEND_STATS_MAP, TrafficCounter, VIP_STATS_MAP},
     vip::{ANY_PORT, VIP_ADDRS_MAP, VIP_F_L7, VipKey, VipMeta},
 };
 
 use crate::{
-    dataplane::{mapped::MappedArray, vip_table::VipTable},
+    dataplane::{deny::DenyLists, mapped::MappedArray, rings::Rings, vip_table::VipTable},
     maglev::{self, Weighted},
 };
 
@@ -54,58 +52,13 @@ pub(crate) fn open(pin_dir: &Path, name: &str) -> Result<MapData> {
     MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))
 }
 
-/// The RINGS array mapped into lbd's memory: a table is written with plain stores instead of
-/// 65537 syscalls. Readers see it only after the VIP's flip, a later store through the VIP
-/// table's mapping (vip_table.rs fences before it). Bucket `b` of slot `s` is lane `b % RING_LANES` of element
-/// `s * RING_CHUNKS + b / RING_LANES`.
-struct Rings(MappedArray<RingChunk>);
-
-impl Rings {
-    /// Array elements (chunks of RING_LANES buckets).
-    fn entries(&self) -> usize {
-        self.0.len()
-    }
-
-    /// The element of bucket `bucket` of ring `slot`, and its lane.
-    fn place(slot: u32, bucket: usize) -> (usize, usize) {
-        let (element, lane) = ring_place(slot, bucket as u32);
-        (element as usize, lane as usize)
-    }
-
-    /// Ring `slot` as backend ids (NO_BACKEND for none).
-    fn read(&self, slot: u32) -> Vec<u32> {
-        (0..RING_SIZE as usize)
-            .map(|bucket| {
-                let (element, lane) = Rings::place(slot, bucket);
-                let id = self.0.get(element)[lane];
-                if id == RING_NONE { NO_BACKEND } else { id as u32 }
-            })
-            .collect()
-    }
-
-    /// Writes backend ids (below MAX_BACKENDS, or NO_BACKEND) into ring `slot`.
-    fn write(&mut self, slot: u32, table: &[u32]) {
-        assert_eq!(table.len(), RING_SIZE as usize);
-        for (chunk, ids) in table.chunks(RING_LANES as usize).enumerate() {
-            let mut element: RingChunk = [RING_NONE; RING_LANES as usize];
-            for (lane, &id) in ids.iter().enumerate() {
-                element[lane] = if id == NO_BACKEND { RING_NONE } else { id as u16 };
-            }
-            let (index, _) = Rings::place(slot, chunk * RING_LANES as usize);
-            self.0.set(index, element);
-        }
-    }
-}
-
 /// The pinned maps lbd programs, and what it last wrote to each VIP's ring.
 pub struct Tables {
     vips: VipTable,
     vip_addrs: BpfHashMap<MapData, Addr, u32>,
     rings: Rings,
     backends: Array<MapData, Backend>,
-    deny_v4: LpmTrie<MapData, [u8; 4], u32>,
-    deny_v6: LpmTrie<MapData, [u8; 16], u32>,
-    deny_filter: DenyFilter,
+    deny: DenyLists,
     dataplane: Array<MapData, DataplaneConfig>,
     vip_stats: PerCpuArray<MapData, TrafficCounter>,
     backend_stats: PerCpuArray<MapData, TrafficCounter>,
@@ -144,65 +97,6 @@ fn lookup_flags(desired: &Desired) -> u32 {
     flags
 }
 
-/// The DENY_FILTER array (lb_common::deny).
-struct DenyFilter(Array<MapData, u64>);
-
-impl DenyFilter {
-    fn open(pin_dir: &Path) -> Result<DenyFilter> {
-        Ok(DenyFilter(Array::try_from(Map::Array(open(pin_dir, DENY_FILTER_MAP)?))?))
-    }
-
-    /// The words the array holds.
-    fn read(&self) -> Result<Vec<u64>> {
-        Ok((0..DENY_FILTER_WORDS).map(|i| self.0.get(&i, 0)).collect::<Result<_, _>>()?)
-    }
-
-    /// The words that mark the blocks of `deny`.
-    fn words_for(deny: &[IpNet]) -> Vec<u64> {
-        let mut words = vec![0u64; DENY_FILTER_WORDS as usize];
-        for net in deny {
-            for block in filter_blocks(&addr_of(net.network()), net.prefix_len() as u32) {
-                words[block as usize / 64] |= 1 << (block % 64);
-            }
-        }
-        words
-    }
-
-    /// Makes the array hold `words`, given that it holds `have`: writes the words that differ.
-    fn write(&mut self, have: &mut [u64], words: &[u64]) -> Result<()> {
-        for (i, (old, new)) in have.iter_mut().zip(words).enumerate() {
-            if old != new {
-                self.0.set(i as u32, new, 0)?;
-                *old = *new;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Makes an LPM deny trie hold exactly `want` (prefix length, address), one line per change.
-fn sync_trie<const N: usize>(
-    trie: &mut LpmTrie<MapData, [u8; N], u32>,
-    want: &BTreeSet<(u32, [u8; N])>,
-    ip: impl Fn([u8; N]) -> IpAddr,
-) -> Result<Vec<String>>
-where
-    [u8; N]: aya::Pod,
-{
-    let have: BTreeSet<(u32, [u8; N])> =
-        trie.keys().filter_map(|k| k.ok()).map(|k| (k.prefix_len(), k.data())).collect();
-    let mut changes = Vec::new();
-    for (len, data) in have.difference(want) {
-        trie.remove(&Key::new(*len, *data))?;
-        changes.push(format!("deny {}/{len} removed", ip(*data)));
-    }
-    for (len, data) in want.difference(&have) {
-        trie.insert(&Key::new(*len, *data), &1, 0)?;
-        changes.push(format!("deny {}/{len} added", ip(*data)));
-    }
-    Ok(changes)
-}
-
 fn zero_counters(map: &mut PerCpuArray<MapData, TrafficCounter>, index: u32) -> Result<()> {
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
     map.set(index, PerCpuValues::try_from(vec![TrafficCounter::default(); cpus.get() as usize])?, 0)?;
@@ -229,9 +123,7 @@ impl Tables {
             vip_addrs: BpfHashMap::try_from(Map::HashMap(open(pin_dir, VIP_ADDRS_MAP)?))?,
             rings: Rings(MappedArray::open(pin_dir, RINGS_MAP)?),
             backends: Array::try_from(Map::Array(open(pin_dir, BACKENDS_MAP)?))?,
-            deny_v4: LpmTrie::try_from(Map::LpmTrie(open(pin_dir, DENY_V4_MAP)?))?,
-            deny_v6: LpmTrie::try_from(Map::LpmTrie(open(pin_dir, DENY_V6_MAP)?))?,
-            deny_filter: DenyFilter::open(pin_dir)?,
+            deny: DenyLists::open(pin_dir)?,
             dataplane: Array::try_from(Map::Array(open(pin_dir, DATAPLANE_CONFIG_MAP)?))?,
             vip_stats: PerCpuArray::try_from(Map::PerCpuArray(open(pin_dir, VIP_STATS_MAP)?))?,
             backend_stats: PerCpuArray::try_from(Map::PerCpuArray(open(pin_dir, BACKEND_STATS_MAP)?))?,
@@ -367,7 +259,7 @@ impl Tables {
         }
 
         // 5. Deny lists.
-        changes.extend(self.apply_deny(&desired.deny)?);
+        changes.extend(self.deny.apply(&desired.deny)?);
 
         // 6. Data-plane settings.
         let mut v4 = desired.encap_source_v4;
@@ -387,26 +279,6 @@ impl Tables {
         if self.dataplane.get(&0, 0)? != settings {
             self.dataplane.set(0, &settings, 0)?;
         }
-        Ok(changes)
-    }
-
-    fn apply_deny(&mut self, deny: &[IpNet]) -> Result<Vec<String>> {
-        let (mut want4, mut want6) = (BTreeSet::new(), BTreeSet::new());
-        for net in deny {
-            match net {
-                IpNet::V4(n) => want4.insert((n.prefix_len() as u32, n.network().octets())),
-                IpNet::V6(n) => want6.insert((n.prefix_len() as u32, n.network().octets())),
-            };
-        }
-        // While the tries change, the filter passes both the old and the new prefixes' blocks
-        // on to them: a source is never let through by a stale filter.
-        let want = DenyFilter::words_for(deny);
-        let mut have = self.deny_filter.read()?;
-        let both: Vec<u64> = have.iter().zip(&want).map(|(old, new)| old | new).collect();
-        self.deny_filter.write(&mut have, &both)?;
-        let mut changes = sync_trie(&mut self.deny_v4, &want4, |a| std::net::Ipv4Addr::from(a).into())?;
-        changes.extend(sync_trie(&mut self.deny_v6, &want6, |a| std::net::Ipv6Addr::from(a).into())?);
-        self.deny_filter.write(&mut have, &want)?;
         Ok(changes)
     }
 }
