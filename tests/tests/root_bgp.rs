@@ -145,7 +145,7 @@ fn config(dir: &Path, tag: &str, i: usize, withdraw_wait_ms: u64) -> Result<std:
              [[vip]]\nname = \"api\"\naddress = \"{API}\"\nport = 80\nprotocol = \"tcp\"\npool = \"api\"\n\n\
              [[pool]]\nname = \"web\"\nbackends = [{{ address = \"10.99.0.1\" }}, {{ address = \"10.99.0.2\" }}]\n\n\
              [[pool]]\nname = \"api\"\nbackends = [{{ address = \"10.99.0.3\" }}]\n\n\
-             [admin]\nsocket = \"{d}/h{i}.sock\"\n",
+             [admin]\nsocket = \"{d}/h{i}.sock\"\nmetrics = \"127.0.0.1:9100\"\n",
             d = dir.display(),
         ),
     )?;
@@ -169,12 +169,24 @@ fn root_bgp_hosts_announce_drain_and_withdraw_through_bird() -> Result<()> {
     bed.expect(API, &[1, 2, 3])?;
     let status = lbds[0].lbctl(&["status"])?;
     assert!(status.contains(&format!("bgp_announced    {WEB}, {API}")), "{status}");
+    let announced = |h: &Host, vip: &str| -> Result<bool> {
+        let out = h.run("curl", &["-sS", "http://127.0.0.1:9100/metrics"])?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = format!("sluice_bgp_announced{{address=\"{vip}\"}} ");
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .with_context(|| format!("no {line} in {text}"))?;
+        Ok(value.trim() == "1")
+    };
+    assert!(announced(&bed.hosts[0], WEB)?, "the metrics do not say host 1 announces {WEB}");
 
     // Drain host 1: both VIPs leave it; the drain is written to its config file.
     lbds[0].lbctl(&["node", "drain"])?;
     bed.expect(WEB, &[2, 3])?;
     bed.expect(API, &[2, 3])?;
     assert!(lbds[0].lbctl(&["status"])?.contains("nothing (node drained)"));
+    assert!(!announced(&bed.hosts[0], WEB)?, "the metrics still say host 1 announces {WEB}");
     assert!(std::fs::read_to_string(&lbds[0].config)?.contains("drained = true"));
 
     // Host 2's web pool has nothing usable: web leaves host 2, api stays.
