@@ -267,7 +267,11 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
                 // Executing writes the maps and the config file (fsync): off the async workers.
                 Ok(commands) => {
                     let core = core.clone();
-                    match tokio::task::spawn_blocking(move || lock(&core).execute(&commands)).await {
+                    match tokio::task::spawn_blocking(move || {
+                        crate::daemon::execute_persisting(&core, &commands)
+                    })
+                    .await
+                    {
                         Ok(Ok(lines)) => reply(StatusCode::OK, json!(views::Changes { changes: lines })),
                         Ok(Err(ExecError::Refused(err))) => {
                             reply(StatusCode::BAD_REQUEST, json!({ "error": err.to_string() }))

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use arc_swap::ArcSwap;
-use log::{info, warn};
+use log::{error, info, warn};
 
 use crate::{
     config::Config,
@@ -88,6 +88,57 @@ pub struct Announcing {
 /// The core, shared by the admin API, health checks and the signal loop.
 pub type Shared = Arc<Mutex<Core>>;
 
+/// One change to the config file at a time (operator commands, etcd changes, reloads): the file
+/// is written while the core is free, and nothing else changes what the file says meanwhile.
+pub static FILE_WRITER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Operator commands (admin API, etcd): checked against the State, written to the config file
+/// in one edit with the core lock free (fsync can be slow), then applied to the maps and the
+/// State under the lock; if that fails, the file is put back. Nothing is half applied. Blocks:
+/// call from a blocking thread.
+pub fn execute_persisting(core: &Shared, commands: &[Command]) -> Result<Vec<String>, ExecError> {
+    let _file = FILE_WRITER.blocking_lock();
+    let path = {
+        let core = lock(core);
+        let mut next = core.state.clone();
+        for command in commands {
+            next.apply(command)?;
+        }
+        // Only health and ejection results change the State until this returns, and they do
+        // not change what these commands may do: they apply the same way below.
+        (next != core.state).then(|| core.config_path.clone())
+    };
+    let persisting: Vec<Command> = commands.iter().filter(|c| c.persists()).cloned().collect();
+    let mut notes = Vec::new();
+    let mut replaced = None;
+    if let Some(path) = path.filter(|_| !persisting.is_empty()) {
+        match persist::persist(&path, &persisting) {
+            Ok(persist::Persisted::Written(was)) => replaced = Some(was),
+            // A read-only config must not block a drain: applied, and said to be temporary.
+            Ok(persist::Persisted::ReadOnly(why)) => {
+                warn!("config not written ({why}): this change lasts until lbd restarts");
+                notes.push(format!("config file is read-only: this change lasts until lbd restarts ({why})"));
+            }
+            Err(err) => return Err(ExecError::Failed(err.context("writing the change to the config file"))),
+        }
+    }
+    let applied = lock(core).execute(commands);
+    match applied {
+        Ok(mut lines) => {
+            lines.extend(notes);
+            Ok(lines)
+        }
+        Err(err) => {
+            if let Some(was) = &replaced
+                && let Err(back) = persist::restore(was)
+            {
+                error!("{back:#}: the config file holds a change that is not applied");
+            }
+            Err(err)
+        }
+    }
+}
+
 /// Locks the core; a panic elsewhere does not stop the daemon from serving.
 pub fn lock(core: &Shared) -> MutexGuard<'_, Core> {
     core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -148,8 +199,9 @@ impl Core {
         }
     }
 
-    /// Applies `commands` to a copy of the State, writes the maps, writes operator commands to
-    /// the config file, and only then keeps the new State. Returns one line per change.
+    /// Applies `commands` to a copy of the State, writes the maps, and only then keeps the new
+    /// State. Returns one line per change. The config file is not written here: operator
+    /// commands go through [`execute_persisting`].
     pub fn execute(&mut self, commands: &[Command]) -> Result<Vec<String>, ExecError> {
         let mut next = self.state.clone();
         let mut lines = Vec::new();
@@ -162,30 +214,11 @@ impl Core {
         if next == self.state {
             return Ok(lines);
         }
-        let restore = |core: &mut Core| {
-            if let Some(tables) = &mut core.tables {
-                let _ = tables.apply(&core.state.desired(&core.host));
-            }
-        };
         if let Some(Err(err)) = self.tables.as_mut().map(|t| t.apply(&next.desired(&self.host))) {
-            restore(self);
-            return Err(ExecError::Failed(err.context("writing the maps")));
-        }
-        for command in commands.iter().filter(|c| c.persists()) {
-            match persist::persist(&self.config_path, command) {
-                Ok(persist::Persisted::Written) => {}
-                // A read-only config must not block a drain: applied, and said to be temporary.
-                Ok(persist::Persisted::ReadOnly(why)) => {
-                    warn!("config not written ({why}): this change lasts until lbd restarts");
-                    lines.push(format!(
-                        "config file is read-only: this change lasts until lbd restarts ({why})"
-                    ));
-                }
-                Err(err) => {
-                    restore(self);
-                    return Err(ExecError::Failed(err.context("writing the change to the config file")));
-                }
+            if let Some(tables) = &mut self.tables {
+                let _ = tables.apply(&self.state.desired(&self.host));
             }
+            return Err(ExecError::Failed(err.context("writing the maps")));
         }
         let before = self.state.failing_open();
         self.state = next;
@@ -231,5 +264,33 @@ impl Core {
         self.l7.store(Arc::new(Snapshot::build(&self.state, &self.runtime)));
         self.warn_fail_open(&before);
         Ok(lines)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operator_commands_reach_the_file_and_the_state_together() {
+        let dir = std::env::temp_dir().join(format!("sluice-daemon-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sluice.toml");
+        let text = "[[pool]]\nname = \"web\"\nbackends = [{ address = \"10.0.0.1\" }]\n\
+                    [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:18080\"\n";
+        std::fs::write(&path, text).unwrap();
+        let config = Config::load(&path).unwrap();
+        let core: Shared = Arc::new(Mutex::new(Core::start(config, path.clone(), None).unwrap()));
+        let add = Command::AddBackend { pool: "web".into(), address: "10.0.0.2".parse().unwrap(), weight: 5 };
+        let lines = execute_persisting(&core, &[add]).unwrap();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(std::fs::read_to_string(&path).unwrap().contains("10.0.0.2"));
+        assert_eq!(lock(&core).state.config.pools["web"].backends.len(), 2);
+        // Refused: neither the file nor the State changes.
+        let before = std::fs::read_to_string(&path).unwrap();
+        let missing = Command::RemoveBackend { pool: "web".into(), address: "10.0.0.9".parse().unwrap() };
+        assert!(matches!(execute_persisting(&core, &[missing]), Err(ExecError::Refused(_))));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

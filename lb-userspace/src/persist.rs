@@ -115,27 +115,45 @@ pub fn edit(text: &str, command: &Command) -> Result<String> {
 /// What became of a change to the config file.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Persisted {
-    Written,
+    /// Written; what the file said before.
+    Written(Replaced),
     /// The file or its directory cannot be written (a read-only mount, say): the change is
     /// applied but lasts until lbd restarts.
     ReadOnly(String),
 }
 
-/// Applies `command` to the config file at `path`: edit, validate, write a temporary file
-/// beside the real file (through a symlink), rename over. On any error the file is untouched.
-pub fn persist(path: &Path, command: &Command) -> Result<Persisted> {
+/// Applies `commands` to the config file at `path` in one edit: edit, validate, write a
+/// temporary file beside the real file (through a symlink), rename over. On any error the file
+/// is untouched. `Written` carries what it replaced, for [`restore`].
+pub fn persist(path: &Path, commands: &[Command]) -> Result<Persisted> {
     let target = std::fs::canonicalize(path).with_context(|| format!("resolving {}", path.display()))?;
     let text = crate::config::read_file(&target).with_context(|| format!("reading {}", target.display()))?;
-    let edited = edit(&text, command)?;
+    let mut edited = text.clone();
+    for command in commands {
+        edited = edit(&edited, command)?;
+    }
     Config::parse(path, &edited)
         .map_err(|errors| anyhow::anyhow!("the edited config would be invalid:\n{errors}"))?;
     match replace(&target, edited.as_bytes()) {
-        Ok(()) => Ok(Persisted::Written),
+        Ok(()) => Ok(Persisted::Written(Replaced { target, text })),
         Err(err) if matches!(err.raw_os_error(), Some(libc::EROFS | libc::EACCES | libc::EPERM)) => {
             Ok(Persisted::ReadOnly(format!("{}: {err}", target.display())))
         }
         Err(err) => Err(err).with_context(|| format!("replacing {}", target.display())),
     }
+}
+
+/// Puts back the text a [`persist`] replaced (the change could not be applied after all).
+pub fn restore(replaced: &Replaced) -> Result<()> {
+    replace(&replaced.target, replaced.text.as_bytes())
+        .with_context(|| format!("putting back {}", replaced.target.display()))
+}
+
+/// The file a change was written to (symlinks resolved) and the text it replaced.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Replaced {
+    target: PathBuf,
+    text: String,
 }
 
 /// Replaces `target` with `bytes`, keeping its owner and mode, durably.
@@ -207,7 +225,7 @@ mod tests {
         let link = dir.join("sluice.toml");
         std::os::unix::fs::symlink(&real, &link).unwrap();
         let add = Command::AddBackend { pool: "web".into(), address: "10.0.0.2".parse().unwrap(), weight: 7 };
-        assert_eq!(persist(&link, &add).unwrap(), Persisted::Written);
+        assert!(matches!(persist(&link, std::slice::from_ref(&add)).unwrap(), Persisted::Written(_)));
         assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link was replaced");
         assert_eq!(std::fs::metadata(&real).unwrap().mode() & 0o777, 0o640);
         assert!(std::fs::read_to_string(&real).unwrap().contains("10.0.0.2"));

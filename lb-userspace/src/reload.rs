@@ -34,6 +34,8 @@ pub struct Reloader {
 impl Reloader {
     /// Re-reads and applies the config file; Err says why nothing changed.
     pub async fn reload(&mut self) -> Result<Vec<String>, String> {
+        // No operator change writes the file while it is read and applied.
+        let _file = crate::daemon::FILE_WRITER.lock().await;
         let file = self.path.clone();
         // Reading the file and resolving the next hop (ARP: up to 2 s) block: off the workers,
         // and before the core lock is taken.

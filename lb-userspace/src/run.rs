@@ -252,21 +252,24 @@ async fn follow(core: Shared, etcd: Arc<crate::cluster::Etcd>) {
                 // Applying writes the maps and the config file: off the async workers.
                 let applying = core.clone();
                 let _ = tokio::task::spawn_blocking(move || {
-                    let mut core = lock(&applying);
-                    if core.following.error.take().is_some() {
-                        info!("etcd: reachable again at revision {revision}");
-                    }
-                    let (lists, unknown) = crate::cluster::commands(&core.state, &pools);
+                    let (lists, unknown, seen) = {
+                        let mut core = lock(&applying);
+                        if core.following.error.take().is_some() {
+                            info!("etcd: reachable again at revision {revision}");
+                        }
+                        let (lists, unknown) = crate::cluster::commands(&core.state, &pools);
+                        (lists, unknown, core.following.revision)
+                    };
                     for list in lists {
-                        match core.execute(&list) {
+                        match crate::daemon::execute_persisting(&applying, &list) {
                             Ok(lines) => lines.iter().for_each(|l| info!("etcd revision {revision}: {l}")),
                             Err(err) => error!("etcd revision {revision}: not applied: {err}"),
                         }
                     }
-                    if !unknown.is_empty() && revision != core.following.revision {
+                    if !unknown.is_empty() && revision != seen {
                         warn!("etcd names pools this config does not define: {unknown:?}");
                     }
-                    core.following.revision = revision;
+                    lock(&applying).following.revision = revision;
                 })
                 .await;
                 applied = revision;
