@@ -1,7 +1,8 @@
 //! Root test of BGP announcements with real BIRD daemons: three Sluice hosts, each running lbd
 //! and BIRD, peer with a router whose BIRD installs multipath (ECMP) routes into its kernel with
-//! L4 hashing. The router holds a 3-way route per VIP; `lbctl node drain` withdraws one host's
-//! announcements (kept in its config file); a pool with nothing usable withdraws that VIP only;
+//! L4 hashing, over IPv4 and IPv6 sessions. The router holds a 3-way route per VIP (IPv6 too);
+//! `lbctl node drain` withdraws one host's announcements (kept in its config file); a pool with
+//! nothing usable withdraws that VIP only;
 //! SIGTERM withdraws before lbd stops serving; `undrain` announces again. On the full edge
 //! topology (client, router, three balancers, three DSR backends with Sluice's decap), new
 //! connections spread over every balancer and backend, and when a balancer is lost the router
@@ -19,6 +20,7 @@ use sluice_tests::{
 const HOSTS: usize = 3;
 const WEB: &str = "198.19.0.1";
 const API: &str = "198.19.0.2";
+const WEB6: &str = "2001:db8:77::1";
 
 /// Router, hosts and their BIRDs; everything is removed on drop.
 struct Bed {
@@ -54,6 +56,7 @@ impl Bed {
         // ECMP over the hosts, hashed on the 5-tuple (what an edge router's L4 hashing does).
         bed.router
             .run("sysctl", &["-qw", "net.ipv4.fib_multipath_hash_policy=1", "net.ipv4.ip_forward=1"])?;
+        bed.router.run("sysctl", &["-qw", "net.ipv6.fib_multipath_hash_policy=1"])?;
         let mut neighbors = String::new();
         for i in 1..=HOSTS {
             let h = host(format!("{tag}-h{i}"), Ipv4Addr::new(10, 77, i as u8, 2), "eth0");
@@ -76,18 +79,25 @@ impl Bed {
                 ],
             )?;
             bed.router.run("ip", &["addr", "add", &format!("10.77.{i}.1/24"), "dev", &peer])?;
+            bed.router.run("ip", &["addr", "add", &format!("fd00:77:{i}::1/64"), "dev", &peer, "nodad"])?;
             bed.router.run("ip", &["link", "set", &peer, "up"])?;
             h.run("ip", &["link", "set", "lo", "up"])?;
             h.run("ip", &["addr", "add", &format!("10.77.{i}.2/24"), "dev", "eth0"])?;
+            h.run("ip", &["addr", "add", &format!("fd00:77:{i}::2/64"), "dev", "eth0", "nodad"])?;
             h.run("ip", &["link", "set", "eth0", "up"])?;
             neighbors.push_str(&format!("protocol bgp h{i} from lb {{ neighbor 10.77.{i}.2 as 65001; }}\n"));
+            neighbors
+                .push_str(&format!("protocol bgp h{i}v6 from lb6 {{ neighbor fd00:77:{i}::2 as 65001; }}\n"));
             bed.hosts.push(h);
         }
         let router_conf = format!(
             "router id 10.77.0.1;\nprotocol device {{ scan time 1; }}\n\
              protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths on; }}\n\
+             protocol kernel {{ ipv6 {{ import none; export all; }}; merge paths on; }}\n\
              template bgp lb {{ local as 65000; hold time 6; connect retry time 1; \
-             ipv4 {{ import all; export none; }}; }}\n{neighbors}"
+             ipv4 {{ import all; export none; }}; }}\n\
+             template bgp lb6 {{ local as 65000; hold time 6; connect retry time 1; \
+             ipv6 {{ import all; export none; }}; }}\n{neighbors}"
         );
         let router_bird = bird(&bed.router, dir, "r", &router_conf)?;
         bed.birds.push(router_bird);
@@ -99,7 +109,9 @@ impl Bed {
             let conf = format!(
                 "router id 10.77.{i}.2;\nprotocol device {{ scan time 1; }}\ninclude \"{routes}\";\n\
                  protocol bgp uplink {{ local 10.77.{i}.2 as 65001; neighbor 10.77.{i}.1 as 65000; hold time 6; \
-                 connect retry time 1; ipv4 {{ import none; export where proto = \"sluice_vips4\"; next hop self; }}; }}\n",
+                 connect retry time 1; ipv4 {{ import none; export where proto = \"sluice_vips4\"; next hop self; }}; }}\n\
+                 protocol bgp uplink6 {{ local fd00:77:{i}::2 as 65001; neighbor fd00:77:{i}::1 as 65000; hold time 6; \
+                 connect retry time 1; ipv6 {{ import none; export where proto = \"sluice_vips6\"; next hop self; }}; }}\n",
                 routes = routes.display()
             );
             let child = bird(h, dir, &format!("h{i}"), &conf)?;
@@ -121,6 +133,31 @@ impl Bed {
             .collect();
         hops.sort();
         hops
+    }
+
+    /// The router's links (`hN`) an IPv6 `vip` is routed over (its next hops may be link-local).
+    fn links6(&self, vip: &str) -> Vec<String> {
+        let Ok(out) = self.router.run("ip", &["-6", "route", "show", vip]) else { return Vec::new() };
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut links: Vec<String> = text
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == "dev")
+            .map(|w| w[1].to_owned())
+            .collect();
+        links.sort();
+        links.dedup();
+        links
+    }
+
+    /// Waits until the router sends IPv6 `vip` to exactly the hosts numbered `hosts`.
+    fn expect6(&self, vip: &str, hosts: &[usize]) -> Result<()> {
+        let want: Vec<String> = hosts.iter().map(|i| format!("h{i}")).collect();
+        wait_for(&format!("the router's route to {vip} over {want:?}"), Duration::from_secs(20), || {
+            self.links6(vip) == want
+        })
+        .with_context(|| format!("{vip} is over {:?}", self.links6(vip)))
     }
 
     /// Waits until the router sends `vip` to exactly the hosts numbered `hosts`.
@@ -145,6 +182,8 @@ fn config(dir: &Path, tag: &str, i: usize, withdraw_wait_ms: u64) -> Result<std:
              [[vip]]\nname = \"api\"\naddress = \"{API}\"\nport = 80\nprotocol = \"tcp\"\npool = \"api\"\n\n\
              [[pool]]\nname = \"web\"\nbackends = [{{ address = \"10.99.0.1\" }}, {{ address = \"10.99.0.2\" }}]\n\n\
              [[pool]]\nname = \"api\"\nbackends = [{{ address = \"10.99.0.3\" }}]\n\n\
+             [[vip]]\nname = \"web6\"\naddress = \"{WEB6}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web6\"\n\n\
+             [[pool]]\nname = \"web6\"\nbackends = [{{ address = \"2001:db8:99::1\" }}]\n\n\
              [admin]\nsocket = \"{d}/h{i}.sock\"\nmetrics = \"127.0.0.1:9100\"\n",
             d = dir.display(),
         ),
@@ -167,6 +206,7 @@ fn root_bgp_hosts_announce_drain_and_withdraw_through_bird() -> Result<()> {
     // Every host announces both VIPs: the router holds a 3-way ECMP route for each.
     bed.expect(WEB, &[1, 2, 3])?;
     bed.expect(API, &[1, 2, 3])?;
+    bed.expect6(WEB6, &[1, 2, 3])?;
     let status = lbds[0].lbctl(&["status"])?;
     assert!(status.contains(&format!("bgp_announced    {WEB}, {API}")), "{status}");
     let announced = |h: &Host, vip: &str| -> Result<bool> {
@@ -185,6 +225,7 @@ fn root_bgp_hosts_announce_drain_and_withdraw_through_bird() -> Result<()> {
     lbds[0].lbctl(&["node", "drain"])?;
     bed.expect(WEB, &[2, 3])?;
     bed.expect(API, &[2, 3])?;
+    bed.expect6(WEB6, &[2, 3])?;
     assert!(lbds[0].lbctl(&["status"])?.contains("nothing (node drained)"));
     assert!(!announced(&bed.hosts[0], WEB)?, "the metrics still say host 1 announces {WEB}");
     assert!(std::fs::read_to_string(&lbds[0].config)?.contains("drained = true"));
