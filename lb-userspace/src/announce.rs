@@ -4,13 +4,7 @@
 //! wanted set is written as two BIRD static protocols (`sluice_vips4`, `sluice_vips6`) into the
 //! file bird.conf includes, then `birdc configure` applies it; withdrawing is the same with
 //! fewer routes.
-use std::{
-    collections::BTreeSet,
-    io::Write as _,
-    net::IpAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{collections::BTreeSet, net::IpAddr, path::Path, time::Duration};
 
 use crate::{config::Bgp, state::State};
 
@@ -68,7 +62,7 @@ impl Announcer {
             return Ok(false);
         }
         let (file, text) = (self.bgp.routes_file.clone(), render(wanted));
-        tokio::task::spawn_blocking(move || write_atomically(&file, &text))
+        tokio::task::spawn_blocking(move || crate::persist::replace(&file, text.as_bytes()))
             .await
             .map_err(|err| err.to_string())?
             .map_err(|err| format!("writing {}: {err}", self.bgp.routes_file.display()))?;
@@ -81,17 +75,6 @@ impl Announcer {
     pub fn announced(&self) -> Vec<IpAddr> {
         self.announced.iter().flatten().copied().collect()
     }
-}
-
-/// Writes `text` to `path` through a temporary file beside it and a rename: BIRD never reads a
-/// half-written file.
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let mut temporary = PathBuf::from(path);
-    temporary.as_mut_os_string().push(".lbd-tmp");
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)
 }
 
 /// `birdc -s SOCKET configure`, within its timeout; Err with BIRD's words when it refuses.

@@ -156,16 +156,21 @@ pub struct Replaced {
     text: String,
 }
 
-/// Replaces `target` with `bytes`, keeping its owner and mode, durably.
-fn replace(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let meta = std::fs::metadata(target)?;
+/// Replaces `target` with `bytes`, keeping its owner and mode (a new file: 0644, lbd's
+/// owner), durably: a temporary file beside it, fsync, rename, fsync of the directory. A reader
+/// never sees a half-written file.
+pub fn replace(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let meta = std::fs::metadata(target).ok();
     let dir = target.parent().unwrap_or(Path::new("/"));
     let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
     let written = (|| {
-        std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))?;
-        file.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        if let Some(meta) = &meta {
+            std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))?;
+        }
+        let mode = meta.as_ref().map_or(0o644, |m| m.mode() & 0o7777);
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, target)?;

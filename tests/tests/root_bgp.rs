@@ -120,35 +120,31 @@ impl Bed {
         Ok(bed)
     }
 
-    /// The router's next hops for `vip` (the hosts' addresses), from its kernel table.
-    fn next_hops(&self, vip: &str) -> Vec<String> {
-        let Ok(out) = self.router.run("ip", &["-4", "route", "show", vip]) else { return Vec::new() };
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut hops: Vec<String> = text
+    /// The words after `key` (`via`, `dev`) in the router's route to `vip` (`-4` or `-6`),
+    /// sorted and without repeats: its next hops or its links.
+    fn route_words(&self, family: &str, vip: &str, key: &str) -> Vec<String> {
+        let Ok(out) = self.router.run("ip", &[family, "route", "show", vip]) else { return Vec::new() };
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut words: Vec<String> = text
             .split_whitespace()
             .collect::<Vec<_>>()
             .windows(2)
-            .filter(|w| w[0] == "via")
+            .filter(|w| w[0] == key)
             .map(|w| w[1].to_owned())
             .collect();
-        hops.sort();
-        hops
+        words.sort();
+        words.dedup();
+        words
+    }
+
+    /// The router's next hops for `vip` (the hosts' addresses).
+    fn next_hops(&self, vip: &str) -> Vec<String> {
+        self.route_words("-4", vip, "via")
     }
 
     /// The router's links (`hN`) an IPv6 `vip` is routed over (its next hops may be link-local).
     fn links6(&self, vip: &str) -> Vec<String> {
-        let Ok(out) = self.router.run("ip", &["-6", "route", "show", vip]) else { return Vec::new() };
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let mut links: Vec<String> = text
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .windows(2)
-            .filter(|w| w[0] == "dev")
-            .map(|w| w[1].to_owned())
-            .collect();
-        links.sort();
-        links.dedup();
-        links
+        self.route_words("-6", vip, "dev")
     }
 
     /// Waits until the router sends IPv6 `vip` to exactly the hosts numbered `hosts`.

@@ -22,12 +22,15 @@ use crate::dataplane::{
     vip_table::VipTable,
 };
 
+/// Opens a pinned map.
+fn pinned(pin_dir: &Path, name: &str) -> Result<MapData> {
+    let path = pin_dir.join(name);
+    MapData::from_pin(&path).with_context(|| format!("opening {} (is lbd running?)", path.display()))
+}
+
 /// Opens a pinned per-CPU array.
 fn open<V: Pod>(pin_dir: &Path, name: &str) -> Result<PerCpuArray<MapData, V>> {
-    let path = pin_dir.join(name);
-    let data =
-        MapData::from_pin(&path).with_context(|| format!("opening {} (is lbd running?)", path.display()))?;
-    Ok(PerCpuArray::try_from(Map::PerCpuArray(data))?)
+    Ok(PerCpuArray::try_from(Map::PerCpuArray(pinned(pin_dir, name)?))?)
 }
 
 /// Values that add up over CPUs.
@@ -75,14 +78,12 @@ pub struct Counters {
 impl Counters {
     /// Opens the balancer's maps pinned under `pin_dir`.
     pub fn open(pin_dir: &Path) -> Result<Counters> {
-        let backends = MapData::from_pin(pin_dir.join(BACKENDS_MAP))
-            .with_context(|| format!("opening {} (is lbd running?)", pin_dir.join(BACKENDS_MAP).display()))?;
         Ok(Counters {
             verdicts: open(pin_dir, STATS_MAP)?,
             vip_stats: open(pin_dir, VIP_STATS_MAP)?,
             backend_stats: open(pin_dir, BACKEND_STATS_MAP)?,
             vips: VipTable::open(pin_dir)?,
-            backends: Array::try_from(Map::Array(backends))?,
+            backends: Array::try_from(Map::Array(pinned(pin_dir, BACKENDS_MAP)?))?,
             flows: ConnTable::open(pin_dir)?,
         })
     }

@@ -134,11 +134,6 @@ impl CacheStore {
         })
     }
 
-    /// A fresh stored answer, if any.
-    pub fn get(&self, route: &str, config: &CacheConfig, key: &str) -> Option<Cached> {
-        self.with(route, config, |c| c.entries.get(key).filter(|e| e.fresh()).cloned())
-    }
-
     /// A fresh stored answer, else the cell that coalesces misses of `key` (every caller gets
     /// the same one until it is done). One lock for both: a fill that ends between a caller's
     /// miss and its cell would otherwise start a second fill.
@@ -304,8 +299,8 @@ mod tests {
         );
         let gzip_key = store.key("r", &config, &Method::GET, "h", "/p", &gzip);
         let plain_key = store.key("r", &config, &Method::GET, "h", "/p", &plain);
-        assert!(store.get("r", &config, &gzip_key).is_some());
-        assert!(store.get("r", &config, &plain_key).is_none(), "Vary ignored");
+        assert!(store.lookup("r", &config, &gzip_key).is_ok());
+        assert!(store.lookup("r", &config, &plain_key).is_err(), "Vary ignored");
         // Too big for one object: not stored. Over max_bytes: the oldest goes.
         assert!(
             store
@@ -327,7 +322,7 @@ mod tests {
             Some((StatusCode::OK, HeaderMap::new(), Bytes::from("1234567"), ttl)),
             "k",
         );
-        assert!(store.get("r", &config, &gzip_key).is_none(), "LRU by bytes");
+        assert!(store.lookup("r", &config, &gzip_key).is_err(), "LRU by bytes");
         assert_eq!(store.purge("r", Some("/q")), 1);
     }
 }

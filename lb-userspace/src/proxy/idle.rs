@@ -145,21 +145,6 @@ impl<S> Watched<S> {
         activity.touch();
         Watched { inner, activity }
     }
-
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-}
-
-impl Watched<tokio::net::TcpStream> {
-    /// A read that does not wait (tokio's `try_read`), marking the connection active.
-    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.try_read(buf)?;
-        if n > 0 {
-            self.activity.touch();
-        }
-        Ok(n)
-    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
