@@ -19,7 +19,6 @@
 //! connections are open at once (the metrics server has the same limits).
 use std::{convert::Infallible, os::unix::fs::PermissionsExt, path::Path, sync::Arc, time::Duration};
 
-use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
@@ -34,10 +33,11 @@ use crate::{
     config::VipMode,
     daemon::{ExecError, Shared, lock},
     dataplane::{
+        DataplaneError,
         counters::{Counters, protocol_name},
         tables::ip_of,
     },
-    inspect,
+    inspect::{self, InspectError},
     state::Command,
 };
 
@@ -72,7 +72,24 @@ fn pool_view(core: &crate::daemon::Core, name: &str) -> Option<Value> {
     }))
 }
 
-fn stats_view(counters: &Counters) -> Result<views::Stats> {
+/// Why `/flow` or `/plan` was not answered (a 400 with this text).
+#[derive(Debug, thiserror::Error)]
+enum QueryError {
+    #[error("expected {expected}: {error}")]
+    Body { expected: &'static str, error: serde_json::Error },
+    #[error("no [dataplane] on this host: no XDP program to run")]
+    NoDataplane,
+    #[error("{0}")]
+    NotOperator(String),
+    #[error("invalid config:\n{0}")]
+    Config(crate::config::ConfigErrors),
+    #[error(transparent)]
+    Inspect(#[from] InspectError),
+    #[error("encoding the answer: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+fn stats_view(counters: &Counters) -> Result<views::Stats, DataplaneError> {
     let verdicts = counters
         .verdicts()?
         .into_iter()
@@ -185,7 +202,7 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
             };
             match view {
                 Ok(view) => reply(StatusCode::OK, json!(view)),
-                Err(err) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": format!("{err:#}") })),
+                Err(err) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": err.to_string() })),
             }
         }
         (&Method::POST, "/cache/purge") => {
@@ -217,7 +234,7 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
             let answer = if path == "/flow" { flow(&core, &body) } else { plan(&core, &body) };
             match answer {
                 Ok(value) => reply(StatusCode::OK, value),
-                Err(err) => reply(StatusCode::BAD_REQUEST, json!({ "error": format!("{err:#}") })),
+                Err(err) => reply(StatusCode::BAD_REQUEST, json!({ "error": err.to_string() })),
             }
         }
         (&Method::POST, "/reload") => {
@@ -371,28 +388,26 @@ async fn read_body(request: Request<Incoming>) -> Result<Bytes, Box<Response<Ful
 }
 
 /// `POST /flow {"protocol": "tcp", "source": "ADDR:PORT", "vip": "ADDR:PORT"}`.
-fn flow(core: &Shared, body: &[u8]) -> Result<Value> {
-    let q: views::FlowQuery = serde_json::from_slice(body).context("expected {protocol, source, vip}")?;
+fn flow(core: &Shared, body: &[u8]) -> Result<Value, QueryError> {
+    let q: views::FlowQuery = serde_json::from_slice(body)
+        .map_err(|error| QueryError::Body { expected: "{protocol, source, vip}", error })?;
     let mut core = lock(core);
     let core = &mut *core;
-    let ebpf = core.ebpf.as_mut().context("no [dataplane] on this host: no XDP program to run")?;
+    let ebpf = core.ebpf.as_mut().ok_or(QueryError::NoDataplane)?;
     Ok(serde_json::to_value(inspect::flow(ebpf, &core.state, q.protocol, q.source, q.vip)?)?)
 }
 
 /// `POST /plan {"commands": [...]}` or `{"config_text": "...", "config_name": "NAME"}`: the
 /// client sends a new config's text (lbd opens no path a client names; the name is for
 /// messages only).
-fn plan(core: &Shared, body: &[u8]) -> Result<Value> {
-    let q: views::PlanQuery =
-        serde_json::from_slice(body).context("expected {commands} or {config_text, config_name}")?;
-    let commands = operator_only(q.commands).map_err(anyhow::Error::msg)?;
+fn plan(core: &Shared, body: &[u8]) -> Result<Value, QueryError> {
+    let q: views::PlanQuery = serde_json::from_slice(body)
+        .map_err(|error| QueryError::Body { expected: "{commands} or {config_text, config_name}", error })?;
+    let commands = operator_only(q.commands).map_err(QueryError::NotOperator)?;
     let config = match &q.config_text {
         Some(text) => {
             let name = std::path::PathBuf::from(q.config_name.as_deref().unwrap_or("sent config"));
-            Some(
-                crate::config::Config::parse_sent(&name, text)
-                    .map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?,
-            )
+            Some(crate::config::Config::parse_sent(&name, text).map_err(QueryError::Config)?)
         }
         None => None,
     };
@@ -401,12 +416,12 @@ fn plan(core: &Shared, body: &[u8]) -> Result<Value> {
 }
 
 /// Binds the admin socket (replacing a stale one), mode 0600.
-pub fn bind(path: &Path) -> Result<UnixListener> {
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir)?;
     }
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }

@@ -6,15 +6,14 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{Context as _, Result};
 use arc_swap::ArcSwap;
 use log::{error, info, warn};
 
 use crate::{
     config::Config,
-    dataplane::{counters::Counters, tables::Tables},
-    host::{self, HostFacts},
-    persist,
+    dataplane::{DataplaneError, counters::Counters, tables::Tables},
+    host::{self, HostError, HostFacts},
+    persist::{self, PersistError},
     proxy::{cache::CacheStore, metrics::ProxyMetrics, routes::Snapshot, runtime::Runtime},
     state::{Command, CommandError, State},
 };
@@ -25,9 +24,15 @@ pub enum ExecError {
     /// The command does not fit the State (unknown pool, duplicate backend, ...).
     #[error(transparent)]
     Refused(#[from] CommandError),
-    /// The maps or the config file could not be written.
-    #[error("{0:#}")]
-    Failed(anyhow::Error),
+    #[error("writing the change to the config file: {0}")]
+    File(#[from] PersistError),
+    #[error("writing the maps: {0}")]
+    Maps(#[from] DataplaneError),
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// A reload changes what only a restart changes.
+    #[error("{0}: a restart is needed")]
+    NeedsRestart(String),
 }
 
 pub struct Core {
@@ -119,7 +124,7 @@ pub fn execute_persisting(core: &Shared, commands: &[Command]) -> Result<Vec<Str
                 warn!("config not written ({why}): this change lasts until lbd restarts");
                 notes.push(format!("config file is read-only: this change lasts until lbd restarts ({why})"));
             }
-            Err(err) => return Err(ExecError::Failed(err.context("writing the change to the config file"))),
+            Err(err) => return Err(err.into()),
         }
     }
     let applied = lock(core).execute(commands);
@@ -132,7 +137,7 @@ pub fn execute_persisting(core: &Shared, commands: &[Command]) -> Result<Vec<Str
             if let Some(was) = &replaced
                 && let Err(back) = persist::restore(was)
             {
-                error!("{back:#}: the config file holds a change that is not applied");
+                error!("{back}: the config file holds a change that is not applied");
             }
             Err(err)
         }
@@ -146,7 +151,7 @@ pub fn lock(core: &Shared) -> MutexGuard<'_, Core> {
 
 impl Core {
     /// Opens the pinned maps of `config` and writes the config into them.
-    pub fn start(config: Config, config_path: PathBuf, ebpf: Option<aya::Ebpf>) -> Result<Core> {
+    pub fn start(config: Config, config_path: PathBuf, ebpf: Option<aya::Ebpf>) -> Result<Core, ExecError> {
         let host = host::facts(&config)?;
         let mut tables = match ebpf {
             Some(_) => Some(Tables::open(&config.pin_dir)?),
@@ -218,7 +223,7 @@ impl Core {
             if let Some(tables) = &mut self.tables {
                 let _ = tables.apply(&self.state.desired(&self.host));
             }
-            return Err(ExecError::Failed(err.context("writing the maps")));
+            return Err(err.into());
         }
         let before = self.state.failing_open();
         self.state = next;
@@ -232,18 +237,18 @@ impl Core {
 
     /// A reload: the difference between the running State and `config`, as commands.
     /// `host`: the new config's host facts, resolved off the core lock (ARP may take seconds).
-    pub fn reload(&mut self, config: Config, host: HostFacts) -> Result<Vec<String>> {
+    pub fn reload(&mut self, config: Config, host: HostFacts) -> Result<Vec<String>, ExecError> {
         if config.interface != self.state.config.interface || config.pin_dir != self.state.config.pin_dir {
-            anyhow::bail!("interface and pin_dir need a restart");
+            return Err(ExecError::NeedsRestart("interface or pin_dir changed".into()));
         }
         // Listeners are bound and configured at start (one socket per worker).
         if config.listeners != self.state.config.listeners {
             let names = |c: &Config| c.listeners.iter().map(|l| l.name.clone()).collect::<Vec<_>>();
-            anyhow::bail!(
-                "listeners changed (now {:?}, running {:?}, or their settings): a restart is needed",
+            return Err(ExecError::NeedsRestart(format!(
+                "listeners changed (now {:?}, running {:?}, or their settings)",
                 names(&config),
                 names(&self.state.config)
-            );
+            )));
         }
         self.host = host;
         let commands = self.state.diff(&config);
@@ -251,13 +256,13 @@ impl Core {
         let mut next = self.state.clone();
         let mut lines = Vec::new();
         for command in &commands {
-            let line = next.apply(command).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let line = next.apply(command)?;
             if !line.is_empty() {
                 lines.push(line);
             }
         }
         if let Some(tables) = &mut self.tables {
-            tables.apply(&next.desired(&self.host)).context("writing the maps")?;
+            tables.apply(&next.desired(&self.host))?;
         }
         let before = self.state.failing_open();
         self.state = next;

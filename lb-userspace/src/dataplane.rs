@@ -14,7 +14,6 @@ pub mod vip_table;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
@@ -30,6 +29,59 @@ use lb_common::{
 use log::{info, warn};
 
 use crate::config::XdpModeSetting;
+
+/// What went wrong with the XDP object, the interface or the pinned maps.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// A kernel call failed: loading, verifying, attaching, pinning, a map read or write.
+    #[error("{doing}: {cause}")]
+    Kernel { doing: String, cause: String },
+    /// A file in the pin directory.
+    #[error("{doing}: {error}")]
+    Io { doing: String, error: std::io::Error },
+    /// The pinned objects are not what this lbd expects, or a table is full.
+    #[error("{0}")]
+    Unexpected(String),
+}
+
+pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+/// Says what was being done when a kernel call failed; the cause keeps its whole chain (aya
+/// puts the errno in a source).
+pub(crate) trait Doing<T> {
+    fn doing(self, doing: impl std::fmt::Display) -> Result<T>;
+}
+
+impl<T, E: std::error::Error> Doing<T> for std::result::Result<T, E> {
+    fn doing(self, doing: impl std::fmt::Display) -> Result<T> {
+        self.map_err(|err| DataplaneError::Kernel { doing: doing.to_string(), cause: chain(&err) })
+    }
+}
+
+/// An error and its sources, as one line: `a: b: c`.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+impl From<aya::maps::MapError> for DataplaneError {
+    fn from(err: aya::maps::MapError) -> Self {
+        DataplaneError::Kernel { doing: "a map call".into(), cause: chain(&err) }
+    }
+}
+
+fn io(doing: String) -> impl FnOnce(std::io::Error) -> DataplaneError {
+    move |error| DataplaneError::Io { doing, error }
+}
 
 /// The balancer program's name in the object.
 pub const BALANCER_PROGRAM: &str = "sluice_balancer";
@@ -60,7 +112,7 @@ pub enum Role {
 /// loads the role's program into the kernel.
 pub fn load(pin_dir: &Path, role: Role) -> Result<Ebpf> {
     std::fs::create_dir_all(pin_dir)
-        .with_context(|| format!("creating pin directory {} (is bpffs mounted?)", pin_dir.display()))?;
+        .map_err(io(format!("creating pin directory {} (is bpffs mounted?)", pin_dir.display())))?;
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(pin_dir);
     let program = match role {
@@ -76,16 +128,17 @@ pub fn load(pin_dir: &Path, role: Role) -> Result<Ebpf> {
             if matches!(role, Role::Decap) { DECAP_PROGRAM } else { PASS_PROGRAM }
         }
     };
-    let mut ebpf = loader.load(ebpf_object()).context("loading the XDP object")?;
-    xdp_program(&mut ebpf, program)?.load().with_context(|| format!("verifying {program}"))?;
+    let mut ebpf = loader.load(ebpf_object()).doing("loading the XDP object")?;
+    xdp_program(&mut ebpf, program)?.load().doing(format_args!("verifying {program}"))?;
     Ok(ebpf)
 }
 
 /// A program of a loaded object.
 pub fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
-    let program =
-        ebpf.program_mut(name).with_context(|| format!("program {name} missing from the object"))?;
-    Ok(program.try_into()?)
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| DataplaneError::Unexpected(format!("program {name} missing from the object")))?;
+    program.try_into().doing(format_args!("program {name}"))
 }
 
 /// How the program ended up on the interface.
@@ -109,15 +162,16 @@ pub fn attach(
     pin_dir: &Path,
 ) -> Result<Attached> {
     let link_path = pin_dir.join(LINK_PIN);
-    let if_name = std::ffi::CString::new(iface).context("interface name contains NUL")?;
+    let if_name = std::ffi::CString::new(iface)
+        .map_err(|_| DataplaneError::Unexpected("interface name contains NUL".into()))?;
     let program = xdp_program(ebpf, name)?;
     if link_path.exists() {
         let pinned = PinnedLink::from_pin(&link_path)
-            .with_context(|| format!("opening pinned link {}", link_path.display()))?;
-        let link = XdpLink::try_from(FdLink::from(pinned)).context("pinned link is not an XDP link")?;
-        let id = program.attach_to_link(link).context("replacing the program in the pinned link")?;
+            .doing(format_args!("opening pinned link {}", link_path.display()))?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).doing("pinned link is not an XDP link")?;
+        let id = program.attach_to_link(link).doing("replacing the program in the pinned link")?;
         // Dropping the program's handle would detach it: the pin keeps the link alive.
-        std::mem::forget(program.take_link(id)?);
+        std::mem::forget(program.take_link(id).doing("taking the link")?);
         return Ok(Attached::Adopted);
     }
     let (id, attached) = match mode {
@@ -131,10 +185,10 @@ pub fn attach(
             }
         },
     };
-    let id = id.with_context(|| format!("attaching XDP to {iface}"))?;
-    let link = program.take_link(id)?;
-    let fd_link = FdLink::try_from(link).context("XDP link is not an fd link (kernel < 5.9?)")?;
-    fd_link.pin(&link_path).with_context(|| format!("pinning the link at {}", link_path.display()))?;
+    let id = id.doing(format_args!("attaching XDP to {iface}"))?;
+    let link = program.take_link(id).doing("taking the link")?;
+    let fd_link = FdLink::try_from(link).doing("XDP link is not an fd link (kernel < 5.9?)")?;
+    fd_link.pin(&link_path).doing(format_args!("pinning the link at {}", link_path.display()))?;
     info!("attached {name} to {iface} ({attached:?})");
     Ok(attached)
 }
@@ -142,18 +196,22 @@ pub fn attach(
 /// Detaches the program and removes every pinned object under `pin_dir`.
 pub fn detach(pin_dir: &Path) -> Result<()> {
     if !pin_dir.exists() {
-        bail!("nothing pinned at {}", pin_dir.display());
+        return Err(DataplaneError::Unexpected(format!("nothing pinned at {}", pin_dir.display())));
     }
     let link_path = pin_dir.join(LINK_PIN);
     if link_path.exists() {
         // Unpinning drops the last reference to the link: the program leaves the interface.
-        PinnedLink::from_pin(&link_path)?.unpin()?;
+        PinnedLink::from_pin(&link_path)
+            .doing("opening the pinned link")?
+            .unpin()
+            .doing("unpinning the link")?;
     }
-    for entry in std::fs::read_dir(pin_dir)? {
-        let path: PathBuf = entry?.path();
-        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    let listing = || format!("listing {}", pin_dir.display());
+    for entry in std::fs::read_dir(pin_dir).map_err(io(listing()))? {
+        let path: PathBuf = entry.map_err(io(listing()))?.path();
+        std::fs::remove_file(&path).map_err(io(format!("removing {}", path.display())))?;
     }
-    std::fs::remove_dir(pin_dir)?;
+    std::fs::remove_dir(pin_dir).map_err(io(format!("removing {}", pin_dir.display())))?;
     Ok(())
 }
 

@@ -3,9 +3,29 @@
 //! whether the outer IPv4 sources share addresses with a subnet on the interface.
 use std::{net::Ipv4Addr, path::Path, time::Duration};
 
-use anyhow::{Context as _, Result, bail};
-
 use crate::config::{Config, ConfigError, ConfigErrors, NextHop};
+
+/// What the host could not tell.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("no interface {name}: {error}")]
+    NoInterface { name: String, error: std::io::Error },
+    #[error("{doing}: {error}")]
+    Io { doing: String, error: std::io::Error },
+    /// A kernel table (/proc/net/route, /proc/net/arp) held a line this code cannot read.
+    #[error("unreadable line in {table}: {line:?}")]
+    Unreadable { table: &'static str, line: String },
+    #[error("no IPv4 default route via {0}: set dataplane.next_hop_mac explicitly")]
+    NoDefaultRoute(String),
+    #[error("gateway {gateway} on {iface} did not answer ARP: set dataplane.next_hop_mac explicitly")]
+    NoArpAnswer { gateway: Ipv4Addr, iface: String },
+}
+
+type Result<T, E = HostError> = std::result::Result<T, E>;
+
+fn read_table(table: &'static str) -> Result<String> {
+    std::fs::read_to_string(table).map_err(|error| HostError::Io { doing: format!("reading {table}"), error })
+}
 
 /// Facts about the host that turn a config into map contents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +85,7 @@ pub fn facts(config: &Config) -> Result<HostFacts> {
 
 /// The IPv4 subnets connected to `iface` that share addresses with the /16 of `source`.
 fn encap_source_clashes(iface: &str, source: Ipv4Addr) -> Result<Vec<String>> {
-    let routes = std::fs::read_to_string("/proc/net/route").context("reading /proc/net/route")?;
+    let routes = read_table("/proc/net/route")?;
     subnets_sharing_16(&routes, iface, source)
 }
 
@@ -91,41 +111,45 @@ fn subnets_sharing_16(routes: &str, iface: &str, source: Ipv4Addr) -> Result<Vec
 /// An address or mask column of /proc/net/route (hex of the address's bytes read as a
 /// little-endian word).
 fn route_addr(hex: &str) -> Result<Ipv4Addr> {
-    Ok(Ipv4Addr::from(u32::from_str_radix(hex, 16)?.to_le_bytes()))
+    let word = u32::from_str_radix(hex, 16)
+        .map_err(|_| HostError::Unreadable { table: "/proc/net/route", line: hex.into() })?;
+    Ok(Ipv4Addr::from(word.to_le_bytes()))
 }
 
 /// The index of interface `name`.
 pub fn ifindex(name: &str) -> Result<u32> {
-    let c_name = std::ffi::CString::new(name).context("interface name contains NUL")?;
+    let no_interface = |error| HostError::NoInterface { name: name.into(), error };
+    let c_name = std::ffi::CString::new(name).map_err(|e| no_interface(e.into()))?;
     // SAFETY: a valid NUL-terminated string.
     match unsafe { libc::if_nametoindex(c_name.as_ptr()) } {
-        0 => bail!("no interface {name}: {}", std::io::Error::last_os_error()),
+        0 => Err(no_interface(std::io::Error::last_os_error())),
         index => Ok(index),
     }
 }
 
 /// The default gateway of `iface` from /proc/net/route.
 fn default_gateway(iface: &str) -> Result<Ipv4Addr> {
-    let routes = std::fs::read_to_string("/proc/net/route").context("reading /proc/net/route")?;
+    let routes = read_table("/proc/net/route")?;
     for line in routes.lines().skip(1) {
         let cols: Vec<&str> = line.split_whitespace().collect();
         if cols.len() > 2 && cols[0] == iface && cols[1] == "00000000" {
             return route_addr(cols[2]);
         }
     }
-    bail!("no IPv4 default route via {iface}: set dataplane.next_hop_mac explicitly")
+    Err(HostError::NoDefaultRoute(iface.into()))
 }
 
 /// `ip`'s MAC in /proc/net/arp, if resolved.
 fn arp_entry(ip: Ipv4Addr, iface: &str) -> Result<Option<[u8; 6]>> {
-    let table = std::fs::read_to_string("/proc/net/arp").context("reading /proc/net/arp")?;
+    let table = read_table("/proc/net/arp")?;
     for line in table.lines().skip(1) {
         let cols: Vec<&str> = line.split_whitespace().collect();
         // IP, HW type, flags (0x2: complete), MAC, mask, device.
         if cols.len() >= 6 && cols[0] == ip.to_string() && cols[5] == iface && cols[2] == "0x2" {
             let mut mac = [0u8; 6];
             for (byte, part) in mac.iter_mut().zip(cols[3].split(':')) {
-                *byte = u8::from_str_radix(part, 16)?;
+                *byte = u8::from_str_radix(part, 16)
+                    .map_err(|_| HostError::Unreadable { table: "/proc/net/arp", line: line.into() })?;
             }
             return Ok(Some(mac));
         }
@@ -140,11 +164,12 @@ pub fn resolve(iface: &str) -> Result<[u8; 6]> {
         if let Some(mac) = arp_entry(gateway, iface)? {
             return Ok(mac);
         }
-        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")
+            .map_err(|error| HostError::Io { doing: "opening a UDP socket".into(), error })?;
         let _ = socket.send_to(b"", (gateway, 9));
         std::thread::sleep(Duration::from_millis(100));
     }
-    bail!("gateway {gateway} on {iface} did not answer ARP: set dataplane.next_hop_mac explicitly")
+    Err(HostError::NoArpAnswer { gateway, iface: iface.into() })
 }
 
 /// The MTU of `iface` in the current network namespace.
@@ -153,7 +178,7 @@ pub fn interface_mtu(iface: &str) -> Result<u32> {
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
         if fd < 0 {
-            bail!("socket: {}", std::io::Error::last_os_error());
+            return Err(HostError::Io { doing: "socket".into(), error: std::io::Error::last_os_error() });
         }
         let mut req: libc::ifreq = std::mem::zeroed();
         for (dst, src) in req.ifr_name.iter_mut().zip(iface.bytes().take(libc::IFNAMSIZ - 1)) {
@@ -163,7 +188,7 @@ pub fn interface_mtu(iface: &str) -> Result<u32> {
         let err = std::io::Error::last_os_error();
         libc::close(fd);
         if rc < 0 {
-            bail!("reading the MTU of {iface}: {err}");
+            return Err(HostError::Io { doing: format!("reading the MTU of {iface}"), error: err });
         }
         Ok(req.ifr_ifru.ifru_mtu as u32)
     }

@@ -2,7 +2,6 @@
 //! running the loaded program on a synthesized packet), and what a change would move.
 use std::{collections::BTreeSet, net::IpAddr, net::SocketAddr};
 
-use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
     programs::{TestRun, TestRunOptions},
@@ -13,12 +12,31 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{Config, Protocol},
-    dataplane::conn_table::ConnTable,
-    dataplane::tables::{addr_of, ip_of},
-    dataplane::{self, BALANCER_PROGRAM},
+    dataplane::{
+        self, BALANCER_PROGRAM, DataplaneError, Doing as _,
+        conn_table::ConnTable,
+        tables::{addr_of, ip_of},
+    },
     maglev,
-    state::{Command, State},
+    state::{Command, CommandError, State},
 };
+
+/// Why a flow or a plan could not be worked out.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error("source and VIP must both be IPv4 or both IPv6")]
+    MixedFamilies,
+    #[error("building the packet: {0}")]
+    Packet(#[from] etherparse::err::packet::BuildWriteError),
+    #[error("the program forwarded a {0}-byte packet: too short to be encapsulated")]
+    ShortOutput(usize),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Refused(#[from] CommandError),
+}
+
+type Result<T, E = InspectError> = std::result::Result<T, E>;
 
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
@@ -55,7 +73,7 @@ fn packet(protocol: Protocol, source: SocketAddr, vip: SocketAddr) -> Result<Vec
     let ip = match (source.ip(), vip.ip()) {
         (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
         (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
-        _ => bail!("source and VIP must both be IPv4 or both IPv6"),
+        _ => return Err(InspectError::MixedFamilies),
     };
     let mut out = Vec::new();
     match protocol {
@@ -90,7 +108,7 @@ pub fn flow(
     let mut out = vec![0u8; input.len() + 128];
     let run = program
         .test_run(TestRunOptions { data_in: Some(&input), data_out: Some(&mut out), ..Default::default() })
-        .context("BPF_PROG_TEST_RUN")?;
+        .doing("BPF_PROG_TEST_RUN")?;
     out.truncate(run.data_size_out as usize);
     if known.is_none() {
         table.remove(&key);
@@ -102,9 +120,11 @@ pub fn flow(
             why: "not forwarded".into(),
         });
     }
-    let backend: IpAddr = match u16::from_be_bytes([out[12], out[13]]) {
-        0x0800 => <[u8; 4]>::try_from(&out[30..34])?.into(),
-        _ => <[u8; 16]>::try_from(&out[38..54])?.into(),
+    // The outer header's destination: the backend.
+    let outer = |at: std::ops::Range<usize>| out.get(at).ok_or(InspectError::ShortOutput(out.len()));
+    let backend: IpAddr = match out.get(12..14) {
+        Some([0x08, 0x00]) => <[u8; 4]>::try_from(outer(30..34)?).expect("4 bytes").into(),
+        _ => <[u8; 16]>::try_from(outer(38..54)?).expect("16 bytes").into(),
     };
     let why = if known.is_some() {
         "connection table".to_owned()
@@ -150,7 +170,7 @@ pub fn plan(state: &State, commands: &[Command], new_config: Option<&Config>) ->
         None => commands.to_vec(),
     };
     for command in &commands {
-        next.apply(command).map_err(|e| anyhow::anyhow!("{e}"))?;
+        next.apply(command)?;
     }
     let flows = ConnTable::open(&state.config.pin_dir)?.flows();
     let ids = crate::dataplane::tables::Tables::open(&state.config.pin_dir)?.backend_ids()?;

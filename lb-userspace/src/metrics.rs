@@ -2,7 +2,6 @@
 //! per-CPU maps and summed at scrape time; health and weights come from the State.
 use std::net::SocketAddr;
 
-use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming};
@@ -16,10 +15,22 @@ use tokio::net::TcpListener;
 use crate::{
     daemon::{Shared, lock},
     dataplane::{
+        DataplaneError,
         counters::{Counters, protocol_name},
         tables::ip_of,
     },
 };
+
+/// Why a scrape failed (a 500 with this text).
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("reading the counters: {0}")]
+    Counters(#[from] DataplaneError),
+    #[error("encoding metrics")]
+    Encode(#[from] std::fmt::Error),
+}
+
+type Result<T, E = MetricsError> = std::result::Result<T, E>;
 
 type Labels = Vec<(String, String)>;
 
@@ -204,7 +215,7 @@ pub fn render(core: &Shared) -> Result<String> {
         xdp(&mut registry, &counters.lock().unwrap_or_else(|p| p.into_inner()))?;
     }
     let mut out = String::new();
-    encode(&mut out, &registry).context("encoding metrics")?;
+    encode(&mut out, &registry)?;
     Ok(out)
 }
 
@@ -254,9 +265,7 @@ async fn handle(
                 (StatusCode::OK, text, "application/openmetrics-text; version=1.0.0; charset=utf-8")
             }
             Ok(text) => (StatusCode::OK, text_format(&text), "text/plain; version=0.0.4; charset=utf-8"),
-            Err(err) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}\n"), "text/plain; charset=utf-8")
-            }
+            Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n"), "text/plain; charset=utf-8"),
         },
         _ => (StatusCode::NOT_FOUND, "try /metrics\n".to_owned(), "text/plain; charset=utf-8"),
     };
@@ -269,8 +278,8 @@ async fn handle(
 }
 
 /// Binds the metrics address.
-pub async fn bind(address: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(address).await.with_context(|| format!("binding metrics on {address}"))
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
 }
 
 /// Serves `/metrics` until the task is dropped.

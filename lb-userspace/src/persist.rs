@@ -9,22 +9,56 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result, bail};
 use toml_edit::{Array, DocumentMut, InlineTable, Item, Value};
 
-use crate::{config::Config, state::Command};
+use crate::{
+    config::{Config, ConfigErrors},
+    state::Command,
+};
+
+/// Why a change could not be written to the config file. The file is then as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    #[error("parsing the config file: {0}")]
+    Parse(#[from] toml_edit::TomlError),
+    /// The file does not hold what the change edits (`no [[pool]] named web`, ...).
+    #[error("{0}")]
+    NotInFile(String),
+    #[error("{0:?} is not written to the config file")]
+    NotPersisted(Box<Command>),
+    #[error("the edited config would be invalid:\n{0}")]
+    Invalid(ConfigErrors),
+    #[error("{doing} {path}: {source}")]
+    Io { doing: &'static str, path: PathBuf, source: std::io::Error },
+}
+
+type Result<T, E = PersistError> = std::result::Result<T, E>;
+
+fn missing(what: impl Into<String>) -> PersistError {
+    PersistError::NotInFile(what.into())
+}
+
+fn io(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PersistError {
+    let path = path.to_path_buf();
+    move |source| PersistError::Io { doing, path, source }
+}
 
 fn pool_backends<'a>(doc: &'a mut DocumentMut, pool: &str) -> Result<&'a mut Array> {
-    let pools =
-        doc.get_mut("pool").and_then(Item::as_array_of_tables_mut).context("no [[pool]] in the file")?;
+    let pools = doc
+        .get_mut("pool")
+        .and_then(Item::as_array_of_tables_mut)
+        .ok_or_else(|| missing("no [[pool]] in the file"))?;
     let table = pools
         .iter_mut()
         .find(|t| t.get("name").and_then(Item::as_str) == Some(pool))
-        .with_context(|| format!("no [[pool]] named `{pool}` in the file"))?;
+        .ok_or_else(|| missing(format!("no [[pool]] named `{pool}` in the file")))?;
     if !table.contains_key("backends") {
         table.insert("backends", Item::Value(Value::Array(Array::new())));
     }
-    table.get_mut("backends").and_then(Item::as_array_mut).context("`backends` is not an array")
+    table
+        .get_mut("backends")
+        .and_then(Item::as_array_mut)
+        .ok_or_else(|| missing("`backends` is not an array"))
 }
 
 fn backend<'a>(doc: &'a mut DocumentMut, pool: &str, address: &str) -> Result<&'a mut InlineTable> {
@@ -35,23 +69,28 @@ fn backend<'a>(doc: &'a mut DocumentMut, pool: &str, address: &str) -> Result<&'
             t.get("address").and_then(Value::as_str).and_then(|a| a.parse::<std::net::IpAddr>().ok())
                 == address.parse().ok()
         })
-        .with_context(|| format!("no backend {address} in pool `{pool}` in the file"))
+        .ok_or_else(|| missing(format!("no backend {address} in pool `{pool}` in the file")))
 }
 
 fn deny_prefixes(doc: &mut DocumentMut) -> Result<&mut Array> {
     if !doc.contains_key("deny") {
         doc.insert("deny", Item::Table(toml_edit::Table::new()));
     }
-    let deny = doc.get_mut("deny").and_then(Item::as_table_like_mut).context("`deny` is not a table")?;
+    let deny = doc
+        .get_mut("deny")
+        .and_then(Item::as_table_like_mut)
+        .ok_or_else(|| missing("`deny` is not a table"))?;
     if !deny.contains_key("prefixes") {
         deny.insert("prefixes", Item::Value(Value::Array(Array::new())));
     }
-    deny.get_mut("prefixes").and_then(Item::as_array_mut).context("`deny.prefixes` is not an array")
+    deny.get_mut("prefixes")
+        .and_then(Item::as_array_mut)
+        .ok_or_else(|| missing("`deny.prefixes` is not an array"))
 }
 
 /// The file's text with `command` applied.
 pub fn edit(text: &str, command: &Command) -> Result<String> {
-    let mut doc: DocumentMut = text.parse().context("parsing the config file")?;
+    let mut doc: DocumentMut = text.parse()?;
     match command {
         Command::AddBackend { pool, address, weight } => {
             let mut entry = InlineTable::new();
@@ -76,7 +115,7 @@ pub fn edit(text: &str, command: &Command) -> Result<String> {
                         .and_then(|a| a.parse().ok())
                         == Some(*address)
                 })
-                .with_context(|| format!("no backend {address} in pool `{pool}` in the file"))?;
+                .ok_or_else(|| missing(format!("no backend {address} in pool `{pool}` in the file")))?;
             backends.remove(index);
         }
         Command::SetWeight { pool, address, weight } => {
@@ -91,7 +130,10 @@ pub fn edit(text: &str, command: &Command) -> Result<String> {
             }
         }
         Command::SetNodeDrain { drained } => {
-            let bgp = doc.get_mut("bgp").and_then(Item::as_table_mut).context("no [bgp] in the file")?;
+            let bgp = doc
+                .get_mut("bgp")
+                .and_then(Item::as_table_mut)
+                .ok_or_else(|| missing("no [bgp] in the file"))?;
             if *drained {
                 bgp.insert("drained", toml_edit::value(true));
             } else {
@@ -104,10 +146,10 @@ pub fn edit(text: &str, command: &Command) -> Result<String> {
             let index = prefixes
                 .iter()
                 .position(|v| v.as_str().and_then(|s| s.parse::<ipnet::IpNet>().ok()) == Some(*prefix))
-                .with_context(|| format!("{prefix} is not in the file's deny list"))?;
+                .ok_or_else(|| missing(format!("{prefix} is not in the file's deny list")))?;
             prefixes.remove(index);
         }
-        other => bail!("{other:?} is not written to the config file"),
+        other => return Err(PersistError::NotPersisted(Box::new(other.clone()))),
     }
     Ok(doc.to_string())
 }
@@ -126,27 +168,25 @@ pub enum Persisted {
 /// temporary file beside the real file (through a symlink), rename over. On any error the file
 /// is untouched. `Written` carries what it replaced, for [`restore`].
 pub fn persist(path: &Path, commands: &[Command]) -> Result<Persisted> {
-    let target = std::fs::canonicalize(path).with_context(|| format!("resolving {}", path.display()))?;
-    let text = crate::config::read_file(&target).with_context(|| format!("reading {}", target.display()))?;
+    let target = std::fs::canonicalize(path).map_err(io("resolving", path))?;
+    let text = crate::config::read_file(&target).map_err(io("reading", &target))?;
     let mut edited = text.clone();
     for command in commands {
         edited = edit(&edited, command)?;
     }
-    Config::parse(path, &edited)
-        .map_err(|errors| anyhow::anyhow!("the edited config would be invalid:\n{errors}"))?;
+    Config::parse(path, &edited).map_err(PersistError::Invalid)?;
     match replace(&target, edited.as_bytes()) {
         Ok(()) => Ok(Persisted::Written(Replaced { target, text })),
         Err(err) if matches!(err.raw_os_error(), Some(libc::EROFS | libc::EACCES | libc::EPERM)) => {
             Ok(Persisted::ReadOnly(format!("{}: {err}", target.display())))
         }
-        Err(err) => Err(err).with_context(|| format!("replacing {}", target.display())),
+        Err(err) => Err(io("replacing", &target)(err)),
     }
 }
 
 /// Puts back the text a [`persist`] replaced (the change could not be applied after all).
 pub fn restore(replaced: &Replaced) -> Result<()> {
-    replace(&replaced.target, replaced.text.as_bytes())
-        .with_context(|| format!("putting back {}", replaced.target.display()))
+    replace(&replaced.target, replaced.text.as_bytes()).map_err(io("putting back", &replaced.target))
 }
 
 /// The file a change was written to (symlinks resolved) and the text it replaced.

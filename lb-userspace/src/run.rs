@@ -8,17 +8,40 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use anyhow::{Context as _, Result};
 use log::{error, info, warn};
 use sd_notify::NotifyState;
 
 use crate::{
     admin,
-    config::Config,
-    daemon::{Core, Shared, lock},
-    dataplane::{self, Role},
-    health, proxy,
+    config::{Config, ConfigErrors},
+    daemon::{Core, ExecError, Shared, lock},
+    dataplane::{self, DataplaneError, Role},
+    health,
+    instance::InstanceError,
+    proxy::{self, ProxyError},
 };
+
+/// Why lbd could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("invalid config:\n{0}")]
+    Config(ConfigErrors),
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Core(#[from] ExecError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    #[error("{doing}: {error}")]
+    Io { doing: String, error: std::io::Error },
+}
+
+fn io(doing: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+    let doing = doing.into();
+    move |error| RunError::Io { doing, error }
+}
 
 /// Raises the soft descriptor limit to the hard one (every client connection and upstream
 /// connection is a descriptor; the usual soft default of 1024 is far below `max_connections`).
@@ -37,8 +60,8 @@ fn raise_descriptor_limit() {
 }
 
 /// Runs lbd on the config at `path` until SIGTERM or SIGINT.
-pub fn run(path: &Path) -> Result<()> {
-    let config = Config::load(path).map_err(|errors| anyhow::anyhow!("invalid config:\n{errors}"))?;
+pub fn run(path: &Path) -> Result<(), RunError> {
+    let config = Config::load(path).map_err(RunError::Config)?;
     raise_descriptor_limit();
     let (interface, mode, pin_dir) = (config.interface.clone(), config.xdp_mode, config.pin_dir.clone());
     let (admin_socket, metrics) = (config.admin_socket.clone(), config.metrics);
@@ -53,7 +76,7 @@ pub fn run(path: &Path) -> Result<()> {
         let core: Shared = Arc::new(Mutex::new(Core::start(config, path.to_owned(), Some(ebpf))?));
         let attached = {
             let mut core = lock(&core);
-            let ebpf = core.ebpf.as_mut().context("the loaded program")?;
+            let ebpf = core.ebpf.as_mut().ok_or(DataplaneError::Unexpected("no loaded program".into()))?;
             dataplane::attach(ebpf, dataplane::BALANCER_PROGRAM, &interface, mode, &pin_dir)?
         };
         info!("balancer on {interface} ({attached:?}); maps pinned under {}", pin_dir.display());
@@ -66,17 +89,20 @@ pub fn run(path: &Path) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
         .enable_all()
-        .build()?;
+        .build()
+        .map_err(io("starting the runtime"))?;
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-        let admin = admin::bind(&admin_socket)?;
+        let mut term = signal(SignalKind::terminate()).map_err(io("installing a SIGTERM handler"))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(io("installing a SIGINT handler"))?;
+        let mut hup = signal(SignalKind::hangup()).map_err(io("installing a SIGHUP handler"))?;
+        let admin =
+            admin::bind(&admin_socket).map_err(io(format!("binding the admin socket {}", admin_socket.display())))?;
         tokio::spawn(admin::serve(admin, core.clone()));
         info!("admin API on {}", admin_socket.display());
         if let Some(address) = metrics {
-            tokio::spawn(crate::metrics::serve(crate::metrics::bind(address).await?, core.clone()));
+            let listener = crate::metrics::bind(address).await.map_err(io(format!("binding metrics on {address}")))?;
+            tokio::spawn(crate::metrics::serve(listener, core.clone()));
             info!("metrics on http://{address}/metrics");
         }
         if dataplane_on {
@@ -163,7 +189,7 @@ pub fn run(path: &Path) -> Result<()> {
             }
         })
         .await;
-        anyhow::Ok(())
+        Ok::<_, RunError>(())
     })?;
     let _ = std::fs::remove_file(&admin_socket);
     if dataplane_on {

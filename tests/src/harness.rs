@@ -76,7 +76,7 @@ impl Harness {
             Err(e) => {
                 // No Harness, so no Drop: the pins a failed load left go here.
                 let _ = std::fs::remove_dir_all(&pin_dir);
-                Err(e)
+                Err(e.into())
             }
         }
     }

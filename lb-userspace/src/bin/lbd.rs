@@ -99,7 +99,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { config } => return check(&config),
-        Command::Run { config } => lb_userspace::run::run(&config),
+        Command::Run { config } => lb_userspace::run::run(&config).map_err(Into::into),
         Command::Stop { config, detach } => stop(&config, detach),
         Command::Decap { iface, mode, detach, pin_dir } => {
             let pin_dir = pin_dir.unwrap_or_else(|| dataplane::decap_pin_dir(&iface));
@@ -180,7 +180,7 @@ fn helper(which: Helper, iface: &str, mode: XdpModeSetting, detach: bool, pin_di
                 let _ = dataplane::detach(pin_dir);
                 let _ = std::fs::remove_dir_all(pin_dir);
             }
-            return Err(err);
+            return Err(err.into());
         }
     };
     match which {

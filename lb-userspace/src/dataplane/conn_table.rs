@@ -2,7 +2,6 @@
 //! is recorded on, the recorded flows, and removal (tests and the bench also insert).
 use std::path::Path;
 
-use anyhow::Result;
 use lb_common::{
     flow::{
         CONN_SLOTS_MAP, CONN_TAGS_MAP, CONN_WAYS, ConnSet, ConnSlot, FlowKey, TAG_HASH, TAG_USED, recorded,
@@ -11,7 +10,7 @@ use lb_common::{
     hash::flow_hash,
 };
 
-use crate::dataplane::mapped::MappedArray;
+use crate::dataplane::{Result, mapped::MappedArray};
 
 /// The pinned CONN_TAGS and CONN_SLOTS arrays, mapped.
 pub struct ConnTable {

@@ -2,7 +2,6 @@
 //! handles lbd opens once (`Counters`), the decap helper's by its pin directory.
 use std::{net::IpAddr, path::Path};
 
-use anyhow::{Context as _, Result};
 use aya::{
     Pod,
     maps::{Array, Map, MapData, PerCpuArray},
@@ -17,6 +16,7 @@ use lb_common::{
 };
 
 use crate::dataplane::{
+    Doing as _, Result,
     conn_table::ConnTable,
     tables::{backends_in_use, ip_of},
     vip_table::VipTable,
@@ -25,7 +25,7 @@ use crate::dataplane::{
 /// Opens a pinned map.
 fn pinned(pin_dir: &Path, name: &str) -> Result<MapData> {
     let path = pin_dir.join(name);
-    MapData::from_pin(&path).with_context(|| format!("opening {} (is lbd running?)", path.display()))
+    MapData::from_pin(&path).doing(format_args!("opening {} (is lbd running?)", path.display()))
 }
 
 /// Opens a pinned per-CPU array.

@@ -2,12 +2,14 @@
 //! (lb_common::deny), changed so that a source is never let through by a stale filter.
 use std::{collections::BTreeSet, net::IpAddr, path::Path};
 
-use anyhow::Result;
 use aya::maps::{Array, LpmTrie, Map, MapData, lpm_trie::Key};
 use ipnet::IpNet;
 use lb_common::deny::{DENY_FILTER_MAP, DENY_FILTER_WORDS, DENY_V4_MAP, DENY_V6_MAP, filter_blocks};
 
-use crate::dataplane::tables::{addr_of, open};
+use crate::dataplane::{
+    Result,
+    tables::{addr_of, open},
+};
 
 /// The pinned deny maps.
 pub(super) struct DenyLists {

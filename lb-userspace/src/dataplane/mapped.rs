@@ -2,10 +2,9 @@
 //! stores instead of a syscall per element.
 use std::{marker::PhantomData, path::Path};
 
-use anyhow::{Result, bail};
 use aya::maps::MapData;
 
-use crate::dataplane::tables::open;
+use crate::dataplane::{DataplaneError, Doing as _, Result, tables::open};
 
 /// The elements of one pinned array, shared with the kernel. The XDP program may write them at
 /// any time, so they are accessed through raw pointers, never Rust references.
@@ -21,9 +20,13 @@ impl<T: Copy> MappedArray<T> {
     /// Maps the array pinned as `name` under `pin_dir` read/write.
     pub fn open(pin_dir: &Path, name: &str) -> Result<MappedArray<T>> {
         let data = open(pin_dir, name)?;
-        let info = data.info()?;
+        let info = data.info().doing(format_args!("reading {name}'s info"))?;
         if info.value_size() as usize != size_of::<T>() {
-            bail!("{name}: value size {} where {} was expected", info.value_size(), size_of::<T>());
+            return Err(DataplaneError::Unexpected(format!(
+                "{name}: value size {} where {} was expected",
+                info.value_size(),
+                size_of::<T>()
+            )));
         }
         let len = info.max_entries() as usize;
         // SAFETY: sysconf has no preconditions.
@@ -43,10 +46,10 @@ impl<T: Copy> MappedArray<T> {
             )
         };
         if ptr == libc::MAP_FAILED {
-            bail!(
-                "mmap of {name}: {} (was it created without BPF_F_MMAPABLE?)",
-                std::io::Error::last_os_error()
-            );
+            return Err(DataplaneError::Io {
+                doing: format!("mmap of {name} (was it created without BPF_F_MMAPABLE?)"),
+                error: std::io::Error::last_os_error(),
+            });
         }
         Ok(MappedArray { _data: data, ptr: ptr.cast(), len, bytes, _element: PhantomData })
     }

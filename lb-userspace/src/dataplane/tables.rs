@@ -8,7 +8,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use ipnet::IpNet;
 use lb_common::{
@@ -21,7 +20,10 @@ use lb_common::{
 };
 
 use crate::{
-    dataplane::{deny::DenyLists, mapped::MappedArray, rings::Rings, vip_table::VipTable},
+    dataplane::{
+        DataplaneError, Doing as _, Result, deny::DenyLists, mapped::MappedArray, rings::Rings,
+        vip_table::VipTable,
+    },
     maglev::{self, Weighted},
 };
 
@@ -49,7 +51,7 @@ pub fn monotonic_ns() -> u64 {
 
 pub(crate) fn open(pin_dir: &Path, name: &str) -> Result<MapData> {
     let path = pin_dir.join(name);
-    MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))
+    MapData::from_pin(&path).doing(format_args!("opening pinned map {}", path.display()))
 }
 
 /// The pinned maps lbd programs, and what it last wrote to each VIP's ring.
@@ -98,8 +100,11 @@ fn lookup_flags(desired: &Desired) -> u32 {
 }
 
 fn zero_counters(map: &mut PerCpuArray<MapData, TrafficCounter>, index: u32) -> Result<()> {
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-    map.set(index, PerCpuValues::try_from(vec![TrafficCounter::default(); cpus.get() as usize])?, 0)?;
+    let cpus =
+        aya::util::nr_cpus().map_err(|(doing, error)| DataplaneError::Io { doing: doing.into(), error })?;
+    let zeros = PerCpuValues::try_from(vec![TrafficCounter::default(); cpus.get() as usize])
+        .map_err(|error| DataplaneError::Io { doing: "per-CPU values".into(), error })?;
+    map.set(index, zeros, 0)?;
     Ok(())
 }
 
@@ -152,11 +157,11 @@ impl Tables {
     pub fn apply(&mut self, desired: &Desired) -> Result<Vec<String>> {
         let mut changes = Vec::new();
         if desired.vips.len() > self.max_vips() as usize {
-            bail!(
+            return Err(DataplaneError::Unexpected(format!(
                 "{} VIPs configured but the pinned rings hold {}: `lbd stop --detach` and start again to resize",
                 desired.vips.len(),
                 self.max_vips()
-            );
+            )));
         }
         // 1. Backends: keep ids of known addresses, give new ones the lowest free ids.
         let mut ids = self.backend_ids()?;
@@ -168,7 +173,7 @@ impl Tables {
             if ids.contains_key(addr) {
                 continue;
             }
-            let id = free.next().context("no free backend slot")?;
+            let id = free.next().ok_or_else(|| DataplaneError::Unexpected("no free backend slot".into()))?;
             self.backends.set(id, &Backend { addr: *addr, flags: BACKEND_F_IN_USE }, 0)?;
             zero_counters(&mut self.backend_stats, id)?;
             ids.insert(*addr, id);
@@ -186,7 +191,7 @@ impl Tables {
                 None => {
                     let index = (0..self.max_vips())
                         .find(|i| !used_indexes.contains(i))
-                        .context("no free VIP index")?;
+                        .ok_or_else(|| DataplaneError::Unexpected("no free VIP index".into()))?;
                     used_indexes.insert(index);
                     zero_counters(&mut self.vip_stats, index)?;
                     let slot = index * SLOTS_PER_VIP;

@@ -2,10 +2,16 @@
 //! updating and removing one, each step ordered so that a packet sees a whole state.
 use std::{collections::BTreeMap, path::Path};
 
-use anyhow::{Result, bail};
 use lb_common::vip::{VIP_METAS_MAP, VIP_TABLE_MAP, VIP_WAYS, VipBucket, VipKey, VipMeta, vip_place};
 
-use crate::dataplane::mapped::MappedArray;
+use crate::dataplane::{DataplaneError, Result, mapped::MappedArray};
+
+/// A 4-byte word of a bucket's way that a single store changes.
+#[derive(Clone, Copy)]
+enum Word {
+    Tag(usize),
+    Meta(usize),
+}
 
 /// The pinned VIP_TABLE and VIP_METAS arrays, mapped.
 pub struct VipTable {
@@ -32,12 +38,19 @@ impl VipTable {
         (index, bucket, tag, way)
     }
 
-    /// Writes one 4-byte word of a bucket (tag or meta copy) with a single aligned store, after
-    /// every store before it (the key, a meta copy, a ring) is visible.
-    fn store(&mut self, index: u32, word: impl FnOnce(*mut VipBucket) -> *mut u32, value: u32) {
+    /// Writes one 4-byte word of a bucket (a way's tag or meta copy) with a single aligned
+    /// store, after every store before it (the key, a meta copy, a ring) is visible.
+    fn store(&mut self, index: u32, word: Word, value: u32) {
         std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
-        // SAFETY: `word` names a u32 field inside the in-bounds bucket element.
-        unsafe { word(self.buckets.at(index as usize)).write_volatile(value) };
+        let bucket = self.buckets.at(index as usize);
+        // SAFETY: `bucket` points at an in-bounds element of the mapping, and `way` is below
+        // VIP_WAYS, so the field is inside it; a volatile store, since XDP reads it concurrently.
+        unsafe {
+            match word {
+                Word::Tag(way) => std::ptr::addr_of_mut!((*bucket).tags[way]).write_volatile(value),
+                Word::Meta(way) => std::ptr::addr_of_mut!((*bucket).metas[way]).write_volatile(value),
+            }
+        }
     }
 
     /// Every VIP and its current meta.
@@ -59,13 +72,13 @@ impl VipTable {
         if let Some(way) = way {
             let spare = bucket.metas[way] ^ 1;
             self.metas.set(spare as usize, *meta);
-            self.store(index, |b| unsafe { std::ptr::addr_of_mut!((*b).metas[way]) }, spare);
+            self.store(index, Word::Meta(way), spare);
             return Ok(());
         }
         let Some(way) = (0..VIP_WAYS).find(|&w| bucket.tags[w] == 0) else {
-            bail!(
+            return Err(DataplaneError::Unexpected(format!(
                 "VIP table bucket {index} already holds {VIP_WAYS} VIPs (a hash collision; change a VIP address)"
-            );
+            )));
         };
         let copy = meta.index * 2;
         self.metas.set(copy as usize, *meta);
@@ -73,15 +86,15 @@ impl VipTable {
         unsafe {
             std::ptr::addr_of_mut!((*self.buckets.at(index as usize)).keys[way]).write_volatile(key.words())
         };
-        self.store(index, |b| unsafe { std::ptr::addr_of_mut!((*b).metas[way]) }, copy);
-        self.store(index, |b| unsafe { std::ptr::addr_of_mut!((*b).tags[way]) }, tag);
+        self.store(index, Word::Meta(way), copy);
+        self.store(index, Word::Tag(way), tag);
         Ok(())
     }
 
     /// Removes the VIP `key` (its tag first: packets stop matching it at once).
     pub fn remove(&mut self, key: &VipKey) {
         if let (index, _, _, Some(way)) = self.find(key) {
-            self.store(index, |b| unsafe { std::ptr::addr_of_mut!((*b).tags[way]) }, 0);
+            self.store(index, Word::Tag(way), 0);
         }
     }
 }

@@ -112,8 +112,9 @@ struct Claims {
 }
 
 impl Jwt {
-    pub fn new(config: &JwtConfig) -> anyhow::Result<Jwt> {
-        let (algorithm, key) = config.decoding_key().map_err(|err| anyhow::anyhow!(err))?;
+    /// The check `config` asks for; the error says what is wrong with it.
+    pub fn new(config: &JwtConfig) -> Result<Jwt, String> {
+        let (algorithm, key) = config.decoding_key()?;
         let mut validation = Validation::new(algorithm);
         validation.validate_nbf = true;
         validation.leeway = 0;
@@ -131,7 +132,10 @@ impl Jwt {
             None => validation.validate_aud = false,
         }
         let subject_header = match &config.subject_header {
-            Some(name) => Some(hyper::header::HeaderName::from_bytes(name.as_bytes())?),
+            Some(name) => Some(
+                hyper::header::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| format!("subject_header `{name}` is not a header name"))?,
+            ),
             None => None,
         };
         Ok(Jwt { key, validation, subject_header })

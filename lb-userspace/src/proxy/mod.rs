@@ -17,11 +17,24 @@ pub mod workers;
 
 use std::{sync::Arc, time::Duration};
 
-use anyhow::{Context as _, Result};
 use arc_swap::ArcSwap;
 use log::{error, info};
 
-use crate::{config::Listener, proxy::tls::CertStore};
+use crate::{
+    config::Listener,
+    proxy::tls::{CertStore, TlsError},
+};
+
+/// Why a listener could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("listener {listener}: {error}")]
+    Tls { listener: String, error: TlsError },
+    #[error("binding {address}: {error}")]
+    Bind { address: std::net::SocketAddr, error: std::io::Error },
+    #[error("starting an L7 worker: {0}")]
+    Runtime(std::io::Error),
+}
 
 /// The comma-separated tokens of every `name` header, trimmed and lowercase (Connection, Vary).
 pub fn header_tokens(headers: &hyper::HeaderMap, name: hyper::header::HeaderName) -> Vec<String> {
@@ -36,13 +49,11 @@ pub fn header_tokens(headers: &hyper::HeaderMap, name: hyper::header::HeaderName
 }
 
 /// Loads a listener's certificates (None for plain HTTP).
-pub fn load_certs(listener: &Listener) -> Result<Option<Arc<tls::Resolver>>> {
-    match &listener.tls {
-        None => Ok(None),
-        Some(tls) => Ok(Some(Arc::new(tls::Resolver(ArcSwap::from_pointee(
-            CertStore::load(tls).with_context(|| format!("listener {}", listener.name))?,
-        ))))),
-    }
+pub fn load_certs(listener: &Listener) -> Result<Option<Arc<tls::Resolver>>, ProxyError> {
+    let Some(tls) = &listener.tls else { return Ok(None) };
+    let store =
+        CertStore::load(tls).map_err(|error| ProxyError::Tls { listener: listener.name.clone(), error })?;
+    Ok(Some(Arc::new(tls::Resolver(ArcSwap::from_pointee(store)))))
 }
 
 /// Re-reads certificates; a bad file is refused with a log line and the old store kept.
@@ -53,10 +64,9 @@ pub fn reload_certs(listener: &Listener, resolver: &tls::Resolver) {
             resolver.0.store(Arc::new(store));
             info!("listener {}: certificates reloaded", listener.name);
         }
-        Err(err) => error!(
-            "listener {}: certificate reload refused, the old one keeps serving: {err:#}",
-            listener.name
-        ),
+        Err(err) => {
+            error!("listener {}: certificate reload refused, the old one keeps serving: {err}", listener.name)
+        }
     }
 }
 

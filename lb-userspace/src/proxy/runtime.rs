@@ -201,7 +201,7 @@ impl RouteRuntime {
             jwt: route
                 .jwt
                 .as_ref()
-                .and_then(|j| Jwt::new(j).map_err(|e| log::error!("route {}: jwt: {e:#}", route.name)).ok()),
+                .and_then(|j| Jwt::new(j).map_err(|e| log::error!("route {}: jwt: {e}", route.name)).ok()),
         }
     }
 

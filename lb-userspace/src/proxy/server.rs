@@ -9,7 +9,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use bytes::BytesMut;
@@ -122,7 +121,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(listener: &Listener, resolver: Option<&Arc<tls::Resolver>>) -> Result<Arc<Shared>> {
+    pub fn new(
+        listener: &Listener,
+        resolver: Option<&Arc<tls::Resolver>>,
+    ) -> Result<Arc<Shared>, tls::TlsError> {
         let acceptor = match (&listener.tls, resolver) {
             (Some(tls), Some(resolver)) => {
                 Some(tokio_rustls::TlsAcceptor::from(tls::server_config(tls, resolver.clone())?))
@@ -292,7 +294,7 @@ pub async fn serve(
     snapshot: Arc<ArcSwap<Snapshot>>,
     forwarder: Arc<Forwarder>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<()> {
+) {
     let acceptor = shared.acceptor.clone();
     let (slots, registry) = (shared.slots.clone(), shared.registry.clone());
     let graceful = GracefulShutdown::new();
@@ -369,5 +371,4 @@ pub async fn serve(
     if tokio::time::timeout(listener.drain_timeout, drained).await.is_err() {
         warn!("listener {}: drain deadline passed, closing the rest", listener.name);
     }
-    Ok(())
 }

@@ -8,7 +8,6 @@ use std::{
     time::SystemTime,
 };
 
-use anyhow::{Context as _, Result, bail};
 use arc_swap::ArcSwap;
 use rustls::{
     ServerConfig,
@@ -18,6 +17,30 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 use crate::config::Tls;
+
+/// Why a listener's certificates or TLS settings could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{doing} {file}: {error}")]
+    Pem { doing: &'static str, file: PathBuf, error: rustls_pki_types::pem::Error },
+    #[error("{0} holds no certificate")]
+    NoCertificate(PathBuf),
+    #[error("{cert} does not match its key: {error}")]
+    KeyMismatch { cert: PathBuf, error: rustls::Error },
+    #[error("no certificate")]
+    Empty,
+    #[error(transparent)]
+    Rustls(#[from] rustls::Error),
+    #[error("client CA: {0}")]
+    ClientCa(#[from] rustls::server::VerifierBuilderError),
+}
+
+type Result<T, E = TlsError> = std::result::Result<T, E>;
+
+fn pem(doing: &'static str, file: &Path) -> impl FnOnce(rustls_pki_types::pem::Error) -> TlsError {
+    let file = file.to_path_buf();
+    move |error| TlsError::Pem { doing, file, error }
+}
 
 /// The certificates of one listener, by name.
 #[derive(Debug)]
@@ -30,17 +53,16 @@ pub struct CertStore {
 
 fn load_pair(cert: &Path, key: &Path) -> Result<(Arc<CertifiedKey>, Vec<String>)> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading {}", cert.display()))?
+        .map_err(pem("reading", cert))?
         .collect::<Result<_, _>>()
-        .with_context(|| format!("parsing {}", cert.display()))?;
+        .map_err(pem("parsing", cert))?;
     if chain.is_empty() {
-        bail!("{} holds no certificate", cert.display());
+        return Err(TlsError::NoCertificate(cert.to_path_buf()));
     }
-    let key =
-        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading the key {}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(pem("reading the key", key))?;
     let provider = rustls::crypto::ring::default_provider();
     let certified = CertifiedKey::from_der(chain.clone(), key, &provider)
-        .with_context(|| format!("{} does not match its key", cert.display()))?;
+        .map_err(|error| TlsError::KeyMismatch { cert: cert.to_path_buf(), error })?;
     let names = names_of(&chain[0]);
     Ok((Arc::new(certified), names))
 }
@@ -69,7 +91,7 @@ impl CertStore {
                 };
             }
         }
-        Ok(CertStore { exact, wildcard, default: default.context("no certificate")? })
+        Ok(CertStore { exact, wildcard, default: default.ok_or(TlsError::Empty)? })
     }
 
     /// The certificate for a server name.
@@ -108,10 +130,8 @@ pub fn server_config(tls: &Tls, resolver: Arc<Resolver>) -> Result<Arc<ServerCon
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for cert in
-                CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))?
-            {
-                roots.add(cert?)?;
+            for cert in CertificateDer::pem_file_iter(ca).map_err(pem("reading", ca))? {
+                roots.add(cert.map_err(pem("parsing", ca))?)?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
             builder.with_client_cert_verifier(verifier)

@@ -4,7 +4,6 @@
 //! cross threads. The control path (admin, health, metrics) stays on lbd's main runtime.
 use std::{net::SocketAddr, sync::Arc, thread::JoinHandle};
 
-use anyhow::{Context as _, Result};
 use arc_swap::ArcSwap;
 use log::{error, info};
 use tokio::net::TcpSocket;
@@ -12,6 +11,7 @@ use tokio::net::TcpSocket;
 use crate::{
     config::Listener,
     proxy::{
+        ProxyError,
         pipeline::Forwarder,
         routes::Snapshot,
         server::{self, Shared},
@@ -31,26 +31,29 @@ pub struct Bound {
     sockets: Vec<std::net::TcpListener>,
 }
 
-fn socket(address: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListener> {
+fn socket(address: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(reuse_port)?;
     socket.bind(address)?;
-    Ok(socket.listen(4096)?.into_std()?)
+    socket.listen(4096)?.into_std()
 }
 
 /// Binds `workers` sockets for `listener` (must run inside a tokio runtime). A port another
 /// process holds fails here, before READY: the first socket is bound without `SO_REUSEPORT`
 /// to find out, then let go.
-pub fn bind(listener: Listener, certs: Option<Arc<tls::Resolver>>, workers: usize) -> Result<Bound> {
+pub fn bind(
+    listener: Listener,
+    certs: Option<Arc<tls::Resolver>>,
+    workers: usize,
+) -> Result<Bound, ProxyError> {
     let address = listener.address;
+    let bind_error = |error| ProxyError::Bind { address, error };
     let sockets = if workers == 1 {
-        vec![socket(address, false).with_context(|| format!("binding {address}"))?]
+        vec![socket(address, false).map_err(bind_error)?]
     } else {
-        drop(socket(address, false).with_context(|| format!("binding {address}"))?);
-        (0..workers)
-            .map(|_| socket(address, true).with_context(|| format!("binding {address}")))
-            .collect::<Result<_>>()?
+        drop(socket(address, false).map_err(bind_error)?);
+        (0..workers).map(|_| socket(address, true).map_err(bind_error)).collect::<Result<_, _>>()?
     };
     Ok(Bound { listener, certs, sockets })
 }
@@ -62,7 +65,7 @@ pub fn start(
     snapshot: Arc<ArcSwap<Snapshot>>,
     forwarder: Arc<Forwarder>,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<Vec<JoinHandle<()>>> {
+) -> Result<Vec<JoinHandle<()>>, ProxyError> {
     let workers = bound.first().map_or(0, |b| b.sockets.len());
     let mut per_worker: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
     for Bound { listener, certs, sockets } in bound {
@@ -72,7 +75,8 @@ pub fn start(
             listener.address,
             if listener.tls.is_some() { "tls" } else { "http" }
         );
-        let shared = Shared::new(&listener, certs.as_ref())?;
+        let shared = Shared::new(&listener, certs.as_ref())
+            .map_err(|error| ProxyError::Tls { listener: listener.name.clone(), error })?;
         for (worker, socket) in sockets.into_iter().enumerate() {
             per_worker[worker].push((listener.clone(), socket, shared.clone()));
         }
@@ -83,41 +87,42 @@ pub fn start(
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .context("starting an L7 worker runtime")?;
-        let thread = std::thread::Builder::new().name(format!("l7-worker-{worker}")).spawn(move || {
-            runtime.block_on(async move {
-                let mut serving = Vec::new();
-                for (listener, socket, shared) in listeners {
-                    let name = listener.name.clone();
-                    let socket = match socket
-                        .set_nonblocking(true)
-                        .and_then(|()| tokio::net::TcpListener::from_std(socket))
-                    {
-                        Ok(socket) => socket,
-                        Err(err) => {
-                            error!("listener {name}: worker {worker}: {err}");
-                            continue;
-                        }
-                    };
-                    let served = server::serve(
-                        listener,
-                        socket,
-                        shared,
-                        snapshot.clone(),
-                        forwarder.clone(),
-                        stop.clone(),
-                    );
-                    serving.push(tokio::spawn(async move {
-                        if let Err(err) = served.await {
-                            error!("listener {name}: {err:#}");
-                        }
-                    }));
-                }
-                for task in serving {
-                    let _ = task.await;
-                }
+            .map_err(ProxyError::Runtime)?;
+        let thread = std::thread::Builder::new()
+            .name(format!("l7-worker-{worker}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let mut serving = Vec::new();
+                    for (listener, socket, shared) in listeners {
+                        let name = listener.name.clone();
+                        let socket = match socket
+                            .set_nonblocking(true)
+                            .and_then(|()| tokio::net::TcpListener::from_std(socket))
+                        {
+                            Ok(socket) => socket,
+                            Err(err) => {
+                                error!("listener {name}: worker {worker}: {err}");
+                                continue;
+                            }
+                        };
+                        let served = server::serve(
+                            listener,
+                            socket,
+                            shared,
+                            snapshot.clone(),
+                            forwarder.clone(),
+                            stop.clone(),
+                        );
+                        serving.push(tokio::spawn(async move {
+                            served.await;
+                        }));
+                    }
+                    for task in serving {
+                        let _ = task.await;
+                    }
+                })
             })
-        })?;
+            .map_err(ProxyError::Runtime)?;
         threads.push(thread);
     }
     Ok(threads)
