@@ -321,7 +321,7 @@ async fn to_etcd(
     }
     let mut lines = Vec::new();
     let mut state = lock(core).state.clone();
-    let (_, mut known) = etcd.pools().await.map_err(|err| format!("etcd: {err} (nothing changed)"))?;
+    let mut known = etcd.view().await.map_err(|err| format!("etcd: {err} (nothing changed)"))?.pools;
     for command in commands {
         let (pool, address, member) = crate::cluster::write_for(&state, command)?;
         // The first change to a pool etcd knows nothing of writes the pool's backends first:

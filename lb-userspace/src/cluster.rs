@@ -4,6 +4,9 @@
 //! lbctl's changes take (written back to the config file too, so a restart with etcd away
 //! serves the last known pools). lbctl's backend changes are written to etcd instead, and every
 //! host applies them from there. A view older than the one applied is never applied.
+//! With `vips = true`, the VIPs come from etcd as well: `PREFIX/vips/NAME` holds a `[[vip]]`
+//! table's keys as JSON; the follower writes etcd's set into the config file and reloads it,
+//! so a VIP from etcd is checked exactly like one in the file.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
@@ -43,6 +46,17 @@ fn default_weight() -> u32 {
 /// Pools as etcd holds them: pool -> backend -> member.
 pub type Pools = BTreeMap<String, BTreeMap<IpAddr, Member>>;
 
+/// VIPs as etcd holds them: name -> the `[[vip]]` table's other keys.
+pub type Vips = BTreeMap<String, serde_json::Map<String, Value>>;
+
+/// Everything under the prefix at one revision.
+#[derive(Debug, Default)]
+pub struct View {
+    pub revision: i64,
+    pub pools: Pools,
+    pub vips: Vips,
+}
+
 /// An etcd cluster, through its JSON gateway.
 pub struct Etcd {
     /// `HOST:PORT` of each endpoint, tried in order.
@@ -59,40 +73,53 @@ impl Etcd {
         format!("{}pools/", self.prefix)
     }
 
+    fn vips_key(&self) -> String {
+        format!("{}vips/", self.prefix)
+    }
+
     fn member_key(&self, pool: &str, address: IpAddr) -> String {
         format!("{}pools/{pool}/{address}", self.prefix)
     }
 
-    /// Every pool's members, and the revision they were read at.
-    pub async fn pools(&self) -> Result<(i64, Pools), String> {
-        let key = self.pools_key();
+    /// Every pool's members and every VIP, read at one revision.
+    pub async fn view(&self) -> Result<View, String> {
         let answer = self
             .call(
                 "/v3/kv/range",
-                json!({ "key": B64.encode(&key), "range_end": B64.encode(prefix_end(&key)) }),
+                json!({ "key": B64.encode(&self.prefix), "range_end": B64.encode(prefix_end(&self.prefix)) }),
             )
             .await?;
-        let mut pools = Pools::new();
+        let (pools_key, vips_key) = (self.pools_key(), self.vips_key());
+        let mut view = View { revision: revision(&answer), ..View::default() };
         for kv in answer["kvs"].as_array().into_iter().flatten() {
             let (Some(k), Some(v)) = (decode(&kv["key"]), decode(&kv["value"])) else { continue };
-            let Some((pool, address)) = String::from_utf8_lossy(&k).strip_prefix(&key).and_then(|rest| {
-                let (pool, address) = rest.split_once('/')?;
-                Some((pool.to_owned(), address.parse::<IpAddr>().ok()?))
-            }) else {
-                log::warn!(
-                    "etcd: key {} is not POOL/ADDRESS under {key}: skipped",
-                    String::from_utf8_lossy(&k)
-                );
+            let key = String::from_utf8_lossy(&k);
+            if let Some(name) = key.strip_prefix(&vips_key) {
+                match serde_json::from_slice::<serde_json::Map<String, Value>>(&v) {
+                    Ok(table) if !name.is_empty() && !name.contains('/') => {
+                        view.vips.insert(name.to_owned(), table);
+                    }
+                    Ok(_) => log::warn!("etcd: key {key} is not VIP NAME under {vips_key}: skipped"),
+                    Err(err) => log::warn!("etcd: VIP {name}: {err}: skipped"),
+                }
+                continue;
+            }
+            let Some(rest) = key.strip_prefix(&pools_key) else { continue };
+            let Some((pool, address)) = rest
+                .split_once('/')
+                .and_then(|(pool, address)| Some((pool.to_owned(), address.parse::<IpAddr>().ok()?)))
+            else {
+                log::warn!("etcd: key {key} is not POOL/ADDRESS under {pools_key}: skipped");
                 continue;
             };
             match serde_json::from_slice::<Member>(&v) {
                 Ok(member) => {
-                    pools.entry(pool).or_default().insert(address, member);
+                    view.pools.entry(pool).or_default().insert(address, member);
                 }
                 Err(err) => log::warn!("etcd: {pool}/{address}: {err}: skipped"),
             }
         }
-        Ok((revision(&answer), pools))
+        Ok(view)
     }
 
     /// Writes one backend; the revision it was written at.
@@ -111,11 +138,11 @@ impl Etcd {
         Ok(revision(&answer))
     }
 
-    /// Returns when anything under the pools changes after `revision`, or after `at_most`.
+    /// Returns when anything under the prefix changes after `revision`, or after `at_most`.
     pub async fn changed_after(&self, revision: i64, at_most: Duration) -> Result<(), String> {
-        let key = self.pools_key();
+        let key = &self.prefix;
         let body = json!({ "create_request": {
-            "key": B64.encode(&key), "range_end": B64.encode(prefix_end(&key)), "start_revision": (revision + 1).to_string()
+            "key": B64.encode(key), "range_end": B64.encode(prefix_end(key)), "start_revision": (revision + 1).to_string()
         }});
         let mut last = String::new();
         for endpoint in &self.endpoints {

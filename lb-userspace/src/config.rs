@@ -406,6 +406,9 @@ pub struct Cluster {
     pub endpoints: Vec<String>,
     /// Key prefix; backends live at `PREFIX/pools/POOL/ADDRESS`. Ends with `/`.
     pub prefix: String,
+    /// The VIPs come from etcd too (`PREFIX/vips/NAME`, the `[[vip]]` table's keys as JSON):
+    /// etcd's set replaces the file's.
+    pub vips: bool,
 }
 
 /// How this host announces its VIPs: lbd writes the routes it wants announced into a file that

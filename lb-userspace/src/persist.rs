@@ -154,6 +154,76 @@ pub fn edit(text: &str, command: &Command) -> Result<String> {
     Ok(doc.to_string())
 }
 
+/// The file's text with its `[[vip]]` tables made `vips` (etcd's, `[cluster] vips = true`): a
+/// table that already says the same is left as it is, with its comments; one that differs is
+/// rewritten; the others are removed or appended.
+pub fn with_vips(text: &str, vips: &crate::cluster::Vips) -> Result<String> {
+    let mut doc: DocumentMut = text.parse()?;
+    let mut tables = match doc.remove("vip") {
+        None => toml_edit::ArrayOfTables::new(),
+        Some(item) => item.into_array_of_tables().map_err(|_| missing("`vip` is not [[vip]] tables"))?,
+    };
+    let mut kept = toml_edit::ArrayOfTables::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for table in tables.iter_mut() {
+        let Some(name) = table.get("name").and_then(Item::as_str).map(str::to_owned) else { continue };
+        let Some(fields) = vips.get(&name) else { continue };
+        seen.insert(name.clone());
+        let same = table.len() == fields.len() + 1
+            && fields
+                .iter()
+                .all(|(k, v)| table.get(k).and_then(Item::as_value).is_some_and(|t| same_value(t, v)));
+        if same {
+            kept.push(table.clone());
+        } else {
+            kept.push(vip_table(&name, fields)?);
+        }
+    }
+    for (name, fields) in vips.iter().filter(|(name, _)| !seen.contains(*name)) {
+        kept.push(vip_table(name, fields)?);
+    }
+    if !kept.is_empty() {
+        doc.insert("vip", Item::ArrayOfTables(kept));
+    }
+    Ok(doc.to_string())
+}
+
+/// A `[[vip]]` table from etcd's JSON.
+fn vip_table(name: &str, fields: &serde_json::Map<String, serde_json::Value>) -> Result<toml_edit::Table> {
+    let mut table = toml_edit::Table::new();
+    table.insert("name", toml_edit::value(name));
+    for (key, value) in fields {
+        if key == "name" {
+            continue;
+        }
+        let value = toml_value(value).ok_or_else(|| {
+            missing(format!("VIP {name}: `{key}` is not a string, number, bool or list of them"))
+        })?;
+        table.insert(key, Item::Value(value));
+    }
+    Ok(table)
+}
+
+fn toml_value(value: &serde_json::Value) -> Option<Value> {
+    use serde_json::Value as Json;
+    Some(match value {
+        Json::String(s) => s.as_str().into(),
+        Json::Bool(b) => (*b).into(),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => i.into(),
+            None => n.as_f64()?.into(),
+        },
+        Json::Array(items) => Value::Array(items.iter().map(toml_value).collect::<Option<Array>>()?),
+        Json::Null | Json::Object(_) => return None,
+    })
+}
+
+fn same_value(toml: &Value, json: &serde_json::Value) -> bool {
+    let mut bare = toml.clone();
+    bare.decor_mut().clear();
+    toml_value(json).is_some_and(|v| v.to_string() == bare.to_string())
+}
+
 /// What became of a change to the config file.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Persisted {
@@ -284,6 +354,32 @@ mod tests {
         let add =
             Command::AddBackend { pool: "nope".into(), address: "10.0.0.2".parse().unwrap(), weight: 7 };
         assert!(edit(TEXT, &add).unwrap_err().to_string().contains("no [[pool]] named `nope`"));
+    }
+
+    #[test]
+    fn vips_from_etcd_replace_the_files_and_keep_what_is_unchanged() {
+        let text = "[dataplane]\ninterface = \"eth0\"\n\n[[pool]]\nname = \"web\"\nbackends = []\n\n\
+                    # the first VIP\n[[vip]]\nname = \"a\"\naddress = \"198.19.0.1\" # kept\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n\n\
+                    [[vip]]\nname = \"b\"\naddress = \"198.19.0.2\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n";
+        let json = |address: &str| -> serde_json::Map<String, serde_json::Value> {
+            serde_json::from_str(&format!(
+                r#"{{"address": "{address}", "port": 80, "protocol": "tcp", "pool": "web"}}"#
+            ))
+            .unwrap()
+        };
+        let vips: crate::cluster::Vips =
+            [("a".into(), json("198.19.0.1")), ("c".into(), json("198.19.0.3"))].into();
+        let edited = with_vips(text, &vips).unwrap();
+        assert!(edited.contains("# the first VIP") && edited.contains("# kept"), "{edited}");
+        let config = Config::parse(Path::new("t.toml"), &edited).unwrap();
+        let got: Vec<(String, String)> =
+            config.vips.iter().map(|v| (v.name.clone(), v.addr.to_string())).collect();
+        assert_eq!(got, [("a".into(), "198.19.0.1".into()), ("c".into(), "198.19.0.3".into())]);
+        // The same set again: the same text.
+        assert_eq!(with_vips(&edited, &vips).unwrap(), edited);
+        let mut nested = json("198.19.0.4");
+        nested.insert("port".into(), serde_json::json!({ "x": 1 }));
+        assert!(with_vips(text, &[("d".into(), nested)].into()).is_err());
     }
 
     #[test]

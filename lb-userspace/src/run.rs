@@ -268,13 +268,14 @@ async fn announce(
 /// applied is never applied.
 async fn follow(core: Shared, etcd: Arc<crate::cluster::Etcd>) {
     let mut applied = 0;
+    let follows_vips = lock(&core).state.config.cluster.as_ref().is_some_and(|c| c.vips);
     loop {
-        let wait = match etcd.pools().await {
-            Ok((revision, _)) if revision < applied => {
-                warn!("etcd: revision {revision} is older than the applied {applied}: ignored");
+        let wait = match etcd.view().await {
+            Ok(view) if view.revision < applied => {
+                warn!("etcd: revision {} is older than the applied {applied}: ignored", view.revision);
                 Err(())
             }
-            Ok((revision, pools)) => {
+            Ok(crate::cluster::View { revision, pools, vips }) => {
                 // Applying writes the maps and the config file: off the async workers.
                 let applying = core.clone();
                 let _ = tokio::task::spawn_blocking(move || {
@@ -295,9 +296,12 @@ async fn follow(core: Shared, etcd: Arc<crate::cluster::Etcd>) {
                     if !unknown.is_empty() && revision != seen {
                         warn!("etcd names pools this config does not define: {unknown:?}");
                     }
-                    lock(&applying).following.revision = revision;
                 })
                 .await;
+                if follows_vips {
+                    follow_vips(&core, revision, &vips).await;
+                }
+                lock(&core).following.revision = revision;
                 applied = revision;
                 etcd.changed_after(revision, std::time::Duration::from_secs(30)).await.map_err(|err| {
                     warn!("etcd watch: {err}");
@@ -315,6 +319,64 @@ async fn follow(core: Shared, etcd: Arc<crate::cluster::Etcd>) {
         if wait.is_err() {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
+    }
+}
+
+/// Makes the config file's VIPs etcd's (`[cluster] vips = true`) and reloads it, so a VIP from
+/// etcd is checked and applied exactly like one an operator writes into the file. A set that
+/// would make the config invalid is refused with the reason, and the running VIPs stay.
+async fn follow_vips(core: &Shared, revision: i64, vips: &crate::cluster::Vips) {
+    // No VIP in etcd: not managed there yet; the file's VIPs stay.
+    if vips.is_empty() {
+        return;
+    }
+    // The reload path exists once lbd has started its listeners.
+    let mut reloads = None;
+    for _ in 0..100 {
+        reloads = lock(core).reloads.clone();
+        if reloads.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let Some(reloads) = reloads else {
+        error!("etcd revision {revision}: VIPs not applied: lbd has not started");
+        return;
+    };
+    let path = lock(core).config_path.clone();
+    let written = {
+        let _file = crate::daemon::FILE_WRITER.lock().await;
+        let vips = vips.clone();
+        tokio::task::spawn_blocking(move || -> Result<bool, String> {
+            let target = std::fs::canonicalize(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let text = crate::config::read_file(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+            let edited = crate::persist::with_vips(&text, &vips).map_err(|e| e.to_string())?;
+            if edited == text {
+                return Ok(false);
+            }
+            Config::parse(&path, &edited)
+                .map_err(|errors| format!("the VIPs would make the config invalid:\n{errors}"))?;
+            crate::persist::replace(&target, edited.as_bytes())
+                .map_err(|e| format!("{}: {e}", target.display()))?;
+            Ok(true)
+        })
+        .await
+        .unwrap_or_else(|err| Err(err.to_string()))
+    };
+    match written {
+        Ok(false) => {}
+        Ok(true) => {
+            let (asked, answer) = tokio::sync::oneshot::channel();
+            if reloads.send(asked).await.is_err() {
+                return;
+            }
+            match answer.await {
+                Ok(Ok(lines)) => info!("etcd revision {revision}: VIPs applied ({} changes)", lines.len()),
+                Ok(Err(err)) => error!("etcd revision {revision}: VIPs not applied: {err}"),
+                Err(_) => {}
+            }
+        }
+        Err(err) => error!("etcd revision {revision}: VIPs not applied: {err}"),
     }
 }
 

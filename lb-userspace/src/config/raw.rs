@@ -153,6 +153,8 @@ pub(super) struct RawAdmin {
 pub(super) struct RawCluster {
     pub(super) endpoints: Spanned<Vec<String>>,
     pub(super) prefix: Option<String>,
+    #[serde(default)]
+    pub(super) vips: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -49,7 +49,7 @@ pub(in crate::config) fn check(
         if !prefix.ends_with('/') {
             prefix.push('/');
         }
-        Cluster { endpoints, prefix }
+        Cluster { endpoints, prefix, vips: c.vips }
     });
     (bgp, cluster)
 }
