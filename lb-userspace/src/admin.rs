@@ -262,6 +262,32 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
                 }
             }
         }
+        (&Method::POST, "/upgrade") => {
+            // Run by the signal loop, like SIGUSR2; answered once the new lbd serves or failed.
+            let (asked, answer) = tokio::sync::oneshot::channel();
+            let upgrades = lock(&core).upgrades.clone();
+            let sent = match upgrades {
+                Some(upgrades) => upgrades.try_send(asked).is_ok(),
+                None => false,
+            };
+            if !sent {
+                return Ok(reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({ "error": "lbd is not ready to upgrade, or an upgrade is under way" }),
+                ));
+            }
+            let waited = crate::upgrade::READY_TIMEOUT + Duration::from_secs(10);
+            match tokio::time::timeout(waited, answer).await {
+                Ok(Ok(Ok(pid))) => reply(StatusCode::OK, json!(views::Upgraded { pid })),
+                Ok(Ok(Err(why))) => reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({ "error": format!("upgrade refused, this lbd keeps serving: {why}") }),
+                ),
+                _ => {
+                    reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "the upgrade did not finish" }))
+                }
+            }
+        }
         (&Method::POST, "/commands") => {
             let body = match read_body(request).await {
                 Ok(body) => body,

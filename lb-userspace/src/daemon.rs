@@ -30,6 +30,9 @@ pub enum ExecError {
     Maps(#[from] DataplaneError),
     #[error(transparent)]
     Host(#[from] HostError),
+    /// A new lbd has taken over; this one drains and changes nothing.
+    #[error("this lbd has handed over to a new one and only drains")]
+    Retired,
     /// A reload changes what only a restart changes.
     #[error("{0}: a restart is needed")]
     NeedsRestart(String),
@@ -69,6 +72,10 @@ pub struct Core {
     pub etcd: Option<Arc<crate::cluster::Etcd>>,
     /// How following etcd goes.
     pub following: Following,
+    /// Where `lbctl upgrade` asks the signal loop for an upgrade (set once lbd runs it).
+    pub upgrades: Option<tokio::sync::mpsc::Sender<crate::upgrade::Asked>>,
+    /// A new lbd took over (`upgrade.rs`): this one only drains and changes nothing.
+    pub retired: bool,
 }
 
 /// The etcd follower's last word (`[cluster]`).
@@ -105,6 +112,9 @@ pub fn execute_persisting(core: &Shared, commands: &[Command]) -> Result<Vec<Str
     let _file = FILE_WRITER.blocking_lock();
     let path = {
         let core = lock(core);
+        if core.retired {
+            return Err(ExecError::Retired);
+        }
         let mut next = core.state.clone();
         for command in commands {
             next.apply(command)?;
@@ -191,6 +201,8 @@ impl Core {
             etcd: None,
             following: Following::default(),
             nic_xdp_tx_errors: None,
+            upgrades: None,
+            retired: false,
         };
         core.warn_fail_open(&[]);
         Ok(core)
@@ -208,6 +220,9 @@ impl Core {
     /// State. Returns one line per change. The config file is not written here: operator
     /// commands go through [`execute_persisting`].
     pub fn execute(&mut self, commands: &[Command]) -> Result<Vec<String>, ExecError> {
+        if self.retired {
+            return Err(ExecError::Retired);
+        }
         let mut next = self.state.clone();
         let mut lines = Vec::new();
         for command in commands {
@@ -238,6 +253,9 @@ impl Core {
     /// A reload: the difference between the running State and `config`, as commands.
     /// `host`: the new config's host facts, resolved off the core lock (ARP may take seconds).
     pub fn reload(&mut self, config: Config, host: HostFacts) -> Result<Vec<String>, ExecError> {
+        if self.retired {
+            return Err(ExecError::Retired);
+        }
         if config.interface != self.state.config.interface || config.pin_dir != self.state.config.pin_dir {
             return Err(ExecError::NeedsRestart("interface or pin_dir changed".into()));
         }

@@ -125,10 +125,13 @@ pub async fn run_pool(core: Shared, pool: String) {
             }
         }
         streaks.retain(|addr, _| backends.iter().any(|(a, _)| a == addr));
-        if !commands.is_empty()
-            && let Err(err) = lock(&core).execute(&commands)
-        {
-            log::error!("pool {pool}: applying health results: {err}");
+        if !commands.is_empty() {
+            match lock(&core).execute(&commands) {
+                Ok(_) => {}
+                // A new lbd took over, with checks of its own.
+                Err(crate::daemon::ExecError::Retired) => return,
+                Err(err) => log::error!("pool {pool}: applying health results: {err}"),
+            }
         }
         tokio::time::sleep(check.interval).await;
     }

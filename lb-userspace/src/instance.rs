@@ -44,6 +44,37 @@ pub fn prepare_pin_dir(dir: &Path) -> Result<(), InstanceError> {
     Ok(())
 }
 
+impl InstanceLock {
+    /// A duplicate of the locked descriptor, handed to a new lbd on upgrade: the lock belongs
+    /// to the open directory, so the new lbd holds it as soon as it has the descriptor.
+    pub fn keep(&self) -> io::Result<std::os::fd::OwnedFd> {
+        std::os::fd::AsFd::as_fd(&self._dir).try_clone_to_owned()
+    }
+}
+
+/// Takes over the lock an old lbd handed over (`upgrade.rs`): `held` is its locked directory.
+pub fn adopt(dir: &Path, held: std::os::fd::OwnedFd) -> Result<InstanceLock, InstanceError> {
+    let file = File::from(held);
+    let same = file.metadata().and_then(|m| {
+        Ok((m.dev(), m.ino()) == {
+            let d = std::fs::metadata(dir)?;
+            (d.dev(), d.ino())
+        })
+    });
+    if !same.map_err(|err| InstanceError::Io(dir.to_owned(), err))? {
+        return Err(InstanceError::Io(
+            dir.to_owned(),
+            io::Error::other("the lock handed over is not this pin directory's"),
+        ));
+    }
+    // SAFETY: flock on a descriptor we own; the same open directory is already locked, so this
+    // returns at once.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(InstanceError::Io(dir.to_owned(), io::Error::last_os_error()));
+    }
+    Ok(InstanceLock { _dir: file })
+}
+
 /// Takes the pin directory's lock without waiting.
 pub fn lock(dir: &Path) -> Result<InstanceLock, InstanceError> {
     let file = File::open(dir).map_err(|err| InstanceError::Io(dir.to_owned(), err))?;

@@ -16,3 +16,4 @@ pub mod proxy;
 pub mod reload;
 pub mod run;
 pub mod state;
+pub mod upgrade;

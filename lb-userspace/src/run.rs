@@ -19,6 +19,7 @@ use crate::{
     health,
     instance::InstanceError,
     proxy::{self, ProxyError},
+    upgrade::{self, Handover, Inherited, UpgradeError},
 };
 
 /// Why lbd could not start.
@@ -34,6 +35,8 @@ pub enum RunError {
     Core(#[from] ExecError),
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    #[error(transparent)]
+    Upgrade(#[from] UpgradeError),
     #[error("{doing}: {error}")]
     Io { doing: String, error: std::io::Error },
 }
@@ -59,17 +62,26 @@ fn raise_descriptor_limit() {
     info!("descriptor limit: soft {now} (was {soft}), hard {}", limit.rlim_max);
 }
 
-/// Runs lbd on the config at `path` until SIGTERM or SIGINT.
+/// Runs lbd on the config at `path` until SIGTERM or SIGINT, or until a new lbd took over
+/// (`upgrade.rs`).
 pub fn run(path: &Path) -> Result<(), RunError> {
+    // Started by an upgrade: the old lbd's sockets and lock, taken before anything else.
+    let mut inherited = Inherited::receive()?;
+    let exec = upgrade::Exec::current().map_err(io("finding lbd's own binary"))?;
     let config = Config::load(path).map_err(RunError::Config)?;
     raise_descriptor_limit();
+    let mut handover = Handover::default();
     let (interface, mode, pin_dir) = (config.interface.clone(), config.xdp_mode, config.pin_dir.clone());
     let (admin_socket, metrics) = (config.admin_socket.clone(), config.metrics);
     // One lbd per pin directory, which only root may change: checked and locked before
     // anything (maps, admin socket) is touched. An L7-only host (no [dataplane]) has neither.
     let (_instance, core) = if config.dataplane {
         crate::instance::prepare_pin_dir(&pin_dir)?;
-        let instance = crate::instance::lock(&pin_dir)?;
+        let instance = match inherited.as_mut().and_then(|i| i.lock.take()) {
+            Some(held) => crate::instance::adopt(&pin_dir, held)?,
+            None => crate::instance::lock(&pin_dir)?,
+        };
+        handover.lock = Some(instance.keep().map_err(io("keeping the pin directory's lock"))?);
         // Keeps the program loaded while lbd runs; the pinned link keeps it attached after.
         let ebpf = dataplane::load(&pin_dir, Role::Balancer { max_vips: config.max_vips })?;
         // Program the maps before attaching, so the first packet already sees the pools.
@@ -91,18 +103,31 @@ pub fn run(path: &Path) -> Result<(), RunError> {
         .enable_all()
         .build()
         .map_err(io("starting the runtime"))?;
-    runtime.block_on(async {
+    let handed_over = runtime.block_on(async {
+        use std::os::fd::AsFd as _;
+
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).map_err(io("installing a SIGTERM handler"))?;
         let mut int = signal(SignalKind::interrupt()).map_err(io("installing a SIGINT handler"))?;
         let mut hup = signal(SignalKind::hangup()).map_err(io("installing a SIGHUP handler"))?;
-        let admin =
-            admin::bind(&admin_socket).map_err(io(format!("binding the admin socket {}", admin_socket.display())))?;
-        tokio::spawn(admin::serve(admin, core.clone()));
+        let mut usr2 = signal(SignalKind::user_defined2()).map_err(io("installing a SIGUSR2 handler"))?;
+        let admin = match inherited.as_mut().and_then(|i| i.admin.take()) {
+            Some(fd) => tokio::net::UnixListener::from_std(std::os::unix::net::UnixListener::from(fd)),
+            None => admin::bind(&admin_socket),
+        }
+        .map_err(io(format!("binding the admin socket {}", admin_socket.display())))?;
+        handover.admin = Some(upgrade::keep(admin.as_fd()).map_err(io("keeping the admin socket"))?);
+        let mut retiring = vec![tokio::spawn(admin::serve(admin, core.clone()))];
         info!("admin API on {}", admin_socket.display());
         if let Some(address) = metrics {
-            let listener = crate::metrics::bind(address).await.map_err(io(format!("binding metrics on {address}")))?;
-            tokio::spawn(crate::metrics::serve(listener, core.clone()));
+            let handed = inherited.as_mut().and_then(|i| i.metrics.take()).map(std::net::TcpListener::from);
+            let listener = match handed.filter(|l| l.local_addr().is_ok_and(|a| a == address)) {
+                Some(listener) => tokio::net::TcpListener::from_std(listener),
+                None => crate::metrics::bind(address).await,
+            }
+            .map_err(io(format!("binding metrics on {address}")))?;
+            handover.metrics = Some(upgrade::keep(listener.as_fd()).map_err(io("keeping the metrics socket"))?);
+            retiring.push(tokio::spawn(crate::metrics::serve(listener, core.clone())));
             info!("metrics on http://{address}/metrics");
         }
         if dataplane_on {
@@ -142,14 +167,19 @@ pub fn run(path: &Path) -> Result<(), RunError> {
         };
         let mut listeners = Vec::new();
         let mut bound = Vec::new();
-        let workers = proxy::workers::count();
+        // After an upgrade, as many workers as the old lbd had: every listener has one socket each.
+        let mut handed = inherited.as_mut().map(|i| std::mem::take(&mut i.listeners)).unwrap_or_default();
+        let workers = handed.values().map(Vec::len).find(|n| *n > 0).unwrap_or_else(proxy::workers::count);
         let configured = lock(&core).state.config.listeners.clone();
         for listener in configured {
             let certs = proxy::load_certs(&listener)?;
             if let Some(resolver) = &certs {
                 tokio::spawn(proxy::watch_certs(listener.clone(), resolver.clone()));
             }
-            bound.push(proxy::workers::bind(listener.clone(), certs.clone(), workers)?);
+            let sockets = handed.remove(&listener.address).filter(|s| s.len() == workers);
+            let one = proxy::workers::bind(listener.clone(), certs.clone(), workers, sockets)?;
+            handover.listeners.push((listener.address, one.keep().map_err(io("keeping the listening sockets"))?));
+            bound.push(one);
             listeners.push((listener, certs));
         }
         let serving = proxy::workers::start(bound, snapshot.clone(), forwarder.clone(), stop_rx.clone())?;
@@ -162,22 +192,72 @@ pub fn run(path: &Path) -> Result<(), RunError> {
             listeners,
             checked,
         };
-        notify(&[NotifyState::Ready]);
+        let (upgrade_tx, mut upgrade_asks) = tokio::sync::mpsc::channel(1);
+        lock(&core).upgrades = Some(upgrade_tx);
+        let handover = Arc::new(handover);
+        match inherited.take() {
+            // The old lbd stops accepting once told: this one is systemd's main process now.
+            Some(inherited) => {
+                notify(&[NotifyState::MainPid(std::process::id()), NotifyState::Ready]);
+                inherited.ready()?;
+                info!("took over from the old lbd: serving");
+            }
+            None => notify(&[NotifyState::Ready]),
+        }
+        let mut successor = None;
         loop {
-            tokio::select! {
+            let asked: Option<crate::upgrade::Asked> = tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
+                _ = usr2.recv() => None,
+                Some(asked) = upgrade_asks.recv() => Some(asked),
                 _ = hup.recv() => {
                     notify(&[NotifyState::Reloading, NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Ready)]);
                     let _ = reloader.reload().await;
                     notify(&[NotifyState::Ready]);
+                    continue;
                 }
                 Some(asked) = reload_asks.recv() => {
                     notify(&[NotifyState::Reloading, NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Ready)]);
                     let _ = asked.send(reloader.reload().await);
                     notify(&[NotifyState::Ready]);
+                    continue;
                 }
+            };
+            // SIGUSR2 or `lbctl upgrade`: start the binary at lbd's path on the same sockets.
+            info!("upgrade: starting {} and handing it the sockets", exec.program.display());
+            let (exec, handing) = (exec.clone(), handover.clone());
+            let started = tokio::task::spawn_blocking(move || upgrade::start(&exec, &handing))
+                .await
+                .unwrap_or_else(|err| Err(UpgradeError::Failed { pid: 0, why: err.to_string() }));
+            let answer = started.as_ref().map(|pid| *pid).map_err(ToString::to_string);
+            match &started {
+                Ok(pid) => info!("upgrade: lbd {pid} serves; this one stops accepting and drains"),
+                Err(err) => error!("upgrade refused, this lbd keeps serving: {err}"),
             }
+            if let Some(asked) = asked {
+                let _ = asked.send(answer);
+            }
+            if let Ok(pid) = started {
+                successor = Some(pid);
+                break;
+            }
+        }
+        if successor.is_some() {
+            // The new lbd owns the maps, the admin socket, the announcements and the config
+            // file from now on: this one changes nothing more and only drains.
+            lock(&core).retired = true;
+            for task in retiring {
+                task.abort();
+            }
+            let _ = stop_tx.send(true);
+            let _ = tokio::task::spawn_blocking(move || {
+                for worker in serving {
+                    let _ = worker.join();
+                }
+            })
+            .await;
+            return Ok::<_, RunError>(true);
         }
         // Graceful stop: listeners stop accepting and drain in-flight requests.
         notify(&[NotifyState::Stopping]);
@@ -189,8 +269,12 @@ pub fn run(path: &Path) -> Result<(), RunError> {
             }
         })
         .await;
-        Ok::<_, RunError>(())
+        Ok::<_, RunError>(false)
     })?;
+    if handed_over {
+        info!("handed over to the new lbd, drained: exiting");
+        return Ok(());
+    }
     let _ = std::fs::remove_file(&admin_socket);
     if dataplane_on {
         info!("stopping; the XDP program stays attached (lbd stop --detach removes it)");
@@ -217,6 +301,9 @@ async fn announce(
         };
         let (bgp, mut wanted) = {
             let core = lock(&core);
+            if core.retired {
+                return; // a new lbd announces now
+            }
             let attached = link.exists();
             (core.state.config.bgp.clone(), crate::announce::wanted(&core.state, attached))
         };

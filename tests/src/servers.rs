@@ -138,6 +138,8 @@ pub struct Lbd {
     pub socket: PathBuf,
     /// Whether drop detaches the program and removes the pins (false after [`Lbd::sigkill`]).
     detach_on_drop: bool,
+    /// The lbd that took over after [`Lbd::upgrade`] (not our child: signalled by pid).
+    successor: Option<u32>,
 }
 
 impl Lbd {
@@ -167,6 +169,7 @@ impl Lbd {
             pin_dir,
             socket,
             detach_on_drop: true,
+            successor: None,
         };
         let (link, socket) = (lbd.pin_dir.join("link"), lbd.socket.clone());
         let child = &mut lbd.child;
@@ -179,9 +182,29 @@ impl Lbd {
         Ok(lbd)
     }
 
-    /// The lbd process (nsenter execs it).
+    /// The lbd process (nsenter execs it; after an upgrade, the one that took over).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.successor.unwrap_or_else(|| self.child.id())
+    }
+
+    /// `lbctl upgrade`: a new lbd takes over (the old one drains and exits meanwhile; see
+    /// [`Lbd::wait_predecessor`]).
+    pub fn upgrade(&mut self) -> Result<String> {
+        let said = self.lbctl(&["upgrade"])?;
+        let pid = said
+            .split_whitespace()
+            .skip_while(|w| *w != "lbd")
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("no pid in {said:?}"))?;
+        self.successor = Some(pid);
+        Ok(said)
+    }
+
+    /// Waits until the lbd replaced by [`Lbd::upgrade`] has drained and exited.
+    pub fn wait_predecessor(&mut self, timeout: Duration) -> Result<()> {
+        let child = &mut self.child;
+        wait_for("the old lbd to drain and exit", timeout, || matches!(child.try_wait(), Ok(Some(_))))
     }
 
     /// Kills lbd with SIGKILL, leaving its pinned program and maps in the kernel.
@@ -193,8 +216,8 @@ impl Lbd {
 
     /// Sends a signal to lbd.
     pub fn signal(&self, signal: i32) {
-        // SAFETY: signalling our own child by PID.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
+        // SAFETY: signalling our own child (or the lbd that took over from it) by PID.
+        unsafe { libc::kill(self.pid() as i32, signal) };
     }
 
     /// `lbctl pool show POOL` as backend address -> (health, effective weight).
@@ -223,6 +246,14 @@ impl Lbd {
 impl Drop for Lbd {
     fn drop(&mut self) {
         stop(&mut self.child);
+        if let Some(pid) = self.successor {
+            self.signal(libc::SIGTERM);
+            let gone = || !Path::new(&format!("/proc/{pid}")).exists();
+            if wait_for("the upgraded lbd to exit", Duration::from_secs(10), gone).is_err() {
+                // SAFETY: the lbd this test started through an upgrade, by PID.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
         if !self.detach_on_drop {
             return;
         }

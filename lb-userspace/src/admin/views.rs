@@ -228,3 +228,9 @@ mod tests {
         assert!(serde_json::from_str::<PlanQuery>(r#"{"config_path": "/dev/zero"}"#).is_err());
     }
 }
+
+/// `POST /upgrade`: the new lbd that took over.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Upgraded {
+    pub pid: u32,
+}

@@ -43,6 +43,10 @@ enum Noun {
     Status,
     /// Re-read the config file (as SIGHUP does) and say what changed, or why nothing did.
     Reload,
+    /// Start the binary at lbd's path on the same sockets (a binary upgrade, like SIGUSR2):
+    /// the new lbd takes over, this one drains and exits. A new binary that fails to start
+    /// leaves this one serving.
+    Upgrade,
     /// This host's BGP announcements (`[bgp]`).
     Node {
         #[command(subcommand)]
@@ -422,6 +426,15 @@ async fn run(cli: Cli) -> Result<()> {
                     println!("{line}");
                 }
                 println!("reload applied ({} changes)", applied.changes.len());
+            }
+        }
+        Noun::Upgrade => {
+            let v = call(&cli.socket, Method::POST, "/upgrade", None).await?;
+            if json_out {
+                show(&v);
+            } else {
+                let done: views::Upgraded = serde_json::from_value(v).context("lbd's /upgrade answer")?;
+                println!("upgraded: lbd {} serves; the old one drains and exits", done.pid);
             }
         }
         Noun::Node { verb } => {

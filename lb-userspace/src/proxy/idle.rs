@@ -18,6 +18,20 @@ use tokio::{
     sync::Notify,
 };
 
+/// How long an idle connection may still start one request once its listener stops (a
+/// graceful stop or an upgrade): closed at once, it would race a request the client is
+/// sending. An HTTP/1.1 connection's next answer then says `Connection: close`.
+pub const STOP_GRACE: Duration = Duration::from_secs(1);
+/// A stopping HTTP/2 connection gets its GOAWAY at the first moment it has been this quiet (no
+/// stream in flight, no byte moving), or at the latest `GOAWAY_BEFORE_DEADLINE` before the
+/// drain deadline. A GOAWAY that meets a request the client has just queued refuses it (h2load
+/// counts it as failed; a browser retries it elsewhere): busy connections are left serving.
+pub const GOAWAY_QUIET: Duration = Duration::from_millis(250);
+pub const GOAWAY_BEFORE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// How often a stopping HTTP/2 connection checks for a quiet moment to send its GOAWAY.
+const QUIET_POLL: Duration = Duration::from_millis(50);
+
 /// Milliseconds on the coarse monotonic clock (a few ms of resolution, read without a
 /// timer access): every read and write marks its connection with it, so it must be cheap.
 fn coarse_ms() -> u64 {
@@ -62,6 +76,16 @@ impl Activity {
 
     fn idle(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) == 0
+    }
+
+    /// Resolves once no request is in flight and no byte has moved for `quiet`, or at `latest`.
+    pub async fn quiet(&self, quiet: Duration, latest: tokio::time::Instant) {
+        while tokio::time::Instant::now() < latest {
+            if self.idle() && self.quiet_for() >= quiet {
+                return;
+            }
+            tokio::time::sleep(QUIET_POLL.min(latest - tokio::time::Instant::now())).await;
+        }
     }
 
     /// Resolves when the listener asks this connection to make room (it is the longest idle).

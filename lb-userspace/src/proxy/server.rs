@@ -19,10 +19,7 @@ use hyper::{
     server::conn::http2,
     service::service_fn,
 };
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
-};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use log::{info, warn};
 use tokio::{net::TcpListener, sync::Semaphore};
 
@@ -149,14 +146,11 @@ struct Serving {
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
-/// One accepted connection: its listener's slot, its place in the idle registry, and the
-/// graceful-shutdown watcher HTTP/2 uses.
+/// One accepted connection: its listener's slot and its place in the idle registry.
 struct Connection {
     serving: Serving,
     client: std::net::SocketAddr,
     registered: idle::Registered,
-    /// Taken by the HTTP/2 path (the graceful stop's GOAWAY).
-    watcher: Option<hyper_util::server::graceful::Watcher>,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -269,18 +263,45 @@ impl Connection {
                 }
             })
         };
-        let Some(watcher) = self.watcher.take() else { return };
-        let served = watcher.watch(s.http2.serve_connection(io, service));
+        let served = s.http2.serve_connection(io, service);
+        let mut served = std::pin::pin!(served);
         let watchdog =
             idle::watchdog(&self.registered.activity, s.listener.first_byte_timeout, s.listener.idle_timeout);
-        tokio::select! {
-            result = served => {
-                if let Err(err) = result {
-                    let err: BoxError = err.into();
-                    s.forwarder.refused_by_parser(&s.listener, &conn, &*err);
+        let mut watchdog = std::pin::pin!(watchdog);
+        // The listener's stop: GOAWAY at a quiet moment (idle::GOAWAY_QUIET); in-flight
+        // streams finish.
+        let mut stop = s.stop.clone();
+        let activity = self.registered.activity.clone();
+        let drain = s.listener.drain_timeout;
+        let quiet = move || {
+            let latest = tokio::time::Instant::now() + drain.saturating_sub(idle::GOAWAY_BEFORE_DEADLINE);
+            let activity = activity.clone();
+            Box::pin(async move { activity.quiet(idle::GOAWAY_QUIET, latest).await })
+        };
+        let mut grace = (*stop.borrow()).then(&quiet);
+        let mut stopping = grace.is_some();
+        loop {
+            tokio::select! {
+                result = served.as_mut() => {
+                    if let Err(err) = result {
+                        let err: BoxError = err.into();
+                        s.forwarder.refused_by_parser(&s.listener, &conn, &*err);
+                    }
+                    return;
+                }
+                closed = watchdog.as_mut() => {
+                    s.forwarder.metrics.closed_idle(&s.listener.name, closed.label());
+                    return;
+                }
+                _ = stop.changed(), if !stopping => {
+                    stopping = true;
+                    grace = Some(quiet());
+                }
+                _ = async { grace.as_mut().expect("armed").await }, if grace.is_some() => {
+                    grace = None;
+                    served.as_mut().graceful_shutdown();
                 }
             }
-            closed = watchdog => s.forwarder.metrics.closed_idle(&s.listener.name, closed.label()),
         }
     }
 }
@@ -297,7 +318,6 @@ pub async fn serve(
 ) {
     let acceptor = shared.acceptor.clone();
     let (slots, registry) = (shared.slots.clone(), shared.registry.clone());
-    let graceful = GracefulShutdown::new();
     let mut http2 = http2::Builder::new(TokioExecutor::new());
     http2.timer(TokioTimer::new()).max_header_list_size(listener.max_header_bytes as u32);
     let listener = Arc::new(listener);
@@ -341,13 +361,8 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let connection = Connection {
-            serving: serving.clone(),
-            client,
-            registered: registry.register(),
-            watcher: Some(graceful.watcher()),
-            _permit: permit,
-        };
+        let connection =
+            Connection { serving: serving.clone(), client, registered: registry.register(), _permit: permit };
         match &acceptor {
             // Plain connections are one lean task: no TLS or HTTP/2 state, no watchdog beside
             // the HTTP/1.1 loop (its idle wait has the timeouts and the eviction).
@@ -357,17 +372,12 @@ pub async fn serve(
     }
     drop(socket);
     info!(
-        "listener {}: draining {} connections (up to {:?})",
-        listener.name,
-        listener.max_connections - slots.available_permits(),
-        listener.drain_timeout
+        "listener {}: stopped accepting; draining its connections (up to {:?})",
+        listener.name, listener.drain_timeout
     );
-    // Every connection gives its slot back when it closes: HTTP/1.1 ones at their next idle
-    // moment (an answer in progress is sent with `Connection: close`), HTTP/2 ones by GOAWAY.
-    let drained = async {
-        graceful.shutdown().await;
-        let _ = slots.acquire_many(listener.max_connections as u32).await;
-    };
+    // Every connection gives its slot back when it closes: HTTP/1.1 ones after their next answer
+    // (sent with `Connection: close`) or STOP_GRACE idle, HTTP/2 ones by GOAWAY at a quiet moment.
+    let drained = slots.acquire_many(listener.max_connections as u32);
     if tokio::time::timeout(listener.drain_timeout, drained).await.is_err() {
         warn!("listener {}: drain deadline passed, closing the rest", listener.name);
     }

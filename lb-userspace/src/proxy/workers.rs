@@ -39,14 +39,19 @@ fn socket(address: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::Tc
     socket.listen(4096)?.into_std()
 }
 
-/// Binds `workers` sockets for `listener` (must run inside a tokio runtime). A port another
-/// process holds fails here, before READY: the first socket is bound without `SO_REUSEPORT`
-/// to find out, then let go.
+/// Binds `workers` sockets for `listener` (must run inside a tokio runtime), or takes the
+/// ones an old lbd `handed` over (`upgrade.rs`). A port another process holds fails here,
+/// before READY: the first socket is bound without `SO_REUSEPORT` to find out, then let go.
 pub fn bind(
     listener: Listener,
     certs: Option<Arc<tls::Resolver>>,
     workers: usize,
+    handed: Option<Vec<std::os::fd::OwnedFd>>,
 ) -> Result<Bound, ProxyError> {
+    if let Some(handed) = handed {
+        let sockets = handed.into_iter().map(std::net::TcpListener::from).collect();
+        return Ok(Bound { listener, certs, sockets });
+    }
     let address = listener.address;
     let bind_error = |error| ProxyError::Bind { address, error };
     let sockets = if workers == 1 {
@@ -56,6 +61,13 @@ pub fn bind(
         (0..workers).map(|_| socket(address, true).map_err(bind_error)).collect::<Result<_, _>>()?
     };
     Ok(Bound { listener, certs, sockets })
+}
+
+impl Bound {
+    /// Duplicates of the sockets, kept for an upgrade's handover.
+    pub fn keep(&self) -> std::io::Result<Vec<std::os::fd::OwnedFd>> {
+        self.sockets.iter().map(|s| std::os::fd::AsFd::as_fd(s).try_clone_to_owned()).collect()
+    }
 }
 
 /// Starts the workers; each serves every listener until `stop` fires and its connections

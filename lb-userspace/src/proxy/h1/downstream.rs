@@ -237,12 +237,13 @@ async fn read_head<S: ClientIo>(
             deadline.get_or_insert_with(|| tokio::time::Instant::now() + cx.listener.header_read_timeout);
         } else {
             // Idle: wait for a byte with no buffer held, the listener's stop, an eviction, or
-            // the idle limit.
+            // the idle limit. Once the listener stops, an idle connection still gets
+            // STOP_GRACE for one more request (answered with `Connection: close`): closed at
+            // once, it would race a request the client is sending (a failed request).
             *buf = BytesMut::new();
             let mut stop = cx.stop.clone();
-            if *stop.borrow() {
-                return Ok(None);
-            }
+            let stopping = *stop.borrow();
+            let limit = if stopping { limit.min(crate::proxy::idle::STOP_GRACE) } else { limit };
             tokio::select! {
                 biased;
                 read = io.read_when_ready(buf) => match read {
@@ -250,7 +251,7 @@ async fn read_head<S: ClientIo>(
                     Some(Ok(_)) => continue,
                     None => {} // TLS: read below
                 },
-                _ = stop.changed() => return Ok(None),
+                _ = stop.changed(), if !stopping => continue,
                 _ = cx.activity.evicted() => {
                     cx.forwarder.metrics.closed_idle(&listener.name, Closed::Evicted.label());
                     return Ok(None);
