@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod generate;
 pub mod health;
 pub mod host;
 pub mod inspect;

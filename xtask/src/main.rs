@@ -1,5 +1,7 @@
-//! Project tasks: `cargo xtask test | demo | bench`.
-use std::process::Command;
+//! Project tasks: `cargo xtask test | demo | bench | deb`.
+mod deb;
+
+use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -34,6 +36,17 @@ enum Task {
         /// The many-host story: three balancers behind a BGP router, one lost.
         #[arg(long)]
         cluster: bool,
+    },
+    /// Build the Debian package (target/deb/sluice_VERSION_ARCH.deb): binaries, hardened unit,
+    /// conffile, docs, man pages, completions.
+    Deb {
+        /// Package the lbd and lbctl found in DIR instead of building release binaries (the
+        /// root test packages the binaries it tests).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Where to put it (default target/deb).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -120,5 +133,6 @@ fn main() -> Result<()> {
         Task::Test { host_only } => test(host_only),
         Task::Demo { keep, cluster } => demo(keep, cluster),
         Task::Bench { what } => bench(&what),
+        Task::Deb { bin_dir, out } => deb::deb(bin_dir, out).map(|_| ()),
     }
 }

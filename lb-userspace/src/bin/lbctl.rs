@@ -47,6 +47,13 @@ enum Noun {
     /// the new lbd takes over, this one drains and exits. A new binary that fails to start
     /// leaves this one serving.
     Upgrade,
+    /// Write lbctl's man pages or a shell completion script into DIR (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        what: lb_userspace::generate::Generated,
+        dir: PathBuf,
+    },
     /// This host's BGP announcements (`[bgp]`).
     Node {
         #[command(subcommand)]
@@ -428,6 +435,8 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("reload applied ({} changes)", applied.changes.len());
             }
         }
+        // Answered in main, without lbd.
+        Noun::Generate { .. } => {}
         Noun::Upgrade => {
             let v = call(&cli.socket, Method::POST, "/upgrade", None).await?;
             if json_out {
@@ -616,6 +625,16 @@ fn main() -> std::process::ExitCode {
     // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
+    if let Noun::Generate { what, dir } = &cli.noun {
+        let written = lb_userspace::generate::generate(<Cli as clap::CommandFactory>::command(), *what, dir);
+        return match written {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("lbctl: {err}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let _ = TIMEOUT.set(std::time::Duration::from_secs(cli.timeout));
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,

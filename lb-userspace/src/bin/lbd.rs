@@ -5,7 +5,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use lb_userspace::{
     config::{Config, XdpModeSetting},
     dataplane::{self, Role},
@@ -81,6 +81,13 @@ enum Command {
         #[arg(long)]
         pin_dir: Option<PathBuf>,
     },
+    /// Write lbd's man pages or a shell completion script into DIR (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        what: lb_userspace::generate::Generated,
+        dir: PathBuf,
+    },
 }
 
 fn parse_mode(text: &str) -> Result<XdpModeSetting, String> {
@@ -98,6 +105,9 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,aya::bpf=error")).init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Generate { what, dir } => {
+            lb_userspace::generate::generate(Cli::command(), what, &dir).map_err(Into::into)
+        }
         Command::Check { config } => return check(&config),
         Command::Run { config } => lb_userspace::run::run(&config).map_err(Into::into),
         Command::Stop { config, detach } => stop(&config, detach),
