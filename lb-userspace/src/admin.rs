@@ -189,6 +189,13 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
                 None => reply(StatusCode::NOT_FOUND, json!({ "error": format!("no pool `{}`", &p[7..]) })),
             }
         }
+        (&Method::GET, "/view") => {
+            let core = core.clone();
+            match tokio::task::spawn_blocking(move || crate::live_view::snapshot(&core)).await {
+                Ok(live) => reply(StatusCode::OK, json!(live)),
+                Err(err) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": err.to_string() })),
+            }
+        }
         (&Method::GET, "/deny") => {
             let core = lock(&core);
             let deny: Vec<String> = core.state.config.deny.iter().map(ToString::to_string).collect();

@@ -10,6 +10,7 @@ pub mod health;
 pub mod host;
 pub mod inspect;
 pub mod instance;
+pub mod live_view;
 pub mod maglev;
 pub mod metrics;
 pub mod persist;

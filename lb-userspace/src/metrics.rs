@@ -1,5 +1,6 @@
 //! Prometheus text exposition on a TCP address: `GET /metrics`. Counters are read from the
-//! per-CPU maps and summed at scrape time; health and weights come from the State.
+//! per-CPU maps and summed at scrape time; health and weights come from the State. The same
+//! listener serves the live view (`/`, `/view`: crate::live_view).
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -267,7 +268,13 @@ async fn handle(
             Ok(text) => (StatusCode::OK, text_format(&text), "text/plain; version=0.0.4; charset=utf-8"),
             Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n"), "text/plain; charset=utf-8"),
         },
-        _ => (StatusCode::NOT_FOUND, "try /metrics\n".to_owned(), "text/plain; charset=utf-8"),
+        // The live view: the status page and its JSON (crate::live_view).
+        "/" => (StatusCode::OK, crate::live_view::PAGE.to_owned(), "text/html; charset=utf-8"),
+        "/view" => match serde_json::to_string(&crate::live_view::snapshot(&core)) {
+            Ok(json) => (StatusCode::OK, json, "application/json"),
+            Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n"), "text/plain; charset=utf-8"),
+        },
+        _ => (StatusCode::NOT_FOUND, "try /metrics, /view or /\n".to_owned(), "text/plain; charset=utf-8"),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;

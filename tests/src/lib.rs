@@ -3,6 +3,7 @@ pub mod bench_l7;
 pub mod bench_traffic;
 pub mod harness;
 pub mod many_hosts;
+pub mod mixed_bed;
 pub mod netns;
 pub mod packets;
 pub mod pki;

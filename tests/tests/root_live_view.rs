@@ -1,0 +1,132 @@
+//! Root test of the status page (`/` beside `/metrics`): headless Chromium (Debian's) loads it
+//! from the balancer's namespace after real L4 and L7 traffic, a screenshot is taken, and the
+//! numbers the page shows match the admin API's: each backend's health, weight and share, its
+//! packets (XDP) and requests (proxy), the VIPs' packets and the verdict counters.
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{Context as _, Result, ensure};
+use sluice_tests::mixed_bed::{L7, MixedBed, VIP4};
+
+/// The page's `data-key` cells after its script ran: key -> text.
+fn shown(dom: &str) -> BTreeMap<String, String> {
+    let mut cells = BTreeMap::new();
+    for part in dom.split("data-key=\"").skip(1) {
+        let Some((key, rest)) = part.split_once('"') else { continue };
+        let Some(text) = rest.split_once('>').and_then(|(_, t)| t.split_once('<')).map(|(t, _)| t) else {
+            continue;
+        };
+        cells.insert(key.to_owned(), text.to_owned());
+    }
+    cells
+}
+
+#[test]
+fn root_live_view_page_shows_what_the_admin_api_says() -> Result<()> {
+    let bed = MixedBed::start("live-view", "metrics = \"127.0.0.1:9100\"")?;
+    let (client, lb) = (&bed.topology.client, &bed.topology.lb);
+    for url in [format!("http://{VIP4}/"), format!("http://{L7}/")] {
+        for _ in 0..20 {
+            client.run("curl", &["-sS", "--max-time", "5", "-o", "/dev/null", &url])?;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The page, after its script has polled /view twice.
+    let chromium = |extra: &[&str]| -> Result<String> {
+        let mut args = vec![
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1200,640",
+            "--virtual-time-budget=2500",
+        ];
+        args.extend_from_slice(extra);
+        args.push("http://127.0.0.1:9100/");
+        let out = lb.command("chromium").args(&args).output().context("running chromium")?;
+        ensure!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let dom = chromium(&["--dump-dom"])?;
+    let cells = shown(&dom);
+    ensure!(!cells.is_empty(), "the page shows no numbers:\n{dom}");
+
+    // The admin API's numbers (no traffic runs now: they do not move between the two reads).
+    let view: serde_json::Value = serde_json::from_str(&bed.lbd.lbctl(&["-o", "json", "stats"])?)?;
+    let pool = bed.lbd.pool_show("web")?;
+    for backend in &bed.topology.backends {
+        let key = format!("web/{}", backend.addr4);
+        let (health, weight) = &pool[&backend.addr4.to_string()];
+        ensure!(
+            cells.get(&format!("health-{key}")).map(String::as_str)
+                == Some(if health == "up" { "up" } else { "DOWN" }),
+            "health of {key}: {cells:?} vs {pool:?}"
+        );
+        ensure!(
+            cells.get(&format!("share-{key}")).map(String::as_str) == Some("50.0"),
+            "share of {key}: {cells:?}"
+        );
+        ensure!(
+            cells[&format!("weight-{key}")] == weight.to_string(),
+            "weight of {key}: {cells:?} vs {pool:?}"
+        );
+        let packets = view["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b["address"] == backend.addr4.to_string())
+            .map(|b| b["traffic"]["packets"].as_u64().unwrap_or(0))
+            .context("backend in lbctl stats")?;
+        ensure!(
+            cells[&format!("packets-{key}")] == packets.to_string(),
+            "packets of {key}: {cells:?} vs {packets}"
+        );
+        ensure!(packets > 0, "no L4 packets reached {key}");
+    }
+    let requests: u64 = bed
+        .topology
+        .backends
+        .iter()
+        .map(|b| cells[&format!("requests-web/{}", b.addr4)].parse::<u64>().unwrap_or(0))
+        .sum();
+    ensure!(requests == 20, "the page shows {requests} proxied requests, 20 were made: {cells:?}");
+    let vip_packets = view["vips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["address"] == VIP4)
+        .map(|v| v["traffic"]["packets"].as_u64().unwrap_or(0))
+        .context("the L4 VIP in lbctl stats")?;
+    ensure!(cells["vip-packets-l4"] == vip_packets.to_string(), "VIP packets: {cells:?} vs {vip_packets}");
+    for counter in view["counters"].as_array().into_iter().flatten() {
+        let (name, packets) =
+            (counter["name"].as_str().unwrap_or_default(), counter["packets"].as_u64().unwrap_or(0));
+        if packets > 0 {
+            ensure!(
+                cells
+                    .get(&format!("verdict-{name}"))
+                    .is_some_and(|shown| shown.parse::<u64>().is_ok_and(|n| n.abs_diff(packets) <= 10)),
+                "verdict {name}: page {:?}, lbctl {packets}",
+                cells.get(&format!("verdict-{name}"))
+            );
+        }
+    }
+
+    // The screenshot (docs/status-page.png: SLUICE_SCREENSHOT=PATH keeps it), under traffic so
+    // that the rates move: wrk on both VIPs for 3 s.
+    let screenshot = bed.dir.0.join("status-page.png");
+    std::thread::scope(|scope| -> Result<()> {
+        for url in [format!("http://{VIP4}/"), format!("http://{L7}/")] {
+            scope.spawn(move || client.command("wrk").args(["-t1", "-c4", "-d3s", &url]).output());
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        chromium(&[&format!("--screenshot={}", screenshot.display())]).map(|_| ())
+    })?;
+    let png = std::fs::read(&screenshot)?;
+    ensure!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "no screenshot");
+    if let Some(keep) = std::env::var_os("SLUICE_SCREENSHOT") {
+        std::fs::write(keep, &png)?;
+    }
+    println!("the page showed {} numbers; screenshot {} bytes", cells.len(), png.len());
+    Ok(())
+}
