@@ -1,8 +1,9 @@
-//! Root test of the status page (`/` beside `/metrics`): headless Chromium (Debian's) loads it
-//! from the balancer's namespace after real L4 and L7 traffic, a screenshot is taken, and the
-//! numbers the page shows match the admin API's: each backend's health, weight and share, its
-//! packets (XDP) and requests (proxy), the VIPs' packets and the verdict counters.
-use std::{collections::BTreeMap, time::Duration};
+//! Root tests of the live view. The status page (`/` beside `/metrics`): headless Chromium
+//! (Debian's) loads it from the balancer's namespace after real L4 and L7 traffic, a screenshot
+//! is taken, and the numbers the page shows match the admin API's: each backend's health,
+//! weight and share, its packets (XDP) and requests (proxy), the VIPs' packets and the verdict
+//! counters. `lbctl top`: driven in tmux under traffic, its screen read back, `q` quits.
+use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use sluice_tests::mixed_bed::{L7, MixedBed, VIP4};
@@ -112,7 +113,7 @@ fn root_live_view_page_shows_what_the_admin_api_says() -> Result<()> {
         }
     }
 
-    // The screenshot (docs/status-page.png: SLUICE_SCREENSHOT=PATH keeps it), under traffic so
+    // The screenshot (docs/status-page.png: SLUICE_CAPTURE=DIR keeps it), under traffic so
     // that the rates move: wrk on both VIPs for 3 s.
     let screenshot = bed.dir.0.join("status-page.png");
     std::thread::scope(|scope| -> Result<()> {
@@ -124,9 +125,61 @@ fn root_live_view_page_shows_what_the_admin_api_says() -> Result<()> {
     })?;
     let png = std::fs::read(&screenshot)?;
     ensure!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "no screenshot");
-    if let Some(keep) = std::env::var_os("SLUICE_SCREENSHOT") {
-        std::fs::write(keep, &png)?;
+    if let Some(dir) = std::env::var_os("SLUICE_CAPTURE") {
+        std::fs::write(Path::new(&dir).join("status-page.png"), &png)?;
     }
     println!("the page showed {} numbers; screenshot {} bytes", cells.len(), png.len());
+    Ok(())
+}
+
+#[test]
+fn root_live_view_lbctl_top_in_tmux() -> Result<()> {
+    let bed = MixedBed::start("top", "")?;
+    let client = &bed.topology.client;
+    let tmux = |args: &[&str]| -> Result<String> {
+        let socket = format!("sluice-test-{}", std::process::id());
+        let out = Command::new("tmux").arg("-L").arg(&socket).args(args).output().context("running tmux")?;
+        ensure!(out.status.success(), "tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let lbctl = sluice_tests::bin_dir().join("lbctl");
+    let top = format!("{} --socket {} top", lbctl.display(), bed.lbd.socket.display());
+    let screen = std::thread::scope(|scope| -> Result<String> {
+        for url in [format!("http://{VIP4}/"), format!("http://{L7}/")] {
+            scope.spawn(move || client.command("wrk").args(["-t1", "-c4", "-d4s", &url]).output());
+        }
+        tmux(&["new-session", "-d", "-s", "top", "-x", "150", "-y", "24", &top])?;
+        std::thread::sleep(Duration::from_millis(2500));
+        tmux(&["capture-pane", "-p", "-t", "top"])
+    })?;
+    println!("{screen}");
+    if let Some(dir) = std::env::var_os("SLUICE_CAPTURE") {
+        std::fs::write(Path::new(&dir).join("lbctl-top.txt"), &screen)?;
+    }
+    ensure!(
+        screen.contains("backends (by traffic)") && screen.contains("q quits"),
+        "not lbctl top:\n{screen}"
+    );
+    for backend in &bed.topology.backends {
+        let row =
+            screen.lines().find(|l| l.contains(&backend.addr4.to_string())).context("a backend's row")?;
+        let numbers: Vec<f64> =
+            row.split_whitespace().filter_map(|w| w.trim_matches('│').parse().ok()).collect();
+        // weight, share, packets/s, new flows/s, requests/s, …: traffic moves both kinds.
+        ensure!(
+            numbers.len() >= 5 && numbers[2] > 0.0 && numbers[4] > 0.0,
+            "no rates for {}: {row}",
+            backend.addr4
+        );
+        ensure!(row.contains(" up "), "{row}");
+    }
+    let vip_row =
+        screen.lines().find(|l| l.contains(&format!("{VIP4}:80/tcp"))).context("the L4 VIP's row")?;
+    ensure!(vip_row.split_whitespace().filter_map(|w| w.parse::<f64>().ok()).any(|n| n > 0.0), "{vip_row}");
+    // `q` quits and gives the terminal back.
+    tmux(&["send-keys", "-t", "top", "q"])?;
+    sluice_tests::servers::wait_for("lbctl top to quit on q", Duration::from_secs(3), || {
+        tmux(&["has-session", "-t", "top"]).is_err()
+    })?;
     Ok(())
 }

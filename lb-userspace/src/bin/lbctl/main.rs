@@ -5,6 +5,8 @@ use std::{
     time::Duration,
 };
 
+mod top;
+
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -47,6 +49,13 @@ enum Noun {
     /// the new lbd takes over, this one drains and exits. A new binary that fails to start
     /// leaves this one serving.
     Upgrade,
+    /// A full-screen live view: VIPs and backends sorted by traffic, with their rates, health,
+    /// errors and p99, refreshed every second (`q` quits).
+    Top {
+        /// Seconds between readings (1 to 3600).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        interval: u64,
+    },
     /// Write lbctl's man pages or a shell completion script into DIR (for packaging).
     #[command(hide = true)]
     Generate {
@@ -437,6 +446,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         // Answered in main, without lbd.
         Noun::Generate { .. } => {}
+        Noun::Top { interval } => top::top(&cli.socket, std::time::Duration::from_secs(*interval)).await?,
         Noun::Upgrade => {
             let v = call(&cli.socket, Method::POST, "/upgrade", None).await?;
             if json_out {
