@@ -498,8 +498,8 @@ pub fn spawn_connection<S, F, Fut>(
 }
 
 /// Serves the admin API until the task is dropped.
-pub async fn serve(listener: UnixListener, core: Shared) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+/// `slots` bounds the open connections (MAX_CONNECTIONS); holding them all means none is open.
+pub async fn serve(listener: UnixListener, core: Shared, slots: Arc<Semaphore>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let uid = stream.peer_cred().map(|c| c.uid().to_string()).unwrap_or_else(|_| "?".into());

@@ -117,7 +117,8 @@ pub fn run(path: &Path) -> Result<(), RunError> {
         }
         .map_err(io(format!("binding the admin socket {}", admin_socket.display())))?;
         handover.admin = Some(upgrade::keep(admin.as_fd()).map_err(io("keeping the admin socket"))?);
-        let mut retiring = vec![tokio::spawn(admin::serve(admin, core.clone()))];
+        let admin_slots = Arc::new(tokio::sync::Semaphore::new(admin::MAX_CONNECTIONS));
+        let mut retiring = vec![tokio::spawn(admin::serve(admin, core.clone(), admin_slots.clone()))];
         info!("admin API on {}", admin_socket.display());
         if let Some(address) = metrics {
             let handed = inherited.as_mut().and_then(|i| i.metrics.take()).map(std::net::TcpListener::from);
@@ -257,6 +258,9 @@ pub fn run(path: &Path) -> Result<(), RunError> {
                 }
             })
             .await;
+            // The admin connection that asked for the upgrade still has its answer to send.
+            let open = admin::MAX_CONNECTIONS as u32;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), admin_slots.acquire_many(open)).await;
             return Ok::<_, RunError>(true);
         }
         // Graceful stop: listeners stop accepting and drain in-flight requests.

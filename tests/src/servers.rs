@@ -191,13 +191,7 @@ impl Lbd {
     /// [`Lbd::wait_predecessor`]).
     pub fn upgrade(&mut self) -> Result<String> {
         let said = self.lbctl(&["upgrade"])?;
-        let pid = said
-            .split_whitespace()
-            .skip_while(|w| *w != "lbd")
-            .nth(1)
-            .and_then(|p| p.parse().ok())
-            .with_context(|| format!("no pid in {said:?}"))?;
-        self.successor = Some(pid);
+        self.upgraded(&said)?;
         Ok(said)
     }
 
@@ -212,6 +206,35 @@ impl Lbd {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.detach_on_drop = false;
+    }
+
+    /// Stops lbd with SIGTERM, as systemd does (and the lbd that took over from it, if any):
+    /// the program stays attached with its pins.
+    pub fn stop_keeping_pins(mut self) {
+        stop(&mut self.child);
+        if let Some(pid) = self.successor.take() {
+            // SAFETY: the lbd this test started through an upgrade, by PID.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            let gone = || !Path::new(&format!("/proc/{pid}")).exists();
+            if wait_for("the upgraded lbd to exit", Duration::from_secs(10), gone).is_err() {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+        self.detach_on_drop = false;
+    }
+
+    /// Notes an upgrade made by other means than [`Lbd::upgrade`] (lbctl run by a script):
+    /// `said` is lbctl's answer, naming the lbd that took over.
+    pub fn upgraded(&mut self, said: &str) -> Result<()> {
+        let pid = said
+            .split_whitespace()
+            .skip_while(|w| *w != "lbd")
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("no pid in {said:?}"))?;
+        self.successor = Some(pid);
+        Ok(())
     }
 
     /// Sends a signal to lbd.
