@@ -383,16 +383,28 @@ fn print_stats(stats: &views::Stats, previous: Option<(&views::Stats, f64)>, vip
     }
 }
 
+/// Asks lbd: with `-o json`, prints its answer as it came and returns None; else its answer
+/// as the typed view `T`.
+async fn ask<T: serde::de::DeserializeOwned>(
+    cli: &Cli,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Option<T>> {
+    let v = call(&cli.socket, method, path, body).await?;
+    if matches!(cli.output, Output::Json) {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(None);
+    }
+    serde_json::from_value(v).with_context(|| format!("lbd's {path} answer")).map(Some)
+}
+
 async fn run(cli: Cli) -> Result<()> {
     let json_out = matches!(cli.output, Output::Json);
     let show = |value: &Value| println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
     match &cli.noun {
         Noun::Status => {
-            let v = call(&cli.socket, Method::GET, "/status", None).await?;
-            if json_out {
-                show(&v);
-            } else {
-                let s: views::Status = serde_json::from_value(v).context("lbd's /status answer")?;
+            if let Some(s) = ask::<views::Status>(&cli, Method::GET, "/status", None).await? {
                 let reload = match s.last_reload {
                     None => "none yet".to_owned(),
                     Some(r) => format!(
@@ -433,11 +445,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Noun::Reload => {
-            let v = call(&cli.socket, Method::POST, "/reload", None).await?;
-            if json_out {
-                show(&v);
-            } else {
-                let applied: views::Changes = serde_json::from_value(v).context("lbd's /reload answer")?;
+            if let Some(applied) = ask::<views::Changes>(&cli, Method::POST, "/reload", None).await? {
                 for line in &applied.changes {
                     println!("{line}");
                 }
@@ -448,11 +456,7 @@ async fn run(cli: Cli) -> Result<()> {
         Noun::Generate { .. } => {}
         Noun::Top { interval } => top::top(&cli.socket, std::time::Duration::from_secs(*interval)).await?,
         Noun::Upgrade => {
-            let v = call(&cli.socket, Method::POST, "/upgrade", None).await?;
-            if json_out {
-                show(&v);
-            } else {
-                let done: views::Upgraded = serde_json::from_value(v).context("lbd's /upgrade answer")?;
+            if let Some(done) = ask::<views::Upgraded>(&cli, Method::POST, "/upgrade", None).await? {
                 println!("upgraded: lbd {} serves; the old one drains and exits", done.pid);
             }
         }
@@ -462,12 +466,8 @@ async fn run(cli: Cli) -> Result<()> {
             if json_out { show(&v) } else { print_changes(&v) }
         }
         Noun::Vip { verb: VipVerb::List } => {
-            let v = call(&cli.socket, Method::GET, "/vips", None).await?;
-            if json_out {
-                show(&v);
-            } else {
+            if let Some(vips) = ask::<Vec<views::Vip>>(&cli, Method::GET, "/vips", None).await? {
                 println!("{:<16} {:<40} {:>6} {:<5} {:<4} pool", "name", "address", "port", "proto", "mode");
-                let vips: Vec<views::Vip> = serde_json::from_value(v).context("lbd's /vips answer")?;
                 for vip in vips {
                     let port = if vip.port == 0 { "*".into() } else { vip.port.to_string() };
                     println!(
@@ -544,11 +544,8 @@ async fn run(cli: Cli) -> Result<()> {
             let proto: lb_userspace::config::Protocol = serde_json::from_value(json!(protocol))
                 .map_err(|_| anyhow::anyhow!("{protocol}: tcp or udp"))?;
             let query = views::FlowQuery { protocol: proto, source: *source, vip: *vip };
-            let v = call(&cli.socket, Method::POST, "/flow", Some(serde_json::to_value(&query)?)).await?;
-            if json_out {
-                show(&v);
-            } else {
-                let flow: views::Flow = serde_json::from_value(v).context("lbd's /flow answer")?;
+            let body = Some(serde_json::to_value(&query)?);
+            if let Some(flow) = ask::<views::Flow>(&cli, Method::POST, "/flow", body).await? {
                 match flow.backend {
                     Some(backend) => {
                         println!("{source} -> {vip}/{protocol}: backend {backend} ({})", flow.why)
