@@ -85,28 +85,12 @@ struct Proxied {
     latency: BTreeMap<u64, (f64, u64)>,
 }
 
-/// `name{a="x",b="y"} value` -> (name, labels, value).
-fn sample(line: &str) -> Option<(&str, BTreeMap<&str, &str>, f64)> {
-    let (head, value) = line.rsplit_once(' ')?;
-    let (name, labels) = match head.split_once('{') {
-        Some((name, rest)) => (name, rest.strip_suffix('}')?),
-        None => (head, ""),
-    };
-    let labels = labels
-        .split("\",")
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.split_once("=\"")?;
-            Some((k, v.trim_end_matches('"')))
-        })
-        .collect();
-    Some((name, labels, value.parse().ok()?))
-}
-
 /// Per (pool, backend address) from the proxy's metrics text.
 fn proxied(text: &str) -> BTreeMap<(String, IpAddr), Proxied> {
     let mut out: BTreeMap<(String, IpAddr), Proxied> = BTreeMap::new();
-    for (name, labels, value) in text.lines().filter(|l| !l.starts_with('#')).filter_map(sample) {
+    for (name, labels, value) in
+        text.lines().filter(|l| !l.starts_with('#')).filter_map(crate::proxy::metrics::parse_sample)
+    {
         let (Some(pool), Some(backend)) = (labels.get("pool"), labels.get("backend")) else { continue };
         let Some(address) = backend_address(backend) else { continue };
         let entry = out.entry(((*pool).to_owned(), address)).or_default();
@@ -136,10 +120,8 @@ fn backend_address(label: &str) -> Option<IpAddr> {
 
 /// The snapshot (reads the counters without the core lock held).
 pub fn snapshot(core: &Shared) -> LiveView {
-    let mut registry = prometheus_client::registry::Registry::default();
-    let (mut live, counters, conn_pin) = {
+    let (mut live, counters, conn_pin, proxy_metrics) = {
         let core = lock(core);
-        core.proxy_metrics.register(&mut registry);
         let state = &core.state;
         let vips = state
             .config
@@ -191,7 +173,7 @@ pub fn snapshot(core: &Shared) -> LiveView {
             ..LiveView::default()
         };
         let conn_pin = core.counters.is_some().then(|| state.config.pin_dir.clone());
-        (live, core.counters.clone(), conn_pin)
+        (live, core.counters.clone(), conn_pin, core.proxy_metrics.clone())
     };
     if let Some(counters) = counters {
         let counters = counters.lock().unwrap_or_else(|p| p.into_inner());
@@ -225,15 +207,12 @@ pub fn snapshot(core: &Shared) -> LiveView {
         let (used, capacity) = table.occupancy();
         (live.conn_used, live.conn_capacity) = (used as u64, capacity as u64);
     }
-    let mut text = String::new();
-    if prometheus_client::encoding::text::encode(&mut text, &registry).is_ok() {
-        let proxied = proxied(&text);
-        for b in &mut live.backends {
-            if let Some(p) = proxied.get(&(b.pool.clone(), b.address)) {
-                (b.requests, b.errors) = (p.requests, p.errors);
-                b.latency = p.latency.values().copied().filter(|(le, _)| le.is_finite()).collect();
-                b.latency_count = p.latency.values().find(|(le, _)| le.is_infinite()).map_or(0, |(_, n)| *n);
-            }
+    let proxied = proxied(&proxy_metrics.text());
+    for b in &mut live.backends {
+        if let Some(p) = proxied.get(&(b.pool.clone(), b.address)) {
+            (b.requests, b.errors) = (p.requests, p.errors);
+            b.latency = p.latency.values().copied().filter(|(le, _)| le.is_finite()).collect();
+            b.latency_count = p.latency.values().find(|(le, _)| le.is_infinite()).map_or(0, |(_, n)| *n);
         }
     }
     live

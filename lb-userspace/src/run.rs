@@ -200,8 +200,15 @@ pub fn run(path: &Path) -> Result<(), RunError> {
             // The old lbd stops accepting once told: this one is systemd's main process now.
             Some(inherited) => {
                 notify(&[NotifyState::MainPid(std::process::id()), NotifyState::Ready]);
-                inherited.ready()?;
+                let predecessor = inherited.ready()?;
                 info!("took over from the old lbd: serving");
+                // Its proxy counters, once it has drained: they continue here.
+                let metrics = lock(&core).proxy_metrics.clone();
+                tokio::task::spawn_blocking(move || match predecessor.counters() {
+                    Ok(Some(text)) => metrics.absorb(&text),
+                    Ok(None) => warn!("upgrade: the old lbd ended without its counters"),
+                    Err(err) => warn!("upgrade: the old lbd's counters: {err}"),
+                });
             }
             None => notify(&[NotifyState::Ready]),
         }
@@ -231,20 +238,20 @@ pub fn run(path: &Path) -> Result<(), RunError> {
             let started = tokio::task::spawn_blocking(move || upgrade::start(&exec, &handing))
                 .await
                 .unwrap_or_else(|err| Err(UpgradeError::Failed { pid: 0, why: err.to_string() }));
-            let answer = started.as_ref().map(|pid| *pid).map_err(ToString::to_string);
+            let answer = started.as_ref().map(|s| s.pid).map_err(ToString::to_string);
             match &started {
-                Ok(pid) => info!("upgrade: lbd {pid} serves; this one stops accepting and drains"),
+                Ok(s) => info!("upgrade: lbd {} serves; this one stops accepting and drains", s.pid),
                 Err(err) => error!("upgrade refused, this lbd keeps serving: {err}"),
             }
             if let Some(asked) = asked {
                 let _ = asked.send(answer);
             }
-            if let Ok(pid) = started {
-                successor = Some(pid);
+            if let Ok(started) = started {
+                successor = Some(started);
                 break;
             }
         }
-        if successor.is_some() {
+        if let Some(successor) = successor {
             // The new lbd owns the maps, the admin socket, the announcements and the config
             // file from now on: this one changes nothing more and only drains.
             lock(&core).retired = true;
@@ -261,6 +268,13 @@ pub fn run(path: &Path) -> Result<(), RunError> {
             // The admin connection that asked for the upgrade still has its answer to send.
             let open = admin::MAX_CONNECTIONS as u32;
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), admin_slots.acquire_many(open)).await;
+            let counters = lock(&core).proxy_metrics.text();
+            if let Err(err) = tokio::task::spawn_blocking(move || successor.send_counters(&counters))
+                .await
+                .unwrap_or_else(|err| Err(UpgradeError::Failed { pid: 0, why: err.to_string() }))
+            {
+                warn!("upgrade: the proxy counters were not handed over: {err}");
+            }
             return Ok::<_, RunError>(true);
         }
         // Graceful stop: listeners stop accepting and drain in-flight requests.

@@ -4,8 +4,9 @@
 //! the pin directory's lock, the admin and metrics sockets and every listening socket. The new
 //! lbd adopts the pinned XDP state, serves on the same sockets (nothing is closed, so nothing
 //! queued in them is lost), says READY, and answers `ready` on the socket; the old one then
-//! stops accepting, drains and exits. A new binary that fails (bad config, cannot start, no
-//! `ready` within `READY_TIMEOUT`) is stopped, and the old one keeps serving.
+//! stops accepting, drains and exits, sending the new one its proxy counters last (so they
+//! continue, the requests it drained included). A new binary that fails (bad config, cannot
+//! start, no `ready` within `READY_TIMEOUT`) is stopped, and the old one keeps serving.
 use std::{
     collections::HashMap,
     io::{IoSlice, IoSliceMut, Read as _, Write as _},
@@ -29,6 +30,10 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_FDS: usize = 250;
 /// The largest manifest read.
 const MAX_MANIFEST: usize = 64 << 10;
+/// The largest counters text read.
+const MAX_COUNTERS: usize = 16 << 20;
+/// How long a new lbd waits for the old one's counters (its drain, and then some).
+pub const COUNTERS_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What asks the signal loop for an upgrade (`lbctl upgrade`), and hears the new lbd's pid
 /// or why there is none.
@@ -90,9 +95,24 @@ impl Exec {
     }
 }
 
-/// Starts the new lbd, hands it everything and waits for its `ready`; its pid on success.
+/// A new lbd that serves, and the way to it for the last word.
+pub struct Successor {
+    pub pid: u32,
+    channel: UnixStream,
+}
+
+impl Successor {
+    /// Sends the proxy's counters (their text exposition) once this lbd has drained.
+    pub fn send_counters(mut self, text: &str) -> Result<(), UpgradeError> {
+        let bytes = &text.as_bytes()[..text.len().min(MAX_COUNTERS)];
+        self.channel.write_all(&(bytes.len() as u32).to_be_bytes()).map_err(io("sending the counters"))?;
+        self.channel.write_all(bytes).map_err(io("sending the counters"))
+    }
+}
+
+/// Starts the new lbd, hands it everything and waits for its `ready`.
 /// Blocks for up to `READY_TIMEOUT`: run it off the async workers.
-pub fn start(exec: &Exec, handover: &Handover) -> Result<u32, UpgradeError> {
+pub fn start(exec: &Exec, handover: &Handover) -> Result<Successor, UpgradeError> {
     let (ours, theirs) = UnixStream::pair().map_err(io("creating the handover socket"))?;
     let their_fd = theirs.as_raw_fd();
     let mut command = std::process::Command::new(&exec.program);
@@ -135,7 +155,7 @@ pub fn start(exec: &Exec, handover: &Handover) -> Result<u32, UpgradeError> {
     ours.set_read_timeout(Some(READY_TIMEOUT)).map_err(io("setting the handover timeout"))?;
     let mut answer = [0u8; 6];
     match (&ours).read_exact(&mut answer) {
-        Ok(()) if &answer == b"ready\n" => Ok(pid),
+        Ok(()) if &answer == b"ready\n" => Ok(Successor { pid, channel: ours }),
         Ok(()) => Err(failed(&mut child, format!("it answered {:?}", String::from_utf8_lossy(&answer)))),
         Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
             Err(failed(&mut child, "it exited before it was ready (its log says why)".into()))
@@ -223,9 +243,37 @@ impl Inherited {
         Ok(Inherited { lock, admin, metrics, listeners, channel })
     }
 
-    /// Tells the old lbd that this one serves: it stops accepting and drains.
-    pub fn ready(mut self) -> Result<(), UpgradeError> {
-        self.channel.write_all(b"ready\n").map_err(io("answering the old lbd"))
+    /// Tells the old lbd that this one serves: it stops accepting and drains. The answer waits
+    /// for its last word.
+    pub fn ready(mut self) -> Result<Predecessor, UpgradeError> {
+        self.channel.write_all(b"ready\n").map_err(io("answering the old lbd"))?;
+        Ok(Predecessor { channel: self.channel })
+    }
+}
+
+/// The lbd this one replaced, draining.
+pub struct Predecessor {
+    channel: UnixStream,
+}
+
+impl Predecessor {
+    /// Its proxy counters, sent once it has drained (None: it ended without them). Blocks for
+    /// up to `COUNTERS_TIMEOUT`.
+    pub fn counters(mut self) -> Result<Option<String>, UpgradeError> {
+        self.channel.set_read_timeout(Some(COUNTERS_TIMEOUT)).map_err(io("waiting for the counters"))?;
+        let mut length = [0u8; 4];
+        match self.channel.read_exact(&mut length) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(error) => return Err(UpgradeError::Io { doing: "waiting for the counters", error }),
+        }
+        let length = u32::from_be_bytes(length) as usize;
+        if length > MAX_COUNTERS {
+            return Err(UpgradeError::Malformed(format!("{length} bytes of counters")));
+        }
+        let mut text = vec![0u8; length];
+        self.channel.read_exact(&mut text).map_err(io("reading the counters"))?;
+        String::from_utf8(text).map(Some).map_err(|e| UpgradeError::Malformed(e.to_string()))
     }
 }
 
@@ -291,9 +339,12 @@ mod tests {
         let _client = std::net::TcpStream::connect(address).unwrap();
         first.set_nonblocking(false).unwrap();
         assert!(first.accept().is_ok());
-        got.ready().unwrap();
+        let predecessor = got.ready().unwrap();
         let mut answer = [0u8; 6];
         (&ours).read_exact(&mut answer).unwrap();
         assert_eq!(&answer, b"ready\n");
+        // The old lbd's last word: its counters.
+        Successor { pid: 0, channel: ours }.send_counters("http_requests_total{} 3\n").unwrap();
+        assert_eq!(predecessor.counters().unwrap().as_deref(), Some("http_requests_total{} 3\n"));
     }
 }

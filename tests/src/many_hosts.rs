@@ -74,6 +74,8 @@ pub struct Edge {
     pub decaps: Vec<Decap>,
     pub servers: Vec<Nginx>,
     birds: Vec<Child>,
+    /// Pin directories of balancers killed by [`Edge::kill`] (their lbd left them).
+    killed_pins: Vec<std::path::PathBuf>,
     pub topology: Topology,
     pub dir: TempDir,
 }
@@ -83,6 +85,9 @@ impl Drop for Edge {
         for daemon in self.etcd.iter_mut().chain(&mut self.birds) {
             let _ = daemon.kill();
             let _ = daemon.wait();
+        }
+        for pins in &self.killed_pins {
+            let _ = std::fs::remove_dir_all(pins);
         }
         // Then lbds, decaps and servers (fields in order), the namespaces, the files.
     }
@@ -105,6 +110,7 @@ impl Edge {
             decaps: Vec::new(),
             servers: Vec::new(),
             birds: Vec::new(),
+            killed_pins: Vec::new(),
             topology: Topology::with_lbs(3, 3)?,
             dir: TempDir::new(name)?,
         };
@@ -210,6 +216,21 @@ impl Edge {
         let lb = self.balancers()[n].clone();
         let cut = Instant::now();
         self.topology.router.run("ip", &["link", "set", &format!("r{}", link(&lb)), "down"])?;
+        self.wait_gone(n)?;
+        Ok(cut.elapsed())
+    }
+
+    /// Kills balancer `n`'s lbd and BIRD with SIGKILL (its XDP program stays attached and
+    /// forwarding, as after any crash); returns how long the router took to drop its route. The
+    /// pins are removed when the edge is dropped.
+    pub fn kill(&mut self, n: usize) -> Result<Duration> {
+        let cut = Instant::now();
+        let bird = &mut self.birds[n + 1];
+        let _ = bird.kill();
+        let _ = bird.wait();
+        let lbd = self.lbds.remove(n);
+        self.killed_pins.push(lbd.pin_dir.clone());
+        lbd.sigkill();
         self.wait_gone(n)?;
         Ok(cut.elapsed())
     }

@@ -305,3 +305,30 @@ fn root_bgp_ecmp_spreads_flows_and_a_lost_host_keeps_them_on_their_backends() ->
     println!("balancer 1 drained under 30 flows: 0 broken, 0 changed backend, no new connections after");
     Ok(())
 }
+
+#[test]
+fn root_bgp_kill_9_of_lbd_and_bird_keeps_flows() -> Result<()> {
+    let mut edge = Edge::start("bgp-kill")?;
+    let (client, vip) = (edge.topology.client.clone(), edge.vip);
+    // 50 long-lived flows; 2 s in, balancer 2's lbd and BIRD die by SIGKILL. Its BGP session
+    // ends with the process (the kernel closes the socket), the router drops its route at once,
+    // and its flows move to the other balancers, which pick the same backends. Until then its
+    // XDP program keeps forwarding: a crashed lbd does not detach it.
+    let before = new_flows(&edge.lbds[1].pin_dir)?;
+    let flows = Flows::start(&client, vip, 50, Duration::from_secs(5))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let carried = new_flows(&edge.lbds[1].pin_dir)? - before;
+    let withdrawn = edge.kill(1)?;
+    let seen = flows.finish();
+    println!(
+        "balancer 2 killed (lbd and BIRD, SIGKILL): {carried} of 50 flows moved, route gone in \
+         {withdrawn:?}, {} broken, {} changed backend, longest gap between answers {:?}",
+        seen.broken.len(),
+        seen.switched,
+        seen.gap
+    );
+    assert!(carried > 0, "balancer 2 carried none of the 50 flows: the test shows nothing");
+    assert!(seen.broken.is_empty(), "flows broke: {:?}", seen.broken);
+    assert_eq!(seen.switched, 0, "a flow changed backend when its balancer was killed");
+    Ok(())
+}

@@ -26,7 +26,7 @@ fn forwarded(lbd: &Lbd) -> Result<u64> {
 
 #[test]
 fn root_upgrade_under_load_loses_nothing() -> Result<()> {
-    let mut bed = MixedBed::start("upgrade", "")?;
+    let mut bed = MixedBed::start("upgrade", "metrics = \"127.0.0.1:9100\"")?;
     let (path, topology, lbd) = (bed.config.clone(), &bed.topology, &mut bed.lbd);
     // Load: HTTP and TLS keep-alive (wrk), HTTP/2 over TLS (h2load), 50 long-lived L4 flows.
     let flows = Flows::start(&topology.client, VIP4, 50, Duration::from_secs(9))?;
@@ -61,11 +61,11 @@ fn root_upgrade_under_load_loses_nothing() -> Result<()> {
     let read = |child: std::process::Child| -> Result<String> {
         Ok(String::from_utf8_lossy(&child.wait_with_output()?.stdout).into_owned())
     };
+    let mut answered = 0;
     for (what, out) in [("HTTP", read(http)?), ("TLS", read(tls)?)] {
-        println!(
-            "{what} during the upgrade: {}",
-            out.lines().find(|l| l.contains("requests in")).unwrap_or("")
-        );
+        let line = out.lines().find(|l| l.contains("requests in")).unwrap_or("");
+        println!("{what} during the upgrade: {line}");
+        answered += line.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
         assert!(out.contains("requests in"), "{what}: {out}");
         assert!(!out.contains("Socket errors") && !out.contains("Non-2xx"), "{what} failures: {out}");
     }
@@ -73,6 +73,7 @@ fn root_upgrade_under_load_loses_nothing() -> Result<()> {
     let requests = out.lines().find(|l| l.starts_with("requests:")).context("h2load's summary")?.to_owned();
     println!("HTTP/2 during the upgrade: {requests}");
     assert!(requests.contains(" 0 failed, 0 errored, 0 timeout"), "{out}");
+    answered += requests.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
     // The old lbd served its busy HTTP/2 connections to their end, then exited.
     lbd.wait_predecessor(Duration::from_secs(15))?;
     let seen = flows.finish();
@@ -81,6 +82,26 @@ fn root_upgrade_under_load_loses_nothing() -> Result<()> {
     // The counters live in the pinned maps: they continue.
     let after = forwarded(lbd)?;
     assert!(after > before, "the L4 VIP's counter went from {before} to {after}");
+    // The proxy's request counters continue too: the old lbd sent its totals once drained.
+    let counted = || -> Result<u64> {
+        let out = topology.lb.run("curl", &["-sS", "--max-time", "5", "http://127.0.0.1:9100/view"])?;
+        let view: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(view["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|b| b["requests"].as_u64().unwrap_or(0))
+            .sum())
+    };
+    let mut last = 0;
+    let settled = sluice_tests::servers::wait_for("the old lbd's counters", Duration::from_secs(10), || {
+        last = counted().unwrap_or(0);
+        last >= answered
+    });
+    println!("requests answered by the clients' count {answered}, by the new lbd's counters {last}");
+    settled?;
+    // At most one in-flight request per connection or stream more (cut off as the clients stopped).
+    assert!(last <= answered + 64, "counted {last}, answered {answered}");
     let status = lbd.lbctl(&["status"])?;
     assert!(status.contains("uptime"), "{status}");
     Ok(())

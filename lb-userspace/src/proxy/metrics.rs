@@ -1,6 +1,7 @@
 //! The proxy's metrics, kept across scrapes: requests by route, backend and status class,
-//! upstream latency, connections, TLS handshakes. Registered into each scrape's registry.
-use std::sync::Arc;
+//! upstream latency, connections, TLS handshakes. Registered into each scrape's registry; read
+//! back from their own text by the live view, and carried over to a new lbd on upgrade.
+use std::{collections::BTreeMap, sync::Arc};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -57,7 +58,83 @@ impl Default for ProxyMetrics {
     }
 }
 
+/// One sample line of the text exposition, `name{a="x",b="y"} value`, as (name, labels, value).
+pub fn parse_sample(line: &str) -> Option<(&str, BTreeMap<&str, &str>, f64)> {
+    let (head, value) = line.rsplit_once(' ')?;
+    let (name, labels) = match head.split_once('{') {
+        Some((name, rest)) => (name, rest.strip_suffix('}')?),
+        None => (head, ""),
+    };
+    let labels = labels
+        .split("\",")
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.split_once("=\"")?;
+            Some((k, v.trim_end_matches('"')))
+        })
+        .collect();
+    Some((name, labels, value.parse().ok()?))
+}
+
+/// The status class label of a request counter, as the static string the counters use.
+fn class_label(text: &str) -> &'static str {
+    ["1xx", "2xx", "3xx", "4xx", "5xx"].into_iter().find(|c| *c == text).unwrap_or("other")
+}
+
 impl ProxyMetrics {
+    /// These metrics in the text exposition (no prefix).
+    pub fn text(&self) -> String {
+        let mut registry = Registry::default();
+        self.register(&mut registry);
+        let mut text = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        text
+    }
+
+    /// Adds the counters of another lbd's [`ProxyMetrics::text`] to these (an upgrade: the old
+    /// lbd's totals, sent once it has drained). Histograms and gauges are not carried over.
+    pub fn absorb(&self, text: &str) {
+        let owned = |labels: &BTreeMap<&str, &str>, key: &'static str| {
+            labels.get(key).map(|v| (key, (*v).to_owned()))
+        };
+        for (name, labels, value) in text.lines().filter(|l| !l.starts_with('#')).filter_map(parse_sample) {
+            let n = value as u64;
+            let listener = || owned(&labels, "listener").into_iter();
+            match name {
+                "http_requests_total" => {
+                    let (Some(route), Some(pool), Some(backend), Some(class)) =
+                        (labels.get("route"), labels.get("pool"), labels.get("backend"), labels.get("class"))
+                    else {
+                        continue;
+                    };
+                    let labels = RequestLabels {
+                        route: Label::from(*route),
+                        pool: Label::from(*pool),
+                        backend: Label::from(*backend),
+                        class: class_label(class),
+                    };
+                    self.requests.get_or_create(&labels).inc_by(n);
+                }
+                "tls_handshakes_total" => {
+                    let l: Labels = listener().chain(owned(&labels, "result")).collect();
+                    self.handshakes.get_or_create(&l).inc_by(n);
+                }
+                "http_refused_connections_total" => {
+                    self.refused.get_or_create(&listener().collect()).inc_by(n);
+                }
+                "http_idle_closed_connections_total" => {
+                    let l: Labels = listener().chain(owned(&labels, "reason")).collect();
+                    self.closed_idle.get_or_create(&l).inc_by(n);
+                }
+                "http_parser_refused_total" => {
+                    let l: Labels = listener().chain(owned(&labels, "status")).collect();
+                    self.parser_refused.get_or_create(&l).inc_by(n);
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// One answered request; `backend` is empty when the proxy answered itself.
     pub fn request(
         &self,
@@ -142,5 +219,29 @@ impl ProxyMetrics {
             "Requests refused by the HTTP parser, by status",
             self.parser_refused.clone(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_carried_over_add_up() {
+        let old = ProxyMetrics::default();
+        let (route, pool, backend) = (Label::from("site"), Label::from("web"), Label::from("10.0.0.1:80"));
+        for _ in 0..3 {
+            old.request(&route, &pool, &backend, 200, Some(0.001));
+        }
+        old.request(&route, &pool, &backend, 503, None);
+        old.handshake("https", "ok");
+        let new = ProxyMetrics::default();
+        new.request(&route, &pool, &backend, 200, None);
+        new.absorb(&old.text());
+        let text = new.text();
+        let requests: Vec<_> = text.lines().filter(|l| l.starts_with("http_requests_total")).collect();
+        assert!(requests.iter().any(|l| l.contains("class=\"2xx\"") && l.ends_with(" 4")), "{text}");
+        assert!(requests.iter().any(|l| l.contains("class=\"5xx\"") && l.ends_with(" 1")), "{text}");
+        assert!(text.lines().any(|l| l.starts_with("tls_handshakes_total") && l.ends_with(" 1")), "{text}");
     }
 }
