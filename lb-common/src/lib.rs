@@ -9,6 +9,7 @@ pub mod flow;
 pub mod hash;
 pub mod ring;
 pub mod stats;
+pub mod syn;
 pub mod vip;
 
 /// Where `lbd` pins the program link and every map (bpffs).

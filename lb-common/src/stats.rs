@@ -104,6 +104,9 @@ enum Stat {
     DropTooBig = "drop_too_big",
     /// Dropped: an IPv6 VIP with an IPv4 backend, or a map that should exist did not.
     DropInternal = "drop_internal",
+    /// Dropped: a SYN over its source prefix's rate (lb_common::syn). Last, so an older lbd's
+    /// pinned STATS (one slot shorter) still serves every other slot.
+    DropSynRate = "drop_syn_rate",
 }
 }
 

@@ -10,6 +10,7 @@ use lb_common::{
     hash::flow_hash,
     ring::{RING_NONE, RING_SIZE, ring_place},
     stats::Stat,
+    syn::{syn_admit, syn_prefix},
     vip::{ANY_PORT, VIP_F_DROP_FRAGMENTS, VIP_F_L7, VIP_WAYS, VipMeta, vip_place, vip_words},
 };
 use lb_ebpf::{
@@ -77,6 +78,9 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Outcome, Stat> {
     let Some(vip) = lookup_vip([words[2], words[3]], packet.flow.dport, packet.flow.proto, flags) else {
         return Ok((xdp_action::XDP_PASS, Stat::PassNotVip));
     };
+    if packet.is_syn() && syn_over_rate(&packet.flow.src) {
+        return Err(Stat::DropSynRate);
+    }
     if vip.flags & VIP_F_L7 != 0 {
         return Ok((xdp_action::XDP_PASS, Stat::PassL7));
     }
@@ -85,6 +89,37 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Outcome, Stat> {
         return Ok(icmp::too_big_reply(ctx, packet));
     }
     Ok(outcome)
+}
+
+/// Whether a SYN from `src` is over its prefix's rate (lb_common::syn). The read-modify-write
+/// of the arrival time is not atomic: two CPUs may both admit a SYN at the edge of the burst,
+/// which costs a SYN, not correctness.
+#[inline(always)]
+fn syn_over_rate(src: &lb_common::addr::Addr) -> bool {
+    let Some(limit) = SYN_LIMIT.get(0) else { return false };
+    if limit.interval_ns == 0 {
+        return false;
+    }
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let prefix = syn_prefix(src);
+    match SYN_BUCKETS.get_ptr_mut(&prefix) {
+        Some(tat) => {
+            // SAFETY: a value of this map, valid for this program run.
+            match syn_admit(unsafe { *tat }, now, limit) {
+                None => true,
+                Some(next) => {
+                    // SAFETY: as above.
+                    unsafe { *tat = next };
+                    false
+                }
+            }
+        }
+        None => {
+            let _ = SYN_BUCKETS.insert(&prefix, &(now + limit.interval_ns), 0);
+            false
+        }
+    }
 }
 
 /// Whether the source is in a deny list. The trie is looked up only when the filter says a

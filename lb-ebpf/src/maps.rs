@@ -1,7 +1,7 @@
 //! Every map of the balancer, one line each: key -> value, who writes it.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     addr::Addr,
@@ -11,6 +11,7 @@ use lb_common::{
     flow::{CONN_SETS, CONN_SLOT_COUNT, ConnSet, ConnSlot},
     ring::{RingChunk, ring_entries},
     stats::{Counter, STATS_ENTRIES, TrafficCounter},
+    syn::{SYN_BUCKETS as SYN_BUCKET_COUNT, SynLimit},
     vip::{MAX_VIPS, VIP_BUCKETS, VipBucket, VipMeta},
 };
 
@@ -53,6 +54,12 @@ pub static DENY_FILTER: Array<u64> = Array::pinned(DENY_FILTER_WORDS, 0);
 /// 0 -> DataplaneConfig; lbd.
 #[map(name = "DATAPLANE_CONFIG")]
 pub static DATAPLANE_CONFIG: Array<DataplaneConfig> = Array::pinned(1, 0);
+/// 0 -> SynLimit (per source prefix); lbd.
+#[map(name = "SYN_LIMIT")]
+pub static SYN_LIMIT: Array<SynLimit> = Array::pinned(1, 0);
+/// Source prefix -> GCRA arrival time of its SYNs (lb_common::syn); this program.
+#[map(name = "SYN_BUCKETS")]
+pub static SYN_BUCKETS: LruHashMap<Addr, u64> = LruHashMap::pinned(SYN_BUCKET_COUNT, 0);
 /// Stat -> packets/bytes, per CPU; this program.
 #[map(name = "STATS")]
 pub static STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_ENTRIES, 0);

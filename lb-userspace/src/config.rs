@@ -383,6 +383,8 @@ pub struct Config {
     pub flow_grace: Duration,
     /// Send encapsulated packets out of this interface (bpf_redirect) instead of XDP_TX.
     pub redirect_interface: Option<String>,
+    /// SYNs per source prefix (None: no limit).
+    pub syn_limit: Option<SynLimit>,
     pub vips: Vec<Vip>,
     pub pools: BTreeMap<String, Pool>,
     /// Source prefixes dropped in XDP.
@@ -483,6 +485,18 @@ pub struct BackendSpec {
     pub weight: u32,
     /// Set by the operator: no new flows, established flows stay; the weight is kept.
     pub drain: bool,
+}
+
+/// The highest `syn_rate_per_prefix` and `syn_burst`.
+pub const MAX_SYN_RATE: u32 = 10_000_000;
+
+/// A per-source-prefix SYN limit (`[dataplane] syn_rate_per_prefix`, `syn_burst`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SynLimit {
+    /// SYNs per second per source /24 (IPv4) or /64 (IPv6).
+    pub rate: u32,
+    /// SYNs a prefix may send at once.
+    pub burst: u32,
 }
 
 /// The longest `flow_grace_seconds` (a day; larger values overflow the tables' clock math).

@@ -451,6 +451,9 @@ impl State {
             encap_source_v6: config.encap_source_v6.octets(),
             max_encap_ip_len: host.mtu,
             flow_grace: config.flow_grace,
+            syn_limit: config
+                .syn_limit
+                .map_or_else(Default::default, |l| lb_common::syn::SynLimit::new(l.rate, l.burst)),
             redirect_ifindex: host.redirect_ifindex,
         }
     }

@@ -57,6 +57,7 @@ pub fn desired(vips: Vec<DesiredVip>, deny: &[&str]) -> Desired {
         max_encap_ip_len: 1500,
         flow_grace: Duration::from_secs(3600),
         redirect_ifindex: 0,
+        syn_limit: Default::default(),
     }
 }
 

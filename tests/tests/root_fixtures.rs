@@ -841,3 +841,30 @@ fn root_fixtures_failed_setup_leaves_no_pins() -> Result<()> {
     assert!(!std::path::Path::new(&pins).exists(), "{pins} left behind");
     Ok(())
 }
+
+/// The per-prefix SYN limit (lb_common::syn): a /24 gets its burst, then is dropped and counted;
+/// another /24 and the flows already open are not touched; a reload to no limit lifts it.
+#[test]
+fn root_fixtures_syn_limit_per_source_prefix() -> Result<()> {
+    let mut state = desired_state(&WEB);
+    // 1 SYN a second per prefix, 4 at once: within this test's few ms, the burst.
+    state.syn_limit = lb_common::syn::SynLimit::new(1, 4);
+    let mut h = Harness::new("syn-limit", 8, state)?;
+    let syn_from = |src: &str, sport: u16| tcp(ip(src), sport, ip(VIP_WEB), 80, Tcp::Syn, b"");
+    let verdicts: Vec<u32> =
+        (0..10).map(|i| h.run(&syn_from("100.64.7.7", 40000 + i)).map(|(v, _)| v)).collect::<Result<_>>()?;
+    assert_eq!(verdicts, [[XDP_TX; 4].as_slice(), &[XDP_DROP; 6]].concat(), "the burst, then drops");
+    // Another source of the same /24 shares the bucket; another /24 has its own.
+    assert_eq!(h.run(&syn_from("100.64.7.200", 41000))?.0, XDP_DROP);
+    assert_eq!(h.run(&syn_from("100.64.8.7", 41000))?.0, XDP_TX);
+    // Packets of open flows are not SYNs: never limited.
+    assert_eq!(h.run(&tcp(ip("100.64.7.7"), 40000, ip(VIP_WEB), 80, Tcp::Ack, b""))?.0, XDP_TX);
+    let stats: BTreeMap<&str, u64> = h.stats()?.into_iter().collect();
+    assert_eq!(stats["drop_syn_rate"], 7);
+    // No limit: the prefix's SYNs pass again.
+    let mut off = h.desired.clone();
+    off.syn_limit = Default::default();
+    h.apply(off)?;
+    assert_eq!(h.run(&syn_from("100.64.7.7", 42000))?.0, XDP_TX);
+    Ok(())
+}

@@ -181,6 +181,8 @@ pub(super) struct RawDataplane {
     pub(super) max_vips: Option<Spanned<u32>>,
     pub(super) flow_grace_seconds: Option<u64>,
     pub(super) redirect_interface: Option<Spanned<String>>,
+    pub(super) syn_rate_per_prefix: Option<Spanned<u32>>,
+    pub(super) syn_burst: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

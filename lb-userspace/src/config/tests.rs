@@ -263,3 +263,16 @@ fn jwt_algorithm_hash_key_and_secret_are_checked_at_their_lines() {
     let config = Config::parse(Path::new("t.toml"), &ok).unwrap();
     assert_eq!(config.pools["p"].hash_key, HashKey::Cookie("session".into()));
 }
+
+#[test]
+fn syn_limit_is_checked_and_defaults_its_burst_to_the_rate() {
+    let config = Config::parse(Path::new("t.toml"), &format!("{BASE}syn_rate_per_prefix = 500\n")).unwrap();
+    assert_eq!(config.syn_limit, Some(SynLimit { rate: 500, burst: 500 }));
+    assert_eq!(Config::parse(Path::new("t.toml"), BASE).unwrap().syn_limit, None);
+    assert_error(&format!("{BASE}syn_rate_per_prefix = 0\n"), "t.toml:3: syn_rate_per_prefix must be 1 to");
+    assert_error(&format!("{BASE}syn_burst = 10\n"), "t.toml:3: syn_burst needs syn_rate_per_prefix");
+    assert_error(
+        &format!("{BASE}syn_rate_per_prefix = 5\nsyn_burst = 0\n"),
+        "t.toml:4: syn_burst must be 1 to",
+    );
+}

@@ -144,6 +144,7 @@ pub(super) fn validate(mut raw: RawConfig, errors: &mut Errors) -> Config {
         encap_source_v6: dp.encap_source_v6,
         max_vips: dp.max_vips,
         flow_grace: dp.flow_grace,
+        syn_limit: dp.syn_limit,
         redirect_interface: dp.redirect_interface,
         admin_socket: raw.admin.socket.unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET)),
         metrics: raw

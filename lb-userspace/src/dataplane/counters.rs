@@ -88,9 +88,17 @@ impl Counters {
         })
     }
 
-    /// Global counters: verdicts, pass reasons, drop reasons.
+    /// Global counters: verdicts, pass reasons, drop reasons. Slots a STATS map pinned by an
+    /// older lbd does not have (it was made with fewer) read as zero.
     pub fn verdicts(&self) -> Result<Vec<(Stat, Counter)>> {
-        Stat::ALL.iter().map(|&stat| Ok((stat, sum_slot(&self.verdicts, stat as u32)?))).collect()
+        let slots = self.verdicts.len();
+        Stat::ALL
+            .iter()
+            .map(|&stat| match stat as u32 {
+                index if index >= slots => Ok((stat, Counter::default())),
+                index => Ok((stat, sum_slot(&self.verdicts, index)?)),
+            })
+            .collect()
     }
 
     /// Traffic per backend in use, by address.

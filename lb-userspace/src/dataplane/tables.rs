@@ -16,6 +16,7 @@ use lb_common::{
     config::{CONFIG_F_ANY_PORT_VIPS, DATAPLANE_CONFIG_MAP, DataplaneConfig},
     ring::{RING_CHUNKS, RING_SIZE, RINGS_MAP, SLOTS_PER_VIP},
     stats::{BACKEND_STATS_MAP, TrafficCounter, VIP_STATS_MAP},
+    syn::{SYN_LIMIT_MAP, SynLimit},
     vip::{ANY_PORT, VIP_ADDRS_MAP, VIP_F_L7, VipKey, VipMeta},
 };
 
@@ -62,6 +63,7 @@ pub struct Tables {
     backends: Array<MapData, Backend>,
     deny: DenyLists,
     dataplane: Array<MapData, DataplaneConfig>,
+    syn_limit: Array<MapData, SynLimit>,
     vip_stats: PerCpuArray<MapData, TrafficCounter>,
     backend_stats: PerCpuArray<MapData, TrafficCounter>,
     /// The current generation's table per VIP, as backend ids.
@@ -80,6 +82,8 @@ pub struct Desired {
     pub flow_grace: Duration,
     /// ifindex to redirect encapsulated packets to; 0: XDP_TX.
     pub redirect_ifindex: u32,
+    /// SYNs per source prefix (lb_common::syn; default: no limit).
+    pub syn_limit: SynLimit,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -130,6 +134,7 @@ impl Tables {
             backends: Array::try_from(Map::Array(open(pin_dir, BACKENDS_MAP)?))?,
             deny: DenyLists::open(pin_dir)?,
             dataplane: Array::try_from(Map::Array(open(pin_dir, DATAPLANE_CONFIG_MAP)?))?,
+            syn_limit: Array::try_from(Map::Array(open(pin_dir, SYN_LIMIT_MAP)?))?,
             vip_stats: PerCpuArray::try_from(Map::PerCpuArray(open(pin_dir, VIP_STATS_MAP)?))?,
             backend_stats: PerCpuArray::try_from(Map::PerCpuArray(open(pin_dir, BACKEND_STATS_MAP)?))?,
             written: HashMap::new(),
@@ -283,6 +288,16 @@ impl Tables {
         };
         if self.dataplane.get(&0, 0)? != settings {
             self.dataplane.set(0, &settings, 0)?;
+        }
+        if self.syn_limit.get(&0, 0)? != desired.syn_limit {
+            self.syn_limit.set(0, &desired.syn_limit, 0)?;
+            changes.push(match desired.syn_limit.interval_ns {
+                0 => "SYN limit off".to_owned(),
+                ns => format!(
+                    "SYN limit: one per {ns} ns per source prefix, {} ns of burst",
+                    desired.syn_limit.burst_ns
+                ),
+            });
         }
         Ok(changes)
     }

@@ -1,4 +1,5 @@
-//! `[dataplane]`: interface, pin directory, next hop, encapsulation sources, VIP capacity.
+//! `[dataplane]`: interface, pin directory, next hop, encapsulation sources, VIP capacity, the
+//! per-prefix SYN limit.
 use super::*;
 
 /// The `[dataplane]` section checked (defaults when there is none: an L7-only host).
@@ -14,6 +15,7 @@ pub(in crate::config) struct Dataplane {
     pub(in crate::config) max_vips: u32,
     pub(in crate::config) flow_grace: Duration,
     pub(in crate::config) redirect_interface: Option<String>,
+    pub(in crate::config) syn_limit: Option<SynLimit>,
 }
 
 pub(in crate::config) fn check(raw: &mut RawConfig, errors: &mut Errors) -> Dataplane {
@@ -34,6 +36,8 @@ pub(in crate::config) fn check(raw: &mut RawConfig, errors: &mut Errors) -> Data
         max_vips: None,
         flow_grace_seconds: None,
         redirect_interface: None,
+        syn_rate_per_prefix: None,
+        syn_burst: None,
     });
     let interface = dp.interface;
     if has_dataplane && (interface.get_ref().is_empty() || interface.get_ref().len() >= libc::IFNAMSIZ) {
@@ -77,6 +81,29 @@ pub(in crate::config) fn check(raw: &mut RawConfig, errors: &mut Errors) -> Data
         }
         n => n.unwrap_or(60),
     };
+    // SYNs per second per source /24 or /64, and how many at once (default: one second's).
+    let syn_limit = dp.syn_rate_per_prefix.map(|rate| {
+        if *rate.get_ref() == 0 || *rate.get_ref() > MAX_SYN_RATE {
+            errors.at(
+                rate.span(),
+                format!("syn_rate_per_prefix must be 1 to {MAX_SYN_RATE} (leave it out for no limit)"),
+            );
+        }
+        let burst = match &dp.syn_burst {
+            Some(b) if *b.get_ref() == 0 || *b.get_ref() > MAX_SYN_RATE => {
+                errors.at(b.span(), format!("syn_burst must be 1 to {MAX_SYN_RATE}"));
+                1
+            }
+            Some(b) => *b.get_ref(),
+            None => *rate.get_ref(),
+        };
+        SynLimit { rate: (*rate.get_ref()).clamp(1, MAX_SYN_RATE), burst }
+    });
+    if syn_limit.is_none()
+        && let Some(b) = &dp.syn_burst
+    {
+        errors.at(b.span(), "syn_burst needs syn_rate_per_prefix");
+    }
     Dataplane {
         present: has_dataplane,
         interface_line: errors.line_of(interface.span()),
@@ -89,5 +116,6 @@ pub(in crate::config) fn check(raw: &mut RawConfig, errors: &mut Errors) -> Data
         max_vips,
         flow_grace: Duration::from_secs(flow_grace),
         redirect_interface: dp.redirect_interface.map(Spanned::into_inner),
+        syn_limit,
     }
 }
