@@ -27,5 +27,7 @@ const _: () = assert!(core::mem::size_of::<DataplaneConfig>() == 40);
 
 /// Some VIP listens on any port (a packet that misses the exact-port VIP looks again).
 pub const CONFIG_F_ANY_PORT_VIPS: u32 = 1 << 0;
+/// SYNs are limited per source prefix (lb_common::syn): without it, a SYN costs no lookup.
+pub const CONFIG_F_SYN_LIMIT: u32 = 1 << 1;
 
 crate::pod!(DataplaneConfig);

@@ -5,7 +5,7 @@ use aya_ebpf::{
 use lb_common::{
     addr::is_v4,
     backend::{BACKEND_F_IN_USE, Backend, NO_BACKEND},
-    config::{CONFIG_F_ANY_PORT_VIPS, DataplaneConfig},
+    config::{CONFIG_F_ANY_PORT_VIPS, CONFIG_F_SYN_LIMIT, DataplaneConfig},
     deny::filter_block,
     hash::flow_hash,
     ring::{RING_NONE, RING_SIZE, ring_place},
@@ -78,7 +78,7 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Outcome, Stat> {
     let Some(vip) = lookup_vip([words[2], words[3]], packet.flow.dport, packet.flow.proto, flags) else {
         return Ok((xdp_action::XDP_PASS, Stat::PassNotVip));
     };
-    if packet.is_syn() && syn_over_rate(&packet.flow.src) {
+    if flags & CONFIG_F_SYN_LIMIT != 0 && packet.is_syn() && syn_over_rate(&packet.flow.src) {
         return Err(Stat::DropSynRate);
     }
     if vip.flags & VIP_F_L7 != 0 {

@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use lb_common::{
     addr::{Addr, mapped_v4},
     backend::{BACKEND_F_IN_USE, BACKENDS_MAP, Backend, NO_BACKEND},
-    config::{CONFIG_F_ANY_PORT_VIPS, DATAPLANE_CONFIG_MAP, DataplaneConfig},
+    config::{CONFIG_F_ANY_PORT_VIPS, CONFIG_F_SYN_LIMIT, DATAPLANE_CONFIG_MAP, DataplaneConfig},
     ring::{RING_CHUNKS, RING_SIZE, RINGS_MAP, SLOTS_PER_VIP},
     stats::{BACKEND_STATS_MAP, TrafficCounter, VIP_STATS_MAP},
     syn::{SYN_LIMIT_MAP, SynLimit},
@@ -99,6 +99,9 @@ fn lookup_flags(desired: &Desired) -> u32 {
     let mut flags = 0;
     if desired.vips.iter().any(|v| v.key.port == ANY_PORT) {
         flags |= CONFIG_F_ANY_PORT_VIPS;
+    }
+    if desired.syn_limit.interval_ns != 0 {
+        flags |= CONFIG_F_SYN_LIMIT;
     }
     flags
 }
