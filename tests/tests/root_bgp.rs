@@ -253,8 +253,8 @@ fn root_bgp_hosts_announce_drain_and_withdraw_through_bird() -> Result<()> {
 
 #[test]
 fn root_bgp_ecmp_spreads_flows_and_a_lost_host_keeps_them_on_their_backends() -> Result<()> {
-    let edge = Edge::start("bgp-ecmp")?;
-    let (client, vip) = (&edge.topology.client, edge.vip);
+    let mut edge = Edge::start("bgp-ecmp")?;
+    let (client, vip) = (edge.topology.client.clone(), edge.vip);
 
     // 300 new connections: every balancer takes new flows, every backend answers.
     let before = edge.new_flows()?;
@@ -269,26 +269,11 @@ fn root_bgp_ecmp_spreads_flows_and_a_lost_host_keeps_them_on_their_backends() ->
     // link: its flows move to the other balancers, which miss them in their connection tables
     // and still pick the same backend. Measured: flows moved, flows broken, the longest gap
     // between two answers on one flow.
-    let lost_before = new_flows(&edge.lbds[2].pin_dir)?;
-    let flows = Flows::start(client, vip, 50, Duration::from_secs(5))?;
-    std::thread::sleep(Duration::from_secs(2));
-    let carried = new_flows(&edge.lbds[2].pin_dir)? - lost_before;
-    let withdrawn = edge.lose(2)?;
-    let seen = flows.finish();
-    println!(
-        "balancer 3 lost: {carried} of 50 flows moved, route gone in {withdrawn:?}, {} broken, \
-         {} changed backend, longest gap between answers {:?} (requests every 200 ms)",
-        seen.broken.len(),
-        seen.switched,
-        seen.gap
-    );
-    assert!(carried > 0, "balancer 3 carried none of the 50 flows: the test shows nothing");
-    assert!(seen.broken.is_empty(), "flows broke: {:?}", seen.broken);
-    assert_eq!(seen.switched, 0, "a flow changed backend when its balancer was lost");
+    flows_live_on(&mut edge, 2, "lost (its link down)", |edge| edge.lose(2))?;
 
     // Balancer 1 is drained under 30 more long-lived flows: its route goes first, its flows
     // move to balancer 2 on their backends, and it takes no new connection afterwards.
-    let flows = Flows::start(client, vip, 30, Duration::from_secs(4))?;
+    let flows = Flows::start(&client, vip, 30, Duration::from_secs(4))?;
     std::thread::sleep(Duration::from_secs(1));
     edge.lbds[0].lbctl(&["node", "drain"])?;
     edge.wait_gone(0)?;
@@ -309,26 +294,41 @@ fn root_bgp_ecmp_spreads_flows_and_a_lost_host_keeps_them_on_their_backends() ->
 #[test]
 fn root_bgp_kill_9_of_lbd_and_bird_keeps_flows() -> Result<()> {
     let mut edge = Edge::start("bgp-kill")?;
-    let (client, vip) = (edge.topology.client.clone(), edge.vip);
     // 50 long-lived flows; 2 s in, balancer 2's lbd and BIRD die by SIGKILL. Its BGP session
     // ends with the process (the kernel closes the socket), the router drops its route at once,
     // and its flows move to the other balancers, which pick the same backends. Until then its
     // XDP program keeps forwarding: a crashed lbd does not detach it.
-    let before = new_flows(&edge.lbds[1].pin_dir)?;
-    let flows = Flows::start(&client, vip, 50, Duration::from_secs(5))?;
+    flows_live_on(&mut edge, 1, "killed (lbd and BIRD, SIGKILL)", |edge| edge.kill(1))?;
+    Ok(())
+}
+
+/// 50 long-lived flows (a request every 200 ms each); 2 s in, balancer `n` goes (`lose`). Its
+/// flows must move to the other balancers and stay on their backends: prints and checks the
+/// flows it carried, how long the route took to go, flows broken or moved to another backend,
+/// and the longest gap between two answers on one flow.
+fn flows_live_on(
+    edge: &mut Edge,
+    n: usize,
+    how: &str,
+    lose: impl FnOnce(&mut Edge) -> Result<Duration>,
+) -> Result<()> {
+    let client = edge.topology.client.clone();
+    let before = new_flows(&edge.lbds[n].pin_dir)?;
+    let flows = Flows::start(&client, edge.vip, 50, Duration::from_secs(5))?;
     std::thread::sleep(Duration::from_secs(2));
-    let carried = new_flows(&edge.lbds[1].pin_dir)? - before;
-    let withdrawn = edge.kill(1)?;
+    let carried = new_flows(&edge.lbds[n].pin_dir)? - before;
+    let withdrawn = lose(edge)?;
     let seen = flows.finish();
     println!(
-        "balancer 2 killed (lbd and BIRD, SIGKILL): {carried} of 50 flows moved, route gone in \
-         {withdrawn:?}, {} broken, {} changed backend, longest gap between answers {:?}",
+        "balancer {} {how}: {carried} of 50 flows moved, route gone in {withdrawn:?}, {} broken, \
+         {} changed backend, longest gap between answers {:?} (requests every 200 ms)",
+        n + 1,
         seen.broken.len(),
         seen.switched,
         seen.gap
     );
-    assert!(carried > 0, "balancer 2 carried none of the 50 flows: the test shows nothing");
-    assert!(seen.broken.is_empty(), "flows broke: {:?}", seen.broken);
-    assert_eq!(seen.switched, 0, "a flow changed backend when its balancer was killed");
+    anyhow::ensure!(carried > 0, "balancer {} carried none of the 50 flows: the test shows nothing", n + 1);
+    anyhow::ensure!(seen.broken.is_empty(), "flows broke: {:?}", seen.broken);
+    anyhow::ensure!(seen.switched == 0, "a flow changed backend when balancer {} went", n + 1);
     Ok(())
 }
