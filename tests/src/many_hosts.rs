@@ -243,13 +243,20 @@ impl Edge {
         })
     }
 
-    /// `n` new connections from the client: the answers per backend (backend1..3).
+    /// `n` new connections, half from each client namespace: the answers per backend
+    /// (backend1..3).
     pub fn connections(&self, n: usize) -> Result<Vec<usize>> {
-        let out = self.topology.client.run(
-            "sh",
-            &["-c", &format!("for i in $(seq {n}); do curl -s --max-time 3 http://{}/; done", self.vip)],
-        )?;
-        let answers = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut answers = String::new();
+        for (client, count) in [(&self.topology.client, n / 2), (&self.topology.client2, n - n / 2)] {
+            let out = client.run(
+                "sh",
+                &[
+                    "-c",
+                    &format!("for i in $(seq {count}); do curl -s --max-time 3 http://{}/; done", self.vip),
+                ],
+            )?;
+            answers.push_str(&String::from_utf8_lossy(&out.stdout));
+        }
         Ok((1..=3).map(|i| answers.lines().filter(|l| *l == format!("backend{i}")).count()).collect())
     }
 
