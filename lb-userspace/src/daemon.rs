@@ -129,6 +129,7 @@ pub fn execute_persisting(core: &Shared, commands: &[Command]) -> Result<Vec<Str
     if let Some(path) = path.filter(|_| !persisting.is_empty()) {
         match persist::persist(&path, &persisting) {
             Ok(persist::Persisted::Written(was)) => replaced = Some(was),
+            Ok(persist::Persisted::Unchanged) => {}
             // A read-only config must not block a drain: applied, and said to be temporary.
             Ok(persist::Persisted::ReadOnly(why)) => {
                 warn!("config not written ({why}): this change lasts until lbd restarts");

@@ -104,8 +104,7 @@ fn proxied(text: &str) -> BTreeMap<(String, IpAddr), Proxied> {
             "http_upstream_seconds_bucket" => {
                 let le = labels.get("le").and_then(|l| l.parse::<f64>().ok()).unwrap_or(f64::INFINITY);
                 // Keyed by the bound's bits: sorted as the bounds are (positive floats).
-                out.get_mut(&((*pool).to_owned(), address))
-                    .map(|e| e.latency.insert(le.to_bits(), (le, value as u64)));
+                entry.latency.insert(le.to_bits(), (le, value as u64));
             }
             _ => {}
         }
@@ -120,7 +119,7 @@ fn backend_address(label: &str) -> Option<IpAddr> {
 
 /// The snapshot (reads the counters without the core lock held).
 pub fn snapshot(core: &Shared) -> LiveView {
-    let (mut live, counters, conn_pin, proxy_metrics) = {
+    let (mut live, counters, proxy_metrics) = {
         let core = lock(core);
         let state = &core.state;
         let vips = state
@@ -172,8 +171,7 @@ pub fn snapshot(core: &Shared) -> LiveView {
                 .map(|r| (r.at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()), r.applied)),
             ..LiveView::default()
         };
-        let conn_pin = core.counters.is_some().then(|| state.config.pin_dir.clone());
-        (live, core.counters.clone(), conn_pin, core.proxy_metrics.clone())
+        (live, core.counters.clone(), core.proxy_metrics.clone())
     };
     if let Some(counters) = counters {
         let counters = counters.lock().unwrap_or_else(|p| p.into_inner());
@@ -193,6 +191,8 @@ pub fn snapshot(core: &Shared) -> LiveView {
                 }
             }
         }
+        let (used, capacity) = counters.flows();
+        (live.conn_used, live.conn_capacity) = (used as u64, capacity as u64);
         if let Ok(backends) = counters.backends() {
             for (address, c) in backends {
                 for b in live.backends.iter_mut().filter(|b| b.address == address) {
@@ -200,12 +200,6 @@ pub fn snapshot(core: &Shared) -> LiveView {
                 }
             }
         }
-    }
-    if let Some(pin_dir) = conn_pin
-        && let Ok(table) = crate::dataplane::conn_table::ConnTable::open(&pin_dir)
-    {
-        let (used, capacity) = table.occupancy();
-        (live.conn_used, live.conn_capacity) = (used as u64, capacity as u64);
     }
     let proxied = proxied(&proxy_metrics.text());
     for b in &mut live.backends {

@@ -232,17 +232,25 @@ pub enum Persisted {
     /// The file or its directory cannot be written (a read-only mount, say): the change is
     /// applied but lasts until lbd restarts.
     ReadOnly(String),
+    /// The change left the text as it was: nothing written.
+    Unchanged,
 }
 
 /// Applies `commands` to the config file at `path` in one edit: edit, validate, write a
 /// temporary file beside the real file (through a symlink), rename over. On any error the file
 /// is untouched. `Written` carries what it replaced, for [`restore`].
 pub fn persist(path: &Path, commands: &[Command]) -> Result<Persisted> {
+    rewrite(path, |text| commands.iter().try_fold(text.to_owned(), |text, command| edit(&text, command)))
+}
+
+/// The file at `path` with `change` applied to its text, validated and written as [`persist`]
+/// writes; a change that leaves the text as it was writes nothing (`Unchanged`).
+pub fn rewrite(path: &Path, change: impl FnOnce(&str) -> Result<String>) -> Result<Persisted> {
     let target = std::fs::canonicalize(path).map_err(io("resolving", path))?;
     let text = crate::config::read_file(&target).map_err(io("reading", &target))?;
-    let mut edited = text.clone();
-    for command in commands {
-        edited = edit(&edited, command)?;
+    let edited = change(&text)?;
+    if edited == text {
+        return Ok(Persisted::Unchanged);
     }
     Config::parse(path, &edited).map_err(PersistError::Invalid)?;
     match replace(&target, edited.as_bytes()) {

@@ -452,25 +452,19 @@ async fn follow_vips(core: &Shared, revision: i64, vips: &crate::cluster::Vips) 
     let written = {
         let _file = crate::daemon::FILE_WRITER.lock().await;
         let vips = vips.clone();
-        tokio::task::spawn_blocking(move || -> Result<bool, String> {
-            let target = std::fs::canonicalize(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let text = crate::config::read_file(&target).map_err(|e| format!("{}: {e}", target.display()))?;
-            let edited = crate::persist::with_vips(&text, &vips).map_err(|e| e.to_string())?;
-            if edited == text {
-                return Ok(false);
-            }
-            Config::parse(&path, &edited)
-                .map_err(|errors| format!("the VIPs would make the config invalid:\n{errors}"))?;
-            crate::persist::replace(&target, edited.as_bytes())
-                .map_err(|e| format!("{}: {e}", target.display()))?;
-            Ok(true)
+        tokio::task::spawn_blocking(move || {
+            crate::persist::rewrite(&path, |text| crate::persist::with_vips(text, &vips))
+                .map_err(|err| err.to_string())
         })
         .await
         .unwrap_or_else(|err| Err(err.to_string()))
     };
     match written {
-        Ok(false) => {}
-        Ok(true) => {
+        Ok(crate::persist::Persisted::Unchanged) => {}
+        Ok(crate::persist::Persisted::ReadOnly(why)) => {
+            error!("etcd revision {revision}: VIPs not applied: the config file cannot be written ({why})")
+        }
+        Ok(crate::persist::Persisted::Written(_)) => {
             let (asked, answer) = tokio::sync::oneshot::channel();
             if reloads.send(asked).await.is_err() {
                 return;
