@@ -146,7 +146,9 @@ fn root_live_view_lbctl_top_in_tmux() -> Result<()> {
     let top = format!("{} --socket {} top", lbctl.display(), bed.lbd.socket.display());
     let screen = std::thread::scope(|scope| -> Result<String> {
         for url in [format!("http://{VIP4}/"), format!("http://{L7}/")] {
-            scope.spawn(move || client.command("wrk").args(["-t1", "-c4", "-d4s", &url]).output());
+            // 16 connections: Maglev puts at least one on each backend (4 left all on one
+            // backend in 1 run of 8, and that backend's row without L4 packets).
+            scope.spawn(move || client.command("wrk").args(["-t1", "-c16", "-d4s", &url]).output());
         }
         tmux(&["new-session", "-d", "-s", "top", "-x", "150", "-y", "24", &top])?;
         std::thread::sleep(Duration::from_millis(2500));
