@@ -7,7 +7,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -15,7 +15,7 @@ use std::{
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    sync::Notify,
+    sync::{Notify, futures::Notified},
 };
 
 /// How long an idle connection may still start one request once its listener stops (a
@@ -49,8 +49,12 @@ pub struct Activity {
     requests: AtomicU64,
     /// Requests whose response is not finished.
     in_flight: AtomicUsize,
-    /// Told when the listener needs this connection's slot.
-    evict: Notify,
+    /// Set when the listener needs this connection's slot.
+    evicting: AtomicBool,
+    /// Wakes the connection's idle wait: to make room (`evicting` is set) or because its
+    /// listener stops. One wake-up for both keeps an idle connection's wait small (it is what
+    /// an idle connection's memory is made of).
+    nudge: Notify,
 }
 
 impl Default for Activity {
@@ -59,7 +63,8 @@ impl Default for Activity {
             last_ms: AtomicU64::new(coarse_ms()),
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
-            evict: Notify::new(),
+            evicting: AtomicBool::new(false),
+            nudge: Notify::new(),
         }
     }
 }
@@ -88,9 +93,16 @@ impl Activity {
         }
     }
 
-    /// Resolves when the listener asks this connection to make room (it is the longest idle).
-    pub async fn evicted(&self) {
-        self.evict.notified().await
+    /// Resolves when the listener asks this connection to make room (it is the longest idle)
+    /// or stops. Registered for the stop's wake-up from its creation, so a wait created before
+    /// the stop flag is read misses neither.
+    pub fn nudged(&self) -> Notified<'_> {
+        self.nudge.notified()
+    }
+
+    /// Whether the listener asked this connection to make room; the ask is forgotten.
+    pub fn take_eviction(&self) -> bool {
+        self.evicting.swap(false, Ordering::Relaxed)
     }
 
     /// A request starts; it stays in flight until the returned guard is dropped (with the
@@ -149,8 +161,8 @@ pub async fn watchdog(activity: &Activity, first_byte: Duration, keep_alive: Dur
         let wait = if activity.idle() { limit - quiet } else { limit };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = activity.evict.notified() => {
-                if activity.idle() {
+            _ = activity.nudged() => {
+                if activity.take_eviction() && activity.idle() {
                     return Closed::Evicted;
                 }
             }
@@ -255,10 +267,18 @@ impl Registry {
         let victim = open.values().filter(|a| a.idle()).max_by_key(|a| a.quiet_for());
         match victim {
             Some(activity) => {
-                activity.evict.notify_one();
+                activity.evicting.store(true, Ordering::Relaxed);
+                activity.nudge.notify_one();
                 true
             }
             None => false,
+        }
+    }
+
+    /// Wakes every connection's idle wait: the listener is stopping.
+    pub fn stopping(&self) {
+        for activity in self.open.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            activity.nudge.notify_waiters();
         }
     }
 }
@@ -291,6 +311,25 @@ mod tests {
         drop(busy);
         let reason = watchdog(&conn.activity, Duration::from_millis(10), Duration::from_millis(20)).await;
         assert_eq!(reason, Closed::KeepAlive);
+    }
+
+    #[tokio::test]
+    async fn a_stop_wakes_idle_waits_and_evicts_nothing() {
+        let registry = Arc::new(Registry::default());
+        let conn = registry.register();
+        let mut nudged = std::pin::pin!(conn.activity.nudged());
+        nudged.as_mut().enable();
+        registry.stopping();
+        tokio::time::timeout(Duration::from_secs(1), nudged).await.expect("the stop woke the wait");
+        assert!(!conn.activity.take_eviction(), "a stop is not an eviction");
+        let far = Duration::from_secs(60);
+        let stop = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            registry.stopping();
+        };
+        let watched = tokio::time::timeout(Duration::from_millis(200), watchdog(&conn.activity, far, far));
+        let (closed, ()) = tokio::join!(watched, stop);
+        assert!(closed.is_err(), "the watchdog closed an idle connection at the stop: {closed:?}");
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 //! first-byte and keep-alive idle timeouts, HTTP/1.1 served by the own engine (`h1`) and
 //! HTTP/2 by hyper, and the drain on stop.
 use std::{
+    future::Future,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -177,19 +178,24 @@ impl Connection {
         self.serving.forwarder.metrics.connection_closed(&self.serving.listener.name);
     }
 
-    /// A plain connection: HTTP/1.1 on the own engine, or HTTP/2 with prior knowledge.
-    async fn plain(mut self, stream: tokio::net::TcpStream) {
-        self.opened();
-        let conn = Arc::new(ClientConn { address: self.client, tls_version: None, sni: None });
-        let stream = Watched::new(stream, self.registered.activity.clone());
-        if let (stream, Ended::Http2(read)) = downstream::serve(stream, self.session(conn.clone())).await {
-            Box::pin(self.http2(TokioIo::new(Rewind::new(read, stream)), conn)).await;
+    /// A plain connection: HTTP/1.1 on the own engine, or HTTP/2 with prior knowledge. Not an
+    /// `async fn`, which would hold a second copy of `self` for the connection's life.
+    #[allow(clippy::manual_async_fn, reason = "an async fn keeps a second copy of its arguments")]
+    fn plain(self, stream: tokio::net::TcpStream) -> impl Future<Output = ()> + Send {
+        async move {
+            self.opened();
+            let conn = Arc::new(ClientConn { address: self.client, tls_version: None, sni: None });
+            let stream = Watched::new(stream, self.registered.activity.clone());
+            if let (stream, Ended::Http2(read)) = downstream::serve(stream, self.session(conn.clone())).await
+            {
+                Box::pin(self.http2(TokioIo::new(Rewind::new(read, stream)), conn)).await;
+            }
+            self.closed();
         }
-        self.closed();
     }
 
     /// A TLS connection: the handshake within its timeout, then HTTP/1.1 or (ALPN h2) HTTP/2.
-    async fn tls(mut self, acceptor: tokio_rustls::TlsAcceptor, stream: tokio::net::TcpStream) {
+    async fn tls(self, acceptor: tokio_rustls::TlsAcceptor, stream: tokio::net::TcpStream) {
         self.opened();
         let (listener, metrics) = (&self.serving.listener, &self.serving.forwarder.metrics);
         let stream = Watched::new(stream, self.registered.activity.clone());
@@ -241,7 +247,7 @@ impl Connection {
     }
 
     /// HTTP/2 on hyper's server, watched for idleness and for the graceful stop.
-    async fn http2<S>(&mut self, io: TokioIo<S>, conn: Arc<ClientConn>)
+    async fn http2<S>(&self, io: TokioIo<S>, conn: Arc<ClientConn>)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -254,10 +260,13 @@ impl Connection {
                 let busy = activity.start();
                 let conn = conn.clone();
                 let request = request.map(|body| body.map_err(Into::into).boxed());
-                let answer =
-                    forwarder.clone().handle(request, snapshot.load_full(), listener.clone(), conn.clone());
+                let (forwarder, snapshot, listener) =
+                    (forwarder.clone(), snapshot.load_full(), listener.clone());
+                // The pipeline's future is made inside the stream's: made outside, it would be
+                // held twice (before and while it is awaited), and each stream's future is
+                // moved into its task.
                 async move {
-                    let (response, entry) = answer.await;
+                    let (response, entry) = forwarder.handle(request, snapshot, listener, conn.clone()).await;
                     let response = response.map(|body| Tracked { body, _busy: busy, entry, conn, bytes: 0 });
                     Ok::<_, std::convert::Infallible>(response)
                 }
@@ -371,6 +380,7 @@ pub async fn serve(
         };
     }
     drop(socket);
+    registry.stopping();
     info!(
         "listener {}: stopped accepting; draining its connections (up to {:?})",
         listener.name, listener.drain_timeout

@@ -54,31 +54,35 @@ const BODY_QUEUE: usize = 4;
 
 /// A client connection's stream.
 pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
-    /// Waits until the client sends something and appends it to `buf`, holding no buffer while
-    /// it waits: `Some(0)` at end of stream. `None`: this stream cannot (TLS may hold decrypted
+    /// Polls for what the client sends and appends it to `buf`, holding no buffer while it
+    /// waits: `Some(0)` at end of stream. `None`: this stream cannot (TLS may hold decrypted
     /// bytes already), and is read the usual way.
-    fn read_when_ready<'a>(
-        &'a mut self,
-        _buf: &'a mut BytesMut,
-    ) -> impl Future<Output = Option<io::Result<usize>>> + Send + 'a {
-        std::future::ready(None)
+    fn poll_read_when_ready(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _buf: &mut BytesMut,
+    ) -> Poll<Option<io::Result<usize>>> {
+        Poll::Ready(None)
     }
 }
 
 impl ClientIo for Watched<TcpStream> {
-    async fn read_when_ready(&mut self, buf: &mut BytesMut) -> Option<io::Result<usize>> {
+    fn poll_read_when_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<Option<io::Result<usize>>> {
         // Each poll reads into a stack buffer that is not held across the wait; only bytes
         // that came get a heap buffer. Through AsyncRead, a short read tells tokio the socket
         // is drained, and an EAGAIN (tokio's first readiness on a fresh socket can be a false
         // positive) clears readiness: either way the next wait is a real one, with no syscall.
-        let read = std::future::poll_fn(|cx| {
-            let mut chunk = [0u8; FIRST_READ];
-            let mut chunk = ReadBuf::new(&mut chunk);
-            ready!(Pin::new(&mut *self).poll_read(cx, &mut chunk))?;
-            buf.extend_from_slice(chunk.filled());
-            Poll::Ready(Ok(chunk.filled().len()))
-        });
-        Some(read.await)
+        let mut chunk = [0u8; FIRST_READ];
+        let mut chunk = ReadBuf::new(&mut chunk);
+        if let Err(err) = ready!(Pin::new(&mut *self).poll_read(cx, &mut chunk)) {
+            return Poll::Ready(Some(Err(err)));
+        }
+        buf.extend_from_slice(chunk.filled());
+        Poll::Ready(Some(Ok(chunk.filled().len())))
     }
 }
 
@@ -201,6 +205,16 @@ async fn refuse<S: ClientIo>(io: &mut S, cx: &Session, refused: Refused) {
     }
 }
 
+/// What ended an idle connection's wait.
+enum Woken {
+    /// The client sent something (or closed); `None`: the stream is read the usual way.
+    Read(Option<io::Result<usize>>),
+    /// Evicted, or the listener stops.
+    Nudged,
+    /// The first-byte or keep-alive limit passed.
+    TimedOut,
+}
+
 /// Reads the next request head; None when the client closed (or was refused).
 async fn read_head<S: ClientIo>(
     io: &mut S,
@@ -239,24 +253,35 @@ async fn read_head<S: ClientIo>(
             // Idle: wait for a byte with no buffer held, the listener's stop, an eviction, or
             // the idle limit. Once the listener stops, an idle connection still gets
             // STOP_GRACE for one more request (answered with `Connection: close`): closed at
-            // once, it would race a request the client is sending (a failed request).
+            // once, it would race a request the client is sending (a failed request). The
+            // nudge's wait exists before the stop flag is read, so a stop cannot fall between.
             *buf = BytesMut::new();
-            let mut stop = cx.stop.clone();
-            let stopping = *stop.borrow();
-            let limit = if stopping { limit.min(crate::proxy::idle::STOP_GRACE) } else { limit };
-            tokio::select! {
-                biased;
-                read = io.read_when_ready(buf) => match read {
-                    Some(Ok(0) | Err(_)) => return Ok(None),
-                    Some(Ok(_)) => continue,
-                    None => {} // TLS: read below
-                },
-                _ = stop.changed(), if !stopping => continue,
-                _ = cx.activity.evicted() => {
+            let mut nudged = std::pin::pin!(cx.activity.nudged());
+            nudged.as_mut().enable();
+            let limit = match *cx.stop.borrow() {
+                true => limit.min(crate::proxy::idle::STOP_GRACE),
+                false => limit,
+            };
+            let mut sleep = std::pin::pin!(tokio::time::sleep(limit));
+            let woken = std::future::poll_fn(|task| {
+                if let Poll::Ready(read) = io.poll_read_when_ready(task, buf) {
+                    return Poll::Ready(Woken::Read(read));
+                }
+                if nudged.as_mut().poll(task).is_ready() {
+                    return Poll::Ready(Woken::Nudged);
+                }
+                sleep.as_mut().poll(task).map(|()| Woken::TimedOut)
+            });
+            match woken.await {
+                Woken::Read(Some(Ok(0) | Err(_))) => return Ok(None),
+                Woken::Read(Some(Ok(_))) => continue,
+                Woken::Read(None) => {} // TLS: read below
+                Woken::Nudged if cx.activity.take_eviction() => {
                     cx.forwarder.metrics.closed_idle(&listener.name, Closed::Evicted.label());
                     return Ok(None);
                 }
-                _ = tokio::time::sleep(limit) => {
+                Woken::Nudged => continue, // the listener stops: wait again, for STOP_GRACE
+                Woken::TimedOut => {
                     cx.forwarder.metrics.closed_idle(&listener.name, why.label());
                     return Ok(None);
                 }
@@ -302,24 +327,30 @@ async fn read_head<S: ClientIo>(
 }
 
 /// Serves requests on `io` until either side closes.
-pub async fn serve<S: ClientIo>(mut io: S, cx: Session) -> (S, Ended) {
-    let mut buf = BytesMut::new();
-    let mut first = true;
-    loop {
-        // One request and its answer run boxed: an idle connection carries none of their state.
-        let exchanged = match read_head(&mut io, &mut buf, &cx, first).await {
-            Ok(Some(head)) => Box::pin(exchange(&mut io, &mut buf, &cx, head)),
-            Ok(None) => return (io, Ended::Closed),
-            Err(ended) => return (io, ended),
-        };
-        first = false;
-        match exchanged.await {
-            Next::Request => {}
-            Next::Close => {
-                let _ = io.shutdown().await;
-                return (io, Ended::Closed);
+///
+/// Not an `async fn`: one would keep a second copy of its arguments in the future, and this
+/// future is most of what an idle connection holds.
+#[allow(clippy::manual_async_fn, reason = "an async fn keeps a second copy of its arguments")]
+pub fn serve<S: ClientIo>(mut io: S, cx: Session) -> impl Future<Output = (S, Ended)> + Send {
+    async move {
+        let mut buf = BytesMut::new();
+        let mut first = true;
+        loop {
+            // One request and its answer run boxed: an idle connection carries none of their state.
+            let exchanged = match read_head(&mut io, &mut buf, &cx, first).await {
+                Ok(Some(head)) => Box::pin(exchange(&mut io, &mut buf, &cx, head)),
+                Ok(None) => return (io, Ended::Closed),
+                Err(ended) => return (io, ended),
+            };
+            first = false;
+            match exchanged.await {
+                Next::Request => {}
+                Next::Close => {
+                    let _ = io.shutdown().await;
+                    return (io, Ended::Closed);
+                }
+                Next::Closed => return (io, Ended::Closed),
             }
-            Next::Closed => return (io, Ended::Closed),
         }
     }
 }
@@ -563,11 +594,15 @@ mod tests {
         let (accepted, _) = listener.accept().await.unwrap();
         let mut stream = Watched::new(accepted, Arc::new(Activity::default()));
         let mut buf = BytesMut::new();
-        let waited = tokio::time::timeout(Duration::from_millis(200), stream.read_when_ready(&mut buf)).await;
+        let waited = tokio::time::timeout(
+            Duration::from_millis(200),
+            std::future::poll_fn(|cx| stream.poll_read_when_ready(cx, &mut buf)),
+        )
+        .await;
         assert!(waited.is_err() && buf.capacity() == 0, "read before the client sent a byte");
         tokio::io::AsyncWriteExt::write_all(&mut { client }, b"GET").await.unwrap();
-        let read =
-            tokio::time::timeout(Duration::from_secs(2), stream.read_when_ready(&mut buf)).await.unwrap();
+        let read = std::future::poll_fn(|cx| stream.poll_read_when_ready(cx, &mut buf));
+        let read = tokio::time::timeout(Duration::from_secs(2), read).await.unwrap();
         assert_eq!((read.unwrap().unwrap(), &buf[..]), (3, &b"GET"[..]));
     }
 }
