@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result};
 use lb_userspace::dataplane::counters::Counters;
 
 use crate::{
-    netns::{Host, Topology, VIP4_NET, mac_text, read_mac},
+    netns::{Host, Topology, VIP4_NET, VIP6_NET, mac_text, read_mac},
     servers::{Decap, Lbd, Nginx, TempDir, wait_for},
 };
 
@@ -64,10 +64,12 @@ pub fn etcdctl(host: &Host, args: &[&str]) -> Result<String> {
 }
 
 /// The edge bed: client, router (BIRD, ECMP), three balancers (lbd and BIRD each), three
-/// backends (nginx, decap), and with `cluster` etcd (in client2's namespace) for the pools.
+/// backends (nginx, decap), and with `cluster` etcd (in a namespace of its own) for the pools.
 /// Everything stops and goes on drop.
 pub struct Edge {
     pub vip: &'static str,
+    /// The same service over IPv6 (its own VIP and pool of the backends' IPv6 addresses).
+    pub vip6: &'static str,
     pub lbds: Vec<Lbd>,
     /// etcd, when the balancers follow it.
     pub etcd: Option<Child>,
@@ -100,11 +102,12 @@ impl Edge {
         Edge::start_with(name, false)
     }
 
-    /// [`Edge::start`]; with `cluster`, etcd runs in client2's namespace and every balancer
-    /// follows it (`[cluster]`).
+    /// [`Edge::start`]; with `cluster`, etcd runs in a namespace of its own (router link 9)
+    /// and every balancer follows it (`[cluster]`).
     pub fn start_with(name: &str, cluster: bool) -> Result<Edge> {
         let mut edge = Edge {
             vip: "198.19.0.1",
+            vip6: "fd00:5e:100::1",
             lbds: Vec::new(),
             etcd: None,
             decaps: Vec::new(),
@@ -114,22 +117,33 @@ impl Edge {
             topology: Topology::with_lbs(3, 3)?,
             dir: TempDir::new(name)?,
         };
-        let (router, dir, vip) = (&edge.topology.router, edge.dir.0.clone(), edge.vip);
+        let (router, dir, vip, vip6) = (&edge.topology.router, edge.dir.0.clone(), edge.vip, edge.vip6);
         // The VIPs reach the balancers through BGP only, hashed on the 5-tuple; a nexthop
         // whose link is down is not used.
         router.run("ip", &["route", "del", VIP4_NET])?;
+        router.run("ip", &["-6", "route", "del", VIP6_NET])?;
         router.run(
             "sysctl",
             &[
                 "-qw",
                 "net.ipv4.fib_multipath_hash_policy=1",
+                "net.ipv6.fib_multipath_hash_policy=1",
                 "net.ipv4.conf.all.ignore_routes_with_linkdown=1",
+                "net.ipv6.conf.all.ignore_routes_with_linkdown=1",
             ],
         )?;
         let lbs: Vec<Host> = edge.balancers().into_iter().cloned().collect();
         let neighbors: String = lbs
             .iter()
-            .map(|lb| format!("protocol bgp lb{} from lb {{ neighbor {} as 65001; }}\n", link(lb), lb.addr4))
+            .map(|lb| {
+                format!(
+                    "protocol bgp lb{k} from lb {{ neighbor {} as 65001; }}\n\
+                     protocol bgp lb{k}v6 from lb6 {{ neighbor {} as 65001; }}\n",
+                    lb.addr4,
+                    lb.addr6,
+                    k = link(lb)
+                )
+            })
             .collect();
         let router_bird = bird(
             router,
@@ -138,22 +152,28 @@ impl Edge {
             &format!(
                 "router id 198.18.0.1;\nprotocol device {{ scan time 1; }}\n\
                  protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths on; }}\n\
+                 protocol kernel {{ ipv6 {{ import none; export all; }}; merge paths on; }}\n\
                  template bgp lb {{ local as 65000; hold time 6; connect retry time 1; \
-                 ipv4 {{ import all; export none; }}; }}\n{neighbors}"
+                 ipv4 {{ import all; export none; }}; }}\n\
+                 template bgp lb6 {{ local as 65000; hold time 6; connect retry time 1; \
+                 ipv6 {{ import all; export none; }}; }}\n{neighbors}"
             ),
         )?;
         edge.birds.push(router_bird);
         for (i, backend) in edge.topology.backends.iter().enumerate() {
-            backend.make_dsr_backend(&[vip])?;
+            backend.make_dsr_backend(&[vip, vip6])?;
             edge.decaps.push(Decap::attach(backend, "generic")?);
             edge.servers.push(Nginx::start(backend, &format!("backend{}", i + 1))?);
         }
         let pool: Vec<String> =
             edge.topology.backends.iter().map(|b| format!("{{ address = \"{}\" }}", b.addr4)).collect();
+        let pool6: Vec<String> =
+            edge.topology.backends.iter().map(|b| format!("{{ address = \"{}\" }}", b.addr6)).collect();
         let mut follow = String::new();
         if cluster {
-            edge.etcd = Some(etcd(&edge.topology.client2, &dir.join("etcd"))?);
-            follow = format!("[cluster]\nendpoints = [\"http://{}:2379\"]\n\n", edge.topology.client2.addr4);
+            let host = edge.topology.add_service_host("etcd", 9)?;
+            edge.etcd = Some(etcd(&host, &dir.join("etcd"))?);
+            follow = format!("[cluster]\nendpoints = [\"http://{}:2379\"]\n\n", host.addr4);
         }
         for (n, lb) in lbs.iter().enumerate() {
             let k = link(lb);
@@ -168,8 +188,11 @@ impl Edge {
                 &format!(
                     "router id {a};\nprotocol device {{ scan time 1; }}\ninclude \"{routes}\";\n\
                      protocol bgp uplink {{ local {a} as 65001; neighbor 198.18.{k}.1 as 65000; hold time 6; \
-                     connect retry time 1; ipv4 {{ import none; export where proto = \"sluice_vips4\"; next hop self; }}; }}\n",
+                     connect retry time 1; ipv4 {{ import none; export where proto = \"sluice_vips4\"; next hop self; }}; }}\n\
+                     protocol bgp uplink6 {{ local {a6} as 65001; neighbor fd00:5e:{k}::1 as 65000; hold time 6; \
+                     connect retry time 1; ipv6 {{ import none; export where proto = \"sluice_vips6\"; next hop self; }}; }}\n",
                     a = lb.addr4,
+                    a6 = lb.addr6,
                     routes = routes.display()
                 ),
             )?;
@@ -181,12 +204,15 @@ impl Edge {
                     "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"generic\"\npin_dir = \"/sys/fs/bpf/{tag}-lb{k}\"\n\
                      next_hop_mac = \"{mac}\"\n\n{follow}[bgp]\nroutes_file = \"{routes}\"\ncontrol_socket = \"{d}/lb{k}.ctl\"\n\n\
                      [[vip]]\nname = \"web\"\naddress = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n\n\
-                     [[pool]]\nname = \"web\"\nbackends = [{pool}]\n\n[admin]\nsocket = \"{d}/lb{k}.sock\"\n",
+                     [[vip]]\nname = \"web6\"\naddress = \"{vip6}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web6\"\n\n\
+                     [[pool]]\nname = \"web\"\nbackends = [{pool}]\n\n[[pool]]\nname = \"web6\"\nbackends = [{pool6}]\n\n\
+                     [admin]\nsocket = \"{d}/lb{k}.sock\"\n",
                     tag = edge.topology.tag,
                     mac = mac_text(read_mac(&edge.topology.router.ns, &format!("r{k}"))?),
                     routes = routes.display(),
                     d = dir.display(),
                     pool = pool.join(", "),
+                    pool6 = pool6.join(", "),
                 ),
             )?;
             let log = dir.join(format!("lbd-lb{k}.log"));
@@ -195,6 +221,11 @@ impl Edge {
         let hops: Vec<String> = lbs.iter().map(|lb| lb.addr4.to_string()).collect();
         wait_for("a 3-way ECMP route to the VIP", Duration::from_secs(20), || {
             hops.iter().all(|h| edge.route().contains(&format!("via {h} ")))
+        })?;
+        let links: Vec<String> = lbs.iter().map(|lb| format!("dev r{} ", link(lb))).collect();
+        wait_for("a 3-way ECMP route to the IPv6 VIP", Duration::from_secs(20), || {
+            let route = edge.route6();
+            links.iter().all(|l| route.contains(l))
         })?;
         Ok(edge)
     }
@@ -207,6 +238,13 @@ impl Edge {
     /// The router's route to the VIP, as `ip route` shows it.
     pub fn route(&self) -> String {
         let out = self.topology.router.run("ip", &["-4", "route", "show", self.vip]);
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    }
+
+    /// The router's route to the IPv6 VIP (its next hops may be link-local: `dev rN` names the
+    /// balancer).
+    pub fn route6(&self) -> String {
+        let out = self.topology.router.run("ip", &["-6", "route", "show", self.vip6]);
         out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
     }
 
@@ -246,14 +284,20 @@ impl Edge {
     /// `n` new connections, half from each client namespace: the answers per backend
     /// (backend1..3).
     pub fn connections(&self, n: usize) -> Result<Vec<usize>> {
+        self.connections_to(self.vip, n)
+    }
+
+    /// [`Edge::connections`] to the IPv6 VIP.
+    pub fn connections6(&self, n: usize) -> Result<Vec<usize>> {
+        self.connections_to(&format!("[{}]", self.vip6), n)
+    }
+
+    fn connections_to(&self, vip: &str, n: usize) -> Result<Vec<usize>> {
         let mut answers = String::new();
         for (client, count) in [(&self.topology.client, n / 2), (&self.topology.client2, n - n / 2)] {
             let out = client.run(
                 "sh",
-                &[
-                    "-c",
-                    &format!("for i in $(seq {count}); do curl -s --max-time 3 http://{}/; done", self.vip),
-                ],
+                &["-c", &format!("for i in $(seq {count}); do curl -gs --max-time 3 http://{vip}/; done")],
             )?;
             answers.push_str(&String::from_utf8_lossy(&out.stdout));
         }

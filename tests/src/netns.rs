@@ -133,6 +133,8 @@ pub struct Topology {
     /// More balancer hosts (`with_lbs`): links 3, 4, ... The router routes VIPs to `lb` only.
     pub more_lbs: Vec<Host>,
     pub backends: Vec<Host>,
+    /// Hosts added after the start (`add_service_host`), e.g. etcd's.
+    pub services: Vec<Host>,
     /// The router's MAC on the lb link: the lb's next hop for encapsulated packets.
     pub router_mac_to_lb: [u8; 6],
 }
@@ -185,6 +187,7 @@ impl Topology {
             lb: placeholder(),
             more_lbs: Vec::new(),
             backends: Vec::new(),
+            services: Vec::new(),
             router_mac_to_lb: [0; 6],
         };
         topology.setup_router()?;
@@ -269,11 +272,19 @@ impl Topology {
         Ok(Host { mac, ..host })
     }
 
+    /// Adds a namespace for a service the hosts use (etcd, ...) on router link `index` (below
+    /// 10, not taken by a client or balancer).
+    pub fn add_service_host(&mut self, name: &str, index: u8) -> Result<Host> {
+        let host = self.add_host(name, index, 1500)?;
+        self.services.push(host.clone());
+        Ok(host)
+    }
+
     /// Every namespace this topology made.
     pub fn namespaces(&self) -> Vec<String> {
         let mut all =
             vec![self.router.ns.clone(), self.client.ns.clone(), self.client2.ns.clone(), self.lb.ns.clone()];
-        all.extend(self.more_lbs.iter().chain(&self.backends).map(|h| h.ns.clone()));
+        all.extend(self.more_lbs.iter().chain(&self.backends).chain(&self.services).map(|h| h.ns.clone()));
         all
     }
 }

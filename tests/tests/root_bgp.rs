@@ -264,6 +264,14 @@ fn root_bgp_ecmp_spreads_flows_and_a_lost_host_keeps_them_on_their_backends() ->
     let per_lb: Vec<u64> = edge.new_flows()?.iter().zip(&before).map(|(a, b)| a - b).collect();
     assert!(per_lb.iter().all(|&n| n >= 40), "balancers took {per_lb:?} of 300 new flows");
     println!("300 connections: backends {per_backend:?}, balancers {per_lb:?}");
+    // The same over IPv6: its own VIP, announced over IPv6 sessions, encapsulated IPv6 in IPv6.
+    let before = edge.new_flows()?;
+    let per_backend = edge.connections6(150)?;
+    assert_eq!(per_backend.iter().sum::<usize>(), 150, "IPv6: {per_backend:?}");
+    assert!(per_backend.iter().all(|&n| n >= 20), "IPv6: backends took {per_backend:?} of 150");
+    let per_lb: Vec<u64> = edge.new_flows()?.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert!(per_lb.iter().all(|&n| n >= 20), "IPv6: balancers took {per_lb:?} of 150 new flows");
+    println!("150 IPv6 connections: backends {per_backend:?}, balancers {per_lb:?}");
 
     // 50 long-lived flows, a request every 200 ms each; 2 s in, the router loses balancer 3's
     // link: its flows move to the other balancers, which miss them in their connection tables
@@ -302,10 +310,11 @@ fn root_bgp_kill_9_of_lbd_and_bird_keeps_flows() -> Result<()> {
     Ok(())
 }
 
-/// 50 long-lived flows (a request every 200 ms each); 2 s in, balancer `n` goes (`lose`). Its
-/// flows must move to the other balancers and stay on their backends: prints and checks the
-/// flows it carried, how long the route took to go, flows broken or moved to another backend,
-/// and the longest gap between two answers on one flow.
+/// 50 long-lived flows to the IPv4 VIP and 20 to the IPv6 one (a request every 200 ms each);
+/// 2 s in, balancer `n` goes (`lose`). Its flows must move to the other balancers and stay on
+/// their backends: prints and checks the flows it carried, how long the route took to go,
+/// flows broken or moved to another backend, and the longest gap between two answers on one
+/// flow.
 fn flows_live_on(
     edge: &mut Edge,
     n: usize,
@@ -315,20 +324,30 @@ fn flows_live_on(
     let client = edge.topology.client.clone();
     let before = new_flows(&edge.lbds[n].pin_dir)?;
     let flows = Flows::start(&client, edge.vip, 50, Duration::from_secs(5))?;
+    let flows6 = Flows::start(&client, edge.vip6, 20, Duration::from_secs(5))?;
     std::thread::sleep(Duration::from_secs(2));
     let carried = new_flows(&edge.lbds[n].pin_dir)? - before;
     let withdrawn = lose(edge)?;
-    let seen = flows.finish();
+    let (seen, seen6) = (flows.finish(), flows6.finish());
     println!(
-        "balancer {} {how}: {carried} of 50 flows moved, route gone in {withdrawn:?}, {} broken, \
-         {} changed backend, longest gap between answers {:?} (requests every 200 ms)",
+        "balancer {} {how}: {carried} of 70 flows (50 IPv4, 20 IPv6) moved, IPv4 route gone in \
+         {withdrawn:?}, {} broken, {} changed backend, longest gap between answers {:?} (IPv6: {} broken, \
+         {} changed, longest gap {:?}; requests every 200 ms)",
         n + 1,
         seen.broken.len(),
         seen.switched,
-        seen.gap
+        seen.gap,
+        seen6.broken.len(),
+        seen6.switched,
+        seen6.gap
     );
-    anyhow::ensure!(carried > 0, "balancer {} carried none of the 50 flows: the test shows nothing", n + 1);
+    anyhow::ensure!(carried > 0, "balancer {} carried none of the 70 flows: the test shows nothing", n + 1);
     anyhow::ensure!(seen.broken.is_empty(), "flows broke: {:?}", seen.broken);
-    anyhow::ensure!(seen.switched == 0, "a flow changed backend when balancer {} went", n + 1);
+    anyhow::ensure!(seen6.broken.is_empty(), "IPv6 flows broke: {:?}", seen6.broken);
+    anyhow::ensure!(
+        seen.switched + seen6.switched == 0,
+        "a flow changed backend when balancer {} went",
+        n + 1
+    );
     Ok(())
 }

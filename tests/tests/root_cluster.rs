@@ -51,9 +51,9 @@ fn converge(lbds: &[Lbd], want: &[(&str, u64)]) -> Result<Duration> {
 #[test]
 fn root_cluster_hosts_converge_through_etcd_and_ride_out_its_absence() -> Result<()> {
     let dir = TempDir::new("cluster")?;
-    let topology = Topology::with_lbs(3, 0)?;
-    // etcd gets a namespace of its own (client2's), reached through the router.
-    let etcd_host = &topology.client2;
+    let mut topology = Topology::with_lbs(3, 0)?;
+    // etcd gets a namespace of its own, reached through the router.
+    let etcd_host = &topology.add_service_host("etcd", 9)?;
     let data = dir.0.join("etcd");
     let mut server = etcd(etcd_host, &data)?;
     let lbs: Vec<&Host> = std::iter::once(&topology.lb).chain(&topology.more_lbs).collect();
@@ -166,7 +166,7 @@ fn root_cluster_etcd_away_under_traffic_breaks_nothing() -> Result<()> {
     let during = edge.connections(30)?;
     assert_eq!(during.iter().sum::<usize>(), 30, "new connections failed with etcd away: {during:?}");
     // etcd returns; the change is made again and every host agrees.
-    edge.etcd = Some(etcd(&edge.topology.client2, &edge.dir.0.join("etcd"))?);
+    edge.etcd = Some(etcd(&edge.topology.services[0], &edge.dir.0.join("etcd"))?);
     wait_for("host 2 to reach etcd again", Duration::from_secs(20), || {
         !edge.lbds[1].lbctl(&["status"]).unwrap_or_default().contains("UNREACHABLE")
     })?;
