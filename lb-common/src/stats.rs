@@ -104,9 +104,15 @@ enum Stat {
     DropTooBig = "drop_too_big",
     /// Dropped: an IPv6 VIP with an IPv4 backend, or a map that should exist did not.
     DropInternal = "drop_internal",
-    /// Dropped: a SYN over its source prefix's rate (lb_common::syn). Last, so an older lbd's
-    /// pinned STATS (one slot shorter) still serves every other slot.
+    /// Dropped: a SYN over its source prefix's rate (lb_common::syn). New slots go last, so an
+    /// older lbd's pinned STATS (shorter) still serves every other slot.
     DropSynRate = "drop_syn_rate",
+    /// Sent back out: a SYN to an L7 VIP with SYN cookies, answered with a cookie.
+    SynCookieSent = "syn_cookie_sent",
+    /// Passed: an ACK to an L7 VIP with SYN cookies that carries a valid cookie (no socket yet).
+    SynCookieValid = "syn_cookie_valid",
+    /// Dropped: an ACK to an L7 VIP with SYN cookies, of no socket and no valid cookie.
+    DropSynCookie = "drop_syn_cookie",
 }
 }
 

@@ -5,7 +5,18 @@
 //! at `now` passes if `max(tat, now) - now <= burst_ns`, and then moves `tat` on by
 //! `interval_ns`. The settings are a map of their own (not a field of `DataplaneConfig`) so the
 //! pins of an older lbd are still adopted by a newer one.
+//!
+//! SYN floods from everywhere, to L7 VIPs with `syn_cookies`: XDP answers each SYN with a SYN
+//! cookie of the kernel's own secret and lets only ACKs with a valid cookie (or of a socket
+//! the host has) up the stack, to nftables' SYNPROXY, which lbd sets up with the same MSS and
+//! window scale as XDP's answers (below).
 use crate::addr::{Addr, is_v4};
+
+/// The MSS XDP's SYN cookie answers advertise (and SYNPROXY's rule names).
+pub const SYN_COOKIE_MSS: u16 = 1460;
+/// The window scale they advertise: Linux's for its default receive buffers (SYNPROXY passes
+/// the listener's real window through scaled by this, so the two must agree).
+pub const SYN_COOKIE_WSCALE: u8 = 7;
 
 /// Array of one [`SynLimit`] at index 0.
 pub const SYN_LIMIT_MAP: &str = "SYN_LIMIT";

@@ -87,6 +87,8 @@ const _: () = assert!(core::mem::size_of::<VipMeta>() == 24);
 pub const VIP_F_L7: u32 = 1 << 0;
 /// Drop IP fragments addressed to this VIP (default: count and pass them up).
 pub const VIP_F_DROP_FRAGMENTS: u32 = 1 << 1;
+/// An L7 VIP whose SYNs XDP answers with SYN cookies (lb_common::syn).
+pub const VIP_F_SYN_COOKIES: u32 = 1 << 2;
 
 impl VipKey {
     /// The key's [`vip_words`].

@@ -11,14 +11,16 @@ use lb_common::{
     ring::{RING_NONE, RING_SIZE, ring_place},
     stats::Stat,
     syn::{syn_admit, syn_prefix},
-    vip::{ANY_PORT, VIP_F_DROP_FRAGMENTS, VIP_F_L7, VIP_WAYS, VipMeta, vip_place, vip_words},
+    vip::{
+        ANY_PORT, VIP_F_DROP_FRAGMENTS, VIP_F_L7, VIP_F_SYN_COOKIES, VIP_WAYS, VipMeta, vip_place, vip_words,
+    },
 };
 use lb_ebpf::{
     parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, Malformed, Packet, parse_frame},
     words::same,
 };
 
-use crate::{conn, encap, icmp, maps::*};
+use crate::{conn, encap, icmp, maps::*, synproxy};
 
 /// An XDP action and the counter slot that says why.
 pub type Outcome = (u32, Stat);
@@ -82,6 +84,9 @@ pub fn try_balance(ctx: &XdpContext) -> Result<Outcome, Stat> {
         return Err(Stat::DropSynRate);
     }
     if vip.flags & VIP_F_L7 != 0 {
+        if vip.flags & VIP_F_SYN_COOKIES != 0 {
+            return Ok(synproxy::handle(ctx, packet));
+        }
         return Ok((xdp_action::XDP_PASS, Stat::PassL7));
     }
     let outcome = forward(ctx, packet, &vip, config);

@@ -4,5 +4,6 @@
 
 pub mod csum;
 pub mod parse;
+pub mod synack;
 pub mod wire;
 pub mod words;

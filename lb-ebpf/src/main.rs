@@ -8,6 +8,7 @@ mod decap;
 mod encap;
 mod icmp;
 mod maps;
+mod synproxy;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 

@@ -75,6 +75,29 @@ word!(u16, "u16");
 word!(u32, "u32");
 word!(u64, "u64");
 
+/// `value`, hidden from the optimizer: bounds checks made on the result stay in the code, where
+/// the verifier needs them (LLVM may fold a check into arithmetic that loses the lower bound,
+/// e.g. a TCP header length of at least 20 becomes `(byte >> 2) & 60`).
+#[inline(always)]
+pub fn opaque(value: usize) -> usize {
+    #[cfg(target_arch = "bpf")]
+    {
+        let out: usize;
+        // SAFETY: a register move; no memory access.
+        unsafe {
+            core::arch::asm!(
+                "{out} = {value}",
+                value = in(reg) value,
+                out = lateout(reg) out,
+                options(pure, nomem, nostack, preserves_flags),
+            )
+        };
+        out
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    value
+}
+
 /// The address of `len` bytes at `start + off`, if they end by `end`.
 #[inline(always)]
 pub fn span(start: usize, end: usize, off: usize, len: usize) -> Option<usize> {

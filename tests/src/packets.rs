@@ -61,6 +61,38 @@ pub fn tcp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, flags: Tcp, payload
     out
 }
 
+/// A SYN as Linux sends it: MSS 1460, SACK permitted, timestamps (value `tsval`), window scale
+/// 7; sequence number `seq`.
+pub fn linux_syn(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, seq: u32, tsval: u32) -> Vec<u8> {
+    use etherparse::TcpOptionElement::*;
+    let options = [
+        MaximumSegmentSize(1460),
+        SelectiveAcknowledgementPermitted,
+        Timestamp(tsval, 0),
+        Noop,
+        WindowScale(7),
+    ];
+    let b = ip(src, dst).tcp(sport, dport, seq, 64240).syn().options(&options).expect("options fit");
+    let mut out = Vec::new();
+    b.write(&mut out, b"").unwrap();
+    out
+}
+
+/// A bare ACK (with `payload`) from `src:sport` with sequence `seq` acknowledging `ack`.
+pub fn tcp_ack(
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    ip(src, dst).tcp(sport, dport, seq, 502).ack(ack).write(&mut out, payload).unwrap();
+    out
+}
+
 /// A UDP datagram.
 pub fn udp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();

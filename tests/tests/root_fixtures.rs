@@ -8,14 +8,14 @@ use anyhow::{Context as _, Result};
 use lb_common::{
     flow::{CONN_WAYS, FlowKey, set_of},
     hash::flow_hash,
-    vip::{VIP_F_DROP_FRAGMENTS, VIP_F_L7},
+    vip::{VIP_F_DROP_FRAGMENTS, VIP_F_L7, VIP_F_SYN_COOKIES},
 };
 use lb_userspace::dataplane::tables::Desired;
 use sluice_tests::{
     harness::{ENCAP_SRC4, ENCAP_SRC6, Harness, desired, flow, vip},
     packets::{
-        self, Tcp, echo_reply, echo_request, encapsulated, hex_diff, ip_part, tcp, too_big, too_big_answer,
-        udp,
+        self, CLIENT_MAC, LB_MAC, Tcp, echo_reply, echo_request, encapsulated, hex_diff, ip_part, linux_syn,
+        tcp, tcp_ack, too_big, too_big_answer, udp,
     },
 };
 
@@ -866,5 +866,79 @@ fn root_fixtures_syn_limit_per_source_prefix() -> Result<()> {
     off.syn_limit = Default::default();
     h.apply(off)?;
     assert_eq!(h.run(&syn_from("100.64.7.7", 42000))?.0, XDP_TX);
+    Ok(())
+}
+
+/// SYN cookies for an L7 VIP (lb_common::syn, lb_ebpf::synack): a SYN is answered from XDP with
+/// a SYN-ACK (back to the sender, checksums valid, the options SYNPROXY reads back) whose
+/// sequence number is a cookie of the kernel's secret; the ACK that carries it passes, one
+/// with another number is dropped; a SYN without options gets the MSS alone. The other L7 VIP
+/// (no cookies) passes its SYNs up as before.
+#[test]
+fn root_fixtures_syn_cookies_for_an_l7_vip() -> Result<()> {
+    use etherparse::{SlicedPacket, TcpOptionElement, TransportSlice};
+    let state = desired(
+        vec![vip(VIP_L7, 443, 6, VIP_F_L7 | VIP_F_SYN_COOKIES, &[]), vip(VIP_WEB, 443, 6, VIP_F_L7, &[])],
+        &[],
+    );
+    let mut h = Harness::new("syn-cookies", 8, state)?;
+    let syn = linux_syn(ip(CLIENT), 40000, ip(VIP_L7), 443, 0x0102_0304, 0xaabb_ccdd);
+    let (verdict, out) = h.run(&syn)?;
+    assert_eq!(verdict, XDP_TX, "a SYN to a VIP with cookies is answered from XDP");
+    assert_eq!((&out[..6], &out[6..12]), (&CLIENT_MAC[..], &LB_MAC[..]), "back to the sender");
+    let parsed = SlicedPacket::from_ethernet(&out).context("the answer parses")?;
+    let Some(etherparse::NetSlice::Ipv4(ipv4)) = &parsed.net else { anyhow::bail!("not IPv4") };
+    let Some(TransportSlice::Tcp(answer)) = &parsed.transport else { anyhow::bail!("not TCP") };
+    assert_eq!(
+        (ipv4.header().source_addr().to_string(), ipv4.header().destination_addr().to_string()),
+        (VIP_L7.to_string(), CLIENT.to_string())
+    );
+    let ip_header = ipv4.header().to_header();
+    assert_eq!(ip_header.header_checksum, ip_header.calc_header_checksum(), "IPv4 checksum");
+    let header = answer.to_header();
+    assert_eq!(header.calc_checksum_ipv4(&ip_header, &[])?, header.checksum, "TCP checksum");
+    assert!(header.syn && header.ack && !header.rst && !header.fin);
+    assert_eq!((header.source_port, header.destination_port), (443, 40000));
+    assert_eq!((header.acknowledgment_number, header.window_size), (0x0102_0305, 0));
+    let options: Vec<TcpOptionElement> = answer.options_iterator().collect::<Result<_, _>>()?;
+    let TcpOptionElement::Timestamp(tsval, tsecr) = options[2] else { anyhow::bail!("{options:?}") };
+    assert_eq!(
+        options,
+        [
+            TcpOptionElement::MaximumSegmentSize(lb_common::syn::SYN_COOKIE_MSS),
+            TcpOptionElement::SelectiveAcknowledgementPermitted,
+            TcpOptionElement::Timestamp(tsval, tsecr),
+            TcpOptionElement::Noop,
+            TcpOptionElement::WindowScale(lb_common::syn::SYN_COOKIE_WSCALE),
+        ]
+    );
+    assert_eq!(
+        (tsecr, tsval & 0x3f),
+        (0xaabb_ccdd, 0x10 | 7),
+        "the client's scale and SACK in our timestamp"
+    );
+
+    // The client's ACK carries the cookie + 1: no socket, valid cookie: up to SYNPROXY.
+    let cookie = header.sequence_number;
+    let ack = tcp_ack(ip(CLIENT), 40000, ip(VIP_L7), 443, 0x0102_0305, cookie.wrapping_add(1), b"");
+    assert_eq!(h.run(&ack)?.0, XDP_PASS, "the ACK with the cookie");
+    let forged = tcp_ack(ip(CLIENT), 40000, ip(VIP_L7), 443, 0x0102_0305, cookie.wrapping_add(2), b"");
+    assert_eq!(h.run(&forged)?.0, XDP_DROP, "an ACK without a valid cookie");
+    let other = tcp_ack(ip(CLIENT), 40001, ip(VIP_L7), 443, 0x0102_0305, cookie.wrapping_add(1), b"");
+    assert_eq!(h.run(&other)?.0, XDP_DROP, "the cookie of another flow");
+
+    // A SYN without options (hping3's): the MSS alone, the frame grown to fit it.
+    let bare = tcp4(40002, VIP_L7, 443, Tcp::Syn);
+    let (verdict, out) = h.run(&bare)?;
+    assert_eq!((verdict, out.len()), (XDP_TX, 14 + 20 + 24));
+    // No cookies on the other L7 VIP: its SYN goes up the stack.
+    assert_eq!(h.run(&tcp4(40003, VIP_WEB, 443, Tcp::Syn))?.0, XDP_PASS);
+
+    let stats: BTreeMap<&str, u64> = h.stats()?.into_iter().collect();
+    assert_eq!(
+        (stats["syn_cookie_sent"], stats["syn_cookie_valid"], stats["drop_syn_cookie"]),
+        (2, 1, 2),
+        "{stats:?}"
+    );
     Ok(())
 }

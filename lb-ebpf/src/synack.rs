@@ -1,0 +1,293 @@
+//! The SYN-ACK that answers a SYN with a SYN cookie (L7 VIPs with `syn_cookies`): what the
+//! client's SYN offers (window scale, SACK, timestamps), and the answer's IPv4 and TCP headers
+//! with their checksums. Pure code over copies of the headers: the XDP program moves bytes in
+//! and out with helpers, host tests run it as is.
+//!
+//! The answer is the one nftables' SYNPROXY would send, so that SYNPROXY, which checks the
+//! returning ACK and opens the real connection to lbd's listener, understands it: window 0
+//! (the client waits for SYNPROXY's window update before it sends data), our MSS, and when the
+//! client sent a timestamp, SACK permission and window scale as offered, with the client's
+//! window scale (0xf: none) and SACK permission (bit 4) kept in the low six bits of our
+//! timestamp value, where SYNPROXY reads them back from the ACK's echo. A client without
+//! timestamps gets neither window scaling nor SACK (as with the kernel's own cookies).
+use lb_common::syn::{SYN_COOKIE_MSS, SYN_COOKIE_WSCALE};
+
+use crate::csum;
+
+/// The largest TCP header (with options).
+pub const TCP_MAX_HLEN: usize = 60;
+/// The largest answer: IPv4 header and a TCP header with MSS, SACK permission, timestamps and
+/// window scale.
+pub const SYNACK_MAX_LEN: usize = 20 + 40;
+/// TTL of the answers.
+const TTL: u8 = 64;
+
+const OPT_NOP: u8 = 1;
+const OPT_MSS: u8 = 2;
+const OPT_WSCALE: u8 = 3;
+const OPT_SACK_PERM: u8 = 4;
+const OPT_TIMESTAMP: u8 = 8;
+
+/// What a SYN's options offer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offered {
+    pub wscale: Option<u8>,
+    pub sack: bool,
+    /// The client's timestamp value, if it sent the option.
+    pub tsval: Option<u32>,
+}
+
+/// Where a known SYN layout has its options (offsets into the TCP header), for a header of
+/// `len` bytes.
+struct Layout {
+    len: usize,
+    sack: usize,
+    timestamp: usize,
+    wscale: usize,
+}
+
+/// The SYN layouts of the systems that send timestamps (without them, SYNPROXY can keep no
+/// option: the answer then has the MSS alone, whatever the SYN offered).
+const LAYOUTS: [Layout; 3] = [
+    // Linux: MSS, SACK permitted, timestamps, NOP, window scale.
+    Layout { len: 40, sack: 24, timestamp: 26, wscale: 37 },
+    // FreeBSD: MSS, NOP, window scale, SACK permitted, timestamps.
+    Layout { len: 40, wscale: 25, sack: 28, timestamp: 30 },
+    // macOS and iOS: MSS, NOP, window scale, NOP, NOP, timestamps, SACK permitted, end.
+    Layout { len: 44, wscale: 25, timestamp: 30, sack: 40 },
+];
+
+/// Reads what the SYN with TCP header `tcp` (`len` bytes) offers, when its options are laid
+/// out as one of [`LAYOUTS`] (kinds and sizes checked where each option should be); any other
+/// layout offers nothing here. Not a walk over the options: every read is at a constant offset,
+/// which the verifier checks in one pass, where an option-by-option walk made it explore every
+/// chain of option sizes (over its limit of a million instructions).
+#[inline(always)]
+pub fn offered(tcp: &[u8; TCP_MAX_HLEN], len: usize) -> Offered {
+    let is = |at: usize, kind: u8, size: u8| tcp[at] == kind && tcp[at + 1] == size;
+    let mut i = 0;
+    while i < LAYOUTS.len() {
+        let l = &LAYOUTS[i];
+        if len == l.len
+            && is(20, OPT_MSS, 4)
+            && is(l.sack, OPT_SACK_PERM, 2)
+            && is(l.timestamp, OPT_TIMESTAMP, 10)
+            && is(l.wscale, OPT_WSCALE, 3)
+        {
+            let t = l.timestamp + 2;
+            return Offered {
+                wscale: Some(tcp[l.wscale + 2]),
+                sack: true,
+                tsval: Some(u32::from_be_bytes([tcp[t], tcp[t + 1], tcp[t + 2], tcp[t + 3]])),
+            };
+        }
+        i += 1;
+    }
+    Offered::default()
+}
+
+/// Our timestamp value: the time in ms with its low six bits replaced by the client's window
+/// scale (0xf: none) and SACK permission (bit 4), as SYNPROXY reads them back.
+#[inline(always)]
+pub fn timestamp_cookie(now_ms: u32, offered: &Offered) -> u32 {
+    let wscale = match offered.wscale {
+        Some(w) => (w & 0xf) as u32,
+        None => 0xf,
+    };
+    (now_ms & !0x3f) | wscale | (offered.sack as u32) << 4
+}
+
+#[inline(always)]
+fn put32(out: &mut [u8; SYNACK_MAX_LEN], at: usize, value: u32) {
+    if let Some(slot) = out.get_mut(at..at + 4) {
+        slot.copy_from_slice(&value.to_be_bytes());
+    }
+}
+
+/// The one's-complement sum of `out[from..from + len]` as big-endian words (`len` even).
+#[inline(always)]
+fn sum16(out: &[u8; SYNACK_MAX_LEN], from: usize, len: usize) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < SYNACK_MAX_LEN / 2 {
+        let at = from + 2 * i;
+        if 2 * i >= len || at + 1 >= SYNACK_MAX_LEN {
+            break;
+        }
+        sum += u16::from_be_bytes([out[at], out[at + 1]]) as u32;
+        i += 1;
+    }
+    sum
+}
+
+/// Writes the answer to the SYN with IPv4 header `ip` (20 bytes, no options) and TCP header
+/// `tcp` (`tcp_len` bytes) into `out`: IPv4 header then TCP header, addresses and ports
+/// swapped, sequence number `cookie`. Returns its length (IPv4 and TCP headers).
+#[inline(always)]
+pub fn synack(
+    ip: &[u8; 20],
+    tcp: &[u8; TCP_MAX_HLEN],
+    tcp_len: usize,
+    cookie: u32,
+    now_ms: u32,
+    out: &mut [u8; SYNACK_MAX_LEN],
+) -> usize {
+    let offered = offered(tcp, tcp_len);
+    // TCP options, as words.
+    let mut options = [0u32; 5];
+    let mut words = 0;
+    options[words] = (OPT_MSS as u32) << 24 | 4 << 16 | SYN_COOKIE_MSS as u32;
+    words += 1;
+    if let Some(tsecr) = offered.tsval {
+        let lead = if offered.sack { (OPT_SACK_PERM as u32) << 24 | 2 << 16 } else { 0x0101 << 16 };
+        options[words] = lead | (OPT_TIMESTAMP as u32) << 8 | 10;
+        options[words + 1] = timestamp_cookie(now_ms, &offered);
+        options[words + 2] = tsecr;
+        words += 3;
+        if offered.wscale.is_some() {
+            options[words] =
+                (OPT_NOP as u32) << 24 | (OPT_WSCALE as u32) << 16 | 3 << 8 | SYN_COOKIE_WSCALE as u32;
+            words += 1;
+        }
+    }
+    let tcp_out = 20 + 4 * words;
+    let total = 20 + tcp_out;
+
+    // IPv4: no options, DF, our TTL, addresses swapped.
+    *out = [0; SYNACK_MAX_LEN];
+    out[0] = 0x45;
+    out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    out[6] = 0x40;
+    out[8] = TTL;
+    out[9] = crate::parse::IPPROTO_TCP;
+    out[12..16].copy_from_slice(&ip[16..20]);
+    out[16..20].copy_from_slice(&ip[12..16]);
+    let header: [u32; 5] = core::array::from_fn(|i| {
+        u32::from_be_bytes([out[4 * i], out[4 * i + 1], out[4 * i + 2], out[4 * i + 3]])
+    });
+    out[10..12].copy_from_slice(&csum::ipv4_header(&header).to_be_bytes());
+
+    // TCP: ports swapped, our cookie, the client's sequence number + 1, SYN|ACK, window 0.
+    out[20..22].copy_from_slice(&tcp[2..4]);
+    out[22..24].copy_from_slice(&tcp[0..2]);
+    put32(out, 24, cookie);
+    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    put32(out, 28, seq.wrapping_add(1));
+    out[32] = ((tcp_out / 4) as u8) << 4;
+    out[33] = 0x12;
+    let mut i = 0;
+    while i < 5 {
+        if i < words {
+            put32(out, 40 + 4 * i, options[i]);
+        }
+        i += 1;
+    }
+    // Pseudo-header (addresses, protocol, TCP length) and the TCP header.
+    let pseudo = sum16(out, 12, 8) + crate::parse::IPPROTO_TCP as u32 + tcp_out as u32;
+    let check = !csum::fold(pseudo + sum16(out, 20, tcp_out));
+    out[36..38].copy_from_slice(&check.to_be_bytes());
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Linux client's SYN (MSS 1460, SACK, timestamps, window scale 7) from 10.0.0.1:40000
+    /// to 10.0.0.2:443, sequence number 0x01020304, timestamp 0xaabbccdd.
+    fn linux_syn() -> ([u8; 20], [u8; TCP_MAX_HLEN], usize) {
+        let ip = [0x45, 0, 0, 60, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+        let mut tcp = [0u8; TCP_MAX_HLEN];
+        let head = [
+            0x9c, 0x40, 0x01, 0xbb, 0x01, 0x02, 0x03, 0x04, 0, 0, 0, 0, 0xa0, 0x02, 0xfa, 0xf0, 0, 0, 0, 0,
+            // MSS 1460, SACK permitted, timestamps, NOP, window scale 7
+            2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0xaa, 0xbb, 0xcc, 0xdd, 0, 0, 0, 0, 1, 3, 3, 7,
+        ];
+        tcp[..40].copy_from_slice(&head);
+        (ip, tcp, 40)
+    }
+
+    /// Sums `bytes` as big-endian words (RFC 1071).
+    fn sum(bytes: &[u8]) -> u32 {
+        bytes.chunks(2).map(|w| u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32).sum()
+    }
+
+    #[test]
+    fn a_linux_syn_offers_scale_sack_and_timestamps() {
+        let (_, tcp, len) = linux_syn();
+        assert_eq!(offered(&tcp, len), Offered { wscale: Some(7), sack: true, tsval: Some(0xaabbccdd) });
+    }
+
+    #[test]
+    fn bsd_and_apple_layouts_are_read_too() {
+        let mut tcp = [0u8; TCP_MAX_HLEN];
+        let bsd = [2, 4, 5, 180, 1, 3, 3, 6, 4, 2, 8, 10, 0, 0, 0, 9, 0, 0, 0, 0];
+        tcp[20..40].copy_from_slice(&bsd);
+        assert_eq!(offered(&tcp, 40), Offered { wscale: Some(6), sack: true, tsval: Some(9) });
+        let apple = [2, 4, 5, 180, 1, 3, 3, 6, 1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 0, 4, 2, 0, 0];
+        tcp[20..44].copy_from_slice(&apple);
+        assert_eq!(offered(&tcp, 44), Offered { wscale: Some(6), sack: true, tsval: Some(9) });
+    }
+
+    #[test]
+    fn other_layouts_and_cut_options_offer_nothing() {
+        let (_, mut tcp, _) = linux_syn();
+        // The header claims 28 bytes: the timestamp and window scale are not in it.
+        assert_eq!(offered(&tcp, 28), Offered::default());
+        tcp[27] = 9; // the timestamp's size is wrong
+        assert_eq!(offered(&tcp, 40), Offered::default());
+        // Windows: MSS, NOP, window scale, NOP, NOP, SACK permitted; no timestamps.
+        let mut windows = [0u8; TCP_MAX_HLEN];
+        windows[20..32].copy_from_slice(&[2, 4, 5, 180, 1, 3, 3, 8, 1, 1, 4, 2]);
+        assert_eq!(offered(&windows, 32), Offered::default());
+    }
+
+    #[test]
+    fn the_answer_is_a_valid_syn_ack_with_the_cookie_and_the_encoded_options() {
+        let (ip, tcp, len) = linux_syn();
+        let mut out = [0u8; SYNACK_MAX_LEN];
+        let total = synack(&ip, &tcp, len, 0xc0c0_0001, 0x0001_2345, &mut out);
+        assert_eq!(total, 60);
+        // IPv4: swapped addresses, length, and a checksum that sums to 0xffff.
+        assert_eq!((&out[12..16], &out[16..20]), (&ip[16..20], &ip[12..16]));
+        assert_eq!(u16::from_be_bytes([out[2], out[3]]), 60);
+        assert_eq!(csum::fold(sum(&out[..20])), 0xffff);
+        // TCP: ports swapped, cookie, ack = seq + 1, SYN|ACK, 40-byte header, window 0.
+        assert_eq!(&out[20..24], &[0x01, 0xbb, 0x9c, 0x40]);
+        assert_eq!(&out[24..28], &0xc0c0_0001u32.to_be_bytes());
+        assert_eq!(&out[28..32], &0x0102_0305u32.to_be_bytes());
+        assert_eq!((out[32], out[33], &out[34..36]), (0xa0, 0x12, &[0u8, 0][..]));
+        // MSS 1460; SACK permitted + timestamps (ours: ms with scale 7 and SACK in the low
+        // bits; echo: the client's); NOP + window scale 7.
+        assert_eq!(&out[40..44], &[2, 4, 0x05, 0xb4]);
+        assert_eq!(&out[44..48], &[4, 2, 8, 10]);
+        assert_eq!(
+            u32::from_be_bytes([out[48], out[49], out[50], out[51]]),
+            (0x0001_2345 & !0x3f) | 0x10 | 7
+        );
+        assert_eq!(&out[52..56], &[0xaa, 0xbb, 0xcc, 0xdd]);
+        assert_eq!(&out[56..60], &[1, 3, 3, SYN_COOKIE_WSCALE]);
+        // TCP checksum over the pseudo-header and the segment.
+        let pseudo = sum(&out[12..20]) + 6 + 40;
+        assert_eq!(csum::fold(pseudo + sum(&out[20..60])), 0xffff);
+    }
+
+    #[test]
+    fn a_syn_without_options_gets_the_mss_alone() {
+        let (ip, mut tcp, _) = linux_syn();
+        tcp[12] = 0x50;
+        tcp[20..40].fill(0);
+        let mut out = [0u8; SYNACK_MAX_LEN];
+        let total = synack(&ip, &tcp, 20, 7, 0, &mut out);
+        assert_eq!((total, out[32]), (44, 0x60));
+        assert_eq!(&out[40..44], &[2, 4, 0x05, 0xb4]);
+        let pseudo = sum(&out[12..20]) + 6 + 24;
+        assert_eq!(csum::fold(pseudo + sum(&out[20..44])), 0xffff);
+    }
+
+    #[test]
+    fn no_window_scale_is_encoded_as_0xf() {
+        let offered = Offered { wscale: None, sack: false, tsval: Some(1) };
+        assert_eq!(timestamp_cookie(0x1000_0fff, &offered), 0x1000_0fcf);
+    }
+}
