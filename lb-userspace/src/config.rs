@@ -457,6 +457,9 @@ pub struct Vip {
     pub pool: String,
     pub mode: VipMode,
     pub drop_fragments: bool,
+    /// SYNs answered with SYN cookies in XDP, the connection opened by nftables' SYNPROXY
+    /// (L7 TCP VIPs only).
+    pub syn_cookies: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

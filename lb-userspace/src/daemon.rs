@@ -11,7 +11,12 @@ use log::{error, info, warn};
 
 use crate::{
     config::Config,
-    dataplane::{DataplaneError, counters::Counters, tables::Tables},
+    dataplane::{
+        DataplaneError,
+        counters::Counters,
+        synproxy::{self, Rules},
+        tables::{Desired, Tables},
+    },
     host::{self, HostError, HostFacts},
     persist::{self, PersistError},
     proxy::{cache::CacheStore, metrics::ProxyMetrics, routes::Snapshot, runtime::Runtime},
@@ -42,6 +47,8 @@ pub struct Core {
     pub state: State,
     /// The maps (None on an L7-only host).
     tables: Option<Tables>,
+    /// The nftables rules of SYN cookies.
+    synproxy: Rules,
     /// The balancer's counters, read by the admin API and the metrics without the core lock
     /// (None on an L7-only host).
     pub counters: Option<Arc<Mutex<Counters>>>,
@@ -160,6 +167,22 @@ pub fn lock(core: &Shared) -> MutexGuard<'_, Core> {
     core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Makes the maps (if this host has them) and the SYN cookie rules hold `desired`; one line
+/// per change.
+fn write_dataplane(
+    tables: Option<&mut Tables>,
+    synproxy: &mut Rules,
+    desired: &Desired,
+) -> Result<Vec<String>, DataplaneError> {
+    let mut changes = match tables {
+        Some(tables) => tables.apply(desired)?,
+        None => Vec::new(),
+    };
+    let vips = synproxy::cookie_vips(desired.vips.iter().map(|v| (&v.key, v.flags)));
+    changes.extend(synproxy.sync(&vips)?);
+    Ok(changes)
+}
+
 impl Core {
     /// Opens the pinned maps of `config` and writes the config into them.
     pub fn start(config: Config, config_path: PathBuf, ebpf: Option<aya::Ebpf>) -> Result<Core, ExecError> {
@@ -173,10 +196,8 @@ impl Core {
             None => None,
         };
         let state = State::new(config);
-        let changes = match &mut tables {
-            Some(tables) => tables.apply(&state.desired(&host))?,
-            None => Vec::new(),
-        };
+        let mut synproxy = Rules::default();
+        let changes = write_dataplane(tables.as_mut(), &mut synproxy, &state.desired(&host))?;
         for change in changes {
             info!("{change}");
         }
@@ -187,6 +208,7 @@ impl Core {
         let core = Core {
             state,
             tables,
+            synproxy,
             counters,
             host,
             config_path,
@@ -235,10 +257,10 @@ impl Core {
         if next == self.state {
             return Ok(lines);
         }
-        if let Some(Err(err)) = self.tables.as_mut().map(|t| t.apply(&next.desired(&self.host))) {
-            if let Some(tables) = &mut self.tables {
-                let _ = tables.apply(&self.state.desired(&self.host));
-            }
+        if let Err(err) = write_dataplane(self.tables.as_mut(), &mut self.synproxy, &next.desired(&self.host))
+        {
+            let _ =
+                write_dataplane(self.tables.as_mut(), &mut self.synproxy, &self.state.desired(&self.host));
             return Err(err.into());
         }
         let before = self.state.failing_open();
@@ -280,8 +302,17 @@ impl Core {
                 lines.push(line);
             }
         }
-        if let Some(tables) = &mut self.tables {
-            tables.apply(&next.desired(&self.host))?;
+        match write_dataplane(self.tables.as_mut(), &mut self.synproxy, &next.desired(&self.host)) {
+            Ok(changes) => changes.iter().for_each(|line| info!("{line}")),
+            Err(err) => {
+                // Nothing half-applied: the maps and rules go back to the running State.
+                let _ = write_dataplane(
+                    self.tables.as_mut(),
+                    &mut self.synproxy,
+                    &self.state.desired(&self.host),
+                );
+                return Err(err.into());
+            }
         }
         let before = self.state.failing_open();
         self.state = next;

@@ -2,13 +2,14 @@
 //! program to a NIC and pins link and maps; its children write and read the pinned maps:
 //! `tables` (the writer: backends, VIPs, settings; with `rings` and `deny`), `vip_table`,
 //! `conn_table`, `mapped` (mmap'ed arrays), `counters` (per-CPU counters), `nic` (the NIC's own
-//! XDP error counters).
+//! XDP error counters); `synproxy` keeps the nftables rules SYN cookies need.
 pub mod conn_table;
 pub mod counters;
 mod deny;
 pub mod mapped;
 pub mod nic;
 mod rings;
+pub mod synproxy;
 pub mod tables;
 pub mod vip_table;
 

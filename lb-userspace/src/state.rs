@@ -7,7 +7,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use lb_common::vip::{VIP_F_DROP_FRAGMENTS, VIP_F_L7, VipKey};
+use lb_common::vip::{VIP_F_DROP_FRAGMENTS, VIP_F_L7, VIP_F_SYN_COOKIES, VipKey};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -429,6 +429,9 @@ impl State {
                 }
                 if vip.drop_fragments {
                     flags |= VIP_F_DROP_FRAGMENTS;
+                }
+                if vip.syn_cookies {
+                    flags |= VIP_F_SYN_COOKIES;
                 }
                 let backends = match vip.mode {
                     VipMode::L7 => Vec::new(),

@@ -197,6 +197,8 @@ pub(super) struct RawVip {
     pub(super) mode: VipMode,
     #[serde(default)]
     pub(super) drop_fragments: bool,
+    #[serde(default)]
+    pub(super) syn_cookies: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

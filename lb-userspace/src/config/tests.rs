@@ -276,3 +276,18 @@ fn syn_limit_is_checked_and_defaults_its_burst_to_the_rate() {
         "t.toml:4: syn_burst must be 1 to",
     );
 }
+
+#[test]
+fn syn_cookies_are_for_l7_tcp_vips() {
+    let vip = |mode: &str| {
+        format!(
+            "{BASE}[[vip]]\nname = \"web\"\naddress = \"198.19.0.1\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n\
+             mode = \"{mode}\"\nsyn_cookies = true\n[[pool]]\nname = \"web\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n\
+             [[listener]]\nname = \"l\"\naddress = \"198.19.0.1:80\"\n"
+        )
+    };
+    let l4 = vip("l4").replace("[[listener]]\nname = \"l\"\naddress = \"198.19.0.1:80\"\n", "");
+    assert_error(&l4, "t.toml:10: VIP `web`: syn_cookies is for L7 TCP VIPs");
+    let config = Config::parse(Path::new("t.toml"), &vip("l7")).expect("an L7 VIP with SYN cookies");
+    assert!(config.vips[0].syn_cookies);
+}

@@ -45,6 +45,19 @@ pub(in crate::config) fn check(
             }
             Some(_) => {}
         }
+        let syn_cookies = raw_vip.syn_cookies.as_ref().is_some_and(|on| *on.get_ref());
+        if let Some(on) = &raw_vip.syn_cookies
+            && *on.get_ref()
+            && (raw_vip.mode != VipMode::L7 || raw_vip.protocol != Protocol::Tcp)
+        {
+            errors.at(
+                on.span(),
+                format!(
+                    "VIP `{name}`: syn_cookies is for L7 TCP VIPs (an L4 VIP's backends answer its SYNs: \
+                     limit them with [dataplane] syn_rate_per_prefix)"
+                ),
+            );
+        }
         vips.push(Vip {
             name,
             addr,
@@ -53,6 +66,7 @@ pub(in crate::config) fn check(
             pool: pool_name.clone(),
             mode: raw_vip.mode,
             drop_fragments: raw_vip.drop_fragments,
+            syn_cookies,
         });
     }
     if vips.len() > max_vips as usize {
