@@ -12,8 +12,11 @@
 //! window scale as XDP's answers (below).
 use crate::addr::{Addr, is_v4};
 
-/// The MSS XDP's SYN cookie answers advertise (and SYNPROXY's rule names).
+/// The MSS XDP's SYN cookie answers advertise over IPv4 (and SYNPROXY's rule names): a
+/// 1500-byte MTU less 40 bytes of headers.
 pub const SYN_COOKIE_MSS: u16 = 1460;
+/// The same over IPv6 (60 bytes of headers).
+pub const SYN_COOKIE_MSS6: u16 = 1440;
 /// The window scale they advertise: Linux's for its default receive buffers (SYNPROXY passes
 /// the listener's real window through scaled by this, so the two must agree).
 pub const SYN_COOKIE_WSCALE: u8 = 7;

@@ -10,15 +10,12 @@
 //! window scale (0xf: none) and SACK permission (bit 4) kept in the low six bits of our
 //! timestamp value, where SYNPROXY reads them back from the ACK's echo. A client without
 //! timestamps gets neither window scaling nor SACK (as with the kernel's own cookies).
-use lb_common::syn::{SYN_COOKIE_MSS, SYN_COOKIE_WSCALE};
+use lb_common::syn::{SYN_COOKIE_MSS, SYN_COOKIE_MSS6, SYN_COOKIE_WSCALE};
 
 use crate::csum;
 
 /// The largest TCP header (with options).
 pub const TCP_MAX_HLEN: usize = 60;
-/// The largest answer: IPv4 header and a TCP header with MSS, SACK permission, timestamps and
-/// window scale.
-pub const SYNACK_MAX_LEN: usize = 20 + 40;
 /// TTL of the answers.
 const TTL: u8 = 64;
 
@@ -98,45 +95,54 @@ pub fn timestamp_cookie(now_ms: u32, offered: &Offered) -> u32 {
 }
 
 #[inline(always)]
-fn put32(out: &mut [u8; SYNACK_MAX_LEN], at: usize, value: u32) {
+fn put32(out: &mut [u8], at: usize, value: u32) {
     if let Some(slot) = out.get_mut(at..at + 4) {
         slot.copy_from_slice(&value.to_be_bytes());
     }
 }
 
-/// The one's-complement sum of `out[from..from + len]` as big-endian words (`len` even).
+/// The one's-complement sum of `bytes[from..from + len]` as big-endian words (`len` even, at
+/// most `N`).
 #[inline(always)]
-fn sum16(out: &[u8; SYNACK_MAX_LEN], from: usize, len: usize) -> u32 {
+fn sum16<const N: usize>(bytes: &[u8; N], from: usize, len: usize) -> u32 {
     let mut sum = 0u32;
     let mut i = 0;
-    while i < SYNACK_MAX_LEN / 2 {
+    while i < N / 2 {
         let at = from + 2 * i;
-        if 2 * i >= len || at + 1 >= SYNACK_MAX_LEN {
+        if 2 * i >= len || at + 1 >= N {
             break;
         }
-        sum += u16::from_be_bytes([out[at], out[at + 1]]) as u32;
+        sum += u16::from_be_bytes([bytes[at], bytes[at + 1]]) as u32;
         i += 1;
     }
     sum
 }
 
-/// Writes the answer to the SYN with IPv4 header `ip` (20 bytes, no options) and TCP header
-/// `tcp` (`tcp_len` bytes) into `out`: IPv4 header then TCP header, addresses and ports
-/// swapped, sequence number `cookie`. Returns its length (IPv4 and TCP headers).
+/// The bytes of the IP header [`synack`] works on: IPv4's 20 (no options) or IPv6's 40 (no
+/// extension headers).
+pub const IP_MAX_HLEN: usize = 40;
+
+/// Turns the SYN's headers, copied into `ip` (IPv4: its first 20 bytes) and `tcp` (`tcp_len`
+/// bytes), into the SYN-ACK's in place: addresses and ports swapped, sequence number `cookie`,
+/// the options above, checksums. Returns the new TCP header's length (20 to 40). In place, so
+/// the XDP program needs no third buffer on its 512-byte stack.
 #[inline(always)]
 pub fn synack(
-    ip: &[u8; 20],
-    tcp: &[u8; TCP_MAX_HLEN],
+    ip: &mut [u8; IP_MAX_HLEN],
+    ipv6: bool,
+    tcp: &mut [u8; TCP_MAX_HLEN],
     tcp_len: usize,
     cookie: u32,
     now_ms: u32,
-    out: &mut [u8; SYNACK_MAX_LEN],
 ) -> usize {
     let offered = offered(tcp, tcp_len);
+    let (sport, dport) = ([tcp[0], tcp[1]], [tcp[2], tcp[3]]);
+    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
     // TCP options, as words.
     let mut options = [0u32; 5];
     let mut words = 0;
-    options[words] = (OPT_MSS as u32) << 24 | 4 << 16 | SYN_COOKIE_MSS as u32;
+    let mss = if ipv6 { SYN_COOKIE_MSS6 } else { SYN_COOKIE_MSS };
+    options[words] = (OPT_MSS as u32) << 24 | 4 << 16 | mss as u32;
     words += 1;
     if let Some(tsecr) = offered.tsval {
         let lead = if offered.sack { (OPT_SACK_PERM as u32) << 24 | 2 << 16 } else { 0x0101 << 16 };
@@ -151,42 +157,52 @@ pub fn synack(
         }
     }
     let tcp_out = 20 + 4 * words;
-    let total = 20 + tcp_out;
 
-    // IPv4: no options, DF, our TTL, addresses swapped.
-    *out = [0; SYNACK_MAX_LEN];
-    out[0] = 0x45;
-    out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    out[6] = 0x40;
-    out[8] = TTL;
-    out[9] = crate::parse::IPPROTO_TCP;
-    out[12..16].copy_from_slice(&ip[16..20]);
-    out[16..20].copy_from_slice(&ip[12..16]);
-    let header: [u32; 5] = core::array::from_fn(|i| {
-        u32::from_be_bytes([out[4 * i], out[4 * i + 1], out[4 * i + 2], out[4 * i + 3]])
-    });
-    out[10..12].copy_from_slice(&csum::ipv4_header(&header).to_be_bytes());
+    // IP: addresses swapped, our TTL / hop limit, the new length.
+    let pseudo = if ipv6 {
+        let mut src = [0u8; 16];
+        src.copy_from_slice(&ip[8..24]);
+        ip.copy_within(24..40, 8);
+        ip[24..40].copy_from_slice(&src);
+        ip[..4].copy_from_slice(&[0x60, 0, 0, 0]);
+        ip[4..6].copy_from_slice(&(tcp_out as u16).to_be_bytes());
+        ip[6] = crate::parse::IPPROTO_TCP;
+        ip[7] = TTL;
+        sum16(ip, 8, 32)
+    } else {
+        let mut src = [0u8; 4];
+        src.copy_from_slice(&ip[12..16]);
+        ip.copy_within(16..20, 12);
+        ip[16..20].copy_from_slice(&src);
+        ip[..12].copy_from_slice(&[0x45, 0, 0, 0, 0, 0, 0x40, 0, TTL, crate::parse::IPPROTO_TCP, 0, 0]);
+        ip[2..4].copy_from_slice(&((20 + tcp_out) as u16).to_be_bytes());
+        let header: [u32; 5] = core::array::from_fn(|i| {
+            u32::from_be_bytes([ip[4 * i], ip[4 * i + 1], ip[4 * i + 2], ip[4 * i + 3]])
+        });
+        ip[10..12].copy_from_slice(&csum::ipv4_header(&header).to_be_bytes());
+        sum16(ip, 12, 8)
+    };
 
     // TCP: ports swapped, our cookie, the client's sequence number + 1, SYN|ACK, window 0.
-    out[20..22].copy_from_slice(&tcp[2..4]);
-    out[22..24].copy_from_slice(&tcp[0..2]);
-    put32(out, 24, cookie);
-    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
-    put32(out, 28, seq.wrapping_add(1));
-    out[32] = ((tcp_out / 4) as u8) << 4;
-    out[33] = 0x12;
+    tcp[0..2].copy_from_slice(&dport);
+    tcp[2..4].copy_from_slice(&sport);
+    put32(tcp, 4, cookie);
+    put32(tcp, 8, seq.wrapping_add(1));
+    tcp[12] = ((tcp_out / 4) as u8) << 4;
+    tcp[13] = 0x12;
+    tcp[14..20].copy_from_slice(&[0; 6]);
     let mut i = 0;
     while i < 5 {
         if i < words {
-            put32(out, 40 + 4 * i, options[i]);
+            put32(tcp, 20 + 4 * i, options[i]);
         }
         i += 1;
     }
     // Pseudo-header (addresses, protocol, TCP length) and the TCP header.
-    let pseudo = sum16(out, 12, 8) + crate::parse::IPPROTO_TCP as u32 + tcp_out as u32;
-    let check = !csum::fold(pseudo + sum16(out, 20, tcp_out));
-    out[36..38].copy_from_slice(&check.to_be_bytes());
-    total
+    let pseudo = pseudo + crate::parse::IPPROTO_TCP as u32 + tcp_out as u32;
+    let check = !csum::fold(pseudo + sum16(tcp, 0, tcp_out));
+    tcp[16..18].copy_from_slice(&check.to_be_bytes());
+    tcp_out
 }
 
 #[cfg(test)]
@@ -195,8 +211,10 @@ mod tests {
 
     /// A Linux client's SYN (MSS 1460, SACK, timestamps, window scale 7) from 10.0.0.1:40000
     /// to 10.0.0.2:443, sequence number 0x01020304, timestamp 0xaabbccdd.
-    fn linux_syn() -> ([u8; 20], [u8; TCP_MAX_HLEN], usize) {
-        let ip = [0x45, 0, 0, 60, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+    fn linux_syn() -> ([u8; IP_MAX_HLEN], [u8; TCP_MAX_HLEN], usize) {
+        let mut ip = [0u8; IP_MAX_HLEN];
+        ip[..20]
+            .copy_from_slice(&[0x45, 0, 0, 60, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
         let mut tcp = [0u8; TCP_MAX_HLEN];
         let head = [
             0x9c, 0x40, 0x01, 0xbb, 0x01, 0x02, 0x03, 0x04, 0, 0, 0, 0, 0xa0, 0x02, 0xfa, 0xf0, 0, 0, 0, 0,
@@ -244,45 +262,59 @@ mod tests {
 
     #[test]
     fn the_answer_is_a_valid_syn_ack_with_the_cookie_and_the_encoded_options() {
-        let (ip, tcp, len) = linux_syn();
-        let mut out = [0u8; SYNACK_MAX_LEN];
-        let total = synack(&ip, &tcp, len, 0xc0c0_0001, 0x0001_2345, &mut out);
-        assert_eq!(total, 60);
+        let (mut ip, mut tcp, len) = linux_syn();
+        let tcp_out = synack(&mut ip, false, &mut tcp, len, 0xc0c0_0001, 0x0001_2345);
+        assert_eq!(tcp_out, 40);
         // IPv4: swapped addresses, length, and a checksum that sums to 0xffff.
-        assert_eq!((&out[12..16], &out[16..20]), (&ip[16..20], &ip[12..16]));
-        assert_eq!(u16::from_be_bytes([out[2], out[3]]), 60);
-        assert_eq!(csum::fold(sum(&out[..20])), 0xffff);
+        assert_eq!((&ip[12..16], &ip[16..20]), (&[10, 0, 0, 2][..], &[10, 0, 0, 1][..]));
+        assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 60);
+        assert_eq!(csum::fold(sum(&ip[..20])), 0xffff);
         // TCP: ports swapped, cookie, ack = seq + 1, SYN|ACK, 40-byte header, window 0.
-        assert_eq!(&out[20..24], &[0x01, 0xbb, 0x9c, 0x40]);
-        assert_eq!(&out[24..28], &0xc0c0_0001u32.to_be_bytes());
-        assert_eq!(&out[28..32], &0x0102_0305u32.to_be_bytes());
-        assert_eq!((out[32], out[33], &out[34..36]), (0xa0, 0x12, &[0u8, 0][..]));
+        assert_eq!(&tcp[0..4], &[0x01, 0xbb, 0x9c, 0x40]);
+        assert_eq!(&tcp[4..8], &0xc0c0_0001u32.to_be_bytes());
+        assert_eq!(&tcp[8..12], &0x0102_0305u32.to_be_bytes());
+        assert_eq!((tcp[12], tcp[13], &tcp[14..16]), (0xa0, 0x12, &[0u8, 0][..]));
         // MSS 1460; SACK permitted + timestamps (ours: ms with scale 7 and SACK in the low
         // bits; echo: the client's); NOP + window scale 7.
-        assert_eq!(&out[40..44], &[2, 4, 0x05, 0xb4]);
-        assert_eq!(&out[44..48], &[4, 2, 8, 10]);
+        assert_eq!(&tcp[20..24], &[2, 4, 0x05, 0xb4]);
+        assert_eq!(&tcp[24..28], &[4, 2, 8, 10]);
         assert_eq!(
-            u32::from_be_bytes([out[48], out[49], out[50], out[51]]),
+            u32::from_be_bytes([tcp[28], tcp[29], tcp[30], tcp[31]]),
             (0x0001_2345 & !0x3f) | 0x10 | 7
         );
-        assert_eq!(&out[52..56], &[0xaa, 0xbb, 0xcc, 0xdd]);
-        assert_eq!(&out[56..60], &[1, 3, 3, SYN_COOKIE_WSCALE]);
+        assert_eq!(&tcp[32..36], &[0xaa, 0xbb, 0xcc, 0xdd]);
+        assert_eq!(&tcp[36..40], &[1, 3, 3, SYN_COOKIE_WSCALE]);
         // TCP checksum over the pseudo-header and the segment.
-        let pseudo = sum(&out[12..20]) + 6 + 40;
-        assert_eq!(csum::fold(pseudo + sum(&out[20..60])), 0xffff);
+        let pseudo = sum(&ip[12..20]) + 6 + 40;
+        assert_eq!(csum::fold(pseudo + sum(&tcp[..40])), 0xffff);
     }
 
     #[test]
     fn a_syn_without_options_gets_the_mss_alone() {
-        let (ip, mut tcp, _) = linux_syn();
+        let (mut ip, mut tcp, _) = linux_syn();
         tcp[12] = 0x50;
         tcp[20..40].fill(0);
-        let mut out = [0u8; SYNACK_MAX_LEN];
-        let total = synack(&ip, &tcp, 20, 7, 0, &mut out);
-        assert_eq!((total, out[32]), (44, 0x60));
-        assert_eq!(&out[40..44], &[2, 4, 0x05, 0xb4]);
-        let pseudo = sum(&out[12..20]) + 6 + 24;
-        assert_eq!(csum::fold(pseudo + sum(&out[20..44])), 0xffff);
+        let tcp_out = synack(&mut ip, false, &mut tcp, 20, 7, 0);
+        assert_eq!((tcp_out, tcp[12], u16::from_be_bytes([ip[2], ip[3]])), (24, 0x60, 44));
+        assert_eq!(&tcp[20..24], &[2, 4, 0x05, 0xb4]);
+        let pseudo = sum(&ip[12..20]) + 6 + 24;
+        assert_eq!(csum::fold(pseudo + sum(&tcp[..24])), 0xffff);
+    }
+
+    #[test]
+    fn an_ipv6_answer_swaps_the_addresses_and_sums_the_ipv6_pseudo_header() {
+        let (_, mut tcp, len) = linux_syn();
+        let mut ip = [0u8; IP_MAX_HLEN];
+        ip[..8].copy_from_slice(&[0x60, 0, 0, 0, 0, 40, 6, 64]);
+        ip[8..24].copy_from_slice(&[0xfd, 0, 0, 0x5e, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        ip[24..40].copy_from_slice(&[0xfd, 0, 0, 0x5e, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        let (client, vip) = (ip[8..24].to_vec(), ip[24..40].to_vec());
+        let tcp_out = synack(&mut ip, true, &mut tcp, len, 1, 0);
+        assert_eq!((&ip[8..24], &ip[24..40]), (&vip[..], &client[..]));
+        assert_eq!(&ip[..8], &[0x60, 0, 0, 0, 0, 40, 6, 64]);
+        assert_eq!(&tcp[20..24], &[2, 4, 0x05, 0xa0], "MSS 1440 over IPv6");
+        let pseudo = sum(&ip[8..40]) + 6 + tcp_out as u32;
+        assert_eq!(csum::fold(pseudo + sum(&tcp[..tcp_out])), 0xffff);
     }
 
     #[test]

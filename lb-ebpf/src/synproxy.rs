@@ -2,23 +2,25 @@
 //! here with a cookie of the kernel's own secret (the answer: lb_ebpf::synack), so the host
 //! keeps nothing for it; an ACK of a flow the host has no socket for goes up only with a valid
 //! cookie, to nftables' SYNPROXY (set up by lbd), which checks it again and opens the real
-//! connection to lbd's listener. IPv4 without IP options or VLAN tags; other packets go up the
-//! stack, where SYNPROXY answers them the same way, only later.
+//! connection to lbd's listener. IPv4 without IP options and IPv6 without extension headers,
+//! neither VLAN-tagged; other packets go up the stack, where SYNPROXY answers them the same
+//! way, only later.
 use aya_ebpf::{
-    bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple, iphdr, tcphdr, xdp_action},
+    bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple, iphdr, ipv6hdr, tcphdr, xdp_action},
     helpers::{
         bpf_ktime_get_ns,
         generated::{
             bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_raw_check_syncookie_ipv4,
-            bpf_tcp_raw_gen_syncookie_ipv4, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+            bpf_tcp_raw_check_syncookie_ipv6, bpf_tcp_raw_gen_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv6,
+            bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
         },
     },
     programs::XdpContext,
 };
 use lb_common::stats::Stat;
 use lb_ebpf::{
-    parse::{ETH_HLEN, IPV4_HLEN, Packet, TCP_ACK, TCP_SYN},
-    synack::{SYNACK_MAX_LEN, TCP_MAX_HLEN, synack},
+    parse::{ETH_HLEN, IPV4_HLEN, IPV6_HLEN, Packet, TCP_ACK, TCP_SYN},
+    synack::{IP_MAX_HLEN, TCP_MAX_HLEN, synack},
     wire::{Word, load, opaque, span},
 };
 
@@ -27,17 +29,17 @@ use crate::balance::Outcome;
 const TCP_RST: u8 = 0x04;
 /// `bpf_sock.state` of a listening socket.
 const TCP_LISTEN: u32 = 10;
-/// Where the TCP header starts in the frames handled here.
-const L4_OFF: usize = ETH_HLEN + IPV4_HLEN;
 
-/// SYNs answered, ACKs checked; anything else (and IPv6, IP options, VLAN tags) up the stack.
+/// SYNs answered, ACKs checked; anything else (and IP options, IPv6 extension headers, VLAN
+/// tags) up the stack.
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, packet: &Packet) -> Outcome {
-    if packet.ipv6 || packet.l3_off != ETH_HLEN || packet.l4_off != L4_OFF {
+    let ip_len = if packet.ipv6 { IPV6_HLEN } else { IPV4_HLEN };
+    if packet.l3_off != ETH_HLEN || packet.l4_off != ETH_HLEN + ip_len {
         return (xdp_action::XDP_PASS, Stat::PassL7);
     }
     match packet.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) {
-        TCP_SYN => answer_syn(ctx),
+        TCP_SYN => answer_syn(ctx, packet.ipv6),
         TCP_ACK => check_ack(ctx, packet),
         _ => (xdp_action::XDP_PASS, Stat::PassL7),
     }
@@ -55,47 +57,59 @@ fn copy_in<const N: usize>(ctx: &XdpContext, off: usize, buf: &mut [u8; N], len:
     (copied == 0).then_some(())
 }
 
+/// Copies `len` bytes (at most `N`) of `buf` into the frame at `off`.
+#[inline(always)]
+fn copy_out<const N: usize>(ctx: &XdpContext, off: usize, buf: &mut [u8; N], len: usize) -> Option<()> {
+    let len = opaque(len);
+    if len == 0 || len > N {
+        return None;
+    }
+    // SAFETY: `len` bytes of `buf` (checked above); the helper checks the frame's side.
+    let copied = unsafe { bpf_xdp_store_bytes(ctx.ctx, off as u32, buf.as_mut_ptr().cast(), len as u32) };
+    (copied == 0).then_some(())
+}
+
 /// Turns the SYN into its SYN-ACK in place and sends it back out. Not inlined: its buffers
-/// take a stack frame of their own.
+/// take a stack frame of their own (the verifier's 512 bytes are shared with the parser's).
 #[inline(never)]
-fn answer_syn(ctx: &XdpContext) -> Outcome {
+fn answer_syn(ctx: &XdpContext, ipv6: bool) -> Outcome {
     let (data, end) = (ctx.data(), ctx.data_end());
-    let mut ip = [0u8; IPV4_HLEN];
+    let ip_len = if ipv6 { IPV6_HLEN } else { IPV4_HLEN };
+    let l4_off = ETH_HLEN + ip_len;
+    let mut ip = [0u8; IP_MAX_HLEN];
     let mut tcp = [0u8; TCP_MAX_HLEN];
-    let Some(offset) = load::<u8>(data, end, L4_OFF + 12) else {
+    let Some(offset) = load::<u8>(data, end, l4_off + 12) else {
         return (xdp_action::XDP_DROP, Stat::DropMalformedL4);
     };
     let tcp_len = (offset >> 4) as usize * 4;
-    if tcp_len < 20 || copy_in(ctx, ETH_HLEN, &mut ip, IPV4_HLEN).is_none() {
+    if tcp_len < 20
+        || copy_in(ctx, ETH_HLEN, &mut ip, ip_len).is_none()
+        || copy_in(ctx, l4_off, &mut tcp, tcp_len).is_none()
+    {
         return (xdp_action::XDP_DROP, Stat::DropMalformedL4);
     }
-    if copy_in(ctx, L4_OFF, &mut tcp, tcp_len).is_none() {
-        return (xdp_action::XDP_DROP, Stat::DropMalformedL4);
-    }
+    let (iph, th) = (ip.as_mut_ptr(), tcp.as_mut_ptr().cast::<tcphdr>());
     // SAFETY: both pointers are to stack copies of at least the sizes the helper reads.
     let value = unsafe {
-        bpf_tcp_raw_gen_syncookie_ipv4(
-            ip.as_mut_ptr().cast::<iphdr>(),
-            tcp.as_mut_ptr().cast::<tcphdr>(),
-            tcp_len as u32,
-        )
+        match ipv6 {
+            true => bpf_tcp_raw_gen_syncookie_ipv6(iph.cast::<ipv6hdr>(), th, tcp_len as u32),
+            false => bpf_tcp_raw_gen_syncookie_ipv4(iph.cast::<iphdr>(), th, tcp_len as u32),
+        }
     };
     if value < 0 {
         return (xdp_action::XDP_DROP, Stat::DropMalformedL4);
     }
     // SAFETY: a helper without arguments.
     let now_ms = (unsafe { bpf_ktime_get_ns() } / 1_000_000) as u32;
-    let mut out = [0u8; SYNACK_MAX_LEN];
-    let len = synack(&ip, &tcp, tcp_len, value as u32, now_ms, &mut out);
-    // Back to the sender: swap the MACs in place (no stack copy: this frame is near the
-    // verifier's 512-byte stack limit).
+    let tcp_out = synack(&mut ip, ipv6, &mut tcp, tcp_len, value as u32, now_ms);
+    // Back to the sender: swap the MACs in place.
     let Some(at) = span(data, end, 0, 12) else {
         return (xdp_action::XDP_DROP, Stat::DropMalformedL2);
     };
     // SAFETY: the 12 bytes at `at` are inside the frame (checked just above).
     unsafe {
-        let (dst_high, dst_low, src_high, src_low) =
-            (u32::read(at), u16::read(at + 4), u32::read(at + 6), u16::read(at + 10));
+        let (dst_high, dst_low) = (u32::read(at), u16::read(at + 4));
+        let (src_high, src_low) = (u32::read(at + 6), u16::read(at + 10));
         u32::write(at, src_high);
         u16::write(at + 4, src_low);
         u32::write(at + 6, dst_high);
@@ -103,16 +117,14 @@ fn answer_syn(ctx: &XdpContext) -> Outcome {
     }
     // The frame becomes exactly the answer (a SYN without options is shorter than it); a frame
     // that cannot grow goes up to SYNPROXY instead.
-    let delta = (ETH_HLEN + len) as i32 - (end - data) as i32;
+    let delta = (l4_off + tcp_out) as i32 - (end - data) as i32;
     // SAFETY: the helper checks the new size against the frame.
     if delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
         return (xdp_action::XDP_PASS, Stat::PassL7);
     }
-    let len = if len > SYNACK_MAX_LEN { SYNACK_MAX_LEN } else { len };
-    // SAFETY: the buffers hold the lengths given; the helper checks the frame's side.
-    let stored =
-        unsafe { bpf_xdp_store_bytes(ctx.ctx, ETH_HLEN as u32, out.as_mut_ptr().cast(), len as u32) };
-    if stored != 0 {
+    if copy_out(ctx, ETH_HLEN, &mut ip, ip_len).is_none()
+        || copy_out(ctx, l4_off, &mut tcp, tcp_out).is_none()
+    {
         return (xdp_action::XDP_DROP, Stat::DropInternal);
     }
     (xdp_action::XDP_TX, Stat::SynCookieSent)
@@ -125,14 +137,26 @@ fn check_ack(ctx: &XdpContext, packet: &Packet) -> Outcome {
     let flow = &packet.flow;
     // SAFETY: all-zero bytes are a valid tuple.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    let v4 = |a: &[u8; 16]| u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
-    tuple.__bindgen_anon_1.ipv4.saddr = v4(&flow.src);
-    tuple.__bindgen_anon_1.ipv4.daddr = v4(&flow.dst);
-    tuple.__bindgen_anon_1.ipv4.sport = flow.sport;
-    tuple.__bindgen_anon_1.ipv4.dport = flow.dport;
-    // SAFETY: the tuple's IPv4 part (12 bytes) is initialised; the socket, if any, is released
-    // below before anything else.
-    let sk = unsafe { bpf_skc_lookup_tcp(ctx.ctx.cast(), &mut tuple, 12, BPF_F_CURRENT_NETNS as u64, 0) };
+    let words = |a: &[u8; 16]| -> [u32; 4] {
+        core::array::from_fn(|i| u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]]))
+    };
+    // (Field by field: a reference into the union would need `unsafe`.)
+    let size = if packet.ipv6 {
+        tuple.__bindgen_anon_1.ipv6.saddr = words(&flow.src);
+        tuple.__bindgen_anon_1.ipv6.daddr = words(&flow.dst);
+        tuple.__bindgen_anon_1.ipv6.sport = flow.sport;
+        tuple.__bindgen_anon_1.ipv6.dport = flow.dport;
+        36
+    } else {
+        tuple.__bindgen_anon_1.ipv4.saddr = words(&flow.src)[3];
+        tuple.__bindgen_anon_1.ipv4.daddr = words(&flow.dst)[3];
+        tuple.__bindgen_anon_1.ipv4.sport = flow.sport;
+        tuple.__bindgen_anon_1.ipv4.dport = flow.dport;
+        12
+    };
+    // SAFETY: the tuple's part for the family is initialised; the socket, if any, is
+    // released below before anything else.
+    let sk = unsafe { bpf_skc_lookup_tcp(ctx.ctx.cast(), &mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0) };
     if !sk.is_null() {
         // SAFETY: a socket the helper returned, read before its release.
         let state = unsafe { (*sk).state };
@@ -142,14 +166,21 @@ fn check_ack(ctx: &XdpContext, packet: &Packet) -> Outcome {
             return (xdp_action::XDP_PASS, Stat::PassL7);
         }
     }
-    let mut ip = [0u8; IPV4_HLEN];
+    let ip_len = if packet.ipv6 { IPV6_HLEN } else { IPV4_HLEN };
+    let mut ip = [0u8; IP_MAX_HLEN];
     let mut tcp = [0u8; 20];
-    if copy_in(ctx, ETH_HLEN, &mut ip, IPV4_HLEN).is_none() || copy_in(ctx, L4_OFF, &mut tcp, 20).is_none() {
+    if copy_in(ctx, ETH_HLEN, &mut ip, ip_len).is_none()
+        || copy_in(ctx, ETH_HLEN + ip_len, &mut tcp, 20).is_none()
+    {
         return (xdp_action::XDP_DROP, Stat::DropMalformedL4);
     }
-    // SAFETY: stack copies of a full IPv4 header and a TCP header without options.
+    let (iph, th) = (ip.as_mut_ptr(), tcp.as_mut_ptr().cast::<tcphdr>());
+    // SAFETY: stack copies of a full IP header and a TCP header without options.
     let checked = unsafe {
-        bpf_tcp_raw_check_syncookie_ipv4(ip.as_mut_ptr().cast::<iphdr>(), tcp.as_mut_ptr().cast::<tcphdr>())
+        match packet.ipv6 {
+            true => bpf_tcp_raw_check_syncookie_ipv6(iph.cast::<ipv6hdr>(), th),
+            false => bpf_tcp_raw_check_syncookie_ipv4(iph.cast::<iphdr>(), th),
+        }
     };
     if checked == 0 {
         (xdp_action::XDP_PASS, Stat::SynCookieValid)

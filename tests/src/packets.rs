@@ -61,8 +61,8 @@ pub fn tcp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, flags: Tcp, payload
     out
 }
 
-/// A SYN as Linux sends it: MSS 1460, SACK permitted, timestamps (value `tsval`), window scale
-/// 7; sequence number `seq`.
+/// A SYN as Linux sends it (IPv4 or IPv6 by the addresses): MSS 1460, SACK permitted,
+/// timestamps (value `tsval`), window scale 7; sequence number `seq`.
 pub fn linux_syn(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, seq: u32, tsval: u32) -> Vec<u8> {
     use etherparse::TcpOptionElement::*;
     let options = [

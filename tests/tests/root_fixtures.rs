@@ -878,7 +878,11 @@ fn root_fixtures_syn_limit_per_source_prefix() -> Result<()> {
 fn root_fixtures_syn_cookies_for_an_l7_vip() -> Result<()> {
     use etherparse::{SlicedPacket, TcpOptionElement, TransportSlice};
     let state = desired(
-        vec![vip(VIP_L7, 443, 6, VIP_F_L7 | VIP_F_SYN_COOKIES, &[]), vip(VIP_WEB, 443, 6, VIP_F_L7, &[])],
+        vec![
+            vip(VIP_L7, 443, 6, VIP_F_L7 | VIP_F_SYN_COOKIES, &[]),
+            vip(VIP_WEB, 443, 6, VIP_F_L7, &[]),
+            vip(VIP6, 443, 6, VIP_F_L7 | VIP_F_SYN_COOKIES, &[]),
+        ],
         &[],
     );
     let mut h = Harness::new("syn-cookies", 8, state)?;
@@ -934,10 +938,30 @@ fn root_fixtures_syn_cookies_for_an_l7_vip() -> Result<()> {
     // No cookies on the other L7 VIP: its SYN goes up the stack.
     assert_eq!(h.run(&tcp4(40003, VIP_WEB, 443, Tcp::Syn))?.0, XDP_PASS);
 
+    // IPv6: the same, with the IPv6 pseudo-header and an MSS of 1440.
+    let syn6 = linux_syn(ip(CLIENT6), 40004, ip(VIP6), 443, 7, 0x0102_0304);
+    let (verdict, out) = h.run(&syn6)?;
+    assert_eq!(verdict, XDP_TX, "an IPv6 SYN to a VIP with cookies");
+    let parsed = SlicedPacket::from_ethernet(&out).context("the IPv6 answer parses")?;
+    let Some(etherparse::NetSlice::Ipv6(ipv6)) = &parsed.net else { anyhow::bail!("not IPv6") };
+    let Some(TransportSlice::Tcp(answer)) = &parsed.transport else { anyhow::bail!("not TCP") };
+    assert_eq!(ipv6.header().source_addr().to_string(), VIP6);
+    let header = answer.to_header();
+    assert_eq!(header.calc_checksum_ipv6(&ipv6.header().to_header(), &[])?, header.checksum, "TCP checksum");
+    assert_eq!((header.syn, header.ack, header.acknowledgment_number), (true, true, 8));
+    assert_eq!(
+        answer.options_iterator().next().transpose()?,
+        Some(TcpOptionElement::MaximumSegmentSize(1440))
+    );
+    let ack6 = tcp_ack(ip(CLIENT6), 40004, ip(VIP6), 443, 8, header.sequence_number.wrapping_add(1), b"");
+    assert_eq!(h.run(&ack6)?.0, XDP_PASS, "the IPv6 ACK with the cookie");
+    let forged6 = tcp_ack(ip(CLIENT6), 40004, ip(VIP6), 443, 8, header.sequence_number.wrapping_add(9), b"");
+    assert_eq!(h.run(&forged6)?.0, XDP_DROP, "an IPv6 ACK without a valid cookie");
+
     let stats: BTreeMap<&str, u64> = h.stats()?.into_iter().collect();
     assert_eq!(
         (stats["syn_cookie_sent"], stats["syn_cookie_valid"], stats["drop_syn_cookie"]),
-        (2, 1, 2),
+        (3, 2, 3),
         "{stats:?}"
     );
     Ok(())

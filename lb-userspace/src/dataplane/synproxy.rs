@@ -18,7 +18,7 @@ use std::{
 };
 
 use lb_common::{
-    syn::{SYN_COOKIE_MSS, SYN_COOKIE_WSCALE},
+    syn::{SYN_COOKIE_MSS, SYN_COOKIE_MSS6, SYN_COOKIE_WSCALE},
     vip::{VIP_F_SYN_COOKIES, VipKey},
 };
 
@@ -53,9 +53,10 @@ pub fn render(vips: &CookieVips) -> String {
     let mut input = String::new();
     for (addr, port) in vips {
         let vip = format!("{} daddr {addr} tcp dport {port}", family(addr));
+        let mss = if addr.is_ipv4() { SYN_COOKIE_MSS } else { SYN_COOKIE_MSS6 };
         raw.push_str(&format!("\t\t{vip} tcp flags syn notrack\n"));
         input.push_str(&format!(
-            "\t\t{vip} ct state invalid,untracked synproxy mss {SYN_COOKIE_MSS} wscale {SYN_COOKIE_WSCALE} timestamp sack-perm\n\
+            "\t\t{vip} ct state invalid,untracked synproxy mss {mss} wscale {SYN_COOKIE_WSCALE} timestamp sack-perm\n\
              \t\t{vip} ct state invalid drop\n"
         ));
     }
@@ -162,7 +163,7 @@ mod tests {
              \tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\
              \t\tip daddr 198.19.0.3 tcp dport 80 ct state invalid,untracked synproxy mss 1460 wscale 7 timestamp sack-perm\n\
              \t\tip daddr 198.19.0.3 tcp dport 80 ct state invalid drop\n\
-             \t\tip6 daddr fd00:5e:100::3 tcp dport 443 ct state invalid,untracked synproxy mss 1460 wscale 7 timestamp sack-perm\n\
+             \t\tip6 daddr fd00:5e:100::3 tcp dport 443 ct state invalid,untracked synproxy mss 1440 wscale 7 timestamp sack-perm\n\
              \t\tip6 daddr fd00:5e:100::3 tcp dport 443 ct state invalid drop\n\t}\n}\n"
         );
     }
