@@ -158,6 +158,19 @@ struct Spread {
     /// The lb's kernel: SYN cookies it sent itself, SYNs its listener dropped as over its queue.
     kernel_cookies: u64,
     listen_drops: u64,
+    /// Kernel CPU time (system and softirq, all CPUs) during the round, in ms: the machine's
+    /// whole kernel, hping3's sending included (on this bed XDP and the lb's stack run in
+    /// softirq on the sender's CPU, so the lb's share cannot be told apart).
+    kernel_cpu_ms: u64,
+}
+
+/// System and softirq time of all CPUs so far, in ms (USER_HZ = 100).
+fn kernel_cpu_ms() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu = stat.lines().next().unwrap_or_default();
+    let fields: Vec<u64> = cpu.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    // user nice system idle iowait irq softirq ...
+    (fields.get(2).unwrap_or(&0) + fields.get(5).unwrap_or(&0) + fields.get(6).unwrap_or(&0)) * 10
 }
 
 /// The lb kernel's TCP counters `names` (nstat, absolute).
@@ -180,7 +193,8 @@ const KERNEL: [&str; 2] = ["TcpExtSyncookiesSent", "TcpExtListenDrops"];
 /// 4 s of SYNs from random sources to the L7 VIP's port 80 while a real client opens 150
 /// connections to it.
 fn spread_flood(bed: &MixedBed) -> Result<Spread> {
-    let (before, kernel_before) = (counters(bed)?, kernel_counters(bed, &KERNEL)?);
+    let (before, kernel_before, cpu_before) =
+        (counters(bed)?, kernel_counters(bed, &KERNEL)?, kernel_cpu_ms());
     let flood = hping3(bed, FLOOD.as_secs(), &["-S", "-p", "80", "--rand-source", L7])?;
     std::thread::sleep(Duration::from_millis(500));
     let script = format!(
@@ -189,7 +203,7 @@ fn spread_flood(bed: &MixedBed) -> Result<Spread> {
     let real = bed.topology.client.run("sh", &["-c", &script])?;
     let answered: usize = String::from_utf8_lossy(&real.stdout).trim().parse().unwrap_or(0);
     let sent = sent(flood)?;
-    let (after, kernel_after) = (counters(bed)?, kernel_counters(bed, &KERNEL)?);
+    let (after, kernel_after, cpu_after) = (counters(bed)?, kernel_counters(bed, &KERNEL)?, kernel_cpu_ms());
     let delta = |name: &str| after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
     Ok(Spread {
         sent,
@@ -199,6 +213,7 @@ fn spread_flood(bed: &MixedBed) -> Result<Spread> {
         passed_l7: delta("pass_l7"),
         kernel_cookies: kernel_after[0] - kernel_before[0],
         listen_drops: kernel_after[1] - kernel_before[1],
+        kernel_cpu_ms: cpu_after - cpu_before,
     })
 }
 
