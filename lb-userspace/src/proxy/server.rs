@@ -224,22 +224,14 @@ impl Connection {
             sni: session.server_name().map(str::to_owned),
         });
         let h2 = session.alpn_protocol() == Some(b"h2");
+        // HTTP/1.1's idle wait has the timeouts, the eviction and the stop (as for plain
+        // connections); HTTP/2 has a watchdog of its own.
         let (stream, read) = if h2 {
             (stream, BytesMut::new())
         } else {
-            // The HTTP/1.1 loop's idle wait has the timeouts; the watchdog covers a TLS stream's
-            // own buffering too.
-            let first_byte = listener.first_byte_timeout;
-            let watchdog = idle::watchdog(&self.registered.activity, first_byte, listener.idle_timeout);
-            tokio::select! {
-                served = downstream::serve(stream, self.session(conn.clone())) => match served {
-                    (stream, Ended::Http2(read)) => (stream, read),
-                    (_, Ended::Closed) => return self.closed(),
-                },
-                closed = watchdog => {
-                    metrics.closed_idle(&listener.name, closed.label());
-                    return self.closed();
-                }
+            match downstream::serve(stream, self.session(conn.clone())).await {
+                (stream, Ended::Http2(read)) => (stream, read),
+                (_, Ended::Closed) => return self.closed(),
             }
         };
         Box::pin(self.http2(TokioIo::new(Rewind::new(read, stream)), conn)).await;

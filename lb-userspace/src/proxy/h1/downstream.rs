@@ -207,8 +207,8 @@ async fn refuse<S: ClientIo>(io: &mut S, cx: &Session, refused: Refused) {
 
 /// What ended an idle connection's wait.
 enum Woken {
-    /// The client sent something (or closed); `None`: the stream is read the usual way.
-    Read(Option<io::Result<usize>>),
+    /// The client sent something (or closed).
+    Read(io::Result<usize>),
     /// Evicted, or the listener stops.
     Nudged,
     /// The first-byte or keep-alive limit passed.
@@ -264,8 +264,18 @@ async fn read_head<S: ClientIo>(
             };
             let mut sleep = std::pin::pin!(tokio::time::sleep(limit));
             let woken = std::future::poll_fn(|task| {
-                if let Poll::Ready(read) = io.poll_read_when_ready(task, buf) {
-                    return Poll::Ready(Woken::Read(read));
+                match io.poll_read_when_ready(task, buf) {
+                    Poll::Ready(Some(read)) => return Poll::Ready(Woken::Read(read)),
+                    // TLS: its stream may hold decrypted bytes already; read into a buffer.
+                    Poll::Ready(None) => {
+                        buf.reserve(FIRST_READ);
+                        if let Poll::Ready(read) =
+                            tokio_util::io::poll_read_buf(Pin::new(&mut *io), task, buf)
+                        {
+                            return Poll::Ready(Woken::Read(read));
+                        }
+                    }
+                    Poll::Pending => {}
                 }
                 if nudged.as_mut().poll(task).is_ready() {
                     return Poll::Ready(Woken::Nudged);
@@ -273,9 +283,8 @@ async fn read_head<S: ClientIo>(
                 sleep.as_mut().poll(task).map(|()| Woken::TimedOut)
             });
             match woken.await {
-                Woken::Read(Some(Ok(0) | Err(_))) => return Ok(None),
-                Woken::Read(Some(Ok(_))) => continue,
-                Woken::Read(None) => {} // TLS: read below
+                Woken::Read(Ok(0) | Err(_)) => return Ok(None),
+                Woken::Read(Ok(_)) => continue,
                 Woken::Nudged if cx.activity.take_eviction() => {
                     cx.forwarder.metrics.closed_idle(&listener.name, Closed::Evicted.label());
                     return Ok(None);
@@ -287,8 +296,8 @@ async fn read_head<S: ClientIo>(
                 }
             }
         }
-        let idle_wait = buf.is_empty();
-        buf.reserve(if buf.is_empty() { FIRST_READ } else { READ_SIZE });
+        // A request head has started (the idle wait above has read its first bytes).
+        buf.reserve(READ_SIZE);
         let read = match deadline {
             Some(at) => match tokio::time::timeout_at(at, io.read_buf(buf)).await {
                 Ok(read) => read,
@@ -296,15 +305,6 @@ async fn read_head<S: ClientIo>(
                     let refused =
                         Refused { status: StatusCode::REQUEST_TIMEOUT, reason: "request head timed out" };
                     Box::pin(refuse(io, cx, refused)).await;
-                    return Ok(None);
-                }
-            },
-            // TLS waits here (its `readable` answers at once), and a plain stream whose
-            // readiness was a false positive.
-            None if idle_wait => match tokio::time::timeout(limit, io.read_buf(buf)).await {
-                Ok(read) => read,
-                Err(_) => {
-                    cx.forwarder.metrics.closed_idle(&cx.listener.name, why.label());
                     return Ok(None);
                 }
             },
