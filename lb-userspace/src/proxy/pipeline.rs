@@ -1,6 +1,7 @@
 //! One request through the proxy, as a short sequence of phases (see `phase`): guard, route,
 //! gate, choose, headers, caching or shadow, upstream, respond; then count and log.
 use std::{
+    future::Future,
     sync::{
         Arc,
         atomic::{AtomicU16, AtomicU64, Ordering},
@@ -113,202 +114,223 @@ impl Forwarder {
     }
 
     /// Answers one request; returns the response and its access-log entry (written when the
-    /// response body is done).
-    pub async fn handle(
+    /// response body is done). Not an `async fn` (nor is `answer`): one keeps a second copy of
+    /// its arguments in its future, and this future is made and moved for every request.
+    #[allow(clippy::manual_async_fn, reason = "an async fn keeps a second copy of its arguments")]
+    pub fn handle(
         self: Arc<Self>,
         request: Request<Body>,
         snapshot: Arc<Snapshot>,
         listener: Arc<Listener>,
         conn: Arc<ClientConn>,
-    ) -> (Response<Body>, Option<Entry>) {
-        let started = Instant::now();
-        let host = host_of(&request);
-        // The client's ID when it is printable and short, else a new one.
-        let request_id = match request.headers().get(headers::X_REQUEST_ID) {
-            Some(id) if !id.is_empty() && id.len() <= 200 && id.to_str().is_ok() => id.clone(),
-            _ => self.request_id(),
-        };
-        // What the log line needs of the request, taken before the request moves on.
-        let logged = listener.access_log.then(|| {
-            let target = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
-            (request.method().to_string(), target)
-        });
-        let mut labels = Labels {
-            route: self.none.clone(),
-            pool: self.none.clone(),
-            backend: self.none.clone(),
-            upstream_seconds: None,
-            api_key_query: None,
-        };
-        let (mut response, reason) =
-            match self.answer(request, &snapshot, &listener, &conn, &host, &request_id, &mut labels).await {
+    ) -> impl Future<Output = (Response<Body>, Option<Entry>)> + Send {
+        async move {
+            let started = Instant::now();
+            let host = host_of(&request);
+            // The client's ID when it is printable and short, else a new one.
+            let request_id = match request.headers().get(headers::X_REQUEST_ID) {
+                Some(id) if !id.is_empty() && id.len() <= 200 && id.to_str().is_ok() => id.clone(),
+                _ => self.request_id(),
+            };
+            // What the log line needs of the request, taken before the request moves on.
+            let logged = listener.access_log.then(|| {
+                let target = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+                (request.method().to_string(), target)
+            });
+            let mut labels = Labels {
+                route: self.none.clone(),
+                pool: self.none.clone(),
+                backend: self.none.clone(),
+                upstream_seconds: None,
+                api_key_query: None,
+            };
+            let (mut response, reason) = match self
+                .answer(request, &snapshot, &listener, &conn, &host, &request_id, &mut labels)
+                .await
+            {
                 Ok(response) => (response, None),
                 Err(refusal) => (*refusal.response, Some(refusal.reason)),
             };
-        let status = response.status().as_u16();
-        self.metrics.request(&labels.route, &labels.pool, &labels.backend, status, labels.upstream_seconds);
-        let entry = logged.map(|(method, target)| Entry {
-            started,
-            method,
-            // A key presented in the query stays out of the log.
-            target: match &labels.api_key_query {
-                Some(param) => access_log::redact_query(&target, param),
-                None => target,
-            },
-            host,
-            status,
-            upstream: labels.backend,
-            request_id: request_id.to_str().unwrap_or_default().to_owned(),
-            reason,
-            format: listener.access_log_format,
-        });
-        response.headers_mut().insert(headers::X_REQUEST_ID, request_id);
-        (response, entry)
+            let status = response.status().as_u16();
+            self.metrics.request(
+                &labels.route,
+                &labels.pool,
+                &labels.backend,
+                status,
+                labels.upstream_seconds,
+            );
+            let entry = logged.map(|(method, target)| Entry {
+                started,
+                method,
+                // A key presented in the query stays out of the log.
+                target: match &labels.api_key_query {
+                    Some(param) => access_log::redact_query(&target, param),
+                    None => target,
+                },
+                host,
+                status,
+                upstream: labels.backend,
+                request_id: request_id.to_str().unwrap_or_default().to_owned(),
+                reason,
+                format: listener.access_log_format,
+            });
+            response.headers_mut().insert(headers::X_REQUEST_ID, request_id);
+            (response, entry)
+        }
     }
 
     /// The phases, in order; an Err is an answer the proxy made itself.
     #[allow(clippy::too_many_arguments)]
-    async fn answer(
-        &self,
+    #[allow(clippy::manual_async_fn, reason = "an async fn keeps a second copy of its arguments")]
+    fn answer<'a>(
+        &'a self,
         request: Request<Body>,
-        snapshot: &Snapshot,
-        listener: &Listener,
-        conn: &ClientConn,
-        host: &str,
-        request_id: &HeaderValue,
-        labels: &mut Labels,
-    ) -> Result<Response<Body>, Refusal> {
-        let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        let head = guard::Head { headers: request.headers(), host, target };
-        guard::check(&head, listener, conn.tls())?;
-        let route = snapshot
-            .route(&listener.name, host, &request)
-            .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no route"))?;
-        labels.route = route.name.clone();
-        labels.pool = route.pool.clone();
-        labels.api_key_query =
-            route.runtime.api_keys.as_ref().and_then(|k| k.query_param()).map(str::to_owned);
-        let client = conn.address.ip();
-        let (mut parts, body) = request.into_parts();
-        gate::admit(route, &mut parts.headers, &parts.uri, client)?;
+        snapshot: &'a Snapshot,
+        listener: &'a Listener,
+        conn: &'a ClientConn,
+        host: &'a str,
+        request_id: &'a HeaderValue,
+        labels: &'a mut Labels,
+    ) -> impl Future<Output = Result<Response<Body>, Refusal>> + Send + 'a {
+        async move {
+            let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            let head = guard::Head { headers: request.headers(), host, target };
+            guard::check(&head, listener, conn.tls())?;
+            let route = snapshot
+                .route(&listener.name, host, &request)
+                .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no route"))?;
+            labels.route = route.name.clone();
+            labels.pool = route.pool.clone();
+            labels.api_key_query =
+                route.runtime.api_keys.as_ref().and_then(|k| k.query_param()).map(str::to_owned);
+            let client = conn.address.ip();
+            let (mut parts, body) = request.into_parts();
+            gate::admit(route, &mut parts.headers, &parts.uri, client)?;
 
-        let choice = choose::pool(route, &parts.headers, self.draw());
-        labels.pool = choice.pool.clone();
-        let no_backend = |status, reason| {
-            Refusal::with(respond::fallback_or(route.fallback.as_ref(), status, reason), reason)
-        };
-        let pool = snapshot
-            .pools
-            .get(&*choice.pool)
-            .filter(|p| !p.upstreams.is_empty())
-            .ok_or_else(|| no_backend(StatusCode::SERVICE_UNAVAILABLE, "no backend available"))?;
-        let upgrade = parts.headers.contains_key(header::UPGRADE);
-        let bodiless = !parts.headers.contains_key(header::TRANSFER_ENCODING)
-            && parts.headers.get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0");
-        let idempotent = matches!(parts.method.as_str(), "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE");
-        let tries =
-            if route.retries > 0 && bodiless && idempotent && !upgrade { route.retries + 1 } else { 1 };
-        route.runtime.count_request();
-
-        headers::upstream_request(
-            &mut parts,
-            host,
-            conn,
-            request_id,
-            pool.protocol == UpstreamProtocol::H2c,
-            upgrade,
-        );
-        if let Some(config) = &route.cache
-            && matches!(parts.method, Method::GET | Method::HEAD)
-            && !parts.headers.contains_key(header::AUTHORIZATION)
-        {
-            let target = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-            let request =
-                caching::CacheRequest { route, config, pool, parts: &parts, host, target: &target, client };
-            // Boxed: the cache's state is not carried by every request's future.
-            let cached =
-                Box::pin(caching::serve(&self.cache, &self.upstreams, &self.metrics, &request)).await;
-            labels.backend = self.cache_label.clone();
-            return match cached.reason {
-                Some(reason) => Err(Refusal::with(cached.response, reason)),
-                None => Ok(cached.response),
+            let choice = choose::pool(route, &parts.headers, self.draw());
+            labels.pool = choice.pool.clone();
+            let no_backend = |status, reason| {
+                Refusal::with(respond::fallback_or(route.fallback.as_ref(), status, reason), reason)
             };
-        }
-        if let Some((shadow_pool, percent)) = &route.shadow
-            && bodiless
-            && !upgrade
-            && self.draw() < *percent
-            && let Some(shadow) = snapshot.pools.get(shadow_pool)
-        {
-            shadow::send(&self.upstreams, shadow, &parts, host, client, &self.metrics, &route.name);
-        }
+            let pool = snapshot
+                .pools
+                .get(&*choice.pool)
+                .filter(|p| !p.upstreams.is_empty())
+                .ok_or_else(|| no_backend(StatusCode::SERVICE_UNAVAILABLE, "no backend available"))?;
+            let upgrade = parts.headers.contains_key(header::UPGRADE);
+            let bodiless = !parts.headers.contains_key(header::TRANSFER_ENCODING)
+                && parts.headers.get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0");
+            let idempotent = matches!(parts.method.as_str(), "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE");
+            let tries =
+                if route.retries > 0 && bodiless && idempotent && !upgrade { route.retries + 1 } else { 1 };
+            route.runtime.count_request();
 
-        let first = pool.pick_or_wait(&parts.headers, client, route.timeout).await.ok_or_else(|| {
-            no_backend(StatusCode::SERVICE_UNAVAILABLE, "every backend is at its request limit")
-        })?;
-        let mut parts = parts;
-        // A body that fails while streaming (too long, bad chunking) is the client's fault:
-        // remember which, to answer 413 / 400 rather than 502.
-        let body_error = Arc::new(AtomicU16::new(0));
-        let seen = body_error.clone();
-        let body = Limited::new(body, listener.max_body_bytes as usize)
-            .map_err(move |err| {
-                let status = if err.is::<http_body_util::LengthLimitError>() { 413 } else { 400 };
-                seen.store(status, Ordering::Relaxed);
-                err
-            })
-            .boxed();
-        let tries = Tries {
-            upstreams: &self.upstreams,
-            commands: &self.commands,
-            route,
-            pool,
-            host,
-            client,
-            tries,
-            body_error,
-        };
-        let on_retried = |upstream: &crate::proxy::routes::Upstream, status: u16, seconds: f64| {
-            self.metrics.request(&route.name, &choice.pool, &upstream.label, status, Some(seconds));
-        };
-        let answered = tries.run(first, &mut parts, body, || self.draw(), on_retried).await;
-        let answered = match answered {
-            Ok(answered) => answered,
-            Err(failed) => {
-                labels.backend = failed.backend;
-                let mut refusal = match failed.status {
-                    StatusCode::BAD_GATEWAY => no_backend(failed.status, failed.reason),
-                    status => Refusal::new(status, failed.reason),
+            headers::upstream_request(
+                &mut parts,
+                host,
+                conn,
+                request_id,
+                pool.protocol == UpstreamProtocol::H2c,
+                upgrade,
+            );
+            if let Some(config) = &route.cache
+                && matches!(parts.method, Method::GET | Method::HEAD)
+                && !parts.headers.contains_key(header::AUTHORIZATION)
+            {
+                let target = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+                let request = caching::CacheRequest {
+                    route,
+                    config,
+                    pool,
+                    parts: &parts,
+                    host,
+                    target: &target,
+                    client,
                 };
-                if failed.status == StatusCode::BAD_REQUEST {
-                    refusal
-                        .response
-                        .headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                return Err(refusal);
+                // Boxed: the cache's state is not carried by every request's future.
+                let cached =
+                    Box::pin(caching::serve(&self.cache, &self.upstreams, &self.metrics, &request)).await;
+                labels.backend = self.cache_label.clone();
+                return match cached.reason {
+                    Some(reason) => Err(Refusal::with(cached.response, reason)),
+                    None => Ok(cached.response),
+                };
             }
-        };
-        labels.backend = answered.backend;
-        labels.upstream_seconds = Some(answered.seconds);
-        let mut response = answered.response;
-        // A 101 carries its backend connection; the client's connection tunnels to it.
-        let switching = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        headers::client_response(response.headers_mut(), switching);
-        if choice.set_sticky
-            && let Some(cookie) = choose::sticky_cookie(&choice.pool)
-        {
-            response.headers_mut().append(header::SET_COOKIE, cookie);
+            if let Some((shadow_pool, percent)) = &route.shadow
+                && bodiless
+                && !upgrade
+                && self.draw() < *percent
+                && let Some(shadow) = snapshot.pools.get(shadow_pool)
+            {
+                shadow::send(&self.upstreams, shadow, &parts, host, client, &self.metrics, &route.name);
+            }
+
+            let first = pool.pick_or_wait(&parts.headers, client, route.timeout).await.ok_or_else(|| {
+                no_backend(StatusCode::SERVICE_UNAVAILABLE, "every backend is at its request limit")
+            })?;
+            // A body that fails while streaming (too long, bad chunking) is the client's fault:
+            // remember which, to answer 413 / 400 rather than 502.
+            let body_error = Arc::new(AtomicU16::new(0));
+            let seen = body_error.clone();
+            let body = Limited::new(body, listener.max_body_bytes as usize)
+                .map_err(move |err| {
+                    let status = if err.is::<http_body_util::LengthLimitError>() { 413 } else { 400 };
+                    seen.store(status, Ordering::Relaxed);
+                    err
+                })
+                .boxed();
+            let tries = Tries {
+                upstreams: &self.upstreams,
+                commands: &self.commands,
+                route,
+                pool,
+                host,
+                client,
+                tries,
+                body_error,
+            };
+            let on_retried = |upstream: &crate::proxy::routes::Upstream, status: u16, seconds: f64| {
+                self.metrics.request(&route.name, &choice.pool, &upstream.label, status, Some(seconds));
+            };
+            let answered = tries.run(first, &mut parts, body, || self.draw(), on_retried).await;
+            let answered = match answered {
+                Ok(answered) => answered,
+                Err(failed) => {
+                    labels.backend = failed.backend;
+                    let mut refusal = match failed.status {
+                        StatusCode::BAD_GATEWAY => no_backend(failed.status, failed.reason),
+                        status => Refusal::new(status, failed.reason),
+                    };
+                    if failed.status == StatusCode::BAD_REQUEST {
+                        refusal
+                            .response
+                            .headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    return Err(refusal);
+                }
+            };
+            labels.backend = answered.backend;
+            labels.upstream_seconds = Some(answered.seconds);
+            let mut response = answered.response;
+            // A 101 carries its backend connection; the client's connection tunnels to it.
+            let switching = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
+            headers::client_response(response.headers_mut(), switching);
+            if choice.set_sticky
+                && let Some(cookie) = choose::sticky_cookie(&choice.pool)
+            {
+                response.headers_mut().append(header::SET_COOKIE, cookie);
+            }
+            // The request stays in flight (circuit breaking, least requests) until its body is done.
+            let in_flight = answered.in_flight;
+            Ok(response.map(|b| {
+                b.map_frame(move |frame| {
+                    let _ = &in_flight;
+                    frame
+                })
+                .boxed()
+            }))
         }
-        // The request stays in flight (circuit breaking, least requests) until its body is done.
-        let in_flight = answered.in_flight;
-        Ok(response.map(|b| {
-            b.map_frame(move |frame| {
-                let _ = &in_flight;
-                frame
-            })
-            .boxed()
-        }))
     }
 
     /// A connection the HTTP parser gave up on: counted, and logged like a request.
