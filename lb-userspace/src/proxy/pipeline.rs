@@ -174,6 +174,10 @@ impl Forwarder {
                 reason,
                 format: listener.access_log_format,
             });
+            // Unique per answer: HTTP/2 sends it as a literal, never indexed (added to the
+            // HPACK tables of both ends, it would only push out entries that repeat).
+            let mut request_id = request_id;
+            request_id.set_sensitive(true);
             response.headers_mut().insert(headers::X_REQUEST_ID, request_id);
             (response, entry)
         }
