@@ -116,13 +116,12 @@ fn root_syn_flood_from_one_prefix_is_dropped_in_xdp() -> Result<()> {
     println!("no limit: {open:?}");
 
     // The limit: 100 SYNs a second per prefix, 200 at once; applied by a reload.
-    let text = std::fs::read_to_string(&bed.config)?;
-    let limited = text.replace(
-        "xdp_mode = \"generic\"\n",
-        "xdp_mode = \"generic\"\nsyn_rate_per_prefix = 100\nsyn_burst = 200\n",
-    );
-    std::fs::write(&bed.config, limited)?;
-    bed.lbd.lbctl(&["reload"])?;
+    reload_edited(&bed, |text| {
+        text.replace(
+            "xdp_mode = \"generic\"\n",
+            "xdp_mode = \"generic\"\nsyn_rate_per_prefix = 100\nsyn_burst = 200\n",
+        )
+    })?;
     let guarded = flood(&bed)?;
     println!("limited: {guarded:?}");
 
@@ -141,6 +140,14 @@ fn root_syn_flood_from_one_prefix_is_dropped_in_xdp() -> Result<()> {
     );
     assert_eq!(open.dropped, 0, "{open:?}");
     Ok(())
+}
+
+/// Rewrites the bed's config with `edit` and reloads lbd; returns the text it had.
+fn reload_edited(bed: &MixedBed, edit: impl FnOnce(&str) -> String) -> Result<String> {
+    let text = std::fs::read_to_string(&bed.config)?;
+    std::fs::write(&bed.config, edit(&text))?;
+    bed.lbd.lbctl(&["reload"])?;
+    Ok(text)
 }
 
 /// What a flood from random sources to the L7 VIP's port 80 did.
@@ -224,13 +231,11 @@ fn root_syn_cookies_answer_a_spread_flood_in_xdp() -> Result<()> {
     println!("no cookies: {open:?}");
 
     // SYN cookies on the L7 VIP's port 80, by a reload: nftables' SYNPROXY rules appear.
-    let text = std::fs::read_to_string(&bed.config)?;
     let http = format!(
         "name = \"http\"\naddress = \"{L7}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\nmode = \"l7\"\n"
     );
+    let text = reload_edited(&bed, |text| text.replace(&http, &format!("{http}syn_cookies = true\n")))?;
     anyhow::ensure!(text.contains(&http), "the bed's config changed");
-    std::fs::write(&bed.config, text.replace(&http, &format!("{http}syn_cookies = true\n")))?;
-    bed.lbd.lbctl(&["reload"])?;
     let rules = bed.topology.lb.run("nft", &["list", "table", "inet", "sluice_synproxy"])?;
     let rules = String::from_utf8_lossy(&rules.stdout).into_owned();
     assert!(rules.contains("synproxy mss 1460 wscale 7 timestamp sack-perm"), "{rules}");
