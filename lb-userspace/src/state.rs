@@ -170,9 +170,11 @@ impl State {
                 if p.backends.iter().any(|b| b.addr == *address) {
                     return Err(CommandError::DuplicateBackend(pool.clone(), *address));
                 }
-                if self.config.vips.iter().any(|v| v.pool == *pool && v.addr.is_ipv6() && address.is_ipv4()) {
+                // XDP cannot put IPv6 in IPv4; lbd's proxy connects to either family.
+                let l4_v6 = |v: &Vip| v.pool == *pool && v.addr.is_ipv6() && v.mode == VipMode::L4;
+                if address.is_ipv4() && self.config.vips.iter().any(l4_v6) {
                     return Err(CommandError::Invalid(format!(
-                        "pool `{pool}` serves an IPv6 VIP: it cannot take IPv4 backend {address}"
+                        "pool `{pool}` serves an IPv6 L4 VIP: it cannot take IPv4 backend {address}"
                     )));
                 }
                 self.pool_mut(pool)?.backends.push(BackendSpec {

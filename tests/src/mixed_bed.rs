@@ -1,6 +1,7 @@
 //! One balancer carrying both kinds of VIP on the namespace topology: an L4 VIP balanced in
 //! XDP to two nginx backends (DSR, Sluice's decap) and an L7 VIP on lbd's HTTP and HTTPS
-//! listeners over the same pool. Used by the upgrade and live-view tests.
+//! listeners over the same pool (and an IPv6 L7 VIP on a plain listener). Used by the upgrade,
+//! live-view and SYN flood tests.
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Result;
@@ -14,6 +15,8 @@ use crate::{
 /// The L4 VIP (DSR to the backends) and the L7 VIP (lbd's listeners).
 pub const VIP4: &str = "198.19.0.1";
 pub const L7: &str = "198.19.0.3";
+/// An IPv6 L7 VIP (plain HTTP on lbd's `http6` listener).
+pub const L7_V6: &str = "fd00:5e:100::3";
 
 /// The bed; fields drop in order, lbd first and the topology last.
 pub struct MixedBed {
@@ -40,6 +43,7 @@ impl MixedBed {
             decaps.push(Decap::attach(backend, "generic")?);
         }
         topology.lb.run("ip", &["addr", "add", &format!("{L7}/32"), "dev", "lo"])?;
+        topology.lb.run("ip", &["addr", "add", &format!("{L7_V6}/128"), "dev", "lo"])?;
         let (cert, key) = ca.leaf("site", &["example.test"], false)?;
         let b = &topology.backends;
         let text = format!(
@@ -47,10 +51,13 @@ impl MixedBed {
              [[vip]]\nname = \"l4\"\naddress = \"{VIP4}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n\n\
              [[vip]]\nname = \"http\"\naddress = \"{L7}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\nmode = \"l7\"\n\n\
              [[vip]]\nname = \"https\"\naddress = \"{L7}\"\nport = 443\nprotocol = \"tcp\"\npool = \"web\"\nmode = \"l7\"\n\n\
+             [[vip]]\nname = \"http6\"\naddress = \"{L7_V6}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\nmode = \"l7\"\n\n\
              [[pool]]\nname = \"web\"\nbackends = [{{ address = \"{a}\" }}, {{ address = \"{b}\" }}]\n\n\
              [[listener]]\nname = \"http\"\naddress = \"{L7}:80\"\n\n\
              [[listener]]\nname = \"https\"\naddress = \"{L7}:443\"\ntls = {{ certificates = [{{ cert = \"{cert}\", key = \"{key}\" }}] }}\n\n\
+             [[listener]]\nname = \"http6\"\naddress = \"[{L7_V6}]:80\"\n\n\
              [[route]]\nlistener = \"http\"\npool = \"web\"\n\n[[route]]\nlistener = \"https\"\npool = \"web\"\n\n\
+             [[route]]\nlistener = \"http6\"\npool = \"web\"\n\n\
              [admin]\nsocket = \"{dir}/lbd.sock\"\n{admin_extra}\n",
             tag = topology.tag,
             mac = mac_text(topology.router_mac_to_lb),

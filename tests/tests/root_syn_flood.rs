@@ -8,7 +8,7 @@
 use std::{process::Stdio, time::Duration};
 
 use anyhow::{Context as _, Result};
-use sluice_tests::mixed_bed::{L7, MixedBed, VIP4};
+use sluice_tests::mixed_bed::{L7, L7_V6, MixedBed, VIP4};
 
 /// The flood's spoofed source (its /24 is what the limit counts).
 const SPOOFED: &str = "100.64.7.7";
@@ -227,18 +227,32 @@ fn spread_flood(bed: &MixedBed) -> Result<Spread> {
 #[test]
 fn root_syn_cookies_answer_a_spread_flood_in_xdp() -> Result<()> {
     let bed = MixedBed::start("syn-cookies", "")?;
+    // The IPv6 VIP answers once the new links' neighbour discovery has settled.
+    sluice_tests::servers::wait_for("the IPv6 L7 VIP to answer", Duration::from_secs(10), || {
+        let url = format!("http://[{L7_V6}]/");
+        bed.topology.client.run("curl", &["-gsS", "--max-time", "1", &url]).is_ok()
+    })?;
     let open = spread_flood(&bed)?;
     println!("no cookies: {open:?}");
 
-    // SYN cookies on the L7 VIP's port 80, by a reload: nftables' SYNPROXY rules appear.
-    let http = format!(
-        "name = \"http\"\naddress = \"{L7}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\nmode = \"l7\"\n"
-    );
-    let text = reload_edited(&bed, |text| text.replace(&http, &format!("{http}syn_cookies = true\n")))?;
-    anyhow::ensure!(text.contains(&http), "the bed's config changed");
-    let rules = bed.topology.lb.run("nft", &["list", "table", "inet", "sluice_synproxy"])?;
-    let rules = String::from_utf8_lossy(&rules.stdout).into_owned();
-    assert!(rules.contains("synproxy mss 1460 wscale 7 timestamp sack-perm"), "{rules}");
+    // SYN cookies on the L7 VIPs' port 80 (IPv4 and IPv6), by a reload: the SYNPROXY rules
+    // appear.
+    let vip = |name: &str, addr: &str| {
+        format!(
+            "name = \"{name}\"\naddress = \"{addr}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\nmode = \"l7\"\n"
+        )
+    };
+    let (http, http6) = (vip("http", L7), vip("http6", L7_V6));
+    let text = reload_edited(&bed, |text| {
+        text.replace(&http, &format!("{http}syn_cookies = true\n"))
+            .replace(&http6, &format!("{http6}syn_cookies = true\n"))
+    })?;
+    anyhow::ensure!(text.contains(&http) && text.contains(&http6), "the bed's config changed");
+    for (tool, mss) in [("iptables", "1460"), ("ip6tables", "1440")] {
+        let rules = bed.topology.lb.run(tool, &["-t", "filter", "-S", "SLUICE_SYNPROXY"])?;
+        let rules = String::from_utf8_lossy(&rules.stdout).into_owned();
+        assert!(rules.contains(&format!("--wscale 7 --mss {mss}")), "{tool}: {rules}");
+    }
 
     // Real connections alone: each SYN answered in XDP, each ACK checked there and passed to
     // SYNPROXY, which opens the connection to lbd.
@@ -248,8 +262,13 @@ fn root_syn_cookies_answer_a_spread_flood_in_xdp() -> Result<()> {
     );
     let quiet = bed.topology.client.run("sh", &["-c", &script])?;
     assert_eq!(String::from_utf8_lossy(&quiet.stdout).trim(), "20", "connections through SYN cookies");
+    let script6 = format!(
+        "ok=0; for i in $(seq 20); do curl -gs -o /dev/null --max-time 2 http://[{L7_V6}]/ && ok=$((ok+1)); done; echo $ok"
+    );
+    let quiet6 = bed.topology.client.run("sh", &["-c", &script6])?;
+    assert_eq!(String::from_utf8_lossy(&quiet6.stdout).trim(), "20", "IPv6 connections through SYN cookies");
     let after = counters(&bed)?;
-    assert!(after["syn_cookie_valid"] - before["syn_cookie_valid"] >= 20, "{before:?} -> {after:?}");
+    assert!(after["syn_cookie_valid"] - before["syn_cookie_valid"] >= 40, "{before:?} -> {after:?}");
     // The connection got the options the client offered: timestamps, SACK, window scale (ours:
     // 7), MSS 1460, as the client's kernel reports them (TCP_INFO: options, scales, send MSS).
     let probe = format!(
@@ -296,8 +315,10 @@ fn root_syn_cookies_answer_a_spread_flood_in_xdp() -> Result<()> {
     // Cookies off again: the rules go.
     std::fs::write(&bed.config, &text)?;
     bed.lbd.lbctl(&["reload"])?;
-    let gone = bed.topology.lb.run("nft", &["list", "table", "inet", "sluice_synproxy"]);
-    assert!(gone.is_err() || !gone.unwrap().status.success(), "the SYNPROXY table stayed");
+    for tool in ["iptables", "ip6tables"] {
+        let gone = bed.topology.lb.run(tool, &["-t", "filter", "-S", "SLUICE_SYNPROXY"]);
+        assert!(gone.is_err(), "{tool}: the SYNPROXY chain stayed");
+    }
     Ok(())
 }
 

@@ -287,10 +287,11 @@ fn syn_cookies_are_for_l7_tcp_vips() {
         )
     };
     let l4 = vip("l4").replace("[[listener]]\nname = \"l\"\naddress = \"198.19.0.1:80\"\n", "");
-    assert_error(&l4, "t.toml:10: VIP `web`: syn_cookies is for IPv4 L7 TCP VIPs");
+    assert_error(&l4, "t.toml:10: VIP `web`: syn_cookies is for L7 TCP VIPs");
+    let config = Config::parse(Path::new("t.toml"), &vip("l7")).expect("an L7 VIP with SYN cookies");
+    assert!(config.vips[0].syn_cookies);
     let v6 =
         vip("l7").replace("198.19.0.1", "fd00:5e:100::1").replace("fd00:5e:100::1:80", "[fd00:5e:100::1]:80");
-    assert_error(&v6, "t.toml:10: VIP `web`: syn_cookies is for IPv4 L7 TCP VIPs");
-    let config = Config::parse(Path::new("t.toml"), &vip("l7")).expect("an L7 VIP with SYN cookies");
+    let config = Config::parse(Path::new("t.toml"), &v6).expect("an IPv6 L7 VIP with SYN cookies");
     assert!(config.vips[0].syn_cookies);
 }

@@ -97,3 +97,23 @@ fn an_ejection_outlasts_good_probes() {
     let (weights, _) = state.effective_backends(&state.config.pools["web"]);
     assert_eq!(weights.iter().map(|w| w.weight).collect::<Vec<_>>(), [100, 100]);
 }
+
+#[test]
+fn only_an_ipv6_l4_vip_keeps_ipv4_backends_out_of_its_pool() {
+    let text = |mode: &str| {
+        format!(
+            "[dataplane]\ninterface = \"eth0\"\n\
+             [[vip]]\nname = \"web6\"\naddress = \"fd00::1\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\nmode = \"{mode}\"\n\
+             [[pool]]\nname = \"web\"\nbackends = [{{ address = \"fd00::10\" }}]\n\
+             [[listener]]\nname = \"l\"\naddress = \"[fd00::1]:80\"\n"
+        )
+    };
+    let add = Command::AddBackend { pool: "web".into(), address: ip("10.0.0.2"), weight: 50 };
+    // The proxy connects to IPv4 backends of an IPv6 L7 VIP's pool.
+    let mut l7 = State::new(Config::parse(Path::new("t.toml"), &text("l7")).unwrap());
+    assert!(l7.apply(&add).is_ok());
+    // XDP cannot put IPv6 in IPv4: refused for an IPv6 L4 VIP.
+    let l4 = text("l4").replace("[[listener]]\nname = \"l\"\naddress = \"[fd00::1]:80\"\n", "");
+    let mut l4 = State::new(Config::parse(Path::new("t.toml"), &l4).unwrap());
+    assert!(matches!(l4.apply(&add), Err(CommandError::Invalid(why)) if why.contains("IPv6 L4 VIP")));
+}

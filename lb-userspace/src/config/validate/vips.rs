@@ -48,14 +48,13 @@ pub(in crate::config) fn check(
         let syn_cookies = raw_vip.syn_cookies.as_ref().is_some_and(|on| *on.get_ref());
         if let Some(on) = &raw_vip.syn_cookies
             && *on.get_ref()
-            && (raw_vip.mode != VipMode::L7 || raw_vip.protocol != Protocol::Tcp || addr.is_ipv6())
+            && (raw_vip.mode != VipMode::L7 || raw_vip.protocol != Protocol::Tcp)
         {
             errors.at(
                 on.span(),
                 format!(
-                    "VIP `{name}`: syn_cookies is for IPv4 L7 TCP VIPs (an L4 VIP's backends answer its \
-                     SYNs: limit them with [dataplane] syn_rate_per_prefix; over IPv6, nftables' SYNPROXY \
-                     opened no connection on the tested kernel)"
+                    "VIP `{name}`: syn_cookies is for L7 TCP VIPs (an L4 VIP's backends answer its SYNs: \
+                     limit them with [dataplane] syn_rate_per_prefix)"
                 ),
             );
         }
