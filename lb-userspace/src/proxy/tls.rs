@@ -140,6 +140,11 @@ pub fn server_config(tls: &Tls, resolver: Arc<Resolver>) -> Result<Arc<ServerCon
     let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    // One TLS 1.3 ticket per connection (rustls and OpenSSL send two): a client resuming one
+    // connection after another needs one, and each new connection brings its own. The second
+    // ticket cost the client a message to process on every handshake: 3.86-3.89k -> 4.10-4.21k
+    // new handshakes a second when the client is the bottleneck (docs/performance.md).
+    config.send_tls13_tickets = 1;
     Ok(Arc::new(config))
 }
 
