@@ -92,6 +92,10 @@ fn render(family: Family, vips: &CookieVips) -> String {
 pub struct Rules {
     /// What the chains hold; None until lbd has written them once.
     applied: Option<CookieVips>,
+    /// A write failed part way: what the chains hold is not known, so the next sync rewrites
+    /// (or removes) both families' (the rollback after a failed change must not stop at the
+    /// family that was already written).
+    unknown: bool,
 }
 
 impl Rules {
@@ -99,20 +103,23 @@ impl Rules {
     /// asking for cookies from the start, netfilter is not touched.
     pub fn sync(&mut self, vips: &CookieVips) -> Result<Option<String>> {
         let before = self.applied.clone().unwrap_or_default();
-        if self.applied.as_ref() == Some(vips) || (self.applied.is_none() && vips.is_empty()) {
+        let known = !self.unknown;
+        if known && (self.applied.as_ref() == Some(vips) || (self.applied.is_none() && vips.is_empty())) {
             self.applied = Some(vips.clone());
             return Ok(None);
         }
+        // Until every step below has succeeded, what the chains hold is not known.
+        self.unknown = true;
         for family in [Family::V4, Family::V6] {
             let of =
                 |set: &CookieVips| set.iter().filter(|(a, _)| family.has(a)).copied().collect::<Vec<_>>();
             let (was, now) = (of(&before), of(vips));
-            if self.applied.is_some() && was == now {
+            if known && self.applied.is_some() && was == now {
                 continue;
             }
             if !now.is_empty() {
                 write_chains(family, vips)?;
-            } else if !was.is_empty() {
+            } else if !was.is_empty() || !known {
                 remove_chains(family);
             }
         }
@@ -123,6 +130,7 @@ impl Rules {
             })?;
         }
         self.applied = Some(vips.clone());
+        self.unknown = false;
         Ok(Some(match vips.is_empty() {
             true => "SYN cookies: SYNPROXY rules removed".to_owned(),
             false => {
