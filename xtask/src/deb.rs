@@ -228,7 +228,7 @@ pub fn deb(bin_dir: Option<PathBuf>, out: Option<PathBuf>) -> Result<PathBuf> {
         &format!(
             "Package: sluice\nVersion: {VERSION}\nArchitecture: {arch}\n\
              Maintainer: Sluice developers <sluice@example.org>\nInstalled-Size: {size_kib}\n\
-             Depends: libc6 (>= {glibc}), libgcc-s1\nSection: net\nPriority: optional\n\
+             Depends: libc6 (>= {glibc}), libgcc-s1\nSuggests: bird2, iptables\nSection: net\nPriority: optional\n\
              Description: kernel-accelerated L4/L7 load balancer\n \
              Sluice balances TCP and UDP in an XDP program (Maglev hashing, a\n \
              connection table, IPIP/IP6IP6 to backends that answer clients\n \
