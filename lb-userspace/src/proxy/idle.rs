@@ -181,6 +181,11 @@ impl<S> Watched<S> {
         activity.touch();
         Watched { inner, activity }
     }
+
+    /// The stream watched.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {

@@ -86,7 +86,21 @@ impl ClientIo for Watched<TcpStream> {
     }
 }
 
-impl ClientIo for tokio_rustls::server::TlsStream<Watched<TcpStream>> {}
+impl ClientIo for tokio_rustls::server::TlsStream<Watched<TcpStream>> {
+    fn poll_read_when_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+        _buf: &mut BytesMut,
+    ) -> Poll<Option<io::Result<usize>>> {
+        // While rustls holds no decrypted bytes, wait for the socket with no buffer held (as a
+        // plain connection does); then the stream is read the usual way.
+        let (tcp, session) = self.get_ref();
+        if session.wants_read() && tcp.get_ref().poll_read_ready(cx).is_pending() {
+            return Poll::Pending;
+        }
+        Poll::Ready(None)
+    }
+}
 
 /// What the connection serves requests with.
 pub struct Session {
