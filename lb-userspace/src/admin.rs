@@ -171,6 +171,7 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
                         protocol: format!("{:?}", v.protocol).to_lowercase(),
                         pool: v.pool.clone(),
                         mode: if v.mode == VipMode::L4 { "l4" } else { "l7" }.to_owned(),
+                        syn_cookies: v.syn_cookies,
                     })
                 })
                 .collect();

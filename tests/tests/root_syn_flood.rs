@@ -248,6 +248,8 @@ fn root_syn_cookies_answer_a_spread_flood_in_xdp() -> Result<()> {
             .replace(&http6, &format!("{http6}syn_cookies = true\n"))
     })?;
     anyhow::ensure!(text.contains(&http) && text.contains(&http6), "the bed's config changed");
+    let listed = bed.lbd.lbctl(&["vip", "list"])?;
+    assert!(listed.lines().any(|l| l.starts_with("http ") && l.contains("l7+cookies")), "{listed}");
     for (tool, mss) in [("iptables", "1460"), ("ip6tables", "1440")] {
         let rules = bed.topology.lb.run(tool, &["-t", "filter", "-S", "SLUICE_SYNPROXY"])?;
         let rules = String::from_utf8_lossy(&rules.stdout).into_owned();

@@ -96,6 +96,9 @@ pub struct Vip {
     pub pool: String,
     /// `l4` or `l7`.
     pub mode: String,
+    /// SYNs answered with SYN cookies in XDP (`syn_cookies`; absent from an older lbd's answer).
+    #[serde(default)]
+    pub syn_cookies: bool,
 }
 
 /// `GET /pools/NAME`, and each entry of `GET /pools`.

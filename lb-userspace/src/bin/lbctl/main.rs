@@ -467,16 +467,17 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Noun::Vip { verb: VipVerb::List } => {
             if let Some(vips) = ask::<Vec<views::Vip>>(&cli, Method::GET, "/vips", None).await? {
-                println!("{:<16} {:<40} {:>6} {:<5} {:<4} pool", "name", "address", "port", "proto", "mode");
+                println!("{:<16} {:<40} {:>6} {:<5} {:<11} pool", "name", "address", "port", "proto", "mode");
                 for vip in vips {
                     let port = if vip.port == 0 { "*".into() } else { vip.port.to_string() };
+                    let mode = if vip.syn_cookies { format!("{}+cookies", vip.mode) } else { vip.mode };
                     println!(
-                        "{:<16} {:<40} {:>6} {:<5} {:<4} {}",
+                        "{:<16} {:<40} {:>6} {:<5} {:<11} {}",
                         vip.name,
                         vip.address.to_string(),
                         port,
                         vip.protocol,
-                        vip.mode,
+                        mode,
                         vip.pool
                     );
                 }
