@@ -1,6 +1,7 @@
-//! Idle client connections: each connection's activity (last byte, requests in flight), the
-//! watchdog that closes it when it stays idle too long, and the listener's registry of open
-//! connections, from which the longest-idle one is closed first when the listener is full.
+//! Idle client connections: each connection's activity (last byte, requests in flight) and the
+//! nudge that wakes its idle wait (an eviction or the listener's stop), the watchdog that
+//! closes an HTTP/2 connection idle too long, and the listener's registry of open connections,
+//! from which the longest-idle one is closed first when the listener is full.
 use std::{
     collections::HashMap,
     io,

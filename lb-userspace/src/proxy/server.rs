@@ -365,8 +365,8 @@ pub async fn serve(
         let connection =
             Connection { serving: serving.clone(), client, registered: registry.register(), _permit: permit };
         match &acceptor {
-            // Plain connections are one lean task: no TLS or HTTP/2 state, no watchdog beside
-            // the HTTP/1.1 loop (its idle wait has the timeouts and the eviction).
+            // Plain connections are one lean task: no TLS or HTTP/2 state (HTTP/1.1's idle wait
+            // has the timeouts, the eviction and the stop, as for TLS ones).
             None => tokio::spawn(connection.plain(stream)),
             Some(acceptor) => tokio::spawn(connection.tls(acceptor.clone(), stream)),
         };
