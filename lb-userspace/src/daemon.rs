@@ -47,7 +47,7 @@ pub struct Core {
     pub state: State,
     /// The maps (None on an L7-only host).
     tables: Option<Tables>,
-    /// The nftables rules of SYN cookies.
+    /// The netfilter SYNPROXY rules of VIPs with SYN cookies.
     synproxy: Rules,
     /// The balancer's counters, read by the admin API and the metrics without the core lock
     /// (None on an L7-only host).
@@ -184,6 +184,17 @@ fn write_dataplane(
 }
 
 impl Core {
+    /// Makes the maps and the SYN cookie rules hold what `next` wants; when that fails, they
+    /// go back to the running State's, so nothing is half-applied.
+    fn write_next(&mut self, next: &State) -> Result<Vec<String>, DataplaneError> {
+        let written = write_dataplane(self.tables.as_mut(), &mut self.synproxy, &next.desired(&self.host));
+        if written.is_err() {
+            let _ =
+                write_dataplane(self.tables.as_mut(), &mut self.synproxy, &self.state.desired(&self.host));
+        }
+        written
+    }
+
     /// Opens the pinned maps of `config` and writes the config into them.
     pub fn start(config: Config, config_path: PathBuf, ebpf: Option<aya::Ebpf>) -> Result<Core, ExecError> {
         let host = host::facts(&config)?;
@@ -257,12 +268,7 @@ impl Core {
         if next == self.state {
             return Ok(lines);
         }
-        if let Err(err) = write_dataplane(self.tables.as_mut(), &mut self.synproxy, &next.desired(&self.host))
-        {
-            let _ =
-                write_dataplane(self.tables.as_mut(), &mut self.synproxy, &self.state.desired(&self.host));
-            return Err(err.into());
-        }
+        self.write_next(&next)?;
         let before = self.state.failing_open();
         self.state = next;
         self.l7.store(Arc::new(Snapshot::build(&self.state, &self.runtime)));
@@ -302,17 +308,8 @@ impl Core {
                 lines.push(line);
             }
         }
-        match write_dataplane(self.tables.as_mut(), &mut self.synproxy, &next.desired(&self.host)) {
-            Ok(changes) => changes.iter().for_each(|line| info!("{line}")),
-            Err(err) => {
-                // Nothing half-applied: the maps and rules go back to the running State.
-                let _ = write_dataplane(
-                    self.tables.as_mut(),
-                    &mut self.synproxy,
-                    &self.state.desired(&self.host),
-                );
-                return Err(err.into());
-            }
+        for line in self.write_next(&next)? {
+            info!("{line}");
         }
         let before = self.state.failing_open();
         self.state = next;
