@@ -102,9 +102,14 @@ pub struct Successor {
 }
 
 impl Successor {
-    /// Sends the proxy's counters (their text exposition) once this lbd has drained.
+    /// Sends the proxy's counters (their text exposition) once this lbd has drained. Past
+    /// MAX_COUNTERS the text is cut after a whole line: a cut line would carry a wrong count.
     pub fn send_counters(mut self, text: &str) -> Result<(), UpgradeError> {
-        let bytes = &text.as_bytes()[..text.len().min(MAX_COUNTERS)];
+        let bytes = text.as_bytes();
+        let bytes = match bytes.len() <= MAX_COUNTERS {
+            true => bytes,
+            false => &bytes[..bytes[..MAX_COUNTERS].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)],
+        };
         self.channel.write_all(&(bytes.len() as u32).to_be_bytes()).map_err(io("sending the counters"))?;
         self.channel.write_all(bytes).map_err(io("sending the counters"))
     }
