@@ -8,7 +8,7 @@
 //!
 //! SYN floods from everywhere, to L7 VIPs with `syn_cookies`: XDP answers each SYN with a SYN
 //! cookie of the kernel's own secret and lets only ACKs with a valid cookie (or of a socket
-//! the host has) up the stack, to nftables' SYNPROXY, which lbd sets up with the same MSS and
+//! the host has) up the stack, to netfilter's SYNPROXY, which lbd sets up with the same MSS and
 //! window scale as XDP's answers (below).
 use crate::addr::{Addr, is_v4};
 

@@ -21,6 +21,7 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 pub const IPV4_HLEN: usize = 20;
 pub const IPV6_HLEN: usize = 40;
 pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 /// Extension headers skipped at most; a longer chain is malformed.
 pub const MAX_IPV6_EXT_HEADERS: usize = 4;

@@ -1,9 +1,9 @@
 //! The SYN-ACK that answers a SYN with a SYN cookie (L7 VIPs with `syn_cookies`): what the
-//! client's SYN offers (window scale, SACK, timestamps), and the answer's IPv4 and TCP headers
+//! client's SYN offers (window scale, SACK, timestamps), and the answer's IP (v4 or v6) and TCP headers
 //! with their checksums. Pure code over copies of the headers: the XDP program moves bytes in
 //! and out with helpers, host tests run it as is.
 //!
-//! The answer is the one nftables' SYNPROXY would send, so that SYNPROXY, which checks the
+//! The answer is the one netfilter's SYNPROXY would send, so that SYNPROXY, which checks the
 //! returning ACK and opens the real connection to lbd's listener, understands it: window 0
 //! (the client waits for SYNPROXY's window update before it sends data), our MSS, and when the
 //! client sent a timestamp, SACK permission and window scale as offered, with the client's
@@ -12,10 +12,16 @@
 //! timestamps gets neither window scaling nor SACK (as with the kernel's own cookies).
 use lb_common::syn::{SYN_COOKIE_MSS, SYN_COOKIE_MSS6, SYN_COOKIE_WSCALE};
 
-use crate::csum;
+use crate::{
+    csum,
+    parse::{IPPROTO_TCP, TCP_ACK, TCP_SYN},
+};
 
 /// The largest TCP header (with options).
 pub const TCP_MAX_HLEN: usize = 60;
+/// The bytes of the IP header [`synack`] works on: IPv4's 20 (no options) or IPv6's 40 (no
+/// extension headers).
+pub const IP_MAX_HLEN: usize = 40;
 /// TTL of the answers.
 const TTL: u8 = 64;
 
@@ -118,10 +124,6 @@ fn sum16<const N: usize>(bytes: &[u8; N], from: usize, len: usize) -> u32 {
     sum
 }
 
-/// The bytes of the IP header [`synack`] works on: IPv4's 20 (no options) or IPv6's 40 (no
-/// extension headers).
-pub const IP_MAX_HLEN: usize = 40;
-
 /// Turns the SYN's headers, copied into `ip` (IPv4: its first 20 bytes) and `tcp` (`tcp_len`
 /// bytes), into the SYN-ACK's in place: addresses and ports swapped, sequence number `cookie`,
 /// the options above, checksums. Returns the new TCP header's length (20 to 40). In place, so
@@ -145,7 +147,11 @@ pub fn synack(
     options[words] = (OPT_MSS as u32) << 24 | 4 << 16 | mss as u32;
     words += 1;
     if let Some(tsecr) = offered.tsval {
-        let lead = if offered.sack { (OPT_SACK_PERM as u32) << 24 | 2 << 16 } else { 0x0101 << 16 };
+        let lead = if offered.sack {
+            (OPT_SACK_PERM as u32) << 24 | 2 << 16
+        } else {
+            (OPT_NOP as u32) << 24 | (OPT_NOP as u32) << 16
+        };
         options[words] = lead | (OPT_TIMESTAMP as u32) << 8 | 10;
         options[words + 1] = timestamp_cookie(now_ms, &offered);
         options[words + 2] = tsecr;
@@ -166,7 +172,7 @@ pub fn synack(
         ip[24..40].copy_from_slice(&src);
         ip[..4].copy_from_slice(&[0x60, 0, 0, 0]);
         ip[4..6].copy_from_slice(&(tcp_out as u16).to_be_bytes());
-        ip[6] = crate::parse::IPPROTO_TCP;
+        ip[6] = IPPROTO_TCP;
         ip[7] = TTL;
         sum16(ip, 8, 32)
     } else {
@@ -174,7 +180,7 @@ pub fn synack(
         src.copy_from_slice(&ip[12..16]);
         ip.copy_within(16..20, 12);
         ip[16..20].copy_from_slice(&src);
-        ip[..12].copy_from_slice(&[0x45, 0, 0, 0, 0, 0, 0x40, 0, TTL, crate::parse::IPPROTO_TCP, 0, 0]);
+        ip[..12].copy_from_slice(&[0x45, 0, 0, 0, 0, 0, 0x40, 0, TTL, IPPROTO_TCP, 0, 0]);
         ip[2..4].copy_from_slice(&((20 + tcp_out) as u16).to_be_bytes());
         let header: [u32; 5] = core::array::from_fn(|i| {
             u32::from_be_bytes([ip[4 * i], ip[4 * i + 1], ip[4 * i + 2], ip[4 * i + 3]])
@@ -189,7 +195,7 @@ pub fn synack(
     put32(tcp, 4, cookie);
     put32(tcp, 8, seq.wrapping_add(1));
     tcp[12] = ((tcp_out / 4) as u8) << 4;
-    tcp[13] = 0x12;
+    tcp[13] = TCP_SYN | TCP_ACK;
     tcp[14..20].copy_from_slice(&[0; 6]);
     let mut i = 0;
     while i < 5 {
@@ -199,7 +205,7 @@ pub fn synack(
         i += 1;
     }
     // Pseudo-header (addresses, protocol, TCP length) and the TCP header.
-    let pseudo = pseudo + crate::parse::IPPROTO_TCP as u32 + tcp_out as u32;
+    let pseudo = pseudo + IPPROTO_TCP as u32 + tcp_out as u32;
     let check = !csum::fold(pseudo + sum16(tcp, 0, tcp_out));
     tcp[16..18].copy_from_slice(&check.to_be_bytes());
     tcp_out

@@ -1,7 +1,7 @@
 //! SYN cookies for L7 VIPs that ask for them (`VIP_F_SYN_COOKIES`): a SYN is answered from
 //! here with a cookie of the kernel's own secret (the answer: lb_ebpf::synack), so the host
 //! keeps nothing for it; an ACK of a flow the host has no socket for goes up only with a valid
-//! cookie, to nftables' SYNPROXY (set up by lbd), which checks it again and opens the real
+//! cookie, to netfilter's SYNPROXY (set up by lbd), which checks it again and opens the real
 //! connection to lbd's listener. IPv4 without IP options and IPv6 without extension headers,
 //! neither VLAN-tagged; other packets go up the stack, where SYNPROXY answers them the same
 //! way, only later.
@@ -19,14 +19,13 @@ use aya_ebpf::{
 };
 use lb_common::stats::Stat;
 use lb_ebpf::{
-    parse::{ETH_HLEN, IPV4_HLEN, IPV6_HLEN, Packet, TCP_ACK, TCP_SYN},
+    parse::{ETH_HLEN, IPV4_HLEN, IPV6_HLEN, Packet, TCP_ACK, TCP_RST, TCP_SYN},
     synack::{IP_MAX_HLEN, TCP_MAX_HLEN, synack},
     wire::{Word, load, opaque, span},
 };
 
 use crate::balance::Outcome;
 
-const TCP_RST: u8 = 0x04;
 /// `bpf_sock.state` of a listening socket.
 const TCP_LISTEN: u32 = 10;
 

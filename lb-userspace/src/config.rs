@@ -457,7 +457,7 @@ pub struct Vip {
     pub pool: String,
     pub mode: VipMode,
     pub drop_fragments: bool,
-    /// SYNs answered with SYN cookies in XDP, the connection opened by nftables' SYNPROXY
+    /// SYNs answered with SYN cookies in XDP, the connection opened by netfilter's SYNPROXY
     /// (L7 TCP VIPs only).
     pub syn_cookies: bool,
 }

@@ -2,7 +2,7 @@
 //! program to a NIC and pins link and maps; its children write and read the pinned maps:
 //! `tables` (the writer: backends, VIPs, settings; with `rings` and `deny`), `vip_table`,
 //! `conn_table`, `mapped` (mmap'ed arrays), `counters` (per-CPU counters), `nic` (the NIC's own
-//! XDP error counters); `synproxy` keeps the nftables rules SYN cookies need.
+//! XDP error counters); `synproxy` keeps the netfilter rules SYN cookies need.
 pub mod conn_table;
 pub mod counters;
 mod deny;

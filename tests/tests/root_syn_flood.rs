@@ -4,7 +4,7 @@
 //! it (`drop_syn_rate`) and the real connections still succeed. SYN cookies: hping3 floods the
 //! L7 VIP from random sources (no limit per prefix can stop that); with `syn_cookies` XDP
 //! answers every SYN itself, the kernel keeps no state for them, the real connections open
-//! through nftables' SYNPROXY, and an ACK flood is dropped in XDP.
+//! through netfilter's SYNPROXY, and an ACK flood is dropped in XDP.
 use std::{process::Stdio, time::Duration};
 
 use anyhow::{Context as _, Result};

@@ -55,8 +55,9 @@ const BODY_QUEUE: usize = 4;
 /// A client connection's stream.
 pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
     /// Polls for what the client sends and appends it to `buf`, holding no buffer while it
-    /// waits: `Some(0)` at end of stream. `None`: this stream cannot (TLS may hold decrypted
-    /// bytes already), and is read the usual way.
+    /// waits: `Some(0)` at end of stream. `None`: there is something to read, but this stream
+    /// is read the usual way, into a buffer (TLS: rustls holds decrypted bytes, or the socket
+    /// is readable).
     fn poll_read_when_ready(
         &mut self,
         _cx: &mut Context<'_>,
