@@ -288,6 +288,9 @@ impl Core {
         if config.interface != self.state.config.interface || config.pin_dir != self.state.config.pin_dir {
             return Err(ExecError::NeedsRestart("interface or pin_dir changed".into()));
         }
+        if config.busy_poll != self.state.config.busy_poll {
+            return Err(ExecError::NeedsRestart("[proxy] busy_poll_us changed".into()));
+        }
         // Listeners are bound and configured at start (one socket per worker).
         if config.listeners != self.state.config.listeners {
             let names = |c: &Config| c.listeners.iter().map(|l| l.name.clone()).collect::<Vec<_>>();

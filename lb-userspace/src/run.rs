@@ -183,7 +183,9 @@ pub fn run(path: &Path) -> Result<(), RunError> {
             bound.push(one);
             listeners.push((listener, certs));
         }
-        let serving = proxy::workers::start(bound, snapshot.clone(), forwarder.clone(), stop_rx.clone())?;
+        let busy_poll = lock(&core).state.config.busy_poll;
+        let serving =
+            proxy::workers::start(bound, snapshot.clone(), forwarder.clone(), stop_rx.clone(), busy_poll)?;
         // SIGHUP and `lbctl reload` share one reload path (crate::reload).
         let (reload_tx, mut reload_asks) = tokio::sync::mpsc::channel(4);
         lock(&core).reloads = Some(reload_tx);

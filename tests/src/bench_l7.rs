@@ -246,9 +246,14 @@ fn haproxy_config(pem: &Path) -> String {
     )
 }
 
-fn sluice_config(dir: &Path, cert: &Path, key: &Path) -> String {
+/// Sluice's config; `busy_poll_us` above 0 adds a `[proxy]` table asking for busy polling.
+fn sluice_config(dir: &Path, cert: &Path, key: &Path, busy_poll_us: u64) -> String {
+    let proxy = match busy_poll_us {
+        0 => String::new(),
+        us => format!("[proxy]\nbusy_poll_us = {us}\n\n"),
+    };
     format!(
-        "[dataplane]\ninterface = \"bench0\"\nxdp_mode = \"generic\"\npin_dir = \"/sys/fs/bpf/sluice-bench-l7\"\n\n\
+        "{proxy}[dataplane]\ninterface = \"bench0\"\nxdp_mode = \"generic\"\npin_dir = \"/sys/fs/bpf/sluice-bench-l7\"\n\n\
          [[pool]]\nname = \"b\"\nbackends = [{{ address = \"127.0.0.1\" }}, {{ address = \"127.0.0.2\" }}]\nport = {b0}\n\n\
          [[listener]]\nname = \"http\"\naddress = \"127.0.0.1:9080\"\naccess_log = false\nmax_connections = 15000\n\n\
          [[listener]]\nname = \"https\"\naddress = \"127.0.0.1:9443\"\naccess_log = false\n\
@@ -261,6 +266,9 @@ fn sluice_config(dir: &Path, cert: &Path, key: &Path) -> String {
         b0 = BACKENDS[0]
     )
 }
+
+/// The busy-polling Sluice's modes: those where its core would otherwise sleep between packets.
+const BUSY_POLL_MODES: [&str; 2] = ["tls-keepalive", "tls-handshake"];
 
 /// Runs the whole comparison and prints it.
 pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
@@ -292,7 +300,9 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
         wait_port(port)?;
     }
     let sluice_conf = dir.0.join("sluice.toml");
-    std::fs::write(&sluice_conf, sluice_config(&dir.0, &cert, &key))?;
+    std::fs::write(&sluice_conf, sluice_config(&dir.0, &cert, &key, 0))?;
+    let busy_conf = dir.0.join("sluice-busy.toml");
+    std::fs::write(&busy_conf, sluice_config(&dir.0, &cert, &key, 100))?;
     let nginx_conf = dir.0.join("proxy.conf");
     std::fs::write(&nginx_conf, nginx_proxy_config(&dir.0, &cert, &key))?;
     let haproxy_conf = dir.0.join("haproxy.cfg");
@@ -302,6 +312,13 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
         (
             "sluice",
             vec![lbd.display().to_string(), "run".into(), "-c".into(), sluice_conf.display().to_string()],
+            9080,
+            9443,
+        ),
+        // The same lbd with `[proxy] busy_poll_us = 100` (off by default), in BUSY_POLL_MODES.
+        (
+            "sluice-bp",
+            vec![lbd.display().to_string(), "run".into(), "-c".into(), busy_conf.display().to_string()],
             9080,
             9443,
         ),
@@ -328,6 +345,9 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
     println!(
         "cargo xtask bench l7: {seconds} s per case, wrk -t1 -c64 (h2: h2load -t1 -c64 -m10), proxy on CPU 0, load and backends on CPU 1"
     );
+    println!(
+        "sluice-bp: the same lbd with `[proxy] busy_poll_us = 100` (off by default), in {BUSY_POLL_MODES:?}"
+    );
     for round in 1..=rounds {
         let mut table: Vec<(String, String, Sample)> = Vec::new();
         let mut memory: Vec<(String, f64)> = Vec::new();
@@ -337,10 +357,13 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
             wait_port(*https)?;
             // nsenter execs taskset, which execs the proxy: the child's pid is the proxy's.
             let pid = proc.0.id();
+            let busy_poll = *name == "sluice-bp";
             // Memory first, on a fresh process: after the load, freed buffers the allocator keeps
             // would hide the growth.
-            memory.push((name.to_string(), idle_memory_per_connection(pid, *http, IDLE_CONNECTIONS)?));
-            for mode in modes {
+            if !busy_poll {
+                memory.push((name.to_string(), idle_memory_per_connection(pid, *http, IDLE_CONNECTIONS)?));
+            }
+            for mode in modes.into_iter().filter(|m| !busy_poll || BUSY_POLL_MODES.contains(m)) {
                 let url = match mode {
                     "http1-keepalive" => format!("http://127.0.0.1:{http}/"),
                     _ => format!("https://127.0.0.1:{https}/"),
@@ -353,21 +376,24 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
         }
         println!("\nround {round}:");
         println!(
-            "{:<16} {:<8} {:>10} {:>9} {:>9} {:>10} {:>7} {:>14}",
+            "{:<16} {:<9} {:>10} {:>9} {:>9} {:>10} {:>7} {:>14}",
             "mode", "proxy", "req/s", "p50 ms", "p99 ms", "cpu us/req", "other", "sluice/best"
         );
         for mode in modes {
             let rows: Vec<&(String, String, Sample)> = table.iter().filter(|(m, _, _)| m == mode).collect();
-            let best_peer =
-                rows.iter().filter(|(_, p, _)| p != "sluice").map(|(_, _, s)| s.rps).fold(0.0, f64::max);
+            let best_peer = rows
+                .iter()
+                .filter(|(_, p, _)| !p.starts_with("sluice"))
+                .map(|(_, _, s)| s.rps)
+                .fold(0.0, f64::max);
             for (m, p, s) in &rows {
-                let ratio = if p == "sluice" && best_peer > 0.0 {
+                let ratio = if p.starts_with("sluice") && best_peer > 0.0 {
                     format!("{:.2}x", s.rps / best_peer)
                 } else {
                     String::new()
                 };
                 println!(
-                    "{m:<16} {p:<8} {:>10.0} {:>9.2} {:>9.2} {:>10.1} {:>6.0}% {:>14}",
+                    "{m:<16} {p:<9} {:>10.0} {:>9.2} {:>9.2} {:>10.1} {:>6.0}% {:>14}",
                     s.rps,
                     s.p50_ms,
                     s.p99_ms,

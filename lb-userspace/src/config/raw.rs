@@ -15,6 +15,8 @@ pub(super) struct RawConfig {
     pub(super) deny: RawDeny,
     #[serde(default)]
     pub(super) admin: RawAdmin,
+    #[serde(default)]
+    pub(super) proxy: RawProxy,
     pub(super) bgp: Option<RawBgp>,
     pub(super) cluster: Option<RawCluster>,
     #[serde(default)]
@@ -146,6 +148,12 @@ pub(super) struct RawRateLimit {
 pub(super) struct RawAdmin {
     pub(super) socket: Option<PathBuf>,
     pub(super) metrics: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProxy {
+    pub(super) busy_poll_us: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

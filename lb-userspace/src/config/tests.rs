@@ -213,6 +213,18 @@ fn access_log_format_is_logfmt_or_json() {
 }
 
 #[test]
+fn busy_polling_is_off_unless_asked_and_bounded() {
+    let busy = |us: &str| format!("[proxy]\nbusy_poll_us = {us}\n{BASE}");
+    assert_eq!(Config::parse(Path::new("t.toml"), BASE).unwrap().busy_poll, Duration::ZERO);
+    assert_eq!(
+        Config::parse(Path::new("t.toml"), &busy("100")).unwrap().busy_poll,
+        Duration::from_micros(100)
+    );
+    assert_error(&busy("20000"), "t.toml:2: busy_poll_us must be at most 10000 (10 ms)");
+    assert!(Config::parse(Path::new("t.toml"), &busy("-1")).is_err());
+}
+
+#[test]
 fn every_section_s_type_error_is_reported_at_once() {
     let text = format!(
         "{BASE}xdp_mode = \"fast\"\n\

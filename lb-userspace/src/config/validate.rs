@@ -105,6 +105,19 @@ impl Errors<'_> {
     }
 }
 
+/// `[proxy] busy_poll_us`: at most `MAX_BUSY_POLL_US` (a longer spin only burns the core).
+fn busy_poll(raw: RawProxy, errors: &mut Errors<'_>) -> Duration {
+    let Some(us) = raw.busy_poll_us else { return Duration::ZERO };
+    if *us.get_ref() > MAX_BUSY_POLL_US {
+        errors.at(us.span(), format!("busy_poll_us must be at most {MAX_BUSY_POLL_US} (10 ms)"));
+        return Duration::ZERO;
+    }
+    Duration::from_micros(*us.get_ref())
+}
+
+/// The longest busy poll `[proxy] busy_poll_us` takes.
+const MAX_BUSY_POLL_US: u64 = 10_000;
+
 pub(super) fn parse_mac(text: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = text.split(':');
@@ -153,6 +166,7 @@ pub(super) fn validate(mut raw: RawConfig, errors: &mut Errors) -> Config {
             .and_then(|m| errors.parse(&m, "an address:port like 127.0.0.1:9100", |s| s.parse().ok())),
         listeners,
         routes,
+        busy_poll: busy_poll(raw.proxy, errors),
         vips,
         pools,
         deny,

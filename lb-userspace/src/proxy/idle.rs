@@ -72,6 +72,7 @@ impl Default for Activity {
 
 impl Activity {
     fn touch(&self) {
+        crate::proxy::busy_poll::worked();
         self.last_ms.store(coarse_ms(), Ordering::Relaxed);
     }
 

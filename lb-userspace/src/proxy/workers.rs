@@ -11,7 +11,7 @@ use tokio::net::TcpSocket;
 use crate::{
     config::Listener,
     proxy::{
-        ProxyError,
+        ProxyError, busy_poll,
         pipeline::Forwarder,
         routes::Snapshot,
         server::{self, Shared},
@@ -77,6 +77,7 @@ pub fn start(
     snapshot: Arc<ArcSwap<Snapshot>>,
     forwarder: Arc<Forwarder>,
     stop: tokio::sync::watch::Receiver<bool>,
+    busy_poll: std::time::Duration,
 ) -> Result<Vec<JoinHandle<()>>, ProxyError> {
     let workers = bound.first().map_or(0, |b| b.sockets.len());
     let mut per_worker: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
@@ -93,17 +94,29 @@ pub fn start(
             per_worker[worker].push((listener.clone(), socket, shared.clone()));
         }
     }
+    if !busy_poll.is_zero() {
+        info!(
+            "L7 workers poll busily for {} µs after their last work before they sleep",
+            busy_poll.as_micros()
+        );
+    }
     let mut threads = Vec::new();
     for (worker, listeners) in per_worker.into_iter().enumerate() {
         let (snapshot, forwarder, stop) = (snapshot.clone(), forwarder.clone(), stop.clone());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(ProxyError::Runtime)?;
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        builder.enable_all();
+        // Busy polling (off by default): see `busy_poll`.
+        if !busy_poll.is_zero() {
+            builder.on_thread_park(busy_poll::before_park);
+        }
+        let runtime = builder.build().map_err(ProxyError::Runtime)?;
         let thread = std::thread::Builder::new()
             .name(format!("l7-worker-{worker}"))
             .spawn(move || {
                 runtime.block_on(async move {
+                    if !busy_poll.is_zero() {
+                        tokio::spawn(busy_poll::spinner(busy_poll));
+                    }
                     let mut serving = Vec::new();
                     for (listener, socket, shared) in listeners {
                         let name = listener.name.clone();
