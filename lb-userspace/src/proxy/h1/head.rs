@@ -2,11 +2,15 @@
 //! backend, parsed with `httparse` into `http` types, with the framing each one's body has.
 //! Ambiguous framing (Content-Length with Transfer-Encoding, differing lengths, a coding
 //! other than a lone `chunked`) is refused here, before anything is forwarded.
+use std::mem::MaybeUninit;
+
 use bytes::{Bytes, BytesMut};
 use hyper::{
     HeaderMap, Method, StatusCode, Uri, Version,
     header::{self, HeaderName, HeaderValue},
 };
+
+use smallvec::SmallVec;
 
 use crate::proxy::h1::body::Framing;
 
@@ -52,27 +56,23 @@ pub struct ResponseHead {
     pub keep_alive: bool,
 }
 
+/// The fields of one head, on the stack when there are few (most heads).
+type Ranges = SmallVec<[(HeaderName, std::ops::Range<usize>); 16]>;
+
 /// Where each field of a parsed head sits in its buffer (httparse borrows the buffer; the
 /// head is cut out of it afterwards, and the values become slices of that cut, not copies).
-fn field_ranges(
-    buf: &[u8],
-    fields: &[httparse::Header<'_>],
-) -> Result<Vec<(HeaderName, std::ops::Range<usize>)>, &'static str> {
+fn field_ranges(buf: &[u8], fields: &[httparse::Header<'_>]) -> Result<Ranges, &'static str> {
     let base = buf.as_ptr() as usize;
-    fields
-        .iter()
-        .map(|field| {
-            let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| "bad header name")?;
-            let start = field.value.as_ptr() as usize - base;
-            Ok((name, start..start + field.value.len()))
-        })
-        .collect()
+    let mut ranges = Ranges::with_capacity(fields.len());
+    for field in fields {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| "bad header name")?;
+        let start = field.value.as_ptr() as usize - base;
+        ranges.push((name, start..start + field.value.len()));
+    }
+    Ok(ranges)
 }
 
-fn header_map(
-    head: &Bytes,
-    ranges: Vec<(HeaderName, std::ops::Range<usize>)>,
-) -> Result<HeaderMap, &'static str> {
+fn header_map(head: &Bytes, ranges: Ranges) -> Result<HeaderMap, &'static str> {
     let mut map = HeaderMap::with_capacity(ranges.len());
     for (name, range) in ranges {
         let value = HeaderValue::from_maybe_shared(head.slice(range)).map_err(|_| "bad header value")?;
@@ -128,11 +128,12 @@ fn declared_framing(headers: &HeaderMap) -> Result<Option<Framing>, &'static str
 /// Parses a request head at the start of `buf` and takes it out: `Ok(None)` while it is
 /// incomplete (and under `max_bytes`).
 pub fn parse_request(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<RequestHead>, Refused> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADER_FIELDS];
-    let mut request = httparse::Request::new(&mut fields);
+    // Left uninitialized: httparse writes the fields it finds (zeroing 100 would cost more).
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADER_FIELDS];
+    let mut request = httparse::Request::new(&mut []);
     let too_large =
         Refused { status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, reason: "request head too large" };
-    let length = match request.parse(buf) {
+    let length = match request.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(n)) if n > max_bytes => return Err(too_large),
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= max_bytes => return Err(too_large),
@@ -194,9 +195,11 @@ pub fn parse_response(
     method: &Method,
     max_bytes: usize,
 ) -> Result<Option<ResponseHead>, &'static str> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
-    let mut response = httparse::Response::new(&mut fields);
-    let length = match response.parse(buf) {
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed =
+        httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut response, buf, &mut fields);
+    let length = match parsed {
         Ok(httparse::Status::Complete(n)) if n <= max_bytes => n,
         Ok(httparse::Status::Partial) if buf.len() < max_bytes => return Ok(None),
         Ok(_) => return Err("response head too large"),
