@@ -2,7 +2,9 @@
 //! namespace: silent and stalled connections closed by their timeouts, idle connections closed
 //! first when a listener is full, the descriptor limit reached without a log flood or false
 //! health verdicts, and the parser's edge cases (duplicate Host, HTTP/2 header count,
-//! `Connection: Host`, half-close, access-log injection, refusals counted).
+//! `Connection: Host`, half-close, access-log injection, refusals counted). The bed's lbd polls
+//! busily (`[proxy] busy_poll_us`), so every case also runs with busy polling on; one checks
+//! that an idle lbd stops polling.
 use std::{
     io::{Read, Write},
     net::{Shutdown, TcpStream},
@@ -41,7 +43,10 @@ impl Bed {
         std::fs::write(
             &config,
             format!(
-                r#"[dataplane]
+                r#"[proxy]
+busy_poll_us = 200
+
+[dataplane]
 interface = "eth0"
 xdp_mode = "generic"
 pin_dir = "/sys/fs/bpf/{tag}"
@@ -167,6 +172,18 @@ metrics = "127.0.0.1:9100"
     }
 }
 
+/// CPU seconds `pid` has used (user and system, all threads).
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime, fields 14 and 15 of the line: 11 and 12 after the name (state is 0).
+    // SAFETY: sysconf only reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(11) + ticks(12)) / hz)
+}
+
 /// Whether the server has closed `socket` (a read sees the end, or a reset).
 fn closed_by_server(mut socket: &TcpStream) -> bool {
     let _ = socket.set_read_timeout(Some(Duration::from_millis(20)));
@@ -229,6 +246,12 @@ fn root_l7_hygiene_silent_and_stalled_connections_time_out() -> Result<()> {
     assert!(!closed_by_server(&kept[0]), "closed before the idle timeout");
     std::thread::sleep(Duration::from_millis(1500));
     assert!(closed_by_server(&kept[0]), "idle keep-alive connection kept open");
+
+    // Busy polling ends 200 µs after the last client byte: an idle lbd sleeps.
+    let before = cpu_seconds(bed.lbd.pid())?;
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_seconds(bed.lbd.pid())? - before;
+    assert!(used < 0.3, "idle lbd with busy polling used {used:.2} s of CPU in 2 s");
     Ok(())
 }
 
