@@ -276,13 +276,17 @@ impl Forwarder {
             // remember which, to answer 413 / 400 rather than 502.
             let body_error = Arc::new(AtomicU16::new(0));
             let seen = body_error.clone();
-            let body = Limited::new(body, listener.max_body_bytes as usize)
-                .map_err(move |err| {
-                    let status = if err.is::<http_body_util::LengthLimitError>() { 413 } else { 400 };
-                    seen.store(status, Ordering::Relaxed);
-                    err
-                })
-                .boxed();
+            // A request that ends with its head has nothing to limit (one box fewer).
+            let body = match hyper::body::Body::is_end_stream(&body) {
+                true => body,
+                false => Limited::new(body, listener.max_body_bytes as usize)
+                    .map_err(move |err| {
+                        let status = if err.is::<http_body_util::LengthLimitError>() { 413 } else { 400 };
+                        seen.store(status, Ordering::Relaxed);
+                        err
+                    })
+                    .boxed(),
+            };
             let tries = Tries {
                 upstreams: &self.upstreams,
                 commands: &self.commands,

@@ -20,6 +20,7 @@ use hyper::{
     body::{Body as _, Frame, SizeHint},
     header,
 };
+use smallvec::SmallVec;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::TcpStream,
@@ -34,6 +35,7 @@ use crate::{
             body::{BodyError, Decoded, Decoder, Framing},
             encode::{self, Out},
             head::{self, Refused},
+            scratch,
             upstream::{Switched, write_all_vectored},
         },
         idle::{Activity, Closed, Watched},
@@ -408,7 +410,8 @@ async fn exchange<S: ClientIo>(
     *request.uri_mut() = uri;
     *request.version_mut() = version;
     *request.headers_mut() = headers;
-    let mut handled = Box::pin(cx.forwarder.clone().handle(
+    // Inside the exchange's own box (`serve`): no second allocation for the pipeline's future.
+    let mut handled = std::pin::pin!(cx.forwarder.clone().handle(
         request,
         cx.snapshot.load_full(),
         cx.listener.clone(),
@@ -505,7 +508,7 @@ async fn write_response<S: ClientIo>(
         }),
         (false, _) => None,
     };
-    let mut head = Vec::with_capacity(256 + parts.headers.len() * 32);
+    let mut head = scratch::take();
     let keep_alive_10 = keep_alive && version == Version::HTTP_10;
     encode::response_head(
         &mut head,
@@ -526,7 +529,7 @@ async fn write_response<S: ClientIo>(
     }
     {
         let size;
-        let mut slices = Vec::with_capacity(5);
+        let mut slices: SmallVec<[io::IoSlice<'_>; 5]> = SmallVec::new();
         slices.push(io::IoSlice::new(&head));
         if let Some(data) = &first {
             bytes += data.len() as u64;

@@ -20,13 +20,14 @@ use hyper::{
     body::{Body as _, Frame, SizeHint},
     header,
 };
+use smallvec::SmallVec;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use crate::proxy::{
     h1::{
         body::{Decoded, Decoder},
         encode::{self, Out},
-        head,
+        head, scratch,
     },
     phase::respond::{self, Body},
 };
@@ -162,7 +163,7 @@ impl Pool {
                 None => Out::Chunked,
             }
         };
-        let mut head = Vec::with_capacity(512);
+        let mut head = scratch::take();
         encode::request_head(&mut head, method, target, headers, out);
         // Let the worker's other ready connections reach this point first: their requests then
         // go out back to back, and a backend woken once finds several waiting (HAProxy's loop
@@ -256,7 +257,7 @@ async fn write_body(conn: &mut Conn, head: &[u8], body: &mut Body, out: Out) -> 
         }
         written += data.len() as u64;
         let size = encode::chunk_size(data.len());
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(4);
+        let mut slices: SmallVec<[IoSlice<'_>; 4]> = SmallVec::new();
         if let Some(head) = head.take() {
             slices.push(IoSlice::new(head));
         }
@@ -274,7 +275,7 @@ async fn write_body(conn: &mut Conn, head: &[u8], body: &mut Body, out: Out) -> 
     {
         return Err("request body shorter than its Content-Length".into());
     }
-    let mut tail: Vec<IoSlice<'_>> = Vec::with_capacity(2);
+    let mut tail: SmallVec<[IoSlice<'_>; 2]> = SmallVec::new();
     if let Some(head) = head {
         tail.push(IoSlice::new(head));
     }

@@ -17,6 +17,7 @@ use hyper::{
     HeaderMap, Request, Response, StatusCode, Uri, Version, client::conn::http2, header, http::request::Parts,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use smallvec::SmallVec;
 
 use crate::{
     config::UpstreamProtocol,
@@ -213,7 +214,7 @@ impl Tries<'_> {
     ) -> Result<Answered, Failed> {
         let mut upstream = first;
         let mut body = Some(body);
-        let mut tried = Vec::new();
+        let mut tried: SmallVec<[SocketAddr; 4]> = SmallVec::new();
         for attempt in 0..self.tries {
             if attempt > 0 {
                 // 5 ms doubling per try, times a draw in [0.5, 1.5).
