@@ -66,10 +66,13 @@ pub fn before_park() {
 pub fn spinner(budget: Duration) -> impl Future<Output = ()> {
     std::future::poll_fn(move |cx| {
         SPIN.with_borrow_mut(|spin| {
-            let now = Instant::now();
             // A worker that starts has just worked: its first park spins too.
-            let seen = WORK.with(Cell::get);
-            let spin = spin.get_or_insert_with(|| Spin { budget, seen, until: now + budget, spinner: None });
+            let spin = spin.get_or_insert_with(|| Spin {
+                budget,
+                seen: WORK.with(Cell::get),
+                until: Instant::now() + budget,
+                spinner: None,
+            });
             spin.spinner = Some(cx.waker().clone());
         });
         Poll::Pending
