@@ -105,7 +105,7 @@ pub fn start(
         let (snapshot, forwarder, stop) = (snapshot.clone(), forwarder.clone(), stop.clone());
         let mut builder = tokio::runtime::Builder::new_current_thread();
         builder.enable_all();
-        // Busy polling (off by default): see `busy_poll`.
+        // Busy polling (`[proxy] busy_poll_us`; zero: none): see `busy_poll`.
         if !busy_poll.is_zero() {
             builder.on_thread_park(busy_poll::before_park);
         }

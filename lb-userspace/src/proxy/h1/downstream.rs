@@ -53,6 +53,8 @@ const FIRST_READ: usize = 2 * 1024;
 const READ_SIZE: usize = 8 * 1024;
 /// Request body chunks queued between this connection and the pipeline.
 const BODY_QUEUE: usize = 4;
+/// An answer's first body piece up to this size is copied behind its head and sent with it in
+/// one `send`; a larger one goes beside the head (`writev`), not copied.
 const SMALL_BODY: usize = 1024;
 
 /// A client connection's stream.
