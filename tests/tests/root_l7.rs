@@ -300,6 +300,24 @@ fn root_l7_http1_http2_routing_and_headers() -> Result<()> {
     ] {
         assert!(echo.contains(part), "missing {part}: {echo}");
     }
+    // A client's own forwarding fields: its X-Forwarded-For list is extended, its Via replaced
+    // (one field each reaches the backend, not the client's and the proxy's).
+    let echo = bed.curl(&[
+        "-H",
+        "x-forwarded-for: 203.0.113.9",
+        "-H",
+        "via: 1.0 client",
+        "-H",
+        "forwarded: for=203.0.113.9",
+        "https://example.test/echo",
+    ])?;
+    for part in [
+        "xff=203.0.113.9, 198.18.0.2 proto=",
+        "via=1.1 sluice host=",
+        "fwd=for=198.18.0.2;proto=https;host=example.test rid=",
+    ] {
+        assert!(echo.contains(part), "missing {part}: {echo}");
+    }
     let headers = bed.curl(&["-D", "-", "-o", "/dev/null", "https://example.test/echo"])?;
     assert!(headers.to_ascii_lowercase().contains("x-request-id: "), "{headers}");
 

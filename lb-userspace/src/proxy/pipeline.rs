@@ -229,7 +229,7 @@ impl Forwarder {
                 if route.retries > 0 && bodiless && idempotent && !upgrade { route.retries + 1 } else { 1 };
             route.runtime.count_request();
 
-            headers::upstream_request(
+            let forwarding = headers::upstream_request(
                 &mut parts,
                 host,
                 conn,
@@ -247,6 +247,7 @@ impl Forwarder {
                     config,
                     pool,
                     parts: &parts,
+                    forwarding: &forwarding,
                     host,
                     target: &target,
                     client,
@@ -266,7 +267,16 @@ impl Forwarder {
                 && self.draw() < *percent
                 && let Some(shadow) = snapshot.pools.get(shadow_pool)
             {
-                shadow::send(&self.upstreams, shadow, &parts, host, client, &self.metrics, &route.name);
+                shadow::send(
+                    &self.upstreams,
+                    shadow,
+                    &parts,
+                    &forwarding,
+                    host,
+                    client,
+                    &self.metrics,
+                    &route.name,
+                );
             }
 
             let first = pool.pick_or_wait(&parts.headers, client, route.timeout).await.ok_or_else(|| {
@@ -296,6 +306,7 @@ impl Forwarder {
                 client,
                 tries,
                 body_error,
+                forwarding: &forwarding,
             };
             let on_retried = |upstream: &crate::proxy::routes::Upstream, status: u16, seconds: f64| {
                 self.metrics.request(&route.name, &choice.pool, &upstream.label, status, Some(seconds));

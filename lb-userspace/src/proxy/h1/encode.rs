@@ -5,7 +5,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use hyper::{HeaderMap, Method, StatusCode, header};
+use hyper::{HeaderMap, Method, StatusCode, header, header::HeaderName};
 
 /// How the body written after a head is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,13 +94,37 @@ pub fn response_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Fields a request head carries after the request's own: their lines (`name: value\r\n`), and
+/// the names of the request's own fields they replace (left out).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Added<'a> {
+    pub lines: &'a [u8],
+    pub replacing: &'a [HeaderName],
+}
+
 /// A request head to a backend (`target` in origin form; Host among `headers`).
-pub fn request_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap, body: Out) {
+pub fn request_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    added: Added<'_>,
+    body: Out,
+) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    fields(out, headers);
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || added.replacing.contains(name)
+        {
+            continue;
+        }
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(added.lines);
     framing(out, body);
     out.extend_from_slice(b"\r\n");
 }
@@ -124,8 +148,16 @@ mod tests {
         headers.insert(header::CONTENT_LENGTH, "99".parse().unwrap());
         headers.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
         let mut out = Vec::new();
-        request_head(&mut out, &Method::POST, "/x", &headers, Out::Length(3));
+        request_head(&mut out, &Method::POST, "/x", &headers, Added::default(), Out::Length(3));
         assert_eq!(out, b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\n\r\n");
+        // Added fields come after the request's own and replace theirs.
+        let mut own = HeaderMap::new();
+        own.insert(header::HOST, "a".parse().unwrap());
+        own.insert(header::VIA, "client".parse().unwrap());
+        let added = Added { lines: b"via: 1.1 sluice\r\n", replacing: &[header::VIA] };
+        out.clear();
+        request_head(&mut out, &Method::GET, "/", &own, added, Out::None);
+        assert_eq!(out, b"GET / HTTP/1.1\r\nhost: a\r\nvia: 1.1 sluice\r\n\r\n");
         let mut out = Vec::new();
         headers.insert(header::DATE, "d".parse().unwrap());
         response_head(&mut out, StatusCode::OK, &headers, Out::Chunked, None, true, false);

@@ -147,6 +147,7 @@ impl Pool {
         method: &Method,
         target: &str,
         headers: &HeaderMap,
+        added: encode::Added<'_>,
         mut body: Body,
     ) -> Result<Response<Body>, SendError> {
         let bodiless = body.is_end_stream();
@@ -164,7 +165,7 @@ impl Pool {
             }
         };
         let mut head = scratch::take();
-        encode::request_head(&mut head, method, target, headers, out);
+        encode::request_head(&mut head, method, target, headers, added, out);
         // Let the worker's other ready connections reach this point first: their requests then
         // go out back to back, and a backend woken once finds several waiting (HAProxy's loop
         // does the same). Measured: backend context switches per request 0.18 -> 0.06,
@@ -456,7 +457,10 @@ mod tests {
     async fn get(pool: &Arc<Pool>, address: SocketAddr, path: &str) -> String {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, "backend.test".parse().unwrap());
-        let response = pool.send(address, &Method::GET, path, &headers, respond::empty()).await.unwrap();
+        let response = pool
+            .send(address, &Method::GET, path, &headers, encode::Added::default(), respond::empty())
+            .await
+            .unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(body.to_vec()).unwrap()
     }
@@ -508,7 +512,8 @@ mod tests {
             ["ab", "cde"].map(|s| Ok::<_, SendError>(Frame::data(Bytes::from(s)))),
         ))
         .boxed();
-        let response = pool.send(address, &Method::POST, "/up", &headers, body).await.unwrap();
+        let response =
+            pool.send(address, &Method::POST, "/up", &headers, encode::Added::default(), body).await.unwrap();
         assert_eq!(response.status(), hyper::StatusCode::NO_CONTENT);
         let request = seen.await.unwrap();
         assert!(

@@ -25,7 +25,7 @@ use crate::{
         cache::{self, CacheStore, Fill},
         metrics::{Label, ProxyMetrics},
         phase::{
-            headers,
+            headers::{self, Forwarding},
             respond::{self, Body},
             upstream::{InFlight, Upstreams},
         },
@@ -39,6 +39,8 @@ pub struct CacheRequest<'a> {
     pub config: &'a CacheConfig,
     pub pool: &'a L7Pool,
     pub parts: &'a Parts,
+    /// The fields the proxy adds to the fill's request.
+    pub forwarding: &'a Forwarding,
     pub host: &'a str,
     pub target: &'a str,
     pub client: IpAddr,
@@ -108,6 +110,7 @@ async fn fetch(upstreams: &Upstreams, request: &CacheRequest<'_>) -> Fetched {
         &upstream,
         parts,
         parts.headers.clone(),
+        request.forwarding,
         request.host,
         respond::empty(),
     );

@@ -9,6 +9,7 @@ use hyper::http::request::Parts;
 use crate::proxy::{
     metrics::{Label, ProxyMetrics},
     phase::{
+        headers::Forwarding,
         respond,
         upstream::{InFlight, Upstreams},
     },
@@ -18,11 +19,14 @@ use crate::proxy::{
 /// How long a shadow copy may take before it is given up.
 const SHADOW_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Sends a copy of the request (`parts`, already rewritten for upstream) to `shadow`.
+/// Sends a copy of the request (`parts`, already rewritten for upstream, and the fields the
+/// proxy adds) to `shadow`.
+#[allow(clippy::too_many_arguments, reason = "the request's parts, where it goes, what counts it")]
 pub fn send(
     upstreams: &Arc<Upstreams>,
     shadow: &L7Pool,
     parts: &Parts,
+    forwarding: &Forwarding,
     host: &str,
     client: IpAddr,
     metrics: &ProxyMetrics,
@@ -31,12 +35,14 @@ pub fn send(
     let Some(target) = shadow.pick(&parts.headers, client, &[]) else { return };
     let mut copy = Parts::clone(parts);
     copy.extensions = Default::default();
-    let (upstreams, metrics, host) = (upstreams.clone(), metrics.clone(), host.to_owned());
+    let (upstreams, metrics, host, forwarding) =
+        (upstreams.clone(), metrics.clone(), host.to_owned(), forwarding.clone());
     let (label, pool, protocol) =
         (Label::from(format!("{route}:shadow")), shadow.name.clone(), shadow.protocol);
     tokio::spawn(async move {
         let _in_flight = InFlight::start(&target);
-        let sent = upstreams.send(protocol, &target, &copy, copy.headers.clone(), &host, respond::empty());
+        let headers = copy.headers.clone();
+        let sent = upstreams.send(protocol, &target, &copy, headers, &forwarding, &host, respond::empty());
         let status = match tokio::time::timeout(SHADOW_TIMEOUT, sent).await {
             Ok(Ok(response)) => {
                 let status = response.status().as_u16();

@@ -24,7 +24,10 @@ use crate::{
     proxy::{
         h1,
         metrics::Label,
-        phase::respond::{self, Body},
+        phase::{
+            headers::{self, Forwarding},
+            respond::{self, Body},
+        },
         routes::{CompiledRoute, L7Pool, Upstream},
     },
     state::Command,
@@ -101,19 +104,23 @@ impl Upstreams {
     /// Sends the request (`parts` with `headers`) to `upstream` in its pool's protocol. HTTP/1.1
     /// keeps the client's Host; HTTP/2 carries the client's host as `:authority` and no Host
     /// (RFC 9113 §8.3.1).
+    #[allow(clippy::too_many_arguments, reason = "the request's parts and where it goes")]
     pub async fn send(
         &self,
         protocol: UpstreamProtocol,
         upstream: &Upstream,
         parts: &Parts,
         mut headers: HeaderMap,
+        forwarding: &Forwarding,
         host: &str,
         body: Body,
     ) -> Result<Response<Body>, SendError> {
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         if protocol == UpstreamProtocol::Http1 {
-            return self.http1.send(upstream.address, &parts.method, target, &headers, body).await;
+            let added = h1::encode::Added { lines: forwarding.lines(), replacing: &headers::SET_BY_PROXY };
+            return self.http1.send(upstream.address, &parts.method, target, &headers, added, body).await;
         }
+        forwarding.apply(&mut headers);
         headers.remove(header::HOST);
         let authority = host.parse().unwrap_or_else(|_| upstream.authority.clone());
         let uri = Uri::builder().scheme("http").authority(authority).path_and_query(target).build()?;
@@ -194,6 +201,8 @@ pub struct Tries<'a> {
     pub tries: u32,
     /// Set by the body reader when the client's body was bad: 413 (too long) or 400.
     pub body_error: Arc<AtomicU16>,
+    /// The fields the proxy adds (`headers::upstream_request`).
+    pub forwarding: &'a Forwarding,
 }
 
 impl Tries<'_> {
@@ -230,7 +239,15 @@ impl Tries<'_> {
             let request_body = body.take().unwrap_or_else(respond::empty);
             let result = tokio::time::timeout(
                 self.route.timeout,
-                self.upstreams.send(self.pool.protocol, &upstream, parts, headers, self.host, request_body),
+                self.upstreams.send(
+                    self.pool.protocol,
+                    &upstream,
+                    parts,
+                    headers,
+                    self.forwarding,
+                    self.host,
+                    request_body,
+                ),
             )
             .await;
             let seconds = sent.elapsed().as_secs_f64();
