@@ -14,13 +14,24 @@
 //! since the worker's last work has not run out, it wakes the worker's `spinner` task, and a
 //! worker with a task to run polls its sockets without blocking instead of sleeping; the
 //! spinner does nothing and the worker comes back here. Work is what `worked` counts: bytes
-//! read from or written to a client (`idle::Watched`).
+//! read from or written to a client (`idle::Watched`). A worker busy more than 90% of the last
+//! 20 ms (polling counted as idle) polls 8 budgets: a nearly saturated worker has few idle
+//! moments, and a core halted in one of them is what its tail latency is made of.
 use std::{
     cell::{Cell, RefCell},
     future::Future,
     task::{Poll, Waker},
     time::{Duration, Instant},
 };
+
+/// A worker busy more than this share of a window (spinning counts as idle) is saturated.
+const SATURATED: f64 = 0.9;
+/// How often the busy share is taken.
+const WINDOW: Duration = Duration::from_millis(20);
+/// A saturated worker polls this many budgets: its idle moments are few, so polling through
+/// them costs little, and a halted core is what its tail latency is made of (measured: TLS
+/// keep-alive p99 2.8–3.0 ms with 25 µs, 1.1–1.3 ms with 100 µs, at equal throughput).
+const SATURATED_FACTOR: u32 = 8;
 
 /// One worker's spin state.
 struct Spin {
@@ -30,6 +41,16 @@ struct Spin {
     /// Spin until then (the last work seen plus the budget).
     until: Instant,
     spinner: Option<Waker>,
+    /// When the worker last came back from a park (a sleep, or one round of polling).
+    unparked: Instant,
+    /// When the current park began.
+    parked: Instant,
+    /// This window's start, and its busy and idle time so far.
+    window: Instant,
+    busy: Duration,
+    idle: Duration,
+    /// Whether the last window was busy more than `SATURATED`.
+    saturated: bool,
 }
 
 thread_local! {
@@ -49,10 +70,26 @@ pub fn before_park() {
         let Some(spin) = spin else { return };
         let now = Instant::now();
         let work = WORK.with(Cell::get);
-        if work != spin.seen {
-            spin.seen = work;
-            spin.until = now + spin.budget;
+        let ran = now.saturating_duration_since(spin.unparked);
+        let worked = work != spin.seen;
+        match worked {
+            true => spin.busy += ran,
+            false => spin.idle += ran, // a round of polling with nothing to do
         }
+        // A window's share; work that ran a whole window without a park is saturation by itself
+        // (the window would otherwise reach back over the sleep before it).
+        if now.saturating_duration_since(spin.window) >= WINDOW {
+            let total = (spin.busy + spin.idle).as_secs_f64();
+            spin.saturated =
+                (worked && ran >= WINDOW) || (total > 0.0 && spin.busy.as_secs_f64() / total > SATURATED);
+            (spin.window, spin.busy, spin.idle) = (now, Duration::ZERO, Duration::ZERO);
+        }
+        if worked {
+            spin.seen = work;
+            let budget = if spin.saturated { spin.budget * SATURATED_FACTOR } else { spin.budget };
+            spin.until = now + budget;
+        }
+        spin.parked = now;
         if now < spin.until
             && let Some(spinner) = spin.spinner.take()
         {
@@ -61,17 +98,38 @@ pub fn before_park() {
     });
 }
 
+/// The worker's `on_thread_unpark` hook: the time parked (asleep, or one round of polling)
+/// was idle.
+pub fn after_unpark() {
+    SPIN.with_borrow_mut(|spin| {
+        let Some(spin) = spin else { return };
+        let now = Instant::now();
+        spin.idle += now.saturating_duration_since(spin.parked);
+        spin.unparked = now;
+    });
+}
+
 /// The task `before_park` wakes to keep its worker from sleeping, spinning for `budget` after
-/// the worker's last work; never finishes. Spawned once on each worker.
+/// the worker's last work (`SATURATED_FACTOR` times that while the worker is saturated); never
+/// finishes. Spawned once on each worker.
 pub fn spinner(budget: Duration) -> impl Future<Output = ()> {
     std::future::poll_fn(move |cx| {
         SPIN.with_borrow_mut(|spin| {
             // A worker that starts has just worked: its first park spins too.
-            let spin = spin.get_or_insert_with(|| Spin {
-                budget,
-                seen: WORK.with(Cell::get),
-                until: Instant::now() + budget,
-                spinner: None,
+            let spin = spin.get_or_insert_with(|| {
+                let now = Instant::now();
+                Spin {
+                    budget,
+                    seen: WORK.with(Cell::get),
+                    until: now + budget,
+                    spinner: None,
+                    unparked: now,
+                    parked: now,
+                    window: now,
+                    busy: Duration::ZERO,
+                    idle: Duration::ZERO,
+                    saturated: false,
+                }
             });
             spin.spinner = Some(cx.waker().clone());
         });
@@ -97,7 +155,7 @@ mod tests {
         let mut builder = tokio::runtime::Builder::new_current_thread();
         builder.enable_all();
         if !budget.is_zero() {
-            builder.on_thread_park(before_park);
+            builder.on_thread_park(before_park).on_thread_unpark(after_unpark);
         }
         let runtime = builder.build().unwrap();
         runtime.block_on(async move {
@@ -128,5 +186,35 @@ mod tests {
             |used: Duration| used >= Duration::from_millis(20) && used <= Duration::from_millis(180);
         assert!(about_budget(started) && about_budget(worked), "spun {started:?} and {worked:?} of 300 ms");
         assert!(idle < Duration::from_millis(15), "no work, yet spun {idle:?}");
+    }
+
+    #[test]
+    fn a_saturated_worker_spins_longer() {
+        let budget = Duration::from_millis(10);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .on_thread_park(before_park)
+            .on_thread_unpark(after_unpark)
+            .build()
+            .unwrap();
+        let spun = runtime.block_on(async move {
+            tokio::spawn(spinner(budget));
+            tokio::time::sleep(Duration::from_millis(100)).await; // the start's spin ends
+            // 60 ms without a pause: pieces of work back to back.
+            for _ in 0..60 {
+                let piece = Instant::now();
+                while piece.elapsed() < Duration::from_millis(1) {
+                    std::hint::spin_loop();
+                }
+                worked();
+                tokio::task::yield_now().await;
+            }
+            let before = thread_cpu();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            thread_cpu() - before
+        });
+        // SATURATED_FACTOR budgets (80 ms), not one (10 ms) and not the whole wait.
+        let expected = budget * SATURATED_FACTOR;
+        assert!(spun >= expected / 2 && spun <= Duration::from_millis(200), "saturated, spun {spun:?}");
     }
 }

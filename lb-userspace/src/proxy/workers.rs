@@ -107,7 +107,7 @@ pub fn start(
         builder.enable_all();
         // Busy polling (`[proxy] busy_poll_us`; zero: none): see `busy_poll`.
         if !busy_poll.is_zero() {
-            builder.on_thread_park(busy_poll::before_park);
+            builder.on_thread_park(busy_poll::before_park).on_thread_unpark(busy_poll::after_unpark);
         }
         let runtime = builder.build().map_err(ProxyError::Runtime)?;
         let thread = std::thread::Builder::new()
