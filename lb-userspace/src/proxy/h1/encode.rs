@@ -27,10 +27,11 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn fields(out: &mut Vec<u8>, headers: &HeaderMap) {
+/// The head's fields but those named in `replaced` (written by the caller instead).
+fn fields(out: &mut Vec<u8>, headers: &HeaderMap, replaced: &[HeaderName]) {
     for (name, value) in headers {
         // Framing is the writer's to say, never copied.
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || replaced.contains(name) {
             continue;
         }
         field(out, name.as_str().as_bytes(), value.as_bytes());
@@ -78,7 +79,7 @@ pub fn response_head(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    fields(out, headers);
+    fields(out, headers, &[]);
     framing(out, body);
     if let Some(length) = length {
         field(out, b"content-length", length);
@@ -115,15 +116,7 @@ pub fn request_head(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        if name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-            || added.replacing.contains(name)
-        {
-            continue;
-        }
-        field(out, name.as_str().as_bytes(), value.as_bytes());
-    }
+    fields(out, headers, added.replacing);
     out.extend_from_slice(added.lines);
     framing(out, body);
     out.extend_from_slice(b"\r\n");

@@ -25,6 +25,8 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const VIA: HeaderName = HeaderName::from_static("via");
+/// What the proxy says in Via, both ways.
+const VIA_VALUE: &str = "1.1 sluice";
 
 /// Drops hop-by-hop fields (keeping Upgrade and Connection for a protocol switch).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
@@ -177,14 +179,14 @@ pub fn upstream_request(
     });
     forwarding.field(b"x-request-id", |out| out.extend_from_slice(request_id.as_bytes()));
     forwarding.field(b"x-forwarded-proto", |out| out.extend_from_slice(proto.as_bytes()));
-    forwarding.field(b"via", |out| out.extend_from_slice(b"1.1 sluice"));
+    forwarding.field(b"via", |out| out.extend_from_slice(VIA_VALUE.as_bytes()));
     forwarding
 }
 
 /// Rewrites the backend's response head for the client.
 pub fn client_response(headers: &mut HeaderMap, switching: bool) {
     strip_hop_by_hop(headers, switching);
-    headers.insert(VIA, HeaderValue::from_static("1.1 sluice"));
+    headers.insert(VIA, HeaderValue::from_static(VIA_VALUE));
 }
 
 #[cfg(test)]
