@@ -60,11 +60,7 @@ fn store<T>(data: usize, data_end: usize, off: usize, value: T) -> Result<(), St
 #[inline(always)]
 fn echo_reply(ctx: &XdpContext, packet: &Packet, reply_type: u8) -> Result<Outcome, Stat> {
     let (data, end) = (ctx.data(), ctx.data_end());
-    let macs: [u8; 12] = load(data, end, 0).ok_or(Stat::DropMalformedL2)?;
-    let mut swapped = [0u8; 12];
-    swapped[..6].copy_from_slice(&macs[6..]);
-    swapped[6..].copy_from_slice(&macs[..6]);
-    store(data, end, 0, swapped)?;
+    wire::swap_macs(data, end).ok_or(Stat::DropMalformedL2)?;
     if packet.ipv6 {
         let addrs: [u8; 32] = load(data, end, packet.l3_off + 8).ok_or(Stat::DropMalformedIpv6)?;
         let mut swapped = [0u8; 32];

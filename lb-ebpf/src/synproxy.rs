@@ -21,7 +21,7 @@ use lb_common::stats::Stat;
 use lb_ebpf::{
     parse::{ETH_HLEN, IPV4_HLEN, IPV6_HLEN, Packet, TCP_ACK, TCP_RST, TCP_SYN},
     synack::{IP_MAX_HLEN, TCP_MAX_HLEN, synack},
-    wire::{Word, load, opaque, span},
+    wire::{load, opaque, swap_macs},
 };
 
 use crate::balance::Outcome;
@@ -101,18 +101,9 @@ fn answer_syn(ctx: &XdpContext, ipv6: bool) -> Outcome {
     // SAFETY: a helper without arguments.
     let now_ms = (unsafe { bpf_ktime_get_ns() } / 1_000_000) as u32;
     let tcp_out = synack(&mut ip, ipv6, &mut tcp, tcp_len, value as u32, now_ms);
-    // Back to the sender: swap the MACs in place.
-    let Some(at) = span(data, end, 0, 12) else {
+    // Back to the sender.
+    if swap_macs(data, end).is_none() {
         return (xdp_action::XDP_DROP, Stat::DropMalformedL2);
-    };
-    // SAFETY: the 12 bytes at `at` are inside the frame (checked just above).
-    unsafe {
-        let (dst_high, dst_low) = (u32::read(at), u16::read(at + 4));
-        let (src_high, src_low) = (u32::read(at + 6), u16::read(at + 10));
-        u32::write(at, src_high);
-        u16::write(at + 4, src_low);
-        u32::write(at + 6, dst_high);
-        u16::write(at + 10, dst_low);
     }
     // The frame becomes exactly the answer (a SYN without options is shorter than it); a frame
     // that cannot grow goes up to SYNPROXY instead.

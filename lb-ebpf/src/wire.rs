@@ -98,6 +98,23 @@ pub fn opaque(value: usize) -> usize {
     value
 }
 
+/// Swaps the frame's destination and source MACs in place (an answer goes back to the
+/// sender), if the frame holds them: four word accesses.
+#[inline(always)]
+pub fn swap_macs(start: usize, end: usize) -> Option<()> {
+    let at = span(start, end, 0, 12)?;
+    // SAFETY: the 12 bytes at `at` are inside the frame (checked just above).
+    unsafe {
+        let (dst_high, dst_low) = (u32::read(at), u16::read(at + 4));
+        let (src_high, src_low) = (u32::read(at + 6), u16::read(at + 10));
+        u32::write(at, src_high);
+        u16::write(at + 4, src_low);
+        u32::write(at + 6, dst_high);
+        u16::write(at + 10, dst_low);
+    }
+    Some(())
+}
+
 /// The address of `len` bytes at `start + off`, if they end by `end`.
 #[inline(always)]
 pub fn span(start: usize, end: usize, off: usize, len: usize) -> Option<usize> {
@@ -134,4 +151,20 @@ pub fn read<W: Word>(start: usize, end: usize, off: usize) -> Option<W> {
     let at = span(start, end, off, core::mem::size_of::<W>())?;
     // SAFETY: inside [start, end), checked just above.
     Some(unsafe { W::read(at) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_are_swapped_in_place_and_a_short_frame_is_left_alone() {
+        let mut frame: [u8; 14] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0x08, 0x00];
+        let (start, end) = (frame.as_mut_ptr() as usize, frame.as_ptr() as usize + frame.len());
+        assert_eq!(swap_macs(start, end), Some(()));
+        assert_eq!(frame, [7, 8, 9, 10, 11, 12, 1, 2, 3, 4, 5, 6, 0x08, 0x00]);
+        let short = [0u8; 11];
+        let start = short.as_ptr() as usize;
+        assert_eq!(swap_macs(start, start + short.len()), None);
+    }
 }
