@@ -25,7 +25,7 @@ use crate::{
             Refusal, caching, choose, gate, guard, headers,
             respond::{self, Body},
             shadow,
-            upstream::{Tries, Upstreams},
+            upstream::{InFlight, Tries, Upstreams},
         },
         routes::Snapshot,
     },
@@ -41,6 +41,18 @@ struct Labels {
     upstream_seconds: Option<f64>,
     /// The query parameter the route takes API keys in (redacted from the log).
     api_key_query: Option<String>,
+    /// Set when an upstream answered: its request, in flight until the answer's body is done.
+    in_flight: Option<InFlight>,
+}
+
+/// An answer, and what stays with it until its body has been written.
+pub struct Handled {
+    pub response: Response<Body>,
+    /// The access-log line (written when the body is done), if the listener logs.
+    pub entry: Option<Entry>,
+    /// The backend's request stays in flight (circuit breaking, least requests) until the
+    /// answer's body is done: the connection drops this after the body.
+    pub in_flight: Option<InFlight>,
 }
 
 /// Forwards requests; one per lbd, shared by every listener.
@@ -113,8 +125,7 @@ impl Forwarder {
         HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
     }
 
-    /// Answers one request; returns the response and its access-log entry (written when the
-    /// response body is done). Not an `async fn` (nor is `answer`): one keeps a second copy of
+    /// Answers one request. Not an `async fn` (nor is `answer`): one keeps a second copy of
     /// its arguments in its future, and this future is made and moved for every request.
     #[allow(clippy::manual_async_fn, reason = "an async fn keeps a second copy of its arguments")]
     pub fn handle(
@@ -123,7 +134,7 @@ impl Forwarder {
         snapshot: Arc<Snapshot>,
         listener: Arc<Listener>,
         conn: Arc<ClientConn>,
-    ) -> impl Future<Output = (Response<Body>, Option<Entry>)> + Send {
+    ) -> impl Future<Output = Handled> + Send {
         async move {
             let started = Instant::now();
             let host = host_of(&request);
@@ -143,6 +154,7 @@ impl Forwarder {
                 backend: self.none.clone(),
                 upstream_seconds: None,
                 api_key_query: None,
+                in_flight: None,
             };
             let (mut response, reason) = match self
                 .answer(request, &snapshot, &listener, &conn, &host, &request_id, &mut labels)
@@ -179,7 +191,7 @@ impl Forwarder {
             let mut request_id = request_id;
             request_id.set_sensitive(true);
             response.headers_mut().insert(headers::X_REQUEST_ID, request_id);
-            (response, entry)
+            Handled { response, entry, in_flight: labels.in_flight }
         }
     }
 
@@ -331,6 +343,7 @@ impl Forwarder {
             };
             labels.backend = answered.backend;
             labels.upstream_seconds = Some(answered.seconds);
+            labels.in_flight = Some(answered.in_flight);
             let mut response = answered.response;
             // A 101 carries its backend connection; the client's connection tunnels to it.
             let switching = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -340,15 +353,7 @@ impl Forwarder {
             {
                 response.headers_mut().append(header::SET_COOKIE, cookie);
             }
-            // The request stays in flight (circuit breaking, least requests) until its body is done.
-            let in_flight = answered.in_flight;
-            Ok(response.map(|b| {
-                b.map_frame(move |frame| {
-                    let _ = &in_flight;
-                    frame
-                })
-                .boxed()
-            }))
+            Ok(response)
         }
     }
 

@@ -16,7 +16,7 @@ use bytes::BytesMut;
 use http_body_util::BodyExt;
 use hyper::{
     Request,
-    body::{Frame, Incoming, SizeHint},
+    body::{Body as _, Frame, Incoming, SizeHint},
     server::conn::http2,
     service::service_fn,
 };
@@ -33,7 +33,10 @@ use crate::{
             rewind::Rewind,
         },
         idle::{self, Busy, Registry, Watched},
-        phase::respond::Body,
+        phase::{
+            respond::{self, Body},
+            upstream::InFlight,
+        },
         pipeline::Forwarder,
         routes::Snapshot,
         tls,
@@ -50,6 +53,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 struct Tracked {
     body: Body,
     _busy: Busy,
+    _in_flight: Option<InFlight>,
     entry: Option<Entry>,
     conn: Arc<ClientConn>,
     bytes: u64,
@@ -251,15 +255,27 @@ impl Connection {
             service_fn(move |request: Request<Incoming>| {
                 let busy = activity.start();
                 let conn = conn.clone();
-                let request = request.map(|body| body.map_err(Into::into).boxed());
+                // A request that ends with its head (most) needs no box for its body.
+                let request = request.map(|body| match body.is_end_stream() {
+                    true => respond::empty(),
+                    false => body.map_err(Into::into).boxed(),
+                });
                 let (forwarder, snapshot, listener) =
                     (forwarder.clone(), snapshot.load_full(), listener.clone());
-                // The pipeline's future is made inside the stream's: made outside, it would be
-                // held twice (before and while it is awaited), and each stream's future is
-                // moved into its task.
+                // The pipeline's future (~5 KiB) is boxed: hyper moves each stream's future
+                // into a task of its own, and a small one is cheaper to move than the box is to
+                // make (h2load: 82.1k → 84.9k req/s).
                 async move {
-                    let (response, entry) = forwarder.handle(request, snapshot, listener, conn.clone()).await;
-                    let response = response.map(|body| Tracked { body, _busy: busy, entry, conn, bytes: 0 });
+                    let handled = Box::pin(forwarder.handle(request, snapshot, listener, conn.clone())).await;
+                    let (entry, in_flight) = (handled.entry, handled.in_flight);
+                    let response = handled.response.map(|body| Tracked {
+                        body,
+                        _busy: busy,
+                        _in_flight: in_flight,
+                        entry,
+                        conn,
+                        bytes: 0,
+                    });
                     Ok::<_, std::convert::Infallible>(response)
                 }
             })

@@ -419,7 +419,7 @@ async fn exchange<S: ClientIo>(
         cx.listener.clone(),
         cx.conn.clone(),
     ));
-    let (response, entry) = match chunks {
+    let handled = match chunks {
         None => handled.await,
         Some(chunks) => {
             let mut pumped = Box::pin(pump(io, buf, &mut decoder, chunks, expect_continue));
@@ -435,8 +435,9 @@ async fn exchange<S: ClientIo>(
     };
     // A body not read to its end leaves the stream unusable for another request.
     let keep_alive = keep_alive && decoder.is_done() && !*cx.stop.borrow();
-    let written = write_response(io, &method, version, response, keep_alive).await;
-    if let Some(entry) = &entry {
+    let written = write_response(io, &method, version, handled.response, keep_alive).await;
+    drop(handled.in_flight);
+    if let Some(entry) = &handled.entry {
         entry.write(&cx.conn, written.bytes);
     }
     if let Some(switched) = written.switched {
