@@ -72,9 +72,54 @@ fn field_ranges(buf: &[u8], fields: &[httparse::Header<'_>]) -> Result<Ranges, &
     Ok(ranges)
 }
 
+/// A head's fields, read where they sit before they go into a map: what the parser needs of
+/// them (framing, connection options, `Expect`) is found by comparing names, with no hashing.
+#[derive(Clone, Copy)]
+struct Fields<'a> {
+    head: &'a [u8],
+    ranges: &'a Ranges,
+}
+
+impl<'a> Fields<'a> {
+    /// The values of every field named `name`, in order.
+    fn all(self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.ranges.iter().filter(move |(n, _)| n == name).map(move |(_, range)| &self.head[range.clone()])
+    }
+
+    fn has(self, name: &HeaderName) -> bool {
+        self.ranges.iter().any(|(n, _)| n == name)
+    }
+
+    /// Whether the Connection fields list `token`.
+    fn connection_has(self, token: &str) -> bool {
+        self.all(&header::CONNECTION)
+            .any(|value| tokens(value).any(|t| t.eq_ignore_ascii_case(token.as_bytes())))
+    }
+}
+
+/// The comma-separated tokens of a field value, trimmed.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+}
+
+/// Fields that only speak of this connection and that the parser has read: a Connection field
+/// of nothing but `close` / `keep-alive`, and Keep-Alive. They are hop-by-hop, so they would be
+/// stripped before forwarding anyway; left out of the map, they cost neither an insert nor a
+/// removal (nginx answers every request with `Connection: keep-alive`).
+fn read_by_parser(name: &HeaderName, value: &[u8]) -> bool {
+    if name == header::CONNECTION {
+        return tokens(value)
+            .all(|t| t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive"));
+    }
+    name.as_str() == "keep-alive"
+}
+
 fn header_map(head: &Bytes, ranges: Ranges) -> Result<HeaderMap, &'static str> {
     let mut map = HeaderMap::with_capacity(ranges.len());
     for (name, range) in ranges {
+        if read_by_parser(&name, &head[range.clone()]) {
+            continue;
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(range)).map_err(|_| "bad header value")?;
         map.append(name, value);
     }
@@ -86,31 +131,29 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        .any(|v| tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(token.as_bytes())))
 }
 
 /// The body framing a head's Content-Length and Transfer-Encoding fields give (RFC 9112 §6.3):
 /// `Ok(None)` when the message has neither.
-fn declared_framing(headers: &HeaderMap) -> Result<Option<Framing>, &'static str> {
-    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
+fn declared_framing(fields: Fields<'_>) -> Result<Option<Framing>, &'static str> {
+    let mut codings = fields.all(&header::TRANSFER_ENCODING).peekable();
     if codings.peek().is_some() {
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if fields.has(&header::CONTENT_LENGTH) {
             return Err("both Content-Length and Transfer-Encoding");
         }
         // Only a lone `chunked` is understood; anything else (gzip, "chunked, identity",
         // "xchunked", a repeated field) cannot be framed exactly.
-        let mut tokens = codings.flat_map(|v| v.as_bytes().split(|&b| b == b',')).map(<[u8]>::trim_ascii);
+        let mut tokens = codings.flat_map(tokens);
         return match (tokens.next(), tokens.next()) {
             (Some(t), None) if t.eq_ignore_ascii_case(b"chunked") => Ok(Some(Framing::Chunked)),
             _ => Err("unsupported Transfer-Encoding"),
         };
     }
     let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
+    for value in fields.all(&header::CONTENT_LENGTH) {
         // `Content-Length: 5, 5` and repeated equal fields are one length; anything else is not.
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
+        for part in tokens(value) {
             if part.is_empty() || part.len() > 18 || !part.iter().all(u8::is_ascii_digit) {
                 return Err("bad Content-Length");
             }
@@ -161,19 +204,20 @@ pub fn parse_request(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<Requ
     let ranges = field_ranges(buf, request.headers).map_err(bad)?;
     let head = buf.split_to(length).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target)).map_err(|_| bad("bad request target"))?;
-    let headers = header_map(&head, ranges).map_err(bad)?;
-    let framing = match declared_framing(&headers).map_err(bad)? {
+    let fields = Fields { head: &head, ranges: &ranges };
+    let framing = match declared_framing(fields).map_err(bad)? {
         Some(Framing::Chunked) if version == Version::HTTP_10 => return Err(bad("chunked HTTP/1.0 request")),
         Some(framing) => framing,
         None => Framing::Empty,
     };
     let keep_alive = match version {
-        Version::HTTP_10 => connection_has(&headers, "keep-alive"),
-        _ => !connection_has(&headers, "close"),
+        Version::HTTP_10 => fields.connection_has("keep-alive"),
+        _ => !fields.connection_has("close"),
     };
     let expect_continue = framing != Framing::Empty
         && framing != Framing::Length(0)
-        && headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        && fields.all(&header::EXPECT).next().is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+    let headers = header_map(&head, ranges).map_err(bad)?;
     Ok(Some(RequestHead { method, uri, version, headers, framing, keep_alive, expect_continue }))
 }
 
@@ -209,7 +253,7 @@ pub fn parse_response(
     let version = if response.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     let ranges = field_ranges(buf, response.headers)?;
     let head = buf.split_to(length).freeze();
-    let headers = header_map(&head, ranges)?;
+    let fields = Fields { head: &head, ranges: &ranges };
     let bodiless = *method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -217,7 +261,7 @@ pub fn parse_response(
     let framing = if bodiless {
         Framing::Empty
     } else {
-        match declared_framing(&headers) {
+        match declared_framing(fields) {
             Ok(Some(framing)) => framing,
             Ok(None) => Framing::Close,
             // A coding we do not frame (gzip alone): read to the close, as RFC 9112 §6.3 says.
@@ -227,9 +271,10 @@ pub fn parse_response(
     };
     let keep_alive = framing != Framing::Close
         && match version {
-            Version::HTTP_10 => connection_has(&headers, "keep-alive"),
-            _ => !connection_has(&headers, "close"),
+            Version::HTTP_10 => fields.connection_has("keep-alive"),
+            _ => !fields.connection_has("close"),
         };
+    let headers = header_map(&head, ranges)?;
     Ok(Some(ResponseHead { status, version, headers, framing, keep_alive }))
 }
 
@@ -322,5 +367,25 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
         );
         assert!(parse_response(&mut both, &get, 1024).is_err());
+    }
+
+    #[test]
+    fn connection_fields_the_parser_has_read_stay_out_of_the_map() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n"[..],
+        );
+        let ok = parse_response(&mut buf, &Method::GET, 1024).unwrap().unwrap();
+        assert!(ok.keep_alive);
+        assert_eq!(ok.headers.len(), 1, "only Content-Length: {:?}", ok.headers);
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 0\r\n\r\n"[..]);
+        let closing = parse_response(&mut buf, &Method::GET, 1024).unwrap().unwrap();
+        assert!(!closing.keep_alive && !closing.headers.contains_key(header::CONNECTION));
+        // Other options stay for the hop-by-hop stripping to act on (or for a protocol switch).
+        let upgrade = request("GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        assert_eq!(upgrade.unwrap().unwrap().headers.get(header::CONNECTION).unwrap(), "Upgrade");
+        let named = request("GET / HTTP/1.1\r\nConnection: close, x-secret\r\nx-secret: 1\r\n\r\n");
+        let named = named.unwrap().unwrap();
+        assert!(!named.keep_alive && named.headers.contains_key(header::CONNECTION));
     }
 }
