@@ -136,7 +136,8 @@ impl Forwarder {
         conn: Arc<ClientConn>,
     ) -> impl Future<Output = Handled> + Send {
         async move {
-            let started = Instant::now();
+            // Only the log line needs the start (a clock read).
+            let started = listener.access_log.then(Instant::now);
             let host = host_of(&request);
             // The client's ID when it is printable and short, else a new one.
             let request_id = match request.headers().get(headers::X_REQUEST_ID) {
@@ -171,7 +172,7 @@ impl Forwarder {
                 status,
                 labels.upstream_seconds,
             );
-            let entry = logged.map(|(method, target)| Entry {
+            let entry = logged.zip(started).map(|((method, target), started)| Entry {
                 started,
                 method,
                 // A key presented in the query stays out of the log.

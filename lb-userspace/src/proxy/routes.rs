@@ -165,7 +165,8 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn in_flight(&self) -> usize {
-        self.runtime.in_flight.load(Ordering::Relaxed)
+        // SeqCst: a waiter's look after counting itself (`PoolRuntime::pending`); free on x86.
+        self.runtime.in_flight.load(Ordering::SeqCst)
     }
 }
 
@@ -244,7 +245,7 @@ impl L7Pool {
             return Some(upstream);
         }
         let pending = &self.runtime.pending;
-        if self.upstreams.is_empty() || pending.fetch_add(1, Ordering::Relaxed) >= self.max_pending {
+        if self.upstreams.is_empty() || pending.fetch_add(1, Ordering::SeqCst) >= self.max_pending {
             pending.fetch_sub(1, Ordering::Relaxed);
             return None;
         }

@@ -36,8 +36,11 @@ pub struct BackendRuntime {
 /// One pool: requests waiting for a backend under its circuit breaker's limit.
 #[derive(Default)]
 pub struct PoolRuntime {
+    /// Requests waiting. SeqCst on both sides: a waiter counts itself before it looks at the
+    /// backends' in-flight counts, and a request that ends lowers its count before it looks
+    /// here, so one of the two always sees the other (no wake-up lost, none sent for nobody).
     pub pending: AtomicUsize,
-    /// Woken when a request of this pool ends.
+    /// Woken when a request of this pool ends while some wait.
     pub freed: Notify,
 }
 

@@ -50,8 +50,11 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.runtime.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.pool.freed.notify_waiters();
+        self.0.runtime.in_flight.fetch_sub(1, Ordering::SeqCst);
+        // Waking takes the Notify's lock: only when a request waits (see `PoolRuntime::pending`).
+        if self.0.pool.pending.load(Ordering::SeqCst) > 0 {
+            self.0.pool.freed.notify_waiters();
+        }
     }
 }
 
