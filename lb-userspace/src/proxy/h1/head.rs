@@ -61,15 +61,20 @@ type Ranges = SmallVec<[(HeaderName, std::ops::Range<usize>); 16]>;
 
 /// Where each field of a parsed head sits in its buffer (httparse borrows the buffer; the
 /// head is cut out of it afterwards, and the values become slices of that cut, not copies).
-fn field_ranges(buf: &[u8], fields: &[httparse::Header<'_>]) -> Result<Ranges, &'static str> {
+/// Fills the caller's list: returned, the list (~800 bytes inline) would be copied.
+fn field_ranges(
+    buf: &[u8],
+    fields: &[httparse::Header<'_>],
+    ranges: &mut Ranges,
+) -> Result<(), &'static str> {
     let base = buf.as_ptr() as usize;
-    let mut ranges = Ranges::with_capacity(fields.len());
+    ranges.reserve(fields.len());
     for field in fields {
         let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| "bad header name")?;
         let start = field.value.as_ptr() as usize - base;
         ranges.push((name, start..start + field.value.len()));
     }
-    Ok(ranges)
+    Ok(())
 }
 
 /// A head's fields, read where they sit before they go into a map: what the parser needs of
@@ -114,9 +119,9 @@ fn read_by_parser(name: &HeaderName, value: &[u8]) -> bool {
     name.as_str() == "keep-alive"
 }
 
-fn header_map(head: &Bytes, ranges: Ranges) -> Result<HeaderMap, &'static str> {
+fn header_map(head: &Bytes, ranges: &mut Ranges) -> Result<HeaderMap, &'static str> {
     let mut map = HeaderMap::with_capacity(ranges.len());
-    for (name, range) in ranges {
+    for (name, range) in ranges.drain(..) {
         if read_by_parser(&name, &head[range.clone()]) {
             continue;
         }
@@ -201,7 +206,8 @@ pub fn parse_request(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<Requ
     let target_start = target.as_ptr() as usize - buf.as_ptr() as usize;
     let target = target_start..target_start + target.len();
     let version = if request.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-    let ranges = field_ranges(buf, request.headers).map_err(bad)?;
+    let mut ranges = Ranges::new();
+    field_ranges(buf, request.headers, &mut ranges).map_err(bad)?;
     let head = buf.split_to(length).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target)).map_err(|_| bad("bad request target"))?;
     let fields = Fields { head: &head, ranges: &ranges };
@@ -217,7 +223,7 @@ pub fn parse_request(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<Requ
     let expect_continue = framing != Framing::Empty
         && framing != Framing::Length(0)
         && fields.all(&header::EXPECT).next().is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
-    let headers = header_map(&head, ranges).map_err(bad)?;
+    let headers = header_map(&head, &mut ranges).map_err(bad)?;
     Ok(Some(RequestHead { method, uri, version, headers, framing, keep_alive, expect_continue }))
 }
 
@@ -251,7 +257,8 @@ pub fn parse_response(
     };
     let status = StatusCode::from_u16(response.code.unwrap_or(0)).map_err(|_| "bad status code")?;
     let version = if response.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-    let ranges = field_ranges(buf, response.headers)?;
+    let mut ranges = Ranges::new();
+    field_ranges(buf, response.headers, &mut ranges)?;
     let head = buf.split_to(length).freeze();
     let fields = Fields { head: &head, ranges: &ranges };
     let bodiless = *method == Method::HEAD
@@ -274,7 +281,7 @@ pub fn parse_response(
             Version::HTTP_10 => fields.connection_has("keep-alive"),
             _ => !fields.connection_has("close"),
         };
-    let headers = header_map(&head, ranges)?;
+    let headers = header_map(&head, &mut ranges)?;
     Ok(Some(ResponseHead { status, version, headers, framing, keep_alive }))
 }
 
