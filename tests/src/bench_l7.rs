@@ -218,14 +218,22 @@ fn backend_config(dir: &Path, port: u16) -> String {
     )
 }
 
-fn nginx_proxy_config(dir: &Path, cert: &Path, key: &Path) -> String {
+/// nginx as a proxy; `server_suites`: it picks the TLS suite, AES-128-GCM first (as Sluice does
+/// by default), instead of taking the client's first choice.
+fn nginx_proxy_config(dir: &Path, cert: &Path, key: &Path, server_suites: bool) -> String {
+    let suites = match server_suites {
+        true => {
+            " ssl_prefer_server_ciphers on; ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;"
+        }
+        false => "",
+    };
     format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/np.pid;\nerror_log {d}/np.log;\nworker_rlimit_nofile 19000;\n\
          events {{ worker_connections 16384; }}\nhttp {{\n access_log off;\n keepalive_requests 1000000;\n http2_max_requests 1000000;\n\
          client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
          upstream b {{ server 127.0.0.1:{b0}; server 127.0.0.1:{b1}; keepalive 64; keepalive_requests 1000000; }}\n\
          server {{ listen 127.0.0.1:8080; listen 127.0.0.1:8443 ssl http2; ssl_certificate {c}; ssl_certificate_key {k};\n\
-         ssl_protocols TLSv1.3 TLSv1.2; ssl_session_tickets on;\n\
+         ssl_protocols TLSv1.3 TLSv1.2; ssl_session_tickets on;{suites}\n\
          location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n}}\n",
         d = dir.display(),
         c = cert.display(),
@@ -269,6 +277,8 @@ fn sluice_config(dir: &Path, cert: &Path, key: &Path, busy_poll_us: Option<u64>)
 
 /// The busy-polling Sluice's modes: those where its core would otherwise sleep between packets.
 const BUSY_POLL_MODES: [&str; 2] = ["tls-keepalive", "tls-handshake"];
+/// The peer that picks TLS suites as Sluice does (not a default config: not in `sluice/best`).
+const SAME_SUITES: &str = "nginx-128";
 
 /// Runs the whole comparison and prints it.
 pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
@@ -304,7 +314,9 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
     let busy_conf = dir.0.join("sluice-busy.toml");
     std::fs::write(&busy_conf, sluice_config(&dir.0, &cert, &key, Some(100)))?;
     let nginx_conf = dir.0.join("proxy.conf");
-    std::fs::write(&nginx_conf, nginx_proxy_config(&dir.0, &cert, &key))?;
+    std::fs::write(&nginx_conf, nginx_proxy_config(&dir.0, &cert, &key, false))?;
+    let nginx_128_conf = dir.0.join("proxy-128.conf");
+    std::fs::write(&nginx_128_conf, nginx_proxy_config(&dir.0, &cert, &key, true))?;
     let haproxy_conf = dir.0.join("haproxy.cfg");
     std::fs::write(&haproxy_conf, haproxy_config(&combined))?;
     let lbd = crate::bin_dir().join("lbd");
@@ -340,6 +352,20 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
             8080,
             8443,
         ),
+        // nginx picking the suite as Sluice does, in the handshake mode: the same work per
+        // handshake on both ends (OpenSSL's clients ask for AES-256-GCM-SHA384 first).
+        (
+            SAME_SUITES,
+            vec![
+                "nginx".into(),
+                "-c".into(),
+                nginx_128_conf.display().to_string(),
+                "-p".into(),
+                dir.0.display().to_string(),
+            ],
+            8080,
+            8443,
+        ),
     ];
     let modes = ["http1-keepalive", "tls-keepalive", "tls-handshake", "h2"];
     println!(
@@ -347,6 +373,9 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
     );
     println!(
         "sluice-bp: the same lbd with `[proxy] busy_poll_us = 100` (the default is 25), in {BUSY_POLL_MODES:?}"
+    );
+    println!(
+        "{SAME_SUITES}: nginx picking the TLS suite, AES-128-GCM first, as Sluice does by default (tls-handshake; not in sluice/best)"
     );
     for round in 1..=rounds {
         let mut table: Vec<(String, String, Sample)> = Vec::new();
@@ -357,13 +386,17 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
             wait_port(*https)?;
             // nsenter execs taskset, which execs the proxy: the child's pid is the proxy's.
             let pid = proc.0.id();
-            let busy_poll = *name == "sluice-bp";
+            let only: Option<&[&str]> = match *name {
+                "sluice-bp" => Some(&BUSY_POLL_MODES),
+                SAME_SUITES => Some(&["tls-handshake"]),
+                _ => None,
+            };
             // Memory first, on a fresh process: after the load, freed buffers the allocator keeps
             // would hide the growth.
-            if !busy_poll {
+            if only.is_none() {
                 memory.push((name.to_string(), idle_memory_per_connection(pid, *http, IDLE_CONNECTIONS)?));
             }
-            for mode in modes.into_iter().filter(|m| !busy_poll || BUSY_POLL_MODES.contains(m)) {
+            for mode in modes.into_iter().filter(|m| only.is_none_or(|only| only.contains(m))) {
                 let url = match mode {
                     "http1-keepalive" => format!("http://127.0.0.1:{http}/"),
                     _ => format!("https://127.0.0.1:{https}/"),
@@ -383,7 +416,7 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
             let rows: Vec<&(String, String, Sample)> = table.iter().filter(|(m, _, _)| m == mode).collect();
             let best_peer = rows
                 .iter()
-                .filter(|(_, p, _)| !p.starts_with("sluice"))
+                .filter(|(_, p, _)| !p.starts_with("sluice") && p != SAME_SUITES)
                 .map(|(_, _, s)| s.rps)
                 .fold(0.0, f64::max);
             for (m, p, s) in &rows {
@@ -400,6 +433,14 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
                     s.cpu_us_per_request,
                     s.other_cpu * 100.0,
                     ratio
+                );
+            }
+            let row = |proxy: &str| rows.iter().find(|(_, p, _)| p == proxy).map(|(_, _, s)| s);
+            if let (Some(sluice), Some(same)) = (row("sluice"), row(SAME_SUITES)) {
+                println!(
+                    "{mode:<16} sluice/{SAME_SUITES}: {:.2}x the rate, {:.2}x the CPU per request",
+                    sluice.rps / same.rps,
+                    sluice.cpu_us_per_request / same.cpu_us_per_request
                 );
             }
         }

@@ -240,6 +240,15 @@ fn root_l7_tls_sni_alpn_versions_resumption() -> Result<()> {
     assert!(subject(&out).contains("CN=example.test"), "default certificate: {out}");
     assert!(out.contains("TLSv1.2"), "{out}");
 
+    // The server picks the suite: AES-128-GCM when offered (OpenSSL asks for AES-256 first),
+    // and a client that offers only AES-256 still gets it.
+    let out = bed.s_client(&["-servername", "example.test"])?;
+    assert!(out.contains("TLSv1.3, Cipher is TLS_AES_128_GCM_SHA256"), "{out}");
+    let out = bed.s_client(&["-servername", "example.test", "-tls1_2"])?;
+    assert!(out.contains("Cipher is ECDHE-ECDSA-AES128-GCM-SHA256"), "{out}");
+    let out = bed.s_client(&["-servername", "example.test", "-ciphersuites", "TLS_AES_256_GCM_SHA384"])?;
+    assert!(out.contains("TLSv1.3, Cipher is TLS_AES_256_GCM_SHA384"), "{out}");
+
     let session = bed._dir.0.join("session.pem");
     bed.s_client(&[
         "-servername",
