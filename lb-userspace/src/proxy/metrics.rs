@@ -135,19 +135,19 @@ impl ProxyMetrics {
         }
     }
 
-    /// One answered request; `backend` is empty when the proxy answered itself.
+    /// One answered request; `backend` is empty when the proxy answered itself. The labels are
+    /// taken, not borrowed: they become the lookup keys (a clone is an atomic count each way).
     pub fn request(
         &self,
-        route: &Label,
-        pool: &Label,
-        backend: &Label,
+        route: Label,
+        pool: Label,
+        backend: Label,
         status: u16,
         upstream_seconds: Option<f64>,
     ) {
         const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
         let class = CLASSES.get(usize::from(status / 100).wrapping_sub(1)).copied().unwrap_or("other");
-        let labels =
-            RequestLabels { route: route.clone(), pool: pool.clone(), backend: backend.clone(), class };
+        let labels = RequestLabels { route, pool, backend, class };
         self.requests.get_or_create(&labels).inc();
         if let Some(seconds) = upstream_seconds {
             let labels = LatencyLabels { pool: labels.pool, backend: labels.backend };
@@ -231,12 +231,12 @@ mod tests {
         let old = ProxyMetrics::default();
         let (route, pool, backend) = (Label::from("site"), Label::from("web"), Label::from("10.0.0.1:80"));
         for _ in 0..3 {
-            old.request(&route, &pool, &backend, 200, Some(0.001));
+            old.request(route.clone(), pool.clone(), backend.clone(), 200, Some(0.001));
         }
-        old.request(&route, &pool, &backend, 503, None);
+        old.request(route.clone(), pool.clone(), backend.clone(), 503, None);
         old.handshake("https", "ok");
         let new = ProxyMetrics::default();
-        new.request(&route, &pool, &backend, 200, None);
+        new.request(route.clone(), pool.clone(), backend.clone(), 200, None);
         new.absorb(&old.text());
         let text = new.text();
         let requests: Vec<_> = text.lines().filter(|l| l.starts_with("http_requests_total")).collect();

@@ -165,28 +165,25 @@ impl Forwarder {
                 Err(refusal) => (*refusal.response, Some(refusal.reason)),
             };
             let status = response.status().as_u16();
-            self.metrics.request(
-                &labels.route,
-                &labels.pool,
-                &labels.backend,
-                status,
-                labels.upstream_seconds,
-            );
-            let entry = logged.zip(started).map(|((method, target), started)| Entry {
-                started,
-                method,
-                // A key presented in the query stays out of the log.
-                target: match &labels.api_key_query {
-                    Some(param) => access_log::redact_query(&target, param),
-                    None => target,
-                },
-                host,
-                status,
-                upstream: labels.backend,
-                request_id: request_id.to_str().unwrap_or_default().to_owned(),
-                reason,
-                format: listener.access_log_format,
-            });
+            // The labels go into the metrics' keys (no clones but the log's).
+            let backend = logged.is_some().then(|| labels.backend.clone());
+            self.metrics.request(labels.route, labels.pool, labels.backend, status, labels.upstream_seconds);
+            let entry =
+                logged.zip(started).zip(backend).map(|(((method, target), started), backend)| Entry {
+                    started,
+                    method,
+                    // A key presented in the query stays out of the log.
+                    target: match &labels.api_key_query {
+                        Some(param) => access_log::redact_query(&target, param),
+                        None => target,
+                    },
+                    host,
+                    status,
+                    upstream: backend,
+                    request_id: request_id.to_str().unwrap_or_default().to_owned(),
+                    reason,
+                    format: listener.access_log_format,
+                });
             // Unique per answer: HTTP/2 sends it as a literal, never indexed (added to the
             // HPACK tables of both ends, it would only push out entries that repeat).
             let mut request_id = request_id;
@@ -322,7 +319,8 @@ impl Forwarder {
                 forwarding: &forwarding,
             };
             let on_retried = |upstream: &crate::proxy::routes::Upstream, status: u16, seconds: f64| {
-                self.metrics.request(&route.name, &choice.pool, &upstream.label, status, Some(seconds));
+                let labels = (route.name.clone(), choice.pool.clone(), upstream.label.clone());
+                self.metrics.request(labels.0, labels.1, labels.2, status, Some(seconds));
             };
             let answered = tries.run(first, &mut parts, body, || self.draw(), on_retried).await;
             let answered = match answered {

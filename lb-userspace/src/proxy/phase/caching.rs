@@ -183,7 +183,7 @@ pub async fn serve(
                 Fetched::Failed(status) => status.as_u16(),
             };
             let fill_label = Label::from(format!("{}:fill", route.name));
-            metrics.request(&fill_label, &request.pool.name, &Label::from(""), status, None);
+            metrics.request(fill_label, request.pool.name.clone(), Label::from(""), status, None);
             let described = (&parts.method, request.host, request.target);
             match fetched {
                 Fetched::Whole(status, headers, body, ttl) => {

@@ -51,6 +51,6 @@ pub fn send(
             }
             _ => 502,
         };
-        metrics.request(&label, &pool, &target.label, status, None);
+        metrics.request(label, pool, target.label.clone(), status, None);
     });
 }
