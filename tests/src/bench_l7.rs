@@ -320,6 +320,10 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
     let haproxy_conf = dir.0.join("haproxy.cfg");
     std::fs::write(&haproxy_conf, haproxy_config(&combined))?;
     let lbd = crate::bin_dir().join("lbd");
+    let nginx = |conf: &Path| -> Vec<String> {
+        let (conf, prefix) = (conf.display().to_string(), dir.0.display().to_string());
+        vec!["nginx".into(), "-c".into(), conf, "-p".into(), prefix]
+    };
     let proxies: Vec<(&str, Vec<String>, u16, u16)> = vec![
         (
             "sluice",
@@ -340,32 +344,10 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
             7080,
             7443,
         ),
-        (
-            "nginx",
-            vec![
-                "nginx".into(),
-                "-c".into(),
-                nginx_conf.display().to_string(),
-                "-p".into(),
-                dir.0.display().to_string(),
-            ],
-            8080,
-            8443,
-        ),
+        ("nginx", nginx(&nginx_conf), 8080, 8443),
         // nginx picking the suite as Sluice does, in the handshake mode: the same work per
         // handshake on both ends (OpenSSL's clients ask for AES-256-GCM-SHA384 first).
-        (
-            SAME_SUITES,
-            vec![
-                "nginx".into(),
-                "-c".into(),
-                nginx_128_conf.display().to_string(),
-                "-p".into(),
-                dir.0.display().to_string(),
-            ],
-            8080,
-            8443,
-        ),
+        (SAME_SUITES, nginx(&nginx_128_conf), 8080, 8443),
     ];
     let modes = ["http1-keepalive", "tls-keepalive", "tls-handshake", "h2"];
     println!(
