@@ -396,7 +396,7 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub routes: Vec<Route>,
     /// How long an L7 worker that ran out of work keeps polling its sockets before it sleeps
-    /// (`[proxy] busy_poll_us`, default 25 µs; zero: it sleeps at once). See `proxy::busy_poll`.
+    /// (`[proxy] busy_poll_us`, default 40 µs; zero: it sleeps at once). See `proxy::busy_poll`.
     pub busy_poll: Duration,
     /// VIP announcements through BIRD (`[bgp]`); None: nothing is announced.
     pub bgp: Option<Bgp>,

@@ -331,7 +331,7 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
             9080,
             9443,
         ),
-        // The same lbd with `[proxy] busy_poll_us = 100` (the default is 25), in BUSY_POLL_MODES.
+        // The same lbd with `[proxy] busy_poll_us = 100` (the default is 40), in BUSY_POLL_MODES.
         (
             "sluice-bp",
             vec![lbd.display().to_string(), "run".into(), "-c".into(), busy_conf.display().to_string()],
@@ -354,7 +354,7 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
         "cargo xtask bench l7: {seconds} s per case, wrk -t1 -c64 (h2: h2load -t1 -c64 -m10), proxy on CPU 0, load and backends on CPU 1"
     );
     println!(
-        "sluice-bp: the same lbd with `[proxy] busy_poll_us = 100` (the default is 25), in {BUSY_POLL_MODES:?}"
+        "sluice-bp: the same lbd with `[proxy] busy_poll_us = 100` (the default is 40), in {BUSY_POLL_MODES:?}"
     );
     println!(
         "{SAME_SUITES}: nginx picking the TLS suite, AES-128-GCM first, as Sluice does by default (tls-handshake; not in sluice/best)"

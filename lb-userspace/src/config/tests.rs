@@ -215,7 +215,7 @@ fn access_log_format_is_logfmt_or_json() {
 #[test]
 fn busy_polling_is_short_by_default_and_bounded() {
     let busy = |us: &str| format!("[proxy]\nbusy_poll_us = {us}\n{BASE}");
-    assert_eq!(Config::parse(Path::new("t.toml"), BASE).unwrap().busy_poll, Duration::from_micros(25));
+    assert_eq!(Config::parse(Path::new("t.toml"), BASE).unwrap().busy_poll, Duration::from_micros(40));
     assert_eq!(Config::parse(Path::new("t.toml"), &busy("0")).unwrap().busy_poll, Duration::ZERO);
     assert_eq!(
         Config::parse(Path::new("t.toml"), &busy("100")).unwrap().busy_poll,

@@ -7,7 +7,7 @@
 //! the client's core is the bottleneck): the client spent 68 µs of kernel time per handshake
 //! against Sluice and 45 µs against nginx, whose core is busy anyway. HAProxy's
 //! `busy-polling` answers the same; this one stops after the budget, so an idle worker sleeps.
-//! The default budget (25 µs) catches a backend's answer or a client's next packet in a busy
+//! The default budget (40 µs) catches a backend's answer or a client's next packet in a busy
 //! exchange and costs a lightly loaded worker little.
 //!
 //! How: tokio calls `before_park` when the worker has no task left to run. While the budget
