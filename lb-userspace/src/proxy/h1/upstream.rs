@@ -164,8 +164,14 @@ impl Pool {
                 None => Out::Chunked,
             }
         };
-        let mut head = scratch::take();
-        encode::request_head(&mut head, method, target, headers, added, out);
+        // The head is encoded into a worker's spare buffer when it is about to be written, and
+        // the buffer goes back once it is: a request waiting for its answer holds none (held
+        // across the waits, 64 requests in flight emptied the spares: an allocation each).
+        let head = || {
+            let mut head = scratch::take();
+            encode::request_head(&mut head, method, target, headers, added, out);
+            head
+        };
         // Let the worker's other ready connections reach this point first: their requests then
         // go out back to back, and a backend woken once finds several waiting (HAProxy's loop
         // does the same). Measured: backend context switches per request 0.18 -> 0.06,
@@ -174,7 +180,7 @@ impl Pool {
         let reused = self.checkout(address, !bodiless);
         if bodiless {
             if let Some(mut conn) = reused
-                && conn.stream.write_all(&head).await.is_ok()
+                && conn.stream.write_all(&head()).await.is_ok()
             {
                 match read_head(&mut conn, method).await {
                     Ok(Some(answer)) => return Ok(self.response(address, conn, answer)),
@@ -186,7 +192,7 @@ impl Pool {
                 }
             }
             let mut conn = Box::pin(Self::connect(address)).await?;
-            conn.stream.write_all(&head).await?;
+            conn.stream.write_all(&head()).await?;
             return match read_head(&mut conn, method).await? {
                 Some(answer) => Ok(self.response(address, conn, answer)),
                 None => Err("backend closed the connection before answering".into()),
@@ -196,7 +202,7 @@ impl Pool {
             Some(conn) => conn,
             None => Box::pin(Self::connect(address)).await?,
         };
-        write_body(&mut conn, &head, &mut body, out).await?;
+        write_body(&mut conn, &head(), &mut body, out).await?;
         match read_head(&mut conn, method).await? {
             Some(answer) => Ok(self.response(address, conn, answer)),
             None => Err("backend closed the connection before answering".into()),
