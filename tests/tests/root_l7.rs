@@ -100,7 +100,7 @@ protocol = "h2c"
 [[listener]]
 name = "mtls"
 address = "{VIP}:8443"
-tls = {{ certificates = [{{ cert = "{ac}", key = "{ak}" }}], client_ca = "{ca}" }}
+tls = {{ certificates = [{{ cert = "{ac}", key = "{ak}" }}], client_ca = "{ca}", cipher_suites = ["TLS13_CHACHA20_POLY1305_SHA256", "TLS13_AES_256_GCM_SHA384"] }}
 
 [[route]]
 listener = "mtls"
@@ -248,6 +248,19 @@ fn root_l7_tls_sni_alpn_versions_resumption() -> Result<()> {
     assert!(out.contains("Cipher is ECDHE-ECDSA-AES128-GCM-SHA256"), "{out}");
     let out = bed.s_client(&["-servername", "example.test", "-ciphersuites", "TLS_AES_256_GCM_SHA384"])?;
     assert!(out.contains("TLSv1.3, Cipher is TLS_AES_256_GCM_SHA384"), "{out}");
+    // A listener's own `cipher_suites`, in its order (OpenSSL asks for AES-256 first).
+    let (cert, key) = (bed.ca.dir.join("client.pem"), bed.ca.dir.join("client.key"));
+    let out = bed.s_client(&[
+        "-connect",
+        &format!("{VIP}:8443"),
+        "-servername",
+        "example.test",
+        "-cert",
+        cert.to_str().unwrap_or_default(),
+        "-key",
+        key.to_str().unwrap_or_default(),
+    ])?;
+    assert!(out.contains("TLSv1.3, Cipher is TLS_CHACHA20_POLY1305_SHA256"), "{out}");
 
     let session = bed._dir.0.join("session.pem");
     bed.s_client(&[

@@ -56,6 +56,7 @@ pub(super) fn yes() -> bool {
 pub(super) struct RawTls {
     pub(super) certificates: Vec<RawCertificate>,
     pub(super) client_ca: Option<Spanned<PathBuf>>,
+    pub(super) cipher_suites: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -308,3 +308,24 @@ fn syn_cookies_are_for_l7_tcp_vips() {
     let config = Config::parse(Path::new("t.toml"), &v6).expect("an IPv6 L7 VIP with SYN cookies");
     assert!(config.vips[0].syn_cookies);
 }
+
+#[test]
+fn cipher_suites_are_known_names_in_the_servers_order() {
+    let listener = |suites: &str| {
+        format!(
+            "{BASE}[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8443\"\n\
+             tls = {{ certificates = [{{ cert = \"c.pem\", key = \"k.pem\" }}]{suites} }}\n"
+        )
+    };
+    let config = Config::parse_sent(Path::new("t.toml"), &listener("")).unwrap();
+    assert!(config.listeners[0].tls.as_ref().unwrap().cipher_suites.is_empty(), "the default order");
+    let listed = ", cipher_suites = [\"TLS13_AES_256_GCM_SHA384\", \"TLS13_AES_128_GCM_SHA256\"]";
+    let config = Config::parse_sent(Path::new("t.toml"), &listener(listed)).unwrap();
+    let suites = &config.listeners[0].tls.as_ref().unwrap().cipher_suites;
+    assert_eq!(suites, &["TLS13_AES_256_GCM_SHA384", "TLS13_AES_128_GCM_SHA256"]);
+    assert_error(
+        &listener(", cipher_suites = [\"TLS_AES_256_GCM_SHA384\"]"),
+        "t.toml:6: listener `l`: unknown cipher suite `TLS_AES_256_GCM_SHA384` (known: TLS13_AES_256_GCM_SHA384,",
+    );
+    assert_error(&listener(", cipher_suites = []"), "t.toml:6: listener `l`: cipher_suites lists none");
+}

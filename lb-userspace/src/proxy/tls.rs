@@ -121,18 +121,30 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-/// ring's suites with the AES-128-GCM ones first (TLS 1.3's, then TLS 1.2's), for the server to
-/// pick. OpenSSL's clients (curl, wrk, h2load, most API clients) ask for AES-256-GCM-SHA384
-/// first, whose key schedule and transcript hash run SHA-512 in software (~12% of a handshake's
-/// CPU here, on both ends), where SHA-256 has the CPU's SHA extensions; AES-128 also takes fewer
-/// rounds per record. Every suite on offer stays: a client without AES-128-GCM gets what it
-/// asks for. (HAProxy too picks by server order by default; nginx by the client's.)
-fn provider() -> rustls::crypto::CryptoProvider {
+/// The suites a listener offers, in the order the server picks them: the listener's
+/// `cipher_suites` if it lists any (the config has checked the names), else ring's suites with
+/// the AES-128-GCM ones first (TLS 1.3's, then TLS 1.2's). OpenSSL's clients (curl, wrk, h2load,
+/// most API clients) ask for AES-256-GCM-SHA384 first, whose key schedule and transcript hash
+/// run SHA-512 in software (~12% of a handshake's CPU here, on both ends), where SHA-256 has
+/// the CPU's SHA extensions; AES-128 also takes fewer rounds per record. Every suite stays on
+/// offer: a client without AES-128-GCM gets what it asks for. (HAProxy too picks by server
+/// order by default; nginx by the client's.)
+fn provider(listed: &[String]) -> rustls::crypto::CryptoProvider {
     use rustls::CipherSuite::{
         TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
         TLS13_AES_128_GCM_SHA256,
     };
     let mut provider = rustls::crypto::ring::default_provider();
+    if !listed.is_empty() {
+        provider.cipher_suites = listed
+            .iter()
+            .filter_map(|name| {
+                rustls::crypto::ring::ALL_CIPHER_SUITES.iter().find(|s| format!("{:?}", s.suite()) == *name)
+            })
+            .copied()
+            .collect();
+        return provider;
+    }
     let aes_128 = [
         TLS13_AES_128_GCM_SHA256,
         TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
@@ -147,9 +159,14 @@ fn provider() -> rustls::crypto::CryptoProvider {
 
 /// A listener's rustls config over `resolver`.
 pub fn server_config(tls: &Tls, resolver: Arc<Resolver>) -> Result<Arc<ServerConfig>> {
-    let provider = Arc::new(provider());
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let provider = Arc::new(provider(&tls.cipher_suites));
+    // Only the versions the suites serve (a list of TLS 1.2 suites alone turns TLS 1.3 off).
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> =
+        [&rustls::version::TLS13, &rustls::version::TLS12]
+            .into_iter()
+            .filter(|v| provider.cipher_suites.iter().any(|s| s.version() == *v))
+            .collect();
+    let builder = ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(&versions)?;
     let builder = match &tls.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
@@ -181,4 +198,28 @@ pub fn files_mtime(tls: &Tls) -> Option<SystemTime> {
         .flat_map(|(c, k)| [c, k])
         .filter_map(|p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok())
         .max()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(provider: &rustls::crypto::CryptoProvider) -> Vec<String> {
+        provider.cipher_suites.iter().map(|s| format!("{:?}", s.suite())).collect()
+    }
+
+    #[test]
+    fn the_server_picks_aes_128_first_unless_the_listener_lists_its_own_order() {
+        let default = names(&provider(&[]));
+        assert_eq!(default.len(), rustls::crypto::ring::default_provider().cipher_suites.len());
+        let aes_128 = [
+            "TLS13_AES_128_GCM_SHA256",
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+        ];
+        assert_eq!(default[..3], aes_128, "{default:?}");
+        assert_eq!(default[3], "TLS13_AES_256_GCM_SHA384", "the rest in rustls's order: {default:?}");
+        let listed = ["TLS13_CHACHA20_POLY1305_SHA256".to_owned(), "TLS13_AES_256_GCM_SHA384".to_owned()];
+        assert_eq!(names(&provider(&listed)), listed);
+    }
 }

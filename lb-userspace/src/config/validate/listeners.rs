@@ -52,7 +52,26 @@ pub(in crate::config) fn check(
                     .map(|c| RawCertificate { cert: resolve(c.cert), key: resolve(c.key) })
                     .collect(),
                 client_ca: t.client_ca.map(resolve),
+                cipher_suites: t.cipher_suites,
             };
+            if let Some(suites) = &t.cipher_suites {
+                let known: Vec<String> = rustls::crypto::ring::ALL_CIPHER_SUITES
+                    .iter()
+                    .map(|s| format!("{:?}", s.suite()))
+                    .collect();
+                if suites.get_ref().is_empty() {
+                    errors.at(suites.span(), format!("listener `{name}`: cipher_suites lists none"));
+                }
+                for suite in suites.get_ref().iter().filter(|s| !known.contains(s)) {
+                    errors.at(
+                        suites.span(),
+                        format!(
+                            "listener `{name}`: unknown cipher suite `{suite}` (known: {})",
+                            known.join(", ")
+                        ),
+                    );
+                }
+            }
             if t.certificates.is_empty() {
                 errors.at(raw.name.span(), format!("listener `{name}`: tls needs at least one certificate"));
             }
@@ -78,6 +97,7 @@ pub(in crate::config) fn check(
                     .map(|c| (c.cert.into_inner(), c.key.into_inner()))
                     .collect(),
                 client_ca: t.client_ca.map(Spanned::into_inner),
+                cipher_suites: t.cipher_suites.map(Spanned::into_inner).unwrap_or_default(),
             }
         });
         for (what, value) in [
