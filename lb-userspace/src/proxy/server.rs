@@ -48,8 +48,8 @@ const EVICTION_WAIT: Duration = Duration::from_millis(100);
 /// The pause after a failed accept (out of descriptors, mostly), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
-/// A response body that keeps its request in flight on the connection until it is done, counts
-/// the bytes sent, and writes the request's access-log line at the end.
+/// A response body that keeps its request in flight, on the connection and on its backend,
+/// until it is done, counts the bytes sent, and writes the request's access-log line at the end.
 struct Tracked {
     body: Body,
     _busy: Busy,
