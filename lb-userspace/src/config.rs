@@ -218,9 +218,10 @@ pub struct Tls {
     pub certificates: Vec<(PathBuf, PathBuf)>,
     /// Require client certificates signed by this CA (mTLS).
     pub client_ca: Option<PathBuf>,
-    /// The cipher suites offered, in the order the server picks them (rustls's names, as
-    /// `TLS13_AES_128_GCM_SHA256`); empty: AES-128-GCM first, then rustls's order.
-    pub cipher_suites: Vec<String>,
+    /// The cipher suites offered, in the order the server picks them (named in the config as
+    /// rustls names them, `TLS13_AES_128_GCM_SHA256`); empty: AES-128-GCM first, then rustls's
+    /// order.
+    pub cipher_suites: Vec<rustls::SupportedCipherSuite>,
 }
 
 /// An L7 route: the first route of a listener that matches a request wins.

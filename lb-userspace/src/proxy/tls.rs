@@ -122,27 +122,21 @@ impl ResolvesServerCert for Resolver {
 }
 
 /// The suites a listener offers, in the order the server picks them: the listener's
-/// `cipher_suites` if it lists any (the config has checked the names), else ring's suites with
+/// `cipher_suites` if it lists any, else ring's suites with
 /// the AES-128-GCM ones first (TLS 1.3's, then TLS 1.2's). OpenSSL's clients (curl, wrk, h2load,
 /// most API clients) ask for AES-256-GCM-SHA384 first, whose key schedule and transcript hash
 /// run SHA-512 in software (~12% of a handshake's CPU here, on both ends), where SHA-256 has
 /// the CPU's SHA extensions; AES-128 also takes fewer rounds per record. Every suite stays on
 /// offer: a client without AES-128-GCM gets what it asks for. (HAProxy too picks by server
 /// order by default; nginx by the client's.)
-fn provider(listed: &[String]) -> rustls::crypto::CryptoProvider {
+fn provider(listed: &[rustls::SupportedCipherSuite]) -> rustls::crypto::CryptoProvider {
     use rustls::CipherSuite::{
         TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
         TLS13_AES_128_GCM_SHA256,
     };
     let mut provider = rustls::crypto::ring::default_provider();
     if !listed.is_empty() {
-        provider.cipher_suites = listed
-            .iter()
-            .filter_map(|name| {
-                rustls::crypto::ring::ALL_CIPHER_SUITES.iter().find(|s| format!("{:?}", s.suite()) == *name)
-            })
-            .copied()
-            .collect();
+        provider.cipher_suites = listed.to_vec();
         return provider;
     }
     let aes_128 = [
@@ -219,7 +213,8 @@ mod tests {
         ];
         assert_eq!(default[..3], aes_128, "{default:?}");
         assert_eq!(default[3], "TLS13_AES_256_GCM_SHA384", "the rest in rustls's order: {default:?}");
-        let listed = ["TLS13_CHACHA20_POLY1305_SHA256".to_owned(), "TLS13_AES_256_GCM_SHA384".to_owned()];
-        assert_eq!(names(&provider(&listed)), listed);
+        use rustls::crypto::ring::cipher_suite::{TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256};
+        let listed = [TLS13_CHACHA20_POLY1305_SHA256, TLS13_AES_256_GCM_SHA384];
+        assert_eq!(names(&provider(&listed)), ["TLS13_CHACHA20_POLY1305_SHA256", "TLS13_AES_256_GCM_SHA384"]);
     }
 }

@@ -54,22 +54,28 @@ pub(in crate::config) fn check(
                 client_ca: t.client_ca.map(resolve),
                 cipher_suites: t.cipher_suites,
             };
-            if let Some(suites) = &t.cipher_suites {
-                let known: Vec<String> = rustls::crypto::ring::ALL_CIPHER_SUITES
-                    .iter()
-                    .map(|s| format!("{:?}", s.suite()))
-                    .collect();
-                if suites.get_ref().is_empty() {
-                    errors.at(suites.span(), format!("listener `{name}`: cipher_suites lists none"));
+            // Names become the suites themselves here, once; the TLS setup takes them as they are.
+            let mut cipher_suites = Vec::new();
+            if let Some(listed) = &t.cipher_suites {
+                let known = rustls::crypto::ring::ALL_CIPHER_SUITES;
+                let name_of = |s: &rustls::SupportedCipherSuite| format!("{:?}", s.suite());
+                if listed.get_ref().is_empty() {
+                    errors.at(listed.span(), format!("listener `{name}`: cipher_suites lists none"));
                 }
-                for suite in suites.get_ref().iter().filter(|s| !known.contains(s)) {
-                    errors.at(
-                        suites.span(),
-                        format!(
-                            "listener `{name}`: unknown cipher suite `{suite}` (known: {})",
-                            known.join(", ")
-                        ),
-                    );
+                for wanted in listed.get_ref() {
+                    match known.iter().find(|s| name_of(s) == *wanted) {
+                        Some(suite) => cipher_suites.push(*suite),
+                        None => {
+                            let names: Vec<String> = known.iter().map(name_of).collect();
+                            errors.at(
+                                listed.span(),
+                                format!(
+                                    "listener `{name}`: unknown cipher suite `{wanted}` (known: {})",
+                                    names.join(", ")
+                                ),
+                            );
+                        }
+                    }
                 }
             }
             if t.certificates.is_empty() {
@@ -97,7 +103,7 @@ pub(in crate::config) fn check(
                     .map(|c| (c.cert.into_inner(), c.key.into_inner()))
                     .collect(),
                 client_ca: t.client_ca.map(Spanned::into_inner),
-                cipher_suites: t.cipher_suites.map(Spanned::into_inner).unwrap_or_default(),
+                cipher_suites,
             }
         });
         for (what, value) in [
