@@ -97,14 +97,18 @@ impl<'a> Fields<'a> {
 
     /// Whether the Connection fields list `token`.
     fn connection_has(self, token: &str) -> bool {
-        self.all(&header::CONNECTION)
-            .any(|value| tokens(value).any(|t| t.eq_ignore_ascii_case(token.as_bytes())))
+        lists(self.all(&header::CONNECTION), token)
     }
 }
 
 /// The comma-separated tokens of a field value, trimmed.
 fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+}
+
+/// Whether any of a field's values lists `token` (case-insensitive).
+fn lists<'a>(mut values: impl Iterator<Item = &'a [u8]>, token: &str) -> bool {
+    values.any(|value| tokens(value).any(|t| t.eq_ignore_ascii_case(token.as_bytes())))
 }
 
 /// Fields that only speak of this connection and that the parser has read: a Connection field
@@ -133,10 +137,7 @@ fn header_map(head: &Bytes, ranges: &mut Ranges) -> Result<HeaderMap, &'static s
 
 /// Whether the Connection header lists `token`.
 pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(token.as_bytes())))
+    lists(headers.get_all(header::CONNECTION).iter().map(HeaderValue::as_bytes), token)
 }
 
 /// The body framing a head's Content-Length and Transfer-Encoding fields give (RFC 9112 §6.3):
