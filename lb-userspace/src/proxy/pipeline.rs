@@ -136,18 +136,17 @@ impl Forwarder {
         conn: Arc<ClientConn>,
     ) -> impl Future<Output = Handled> + Send {
         async move {
-            // Only the log line needs the start (a clock read).
-            let started = listener.access_log.then(Instant::now);
             let host = host_of(&request);
             // The client's ID when it is printable and short, else a new one.
             let request_id = match request.headers().get(headers::X_REQUEST_ID) {
                 Some(id) if !id.is_empty() && id.len() <= 200 && id.to_str().is_ok() => id.clone(),
                 _ => self.request_id(),
             };
-            // What the log line needs of the request, taken before the request moves on.
+            // What the log line needs of the request, taken before the request moves on (the
+            // start too: only the log needs that clock read).
             let logged = listener.access_log.then(|| {
                 let target = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
-                (request.method().to_string(), target)
+                (Instant::now(), request.method().to_string(), target)
             });
             let mut labels = Labels {
                 route: self.none.clone(),
@@ -165,25 +164,23 @@ impl Forwarder {
                 Err(refusal) => (*refusal.response, Some(refusal.reason)),
             };
             let status = response.status().as_u16();
+            let entry = logged.map(|(started, method, target)| Entry {
+                started,
+                method,
+                // A key presented in the query stays out of the log.
+                target: match &labels.api_key_query {
+                    Some(param) => access_log::redact_query(&target, param),
+                    None => target,
+                },
+                host,
+                status,
+                upstream: labels.backend.clone(),
+                request_id: request_id.to_str().unwrap_or_default().to_owned(),
+                reason,
+                format: listener.access_log_format,
+            });
             // The labels go into the metrics' keys (no clones but the log's).
-            let backend = logged.is_some().then(|| labels.backend.clone());
             self.metrics.request(labels.route, labels.pool, labels.backend, status, labels.upstream_seconds);
-            let entry =
-                logged.zip(started).zip(backend).map(|(((method, target), started), backend)| Entry {
-                    started,
-                    method,
-                    // A key presented in the query stays out of the log.
-                    target: match &labels.api_key_query {
-                        Some(param) => access_log::redact_query(&target, param),
-                        None => target,
-                    },
-                    host,
-                    status,
-                    upstream: backend,
-                    request_id: request_id.to_str().unwrap_or_default().to_owned(),
-                    reason,
-                    format: listener.access_log_format,
-                });
             // Unique per answer: HTTP/2 sends it as a literal, never indexed (added to the
             // HPACK tables of both ends, it would only push out entries that repeat).
             let mut request_id = request_id;
@@ -319,8 +316,9 @@ impl Forwarder {
                 forwarding: &forwarding,
             };
             let on_retried = |upstream: &crate::proxy::routes::Upstream, status: u16, seconds: f64| {
-                let labels = (route.name.clone(), choice.pool.clone(), upstream.label.clone());
-                self.metrics.request(labels.0, labels.1, labels.2, status, Some(seconds));
+                let (route, pool, backend) =
+                    (route.name.clone(), choice.pool.clone(), upstream.label.clone());
+                self.metrics.request(route, pool, backend, status, Some(seconds));
             };
             let answered = tries.run(first, &mut parts, body, || self.draw(), on_retried).await;
             let answered = match answered {
