@@ -1,7 +1,7 @@
 //! A listener's accept loop and its client connections: the connection cap (idle connections
 //! are closed first when full), accept errors backed off, the TLS handshake timeout, the
 //! first-byte and keep-alive idle timeouts, HTTP/1.1 served by the own engine (`h1`) and
-//! HTTP/2 by hyper, and the drain on stop.
+//! HTTP/2 on the h2 crate (`h2`), and the drain on stop.
 use std::{
     future::Future,
     pin::Pin,
@@ -13,14 +13,10 @@ use std::{
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use bytes::BytesMut;
-use http_body_util::BodyExt;
 use hyper::{
     Request,
-    body::{Body as _, Frame, Incoming, SizeHint},
-    server::conn::http2,
-    service::service_fn,
+    body::{Frame, SizeHint},
 };
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use log::{info, warn};
 use tokio::{net::TcpListener, sync::Semaphore};
 
@@ -32,11 +28,9 @@ use crate::{
             downstream::{self, Ended, Session},
             rewind::Rewind,
         },
+        h2,
         idle::{self, Busy, Registry, Watched},
-        phase::{
-            respond::{self, Body},
-            upstream::InFlight,
-        },
+        phase::{respond::Body, upstream::InFlight},
         pipeline::Forwarder,
         routes::Snapshot,
         tls,
@@ -147,7 +141,7 @@ struct Serving {
     listener: Arc<Listener>,
     forwarder: Arc<Forwarder>,
     snapshot: Arc<ArcSwap<Snapshot>>,
-    http2: Arc<http2::Builder<TokioExecutor>>,
+    http2: Arc<::h2::server::Builder>,
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -158,8 +152,6 @@ struct Connection {
     registered: idle::Registered,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Connection {
     fn session(&self, conn: Arc<ClientConn>) -> Session {
@@ -192,7 +184,7 @@ impl Connection {
             let stream = Watched::new(stream, self.registered.activity.clone());
             if let (stream, Ended::Http2(read)) = downstream::serve(stream, self.session(conn.clone())).await
             {
-                Box::pin(self.http2(TokioIo::new(Rewind::new(read, stream)), conn)).await;
+                Box::pin(self.http2(Rewind::new(read, stream), conn)).await;
             }
             self.closed();
         }
@@ -238,49 +230,43 @@ impl Connection {
                 (_, Ended::Closed) => return self.closed(),
             }
         };
-        Box::pin(self.http2(TokioIo::new(Rewind::new(read, stream)), conn)).await;
+        Box::pin(self.http2(Rewind::new(read, stream), conn)).await;
         self.closed();
     }
 
-    /// HTTP/2 on hyper's server, watched for idleness and for the graceful stop.
-    async fn http2<S>(&self, io: TokioIo<S>, conn: Arc<ClientConn>)
+    /// HTTP/2 (`h2`), watched for idleness and for the graceful stop.
+    async fn http2<S>(&self, io: S, conn: Arc<ClientConn>)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let s = &self.serving;
         let activity = self.registered.activity.clone();
-        let service = {
+        let handler = {
             let (listener, forwarder, snapshot, conn) =
                 (s.listener.clone(), s.forwarder.clone(), s.snapshot.clone(), conn.clone());
-            service_fn(move |request: Request<Incoming>| {
+            move |request: Request<Body>, respond| {
                 let busy = activity.start();
                 let conn = conn.clone();
-                // A request that ends with its head (most) needs no box for its body.
-                let request = request.map(|body| match body.is_end_stream() {
-                    true => respond::empty(),
-                    false => body.map_err(Into::into).boxed(),
-                });
                 let (forwarder, snapshot, listener) =
                     (forwarder.clone(), snapshot.load_full(), listener.clone());
-                // The pipeline's future (~5 KiB) is boxed: hyper moves each stream's future
-                // into a task of its own, and a small one is cheaper to move than the box is to
-                // make (h2load: 82.1k → 84.9k req/s).
-                async move {
+                // The pipeline's future (~5 KiB) is boxed: the stream's future is moved into
+                // the connection's set of streams, and a small one is cheaper to move.
+                let answer = async move {
                     let handled = Box::pin(forwarder.handle(request, snapshot, listener, conn.clone())).await;
                     let (entry, in_flight) = (handled.entry, handled.in_flight);
-                    let response = handled.response.map(|body| Tracked {
+                    handled.response.map(|body| Tracked {
                         body,
                         _busy: busy,
                         _in_flight: in_flight,
                         entry,
                         conn,
                         bytes: 0,
-                    });
-                    Ok::<_, std::convert::Infallible>(response)
-                }
-            })
+                    })
+                };
+                h2::answer(answer, respond)
+            }
         };
-        let served = s.http2.serve_connection(io, service);
+        let served = h2::Served::new(io, &s.http2, handler);
         let mut served = std::pin::pin!(served);
         let watchdog =
             idle::watchdog(&self.registered.activity, s.listener.first_byte_timeout, s.listener.idle_timeout);
@@ -301,8 +287,7 @@ impl Connection {
             tokio::select! {
                 result = served.as_mut() => {
                     if let Err(err) = result {
-                        let err: BoxError = err.into();
-                        s.forwarder.refused_by_parser(&s.listener, &conn, &*err);
+                        s.forwarder.refused_by_parser(&s.listener, &conn, &err);
                     }
                     return;
                 }
@@ -335,8 +320,7 @@ pub async fn serve(
 ) {
     let acceptor = shared.acceptor.clone();
     let (slots, registry) = (shared.slots.clone(), shared.registry.clone());
-    let mut http2 = http2::Builder::new(TokioExecutor::new());
-    http2.timer(TokioTimer::new()).max_header_list_size(listener.max_header_bytes as u32);
+    let http2 = h2::builder(&listener);
     let listener = Arc::new(listener);
     let serving = Serving {
         listener: listener.clone(),
