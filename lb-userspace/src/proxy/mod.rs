@@ -15,6 +15,7 @@ pub mod routes;
 pub mod runtime;
 pub mod server;
 pub mod tls;
+pub mod turn;
 pub mod workers;
 
 use std::{sync::Arc, time::Duration};
