@@ -5,11 +5,9 @@
 //! its own types; here a stream is a future in the connection's `FuturesUnordered`, polled
 //! before the connection so that the answers it finishes go out in the connection's next write.
 use std::{
-    cell::RefCell,
     future::{Future, poll_fn},
     pin::Pin,
     task::{Context, Poll, ready},
-    time::{Duration, SystemTime},
 };
 
 use bytes::{Buf, Bytes};
@@ -18,14 +16,21 @@ use h2::{
     Reason, RecvStream, SendStream,
     server::{Builder, Connection, Handshake, SendResponse},
 };
+use http_body_util::BodyExt;
 use hyper::{
-    HeaderMap, Request, Response,
+    Request, Response,
     body::{Body as HttpBody, Frame},
-    header::{self, HeaderName, HeaderValue},
+    header::{self, HeaderValue},
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::{config::Listener, proxy::phase::respond::Body};
+use crate::{
+    config::Listener,
+    proxy::phase::{
+        headers,
+        respond::{self, Body},
+    },
+};
 
 /// The connection's settings (hyper's defaults for its server, which Sluice used before).
 const WINDOW: u32 = 1024 * 1024;
@@ -88,9 +93,8 @@ impl HttpBody for Incoming {
 /// A request as the pipeline takes it: a request that ends with its head (most) has an empty
 /// body, which needs no box.
 fn request(request: Request<RecvStream>) -> Request<Body> {
-    use http_body_util::BodyExt;
     request.map(|recv| match recv.is_end_stream() {
-        true => crate::proxy::phase::respond::empty(),
+        true => respond::empty(),
         false => Incoming { recv, data_done: false }.boxed(),
     })
 }
@@ -212,9 +216,11 @@ where
     .await;
     let Some(response) = response else { return };
     let (mut head, body) = response.into_parts();
-    strip_connection_fields(&mut head.headers);
+    // Connection-specific fields are not allowed in HTTP/2 (RFC 9113 §8.2.2; h2 refuses an
+    // answer with any): a backend's HTTP/1.1 answer may have some.
+    headers::strip_hop_by_hop(&mut head.headers, false);
     if !head.headers.contains_key(header::DATE) {
-        head.headers.insert(header::DATE, date());
+        head.headers.insert(header::DATE, respond::date());
     }
     let end = body.is_end_stream();
     if !end
@@ -306,63 +312,13 @@ where
     }
 }
 
-/// Connection-specific fields are not allowed in HTTP/2 (RFC 9113 §8.2.2): h2 refuses an
-/// answer that has any. A backend's HTTP/1.1 answer may.
-fn strip_connection_fields(headers: &mut HeaderMap) {
-    const NAMES: [HeaderName; 5] = [
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::TE,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ];
-    if let Some(connection) = headers.remove(header::CONNECTION)
-        && let Ok(names) = connection.to_str()
-    {
-        for name in names.split(',') {
-            headers.remove(name.trim());
-        }
-    }
-    for name in &NAMES {
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
-    }
-}
-
-/// The `Date` value, made once a second per thread.
-fn date() -> HeaderValue {
-    thread_local! {
-        static DATE: RefCell<(u64, HeaderValue)> = const { RefCell::new((0, HeaderValue::from_static(""))) };
-    }
-    let now = SystemTime::now();
-    let second = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
-    DATE.with_borrow_mut(|(at, value)| {
-        if *at != second {
-            let text = httpdate::fmt_http_date(now);
-            *value = HeaderValue::from_str(&text).expect("an HTTP date is a valid field value");
-            *at = second;
-        }
-        value.clone()
-    })
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    #[test]
-    fn connection_fields_are_stripped() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, "keep-alive, x-hop".parse().unwrap());
-        headers.insert("x-hop", "1".parse().unwrap());
-        headers.insert("keep-alive", "timeout=5".parse().unwrap());
-        headers.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
-        headers.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
-        strip_connection_fields(&mut headers);
-        assert_eq!(headers.len(), 1);
-        assert!(headers.contains_key(header::CONTENT_TYPE));
-    }
+    use hyper::HeaderMap;
+
+    use super::*;
 
     /// Serves one connection with an echo: the request's body and trailers back, with a
     /// connection field the stream must strip.
@@ -461,11 +417,5 @@ mod tests {
         assert!(dropped.is_ok(), "the reset stream's answer is still held");
         drop(client);
         server.abort();
-    }
-
-    #[test]
-    fn date_is_an_http_date() {
-        let value = date();
-        assert!(httpdate::parse_http_date(value.to_str().unwrap()).is_ok());
     }
 }

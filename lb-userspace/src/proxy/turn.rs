@@ -43,22 +43,16 @@ mod tests {
             .run_until({
                 let order = order.clone();
                 async move {
-                    let a = {
+                    // A task that works, waits its turn, then writes.
+                    let task = |name: &'static str| {
                         let order = order.clone();
                         tokio::task::spawn_local(async move {
-                            order.borrow_mut().push("a works");
+                            order.borrow_mut().push(format!("{name} works"));
                             one_turn().await;
-                            order.borrow_mut().push("a writes");
+                            order.borrow_mut().push(format!("{name} writes"));
                         })
                     };
-                    let b = {
-                        let order = order.clone();
-                        tokio::task::spawn_local(async move {
-                            order.borrow_mut().push("b works");
-                            one_turn().await;
-                            order.borrow_mut().push("b writes");
-                        })
-                    };
+                    let (a, b) = (task("a"), task("b"));
                     a.await.unwrap();
                     b.await.unwrap();
                 }

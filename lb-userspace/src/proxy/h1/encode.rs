@@ -1,11 +1,8 @@
 //! Writing HTTP/1.1 heads and chunk framing into a byte buffer: the response head a client
 //! gets, the request head a backend gets, and the size line of a chunk.
-use std::{
-    sync::Mutex,
-    time::{Duration, SystemTime},
-};
-
 use hyper::{HeaderMap, Method, StatusCode, header, header::HeaderName};
+
+use crate::proxy::phase::respond;
 
 /// How the body written after a head is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,22 +43,6 @@ fn framing(out: &mut Vec<u8>, body: Out) {
     }
 }
 
-/// The `Date` value, formatted once a second at most.
-fn date() -> String {
-    static CACHE: Mutex<Option<(u64, String)>> = Mutex::new(None);
-    let now = SystemTime::now();
-    let second = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
-    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-    match &*cache {
-        Some((at, text)) if *at == second => text.clone(),
-        _ => {
-            let text = httpdate::fmt_http_date(now);
-            *cache = Some((second, text.clone()));
-            text
-        }
-    }
-}
-
 /// A response head. `length` is the Content-Length to keep for a HEAD or 304 answer (whose
 /// body is not sent); `close` adds `Connection: close`, `keep_alive_10` `Connection:
 /// keep-alive` for an HTTP/1.0 client.
@@ -85,7 +66,7 @@ pub fn response_head(
         field(out, b"content-length", length);
     }
     if !headers.contains_key(header::DATE) {
-        field(out, b"date", date().as_bytes());
+        field(out, b"date", respond::date().as_bytes());
     }
     if close {
         field(out, b"connection", b"close");

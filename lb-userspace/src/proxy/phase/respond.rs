@@ -1,5 +1,10 @@
 //! Respond: the answers the proxy makes itself (plain text, a route's fallback, a cached
-//! answer) and the body type every response has.
+//! answer), the body type every response has, and the `Date` every answer gets.
+use std::{
+    cell::RefCell,
+    time::{Duration, SystemTime},
+};
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use hyper::{
@@ -47,6 +52,24 @@ pub fn cached(answer: &Cached, x_cache: &'static str) -> Response<Body> {
     response
 }
 
+/// The `Date` value for an answer that has none, made once a second per worker thread (a clone
+/// is a reference count, not a copy).
+pub fn date() -> HeaderValue {
+    thread_local! {
+        static DATE: RefCell<(u64, HeaderValue)> = const { RefCell::new((0, HeaderValue::from_static(""))) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
+    DATE.with_borrow_mut(|(at, value)| {
+        if *at != second {
+            let text = httpdate::fmt_http_date(now);
+            *value = HeaderValue::from_str(&text).expect("an HTTP date is a valid field value");
+            *at = second;
+        }
+        value.clone()
+    })
+}
+
 pub fn full(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|e| match e {}).boxed()
 }
@@ -54,4 +77,13 @@ pub fn full(bytes: Bytes) -> Body {
 /// An empty body.
 pub fn empty() -> Body {
     Empty::new().map_err(|e| match e {}).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn date_is_an_http_date() {
+        let value = super::date();
+        assert!(httpdate::parse_http_date(value.to_str().unwrap()).is_ok());
+    }
 }
