@@ -353,35 +353,4 @@ impl Forwarder {
             Ok(response)
         }
     }
-
-    /// A connection the HTTP parser gave up on: counted, and logged like a request.
-    pub fn refused_by_parser(
-        &self,
-        listener: &Listener,
-        conn: &ClientConn,
-        err: &(dyn std::error::Error + 'static),
-    ) {
-        let status = err.downcast_ref::<hyper::Error>().and_then(parser_status);
-        let Some(status) = status else {
-            log::debug!("listener {}: connection from {}: {err}", listener.name, conn.address);
-            return;
-        };
-        self.metrics.parser_refused(&listener.name, status);
-        if listener.access_log {
-            access_log::refused(conn, status, &err.to_string(), listener.access_log_format);
-        }
-    }
-}
-
-/// The status hyper's HTTP/1.1 server answered a refused request with, if the error is one.
-fn parser_status(err: &hyper::Error) -> Option<u16> {
-    if err.is_parse_too_large() {
-        Some(431)
-    } else if err.is_parse() {
-        Some(400)
-    } else if err.is_timeout() {
-        Some(408)
-    } else {
-        None
-    }
 }

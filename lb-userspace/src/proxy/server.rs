@@ -286,8 +286,10 @@ impl Connection {
         loop {
             tokio::select! {
                 result = served.as_mut() => {
+                    // A protocol or I/O error ends the connection (a malformed request is
+                    // refused on its stream, not here).
                     if let Err(err) = result {
-                        s.forwarder.refused_by_parser(&s.listener, &conn, &err);
+                        log::debug!("listener {}: HTTP/2 connection from {}: {err}", s.listener.name, conn.address);
                     }
                     return;
                 }
