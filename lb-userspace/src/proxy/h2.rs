@@ -196,6 +196,10 @@ where
 
 /// Serves one stream: its answer (given up if the client resets the stream first), then the
 /// answer's body.
+///
+/// This future is moved into the connection's set of streams for every request, so what it
+/// holds across its waits is kept small: the head is sent by a plain function, and the body's
+/// state is a `Sending` (an async block would keep room for every local it ever had).
 pub async fn answer<F, B>(answer: F, mut respond: SendResponse<Bytes>)
 where
     F: Future<Output = Response<B>>,
@@ -214,7 +218,16 @@ where
         }
     })
     .await;
-    let Some(response) = response else { return };
+    if let Some(sending) = response.and_then(|response| send_head(response, &mut respond)) {
+        sending.await;
+    }
+}
+
+/// Sends the answer's head; what is left to send of its body, if anything.
+fn send_head<B>(response: Response<B>, respond: &mut SendResponse<Bytes>) -> Option<Sending<B>>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+{
     let (mut head, body) = response.into_parts();
     // Connection-specific fields are not allowed in HTTP/2 (RFC 9113 §8.2.2; h2 refuses an
     // answer with any): a backend's HTTP/1.1 answer may have some.
@@ -229,27 +242,49 @@ where
     {
         head.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     }
-    let send = match respond.send_response(Response::from_parts(head, ()), end) {
-        Ok(send) => send,
+    match respond.send_response(Response::from_parts(head, ()), end) {
+        Ok(send) => (!end).then_some(Sending { body, send, waiting: None }),
         Err(err) => {
             log::debug!("HTTP/2 answer: {err}");
             respond.send_reset(Reason::INTERNAL_ERROR);
-            return;
+            None
         }
-    };
-    if !end {
-        send_body(body, send).await;
     }
 }
 
-/// Writes `body` to the stream, a frame at a time as the stream's window allows.
-async fn send_body<B>(mut body: B, mut send: SendStream<Bytes>)
+/// An answer's body being written to its stream, a frame at a time as the stream's window
+/// allows; the stream is reset if the body fails.
+struct Sending<B> {
+    body: B,
+    send: SendStream<Bytes>,
+    /// A chunk read from the body, waiting for window.
+    waiting: Option<(Bytes, bool)>,
+}
+
+impl<B> Future for Sending<B>
 where
     B: HttpBody<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let mut waiting: Option<(Bytes, bool)> = None;
-    let sent = poll_fn(|cx| -> Poll<Result<(), String>> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let me = self.get_mut();
+        if let Err(err) = ready!(me.poll_send(cx)) {
+            log::debug!("HTTP/2 answer body: {err}");
+            me.send.send_reset(Reason::INTERNAL_ERROR);
+        }
+        Poll::Ready(())
+    }
+}
+
+impl<B> Sending<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        let Sending { body, send, waiting } = self;
         loop {
             if let Poll::Ready(reason) = send.poll_reset(cx) {
                 return Poll::Ready(Err(format!("stream reset by the client: {reason:?}")));
@@ -263,7 +298,7 @@ where
                         Poll::Ready(Some(Err(err))) => return Poll::Ready(Err(err.to_string())),
                         Poll::Ready(None) => return Poll::Ready(Err("stream closed".into())),
                         Poll::Pending => {
-                            waiting = Some((data, end));
+                            *waiting = Some((data, end));
                             return Poll::Pending;
                         }
                     }
@@ -274,7 +309,7 @@ where
                 }
                 continue;
             }
-            match ready!(Pin::new(&mut body).poll_frame(cx)) {
+            match ready!(Pin::new(&mut *body).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         let end = body.is_end_stream();
@@ -286,7 +321,7 @@ where
                         } else {
                             // A claim of one byte: h2 raises it to the chunk's length as it sends.
                             send.reserve_capacity(1);
-                            waiting = Some((data, end));
+                            *waiting = Some((data, end));
                         }
                     }
                     Err(frame) => {
@@ -304,11 +339,6 @@ where
                 }
             }
         }
-    })
-    .await;
-    if let Err(err) = sent {
-        log::debug!("HTTP/2 answer body: {err}");
-        send.send_reset(Reason::INTERNAL_ERROR);
     }
 }
 

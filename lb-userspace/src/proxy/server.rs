@@ -247,12 +247,17 @@ impl Connection {
             move |request: Request<Body>, respond| {
                 let busy = activity.start();
                 let conn = conn.clone();
-                let (forwarder, snapshot, listener) =
-                    (forwarder.clone(), snapshot.load_full(), listener.clone());
-                // The pipeline's future (~5 KiB) is boxed: the stream's future is moved into
-                // the connection's set of streams, and a small one is cheaper to move.
+                // The pipeline's future (~3 KiB) is boxed before the stream's future is made:
+                // that one is moved into the connection's set of streams, and an async block
+                // that made the box itself would carry room for the unboxed future too.
+                let handled = Box::pin(forwarder.clone().handle(
+                    request,
+                    snapshot.load_full(),
+                    listener.clone(),
+                    conn.clone(),
+                ));
                 let answer = async move {
-                    let handled = Box::pin(forwarder.handle(request, snapshot, listener, conn.clone())).await;
+                    let handled = handled.await;
                     let (entry, in_flight) = (handled.entry, handled.in_flight);
                     handled.response.map(|body| Tracked {
                         body,
