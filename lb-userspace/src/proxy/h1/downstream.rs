@@ -9,6 +9,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, ready},
+    time::Duration,
 };
 
 use arc_swap::ArcSwap;
@@ -236,114 +237,120 @@ enum Woken {
     TimedOut,
 }
 
-/// Reads the next request head; None when the client closed (or was refused).
-async fn read_head<S: ClientIo>(
-    io: &mut S,
-    buf: &mut BytesMut,
-    cx: &Session,
-    first: bool,
-) -> Result<Option<head::RequestHead>, Ended> {
-    let max = cx.listener.max_header_bytes.max(1024);
-    let mut deadline = None;
-    // Before the first request the first-byte timeout bounds an idle wait, after one the header
-    // read timeout (and the idle timeout, if shorter).
-    let listener = &cx.listener;
-    let (limit, why) = match first {
+/// How long a connection may wait idle for a request, and what closing it then is counted as:
+/// before the first request the first-byte timeout, after one the header read timeout (and the
+/// idle timeout, if shorter).
+fn idle_limit(listener: &Listener, first: bool) -> (Duration, Closed) {
+    match first {
         true => (listener.first_byte_timeout, Closed::FirstByte),
         false => (listener.header_read_timeout.min(listener.idle_timeout), Closed::KeepAlive),
-    };
-    loop {
-        if !buf.is_empty() {
-            if first && (buf.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(buf)) {
-                if buf.len() >= H2_PREFACE.len() {
-                    return Err(Ended::Http2(std::mem::take(buf)));
+    }
+}
+
+/// Reads the next request head; None when the client closed (or was refused).
+///
+/// Not an `async fn` (one keeps a second copy of its arguments), and a refusal is answered
+/// after the loop: this future is what an idle connection waits in, so it holds no more than
+/// the wait needs.
+#[allow(clippy::manual_async_fn, reason = "an async fn keeps a second copy of its arguments")]
+fn read_head<'a, S: ClientIo>(
+    io: &'a mut S,
+    buf: &'a mut BytesMut,
+    cx: &'a Session,
+    first: bool,
+) -> impl Future<Output = Result<Option<head::RequestHead>, Ended>> + Send + 'a {
+    async move {
+        let listener = &*cx.listener;
+        let mut deadline = None;
+        let refused = loop {
+            if !buf.is_empty() {
+                if first && (buf.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(buf)) {
+                    if buf.len() >= H2_PREFACE.len() {
+                        return Err(Ended::Http2(std::mem::take(buf)));
+                    }
+                } else {
+                    match head::parse_request(buf, listener.max_header_bytes.max(1024)) {
+                        Ok(Some(head)) => return Ok(Some(head)),
+                        Ok(None) => {}
+                        Err(refused) => break refused,
+                    }
                 }
+                // A request has started: the rest of its head must come within the timeout.
+                deadline.get_or_insert_with(|| tokio::time::Instant::now() + cx.listener.header_read_timeout);
             } else {
-                match head::parse_request(buf, max) {
-                    Ok(Some(head)) => return Ok(Some(head)),
-                    Ok(None) => {}
-                    Err(refused) => {
-                        Box::pin(refuse(io, cx, refused)).await;
+                // Idle: wait for a byte with no buffer held, the listener's stop, an eviction, or
+                // the idle limit. Once the listener stops, an idle connection still gets
+                // STOP_GRACE for one more request (answered with `Connection: close`): closed at
+                // once, it would race a request the client is sending (a failed request). The
+                // nudge's wait exists before the stop flag is read, so a stop cannot fall between.
+                *buf = BytesMut::new();
+                let mut nudged = std::pin::pin!(cx.activity.nudged());
+                nudged.as_mut().enable();
+                let limit = idle_limit(listener, first).0;
+                let limit = match *cx.stop.borrow() {
+                    true => limit.min(crate::proxy::idle::STOP_GRACE),
+                    false => limit,
+                };
+                let mut sleep = std::pin::pin!(tokio::time::sleep(limit));
+                let woken = std::future::poll_fn(|task| {
+                    match io.poll_read_when_ready(task, buf) {
+                        Poll::Ready(Some(read)) => return Poll::Ready(Woken::Read(read)),
+                        // TLS: its stream may hold decrypted bytes already; read into a buffer.
+                        Poll::Ready(None) => {
+                            buf.reserve(FIRST_READ);
+                            if let Poll::Ready(read) =
+                                tokio_util::io::poll_read_buf(Pin::new(&mut *io), task, buf)
+                            {
+                                return Poll::Ready(Woken::Read(read));
+                            }
+                        }
+                        Poll::Pending => {}
+                    }
+                    if nudged.as_mut().poll(task).is_ready() {
+                        return Poll::Ready(Woken::Nudged);
+                    }
+                    sleep.as_mut().poll(task).map(|()| Woken::TimedOut)
+                });
+                match woken.await {
+                    Woken::Read(Ok(0) | Err(_)) => return Ok(None),
+                    Woken::Read(Ok(_)) => continue,
+                    Woken::Nudged if cx.activity.take_eviction() => {
+                        cx.forwarder.metrics.closed_idle(&listener.name, Closed::Evicted.label());
+                        return Ok(None);
+                    }
+                    Woken::Nudged => continue, // the listener stops: wait again, for STOP_GRACE
+                    Woken::TimedOut => {
+                        cx.forwarder
+                            .metrics
+                            .closed_idle(&listener.name, idle_limit(listener, first).1.label());
                         return Ok(None);
                     }
                 }
             }
-            // A request has started: the rest of its head must come within the timeout.
-            deadline.get_or_insert_with(|| tokio::time::Instant::now() + cx.listener.header_read_timeout);
-        } else {
-            // Idle: wait for a byte with no buffer held, the listener's stop, an eviction, or
-            // the idle limit. Once the listener stops, an idle connection still gets
-            // STOP_GRACE for one more request (answered with `Connection: close`): closed at
-            // once, it would race a request the client is sending (a failed request). The
-            // nudge's wait exists before the stop flag is read, so a stop cannot fall between.
-            *buf = BytesMut::new();
-            let mut nudged = std::pin::pin!(cx.activity.nudged());
-            nudged.as_mut().enable();
-            let limit = match *cx.stop.borrow() {
-                true => limit.min(crate::proxy::idle::STOP_GRACE),
-                false => limit,
-            };
-            let mut sleep = std::pin::pin!(tokio::time::sleep(limit));
-            let woken = std::future::poll_fn(|task| {
-                match io.poll_read_when_ready(task, buf) {
-                    Poll::Ready(Some(read)) => return Poll::Ready(Woken::Read(read)),
-                    // TLS: its stream may hold decrypted bytes already; read into a buffer.
-                    Poll::Ready(None) => {
-                        buf.reserve(FIRST_READ);
-                        if let Poll::Ready(read) =
-                            tokio_util::io::poll_read_buf(Pin::new(&mut *io), task, buf)
-                        {
-                            return Poll::Ready(Woken::Read(read));
-                        }
+            // A request head has started (the idle wait above has read its first bytes).
+            buf.reserve(READ_SIZE);
+            let read = match deadline {
+                Some(at) => match tokio::time::timeout_at(at, io.read_buf(buf)).await {
+                    Ok(read) => read,
+                    Err(_) => {
+                        break Refused {
+                            status: StatusCode::REQUEST_TIMEOUT,
+                            reason: "request head timed out",
+                        };
                     }
-                    Poll::Pending => {}
+                },
+                None => io.read_buf(buf).await,
+            };
+            match read {
+                Ok(0) if !buf.is_empty() && deadline.is_some() => {
+                    break Refused { status: StatusCode::BAD_REQUEST, reason: "incomplete request head" };
                 }
-                if nudged.as_mut().poll(task).is_ready() {
-                    return Poll::Ready(Woken::Nudged);
-                }
-                sleep.as_mut().poll(task).map(|()| Woken::TimedOut)
-            });
-            match woken.await {
-                Woken::Read(Ok(0) | Err(_)) => return Ok(None),
-                Woken::Read(Ok(_)) => continue,
-                Woken::Nudged if cx.activity.take_eviction() => {
-                    cx.forwarder.metrics.closed_idle(&listener.name, Closed::Evicted.label());
-                    return Ok(None);
-                }
-                Woken::Nudged => continue, // the listener stops: wait again, for STOP_GRACE
-                Woken::TimedOut => {
-                    cx.forwarder.metrics.closed_idle(&listener.name, why.label());
-                    return Ok(None);
-                }
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
             }
-        }
-        // A request head has started (the idle wait above has read its first bytes).
-        buf.reserve(READ_SIZE);
-        let read = match deadline {
-            Some(at) => match tokio::time::timeout_at(at, io.read_buf(buf)).await {
-                Ok(read) => read,
-                Err(_) => {
-                    let refused =
-                        Refused { status: StatusCode::REQUEST_TIMEOUT, reason: "request head timed out" };
-                    Box::pin(refuse(io, cx, refused)).await;
-                    return Ok(None);
-                }
-            },
-            None => io.read_buf(buf).await,
         };
-        match read {
-            Ok(0) if !buf.is_empty() && deadline.is_some() => {
-                refuse(
-                    io,
-                    cx,
-                    Refused { status: StatusCode::BAD_REQUEST, reason: "incomplete request head" },
-                )
-                .await;
-                return Ok(None);
-            }
-            Ok(0) | Err(_) => return Ok(None),
-            Ok(_) => {}
-        }
+        Box::pin(refuse(io, cx, refused)).await;
+        Ok(None)
     }
 }
 
