@@ -13,6 +13,7 @@ use std::{
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use hyper::{
     Request,
     body::{Frame, SizeHint},
@@ -148,19 +149,20 @@ struct Serving {
 /// One accepted connection: its listener's slot and its place in the idle registry.
 struct Connection {
     serving: Serving,
-    client: std::net::SocketAddr,
+    /// The client; its TLS version and server name once a handshake gives them.
+    conn: Arc<ClientConn>,
     registered: idle::Registered,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Connection {
-    fn session(&self, conn: Arc<ClientConn>) -> Session {
+    fn session(&self) -> Session {
         let s = &self.serving;
         Session {
             forwarder: s.forwarder.clone(),
             snapshot: s.snapshot.clone(),
             listener: s.listener.clone(),
-            conn,
+            conn: self.conn.clone(),
             activity: self.registered.activity.clone(),
             stop: s.stop.clone(),
         }
@@ -174,24 +176,26 @@ impl Connection {
         self.serving.forwarder.metrics.connection_closed(&self.serving.listener.name);
     }
 
-    /// A plain connection: HTTP/1.1 on the own engine, or HTTP/2 with prior knowledge. Not an
-    /// `async fn`, which would hold a second copy of `self` for the connection's life.
-    #[allow(clippy::manual_async_fn, reason = "an async fn keeps a second copy of its arguments")]
+    /// A plain connection: HTTP/1.1 on the own engine, or HTTP/2 with prior knowledge.
+    ///
+    /// This task is what an idle connection costs, so it holds HTTP/1.1's future and what the
+    /// connection needs after it, and nothing twice: not an `async fn` (it would keep a second
+    /// copy of `self`), nor one `async` block around both steps (it would keep the stream it
+    /// handed to the first).
     fn plain(self, stream: tokio::net::TcpStream) -> impl Future<Output = ()> + Send {
-        async move {
-            self.opened();
-            let conn = Arc::new(ClientConn { address: self.client, tls_version: None, sni: None });
-            let stream = Watched::new(stream, self.registered.activity.clone());
-            if let (stream, Ended::Http2(read)) = downstream::serve(stream, self.session(conn.clone())).await
-            {
-                Box::pin(self.http2(Rewind::new(read, stream), conn)).await;
+        self.opened();
+        let stream = Watched::new(stream, self.registered.activity.clone());
+        let http1 = downstream::serve(stream, self.session());
+        http1.then(move |(stream, ended)| async move {
+            if let Ended::Http2(read) = ended {
+                Box::pin(self.http2(Rewind::new(read, stream))).await;
             }
             self.closed();
-        }
+        })
     }
 
     /// A TLS connection: the handshake within its timeout, then HTTP/1.1 or (ALPN h2) HTTP/2.
-    async fn tls(self, acceptor: tokio_rustls::TlsAcceptor, stream: tokio::net::TcpStream) {
+    async fn tls(mut self, acceptor: tokio_rustls::TlsAcceptor, stream: tokio::net::TcpStream) {
         self.opened();
         let (listener, metrics) = (&self.serving.listener, &self.serving.forwarder.metrics);
         let stream = Watched::new(stream, self.registered.activity.clone());
@@ -204,18 +208,18 @@ impl Connection {
             }
             Ok(Err(err)) => {
                 metrics.handshake(&listener.name, "failed");
-                log::debug!("listener {}: TLS handshake from {}: {err}", listener.name, self.client);
+                log::debug!("listener {}: TLS handshake from {}: {err}", listener.name, self.conn.address);
                 return self.closed();
             }
             Err(_) => {
                 metrics.handshake(&listener.name, "timeout");
-                log::debug!("listener {}: TLS handshake from {} timed out", listener.name, self.client);
+                log::debug!("listener {}: TLS handshake from {} timed out", listener.name, self.conn.address);
                 return self.closed();
             }
         };
         let session = stream.get_ref().1;
-        let conn = Arc::new(ClientConn {
-            address: self.client,
+        self.conn = Arc::new(ClientConn {
+            address: self.conn.address,
             tls_version: session.protocol_version().and_then(|v| v.as_str()),
             sni: session.server_name().map(str::to_owned),
         });
@@ -225,17 +229,17 @@ impl Connection {
         let (stream, read) = if h2 {
             (stream, BytesMut::new())
         } else {
-            match downstream::serve(stream, self.session(conn.clone())).await {
+            match downstream::serve(stream, self.session()).await {
                 (stream, Ended::Http2(read)) => (stream, read),
                 (_, Ended::Closed) => return self.closed(),
             }
         };
-        Box::pin(self.http2(Rewind::new(read, stream), conn)).await;
+        Box::pin(self.http2(Rewind::new(read, stream))).await;
         self.closed();
     }
 
     /// HTTP/2 (`h2`), watched for idleness and for the graceful stop.
-    async fn http2<S>(&self, io: S, conn: Arc<ClientConn>)
+    async fn http2<S>(&self, io: S)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -243,7 +247,7 @@ impl Connection {
         let activity = self.registered.activity.clone();
         let handler = {
             let (listener, forwarder, snapshot, conn) =
-                (s.listener.clone(), s.forwarder.clone(), s.snapshot.clone(), conn.clone());
+                (s.listener.clone(), s.forwarder.clone(), s.snapshot.clone(), self.conn.clone());
             move |request: Request<Body>, respond| {
                 let busy = activity.start();
                 let conn = conn.clone();
@@ -294,7 +298,7 @@ impl Connection {
                     // A protocol or I/O error ends the connection (a malformed request is
                     // refused on its stream, not here).
                     if let Err(err) = result {
-                        log::debug!("listener {}: HTTP/2 connection from {}: {err}", s.listener.name, conn.address);
+                        log::debug!("listener {}: HTTP/2 connection from {}: {err}", s.listener.name, self.conn.address);
                     }
                     return;
                 }
@@ -369,8 +373,9 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        let conn = Arc::new(ClientConn { address: client, tls_version: None, sni: None });
         let connection =
-            Connection { serving: serving.clone(), client, registered: registry.register(), _permit: permit };
+            Connection { serving: serving.clone(), conn, registered: registry.register(), _permit: permit };
         match &acceptor {
             // Plain connections are one lean task: no TLS or HTTP/2 state (HTTP/1.1's idle wait
             // has the timeouts, the eviction and the stop, as for TLS ones).
