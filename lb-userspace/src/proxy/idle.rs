@@ -19,6 +19,8 @@ use tokio::{
     sync::{Notify, futures::Notified},
 };
 
+use crate::proxy::clock::coarse_ms;
+
 /// How long an idle connection may still start one request once its listener stops (a
 /// graceful stop or an upgrade): closed at once, it would race a request the client is
 /// sending. An HTTP/1.1 connection's next answer then says `Connection: close`.
@@ -32,15 +34,6 @@ pub const GOAWAY_BEFORE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// How often a stopping HTTP/2 connection checks for a quiet moment to send its GOAWAY.
 const QUIET_POLL: Duration = Duration::from_millis(50);
-
-/// Milliseconds on the coarse monotonic clock (a few ms of resolution, read without a
-/// timer access): every read and write marks its connection with it, so it must be cheap.
-fn coarse_ms() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `now` is a valid timespec for the call to fill; the clock id is a constant.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) };
-    now.tv_sec as u64 * 1000 + now.tv_nsec as u64 / 1_000_000
-}
 
 /// What one client connection has been doing.
 pub struct Activity {

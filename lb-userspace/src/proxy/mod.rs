@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod auth;
 pub mod busy_poll;
 pub mod cache;
+pub mod clock;
 pub mod h1;
 pub mod h2;
 pub mod idle;

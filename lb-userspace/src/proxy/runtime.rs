@@ -11,7 +11,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use governor::{DefaultKeyedRateLimiter, Quota, clock::Clock as _};
@@ -19,7 +19,10 @@ use tokio::sync::Notify;
 
 use crate::{
     config::{ApiKeyConfig, Config, JwtConfig, RateKey, RateLimit, Route},
-    proxy::auth::{ApiKeys, Jwt},
+    proxy::{
+        auth::{ApiKeys, Jwt},
+        clock,
+    },
 };
 
 /// One backend of one pool, as requests see it.
@@ -105,7 +108,8 @@ const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 
 /// A route's retry budget: retries stay under a share of its recent requests.
 struct RetryBudget {
-    epoch: Instant,
+    /// When the budget began, on the coarse clock (ms): its windows are seconds long.
+    epoch_ms: u64,
     /// The window the current counts belong to.
     window: AtomicU64,
     /// Requests and retries granted, in the current and the previous window.
@@ -116,7 +120,7 @@ struct RetryBudget {
 impl RetryBudget {
     fn new() -> RetryBudget {
         RetryBudget {
-            epoch: Instant::now(),
+            epoch_ms: clock::coarse_ms(),
             window: AtomicU64::new(0),
             requests: Default::default(),
             retries: Default::default(),
@@ -125,7 +129,7 @@ impl RetryBudget {
 
     /// Moves to the current window; returns its slot.
     fn roll(&self) -> usize {
-        let now = self.epoch.elapsed().as_secs() / BUDGET_WINDOW.as_secs();
+        let now = clock::coarse_ms().saturating_sub(self.epoch_ms) / BUDGET_WINDOW.as_millis() as u64;
         let seen = self.window.load(Ordering::Relaxed);
         if now != seen
             && self.window.compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()

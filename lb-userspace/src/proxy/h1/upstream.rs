@@ -10,7 +10,7 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll, ready},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::{Bytes, BytesMut};
@@ -24,6 +24,7 @@ use smallvec::SmallVec;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use crate::proxy::{
+    clock,
     h1::{
         body::{Decoded, Decoder},
         encode::{self, Out},
@@ -36,12 +37,12 @@ type SendError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long connecting to a backend may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// An idle pooled connection older than this is closed rather than reused.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// An idle pooled connection older than this (ms) is closed rather than reused.
+const IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Idle connections kept per backend, per worker. Above the requests a worker has in flight to
 /// one backend under load: 64 HTTP/2 clients with 10 streams each put ~320 on each of two
 /// backends, and a cap of 256 closed and reopened ~75 connections a second (HAProxy keeps every
-/// idle connection; they still go after IDLE_TIMEOUT).
+/// idle connection; they still go after IDLE_TIMEOUT_MS).
 const MAX_IDLE_PER_BACKEND: usize = 1024;
 /// The longest response head read from a backend.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -83,7 +84,8 @@ pub struct Switched(pub Arc<Mutex<Option<Conn>>>);
 
 struct Idle {
     conn: Conn,
-    since: Instant,
+    /// When it went idle, on the coarse clock (ms).
+    since_ms: u64,
 }
 
 /// Idle keep-alive connections by backend address, most recently used last.
@@ -99,8 +101,9 @@ impl Pool {
     fn checkout(&self, address: SocketAddr, probe: bool) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(&address)?;
-        while let Some(Idle { conn, since }) = list.pop_back() {
-            if since.elapsed() >= IDLE_TIMEOUT {
+        let now = clock::coarse_ms();
+        while let Some(Idle { conn, since_ms }) = list.pop_back() {
+            if now.saturating_sub(since_ms) >= IDLE_TIMEOUT_MS {
                 list.clear(); // the rest are older still
                 return None;
             }
@@ -121,17 +124,17 @@ impl Pool {
         if !conn.buf.is_empty() {
             return; // bytes nobody asked for: the connection cannot be trusted
         }
-        let now = Instant::now();
+        let now = clock::coarse_ms();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.entry(address).or_default();
         // The oldest go first: when the list is full, or when they have idled too long.
-        while list.front().is_some_and(|i| now.duration_since(i.since) >= IDLE_TIMEOUT)
+        while list.front().is_some_and(|i| now.saturating_sub(i.since_ms) >= IDLE_TIMEOUT_MS)
             || list.len() >= MAX_IDLE_PER_BACKEND
         {
             list.pop_front();
         }
         let conn = Conn { stream: conn.stream, buf: BytesMut::new() };
-        list.push_back(Idle { conn, since: now });
+        list.push_back(Idle { conn, since_ms: now });
     }
 
     async fn connect(address: SocketAddr) -> Result<Conn, SendError> {

@@ -9,7 +9,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU16, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use http_body_util::BodyExt;
@@ -238,10 +238,11 @@ impl Tries<'_> {
             // The last try takes the headers; earlier ones send a copy.
             let headers = if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
             let in_flight = InFlight::start(&upstream);
-            let sent = Instant::now();
+            // One clock read for both the try's deadline and its duration.
+            let sent = tokio::time::Instant::now();
             let request_body = body.take().unwrap_or_else(respond::empty);
-            let result = tokio::time::timeout(
-                self.route.timeout,
+            let result = tokio::time::timeout_at(
+                sent + self.route.timeout,
                 self.upstreams.send(
                     self.pool.protocol,
                     &upstream,
