@@ -41,6 +41,9 @@ const MAX_FRAME: u32 = 16 * 1024;
 const MAX_SEND_BUFFER: usize = 400 * 1024;
 const MAX_STREAMS: u32 = 200;
 const MAX_LOCAL_RESETS: usize = 1024;
+/// The largest last chunk of an answer's body handed to h2 before the stream has window for
+/// it (smaller answers skip the wait; h2 holds the bytes until it may send them).
+const SMALL_LAST_CHUNK: usize = 4 * 1024;
 
 /// The h2 settings of a listener.
 pub fn builder(listener: &Listener) -> Builder {
@@ -286,9 +289,6 @@ where
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
         let Sending { body, send, waiting } = self;
         loop {
-            if let Poll::Ready(reason) = send.poll_reset(cx) {
-                return Poll::Ready(Err(format!("stream reset by the client: {reason:?}")));
-            }
             if let Some((data, end)) = waiting.take() {
                 // Wait for window before handing h2 the chunk (it would buffer it all).
                 while send.capacity() == 0 {
@@ -299,7 +299,7 @@ where
                         Poll::Ready(None) => return Poll::Ready(Err("stream closed".into())),
                         Poll::Pending => {
                             *waiting = Some((data, end));
-                            return Poll::Pending;
+                            return reset_or_pending(send, cx);
                         }
                     }
                 }
@@ -309,11 +309,18 @@ where
                 }
                 continue;
             }
-            match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+            let frame = match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => return reset_or_pending(send, cx),
+            };
+            match frame {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         let end = body.is_end_stream();
-                        if data.remaining() == 0 {
+                        // An empty chunk, or a small last one (most answers' whole body), goes
+                        // to h2 as it is: h2 holds it until the window allows, at most
+                        // SMALL_LAST_CHUNK a stream. Others wait for window first.
+                        if data.remaining() == 0 || (end && data.remaining() <= SMALL_LAST_CHUNK) {
                             send.send_data(data, end).map_err(|e| e.to_string())?;
                             if end {
                                 return Poll::Ready(Ok(()));
@@ -339,6 +346,16 @@ where
                 }
             }
         }
+    }
+}
+
+/// Pending, with the stream's reset registered: a RST_STREAM from the client ends a wait for
+/// the body or for window. (A body that is ready is sent without asking: h2 refuses data for
+/// a stream already reset.)
+fn reset_or_pending(send: &mut SendStream<Bytes>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+    match send.poll_reset(cx) {
+        Poll::Ready(reason) => Poll::Ready(Err(format!("stream reset by the client: {reason:?}"))),
+        Poll::Pending => Poll::Pending,
     }
 }
 
