@@ -1,7 +1,14 @@
 //! The proxy's metrics, kept across scrapes: requests by route, backend and status class,
 //! upstream latency, connections, TLS handshakes. Registered into each scrape's registry; read
 //! back from their own text by the live view, and carried over to a new lbd on upgrade.
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -35,6 +42,9 @@ fn latency_histogram() -> Histogram {
 
 #[derive(Clone)]
 pub struct ProxyMetrics {
+    /// Which metrics these are, for the per-thread series (clones share it, as they share the
+    /// families).
+    id: u64,
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
     connections: Family<Labels, Gauge>,
@@ -46,7 +56,9 @@ pub struct ProxyMetrics {
 
 impl Default for ProxyMetrics {
     fn default() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         ProxyMetrics {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             connections: Family::default(),
@@ -56,6 +68,31 @@ impl Default for ProxyMetrics {
             parser_refused: Family::default(),
         }
     }
+}
+
+/// A request's series (its counter, and its backend's latency histogram once one is
+/// observed), found per worker thread by its labels' identity: the families would hash the
+/// labels' text under a lock, for each of the two series, on every request.
+struct Series {
+    requests: Counter,
+    latency: Option<Histogram>,
+    /// Held, so that the addresses in the key stay these labels'.
+    labels: RequestLabels,
+}
+
+/// Which metrics, the route, pool and backend labels' addresses, the status class.
+type SeriesKey = (u64, usize, usize, usize, &'static str);
+
+/// Series kept per thread; past this the map starts again (labels of replaced configs).
+const SERIES_KEPT: usize = 4096;
+
+thread_local! {
+    static SERIES: RefCell<HashMap<SeriesKey, Series, foldhash::fast::RandomState>> =
+        RefCell::new(HashMap::default());
+}
+
+fn address(label: &Label) -> usize {
+    Arc::as_ptr(label).cast::<u8>() as usize
 }
 
 /// One sample line of the text exposition, `name{a="x",b="y"} value`, as (name, labels, value).
@@ -147,11 +184,38 @@ impl ProxyMetrics {
     ) {
         const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
         let class = CLASSES.get(usize::from(status / 100).wrapping_sub(1)).copied().unwrap_or("other");
-        let labels = RequestLabels { route, pool, backend, class };
-        self.requests.get_or_create(&labels).inc();
-        if let Some(seconds) = upstream_seconds {
-            let labels = LatencyLabels { pool: labels.pool, backend: labels.backend };
-            self.latency.get_or_create(&labels).observe(seconds);
+        let key = (self.id, address(&route), address(&pool), address(&backend), class);
+        let mut labels = Some(RequestLabels { route, pool, backend, class });
+        let counted = SERIES.try_with(|series| {
+            let mut series = series.borrow_mut();
+            if series.len() >= SERIES_KEPT && !series.contains_key(&key) {
+                series.clear(); // labels of configs since replaced, most of them
+            }
+            let one = series.entry(key).or_insert_with(|| {
+                let labels = labels.take().expect("labels not used yet");
+                Series { requests: self.requests.get_or_create(&labels).clone(), latency: None, labels }
+            });
+            one.requests.inc();
+            if let Some(seconds) = upstream_seconds {
+                let labels = &one.labels;
+                one.latency
+                    .get_or_insert_with(|| {
+                        let labels =
+                            LatencyLabels { pool: labels.pool.clone(), backend: labels.backend.clone() };
+                        self.latency.get_or_create(&labels).clone()
+                    })
+                    .observe(seconds);
+            }
+        });
+        // A thread being torn down has no series left: straight to the families.
+        if counted.is_err()
+            && let Some(labels) = labels
+        {
+            self.requests.get_or_create(&labels).inc();
+            if let Some(seconds) = upstream_seconds {
+                let labels = LatencyLabels { pool: labels.pool, backend: labels.backend };
+                self.latency.get_or_create(&labels).observe(seconds);
+            }
         }
     }
 
@@ -243,5 +307,40 @@ mod tests {
         assert!(requests.iter().any(|l| l.contains("class=\"2xx\"") && l.ends_with(" 4")), "{text}");
         assert!(requests.iter().any(|l| l.contains("class=\"5xx\"") && l.ends_with(" 1")), "{text}");
         assert!(text.lines().any(|l| l.starts_with("tls_handshakes_total") && l.ends_with(" 1")), "{text}");
+    }
+
+    /// The per-thread series: labels of the same text made apart (a rebuilt config) count into
+    /// the same series, and so does every request after the thread's map starts again.
+    #[test]
+    fn requests_count_into_one_series_whatever_the_labels_allocation() {
+        let metrics = ProxyMetrics::default();
+        let labels = || (Label::from("site"), Label::from("web"), Label::from("10.0.0.1:80"));
+        for round in 0..SERIES_KEPT + 10 {
+            // Fresh labels each time: past SERIES_KEPT series the map is cleared.
+            let (route, pool, backend) = labels();
+            metrics.request(route, pool, backend, 200, Some(0.002));
+            if round == 0 {
+                let (route, pool, backend) = labels();
+                metrics.request(route, pool, backend, 404, None);
+            }
+        }
+        let text = metrics.text();
+        let total = SERIES_KEPT + 10;
+        let line = |prefix: &str| text.lines().find(|l| l.starts_with(prefix)).unwrap_or("").to_owned();
+        assert!(
+            line("http_requests_total{route=\"site\",pool=\"web\",backend=\"10.0.0.1:80\",class=\"2xx\"}")
+                .ends_with(&format!(" {total}")),
+            "{text}"
+        );
+        assert!(
+            line("http_requests_total{route=\"site\",pool=\"web\",backend=\"10.0.0.1:80\",class=\"4xx\"}")
+                .ends_with(" 1"),
+            "{text}"
+        );
+        assert!(
+            line("http_upstream_seconds_count{pool=\"web\",backend=\"10.0.0.1:80\"}")
+                .ends_with(&format!(" {total}")),
+            "{text}"
+        );
     }
 }
