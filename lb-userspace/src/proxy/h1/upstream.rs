@@ -91,7 +91,8 @@ struct Idle {
 /// Idle keep-alive connections by backend address, most recently used last.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, VecDeque<Idle>>>,
+    /// foldhash: two lookups a request, where SipHash's cost showed.
+    idle: Mutex<HashMap<SocketAddr, VecDeque<Idle>, foldhash::fast::RandomState>>,
 }
 
 impl Pool {
