@@ -291,18 +291,21 @@ impl L7Pool {
     }
 }
 
+/// A map looked up by name on every request (foldhash: SipHash's cost showed).
+pub type ByName<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// Everything a request needs, rebuilt on every State change.
 pub struct Snapshot {
     /// Routes per listener name, in config order.
-    pub routes: HashMap<String, Vec<CompiledRoute>>,
-    pub pools: HashMap<String, L7Pool>,
+    pub routes: ByName<Vec<CompiledRoute>>,
+    pub pools: ByName<L7Pool>,
 }
 
 impl Snapshot {
     /// The snapshot of `state`, its runtime entries taken from (or added to) `runtime`.
     pub fn build(state: &State, runtime: &Runtime) -> Snapshot {
         runtime.retain(&state.config);
-        let mut routes: HashMap<String, Vec<CompiledRoute>> = HashMap::new();
+        let mut routes: ByName<Vec<CompiledRoute>> = ByName::default();
         for route in &state.config.routes {
             routes.entry(route.listener.clone()).or_default().push(CompiledRoute::compile(route, runtime));
         }
