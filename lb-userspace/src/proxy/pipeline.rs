@@ -290,19 +290,22 @@ impl Forwarder {
                 no_backend(StatusCode::SERVICE_UNAVAILABLE, "every backend is at its request limit")
             })?;
             // A body that fails while streaming (too long, bad chunking) is the client's fault:
-            // remember which, to answer 413 / 400 rather than 502.
-            let body_error = Arc::new(AtomicU16::new(0));
-            let seen = body_error.clone();
-            // A request that ends with its head has nothing to limit (one box fewer).
-            let body = match hyper::body::Body::is_end_stream(&body) {
-                true => body,
-                false => Limited::new(body, listener.max_body_bytes as usize)
-                    .map_err(move |err| {
-                        let status = if err.is::<http_body_util::LengthLimitError>() { 413 } else { 400 };
-                        seen.store(status, Ordering::Relaxed);
-                        err
-                    })
-                    .boxed(),
+            // remember which, to answer 413 / 400 rather than 502. A request that ends with its
+            // head has nothing to limit or remember (no box, no allocation).
+            let (body, body_error) = match hyper::body::Body::is_end_stream(&body) {
+                true => (body, None),
+                false => {
+                    let body_error = Arc::new(AtomicU16::new(0));
+                    let seen = body_error.clone();
+                    let limited = Limited::new(body, listener.max_body_bytes as usize)
+                        .map_err(move |err| {
+                            let status = if err.is::<http_body_util::LengthLimitError>() { 413 } else { 400 };
+                            seen.store(status, Ordering::Relaxed);
+                            err
+                        })
+                        .boxed();
+                    (limited, Some(body_error))
+                }
             };
             let tries = Tries {
                 upstreams: &self.upstreams,

@@ -202,8 +202,9 @@ pub struct Tries<'a> {
     pub client: std::net::IpAddr,
     /// How many tries at most (1 + retries when the request may be retried).
     pub tries: u32,
-    /// Set by the body reader when the client's body was bad: 413 (too long) or 400.
-    pub body_error: Arc<AtomicU16>,
+    /// Set by the body reader when the client's body was bad: 413 (too long) or 400. None:
+    /// the request has no body.
+    pub body_error: Option<Arc<AtomicU16>>,
     /// The fields the proxy adds (`headers::upstream_request`).
     pub forwarding: &'a Forwarding,
 }
@@ -255,7 +256,7 @@ impl Tries<'_> {
             )
             .await;
             let seconds = sent.elapsed().as_secs_f64();
-            let body_error = self.body_error.load(Ordering::Relaxed);
+            let body_error = self.body_error.as_ref().map_or(0, |e| e.load(Ordering::Relaxed));
             let failed = match &result {
                 Err(_) => true,
                 Ok(Err(_)) => body_error == 0,
