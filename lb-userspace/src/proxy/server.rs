@@ -13,7 +13,7 @@ use std::{
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use bytes::BytesMut;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, future::Either};
 use hyper::{
     Request,
     body::{Frame, SizeHint},
@@ -195,12 +195,32 @@ impl Connection {
     }
 
     /// A TLS connection: the handshake within its timeout, then HTTP/1.1 or (ALPN h2) HTTP/2.
-    async fn tls(mut self, acceptor: tokio_rustls::TlsAcceptor, stream: tokio::net::TcpStream) {
+    ///
+    /// Steps chained as for a plain connection: one `async` block over all of them held the
+    /// TLS stream (1.2 KiB) three times, the handshake's result, the stream and HTTP/1.1's
+    /// future each keeping room for it.
+    fn tls(
+        self,
+        acceptor: tokio_rustls::TlsAcceptor,
+        stream: tokio::net::TcpStream,
+    ) -> impl Future<Output = ()> + Send {
         self.opened();
-        let (listener, metrics) = (&self.serving.listener, &self.serving.forwarder.metrics);
         let stream = Watched::new(stream, self.registered.activity.clone());
         let handshake =
-            tokio::time::timeout(listener.handshake_timeout, Box::pin(acceptor.accept(stream))).await;
+            tokio::time::timeout(self.serving.listener.handshake_timeout, Box::pin(acceptor.accept(stream)));
+        handshake.then(move |handshake| self.after_handshake(handshake))
+    }
+
+    /// The TLS handshake's outcome counted (and logged when it failed), then the connection
+    /// served by the protocol ALPN chose.
+    fn after_handshake(
+        mut self,
+        handshake: Result<
+            std::io::Result<tokio_rustls::server::TlsStream<Watched<tokio::net::TcpStream>>>,
+            tokio::time::error::Elapsed,
+        >,
+    ) -> impl Future<Output = ()> + Send {
+        let (listener, metrics) = (&self.serving.listener, &self.serving.forwarder.metrics);
         let stream = match handshake {
             Ok(Ok(stream)) => {
                 metrics.handshake(&listener.name, "ok");
@@ -209,12 +229,14 @@ impl Connection {
             Ok(Err(err)) => {
                 metrics.handshake(&listener.name, "failed");
                 log::debug!("listener {}: TLS handshake from {}: {err}", listener.name, self.conn.address);
-                return self.closed();
+                self.closed();
+                return Either::Left(std::future::ready(()));
             }
             Err(_) => {
                 metrics.handshake(&listener.name, "timeout");
                 log::debug!("listener {}: TLS handshake from {} timed out", listener.name, self.conn.address);
-                return self.closed();
+                self.closed();
+                return Either::Left(std::future::ready(()));
             }
         };
         let session = stream.get_ref().1;
@@ -223,19 +245,22 @@ impl Connection {
             tls_version: session.protocol_version().and_then(|v| v.as_str()),
             sni: session.server_name().map(str::to_owned),
         });
-        let h2 = session.alpn_protocol() == Some(b"h2");
+        if session.alpn_protocol() == Some(b"h2") {
+            // HTTP/2 has a watchdog of its own.
+            return Either::Right(Either::Left(async move {
+                Box::pin(self.http2(Rewind::new(BytesMut::new(), stream))).await;
+                self.closed();
+            }));
+        }
         // HTTP/1.1's idle wait has the timeouts, the eviction and the stop (as for plain
-        // connections); HTTP/2 has a watchdog of its own.
-        let (stream, read) = if h2 {
-            (stream, BytesMut::new())
-        } else {
-            match downstream::serve(stream, self.session()).await {
-                (stream, Ended::Http2(read)) => (stream, read),
-                (_, Ended::Closed) => return self.closed(),
+        // connections).
+        let http1 = downstream::serve(stream, self.session());
+        Either::Right(Either::Right(http1.then(move |(stream, ended)| async move {
+            if let Ended::Http2(read) = ended {
+                Box::pin(self.http2(Rewind::new(read, stream))).await;
             }
-        };
-        Box::pin(self.http2(Rewind::new(read, stream))).await;
-        self.closed();
+            self.closed();
+        })))
     }
 
     /// HTTP/2 (`h2`), watched for idleness and for the graceful stop.
