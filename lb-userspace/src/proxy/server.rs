@@ -185,8 +185,17 @@ impl Connection {
     fn plain(self, stream: tokio::net::TcpStream) -> impl Future<Output = ()> + Send {
         self.opened();
         let stream = Watched::new(stream, self.registered.activity.clone());
-        let http1 = downstream::serve(stream, self.session());
-        http1.then(move |(stream, ended)| async move {
+        self.http1(stream)
+    }
+
+    /// HTTP/1.1 on the own engine until either side closes, then HTTP/2 if the client opened
+    /// with its preface (prior knowledge); the connection is counted closed at the end. The two
+    /// steps are chained (`then`), so the task holds one step's state at a time.
+    fn http1<S>(self, stream: S) -> impl Future<Output = ()> + Send
+    where
+        S: downstream::ClientIo + 'static,
+    {
+        downstream::serve(stream, self.session()).then(move |(stream, ended)| async move {
             if let Ended::Http2(read) = ended {
                 Box::pin(self.http2(Rewind::new(read, stream))).await;
             }
@@ -254,13 +263,7 @@ impl Connection {
         }
         // HTTP/1.1's idle wait has the timeouts, the eviction and the stop (as for plain
         // connections).
-        let http1 = downstream::serve(stream, self.session());
-        Either::Right(Either::Right(http1.then(move |(stream, ended)| async move {
-            if let Ended::Http2(read) = ended {
-                Box::pin(self.http2(Rewind::new(read, stream))).await;
-            }
-            self.closed();
-        })))
+        Either::Right(Either::Right(self.http1(stream)))
     }
 
     /// HTTP/2 (`h2`), watched for idleness and for the graceful stop.
