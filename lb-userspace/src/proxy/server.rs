@@ -5,7 +5,10 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -19,7 +22,10 @@ use hyper::{
     body::{Frame, SizeHint},
 };
 use log::{info, warn};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, Semaphore},
+};
 
 use crate::{
     config::Listener,
@@ -109,18 +115,24 @@ impl AcceptErrors {
 }
 
 /// What every worker's socket of one listener shares: the connection cap, the registry of
-/// open connections (the longest-idle one anywhere is closed first when full), and one TLS
-/// config (one session cache and ticket key, so a session resumes on any worker).
+/// open connections (the longest-idle one anywhere is closed first when full), one TLS
+/// config (one session cache and ticket key, so a session resumes on any worker), and how
+/// many workers still accept (the drain starts once none does).
 pub struct Shared {
     slots: Arc<Semaphore>,
+    max_connections: u32,
     registry: Arc<Registry>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
+    accepting: AtomicUsize,
+    none_accepting: Notify,
 }
 
 impl Shared {
+    /// `workers`: how many sockets (one per worker) accept for the listener.
     pub fn new(
         listener: &Listener,
         resolver: Option<&Arc<tls::Resolver>>,
+        workers: usize,
     ) -> Result<Arc<Shared>, tls::TlsError> {
         let acceptor = match (&listener.tls, resolver) {
             (Some(tls), Some(resolver)) => {
@@ -130,9 +142,38 @@ impl Shared {
         };
         Ok(Arc::new(Shared {
             slots: Arc::new(Semaphore::new(listener.max_connections)),
+            max_connections: listener.max_connections as u32,
             registry: Arc::new(Registry::default()),
             acceptor,
+            accepting: AtomicUsize::new(workers),
+            none_accepting: Notify::new(),
         }))
+    }
+
+    /// One worker stopped accepting (or never started to).
+    pub fn stopped_accepting(&self) {
+        if self.accepting.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.none_accepting.notify_waiters();
+        }
+    }
+
+    /// Waits until no worker accepts any more and then until every connection has given its
+    /// slot back; false if `limit` passed first. Waiting for the slots while a sibling worker
+    /// still accepts would take the free ones from under it, and it would refuse (close) a
+    /// connection the kernel had already completed: the client would see it fail.
+    pub async fn drained(&self, limit: Duration) -> bool {
+        let drained = async {
+            loop {
+                let mut notified = std::pin::pin!(self.none_accepting.notified());
+                notified.as_mut().enable();
+                if self.accepting.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                notified.await;
+            }
+            let _all = self.slots.acquire_many(self.max_connections).await;
+        };
+        tokio::time::timeout(limit, drained).await.is_ok()
     }
 }
 
@@ -371,6 +412,9 @@ pub async fn serve(
     let mut errors = AcceptErrors { since_log: 0, logged: None };
     loop {
         let (stream, client) = tokio::select! {
+            // The stop first: what is still queued is the next lbd's after an upgrade.
+            biased;
+            _ = stop.changed() => break,
             accepted = socket.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(err) => {
@@ -381,7 +425,6 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = stop.changed() => break,
         };
         let permit = match slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
@@ -412,6 +455,7 @@ pub async fn serve(
         };
     }
     drop(socket);
+    shared.stopped_accepting();
     registry.stopping();
     info!(
         "listener {}: stopped accepting; draining its connections (up to {:?})",
@@ -419,8 +463,48 @@ pub async fn serve(
     );
     // Every connection gives its slot back when it closes: HTTP/1.1 ones after their next answer
     // (sent with `Connection: close`) or STOP_GRACE idle, HTTP/2 ones by GOAWAY at a quiet moment.
-    let drained = slots.acquire_many(listener.max_connections as u32);
-    if tokio::time::timeout(listener.drain_timeout, drained).await.is_err() {
+    if !shared.drained(listener.drain_timeout).await {
         warn!("listener {}: drain deadline passed, closing the rest", listener.name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn listener() -> Listener {
+        let text = "[dataplane]\ninterface = \"lo\"\n[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\nmax_connections = 4\n";
+        Config::parse(Path::new("t.toml"), text).unwrap().listeners.remove(0)
+    }
+
+    #[tokio::test]
+    async fn the_drain_leaves_a_sibling_that_still_accepts_its_slots() {
+        let shared = Shared::new(&listener(), None, 2).unwrap();
+        let open = shared.slots.clone().try_acquire_owned().unwrap();
+        // One worker stops accepting and drains; the other has not seen the stop yet.
+        shared.stopped_accepting();
+        let draining = tokio::spawn({
+            let shared = shared.clone();
+            async move { shared.drained(Duration::from_secs(5)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let late = shared.slots.clone().try_acquire_owned().expect("a slot for the sibling's last accept");
+        shared.stopped_accepting();
+        drop(open);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!draining.is_finished(), "drained with a connection still open");
+        drop(late);
+        assert!(draining.await.unwrap(), "drained once every connection closed");
+    }
+
+    #[tokio::test]
+    async fn a_drain_past_its_limit_says_so() {
+        let shared = Shared::new(&listener(), None, 1).unwrap();
+        let _open = shared.slots.clone().try_acquire_owned().unwrap();
+        shared.stopped_accepting();
+        assert!(!shared.drained(Duration::from_millis(50)).await);
     }
 }

@@ -88,7 +88,7 @@ pub fn start(
             listener.address,
             if listener.tls.is_some() { "tls" } else { "http" }
         );
-        let shared = Shared::new(&listener, certs.as_ref())
+        let shared = Shared::new(&listener, certs.as_ref(), sockets.len())
             .map_err(|error| ProxyError::Tls { listener: listener.name.clone(), error })?;
         for (worker, socket) in sockets.into_iter().enumerate() {
             per_worker[worker].push((listener.clone(), socket, shared.clone()));
@@ -127,6 +127,7 @@ pub fn start(
                             Ok(socket) => socket,
                             Err(err) => {
                                 error!("listener {name}: worker {worker}: {err}");
+                                shared.stopped_accepting();
                                 continue;
                             }
                         };
