@@ -238,6 +238,19 @@ fn root_syn_cookies_answer_a_spread_flood_in_xdp() -> Result<()> {
     let open = spread_flood(&bed)?;
     println!("no cookies: {open:?}");
 
+    // The first flood's half-open connections stay in the listener's SYN queue while the
+    // kernel resends their SYN-ACKs (once here: see above). A real connection that met the full
+    // queue would get a kernel cookie, counted as the flood's in the guarded round, and their
+    // SYN-ACKs would load the bed while the connections below are checked: they expire first.
+    sluice_tests::servers::wait_for(
+        "the first flood's half-open connections to expire",
+        Duration::from_secs(20),
+        || {
+            let out = bed.topology.lb.run("ss", &["-Htn", "state", "syn-recv", "sport = :80"]);
+            out.is_ok_and(|o| o.stdout.is_empty())
+        },
+    )?;
+
     // SYN cookies on the L7 VIPs' port 80 (IPv4 and IPv6), by a reload: the SYNPROXY rules
     // appear.
     let vip = |name: &str, addr: &str| {
@@ -263,12 +276,12 @@ fn root_syn_cookies_answer_a_spread_flood_in_xdp() -> Result<()> {
     // SYNPROXY, which opens the connection to lbd.
     let before = counters(&bed)?;
     let script = format!(
-        "ok=0; for i in $(seq 20); do curl -s -o /dev/null --max-time 2 http://{L7}/ && ok=$((ok+1)); done; echo $ok"
+        "ok=0; for i in $(seq 20); do curl -s -o /dev/null --max-time 5 http://{L7}/ && ok=$((ok+1)); done; echo $ok"
     );
     let quiet = bed.topology.client.run("sh", &["-c", &script])?;
     assert_eq!(String::from_utf8_lossy(&quiet.stdout).trim(), "20", "connections through SYN cookies");
     let script6 = format!(
-        "ok=0; for i in $(seq 20); do curl -gs -o /dev/null --max-time 2 http://[{L7_V6}]/ && ok=$((ok+1)); done; echo $ok"
+        "ok=0; for i in $(seq 20); do curl -gs -o /dev/null --max-time 5 http://[{L7_V6}]/ && ok=$((ok+1)); done; echo $ok"
     );
     let quiet6 = bed.topology.client.run("sh", &["-c", &script6])?;
     assert_eq!(String::from_utf8_lossy(&quiet6.stdout).trim(), "20", "IPv6 connections through SYN cookies");
@@ -290,17 +303,6 @@ fn root_syn_cookies_answer_a_spread_flood_in_xdp() -> Result<()> {
         "the client's view of the connection"
     );
 
-    // The first flood's half-open connections stay in the listener's SYN queue while the
-    // kernel resends their SYN-ACKs (once here: see above); a real connection that met the full
-    // queue would get a kernel cookie, counted below as the flood's. Wait for them to expire.
-    sluice_tests::servers::wait_for(
-        "the first flood's half-open connections to expire",
-        Duration::from_secs(20),
-        || {
-            let out = bed.topology.lb.run("ss", &["-Htn", "state", "syn-recv", "sport = :80"]);
-            out.is_ok_and(|o| o.stdout.is_empty())
-        },
-    )?;
     let guarded = spread_flood(&bed)?;
     println!("SYN cookies: {guarded:?}");
     let per_syn = |r: &Spread| r.kernel_cpu_ms as f64 * 1000.0 / r.sent.max(1) as f64;
@@ -313,7 +315,7 @@ fn root_syn_cookies_answer_a_spread_flood_in_xdp() -> Result<()> {
     assert!(guarded.answered >= 149, "real connections under the flood: {guarded:?} (99% of 150: 149)");
     // (Under a flood the veth backlog drops a few percent before XDP sees them.)
     assert!(guarded.cookies_sent * 10 >= guarded.sent * 8, "XDP did not answer the flood: {guarded:?}");
-    assert!(guarded.cookies_valid >= 150, "{guarded:?}");
+    assert!(guarded.cookies_valid >= guarded.answered as u64, "{guarded:?}");
     // The flood reached the lb's stack without cookies, and not with them.
     assert!(open.passed_l7 > 10 * guarded.passed_l7.max(1000), "{open:?} vs {guarded:?}");
     assert!(
