@@ -22,11 +22,14 @@ pub struct LastReload {
     pub applied: bool,
 }
 
+/// The L7 listeners being served, each with its certificates (re-read on a reload).
+pub type ServedListeners = Vec<(Listener, Option<Arc<proxy::tls::Resolver>>)>;
+
 /// Everything a reload touches.
 pub struct Reloader {
     pub core: Shared,
     pub path: PathBuf,
-    pub listeners: Vec<(Listener, Option<Arc<proxy::tls::Resolver>>)>,
+    pub listeners: ServedListeners,
     /// Pools with a running health checker.
     pub checked: HashSet<String>,
 }

@@ -127,7 +127,8 @@ pub fn run(path: &Path) -> Result<(), RunError> {
                 None => crate::metrics::bind(address).await,
             }
             .map_err(io(format!("binding metrics on {address}")))?;
-            handover.metrics = Some(upgrade::keep(listener.as_fd()).map_err(io("keeping the metrics socket"))?);
+            handover.metrics =
+                Some(upgrade::keep(listener.as_fd()).map_err(io("keeping the metrics socket"))?);
             retiring.push(tokio::spawn(crate::metrics::serve(listener, core.clone())));
             info!("metrics on http://{address}/metrics");
         }
@@ -149,8 +150,6 @@ pub fn run(path: &Path) -> Result<(), RunError> {
         }
         let mut checked = HashSet::new();
         health::spawn_missing(&core, &mut checked);
-        // L7 listeners: bound before READY, so a busy port fails the start.
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         // The proxy's outlier ejections are State commands, applied like health results.
         let (ejections, mut ejected) = tokio::sync::mpsc::unbounded_channel();
         let ejecting = core.clone();
@@ -163,38 +162,22 @@ pub fn run(path: &Path) -> Result<(), RunError> {
         });
         let (snapshot, forwarder) = {
             let core = lock(&core);
-            let forwarder = proxy::pipeline::Forwarder::new(core.proxy_metrics.clone(), ejections, core.cache.clone());
+            let forwarder =
+                proxy::pipeline::Forwarder::new(core.proxy_metrics.clone(), ejections, core.cache.clone());
             (core.l7.clone(), Arc::new(forwarder))
         };
-        let mut listeners = Vec::new();
-        let mut bound = Vec::new();
-        // After an upgrade, as many workers as the old lbd had: every listener has one socket each.
-        let mut handed = inherited.as_mut().map(|i| std::mem::take(&mut i.listeners)).unwrap_or_default();
-        let workers = handed.values().map(Vec::len).find(|n| *n > 0).unwrap_or_else(proxy::workers::count);
-        let configured = lock(&core).state.config.listeners.clone();
-        for listener in configured {
-            let certs = proxy::load_certs(&listener)?;
-            if let Some(resolver) = &certs {
-                tokio::spawn(proxy::watch_certs(listener.clone(), resolver.clone()));
-            }
-            let sockets = handed.remove(&listener.address).filter(|s| s.len() == workers);
-            let one = proxy::workers::bind(listener.clone(), certs.clone(), workers, sockets)?;
-            handover.listeners.push((listener.address, one.keep().map_err(io("keeping the listening sockets"))?));
-            bound.push(one);
-            listeners.push((listener, certs));
-        }
+        // L7 listeners: bound before READY, so a busy port fails the start.
+        let handed = inherited.as_mut().map(|i| std::mem::take(&mut i.listeners)).unwrap_or_default();
+        let (bound, listeners) = bind_listeners(&core, handed, &mut handover)?;
         let busy_poll = lock(&core).state.config.busy_poll;
-        let serving =
-            proxy::workers::start(bound, snapshot.clone(), forwarder.clone(), stop_rx.clone(), busy_poll)?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let threads = proxy::workers::start(bound, snapshot.clone(), forwarder.clone(), stopped, busy_poll)?;
+        let serving = Workers { stop, threads };
         // SIGHUP and `lbctl reload` share one reload path (crate::reload).
         let (reload_tx, mut reload_asks) = tokio::sync::mpsc::channel(4);
         lock(&core).reloads = Some(reload_tx);
-        let mut reloader = crate::reload::Reloader {
-            core: core.clone(),
-            path: path.to_owned(),
-            listeners,
-            checked,
-        };
+        let mut reloader =
+            crate::reload::Reloader { core: core.clone(), path: path.to_owned(), listeners, checked };
         let (upgrade_tx, mut upgrade_asks) = tokio::sync::mpsc::channel(1);
         lock(&core).upgrades = Some(upgrade_tx);
         let handover = Arc::new(handover);
@@ -222,34 +205,17 @@ pub fn run(path: &Path) -> Result<(), RunError> {
                 _ = usr2.recv() => None,
                 Some(asked) = upgrade_asks.recv() => Some(asked),
                 _ = hup.recv() => {
-                    notify(&[NotifyState::Reloading, NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Ready)]);
-                    let _ = reloader.reload().await;
-                    notify(&[NotifyState::Ready]);
+                    let _ = reload(&mut reloader).await;
                     continue;
                 }
                 Some(asked) = reload_asks.recv() => {
-                    notify(&[NotifyState::Reloading, NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Ready)]);
-                    let _ = asked.send(reloader.reload().await);
-                    notify(&[NotifyState::Ready]);
+                    let _ = asked.send(reload(&mut reloader).await);
                     continue;
                 }
             };
             // SIGUSR2 or `lbctl upgrade`: start the binary at lbd's path on the same sockets.
-            info!("upgrade: starting {} and handing it the sockets", exec.program.display());
-            let (exec, handing) = (exec.clone(), handover.clone());
-            let started = tokio::task::spawn_blocking(move || upgrade::start(&exec, &handing))
-                .await
-                .unwrap_or_else(|err| Err(UpgradeError::Failed { pid: 0, why: err.to_string() }));
-            let answer = started.as_ref().map(|s| s.pid).map_err(ToString::to_string);
-            match &started {
-                Ok(s) => info!("upgrade: lbd {} serves; this one stops accepting and drains", s.pid),
-                Err(err) => error!("upgrade refused, this lbd keeps serving: {err}"),
-            }
-            if let Some(asked) = asked {
-                let _ = asked.send(answer);
-            }
-            if let Ok(started) = started {
-                successor = Some(started);
+            successor = start_successor(&exec, &handover, asked).await;
+            if successor.is_some() {
                 break;
             }
         }
@@ -260,35 +226,14 @@ pub fn run(path: &Path) -> Result<(), RunError> {
             for task in retiring {
                 task.abort();
             }
-            let _ = stop_tx.send(true);
-            let _ = tokio::task::spawn_blocking(move || {
-                for worker in serving {
-                    let _ = worker.join();
-                }
-            })
-            .await;
-            // The admin connection that asked for the upgrade still has its answer to send.
-            let open = admin::MAX_CONNECTIONS as u32;
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), admin_slots.acquire_many(open)).await;
-            let counters = lock(&core).proxy_metrics.text();
-            if let Err(err) = tokio::task::spawn_blocking(move || successor.send_counters(&counters))
-                .await
-                .unwrap_or_else(|err| Err(UpgradeError::Failed { pid: 0, why: err.to_string() }))
-            {
-                warn!("upgrade: the proxy counters were not handed over: {err}");
-            }
+            serving.drain().await;
+            hand_over_counters(&core, successor, &admin_slots).await;
             return Ok::<_, RunError>(true);
         }
         // Graceful stop: listeners stop accepting and drain in-flight requests.
         notify(&[NotifyState::Stopping]);
         withdraw(&core, withdraw_tx).await;
-        let _ = stop_tx.send(true);
-        let _ = tokio::task::spawn_blocking(move || {
-            for worker in serving {
-                let _ = worker.join();
-            }
-        })
-        .await;
+        serving.drain().await;
         Ok::<_, RunError>(false)
     })?;
     if handed_over {
@@ -302,6 +247,102 @@ pub fn run(path: &Path) -> Result<(), RunError> {
         info!("stopping");
     }
     Ok(())
+}
+
+/// A reload (SIGHUP or `lbctl reload`), told to systemd as it starts and ends.
+async fn reload(reloader: &mut crate::reload::Reloader) -> Result<Vec<String>, String> {
+    notify(&[NotifyState::Reloading, NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Ready)]);
+    let result = reloader.reload().await;
+    notify(&[NotifyState::Ready]);
+    result
+}
+
+/// An upgrade (SIGUSR2, or `lbctl upgrade`, which hears the outcome): starts the binary at
+/// lbd's path and hands it the sockets. None: it failed, and this lbd keeps serving.
+async fn start_successor(
+    exec: &upgrade::Exec,
+    handover: &Arc<Handover>,
+    asked: Option<upgrade::Asked>,
+) -> Option<upgrade::Successor> {
+    info!("upgrade: starting {} and handing it the sockets", exec.program.display());
+    let (exec, handing) = (exec.clone(), handover.clone());
+    let started = tokio::task::spawn_blocking(move || upgrade::start(&exec, &handing))
+        .await
+        .unwrap_or_else(|err| Err(UpgradeError::Failed { pid: 0, why: err.to_string() }));
+    let answer = started.as_ref().map(|s| s.pid).map_err(ToString::to_string);
+    match &started {
+        Ok(s) => info!("upgrade: lbd {} serves; this one stops accepting and drains", s.pid),
+        Err(err) => error!("upgrade refused, this lbd keeps serving: {err}"),
+    }
+    if let Some(asked) = asked {
+        let _ = asked.send(answer);
+    }
+    started.ok()
+}
+
+/// Binds every configured L7 listener, or takes the sockets an old lbd `handed` over, keeping
+/// duplicates in `handover` for the next upgrade; each listener's certificates are loaded and
+/// watched. After an upgrade there are as many workers as the old lbd had (one socket each).
+fn bind_listeners(
+    core: &Shared,
+    mut handed: std::collections::HashMap<std::net::SocketAddr, Vec<std::os::fd::OwnedFd>>,
+    handover: &mut Handover,
+) -> Result<(Vec<proxy::workers::Bound>, crate::reload::ServedListeners), RunError> {
+    let workers = handed.values().map(Vec::len).find(|n| *n > 0).unwrap_or_else(proxy::workers::count);
+    let configured = lock(core).state.config.listeners.clone();
+    let (mut bound, mut listeners) = (Vec::new(), Vec::new());
+    for listener in configured {
+        let certs = proxy::load_certs(&listener)?;
+        if let Some(resolver) = &certs {
+            tokio::spawn(proxy::watch_certs(listener.clone(), resolver.clone()));
+        }
+        let sockets = handed.remove(&listener.address).filter(|s| s.len() == workers);
+        let one = proxy::workers::bind(listener.clone(), certs.clone(), workers, sockets)?;
+        handover.listeners.push((listener.address, one.keep().map_err(io("keeping the listening sockets"))?));
+        bound.push(one);
+        listeners.push((listener, certs));
+    }
+    Ok((bound, listeners))
+}
+
+/// The proxy's worker threads and the flag that stops their listeners.
+struct Workers {
+    stop: tokio::sync::watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Stops accepting and waits until every worker has drained its connections (each within
+    /// its listeners' drain timeout).
+    async fn drain(self) {
+        let _ = self.stop.send(true);
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for worker in threads {
+                let _ = worker.join();
+            }
+        })
+        .await;
+    }
+}
+
+/// After an upgrade, once drained: sends the new lbd this one's proxy counters, so they
+/// continue there, the drained requests included. The admin connection that asked for the
+/// upgrade gets up to 2 s to send its answer first.
+async fn hand_over_counters(
+    core: &Shared,
+    successor: upgrade::Successor,
+    admin_slots: &tokio::sync::Semaphore,
+) {
+    let open = admin::MAX_CONNECTIONS as u32;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), admin_slots.acquire_many(open)).await;
+    let counters = lock(core).proxy_metrics.text();
+    if let Err(err) = tokio::task::spawn_blocking(move || successor.send_counters(&counters))
+        .await
+        .unwrap_or_else(|err| Err(UpgradeError::Failed { pid: 0, why: err.to_string() }))
+    {
+        warn!("upgrade: the proxy counters were not handed over: {err}");
+    }
 }
 
 /// Keeps BIRD announcing what the State wants (checked every second, so health flips, drains
