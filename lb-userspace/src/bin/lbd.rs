@@ -99,10 +99,18 @@ fn parse_mode(text: &str) -> Result<XdpModeSetting, String> {
     }
 }
 
+/// What lbd logs, before `RUST_LOG`'s directives.
+const LOG_FILTER: &str = "info,aya::bpf=error,rustls=error";
+
 fn main() -> ExitCode {
     // aya warns that the kernel refuses the object's BTF (rustc describes Rust enums with
     // unions the kernel rejects); the maps and programs do not need it, so only errors show.
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,aya::bpf=error")).init();
+    // rustls warns about what a client sent (an IP address as SNI, which wrk and others send):
+    // one line per connection that any client can ask for. Handshakes are counted by result
+    // in the metrics instead (`sluice_tls_handshakes_total`).
+    // `RUST_LOG` is read after these defaults: it sets the level and overrides the modules it
+    // names (`RUST_LOG=warn,rustls=warn` shows rustls's warnings again).
+    env_logger::Builder::new().parse_filters(LOG_FILTER).parse_env(env_logger::Env::default()).init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate { what, dir } => {
