@@ -29,4 +29,12 @@ impl Refusal {
     pub fn with(response: Response<Body>, reason: &'static str) -> Refusal {
         Refusal { response: Box::new(response), reason }
     }
+
+    /// The refusal with `Connection: close`: what follows on the connection cannot be trusted.
+    pub fn closing(mut self) -> Refusal {
+        self.response
+            .headers_mut()
+            .insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+        self
+    }
 }

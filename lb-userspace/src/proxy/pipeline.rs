@@ -4,14 +4,13 @@ use std::{
     future::Future,
     sync::{
         Arc,
-        atomic::{AtomicU16, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::Instant,
 };
 
-use http_body_util::{BodyExt, Limited};
 use hyper::{
-    Method, Request, Response, StatusCode,
+    Request, Response, StatusCode,
     header::{self, HeaderValue},
 };
 
@@ -25,7 +24,7 @@ use crate::{
             Refusal, caching, choose, gate, guard, headers,
             respond::{self, Body},
             shadow,
-            upstream::{InFlight, Tries, Upstreams},
+            upstream::{self, InFlight, Tries, Upstreams},
         },
         routes::Snapshot,
     },
@@ -229,11 +228,8 @@ impl Forwarder {
                 .filter(|p| !p.upstreams.is_empty())
                 .ok_or_else(|| no_backend(StatusCode::SERVICE_UNAVAILABLE, "no backend available"))?;
             let upgrade = parts.headers.contains_key(header::UPGRADE);
-            let bodiless = !parts.headers.contains_key(header::TRANSFER_ENCODING)
-                && parts.headers.get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0");
-            let idempotent = matches!(parts.method.as_str(), "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE");
-            let tries =
-                if route.retries > 0 && bodiless && idempotent && !upgrade { route.retries + 1 } else { 1 };
+            let bodiless = guard::bodiless(&parts.headers);
+            let tries = upstream::tries(route, &parts.method, bodiless && !upgrade);
             route.runtime.count_request();
 
             let forwarding = headers::upstream_request(
@@ -244,10 +240,7 @@ impl Forwarder {
                 pool.protocol == UpstreamProtocol::H2c,
                 upgrade,
             );
-            if let Some(config) = &route.cache
-                && matches!(parts.method, Method::GET | Method::HEAD)
-                && !parts.headers.contains_key(header::AUTHORIZATION)
-            {
+            if let Some(config) = caching::applies(route, &parts) {
                 let target = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
                 let request = caching::CacheRequest {
                     route,
@@ -268,11 +261,9 @@ impl Forwarder {
                     None => Ok(cached.response),
                 };
             }
-            if let Some((shadow_pool, percent)) = &route.shadow
-                && bodiless
+            if bodiless
                 && !upgrade
-                && self.draw() < *percent
-                && let Some(shadow) = snapshot.pools.get(shadow_pool)
+                && let Some(shadow) = shadow::chosen(route, snapshot, || self.draw())
             {
                 shadow::send(
                     &self.upstreams,
@@ -289,24 +280,7 @@ impl Forwarder {
             let first = pool.pick_or_wait(&parts.headers, client, route.timeout).await.ok_or_else(|| {
                 no_backend(StatusCode::SERVICE_UNAVAILABLE, "every backend is at its request limit")
             })?;
-            // A body that fails while streaming (too long, bad chunking) is the client's fault:
-            // remember which, to answer 413 / 400 rather than 502. A request that ends with its
-            // head has nothing to limit or remember (no box, no allocation).
-            let (body, body_error) = match hyper::body::Body::is_end_stream(&body) {
-                true => (body, None),
-                false => {
-                    let body_error = Arc::new(AtomicU16::new(0));
-                    let seen = body_error.clone();
-                    let limited = Limited::new(body, listener.max_body_bytes as usize)
-                        .map_err(move |err| {
-                            let status = if err.is::<http_body_util::LengthLimitError>() { 413 } else { 400 };
-                            seen.store(status, Ordering::Relaxed);
-                            err
-                        })
-                        .boxed();
-                    (limited, Some(body_error))
-                }
-            };
+            let (body, body_error) = guard::limit_body(body, listener.max_body_bytes);
             let tries = Tries {
                 upstreams: &self.upstreams,
                 commands: &self.commands,
@@ -327,18 +301,8 @@ impl Forwarder {
             let answered = match answered {
                 Ok(answered) => answered,
                 Err(failed) => {
-                    labels.backend = failed.backend;
-                    let mut refusal = match failed.status {
-                        StatusCode::BAD_GATEWAY => no_backend(failed.status, failed.reason),
-                        status => Refusal::new(status, failed.reason),
-                    };
-                    if failed.status == StatusCode::BAD_REQUEST {
-                        refusal
-                            .response
-                            .headers_mut()
-                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    }
-                    return Err(refusal);
+                    labels.backend = failed.backend.clone();
+                    return Err(failed.refusal(route.fallback.as_ref()));
                 }
             };
             labels.backend = answered.backend;

@@ -33,6 +33,15 @@ use crate::{
     },
 };
 
+/// The route's cache settings when this request may be answered from the cache: a GET or HEAD
+/// without credentials on a cache route.
+pub fn applies<'a>(route: &'a CompiledRoute, parts: &Parts) -> Option<&'a CacheConfig> {
+    let config = route.cache.as_ref()?;
+    let plain = matches!(parts.method, hyper::Method::GET | hyper::Method::HEAD)
+        && !parts.headers.contains_key(header::AUTHORIZATION);
+    plain.then_some(config)
+}
+
 /// A request as the cache sees it.
 pub struct CacheRequest<'a> {
     pub route: &'a CompiledRoute,

@@ -1,6 +1,13 @@
 //! Guard: what is refused before routing: plain HTTP on a redirect listener, ambiguous framing
 //! (Content-Length with Transfer-Encoding), more header fields than allowed, two Host headers,
-//! a declared body over the limit. Framing errors inside a body are the engine's (`h1::body`).
+//! a declared body over the limit; and the limit on a body as it streams. Framing errors inside
+//! a body are the engine's (`h1::body`).
+use std::sync::{
+    Arc,
+    atomic::{AtomicU16, Ordering},
+};
+
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::{
     HeaderMap, StatusCode,
     header::{self, HeaderValue},
@@ -8,7 +15,10 @@ use hyper::{
 
 use crate::{
     config::Listener,
-    proxy::{h1::head::MAX_HEADER_FIELDS, phase::Refusal},
+    proxy::{
+        h1::head::MAX_HEADER_FIELDS,
+        phase::{Refusal, respond::Body},
+    },
 };
 
 /// The request head's facts the guard looks at.
@@ -30,14 +40,13 @@ pub fn check(head: &Head<'_>, listener: &Listener, tls: bool) -> Result<(), Refu
     // Request smuggling (RFC 9112 §6.3): a message with both framings is refused, not forwarded
     // with one of them, and the connection is closed after the answer.
     if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH) {
-        return Err(closing(Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "both Content-Length and Transfer-Encoding",
-        )));
+        return Err(
+            Refusal::new(StatusCode::BAD_REQUEST, "both Content-Length and Transfer-Encoding").closing()
+        );
     }
     // RFC 9112 §3.2: a request with more than one Host field gets 400.
     if headers.get_all(header::HOST).iter().count() > 1 {
-        return Err(closing(Refusal::new(StatusCode::BAD_REQUEST, "more than one Host header")));
+        return Err(Refusal::new(StatusCode::BAD_REQUEST, "more than one Host header").closing());
     }
     // HTTP/1.1's parser enforces this too; HTTP/2 only bounds the header list's bytes.
     if headers.len() > MAX_HEADER_FIELDS {
@@ -53,10 +62,30 @@ pub fn check(head: &Head<'_>, listener: &Listener, tls: bool) -> Result<(), Refu
     Ok(())
 }
 
-/// The refusal with `Connection: close` (the rest of the stream cannot be trusted).
-fn closing(mut refusal: Refusal) -> Refusal {
-    refusal.response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-    refusal
+/// Whether the request's head says it has no body (neither chunked nor a length above zero).
+pub fn bodiless(headers: &HeaderMap) -> bool {
+    !headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0")
+}
+
+/// The body cut off past `max_bytes`. A body that fails while streaming (too long, bad
+/// chunking) is the client's fault: the returned cell says which (413 or 400), so the answer is
+/// that rather than 502. A request that ends with its head has nothing to limit or remember
+/// (no box, no allocation): None.
+pub fn limit_body(body: Body, max_bytes: u64) -> (Body, Option<Arc<AtomicU16>>) {
+    if hyper::body::Body::is_end_stream(&body) {
+        return (body, None);
+    }
+    let body_error = Arc::new(AtomicU16::new(0));
+    let seen = body_error.clone();
+    let limited = Limited::new(body, max_bytes as usize)
+        .map_err(move |err| {
+            let status = if err.is::<LengthLimitError>() { 413 } else { 400 };
+            seen.store(status, Ordering::Relaxed);
+            err
+        })
+        .boxed();
+    (limited, Some(body_error))
 }
 
 #[cfg(test)]
@@ -89,5 +118,33 @@ mod tests {
         let many: Vec<(String, &str)> = (0..150).map(|i| (format!("x-h{i}"), "v")).collect();
         let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         assert_eq!(status(&many), Some(431));
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_limit_is_cut_and_marked_413() {
+        use http_body_util::{BodyExt, Full};
+        let body = |text: &'static str| Full::new(bytes::Bytes::from(text)).map_err(|e| match e {}).boxed();
+        let (empty, seen) = limit_body(crate::proxy::phase::respond::empty(), 4);
+        assert!(seen.is_none() && empty.collect().await.is_ok(), "an empty body is left as it is");
+        let (small, seen) = limit_body(body("abcd"), 4);
+        assert_eq!(small.collect().await.unwrap().to_bytes(), "abcd");
+        assert_eq!(seen.unwrap().load(Ordering::Relaxed), 0);
+        let (large, seen) = limit_body(body("abcde"), 4);
+        assert!(large.collect().await.is_err());
+        assert_eq!(seen.unwrap().load(Ordering::Relaxed), 413);
+    }
+
+    #[test]
+    fn a_head_without_length_or_chunking_is_bodiless() {
+        let map = |pairs: &[(&'static str, &'static str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (header::HeaderName::from_static(k), HeaderValue::from_static(v)))
+                .collect()
+        };
+        assert!(bodiless(&map(&[])));
+        assert!(bodiless(&map(&[("content-length", "0")])));
+        assert!(!bodiless(&map(&[("content-length", "3")])));
+        assert!(!bodiless(&map(&[("transfer-encoding", "chunked")])));
     }
 }

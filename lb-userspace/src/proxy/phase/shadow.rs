@@ -13,11 +13,25 @@ use crate::proxy::{
         respond,
         upstream::{InFlight, Upstreams},
     },
-    routes::L7Pool,
+    routes::{CompiledRoute, L7Pool, Snapshot},
 };
 
 /// How long a shadow copy may take before it is given up.
 const SHADOW_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The route's shadow pool when this request is in its share (`draw`: uniform in [0, 100),
+/// called only when the route has a shadow).
+pub fn chosen<'a>(
+    route: &CompiledRoute,
+    snapshot: &'a Snapshot,
+    draw: impl FnOnce() -> f64,
+) -> Option<&'a L7Pool> {
+    let (pool, percent) = route.shadow.as_ref()?;
+    if draw() >= *percent {
+        return None;
+    }
+    snapshot.pools.get(pool)
+}
 
 /// Sends a copy of the request (`parts`, already rewritten for upstream, and the fields the
 /// proxy adds) to `shadow`.

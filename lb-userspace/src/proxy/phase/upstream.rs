@@ -14,17 +14,19 @@ use std::{
 
 use http_body_util::BodyExt;
 use hyper::{
-    HeaderMap, Request, Response, StatusCode, Uri, Version, client::conn::http2, header, http::request::Parts,
+    HeaderMap, Method, Request, Response, StatusCode, Uri, Version, client::conn::http2, header,
+    http::request::Parts,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use smallvec::SmallVec;
 
 use crate::{
-    config::UpstreamProtocol,
+    config::{Fallback, UpstreamProtocol},
     proxy::{
         h1,
         metrics::Label,
         phase::{
+            Refusal,
             headers::{self, Forwarding},
             respond::{self, Body},
         },
@@ -191,6 +193,27 @@ pub struct Failed {
     pub backend: Label,
 }
 
+impl Failed {
+    /// What the client is told: a 502 is the route's fallback if it has one; a bad request
+    /// body (400) closes the connection, whose stream is no longer trusted.
+    pub fn refusal(self, fallback: Option<&Fallback>) -> Refusal {
+        match self.status {
+            StatusCode::BAD_GATEWAY => {
+                Refusal::with(respond::fallback_or(fallback, self.status, self.reason), self.reason)
+            }
+            StatusCode::BAD_REQUEST => Refusal::new(self.status, self.reason).closing(),
+            status => Refusal::new(status, self.reason),
+        }
+    }
+}
+
+/// How many tries a request gets: 1, or 1 + the route's retries for an idempotent request
+/// that can be sent again (no body, no protocol switch: `resendable`).
+pub fn tries(route: &CompiledRoute, method: &Method, resendable: bool) -> u32 {
+    let idempotent = matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE");
+    if route.retries > 0 && resendable && idempotent { route.retries + 1 } else { 1 }
+}
+
 /// What the tries of one request need.
 pub struct Tries<'a> {
     pub upstreams: &'a Upstreams,
@@ -317,5 +340,56 @@ impl Tries<'_> {
             reason: "upstream failed",
             backend: upstream.label.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::{
+        config::Config,
+        proxy::{routes::Snapshot, runtime::Runtime},
+        state::State,
+    };
+
+    /// A snapshot with one route on listener `l` (its settings `route`).
+    fn snapshot(route: &str) -> Snapshot {
+        let text = format!(
+            "[dataplane]\ninterface = \"lo\"\n[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n\
+             [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\n[[route]]\nlistener = \"l\"\npool = \"p\"\n{route}"
+        );
+        Snapshot::build(&State::new(Config::parse(Path::new("t.toml"), &text).unwrap()), &Runtime::default())
+    }
+
+    #[test]
+    fn only_idempotent_resendable_requests_get_the_routes_retries() {
+        let s = snapshot("retries = 2\n");
+        let route = &s.routes["l"][0];
+        assert_eq!(tries(route, &Method::GET, true), 3);
+        assert_eq!(tries(route, &Method::PUT, true), 3);
+        assert_eq!(tries(route, &Method::POST, true), 1, "not idempotent");
+        assert_eq!(tries(route, &Method::GET, false), 1, "a body or a protocol switch");
+        let s = snapshot("");
+        assert_eq!(tries(&s.routes["l"][0], &Method::GET, true), 1, "no retries configured");
+    }
+
+    #[test]
+    fn a_failure_becomes_the_fallback_a_timeout_or_a_closing_400() {
+        let failed = |status, reason| Failed { status, reason, backend: Label::from("") };
+        let fallback = Fallback { status: 503, body: "later".into(), content_type: None };
+        let gateway = failed(StatusCode::BAD_GATEWAY, "upstream failed").refusal(Some(&fallback));
+        assert_eq!(
+            (gateway.response.status(), gateway.reason),
+            (StatusCode::SERVICE_UNAVAILABLE, "upstream failed")
+        );
+        let plain = failed(StatusCode::BAD_GATEWAY, "upstream failed").refusal(None);
+        assert_eq!(plain.response.status(), StatusCode::BAD_GATEWAY);
+        let timeout = failed(StatusCode::GATEWAY_TIMEOUT, "upstream timed out").refusal(Some(&fallback));
+        assert_eq!(timeout.response.status(), StatusCode::GATEWAY_TIMEOUT, "the fallback is for 502 only");
+        assert!(!timeout.response.headers().contains_key(header::CONNECTION));
+        let bad = failed(StatusCode::BAD_REQUEST, "malformed request body").refusal(None);
+        assert_eq!(bad.response.headers()[header::CONNECTION], "close");
     }
 }
