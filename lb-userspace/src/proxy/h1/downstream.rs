@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use hyper::{
-    Method, Request, Response, StatusCode, Version,
+    HeaderMap, Method, Request, Response, StatusCode, Version,
     body::{Body as _, Frame, SizeHint},
     header,
 };
@@ -495,30 +495,14 @@ async fn write_response<S: ClientIo>(
         done = done || body.is_end_stream();
     }
     let first_len = first.as_ref().map_or(0, |f| f.len() as u64);
-    let out = if bodiless {
-        Out::None
-    } else if done {
-        Out::Length(first_len)
-    } else if let Some(rest) = body.size_hint().exact() {
-        Out::Length(first_len + rest)
-    } else if version == Version::HTTP_11 {
-        Out::Chunked
-    } else {
-        keep_alive = false;
-        Out::Close
+    let out = match framing(bodiless, done, first_len, body.size_hint().exact(), version) {
+        Out::Close => {
+            keep_alive = false;
+            Out::Close
+        }
+        out => out,
     };
-    // HEAD and 304 keep the length the full answer would have had.
-    let kept_length = match (bodiless, status) {
-        (true, StatusCode::NO_CONTENT) => None,
-        (true, s) if s.is_informational() => None,
-        (true, _) => parts.headers.get(header::CONTENT_LENGTH).map(|v| v.as_bytes().to_vec()).or_else(|| {
-            (*method == Method::HEAD)
-                .then(|| body.size_hint().exact())
-                .flatten()
-                .map(|n| n.to_string().into_bytes())
-        }),
-        (false, _) => None,
-    };
+    let kept_length = bodiless.then(|| kept_length(method, status, &parts.headers, &body)).flatten();
     let mut head = scratch::take();
     let keep_alive_10 = keep_alive && version == Version::HTTP_10;
     encode::response_head(
@@ -564,43 +548,83 @@ async fn write_response<S: ClientIo>(
         }
     }
     if !done {
-        loop {
-            let frame = match body.frame().await {
-                None => break,
-                Some(Ok(frame)) => frame,
-                Some(Err(_)) => {
-                    // Cut short upstream: the client must see the answer end abnormally.
-                    let _ = io.flush().await;
-                    return Written { bytes, keep_alive: false, switched: None };
-                }
-            };
-            let Ok(data) = frame.into_data() else { continue };
-            if data.is_empty() {
-                continue;
-            }
-            bytes += data.len() as u64;
-            let result = if out == Out::Chunked {
-                let size = encode::chunk_size(data.len());
-                let mut slices =
-                    [io::IoSlice::new(size.as_bytes()), io::IoSlice::new(&data), io::IoSlice::new(b"\r\n")];
-                write_all_vectored(io, &mut slices).await
-            } else {
-                io.write_all(&data).await
-            };
-            if result.is_err() {
-                return failed;
-            }
-            // Streamed answers reach the client as they come.
-            let _ = io.flush().await;
-        }
-        if out == Out::Chunked && io.write_all(encode::LAST_CHUNK).await.is_err() {
-            return failed;
+        match stream_rest(io, &mut body, out, &mut bytes).await {
+            Streamed::Whole => {}
+            Streamed::CutUpstream => return Written { bytes, keep_alive: false, switched: None },
+            Streamed::WriteFailed => return failed,
         }
     }
     if io.flush().await.is_err() {
         return failed;
     }
     Written { bytes, keep_alive, switched }
+}
+
+/// How an answer's body is delimited on the wire: nothing for a bodiless answer, a length when
+/// the whole body is known (`first_len` read, `rest` still to come), chunked for HTTP/1.1, and
+/// the connection's close for HTTP/1.0 (`Out::Close`: the caller closes after it).
+fn framing(bodiless: bool, done: bool, first_len: u64, rest: Option<u64>, version: Version) -> Out {
+    match (bodiless, done, rest) {
+        (true, _, _) => Out::None,
+        (false, true, _) => Out::Length(first_len),
+        (false, false, Some(rest)) => Out::Length(first_len + rest),
+        _ if version == Version::HTTP_11 => Out::Chunked,
+        _ => Out::Close,
+    }
+}
+
+/// The Content-Length a bodiless answer keeps: HEAD and 304 say what the full answer would have
+/// had (the backend's field, or a HEAD answer's known size); 204 and 1xx say nothing.
+fn kept_length(method: &Method, status: StatusCode, headers: &HeaderMap, body: &Body) -> Option<Vec<u8>> {
+    if status == StatusCode::NO_CONTENT || status.is_informational() {
+        return None;
+    }
+    headers.get(header::CONTENT_LENGTH).map(|v| v.as_bytes().to_vec()).or_else(|| {
+        (*method == Method::HEAD)
+            .then(|| body.size_hint().exact())
+            .flatten()
+            .map(|n| n.to_string().into_bytes())
+    })
+}
+
+/// How streaming the rest of a body ended.
+enum Streamed {
+    Whole,
+    /// The backend's body failed: the client must see the answer end abnormally.
+    CutUpstream,
+    WriteFailed,
+}
+
+/// Writes the body's remaining pieces as they come (each flushed: streamed answers reach the
+/// client as they are made), chunk-framed when `out` says so, then the last chunk.
+async fn stream_rest<S: ClientIo>(io: &mut S, body: &mut Body, out: Out, bytes: &mut u64) -> Streamed {
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            let _ = io.flush().await;
+            return Streamed::CutUpstream;
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        if data.is_empty() {
+            continue;
+        }
+        *bytes += data.len() as u64;
+        let result = if out == Out::Chunked {
+            let size = encode::chunk_size(data.len());
+            let mut slices =
+                [io::IoSlice::new(size.as_bytes()), io::IoSlice::new(&data), io::IoSlice::new(b"\r\n")];
+            write_all_vectored(io, &mut slices).await
+        } else {
+            io.write_all(&data).await
+        };
+        if result.is_err() {
+            return Streamed::WriteFailed;
+        }
+        let _ = io.flush().await;
+    }
+    if out == Out::Chunked && io.write_all(encode::LAST_CHUNK).await.is_err() {
+        return Streamed::WriteFailed;
+    }
+    Streamed::Whole
 }
 
 /// After `101 Switching Protocols`: bytes both ways until either side closes.
@@ -642,5 +666,28 @@ mod tests {
         let read = std::future::poll_fn(|cx| stream.poll_read_when_ready(cx, &mut buf));
         let read = tokio::time::timeout(Duration::from_secs(2), read).await.unwrap();
         assert_eq!((read.unwrap().unwrap(), &buf[..]), (3, &b"GET"[..]));
+    }
+
+    #[test]
+    fn an_answer_is_framed_by_what_is_known_of_its_body() {
+        let v11 = Version::HTTP_11;
+        assert_eq!(framing(true, false, 0, None, v11), Out::None, "bodiless");
+        assert_eq!(framing(false, true, 3, None, v11), Out::Length(3), "all of it read");
+        assert_eq!(framing(false, false, 3, Some(7), v11), Out::Length(10), "its size known");
+        assert_eq!(framing(false, false, 3, None, v11), Out::Chunked);
+        assert_eq!(framing(false, false, 3, None, Version::HTTP_10), Out::Close);
+    }
+
+    #[test]
+    fn head_and_304_answers_keep_their_length_204_does_not() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, "42".parse().unwrap());
+        let body = respond::full(bytes::Bytes::from_static(b"12345"));
+        let kept = |method, status, headers: &HeaderMap| kept_length(&method, status, headers, &body);
+        assert_eq!(kept(Method::GET, StatusCode::NOT_MODIFIED, &headers).as_deref(), Some(&b"42"[..]));
+        assert_eq!(kept(Method::GET, StatusCode::NO_CONTENT, &headers), None);
+        assert_eq!(kept(Method::GET, StatusCode::CONTINUE, &headers), None);
+        // A HEAD answer without the field says the size its body would have had.
+        assert_eq!(kept(Method::HEAD, StatusCode::OK, &HeaderMap::new()).as_deref(), Some(&b"5"[..]));
     }
 }
