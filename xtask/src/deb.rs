@@ -118,15 +118,15 @@ if [ -d /run/systemd/system ]; then
 fi
 ";
 
-/// Builds the package into `out` (default target/deb) from the release binaries, built first,
+/// Builds the package into `out` (default target/deb) from the `dist` binaries, built first,
 /// or from the binaries already in `bin_dir` (the tests package the very binaries they run);
 /// returns its path.
 pub fn deb(bin_dir: Option<PathBuf>, out: Option<PathBuf>) -> Result<PathBuf> {
     let bins = match bin_dir {
         Some(dir) => dir,
         None => {
-            crate::cargo(&["build", "--release", "--package", "lb-userspace", "--bins"])?;
-            Path::new(ROOT).join("target/release")
+            crate::cargo(&["build", "--profile", "dist", "--package", "lb-userspace", "--bins"])?;
+            Path::new(ROOT).join("target/dist")
         }
     };
     let arch = run("dpkg", &["--print-architecture"])?.trim().to_owned();

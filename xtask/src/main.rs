@@ -115,9 +115,9 @@ fn bench(what: &str) -> Result<()> {
     if !is_root() {
         bail!("benchmarks load XDP programs and make namespaces: run them as root");
     }
-    // Benchmarks measure release builds of lbd.
-    cargo(&["build", "--release", "--package", "lb-userspace"])?;
-    let bin_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release");
+    // Benchmarks measure the lbd that ships (the `dist` profile).
+    cargo(&["build", "--profile", "dist", "--package", "lb-userspace"])?;
+    let bin_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/dist");
     let args =
         ["run", "--quiet", "--release", "--package", "sluice-tests", "--bin", "sluice-bench", "--", what];
     println!("==> SLUICE_BIN_DIR={bin_dir} cargo {}", args.join(" "));
