@@ -11,7 +11,10 @@ pub mod respond;
 pub mod shadow;
 pub mod upstream;
 
-use hyper::Response;
+use hyper::{
+    Response,
+    header::{self, HeaderValue},
+};
 
 use respond::Body;
 
@@ -32,9 +35,7 @@ impl Refusal {
 
     /// The refusal with `Connection: close`: what follows on the connection cannot be trusted.
     pub fn closing(mut self) -> Refusal {
-        self.response
-            .headers_mut()
-            .insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+        self.response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         self
     }
 }
