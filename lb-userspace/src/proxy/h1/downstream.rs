@@ -479,10 +479,7 @@ async fn write_response<S: ClientIo>(
     let switched =
         if status == StatusCode::SWITCHING_PROTOCOLS { parts.extensions.remove::<Switched>() } else { None };
     let mut keep_alive = keep_alive && !head::connection_has(&parts.headers, "close") && switched.is_none();
-    let bodiless = *method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
+    let bodiless = head::answer_is_bodiless(method, status);
     let mut first = None;
     let mut done = bodiless;
     if !bodiless {

@@ -239,6 +239,15 @@ fn parse_reason(err: httparse::Error) -> &'static str {
     }
 }
 
+/// Whether an answer to a request with `method` has no body whatever its head says (RFC 9112
+/// §6.3): an answer to HEAD, 1xx, 204 and 304.
+pub fn answer_is_bodiless(method: &Method, status: StatusCode) -> bool {
+    *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
 /// Parses a backend's response head to a request with `method` and takes it out of `buf`:
 /// `Ok(None)` while incomplete.
 pub fn parse_response(
@@ -262,11 +271,7 @@ pub fn parse_response(
     field_ranges(buf, response.headers, &mut ranges)?;
     let head = buf.split_to(length).freeze();
     let fields = Fields { head: &head, ranges: &ranges };
-    let bodiless = *method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    let framing = if bodiless {
+    let framing = if answer_is_bodiless(method, status) {
         Framing::Empty
     } else {
         match declared_framing(fields) {
