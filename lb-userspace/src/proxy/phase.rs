@@ -18,6 +18,8 @@ use hyper::{
 
 use respond::Body;
 
+use crate::config::Fallback;
+
 /// A request the proxy answers by itself, and why (for the access log).
 pub struct Refusal {
     pub response: Box<Response<Body>>,
@@ -31,6 +33,12 @@ impl Refusal {
 
     pub fn with(response: Response<Body>, reason: &'static str) -> Refusal {
         Refusal { response: Box::new(response), reason }
+    }
+
+    /// No backend could answer: the route's fallback answer if it has one, else `status` with
+    /// `reason` as text.
+    pub fn fallback(fallback: Option<&Fallback>, status: hyper::StatusCode, reason: &'static str) -> Refusal {
+        Refusal::with(respond::fallback_or(fallback, status, reason), reason)
     }
 
     /// The refusal with `Connection: close`: what follows on the connection cannot be trusted.

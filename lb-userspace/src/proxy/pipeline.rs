@@ -22,7 +22,7 @@ use crate::{
         metrics::{Label, ProxyMetrics},
         phase::{
             Refusal, caching, choose, gate, guard, headers,
-            respond::{self, Body},
+            respond::Body,
             shadow,
             upstream::{self, InFlight, Tries, Upstreams},
         },
@@ -219,9 +219,7 @@ impl Forwarder {
 
             let choice = choose::pool(route, &parts.headers, self.draw());
             labels.pool = choice.pool.clone();
-            let no_backend = |status, reason| {
-                Refusal::with(respond::fallback_or(route.fallback.as_ref(), status, reason), reason)
-            };
+            let no_backend = |status, reason| Refusal::fallback(route.fallback.as_ref(), status, reason);
             let pool = snapshot
                 .pools
                 .get(&*choice.pool)

@@ -198,9 +198,7 @@ impl Failed {
     /// body (400) closes the connection, whose stream is no longer trusted.
     pub fn refusal(self, fallback: Option<&Fallback>) -> Refusal {
         match self.status {
-            StatusCode::BAD_GATEWAY => {
-                Refusal::with(respond::fallback_or(fallback, self.status, self.reason), self.reason)
-            }
+            StatusCode::BAD_GATEWAY => Refusal::fallback(fallback, self.status, self.reason),
             StatusCode::BAD_REQUEST => Refusal::new(self.status, self.reason).closing(),
             status => Refusal::new(status, self.reason),
         }
