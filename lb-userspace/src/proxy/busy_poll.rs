@@ -64,6 +64,11 @@ pub fn worked() {
     WORK.with(|work| work.set(work.get().wrapping_add(1)));
 }
 
+/// The work done on this thread so far (a count that only moves).
+pub fn work() -> u64 {
+    WORK.with(Cell::get)
+}
+
 /// The worker's `on_thread_park` hook: keeps it polling while the budget lasts.
 pub fn before_park() {
     SPIN.with_borrow_mut(|spin| {

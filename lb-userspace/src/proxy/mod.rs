@@ -16,6 +16,7 @@ pub mod routes;
 pub mod runtime;
 pub mod server;
 pub mod tls;
+pub mod trim;
 pub mod turn;
 pub mod workers;
 

@@ -15,7 +15,7 @@ use crate::{
         pipeline::Forwarder,
         routes::Snapshot,
         server::{self, Shared},
-        tls,
+        tls, trim,
     },
 };
 
@@ -117,6 +117,7 @@ pub fn start(
                     if !busy_poll.is_zero() {
                         tokio::spawn(busy_poll::spinner(busy_poll));
                     }
+                    tokio::spawn(trim::trimmer());
                     let mut serving = Vec::new();
                     for (listener, socket, shared) in listeners {
                         let name = listener.name.clone();

@@ -354,12 +354,12 @@ fn read_head<'a, S: ClientIo>(
     }
 }
 
-/// Serves requests on `io` until either side closes.
+/// Serves requests on `io` until either side closes; gives the stream and the session back.
 ///
 /// Not an `async fn`: one would keep a second copy of its arguments in the future, and this
 /// future is most of what an idle connection holds.
 #[allow(clippy::manual_async_fn, reason = "an async fn keeps a second copy of its arguments")]
-pub fn serve<S: ClientIo>(mut io: S, cx: Session) -> impl Future<Output = (S, Ended)> + Send {
+pub fn serve<S: ClientIo>(mut io: S, cx: Session) -> impl Future<Output = (S, Ended, Session)> + Send {
     async move {
         let mut buf = BytesMut::new();
         let mut first = true;
@@ -367,17 +367,17 @@ pub fn serve<S: ClientIo>(mut io: S, cx: Session) -> impl Future<Output = (S, En
             // One request and its answer run boxed: an idle connection carries none of their state.
             let exchanged = match read_head(&mut io, &mut buf, &cx, first).await {
                 Ok(Some(head)) => Box::pin(exchange(&mut io, &mut buf, &cx, head)),
-                Ok(None) => return (io, Ended::Closed),
-                Err(ended) => return (io, ended),
+                Ok(None) => return (io, Ended::Closed, cx),
+                Err(ended) => return (io, ended, cx),
             };
             first = false;
             match exchanged.await {
                 Next::Request => {}
                 Next::Close => {
                     let _ = io.shutdown().await;
-                    return (io, Ended::Closed);
+                    return (io, Ended::Closed, cx);
                 }
-                Next::Closed => return (io, Ended::Closed),
+                Next::Closed => return (io, Ended::Closed, cx),
             }
         }
     }
