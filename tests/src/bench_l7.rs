@@ -279,6 +279,10 @@ fn sluice_config(dir: &Path, cert: &Path, key: &Path, busy_poll_us: Option<u64>)
 const BUSY_POLL_MODES: [&str; 2] = ["tls-keepalive", "tls-handshake"];
 /// The peer that picks TLS suites as Sluice does (not a default config: not in `sluice/best`).
 const SAME_SUITES: &str = "nginx-128";
+/// The byte forwarder (`forward_floor`): the bed's ceiling in HTTP/1.1 keep-alive, not a peer.
+const FLOOR: &str = "forward";
+/// Where the forwarder listens.
+const FLOOR_PORT: u16 = 6080;
 
 /// Runs the whole comparison and prints it.
 pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
@@ -348,6 +352,18 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
         // nginx picking the suite as Sluice does, in the handshake mode: the same work per
         // handshake on both ends (OpenSSL's clients ask for AES-256-GCM-SHA384 first).
         (SAME_SUITES, nginx(&nginx_128_conf), 8080, 8443),
+        (
+            FLOOR,
+            vec![
+                std::env::current_exe()?.display().to_string(),
+                "forward".into(),
+                format!("127.0.0.1:{FLOOR_PORT}"),
+                format!("127.0.0.1:{}", BACKENDS[0]),
+                format!("127.0.0.1:{}", BACKENDS[1]),
+            ],
+            FLOOR_PORT,
+            FLOOR_PORT,
+        ),
     ];
     let modes = ["http1-keepalive", "tls-keepalive", "tls-handshake", "h2"];
     println!(
@@ -358,6 +374,9 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
     );
     println!(
         "{SAME_SUITES}: nginx picking the TLS suite, AES-128-GCM first, as Sluice does by default (tls-handshake; not in sluice/best)"
+    );
+    println!(
+        "{FLOOR}: a byte forwarder, no HTTP, a backend connection per client (http1-keepalive; the bed's ceiling for an epoll proxy, not in sluice/best)"
     );
     for round in 1..=rounds {
         let mut table: Vec<(String, String, Sample)> = Vec::new();
@@ -371,6 +390,7 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
             let only: Option<&[&str]> = match *name {
                 "sluice-bp" => Some(&BUSY_POLL_MODES),
                 SAME_SUITES => Some(&["tls-handshake"]),
+                FLOOR => Some(&["http1-keepalive"]),
                 _ => None,
             };
             // Memory first, on a fresh process: after the load, freed buffers the allocator keeps
@@ -398,7 +418,7 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
             let rows: Vec<&(String, String, Sample)> = table.iter().filter(|(m, _, _)| m == mode).collect();
             let best_peer = rows
                 .iter()
-                .filter(|(_, p, _)| !p.starts_with("sluice") && p != SAME_SUITES)
+                .filter(|(_, p, _)| !p.starts_with("sluice") && p != SAME_SUITES && p != FLOOR)
                 .map(|(_, _, s)| s.rps)
                 .fold(0.0, f64::max);
             for (m, p, s) in &rows {
@@ -418,6 +438,15 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
                 );
             }
             let row = |proxy: &str| rows.iter().find(|(_, p, _)| p == proxy).map(|(_, _, s)| s);
+            if let (Some(sluice), Some(floor)) = (row("sluice"), row(FLOOR))
+                && best_peer > 0.0
+            {
+                println!(
+                    "{mode:<16} sluice/{FLOOR}: {:.2}x; {FLOOR}/best peer: {:.2}x",
+                    sluice.rps / floor.rps,
+                    floor.rps / best_peer
+                );
+            }
             if let (Some(sluice), Some(same)) = (row("sluice"), row(SAME_SUITES)) {
                 println!(
                     "{mode:<16} sluice/{SAME_SUITES}: {:.2}x the rate, {:.2}x the CPU per request",

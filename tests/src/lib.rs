@@ -1,6 +1,7 @@
 //! Helpers for Sluice's root tests and demo: network namespaces, real servers, lbd processes.
 pub mod bench_l7;
 pub mod bench_traffic;
+pub mod forward_floor;
 pub mod harness;
 pub mod many_hosts;
 pub mod mixed_bed;

@@ -2,7 +2,7 @@
 //! per call, median over many calls, next to an empty XDP program measured in the same run.
 use std::{net::Ipv4Addr, time::Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use aya::programs::{TestRun, TestRunOptions};
 use lb_userspace::dataplane::{self, PASS_PROGRAM, Role, conn_table::ConnTable};
 use sluice_tests::{
@@ -188,6 +188,13 @@ fn main() -> Result<()> {
     let rounds = std::env::var("SLUICE_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
     if what == "l7" {
         return sluice_tests::bench_l7::run_bench(seconds, rounds);
+    }
+    // The byte forwarder `bench l7` starts beside the proxies: `forward LISTEN BACKEND...`.
+    if what == "forward" {
+        let addresses = std::env::args().skip(2).map(|a| a.parse()).collect::<Result<Vec<_>, _>>()?;
+        let (listen, backends) =
+            addresses.split_first().context("usage: sluice-bench forward LISTEN BACKEND...")?;
+        return sluice_tests::forward_floor::run(*listen, backends);
     }
     if what == "l4-traffic" {
         return sluice_tests::bench_traffic::run_bench(seconds, rounds);
