@@ -1,6 +1,7 @@
 //! `cargo xtask bench l7`: Sluice's L7 proxy next to HAProxy and nginx as reverse proxies, same
 //! two backends (round robin in every proxy), same load, each proxy alone on CPU 0 and the load
-//! generator and backends on CPU 1.
+//! generator and backends on CPU 1. Each mode's proxies run back to back, each a fresh process,
+//! in the opposite order the next round.
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
@@ -378,36 +379,55 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
     println!(
         "{FLOOR}: a byte forwarder, no HTTP, a backend connection per client (http1-keepalive; the bed's ceiling for an epoll proxy, not in sluice/best)"
     );
+    let only = |name: &str| -> Option<&[&str]> {
+        match name {
+            "sluice-bp" => Some(&BUSY_POLL_MODES),
+            SAME_SUITES => Some(&["tls-handshake"]),
+            FLOOR => Some(&["http1-keepalive"]),
+            _ => None,
+        }
+    };
+    // A proxy started for one measurement and stopped after it (a fresh process each time).
+    let started = |argv: &[String], https: u16| -> Result<Proc> {
+        let args: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
+        let proc = spawn("0", &argv[0], &args)?;
+        wait_port(https)?;
+        Ok(proc)
+    };
+    let stopped = |proc: Proc| {
+        drop(proc);
+        let _ = std::fs::remove_dir_all("/sys/fs/bpf/sluice-bench-l7");
+    };
     for round in 1..=rounds {
         let mut table: Vec<(String, String, Sample)> = Vec::new();
         let mut memory: Vec<(String, f64)> = Vec::new();
-        for (name, argv, http, https) in &proxies {
-            let args: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
-            let proc = spawn("0", &argv[0], &args)?;
-            wait_port(*https)?;
+        // Memory on a fresh process: after load, freed buffers the allocator keeps would hide
+        // the growth.
+        for (name, argv, http, https) in proxies.iter().filter(|p| only(p.0).is_none()) {
+            let proc = started(argv, *https)?;
             // nsenter execs taskset, which execs the proxy: the child's pid is the proxy's.
-            let pid = proc.0.id();
-            let only: Option<&[&str]> = match *name {
-                "sluice-bp" => Some(&BUSY_POLL_MODES),
-                SAME_SUITES => Some(&["tls-handshake"]),
-                FLOOR => Some(&["http1-keepalive"]),
-                _ => None,
-            };
-            // Memory first, on a fresh process: after the load, freed buffers the allocator keeps
-            // would hide the growth.
-            if only.is_none() {
-                memory.push((name.to_string(), idle_memory_per_connection(pid, *http, IDLE_CONNECTIONS)?));
+            memory
+                .push((name.to_string(), idle_memory_per_connection(proc.0.id(), *http, IDLE_CONNECTIONS)?));
+            stopped(proc);
+        }
+        // Each mode's proxies one after another, seconds apart, in the opposite order the next
+        // round: the VM's speed drifts within minutes, and a ratio of samples taken far apart
+        // measured the drift as much as the proxies.
+        for mode in modes {
+            let mut order: Vec<_> =
+                proxies.iter().filter(|p| only(p.0).is_none_or(|only| only.contains(&mode))).collect();
+            if round % 2 == 0 {
+                order.reverse();
             }
-            for mode in modes.into_iter().filter(|m| only.is_none_or(|only| only.contains(m))) {
+            for (name, argv, http, https) in order {
+                let proc = started(argv, *https)?;
                 let url = match mode {
                     "http1-keepalive" => format!("http://127.0.0.1:{http}/"),
                     _ => format!("https://127.0.0.1:{https}/"),
                 };
-                let sample = load(pid, mode, &url, seconds)?;
-                table.push((mode.to_owned(), name.to_string(), sample));
+                table.push((mode.to_owned(), name.to_string(), load(proc.0.id(), mode, &url, seconds)?));
+                stopped(proc);
             }
-            drop(proc);
-            let _ = std::fs::remove_dir_all("/sys/fs/bpf/sluice-bench-l7");
         }
         println!("\nround {round}:");
         println!(
@@ -415,7 +435,9 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
             "mode", "proxy", "req/s", "p50 ms", "p99 ms", "cpu us/req", "other", "sluice/best"
         );
         for mode in modes {
-            let rows: Vec<&(String, String, Sample)> = table.iter().filter(|(m, _, _)| m == mode).collect();
+            let mut rows: Vec<&(String, String, Sample)> =
+                table.iter().filter(|(m, _, _)| m == mode).collect();
+            rows.sort_by_key(|(_, p, _)| proxies.iter().position(|q| q.0 == p));
             let best_peer = rows
                 .iter()
                 .filter(|(_, p, _)| !p.starts_with("sluice") && p != SAME_SUITES && p != FLOOR)
