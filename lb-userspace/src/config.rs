@@ -204,6 +204,9 @@ pub struct Listener {
     pub handshake_timeout: Duration,
     /// A connection whose first request has not begun by then is closed.
     pub first_byte_timeout: Duration,
+    /// The kernel hands a connection to lbd once its first bytes arrive (`TCP_DEFER_ACCEPT`),
+    /// or after about a second without any.
+    pub defer_accept: bool,
     /// A connection with no request in flight and no byte either way for this long is closed.
     pub idle_timeout: Duration,
     pub max_body_bytes: u64,

@@ -215,6 +215,10 @@ fn root_l7_hygiene_silent_and_stalled_connections_time_out() -> Result<()> {
     // 500 plain sockets that send nothing, 200 TLS sockets stalled inside their ClientHello
     // (a record header announcing 512 bytes, then 6 of them).
     let silent = bed.idle_sockets(80, 500, b"")?;
+    // The kernel holds them until they send or about a second passes (`defer_accept`): lbd has
+    // not taken them yet.
+    let open = metric(&bed.metrics()?, "sluice_http_connections{listener=\"plain\"}");
+    assert!(open < 500.0, "{open} silent connections accepted at once");
     let stalled =
         bed.idle_sockets(443, 200, &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03])?;
     // Meanwhile a normal client keeps getting answers.
@@ -222,7 +226,9 @@ fn root_l7_hygiene_silent_and_stalled_connections_time_out() -> Result<()> {
         assert_eq!(bed.status(&format!("http://{VIP}/"), &[])?, "200");
         assert_eq!(bed.status("https://example.test/", &[])?, "200");
     }
-    std::thread::sleep(Duration::from_millis(1800));
+    // The kernel hands a silent connection over after about a second (`defer_accept`); the
+    // first-byte timeout (1 s) runs from then.
+    std::thread::sleep(Duration::from_millis(2800));
     let silent_closed = silent.iter().filter(|s| closed_by_server(s)).count();
     let stalled_closed = stalled.iter().filter(|s| closed_by_server(s)).count();
     assert_eq!(silent_closed, 500, "silent sockets still open after the first-byte timeout");
@@ -270,8 +276,9 @@ fn root_l7_hygiene_silent_and_stalled_connections_time_out() -> Result<()> {
 fn root_l7_hygiene_full_listener_closes_idle_first_and_descriptor_limit() -> Result<()> {
     let bed = Bed::new("hyg-limits")?;
     // max_connections = 50, all taken by idle sockets: a new client is still served.
+    // (Silent sockets: the kernel hands them over after about a second, `defer_accept`.)
     let idle = bed.idle_sockets(8080, 50, b"")?;
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(1800));
     assert_eq!(bed.status(&format!("http://{VIP}:8080/"), &[])?, "200", "locked out by idle sockets");
     assert!(idle.iter().any(closed_by_server), "no idle connection made room");
     drop(idle);

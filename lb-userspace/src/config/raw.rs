@@ -41,6 +41,8 @@ pub(super) struct RawListener {
     pub(super) header_read_timeout_ms: Option<u64>,
     pub(super) handshake_timeout_ms: Option<u64>,
     pub(super) first_byte_timeout_ms: Option<u64>,
+    #[serde(default = "yes")]
+    pub(super) defer_accept: bool,
     pub(super) idle_timeout_ms: Option<u64>,
     pub(super) max_body_bytes: Option<u64>,
     pub(super) max_header_bytes: Option<usize>,

@@ -213,6 +213,16 @@ fn access_log_format_is_logfmt_or_json() {
 }
 
 #[test]
+fn listeners_defer_accept_unless_told_not_to() {
+    let listener = |extra: &str| {
+        let text = format!("{BASE}[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n{extra}");
+        Config::parse(Path::new("t.toml"), &text).unwrap().listeners.remove(0)
+    };
+    assert!(listener("").defer_accept);
+    assert!(!listener("defer_accept = false\n").defer_accept);
+}
+
+#[test]
 fn busy_polling_is_short_by_default_and_bounded() {
     let busy = |us: &str| format!("[proxy]\nbusy_poll_us = {us}\n{BASE}");
     assert_eq!(Config::parse(Path::new("t.toml"), BASE).unwrap().busy_poll, Duration::from_micros(40));

@@ -127,6 +127,7 @@ pub(in crate::config) fn check(
             header_read_timeout: Duration::from_millis(raw.header_read_timeout_ms.unwrap_or(10_000)),
             handshake_timeout: Duration::from_millis(raw.handshake_timeout_ms.unwrap_or(10_000)),
             first_byte_timeout: Duration::from_millis(raw.first_byte_timeout_ms.unwrap_or(10_000)),
+            defer_accept: raw.defer_accept,
             idle_timeout: Duration::from_millis(raw.idle_timeout_ms.unwrap_or(60_000)),
             max_body_bytes: raw.max_body_bytes.unwrap_or(10 << 20),
             max_header_bytes: raw.max_header_bytes.unwrap_or(16 << 10),
