@@ -132,6 +132,13 @@ fn root_live_view_page_shows_what_the_admin_api_says() -> Result<()> {
     Ok(())
 }
 
+/// Whether a backend's row in `lbctl top` shows both kinds of traffic moving (its numbers:
+/// weight, share, packets/s, new flows/s, requests/s, …).
+fn moving(row: &str) -> bool {
+    let numbers: Vec<f64> = row.split_whitespace().filter_map(|w| w.trim_matches('│').parse().ok()).collect();
+    numbers.len() >= 5 && numbers[2] > 0.0 && numbers[4] > 0.0
+}
+
 #[test]
 fn root_live_view_lbctl_top_in_tmux() -> Result<()> {
     let bed = MixedBed::start("top", "")?;
@@ -151,8 +158,21 @@ fn root_live_view_lbctl_top_in_tmux() -> Result<()> {
             scope.spawn(move || client.command("wrk").args(["-t1", "-c16", "-d4s", &url]).output());
         }
         tmux(&["new-session", "-d", "-s", "top", "-x", "150", "-y", "24", &top])?;
-        std::thread::sleep(Duration::from_millis(2500));
-        tmux(&["capture-pane", "-p", "-t", "top"])
+        // Rates need two of lbctl top's samples: the screen is read until every backend's row
+        // shows traffic, for as long as the load runs (a slow machine took over 2.5 s).
+        let started = std::time::Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let screen = tmux(&["capture-pane", "-p", "-t", "top"])?;
+            let all_moving = bed
+                .topology
+                .backends
+                .iter()
+                .all(|b| screen.lines().find(|l| l.contains(&b.addr4.to_string())).is_some_and(moving));
+            if all_moving || started.elapsed() >= Duration::from_millis(3500) {
+                break Ok(screen);
+            }
+        }
     })?;
     println!("{screen}");
     if let Some(dir) = std::env::var_os("SLUICE_CAPTURE") {
@@ -165,14 +185,7 @@ fn root_live_view_lbctl_top_in_tmux() -> Result<()> {
     for backend in &bed.topology.backends {
         let row =
             screen.lines().find(|l| l.contains(&backend.addr4.to_string())).context("a backend's row")?;
-        let numbers: Vec<f64> =
-            row.split_whitespace().filter_map(|w| w.trim_matches('│').parse().ok()).collect();
-        // weight, share, packets/s, new flows/s, requests/s, …: traffic moves both kinds.
-        ensure!(
-            numbers.len() >= 5 && numbers[2] > 0.0 && numbers[4] > 0.0,
-            "no rates for {}: {row}",
-            backend.addr4
-        );
+        ensure!(moving(row), "no rates for {}: {row}", backend.addr4);
         ensure!(row.contains(" up "), "{row}");
     }
     let vip_row =
