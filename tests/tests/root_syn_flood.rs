@@ -273,15 +273,17 @@ fn root_syn_cookies_answer_a_spread_flood_in_xdp() -> Result<()> {
     }
 
     // Real connections alone: each SYN answered in XDP, each ACK checked there and passed to
-    // SYNPROXY, which opens the connection to lbd.
+    // SYNPROXY, which opens the connection to lbd. curl gets 5 s: on a slow machine one IPv6
+    // connection of 20 missed 2 s now and then (a resent segment's 1 s, twice), here and in
+    // earlier sessions.
     let before = counters(&bed)?;
     let script = format!(
-        "ok=0; for i in $(seq 20); do curl -s -o /dev/null --max-time 2 http://{L7}/ && ok=$((ok+1)); done; echo $ok"
+        "ok=0; for i in $(seq 20); do curl -s -o /dev/null --max-time 5 http://{L7}/ && ok=$((ok+1)); done; echo $ok"
     );
     let quiet = bed.topology.client.run("sh", &["-c", &script])?;
     assert_eq!(String::from_utf8_lossy(&quiet.stdout).trim(), "20", "connections through SYN cookies");
     let script6 = format!(
-        "ok=0; for i in $(seq 20); do curl -gs -o /dev/null --max-time 2 http://[{L7_V6}]/ && ok=$((ok+1)); done; echo $ok"
+        "ok=0; for i in $(seq 20); do curl -gs -o /dev/null --max-time 5 http://[{L7_V6}]/ && ok=$((ok+1)); done; echo $ok"
     );
     let quiet6 = bed.topology.client.run("sh", &["-c", &script6])?;
     assert_eq!(String::from_utf8_lossy(&quiet6.stdout).trim(), "20", "IPv6 connections through SYN cookies");
