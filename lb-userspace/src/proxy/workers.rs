@@ -46,8 +46,9 @@ const DEFER_ACCEPT_SECONDS: libc::c_int = 1;
 /// `TCP_DEFER_ACCEPT` on or off. On, a client's connection is accepted with its first bytes (a
 /// request, a ClientHello: HTTP and TLS clients speak first), so the worker takes both in one
 /// wake-up instead of accepting, reading nothing and waiting again. Measured on new TLS
-/// handshakes: 11–16% less CPU per handshake, the rate unchanged (docs/performance.md). A connection that sends
-/// nothing is handed over after about a second and then has its first-byte timeout.
+/// handshakes: 11–16% less CPU per handshake, the rate unchanged (docs/performance.md). A
+/// connection that sends nothing is handed over after about a second and then has its
+/// first-byte timeout.
 fn defer_accept(socket: &std::net::TcpListener, on: bool) -> std::io::Result<()> {
     let seconds: libc::c_int = if on { DEFER_ACCEPT_SECONDS } else { 0 };
     // SAFETY: setsockopt on an open socket with a pointer to a c_int and its size.
