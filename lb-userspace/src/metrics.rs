@@ -48,7 +48,7 @@ fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Label
 }
 
 /// lbd's resident memory in bytes, from /proc.
-fn process_rss() -> u64 {
+pub(crate) fn process_rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()

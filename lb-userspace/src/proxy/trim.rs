@@ -34,12 +34,7 @@ pub async fn trimmer() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// This process's resident memory.
-    fn resident() -> usize {
-        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-        statm.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * 4096
-    }
+    use crate::metrics::process_rss;
 
     /// Allocates `bytes` with mimalloc (the tests' own allocator is the system's) in 1 KiB blocks
     /// it touches, as a burst of connections does, frees them, and counts it as work.
@@ -64,15 +59,15 @@ mod tests {
 
     /// Resident memory right after a 64 MiB burst is freed on a worker that runs the trimmer,
     /// and after `wait`. (Without the trimmer it stays: measured 79.9 and 80.3 MB.)
-    fn after_burst(wait: Duration) -> (usize, usize) {
+    fn after_burst(wait: Duration) -> (u64, u64) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async move {
             tokio::spawn(trimmer());
             tokio::task::yield_now().await;
             burst(64 << 20);
-            let freed = resident();
+            let freed = process_rss();
             tokio::time::sleep(wait).await;
-            (freed, resident())
+            (freed, process_rss())
         })
     }
 
