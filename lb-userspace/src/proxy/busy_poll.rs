@@ -74,7 +74,7 @@ pub fn before_park() {
     SPIN.with_borrow_mut(|spin| {
         let Some(spin) = spin else { return };
         let now = Instant::now();
-        let work = WORK.with(Cell::get);
+        let work = work();
         let ran = now.saturating_duration_since(spin.unparked);
         let worked = work != spin.seen;
         match worked {
@@ -125,7 +125,7 @@ pub fn spinner(budget: Duration) -> impl Future<Output = ()> {
                 let now = Instant::now();
                 Spin {
                     budget,
-                    seen: WORK.with(Cell::get),
+                    seen: work(),
                     until: now + budget,
                     spinner: None,
                     unparked: now,
