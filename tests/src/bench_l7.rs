@@ -10,7 +10,12 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{netns::run, pki::TestCa, servers::TempDir};
+use crate::{
+    l7_targets::{self, Round, Row},
+    netns::run,
+    pki::TestCa,
+    servers::TempDir,
+};
 
 const NS: &str = "slbench";
 const BACKENDS: [u16; 2] = [18081, 18082];
@@ -284,6 +289,8 @@ const SAME_SUITES: &str = "nginx-128";
 const FLOOR: &str = "forward";
 /// Where the forwarder listens.
 const FLOOR_PORT: u16 = 6080;
+/// Rows measured for reference, not peers: not in `sluice/best` nor in the verdict.
+const REFERENCES: [&str; 2] = [SAME_SUITES, FLOOR];
 
 /// Runs the whole comparison and prints it.
 pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
@@ -398,8 +405,9 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
         drop(proc);
         let _ = std::fs::remove_dir_all("/sys/fs/bpf/sluice-bench-l7");
     };
+    let mut all = Vec::new();
     for round in 1..=rounds {
-        let mut table: Vec<(String, String, Sample)> = Vec::new();
+        let mut table: Vec<Row> = Vec::new();
         let mut memory: Vec<(String, f64)> = Vec::new();
         // Memory on a fresh process: after load, freed buffers the allocator keeps would hide
         // the growth.
@@ -430,69 +438,78 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
             }
         }
         println!("\nround {round}:");
-        println!(
-            "{:<16} {:<9} {:>10} {:>9} {:>9} {:>10} {:>7} {:>14}",
-            "mode", "proxy", "req/s", "p50 ms", "p99 ms", "cpu us/req", "other", "sluice/best"
-        );
-        for mode in modes {
-            let mut rows: Vec<&(String, String, Sample)> =
-                table.iter().filter(|(m, _, _)| m == mode).collect();
-            rows.sort_by_key(|(_, p, _)| proxies.iter().position(|q| q.0 == p));
-            let best_peer = rows
-                .iter()
-                .filter(|(_, p, _)| !p.starts_with("sluice") && p != SAME_SUITES && p != FLOOR)
-                .map(|(_, _, s)| s.rps)
-                .fold(0.0, f64::max);
-            for (m, p, s) in &rows {
-                let ratio = if p.starts_with("sluice") && best_peer > 0.0 {
-                    format!("{:.2}x", s.rps / best_peer)
-                } else {
-                    String::new()
-                };
-                println!(
-                    "{m:<16} {p:<9} {:>10.0} {:>9.2} {:>9.2} {:>10.1} {:>6.0}% {:>14}",
-                    s.rps,
-                    s.p50_ms,
-                    s.p99_ms,
-                    s.cpu_us_per_request,
-                    s.other_cpu * 100.0,
-                    ratio
-                );
-            }
-            let row = |proxy: &str| rows.iter().find(|(_, p, _)| p == proxy).map(|(_, _, s)| s);
-            if let (Some(sluice), Some(floor)) = (row("sluice"), row(FLOOR))
-                && best_peer > 0.0
-            {
-                println!(
-                    "{mode:<16} sluice/{FLOOR}: {:.2}x; {FLOOR}/best peer: {:.2}x",
-                    sluice.rps / floor.rps,
-                    floor.rps / best_peer
-                );
-            }
-            if let (Some(sluice), Some(same)) = (row("sluice"), row(SAME_SUITES)) {
-                println!(
-                    "{mode:<16} sluice/{SAME_SUITES}: {:.2}x the rate, {:.2}x the CPU per request",
-                    sluice.rps / same.rps,
-                    sluice.cpu_us_per_request / same.cpu_us_per_request
-                );
-            }
-        }
-        let best_peer =
-            memory.iter().filter(|(p, _)| p != "sluice").map(|(_, b)| *b).fold(f64::MAX, f64::min);
-        println!(
-            "\nmemory per idle keep-alive connection ({IDLE_CONNECTIONS} open, one request each, plain HTTP):"
-        );
-        for (proxy, bytes) in &memory {
-            let ratio = if proxy == "sluice" && best_peer >= 1.0 {
-                format!("{:.2}x the smallest peer", bytes / best_peer)
-            } else {
-                String::new()
-            };
-            println!("{proxy:<8} {:>8.1} KiB  {ratio}", bytes / 1024.0);
-        }
+        print_round(&table, &memory, &proxies.iter().map(|p| p.0).collect::<Vec<_>>(), &modes);
+        all.push(Round { table, memory });
+    }
+    println!();
+    for line in l7_targets::verdict(&all, &REFERENCES) {
+        println!("{line}");
     }
     drop(backends);
     Ok(())
+}
+
+/// Prints one round: each mode's rows in `order`, Sluice's rate against the best peer's, the
+/// references' lines, and the memory per idle connection.
+fn print_round(table: &[Row], memory: &[(String, f64)], order: &[&str], modes: &[&str]) {
+    println!(
+        "{:<16} {:<9} {:>10} {:>9} {:>9} {:>10} {:>7} {:>14}",
+        "mode", "proxy", "req/s", "p50 ms", "p99 ms", "cpu us/req", "other", "sluice/best"
+    );
+    for mode in modes {
+        let mut rows: Vec<&Row> = table.iter().filter(|(m, _, _)| m == mode).collect();
+        rows.sort_by_key(|(_, p, _)| order.iter().position(|q| q == p));
+        let best_peer = rows
+            .iter()
+            .filter(|(_, p, _)| !p.starts_with("sluice") && !REFERENCES.contains(&p.as_str()))
+            .map(|(_, _, s)| s.rps)
+            .fold(0.0, f64::max);
+        for (m, p, s) in &rows {
+            let ratio = if p.starts_with("sluice") && best_peer > 0.0 {
+                format!("{:.2}x", s.rps / best_peer)
+            } else {
+                String::new()
+            };
+            println!(
+                "{m:<16} {p:<9} {:>10.0} {:>9.2} {:>9.2} {:>10.1} {:>6.0}% {:>14}",
+                s.rps,
+                s.p50_ms,
+                s.p99_ms,
+                s.cpu_us_per_request,
+                s.other_cpu * 100.0,
+                ratio
+            );
+        }
+        let row = |proxy: &str| rows.iter().find(|(_, p, _)| p == proxy).map(|(_, _, s)| s);
+        if let (Some(sluice), Some(floor)) = (row("sluice"), row(FLOOR))
+            && best_peer > 0.0
+        {
+            println!(
+                "{mode:<16} sluice/{FLOOR}: {:.2}x; {FLOOR}/best peer: {:.2}x",
+                sluice.rps / floor.rps,
+                floor.rps / best_peer
+            );
+        }
+        if let (Some(sluice), Some(same)) = (row("sluice"), row(SAME_SUITES)) {
+            println!(
+                "{mode:<16} sluice/{SAME_SUITES}: {:.2}x the rate, {:.2}x the CPU per request",
+                sluice.rps / same.rps,
+                sluice.cpu_us_per_request / same.cpu_us_per_request
+            );
+        }
+    }
+    let best_peer = memory.iter().filter(|(p, _)| p != "sluice").map(|(_, b)| *b).fold(f64::MAX, f64::min);
+    println!(
+        "\nmemory per idle keep-alive connection ({IDLE_CONNECTIONS} open, one request each, plain HTTP):"
+    );
+    for (proxy, bytes) in memory {
+        let ratio = if proxy == "sluice" && best_peer >= 1.0 {
+            format!("{:.2}x the smallest peer", bytes / best_peer)
+        } else {
+            String::new()
+        };
+        println!("{proxy:<8} {:>8.1} KiB  {ratio}", bytes / 1024.0);
+    }
 }
 
 /// Runs `f` on drop.

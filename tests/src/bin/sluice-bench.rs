@@ -185,7 +185,10 @@ fn main() -> Result<()> {
         unsafe { std::env::set_var("RUST_LOG", "warn") };
     }
     let seconds = std::env::var("SLUICE_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
-    let rounds = std::env::var("SLUICE_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    // l7: three rounds, so that the verdict's medians outvote one disturbed run.
+    let default_rounds = if what == "l7" { 3 } else { 2 };
+    let rounds =
+        std::env::var("SLUICE_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default_rounds);
     if what == "l7" {
         return sluice_tests::bench_l7::run_bench(seconds, rounds);
     }

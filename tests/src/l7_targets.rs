@@ -1,0 +1,183 @@
+//! `bench l7`'s verdict: each of issue #8's targets as the median over the rounds, beside the
+//! target, met or not.
+//!
+//! Why medians: on the shared VM one 5 s run of one proxy can come out 30% slow, or with a p99
+//! five times its usual, and a target read from a single round is then a draw. The median of
+//! three rounds keeps one such run from deciding.
+use crate::bench_l7::Sample;
+
+/// One measurement: the mode, the proxy, what was measured.
+pub type Row = (String, String, Sample);
+
+/// What one round measured: the load table and the memory per idle connection (bytes).
+pub struct Round {
+    pub table: Vec<Row>,
+    pub memory: Vec<(String, f64)>,
+}
+
+/// Whether a row is a peer's: not Sluice's own, nor one of the bench's references.
+fn is_peer(proxy: &str, references: &[&str]) -> bool {
+    !proxy.starts_with("sluice") && !references.contains(&proxy)
+}
+
+/// The median, NaN for none.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| !v.is_nan());
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "not met" }
+}
+
+/// Per round, Sluice's sample in `mode` and the peers' best of `pick` (max or min of a field).
+fn per_round(
+    rounds: &[Round],
+    mode: &str,
+    references: &[&str],
+    field: fn(&Sample) -> f64,
+    best: fn(f64, f64) -> f64,
+    start: f64,
+) -> Vec<(f64, f64)> {
+    rounds
+        .iter()
+        .filter_map(|round| {
+            let rows = || round.table.iter().filter(|(m, _, _)| m == mode);
+            let sluice = rows().find(|(_, p, _)| p == "sluice").map(|(_, _, s)| field(s))?;
+            let peers = rows().filter(|(_, p, _)| is_peer(p, references)).map(|(_, _, s)| field(s));
+            let peer = peers.fold(start, best);
+            (peer != start).then_some((sluice, peer))
+        })
+        .collect()
+}
+
+/// The verdict's lines: for each mode its rate target and p99, the handshake's CPU, and the
+/// idle connection's memory.
+pub fn verdict(rounds: &[Round], references: &[&str]) -> Vec<String> {
+    let mut lines = vec![format!("against issue #8's targets (median of {} rounds):", rounds.len())];
+    let modes = [("http1-keepalive", 1.1), ("tls-keepalive", 1.1), ("tls-handshake", 1.0), ("h2", 1.0)];
+    for (mode, target) in modes {
+        let rates = per_round(rounds, mode, references, |s| s.rps, f64::max, 0.0);
+        if rates.is_empty() {
+            continue;
+        }
+        let ratios: Vec<f64> = rates.iter().map(|(s, p)| s / p).collect();
+        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        let rate = median(ratios.clone());
+        let mut line = format!(
+            "{mode:<16} rate {rate:.2}x the best peer's (rounds {}; target >= {target:.1}x): {}",
+            each.join(" "),
+            met(rate >= target)
+        );
+        if mode == "tls-handshake" {
+            let cpu = per_round(rounds, mode, references, |s| s.cpu_us_per_request, f64::min, f64::MAX);
+            let cpu = median(cpu.iter().map(|(s, p)| s / p).collect());
+            line += &format!(
+                "; CPU per handshake {cpu:.2}x the thriftiest peer's (target <= 0.9x): {}",
+                met(cpu <= 0.9)
+            );
+        }
+        let p99 = per_round(rounds, mode, references, |s| s.p99_ms, f64::min, f64::MAX);
+        let (sluice, peer) =
+            (median(p99.iter().map(|(s, _)| *s).collect()), median(p99.iter().map(|(_, p)| *p).collect()));
+        if sluice.is_nan() {
+            line += "; p99: none reported";
+        } else {
+            let rounds_met = p99.iter().filter(|(s, p)| s <= p).count();
+            line += &format!(
+                "; p99 {sluice:.2} ms against the best peer's {peer:.2} (met in {rounds_met} of {} rounds; target <=): {}",
+                p99.len(),
+                met(sluice <= peer)
+            );
+        }
+        lines.push(line);
+    }
+    let memory: Vec<f64> = rounds
+        .iter()
+        .flat_map(|round| round.memory.iter().filter(|(p, _)| p == "sluice").map(|(_, bytes)| bytes / 1024.0))
+        .collect();
+    if !memory.is_empty() {
+        let kib = median(memory);
+        lines.push(format!(
+            "{:<16} {kib:.1} KiB per idle connection (target <= 1.5 KiB): {}",
+            "idle",
+            met(kib <= 1.5)
+        ));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(rps: f64, p99_ms: f64, cpu_us_per_request: f64) -> Sample {
+        Sample { rps, p50_ms: 1.0, p99_ms, cpu_us_per_request, other_cpu: 0.0 }
+    }
+
+    fn row(mode: &str, proxy: &str, s: Sample) -> Row {
+        (mode.into(), proxy.into(), s)
+    }
+
+    /// A round: Sluice at `rps` (p99 `p99`), HAProxy at 100 req/s (p99 3 ms), nginx at 90
+    /// (p99 2 ms), a reference far ahead, and `kib` per idle connection.
+    fn round(rps: f64, p99: f64, kib: f64) -> Round {
+        let mut table = Vec::new();
+        for mode in ["http1-keepalive", "tls-handshake"] {
+            table.push(row(mode, "sluice", sample(rps, p99, 70.0)));
+            table.push(row(mode, "haproxy", sample(100.0, 3.0, 120.0)));
+            table.push(row(mode, "nginx", sample(90.0, 2.0, 100.0)));
+            table.push(row(mode, "forward", sample(1000.0, 0.1, 1.0)));
+        }
+        Round { table, memory: vec![("sluice".into(), kib * 1024.0), ("nginx".into(), 800.0)] }
+    }
+
+    #[test]
+    fn one_slow_round_does_not_decide() {
+        let rounds = [round(115.0, 1.5, 1.0), round(60.0, 9.0, 1.0), round(112.0, 1.8, 2.0)];
+        let lines = verdict(&rounds, &["forward"]);
+        let http = &lines[1];
+        assert!(http.starts_with("http1-keepalive  rate 1.12x"), "{http}");
+        assert!(http.contains("rounds 1.15 0.60 1.12"), "{http}");
+        assert!(http.contains("target >= 1.1x): met"), "{http}");
+        // p99: Sluice's median 1.8 ms against the best peer's (nginx) 2.0.
+        assert!(http.contains("p99 1.80 ms against the best peer's 2.00 (met in 2 of 3 rounds"), "{http}");
+        let handshake = &lines[2];
+        // CPU against the thriftiest peer (nginx, 100 µs), not the reference's 1 µs.
+        assert!(handshake.contains("CPU per handshake 0.70x"), "{handshake}");
+        assert_eq!(lines[3], "idle             1.0 KiB per idle connection (target <= 1.5 KiB): met");
+    }
+
+    #[test]
+    fn a_target_missed_says_so() {
+        let rounds = [round(104.0, 2.5, 1.6), round(108.0, 2.1, 1.7)];
+        let lines = verdict(&rounds, &["forward"]);
+        assert!(lines[0].contains("median of 2 rounds"));
+        assert!(lines[1].contains("rate 1.06x") && lines[1].contains(">= 1.1x): not met"), "{}", lines[1]);
+        assert!(
+            lines[1].contains(
+                "p99 2.30 ms against the best peer's 2.00 (met in 0 of 2 rounds; target <=): not met"
+            )
+        );
+        assert!(lines[3].ends_with("(target <= 1.5 KiB): not met"), "{}", lines[3]);
+    }
+
+    #[test]
+    fn no_p99_is_said_plainly() {
+        let rounds = [Round {
+            table: vec![
+                row("h2", "sluice", sample(120.0, f64::NAN, 1.0)),
+                row("h2", "nginx", sample(100.0, f64::NAN, 1.0)),
+            ],
+            memory: Vec::new(),
+        }];
+        let lines = verdict(&rounds, &[]);
+        assert_eq!(lines.len(), 2);
+        assert!(lines[1].ends_with("p99: none reported"), "{}", lines[1]);
+    }
+}
