@@ -461,7 +461,7 @@ fn print_round(table: &[Row], memory: &[(String, f64)], order: &[&str], modes: &
         rows.sort_by_key(|(_, p, _)| order.iter().position(|q| q == p));
         let best_peer = rows
             .iter()
-            .filter(|(_, p, _)| !p.starts_with("sluice") && !REFERENCES.contains(&p.as_str()))
+            .filter(|(_, p, _)| l7_targets::is_peer(p, &REFERENCES))
             .map(|(_, _, s)| s.rps)
             .fold(0.0, f64::max);
         for (m, p, s) in &rows {

@@ -16,7 +16,7 @@ pub struct Round {
 }
 
 /// Whether a row is a peer's: not Sluice's own, nor one of the bench's references.
-fn is_peer(proxy: &str, references: &[&str]) -> bool {
+pub fn is_peer(proxy: &str, references: &[&str]) -> bool {
     !proxy.starts_with("sluice") && !references.contains(&proxy)
 }
 
