@@ -42,7 +42,8 @@ fn met(ok: bool) -> &'static str {
     if ok { "met" } else { "not met" }
 }
 
-/// Per round, Sluice's sample in `mode` and the peers' best of `pick` (max or min of a field).
+/// Per round, Sluice's `field` in `mode` and the peers' best (`best` folded from `start`: `max`
+/// from 0 or `min` from `f64::MAX`); a round without Sluice or a peer value is left out.
 fn per_round(
     rounds: &[Round],
     mode: &str,
