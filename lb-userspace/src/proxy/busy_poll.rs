@@ -185,10 +185,11 @@ mod tests {
         let asleep = cpu_while_waiting(Duration::ZERO);
         assert!(asleep.iter().all(|u| *u < Duration::from_millis(15)), "no budget, yet used {asleep:?}");
         let [started, worked, idle] = cpu_while_waiting(Duration::from_millis(60));
-        // About the budget (a busy VM may take some of that time away), and no more: spinning
-        // on, the worker would use the whole 300 ms.
+        // About the budget, and no more: spinning on, the worker would use the whole 300 ms. A
+        // busy machine (tests run side by side on two cores) may take much of the budget's time
+        // away, so the floor only tells spinning (tens of ms) from sleeping (none).
         let about_budget =
-            |used: Duration| used >= Duration::from_millis(20) && used <= Duration::from_millis(180);
+            |used: Duration| used >= Duration::from_millis(15) && used <= Duration::from_millis(180);
         assert!(about_budget(started) && about_budget(worked), "spun {started:?} and {worked:?} of 300 ms");
         assert!(idle < Duration::from_millis(15), "no work, yet spun {idle:?}");
     }
@@ -218,8 +219,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(300)).await;
             thread_cpu() - before
         });
-        // SATURATED_FACTOR budgets (80 ms), not one (10 ms) and not the whole wait.
-        let expected = budget * SATURATED_FACTOR;
-        assert!(spun >= expected / 2 && spun <= Duration::from_millis(200), "saturated, spun {spun:?}");
+        // SATURATED_FACTOR budgets (80 ms), not one (10 ms at most, however busy the machine)
+        // and not the whole wait.
+        assert!(spun >= budget * 2 && spun <= Duration::from_millis(200), "saturated, spun {spun:?}");
     }
 }
