@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     num::NonZeroUsize,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -37,15 +37,84 @@ impl Cached {
     }
 }
 
-/// One route's cache.
+/// One route's cache. Every part is bounded, whatever the clients ask for: entries by count and
+/// bytes, Vary records by the entries' count, misses in flight by the requests waiting on them.
 struct RouteCache {
     config: CacheConfig,
     entries: LruCache<String, Cached>,
     bytes: usize,
-    /// Header names a path's answers Vary on (to build keys for later requests).
-    vary: HashMap<String, Vec<String>>,
-    /// Misses being fetched: later requests of the same key wait for the first.
-    pending: HashMap<String, Arc<OnceCell<Fill>>>,
+    /// Header names a path's answers Vary on (to build keys for later requests). A record
+    /// pushed out costs its path's next request a miss, which records it again.
+    vary: LruCache<String, Vec<String>>,
+    /// Misses being fetched: later requests of the same key wait for the first. The requests
+    /// hold the cell; a fill whose requests have all gone (clients that left before the answer)
+    /// leaves a dead entry here, swept once the map has doubled since the last sweep.
+    pending: HashMap<String, Weak<OnceCell<Fill>>>,
+    sweep_at: usize,
+}
+
+/// The fewest entries `pending` holds before a sweep.
+const SWEEP_FLOOR: usize = 64;
+
+impl RouteCache {
+    fn new(config: &CacheConfig) -> RouteCache {
+        let cap = capacity(config);
+        RouteCache {
+            config: config.clone(),
+            entries: LruCache::new(cap),
+            bytes: 0,
+            vary: LruCache::new(cap),
+            pending: HashMap::new(),
+            sweep_at: SWEEP_FLOOR,
+        }
+    }
+
+    /// Takes a reloaded route's limits: what no longer fits goes, oldest first.
+    fn reconfigure(&mut self, config: &CacheConfig) {
+        if self.config == *config {
+            return;
+        }
+        self.config = config.clone();
+        let cap = capacity(config);
+        while self.entries.len() > cap.get() {
+            self.pop_oldest();
+        }
+        self.entries.resize(cap);
+        self.vary.resize(cap);
+        self.shed_bytes();
+    }
+
+    fn pop_oldest(&mut self) -> bool {
+        match self.entries.pop_lru() {
+            Some((_, old)) => {
+                self.bytes -= old.body.len();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn shed_bytes(&mut self) {
+        while self.bytes > self.config.max_bytes && self.pop_oldest() {}
+    }
+
+    /// The cell of a miss being fetched, or a new one (the caller fetches).
+    fn pending(&mut self, key: &str) -> Arc<OnceCell<Fill>> {
+        if let Some(cell) = self.pending.get(key).and_then(Weak::upgrade) {
+            return cell;
+        }
+        let cell = Arc::new(OnceCell::new());
+        self.pending.insert(key.to_owned(), Arc::downgrade(&cell));
+        if self.pending.len() >= self.sweep_at {
+            self.pending.retain(|_, cell| cell.strong_count() > 0);
+            self.sweep_at = (self.pending.len() * 2).max(SWEEP_FLOOR);
+        }
+        cell
+    }
+}
+
+fn capacity(config: &CacheConfig) -> NonZeroUsize {
+    NonZeroUsize::new(config.max_entries.max(1)).expect("at least one")
 }
 
 /// What the requests waiting on one miss get.
@@ -103,13 +172,8 @@ fn base_key(method: &Method, host: &str, path: &str) -> String {
 impl CacheStore {
     fn with<T>(&self, route: &str, config: &CacheConfig, f: impl FnOnce(&mut RouteCache) -> T) -> T {
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        let cache = routes.entry(route.to_owned()).or_insert_with(|| RouteCache {
-            config: config.clone(),
-            entries: LruCache::new(NonZeroUsize::new(config.max_entries.max(1)).expect("at least one")),
-            bytes: 0,
-            vary: HashMap::new(),
-            pending: HashMap::new(),
-        });
+        let cache = routes.entry(route.to_owned()).or_insert_with(|| RouteCache::new(config));
+        cache.reconfigure(config);
         f(cache)
     }
 
@@ -145,7 +209,7 @@ impl CacheStore {
     ) -> Result<Cached, Arc<OnceCell<Fill>>> {
         self.with(route, config, |c| match c.entries.get(key).filter(|e| e.fresh()) {
             Some(hit) => Ok(hit.clone()),
-            None => Err(c.pending.entry(key.to_owned()).or_default().clone()),
+            None => Err(c.pending(key)),
         })
     }
 
@@ -177,18 +241,13 @@ impl CacheStore {
                     request_headers.get(name.as_str()).and_then(|v| v.to_str().ok()).unwrap_or_default(),
                 );
             }
-            c.vary.insert(base, vary);
+            c.vary.put(base, vary);
             let entry = Cached { status, headers, body, expires: Instant::now() + ttl };
             c.bytes += entry.body.len();
             if let Some((_, old)) = c.entries.push(full_key, entry.clone()) {
                 c.bytes -= old.body.len();
             }
-            while c.bytes > c.config.max_bytes {
-                match c.entries.pop_lru() {
-                    Some((_, old)) => c.bytes -= old.body.len(),
-                    None => break,
-                }
-            }
+            c.shed_bytes();
             Some(entry)
         })
     }
@@ -324,5 +383,75 @@ mod tests {
         );
         assert!(store.lookup("r", &config, &gzip_key).is_err(), "LRU by bytes");
         assert_eq!(store.purge("r", Some("/q")), 1);
+    }
+
+    /// How many entries, Vary records and misses in flight a route's cache holds.
+    fn miss(store: &CacheStore, config: &CacheConfig, key: &str) -> Arc<OnceCell<Fill>> {
+        store.lookup("r", config, key).err().expect("a miss")
+    }
+
+    fn held(store: &CacheStore, route: &str) -> (usize, usize, usize) {
+        let routes = store.routes.lock().unwrap();
+        let c = &routes[route];
+        (c.entries.len(), c.vary.len(), c.pending.len())
+    }
+
+    fn store_paths(
+        store: &CacheStore,
+        config: &CacheConfig,
+        paths: std::ops::Range<usize>,
+        body: &'static str,
+    ) {
+        for i in paths {
+            let path = format!("/p?{i}");
+            let answer = (StatusCode::OK, HeaderMap::new(), Bytes::from(body), Duration::from_secs(60));
+            store.finish("r", config, &HeaderMap::new(), (&Method::GET, "h", &path), Some(answer), "k");
+        }
+    }
+
+    #[test]
+    fn a_client_asking_for_ever_new_paths_fills_nothing_past_the_bounds() {
+        let store = CacheStore::default();
+        let config = CacheConfig { max_entries: 8, max_bytes: 1 << 20, max_object_bytes: 1024 };
+        // Every answer stored, each path new (a query string a request).
+        store_paths(&store, &config, 0..1000, "x");
+        let (entries, vary, _) = held(&store, "r");
+        assert_eq!((entries, vary), (8, 8), "Vary records outlived their entries");
+        // Misses whose clients all left before the answer: the cells are dropped unfilled.
+        for i in 0..1000 {
+            drop(store.lookup("r", &config, &format!("gone {i}")));
+        }
+        let (_, _, pending) = held(&store, "r");
+        assert!(pending <= SWEEP_FLOOR, "{pending} abandoned misses kept");
+        // A miss still waited on is shared, and a fresh cell replaces an abandoned one.
+        let first = miss(&store, &config, "live");
+        let second = miss(&store, &config, "live");
+        assert!(Arc::ptr_eq(&first, &second), "a second fill of one key");
+        let abandoned = miss(&store, &config, "gone 999");
+        assert!(!abandoned.initialized() && Arc::strong_count(&abandoned) == 1);
+    }
+
+    #[test]
+    fn a_reloaded_routes_new_limits_apply_at_once() {
+        let store = CacheStore::default();
+        let config = CacheConfig { max_entries: 10, max_bytes: 1000, max_object_bytes: 100 };
+        store_paths(&store, &config, 0..10, "0123456789");
+        assert_eq!(held(&store, "r").0, 10);
+        // Fewer entries: the oldest go, the newest stay.
+        let fewer = CacheConfig { max_entries: 3, ..config.clone() };
+        let key = |i: usize| store.key("r", &fewer, &Method::GET, "h", &format!("/p?{i}"), &HeaderMap::new());
+        assert!(store.lookup("r", &fewer, &key(9)).is_ok());
+        assert!(store.lookup("r", &fewer, &key(0)).is_err());
+        assert_eq!(held(&store, "r").0, 3);
+        // Fewer bytes: down to what fits. A smaller object limit refuses what it used to take.
+        let smaller = CacheConfig { max_entries: 3, max_bytes: 15, max_object_bytes: 5 };
+        drop(store.lookup("r", &smaller, "any"));
+        assert_eq!(held(&store, "r").0, 1, "one 10-byte entry fits in 15 bytes");
+        store_paths(&store, &smaller, 20..21, "0123456789");
+        let new_key = store.key("r", &smaller, &Method::GET, "h", "/p?20", &HeaderMap::new());
+        assert!(
+            store.lookup("r", &smaller, &new_key).is_err(),
+            "an object over the new max_object_bytes was stored"
+        );
     }
 }
