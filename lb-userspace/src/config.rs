@@ -21,7 +21,9 @@ mod validate;
 
 pub use errors::{ConfigError, ConfigErrors};
 pub use files::{MAX_FILE_BYTES, open_regular, read_file};
-use raw::{RawConfig, default_cache_bytes, default_cache_entries, default_cache_object};
+use raw::{
+    RawConfig, default_cache_bytes, default_cache_entries, default_cache_object, default_max_ejection_ms,
+};
 use validate::{Errors, blank_section, validate};
 
 /// How to attach XDP to the interface.
@@ -276,12 +278,22 @@ pub enum PathMatch {
 }
 
 /// Passive outlier ejection: a backend that fails this many requests in a row (connect error
-/// or 5xx) is marked down (for L4 too) for `ejection_ms`, longer each time it happens again.
+/// or 5xx) is marked down (for L4 too) for `ejection_ms`, longer each time it happens again,
+/// never longer than `max_ejection_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Outlier {
     pub consecutive_failures: u32,
     pub ejection_ms: u64,
+    #[serde(default = "default_max_ejection_ms")]
+    pub max_ejection_ms: u64,
+}
+
+impl Outlier {
+    /// How long the `times`th ejection in a row lasts.
+    pub fn ejection_time(&self, times: u32) -> Duration {
+        Duration::from_millis(self.ejection_ms.saturating_mul(times as u64).min(self.max_ejection_ms))
+    }
 }
 
 /// How the L7 proxy talks to a pool's backends.

@@ -107,6 +107,11 @@ pub(super) fn default_cache_entries() -> usize {
     10_000
 }
 
+/// Envoy's `max_ejection_time`.
+pub(super) fn default_max_ejection_ms() -> u64 {
+    300_000
+}
+
 pub(super) fn default_cache_bytes() -> usize {
     64 << 20
 }
@@ -228,7 +233,7 @@ pub(super) struct RawPool {
     pub(super) max_requests_per_backend: Option<usize>,
     #[serde(default)]
     pub(super) max_pending_requests: usize,
-    pub(super) outlier: Option<Outlier>,
+    pub(super) outlier: Option<Spanned<Outlier>>,
 }
 
 #[derive(Debug, Deserialize)]

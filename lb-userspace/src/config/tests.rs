@@ -340,3 +340,28 @@ fn cipher_suites_are_known_names_in_the_servers_order() {
     );
     assert_error(&listener(", cipher_suites = []"), "t.toml:6: listener `l`: cipher_suites lists none");
 }
+
+#[test]
+fn outlier_ejection_needs_a_streak_and_a_time_and_is_capped() {
+    let pool = |outlier: &str| {
+        format!(
+            "{BASE}[[pool]]\nname = \"web\"\nbackends = [{{ address = \"198.18.10.2\" }}]\noutlier = {outlier}\n"
+        )
+    };
+    let refused = "pool `web` outlier: consecutive_failures and ejection_ms must be at least 1";
+    for bad in [
+        "{ consecutive_failures = 0, ejection_ms = 1000 }",
+        "{ consecutive_failures = 5, ejection_ms = 0 }",
+        "{ consecutive_failures = 5, ejection_ms = 1000, max_ejection_ms = 999 }",
+    ] {
+        let found = errors(&pool(bad));
+        assert!(found.iter().any(|e| e.starts_with("t.toml:6:") && e.contains(refused)), "{bad}: {found:?}");
+    }
+    let config =
+        Config::parse(Path::new("t.toml"), &pool("{ consecutive_failures = 5, ejection_ms = 10000 }"))
+            .unwrap();
+    let outlier = config.pools["web"].outlier.unwrap();
+    assert_eq!(outlier.max_ejection_ms, 300_000, "Envoy's default");
+    assert_eq!(outlier.ejection_time(3), Duration::from_secs(30));
+    assert_eq!(outlier.ejection_time(1000), Duration::from_secs(300), "not capped");
+}

@@ -32,8 +32,33 @@ pub struct BackendRuntime {
     pub in_flight: AtomicUsize,
     /// Failed requests in a row (outlier ejection).
     pub failures: AtomicU32,
-    /// Times ejected so far: the next ejection lasts that many times `ejection_ms`.
+    /// Ejections that still count: the next one lasts one more times `ejection_ms`.
     pub ejections: AtomicU32,
+    /// When the backend was last let back after an ejection (coarse ms; 0: never).
+    pub let_back_ms: AtomicU64,
+}
+
+impl BackendRuntime {
+    /// Counts an ejection; returns how many count now: one more than before, less one for each
+    /// `ejection_ms` the backend has served since it was last let back (Envoy's multiplier,
+    /// which falls while a host stays in), so a backend that failed once a week ago starts over.
+    pub fn count_ejection(&self, ejection_ms: u64) -> u32 {
+        let back = self.let_back_ms.load(Ordering::Relaxed);
+        let served = match back {
+            0 => 0,
+            back => clock::coarse_ms().saturating_sub(back) / ejection_ms.max(1),
+        };
+        let before = u64::from(self.ejections.load(Ordering::Relaxed));
+        let times = u32::try_from(before.saturating_sub(served)).unwrap_or(u32::MAX).saturating_add(1);
+        self.ejections.store(times, Ordering::Relaxed);
+        times
+    }
+
+    /// The ejection is over: a new streak starts.
+    pub fn let_back(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        self.let_back_ms.store(clock::coarse_ms().max(1), Ordering::Relaxed);
+    }
 }
 
 /// One pool: requests waiting for a backend under its circuit breaker's limit.
@@ -284,6 +309,25 @@ impl Runtime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ejections_count_up_and_wear_off_while_the_backend_serves() {
+        let backend = BackendRuntime::default();
+        let ms = 1000;
+        assert_eq!(backend.count_ejection(ms), 1, "the first");
+        backend.let_back();
+        assert_eq!(backend.count_ejection(ms), 2, "failed again at once");
+        backend.let_back();
+        assert_eq!(backend.count_ejection(ms), 3);
+        // Let back 2.5 ejection times ago: two of the three have worn off.
+        backend.let_back();
+        backend.let_back_ms.store(clock::coarse_ms() - 2500, Ordering::Relaxed);
+        assert_eq!(backend.count_ejection(ms), 2);
+        // Let back long ago: it starts over.
+        backend.let_back_ms.store(clock::coarse_ms() - 3_600_000, Ordering::Relaxed);
+        assert_eq!(backend.count_ejection(ms), 1);
+        assert_eq!(backend.failures.load(Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn a_refused_retry_costs_nothing() {

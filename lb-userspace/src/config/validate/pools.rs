@@ -63,6 +63,19 @@ pub(in crate::config) fn check(raw_pools: Vec<RawPool>, errors: &mut Errors) -> 
                 HashKey::ClientIp
             }
         };
+        if let Some(o) = &raw_pool.outlier
+            && (o.get_ref().consecutive_failures == 0
+                || o.get_ref().ejection_ms == 0
+                || o.get_ref().max_ejection_ms < o.get_ref().ejection_ms)
+        {
+            errors.at(
+                o.span(),
+                format!(
+                    "pool `{name}` outlier: consecutive_failures and ejection_ms must be at least 1, \
+                     max_ejection_ms at least ejection_ms"
+                ),
+            );
+        }
         let pool = Pool {
             name: name.clone(),
             backends,
@@ -73,7 +86,7 @@ pub(in crate::config) fn check(raw_pools: Vec<RawPool>, errors: &mut Errors) -> 
             protocol: raw_pool.protocol,
             max_requests_per_backend: raw_pool.max_requests_per_backend,
             max_pending_requests: raw_pool.max_pending_requests,
-            outlier: raw_pool.outlier,
+            outlier: raw_pool.outlier.map(Spanned::into_inner),
         };
         if pools.insert(name.clone(), pool).is_some() {
             errors.at(raw_pool.name.span(), format!("pool `{name}` is defined twice"));

@@ -157,8 +157,7 @@ pub fn observe(
     if runtime.failures.fetch_add(1, Ordering::Relaxed) + 1 != outlier.consecutive_failures {
         return;
     }
-    let times = runtime.ejections.fetch_add(1, Ordering::Relaxed) + 1;
-    let duration = Duration::from_millis(outlier.ejection_ms * times as u64);
+    let duration = outlier.ejection_time(runtime.count_ejection(outlier.ejection_ms));
     log::warn!(
         "pool {}: backend {} ejected for {duration:?} after {} failures in a row",
         pool.name,
@@ -171,7 +170,7 @@ pub fn observe(
     let runtime = runtime.clone();
     tokio::spawn(async move {
         tokio::time::sleep(duration).await;
-        runtime.failures.store(0, Ordering::Relaxed);
+        runtime.let_back();
         let _ = commands.send(Command::SetEjected { pool: name, address, ejected: false });
     });
 }
