@@ -54,6 +54,9 @@ pub struct Handled {
     pub in_flight: Option<InFlight>,
 }
 
+/// How often a worker closes its upstream connections that have idled too long.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Forwards requests; one per lbd, shared by every listener.
 pub struct Forwarder {
     /// Routes' response caches (shared with the admin API for purges).
@@ -103,6 +106,15 @@ impl Forwarder {
             id_seed,
             none: Label::from(""),
             cache_label: Label::from("cache"),
+        }
+    }
+
+    /// Closes the idle upstream connections of the worker it runs on once they have idled too
+    /// long, every few seconds; never finishes. Spawned once on each worker.
+    pub async fn sweep_upstreams(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(SWEEP_EVERY).await;
+            self.upstreams.sweep();
         }
     }
 

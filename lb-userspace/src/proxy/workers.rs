@@ -148,6 +148,7 @@ pub fn start(
                         tokio::spawn(busy_poll::spinner(busy_poll));
                     }
                     tokio::spawn(trim::trimmer());
+                    tokio::spawn(forwarder.clone().sweep_upstreams());
                     let mut serving = Vec::new();
                     for (listener, socket, shared) in listeners {
                         let name = listener.name.clone();

@@ -4,6 +4,7 @@
 //! no channel per connection; a reused connection the backend closed meanwhile is replaced
 //! once for a request without a body.
 use std::{
+    cell::RefCell,
     collections::{HashMap, VecDeque},
     io::{self, IoSlice},
     net::SocketAddr,
@@ -21,6 +22,7 @@ use hyper::{
     header,
 };
 use smallvec::SmallVec;
+use thread_local::ThreadLocal;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use crate::proxy::{
@@ -88,19 +90,29 @@ struct Idle {
     since_ms: u64,
 }
 
-/// Idle keep-alive connections by backend address, most recently used last.
+/// One worker's idle connections by backend address, most recently used last.
+type IdleLists = HashMap<SocketAddr, VecDeque<Idle>, foldhash::fast::RandomState>;
+
+/// Idle keep-alive connections, each worker thread's apart: a connection is registered with
+/// the reactor of the worker that opened it, so one worker's request never waits on another
+/// worker's reactor (and no lock is shared between workers).
 #[derive(Default)]
 pub struct Pool {
     /// foldhash: two lookups a request, where SipHash's cost showed.
-    idle: Mutex<HashMap<SocketAddr, VecDeque<Idle>, foldhash::fast::RandomState>>,
+    idle: ThreadLocal<RefCell<IdleLists>>,
 }
 
 impl Pool {
+    /// This thread's idle connections.
+    fn mine(&self) -> std::cell::RefMut<'_, IdleLists> {
+        self.idle.get_or_default().borrow_mut()
+    }
+
     /// The most recently used idle connection to `address`. With `probe`, one the backend has
     /// closed meanwhile is skipped (a syscall; a request with a body needs it, as it cannot be
     /// sent again; a bodiless one is resent on a new connection instead).
     fn checkout(&self, address: SocketAddr, probe: bool) -> Option<Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.mine();
         let list = idle.get_mut(&address)?;
         let now = clock::coarse_ms();
         while let Some(Idle { conn, since_ms }) = list.pop_back() {
@@ -126,7 +138,7 @@ impl Pool {
             return; // bytes nobody asked for: the connection cannot be trusted
         }
         let now = clock::coarse_ms();
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.mine();
         let list = idle.entry(address).or_default();
         // The oldest go first: when the list is full, or when they have idled too long.
         while list.front().is_some_and(|i| now.saturating_sub(i.since_ms) >= IDLE_TIMEOUT_MS)
@@ -136,6 +148,17 @@ impl Pool {
         }
         let conn = Conn { stream: conn.stream, buf: BytesMut::new() };
         list.push_back(Idle { conn, since_ms: now });
+    }
+
+    /// Closes this thread's connections that have idled too long, to every backend: without it
+    /// a backend no request goes to any more (left the pool, or the traffic stopped) kept its
+    /// idle connections open, up to `MAX_IDLE_PER_BACKEND` descriptors each, for good.
+    pub fn sweep(&self) {
+        let now = clock::coarse_ms();
+        self.mine().retain(|_, list| {
+            list.retain(|i| now.saturating_sub(i.since_ms) < IDLE_TIMEOUT_MS);
+            !list.is_empty()
+        });
     }
 
     async fn connect(address: SocketAddr) -> Result<Conn, SendError> {
@@ -500,6 +523,31 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(get(&pool, address, "/length").await, "length");
         assert_eq!(accepted.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn each_worker_reuses_its_own_connections_and_long_idle_ones_are_closed() {
+        let (address, accepted) = backend().await;
+        let pool = Arc::new(Pool::default());
+        assert_eq!(get(&pool, address, "/length").await, "length");
+        // Another worker: its own runtime on its own thread opens its own connection.
+        let other = pool.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(get(&other, address, "/length"))
+        });
+        assert_eq!(answer.await.unwrap(), "length");
+        assert_eq!(accepted.load(Ordering::Relaxed), 2, "a connection of another worker was reused");
+        assert_eq!(get(&pool, address, "/length").await, "length");
+        assert_eq!(accepted.load(Ordering::Relaxed), 2, "this worker's connection was not reused");
+        // A sweep leaves a connection idle for less than the timeout, and closes it after.
+        pool.sweep();
+        assert_eq!(pool.mine().get(&address).map(VecDeque::len), Some(1));
+        for idle in pool.mine().values_mut().flatten() {
+            idle.since_ms -= IDLE_TIMEOUT_MS;
+        }
+        pool.sweep();
+        assert!(pool.mine().is_empty(), "a connection idle past the timeout stayed open");
     }
 
     #[tokio::test]

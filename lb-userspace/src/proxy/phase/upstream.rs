@@ -3,10 +3,11 @@
 //! a retry goes to another backend within the route's budget; a 502/503/504 that cannot be
 //! retried reaches the client as the backend sent it; every answer feeds outlier detection.
 use std::{
+    cell::RefCell,
     collections::HashMap,
     net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU16, Ordering},
     },
     time::Duration,
@@ -19,6 +20,7 @@ use hyper::{
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use smallvec::SmallVec;
+use thread_local::ThreadLocal;
 
 use crate::{
     config::{Fallback, UpstreamProtocol},
@@ -60,19 +62,14 @@ impl Drop for InFlight {
     }
 }
 
-/// Open HTTP/2 connections to h2c backends, one per backend (streams are multiplexed on it).
+/// Open HTTP/2 connections to h2c backends, one per backend and worker (streams are
+/// multiplexed on it; its task runs on the worker that opened it, as do its requests).
 #[derive(Default)]
-struct H2cConnections(Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>);
+struct H2cConnections(ThreadLocal<RefCell<HashMap<SocketAddr, http2::SendRequest<Body>>>>);
 
 impl H2cConnections {
     async fn send(&self, address: SocketAddr, request: Request<Body>) -> Result<Response<Body>, SendError> {
-        let open = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&address)
-            .filter(|s| !s.is_closed())
-            .cloned();
+        let open = self.0.get_or_default().borrow().get(&address).filter(|s| !s.is_closed()).cloned();
         let mut sender = match open {
             Some(sender) => sender,
             None => {
@@ -89,7 +86,7 @@ impl H2cConnections {
                         log::debug!("h2c upstream {address}: {err}");
                     }
                 });
-                self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(address, sender.clone());
+                self.0.get_or_default().borrow_mut().insert(address, sender.clone());
                 sender
             }
         };
@@ -106,6 +103,12 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
+    /// Closes this worker's connections that have idled too long (h2c: those already closed).
+    pub fn sweep(&self) {
+        self.http1.sweep();
+        self.h2c.0.get_or_default().borrow_mut().retain(|_, sender| !sender.is_closed());
+    }
+
     /// Sends the request (`parts` with `headers`) to `upstream` in its pool's protocol. HTTP/1.1
     /// keeps the client's Host; HTTP/2 carries the client's host as `:authority` and no Host
     /// (RFC 9113 §8.3.1).
