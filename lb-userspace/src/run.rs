@@ -171,6 +171,10 @@ pub fn run(path: &Path) -> Result<(), RunError> {
         let (bound, listeners) = bind_listeners(&core, handed, &mut handover)?;
         let busy_poll = lock(&core).state.config.busy_poll;
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        // Access-log lines go through a writer thread of their own (`proxy::log_sink`).
+        if let Err(err) = proxy::log_sink::start() {
+            warn!("access log: no writer thread ({err}); workers write their lines themselves");
+        }
         let threads = proxy::workers::start(bound, snapshot.clone(), forwarder.clone(), stopped, busy_poll)?;
         let serving = Workers { stop, threads };
         // SIGHUP and `lbctl reload` share one reload path (crate::reload).
@@ -321,6 +325,7 @@ impl Workers {
             for worker in threads {
                 let _ = worker.join();
             }
+            proxy::log_sink::finish();
         })
         .await;
     }

@@ -333,8 +333,16 @@ fn root_l7_hygiene_parser_edges_and_access_log() -> Result<()> {
     // Parser refusals are counted and logged.
     let out = bed.raw(b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n", false)?;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
-    std::thread::sleep(Duration::from_millis(200));
-    let log = std::fs::read_to_string(&bed.log)?;
+    // Workers hand their lines to the log's writer every 100 ms.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = std::fs::read_to_string(&bed.log)?;
+        let both = log.contains("abc status=500") && log.contains("status=400 reason=");
+        if both || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let line = log.lines().find(|l| l.contains("abc status=500")).unwrap_or_default();
     assert!(line.contains("request_id=\"abc status=500 upstream=10.6.6.6:80\""), "not escaped: {line}");
     assert!(line.contains(" status=200 "), "{line}");

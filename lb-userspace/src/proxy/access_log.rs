@@ -3,7 +3,10 @@
 //! quoted and escaped, so none can forge a field; an API key in the query is redacted.
 use std::{fmt::Write as _, net::SocketAddr, time::Instant};
 
-use crate::{config::AccessLogFormat, proxy::metrics::Label};
+use crate::{
+    config::AccessLogFormat,
+    proxy::{log_sink, metrics::Label},
+};
 
 /// What one client connection is, for every request on it.
 pub struct ClientConn {
@@ -38,12 +41,19 @@ pub struct Entry {
 /// A value as logfmt writes it: bare when it is plain, else quoted with `"` and `\` escaped and
 /// every control or non-ASCII byte written as `\xNN`.
 pub fn quote(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    quote_into(&mut out, value);
+    out
+}
+
+/// `quote(value)`, appended to `out`.
+fn quote_into(out: &mut String, value: &str) {
     let plain = !value.is_empty()
         && value.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\');
     if plain {
-        return value.to_owned();
+        out.push_str(value);
+        return;
     }
-    let mut out = String::with_capacity(value.len() + 2);
     out.push('"');
     for b in value.bytes() {
         match b {
@@ -57,7 +67,6 @@ pub fn quote(value: &str) -> String {
         }
     }
     out.push('"');
-    out
 }
 
 /// `target` with the value of query parameter `param` replaced by `REDACTED`.
@@ -76,24 +85,36 @@ pub fn redact_query(target: &str, param: &str) -> String {
 impl Entry {
     /// The line for this request, sent `bytes` body bytes on `conn`.
     pub fn line(&self, conn: &ClientConn, bytes: u64) -> String {
-        let mut line = format!(
-            "client={} host={} method={} path={} status={} upstream={} bytes={bytes} duration_ms={:.3} request_id={}",
-            conn.address,
-            quote(&self.host),
-            quote(&self.method),
-            quote(&self.target),
-            self.status,
-            if self.upstream.is_empty() { "-".to_owned() } else { quote(&self.upstream) },
-            self.started.elapsed().as_secs_f64() * 1000.0,
-            quote(&self.request_id),
-        );
+        let mut line = String::new();
+        self.line_into(&mut line, conn, bytes);
+        line
+    }
+
+    /// `line`, appended to `out` (no allocation of its own).
+    fn line_into(&self, out: &mut String, conn: &ClientConn, bytes: u64) {
+        let _ = write!(out, "client={} host=", conn.address);
+        quote_into(out, &self.host);
+        out.push_str(" method=");
+        quote_into(out, &self.method);
+        out.push_str(" path=");
+        quote_into(out, &self.target);
+        let _ = write!(out, " status={} upstream=", self.status);
+        if self.upstream.is_empty() {
+            out.push('-');
+        } else {
+            quote_into(out, &self.upstream);
+        }
+        let millis = self.started.elapsed().as_secs_f64() * 1000.0;
+        let _ = write!(out, " bytes={bytes} duration_ms={millis:.3} request_id=");
+        quote_into(out, &self.request_id);
         if let Some(version) = conn.tls_version {
-            let _ = write!(line, " tls={version} sni={}", quote(conn.sni.as_deref().unwrap_or("-")));
+            let _ = write!(out, " tls={version} sni=");
+            quote_into(out, conn.sni.as_deref().unwrap_or("-"));
         }
         if let Some(reason) = self.reason {
-            let _ = write!(line, " reason={}", quote(reason));
+            out.push_str(" reason=");
+            quote_into(out, reason);
         }
-        line
     }
 
     /// The JSON object for this request (serde_json escapes every value).
@@ -119,10 +140,11 @@ impl Entry {
         object.to_string()
     }
 
+    /// Logs the line (through the worker's buffer: `log_sink`).
     pub fn write(&self, conn: &ClientConn, bytes: u64) {
         match self.format {
-            AccessLogFormat::Logfmt => log::info!(target: "access", "{}", self.line(conn, bytes)),
-            AccessLogFormat::Json => log::info!(target: "access", "{}", self.json(conn, bytes)),
+            AccessLogFormat::Logfmt => log_sink::write(|out| self.line_into(out, conn, bytes)),
+            AccessLogFormat::Json => log_sink::write(|out| out.push_str(&self.json(conn, bytes))),
         }
     }
 }
@@ -130,14 +152,15 @@ impl Entry {
 /// The line for a request the HTTP parser refused (it never had a method or a path).
 pub fn refused(conn: &ClientConn, status: u16, reason: &str, format: AccessLogFormat) {
     match format {
-        AccessLogFormat::Logfmt => {
-            log::info!(target: "access", "client={} status={status} reason={}", conn.address, quote(reason))
-        }
-        AccessLogFormat::Json => log::info!(
-            target: "access",
-            "{}",
-            serde_json::json!({ "client": conn.address.to_string(), "status": status, "reason": reason })
-        ),
+        AccessLogFormat::Logfmt => log_sink::write(|out| {
+            let _ = write!(out, "client={} status={status} reason=", conn.address);
+            quote_into(out, reason);
+        }),
+        AccessLogFormat::Json => log_sink::write(|out| {
+            let line =
+                serde_json::json!({ "client": conn.address.to_string(), "status": status, "reason": reason });
+            out.push_str(&line.to_string());
+        }),
     }
 }
 

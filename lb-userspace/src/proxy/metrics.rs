@@ -16,6 +16,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::proxy::log_sink;
+
 type Labels = Vec<(&'static str, String)>;
 
 /// A label value (route, pool or backend name) made once per config and shared by every request
@@ -282,6 +284,13 @@ impl ProxyMetrics {
             "http_parser_refused",
             "Requests refused by the HTTP parser, by status",
             self.parser_refused.clone(),
+        );
+        let dropped = Counter::<u64>::default();
+        dropped.inc_by(log_sink::dropped());
+        registry.register(
+            "access_log_dropped_lines",
+            "Access-log lines dropped because their writer fell behind",
+            dropped,
         );
     }
 }

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod h1;
 pub mod h2;
 pub mod idle;
+pub mod log_sink;
 pub mod metrics;
 pub mod phase;
 pub mod pipeline;

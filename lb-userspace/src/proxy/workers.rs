@@ -11,7 +11,7 @@ use tokio::net::TcpSocket;
 use crate::{
     config::Listener,
     proxy::{
-        ProxyError, busy_poll,
+        ProxyError, busy_poll, log_sink,
         pipeline::Forwarder,
         routes::Snapshot,
         server::{self, Shared},
@@ -143,12 +143,14 @@ pub fn start(
         let thread = std::thread::Builder::new()
             .name(format!("l7-worker-{worker}"))
             .spawn(move || {
+                log_sink::buffer_here();
                 runtime.block_on(async move {
                     if !busy_poll.is_zero() {
                         tokio::spawn(busy_poll::spinner(busy_poll));
                     }
                     tokio::spawn(trim::trimmer());
                     tokio::spawn(forwarder.clone().sweep_upstreams());
+                    tokio::spawn(log_sink::flusher());
                     let mut serving = Vec::new();
                     for (listener, socket, shared) in listeners {
                         let name = listener.name.clone();
@@ -178,7 +180,9 @@ pub fn start(
                     for task in serving {
                         let _ = task.await;
                     }
-                })
+                });
+                // The lines of the worker's last requests.
+                log_sink::flush();
             })
             .map_err(ProxyError::Runtime)?;
         threads.push(thread);
