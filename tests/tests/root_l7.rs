@@ -90,6 +90,7 @@ drain_timeout_ms = 10000
 name = "http"
 address = "{VIP}:80"
 header_read_timeout_ms = 1000
+tunnel_idle_timeout_ms = 1500
 
 [[pool]]
 name = "grpc"
@@ -420,6 +421,15 @@ fn root_l7_limits_and_request_smuggling() -> Result<()> {
     let mut echoed = [0u8; 23];
     stream.read_exact(&mut echoed)?;
     assert_eq!(&echoed, b"ping through the tunnel");
+    // A silence shorter than tunnel_idle_timeout_ms (1.5 s) leaves the tunnel open; a longer
+    // one closes it (before the 3 s read timeout).
+    std::thread::sleep(Duration::from_millis(800));
+    stream.write_all(b"ping through the tunnel")?;
+    stream.read_exact(&mut echoed)?;
+    let silent = std::time::Instant::now();
+    let closed = stream.read(&mut byte);
+    assert!(matches!(closed, Ok(0)), "a silent tunnel stayed open: {closed:?} after {:?}", silent.elapsed());
+    assert!(silent.elapsed() >= Duration::from_millis(1000), "closed after {:?}", silent.elapsed());
     // An idle keep-alive connection is closed after header_read_timeout (1 s): reading to the
     // end returns as soon as the pause is over, not when the 3 s read timeout expires.
     let started = std::time::Instant::now();

@@ -88,6 +88,17 @@ impl Activity {
         }
     }
 
+    /// Resolves once no byte has moved either way for `limit` (requests in flight or not).
+    pub async fn silent_for(&self, limit: Duration) {
+        loop {
+            let quiet = self.quiet_for();
+            if quiet >= limit {
+                return;
+            }
+            tokio::time::sleep(limit - quiet).await;
+        }
+    }
+
     /// Resolves when the listener asks this connection to make room (it is the longest idle)
     /// or stops. Registered for the stop's wake-up from its creation, so a wait created before
     /// the stop flag is read misses neither.
@@ -128,6 +139,8 @@ pub enum Closed {
     KeepAlive,
     /// Closed while idle to make room for a new connection.
     Evicted,
+    /// A tunnel (after `101`) with no byte either way for its timeout.
+    TunnelIdle,
 }
 
 impl Closed {
@@ -136,6 +149,7 @@ impl Closed {
             Closed::FirstByte => "first_byte_timeout",
             Closed::KeepAlive => "idle_timeout",
             Closed::Evicted => "evicted_idle",
+            Closed::TunnelIdle => "tunnel_idle_timeout",
         }
     }
 }
@@ -294,6 +308,24 @@ mod tests {
         let reason = watchdog(&activity, Duration::from_secs(2), Duration::from_secs(60)).await;
         assert_eq!(reason, Closed::FirstByte);
         assert!(started.elapsed() >= Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_is_silent_only_once_no_byte_has_moved_for_its_limit() {
+        let activity = Arc::new(Activity::default());
+        // In flight all along (a tunnel is): only bytes keep it from being silent.
+        let _busy = activity.start();
+        let started = std::time::Instant::now();
+        let bytes = activity.clone();
+        tokio::spawn(async move {
+            for _ in 0..4 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                bytes.touch();
+            }
+        });
+        activity.silent_for(Duration::from_millis(150)).await;
+        // The last byte at 200 ms, silent from 350 ms (the coarse clock's tick aside).
+        assert!(started.elapsed() >= Duration::from_millis(300), "silent after {:?}", started.elapsed());
     }
 
     #[tokio::test]

@@ -449,7 +449,9 @@ async fn exchange<S: ClientIo>(
         entry.write(&cx.conn, written.bytes);
     }
     if let Some(switched) = written.switched {
-        tunnel(io, buf, switched).await;
+        if tunnel(io, buf, switched, &cx.activity, cx.listener.tunnel_idle_timeout).await {
+            cx.forwarder.metrics.closed_idle(&cx.listener.name, Closed::TunnelIdle.label());
+        }
         drop(busy);
         return Next::Closed;
     }
@@ -624,19 +626,30 @@ async fn stream_rest<S: ClientIo>(io: &mut S, body: &mut Body, out: Out, bytes: 
     Streamed::Whole
 }
 
-/// After `101 Switching Protocols`: bytes both ways until either side closes.
-async fn tunnel<S: ClientIo>(io: &mut S, buf: &mut BytesMut, switched: Switched) {
-    let Some(conn) = switched.0.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+/// After `101 Switching Protocols`: bytes both ways until either side closes, or until no byte
+/// has moved for `idle` (then true). The client's stream marks `activity` with every byte it
+/// reads or writes, which is every byte of the tunnel.
+async fn tunnel<S: ClientIo>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    switched: Switched,
+    activity: &Activity,
+    idle: Duration,
+) -> bool {
+    let Some(conn) = switched.0.lock().unwrap_or_else(|p| p.into_inner()).take() else { return false };
     let (mut upstream, read_ahead) = conn.into_parts();
     if !read_ahead.is_empty() && io.write_all(&read_ahead).await.is_err() {
-        return;
+        return false;
     }
     if !buf.is_empty() && upstream.write_all(buf).await.is_err() {
-        return;
+        return false;
     }
     buf.clear();
     let _ = io.flush().await;
-    let _ = tokio::io::copy_bidirectional(io, &mut upstream).await;
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(io, &mut upstream) => false,
+        () = activity.silent_for(idle) => true,
+    }
 }
 
 #[cfg(test)]
