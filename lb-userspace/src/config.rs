@@ -211,9 +211,10 @@ pub struct Listener {
     pub defer_accept: bool,
     /// A connection with no request in flight and no byte either way for this long is closed.
     pub idle_timeout: Duration,
-    /// A tunnel (after `101 Switching Protocols`) with no byte either way for this long is
-    /// closed (Envoy's stream idle timeout, HAProxy's `timeout tunnel`).
-    pub tunnel_idle_timeout: Duration,
+    /// A connection with a request in flight (or a tunnel after `101`) and no byte either way
+    /// for this long is closed (Envoy's stream idle timeout; HAProxy's `timeout client` and
+    /// `timeout tunnel`, nginx's `send_timeout`).
+    pub stream_idle_timeout: Duration,
     pub max_body_bytes: u64,
     pub max_header_bytes: usize,
     /// On SIGTERM, how long in-flight requests may take to finish.

@@ -90,7 +90,7 @@ drain_timeout_ms = 10000
 name = "http"
 address = "{VIP}:80"
 header_read_timeout_ms = 1000
-tunnel_idle_timeout_ms = 1500
+stream_idle_timeout_ms = 1500
 
 [[pool]]
 name = "grpc"
@@ -421,7 +421,7 @@ fn root_l7_limits_and_request_smuggling() -> Result<()> {
     let mut echoed = [0u8; 23];
     stream.read_exact(&mut echoed)?;
     assert_eq!(&echoed, b"ping through the tunnel");
-    // A silence shorter than tunnel_idle_timeout_ms (1.5 s) leaves the tunnel open; a longer
+    // A silence shorter than stream_idle_timeout_ms (1.5 s) leaves the tunnel open; a longer
     // one closes it (before the 3 s read timeout).
     std::thread::sleep(Duration::from_millis(800));
     stream.write_all(b"ping through the tunnel")?;

@@ -44,7 +44,7 @@ pub(super) struct RawListener {
     #[serde(default = "yes")]
     pub(super) defer_accept: bool,
     pub(super) idle_timeout_ms: Option<u64>,
-    pub(super) tunnel_idle_timeout_ms: Option<u64>,
+    pub(super) stream_idle_timeout_ms: Option<u64>,
     pub(super) max_body_bytes: Option<u64>,
     pub(super) max_header_bytes: Option<usize>,
     pub(super) drain_timeout_ms: Option<u64>,

@@ -70,7 +70,7 @@ impl Activity {
     }
 
     /// Time since the last byte either way.
-    fn quiet_for(&self) -> Duration {
+    pub fn quiet_for(&self) -> Duration {
         Duration::from_millis(coarse_ms().saturating_sub(self.last_ms.load(Ordering::Relaxed)))
     }
 
@@ -85,17 +85,6 @@ impl Activity {
                 return;
             }
             tokio::time::sleep(QUIET_POLL.min(latest - tokio::time::Instant::now())).await;
-        }
-    }
-
-    /// Resolves once no byte has moved either way for `limit` (requests in flight or not).
-    pub async fn silent_for(&self, limit: Duration) {
-        loop {
-            let quiet = self.quiet_for();
-            if quiet >= limit {
-                return;
-            }
-            tokio::time::sleep(limit - quiet).await;
         }
     }
 
@@ -139,8 +128,8 @@ pub enum Closed {
     KeepAlive,
     /// Closed while idle to make room for a new connection.
     Evicted,
-    /// A tunnel (after `101`) with no byte either way for its timeout.
-    TunnelIdle,
+    /// A request in flight (or a tunnel after `101`) with no byte either way for its timeout.
+    StreamIdle,
 }
 
 impl Closed {
@@ -149,25 +138,39 @@ impl Closed {
             Closed::FirstByte => "first_byte_timeout",
             Closed::KeepAlive => "idle_timeout",
             Closed::Evicted => "evicted_idle",
-            Closed::TunnelIdle => "tunnel_idle_timeout",
+            Closed::StreamIdle => "stream_idle_timeout",
         }
     }
 }
 
-/// Resolves when the connection should be closed: idle (no request in flight) and quiet for
-/// `first_byte` before its first request or `keep_alive` after one, or evicted while idle.
-pub async fn watchdog(activity: &Activity, first_byte: Duration, keep_alive: Duration) -> Closed {
+/// How long a connection may stay quiet: before its first request, between requests, and with
+/// requests in flight.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub first_byte: Duration,
+    pub keep_alive: Duration,
+    pub stream: Duration,
+}
+
+/// Resolves when the connection should be closed: quiet (no byte either way) for
+/// `first_byte` before its first request, `keep_alive` between requests or `stream` with some
+/// in flight; or evicted while idle.
+pub async fn watchdog(activity: &Activity, limits: Limits) -> Closed {
     loop {
-        let (limit, reason) = if activity.requests.load(Ordering::Relaxed) == 0 {
-            (first_byte, Closed::FirstByte)
+        let (limit, reason) = if !activity.idle() {
+            (limits.stream, Closed::StreamIdle)
+        } else if activity.requests.load(Ordering::Relaxed) == 0 {
+            (limits.first_byte, Closed::FirstByte)
         } else {
-            (keep_alive, Closed::KeepAlive)
+            (limits.keep_alive, Closed::KeepAlive)
         };
         let quiet = activity.quiet_for();
-        if activity.idle() && quiet >= limit {
+        if quiet >= limit {
             return reason;
         }
-        let wait = if activity.idle() { limit - quiet } else { limit };
+        // Requests that end meanwhile leave the connection idle: looked at again by the time
+        // it could be idle too long. (One that starts meanwhile is seen at the wake-up.)
+        let wait = if activity.idle() { limit - quiet } else { (limit - quiet).min(limits.keep_alive) };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = activity.nudged() => {
@@ -301,19 +304,23 @@ impl Registry {
 mod tests {
     use super::*;
 
+    /// The first-byte and keep-alive limits, and a stream limit far off.
+    fn limits(first_byte: Duration, keep_alive: Duration) -> Limits {
+        Limits { first_byte, keep_alive, stream: Duration::from_secs(3600) }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_silent_connection_closes_at_the_first_byte_timeout() {
         let activity = Activity::default();
         let started = tokio::time::Instant::now();
-        let reason = watchdog(&activity, Duration::from_secs(2), Duration::from_secs(60)).await;
+        let reason = watchdog(&activity, limits(Duration::from_secs(2), Duration::from_secs(60))).await;
         assert_eq!(reason, Closed::FirstByte);
         assert!(started.elapsed() >= Duration::from_secs(2));
     }
 
     #[tokio::test]
-    async fn a_tunnel_is_silent_only_once_no_byte_has_moved_for_its_limit() {
+    async fn a_connection_with_a_request_in_flight_closes_once_no_byte_moves_for_the_stream_limit() {
         let activity = Arc::new(Activity::default());
-        // In flight all along (a tunnel is): only bytes keep it from being silent.
         let _busy = activity.start();
         let started = std::time::Instant::now();
         let bytes = activity.clone();
@@ -323,9 +330,11 @@ mod tests {
                 bytes.touch();
             }
         });
-        activity.silent_for(Duration::from_millis(150)).await;
-        // The last byte at 200 ms, silent from 350 ms (the coarse clock's tick aside).
-        assert!(started.elapsed() >= Duration::from_millis(300), "silent after {:?}", started.elapsed());
+        let far = Duration::from_secs(3600);
+        let limits = Limits { first_byte: far, keep_alive: far, stream: Duration::from_millis(150) };
+        assert_eq!(watchdog(&activity, limits).await, Closed::StreamIdle);
+        // The last byte at 200 ms, quiet enough from 350 ms (the coarse clock's tick aside).
+        assert!(started.elapsed() >= Duration::from_millis(300), "closed after {:?}", started.elapsed());
     }
 
     #[tokio::test]
@@ -336,12 +345,13 @@ mod tests {
         assert!(!registry.evict_idle(), "the only connection is busy");
         let closed = tokio::time::timeout(
             Duration::from_millis(100),
-            watchdog(&conn.activity, Duration::from_millis(10), Duration::from_millis(10)),
+            watchdog(&conn.activity, limits(Duration::from_millis(10), Duration::from_millis(10))),
         )
         .await;
         assert!(closed.is_err(), "closed with a request in flight");
         drop(busy);
-        let reason = watchdog(&conn.activity, Duration::from_millis(10), Duration::from_millis(20)).await;
+        let reason =
+            watchdog(&conn.activity, limits(Duration::from_millis(10), Duration::from_millis(20))).await;
         assert_eq!(reason, Closed::KeepAlive);
     }
 
@@ -359,7 +369,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
             registry.stopping();
         };
-        let watched = tokio::time::timeout(Duration::from_millis(200), watchdog(&conn.activity, far, far));
+        let watched =
+            tokio::time::timeout(Duration::from_millis(200), watchdog(&conn.activity, limits(far, far)));
         let (closed, ()) = tokio::join!(watched, stop);
         assert!(closed.is_err(), "the watchdog closed an idle connection at the stop: {closed:?}");
     }
@@ -374,10 +385,11 @@ mod tests {
         let _busy_guard = _busy.activity.start();
         assert!(registry.evict_idle());
         let far = Duration::from_secs(60);
-        let reason = tokio::time::timeout(Duration::from_secs(1), watchdog(&old.activity, far, far)).await;
+        let reason =
+            tokio::time::timeout(Duration::from_secs(1), watchdog(&old.activity, limits(far, far))).await;
         assert_eq!(reason.ok(), Some(Closed::Evicted));
         let untouched =
-            tokio::time::timeout(Duration::from_millis(50), watchdog(&new.activity, far, far)).await;
+            tokio::time::timeout(Duration::from_millis(50), watchdog(&new.activity, limits(far, far))).await;
         assert!(untouched.is_err(), "the newer connection was evicted");
         drop(old);
         assert_eq!(registry.open.lock().unwrap().len(), 2);

@@ -357,8 +357,14 @@ impl Connection {
         };
         let served = h2::Served::new(io, &self.http2, handler);
         let mut served = std::pin::pin!(served);
-        let watchdog =
-            idle::watchdog(&self.registered.activity, s.listener.first_byte_timeout, s.listener.idle_timeout);
+        let watchdog = idle::watchdog(
+            &self.registered.activity,
+            idle::Limits {
+                first_byte: s.listener.first_byte_timeout,
+                keep_alive: s.listener.idle_timeout,
+                stream: s.listener.stream_idle_timeout,
+            },
+        );
         let mut watchdog = std::pin::pin!(watchdog);
         // The listener's stop: GOAWAY at a quiet moment (idle::GOAWAY_QUIET); in-flight
         // streams finish.
