@@ -271,12 +271,18 @@ impl Core {
         self.write_next(&next)?;
         let before = self.state.failing_open();
         self.state = next;
-        self.l7.store(Arc::new(Snapshot::build(&self.state, &self.runtime)));
+        self.publish();
         for line in &lines {
             info!("{line}");
         }
         self.warn_fail_open(&before);
         Ok(lines)
+    }
+
+    /// Hands the proxy the State as it now is: a new snapshot, and no cache of a route gone.
+    fn publish(&self) {
+        self.l7.store(Arc::new(Snapshot::build(&self.state, &self.runtime)));
+        self.cache.retain(&self.state.config);
     }
 
     /// A reload: the difference between the running State and `config`, as commands.
@@ -316,7 +322,7 @@ impl Core {
         }
         let before = self.state.failing_open();
         self.state = next;
-        self.l7.store(Arc::new(Snapshot::build(&self.state, &self.runtime)));
+        self.publish();
         self.warn_fail_open(&before);
         Ok(lines)
     }

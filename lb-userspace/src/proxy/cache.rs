@@ -15,7 +15,7 @@ use hyper::{HeaderMap, Method, StatusCode, header};
 use lru::LruCache;
 use tokio::sync::OnceCell;
 
-use crate::config::CacheConfig;
+use crate::config::{CacheConfig, Config};
 
 /// A stored answer.
 #[derive(Clone)]
@@ -252,6 +252,13 @@ impl CacheStore {
         })
     }
 
+    /// Drops the caches of routes that no longer cache (removed, or `cache` taken off): their
+    /// entries would otherwise stay in memory until lbd restarts.
+    pub fn retain(&self, config: &Config) {
+        let cached = |name: &str| config.routes.iter().any(|r| r.name == name && r.cache.is_some());
+        self.routes.lock().unwrap_or_else(|p| p.into_inner()).retain(|name, _| cached(name));
+    }
+
     /// Empties a route's cache, or only the entries of one path; returns how many went.
     pub fn purge(&self, route: &str, path: Option<&str>) -> usize {
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
@@ -429,6 +436,32 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &second), "a second fill of one key");
         let abandoned = miss(&store, &config, "gone 999");
         assert!(!abandoned.initialized() && Arc::strong_count(&abandoned) == 1);
+    }
+
+    #[test]
+    fn a_route_that_no_longer_caches_leaves_nothing_behind() {
+        let config = |routes: &str| {
+            let text = format!(
+                "[dataplane]\ninterface = \"lo\"\n[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n\
+                 [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\n{routes}"
+            );
+            Config::parse(std::path::Path::new("t.toml"), &text).unwrap()
+        };
+        let route = |name: &str, cache: bool| {
+            let cache = if cache { "cache = { max_entries = 10 }\n" } else { "" };
+            format!(
+                "[[route]]\nname = \"{name}\"\nlistener = \"l\"\npool = \"p\"\nhost = \"{name}.test\"\n{cache}"
+            )
+        };
+        let store = CacheStore::default();
+        let limits = CacheConfig { max_entries: 10, max_bytes: 1000, max_object_bytes: 100 };
+        for name in ["kept", "uncached", "removed"] {
+            let answer = (StatusCode::OK, HeaderMap::new(), Bytes::from("x"), Duration::from_secs(60));
+            store.finish(name, &limits, &HeaderMap::new(), (&Method::GET, "h", "/"), Some(answer), "k");
+        }
+        store.retain(&config(&(route("kept", true) + &route("uncached", false))));
+        let left: Vec<String> = store.routes.lock().unwrap().keys().cloned().collect();
+        assert_eq!(left, ["kept"]);
     }
 
     #[test]
