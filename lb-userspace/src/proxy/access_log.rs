@@ -121,14 +121,16 @@ impl Entry {
     pub fn json(&self, conn: &ClientConn, bytes: u64) -> String {
         let line = JsonLine {
             client: conn.address,
-            host: Some(&self.host),
-            method: Some(&self.method),
-            path: Some(&self.target),
             status: self.status,
-            upstream: Some(if self.upstream.is_empty() { "-" } else { &self.upstream }),
-            bytes: Some(bytes),
-            duration_ms: Some((self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3),
-            request_id: Some(&self.request_id),
+            request: Some(JsonRequest {
+                host: &self.host,
+                method: &self.method,
+                path: &self.target,
+                upstream: if self.upstream.is_empty() { "-" } else { &self.upstream },
+                bytes,
+                duration_ms: (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+                request_id: &self.request_id,
+            }),
             tls: conn.tls_version,
             sni: conn.tls_version.map(|_| conn.sni.as_deref().unwrap_or("-")),
             reason: self.reason,
@@ -146,25 +148,14 @@ impl Entry {
 }
 
 /// A JSON access-log line, borrowed from what it tells (no map of owned values per request);
-/// serde_json escapes every value. A parser refusal has no request fields.
+/// serde_json escapes every value.
 #[derive(serde::Serialize)]
 struct JsonLine<'a> {
     client: SocketAddr,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    host: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    method: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    path: Option<&'a str>,
     status: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    upstream: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    duration_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    request_id: Option<&'a str>,
+    /// None for a request the parser refused.
+    #[serde(flatten)]
+    request: Option<JsonRequest<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -173,30 +164,40 @@ struct JsonLine<'a> {
     reason: Option<&'a str>,
 }
 
+#[derive(serde::Serialize)]
+struct JsonRequest<'a> {
+    host: &'a str,
+    method: &'a str,
+    path: &'a str,
+    upstream: &'a str,
+    bytes: u64,
+    duration_ms: f64,
+    request_id: &'a str,
+}
+
 /// The line for a request the HTTP parser refused (it never had a method or a path).
 pub fn refused(conn: &ClientConn, status: u16, reason: &str, format: AccessLogFormat) {
+    log_sink::write(|out| refused_into(out, conn, status, reason, format));
+}
+
+/// `refused`'s line, appended to `out`.
+fn refused_into(out: &mut String, conn: &ClientConn, status: u16, reason: &str, format: AccessLogFormat) {
     match format {
-        AccessLogFormat::Logfmt => log_sink::write(|out| {
+        AccessLogFormat::Logfmt => {
             let _ = write!(out, "client={} status={status} reason=", conn.address);
             quote_into(out, reason);
-        }),
-        AccessLogFormat::Json => log_sink::write(|out| {
+        }
+        AccessLogFormat::Json => {
             let line = JsonLine {
                 client: conn.address,
-                host: None,
-                method: None,
-                path: None,
                 status,
-                upstream: None,
-                bytes: None,
-                duration_ms: None,
-                request_id: None,
+                request: None,
                 tls: None,
                 sni: None,
                 reason: Some(reason),
             };
             out.push_str(&serde_json::to_string(&line).unwrap_or_default());
-        }),
+        }
     }
 }
 
@@ -292,5 +293,16 @@ mod tests {
         assert_eq!((v["upstream"].as_str(), v["reason"].as_str()), (Some("-"), Some("no route")));
         assert!(v.get("tls").is_none());
         assert_eq!((v["client"].as_str(), v["duration_ms"].is_f64()), (Some("192.0.2.1:5000"), true));
+        // A parser refusal: client, status and reason only.
+        let mut refusal = String::new();
+        refused_into(&mut refusal, &conn, 400, "bad \"header\"", AccessLogFormat::Json);
+        let v: serde_json::Value = serde_json::from_str(&refusal).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({ "client": "192.0.2.1:5000", "status": 400, "reason": "bad \"header\"" })
+        );
+        refusal.clear();
+        refused_into(&mut refusal, &conn, 431, "too many fields", AccessLogFormat::Logfmt);
+        assert_eq!(refusal, "client=192.0.2.1:5000 status=431 reason=\"too many fields\"");
     }
 }
