@@ -27,7 +27,7 @@ const BATCH: usize = 32 * 1024;
 /// Batches queued for the writer at most (8 MiB of lines).
 const QUEUED: usize = 256;
 /// How often each worker hands over what it has.
-pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// How long `finish` waits for the writer to write what was queued.
 const FINISH_WAIT: Duration = Duration::from_secs(2);
 
@@ -50,6 +50,7 @@ impl Sink {
     /// A sink whose thread writes to `out`, with `queued` batches at most waiting for it.
     fn new(mut out: impl std::io::Write + Send + 'static, queued: usize) -> std::io::Result<&'static Sink> {
         let (queue, jobs) = mpsc::sync_channel(queued);
+        // Leaked: the sink lives as long as lbd (one is made, at start).
         let sink: &'static Sink = Box::leak(Box::new(Sink { queue, dropped: AtomicU64::new(0) }));
         std::thread::Builder::new().name("access-log".into()).spawn(move || {
             for job in jobs {
