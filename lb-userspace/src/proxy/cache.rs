@@ -392,11 +392,12 @@ mod tests {
         assert_eq!(store.purge("r", Some("/q")), 1);
     }
 
-    /// How many entries, Vary records and misses in flight a route's cache holds.
+    /// The cell of a miss of `key` on route `r`.
     fn miss(store: &CacheStore, config: &CacheConfig, key: &str) -> Arc<OnceCell<Fill>> {
         store.lookup("r", config, key).err().expect("a miss")
     }
 
+    /// How many entries, Vary records and misses in flight a route's cache holds.
     fn held(store: &CacheStore, route: &str) -> (usize, usize, usize) {
         let routes = store.routes.lock().unwrap();
         let c = &routes[route];

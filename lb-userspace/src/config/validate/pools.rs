@@ -63,13 +63,12 @@ pub(in crate::config) fn check(raw_pools: Vec<RawPool>, errors: &mut Errors) -> 
                 HashKey::ClientIp
             }
         };
-        if let Some(o) = &raw_pool.outlier
-            && (o.get_ref().consecutive_failures == 0
-                || o.get_ref().ejection_ms == 0
-                || o.get_ref().max_ejection_ms < o.get_ref().ejection_ms)
+        if let Some(outlier) = &raw_pool.outlier
+            && let o = outlier.get_ref()
+            && (o.consecutive_failures == 0 || o.ejection_ms == 0 || o.max_ejection_ms < o.ejection_ms)
         {
             errors.at(
-                o.span(),
+                outlier.span(),
                 format!(
                     "pool `{name}` outlier: consecutive_failures and ejection_ms must be at least 1, \
                      max_ejection_ms at least ejection_ms"
