@@ -5,6 +5,7 @@
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -91,29 +92,67 @@ fn wait_port(port: u16) -> Result<()> {
     bail!("nothing listens on {port}")
 }
 
-/// Opens `n` connections to the proxy's plain HTTP port, makes one request on each and leaves
-/// them open and idle; returns the growth of the proxy's resident memory per connection.
-fn idle_memory_per_connection(pid: u32, port: u16, n: usize) -> Result<f64> {
-    use std::io::{Read as _, Write as _};
+/// Idle TLS connections held open to measure each proxy's memory per TLS connection: fewer, as
+/// each costs a handshake on the bench's one client thread.
+const IDLE_TLS_CONNECTIONS: usize = 3_000;
+
+/// A connection the idle-memory probe holds: plain TCP or TLS over it.
+trait Held: std::io::Read + std::io::Write + Send {}
+impl<T: std::io::Read + std::io::Write + Send> Held for T {}
+
+/// A TLS client trusting the bench's CA, offering HTTP/1.1 only (an idle keep-alive connection
+/// as a browser's HTTP/1.1 one).
+fn tls_client(ca: &Path) -> Result<Arc<rustls::ClientConfig>> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject as _};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).context("reading the bench CA")? {
+        roots.add(cert.context("parsing the bench CA")?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Opens `n` connections to the proxy's `port` (TLS when `tls` is given), makes one request on
+/// each and leaves them open and idle; returns the growth of the proxy's resident memory per
+/// connection.
+fn idle_memory_per_connection(
+    pid: u32,
+    port: u16,
+    n: usize,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<f64> {
     let before = crate::rss_bytes(pid);
     let path = format!("/run/netns/{NS}");
     let held = std::thread::scope(|scope| {
         scope
-            .spawn(|| -> Result<Vec<std::net::TcpStream>> {
+            .spawn(|| -> Result<Vec<Box<dyn Held>>> {
                 let ns = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
                 // SAFETY: setns on this thread only, with a valid namespace fd.
                 if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
                     bail!("setns {path}: {}", std::io::Error::last_os_error());
                 }
-                let mut streams = Vec::with_capacity(n);
+                let mut streams: Vec<Box<dyn Held>> = Vec::with_capacity(n);
                 for _ in 0..n {
-                    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-                    s.write_all(b"GET / HTTP/1.1\r\nHost: bench.test\r\n\r\n")?;
-                    streams.push(s);
+                    let tcp = std::net::TcpStream::connect(("127.0.0.1", port))?;
+                    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    let mut stream: Box<dyn Held> = match tls {
+                        Some(config) => {
+                            let name = rustls_pki_types::ServerName::try_from("bench.test")?;
+                            let client = rustls::ClientConnection::new(config.clone(), name)?;
+                            Box::new(rustls::StreamOwned::new(client, tcp))
+                        }
+                        None => Box::new(tcp),
+                    };
+                    stream.write_all(b"GET / HTTP/1.1\r\nHost: bench.test\r\n\r\n")?;
+                    streams.push(stream);
                 }
                 let mut buf = [0u8; 4096];
                 for s in &mut streams {
-                    s.set_read_timeout(Some(Duration::from_secs(10)))?;
                     let got = s.read(&mut buf)?;
                     if !buf[..got].starts_with(b"HTTP/1.1 200") {
                         bail!("an idle-connection probe got: {}", String::from_utf8_lossy(&buf[..got]));
@@ -306,6 +345,7 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
     run("ip", &["-n", NS, "link", "add", "bench0", "type", "veth", "peer", "name", "bench1"])?;
     let dir = TempDir::new("bench-l7")?;
     let ca = TestCa::new(&dir.0)?;
+    let tls = tls_client(&ca.cert)?;
     let (cert, key) = ca.leaf("bench", &["bench.test", "127.0.0.1"], false)?;
     let combined = dir.0.join("haproxy.pem");
     std::fs::write(&combined, std::fs::read_to_string(&cert)? + &std::fs::read_to_string(&key)?)?;
@@ -408,14 +448,18 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
     let mut all = Vec::new();
     for round in 1..=rounds {
         let mut table: Vec<Row> = Vec::new();
-        let mut memory: Vec<(String, f64)> = Vec::new();
+        let (mut memory, mut tls_memory) = (Vec::new(), Vec::new());
         // Memory on a fresh process: after load, freed buffers the allocator keeps would hide
         // the growth.
         for (name, argv, http, https) in proxies.iter().filter(|p| only(p.0).is_none()) {
             let proc = started(argv, *https)?;
             // nsenter execs taskset, which execs the proxy: the child's pid is the proxy's.
-            memory
-                .push((name.to_string(), idle_memory_per_connection(proc.0.id(), *http, IDLE_CONNECTIONS)?));
+            let bytes = idle_memory_per_connection(proc.0.id(), *http, IDLE_CONNECTIONS, None)?;
+            memory.push((name.to_string(), bytes));
+            stopped(proc);
+            let proc = started(argv, *https)?;
+            let bytes = idle_memory_per_connection(proc.0.id(), *https, IDLE_TLS_CONNECTIONS, Some(&tls))?;
+            tls_memory.push((name.to_string(), bytes));
             stopped(proc);
         }
         // Each mode's proxies one after another, seconds apart, in the opposite order the next
@@ -438,8 +482,10 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
             }
         }
         println!("\nround {round}:");
-        print_round(&table, &memory, &proxies.iter().map(|p| p.0).collect::<Vec<_>>(), &modes);
-        all.push(Round { table, memory });
+        print_round(&table, &proxies.iter().map(|p| p.0).collect::<Vec<_>>(), &modes);
+        print_memory(&format!("{IDLE_CONNECTIONS} open, one request each, plain HTTP"), &memory);
+        print_memory(&format!("{IDLE_TLS_CONNECTIONS} open, one request each, TLS 1.3"), &tls_memory);
+        all.push(Round { table, memory, tls_memory });
     }
     println!();
     for line in l7_targets::verdict(&all, &REFERENCES) {
@@ -450,8 +496,8 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
 }
 
 /// Prints one round: each mode's rows in `order`, Sluice's rate against the best peer's, the
-/// references' lines, and the memory per idle connection.
-fn print_round(table: &[Row], memory: &[(String, f64)], order: &[&str], modes: &[&str]) {
+/// references' lines.
+fn print_round(table: &[Row], order: &[&str], modes: &[&str]) {
     println!(
         "{:<16} {:<9} {:>10} {:>9} {:>9} {:>10} {:>7} {:>14}",
         "mode", "proxy", "req/s", "p50 ms", "p99 ms", "cpu us/req", "other", "sluice/best"
@@ -498,10 +544,12 @@ fn print_round(table: &[Row], memory: &[(String, f64)], order: &[&str], modes: &
             );
         }
     }
+}
+
+/// Memory per idle connection of one kind, Sluice's beside the smallest peer's.
+fn print_memory(what: &str, memory: &[(String, f64)]) {
     let best_peer = memory.iter().filter(|(p, _)| p != "sluice").map(|(_, b)| *b).fold(f64::MAX, f64::min);
-    println!(
-        "\nmemory per idle keep-alive connection ({IDLE_CONNECTIONS} open, one request each, plain HTTP):"
-    );
+    println!("\nmemory per idle keep-alive connection ({what}):");
     for (proxy, bytes) in memory {
         let ratio = if proxy == "sluice" && best_peer >= 1.0 {
             format!("{:.2}x the smallest peer", bytes / best_peer)

@@ -9,10 +9,12 @@ use crate::bench_l7::Sample;
 /// One measurement: the mode, the proxy, what was measured.
 pub type Row = (String, String, Sample);
 
-/// What one round measured: the load table and the memory per idle connection (bytes).
+/// What one round measured: the load table and the memory per idle connection (bytes), plain
+/// HTTP and TLS.
 pub struct Round {
     pub table: Vec<Row>,
     pub memory: Vec<(String, f64)>,
+    pub tls_memory: Vec<(String, f64)>,
 }
 
 /// Whether a row is a peer's: not Sluice's own, nor one of the bench's references.
@@ -64,8 +66,8 @@ fn per_round(
         .collect()
 }
 
-/// The verdict's lines: for each mode its rate target and p99, the handshake's CPU, and the
-/// idle connection's memory.
+/// The verdict's lines: for each mode its rate target and p99, the handshake's CPU, the idle
+/// connection's memory, and what an idle TLS connection costs beside the peers' (no target).
 pub fn verdict(rounds: &[Round], references: &[&str]) -> Vec<String> {
     let mut lines = vec![format!("against issue #8's targets (median of {} rounds):", rounds.len())];
     let modes = [("http1-keepalive", 1.1), ("tls-keepalive", 1.1), ("tls-handshake", 1.0), ("h2", 1.0)];
@@ -117,7 +119,30 @@ pub fn verdict(rounds: &[Round], references: &[&str]) -> Vec<String> {
             met(kib <= 1.5)
         ));
     }
+    let tls = tls_memory(rounds, references);
+    if !tls.is_empty() {
+        let (times, each) = ratio(&tls);
+        let kib = median(tls.iter().map(|(sluice, _)| sluice / 1024.0).collect());
+        let peer = median(tls.iter().map(|(_, peer)| peer / 1024.0).collect());
+        lines.push(format!(
+            "{:<16} {kib:.1} KiB per idle TLS connection, {times:.2}x the smallest peer's ({peer:.1} KiB; rounds {each}; no target)",
+            "idle TLS"
+        ));
+    }
     lines
+}
+
+/// Per round, Sluice's memory per idle TLS connection and the smallest peer's (bytes).
+fn tls_memory(rounds: &[Round], references: &[&str]) -> Vec<(f64, f64)> {
+    rounds
+        .iter()
+        .filter_map(|round| {
+            let sluice = round.tls_memory.iter().find(|(p, _)| p == "sluice")?.1;
+            let peers = round.tls_memory.iter().filter(|(p, _)| is_peer(p, references));
+            let peer = peers.map(|(_, bytes)| *bytes).fold(f64::MAX, f64::min);
+            (peer != f64::MAX).then_some((sluice, peer))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -142,7 +167,15 @@ mod tests {
             table.push(row(mode, "nginx", sample(90.0, 2.0, 100.0)));
             table.push(row(mode, "forward", sample(1000.0, 0.1, 1.0)));
         }
-        Round { table, memory: vec![("sluice".into(), kib * 1024.0), ("nginx".into(), 800.0)] }
+        Round {
+            table,
+            memory: vec![("sluice".into(), kib * 1024.0), ("nginx".into(), 800.0)],
+            tls_memory: vec![
+                ("sluice".into(), 9.0 * 1024.0),
+                ("nginx".into(), 15.0 * 1024.0),
+                ("haproxy".into(), 12.0 * 1024.0),
+            ],
+        }
     }
 
     #[test]
@@ -163,6 +196,11 @@ mod tests {
         // CPU against the thriftiest peer (nginx, 100 µs), not the reference's 1 µs.
         assert!(handshake.contains("CPU per handshake 0.70x"), "{handshake}");
         assert_eq!(lines[3], "idle             1.0 KiB per idle connection (target <= 1.5 KiB): met");
+        // Against the smallest peer's (HAProxy's 12 KiB), with no target to meet.
+        assert_eq!(
+            lines[4],
+            "idle TLS         9.0 KiB per idle TLS connection, 0.75x the smallest peer's (12.0 KiB; rounds 0.75 0.75 0.75; no target)"
+        );
     }
 
     #[test]
@@ -184,6 +222,7 @@ mod tests {
                 row("h2", "nginx", sample(100.0, f64::NAN, 1.0)),
             ],
             memory: Vec::new(),
+            tls_memory: Vec::new(),
         }];
         let lines = verdict(&rounds, &[]);
         assert_eq!(lines.len(), 2);
