@@ -279,10 +279,12 @@ impl Core {
         Ok(lines)
     }
 
-    /// Hands the proxy the State as it now is: a new snapshot, and no cache of a route gone.
+    /// Hands the proxy the State as it now is: a new snapshot, and no cache or request series
+    /// of a route, pool or backend gone.
     fn publish(&self) {
         self.l7.store(Arc::new(Snapshot::build(&self.state, &self.runtime)));
         self.cache.retain(&self.state.config);
+        self.proxy_metrics.retain(&self.state.config);
     }
 
     /// A reload: the difference between the running State and `config`, as commands.

@@ -125,6 +125,8 @@ pub fn render(core: &Shared) -> Result<String> {
                 effective.get_or_create(&labels).set(w.weight as i64);
             }
         }
+        // A request of a replaced snapshot may have counted into a series publishing removed.
+        core.proxy_metrics.retain(&core.state.config);
         core.proxy_metrics.register(&mut registry);
         let build =
             gauge_family(&mut registry, "build_info", "1, labelled with lbd's version and the host's name");

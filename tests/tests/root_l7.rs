@@ -362,6 +362,22 @@ fn root_l7_http1_http2_routing_and_headers() -> Result<()> {
     assert!(metrics.contains("sluice_http_requests_total{route=\"site\",pool=\"web\""), "{metrics}");
     assert!(metrics.contains("sluice_tls_handshakes_total{listener=\"https\",result=\"ok\"}"), "{metrics}");
     assert!(metrics.contains("sluice_http_upstream_seconds_bucket"), "{metrics}");
+
+    // A backend removed from the pool leaves the request series; the other stays.
+    let (b1, b2) = (bed.topology.backends[0].addr4, bed.topology.backends[1].addr4);
+    let series = |b| format!("sluice_http_requests_total{{route=\"site\",pool=\"web\",backend=\"{b}:80\"");
+    assert!(metrics.contains(&series(b2)), "{metrics}");
+    bed.lbd.as_ref().expect("running").lbctl(&["backend", "remove", "web", &b2.to_string()])?;
+    let metrics = String::from_utf8_lossy(
+        &bed.topology.lb.run("curl", &["-sS", "http://127.0.0.1:9100/metrics"])?.stdout,
+    )
+    .into_owned();
+    assert!(metrics.contains(&series(b1)), "{metrics}");
+    assert!(!metrics.contains(&series(b2)), "{metrics}");
+    assert!(
+        !metrics.contains(&format!("sluice_http_upstream_seconds_count{{pool=\"web\",backend=\"{b2}:80\"}}")),
+        "{metrics}"
+    );
     Ok(())
 }
 

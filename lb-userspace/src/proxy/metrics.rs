@@ -3,9 +3,10 @@
 //! back from their own text by the live view, and carried over to a new lbd on upgrade.
 use std::{
     cell::RefCell,
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
+    net::SocketAddr,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -16,7 +17,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::proxy::log_sink;
+use crate::{config::Config, proxy::log_sink};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -54,7 +55,17 @@ pub struct ProxyMetrics {
     refused: Family<Labels, Counter>,
     closed_idle: Family<Labels, Counter>,
     parser_refused: Family<Labels, Counter>,
+    /// Every (route, pool, backend) the request families hold, so that those of backends,
+    /// pools and routes gone from the config can be removed (`retain`): the families cannot
+    /// list their own.
+    counted: Arc<Mutex<HashSet<Triple>>>,
 }
+
+/// The route, pool and backend labels of a request series.
+type Triple = (Label, Label, Label);
+
+/// Every status class a request series can have.
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 
 impl Default for ProxyMetrics {
     fn default() -> Self {
@@ -68,6 +79,7 @@ impl Default for ProxyMetrics {
             refused: Family::default(),
             closed_idle: Family::default(),
             parser_refused: Family::default(),
+            counted: Arc::default(),
         }
     }
 }
@@ -152,7 +164,7 @@ impl ProxyMetrics {
                         backend: Label::from(*backend),
                         class: class_label(class),
                     };
-                    self.requests.get_or_create(&labels).inc_by(n);
+                    self.created(&labels).inc_by(n);
                 }
                 "tls_handshakes_total" => {
                     let l: Labels = listener().chain(owned(&labels, "result")).collect();
@@ -184,8 +196,7 @@ impl ProxyMetrics {
         status: u16,
         upstream_seconds: Option<f64>,
     ) {
-        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-        let class = CLASSES.get(usize::from(status / 100).wrapping_sub(1)).copied().unwrap_or("other");
+        let class = CLASSES[..5].get(usize::from(status / 100).wrapping_sub(1)).copied().unwrap_or("other");
         let key = (self.id, address(&route), address(&pool), address(&backend), class);
         let mut labels = Some(RequestLabels { route, pool, backend, class });
         let counted = SERIES.try_with(|series| {
@@ -195,7 +206,7 @@ impl ProxyMetrics {
             }
             let one = series.entry(key).or_insert_with(|| {
                 let labels = labels.take().expect("labels not used yet");
-                Series { requests: self.requests.get_or_create(&labels).clone(), latency: None, labels }
+                Series { requests: self.created(&labels), latency: None, labels }
             });
             one.requests.inc();
             if let Some(seconds) = upstream_seconds {
@@ -213,10 +224,50 @@ impl ProxyMetrics {
         if counted.is_err()
             && let Some(labels) = labels
         {
-            self.requests.get_or_create(&labels).inc();
+            self.created(&labels).inc();
             if let Some(seconds) = upstream_seconds {
                 let labels = LatencyLabels { pool: labels.pool, backend: labels.backend };
                 self.latency.get_or_create(&labels).observe(seconds);
+            }
+        }
+    }
+
+    /// The request series of `labels`, made if it is new and noted for `retain`. Called once
+    /// per series and thread (the threads keep what it returns), not per request.
+    fn created(&self, labels: &RequestLabels) -> Counter {
+        let triple = (labels.route.clone(), labels.pool.clone(), labels.backend.clone());
+        self.counted.lock().unwrap_or_else(|p| p.into_inner()).insert(triple);
+        self.requests.get_or_create(labels).clone()
+    }
+
+    /// Removes the request and latency series of routes, pools and backends `config` no longer
+    /// has (Envoy drops a removed host's stats too): without it a pool whose backends come and
+    /// go (new addresses on each deploy) would grow the exposition and lbd's memory for good.
+    /// A request of a replaced snapshot that ends after this counts into a series of its own,
+    /// removed the next time.
+    pub fn retain(&self, config: &Config) {
+        let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+        let mut gone = Vec::new();
+        counted.retain(|triple| {
+            let live = is_live(config, triple);
+            if !live {
+                gone.push(triple.clone());
+            }
+            live
+        });
+        let latency_kept: HashSet<(&Label, &Label)> = counted.iter().map(|(_, pool, b)| (pool, b)).collect();
+        for (route, pool, backend) in &gone {
+            for class in CLASSES {
+                let labels = RequestLabels {
+                    route: route.clone(),
+                    pool: pool.clone(),
+                    backend: backend.clone(),
+                    class,
+                };
+                self.requests.remove(&labels);
+            }
+            if !latency_kept.contains(&(pool, backend)) {
+                self.latency.remove(&LatencyLabels { pool: pool.clone(), backend: backend.clone() });
             }
         }
     }
@@ -295,6 +346,24 @@ impl ProxyMetrics {
     }
 }
 
+/// Whether `config` still has a request series' route, pool and backend. An empty label
+/// (the proxy answered itself) and `cache` (a cache hit) name no backend; a cache fill's and a
+/// shadow copy's routes are their route's name with `:fill` or `:shadow`.
+fn is_live(config: &Config, (route, pool, backend): &Triple) -> bool {
+    let route = route.strip_suffix(":fill").or_else(|| route.strip_suffix(":shadow")).unwrap_or(route);
+    let route_live = route.is_empty() || config.routes.iter().any(|r| r.name == route);
+    let pool = if pool.is_empty() { None } else { Some(config.pools.get(&**pool)) };
+    let backend_live = match (pool, &**backend) {
+        (Some(None), _) => return false,
+        (_, "" | "cache") => true,
+        (None, _) => false,
+        (Some(Some(pool)), backend) => backend.parse::<SocketAddr>().is_ok_and(|address| {
+            pool.port == address.port() && pool.backends.iter().any(|b| b.addr == address.ip())
+        }),
+    };
+    route_live && backend_live
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,5 +420,69 @@ mod tests {
                 .ends_with(&format!(" {total}")),
             "{text}"
         );
+    }
+
+    /// Series of a backend, a pool or a route gone from the config leave the exposition; the
+    /// rest stay, counts and all.
+    #[test]
+    fn series_of_what_the_config_dropped_are_removed() {
+        let config = |backends: &str, routes: &str| {
+            let text = format!(
+                "[dataplane]\ninterface = \"lo\"\n[[pool]]\nname = \"web\"\nport = 8080\nbackends = [{backends}]\n\
+                 [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\n{routes}"
+            );
+            Config::parse(std::path::Path::new("t.toml"), &text).unwrap()
+        };
+        let route = |name: &str| {
+            format!(
+                "[[route]]\nname = \"{name}\"\nlistener = \"l\"\npool = \"web\"\nhost = \"{name}.test\"\n"
+            )
+        };
+        let metrics = ProxyMetrics::default();
+        let count = |route: &str, pool: &str, backend: &str, seconds: Option<f64>| {
+            metrics.request(Label::from(route), Label::from(pool), Label::from(backend), 200, seconds);
+        };
+        for backend in ["10.0.0.1:8080", "10.0.0.2:8080"] {
+            count("site", "web", backend, Some(0.001));
+            count("site:shadow", "web", backend, None);
+            count("gone", "web", backend, None);
+        }
+        count("site", "web", "cache", None);
+        count("site", "", "", None);
+        count("site", "old-pool", "10.0.0.1:8080", Some(0.001));
+        let both = "{ address = \"10.0.0.1\" }, { address = \"10.0.0.2\" }";
+        // Only the pool no config has goes: 9 series, 8 left.
+        metrics.retain(&config(both, &(route("site") + &route("gone"))));
+        assert_eq!(metrics.text().lines().filter(|l| l.starts_with("http_requests_total")).count(), 8);
+        // 10.0.0.2 and route `gone` dropped.
+        metrics.retain(&config("{ address = \"10.0.0.1\" }", &route("site")));
+        let text = metrics.text();
+        let mut left: Vec<_> = text
+            .lines()
+            .filter(|l| l.starts_with("http_requests_total"))
+            .map(|l| l.trim_start_matches("http_requests_total").to_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "{route=\"site\",pool=\"\",backend=\"\",class=\"2xx\"} 1",
+                "{route=\"site\",pool=\"web\",backend=\"10.0.0.1:8080\",class=\"2xx\"} 1",
+                "{route=\"site\",pool=\"web\",backend=\"cache\",class=\"2xx\"} 1",
+                "{route=\"site:shadow\",pool=\"web\",backend=\"10.0.0.1:8080\",class=\"2xx\"} 1",
+            ],
+            "{text}"
+        );
+        let latency: Vec<_> = text.lines().filter(|l| l.starts_with("http_upstream_seconds_count")).collect();
+        assert_eq!(
+            latency,
+            ["http_upstream_seconds_count{pool=\"web\",backend=\"10.0.0.1:8080\"} 1"],
+            "{text}"
+        );
+        // A request of the old snapshot that ends now is counted, and removed the next time.
+        count("gone", "web", "10.0.0.2:8080", None);
+        assert!(metrics.text().contains("route=\"gone\""));
+        metrics.retain(&config("{ address = \"10.0.0.1\" }", &route("site")));
+        assert!(!metrics.text().contains("route=\"gone\""));
     }
 }
