@@ -154,7 +154,11 @@ impl Pool {
     /// a backend no request goes to any more (left the pool, or the traffic stopped) kept its
     /// idle connections open, up to `MAX_IDLE_PER_BACKEND` descriptors each, for good.
     pub fn sweep(&self) {
-        let now = clock::coarse_ms();
+        self.sweep_at(clock::coarse_ms());
+    }
+
+    /// `sweep` as of `now` (coarse ms).
+    fn sweep_at(&self, now: u64) {
         self.mine().retain(|_, list| {
             list.retain(|i| now.saturating_sub(i.since_ms) < IDLE_TIMEOUT_MS);
             !list.is_empty()
@@ -543,10 +547,8 @@ mod tests {
         // A sweep leaves a connection idle for less than the timeout, and closes it after.
         pool.sweep();
         assert_eq!(pool.mine().get(&address).map(VecDeque::len), Some(1));
-        for idle in pool.mine().values_mut().flatten() {
-            idle.since_ms -= IDLE_TIMEOUT_MS;
-        }
-        pool.sweep();
+        // A minute on (not the stamps a minute back: a machine up for less would underflow).
+        pool.sweep_at(clock::coarse_ms() + IDLE_TIMEOUT_MS);
         assert!(pool.mine().is_empty(), "a connection idle past the timeout stayed open");
     }
 
