@@ -19,6 +19,8 @@ use crate::{
 };
 
 const NS: &str = "slbench";
+/// The core the load generator and the backends run on (`/proc/stat`'s name for it).
+const LOAD_CPU: &str = "cpu1";
 const BACKENDS: [u16; 2] = [18081, 18082];
 /// Idle keep-alive connections held open to measure each proxy's memory per connection. Not
 /// 10,000: the open-file hard limit here is 20,000 and HAProxy reserves two per connection.
@@ -60,25 +62,32 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
+/// The total and idle (with I/O wait) time of `/proc/stat`'s line `cpu` ("cpu" for all CPUs,
+/// "cpu1" for one), in ticks.
+fn cpu_times(cpu: &str) -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<f64> = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(cpu))
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    (v.iter().sum(), idle)
+}
+
+/// The busy share of `cpu` between two readings of [`cpu_times`].
+fn busy_between((t0, i0): (f64, f64), (t1, i1): (f64, f64)) -> f64 {
+    if t1 > t0 { 1.0 - (i1 - i0) / (t1 - t0) } else { 0.0 }
+}
+
 /// Busy share of all CPUs over `window` (other load on the shared machine).
 fn busy(window: Duration) -> f64 {
-    let read = || -> (f64, f64) {
-        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let v: Vec<f64> = stat
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
-        (v.iter().sum(), idle)
-    };
-    let (t0, i0) = read();
+    let before = cpu_times("cpu");
     std::thread::sleep(window);
-    let (t1, i1) = read();
-    if t1 > t0 { 1.0 - (i1 - i0) / (t1 - t0) } else { 0.0 }
+    busy_between(before, cpu_times("cpu"))
 }
 
 fn wait_port(port: u16) -> Result<()> {
@@ -188,6 +197,9 @@ pub struct Sample {
     pub p99_ms: f64,
     pub cpu_us_per_request: f64,
     pub other_cpu: f64,
+    /// The busy share of the load's core (the client's and the backends'): near 1.0, the rate
+    /// measured that core as much as the proxy.
+    pub load_cpu: f64,
 }
 
 fn parse_ms(v: &str) -> f64 {
@@ -204,6 +216,7 @@ fn parse_ms(v: &str) -> f64 {
 fn load(proxy_pid: u32, mode: &str, url: &str, seconds: u64) -> Result<Sample> {
     let other_cpu = busy(Duration::from_millis(500));
     let cpu_before = cpu_seconds(proxy_pid);
+    let load_before = cpu_times(LOAD_CPU);
     let started = Instant::now();
     let duration = format!("{seconds}s");
     let out = if mode == "h2" {
@@ -218,6 +231,7 @@ fn load(proxy_pid: u32, mode: &str, url: &str, seconds: u64) -> Result<Sample> {
     };
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds(proxy_pid) - cpu_before;
+    let load_cpu = busy_between(load_before, cpu_times(LOAD_CPU));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (rps, p50_ms, p99_ms) = if mode == "h2" {
         let rps = text
@@ -246,7 +260,7 @@ fn load(proxy_pid: u32, mode: &str, url: &str, seconds: u64) -> Result<Sample> {
         )
     };
     let requests = rps * elapsed.min(seconds as f64 + 0.5);
-    Ok(Sample { rps, p50_ms, p99_ms, cpu_us_per_request: cpu * 1e6 / requests.max(1.0), other_cpu })
+    Ok(Sample { rps, p50_ms, p99_ms, cpu_us_per_request: cpu * 1e6 / requests.max(1.0), other_cpu, load_cpu })
 }
 
 /// The second backend also listens on 127.0.0.2 at the first one's port: a Sluice pool has one
@@ -418,6 +432,9 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
         "cargo xtask bench l7: {seconds} s per case, wrk -t1 -c64 (h2: h2load -t1 -c64 -m10), proxy on CPU 0, load and backends on CPU 1"
     );
     println!(
+        "other: all CPUs' busy share just before the case (the machine's own load); load: CPU 1's busy share during it (near 100%, the client's and backends' core bounds the rate as much as the proxy)"
+    );
+    println!(
         "sluice-bp: the same lbd with `[proxy] busy_poll_us = 100` (the default is 40), in {BUSY_POLL_MODES:?}"
     );
     println!(
@@ -499,8 +516,8 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
 /// references' lines.
 fn print_round(table: &[Row], order: &[&str], modes: &[&str]) {
     println!(
-        "{:<16} {:<9} {:>10} {:>9} {:>9} {:>10} {:>7} {:>14}",
-        "mode", "proxy", "req/s", "p50 ms", "p99 ms", "cpu us/req", "other", "sluice/best"
+        "{:<16} {:<9} {:>10} {:>9} {:>9} {:>10} {:>7} {:>7} {:>14}",
+        "mode", "proxy", "req/s", "p50 ms", "p99 ms", "cpu us/req", "other", "load", "sluice/best"
     );
     for mode in modes {
         let mut rows: Vec<&Row> = table.iter().filter(|(m, _, _)| m == mode).collect();
@@ -517,12 +534,13 @@ fn print_round(table: &[Row], order: &[&str], modes: &[&str]) {
                 String::new()
             };
             println!(
-                "{m:<16} {p:<9} {:>10.0} {:>9.2} {:>9.2} {:>10.1} {:>6.0}% {:>14}",
+                "{m:<16} {p:<9} {:>10.0} {:>9.2} {:>9.2} {:>10.1} {:>6.0}% {:>6.0}% {:>14}",
                 s.rps,
                 s.p50_ms,
                 s.p99_ms,
                 s.cpu_us_per_request,
                 s.other_cpu * 100.0,
+                s.load_cpu * 100.0,
                 ratio
             );
         }

@@ -81,6 +81,16 @@ pub fn verdict(rounds: &[Round], references: &[&str]) -> Vec<String> {
             "{mode:<16} rate {rate:.2}x the best peer's (rounds {each}; target >= {target:.1}x): {}",
             met(rate >= target)
         );
+        // How busy the load's own core was: near 100% under every proxy, the rates are that
+        // core's as much as the proxies'.
+        let load = per_round(rounds, mode, references, |s| s.load_cpu, f64::max, 0.0);
+        let (sluice, peers) = (
+            median(load.iter().map(|(s, _)| s * 100.0).collect()),
+            median(load.iter().map(|(_, p)| p * 100.0).collect()),
+        );
+        if !load.is_empty() {
+            line += &format!("; load core busy {sluice:.0}% (peers up to {peers:.0}%)");
+        }
         if mode == "tls-handshake" {
             let cpu = per_round(rounds, mode, references, |s| s.cpu_us_per_request, f64::min, f64::MAX);
             let (cpu, _) = ratio(&cpu);
@@ -150,7 +160,7 @@ mod tests {
     use super::*;
 
     fn sample(rps: f64, p99_ms: f64, cpu_us_per_request: f64) -> Sample {
-        Sample { rps, p50_ms: 1.0, p99_ms, cpu_us_per_request, other_cpu: 0.0 }
+        Sample { rps, p50_ms: 1.0, p99_ms, cpu_us_per_request, other_cpu: 0.0, load_cpu: 0.97 }
     }
 
     fn row(mode: &str, proxy: &str, s: Sample) -> Row {
@@ -185,7 +195,7 @@ mod tests {
         let http = &lines[1];
         assert!(http.starts_with("http1-keepalive  rate 1.12x"), "{http}");
         assert!(http.contains("rounds 1.15 0.60 1.12"), "{http}");
-        assert!(http.contains("target >= 1.1x): met"), "{http}");
+        assert!(http.contains("target >= 1.1x): met; load core busy 97% (peers up to 97%)"), "{http}");
         // p99 against the best peer's (nginx, 2 ms): 0.75, 4.50 and 0.90 of it.
         assert!(
             http.contains("p99 0.90x the best peer's (rounds 0.75 4.50 0.90; medians 1.80 and 2.00 ms"),
