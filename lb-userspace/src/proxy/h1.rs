@@ -6,6 +6,8 @@ pub mod body;
 pub mod downstream;
 pub mod encode;
 pub mod head;
+#[cfg(test)]
+mod mutations;
 pub mod rewind;
 pub mod scratch;
 pub mod upstream;

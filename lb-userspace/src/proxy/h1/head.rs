@@ -174,6 +174,22 @@ fn declared_framing(fields: Fields<'_>) -> Result<Option<Framing>, &'static str>
     Ok(length.map(Framing::Length))
 }
 
+/// A length sent as several equal values (`5, 5`, repeated fields, `05`) becomes one field in
+/// its plain form: what is forwarded (an HTTP/2 peer gets the fields as they are) says the
+/// length once, as HAProxy does. A plain single field, the common case, is left as it is.
+fn one_length(headers: &mut HeaderMap, framing: Framing) {
+    let Framing::Length(n) = framing else { return };
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let plain = |v: &HeaderValue| {
+        let v = v.as_bytes();
+        v.iter().all(u8::is_ascii_digit) && (v.len() == 1 || v.first() != Some(&b'0'))
+    };
+    if values.next().is_some_and(plain) && values.next().is_none() {
+        return;
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+}
+
 /// Parses a request head at the start of `buf` and takes it out: `Ok(None)` while it is
 /// incomplete (and under `max_bytes`).
 pub fn parse_request(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<RequestHead>, Refused> {
@@ -224,7 +240,8 @@ pub fn parse_request(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<Requ
     let expect_continue = framing != Framing::Empty
         && framing != Framing::Length(0)
         && fields.all(&header::EXPECT).next().is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
-    let headers = header_map(&head, &mut ranges).map_err(bad)?;
+    let mut headers = header_map(&head, &mut ranges).map_err(bad)?;
+    one_length(&mut headers, framing);
     Ok(Some(RequestHead { method, uri, version, headers, framing, keep_alive, expect_continue }))
 }
 
@@ -287,7 +304,8 @@ pub fn parse_response(
             Version::HTTP_10 => fields.connection_has("keep-alive"),
             _ => !fields.connection_has("close"),
         };
-    let headers = header_map(&head, &mut ranges)?;
+    let mut headers = header_map(&head, &mut ranges)?;
+    one_length(&mut headers, framing);
     Ok(Some(ResponseHead { status, version, headers, framing, keep_alive }))
 }
 
@@ -321,7 +339,22 @@ mod tests {
         let chunked = chunked.unwrap().unwrap();
         assert!(chunked.framing == Framing::Chunked && chunked.expect_continue);
         let same = request("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5, 5\r\n\r\n");
-        assert_eq!(same.unwrap().unwrap().framing, Framing::Length(5));
+        let same = same.unwrap().unwrap();
+        assert_eq!(same.framing, Framing::Length(5));
+        // Forwarded as one plain length (found by the mutation tests: `3` and `03` went on as two).
+        let lengths: Vec<_> = same.headers.get_all(header::CONTENT_LENGTH).iter().collect();
+        assert_eq!(lengths, ["5"]);
+        let padded = request("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 03\r\n\r\n");
+        assert_eq!(
+            padded.unwrap().unwrap().headers.get_all(header::CONTENT_LENGTH).iter().collect::<Vec<_>>(),
+            ["3"]
+        );
+        let answer = parse_response(
+            &mut BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok"[..]),
+            &Method::GET,
+            1024,
+        );
+        assert_eq!(answer.unwrap().unwrap().headers.get(header::CONTENT_LENGTH).unwrap(), "2");
     }
 
     #[test]
