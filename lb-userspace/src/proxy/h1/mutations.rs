@@ -249,3 +249,150 @@ fn chunked_bodies_decode_alike_in_any_reads() {
     }
     mix.assert_varied();
 }
+
+/// Whole client connections: mutated (and pipelined) requests sent to a real listener loop and
+/// a real backend on 127.0.0.1, the client's side then half-closed. Each connection must end,
+/// answered or refused, within a few seconds (no hang), and its task must not panic.
+mod connections {
+    use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+    use arc_swap::ArcSwap;
+    use http_body_util::{BodyExt, Full};
+    use hyper::{Request, Response, body::Incoming, service::service_fn};
+    use hyper_util::rt::TokioIo;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::{REQUESTS, Rng, mutate};
+    use crate::{
+        config::Config,
+        proxy::{
+            access_log::ClientConn,
+            cache::CacheStore,
+            h1::downstream::{self, Session},
+            idle::{Activity, Watched},
+            metrics::ProxyMetrics,
+            pipeline::Forwarder,
+            routes::Snapshot,
+            runtime::Runtime,
+        },
+        state::State,
+    };
+
+    /// Connections tried: each is a connect, a few writes and reads on loopback.
+    const CONNECTIONS: usize = 600;
+    /// What one connection may take to end: far more than an answer needs, far less than any
+    /// timeout of the proxy's (they are minutes by default) that would end a hang instead.
+    const ENDS_WITHIN: Duration = Duration::from_secs(5);
+
+    /// A backend that reads each request's whole body and answers with its size.
+    async fn backend() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = service_fn(|request: Request<Incoming>| async move {
+                    let body = request.into_body().collect().await?.to_bytes();
+                    Ok::<_, hyper::Error>(Response::new(Full::new(bytes::Bytes::from(format!(
+                        "read {}",
+                        body.len()
+                    )))))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades(),
+                );
+            }
+        });
+        address
+    }
+
+    /// The proxy's listener loop in miniature: each accepted connection served by
+    /// `downstream::serve` in a task of its own, as a worker does. Returns its address and the
+    /// connections' tasks as they are accepted.
+    async fn proxy(
+        backend: SocketAddr,
+    ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<tokio::task::JoinHandle<()>>) {
+        let text = format!(
+            "[dataplane]\ninterface = \"lo\"\n[[pool]]\nname = \"p\"\nport = {}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
+             [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\nmax_body_bytes = 4096\n\
+             [[route]]\nlistener = \"l\"\npool = \"p\"\n",
+            backend.port()
+        );
+        let config = Config::parse(Path::new("t.toml"), &text).unwrap();
+        let listener = Arc::new(config.listeners[0].clone());
+        let snapshot =
+            Arc::new(ArcSwap::from_pointee(Snapshot::build(&State::new(config), &Runtime::default())));
+        let (commands, _ignored) = tokio::sync::mpsc::unbounded_channel();
+        let forwarder =
+            Arc::new(Forwarder::new(ProxyMetrics::default(), commands, Arc::new(CacheStore::default())));
+        let (_stop, stop) = tokio::sync::watch::channel(false);
+        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = socket.local_addr().unwrap();
+        let (tasks, accepted) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let _stop = _stop; // the listener never stops
+            let _ignored = _ignored;
+            while let Ok((stream, client)) = socket.accept().await {
+                let activity = Arc::new(Activity::default());
+                let session = Session {
+                    forwarder: forwarder.clone(),
+                    snapshot: snapshot.clone(),
+                    listener: listener.clone(),
+                    conn: Arc::new(ClientConn { address: client, tls_version: None, sni: None }),
+                    activity: activity.clone(),
+                    stop: stop.clone(),
+                };
+                let served = downstream::serve(Watched::new(stream, activity), session);
+                let _ = tasks.send(tokio::spawn(async move {
+                    served.await;
+                }));
+            }
+        });
+        (address, accepted)
+    }
+
+    #[tokio::test]
+    async fn every_mutated_connection_ends_without_a_panic() {
+        let (address, mut tasks) = proxy(backend().await).await;
+        let mut rng = Rng(0x5eed_0004);
+        let mut answered = 0;
+        for _ in 0..CONNECTIONS {
+            // One to three requests back to back, the last one mutated.
+            let mut input = Vec::new();
+            for _ in 0..rng.below(3) {
+                input.extend_from_slice(REQUESTS[rng.below(2)]);
+            }
+            let seed = REQUESTS[rng.below(REQUESTS.len())];
+            input.extend(mutate(&mut rng, seed));
+            let exchange = async {
+                let mut client = TcpStream::connect(address).await.unwrap();
+                // The proxy may refuse and close before it has read everything.
+                let _ = client.write_all(&input).await;
+                let _ = client.shutdown().await;
+                let mut got = Vec::new();
+                let _ = client.read_to_end(&mut got).await;
+                got
+            };
+            let got = tokio::time::timeout(ENDS_WITHIN, exchange).await.unwrap_or_else(|_| {
+                panic!("no end within {ENDS_WITHIN:?}: {:?}", String::from_utf8_lossy(&input))
+            });
+            answered += usize::from(got.starts_with(b"HTTP/1.1 200"));
+            let task = tasks.recv().await.unwrap();
+            tokio::time::timeout(ENDS_WITHIN, task)
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("the connection's task did not end: {:?}", String::from_utf8_lossy(&input))
+                })
+                .unwrap_or_else(|err| {
+                    panic!("the connection's task failed ({err}): {:?}", String::from_utf8_lossy(&input))
+                });
+        }
+        // The mutations leave many requests whole: the test reaches the backend, not only the
+        // parser's refusals.
+        assert!(answered >= CONNECTIONS / 10, "only {answered} of {CONNECTIONS} answered");
+    }
+}
