@@ -1,6 +1,6 @@
-//! Mutation tests of the HTTP/1.1 engine's parsers: valid and hostile messages, changed a few
-//! bytes at a time by a seeded generator (the same cases every run), never make a parser panic,
-//! and every parser gives the same answer whether its input arrives whole or in two reads.
+//! Mutation tests of the HTTP/1.1 engine: valid and hostile messages, changed a few bytes at a
+//! time (`crate::mutation`), never make a parser panic, every parser gives the same answer
+//! whether its input arrives whole or in two reads, and every connection ends.
 use bytes::BytesMut;
 use hyper::http::{Method, header};
 
@@ -8,26 +8,10 @@ use super::{
     body::{BodyError, Decoded, Decoder, Framing},
     head::{self, Refused},
 };
+use crate::mutation::Rng;
 
 /// Cases per property: a few hundred milliseconds in a debug build.
 const CASES: usize = 20_000;
-
-/// xorshift64*: small, seeded, and the same sequence on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// A draw in `0..n` (`n` > 0).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 const REQUESTS: &[&[u8]] = &[
     b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
@@ -76,31 +60,9 @@ const SPICE: &[&[u8]] = &[
     b"Host: b\r\n",
 ];
 
-/// `seed` with one to four changes: a bit flipped, spice inserted, a range cut out, the end cut
-/// off, or a range repeated.
+/// `seed` with one to four changes, spiced with [`SPICE`].
 fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
-    let mut m = seed.to_vec();
-    for _ in 0..1 + rng.below(4) {
-        let at = rng.below(m.len() + 1);
-        match rng.below(5) {
-            0 if at < m.len() => m[at] ^= 1 << rng.below(8),
-            1 => {
-                let spice = SPICE[rng.below(SPICE.len())];
-                m.splice(at..at, spice.iter().copied());
-            }
-            2 => {
-                let end = (at + 1 + rng.below(8)).min(m.len());
-                m.drain(at.min(end)..end);
-            }
-            3 => m.truncate(at),
-            _ => {
-                let end = (at + 1 + rng.below(24)).min(m.len());
-                let piece = m[at.min(end)..end].to_vec();
-                m.splice(at..at, piece);
-            }
-        }
-    }
-    m
+    crate::mutation::mutate(rng, seed, SPICE)
 }
 
 /// A parse's outcome in comparable form: the head's parts (as text) and the bytes left after it.
