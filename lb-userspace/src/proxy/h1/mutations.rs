@@ -22,6 +22,11 @@ const REQUESTS: &[&[u8]] = &[
     b"GET http://a/b HTTP/1.1\r\nHost: a\r\nConnection: close, Host\r\nX: \"q\"\r\n\r\n",
     b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
     b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    // The gateway's own parsing: cookies (hash key, sticky pool), forwarding fields, the cache's
+    // Vary, a client's request ID.
+    b"GET /h HTTP/1.1\r\nHost: hash.test\r\nCookie: sid=abc; sluice_pool=p\r\nX-Forwarded-For: 10.0.0.1, ::1\r\n\r\n",
+    b"GET /c?x=1 HTTP/1.1\r\nHost: cache.test:80\r\nAccept: text/html\r\nForwarded: for=\"[::1]\";proto=http\r\nX-Request-Id: abc\r\n\r\n",
+    b"HEAD /c HTTP/1.1\r\nHost: CACHE.test\r\nCache-Control: no-cache\r\nVia: 1.0 x\r\n\r\n",
 ];
 
 const RESPONSES: &[&[u8]] = &[
@@ -257,10 +262,13 @@ mod connections {
             while let Ok((stream, _)) = listener.accept().await {
                 let service = service_fn(|request: Request<Incoming>| async move {
                     let body = request.into_body().collect().await?.to_bytes();
-                    Ok::<_, hyper::Error>(Response::new(Full::new(bytes::Bytes::from(format!(
-                        "read {}",
-                        body.len()
-                    )))))
+                    let mut answer =
+                        Response::new(Full::new(bytes::Bytes::from(format!("read {}", body.len()))));
+                    // Storable, varying by what the client accepts.
+                    let headers = answer.headers_mut();
+                    headers.insert(hyper::header::CACHE_CONTROL, "max-age=60".parse().unwrap());
+                    headers.insert(hyper::header::VARY, "accept".parse().unwrap());
+                    Ok::<_, hyper::Error>(answer)
                 });
                 tokio::spawn(
                     hyper::server::conn::http1::Builder::new()
@@ -278,11 +286,19 @@ mod connections {
     async fn proxy(
         backend: SocketAddr,
     ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<tokio::task::JoinHandle<()>>) {
+        // Every gateway step that reads the request: a hash by cookie, a sticky split, a rate
+        // limit, a cache with a shadow and retries, and a catch-all route.
+        let port = backend.port();
         let text = format!(
-            "[dataplane]\ninterface = \"lo\"\n[[pool]]\nname = \"p\"\nport = {}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
+            "[dataplane]\ninterface = \"lo\"\n\
+             [[pool]]\nname = \"p\"\nport = {port}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
+             [[pool]]\nname = \"h\"\nport = {port}\nbackends = [{{ address = \"127.0.0.1\" }}]\nbalance = \"hash\"\nhash_key = \"cookie:sid\"\n\
              [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\nmax_body_bytes = 4096\n\
-             [[route]]\nlistener = \"l\"\npool = \"p\"\n",
-            backend.port()
+             [[route]]\nlistener = \"l\"\npool = \"h\"\nhost = \"hash.test\"\nsplit = [{{ pool = \"p\", percent = 50 }}]\nsticky = true\n\
+             rate_limit = {{ requests_per_second = 100000, burst = 100000 }}\n\
+             [[route]]\nlistener = \"l\"\npool = \"p\"\nhost = \"cache.test\"\ncache = {{ max_entries = 10 }}\n\
+             shadow = {{ pool = \"h\", percent = 50 }}\nretries = 1\n\
+             [[route]]\nlistener = \"l\"\npool = \"p\"\n"
         );
         let config = Config::parse(Path::new("t.toml"), &text).unwrap();
         let listener = Arc::new(config.listeners[0].clone());
