@@ -13,8 +13,7 @@ pub mod instance;
 pub mod live_view;
 pub mod maglev;
 pub mod metrics;
-#[cfg(test)]
-mod mutation;
+pub mod mutation;
 pub mod persist;
 pub mod proxy;
 pub mod reload;

@@ -1,11 +1,11 @@
-//! Seeded mutation for tests: a valid input changed a few bytes at a time, the same cases on
-//! every run and machine, to show that a parser of hostile input never panics and never hangs.
+//! Seeded mutation, for the tests (unit and root) of what parses hostile input: a valid input
+//! changed a few bytes at a time, the same cases on every run and machine.
 
 /// xorshift64*: small, seeded, and the same sequence everywhere.
 pub struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn draw(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -14,7 +14,7 @@ impl Rng {
 
     /// A draw in `0..n` (`n` > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.draw() % n as u64) as usize
     }
 }
 

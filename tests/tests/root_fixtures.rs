@@ -966,3 +966,128 @@ fn root_fixtures_syn_cookies_for_an_l7_vip() -> Result<()> {
     );
     Ok(())
 }
+
+/// The fixtures' packets changed a few bytes at a time (cut short, bits flipped, bytes
+/// inserted or repeated): every one is passed or dropped untouched, or sent on well formed,
+/// to a backend or back to its sender, and every one is counted under its verdict.
+#[test]
+fn root_fixtures_mutated_packets_are_counted_and_never_sent_on_malformed() -> Result<()> {
+    const PACKETS: usize = 20_000;
+    const SPICE: &[&[u8]] = &[
+        &[0x81, 0x00, 0x00, 0x05], // a VLAN tag
+        &[0x08, 0x00],
+        &[0x86, 0xdd],
+        &[0x45],
+        &[0x4f],
+        &[0x00, 0x00],
+        &[0xff, 0xff],
+        &[0x06],
+        &[0x11],
+        &[0x2c], // IPv6 fragment header
+        &[0x00; 8],
+    ];
+    let mut h = Harness::new("mutated", 8, desired_state(&WEB))?;
+    let seeds: Vec<Vec<u8>> = phase_one(&h).into_iter().map(|f| f.input).collect();
+    let backends: Vec<IpAddr> = h
+        .desired
+        .vips
+        .iter()
+        .flat_map(|v| v.backends.iter().map(|w| lb_userspace::dataplane::tables::ip_of(&w.addr)))
+        .collect();
+    let mut rng = lb_userspace::mutation::Rng(0x5eed_0006);
+    let mut verdicts = BTreeMap::new();
+    for _ in 0..PACKETS {
+        let seed = &seeds[rng.below(seeds.len())];
+        let input = lb_userspace::mutation::mutate(&mut rng, seed, SPICE);
+        if input.len() < 14 {
+            continue; // shorter than an Ethernet header: the kernel delivers none (nor tests one)
+        }
+        let (verdict, out) = h.run(&input)?;
+        *verdicts.entry(verdict).or_insert(0u64) += 1;
+        match verdict {
+            XDP_DROP | XDP_PASS => assert_eq!(out, input, "changed, verdict {verdict}: {input:02x?}"),
+            XDP_TX => {
+                let sent = l3(&out).unwrap_or_else(|| panic!("sent on without an IP header: {out:02x?}"));
+                let to_sender = l3(&input).is_some_and(|(_, from, _)| from == sent.2);
+                assert!(
+                    backends.contains(&sent.2) || to_sender,
+                    "sent to {} (no backend, not the sender): {input:02x?}",
+                    sent.2
+                );
+                // The IP length covers what is there (a frame may carry padding after it, as
+                // Ethernet's minimum size adds to a short packet: receivers trim it).
+                let (at, _, _) = sent;
+                let (length, header) = if out[at] >> 4 == 4 {
+                    let header = &out[at..at + usize::from(out[at] & 0xf) * 4];
+                    // A header the balancer made is right; one it answered in place (an echo
+                    // reply: addresses swapped) keeps the request's checksum, right or wrong,
+                    // so a receiver drops a corrupted one as it would have dropped the request.
+                    let answered_in_place = out.len() == input.len();
+                    let came_right = l3(&input).is_some_and(|(at, _, _)| {
+                        input.get(at..at + usize::from(input[at] & 0xf) * 4).is_some_and(|h| checksum(h) == 0)
+                    });
+                    assert!(
+                        checksum(header) == 0 || (answered_in_place && !came_right),
+                        "IPv4 header checksum broken: {input:02x?} -> {out:02x?}"
+                    );
+                    (usize::from(u16::from_be_bytes([out[at + 2], out[at + 3]])), header.len())
+                } else {
+                    (usize::from(u16::from_be_bytes([out[at + 4], out[at + 5]])) + 40, 40)
+                };
+                assert!(
+                    (header..=out.len() - at).contains(&length),
+                    "IP length {length} for {} bytes: {input:02x?}",
+                    out.len() - at
+                );
+            }
+            other => panic!("verdict {other} for {input:02x?}"),
+        }
+    }
+    // Every packet counted once under its verdict.
+    let stats: BTreeMap<&str, u64> = h.stats()?.into_iter().collect();
+    for (verdict, name) in [(XDP_DROP, "drop"), (XDP_PASS, "pass"), (XDP_TX, "tx")] {
+        assert_eq!(
+            stats.get(name).copied().unwrap_or(0),
+            verdicts.get(&verdict).copied().unwrap_or(0),
+            "{name}"
+        );
+    }
+    // The mutations reach every verdict (else this tests little).
+    assert!(verdicts.values().all(|&n| n >= PACKETS as u64 / 50) && verdicts.len() == 3, "{verdicts:?}");
+    Ok(())
+}
+
+/// A frame's IP header: its offset (after any VLAN tags), source and destination.
+fn l3(frame: &[u8]) -> Option<(usize, IpAddr, IpAddr)> {
+    let mut at = 12;
+    while matches!(frame.get(at..at + 2)?, [0x81, 0x00] | [0x88, 0xa8]) {
+        at += 4;
+    }
+    let ethertype = frame.get(at..at + 2)?;
+    at += 2;
+    match ethertype {
+        [0x08, 0x00] => {
+            let h = frame.get(at..at + 20)?;
+            let src: [u8; 4] = h[12..16].try_into().ok()?;
+            let dst: [u8; 4] = h[16..20].try_into().ok()?;
+            Some((at, src.into(), dst.into()))
+        }
+        [0x86, 0xdd] => {
+            let h = frame.get(at..at + 40)?;
+            let src: [u8; 16] = h[8..24].try_into().ok()?;
+            let dst: [u8; 16] = h[24..40].try_into().ok()?;
+            Some((at, src.into(), dst.into()))
+        }
+        _ => None,
+    }
+}
+
+/// The internet checksum of `bytes` (0 over a header that carries a right one).
+fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 =
+        bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
