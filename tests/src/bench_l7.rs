@@ -25,6 +25,9 @@ const BACKENDS: [u16; 2] = [18081, 18082];
 /// Idle keep-alive connections held open to measure each proxy's memory per connection. Not
 /// 10,000: the open-file hard limit here is 20,000 and HAProxy reserves two per connection.
 const IDLE_CONNECTIONS: usize = 9_000;
+/// Idle TLS connections held open to measure each proxy's memory per TLS connection: fewer, as
+/// each costs a handshake on the bench's one client thread.
+const IDLE_TLS_CONNECTIONS: usize = 3_000;
 
 /// A process in the bench namespace, killed on drop.
 struct Proc(Child);
@@ -100,10 +103,6 @@ fn wait_port(port: u16) -> Result<()> {
     }
     bail!("nothing listens on {port}")
 }
-
-/// Idle TLS connections held open to measure each proxy's memory per TLS connection: fewer, as
-/// each costs a handshake on the bench's one client thread.
-const IDLE_TLS_CONNECTIONS: usize = 3_000;
 
 /// A connection the idle-memory probe holds: plain TCP or TLS over it.
 trait Held: std::io::Read + std::io::Write + Send {}

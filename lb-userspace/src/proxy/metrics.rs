@@ -243,8 +243,9 @@ impl ProxyMetrics {
     /// Removes the request and latency series of routes, pools and backends `config` no longer
     /// has (Envoy drops a removed host's stats too): without it a pool whose backends come and
     /// go (new addresses on each deploy) would grow the exposition and lbd's memory for good.
-    /// A request of a replaced snapshot that ends after this counts into a series of its own,
-    /// removed the next time.
+    /// A request of a replaced snapshot that ends after this counts where no scrape sees it: in
+    /// the removed series (a worker still holds it), or in one made again and removed the next
+    /// time.
     pub fn retain(&self, config: &Config) {
         let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
         let mut gone = Vec::new();
