@@ -387,8 +387,8 @@ fn operator_only(commands: Vec<Command>) -> Result<Vec<Command>, String> {
     match commands.iter().find(|c| !c.persists()) {
         Some(other) => Err(format!(
             "{} is not an admin command (add_backend, remove_backend, set_weight, set_drain, \
-             set_node_drain, add_deny, remove_deny; pools and VIPs change in the config file and a \
-             reload)",
+             set_node_drain, set_split, add_deny, remove_deny; pools and VIPs change in the config \
+             file and a reload)",
             serde_json::to_value(other)
                 .ok()
                 .and_then(|v| v["command"].as_str().map(str::to_owned))

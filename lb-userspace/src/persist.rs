@@ -140,6 +140,45 @@ pub fn edit(text: &str, command: &Command) -> Result<String> {
                 bgp.remove("drained");
             }
         }
+        Command::SetSplit { route, pool, percent } => {
+            let routes = doc
+                .get_mut("route")
+                .and_then(Item::as_array_of_tables_mut)
+                .ok_or_else(|| missing("no [[route]] in the file"))?;
+            let table = routes
+                .iter_mut()
+                .find(|t| t.get("name").and_then(Item::as_str) == Some(route))
+                .ok_or_else(|| {
+                    missing(format!("no [[route]] with `name = \"{route}\"` in the file (give it a name)"))
+                })?;
+            let mut split = table.get("split").and_then(Item::as_array).cloned().unwrap_or_default();
+            let of = |v: &Value| {
+                v.as_inline_table().and_then(|t| t.get("pool")).and_then(Value::as_str) == Some(pool)
+            };
+            let found = split.iter().position(of);
+            match found {
+                Some(index) if *percent == 0.0 => {
+                    split.remove(index);
+                }
+                Some(index) => {
+                    if let Some(entry) = split.get_mut(index).and_then(Value::as_inline_table_mut) {
+                        entry.insert("percent", (*percent).into());
+                    }
+                }
+                None if *percent == 0.0 => {}
+                None => {
+                    let mut entry = InlineTable::new();
+                    entry.insert("pool", pool.as_str().into());
+                    entry.insert("percent", (*percent).into());
+                    split.push(entry);
+                }
+            }
+            if split.is_empty() {
+                table.remove("split");
+            } else {
+                table.insert("split", Item::Value(Value::Array(split)));
+            }
+        }
         Command::AddDeny { prefix } => deny_prefixes(&mut doc)?.push(prefix.to_string()),
         Command::RemoveDeny { prefix } => {
             let prefixes = deny_prefixes(&mut doc)?;
@@ -324,6 +363,29 @@ mod tests {
         let remove = Command::RemoveBackend { pool: "web".into(), address: "10.0.0.1".parse().unwrap() };
         let config = Config::parse(Path::new("t.toml"), &edit(&text, &remove).unwrap()).unwrap();
         assert_eq!(config.pools["web"].backends.len(), 1);
+    }
+
+    #[test]
+    fn a_split_set_changed_and_ended_in_the_file() {
+        let text = "[dataplane]\ninterface = \"eth0\"\n\
+                    [[pool]]\nname = \"stable\"\nbackends = [{ address = \"10.0.0.1\" }]\n\
+                    [[pool]]\nname = \"canary\"\nbackends = [{ address = \"10.0.0.2\" }]\n\
+                    [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\n\
+                    [[route]] # the site\nname = \"site\"\nlistener = \"l\"\npool = \"stable\"\n\
+                    [[route]]\nlistener = \"l\"\npool = \"stable\"\n";
+        let split =
+            |route: &str, percent| Command::SetSplit { route: route.into(), pool: "canary".into(), percent };
+        let routes = |text: &str| Config::parse(Path::new("t.toml"), text).unwrap().routes;
+        let text = edit(text, &split("site", 10.0)).unwrap();
+        assert!(text.contains("# the site"), "{text}");
+        assert_eq!(routes(&text)[0].split, [("canary".to_owned(), 10.0)]);
+        let text = edit(&text, &split("site", 25.5)).unwrap();
+        assert_eq!(routes(&text)[0].split, [("canary".to_owned(), 25.5)]);
+        let text = edit(&text, &split("site", 0.0)).unwrap();
+        assert!(routes(&text)[0].split.is_empty() && !text.contains("split"), "{text}");
+        // A route without a name in the file cannot be found there.
+        let unnamed = routes(&text)[1].name.clone();
+        assert!(matches!(edit(&text, &split(&unnamed, 5.0)), Err(PersistError::NotInFile(_))));
     }
 
     #[test]

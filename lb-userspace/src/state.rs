@@ -45,6 +45,13 @@ pub enum Command {
     SetNodeDrain {
         drained: bool,
     },
+    /// Send `percent` of a route's requests to `pool` instead of the route's own pool (a
+    /// canary step, blue-green at 100; 0 ends the split to that pool).
+    SetSplit {
+        route: String,
+        pool: String,
+        percent: f64,
+    },
     AddDeny {
         prefix: IpNet,
     },
@@ -100,7 +107,10 @@ impl Command {
         self.is_backend()
             || matches!(
                 self,
-                Command::SetNodeDrain { .. } | Command::AddDeny { .. } | Command::RemoveDeny { .. }
+                Command::SetNodeDrain { .. }
+                    | Command::SetSplit { .. }
+                    | Command::AddDeny { .. }
+                    | Command::RemoveDeny { .. }
             )
     }
 }
@@ -157,6 +167,44 @@ impl State {
     /// Whether a backend takes new traffic as far as probes and ejection go (drain aside).
     pub fn usable(&self, pool: &str, address: IpAddr) -> bool {
         self.healthy(pool, address) && !self.ejected.contains(&(pool.to_owned(), address))
+    }
+
+    /// `Command::SetSplit`: the route's share to `pool` replaced (0 removes it); the shares
+    /// must stay within what the config accepts (0 to 100, at most 100 in all).
+    fn set_split(&mut self, route: &str, pool: &str, percent: f64) -> Result<String, CommandError> {
+        if !(0.0..=100.0).contains(&percent) {
+            return Err(CommandError::Invalid(format!("a split percent is 0 to 100, not {percent}")));
+        }
+        if !self.config.pools.contains_key(pool) {
+            return Err(CommandError::NoPool(pool.to_owned()));
+        }
+        let r = self
+            .config
+            .routes
+            .iter_mut()
+            .find(|r| r.name == route)
+            .ok_or_else(|| CommandError::Invalid(format!("no route `{route}`")))?;
+        if r.pool == pool {
+            return Err(CommandError::Invalid(format!(
+                "`{pool}` is route `{route}`'s own pool: a split sends requests to other pools"
+            )));
+        }
+        let old = r.split.iter().find(|(p, _)| p == pool).map_or(0.0, |(_, share)| *share);
+        let others: f64 = r.split.iter().filter(|(p, _)| p != pool).map(|(_, share)| share).sum();
+        if others + percent > 100.0 {
+            return Err(CommandError::Invalid(format!(
+                "route `{route}` already sends {others}% to other pools: {percent}% more is over 100"
+            )));
+        }
+        if old == percent {
+            return Ok(String::new());
+        }
+        match r.split.iter_mut().find(|(p, _)| p == pool) {
+            Some(entry) if percent > 0.0 => entry.1 = percent,
+            Some(_) => r.split.retain(|(p, _)| p != pool),
+            None => r.split.push((pool.to_owned(), percent)),
+        }
+        Ok(format!("route {route}: {percent}% to pool {pool} (was {old}%)"))
     }
 
     /// Applies one command, returning a line describing the change ("" when nothing changed).
@@ -224,6 +272,7 @@ impl State {
                     _ => String::new(),
                 })
             }
+            Command::SetSplit { route, pool, percent } => self.set_split(route, pool, *percent),
             Command::AddDeny { prefix } => {
                 if prefix.trunc() != *prefix {
                     return Err(CommandError::Invalid(format!("`{prefix}` has host bits set")));

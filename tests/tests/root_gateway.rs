@@ -309,6 +309,25 @@ fn root_gateway_split_limits_access_retries_fallback() -> Result<()> {
     let canary = answers.iter().filter(|(c, b)| *c == 200 && b == "backend2").count() as f64 / 20.0;
     assert!((7.0..=13.0).contains(&canary), "canary share {canary}%: {:?}", tally(&answers));
     assert!(answers.iter().all(|(c, _)| *c == 200));
+    // The next steps by lbctl: all of it (blue-green), then none; each in the config file.
+    let config = bed.dir.0.join("sluice.toml");
+    for (percent, backend) in [("100", "backend2"), ("0", "backend1")] {
+        let said = bed.lbd.lbctl(&["route", "split", "canary", "two", percent])?;
+        assert!(said.contains(&format!("route canary: {percent}% to pool two")), "{said}");
+        let answers = bed.requests("canary.test", 50)?;
+        assert!(answers.iter().all(|(c, b)| *c == 200 && b == backend), "{percent}%: {:?}", tally(&answers));
+    }
+    let split_in_file = || -> Result<Vec<(String, f64)>> {
+        let text = std::fs::read_to_string(&config)?;
+        let written =
+            lb_userspace::config::Config::parse(&config, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(written.routes.into_iter().find(|r| r.name == "canary").map(|r| r.split).unwrap_or_default())
+    };
+    assert_eq!(split_in_file()?, [], "the ended split is still in the file");
+    bed.lbd.lbctl(&["route", "split", "canary", "two", "10"])?;
+    assert_eq!(split_in_file()?, [("two".to_owned(), 10.0)]);
+    let refused = bed.lbd.lbctl(&["route", "split", "canary", "one", "10"]).unwrap_err().to_string();
+    assert!(refused.contains("own pool"), "{refused}");
 
     // Rate limit: burst 5 at once, then 429 with Retry-After.
     let answers = bed.requests("limited.test", 20)?;

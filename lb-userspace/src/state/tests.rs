@@ -117,3 +117,35 @@ fn only_an_ipv6_l4_vip_keeps_ipv4_backends_out_of_its_pool() {
     let mut l4 = State::new(Config::parse(Path::new("t.toml"), &l4).unwrap());
     assert!(matches!(l4.apply(&add), Err(CommandError::Invalid(why)) if why.contains("IPv6 L4 VIP")));
 }
+
+/// A canary step by command: the share to a pool set, changed, ended; refusals leave the route
+/// as it was.
+#[test]
+fn a_route_split_changes_by_command_within_its_bounds() {
+    let text = "[dataplane]\ninterface = \"eth0\"\n\
+                [[pool]]\nname = \"stable\"\nbackends = [{ address = \"10.0.0.1\" }]\n\
+                [[pool]]\nname = \"canary\"\nbackends = [{ address = \"10.0.0.2\" }]\n\
+                [[pool]]\nname = \"other\"\nbackends = [{ address = \"10.0.0.3\" }]\n\
+                [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\n\
+                [[route]]\nname = \"site\"\nlistener = \"l\"\npool = \"stable\"\nsplit = [{ pool = \"other\", percent = 30 }]\n";
+    let mut state = State::new(Config::parse(Path::new("t.toml"), text).unwrap());
+    let split = |pool: &str, percent| Command::SetSplit { route: "site".into(), pool: pool.into(), percent };
+    assert_eq!(state.apply(&split("canary", 10.0)).unwrap(), "route site: 10% to pool canary (was 0%)");
+    assert_eq!(state.apply(&split("canary", 10.0)).unwrap(), "", "no change");
+    assert_eq!(state.apply(&split("canary", 70.0)).unwrap(), "route site: 70% to pool canary (was 10%)");
+    for (refused, why) in [
+        (split("canary", 71.0), "over 100"),
+        (split("stable", 5.0), "own pool"),
+        (split("canary", -1.0), "0 to 100"),
+        (split("nope", 5.0), "nope"),
+        (Command::SetSplit { route: "x".into(), pool: "canary".into(), percent: 5.0 }, "no route"),
+    ] {
+        let err = state.apply(&refused).unwrap_err().to_string();
+        assert!(err.contains(why), "{err}");
+    }
+    let shares = |state: &State| state.config.routes[0].split.clone();
+    assert_eq!(shares(&state), [("other".to_owned(), 30.0), ("canary".to_owned(), 70.0)]);
+    assert!(state.apply(&split("other", 0.0)).unwrap().contains("0% to pool other (was 30%)"));
+    assert_eq!(shares(&state), [("canary".to_owned(), 70.0)]);
+    assert!(split("canary", 1.0).persists(), "written to the config file");
+}

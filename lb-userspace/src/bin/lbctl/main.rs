@@ -83,6 +83,11 @@ enum Noun {
         #[command(subcommand)]
         verb: BackendVerb,
     },
+    /// L7 routes (written to the config file, applied at once).
+    Route {
+        #[command(subcommand)]
+        verb: RouteVerb,
+    },
     /// Source prefixes dropped in XDP.
     Deny {
         #[command(subcommand)]
@@ -194,6 +199,20 @@ enum BackendVerb {
         address: IpAddr,
         /// The new weight (0 to 65535; 0 drains it).
         weight: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum RouteVerb {
+    /// Send PERCENT of a route's requests to POOL instead of its own pool: a canary step
+    /// (100: blue-green; 0 ends the split to POOL).
+    Split {
+        /// The route's name.
+        route: String,
+        /// The other pool.
+        pool: String,
+        /// Its share of the route's requests, 0 to 100.
+        percent: f64,
     },
 }
 
@@ -459,6 +478,11 @@ async fn run(cli: Cli) -> Result<()> {
             if let Some(done) = ask::<views::Upgraded>(&cli, Method::POST, "/upgrade", None).await? {
                 println!("upgraded: lbd {} serves; the old one drains and exits", done.pid);
             }
+        }
+        Noun::Route { verb: RouteVerb::Split { route, pool, percent } } => {
+            let split = Command::SetSplit { route: route.clone(), pool: pool.clone(), percent: *percent };
+            let v = command(&cli, split).await?;
+            if json_out { show(&v) } else { print_changes(&v) }
         }
         Noun::Node { verb } => {
             let drained = matches!(verb, NodeVerb::Drain);
