@@ -21,7 +21,7 @@ use crate::{
 pub enum PersistError {
     #[error("parsing the config file: {0}")]
     Parse(#[from] toml_edit::TomlError),
-    /// The file does not hold what the change edits (`no [[pool]] named web`, ...).
+    /// The file does not hold what the change edits (no `[[pool]]` named web, ...).
     #[error("{0}")]
     NotInFile(String),
     #[error("{0:?} is not written to the config file")]
@@ -43,15 +43,18 @@ fn io(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Persis
     move |source| PersistError::Io { doing, path, source }
 }
 
-fn pool_backends<'a>(doc: &'a mut DocumentMut, pool: &str) -> Result<&'a mut Array> {
-    let pools = doc
-        .get_mut("pool")
+/// The `[[kind]]` table (`pool`, `route`) whose `name` is `name`.
+fn named<'a>(doc: &'a mut DocumentMut, kind: &str, name: &str) -> Result<&'a mut toml_edit::Table> {
+    doc.get_mut(kind)
         .and_then(Item::as_array_of_tables_mut)
-        .ok_or_else(|| missing("no [[pool]] in the file"))?;
-    let table = pools
+        .ok_or_else(|| missing(format!("no [[{kind}]] in the file")))?
         .iter_mut()
-        .find(|t| t.get("name").and_then(Item::as_str) == Some(pool))
-        .ok_or_else(|| missing(format!("no [[pool]] named `{pool}` in the file")))?;
+        .find(|t| t.get("name").and_then(Item::as_str) == Some(name))
+        .ok_or_else(|| missing(format!("no [[{kind}]] with `name = \"{name}\"` in the file")))
+}
+
+fn pool_backends<'a>(doc: &'a mut DocumentMut, pool: &str) -> Result<&'a mut Array> {
+    let table = named(doc, "pool", pool)?;
     if !table.contains_key("backends") {
         table.insert("backends", Item::Value(Value::Array(Array::new())));
     }
@@ -86,6 +89,37 @@ fn deny_prefixes(doc: &mut DocumentMut) -> Result<&mut Array> {
     deny.get_mut("prefixes")
         .and_then(Item::as_array_mut)
         .ok_or_else(|| missing("`deny.prefixes` is not an array"))
+}
+
+/// A route's `split` with `pool`'s share made `percent` (0: its entry removed; no entry left:
+/// no `split`).
+fn set_split(route: &mut toml_edit::Table, pool: &str, percent: f64) {
+    let mut split = route.get("split").and_then(Item::as_array).cloned().unwrap_or_default();
+    let of =
+        |v: &Value| v.as_inline_table().and_then(|t| t.get("pool")).and_then(Value::as_str) == Some(pool);
+    let found = split.iter().position(of);
+    match found {
+        Some(index) if percent == 0.0 => {
+            split.remove(index);
+        }
+        Some(index) => {
+            if let Some(entry) = split.get_mut(index).and_then(Value::as_inline_table_mut) {
+                entry.insert("percent", percent.into());
+            }
+        }
+        None if percent == 0.0 => {}
+        None => {
+            let mut entry = InlineTable::new();
+            entry.insert("pool", pool.into());
+            entry.insert("percent", percent.into());
+            split.push(entry);
+        }
+    }
+    if split.is_empty() {
+        route.remove("split");
+    } else {
+        route.insert("split", Item::Value(Value::Array(split)));
+    }
 }
 
 /// The file's text with `command` applied.
@@ -141,43 +175,7 @@ pub fn edit(text: &str, command: &Command) -> Result<String> {
             }
         }
         Command::SetSplit { route, pool, percent } => {
-            let routes = doc
-                .get_mut("route")
-                .and_then(Item::as_array_of_tables_mut)
-                .ok_or_else(|| missing("no [[route]] in the file"))?;
-            let table = routes
-                .iter_mut()
-                .find(|t| t.get("name").and_then(Item::as_str) == Some(route))
-                .ok_or_else(|| {
-                    missing(format!("no [[route]] with `name = \"{route}\"` in the file (give it a name)"))
-                })?;
-            let mut split = table.get("split").and_then(Item::as_array).cloned().unwrap_or_default();
-            let of = |v: &Value| {
-                v.as_inline_table().and_then(|t| t.get("pool")).and_then(Value::as_str) == Some(pool)
-            };
-            let found = split.iter().position(of);
-            match found {
-                Some(index) if *percent == 0.0 => {
-                    split.remove(index);
-                }
-                Some(index) => {
-                    if let Some(entry) = split.get_mut(index).and_then(Value::as_inline_table_mut) {
-                        entry.insert("percent", (*percent).into());
-                    }
-                }
-                None if *percent == 0.0 => {}
-                None => {
-                    let mut entry = InlineTable::new();
-                    entry.insert("pool", pool.as_str().into());
-                    entry.insert("percent", (*percent).into());
-                    split.push(entry);
-                }
-            }
-            if split.is_empty() {
-                table.remove("split");
-            } else {
-                table.insert("split", Item::Value(Value::Array(split)));
-            }
+            set_split(named(&mut doc, "route", route)?, pool, *percent)
         }
         Command::AddDeny { prefix } => deny_prefixes(&mut doc)?.push(prefix.to_string()),
         Command::RemoveDeny { prefix } => {
@@ -423,7 +421,7 @@ mod tests {
     fn unknown_pool_is_an_error() {
         let add =
             Command::AddBackend { pool: "nope".into(), address: "10.0.0.2".parse().unwrap(), weight: 7 };
-        assert!(edit(TEXT, &add).unwrap_err().to_string().contains("no [[pool]] named `nope`"));
+        assert!(edit(TEXT, &add).unwrap_err().to_string().contains("no [[pool]] with `name = \"nope\"`"));
     }
 
     #[test]
