@@ -177,6 +177,11 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Response<Ful
                 .collect();
             reply(StatusCode::OK, json!(vips))
         }
+        (&Method::GET, "/routes") => {
+            let core = lock(&core);
+            let routes: Vec<views::Route> = core.state.config.routes.iter().map(route_view).collect();
+            reply(StatusCode::OK, json!(routes))
+        }
         (&Method::GET, "/pools") => {
             let core = lock(&core);
             let pools: Vec<Value> =
@@ -383,6 +388,24 @@ async fn to_etcd(
 /// The commands an operator may send: the ones written to the config file. Probe results,
 /// pool and VIP additions and removals are the State's own (health checks, reloads) and are
 /// refused here, whole request and all.
+fn route_view(route: &crate::config::Route) -> views::Route {
+    use crate::config::PathMatch;
+    views::Route {
+        name: route.name.clone(),
+        listener: route.listener.clone(),
+        host: route.host.clone().unwrap_or_else(|| "*".to_owned()),
+        path: match &route.path {
+            PathMatch::Any => "*".to_owned(),
+            PathMatch::Exact(p) => format!("={p}"),
+            PathMatch::Prefix(p) => p.clone(),
+            PathMatch::Regex(r) => format!("~{r}"),
+        },
+        pool: route.pool.clone(),
+        split: route.split.clone(),
+        sticky: route.sticky,
+    }
+}
+
 fn operator_only(commands: Vec<Command>) -> Result<Vec<Command>, String> {
     match commands.iter().find(|c| !c.persists()) {
         Some(other) => Err(format!(

@@ -84,6 +84,21 @@ pub struct LastReload {
     pub applied: bool,
 }
 
+/// One entry of `GET /routes`: what it matches and where its requests go.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Route {
+    pub name: String,
+    pub listener: String,
+    /// `*` for any host.
+    pub host: String,
+    /// `*`, `=/exact`, `/prefix` or `~regex`.
+    pub path: String,
+    pub pool: String,
+    /// Other pools and their share (percent) of the route's requests.
+    pub split: Vec<(String, f64)>,
+    pub sticky: bool,
+}
+
 /// One entry of `GET /vips`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Vip {

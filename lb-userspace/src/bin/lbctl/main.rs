@@ -204,6 +204,8 @@ enum BackendVerb {
 
 #[derive(Subcommand)]
 enum RouteVerb {
+    /// L7 routes in the order they are tried per listener, with their pool and split.
+    List,
     /// Send PERCENT of a route's requests to POOL instead of its own pool: a canary step
     /// (100: blue-green; 0 ends the split to POOL).
     Split {
@@ -477,6 +479,26 @@ async fn run(cli: Cli) -> Result<()> {
         Noun::Upgrade => {
             if let Some(done) = ask::<views::Upgraded>(&cli, Method::POST, "/upgrade", None).await? {
                 println!("upgraded: lbd {} serves; the old one drains and exits", done.pid);
+            }
+        }
+        Noun::Route { verb: RouteVerb::List } => {
+            if let Some(routes) = ask::<Vec<views::Route>>(&cli, Method::GET, "/routes", None).await? {
+                println!(
+                    "{:<20} {:<12} {:<24} {:<16} {:<16} split",
+                    "name", "listener", "host", "path", "pool"
+                );
+                for r in routes {
+                    let mut split: Vec<String> =
+                        r.split.iter().map(|(p, share)| format!("{p} {share}%")).collect();
+                    if r.sticky && !split.is_empty() {
+                        split.push("(sticky)".into());
+                    }
+                    let split = if split.is_empty() { "-".to_owned() } else { split.join(", ") };
+                    println!(
+                        "{:<20} {:<12} {:<24} {:<16} {:<16} {split}",
+                        r.name, r.listener, r.host, r.path, r.pool
+                    );
+                }
             }
         }
         Noun::Route { verb: RouteVerb::Split { route, pool, percent } } => {
