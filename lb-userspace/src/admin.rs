@@ -385,9 +385,7 @@ async fn to_etcd(
     Ok(lines)
 }
 
-/// The commands an operator may send: the ones written to the config file. Probe results,
-/// pool and VIP additions and removals are the State's own (health checks, reloads) and are
-/// refused here, whole request and all.
+/// A route as `GET /routes` shows it.
 fn route_view(route: &crate::config::Route) -> views::Route {
     use crate::config::PathMatch;
     views::Route {
@@ -406,6 +404,9 @@ fn route_view(route: &crate::config::Route) -> views::Route {
     }
 }
 
+/// The commands an operator may send: the ones written to the config file. Probe results,
+/// pool and VIP additions and removals are the State's own (health checks, reloads) and are
+/// refused here, whole request and all.
 fn operator_only(commands: Vec<Command>) -> Result<Vec<Command>, String> {
     match commands.iter().find(|c| !c.persists()) {
         Some(other) => Err(format!(
