@@ -310,16 +310,16 @@ mod connections {
         let listener = Arc::new(config.listeners[0].clone());
         let snapshot =
             Arc::new(ArcSwap::from_pointee(Snapshot::build(&State::new(config), &Runtime::default())));
-        let (commands, _ignored) = tokio::sync::mpsc::unbounded_channel();
+        let (commands, ejections) = tokio::sync::mpsc::unbounded_channel();
         let forwarder =
             Arc::new(Forwarder::new(ProxyMetrics::default(), commands, Arc::new(CacheStore::default())));
-        let (_stop, stop) = tokio::sync::watch::channel(false);
+        let (never_stops, stop) = tokio::sync::watch::channel(false);
         let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = socket.local_addr().unwrap();
         let (tasks, accepted) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
-            let _stop = _stop; // the listener never stops
-            let _ignored = _ignored;
+            // Held while the loop runs: the listener never stops, outlier ejections go nowhere.
+            let _held = (never_stops, ejections);
             while let Ok((stream, client)) = socket.accept().await {
                 let activity = Arc::new(Activity::default());
                 let session = Session {
