@@ -83,7 +83,7 @@ enum Noun {
         #[command(subcommand)]
         verb: BackendVerb,
     },
-    /// L7 routes (written to the config file, applied at once).
+    /// L7 routes: list them, or change a split (written to the config file, applied at once).
     Route {
         #[command(subcommand)]
         verb: RouteVerb,
