@@ -1007,37 +1007,30 @@ fn root_fixtures_mutated_packets_are_counted_and_never_sent_on_malformed() -> Re
         match verdict {
             XDP_DROP | XDP_PASS => assert_eq!(out, input, "changed, verdict {verdict}: {input:02x?}"),
             XDP_TX => {
-                let sent = l3(&out).unwrap_or_else(|| panic!("sent on without an IP header: {out:02x?}"));
-                let to_sender = l3(&input).is_some_and(|(_, from, _)| from == sent.2);
+                let sent =
+                    ip_header(&out).unwrap_or_else(|| panic!("sent on without an IP header: {out:02x?}"));
+                let came = ip_header(&input);
+                let to_sender = came.as_ref().is_some_and(|c| c.src == sent.dst);
                 assert!(
-                    backends.contains(&sent.2) || to_sender,
+                    backends.contains(&sent.dst) || to_sender,
                     "sent to {} (no backend, not the sender): {input:02x?}",
-                    sent.2
+                    sent.dst
+                );
+                // A header the balancer made is right; one it answered in place (an echo reply:
+                // addresses swapped) keeps the request's checksum, right or wrong, so a receiver
+                // drops a corrupted one as it would have dropped the request.
+                let answered_in_place = out.len() == input.len();
+                assert!(
+                    sent.checksum_ok || (answered_in_place && !came.is_some_and(|c| c.checksum_ok)),
+                    "IPv4 header checksum broken: {input:02x?} -> {out:02x?}"
                 );
                 // The IP length covers what is there (a frame may carry padding after it, as
                 // Ethernet's minimum size adds to a short packet: receivers trim it).
-                let (at, _, _) = sent;
-                let (length, header) = if out[at] >> 4 == 4 {
-                    let header = &out[at..at + usize::from(out[at] & 0xf) * 4];
-                    // A header the balancer made is right; one it answered in place (an echo
-                    // reply: addresses swapped) keeps the request's checksum, right or wrong,
-                    // so a receiver drops a corrupted one as it would have dropped the request.
-                    let answered_in_place = out.len() == input.len();
-                    let came_right = l3(&input).is_some_and(|(at, _, _)| {
-                        input.get(at..at + usize::from(input[at] & 0xf) * 4).is_some_and(|h| checksum(h) == 0)
-                    });
-                    assert!(
-                        checksum(header) == 0 || (answered_in_place && !came_right),
-                        "IPv4 header checksum broken: {input:02x?} -> {out:02x?}"
-                    );
-                    (usize::from(u16::from_be_bytes([out[at + 2], out[at + 3]])), header.len())
-                } else {
-                    (usize::from(u16::from_be_bytes([out[at + 4], out[at + 5]])) + 40, 40)
-                };
+                let there = out.len() - sent.offset;
                 assert!(
-                    (header..=out.len() - at).contains(&length),
-                    "IP length {length} for {} bytes: {input:02x?}",
-                    out.len() - at
+                    (sent.header..=there).contains(&sent.length),
+                    "IP length {} for {there} bytes: {input:02x?}",
+                    sent.length
                 );
             }
             other => panic!("verdict {other} for {input:02x?}"),
@@ -1057,37 +1050,46 @@ fn root_fixtures_mutated_packets_are_counted_and_never_sent_on_malformed() -> Re
     Ok(())
 }
 
-/// A frame's IP header: its offset (after any VLAN tags), source and destination.
-fn l3(frame: &[u8]) -> Option<(usize, IpAddr, IpAddr)> {
-    let mut at = 12;
-    while matches!(frame.get(at..at + 2)?, [0x81, 0x00] | [0x88, 0xa8]) {
-        at += 4;
-    }
-    let ethertype = frame.get(at..at + 2)?;
-    at += 2;
-    match ethertype {
-        [0x08, 0x00] => {
-            let h = frame.get(at..at + 20)?;
-            let src: [u8; 4] = h[12..16].try_into().ok()?;
-            let dst: [u8; 4] = h[16..20].try_into().ok()?;
-            Some((at, src.into(), dst.into()))
+/// What the mutation test checks of a frame's IP header.
+struct IpHeader {
+    /// Where it starts in the frame (after any VLAN tags).
+    offset: usize,
+    src: IpAddr,
+    dst: IpAddr,
+    /// The header's own length, and the whole packet's as the header gives it.
+    header: usize,
+    length: usize,
+    /// IPv4: the header checksum is right (IPv6 has none: true).
+    checksum_ok: bool,
+}
+
+/// A frame's IP header, read by etherparse leniently (a mutated frame whose lengths disagree
+/// still shows the header it has).
+fn ip_header(frame: &[u8]) -> Option<IpHeader> {
+    let offset = |header: &[u8]| header.as_ptr() as usize - frame.as_ptr() as usize;
+    match etherparse::LaxSlicedPacket::from_ethernet(frame).ok()?.net? {
+        etherparse::LaxNetSlice::Ipv4(ip) => {
+            let h = ip.header();
+            Some(IpHeader {
+                offset: offset(h.slice()),
+                src: h.source_addr().into(),
+                dst: h.destination_addr().into(),
+                header: h.slice().len(),
+                length: h.total_len().into(),
+                checksum_ok: h.to_header().calc_header_checksum() == h.header_checksum(),
+            })
         }
-        [0x86, 0xdd] => {
-            let h = frame.get(at..at + 40)?;
-            let src: [u8; 16] = h[8..24].try_into().ok()?;
-            let dst: [u8; 16] = h[24..40].try_into().ok()?;
-            Some((at, src.into(), dst.into()))
+        etherparse::LaxNetSlice::Ipv6(ip) => {
+            let h = ip.header();
+            Some(IpHeader {
+                offset: offset(h.slice()),
+                src: h.source_addr().into(),
+                dst: h.destination_addr().into(),
+                header: h.slice().len(),
+                length: h.slice().len() + usize::from(h.payload_length()),
+                checksum_ok: true,
+            })
         }
         _ => None,
     }
-}
-
-/// The internet checksum of `bytes` (0 over a header that carries a right one).
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 =
-        bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
