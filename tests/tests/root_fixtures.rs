@@ -1066,30 +1066,26 @@ struct IpHeader {
 /// A frame's IP header, read by etherparse leniently (a mutated frame whose lengths disagree
 /// still shows the header it has).
 fn ip_header(frame: &[u8]) -> Option<IpHeader> {
-    let offset = |header: &[u8]| header.as_ptr() as usize - frame.as_ptr() as usize;
-    match etherparse::LaxSlicedPacket::from_ethernet(frame).ok()?.net? {
-        etherparse::LaxNetSlice::Ipv4(ip) => {
-            let h = ip.header();
-            Some(IpHeader {
-                offset: offset(h.slice()),
-                src: h.source_addr().into(),
-                dst: h.destination_addr().into(),
-                header: h.slice().len(),
-                length: h.total_len().into(),
-                checksum_ok: h.to_header().calc_header_checksum() == h.header_checksum(),
-            })
-        }
-        etherparse::LaxNetSlice::Ipv6(ip) => {
-            let h = ip.header();
-            Some(IpHeader {
-                offset: offset(h.slice()),
-                src: h.source_addr().into(),
-                dst: h.destination_addr().into(),
-                header: h.slice().len(),
-                length: h.slice().len() + usize::from(h.payload_length()),
-                checksum_ok: true,
-            })
-        }
-        _ => None,
-    }
+    let at = |header: &[u8]| (header.as_ptr() as usize - frame.as_ptr() as usize, header.len());
+    let ((offset, header), src, dst, length, checksum_ok) =
+        match etherparse::LaxSlicedPacket::from_ethernet(frame).ok()?.net? {
+            etherparse::LaxNetSlice::Ipv4(ip) => {
+                let h = ip.header();
+                let checksum_ok = h.to_header().calc_header_checksum() == h.header_checksum();
+                (
+                    at(h.slice()),
+                    h.source_addr().into(),
+                    h.destination_addr().into(),
+                    h.total_len().into(),
+                    checksum_ok,
+                )
+            }
+            etherparse::LaxNetSlice::Ipv6(ip) => {
+                let h = ip.header();
+                let length = h.slice().len() + usize::from(h.payload_length());
+                (at(h.slice()), h.source_addr().into(), h.destination_addr().into(), length, true)
+            }
+            _ => return None,
+        };
+    Some(IpHeader { offset, src, dst, header, length, checksum_ok })
 }
