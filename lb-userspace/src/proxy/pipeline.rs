@@ -283,7 +283,7 @@ impl Forwarder {
                     host,
                     client,
                     &self.metrics,
-                    &route.name,
+                    &route.shadow_label,
                 );
             }
 

@@ -40,6 +40,10 @@ enum CompiledPath {
 pub struct CompiledRoute {
     /// Metrics and log label.
     pub name: Label,
+    /// The metrics labels of its shadow copies (`NAME:shadow`) and cache fills (`NAME:fill`),
+    /// made once: a label made per request would miss the per-thread series every time.
+    pub shadow_label: Label,
+    pub fill_label: Label,
     host: Option<String>,
     path: CompiledPath,
     method: Option<Method>,
@@ -103,6 +107,8 @@ impl CompiledRoute {
             runtime: runtime.route(route),
             fallback: route.fallback.clone(),
             name: route.name.as_str().into(),
+            shadow_label: format!("{}:shadow", route.name).into(),
+            fill_label: format!("{}:fill", route.name).into(),
             host: route.host.clone(),
             path: match &route.path {
                 PathMatch::Any => CompiledPath::Any,

@@ -191,8 +191,13 @@ pub async fn serve(
                 Fetched::TooBig(response) => response.status().as_u16(),
                 Fetched::Failed(status) => status.as_u16(),
             };
-            let fill_label = Label::from(format!("{}:fill", route.name));
-            metrics.request(fill_label, request.pool.name.clone(), Label::from(""), status, None);
+            metrics.request(
+                route.fill_label.clone(),
+                request.pool.name.clone(),
+                Label::from(""),
+                status,
+                None,
+            );
             let described = (&parts.method, request.host, request.target);
             match fetched {
                 Fetched::Whole(status, headers, body, ttl) => {

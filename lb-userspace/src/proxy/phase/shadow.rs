@@ -44,15 +44,14 @@ pub fn send(
     host: &str,
     client: IpAddr,
     metrics: &ProxyMetrics,
-    route: &Label,
+    label: &Label,
 ) {
     let Some(target) = shadow.pick(&parts.headers, client, &[]) else { return };
     let mut copy = Parts::clone(parts);
     copy.extensions = Default::default();
     let (upstreams, metrics, host, forwarding) =
         (upstreams.clone(), metrics.clone(), host.to_owned(), forwarding.clone());
-    let (label, pool, protocol) =
-        (Label::from(format!("{route}:shadow")), shadow.name.clone(), shadow.protocol);
+    let (label, pool, protocol) = (label.clone(), shadow.name.clone(), shadow.protocol);
     tokio::spawn(async move {
         let _in_flight = InFlight::start(&target);
         let headers = copy.headers.clone();
