@@ -6,7 +6,12 @@
 //! before the connection so that the answers it finishes go out in the connection's next write.
 use std::{
     future::{Future, poll_fn},
+    io,
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll, ready},
 };
 
@@ -22,7 +27,7 @@ use hyper::{
     body::{Body as HttpBody, Frame},
     header::{self, HeaderValue},
 };
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::{
     config::Listener,
@@ -108,17 +113,93 @@ fn request(request: Request<RecvStream>) -> Request<Body> {
 /// One connection being served: the handshake, then its streams, each served by the future
 /// `handler` makes of its request and its `SendResponse` (see `answer`).
 pub struct Served<T, H, S> {
-    state: State<T>,
+    state: State<HalfClosable<T>>,
     streams: FuturesUnordered<S>,
     handler: H,
     close_pending: bool,
     /// The turn the connection's write waits after streams finished.
     turn: Turn,
+    seen: Arc<Seen>,
 }
 
 enum State<T> {
     Handshaking(Handshake<T, Bytes>),
     Serving(Connection<T, Bytes>),
+}
+
+/// What the client's stream showed as h2 drove it.
+#[derive(Default)]
+struct Seen {
+    /// The client has sent all it will (it half-closed).
+    input_ended: AtomicBool,
+    /// The last write or flush could not finish: h2 still holds bytes to send.
+    write_blocked: AtomicBool,
+}
+
+/// The client's stream as h2 sees it, with the end of its input held back. h2 drops every open
+/// stream when it reads the end, so a client that half-closes after its requests would get no
+/// answers (nginx and HAProxy answer them); instead the end is noted in `Seen` and the read
+/// stays pending, and `Served` closes once the answers are out.
+struct HalfClosable<T> {
+    io: T,
+    seen: Arc<Seen>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for HalfClosable<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.seen.input_ended.load(Ordering::Relaxed) {
+            return Poll::Pending;
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
+        if buf.filled().len() == before && buf.remaining() > 0 {
+            // Nothing more will come, so nothing needs waking: `Served` looks at the flag
+            // before it waits.
+            self.seen.input_ended.store(true, Ordering::Relaxed);
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> HalfClosable<T> {
+    fn blocked_unless_ready<R>(&self, polled: Poll<R>) -> Poll<R> {
+        self.seen.write_blocked.store(polled.is_pending(), Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for HalfClosable<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.blocked_unless_ready(polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.blocked_unless_ready(polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.io).poll_flush(cx);
+        self.blocked_unless_ready(polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 impl<T, H, S> Served<T, H, S>
@@ -128,13 +209,32 @@ where
     S: Future<Output = ()>,
 {
     pub fn new(io: T, builder: &Builder, handler: H) -> Self {
+        let seen = Arc::new(Seen::default());
         Served {
-            state: State::Handshaking(builder.handshake(io)),
+            state: State::Handshaking(builder.handshake(HalfClosable { io, seen: seen.clone() })),
             streams: FuturesUnordered::new(),
             handler,
             close_pending: false,
             turn: Turn::default(),
+            seen,
         }
+    }
+
+    /// How the connection ends on `err`: a client whose input ended and who then takes no more
+    /// bytes has closed altogether, an end like the one h2 makes of its input's end.
+    fn gone(&self, err: h2::Error) -> Result<(), h2::Error> {
+        match self.seen.input_ended.load(Ordering::Relaxed) && err.is_io() {
+            true => Ok(()),
+            false => Err(err),
+        }
+    }
+
+    /// The client half-closed and everything it asked for is answered: its streams are done
+    /// and h2 has written all it holds (what waits for window the client can no longer give).
+    fn answered_all(&self) -> bool {
+        self.seen.input_ended.load(Ordering::Relaxed)
+            && self.streams.is_empty()
+            && !self.seen.write_blocked.load(Ordering::Relaxed)
     }
 
     /// GOAWAY: no new streams; the open ones finish.
@@ -157,7 +257,17 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let me = self.get_mut();
         if let State::Handshaking(handshake) = &mut me.state {
-            let mut conn = ready!(Pin::new(handshake).poll(cx))?;
+            let Poll::Ready(conn) = Pin::new(handshake).poll(cx) else {
+                // Gone before its preface was done: nothing to answer.
+                return match me.seen.input_ended.load(Ordering::Relaxed) {
+                    true => Poll::Ready(Ok(())),
+                    false => Poll::Pending,
+                };
+            };
+            let mut conn = match conn {
+                Ok(conn) => conn,
+                Err(err) => return Poll::Ready(me.gone(err)),
+            };
             if me.close_pending {
                 conn.graceful_shutdown();
             }
@@ -185,13 +295,16 @@ where
                         me.streams.push((me.handler)(request(head), respond));
                         accepted = true;
                     }
-                    Poll::Ready(Some(Err(err))) => return Poll::Ready(Err(err)),
+                    Poll::Ready(Some(Err(err))) => return Poll::Ready(me.gone(err)),
                     Poll::Ready(None) => return Poll::Ready(Ok(())),
                     Poll::Pending => break,
                 }
             }
             if !accepted {
-                return Poll::Pending;
+                return match me.answered_all() {
+                    true => Poll::Ready(Ok(())),
+                    false => Poll::Pending,
+                };
             }
         }
     }
@@ -432,6 +545,30 @@ mod tests {
         assert_eq!(trailers["x-sum"], "42");
         sending.await.unwrap();
         drop((recv, client));
+        tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server_io) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(echo(server_io));
+        // The preface, empty SETTINGS, a GET on stream 1 (HPACK: GET, http, `/`, `:authority`
+        // a), then the end of the client's input.
+        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
+        input.extend(b"\0\0\x06\x01\x05\0\0\0\x01\x82\x86\x84\x01\x01a");
+        client.write_all(&input).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got)).await.unwrap().unwrap();
+        // The server's frames: an answer's HEADERS on stream 1 that starts `:status: 200`.
+        let (mut at, mut answered) = (0, false);
+        while let Some(head) = got.get(at..at + 9) {
+            answered |= head[3] == 1 && head[5..9] == [0, 0, 0, 1] && got.get(at + 9) == Some(&0x88);
+            at += 9 + u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        }
+        assert!(answered, "no answer in {got:?}");
+        // And the connection ended once it was answered.
         tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
     }
 

@@ -485,6 +485,9 @@ pub async fn serve(
 }
 
 #[cfg(test)]
+mod mutations;
+
+#[cfg(test)]
 mod tests {
     use std::path::Path;
 

@@ -1,0 +1,321 @@
+//! Mutation tests of a listener's HTTP/2: valid client byte streams (prior knowledge), changed a
+//! few bytes at a time, served by the whole listener loop (`serve`) to real backends. Every
+//! connection ends by the listener's own timeouts, whatever the client leaves half-sent, and
+//! no task panics.
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, Mutex, Once},
+    thread::ThreadId,
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use futures_util::stream;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+use super::{Shared, serve};
+use crate::{
+    config::Config,
+    mutation::{Rng, mutate},
+    proxy::{
+        cache::CacheStore, metrics::ProxyMetrics, pipeline::Forwarder, routes::Snapshot, runtime::Runtime,
+    },
+    state::State,
+};
+
+/// Connections tried, and how many are open at once.
+const CONNECTIONS: usize = 600;
+const AT_ONCE: usize = 100;
+/// The listener's timeouts (first byte, keep-alive, headers, a quiet stream): what ends a
+/// connection the client leaves open.
+const TIMEOUT_MS: u64 = 1000;
+/// What one connection may take to end: well past the timeouts, well short of a hang.
+const ENDS_WITHIN: Duration = Duration::from_secs(5);
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 1;
+const END_STREAM: u8 = 1;
+const END_HEADERS: u8 = 4;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend(payload);
+    f
+}
+
+/// An HPACK field written literally, not indexed, lengths without Huffman coding.
+fn field(name: &str, value: &str) -> Vec<u8> {
+    let mut f = vec![0, name.len() as u8];
+    f.extend(name.as_bytes());
+    f.push(value.len() as u8);
+    f.extend(value.as_bytes());
+    f
+}
+
+/// A request's pseudo-fields from HPACK's static table (method by index: GET 2, POST 3), the
+/// scheme http and the path `/`, then `:authority` (name from the table, value literal).
+fn pseudo(method: u8, authority: &str) -> Vec<u8> {
+    let mut f = vec![0x80 | method, 0x86, 0x84, 0x01, authority.len() as u8];
+    f.extend(authority.as_bytes());
+    f
+}
+
+fn headers(stream: u32, flags: u8, block: &[u8]) -> Vec<u8> {
+    frame(HEADERS, flags | END_HEADERS, stream, block)
+}
+
+/// A conversation: the client's frames, in order.
+type Conversation = Vec<Vec<u8>>;
+
+/// The client's half of valid conversations (after the `opening`): requests to every route (a
+/// hash by cookie, a cache with a shadow and retries, gRPC to an h2c backend), bodies,
+/// trailers, CONTINUATION, HPACK's dynamic table, and the connection-level frames.
+fn conversations() -> Vec<Conversation> {
+    let data = |stream, flags, body: &[u8]| frame(0, flags, stream, body);
+    let get = |stream, authority: &str, extra: &[u8]| {
+        let mut block = pseudo(2, authority);
+        block.extend(extra);
+        headers(stream, END_STREAM, &block)
+    };
+    let post = |stream, authority: &str, extra: &[u8]| {
+        let mut block = pseudo(3, authority);
+        block.extend(extra);
+        headers(stream, 0, &block)
+    };
+    let mut split = pseudo(2, "a");
+    let rest = split.split_off(3);
+    // `:authority` and a field added to the dynamic table, then named by index (62, 63).
+    let mut indexed = vec![0x82, 0x86, 0x84, 0x41, 1, b'a', 0x40, 3];
+    indexed.extend(b"x-k\x01v");
+    let grpc = [field("content-type", "application/grpc"), field("te", "trailers")].concat();
+    vec![
+        vec![get(1, "a", &[])],
+        vec![post(1, "a", &field("content-length", "5")), data(1, END_STREAM, b"hello")],
+        vec![post(1, "a", &[]), data(1, 0, b"abc"), headers(1, END_STREAM, &field("x-trailer", "t"))],
+        vec![frame(HEADERS, END_STREAM, 1, &split), frame(9, END_HEADERS, 1, &rest)],
+        vec![
+            get(1, "hash.test", &field("cookie", "sid=abc; sluice_pool=p")),
+            get(3, "cache.test", &[field("accept", "text/html"), field("x-request-id", "r")].concat()),
+        ],
+        vec![post(1, "grpc.test", &grpc), data(1, END_STREAM, b"\0\0\0\0\x02hi")],
+        vec![headers(1, END_STREAM, &indexed), headers(3, END_STREAM, &[0x82, 0x86, 0x84, 0xbf, 0xbe])],
+        vec![
+            frame(6, 0, 0, b"pingpong"),
+            frame(8, 0, 0, &1000u32.to_be_bytes()),
+            frame(2, 0, 1, &[0, 0, 0, 0, 16]),
+            get(1, "a", &[]),
+            frame(3, 0, 1, &8u32.to_be_bytes()),
+            get(3, "a", &field("connection", "keep-alive")),
+            get(5, "a", &[]),
+            frame(7, 0, 0, &[0, 0, 0, 5, 0, 0, 0, 0]),
+        ],
+    ]
+}
+
+/// What every conversation opens with after the preface: SETTINGS (a window of 64 KiB) and
+/// the acknowledgement of the server's.
+fn opening() -> Vec<u8> {
+    [frame(4, 0, 0, &[0, 4, 0, 1, 0, 0]), frame(4, 1, 0, &[])].concat()
+}
+
+/// The client's bytes after the preface, changed one of three ways: anywhere in the requests
+/// (mostly the framing breaks), in the opening too, or inside one frame with its length made
+/// right again (HPACK blocks, bodies and settings reach what reads them).
+fn mutated(rng: &mut Rng, conversation: &Conversation) -> Vec<u8> {
+    match rng.below(4) {
+        0 => mutate(rng, &[opening(), conversation.concat()].concat(), SPICE),
+        1 => [opening(), mutate(rng, &conversation.concat(), SPICE)].concat(),
+        _ => {
+            let mut frames = conversation.clone();
+            let at = rng.below(frames.len());
+            let (head, payload) = frames[at].split_at(9);
+            let payload = mutate(rng, payload, SPICE);
+            let length = (payload.len() as u32).min(0xff_ffff).to_be_bytes();
+            frames[at] = [&length[1..], &head[3..], &payload].concat();
+            [opening(), frames.concat()].concat()
+        }
+    }
+}
+
+/// Bytes the mutations insert: frame headers (SETTINGS, HEADERS, DATA, CONTINUATION, an
+/// oversized length), HPACK's indexed and literal prefixes, flags.
+const SPICE: &[&[u8]] = &[
+    b"\0\0\0\x04\0\0\0\0\0",
+    b"\0\0\x05\x01\x05\0\0\0\x03",
+    b"\0\0\x03\0\x01\0\0\0\x01",
+    b"\0\0\x01\x09\x04\0\0\0\x01",
+    b"\xff\xff\xff",
+    b"\x00",
+    b"\x01",
+    b"\x05",
+    b"\x08",
+    b"\x3f\xe1\x1f",
+    b"\x7f",
+    b"\x80",
+    b"\xbe",
+    b"\xff",
+];
+
+/// Threads on which a panic happened (the test's runtime runs the listener's tasks on its own
+/// thread, so a panic in any of them names it).
+static PANICKED: Mutex<Vec<ThreadId>> = Mutex::new(Vec::new());
+
+fn record_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICKED.lock().unwrap_or_else(|e| e.into_inner()).push(std::thread::current().id());
+            previous(info);
+        }));
+    });
+}
+
+/// An HTTP/1.1 backend that reads each request's body and answers with its size.
+async fn backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = service_fn(|request: Request<Incoming>| async move {
+                let body = request.into_body().collect().await?.to_bytes();
+                let mut answer = Response::new(Full::new(Bytes::from(format!("read {}", body.len()))));
+                answer.headers_mut().insert(hyper::header::CACHE_CONTROL, "max-age=60".parse().unwrap());
+                Ok::<_, hyper::Error>(answer)
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    address
+}
+
+/// An h2c backend (gRPC's shape): the request's body echoed, then trailers.
+async fn h2c_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = service_fn(|request: Request<Incoming>| async move {
+                let body = request.into_body().collect().await?.to_bytes();
+                let mut trailers = hyper::HeaderMap::new();
+                trailers.insert("grpc-status", "0".parse().unwrap());
+                let frames = [
+                    Ok::<_, hyper::Error>(hyper::body::Frame::data(body)),
+                    Ok(hyper::body::Frame::trailers(trailers)),
+                ];
+                Ok::<_, hyper::Error>(Response::new(StreamBody::new(stream::iter(frames))))
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    address
+}
+
+/// Whether the server's bytes hold an answer's HEADERS that start `:status: 200` (HPACK's
+/// static index 8, as h2 writes it).
+fn answered_200(got: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(head) = got.get(at..at + 9) {
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        if head[3] == HEADERS && stream != 0 && got.get(at + 9) == Some(&0x88) {
+            return true;
+        }
+        at += 9 + len;
+    }
+    false
+}
+
+#[tokio::test]
+async fn every_mutated_http2_connection_ends_by_the_listeners_timeouts_without_a_panic() {
+    record_panics();
+    let (plain, grpc) = (backend().await.port(), h2c_backend().await.port());
+    let text = format!(
+        "[dataplane]\ninterface = \"lo\"\n\
+         [[pool]]\nname = \"p\"\nport = {plain}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
+         [[pool]]\nname = \"h\"\nport = {plain}\nbackends = [{{ address = \"127.0.0.1\" }}]\nbalance = \"hash\"\nhash_key = \"cookie:sid\"\n\
+         [[pool]]\nname = \"g\"\nport = {grpc}\nprotocol = \"h2c\"\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
+         [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\nmax_body_bytes = 4096\n\
+         header_read_timeout_ms = {TIMEOUT_MS}\nfirst_byte_timeout_ms = {TIMEOUT_MS}\n\
+         idle_timeout_ms = {TIMEOUT_MS}\nstream_idle_timeout_ms = {TIMEOUT_MS}\n\
+         [[route]]\nlistener = \"l\"\npool = \"h\"\nhost = \"hash.test\"\nsplit = [{{ pool = \"p\", percent = 50 }}]\nsticky = true\n\
+         rate_limit = {{ requests_per_second = 100000, burst = 100000 }}\n\
+         [[route]]\nlistener = \"l\"\npool = \"p\"\nhost = \"cache.test\"\ncache = {{ max_entries = 10 }}\n\
+         shadow = {{ pool = \"h\", percent = 50 }}\nretries = 1\n\
+         [[route]]\nlistener = \"l\"\npool = \"g\"\nhost = \"grpc.test\"\n\
+         [[route]]\nlistener = \"l\"\npool = \"p\"\n"
+    );
+    let config = Config::parse(Path::new("t.toml"), &text).unwrap();
+    let listener = config.listeners[0].clone();
+    let shared = Shared::new(&listener, None, 1).unwrap();
+    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(&State::new(config), &Runtime::default())));
+    let (commands, _ejections) = tokio::sync::mpsc::unbounded_channel();
+    let forwarder =
+        Arc::new(Forwarder::new(ProxyMetrics::default(), commands, Arc::new(CacheStore::default())));
+    let (_never_stops, stop) = tokio::sync::watch::channel(false);
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = socket.local_addr().unwrap();
+    tokio::spawn(serve(listener, socket, shared.clone(), snapshot, forwarder, stop));
+
+    let conversations = conversations();
+    let mut rng = Rng(0x5eed_0005);
+    let mut answered = 0;
+    for _ in 0..CONNECTIONS / AT_ONCE {
+        let batch = (0..AT_ONCE).map(|_| {
+            let conversation = &conversations[rng.below(conversations.len())];
+            let mutated = [PREFACE, &mutated(&mut rng, conversation)].concat();
+            let half_close = rng.below(2) == 0;
+            async move {
+                let exchange = async {
+                    let mut client = TcpStream::connect(address).await.unwrap();
+                    // The listener may refuse and close before it has read everything.
+                    let _ = client.write_all(&mutated).await;
+                    if half_close {
+                        let _ = client.shutdown().await;
+                    }
+                    let mut got = Vec::new();
+                    let _ = client.read_to_end(&mut got).await;
+                    got
+                };
+                let got = tokio::time::timeout(ENDS_WITHIN, exchange)
+                    .await
+                    .unwrap_or_else(|_| panic!("no end within {ENDS_WITHIN:?}: {mutated:?}"));
+                answered_200(&got)
+            }
+        });
+        answered += futures_util::future::join_all(batch).await.into_iter().filter(|&a| a).count();
+    }
+    // Every connection has given its slot back: none lingers on the listener's side either.
+    let max = shared.max_connections as usize;
+    let all_closed = async {
+        while shared.slots.available_permits() < max {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(ENDS_WITHIN, all_closed)
+        .await
+        .unwrap_or_else(|_| panic!("{} connections still open", max - shared.slots.available_permits()));
+    let me = std::thread::current().id();
+    assert!(
+        !PANICKED.lock().unwrap().contains(&me),
+        "a task of the listener panicked (its message is above)"
+    );
+    // The mutations leave many conversations whole: the test reaches the backends, not only
+    // the framing's refusals.
+    assert!(answered >= CONNECTIONS / 10, "only {answered} of {CONNECTIONS} answered");
+}
