@@ -320,6 +320,11 @@ fn root_l7_hygiene_parser_edges_and_access_log() -> Result<()> {
     // A client that half-closes after a complete GET is answered.
     let out = bed.raw(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", true)?;
     assert!(out.starts_with("HTTP/1.1 200") && out.contains("backend1"), "{out}");
+    // So is one speaking HTTP/2 (prior knowledge: the preface, empty SETTINGS, a GET on stream
+    // 1 in HPACK), as nginx and HAProxy answer it.
+    let h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0\0\0\x06\x01\x05\0\0\0\x01\x82\x86\x84\x01\x01a";
+    let out = bed.raw(h2, true)?;
+    assert!(out.contains("backend1"), "{out:?}");
     // HTTP/2 with 150 header fields: 431, as HTTP/1.1.
     let many: Vec<String> = (0..150).map(|i| format!("x-h{i}: v")).collect();
     let mut args: Vec<&str> = vec!["--http2"];
