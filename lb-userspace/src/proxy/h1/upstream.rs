@@ -185,6 +185,7 @@ impl Pool {
         mut body: Body,
     ) -> Result<Response<Body>, SendError> {
         let bodiless = body.is_end_stream();
+        let upgrade = headers.contains_key(header::UPGRADE);
         let out = if bodiless {
             // A client's `Content-Length: 0` is kept as it came.
             if headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() == b"0") {
@@ -216,7 +217,7 @@ impl Pool {
             if let Some(mut conn) = reused
                 && conn.stream.write_all(&head()).await.is_ok()
             {
-                match read_head(&mut conn, method).await {
+                match read_head(&mut conn, method, upgrade).await {
                     Ok(Some(answer)) => return Ok(self.response(address, conn, answer)),
                     // Closed or reset before answering: the backend dropped the idle
                     // connection; the request goes again on a new one.
@@ -227,7 +228,7 @@ impl Pool {
             }
             let mut conn = Box::pin(Self::connect(address)).await?;
             conn.stream.write_all(&head()).await?;
-            return match read_head(&mut conn, method).await? {
+            return match read_head(&mut conn, method, upgrade).await? {
                 Some(answer) => Ok(self.response(address, conn, answer)),
                 None => Err("backend closed the connection before answering".into()),
             };
@@ -237,7 +238,7 @@ impl Pool {
             None => Box::pin(Self::connect(address)).await?,
         };
         write_body(&mut conn, &head(), &mut body, out).await?;
-        match read_head(&mut conn, method).await? {
+        match read_head(&mut conn, method, upgrade).await? {
             Some(answer) => Ok(self.response(address, conn, answer)),
             None => Err("backend closed the connection before answering".into()),
         }
@@ -347,12 +348,20 @@ pub async fn write_all_vectored<W: tokio::io::AsyncWrite + Unpin>(
 }
 
 /// Reads a response head (skipping 100 Continue and other interim answers but 101); None if
-/// the backend closed before sending a byte.
-async fn read_head(conn: &mut Conn, method: &Method) -> Result<Option<head::ResponseHead>, SendError> {
+/// the backend closed before sending a byte. A 101 to a request that asked for no `upgrade` is
+/// the backend's error (RFC 9110 §15.2.2: a server switches only to what the client asked for).
+async fn read_head(
+    conn: &mut Conn,
+    method: &Method,
+    upgrade: bool,
+) -> Result<Option<head::ResponseHead>, SendError> {
     loop {
         if !conn.buf.is_empty()
             && let Some(answer) = head::parse_response(&mut conn.buf, method, MAX_HEAD_BYTES)?
         {
+            if answer.status == hyper::StatusCode::SWITCHING_PROTOCOLS && !upgrade {
+                return Err("backend switched protocols unasked".into());
+            }
             if answer.status.is_informational() && answer.status != hyper::StatusCode::SWITCHING_PROTOCOLS {
                 continue;
             }
@@ -450,7 +459,8 @@ mod tests {
     use super::*;
 
     /// A backend on 127.0.0.1 answering by path: `/length`, `/chunked`, `/close` (a body
-    /// delimited by closing), `/once` (answers, then closes the kept-alive connection).
+    /// delimited by closing), `/switch` (101, whatever was asked), `/once` (answers, then
+    /// closes the kept-alive connection).
     async fn backend() -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -478,13 +488,15 @@ mod tests {
                             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nchu\r\n4\r\nnked\r\n0\r\n\r\n"
                         } else if head.starts_with("GET /close") {
                             b"HTTP/1.1 200 OK\r\n\r\nuntil close"
+                        } else if head.starts_with("GET /switch") {
+                            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
                         } else {
                             b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nonce"
                         };
                         if stream.write_all(answer).await.is_err() {
                             return;
                         }
-                        if head.starts_with("GET /close") || head.starts_with("GET /once") {
+                        if ["GET /close", "GET /once", "GET /switch"].iter().any(|p| head.starts_with(p)) {
                             return;
                         }
                     }
@@ -550,6 +562,34 @@ mod tests {
         // A minute on (not the stamps a minute back: a machine up for less would underflow).
         pool.sweep_at(clock::coarse_ms() + IDLE_TIMEOUT_MS);
         assert!(pool.mine().is_empty(), "a connection idle past the timeout stayed open");
+    }
+
+    #[tokio::test]
+    async fn a_101_is_the_backends_error_unless_the_request_asked_to_upgrade() {
+        let (address, _) = backend().await;
+        let pool = Arc::new(Pool::default());
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "backend.test".parse().unwrap());
+        let send = |headers: HeaderMap| {
+            let pool = pool.clone();
+            async move {
+                pool.send(
+                    address,
+                    &Method::GET,
+                    "/switch",
+                    &headers,
+                    encode::Added::default(),
+                    respond::empty(),
+                )
+                .await
+            }
+        };
+        let unasked = send(headers.clone()).await;
+        assert!(unasked.is_err(), "a 101 nobody asked for was taken: {:?}", unasked.map(|r| r.status()));
+        headers.insert(header::CONNECTION, "upgrade".parse().unwrap());
+        headers.insert(header::UPGRADE, "websocket".parse().unwrap());
+        let asked = send(headers).await.unwrap();
+        assert_eq!(asked.status(), hyper::StatusCode::SWITCHING_PROTOCOLS);
     }
 
     #[tokio::test]

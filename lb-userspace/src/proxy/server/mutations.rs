@@ -1,7 +1,7 @@
-//! Mutation tests of a listener's HTTP/2: valid client byte streams (prior knowledge), changed a
-//! few bytes at a time, served by the whole listener loop (`serve`) to real backends. Every
-//! connection ends by the listener's own timeouts, whatever the client leaves half-sent, and
-//! no task panics.
+//! Mutation tests of a listener, through its whole loop (`serve`): HTTP/2 client byte streams
+//! (prior knowledge) and backends' HTTP/1.1 answers, valid ones changed a few bytes at a time.
+//! Every connection ends by the listener's own timeouts, whatever a client or a backend leaves
+//! half-sent; what reaches a client is well framed or an error; no task panics.
 use std::{
     net::SocketAddr,
     path::Path,
@@ -241,37 +241,74 @@ fn answered_200(got: &[u8]) -> bool {
     false
 }
 
+/// The listener's settings in every test: timeouts short enough that whatever a client or a
+/// backend leaves half-done, the listener ends it well within `ENDS_WITHIN`.
+fn listener_section() -> String {
+    format!(
+        "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\nmax_body_bytes = 4096\n\
+         header_read_timeout_ms = {TIMEOUT_MS}\nfirst_byte_timeout_ms = {TIMEOUT_MS}\n\
+         idle_timeout_ms = {TIMEOUT_MS}\nstream_idle_timeout_ms = {TIMEOUT_MS}\n"
+    )
+}
+
+/// A listener loop (`serve`) over `pools_and_routes`, as a worker runs it; its address and
+/// what it shares (the connection slots).
+async fn start(pools_and_routes: &str) -> (SocketAddr, Arc<Shared>) {
+    record_panics();
+    let text = format!("[dataplane]\ninterface = \"lo\"\n{}{pools_and_routes}", listener_section());
+    let config = Config::parse(Path::new("t.toml"), &text).unwrap();
+    let listener = config.listeners[0].clone();
+    let shared = Shared::new(&listener, None, 1).unwrap();
+    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(&State::new(config), &Runtime::default())));
+    let (commands, ejections) = tokio::sync::mpsc::unbounded_channel();
+    let forwarder =
+        Arc::new(Forwarder::new(ProxyMetrics::default(), commands, Arc::new(CacheStore::default())));
+    let (never_stops, stop) = tokio::sync::watch::channel(false);
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = socket.local_addr().unwrap();
+    let serving = serve(listener, socket, shared.clone(), snapshot, forwarder, stop);
+    tokio::spawn(async move {
+        // Held while the loop runs: the listener never stops, outlier ejections go nowhere.
+        let _held = (never_stops, ejections);
+        serving.await
+    });
+    (address, shared)
+}
+
+/// Every connection has given its slot back (none lingers on the listener's side), and no
+/// task of the listener panicked.
+async fn all_ended(shared: &Shared) {
+    let max = shared.max_connections as usize;
+    let all_closed = async {
+        while shared.slots.available_permits() < max {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(ENDS_WITHIN, all_closed)
+        .await
+        .unwrap_or_else(|_| panic!("{} connections still open", max - shared.slots.available_permits()));
+    let me = std::thread::current().id();
+    assert!(
+        !PANICKED.lock().unwrap().contains(&me),
+        "a task of the listener panicked (its message is above)"
+    );
+}
+
 #[tokio::test]
 async fn every_mutated_http2_connection_ends_by_the_listeners_timeouts_without_a_panic() {
-    record_panics();
     let (plain, grpc) = (backend().await.port(), h2c_backend().await.port());
-    let text = format!(
-        "[dataplane]\ninterface = \"lo\"\n\
-         [[pool]]\nname = \"p\"\nport = {plain}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
+    let (address, shared) = start(&format!(
+        "[[pool]]\nname = \"p\"\nport = {plain}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
          [[pool]]\nname = \"h\"\nport = {plain}\nbackends = [{{ address = \"127.0.0.1\" }}]\nbalance = \"hash\"\nhash_key = \"cookie:sid\"\n\
          [[pool]]\nname = \"g\"\nport = {grpc}\nprotocol = \"h2c\"\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
-         [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\nmax_body_bytes = 4096\n\
-         header_read_timeout_ms = {TIMEOUT_MS}\nfirst_byte_timeout_ms = {TIMEOUT_MS}\n\
-         idle_timeout_ms = {TIMEOUT_MS}\nstream_idle_timeout_ms = {TIMEOUT_MS}\n\
          [[route]]\nlistener = \"l\"\npool = \"h\"\nhost = \"hash.test\"\nsplit = [{{ pool = \"p\", percent = 50 }}]\nsticky = true\n\
          rate_limit = {{ requests_per_second = 100000, burst = 100000 }}\n\
          [[route]]\nlistener = \"l\"\npool = \"p\"\nhost = \"cache.test\"\ncache = {{ max_entries = 10 }}\n\
          shadow = {{ pool = \"h\", percent = 50 }}\nretries = 1\n\
          [[route]]\nlistener = \"l\"\npool = \"g\"\nhost = \"grpc.test\"\n\
          [[route]]\nlistener = \"l\"\npool = \"p\"\n"
-    );
-    let config = Config::parse(Path::new("t.toml"), &text).unwrap();
-    let listener = config.listeners[0].clone();
-    let shared = Shared::new(&listener, None, 1).unwrap();
-    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(&State::new(config), &Runtime::default())));
-    let (commands, _ejections) = tokio::sync::mpsc::unbounded_channel();
-    let forwarder =
-        Arc::new(Forwarder::new(ProxyMetrics::default(), commands, Arc::new(CacheStore::default())));
-    let (_never_stops, stop) = tokio::sync::watch::channel(false);
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = socket.local_addr().unwrap();
-    tokio::spawn(serve(listener, socket, shared.clone(), snapshot, forwarder, stop));
-
+    ))
+    .await;
     let conversations = conversations();
     let mut rng = Rng(0x5eed_0005);
     let mut answered = 0;
@@ -300,22 +337,216 @@ async fn every_mutated_http2_connection_ends_by_the_listeners_timeouts_without_a
         });
         answered += futures_util::future::join_all(batch).await.into_iter().filter(|&a| a).count();
     }
-    // Every connection has given its slot back: none lingers on the listener's side either.
-    let max = shared.max_connections as usize;
-    let all_closed = async {
-        while shared.slots.available_permits() < max {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(ENDS_WITHIN, all_closed)
-        .await
-        .unwrap_or_else(|_| panic!("{} connections still open", max - shared.slots.available_permits()));
-    let me = std::thread::current().id();
-    assert!(
-        !PANICKED.lock().unwrap().contains(&me),
-        "a task of the listener panicked (its message is above)"
-    );
+    all_ended(&shared).await;
     // The mutations leave many conversations whole: the test reaches the backends, not only
     // the framing's refusals.
     assert!(answered >= CONNECTIONS / 10, "only {answered} of {CONNECTIONS} answered");
+}
+
+/// Backends' answers, valid and odd: each framing, interim answers, answers that have no body,
+/// two equal lengths, a connection field naming another, a 101 nobody asked for, an error.
+const ANSWERS: &[&[u8]] = &[
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x=y\r\nok\r\n0\r\nX-T: v\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close",
+    b"HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nETag: \"a\"\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\nCache-Control: max-age=60\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\n\r\nhello",
+    b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy",
+];
+
+/// Bytes the mutations insert into answers: line ends, separators, digits, framing fields.
+const ANSWER_SPICE: &[&[u8]] = &[
+    b"\r\n",
+    b"\r",
+    b"\n",
+    b"\0",
+    b":",
+    b" ",
+    b"0",
+    b"f",
+    b"chunked",
+    b"\r\n\r\n",
+    b"Content-Length: 1\r\n",
+    b"Transfer-Encoding: chunked\r\n",
+    b"HTTP/1.1 ",
+    b"\xff",
+];
+
+/// A backend that answers each request with a mutated `ANSWERS` (one in four as it is) and
+/// then closes at once, or holds the connection past the listener's timeouts and closes, or
+/// keeps it for the next request.
+async fn mutating_backend(seed: u64) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let rng = Arc::new(Mutex::new(Rng(seed)));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let rng = rng.clone();
+            tokio::spawn(async move {
+                let mut read = Vec::new();
+                loop {
+                    // A request's head (the proxy sends these requests with no body).
+                    let end = loop {
+                        if let Some(at) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                        let mut chunk = [0; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => read.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    read.drain(..end);
+                    let (answer, then) = {
+                        let mut rng = rng.lock().unwrap();
+                        let answer = ANSWERS[rng.below(ANSWERS.len())];
+                        let answer = match rng.below(4) {
+                            0 => answer.to_vec(),
+                            _ => mutate(&mut rng, answer, ANSWER_SPICE),
+                        };
+                        (answer, rng.below(4))
+                    };
+                    if stream.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                    match then {
+                        0 => return,
+                        1 => {
+                            tokio::time::sleep(Duration::from_millis(TIMEOUT_MS * 3 / 2)).await;
+                            return;
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+/// What a raw HTTP/1.1 client got from the listener: interim answers, then one final answer
+/// whose head parses, with one framing (never a length beside a coding, at most one length),
+/// no body where there may be none, never more body than its length, and a chunked body that
+/// does not break where it ends. Its status.
+fn final_status(got: &[u8]) -> Result<u16, String> {
+    let mut rest = got;
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; 128];
+        let mut head = httparse::Response::new(&mut fields);
+        let length = match head.parse(rest) {
+            Ok(httparse::Status::Complete(length)) => length,
+            Ok(httparse::Status::Partial) => return Err("no whole head".into()),
+            Err(err) => return Err(format!("a head that does not parse ({err})")),
+        };
+        let status = head.code.unwrap_or(0);
+        let body = &rest[length..];
+        let named = |name: &str| {
+            head.headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value)
+                .collect::<Vec<_>>()
+        };
+        let (lengths, codings) = (named("content-length"), named("transfer-encoding"));
+        match status {
+            101 => return Err("101 to a client that asked for no upgrade".into()),
+            100..200 => {
+                rest = body;
+                continue;
+            }
+            _ => {}
+        }
+        if lengths.len() > 1 || !(lengths.is_empty() || codings.is_empty()) {
+            return Err("two framings".into());
+        }
+        if matches!(status, 204 | 304) && !body.is_empty() {
+            return Err(format!("a body after {status}"));
+        }
+        if let Some(length) = lengths.first() {
+            let length: usize =
+                std::str::from_utf8(length).ok().and_then(|l| l.parse().ok()).ok_or("a bad length")?;
+            if body.len() > length {
+                return Err(format!("{} bytes after a length of {length}", body.len()));
+            }
+        } else if !codings.is_empty() {
+            use crate::proxy::h1::body::{Decoded, Decoder, Framing};
+            let (mut decoder, mut buf) = (Decoder::new(Framing::Chunked), bytes::BytesMut::from(body));
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Decoded::Data(_)) => {}
+                    Ok(Decoded::Done) if buf.is_empty() => break,
+                    Ok(Decoded::Done) => return Err("bytes after the chunked body".into()),
+                    // Cut short: the connection closed mid-body, as it must when the backend's did.
+                    Ok(Decoded::NeedMore) => break,
+                    Err(err) => return Err(format!("a chunked body that breaks ({err:?})")),
+                }
+            }
+        }
+        return Ok(status);
+    }
+}
+
+#[tokio::test]
+async fn every_mutated_backend_answer_reaches_the_client_well_framed_or_as_an_error() {
+    // The route's timeout (504) comes before the listener's stream timeout, so a client is
+    // always answered, whatever the backend does.
+    let port = mutating_backend(0x5eed_0006).await.port();
+    let (address, shared) = start(&format!(
+        "[[pool]]\nname = \"p\"\nport = {port}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
+         [[route]]\nlistener = \"l\"\npool = \"p\"\nhost = \"cache.test\"\ncache = {{ max_entries = 10 }}\ntimeout_ms = {}\n\
+         [[route]]\nlistener = \"l\"\npool = \"p\"\ntimeout_ms = {}\n",
+        TIMEOUT_MS / 2,
+        TIMEOUT_MS / 2
+    ))
+    .await;
+    let mut rng = Rng(0x5eed_0007);
+    let mut statuses = std::collections::BTreeMap::new();
+    for _ in 0..CONNECTIONS / AT_ONCE {
+        let batch = (0..AT_ONCE).map(|i| {
+            let host = ["a", "cache.test"][rng.below(2)];
+            async move {
+                let exchange = async {
+                    if i % 2 == 0 {
+                        let request =
+                            format!("GET /{i} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+                        let mut client = TcpStream::connect(address).await.unwrap();
+                        client.write_all(request.as_bytes()).await.unwrap();
+                        let mut got = Vec::new();
+                        let _ = client.read_to_end(&mut got).await;
+                        return final_status(&got)
+                            .map_err(|err| format!("{err}: {:?}", String::from_utf8_lossy(&got)));
+                    }
+                    // HTTP/2 (prior knowledge): h2 checks the answer's framing itself.
+                    let (mut client, connection) =
+                        h2::client::handshake(TcpStream::connect(address).await.unwrap()).await.unwrap();
+                    tokio::spawn(connection);
+                    let request = Request::get(format!("http://{host}/{i}")).body(()).unwrap();
+                    let Ok((response, _)) = client.send_request(request, true) else { return Ok(0) };
+                    let Ok(response) = response.await else { return Ok(0) };
+                    let status = response.status().as_u16();
+                    let mut body = response.into_body();
+                    while let Some(Ok(data)) = body.data().await {
+                        let _ = body.flow_control().release_capacity(data.len());
+                    }
+                    Ok(status)
+                };
+                tokio::time::timeout(ENDS_WITHIN, exchange)
+                    .await
+                    .unwrap_or_else(|_| panic!("no end within {ENDS_WITHIN:?}"))
+                    .unwrap_or_else(|err| panic!("{err}"))
+            }
+        });
+        for status in futures_util::future::join_all(batch).await {
+            *statuses.entry(status).or_insert(0) += 1;
+        }
+    }
+    all_ended(&shared).await;
+    // Both what passes through and what is refused were reached.
+    let (passed, refused) =
+        (statuses.get(&200).copied().unwrap_or(0), statuses.get(&502).copied().unwrap_or(0));
+    assert!(passed >= CONNECTIONS / 10 && refused >= CONNECTIONS / 20, "{statuses:?}");
 }
