@@ -40,7 +40,10 @@ use crate::{
             upstream::{Switched, write_all_vectored},
         },
         idle::{Activity, Closed, Watched},
-        phase::respond::{self, Body},
+        phase::{
+            headers::X_REQUEST_ID,
+            respond::{self, Body},
+        },
         pipeline::Forwarder,
         routes::Snapshot,
         turn,
@@ -463,7 +466,7 @@ async fn exchange<S: ClientIo>(
         cx.listener.clone(),
         cx.conn.clone(),
     ));
-    let handled = match chunks {
+    let mut handled = match chunks {
         None => handled.await,
         Some(chunks) => {
             let mut pumped = Box::pin(pump(io, buf, &mut decoder, chunks, expect_continue));
@@ -481,7 +484,11 @@ async fn exchange<S: ClientIo>(
     let keep_alive = keep_alive && decoder.is_done() && !*cx.stop.borrow();
     let written = write_response(io, &method, version, handled.response, keep_alive).await;
     drop(handled.in_flight);
-    if let Some(entry) = &handled.entry {
+    if let Some(entry) = &mut handled.entry {
+        if written.broke {
+            entry.status = StatusCode::BAD_GATEWAY.as_u16();
+            entry.reason = Some(BROKE);
+        }
         entry.write(&cx.conn, written.bytes);
     }
     if let Some(switched) = written.switched {
@@ -499,7 +506,12 @@ struct Written {
     keep_alive: bool,
     /// The backend connection of a `101 Switching Protocols`.
     switched: Option<Switched>,
+    /// The backend's answer broke before a byte of it was written: a 502 went instead.
+    broke: bool,
 }
+
+/// The reason logged for an answer that broke before a byte of it was written.
+const BROKE: &str = "upstream answer broke";
 
 /// Writes the answer's head and body; the head and the first piece of the body go in one
 /// write when the body is ready.
@@ -522,7 +534,16 @@ async fn write_response<S: ClientIo>(
         match body.frame().now_or_never() {
             Some(Some(Ok(frame))) => first = frame.into_data().ok(),
             Some(None) => done = true,
-            Some(Some(Err(_))) => return Written { bytes: 0, keep_alive: false, switched: None },
+            Some(Some(Err(_))) => {
+                // Nothing is written yet: the client gets a 502 rather than a connection closed
+                // with nothing on it. (A body that breaks later is cut short: the head is out.)
+                let mut answer = respond::text(StatusCode::BAD_GATEWAY, BROKE);
+                if let Some(id) = parts.headers.remove(X_REQUEST_ID) {
+                    answer.headers_mut().insert(X_REQUEST_ID, id);
+                }
+                let written = Box::pin(write_response(io, method, version, answer, false)).await;
+                return Written { broke: true, ..written };
+            }
             None => {}
         }
         done = done || body.is_end_stream();
@@ -548,7 +569,7 @@ async fn write_response<S: ClientIo>(
         keep_alive_10,
     );
     let mut bytes = 0u64;
-    let failed = Written { bytes: 0, keep_alive: false, switched: None };
+    let failed = Written { bytes: 0, keep_alive: false, switched: None, broke: false };
     // Head and first piece together: a small piece is copied behind the head (one plain
     // send costs the kernel less than a writev of two pieces).
     if let Some(data) = first.take_if(|d| out != Out::Chunked && d.len() <= SMALL_BODY) {
@@ -583,14 +604,16 @@ async fn write_response<S: ClientIo>(
     if !done {
         match stream_rest(io, &mut body, out, &mut bytes).await {
             Streamed::Whole => {}
-            Streamed::CutUpstream => return Written { bytes, keep_alive: false, switched: None },
+            Streamed::CutUpstream => {
+                return Written { bytes, keep_alive: false, switched: None, broke: false };
+            }
             Streamed::WriteFailed => return failed,
         }
     }
     if io.flush().await.is_err() {
         return failed;
     }
-    Written { bytes, keep_alive, switched }
+    Written { bytes, keep_alive, switched, broke: false }
 }
 
 /// How an answer's body is delimited on the wire: nothing for a bodiless answer, a length when
@@ -724,6 +747,26 @@ mod tests {
         let read = std::future::poll_fn(|cx| stream.poll_read_when_ready(cx, &mut buf));
         let read = tokio::time::timeout(Duration::from_secs(2), read).await.unwrap();
         assert_eq!((read.unwrap().unwrap(), &buf[..]), (3, &b"GET"[..]));
+    }
+
+    /// A backend's answer whose body breaks before a byte of it is written reaches the client
+    /// as a 502 (with the request's ID), not as a connection closed with nothing on it.
+    #[tokio::test]
+    async fn an_answer_that_breaks_before_a_byte_is_written_is_a_502() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let mut stream = Watched::new(accepted, Arc::new(Activity::default()));
+        let broken = futures_util::stream::iter([Err::<hyper::body::Frame<Bytes>, _>("a bad chunk".into())]);
+        let mut answer = Response::new(http_body_util::StreamBody::new(broken).boxed());
+        answer.headers_mut().insert(X_REQUEST_ID, "id-1".parse().unwrap());
+        let written = write_response(&mut stream, &Method::GET, Version::HTTP_11, answer, true).await;
+        assert!(written.broke && !written.keep_alive);
+        drop(stream);
+        let mut got = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut client, &mut got).await.unwrap();
+        assert!(got.starts_with("HTTP/1.1 502"), "{got}");
+        assert!(got.contains("x-request-id: id-1") && got.ends_with("upstream answer broke\n"), "{got}");
     }
 
     #[test]
