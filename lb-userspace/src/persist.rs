@@ -338,6 +338,9 @@ pub fn replace(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
+mod mutations;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
