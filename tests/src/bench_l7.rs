@@ -343,6 +343,21 @@ const FLOOR: &str = "forward";
 const FLOOR_PORT: u16 = 6080;
 /// Rows measured for reference, not peers: not in `sluice/best` nor in the verdict.
 const REFERENCES: [&str; 2] = [SAME_SUITES, FLOOR];
+/// An earlier lbd measured beside this one in every mode (`SLUICE_BENCH_BASELINE=PATH`): an
+/// A/B in the same run, interleaved with the peers. Not a peer and not in the verdict.
+const BASELINE: &str = "sluice-base";
+const MODES: [&str; 4] = ["http1-keepalive", "tls-keepalive", "tls-handshake", "h2"];
+
+/// The modes to run: `SLUICE_BENCH_MODES` (a comma-separated subset) or all; and whether to
+/// measure idle memory (always with all modes, else only if the list names `idle`).
+fn chosen_modes() -> Result<(Vec<&'static str>, bool)> {
+    let Ok(listed) = std::env::var("SLUICE_BENCH_MODES") else { return Ok((MODES.to_vec(), true)) };
+    let listed: Vec<&str> = listed.split(',').map(str::trim).collect();
+    if let Some(unknown) = listed.iter().find(|m| **m != "idle" && !MODES.contains(m)) {
+        anyhow::bail!("SLUICE_BENCH_MODES: no mode `{unknown}` (modes: {}, idle)", MODES.join(", "));
+    }
+    Ok((MODES.into_iter().filter(|m| listed.contains(m)).collect(), listed.contains(&"idle")))
+}
 
 /// Runs the whole comparison and prints it.
 pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
@@ -385,11 +400,13 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
     let haproxy_conf = dir.0.join("haproxy.cfg");
     std::fs::write(&haproxy_conf, haproxy_config(&combined))?;
     let lbd = crate::bin_dir().join("lbd");
+    let baseline = std::env::var_os("SLUICE_BENCH_BASELINE").map(std::path::PathBuf::from);
+    let (modes, measure_memory) = chosen_modes()?;
     let nginx = |conf: &Path| -> Vec<String> {
         let (conf, prefix) = (conf.display().to_string(), dir.0.display().to_string());
         vec!["nginx".into(), "-c".into(), conf, "-p".into(), prefix]
     };
-    let proxies: Vec<(&str, Vec<String>, u16, u16)> = vec![
+    let mut proxies: Vec<(&str, Vec<String>, u16, u16)> = vec![
         (
             "sluice",
             vec![lbd.display().to_string(), "run".into(), "-c".into(), sluice_conf.display().to_string()],
@@ -426,7 +443,15 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
             FLOOR_PORT,
         ),
     ];
-    let modes = ["http1-keepalive", "tls-keepalive", "tls-handshake", "h2"];
+    if let Some(baseline) = &baseline {
+        let argv = vec![
+            baseline.display().to_string(),
+            "run".into(),
+            "-c".into(),
+            sluice_conf.display().to_string(),
+        ];
+        proxies.insert(1, (BASELINE, argv, 9080, 9443));
+    }
     println!(
         "cargo xtask bench l7: {seconds} s per case, wrk -t1 -c64 (h2: h2load -t1 -c64 -m10), proxy on CPU 0, load and backends on CPU 1"
     );
@@ -442,6 +467,12 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
     println!(
         "{FLOOR}: a byte forwarder, no HTTP, a backend connection per client (http1-keepalive; the bed's ceiling for an epoll proxy, not in sluice/best)"
     );
+    if let Some(baseline) = &baseline {
+        println!(
+            "{BASELINE}: {} with the same config, in every mode (an A/B; not in the verdict)",
+            baseline.display()
+        );
+    }
     let only = |name: &str| -> Option<&[&str]> {
         match name {
             "sluice-bp" => Some(&BUSY_POLL_MODES),
@@ -467,7 +498,7 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
         let (mut memory, mut tls_memory) = (Vec::new(), Vec::new());
         // Memory on a fresh process: after load, freed buffers the allocator keeps would hide
         // the growth.
-        for (name, argv, http, https) in proxies.iter().filter(|p| only(p.0).is_none()) {
+        for (name, argv, http, https) in proxies.iter().filter(|p| measure_memory && only(p.0).is_none()) {
             let proc = started(argv, *https)?;
             // nsenter execs taskset, which execs the proxy: the child's pid is the proxy's.
             let bytes = idle_memory_per_connection(proc.0.id(), *http, IDLE_CONNECTIONS, None)?;
@@ -481,7 +512,7 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
         // Each mode's proxies one after another, seconds apart, in the opposite order the next
         // round: the VM's speed drifts within minutes, and a ratio of samples taken far apart
         // measured the drift as much as the proxies.
-        for mode in modes {
+        for &mode in &modes {
             let mut order: Vec<_> =
                 proxies.iter().filter(|p| only(p.0).is_none_or(|only| only.contains(&mode))).collect();
             if round % 2 == 0 {
@@ -499,8 +530,10 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
         }
         println!("\nround {round}:");
         print_round(&table, &proxies.iter().map(|p| p.0).collect::<Vec<_>>(), &modes);
-        print_memory(&format!("{IDLE_CONNECTIONS} open, one request each, plain HTTP"), &memory);
-        print_memory(&format!("{IDLE_TLS_CONNECTIONS} open, one request each, TLS 1.3"), &tls_memory);
+        if measure_memory {
+            print_memory(&format!("{IDLE_CONNECTIONS} open, one request each, plain HTTP"), &memory);
+            print_memory(&format!("{IDLE_TLS_CONNECTIONS} open, one request each, TLS 1.3"), &tls_memory);
+        }
         all.push(Round { table, memory, tls_memory });
     }
     println!();
@@ -515,7 +548,7 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
 /// references' lines.
 fn print_round(table: &[Row], order: &[&str], modes: &[&str]) {
     println!(
-        "{:<16} {:<9} {:>10} {:>9} {:>9} {:>10} {:>7} {:>7} {:>14}",
+        "{:<16} {:<11} {:>10} {:>9} {:>9} {:>10} {:>7} {:>7} {:>14}",
         "mode", "proxy", "req/s", "p50 ms", "p99 ms", "cpu us/req", "other", "load", "sluice/best"
     );
     for mode in modes {
@@ -533,7 +566,7 @@ fn print_round(table: &[Row], order: &[&str], modes: &[&str]) {
                 String::new()
             };
             println!(
-                "{m:<16} {p:<9} {:>10.0} {:>9.2} {:>9.2} {:>10.1} {:>6.0}% {:>6.0}% {:>14}",
+                "{m:<16} {p:<11} {:>10.0} {:>9.2} {:>9.2} {:>10.1} {:>6.0}% {:>6.0}% {:>14}",
                 s.rps,
                 s.p50_ms,
                 s.p99_ms,
@@ -553,6 +586,15 @@ fn print_round(table: &[Row], order: &[&str], modes: &[&str]) {
                 floor.rps / best_peer
             );
         }
+        if let (Some(sluice), Some(base)) = (row("sluice"), row(BASELINE)) {
+            println!(
+                "{mode:<16} sluice/{BASELINE}: {:.3}x the rate, {:.2}x the CPU per request, p99 {:.2} against {:.2} ms",
+                sluice.rps / base.rps,
+                sluice.cpu_us_per_request / base.cpu_us_per_request,
+                sluice.p99_ms,
+                base.p99_ms
+            );
+        }
         if let (Some(sluice), Some(same)) = (row("sluice"), row(SAME_SUITES)) {
             println!(
                 "{mode:<16} sluice/{SAME_SUITES}: {:.2}x the rate, {:.2}x the CPU per request",
@@ -565,7 +607,11 @@ fn print_round(table: &[Row], order: &[&str], modes: &[&str]) {
 
 /// Memory per idle connection of one kind, Sluice's beside the smallest peer's.
 fn print_memory(what: &str, memory: &[(String, f64)]) {
-    let best_peer = memory.iter().filter(|(p, _)| p != "sluice").map(|(_, b)| *b).fold(f64::MAX, f64::min);
+    let best_peer = memory
+        .iter()
+        .filter(|(p, _)| l7_targets::is_peer(p, &REFERENCES))
+        .map(|(_, b)| *b)
+        .fold(f64::MAX, f64::min);
     println!("\nmemory per idle keep-alive connection ({what}):");
     for (proxy, bytes) in memory {
         let ratio = if proxy == "sluice" && best_peer >= 1.0 {
@@ -573,7 +619,7 @@ fn print_memory(what: &str, memory: &[(String, f64)]) {
         } else {
             String::new()
         };
-        println!("{proxy:<8} {:>8.1} KiB  {ratio}", bytes / 1024.0);
+        println!("{proxy:<11} {:>8.1} KiB  {ratio}", bytes / 1024.0);
     }
 }
 
