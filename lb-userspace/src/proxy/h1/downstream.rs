@@ -523,27 +523,27 @@ async fn write_response<S: ClientIo>(
     keep_alive: bool,
 ) -> Written {
     let (mut parts, mut body) = response.into_parts();
-    let status = parts.status;
+    let mut status = parts.status;
     let switched =
         if status == StatusCode::SWITCHING_PROTOCOLS { parts.extensions.remove::<Switched>() } else { None };
     let mut keep_alive = keep_alive && !head::connection_has(&parts.headers, "close") && switched.is_none();
     let bodiless = head::answer_is_bodiless(method, status);
     let mut first = None;
     let mut done = bodiless;
+    let mut broke = false;
     if !bodiless {
-        match body.frame().now_or_never() {
+        let mut polled = body.frame().now_or_never();
+        if let Some(Some(Err(_))) = polled {
+            // Nothing is written yet: the client gets a 502 rather than a connection closed
+            // with nothing on it. (A body that breaks later is cut short: the head is out.)
+            (parts, body) = broke_answer(parts.headers.remove(X_REQUEST_ID));
+            (status, keep_alive, broke) = (parts.status, false, true);
+            polled = body.frame().now_or_never();
+        }
+        match polled {
             Some(Some(Ok(frame))) => first = frame.into_data().ok(),
             Some(None) => done = true,
-            Some(Some(Err(_))) => {
-                // Nothing is written yet: the client gets a 502 rather than a connection closed
-                // with nothing on it. (A body that breaks later is cut short: the head is out.)
-                let mut answer = respond::text(StatusCode::BAD_GATEWAY, BROKE);
-                if let Some(id) = parts.headers.remove(X_REQUEST_ID) {
-                    answer.headers_mut().insert(X_REQUEST_ID, id);
-                }
-                let written = Box::pin(write_response(io, method, version, answer, false)).await;
-                return Written { broke: true, ..written };
-            }
+            Some(Some(Err(_))) => return Written { bytes: 0, keep_alive: false, switched: None, broke },
             None => {}
         }
         done = done || body.is_end_stream();
@@ -613,7 +613,17 @@ async fn write_response<S: ClientIo>(
     if io.flush().await.is_err() {
         return failed;
     }
-    Written { bytes, keep_alive, switched, broke: false }
+    Written { bytes, keep_alive, switched, broke }
+}
+
+/// The 502 written instead of an answer that broke before a byte of it was, with the request's
+/// ID.
+fn broke_answer(request_id: Option<header::HeaderValue>) -> (hyper::http::response::Parts, Body) {
+    let mut answer = respond::text(StatusCode::BAD_GATEWAY, BROKE);
+    if let Some(id) = request_id {
+        answer.headers_mut().insert(X_REQUEST_ID, id);
+    }
+    answer.into_parts()
 }
 
 /// How an answer's body is delimited on the wire: nothing for a bodiless answer, a length when
