@@ -16,7 +16,14 @@ use anyhow::{Context as _, Result, bail, ensure};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-const DOCS: &[&str] = &["architecture.md", "config.md", "datapath.md", "operations.md", "performance.md"];
+const DOCS: &[&str] = &[
+    "architecture.md",
+    "config.md",
+    "datapath.md",
+    "operations.md",
+    "performance.md",
+    "performance-l7-log.md",
+];
 
 /// Runs `program args`, failing with its stderr.
 fn run(program: &str, args: &[&str]) -> Result<String> {

@@ -16,6 +16,8 @@ pub mod pipeline;
 pub mod routes;
 pub mod runtime;
 pub mod server;
+#[cfg(test)]
+mod test_bed;
 pub mod tls;
 pub mod trim;
 pub mod turn;

@@ -229,10 +229,6 @@ fn chunked_bodies_decode_alike_in_any_reads() {
 mod connections {
     use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
-    use arc_swap::ArcSwap;
-    use http_body_util::{BodyExt, Full};
-    use hyper::{Request, Response, body::Incoming, service::service_fn};
-    use hyper_util::rt::TokioIo;
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
         net::{TcpListener, TcpStream},
@@ -243,15 +239,10 @@ mod connections {
         config::Config,
         proxy::{
             access_log::ClientConn,
-            cache::CacheStore,
             h1::downstream::{self, Session},
             idle::{Activity, Watched},
-            metrics::ProxyMetrics,
-            pipeline::Forwarder,
-            routes::Snapshot,
-            runtime::Runtime,
+            test_bed,
         },
-        state::State,
     };
 
     /// Connections tried: each is a connect, a few writes and reads on loopback.
@@ -259,32 +250,6 @@ mod connections {
     /// What one connection may take to end: far more than an answer needs, far less than any
     /// timeout of the proxy's (they are minutes by default) that would end a hang instead.
     const ENDS_WITHIN: Duration = Duration::from_secs(5);
-
-    /// A backend that reads each request's whole body and answers with its size.
-    async fn backend() -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let service = service_fn(|request: Request<Incoming>| async move {
-                    let body = request.into_body().collect().await?.to_bytes();
-                    let mut answer =
-                        Response::new(Full::new(bytes::Bytes::from(format!("read {}", body.len()))));
-                    // Storable, varying by what the client accepts.
-                    let headers = answer.headers_mut();
-                    headers.insert(hyper::header::CACHE_CONTROL, "max-age=60".parse().unwrap());
-                    headers.insert(hyper::header::VARY, "accept".parse().unwrap());
-                    Ok::<_, hyper::Error>(answer)
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades(),
-                );
-            }
-        });
-        address
-    }
 
     /// The proxy's listener loop in miniature: each accepted connection served by
     /// `downstream::serve` in a task of its own, as a worker does. Returns its address and the
@@ -308,11 +273,7 @@ mod connections {
         );
         let config = Config::parse(Path::new("t.toml"), &text).unwrap();
         let listener = Arc::new(config.listeners[0].clone());
-        let snapshot =
-            Arc::new(ArcSwap::from_pointee(Snapshot::build(&State::new(config), &Runtime::default())));
-        let (commands, ejections) = tokio::sync::mpsc::unbounded_channel();
-        let forwarder =
-            Arc::new(Forwarder::new(ProxyMetrics::default(), commands, Arc::new(CacheStore::default())));
+        let (snapshot, forwarder, ejections) = test_bed::forwarding(config);
         let (never_stops, stop) = tokio::sync::watch::channel(false);
         let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = socket.local_addr().unwrap();
@@ -341,7 +302,7 @@ mod connections {
 
     #[tokio::test]
     async fn every_mutated_connection_ends_without_a_panic() {
-        let (address, mut tasks) = proxy(backend().await).await;
+        let (address, mut tasks) = proxy(test_bed::http1().await).await;
         let mut rng = Rng(0x5eed_0004);
         let mut answered = 0;
         for _ in 0..CONNECTIONS {

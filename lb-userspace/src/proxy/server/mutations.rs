@@ -10,28 +10,19 @@ use std::{
     time::Duration,
 };
 
-use arc_swap::ArcSwap;
-use bytes::Bytes;
-use futures_util::stream;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::{Request, Response, body::Incoming, service::service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
 
 use super::{Shared, serve};
-
-mod answers;
 use crate::{
     config::Config,
     mutation::{Rng, mutate},
-    proxy::{
-        cache::CacheStore, metrics::ProxyMetrics, pipeline::Forwarder, routes::Snapshot, runtime::Runtime,
-    },
-    state::State,
+    proxy::test_bed,
 };
+
+mod answers;
 
 /// Connections tried, and how many are open at once.
 const CONNECTIONS: usize = 600;
@@ -183,51 +174,6 @@ fn record_panics() {
     });
 }
 
-/// An HTTP/1.1 backend that reads each request's body and answers with its size.
-async fn backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service = service_fn(|request: Request<Incoming>| async move {
-                let body = request.into_body().collect().await?.to_bytes();
-                let mut answer = Response::new(Full::new(Bytes::from(format!("read {}", body.len()))));
-                answer.headers_mut().insert(hyper::header::CACHE_CONTROL, "max-age=60".parse().unwrap());
-                Ok::<_, hyper::Error>(answer)
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service),
-            );
-        }
-    });
-    address
-}
-
-/// An h2c backend (gRPC's shape): the request's body echoed, then trailers.
-async fn h2c_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service = service_fn(|request: Request<Incoming>| async move {
-                let body = request.into_body().collect().await?.to_bytes();
-                let mut trailers = hyper::HeaderMap::new();
-                trailers.insert("grpc-status", "0".parse().unwrap());
-                let frames = [
-                    Ok::<_, hyper::Error>(hyper::body::Frame::data(body)),
-                    Ok(hyper::body::Frame::trailers(trailers)),
-                ];
-                Ok::<_, hyper::Error>(Response::new(StreamBody::new(stream::iter(frames))))
-            });
-            tokio::spawn(
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service),
-            );
-        }
-    });
-    address
-}
-
 /// Whether the server's bytes hold an answer's HEADERS that start `:status: 200` (HPACK's
 /// static index 8, as h2 writes it).
 fn answered_200(got: &[u8]) -> bool {
@@ -261,10 +207,7 @@ async fn start(pools_and_routes: &str) -> (SocketAddr, Arc<Shared>) {
     let config = Config::parse(Path::new("t.toml"), &text).unwrap();
     let listener = config.listeners[0].clone();
     let shared = Shared::new(&listener, None, 1).unwrap();
-    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(&State::new(config), &Runtime::default())));
-    let (commands, ejections) = tokio::sync::mpsc::unbounded_channel();
-    let forwarder =
-        Arc::new(Forwarder::new(ProxyMetrics::default(), commands, Arc::new(CacheStore::default())));
+    let (snapshot, forwarder, ejections) = test_bed::forwarding(config);
     let (never_stops, stop) = tokio::sync::watch::channel(false);
     let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = socket.local_addr().unwrap();
@@ -298,7 +241,7 @@ async fn all_ended(shared: &Shared) {
 
 #[tokio::test]
 async fn every_mutated_http2_connection_ends_by_the_listeners_timeouts_without_a_panic() {
-    let (plain, grpc) = (backend().await.port(), h2c_backend().await.port());
+    let (plain, grpc) = (test_bed::http1().await.port(), test_bed::h2c().await.port());
     let (address, shared) = start(&format!(
         "[[pool]]\nname = \"p\"\nport = {plain}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
          [[pool]]\nname = \"h\"\nport = {plain}\nbackends = [{{ address = \"127.0.0.1\" }}]\nbalance = \"hash\"\nhash_key = \"cookie:sid\"\n\

@@ -11,14 +11,17 @@ use std::{
 use hyper::Request;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
 };
 
 use super::{
     AT_ONCE, CONNECTIONS, END_HEADERS, END_STREAM, ENDS_WITHIN, HEADERS, PREFACE, TIMEOUT_MS, all_ended,
     field, frame, start,
 };
-use crate::mutation::{Rng, mutate};
+use crate::{
+    mutation::{Rng, mutate},
+    proxy::test_bed,
+};
 
 /// Backends' answers, valid and odd: each framing, interim answers, answers that have no body,
 /// two equal lengths, a connection field naming another, a 101 nobody asked for, an error.
@@ -57,52 +60,48 @@ const ANSWER_SPICE: &[&[u8]] = &[
 /// then closes at once, or holds the connection past the listener's timeouts and closes, or
 /// keeps it for the next request.
 async fn mutating_backend(seed: u64) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
     let rng = Arc::new(Mutex::new(Rng(seed)));
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let rng = rng.clone();
-            tokio::spawn(async move {
-                let mut read = Vec::new();
-                loop {
-                    // A request's head (the proxy sends these requests with no body).
-                    let end = loop {
-                        if let Some(at) = read.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break at + 4;
-                        }
-                        let mut chunk = [0; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => read.extend_from_slice(&chunk[..n]),
-                        }
+    test_bed::listening(move |mut stream| {
+        let rng = rng.clone();
+        async move {
+            let mut read = Vec::new();
+            loop {
+                // A request's head (the proxy sends these requests with no body).
+                let end = loop {
+                    if let Some(at) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break at + 4;
+                    }
+                    let mut chunk = [0; 4096];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                read.drain(..end);
+                let (answer, then) = {
+                    let mut rng = rng.lock().unwrap();
+                    let answer = ANSWERS[rng.below(ANSWERS.len())];
+                    let answer = match rng.below(4) {
+                        0 => answer.to_vec(),
+                        _ => mutate(&mut rng, answer, ANSWER_SPICE),
                     };
-                    read.drain(..end);
-                    let (answer, then) = {
-                        let mut rng = rng.lock().unwrap();
-                        let answer = ANSWERS[rng.below(ANSWERS.len())];
-                        let answer = match rng.below(4) {
-                            0 => answer.to_vec(),
-                            _ => mutate(&mut rng, answer, ANSWER_SPICE),
-                        };
-                        (answer, rng.below(4))
-                    };
-                    if stream.write_all(&answer).await.is_err() {
+                    (answer, rng.below(4))
+                };
+                if stream.write_all(&answer).await.is_err() {
+                    return;
+                }
+                match then {
+                    0 => return,
+                    1 => {
+                        tokio::time::sleep(Duration::from_millis(TIMEOUT_MS * 3 / 2)).await;
                         return;
                     }
-                    match then {
-                        0 => return,
-                        1 => {
-                            tokio::time::sleep(Duration::from_millis(TIMEOUT_MS * 3 / 2)).await;
-                            return;
-                        }
-                        _ => {}
-                    }
+                    _ => {}
                 }
-            });
+            }
         }
-    });
-    address
+    })
+    .await
 }
 
 /// What a raw HTTP/1.1 client got from the listener: interim answers, then one final answer
@@ -283,58 +282,54 @@ fn h2c_answers(stream: u32) -> Vec<Vec<u8>> {
 /// stream with a mutated `h2c_answers` (one in four as it is); now and then it closes the
 /// connection after an answer.
 async fn mutating_h2c_backend(seed: u64) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
     let rng = Arc::new(Mutex::new(Rng(seed)));
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let rng = rng.clone();
-            tokio::spawn(async move {
-                if stream.write_all(&frame(4, 0, 0, &[])).await.is_err() {
+    test_bed::listening(move |mut stream| {
+        let rng = rng.clone();
+        async move {
+            if stream.write_all(&frame(4, 0, 0, &[])).await.is_err() {
+                return;
+            }
+            let mut read = Vec::new();
+            let mut preface = PREFACE.len();
+            loop {
+                // One whole frame of the proxy's (after its preface).
+                let frame_len = |read: &[u8]| {
+                    read.get(preface..preface + 9)
+                        .map(|h| 9 + u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize)
+                };
+                while frame_len(&read).is_none_or(|len| read.len() < preface + len) {
+                    let mut chunk = [0; 4096];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let len = frame_len(&read).unwrap();
+                let head: Vec<u8> = read.drain(..preface + len).skip(preface).take(9).collect();
+                preface = 0;
+                let (kind, flags, id) =
+                    (head[3], head[4], u32::from_be_bytes([head[5], head[6], head[7], head[8]]));
+                let answer = match kind {
+                    4 if flags & 1 == 0 => frame(4, 1, 0, &[]),
+                    HEADERS if id != 0 => {
+                        let mut rng = rng.lock().unwrap();
+                        let answers = h2c_answers(id);
+                        let answer = &answers[rng.below(answers.len())];
+                        match rng.below(4) {
+                            0 => answer.clone(),
+                            _ => mutate(&mut rng, answer, H2_ANSWER_SPICE),
+                        }
+                    }
+                    _ => continue,
+                };
+                let close = kind == HEADERS && rng.lock().unwrap().below(8) == 0;
+                if stream.write_all(&answer).await.is_err() || close {
                     return;
                 }
-                let mut read = Vec::new();
-                let mut preface = PREFACE.len();
-                loop {
-                    // One whole frame of the proxy's (after its preface).
-                    let frame_len = |read: &[u8]| {
-                        read.get(preface..preface + 9)
-                            .map(|h| 9 + u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize)
-                    };
-                    while frame_len(&read).is_none_or(|len| read.len() < preface + len) {
-                        let mut chunk = [0; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => read.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let len = frame_len(&read).unwrap();
-                    let head: Vec<u8> = read.drain(..preface + len).skip(preface).take(9).collect();
-                    preface = 0;
-                    let (kind, flags, id) =
-                        (head[3], head[4], u32::from_be_bytes([head[5], head[6], head[7], head[8]]));
-                    let answer = match kind {
-                        4 if flags & 1 == 0 => frame(4, 1, 0, &[]),
-                        HEADERS if id != 0 => {
-                            let mut rng = rng.lock().unwrap();
-                            let answers = h2c_answers(id);
-                            let answer = &answers[rng.below(answers.len())];
-                            match rng.below(4) {
-                                0 => answer.clone(),
-                                _ => mutate(&mut rng, answer, H2_ANSWER_SPICE),
-                            }
-                        }
-                        _ => continue,
-                    };
-                    let close = kind == HEADERS && rng.lock().unwrap().below(8) == 0;
-                    if stream.write_all(&answer).await.is_err() || close {
-                        return;
-                    }
-                }
-            });
+            }
         }
-    });
-    address
+    })
+    .await
 }
 
 /// What the mutations insert into h2c answers: frame types and flags, lengths, HPACK prefixes.

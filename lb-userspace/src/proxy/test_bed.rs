@@ -1,0 +1,88 @@
+//! What the proxy's tests run on: real backends on 127.0.0.1 (each connection served in a task
+//! of its own), and the routes and forwarder of a config.
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use futures_util::stream;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::mpsc::UnboundedReceiver,
+};
+
+use crate::{
+    config::Config,
+    proxy::{
+        cache::CacheStore, metrics::ProxyMetrics, pipeline::Forwarder, routes::Snapshot, runtime::Runtime,
+    },
+    state::{Command, State},
+};
+
+/// The routes of `config` and a forwarder over them; the commands it sends (outlier
+/// ejections) arrive on the receiver, which the caller holds while requests are served.
+pub fn forwarding(config: Config) -> (Arc<ArcSwap<Snapshot>>, Arc<Forwarder>, UnboundedReceiver<Command>) {
+    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(&State::new(config), &Runtime::default())));
+    let (commands, ejections) = tokio::sync::mpsc::unbounded_channel();
+    let forwarder =
+        Arc::new(Forwarder::new(ProxyMetrics::default(), commands, Arc::new(CacheStore::default())));
+    (snapshot, forwarder, ejections)
+}
+
+/// A server on 127.0.0.1 that serves each connection it accepts with `serve`; its address.
+pub async fn listening<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
+        }
+    });
+    address
+}
+
+/// An HTTP/1.1 backend (hyper) that reads each request's whole body and answers with its size,
+/// storable for a minute and varying by what the client accepts; upgrades allowed.
+pub async fn http1() -> SocketAddr {
+    listening(|stream| async move {
+        let service = service_fn(|request: Request<Incoming>| async move {
+            let body = request.into_body().collect().await?.to_bytes();
+            let mut answer = Response::new(Full::new(Bytes::from(format!("read {}", body.len()))));
+            let headers = answer.headers_mut();
+            headers.insert(hyper::header::CACHE_CONTROL, "max-age=60".parse().unwrap());
+            headers.insert(hyper::header::VARY, "accept".parse().unwrap());
+            Ok::<_, hyper::Error>(answer)
+        });
+        let served = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let _ = served.await;
+    })
+    .await
+}
+
+/// An h2c backend (hyper; gRPC's shape): each request's body echoed, then trailers.
+pub async fn h2c() -> SocketAddr {
+    listening(|stream| async move {
+        let service = service_fn(|request: Request<Incoming>| async move {
+            let body = request.into_body().collect().await?.to_bytes();
+            let mut trailers = hyper::HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            let frames = [
+                Ok::<_, hyper::Error>(hyper::body::Frame::data(body)),
+                Ok(hyper::body::Frame::trailers(trailers)),
+            ];
+            Ok::<_, hyper::Error>(Response::new(StreamBody::new(stream::iter(frames))))
+        });
+        let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), service);
+        let _ = served.await;
+    })
+    .await
+}
