@@ -166,6 +166,40 @@ metrics = "127.0.0.1:9100"
         })
     }
 
+    /// `bytes` to the TLS listener over TLS 1.3 with ALPN h2, then the client's `close_notify`
+    /// and the end of its TCP stream: what it then reads back, decrypted.
+    fn tls_h2_half_closed(&self, bytes: &[u8]) -> Result<Vec<u8>> {
+        use rustls_pki_types::{CertificateDer, pem::PemObject as _};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&self.ca.cert)? {
+            roots.add(cert?)?;
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let config = std::sync::Arc::new(config);
+        let bytes = bytes.to_vec();
+        self.topology.client.within(move || {
+            let mut conn = rustls::ClientConnection::new(config, "example.test".try_into()?)?;
+            let mut socket = TcpStream::connect((VIP, 443))?;
+            socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+            rustls::Stream::new(&mut conn, &mut socket).write_all(&bytes)?;
+            conn.send_close_notify();
+            while conn.wants_write() {
+                conn.write_tls(&mut socket)?;
+            }
+            socket.shutdown(Shutdown::Write)?;
+            let mut out = Vec::new();
+            // The proxy closes without a close_notify of its own: the read ends in an error,
+            // after what came before it.
+            let _ = rustls::Stream::new(&mut conn, &mut socket).read_to_end(&mut out);
+            Ok(out)
+        })
+    }
+
     fn metrics(&self) -> Result<String> {
         let out = self.topology.lb.run("curl", &["-sS", "http://127.0.0.1:9100/metrics"])?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -325,6 +359,9 @@ fn root_l7_hygiene_parser_edges_and_access_log() -> Result<()> {
     let h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0\0\0\x06\x01\x05\0\0\0\x01\x82\x86\x84\x01\x01a";
     let out = bed.raw(h2, true)?;
     assert!(out.contains("backend1"), "{out:?}");
+    // And over TLS: the client's close_notify, then the end of its stream.
+    let out = bed.tls_h2_half_closed(&h2[..])?;
+    assert!(String::from_utf8_lossy(&out).contains("backend1"), "{out:?}");
     // HTTP/2 with 150 header fields: 431, as HTTP/1.1.
     let many: Vec<String> = (0..150).map(|i| format!("x-h{i}: v")).collect();
     let mut args: Vec<&str> = vec!["--http2"];
