@@ -1089,3 +1089,99 @@ fn ip_header(frame: &[u8]) -> Option<IpHeader> {
         };
     Some(IpHeader { offset, src, dst, header, length, checksum_ok })
 }
+
+/// The backends' decapsulation, on the balancer's own encapsulated output (IPIP, IPv6 in IPv6,
+/// IPv4 in IPv6) and on what it passes, changed a few bytes at a time: each packet goes up
+/// either untouched or with exactly its outer IP header taken out and the Ethernet type made
+/// the inner one's, as `decapsulation` predicts, and is counted as one or the other.
+#[test]
+fn root_fixtures_decap_of_mutated_packets_strips_exactly_the_outer_header() -> Result<()> {
+    use aya::programs::{TestRun as _, TestRunOptions};
+    use lb_common::stats::DecapStat;
+    use lb_userspace::dataplane::{self, DECAP_PROGRAM, Role, counters};
+    const PACKETS: usize = 20_000;
+    const SPICE: &[&[u8]] =
+        &[&[0x04], &[0x29], &[0x45], &[0x4f], &[0x41], &[0x20, 0x00], &[0x00; 20], &[0x86, 0xdd]];
+    let mut balancer = Harness::new("decap-seeds", 8, desired_state(&WEB))?;
+    let mut seeds = Vec::new();
+    for fixture in phase_one(&balancer) {
+        let (verdict, out) = balancer.run(&fixture.input)?;
+        seeds.push(if verdict == XDP_TX { out } else { fixture.input });
+    }
+    drop(balancer);
+    let pin_dir =
+        std::path::PathBuf::from(format!("/sys/fs/bpf/sluice-decap-mutated-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    let tested = (|| -> Result<()> {
+        let mut ebpf = dataplane::load(&pin_dir, Role::Decap)?;
+        let mut rng = lb_userspace::mutation::Rng(0x5eed_000b);
+        let (mut passed, mut decapsulated) = (0u64, 0u64);
+        for _ in 0..PACKETS {
+            let seed = &seeds[rng.below(seeds.len())];
+            let input = lb_userspace::mutation::mutate(&mut rng, seed, SPICE);
+            if input.len() < 14 {
+                continue; // shorter than an Ethernet header: the kernel delivers none
+            }
+            let program = dataplane::xdp_program(&mut ebpf, DECAP_PROGRAM)?;
+            let mut out = vec![0u8; input.len() + 256];
+            let options =
+                TestRunOptions { data_in: Some(&input), data_out: Some(&mut out), ..Default::default() };
+            let result = program.test_run(options).context("BPF_PROG_TEST_RUN")?;
+            out.truncate(result.data_size_out as usize);
+            assert_eq!(result.return_value, XDP_PASS, "{input:02x?}");
+            match decapsulation(&input) {
+                None => {
+                    assert_eq!(out, input, "changed a packet it must pass untouched");
+                    passed += 1;
+                }
+                Some((outer, inner_type)) => {
+                    let mut expected = input[..12].to_vec();
+                    expected.extend(inner_type.to_be_bytes());
+                    expected.extend(&input[14 + outer..]);
+                    assert_eq!(out, expected, "not exactly the outer header taken out: {input:02x?}");
+                    decapsulated += 1;
+                }
+            }
+        }
+        let counted = counters::decap(&pin_dir)?;
+        let packets = |of: DecapStat| {
+            counted.iter().find(|(stat, _)| *stat as u32 == of as u32).map(|(_, c)| c.packets)
+        };
+        assert_eq!(
+            (packets(DecapStat::Passed), packets(DecapStat::Decapsulated)),
+            (Some(passed), Some(decapsulated))
+        );
+        // The mutations reach both outcomes (else this tests little).
+        assert!(
+            passed >= PACKETS as u64 / 20 && decapsulated >= PACKETS as u64 / 20,
+            "{passed} {decapsulated}"
+        );
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    tested
+}
+
+/// What the backends' decapsulation takes out of a frame, if anything: the outer header's length
+/// and the inner packet's Ethernet type. An unfragmented IPv4 header (20 bytes or more) or an
+/// IPv6 header, carrying IPv4 or IPv6 (protocol 4 or 41), with an Ethernet header's worth of
+/// the frame left once it is taken out (the kernel's bound for moving a frame's start; what
+/// follows may be a cut-short inner packet, which the stack then drops).
+fn decapsulation(frame: &[u8]) -> Option<(usize, u16)> {
+    let inner = |proto: u8| match proto {
+        4 => Some(0x0800u16),
+        41 => Some(0x86dd),
+        _ => None,
+    };
+    let (outer, inner_type) = match u16::from_be_bytes([frame[12], frame[13]]) {
+        0x0800 => {
+            let ip = frame.get(14..34)?;
+            let unfragmented = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff == 0;
+            let outer = usize::from(ip[0] & 0x0f) * 4;
+            (unfragmented && outer >= 20).then_some((outer, inner(ip[9])?))?
+        }
+        0x86dd => (40, inner(*frame.get(20)?)?),
+        _ => return None,
+    };
+    (frame.len() >= outer + 14).then_some((outer, inner_type))
+}
