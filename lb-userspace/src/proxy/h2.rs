@@ -561,13 +561,7 @@ mod tests {
         client.shutdown().await.unwrap();
         let mut got = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got)).await.unwrap().unwrap();
-        // The server's frames: an answer's HEADERS on stream 1 that starts `:status: 200`.
-        let (mut at, mut answered) = (0, false);
-        while let Some(head) = got.get(at..at + 9) {
-            answered |= head[3] == 1 && head[5..9] == [0, 0, 0, 1] && got.get(at + 9) == Some(&0x88);
-            at += 9 + u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        }
-        assert!(answered, "no answer in {got:?}");
+        assert!(crate::proxy::test_bed::answered_200(&got), "no answer in {got:?}");
         // And the connection ended once it was answered.
         tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
     }

@@ -86,3 +86,18 @@ pub async fn h2c() -> SocketAddr {
     })
     .await
 }
+
+/// Whether an HTTP/2 server's bytes hold an answer's HEADERS that starts `:status: 200` (HPACK's
+/// static index 8, as h2 writes it).
+pub fn answered_200(got: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(head) = got.get(at..at + 9) {
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        if head[3] == 1 && stream != 0 && got.get(at + 9) == Some(&0x88) {
+            return true;
+        }
+        at += 9 + len;
+    }
+    false
+}

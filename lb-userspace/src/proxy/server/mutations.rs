@@ -174,21 +174,6 @@ fn record_panics() {
     });
 }
 
-/// Whether the server's bytes hold an answer's HEADERS that start `:status: 200` (HPACK's
-/// static index 8, as h2 writes it).
-fn answered_200(got: &[u8]) -> bool {
-    let mut at = 0;
-    while let Some(head) = got.get(at..at + 9) {
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-        if head[3] == HEADERS && stream != 0 && got.get(at + 9) == Some(&0x88) {
-            return true;
-        }
-        at += 9 + len;
-    }
-    false
-}
-
 /// The listener's settings in every test: timeouts short enough that whatever a client or a
 /// backend leaves half-done, the listener ends it well within `ENDS_WITHIN`.
 fn listener_section() -> String {
@@ -277,7 +262,7 @@ async fn every_mutated_http2_connection_ends_by_the_listeners_timeouts_without_a
                 let got = tokio::time::timeout(ENDS_WITHIN, exchange)
                     .await
                     .unwrap_or_else(|_| panic!("no end within {ENDS_WITHIN:?}: {mutated:?}"));
-                answered_200(&got)
+                test_bed::answered_200(&got)
             }
         });
         answered += futures_util::future::join_all(batch).await.into_iter().filter(|&a| a).count();
