@@ -402,24 +402,17 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
     let lbd = crate::bin_dir().join("lbd");
     let baseline = std::env::var_os("SLUICE_BENCH_BASELINE").map(std::path::PathBuf::from);
     let (modes, measure_memory) = chosen_modes()?;
+    let lbd_run = |bin: &Path, conf: &Path| -> Vec<String> {
+        vec![bin.display().to_string(), "run".into(), "-c".into(), conf.display().to_string()]
+    };
     let nginx = |conf: &Path| -> Vec<String> {
         let (conf, prefix) = (conf.display().to_string(), dir.0.display().to_string());
         vec!["nginx".into(), "-c".into(), conf, "-p".into(), prefix]
     };
     let mut proxies: Vec<(&str, Vec<String>, u16, u16)> = vec![
-        (
-            "sluice",
-            vec![lbd.display().to_string(), "run".into(), "-c".into(), sluice_conf.display().to_string()],
-            9080,
-            9443,
-        ),
+        ("sluice", lbd_run(&lbd, &sluice_conf), 9080, 9443),
         // The same lbd with `[proxy] busy_poll_us = 100` (the default is 40), in BUSY_POLL_MODES.
-        (
-            "sluice-bp",
-            vec![lbd.display().to_string(), "run".into(), "-c".into(), busy_conf.display().to_string()],
-            9080,
-            9443,
-        ),
+        ("sluice-bp", lbd_run(&lbd, &busy_conf), 9080, 9443),
         (
             "haproxy",
             vec!["haproxy".into(), "-db".into(), "-f".into(), haproxy_conf.display().to_string()],
@@ -444,13 +437,7 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
         ),
     ];
     if let Some(baseline) = &baseline {
-        let argv = vec![
-            baseline.display().to_string(),
-            "run".into(),
-            "-c".into(),
-            sluice_conf.display().to_string(),
-        ];
-        proxies.insert(1, (BASELINE, argv, 9080, 9443));
+        proxies.insert(1, (BASELINE, lbd_run(baseline, &sluice_conf), 9080, 9443));
     }
     println!(
         "cargo xtask bench l7: {seconds} s per case, wrk -t1 -c64 (h2: h2load -t1 -c64 -m10), proxy on CPU 0, load and backends on CPU 1"
