@@ -185,7 +185,6 @@ impl Pool {
         mut body: Body,
     ) -> Result<Response<Body>, SendError> {
         let bodiless = body.is_end_stream();
-        let upgrade = headers.contains_key(header::UPGRADE);
         let out = if bodiless {
             // A client's `Content-Length: 0` is kept as it came.
             if headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() == b"0") {
@@ -217,7 +216,7 @@ impl Pool {
             if let Some(mut conn) = reused
                 && conn.stream.write_all(&head()).await.is_ok()
             {
-                match read_head(&mut conn, method, upgrade).await {
+                match read_head(&mut conn, method, headers).await {
                     Ok(Some(answer)) => return Ok(self.response(address, conn, answer)),
                     // Closed or reset before answering: the backend dropped the idle
                     // connection; the request goes again on a new one.
@@ -228,7 +227,7 @@ impl Pool {
             }
             let mut conn = Box::pin(Self::connect(address)).await?;
             conn.stream.write_all(&head()).await?;
-            return match read_head(&mut conn, method, upgrade).await? {
+            return match read_head(&mut conn, method, headers).await? {
                 Some(answer) => Ok(self.response(address, conn, answer)),
                 None => Err("backend closed the connection before answering".into()),
             };
@@ -238,7 +237,7 @@ impl Pool {
             None => Box::pin(Self::connect(address)).await?,
         };
         write_body(&mut conn, &head(), &mut body, out).await?;
-        match read_head(&mut conn, method, upgrade).await? {
+        match read_head(&mut conn, method, headers).await? {
             Some(answer) => Ok(self.response(address, conn, answer)),
             None => Err("backend closed the connection before answering".into()),
         }
@@ -348,18 +347,22 @@ pub async fn write_all_vectored<W: tokio::io::AsyncWrite + Unpin>(
 }
 
 /// Reads a response head (skipping 100 Continue and other interim answers but 101); None if
-/// the backend closed before sending a byte. A 101 to a request that asked for no `upgrade` is
-/// the backend's error (RFC 9110 §15.2.2: a server switches only to what the client asked for).
+/// the backend closed before sending a byte. A 101 to a request (`request`: its fields) that
+/// asked for no `Upgrade` is the backend's error (RFC 9110 §15.2.2: a server switches only to
+/// what the client asked for).
 async fn read_head(
     conn: &mut Conn,
     method: &Method,
-    upgrade: bool,
+    request: &HeaderMap,
 ) -> Result<Option<head::ResponseHead>, SendError> {
     loop {
         if !conn.buf.is_empty()
             && let Some(answer) = head::parse_response(&mut conn.buf, method, MAX_HEAD_BYTES)?
         {
-            if answer.status == hyper::StatusCode::SWITCHING_PROTOCOLS && !upgrade {
+            // The request's fields are looked at only for a 101, not for every answer.
+            if answer.status == hyper::StatusCode::SWITCHING_PROTOCOLS
+                && !request.contains_key(header::UPGRADE)
+            {
                 return Err("backend switched protocols unasked".into());
             }
             if answer.status.is_informational() && answer.status != hyper::StatusCode::SWITCHING_PROTOCOLS {
