@@ -52,6 +52,27 @@ pub struct Handled {
     /// The backend's request stays in flight (circuit breaking, least requests) until the
     /// answer's body is done: the connection drops this after the body.
     pub in_flight: Option<InFlight>,
+    /// The request's metrics, counted when the connection drops this, as it writes the log line.
+    pub counted: Counted,
+}
+
+/// A request's count in the metrics, made when this is dropped: after the answer has been
+/// written, so an answer the connection replaced (a 502 for a backend's answer that broke
+/// before its first byte) is counted as the client got it, as the access log has it.
+pub struct Counted {
+    forwarder: Arc<Forwarder>,
+    /// Taken when counted.
+    labels: Option<(Label, Label, Label, Option<f64>)>,
+    /// The status the client got.
+    pub status: u16,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some((route, pool, backend, upstream_seconds)) = self.labels.take() {
+            self.forwarder.metrics.request(route, pool, backend, self.status, upstream_seconds);
+        }
+    }
 }
 
 /// How often a worker closes its upstream connections that have idled too long.
@@ -190,14 +211,18 @@ impl Forwarder {
                 reason,
                 format: listener.access_log_format,
             });
-            // The labels go into the metrics' keys (no clones but the log's).
-            self.metrics.request(labels.route, labels.pool, labels.backend, status, labels.upstream_seconds);
             // Unique per answer: HTTP/2 sends it as a literal, never indexed (added to the
             // HPACK tables of both ends, it would only push out entries that repeat).
             let mut request_id = request_id;
             request_id.set_sensitive(true);
             response.headers_mut().insert(headers::X_REQUEST_ID, request_id);
-            Handled { response, entry, in_flight: labels.in_flight }
+            // The labels go into the metrics' keys (no clones but the log's).
+            let counted = Counted {
+                labels: Some((labels.route, labels.pool, labels.backend, labels.upstream_seconds)),
+                forwarder: self,
+                status,
+            };
+            Handled { response, entry, in_flight: labels.in_flight, counted }
         }
     }
 

@@ -38,7 +38,7 @@ use crate::{
         h2,
         idle::{self, Busy, Registry, Watched},
         phase::{respond::Body, upstream::InFlight},
-        pipeline::Forwarder,
+        pipeline::{Counted, Forwarder},
         routes::Snapshot,
         tls,
     },
@@ -55,6 +55,7 @@ struct Tracked {
     body: Body,
     _busy: Busy,
     _in_flight: Option<InFlight>,
+    _counted: Counted,
     entry: Option<Entry>,
     conn: Arc<ClientConn>,
     bytes: u64,
@@ -342,11 +343,12 @@ impl Connection {
                 ));
                 let answer = async move {
                     let handled = handled.await;
-                    let (entry, in_flight) = (handled.entry, handled.in_flight);
+                    let (entry, in_flight, counted) = (handled.entry, handled.in_flight, handled.counted);
                     handled.response.map(|body| Tracked {
                         body,
                         _busy: busy,
                         _in_flight: in_flight,
+                        _counted: counted,
                         entry,
                         conn,
                         bytes: 0,

@@ -484,6 +484,10 @@ async fn exchange<S: ClientIo>(
     let keep_alive = keep_alive && decoder.is_done() && !*cx.stop.borrow();
     let written = write_response(io, &method, version, handled.response, keep_alive).await;
     drop(handled.in_flight);
+    if written.broke {
+        handled.counted.status = StatusCode::BAD_GATEWAY.as_u16();
+    }
+    drop(handled.counted);
     if let Some(entry) = &mut handled.entry {
         if written.broke {
             entry.status = StatusCode::BAD_GATEWAY.as_u16();

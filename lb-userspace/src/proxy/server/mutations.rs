@@ -19,7 +19,7 @@ use super::{Shared, serve};
 use crate::{
     config::Config,
     mutation::{Rng, mutate},
-    proxy::test_bed,
+    proxy::{pipeline::Forwarder, test_bed},
 };
 
 mod answers;
@@ -184,9 +184,9 @@ fn listener_section() -> String {
     )
 }
 
-/// A listener loop (`serve`) over `pools_and_routes`, as a worker runs it; its address and
-/// what it shares (the connection slots).
-async fn start(pools_and_routes: &str) -> (SocketAddr, Arc<Shared>) {
+/// A listener loop (`serve`) over `pools_and_routes`, as a worker runs it; its address, what it
+/// shares (the connection slots) and its forwarder (the metrics).
+async fn start(pools_and_routes: &str) -> (SocketAddr, Arc<Shared>, Arc<Forwarder>) {
     record_panics();
     let text = format!("[dataplane]\ninterface = \"lo\"\n{}{pools_and_routes}", listener_section());
     let config = Config::parse(Path::new("t.toml"), &text).unwrap();
@@ -196,13 +196,13 @@ async fn start(pools_and_routes: &str) -> (SocketAddr, Arc<Shared>) {
     let (never_stops, stop) = tokio::sync::watch::channel(false);
     let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = socket.local_addr().unwrap();
-    let serving = serve(listener, socket, shared.clone(), snapshot, forwarder, stop);
+    let serving = serve(listener, socket, shared.clone(), snapshot, forwarder.clone(), stop);
     tokio::spawn(async move {
         // Held while the loop runs: the listener never stops, outlier ejections go nowhere.
         let _held = (never_stops, ejections);
         serving.await
     });
-    (address, shared)
+    (address, shared, forwarder)
 }
 
 /// Every connection has given its slot back (none lingers on the listener's side), and no
@@ -227,7 +227,7 @@ async fn all_ended(shared: &Shared) {
 #[tokio::test]
 async fn every_mutated_http2_connection_ends_by_the_listeners_timeouts_without_a_panic() {
     let (plain, grpc) = (test_bed::http1().await.port(), test_bed::h2c().await.port());
-    let (address, shared) = start(&format!(
+    let (address, shared, _) = start(&format!(
         "[[pool]]\nname = \"p\"\nport = {plain}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
          [[pool]]\nname = \"h\"\nport = {plain}\nbackends = [{{ address = \"127.0.0.1\" }}]\nbalance = \"hash\"\nhash_key = \"cookie:sid\"\n\
          [[pool]]\nname = \"g\"\nport = {grpc}\nprotocol = \"h2c\"\nbackends = [{{ address = \"127.0.0.1\" }}]\n\

@@ -229,7 +229,7 @@ fn route(pool: &str, extra: &str) -> String {
 #[tokio::test]
 async fn every_mutated_http1_answer_reaches_the_client_well_framed_or_as_an_error() {
     let port = mutating_backend(0x5eed_0006).await.port();
-    let (address, shared) = start(&format!(
+    let (address, shared, _) = start(&format!(
         "[[pool]]\nname = \"p\"\nport = {port}\nbackends = [{{ address = \"127.0.0.1\" }}]\n{}{}",
         route("p", "host = \"cache.test\"\ncache = { max_entries = 10 }\n"),
         route("p", "")
@@ -240,6 +240,34 @@ async fn every_mutated_http1_answer_reaches_the_client_well_framed_or_as_an_erro
     let (passed, refused) =
         (statuses.get(&200).copied().unwrap_or(0), statuses.get(&502).copied().unwrap_or(0));
     assert!(passed >= CONNECTIONS / 10 && refused >= CONNECTIONS / 20, "{statuses:?}");
+}
+
+#[tokio::test]
+async fn an_answer_that_broke_before_its_first_byte_is_counted_as_the_502_the_client_got() {
+    // A head, then a chunk size that is not one.
+    let port = test_bed::listening(|mut stream| async move {
+        let mut read = [0; 4096];
+        let _ = stream.read(&mut read).await;
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").await;
+    })
+    .await
+    .port();
+    let (address, _, forwarder) = start(&format!(
+        "[[pool]]\nname = \"p\"\nport = {port}\nbackends = [{{ address = \"127.0.0.1\" }}]\n{}",
+        route("p", "")
+    ))
+    .await;
+    let mut client = TcpStream::connect(address).await.unwrap();
+    client.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(ENDS_WITHIN, client.read_to_end(&mut got)).await;
+    assert_eq!(final_status(&got), Ok(502), "{}", String::from_utf8_lossy(&got));
+    let text = forwarder.metrics.text();
+    let requests: Vec<&str> = text.lines().filter(|l| l.starts_with("http_requests_total")).collect();
+    assert!(
+        requests.len() == 1 && requests[0].contains("class=\"5xx\"") && requests[0].ends_with(" 1"),
+        "{requests:?}"
+    );
 }
 
 /// An h2c backend's answers for one stream, valid: bodiless, with a length, gRPC's shape (data
@@ -349,7 +377,7 @@ const H2_ANSWER_SPICE: &[&[u8]] = &[
 #[tokio::test]
 async fn every_mutated_h2c_answer_reaches_the_client_well_framed_or_as_an_error() {
     let port = mutating_h2c_backend(0x5eed_0009).await.port();
-    let (address, shared) = start(&format!(
+    let (address, shared, _) = start(&format!(
         "[[pool]]\nname = \"g\"\nport = {port}\nprotocol = \"h2c\"\nbackends = [{{ address = \"127.0.0.1\" }}]\n{}",
         route("g", "")
     ))
