@@ -74,6 +74,15 @@ pub const DEFAULT_WEIGHT: u32 = 100;
 /// Largest backend weight.
 pub const MAX_WEIGHT: u32 = 65535;
 
+/// The most, in percent, a route's split sends to other pools: each share and all of them
+/// together (the rest stays on the route's own pool). The config's check and `SetSplit`'s.
+pub const MAX_SPLIT_PERCENT: f64 = 100.0;
+
+/// Whether `percent` can be a split's share (0 to `MAX_SPLIT_PERCENT`; NaN cannot).
+pub fn is_split_share(percent: f64) -> bool {
+    (0.0..=MAX_SPLIT_PERCENT).contains(&percent)
+}
+
 /// A route's response cache.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -11,7 +11,7 @@ use lb_common::vip::{VIP_F_DROP_FRAGMENTS, VIP_F_L7, VIP_F_SYN_COOKIES, VipKey};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{BackendSpec, Config, MAX_WEIGHT, Pool, Vip, VipMode},
+    config::{BackendSpec, Config, MAX_SPLIT_PERCENT, MAX_WEIGHT, Pool, Vip, VipMode, is_split_share},
     dataplane::tables::{Desired, DesiredVip, addr_of},
     host::HostFacts,
     maglev::Weighted,
@@ -172,7 +172,7 @@ impl State {
     /// `Command::SetSplit`: the route's share to `pool` replaced (0 removes it); the shares
     /// must stay within what the config accepts (0 to 100, at most 100 in all).
     fn set_split(&mut self, route: &str, pool: &str, percent: f64) -> Result<String, CommandError> {
-        if !(0.0..=100.0).contains(&percent) {
+        if !is_split_share(percent) {
             return Err(CommandError::Invalid(format!("a split percent is 0 to 100, not {percent}")));
         }
         if !self.config.pools.contains_key(pool) {
@@ -191,7 +191,7 @@ impl State {
         }
         let old = r.split.iter().find(|(p, _)| p == pool).map_or(0.0, |(_, share)| *share);
         let others: f64 = r.split.iter().filter(|(p, _)| p != pool).map(|(_, share)| share).sum();
-        if others + percent > 100.0 {
+        if others + percent > MAX_SPLIT_PERCENT {
             return Err(CommandError::Invalid(format!(
                 "route `{route}` already sends {others}% to other pools: {percent}% more is over 100"
             )));

@@ -416,3 +416,31 @@ fn mutated_configs_parse_or_say_where() {
     }
     assert!(parsed >= 300 && refused >= 300, "{parsed} parsed, {refused} refused: the mutations miss");
 }
+
+#[test]
+fn a_split_takes_what_setsplit_takes() {
+    let split = |shares: &str| {
+        format!(
+            "{BASE}[[pool]]\nname = \"web\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n\
+             [[pool]]\nname = \"a\"\nbackends = [{{ address = \"10.0.0.2\" }}]\n\
+             [[pool]]\nname = \"b\"\nbackends = [{{ address = \"10.0.0.3\" }}]\n\
+             [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n\
+             [[route]]\nlistener = \"l\"\npool = \"web\"\nsplit = [{shares}]\n"
+        )
+    };
+    let parsed = |shares: &str| Config::parse(Path::new("t.toml"), &split(shares));
+    assert!(parsed("{ pool = \"a\", percent = 100 }").is_ok());
+    assert!(parsed("{ pool = \"a\", percent = 60 }, { pool = \"b\", percent = 40 }").is_ok());
+    for refused in [
+        "{ pool = \"a\", percent = 60 }, { pool = \"b\", percent = 41 }",
+        "{ pool = \"a\", percent = 101 }",
+        "{ pool = \"a\", percent = -1 }",
+        "{ pool = \"a\", percent = nan }",
+    ] {
+        let found = errors(&split(refused));
+        assert!(
+            found.iter().any(|e| e.ends_with("split percents must be 0 to 100 and add up to at most 100")),
+            "{refused}: {found:?}"
+        );
+    }
+}

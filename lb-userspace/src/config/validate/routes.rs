@@ -56,7 +56,7 @@ pub(in crate::config) fn check(
             split.push((s.pool.into_inner(), s.percent));
         }
         let total: f64 = split.iter().map(|(_, p)| p).sum();
-        if split.iter().any(|(_, p)| !(0.0..=100.0).contains(p)) || total > 100.0 {
+        if split.iter().any(|(_, p)| !is_split_share(*p)) || total > MAX_SPLIT_PERCENT {
             errors.at(raw.pool.span(), "split percents must be 0 to 100 and add up to at most 100");
         }
         let mut nets = |list: Vec<Spanned<String>>| -> Vec<IpNet> {
