@@ -7,7 +7,7 @@ pub mod downstream;
 pub mod encode;
 pub mod head;
 #[cfg(test)]
-mod mutations;
+pub(crate) mod mutations;
 pub mod rewind;
 pub mod scratch;
 pub mod upstream;

@@ -13,7 +13,7 @@ use crate::mutation::Rng;
 /// Cases per property: a few hundred milliseconds in a debug build.
 const CASES: usize = 20_000;
 
-const REQUESTS: &[&[u8]] = &[
+pub(crate) const REQUESTS: &[&[u8]] = &[
     b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
     b"POST /p?q=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
     b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: v\r\n\r\n",
@@ -66,7 +66,7 @@ const SPICE: &[&[u8]] = &[
 ];
 
 /// `seed` with one to four changes, spiced with [`SPICE`].
-fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
+pub(crate) fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
     crate::mutation::mutate(rng, seed, SPICE)
 }
 

@@ -23,6 +23,7 @@ use crate::{
 };
 
 mod answers;
+mod tls;
 
 /// Connections tried, and how many are open at once.
 const CONNECTIONS: usize = 600;
@@ -187,11 +188,21 @@ fn listener_section() -> String {
 /// A listener loop (`serve`) over `pools_and_routes`, as a worker runs it; its address, what it
 /// shares (the connection slots) and its forwarder (the metrics).
 async fn start(pools_and_routes: &str) -> (SocketAddr, Arc<Shared>, Arc<Forwarder>) {
+    start_listener(&listener_section(), pools_and_routes).await
+}
+
+/// `start` with the listener `listener` (its certificates loaded when it has TLS).
+async fn start_listener(listener: &str, pools_and_routes: &str) -> (SocketAddr, Arc<Shared>, Arc<Forwarder>) {
     record_panics();
-    let text = format!("[dataplane]\ninterface = \"lo\"\n{}{pools_and_routes}", listener_section());
+    let text = format!("[dataplane]\ninterface = \"lo\"\n{listener}{pools_and_routes}");
     let config = Config::parse(Path::new("t.toml"), &text).unwrap();
     let listener = config.listeners[0].clone();
-    let shared = Shared::new(&listener, None, 1).unwrap();
+    let certs = listener.tls.as_ref().map(|tls| {
+        Arc::new(crate::proxy::tls::Resolver(arc_swap::ArcSwap::from_pointee(
+            crate::proxy::tls::CertStore::load(tls).unwrap(),
+        )))
+    });
+    let shared = Shared::new(&listener, certs.as_ref(), 1).unwrap();
     let (snapshot, forwarder, ejections) = test_bed::forwarding(config);
     let (never_stops, stop) = tokio::sync::watch::channel(false);
     let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
