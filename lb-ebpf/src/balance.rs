@@ -205,6 +205,7 @@ fn try_forward(
         // the previous table (evicted from the LRU since): keep it there while that backend
         // is still in use.
         backend_id = NO_BACKEND;
+        // SAFETY: a helper without arguments.
         if !new_flow && unsafe { bpf_ktime_get_coarse_ns() } < vip.previous_until_ns {
             backend_id = ring_entry(vip.ring_previous, hash)?;
             if live_backend(backend_id).is_none() {
