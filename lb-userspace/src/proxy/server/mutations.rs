@@ -24,6 +24,7 @@ use crate::{
 
 mod answers;
 mod tls;
+mod tunnels;
 
 /// Connections tried, and how many are open at once.
 const CONNECTIONS: usize = 600;
