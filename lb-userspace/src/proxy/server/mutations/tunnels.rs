@@ -203,7 +203,13 @@ async fn every_tunnel_carries_its_bytes_and_ends_when_a_side_closes_or_goes_quie
                 }
             })
             .collect();
-        futures_util::future::join_all(batch).await;
+        // Each client a task of its own: one client's flood cannot hold back another's request
+        // past the listener's first-byte timeout.
+        for case in futures_util::future::join_all(batch.into_iter().map(tokio::spawn)).await {
+            if let Err(failed) = case {
+                std::panic::resume_unwind(failed.into_panic());
+            }
+        }
     }
     all_ended(&shared).await;
 }
