@@ -47,6 +47,22 @@ where
     address
 }
 
+/// Reads from `stream` into `read` until it holds a whole head; the head's length (up to its
+/// blank line), or None if the stream ended first. For the tests' raw backends.
+pub async fn head_read(stream: &mut TcpStream, read: &mut Vec<u8>) -> Option<usize> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(at) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(at + 4);
+        }
+        let mut chunk = [0; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => read.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// An HTTP/1.1 backend (hyper) that reads each request's whole body and answers with its size,
 /// storable for a minute and varying by what the client accepts; upgrades allowed.
 pub async fn http1() -> SocketAddr {

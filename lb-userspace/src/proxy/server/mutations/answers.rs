@@ -67,16 +67,7 @@ async fn mutating_backend(seed: u64) -> SocketAddr {
             let mut read = Vec::new();
             loop {
                 // A request's head (the proxy sends these requests with no body).
-                let end = loop {
-                    if let Some(at) = read.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break at + 4;
-                    }
-                    let mut chunk = [0; 4096];
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => read.extend_from_slice(&chunk[..n]),
-                    }
-                };
+                let Some(end) = test_bed::head_read(&mut stream, &mut read).await else { return };
                 read.drain(..end);
                 let (answer, then) = {
                     let mut rng = rng.lock().unwrap();

@@ -49,16 +49,7 @@ const BACKENDS: [Backend; 5] =
 async fn upgrading_backend() -> SocketAddr {
     test_bed::listening(|mut stream| async move {
         let mut read = Vec::new();
-        let end = loop {
-            if let Some(at) = read.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-            let mut chunk = [0; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => read.extend_from_slice(&chunk[..n]),
-            }
-        };
+        let Some(end) = test_bed::head_read(&mut stream, &mut read).await else { return };
         let head = String::from_utf8_lossy(&read[..end]).into_owned();
         let ahead = read[end..].to_vec();
         let Some(backend) = BACKENDS.into_iter().find(|b| head.starts_with(&format!("GET /{b:?} "))) else {
