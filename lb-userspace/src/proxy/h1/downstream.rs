@@ -484,15 +484,16 @@ async fn exchange<S: ClientIo>(
     let keep_alive = keep_alive && decoder.is_done() && !*cx.stop.borrow();
     let written = write_response(io, &method, version, handled.response, keep_alive).await;
     drop(handled.in_flight);
+    // Counted and logged as the client got it.
     if written.broke {
         handled.counted.status = StatusCode::BAD_GATEWAY.as_u16();
-    }
-    drop(handled.counted);
-    if let Some(entry) = &mut handled.entry {
-        if written.broke {
+        if let Some(entry) = &mut handled.entry {
             entry.status = StatusCode::BAD_GATEWAY.as_u16();
             entry.reason = Some(BROKE);
         }
+    }
+    drop(handled.counted);
+    if let Some(entry) = &handled.entry {
         entry.write(&cx.conn, written.bytes);
     }
     if let Some(switched) = written.switched {
