@@ -27,6 +27,8 @@ use log::{debug, error, info, warn};
 use serde_json::{Value, json};
 use tokio::{net::UnixListener, sync::Semaphore};
 
+#[cfg(test)]
+mod mutations;
 pub mod views;
 
 use crate::{
@@ -511,8 +513,11 @@ pub fn spawn_connection<S, F, Fut>(
     tokio::spawn(async move {
         let _permit = permit;
         let service = service_fn(move |request| handler(core.clone(), request));
+        // half_close: a client that sends its request and then its end (`nc -U -N`, socat)
+        // is answered; hyper's default takes the end for a close and drops the answer.
         let served = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
+            .half_close(true)
             .header_read_timeout(READ_TIMEOUT)
             .serve_connection(TokioIo::new(stream), service)
             .await;

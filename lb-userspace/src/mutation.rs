@@ -44,3 +44,24 @@ pub fn mutate(rng: &mut Rng, seed: &[u8], spice: &[&[u8]]) -> Vec<u8> {
     }
     m
 }
+
+/// Threads on which a panic happened since [`record_panics`]: a test whose runtime runs the
+/// tasks under test on its own thread finds a panic in any of them by its thread's id.
+static PANICKED: std::sync::Mutex<Vec<std::thread::ThreadId>> = std::sync::Mutex::new(Vec::new());
+
+/// Notes every panic's thread from now on (once per process; earlier hooks still run).
+pub fn record_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICKED.lock().unwrap_or_else(|e| e.into_inner()).push(std::thread::current().id());
+            previous(info);
+        }));
+    });
+}
+
+/// Whether a panic happened on this thread since [`record_panics`].
+pub fn panicked_here() -> bool {
+    PANICKED.lock().unwrap_or_else(|e| e.into_inner()).contains(&std::thread::current().id())
+}

@@ -274,6 +274,12 @@ impl State {
             }
             Command::SetSplit { route, pool, percent } => self.set_split(route, pool, *percent),
             Command::AddDeny { prefix } => {
+                // As the config says of `[deny]` (the file written after would be refused).
+                if !self.config.dataplane {
+                    return Err(CommandError::Invalid(
+                        "the deny list drops sources in XDP: this host has no [dataplane] section".into(),
+                    ));
+                }
                 if prefix.trunc() != *prefix {
                     return Err(CommandError::Invalid(format!("`{prefix}` has host bits set")));
                 }

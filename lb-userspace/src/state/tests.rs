@@ -149,3 +149,17 @@ fn a_route_split_changes_by_command_within_its_bounds() {
     assert_eq!(shares(&state), [("canary".to_owned(), 70.0)]);
     assert!(split("canary", 1.0).persists(), "written to the config file");
 }
+
+#[test]
+fn an_l7_only_host_refuses_a_deny_prefix_as_its_config_would() {
+    let text = "[[pool]]\nname = \"web\"\nbackends = [{ address = \"10.0.0.1\" }]\n\
+                [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n[[route]]\nlistener = \"l\"\npool = \"web\"\n";
+    let mut state = State::new(Config::parse(Path::new("t.toml"), text).unwrap());
+    let deny = Command::AddDeny { prefix: "198.51.100.0/24".parse().unwrap() };
+    let refused = state.apply(&deny).unwrap_err().to_string();
+    assert!(refused.contains("no [dataplane] section"), "{refused}");
+    assert!(state.config.deny.is_empty());
+    // With a dataplane it is taken.
+    let mut state = State::new(config("{ address = \"10.0.0.1\" }", ""));
+    assert_eq!(state.apply(&deny).unwrap(), "deny 198.51.100.0/24 added");
+}

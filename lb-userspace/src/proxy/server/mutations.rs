@@ -2,13 +2,7 @@
 //! (prior knowledge) and backends' HTTP/1.1 answers, valid ones changed a few bytes at a time.
 //! Every connection ends by the listener's own timeouts, whatever a client or a backend leaves
 //! half-sent; what reaches a client is well framed or an error; no task panics.
-use std::{
-    net::SocketAddr,
-    path::Path,
-    sync::{Arc, Mutex, Once},
-    thread::ThreadId,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -18,7 +12,7 @@ use tokio::{
 use super::{Shared, serve};
 use crate::{
     config::Config,
-    mutation::{Rng, mutate},
+    mutation::{Rng, mutate, panicked_here, record_panics},
     proxy::{pipeline::Forwarder, test_bed},
 };
 
@@ -161,21 +155,6 @@ const SPICE: &[&[u8]] = &[
     b"\xff",
 ];
 
-/// Threads on which a panic happened (the test's runtime runs the listener's tasks on its own
-/// thread, so a panic in any of them names it).
-static PANICKED: Mutex<Vec<ThreadId>> = Mutex::new(Vec::new());
-
-fn record_panics() {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            PANICKED.lock().unwrap_or_else(|e| e.into_inner()).push(std::thread::current().id());
-            previous(info);
-        }));
-    });
-}
-
 /// The listener's settings in every test: timeouts short enough that whatever a client or a
 /// backend leaves half-done, the listener ends it well within `ENDS_WITHIN`.
 fn listener_section() -> String {
@@ -229,11 +208,7 @@ async fn all_ended(shared: &Shared) {
     tokio::time::timeout(ENDS_WITHIN, all_closed)
         .await
         .unwrap_or_else(|_| panic!("{} connections still open", max - shared.slots.available_permits()));
-    let me = std::thread::current().id();
-    assert!(
-        !PANICKED.lock().unwrap().contains(&me),
-        "a task of the listener panicked (its message is above)"
-    );
+    assert!(!panicked_here(), "a task of the listener panicked (its message is above)");
 }
 
 #[tokio::test]
