@@ -303,6 +303,17 @@ fn root_control_sighup_applies_good_configs_only() -> Result<()> {
     let original = std::fs::read_to_string(&bed.config)?;
     let pool_before = bed.pool()?;
 
+    // The admin socket answers a client that half-closes after its request (`nc -U -N`), on a
+    // route whose answer comes after a wait (hyper's default dropped those: /live's is ready
+    // before hyper reads the end, /view's is made on a blocking thread).
+    let mut admin = std::os::unix::net::UnixStream::connect(bed.dir.0.join("lbd.sock"))?;
+    admin.set_read_timeout(Some(Duration::from_secs(5)))?;
+    admin.write_all(b"GET /view HTTP/1.1\r\nHost: lbd\r\n\r\n")?;
+    admin.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = String::new();
+    admin.read_to_string(&mut answer)?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "half-closed admin client got: {answer:?}");
+
     std::fs::write(&bed.config, original.replace("port = 80\nprotocol", "port = 80\nprotocl"))?;
     bed.lbd().signal(libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(500));
