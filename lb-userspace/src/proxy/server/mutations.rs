@@ -177,11 +177,7 @@ async fn start_listener(listener: &str, pools_and_routes: &str) -> (SocketAddr, 
     let text = format!("[dataplane]\ninterface = \"lo\"\n{listener}{pools_and_routes}");
     let config = Config::parse(Path::new("t.toml"), &text).unwrap();
     let listener = config.listeners[0].clone();
-    let certs = listener.tls.as_ref().map(|tls| {
-        Arc::new(crate::proxy::tls::Resolver(arc_swap::ArcSwap::from_pointee(
-            crate::proxy::tls::CertStore::load(tls).unwrap(),
-        )))
-    });
+    let certs = crate::proxy::load_certs(&listener).unwrap();
     let shared = Shared::new(&listener, certs.as_ref(), 1).unwrap();
     let (snapshot, forwarder, ejections) = test_bed::forwarding(config);
     let (never_stops, stop) = tokio::sync::watch::channel(false);
