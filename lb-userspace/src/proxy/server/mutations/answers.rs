@@ -237,8 +237,7 @@ async fn every_mutated_http1_answer_reaches_the_client_well_framed_or_as_an_erro
 async fn an_answer_that_broke_before_its_first_byte_is_counted_as_the_502_the_client_got() {
     // A head, then a chunk size that is not one.
     let port = test_bed::listening(|mut stream| async move {
-        let mut read = [0; 4096];
-        let _ = stream.read(&mut read).await;
+        let _ = test_bed::head_read(&mut stream, &mut Vec::new()).await;
         let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").await;
     })
     .await
