@@ -111,6 +111,20 @@ pool = "one"
 jwt = {{ algorithm = "HS256", secret = "s3cret", issuer = "sluice-test", audience = "edge", subject_header = "x-subject" }}
 
 [[route]]
+name = "admin"
+listener = "http"
+host = "paths.test"
+path_prefix = "/admin"
+pool = "one"
+api_key = {{ header = "x-api-key", file = "keys.txt" }}
+
+[[route]]
+name = "open"
+listener = "http"
+host = "paths.test"
+pool = "one"
+
+[[route]]
 name = "keyed"
 listener = "http"
 host = "keyed.test"
@@ -444,7 +458,7 @@ fn root_gateway_outlier_ejection_circuit_breaker_retry_budget() -> Result<()> {
 fn ask(bed: &Bed, host: &str, path: &str, headers: &[String]) -> Result<(u16, String)> {
     let url = format!("http://{VIP}{path}");
     let host = format!("Host: {host}");
-    let mut args = vec!["-sS", "-H", host.as_str(), "-w", "\n|%{http_code}"];
+    let mut args = vec!["-sS", "--path-as-is", "-H", host.as_str(), "-w", "\n|%{http_code}"];
     for h in headers {
         args.extend(["-H", h.as_str()]);
     }
@@ -503,6 +517,15 @@ fn root_gateway_api_keys_and_jwt() -> Result<()> {
         assert_eq!(ask(&bed, "jwt.test", "/", &[bearer(t)])?, (status, why.to_owned()));
     }
     assert_eq!(ask(&bed, "jwt.test", "/", &[])?, (401, "bearer token required".into()));
+
+    // A gate on a path prefix holds however the client spells the path: it is made canonical
+    // before routing, so no spelling reaches the open route beside it while the backend reads
+    // it as /admin. curl sends these as written (`--path-as-is`).
+    for path in ["/admin/x", "/x/../admin/x", "/%61dmin/x", "//admin/x", "/./admin/x", "/x/%2e%2E/admin/x"] {
+        assert_eq!(ask(&bed, "paths.test", path, &[])?, (401, "API key required".into()), "{path}");
+    }
+    assert_eq!(ask(&bed, "paths.test", "/x/../public", &[])?, (200, "backend1".into()));
+    assert_eq!(ask(&bed, "paths.test", "/%zz", &[])?.0, 400, "a malformed escape");
 
     // Rate limit per API key: one key's bucket running dry does not touch another's.
     let codes: Vec<u16> = (0..5)

@@ -341,6 +341,24 @@ fn root_l7_http1_http2_routing_and_headers() -> Result<()> {
     ] {
         assert!(echo.contains(part), "missing {part}: {echo}");
     }
+    // The host a request is routed by is the host its backend gets. curl as a forward proxy
+    // sends an absolute-form target: routed by example.test (web, not the ws pool of ws.test),
+    // so the backend's Host is example.test, not the ws.test the client put beside it.
+    let proxy = format!("http://{VIP}:80");
+    let echo = bed.curl(&["--http1.1", "-x", &proxy, "-H", "Host: ws.test", "http://example.test/echo"])?;
+    for part in ["fwd=for=198.18.0.2;proto=http;host=example.test rid=", "host=example.test method="] {
+        assert!(echo.contains(part), "missing {part}: {echo}");
+    }
+    // A Host cannot add parameters to Forwarded: it arrives quoted.
+    let echo = bed.curl(&["-H", "Host: a;for=192.0.2.66,for=192.0.2.77", &format!("http://{VIP}/echo")])?;
+    assert!(
+        echo.contains("fwd=for=198.18.0.2;proto=http;host=\"a;for=192.0.2.66,for=192.0.2.77\""),
+        "{echo}"
+    );
+    // HTTP/1.1 without Host, or with an invalid one: 400 (RFC 9110 §7.2), as nginx answers.
+    for host in ["Host:", "Host: a/b", "Host: u@a"] {
+        assert_eq!(code(&["-H", host, &format!("http://{VIP}/echo")])?, "400", "{host}");
+    }
     let headers = bed.curl(&["-D", "-", "-o", "/dev/null", "https://example.test/echo"])?;
     assert!(headers.to_ascii_lowercase().contains("x-request-id: "), "{headers}");
 

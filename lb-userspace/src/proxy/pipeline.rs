@@ -21,7 +21,7 @@ use crate::{
         cache::CacheStore,
         metrics::{Label, ProxyMetrics},
         phase::{
-            Refusal, caching, choose, gate, guard, headers,
+            Refusal, caching, choose, gate, guard, headers, path,
             respond::Body,
             shadow,
             upstream::{self, InFlight, Tries, Upstreams},
@@ -231,7 +231,7 @@ impl Forwarder {
     #[allow(clippy::manual_async_fn, reason = "an async fn keeps a second copy of its arguments")]
     fn answer<'a>(
         &'a self,
-        request: Request<Body>,
+        mut request: Request<Body>,
         snapshot: &'a Snapshot,
         listener: &'a Listener,
         conn: &'a ClientConn,
@@ -241,8 +241,15 @@ impl Forwarder {
     ) -> impl Future<Output = Result<Response<Body>, Refusal>> + Send + 'a {
         async move {
             let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
-            let head = guard::Head { headers: request.headers(), host, target };
+            let head = guard::Head {
+                version: request.version(),
+                headers: request.headers(),
+                authority: request.uri().authority().map(|a| a.as_str()),
+                host,
+                target,
+            };
             guard::check(&head, listener, conn.tls())?;
+            path::make_canonical(&mut request)?;
             let route = snapshot
                 .route(&listener.name, host, &request)
                 .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no route"))?;

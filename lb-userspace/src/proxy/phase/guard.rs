@@ -1,7 +1,7 @@
 //! Guard: what is refused before routing: plain HTTP on a redirect listener, ambiguous framing
-//! (Content-Length with Transfer-Encoding), more header fields than allowed, two Host headers,
-//! a declared body over the limit; and the limit on a body as it streams. Framing errors inside
-//! a body are the engine's (`h1::body`).
+//! (Content-Length with Transfer-Encoding), more header fields than allowed, two Host headers, no
+//! Host or an invalid one, a declared body over the limit; and the limit on a body as it streams.
+//! Framing errors inside a body are the engine's (`h1::body`).
 use std::sync::{
     Arc,
     atomic::{AtomicU16, Ordering},
@@ -9,7 +9,7 @@ use std::sync::{
 
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::{
-    HeaderMap, StatusCode,
+    HeaderMap, StatusCode, Version,
     header::{self, HeaderValue},
 };
 
@@ -23,9 +23,44 @@ use crate::{
 
 /// The request head's facts the guard looks at.
 pub struct Head<'a> {
+    pub version: Version,
     pub headers: &'a HeaderMap,
+    /// The target's authority: HTTP/1.1's absolute form, HTTP/2's `:authority`.
+    pub authority: Option<&'a str>,
     pub host: &'a str,
     pub target: &'a str,
+}
+
+/// Whether a Host value (or a target's authority) is `host [":" port]` (RFC 9110 §7.2, RFC 3986
+/// §3.2.2): a bracketed IPv6 literal, or a name of the characters a URI allows there, then an
+/// optional port of digits. Bytes above ASCII pass, as nginx lets them; spaces, controls, `/`,
+/// `"`, `@` (userinfo) and an empty host do not.
+pub fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = match value.strip_prefix(b"[") {
+        Some(literal) => {
+            let Some(end) = literal.iter().position(|&b| b == b']') else { return false };
+            let address = &literal[..end];
+            if !address.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+                return false;
+            }
+            (address, &literal[end + 1..])
+        }
+        None => {
+            let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
+            let name_byte =
+                |b: &u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(b) || !b.is_ascii();
+            if !value[..end].iter().all(name_byte) {
+                return false;
+            }
+            (&value[..end], &value[end..])
+        }
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    !host.is_empty() && port_ok
 }
 
 pub fn check(head: &Head<'_>, listener: &Listener, tls: bool) -> Result<(), Refusal> {
@@ -47,6 +82,20 @@ pub fn check(head: &Head<'_>, listener: &Listener, tls: bool) -> Result<(), Refu
     // RFC 9112 §3.2: a request with more than one Host field gets 400.
     if headers.get_all(header::HOST).iter().count() > 1 {
         return Err(Refusal::new(StatusCode::BAD_REQUEST, "more than one Host header").closing());
+    }
+    // RFC 9110 §7.2: an invalid Host gets 400, and so does an HTTP/1.1 request without one (an
+    // HTTP/2 request names its host in `:authority` or Host). HTTP/1.0 may leave it out.
+    match (headers.get(header::HOST), head.authority) {
+        (Some(host), _) if !valid_host(host.as_bytes()) => {
+            return Err(Refusal::new(StatusCode::BAD_REQUEST, "invalid Host header").closing());
+        }
+        (_, Some(authority)) if !valid_host(authority.as_bytes()) => {
+            return Err(Refusal::new(StatusCode::BAD_REQUEST, "invalid authority").closing());
+        }
+        (None, None) if head.version >= Version::HTTP_11 => {
+            return Err(Refusal::new(StatusCode::BAD_REQUEST, "no Host header").closing());
+        }
+        _ => {}
     }
     // HTTP/1.1's parser enforces this too; HTTP/2 only bounds the header list's bytes.
     if headers.len() > MAX_HEADER_FIELDS {
@@ -100,13 +149,60 @@ mod tests {
         Config::parse(Path::new("t.toml"), text).unwrap().listeners.remove(0)
     }
 
-    fn status(headers: &[(&str, &str)]) -> Option<u16> {
+    fn status_of(version: Version, authority: Option<&str>, headers: &[(&str, &str)]) -> Option<u16> {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             map.append(header::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
-        let head = Head { headers: &map, host: "a", target: "/" };
+        let head = Head { version, headers: &map, authority, host: "a", target: "/" };
         check(&head, &listener(), false).err().map(|r| r.response.status().as_u16())
+    }
+
+    fn status(headers: &[(&str, &str)]) -> Option<u16> {
+        let mut with_host = headers.to_vec();
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            with_host.push(("host", "a"));
+        }
+        status_of(Version::HTTP_11, None, &with_host)
+    }
+
+    #[test]
+    fn a_host_is_a_name_or_an_address_then_a_port() {
+        for good in [
+            "a",
+            "example.test",
+            "a:80",
+            "a:",
+            "xn--bcher-kva.example",
+            "a_b.test",
+            "[::1]",
+            "[2001:db8::5]:8443",
+            "192.0.2.1:80",
+            "a;b=c,d",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good}");
+        }
+        assert!(valid_host("bücher.example".as_bytes()), "bytes above ASCII pass, as in nginx");
+        for bad in [
+            "", ":80", "a b", "a/b", "a\\b", "a\"b", "u@a", "a:8x", "a:80:90", "[::1", "[::1]x", "[]",
+            "[v1.x]", "a?b", "a#b", "a\tb",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_request_names_one_valid_host() {
+        assert_eq!(status_of(Version::HTTP_11, None, &[]), Some(400), "HTTP/1.1 without Host");
+        assert_eq!(status_of(Version::HTTP_10, None, &[]), None, "HTTP/1.0 may leave it out");
+        assert_eq!(status_of(Version::HTTP_2, None, &[]), Some(400), "HTTP/2 with neither");
+        assert_eq!(status_of(Version::HTTP_2, Some("a:443"), &[]), None);
+        assert_eq!(status_of(Version::HTTP_11, Some("a"), &[]), None, "absolute form");
+        assert_eq!(status_of(Version::HTTP_11, Some("u@a"), &[("host", "a")]), Some(400));
+        for bad in ["", "a b", "a/b", "a\"b"] {
+            assert_eq!(status(&[("host", bad)]), Some(400), "{bad:?}");
+            assert_eq!(status_of(Version::HTTP_10, None, &[("host", bad)]), Some(400), "{bad:?}");
+        }
     }
 
     #[test]

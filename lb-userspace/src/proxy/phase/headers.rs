@@ -5,7 +5,7 @@
 use std::{io::Write as _, net::IpAddr};
 
 use hyper::{
-    HeaderMap, Version,
+    HeaderMap,
     header::{self, HeaderName, HeaderValue},
     http::request::Parts,
 };
@@ -138,6 +138,29 @@ impl Forwarding {
     }
 }
 
+/// Appends Forwarded's `host` parameter (RFC 7239 §5.3): a token as it is, anything else quoted,
+/// so that a Host such as `a;for=192.0.2.1,for=…` cannot add parameters or elements of its own.
+/// A request with no host (HTTP/1.0) has none.
+fn push_forwarded_host(out: &mut Lines, host: &str) {
+    if host.is_empty() {
+        return;
+    }
+    out.extend_from_slice(b";host=");
+    let tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    if host.as_bytes().iter().all(tchar) {
+        out.extend_from_slice(host.as_bytes());
+        return;
+    }
+    out.push(b'"');
+    for &b in host.as_bytes() {
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
+}
+
 /// Rewrites the client's request head for the backend; returns the forwarding fields to add.
 pub fn upstream_request(
     parts: &mut Parts,
@@ -147,9 +170,12 @@ pub fn upstream_request(
     h2_upstream: bool,
     upgrade: bool,
 ) -> Forwarding {
-    if parts.version == Version::HTTP_2
-        && !parts.headers.contains_key(header::HOST)
-        && let Ok(value) = HeaderValue::from_str(host)
+    // A target with an authority (HTTP/1.1's absolute form, HTTP/2's `:authority`) names the
+    // host, and the request was routed by it: the backend's Host says the same, whatever Host
+    // the client sent beside it (RFC 9112 §3.2.2, RFC 9113 §8.3.1).
+    if let Some(authority) = parts.uri.authority()
+        && parts.headers.get(header::HOST).is_none_or(|h| h.as_bytes() != authority.as_str().as_bytes())
+        && let Ok(value) = HeaderValue::from_str(authority.as_str())
     {
         parts.headers.insert(header::HOST, value);
     }
@@ -178,8 +204,7 @@ pub fn upstream_request(
         }
         out.extend_from_slice(b";proto=");
         out.extend_from_slice(proto.as_bytes());
-        out.extend_from_slice(b";host=");
-        out.extend_from_slice(host.as_bytes());
+        push_forwarded_host(out, host);
     });
     forwarding.field(b"x-request-id", |out| out.extend_from_slice(request_id.as_bytes()));
     forwarding.field(b"x-forwarded-proto", |out| out.extend_from_slice(proto.as_bytes()));
@@ -247,6 +272,47 @@ mod tests {
             (&"abc".parse().unwrap(), &"http".parse().unwrap())
         );
         assert_eq!(h.get_all(VIA).iter().collect::<Vec<_>>(), ["1.1 sluice"]);
+    }
+
+    fn forwarded_for(uri: &str, host: Option<&str>, routed_by: &str) -> (Option<String>, String) {
+        let mut request = hyper::Request::builder().uri(uri);
+        if let Some(host) = host {
+            request = request.header(header::HOST, host);
+        }
+        let (mut parts, ()) = request.body(()).unwrap().into_parts();
+        let conn = ClientConn { address: "192.0.2.9:4000".parse().unwrap(), tls_version: None, sni: None };
+        let id = HeaderValue::from_static("abc");
+        let forwarding = upstream_request(&mut parts, routed_by, &conn, &id, false, false);
+        forwarding.apply(&mut parts.headers);
+        let host = parts.headers.get(header::HOST).map(|h| h.to_str().unwrap().to_owned());
+        (host, parts.headers[header::FORWARDED].to_str().unwrap().to_owned())
+    }
+
+    #[test]
+    fn the_backend_gets_the_host_the_request_was_routed_by() {
+        // Origin form: the client's Host, as it came.
+        let (host, fwd) = forwarded_for("/x", Some("Example.test:8080"), "example.test");
+        assert_eq!(host.as_deref(), Some("Example.test:8080"));
+        assert_eq!(fwd, "for=192.0.2.9;proto=http;host=example.test");
+        // Absolute form (and HTTP/2's :authority): the target's authority replaces the Host beside it.
+        let (host, _) = forwarded_for("http://public.test:8080/x", Some("admin.test"), "public.test");
+        assert_eq!(host.as_deref(), Some("public.test:8080"));
+        let (host, _) = forwarded_for("https://public.test/x", None, "public.test");
+        assert_eq!(host.as_deref(), Some("public.test"));
+        // HTTP/1.0 without a host: none is made up, and Forwarded names none.
+        let (host, fwd) = forwarded_for("/x", None, "");
+        assert_eq!((host, fwd.as_str()), (None, "for=192.0.2.9;proto=http"));
+    }
+
+    #[test]
+    fn a_host_cannot_forge_forwarded_parameters() {
+        let (_, fwd) = forwarded_for("/", Some("a;for=6.6.6.6,for=7.7.7.7"), "a;for=6.6.6.6,for=7.7.7.7");
+        assert_eq!(fwd, "for=192.0.2.9;proto=http;host=\"a;for=6.6.6.6,for=7.7.7.7\"");
+        let (_, fwd) = forwarded_for("/", Some("[2001:db8::1]:80"), "[2001:db8::1]");
+        assert_eq!(fwd, "for=192.0.2.9;proto=http;host=\"[2001:db8::1]\"");
+        let mut out = Lines::new();
+        push_forwarded_host(&mut out, "a\"b\\c");
+        assert_eq!(&out[..], b";host=\"a\\\"b\\\\c\"");
     }
 
     #[test]

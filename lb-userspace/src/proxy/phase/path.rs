@@ -1,0 +1,158 @@
+//! Path: the request's path made canonical before it is routed, so that routes, their gates and
+//! the backend all see one path (RFC 3986 §6.2.2, as nginx and Envoy's `normalize_path` do).
+//!
+//! Without it a path-keyed gate is bypassed by a path the backend reads differently: with an
+//! API key on `/admin` and an open route beside it, `/x/../admin`, `/%61dmin` and `//admin`
+//! match the open route, and a backend that normalizes serves `/admin`. So: percent-encoded
+//! unreserved characters are decoded (`%61` → `a`, `%2E` → `.`), other escapes kept with
+//! uppercase digits (`%2f` → `%2F`: an encoded slash stays one), `.` and `..` segments removed
+//! (`..` never climbs past the root), and runs of slashes merged. The backend gets the
+//! canonical path; the query is left alone. A malformed escape (`%zz`, a lone `%`) is refused.
+use std::borrow::Cow;
+
+use hyper::{Request, StatusCode, Uri};
+
+use super::Refusal;
+
+/// Gives `request` its canonical path; a new URI is made only when the path changes.
+pub fn make_canonical<B>(request: &mut Request<B>) -> Result<(), Refusal> {
+    let bad = || Refusal::new(StatusCode::BAD_REQUEST, "malformed percent escape in the path");
+    let uri = request.uri();
+    let Cow::Owned(path) = canonical(uri.path()).map_err(|BadEscape| bad())? else { return Ok(()) };
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().map_err(|_| bad())?);
+    *request.uri_mut() = Uri::from_parts(parts).map_err(|_| bad())?;
+    Ok(())
+}
+
+/// A path with a malformed percent escape.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadEscape;
+
+/// The canonical form of `path` (an origin-form path: `/` and what follows, no query);
+/// borrowed when it is canonical already, as almost every path is.
+pub fn canonical(path: &str) -> Result<Cow<'_, str>, BadEscape> {
+    let bytes = path.as_bytes();
+    // What can change a path: an escape, a doubled slash, a segment starting with a dot; most
+    // paths have none. `*` (OPTIONS) and an authority (CONNECT) have no path to change.
+    let needs_work = bytes.starts_with(b"/")
+        && (bytes.contains(&b'%')
+            || bytes.windows(2).any(|w| w[0] == b'/' && (w[1] == b'/' || w[1] == b'.')));
+    if !needs_work {
+        return Ok(Cow::Borrowed(path));
+    }
+    let decoded = decode_unreserved(bytes)?;
+    let out = remove_dot_segments(&decoded);
+    Ok(if out == path { Cow::Borrowed(path) } else { Cow::Owned(out) })
+}
+
+/// Percent escapes of unreserved characters decoded, the others' hex digits uppercased.
+fn decode_unreserved(bytes: &[u8]) -> Result<String, BadEscape> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let (Some(&hi), Some(&lo)) = (bytes.get(i + 1), bytes.get(i + 2)) else { return Err(BadEscape) };
+        let (Some(h), Some(l)) = (hex(hi), hex(lo)) else { return Err(BadEscape) };
+        let byte = h << 4 | l;
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte);
+        } else {
+            out.extend_from_slice(&[b'%', hi.to_ascii_uppercase(), lo.to_ascii_uppercase()]);
+        }
+        i += 3;
+    }
+    // Only ASCII was decoded, and the input was text: still text.
+    String::from_utf8(out).map_err(|_| BadEscape)
+}
+
+/// RFC 3986 §5.2.4's dot-segment removal, with empty segments merged. A path that ended in a
+/// slash, `.` or `..` still ends in a slash.
+fn remove_dot_segments(path: &str) -> String {
+    let mut kept: Vec<&str> = Vec::new();
+    let mut ends_in_slash = false;
+    for segment in path.split('/').skip(1) {
+        ends_in_slash = matches!(segment, "" | "." | "..");
+        match segment {
+            "" | "." => {}
+            ".." => {
+                kept.pop();
+            }
+            _ => kept.push(segment),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in &kept {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if ends_in_slash || kept.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_paths_are_borrowed() {
+        for path in ["/", "/a", "/a/b.txt", "/a/", "/a-b_c~d", "/.well-known/x", "/a.b/c", "*"] {
+            let out = canonical(path).unwrap();
+            assert!(matches!(out, Cow::Borrowed(_)), "{path} -> {out}");
+            assert_eq!(out, path);
+        }
+    }
+
+    #[test]
+    fn every_spelling_of_a_path_becomes_one() {
+        for (path, want) in [
+            ("/x/../admin", "/admin"),
+            ("/x/./../admin/", "/admin/"),
+            ("/%61dmin", "/admin"),
+            ("/%2e%2e/admin", "/admin"),
+            ("/x/%2E%2E/admin", "/admin"),
+            ("//admin", "/admin"),
+            ("/a//b///c", "/a/b/c"),
+            ("/..", "/"),
+            ("/../../a", "/a"),
+            ("/a/b/..", "/a/"),
+            ("/a/.", "/a/"),
+            ("/a/%2f/b", "/a/%2F/b"),
+            ("/a%20b", "/a%20b"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
+            ("/%7euser", "/~user"),
+        ] {
+            assert_eq!(canonical(path).unwrap(), want, "{path}");
+            assert_eq!(canonical(want).unwrap(), want, "{want} is canonical");
+        }
+    }
+
+    #[test]
+    fn the_request_keeps_its_query_and_authority() {
+        let mut request = Request::new(());
+        *request.uri_mut() = "http://a.test/x/../%61dmin?q=%2e%2e/&r".parse().unwrap();
+        make_canonical(&mut request).ok().unwrap();
+        assert_eq!(request.uri(), "http://a.test/admin?q=%2e%2e/&r");
+        *request.uri_mut() = "/%zz".parse().unwrap();
+        let refused = make_canonical(&mut request).err().unwrap();
+        assert_eq!(refused.response.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn a_malformed_escape_is_refused() {
+        for path in ["/%", "/a%", "/a%2", "/%zz", "/%g1/x", "/a/%%41"] {
+            assert_eq!(canonical(path), Err(BadEscape), "{path}");
+        }
+    }
+}
