@@ -196,12 +196,18 @@ pub fn parse_request(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<Requ
     // Left uninitialized: httparse writes the fields it finds (zeroing 100 would cost more).
     let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADER_FIELDS];
     let mut request = httparse::Request::new(&mut []);
-    let too_large =
-        Refused { status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, reason: "request head too large" };
+    // A request line that alone fills the limit is a target too long (414, as nginx answers);
+    // else the fields are too large (431).
+    let too_large = |buf: &[u8]| match buf[..max_bytes.min(buf.len())].contains(&b'\n') {
+        true => {
+            Refused { status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, reason: "request head too large" }
+        }
+        false => Refused { status: StatusCode::URI_TOO_LONG, reason: "request target too long" },
+    };
     let length = match request.parse_with_uninit_headers(buf, &mut fields) {
-        Ok(httparse::Status::Complete(n)) if n > max_bytes => return Err(too_large),
+        Ok(httparse::Status::Complete(n)) if n > max_bytes => return Err(too_large(buf)),
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() >= max_bytes => return Err(too_large),
+        Ok(httparse::Status::Partial) if buf.len() >= max_bytes => return Err(too_large(buf)),
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
             return Err(Refused {
@@ -382,6 +388,9 @@ mod tests {
         assert_eq!(status(&format!("GET / HTTP/1.1\r\n{many}\r\n")), 431);
         assert_eq!(status(&format!("GET / HTTP/1.1\r\nx-big: {}\r\n\r\n", "y".repeat(20_000))), 431);
         assert_eq!(status(&format!("GET / HTTP/1.1\r\nx-big: {}", "y".repeat(20_000))), 431, "unfinished");
+        let long = "a".repeat(20_000);
+        assert_eq!(status(&format!("GET /{long} HTTP/1.1\r\nHost: a\r\n\r\n")), 414);
+        assert_eq!(status(&format!("GET /{long}")), 414, "unfinished");
     }
 
     #[test]
