@@ -347,6 +347,11 @@ fn root_l7_hygiene_parser_edges_and_access_log() -> Result<()> {
     // Two Host headers: 400.
     let out = bed.raw(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", false)?;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    // CONNECT: 501 (no tunnel to where a client asks); a bare authority as the target: 400.
+    let out = bed.raw(b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n", false)?;
+    assert!(out.starts_with("HTTP/1.1 501"), "{out}");
+    let out = bed.raw(b"GET example.test:80 HTTP/1.1\r\nHost: a\r\n\r\n", false)?;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     // `Connection: close, Host` does not strip Host on the way to the backend.
     let out =
         bed.raw(b"GET /echo HTTP/1.1\r\nHost: example.test\r\nConnection: close, Host\r\n\r\n", false)?;

@@ -240,13 +240,12 @@ impl Forwarder {
         labels: &'a mut Labels,
     ) -> impl Future<Output = Result<Response<Body>, Refusal>> + Send + 'a {
         async move {
-            let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
             let head = guard::Head {
+                method: request.method(),
                 version: request.version(),
+                uri: request.uri(),
                 headers: request.headers(),
-                authority: request.uri().authority().map(|a| a.as_str()),
                 host,
-                target,
             };
             guard::check(&head, listener, conn.tls())?;
             path::make_canonical(&mut request)?;

@@ -1,7 +1,8 @@
 //! Guard: what is refused before routing: plain HTTP on a redirect listener, ambiguous framing
-//! (Content-Length with Transfer-Encoding), more header fields than allowed, two Host headers, no
-//! Host or an invalid one, a declared body over the limit; and the limit on a body as it streams.
-//! Framing errors inside a body are the engine's (`h1::body`).
+//! (Content-Length with Transfer-Encoding), more header fields than allowed, CONNECT and a bare
+//! authority as a target, two Host headers, no Host or an invalid one, a declared body over the
+//! limit; and the limit on a body as it streams. Framing errors inside a body are the engine's
+//! (`h1::body`).
 use std::sync::{
     Arc,
     atomic::{AtomicU16, Ordering},
@@ -9,7 +10,7 @@ use std::sync::{
 
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::{
-    HeaderMap, StatusCode, Version,
+    HeaderMap, Method, StatusCode, Uri, Version,
     header::{self, HeaderValue},
 };
 
@@ -23,12 +24,11 @@ use crate::{
 
 /// The request head's facts the guard looks at.
 pub struct Head<'a> {
+    pub method: &'a Method,
     pub version: Version,
+    pub uri: &'a Uri,
     pub headers: &'a HeaderMap,
-    /// The target's authority: HTTP/1.1's absolute form, HTTP/2's `:authority`.
-    pub authority: Option<&'a str>,
     pub host: &'a str,
-    pub target: &'a str,
 }
 
 /// Whether a Host value (or a target's authority) is `host [":" port]` (RFC 9110 §7.2, RFC 3986
@@ -66,7 +66,8 @@ pub fn valid_host(value: &[u8]) -> bool {
 pub fn check(head: &Head<'_>, listener: &Listener, tls: bool) -> Result<(), Refusal> {
     if listener.redirect_https && !tls {
         let mut refusal = Refusal::new(StatusCode::MOVED_PERMANENTLY, "moved to https");
-        if let Ok(location) = HeaderValue::from_str(&format!("https://{}{}", head.host, head.target)) {
+        let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
+        if let Ok(location) = HeaderValue::from_str(&format!("https://{}{target}", head.host)) {
             refusal.response.headers_mut().insert(header::LOCATION, location);
         }
         return Err(refusal);
@@ -85,7 +86,15 @@ pub fn check(head: &Head<'_>, listener: &Listener, tls: bool) -> Result<(), Refu
     }
     // RFC 9110 §7.2: an invalid Host gets 400, and so does an HTTP/1.1 request without one (an
     // HTTP/2 request names its host in `:authority` or Host). HTTP/1.0 may leave it out.
-    match (headers.get(header::HOST), head.authority) {
+    // A reverse proxy has no tunnel to open for CONNECT; and a target that is only an authority
+    // (`GET a.test:80`) is CONNECT's form, not a request for a resource (RFC 9112 §3.2.3).
+    if head.method == Method::CONNECT {
+        return Err(Refusal::new(StatusCode::NOT_IMPLEMENTED, "CONNECT is not supported").closing());
+    }
+    if head.uri.scheme().is_none() && head.uri.authority().is_some() {
+        return Err(Refusal::new(StatusCode::BAD_REQUEST, "bad request target").closing());
+    }
+    match (headers.get(header::HOST), head.uri.authority().map(|a| a.as_str())) {
         (Some(host), _) if !valid_host(host.as_bytes()) => {
             return Err(Refusal::new(StatusCode::BAD_REQUEST, "invalid Host header").closing());
         }
@@ -150,11 +159,19 @@ mod tests {
     }
 
     fn status_of(version: Version, authority: Option<&str>, headers: &[(&str, &str)]) -> Option<u16> {
+        let uri: Uri = match authority {
+            Some(authority) => format!("http://{authority}/").parse().unwrap(),
+            None => "/".parse().unwrap(),
+        };
+        status_for(&Method::GET, &uri, version, headers)
+    }
+
+    fn status_for(method: &Method, uri: &Uri, version: Version, headers: &[(&str, &str)]) -> Option<u16> {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             map.append(header::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
-        let head = Head { version, headers: &map, authority, host: "a", target: "/" };
+        let head = Head { method, version, uri, headers: &map, host: "a" };
         check(&head, &listener(), false).err().map(|r| r.response.status().as_u16())
     }
 
@@ -199,6 +216,12 @@ mod tests {
         assert_eq!(status_of(Version::HTTP_2, Some("a:443"), &[]), None);
         assert_eq!(status_of(Version::HTTP_11, Some("a"), &[]), None, "absolute form");
         assert_eq!(status_of(Version::HTTP_11, Some("u@a"), &[("host", "a")]), Some(400));
+        let host = [("host", "a")];
+        let authority_form: Uri = "a.test:80".parse().unwrap();
+        assert_eq!(status_for(&Method::GET, &authority_form, Version::HTTP_11, &host), Some(400));
+        assert_eq!(status_for(&Method::CONNECT, &authority_form, Version::HTTP_11, &host), Some(501));
+        let star: Uri = "*".parse().unwrap();
+        assert_eq!(status_for(&Method::OPTIONS, &star, Version::HTTP_11, &host), None);
         for bad in ["", "a b", "a/b", "a\"b"] {
             assert_eq!(status(&[("host", bad)]), Some(400), "{bad:?}");
             assert_eq!(status_of(Version::HTTP_10, None, &[("host", bad)]), Some(400), "{bad:?}");
