@@ -297,12 +297,12 @@ pub fn parse_response(
     let framing = if answer_is_bodiless(method, status) {
         Framing::Empty
     } else {
-        match declared_framing(fields) {
-            Ok(Some(framing)) => framing,
-            Ok(None) => Framing::Close,
-            // A coding we do not frame (gzip alone): read to the close, as RFC 9112 §6.3 says.
-            Err("unsupported Transfer-Encoding") => Framing::Close,
-            Err(reason) => return Err(reason),
+        // A coding other than a lone chunked (`gzip`, `gzip, chunked`) is refused, as HAProxy
+        // refuses it: Transfer-Encoding is hop-by-hop, so the client would get the coded bytes
+        // with no word of their coding.
+        match declared_framing(fields)? {
+            Some(framing) => framing,
+            None => Framing::Close,
         }
     };
     let keep_alive = framing != Framing::Close
@@ -422,6 +422,11 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
         );
         assert!(parse_response(&mut both, &get, 1024).is_err());
+        for coded in ["gzip", "gzip, chunked", "chunked, gzip"] {
+            let text = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {coded}\r\n\r\n");
+            let mut buf = BytesMut::from(text.as_bytes());
+            assert_eq!(parse_response(&mut buf, &get, 1024).err(), Some("unsupported Transfer-Encoding"));
+        }
     }
 
     #[test]
