@@ -1,8 +1,8 @@
 //! Guard: what is refused before routing: plain HTTP on a redirect listener, ambiguous framing
-//! (Content-Length with Transfer-Encoding), more header fields than allowed, CONNECT and a bare
-//! authority as a target, two Host headers, no Host or an invalid one, a declared body over the
-//! limit; and the limit on a body as it streams. Framing errors inside a body are the engine's
-//! (`h1::body`).
+//! (Content-Length with Transfer-Encoding), more header fields than allowed, CONNECT, a bare
+//! authority as a target and `*` but for OPTIONS, two Host headers, no Host or an invalid one,
+//! a declared body over the limit; and the limit on a body as it streams. Framing errors inside
+//! a body are the engine's (`h1::body`).
 use std::sync::{
     Arc,
     atomic::{AtomicU16, Ordering},
@@ -86,12 +86,13 @@ pub fn check(head: &Head<'_>, listener: &Listener, tls: bool) -> Result<(), Refu
     }
     // RFC 9110 §7.2: an invalid Host gets 400, and so does an HTTP/1.1 request without one (an
     // HTTP/2 request names its host in `:authority` or Host). HTTP/1.0 may leave it out.
-    // A reverse proxy has no tunnel to open for CONNECT; and a target that is only an authority
-    // (`GET a.test:80`) is CONNECT's form, not a request for a resource (RFC 9112 §3.2.3).
+    // A reverse proxy has no tunnel to open for CONNECT; a target that is only an authority
+    // (`GET a.test:80`) is CONNECT's form, and `*` is OPTIONS' alone (RFC 9112 §3.2.3, §3.2.4).
     if head.method == Method::CONNECT {
         return Err(Refusal::new(StatusCode::NOT_IMPLEMENTED, "CONNECT is not supported").closing());
     }
-    if head.uri.scheme().is_none() && head.uri.authority().is_some() {
+    let authority_form = head.uri.scheme().is_none() && head.uri.authority().is_some();
+    if authority_form || (head.uri.path() == "*" && head.method != Method::OPTIONS) {
         return Err(Refusal::new(StatusCode::BAD_REQUEST, "bad request target").closing());
     }
     match (headers.get(header::HOST), head.uri.authority().map(|a| a.as_str())) {
@@ -222,6 +223,7 @@ mod tests {
         assert_eq!(status_for(&Method::CONNECT, &authority_form, Version::HTTP_11, &host), Some(501));
         let star: Uri = "*".parse().unwrap();
         assert_eq!(status_for(&Method::OPTIONS, &star, Version::HTTP_11, &host), None);
+        assert_eq!(status_for(&Method::GET, &star, Version::HTTP_11, &host), Some(400));
         for bad in ["", "a b", "a/b", "a\"b"] {
             assert_eq!(status(&[("host", bad)]), Some(400), "{bad:?}");
             assert_eq!(status_of(Version::HTTP_10, None, &[("host", bad)]), Some(400), "{bad:?}");
