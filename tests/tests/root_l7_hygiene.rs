@@ -352,6 +352,10 @@ fn root_l7_hygiene_parser_edges_and_access_log() -> Result<()> {
     assert!(out.starts_with("HTTP/1.1 501"), "{out}");
     let out = bed.raw(b"GET example.test:80 HTTP/1.1\r\nHost: a\r\n\r\n", false)?;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    // HTTP/1.0 without Host: the backend (nginx, which answers 400 to an HTTP/1.1 request
+    // without one) gets its own address as Host, as nginx sends by default.
+    let out = bed.raw(b"GET /echo HTTP/1.0\r\n\r\n", false)?;
+    assert!(out.starts_with("HTTP/1.1 200") && out.contains(" host=198.18."), "{out}");
     // `Connection: close, Host` does not strip Host on the way to the backend.
     let out =
         bed.raw(b"GET /echo HTTP/1.1\r\nHost: example.test\r\nConnection: close, Host\r\n\r\n", false)?;

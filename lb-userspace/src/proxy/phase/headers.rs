@@ -299,7 +299,8 @@ mod tests {
         assert_eq!(host.as_deref(), Some("public.test:8080"));
         let (host, _) = forwarded_for("https://public.test/x", None, "public.test");
         assert_eq!(host.as_deref(), Some("public.test"));
-        // HTTP/1.0 without a host: none is made up, and Forwarded names none.
+        // HTTP/1.0 without a host: Forwarded names none (an HTTP/1.1 backend gets its own
+        // address as Host, from the upstream phase).
         let (host, fwd) = forwarded_for("/x", None, "");
         assert_eq!((host, fwd.as_str()), (None, "for=192.0.2.9;proto=http"));
     }

@@ -15,7 +15,9 @@ use std::{
 
 use http_body_util::BodyExt;
 use hyper::{
-    HeaderMap, Method, Request, Response, StatusCode, Uri, Version, client::conn::http2, header,
+    HeaderMap, Method, Request, Response, StatusCode, Uri, Version,
+    client::conn::http2,
+    header::{self, HeaderValue},
     http::request::Parts,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -110,8 +112,9 @@ impl Upstreams {
     }
 
     /// Sends the request (`parts` with `headers`) to `upstream` in its pool's protocol. HTTP/1.1
-    /// keeps the client's Host; HTTP/2 carries the client's host as `:authority` and no Host
-    /// (RFC 9113 §8.3.1).
+    /// keeps the client's Host, and an HTTP/1.0 request that came without one gets the
+    /// backend's address, as nginx sends by default (every HTTP/1.1 request has a Host, RFC 9112
+    /// §3.2); HTTP/2 carries the client's host as `:authority` and no Host (RFC 9113 §8.3.1).
     #[allow(clippy::too_many_arguments, reason = "the request's parts and where it goes")]
     pub async fn send(
         &self,
@@ -125,6 +128,12 @@ impl Upstreams {
     ) -> Result<Response<Body>, SendError> {
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         if protocol == UpstreamProtocol::Http1 {
+            if parts.version == Version::HTTP_10
+                && !headers.contains_key(header::HOST)
+                && let Ok(host) = HeaderValue::from_str(upstream.authority.as_str())
+            {
+                headers.insert(header::HOST, host);
+            }
             let added = h1::encode::Added { lines: forwarding.lines(), replacing: &headers::SET_BY_PROXY };
             return self.http1.send(upstream.address, &parts.method, target, &headers, added, body).await;
         }
