@@ -186,7 +186,7 @@ pub async fn top(socket: &PathBuf, interval: Duration) -> Result<()> {
     let shown = async {
         let mut before: Option<LiveView> = None;
         loop {
-            let value = crate::call(socket, Method::GET, "/view", None).await?;
+            let value = crate::client::call(socket, Method::GET, "/view", None).await?;
             let view: LiveView = serde_json::from_value(value).context("lbd's /view answer")?;
             terminal.draw(|frame| draw(frame, &view, before.as_ref()))?;
             before = Some(view);

@@ -1,0 +1,195 @@
+//! lbctl's tables: what lbd answered, laid out for a terminal (`-o json` prints the answer as
+//! it came instead).
+use lb_userspace::admin::views;
+use serde_json::Value;
+
+/// What a command changed, one line each.
+pub fn changes(value: &Value) {
+    let changes = value["changes"].as_array().cloned().unwrap_or_default();
+    if changes.is_empty() {
+        println!("no change");
+    }
+    for change in changes {
+        println!("{}", change.as_str().unwrap_or_default());
+    }
+}
+
+/// A pool and its backends.
+pub fn pool(pool: &views::Pool) {
+    let open = if pool.failing_open { "  (FAILING OPEN: every backend down)" } else { "" };
+    println!("pool {}{open}", pool.name);
+    println!("  {:<40} {:>7} {:>6} {:>8} {:>10}", "backend", "weight", "drain", "health", "effective");
+    for b in &pool.backends {
+        let health = match (b.healthy, b.ejected) {
+            (_, true) => "EJECTED",
+            (true, _) => "up",
+            _ => "DOWN",
+        };
+        println!(
+            "  {:<40} {:>7} {:>6} {:>8} {:>10}",
+            b.address.to_string(),
+            b.weight,
+            if b.drain { "yes" } else { "no" },
+            health,
+            b.effective_weight
+        );
+    }
+}
+
+fn traffic_row(name: &str, t: &views::Traffic, rate: Option<(&views::Traffic, f64)>) {
+    match rate {
+        None => println!(
+            "{name:<30} {:>12} {:>14} {:>10} {:>10} {:>10}",
+            t.packets, t.bytes, t.new_flows, t.lru_hits, t.lru_misses
+        ),
+        Some((before, secs)) => {
+            // Counters restart with the maps: a smaller value is a new start, not a negative rate.
+            let per_second = |now: u64, then: u64| now.saturating_sub(then) as f64 / secs;
+            let pps = per_second(t.packets, before.packets);
+            let bps = 8.0 * per_second(t.bytes, before.bytes);
+            let cps = per_second(t.new_flows, before.new_flows);
+            println!("{name:<30} {:>12} {:>14} {pps:>10.0} {bps:>12.0} {cps:>8.0}", t.packets, t.bytes);
+        }
+    }
+}
+
+/// The fast path's counters; with `previous` (a reading and the seconds since), rates.
+pub fn stats(stats: &views::Stats, previous: Option<(&views::Stats, f64)>, vip: bool, backend: bool) {
+    let all = !vip && !backend;
+    if all {
+        println!("{:<30} {:>12} {:>14}", "counter", "packets", "bytes");
+        for (i, c) in stats.counters.iter().enumerate() {
+            if i < 4 || c.packets != 0 {
+                println!("{:<30} {:>12} {:>14}", c.name, c.packets, c.bytes);
+            }
+        }
+        println!();
+    }
+    let header = |what: &str| match previous {
+        None => println!(
+            "{what:<30} {:>12} {:>14} {:>10} {:>10} {:>10}",
+            "packets", "bytes", "new_flows", "lru_hits", "lru_miss"
+        ),
+        Some(_) => {
+            println!("{what:<30} {:>12} {:>14} {:>10} {:>12} {:>8}", "packets", "bytes", "pps", "bps", "cps")
+        }
+    };
+    if all || vip {
+        header("vip");
+        for v in &stats.vips {
+            let port = if v.port == 0 { "*".to_owned() } else { v.port.to_string() };
+            let name = format!("{}:{port}/{}", v.address, v.protocol);
+            // The same VIP in the previous reading: address, port and protocol.
+            let rate = previous.map(|(p, secs)| {
+                let before = p
+                    .vips
+                    .iter()
+                    .find(|x| x.address == v.address && x.port == v.port && x.protocol == v.protocol)
+                    .map_or(&v.traffic, |x| &x.traffic);
+                (before, secs)
+            });
+            traffic_row(&name, &v.traffic, rate);
+        }
+        println!();
+    }
+    if all || backend {
+        header("backend");
+        for b in &stats.backends {
+            let rate = previous.map(|(p, secs)| {
+                let before =
+                    p.backends.iter().find(|x| x.address == b.address).map_or(&b.traffic, |x| &x.traffic);
+                (before, secs)
+            });
+            traffic_row(&b.address.to_string(), &b.traffic, rate);
+        }
+    }
+}
+
+/// lbd's status, one field a line.
+pub fn status(s: &views::Status) {
+    let reload = match &s.last_reload {
+        None => "none yet".to_owned(),
+        Some(r) => {
+            format!("{} (unix time {})", if r.applied { "applied" } else { "refused" }, r.unix_seconds)
+        }
+    };
+    let interface = if s.interface.is_empty() { "- (L7 only)" } else { &s.interface };
+    println!("{:<16} {interface}", "interface");
+    println!("{:<16} {}", "pin_dir", s.pin_dir.display());
+    println!("{:<16} {}", "config", s.config.display());
+    println!("{:<16} {}", "uptime_seconds", s.uptime_seconds);
+    println!("{:<16} {}", "vips", s.vips);
+    println!("{:<16} {}", "pools", s.pools);
+    println!("{:<16} {}", "failing_open", s.failing_open.join(", "));
+    println!("{:<16} {reload}", "last_reload");
+    if let Some(c) = &s.cluster {
+        let state = match &c.error {
+            None => format!("revision {}", c.revision),
+            Some(err) => format!("UNREACHABLE, serving revision {} ({err})", c.revision),
+        };
+        println!("{:<16} {} under {}: {state}", "etcd", c.endpoints.join(", "), c.prefix);
+    }
+    if let Some(bgp) = &s.bgp {
+        let announced: Vec<String> = bgp.announced.iter().map(ToString::to_string).collect();
+        let announced = if announced.is_empty() { "nothing".to_owned() } else { announced.join(", ") };
+        println!("{:<16} {announced}{}", "bgp_announced", if bgp.drained { " (node drained)" } else { "" });
+        if let Some(err) = &bgp.error {
+            println!("{:<16} {err}", "bgp_error");
+        }
+    }
+}
+
+/// L7 routes in the order they are tried, with their pool and split.
+pub fn routes(routes: &[views::Route]) {
+    println!("{:<20} {:<12} {:<24} {:<16} {:<16} split", "name", "listener", "host", "path", "pool");
+    for r in routes {
+        let mut split: Vec<String> = r.split.iter().map(|(p, share)| format!("{p} {share}%")).collect();
+        if r.sticky && !split.is_empty() {
+            split.push("(sticky)".into());
+        }
+        let split = if split.is_empty() { "-".to_owned() } else { split.join(", ") };
+        println!("{:<20} {:<12} {:<24} {:<16} {:<16} {split}", r.name, r.listener, r.host, r.path, r.pool);
+    }
+}
+
+/// VIPs with their port, protocol, mode and pool.
+pub fn vips(vips: &[views::Vip]) {
+    println!("{:<16} {:<40} {:>6} {:<5} {:<11} pool", "name", "address", "port", "proto", "mode");
+    for vip in vips {
+        let port = if vip.port == 0 { "*".into() } else { vip.port.to_string() };
+        let mode = if vip.syn_cookies { format!("{}+cookies", vip.mode) } else { vip.mode.clone() };
+        println!(
+            "{:<16} {:<40} {:>6} {:<5} {:<11} {}",
+            vip.name,
+            vip.address.to_string(),
+            port,
+            vip.protocol,
+            mode,
+            vip.pool
+        );
+    }
+}
+
+/// What a change would move, per VIP.
+pub fn plan(plans: &[views::VipPlan]) {
+    println!("{:<40} {:>14} {:>11} {:>16}", "vip", "buckets moved", "live flows", "live flows moved");
+    for p in plans {
+        println!(
+            "{:<40} {:>13.2}% {:>11} {:>16}",
+            p.vip, p.buckets_moved_percent, p.live_flows, p.live_flows_moved
+        );
+    }
+}
+
+/// A decapsulation program's counters (`name`, `packets`, `bytes` rows).
+pub fn decap(rows: &[Value]) {
+    println!("{:<14} {:>14} {:>16}", "counter", "packets", "bytes");
+    for r in rows {
+        println!(
+            "{:<14} {:>14} {:>16}",
+            r["name"].as_str().unwrap_or_default(),
+            r["packets"].as_u64().unwrap_or(0),
+            r["bytes"].as_u64().unwrap_or(0)
+        );
+    }
+}
