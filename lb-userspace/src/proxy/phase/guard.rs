@@ -31,12 +31,32 @@ pub struct Head<'a> {
     pub host: &'a str,
 }
 
+/// The bytes of a host name: a URI's unreserved, sub-delims and `%` (RFC 3986 §3.2.2), and any
+/// above ASCII. A table: every request's Host goes through it (a search of the punctuation per
+/// byte cost ~400 instructions a request).
+const NAME_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || !c.is_ascii();
+        b += 1;
+    }
+    let punctuation = b"-._~%!$&'()*+,;=";
+    let mut i = 0;
+    while i < punctuation.len() {
+        table[punctuation[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
 /// Whether a Host value (or a target's authority) is `host [":" port]` (RFC 9110 §7.2, RFC 3986
 /// §3.2.2): a bracketed IPv6 literal, or a name of the characters a URI allows there, then an
 /// optional port of digits. Bytes above ASCII pass, as nginx lets them; spaces, controls, `/`,
 /// `"`, `@` (userinfo) and an empty host do not.
 pub fn valid_host(value: &[u8]) -> bool {
-    let (host, port) = match value.strip_prefix(b"[") {
+    let (host, rest) = match value.strip_prefix(b"[") {
         Some(literal) => {
             let Some(end) = literal.iter().position(|&b| b == b']') else { return false };
             let address = &literal[..end];
@@ -45,17 +65,10 @@ pub fn valid_host(value: &[u8]) -> bool {
             }
             (address, &literal[end + 1..])
         }
-        None => {
-            let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
-            let name_byte =
-                |b: &u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(b) || !b.is_ascii();
-            if !value[..end].iter().all(name_byte) {
-                return false;
-            }
-            (&value[..end], &value[end..])
-        }
+        // One pass: the name ends at the first byte that is not a name's (`:` or a bad one).
+        None => value.split_at(value.iter().position(|&b| !NAME_BYTE[b as usize]).unwrap_or(value.len())),
     };
-    let port_ok = match port.split_first() {
+    let port_ok = match rest.split_first() {
         None => true,
         Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
         Some(_) => false,
@@ -81,7 +94,9 @@ pub fn check(head: &Head<'_>, listener: &Listener, tls: bool) -> Result<(), Refu
         );
     }
     // RFC 9112 §3.2: a request with more than one Host field gets 400.
-    if headers.get_all(header::HOST).iter().count() > 1 {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
         return Err(Refusal::new(StatusCode::BAD_REQUEST, "more than one Host header").closing());
     }
     // RFC 9110 §7.2: an invalid Host gets 400, and so does an HTTP/1.1 request without one (an
@@ -95,7 +110,7 @@ pub fn check(head: &Head<'_>, listener: &Listener, tls: bool) -> Result<(), Refu
     if authority_form || (head.uri.path() == "*" && head.method != Method::OPTIONS) {
         return Err(Refusal::new(StatusCode::BAD_REQUEST, "bad request target").closing());
     }
-    match (headers.get(header::HOST), head.uri.authority().map(|a| a.as_str())) {
+    match (host, head.uri.authority().map(|a| a.as_str())) {
         (Some(host), _) if !valid_host(host.as_bytes()) => {
             return Err(Refusal::new(StatusCode::BAD_REQUEST, "invalid Host header").closing());
         }
