@@ -11,6 +11,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+mod instructions;
+pub use instructions::run_instructions;
+
 use crate::{
     l7_targets::{self, Round, Row},
     netns::run,
@@ -328,14 +331,20 @@ fn haproxy_config(pem: &Path) -> String {
 }
 
 /// Sluice's config; `busy_poll_us` adds a `[proxy]` table setting it (None: the default).
-fn sluice_config(dir: &Path, cert: &Path, key: &Path, busy_poll_us: Option<u64>) -> String {
+/// lbd's config: the two backends, plain HTTP on 9080 and TLS on 9443. `dataplane`: with XDP
+/// on the bench's veth (as an edge host runs), else L7 only.
+fn sluice_config(dir: &Path, cert: &Path, key: &Path, busy_poll_us: Option<u64>, dataplane: bool) -> String {
     let proxy = match busy_poll_us {
         None => String::new(),
         Some(us) => format!("[proxy]\nbusy_poll_us = {us}\n\n"),
     };
+    let dataplane = if dataplane {
+        "[dataplane]\ninterface = \"bench0\"\nxdp_mode = \"generic\"\npin_dir = \"/sys/fs/bpf/sluice-bench-l7\"\n\n"
+    } else {
+        ""
+    };
     format!(
-        "{proxy}[dataplane]\ninterface = \"bench0\"\nxdp_mode = \"generic\"\npin_dir = \"/sys/fs/bpf/sluice-bench-l7\"\n\n\
-         [[pool]]\nname = \"b\"\nbackends = [{{ address = \"127.0.0.1\" }}, {{ address = \"127.0.0.2\" }}]\nport = {b0}\n\n\
+        "{proxy}{dataplane}[[pool]]\nname = \"b\"\nbackends = [{{ address = \"127.0.0.1\" }}, {{ address = \"127.0.0.2\" }}]\nport = {b0}\n\n\
          [[listener]]\nname = \"http\"\naddress = \"127.0.0.1:9080\"\naccess_log = false\nmax_connections = 15000\n\n\
          [[listener]]\nname = \"https\"\naddress = \"127.0.0.1:9443\"\naccess_log = false\n\
          tls = {{ certificates = [{{ cert = \"{c}\", key = \"{k}\" }}] }}\n\n\
@@ -405,9 +414,9 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
         wait_port(port)?;
     }
     let sluice_conf = dir.0.join("sluice.toml");
-    std::fs::write(&sluice_conf, sluice_config(&dir.0, &cert, &key, None))?;
+    std::fs::write(&sluice_conf, sluice_config(&dir.0, &cert, &key, None, true))?;
     let busy_conf = dir.0.join("sluice-busy.toml");
-    std::fs::write(&busy_conf, sluice_config(&dir.0, &cert, &key, Some(100)))?;
+    std::fs::write(&busy_conf, sluice_config(&dir.0, &cert, &key, Some(100), true))?;
     let nginx_conf = dir.0.join("proxy.conf");
     std::fs::write(&nginx_conf, nginx_proxy_config(&dir.0, &cert, &key, false))?;
     let nginx_128_conf = dir.0.join("proxy-128.conf");

@@ -23,9 +23,10 @@ enum Task {
     },
     /// Benchmarks, printed next to a peer measured in the same run. `l4`: ns per packet of
     /// each XDP path against an empty XDP program, then real traffic against nftables
-    /// (`l4-traffic` alone); `l7`: the proxy against HAProxy and nginx.
+    /// (`l4-traffic` alone); `l7`: the proxy against HAProxy and nginx; `l7-instructions`:
+    /// lbd's user-space instructions per request (callgrind), for A/B comparisons.
     Bench {
-        /// Which: l4, l4-traffic or l7.
+        /// Which: l4, l4-traffic, l7 or l7-instructions.
         what: String,
     },
     /// Build, bring up a namespace topology, run lbd with config/demo.toml, send traffic, show counters.

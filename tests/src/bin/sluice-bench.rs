@@ -192,6 +192,9 @@ fn main() -> Result<()> {
     if what == "l7" {
         return sluice_tests::bench_l7::run_bench(seconds, rounds);
     }
+    if what == "l7-instructions" {
+        return sluice_tests::bench_l7::run_instructions();
+    }
     // The byte forwarder `bench l7` starts beside the proxies: `forward LISTEN BACKEND...`.
     if what == "forward" {
         let addresses = std::env::args().skip(2).map(|a| a.parse()).collect::<Result<Vec<_>, _>>()?;
@@ -203,7 +206,7 @@ fn main() -> Result<()> {
         return sluice_tests::bench_traffic::run_bench(seconds, rounds);
     }
     if what != "l4" {
-        bail!("usage: sluice-bench l4|l4-traffic|l7");
+        bail!("usage: sluice-bench l4|l4-traffic|l7|l7-instructions");
     }
     sluice_tests::require_root();
     let started = Instant::now();
