@@ -149,6 +149,42 @@ mod tests {
         assert_eq!(refused.response.status(), StatusCode::BAD_REQUEST);
     }
 
+    /// Mutated paths: a canonical path is canonical again, starts with `/`, holds no empty, `.`
+    /// or `..` segment and no escape of an unreserved character; the mutations lean on what
+    /// canonicalization changes (slashes, dots, escapes).
+    #[test]
+    fn mutated_paths_become_canonical_once() {
+        use crate::mutation::{Rng, mutate};
+        let seeds: [&[u8]; 3] = [b"/admin/x/y.txt", b"/a/./b/../c//d/", b"/%61%2e%2F/x?"];
+        let spice: [&[u8]; 8] = [b"/", b"//", b"/.", b"/..", b"%", b"%2e", b"%2F", b"%7E"];
+        let mut rng = Rng(0x5eed_0009);
+        let mut changed = 0;
+        for case in 0..20_000 {
+            let path = mutate(&mut rng, seeds[case % seeds.len()], &spice);
+            let Ok(path) = String::from_utf8(path) else { continue };
+            let Ok(out) = canonical(&path) else { continue };
+            if !path.starts_with('/') {
+                assert_eq!(out, path, "only a path that starts with / changes");
+                continue;
+            }
+            changed += usize::from(out != path);
+            assert_eq!(canonical(&out).unwrap(), out, "{path:?} -> {out:?} is canonical");
+            assert!(out.starts_with('/'), "{path:?} -> {out:?}");
+            let inner = out[1..].strip_suffix('/').unwrap_or(&out[1..]);
+            if !inner.is_empty() {
+                for segment in inner.split('/') {
+                    assert!(!matches!(segment, "" | "." | ".."), "{path:?} -> {out:?}");
+                }
+            }
+            for escape in out.match_indices('%').map(|(i, _)| &out[i + 1..i + 3]) {
+                let byte = u8::from_str_radix(escape, 16).unwrap();
+                assert!(!byte.is_ascii_alphanumeric() && !b"-._~".contains(&byte), "{path:?} -> {out:?}");
+                assert_eq!(escape, escape.to_ascii_uppercase(), "{path:?} -> {out:?}");
+            }
+        }
+        assert!(changed > 5_000, "the mutations reached what canonicalization changes: {changed}");
+    }
+
     #[test]
     fn a_malformed_escape_is_refused() {
         for path in ["/%", "/a%", "/a%2", "/%zz", "/%g1/x", "/a/%%41"] {
