@@ -383,44 +383,74 @@ fn chosen_modes() -> Result<(Vec<&'static str>, bool)> {
     Ok((MODES.into_iter().filter(|m| listed.contains(m)).collect(), listed.contains(&"idle")))
 }
 
-/// Runs the whole comparison and prints it.
-pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
-    crate::require_root();
-    raise_fd_limit();
-    let _ = run("ip", &["netns", "del", NS]);
-    run("ip", &["netns", "add", NS])?;
-    let _cleanup = scopeguard(|| {
+/// The bench's namespace, deleted (with the balancer's pins) when dropped.
+struct Namespace;
+
+impl Namespace {
+    fn new() -> Result<Namespace> {
+        let _ = run("ip", &["netns", "del", NS]);
+        run("ip", &["netns", "add", NS])?;
+        let namespace = Namespace;
+        run("ip", &["-n", NS, "link", "set", "lo", "up"])?;
+        // The veth lbd's XDP program attaches to (`[dataplane]`); no traffic crosses it.
+        run("ip", &["-n", NS, "link", "add", "bench0", "type", "veth", "peer", "name", "bench1"])?;
+        Ok(namespace)
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
         let _ = run("ip", &["netns", "del", NS]);
         let _ = std::fs::remove_dir_all("/sys/fs/bpf/sluice-bench-l7");
-    });
-    run("ip", &["-n", NS, "link", "set", "lo", "up"])?;
-    run("ip", &["-n", NS, "link", "add", "bench0", "type", "veth", "peer", "name", "bench1"])?;
-    let dir = TempDir::new("bench-l7")?;
-    let ca = TestCa::new(&dir.0)?;
-    let tls = tls_client(&ca.cert)?;
-    let (cert, key) = ca.leaf("bench", &["bench.test", "127.0.0.1"], false)?;
-    let combined = dir.0.join("haproxy.pem");
-    std::fs::write(&combined, std::fs::read_to_string(&cert)? + &std::fs::read_to_string(&key)?)?;
-
-    let mut backends = Vec::new();
-    for port in BACKENDS {
-        let conf = dir.0.join(format!("b{port}.conf"));
-        std::fs::write(&conf, backend_config(&dir.0, port))?;
-        backends.push(spawn(
-            "1",
-            "nginx",
-            &["-c", conf.to_str().context("path")?, "-p", dir.0.to_str().context("path")?],
-        )?);
-        wait_port(port)?;
     }
+}
+
+/// What every L7 bench runs on: the namespace, a CA and a certificate for 127.0.0.1, and the
+/// two nginx backends on CPU 1. The backends stop before the namespace goes.
+struct Bed {
+    dir: TempDir,
+    ca: TestCa,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    _backends: Vec<Proc>,
+    _namespace: Namespace,
+}
+
+impl Bed {
+    fn new(name: &str) -> Result<Bed> {
+        crate::require_root();
+        raise_fd_limit();
+        let namespace = Namespace::new()?;
+        let dir = TempDir::new(name)?;
+        let ca = TestCa::new(&dir.0)?;
+        let (cert, key) = ca.leaf("bench", &["bench.test", "127.0.0.1"], false)?;
+        let mut backends = Vec::new();
+        for port in BACKENDS {
+            let conf = dir.0.join(format!("b{port}.conf"));
+            std::fs::write(&conf, backend_config(&dir.0, port))?;
+            let prefix = dir.0.to_str().context("path")?;
+            backends.push(spawn("1", "nginx", &["-c", conf.to_str().context("path")?, "-p", prefix])?);
+            wait_port(port)?;
+        }
+        Ok(Bed { dir, ca, cert, key, _backends: backends, _namespace: namespace })
+    }
+}
+
+/// Runs the whole comparison and prints it.
+pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
+    let bed = Bed::new("bench-l7")?;
+    let (dir, cert, key) = (&bed.dir, &bed.cert, &bed.key);
+    let tls = tls_client(&bed.ca.cert)?;
+    let combined = dir.0.join("haproxy.pem");
+    std::fs::write(&combined, std::fs::read_to_string(cert)? + &std::fs::read_to_string(key)?)?;
     let sluice_conf = dir.0.join("sluice.toml");
-    std::fs::write(&sluice_conf, sluice_config(&dir.0, &cert, &key, None, true))?;
+    std::fs::write(&sluice_conf, sluice_config(&dir.0, cert, key, None, true))?;
     let busy_conf = dir.0.join("sluice-busy.toml");
-    std::fs::write(&busy_conf, sluice_config(&dir.0, &cert, &key, Some(100), true))?;
+    std::fs::write(&busy_conf, sluice_config(&dir.0, cert, key, Some(100), true))?;
     let nginx_conf = dir.0.join("proxy.conf");
-    std::fs::write(&nginx_conf, nginx_proxy_config(&dir.0, &cert, &key, false))?;
+    std::fs::write(&nginx_conf, nginx_proxy_config(&dir.0, cert, key, false))?;
     let nginx_128_conf = dir.0.join("proxy-128.conf");
-    std::fs::write(&nginx_128_conf, nginx_proxy_config(&dir.0, &cert, &key, true))?;
+    std::fs::write(&nginx_128_conf, nginx_proxy_config(&dir.0, cert, key, true))?;
     let haproxy_conf = dir.0.join("haproxy.cfg");
     std::fs::write(&haproxy_conf, haproxy_config(&combined))?;
     let lbd = crate::bin_dir().join("lbd");
@@ -555,7 +585,6 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
     for line in l7_targets::verdict(&all, &REFERENCES) {
         println!("{line}");
     }
-    drop(backends);
     Ok(())
 }
 
@@ -636,19 +665,6 @@ fn print_memory(what: &str, memory: &[(String, f64)]) {
         };
         println!("{proxy:<11} {:>8.1} KiB  {ratio}", bytes / 1024.0);
     }
-}
-
-/// Runs `f` on drop.
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
 }
 
 #[cfg(test)]

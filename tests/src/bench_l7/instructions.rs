@@ -12,10 +12,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{
-    BACKENDS, NS, Proc, backend_config, in_ns, raise_fd_limit, scopeguard, sluice_config, spawn, wait_port,
-};
-use crate::{netns::run, pki::TestCa, servers::TempDir};
+use super::{Bed, Proc, in_ns, sluice_config, wait_port};
+use crate::netns::run;
 
 /// Requests before the count starts (connections made, pools and caches warm).
 const WARM_UP: usize = 2_000;
@@ -85,28 +83,11 @@ fn count(bin: &Path, conf: &Path, dir: &Path, (_, extra, url): (&str, &[&str], &
 
 /// Counts lbd (and the baseline, if set) in every mode and prints the table.
 pub fn run_instructions() -> Result<()> {
-    crate::require_root();
-    raise_fd_limit();
-    let _ = run("ip", &["netns", "del", NS]);
-    run("ip", &["netns", "add", NS])?;
-    let _cleanup = scopeguard(|| {
-        let _ = run("ip", &["netns", "del", NS]);
-    });
-    run("ip", &["-n", NS, "link", "set", "lo", "up"])?;
-    let dir = TempDir::new("bench-l7-ir")?;
-    let ca = TestCa::new(&dir.0)?;
-    let (cert, key) = ca.leaf("bench", &["bench.test", "127.0.0.1"], false)?;
-    let mut backends = Vec::new();
-    for port in BACKENDS {
-        let conf = dir.0.join(format!("b{port}.conf"));
-        std::fs::write(&conf, backend_config(&dir.0, port))?;
-        let prefix = dir.0.to_str().context("path")?;
-        backends.push(spawn("1", "nginx", &["-c", conf.to_str().context("path")?, "-p", prefix])?);
-        wait_port(port)?;
-    }
+    let bed = Bed::new("bench-l7-ir")?;
+    let dir = &bed.dir;
     // L7 only, and no busy polling: its spinning between requests would be counted.
     let conf = dir.0.join("sluice.toml");
-    std::fs::write(&conf, sluice_config(&dir.0, &cert, &key, Some(0), false))?;
+    std::fs::write(&conf, sluice_config(&dir.0, &bed.cert, &bed.key, Some(0), false))?;
     let mut lbds: Vec<(&str, PathBuf)> = vec![("sluice", crate::bin_dir().join("lbd"))];
     if let Some(baseline) = std::env::var_os("SLUICE_BENCH_BASELINE") {
         lbds.push(("sluice-base", PathBuf::from(baseline)));

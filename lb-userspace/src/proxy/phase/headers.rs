@@ -11,7 +11,7 @@ use hyper::{
 };
 use smallvec::SmallVec;
 
-use crate::proxy::access_log::ClientConn;
+use crate::proxy::{access_log::ClientConn, phase::byte_set};
 
 /// Hop-by-hop fields besides Connection and Upgrade (names made once, not per request).
 const HOP_BY_HOP: [HeaderName; 5] = [
@@ -138,23 +138,8 @@ impl Forwarding {
     }
 }
 
-/// A token's bytes (RFC 9110 §5.6.2), as a table: a search of the punctuation per byte showed in
-/// every request's cost.
-const TCHAR: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 128 {
-        table[b] = (b as u8).is_ascii_alphanumeric();
-        b += 1;
-    }
-    let punctuation = b"!#$%&'*+-.^_`|~";
-    let mut i = 0;
-    while i < punctuation.len() {
-        table[punctuation[i] as usize] = true;
-        i += 1;
-    }
-    table
-};
+/// A token's bytes (RFC 9110 §5.6.2).
+const TCHAR: [bool; 256] = byte_set(b"!#$%&'*+-.^_`|~", false);
 
 /// Appends Forwarded's `host` parameter (RFC 7239 §5.3): a token as it is, anything else quoted,
 /// so that a Host such as `a;for=192.0.2.1,for=…` cannot add parameters or elements of its own.
