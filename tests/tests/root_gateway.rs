@@ -487,6 +487,8 @@ fn root_gateway_api_keys_and_jwt() -> Result<()> {
     let bed = Bed::new()?;
     // API keys from a file that reloads.
     assert_eq!(ask(&bed, "keys.test", "/", &[])?, (401, "API key required".into()));
+    // A trailing dot names the same host (as DNS and nginx read it): the same route, the same gate.
+    assert_eq!(ask(&bed, "keys.test.", "/", &[])?, (401, "API key required".into()));
     assert_eq!(
         ask(&bed, "keys.test", "/", &["x-api-key: nope".into()])?,
         (403, "API key not accepted".into())

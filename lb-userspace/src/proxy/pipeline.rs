@@ -95,7 +95,8 @@ pub struct Forwarder {
 }
 
 /// The request's host: the URI's (HTTP/2, absolute form), else the Host header's, without the
-/// port, lowercase.
+/// port, lowercase, and without a trailing dot (`admin.test.` is `admin.test` to DNS and to
+/// nginx: a route's host must match it too, or a gate on the host would be passed).
 fn host_of<B>(request: &Request<B>) -> String {
     let host = request.uri().host().or_else(|| {
         let host = request.headers().get(header::HOST)?.to_str().ok()?;
@@ -105,7 +106,8 @@ fn host_of<B>(request: &Request<B>) -> String {
                 .map_or(host, |(h, _)| h),
         )
     });
-    host.unwrap_or_default().to_ascii_lowercase()
+    let host = host.unwrap_or_default();
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
 }
 
 impl Forwarder {
@@ -360,5 +362,26 @@ impl Forwarder {
             }
             Ok(response)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_is_routed_as_dns_reads_it() {
+        let with_host = |uri: &str, host: Option<&str>| {
+            let mut request = Request::builder().uri(uri);
+            if let Some(host) = host {
+                request = request.header(header::HOST, host);
+            }
+            host_of(&request.body(()).unwrap())
+        };
+        assert_eq!(with_host("/", Some("Admin.TEST.:8080")), "admin.test");
+        assert_eq!(with_host("/", Some("admin.test")), "admin.test");
+        assert_eq!(with_host("http://A.test./x", Some("b.test")), "a.test", "the target's host wins");
+        assert_eq!(with_host("/", Some("[::1]:80")), "[::1]");
+        assert_eq!(with_host("/", None), "");
     }
 }
