@@ -1,7 +1,6 @@
 //! A client's HTTP/1.1 connection, driven in one task: read a request head, hand the request
 //! to the pipeline (its body streamed from this connection while the pipeline runs), write
-//! the answer's head and body with as few writes as possible, and go again while keep-alive
-//! holds. An idle connection holds no buffer. Requests the parser refuses are answered,
+//! the answer (`answer`), and go again while keep-alive holds. An idle connection holds no buffer. Requests the parser refuses are answered,
 //! counted and logged. A connection that opens with HTTP/2's preface is handed back.
 use std::{
     future::Future,
@@ -14,14 +13,11 @@ use std::{
 
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
-use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use hyper::{
-    HeaderMap, Method, Request, Response, StatusCode, Version,
-    body::{Body as _, Frame, SizeHint},
-    header,
+    Request, StatusCode,
+    body::{Frame, SizeHint},
 };
-use smallvec::SmallVec;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::TcpStream,
@@ -33,20 +29,15 @@ use crate::{
     proxy::{
         access_log::{self, ClientConn},
         h1::{
+            answer::{BROKE, write_response},
             body::{BodyError, Decoded, Decoder, Framing},
-            encode::{self, Out},
             head::{self, Refused},
-            scratch,
-            upstream::{Switched, write_all_vectored},
+            upstream::Switched,
         },
         idle::{Activity, Closed, Watched},
-        phase::{
-            headers::X_REQUEST_ID,
-            respond::{self, Body},
-        },
+        phase::respond,
         pipeline::Forwarder,
         routes::Snapshot,
-        turn,
     },
 };
 
@@ -58,9 +49,6 @@ const FIRST_READ: usize = 2 * 1024;
 const READ_SIZE: usize = 8 * 1024;
 /// Request body chunks queued between this connection and the pipeline.
 const BODY_QUEUE: usize = 4;
-/// An answer's first body piece up to this size is copied behind its head and sent with it in
-/// one `send`; a larger one goes beside the head (`writev`), not copied.
-const SMALL_BODY: usize = 1024;
 
 /// A client connection's stream.
 pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
@@ -505,199 +493,6 @@ async fn exchange<S: ClientIo>(
     if written.keep_alive { Next::Request } else { Next::Close }
 }
 
-/// What writing an answer did.
-struct Written {
-    bytes: u64,
-    keep_alive: bool,
-    /// The backend connection of a `101 Switching Protocols`.
-    switched: Option<Switched>,
-    /// The backend's answer broke before a byte of it was written: a 502 went instead.
-    broke: bool,
-}
-
-/// The reason logged for an answer that broke before a byte of it was written.
-const BROKE: &str = "upstream answer broke";
-
-/// Writes the answer's head and body; the head and the first piece of the body go in one
-/// write when the body is ready.
-async fn write_response<S: ClientIo>(
-    io: &mut S,
-    method: &Method,
-    version: Version,
-    response: Response<Body>,
-    keep_alive: bool,
-) -> Written {
-    let (mut parts, mut body) = response.into_parts();
-    let mut status = parts.status;
-    let switched =
-        if status == StatusCode::SWITCHING_PROTOCOLS { parts.extensions.remove::<Switched>() } else { None };
-    let mut keep_alive = keep_alive && !head::connection_has(&parts.headers, "close") && switched.is_none();
-    let bodiless = head::answer_is_bodiless(method, status);
-    let mut first = None;
-    let mut done = bodiless;
-    let mut broke = false;
-    if !bodiless {
-        let mut polled = body.frame().now_or_never();
-        if let Some(Some(Err(_))) = polled {
-            // Nothing is written yet: the client gets a 502 rather than a connection closed
-            // with nothing on it. (A body that breaks later is cut short: the head is out.)
-            (parts, body) = broke_answer(parts.headers.remove(X_REQUEST_ID));
-            (status, keep_alive, broke) = (parts.status, false, true);
-            polled = body.frame().now_or_never();
-        }
-        match polled {
-            Some(Some(Ok(frame))) => first = frame.into_data().ok(),
-            Some(None) => done = true,
-            Some(Some(Err(_))) => return Written { bytes: 0, keep_alive: false, switched: None, broke },
-            None => {}
-        }
-        done = done || body.is_end_stream();
-    }
-    let first_len = first.as_ref().map_or(0, |f| f.len() as u64);
-    let out = match framing(bodiless, done, first_len, body.size_hint().exact(), version) {
-        Out::Close => {
-            keep_alive = false;
-            Out::Close
-        }
-        out => out,
-    };
-    let kept_length = bodiless.then(|| kept_length(method, status, &parts.headers, &body)).flatten();
-    let mut head = scratch::take();
-    let keep_alive_10 = keep_alive && version == Version::HTTP_10;
-    encode::response_head(
-        &mut head,
-        status,
-        &parts.headers,
-        out,
-        kept_length.as_deref(),
-        !keep_alive && switched.is_none(),
-        keep_alive_10,
-    );
-    let mut bytes = 0u64;
-    let failed = Written { bytes: 0, keep_alive: false, switched: None, broke: false };
-    // Head and first piece together: a small piece is copied behind the head (one plain
-    // send costs the kernel less than a writev of two pieces).
-    if let Some(data) = first.take_if(|d| out != Out::Chunked && d.len() <= SMALL_BODY) {
-        bytes += data.len() as u64;
-        head.extend_from_slice(&data);
-    }
-    {
-        let size;
-        let mut slices: SmallVec<[io::IoSlice<'_>; 5]> = SmallVec::new();
-        slices.push(io::IoSlice::new(&head));
-        if let Some(data) = &first {
-            bytes += data.len() as u64;
-            if out == Out::Chunked && !data.is_empty() {
-                size = encode::chunk_size(data.len());
-                slices.push(io::IoSlice::new(size.as_bytes()));
-                slices.push(io::IoSlice::new(data));
-                slices.push(io::IoSlice::new(b"\r\n"));
-            } else {
-                slices.push(io::IoSlice::new(data));
-            }
-        }
-        if out == Out::Chunked && done {
-            slices.push(io::IoSlice::new(encode::LAST_CHUNK));
-        }
-        // The answers of every connection the same readiness woke are written back to back
-        // (turn.rs): HTTP/1.1 89.8-92.2k -> 92.6-95.1k req/s, TLS 81.9-82.5k -> 84.0-87.3k.
-        turn::one_turn().await;
-        if write_all_vectored(io, &mut slices).await.is_err() {
-            return failed;
-        }
-    }
-    if !done {
-        match stream_rest(io, &mut body, out, &mut bytes).await {
-            Streamed::Whole => {}
-            Streamed::CutUpstream => {
-                return Written { bytes, keep_alive: false, switched: None, broke: false };
-            }
-            Streamed::WriteFailed => return failed,
-        }
-    }
-    if io.flush().await.is_err() {
-        return failed;
-    }
-    Written { bytes, keep_alive, switched, broke }
-}
-
-/// The 502 written instead of an answer that broke before a byte of it was, with the request's
-/// ID.
-fn broke_answer(request_id: Option<header::HeaderValue>) -> (hyper::http::response::Parts, Body) {
-    let mut answer = respond::text(StatusCode::BAD_GATEWAY, BROKE);
-    if let Some(id) = request_id {
-        answer.headers_mut().insert(X_REQUEST_ID, id);
-    }
-    answer.into_parts()
-}
-
-/// How an answer's body is delimited on the wire: nothing for a bodiless answer, a length when
-/// the whole body is known (`first_len` read, `rest` still to come), chunked for HTTP/1.1, and
-/// the connection's close for HTTP/1.0 (`Out::Close`: the caller closes after it).
-fn framing(bodiless: bool, done: bool, first_len: u64, rest: Option<u64>, version: Version) -> Out {
-    match (bodiless, done, rest) {
-        (true, _, _) => Out::None,
-        (false, true, _) => Out::Length(first_len),
-        (false, false, Some(rest)) => Out::Length(first_len + rest),
-        _ if version == Version::HTTP_11 => Out::Chunked,
-        _ => Out::Close,
-    }
-}
-
-/// The Content-Length a bodiless answer keeps: HEAD and 304 say what the full answer would have
-/// had (the backend's field, or a HEAD answer's known size); 204 and 1xx say nothing.
-fn kept_length(method: &Method, status: StatusCode, headers: &HeaderMap, body: &Body) -> Option<Vec<u8>> {
-    if status == StatusCode::NO_CONTENT || status.is_informational() {
-        return None;
-    }
-    headers.get(header::CONTENT_LENGTH).map(|v| v.as_bytes().to_vec()).or_else(|| {
-        (*method == Method::HEAD)
-            .then(|| body.size_hint().exact())
-            .flatten()
-            .map(|n| n.to_string().into_bytes())
-    })
-}
-
-/// How streaming the rest of a body ended.
-enum Streamed {
-    Whole,
-    /// The backend's body failed: the client must see the answer end abnormally.
-    CutUpstream,
-    WriteFailed,
-}
-
-/// Writes the body's remaining pieces as they come (each flushed: streamed answers reach the
-/// client as they are made), chunk-framed when `out` says so, then the last chunk.
-async fn stream_rest<S: ClientIo>(io: &mut S, body: &mut Body, out: Out, bytes: &mut u64) -> Streamed {
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else {
-            let _ = io.flush().await;
-            return Streamed::CutUpstream;
-        };
-        let Ok(data) = frame.into_data() else { continue };
-        if data.is_empty() {
-            continue;
-        }
-        *bytes += data.len() as u64;
-        let result = if out == Out::Chunked {
-            let size = encode::chunk_size(data.len());
-            let mut slices =
-                [io::IoSlice::new(size.as_bytes()), io::IoSlice::new(&data), io::IoSlice::new(b"\r\n")];
-            write_all_vectored(io, &mut slices).await
-        } else {
-            io.write_all(&data).await
-        };
-        if result.is_err() {
-            return Streamed::WriteFailed;
-        }
-        let _ = io.flush().await;
-    }
-    if out == Out::Chunked && io.write_all(encode::LAST_CHUNK).await.is_err() {
-        return Streamed::WriteFailed;
-    }
-    Streamed::Whole
-}
-
 /// After `101 Switching Protocols`: bytes both ways until either side closes (or the stream
 /// idle timeout: `serve`).
 async fn tunnel<S: ClientIo>(io: &mut S, buf: &mut BytesMut, switched: Switched) {
@@ -762,48 +557,5 @@ mod tests {
         let read = std::future::poll_fn(|cx| stream.poll_read_when_ready(cx, &mut buf));
         let read = tokio::time::timeout(Duration::from_secs(2), read).await.unwrap();
         assert_eq!((read.unwrap().unwrap(), &buf[..]), (3, &b"GET"[..]));
-    }
-
-    /// A backend's answer whose body breaks before a byte of it is written reaches the client
-    /// as a 502 (with the request's ID), not as a connection closed with nothing on it.
-    #[tokio::test]
-    async fn an_answer_that_breaks_before_a_byte_is_written_is_a_502() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        let mut stream = Watched::new(accepted, Arc::new(Activity::default()));
-        let broken = futures_util::stream::iter([Err::<hyper::body::Frame<Bytes>, _>("a bad chunk".into())]);
-        let mut answer = Response::new(http_body_util::StreamBody::new(broken).boxed());
-        answer.headers_mut().insert(X_REQUEST_ID, "id-1".parse().unwrap());
-        let written = write_response(&mut stream, &Method::GET, Version::HTTP_11, answer, true).await;
-        assert!(written.broke && !written.keep_alive);
-        drop(stream);
-        let mut got = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut client, &mut got).await.unwrap();
-        assert!(got.starts_with("HTTP/1.1 502"), "{got}");
-        assert!(got.contains("x-request-id: id-1") && got.ends_with("upstream answer broke\n"), "{got}");
-    }
-
-    #[test]
-    fn an_answer_is_framed_by_what_is_known_of_its_body() {
-        let v11 = Version::HTTP_11;
-        assert_eq!(framing(true, false, 0, None, v11), Out::None, "bodiless");
-        assert_eq!(framing(false, true, 3, None, v11), Out::Length(3), "all of it read");
-        assert_eq!(framing(false, false, 3, Some(7), v11), Out::Length(10), "its size known");
-        assert_eq!(framing(false, false, 3, None, v11), Out::Chunked);
-        assert_eq!(framing(false, false, 3, None, Version::HTTP_10), Out::Close);
-    }
-
-    #[test]
-    fn head_and_304_answers_keep_their_length_204_does_not() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_LENGTH, "42".parse().unwrap());
-        let body = respond::full(bytes::Bytes::from_static(b"12345"));
-        let kept = |method, status, headers: &HeaderMap| kept_length(&method, status, headers, &body);
-        assert_eq!(kept(Method::GET, StatusCode::NOT_MODIFIED, &headers).as_deref(), Some(&b"42"[..]));
-        assert_eq!(kept(Method::GET, StatusCode::NO_CONTENT, &headers), None);
-        assert_eq!(kept(Method::GET, StatusCode::CONTINUE, &headers), None);
-        // A HEAD answer without the field says the size its body would have had.
-        assert_eq!(kept(Method::HEAD, StatusCode::OK, &HeaderMap::new()).as_deref(), Some(&b"5"[..]));
     }
 }
