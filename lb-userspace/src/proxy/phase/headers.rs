@@ -13,8 +13,10 @@ use smallvec::SmallVec;
 
 use crate::proxy::{access_log::ClientConn, phase::byte_set};
 
-/// Hop-by-hop fields besides Connection and Upgrade (names made once, not per request).
-const HOP_BY_HOP: [HeaderName; 5] = [
+/// Hop-by-hop fields besides Connection and Upgrade. A `static`, made once: a `const` array of
+/// names (which have drop glue) is built and dropped again at every use, ~240 instructions a
+/// request where every header name was looked up in it (`bench l7-instructions`).
+static HOP_BY_HOP: [HeaderName; 5] = [
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TE,
@@ -100,8 +102,9 @@ type Lines = Vec<u8>;
 /// Room for the five fields with an IPv6 client, a long Host and a client's X-Forwarded-For.
 const LINES_CAPACITY: usize = 384;
 
-/// The fields the proxy sets on every upstream request; a client's own are replaced.
-pub const SET_BY_PROXY: [HeaderName; 5] =
+/// The fields the proxy sets on every upstream request; a client's own are replaced. A
+/// `static`, as `HOP_BY_HOP`.
+pub static SET_BY_PROXY: [HeaderName; 5] =
     [X_FORWARDED_FOR, header::FORWARDED, X_REQUEST_ID, X_FORWARDED_PROTO, VIA];
 
 /// The fields the proxy adds to a request for its backend, rendered once as head lines
