@@ -83,8 +83,6 @@ pub fn check(head: &Head<'_>, listener: &Listener, tls: bool) -> Result<(), Refu
     if hosts.next().is_some() {
         return Err(Refusal::new(StatusCode::BAD_REQUEST, "more than one Host header").closing());
     }
-    // RFC 9110 §7.2: an invalid Host gets 400, and so does an HTTP/1.1 request without one (an
-    // HTTP/2 request names its host in `:authority` or Host). HTTP/1.0 may leave it out.
     // A reverse proxy has no tunnel to open for CONNECT; a target that is only an authority
     // (`GET a.test:80`) is CONNECT's form, and `*` is OPTIONS' alone (RFC 9112 §3.2.3, §3.2.4).
     if head.method == Method::CONNECT {
@@ -94,6 +92,8 @@ pub fn check(head: &Head<'_>, listener: &Listener, tls: bool) -> Result<(), Refu
     if authority_form || (head.uri.path() == "*" && head.method != Method::OPTIONS) {
         return Err(Refusal::new(StatusCode::BAD_REQUEST, "bad request target").closing());
     }
+    // RFC 9110 §7.2: an invalid Host gets 400, and so does an HTTP/1.1 request without one (an
+    // HTTP/2 request names its host in `:authority` or Host). HTTP/1.0 may leave it out.
     match (host, head.uri.authority().map(|a| a.as_str())) {
         (Some(host), _) if !valid_host(host.as_bytes()) => {
             return Err(Refusal::new(StatusCode::BAD_REQUEST, "invalid Host header").closing());
