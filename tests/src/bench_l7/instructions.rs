@@ -6,13 +6,12 @@
 //! earlier lbd is counted beside this one.
 use std::{
     path::{Path, PathBuf},
-    process::Stdio,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{Bed, Proc, in_ns, sluice_config, wait_port};
+use super::{Bed, in_ns, sluice_config, spawn, wait_port};
 use crate::netns::run;
 
 /// Requests before the count starts (connections made, pools and caches warm).
@@ -52,18 +51,11 @@ fn dump_total(path: &Path) -> Result<u64> {
 
 /// Instructions per counted request of lbd `bin` under callgrind in one mode.
 fn count(bin: &Path, conf: &Path, dir: &Path, (_, extra, url): (&str, &[&str], &str)) -> Result<f64> {
-    let out = dir.join("callgrind.%p");
-    let out_arg = format!("--callgrind-out-file={}", out.display());
-    let args = [out_arg.as_str(), "--tool=callgrind", bin.to_str().context("path")?, "run", "-c"];
-    let mut args = args.to_vec();
-    args.push(conf.to_str().context("path")?);
+    let out_arg = format!("--callgrind-out-file={}", dir.join("callgrind.%p").display());
+    let (bin, conf) = (bin.to_str().context("path")?, conf.to_str().context("path")?);
     // nsenter and taskset exec what they start: the child's pid is callgrind's.
-    let child = in_ns("0", "valgrind", &args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting valgrind (apt install valgrind)")?;
-    let lbd = Proc(child);
+    let lbd = spawn("0", "valgrind", &[&out_arg, "--tool=callgrind", bin, "run", "-c", conf])
+        .context("apt install valgrind")?;
     let pid = lbd.0.id().to_string();
     // lbd starts ~50 times slower under callgrind.
     let started = Instant::now();
