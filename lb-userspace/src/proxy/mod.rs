@@ -6,6 +6,7 @@ pub mod auth;
 pub mod busy_poll;
 pub mod cache;
 pub mod clock;
+pub mod deadline;
 pub mod h1;
 pub mod h2;
 pub mod idle;

@@ -521,6 +521,41 @@ mod tests {
         assert!(draining.await.unwrap(), "drained once every connection closed");
     }
 
+    /// A kept-alive plain connection stays open while requests come more often than its
+    /// keep-alive limit (the connection's timer fires between them and finds it busy), then
+    /// closes once it has been quiet for that limit: not sooner, and not at the longer
+    /// first-byte limit the timer was first set by.
+    #[tokio::test]
+    async fn a_kept_alive_connection_closes_once_quiet_for_its_limit() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let backend = crate::proxy::test_bed::http1().await;
+        let listener = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\n\
+                        first_byte_timeout_ms = 5000\nheader_read_timeout_ms = 300\nidle_timeout_ms = 300\n";
+        let routes = format!(
+            "[[pool]]\nname = \"p\"\nport = {}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
+             [[route]]\nlistener = \"l\"\npool = \"p\"\n",
+            backend.port()
+        );
+        let (address, _, _) = super::mutations::start_listener(listener, &routes).await;
+        let mut client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let mut got = vec![0; 4096];
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_millis(1200) {
+            client.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+            let n =
+                tokio::time::timeout(Duration::from_secs(2), client.read(&mut got)).await.unwrap().unwrap();
+            assert!(got[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&got[..n]));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let quiet = std::time::Instant::now();
+        let closed = tokio::time::timeout(Duration::from_secs(3), client.read(&mut got)).await;
+        assert!(matches!(closed, Ok(Ok(0))), "not closed: {closed:?}");
+        let after = quiet.elapsed();
+        // The coarse clock lags by a few ms; the timer may fire once early and be set again.
+        assert!(after >= Duration::from_millis(150), "closed {after:?} into a 300 ms keep-alive limit");
+        assert!(after < Duration::from_millis(1000), "closed {after:?} into a 300 ms keep-alive limit");
+    }
+
     #[tokio::test]
     async fn a_drain_past_its_limit_says_so() {
         let shared = Shared::new(&listener(), None, 1).unwrap();

@@ -3,7 +3,8 @@
 //! rates move by 10–30%, so it resolves a change of 1% to the request path that no rate can.
 //! It counts no kernel time (half or more of a request's CPU here): a change to system calls or
 //! to how writes are batched shows in `bench l7`, not here. With `SLUICE_BENCH_BASELINE`, an
-//! earlier lbd is counted beside this one.
+//! earlier lbd is counted beside this one. `SLUICE_BENCH_MODES` picks modes as in `bench l7`;
+//! `SLUICE_BENCH_DUMPS=DIR` keeps callgrind's dumps there for `callgrind_annotate`.
 use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -50,7 +51,13 @@ fn dump_total(path: &Path) -> Result<u64> {
 }
 
 /// Instructions per counted request of lbd `bin` under callgrind in one mode.
-fn count(bin: &Path, conf: &Path, dir: &Path, (_, extra, url): (&str, &[&str], &str)) -> Result<f64> {
+fn count(
+    name: &str,
+    bin: &Path,
+    conf: &Path,
+    dir: &Path,
+    (mode, extra, url): (&str, &[&str], &str),
+) -> Result<f64> {
     let out_arg = format!("--callgrind-out-file={}", dir.join("callgrind.%p").display());
     let (bin, conf) = (bin.to_str().context("path")?, conf.to_str().context("path")?);
     // nsenter and taskset exec what they start: the child's pid is callgrind's.
@@ -69,7 +76,12 @@ fn count(bin: &Path, conf: &Path, dir: &Path, (_, extra, url): (&str, &[&str], &
     load(extra, url, COUNTED)?;
     run("callgrind_control", &["-d", &pid])?;
     drop(lbd);
-    let total = dump_total(&dir.join(format!("callgrind.{pid}.1")))?;
+    let dump = dir.join(format!("callgrind.{pid}.1"));
+    let total = dump_total(&dump)?;
+    if let Some(keep) = std::env::var_os("SLUICE_BENCH_DUMPS") {
+        let kept = Path::new(&keep).join(format!("callgrind.{name}.{mode}"));
+        std::fs::copy(&dump, kept).context("SLUICE_BENCH_DUMPS")?;
+    }
     Ok(total as f64 / COUNTED as f64)
 }
 
@@ -93,10 +105,12 @@ pub fn run_instructions() -> Result<()> {
         print!(" {name:>12}");
     }
     println!("{}", if lbds.len() > 1 { "   sluice/sluice-base" } else { "" });
-    for mode in MODES {
+    let listed = std::env::var("SLUICE_BENCH_MODES").ok();
+    let chosen = |m: &str| listed.as_deref().is_none_or(|l| l.split(',').any(|x| x.trim() == m));
+    for mode in MODES.into_iter().filter(|m| chosen(m.0)) {
         let mut counts = Vec::new();
-        for (_, bin) in &lbds {
-            counts.push(count(bin, &conf, &dir.0, mode)?);
+        for (name, bin) in &lbds {
+            counts.push(count(name, bin, &conf, &dir.0, mode)?);
         }
         print!("{:<17}", mode.0);
         for c in &counts {

@@ -27,7 +27,7 @@ use thread_local::ThreadLocal;
 use crate::{
     config::{Fallback, UpstreamProtocol},
     proxy::{
-        h1,
+        deadline, h1,
         metrics::Label,
         phase::{
             Refusal,
@@ -274,9 +274,8 @@ impl Tries<'_> {
             // One clock read for both the try's deadline and its duration.
             let sent = tokio::time::Instant::now();
             let request_body = body.take().unwrap_or_else(respond::empty);
-            let result = tokio::time::timeout_at(
-                sent + self.route.timeout,
-                self.upstreams.send(
+            let result = {
+                let sending = std::pin::pin!(self.upstreams.send(
                     self.pool.protocol,
                     &upstream,
                     parts,
@@ -284,9 +283,9 @@ impl Tries<'_> {
                     self.forwarding,
                     self.host,
                     request_body,
-                ),
-            )
-            .await;
+                ));
+                deadline::within(sent + self.route.timeout, sending).await
+            };
             let seconds = sent.elapsed().as_secs_f64();
             let body_error = self.body_error.as_ref().map_or(0, |e| e.load(Ordering::Relaxed));
             let failed = match &result {

@@ -172,7 +172,10 @@ async fn start(pools_and_routes: &str) -> (SocketAddr, Arc<Shared>, Arc<Forwarde
 }
 
 /// `start` with the listener `listener` (its certificates loaded when it has TLS).
-async fn start_listener(listener: &str, pools_and_routes: &str) -> (SocketAddr, Arc<Shared>, Arc<Forwarder>) {
+pub(super) async fn start_listener(
+    listener: &str,
+    pools_and_routes: &str,
+) -> (SocketAddr, Arc<Shared>, Arc<Forwarder>) {
     record_panics();
     let text = format!("[dataplane]\ninterface = \"lo\"\n{listener}{pools_and_routes}");
     let config = Config::parse(Path::new("t.toml"), &text).unwrap();
