@@ -3,6 +3,7 @@
 //! pool (the same pools and health as L4), and forward with keep-alive upstream connections.
 pub mod access_log;
 pub mod auth;
+pub mod boxed;
 pub mod busy_poll;
 pub mod cache;
 pub mod clock;

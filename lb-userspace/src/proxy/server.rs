@@ -31,6 +31,7 @@ use crate::{
     config::Listener,
     proxy::{
         access_log::{ClientConn, Entry},
+        boxed::boxed,
         h1::{
             downstream::{self, Ended, Session},
             rewind::Rewind,
@@ -335,12 +336,9 @@ impl Connection {
                 // The pipeline's future (~3 KiB) is boxed before the stream's future is made:
                 // that one is moved into the connection's set of streams, and an async block
                 // that made the box itself would carry room for the unboxed future too.
-                let handled = Box::pin(forwarder.clone().handle(
-                    request,
-                    snapshot.load_full(),
-                    listener.clone(),
-                    conn.clone(),
-                ));
+                let handled = boxed(|| {
+                    forwarder.clone().handle(request, snapshot.load_full(), listener.clone(), conn.clone())
+                });
                 let answer = async move {
                     let handled = handled.await;
                     let (entry, in_flight, counted) = (handled.entry, handled.in_flight, handled.counted);

@@ -28,6 +28,7 @@ use crate::{
     config::Listener,
     proxy::{
         access_log::{self, ClientConn},
+        boxed::boxed,
         deadline::Alarm,
         h1::{
             answer::{BROKE, write_response},
@@ -389,7 +390,7 @@ pub fn serve<S: ClientIo>(mut io: S, cx: Session) -> impl Future<Output = (S, En
         loop {
             // One request and its answer run boxed: an idle connection carries none of their state.
             let exchanged = match read_head(&mut io, &mut buf, &cx, first, &mut timer).await {
-                Ok(Some(head)) => Box::pin(exchange(&mut io, &mut buf, &cx, head)),
+                Ok(Some(head)) => boxed(|| exchange(&mut io, &mut buf, &cx, head)),
                 Ok(None) => return (io, Ended::Closed, cx),
                 Err(ended) => return (io, ended, cx),
             };
