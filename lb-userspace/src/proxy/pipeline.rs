@@ -249,7 +249,7 @@ impl Forwarder {
                 headers: request.headers(),
                 host,
             };
-            guard::check(&head, listener, conn.tls())?;
+            let checked = guard::check(&head, listener, conn.tls())?;
             path::make_canonical(&mut request)?;
             let route = snapshot
                 .route(&listener.name, host, &request)
@@ -271,8 +271,7 @@ impl Forwarder {
                 .filter(|p| !p.upstreams.is_empty())
                 .ok_or_else(|| no_backend(StatusCode::SERVICE_UNAVAILABLE, "no backend available"))?;
             let upgrade = parts.headers.contains_key(header::UPGRADE);
-            let bodiless = guard::bodiless(&parts.headers);
-            let tries = upstream::tries(route, &parts.method, bodiless && !upgrade);
+            let tries = upstream::tries(route, &parts.method, checked.bodiless && !upgrade);
             route.runtime.count_request();
 
             let forwarding = headers::upstream_request(
@@ -304,7 +303,7 @@ impl Forwarder {
                     None => Ok(cached.response),
                 };
             }
-            if bodiless
+            if checked.bodiless
                 && !upgrade
                 && let Some(shadow) = shadow::chosen(route, snapshot, || self.draw())
             {
