@@ -169,13 +169,22 @@ mod tests {
         status_for(&Method::GET, &uri, version, headers)
     }
 
-    fn status_for(method: &Method, uri: &Uri, version: Version, headers: &[(&str, &str)]) -> Option<u16> {
+    fn checked(
+        method: &Method,
+        uri: &Uri,
+        version: Version,
+        headers: &[(&str, &str)],
+    ) -> Result<Checked, Refusal> {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             map.append(header::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
         let head = Head { method, version, uri, headers: &map, host: "a" };
-        check(&head, &listener(), false).err().map(|r| r.response.status().as_u16())
+        check(&head, &listener(), false)
+    }
+
+    fn status_for(method: &Method, uri: &Uri, version: Version, headers: &[(&str, &str)]) -> Option<u16> {
+        checked(method, uri, version, headers).err().map(|r| r.response.status().as_u16())
     }
 
     fn status(headers: &[(&str, &str)]) -> Option<u16> {
@@ -260,20 +269,11 @@ mod tests {
     #[test]
     fn a_head_without_length_or_chunking_is_bodiless() {
         let bodiless = |pairs: &[(&str, &str)]| {
-            let mut map = HeaderMap::new();
-            map.insert(header::HOST, HeaderValue::from_static("a"));
-            for (k, v) in pairs {
-                map.append(header::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
-            }
-            let uri = Uri::from_static("/");
-            let head = Head {
-                method: &Method::POST,
-                version: Version::HTTP_11,
-                uri: &uri,
-                headers: &map,
-                host: "a",
+            let with_host = [&[("host", "a")], pairs].concat();
+            let Ok(checked) = checked(&Method::POST, &Uri::from_static("/"), Version::HTTP_11, &with_host)
+            else {
+                panic!("refused {pairs:?}")
             };
-            let Ok(checked) = check(&head, &listener(), false) else { panic!("refused {pairs:?}") };
             checked.bodiless
         };
         assert!(bodiless(&[]));
