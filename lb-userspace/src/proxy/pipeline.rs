@@ -10,7 +10,7 @@ use std::{
 };
 
 use hyper::{
-    Request, Response, StatusCode,
+    Request, Response, StatusCode, Uri,
     header::{self, HeaderValue},
 };
 
@@ -31,8 +31,13 @@ use crate::{
     state::Command,
 };
 
-/// Where an answer came from, for the metrics.
+/// What the log and the metrics need of a request: its host and ID, and where its answer came
+/// from.
 struct Labels {
+    /// The request's host (`host_of`).
+    host: String,
+    /// The client's request ID, or a new one.
+    request_id: HeaderValue,
     route: Label,
     pool: Label,
     backend: Label,
@@ -97,9 +102,9 @@ pub struct Forwarder {
 /// The request's host: the URI's (HTTP/2, absolute form), else the Host header's, without the
 /// port, lowercase, and without a trailing dot (`admin.test.` is `admin.test` to DNS and to
 /// nginx: a route's host must match it too, or a gate on the host would be passed).
-fn host_of<B>(request: &Request<B>) -> String {
-    let host = request.uri().host().or_else(|| {
-        let host = request.headers().get(header::HOST)?.to_str().ok()?;
+fn host_of(uri: &Uri, host: Option<&HeaderValue>) -> String {
+    let host = uri.host().or_else(|| {
+        let host = host?.to_str().ok()?;
         Some(
             host.rsplit_once(':')
                 .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
@@ -170,12 +175,6 @@ impl Forwarder {
         conn: Arc<ClientConn>,
     ) -> impl Future<Output = Handled> + Send {
         async move {
-            let host = host_of(&request);
-            // The client's ID when it is printable and short, else a new one.
-            let request_id = match request.headers().get(headers::X_REQUEST_ID) {
-                Some(id) if !id.is_empty() && id.len() <= 200 && id.to_str().is_ok() => id.clone(),
-                _ => self.request_id(),
-            };
             // What the log line needs of the request, taken before the request moves on (the
             // start too: only the log needs that clock read).
             let logged = listener.access_log.then(|| {
@@ -183,6 +182,8 @@ impl Forwarder {
                 (Instant::now(), request.method().to_string(), target)
             });
             let mut labels = Labels {
+                host: String::new(),
+                request_id: HeaderValue::from_static(""),
                 route: self.none.clone(),
                 pool: self.none.clone(),
                 backend: self.none.clone(),
@@ -190,13 +191,11 @@ impl Forwarder {
                 api_key_query: None,
                 in_flight: None,
             };
-            let (mut response, reason) = match self
-                .answer(request, &snapshot, &listener, &conn, &host, &request_id, &mut labels)
-                .await
-            {
-                Ok(response) => (response, None),
-                Err(refusal) => (*refusal.response, Some(refusal.reason)),
-            };
+            let (mut response, reason) =
+                match self.answer(request, &snapshot, &listener, &conn, &mut labels).await {
+                    Ok(response) => (response, None),
+                    Err(refusal) => (*refusal.response, Some(refusal.reason)),
+                };
             let status = response.status().as_u16();
             let entry = logged.map(|(started, method, target)| Entry {
                 started,
@@ -206,16 +205,16 @@ impl Forwarder {
                     Some(param) => access_log::redact_query(&target, param),
                     None => target,
                 },
-                host,
+                host: std::mem::take(&mut labels.host),
                 status,
                 upstream: labels.backend.clone(),
-                request_id: request_id.to_str().unwrap_or_default().to_owned(),
+                request_id: labels.request_id.to_str().unwrap_or_default().to_owned(),
                 reason,
                 format: listener.access_log_format,
             });
             // Unique per answer: HTTP/2 sends it as a literal, never indexed (added to the
             // HPACK tables of both ends, it would only push out entries that repeat).
-            let mut request_id = request_id;
+            let mut request_id = labels.request_id;
             request_id.set_sensitive(true);
             response.headers_mut().insert(headers::X_REQUEST_ID, request_id);
             // The labels go into the metrics' keys (no clones but the log's).
@@ -228,8 +227,8 @@ impl Forwarder {
         }
     }
 
-    /// The phases, in order; an Err is an answer the proxy made itself.
-    #[allow(clippy::too_many_arguments)]
+    /// The phases, in order; an Err is an answer the proxy made itself. The request's host and
+    /// ID are put in `labels` first, for the log of every answer.
     #[allow(clippy::manual_async_fn, reason = "an async fn keeps a second copy of its arguments")]
     fn answer<'a>(
         &'a self,
@@ -237,19 +236,27 @@ impl Forwarder {
         snapshot: &'a Snapshot,
         listener: &'a Listener,
         conn: &'a ClientConn,
-        host: &'a str,
-        request_id: &'a HeaderValue,
         labels: &'a mut Labels,
     ) -> impl Future<Output = Result<Response<Body>, Refusal>> + Send + 'a {
         async move {
+            let read = guard::Read::of(request.headers());
+            labels.host = host_of(request.uri(), read.host);
+            // The client's ID when it is printable and short, else a new one.
+            labels.request_id = match read.request_id {
+                Some(id) if !id.is_empty() && id.len() <= 200 && id.to_str().is_ok() => id.clone(),
+                _ => self.request_id(),
+            };
             let head = guard::Head {
                 method: request.method(),
                 version: request.version(),
                 uri: request.uri(),
                 headers: request.headers(),
-                host,
+                read: &read,
+                host: &labels.host,
             };
             let checked = guard::check(&head, listener, conn.tls())?;
+            let upgrade = read.upgrade;
+            let (host, request_id) = (&labels.host, &labels.request_id);
             path::make_canonical(&mut request)?;
             let route = snapshot
                 .route(&listener.name, host, &request)
@@ -270,7 +277,6 @@ impl Forwarder {
                 .get(&*choice.pool)
                 .filter(|p| !p.upstreams.is_empty())
                 .ok_or_else(|| no_backend(StatusCode::SERVICE_UNAVAILABLE, "no backend available"))?;
-            let upgrade = parts.headers.contains_key(header::UPGRADE);
             let tries = upstream::tries(route, &parts.method, checked.bodiless && !upgrade);
             route.runtime.count_request();
 
@@ -375,7 +381,8 @@ mod tests {
             if let Some(host) = host {
                 request = request.header(header::HOST, host);
             }
-            host_of(&request.body(()).unwrap())
+            let request = request.body(()).unwrap();
+            host_of(request.uri(), request.headers().get(header::HOST))
         };
         assert_eq!(with_host("/", Some("Admin.TEST.:8080")), "admin.test");
         assert_eq!(with_host("/", Some("admin.test")), "admin.test");

@@ -18,7 +18,7 @@ use crate::{
     config::Listener,
     proxy::{
         h1::head::MAX_HEADER_FIELDS,
-        phase::{Refusal, byte_set, respond::Body},
+        phase::{Refusal, byte_set, headers::X_REQUEST_ID, respond::Body},
     },
 };
 
@@ -28,7 +28,46 @@ pub struct Head<'a> {
     pub version: Version,
     pub uri: &'a Uri,
     pub headers: &'a HeaderMap,
+    pub read: &'a Read<'a>,
     pub host: &'a str,
+}
+
+/// The request's fields that the pipeline reads before routing, found in one pass over the
+/// map. A lookup hashes its name (~110 instructions), and each of these names was looked up,
+/// though most requests carry only Host of them.
+#[derive(Debug, Default)]
+pub struct Read<'a> {
+    /// The first Host field.
+    pub host: Option<&'a HeaderValue>,
+    /// How many Host fields there are.
+    pub hosts: usize,
+    /// The first Content-Length field.
+    pub length: Option<&'a HeaderValue>,
+    pub transfer_encoding: bool,
+    pub upgrade: bool,
+    /// The first X-Request-Id field.
+    pub request_id: Option<&'a HeaderValue>,
+}
+
+impl<'a> Read<'a> {
+    pub fn of(headers: &'a HeaderMap) -> Read<'a> {
+        let mut read = Read::default();
+        for (name, value) in headers {
+            if name == header::HOST {
+                read.hosts += 1;
+                read.host.get_or_insert(value);
+            } else if name == header::CONTENT_LENGTH {
+                read.length.get_or_insert(value);
+            } else if name == header::TRANSFER_ENCODING {
+                read.transfer_encoding = true;
+            } else if name == header::UPGRADE {
+                read.upgrade = true;
+            } else if name == X_REQUEST_ID {
+                read.request_id.get_or_insert(value);
+            }
+        }
+        read
+    }
 }
 
 /// The bytes of a host name: a URI's unreserved, sub-delims and `%` (RFC 3986 §3.2.2), and any
@@ -76,10 +115,7 @@ pub fn check(head: &Head<'_>, listener: &Listener, tls: bool) -> Result<Checked,
         }
         return Err(refusal);
     }
-    let headers = head.headers;
-    // Each framing field looked up once (a lookup hashes the name: ~130 instructions).
-    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
-    let length = headers.get(header::CONTENT_LENGTH);
+    let (chunked, length) = (head.read.transfer_encoding, head.read.length);
     // Request smuggling (RFC 9112 §6.3): a message with both framings is refused, not forwarded
     // with one of them, and the connection is closed after the answer.
     if chunked && length.is_some() {
@@ -88,9 +124,7 @@ pub fn check(head: &Head<'_>, listener: &Listener, tls: bool) -> Result<Checked,
         );
     }
     // RFC 9112 §3.2: a request with more than one Host field gets 400.
-    let mut hosts = headers.get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
+    if head.read.hosts > 1 {
         return Err(Refusal::new(StatusCode::BAD_REQUEST, "more than one Host header").closing());
     }
     // A reverse proxy has no tunnel to open for CONNECT; a target that is only an authority
@@ -104,7 +138,7 @@ pub fn check(head: &Head<'_>, listener: &Listener, tls: bool) -> Result<Checked,
     }
     // RFC 9110 §7.2: an invalid Host gets 400, and so does an HTTP/1.1 request without one (an
     // HTTP/2 request names its host in `:authority` or Host). HTTP/1.0 may leave it out.
-    match (host, head.uri.authority().map(|a| a.as_str())) {
+    match (head.read.host, head.uri.authority().map(|a| a.as_str())) {
         (Some(host), _) if !valid_host(host.as_bytes()) => {
             return Err(Refusal::new(StatusCode::BAD_REQUEST, "invalid Host header").closing());
         }
@@ -117,7 +151,7 @@ pub fn check(head: &Head<'_>, listener: &Listener, tls: bool) -> Result<Checked,
         _ => {}
     }
     // HTTP/1.1's parser enforces this too; HTTP/2 only bounds the header list's bytes.
-    if headers.len() > MAX_HEADER_FIELDS {
+    if head.headers.len() > MAX_HEADER_FIELDS {
         return Err(Refusal::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too many header fields"));
     }
     let too_big = length
@@ -179,7 +213,7 @@ mod tests {
         for (k, v) in headers {
             map.append(header::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
-        let head = Head { method, version, uri, headers: &map, host: "a" };
+        let head = Head { method, version, uri, headers: &map, read: &Read::of(&map), host: "a" };
         check(&head, &listener(), false)
     }
 
