@@ -24,15 +24,19 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The head's fields but those named in `replaced` (written by the caller instead).
-fn fields(out: &mut Vec<u8>, headers: &HeaderMap, replaced: &[HeaderName]) {
+/// The head's fields but those named in `replaced` (written by the caller instead); says
+/// whether one was Date (seen on the way: a lookup would hash the name).
+fn fields(out: &mut Vec<u8>, headers: &HeaderMap, replaced: &[HeaderName]) -> bool {
+    let mut date = false;
     for (name, value) in headers {
         // Framing is the writer's to say, never copied.
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || replaced.contains(name) {
             continue;
         }
+        date |= name == header::DATE;
         field(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    date
 }
 
 fn framing(out: &mut Vec<u8>, body: Out) {
@@ -60,12 +64,12 @@ pub fn response_head(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    fields(out, headers, &[]);
+    let dated = fields(out, headers, &[]);
     framing(out, body);
     if let Some(length) = length {
         field(out, b"content-length", length);
     }
-    if !headers.contains_key(header::DATE) {
+    if !dated {
         field(out, b"date", respond::date().as_bytes());
     }
     if close {
@@ -97,7 +101,7 @@ pub fn request_head(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    fields(out, headers, added.replacing);
+    let _ = fields(out, headers, added.replacing);
     out.extend_from_slice(added.lines);
     framing(out, body);
     out.extend_from_slice(b"\r\n");
@@ -140,6 +144,13 @@ mod tests {
             text,
             "HTTP/1.1 200 OK\r\nhost: a\r\ndate: d\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
         );
+        // A head without Date gets the proxy's, once.
+        let mut out = Vec::new();
+        headers.remove(header::DATE);
+        response_head(&mut out, StatusCode::OK, &headers, Out::None, None, false, false);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("date: ").count(), 1, "{text}");
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\nhost: a\r\ndate: "), "{text}");
         assert_eq!(chunk_size(255), "ff\r\n");
     }
 }
