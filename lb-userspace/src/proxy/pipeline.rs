@@ -93,6 +93,8 @@ pub struct Forwarder {
     pub metrics: ProxyMetrics,
     next_id: AtomicU64,
     id_seed: u64,
+    /// A request ID with the seed's 16 hex digits written (they are the same in every ID).
+    id_start: [u8; 24],
     /// The metrics label of no route, pool or backend (the proxy answered by itself).
     none: Label,
     /// The backend label of answers from a route's cache.
@@ -115,6 +117,14 @@ fn host_of(uri: &Uri, host: Option<&HeaderValue>) -> String {
     host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
 }
 
+/// Writes the last `out.len()` hex digits of `value` (lowercase), the last digit last.
+fn hex_digits(mut value: u64, out: &mut [u8]) {
+    for digit in out.iter_mut().rev() {
+        *digit = b"0123456789abcdef"[(value & 0xf) as usize];
+        value >>= 4;
+    }
+}
+
 impl Forwarder {
     pub fn new(
         metrics: ProxyMetrics,
@@ -125,6 +135,8 @@ impl Forwarder {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
+        let mut id_start = [0u8; 24];
+        hex_digits(id_seed, &mut id_start[..16]);
         Forwarder {
             cache,
             commands,
@@ -132,6 +144,7 @@ impl Forwarder {
             metrics,
             next_id: AtomicU64::new(1),
             id_seed,
+            id_start,
             none: Label::from(""),
             cache_label: Label::from("cache"),
         }
@@ -156,11 +169,8 @@ impl Forwarder {
     fn request_id(&self) -> HeaderValue {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let low = lb_common::hash::murmur3_32(&n.to_le_bytes(), self.id_seed as u32) ^ n as u32;
-        let mut id = [0u8; 24];
-        let digits = (u128::from(self.id_seed) << 32) | u128::from(low);
-        for (i, digit) in id.iter_mut().enumerate() {
-            *digit = b"0123456789abcdef"[(digits >> (4 * (23 - i)) & 0xf) as usize];
-        }
+        let mut id = self.id_start;
+        hex_digits(u64::from(low), &mut id[16..]);
         HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
     }
 
@@ -373,6 +383,17 @@ impl Forwarder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_digits_are_the_values_last_ones() {
+        let mut out = [0u8; 24];
+        hex_digits(0x0123_4567_89ab_cdef, &mut out[..16]);
+        hex_digits(0xfeed_0042, &mut out[16..]);
+        assert_eq!(&out, b"0123456789abcdeffeed0042");
+        let mut short = [0u8; 3];
+        hex_digits(0xabcd, &mut short);
+        assert_eq!(&short, b"bcd");
+    }
 
     #[test]
     fn a_host_is_routed_as_dns_reads_it() {

@@ -284,11 +284,10 @@ fn read_head<'a, S: ClientIo>(
                 // Idle: wait for a byte with no buffer held, the listener's stop, an eviction, or
                 // the idle limit. Once the listener stops, an idle connection still gets
                 // STOP_GRACE for one more request (answered with `Connection: close`): closed at
-                // once, it would race a request the client is sending (a failed request). The
-                // nudge's wait exists before the stop flag is read, so a stop cannot fall between.
+                // once, it would race a request the client is sending (a failed request). A
+                // nudge is kept until a wait takes it, so a stop cannot fall between the stop
+                // flag's reading and the wait.
                 *buf = BytesMut::new();
-                let mut nudged = std::pin::pin!(cx.activity.nudged());
-                nudged.as_mut().enable();
                 let limit = idle_limit(listener, first).0;
                 // Stopping, the grace counts from now, not from the last byte: boxed, as the
                 // idle wait's future would otherwise carry its room on every connection.
@@ -310,7 +309,7 @@ fn read_head<'a, S: ClientIo>(
                         }
                         Poll::Pending => {}
                     }
-                    if nudged.as_mut().poll(task).is_ready() {
+                    if cx.activity.poll_nudged(task).is_ready() {
                         return Poll::Ready(Woken::Nudged);
                     }
                     if let Some(grace) = grace.as_mut()
