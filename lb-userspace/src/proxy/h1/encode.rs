@@ -41,7 +41,7 @@ fn fields(out: &mut Vec<u8>, headers: &HeaderMap, replaced: &[HeaderName]) -> bo
 
 fn framing(out: &mut Vec<u8>, body: Out) {
     match body {
-        Out::Length(n) => field(out, b"content-length", n.to_string().as_bytes()),
+        Out::Length(n) => field(out, b"content-length", itoa::Buffer::new().format(n).as_bytes()),
         Out::Chunked => field(out, b"transfer-encoding", b"chunked"),
         Out::None | Out::Close => {}
     }
