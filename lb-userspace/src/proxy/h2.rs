@@ -348,13 +348,19 @@ where
     // Connection-specific fields are not allowed in HTTP/2 (RFC 9113 §8.2.2; h2 refuses an
     // answer with any): a backend's HTTP/1.1 answer may have some.
     headers::strip_hop_by_hop(&mut head.headers, false);
-    if !head.headers.contains_key(header::DATE) {
+    // Date and Content-Length found in one pass over the names (a lookup hashes its name).
+    let (mut dated, mut sized) = (false, false);
+    for name in head.headers.keys() {
+        dated |= name == header::DATE;
+        sized |= name == header::CONTENT_LENGTH;
+    }
+    if !dated {
         head.headers.insert(header::DATE, respond::date());
     }
     let end = body.is_end_stream();
     if !end
+        && !sized
         && let Some(length) = body.size_hint().exact()
-        && !head.headers.contains_key(header::CONTENT_LENGTH)
     {
         head.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     }
@@ -502,6 +508,34 @@ mod tests {
             };
             answer(echoed, respond)
         })
+    }
+
+    #[tokio::test]
+    async fn an_answer_of_known_size_says_its_length_once_and_is_dated() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let server = Served::new(server_io, &Builder::new(), |request: Request<Body>, respond| {
+            let answered = async move {
+                let mut response = Response::new(http_body_util::Full::new(Bytes::from_static(b"hello")));
+                if request.uri().path() == "/sized" {
+                    response.headers_mut().insert(header::CONTENT_LENGTH, "5".parse().unwrap());
+                }
+                response
+            };
+            answer(answered, respond)
+        });
+        let server = tokio::spawn(server);
+        let (mut client, connection) = h2::client::handshake(client_io).await.unwrap();
+        tokio::spawn(connection);
+        for path in ["/sized", "/unsized"] {
+            let request = Request::get(format!("http://test{path}")).body(()).unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            let response = tokio::time::timeout(Duration::from_secs(5), response).await.unwrap().unwrap();
+            let lengths: Vec<_> = response.headers().get_all(header::CONTENT_LENGTH).iter().collect();
+            assert_eq!(lengths, ["5"], "{path}");
+            assert_eq!(response.headers().get_all(header::DATE).iter().count(), 1, "{path}");
+        }
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
     }
 
     #[tokio::test]

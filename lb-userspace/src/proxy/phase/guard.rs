@@ -301,6 +301,30 @@ mod tests {
     }
 
     #[test]
+    fn one_pass_reads_the_fields_routing_needs() {
+        let mut map = HeaderMap::new();
+        for (k, v) in [
+            ("host", "a"),
+            ("x-request-id", "id-1"),
+            ("host", "b"),
+            ("content-length", "3"),
+            ("upgrade", "websocket"),
+            ("x-other", "1"),
+            ("x-request-id", "id-2"),
+        ] {
+            map.append(header::HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let read = Read::of(&map);
+        assert_eq!((read.host.unwrap(), read.hosts), (&HeaderValue::from_static("a"), 2));
+        assert_eq!(read.request_id.unwrap(), "id-1", "the first, as a lookup finds it");
+        assert_eq!(read.length.unwrap(), "3");
+        assert!(read.upgrade && !read.transfer_encoding);
+        let empty = HeaderMap::new();
+        let none = Read::of(&empty);
+        assert!(none.host.is_none() && none.hosts == 0 && none.request_id.is_none() && !none.upgrade);
+    }
+
+    #[test]
     fn a_head_without_length_or_chunking_is_bodiless() {
         let bodiless = |pairs: &[(&str, &str)]| {
             let with_host = [&[("host", "a")], pairs].concat();
