@@ -38,7 +38,7 @@ use crate::{
         },
         h2,
         idle::{self, Busy, Registry, Watched},
-        phase::{respond::Body, upstream::InFlight},
+        phase::{headers::X_REQUEST_ID, respond::Body, upstream::InFlight},
         pipeline::{Counted, Forwarder},
         routes::Snapshot,
         tls,
@@ -342,7 +342,9 @@ impl Connection {
                 let answer = async move {
                     let handled = handled.await;
                     let (entry, in_flight, counted) = (handled.entry, handled.in_flight, handled.counted);
-                    handled.response.map(|body| Tracked {
+                    let mut response = handled.response;
+                    response.headers_mut().insert(X_REQUEST_ID, handled.request_id);
+                    response.map(|body| Tracked {
                         body,
                         _busy: busy,
                         _in_flight: in_flight,

@@ -5,7 +5,11 @@ use std::io;
 
 use futures_util::FutureExt;
 use http_body_util::BodyExt;
-use hyper::{HeaderMap, Method, Response, StatusCode, Version, body::Body as _, header};
+use hyper::{
+    HeaderMap, Method, Response, StatusCode, Version,
+    body::Body as _,
+    header::{self, HeaderValue},
+};
 use smallvec::SmallVec;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -15,10 +19,7 @@ use crate::proxy::{
         head, scratch,
         upstream::{Switched, write_all_vectored},
     },
-    phase::{
-        headers::X_REQUEST_ID,
-        respond::{self, Body},
-    },
+    phase::respond::{self, Body},
     turn,
 };
 
@@ -39,13 +40,14 @@ pub struct Written {
 /// The reason logged for an answer that broke before a byte of it was written.
 pub const BROKE: &str = "upstream answer broke";
 
-/// Writes the answer's head and body; the head and the first piece of the body go in one
-/// write when the body is ready.
+/// Writes the answer's head, with the request's ID, and body; the head and the first piece of
+/// the body go in one write when the body is ready.
 pub async fn write_response<S: AsyncWrite + Unpin>(
     io: &mut S,
     method: &Method,
     version: Version,
     response: Response<Body>,
+    request_id: &HeaderValue,
     keep_alive: bool,
 ) -> Written {
     let (mut parts, mut body) = response.into_parts();
@@ -62,7 +64,7 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
         if let Some(Some(Err(_))) = polled {
             // Nothing is written yet: the client gets a 502 rather than a connection closed
             // with nothing on it. (A body that breaks later is cut short: the head is out.)
-            (parts, body) = broke_answer(parts.headers.remove(X_REQUEST_ID));
+            (parts, body) = respond::text(StatusCode::BAD_GATEWAY, BROKE).into_parts();
             (status, keep_alive, broke) = (parts.status, false, true);
             polled = body.frame().now_or_never();
         }
@@ -84,15 +86,21 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
     };
     let kept_length = bodiless.then(|| kept_length(method, status, &parts.headers, &body)).flatten();
     let mut head = scratch::take();
-    let keep_alive_10 = keep_alive && version == Version::HTTP_10;
+    let connection = if !keep_alive && switched.is_none() {
+        encode::Connection::Close
+    } else if keep_alive && version == Version::HTTP_10 {
+        encode::Connection::KeepAlive
+    } else {
+        encode::Connection::Unsaid
+    };
     encode::response_head(
         &mut head,
         status,
         &parts.headers,
         out,
         kept_length.as_deref(),
-        !keep_alive && switched.is_none(),
-        keep_alive_10,
+        connection,
+        request_id.as_bytes(),
     );
     let mut bytes = 0u64;
     let failed = Written { bytes: 0, keep_alive: false, switched: None, broke: false };
@@ -140,16 +148,6 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
         return failed;
     }
     Written { bytes, keep_alive, switched, broke }
-}
-
-/// The 502 written instead of an answer that broke before a byte of it was, with the request's
-/// ID.
-fn broke_answer(request_id: Option<header::HeaderValue>) -> (hyper::http::response::Parts, Body) {
-    let mut answer = respond::text(StatusCode::BAD_GATEWAY, BROKE);
-    if let Some(id) = request_id {
-        answer.headers_mut().insert(X_REQUEST_ID, id);
-    }
-    answer.into_parts()
 }
 
 /// How an answer's body is delimited on the wire: nothing for a bodiless answer, a length when
@@ -243,9 +241,9 @@ mod tests {
         let (accepted, _) = listener.accept().await.unwrap();
         let mut stream = Watched::new(accepted, Arc::new(Activity::default()));
         let broken = futures_util::stream::iter([Err::<hyper::body::Frame<Bytes>, _>("a bad chunk".into())]);
-        let mut answer = Response::new(http_body_util::StreamBody::new(broken).boxed());
-        answer.headers_mut().insert(X_REQUEST_ID, "id-1".parse().unwrap());
-        let written = write_response(&mut stream, &Method::GET, Version::HTTP_11, answer, true).await;
+        let answer = Response::new(http_body_util::StreamBody::new(broken).boxed());
+        let id = HeaderValue::from_static("id-1");
+        let written = write_response(&mut stream, &Method::GET, Version::HTTP_11, answer, &id, true).await;
         assert!(written.broke && !written.keep_alive);
         drop(stream);
         let mut got = String::new();

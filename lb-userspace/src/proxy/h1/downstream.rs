@@ -499,7 +499,8 @@ async fn exchange<S: ClientIo>(
     };
     // A body not read to its end leaves the stream unusable for another request.
     let keep_alive = keep_alive && decoder.is_done() && !*cx.stop.borrow();
-    let written = write_response(io, &method, version, handled.response, keep_alive).await;
+    let written =
+        write_response(io, &method, version, handled.response, &handled.request_id, keep_alive).await;
     drop(handled.in_flight);
     // Counted and logged as the client got it.
     if written.broke {

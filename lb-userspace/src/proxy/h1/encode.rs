@@ -2,7 +2,7 @@
 //! gets, the request head a backend gets, and the size line of a chunk.
 use hyper::{HeaderMap, Method, StatusCode, header, header::HeaderName};
 
-use crate::proxy::phase::respond;
+use crate::proxy::phase::{headers::X_REQUEST_ID, respond};
 
 /// How the body written after a head is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,24 +47,39 @@ fn framing(out: &mut Vec<u8>, body: Out) {
     }
 }
 
-/// A response head. `length` is the Content-Length to keep for a HEAD or 304 answer (whose
-/// body is not sent); `close` adds `Connection: close`, `keep_alive_10` `Connection:
-/// keep-alive` for an HTTP/1.0 client.
+/// What a response head's Connection field says, when it says anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Connection {
+    /// No field: the connection stays open (HTTP/1.1's default).
+    Unsaid,
+    /// `Connection: close`.
+    Close,
+    /// `Connection: keep-alive`, for an HTTP/1.0 client.
+    KeepAlive,
+}
+
+/// Written in place of the answer's own X-Request-Id (a `static`, as `headers::HOP_BY_HOP`).
+static WRITTEN_BESIDE: [HeaderName; 1] = [X_REQUEST_ID];
+
+/// A response head, with the request's ID as X-Request-Id (written here, not inserted into
+/// the answer's map: an insert a request, ~330 instructions). `length` is the Content-Length
+/// to keep for a HEAD or 304 answer (whose body is not sent).
 pub fn response_head(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
     body: Out,
     length: Option<&[u8]>,
-    close: bool,
-    keep_alive_10: bool,
+    connection: Connection,
+    request_id: &[u8],
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let dated = fields(out, headers, &[]);
+    let dated = fields(out, headers, &WRITTEN_BESIDE);
+    field(out, b"x-request-id", request_id);
     framing(out, body);
     if let Some(length) = length {
         field(out, b"content-length", length);
@@ -72,10 +87,10 @@ pub fn response_head(
     if !dated {
         field(out, b"date", respond::date().as_bytes());
     }
-    if close {
-        field(out, b"connection", b"close");
-    } else if keep_alive_10 {
-        field(out, b"connection", b"keep-alive");
+    match connection {
+        Connection::Close => field(out, b"connection", b"close"),
+        Connection::KeepAlive => field(out, b"connection", b"keep-alive"),
+        Connection::Unsaid => {}
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -138,19 +153,22 @@ mod tests {
         assert_eq!(out, b"GET / HTTP/1.1\r\nhost: a\r\nvia: 1.1 sluice\r\n\r\n");
         let mut out = Vec::new();
         headers.insert(header::DATE, "d".parse().unwrap());
-        response_head(&mut out, StatusCode::OK, &headers, Out::Chunked, None, true, false);
+        // The answer's own request ID is replaced by the request's.
+        headers.insert(X_REQUEST_ID, "backend's".parse().unwrap());
+        response_head(&mut out, StatusCode::OK, &headers, Out::Chunked, None, Connection::Close, b"id-1");
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
-            "HTTP/1.1 200 OK\r\nhost: a\r\ndate: d\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nhost: a\r\ndate: d\r\nx-request-id: id-1\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
         );
-        // A head without Date gets the proxy's, once.
+        // A head without Date gets the proxy's, once; an HTTP/1.0 client is told keep-alive.
         let mut out = Vec::new();
         headers.remove(header::DATE);
-        response_head(&mut out, StatusCode::OK, &headers, Out::None, None, false, false);
+        response_head(&mut out, StatusCode::OK, &headers, Out::None, None, Connection::KeepAlive, b"id-2");
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.matches("date: ").count(), 1, "{text}");
-        assert!(text.starts_with("HTTP/1.1 200 OK\r\nhost: a\r\ndate: "), "{text}");
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\nhost: a\r\nx-request-id: id-2\r\ndate: "), "{text}");
+        assert!(text.ends_with("connection: keep-alive\r\n\r\n"), "{text}");
         assert_eq!(chunk_size(255), "ff\r\n");
     }
 }
