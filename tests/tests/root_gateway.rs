@@ -575,6 +575,14 @@ fn root_gateway_response_cache() -> Result<()> {
             .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-cache: ").map(|v| v.trim().to_owned()))
             .unwrap_or_default();
         let body = text.rsplit("\r\n\r\n").next().unwrap_or_default().trim().to_owned();
+        // A hit names the proxy in Via once, as a miss does; the proxy's own 502 has none.
+        let vias: Vec<&str> =
+            text.lines().map(str::trim_end).filter(|l| l.to_ascii_lowercase().starts_with("via:")).collect();
+        let via_ok = match code {
+            200 => vias.len() == 1 && vias[0].ends_with(": 1.1 sluice"),
+            _ => vias.is_empty(),
+        };
+        anyhow::ensure!(via_ok, "Via: {text}");
         Ok((code, x_cache, body))
     };
     assert_eq!(get(&bed)?, (200, "miss".into(), "backend1 cached".into()));

@@ -359,8 +359,16 @@ fn root_l7_http1_http2_routing_and_headers() -> Result<()> {
     for host in ["Host:", "Host: a/b", "Host: u@a"] {
         assert_eq!(code(&["-H", host, &format!("http://{VIP}/echo")])?, "400", "{host}");
     }
-    let headers = bed.curl(&["-D", "-", "-o", "/dev/null", "https://example.test/echo"])?;
-    assert!(headers.to_ascii_lowercase().contains("x-request-id: "), "{headers}");
+    // The answer carries the request's ID; a backend's answer names the proxy in Via, once, over
+    // HTTP/2 and HTTP/1.1; an answer the proxy made (404) has no Via.
+    for version in ["--http2", "--http1.1"] {
+        let headers = bed.curl(&[version, "-D", "-", "-o", "/dev/null", "https://example.test/echo"])?;
+        let headers = headers.to_ascii_lowercase();
+        assert!(headers.contains("x-request-id: "), "{headers}");
+        assert_eq!(headers.matches("via: 1.1 sluice\r\n").count(), 1, "{headers}");
+        let refused = bed.curl(&[version, "-D", "-", "-o", "/dev/null", "https://api.example.test/other"])?;
+        assert!(refused.starts_with("HTTP/") && !refused.to_ascii_lowercase().contains("via:"), "{refused}");
+    }
 
     // Redirect listener.
     let location = bed.curl(&[

@@ -58,6 +58,9 @@ pub struct Handled {
     /// literal, never indexed (unique per answer, in the HPACK tables of both ends it would
     /// only push out entries that repeat).
     pub request_id: HeaderValue,
+    /// The answer is a backend's or the cache's (not one the proxy made): it carries Via,
+    /// written with the head or put into the map as the request's ID is.
+    pub via: bool,
     /// The access-log line (written when the body is done), if the listener logs.
     pub entry: Option<Entry>,
     /// The backend's request stays in flight (circuit breaking, least requests) until the
@@ -236,7 +239,8 @@ impl Forwarder {
                 forwarder: self,
                 status,
             };
-            Handled { response, request_id, entry, in_flight: labels.in_flight, counted }
+            let via = reason.is_none();
+            Handled { response, request_id, via, entry, in_flight: labels.in_flight, counted }
         }
     }
 
@@ -269,6 +273,7 @@ impl Forwarder {
             };
             let checked = guard::check(&head, listener, conn.tls())?;
             let upgrade = read.upgrade;
+            let forwarded_for = read.forwarded_for.cloned();
             let (host, request_id) = (&labels.host, &labels.request_id);
             path::make_canonical(&mut request)?;
             let route = snapshot
@@ -297,6 +302,7 @@ impl Forwarder {
                 &mut parts,
                 host,
                 conn,
+                forwarded_for.as_ref(),
                 request_id,
                 pool.protocol == UpstreamProtocol::H2c,
                 upgrade,

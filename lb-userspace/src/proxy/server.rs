@@ -20,6 +20,7 @@ use futures_util::{FutureExt, future::Either};
 use hyper::{
     Request,
     body::{Frame, SizeHint},
+    header::HeaderValue,
 };
 use log::{info, warn};
 use tokio::{
@@ -38,7 +39,11 @@ use crate::{
         },
         h2,
         idle::{self, Busy, Registry, Watched},
-        phase::{headers::X_REQUEST_ID, respond::Body, upstream::InFlight},
+        phase::{
+            headers::{VIA, VIA_VALUE, X_REQUEST_ID},
+            respond::Body,
+            upstream::InFlight,
+        },
         pipeline::{Counted, Forwarder},
         routes::Snapshot,
         tls,
@@ -344,6 +349,9 @@ impl Connection {
                     let (entry, in_flight, counted) = (handled.entry, handled.in_flight, handled.counted);
                     let mut response = handled.response;
                     response.headers_mut().insert(X_REQUEST_ID, handled.request_id);
+                    if handled.via {
+                        response.headers_mut().insert(VIA, HeaderValue::from_static(VIA_VALUE));
+                    }
                     response.map(|body| Tracked {
                         body,
                         _busy: busy,

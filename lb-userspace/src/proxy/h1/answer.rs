@@ -5,11 +5,7 @@ use std::io;
 
 use futures_util::FutureExt;
 use http_body_util::BodyExt;
-use hyper::{
-    HeaderMap, Method, Response, StatusCode, Version,
-    body::Body as _,
-    header::{self, HeaderValue},
-};
+use hyper::{HeaderMap, Method, Response, StatusCode, Version, body::Body as _, header};
 use smallvec::SmallVec;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -40,21 +36,22 @@ pub struct Written {
 /// The reason logged for an answer that broke before a byte of it was written.
 pub const BROKE: &str = "upstream answer broke";
 
-/// Writes the answer's head, with the request's ID, and body; the head and the first piece of
-/// the body go in one write when the body is ready.
+/// Writes the answer's head, with the fields the proxy says `beside` it, and body; the head
+/// and the first piece of the body go in one write when the body is ready.
 pub async fn write_response<S: AsyncWrite + Unpin>(
     io: &mut S,
     method: &Method,
     version: Version,
     response: Response<Body>,
-    request_id: &HeaderValue,
+    mut beside: encode::Beside<'_>,
     keep_alive: bool,
 ) -> Written {
     let (mut parts, mut body) = response.into_parts();
     let mut status = parts.status;
     let switched =
         if status == StatusCode::SWITCHING_PROTOCOLS { parts.extensions.remove::<Switched>() } else { None };
-    let mut keep_alive = keep_alive && !head::connection_has(&parts.headers, "close") && switched.is_none();
+    // An answer's own `Connection: close` (a refusal made closing) is seen as its head is written.
+    let mut keep_alive = keep_alive && switched.is_none();
     let bodiless = head::answer_is_bodiless(method, status);
     let mut first = None;
     let mut done = bodiless;
@@ -66,6 +63,8 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
             // with nothing on it. (A body that breaks later is cut short: the head is out.)
             (parts, body) = respond::text(StatusCode::BAD_GATEWAY, BROKE).into_parts();
             (status, keep_alive, broke) = (parts.status, false, true);
+            // The proxy's own answer now: no Via.
+            beside.via = false;
             polled = body.frame().now_or_never();
         }
         match polled {
@@ -93,15 +92,16 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
     } else {
         encode::Connection::Unsaid
     };
-    encode::response_head(
+    let closing = encode::response_head(
         &mut head,
         status,
         &parts.headers,
         out,
         kept_length.as_deref(),
         connection,
-        request_id.as_bytes(),
+        beside,
     );
+    keep_alive &= !closing;
     let mut bytes = 0u64;
     let failed = Written { bytes: 0, keep_alive: false, switched: None, broke: false };
     // Head and first piece together: a small piece is copied behind the head (one plain
@@ -242,14 +242,15 @@ mod tests {
         let mut stream = Watched::new(accepted, Arc::new(Activity::default()));
         let broken = futures_util::stream::iter([Err::<hyper::body::Frame<Bytes>, _>("a bad chunk".into())]);
         let answer = Response::new(http_body_util::StreamBody::new(broken).boxed());
-        let id = HeaderValue::from_static("id-1");
-        let written = write_response(&mut stream, &Method::GET, Version::HTTP_11, answer, &id, true).await;
+        let beside = encode::Beside { request_id: b"id-1", via: true };
+        let written = write_response(&mut stream, &Method::GET, Version::HTTP_11, answer, beside, true).await;
         assert!(written.broke && !written.keep_alive);
         drop(stream);
         let mut got = String::new();
         tokio::io::AsyncReadExt::read_to_string(&mut client, &mut got).await.unwrap();
         assert!(got.starts_with("HTTP/1.1 502"), "{got}");
         assert!(got.contains("x-request-id: id-1") && got.ends_with("upstream answer broke\n"), "{got}");
+        assert!(!got.contains("via:"), "the 502 is the proxy's own: {got}");
     }
 
     #[test]

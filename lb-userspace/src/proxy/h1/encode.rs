@@ -2,7 +2,13 @@
 //! gets, the request head a backend gets, and the size line of a chunk.
 use hyper::{HeaderMap, Method, StatusCode, header, header::HeaderName};
 
-use crate::proxy::phase::{headers::X_REQUEST_ID, respond};
+use crate::proxy::{
+    h1::head,
+    phase::{
+        headers::{VIA, VIA_VALUE, X_REQUEST_ID},
+        respond,
+    },
+};
 
 /// How the body written after a head is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,19 +30,31 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The head's fields but those named in `replaced` (written by the caller instead); says
-/// whether one was Date (seen on the way: a lookup would hash the name).
-fn fields(out: &mut Vec<u8>, headers: &HeaderMap, replaced: &[HeaderName]) -> bool {
-    let mut date = false;
+/// What `fields` saw on its way through a head's fields (a lookup would hash each name).
+#[derive(Clone, Copy, Default)]
+struct Seen {
+    date: bool,
+    connection: bool,
+    /// A Connection field lists `close`.
+    close: bool,
+}
+
+/// The head's fields but those named in `replaced` (written by the caller instead).
+fn fields(out: &mut Vec<u8>, headers: &HeaderMap, replaced: &[HeaderName]) -> Seen {
+    let mut seen = Seen::default();
     for (name, value) in headers {
         // Framing is the writer's to say, never copied.
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || replaced.contains(name) {
             continue;
         }
-        date |= name == header::DATE;
+        seen.date |= name == header::DATE;
+        if name == header::CONNECTION {
+            seen.connection = true;
+            seen.close |= head::value_lists(value.as_bytes(), "close");
+        }
         field(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    date
+    seen
 }
 
 fn framing(out: &mut Vec<u8>, body: Out) {
@@ -58,12 +76,26 @@ pub enum Connection {
     KeepAlive,
 }
 
-/// Written in place of the answer's own X-Request-Id (a `static`, as `headers::HOP_BY_HOP`).
-static WRITTEN_BESIDE: [HeaderName; 1] = [X_REQUEST_ID];
+/// The fields the proxy writes beside an answer's own, in place of the answer's fields of the
+/// same names (written here, not inserted into the answer's map: an insert a field and
+/// request, ~230-330 instructions).
+#[derive(Clone, Copy, Debug)]
+pub struct Beside<'a> {
+    /// The request's ID, as X-Request-Id.
+    pub request_id: &'a [u8],
+    /// The answer is a backend's (or the cache's): Via names the proxy.
+    pub via: bool,
+}
 
-/// A response head, with the request's ID as X-Request-Id (written here, not inserted into
-/// the answer's map: an insert a request, ~330 instructions). `length` is the Content-Length
-/// to keep for a HEAD or 304 answer (whose body is not sent).
+/// Written in place of the answer's own fields: X-Request-Id always, Via too when the proxy
+/// says it (a `static`, as `headers::HOP_BY_HOP`).
+static WRITTEN_BESIDE: [HeaderName; 2] = [X_REQUEST_ID, VIA];
+
+/// A response head, with the fields the proxy says `beside` the answer's. `length` is the Content-Length
+/// to keep for a HEAD or 304 answer (whose body is not sent). The answer's own Connection
+/// field, if it has one, is written in place of `connection`'s; returns whether it says
+/// `close` (a refusal made `closing`): the connection then closes after the answer.
+#[must_use]
 pub fn response_head(
     out: &mut Vec<u8>,
     status: StatusCode,
@@ -71,28 +103,34 @@ pub fn response_head(
     body: Out,
     length: Option<&[u8]>,
     connection: Connection,
-    request_id: &[u8],
-) {
+    beside: Beside<'_>,
+) -> bool {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let dated = fields(out, headers, &WRITTEN_BESIDE);
-    field(out, b"x-request-id", request_id);
+    let replaced = if beside.via { &WRITTEN_BESIDE[..] } else { &WRITTEN_BESIDE[..1] };
+    let seen = fields(out, headers, replaced);
+    field(out, b"x-request-id", beside.request_id);
+    if beside.via {
+        field(out, b"via", VIA_VALUE.as_bytes());
+    }
     framing(out, body);
     if let Some(length) = length {
         field(out, b"content-length", length);
     }
-    if !dated {
+    if !seen.date {
         field(out, b"date", respond::date().as_bytes());
     }
     match connection {
+        _ if seen.connection => {}
         Connection::Close => field(out, b"connection", b"close"),
         Connection::KeepAlive => field(out, b"connection", b"keep-alive"),
         Connection::Unsaid => {}
     }
     out.extend_from_slice(b"\r\n");
+    seen.close
 }
 
 /// Fields a request head carries after the request's own: their lines (`name: value\r\n`), and
@@ -116,7 +154,7 @@ pub fn request_head(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let _ = fields(out, headers, added.replacing);
+    fields(out, headers, added.replacing);
     out.extend_from_slice(added.lines);
     framing(out, body);
     out.extend_from_slice(b"\r\n");
@@ -155,7 +193,16 @@ mod tests {
         headers.insert(header::DATE, "d".parse().unwrap());
         // The answer's own request ID is replaced by the request's.
         headers.insert(X_REQUEST_ID, "backend's".parse().unwrap());
-        response_head(&mut out, StatusCode::OK, &headers, Out::Chunked, None, Connection::Close, b"id-1");
+        let close = response_head(
+            &mut out,
+            StatusCode::OK,
+            &headers,
+            Out::Chunked,
+            None,
+            Connection::Close,
+            Beside { request_id: b"id-1", via: false },
+        );
+        assert!(!close, "the answer's own fields do not say close");
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
@@ -164,11 +211,80 @@ mod tests {
         // A head without Date gets the proxy's, once; an HTTP/1.0 client is told keep-alive.
         let mut out = Vec::new();
         headers.remove(header::DATE);
-        response_head(&mut out, StatusCode::OK, &headers, Out::None, None, Connection::KeepAlive, b"id-2");
+        let _ = response_head(
+            &mut out,
+            StatusCode::OK,
+            &headers,
+            Out::None,
+            None,
+            Connection::KeepAlive,
+            Beside { request_id: b"id-2", via: false },
+        );
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.matches("date: ").count(), 1, "{text}");
         assert!(text.starts_with("HTTP/1.1 200 OK\r\nhost: a\r\nx-request-id: id-2\r\ndate: "), "{text}");
         assert!(text.ends_with("connection: keep-alive\r\n\r\n"), "{text}");
         assert_eq!(chunk_size(255), "ff\r\n");
+    }
+
+    #[test]
+    fn a_backends_answer_names_the_proxy_in_via_once() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::DATE, "d".parse().unwrap());
+        headers.insert(VIA, "1.1 backend-side".parse().unwrap());
+        let head = |via| {
+            let mut out = Vec::new();
+            let beside = Beside { request_id: b"i", via };
+            let _ = response_head(
+                &mut out,
+                StatusCode::OK,
+                &headers,
+                Out::None,
+                None,
+                Connection::Unsaid,
+                beside,
+            );
+            String::from_utf8(out).unwrap()
+        };
+        // The proxy's Via in place of the backend's, as an insert into the map left it.
+        assert_eq!(head(true), "HTTP/1.1 200 OK\r\ndate: d\r\nx-request-id: i\r\nvia: 1.1 sluice\r\n\r\n");
+        // An answer the proxy made keeps what its map holds (nothing, in practice).
+        assert_eq!(
+            head(false),
+            "HTTP/1.1 200 OK\r\ndate: d\r\nvia: 1.1 backend-side\r\nx-request-id: i\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn an_answers_own_connection_field_is_said_once_and_its_close_is_told() {
+        let head = |own: &str, connection| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::DATE, "d".parse().unwrap());
+            headers.insert(header::CONNECTION, own.parse().unwrap());
+            let mut out = Vec::new();
+            let beside = Beside { request_id: b"i", via: false };
+            let close = response_head(
+                &mut out,
+                StatusCode::BAD_REQUEST,
+                &headers,
+                Out::None,
+                None,
+                connection,
+                beside,
+            );
+            (String::from_utf8(out).unwrap(), close)
+        };
+        // A refusal made closing: its own `close`, not a second one from the writer.
+        let (text, close) = head("close", Connection::Close);
+        assert_eq!(text.to_ascii_lowercase().matches("connection:").count(), 1, "{text}");
+        assert!(close);
+        // An HTTP/1.0 client that asked to keep the connection is told close, not both.
+        let (text, close) = head("Close", Connection::KeepAlive);
+        assert!(text.contains("connection: Close\r\n") && !text.contains("keep-alive"), "{text}");
+        assert!(close);
+        // A 101's `Connection: upgrade` is written as it is, and does not close.
+        let (text, close) = head("upgrade", Connection::Unsaid);
+        assert!(text.contains("connection: upgrade\r\n"), "{text}");
+        assert!(!close);
     }
 }

@@ -106,9 +106,14 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
 
-/// Whether any of a field's values lists `token` (case-insensitive).
+/// Whether a field's value lists `token` (case-insensitive).
+pub fn value_lists(value: &[u8], token: &str) -> bool {
+    tokens(value).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Whether any of a field's values lists `token`.
 fn lists<'a>(mut values: impl Iterator<Item = &'a [u8]>, token: &str) -> bool {
-    values.any(|value| tokens(value).any(|t| t.eq_ignore_ascii_case(token.as_bytes())))
+    values.any(|value| value_lists(value, token))
 }
 
 /// Fields that only speak of this connection and that the parser has read: a Connection field
@@ -137,11 +142,6 @@ fn header_map(head: &Bytes, ranges: &mut Ranges) -> HeaderMap {
         map.append(name, value);
     }
     map
-}
-
-/// Whether the Connection header lists `token`.
-pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    lists(headers.get_all(header::CONNECTION).iter().map(HeaderValue::as_bytes), token)
 }
 
 /// The body framing a head's Content-Length and Transfer-Encoding fields give (RFC 9112 §6.3):

@@ -18,7 +18,11 @@ use crate::{
     config::Listener,
     proxy::{
         h1::head::MAX_HEADER_FIELDS,
-        phase::{Refusal, byte_set, headers::X_REQUEST_ID, respond::Body},
+        phase::{
+            Refusal, byte_set,
+            headers::{X_FORWARDED_FOR, X_REQUEST_ID},
+            respond::Body,
+        },
     },
 };
 
@@ -47,6 +51,8 @@ pub struct Read<'a> {
     pub upgrade: bool,
     /// The first X-Request-Id field.
     pub request_id: Option<&'a HeaderValue>,
+    /// The first X-Forwarded-For field (the proxy appends the client to it).
+    pub forwarded_for: Option<&'a HeaderValue>,
 }
 
 impl<'a> Read<'a> {
@@ -64,6 +70,8 @@ impl<'a> Read<'a> {
                 read.upgrade = true;
             } else if name == X_REQUEST_ID {
                 read.request_id.get_or_insert(value);
+            } else if name == X_FORWARDED_FOR {
+                read.forwarded_for.get_or_insert(value);
             }
         }
         read
@@ -311,6 +319,8 @@ mod tests {
             ("upgrade", "websocket"),
             ("x-other", "1"),
             ("x-request-id", "id-2"),
+            ("x-forwarded-for", "192.0.2.1"),
+            ("x-forwarded-for", "192.0.2.2"),
         ] {
             map.append(header::HeaderName::from_static(k), HeaderValue::from_static(v));
         }
@@ -318,10 +328,12 @@ mod tests {
         assert_eq!((read.host.unwrap(), read.hosts), (&HeaderValue::from_static("a"), 2));
         assert_eq!(read.request_id.unwrap(), "id-1", "the first, as a lookup finds it");
         assert_eq!(read.length.unwrap(), "3");
+        assert_eq!(read.forwarded_for.unwrap(), "192.0.2.1");
         assert!(read.upgrade && !read.transfer_encoding);
         let empty = HeaderMap::new();
         let none = Read::of(&empty);
         assert!(none.host.is_none() && none.hosts == 0 && none.request_id.is_none() && !none.upgrade);
+        assert!(none.forwarded_for.is_none());
     }
 
     #[test]

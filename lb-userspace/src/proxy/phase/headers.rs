@@ -23,12 +23,12 @@ static HOP_BY_HOP: [HeaderName; 5] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const VIA: HeaderName = HeaderName::from_static("via");
+pub const VIA: HeaderName = HeaderName::from_static("via");
 /// What the proxy says in Via, both ways.
-const VIA_VALUE: &str = "1.1 sluice";
+pub const VIA_VALUE: &str = "1.1 sluice";
 
 /// Drops hop-by-hop fields (keeping Upgrade and Connection for a protocol switch).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
@@ -175,10 +175,13 @@ fn push_forwarded_host(out: &mut Lines, host: &str) {
 }
 
 /// Rewrites the client's request head for the backend; returns the forwarding fields to add.
+/// `forwarded_for`: the client's first X-Forwarded-For (`guard::Read`), which the client's
+/// address is appended to.
 pub fn upstream_request(
     parts: &mut Parts,
     host: &str,
     conn: &ClientConn,
+    forwarded_for: Option<&HeaderValue>,
     request_id: &HeaderValue,
     h2_upstream: bool,
     upgrade: bool,
@@ -203,7 +206,7 @@ pub fn upstream_request(
     let proto = if conn.tls() { "https" } else { "http" };
     let mut forwarding = Forwarding(Lines::with_capacity(LINES_CAPACITY));
     forwarding.field(b"x-forwarded-for", |out| {
-        if let Some(previous) = parts.headers.get(X_FORWARDED_FOR) {
+        if let Some(previous) = forwarded_for {
             out.extend_from_slice(previous.as_bytes());
             out.extend_from_slice(b", ");
         }
@@ -225,10 +228,10 @@ pub fn upstream_request(
     forwarding
 }
 
-/// Rewrites the backend's response head for the client.
+/// Rewrites the backend's response head for the client: its hop-by-hop fields go. The
+/// proxy's Via is said by the client's connection as it writes the answer (`Handled::via`).
 pub fn client_response(headers: &mut HeaderMap, switching: bool) {
     strip_hop_by_hop(headers, switching);
-    headers.insert(VIA, HeaderValue::from_static(VIA_VALUE));
 }
 
 #[cfg(test)]
@@ -266,7 +269,9 @@ mod tests {
             ClientConn { address: "[2001:db8::5]:4000".parse().unwrap(), tls_version: None, sni: None };
         let id = HeaderValue::from_static("abc");
         parts.headers.insert(VIA, "1.0 client-side".parse().unwrap());
-        let forwarding = upstream_request(&mut parts, "example.test", &conn, &id, false, false);
+        let previous = parts.headers.get(X_FORWARDED_FOR).cloned();
+        let forwarding =
+            upstream_request(&mut parts, "example.test", &conn, previous.as_ref(), &id, false, false);
         assert!(!parts.headers.contains_key("x-hop") && !parts.headers.contains_key(header::CONNECTION));
         // As an HTTP/1.1 backend gets them: lines after the request's own fields.
         assert_eq!(
@@ -295,7 +300,7 @@ mod tests {
         let (mut parts, ()) = request.body(()).unwrap().into_parts();
         let conn = ClientConn { address: "192.0.2.9:4000".parse().unwrap(), tls_version: None, sni: None };
         let id = HeaderValue::from_static("abc");
-        let forwarding = upstream_request(&mut parts, routed_by, &conn, &id, false, false);
+        let forwarding = upstream_request(&mut parts, routed_by, &conn, None, &id, false, false);
         forwarding.apply(&mut parts.headers);
         let host = parts.headers.get(header::HOST).map(|h| h.to_str().unwrap().to_owned());
         (host, parts.headers[header::FORWARDED].to_str().unwrap().to_owned())
