@@ -93,8 +93,9 @@ static WRITTEN_BESIDE: [HeaderName; 2] = [X_REQUEST_ID, VIA];
 
 /// A response head, with the fields the proxy says `beside` the answer's. `length` is the Content-Length
 /// to keep for a HEAD or 304 answer (whose body is not sent). The answer's own Connection
-/// field, if it has one, is written in place of `connection`'s; returns whether it says
-/// `close` (a refusal made `closing`): the connection then closes after the answer.
+/// field, if it has one, is written as it is, and `connection`'s only when it says more (a
+/// `close` the answer's lacks; a `keep-alive` when the answer has none). Returns whether the
+/// answer's own says `close` (a refusal made `closing`): the connection then closes after it.
 #[must_use]
 pub fn response_head(
     out: &mut Vec<u8>,
@@ -124,10 +125,9 @@ pub fn response_head(
         field(out, b"date", respond::date().as_bytes());
     }
     match connection {
-        _ if seen.connection => {}
-        Connection::Close => field(out, b"connection", b"close"),
-        Connection::KeepAlive => field(out, b"connection", b"keep-alive"),
-        Connection::Unsaid => {}
+        Connection::Close if !seen.close => field(out, b"connection", b"close"),
+        Connection::KeepAlive if !seen.connection => field(out, b"connection", b"keep-alive"),
+        Connection::Close | Connection::KeepAlive | Connection::Unsaid => {}
     }
     out.extend_from_slice(b"\r\n");
     seen.close
@@ -285,6 +285,13 @@ mod tests {
         // A 101's `Connection: upgrade` is written as it is, and does not close.
         let (text, close) = head("upgrade", Connection::Unsaid);
         assert!(text.contains("connection: upgrade\r\n"), "{text}");
+        assert!(!close);
+        // A connection closing for its own reasons says so beside an answer's other option.
+        let (text, close) = head("x-option", Connection::Close);
+        assert!(
+            text.contains("connection: x-option\r\n") && text.ends_with("connection: close\r\n\r\n"),
+            "{text}"
+        );
         assert!(!close);
     }
 }
