@@ -24,9 +24,9 @@ use crate::{
             Refusal, caching, choose, gate, guard, headers, path,
             respond::Body,
             shadow,
-            upstream::{self, InFlight, Tries, Upstreams},
+            upstream::{self, Answered, InFlight, Tries, Upstreams},
         },
-        routes::Snapshot,
+        routes::{CompiledRoute, Snapshot},
     },
     state::Command,
 };
@@ -47,6 +47,23 @@ struct Labels {
     api_key_query: Option<String>,
     /// Set when an upstream answered: its request, in flight until the answer's body is done.
     in_flight: Option<InFlight>,
+}
+
+impl Labels {
+    /// The route a request took, and the route's pool until one is chosen.
+    fn routed(&mut self, route: &CompiledRoute) {
+        self.route = route.name.clone();
+        self.pool = route.pool.clone();
+        self.api_key_query = route.runtime.api_keys.as_ref().and_then(|k| k.query_param()).map(str::to_owned);
+    }
+
+    /// The backend that answered, and what stays in flight with its answer, which this returns.
+    fn answered(&mut self, answered: Answered) -> Response<Body> {
+        self.backend = answered.backend;
+        self.upstream_seconds = Some(answered.seconds);
+        self.in_flight = Some(answered.in_flight);
+        answered.response
+    }
 }
 
 /// An answer, and what stays with it until its body has been written.
@@ -174,6 +191,14 @@ impl Forwarder {
         lb_common::hash::murmur3_32(&n.to_le_bytes(), 0x5eed) as f64 / (u32::MAX as f64 + 1.0) * 100.0
     }
 
+    /// The client's request ID when it is printable and short, else a new one.
+    fn request_id_for(&self, given: Option<&HeaderValue>) -> HeaderValue {
+        match given {
+            Some(id) if !id.is_empty() && id.len() <= 200 && id.to_str().is_ok() => id.clone(),
+            _ => self.request_id(),
+        }
+    }
+
     /// A new request ID: the lbd's seed and a hash of a counter, 24 hex digits.
     fn request_id(&self) -> HeaderValue {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -256,101 +281,62 @@ impl Forwarder {
         labels: &'a mut Labels,
     ) -> impl Future<Output = Result<Response<Body>, Refusal>> + Send + 'a {
         async move {
+            // Guard: the fields read before routing, the request's labels, framing and limits.
             let read = guard::Read::of(request.headers());
             labels.host = host_of(request.uri(), read.host);
-            // The client's ID when it is printable and short, else a new one.
-            labels.request_id = match read.request_id {
-                Some(id) if !id.is_empty() && id.len() <= 200 && id.to_str().is_ok() => id.clone(),
-                _ => self.request_id(),
-            };
-            let head = guard::Head {
-                method: request.method(),
-                version: request.version(),
-                uri: request.uri(),
-                headers: request.headers(),
-                read: &read,
-                host: &labels.host,
-            };
-            let checked = guard::check(&head, listener, conn.tls())?;
-            let upgrade = read.upgrade;
-            let forwarded_for = read.forwarded_for.cloned();
-            let (host, request_id) = (&labels.host, &labels.request_id);
+            labels.request_id = self.request_id_for(read.request_id);
+            let checked =
+                guard::check(&guard::Head::of(&request, &read, &labels.host), listener, conn.tls())?;
+            let (upgrade, forwarded_for) = (read.upgrade, read.forwarded_for.cloned());
             path::make_canonical(&mut request)?;
+
+            // Route, gate, choose.
             let route = snapshot
-                .route(&listener.name, host, &request)
+                .route(&listener.name, &labels.host, &request)
                 .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no route"))?;
-            labels.route = route.name.clone();
-            labels.pool = route.pool.clone();
-            labels.api_key_query =
-                route.runtime.api_keys.as_ref().and_then(|k| k.query_param()).map(str::to_owned);
+            labels.routed(route);
             let client = conn.address.ip();
             let (mut parts, body) = request.into_parts();
             gate::admit(route, &mut parts.headers, &parts.uri, client)?;
-
             let choice = choose::pool(route, &parts.headers, self.draw());
             labels.pool = choice.pool.clone();
-            let no_backend = |status, reason| Refusal::fallback(route.fallback.as_ref(), status, reason);
-            let pool = snapshot
-                .pools
-                .get(&*choice.pool)
-                .filter(|p| !p.upstreams.is_empty())
-                .ok_or_else(|| no_backend(StatusCode::SERVICE_UNAVAILABLE, "no backend available"))?;
+            let pool = choose::serving(snapshot, route, &choice)?;
             let tries = upstream::tries(route, &parts.method, checked.bodiless && !upgrade);
             route.runtime.count_request();
 
+            // Headers; then the answer, from the cache or from a backend (a shadow copy beside it).
+            let (host, request_id) = (&labels.host, &labels.request_id);
+            let h2c = pool.protocol == UpstreamProtocol::H2c;
             let forwarding = headers::upstream_request(
                 &mut parts,
                 host,
                 conn,
                 forwarded_for.as_ref(),
                 request_id,
-                pool.protocol == UpstreamProtocol::H2c,
+                h2c,
                 upgrade,
             );
             if let Some(config) = caching::applies(route, &parts) {
-                let target = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-                let request = caching::CacheRequest {
-                    route,
-                    config,
-                    pool,
-                    parts: &parts,
-                    forwarding: &forwarding,
-                    host,
-                    target: &target,
-                    client,
-                };
-                // Boxed: the cache's state is not carried by every request's future.
-                let cached =
-                    Box::pin(caching::serve(&self.cache, &self.upstreams, &self.metrics, &request)).await;
                 labels.backend = self.cache_label.clone();
-                return match cached.reason {
-                    Some(reason) => Err(Refusal::with(cached.response, reason)),
-                    None => Ok(cached.response),
-                };
+                let (parts, forwarding) = (&parts, &forwarding);
+                let request = caching::CacheRequest { route, config, pool, parts, forwarding, host, client };
+                // Boxed: the cache's state is not carried by every request's future.
+                let cached = Box::pin(caching::serve(&self.cache, &self.upstreams, &self.metrics, &request));
+                return cached.await.into_answer();
             }
             if checked.bodiless
                 && !upgrade
                 && let Some(shadow) = shadow::chosen(route, snapshot, || self.draw())
             {
-                shadow::send(
-                    &self.upstreams,
-                    shadow,
-                    &parts,
-                    &forwarding,
-                    host,
-                    client,
-                    &self.metrics,
-                    &route.shadow_label,
-                );
+                let (upstreams, metrics, label) = (&self.upstreams, &self.metrics, &route.shadow_label);
+                shadow::send(upstreams, shadow, &parts, &forwarding, host, client, metrics, label);
             }
-
-            let first = pool.pick_or_wait(&parts.headers, client, route.timeout).await.ok_or_else(|| {
-                no_backend(StatusCode::SERVICE_UNAVAILABLE, "every backend is at its request limit")
-            })?;
+            let first = choose::backend(pool, route, &parts.headers, client).await?;
             let (body, body_error) = guard::limit_body(body, listener.max_body_bytes);
             let tries = Tries {
                 upstreams: &self.upstreams,
                 commands: &self.commands,
+                metrics: &self.metrics,
                 route,
                 pool,
                 host,
@@ -359,23 +345,16 @@ impl Forwarder {
                 body_error,
                 forwarding: &forwarding,
             };
-            let on_retried = |upstream: &crate::proxy::routes::Upstream, status: u16, seconds: f64| {
-                let (route, pool, backend) =
-                    (route.name.clone(), choice.pool.clone(), upstream.label.clone());
-                self.metrics.request(route, pool, backend, status, Some(seconds));
-            };
-            let answered = tries.run(first, &mut parts, body, || self.draw(), on_retried).await;
-            let answered = match answered {
+            let answered = match tries.run(first, &mut parts, body, || self.draw()).await {
                 Ok(answered) => answered,
                 Err(failed) => {
                     labels.backend = failed.backend.clone();
                     return Err(failed.refusal(route.fallback.as_ref()));
                 }
             };
-            labels.backend = answered.backend;
-            labels.upstream_seconds = Some(answered.seconds);
-            labels.in_flight = Some(answered.in_flight);
-            let mut response = answered.response;
+
+            // Respond: the backend's answer as the client gets it.
+            let mut response = labels.answered(answered);
             // A 101 carries its backend connection; the client's connection tunnels to it.
             let switching = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
             headers::client_response(response.headers_mut(), switching);

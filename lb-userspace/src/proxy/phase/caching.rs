@@ -25,6 +25,7 @@ use crate::{
         cache::{self, CacheStore, Fill},
         metrics::{Label, ProxyMetrics},
         phase::{
+            Refusal,
             headers::{self, Forwarding},
             respond::{self, Body},
             upstream::{InFlight, Upstreams},
@@ -51,14 +52,30 @@ pub struct CacheRequest<'a> {
     /// The fields the proxy adds to the fill's request.
     pub forwarding: &'a Forwarding,
     pub host: &'a str,
-    pub target: &'a str,
     pub client: IpAddr,
+}
+
+impl CacheRequest<'_> {
+    /// The request's path and query.
+    fn target(&self) -> &str {
+        self.parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    }
 }
 
 /// What the cache phase answered.
 pub struct Cached {
     pub response: Response<Body>,
     pub reason: Option<&'static str>,
+}
+
+impl Cached {
+    /// The answer as the pipeline takes it: Err when the proxy made it (no backend answered).
+    pub fn into_answer(self) -> Result<Response<Body>, Refusal> {
+        match self.reason {
+            Some(reason) => Err(Refusal::with(self.response, reason)),
+            None => Ok(self.response),
+        }
+    }
 }
 
 /// One upstream answer for the cache.
@@ -176,7 +193,7 @@ pub async fn serve(
     request: &CacheRequest<'_>,
 ) -> Cached {
     let (route, config, parts) = (request.route, request.config, request.parts);
-    let key = store.key(&route.name, config, &parts.method, request.host, request.target, &parts.headers);
+    let key = store.key(&route.name, config, &parts.method, request.host, request.target(), &parts.headers);
     let cell = match store.lookup(&route.name, config, &key) {
         Ok(hit) => return Cached { response: respond::cached(&hit, "HIT"), reason: None },
         Err(cell) => cell,
@@ -198,7 +215,7 @@ pub async fn serve(
                 status,
                 None,
             );
-            let described = (&parts.method, request.host, request.target);
+            let described = (&parts.method, request.host, request.target());
             match fetched {
                 Fetched::Whole(status, headers, body, ttl) => {
                     let answer = ttl.map(|ttl| (status, headers.clone(), body.clone(), ttl));

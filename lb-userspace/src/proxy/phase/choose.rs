@@ -1,11 +1,14 @@
 //! Choose: the pool a request goes to (a sticky cookie's pool, else the route's split by a
-//! uniform draw) and whether to set the sticky cookie. The backend is picked by the pool
+//! uniform draw) and whether to set the sticky cookie; then the pool's backend for the request
 //! (`L7Pool::pick_or_wait`: balancer, circuit breaking).
-use hyper::{HeaderMap, header::HeaderValue};
+use std::{net::IpAddr, sync::Arc};
+
+use hyper::{HeaderMap, StatusCode, header::HeaderValue};
 
 use crate::proxy::{
     metrics::Label,
-    routes::{self, CompiledRoute},
+    phase::Refusal,
+    routes::{self, CompiledRoute, L7Pool, Snapshot, Upstream},
 };
 
 /// The cookie that keeps a client on the pool a sticky split gave it.
@@ -27,6 +30,36 @@ pub fn pool(route: &CompiledRoute, headers: &HeaderMap, draw: f64) -> Choice {
         .cloned();
     let set_sticky = route.sticky && remembered.is_none();
     Choice { pool: remembered.unwrap_or_else(|| route.pool_for(draw).clone()), set_sticky }
+}
+
+/// The chosen pool, if it has backends (else 503, or the route's fallback).
+pub fn serving<'s>(
+    snapshot: &'s Snapshot,
+    route: &CompiledRoute,
+    choice: &Choice,
+) -> Result<&'s L7Pool, Refusal> {
+    snapshot
+        .pools
+        .get(&*choice.pool)
+        .filter(|p| !p.upstreams.is_empty())
+        .ok_or_else(|| unavailable(route, "no backend available"))
+}
+
+/// The pool's backend for a request with `headers` from `client`; while every backend is at its
+/// request limit, waits for one within the route's timeout.
+pub async fn backend(
+    pool: &L7Pool,
+    route: &CompiledRoute,
+    headers: &HeaderMap,
+    client: IpAddr,
+) -> Result<Arc<Upstream>, Refusal> {
+    pool.pick_or_wait(headers, client, route.timeout)
+        .await
+        .ok_or_else(|| unavailable(route, "every backend is at its request limit"))
+}
+
+fn unavailable(route: &CompiledRoute, reason: &'static str) -> Refusal {
+    Refusal::fallback(route.fallback.as_ref(), StatusCode::SERVICE_UNAVAILABLE, reason)
 }
 
 /// The Set-Cookie value that keeps a client on `pool`.

@@ -10,7 +10,7 @@ use std::sync::{
 
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::{
-    HeaderMap, Method, StatusCode, Uri, Version,
+    HeaderMap, Method, Request, StatusCode, Uri, Version,
     header::{self, HeaderValue},
 };
 
@@ -34,6 +34,15 @@ pub struct Head<'a> {
     pub headers: &'a HeaderMap,
     pub read: &'a Read<'a>,
     pub host: &'a str,
+}
+
+impl<'a> Head<'a> {
+    /// `request`'s head, with the fields `read` from it and its `host`.
+    pub fn of<B>(request: &'a Request<B>, read: &'a Read<'a>, host: &'a str) -> Head<'a> {
+        let (method, version, uri, headers) =
+            (request.method(), request.version(), request.uri(), request.headers());
+        Head { method, version, uri, headers, read, host }
+    }
 }
 
 /// The request's fields that the pipeline reads before routing, found in one pass over the

@@ -28,7 +28,7 @@ use crate::{
     config::{Fallback, UpstreamProtocol},
     proxy::{
         deadline, h1,
-        metrics::Label,
+        metrics::{Label, ProxyMetrics},
         phase::{
             Refusal,
             headers::{self, Forwarding},
@@ -228,6 +228,8 @@ pub struct Tries<'a> {
     pub upstreams: &'a Upstreams,
     /// Where outlier ejections go.
     pub commands: &'a tokio::sync::mpsc::UnboundedSender<Command>,
+    /// Counts every answer dropped for a retry (the one the client gets is counted when written).
+    pub metrics: &'a ProxyMetrics,
     pub route: &'a CompiledRoute,
     pub pool: &'a L7Pool,
     pub host: &'a str,
@@ -248,14 +250,13 @@ impl Tries<'_> {
     }
 
     /// Sends the request to `first`, and on a connect failure or a 502/503/504 to other
-    /// backends while tries and budget last. `on_retried` sees every answer dropped for a retry.
+    /// backends while tries and budget last.
     pub async fn run(
         &self,
         first: Arc<Upstream>,
         parts: &mut Parts,
         body: Body,
         draw: impl Fn() -> f64,
-        on_retried: impl Fn(&Upstream, u16, f64),
     ) -> Result<Answered, Failed> {
         let mut upstream = first;
         let mut body = Some(body);
@@ -337,7 +338,8 @@ impl Tries<'_> {
                 && matches!(status, 502..=504)
                 && let Some(next) = self.next(&parts.headers, &tried)
             {
-                on_retried(&upstream, status, seconds);
+                let (route, pool) = (self.route.name.clone(), self.pool.name.clone());
+                self.metrics.request(route, pool, upstream.label.clone(), status, Some(seconds));
                 upstream = next;
                 continue;
             }
