@@ -1,0 +1,259 @@
+//! The admin API's answers that change nothing: the State as `GET` shows it (status, VIPs,
+//! routes, pools, deny list), the fast path's counters, the live view, and the questions asked
+//! with a body: which backend a flow goes to (`POST /flow`), what a change would move (`POST
+//! /plan`).
+use hyper::StatusCode;
+use serde_json::{Value, json};
+
+use super::{
+    actions::operator_only,
+    reply::{Answer, fail, reply},
+    views,
+};
+use crate::{
+    config::VipMode,
+    daemon::{Core, Shared, lock},
+    dataplane::{
+        DataplaneError,
+        counters::{Counters, protocol_name},
+        tables::ip_of,
+    },
+    inspect::{self, InspectError},
+};
+
+/// Why `/flow` or `/plan` was not answered (a 400 with this text).
+#[derive(Debug, thiserror::Error)]
+enum QueryError {
+    #[error("expected {expected}: {error}")]
+    Body { expected: &'static str, error: serde_json::Error },
+    #[error("no [dataplane] on this host: no XDP program to run")]
+    NoDataplane,
+    #[error("{0}")]
+    NotOperator(String),
+    #[error("invalid config:\n{0}")]
+    Config(crate::config::ConfigErrors),
+    #[error(transparent)]
+    Inspect(#[from] InspectError),
+    #[error("encoding the answer: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// `GET /status`.
+pub fn status(core: &Shared) -> Answer {
+    let core = lock(core);
+    let config = &core.state.config;
+    let status = views::Status {
+        interface: config.interface.clone(),
+        pin_dir: config.pin_dir.clone(),
+        config: core.config_path.clone(),
+        uptime_seconds: core.started.elapsed().as_secs(),
+        vips: config.vips.len(),
+        pools: config.pools.len(),
+        failing_open: core.state.failing_open(),
+        last_reload: core.last_reload.map(|r| views::LastReload {
+            unix_seconds: r.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            applied: r.applied,
+        }),
+        cluster: config.cluster.as_ref().map(|c| views::Following {
+            endpoints: c.endpoints.clone(),
+            prefix: c.prefix.clone(),
+            revision: core.following.revision,
+            error: core.following.error.clone(),
+        }),
+        bgp: config.bgp.as_ref().map(|b| views::Announcing {
+            drained: b.drained,
+            announced: core.announcing.announced.clone(),
+            error: core.announcing.error.clone(),
+        }),
+    };
+    reply(StatusCode::OK, json!(status))
+}
+
+/// `GET /vips`.
+pub fn vips(core: &Shared) -> Answer {
+    let core = lock(core);
+    let vips: Vec<views::Vip> = core
+        .state
+        .config
+        .vips
+        .iter()
+        .map(|v| views::Vip {
+            name: v.name.clone(),
+            address: v.addr,
+            port: v.port,
+            protocol: format!("{:?}", v.protocol).to_lowercase(),
+            pool: v.pool.clone(),
+            mode: if v.mode == VipMode::L4 { "l4" } else { "l7" }.to_owned(),
+            syn_cookies: v.syn_cookies,
+        })
+        .collect();
+    reply(StatusCode::OK, json!(vips))
+}
+
+/// `GET /routes`.
+pub fn routes(core: &Shared) -> Answer {
+    let core = lock(core);
+    let routes: Vec<views::Route> = core.state.config.routes.iter().map(route_view).collect();
+    reply(StatusCode::OK, json!(routes))
+}
+
+/// `GET /pools`.
+pub fn pools(core: &Shared) -> Answer {
+    let core = lock(core);
+    let pools: Vec<Value> = core.state.config.pools.keys().filter_map(|n| pool_view(&core, n)).collect();
+    reply(StatusCode::OK, json!(pools))
+}
+
+/// `GET /pools/NAME`.
+pub fn pool(core: &Shared, name: &str) -> Answer {
+    match pool_view(&lock(core), name) {
+        Some(view) => reply(StatusCode::OK, view),
+        None => fail(StatusCode::NOT_FOUND, format!("no pool `{name}`")),
+    }
+}
+
+/// `GET /view`: what `lbctl top` and the live page draw (made off the async workers).
+pub async fn live(core: &Shared) -> Answer {
+    let core = core.clone();
+    match tokio::task::spawn_blocking(move || crate::live_view::snapshot(&core)).await {
+        Ok(live) => reply(StatusCode::OK, json!(live)),
+        Err(err) => fail(StatusCode::INTERNAL_SERVER_ERROR, err),
+    }
+}
+
+/// `GET /deny`.
+pub fn deny(core: &Shared) -> Answer {
+    let core = lock(core);
+    let deny: Vec<String> = core.state.config.deny.iter().map(ToString::to_string).collect();
+    reply(StatusCode::OK, json!(deny))
+}
+
+/// `GET /stats`: the fast path's counters (none without a data plane).
+pub fn stats(core: &Shared) -> Answer {
+    let counters = lock(core).counters.clone();
+    let view = match counters {
+        Some(counters) => stats_view(&counters.lock().unwrap_or_else(|p| p.into_inner())),
+        None => Ok(views::Stats::default()),
+    };
+    match view {
+        Ok(view) => reply(StatusCode::OK, json!(view)),
+        Err(err) => fail(StatusCode::INTERNAL_SERVER_ERROR, err),
+    }
+}
+
+/// `POST /flow {"protocol": "tcp", "source": "ADDR:PORT", "vip": "ADDR:PORT"}`.
+pub fn flow(core: &Shared, body: &[u8]) -> Answer {
+    answered(flow_of(core, body))
+}
+
+/// `POST /plan {"commands": [...]}` or `{"config_text": "...", "config_name": "NAME"}`: the
+/// client sends a new config's text (lbd opens no path a client names; the name is for
+/// messages only).
+pub fn plan(core: &Shared, body: &[u8]) -> Answer {
+    answered(plan_of(core, body))
+}
+
+fn answered(answer: Result<Value, QueryError>) -> Answer {
+    match answer {
+        Ok(value) => reply(StatusCode::OK, value),
+        Err(err) => fail(StatusCode::BAD_REQUEST, err),
+    }
+}
+
+fn flow_of(core: &Shared, body: &[u8]) -> Result<Value, QueryError> {
+    let q: views::FlowQuery = serde_json::from_slice(body)
+        .map_err(|error| QueryError::Body { expected: "{protocol, source, vip}", error })?;
+    let mut core = lock(core);
+    let core = &mut *core;
+    let ebpf = core.ebpf.as_mut().ok_or(QueryError::NoDataplane)?;
+    Ok(serde_json::to_value(inspect::flow(ebpf, &core.state, q.protocol, q.source, q.vip)?)?)
+}
+
+fn plan_of(core: &Shared, body: &[u8]) -> Result<Value, QueryError> {
+    let q: views::PlanQuery = serde_json::from_slice(body)
+        .map_err(|error| QueryError::Body { expected: "{commands} or {config_text, config_name}", error })?;
+    let commands = operator_only(q.commands).map_err(QueryError::NotOperator)?;
+    let config = match &q.config_text {
+        Some(text) => {
+            let name = std::path::PathBuf::from(q.config_name.as_deref().unwrap_or("sent config"));
+            Some(crate::config::Config::parse_sent(&name, text).map_err(QueryError::Config)?)
+        }
+        None => None,
+    };
+    let core = lock(core);
+    Ok(serde_json::to_value(inspect::plan(&core.state, &commands, config.as_ref())?)?)
+}
+
+fn pool_view(core: &Core, name: &str) -> Option<Value> {
+    let pool = core.state.config.pools.get(name)?;
+    let (weighted, fail_open) = core.state.effective_backends(pool);
+    let backends: Vec<views::Backend> = pool
+        .backends
+        .iter()
+        .zip(weighted)
+        .map(|(b, w)| views::Backend {
+            address: b.addr,
+            weight: b.weight,
+            drain: b.drain,
+            healthy: core.state.healthy(name, b.addr),
+            ejected: core.state.ejected.contains(&(name.to_owned(), b.addr)),
+            effective_weight: w.weight,
+        })
+        .collect();
+    Some(json!(views::Pool {
+        name: name.to_owned(),
+        backends,
+        failing_open: fail_open,
+        health_check: pool.health.as_ref().and_then(|h| serde_json::to_value(h).ok()),
+    }))
+}
+
+fn stats_view(counters: &Counters) -> Result<views::Stats, DataplaneError> {
+    let verdicts = counters
+        .verdicts()?
+        .into_iter()
+        .map(|(s, c)| views::Counter { name: s.name().to_owned(), packets: c.packets, bytes: c.bytes })
+        .collect();
+    let traffic = |c: lb_common::stats::TrafficCounter| views::Traffic {
+        packets: c.packets,
+        bytes: c.bytes,
+        new_flows: c.new_flows,
+        lru_hits: c.lru_hits,
+        lru_misses: c.lru_misses,
+    };
+    let vips = counters
+        .vips()?
+        .into_iter()
+        .map(|(k, c)| views::VipTraffic {
+            address: ip_of(&k.addr),
+            port: u16::from_be(k.port),
+            protocol: protocol_name(k.proto),
+            traffic: traffic(c),
+        })
+        .collect();
+    let backends = counters
+        .backends()?
+        .into_iter()
+        .map(|(address, c)| views::BackendTraffic { address, traffic: traffic(c) })
+        .collect();
+    Ok(views::Stats { counters: verdicts, vips, backends })
+}
+
+/// A route as `GET /routes` shows it.
+fn route_view(route: &crate::config::Route) -> views::Route {
+    use crate::config::PathMatch;
+    views::Route {
+        name: route.name.clone(),
+        listener: route.listener.clone(),
+        host: route.host.clone().unwrap_or_else(|| "*".to_owned()),
+        path: match &route.path {
+            PathMatch::Any => "*".to_owned(),
+            PathMatch::Exact(p) => format!("={p}"),
+            PathMatch::Prefix(p) => p.clone(),
+            PathMatch::Regex(r) => format!("~{r}"),
+        },
+        pool: route.pool.clone(),
+        split: route.split.clone(),
+        sticky: route.sticky,
+    }
+}
