@@ -17,7 +17,7 @@ use crate::{
     daemon::{Core, ExecError, Shared, lock},
     dataplane::{self, DataplaneError, Role},
     health,
-    instance::InstanceError,
+    instance::{InstanceError, InstanceLock},
     proxy::{self, ProxyError},
     upgrade::{self, Handover, Inherited, UpgradeError},
 };
@@ -71,32 +71,9 @@ pub fn run(path: &Path) -> Result<(), RunError> {
     let config = Config::load(path).map_err(RunError::Config)?;
     raise_descriptor_limit();
     let mut handover = Handover::default();
-    let (interface, mode, pin_dir) = (config.interface.clone(), config.xdp_mode, config.pin_dir.clone());
-    let (admin_socket, metrics) = (config.admin_socket.clone(), config.metrics);
-    // One lbd per pin directory, which only root may change: checked and locked before
-    // anything (maps, admin socket) is touched. An L7-only host (no [dataplane]) has neither.
-    let (_instance, core) = if config.dataplane {
-        crate::instance::prepare_pin_dir(&pin_dir)?;
-        let instance = match inherited.as_mut().and_then(|i| i.lock.take()) {
-            Some(held) => crate::instance::adopt(&pin_dir, held)?,
-            None => crate::instance::lock(&pin_dir)?,
-        };
-        handover.lock = Some(instance.keep().map_err(io("keeping the pin directory's lock"))?);
-        // Keeps the program loaded while lbd runs; the pinned link keeps it attached after.
-        let ebpf = dataplane::load(&pin_dir, Role::Balancer { max_vips: config.max_vips })?;
-        // Program the maps before attaching, so the first packet already sees the pools.
-        let core: Shared = Arc::new(Mutex::new(Core::start(config, path.to_owned(), Some(ebpf))?));
-        let attached = {
-            let mut core = lock(&core);
-            let ebpf = core.ebpf.as_mut().ok_or(DataplaneError::Unexpected("no loaded program".into()))?;
-            dataplane::attach(ebpf, dataplane::BALANCER_PROGRAM, &interface, mode, &pin_dir)?
-        };
-        info!("balancer on {interface} ({attached:?}); maps pinned under {}", pin_dir.display());
-        (Some(instance), core)
-    } else {
-        info!("no [dataplane]: L7 only, no XDP program");
-        (None, Arc::new(Mutex::new(Core::start(config, path.to_owned(), None)?)))
-    };
+    let (interface, pin_dir) = (config.interface.clone(), config.pin_dir.clone());
+    let admin_socket = config.admin_socket.clone();
+    let (_instance, core) = start_core(config, path, &mut inherited, &mut handover)?;
     let dataplane_on = _instance.is_some();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
@@ -104,34 +81,8 @@ pub fn run(path: &Path) -> Result<(), RunError> {
         .build()
         .map_err(io("starting the runtime"))?;
     let handed_over = runtime.block_on(async {
-        use std::os::fd::AsFd as _;
-
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).map_err(io("installing a SIGTERM handler"))?;
-        let mut int = signal(SignalKind::interrupt()).map_err(io("installing a SIGINT handler"))?;
-        let mut hup = signal(SignalKind::hangup()).map_err(io("installing a SIGHUP handler"))?;
-        let mut usr2 = signal(SignalKind::user_defined2()).map_err(io("installing a SIGUSR2 handler"))?;
-        let admin = match inherited.as_mut().and_then(|i| i.admin.take()) {
-            Some(fd) => tokio::net::UnixListener::from_std(std::os::unix::net::UnixListener::from(fd)),
-            None => admin::bind(&admin_socket),
-        }
-        .map_err(io(format!("binding the admin socket {}", admin_socket.display())))?;
-        handover.admin = Some(upgrade::keep(admin.as_fd()).map_err(io("keeping the admin socket"))?);
-        let admin_slots = Arc::new(tokio::sync::Semaphore::new(admin::MAX_CONNECTIONS));
-        let mut retiring = vec![tokio::spawn(admin::serve(admin, core.clone(), admin_slots.clone()))];
-        info!("admin API on {}", admin_socket.display());
-        if let Some(address) = metrics {
-            let handed = inherited.as_mut().and_then(|i| i.metrics.take()).map(std::net::TcpListener::from);
-            let listener = match handed.filter(|l| l.local_addr().is_ok_and(|a| a == address)) {
-                Some(listener) => tokio::net::TcpListener::from_std(listener),
-                None => crate::metrics::bind(address).await,
-            }
-            .map_err(io(format!("binding metrics on {address}")))?;
-            handover.metrics =
-                Some(upgrade::keep(listener.as_fd()).map_err(io("keeping the metrics socket"))?);
-            retiring.push(tokio::spawn(crate::metrics::serve(listener, core.clone())));
-            info!("metrics on http://{address}/metrics");
-        }
+        let mut signals = Signals::install()?;
+        let (retiring, admin_slots) = open_api(&core, &mut inherited, &mut handover).await?;
         if dataplane_on {
             tokio::spawn(watch_dataplane(core.clone(), pin_dir.join("link"), interface.clone()));
         }
@@ -150,79 +101,22 @@ pub fn run(path: &Path) -> Result<(), RunError> {
         }
         let mut checked = HashSet::new();
         health::spawn_missing(&core, &mut checked);
-        // The proxy's outlier ejections are State commands, applied like health results.
-        let (ejections, mut ejected) = tokio::sync::mpsc::unbounded_channel();
-        let ejecting = core.clone();
-        tokio::spawn(async move {
-            while let Some(command) = ejected.recv().await {
-                if let Err(err) = lock(&ejecting).execute(&[command]) {
-                    error!("outlier ejection: {err}");
-                }
-            }
-        });
-        let (snapshot, forwarder) = {
-            let core = lock(&core);
-            let forwarder =
-                proxy::pipeline::Forwarder::new(core.proxy_metrics.clone(), ejections, core.cache.clone());
-            (core.l7.clone(), Arc::new(forwarder))
-        };
-        // L7 listeners: bound before READY, so a busy port fails the start.
-        let handed = inherited.as_mut().map(|i| std::mem::take(&mut i.listeners)).unwrap_or_default();
-        let (bound, listeners) = bind_listeners(&core, handed, &mut handover)?;
-        let busy_poll = lock(&core).state.config.busy_poll;
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        // Access-log lines go through a writer thread of their own (`proxy::log_sink`).
-        if let Err(err) = proxy::log_sink::start() {
-            warn!("access log: no writer thread ({err}); workers write their lines themselves");
-        }
-        let threads = proxy::workers::start(bound, snapshot.clone(), forwarder.clone(), stopped, busy_poll)?;
-        let serving = Workers { stop, threads };
+        let (serving, listeners) = start_proxy(&core, &mut inherited, &mut handover)?;
         // SIGHUP and `lbctl reload` share one reload path (crate::reload).
-        let (reload_tx, mut reload_asks) = tokio::sync::mpsc::channel(4);
+        let (reload_tx, reload_asks) = tokio::sync::mpsc::channel(4);
         lock(&core).reloads = Some(reload_tx);
-        let mut reloader =
+        let reloader =
             crate::reload::Reloader { core: core.clone(), path: path.to_owned(), listeners, checked };
-        let (upgrade_tx, mut upgrade_asks) = tokio::sync::mpsc::channel(1);
+        let (upgrade_tx, upgrade_asks) = tokio::sync::mpsc::channel(1);
         lock(&core).upgrades = Some(upgrade_tx);
         let handover = Arc::new(handover);
         match inherited.take() {
             // The old lbd stops accepting once told: this one is systemd's main process now.
-            Some(inherited) => {
-                notify(&[NotifyState::MainPid(std::process::id()), NotifyState::Ready]);
-                let predecessor = inherited.ready()?;
-                info!("took over from the old lbd: serving");
-                // Its proxy counters, once it has drained: they continue here.
-                let metrics = lock(&core).proxy_metrics.clone();
-                tokio::task::spawn_blocking(move || match predecessor.counters() {
-                    Ok(Some(text)) => metrics.absorb(&text),
-                    Ok(None) => warn!("upgrade: the old lbd ended without its counters"),
-                    Err(err) => warn!("upgrade: the old lbd's counters: {err}"),
-                });
-            }
+            Some(inherited) => take_over(&core, inherited)?,
             None => notify(&[NotifyState::Ready]),
         }
-        let mut successor = None;
-        loop {
-            let asked: Option<crate::upgrade::Asked> = tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                _ = usr2.recv() => None,
-                Some(asked) = upgrade_asks.recv() => Some(asked),
-                _ = hup.recv() => {
-                    let _ = reload(&mut reloader).await;
-                    continue;
-                }
-                Some(asked) = reload_asks.recv() => {
-                    let _ = asked.send(reload(&mut reloader).await);
-                    continue;
-                }
-            };
-            // SIGUSR2 or `lbctl upgrade`: start the binary at lbd's path on the same sockets.
-            successor = start_successor(&exec, &handover, asked).await;
-            if successor.is_some() {
-                break;
-            }
-        }
+        let asks = Asks { reloads: reload_asks, upgrades: upgrade_asks };
+        let successor = serve_until_stopped(&mut signals, asks, reloader, &exec, &handover).await;
         if let Some(successor) = successor {
             // The new lbd owns the maps, the admin socket, the announcements and the config
             // file from now on: this one changes nothing more and only drains.
@@ -251,6 +145,181 @@ pub fn run(path: &Path) -> Result<(), RunError> {
         info!("stopping");
     }
     Ok(())
+}
+
+/// The core (State, maps, proxy snapshot) from `config`. With a data plane: the pin directory
+/// checked and locked first (one lbd per pin directory, which only root may change: before
+/// anything, maps or admin socket, is touched), the balancer loaded, the maps programmed, then
+/// the program attached, so the first packet already sees the pools. An L7-only host (no
+/// `[dataplane]`) has no lock and no program.
+fn start_core(
+    config: Config,
+    path: &Path,
+    inherited: &mut Option<Inherited>,
+    handover: &mut Handover,
+) -> Result<(Option<InstanceLock>, Shared), RunError> {
+    if !config.dataplane {
+        info!("no [dataplane]: L7 only, no XDP program");
+        return Ok((None, Arc::new(Mutex::new(Core::start(config, path.to_owned(), None)?))));
+    }
+    let (interface, mode, pin_dir) = (config.interface.clone(), config.xdp_mode, config.pin_dir.clone());
+    crate::instance::prepare_pin_dir(&pin_dir)?;
+    let instance = match inherited.as_mut().and_then(|i| i.lock.take()) {
+        Some(held) => crate::instance::adopt(&pin_dir, held)?,
+        None => crate::instance::lock(&pin_dir)?,
+    };
+    handover.lock = Some(instance.keep().map_err(io("keeping the pin directory's lock"))?);
+    // Keeps the program loaded while lbd runs; the pinned link keeps it attached after.
+    let ebpf = dataplane::load(&pin_dir, Role::Balancer { max_vips: config.max_vips })?;
+    let core: Shared = Arc::new(Mutex::new(Core::start(config, path.to_owned(), Some(ebpf))?));
+    let attached = {
+        let mut core = lock(&core);
+        let ebpf = core.ebpf.as_mut().ok_or(DataplaneError::Unexpected("no loaded program".into()))?;
+        dataplane::attach(ebpf, dataplane::BALANCER_PROGRAM, &interface, mode, &pin_dir)?
+    };
+    info!("balancer on {interface} ({attached:?}); maps pinned under {}", pin_dir.display());
+    Ok((Some(instance), core))
+}
+
+/// The signals lbd serves: SIGTERM and SIGINT stop it, SIGHUP reloads, SIGUSR2 upgrades.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, RunError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(io("installing a SIGTERM handler"))?,
+            int: signal(SignalKind::interrupt()).map_err(io("installing a SIGINT handler"))?,
+            hup: signal(SignalKind::hangup()).map_err(io("installing a SIGHUP handler"))?,
+            usr2: signal(SignalKind::user_defined2()).map_err(io("installing a SIGUSR2 handler"))?,
+        })
+    }
+}
+
+/// The admin API and the metrics server, on the sockets an upgrade handed over or on new ones
+/// (kept for the next upgrade). Their tasks, which a retiring lbd stops, and the admin API's
+/// connection slots.
+async fn open_api(
+    core: &Shared,
+    inherited: &mut Option<Inherited>,
+    handover: &mut Handover,
+) -> Result<(Vec<tokio::task::JoinHandle<()>>, Arc<tokio::sync::Semaphore>), RunError> {
+    use std::os::fd::AsFd as _;
+    let (admin_socket, metrics) = {
+        let core = lock(core);
+        (core.state.config.admin_socket.clone(), core.state.config.metrics)
+    };
+    let admin = match inherited.as_mut().and_then(|i| i.admin.take()) {
+        Some(fd) => tokio::net::UnixListener::from_std(std::os::unix::net::UnixListener::from(fd)),
+        None => admin::bind(&admin_socket),
+    }
+    .map_err(io(format!("binding the admin socket {}", admin_socket.display())))?;
+    handover.admin = Some(upgrade::keep(admin.as_fd()).map_err(io("keeping the admin socket"))?);
+    let admin_slots = Arc::new(tokio::sync::Semaphore::new(admin::MAX_CONNECTIONS));
+    let mut tasks = vec![tokio::spawn(admin::serve(admin, core.clone(), admin_slots.clone()))];
+    info!("admin API on {}", admin_socket.display());
+    if let Some(address) = metrics {
+        let handed = inherited.as_mut().and_then(|i| i.metrics.take()).map(std::net::TcpListener::from);
+        let listener = match handed.filter(|l| l.local_addr().is_ok_and(|a| a == address)) {
+            Some(listener) => tokio::net::TcpListener::from_std(listener),
+            None => crate::metrics::bind(address).await,
+        }
+        .map_err(io(format!("binding metrics on {address}")))?;
+        handover.metrics = Some(upgrade::keep(listener.as_fd()).map_err(io("keeping the metrics socket"))?);
+        tasks.push(tokio::spawn(crate::metrics::serve(listener, core.clone())));
+        info!("metrics on http://{address}/metrics");
+    }
+    Ok((tasks, admin_slots))
+}
+
+/// The L7 proxy: its listeners bound (before READY, so a busy port fails the start), its
+/// workers started, the outlier ejections it reports applied to the State like health results.
+fn start_proxy(
+    core: &Shared,
+    inherited: &mut Option<Inherited>,
+    handover: &mut Handover,
+) -> Result<(Workers, crate::reload::ServedListeners), RunError> {
+    let (ejections, mut ejected) = tokio::sync::mpsc::unbounded_channel();
+    let ejecting = core.clone();
+    tokio::spawn(async move {
+        while let Some(command) = ejected.recv().await {
+            if let Err(err) = lock(&ejecting).execute(&[command]) {
+                error!("outlier ejection: {err}");
+            }
+        }
+    });
+    let (snapshot, forwarder, busy_poll) = {
+        let core = lock(core);
+        let forwarder =
+            proxy::pipeline::Forwarder::new(core.proxy_metrics.clone(), ejections, core.cache.clone());
+        (core.l7.clone(), Arc::new(forwarder), core.state.config.busy_poll)
+    };
+    let handed = inherited.as_mut().map(|i| std::mem::take(&mut i.listeners)).unwrap_or_default();
+    let (bound, listeners) = bind_listeners(core, handed, handover)?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    // Access-log lines go through a writer thread of their own (`proxy::log_sink`).
+    if let Err(err) = proxy::log_sink::start() {
+        warn!("access log: no writer thread ({err}); workers write their lines themselves");
+    }
+    let threads = proxy::workers::start(bound, snapshot, forwarder, stopped, busy_poll)?;
+    Ok((Workers { stop, threads }, listeners))
+}
+
+/// Started by an upgrade: READY as systemd's main process, the old lbd told to stop accepting;
+/// its proxy counters, once it has drained, continue here.
+fn take_over(core: &Shared, inherited: Inherited) -> Result<(), RunError> {
+    notify(&[NotifyState::MainPid(std::process::id()), NotifyState::Ready]);
+    let predecessor = inherited.ready()?;
+    info!("took over from the old lbd: serving");
+    let metrics = lock(core).proxy_metrics.clone();
+    tokio::task::spawn_blocking(move || match predecessor.counters() {
+        Ok(Some(text)) => metrics.absorb(&text),
+        Ok(None) => warn!("upgrade: the old lbd ended without its counters"),
+        Err(err) => warn!("upgrade: the old lbd's counters: {err}"),
+    });
+    Ok(())
+}
+
+/// What the admin API asks of the signal loop: reloads and upgrades.
+struct Asks {
+    reloads: tokio::sync::mpsc::Receiver<crate::reload::Asked>,
+    upgrades: tokio::sync::mpsc::Receiver<crate::upgrade::Asked>,
+}
+
+/// Serves reloads and upgrades until SIGTERM or SIGINT (None), or until an upgrade's new lbd
+/// serves (its handle).
+async fn serve_until_stopped(
+    signals: &mut Signals,
+    mut asks: Asks,
+    mut reloader: crate::reload::Reloader,
+    exec: &upgrade::Exec,
+    handover: &Arc<Handover>,
+) -> Option<upgrade::Successor> {
+    loop {
+        let asked: Option<crate::upgrade::Asked> = tokio::select! {
+            _ = signals.term.recv() => return None,
+            _ = signals.int.recv() => return None,
+            _ = signals.usr2.recv() => None,
+            Some(asked) = asks.upgrades.recv() => Some(asked),
+            _ = signals.hup.recv() => {
+                let _ = reload(&mut reloader).await;
+                continue;
+            }
+            Some(asked) = asks.reloads.recv() => {
+                let _ = asked.send(reload(&mut reloader).await);
+                continue;
+            }
+        };
+        // SIGUSR2 or `lbctl upgrade`: start the binary at lbd's path on the same sockets.
+        if let Some(successor) = start_successor(exec, handover, asked).await {
+            return Some(successor);
+        }
+    }
 }
 
 /// A reload (SIGHUP or `lbctl reload`), told to systemd as it starts and ends.
