@@ -274,64 +274,25 @@ impl Tries<'_> {
             let in_flight = InFlight::start(&upstream);
             // One clock read for both the try's deadline and its duration.
             let sent = tokio::time::Instant::now();
-            let request_body = body.take().unwrap_or_else(respond::empty);
             let result = {
-                let sending = std::pin::pin!(self.upstreams.send(
-                    self.pool.protocol,
-                    &upstream,
-                    parts,
-                    headers,
-                    self.forwarding,
-                    self.host,
-                    request_body,
-                ));
+                let body = body.take().unwrap_or_else(respond::empty);
+                let (protocol, forwarding, host) = (self.pool.protocol, self.forwarding, self.host);
+                let sending = std::pin::pin!(
+                    self.upstreams.send(protocol, &upstream, parts, headers, forwarding, host, body)
+                );
                 deadline::within(sent + self.route.timeout, sending).await
             };
             let seconds = sent.elapsed().as_secs_f64();
-            let body_error = self.body_error.as_ref().map_or(0, |e| e.load(Ordering::Relaxed));
-            let failed = match &result {
-                Err(_) => true,
-                Ok(Err(_)) => body_error == 0,
-                Ok(Ok(response)) => response.status().is_server_error(),
-            };
-            observe(self.pool, &upstream, failed, self.commands);
-            let backend = upstream.label.clone();
-            let response = match result {
-                Err(_) => {
-                    return Err(Failed {
-                        status: StatusCode::GATEWAY_TIMEOUT,
-                        reason: "upstream timed out",
-                        backend,
-                    });
-                }
-                Ok(Err(err)) => {
-                    log::debug!("upstream {}: {err}", upstream.address);
-                    match body_error {
-                        413 => {
-                            let reason = "request body too large";
-                            return Err(Failed { status: StatusCode::PAYLOAD_TOO_LARGE, reason, backend });
-                        }
-                        400 => {
-                            let reason = "malformed request body";
-                            return Err(Failed { status: StatusCode::BAD_REQUEST, reason, backend });
-                        }
-                        _ => {}
+            let response = match self.judged(&upstream, result) {
+                Sent::Answer(response) => response,
+                Sent::Failed(failed) => return Err(failed),
+                Sent::Broken(failed) => match (!last).then(|| self.next(&parts.headers, &tried)).flatten() {
+                    Some(next) => {
+                        upstream = next;
+                        continue;
                     }
-                    match (!last).then(|| self.next(&parts.headers, &tried)).flatten() {
-                        Some(next) => {
-                            upstream = next;
-                            continue;
-                        }
-                        None => {
-                            return Err(Failed {
-                                status: StatusCode::BAD_GATEWAY,
-                                reason: "upstream failed",
-                                backend,
-                            });
-                        }
-                    }
-                }
-                Ok(Ok(response)) => response,
+                    None => return Err(failed),
+                },
             };
             let status = response.status().as_u16();
             if !last
@@ -343,7 +304,7 @@ impl Tries<'_> {
                 upstream = next;
                 continue;
             }
-            return Ok(Answered { response, in_flight, seconds, backend });
+            return Ok(Answered { response, in_flight, seconds, backend: upstream.label.clone() });
         }
         Err(Failed {
             status: StatusCode::BAD_GATEWAY,
@@ -351,6 +312,44 @@ impl Tries<'_> {
             backend: upstream.label.clone(),
         })
     }
+
+    /// How one try ended, fed to outlier detection.
+    fn judged(
+        &self,
+        upstream: &Upstream,
+        result: Result<Result<Response<Body>, SendError>, deadline::Elapsed>,
+    ) -> Sent {
+        let body_error = self.body_error.as_ref().map_or(0, |e| e.load(Ordering::Relaxed));
+        let bad = match &result {
+            Err(_) => true,
+            Ok(Err(_)) => body_error == 0,
+            Ok(Ok(response)) => response.status().is_server_error(),
+        };
+        observe(self.pool, upstream, bad, self.commands);
+        let failed = |status, reason| Failed { status, reason, backend: upstream.label.clone() };
+        match result {
+            Ok(Ok(response)) => Sent::Answer(response),
+            Err(_) => Sent::Failed(failed(StatusCode::GATEWAY_TIMEOUT, "upstream timed out")),
+            Ok(Err(err)) => {
+                log::debug!("upstream {}: {err}", upstream.address);
+                match body_error {
+                    413 => Sent::Failed(failed(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")),
+                    400 => Sent::Failed(failed(StatusCode::BAD_REQUEST, "malformed request body")),
+                    _ => Sent::Broken(failed(StatusCode::BAD_GATEWAY, "upstream failed")),
+                }
+            }
+        }
+    }
+}
+
+/// How one try ended.
+enum Sent {
+    /// The backend answered (a 5xx too).
+    Answer(Response<Body>),
+    /// The client is told this; no retry helps (a timeout, the client's bad body).
+    Failed(Failed),
+    /// The connection or the exchange broke: another backend may be tried, else this.
+    Broken(Failed),
 }
 
 #[cfg(test)]
