@@ -3,6 +3,7 @@
 //! HTTP/1.0), and a 502 in place of an answer that broke before its first byte.
 use std::io;
 
+use bytes::Bytes;
 use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use hyper::{HeaderMap, Method, Response, StatusCode, Version, body::Body as _, header};
@@ -47,95 +48,23 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
     keep_alive: bool,
 ) -> Written {
     let (mut parts, mut body) = response.into_parts();
-    let mut status = parts.status;
-    let switched =
-        if status == StatusCode::SWITCHING_PROTOCOLS { parts.extensions.remove::<Switched>() } else { None };
-    // An answer's own `Connection: close` (a refusal made closing) is seen as its head is written.
-    let mut keep_alive = keep_alive && switched.is_none();
-    let bodiless = head::answer_is_bodiless(method, status);
-    let mut first = None;
-    let mut done = bodiless;
-    let mut broke = false;
-    if !bodiless {
-        let mut polled = body.frame().now_or_never();
-        if let Some(Some(Err(_))) = polled {
-            // Nothing is written yet: the client gets a 502 rather than a connection closed
-            // with nothing on it. (A body that breaks later is cut short: the head is out.)
-            (parts, body) = respond::text(StatusCode::BAD_GATEWAY, BROKE).into_parts();
-            (status, keep_alive, broke) = (parts.status, false, true);
-            // The proxy's own answer now: no Via.
-            beside.via = false;
-            polled = body.frame().now_or_never();
-        }
-        match polled {
-            Some(Some(Ok(frame))) => first = frame.into_data().ok(),
-            Some(None) => done = true,
-            Some(Some(Err(_))) => return Written { bytes: 0, keep_alive: false, switched: None, broke },
-            None => {}
-        }
-        done = done || body.is_end_stream();
-    }
-    let first_len = first.as_ref().map_or(0, |f| f.len() as u64);
-    let out = match framing(bodiless, done, first_len, body.size_hint().exact(), version) {
-        Out::Close => {
-            keep_alive = false;
-            Out::Close
-        }
-        out => out,
-    };
-    let kept_length = bodiless.then(|| kept_length(method, status, &parts.headers, &body)).flatten();
-    let mut head = scratch::take();
-    let connection = if !keep_alive && switched.is_none() {
-        encode::Connection::Close
-    } else if keep_alive && version == Version::HTTP_10 {
-        encode::Connection::KeepAlive
+    let switched = if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        parts.extensions.remove::<Switched>()
     } else {
-        encode::Connection::Unsaid
+        None
     };
-    let closing = encode::response_head(
-        &mut head,
-        status,
-        &parts.headers,
-        out,
-        kept_length.as_deref(),
-        connection,
-        beside,
-    );
-    keep_alive &= !closing;
-    let mut bytes = 0u64;
+    let Some(mut ready) = Ready::take(&mut parts, &mut body, method, &mut beside) else {
+        return Written { bytes: 0, keep_alive: false, switched: None, broke: true };
+    };
+    // An answer's own `Connection: close` (a refusal made closing) is seen as its head is written.
+    let keep_alive = keep_alive && switched.is_none() && !ready.broke;
+    let (mut head, out, keep_alive) =
+        ready.head(&parts, &body, method, version, keep_alive, switched.is_some(), beside);
     let failed = Written { bytes: 0, keep_alive: false, switched: None, broke: false };
-    // Head and first piece together: a small piece is copied behind the head (one plain
-    // send costs the kernel less than a writev of two pieces).
-    if let Some(data) = first.take_if(|d| out != Out::Chunked && d.len() <= SMALL_BODY) {
-        bytes += data.len() as u64;
-        head.extend_from_slice(&data);
-    }
-    {
-        let size;
-        let mut slices: SmallVec<[io::IoSlice<'_>; 5]> = SmallVec::new();
-        slices.push(io::IoSlice::new(&head));
-        if let Some(data) = &first {
-            bytes += data.len() as u64;
-            if out == Out::Chunked && !data.is_empty() {
-                size = encode::chunk_size(data.len());
-                slices.push(io::IoSlice::new(size.as_bytes()));
-                slices.push(io::IoSlice::new(data));
-                slices.push(io::IoSlice::new(b"\r\n"));
-            } else {
-                slices.push(io::IoSlice::new(data));
-            }
-        }
-        if out == Out::Chunked && done {
-            slices.push(io::IoSlice::new(encode::LAST_CHUNK));
-        }
-        // The answers of every connection the same readiness woke are written back to back
-        // (turn.rs): HTTP/1.1 89.8-92.2k -> 92.6-95.1k req/s, TLS 81.9-82.5k -> 84.0-87.3k.
-        turn::one_turn().await;
-        if write_all_vectored(io, &mut slices).await.is_err() {
-            return failed;
-        }
-    }
-    if !done {
+    let Ok(mut bytes) = send_first(io, &mut head, ready.first.take(), out, ready.done).await else {
+        return failed;
+    };
+    if !ready.done {
         match stream_rest(io, &mut body, out, &mut bytes).await {
             Streamed::Whole => {}
             Streamed::CutUpstream => {
@@ -147,7 +76,133 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
     if io.flush().await.is_err() {
         return failed;
     }
-    Written { bytes, keep_alive, switched, broke }
+    Written { bytes, keep_alive, switched, broke: ready.broke }
+}
+
+/// What of an answer's body was ready when its head was about to be written.
+struct Ready {
+    /// The body's first piece, when it was ready.
+    first: Option<Bytes>,
+    /// Nothing of the body is left to stream (it was all in `first`, or there is none).
+    done: bool,
+    bodiless: bool,
+    /// The backend's answer broke before a byte of it was written: the answer is a 502 now.
+    broke: bool,
+}
+
+impl Ready {
+    /// Takes the body's first piece if it is ready. One that fails at once makes the answer a
+    /// 502: nothing is written yet, and a client should not see a connection closed with nothing
+    /// on it (a body that breaks later is cut short: the head is out). None: the 502 failed too.
+    ///
+    /// Inlined, as `head`: left to the compiler, the two calls cost ~100 instructions a request.
+    #[inline(always)]
+    fn take(
+        parts: &mut hyper::http::response::Parts,
+        body: &mut Body,
+        method: &Method,
+        beside: &mut encode::Beside<'_>,
+    ) -> Option<Ready> {
+        let bodiless = head::answer_is_bodiless(method, parts.status);
+        let mut ready = Ready { first: None, done: bodiless, bodiless, broke: false };
+        if bodiless {
+            return Some(ready);
+        }
+        let mut polled = body.frame().now_or_never();
+        if let Some(Some(Err(_))) = polled {
+            (*parts, *body) = respond::text(StatusCode::BAD_GATEWAY, BROKE).into_parts();
+            ready.broke = true;
+            // The proxy's own answer now: no Via.
+            beside.via = false;
+            polled = body.frame().now_or_never();
+        }
+        match polled {
+            Some(Some(Ok(frame))) => ready.first = frame.into_data().ok(),
+            Some(None) => ready.done = true,
+            Some(Some(Err(_))) => return None,
+            None => {}
+        }
+        ready.done = ready.done || body.is_end_stream();
+        Some(ready)
+    }
+
+    /// Encodes the head into a scratch buffer, framed by what is known of the body; gives it,
+    /// the framing, and whether the connection stays open after the answer.
+    #[allow(clippy::too_many_arguments, reason = "the answer's parts, and how it is written")]
+    #[inline(always)]
+    fn head(
+        &self,
+        parts: &hyper::http::response::Parts,
+        body: &Body,
+        method: &Method,
+        version: Version,
+        keep_alive: bool,
+        switched: bool,
+        beside: encode::Beside<'_>,
+    ) -> (scratch::Scratch, Out, bool) {
+        let first_len = self.first.as_ref().map_or(0, |f| f.len() as u64);
+        let out = framing(self.bodiless, self.done, first_len, body.size_hint().exact(), version);
+        let keep_alive = keep_alive && out != Out::Close;
+        let kept_length =
+            self.bodiless.then(|| kept_length(method, parts.status, &parts.headers, body)).flatten();
+        let connection = if !keep_alive && !switched {
+            encode::Connection::Close
+        } else if keep_alive && version == Version::HTTP_10 {
+            encode::Connection::KeepAlive
+        } else {
+            encode::Connection::Unsaid
+        };
+        let mut head = scratch::take();
+        let closing = encode::response_head(
+            &mut head,
+            parts.status,
+            &parts.headers,
+            out,
+            kept_length.as_deref(),
+            connection,
+            beside,
+        );
+        (head, out, keep_alive && !closing)
+    }
+}
+
+/// Sends the head and the body's first piece in one write, after the turn's other answers
+/// (turn.rs); a small piece is copied behind the head (one plain send costs the kernel less
+/// than a writev of two pieces). Gives the body bytes sent.
+async fn send_first<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    head: &mut Vec<u8>,
+    mut first: Option<Bytes>,
+    out: Out,
+    done: bool,
+) -> io::Result<u64> {
+    let mut bytes = 0u64;
+    if let Some(data) = first.take_if(|d| out != Out::Chunked && d.len() <= SMALL_BODY) {
+        bytes += data.len() as u64;
+        head.extend_from_slice(&data);
+    }
+    let size;
+    let mut slices: SmallVec<[io::IoSlice<'_>; 5]> = SmallVec::new();
+    slices.push(io::IoSlice::new(&head[..]));
+    if let Some(data) = &first {
+        bytes += data.len() as u64;
+        if out == Out::Chunked && !data.is_empty() {
+            size = encode::chunk_size(data.len());
+            slices.push(io::IoSlice::new(size.as_bytes()));
+            slices.push(io::IoSlice::new(data));
+            slices.push(io::IoSlice::new(b"\r\n"));
+        } else {
+            slices.push(io::IoSlice::new(data));
+        }
+    }
+    if out == Out::Chunked && done {
+        slices.push(io::IoSlice::new(encode::LAST_CHUNK));
+    }
+    // The answers of every connection the same readiness woke are written back to back
+    // (turn.rs): HTTP/1.1 89.8-92.2k -> 92.6-95.1k req/s, TLS 81.9-82.5k -> 84.0-87.3k.
+    turn::one_turn().await;
+    write_all_vectored(io, &mut slices).await?;
+    Ok(bytes)
 }
 
 /// How an answer's body is delimited on the wire: nothing for a bodiless answer, a length when
