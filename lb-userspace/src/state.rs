@@ -142,6 +142,11 @@ pub struct State {
     pub ejected: BTreeSet<(String, IpAddr)>,
 }
 
+/// A command's line for the log: `line()` when it changed something, else "".
+fn changed(changed: bool, line: impl FnOnce() -> String) -> String {
+    if changed { line() } else { String::new() }
+}
+
 impl State {
     pub fn new(config: Config) -> State {
         State { config, health: BTreeMap::new(), ejected: BTreeSet::new() }
@@ -208,153 +213,161 @@ impl State {
     }
 
     /// Applies one command, returning a line describing the change ("" when nothing changed).
+    /// A refused command changes nothing.
     pub fn apply(&mut self, command: &Command) -> Result<String, CommandError> {
         match command {
-            Command::AddBackend { pool, address, weight } => {
-                if *weight > MAX_WEIGHT {
-                    return Err(CommandError::Weight(*weight));
-                }
-                let p = self.pool_mut(pool)?;
-                if p.backends.iter().any(|b| b.addr == *address) {
-                    return Err(CommandError::DuplicateBackend(pool.clone(), *address));
-                }
-                // XDP cannot put IPv6 in IPv4; lbd's proxy connects to either family.
-                let l4_v6 = |v: &Vip| v.pool == *pool && v.addr.is_ipv6() && v.mode == VipMode::L4;
-                if address.is_ipv4() && self.config.vips.iter().any(l4_v6) {
-                    return Err(CommandError::Invalid(format!(
-                        "pool `{pool}` serves an IPv6 L4 VIP: it cannot take IPv4 backend {address}"
-                    )));
-                }
-                self.pool_mut(pool)?.backends.push(BackendSpec {
-                    addr: *address,
-                    weight: *weight,
-                    drain: false,
-                });
-                Ok(format!("pool {pool}: backend {address} added with weight {weight}"))
-            }
-            Command::RemoveBackend { pool, address } => {
-                self.backend_mut(pool, *address)?;
-                self.pool_mut(pool)?.backends.retain(|b| b.addr != *address);
-                self.health.remove(&(pool.clone(), *address));
-                self.ejected.remove(&(pool.clone(), *address));
-                Ok(format!("pool {pool}: backend {address} removed"))
-            }
-            Command::SetWeight { pool, address, weight } => {
-                if *weight > MAX_WEIGHT {
-                    return Err(CommandError::Weight(*weight));
-                }
-                let backend = self.backend_mut(pool, *address)?;
-                let old = std::mem::replace(&mut backend.weight, *weight);
-                Ok(if old == *weight {
-                    String::new()
-                } else {
-                    format!("pool {pool}: backend {address} weight {old} -> {weight}")
-                })
-            }
-            Command::SetDrain { pool, address, drain } => {
-                let backend = self.backend_mut(pool, *address)?;
-                let old = std::mem::replace(&mut backend.drain, *drain);
-                let what = if *drain { "draining" } else { "ready" };
-                Ok(if old == *drain {
-                    String::new()
-                } else {
-                    format!("pool {pool}: backend {address} {what}")
-                })
-            }
-            Command::SetNodeDrain { drained } => {
-                let bgp = self.config.bgp.as_mut().ok_or_else(|| {
-                    CommandError::Invalid("no [bgp] in the config: nothing is announced to drain".into())
-                })?;
-                let old = std::mem::replace(&mut bgp.drained, *drained);
-                Ok(match (old, *drained) {
-                    (false, true) => "node drained: every VIP is withdrawn".to_owned(),
-                    (true, false) => "node undrained: VIPs are announced again".to_owned(),
-                    _ => String::new(),
-                })
-            }
+            Command::AddBackend { pool, address, weight } => self.add_backend(pool, *address, *weight),
+            Command::RemoveBackend { pool, address } => self.remove_backend(pool, *address),
+            Command::SetWeight { pool, address, weight } => self.set_weight(pool, *address, *weight),
+            Command::SetDrain { pool, address, drain } => self.set_drain(pool, *address, *drain),
+            Command::SetNodeDrain { drained } => self.set_node_drain(*drained),
             Command::SetSplit { route, pool, percent } => self.set_split(route, pool, *percent),
-            Command::AddDeny { prefix } => {
-                // As the config says of `[deny]` (the file written after would be refused).
-                if !self.config.dataplane {
-                    return Err(CommandError::Invalid(
-                        "the deny list drops sources in XDP: this host has no [dataplane] section".into(),
-                    ));
-                }
-                if prefix.trunc() != *prefix {
-                    return Err(CommandError::Invalid(format!("`{prefix}` has host bits set")));
-                }
-                if self.config.deny.contains(prefix) {
-                    return Ok(String::new());
-                }
-                self.config.deny.push(*prefix);
-                Ok(format!("deny {prefix} added"))
-            }
-            Command::RemoveDeny { prefix } => {
-                if !self.config.deny.contains(prefix) {
-                    return Err(CommandError::Invalid(format!("{prefix} is not in the deny list")));
-                }
-                self.config.deny.retain(|p| p != prefix);
-                Ok(format!("deny {prefix} removed"))
-            }
-            Command::SetHealth { pool, address, healthy } => {
-                self.backend_mut(pool, *address)?;
-                let old = self.health.insert((pool.clone(), *address), *healthy).unwrap_or(true);
-                let what = if *healthy { "up" } else { "DOWN" };
-                Ok(if old == *healthy {
-                    String::new()
-                } else {
-                    format!("pool {pool}: backend {address} is {what}")
-                })
-            }
-            Command::SetEjected { pool, address, ejected } => {
-                self.backend_mut(pool, *address)?;
-                let key = (pool.clone(), *address);
-                let changed = if *ejected { self.ejected.insert(key) } else { self.ejected.remove(&key) };
-                let what = if *ejected { "ejected (outlier)" } else { "back from ejection" };
-                Ok(if changed { format!("pool {pool}: backend {address} {what}") } else { String::new() })
-            }
-            Command::AddPool { pool } => {
-                if self.config.pools.contains_key(pool) {
-                    return Err(CommandError::Invalid(format!("pool `{pool}` exists")));
-                }
-                self.config.pools.insert(
-                    pool.clone(),
-                    Pool { name: pool.clone(), backends: Vec::new(), ..Pool::default() },
-                );
-                Ok(format!("pool {pool} added"))
-            }
-            Command::RemovePool { pool } => {
-                if let Some(vip) = self.config.vips.iter().find(|v| v.pool == *pool) {
-                    return Err(CommandError::PoolInUse(pool.clone(), vip.name.clone()));
-                }
-                self.config.pools.remove(pool).ok_or_else(|| CommandError::NoPool(pool.clone()))?;
-                self.health.retain(|(p, _), _| p != pool);
-                self.ejected.retain(|(p, _)| p != pool);
-                Ok(format!("pool {pool} removed"))
-            }
-            Command::AddVip { name } | Command::RemoveVip { name } => {
-                // VIP definitions arrive with SetSettings; these name the change for the log.
-                let what = if matches!(command, Command::AddVip { .. }) { "added" } else { "removed" };
-                Ok(format!("VIP {name} {what}"))
-            }
-            Command::SetSettings(new) => {
-                let pools = std::mem::take(&mut self.config.pools);
-                let deny = std::mem::take(&mut self.config.deny);
-                let mut config = (**new).clone();
-                // Pool settings come from the new config; membership stays as applied.
-                let mut pools = pools;
-                for (name, pool) in pools.iter_mut() {
-                    if let Some(p) = config.pools.get(name) {
-                        *pool = Pool { backends: std::mem::take(&mut pool.backends), ..p.clone() };
-                    }
-                }
-                config.pools = pools;
-                config.deny = deny;
-                let changed = config != self.config;
-                self.config = config;
-                Ok(if changed { "settings, VIPs and health checks reloaded".into() } else { String::new() })
+            Command::AddDeny { prefix } => self.add_deny(*prefix),
+            Command::RemoveDeny { prefix } => self.remove_deny(*prefix),
+            Command::SetHealth { pool, address, healthy } => self.set_health(pool, *address, *healthy),
+            Command::SetEjected { pool, address, ejected } => self.set_ejected(pool, *address, *ejected),
+            Command::AddPool { pool } => self.add_pool(pool),
+            Command::RemovePool { pool } => self.remove_pool(pool),
+            // VIP definitions arrive with SetSettings; these name the change for the log.
+            Command::AddVip { name } => Ok(format!("VIP {name} added")),
+            Command::RemoveVip { name } => Ok(format!("VIP {name} removed")),
+            Command::SetSettings(new) => Ok(self.set_settings(new)),
+        }
+    }
+
+    fn add_backend(&mut self, pool: &str, address: IpAddr, weight: u32) -> Result<String, CommandError> {
+        if weight > MAX_WEIGHT {
+            return Err(CommandError::Weight(weight));
+        }
+        if self.pool_mut(pool)?.backends.iter().any(|b| b.addr == address) {
+            return Err(CommandError::DuplicateBackend(pool.to_owned(), address));
+        }
+        // XDP cannot put IPv6 in IPv4; lbd's proxy connects to either family.
+        let l4_v6 = |v: &Vip| v.pool == pool && v.addr.is_ipv6() && v.mode == VipMode::L4;
+        if address.is_ipv4() && self.config.vips.iter().any(l4_v6) {
+            return Err(CommandError::Invalid(format!(
+                "pool `{pool}` serves an IPv6 L4 VIP: it cannot take IPv4 backend {address}"
+            )));
+        }
+        self.pool_mut(pool)?.backends.push(BackendSpec { addr: address, weight, drain: false });
+        Ok(format!("pool {pool}: backend {address} added with weight {weight}"))
+    }
+
+    /// A backend removed, with what probes and ejection said of it.
+    fn remove_backend(&mut self, pool: &str, address: IpAddr) -> Result<String, CommandError> {
+        self.backend_mut(pool, address)?;
+        self.pool_mut(pool)?.backends.retain(|b| b.addr != address);
+        let key = (pool.to_owned(), address);
+        self.health.remove(&key);
+        self.ejected.remove(&key);
+        Ok(format!("pool {pool}: backend {address} removed"))
+    }
+
+    fn set_weight(&mut self, pool: &str, address: IpAddr, weight: u32) -> Result<String, CommandError> {
+        if weight > MAX_WEIGHT {
+            return Err(CommandError::Weight(weight));
+        }
+        let old = std::mem::replace(&mut self.backend_mut(pool, address)?.weight, weight);
+        Ok(changed(old != weight, || format!("pool {pool}: backend {address} weight {old} -> {weight}")))
+    }
+
+    fn set_drain(&mut self, pool: &str, address: IpAddr, drain: bool) -> Result<String, CommandError> {
+        let old = std::mem::replace(&mut self.backend_mut(pool, address)?.drain, drain);
+        let what = if drain { "draining" } else { "ready" };
+        Ok(changed(old != drain, || format!("pool {pool}: backend {address} {what}")))
+    }
+
+    /// The whole host drained from BGP (every VIP withdrawn) or announced again.
+    fn set_node_drain(&mut self, drained: bool) -> Result<String, CommandError> {
+        let bgp = self.config.bgp.as_mut().ok_or_else(|| {
+            CommandError::Invalid("no [bgp] in the config: nothing is announced to drain".into())
+        })?;
+        let old = std::mem::replace(&mut bgp.drained, drained);
+        let what = if drained {
+            "node drained: every VIP is withdrawn"
+        } else {
+            "node undrained: VIPs are announced again"
+        };
+        Ok(changed(old != drained, || what.to_owned()))
+    }
+
+    fn add_deny(&mut self, prefix: IpNet) -> Result<String, CommandError> {
+        // As the config says of `[deny]` (the file written after would be refused).
+        if !self.config.dataplane {
+            return Err(CommandError::Invalid(
+                "the deny list drops sources in XDP: this host has no [dataplane] section".into(),
+            ));
+        }
+        if prefix.trunc() != prefix {
+            return Err(CommandError::Invalid(format!("`{prefix}` has host bits set")));
+        }
+        if self.config.deny.contains(&prefix) {
+            return Ok(String::new());
+        }
+        self.config.deny.push(prefix);
+        Ok(format!("deny {prefix} added"))
+    }
+
+    fn remove_deny(&mut self, prefix: IpNet) -> Result<String, CommandError> {
+        if !self.config.deny.contains(&prefix) {
+            return Err(CommandError::Invalid(format!("{prefix} is not in the deny list")));
+        }
+        self.config.deny.retain(|p| *p != prefix);
+        Ok(format!("deny {prefix} removed"))
+    }
+
+    /// What the health probes found (a backend never probed counts as up).
+    fn set_health(&mut self, pool: &str, address: IpAddr, healthy: bool) -> Result<String, CommandError> {
+        self.backend_mut(pool, address)?;
+        let old = self.health.insert((pool.to_owned(), address), healthy).unwrap_or(true);
+        let what = if healthy { "up" } else { "DOWN" };
+        Ok(changed(old != healthy, || format!("pool {pool}: backend {address} is {what}")))
+    }
+
+    /// What the proxy's outlier detection decided.
+    fn set_ejected(&mut self, pool: &str, address: IpAddr, ejected: bool) -> Result<String, CommandError> {
+        self.backend_mut(pool, address)?;
+        let key = (pool.to_owned(), address);
+        let flipped = if ejected { self.ejected.insert(key) } else { self.ejected.remove(&key) };
+        let what = if ejected { "ejected (outlier)" } else { "back from ejection" };
+        Ok(changed(flipped, || format!("pool {pool}: backend {address} {what}")))
+    }
+
+    fn add_pool(&mut self, pool: &str) -> Result<String, CommandError> {
+        if self.config.pools.contains_key(pool) {
+            return Err(CommandError::Invalid(format!("pool `{pool}` exists")));
+        }
+        let new = Pool { name: pool.to_owned(), backends: Vec::new(), ..Pool::default() };
+        self.config.pools.insert(pool.to_owned(), new);
+        Ok(format!("pool {pool} added"))
+    }
+
+    /// A pool no VIP serves removed, with what probes and ejection said of its backends.
+    fn remove_pool(&mut self, pool: &str) -> Result<String, CommandError> {
+        if let Some(vip) = self.config.vips.iter().find(|v| v.pool == pool) {
+            return Err(CommandError::PoolInUse(pool.to_owned(), vip.name.clone()));
+        }
+        self.config.pools.remove(pool).ok_or_else(|| CommandError::NoPool(pool.to_owned()))?;
+        self.health.retain(|(p, _), _| p != pool);
+        self.ejected.retain(|(p, _)| p != pool);
+        Ok(format!("pool {pool} removed"))
+    }
+
+    /// Everything but pool membership and the deny list taken from `new` (a reload): those two
+    /// stay as commands left them, and the reload's own commands change them.
+    fn set_settings(&mut self, new: &Config) -> String {
+        let mut config = new.clone();
+        let mut pools = std::mem::take(&mut self.config.pools);
+        for (name, pool) in pools.iter_mut() {
+            if let Some(p) = config.pools.get(name) {
+                *pool = Pool { backends: std::mem::take(&mut pool.backends), ..p.clone() };
             }
         }
+        config.pools = pools;
+        config.deny = std::mem::take(&mut self.config.deny);
+        let changed = config != self.config;
+        self.config = config;
+        if changed { "settings, VIPs and health checks reloaded".into() } else { String::new() }
     }
 
     /// The commands that turn this State's config into `new` (a reload), in an order that is
