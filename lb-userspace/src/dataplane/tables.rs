@@ -163,7 +163,6 @@ impl Tables {
     /// consistent: backends are written before rings name them, rings before VIPs flip to
     /// them, and backends are cleared only once no current ring names them.
     pub fn apply(&mut self, desired: &Desired) -> Result<Vec<String>> {
-        let mut changes = Vec::new();
         if desired.vips.len() > self.max_vips() as usize {
             return Err(DataplaneError::Unexpected(format!(
                 "{} VIPs configured but the pinned rings hold {}: `lbd stop --detach` and start again to resize",
@@ -171,13 +170,29 @@ impl Tables {
                 self.max_vips()
             )));
         }
-        // 1. Backends: keep ids of known addresses, give new ones the lowest free ids.
-        let mut ids = self.backend_ids()?;
+        let mut changes = Vec::new();
         let wanted: BTreeSet<Addr> =
             desired.vips.iter().flat_map(|v| v.backends.iter().map(|b| b.addr)).collect();
+        let ids = self.add_backends(&wanted, &mut changes)?;
+        self.write_vips(desired, &ids, &mut changes)?;
+        self.write_vip_addrs(desired)?;
+        self.clear_backends(&ids, &wanted, &mut changes)?;
+        changes.extend(self.deny.apply(&desired.deny)?);
+        self.write_settings(desired, &mut changes)?;
+        Ok(changes)
+    }
+
+    /// Backends first: ids of known addresses kept, new ones given the lowest free ids (their
+    /// counters zeroed). Gives every backend's id, the ones about to go included.
+    fn add_backends(
+        &mut self,
+        wanted: &BTreeSet<Addr>,
+        changes: &mut Vec<String>,
+    ) -> Result<BTreeMap<Addr, u32>> {
+        let mut ids = self.backend_ids()?;
         let taken: BTreeSet<u32> = ids.values().copied().collect();
         let mut free = (0..self.backends.len()).filter(|id| !taken.contains(id));
-        for addr in &wanted {
+        for addr in wanted {
             if ids.contains_key(addr) {
                 continue;
             }
@@ -187,11 +202,19 @@ impl Tables {
             ids.insert(*addr, id);
             changes.push(format!("backend {} added as id {id}", ip_of(addr)));
         }
+        Ok(ids)
+    }
 
-        // 2. VIPs and their rings.
+    /// VIPs and their rings: a new VIP takes the lowest free index; an L4 VIP's ring is
+    /// written before its meta flips to it; VIPs no longer wanted are removed.
+    fn write_vips(
+        &mut self,
+        desired: &Desired,
+        ids: &BTreeMap<Addr, u32>,
+        changes: &mut Vec<String>,
+    ) -> Result<()> {
         let existing = self.vips()?;
         let mut used_indexes: BTreeSet<u32> = existing.values().map(|m| m.index).collect();
-        let now = monotonic_ns();
         for vip in &desired.vips {
             let name = format!("{}:{}/{}", ip_of(&vip.key.addr), u16::from_be(vip.key.port), vip.key.proto);
             let mut meta = match existing.get(&vip.key) {
@@ -209,33 +232,10 @@ impl Tables {
             };
             meta.flags = vip.flags;
             if vip.flags & VIP_F_L7 == 0 {
-                let table: Vec<u32> = maglev::table(&vip.backends, RING_SIZE)
-                    .into_iter()
-                    .map(|e| if e == NO_BACKEND { NO_BACKEND } else { ids[&vip.backends[e as usize].addr] })
-                    .collect();
-                let current = match self.written.remove(&vip.key) {
-                    Some(ring) => Some(ring),
-                    None if existing.contains_key(&vip.key) => Some(self.rings.read(meta.ring_current)),
-                    None => None,
-                };
-                match current {
-                    Some(current) if current == table => {}
-                    Some(current) => {
-                        let base = meta.index * SLOTS_PER_VIP;
-                        let spare = base + (1 - (meta.ring_current - base));
-                        self.rings.write(spare, &table);
-                        let moved = current.iter().zip(&table).filter(|(a, b)| a != b).count();
-                        meta.ring_previous = meta.ring_current;
-                        meta.ring_current = spare;
-                        meta.previous_until_ns = now + desired.flow_grace.as_nanos() as u64;
-                        changes.push(format!(
-                            "VIP {name}: new Maglev table, {:.2}% of buckets moved",
-                            100.0 * moved as f64 / RING_SIZE as f64
-                        ));
-                    }
-                    None => self.rings.write(meta.ring_current, &table),
+                let known = existing.contains_key(&vip.key);
+                if let Some(moved) = self.write_ring(vip, &mut meta, known, ids, desired.flow_grace) {
+                    changes.push(format!("VIP {name}: new Maglev table, {moved:.2}% of buckets moved"));
                 }
-                self.written.insert(vip.key, table);
             }
             if existing.get(&vip.key) != Some(&meta) {
                 self.vips.set(&vip.key, &meta)?;
@@ -248,8 +248,53 @@ impl Tables {
                 changes.push(format!("VIP {}:{} removed", ip_of(&key.addr), u16::from_be(key.port)));
             }
         }
+        Ok(())
+    }
 
-        // 3. Addresses with a VIP (ICMP, fragments).
+    /// Writes an L4 VIP's Maglev ring. A changed ring goes to the VIP's spare slot and `meta`
+    /// flips to it, the old ring kept as `previous` for `flow_grace` (flows in flight keep their
+    /// backend); gives the share of buckets moved, in percent. A new VIP's ring is written in
+    /// place; an unchanged one is left alone.
+    fn write_ring(
+        &mut self,
+        vip: &DesiredVip,
+        meta: &mut VipMeta,
+        known: bool,
+        ids: &BTreeMap<Addr, u32>,
+        flow_grace: Duration,
+    ) -> Option<f64> {
+        let table: Vec<u32> = maglev::table(&vip.backends, RING_SIZE)
+            .into_iter()
+            .map(|e| if e == NO_BACKEND { NO_BACKEND } else { ids[&vip.backends[e as usize].addr] })
+            .collect();
+        let current = match self.written.remove(&vip.key) {
+            Some(ring) => Some(ring),
+            None if known => Some(self.rings.read(meta.ring_current)),
+            None => None,
+        };
+        let moved = match current {
+            Some(current) if current == table => None,
+            Some(current) => {
+                let base = meta.index * SLOTS_PER_VIP;
+                let spare = base + (1 - (meta.ring_current - base));
+                self.rings.write(spare, &table);
+                let moved = current.iter().zip(&table).filter(|(a, b)| a != b).count();
+                meta.ring_previous = meta.ring_current;
+                meta.ring_current = spare;
+                meta.previous_until_ns = monotonic_ns() + flow_grace.as_nanos() as u64;
+                Some(100.0 * moved as f64 / RING_SIZE as f64)
+            }
+            None => {
+                self.rings.write(meta.ring_current, &table);
+                None
+            }
+        };
+        self.written.insert(vip.key, table);
+        moved
+    }
+
+    /// Addresses with a VIP (for ICMP and fragments), with the union of their VIPs' flags.
+    fn write_vip_addrs(&mut self, desired: &Desired) -> Result<()> {
         let mut addr_flags: BTreeMap<Addr, u32> = BTreeMap::new();
         for vip in &desired.vips {
             *addr_flags.entry(vip.key.addr).or_default() |= vip.flags;
@@ -262,19 +307,28 @@ impl Tables {
         for (addr, flags) in &addr_flags {
             self.vip_addrs.insert(addr, flags, 0)?;
         }
+        Ok(())
+    }
 
-        // 4. Backends no ring names any more.
-        for (addr, id) in &ids {
+    /// Backends no ring names any more, cleared last.
+    fn clear_backends(
+        &mut self,
+        ids: &BTreeMap<Addr, u32>,
+        wanted: &BTreeSet<Addr>,
+        changes: &mut Vec<String>,
+    ) -> Result<()> {
+        for (addr, id) in ids {
             if !wanted.contains(addr) {
                 self.backends.set(*id, &Backend::default(), 0)?;
                 changes.push(format!("backend {} removed (id {id})", ip_of(addr)));
             }
         }
+        Ok(())
+    }
 
-        // 5. Deny lists.
-        changes.extend(self.deny.apply(&desired.deny)?);
-
-        // 6. Data-plane settings.
+    /// The data plane's settings and SYN limit, written after the maps they describe, so a
+    /// lookup is skipped only once it would miss.
+    fn write_settings(&mut self, desired: &Desired, changes: &mut Vec<String>) -> Result<()> {
         let mut v4 = desired.encap_source_v4;
         v4[2..].fill(0);
         let mut v6 = desired.encap_source_v6;
@@ -286,7 +340,6 @@ impl Tables {
             encap_source_v4: v4,
             encap_source_v6: v6,
             max_encap_ip_len: desired.max_encap_ip_len,
-            // Written after the maps they describe, so a lookup is skipped only once it would miss.
             flags: lookup_flags(desired),
         };
         if self.dataplane.get(&0, 0)? != settings {
@@ -302,6 +355,6 @@ impl Tables {
                 ),
             });
         }
-        Ok(changes)
+        Ok(())
     }
 }
