@@ -331,40 +331,8 @@ impl Connection {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let s = &self.session;
-        let activity = self.registered.activity.clone();
-        let handler = {
-            let (listener, forwarder, snapshot, conn) =
-                (s.listener.clone(), s.forwarder.clone(), s.snapshot.clone(), s.conn.clone());
-            move |request: Request<Body>, respond| {
-                let busy = activity.start();
-                let conn = conn.clone();
-                // The pipeline's future (~3 KiB) is boxed before the stream's future is made:
-                // that one is moved into the connection's set of streams, and an async block
-                // that made the box itself would carry room for the unboxed future too.
-                let handled = boxed(|| {
-                    forwarder.clone().handle(request, snapshot.load_full(), listener.clone(), conn.clone())
-                });
-                let answer = async move {
-                    let handled = handled.await;
-                    let (entry, in_flight, counted) = (handled.entry, handled.in_flight, handled.counted);
-                    let mut response = handled.response;
-                    response.headers_mut().insert(X_REQUEST_ID, handled.request_id);
-                    if handled.via {
-                        response.headers_mut().insert(VIA, HeaderValue::from_static(VIA_VALUE));
-                    }
-                    response.map(|body| Tracked {
-                        body,
-                        _busy: busy,
-                        _in_flight: in_flight,
-                        _counted: counted,
-                        entry,
-                        conn,
-                        bytes: 0,
-                    })
-                };
-                h2::answer(answer, respond)
-            }
-        };
+        let session = s.clone();
+        let handler = move |request, respond| stream(&session, request, respond);
         let served = h2::Served::new(io, &self.http2, handler);
         let mut served = std::pin::pin!(served);
         let watchdog = idle::watchdog(
@@ -415,6 +383,55 @@ impl Connection {
     }
 }
 
+/// One HTTP/2 stream: the pipeline, then the answer's request ID and Via; its body tracked for
+/// the access log, the in-flight counts and the connection's activity.
+fn stream(
+    s: &Session,
+    request: Request<Body>,
+    respond: ::h2::server::SendResponse<Bytes>,
+) -> impl Future<Output = ()> + Send + use<> {
+    let busy = s.activity.start();
+    let conn = s.conn.clone();
+    // The pipeline's future (~3 KiB) is boxed before the stream's future is made: that one is
+    // moved into the connection's set of streams, and an async block that made the box itself
+    // would carry room for the unboxed future too.
+    let handled = boxed(|| {
+        s.forwarder.clone().handle(request, s.snapshot.load_full(), s.listener.clone(), conn.clone())
+    });
+    let answer = async move {
+        let handled = handled.await;
+        let (entry, in_flight, counted) = (handled.entry, handled.in_flight, handled.counted);
+        let mut response = handled.response;
+        response.headers_mut().insert(X_REQUEST_ID, handled.request_id);
+        if handled.via {
+            response.headers_mut().insert(VIA, HeaderValue::from_static(VIA_VALUE));
+        }
+        response.map(|body| Tracked {
+            body,
+            _busy: busy,
+            _in_flight: in_flight,
+            _counted: counted,
+            entry,
+            conn,
+            bytes: 0,
+        })
+    };
+    h2::answer(answer, respond)
+}
+
+/// A connection's slot under `max_connections`. When all are taken, an idle keep-alive
+/// connection is evicted to make room (for up to EVICTION_WAIT); None when every connection is
+/// busy.
+async fn slot(slots: &Arc<Semaphore>, registry: &Registry) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    match slots.clone().try_acquire_owned() {
+        Ok(permit) => Some(permit),
+        Err(_) if registry.evict_idle() => {
+            tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned()).await.ok()?.ok()
+        }
+        Err(_) => None,
+    }
+}
+
 /// Serves `listener` on `socket` until `stop` fires, then drains in-flight requests for up to
 /// the listener's drain timeout.
 pub async fn serve(
@@ -453,22 +470,9 @@ pub async fn serve(
                 }
             },
         };
-        let permit = match slots.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            // Full: an idle keep-alive connection makes room, else the new one is refused.
-            Err(_) if registry.evict_idle() => {
-                match tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned()).await {
-                    Ok(Ok(permit)) => permit,
-                    _ => {
-                        forwarder.metrics.refused(&listener.name);
-                        continue;
-                    }
-                }
-            }
-            Err(_) => {
-                forwarder.metrics.refused(&listener.name);
-                continue; // every connection is busy: closed at once
-            }
+        let Some(permit) = slot(&slots, &registry).await else {
+            forwarder.metrics.refused(&listener.name);
+            continue; // closed at once
         };
         let _ = stream.set_nodelay(true);
         let conn = Arc::new(ClientConn { address: client, tls_version: None, sni: None });

@@ -108,6 +108,7 @@ impl ClientIo for tokio_rustls::server::TlsStream<Watched<TcpStream>> {
 }
 
 /// What the connection serves requests with.
+#[derive(Clone)]
 pub struct Session {
     pub forwarder: Arc<Forwarder>,
     pub snapshot: Arc<ArcSwap<Snapshot>>,
