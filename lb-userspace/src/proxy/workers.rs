@@ -109,21 +109,7 @@ pub fn start(
     stop: tokio::sync::watch::Receiver<bool>,
     busy_poll: std::time::Duration,
 ) -> Result<Vec<JoinHandle<()>>, ProxyError> {
-    let workers = bound.first().map_or(0, |b| b.sockets.len());
-    let mut per_worker: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
-    for Bound { listener, certs, sockets } in bound {
-        info!(
-            "listener {} on {} ({}, {workers} workers)",
-            listener.name,
-            listener.address,
-            if listener.tls.is_some() { "tls" } else { "http" }
-        );
-        let shared = Shared::new(&listener, certs.as_ref(), sockets.len())
-            .map_err(|error| ProxyError::Tls { listener: listener.name.clone(), error })?;
-        for (worker, socket) in sockets.into_iter().enumerate() {
-            per_worker[worker].push((listener.clone(), socket, shared.clone()));
-        }
-    }
+    let per_worker = by_worker(bound)?;
     if !busy_poll.is_zero() {
         info!(
             "L7 workers poll busily for {} µs after their last work before they sleep",
@@ -144,43 +130,7 @@ pub fn start(
             .name(format!("l7-worker-{worker}"))
             .spawn(move || {
                 log_sink::buffer_here();
-                runtime.block_on(async move {
-                    if !busy_poll.is_zero() {
-                        tokio::spawn(busy_poll::spinner(busy_poll));
-                    }
-                    tokio::spawn(trim::trimmer());
-                    tokio::spawn(forwarder.clone().sweep_upstreams());
-                    tokio::spawn(log_sink::flusher());
-                    let mut serving = Vec::new();
-                    for (listener, socket, shared) in listeners {
-                        let name = listener.name.clone();
-                        let socket = match socket
-                            .set_nonblocking(true)
-                            .and_then(|()| tokio::net::TcpListener::from_std(socket))
-                        {
-                            Ok(socket) => socket,
-                            Err(err) => {
-                                error!("listener {name}: worker {worker}: {err}");
-                                shared.stopped_accepting();
-                                continue;
-                            }
-                        };
-                        let served = server::serve(
-                            listener,
-                            socket,
-                            shared,
-                            snapshot.clone(),
-                            forwarder.clone(),
-                            stop.clone(),
-                        );
-                        serving.push(tokio::spawn(async move {
-                            served.await;
-                        }));
-                    }
-                    for task in serving {
-                        let _ = task.await;
-                    }
-                });
+                runtime.block_on(work(worker, listeners, snapshot, forwarder, stop, busy_poll));
                 // The lines of the worker's last requests.
                 log_sink::flush();
             })
@@ -188,6 +138,66 @@ pub fn start(
         threads.push(thread);
     }
     Ok(threads)
+}
+
+/// One worker's listeners: each listener's socket of that worker, with the state its workers share.
+type Listeners = Vec<(Listener, std::net::TcpListener, Arc<Shared>)>;
+
+/// The bound listeners dealt out to the workers: worker N gets every listener's Nth socket.
+fn by_worker(bound: Vec<Bound>) -> Result<Vec<Listeners>, ProxyError> {
+    let workers = bound.first().map_or(0, |b| b.sockets.len());
+    let mut per_worker: Vec<Listeners> = (0..workers).map(|_| Vec::new()).collect();
+    for Bound { listener, certs, sockets } in bound {
+        info!(
+            "listener {} on {} ({}, {workers} workers)",
+            listener.name,
+            listener.address,
+            if listener.tls.is_some() { "tls" } else { "http" }
+        );
+        let shared = Shared::new(&listener, certs.as_ref(), sockets.len())
+            .map_err(|error| ProxyError::Tls { listener: listener.name.clone(), error })?;
+        for (worker, socket) in sockets.into_iter().enumerate() {
+            per_worker[worker].push((listener.clone(), socket, shared.clone()));
+        }
+    }
+    Ok(per_worker)
+}
+
+/// What a worker's runtime runs: its housekeeping tasks (busy polling, memory trim, upstream
+/// sweep, log flush) and a server per listener, until every server has drained.
+async fn work(
+    worker: usize,
+    listeners: Listeners,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    forwarder: Arc<Forwarder>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    busy_poll: std::time::Duration,
+) {
+    if !busy_poll.is_zero() {
+        tokio::spawn(busy_poll::spinner(busy_poll));
+    }
+    tokio::spawn(trim::trimmer());
+    tokio::spawn(forwarder.clone().sweep_upstreams());
+    tokio::spawn(log_sink::flusher());
+    let mut serving = Vec::new();
+    for (listener, socket, shared) in listeners {
+        let name = listener.name.clone();
+        let socket =
+            match socket.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(socket)) {
+                Ok(socket) => socket,
+                Err(err) => {
+                    error!("listener {name}: worker {worker}: {err}");
+                    shared.stopped_accepting();
+                    continue;
+                }
+            };
+        let served =
+            server::serve(listener, socket, shared, snapshot.clone(), forwarder.clone(), stop.clone());
+        serving.push(tokio::spawn(served));
+    }
+    for task in serving {
+        let _ = task.await;
+    }
 }
 
 #[cfg(test)]
