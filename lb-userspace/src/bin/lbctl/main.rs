@@ -1,7 +1,8 @@
 //! lbctl: operate a running lbd through its admin socket: pools, backends, deny lists, counters.
 //! `cli` is what it takes, `client` how it asks lbd, `print` how it shows the answers; `run`
-//! below maps each noun and verb to its request and its table.
-use std::time::Duration;
+//! below maps each noun and verb to its request and its table (the longer ones in a function
+//! of their own: pools, stats, flow, plan).
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 mod cli;
 mod client;
@@ -19,7 +20,6 @@ use client::{ask, call, command};
 
 async fn run(cli: Cli) -> Result<()> {
     let json_out = matches!(cli.output, Output::Json);
-    let show = |value: &Value| println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
     // A command's answer: as it came, or the changes it made, one a line.
     let changed = |value: &Value| if json_out { show(value) } else { print::changes(value) };
     match &cli.noun {
@@ -62,22 +62,7 @@ async fn run(cli: Cli) -> Result<()> {
                 print::vips(&vips);
             }
         }
-        Noun::Pool { verb } => {
-            let v = match verb {
-                PoolVerb::List => call(&cli.socket, Method::GET, "/pools", None).await?,
-                PoolVerb::Show { name } => {
-                    call(&cli.socket, Method::GET, &format!("/pools/{name}"), None).await?
-                }
-            };
-            if json_out {
-                show(&v);
-            } else if v.is_array() {
-                let pools: Vec<views::Pool> = serde_json::from_value(v).context("lbd's /pools answer")?;
-                pools.iter().for_each(print::pool);
-            } else {
-                print::pool(&serde_json::from_value(v).context("lbd's /pools/NAME answer")?);
-            }
-        }
+        Noun::Pool { verb } => pools(&cli, verb).await?,
         Noun::Backend { verb } => changed(&command(&cli, verb.clone().command()).await?),
         Noun::Deny { verb: DenyVerb::Add { prefix } } => {
             changed(&command(&cli, Command::AddDeny { prefix: *prefix }).await?);
@@ -95,61 +80,9 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Noun::Stats { vip, backend, watch } => {
-            let mut previous: Option<(views::Stats, std::time::Instant)> = None;
-            loop {
-                let v = call(&cli.socket, Method::GET, "/stats", None).await?;
-                let stats: views::Stats = serde_json::from_value(v.clone()).context("lbd's /stats answer")?;
-                if json_out {
-                    show(&v);
-                } else {
-                    let rate = previous.as_ref().map(|(p, at)| (p, at.elapsed().as_secs_f64()));
-                    print::stats(&stats, rate, *vip, *backend);
-                }
-                let Some(seconds) = watch else { break };
-                previous = Some((stats, std::time::Instant::now()));
-                tokio::time::sleep(Duration::from_secs(*seconds)).await;
-                println!();
-            }
-        }
-        Noun::Flow { vip, protocol, source } => {
-            let proto: lb_userspace::config::Protocol = serde_json::from_value(json!(protocol))
-                .map_err(|_| anyhow::anyhow!("{protocol}: tcp or udp"))?;
-            let query = views::FlowQuery { protocol: proto, source: *source, vip: *vip };
-            let body = Some(serde_json::to_value(&query)?);
-            if let Some(flow) = ask::<views::Flow>(&cli, Method::POST, "/flow", body).await? {
-                match flow.backend {
-                    Some(backend) => {
-                        println!("{source} -> {vip}/{protocol}: backend {backend} ({})", flow.why)
-                    }
-                    None => {
-                        println!("{source} -> {vip}/{protocol}: not forwarded (XDP action {})", flow.action)
-                    }
-                }
-            }
-        }
-        Noun::Plan { config, change } => {
-            let query = match (config, change) {
-                (Some(path), None) => {
-                    // lbctl reads the file (bounded, regular files only) and sends its text.
-                    let text = lb_userspace::config::read_file(path)
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    views::PlanQuery {
-                        config_text: Some(text),
-                        config_name: Some(path.display().to_string()),
-                        ..Default::default()
-                    }
-                }
-                (None, Some(PlanVerb::Backend { verb })) => {
-                    views::PlanQuery { commands: vec![verb.clone().command()], ..Default::default() }
-                }
-                _ => bail!("give either -c NEW.toml or a change (`lbctl plan backend remove POOL ADDR`)"),
-            };
-            let body = Some(serde_json::to_value(&query)?);
-            if let Some(plans) = ask::<Vec<views::VipPlan>>(&cli, Method::POST, "/plan", body).await? {
-                print::plan(&plans);
-            }
-        }
+        Noun::Stats { vip, backend, watch } => stats(&cli, *vip, *backend, *watch).await?,
+        Noun::Flow { vip, protocol, source } => flow(&cli, *vip, protocol, *source).await?,
+        Noun::Plan { config, change } => plan(&cli, config.as_deref(), change.as_ref()).await?,
         Noun::Cache { verb: CacheVerb::Purge { route, path } } => {
             let purge = views::Purge { route: route.clone(), path: path.clone() };
             let v =
@@ -167,6 +100,87 @@ async fn run(cli: Cli) -> Result<()> {
                 .collect();
             if json_out { show(&json!(rows)) } else { print::decap(&rows) }
         }
+    }
+    Ok(())
+}
+
+/// Print JSON as it came (`-o json`).
+fn show(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+/// `pool list` and `pool show NAME`: a table a pool.
+async fn pools(cli: &Cli, verb: &PoolVerb) -> Result<()> {
+    let v = match verb {
+        PoolVerb::List => call(&cli.socket, Method::GET, "/pools", None).await?,
+        PoolVerb::Show { name } => call(&cli.socket, Method::GET, &format!("/pools/{name}"), None).await?,
+    };
+    if matches!(cli.output, Output::Json) {
+        show(&v);
+    } else if v.is_array() {
+        let pools: Vec<views::Pool> = serde_json::from_value(v).context("lbd's /pools answer")?;
+        pools.iter().for_each(print::pool);
+    } else {
+        print::pool(&serde_json::from_value(v).context("lbd's /pools/NAME answer")?);
+    }
+    Ok(())
+}
+
+/// `stats`: the counters once, or every `watch` seconds with the rates since the last look.
+async fn stats(cli: &Cli, vip: bool, backend: bool, watch: Option<u64>) -> Result<()> {
+    let mut previous: Option<(views::Stats, std::time::Instant)> = None;
+    loop {
+        let v = call(&cli.socket, Method::GET, "/stats", None).await?;
+        let stats: views::Stats = serde_json::from_value(v.clone()).context("lbd's /stats answer")?;
+        if matches!(cli.output, Output::Json) {
+            show(&v);
+        } else {
+            let rate = previous.as_ref().map(|(p, at)| (p, at.elapsed().as_secs_f64()));
+            print::stats(&stats, rate, vip, backend);
+        }
+        let Some(seconds) = watch else { return Ok(()) };
+        previous = Some((stats, std::time::Instant::now()));
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        println!();
+    }
+}
+
+/// `flow VIP PROTOCOL SOURCE`: which backend the data plane would pick, and why.
+async fn flow(cli: &Cli, vip: SocketAddr, protocol: &str, source: SocketAddr) -> Result<()> {
+    let proto: lb_userspace::config::Protocol =
+        serde_json::from_value(json!(protocol)).map_err(|_| anyhow::anyhow!("{protocol}: tcp or udp"))?;
+    let query = views::FlowQuery { protocol: proto, source, vip };
+    let body = Some(serde_json::to_value(&query)?);
+    if let Some(flow) = ask::<views::Flow>(cli, Method::POST, "/flow", body).await? {
+        match flow.backend {
+            Some(backend) => println!("{source} -> {vip}/{protocol}: backend {backend} ({})", flow.why),
+            None => println!("{source} -> {vip}/{protocol}: not forwarded (XDP action {})", flow.action),
+        }
+    }
+    Ok(())
+}
+
+/// `plan -c NEW.toml` or `plan backend ...`: what a reload or a change would move, VIP by VIP.
+async fn plan(cli: &Cli, config: Option<&Path>, change: Option<&PlanVerb>) -> Result<()> {
+    let query = match (config, change) {
+        (Some(path), None) => {
+            // lbctl reads the file (bounded, regular files only) and sends its text.
+            let text = lb_userspace::config::read_file(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            views::PlanQuery {
+                config_text: Some(text),
+                config_name: Some(path.display().to_string()),
+                ..Default::default()
+            }
+        }
+        (None, Some(PlanVerb::Backend { verb })) => {
+            views::PlanQuery { commands: vec![verb.clone().command()], ..Default::default() }
+        }
+        _ => bail!("give either -c NEW.toml or a change (`lbctl plan backend remove POOL ADDR`)"),
+    };
+    let body = Some(serde_json::to_value(&query)?);
+    if let Some(plans) = ask::<Vec<views::VipPlan>>(cli, Method::POST, "/plan", body).await? {
+        print::plan(&plans);
     }
     Ok(())
 }
