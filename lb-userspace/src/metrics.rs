@@ -14,7 +14,7 @@ use prometheus_client::{
 use tokio::net::TcpListener;
 
 use crate::{
-    daemon::{Shared, lock},
+    daemon::{Core, Shared, lock},
     dataplane::{
         DataplaneError,
         counters::{Counters, protocol_name},
@@ -93,125 +93,48 @@ fn xdp(registry: &mut Registry, counters: &Counters) -> Result<()> {
         }
     }
     let (used, slots) = counters.flows();
-    for (name, help, value) in [
-        ("conn_table_flows", "Flows in the XDP connection table", used),
-        ("conn_table_slots", "Slots of the XDP connection table", slots),
-    ] {
-        let gauge = Gauge::<i64>::default();
-        gauge.set(value as i64);
-        registry.register(name, help, gauge);
-    }
+    gauges(
+        registry,
+        [
+            ("conn_table_flows", "Flows in the XDP connection table", used as i64),
+            ("conn_table_slots", "Slots of the XDP connection table", slots as i64),
+        ],
+    );
     Ok(())
 }
 
-/// The whole exposition, read now.
+/// The whole exposition, read now: the State's pools, the proxy's series, lbd itself, then the
+/// data plane's counters (read after the core's lock is let go).
 pub fn render(core: &Shared) -> Result<String> {
     let mut registry = Registry::with_prefix("sluice");
-    let up = gauge_family(&mut registry, "backend_up", "1 if the backend passes its health check");
-    let weight = gauge_family(&mut registry, "backend_weight", "Configured weight");
-    let effective =
-        gauge_family(&mut registry, "backend_effective_weight", "Weight Maglev uses (0: drained or down)");
-    let size = gauge_family(&mut registry, "pool_backends", "Backends in the pool");
     let counters = {
         let core = lock(core);
-        for pool in core.state.config.pools.values() {
-            size.get_or_create(&vec![("pool".to_owned(), pool.name.clone())]).set(pool.backends.len() as i64);
-            let (weighted, _) = core.state.effective_backends(pool);
-            for (b, w) in pool.backends.iter().zip(weighted) {
-                let labels =
-                    vec![("pool".to_owned(), pool.name.clone()), ("backend".to_owned(), b.addr.to_string())];
-                up.get_or_create(&labels).set(core.state.healthy(&pool.name, b.addr) as i64);
-                weight.get_or_create(&labels).set(b.weight as i64);
-                effective.get_or_create(&labels).set(w.weight as i64);
-            }
-        }
+        pools(&mut registry, &core);
         // A request of a replaced snapshot may have counted into a series publishing removed.
         core.proxy_metrics.retain(&core.state.config);
         core.proxy_metrics.register(&mut registry);
-        let build =
-            gauge_family(&mut registry, "build_info", "1, labelled with lbd's version and the host's name");
-        let node = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
-        build
-            .get_or_create(&vec![
-                ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
-                ("node".to_owned(), node),
-            ])
-            .set(1);
+        build_info(&mut registry);
         if core.state.config.cluster.is_some() {
-            for (name, help, value) in [
-                ("cluster_revision", "The etcd revision whose pools are applied", core.following.revision),
-                (
-                    "cluster_reachable",
-                    "1 if etcd answered the last read",
-                    core.following.error.is_none() as i64,
-                ),
-            ] {
-                let gauge = Gauge::<i64>::default();
-                gauge.set(value);
-                registry.register(name, help, gauge);
-            }
+            gauges(
+                &mut registry,
+                [
+                    (
+                        "cluster_revision",
+                        "The etcd revision whose pools are applied",
+                        core.following.revision,
+                    ),
+                    (
+                        "cluster_reachable",
+                        "1 if etcd answered the last read",
+                        core.following.error.is_none() as i64,
+                    ),
+                ],
+            );
         }
         if core.state.config.bgp.is_some() {
-            let announced = gauge_family(
-                &mut registry,
-                "bgp_announced",
-                "1 while BIRD is told to announce the VIP address",
-            );
-            let addresses: std::collections::BTreeSet<_> =
-                core.state.config.vips.iter().map(|v| v.addr).collect();
-            for address in addresses {
-                let on = core.announcing.announced.contains(&address);
-                announced.get_or_create(&vec![("address".to_owned(), address.to_string())]).set(on as i64);
-            }
-            let failures = Counter::<u64>::default();
-            failures.inc_by(core.announcing.failures);
-            registry.register(
-                "bgp_update_failures",
-                "Times BIRD could not be told what to announce",
-                failures,
-            );
+            bgp(&mut registry, &core);
         }
-        let unix = |t: std::time::SystemTime| {
-            t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64
-        };
-        let reload = core.last_reload;
-        for (name, help, value) in [
-            (
-                "xdp_attached",
-                "1 while the balancer's XDP link is pinned (0: detached from outside lbd)",
-                core.state.config.pin_dir.join("link").exists() as i64,
-            ),
-            (
-                "reload_last_success",
-                "1 if the last reload was applied, 0 if refused (1 before any)",
-                reload.is_none_or(|r| r.applied) as i64,
-            ),
-            (
-                "reload_last_timestamp_seconds",
-                "Unix time of the last reload (0 before any)",
-                reload.map_or(0, |r| unix(r.at)),
-            ),
-            (
-                "process_start_time_seconds",
-                "Unix time lbd started",
-                unix(std::time::SystemTime::now() - core.started.elapsed()),
-            ),
-            ("process_resident_memory_bytes", "lbd's resident memory", process_rss() as i64),
-            (
-                "process_open_fds",
-                "lbd's open descriptors",
-                std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()) as i64,
-            ),
-            (
-                "nic_xdp_tx_errors",
-                "The edge NIC's own XDP transmit error counters, summed (ethtool -S; -1: it has none)",
-                core.nic_xdp_tx_errors.map_or(-1, |n| n as i64),
-            ),
-        ] {
-            let gauge = Gauge::<i64>::default();
-            gauge.set(value);
-            registry.register(name, help, gauge);
-        }
+        gauges(&mut registry, process(&core));
         core.counters.clone()
     };
     if let Some(counters) = counters {
@@ -220,6 +143,101 @@ pub fn render(core: &Shared) -> Result<String> {
     let mut out = String::new();
     encode(&mut out, &registry)?;
     Ok(out)
+}
+
+/// Gauges without labels, each set once.
+fn gauges<const N: usize>(registry: &mut Registry, gauges: [(&'static str, &'static str, i64); N]) {
+    for (name, help, value) in gauges {
+        let gauge = Gauge::<i64>::default();
+        gauge.set(value);
+        registry.register(name, help, gauge);
+    }
+}
+
+/// Each pool's size, and each backend's health and weights.
+fn pools(registry: &mut Registry, core: &Core) {
+    let up = gauge_family(registry, "backend_up", "1 if the backend passes its health check");
+    let weight = gauge_family(registry, "backend_weight", "Configured weight");
+    let effective =
+        gauge_family(registry, "backend_effective_weight", "Weight Maglev uses (0: drained or down)");
+    let size = gauge_family(registry, "pool_backends", "Backends in the pool");
+    for pool in core.state.config.pools.values() {
+        size.get_or_create(&vec![("pool".to_owned(), pool.name.clone())]).set(pool.backends.len() as i64);
+        let (weighted, _) = core.state.effective_backends(pool);
+        for (b, w) in pool.backends.iter().zip(weighted) {
+            let labels =
+                vec![("pool".to_owned(), pool.name.clone()), ("backend".to_owned(), b.addr.to_string())];
+            up.get_or_create(&labels).set(core.state.healthy(&pool.name, b.addr) as i64);
+            weight.get_or_create(&labels).set(b.weight as i64);
+            effective.get_or_create(&labels).set(w.weight as i64);
+        }
+    }
+}
+
+/// lbd's version and the host's name, as labels.
+fn build_info(registry: &mut Registry) {
+    let build = gauge_family(registry, "build_info", "1, labelled with lbd's version and the host's name");
+    let node = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
+    build
+        .get_or_create(&vec![
+            ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+            ("node".to_owned(), node),
+        ])
+        .set(1);
+}
+
+/// What BIRD is told to announce, per VIP address, and how often telling it failed.
+fn bgp(registry: &mut Registry, core: &Core) {
+    let announced =
+        gauge_family(registry, "bgp_announced", "1 while BIRD is told to announce the VIP address");
+    let addresses: std::collections::BTreeSet<_> = core.state.config.vips.iter().map(|v| v.addr).collect();
+    for address in addresses {
+        let on = core.announcing.announced.contains(&address);
+        announced.get_or_create(&vec![("address".to_owned(), address.to_string())]).set(on as i64);
+    }
+    let failures = Counter::<u64>::default();
+    failures.inc_by(core.announcing.failures);
+    registry.register("bgp_update_failures", "Times BIRD could not be told what to announce", failures);
+}
+
+/// lbd's own gauges: attachment, reloads, the process, the NIC's XDP errors.
+fn process(core: &Core) -> [(&'static str, &'static str, i64); 7] {
+    let unix =
+        |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let reload = core.last_reload;
+    [
+        (
+            "xdp_attached",
+            "1 while the balancer's XDP link is pinned (0: detached from outside lbd)",
+            core.state.config.pin_dir.join("link").exists() as i64,
+        ),
+        (
+            "reload_last_success",
+            "1 if the last reload was applied, 0 if refused (1 before any)",
+            reload.is_none_or(|r| r.applied) as i64,
+        ),
+        (
+            "reload_last_timestamp_seconds",
+            "Unix time of the last reload (0 before any)",
+            reload.map_or(0, |r| unix(r.at)),
+        ),
+        (
+            "process_start_time_seconds",
+            "Unix time lbd started",
+            unix(std::time::SystemTime::now() - core.started.elapsed()),
+        ),
+        ("process_resident_memory_bytes", "lbd's resident memory", process_rss() as i64),
+        (
+            "process_open_fds",
+            "lbd's open descriptors",
+            std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()) as i64,
+        ),
+        (
+            "nic_xdp_tx_errors",
+            "The edge NIC's own XDP transmit error counters, summed (ethtool -S; -1: it has none)",
+            core.nic_xdp_tx_errors.map_or(-1, |n| n as i64),
+        ),
+    ]
 }
 
 /// The text format of Prometheus 0.0.4 from OpenMetrics text: a counter's HELP and TYPE name
