@@ -14,8 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::VipMode,
-    daemon::{Shared, lock},
-    dataplane::{counters::protocol_name, tables::ip_of},
+    daemon::{Core, Shared, lock},
+    dataplane::{
+        counters::{Counters, protocol_name},
+        tables::ip_of,
+    },
 };
 
 /// The status page (no framework, no external assets).
@@ -117,91 +120,107 @@ fn backend_address(label: &str) -> Option<IpAddr> {
     label.parse::<std::net::SocketAddr>().map(|s| s.ip()).or_else(|_| label.parse()).ok()
 }
 
-/// The snapshot (reads the counters without the core lock held).
+/// The snapshot: what the State says, then the data plane's and the proxy's counters (read
+/// without the core's lock held).
 pub fn snapshot(core: &Shared) -> LiveView {
     let (mut live, counters, proxy_metrics) = {
         let core = lock(core);
-        let state = &core.state;
-        let vips = state
-            .config
-            .vips
-            .iter()
-            .map(|v| LiveVip {
-                name: v.name.clone(),
-                address: v.addr,
-                port: v.port,
-                protocol: format!("{:?}", v.protocol).to_lowercase(),
-                mode: if v.mode == VipMode::L4 { "l4" } else { "l7" }.to_owned(),
-                pool: v.pool.clone(),
+        (of_state(&core), core.counters.clone(), core.proxy_metrics.clone())
+    };
+    if let Some(counters) = counters {
+        add_xdp(&mut live, &counters.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+    add_proxied(&mut live, &proxy_metrics.text());
+    live
+}
+
+/// The VIPs and backends as the State has them (health, ejection, weights, shares), no counts.
+fn of_state(core: &Core) -> LiveView {
+    let state = &core.state;
+    let vips = state
+        .config
+        .vips
+        .iter()
+        .map(|v| LiveVip {
+            name: v.name.clone(),
+            address: v.addr,
+            port: v.port,
+            protocol: format!("{:?}", v.protocol).to_lowercase(),
+            mode: if v.mode == VipMode::L4 { "l4" } else { "l7" }.to_owned(),
+            pool: v.pool.clone(),
+            packets: 0,
+            bytes: 0,
+            new_flows: 0,
+        })
+        .collect();
+    let mut backends = Vec::new();
+    for (name, pool) in &state.config.pools {
+        let (weighted, _) = state.effective_backends(pool);
+        let total: u64 = weighted.iter().map(|w| u64::from(w.weight)).sum();
+        for (b, w) in pool.backends.iter().zip(&weighted) {
+            backends.push(LiveBackend {
+                pool: name.clone(),
+                address: b.addr,
+                healthy: state.healthy(name, b.addr),
+                ejected: state.ejected.contains(&(name.clone(), b.addr)),
+                weight: b.weight,
+                drain: b.drain,
+                share: if total == 0 { 0.0 } else { 100.0 * f64::from(w.weight) / total as f64 },
                 packets: 0,
                 bytes: 0,
                 new_flows: 0,
-            })
-            .collect();
-        let mut backends = Vec::new();
-        for (name, pool) in &state.config.pools {
-            let (weighted, _) = state.effective_backends(pool);
-            let total: u64 = weighted.iter().map(|w| u64::from(w.weight)).sum();
-            for (b, w) in pool.backends.iter().zip(&weighted) {
-                backends.push(LiveBackend {
-                    pool: name.clone(),
-                    address: b.addr,
-                    healthy: state.healthy(name, b.addr),
-                    ejected: state.ejected.contains(&(name.clone(), b.addr)),
-                    weight: b.weight,
-                    drain: b.drain,
-                    share: if total == 0 { 0.0 } else { 100.0 * f64::from(w.weight) / total as f64 },
-                    packets: 0,
-                    bytes: 0,
-                    new_flows: 0,
-                    requests: 0,
-                    errors: 0,
-                    latency: Vec::new(),
-                    latency_count: 0,
-                });
-            }
+                requests: 0,
+                errors: 0,
+                latency: Vec::new(),
+                latency_count: 0,
+            });
         }
-        let live = LiveView {
-            at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-            uptime_seconds: core.started.elapsed().as_secs(),
-            vips,
-            backends,
-            last_reload: core
-                .last_reload
-                .map(|r| (r.at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()), r.applied)),
-            ..LiveView::default()
-        };
-        (live, core.counters.clone(), core.proxy_metrics.clone())
-    };
-    if let Some(counters) = counters {
-        let counters = counters.lock().unwrap_or_else(|p| p.into_inner());
-        if let Ok(verdicts) = counters.verdicts() {
-            live.verdicts = verdicts.into_iter().map(|(s, c)| (s.name().to_owned(), c.packets)).collect();
-        }
-        if let Ok(vips) = counters.vips() {
-            for (key, c) in vips {
-                let (address, port, protocol) =
-                    (ip_of(&key.addr), u16::from_be(key.port), protocol_name(key.proto));
-                if let Some(v) = live
-                    .vips
-                    .iter_mut()
-                    .find(|v| v.address == address && v.port == port && v.protocol == protocol)
-                {
-                    (v.packets, v.bytes, v.new_flows) = (c.packets, c.bytes, c.new_flows);
-                }
-            }
-        }
-        let (used, capacity) = counters.flows();
-        (live.conn_used, live.conn_capacity) = (used as u64, capacity as u64);
-        if let Ok(backends) = counters.backends() {
-            for (address, c) in backends {
-                for b in live.backends.iter_mut().filter(|b| b.address == address) {
-                    (b.packets, b.bytes, b.new_flows) = (c.packets, c.bytes, c.new_flows);
-                }
+    }
+    LiveView {
+        at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        uptime_seconds: core.started.elapsed().as_secs(),
+        vips,
+        backends,
+        last_reload: core
+            .last_reload
+            .map(|r| (r.at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()), r.applied)),
+        ..LiveView::default()
+    }
+}
+
+/// The XDP counters: verdicts, each VIP's and backend's packets, bytes and new flows, and the
+/// connection table's fill. A map that cannot be read leaves its numbers at zero.
+fn add_xdp(live: &mut LiveView, counters: &Counters) {
+    if let Ok(verdicts) = counters.verdicts() {
+        live.verdicts = verdicts.into_iter().map(|(s, c)| (s.name().to_owned(), c.packets)).collect();
+    }
+    if let Ok(vips) = counters.vips() {
+        for (key, c) in vips {
+            let (address, port, protocol) =
+                (ip_of(&key.addr), u16::from_be(key.port), protocol_name(key.proto));
+            if let Some(v) = live
+                .vips
+                .iter_mut()
+                .find(|v| v.address == address && v.port == port && v.protocol == protocol)
+            {
+                (v.packets, v.bytes, v.new_flows) = (c.packets, c.bytes, c.new_flows);
             }
         }
     }
-    let proxied = proxied(&proxy_metrics.text());
+    let (used, capacity) = counters.flows();
+    (live.conn_used, live.conn_capacity) = (used as u64, capacity as u64);
+    if let Ok(backends) = counters.backends() {
+        for (address, c) in backends {
+            for b in live.backends.iter_mut().filter(|b| b.address == address) {
+                (b.packets, b.bytes, b.new_flows) = (c.packets, c.bytes, c.new_flows);
+            }
+        }
+    }
+}
+
+/// The proxy's requests, errors and latency buckets per backend, from its metrics' text.
+fn add_proxied(live: &mut LiveView, metrics_text: &str) {
+    let proxied = proxied(metrics_text);
     for b in &mut live.backends {
         if let Some(p) = proxied.get(&(b.pool.clone(), b.address)) {
             (b.requests, b.errors) = (p.requests, p.errors);
@@ -209,7 +228,6 @@ pub fn snapshot(core: &Shared) -> LiveView {
             b.latency_count = p.latency.values().find(|(le, _)| le.is_infinite()).map_or(0, |(_, n)| *n);
         }
     }
-    live
 }
 
 #[cfg(test)]
