@@ -47,15 +47,83 @@ fn p99(now: &LiveBackend, before: Option<&LiveBackend>) -> String {
     }
 }
 
-/// Draws one reading against the one before.
+/// Draws one reading against the one before: a header line, the VIPs and the backends by
+/// traffic, and the XDP verdicts.
 fn draw(frame: &mut Frame, view: &LiveView, before: Option<&LiveView>) {
     let seconds = before.map_or(0.0, |b| view.at_ms.saturating_sub(b.at_ms) as f64 / 1000.0);
+    let bold = Style::default().add_modifier(Modifier::BOLD);
+    let areas = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(view.vips.len() as u16 + 3),
+        Constraint::Min(4),
+        Constraint::Length(3),
+    ])
+    .split(frame.area());
+    frame.render_widget(header(view), areas[0]);
+    let vip_table =
+        Table::new(vip_rows(view, before, seconds), [12, 26, 5, 12, 12, 14, 12].map(Constraint::Length))
+            .header(
+                Row::new(["VIP", "address", "mode", "pool", "packets/s", "bytes/s", "new flows/s"])
+                    .style(bold),
+            )
+            .block(Block::bordered().title(" VIPs "));
+    frame.render_widget(vip_table, areas[1]);
+    let backend_table = Table::new(
+        backend_rows(view, before, seconds),
+        [12, 26, 8, 7, 6, 8, 11, 12, 11, 9, 8].map(Constraint::Length),
+    )
+    .header(
+        Row::new([
+            "pool",
+            "backend",
+            "health",
+            "weight",
+            "drain",
+            "share %",
+            "packets/s",
+            "new flows/s",
+            "requests/s",
+            "errors %",
+            "p99 ms",
+        ])
+        .style(bold),
+    )
+    .block(Block::bordered().title(" backends (by traffic) "));
+    frame.render_widget(backend_table, areas[2]);
+    frame.render_widget(
+        ratatui::widgets::Paragraph::new(verdicts(view, before, seconds))
+            .block(Block::bordered().title(" verdicts ")),
+        areas[3],
+    );
+}
+
+/// Uptime, the connection table's fill and the last reload.
+fn header(view: &LiveView) -> Line<'static> {
+    let fill = if view.conn_capacity > 0 {
+        format!(
+            "{:.2}% ({} of {})",
+            100.0 * view.conn_used as f64 / view.conn_capacity as f64,
+            view.conn_used,
+            view.conn_capacity
+        )
+    } else {
+        "no XDP".to_owned()
+    };
+    let reload = match view.last_reload {
+        None => "none",
+        Some((_, true)) => "applied",
+        Some((_, false)) => "REFUSED",
+    };
+    Line::from(format!(
+        "sluice · up {} s · connection table {fill} · last reload {reload} · q quits",
+        view.uptime_seconds
+    ))
+}
+
+/// A row a VIP, busiest first: its packets, bytes and new flows a second.
+fn vip_rows(view: &LiveView, before: Option<&LiveView>, seconds: f64) -> Vec<Row<'static>> {
     let old_vips: HashMap<&str, _> =
         before.map(|b| b.vips.iter().map(|v| (v.name.as_str(), v)).collect()).unwrap_or_default();
-    let old_backends: HashMap<(&str, std::net::IpAddr), &LiveBackend> = before
-        .map(|b| b.backends.iter().map(|x| ((x.pool.as_str(), x.address), x)).collect())
-        .unwrap_or_default();
-
     let mut vips: Vec<(f64, Row)> = view
         .vips
         .iter()
@@ -75,7 +143,15 @@ fn draw(frame: &mut Frame, view: &LiveView, before: Option<&LiveView>) {
         })
         .collect();
     vips.sort_by(|a, b| b.0.total_cmp(&a.0));
+    vips.into_iter().map(|(_, r)| r).collect()
+}
 
+/// A row a backend, busiest (packets and requests) first: health, weight, share, rates, errors
+/// and the proxy's p99.
+fn backend_rows(view: &LiveView, before: Option<&LiveView>, seconds: f64) -> Vec<Row<'static>> {
+    let old_backends: HashMap<(&str, std::net::IpAddr), &LiveBackend> = before
+        .map(|b| b.backends.iter().map(|x| ((x.pool.as_str(), x.address), x)).collect())
+        .unwrap_or_default();
     let mut backends: Vec<(f64, Row)> = view
         .backends
         .iter()
@@ -106,7 +182,11 @@ fn draw(frame: &mut Frame, view: &LiveView, before: Option<&LiveView>) {
         })
         .collect();
     backends.sort_by(|a, b| b.0.total_cmp(&a.0));
+    backends.into_iter().map(|(_, r)| r).collect()
+}
 
+/// The XDP verdicts lbd has counted any of, each as a rate since the last reading.
+fn verdicts(view: &LiveView, before: Option<&LiveView>, seconds: f64) -> String {
     let verdicts: Vec<String> = view
         .verdicts
         .iter()
@@ -116,68 +196,7 @@ fn draw(frame: &mut Frame, view: &LiveView, before: Option<&LiveView>) {
             format!("{name} {}/s", fmt(rate(*n, old, seconds)))
         })
         .collect();
-    let fill = if view.conn_capacity > 0 {
-        format!(
-            "{:.2}% ({} of {})",
-            100.0 * view.conn_used as f64 / view.conn_capacity as f64,
-            view.conn_used,
-            view.conn_capacity
-        )
-    } else {
-        "no XDP".to_owned()
-    };
-    let reload = match view.last_reload {
-        None => "none".to_owned(),
-        Some((_, applied)) => if applied { "applied" } else { "REFUSED" }.to_owned(),
-    };
-    let header = Line::from(format!(
-        "sluice · up {} s · connection table {fill} · last reload {reload} · q quits",
-        view.uptime_seconds
-    ));
-
-    let bold = Style::default().add_modifier(Modifier::BOLD);
-    let areas = Layout::vertical([
-        Constraint::Length(1),
-        Constraint::Length(view.vips.len() as u16 + 3),
-        Constraint::Min(4),
-        Constraint::Length(3),
-    ])
-    .split(frame.area());
-    frame.render_widget(header, areas[0]);
-    let vip_table =
-        Table::new(vips.into_iter().map(|(_, r)| r), [12, 26, 5, 12, 12, 14, 12].map(Constraint::Length))
-            .header(
-                Row::new(["VIP", "address", "mode", "pool", "packets/s", "bytes/s", "new flows/s"])
-                    .style(bold),
-            )
-            .block(Block::bordered().title(" VIPs "));
-    frame.render_widget(vip_table, areas[1]);
-    let backend_table = Table::new(
-        backends.into_iter().map(|(_, r)| r),
-        [12, 26, 8, 7, 6, 8, 11, 12, 11, 9, 8].map(Constraint::Length),
-    )
-    .header(
-        Row::new([
-            "pool",
-            "backend",
-            "health",
-            "weight",
-            "drain",
-            "share %",
-            "packets/s",
-            "new flows/s",
-            "requests/s",
-            "errors %",
-            "p99 ms",
-        ])
-        .style(bold),
-    )
-    .block(Block::bordered().title(" backends (by traffic) "));
-    frame.render_widget(backend_table, areas[2]);
-    frame.render_widget(
-        ratatui::widgets::Paragraph::new(verdicts.join(" · ")).block(Block::bordered().title(" verdicts ")),
-        areas[3],
-    );
+    verdicts.join(" · ")
 }
 
 /// Runs the view until `q`; the terminal is restored whatever happens.
