@@ -144,8 +144,31 @@ pub fn deb(bin_dir: Option<PathBuf>, out: Option<PathBuf>) -> Result<PathBuf> {
     let stage = out.join(format!("sluice_{VERSION}_{arch}"));
     let _ = fs::remove_dir_all(&stage);
     fs::create_dir_all(&stage)?;
+    let installed = stage_binaries(&bins, &stage)?;
+    stage_config(&stage)?;
+    stage_docs(&stage)?;
+    stage_manuals(&stage, &installed)?;
+    stage_control(&stage, &arch, &installed)?;
+    let package = out.join(format!("sluice_{VERSION}_{arch}.deb"));
+    run(
+        "dpkg-deb",
+        &[
+            "--root-owner-group",
+            "-Zxz",
+            "--build",
+            stage.to_str().context("path")?,
+            package.to_str().context("path")?,
+        ],
+    )?;
+    if !package.exists() {
+        bail!("dpkg-deb made no {}", package.display());
+    }
+    println!("{}", package.display());
+    Ok(package)
+}
 
-    // Binaries, stripped.
+/// lbd and lbctl into usr/bin, stripped; gives their staged paths.
+fn stage_binaries(bins: &Path, stage: &Path) -> Result<Vec<PathBuf>> {
     let bin_dir = stage.join("usr/bin");
     fs::create_dir_all(&bin_dir)?;
     let mut installed = Vec::new();
@@ -164,8 +187,11 @@ pub fn deb(bin_dir: Option<PathBuf>, out: Option<PathBuf>) -> Result<PathBuf> {
         )?;
         installed.push(to);
     }
+    Ok(installed)
+}
 
-    // Units: the repository's, with the packaged paths.
+/// The systemd units (the repository's, with the packaged paths) and the config file.
+fn stage_config(stage: &Path) -> Result<()> {
     let unit = fs::read_to_string(Path::new(ROOT).join("config/sluice.service"))?
         .replace("/usr/local/bin/", "/usr/bin/")
         .replace("After=network-online.target", "After=network-online.target sys-fs-bpf.mount")
@@ -173,9 +199,11 @@ pub fn deb(bin_dir: Option<PathBuf>, out: Option<PathBuf>) -> Result<PathBuf> {
     write(&stage.join("lib/systemd/system/sluice.service"), &unit, 0o644)?;
     write(&stage.join("lib/systemd/system/sys-fs-bpf.mount"), MOUNT_UNIT, 0o644)?;
     // 0640: operators put JWT secrets and key paths here (lintian warns: non-standard-file-perm).
-    write(&stage.join("etc/sluice/sluice.toml"), &conffile()?, 0o640)?;
+    write(&stage.join("etc/sluice/sluice.toml"), &conffile()?, 0o640)
+}
 
-    // Docs, copyright, changelog (a native package's: changelog.gz).
+/// Docs, copyright and changelog (a native package's: changelog.gz).
+fn stage_docs(stage: &Path) -> Result<()> {
     let doc = stage.join("usr/share/doc/sluice");
     fs::create_dir_all(&doc)?;
     fs::copy(Path::new(ROOT).join("README.md"), doc.join("README.md"))?;
@@ -200,13 +228,15 @@ pub fn deb(bin_dir: Option<PathBuf>, out: Option<PathBuf>) -> Result<PathBuf> {
         ),
         0o644,
     )?;
-    gzip(&doc.join("changelog"))?;
+    gzip(&doc.join("changelog"))
+}
 
-    // Man pages and completions, from the binaries themselves.
+/// Man pages and completions, from the binaries themselves.
+fn stage_manuals(stage: &Path, installed: &[PathBuf]) -> Result<()> {
     let man = stage.join("usr/share/man/man1");
     let bash = stage.join("usr/share/bash-completion/completions");
     let zsh = stage.join("usr/share/zsh/vendor-completions");
-    for binary in &installed {
+    for binary in installed {
         let b = binary.to_str().context("path")?;
         run(b, &["generate", "man", man.to_str().context("path")?])?;
         run(b, &["generate", "bash", bash.to_str().context("path")?])?;
@@ -222,8 +252,12 @@ pub fn deb(bin_dir: Option<PathBuf>, out: Option<PathBuf>) -> Result<PathBuf> {
             fs::set_permissions(file?.path(), fs::Permissions::from_mode(0o644))?;
         }
     }
+    Ok(())
+}
 
-    // Control files.
+/// DEBIAN/: control (with the installed size and the glibc the binaries need), conffiles,
+/// the maintainer scripts and md5sums of every file but the conffile.
+fn stage_control(stage: &Path, arch: &str, installed: &[PathBuf]) -> Result<()> {
     let control = stage.join("DEBIAN");
     let size_kib = run("du", &["-sk", "--exclude=DEBIAN", stage.to_str().context("path")?])?
         .split_whitespace()
@@ -242,7 +276,7 @@ pub fn deb(bin_dir: Option<PathBuf>, out: Option<PathBuf>) -> Result<PathBuf> {
              directly) and terminates TLS, HTTP/1.1 and HTTP/2 in userspace: one\n \
              config, one daemon (lbd) and one CLI (lbctl) for pools, health\n \
              checks, counters, BGP announcements and etcd.\n",
-            glibc = glibc_needed(&installed),
+            glibc = glibc_needed(installed),
         ),
         0o644,
     )?;
@@ -251,34 +285,17 @@ pub fn deb(bin_dir: Option<PathBuf>, out: Option<PathBuf>) -> Result<PathBuf> {
     write(&control.join("prerm"), PRERM, 0o755)?;
     write(&control.join("postrm"), POSTRM, 0o755)?;
     let mut files = Vec::new();
-    collect(&stage, &mut files)?;
+    collect(stage, &mut files)?;
     files.retain(|f| !f.starts_with(&control) && !f.starts_with(stage.join("etc")));
     files.sort();
     let mut sums = String::new();
     for file in &files {
         let sum = run("md5sum", &[file.to_str().context("path")?])?;
         let hash = sum.split_whitespace().next().context("md5sum's answer")?;
-        let relative = file.strip_prefix(&stage)?.display();
+        let relative = file.strip_prefix(stage)?.display();
         sums.push_str(&format!("{hash}  {relative}\n"));
     }
-    write(&control.join("md5sums"), &sums, 0o644)?;
-
-    let package = out.join(format!("sluice_{VERSION}_{arch}.deb"));
-    run(
-        "dpkg-deb",
-        &[
-            "--root-owner-group",
-            "-Zxz",
-            "--build",
-            stage.to_str().context("path")?,
-            package.to_str().context("path")?,
-        ],
-    )?;
-    if !package.exists() {
-        bail!("dpkg-deb made no {}", package.display());
-    }
-    println!("{}", package.display());
-    Ok(package)
+    write(&control.join("md5sums"), &sums, 0o644)
 }
 
 /// Every regular file under `dir`.
