@@ -436,11 +436,74 @@ impl Bed {
     }
 }
 
+/// A proxy as the bench runs it: its name, its command line, its plain and TLS ports.
+struct Proxy {
+    name: &'static str,
+    argv: Vec<String>,
+    http: u16,
+    https: u16,
+}
+
+impl Proxy {
+    /// Started for one measurement (a fresh process each time), on the proxy's core.
+    fn start(&self) -> Result<Proc> {
+        let args: Vec<&str> = self.argv[1..].iter().map(String::as_str).collect();
+        let proc = spawn("0", &self.argv[0], &args)?;
+        wait_port(self.https)?;
+        Ok(proc)
+    }
+
+    /// The modes it runs in, when not all (the references).
+    fn only(&self) -> Option<&'static [&'static str]> {
+        match self.name {
+            "sluice-bp" => Some(&BUSY_POLL_MODES),
+            SAME_SUITES => Some(&["tls-handshake"]),
+            FLOOR => Some(&["http1-keepalive"]),
+            _ => None,
+        }
+    }
+}
+
+/// Stops a proxy after its measurement (and clears lbd's pins).
+fn stop(proc: Proc) {
+    drop(proc);
+    let _ = std::fs::remove_dir_all("/sys/fs/bpf/sluice-bench-l7");
+}
+
 /// Runs the whole comparison and prints it.
 pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
     let bed = Bed::new("bench-l7")?;
-    let (dir, cert, key) = (&bed.dir, &bed.cert, &bed.key);
     let tls = tls_client(&bed.ca.cert)?;
+    let baseline = std::env::var_os("SLUICE_BENCH_BASELINE").map(std::path::PathBuf::from);
+    let (modes, measure_memory) = chosen_modes()?;
+    let proxies = proxies(&bed, baseline.as_deref())?;
+    legend(seconds, baseline.as_deref());
+    let mut all = Vec::new();
+    for round in 1..=rounds {
+        let (memory, tls_memory) = match measure_memory {
+            true => idle_memory(&proxies, &tls)?,
+            false => (Vec::new(), Vec::new()),
+        };
+        let table = rates(&proxies, &modes, round, seconds, &bed.dir.0)?;
+        println!("\nround {round}:");
+        print_round(&table, &proxies.iter().map(|p| p.name).collect::<Vec<_>>(), &modes);
+        if measure_memory {
+            print_memory(&format!("{IDLE_CONNECTIONS} open, one request each, plain HTTP"), &memory);
+            print_memory(&format!("{IDLE_TLS_CONNECTIONS} open, one request each, TLS 1.3"), &tls_memory);
+        }
+        all.push(Round { table, memory, tls_memory });
+    }
+    println!();
+    for line in l7_targets::verdict(&all, &REFERENCES) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// The proxies compared, their configs written into the bed's directory: Sluice (and the
+/// baseline lbd, when given), HAProxy, nginx, and the references.
+fn proxies(bed: &Bed, baseline: Option<&Path>) -> Result<Vec<Proxy>> {
+    let (dir, cert, key) = (&bed.dir, &bed.cert, &bed.key);
     let combined = dir.0.join("haproxy.pem");
     std::fs::write(&combined, std::fs::read_to_string(cert)? + &std::fs::read_to_string(key)?)?;
     let sluice_conf = dir.0.join("sluice.toml");
@@ -454,45 +517,56 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
     let haproxy_conf = dir.0.join("haproxy.cfg");
     std::fs::write(&haproxy_conf, haproxy_config(&combined))?;
     let lbd = crate::bin_dir().join("lbd");
-    let baseline = std::env::var_os("SLUICE_BENCH_BASELINE").map(std::path::PathBuf::from);
-    let (modes, measure_memory) = chosen_modes()?;
-    let lbd_run = |bin: &Path, conf: &Path| -> Vec<String> {
-        vec![bin.display().to_string(), "run".into(), "-c".into(), conf.display().to_string()]
+    let lbd_run = |name, bin: &Path, conf: &Path| Proxy {
+        name,
+        argv: vec![bin.display().to_string(), "run".into(), "-c".into(), conf.display().to_string()],
+        http: 9080,
+        https: 9443,
     };
-    let nginx = |conf: &Path| -> Vec<String> {
+    let nginx = |name, conf: &Path| {
         let (conf, prefix) = (conf.display().to_string(), dir.0.display().to_string());
-        vec!["nginx".into(), "-c".into(), conf, "-p".into(), prefix]
+        Proxy {
+            name,
+            argv: vec!["nginx".into(), "-c".into(), conf, "-p".into(), prefix],
+            http: 8080,
+            https: 8443,
+        }
     };
-    let mut proxies: Vec<(&str, Vec<String>, u16, u16)> = vec![
-        ("sluice", lbd_run(&lbd, &sluice_conf), 9080, 9443),
+    let mut proxies = vec![
+        lbd_run("sluice", &lbd, &sluice_conf),
         // The same lbd with `[proxy] busy_poll_us = 100` (the default is 40), in BUSY_POLL_MODES.
-        ("sluice-bp", lbd_run(&lbd, &busy_conf), 9080, 9443),
-        (
-            "haproxy",
-            vec!["haproxy".into(), "-db".into(), "-f".into(), haproxy_conf.display().to_string()],
-            7080,
-            7443,
-        ),
-        ("nginx", nginx(&nginx_conf), 8080, 8443),
+        lbd_run("sluice-bp", &lbd, &busy_conf),
+        Proxy {
+            name: "haproxy",
+            argv: vec!["haproxy".into(), "-db".into(), "-f".into(), haproxy_conf.display().to_string()],
+            http: 7080,
+            https: 7443,
+        },
+        nginx("nginx", &nginx_conf),
         // nginx picking the suite as Sluice does, in the handshake mode: the same work per
         // handshake on both ends (OpenSSL's clients ask for AES-256-GCM-SHA384 first).
-        (SAME_SUITES, nginx(&nginx_128_conf), 8080, 8443),
-        (
-            FLOOR,
-            vec![
+        nginx(SAME_SUITES, &nginx_128_conf),
+        Proxy {
+            name: FLOOR,
+            argv: vec![
                 std::env::current_exe()?.display().to_string(),
                 "forward".into(),
                 format!("127.0.0.1:{FLOOR_PORT}"),
                 format!("127.0.0.1:{}", BACKENDS[0]),
                 format!("127.0.0.1:{}", BACKENDS[1]),
             ],
-            FLOOR_PORT,
-            FLOOR_PORT,
-        ),
+            http: FLOOR_PORT,
+            https: FLOOR_PORT,
+        },
     ];
-    if let Some(baseline) = &baseline {
-        proxies.insert(1, (BASELINE, lbd_run(baseline, &sluice_conf), 9080, 9443));
+    if let Some(baseline) = baseline {
+        proxies.insert(1, lbd_run(BASELINE, baseline, &sluice_conf));
     }
+    Ok(proxies)
+}
+
+/// What the bench's output says of its setup and its references.
+fn legend(seconds: u64, baseline: Option<&Path>) {
     println!(
         "cargo xtask bench l7: {seconds} s per case, wrk -t1 -c64 (h2: h2load -t1 -c64 -m10), proxy on CPU 0, load and backends on CPU 1"
     );
@@ -508,84 +582,64 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
     println!(
         "{FLOOR}: a byte forwarder, no HTTP, a backend connection per client (http1-keepalive; the bed's ceiling for an epoll proxy, not in sluice/best)"
     );
-    if let Some(baseline) = &baseline {
+    if let Some(baseline) = baseline {
         println!(
             "{BASELINE}: {} with the same config, in every mode (an A/B; not in the verdict)",
             baseline.display()
         );
     }
-    let only = |name: &str| -> Option<&[&str]> {
-        match name {
-            "sluice-bp" => Some(&BUSY_POLL_MODES),
-            SAME_SUITES => Some(&["tls-handshake"]),
-            FLOOR => Some(&["http1-keepalive"]),
-            _ => None,
-        }
-    };
-    // A proxy started for one measurement and stopped after it (a fresh process each time).
-    let started = |argv: &[String], https: u16| -> Result<Proc> {
-        let args: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
-        let proc = spawn("0", &argv[0], &args)?;
-        wait_port(https)?;
-        Ok(proc)
-    };
-    let stopped = |proc: Proc| {
-        drop(proc);
-        let _ = std::fs::remove_dir_all("/sys/fs/bpf/sluice-bench-l7");
-    };
-    let mut all = Vec::new();
-    for round in 1..=rounds {
-        let mut table: Vec<Row> = Vec::new();
-        let (mut memory, mut tls_memory) = (Vec::new(), Vec::new());
-        // Memory on a fresh process: after load, freed buffers the allocator keeps would hide
-        // the growth.
-        for (name, argv, http, https) in proxies.iter().filter(|p| measure_memory && only(p.0).is_none()) {
-            let proc = started(argv, *https)?;
-            // nsenter execs taskset, which execs the proxy: the child's pid is the proxy's.
-            let bytes = idle_memory_per_connection(proc.0.id(), *http, IDLE_CONNECTIONS, None)?;
-            memory.push((name.to_string(), bytes));
-            stopped(proc);
-            let proc = started(argv, *https)?;
-            let bytes = idle_memory_per_connection(proc.0.id(), *https, IDLE_TLS_CONNECTIONS, Some(&tls))?;
-            tls_memory.push((name.to_string(), bytes));
-            stopped(proc);
-        }
-        // Each mode's proxies one after another, seconds apart, in the opposite order the next
-        // round: the VM's speed drifts within minutes, and a ratio of samples taken far apart
-        // measured the drift as much as the proxies.
-        for &mode in &modes {
-            let mut order: Vec<_> =
-                proxies.iter().filter(|p| only(p.0).is_none_or(|only| only.contains(&mode))).collect();
-            if round % 2 == 0 {
-                order.reverse();
-            }
-            for (name, argv, http, https) in order {
-                let proc = started(argv, *https)?;
-                let url = match mode {
-                    "http1-keepalive" => format!("http://127.0.0.1:{http}/"),
-                    _ => format!("https://127.0.0.1:{https}/"),
-                };
-                table.push((
-                    mode.to_owned(),
-                    name.to_string(),
-                    load(proc.0.id(), mode, &url, seconds, &dir.0)?,
-                ));
-                stopped(proc);
-            }
-        }
-        println!("\nround {round}:");
-        print_round(&table, &proxies.iter().map(|p| p.0).collect::<Vec<_>>(), &modes);
-        if measure_memory {
-            print_memory(&format!("{IDLE_CONNECTIONS} open, one request each, plain HTTP"), &memory);
-            print_memory(&format!("{IDLE_TLS_CONNECTIONS} open, one request each, TLS 1.3"), &tls_memory);
-        }
-        all.push(Round { table, memory, tls_memory });
+}
+
+/// Each compared proxy's memory per idle connection, plain and TLS. Measured on a fresh
+/// process: after load, freed buffers the allocator keeps would hide the growth.
+#[allow(clippy::type_complexity, reason = "two lists of (proxy, bytes)")]
+fn idle_memory(
+    proxies: &[Proxy],
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<(Vec<(String, f64)>, Vec<(String, f64)>)> {
+    let (mut memory, mut tls_memory) = (Vec::new(), Vec::new());
+    for proxy in proxies.iter().filter(|p| p.only().is_none()) {
+        // nsenter execs taskset, which execs the proxy: the child's pid is the proxy's.
+        let proc = proxy.start()?;
+        memory.push((
+            proxy.name.to_string(),
+            idle_memory_per_connection(proc.0.id(), proxy.http, IDLE_CONNECTIONS, None)?,
+        ));
+        stop(proc);
+        let proc = proxy.start()?;
+        let bytes = idle_memory_per_connection(proc.0.id(), proxy.https, IDLE_TLS_CONNECTIONS, Some(tls))?;
+        tls_memory.push((proxy.name.to_string(), bytes));
+        stop(proc);
     }
-    println!();
-    for line in l7_targets::verdict(&all, &REFERENCES) {
-        println!("{line}");
+    Ok((memory, tls_memory))
+}
+
+/// One round's rates: each mode's proxies one after another, seconds apart, in the opposite
+/// order the next round. The VM's speed drifts within minutes, and a ratio of samples taken
+/// far apart measured the drift as much as the proxies.
+fn rates(proxies: &[Proxy], modes: &[&str], round: usize, seconds: u64, log_dir: &Path) -> Result<Vec<Row>> {
+    let mut table = Vec::new();
+    for &mode in modes {
+        let mut order: Vec<_> =
+            proxies.iter().filter(|p| p.only().is_none_or(|only| only.contains(&mode))).collect();
+        if round.is_multiple_of(2) {
+            order.reverse();
+        }
+        for proxy in order {
+            let proc = proxy.start()?;
+            let url = match mode {
+                "http1-keepalive" => format!("http://127.0.0.1:{}/", proxy.http),
+                _ => format!("https://127.0.0.1:{}/", proxy.https),
+            };
+            table.push((
+                mode.to_owned(),
+                proxy.name.to_string(),
+                load(proc.0.id(), mode, &url, seconds, log_dir)?,
+            ));
+            stop(proc);
+        }
     }
-    Ok(())
+    Ok(table)
 }
 
 /// Prints one round: each mode's rows in `order`, Sluice's rate against the best peer's, the
