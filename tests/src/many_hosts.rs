@@ -117,58 +117,14 @@ impl Edge {
             topology: Topology::with_lbs(3, 3)?,
             dir: TempDir::new(name)?,
         };
-        let (router, dir, vip, vip6) = (&edge.topology.router, edge.dir.0.clone(), edge.vip, edge.vip6);
-        // The VIPs reach the balancers through BGP only, hashed on the 5-tuple; a nexthop
-        // whose link is down is not used.
-        router.run("ip", &["route", "del", VIP4_NET])?;
-        router.run("ip", &["-6", "route", "del", VIP6_NET])?;
-        router.run(
-            "sysctl",
-            &[
-                "-qw",
-                "net.ipv4.fib_multipath_hash_policy=1",
-                "net.ipv6.fib_multipath_hash_policy=1",
-                "net.ipv4.conf.all.ignore_routes_with_linkdown=1",
-                "net.ipv6.conf.all.ignore_routes_with_linkdown=1",
-            ],
-        )?;
+        let (dir, vip, vip6) = (edge.dir.0.clone(), edge.vip, edge.vip6);
         let lbs: Vec<Host> = edge.balancers().into_iter().cloned().collect();
-        let neighbors: String = lbs
-            .iter()
-            .map(|lb| {
-                format!(
-                    "protocol bgp lb{k} from lb {{ neighbor {} as 65001; }}\n\
-                     protocol bgp lb{k}v6 from lb6 {{ neighbor {} as 65001; }}\n",
-                    lb.addr4,
-                    lb.addr6,
-                    k = link(lb)
-                )
-            })
-            .collect();
-        let router_bird = bird(
-            router,
-            &dir,
-            "router",
-            &format!(
-                "router id 198.18.0.1;\nprotocol device {{ scan time 1; }}\n\
-                 protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths on; }}\n\
-                 protocol kernel {{ ipv6 {{ import none; export all; }}; merge paths on; }}\n\
-                 template bgp lb {{ local as 65000; hold time 6; connect retry time 1; \
-                 ipv4 {{ import all; export none; }}; }}\n\
-                 template bgp lb6 {{ local as 65000; hold time 6; connect retry time 1; \
-                 ipv6 {{ import all; export none; }}; }}\n{neighbors}"
-            ),
-        )?;
-        edge.birds.push(router_bird);
+        edge.birds.push(router_bgp(&edge.topology.router, &dir, &lbs)?);
         for (i, backend) in edge.topology.backends.iter().enumerate() {
             backend.make_dsr_backend(&[vip, vip6])?;
             edge.decaps.push(Decap::attach(backend, "generic")?);
             edge.servers.push(Nginx::start(backend, &format!("backend{}", i + 1))?);
         }
-        let pool: Vec<String> =
-            edge.topology.backends.iter().map(|b| format!("{{ address = \"{}\" }}", b.addr4)).collect();
-        let pool6: Vec<String> =
-            edge.topology.backends.iter().map(|b| format!("{{ address = \"{}\" }}", b.addr6)).collect();
         let mut follow = String::new();
         if cluster {
             let host = edge.topology.add_service_host("etcd", 9)?;
@@ -177,44 +133,12 @@ impl Edge {
         }
         for (n, lb) in lbs.iter().enumerate() {
             let k = link(lb);
-            let pool: Vec<String> = if n == 2 { pool.iter().rev().cloned().collect() } else { pool.clone() };
             let routes = dir.join(format!("lb{k}-vips.conf"));
             // lbd rewrites this file; BIRD needs it to exist at start.
             std::fs::write(&routes, lb_userspace::announce::render(&Default::default()))?;
-            let lb_bird = bird(
-                lb,
-                &dir,
-                &format!("lb{k}"),
-                &format!(
-                    "router id {a};\nprotocol device {{ scan time 1; }}\ninclude \"{routes}\";\n\
-                     protocol bgp uplink {{ local {a} as 65001; neighbor 198.18.{k}.1 as 65000; hold time 6; \
-                     connect retry time 1; ipv4 {{ import none; export where proto = \"sluice_vips4\"; next hop self; }}; }}\n\
-                     protocol bgp uplink6 {{ local {a6} as 65001; neighbor fd00:5e:{k}::1 as 65000; hold time 6; \
-                     connect retry time 1; ipv6 {{ import none; export where proto = \"sluice_vips6\"; next hop self; }}; }}\n",
-                    a = lb.addr4,
-                    a6 = lb.addr6,
-                    routes = routes.display()
-                ),
-            )?;
-            edge.birds.push(lb_bird);
+            edge.birds.push(balancer_bgp(lb, &dir, &routes)?);
             let config = dir.join(format!("lb{k}.toml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"generic\"\npin_dir = \"/sys/fs/bpf/{tag}-lb{k}\"\n\
-                     next_hop_mac = \"{mac}\"\n\n{follow}[bgp]\nroutes_file = \"{routes}\"\ncontrol_socket = \"{d}/lb{k}.ctl\"\n\n\
-                     [[vip]]\nname = \"web\"\naddress = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n\n\
-                     [[vip]]\nname = \"web6\"\naddress = \"{vip6}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web6\"\n\n\
-                     [[pool]]\nname = \"web\"\nbackends = [{pool}]\n\n[[pool]]\nname = \"web6\"\nbackends = [{pool6}]\n\n\
-                     [admin]\nsocket = \"{d}/lb{k}.sock\"\n",
-                    tag = edge.topology.tag,
-                    mac = mac_text(read_mac(&edge.topology.router.ns, &format!("r{k}"))?),
-                    routes = routes.display(),
-                    d = dir.display(),
-                    pool = pool.join(", "),
-                    pool6 = pool6.join(", "),
-                ),
-            )?;
+            std::fs::write(&config, edge.balancer_config(lb, n == 2, &follow, &routes)?)?;
             let log = dir.join(format!("lbd-lb{k}.log"));
             edge.lbds.push(Lbd::start_logging(lb, &config, Some(&log))?);
         }
@@ -228,6 +152,35 @@ impl Edge {
             links.iter().all(|l| route.contains(l))
         })?;
         Ok(edge)
+    }
+
+    /// A balancer's lbd config: both VIPs over the backends (listed backwards with `reversed`),
+    /// BGP through its BIRD, `follow` (the `[cluster]` section, or nothing).
+    fn balancer_config(&self, lb: &Host, reversed: bool, follow: &str, routes: &Path) -> Result<String> {
+        let k = link(lb);
+        let mut pool: Vec<String> =
+            self.topology.backends.iter().map(|b| format!("{{ address = \"{}\" }}", b.addr4)).collect();
+        if reversed {
+            pool.reverse();
+        }
+        let pool6: Vec<String> =
+            self.topology.backends.iter().map(|b| format!("{{ address = \"{}\" }}", b.addr6)).collect();
+        Ok(format!(
+            "[dataplane]\ninterface = \"eth0\"\nxdp_mode = \"generic\"\npin_dir = \"/sys/fs/bpf/{tag}-lb{k}\"\n\
+             next_hop_mac = \"{mac}\"\n\n{follow}[bgp]\nroutes_file = \"{routes}\"\ncontrol_socket = \"{d}/lb{k}.ctl\"\n\n\
+             [[vip]]\nname = \"web\"\naddress = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n\n\
+             [[vip]]\nname = \"web6\"\naddress = \"{vip6}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web6\"\n\n\
+             [[pool]]\nname = \"web\"\nbackends = [{pool}]\n\n[[pool]]\nname = \"web6\"\nbackends = [{pool6}]\n\n\
+             [admin]\nsocket = \"{d}/lb{k}.sock\"\n",
+            tag = self.topology.tag,
+            mac = mac_text(read_mac(&self.topology.router.ns, &format!("r{k}"))?),
+            routes = routes.display(),
+            d = self.dir.0.display(),
+            vip = self.vip,
+            vip6 = self.vip6,
+            pool = pool.join(", "),
+            pool6 = pool6.join(", "),
+        ))
     }
 
     /// The balancer hosts, in order.
@@ -308,6 +261,70 @@ impl Edge {
     pub fn new_flows(&self) -> Result<Vec<u64>> {
         self.lbds.iter().map(|l| new_flows(&l.pin_dir)).collect()
     }
+}
+
+/// The router's BGP: the VIPs reach the balancers through BGP only, hashed on the 5-tuple (a
+/// nexthop whose link is down is not used); BIRD peers with every balancer and merges their
+/// paths into one ECMP route.
+fn router_bgp(router: &Host, dir: &Path, lbs: &[Host]) -> Result<Child> {
+    router.run("ip", &["route", "del", VIP4_NET])?;
+    router.run("ip", &["-6", "route", "del", VIP6_NET])?;
+    router.run(
+        "sysctl",
+        &[
+            "-qw",
+            "net.ipv4.fib_multipath_hash_policy=1",
+            "net.ipv6.fib_multipath_hash_policy=1",
+            "net.ipv4.conf.all.ignore_routes_with_linkdown=1",
+            "net.ipv6.conf.all.ignore_routes_with_linkdown=1",
+        ],
+    )?;
+    let neighbors: String = lbs
+        .iter()
+        .map(|lb| {
+            format!(
+                "protocol bgp lb{k} from lb {{ neighbor {} as 65001; }}\n\
+                 protocol bgp lb{k}v6 from lb6 {{ neighbor {} as 65001; }}\n",
+                lb.addr4,
+                lb.addr6,
+                k = link(lb)
+            )
+        })
+        .collect();
+    bird(
+        router,
+        dir,
+        "router",
+        &format!(
+            "router id 198.18.0.1;\nprotocol device {{ scan time 1; }}\n\
+             protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths on; }}\n\
+             protocol kernel {{ ipv6 {{ import none; export all; }}; merge paths on; }}\n\
+             template bgp lb {{ local as 65000; hold time 6; connect retry time 1; \
+             ipv4 {{ import all; export none; }}; }}\n\
+             template bgp lb6 {{ local as 65000; hold time 6; connect retry time 1; \
+             ipv6 {{ import all; export none; }}; }}\n{neighbors}"
+        ),
+    )
+}
+
+/// A balancer's BIRD: it announces what lbd writes into `routes` to the router, next hop self.
+fn balancer_bgp(lb: &Host, dir: &Path, routes: &Path) -> Result<Child> {
+    let k = link(lb);
+    bird(
+        lb,
+        dir,
+        &format!("lb{k}"),
+        &format!(
+            "router id {a};\nprotocol device {{ scan time 1; }}\ninclude \"{routes}\";\n\
+             protocol bgp uplink {{ local {a} as 65001; neighbor 198.18.{k}.1 as 65000; hold time 6; \
+             connect retry time 1; ipv4 {{ import none; export where proto = \"sluice_vips4\"; next hop self; }}; }}\n\
+             protocol bgp uplink6 {{ local {a6} as 65001; neighbor fd00:5e:{k}::1 as 65000; hold time 6; \
+             connect retry time 1; ipv6 {{ import none; export where proto = \"sluice_vips6\"; next hop self; }}; }}\n",
+            a = lb.addr4,
+            a6 = lb.addr6,
+            routes = routes.display()
+        ),
+    )
 }
 
 /// The router link number of a balancer (its address's third byte).
