@@ -68,9 +68,9 @@ pub struct Core {
     /// What the proxy keeps across snapshots (in-flight counts, streaks, buckets, budgets).
     pub runtime: Arc<Runtime>,
     /// Where `lbctl reload` asks the signal loop for a reload (set once lbd runs it).
-    pub reloads: Option<tokio::sync::mpsc::Sender<crate::reload::Asked>>,
+    pub reloads: Option<tokio::sync::mpsc::Sender<ReloadAsked>>,
     /// How the last reload went (none yet: None).
-    pub last_reload: Option<crate::reload::LastReload>,
+    pub last_reload: Option<LastReload>,
     /// The edge NIC's XDP transmit error counters, summed (None: the driver has none).
     pub nic_xdp_tx_errors: Option<u64>,
     /// What BIRD announces for this host, as the announcer last saw it.
@@ -83,6 +83,16 @@ pub struct Core {
     pub upgrades: Option<tokio::sync::mpsc::Sender<crate::upgrade::Asked>>,
     /// A new lbd took over (`upgrade.rs`): this one only drains and changes nothing.
     pub retired: bool,
+}
+
+/// What asks the signal loop for a reload (`reload.rs`), and hears its result.
+pub type ReloadAsked = tokio::sync::oneshot::Sender<Result<Vec<String>, String>>;
+
+/// How the last reload went.
+#[derive(Debug, Clone, Copy)]
+pub struct LastReload {
+    pub at: std::time::SystemTime,
+    pub applied: bool,
 }
 
 /// The etcd follower's last word (`[cluster]`).

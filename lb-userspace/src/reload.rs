@@ -8,19 +8,9 @@ use log::{error, info};
 
 use crate::{
     config::{Config, Listener},
-    daemon::{Shared, lock},
+    daemon::{LastReload, Shared, lock},
     health, host, proxy,
 };
-
-/// What asks the signal loop for a reload, and hears its result.
-pub type Asked = tokio::sync::oneshot::Sender<Result<Vec<String>, String>>;
-
-/// How the last reload went.
-#[derive(Debug, Clone, Copy)]
-pub struct LastReload {
-    pub at: SystemTime,
-    pub applied: bool,
-}
 
 /// The L7 listeners being served, each with its certificates (re-read on a reload).
 pub type ServedListeners = Vec<(Listener, Option<Arc<proxy::tls::Resolver>>)>;

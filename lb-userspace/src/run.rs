@@ -287,7 +287,7 @@ fn take_over(core: &Shared, inherited: Inherited) -> Result<(), RunError> {
 
 /// What the admin API asks of the signal loop: reloads and upgrades.
 struct Asks {
-    reloads: tokio::sync::mpsc::Receiver<crate::reload::Asked>,
+    reloads: tokio::sync::mpsc::Receiver<crate::daemon::ReloadAsked>,
     upgrades: tokio::sync::mpsc::Receiver<crate::upgrade::Asked>,
 }
 
