@@ -32,10 +32,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::{
     config::Listener,
     proxy::{
-        phase::{
-            headers,
-            respond::{self, Body},
-        },
+        body::{self, Body},
+        date::date,
+        phase::headers,
         turn::Turn,
     },
 };
@@ -105,7 +104,7 @@ impl HttpBody for Incoming {
 /// body, which needs no box.
 fn request(request: Request<RecvStream>) -> Request<Body> {
     request.map(|recv| match recv.is_end_stream() {
-        true => respond::empty(),
+        true => body::empty(),
         false => Incoming { recv, data_done: false }.boxed(),
     })
 }
@@ -355,7 +354,7 @@ where
         sized |= name == header::CONTENT_LENGTH;
     }
     if !dated {
-        head.headers.insert(header::DATE, respond::date());
+        head.headers.insert(header::DATE, date());
     }
     let end = body.is_end_stream();
     if !end
@@ -613,7 +612,7 @@ mod tests {
                 async move {
                     let _dropped = dropped;
                     std::future::pending::<()>().await;
-                    Response::new(crate::proxy::phase::respond::empty())
+                    Response::new(crate::proxy::body::empty())
                 },
                 respond,
             )

@@ -3,16 +3,20 @@
 //! pool (the same pools and health as L4), and forward with keep-alive upstream connections.
 pub mod access_log;
 pub mod auth;
+pub mod body;
 pub mod boxed;
 pub mod busy_poll;
+pub mod byte_set;
 pub mod cache;
 pub mod clock;
+pub mod date;
 pub mod deadline;
 pub mod h1;
 pub mod h2;
 pub mod idle;
 pub mod log_sink;
 pub mod metrics;
+pub mod own_fields;
 pub mod phase;
 pub mod pipeline;
 pub mod routes;

@@ -18,12 +18,11 @@ use crate::{
     config::{Listener, UpstreamProtocol},
     proxy::{
         access_log::{self, ClientConn, Entry},
+        body::Body,
         cache::CacheStore,
         metrics::{Label, ProxyMetrics},
         phase::{
-            Refusal, caching, choose, gate, guard, headers, path,
-            respond::Body,
-            shadow,
+            Refusal, caching, choose, gate, guard, headers, path, shadow,
             upstream::{self, Answered, InFlight, Tries, Upstreams},
         },
         routes::{CompiledRoute, Snapshot},

@@ -28,22 +28,19 @@ use tokio::{
     sync::{Notify, Semaphore},
 };
 
+use http1::{Ended, Session};
+
 use crate::{
     config::Listener,
     proxy::{
         access_log::{ClientConn, Entry},
+        body::Body,
         boxed::boxed,
-        h1::{
-            downstream::{self, Ended, Session},
-            rewind::Rewind,
-        },
+        h1::rewind::Rewind,
         h2,
         idle::{self, Busy, Registry, Watched},
-        phase::{
-            headers::{VIA, VIA_VALUE, X_REQUEST_ID},
-            respond::Body,
-            upstream::InFlight,
-        },
+        own_fields::{VIA, VIA_VALUE, X_REQUEST_ID},
+        phase::upstream::InFlight,
         pipeline::{Counted, Forwarder},
         routes::Snapshot,
         tls,
@@ -249,10 +246,10 @@ impl Connection {
     /// is lent to the first and given back (the task holds one copy of it).
     fn http1<S>(self, stream: S) -> impl Future<Output = ()> + Send
     where
-        S: downstream::ClientIo + 'static,
+        S: http1::ClientIo + 'static,
     {
         let Connection { session, http2, registered, _permit } = self;
-        downstream::serve(stream, session).then(move |(stream, ended, session)| async move {
+        http1::serve(stream, session).then(move |(stream, ended, session)| async move {
             let this = Connection { session, http2, registered, _permit };
             if let Ended::Http2(read) = ended {
                 Box::pin(this.http2(Rewind::new(read, stream))).await;
@@ -498,6 +495,8 @@ pub async fn serve(
     }
 }
 
+pub mod answer;
+pub mod http1;
 #[cfg(test)]
 mod mutations;
 

@@ -3,11 +3,9 @@
 use hyper::{HeaderMap, Method, StatusCode, header, header::HeaderName};
 
 use crate::proxy::{
+    date::date,
     h1::head,
-    phase::{
-        headers::{VIA, VIA_VALUE, X_REQUEST_ID},
-        respond,
-    },
+    own_fields::{VIA, VIA_VALUE, X_REQUEST_ID},
 };
 
 /// How the body written after a head is delimited.
@@ -122,7 +120,7 @@ pub fn response_head(
         field(out, b"content-length", length);
     }
     if !seen.date {
-        field(out, b"date", respond::date().as_bytes());
+        field(out, b"date", date().as_bytes());
     }
     match connection {
         Connection::Close if !seen.close => field(out, b"connection", b"close"),

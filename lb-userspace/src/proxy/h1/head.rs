@@ -484,7 +484,7 @@ mod tests {
     }
 
     /// A token's bytes (RFC 9110 §5.6.2), as httparse lets a name's through.
-    const TOKEN: [bool; 256] = crate::proxy::phase::byte_set(b"!#$%&'*+-.^_`|~", false);
+    const TOKEN: [bool; 256] = crate::proxy::byte_set::byte_set(b"!#$%&'*+-.^_`|~", false);
 
     #[test]
     fn common_names_are_the_names_from_bytes_makes() {

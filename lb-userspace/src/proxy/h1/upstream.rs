@@ -26,13 +26,13 @@ use thread_local::ThreadLocal;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use crate::proxy::{
+    body::{self, Body},
     clock,
     h1::{
         body::{Decoded, Decoder},
         encode::{self, Out},
         head, scratch,
     },
-    phase::respond::{self, Body},
 };
 
 type SendError = Box<dyn std::error::Error + Send + Sync>;
@@ -249,7 +249,7 @@ impl Pool {
         mut conn: Conn,
         answer: head::ResponseHead,
     ) -> Response<Body> {
-        let mut response = Response::new(respond::empty());
+        let mut response = Response::new(body::empty());
         *response.status_mut() = answer.status;
         *response.version_mut() = answer.version;
         if answer.status == hyper::StatusCode::SWITCHING_PROTOCOLS {
@@ -268,7 +268,7 @@ impl Pool {
                 self.checkin(address, conn);
             }
             if !data.is_empty() {
-                *response.body_mut() = respond::full(data);
+                *response.body_mut() = body::full(data);
             }
             *response.headers_mut() = answer.headers;
             return response;
@@ -513,7 +513,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, "backend.test".parse().unwrap());
         let response = pool
-            .send(address, &Method::GET, path, &headers, encode::Added::default(), respond::empty())
+            .send(address, &Method::GET, path, &headers, encode::Added::default(), body::empty())
             .await
             .unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -576,15 +576,8 @@ mod tests {
         let send = |headers: HeaderMap| {
             let pool = pool.clone();
             async move {
-                pool.send(
-                    address,
-                    &Method::GET,
-                    "/switch",
-                    &headers,
-                    encode::Added::default(),
-                    respond::empty(),
-                )
-                .await
+                pool.send(address, &Method::GET, "/switch", &headers, encode::Added::default(), body::empty())
+                    .await
             }
         };
         let unasked = send(headers.clone()).await;

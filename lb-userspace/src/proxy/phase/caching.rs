@@ -22,12 +22,13 @@ use hyper::{
 use crate::{
     config::CacheConfig,
     proxy::{
+        body::{self, Body},
         cache::{self, CacheStore, Fill},
         metrics::{Label, ProxyMetrics},
         phase::{
             Refusal,
             headers::{self, Forwarding},
-            respond::{self, Body},
+            respond,
             upstream::{InFlight, Upstreams},
         },
         routes::{CompiledRoute, L7Pool},
@@ -138,7 +139,7 @@ async fn fetch(upstreams: &Upstreams, request: &CacheRequest<'_>) -> Fetched {
         parts.headers.clone(),
         request.forwarding,
         request.host,
-        respond::empty(),
+        body::empty(),
     );
     let response = match tokio::time::timeout_at(deadline, sent).await {
         Err(_) => return Fetched::Failed(StatusCode::GATEWAY_TIMEOUT),

@@ -17,12 +17,11 @@ use hyper::{
 use crate::{
     config::Listener,
     proxy::{
+        body::Body,
+        byte_set::byte_set,
         h1::head::MAX_HEADER_FIELDS,
-        phase::{
-            Refusal, byte_set,
-            headers::{X_FORWARDED_FOR, X_REQUEST_ID},
-            respond::Body,
-        },
+        own_fields::X_REQUEST_ID,
+        phase::{Refusal, headers::X_FORWARDED_FOR},
     },
 };
 
@@ -307,7 +306,7 @@ mod tests {
     async fn a_body_past_the_limit_is_cut_and_marked_413() {
         use http_body_util::{BodyExt, Full};
         let body = |text: &'static str| Full::new(bytes::Bytes::from(text)).map_err(|e| match e {}).boxed();
-        let (empty, seen) = limit_body(crate::proxy::phase::respond::empty(), 4);
+        let (empty, seen) = limit_body(crate::proxy::body::empty(), 4);
         assert!(seen.is_none() && empty.collect().await.is_ok(), "an empty body is left as it is");
         let (small, seen) = limit_body(body("abcd"), 4);
         assert_eq!(small.collect().await.unwrap().to_bytes(), "abcd");

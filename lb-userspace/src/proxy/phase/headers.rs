@@ -11,7 +11,11 @@ use hyper::{
 };
 use smallvec::SmallVec;
 
-use crate::proxy::{access_log::ClientConn, phase::byte_set};
+use crate::proxy::{
+    access_log::ClientConn,
+    byte_set::byte_set,
+    own_fields::{VIA, VIA_VALUE, X_REQUEST_ID},
+};
 
 /// Hop-by-hop fields besides Connection and Upgrade. A `static`, made once: a `const` array of
 /// names (which have drop glue) is built and dropped again at every use, ~240 instructions a
@@ -25,10 +29,6 @@ static HOP_BY_HOP: [HeaderName; 5] = [
 ];
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub const VIA: HeaderName = HeaderName::from_static("via");
-/// What the proxy says in Via, both ways.
-pub const VIA_VALUE: &str = "1.1 sluice";
 
 /// Drops hop-by-hop fields (keeping Upgrade and Connection for a protocol switch).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {

@@ -1,20 +1,18 @@
 //! Respond: the answers the proxy makes itself (plain text, a route's fallback, a cached
-//! answer), the body type every response has, and the `Date` every answer gets.
-use std::{
-    cell::RefCell,
-    time::{Duration, SystemTime},
-};
-
+//! answer).
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use hyper::{
     Response, StatusCode,
     header::{self, HeaderValue},
 };
 
-use crate::{config::Fallback, proxy::cache::Cached};
-
-pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+use crate::{
+    config::Fallback,
+    proxy::{
+        body::{Body, full},
+        cache::Cached,
+    },
+};
 
 /// A `text/plain` answer with `text` and a newline.
 pub fn text(status: StatusCode, text: &str) -> Response<Body> {
@@ -50,40 +48,4 @@ pub fn cached(answer: &Cached, x_cache: &'static str) -> Response<Body> {
     *response.headers_mut() = answer.headers.clone();
     response.headers_mut().insert("x-cache", HeaderValue::from_static(x_cache));
     response
-}
-
-/// The `Date` value for an answer that has none, made once a second per worker thread (a clone
-/// is a reference count, not a copy).
-pub fn date() -> HeaderValue {
-    thread_local! {
-        static DATE: RefCell<(u64, HeaderValue)> = const { RefCell::new((0, HeaderValue::from_static(""))) };
-    }
-    let now = SystemTime::now();
-    let second = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
-    DATE.with_borrow_mut(|(at, value)| {
-        if *at != second {
-            let text = httpdate::fmt_http_date(now);
-            *value = HeaderValue::from_str(&text).expect("an HTTP date is a valid field value");
-            *at = second;
-        }
-        value.clone()
-    })
-}
-
-pub fn full(bytes: Bytes) -> Body {
-    Full::new(bytes).map_err(|e| match e {}).boxed()
-}
-
-/// An empty body.
-pub fn empty() -> Body {
-    Empty::new().map_err(|e| match e {}).boxed()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn date_is_an_http_date() {
-        let value = super::date();
-        assert!(httpdate::parse_http_date(value.to_str().unwrap()).is_ok());
-    }
 }

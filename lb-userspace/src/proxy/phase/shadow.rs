@@ -7,10 +7,10 @@ use http_body_util::BodyExt;
 use hyper::http::request::Parts;
 
 use crate::proxy::{
+    body,
     metrics::{Label, ProxyMetrics},
     phase::{
         headers::Forwarding,
-        respond,
         upstream::{InFlight, Upstreams},
     },
     routes::{CompiledRoute, L7Pool, Snapshot},
@@ -55,7 +55,7 @@ pub fn send(
     tokio::spawn(async move {
         let _in_flight = InFlight::start(&target);
         let headers = copy.headers.clone();
-        let sent = upstreams.send(protocol, &target, &copy, headers, &forwarding, &host, respond::empty());
+        let sent = upstreams.send(protocol, &target, &copy, headers, &forwarding, &host, body::empty());
         let status = match tokio::time::timeout(SHADOW_TIMEOUT, sent).await {
             Ok(Ok(response)) => {
                 let status = response.status().as_u16();

@@ -27,12 +27,12 @@ use thread_local::ThreadLocal;
 use crate::{
     config::{Fallback, UpstreamProtocol},
     proxy::{
+        body::{self, Body},
         deadline, h1,
         metrics::{Label, ProxyMetrics},
         phase::{
             Refusal,
             headers::{self, Forwarding},
-            respond::{self, Body},
         },
         routes::{CompiledRoute, L7Pool, Upstream},
     },
@@ -275,7 +275,7 @@ impl Tries<'_> {
             // One clock read for both the try's deadline and its duration.
             let sent = tokio::time::Instant::now();
             let result = {
-                let body = body.take().unwrap_or_else(respond::empty);
+                let body = body.take().unwrap_or_else(body::empty);
                 let (protocol, forwarding, host) = (self.pool.protocol, self.forwarding, self.host);
                 let sending = std::pin::pin!(
                     self.upstreams.send(protocol, &upstream, parts, headers, forwarding, host, body)

@@ -11,12 +11,13 @@ use smallvec::SmallVec;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::proxy::{
+    body::Body,
     h1::{
         encode::{self, Out},
         head, scratch,
         upstream::{Switched, write_all_vectored},
     },
-    phase::respond::{self, Body},
+    phase::respond,
     turn,
 };
 
@@ -322,7 +323,7 @@ mod tests {
     fn head_and_304_answers_keep_their_length_204_does_not() {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_LENGTH, "42".parse().unwrap());
-        let body = respond::full(bytes::Bytes::from_static(b"12345"));
+        let body = crate::proxy::body::full(bytes::Bytes::from_static(b"12345"));
         let kept = |method, status, headers: &HeaderMap| kept_length(&method, status, headers, &body);
         assert_eq!(kept(Method::GET, StatusCode::NOT_MODIFIED, &headers).as_deref(), Some(&b"42"[..]));
         assert_eq!(kept(Method::GET, StatusCode::NO_CONTENT, &headers), None);

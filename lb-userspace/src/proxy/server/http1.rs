@@ -1,6 +1,6 @@
 //! A client's HTTP/1.1 connection, driven in one task: read a request head, hand the request
 //! to the pipeline (its body streamed from this connection while the pipeline runs), write
-//! the answer (`answer`), and go again while keep-alive holds. An idle connection holds no buffer. Requests the parser refuses are answered,
+//! the answer (`server::answer`), and go again while keep-alive holds. An idle connection holds no buffer. Requests the parser refuses are answered,
 //! counted and logged. A connection that opens with HTTP/2's preface is handed back.
 use std::{
     future::Future,
@@ -29,19 +29,19 @@ use crate::{
     config::Listener,
     proxy::{
         access_log::{self, ClientConn},
+        body,
         boxed::boxed,
         deadline::Alarm,
         h1::{
-            answer::{BROKE, write_response},
             body::{BodyError, Decoded, Decoder, Framing},
             encode,
             head::{self, Refused},
             upstream::Switched,
         },
         idle::{Activity, Closed, Watched},
-        phase::respond,
         pipeline::Forwarder,
         routes::Snapshot,
+        server::answer::{BROKE, write_response},
     },
 };
 
@@ -471,7 +471,7 @@ async fn exchange<S: ClientIo>(
         _ => None,
     };
     let (body, chunks) = if decoder.is_done() {
-        (respond::empty(), None)
+        (body::empty(), None)
     } else {
         let (tx, rx) = mpsc::channel(BODY_QUEUE);
         (RequestBody { chunks: rx, left }.boxed(), Some(tx))
