@@ -15,7 +15,7 @@ mod instructions;
 pub use instructions::run_instructions;
 
 use crate::{
-    l7_targets::{self, Round, Row},
+    l7_targets::{self, Round, Row, Sample},
     netns::run,
     pki::TestCa,
     servers::TempDir,
@@ -190,18 +190,6 @@ fn raise_fd_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
-}
-
-/// One measured case.
-pub struct Sample {
-    pub rps: f64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub cpu_us_per_request: f64,
-    pub other_cpu: f64,
-    /// The busy share of the load's core (the client's and the backends'): near 1.0, the rate
-    /// measured that core as much as the proxy.
-    pub load_cpu: f64,
 }
 
 fn parse_ms(v: &str) -> f64 {

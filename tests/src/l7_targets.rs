@@ -4,7 +4,17 @@
 //! Why medians: on the shared VM one 5 s run of one proxy can come out 30% slow, or with a p99
 //! five times its usual, and a target read from a single round is then a draw. The median of
 //! three rounds keeps one such run from deciding.
-use crate::bench_l7::Sample;
+/// One measured case.
+pub struct Sample {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub cpu_us_per_request: f64,
+    pub other_cpu: f64,
+    /// The busy share of the load's core (the client's and the backends'): near 1.0, the rate
+    /// measured that core as much as the proxy.
+    pub load_cpu: f64,
+}
 
 /// One measurement: the mode, the proxy, what was measured.
 pub type Row = (String, String, Sample);
