@@ -147,6 +147,46 @@ fn changed(changed: bool, line: impl FnOnce() -> String) -> String {
     if changed { line() } else { String::new() }
 }
 
+/// A pool's members from `before` to `after`: added ones (drained if they say so), weights and
+/// drains changed, removed ones.
+fn members_diff(pool: &str, before: &[BackendSpec], after: &[BackendSpec], commands: &mut Vec<Command>) {
+    let before: BTreeMap<IpAddr, &BackendSpec> = before.iter().map(|b| (b.addr, b)).collect();
+    let after: BTreeMap<IpAddr, &BackendSpec> = after.iter().map(|b| (b.addr, b)).collect();
+    let pool = pool.to_owned();
+    for (&address, b) in &after {
+        let (old_weight, old_drain) = match before.get(&address) {
+            None => {
+                commands.push(Command::AddBackend { pool: pool.clone(), address, weight: b.weight });
+                (b.weight, false)
+            }
+            Some(a) => (a.weight, a.drain),
+        };
+        if old_weight != b.weight {
+            commands.push(Command::SetWeight { pool: pool.clone(), address, weight: b.weight });
+        }
+        if old_drain != b.drain {
+            commands.push(Command::SetDrain { pool: pool.clone(), address, drain: b.drain });
+        }
+    }
+    for &address in before.keys().filter(|a| !after.contains_key(*a)) {
+        commands.push(Command::RemoveBackend { pool: pool.clone(), address });
+    }
+}
+
+/// Whether anything but pool membership and deny prefixes (which commands of their own change)
+/// differs: VIPs, listeners, routes, a pool's settings such as its health check.
+fn settings_changed(old: &Config, new: &Config) -> bool {
+    let mut rest = old.clone();
+    rest.pools = new.pools.clone();
+    rest.deny = new.deny.clone();
+    let pool_settings_changed = old.pools.iter().any(|(n, p)| {
+        new.pools.get(n).is_some_and(|q| {
+            Pool { backends: Vec::new(), ..q.clone() } != Pool { backends: Vec::new(), ..p.clone() }
+        })
+    });
+    rest != *new || pool_settings_changed
+}
+
 impl State {
     pub fn new(config: Config) -> State {
         State { config, health: BTreeMap::new(), ejected: BTreeSet::new() }
@@ -371,7 +411,8 @@ impl State {
     }
 
     /// The commands that turn this State's config into `new` (a reload), in an order that is
-    /// valid at every step: pools first, then members, VIPs and settings, then pool removals.
+    /// valid at every step: pools first, then members, deny prefixes, VIPs and settings, then
+    /// pool removals.
     pub fn diff(&self, new: &Config) -> Vec<Command> {
         let old = &self.config;
         let mut commands = Vec::new();
@@ -379,49 +420,8 @@ impl State {
             commands.push(Command::AddPool { pool: name.clone() });
         }
         for (name, pool) in &new.pools {
-            let before: BTreeMap<IpAddr, &BackendSpec> = old
-                .pools
-                .get(name)
-                .map(|p| p.backends.iter().map(|b| (b.addr, b)).collect())
-                .unwrap_or_default();
-            let after: BTreeMap<IpAddr, &BackendSpec> = pool.backends.iter().map(|b| (b.addr, b)).collect();
-            for (addr, b) in &after {
-                match before.get(addr) {
-                    None => {
-                        commands.push(Command::AddBackend {
-                            pool: name.clone(),
-                            address: *addr,
-                            weight: b.weight,
-                        });
-                        if b.drain {
-                            commands.push(Command::SetDrain {
-                                pool: name.clone(),
-                                address: *addr,
-                                drain: true,
-                            });
-                        }
-                    }
-                    Some(a) => {
-                        if a.weight != b.weight {
-                            commands.push(Command::SetWeight {
-                                pool: name.clone(),
-                                address: *addr,
-                                weight: b.weight,
-                            });
-                        }
-                        if a.drain != b.drain {
-                            commands.push(Command::SetDrain {
-                                pool: name.clone(),
-                                address: *addr,
-                                drain: b.drain,
-                            });
-                        }
-                    }
-                }
-            }
-            for addr in before.keys().filter(|a| !after.contains_key(*a)) {
-                commands.push(Command::RemoveBackend { pool: name.clone(), address: *addr });
-            }
+            let before = old.pools.get(name).map_or(&[][..], |p| &p.backends[..]);
+            members_diff(name, before, &pool.backends, &mut commands);
         }
         let old_deny: BTreeSet<&IpNet> = old.deny.iter().collect();
         let new_deny: BTreeSet<&IpNet> = new.deny.iter().collect();
@@ -431,24 +431,15 @@ impl State {
         for prefix in old_deny.difference(&new_deny) {
             commands.push(Command::RemoveDeny { prefix: **prefix });
         }
-        let old_vips: BTreeMap<&str, &Vip> = old.vips.iter().map(|v| (v.name.as_str(), v)).collect();
-        let new_vips: BTreeMap<&str, &Vip> = new.vips.iter().map(|v| (v.name.as_str(), v)).collect();
-        for name in new_vips.keys().filter(|n| !old_vips.contains_key(*n)) {
+        let old_vips: BTreeSet<&str> = old.vips.iter().map(|v| v.name.as_str()).collect();
+        let new_vips: BTreeSet<&str> = new.vips.iter().map(|v| v.name.as_str()).collect();
+        for name in new_vips.difference(&old_vips) {
             commands.push(Command::AddVip { name: (*name).to_owned() });
         }
-        for name in old_vips.keys().filter(|n| !new_vips.contains_key(*n)) {
+        for name in old_vips.difference(&new_vips) {
             commands.push(Command::RemoveVip { name: (*name).to_owned() });
         }
-        // Everything but pool membership and deny prefixes (handled above).
-        let mut rest = old.clone();
-        rest.pools = new.pools.clone();
-        rest.deny = new.deny.clone();
-        let health_changed = old.pools.iter().any(|(n, p)| {
-            new.pools.get(n).is_some_and(|q| {
-                Pool { backends: Vec::new(), ..q.clone() } != Pool { backends: Vec::new(), ..p.clone() }
-            })
-        });
-        if rest != *new || health_changed {
+        if settings_changed(old, new) {
             commands.push(Command::SetSettings(Box::new(new.clone())));
         }
         for name in old.pools.keys().filter(|n| !new.pools.contains_key(*n)) {
