@@ -291,19 +291,20 @@ fn router_bgp(router: &Host, dir: &Path, lbs: &[Host]) -> Result<Child> {
             )
         })
         .collect();
-    bird(
-        router,
-        dir,
-        "router",
-        &format!(
-            "router id 198.18.0.1;\nprotocol device {{ scan time 1; }}\n\
-             protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths on; }}\n\
-             protocol kernel {{ ipv6 {{ import none; export all; }}; merge paths on; }}\n\
-             template bgp lb {{ local as 65000; hold time 6; connect retry time 1; \
-             ipv4 {{ import all; export none; }}; }}\n\
-             template bgp lb6 {{ local as 65000; hold time 6; connect retry time 1; \
-             ipv6 {{ import all; export none; }}; }}\n{neighbors}"
-        ),
+    bird(router, dir, "router", &router_bird_config("198.18.0.1", &neighbors))
+}
+
+/// A router's BIRD config: AS 65000, every path of the balancers' (AS 65001, templates `lb` and
+/// `lb6` for `neighbors`) merged into one ECMP route in the kernel.
+pub fn router_bird_config(router_id: &str, neighbors: &str) -> String {
+    format!(
+        "router id {router_id};\nprotocol device {{ scan time 1; }}\n\
+         protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths on; }}\n\
+         protocol kernel {{ ipv6 {{ import none; export all; }}; merge paths on; }}\n\
+         template bgp lb {{ local as 65000; hold time 6; connect retry time 1; \
+         ipv4 {{ import all; export none; }}; }}\n\
+         template bgp lb6 {{ local as 65000; hold time 6; connect retry time 1; \
+         ipv6 {{ import all; export none; }}; }}\n{neighbors}"
     )
 }
 

@@ -12,7 +12,7 @@ use std::{net::Ipv4Addr, path::Path, process::Child, time::Duration};
 
 use anyhow::{Context as _, Result};
 use sluice_tests::{
-    many_hosts::{Edge, Flows, bird, new_flows},
+    many_hosts::{Edge, Flows, bird, new_flows, router_bird_config},
     netns::{Host, delete_namespaces, run},
     servers::{Lbd, TempDir, wait_for},
 };
@@ -90,15 +90,7 @@ impl Bed {
                 .push_str(&format!("protocol bgp h{i}v6 from lb6 {{ neighbor fd00:77:{i}::2 as 65001; }}\n"));
             bed.hosts.push(h);
         }
-        let router_conf = format!(
-            "router id 10.77.0.1;\nprotocol device {{ scan time 1; }}\n\
-             protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths on; }}\n\
-             protocol kernel {{ ipv6 {{ import none; export all; }}; merge paths on; }}\n\
-             template bgp lb {{ local as 65000; hold time 6; connect retry time 1; \
-             ipv4 {{ import all; export none; }}; }}\n\
-             template bgp lb6 {{ local as 65000; hold time 6; connect retry time 1; \
-             ipv6 {{ import all; export none; }}; }}\n{neighbors}"
-        );
+        let router_conf = router_bird_config("10.77.0.1", &neighbors);
         let router_bird = bird(&bed.router, dir, "r", &router_conf)?;
         bed.birds.push(router_bird);
         for (i, h) in bed.hosts.clone().iter().enumerate() {
