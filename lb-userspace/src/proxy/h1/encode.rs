@@ -170,6 +170,18 @@ pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 mod tests {
     use super::*;
 
+    /// A 200's head as text, and whether it said close.
+    fn answer_head(
+        headers: &HeaderMap,
+        out: Out,
+        connection: Connection,
+        beside: Beside<'_>,
+    ) -> (String, bool) {
+        let mut head = Vec::new();
+        let close = response_head(&mut head, StatusCode::OK, headers, out, None, connection, beside);
+        (String::from_utf8(head).unwrap(), close)
+    }
+
     #[test]
     fn heads_carry_the_writers_framing_not_the_copied_one() {
         let mut headers = HeaderMap::new();
@@ -187,38 +199,20 @@ mod tests {
         out.clear();
         request_head(&mut out, &Method::GET, "/", &own, added, Out::None);
         assert_eq!(out, b"GET / HTTP/1.1\r\nhost: a\r\nvia: 1.1 sluice\r\n\r\n");
-        let mut out = Vec::new();
         headers.insert(header::DATE, "d".parse().unwrap());
         // The answer's own request ID is replaced by the request's.
         headers.insert(X_REQUEST_ID, "backend's".parse().unwrap());
-        let close = response_head(
-            &mut out,
-            StatusCode::OK,
-            &headers,
-            Out::Chunked,
-            None,
-            Connection::Close,
-            Beside { request_id: b"id-1", via: false },
-        );
+        let beside = Beside { request_id: b"id-1", via: false };
+        let (text, close) = answer_head(&headers, Out::Chunked, Connection::Close, beside);
         assert!(!close, "the answer's own fields do not say close");
-        let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
             "HTTP/1.1 200 OK\r\nhost: a\r\ndate: d\r\nx-request-id: id-1\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
         );
         // A head without Date gets the proxy's, once; an HTTP/1.0 client is told keep-alive.
-        let mut out = Vec::new();
         headers.remove(header::DATE);
-        let _ = response_head(
-            &mut out,
-            StatusCode::OK,
-            &headers,
-            Out::None,
-            None,
-            Connection::KeepAlive,
-            Beside { request_id: b"id-2", via: false },
-        );
-        let text = String::from_utf8(out).unwrap();
+        let beside = Beside { request_id: b"id-2", via: false };
+        let (text, _) = answer_head(&headers, Out::None, Connection::KeepAlive, beside);
         assert_eq!(text.matches("date: ").count(), 1, "{text}");
         assert!(text.starts_with("HTTP/1.1 200 OK\r\nhost: a\r\nx-request-id: id-2\r\ndate: "), "{text}");
         assert!(text.ends_with("connection: keep-alive\r\n\r\n"), "{text}");
@@ -230,20 +224,8 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::DATE, "d".parse().unwrap());
         headers.insert(VIA, "1.1 backend-side".parse().unwrap());
-        let head = |via| {
-            let mut out = Vec::new();
-            let beside = Beside { request_id: b"i", via };
-            let _ = response_head(
-                &mut out,
-                StatusCode::OK,
-                &headers,
-                Out::None,
-                None,
-                Connection::Unsaid,
-                beside,
-            );
-            String::from_utf8(out).unwrap()
-        };
+        let head =
+            |via| answer_head(&headers, Out::None, Connection::Unsaid, Beside { request_id: b"i", via }).0;
         // The proxy's Via in place of the backend's, as an insert into the map left it.
         assert_eq!(head(true), "HTTP/1.1 200 OK\r\ndate: d\r\nx-request-id: i\r\nvia: 1.1 sluice\r\n\r\n");
         // An answer the proxy made keeps what its map holds (nothing, in practice).
