@@ -48,6 +48,14 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// Its name as the config writes it (`tcp`, `udp`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+
     /// The IP protocol number.
     pub fn number(self) -> u8 {
         match self {
@@ -66,6 +74,16 @@ pub enum VipMode {
     L4,
     /// Passed up to the kernel stack for lbd's TLS/HTTP proxy.
     L7,
+}
+
+impl VipMode {
+    /// Its name as the config writes it (`l4`, `l7`).
+    pub fn name(self) -> &'static str {
+        match self {
+            VipMode::L4 => "l4",
+            VipMode::L7 => "l7",
+        }
+    }
 }
 
 /// Default backend weight.

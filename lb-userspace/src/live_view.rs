@@ -13,7 +13,6 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::VipMode,
     daemon::{Core, Shared, lock},
     dataplane::{
         counters::{Counters, protocol_name},
@@ -145,8 +144,8 @@ fn of_state(core: &Core) -> LiveView {
             name: v.name.clone(),
             address: v.addr,
             port: v.port,
-            protocol: format!("{:?}", v.protocol).to_lowercase(),
-            mode: if v.mode == VipMode::L4 { "l4" } else { "l7" }.to_owned(),
+            protocol: v.protocol.name().to_owned(),
+            mode: v.mode.name().to_owned(),
             pool: v.pool.clone(),
             packets: 0,
             bytes: 0,

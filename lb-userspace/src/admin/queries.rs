@@ -11,7 +11,6 @@ use super::{
     views,
 };
 use crate::{
-    config::VipMode,
     daemon::{Core, Shared, lock},
     dataplane::{
         DataplaneError,
@@ -81,9 +80,9 @@ pub fn vips(core: &Shared) -> Answer {
             name: v.name.clone(),
             address: v.addr,
             port: v.port,
-            protocol: format!("{:?}", v.protocol).to_lowercase(),
+            protocol: v.protocol.name().to_owned(),
             pool: v.pool.clone(),
-            mode: if v.mode == VipMode::L4 { "l4" } else { "l7" }.to_owned(),
+            mode: v.mode.name().to_owned(),
             syn_cookies: v.syn_cookies,
         })
         .collect();
