@@ -18,3 +18,6 @@ pub const fn byte_set(punctuation: &[u8], above_ascii: bool) -> [bool; 256] {
     }
     table
 }
+
+/// A token's bytes (RFC 9110 §5.6.2): a field's name, a method, a coding.
+pub const TCHAR: [bool; 256] = byte_set(b"!#$%&'*+-.^_`|~", false);

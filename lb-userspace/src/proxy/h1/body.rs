@@ -3,6 +3,8 @@
 //! only). Every framing rule is one match arm; anything it cannot read exactly is an error.
 use bytes::{Buf, Bytes, BytesMut};
 
+use crate::proxy::byte_set::TCHAR;
+
 /// How a message's body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
@@ -56,10 +58,11 @@ enum Chunk {
     /// CRLF after a chunk's data.
     DataCr,
     DataLf,
-    /// After the last chunk: the start of a trailer line, or the final CRLF.
+    /// After the last chunk: the start of a trailer field line, or the final CRLF.
     TrailerStart,
-    /// Inside a trailer field line (discarded).
-    TrailerLine,
+    /// A trailer field's name, up to its colon; then its value (both discarded).
+    TrailerName,
+    TrailerValue,
     TrailerLf,
     /// CR of the final empty line seen; LF next.
     EndLf,
@@ -210,17 +213,27 @@ impl Decoder {
                 }
                 _ => return Err(BodyError::ChunkEnd),
             },
+            // Trailer fields are field lines (RFC 9112 §7.1.2, §5): a token, a colon, a value
+            // with no control byte but tab. A line that is not one (no name, no colon, a bare
+            // LF, a fold) is refused, as hyper and HAProxy refuse it, not passed over.
             Chunk::TrailerStart => match byte {
                 _ if long => return Err(BodyError::Trailer),
                 b'\r' => Chunk::EndLf,
-                b'\n' | b' ' | b'\t' => return Err(BodyError::Trailer),
-                _ => Chunk::TrailerLine,
+                _ if TCHAR[byte as usize] => Chunk::TrailerName,
+                _ => return Err(BodyError::Trailer),
             },
-            Chunk::TrailerLine => match byte {
+            Chunk::TrailerName => match byte {
+                _ if long => return Err(BodyError::Trailer),
+                b':' => Chunk::TrailerValue,
+                _ if TCHAR[byte as usize] => Chunk::TrailerName,
+                _ => return Err(BodyError::Trailer),
+            },
+            Chunk::TrailerValue => match byte {
                 _ if long => return Err(BodyError::Trailer),
                 b'\r' => Chunk::TrailerLf,
-                b'\n' | 0 => return Err(BodyError::Trailer),
-                _ => Chunk::TrailerLine,
+                b'\t' => Chunk::TrailerValue,
+                0..=31 | 127 => return Err(BodyError::Trailer),
+                _ => Chunk::TrailerValue,
             },
             Chunk::TrailerLf => match byte {
                 b'\n' => Chunk::TrailerStart,
@@ -301,6 +314,10 @@ mod tests {
             "LF in extension"
         );
         assert_eq!(err(Framing::Chunked, b"0\r\n folded\r\n\r\n"), BodyError::Trailer);
+        assert_eq!(err(Framing::Chunked, b"0\r\nno colon\r\n\r\n"), BodyError::Trailer);
+        assert_eq!(err(Framing::Chunked, b"0\r\n: no name\r\n\r\n"), BodyError::Trailer);
+        assert_eq!(err(Framing::Chunked, b"0\r\nT: a\x01b\r\n\r\n"), BodyError::Trailer);
+        assert_eq!(err(Framing::Chunked, b"0\r\nT: v\n\r\n"), BodyError::Trailer, "bare LF");
         assert_eq!(err(Framing::Chunked, b"5\r\nhel"), BodyError::Truncated);
         assert_eq!(err(Framing::Length(10), b"short"), BodyError::Truncated);
         let long_extension = format!("5;{}\r\nhello\r\n0\r\n\r\n", "x".repeat(5000));

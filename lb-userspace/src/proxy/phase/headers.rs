@@ -13,7 +13,7 @@ use smallvec::SmallVec;
 
 use crate::proxy::{
     access_log::ClientConn,
-    byte_set::byte_set,
+    byte_set::TCHAR,
     own_fields::{VIA, VIA_VALUE, X_REQUEST_ID},
 };
 
@@ -148,9 +148,6 @@ impl Forwarding {
         self.0.extend_from_slice(b"\r\n");
     }
 }
-
-/// A token's bytes (RFC 9110 §5.6.2).
-const TCHAR: [bool; 256] = byte_set(b"!#$%&'*+-.^_`|~", false);
 
 /// Appends Forwarded's `host` parameter (RFC 7239 §5.3): a token as it is, anything else quoted,
 /// so that a Host such as `a;for=192.0.2.1,for=…` cannot add parameters or elements of its own.

@@ -17,6 +17,7 @@ use crate::{
 };
 
 mod answers;
+mod forwarded;
 mod http1;
 mod tls;
 mod tunnels;

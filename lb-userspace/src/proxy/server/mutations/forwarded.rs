@@ -1,0 +1,208 @@
+//! What a backend reads is what the client sent: mutated (and pipelined) client byte streams go
+//! through a real listener loop to a backend that records every request it reads, and hyper's
+//! own HTTP/1.1 server, reading the same bytes, is the reference. The requests forwarded for
+//! a connection must be the reference's first ones (method, target, body), in order: a proxy
+//! that frames a body differently from the backend would forward a request the client never
+//! sent (request smuggling) or a body cut elsewhere.
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddr},
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, Uri, body::Incoming, server::conn::http1::Builder, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpSocket},
+};
+
+use crate::{
+    config::Config,
+    mutation::Rng,
+    proxy::{
+        access_log::ClientConn,
+        h1::mutations::{REQUESTS, mutate},
+        idle::{Activity, Watched},
+        phase::path,
+        server::http1::{self, Session},
+        test_bed,
+    },
+};
+
+/// Connections tried, each from an address of its own (127.1.x.y) by which the backend knows it.
+const CONNECTIONS: usize = 3000;
+/// What one connection may take to end.
+const ENDS_WITHIN: Duration = Duration::from_secs(5);
+
+/// One request as a server read it: method, target (path and query) and body.
+type Read = (String, String, Vec<u8>);
+
+/// The requests a server read, in order, by the client address they came for.
+type Reads = Arc<Mutex<HashMap<Ipv4Addr, Vec<Read>>>>;
+
+/// A request's target as origin form (an absolute-form target is forwarded as its path).
+fn origin_form(uri: &Uri) -> String {
+    uri.path_and_query().map_or_else(|| uri.to_string(), |p| p.as_str().to_owned())
+}
+
+/// The target the proxy forwards for a client's `target`: its path made canonical (`phase::path`,
+/// tested on its own), the query as it came.
+fn canonical(target: &str) -> String {
+    let (path, query) = target.split_once('?').map_or((target, None), |(p, q)| (p, Some(q)));
+    match (path::canonical(path), query) {
+        (Ok(path), Some(query)) => format!("{path}?{query}"),
+        (Ok(path), None) => path.into_owned(),
+        (Err(_), _) => format!("(refused: {target})"),
+    }
+}
+
+/// A request read whole by hyper; `None` when its body broke off.
+async fn read(request: Request<Incoming>) -> Option<Read> {
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await.ok()?.to_bytes();
+    Some((parts.method.to_string(), origin_form(&parts.uri), body.to_vec()))
+}
+
+/// hyper answering one client's bytes (half-closed after them): the requests it read.
+async fn reference(input: &[u8]) -> Vec<Read> {
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let reads = Arc::new(Mutex::new(Vec::new()));
+    let recorded = reads.clone();
+    let service = service_fn(move |request: Request<Incoming>| {
+        let recorded = recorded.clone();
+        async move {
+            if let Some((method, target, body)) = read(request).await {
+                recorded.lock().unwrap().push((method, canonical(&target), body));
+            }
+            Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        }
+    });
+    let serving = Builder::new().half_close(true).serve_connection(TokioIo::new(server), service);
+    let talking = async {
+        let _ = client.write_all(input).await;
+        let _ = client.shutdown().await;
+        let _ = client.read_to_end(&mut Vec::new()).await;
+    };
+    let both = async { tokio::join!(serving, talking) };
+    // hyper's refusal of a malformed request is where the reference's list ends.
+    let (_refused, ()) =
+        tokio::time::timeout(ENDS_WITHIN, both).await.expect("hyper reads the bytes in time");
+    Arc::try_unwrap(reads).unwrap().into_inner().unwrap()
+}
+
+/// A backend (hyper) that records each whole request by its client (X-Forwarded-For's last
+/// address, the one the proxy adds) and answers `ok`.
+async fn recording_backend(reads: Reads) -> SocketAddr {
+    test_bed::listening(move |stream| {
+        let reads = reads.clone();
+        async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let reads = reads.clone();
+                async move {
+                    let client = request
+                        .headers()
+                        .get("x-forwarded-for")
+                        .and_then(|v| v.to_str().ok()?.rsplit(',').next()?.trim().parse().ok());
+                    if let (Some(client), Some(read)) = (client, read(request).await) {
+                        reads.lock().unwrap().entry(client).or_default().push(read);
+                    }
+                    Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                }
+            });
+            let _ = Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        }
+    })
+    .await
+}
+
+/// The proxy's listener loop in miniature, one plain route to `backend`; its address.
+async fn proxy(backend: SocketAddr) -> SocketAddr {
+    let port = backend.port();
+    let text = format!(
+        "[dataplane]\ninterface = \"lo\"\n\
+         [[pool]]\nname = \"p\"\nport = {port}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
+         [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\n\
+         [[route]]\nlistener = \"l\"\npool = \"p\"\n"
+    );
+    let config = Config::parse(Path::new("t.toml"), &text).unwrap();
+    let listener = Arc::new(config.listeners[0].clone());
+    let (snapshot, forwarder, ejections) = test_bed::forwarding(config);
+    let (never_stops, stop) = tokio::sync::watch::channel(false);
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _held = (never_stops, ejections);
+        while let Ok((stream, client)) = socket.accept().await {
+            let activity = Arc::new(Activity::default());
+            let session = Session {
+                forwarder: forwarder.clone(),
+                snapshot: snapshot.clone(),
+                listener: listener.clone(),
+                conn: Arc::new(ClientConn { address: client, tls_version: None, sni: None }),
+                activity: activity.clone(),
+                stop: stop.clone(),
+            };
+            tokio::spawn(http1::serve(Watched::new(stream, activity), session));
+        }
+    });
+    address
+}
+
+/// The `i`th connection's own source address.
+fn client_address(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8)
+}
+
+/// `input` sent from `from` through the proxy, the client's side then half-closed; the
+/// connection read to its end.
+async fn through_proxy(proxy: SocketAddr, from: Ipv4Addr, input: &[u8]) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((from, 0))).unwrap();
+    let mut client = socket.connect(proxy).await.unwrap();
+    let _ = client.write_all(input).await;
+    let _ = client.shutdown().await;
+    let _ = client.read_to_end(&mut Vec::new()).await;
+}
+
+#[tokio::test]
+async fn a_backend_reads_the_requests_the_client_sent_and_no_others() {
+    let reads = Reads::default();
+    let proxy = proxy(recording_backend(reads.clone()).await).await;
+    let mut rng = Rng(0x5eed_0005);
+    let mut sent = Vec::new();
+    for i in 0..CONNECTIONS {
+        // One to three requests back to back, the last one mutated.
+        let mut input = Vec::new();
+        for _ in 0..rng.below(3) {
+            input.extend_from_slice(REQUESTS[rng.below(REQUESTS.len())]);
+        }
+        let seed = REQUESTS[rng.below(REQUESTS.len())];
+        input.extend(mutate(&mut rng, seed));
+        let from = client_address(i);
+        tokio::time::timeout(ENDS_WITHIN, through_proxy(proxy, from, &input)).await.unwrap_or_else(|_| {
+            panic!("no end within {ENDS_WITHIN:?}: {:?}", String::from_utf8_lossy(&input))
+        });
+        sent.push((from, input));
+    }
+    // A request forwarded as its client's connection ended reaches the backend a moment later.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let forwarded = std::mem::take(&mut *reads.lock().unwrap());
+    let mut matched = 0;
+    for (from, input) in sent {
+        let expected = reference(&input).await;
+        let got = forwarded.get(&from).cloned().unwrap_or_default();
+        let text = String::from_utf8_lossy(&input);
+        assert!(
+            got.len() <= expected.len() && got[..] == expected[..got.len()],
+            "the backend read {got:?}\nfrom a client whose bytes hyper reads as {expected:?}\n{text:?}"
+        );
+        matched += got.len();
+    }
+    // The mutations leave many requests whole: most connections reach the backend.
+    assert!(matched >= CONNECTIONS, "only {matched} requests forwarded for {CONNECTIONS} connections");
+}
