@@ -49,7 +49,10 @@ where
 
 /// Reads from `stream` into `read` until it holds a whole head; the head's length (up to its
 /// blank line), or None if the stream ended first. For the tests' raw backends.
-pub async fn head_read(stream: &mut TcpStream, read: &mut Vec<u8>) -> Option<usize> {
+pub async fn head_read(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    read: &mut Vec<u8>,
+) -> Option<usize> {
     use tokio::io::AsyncReadExt;
     loop {
         if let Some(at) = read.windows(4).position(|w| w == b"\r\n\r\n") {

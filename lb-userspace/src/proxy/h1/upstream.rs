@@ -80,6 +80,14 @@ impl Conn {
     }
 }
 
+/// Whether an idle connection's socket may have something to read, without a syscall: the
+/// read that ended its last answer was short, which cleared tokio's readiness
+/// (`poll_read_more`), and only an event from the reactor since (bytes, a close) sets it
+/// again. Ready after a read that filled the buffer too: the caller's read then finds nothing.
+fn spoke(stream: &TcpStream) -> bool {
+    stream.poll_read_ready(&mut Context::from_waker(std::task::Waker::noop())).is_ready()
+}
+
 /// A connection handed over after `101 Switching Protocols` (in the response's extensions).
 #[derive(Clone)]
 pub struct Switched(pub Arc<Mutex<Option<Conn>>>);
@@ -108,9 +116,13 @@ impl Pool {
         self.idle.get_or_default().borrow_mut()
     }
 
-    /// The most recently used idle connection to `address`. With `probe`, one the backend has
-    /// closed meanwhile is skipped (a syscall; a request with a body needs it, as it cannot be
-    /// sent again; a bodiless one is resent on a new connection instead).
+    /// The most recently used idle connection to `address` from which the backend has said
+    /// nothing since it went idle: one that closed, or sent bytes nobody asked for, is skipped.
+    /// Unasked bytes would be read as the next request's answer (response desync: one
+    /// client's answer given to another; `server/mutations/relayed.rs`). With `probe`, the
+    /// socket is always asked (a syscall: a request with a body cannot be sent again, so a
+    /// close the reactor has not seen yet must be found too); without it, only when tokio's
+    /// readiness says an event came (`spoke`).
     fn checkout(&self, address: SocketAddr, probe: bool) -> Option<Conn> {
         let mut idle = self.mine();
         let list = idle.get_mut(&address)?;
@@ -120,7 +132,7 @@ impl Pool {
                 list.clear(); // the rest are older still
                 return None;
             }
-            if !probe {
+            if !probe && !spoke(&conn.stream) {
                 return Some(conn);
             }
             // A backend that closed (or sent something unasked) shows it as readable now.

@@ -19,6 +19,7 @@ use crate::{
 mod answers;
 mod forwarded;
 mod http1;
+mod relayed;
 mod tls;
 mod tunnels;
 

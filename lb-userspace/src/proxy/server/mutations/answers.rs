@@ -39,7 +39,7 @@ const ANSWERS: &[&[u8]] = &[
 ];
 
 /// Bytes the mutations insert into answers: line ends, separators, digits, framing fields.
-const ANSWER_SPICE: &[&[u8]] = &[
+pub(super) const ANSWER_SPICE: &[&[u8]] = &[
     b"\r\n",
     b"\r",
     b"\n",

@@ -1,5 +1,5 @@
 //! What a backend reads is what the client sent: mutated (and pipelined) client byte streams go
-//! through a real listener loop to a backend that records every request it reads, and hyper's
+//! through a real listener loop (`serve`) to a backend that records every request it reads, and hyper's
 //! own HTTP/1.1 server, reading the same bytes, is the reference. The requests forwarded for
 //! a connection must be the reference's first ones (method, target, body), in order: a proxy
 //! that frames a body differently from the backend would forward a request the client never
@@ -7,7 +7,6 @@
 use std::{
     collections::HashMap,
     net::{Ipv4Addr, SocketAddr},
-    path::Path,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -18,26 +17,21 @@ use hyper::{Request, Response, Uri, body::Incoming, server::conn::http1::Builder
 use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpSocket},
+    net::TcpSocket,
 };
 
+use super::{ENDS_WITHIN, all_ended, start};
 use crate::{
-    config::Config,
     mutation::Rng,
     proxy::{
-        access_log::ClientConn,
         h1::mutations::{REQUESTS, mutate},
-        idle::{Activity, Watched},
         phase::path,
-        server::http1::{self, Session},
         test_bed,
     },
 };
 
 /// Connections tried, each from an address of its own (127.1.x.y) by which the backend knows it.
 const CONNECTIONS: usize = 3000;
-/// What one connection may take to end.
-const ENDS_WITHIN: Duration = Duration::from_secs(5);
 
 /// One request as a server read it: method, target (path and query) and body.
 type Read = (String, String, Vec<u8>);
@@ -120,39 +114,6 @@ async fn recording_backend(reads: Reads) -> SocketAddr {
     .await
 }
 
-/// The proxy's listener loop in miniature, one plain route to `backend`; its address.
-async fn proxy(backend: SocketAddr) -> SocketAddr {
-    let port = backend.port();
-    let text = format!(
-        "[dataplane]\ninterface = \"lo\"\n\
-         [[pool]]\nname = \"p\"\nport = {port}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
-         [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\n\
-         [[route]]\nlistener = \"l\"\npool = \"p\"\n"
-    );
-    let config = Config::parse(Path::new("t.toml"), &text).unwrap();
-    let listener = Arc::new(config.listeners[0].clone());
-    let (snapshot, forwarder, ejections) = test_bed::forwarding(config);
-    let (never_stops, stop) = tokio::sync::watch::channel(false);
-    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _held = (never_stops, ejections);
-        while let Ok((stream, client)) = socket.accept().await {
-            let activity = Arc::new(Activity::default());
-            let session = Session {
-                forwarder: forwarder.clone(),
-                snapshot: snapshot.clone(),
-                listener: listener.clone(),
-                conn: Arc::new(ClientConn { address: client, tls_version: None, sni: None }),
-                activity: activity.clone(),
-                stop: stop.clone(),
-            };
-            tokio::spawn(http1::serve(Watched::new(stream, activity), session));
-        }
-    });
-    address
-}
-
 /// The `i`th connection's own source address.
 fn client_address(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8)
@@ -172,8 +133,13 @@ async fn through_proxy(proxy: SocketAddr, from: Ipv4Addr, input: &[u8]) {
 #[tokio::test]
 async fn a_backend_reads_the_requests_the_client_sent_and_no_others() {
     let reads = Reads::default();
-    let proxy = proxy(recording_backend(reads.clone()).await).await;
-    let mut rng = Rng(0x5eed_0005);
+    let port = recording_backend(reads.clone()).await.port();
+    let (proxy, shared, _) = start(&format!(
+        "[[pool]]\nname = \"p\"\nport = {port}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
+         [[route]]\nlistener = \"l\"\npool = \"p\"\n"
+    ))
+    .await;
+    let mut rng = Rng(0x5eed_0010);
     let mut sent = Vec::new();
     for i in 0..CONNECTIONS {
         // One to three requests back to back, the last one mutated.
@@ -190,6 +156,7 @@ async fn a_backend_reads_the_requests_the_client_sent_and_no_others() {
         sent.push((from, input));
     }
     // A request forwarded as its client's connection ended reaches the backend a moment later.
+    all_ended(&shared).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let forwarded = std::mem::take(&mut *reads.lock().unwrap());
     let mut matched = 0;
