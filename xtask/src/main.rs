@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask test | demo | bench | deb`.
+//! Project tasks: `cargo xtask test | demo | bench | fuzz | deb`.
 mod deb;
 
 use std::{path::PathBuf, process::Command};
@@ -28,6 +28,17 @@ enum Task {
     Bench {
         /// Which: l4, l4-traffic, l7 or l7-instructions.
         what: String,
+    },
+    /// Coverage-guided fuzzing (cargo-fuzz, libFuzzer with AddressSanitizer) of the HTTP/1.1
+    /// engine's parsers and the path's canonical form, against the properties the mutation
+    /// tests check (`lb-userspace/src/proxy/h1/properties.rs`). Not part of `test`: it runs
+    /// as long as it is given. A failing input is left in fuzz/artifacts/TARGET/.
+    Fuzz {
+        /// One target (a file name in fuzz/fuzz_targets/, without `.rs`); all of them if left out.
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
     },
     /// Build, bring up a namespace topology, run lbd with config/demo.toml, send traffic, show counters.
     Demo {
@@ -129,11 +140,48 @@ fn bench(what: &str) -> Result<()> {
     Ok(())
 }
 
+/// The cargo-fuzz release `fuzz` installs when it is missing.
+const CARGO_FUZZ: &str = "0.13.2";
+
+fn fuzz(target: Option<String>, seconds: u64) -> Result<()> {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz"));
+    let targets = match target {
+        Some(target) => vec![target],
+        None => {
+            let mut all: Vec<String> = std::fs::read_dir(dir.join("fuzz_targets"))?
+                .filter_map(|e| Some(e.ok()?.path().file_stem()?.to_str()?.to_owned()))
+                .collect();
+            all.sort();
+            all
+        }
+    };
+    let installed = Command::new(env!("CARGO")).args(["fuzz", "--version"]).output();
+    if !installed.is_ok_and(|o| o.status.success()) {
+        cargo(&["install", "--locked", "--version", CARGO_FUZZ, "cargo-fuzz"])?;
+    }
+    for target in &targets {
+        let (corpus, seeds) = (format!("corpus/{target}"), format!("seeds/{target}"));
+        std::fs::create_dir_all(dir.join(&corpus))?;
+        let time = format!("-max_total_time={seconds}");
+        let args = ["fuzz", "run", target.as_str(), &corpus, &seeds, "--", &time, "-max_len=4096"];
+        println!("==> (in fuzz/) cargo {}", args.join(" "));
+        // The pinned stable compiler, let use `-Zsanitizer=address` by RUSTC_BOOTSTRAP: no
+        // nightly to install (the eBPF build's nightly is older than aya's minimum Rust).
+        let status =
+            Command::new(env!("CARGO")).args(args).current_dir(&dir).env("RUSTC_BOOTSTRAP", "1").status()?;
+        if !status.success() {
+            bail!("fuzz target {target} failed ({status}): its input is in fuzz/artifacts/{target}/");
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Test { host_only } => test(host_only),
         Task::Demo { keep, cluster } => demo(keep, cluster),
         Task::Bench { what } => bench(&what),
+        Task::Fuzz { target, seconds } => fuzz(target, seconds),
         Task::Deb { bin_dir, out } => deb::deb(bin_dir, out).map(|_| ()),
     }
 }

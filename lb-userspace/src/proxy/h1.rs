@@ -8,6 +8,8 @@ pub mod encode;
 pub mod head;
 #[cfg(test)]
 pub(crate) mod mutations;
+#[cfg(any(test, fuzzing))]
+pub mod properties;
 pub mod rewind;
 pub mod scratch;
 pub mod upstream;

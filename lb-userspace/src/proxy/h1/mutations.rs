@@ -1,13 +1,10 @@
 //! Mutation tests of the HTTP/1.1 engine: valid and hostile messages, changed a few bytes at a
-//! time (`crate::mutation`), never make a parser panic, every parser gives the same answer
-//! whether its input arrives whole or in two reads, and every connection ends.
+//! time (`crate::mutation`), checked against the parsers' properties (`properties.rs`): no
+//! panic, the same answer whole or in pieces, the smuggling rules.
 use bytes::BytesMut;
-use hyper::http::{Method, header};
+use hyper::http::Method;
 
-use super::{
-    body::{BodyError, Decoded, Decoder, Framing},
-    head::{self, Refused},
-};
+use super::properties::{Outcome, chunked_alike, request, response, whole_and_in_two};
 use crate::mutation::Rng;
 
 /// Cases per property: a few hundred milliseconds in a debug build.
@@ -70,44 +67,6 @@ pub(crate) fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
     crate::mutation::mutate(rng, seed, SPICE)
 }
 
-/// A parse's outcome in comparable form: the head's parts (as text) and the bytes left after it.
-type Outcome<E> = Result<Option<(String, usize)>, E>;
-
-/// A request head accepted, and the smuggling rules it must meet: never both framings, one
-/// length however often it is repeated, `chunked` alone as the coding.
-fn request(buf: &mut BytesMut) -> Outcome<Refused> {
-    Ok(head::parse_request(buf, 16 * 1024)?.map(|h| {
-        let (lengths, codings) =
-            (h.headers.get_all(header::CONTENT_LENGTH), h.headers.get_all(header::TRANSFER_ENCODING));
-        assert!(lengths.iter().next().is_none() || codings.iter().next().is_none(), "both framings: {h:?}");
-        assert!(lengths.iter().nth(1).is_none(), "two lengths: {h:?}");
-        if let Framing::Length(n) = h.framing {
-            assert_eq!(
-                h.headers.get(header::CONTENT_LENGTH).map(|v| v.as_bytes()),
-                Some(n.to_string().as_bytes())
-            );
-        }
-        if codings.iter().next().is_some() {
-            assert_eq!(h.framing, Framing::Chunked, "{h:?}");
-        }
-        let parts = format!(
-            "{} {} {:?} {:?} {:?} keep_alive={} continue={}",
-            h.method, h.uri, h.version, h.headers, h.framing, h.keep_alive, h.expect_continue
-        );
-        (parts, buf.len())
-    }))
-}
-
-fn response(buf: &mut BytesMut, method: &Method) -> Outcome<&'static str> {
-    Ok(head::parse_response(buf, method, 16 * 1024)?.map(|h| {
-        let parts = format!(
-            "{} {:?} {:?} {:?} keep_alive={}",
-            h.status, h.version, h.headers, h.framing, h.keep_alive
-        );
-        (parts, buf.len())
-    }))
-}
-
 /// How many cases ended each way: a head, incomplete, refused. Each property checks that the
 /// mutations reach all three (else it would test nothing much).
 #[derive(Default, Debug)]
@@ -125,29 +84,6 @@ impl Mix {
     fn assert_varied(&self) {
         assert!(self.0.iter().all(|&n| n >= CASES / 20), "too few cases of some outcome: {self:?}");
     }
-}
-
-/// `parse` on `input` whole, and on its first `split` bytes then all of it (the second read
-/// only if the first found the head incomplete): both must agree. Returns the whole's outcome.
-fn whole_and_in_two<E: PartialEq + std::fmt::Debug>(
-    input: &[u8],
-    split: usize,
-    parse: impl Fn(&mut BytesMut) -> Outcome<E>,
-) -> Outcome<E> {
-    let whole = parse(&mut BytesMut::from(input));
-    let mut buf = BytesMut::from(&input[..split]);
-    let first = parse(&mut buf);
-    let two = match first {
-        Ok(None) => {
-            buf.extend_from_slice(&input[split..]);
-            parse(&mut buf)
-        }
-        // Complete in the first read: the same head, with the rest of the input after it.
-        Ok(Some((parts, left))) => Ok(Some((parts, left + input.len() - split))),
-        Err(err) => Err(err),
-    };
-    assert_eq!(two, whole, "read whole and in two at {split}: {:?}", String::from_utf8_lossy(input));
-    whole
 }
 
 /// `CASES` mutations of `seeds`, each parsed whole and in two reads; `parse` also gets a coin
@@ -181,44 +117,15 @@ fn response_heads_read_alike_whole_or_in_pieces() {
     });
 }
 
-/// A chunked body decoded from reads of the given sizes (the last one takes the rest): the
-/// data, how it ended (`Ok(true)`: complete), and the input after it.
-fn decode_in(input: &[u8], reads: &[usize]) -> (Vec<u8>, Result<bool, BodyError>, Vec<u8>) {
-    let mut decoder = Decoder::new(Framing::Chunked);
-    let (mut data, mut buf, mut fed) = (Vec::new(), BytesMut::new(), 0);
-    let mut reads = reads.iter().copied().chain(std::iter::once(usize::MAX));
-    loop {
-        match decoder.decode(&mut buf) {
-            Ok(Decoded::Data(bytes)) => data.extend_from_slice(&bytes),
-            Ok(Decoded::Done) => return (data, Ok(true), [&buf[..], &input[fed..]].concat()),
-            Ok(Decoded::NeedMore) if fed == input.len() => return (data, Ok(false), Vec::new()),
-            Ok(Decoded::NeedMore) => {
-                let n = reads.next().unwrap_or(usize::MAX).min(input.len() - fed);
-                buf.extend_from_slice(&input[fed..fed + n]);
-                fed += n;
-            }
-            Err(err) => return (data, Err(err), Vec::new()),
-        }
-    }
-}
-
 #[test]
 fn chunked_bodies_decode_alike_in_any_reads() {
     let (mut rng, mut mix) = (Rng(0x5eed_0003), Mix::default());
     for _ in 0..CASES {
         let seed = BODIES[rng.below(BODIES.len())];
         let input = mutate(&mut rng, seed);
-        let whole = decode_in(&input, &[]);
         let reads: Vec<usize> = (0..rng.below(6)).map(|_| rng.below(8)).collect();
-        let pieces = decode_in(&input, &reads);
-        assert_eq!(pieces, whole, "reads {reads:?}: {:?}", String::from_utf8_lossy(&input));
-        let (data, ended, after) = whole;
+        let ended = chunked_alike(&input, &reads);
         mix.count(&ended.as_ref().map(|done| done.then_some(())));
-        // Nothing comes out that did not go in, and a finished body leaves what follows it.
-        assert!(data.len() + after.len() <= input.len());
-        if ended == Ok(true) {
-            assert!(input.ends_with(&after));
-        }
     }
     mix.assert_varied();
 }

@@ -101,6 +101,33 @@ fn remove_dot_segments(path: &str) -> String {
     out
 }
 
+/// What `canonical` keeps for any path (checked by a mutation test below and by fuzzing,
+/// `fuzz/`): a path that does not start with `/` is left as it is; a canonical path is
+/// canonical again, starts with `/`, holds no empty, `.` or `..` segment and no escape of an
+/// unreserved byte, and its escapes' digits are uppercase. Whether `path` changed.
+#[cfg(any(test, fuzzing))]
+pub fn canonical_once(path: &str) -> bool {
+    let Ok(out) = canonical(path) else { return false };
+    if !path.starts_with('/') {
+        assert_eq!(out, path, "only a path that starts with / changes");
+        return false;
+    }
+    assert_eq!(canonical(&out).unwrap(), out, "{path:?} -> {out:?} is canonical");
+    assert!(out.starts_with('/'), "{path:?} -> {out:?}");
+    let inner = out[1..].strip_suffix('/').unwrap_or(&out[1..]);
+    if !inner.is_empty() {
+        for segment in inner.split('/') {
+            assert!(!matches!(segment, "" | "." | ".."), "{path:?} -> {out:?}");
+        }
+    }
+    for escape in out.match_indices('%').map(|(i, _)| &out[i + 1..i + 3]) {
+        let byte = u8::from_str_radix(escape, 16).unwrap();
+        assert!(!byte.is_ascii_alphanumeric() && !b"-._~".contains(&byte), "{path:?} -> {out:?}");
+        assert_eq!(escape, escape.to_ascii_uppercase(), "{path:?} -> {out:?}");
+    }
+    out != path
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,9 +176,8 @@ mod tests {
         assert_eq!(refused.response.status(), StatusCode::BAD_REQUEST);
     }
 
-    /// Mutated paths: a canonical path is canonical again, starts with `/`, holds no empty, `.`
-    /// or `..` segment and no escape of an unreserved character; the mutations lean on what
-    /// canonicalization changes (slashes, dots, escapes).
+    /// Mutated paths meet `canonical_once`; the mutations lean on what canonicalization
+    /// changes (slashes, dots, escapes).
     #[test]
     fn mutated_paths_become_canonical_once() {
         use crate::mutation::{Rng, mutate};
@@ -162,25 +188,7 @@ mod tests {
         for case in 0..20_000 {
             let path = mutate(&mut rng, seeds[case % seeds.len()], &spice);
             let Ok(path) = String::from_utf8(path) else { continue };
-            let Ok(out) = canonical(&path) else { continue };
-            if !path.starts_with('/') {
-                assert_eq!(out, path, "only a path that starts with / changes");
-                continue;
-            }
-            changed += usize::from(out != path);
-            assert_eq!(canonical(&out).unwrap(), out, "{path:?} -> {out:?} is canonical");
-            assert!(out.starts_with('/'), "{path:?} -> {out:?}");
-            let inner = out[1..].strip_suffix('/').unwrap_or(&out[1..]);
-            if !inner.is_empty() {
-                for segment in inner.split('/') {
-                    assert!(!matches!(segment, "" | "." | ".."), "{path:?} -> {out:?}");
-                }
-            }
-            for escape in out.match_indices('%').map(|(i, _)| &out[i + 1..i + 3]) {
-                let byte = u8::from_str_radix(escape, 16).unwrap();
-                assert!(!byte.is_ascii_alphanumeric() && !b"-._~".contains(&byte), "{path:?} -> {out:?}");
-                assert_eq!(escape, escape.to_ascii_uppercase(), "{path:?} -> {out:?}");
-            }
+            changed += usize::from(canonical_once(&path));
         }
         assert!(changed > 5_000, "the mutations reached what canonicalization changes: {changed}");
     }
