@@ -300,6 +300,14 @@ async fn write_body(conn: &mut Conn, head: &[u8], body: &mut Body, out: Out) -> 
             continue;
         }
         written += data.len() as u64;
+        // Never past the length the head said: the backend would read the rest as a request
+        // of its own. HTTP/1.1 bodies are cut to it by their decoder and h2 refuses a stream
+        // whose DATA outgrows it, but the writer does not lean on either.
+        if let Out::Length(n) = out
+            && written > n
+        {
+            return Err("request body longer than its Content-Length".into());
+        }
         let size = encode::chunk_size(data.len());
         let mut slices: SmallVec<[IoSlice<'_>; 4]> = SmallVec::new();
         if let Some(head) = head.take() {
@@ -589,6 +597,32 @@ mod tests {
         headers.insert(header::UPGRADE, "websocket".parse().unwrap());
         let asked = send(headers).await.unwrap();
         assert_eq!(asked.status(), hyper::StatusCode::SWITCHING_PROTOCOLS);
+    }
+
+    #[tokio::test]
+    async fn a_body_longer_than_its_length_is_not_sent_past_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let seen = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut read = Vec::new();
+            let _ = stream.read_to_end(&mut read).await;
+            String::from_utf8(read).unwrap()
+        });
+        let pool = Arc::new(Pool::default());
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "backend.test".parse().unwrap());
+        headers.insert(header::CONTENT_LENGTH, "5".parse().unwrap());
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(
+            ["hello", "GET /hidden HTTP/1.1\r\n\r\n"]
+                .map(|s| Ok::<_, SendError>(Frame::data(Bytes::from(s)))),
+        ))
+        .boxed();
+        let sent = pool.send(address, &Method::POST, "/up", &headers, encode::Added::default(), body).await;
+        assert!(sent.is_err());
+        drop(pool);
+        let request = seen.await.unwrap();
+        assert!(request.ends_with("\r\n\r\nhello"), "{request}");
     }
 
     #[tokio::test]

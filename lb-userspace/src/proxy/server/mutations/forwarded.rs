@@ -20,7 +20,7 @@ use tokio::{
     net::TcpSocket,
 };
 
-use super::{ENDS_WITHIN, all_ended, start};
+use super::{END_STREAM, ENDS_WITHIN, PREFACE, all_ended, field, frame, headers, opening, pseudo, start};
 use crate::{
     mutation::Rng,
     proxy::{
@@ -172,4 +172,65 @@ async fn a_backend_reads_the_requests_the_client_sent_and_no_others() {
     }
     // The mutations leave many requests whole: most connections reach the backend.
     assert!(matched >= CONNECTIONS, "only {matched} requests forwarded for {CONNECTIONS} connections");
+}
+
+/// The request a smuggling attempt hides, and the proxy a backend behind it.
+const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+
+/// HTTP/2 requests made to pass a second request to an HTTP/1.1 backend (the downgrade's known
+/// ways: a length that says less than the DATA, a chunked coding, line breaks in a field's name
+/// or value, in `:path` or `:method`). A backend reads at most the request itself, never the
+/// hidden one, as a request or inside a body.
+#[tokio::test]
+async fn no_http2_request_passes_a_hidden_one_to_an_http1_backend() {
+    let reads = Reads::default();
+    let port = recording_backend(reads.clone()).await.port();
+    let (proxy, shared, _) = start(&format!(
+        "[[pool]]\nname = \"p\"\nport = {port}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
+         [[route]]\nlistener = \"l\"\npool = \"p\"\n"
+    ))
+    .await;
+    let post = |extra: &[u8]| [&pseudo(3, "a")[..], extra].concat();
+    let data = |body: &str| frame(0, END_STREAM, 1, body.as_bytes());
+    // GET, scheme http, then `:path` and `:authority` as literals.
+    let get_with = |path: &str, method: Option<&str>| {
+        let mut block = match method {
+            Some(method) => field(":method", method),
+            None => vec![0x82],
+        };
+        block.extend([0x86]);
+        block.extend(field(":path", path));
+        block.extend(field(":authority", "a"));
+        headers(1, END_STREAM, &block)
+    };
+    let attempts: Vec<Vec<Vec<u8>>> = vec![
+        vec![headers(1, 0, &post(&field("content-length", "0"))), data(SMUGGLED)],
+        vec![headers(1, 0, &post(&field("content-length", "5"))), data(&format!("hello{SMUGGLED}"))],
+        vec![
+            headers(1, 0, &post(&field("transfer-encoding", "chunked"))),
+            data(&format!("0\r\n\r\n{SMUGGLED}")),
+        ],
+        vec![headers(1, 0, &post(&field("x", &format!("v\r\n\r\n{SMUGGLED}")))), data("")],
+        vec![headers(1, 0, &post(&field(&format!("x\r\n\r\n{SMUGGLED}"), "v"))), data("")],
+        vec![get_with(&format!("/ HTTP/1.1\r\nHost: a\r\n\r\n{SMUGGLED}"), None)],
+        vec![get_with("/", Some(&format!("GET / HTTP/1.1\r\nHost: a\r\n\r\n{}", SMUGGLED.trim_end())))],
+        // The control: a request the backend must read.
+        vec![headers(1, 0, &post(&field("content-length", "5"))), data("hello")],
+    ];
+    for (i, attempt) in attempts.iter().enumerate() {
+        let input = [PREFACE, &opening(), &attempt.concat()].concat();
+        tokio::time::timeout(ENDS_WITHIN, through_proxy(proxy, client_address(i), &input))
+            .await
+            .unwrap_or_else(|_| panic!("attempt {i}: no end within {ENDS_WITHIN:?}"));
+    }
+    all_ended(&shared).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let forwarded = std::mem::take(&mut *reads.lock().unwrap());
+    for (i, _) in attempts.iter().enumerate() {
+        let got = forwarded.get(&client_address(i)).cloned().unwrap_or_default();
+        let hidden = got.iter().any(|(_, target, body)| target == "/smuggled" || body.ends_with(b"\r\n\r\n"));
+        assert!(got.len() <= 1 && !hidden, "attempt {i}: the backend read {got:?}");
+    }
+    let control = forwarded.get(&client_address(attempts.len() - 1)).cloned().unwrap_or_default();
+    assert_eq!(control.len(), 1, "the control request reached the backend");
 }
