@@ -169,6 +169,27 @@ fn base_key(method: &Method, host: &str, path: &str) -> String {
     format!("{method} {host}{path}")
 }
 
+/// A request's key for an answer that varies on `names`: the base key, then each name with the
+/// request's values of it (all its fields, as one list; every byte kept), or the name alone
+/// when the request has none. Built alike when an answer is stored (`finish`) and looked up
+/// (`key`). Each part counts: keyed on a first field only, or on text only, a request with
+/// two fields, a byte above ASCII or none at all would share a key with one that differs, and
+/// an answer made for one would be served to the other (cache poisoning); keyed on values
+/// without names, an entry stored when the answers varied on one field would match a request
+/// whose other field has the same value once they vary on another.
+fn vary_key(base: &str, names: &[String], headers: &HeaderMap) -> String {
+    let mut key = base.to_owned();
+    for name in names {
+        key.push('\n');
+        key.push_str(name);
+        for (i, value) in headers.get_all(name.as_str()).iter().enumerate() {
+            key.push_str(if i == 0 { ":" } else { ", " });
+            key.extend(value.as_bytes().iter().map(|&b| b as char));
+        }
+    }
+    key
+}
+
 impl CacheStore {
     fn with<T>(&self, route: &str, config: &CacheConfig, f: impl FnOnce(&mut RouteCache) -> T) -> T {
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
@@ -188,13 +209,9 @@ impl CacheStore {
         headers: &HeaderMap,
     ) -> String {
         let base = base_key(method, host, path);
-        self.with(route, config, |c| {
-            let mut key = base.clone();
-            for name in c.vary.get(&base).into_iter().flatten() {
-                key.push('\n');
-                key.push_str(headers.get(name.as_str()).and_then(|v| v.to_str().ok()).unwrap_or_default());
-            }
-            key
+        self.with(route, config, |c| match c.vary.get(&base) {
+            Some(names) => vary_key(&base, names, headers),
+            None => base.clone(),
         })
     }
 
@@ -231,16 +248,13 @@ impl CacheStore {
             }
             let base = base_key(method, host, path);
             let vary = super::header_tokens(&headers, header::VARY);
-            if vary.iter().any(|v| v == "*") {
+            // A Vary that cannot be read as names cannot be keyed on: stored, the answer would
+            // be served whatever the request, as `*` would.
+            let unreadable = headers.get_all(header::VARY).iter().any(|v| v.to_str().is_err());
+            if unreadable || vary.iter().any(|v| v == "*") {
                 return None;
             }
-            let mut full_key = base.clone();
-            for name in &vary {
-                full_key.push('\n');
-                full_key.push_str(
-                    request_headers.get(name.as_str()).and_then(|v| v.to_str().ok()).unwrap_or_default(),
-                );
-            }
+            let full_key = vary_key(&base, &vary, request_headers);
             c.vary.put(base, vary);
             let entry = Cached { status, headers, body, expires: Instant::now() + ttl };
             c.bytes += entry.body.len();
@@ -390,6 +404,63 @@ mod tests {
         );
         assert!(store.lookup("r", &config, &gzip_key).is_err(), "LRU by bytes");
         assert_eq!(store.purge("r", Some("/q")), 1);
+    }
+
+    /// Requests that differ in what an answer varies on never share its key: two fields
+    /// against one, a byte above ASCII, an empty value or none; nor does an entry stored when
+    /// answers varied on one field match a request once they vary on another.
+    #[test]
+    fn requests_that_differ_in_a_varied_field_never_share_a_key() {
+        let store = CacheStore::default();
+        let config = CacheConfig { max_entries: 100, max_bytes: 1000, max_object_bytes: 100 };
+        let request = (&Method::GET, "h", "/p");
+        let ttl = Duration::from_secs(60);
+        let store_for = |asked: &HeaderMap, vary: &str| {
+            let answer = headers(&[(header::VARY, vary)]);
+            let body = Bytes::from(format!("{asked:?}"));
+            store.finish("r", &config, asked, request, Some((StatusCode::OK, answer, body, ttl)), "k");
+        };
+        let served = |asked: &HeaderMap| {
+            let key = store.key("r", &config, &Method::GET, "h", "/p", asked);
+            store.lookup("r", &config, &key).ok().map(|hit| hit.body)
+        };
+        let mut two = HeaderMap::new();
+        two.append(header::ACCEPT_ENCODING, "identity".parse().unwrap());
+        two.append(header::ACCEPT_ENCODING, "gzip".parse().unwrap());
+        let first = headers(&[(header::ACCEPT_ENCODING, "identity")]);
+        let mut high = HeaderMap::new();
+        high.insert(header::ACCEPT_ENCODING, HeaderValue::from_bytes(b"\xe9").unwrap());
+        let empty = headers(&[(header::ACCEPT_ENCODING, "")]);
+        let none = HeaderMap::new();
+        let asks = [&two, &first, &high, &empty, &none];
+        for asked in asks {
+            store_for(asked, "accept-encoding");
+            for other in asks {
+                let hit = served(other);
+                if std::ptr::eq(asked, other) {
+                    assert_eq!(hit, Some(Bytes::from(format!("{asked:?}"))));
+                } else {
+                    assert_ne!(hit, Some(Bytes::from(format!("{asked:?}"))), "{asked:?} served to {other:?}");
+                }
+            }
+            assert_eq!(store.purge("r", None), 1);
+        }
+        // Stored while answers varied on Accept; then they vary on Accept-Encoding.
+        store_for(&headers(&[(header::ACCEPT, "x")]), "accept");
+        store_for(&none, "accept-encoding");
+        assert_eq!(served(&headers(&[(header::ACCEPT_ENCODING, "x")])), None);
+        // An unreadable Vary is not stored at all.
+        let mut answer = HeaderMap::new();
+        answer.insert(header::VARY, HeaderValue::from_bytes(b"accept, \xe9").unwrap());
+        let stored = store.finish(
+            "r",
+            &config,
+            &none,
+            request,
+            Some((StatusCode::OK, answer, Bytes::new(), ttl)),
+            "k",
+        );
+        assert!(stored.is_none());
     }
 
     /// The cell of a miss of `key` on route `r`.
