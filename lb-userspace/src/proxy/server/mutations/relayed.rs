@@ -8,7 +8,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper::{Request, client::conn::http1};
+use hyper::{Method, Request, client::conn::http1};
 use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -62,7 +62,7 @@ fn unasked(i: usize) -> String {
     format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len())
 }
 
-/// A backend that answers each request `GET /i` with `answer(seed, i)`, then does what that says.
+/// A backend that answers each request for `/i` with `answer(seed, i)`, then does what that says.
 async fn backend(seed: u64) -> SocketAddr {
     test_bed::listening(move |mut stream| async move {
         let mut read = Vec::new();
@@ -92,14 +92,17 @@ async fn backend(seed: u64) -> SocketAddr {
 /// the body; an error when the answer broke.
 type Got = Result<(u16, bool, Vec<u8>), hyper::Error>;
 
-/// `GET /i` by hyper's client over `io`, its answer read whole.
+/// `GET /i` (`HEAD /i` for one in four: an answer whose head says it has a body has none) by
+/// hyper's client over `io`, its answer read whole.
 async fn get<T>(io: T, i: usize) -> Got
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (mut sender, connection) = http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(connection);
-    let request = Request::get(format!("/{i}")).header("host", "a").body(Empty::<Bytes>::new()).unwrap();
+    let method = if i % 4 == 3 { Method::HEAD } else { Method::GET };
+    let request = Request::builder().method(method).uri(format!("/{i}")).header("host", "a");
+    let request = request.body(Empty::<Bytes>::new()).unwrap();
     let answer = sender.send_request(request).await?;
     let (status, via) = (answer.status().as_u16(), answer.headers().contains_key("via"));
     let body = answer.into_body().collect().await?.to_bytes();
