@@ -599,6 +599,12 @@ mod tests {
         assert_eq!(asked.status(), hyper::StatusCode::SWITCHING_PROTOCOLS);
     }
 
+    /// A request body that comes in these pieces.
+    fn streamed<const N: usize>(pieces: [&'static str; N]) -> Body {
+        let frames = pieces.map(|s| Ok::<_, SendError>(Frame::data(Bytes::from(s))));
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed()
+    }
+
     #[tokio::test]
     async fn a_body_longer_than_its_length_is_not_sent_past_it() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -613,11 +619,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, "backend.test".parse().unwrap());
         headers.insert(header::CONTENT_LENGTH, "5".parse().unwrap());
-        let body = http_body_util::StreamBody::new(futures_util::stream::iter(
-            ["hello", "GET /hidden HTTP/1.1\r\n\r\n"]
-                .map(|s| Ok::<_, SendError>(Frame::data(Bytes::from(s)))),
-        ))
-        .boxed();
+        let body = streamed(["hello", "GET /hidden HTTP/1.1\r\n\r\n"]);
         let sent = pool.send(address, &Method::POST, "/up", &headers, encode::Added::default(), body).await;
         assert!(sent.is_err());
         drop(pool);
@@ -644,10 +646,7 @@ mod tests {
         let pool = Arc::new(Pool::default());
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, "backend.test".parse().unwrap());
-        let body = http_body_util::StreamBody::new(futures_util::stream::iter(
-            ["ab", "cde"].map(|s| Ok::<_, SendError>(Frame::data(Bytes::from(s)))),
-        ))
-        .boxed();
+        let body = streamed(["ab", "cde"]);
         let response =
             pool.send(address, &Method::POST, "/up", &headers, encode::Added::default(), body).await.unwrap();
         assert_eq!(response.status(), hyper::StatusCode::NO_CONTENT);

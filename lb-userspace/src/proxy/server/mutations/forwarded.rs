@@ -20,7 +20,9 @@ use tokio::{
     net::TcpSocket,
 };
 
-use super::{END_STREAM, ENDS_WITHIN, PREFACE, all_ended, field, frame, headers, opening, pseudo, start};
+use super::{
+    END_STREAM, ENDS_WITHIN, PREFACE, Shared, all_ended, field, frame, headers, opening, pseudo, start,
+};
 use crate::{
     mutation::Rng,
     proxy::{
@@ -114,6 +116,33 @@ async fn recording_backend(reads: Reads) -> SocketAddr {
     .await
 }
 
+/// What a proxy's listener forwarded to the recording backend, once every connection is over.
+struct Recorded {
+    reads: Reads,
+    shared: Arc<Shared>,
+}
+
+impl Recorded {
+    async fn all_read(self) -> HashMap<Ipv4Addr, Vec<Read>> {
+        all_ended(&self.shared).await;
+        // A request forwarded as its client's connection ended reaches the backend a moment later.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        std::mem::take(&mut *self.reads.lock().unwrap())
+    }
+}
+
+/// A listener (`serve`) with one route to a recording backend: its address, and what it forwarded.
+async fn proxy_to_recording_backend() -> (SocketAddr, Recorded) {
+    let reads = Reads::default();
+    let port = recording_backend(reads.clone()).await.port();
+    let (proxy, shared, _) = start(&format!(
+        "[[pool]]\nname = \"p\"\nport = {port}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
+         [[route]]\nlistener = \"l\"\npool = \"p\"\n"
+    ))
+    .await;
+    (proxy, Recorded { reads, shared })
+}
+
 /// The `i`th connection's own source address.
 fn client_address(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8)
@@ -132,13 +161,7 @@ async fn through_proxy(proxy: SocketAddr, from: Ipv4Addr, input: &[u8]) {
 
 #[tokio::test]
 async fn a_backend_reads_the_requests_the_client_sent_and_no_others() {
-    let reads = Reads::default();
-    let port = recording_backend(reads.clone()).await.port();
-    let (proxy, shared, _) = start(&format!(
-        "[[pool]]\nname = \"p\"\nport = {port}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
-         [[route]]\nlistener = \"l\"\npool = \"p\"\n"
-    ))
-    .await;
+    let (proxy, recorded) = proxy_to_recording_backend().await;
     let mut rng = Rng(0x5eed_0010);
     let mut sent = Vec::new();
     for i in 0..CONNECTIONS {
@@ -155,10 +178,7 @@ async fn a_backend_reads_the_requests_the_client_sent_and_no_others() {
         });
         sent.push((from, input));
     }
-    // A request forwarded as its client's connection ended reaches the backend a moment later.
-    all_ended(&shared).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let forwarded = std::mem::take(&mut *reads.lock().unwrap());
+    let forwarded = recorded.all_read().await;
     let mut matched = 0;
     for (from, input) in sent {
         let expected = reference(&input).await;
@@ -174,7 +194,7 @@ async fn a_backend_reads_the_requests_the_client_sent_and_no_others() {
     assert!(matched >= CONNECTIONS, "only {matched} requests forwarded for {CONNECTIONS} connections");
 }
 
-/// The request a smuggling attempt hides, and the proxy a backend behind it.
+/// The request a smuggling attempt hides.
 const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
 
 /// HTTP/2 requests made to pass a second request to an HTTP/1.1 backend (the downgrade's known
@@ -183,13 +203,7 @@ const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
 /// hidden one, as a request or inside a body.
 #[tokio::test]
 async fn no_http2_request_passes_a_hidden_one_to_an_http1_backend() {
-    let reads = Reads::default();
-    let port = recording_backend(reads.clone()).await.port();
-    let (proxy, shared, _) = start(&format!(
-        "[[pool]]\nname = \"p\"\nport = {port}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
-         [[route]]\nlistener = \"l\"\npool = \"p\"\n"
-    ))
-    .await;
+    let (proxy, recorded) = proxy_to_recording_backend().await;
     let post = |extra: &[u8]| [&pseudo(3, "a")[..], extra].concat();
     let data = |body: &str| frame(0, END_STREAM, 1, body.as_bytes());
     // GET, scheme http, then `:path` and `:authority` as literals.
@@ -223,9 +237,7 @@ async fn no_http2_request_passes_a_hidden_one_to_an_http1_backend() {
             .await
             .unwrap_or_else(|_| panic!("attempt {i}: no end within {ENDS_WITHIN:?}"));
     }
-    all_ended(&shared).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let forwarded = std::mem::take(&mut *reads.lock().unwrap());
+    let forwarded = recorded.all_read().await;
     for (i, _) in attempts.iter().enumerate() {
         let got = forwarded.get(&client_address(i)).cloned().unwrap_or_default();
         let hidden = got.iter().any(|(_, target, body)| target == "/smuggled" || body.ends_with(b"\r\n\r\n"));
