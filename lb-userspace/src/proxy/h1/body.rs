@@ -43,7 +43,11 @@ enum Chunk {
         size: u64,
         digits: u8,
     },
-    /// After the size: optional whitespace and `;extensions` up to CR.
+    /// Whitespace after the size: more of it, then `;` and extensions, or CR.
+    SizeLws {
+        size: u64,
+    },
+    /// `;extensions` up to CR.
     Extension {
         size: u64,
     },
@@ -186,7 +190,17 @@ impl Decoder {
                 }
                 _ if digits == 0 => return Err(BodyError::ChunkSize),
                 b'\r' => Chunk::SizeLf { size },
-                b';' | b' ' | b'\t' => Chunk::Extension { size },
+                b';' => Chunk::Extension { size },
+                b' ' | b'\t' => Chunk::SizeLws { size },
+                _ => return Err(BodyError::ChunkSize),
+            },
+            // RFC 9112 §7.1.1: only whitespace before an extension's `;` (`0 v` is no last
+            // chunk: hyper and HAProxy refuse it, and so does this).
+            Chunk::SizeLws { size } => match byte {
+                _ if long => return Err(BodyError::ChunkSize),
+                b' ' | b'\t' => Chunk::SizeLws { size },
+                b';' => Chunk::Extension { size },
+                b'\r' => Chunk::SizeLf { size },
                 _ => return Err(BodyError::ChunkSize),
             },
             Chunk::Extension { size } => match byte {
@@ -288,6 +302,10 @@ mod tests {
                 "step {step}"
             );
             assert_eq!(run(Framing::Close, b"until the end", step).unwrap().0, b"until the end".to_vec());
+            assert_eq!(
+                run(Framing::Chunked, b"2 \t ; x\r\nok\r\n0 \r\n\r\n", step).unwrap().0,
+                b"ok".to_vec()
+            );
         }
         assert_eq!(run(Framing::Empty, b"GET", 10).unwrap(), (Vec::new(), b"GET".to_vec()));
         assert_eq!(run(Framing::Chunked, b"0\r\n\r\n", 1).unwrap(), (Vec::new(), Vec::new()));
@@ -301,6 +319,7 @@ mod tests {
         assert_eq!(err(Framing::Chunked, b"\r\n"), BodyError::ChunkSize, "no digits");
         assert_eq!(err(Framing::Chunked, b"5\nhello\r\n0\r\n\r\n"), BodyError::ChunkSize, "bare LF");
         assert_eq!(err(Framing::Chunked, b"-5\r\n"), BodyError::ChunkSize);
+        assert_eq!(err(Framing::Chunked, b"0 v\r\n\r\n"), BodyError::ChunkSize, "no `;` after the space");
         assert_eq!(err(Framing::Chunked, b"0x5\r\n"), BodyError::ChunkSize);
         assert_eq!(
             err(Framing::Chunked, b"5\r\nhelloXX0\r\n\r\n"),
