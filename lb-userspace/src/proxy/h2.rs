@@ -45,6 +45,16 @@ const MAX_FRAME: u32 = 16 * 1024;
 const MAX_SEND_BUFFER: usize = 400 * 1024;
 const MAX_STREAMS: u32 = 200;
 const MAX_LOCAL_RESETS: usize = 1024;
+/// h2's own default, said here: streams reset before they are taken up.
+const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Rapid reset (CVE-2023-44487): a client that opens streams and resets each before its
+/// answer sets backends working on requests nobody waits for, unbounded by MAX_STREAMS (a
+/// reset stream no longer counts). Once a connection has opened this many streams, it is cut
+/// (GOAWAY ENHANCE_YOUR_CALM) if more than half were reset before their answer, as Envoy does
+/// with its premature resets. h2 itself cuts a connection whose streams are reset before they
+/// are accepted (MAX_PENDING_ACCEPT_RESETS), but a client that waits for the accept passes that
+/// check.
+const RESETS_JUDGED_AFTER: u32 = 500;
 /// The largest last chunk of an answer's body handed to h2 before the stream has window for
 /// it (smaller answers skip the wait; h2 holds the bytes until it may send them).
 const SMALL_LAST_CHUNK: usize = 4 * 1024;
@@ -58,6 +68,7 @@ pub fn builder(listener: &Listener) -> Builder {
         .max_frame_size(MAX_FRAME)
         .max_header_list_size(listener.max_header_bytes as u32)
         .max_local_error_reset_streams(Some(MAX_LOCAL_RESETS))
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
         .max_send_buffer_size(MAX_SEND_BUFFER)
         .max_concurrent_streams(MAX_STREAMS);
     builder
@@ -119,6 +130,43 @@ pub struct Served<T, H, S> {
     /// The turn the connection's write waits after streams finished.
     turn: Turn,
     seen: Arc<Seen>,
+    resets: Resets,
+}
+
+/// A connection's streams taken up and those its client reset before their answers
+/// (RESETS_JUDGED_AFTER), and whether it was cut for them.
+#[derive(Default)]
+struct Resets {
+    opened: u32,
+    early: u32,
+    cut: bool,
+}
+
+impl Resets {
+    /// Counts a finished stream; true when the connection has just reset so many of its
+    /// streams early that it must be cut.
+    fn finished(&mut self, answered: Answered) -> bool {
+        self.early += (answered == Answered::ResetEarly) as u32;
+        let cut = !self.cut && self.opened >= RESETS_JUDGED_AFTER && self.early > self.opened / 2;
+        self.cut |= cut;
+        cut
+    }
+}
+
+/// How a stream ended: answered (or failed on the proxy's side), or reset by the client
+/// before its answer's head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answered {
+    Yes,
+    ResetEarly,
+}
+
+/// How a connection ended without an error: all done, or cut for resetting its streams
+/// (RESETS_JUDGED_AFTER).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    Done,
+    CutForResets,
 }
 
 enum State<T> {
@@ -205,7 +253,7 @@ impl<T, H, S> Served<T, H, S>
 where
     T: AsyncRead + AsyncWrite + Unpin,
     H: FnMut(Request<Body>, SendResponse<Bytes>) -> S + Unpin,
-    S: Future<Output = ()>,
+    S: Future<Output = Answered>,
 {
     pub fn new(io: T, builder: &Builder, handler: H) -> Self {
         let seen = Arc::new(Seen::default());
@@ -216,15 +264,17 @@ where
             close_pending: false,
             turn: Turn::default(),
             seen,
+            resets: Resets::default(),
         }
     }
 
     /// How the connection ends on `err`: a client whose input ended and who then takes no more
     /// bytes has closed altogether, an end like the one h2 makes of its input's end.
-    fn gone(&self, err: h2::Error) -> Result<(), h2::Error> {
-        match self.seen.input_ended.load(Ordering::Relaxed) && err.is_io() {
-            true => Ok(()),
-            false => Err(err),
+    fn gone(&self, err: h2::Error) -> Result<Ended, h2::Error> {
+        match () {
+            _ if self.resets.cut => Ok(Ended::CutForResets),
+            _ if self.seen.input_ended.load(Ordering::Relaxed) && err.is_io() => Ok(Ended::Done),
+            _ => Err(err),
         }
     }
 
@@ -249,9 +299,9 @@ impl<T, H, S> Future for Served<T, H, S>
 where
     T: AsyncRead + AsyncWrite + Unpin,
     H: FnMut(Request<Body>, SendResponse<Bytes>) -> S + Unpin,
-    S: Future<Output = ()>,
+    S: Future<Output = Answered>,
 {
-    type Output = Result<(), h2::Error>;
+    type Output = Result<Ended, h2::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let me = self.get_mut();
@@ -259,7 +309,7 @@ where
             let Poll::Ready(conn) = Pin::new(handshake).poll(cx) else {
                 // Gone before its preface was done: nothing to answer.
                 return match me.seen.input_ended.load(Ordering::Relaxed) {
-                    true => Poll::Ready(Ok(())),
+                    true => Poll::Ready(Ok(Ended::Done)),
                     false => Poll::Pending,
                 };
             };
@@ -281,8 +331,13 @@ where
             // 73k req/s writing at once, 85k with the turn; hyper's task per stream got the same
             // batching from the queue, 83k).
             let mut finished = false;
-            while let Poll::Ready(Some(())) = me.streams.poll_next_unpin(cx) {
+            while let Poll::Ready(Some(answered)) = me.streams.poll_next_unpin(cx) {
                 finished = true;
+                if me.resets.finished(answered) {
+                    // h2 writes the GOAWAY and then ends the connection (`gone`); the streams
+                    // still open are dropped with it, and their upstream requests.
+                    conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+                }
             }
             if (finished || me.turn.waiting()) && me.turn.poll(cx).is_pending() {
                 return Poll::Pending;
@@ -292,16 +347,18 @@ where
                 match conn.poll_accept(cx) {
                     Poll::Ready(Some(Ok((head, respond)))) => {
                         me.streams.push((me.handler)(request(head), respond));
+                        me.resets.opened = me.resets.opened.saturating_add(1);
                         accepted = true;
                     }
                     Poll::Ready(Some(Err(err))) => return Poll::Ready(me.gone(err)),
-                    Poll::Ready(None) => return Poll::Ready(Ok(())),
+                    Poll::Ready(None) if me.resets.cut => return Poll::Ready(Ok(Ended::CutForResets)),
+                    Poll::Ready(None) => return Poll::Ready(Ok(Ended::Done)),
                     Poll::Pending => break,
                 }
             }
             if !accepted {
                 return match me.answered_all() {
-                    true => Poll::Ready(Ok(())),
+                    true => Poll::Ready(Ok(Ended::Done)),
                     false => Poll::Pending,
                 };
             }
@@ -315,7 +372,7 @@ where
 /// This future is moved into the connection's set of streams for every request, so what it
 /// holds across its waits is kept small: the head is sent by a plain function, and the body's
 /// state is a `Sending` (an async block would keep room for every local it ever had).
-pub async fn answer<F, B>(answer: F, mut respond: SendResponse<Bytes>)
+pub async fn answer<F, B>(answer: F, mut respond: SendResponse<Bytes>) -> Answered
 where
     F: Future<Output = Response<B>>,
     B: HttpBody<Data = Bytes> + Unpin,
@@ -324,18 +381,25 @@ where
     let mut answer = std::pin::pin!(answer);
     let response = poll_fn(|cx| {
         if let Poll::Ready(response) = answer.as_mut().poll(cx) {
-            return Poll::Ready(Some(response));
+            return Poll::Ready(Ok(response));
         }
         // Not ready: a RST_STREAM from the client cancels the request.
         match respond.poll_reset(cx) {
-            Poll::Ready(_) => Poll::Ready(None),
+            Poll::Ready(Ok(_)) => Poll::Ready(Err(Answered::ResetEarly)),
+            // The connection failed: it ends, whatever is counted.
+            Poll::Ready(Err(_)) => Poll::Ready(Err(Answered::Yes)),
             Poll::Pending => Poll::Pending,
         }
     })
     .await;
-    if let Some(sending) = response.and_then(|response| send_head(response, &mut respond)) {
+    let response = match response {
+        Ok(response) => response,
+        Err(answered) => return answered,
+    };
+    if let Some(sending) = send_head(response, &mut respond) {
         sending.await;
     }
+    Answered::Yes
 }
 
 /// Sends the answer's head; what is left to send of its body, if anything.
@@ -487,7 +551,7 @@ mod tests {
 
     /// Serves one connection with an echo: the request's body and trailers back, with a
     /// connection field the stream must strip.
-    fn echo(io: tokio::io::DuplexStream) -> impl Future<Output = Result<(), h2::Error>> {
+    fn echo(io: tokio::io::DuplexStream) -> impl Future<Output = Result<Ended, h2::Error>> {
         use http_body_util::BodyExt;
         let mut builder = Builder::new();
         builder.initial_window_size(WINDOW).initial_connection_window_size(WINDOW);
@@ -627,6 +691,106 @@ mod tests {
         let dropped = tokio::time::timeout(Duration::from_secs(5), dropped_rx).await;
         assert!(dropped.is_ok(), "the reset stream's answer is still held");
         drop(client);
+        server.abort();
+    }
+
+    /// A connection whose handler counts its streams and answers those to `/now` at once, the
+    /// others never.
+    fn counting(
+        io: tokio::io::DuplexStream,
+        accepted: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> tokio::task::JoinHandle<Result<Ended, h2::Error>> {
+        tokio::spawn(Served::new(io, &builder(&test_listener()), move |request: Request<Body>, respond| {
+            accepted.fetch_add(1, Ordering::Relaxed);
+            let now = request.uri().path() == "/now";
+            let answered = async move {
+                if !now {
+                    std::future::pending::<()>().await;
+                }
+                Response::new(crate::proxy::body::empty())
+            };
+            answer(answered, respond)
+        }))
+    }
+
+    fn test_listener() -> Listener {
+        let text =
+            "[dataplane]\ninterface = \"lo\"\n[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\n";
+        crate::config::Config::parse(std::path::Path::new("t.toml"), text).unwrap().listeners[0].clone()
+    }
+
+    /// Opens `batch` streams, waits until the server has taken them all up (so h2's own check of
+    /// streams reset before that does not apply), then resets those `reset` picks before their
+    /// answers; false once the connection refuses new streams.
+    async fn opened_then_reset(
+        client: &mut h2::client::SendRequest<Bytes>,
+        accepted: &std::sync::atomic::AtomicUsize,
+        paths: impl Iterator<Item = &'static str>,
+    ) -> bool {
+        let mut sent = Vec::new();
+        for path in paths {
+            let request = Request::get(format!("http://test{path}")).body(()).unwrap();
+            match client.send_request(request, true) {
+                Ok((response, send)) => sent.push((path, response, send)),
+                Err(_) => return false,
+            }
+        }
+        let target = accepted.load(Ordering::Relaxed) + sent.len();
+        let taken_up = async {
+            while accepted.load(Ordering::Relaxed) < target {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(2), taken_up).await.is_err() {
+            return false;
+        }
+        for (path, response, mut send) in sent {
+            match path {
+                "/now" => assert_eq!(response.await.expect("an answer").status(), 200),
+                _ => send.send_reset(Reason::CANCEL),
+            }
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn a_client_that_resets_most_streams_before_their_answers_is_cut() {
+        let (client_io, server_io) = tokio::io::duplex(1024 * 1024);
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let server = counting(server_io, accepted.clone());
+        let (mut client, connection) = h2::client::handshake(client_io).await.unwrap();
+        let connection = tokio::spawn(connection);
+        let mut batches = 0;
+        while batches < 20
+            && opened_then_reset(&mut client, &accepted, std::iter::repeat_n("/never", 100)).await
+        {
+            batches += 1;
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(5), server).await.expect("the connection ends");
+        assert_eq!(ended.unwrap().unwrap(), Ended::CutForResets);
+        // Cut as its 500th stream's reset came in: no stream after it was taken up.
+        let taken = accepted.load(Ordering::Relaxed);
+        assert!(
+            (RESETS_JUDGED_AFTER as usize..=RESETS_JUDGED_AFTER as usize + 100).contains(&taken),
+            "{taken}"
+        );
+        let err = connection.await.unwrap().expect_err("a GOAWAY");
+        assert_eq!(err.reason(), Some(Reason::ENHANCE_YOUR_CALM), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_resets_some_streams_keeps_its_connection() {
+        let (client_io, server_io) = tokio::io::duplex(1024 * 1024);
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let server = counting(server_io, accepted.clone());
+        let (mut client, connection) = h2::client::handshake(client_io).await.unwrap();
+        tokio::spawn(connection);
+        // 2,000 streams, 45% of them reset before their answers (a browser leaving pages).
+        let paths = || (0..100).map(|i| if i < 45 { "/never" } else { "/now" });
+        for batch in 0..20 {
+            assert!(opened_then_reset(&mut client, &accepted, paths()).await, "cut at batch {batch}");
+        }
+        assert!(!server.is_finished());
         server.abort();
     }
 }

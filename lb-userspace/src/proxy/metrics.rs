@@ -54,6 +54,7 @@ pub struct ProxyMetrics {
     handshakes: Family<Labels, Counter>,
     refused: Family<Labels, Counter>,
     closed_idle: Family<Labels, Counter>,
+    cut: Family<Labels, Counter>,
     parser_refused: Family<Labels, Counter>,
     /// Every (route, pool, backend) the request families hold, so that those of backends,
     /// pools and routes gone from the config can be removed (`retain`): the families cannot
@@ -78,6 +79,7 @@ impl Default for ProxyMetrics {
             handshakes: Family::default(),
             refused: Family::default(),
             closed_idle: Family::default(),
+            cut: Family::default(),
             parser_refused: Family::default(),
             counted: Arc::default(),
         }
@@ -176,6 +178,10 @@ impl ProxyMetrics {
                 "http_idle_closed_connections_total" => {
                     let l: Labels = listener().chain(owned(&labels, "reason")).collect();
                     self.closed_idle.get_or_create(&l).inc_by(n);
+                }
+                "http_cut_connections_total" => {
+                    let l: Labels = listener().chain(owned(&labels, "reason")).collect();
+                    self.cut.get_or_create(&l).inc_by(n);
                 }
                 "http_parser_refused_total" => {
                     let l: Labels = listener().chain(owned(&labels, "status")).collect();
@@ -301,6 +307,11 @@ impl ProxyMetrics {
             .inc();
     }
 
+    /// A connection cut for how its client behaved (`reason`: rapid_reset).
+    pub fn cut(&self, listener: &str, reason: &'static str) {
+        self.cut.get_or_create(&vec![("listener", listener.to_owned()), ("reason", reason.to_owned())]).inc();
+    }
+
     /// A request the HTTP parser refused before it reached a route (400, 408, 431).
     pub fn parser_refused(&self, listener: &str, status: u16) {
         self.parser_refused
@@ -331,6 +342,11 @@ impl ProxyMetrics {
             "http_idle_closed_connections",
             "Connections closed while idle, by reason",
             self.closed_idle.clone(),
+        );
+        registry.register(
+            "http_cut_connections",
+            "Connections cut for how their clients behaved, by reason",
+            self.cut.clone(),
         );
         registry.register(
             "http_parser_refused",

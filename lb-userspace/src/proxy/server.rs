@@ -358,8 +358,15 @@ impl Connection {
                 result = served.as_mut() => {
                     // A protocol or I/O error ends the connection (a malformed request is
                     // refused on its stream, not here).
-                    if let Err(err) = result {
-                        log::debug!("listener {}: HTTP/2 connection from {}: {err}", s.listener.name, self.session.conn.address);
+                    match result {
+                        Ok(h2::Ended::Done) => {}
+                        Ok(h2::Ended::CutForResets) => {
+                            s.forwarder.metrics.cut(&s.listener.name, "rapid_reset");
+                            log::debug!("listener {}: HTTP/2 connection from {} cut: most of its streams reset before their answers", s.listener.name, self.session.conn.address);
+                        }
+                        Err(err) => {
+                            log::debug!("listener {}: HTTP/2 connection from {}: {err}", s.listener.name, self.session.conn.address);
+                        }
                     }
                     return;
                 }
@@ -386,7 +393,7 @@ fn stream(
     s: &Session,
     request: Request<Body>,
     respond: ::h2::server::SendResponse<Bytes>,
-) -> impl Future<Output = ()> + Send + use<> {
+) -> impl Future<Output = h2::Answered> + Send + use<> {
     let busy = s.activity.start();
     let conn = s.conn.clone();
     // The pipeline's future (~3 KiB) is boxed before the stream's future is made: that one is
@@ -573,5 +580,76 @@ mod tests {
         let _open = shared.slots.clone().try_acquire_owned().unwrap();
         shared.stopped_accepting();
         assert!(!shared.drained(Duration::from_millis(50)).await);
+    }
+
+    /// Rapid reset through the listener: a client that opens streams, waits until a backend
+    /// has each request, and resets them all, is cut once it has opened 500, and the backend
+    /// gets no more of its requests. (h2.rs tests the rule itself.)
+    #[tokio::test]
+    async fn a_client_resetting_its_streams_is_cut_and_counted() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let seen = Arc::new(AtomicUsize::new(0));
+        // A backend that counts each request and never answers.
+        let backend = crate::proxy::test_bed::listening({
+            let seen = seen.clone();
+            move |mut stream| {
+                let seen = seen.clone();
+                async move {
+                    let mut read = Vec::new();
+                    if crate::proxy::test_bed::head_read(&mut stream, &mut read).await.is_some() {
+                        seen.fetch_add(1, Ordering::Relaxed);
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+        })
+        .await;
+        let routes = format!(
+            "[[pool]]\nname = \"p\"\nport = {}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
+             [[route]]\nlistener = \"l\"\npool = \"p\"\n",
+            backend.port()
+        );
+        let listener = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\n";
+        let (address, _, forwarder) = super::mutations::start_listener(listener, &routes).await;
+        let io = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (mut client, connection) = ::h2::client::handshake(io).await.unwrap();
+        let connection = tokio::spawn(connection);
+        'batches: for _ in 0..20 {
+            let mut sent = Vec::new();
+            for _ in 0..100 {
+                let request = hyper::Request::get("http://a/").body(()).unwrap();
+                match client.send_request(request, true) {
+                    Ok((_, send)) => sent.push(send),
+                    Err(_) => break 'batches,
+                }
+            }
+            let target = seen.load(Ordering::Relaxed) + sent.len();
+            let reached = async {
+                while seen.load(Ordering::Relaxed) < target && !connection.is_finished() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            };
+            if tokio::time::timeout(Duration::from_secs(2), reached).await.is_err()
+                || connection.is_finished()
+            {
+                break;
+            }
+            for mut send in sent {
+                send.send_reset(::h2::Reason::CANCEL);
+            }
+        }
+        let err = tokio::time::timeout(Duration::from_secs(5), connection)
+            .await
+            .expect("the connection ends")
+            .unwrap()
+            .expect_err("a GOAWAY");
+        assert_eq!(err.reason(), Some(::h2::Reason::ENHANCE_YOUR_CALM), "{err}");
+        let reached = seen.load(Ordering::Relaxed);
+        let text = forwarder.metrics.text();
+        // Cut as its 500th stream is judged: the streams of the batch that tips it may be
+        // dropped before they reach the backend, and none after it reach it.
+        assert!((300..=600).contains(&reached), "{reached} requests reached the backend: {text}");
+        let cut = "http_cut_connections_total{listener=\"l\",reason=\"rapid_reset\"} 1";
+        assert!(text.lines().any(|l| l == cut), "{text}");
     }
 }
