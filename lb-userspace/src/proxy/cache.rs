@@ -17,6 +17,8 @@ use tokio::sync::OnceCell;
 
 use crate::config::{CacheConfig, Config};
 
+pub mod conditional;
+
 /// A stored answer.
 #[derive(Clone)]
 pub struct Cached {

@@ -1,7 +1,8 @@
 //! Caching: a cache route's GET/HEAD is answered from the store when fresh; concurrent misses of
-//! one key make one upstream request (picked with the request's own headers, so hashing holds)
-//! whose answer every waiter gets. An answer larger than `max_object_bytes` streams through
-//! uncached; a timeout is 504, any other failure 502.
+//! one key make one upstream request (picked with the request's own headers, so hashing holds,
+//! and without its conditions, so it asks for the whole answer) whose answer every waiter gets,
+//! each waiter's `If-None-Match` or `If-Modified-Since` judged against it (304). An answer larger
+//! than `max_object_bytes` streams through uncached; a timeout is 504, any other failure 502.
 use std::{
     net::IpAddr,
     pin::Pin,
@@ -23,7 +24,7 @@ use crate::{
     config::CacheConfig,
     proxy::{
         body::{self, Body},
-        cache::{self, CacheStore, Fill},
+        cache::{self, CacheStore, Fill, conditional},
         metrics::{Label, ProxyMetrics},
         phase::{
             Refusal,
@@ -36,11 +37,12 @@ use crate::{
 };
 
 /// The route's cache settings when this request may be answered from the cache: a GET or HEAD
-/// without credentials on a cache route.
+/// on a cache route without credentials, a range or a precondition (`conditional::PASSED_BY`).
 pub fn applies<'a>(route: &'a CompiledRoute, parts: &Parts) -> Option<&'a CacheConfig> {
     let config = route.cache.as_ref()?;
     let plain = matches!(parts.method, hyper::Method::GET | hyper::Method::HEAD)
-        && !parts.headers.contains_key(header::AUTHORIZATION);
+        && !parts.headers.contains_key(header::AUTHORIZATION)
+        && conditional::cacheable_request(&parts.headers);
     plain.then_some(config)
 }
 
@@ -132,11 +134,15 @@ async fn fetch(upstreams: &Upstreams, request: &CacheRequest<'_>) -> Fetched {
     };
     let in_flight = InFlight::start(&upstream);
     let deadline = tokio::time::Instant::now() + route.timeout;
+    let mut fields = parts.headers.clone();
+    for name in &conditional::JUDGED_HERE {
+        fields.remove(name);
+    }
     let sent = upstreams.send(
         pool.protocol,
         &upstream,
         parts,
-        parts.headers.clone(),
+        fields,
         request.forwarding,
         request.host,
         body::empty(),
@@ -177,6 +183,17 @@ async fn fetch(upstreams: &Upstreams, request: &CacheRequest<'_>) -> Fetched {
     Fetched::Whole(head.status, head.headers, read.freeze(), ttl)
 }
 
+/// A stored (or just fetched) answer to this request: 304 when it is a 200 the request's
+/// condition holds for.
+fn answered(answer: &cache::Cached, parts: &Parts, x_cache: &'static str) -> Cached {
+    let response =
+        match answer.status == StatusCode::OK && conditional::not_modified(&parts.headers, &answer.headers) {
+            true => respond::not_modified(answer, x_cache),
+            false => respond::cached(answer, x_cache),
+        };
+    Cached { response, reason: None }
+}
+
 fn failed(route: &CompiledRoute, status: StatusCode) -> Cached {
     let reason = match status {
         StatusCode::GATEWAY_TIMEOUT => "upstream timed out",
@@ -196,7 +213,7 @@ pub async fn serve(
     let (route, config, parts) = (request.route, request.config, request.parts);
     let key = store.key(&route.name, config, &parts.method, request.host, request.target(), &parts.headers);
     let cell = match store.lookup(&route.name, config, &key) {
-        Ok(hit) => return Cached { response: respond::cached(&hit, "HIT"), reason: None },
+        Ok(hit) => return answered(&hit, parts, "HIT"),
         Err(cell) => cell,
     };
     let mut mine = None;
@@ -237,19 +254,171 @@ pub async fn serve(
         .await
         .clone();
     match fill {
-        Fill::Answer(answer) => Cached { response: respond::cached(&answer, "MISS"), reason: None },
+        Fill::Answer(answer) => answered(&answer, parts, "MISS"),
         Fill::Failed(status) => failed(route, status),
         Fill::Uncached => match mine {
             Some(response) => Cached { response, reason: None },
             // Waited on a fill too big to share: this request fetches its own.
             None => match fetch(upstreams, request).await {
                 Fetched::Whole(status, headers, body, _) => {
-                    let answer = cache::Cached::now(status, headers, body);
-                    Cached { response: respond::cached(&answer, "MISS"), reason: None }
+                    answered(&cache::Cached::now(status, headers, body), parts, "MISS")
                 }
                 Fetched::TooBig(response) => Cached { response, reason: None },
                 Fetched::Failed(status) => failed(route, status),
             },
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        path::Path,
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    use hyper::{Request, service::service_fn};
+    use hyper_util::rt::TokioIo;
+
+    use super::*;
+    use crate::{
+        config::Config,
+        proxy::{access_log::ClientConn, test_bed},
+    };
+
+    const LAST_MODIFIED: &str = "Tue, 01 Dec 2026 10:00:00 GMT";
+
+    /// A backend that notes each request's conditions and range, and after 100 ms (so that
+    /// concurrent misses wait on one fill) answers as an origin does: 304 to `If-None-Match:
+    /// "v1"`, 206 to a range, else the whole answer, tagged `"v1"` and storable.
+    async fn origin() -> (u16, Arc<Mutex<Vec<String>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let noted = seen.clone();
+        let address = test_bed::listening(move |stream| {
+            let noted = noted.clone();
+            async move {
+                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let noted = noted.clone();
+                    async move {
+                        let field = |name| request.headers().get(name).map_or("-", |v| v.to_str().unwrap());
+                        let (inm, range) = (field(header::IF_NONE_MATCH), field(header::RANGE));
+                        noted
+                            .lock()
+                            .unwrap()
+                            .push(format!("{} inm={inm} range={range}", request.uri().path()));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let (status, body) = match (inm, range) {
+                            ("\"v1\"", _) => (304, ""),
+                            (_, "bytes=0-3") => (206, "whol"),
+                            _ => (200, "the whole answer"),
+                        };
+                        let answer = Response::builder()
+                            .status(status)
+                            .header(header::ETAG, "\"v1\"")
+                            .header(header::LAST_MODIFIED, LAST_MODIFIED)
+                            .header(header::CACHE_CONTROL, "max-age=60")
+                            .header(header::CONTENT_TYPE, "text/plain")
+                            .body(http_body_util::Full::new(Bytes::from(body)))
+                            .unwrap();
+                        Ok::<_, hyper::Error>(answer)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            }
+        })
+        .await;
+        (address.port(), seen)
+    }
+
+    /// A request to the cache route through the whole pipeline: its status, fields and body.
+    struct Client {
+        forwarder: Arc<crate::proxy::pipeline::Forwarder>,
+        snapshot: Arc<crate::proxy::routes::Snapshot>,
+        listener: Arc<crate::config::Listener>,
+        _ejections: tokio::sync::mpsc::UnboundedReceiver<crate::state::Command>,
+    }
+
+    impl Client {
+        fn new(port: u16) -> Client {
+            let text = format!(
+                "[dataplane]\ninterface = \"lo\"\n[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\n\
+                 [[pool]]\nname = \"p\"\nport = {port}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
+                 [[route]]\nlistener = \"l\"\npool = \"p\"\ncache = {{ max_entries = 10 }}\n"
+            );
+            let config = Config::parse(Path::new("t.toml"), &text).unwrap();
+            let listener = Arc::new(config.listeners[0].clone());
+            let (snapshot, forwarder, _ejections) = test_bed::forwarding(config);
+            Client { forwarder, snapshot: snapshot.load_full(), listener, _ejections }
+        }
+
+        async fn get(&self, path: &str, fields: &[(&str, &str)]) -> (u16, HeaderMap, String) {
+            let mut request = Request::get(path).header(header::HOST, "a.test");
+            for (name, value) in fields {
+                request = request.header(*name, *value);
+            }
+            let conn = Arc::new(ClientConn {
+                address: "192.0.2.1:4000".parse().unwrap(),
+                tls_version: None,
+                sni: None,
+            });
+            let handled = self
+                .forwarder
+                .clone()
+                .handle(
+                    request.body(body::empty()).unwrap(),
+                    self.snapshot.clone(),
+                    self.listener.clone(),
+                    conn,
+                )
+                .await;
+            let (head, body) = handled.response.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            (head.status.as_u16(), head.headers, String::from_utf8(body.to_vec()).unwrap())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fill_asks_for_the_whole_answer_and_each_waiter_gets_what_it_asked_for() {
+        let (port, seen) = origin().await;
+        let client = Client::new(port);
+        // A client revalidating its copy and one that holds nothing miss together: one fill,
+        // made without the condition; the first gets 304, the second the whole answer.
+        let holds = client.get("/page", &[("if-none-match", "\"v1\"")]);
+        let fresh = client.get("/page", &[]);
+        let (holds, fresh) = tokio::join!(holds, fresh);
+        assert_eq!(seen.lock().unwrap().as_slice(), ["/page inm=- range=-"]);
+        assert_eq!((holds.0, holds.2.as_str()), (304, ""));
+        assert_eq!(holds.1[header::ETAG], "\"v1\"");
+        assert_eq!(holds.1[header::CACHE_CONTROL], "max-age=60");
+        assert!(!holds.1.contains_key(header::CONTENT_TYPE), "{:?}", holds.1);
+        assert_eq!((fresh.0, fresh.2.as_str()), (200, "the whole answer"));
+        // Stored: conditions are judged against it, without the backend.
+        let hit = |fields: &'static [(&'static str, &'static str)]| client.get("/page", fields);
+        assert_eq!(hit(&[("if-none-match", "W/\"v1\"")]).await.0, 304);
+        assert_eq!(hit(&[("if-none-match", "\"v0\", \"v1\"")]).await.0, 304);
+        assert_eq!(hit(&[("if-none-match", "\"v2\"")]).await.0, 200);
+        assert_eq!(hit(&[("if-modified-since", LAST_MODIFIED)]).await.0, 304);
+        assert_eq!(hit(&[("if-modified-since", "Mon, 30 Nov 2026 10:00:00 GMT")]).await.0, 200);
+        let (status, fields, body) = hit(&[]).await;
+        assert_eq!((status, body.as_str()), (200, "the whole answer"));
+        assert_eq!(fields["x-cache"], "HIT");
+        assert_eq!(seen.lock().unwrap().len(), 1, "{:?}", seen.lock().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_range_passes_the_cache_by_and_does_not_reach_other_clients() {
+        let (port, seen) = origin().await;
+        let client = Client::new(port);
+        let part = client.get("/video", &[("range", "bytes=0-3")]);
+        let whole = client.get("/video", &[]);
+        let (part, whole) = tokio::join!(part, whole);
+        assert_eq!((part.0, part.2.as_str()), (206, "whol"));
+        assert_eq!((whole.0, whole.2.as_str()), (200, "the whole answer"));
+        let mut seen = seen.lock().unwrap().clone();
+        seen.sort();
+        assert_eq!(seen, ["/video inm=- range=-", "/video inm=- range=bytes=0-3"]);
     }
 }

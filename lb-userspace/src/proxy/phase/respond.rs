@@ -41,6 +41,31 @@ pub fn fallback_or(fallback_config: Option<&Fallback>, status: StatusCode, reaso
     }
 }
 
+/// The fields a 304 carries from the answer it stands for (RFC 9110 §15.4.5, and Last-Modified).
+static NOT_MODIFIED_FIELDS: [header::HeaderName; 7] = [
+    header::CACHE_CONTROL,
+    header::CONTENT_LOCATION,
+    header::DATE,
+    header::ETAG,
+    header::EXPIRES,
+    header::LAST_MODIFIED,
+    header::VARY,
+];
+
+/// 304 Not Modified for a cached answer the client holds, marked `X-Cache: HIT|MISS`.
+pub fn not_modified(answer: &Cached, x_cache: &'static str) -> Response<Body> {
+    let mut response = Response::new(crate::proxy::body::empty());
+    *response.status_mut() = StatusCode::NOT_MODIFIED;
+    let headers = response.headers_mut();
+    for name in &NOT_MODIFIED_FIELDS {
+        for value in answer.headers.get_all(name) {
+            headers.append(name, value.clone());
+        }
+    }
+    headers.insert("x-cache", HeaderValue::from_static(x_cache));
+    response
+}
+
 /// A response from a cached (or just fetched) answer, marked `X-Cache: HIT|MISS`.
 pub fn cached(answer: &Cached, x_cache: &'static str) -> Response<Body> {
     let mut response = Response::new(full(answer.body.clone()));
