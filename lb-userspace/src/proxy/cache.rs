@@ -26,16 +26,25 @@ pub struct Cached {
     pub headers: HeaderMap,
     pub body: Bytes,
     expires: Instant,
+    /// When it was stored, and its age then (its `Age` field: another cache's time): what its
+    /// `Age` says when served (RFC 9111 §4: a stored answer says how long it has been held).
+    /// None: not stored.
+    stored: Option<(Instant, u64)>,
 }
 
 impl Cached {
     /// An answer that is not stored (served once to the requests that waited for it).
     pub fn now(status: StatusCode, headers: HeaderMap, body: Bytes) -> Cached {
-        Cached { status, headers, body, expires: Instant::now() }
+        Cached { status, headers, body, expires: Instant::now(), stored: None }
     }
 
     pub fn fresh(&self) -> bool {
         Instant::now() < self.expires
+    }
+
+    /// Its age in seconds, if it was stored.
+    pub fn age(&self) -> Option<u64> {
+        self.stored.map(|(at, then)| then.saturating_add(at.elapsed().as_secs()))
     }
 }
 
@@ -258,7 +267,10 @@ impl CacheStore {
             }
             let full_key = vary_key(&base, &vary, request_headers);
             c.vary.put(base, vary);
-            let entry = Cached { status, headers, body, expires: Instant::now() + ttl };
+            let then =
+                headers.get(header::AGE).and_then(|v| v.to_str().ok()?.trim().parse().ok()).unwrap_or(0);
+            let now = Instant::now();
+            let entry = Cached { status, headers, body, expires: now + ttl, stored: Some((now, then)) };
             c.bytes += entry.body.len();
             if let Some((_, old)) = c.entries.push(full_key, entry.clone()) {
                 c.bytes -= old.body.len();
@@ -411,6 +423,21 @@ mod tests {
     /// Requests that differ in what an answer varies on never share its key: two fields
     /// against one, a byte above ASCII, an empty value or none; nor does an entry stored when
     /// answers varied on one field match a request once they vary on another.
+    #[test]
+    fn a_stored_answer_is_as_old_as_its_age_then_and_its_time_held() {
+        let store = CacheStore::default();
+        let config = CacheConfig { max_entries: 100, max_bytes: 1000, max_object_bytes: 100 };
+        let request = (&Method::GET, "h", "/p");
+        let answer = |age: &str| {
+            Some((StatusCode::OK, headers(&[(header::AGE, age)]), Bytes::new(), Duration::from_secs(60)))
+        };
+        let stored = store.finish("r", &config, &HeaderMap::new(), request, answer("50"), "k").unwrap();
+        assert!((50..52).contains(&stored.age().unwrap()), "{:?}", stored.age());
+        let stored = store.finish("r", &config, &HeaderMap::new(), request, answer("soon"), "k").unwrap();
+        assert!(stored.age().unwrap() < 2, "an Age that is not a number counts as 0");
+        assert_eq!(Cached::now(StatusCode::OK, HeaderMap::new(), Bytes::new()).age(), None, "not stored");
+    }
+
     #[test]
     fn requests_that_differ_in_a_varied_field_never_share_a_key() {
         let store = CacheStore::default();

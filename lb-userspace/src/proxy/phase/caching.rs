@@ -405,6 +405,8 @@ mod tests {
         let (status, fields, body) = hit(&[]).await;
         assert_eq!((status, body.as_str()), (200, "the whole answer"));
         assert_eq!(fields["x-cache"], "HIT");
+        let age: u64 = fields[header::AGE].to_str().unwrap().parse().unwrap();
+        assert!(age < 5, "held {age} s");
         assert_eq!(seen.lock().unwrap().len(), 1, "{:?}", seen.lock().unwrap());
     }
 

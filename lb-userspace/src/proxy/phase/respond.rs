@@ -62,15 +62,24 @@ pub fn not_modified(answer: &Cached, x_cache: &'static str) -> Response<Body> {
             headers.append(name, value.clone());
         }
     }
+    aged(answer, headers);
     headers.insert("x-cache", HeaderValue::from_static(x_cache));
     response
 }
 
-/// A response from a cached (or just fetched) answer, marked `X-Cache: HIT|MISS`.
+/// A response from a cached (or just fetched) answer, marked `X-Cache: HIT|MISS`, with its
+/// `Age` if it was stored.
 pub fn cached(answer: &Cached, x_cache: &'static str) -> Response<Body> {
     let mut response = Response::new(full(answer.body.clone()));
     *response.status_mut() = answer.status;
     *response.headers_mut() = answer.headers.clone();
+    aged(answer, response.headers_mut());
     response.headers_mut().insert("x-cache", HeaderValue::from_static(x_cache));
     response
+}
+
+fn aged(answer: &Cached, headers: &mut hyper::HeaderMap) {
+    if let Some(age) = answer.age() {
+        headers.insert(header::AGE, HeaderValue::from(age));
+    }
 }
