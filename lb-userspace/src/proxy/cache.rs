@@ -131,8 +131,11 @@ fn capacity(config: &CacheConfig) -> NonZeroUsize {
 /// What the requests waiting on one miss get.
 #[derive(Clone)]
 pub enum Fill {
-    /// The answer (stored, or served once to the waiters).
-    Answer(Cached),
+    /// The answer (stored, or served once to the waiters), and its key for the request that
+    /// fetched it (`answer_key`): a waiter whose own key differs (it differs in a field the
+    /// answer Varies on, which the key it waited on could not hold before the answer said so)
+    /// fetches its own.
+    Answer(Cached, Option<String>),
     /// The upstream failed: every waiter answers with this status (502, 504).
     Failed(StatusCode),
     /// Too big to share: every waiter makes its own upstream request.
@@ -178,6 +181,25 @@ pub fn lifetime(
 
 fn base_key(method: &Method, host: &str, path: &str) -> String {
     format!("{method} {host}{path}")
+}
+
+/// The header names an answer Varies on; None when it cannot be keyed on them (`Vary: *`, or a
+/// `Vary` that is not text: stored, such an answer would be served whatever the request).
+fn varies_on(answer: &HeaderMap) -> Option<Vec<String>> {
+    let vary = super::header_tokens(answer, header::VARY);
+    let unreadable = answer.get_all(header::VARY).iter().any(|v| v.to_str().is_err());
+    (!unreadable && !vary.iter().any(|v| v == "*")).then_some(vary)
+}
+
+/// A request's key for an answer with the fields `answer` (`vary_key`); None when the answer
+/// cannot be keyed (`varies_on`). Two requests may share the answer only if both are Some and
+/// equal.
+pub fn answer_key(
+    (method, host, path): (&Method, &str, &str),
+    answer: &HeaderMap,
+    request: &HeaderMap,
+) -> Option<String> {
+    Some(vary_key(&base_key(method, host, path), &varies_on(answer)?, request))
 }
 
 /// A request's key for an answer that varies on `names`: the base key, then each name with the
@@ -258,13 +280,7 @@ impl CacheStore {
                 return None;
             }
             let base = base_key(method, host, path);
-            let vary = super::header_tokens(&headers, header::VARY);
-            // A Vary that cannot be read as names cannot be keyed on: stored, the answer would
-            // be served whatever the request, as `*` would.
-            let unreadable = headers.get_all(header::VARY).iter().any(|v| v.to_str().is_err());
-            if unreadable || vary.iter().any(|v| v == "*") {
-                return None;
-            }
+            let vary = varies_on(&headers)?;
             let full_key = vary_key(&base, &vary, request_headers);
             c.vary.put(base, vary);
             let then =

@@ -1,7 +1,8 @@
 //! Caching: a cache route's GET/HEAD is answered from the store when fresh; concurrent misses of
 //! one key make one upstream request (picked with the request's own headers, so hashing holds,
-//! and without its conditions, so it asks for the whole answer) whose answer every waiter gets,
-//! each waiter's `If-None-Match` or `If-Modified-Since` judged against it (304). An answer larger
+//! and without its conditions, so it asks for the whole answer) whose answer every waiter gets
+//! that does not differ in a field it Varies on, each waiter's `If-None-Match` or
+//! `If-Modified-Since` judged against it (304). An answer larger
 //! than `max_object_bytes` streams through uncached; a timeout is 504, any other failure 502.
 use std::{
     net::IpAddr,
@@ -221,8 +222,10 @@ pub async fn serve(
         Err(cell) => cell,
     };
     let mut mine = None;
+    let mut filled = false;
     let fill = cell
         .get_or_init(|| async {
+            filled = true;
             let fetched = fetch(upstreams, request).await;
             // Upstream fills are counted apart (route NAME:fill): coalescing shows there.
             let status = match &fetched {
@@ -242,7 +245,8 @@ pub async fn serve(
                 Fetched::Whole(status, headers, body, ttl) => {
                     let answer = ttl.map(|ttl| (status, headers.clone(), body.clone(), ttl));
                     let stored = store.finish(&route.name, config, &parts.headers, described, answer, &key);
-                    Fill::Answer(stored.unwrap_or_else(|| cache::Cached::now(status, headers, body)))
+                    let its_key = cache::answer_key(described, &headers, &parts.headers);
+                    Fill::Answer(stored.unwrap_or_else(|| cache::Cached::now(status, headers, body)), its_key)
                 }
                 Fetched::TooBig(response) => {
                     store.finish(&route.name, config, &parts.headers, described, None, &key);
@@ -257,19 +261,25 @@ pub async fn serve(
         })
         .await
         .clone();
-    match fill {
-        Fill::Answer(answer) => answered(&answer, parts, "MISS"),
-        Fill::Failed(status) => failed(route, status),
-        Fill::Uncached => match mine {
-            Some(response) => Cached { response, reason: None },
-            // Waited on a fill too big to share: this request fetches its own.
-            None => match fetch(upstreams, request).await {
-                Fetched::Whole(status, headers, body, _) => {
-                    answered(&cache::Cached::now(status, headers, body), parts, "MISS")
-                }
-                Fetched::TooBig(response) => Cached { response, reason: None },
-                Fetched::Failed(status) => failed(route, status),
-            },
+    let described = (&parts.method, request.host, request.target());
+    match (fill, mine) {
+        (Fill::Answer(answer, its_key), _)
+            if filled
+                || its_key.is_some()
+                    && its_key == cache::answer_key(described, &answer.headers, &parts.headers) =>
+        {
+            answered(&answer, parts, "MISS")
+        }
+        (Fill::Failed(status), _) => failed(route, status),
+        (Fill::Uncached, Some(response)) => Cached { response, reason: None },
+        // Waited on a fill too big to share, or on one whose answer varies on a field in which
+        // this request differs from the one that fetched it: this request fetches its own.
+        (Fill::Answer(..) | Fill::Uncached, _) => match fetch(upstreams, request).await {
+            Fetched::Whole(status, headers, body, _) => {
+                answered(&cache::Cached::now(status, headers, body), parts, "MISS")
+            }
+            Fetched::TooBig(response) => Cached { response, reason: None },
+            Fetched::Failed(status) => failed(route, status),
         },
     }
 }
@@ -312,12 +322,17 @@ mod tests {
                             .unwrap()
                             .push(format!("{} inm={inm} range={range}", request.uri().path()));
                         tokio::time::sleep(Duration::from_millis(100)).await;
-                        let (status, body) = match (inm, range) {
-                            ("\"v1\"", _) => (304, ""),
-                            (_, "bytes=0-3") => (206, "whol"),
+                        let language = field(header::ACCEPT_LANGUAGE);
+                        let (status, body) = match (inm, range, language) {
+                            ("\"v1\"", _, _) => (304, ""),
+                            (_, "bytes=0-3", _) => (206, "whol"),
+                            (_, _, "fr") => (200, "la réponse entière"),
                             _ => (200, "the whole answer"),
                         };
+                        let vary =
+                            if request.uri().path() == "/greeting" { "accept-language" } else { "accept" };
                         let answer = Response::builder()
+                            .header(header::VARY, vary)
                             .status(status)
                             .header(header::ETAG, "\"v1\"")
                             .header(header::LAST_MODIFIED, LAST_MODIFIED)
@@ -441,5 +456,26 @@ mod tests {
         let mut seen = seen.lock().unwrap().clone();
         seen.sort();
         assert_eq!(seen, ["/video inm=- range=-", "/video inm=- range=bytes=0-3"]);
+    }
+
+    #[tokio::test]
+    async fn clients_that_differ_in_a_varied_field_never_share_a_fill() {
+        let (port, seen) = origin().await;
+        let client = Client::new(port);
+        // Cold: nothing says yet that the answers vary, so both wait on one key; the answer
+        // then says it varies on the language, in which they differ.
+        let english = client.get("/greeting", &[("accept-language", "en")]);
+        let french = client.get("/greeting", &[("accept-language", "fr")]);
+        let (english, french) = tokio::join!(english, french);
+        assert_eq!((english.0, english.2.as_str()), (200, "the whole answer"));
+        assert_eq!((french.0, french.2.as_str()), (200, "la réponse entière"));
+        assert_eq!(seen.lock().unwrap().len(), 2, "{:?}", seen.lock().unwrap());
+        // Clients that agree on it share one.
+        let (one, two) = tokio::join!(
+            client.get("/greeting", &[("accept-language", "de")]),
+            client.get("/greeting", &[("accept-language", "de")])
+        );
+        assert_eq!((one.2.as_str(), two.2.as_str()), ("the whole answer", "the whole answer"));
+        assert_eq!(seen.lock().unwrap().len(), 3, "{:?}", seen.lock().unwrap());
     }
 }
