@@ -11,10 +11,10 @@ use hyper::{
     header::{self, HeaderName, HeaderValue},
 };
 
-/// Requests with these fields pass the cache by (their answers depend on more than the stored
-/// answer: a part of it, or a precondition the origin judges, 206 or 412).
-pub static PASSED_BY: [HeaderName; 4] =
-    [header::RANGE, header::IF_RANGE, header::IF_MATCH, header::IF_UNMODIFIED_SINCE];
+/// Requests with these fields pass the cache by: their answers are one client's (a part of the
+/// stored answer, a precondition the origin judges, a protocol switch: 206, 412, 101).
+pub static PASSED_BY: [HeaderName; 5] =
+    [header::RANGE, header::IF_RANGE, header::IF_MATCH, header::IF_UNMODIFIED_SINCE, header::UPGRADE];
 
 /// The conditions judged here, left out of a fill's request.
 pub static JUDGED_HERE: [HeaderName; 2] = [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE];
@@ -124,7 +124,7 @@ mod tests {
     #[test]
     fn ranges_and_preconditions_pass_the_cache_by() {
         assert!(cacheable_request(&fields(&[("if-none-match", "\"v1\""), ("accept", "*/*")])));
-        for name in ["range", "if-range", "if-match", "if-unmodified-since"] {
+        for name in ["range", "if-range", "if-match", "if-unmodified-since", "upgrade"] {
             assert!(!cacheable_request(&fields(&[(name, "x")])), "{name}");
         }
     }

@@ -324,6 +324,7 @@ mod tests {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         let language = field(header::ACCEPT_LANGUAGE);
                         let (status, body) = match (inm, range, language) {
+                            _ if request.headers().contains_key(header::UPGRADE) => (101, ""),
                             ("\"v1\"", _, _) => (304, ""),
                             (_, "bytes=0-3", _) => (206, "whol"),
                             (_, _, "fr") => (200, "la réponse entière"),
@@ -456,6 +457,18 @@ mod tests {
         let mut seen = seen.lock().unwrap().clone();
         seen.sort();
         assert_eq!(seen, ["/video inm=- range=-", "/video inm=- range=bytes=0-3"]);
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_passes_the_cache_by_and_does_not_reach_other_clients() {
+        let (port, seen) = origin().await;
+        let client = Client::new(port);
+        let upgrade = [("connection", "upgrade"), ("upgrade", "websocket")];
+        let (switched, plain) = tokio::join!(client.get("/socket", &upgrade), client.get("/socket", &[]));
+        assert_eq!(switched.0, 101);
+        assert!(!switched.1.contains_key("x-cache"), "{:?}", switched.1);
+        assert_eq!((plain.0, plain.2.as_str()), (200, "the whole answer"));
+        assert_eq!(seen.lock().unwrap().len(), 2, "{:?}", seen.lock().unwrap());
     }
 
     #[tokio::test]
