@@ -33,6 +33,7 @@ use crate::{
     config::Listener,
     proxy::{
         body::{self, Body},
+        clock,
         date::date,
         phase::headers,
         turn::Turn,
@@ -50,11 +51,13 @@ const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// Rapid reset (CVE-2023-44487): a client that opens streams and resets each before its
 /// answer sets backends working on requests nobody waits for, unbounded by MAX_STREAMS (a
 /// reset stream no longer counts). Once a connection has opened this many streams, it is cut
-/// (GOAWAY ENHANCE_YOUR_CALM) if more than half were reset before their answer, as Envoy does
-/// with its premature resets. h2 itself cuts a connection whose streams are reset before they
+/// (GOAWAY ENHANCE_YOUR_CALM) if more than half were reset before their answer and within
+/// EARLY_RESET_MS of their start, as Envoy does with its premature resets. h2 itself cuts a connection whose streams are reset before they
 /// are accepted (MAX_PENDING_ACCEPT_RESETS), but a client that waits for the accept passes that
 /// check.
 const RESETS_JUDGED_AFTER: u32 = 500;
+/// A reset this soon after a stream began counts as early (a long poll given up later does not).
+const EARLY_RESET_MS: u64 = 1000;
 /// The largest last chunk of an answer's body handed to h2 before the stream has window for
 /// it (smaller answers skip the wait; h2 holds the bytes until it may send them).
 const SMALL_LAST_CHUNK: usize = 4 * 1024;
@@ -153,8 +156,8 @@ impl Resets {
     }
 }
 
-/// How a stream ended: answered (or failed on the proxy's side), or reset by the client
-/// before its answer's head.
+/// How a stream ended: answered (or failed on the proxy's side, or given up by the client
+/// late), or reset by the client before its answer's head and within EARLY_RESET_MS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Answered {
     Yes,
@@ -379,13 +382,17 @@ where
     B::Error: std::fmt::Display,
 {
     let mut answer = std::pin::pin!(answer);
+    let started_ms = clock::coarse_ms();
     let response = poll_fn(|cx| {
         if let Poll::Ready(response) = answer.as_mut().poll(cx) {
             return Poll::Ready(Ok(response));
         }
         // Not ready: a RST_STREAM from the client cancels the request.
         match respond.poll_reset(cx) {
-            Poll::Ready(Ok(_)) => Poll::Ready(Err(Answered::ResetEarly)),
+            Poll::Ready(Ok(_)) if clock::coarse_ms().saturating_sub(started_ms) < EARLY_RESET_MS => {
+                Poll::Ready(Err(Answered::ResetEarly))
+            }
+            Poll::Ready(Ok(_)) => Poll::Ready(Err(Answered::Yes)),
             // The connection failed: it ends, whatever is counted.
             Poll::Ready(Err(_)) => Poll::Ready(Err(Answered::Yes)),
             Poll::Pending => Poll::Pending,
@@ -719,16 +726,22 @@ mod tests {
         crate::config::Config::parse(std::path::Path::new("t.toml"), text).unwrap().listeners[0].clone()
     }
 
-    /// Opens `batch` streams, waits until the server has taken them all up (so h2's own check of
-    /// streams reset before that does not apply), then resets those `reset` picks before their
-    /// answers; false once the connection refuses new streams.
+    /// Opens a stream to each of `paths`, waits until the server has taken them all up (so h2's
+    /// own check of streams reset before that does not apply) and `held` more, then resets those
+    /// not to `/now` before their answers; false once the connection refuses new streams.
     async fn opened_then_reset(
         client: &mut h2::client::SendRequest<Bytes>,
         accepted: &std::sync::atomic::AtomicUsize,
         paths: impl Iterator<Item = &'static str>,
+        held: Duration,
     ) -> bool {
         let mut sent = Vec::new();
         for path in paths {
+            // Ready: under the server's limit on streams (the streams just reset have left it).
+            match tokio::time::timeout(Duration::from_secs(2), client.clone().ready()).await {
+                Ok(Ok(ready)) => *client = ready,
+                _ => return false,
+            }
             let request = Request::get(format!("http://test{path}")).body(()).unwrap();
             match client.send_request(request, true) {
                 Ok((response, send)) => sent.push((path, response, send)),
@@ -744,6 +757,7 @@ mod tests {
         if tokio::time::timeout(Duration::from_secs(2), taken_up).await.is_err() {
             return false;
         }
+        tokio::time::sleep(held).await;
         for (path, response, mut send) in sent {
             match path {
                 "/now" => assert_eq!(response.await.expect("an answer").status(), 200),
@@ -761,9 +775,8 @@ mod tests {
         let (mut client, connection) = h2::client::handshake(client_io).await.unwrap();
         let connection = tokio::spawn(connection);
         let mut batches = 0;
-        while batches < 20
-            && opened_then_reset(&mut client, &accepted, std::iter::repeat_n("/never", 100)).await
-        {
+        let never = || std::iter::repeat_n("/never", 100);
+        while batches < 20 && opened_then_reset(&mut client, &accepted, never(), Duration::ZERO).await {
             batches += 1;
         }
         let ended = tokio::time::timeout(Duration::from_secs(5), server).await.expect("the connection ends");
@@ -788,8 +801,29 @@ mod tests {
         // 2,000 streams, 45% of them reset before their answers (a browser leaving pages).
         let paths = || (0..100).map(|i| if i < 45 { "/never" } else { "/now" });
         for batch in 0..20 {
-            assert!(opened_then_reset(&mut client, &accepted, paths()).await, "cut at batch {batch}");
+            assert!(
+                opened_then_reset(&mut client, &accepted, paths(), Duration::ZERO).await,
+                "cut at batch {batch}"
+            );
         }
+        assert!(!server.is_finished());
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_client_that_gives_up_long_waits_keeps_its_connection() {
+        let (client_io, server_io) = tokio::io::duplex(1024 * 1024);
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let server = counting(server_io, accepted.clone());
+        let (mut client, connection) = h2::client::handshake(client_io).await.unwrap();
+        tokio::spawn(connection);
+        // 600 streams, every one reset before its answer, but each after EARLY_RESET_MS.
+        let held = Duration::from_millis(EARLY_RESET_MS + 100);
+        for batch in 0..3 {
+            let never = std::iter::repeat_n("/never", 200);
+            assert!(opened_then_reset(&mut client, &accepted, never, held).await, "cut at batch {batch}");
+        }
+        assert!(opened_then_reset(&mut client, &accepted, std::iter::once("/now"), Duration::ZERO).await);
         assert!(!server.is_finished());
         server.abort();
     }
