@@ -52,9 +52,9 @@ const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// answer sets backends working on requests nobody waits for, unbounded by MAX_STREAMS (a
 /// reset stream no longer counts). Once a connection has opened this many streams, it is cut
 /// (GOAWAY ENHANCE_YOUR_CALM) if more than half were reset before their answer and within
-/// EARLY_RESET_MS of their start, as Envoy does with its premature resets. h2 itself cuts a connection whose streams are reset before they
-/// are accepted (MAX_PENDING_ACCEPT_RESETS), but a client that waits for the accept passes that
-/// check.
+/// EARLY_RESET_MS of their start, as Envoy does with its premature resets. h2 itself cuts a
+/// connection whose streams are reset before they are accepted (MAX_PENDING_ACCEPT_RESETS), but
+/// a client that waits for the accept passes that check.
 const RESETS_JUDGED_AFTER: u32 = 500;
 /// A reset this soon after a stream began counts as early (a long poll given up later does not).
 const EARLY_RESET_MS: u64 = 1000;
@@ -274,10 +274,12 @@ where
     /// How the connection ends on `err`: a client whose input ended and who then takes no more
     /// bytes has closed altogether, an end like the one h2 makes of its input's end.
     fn gone(&self, err: h2::Error) -> Result<Ended, h2::Error> {
-        match () {
-            _ if self.resets.cut => Ok(Ended::CutForResets),
-            _ if self.seen.input_ended.load(Ordering::Relaxed) && err.is_io() => Ok(Ended::Done),
-            _ => Err(err),
+        if self.resets.cut {
+            Ok(Ended::CutForResets)
+        } else if self.seen.input_ended.load(Ordering::Relaxed) && err.is_io() {
+            Ok(Ended::Done)
+        } else {
+            Err(err)
         }
     }
 
