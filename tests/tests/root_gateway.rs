@@ -3,7 +3,7 @@
 //! fallback answers.
 use std::{collections::BTreeMap, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use sluice_tests::{
     netns::Topology,
     servers::{Lbd, Nginx, TempDir, wait_for},
@@ -587,6 +587,50 @@ fn root_gateway_response_cache() -> Result<()> {
     };
     assert_eq!(get(&bed)?, (200, "miss".into(), "backend1 cached".into()));
     assert_eq!(get(&bed)?, (200, "hit".into(), "backend1 cached".into()));
+
+    // Each client's conditions are judged against the stored answer; a range passes the cache by.
+    /// Status, fields (names lowercased), body bytes.
+    type Answer = (u16, Vec<(String, String)>, u64);
+    let big = |extra: &[&str]| -> Result<Answer> {
+        let url = format!("http://{VIP}/big");
+        let mut args =
+            vec!["-sS", "-D", "-", "-o", "/dev/null", "-w", "%{size_download}", "-H", "Host: cache.test"];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        let out = bed.topology.client.run("curl", &args)?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (head, size) = text.rsplit_once("\r\n\r\n").context("no head")?;
+        let code = head.get(9..12).and_then(|c| c.parse().ok()).context("no status")?;
+        let fields = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+            .collect();
+        Ok((code, fields, size.trim().parse()?))
+    };
+    let field = |fields: &[(String, String)], name: &str| {
+        fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default()
+    };
+    let (code, fields, size) = big(&["-r", "0-9"])?;
+    assert_eq!((code, field(&fields, "x-cache"), size), (206, String::new(), 10));
+    let (code, fields, size) = big(&[])?;
+    assert_eq!((code, field(&fields, "x-cache").as_str(), size), (200, "MISS", 65536));
+    let (etag, modified) = (field(&fields, "etag"), field(&fields, "last-modified"));
+    assert!(!etag.is_empty() && !modified.is_empty(), "{fields:?}");
+    let (code, fields, _) = big(&["-H", &format!("If-None-Match: {etag}")])?;
+    assert_eq!((code, field(&fields, "x-cache").as_str()), (304, "HIT"));
+    assert_eq!(field(&fields, "etag"), etag);
+    assert!(!field(&fields, "age").is_empty(), "{fields:?}");
+    assert_eq!(big(&["-H", &format!("If-Modified-Since: {modified}")])?.0, 304);
+    let (code, fields, size) = big(&["-H", "If-None-Match: \"other\""])?;
+    assert_eq!((code, field(&fields, "x-cache").as_str(), size), (200, "HIT", 65536));
+    for x_cache in ["MISS", "HIT"] {
+        let (code, fields, _) = big(&["-I"])?;
+        assert_eq!((code, field(&fields, "x-cache").as_str()), (200, x_cache));
+        assert_eq!(field(&fields, "content-length"), "65536");
+    }
+    assert!(bed.lbd.lbctl(&["cache", "purge", "cached", "/big"])?.contains("purged 2"), "GET and HEAD");
 
     // Concurrent misses make one upstream request.
     assert!(bed.lbd.lbctl(&["cache", "purge", "cached", "/cached"])?.contains("purged 1"));
