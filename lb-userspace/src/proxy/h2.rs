@@ -115,12 +115,38 @@ impl HttpBody for Incoming {
 }
 
 /// A request as the pipeline takes it: a request that ends with its head (most) has an empty
-/// body, which needs no box.
-fn request(request: Request<RecvStream>) -> Request<Body> {
+/// body, which needs no box; its cookies in one field.
+fn request(mut request: Request<RecvStream>) -> Request<Body> {
+    join_cookies(request.headers_mut());
     request.map(|recv| match recv.is_end_stream() {
         true => body::empty(),
         false => Incoming { recv, data_done: false }.boxed(),
     })
+}
+
+/// Joins a request's Cookie fields into one, `; ` between them (RFC 9113 §8.2.3). HTTP/2 lets
+/// a client send each cookie as a field of its own, and browsers do (HPACK then indexes each
+/// apart), but an HTTP/1.1 backend expects one Cookie field (RFC 6265 §5.4) and may read only
+/// the first. nginx, HAProxy and Envoy join them too.
+fn join_cookies(headers: &mut hyper::HeaderMap) {
+    let mut crumbs = headers.get_all(header::COOKIE).iter();
+    if crumbs.next().is_none() || crumbs.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for crumb in headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes) {
+        if crumb.is_empty() {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb);
+    }
+    // Field values joined by `; ` are a field value.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
 }
 
 /// One connection being served: the handshake, then its streams, each served by the future
@@ -607,6 +633,49 @@ mod tests {
             assert_eq!(response.headers().get_all(header::DATE).iter().count(), 1, "{path}");
         }
         drop(client);
+        tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
+    }
+
+    #[test]
+    fn cookie_crumbs_are_joined_into_one_field() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_static("only=1"));
+        join_cookies(&mut headers);
+        assert_eq!(headers.get_all(header::COOKIE).iter().collect::<Vec<_>>(), ["only=1"]);
+        for crumb in ["b=2", "", "c=3; d=4"] {
+            headers.append(header::COOKIE, HeaderValue::from_static(crumb));
+        }
+        join_cookies(&mut headers);
+        assert_eq!(headers.get_all(header::COOKIE).iter().collect::<Vec<_>>(), ["only=1; b=2; c=3; d=4"]);
+    }
+
+    #[tokio::test]
+    async fn a_request_s_cookie_crumbs_reach_the_pipeline_as_one_field() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let server = Served::new(server_io, &Builder::new(), |request: Request<Body>, respond| {
+            let cookies: Vec<_> = request.headers().get_all(header::COOKIE).iter().cloned().collect();
+            let answered = async move {
+                let said = cookies.iter().map(|v| v.to_str().unwrap()).collect::<Vec<_>>().join("|");
+                Response::new(http_body_util::Full::new(Bytes::from(said)))
+            };
+            answer(answered, respond)
+        });
+        let server = tokio::spawn(server);
+        let (mut client, connection) = h2::client::handshake(client_io).await.unwrap();
+        tokio::spawn(connection);
+        let mut request = Request::get("http://test/").body(()).unwrap();
+        for crumb in ["a=1", "b=2"] {
+            request.headers_mut().append(header::COOKIE, HeaderValue::from_static(crumb));
+        }
+        let (response, _) = client.send_request(request, true).unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(5), response).await.unwrap().unwrap();
+        let mut body = response.into_body();
+        let mut said = Vec::new();
+        while let Some(chunk) = body.data().await {
+            said.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(said, b"a=1; b=2");
+        drop((body, client));
         tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
     }
 
