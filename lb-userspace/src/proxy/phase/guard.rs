@@ -1,8 +1,8 @@
-//! Guard: what is refused before routing: plain HTTP on a redirect listener, ambiguous framing
-//! (Content-Length with Transfer-Encoding), more header fields than allowed, CONNECT, a bare
-//! authority as a target and `*` but for OPTIONS, two Host headers, no Host or an invalid one,
-//! a declared body over the limit; and the limit on a body as it streams. Framing errors inside
-//! a body are the engine's (`h1::body`).
+//! Guard: what is refused before routing: what its engine found malformed, plain HTTP on a
+//! redirect listener, ambiguous framing (Content-Length with Transfer-Encoding), more header
+//! fields than allowed, CONNECT, a bare authority as a target and `*` but for OPTIONS, two Host
+//! headers, no Host or an invalid one, a declared body over the limit; and the limit on a body
+//! as it streams. Framing errors inside a body are the engine's (`h1::body`).
 use std::sync::{
     Arc,
     atomic::{AtomicU16, Ordering},
@@ -25,6 +25,11 @@ use crate::{
     },
 };
 
+/// Put in a request's extensions by the engine that read it: the request is malformed in a way
+/// its protocol layer let through (what, for the refusal's reason), and is refused with 400.
+#[derive(Debug, Clone, Copy)]
+pub struct Malformed(pub &'static str);
+
 /// The request head's facts the guard looks at.
 pub struct Head<'a> {
     pub method: &'a Method,
@@ -33,6 +38,7 @@ pub struct Head<'a> {
     pub headers: &'a HeaderMap,
     pub read: &'a Read<'a>,
     pub host: &'a str,
+    pub malformed: Option<Malformed>,
 }
 
 impl<'a> Head<'a> {
@@ -40,7 +46,8 @@ impl<'a> Head<'a> {
     pub fn of<B>(request: &'a Request<B>, read: &'a Read<'a>, host: &'a str) -> Head<'a> {
         let (method, version, uri, headers) =
             (request.method(), request.version(), request.uri(), request.headers());
-        Head { method, version, uri, headers, read, host }
+        let malformed = request.extensions().get::<Malformed>().copied();
+        Head { method, version, uri, headers, read, host, malformed }
     }
 }
 
@@ -123,6 +130,9 @@ pub struct Checked {
 }
 
 pub fn check(head: &Head<'_>, listener: &Listener, tls: bool) -> Result<Checked, Refusal> {
+    if let Some(Malformed(reason)) = head.malformed {
+        return Err(Refusal::new(StatusCode::BAD_REQUEST, reason));
+    }
     if listener.redirect_https && !tls {
         let mut refusal = Refusal::new(StatusCode::MOVED_PERMANENTLY, "moved to https");
         let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -229,7 +239,8 @@ mod tests {
         for (k, v) in headers {
             map.append(header::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
-        let head = Head { method, version, uri, headers: &map, read: &Read::of(&map), host: "a" };
+        let head =
+            Head { method, version, uri, headers: &map, read: &Read::of(&map), host: "a", malformed: None };
         check(&head, &listener(), false)
     }
 
@@ -300,6 +311,18 @@ mod tests {
         let many: Vec<(String, &str)> = (0..150).map(|i| (format!("x-h{i}"), "v")).collect();
         let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         assert_eq!(status(&many), Some(431));
+    }
+
+    #[test]
+    fn a_request_its_engine_found_malformed_is_refused_with_its_reason() {
+        let mut request = Request::get("http://a/").body(()).unwrap();
+        request.extensions_mut().insert(Malformed("a field value begins or ends with whitespace"));
+        let read = Read::of(request.headers());
+        let refusal = check(&Head::of(&request, &read, "a"), &listener(), false).unwrap_err();
+        assert_eq!(refusal.response.status(), 400);
+        assert_eq!(refusal.reason, "a field value begins or ends with whitespace");
+        let plain = Request::get("http://a/").body(()).unwrap();
+        assert!(check(&Head::of(&plain, &read, "a"), &listener(), false).is_ok());
     }
 
     #[tokio::test]
