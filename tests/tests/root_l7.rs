@@ -311,18 +311,24 @@ fn root_l7_http1_http2_routing_and_headers() -> Result<()> {
     assert_eq!(code(&["-X", "POST", "https://example.test/"])?, "404", "route is GET only");
     assert_eq!(code(&["-k", "https://other.test/"])?, "404");
 
-    // Forwarding headers reach the backend; X-Request-Id is kept or made.
-    let echo = bed.curl(&["-H", "x-request-id: abc123", "https://example.test/echo"])?;
-    for part in [
-        "xff=198.18.0.2",
-        "proto=https",
-        "rid=abc123",
-        "via=1.1 sluice",
-        "host=example.test",
-        "fwd=for=198.18.0.2;proto=https;host=example.test",
-    ] {
-        assert!(echo.contains(part), "missing {part}: {echo}");
+    // Forwarding headers reach the backend; X-Request-Id is kept or made. Via says the
+    // protocol the request came in (RFC 9110 §7.6.3).
+    for (version, via) in [("--http1.1", "via=1.1 sluice"), ("--http2", "via=2 sluice")] {
+        let echo = bed.curl(&[version, "-H", "x-request-id: abc123", "https://example.test/echo"])?;
+        for part in [
+            "xff=198.18.0.2",
+            "proto=https",
+            "rid=abc123",
+            via,
+            "host=example.test",
+            "fwd=for=198.18.0.2;proto=https;host=example.test",
+        ] {
+            assert!(echo.contains(part), "{version}: missing {part}: {echo}");
+        }
     }
+    // Forwarded's host is the Host as the client sent it, port and all (RFC 7239 §5.3).
+    let echo = bed.curl(&["-H", "Host: Example.test:8080", &format!("http://{VIP}/echo")])?;
+    assert!(echo.contains("fwd=for=198.18.0.2;proto=http;host=\"Example.test:8080\" rid="), "{echo}");
     // A client's own forwarding fields: its X-Forwarded-For list is extended, its Via replaced
     // (one field each reaches the backend, not the client's and the proxy's).
     let echo = bed.curl(&[
@@ -332,6 +338,7 @@ fn root_l7_http1_http2_routing_and_headers() -> Result<()> {
         "via: 1.0 client",
         "-H",
         "forwarded: for=203.0.113.9",
+        "--http1.1",
         "https://example.test/echo",
     ])?;
     for part in [

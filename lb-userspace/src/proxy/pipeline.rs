@@ -21,6 +21,7 @@ use crate::{
         body::Body,
         cache::CacheStore,
         metrics::{Label, ProxyMetrics},
+        own_fields,
         phase::{
             Refusal, caching, choose, gate, guard, headers, path, shadow,
             upstream::{self, Answered, InFlight, Tries, Upstreams},
@@ -74,9 +75,10 @@ pub struct Handled {
     /// literal, never indexed (unique per answer, in the HPACK tables of both ends it would
     /// only push out entries that repeat).
     pub request_id: HeaderValue,
-    /// The answer is a backend's or the cache's (not one the proxy made): it carries Via,
-    /// written with the head or put into the map as the request's ID is.
-    pub via: bool,
+    /// The answer is a backend's or the cache's (not one the proxy made): it carries this Via
+    /// (`own_fields::via` of the backend's protocol), written with the head or put into the
+    /// map as the request's ID is.
+    pub via: Option<&'static str>,
     /// The access-log line (written when the body is done), if the listener logs.
     pub entry: Option<Entry>,
     /// The backend's request stays in flight (circuit breaking, least requests) until the
@@ -263,7 +265,7 @@ impl Forwarder {
                 forwarder: self,
                 status,
             };
-            let via = reason.is_none();
+            let via = reason.is_none().then(|| own_fields::via(response.version()));
             Handled { response, request_id, via, entry, in_flight: labels.in_flight, counted }
         }
     }
@@ -287,6 +289,7 @@ impl Forwarder {
             let checked =
                 guard::check(&guard::Head::of(&request, &read, &labels.host), listener, conn.tls())?;
             let (upgrade, forwarded_for) = (read.upgrade, read.forwarded_for.cloned());
+            let received_host = read.host.cloned();
             path::make_canonical(&mut request)?;
 
             // Route, gate, choose.
@@ -308,7 +311,7 @@ impl Forwarder {
             let h2c = pool.protocol == UpstreamProtocol::H2c;
             let forwarding = headers::upstream_request(
                 &mut parts,
-                host,
+                received_host.as_ref(),
                 conn,
                 forwarded_for.as_ref(),
                 request_id,

@@ -39,7 +39,7 @@ use crate::{
         h1::rewind::Rewind,
         h2,
         idle::{self, Busy, Registry, Watched},
-        own_fields::{VIA, VIA_VALUE, X_REQUEST_ID},
+        own_fields::{VIA, X_REQUEST_ID},
         phase::upstream::InFlight,
         pipeline::{Counted, Forwarder},
         routes::Snapshot,
@@ -407,8 +407,8 @@ fn stream(
         let (entry, in_flight, counted) = (handled.entry, handled.in_flight, handled.counted);
         let mut response = handled.response;
         response.headers_mut().insert(X_REQUEST_ID, handled.request_id);
-        if handled.via {
-            response.headers_mut().insert(VIA, HeaderValue::from_static(VIA_VALUE));
+        if let Some(via) = handled.via {
+            response.headers_mut().insert(VIA, HeaderValue::from_static(via));
         }
         response.map(|body| Tracked {
             body,

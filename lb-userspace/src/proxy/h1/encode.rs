@@ -5,7 +5,7 @@ use hyper::{HeaderMap, Method, StatusCode, header, header::HeaderName};
 use crate::proxy::{
     date::date,
     h1::head,
-    own_fields::{VIA, VIA_VALUE, X_REQUEST_ID},
+    own_fields::{VIA, X_REQUEST_ID},
 };
 
 /// How the body written after a head is delimited.
@@ -81,8 +81,8 @@ pub enum Connection {
 pub struct Beside<'a> {
     /// The request's ID, as X-Request-Id.
     pub request_id: &'a [u8],
-    /// The answer is a backend's (or the cache's): Via names the proxy.
-    pub via: bool,
+    /// The answer is a backend's (or the cache's): Via names the proxy (`own_fields::via`).
+    pub via: Option<&'static str>,
 }
 
 /// Written in place of the answer's own fields: X-Request-Id always, Via too when the proxy
@@ -109,11 +109,11 @@ pub fn response_head(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let replaced = if beside.via { &WRITTEN_BESIDE[..] } else { &WRITTEN_BESIDE[..1] };
+    let replaced = if beside.via.is_some() { &WRITTEN_BESIDE[..] } else { &WRITTEN_BESIDE[..1] };
     let seen = fields(out, headers, replaced);
     field(out, b"x-request-id", beside.request_id);
-    if beside.via {
-        field(out, b"via", VIA_VALUE.as_bytes());
+    if let Some(via) = beside.via {
+        field(out, b"via", via.as_bytes());
     }
     framing(out, body);
     if let Some(length) = length {
@@ -202,7 +202,7 @@ mod tests {
         headers.insert(header::DATE, "d".parse().unwrap());
         // The answer's own request ID is replaced by the request's.
         headers.insert(X_REQUEST_ID, "backend's".parse().unwrap());
-        let beside = Beside { request_id: b"id-1", via: false };
+        let beside = Beside { request_id: b"id-1", via: None };
         let (text, close) = answer_head(&headers, Out::Chunked, Connection::Close, beside);
         assert!(!close, "the answer's own fields do not say close");
         assert_eq!(
@@ -211,7 +211,7 @@ mod tests {
         );
         // A head without Date gets the proxy's, once; an HTTP/1.0 client is told keep-alive.
         headers.remove(header::DATE);
-        let beside = Beside { request_id: b"id-2", via: false };
+        let beside = Beside { request_id: b"id-2", via: None };
         let (text, _) = answer_head(&headers, Out::None, Connection::KeepAlive, beside);
         assert_eq!(text.matches("date: ").count(), 1, "{text}");
         assert!(text.starts_with("HTTP/1.1 200 OK\r\nhost: a\r\nx-request-id: id-2\r\ndate: "), "{text}");
@@ -227,10 +227,13 @@ mod tests {
         let head =
             |via| answer_head(&headers, Out::None, Connection::Unsaid, Beside { request_id: b"i", via }).0;
         // The proxy's Via in place of the backend's, as an insert into the map left it.
-        assert_eq!(head(true), "HTTP/1.1 200 OK\r\ndate: d\r\nx-request-id: i\r\nvia: 1.1 sluice\r\n\r\n");
+        assert_eq!(
+            head(Some("1.1 sluice")),
+            "HTTP/1.1 200 OK\r\ndate: d\r\nx-request-id: i\r\nvia: 1.1 sluice\r\n\r\n"
+        );
         // An answer the proxy made keeps what its map holds (nothing, in practice).
         assert_eq!(
-            head(false),
+            head(None),
             "HTTP/1.1 200 OK\r\ndate: d\r\nvia: 1.1 backend-side\r\nx-request-id: i\r\n\r\n"
         );
     }
@@ -242,7 +245,7 @@ mod tests {
             headers.insert(header::DATE, "d".parse().unwrap());
             headers.insert(header::CONNECTION, own.parse().unwrap());
             let mut out = Vec::new();
-            let beside = Beside { request_id: b"i", via: false };
+            let beside = Beside { request_id: b"i", via: None };
             let close = response_head(
                 &mut out,
                 StatusCode::BAD_REQUEST,

@@ -14,7 +14,7 @@ use smallvec::SmallVec;
 use crate::proxy::{
     access_log::ClientConn,
     byte_set::TCHAR,
-    own_fields::{VIA, VIA_VALUE, X_REQUEST_ID},
+    own_fields::{self, VIA, X_REQUEST_ID},
 };
 
 /// Hop-by-hop fields besides Connection and Upgrade. A `static`, made once: a `const` array of
@@ -149,20 +149,22 @@ impl Forwarding {
     }
 }
 
-/// Appends Forwarded's `host` parameter (RFC 7239 §5.3): a token as it is, anything else quoted,
-/// so that a Host such as `a;for=192.0.2.1,for=…` cannot add parameters or elements of its own.
-/// A request with no host (HTTP/1.0) has none.
-fn push_forwarded_host(out: &mut Lines, host: &str) {
+/// Appends Forwarded's `host` parameter (RFC 7239 §5.3): the Host the backend gets, as the
+/// client sent it (its port too: an application that builds its own links from it needs the
+/// listener's port). A token as it is, anything else quoted, so that a Host such as
+/// `a;for=192.0.2.1,for=…` cannot add parameters or elements of its own. A request with no
+/// host (HTTP/1.0) has none.
+fn push_forwarded_host(out: &mut Lines, host: &[u8]) {
     if host.is_empty() {
         return;
     }
     out.extend_from_slice(b";host=");
-    if host.bytes().all(|b| TCHAR[b as usize]) {
-        out.extend_from_slice(host.as_bytes());
+    if host.iter().all(|&b| TCHAR[b as usize]) {
+        out.extend_from_slice(host);
         return;
     }
     out.push(b'"');
-    for &b in host.as_bytes() {
+    for &b in host {
         if b == b'"' || b == b'\\' {
             out.push(b'\\');
         }
@@ -172,11 +174,11 @@ fn push_forwarded_host(out: &mut Lines, host: &str) {
 }
 
 /// Rewrites the client's request head for the backend; returns the forwarding fields to add.
-/// `forwarded_for`: the client's first X-Forwarded-For (`guard::Read`), which the client's
-/// address is appended to.
+/// `host`: the client's Host field (`guard::Read`, which found at most one); `forwarded_for`:
+/// its first X-Forwarded-For, which the client's address is appended to.
 pub fn upstream_request(
     parts: &mut Parts,
-    host: &str,
+    host: Option<&HeaderValue>,
     conn: &ClientConn,
     forwarded_for: Option<&HeaderValue>,
     request_id: &HeaderValue,
@@ -186,12 +188,17 @@ pub fn upstream_request(
     // A target with an authority (HTTP/1.1's absolute form, HTTP/2's `:authority`) names the
     // host, and the request was routed by it: the backend's Host says the same, whatever Host
     // the client sent beside it (RFC 9112 §3.2.2, RFC 9113 §8.3.1).
-    if let Some(authority) = parts.uri.authority()
-        && parts.headers.get(header::HOST).is_none_or(|h| h.as_bytes() != authority.as_str().as_bytes())
-        && let Ok(value) = HeaderValue::from_str(authority.as_str())
-    {
-        parts.headers.insert(header::HOST, value);
-    }
+    let host = match parts.uri.authority() {
+        Some(authority) => {
+            if host.is_none_or(|h| h.as_bytes() != authority.as_str().as_bytes())
+                && let Ok(value) = HeaderValue::from_str(authority.as_str())
+            {
+                parts.headers.insert(header::HOST, value);
+            }
+            authority.as_str().as_bytes()
+        }
+        None => host.map_or(&b""[..], HeaderValue::as_bytes),
+    };
     // gRPC needs `te: trailers` end to end; every other hop-by-hop header stops here.
     let te_trailers = h2_upstream
         && parts.headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
@@ -221,7 +228,7 @@ pub fn upstream_request(
     });
     forwarding.field(b"x-request-id", |out| out.extend_from_slice(request_id.as_bytes()));
     forwarding.field(b"x-forwarded-proto", |out| out.extend_from_slice(proto.as_bytes()));
-    forwarding.field(b"via", |out| out.extend_from_slice(VIA_VALUE.as_bytes()));
+    forwarding.field(b"via", |out| out.extend_from_slice(own_fields::via(parts.version).as_bytes()));
     forwarding
 }
 
@@ -267,8 +274,9 @@ mod tests {
         let id = HeaderValue::from_static("abc");
         parts.headers.insert(VIA, "1.0 client-side".parse().unwrap());
         let previous = parts.headers.get(X_FORWARDED_FOR).cloned();
+        let host = HeaderValue::from_static("example.test");
         let forwarding =
-            upstream_request(&mut parts, "example.test", &conn, previous.as_ref(), &id, false, false);
+            upstream_request(&mut parts, Some(&host), &conn, previous.as_ref(), &id, false, false);
         assert!(!parts.headers.contains_key("x-hop") && !parts.headers.contains_key(header::CONNECTION));
         // As an HTTP/1.1 backend gets them: lines after the request's own fields.
         assert_eq!(
@@ -289,7 +297,7 @@ mod tests {
         assert_eq!(h.get_all(VIA).iter().collect::<Vec<_>>(), ["1.1 sluice"]);
     }
 
-    fn forwarded_for(uri: &str, host: Option<&str>, routed_by: &str) -> (Option<String>, String) {
+    fn forwarded_for(uri: &str, host: Option<&str>) -> (Option<String>, String) {
         let mut request = hyper::Request::builder().uri(uri);
         if let Some(host) = host {
             request = request.header(header::HOST, host);
@@ -297,7 +305,8 @@ mod tests {
         let (mut parts, ()) = request.body(()).unwrap().into_parts();
         let conn = ClientConn { address: "192.0.2.9:4000".parse().unwrap(), tls_version: None, sni: None };
         let id = HeaderValue::from_static("abc");
-        let forwarding = upstream_request(&mut parts, routed_by, &conn, None, &id, false, false);
+        let received = parts.headers.get(header::HOST).cloned();
+        let forwarding = upstream_request(&mut parts, received.as_ref(), &conn, None, &id, false, false);
         forwarding.apply(&mut parts.headers);
         let host = parts.headers.get(header::HOST).map(|h| h.to_str().unwrap().to_owned());
         (host, parts.headers[header::FORWARDED].to_str().unwrap().to_owned())
@@ -305,29 +314,32 @@ mod tests {
 
     #[test]
     fn the_backend_gets_the_host_the_request_was_routed_by() {
-        // Origin form: the client's Host, as it came.
-        let (host, fwd) = forwarded_for("/x", Some("Example.test:8080"), "example.test");
+        // Origin form: the client's Host, as it came, in Host and in Forwarded (with its port:
+        // an application building links from Forwarded needs the listener's).
+        let (host, fwd) = forwarded_for("/x", Some("Example.test:8080"));
         assert_eq!(host.as_deref(), Some("Example.test:8080"));
-        assert_eq!(fwd, "for=192.0.2.9;proto=http;host=example.test");
+        assert_eq!(fwd, "for=192.0.2.9;proto=http;host=\"Example.test:8080\"");
         // Absolute form (and HTTP/2's :authority): the target's authority replaces the Host beside it.
-        let (host, _) = forwarded_for("http://public.test:8080/x", Some("admin.test"), "public.test");
+        let (host, fwd) = forwarded_for("http://public.test:8080/x", Some("admin.test"));
         assert_eq!(host.as_deref(), Some("public.test:8080"));
-        let (host, _) = forwarded_for("https://public.test/x", None, "public.test");
+        assert_eq!(fwd, "for=192.0.2.9;proto=http;host=\"public.test:8080\"");
+        let (host, fwd) = forwarded_for("https://public.test/x", None);
         assert_eq!(host.as_deref(), Some("public.test"));
+        assert_eq!(fwd, "for=192.0.2.9;proto=http;host=public.test");
         // HTTP/1.0 without a host: Forwarded names none (an HTTP/1.1 backend gets its own
         // address as Host, from the upstream phase).
-        let (host, fwd) = forwarded_for("/x", None, "");
+        let (host, fwd) = forwarded_for("/x", None);
         assert_eq!((host, fwd.as_str()), (None, "for=192.0.2.9;proto=http"));
     }
 
     #[test]
     fn a_host_cannot_forge_forwarded_parameters() {
-        let (_, fwd) = forwarded_for("/", Some("a;for=6.6.6.6,for=7.7.7.7"), "a;for=6.6.6.6,for=7.7.7.7");
+        let (_, fwd) = forwarded_for("/", Some("a;for=6.6.6.6,for=7.7.7.7"));
         assert_eq!(fwd, "for=192.0.2.9;proto=http;host=\"a;for=6.6.6.6,for=7.7.7.7\"");
-        let (_, fwd) = forwarded_for("/", Some("[2001:db8::1]:80"), "[2001:db8::1]");
-        assert_eq!(fwd, "for=192.0.2.9;proto=http;host=\"[2001:db8::1]\"");
+        let (_, fwd) = forwarded_for("/", Some("[2001:db8::1]:80"));
+        assert_eq!(fwd, "for=192.0.2.9;proto=http;host=\"[2001:db8::1]:80\"");
         let mut out = Lines::new();
-        push_forwarded_host(&mut out, "a\"b\\c");
+        push_forwarded_host(&mut out, b"a\"b\\c");
         assert_eq!(&out[..], b";host=\"a\\\"b\\\\c\"");
     }
 
