@@ -163,13 +163,15 @@ fn push_forwarded_host(out: &mut Lines, host: &[u8]) {
         out.extend_from_slice(host);
         return;
     }
+    // The runs between escapes copied whole (a host with a port is quoted on every request).
     out.push(b'"');
-    for &b in host {
-        if b == b'"' || b == b'\\' {
-            out.push(b'\\');
-        }
-        out.push(b);
+    let mut rest = host;
+    while let Some(at) = rest.iter().position(|&b| b == b'"' || b == b'\\') {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(&[b'\\', rest[at]]);
+        rest = &rest[at + 1..];
     }
+    out.extend_from_slice(rest);
     out.push(b'"');
 }
 
