@@ -10,7 +10,7 @@ use std::{
 };
 
 use hyper::{
-    Request, Response, StatusCode, Uri,
+    Request, Response, StatusCode, Uri, Version,
     header::{self, HeaderValue},
 };
 
@@ -21,7 +21,6 @@ use crate::{
         body::Body,
         cache::CacheStore,
         metrics::{Label, ProxyMetrics},
-        own_fields,
         phase::{
             Refusal, caching, choose, gate, guard, headers, path, shadow,
             upstream::{self, Answered, InFlight, Tries, Upstreams},
@@ -75,10 +74,11 @@ pub struct Handled {
     /// literal, never indexed (unique per answer, in the HPACK tables of both ends it would
     /// only push out entries that repeat).
     pub request_id: HeaderValue,
-    /// The answer is a backend's or the cache's (not one the proxy made): it carries this Via
-    /// (`own_fields::via` of the backend's protocol), written with the head or put into the
+    /// The answer is a backend's or the cache's (not one the proxy made): it carries Via
+    /// (`own_fields::via` of this, the backend's protocol: a byte where the text took two
+    /// words in every request's future), written with the head or put into the
     /// map as the request's ID is.
-    pub via: Option<&'static str>,
+    pub via: Option<Version>,
     /// The access-log line (written when the body is done), if the listener logs.
     pub entry: Option<Entry>,
     /// The backend's request stays in flight (circuit breaking, least requests) until the
@@ -265,7 +265,7 @@ impl Forwarder {
                 forwarder: self,
                 status,
             };
-            let via = reason.is_none().then(|| own_fields::via(response.version()));
+            let via = reason.is_none().then_some(response.version());
             Handled { response, request_id, via, entry, in_flight: labels.in_flight, counted }
         }
     }

@@ -39,7 +39,7 @@ use crate::{
         h1::rewind::Rewind,
         h2,
         idle::{self, Busy, Registry, Watched},
-        own_fields::{VIA, X_REQUEST_ID},
+        own_fields::{self, VIA, X_REQUEST_ID},
         phase::upstream::InFlight,
         pipeline::{Counted, Forwarder},
         routes::Snapshot,
@@ -408,7 +408,7 @@ fn stream(
         let mut response = handled.response;
         response.headers_mut().insert(X_REQUEST_ID, handled.request_id);
         if let Some(via) = handled.via {
-            response.headers_mut().insert(VIA, HeaderValue::from_static(via));
+            response.headers_mut().insert(VIA, HeaderValue::from_static(own_fields::via(via)));
         }
         response.map(|body| Tracked {
             body,

@@ -1,11 +1,11 @@
 //! Writing HTTP/1.1 heads and chunk framing into a byte buffer: the response head a client
 //! gets, the request head a backend gets, and the size line of a chunk.
-use hyper::{HeaderMap, Method, StatusCode, header, header::HeaderName};
+use hyper::{HeaderMap, Method, StatusCode, Version, header, header::HeaderName};
 
 use crate::proxy::{
     date::date,
     h1::head,
-    own_fields::{VIA, X_REQUEST_ID},
+    own_fields::{self, VIA, X_REQUEST_ID},
 };
 
 /// How the body written after a head is delimited.
@@ -81,8 +81,9 @@ pub enum Connection {
 pub struct Beside<'a> {
     /// The request's ID, as X-Request-Id.
     pub request_id: &'a [u8],
-    /// The answer is a backend's (or the cache's): Via names the proxy (`own_fields::via`).
-    pub via: Option<&'static str>,
+    /// The answer is a backend's (or the cache's), which came in this protocol: Via names it
+    /// and the proxy (`own_fields::via`).
+    pub via: Option<Version>,
 }
 
 /// Written in place of the answer's own fields: X-Request-Id always, Via too when the proxy
@@ -113,7 +114,7 @@ pub fn response_head(
     let seen = fields(out, headers, replaced);
     field(out, b"x-request-id", beside.request_id);
     if let Some(via) = beside.via {
-        field(out, b"via", via.as_bytes());
+        field(out, b"via", own_fields::via(via).as_bytes());
     }
     framing(out, body);
     if let Some(length) = length {
@@ -228,7 +229,7 @@ mod tests {
             |via| answer_head(&headers, Out::None, Connection::Unsaid, Beside { request_id: b"i", via }).0;
         // The proxy's Via in place of the backend's, as an insert into the map left it.
         assert_eq!(
-            head(Some("1.1 sluice")),
+            head(Some(Version::HTTP_11)),
             "HTTP/1.1 200 OK\r\ndate: d\r\nx-request-id: i\r\nvia: 1.1 sluice\r\n\r\n"
         );
         // An answer the proxy made keeps what its map holds (nothing, in practice).

@@ -158,22 +158,48 @@ fn push_forwarded_host(out: &mut Lines, host: &[u8]) {
     if host.is_empty() {
         return;
     }
-    out.extend_from_slice(b";host=");
-    if host.iter().all(|&b| TCHAR[b as usize]) {
+    // One pass of table loads, no early exit (a host with a port is quoted on every request:
+    // a scan for the first non-token byte, then one for bytes to escape, cost ~110
+    // instructions a request).
+    let class = host.iter().fold(TOKEN, |class, &b| class | HOST_BYTE[b as usize]);
+    if class == TOKEN {
+        out.extend_from_slice(b";host=");
         out.extend_from_slice(host);
         return;
     }
-    // The runs between escapes copied whole (a host with a port is quoted on every request).
-    out.push(b'"');
-    let mut rest = host;
-    while let Some(at) = rest.iter().position(|&b| b == b'"' || b == b'\\') {
-        out.extend_from_slice(&rest[..at]);
-        out.extend_from_slice(&[b'\\', rest[at]]);
-        rest = &rest[at + 1..];
+    out.extend_from_slice(b";host=\"");
+    if class & ESCAPED == 0 {
+        out.extend_from_slice(host);
+    } else {
+        for &b in host {
+            if HOST_BYTE[b as usize] & ESCAPED != 0 {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
     }
-    out.extend_from_slice(rest);
     out.push(b'"');
 }
+
+/// Classes of a byte in Forwarded's host: part of a token, quoted, or escaped inside quotes
+/// (RFC 9110 §5.6.4's quoted-pair). The guard's host check lets no `"` or `\` through; the
+/// escape is for the parameter's sake, whatever a host holds.
+const TOKEN: u8 = 0;
+const QUOTED: u8 = 1;
+const ESCAPED: u8 = 2;
+static HOST_BYTE: [u8; 256] = {
+    let mut table = [QUOTED; 256];
+    let mut b = 0;
+    while b < 256 {
+        if TCHAR[b] {
+            table[b] = TOKEN;
+        }
+        b += 1;
+    }
+    table[b'"' as usize] = QUOTED | ESCAPED;
+    table[b'\\' as usize] = QUOTED | ESCAPED;
+    table
+};
 
 /// Rewrites the client's request head for the backend; returns the forwarding fields to add.
 /// `host`: the client's Host field (`guard::Read`, which found at most one); `forwarded_for`:

@@ -298,7 +298,7 @@ mod tests {
         let mut stream = Watched::new(accepted, Arc::new(Activity::default()));
         let broken = futures_util::stream::iter([Err::<hyper::body::Frame<Bytes>, _>("a bad chunk".into())]);
         let answer = Response::new(http_body_util::StreamBody::new(broken).boxed());
-        let beside = encode::Beside { request_id: b"id-1", via: Some("1.1 sluice") };
+        let beside = encode::Beside { request_id: b"id-1", via: Some(Version::HTTP_11) };
         let written = write_response(&mut stream, &Method::GET, Version::HTTP_11, answer, beside, true).await;
         assert!(written.broke && !written.keep_alive);
         drop(stream);
