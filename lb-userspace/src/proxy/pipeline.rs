@@ -75,9 +75,9 @@ pub struct Handled {
     /// only push out entries that repeat).
     pub request_id: HeaderValue,
     /// The answer is a backend's or the cache's (not one the proxy made): it carries Via
-    /// (`own_fields::via` of this, the backend's protocol: a byte where the text took two
-    /// words in every request's future), written with the head or put into the
-    /// map as the request's ID is.
+    /// (`own_fields::via` of this, the backend's protocol), written with the head or put into
+    /// the map as the request's ID is. The protocol, a byte, not its text: two words in every
+    /// request's future.
     pub via: Option<Version>,
     /// The access-log line (written when the body is done), if the listener logs.
     pub entry: Option<Entry>,

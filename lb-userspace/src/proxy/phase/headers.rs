@@ -159,8 +159,8 @@ fn push_forwarded_host(out: &mut Lines, host: &[u8]) {
         return;
     }
     // One pass of table loads, no early exit (a host with a port is quoted on every request:
-    // a scan for the first non-token byte, then one for bytes to escape, cost ~110
-    // instructions a request).
+    // a scan for the first non-token byte, then one for bytes to escape, cost ~150
+    // instructions a request; docs/performance.md, row 27).
     let class = host.iter().fold(TOKEN, |class, &b| class | HOST_BYTE[b as usize]);
     if class == TOKEN {
         out.extend_from_slice(b";host=");
