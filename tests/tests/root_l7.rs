@@ -450,6 +450,12 @@ fn root_l7_limits_and_request_smuggling() -> Result<()> {
         );
         assert!(!out.contains("backend"), "smuggled through: {out}");
     }
+    // Chunked last after a coding the proxy does not implement: 501 and closed.
+    let out = bed.raw(
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        Duration::ZERO,
+    )?;
+    assert!(out.starts_with("HTTP/1.1 501") && out.contains("connection: close"), "{out}");
     // Too many header fields: 431.
     let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
     let out = bed.raw(format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n").as_bytes(), Duration::ZERO)?;

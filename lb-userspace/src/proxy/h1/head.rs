@@ -175,6 +175,20 @@ fn header_map(head: &Bytes, ranges: &mut Ranges) -> HeaderMap {
     map
 }
 
+/// Why a head's Transfer-Encoding is refused: codings before a final `chunked`.
+const UNKNOWN_CODING: &str = "unsupported Transfer-Encoding";
+/// The same: no `chunked` last, or `chunked` twice (the body's end cannot be found).
+const CHUNKED_NOT_LAST: &str = "Transfer-Encoding not ending in one chunked";
+
+/// A request's framing refused: a coding the proxy does not implement is 501 (RFC 9112 §6.1;
+/// nginx answers 501 to every coding but chunked); ambiguous or malformed framing is 400.
+fn framing_refused(reason: &'static str) -> Refused {
+    match reason {
+        UNKNOWN_CODING => Refused { status: StatusCode::NOT_IMPLEMENTED, reason },
+        _ => bad(reason),
+    }
+}
+
 /// The body framing a head's Content-Length and Transfer-Encoding fields give (RFC 9112 §6.3):
 /// `Ok(None)` when the message has neither.
 fn declared_framing(fields: Fields<'_>) -> Result<Option<Framing>, &'static str> {
@@ -183,12 +197,20 @@ fn declared_framing(fields: Fields<'_>) -> Result<Option<Framing>, &'static str>
         if fields.has(&header::CONTENT_LENGTH) {
             return Err("both Content-Length and Transfer-Encoding");
         }
-        // Only a lone `chunked` is understood; anything else (gzip, "chunked, identity",
-        // "xchunked", a repeated field) cannot be framed exactly.
-        let mut tokens = codings.flat_map(tokens);
-        return match (tokens.next(), tokens.next()) {
-            (Some(t), None) if t.eq_ignore_ascii_case(b"chunked") => Ok(Some(Framing::Chunked)),
-            _ => Err("unsupported Transfer-Encoding"),
+        // Only a lone `chunked` is understood. Without `chunked` last ("xchunked", "chunked,
+        // identity") the body's end cannot be found (400, RFC 9112 §6.3); with it last after
+        // other codings ("gzip, chunked"), the body could be framed but the proxy does not
+        // implement the rest (501, §6.1), and chunked twice is malformed.
+        let chunked = |t: &[u8]| t.eq_ignore_ascii_case(b"chunked");
+        let (mut count, mut chunked_before, mut last) = (0, false, &b""[..]);
+        for token in codings.flat_map(tokens) {
+            chunked_before |= count > 0 && chunked(last);
+            (count, last) = (count + 1, token);
+        }
+        return match (chunked(last), count, chunked_before) {
+            (true, 1, _) => Ok(Some(Framing::Chunked)),
+            (true, _, false) => Err(UNKNOWN_CODING),
+            _ => Err(CHUNKED_NOT_LAST),
         };
     }
     let mut length = None;
@@ -277,7 +299,7 @@ pub fn parse_request(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<Requ
     let head = buf.split_to(length).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target)).map_err(|_| bad("bad request target"))?;
     let fields = Fields { head: &head, ranges: &ranges };
-    let framing = match declared_framing(fields).map_err(bad)? {
+    let framing = match declared_framing(fields).map_err(framing_refused)? {
         Some(Framing::Chunked) if version == Version::HTTP_10 => return Err(bad("chunked HTTP/1.0 request")),
         Some(framing) => framing,
         None => Framing::Empty,
@@ -419,10 +441,15 @@ mod tests {
         assert_eq!(status("POST / HTTP/1.1\r\nContent-Length: 4 4\r\n\r\n"), 400);
         assert_eq!(status("POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n"), 400);
         assert_eq!(status("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n"), 400);
+        assert_eq!(status("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"), 400);
+        assert_eq!(status("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"), 400);
+        assert_eq!(status("POST / HTTP/1.1\r\nTransfer-Encoding: chunked,\r\n\r\n"), 400);
+        // Chunked last after a coding the proxy does not implement: 501 (RFC 9112 §6.1).
         assert_eq!(
             status("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            400
+            501
         );
+        assert_eq!(status("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, CHUNKED\r\n\r\n"), 501);
         assert_eq!(status("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), 400);
         // Bytes the grammar forbids: NUL, obs-fold, bad request line, bare CR.
         assert_eq!(status("GET / HTTP/1.1\r\nX-A: a\0b\r\n\r\n"), 400);
@@ -476,10 +503,14 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
         );
         assert!(parse_response(&mut both, &get, 1024).is_err());
-        for coded in ["gzip", "gzip, chunked", "chunked, gzip"] {
+        for (coded, reason) in [
+            ("gzip", CHUNKED_NOT_LAST),
+            ("gzip, chunked", UNKNOWN_CODING),
+            ("chunked, gzip", CHUNKED_NOT_LAST),
+        ] {
             let text = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {coded}\r\n\r\n");
             let mut buf = BytesMut::from(text.as_bytes());
-            assert_eq!(parse_response(&mut buf, &get, 1024).err(), Some("unsupported Transfer-Encoding"));
+            assert_eq!(parse_response(&mut buf, &get, 1024).err(), Some(reason));
         }
     }
 
