@@ -1,0 +1,102 @@
+//! A client's HTTP/2 request as the pipeline takes it: its body read under flow control, its
+//! cookies in one field, a padded field value marked malformed.
+use std::{
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use bytes::Bytes;
+use h2::RecvStream;
+use http_body_util::BodyExt;
+use hyper::{
+    Request,
+    body::{Body as HttpBody, Frame},
+    header::{self, HeaderValue},
+};
+
+use crate::proxy::{
+    body::{self, Body},
+    phase::guard::Malformed,
+};
+
+/// then its trailers.
+struct Incoming {
+    recv: RecvStream,
+    data_done: bool,
+}
+
+impl HttpBody for Incoming {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if !self.data_done {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(err)) => return Poll::Ready(Some(Err(err.into()))),
+                None => self.data_done = true,
+            }
+        }
+        match ready!(self.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(err) => Poll::Ready(Some(Err(err.into()))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+}
+
+/// A request as the pipeline takes it: a request that ends with its head (most) has an empty
+/// body, which needs no box; its cookies in one field. A field value that begins or ends with a
+/// space or tab makes it malformed (RFC 9113 §8.2.1), which h2 lets through: it is marked for
+/// the guard to refuse (400, logged and counted), as nghttp2, and so Envoy, refuse it. An
+/// HTTP/1.1 backend would read such a value trimmed where the proxy's own steps read it whole.
+pub(super) fn request(mut request: Request<RecvStream>) -> Request<Body> {
+    let (mut cookies, mut padded) = (0, false);
+    for (name, value) in request.headers() {
+        if let (Some(first), Some(last)) = (value.as_bytes().first(), value.as_bytes().last()) {
+            padded |= matches!(first, b' ' | b'\t') || matches!(last, b' ' | b'\t');
+        }
+        cookies += usize::from(name == header::COOKIE);
+    }
+    if padded {
+        request.extensions_mut().insert(Malformed("a field value begins or ends with whitespace"));
+    }
+    if cookies > 1 {
+        join_cookies(request.headers_mut());
+    }
+    request.map(|recv| match recv.is_end_stream() {
+        true => body::empty(),
+        false => Incoming { recv, data_done: false }.boxed(),
+    })
+}
+
+/// Joins a request's Cookie fields into one, `; ` between them (RFC 9113 §8.2.3). HTTP/2 lets
+/// a client send each cookie as a field of its own, and browsers do (HPACK then indexes each
+/// apart), but an HTTP/1.1 backend expects one Cookie field (RFC 6265 §5.4) and may read only
+/// the first. nginx, HAProxy and Envoy join them too.
+pub(super) fn join_cookies(headers: &mut hyper::HeaderMap) {
+    let mut joined = Vec::new();
+    for crumb in headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes) {
+        if crumb.is_empty() {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb);
+    }
+    // Field values joined by `; ` are a field value.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
