@@ -1,7 +1,8 @@
 //! A client's HTTP/1.1 connection, driven in one task: read a request head, hand the request
 //! to the pipeline (its body streamed from this connection while the pipeline runs), write
-//! the answer (`server::answer`), and go again while keep-alive holds. An idle connection holds no buffer. Requests the parser refuses are answered,
-//! counted and logged. A connection that opens with HTTP/2's preface is handed back.
+//! the answer (`server::answer`), and go again while keep-alive holds. An idle connection holds
+//! no buffer. Requests the parser refuses are answered, counted and logged. A connection that
+//! opens with HTTP/2's preface is handed back.
 use std::{
     future::Future,
     io,
@@ -254,6 +255,80 @@ fn rearm(timer: &mut Alarm, wait: Duration, listener: &Listener) {
     timer.set(tokio::time::Instant::now() + wait);
 }
 
+/// Waits, holding no buffer, for an idle connection's next bytes: true when some came (in
+/// `buf`), false when the connection is to close (the client closed, it was evicted, or its
+/// idle limit passed). A stopping listener's nudge is a wait again: once the listener stops,
+/// an idle connection still gets STOP_GRACE for one more request (answered with `Connection:
+/// close`); closed at once, it would race a request the client is sending (a failed request).
+/// A nudge is kept until a wait takes it, so a stop cannot fall between the stop flag's reading
+/// and the wait.
+#[allow(clippy::manual_async_fn, reason = "an async fn keeps a second copy of its arguments")]
+fn wait_idle<'a, S: ClientIo>(
+    io: &'a mut S,
+    buf: &'a mut BytesMut,
+    cx: &'a Session,
+    first: bool,
+    timer: &'a mut Alarm,
+) -> impl Future<Output = bool> + Send + 'a {
+    async move {
+        let listener = &*cx.listener;
+        loop {
+            *buf = BytesMut::new();
+            let limit = idle_limit(listener, first).0;
+            // Stopping, the grace counts from now, not from the last byte: boxed, as the
+            // idle wait's future would otherwise carry its room on every connection.
+            let mut grace = match *cx.stop.borrow() {
+                true => Some(Box::pin(tokio::time::sleep(limit.min(crate::proxy::idle::STOP_GRACE)))),
+                false => None,
+            };
+            let woken = std::future::poll_fn(|task| {
+                match io.poll_read_when_ready(task, buf) {
+                    Poll::Ready(Some(read)) => return Poll::Ready(Woken::Read(read)),
+                    // TLS: its stream may hold decrypted bytes already; read into a buffer.
+                    Poll::Ready(None) => {
+                        buf.reserve(FIRST_READ);
+                        if let Poll::Ready(read) =
+                            tokio_util::io::poll_read_buf(Pin::new(&mut *io), task, buf)
+                        {
+                            return Poll::Ready(Woken::Read(read));
+                        }
+                    }
+                    Poll::Pending => {}
+                }
+                if cx.activity.poll_nudged(task).is_ready() {
+                    return Poll::Ready(Woken::Nudged);
+                }
+                if let Some(grace) = grace.as_mut()
+                    && grace.as_mut().poll(task).is_ready()
+                {
+                    return Poll::Ready(Woken::TimedOut);
+                }
+                timer.poll(task).map(|()| Woken::Timer)
+            });
+            match woken.await {
+                Woken::Read(Ok(0) | Err(_)) => return false,
+                Woken::Read(Ok(_)) => return true,
+                Woken::Nudged if cx.activity.take_eviction() => {
+                    cx.forwarder.metrics.closed_idle(&listener.name, Closed::Evicted.label());
+                    return false;
+                }
+                Woken::Nudged => continue, // the listener stops: wait again, for STOP_GRACE
+                Woken::Timer
+                    if let Some(left) = limit.checked_sub(cx.activity.quiet_for())
+                        && !left.is_zero() =>
+                {
+                    rearm(timer, left, listener);
+                    continue;
+                }
+                Woken::Timer | Woken::TimedOut => {
+                    cx.forwarder.metrics.closed_idle(&listener.name, idle_limit(listener, first).1.label());
+                    return false;
+                }
+            }
+        }
+    }
+}
+
 /// Reads the next request head; None when the client closed (or was refused).
 ///
 /// Not an `async fn` (one keeps a second copy of its arguments), and a refusal is answered
@@ -286,68 +361,12 @@ fn read_head<'a, S: ClientIo>(
                 // A request has started: the rest of its head must come within the timeout.
                 deadline.get_or_insert_with(|| tokio::time::Instant::now() + cx.listener.header_read_timeout);
             } else {
-                // Idle: wait for a byte with no buffer held, the listener's stop, an eviction, or
-                // the idle limit. Once the listener stops, an idle connection still gets
-                // STOP_GRACE for one more request (answered with `Connection: close`): closed at
-                // once, it would race a request the client is sending (a failed request). A
-                // nudge is kept until a wait takes it, so a stop cannot fall between the stop
-                // flag's reading and the wait.
-                *buf = BytesMut::new();
-                let limit = idle_limit(listener, first).0;
-                // Stopping, the grace counts from now, not from the last byte: boxed, as the
-                // idle wait's future would otherwise carry its room on every connection.
-                let mut grace = match *cx.stop.borrow() {
-                    true => Some(Box::pin(tokio::time::sleep(limit.min(crate::proxy::idle::STOP_GRACE)))),
-                    false => None,
-                };
-                let woken = std::future::poll_fn(|task| {
-                    match io.poll_read_when_ready(task, buf) {
-                        Poll::Ready(Some(read)) => return Poll::Ready(Woken::Read(read)),
-                        // TLS: its stream may hold decrypted bytes already; read into a buffer.
-                        Poll::Ready(None) => {
-                            buf.reserve(FIRST_READ);
-                            if let Poll::Ready(read) =
-                                tokio_util::io::poll_read_buf(Pin::new(&mut *io), task, buf)
-                            {
-                                return Poll::Ready(Woken::Read(read));
-                            }
-                        }
-                        Poll::Pending => {}
-                    }
-                    if cx.activity.poll_nudged(task).is_ready() {
-                        return Poll::Ready(Woken::Nudged);
-                    }
-                    if let Some(grace) = grace.as_mut()
-                        && grace.as_mut().poll(task).is_ready()
-                    {
-                        return Poll::Ready(Woken::TimedOut);
-                    }
-                    timer.poll(task).map(|()| Woken::Timer)
-                });
-                match woken.await {
-                    Woken::Read(Ok(0) | Err(_)) => return Ok(None),
-                    Woken::Read(Ok(_)) => continue,
-                    Woken::Nudged if cx.activity.take_eviction() => {
-                        cx.forwarder.metrics.closed_idle(&listener.name, Closed::Evicted.label());
-                        return Ok(None);
-                    }
-                    Woken::Nudged => continue, // the listener stops: wait again, for STOP_GRACE
-                    Woken::Timer
-                        if let Some(left) = limit.checked_sub(cx.activity.quiet_for())
-                            && !left.is_zero() =>
-                    {
-                        rearm(timer, left, listener);
-                        continue;
-                    }
-                    Woken::Timer | Woken::TimedOut => {
-                        cx.forwarder
-                            .metrics
-                            .closed_idle(&listener.name, idle_limit(listener, first).1.label());
-                        return Ok(None);
-                    }
+                match wait_idle(io, buf, cx, first, timer).await {
+                    true => continue, // the head's first bytes
+                    false => return Ok(None),
                 }
             }
-            // A request head has started (the idle wait above has read its first bytes).
+            // A request head has started and is not whole: read more of it.
             buf.reserve(READ_SIZE);
             let read = match deadline {
                 Some(at) => match tokio::time::timeout_at(at, io.read_buf(buf)).await {
