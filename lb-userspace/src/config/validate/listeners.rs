@@ -1,6 +1,8 @@
 //! `[[listener]]`: addresses, TLS, limits and timeouts; every L7 VIP needs one.
 use super::*;
 
+/// The listeners, each checked in steps (its address, its limits, its TLS) and given its
+/// defaults; then every L7 VIP must have one listening.
 pub(in crate::config) fn check(
     raw_listeners: Vec<RawListener>,
     vips: &[Vip],
@@ -14,109 +16,11 @@ pub(in crate::config) fn check(
             errors.at(raw.name.span(), format!("listener `{name}` is defined twice"));
         }
         errors.name(&raw.name, "listener");
-        let Some(address) =
-            errors.parse(&raw.address, "an address:port", |s| s.parse::<std::net::SocketAddr>().ok())
-        else {
+        let Some(address) = address(&raw, vips, errors) else {
             continue;
         };
-        if address.port() == 0 {
-            errors.at(
-                raw.address.span(),
-                format!("listener `{}`: port 0 is not a port to listen on", short(&name)),
-            );
-        }
-        if raw.max_connections == Some(0) {
-            errors
-                .at(raw.name.span(), format!("listener `{}`: max_connections must be above 0", short(&name)));
-        }
-        // An L4 VIP on the same address and port would take the listener's packets in XDP.
-        if let Some(vip) = vips.iter().find(|v: &&Vip| {
-            v.mode == VipMode::L4
-                && v.port == address.port()
-                && (v.addr == address.ip() || address.ip().is_unspecified())
-        }) {
-            errors.at(
-                raw.address.span(),
-                format!(
-                    "listener `{}` on {address} is also L4 VIP `{}`: XDP would take its packets",
-                    short(&name),
-                    vip.name
-                ),
-            );
-        }
-        let tls = raw.tls.map(|t| {
-            let t = RawTls {
-                certificates: t
-                    .certificates
-                    .into_iter()
-                    .map(|c| RawCertificate { cert: resolve(c.cert), key: resolve(c.key) })
-                    .collect(),
-                client_ca: t.client_ca.map(resolve),
-                cipher_suites: t.cipher_suites,
-            };
-            // Names become the suites themselves here, once; the TLS setup takes them as they are.
-            let mut cipher_suites = Vec::new();
-            if let Some(listed) = &t.cipher_suites {
-                let known = rustls::crypto::ring::ALL_CIPHER_SUITES;
-                let name_of = |s: &rustls::SupportedCipherSuite| format!("{:?}", s.suite());
-                if listed.get_ref().is_empty() {
-                    errors.at(listed.span(), format!("listener `{name}`: cipher_suites lists none"));
-                }
-                for wanted in listed.get_ref() {
-                    match known.iter().find(|s| name_of(s) == *wanted) {
-                        Some(suite) => cipher_suites.push(*suite),
-                        None => {
-                            let names: Vec<String> = known.iter().map(name_of).collect();
-                            errors.at(
-                                listed.span(),
-                                format!(
-                                    "listener `{name}`: unknown cipher suite `{wanted}` (known: {})",
-                                    names.join(", ")
-                                ),
-                            );
-                        }
-                    }
-                }
-            }
-            if t.certificates.is_empty() {
-                errors.at(raw.name.span(), format!("listener `{name}`: tls needs at least one certificate"));
-            }
-            let mut readable = |file: &Spanned<PathBuf>| {
-                if !errors.open_files {
-                    return;
-                }
-                if let Err(err) = open_regular(file.get_ref()) {
-                    errors.at(file.span(), format!("cannot read {}: {err}", file.get_ref().display()));
-                }
-            };
-            for c in &t.certificates {
-                readable(&c.cert);
-                readable(&c.key);
-            }
-            if let Some(ca) = &t.client_ca {
-                readable(ca);
-            }
-            Tls {
-                certificates: t
-                    .certificates
-                    .into_iter()
-                    .map(|c| (c.cert.into_inner(), c.key.into_inner()))
-                    .collect(),
-                client_ca: t.client_ca.map(Spanned::into_inner),
-                cipher_suites,
-            }
-        });
-        for (what, value) in [
-            ("header_read_timeout_ms", raw.header_read_timeout_ms),
-            ("handshake_timeout_ms", raw.handshake_timeout_ms),
-            ("first_byte_timeout_ms", raw.first_byte_timeout_ms),
-            ("idle_timeout_ms", raw.idle_timeout_ms),
-            ("stream_idle_timeout_ms", raw.stream_idle_timeout_ms),
-        ] {
-            if value == Some(0) {
-                errors.at(raw.name.span(), format!("listener `{name}`: {what} must be above 0"));
-            }
-        }
+        limits(&raw, errors);
+        let tls = raw.tls.map(|t| tls(t, &raw.name, resolve, errors));
         listeners.push(Listener {
             name,
             address,
@@ -136,10 +40,134 @@ pub(in crate::config) fn check(
             drain_timeout: Duration::from_millis(raw.drain_timeout_ms.unwrap_or(10_000)),
         });
     }
-    // An L7 VIP is passed up to the stack for a listener: one must listen there (on its port,
-    // or on any port of a VIP with every port).
+    every_l7_vip_heard(vips, &listeners, errors);
+    listeners
+}
+
+/// The listener's address, if it parses: a port to listen on, not an L4 VIP's.
+fn address(raw: &RawListener, vips: &[Vip], errors: &mut Errors) -> Option<std::net::SocketAddr> {
+    let name = raw.name.get_ref();
+    let address =
+        errors.parse(&raw.address, "an address:port", |s| s.parse::<std::net::SocketAddr>().ok())?;
+    if address.port() == 0 {
+        errors
+            .at(raw.address.span(), format!("listener `{}`: port 0 is not a port to listen on", short(name)));
+    }
+    // An L4 VIP on the same address and port would take the listener's packets in XDP.
+    if let Some(vip) = vips.iter().find(|v: &&Vip| {
+        v.mode == VipMode::L4
+            && v.port == address.port()
+            && (v.addr == address.ip() || address.ip().is_unspecified())
+    }) {
+        errors.at(
+            raw.address.span(),
+            format!(
+                "listener `{}` on {address} is also L4 VIP `{}`: XDP would take its packets",
+                short(name),
+                vip.name
+            ),
+        );
+    }
+    Some(address)
+}
+
+/// The listener's TLS: its files resolved against the config's folder (and readable, when
+/// files are checked), at least one certificate, the cipher suites named.
+fn tls(
+    raw: RawTls,
+    listener: &Spanned<String>,
+    resolve: &impl Fn(Spanned<PathBuf>) -> Spanned<PathBuf>,
+    errors: &mut Errors,
+) -> Tls {
+    let name = listener.get_ref();
+    let certificates: Vec<RawCertificate> = raw
+        .certificates
+        .into_iter()
+        .map(|c| RawCertificate { cert: resolve(c.cert), key: resolve(c.key) })
+        .collect();
+    let client_ca = raw.client_ca.map(resolve);
+    let cipher_suites =
+        raw.cipher_suites.map(|listed| cipher_suites(&listed, name, errors)).unwrap_or_default();
+    if certificates.is_empty() {
+        errors.at(listener.span(), format!("listener `{name}`: tls needs at least one certificate"));
+    }
+    let mut readable = |file: &Spanned<PathBuf>| {
+        if !errors.open_files {
+            return;
+        }
+        if let Err(err) = open_regular(file.get_ref()) {
+            errors.at(file.span(), format!("cannot read {}: {err}", file.get_ref().display()));
+        }
+    };
+    for c in &certificates {
+        readable(&c.cert);
+        readable(&c.key);
+    }
+    if let Some(ca) = &client_ca {
+        readable(ca);
+    }
+    Tls {
+        certificates: certificates.into_iter().map(|c| (c.cert.into_inner(), c.key.into_inner())).collect(),
+        client_ca: client_ca.map(Spanned::into_inner),
+        cipher_suites,
+    }
+}
+
+/// The cipher suites a listener lists, as rustls names them: the suites themselves here, once;
+/// the TLS setup takes them as they are.
+fn cipher_suites(
+    listed: &Spanned<Vec<String>>,
+    name: &str,
+    errors: &mut Errors,
+) -> Vec<rustls::SupportedCipherSuite> {
+    let known = rustls::crypto::ring::ALL_CIPHER_SUITES;
+    let name_of = |s: &rustls::SupportedCipherSuite| format!("{:?}", s.suite());
+    if listed.get_ref().is_empty() {
+        errors.at(listed.span(), format!("listener `{name}`: cipher_suites lists none"));
+    }
+    let mut suites = Vec::new();
+    for wanted in listed.get_ref() {
+        match known.iter().find(|s| name_of(s) == *wanted) {
+            Some(suite) => suites.push(*suite),
+            None => {
+                let names: Vec<String> = known.iter().map(name_of).collect();
+                errors.at(
+                    listed.span(),
+                    format!(
+                        "listener `{name}`: unknown cipher suite `{wanted}` (known: {})",
+                        names.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    suites
+}
+
+/// The listener's connection cap and timeouts: none of them 0.
+fn limits(raw: &RawListener, errors: &mut Errors) {
+    let name = raw.name.get_ref();
+    if raw.max_connections == Some(0) {
+        errors.at(raw.name.span(), format!("listener `{}`: max_connections must be above 0", short(name)));
+    }
+    for (what, value) in [
+        ("header_read_timeout_ms", raw.header_read_timeout_ms),
+        ("handshake_timeout_ms", raw.handshake_timeout_ms),
+        ("first_byte_timeout_ms", raw.first_byte_timeout_ms),
+        ("idle_timeout_ms", raw.idle_timeout_ms),
+        ("stream_idle_timeout_ms", raw.stream_idle_timeout_ms),
+    ] {
+        if value == Some(0) {
+            errors.at(raw.name.span(), format!("listener `{name}`: {what} must be above 0"));
+        }
+    }
+}
+
+/// An L7 VIP is passed up to the stack for a listener: one must listen there (on its port, or
+/// on any port of a VIP with every port).
+fn every_l7_vip_heard(vips: &[Vip], listeners: &[Listener], errors: &mut Errors) {
     for vip in vips.iter().filter(|v| v.mode == VipMode::L7) {
-        let heard = listeners.iter().any(|l: &Listener| {
+        let heard = listeners.iter().any(|l| {
             (vip.port == 0 || l.address.port() == vip.port)
                 && (l.address.ip() == vip.addr || l.address.ip().is_unspecified())
         });
@@ -155,5 +183,4 @@ pub(in crate::config) fn check(
             );
         }
     }
-    listeners
 }
