@@ -444,3 +444,58 @@ fn a_split_takes_what_setsplit_takes() {
         );
     }
 }
+
+#[test]
+fn each_route_check_says_what_is_wrong_at_its_line() {
+    // Lines 1-2 BASE, 3-5 the pool, 6-8 the listener, 9 `[[route]]`, 10 listener, 11 pool.
+    let route = |extra: &str| {
+        format!(
+            "{BASE}[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n\
+             [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n\
+             [[route]]\nlistener = \"l\"\npool = \"p\"\n{extra}"
+        )
+    };
+    let says = |extra: &str, expected: &str| {
+        let found = errors(&route(extra));
+        assert!(
+            found.iter().any(|e| e.starts_with(expected)),
+            "`{extra}`: expected `{expected}` in {found:?}"
+        );
+    };
+    assert!(Config::parse(Path::new("t.toml"), &route("")).is_ok());
+    says(
+        "path = \"/a\"\npath_prefix = \"/b\"\n",
+        "t.toml:11: a route takes one of path, path_prefix and path_regex",
+    );
+    says("path_regex = \"(\"\n", "t.toml:12: path_regex does not compile");
+    says("method = \"G T\"\n", "t.toml:12: `G T` is not an HTTP method");
+    says(
+        "split = [{ pool = \"q\", percent = 10.0 }]\n",
+        "t.toml:12: split uses pool `q`, which is not defined",
+    );
+    says(
+        "split = [{ pool = \"p\", percent = 60.0 }, { pool = \"p\", percent = 60.0 }]\n",
+        "t.toml:11: split percents must be 0 to 100",
+    );
+    says("allow = [\"10.0.0.0/33\"]\n", "t.toml:12: ");
+    says(
+        "rate_limit = { requests_per_second = 10.0, key = \"api_key\" }\n",
+        "t.toml:11: rate_limit key = \"api_key\" needs the route's api_key",
+    );
+    says(
+        "rate_limit = { requests_per_second = 0.0 }\n",
+        "t.toml:11: rate_limit needs requests_per_second above 0",
+    );
+    says("fallback = { status = 700, body = \"x\" }\n", "t.toml:11: fallback status must be 200 to 599");
+    says("api_key = { file = \"k\" }\n", "t.toml:12: api_key takes one of header and query");
+    says(
+        "shadow = { pool = \"q\", percent = 5.0 }\n",
+        "t.toml:12: shadow uses pool `q`, which is not defined",
+    );
+    says("shadow = { pool = \"p\", percent = 101.0 }\n", "t.toml:12: shadow percent must be 0 to 100");
+    // A method is matched upper-cased; a split keeps its pools and shares in order.
+    let ok = route("method = \"get\"\nsplit = [{ pool = \"p\", percent = 30.0 }]\n");
+    let config = Config::parse(Path::new("t.toml"), &ok).unwrap();
+    assert_eq!(config.routes[0].method.as_deref(), Some("GET"));
+    assert_eq!(config.routes[0].split, vec![("p".to_string(), 30.0)]);
+}

@@ -1,7 +1,11 @@
 //! `[[route]]`: matches, splits, gateway steps (allow/deny, rate limit, API key, JWT), retries,
 //! fallback, shadow, cache.
+use std::ops::Range;
+
 use super::*;
 
+/// The routes, each checked in steps (what it matches, where it sends, its gateway steps) and
+/// given its defaults. Errors about the route as a whole are put at its `pool` line.
 pub(in crate::config) fn check(
     raw_routes: Vec<RawRoute>,
     pools: &BTreeMap<String, Pool>,
@@ -12,120 +16,25 @@ pub(in crate::config) fn check(
 ) -> Vec<Route> {
     let mut routes = Vec::new();
     for raw in raw_routes {
+        let at = raw.pool.span();
         if !listeners.iter().any(|l| l.name == *raw.listener.get_ref()) {
             errors.at(
                 raw.listener.span(),
                 format!("route uses listener `{}`, which is not defined", raw.listener.get_ref()),
             );
         }
-        if !pools.contains_key(raw.pool.get_ref()) {
-            errors.at(
-                raw.pool.span(),
-                format!("route uses pool `{}`, which is not defined", raw.pool.get_ref()),
-            );
-        }
-        let path = match (raw.path, raw.path_prefix, raw.path_regex) {
-            (None, None, None) => PathMatch::Any,
-            (Some(p), None, None) => PathMatch::Exact(p),
-            (None, Some(p), None) => PathMatch::Prefix(p),
-            (None, None, Some(r)) => {
-                if let Err(err) = regex::Regex::new(r.get_ref()) {
-                    errors.at(r.span(), format!("path_regex does not compile: {err}"));
-                }
-                PathMatch::Regex(r.into_inner())
-            }
-            _ => {
-                errors.at(raw.pool.span(), "a route takes one of path, path_prefix and path_regex");
-                PathMatch::Any
-            }
-        };
-        let method = raw.method.map(|m| {
-            if hyper::Method::from_bytes(m.get_ref().as_bytes()).is_err() {
-                errors.at(m.span(), format!("`{}` is not an HTTP method", m.get_ref()));
-            }
-            m.into_inner().to_ascii_uppercase()
-        });
-        let mut split = Vec::new();
-        for s in raw.split {
-            if !pools.contains_key(s.pool.get_ref()) {
-                errors.at(
-                    s.pool.span(),
-                    format!("split uses pool `{}`, which is not defined", s.pool.get_ref()),
-                );
-            }
-            split.push((s.pool.into_inner(), s.percent));
-        }
-        let total: f64 = split.iter().map(|(_, p)| p).sum();
-        if split.iter().any(|(_, p)| !is_split_share(*p)) || total > MAX_SPLIT_PERCENT {
-            errors.at(raw.pool.span(), "split percents must be 0 to 100 and add up to at most 100");
-        }
-        let mut nets = |list: Vec<Spanned<String>>| -> Vec<IpNet> {
-            list.iter()
-                .filter_map(|n| {
-                    errors.parse(n, "a prefix like 10.0.0.0/8", |s| {
-                        s.parse::<IpNet>().ok().or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
-                    })
-                })
-                .collect()
-        };
-        let (allow, deny) = (nets(raw.allow), nets(raw.deny));
-        let rate_limit = raw.rate_limit.map(|r| RateLimit {
-            requests_per_second: r.requests_per_second,
-            burst: r.burst.unwrap_or(r.requests_per_second.max(1.0)),
-            key: r.key,
-        });
-        if rate_limit.as_ref().is_some_and(|r| r.key == RateKey::ApiKey) && raw.api_key.is_none() {
-            errors.at(raw.pool.span(), "rate_limit key = \"api_key\" needs the route's api_key");
-        }
-        if rate_limit.as_ref().is_some_and(|r| r.requests_per_second <= 0.0 || r.burst < 1.0) {
-            errors
-                .at(raw.pool.span(), "rate_limit needs requests_per_second above 0 and burst of at least 1");
-        }
+        defined(&raw.pool, "route", pools, errors);
+        let path = path_match(raw.path, raw.path_prefix, raw.path_regex, at.clone(), errors);
+        let method = raw.method.map(|m| method(m, errors));
+        let split = split(raw.split, pools, at.clone(), errors);
+        let (allow, deny) = (nets(raw.allow, errors), nets(raw.deny, errors));
+        let rate_limit = raw.rate_limit.map(|r| rate_limit(r, raw.api_key.is_some(), at.clone(), errors));
         if raw.fallback.as_ref().is_some_and(|f| !(200..=599).contains(&f.status)) {
-            errors.at(raw.pool.span(), "fallback status must be 200 to 599");
+            errors.at(at.clone(), "fallback status must be 200 to 599");
         }
-        let api_key = raw.api_key.map(|k| {
-            if k.header.is_some() == k.query.is_some() {
-                errors.at(k.file.span(), "api_key takes one of header and query");
-            }
-            let file = resolve(k.file);
-            if let Err(err) = if errors.open_files { open_regular(file.get_ref()).map(drop) } else { Ok(()) }
-            {
-                errors.at(file.span(), format!("cannot read {}: {err}", file.get_ref().display()));
-            }
-            ApiKeyConfig {
-                header: k.header.map(|h| h.to_ascii_lowercase()),
-                query: k.query,
-                file: file.into_inner(),
-            }
-        });
-        let jwt = raw.jwt.map(|mut j| {
-            j.key_file = j.key_file.map(|f| if f.is_relative() { base.join(f) } else { f });
-            // A key file is opened only where files are (never for a config text a client sent).
-            if (j.algorithm == JwtAlgorithm::HS256 || errors.open_files)
-                && let Err(err) = j.decoding_key()
-            {
-                errors.at(raw.pool.span(), format!("jwt: {err}"));
-            }
-            if let Some(name) = &j.subject_header
-                && hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err()
-            {
-                errors.at(raw.pool.span(), format!("jwt: subject_header `{name}` is not a header name"));
-            }
-            j
-        });
-        let shadow = raw.shadow.map(|sh| {
-            if !pools.contains_key(sh.pool.get_ref()) {
-                errors.at(
-                    sh.pool.span(),
-                    format!("shadow uses pool `{}`, which is not defined", sh.pool.get_ref()),
-                );
-            }
-            if !(0.0..=100.0).contains(&sh.percent) {
-                errors.at(sh.pool.span(), "shadow percent must be 0 to 100");
-            }
-            (sh.pool.into_inner(), sh.percent)
-        });
+        let api_key = raw.api_key.map(|k| api_key(k, resolve, errors));
+        let jwt = raw.jwt.map(|j| jwt(j, base, at.clone(), errors));
+        let shadow = raw.shadow.map(|sh| shadow(sh, pools, errors));
         let place = routes.iter().filter(|r: &&Route| r.listener == *raw.listener.get_ref()).count();
         routes.push(Route {
             name: raw.name.unwrap_or_else(|| format!("{}#{place}", raw.listener.get_ref())),
@@ -152,4 +61,139 @@ pub(in crate::config) fn check(
         });
     }
     routes
+}
+
+/// A pool a route (or its split or shadow, `what`) names must be defined.
+fn defined(pool: &Spanned<String>, what: &str, pools: &BTreeMap<String, Pool>, errors: &mut Errors) {
+    if !pools.contains_key(pool.get_ref()) {
+        errors.at(pool.span(), format!("{what} uses pool `{}`, which is not defined", pool.get_ref()));
+    }
+}
+
+/// What a route matches of the path: one of path, path_prefix and path_regex (which must
+/// compile), or any path.
+fn path_match(
+    path: Option<String>,
+    prefix: Option<String>,
+    regex: Option<Spanned<String>>,
+    at: Range<usize>,
+    errors: &mut Errors,
+) -> PathMatch {
+    match (path, prefix, regex) {
+        (None, None, None) => PathMatch::Any,
+        (Some(p), None, None) => PathMatch::Exact(p),
+        (None, Some(p), None) => PathMatch::Prefix(p),
+        (None, None, Some(r)) => {
+            if let Err(err) = regex::Regex::new(r.get_ref()) {
+                errors.at(r.span(), format!("path_regex does not compile: {err}"));
+            }
+            PathMatch::Regex(r.into_inner())
+        }
+        _ => {
+            errors.at(at, "a route takes one of path, path_prefix and path_regex");
+            PathMatch::Any
+        }
+    }
+}
+
+/// The method a route matches, upper-cased: an HTTP method's token.
+fn method(method: Spanned<String>, errors: &mut Errors) -> String {
+    if hyper::Method::from_bytes(method.get_ref().as_bytes()).is_err() {
+        errors.at(method.span(), format!("`{}` is not an HTTP method", method.get_ref()));
+    }
+    method.into_inner().to_ascii_uppercase()
+}
+
+/// A route's split: defined pools, each share 0 to 100, all of them at most 100.
+fn split(
+    raw: Vec<RawSplit>,
+    pools: &BTreeMap<String, Pool>,
+    at: Range<usize>,
+    errors: &mut Errors,
+) -> Vec<(String, f64)> {
+    let mut split = Vec::new();
+    for s in raw {
+        defined(&s.pool, "split", pools, errors);
+        split.push((s.pool.into_inner(), s.percent));
+    }
+    let total: f64 = split.iter().map(|(_, p)| p).sum();
+    if split.iter().any(|(_, p)| !is_split_share(*p)) || total > MAX_SPLIT_PERCENT {
+        errors.at(at, "split percents must be 0 to 100 and add up to at most 100");
+    }
+    split
+}
+
+/// An allow or deny list: prefixes, or addresses (a prefix of their full length).
+fn nets(list: Vec<Spanned<String>>, errors: &mut Errors) -> Vec<IpNet> {
+    list.iter()
+        .filter_map(|n| {
+            errors.parse(n, "a prefix like 10.0.0.0/8", |s| {
+                s.parse::<IpNet>().ok().or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+            })
+        })
+        .collect()
+}
+
+/// A route's rate limit: a rate above 0, a burst of at least 1 (the rate by default), and the
+/// route's API key when it is the key.
+fn rate_limit(raw: RawRateLimit, has_api_key: bool, at: Range<usize>, errors: &mut Errors) -> RateLimit {
+    let limit = RateLimit {
+        requests_per_second: raw.requests_per_second,
+        burst: raw.burst.unwrap_or(raw.requests_per_second.max(1.0)),
+        key: raw.key,
+    };
+    if limit.key == RateKey::ApiKey && !has_api_key {
+        errors.at(at.clone(), "rate_limit key = \"api_key\" needs the route's api_key");
+    }
+    if limit.requests_per_second <= 0.0 || limit.burst < 1.0 {
+        errors.at(at, "rate_limit needs requests_per_second above 0 and burst of at least 1");
+    }
+    limit
+}
+
+/// A route's API key: one of header and query, its key file readable (when files are checked).
+fn api_key(
+    raw: RawApiKey,
+    resolve: &impl Fn(Spanned<PathBuf>) -> Spanned<PathBuf>,
+    errors: &mut Errors,
+) -> ApiKeyConfig {
+    if raw.header.is_some() == raw.query.is_some() {
+        errors.at(raw.file.span(), "api_key takes one of header and query");
+    }
+    let file = resolve(raw.file);
+    if let Err(err) = if errors.open_files { open_regular(file.get_ref()).map(drop) } else { Ok(()) } {
+        errors.at(file.span(), format!("cannot read {}: {err}", file.get_ref().display()));
+    }
+    ApiKeyConfig {
+        header: raw.header.map(|h| h.to_ascii_lowercase()),
+        query: raw.query,
+        file: file.into_inner(),
+    }
+}
+
+/// A route's JWT check: its key file beside the config, a key that decodes, a subject header
+/// that is a header name.
+fn jwt(mut jwt: JwtConfig, base: &Path, at: Range<usize>, errors: &mut Errors) -> JwtConfig {
+    jwt.key_file = jwt.key_file.map(|f| if f.is_relative() { base.join(f) } else { f });
+    // A key file is opened only where files are (never for a config text a client sent).
+    if (jwt.algorithm == JwtAlgorithm::HS256 || errors.open_files)
+        && let Err(err) = jwt.decoding_key()
+    {
+        errors.at(at.clone(), format!("jwt: {err}"));
+    }
+    if let Some(name) = &jwt.subject_header
+        && hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+    {
+        errors.at(at, format!("jwt: subject_header `{name}` is not a header name"));
+    }
+    jwt
+}
+
+/// A route's shadow: a defined pool and a share 0 to 100.
+fn shadow(raw: RawShadow, pools: &BTreeMap<String, Pool>, errors: &mut Errors) -> (String, f64) {
+    defined(&raw.pool, "shadow", pools, errors);
+    if !(0.0..=100.0).contains(&raw.percent) {
+        errors.at(raw.pool.span(), "shadow percent must be 0 to 100");
+    }
+    (raw.pool.into_inner(), raw.percent)
 }
