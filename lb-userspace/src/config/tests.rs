@@ -499,3 +499,25 @@ fn each_route_check_says_what_is_wrong_at_its_line() {
     assert_eq!(config.routes[0].method.as_deref(), Some("GET"));
     assert_eq!(config.routes[0].split, vec![("p".to_string(), 30.0)]);
 }
+
+#[test]
+fn a_listener_s_tls_needs_a_certificate_and_readable_files_beside_the_config() {
+    let listener = |tls: &str| {
+        format!("{BASE}[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8443\"\ntls = {{ {tls} }}\n")
+    };
+    assert_error(
+        &listener("certificates = []"),
+        "t.toml:4: listener `l`: tls needs at least one certificate",
+    );
+    // Files are looked for beside the config (here the current folder), and must be readable.
+    let found = errors(&listener("certificates = [{ cert = \"no-such-c.pem\", key = \"no-such-k.pem\" }]"));
+    assert!(found.iter().any(|e| e.starts_with("t.toml:6: cannot read no-such-c.pem")), "{found:?}");
+    assert!(found.iter().any(|e| e.starts_with("t.toml:6: cannot read no-such-k.pem")), "{found:?}");
+    // A config a client sent names no file lbd opens: not read, but still resolved.
+    let sent =
+        listener("certificates = [{ cert = \"/etc/c.pem\", key = \"k.pem\" }], client_ca = \"ca.pem\"");
+    let config = Config::parse_sent(Path::new("/etc/sluice/t.toml"), &sent).unwrap();
+    let tls = config.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.certificates, [(PathBuf::from("/etc/c.pem"), PathBuf::from("/etc/sluice/k.pem"))]);
+    assert_eq!(tls.client_ca, Some(PathBuf::from("/etc/sluice/ca.pem")));
+}
