@@ -521,3 +521,37 @@ fn a_listener_s_tls_needs_a_certificate_and_readable_files_beside_the_config() {
     assert_eq!(tls.certificates, [(PathBuf::from("/etc/c.pem"), PathBuf::from("/etc/sluice/k.pem"))]);
     assert_eq!(tls.client_ca, Some(PathBuf::from("/etc/sluice/ca.pem")));
 }
+
+#[test]
+fn each_pool_backend_and_health_check_says_what_is_wrong_at_its_line() {
+    // Lines 1-2 BASE, 3 `[[pool]]`, 4 name, 5 backends, 6 health.
+    let pool = |backends: &str, health: &str| {
+        format!(
+            "{BASE}[[pool]]\nname = \"p\"\nbackends = [{backends}]\nhealth = {{ kind = \"tcp\", {health} }}\n"
+        )
+    };
+    let one = "{ address = \"10.0.0.1\" }";
+    let says = |text: String, expected: &str| {
+        let found = errors(&text);
+        assert!(found.iter().any(|e| e.starts_with(expected)), "expected `{expected}` in {found:?}");
+    };
+    assert!(Config::parse(Path::new("t.toml"), &pool(one, "port = 80")).is_ok());
+    says(
+        pool(&format!("{one}, {one}"), "port = 80"),
+        "t.toml:5: backend 10.0.0.1 is listed twice in pool `p`",
+    );
+    says(pool(one, "port = 0"), "t.toml:6: pool `p` health: port, rise and fall must be at least 1");
+    says(
+        pool(one, "port = 80, fall = 0"),
+        "t.toml:6: pool `p` health: port, rise and fall must be at least 1",
+    );
+    says(
+        pool(one, "port = 80, interval_ms = 500, timeout_ms = 500"),
+        "t.toml:6: pool `p` health: timeout_ms must be above 0 and below interval_ms",
+    );
+    says(
+        pool(one, "port = 80, timeout_ms = 0"),
+        "t.toml:6: pool `p` health: timeout_ms must be above 0 and below interval_ms",
+    );
+    says(pool(one, "port = 80, path = \"health\""), "t.toml:6: pool `p` health: path must start with /");
+}
