@@ -81,29 +81,7 @@ pub(in crate::config) fn check(raw: &mut RawConfig, errors: &mut Errors) -> Data
         }
         n => n.unwrap_or(60),
     };
-    // SYNs per second per source /24 or /64, and how many at once (default: one second's).
-    let syn_limit = dp.syn_rate_per_prefix.map(|rate| {
-        if *rate.get_ref() == 0 || *rate.get_ref() > MAX_SYN_RATE {
-            errors.at(
-                rate.span(),
-                format!("syn_rate_per_prefix must be 1 to {MAX_SYN_RATE} (leave it out for no limit)"),
-            );
-        }
-        let burst = match &dp.syn_burst {
-            Some(b) if *b.get_ref() == 0 || *b.get_ref() > MAX_SYN_RATE => {
-                errors.at(b.span(), format!("syn_burst must be 1 to {MAX_SYN_RATE}"));
-                1
-            }
-            Some(b) => *b.get_ref(),
-            None => *rate.get_ref(),
-        };
-        SynLimit { rate: (*rate.get_ref()).clamp(1, MAX_SYN_RATE), burst }
-    });
-    if syn_limit.is_none()
-        && let Some(b) = &dp.syn_burst
-    {
-        errors.at(b.span(), "syn_burst needs syn_rate_per_prefix");
-    }
+    let syn_limit = syn_limit(dp.syn_rate_per_prefix, dp.syn_burst, errors);
     Dataplane {
         present: has_dataplane,
         interface_line: errors.line_of(interface.span()),
@@ -118,4 +96,34 @@ pub(in crate::config) fn check(raw: &mut RawConfig, errors: &mut Errors) -> Data
         redirect_interface: dp.redirect_interface.map(Spanned::into_inner),
         syn_limit,
     }
+}
+
+/// SYNs per second per source /24 or /64, and how many at once (default: one second's); a
+/// burst alone is an error.
+fn syn_limit(
+    rate: Option<Spanned<u32>>,
+    burst: Option<Spanned<u32>>,
+    errors: &mut Errors,
+) -> Option<SynLimit> {
+    let Some(rate) = rate else {
+        if let Some(b) = &burst {
+            errors.at(b.span(), "syn_burst needs syn_rate_per_prefix");
+        }
+        return None;
+    };
+    if *rate.get_ref() == 0 || *rate.get_ref() > MAX_SYN_RATE {
+        errors.at(
+            rate.span(),
+            format!("syn_rate_per_prefix must be 1 to {MAX_SYN_RATE} (leave it out for no limit)"),
+        );
+    }
+    let burst = match &burst {
+        Some(b) if *b.get_ref() == 0 || *b.get_ref() > MAX_SYN_RATE => {
+            errors.at(b.span(), format!("syn_burst must be 1 to {MAX_SYN_RATE}"));
+            1
+        }
+        Some(b) => *b.get_ref(),
+        None => *rate.get_ref(),
+    };
+    Some(SynLimit { rate: (*rate.get_ref()).clamp(1, MAX_SYN_RATE), burst })
 }
