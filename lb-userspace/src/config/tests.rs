@@ -92,6 +92,27 @@ fn duplicate_vip_and_duplicate_pool() {
 }
 
 #[test]
+fn a_vip_must_be_a_host_address_within_max_vips() {
+    // Lines 1-2 BASE, 3 max_vips, then each VIP's `[[vip]]`, name, address, protocol, pool.
+    let vip = |name: &str, address: &str| {
+        format!("[[vip]]\nname = \"{name}\"\naddress = \"{address}\"\nprotocol = \"tcp\"\npool = \"p\"\n")
+    };
+    let pool = "[[pool]]\nname = \"p\"\n";
+    for (address, why) in [
+        ("224.0.0.1", "a multicast address is no host"),
+        ("255.255.255.255", "the broadcast address is no host"),
+        ("::", "the unspecified address is no host"),
+    ] {
+        let text = format!("{BASE}max_vips = 4\n{}{pool}", vip("a", address));
+        assert_error(&text, &format!("t.toml:6: VIP `a`: {address}: {why}"));
+    }
+    let two = format!("{BASE}max_vips = 1\n{}{}{pool}", vip("a", "198.19.0.1"), vip("b", "198.19.0.2"));
+    assert_error(&two, "t.toml:1: 2 VIPs configured but max_vips is 1");
+    let one = format!("{BASE}max_vips = 1\n{}{pool}", vip("a", "198.19.0.1"));
+    assert!(Config::parse(Path::new("t.toml"), &one).is_ok());
+}
+
+#[test]
 fn duplicate_backend_and_heavy_weight() {
     let text = format!(
         "{BASE}[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}, {{ address = \"10.0.0.1\", weight = 70000 }}]\n"
