@@ -65,6 +65,21 @@ fn bad_mac() {
 }
 
 #[test]
+fn encapsulation_sources_are_addresses_of_their_family() {
+    let config = Config::parse(Path::new("t.toml"), BASE).unwrap();
+    assert_eq!(config.encap_source_v4, Ipv4Addr::new(172, 16, 0, 0));
+    let both = format!("{BASE}encap_source_v4 = \"fd00::1\"\nencap_source_v6 = \"10.0.0.1\"\n");
+    assert_error(&both, "t.toml:3: `fd00::1` is not an IPv4 address");
+    assert_error(&both, "t.toml:4: `10.0.0.1` is not an IPv6 address");
+    let good = format!("{BASE}encap_source_v4 = \"10.9.0.1\"\nencap_source_v6 = \"fd00::9\"\n");
+    let config = Config::parse(Path::new("t.toml"), &good).unwrap();
+    assert_eq!(
+        (config.encap_source_v4.to_string(), config.encap_source_v6.to_string()),
+        ("10.9.0.1".into(), "fd00::9".into())
+    );
+}
+
+#[test]
 fn undefined_pool() {
     let text = format!(
         "{BASE}[[vip]]\nname = \"a\"\naddress = \"198.19.0.1\"\nprotocol = \"tcp\"\npool = \"nope\"\n"
