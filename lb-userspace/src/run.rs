@@ -83,22 +83,7 @@ pub fn run(path: &Path) -> Result<(), RunError> {
     let handed_over = runtime.block_on(async {
         let mut signals = Signals::install()?;
         let (retiring, admin_slots) = open_api(&core, &mut inherited, &mut handover).await?;
-        if dataplane_on {
-            tokio::spawn(watch_dataplane(core.clone(), pin_dir.join("link"), interface.clone()));
-        }
-        // Pools from etcd, applied like lbctl's changes.
-        let cluster = lock(&core).state.config.cluster.clone();
-        if let Some(cluster) = cluster {
-            let etcd = Arc::new(crate::cluster::Etcd::new(&cluster));
-            lock(&core).etcd = Some(etcd.clone());
-            tokio::spawn(follow(core.clone(), etcd));
-            info!("pools follow etcd at {:?} under {}", cluster.endpoints, cluster.prefix);
-        }
-        // BGP: announces while the XDP program is attached; withdrawn first on SIGTERM.
-        let (withdraw_tx, withdraw_rx) = tokio::sync::oneshot::channel();
-        if dataplane_on {
-            tokio::spawn(announce(core.clone(), pin_dir.join("link"), withdraw_rx));
-        }
+        let withdraw_tx = start_followers(&core, dataplane_on.then_some((&pin_dir, &interface)));
         let mut checked = HashSet::new();
         health::spawn_missing(&core, &mut checked);
         let (serving, listeners) = start_proxy(&core, &mut inherited, &mut handover)?;
@@ -145,6 +130,31 @@ pub fn run(path: &Path) -> Result<(), RunError> {
         info!("stopping");
     }
     Ok(())
+}
+
+/// The tasks that follow the world outside: the XDP attachment (`watch_dataplane`), etcd's
+/// pools (`follow`, applied like lbctl's changes) and BGP (`announce`, while the program is
+/// attached). `dataplane`: the pin directory and interface, if lbd has a data plane. Returns
+/// what withdraws the announcements on SIGTERM.
+fn start_followers(
+    core: &Shared,
+    dataplane: Option<(&PathBuf, &String)>,
+) -> tokio::sync::oneshot::Sender<tokio::sync::oneshot::Sender<()>> {
+    if let Some((pin_dir, interface)) = dataplane {
+        tokio::spawn(watch_dataplane(core.clone(), pin_dir.join("link"), interface.clone()));
+    }
+    let cluster = lock(core).state.config.cluster.clone();
+    if let Some(cluster) = cluster {
+        let etcd = Arc::new(crate::cluster::Etcd::new(&cluster));
+        lock(core).etcd = Some(etcd.clone());
+        tokio::spawn(follow(core.clone(), etcd));
+        info!("pools follow etcd at {:?} under {}", cluster.endpoints, cluster.prefix);
+    }
+    let (withdraw_tx, withdraw_rx) = tokio::sync::oneshot::channel();
+    if let Some((pin_dir, _)) = dataplane {
+        tokio::spawn(announce(core.clone(), pin_dir.join("link"), withdraw_rx));
+    }
+    withdraw_tx
 }
 
 /// The core (State, maps, proxy snapshot) from `config`. With a data plane: the pin directory
