@@ -170,6 +170,11 @@ fn root_trust_admin_input_is_bounded() -> Result<()> {
     }
     assert!(lbd.lbctl(&["vip", "list"])?.contains("web"), "a refused command changed the VIPs");
     assert!(!lbd.lbctl(&["deny", "list"])?.contains("192.0.2.0"), "half of a refused list was applied");
+    // The operator's own deny commands through lbctl: added, listed, removed.
+    lbd.lbctl(&["deny", "add", "192.0.2.0/24"])?;
+    assert!(lbd.lbctl(&["deny", "list"])?.contains("192.0.2.0/24"), "lbctl deny add");
+    lbd.lbctl(&["deny", "remove", "192.0.2.0/24"])?;
+    assert!(!lbd.lbctl(&["deny", "list"])?.contains("192.0.2.0"), "lbctl deny remove");
 
     // A plan names no path: lbd refuses the old `config` field, lbctl sends the text.
     let body = r#"{"config": "/dev/zero"}"#;

@@ -1,7 +1,7 @@
 //! lbctl: operate a running lbd through its admin socket: pools, backends, deny lists, counters.
 //! `cli` is what it takes, `client` how it asks lbd, `print` how it shows the answers; `run`
 //! below maps each noun and verb to its request and its table (the longer ones in a function
-//! of their own: pools, stats, flow, plan).
+//! of their own: pools, deny, stats, flow, plan, cache purge, decap-stats).
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 mod cli;
@@ -64,42 +64,12 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Noun::Pool { verb } => pools(&cli, verb).await?,
         Noun::Backend { verb } => changed(&command(&cli, verb.clone().command()).await?),
-        Noun::Deny { verb: DenyVerb::Add { prefix } } => {
-            changed(&command(&cli, Command::AddDeny { prefix: *prefix }).await?);
-        }
-        Noun::Deny { verb: DenyVerb::Remove { prefix } } => {
-            changed(&command(&cli, Command::RemoveDeny { prefix: *prefix }).await?);
-        }
-        Noun::Deny { verb: DenyVerb::List } => {
-            let prefixes = call(&cli.socket, Method::GET, "/deny", None).await?;
-            if json_out {
-                show(&prefixes);
-            } else {
-                for p in prefixes.as_array().into_iter().flatten() {
-                    println!("{}", p.as_str().unwrap_or_default());
-                }
-            }
-        }
+        Noun::Deny { verb } => deny(&cli, verb).await?,
         Noun::Stats { vip, backend, watch } => stats(&cli, *vip, *backend, *watch).await?,
         Noun::Flow { vip, protocol, source } => flow(&cli, *vip, protocol, *source).await?,
         Noun::Plan { config, change } => plan(&cli, config.as_deref(), change.as_ref()).await?,
-        Noun::Cache { verb: CacheVerb::Purge { route, path } } => {
-            let purge = views::Purge { route: route.clone(), path: path.clone() };
-            let v =
-                call(&cli.socket, Method::POST, "/cache/purge", Some(serde_json::to_value(purge)?)).await?;
-            if json_out {
-                show(&v);
-            } else {
-                println!("purged {} entries", v["purged"].as_u64().unwrap_or(0));
-            }
-        }
-        Noun::DecapStats { pin_dir } => {
-            let rows: Vec<Value> = counters::decap(pin_dir)?
-                .into_iter()
-                .map(|(s, c)| json!({ "name": s.name(), "packets": c.packets, "bytes": c.bytes }))
-                .collect();
-            if json_out { show(&json!(rows)) } else { print::decap(&rows) }
-        }
+        Noun::Cache { verb: CacheVerb::Purge { route, path } } => purge(&cli, route, path.as_ref()).await?,
+        Noun::DecapStats { pin_dir } => decap_stats(&cli, pin_dir)?,
     }
     Ok(())
 }
@@ -122,6 +92,59 @@ async fn pools(cli: &Cli, verb: &PoolVerb) -> Result<()> {
         pools.iter().for_each(print::pool);
     } else {
         print::pool(&serde_json::from_value(v).context("lbd's /pools/NAME answer")?);
+    }
+    Ok(())
+}
+
+/// `deny add|remove PREFIX` (a command) and `deny list`.
+async fn deny(cli: &Cli, verb: &DenyVerb) -> Result<()> {
+    let json_out = matches!(cli.output, Output::Json);
+    let change = match verb {
+        DenyVerb::Add { prefix } => Command::AddDeny { prefix: *prefix },
+        DenyVerb::Remove { prefix } => Command::RemoveDeny { prefix: *prefix },
+        DenyVerb::List => {
+            let prefixes = call(&cli.socket, Method::GET, "/deny", None).await?;
+            if json_out {
+                show(&prefixes);
+            } else {
+                for p in prefixes.as_array().into_iter().flatten() {
+                    println!("{}", p.as_str().unwrap_or_default());
+                }
+            }
+            return Ok(());
+        }
+    };
+    let answer = command(cli, change).await?;
+    if json_out {
+        show(&answer)
+    } else {
+        print::changes(&answer)
+    }
+    Ok(())
+}
+
+/// `cache purge ROUTE [PATH]`: how many entries went.
+async fn purge(cli: &Cli, route: &str, path: Option<&String>) -> Result<()> {
+    let purge = views::Purge { route: route.to_owned(), path: path.cloned() };
+    let v = call(&cli.socket, Method::POST, "/cache/purge", Some(serde_json::to_value(purge)?)).await?;
+    if matches!(cli.output, Output::Json) {
+        show(&v);
+    } else {
+        println!("purged {} entries", v["purged"].as_u64().unwrap_or(0));
+    }
+    Ok(())
+}
+
+/// `decap-stats`: a backend's decapsulation counters, read from its pinned map (no lbd).
+fn decap_stats(cli: &Cli, pin_dir: &Path) -> Result<()> {
+    let rows: Vec<Value> = counters::decap(pin_dir)?
+        .into_iter()
+        .map(|(s, c)| json!({ "name": s.name(), "packets": c.packets, "bytes": c.bytes }))
+        .collect();
+    if matches!(cli.output, Output::Json) {
+        show(&json!(rows))
+    } else {
+        print::decap(&rows)
     }
     Ok(())
 }
