@@ -447,6 +447,33 @@ impl NsServer {
         })
     }
 
+    /// HTTP/1.1 that answers every request with `103 Early Hints` (a Link to preload and a
+    /// hop-by-hop field), then after 200 ms `200 OK` with the body `hinted`; kept alive.
+    pub fn early_hints(host: &Host, port: u16) -> Result<NsServer> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        NsServer::start(host, port, |mut stream| async move {
+            loop {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let hints = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\
+                              Connection: x-hop\r\nX-Hop: 1\r\n\r\n";
+                if stream.write_all(hints).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nhinted\n").await.is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
     /// HTTP/1.1 that answers every request after `delay` (a slow backend).
     pub fn slow(host: &Host, port: u16, delay: Duration) -> Result<NsServer> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};

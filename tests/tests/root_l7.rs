@@ -145,6 +145,16 @@ listener = "http"
 host = "ws.test"
 pool = "ws"
 
+[[pool]]
+name = "hints"
+backends = [{{ address = "{b1}" }}]
+port = 8083
+
+[[route]]
+listener = "http"
+host = "hints.test"
+pool = "hints"
+
 [[route]]
 listener = "http"
 pool = "web"
@@ -165,6 +175,7 @@ metrics = "127.0.0.1:9100"
         let h2c = vec![
             NsServer::h2c(&topology.backends[0], 8081, "backend1")?,
             NsServer::upgrade_echo(&topology.backends[1], 8082)?,
+            NsServer::early_hints(&topology.backends[0], 8083)?,
         ];
         let lbd = Lbd::start(&topology.lb, &config)?;
         wait_for("the https listener", Duration::from_secs(5), || {
@@ -395,6 +406,18 @@ fn root_l7_http1_http2_routing_and_headers() -> Result<()> {
     assert!(metrics.contains("sluice_http_requests_total{route=\"site\",pool=\"web\""), "{metrics}");
     assert!(metrics.contains("sluice_tls_handshakes_total{listener=\"https\",result=\"ok\"}"), "{metrics}");
     assert!(metrics.contains("sluice_http_upstream_seconds_bucket"), "{metrics}");
+
+    // A backend's 103 Early Hints reaches curl before the answer, over HTTP/1.1 and HTTP/2
+    // (prior knowledge), without its hop-by-hop fields.
+    for (version, status) in [("--http1.1", "HTTP/1.1 103"), ("--http2-prior-knowledge", "HTTP/2 103")] {
+        let out = bed.curl(&[version, "-D", "-", "-H", "Host: hints.test", &format!("http://{VIP}/")])?;
+        let hints = out.find(status).unwrap_or_else(|| panic!("no {status} in {out}"));
+        let answer = out.find(" 200").unwrap_or_else(|| panic!("no answer in {out}"));
+        assert!(hints < answer && out.ends_with("hinted\n"), "{out}");
+        let interim = out[hints..answer].to_ascii_lowercase();
+        assert!(interim.contains("link: </style.css>; rel=preload"), "{out}");
+        assert!(!interim.contains("x-hop"), "a hop-by-hop field passed: {out}");
+    }
 
     // A backend removed from the pool leaves the request series; the other stays.
     let (b1, b2) = (bed.topology.backends[0].addr4, bed.topology.backends[1].addr4);

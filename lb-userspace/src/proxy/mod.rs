@@ -14,6 +14,7 @@ pub mod deadline;
 pub mod h1;
 pub mod h2;
 pub mod idle;
+pub mod interim;
 pub mod log_sink;
 pub mod metrics;
 pub mod own_fields;

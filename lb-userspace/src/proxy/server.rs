@@ -39,6 +39,7 @@ use crate::{
         h1::rewind::Rewind,
         h2,
         idle::{self, Busy, Registry, Watched},
+        interim::Interim,
         own_fields::{self, VIA, X_REQUEST_ID},
         phase::upstream::InFlight,
         pipeline::{Counted, Forwarder},
@@ -215,6 +216,7 @@ impl Connection {
             conn,
             activity: registered.activity.clone(),
             stop: serving.stop.clone(),
+            interim: Arc::default(),
         };
         Connection { session, http2: serving.http2.clone(), registered, _permit: permit }
     }
@@ -400,8 +402,11 @@ fn stream(
     // The pipeline's future (~3 KiB) is boxed before the stream's future is made: that one is
     // moved into the connection's set of streams, and an async block that made the box itself
     // would carry room for the unboxed future too.
+    // Each stream's own: streams of a connection wait for their answers side by side.
+    let interim = Arc::new(Interim::default());
     let handled = boxed(|| {
-        s.forwarder.clone().handle(request, s.snapshot.load_full(), s.listener.clone(), conn.clone())
+        let (snapshot, listener) = (s.snapshot.load_full(), s.listener.clone());
+        s.forwarder.clone().handle(request, snapshot, listener, conn.clone(), Some(interim.clone()))
     });
     let answer = async move {
         let handled = handled.await;
@@ -421,7 +426,7 @@ fn stream(
             bytes: 0,
         })
     };
-    h2::answer(answer, respond)
+    h2::answer(answer, respond, Some(interim))
 }
 
 /// A connection's slot under `max_connections`. When all are taken, an idle keep-alive
@@ -505,6 +510,8 @@ pub async fn serve(
 
 pub mod answer;
 pub mod http1;
+#[cfg(test)]
+mod interim_relay;
 #[cfg(test)]
 mod mutations;
 

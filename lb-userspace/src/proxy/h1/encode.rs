@@ -1,5 +1,6 @@
 //! Writing HTTP/1.1 heads and chunk framing into a byte buffer: the response head a client
-//! gets, the request head a backend gets, and the size line of a chunk.
+//! gets (and an interim one before it), the request head a backend gets, and the size line of
+//! a chunk.
 use hyper::{HeaderMap, Method, StatusCode, Version, header, header::HeaderName};
 
 use crate::proxy::{
@@ -130,6 +131,18 @@ pub fn response_head(
     }
     out.extend_from_slice(b"\r\n");
     seen.close
+}
+
+/// An interim (1xx) answer's head: its status line and fields (framing fields left out: an
+/// interim answer has no body).
+pub fn interim_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    fields(out, headers, &[]);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Fields a request head carries after the request's own: their lines (`name: value\r\n`), and

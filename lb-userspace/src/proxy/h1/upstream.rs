@@ -33,6 +33,7 @@ use crate::proxy::{
         encode::{self, Out},
         head, scratch,
     },
+    interim::{self, Interim},
 };
 
 type SendError = Box<dyn std::error::Error + Send + Sync>;
@@ -176,8 +177,9 @@ impl Pool {
         Ok(Conn { stream, buf: BytesMut::new() })
     }
 
-    /// Sends a request to `address` and reads the response head; the response's body reads
-    /// the rest from the connection.
+    /// Sends a request to `address` and reads the response head (the interim answers the
+    /// client gets put in `interim`); the response's body reads the rest from the connection.
+    #[allow(clippy::too_many_arguments, reason = "the request's parts, and where its interim answers go")]
     pub async fn send(
         self: &Arc<Self>,
         address: SocketAddr,
@@ -186,6 +188,7 @@ impl Pool {
         headers: &HeaderMap,
         added: encode::Added<'_>,
         mut body: Body,
+        interim: Option<&Interim>,
     ) -> Result<Response<Body>, SendError> {
         let bodiless = body.is_end_stream();
         // Found in a pass over the request's few fields: a lookup hashes the name (~140
@@ -219,7 +222,7 @@ impl Pool {
             if let Some(mut conn) = reused
                 && conn.stream.write_all(&head()).await.is_ok()
             {
-                match read_head(&mut conn, method, headers).await {
+                match read_head(&mut conn, method, headers, interim).await {
                     Ok(Some(answer)) => return Ok(self.response(address, conn, answer)),
                     // Closed or reset before answering: the backend dropped the idle
                     // connection; the request goes again on a new one.
@@ -230,7 +233,7 @@ impl Pool {
             }
             let mut conn = Box::pin(Self::connect(address)).await?;
             conn.stream.write_all(&head()).await?;
-            return match read_head(&mut conn, method, headers).await? {
+            return match read_head(&mut conn, method, headers, interim).await? {
                 Some(answer) => Ok(self.response(address, conn, answer)),
                 None => Err("backend closed the connection before answering".into()),
             };
@@ -240,7 +243,7 @@ impl Pool {
             None => Box::pin(Self::connect(address)).await?,
         };
         write_body(&mut conn, &head(), &mut body, out).await?;
-        match read_head(&mut conn, method, headers).await? {
+        match read_head(&mut conn, method, headers, interim).await? {
             Some(answer) => Ok(self.response(address, conn, answer)),
             None => Err("backend closed the connection before answering".into()),
         }
@@ -357,15 +360,18 @@ pub async fn write_all_vectored<W: tokio::io::AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Reads a response head (skipping 100 Continue and other interim answers but 101); None if
-/// the backend closed before sending a byte. A 101 to a request (`request`: its fields) that
-/// asked for no `Upgrade` is the backend's error (RFC 9110 §15.2.2: a server switches only to
-/// what the client asked for).
+/// Reads a response head; None if the backend closed before sending a byte of an answer. Interim answers
+/// (1xx but 101) are read past, and those the client gets go to `interim` (at most
+/// `interim::MAX_PER_REQUEST` of any kind: more are the backend's error). A 101 to a request
+/// (`request`: its fields) that asked for no `Upgrade` is the backend's error (RFC 9110
+/// §15.2.2: a server switches only to what the client asked for).
 async fn read_head(
     conn: &mut Conn,
     method: &Method,
     request: &HeaderMap,
+    interim: Option<&Interim>,
 ) -> Result<Option<head::ResponseHead>, SendError> {
+    let mut interims = 0;
     loop {
         if !conn.buf.is_empty()
             && let Some(answer) = head::parse_response(&mut conn.buf, method, MAX_HEAD_BYTES)?
@@ -377,13 +383,27 @@ async fn read_head(
                 return Err("backend switched protocols unasked".into());
             }
             if answer.status.is_informational() && answer.status != hyper::StatusCode::SWITCHING_PROTOCOLS {
+                interims += 1;
+                if interims > interim::MAX_PER_REQUEST {
+                    return Err("backend sent too many interim answers".into());
+                }
+                if let Some(interim) = interim
+                    && Interim::relayed(answer.status)
+                {
+                    interim.put(answer.status, answer.headers);
+                }
                 continue;
             }
             return Ok(Some(answer));
         }
         let read_before = conn.buf.len();
         if conn.read_more().await? == 0 {
-            return if read_before == 0 { Ok(None) } else { Err("backend closed mid-head".into()) };
+            // After an interim answer the backend has begun to answer: the request is not sent
+            // again on another connection.
+            return match (read_before, interims) {
+                (0, 0) => Ok(None),
+                _ => Err("backend closed mid-head".into()),
+            };
         }
     }
 }
@@ -524,7 +544,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, "backend.test".parse().unwrap());
         let response = pool
-            .send(address, &Method::GET, path, &headers, encode::Added::default(), body::empty())
+            .send(address, &Method::GET, path, &headers, encode::Added::default(), body::empty(), None)
             .await
             .unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -587,8 +607,16 @@ mod tests {
         let send = |headers: HeaderMap| {
             let pool = pool.clone();
             async move {
-                pool.send(address, &Method::GET, "/switch", &headers, encode::Added::default(), body::empty())
-                    .await
+                pool.send(
+                    address,
+                    &Method::GET,
+                    "/switch",
+                    &headers,
+                    encode::Added::default(),
+                    body::empty(),
+                    None,
+                )
+                .await
             }
         };
         let unasked = send(headers.clone()).await;
@@ -620,7 +648,8 @@ mod tests {
         headers.insert(header::HOST, "backend.test".parse().unwrap());
         headers.insert(header::CONTENT_LENGTH, "5".parse().unwrap());
         let body = streamed(["hello", "GET /hidden HTTP/1.1\r\n\r\n"]);
-        let sent = pool.send(address, &Method::POST, "/up", &headers, encode::Added::default(), body).await;
+        let sent =
+            pool.send(address, &Method::POST, "/up", &headers, encode::Added::default(), body, None).await;
         assert!(sent.is_err());
         drop(pool);
         let request = seen.await.unwrap();
@@ -647,8 +676,10 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, "backend.test".parse().unwrap());
         let body = streamed(["ab", "cde"]);
-        let response =
-            pool.send(address, &Method::POST, "/up", &headers, encode::Added::default(), body).await.unwrap();
+        let response = pool
+            .send(address, &Method::POST, "/up", &headers, encode::Added::default(), body, None)
+            .await
+            .unwrap();
         assert_eq!(response.status(), hyper::StatusCode::NO_CONTENT);
         let request = seen.await.unwrap();
         assert!(

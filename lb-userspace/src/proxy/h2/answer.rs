@@ -1,5 +1,6 @@
-//! A stream's answer: given up if the client resets the stream first, its head sent with
-//! Date and length, its body written a frame at a time as the stream's window allows.
+//! A stream's answer: given up if the client resets the stream first, the backend's interim
+//! answers sent while it waits, its head sent with Date and length, its body written a frame at
+//! a time as the stream's window allows.
 use std::{
     future::{Future, poll_fn},
     pin::Pin,
@@ -14,7 +15,9 @@ use hyper::{
     header::{self, HeaderValue},
 };
 
-use crate::proxy::{clock, date::date, phase::headers};
+use std::sync::Arc;
+
+use crate::proxy::{clock, date::date, interim::Interim, phase::headers};
 
 /// A reset this soon after a stream began counts as early (a long poll given up later does not).
 pub(super) const EARLY_RESET_MS: u64 = 1000;
@@ -30,13 +33,17 @@ pub enum Answered {
     ResetEarly,
 }
 
-/// Serves one stream: its answer (given up if the client resets the stream first), then the
-/// answer's body.
+/// Serves one stream: its answer (given up if the client resets the stream first, the interim
+/// answers put in `interim` sent while it waits), then the answer's body.
 ///
 /// This future is moved into the connection's set of streams for every request, so what it
 /// holds across its waits is kept small: the head is sent by a plain function, and the body's
 /// state is a `Sending` (an async block would keep room for every local it ever had).
-pub async fn answer<F, B>(answer: F, mut respond: SendResponse<Bytes>) -> Answered
+pub async fn answer<F, B>(
+    answer: F,
+    mut respond: SendResponse<Bytes>,
+    interim: Option<Arc<Interim>>,
+) -> Answered
 where
     F: Future<Output = Response<B>>,
     B: HttpBody<Data = Bytes> + Unpin,
@@ -45,7 +52,12 @@ where
     let mut answer = std::pin::pin!(answer);
     let started_ms = clock::coarse_ms();
     let response = poll_fn(|cx| {
-        if let Poll::Ready(response) = answer.as_mut().poll(cx) {
+        let polled = answer.as_mut().poll(cx);
+        // Put there as the answer was polled (same task, same poll: no waker), and sent before it.
+        if let Some(interim) = &interim {
+            send_interim(interim, &mut respond);
+        }
+        if let Poll::Ready(response) = polled {
             return Poll::Ready(Ok(response));
         }
         // Not ready: a RST_STREAM from the client cancels the request.
@@ -68,6 +80,20 @@ where
         sending.await;
     }
     Answered::Yes
+}
+
+/// Sends the interim answers waiting as informational HEADERS, their hop-by-hop fields left
+/// out (h2 refuses connection fields).
+fn send_interim(interim: &Interim, respond: &mut SendResponse<Bytes>) {
+    for (status, mut fields) in interim.take() {
+        headers::strip_hop_by_hop(&mut fields, false);
+        let mut head = Response::new(());
+        *head.status_mut() = status;
+        *head.headers_mut() = fields;
+        if let Err(err) = respond.send_informational(head) {
+            log::debug!("HTTP/2 interim answer: {err}");
+        }
+    }
 }
 
 /// Sends the answer's head; what is left to send of its body, if anything.

@@ -45,7 +45,7 @@ fn echo(io: tokio::io::DuplexStream) -> impl Future<Output = Result<Ended, h2::E
             response.headers_mut().insert(header::CONNECTION, "close".parse().unwrap());
             response
         };
-        answer(echoed, respond)
+        answer(echoed, respond, None)
     })
 }
 
@@ -60,7 +60,7 @@ async fn an_answer_of_known_size_says_its_length_once_and_is_dated() {
             }
             response
         };
-        answer(answered, respond)
+        answer(answered, respond, None)
     });
     let server = tokio::spawn(server);
     let (mut client, connection) = h2::client::handshake(client_io).await.unwrap();
@@ -97,7 +97,7 @@ async fn a_request_s_cookie_crumbs_reach_the_pipeline_as_one_field() {
             let said = cookies.iter().map(|v| v.to_str().unwrap()).collect::<Vec<_>>().join("|");
             Response::new(http_body_util::Full::new(Bytes::from(said)))
         };
-        answer(answered, respond)
+        answer(answered, respond, None)
     });
     let server = tokio::spawn(server);
     let (mut client, connection) = h2::client::handshake(client_io).await.unwrap();
@@ -131,7 +131,7 @@ async fn a_request_with_a_padded_field_value_is_marked_malformed() {
             *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
             response
         };
-        answer(answered, respond)
+        answer(answered, respond, None)
     });
     let server = tokio::spawn(server);
     let (client, connection) = h2::client::handshake(client_io).await.unwrap();
@@ -225,6 +225,7 @@ async fn a_reset_stream_drops_its_answer() {
                 Response::new(crate::proxy::body::empty())
             },
             respond,
+            None,
         )
     });
     let server = tokio::spawn(server);
@@ -255,7 +256,7 @@ fn counting(
             }
             Response::new(crate::proxy::body::empty())
         };
-        answer(answered, respond)
+        answer(answered, respond, None)
     }))
 }
 

@@ -147,6 +147,7 @@ async fn fetch(upstreams: &Upstreams, request: &CacheRequest<'_>) -> Fetched {
         request.forwarding,
         request.host,
         body::empty(),
+        None, // a fill's interim answers are not a client's
     );
     let response = match tokio::time::timeout_at(deadline, sent).await {
         Err(_) => return Fetched::Failed(StatusCode::GATEWAY_TIMEOUT),
@@ -401,6 +402,7 @@ mod tests {
                     self.snapshot.clone(),
                     self.listener.clone(),
                     conn,
+                    None,
                 )
                 .await;
             let (head, body) = handled.response.into_parts();

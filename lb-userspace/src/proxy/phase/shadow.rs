@@ -55,7 +55,7 @@ pub fn send(
     tokio::spawn(async move {
         let _in_flight = InFlight::start(&target);
         let headers = copy.headers.clone();
-        let sent = upstreams.send(protocol, &target, &copy, headers, &forwarding, &host, body::empty());
+        let sent = upstreams.send(protocol, &target, &copy, headers, &forwarding, &host, body::empty(), None);
         let status = match tokio::time::timeout(SHADOW_TIMEOUT, sent).await {
             Ok(Ok(response)) => {
                 let status = response.status().as_u16();

@@ -29,6 +29,7 @@ use crate::{
     proxy::{
         body::{self, Body},
         deadline, h1,
+        interim::Interim,
         metrics::{Label, ProxyMetrics},
         phase::{
             Refusal,
@@ -115,6 +116,8 @@ impl Upstreams {
     /// keeps the client's Host, and an HTTP/1.0 request that came without one gets the
     /// backend's address, as nginx sends by default (every HTTP/1.1 request has a Host, RFC 9112
     /// §3.2); HTTP/2 carries the client's host as `:authority` and no Host (RFC 9113 §8.3.1).
+    /// An HTTP/1.1 backend's interim answers for the client go to `interim` (an h2c backend's
+    /// are not passed on: hyper's client reads past them).
     #[allow(clippy::too_many_arguments, reason = "the request's parts and where it goes")]
     pub async fn send(
         &self,
@@ -125,6 +128,7 @@ impl Upstreams {
         forwarding: &Forwarding,
         host: &str,
         body: Body,
+        interim: Option<&Interim>,
     ) -> Result<Response<Body>, SendError> {
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         if protocol == UpstreamProtocol::Http1 {
@@ -135,7 +139,8 @@ impl Upstreams {
                 headers.insert(header::HOST, host);
             }
             let added = h1::encode::Added { lines: forwarding.lines(), replacing: &headers::SET_BY_PROXY };
-            return self.http1.send(upstream.address, &parts.method, target, &headers, added, body).await;
+            let http1 = &self.http1;
+            return http1.send(upstream.address, &parts.method, target, &headers, added, body, interim).await;
         }
         forwarding.apply(&mut headers);
         headers.remove(header::HOST);
@@ -241,6 +246,8 @@ pub struct Tries<'a> {
     pub body_error: Option<Arc<AtomicU16>>,
     /// The fields the proxy adds (`headers::upstream_request`).
     pub forwarding: &'a Forwarding,
+    /// Where the backends' interim answers for the client go.
+    pub interim: Option<&'a Interim>,
 }
 
 impl Tries<'_> {
@@ -277,9 +284,16 @@ impl Tries<'_> {
             let result = {
                 let body = body.take().unwrap_or_else(body::empty);
                 let (protocol, forwarding, host) = (self.pool.protocol, self.forwarding, self.host);
-                let sending = std::pin::pin!(
-                    self.upstreams.send(protocol, &upstream, parts, headers, forwarding, host, body)
-                );
+                let sending = std::pin::pin!(self.upstreams.send(
+                    protocol,
+                    &upstream,
+                    parts,
+                    headers,
+                    forwarding,
+                    host,
+                    body,
+                    self.interim
+                ));
                 deadline::within(sent + self.route.timeout, sending).await
             };
             let seconds = sent.elapsed().as_secs_f64();

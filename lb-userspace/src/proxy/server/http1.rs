@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::{
-    Request, StatusCode,
+    Request, StatusCode, Version,
     body::{Frame, SizeHint},
 };
 use tokio::{
@@ -40,6 +40,8 @@ use crate::{
             upstream::Switched,
         },
         idle::{Activity, Closed, Watched},
+        interim::Interim,
+        phase::headers,
         pipeline::Forwarder,
         routes::Snapshot,
         server::answer::{BROKE, write_response},
@@ -118,6 +120,8 @@ pub struct Session {
     pub activity: Arc<Activity>,
     /// Fires when the listener stops: idle connections close, busy ones after their answer.
     pub stop: tokio::sync::watch::Receiver<bool>,
+    /// The backend's interim answers to the request in flight (HTTP/1.1: one at a time).
+    pub interim: Arc<Interim>,
 }
 
 /// How the connection ended.
@@ -506,21 +510,29 @@ async fn exchange<S: ClientIo>(
         cx.snapshot.load_full(),
         cx.listener.clone(),
         cx.conn.clone(),
+        Some(cx.interim.clone()),
     ));
-    let mut handled = match chunks {
-        None => handled.await,
-        Some(chunks) => {
+    // Interim answers go out while the pipeline waits, once the body is read (the stream is
+    // the pump's until then), and before the final answer.
+    let interim = &*cx.interim;
+    let mut handled = 'answered: {
+        if let Some(chunks) = chunks {
             let mut pumped = Box::pin(pump(io, buf, &mut decoder, chunks, expect_continue));
-            let mut pumping = true;
-            loop {
-                tokio::select! {
-                    biased;
-                    answer = &mut handled => break answer,
-                    _ = &mut pumped, if pumping => pumping = false,
-                }
+            tokio::select! {
+                biased;
+                answer = &mut handled => break 'answered answer,
+                _ = &mut pumped => {}
+            }
+        }
+        loop {
+            tokio::select! {
+                biased;
+                answer = &mut handled => break answer,
+                () = interim_waiting(interim) => relay_interim(io, interim, version).await,
             }
         }
     };
+    relay_interim(io, interim, version).await;
     // A body not read to its end leaves the stream unusable for another request.
     let keep_alive = keep_alive && decoder.is_done() && !*cx.stop.borrow();
     let beside = encode::Beside { request_id: handled.request_id.as_bytes(), via: handled.via };
@@ -545,6 +557,29 @@ async fn exchange<S: ClientIo>(
     }
     drop(busy);
     if written.keep_alive { Next::Request } else { Next::Close }
+}
+
+/// Ready when interim answers wait. They are put there only while the pipeline's future runs,
+/// and it is polled just before this in the same `select!` (same task, same poll): no waker.
+fn interim_waiting(interim: &Interim) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |_| if interim.waiting() { Poll::Ready(()) } else { Poll::Pending })
+}
+
+/// Writes the interim answers waiting, their hop-by-hop fields left out. An HTTP/1.0 client
+/// gets none (RFC 9110 §15.2). A failed write is left for the final answer's to find.
+async fn relay_interim<S: ClientIo>(io: &mut S, interim: &Interim, version: Version) {
+    let heads = interim.take();
+    if heads.is_empty() || version == Version::HTTP_10 {
+        return;
+    }
+    let mut out = Vec::new();
+    for (status, mut fields) in heads {
+        headers::strip_hop_by_hop(&mut fields, false);
+        encode::interim_head(&mut out, status, &fields);
+    }
+    if io.write_all(&out).await.is_ok() {
+        let _ = io.flush().await;
+    }
 }
 
 /// After `101 Switching Protocols`: bytes both ways until either side closes (or the stream

@@ -67,6 +67,7 @@ async fn proxy(
                 conn: Arc::new(ClientConn { address: client, tls_version: None, sni: None }),
                 activity: activity.clone(),
                 stop: stop.clone(),
+                interim: Arc::default(),
             };
             let served = http1::serve(Watched::new(stream, activity), session);
             let _ = tasks.send(tokio::spawn(async move {
