@@ -360,10 +360,10 @@ pub async fn write_all_vectored<W: tokio::io::AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Reads a response head; None if the backend closed before sending a byte of an answer. Interim answers
-/// (1xx but 101) are read past, and those the client gets go to `interim` (at most
-/// `interim::MAX_PER_REQUEST` of any kind: more are the backend's error). A 101 to a request
-/// (`request`: its fields) that asked for no `Upgrade` is the backend's error (RFC 9110
+/// Reads a response head; None if the backend closed before sending a byte of an answer.
+/// Interim answers (1xx but 101) are read past, and those the client gets go to `interim` (at
+/// most `interim::MAX_PER_REQUEST` of any kind: more are the backend's error). A 101 to a
+/// request (`request`: its fields) that asked for no `Upgrade` is the backend's error (RFC 9110
 /// §15.2.2: a server switches only to what the client asked for).
 async fn read_head(
     conn: &mut Conn,
