@@ -525,14 +525,15 @@ async fn exchange<S: ClientIo>(
             }
         }
         loop {
-            tokio::select! {
-                biased;
-                answer = &mut handled => break answer,
-                () = interim_waiting(interim) => relay_interim(io, interim, version).await,
+            match answer_or_interim(handled.as_mut(), interim).await {
+                Some(answer) => break answer,
+                None => relay_interim(io, interim, version).await,
             }
         }
     };
-    relay_interim(io, interim, version).await;
+    if interim.waiting() {
+        relay_interim(io, interim, version).await;
+    }
     // A body not read to its end leaves the stream unusable for another request.
     let keep_alive = keep_alive && decoder.is_done() && !*cx.stop.borrow();
     let beside = encode::Beside { request_id: handled.request_id.as_bytes(), via: handled.via };
@@ -559,10 +560,17 @@ async fn exchange<S: ClientIo>(
     if written.keep_alive { Next::Request } else { Next::Close }
 }
 
-/// Ready when interim answers wait. They are put there only while the pipeline's future runs,
-/// and it is polled just before this in the same `select!` (same task, same poll): no waker.
-fn interim_waiting(interim: &Interim) -> impl Future<Output = ()> + '_ {
-    std::future::poll_fn(move |_| if interim.waiting() { Poll::Ready(()) } else { Poll::Pending })
+/// The pipeline's answer, or None when interim answers wait first. They are put there only
+/// while the pipeline's future is polled, here (same task, same poll): no waker is needed.
+fn answer_or_interim<'a, F: Future>(
+    mut handled: Pin<&'a mut F>,
+    interim: &'a Interim,
+) -> impl Future<Output = Option<F::Output>> + 'a {
+    std::future::poll_fn(move |task| match handled.as_mut().poll(task) {
+        Poll::Ready(answer) => Poll::Ready(Some(answer)),
+        Poll::Pending if interim.waiting() => Poll::Ready(None),
+        Poll::Pending => Poll::Pending,
+    })
 }
 
 /// Writes the interim answers waiting, their hop-by-hop fields left out. An HTTP/1.0 client
