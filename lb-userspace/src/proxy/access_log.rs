@@ -5,7 +5,7 @@ use std::{fmt::Write as _, net::SocketAddr, time::Instant};
 
 use crate::{
     config::AccessLogFormat,
-    proxy::{log_sink, metrics::Label},
+    proxy::{interim::Interim, log_sink, metrics::Label},
 };
 
 /// What one client connection is, for every request on it.
@@ -15,9 +15,16 @@ pub struct ClientConn {
     pub tls_version: Option<&'static str>,
     /// The server name the client asked for in its ClientHello.
     pub sni: Option<String>,
+    /// Backends' interim answers for the client, taken by the request that was polled as they
+    /// came (`interim.rs`).
+    pub interim: Interim,
 }
 
 impl ClientConn {
+    pub fn new(address: SocketAddr, tls_version: Option<&'static str>, sni: Option<String>) -> ClientConn {
+        ClientConn { address, tls_version, sni, interim: Interim::default() }
+    }
+
     pub fn tls(&self) -> bool {
         self.tls_version.is_some()
     }
@@ -246,11 +253,8 @@ mod tests {
 
     #[test]
     fn the_line_names_every_field_once() {
-        let conn = ClientConn {
-            address: "192.0.2.1:5000".parse().unwrap(),
-            tls_version: Some("TLSv1_3"),
-            sni: Some("example.test".into()),
-        };
+        let conn =
+            ClientConn::new("192.0.2.1:5000".parse().unwrap(), Some("TLSv1_3"), Some("example.test".into()));
         let entry = Entry {
             started: Instant::now(),
             method: "GET".into(),
@@ -273,7 +277,7 @@ mod tests {
 
     #[test]
     fn the_json_line_is_one_object_with_the_same_fields() {
-        let conn = ClientConn { address: "192.0.2.1:5000".parse().unwrap(), tls_version: None, sni: None };
+        let conn = ClientConn::new("192.0.2.1:5000".parse().unwrap(), None, None);
         let entry = Entry {
             started: Instant::now(),
             method: "GET".into(),

@@ -2,9 +2,11 @@
 //! for the client's connection to pass on before the final answer, as HAProxy and nginx 1.29
 //! do.
 //!
-//! The HTTP/1.1 upstream puts them here as it reads them, and the client's connection (the
-//! HTTP/1.1 exchange, or the HTTP/2 stream) takes them each time the request's pipeline,
-//! which it polls, waits: both run in the same task, in the same poll, so no waker is needed.
+//! One per client connection (in its `ClientConn`, no allocation of its own). The HTTP/1.1
+//! upstream puts them here as it reads them, and the request's side (the HTTP/1.1 exchange, or
+//! the HTTP/2 stream) takes them right after each poll of its pipeline: both run in the
+//! connection's task, in the same poll, so no waker is needed, and an HTTP/2 stream takes only
+//! its own (the streams are polled one at a time).
 //! 100 Continue is lbd's own to say (it answers `Expect: 100-continue` itself when it starts
 //! reading the body), and 101 is a final answer to an upgrade.
 use std::sync::{

@@ -20,7 +20,6 @@ use crate::{
         access_log::{self, ClientConn, Entry},
         body::Body,
         cache::CacheStore,
-        interim::Interim,
         metrics::{Label, ProxyMetrics},
         phase::{
             Refusal, caching, choose, gate, guard, headers, path, shadow,
@@ -210,9 +209,9 @@ impl Forwarder {
         HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
     }
 
-    /// Answers one request; the backend's interim answers the client gets go to `interim`. Not
-    /// an `async fn` (nor is `answer`): one keeps a second copy of its arguments in its future,
-    /// and this future is made and moved for every request.
+    /// Answers one request (the backend's interim answers for the client go to `conn`'s
+    /// `interim`). Not an `async fn` (nor is `answer`): one keeps a second copy of its arguments
+    /// in its future, and this future is made and moved for every request.
     #[allow(clippy::manual_async_fn, reason = "an async fn keeps a second copy of its arguments")]
     pub fn handle(
         self: Arc<Self>,
@@ -220,7 +219,6 @@ impl Forwarder {
         snapshot: Arc<Snapshot>,
         listener: Arc<Listener>,
         conn: Arc<ClientConn>,
-        interim: Option<Arc<Interim>>,
     ) -> impl Future<Output = Handled> + Send {
         async move {
             // What the log line needs of the request, taken before the request moves on (the
@@ -239,13 +237,11 @@ impl Forwarder {
                 api_key_query: None,
                 in_flight: None,
             };
-            let (response, reason) = match self
-                .answer(request, &snapshot, &listener, &conn, interim.as_deref(), &mut labels)
-                .await
-            {
-                Ok(response) => (response, None),
-                Err(refusal) => (*refusal.response, Some(refusal.reason)),
-            };
+            let (response, reason) =
+                match self.answer(request, &snapshot, &listener, &conn, &mut labels).await {
+                    Ok(response) => (response, None),
+                    Err(refusal) => (*refusal.response, Some(refusal.reason)),
+                };
             let status = response.status().as_u16();
             let entry = logged.map(|(started, method, target)| Entry {
                 started,
@@ -284,7 +280,6 @@ impl Forwarder {
         snapshot: &'a Snapshot,
         listener: &'a Listener,
         conn: &'a ClientConn,
-        interim: Option<&'a Interim>,
         labels: &'a mut Labels,
     ) -> impl Future<Output = Result<Response<Body>, Refusal>> + Send + 'a {
         async move {
@@ -352,7 +347,7 @@ impl Forwarder {
                 tries,
                 body_error,
                 forwarding: &forwarding,
-                interim,
+                interim: Some(&conn.interim),
             };
             let answered = match tries.run(first, &mut parts, body, || self.draw()).await {
                 Ok(answered) => answered,

@@ -39,7 +39,6 @@ use crate::{
         h1::rewind::Rewind,
         h2,
         idle::{self, Busy, Registry, Watched},
-        interim::Interim,
         own_fields::{self, VIA, X_REQUEST_ID},
         phase::upstream::InFlight,
         pipeline::{Counted, Forwarder},
@@ -216,7 +215,6 @@ impl Connection {
             conn,
             activity: registered.activity.clone(),
             stop: serving.stop.clone(),
-            interim: Arc::default(),
         };
         Connection { session, http2: serving.http2.clone(), registered, _permit: permit }
     }
@@ -308,11 +306,11 @@ impl Connection {
             }
         };
         let session = stream.get_ref().1;
-        self.session.conn = Arc::new(ClientConn {
-            address: client,
-            tls_version: session.protocol_version().and_then(|v| v.as_str()),
-            sni: session.server_name().map(str::to_owned),
-        });
+        self.session.conn = Arc::new(ClientConn::new(
+            client,
+            session.protocol_version().and_then(|v| v.as_str()),
+            session.server_name().map(str::to_owned),
+        ));
         if session.alpn_protocol() == Some(b"h2") {
             // HTTP/2 has a watchdog of its own.
             return Either::Right(Either::Left(async move {
@@ -402,11 +400,8 @@ fn stream(
     // The pipeline's future (~3 KiB) is boxed before the stream's future is made: that one is
     // moved into the connection's set of streams, and an async block that made the box itself
     // would carry room for the unboxed future too.
-    // Each stream's own: streams of a connection wait for their answers side by side.
-    let interim = Arc::new(Interim::default());
     let handled = boxed(|| {
-        let (snapshot, listener) = (s.snapshot.load_full(), s.listener.clone());
-        s.forwarder.clone().handle(request, snapshot, listener, conn.clone(), Some(interim.clone()))
+        s.forwarder.clone().handle(request, s.snapshot.load_full(), s.listener.clone(), conn.clone())
     });
     let answer = async move {
         let handled = handled.await;
@@ -426,7 +421,7 @@ fn stream(
             bytes: 0,
         })
     };
-    h2::answer(answer, respond, Some(interim))
+    h2::answer(answer, respond, Some(s.conn.clone()))
 }
 
 /// A connection's slot under `max_connections`. When all are taken, an idle keep-alive
@@ -485,7 +480,7 @@ pub async fn serve(
             continue; // closed at once
         };
         let _ = stream.set_nodelay(true);
-        let conn = Arc::new(ClientConn { address: client, tls_version: None, sni: None });
+        let conn = Arc::new(ClientConn::new(client, None, None));
         let connection = Connection::new(&serving, conn, registry.register(), permit);
         match &acceptor {
             // Plain connections are one lean task: no TLS or HTTP/2 state (HTTP/1.1's idle wait

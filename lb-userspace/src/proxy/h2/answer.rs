@@ -17,7 +17,7 @@ use hyper::{
 
 use std::sync::Arc;
 
-use crate::proxy::{clock, date::date, interim::Interim, phase::headers};
+use crate::proxy::{access_log::ClientConn, clock, date::date, interim::Interim, phase::headers};
 
 /// A reset this soon after a stream began counts as early (a long poll given up later does not).
 pub(super) const EARLY_RESET_MS: u64 = 1000;
@@ -33,8 +33,10 @@ pub enum Answered {
     ResetEarly,
 }
 
-/// Serves one stream: its answer (given up if the client resets the stream first, the interim
-/// answers put in `interim` sent while it waits), then the answer's body.
+/// Serves one stream: its answer (given up if the client resets the stream first), then the
+/// answer's body. The backend's interim answers are sent as they come: from `conn`'s, which a
+/// stream takes right after its own answer was polled (the streams of a connection are polled
+/// one at a time, in its task).
 ///
 /// This future is moved into the connection's set of streams for every request, so what it
 /// holds across its waits is kept small: the head is sent by a plain function, and the body's
@@ -42,7 +44,7 @@ pub enum Answered {
 pub async fn answer<F, B>(
     answer: F,
     mut respond: SendResponse<Bytes>,
-    interim: Option<Arc<Interim>>,
+    conn: Option<Arc<ClientConn>>,
 ) -> Answered
 where
     F: Future<Output = Response<B>>,
@@ -54,8 +56,8 @@ where
     let response = poll_fn(|cx| {
         let polled = answer.as_mut().poll(cx);
         // Put there as the answer was polled (same task, same poll: no waker), and sent before it.
-        if let Some(interim) = &interim {
-            send_interim(interim, &mut respond);
+        if let Some(conn) = &conn {
+            send_interim(&conn.interim, &mut respond);
         }
         if let Poll::Ready(response) = polled {
             return Poll::Ready(Ok(response));

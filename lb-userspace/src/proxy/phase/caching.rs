@@ -389,11 +389,7 @@ mod tests {
             for (name, value) in fields {
                 request = request.header(*name, *value);
             }
-            let conn = Arc::new(ClientConn {
-                address: "192.0.2.1:4000".parse().unwrap(),
-                tls_version: None,
-                sni: None,
-            });
+            let conn = Arc::new(ClientConn::new("192.0.2.1:4000".parse().unwrap(), None, None));
             let handled = self
                 .forwarder
                 .clone()
@@ -402,7 +398,6 @@ mod tests {
                     self.snapshot.clone(),
                     self.listener.clone(),
                     conn,
-                    None,
                 )
                 .await;
             let (head, body) = handled.response.into_parts();

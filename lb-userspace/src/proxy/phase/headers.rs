@@ -297,8 +297,7 @@ mod tests {
         parts.headers.insert(X_FORWARDED_FOR, "203.0.113.7".parse().unwrap());
         parts.headers.insert(header::CONNECTION, "keep-alive, x-hop".parse().unwrap());
         parts.headers.insert("x-hop", "1".parse().unwrap());
-        let conn =
-            ClientConn { address: "[2001:db8::5]:4000".parse().unwrap(), tls_version: None, sni: None };
+        let conn = ClientConn::new("[2001:db8::5]:4000".parse().unwrap(), None, None);
         let id = HeaderValue::from_static("abc");
         parts.headers.insert(VIA, "1.0 client-side".parse().unwrap());
         let previous = parts.headers.get(X_FORWARDED_FOR).cloned();
@@ -331,7 +330,7 @@ mod tests {
             request = request.header(header::HOST, host);
         }
         let (mut parts, ()) = request.body(()).unwrap().into_parts();
-        let conn = ClientConn { address: "192.0.2.9:4000".parse().unwrap(), tls_version: None, sni: None };
+        let conn = ClientConn::new("192.0.2.9:4000".parse().unwrap(), None, None);
         let id = HeaderValue::from_static("abc");
         let received = parts.headers.get(header::HOST).cloned();
         let forwarding = upstream_request(&mut parts, received.as_ref(), &conn, None, &id, false, false);

@@ -120,8 +120,6 @@ pub struct Session {
     pub activity: Arc<Activity>,
     /// Fires when the listener stops: idle connections close, busy ones after their answer.
     pub stop: tokio::sync::watch::Receiver<bool>,
-    /// The backend's interim answers to the request in flight (HTTP/1.1: one at a time).
-    pub interim: Arc<Interim>,
 }
 
 /// How the connection ended.
@@ -510,11 +508,10 @@ async fn exchange<S: ClientIo>(
         cx.snapshot.load_full(),
         cx.listener.clone(),
         cx.conn.clone(),
-        Some(cx.interim.clone()),
     ));
     // Interim answers go out while the pipeline waits, once the body is read (the stream is
     // the pump's until then), and before the final answer.
-    let interim = &*cx.interim;
+    let interim = &cx.conn.interim;
     let mut handled = 'answered: {
         if let Some(chunks) = chunks {
             let mut pumped = Box::pin(pump(io, buf, &mut decoder, chunks, expect_continue));

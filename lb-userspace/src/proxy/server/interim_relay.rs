@@ -1,7 +1,7 @@
 //! A backend's interim answers through a listener: 103 Early Hints reaches an HTTP/1.1 client
 //! and an HTTP/2 client before the final answer, while the backend still works on it, with its
-//! hop-by-hop fields left out; an HTTP/1.0 client gets none; a backend that never stops
-//! sending them gets a 502.
+//! hop-by-hop fields left out, each HTTP/2 stream its own; an HTTP/1.0 client gets none; a
+//! backend that never stops sending them gets a 502.
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{
@@ -148,4 +148,31 @@ async fn early_hints_reach_an_http2_client_before_the_backend_answers() {
     go.send(()).await.unwrap();
     let answer = tokio::time::timeout(WITHIN, response).await.expect("no answer").unwrap();
     assert_eq!(answer.status(), hyper::StatusCode::OK);
+}
+
+#[tokio::test]
+async fn each_http2_stream_gets_its_own_interim_answers() {
+    let (backend, go) = hinting_backend(HINTS.to_vec()).await;
+    let address = listener_to(backend).await;
+    let io = TcpStream::connect(address).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(io).await.unwrap();
+    tokio::spawn(connection);
+    // Two streams of one connection wait side by side: each gets one 103, the other's not.
+    let mut responses = Vec::new();
+    for path in ["/a", "/b"] {
+        let request = hyper::Request::get(format!("http://a.test{path}")).body(()).unwrap();
+        client = client.ready().await.unwrap();
+        responses.push(client.send_request(request, true).unwrap().0);
+    }
+    for response in &mut responses {
+        let hints = std::future::poll_fn(|cx| response.poll_informational(cx));
+        let hints = tokio::time::timeout(WITHIN, hints).await.expect("a stream got no interim answer");
+        assert_eq!(hints.unwrap().unwrap().status(), hyper::StatusCode::EARLY_HINTS);
+    }
+    go.send(()).await.unwrap();
+    go.send(()).await.unwrap();
+    for response in responses {
+        let answer = tokio::time::timeout(WITHIN, response).await.expect("no answer").unwrap();
+        assert_eq!(answer.status(), hyper::StatusCode::OK);
+    }
 }

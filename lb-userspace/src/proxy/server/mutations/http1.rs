@@ -64,10 +64,9 @@ async fn proxy(
                 forwarder: forwarder.clone(),
                 snapshot: snapshot.clone(),
                 listener: listener.clone(),
-                conn: Arc::new(ClientConn { address: client, tls_version: None, sni: None }),
+                conn: Arc::new(ClientConn::new(client, None, None)),
                 activity: activity.clone(),
                 stop: stop.clone(),
-                interim: Arc::default(),
             };
             let served = http1::serve(Watched::new(stream, activity), session);
             let _ = tasks.send(tokio::spawn(async move {
