@@ -357,6 +357,21 @@ impl Drop for PeerPass {
     }
 }
 
+/// Reads a request head (with no body) a byte at a time, so nothing after it is taken; false if
+/// the stream ended first.
+async fn head_read(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// A tokio server on its own thread inside a namespace, one task per connection; stopped on drop.
 pub struct NsServer {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -427,15 +442,10 @@ impl NsServer {
     /// Accepts an HTTP/1.1 Upgrade (`101 Switching Protocols`), then echoes every byte back:
     /// a stand-in for a WebSocket server.
     pub fn upgrade_echo(host: &Host, port: u16) -> Result<NsServer> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         NsServer::start(host, port, |mut stream| async move {
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                match stream.read(&mut byte).await {
-                    Ok(1) => head.push(byte[0]),
-                    _ => return,
-                }
+            if !head_read(&mut stream).await {
+                return;
             }
             let reply =
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
@@ -450,17 +460,9 @@ impl NsServer {
     /// HTTP/1.1 that answers every request with `103 Early Hints` (a Link to preload and a
     /// hop-by-hop field), then after 200 ms `200 OK` with the body `hinted`; kept alive.
     pub fn early_hints(host: &Host, port: u16) -> Result<NsServer> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         NsServer::start(host, port, |mut stream| async move {
-            loop {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match stream.read(&mut byte).await {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
+            while head_read(&mut stream).await {
                 let hints = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\
                               Connection: x-hop\r\nX-Hop: 1\r\n\r\n";
                 if stream.write_all(hints).await.is_err() {

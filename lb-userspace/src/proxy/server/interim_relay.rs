@@ -60,6 +60,14 @@ async fn listener_to(backend: SocketAddr) -> SocketAddr {
     super::mutations::start_listener(listener, &routes).await.0
 }
 
+/// An HTTP/2 client (prior knowledge) connected to `address`.
+async fn h2_client(address: SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
+    let io = TcpStream::connect(address).await.unwrap();
+    let (client, connection) = h2::client::handshake(io).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
 /// Reads until `got` holds `wanted`.
 async fn read_until(client: &mut TcpStream, got: &mut Vec<u8>, wanted: &[u8]) {
     let reading = async {
@@ -134,10 +142,7 @@ async fn a_backend_that_keeps_sending_interim_answers_is_a_bad_gateway() {
 #[tokio::test]
 async fn early_hints_reach_an_http2_client_before_the_backend_answers() {
     let (backend, go) = hinting_backend(HINTS.to_vec()).await;
-    let address = listener_to(backend).await;
-    let io = TcpStream::connect(address).await.unwrap();
-    let (mut client, connection) = h2::client::handshake(io).await.unwrap();
-    tokio::spawn(connection);
+    let mut client = h2_client(listener_to(backend).await).await;
     let request = hyper::Request::get("http://a.test/").body(()).unwrap();
     let (mut response, _) = client.send_request(request, true).unwrap();
     let hints = std::future::poll_fn(|cx| response.poll_informational(cx));
@@ -153,10 +158,7 @@ async fn early_hints_reach_an_http2_client_before_the_backend_answers() {
 #[tokio::test]
 async fn each_http2_stream_gets_its_own_interim_answers() {
     let (backend, go) = hinting_backend(HINTS.to_vec()).await;
-    let address = listener_to(backend).await;
-    let io = TcpStream::connect(address).await.unwrap();
-    let (mut client, connection) = h2::client::handshake(io).await.unwrap();
-    tokio::spawn(connection);
+    let mut client = h2_client(listener_to(backend).await).await;
     // Two streams of one connection wait side by side: each gets one 103, the other's not.
     let mut responses = Vec::new();
     for path in ["/a", "/b"] {
