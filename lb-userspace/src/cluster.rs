@@ -25,6 +25,40 @@ use crate::{
     state::{Command, State},
 };
 
+/// Why an etcd request failed: the last endpoint tried, and why it failed there.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("no endpoints")]
+    NoEndpoints,
+    #[error("{endpoint}: {failed}")]
+    At { endpoint: String, failed: Failed },
+}
+
+/// Why a request to one endpoint failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Failed {
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+    #[error("{0}")]
+    Request(#[from] hyper::http::Error),
+    #[error("{0}")]
+    Body(Box<dyn std::error::Error + Send + Sync>),
+    #[error("{status}: {error}")]
+    Json { status: hyper::StatusCode, error: serde_json::Error },
+    #[error("{status}: {message}")]
+    Refused { status: hyper::StatusCode, message: String },
+    #[error("watch answer too large")]
+    WatchTooLarge,
+    #[error("etcd closed the watch")]
+    WatchClosed,
+}
+
 /// The longest an etcd request may take (the watch excepted).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest etcd answer read.
@@ -82,7 +116,7 @@ impl Etcd {
     }
 
     /// Every pool's members and every VIP, read at one revision.
-    pub async fn view(&self) -> Result<View, String> {
+    pub async fn view(&self) -> Result<View, EtcdError> {
         let answer = self
             .call(
                 "/v3/kv/range",
@@ -123,8 +157,8 @@ impl Etcd {
     }
 
     /// Writes one backend; the revision it was written at.
-    pub async fn put(&self, pool: &str, address: IpAddr, member: Member) -> Result<i64, String> {
-        let value = serde_json::to_vec(&member).map_err(|e| e.to_string())?;
+    pub async fn put(&self, pool: &str, address: IpAddr, member: Member) -> Result<i64, EtcdError> {
+        let value = serde_json::to_vec(&member).expect("a member is two plain fields");
         let key = self.member_key(pool, address);
         let answer =
             self.call("/v3/kv/put", json!({ "key": B64.encode(key), "value": B64.encode(value) })).await?;
@@ -132,50 +166,49 @@ impl Etcd {
     }
 
     /// Removes one backend; the revision it was removed at.
-    pub async fn delete(&self, pool: &str, address: IpAddr) -> Result<i64, String> {
+    pub async fn delete(&self, pool: &str, address: IpAddr) -> Result<i64, EtcdError> {
         let key = self.member_key(pool, address);
         let answer = self.call("/v3/kv/deleterange", json!({ "key": B64.encode(key) })).await?;
         Ok(revision(&answer))
     }
 
     /// Returns when anything under the prefix changes after `revision`, or after `at_most`.
-    pub async fn changed_after(&self, revision: i64, at_most: Duration) -> Result<(), String> {
+    pub async fn changed_after(&self, revision: i64, at_most: Duration) -> Result<(), EtcdError> {
         let key = &self.prefix;
         let body = json!({ "create_request": {
             "key": B64.encode(key), "range_end": B64.encode(prefix_end(key)), "start_revision": (revision + 1).to_string()
         }});
-        let mut last = String::new();
+        let mut last = EtcdError::NoEndpoints;
         for endpoint in &self.endpoints {
             let watch = async {
                 let mut answer = send(endpoint, "/v3/watch", &body).await?;
                 // The gateway streams one JSON object per message; the first names the watch.
                 let mut seen = Vec::new();
                 while let Some(frame) = answer.body_mut().frame().await {
-                    let frame = frame.map_err(|e| e.to_string())?;
-                    if let Ok(data) = frame.into_data() {
+                    if let Ok(data) = frame?.into_data() {
                         seen.extend_from_slice(&data);
                         if seen.len() > MAX_ANSWER_BYTES {
-                            return Err("watch answer too large".to_owned());
+                            return Err(Failed::WatchTooLarge);
                         }
                         if String::from_utf8_lossy(&seen).contains("\"events\"") {
                             return Ok(());
                         }
                     }
                 }
-                Err("etcd closed the watch".to_owned())
+                Err(Failed::WatchClosed)
             };
             match tokio::time::timeout(at_most, watch).await {
                 Err(_) => return Ok(()), // quiet: the caller reads again anyway
                 Ok(Ok(())) => return Ok(()),
-                Ok(Err(err)) => last = format!("{endpoint}: {err}"),
+                Ok(Err(failed)) => last = EtcdError::At { endpoint: endpoint.clone(), failed },
             }
         }
         Err(last)
     }
 
     /// POSTs `body` to `path` on the first endpoint that answers.
-    async fn call(&self, path: &str, body: Value) -> Result<Value, String> {
-        let mut last = String::from("no endpoints");
+    async fn call(&self, path: &str, body: Value) -> Result<Value, EtcdError> {
+        let mut last = EtcdError::NoEndpoints;
         for endpoint in &self.endpoints {
             let exchange = async {
                 let answer = send(endpoint, path, &body).await?;
@@ -183,39 +216,40 @@ impl Etcd {
                 let bytes = http_body_util::Limited::new(answer.into_body(), MAX_ANSWER_BYTES)
                     .collect()
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(Failed::Body)?
                     .to_bytes();
-                let value: Value = serde_json::from_slice(&bytes).map_err(|e| format!("{status}: {e}"))?;
+                let value: Value =
+                    serde_json::from_slice(&bytes).map_err(|error| Failed::Json { status, error })?;
                 if !status.is_success() {
-                    return Err(format!("{status}: {}", value["message"].as_str().unwrap_or_default()));
+                    let message = value["message"].as_str().unwrap_or_default().to_owned();
+                    return Err(Failed::Refused { status, message });
                 }
                 Ok(value)
             };
-            match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            let failed = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
                 Ok(Ok(value)) => return Ok(value),
-                Ok(Err(err)) => last = format!("{endpoint}: {err}"),
-                Err(_) => last = format!("{endpoint}: no answer within {REQUEST_TIMEOUT:?}"),
-            }
+                Ok(Err(failed)) => failed,
+                Err(_) => Failed::NoAnswer(REQUEST_TIMEOUT),
+            };
+            last = EtcdError::At { endpoint: endpoint.clone(), failed };
         }
         Err(last)
     }
 }
 
 /// Opens a connection to `endpoint` and sends one POST.
-async fn send(endpoint: &str, path: &str, body: &Value) -> Result<hyper::Response<Incoming>, String> {
+async fn send(endpoint: &str, path: &str, body: &Value) -> Result<hyper::Response<Incoming>, Failed> {
     let stream = tokio::time::timeout(REQUEST_TIMEOUT, tokio::net::TcpStream::connect(endpoint))
         .await
-        .map_err(|_| "connect timed out".to_owned())?
-        .map_err(|e| format!("connect: {e}"))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+        .map_err(|_| Failed::ConnectTimeout)?
+        .map_err(Failed::Connect)?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     let request = Request::post(path)
         .header(hyper::header::HOST, endpoint)
         .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .map_err(|e| e.to_string())?;
-    sender.send_request(request).await.map_err(|e| e.to_string())
+        .body(Full::new(Bytes::from(body.to_string())))?;
+    Ok(sender.send_request(request).await?)
 }
 
 /// The end of the key range that holds every key starting with `prefix`.
@@ -305,6 +339,32 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
+
+    /// An etcd that is not there: the error names the last endpoint tried and why, as the log
+    /// and the admin API say it; an answer that is not etcd's JSON names its status.
+    #[tokio::test]
+    async fn a_failed_request_names_the_last_endpoint_and_why() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let not_etcd = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let not_etcd_at = not_etcd.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = not_etcd.accept().await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut request = [0; 4096];
+                let _ = stream.read(&mut request).await;
+                let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope").await;
+            }
+        });
+        let etcd = |endpoints: Vec<String>| {
+            Etcd::new(&Cluster { endpoints, prefix: "/sluice/".into(), vips: false })
+        };
+        let err = etcd(vec![]).view().await.unwrap_err();
+        assert_eq!(err.to_string(), "no endpoints");
+        let err = etcd(vec![not_etcd_at.to_string(), closed.to_string()]).view().await.unwrap_err();
+        assert!(err.to_string().starts_with(&format!("{closed}: connect: ")), "{err}");
+        let err = etcd(vec![not_etcd_at.to_string()]).view().await.unwrap_err();
+        assert!(err.to_string().starts_with(&format!("{not_etcd_at}: 404 Not Found: ")), "{err}");
+    }
 
     fn state() -> State {
         let text = "[dataplane]\ninterface = \"eth0\"\n\

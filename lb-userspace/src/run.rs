@@ -540,6 +540,8 @@ async fn follow(core: Shared, etcd: Arc<crate::cluster::Etcd>) {
                 })
             }
             Err(err) => {
+                // Kept as its text: status shows it, and the log says it once until it changes.
+                let err = err.to_string();
                 let mut core = lock(&core);
                 if core.following.error.as_ref() != Some(&err) {
                     error!("etcd unreachable ({err}): the last known pools keep serving");
