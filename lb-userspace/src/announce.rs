@@ -37,6 +37,19 @@ pub fn render(addresses: &BTreeSet<IpAddr>) -> String {
 }
 
 /// Keeps BIRD announcing what lbd wants.
+/// Why BIRD was not told: the routes file not written, or `birdc configure` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AnnounceError {
+    #[error("writing {file}: {error}")]
+    Write { file: String, error: String },
+    #[error("{birdc} did not answer within {BIRDC_TIMEOUT:?}")]
+    Silent { birdc: String },
+    #[error("running {birdc}: {error}")]
+    Run { birdc: String, error: std::io::Error },
+    #[error("birdc configure: {0}")]
+    Refused(String),
+}
+
 pub struct Announcer {
     bgp: Bgp,
     /// What BIRD was last told (None: nothing yet).
@@ -57,15 +70,18 @@ impl Announcer {
     }
 
     /// Makes BIRD announce `wanted` if it does not already; Ok(true) when something changed.
-    pub async fn sync(&mut self, wanted: &BTreeSet<IpAddr>) -> Result<bool, String> {
+    pub async fn sync(&mut self, wanted: &BTreeSet<IpAddr>) -> Result<bool, AnnounceError> {
         if self.announced.as_ref() == Some(wanted) {
             return Ok(false);
         }
         let (file, text) = (self.bgp.routes_file.clone(), render(wanted));
-        tokio::task::spawn_blocking(move || crate::persist::replace(&file, text.as_bytes()))
+        let written = tokio::task::spawn_blocking(move || crate::persist::replace(&file, text.as_bytes()))
             .await
-            .map_err(|err| err.to_string())?
-            .map_err(|err| format!("writing {}: {err}", self.bgp.routes_file.display()))?;
+            .map_err(|err| err.to_string())
+            .and_then(|written| written.map_err(|err| err.to_string()));
+        if let Err(error) = written {
+            return Err(AnnounceError::Write { file: self.bgp.routes_file.display().to_string(), error });
+        }
         birdc_configure(&self.bgp.birdc, &self.bgp.control_socket).await?;
         self.announced = Some(wanted.clone());
         Ok(true)
@@ -78,7 +94,7 @@ impl Announcer {
 }
 
 /// `birdc -s SOCKET configure`, within its timeout; Err with BIRD's words when it refuses.
-async fn birdc_configure(birdc: &Path, socket: &Path) -> Result<(), String> {
+async fn birdc_configure(birdc: &Path, socket: &Path) -> Result<(), AnnounceError> {
     let run = tokio::process::Command::new(birdc)
         .arg("-s")
         .arg(socket)
@@ -86,8 +102,8 @@ async fn birdc_configure(birdc: &Path, socket: &Path) -> Result<(), String> {
         .kill_on_drop(true)
         .output();
     let output = match tokio::time::timeout(BIRDC_TIMEOUT, run).await {
-        Err(_) => return Err(format!("{} did not answer within {BIRDC_TIMEOUT:?}", birdc.display())),
-        Ok(Err(err)) => return Err(format!("running {}: {err}", birdc.display())),
+        Err(_) => return Err(AnnounceError::Silent { birdc: birdc.display().to_string() }),
+        Ok(Err(error)) => return Err(AnnounceError::Run { birdc: birdc.display().to_string(), error }),
         Ok(Ok(output)) => output,
     };
     let said = String::from_utf8_lossy(&output.stdout);
@@ -95,16 +111,46 @@ async fn birdc_configure(birdc: &Path, socket: &Path) -> Result<(), String> {
     if output.status.success() && said.contains("Reconfigur") {
         Ok(())
     } else {
-        Err(format!("birdc configure: {}{}", said.trim(), String::from_utf8_lossy(&output.stderr).trim()))
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        Err(AnnounceError::Refused(format!("{}{}", said.trim(), stderr.trim())))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
 
     use super::*;
     use crate::{config::Config, state::Command};
+
+    /// Each way BIRD may not be told says which, in the words the log and status show.
+    #[tokio::test]
+    async fn a_failed_sync_says_what_failed() {
+        let dir = std::env::temp_dir().join(format!("sluice-announce-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bgp = |routes_file: PathBuf, birdc: &str| Bgp {
+            routes_file,
+            control_socket: dir.join("bird.ctl"),
+            birdc: PathBuf::from(birdc),
+            drained: false,
+            withdraw_wait: Duration::ZERO,
+        };
+        let wanted: BTreeSet<IpAddr> = ["198.19.0.1".parse().unwrap()].into();
+        let said = |bgp: Bgp| async {
+            let mut announcer = Announcer::new(bgp);
+            let err = announcer.sync(&wanted).await.unwrap_err().to_string();
+            assert!(announcer.announced().is_empty(), "announced after {err}");
+            err
+        };
+        let unwritable = dir.join("no-such-dir").join("routes.conf");
+        let err = said(bgp(unwritable.clone(), "/bin/true")).await;
+        assert!(err.starts_with(&format!("writing {}: ", unwritable.display())), "{err}");
+        let err = said(bgp(dir.join("routes.conf"), "/nonexistent/birdc")).await;
+        assert!(err.starts_with("running /nonexistent/birdc: "), "{err}");
+        let err = said(bgp(dir.join("routes.conf"), "/bin/false")).await;
+        assert_eq!(err, "birdc configure: ");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn state(bgp: &str) -> State {
         let text = format!(

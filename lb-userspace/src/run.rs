@@ -477,6 +477,8 @@ async fn announce(
                     state.error = None;
                 }
                 Err(err) => {
+                    // Kept as its text: status shows it, and the log says it once until it changes.
+                    let err = err.to_string();
                     if state.error.as_ref() != Some(&err) {
                         error!("BGP: {err}");
                     }
