@@ -139,8 +139,8 @@ impl Upstreams {
                 headers.insert(header::HOST, host);
             }
             let added = h1::encode::Added { lines: forwarding.lines(), replacing: &headers::SET_BY_PROXY };
-            let http1 = &self.http1;
-            return http1.send(upstream.address, &parts.method, target, &headers, added, body, interim).await;
+            let address = upstream.address;
+            return self.http1.send(address, &parts.method, target, &headers, added, body, interim).await;
         }
         forwarding.apply(&mut headers);
         headers.remove(header::HOST);
