@@ -65,6 +65,15 @@ fn bad_mac() {
 }
 
 #[test]
+fn dataplane_errors_come_in_the_order_of_the_file() {
+    let text = "[dataplane]\ninterface = \"eth0\"\npin_dir = \"/tmp/x\"\nnext_hop_mac = \"02:00\"\n\
+                encap_source_v4 = \"fd00::1\"\nmax_vips = 0\n";
+    let lines: Vec<String> =
+        errors(text).iter().map(|e| e.split(':').take(2).collect::<Vec<_>>().join(":")).collect();
+    assert_eq!(lines, ["t.toml:3", "t.toml:4", "t.toml:5", "t.toml:6"]);
+}
+
+#[test]
 fn encapsulation_sources_are_addresses_of_their_family() {
     let config = Config::parse(Path::new("t.toml"), BASE).unwrap();
     assert_eq!(config.encap_source_v4, Ipv4Addr::new(172, 16, 0, 0));

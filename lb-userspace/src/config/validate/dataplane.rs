@@ -42,6 +42,9 @@ pub(in crate::config) fn check(raw: &mut RawConfig, errors: &mut Errors) -> Data
     if has_dataplane && (interface.get_ref().is_empty() || interface.get_ref().len() >= libc::IFNAMSIZ) {
         errors.at(interface.span(), format!("interface name must be 1 to {} bytes", libc::IFNAMSIZ - 1));
     }
+    // In the file's order, so the errors are reported in it.
+    let pin_dir = pin_dir(dp.pin_dir, errors);
+    let next_hop_mac = next_hop(dp.next_hop_mac, errors);
     let encap_source_v4 = dp
         .encap_source_v4
         .and_then(|a| errors.parse(&a, "an IPv4 address", |s| s.parse().ok()))
@@ -55,8 +58,8 @@ pub(in crate::config) fn check(raw: &mut RawConfig, errors: &mut Errors) -> Data
         interface_line: errors.line_of(interface.span()),
         interface: interface.into_inner(),
         xdp_mode: dp.xdp_mode,
-        pin_dir: pin_dir(dp.pin_dir, errors),
-        next_hop_mac: next_hop(dp.next_hop_mac, errors),
+        pin_dir,
+        next_hop_mac,
         encap_source_v4,
         encap_source_v6,
         max_vips: max_vips(dp.max_vips, errors),
