@@ -298,6 +298,26 @@ pub struct Route {
     /// discarded and never wait for or change the client's.
     pub shadow: Option<(String, f64)>,
     pub cache: Option<CacheConfig>,
+    /// Fields edited on the request the backend gets (`request_headers`).
+    pub request_headers: HeaderEdits,
+    /// Fields edited on the answer the client gets from a backend or the cache
+    /// (`response_headers`).
+    pub response_headers: HeaderEdits,
+}
+
+/// A route's edits of one direction's fields, as HAProxy's `set-header` and `del-header`:
+/// the fields named in `remove` are dropped, then each of `set` replaces every field of its
+/// name. Names are lowercase; none is a field lbd frames or sets itself (validated).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeaderEdits {
+    pub set: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
+    pub remove: Vec<hyper::header::HeaderName>,
+}
+
+impl HeaderEdits {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -157,6 +157,13 @@ pool = "hints"
 
 [[route]]
 listener = "http"
+host = "edits.test"
+pool = "web"
+request_headers = {{ set = {{ "x-subject" = "edge" }} }}
+response_headers = {{ set = {{ "x-frame-options" = "DENY" }}, remove = ["server"] }}
+
+[[route]]
+listener = "http"
 pool = "web"
 
 [admin]
@@ -417,6 +424,18 @@ fn root_l7_http1_http2_routing_and_headers() -> Result<()> {
         let interim = out[hints..answer].to_ascii_lowercase();
         assert!(interim.contains("link: </style.css>; rel=preload"), "{out}");
         assert!(!interim.contains("x-hop"), "a hop-by-hop field passed: {out}");
+    }
+
+    // A route's header edits: nginx echoes the X-Subject it got, the route's and not curl's;
+    // the answer carries the route's field and not nginx's Server, over HTTP/1.1 and HTTP/2.
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let echo = format!("http://{VIP}/echo");
+        let out =
+            bed.curl(&[version, "-D", "-", "-H", "Host: edits.test", "-H", "X-Subject: client", &echo])?;
+        let lower = out.to_ascii_lowercase();
+        assert!(out.contains(" sub=edge\n") && !out.contains("client"), "{out}");
+        assert!(lower.contains("\r\nx-frame-options: deny\r\n"), "{out}");
+        assert!(!lower.contains("\r\nserver:"), "a removed field reached the client: {out}");
     }
 
     // A backend removed from the pool leaves the request series; the other stays.

@@ -102,6 +102,17 @@ pub(super) struct RawRoute {
     pub(super) jwt: Option<JwtConfig>,
     pub(super) shadow: Option<RawShadow>,
     pub(super) cache: Option<CacheConfig>,
+    pub(super) request_headers: Option<Spanned<RawHeaderEdits>>,
+    pub(super) response_headers: Option<Spanned<RawHeaderEdits>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHeaderEdits {
+    #[serde(default)]
+    pub(super) set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) remove: Vec<String>,
 }
 
 pub(super) fn default_cache_entries() -> usize {

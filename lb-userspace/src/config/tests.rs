@@ -546,6 +546,65 @@ fn each_route_check_says_what_is_wrong_at_its_line() {
 }
 
 #[test]
+fn header_edits_are_field_names_lbd_leaves_to_the_route_with_plain_values() {
+    // Lines as in the test above: the edits are at line 12.
+    let route = |extra: &str| {
+        format!(
+            "{BASE}[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n\
+             [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n\
+             [[route]]\nlistener = \"l\"\npool = \"p\"\n{extra}"
+        )
+    };
+    let says = |extra: &str, expected: &str| {
+        let found = errors(&route(extra));
+        assert!(found.iter().any(|e| e == expected), "`{extra}`: expected `{expected}` in {found:?}");
+    };
+    says(
+        "request_headers = { set = { \"x y\" = \"1\" } }\n",
+        "t.toml:12: request_headers: `x y` is not a field name",
+    );
+    says(
+        "response_headers = { remove = [\"Transfer-Encoding\"] }\n",
+        "t.toml:12: response_headers: `Transfer-Encoding` frames the message or names its target; lbd keeps it",
+    );
+    says(
+        "request_headers = { set = { host = \"a.test\" } }\n",
+        "t.toml:12: request_headers: `host` frames the message or names its target; lbd keeps it",
+    );
+    says(
+        "request_headers = { remove = [\"X-Forwarded-For\"] }\n",
+        "t.toml:12: request_headers: `X-Forwarded-For` is set by lbd itself",
+    );
+    says(
+        "request_headers = { set = { \"x-a\" = \"1\" }, remove = [\"X-A\"] }\n",
+        "t.toml:12: request_headers: `x-a` is named more than once",
+    );
+    for value in ["a\\r\\nx-b: 1", " padded", "café", "tab\\t"] {
+        says(
+            &format!("response_headers = {{ set = {{ \"x-a\" = \"{value}\" }} }}\n"),
+            "t.toml:12: response_headers: the value of `x-a` must be visible ASCII, spaces and tabs, none around it",
+        );
+    }
+    says(
+        "request_headers = { add = { \"x-a\" = \"1\" } }\n",
+        "t.toml:12: unknown field `add`, expected `set` or `remove`",
+    );
+
+    // Names are kept lowercase; a value may be empty or hold inner spaces.
+    let ok = route(
+        "request_headers = { set = { \"X-Env\" = \"prod a\", \"x-empty\" = \"\" }, remove = [\"Cookie\"] }\n\
+         response_headers = { set = { server = \"sluice\" } }\n",
+    );
+    let config = Config::parse(Path::new("t.toml"), &ok).unwrap();
+    let edits = &config.routes[0].request_headers;
+    let set: Vec<_> = edits.set.iter().map(|(n, v)| (n.as_str(), v.to_str().unwrap())).collect();
+    assert_eq!(set, [("x-env", "prod a"), ("x-empty", "")]);
+    assert_eq!(edits.remove, ["cookie"]);
+    assert_eq!(config.routes[0].response_headers.set[0].0, "server");
+    assert!(Config::parse(Path::new("t.toml"), &route("")).unwrap().routes[0].request_headers.is_empty());
+}
+
+#[test]
 fn a_listener_s_tls_needs_a_certificate_and_readable_files_beside_the_config() {
     let listener = |tls: &str| {
         format!("{BASE}[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8443\"\ntls = {{ {tls} }}\n")

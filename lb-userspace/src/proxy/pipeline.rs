@@ -319,13 +319,16 @@ impl Forwarder {
                 h2c,
                 upgrade,
             );
+            headers::edit(&mut parts.headers, &route.request_headers);
             if let Some(config) = caching::applies(route, &parts) {
                 labels.backend = self.cache_label.clone();
                 let (parts, forwarding) = (&parts, &forwarding);
                 let request = caching::CacheRequest { route, config, pool, parts, forwarding, host, client };
                 // Boxed: the cache's state is not carried by every request's future.
                 let cached = Box::pin(caching::serve(&self.cache, &self.upstreams, &self.metrics, &request));
-                return cached.await.into_answer();
+                let mut response = cached.await.into_answer()?;
+                headers::edit(response.headers_mut(), &route.response_headers);
+                return Ok(response);
             }
             if checked.bodiless
                 && !upgrade
@@ -362,6 +365,7 @@ impl Forwarder {
             // A 101 carries its backend connection; the client's connection tunnels to it.
             let switching = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
             headers::client_response(response.headers_mut(), switching);
+            headers::edit(response.headers_mut(), &route.response_headers);
             if choice.set_sticky
                 && let Some(cookie) = choose::sticky_cookie(&choice.pool)
             {

@@ -17,7 +17,9 @@ use lb_common::hash::murmur3_32;
 use regex::Regex;
 
 use crate::{
-    config::{Balance, CacheConfig, Fallback, HashKey, Outlier, PathMatch, Route, UpstreamProtocol},
+    config::{
+        Balance, CacheConfig, Fallback, HashKey, HeaderEdits, Outlier, PathMatch, Route, UpstreamProtocol,
+    },
     dataplane::tables::addr_of,
     maglev::{self, Weighted},
     proxy::{
@@ -62,6 +64,9 @@ pub struct CompiledRoute {
     pub retries: u32,
     retry_budget_percent: f64,
     pub fallback: Option<Fallback>,
+    /// Fields set on and removed from the upstream request and the client's answer.
+    pub request_headers: HeaderEdits,
+    pub response_headers: HeaderEdits,
     /// Rate-limit buckets, the retry budget and credentials (kept across rebuilds).
     pub runtime: Arc<RouteRuntime>,
 }
@@ -106,6 +111,8 @@ impl CompiledRoute {
             retry_budget_percent: route.retry_budget_percent,
             runtime: runtime.route(route),
             fallback: route.fallback.clone(),
+            request_headers: route.request_headers.clone(),
+            response_headers: route.response_headers.clone(),
             name: route.name.as_str().into(),
             shadow_label: format!("{}:shadow", route.name).into(),
             fill_label: format!("{}:fill", route.name).into(),

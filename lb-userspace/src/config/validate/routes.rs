@@ -1,5 +1,5 @@
 //! `[[route]]`: matches, splits, gateway steps (allow/deny, rate limit, API key, JWT), retries,
-//! fallback, shadow, cache.
+//! fallback, shadow, cache, header edits.
 use std::ops::Range;
 
 use super::*;
@@ -35,6 +35,8 @@ pub(in crate::config) fn check(
         let api_key = raw.api_key.map(|k| api_key(k, resolve, errors));
         let jwt = raw.jwt.map(|j| jwt(j, base, at.clone(), errors));
         let shadow = raw.shadow.map(|sh| shadow(sh, pools, errors));
+        let request_headers = raw.request_headers.map(|e| header_edits(e, "request_headers", errors));
+        let response_headers = raw.response_headers.map(|e| header_edits(e, "response_headers", errors));
         let place = routes.iter().filter(|r: &&Route| r.listener == *raw.listener.get_ref()).count();
         routes.push(Route {
             name: raw.name.unwrap_or_else(|| format!("{}#{place}", raw.listener.get_ref())),
@@ -58,6 +60,8 @@ pub(in crate::config) fn check(
             jwt,
             shadow,
             cache: raw.cache,
+            request_headers: request_headers.unwrap_or_default(),
+            response_headers: response_headers.unwrap_or_default(),
         });
     }
     routes
@@ -196,4 +200,68 @@ fn shadow(raw: RawShadow, pools: &BTreeMap<String, Pool>, errors: &mut Errors) -
         errors.at(raw.pool.span(), "shadow percent must be 0 to 100");
     }
     (raw.pool.into_inner(), raw.percent)
+}
+
+/// Fields a route may not edit: those that frame a message or carry its connection's options
+/// (RFC 9110 §7.6.1, RFC 9112 §6), and Host, which chose the route and names the request's
+/// target.
+const FRAMING: [&str; 9] = [
+    "connection",
+    "content-length",
+    "host",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+/// Fields lbd sets itself on a request (a client's own are replaced) or on an answer.
+const SET_BY_LBD: [&str; 5] = ["forwarded", "via", "x-forwarded-for", "x-forwarded-proto", "x-request-id"];
+
+/// A route's `request_headers` or `response_headers` (`what`): field names that are tokens,
+/// none that lbd frames or sets itself, each named once; values of visible ASCII, spaces and
+/// tabs, with no whitespace around them (as an HTTP/2 field's, RFC 9113 §8.2.1).
+fn header_edits(raw: Spanned<RawHeaderEdits>, what: &str, errors: &mut Errors) -> HeaderEdits {
+    use hyper::header::{HeaderName, HeaderValue};
+    let at = raw.span();
+    let raw = raw.into_inner();
+    let mut edits = HeaderEdits::default();
+    let mut named = HashSet::new();
+    let mut name = |text: &str, errors: &mut Errors| -> Option<HeaderName> {
+        let lower = text.to_ascii_lowercase();
+        let Ok(name) = HeaderName::from_bytes(lower.as_bytes()) else {
+            errors.at(at.clone(), format!("{what}: `{text}` is not a field name"));
+            return None;
+        };
+        if FRAMING.contains(&lower.as_str()) {
+            errors.at(
+                at.clone(),
+                format!("{what}: `{text}` frames the message or names its target; lbd keeps it"),
+            );
+        } else if SET_BY_LBD.contains(&lower.as_str()) {
+            errors.at(at.clone(), format!("{what}: `{text}` is set by lbd itself"));
+        } else if !named.insert(lower) {
+            errors.at(at.clone(), format!("{what}: `{text}` is named more than once"));
+        }
+        Some(name)
+    };
+    for text in &raw.remove {
+        edits.remove.extend(name(text, errors));
+    }
+    for (text, value) in &raw.set {
+        let name = name(text, errors);
+        let plain = value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+            && value.trim_matches([' ', '\t']).len() == value.len();
+        match HeaderValue::from_str(value) {
+            Ok(value) if plain => edits.set.extend(name.map(|name| (name, value))),
+            _ => errors.at(
+                at.clone(),
+                format!(
+                    "{what}: the value of `{text}` must be visible ASCII, spaces and tabs, none around it"
+                ),
+            ),
+        }
+    }
+    edits
 }

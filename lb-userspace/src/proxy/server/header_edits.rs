@@ -1,0 +1,139 @@
+//! A route's header edits through a listener, with real clients and backends: the backend gets
+//! the request with the route's fields set (the client's own of those names replaced) and its
+//! removed ones gone, over HTTP/1.1 and h2c; the client gets the answer edited, from an
+//! HTTP/1.1 or an HTTP/2 connection, fresh from the backend or from the cache.
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::proxy::test_bed;
+
+/// The route's edits, one of each kind in each direction.
+const EDITS: &str = "request_headers = { set = { \"X-Env\" = \"prod\" }, remove = [\"cookie\", \"x-debug\"] }\n\
+     response_headers = { set = { server = \"edge\", \"strict-transport-security\" = \"max-age=600\" }, \
+     remove = [\"x-internal\"] }\n";
+
+/// A backend that answers with the request's fields as its body (`name: value` lines), its own
+/// Server and an internal field, cacheable; `asked` counts the requests it got.
+async fn echoing(h2c: bool, asked: Arc<AtomicUsize>) -> SocketAddr {
+    test_bed::listening(move |stream| {
+        let asked = asked.clone();
+        async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                asked.fetch_add(1, Ordering::Relaxed);
+                let mut seen = String::new();
+                for (name, value) in request.headers() {
+                    seen.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
+                }
+                let answer = Response::builder()
+                    .header("server", "backend")
+                    .header("x-internal", "secret")
+                    .header("cache-control", "max-age=60")
+                    .body(Full::new(Bytes::from(seen)))
+                    .unwrap();
+                async move { Ok::<_, hyper::Error>(answer) }
+            });
+            let io = TokioIo::new(stream);
+            let _ = if h2c {
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, service)
+                    .await
+            } else {
+                hyper::server::conn::http1::Builder::new().serve_connection(io, service).await
+            };
+        }
+    })
+    .await
+}
+
+/// A listener whose route edits fields, in front of an HTTP/1.1 or an h2c backend; with
+/// `cache`, the route caches.
+async fn listener(h2c: bool, cache: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let backend = echoing(h2c, asked.clone()).await;
+    let listener = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\n";
+    let routes = format!(
+        "[[pool]]\nname = \"p\"\nport = {}\nprotocol = \"{}\"\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
+         [[route]]\nlistener = \"l\"\npool = \"p\"\n{EDITS}{}",
+        backend.port(),
+        if h2c { "h2c" } else { "http1" },
+        if cache { "cache = { max_entries = 10 }\n" } else { "" },
+    );
+    (super::mutations::start_listener(listener, &routes).await.0, asked)
+}
+
+/// One GET from an HTTP/1.1 client, or an HTTP/2 one (prior knowledge), with fields the route
+/// replaces and removes: the answer's head and body.
+async fn get(address: SocketAddr, http2: bool) -> (hyper::http::response::Parts, String) {
+    let io = TokioIo::new(TcpStream::connect(address).await.unwrap());
+    let request = Request::get("http://a.test/")
+        .header("cookie", "session=1")
+        .header("x-debug", "1")
+        .header("x-env", "dev")
+        .header("x-kept", "1")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = if http2 {
+        let (mut send, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
+        tokio::spawn(connection);
+        send.send_request(request).await.unwrap()
+    } else {
+        let (mut send, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(connection);
+        send.send_request(request).await.unwrap()
+    };
+    let (head, body) = response.into_parts();
+    (head, String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap())
+}
+
+/// The request the backend saw (its echo) and the answer the client got carry the edits.
+fn assert_edited(head: &hyper::http::response::Parts, seen: &str) {
+    assert_eq!(head.status, 200, "{head:?}");
+    let fields: Vec<&str> = seen.lines().collect();
+    assert!(fields.contains(&"x-env: prod"), "the route's value not set: {seen}");
+    assert!(!fields.contains(&"x-env: dev"), "the client's value kept beside it: {seen}");
+    assert!(
+        !seen.contains("cookie") && !seen.contains("x-debug"),
+        "removed fields reached the backend: {seen}"
+    );
+    assert!(fields.contains(&"x-kept: 1"), "an unedited field lost: {seen}");
+    assert!(seen.contains("x-forwarded-for: 127.0.0.1"), "lbd's own fields lost: {seen}");
+    let all = |name: &str| head.headers.get_all(name).iter().map(|v| v.to_str().unwrap()).collect::<Vec<_>>();
+    assert_eq!(all("server"), ["edge"], "{head:?}");
+    assert_eq!(all("strict-transport-security"), ["max-age=600"], "{head:?}");
+    assert!(all("x-internal").is_empty(), "a removed field reached the client: {head:?}");
+    assert_eq!(all("cache-control"), ["max-age=60"], "an unedited field lost: {head:?}");
+}
+
+#[tokio::test]
+async fn a_route_edits_the_fields_of_requests_and_answers_over_http1_and_http2() {
+    for h2c in [false, true] {
+        let (address, _) = listener(h2c, false).await;
+        for http2 in [false, true] {
+            let (head, seen) = get(address, http2).await;
+            assert_edited(&head, &seen);
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_answer_from_the_cache_is_edited_as_the_backend_s() {
+    let (address, asked) = listener(false, true).await;
+    for http2 in [false, true, false] {
+        let (head, seen) = get(address, http2).await;
+        assert_edited(&head, &seen);
+    }
+    // The cache stored the backend's answer as it came; each answer was edited on its way out.
+    assert_eq!(asked.load(Ordering::Relaxed), 1, "the answers did not come from the cache");
+}
