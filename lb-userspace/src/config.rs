@@ -269,6 +269,8 @@ pub struct Route {
     /// Exact host, or `*.example.com` for any one-or-more-label subdomain.
     pub host: Option<String>,
     pub path: PathMatch,
+    /// With a `path_prefix`: what replaces the prefix in the path the backend gets.
+    pub rewrite_prefix: Option<String>,
     pub method: Option<String>,
     /// Headers that must be present with these values.
     pub headers: BTreeMap<String, String>,

@@ -158,6 +158,8 @@ pool = "hints"
 [[route]]
 listener = "http"
 host = "edits.test"
+path_prefix = "/old/"
+rewrite_prefix = "/"
 pool = "web"
 request_headers = {{ set = {{ "x-subject" = "edge" }} }}
 response_headers = {{ set = {{ "x-frame-options" = "DENY" }}, remove = ["server"] }}
@@ -426,10 +428,11 @@ fn root_l7_http1_http2_routing_and_headers() -> Result<()> {
         assert!(!interim.contains("x-hop"), "a hop-by-hop field passed: {out}");
     }
 
-    // A route's header edits: nginx echoes the X-Subject it got, the route's and not curl's;
-    // the answer carries the route's field and not nginx's Server, over HTTP/1.1 and HTTP/2.
+    // A route's edits: nginx answers at /echo (the route's /old/ rewritten to /) with the
+    // X-Subject it got, the route's and not curl's; the answer carries the route's field and
+    // not nginx's Server, over HTTP/1.1 and HTTP/2.
     for version in ["--http1.1", "--http2-prior-knowledge"] {
-        let echo = format!("http://{VIP}/echo");
+        let echo = format!("http://{VIP}/old/echo");
         let out =
             bed.curl(&[version, "-D", "-", "-H", "Host: edits.test", "-H", "X-Subject: client", &echo])?;
         let lower = out.to_ascii_lowercase();

@@ -78,6 +78,7 @@ pub(super) struct RawRoute {
     pub(super) path: Option<String>,
     pub(super) path_prefix: Option<String>,
     pub(super) path_regex: Option<Spanned<String>>,
+    pub(super) rewrite_prefix: Option<Spanned<String>>,
     pub(super) method: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) headers: BTreeMap<String, String>,

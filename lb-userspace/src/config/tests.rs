@@ -538,6 +538,18 @@ fn each_route_check_says_what_is_wrong_at_its_line() {
         "t.toml:12: shadow uses pool `q`, which is not defined",
     );
     says("shadow = { pool = \"p\", percent = 101.0 }\n", "t.toml:12: shadow percent must be 0 to 100");
+    says("rewrite_prefix = \"/v2/\"\n", "t.toml:12: rewrite_prefix needs the route's path_prefix");
+    for bad in ["v2/", "/a b", "/a?x=1", "/a//b", "/a/./b", "/a/..", "/%zz", "/a%2"] {
+        says(
+            &format!("path_prefix = \"/api/\"\nrewrite_prefix = \"{bad}\"\n"),
+            &format!("t.toml:13: rewrite_prefix `{bad}` is not a canonical path"),
+        );
+    }
+    for good in ["/", "/v2/", "/v2", "/a%2Fb/", "/~u/x.y"] {
+        let ok = route(&format!("path_prefix = \"/api/\"\nrewrite_prefix = \"{good}\"\n"));
+        let config = Config::parse(Path::new("t.toml"), &ok).unwrap();
+        assert_eq!(config.routes[0].rewrite_prefix.as_deref(), Some(good));
+    }
     // A method is matched upper-cased; a split keeps its pools and shares in order.
     let ok = route("method = \"get\"\nsplit = [{ pool = \"p\", percent = 30.0 }]\n");
     let config = Config::parse(Path::new("t.toml"), &ok).unwrap();

@@ -307,7 +307,11 @@ impl Forwarder {
             let tries = upstream::tries(route, &parts.method, checked.bodiless && !upgrade);
             route.runtime.count_request();
 
-            // Headers; then the answer, from the cache or from a backend (a shadow copy beside it).
+            // Path and headers; then the answer, from the cache or from a backend (a shadow copy
+            // beside it).
+            if let Some((prefix, with)) = &route.rewrite {
+                path::rewrite(&mut parts.uri, prefix, with)?;
+            }
             let (host, request_id) = (&labels.host, &labels.request_id);
             let h2c = pool.protocol == UpstreamProtocol::H2c;
             let forwarding = headers::upstream_request(

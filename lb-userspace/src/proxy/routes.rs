@@ -64,6 +64,8 @@ pub struct CompiledRoute {
     pub retries: u32,
     retry_budget_percent: f64,
     pub fallback: Option<Fallback>,
+    /// The path prefix the route matches and what replaces it for the backend.
+    pub rewrite: Option<(String, String)>,
     /// Fields set on and removed from the upstream request and the client's answer.
     pub request_headers: HeaderEdits,
     pub response_headers: HeaderEdits,
@@ -111,6 +113,10 @@ impl CompiledRoute {
             retry_budget_percent: route.retry_budget_percent,
             runtime: runtime.route(route),
             fallback: route.fallback.clone(),
+            rewrite: match (&route.path, &route.rewrite_prefix) {
+                (PathMatch::Prefix(prefix), Some(with)) => Some((prefix.clone(), with.clone())),
+                _ => None,
+            },
             request_headers: route.request_headers.clone(),
             response_headers: route.response_headers.clone(),
             name: route.name.as_str().into(),

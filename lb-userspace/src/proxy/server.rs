@@ -504,13 +504,13 @@ pub async fn serve(
 }
 
 pub mod answer;
-#[cfg(test)]
-mod header_edits;
 pub mod http1;
 #[cfg(test)]
 mod interim_relay;
 #[cfg(test)]
 mod mutations;
+#[cfg(test)]
+mod route_edits;
 
 #[cfg(test)]
 mod tests {

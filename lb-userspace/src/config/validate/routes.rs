@@ -25,6 +25,7 @@ pub(in crate::config) fn check(
         }
         defined(&raw.pool, "route", pools, errors);
         let path = path_match(raw.path, raw.path_prefix, raw.path_regex, at.clone(), errors);
+        let rewrite_prefix = raw.rewrite_prefix.map(|r| rewrite_prefix(r, &path, errors));
         let method = raw.method.map(|m| method(m, errors));
         let split = split(raw.split, pools, at.clone(), errors);
         let (allow, deny) = (nets(raw.allow, errors), nets(raw.deny, errors));
@@ -43,6 +44,7 @@ pub(in crate::config) fn check(
             listener: raw.listener.into_inner(),
             host: raw.host.map(|h| h.to_ascii_lowercase()),
             path,
+            rewrite_prefix,
             method,
             headers: raw.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect(),
             cookies: raw.cookies,
@@ -98,6 +100,31 @@ fn path_match(
             PathMatch::Any
         }
     }
+}
+
+/// What replaces a route's `path_prefix` in the path its backend gets, for a route with a
+/// prefix: a canonical path, as the rest of the path is (`/` first; RFC 3986's pchar and `/`,
+/// so no query; each `%` an escape; no empty, `.` or `..` segment but a last empty one).
+fn rewrite_prefix(raw: Spanned<String>, path: &PathMatch, errors: &mut Errors) -> String {
+    let text = raw.get_ref();
+    let pchar = |b: u8| b.is_ascii_alphanumeric() || b"/-._~!$&'()*+,;=:@%".contains(&b);
+    let escapes = text
+        .split('%')
+        .skip(1)
+        .all(|after| after.len() >= 2 && after.bytes().take(2).all(|b| b.is_ascii_hexdigit()));
+    let segments: Vec<&str> = text.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    let plain_segments =
+        segments.iter().enumerate().all(|(i, s)| !matches!(*s, "." | "..") && (i == last || !s.is_empty()));
+    if !matches!(path, PathMatch::Prefix(_)) {
+        errors.at(raw.span(), "rewrite_prefix needs the route's path_prefix");
+    } else if !(text.starts_with('/') && text.bytes().all(pchar) && escapes && plain_segments) {
+        errors.at(
+            raw.span(),
+            format!("rewrite_prefix `{text}` is not a canonical path (`/` first; no query, space, `//`, `.` or `..`)"),
+        );
+    }
+    raw.into_inner()
 }
 
 /// The method a route matches, upper-cased: an HTTP method's token.

@@ -8,6 +8,7 @@
 //! uppercase digits (`%2f` → `%2F`: an encoded slash stays one), `.` and `..` segments removed
 //! (`..` never climbs past the root), and runs of slashes merged. The backend gets the
 //! canonical path; the query is left alone. A malformed escape (`%zz`, a lone `%`) is refused.
+//! A route's `rewrite_prefix` then replaces the prefix it matched (`rewrite`).
 use std::borrow::Cow;
 
 use hyper::{Request, StatusCode, Uri};
@@ -19,14 +20,29 @@ pub fn make_canonical<B>(request: &mut Request<B>) -> Result<(), Refusal> {
     let bad = || Refusal::new(StatusCode::BAD_REQUEST, "malformed percent escape in the path");
     let uri = request.uri();
     let Cow::Owned(path) = canonical(uri.path()).map_err(|BadEscape| bad())? else { return Ok(()) };
+    *request.uri_mut() = with_path(uri, &path).ok_or_else(bad)?;
+    Ok(())
+}
+
+/// A route's `rewrite_prefix`: the `prefix` the route matched (the path starts with it)
+/// replaced with `with` (a canonical path, validated with the config), the query kept.
+pub fn rewrite(uri: &mut Uri, prefix: &str, with: &str) -> Result<(), Refusal> {
+    let Some(rest) = uri.path().strip_prefix(prefix) else { return Ok(()) };
+    let path = format!("{with}{rest}");
+    *uri = with_path(uri, &path)
+        .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "the rewritten path is not a path"))?;
+    Ok(())
+}
+
+/// `uri` with `path` in place of its own; its query, scheme and authority kept.
+fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
     let path_and_query = match uri.query() {
         Some(query) => format!("{path}?{query}"),
-        None => path,
+        None => path.to_owned(),
     };
     let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(path_and_query.parse().map_err(|_| bad())?);
-    *request.uri_mut() = Uri::from_parts(parts).map_err(|_| bad())?;
-    Ok(())
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    Uri::from_parts(parts).ok()
 }
 
 /// A path with a malformed percent escape.
@@ -131,6 +147,21 @@ pub fn canonical_once(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rewrite_replaces_the_matched_prefix_and_keeps_the_rest() {
+        for (target, prefix, with, rewritten) in [
+            ("/api/users?id=/api/", "/api/", "/", "/users?id=/api/"),
+            ("/api", "/api", "/v2", "/v2"),
+            ("/api/", "/api", "/v2/", "/v2//"),
+            ("http://a.test:8080/old/x%2Fy", "/old/", "/new/", "http://a.test:8080/new/x%2Fy"),
+            ("/other", "/api", "/v2", "/other"),
+        ] {
+            let mut uri: Uri = target.parse().unwrap();
+            assert!(rewrite(&mut uri, prefix, with).is_ok());
+            assert_eq!(uri, rewritten, "{target} with {prefix} -> {with}");
+        }
+    }
 
     #[test]
     fn canonical_paths_are_borrowed() {

@@ -1,7 +1,7 @@
-//! A route's header edits through a listener, with real clients and backends: the backend gets
-//! the request with the route's fields set (the client's own of those names replaced) and its
-//! removed ones gone, over HTTP/1.1 and h2c; the client gets the answer edited, from an
-//! HTTP/1.1 or an HTTP/2 connection, fresh from the backend or from the cache.
+//! A route's edits through a listener, with real clients and backends: the backend gets the
+//! request with the route's fields set (the client's own of those names replaced), its removed
+//! ones gone and its path prefix rewritten, over HTTP/1.1 and h2c; the client gets the answer
+//! edited, from an HTTP/1.1 or an HTTP/2 connection, fresh from the backend or from the cache.
 use std::{
     net::SocketAddr,
     sync::{
@@ -18,20 +18,22 @@ use tokio::net::TcpStream;
 
 use crate::proxy::test_bed;
 
-/// The route's edits, one of each kind in each direction.
-const EDITS: &str = "request_headers = { set = { \"X-Env\" = \"prod\" }, remove = [\"cookie\", \"x-debug\"] }\n\
+/// The route's edits, one of each kind in each direction, and its path prefix rewritten.
+const EDITS: &str = "path_prefix = \"/old/\"\nrewrite_prefix = \"/new/v2/\"\n\
+     request_headers = { set = { \"X-Env\" = \"prod\" }, remove = [\"cookie\", \"x-debug\"] }\n\
      response_headers = { set = { server = \"edge\", \"strict-transport-security\" = \"max-age=600\" }, \
      remove = [\"x-internal\"] }\n";
 
-/// A backend that answers with the request's fields as its body (`name: value` lines), its own
-/// Server and an internal field, cacheable; `asked` counts the requests it got.
+/// A backend that answers with the request's target and fields as its body (`path …`, then
+/// `name: value` lines), its own Server and an internal field, cacheable; `asked` counts the
+/// requests it got.
 async fn echoing(h2c: bool, asked: Arc<AtomicUsize>) -> SocketAddr {
     test_bed::listening(move |stream| {
         let asked = asked.clone();
         async move {
             let service = service_fn(move |request: Request<Incoming>| {
                 asked.fetch_add(1, Ordering::Relaxed);
-                let mut seen = String::new();
+                let mut seen = format!("path {}\n", request.uri());
                 for (name, value) in request.headers() {
                     seen.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
                 }
@@ -76,7 +78,7 @@ async fn listener(h2c: bool, cache: bool) -> (SocketAddr, Arc<AtomicUsize>) {
 /// replaces and removes: the answer's head and body.
 async fn get(address: SocketAddr, http2: bool) -> (hyper::http::response::Parts, String) {
     let io = TokioIo::new(TcpStream::connect(address).await.unwrap());
-    let request = Request::get("http://a.test/")
+    let request = Request::get("http://a.test/old/a%2Fb?q=/old/")
         .header("cookie", "session=1")
         .header("x-debug", "1")
         .header("x-env", "dev")
@@ -101,6 +103,11 @@ async fn get(address: SocketAddr, http2: bool) -> (hyper::http::response::Parts,
 fn assert_edited(head: &hyper::http::response::Parts, seen: &str) {
     assert_eq!(head.status, 200, "{head:?}");
     let fields: Vec<&str> = seen.lines().collect();
+    // The prefix the route matched replaced, the rest of the path and the query kept.
+    assert!(
+        fields[0] == "path /new/v2/a%2Fb?q=/old/" || fields[0] == "path http://a.test/new/v2/a%2Fb?q=/old/",
+        "{seen}"
+    );
     assert!(fields.contains(&"x-env: prod"), "the route's value not set: {seen}");
     assert!(!fields.contains(&"x-env: dev"), "the client's value kept beside it: {seen}");
     assert!(
