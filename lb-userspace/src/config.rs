@@ -113,6 +113,16 @@ pub struct CacheConfig {
     pub max_object_bytes: usize,
 }
 
+/// A route's answers gzipped for clients that accept it (`compress`), as nginx's `gzip` and
+/// Envoy's compressor: answers of these media types, at least `min_bytes` long when their
+/// length is known, at `level` (1 fastest, 9 smallest; nginx's default is 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompressConfig {
+    pub types: Vec<String>,
+    pub min_bytes: u64,
+    pub level: u32,
+}
+
 /// API keys: presented in a header or a query parameter, accepted from a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyConfig {
@@ -300,6 +310,7 @@ pub struct Route {
     /// discarded and never wait for or change the client's.
     pub shadow: Option<(String, f64)>,
     pub cache: Option<CacheConfig>,
+    pub compress: Option<CompressConfig>,
     /// Fields edited on the request the backend gets (`request_headers`).
     pub request_headers: HeaderEdits,
     /// Fields edited on the answer the client gets from a backend or the cache

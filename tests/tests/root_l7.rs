@@ -163,6 +163,7 @@ rewrite_prefix = "/"
 pool = "web"
 request_headers = {{ set = {{ "x-subject" = "edge" }} }}
 response_headers = {{ set = {{ "x-frame-options" = "DENY" }}, remove = ["server"] }}
+compress = {{ min_bytes = 16 }}
 
 [[route]]
 listener = "http"
@@ -439,6 +440,11 @@ fn root_l7_http1_http2_routing_and_headers() -> Result<()> {
         assert!(out.contains(" sub=edge\n") && !out.contains("client"), "{out}");
         assert!(lower.contains("\r\nx-frame-options: deny\r\n"), "{out}");
         assert!(!lower.contains("\r\nserver:"), "a removed field reached the client: {out}");
+        assert!(!lower.contains("content-encoding"), "gzip without Accept-Encoding: {out}");
+        // With --compressed, curl asks for gzip and decodes it.
+        let out = bed.curl(&[version, "--compressed", "-D", "-", "-H", "Host: edits.test", &echo])?;
+        assert!(out.to_ascii_lowercase().contains("\r\ncontent-encoding: gzip\r\n"), "{out}");
+        assert!(out.contains(" sub=edge\n"), "not decoded: {out}");
     }
 
     // A backend removed from the pool leaves the request series; the other stays.

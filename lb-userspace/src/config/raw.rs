@@ -103,8 +103,17 @@ pub(super) struct RawRoute {
     pub(super) jwt: Option<JwtConfig>,
     pub(super) shadow: Option<RawShadow>,
     pub(super) cache: Option<CacheConfig>,
+    pub(super) compress: Option<Spanned<RawCompress>>,
     pub(super) request_headers: Option<Spanned<RawHeaderEdits>>,
     pub(super) response_headers: Option<Spanned<RawHeaderEdits>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCompress {
+    pub(super) types: Option<Vec<String>>,
+    pub(super) min_bytes: Option<u64>,
+    pub(super) level: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

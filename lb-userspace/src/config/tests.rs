@@ -558,7 +558,7 @@ fn each_route_check_says_what_is_wrong_at_its_line() {
 }
 
 #[test]
-fn header_edits_are_field_names_lbd_leaves_to_the_route_with_plain_values() {
+fn header_edits_and_compression_are_checked_at_their_line() {
     // Lines as in the test above: the edits are at line 12.
     let route = |extra: &str| {
         format!(
@@ -597,6 +597,19 @@ fn header_edits_are_field_names_lbd_leaves_to_the_route_with_plain_values() {
             "t.toml:12: response_headers: the value of `x-a` must be visible ASCII, spaces and tabs, none around it",
         );
     }
+    says(
+        "compress = { types = [\"html\"] }\n",
+        "t.toml:12: compress: `html` is not a media type (`type/subtype`)",
+    );
+    says("compress = { level = 10 }\n", "t.toml:12: compress: level must be 1 to 9");
+    let config = Config::parse(Path::new("t.toml"), &route("compress = {}\n")).unwrap();
+    let compress = config.routes[0].compress.clone().unwrap();
+    assert!(
+        compress.types.contains(&"text/html".to_string()) && compress.min_bytes == 256 && compress.level == 1
+    );
+    let config =
+        Config::parse(Path::new("t.toml"), &route("compress = { types = [\"Text/CSV\"] }\n")).unwrap();
+    assert_eq!(config.routes[0].compress.as_ref().unwrap().types, ["text/csv"]);
     says(
         "request_headers = { add = { \"x-a\" = \"1\" } }\n",
         "t.toml:12: unknown field `add`, expected `set` or `remove`",

@@ -22,7 +22,7 @@ use crate::{
         cache::CacheStore,
         metrics::{Label, ProxyMetrics},
         phase::{
-            Refusal, caching, choose, gate, guard, headers, path, shadow,
+            Refusal, caching, choose, compress, gate, guard, headers, path, shadow,
             upstream::{self, Answered, InFlight, Tries, Upstreams},
         },
         routes::{CompiledRoute, Snapshot},
@@ -308,7 +308,8 @@ impl Forwarder {
             route.runtime.count_request();
 
             // Path and headers; then the answer, from the cache or from a backend (a shadow copy
-            // beside it).
+            // beside it), compressed if the client takes gzip.
+            let gzip = route.compress.is_some() && compress::accepts_gzip(&parts.headers);
             if let Some((prefix, with)) = &route.rewrite {
                 path::rewrite(&mut parts.uri, prefix, with)?;
             }
@@ -332,6 +333,9 @@ impl Forwarder {
                 let cached = Box::pin(caching::serve(&self.cache, &self.upstreams, &self.metrics, &request));
                 let mut response = cached.await.into_answer()?;
                 headers::edit(response.headers_mut(), &route.response_headers);
+                if let Some(config) = &route.compress {
+                    compress::apply(&mut response, config, gzip, &parts.method);
+                }
                 return Ok(response);
             }
             if checked.bodiless
@@ -370,6 +374,9 @@ impl Forwarder {
             let switching = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
             headers::client_response(response.headers_mut(), switching);
             headers::edit(response.headers_mut(), &route.response_headers);
+            if let Some(config) = &route.compress {
+                compress::apply(&mut response, config, gzip, &parts.method);
+            }
             if choice.set_sticky
                 && let Some(cookie) = choose::sticky_cookie(&choice.pool)
             {

@@ -18,7 +18,8 @@ use regex::Regex;
 
 use crate::{
     config::{
-        Balance, CacheConfig, Fallback, HashKey, HeaderEdits, Outlier, PathMatch, Route, UpstreamProtocol,
+        Balance, CacheConfig, CompressConfig, Fallback, HashKey, HeaderEdits, Outlier, PathMatch, Route,
+        UpstreamProtocol,
     },
     dataplane::tables::addr_of,
     maglev::{self, Weighted},
@@ -61,6 +62,7 @@ pub struct CompiledRoute {
     deny: Vec<IpNet>,
     pub shadow: Option<(String, f64)>,
     pub cache: Option<CacheConfig>,
+    pub compress: Option<CompressConfig>,
     pub retries: u32,
     retry_budget_percent: f64,
     pub fallback: Option<Fallback>,
@@ -109,6 +111,7 @@ impl CompiledRoute {
             deny: route.deny.clone(),
             shadow: route.shadow.clone(),
             cache: route.cache.clone(),
+            compress: route.compress.clone(),
             retries: route.retries,
             retry_budget_percent: route.retry_budget_percent,
             runtime: runtime.route(route),

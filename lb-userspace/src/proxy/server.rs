@@ -504,6 +504,8 @@ pub async fn serve(
 }
 
 pub mod answer;
+#[cfg(test)]
+mod compressed;
 pub mod http1;
 #[cfg(test)]
 mod interim_relay;

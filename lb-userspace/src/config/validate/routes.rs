@@ -1,5 +1,5 @@
 //! `[[route]]`: matches, splits, gateway steps (allow/deny, rate limit, API key, JWT), retries,
-//! fallback, shadow, cache, header edits.
+//! fallback, shadow, cache, compression, header edits.
 use std::ops::Range;
 
 use super::*;
@@ -36,6 +36,7 @@ pub(in crate::config) fn check(
         let api_key = raw.api_key.map(|k| api_key(k, resolve, errors));
         let jwt = raw.jwt.map(|j| jwt(j, base, at.clone(), errors));
         let shadow = raw.shadow.map(|sh| shadow(sh, pools, errors));
+        let compress = raw.compress.map(|c| compress(c, errors));
         let request_headers = raw.request_headers.map(|e| header_edits(e, "request_headers", errors));
         let response_headers = raw.response_headers.map(|e| header_edits(e, "response_headers", errors));
         let place = routes.iter().filter(|r: &&Route| r.listener == *raw.listener.get_ref()).count();
@@ -62,6 +63,7 @@ pub(in crate::config) fn check(
             jwt,
             shadow,
             cache: raw.cache,
+            compress,
             request_headers: request_headers.unwrap_or_default(),
             response_headers: response_headers.unwrap_or_default(),
         });
@@ -227,6 +229,44 @@ fn shadow(raw: RawShadow, pools: &BTreeMap<String, Pool>, errors: &mut Errors) -
         errors.at(raw.pool.span(), "shadow percent must be 0 to 100");
     }
     (raw.pool.into_inner(), raw.percent)
+}
+
+/// The media types a route compresses when its `compress` names none: text and the text-like
+/// types of the web (nginx compresses only text/html by default; Envoy these and a few more).
+const COMPRESSED_TYPES: [&str; 9] = [
+    "application/javascript",
+    "application/json",
+    "application/xml",
+    "image/svg+xml",
+    "text/css",
+    "text/html",
+    "text/javascript",
+    "text/plain",
+    "text/xml",
+];
+
+/// A route's `compress`: media types (`type/subtype`, lowercase), a level 1 to 9 (1 by
+/// default), and a least length (256 bytes by default: below it gzip's 18 bytes of frame and
+/// its block header rarely pay for themselves).
+fn compress(raw: Spanned<RawCompress>, errors: &mut Errors) -> CompressConfig {
+    let at = raw.span();
+    let raw = raw.into_inner();
+    let token =
+        |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b));
+    let types = match raw.types {
+        Some(types) => types.into_iter().map(|t| t.to_ascii_lowercase()).collect(),
+        None => COMPRESSED_TYPES.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+    };
+    for media in &types {
+        if !media.split_once('/').is_some_and(|(kind, sub)| token(kind) && token(sub)) {
+            errors.at(at.clone(), format!("compress: `{media}` is not a media type (`type/subtype`)"));
+        }
+    }
+    let level = raw.level.unwrap_or(1);
+    if !(1..=9).contains(&level) {
+        errors.at(at, "compress: level must be 1 to 9");
+    }
+    CompressConfig { types, min_bytes: raw.min_bytes.unwrap_or(256), level }
 }
 
 /// Fields a route may not edit: those that frame a message or carry its connection's options

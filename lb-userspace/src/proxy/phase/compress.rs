@@ -1,0 +1,339 @@
+//! Compress: a route's answers gzipped on their way to a client that accepts gzip (`compress`),
+//! as nginx's `gzip` and Envoy's compressor do. An answer is compressed when it is a success
+//! with a body (2xx but 204 and 206, to a method other than HEAD), of one of the route's media
+//! types, not coded already, not marked `no-transform`, and not shorter than the route's least
+//! length when its length is known. Its Content-Length goes (the coded length is not known
+//! until the end), Vary gains Accept-Encoding, a strong ETag becomes weak (the bytes differ
+//! from the identity answer's) and Accept-Ranges goes (ranges would be of the identity bytes),
+//! as nginx does.
+//!
+//! Each data frame is compressed and flushed (a sync flush) as it comes, so a streamed answer
+//! (server-sent events, a long poll) reaches the client as promptly as it would uncompressed; a
+//! body that is whole at once becomes one frame, which the client's connection sends with a
+//! Content-Length. flate2 (its pure-Rust miniz_oxide) does the deflating; its state, about
+//! 300 KiB, is held only while an answer is being compressed.
+use std::{
+    io::Write as _,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use bytes::Bytes;
+use flate2::{Compression, write::GzEncoder};
+use http_body_util::BodyExt as _;
+use hyper::{
+    HeaderMap, Method, Response, StatusCode,
+    body::{Frame, SizeHint},
+    header::{self, HeaderValue},
+};
+
+use crate::{config::CompressConfig, proxy::body::Body};
+
+/// Whether a request's Accept-Encoding takes gzip (RFC 9110 §12.5.3): named (or `x-gzip`) with
+/// a weight above 0, or not named and `*` with a weight above 0.
+pub fn accepts_gzip(headers: &HeaderMap) -> bool {
+    let (mut gzip, mut any) = (None, None);
+    for value in headers.get_all(header::ACCEPT_ENCODING) {
+        let Ok(value) = value.to_str() else { continue };
+        for element in value.split(',') {
+            let mut params = element.split(';');
+            let coding = params.next().unwrap_or("").trim();
+            let weighted = params.all(|p| !is_zero_weight(p));
+            if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+                gzip = Some(gzip.unwrap_or(false) || weighted);
+            } else if coding == "*" {
+                any = Some(weighted);
+            }
+        }
+    }
+    gzip.or(any).unwrap_or(false)
+}
+
+/// Whether a parameter is a weight of zero (`q=0`, `q=0.0`, `Q=0.000`).
+fn is_zero_weight(param: &str) -> bool {
+    let Some((name, value)) = param.split_once('=') else { return false };
+    name.trim().eq_ignore_ascii_case("q") && {
+        let value = value.trim();
+        value
+            .strip_prefix('0')
+            .is_some_and(|rest| rest.is_empty() || rest.trim_start_matches('.').bytes().all(|b| b == b'0'))
+    }
+}
+
+/// Gzips `response` when the route's `config` and the answer allow it (the module's header
+/// says when); `gzip` is whether the client accepts it, `method` its request's.
+pub fn apply(response: &mut Response<Body>, config: &CompressConfig, gzip: bool, method: &Method) {
+    if !gzip || !compressible(response, config, method) {
+        return;
+    }
+    let headers = response.headers_mut();
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::ACCEPT_RANGES);
+    headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    let varies = headers.get_all(header::VARY).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',').any(|n| n.trim() == "*" || n.trim().eq_ignore_ascii_case("accept-encoding"))
+        })
+    });
+    if !varies {
+        headers.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
+    if let Some(etag) = headers.get(header::ETAG)
+        && !etag.as_bytes().starts_with(b"W/")
+    {
+        let mut weak = b"W/".to_vec();
+        weak.extend_from_slice(etag.as_bytes());
+        if let Ok(weak) = HeaderValue::from_bytes(&weak) {
+            headers.insert(header::ETAG, weak);
+        }
+    }
+    let level = Compression::new(config.level);
+    let body = std::mem::replace(response.body_mut(), crate::proxy::body::empty());
+    *response.body_mut() =
+        Gzipped { inner: body, encoder: Some(GzEncoder::new(Vec::new(), level)), trailers: None }.boxed();
+}
+
+/// Whether the answer is one to compress (the module's header).
+fn compressible(response: &Response<Body>, config: &CompressConfig, method: &Method) -> bool {
+    use hyper::body::Body as _;
+    let status = response.status();
+    if *method == Method::HEAD
+        || !status.is_success()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::PARTIAL_CONTENT
+    {
+        return false;
+    }
+    let headers = response.headers();
+    if headers.contains_key(header::CONTENT_ENCODING) {
+        return false;
+    }
+    let no_transform = headers.get_all(header::CACHE_CONTROL).iter().any(|v| {
+        v.to_str().is_ok_and(|v| v.split(',').any(|d| d.trim().eq_ignore_ascii_case("no-transform")))
+    });
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    let listed = media.is_some_and(|media| config.types.contains(&media));
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .or(response.body().size_hint().exact());
+    !no_transform && listed && length.is_none_or(|n| n >= config.min_bytes)
+}
+
+/// A body gzipped frame by frame; trailers, if the inner body has them, after the gzip's end.
+struct Gzipped {
+    inner: Body,
+    /// None once the gzip's end has been written.
+    encoder: Option<GzEncoder<Vec<u8>>>,
+    trailers: Option<HeaderMap>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Gzipped {
+    /// What the encoder holds for the client: everything written so far, flushed; with `end`,
+    /// the gzip's end too.
+    fn take(&mut self, end: bool) -> Result<Bytes, BoxError> {
+        let Some(encoder) = self.encoder.as_mut() else { return Ok(Bytes::new()) };
+        if end {
+            let encoder = self.encoder.take().expect("present");
+            return Ok(Bytes::from(encoder.finish()?));
+        }
+        encoder.flush()?;
+        Ok(Bytes::from(std::mem::take(encoder.get_mut())))
+    }
+}
+
+impl hyper::body::Body for Gzipped {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.encoder.is_none() {
+                return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
+            }
+            let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                None => return Poll::Ready(Some(this.take(true).map(Frame::data))),
+            };
+            match frame.into_data() {
+                Ok(data) => {
+                    let encoder = this.encoder.as_mut().expect("present");
+                    if let Err(error) = encoder.write_all(&data) {
+                        return Poll::Ready(Some(Err(error.into())));
+                    }
+                    // A body whole at once ends here, in one frame.
+                    let out = this.take(this.inner.is_end_stream());
+                    match out {
+                        Ok(out) if out.is_empty() => continue,
+                        out => return Poll::Ready(Some(out.map(Frame::data))),
+                    }
+                }
+                Err(frame) => {
+                    this.trailers = frame.into_trailers().ok();
+                    return Poll::Ready(Some(this.take(true).map(Frame::data)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.encoder.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::body;
+
+    fn config() -> CompressConfig {
+        CompressConfig { types: vec!["text/html".into(), "application/json".into()], min_bytes: 16, level: 1 }
+    }
+
+    fn answer(content_type: &str, body: &'static str) -> Response<Body> {
+        let mut response = Response::new(body::full(Bytes::from_static(body.as_bytes())));
+        response.headers_mut().insert(header::CONTENT_TYPE, content_type.parse().unwrap());
+        response.headers_mut().insert(header::CONTENT_LENGTH, body.len().into());
+        response
+    }
+
+    fn gunzip(bytes: &[u8]) -> String {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(bytes), &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn accept_encoding_is_read_with_its_weights() {
+        let accepts = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ACCEPT_ENCODING, value.parse().unwrap());
+            accepts_gzip(&headers)
+        };
+        for yes in ["gzip", "GZIP", "br, gzip;q=0.5", "x-gzip", "*", "gzip;q=0.001", "identity, *;q=1"] {
+            assert!(accepts(yes), "{yes}");
+        }
+        for no in ["br", "identity", "gzip;q=0", "gzip; q=0.000", "*;q=0", "*, gzip;q=0", "gzip;Q=0."] {
+            assert!(!accepts(no), "{no}");
+        }
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
+
+    #[tokio::test]
+    async fn a_listed_answer_is_gzipped_whole_and_marked() {
+        let text = "<p>hello hello hello hello hello</p>";
+        let mut response = answer("text/html; charset=utf-8", text);
+        response.headers_mut().insert(header::ETAG, "\"v1\"".parse().unwrap());
+        response.headers_mut().insert(header::ACCEPT_RANGES, "bytes".parse().unwrap());
+        response.headers_mut().insert(header::VARY, "Cookie".parse().unwrap());
+        apply(&mut response, &config(), true, &Method::GET);
+        let headers = response.headers();
+        assert_eq!(headers[header::CONTENT_ENCODING], "gzip");
+        assert_eq!(headers[header::ETAG], "W/\"v1\"");
+        assert!(
+            !headers.contains_key(header::CONTENT_LENGTH) && !headers.contains_key(header::ACCEPT_RANGES)
+        );
+        let vary: Vec<_> = headers.get_all(header::VARY).iter().collect();
+        assert_eq!(vary, ["Cookie", "Accept-Encoding"]);
+        // Whole at once: one frame, and the body says it has ended (so it is sent with a length).
+        let body = response.body_mut();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert!(hyper::body::Body::is_end_stream(body));
+        assert_eq!(gunzip(&first), text);
+    }
+
+    #[tokio::test]
+    async fn answers_that_must_stay_as_they_are_are_left_alone() {
+        let text = "{\"a\": \"long enough to compress\"}";
+        type Change = Box<dyn Fn(&mut Response<Body>)>;
+        let cases: [(&str, Change); 8] = [
+            (
+                "an unlisted type",
+                Box::new(|r| {
+                    drop(r.headers_mut().insert(header::CONTENT_TYPE, "image/png".parse().unwrap()))
+                }),
+            ),
+            ("no type", Box::new(|r| drop(r.headers_mut().remove(header::CONTENT_TYPE)))),
+            (
+                "coded already",
+                Box::new(|r| drop(r.headers_mut().insert(header::CONTENT_ENCODING, "br".parse().unwrap()))),
+            ),
+            (
+                "no-transform",
+                Box::new(|r| {
+                    drop(
+                        r.headers_mut()
+                            .insert(header::CACHE_CONTROL, "public, No-Transform".parse().unwrap()),
+                    )
+                }),
+            ),
+            ("too short", Box::new(|r| drop(r.headers_mut().insert(header::CONTENT_LENGTH, 15.into())))),
+            ("a 204", Box::new(|r| *r.status_mut() = StatusCode::NO_CONTENT)),
+            ("a 206", Box::new(|r| *r.status_mut() = StatusCode::PARTIAL_CONTENT)),
+            ("a 404", Box::new(|r| *r.status_mut() = StatusCode::NOT_FOUND)),
+        ];
+        for (what, change) in cases {
+            let mut response = answer("application/json", text);
+            change(&mut response);
+            apply(&mut response, &config(), true, &Method::GET);
+            assert!(!response.headers().get(header::CONTENT_ENCODING).is_some_and(|v| v == "gzip"), "{what}");
+        }
+        for (gzip, method) in [(false, Method::GET), (true, Method::HEAD)] {
+            let mut response = answer("application/json", text);
+            apply(&mut response, &config(), gzip, &method);
+            assert!(!response.headers().contains_key(header::CONTENT_ENCODING), "{gzip} {method}");
+            assert_eq!(response.headers()[header::CONTENT_LENGTH], text.len().to_string().as_str());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_streamed_answer_is_flushed_frame_by_frame_and_keeps_its_trailers() {
+        let (sender, inner) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+        let stream = tokio_stream_like(inner);
+        let mut response = Response::new(stream);
+        response.headers_mut().insert(header::CONTENT_TYPE, "text/html".parse().unwrap());
+        apply(&mut response, &config(), true, &Method::GET);
+        let body = response.body_mut();
+        // Each event reaches the client before the next is sent: decodable as far as it goes.
+        let mut got = Vec::new();
+        for event in ["data: one\n\n", "data: two\n\n"] {
+            sender.send(Ok(Frame::data(Bytes::from_static(event.as_bytes())))).await.unwrap();
+            got.extend_from_slice(&body.frame().await.unwrap().unwrap().into_data().unwrap());
+            let mut decoded = Vec::new();
+            let mut decoder = flate2::write::GzDecoder::new(&mut decoded);
+            decoder.write_all(&got).unwrap();
+            decoder.flush().unwrap();
+            drop(decoder);
+            assert!(String::from_utf8_lossy(&decoded).ends_with(event), "{event:?} not yet decodable");
+        }
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", "1".parse().unwrap());
+        sender.send(Ok(Frame::trailers(trailers))).await.unwrap();
+        drop(sender);
+        got.extend_from_slice(&body.frame().await.unwrap().unwrap().into_data().unwrap());
+        assert_eq!(gunzip(&got), "data: one\n\ndata: two\n\n");
+        let last = body.frame().await.unwrap().unwrap().into_trailers().unwrap();
+        assert_eq!(last["x-checksum"], "1");
+        assert!(body.frame().await.is_none());
+    }
+
+    /// A body whose frames come from a channel, as a backend's streamed answer.
+    fn tokio_stream_like(mut frames: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BoxError>>) -> Body {
+        let stream = futures_util::stream::poll_fn(move |cx| frames.poll_recv(cx));
+        http_body_util::StreamBody::new(stream).boxed()
+    }
+}
