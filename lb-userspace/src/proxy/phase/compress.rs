@@ -10,8 +10,9 @@
 //! Each data frame is compressed and flushed (a sync flush) as it comes, so a streamed answer
 //! (server-sent events, a long poll) reaches the client as promptly as it would uncompressed; a
 //! body that is whole at once becomes one frame, which the client's connection sends with a
-//! Content-Length. flate2 (its pure-Rust miniz_oxide) does the deflating; its state, about
-//! 300 KiB, is held only while an answer is being compressed.
+//! Content-Length. flate2 on zlib-rs (pure Rust) does the deflating; its state, zlib's window,
+//! hash chains and pending buffer (316 KiB resident, measured), is held only while an answer is
+//! compressed.
 use std::{
     io::Write as _,
     pin::Pin,
