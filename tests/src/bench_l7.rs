@@ -232,6 +232,9 @@ fn load(proxy_pid: u32, mode: &str, url: &str, seconds: u64, log_dir: &Path) -> 
         if mode == "tls-handshake" {
             args.extend(["-H", "Connection: close"]);
         }
+        if mode == GZIP {
+            args.extend(["-H", "Accept-Encoding: gzip"]);
+        }
         args.push(url);
         in_ns("1", "wrk", &args).output()?
     };
@@ -270,6 +273,7 @@ fn load(proxy_pid: u32, mode: &str, url: &str, seconds: u64, log_dir: &Path) -> 
 
 /// The second backend also listens on 127.0.0.2 at the first one's port: a Sluice pool has one
 /// port, so it reaches the two backends as 127.0.0.1 and 127.0.0.2 (the peers use the ports).
+/// `/gz/` serves the gzip mode's page (`PAGE`) as text/html.
 fn backend_config(dir: &Path, port: u16) -> String {
     let alias =
         if port == BACKENDS[1] { format!("listen 127.0.0.2:{};", BACKENDS[0]) } else { String::new() };
@@ -277,7 +281,8 @@ fn backend_config(dir: &Path, port: u16) -> String {
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/b{port}.pid;\nerror_log {d}/b{port}.log;\n\
          events {{ worker_connections 4096; }}\nhttp {{\n access_log off;\n keepalive_requests 1000000;\n\
          client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-         server {{ listen 127.0.0.1:{port}; {alias} location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
+         server {{ listen 127.0.0.1:{port}; {alias} location / {{ return 200 \"ok\\n\"; }}\n\
+         location /gz/ {{ root {d}; default_type text/html; }} }}\n}}\n",
         d = dir.display()
     )
 }
@@ -294,6 +299,7 @@ fn nginx_proxy_config(dir: &Path, cert: &Path, key: &Path, server_suites: bool) 
     format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/np.pid;\nerror_log {d}/np.log;\nworker_rlimit_nofile 19000;\n\
          events {{ worker_connections 16384; }}\nhttp {{\n access_log off;\n keepalive_requests 1000000;\n http2_max_requests 1000000;\n\
+         gzip on; gzip_comp_level 1; gzip_min_length 256; gzip_proxied any;\n\
          client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
          upstream b {{ server 127.0.0.1:{b0}; server 127.0.0.1:{b1}; keepalive 64; keepalive_requests 1000000; }}\n\
          server {{ listen 127.0.0.1:8080; listen 127.0.0.1:8443 ssl http2; ssl_certificate {c}; ssl_certificate_key {k};\n\
@@ -311,7 +317,7 @@ fn haproxy_config(pem: &Path) -> String {
     format!(
         "global\n nbthread 1\n maxconn 9500\n tune.ssl.default-dh-param 2048\ndefaults\n mode http\n timeout connect 5s\n timeout client 30s\n timeout server 30s\n\
          http-reuse always\nfrontend f\n bind 127.0.0.1:7080\n bind 127.0.0.1:7443 ssl crt {p} alpn h2,http/1.1\n default_backend b\n\
-         backend b\n balance roundrobin\n server b0 127.0.0.1:{b0}\n server b1 127.0.0.1:{b1}\n",
+         backend b\n balance roundrobin\n compression algo gzip\n compression type text/html\n server b0 127.0.0.1:{b0}\n server b1 127.0.0.1:{b1}\n",
         p = pem.display(),
         b0 = BACKENDS[0],
         b1 = BACKENDS[1]
@@ -320,8 +326,16 @@ fn haproxy_config(pem: &Path) -> String {
 
 /// Sluice's config; `busy_poll_us` adds a `[proxy]` table setting it (None: the default).
 /// lbd's config: the two backends, plain HTTP on 9080 and TLS on 9443. `dataplane`: with XDP
-/// on the bench's veth (as an edge host runs), else L7 only.
-fn sluice_config(dir: &Path, cert: &Path, key: &Path, busy_poll_us: Option<u64>, dataplane: bool) -> String {
+/// on the bench's veth (as an edge host runs), else L7 only. `compress`: `/gz/` on 9080 is
+/// gzipped, as the peers' text/html (an lbd older than `compress` is given a config without).
+fn sluice_config(
+    dir: &Path,
+    cert: &Path,
+    key: &Path,
+    busy_poll_us: Option<u64>,
+    dataplane: bool,
+    compress: bool,
+) -> String {
     let proxy = match busy_poll_us {
         None => String::new(),
         Some(us) => format!("[proxy]\nbusy_poll_us = {us}\n\n"),
@@ -331,12 +345,16 @@ fn sluice_config(dir: &Path, cert: &Path, key: &Path, busy_poll_us: Option<u64>,
     } else {
         ""
     };
+    let compressed = match compress {
+        true => "[[route]]\nlistener = \"http\"\npath_prefix = \"/gz/\"\npool = \"b\"\ncompress = {}\n\n",
+        false => "",
+    };
     format!(
         "{proxy}{dataplane}[[pool]]\nname = \"b\"\nbackends = [{{ address = \"127.0.0.1\" }}, {{ address = \"127.0.0.2\" }}]\nport = {b0}\n\n\
          [[listener]]\nname = \"http\"\naddress = \"127.0.0.1:9080\"\naccess_log = false\nmax_connections = 15000\n\n\
          [[listener]]\nname = \"https\"\naddress = \"127.0.0.1:9443\"\naccess_log = false\n\
          tls = {{ certificates = [{{ cert = \"{c}\", key = \"{k}\" }}] }}\n\n\
-         [[route]]\nlistener = \"http\"\npool = \"b\"\n\n[[route]]\nlistener = \"https\"\npool = \"b\"\n\n\
+         {compressed}[[route]]\nlistener = \"http\"\npool = \"b\"\n\n[[route]]\nlistener = \"https\"\npool = \"b\"\n\n\
          [admin]\nsocket = \"{d}/lbd.sock\"\n",
         c = cert.display(),
         k = key.display(),
@@ -358,7 +376,14 @@ const REFERENCES: [&str; 2] = [SAME_SUITES, FLOOR];
 /// An earlier lbd measured beside this one in every mode (`SLUICE_BENCH_BASELINE=PATH`): an
 /// A/B in the same run, interleaved with the peers. Not a peer and not in the verdict.
 const BASELINE: &str = "sluice-base";
-const MODES: [&str; 4] = ["http1-keepalive", "tls-keepalive", "tls-handshake", "h2"];
+/// A 10 KiB text/html page through each proxy's gzip at level 1, wrk asking for gzip (HTTP/1.1
+/// keep-alive; no target in issue #8).
+const GZIP: &str = "gzip";
+const MODES: [&str; 5] = ["http1-keepalive", "tls-keepalive", "tls-handshake", "h2", GZIP];
+/// The modes of an lbd older than `compress` (the baseline).
+const MODES_BEFORE_GZIP: [&str; 4] = ["http1-keepalive", "tls-keepalive", "tls-handshake", "h2"];
+/// The gzip mode's page: list items of a few words, as a page of links, 10 KiB.
+const PAGE_BYTES: usize = 10 * 1024;
 
 /// The modes to run: `SLUICE_BENCH_MODES` (a comma-separated subset) or all; and whether to
 /// measure idle memory (always with all modes, else only if the list names `idle`).
@@ -412,6 +437,8 @@ impl Bed {
         let dir = TempDir::new(name)?;
         let ca = TestCa::new(&dir.0)?;
         let (cert, key) = ca.leaf("bench", &["bench.test", "127.0.0.1"], false)?;
+        std::fs::create_dir_all(dir.0.join("gz"))?;
+        std::fs::write(dir.0.join("gz/page.html"), page())?;
         let mut backends = Vec::new();
         for port in BACKENDS {
             let conf = dir.0.join(format!("b{port}.conf"));
@@ -422,6 +449,25 @@ impl Bed {
         }
         Ok(Bed { dir, ca, cert, key, _backends: backends, _namespace: namespace })
     }
+}
+
+/// The gzip mode's page: `PAGE_BYTES` of list items whose words and numbers come from a fixed
+/// sequence (gzip at level 1 takes it to about a fifth).
+fn page() -> String {
+    let words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "load", "balancer"];
+    let (mut page, mut x) = (String::from("<!doctype html>\n<ul>\n"), 1u64);
+    while page.len() < PAGE_BYTES {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        let word = words[(x >> 33) as usize % words.len()];
+        page += &format!(
+            "<li class=\"item-{}\"><a href=\"/p/{word}/{}\">{word} {}</a></li>\n",
+            x % 7,
+            x % 1000,
+            x % 97
+        );
+    }
+    page.truncate(PAGE_BYTES);
+    page
 }
 
 /// A proxy as the bench runs it: its name, its command line, its plain and TLS ports.
@@ -447,6 +493,7 @@ impl Proxy {
             "sluice-bp" => Some(&BUSY_POLL_MODES),
             SAME_SUITES => Some(&["tls-handshake"]),
             FLOOR => Some(&["http1-keepalive"]),
+            BASELINE => Some(&MODES_BEFORE_GZIP),
             _ => None,
         }
     }
@@ -510,9 +557,11 @@ fn proxies(bed: &Bed, baseline: Option<&Path>) -> Result<Vec<Proxy>> {
     let combined = dir.0.join("haproxy.pem");
     std::fs::write(&combined, std::fs::read_to_string(cert)? + &std::fs::read_to_string(key)?)?;
     let sluice_conf = dir.0.join("sluice.toml");
-    std::fs::write(&sluice_conf, sluice_config(&dir.0, cert, key, None, true))?;
+    std::fs::write(&sluice_conf, sluice_config(&dir.0, cert, key, None, true, true))?;
+    let base_conf = dir.0.join("sluice-base.toml");
+    std::fs::write(&base_conf, sluice_config(&dir.0, cert, key, None, true, false))?;
     let busy_conf = dir.0.join("sluice-busy.toml");
-    std::fs::write(&busy_conf, sluice_config(&dir.0, cert, key, Some(100), true))?;
+    std::fs::write(&busy_conf, sluice_config(&dir.0, cert, key, Some(100), true, true))?;
     let nginx_conf = dir.0.join("proxy.conf");
     std::fs::write(&nginx_conf, nginx_proxy_config(&dir.0, cert, key, false))?;
     let nginx_128_conf = dir.0.join("proxy-128.conf");
@@ -563,7 +612,7 @@ fn proxies(bed: &Bed, baseline: Option<&Path>) -> Result<Vec<Proxy>> {
         },
     ];
     if let Some(baseline) = baseline {
-        proxies.insert(1, lbd_run(BASELINE, baseline, &sluice_conf));
+        proxies.insert(1, lbd_run(BASELINE, baseline, &base_conf));
     }
     Ok(proxies)
 }
@@ -585,9 +634,12 @@ fn legend(seconds: u64, baseline: Option<&Path>) {
     println!(
         "{FLOOR}: a byte forwarder, no HTTP, a backend connection per client (http1-keepalive; the bed's ceiling for an epoll proxy, not in sluice/best)"
     );
+    println!(
+        "{GZIP}: a {PAGE_BYTES}-byte text/html page gzipped at level 1 by each proxy (wrk asks for gzip; plain HTTP/1.1 keep-alive)"
+    );
     if let Some(baseline) = baseline {
         println!(
-            "{BASELINE}: {} with the same config, in every mode (an A/B; not in the verdict)",
+            "{BASELINE}: {} with the same config (without the gzip route), in every mode but {GZIP} (an A/B; not in the verdict)",
             baseline.display()
         );
     }
@@ -632,6 +684,11 @@ fn rates(proxies: &[Proxy], modes: &[&str], round: usize, seconds: u64, log_dir:
             let proc = proxy.start()?;
             let url = match mode {
                 "http1-keepalive" => format!("http://127.0.0.1:{}/", proxy.http),
+                GZIP => {
+                    let url = format!("http://127.0.0.1:{}/gz/page.html", proxy.http);
+                    gzipped(&url).with_context(|| format!("{} in the gzip mode", proxy.name))?;
+                    url
+                }
                 _ => format!("https://127.0.0.1:{}/", proxy.https),
             };
             table.push((
@@ -643,6 +700,22 @@ fn rates(proxies: &[Proxy], modes: &[&str], round: usize, seconds: u64, log_dir:
         }
     }
     Ok(table)
+}
+
+/// Checks that the proxy at `url` gzips the page (wrk reads no bodies and would count plain
+/// answers alike).
+fn gzipped(url: &str) -> Result<()> {
+    let out = in_ns(
+        "1",
+        "curl",
+        &["-sS", "--max-time", "5", "-D", "-", "-o", "/dev/null", "-H", "Accept-Encoding: gzip", url],
+    )
+    .output()?;
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    if !head.contains("\r\ncontent-encoding: gzip\r\n") {
+        bail!("the page came back not gzipped: {head}");
+    }
+    Ok(())
 }
 
 /// Prints one round: each mode's rows in `order`, Sluice's rate against the best peer's, the

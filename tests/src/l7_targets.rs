@@ -127,6 +127,17 @@ pub fn verdict(rounds: &[Round], references: &[&str]) -> Vec<String> {
         }
         lines.push(line);
     }
+    // Gzip: no target; the rate and the CPU per request beside the peers'.
+    let gzip = per_round(rounds, "gzip", references, |s| s.rps, f64::max, 0.0);
+    if !gzip.is_empty() {
+        let (rate, each) = ratio(&gzip);
+        let cpu = per_round(rounds, "gzip", references, |s| s.cpu_us_per_request, f64::min, f64::MAX);
+        let (cpu, _) = ratio(&cpu);
+        lines.push(format!(
+            "{:<16} rate {rate:.2}x the best peer's (rounds {each}), CPU per request {cpu:.2}x the thriftiest peer's (no target)",
+            "gzip"
+        ));
+    }
     let memory: Vec<f64> = rounds
         .iter()
         .flat_map(|round| round.memory.iter().filter(|(p, _)| p == "sluice").map(|(_, bytes)| bytes / 1024.0))
