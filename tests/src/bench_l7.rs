@@ -686,7 +686,10 @@ fn rates(proxies: &[Proxy], modes: &[&str], round: usize, seconds: u64, log_dir:
                 "http1-keepalive" => format!("http://127.0.0.1:{}/", proxy.http),
                 GZIP => {
                     let url = format!("http://127.0.0.1:{}/gz/page.html", proxy.http);
-                    gzipped(&url).with_context(|| format!("{} in the gzip mode", proxy.name))?;
+                    let size = gzipped(&url).with_context(|| format!("{} in the gzip mode", proxy.name))?;
+                    if round == 1 {
+                        println!("{GZIP}: {} sends the {PAGE_BYTES}-byte page as {size} bytes", proxy.name);
+                    }
                     url
                 }
                 _ => format!("https://127.0.0.1:{}/", proxy.https),
@@ -703,19 +706,29 @@ fn rates(proxies: &[Proxy], modes: &[&str], round: usize, seconds: u64, log_dir:
 }
 
 /// Checks that the proxy at `url` gzips the page (wrk reads no bodies and would count plain
-/// answers alike).
-fn gzipped(url: &str) -> Result<()> {
-    let out = in_ns(
-        "1",
-        "curl",
-        &["-sS", "--max-time", "5", "-D", "-", "-o", "/dev/null", "-H", "Accept-Encoding: gzip", url],
-    )
-    .output()?;
-    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
-    if !head.contains("\r\ncontent-encoding: gzip\r\n") {
+/// answers alike); the coded page's size (HAProxy's libslz codes faster and larger than zlib).
+fn gzipped(url: &str) -> Result<u64> {
+    let args = [
+        "-sS",
+        "--max-time",
+        "5",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download}",
+        "-H",
+        "Accept-Encoding: gzip",
+        url,
+    ];
+    let out = in_ns("1", "curl", &args).output()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    let (head, size) = text.rsplit_once("\r\n\r\n").context("no head from curl")?;
+    if !format!("{head}\r\n").contains("\r\ncontent-encoding: gzip\r\n") {
         bail!("the page came back not gzipped: {head}");
     }
-    Ok(())
+    size.trim().parse().context("curl's size_download")
 }
 
 /// Prints one round: each mode's rows in `order`, Sluice's rate against the best peer's, the
