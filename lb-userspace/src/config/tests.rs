@@ -490,23 +490,24 @@ fn a_split_takes_what_setsplit_takes() {
     }
 }
 
+/// A config of one pool, one listener and one route with `extra` lines: lines 1-2 BASE, 3-5 the
+/// pool, 6-8 the listener, 9 `[[route]]`, 10 listener, 11 pool, `extra` from 12.
+fn route(extra: &str) -> String {
+    format!(
+        "{BASE}[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n\
+         [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n\
+         [[route]]\nlistener = \"l\"\npool = \"p\"\n{extra}"
+    )
+}
+
+/// The route with `extra` is refused with an error that starts with `expected`.
+fn says(extra: &str, expected: &str) {
+    let found = errors(&route(extra));
+    assert!(found.iter().any(|e| e.starts_with(expected)), "`{extra}`: expected `{expected}` in {found:?}");
+}
+
 #[test]
 fn each_route_check_says_what_is_wrong_at_its_line() {
-    // Lines 1-2 BASE, 3-5 the pool, 6-8 the listener, 9 `[[route]]`, 10 listener, 11 pool.
-    let route = |extra: &str| {
-        format!(
-            "{BASE}[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n\
-             [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n\
-             [[route]]\nlistener = \"l\"\npool = \"p\"\n{extra}"
-        )
-    };
-    let says = |extra: &str, expected: &str| {
-        let found = errors(&route(extra));
-        assert!(
-            found.iter().any(|e| e.starts_with(expected)),
-            "`{extra}`: expected `{expected}` in {found:?}"
-        );
-    };
     assert!(Config::parse(Path::new("t.toml"), &route("")).is_ok());
     says(
         "path = \"/a\"\npath_prefix = \"/b\"\n",
@@ -559,18 +560,6 @@ fn each_route_check_says_what_is_wrong_at_its_line() {
 
 #[test]
 fn header_edits_and_compression_are_checked_at_their_line() {
-    // Lines as in the test above: the edits are at line 12.
-    let route = |extra: &str| {
-        format!(
-            "{BASE}[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n\
-             [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n\
-             [[route]]\nlistener = \"l\"\npool = \"p\"\n{extra}"
-        )
-    };
-    let says = |extra: &str, expected: &str| {
-        let found = errors(&route(extra));
-        assert!(found.iter().any(|e| e == expected), "`{extra}`: expected `{expected}` in {found:?}");
-    };
     says(
         "request_headers = { set = { \"x y\" = \"1\" } }\n",
         "t.toml:12: request_headers: `x y` is not a field name",
