@@ -157,31 +157,38 @@ pub struct JwtConfig {
 impl JwtConfig {
     /// The key tokens are verified with: the HS256 secret, or the RS256/ES256 public key read
     /// from its PEM file (config validation and the proxy both build it here).
-    pub fn decoding_key(&self) -> Result<(jsonwebtoken::Algorithm, jsonwebtoken::DecodingKey), String> {
+    pub fn decoding_key(&self) -> Result<(jsonwebtoken::Algorithm, jsonwebtoken::DecodingKey), JwtKeyError> {
         use jsonwebtoken::{Algorithm, DecodingKey};
-        let pem = || -> Result<Vec<u8>, String> {
-            let file = self.key_file.as_ref().ok_or("key_file required")?;
+        let pem = || -> Result<Vec<u8>, JwtKeyError> {
+            let file = self.key_file.as_ref().ok_or(JwtKeyError::NoKeyFile)?;
             files::read_file(file)
                 .map(String::into_bytes)
-                .map_err(|err| format!("cannot read {}: {err}", file.display()))
+                .map_err(|error| JwtKeyError::Unreadable { file: file.clone(), error: error.to_string() })
         };
         match self.algorithm {
             JwtAlgorithm::HS256 => match self.secret.as_deref() {
                 Some(secret) if !secret.is_empty() => {
                     Ok((Algorithm::HS256, DecodingKey::from_secret(secret.as_bytes())))
                 }
-                _ => Err("HS256 needs a secret".into()),
+                _ => Err(JwtKeyError::NoSecret),
             },
-            JwtAlgorithm::RS256 => Ok((
-                Algorithm::RS256,
-                DecodingKey::from_rsa_pem(&pem()?).map_err(|err| format!("key_file: {err}"))?,
-            )),
-            JwtAlgorithm::ES256 => Ok((
-                Algorithm::ES256,
-                DecodingKey::from_ec_pem(&pem()?).map_err(|err| format!("key_file: {err}"))?,
-            )),
+            JwtAlgorithm::RS256 => Ok((Algorithm::RS256, DecodingKey::from_rsa_pem(&pem()?)?)),
+            JwtAlgorithm::ES256 => Ok((Algorithm::ES256, DecodingKey::from_ec_pem(&pem()?)?)),
         }
     }
+}
+
+/// Why a route's JWT key could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum JwtKeyError {
+    #[error("HS256 needs a secret")]
+    NoSecret,
+    #[error("key_file required")]
+    NoKeyFile,
+    #[error("cannot read {}: {error}", file.display())]
+    Unreadable { file: PathBuf, error: String },
+    #[error("key_file: {0}")]
+    NotAKey(#[from] jsonwebtoken::errors::Error),
 }
 
 /// What a rate limit counts per.

@@ -325,6 +325,14 @@ fn jwt_algorithm_hash_key_and_secret_are_checked_at_their_lines() {
     assert!(found.iter().any(|e| e.contains("unknown variant `none`")), "{found:?}");
     let found = errors(&route("algorithm = \"HS256\""));
     assert!(found.iter().any(|e| e.contains("jwt: HS256 needs a secret")), "{found:?}");
+    // A key file is opened where the config is a file (Config::parse): named, readable, a key.
+    let found = errors(&route("algorithm = \"RS256\""));
+    assert!(found.iter().any(|e| e.contains("jwt: key_file required")), "{found:?}");
+    let found = errors(&route("algorithm = \"ES256\", key_file = \"/nonexistent/pub.pem\""));
+    assert!(found.iter().any(|e| e.contains("jwt: cannot read /nonexistent/pub.pem")), "{found:?}");
+    let not_a_key = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let found = errors(&route(&format!("algorithm = \"RS256\", key_file = \"{not_a_key}\"")));
+    assert!(found.iter().any(|e| e.contains("jwt: key_file: ")), "{found:?}");
     let ok = format!(
         "{BASE}[[pool]]\nname = \"p\"\nbalance = \"hash\"\nhash_key = \"cookie:session\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n"
     );

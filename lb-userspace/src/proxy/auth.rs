@@ -111,9 +111,18 @@ struct Claims {
     sub: Option<String>,
 }
 
+/// Why a route's JWT check could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum JwtError {
+    #[error(transparent)]
+    Key(#[from] crate::config::JwtKeyError),
+    #[error("subject_header `{0}` is not a header name")]
+    SubjectHeader(String),
+}
+
 impl Jwt {
     /// The check `config` asks for; the error says what is wrong with it.
-    pub fn new(config: &JwtConfig) -> Result<Jwt, String> {
+    pub fn new(config: &JwtConfig) -> Result<Jwt, JwtError> {
         let (algorithm, key) = config.decoding_key()?;
         let mut validation = Validation::new(algorithm);
         validation.validate_nbf = true;
@@ -134,7 +143,7 @@ impl Jwt {
         let subject_header = match &config.subject_header {
             Some(name) => Some(
                 hyper::header::HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|_| format!("subject_header `{name}` is not a header name"))?,
+                    .map_err(|_| JwtError::SubjectHeader(name.clone()))?,
             ),
             None => None,
         };
