@@ -332,6 +332,9 @@ impl Forwarder {
                 // Boxed: the cache's state is not carried by every request's future.
                 let cached = Box::pin(caching::serve(&self.cache, &self.upstreams, &self.metrics, &request));
                 let mut response = cached.await.into_answer()?;
+                if let Some((prefix, with)) = &route.rewrite {
+                    path::restore_location(response.headers_mut(), prefix, with, host);
+                }
                 headers::edit(response.headers_mut(), &route.response_headers);
                 if let Some(config) = &route.compress {
                     compress::apply(&mut response, config, gzip, &parts.method);
@@ -373,6 +376,9 @@ impl Forwarder {
             // A 101 carries its backend connection; the client's connection tunnels to it.
             let switching = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
             headers::client_response(response.headers_mut(), switching);
+            if let Some((prefix, with)) = &route.rewrite {
+                path::restore_location(response.headers_mut(), prefix, with, &labels.host);
+            }
             headers::edit(response.headers_mut(), &route.response_headers);
             if let Some(config) = &route.compress {
                 compress::apply(&mut response, config, gzip, &parts.method);

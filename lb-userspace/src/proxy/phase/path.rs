@@ -11,7 +11,10 @@
 //! A route's `rewrite_prefix` then replaces the prefix it matched (`rewrite`).
 use std::borrow::Cow;
 
-use hyper::{Request, StatusCode, Uri};
+use hyper::{
+    HeaderMap, Request, StatusCode, Uri,
+    header::{self, HeaderValue},
+};
 
 use super::Refusal;
 
@@ -32,6 +35,36 @@ pub fn rewrite(uri: &mut Uri, prefix: &str, with: &str) -> Result<(), Refusal> {
     *uri = with_path(uri, &path)
         .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "the rewritten path is not a path"))?;
     Ok(())
+}
+
+/// A backend's redirect under the rewritten prefix given back the route's own (nginx's
+/// `proxy_redirect default`): with `/api/` rewritten to `/v2/`, `Location: /v2/x` becomes
+/// `/api/x`, and so in an absolute URL naming the request's `host` (lowercase, no port; the
+/// backend got the client's Host). Any other Location is left as it is.
+pub fn restore_location(headers: &mut HeaderMap, prefix: &str, with: &str, host: &str) {
+    let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else { return };
+    let path_at = if location.starts_with('/') && !location.starts_with("//") {
+        0
+    } else {
+        let Some(rest) = location.strip_prefix("http://").or_else(|| location.strip_prefix("https://"))
+        else {
+            return;
+        };
+        let Some(slash) = rest.find('/') else { return };
+        let authority = &rest[..slash];
+        let name = authority.rsplit_once(':').map_or(authority, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) { name } else { authority }
+        });
+        if !name.eq_ignore_ascii_case(host) {
+            return;
+        }
+        location.len() - rest.len() + slash
+    };
+    let Some(tail) = location[path_at..].strip_prefix(with) else { return };
+    let restored = format!("{}{prefix}{tail}", &location[..path_at]);
+    if let Ok(value) = HeaderValue::from_str(&restored) {
+        headers.insert(header::LOCATION, value);
+    }
 }
 
 /// `uri` with `path` in place of its own; its query, scheme and authority kept.
@@ -147,6 +180,24 @@ pub fn canonical_once(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redirect_under_the_rewritten_prefix_gets_the_route_s_back() {
+        for (location, restored) in [
+            ("/v2/users?id=1", "/api/users?id=1"),
+            ("http://a.test/v2/x", "http://a.test/api/x"),
+            ("https://A.Test:8443/v2/", "https://A.Test:8443/api/"),
+            ("http://other.test/v2/x", "http://other.test/v2/x"),
+            ("/v3/x", "/v3/x"),
+            ("//a.test/v2/x", "//a.test/v2/x"),
+            ("relative/v2/x", "relative/v2/x"),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::LOCATION, location.parse().unwrap());
+            restore_location(&mut headers, "/api/", "/v2/", "a.test");
+            assert_eq!(headers[header::LOCATION], restored, "{location}");
+        }
+    }
 
     #[test]
     fn a_rewrite_replaces_the_matched_prefix_and_keeps_the_rest() {

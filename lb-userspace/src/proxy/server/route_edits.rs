@@ -1,7 +1,8 @@
 //! A route's edits through a listener, with real clients and backends: the backend gets the
 //! request with the route's fields set (the client's own of those names replaced), its removed
 //! ones gone and its path prefix rewritten, over HTTP/1.1 and h2c; the client gets the answer
-//! edited, from an HTTP/1.1 or an HTTP/2 connection, fresh from the backend or from the cache.
+//! edited and its redirect under the route's prefix, from an HTTP/1.1 or an HTTP/2 connection,
+//! fresh from the backend or from the cache.
 use std::{
     net::SocketAddr,
     sync::{
@@ -41,6 +42,7 @@ async fn echoing(h2c: bool, asked: Arc<AtomicUsize>) -> SocketAddr {
                     .header("server", "backend")
                     .header("x-internal", "secret")
                     .header("cache-control", "max-age=60")
+                    .header("location", "http://a.test/new/v2/next")
                     .body(Full::new(Bytes::from(seen)))
                     .unwrap();
                 async move { Ok::<_, hyper::Error>(answer) }
@@ -121,6 +123,11 @@ fn assert_edited(head: &hyper::http::response::Parts, seen: &str) {
     assert_eq!(all("strict-transport-security"), ["max-age=600"], "{head:?}");
     assert!(all("x-internal").is_empty(), "a removed field reached the client: {head:?}");
     assert_eq!(all("cache-control"), ["max-age=60"], "an unedited field lost: {head:?}");
+    assert_eq!(
+        all("location"),
+        ["http://a.test/old/next"],
+        "a redirect not given the route's prefix: {head:?}"
+    );
 }
 
 #[tokio::test]
