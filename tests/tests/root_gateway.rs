@@ -342,7 +342,10 @@ fn root_gateway_split_limits_access_retries_fallback() -> Result<()> {
     assert_eq!(split_in_file()?, [("two".to_owned(), 10.0)]);
     let listed = bed.lbd.lbctl(&["route", "list"])?;
     let canary = listed.lines().find(|l| l.starts_with("canary ")).unwrap_or_default();
-    assert!(canary.contains("canary.test") && canary.ends_with("one              two 10%"), "{listed}");
+    assert!(
+        canary.contains("canary.test") && canary.ends_with("one              -                    two 10%"),
+        "{listed}"
+    );
     let refused = bed.lbd.lbctl(&["route", "split", "canary", "one", "10"]).unwrap_err().to_string();
     assert!(refused.contains("own pool"), "{refused}");
 

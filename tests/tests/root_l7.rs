@@ -446,6 +446,9 @@ fn root_l7_http1_http2_routing_and_headers() -> Result<()> {
         assert!(out.to_ascii_lowercase().contains("\r\ncontent-encoding: gzip\r\n"), "{out}");
         assert!(out.contains(" sub=edge\n"), "not decoded: {out}");
     }
+    let listed = bed.lbd.as_ref().expect("running").lbctl(&["route", "list"])?;
+    let edits = listed.lines().find(|l| l.contains("edits.test")).unwrap_or_default();
+    assert!(edits.contains(" path>/, 3 fields, gzip "), "{listed}");
 
     // A backend removed from the pool leaves the request series; the other stays.
     let (b1, b2) = (bed.topology.backends[0].addr4, bed.topology.backends[1].addr4);

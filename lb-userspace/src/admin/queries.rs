@@ -254,5 +254,11 @@ fn route_view(route: &crate::config::Route) -> views::Route {
         pool: route.pool.clone(),
         split: route.split.clone(),
         sticky: route.sticky,
+        rewrite_prefix: route.rewrite_prefix.clone(),
+        header_edits: [&route.request_headers, &route.response_headers]
+            .iter()
+            .map(|edits| edits.set.len() + edits.remove.len())
+            .sum(),
+        compress: route.compress.is_some(),
     }
 }

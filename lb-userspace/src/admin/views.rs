@@ -97,6 +97,16 @@ pub struct Route {
     /// Other pools and their share (percent) of the route's requests.
     pub split: Vec<(String, f64)>,
     pub sticky: bool,
+    /// What replaces the path prefix for the backend (absent from an older lbd's answer, as
+    /// the two below).
+    #[serde(default)]
+    pub rewrite_prefix: Option<String>,
+    /// Fields the route sets or removes, both ways.
+    #[serde(default)]
+    pub header_edits: usize,
+    /// Answers gzipped for clients that take it.
+    #[serde(default)]
+    pub compress: bool,
 }
 
 /// One entry of `GET /vips`.

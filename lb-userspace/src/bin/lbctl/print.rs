@@ -141,14 +141,31 @@ pub fn status(s: &views::Status) {
 
 /// L7 routes in the order they are tried, with their pool and split.
 pub fn routes(routes: &[views::Route]) {
-    println!("{:<20} {:<12} {:<24} {:<16} {:<16} split", "name", "listener", "host", "path", "pool");
+    println!(
+        "{:<20} {:<12} {:<24} {:<16} {:<16} {:<20} split",
+        "name", "listener", "host", "path", "pool", "edits"
+    );
     for r in routes {
         let mut split: Vec<String> = r.split.iter().map(|(p, share)| format!("{p} {share}%")).collect();
         if r.sticky && !split.is_empty() {
             split.push("(sticky)".into());
         }
         let split = if split.is_empty() { "-".to_owned() } else { split.join(", ") };
-        println!("{:<20} {:<12} {:<24} {:<16} {:<16} {split}", r.name, r.listener, r.host, r.path, r.pool);
+        let mut edits = Vec::new();
+        if let Some(with) = &r.rewrite_prefix {
+            edits.push(format!("path>{with}"));
+        }
+        if r.header_edits > 0 {
+            edits.push(format!("{} fields", r.header_edits));
+        }
+        if r.compress {
+            edits.push("gzip".to_owned());
+        }
+        let edits = if edits.is_empty() { "-".to_owned() } else { edits.join(", ") };
+        println!(
+            "{:<20} {:<12} {:<24} {:<16} {:<16} {edits:<20} {split}",
+            r.name, r.listener, r.host, r.path, r.pool
+        );
     }
 }
 
