@@ -66,8 +66,9 @@ pub async fn head_read(
     }
 }
 
-/// An HTTP/1.1 backend (hyper) that reads each request's whole body and answers with its size,
-/// storable for a minute and varying by what the client accepts; upgrades allowed.
+/// An HTTP/1.1 backend (hyper) that reads each request's whole body and answers with its size
+/// as text/plain, storable for a minute and varying by what the client accepts; upgrades
+/// allowed.
 pub async fn http1() -> SocketAddr {
     listening(|stream| async move {
         let service = service_fn(|request: Request<Incoming>| async move {
@@ -75,6 +76,7 @@ pub async fn http1() -> SocketAddr {
             let mut answer = Response::new(Full::new(Bytes::from(format!("read {}", body.len()))));
             let headers = answer.headers_mut();
             headers.insert(hyper::header::CACHE_CONTROL, "max-age=60".parse().unwrap());
+            headers.insert(hyper::header::CONTENT_TYPE, "text/plain".parse().unwrap());
             headers.insert(hyper::header::VARY, "accept".parse().unwrap());
             Ok::<_, hyper::Error>(answer)
         });

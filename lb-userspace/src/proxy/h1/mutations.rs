@@ -24,6 +24,8 @@ pub(crate) const REQUESTS: &[&[u8]] = &[
     b"GET /h HTTP/1.1\r\nHost: hash.test\r\nCookie: sid=abc; sluice_pool=p\r\nX-Forwarded-For: 10.0.0.1, ::1\r\n\r\n",
     b"GET /c?x=1 HTTP/1.1\r\nHost: cache.test:80\r\nAccept: text/html\r\nForwarded: for=\"[::1]\";proto=http\r\nX-Request-Id: abc\r\n\r\n",
     b"HEAD /c HTTP/1.1\r\nHost: CACHE.test\r\nCache-Control: no-cache\r\nVia: 1.0 x\r\n\r\n",
+    // A route's edits: its path prefix rewritten, fields set and removed, the answer gzipped.
+    b"GET /z/a HTTP/1.1\r\nHost: edits.test\r\nAccept-Encoding: br;q=0, gzip\r\nCookie: a=1\r\n\r\n",
 ];
 
 const RESPONSES: &[&[u8]] = &[

@@ -35,7 +35,8 @@ async fn proxy(
     backend: SocketAddr,
 ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<tokio::task::JoinHandle<()>>) {
     // Every gateway step that reads the request: a hash by cookie, a sticky split, a rate
-    // limit, a cache with a shadow and retries, and a catch-all route.
+    // limit, a cache with a shadow and retries, a route's edits and gzip, and a catch-all
+    // route.
     let port = backend.port();
     let text = format!(
         "[dataplane]\ninterface = \"lo\"\n\
@@ -46,6 +47,10 @@ async fn proxy(
          rate_limit = {{ requests_per_second = 100000, burst = 100000 }}\n\
          [[route]]\nlistener = \"l\"\npool = \"p\"\nhost = \"cache.test\"\ncache = {{ max_entries = 10 }}\n\
          shadow = {{ pool = \"h\", percent = 50 }}\nretries = 1\n\
+         [[route]]\nlistener = \"l\"\npool = \"p\"\nhost = \"edits.test\"\npath_prefix = \"/z/\"\nrewrite_prefix = \"/\"\n\
+         request_headers = {{ set = {{ \"x-a\" = \"1\" }}, remove = [\"cookie\"] }}\n\
+         response_headers = {{ set = {{ \"x-b\" = \"2\" }}, remove = [\"vary\"] }}\n\
+         compress = {{ min_bytes = 0, types = [\"text/plain\"] }}\n\
          [[route]]\nlistener = \"l\"\npool = \"p\"\n"
     );
     let config = Config::parse(Path::new("t.toml"), &text).unwrap();
