@@ -10,7 +10,7 @@ use std::{
 };
 
 use hyper::{
-    Request, Response, StatusCode, Uri, Version,
+    Method, Request, Response, StatusCode, Uri, Version,
     header::{self, HeaderValue},
 };
 
@@ -332,13 +332,7 @@ impl Forwarder {
                 // Boxed: the cache's state is not carried by every request's future.
                 let cached = Box::pin(caching::serve(&self.cache, &self.upstreams, &self.metrics, &request));
                 let mut response = cached.await.into_answer()?;
-                if let Some((prefix, with)) = &route.rewrite {
-                    path::restore_location(response.headers_mut(), prefix, with, host);
-                }
-                headers::edit(response.headers_mut(), &route.response_headers);
-                if let Some(config) = &route.compress {
-                    compress::apply(&mut response, config, gzip, &parts.method);
-                }
+                route_edits(&mut response, route, host, gzip, &parts.method);
                 return Ok(response);
             }
             if checked.bodiless
@@ -376,13 +370,7 @@ impl Forwarder {
             // A 101 carries its backend connection; the client's connection tunnels to it.
             let switching = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
             headers::client_response(response.headers_mut(), switching);
-            if let Some((prefix, with)) = &route.rewrite {
-                path::restore_location(response.headers_mut(), prefix, with, &labels.host);
-            }
-            headers::edit(response.headers_mut(), &route.response_headers);
-            if let Some(config) = &route.compress {
-                compress::apply(&mut response, config, gzip, &parts.method);
-            }
+            route_edits(&mut response, route, &labels.host, gzip, &parts.method);
             if choice.set_sticky
                 && let Some(cookie) = choose::sticky_cookie(&choice.pool)
             {
@@ -390,6 +378,25 @@ impl Forwarder {
             }
             Ok(response)
         }
+    }
+}
+
+/// A route's touches on an answer from a backend or the cache, in order: a redirect under its
+/// rewritten prefix given the route's prefix back, its `response_headers`, its gzip (`gzip`:
+/// the client takes it; `host` and `method`: the request's).
+fn route_edits(
+    response: &mut Response<Body>,
+    route: &CompiledRoute,
+    host: &str,
+    gzip: bool,
+    method: &Method,
+) {
+    if let Some((prefix, with)) = &route.rewrite {
+        path::restore_location(response.headers_mut(), prefix, with, host);
+    }
+    headers::edit(response.headers_mut(), &route.response_headers);
+    if let Some(config) = &route.compress {
+        compress::apply(response, config, gzip, method);
     }
 }
 
