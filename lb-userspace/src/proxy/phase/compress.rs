@@ -144,11 +144,12 @@ impl Encoder {
 impl Drop for Encoder {
     fn drop(&mut self) {
         let Some(mut deflate) = self.deflate.take() else { return };
-        deflate.reset();
-        // A thread's spares are gone once it ends; a state dropped then is just freed.
+        // Reset (its hash table cleared) only when kept; a thread's spares are gone once it
+        // ends, and a state dropped then is just freed.
         let _ = SPARES.try_with(|spares| {
             let mut spares = spares.borrow_mut();
             if spares.len() < SPARE {
+                deflate.reset();
                 spares.push((self.level, deflate));
             }
         });
