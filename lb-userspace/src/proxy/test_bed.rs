@@ -122,3 +122,10 @@ pub fn answered_200(got: &[u8]) -> bool {
     }
     false
 }
+
+/// A gzip stream's text, for the tests of compressed answers.
+pub fn gunzip(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(bytes), &mut out).unwrap();
+    out
+}

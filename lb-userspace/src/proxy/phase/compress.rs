@@ -316,7 +316,7 @@ mod tests {
     use super::*;
     use std::io::Write as _;
 
-    use crate::proxy::body;
+    use crate::proxy::{body, test_bed::gunzip};
 
     fn config() -> CompressConfig {
         CompressConfig { types: vec!["text/html".into(), "application/json".into()], min_bytes: 16, level: 1 }
@@ -327,12 +327,6 @@ mod tests {
         response.headers_mut().insert(header::CONTENT_TYPE, content_type.parse().unwrap());
         response.headers_mut().insert(header::CONTENT_LENGTH, body.len().into());
         response
-    }
-
-    fn gunzip(bytes: &[u8]) -> String {
-        let mut out = String::new();
-        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(bytes), &mut out).unwrap();
-        out
     }
 
     #[test]

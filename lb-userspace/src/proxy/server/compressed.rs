@@ -1,14 +1,14 @@
 //! A route's compression through a listener: an HTTP/1.1 client that accepts gzip gets a
 //! backend's whole answer gzipped with its coded length, a streamed one gzipped and chunked;
 //! an HTTP/2 client gets it gzipped too; a client that does not accept gzip gets it as it was.
-use std::{io::Read as _, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
 
-use crate::proxy::test_bed;
+use crate::proxy::test_bed::{self, gunzip};
 
 const PAGE: &str = "<html><body><p>The same words again and again and again and again.</p></body></html>";
 
@@ -77,12 +77,6 @@ async fn get(address: SocketAddr, path: &str, accept: &str) -> (String, Vec<u8>)
         body = data;
     }
     (head, body)
-}
-
-fn gunzip(bytes: &[u8]) -> String {
-    let mut out = String::new();
-    flate2::read::GzDecoder::new(bytes).read_to_string(&mut out).unwrap();
-    out
 }
 
 #[tokio::test]
