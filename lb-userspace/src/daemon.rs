@@ -86,7 +86,7 @@ pub struct Core {
 }
 
 /// What asks the signal loop for a reload (`reload.rs`), and hears its result.
-pub type ReloadAsked = tokio::sync::oneshot::Sender<Result<Vec<String>, String>>;
+pub type ReloadAsked = tokio::sync::oneshot::Sender<Result<Vec<String>, crate::reload::ReloadError>>;
 
 /// How the last reload went.
 #[derive(Debug, Clone, Copy)]

@@ -15,6 +15,19 @@ use crate::{
 /// The L7 listeners being served, each with its certificates (re-read on a reload).
 pub type ServedListeners = Vec<(Listener, Option<Arc<proxy::tls::Resolver>>)>;
 
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("\n{0}")]
+    Config(#[from] crate::config::ConfigErrors),
+    #[error("resolving the host's interface and next hop: {0}")]
+    Host(crate::host::HostError),
+    #[error("{0}")]
+    Refused(#[from] crate::daemon::ExecError),
+    #[error("the reload's reading task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// Everything a reload touches.
 pub struct Reloader {
     pub core: Shared,
@@ -26,23 +39,22 @@ pub struct Reloader {
 
 impl Reloader {
     /// Re-reads and applies the config file; Err says why nothing changed.
-    pub async fn reload(&mut self) -> Result<Vec<String>, String> {
+    pub async fn reload(&mut self) -> Result<Vec<String>, ReloadError> {
         // No operator change writes the file while it is read and applied.
         let _file = crate::daemon::FILE_WRITER.lock().await;
         let file = self.path.clone();
         // Reading the file and resolving the next hop (ARP: up to 2 s) block: off the workers,
         // and before the core lock is taken.
         let loaded = tokio::task::spawn_blocking(move || {
-            let config = Config::load(&file).map_err(|errors| format!("\n{errors}"))?;
-            let host = host::facts(&config)
-                .map_err(|err| format!("resolving the host's interface and next hop: {err:#}"))?;
-            Ok::<_, String>((config, host))
+            let config = Config::load(&file)?;
+            let host = host::facts(&config).map_err(ReloadError::Host)?;
+            Ok::<_, ReloadError>((config, host))
         })
         .await;
         let applied = match loaded {
-            Err(err) => Err(format!("{err}")),
+            Err(err) => Err(err.into()),
             Ok(Err(err)) => Err(err),
-            Ok(Ok((new, host))) => lock(&self.core).reload(new, host).map_err(|err| format!("{err:#}")),
+            Ok(Ok((new, host))) => lock(&self.core).reload(new, host).map_err(ReloadError::from),
         };
         lock(&self.core).last_reload = Some(LastReload { at: SystemTime::now(), applied: applied.is_ok() });
         match &applied {

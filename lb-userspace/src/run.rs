@@ -333,7 +333,7 @@ async fn serve_until_stopped(
 }
 
 /// A reload (SIGHUP or `lbctl reload`), told to systemd as it starts and ends.
-async fn reload(reloader: &mut crate::reload::Reloader) -> Result<Vec<String>, String> {
+async fn reload(reloader: &mut crate::reload::Reloader) -> Result<Vec<String>, crate::reload::ReloadError> {
     notify(&[NotifyState::Reloading, NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Ready)]);
     let result = reloader.reload().await;
     notify(&[NotifyState::Ready]);
@@ -352,15 +352,21 @@ async fn start_successor(
     let started = tokio::task::spawn_blocking(move || upgrade::start(&exec, &handing))
         .await
         .unwrap_or_else(|err| Err(UpgradeError::Failed { pid: 0, why: err.to_string() }));
-    let answer = started.as_ref().map(|s| s.pid).map_err(ToString::to_string);
-    match &started {
-        Ok(s) => info!("upgrade: lbd {} serves; this one stops accepting and drains", s.pid),
-        Err(err) => error!("upgrade refused, this lbd keeps serving: {err}"),
-    }
+    let (successor, answer) = match started {
+        Ok(s) => {
+            info!("upgrade: lbd {} serves; this one stops accepting and drains", s.pid);
+            let pid = s.pid;
+            (Some(s), Ok(pid))
+        }
+        Err(err) => {
+            error!("upgrade refused, this lbd keeps serving: {err}");
+            (None, Err(err))
+        }
+    };
     if let Some(asked) = asked {
         let _ = asked.send(answer);
     }
-    started.ok()
+    successor
 }
 
 /// Binds every configured L7 listener, or takes the sockets an old lbd `handed` over, keeping

@@ -37,7 +37,7 @@ pub const COUNTERS_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What asks the signal loop for an upgrade (`lbctl upgrade`), and hears the new lbd's pid
 /// or why there is none.
-pub type Asked = tokio::sync::oneshot::Sender<Result<u32, String>>;
+pub type Asked = tokio::sync::oneshot::Sender<Result<u32, UpgradeError>>;
 
 /// Why an upgrade did not happen (the old lbd keeps serving) or a handover was not received.
 #[derive(Debug, thiserror::Error)]

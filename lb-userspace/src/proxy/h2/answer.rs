@@ -25,6 +25,19 @@ pub(super) const EARLY_RESET_MS: u64 = 1000;
 /// it (smaller answers skip the wait; h2 holds the bytes until it may send them).
 const SMALL_LAST_CHUNK: usize = 4 * 1024;
 
+/// Why an answer's body stopped before its end (logged; the stream is reset).
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("{0}")]
+    H2(#[from] h2::Error),
+    #[error("stream closed")]
+    Closed,
+    #[error("stream reset by the client: {0:?}")]
+    Reset(Reason),
+    #[error("the body failed: {0}")]
+    Body(String),
+}
+
 /// How a stream ended: answered (or failed on the proxy's side, or given up by the client
 /// late), or reset by the client before its answer's head and within EARLY_RESET_MS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,7 +177,7 @@ where
     B: HttpBody<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
         let Sending { body, send, waiting } = self;
         loop {
             if let Some((data, end)) = waiting.take() {
@@ -173,15 +186,15 @@ where
                     match send.poll_capacity(cx) {
                         Poll::Ready(Some(Ok(0))) => {}
                         Poll::Ready(Some(Ok(_))) => break,
-                        Poll::Ready(Some(Err(err))) => return Poll::Ready(Err(err.to_string())),
-                        Poll::Ready(None) => return Poll::Ready(Err("stream closed".into())),
+                        Poll::Ready(Some(Err(err))) => return Poll::Ready(Err(err.into())),
+                        Poll::Ready(None) => return Poll::Ready(Err(SendError::Closed)),
                         Poll::Pending => {
                             *waiting = Some((data, end));
                             return reset_or_pending(send, cx);
                         }
                     }
                 }
-                send.send_data(data, end).map_err(|e| e.to_string())?;
+                send.send_data(data, end)?;
                 if end {
                     return Poll::Ready(Ok(()));
                 }
@@ -199,7 +212,7 @@ where
                         // to h2 as it is: h2 holds it until the window allows, at most
                         // SMALL_LAST_CHUNK a stream. Others wait for window first.
                         if data.remaining() == 0 || (end && data.remaining() <= SMALL_LAST_CHUNK) {
-                            send.send_data(data, end).map_err(|e| e.to_string())?;
+                            send.send_data(data, end)?;
                             if end {
                                 return Poll::Ready(Ok(()));
                             }
@@ -212,14 +225,14 @@ where
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
                             send.reserve_capacity(0);
-                            send.send_trailers(trailers).map_err(|e| e.to_string())?;
+                            send.send_trailers(trailers)?;
                             return Poll::Ready(Ok(()));
                         }
                     }
                 },
-                Some(Err(err)) => return Poll::Ready(Err(err.to_string())),
+                Some(Err(err)) => return Poll::Ready(Err(SendError::Body(err.to_string()))),
                 None => {
-                    send.send_data(Bytes::new(), true).map_err(|e| e.to_string())?;
+                    send.send_data(Bytes::new(), true)?;
                     return Poll::Ready(Ok(()));
                 }
             }
@@ -230,9 +243,10 @@ where
 /// Pending, with the stream's reset registered: a RST_STREAM from the client ends a wait for
 /// the body or for window. (A body that is ready is sent without asking: h2 refuses data for
 /// a stream already reset.)
-fn reset_or_pending(send: &mut SendStream<Bytes>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+fn reset_or_pending(send: &mut SendStream<Bytes>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
     match send.poll_reset(cx) {
-        Poll::Ready(reason) => Poll::Ready(Err(format!("stream reset by the client: {reason:?}"))),
+        Poll::Ready(Ok(reason)) => Poll::Ready(Err(SendError::Reset(reason))),
+        Poll::Ready(Err(err)) => Poll::Ready(Err(err.into())),
         Poll::Pending => Poll::Pending,
     }
 }
