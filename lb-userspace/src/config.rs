@@ -222,6 +222,16 @@ pub struct Fallback {
     pub content_type: Option<String>,
 }
 
+/// What a route answers by itself, sending nothing to a pool (`redirect` or `respond`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnAnswer {
+    /// `status` (301, 302, 303, 307 or 308) to `Location: to`; with `prefix`, `to` followed by
+    /// the path a backend would get and the query (HAProxy's `redirect prefix`).
+    Redirect { status: u16, to: String, prefix: bool },
+    /// A fixed answer (nginx's `return`, Envoy's `direct_response`).
+    Respond(Fallback),
+}
+
 /// How access-log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -295,7 +305,10 @@ pub struct Route {
     pub cookies: BTreeMap<String, String>,
     /// With `split`: a client keeps the pool it was first given (cookie `sluice_pool`).
     pub sticky: bool,
-    pub pool: String,
+    /// Where the route sends its requests; None when it answers them itself (`answer`).
+    pub pool: Option<String>,
+    /// What the route answers with, in place of a pool's backends.
+    pub answer: Option<OwnAnswer>,
     /// The whole request, upstream included; over it the client gets 504.
     pub timeout: Duration,
     /// Share (percent) of requests sent to other pools instead of `pool` (canary, blue-green).

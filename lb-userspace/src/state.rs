@@ -229,7 +229,12 @@ impl State {
             .iter_mut()
             .find(|r| r.name == route)
             .ok_or_else(|| CommandError::Invalid(format!("no route `{route}`")))?;
-        if r.pool == pool {
+        if r.pool.is_none() {
+            return Err(CommandError::Invalid(format!(
+                "route `{route}` answers by itself (redirect or respond): it has no pool to split"
+            )));
+        }
+        if r.pool.as_deref() == Some(pool) {
             return Err(CommandError::Invalid(format!(
                 "`{pool}` is route `{route}`'s own pool: a split sends requests to other pools"
             )));

@@ -240,7 +240,7 @@ fn stats_view(counters: &Counters) -> Result<views::Stats, DataplaneError> {
 
 /// A route as `GET /routes` shows it.
 fn route_view(route: &crate::config::Route) -> views::Route {
-    use crate::config::PathMatch;
+    use crate::config::{OwnAnswer, PathMatch};
     views::Route {
         name: route.name.clone(),
         listener: route.listener.clone(),
@@ -251,7 +251,13 @@ fn route_view(route: &crate::config::Route) -> views::Route {
             PathMatch::Prefix(p) => p.clone(),
             PathMatch::Regex(r) => format!("~{r}"),
         },
-        pool: route.pool.clone(),
+        pool: route.pool.clone().unwrap_or_default(),
+        answer: route.answer.as_ref().map(|answer| match answer {
+            OwnAnswer::Redirect { status, to, prefix } => {
+                format!("redirect {status} {to}{}", if *prefix { "…" } else { "" })
+            }
+            OwnAnswer::Respond(fixed) => format!("respond {}", fixed.status),
+        }),
         split: route.split.clone(),
         sticky: route.sticky,
         rewrite_prefix: route.rewrite_prefix.clone(),

@@ -93,12 +93,16 @@ pub struct Route {
     pub host: String,
     /// `*`, `=/exact`, `/prefix` or `~regex`.
     pub path: String,
+    /// Empty when the route answers by itself (`answer`).
     pub pool: String,
+    /// What the route answers by itself: `redirect 301 https://a.test…` (`…`: the path and
+    /// query follow) or `respond 200` (absent from an older lbd's answer, as the fields below).
+    #[serde(default)]
+    pub answer: Option<String>,
     /// Other pools and their share (percent) of the route's requests.
     pub split: Vec<(String, f64)>,
     pub sticky: bool,
-    /// What replaces the path prefix for the backend (absent from an older lbd's answer, as
-    /// the two below).
+    /// What replaces the path prefix for the backend.
     #[serde(default)]
     pub rewrite_prefix: Option<String>,
     /// Fields the route sets or removes, both ways.

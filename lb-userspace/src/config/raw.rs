@@ -86,7 +86,9 @@ pub(super) struct RawRoute {
     pub(super) cookies: BTreeMap<String, String>,
     #[serde(default)]
     pub(super) sticky: bool,
-    pub(super) pool: Spanned<String>,
+    pub(super) pool: Option<Spanned<String>>,
+    pub(super) redirect: Option<Spanned<RawRedirect>>,
+    pub(super) respond: Option<Spanned<Fallback>>,
     pub(super) timeout_ms: Option<u64>,
     #[serde(default)]
     pub(super) split: Vec<RawSplit>,
@@ -106,6 +108,14 @@ pub(super) struct RawRoute {
     pub(super) compress: Option<Spanned<RawCompress>>,
     pub(super) request_headers: Option<Spanned<RawHeaderEdits>>,
     pub(super) response_headers: Option<Spanned<RawHeaderEdits>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRedirect {
+    pub(super) location: Option<String>,
+    pub(super) prefix: Option<String>,
+    pub(super) status: Option<u16>,
 }
 
 #[derive(Debug, Deserialize)]

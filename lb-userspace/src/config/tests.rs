@@ -566,6 +566,107 @@ fn each_route_check_says_what_is_wrong_at_its_line() {
     assert_eq!(config.routes[0].split, vec![("p".to_string(), 30.0)]);
 }
 
+/// A route with `extra` and no pool line: lines 1-8 as `route`'s, 9 `[[route]]`, 10 listener,
+/// `extra` from 11.
+fn answering(extra: &str) -> String {
+    route(extra).replace("listener = \"l\"\npool = \"p\"\n", "listener = \"l\"\n")
+}
+
+#[test]
+fn a_route_that_answers_by_itself_takes_no_pool_and_nothing_that_needs_one() {
+    let answers =
+        |extra: &str| Config::parse(Path::new("t.toml"), &answering(extra)).unwrap().routes.remove(0);
+    let r = answers("redirect = { prefix = \"https://www.a.test\" }\n");
+    assert_eq!(r.pool, None);
+    assert_eq!(
+        r.answer,
+        Some(OwnAnswer::Redirect { status: 301, to: "https://www.a.test".into(), prefix: true })
+    );
+    let r = answers(
+        "path_prefix = \"/old/\"\nrewrite_prefix = \"/new/\"\nredirect = { prefix = \"\", status = 308 }\n",
+    );
+    assert_eq!(
+        r.answer,
+        Some(OwnAnswer::Redirect { status: 308, to: String::new(), prefix: true }),
+        "a path-only prefix"
+    );
+    let r = answers("redirect = { location = \"/maintenance.html\", status = 302 }\n");
+    assert_eq!(
+        r.answer,
+        Some(OwnAnswer::Redirect { status: 302, to: "/maintenance.html".into(), prefix: false })
+    );
+    let r =
+        answers("respond = { status = 200, body = \"ok\", content_type = \"text/plain; charset=utf-8\" }\n");
+    let fixed =
+        Fallback { status: 200, body: "ok".into(), content_type: Some("text/plain; charset=utf-8".into()) };
+    assert_eq!(r.answer, Some(OwnAnswer::Respond(fixed)));
+
+    let refused = |extra: &str, expected: &str| {
+        let found = errors(&answering(extra));
+        assert!(
+            found.iter().any(|e| e.starts_with(expected)),
+            "`{extra}`: expected `{expected}` in {found:?}"
+        );
+    };
+    refused("", "t.toml:10: a route needs a pool, or a redirect or respond of its own");
+    says("redirect = { location = \"/x\" }\n", "t.toml:11: a route takes one of pool, redirect and respond");
+    refused(
+        "redirect = { location = \"/x\" }\nrespond = { status = 200 }\n",
+        "t.toml:10: a route takes one of pool, redirect and respond",
+    );
+    refused("redirect = { status = 301 }\n", "t.toml:11: redirect takes one of location and prefix");
+    refused(
+        "redirect = { location = \"/a\", prefix = \"/b\" }\n",
+        "t.toml:11: redirect takes one of location and prefix",
+    );
+    refused(
+        "redirect = { location = \"/x\", status = 200 }\n",
+        "t.toml:11: redirect: status 200 is not a redirect (301, 302, 303, 307, 308)",
+    );
+    refused(
+        "redirect = { location = \"/a b\" }\n",
+        "t.toml:11: redirect: `/a b` must be visible ASCII with no space",
+    );
+    refused(
+        "redirect = { location = \"\" }\n",
+        "t.toml:11: redirect: `` must be visible ASCII with no space",
+    );
+    refused(
+        "redirect = { prefix = \"https://a.test/\" }\n",
+        "t.toml:11: redirect: prefix `https://a.test/` ends in `/`",
+    );
+    refused("respond = { status = 101 }\n", "t.toml:11: respond: status must be 200 to 599");
+    refused("respond = { status = 204, body = \"x\" }\n", "t.toml:11: respond: a 204 has no body");
+    refused(
+        "respond = { status = 200, content_type = \"text/plain\\r\\nx: 1\" }\n",
+        "t.toml:11: respond: content_type `text/plain\r\nx: 1` is not a field value",
+    );
+    for (line, name) in [
+        ("split = [{ pool = \"p\", percent = 10.0 }]", "split"),
+        ("sticky = true", "sticky"),
+        ("timeout_ms = 5", "timeout_ms"),
+        ("retries = 1", "retries"),
+        ("retry_budget_percent = 5.0", "retry_budget_percent"),
+        ("fallback = { status = 503 }", "fallback"),
+        ("shadow = { pool = \"p\", percent = 5.0 }", "shadow"),
+        ("cache = {}", "cache"),
+        ("compress = {}", "compress"),
+        ("request_headers = { set = { \"x-a\" = \"1\" } }", "request_headers"),
+        ("path_prefix = \"/a/\"\nrewrite_prefix = \"/b/\"", "rewrite_prefix"),
+    ] {
+        refused(
+            &format!("{line}\nrespond = {{ status = 200 }}\n"),
+            &format!("t.toml:10: {name} needs a pool: this route answers by itself"),
+        );
+    }
+    // Gates, matches and the answer's own fields stay.
+    let r = answers(
+        "host = \"a.test\"\nallow = [\"10.0.0.0/8\"]\nresponse_headers = { set = { \"x-a\" = \"1\" } }\n\
+         respond = { status = 200 }\n",
+    );
+    assert_eq!((r.allow.len(), r.response_headers.set.len()), (1, 1));
+}
+
 #[test]
 fn header_edits_and_compression_are_checked_at_their_line() {
     says(

@@ -1,5 +1,6 @@
 //! One request through the proxy, as a short sequence of phases (see `phase`): guard, route,
-//! gate, choose, headers, caching or shadow, upstream, respond; then count and log.
+//! gate, the route's own answer or choose, headers, caching or shadow, upstream, respond; then
+//! count and log.
 use std::{
     future::Future,
     sync::{
@@ -22,7 +23,7 @@ use crate::{
         cache::CacheStore,
         metrics::{Label, ProxyMetrics},
         phase::{
-            Refusal, caching, choose, compress, gate, guard, headers, path, shadow,
+            Refusal, caching, choose, compress, gate, guard, headers, path, respond, shadow,
             upstream::{self, Answered, InFlight, Tries, Upstreams},
         },
         routes::{CompiledRoute, Snapshot},
@@ -301,6 +302,15 @@ impl Forwarder {
             let client = conn.address.ip();
             let (mut parts, body) = request.into_parts();
             gate::admit(route, &mut parts.headers, &parts.uri, client)?;
+            if let Some((prefix, with)) = &route.rewrite {
+                path::rewrite(&mut parts.uri, prefix, with)?;
+            }
+            if let Some(own) = &route.answer {
+                // A redirect or a fixed answer: no pool, no backend.
+                let (mut response, reason) = respond::own(own, &parts.uri);
+                headers::edit(response.headers_mut(), &route.response_headers);
+                return Err(Refusal::with(response, reason));
+            }
             let choice = choose::pool(route, &parts.headers, self.draw());
             labels.pool = choice.pool.clone();
             let pool = choose::serving(snapshot, route, &choice)?;
@@ -310,9 +320,6 @@ impl Forwarder {
             // Path and headers; then the answer, from the cache or from a backend (a shadow copy
             // beside it), compressed if the client takes gzip.
             let gzip = route.compress.is_some() && compress::accepts_gzip(&parts.headers);
-            if let Some((prefix, with)) = &route.rewrite {
-                path::rewrite(&mut parts.uri, prefix, with)?;
-            }
             let (host, request_id) = (&labels.host, &labels.request_id);
             let h2c = pool.protocol == UpstreamProtocol::H2c;
             let forwarding = headers::upstream_request(

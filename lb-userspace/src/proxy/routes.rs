@@ -18,8 +18,8 @@ use regex::Regex;
 
 use crate::{
     config::{
-        Balance, CacheConfig, CompressConfig, Fallback, HashKey, HeaderEdits, Outlier, PathMatch, Route,
-        UpstreamProtocol,
+        Balance, CacheConfig, CompressConfig, Fallback, HashKey, HeaderEdits, Outlier, OwnAnswer, PathMatch,
+        Route, UpstreamProtocol,
     },
     dataplane::tables::addr_of,
     maglev::{self, Weighted},
@@ -53,6 +53,8 @@ pub struct CompiledRoute {
     headers: Vec<(String, String)>,
     cookies: Vec<(String, String)>,
     pub pool: Label,
+    /// What the route answers by itself (then it has no pool).
+    pub answer: Option<OwnAnswer>,
     /// Keep a client on the pool its split gave it (cookie `sluice_pool`).
     pub sticky: bool,
     pub timeout: Duration,
@@ -137,7 +139,9 @@ impl CompiledRoute {
             headers: route.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             cookies: route.cookies.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             sticky: route.sticky,
-            pool: route.pool.as_str().into(),
+            // A route that answers by itself has the label of no pool.
+            pool: route.pool.as_deref().unwrap_or_default().into(),
+            answer: route.answer.clone(),
             timeout: route.timeout,
         }
     }

@@ -18,9 +18,9 @@ use bytes::Bytes;
 use bytes::BytesMut;
 use futures_util::{FutureExt, future::Either};
 use hyper::{
-    Request,
-    body::{Frame, SizeHint},
-    header::HeaderValue,
+    Method, Request, Response,
+    body::{Body as _, Frame, SizeHint},
+    header::{self, HeaderValue},
 };
 use log::{info, warn};
 use tokio::{
@@ -397,6 +397,7 @@ fn stream(
 ) -> impl Future<Output = h2::Answered> + Send + use<> {
     let busy = s.activity.start();
     let conn = s.conn.clone();
+    let head = request.method() == Method::HEAD;
     // The pipeline's future (~3 KiB) is boxed before the stream's future is made: that one is
     // moved into the connection's set of streams, and an async block that made the box itself
     // would carry room for the unboxed future too.
@@ -411,6 +412,9 @@ fn stream(
         if let Some(via) = handled.via {
             response.headers_mut().insert(VIA, HeaderValue::from_static(own_fields::via(via)));
         }
+        if head {
+            head_only(&mut response);
+        }
         response.map(|body| Tracked {
             body,
             _busy: busy,
@@ -422,6 +426,20 @@ fn stream(
         })
     };
     h2::answer(answer, respond, Some(s.conn.clone()))
+}
+
+/// An answer to a HEAD as an HTTP/2 stream sends it: the head alone, with the length its body
+/// would have had (RFC 9110 §9.3.2). A backend's has no body; one lbd made (a refusal, a
+/// route's fixed answer, a cached answer) has, and h2 would send it as DATA, which the client
+/// takes for a protocol error.
+fn head_only(response: &mut Response<Body>) {
+    if response.body().is_end_stream() {
+        return;
+    }
+    if let Some(length) = response.body().size_hint().exact() {
+        response.headers_mut().entry(header::CONTENT_LENGTH).or_insert(HeaderValue::from(length));
+    }
+    *response.body_mut() = crate::proxy::body::empty();
 }
 
 /// A connection's slot under `max_connections`. When all are taken, an idle keep-alive
@@ -511,6 +529,8 @@ pub mod http1;
 mod interim_relay;
 #[cfg(test)]
 mod mutations;
+#[cfg(test)]
+mod own_answers;
 #[cfg(test)]
 mod route_edits;
 

@@ -162,9 +162,11 @@ pub fn routes(routes: &[views::Route]) {
             edits.push("gzip".to_owned());
         }
         let edits = if edits.is_empty() { "-".to_owned() } else { edits.join(", ") };
+        // A route that answers by itself shows its answer where a pool would be.
+        let pool = r.answer.as_deref().unwrap_or(&r.pool);
         println!(
-            "{:<20} {:<12} {:<24} {:<16} {:<16} {edits:<20} {split}",
-            r.name, r.listener, r.host, r.path, r.pool
+            "{:<20} {:<12} {:<24} {:<16} {pool:<16} {edits:<20} {split}",
+            r.name, r.listener, r.host, r.path
         );
     }
 }

@@ -5,7 +5,8 @@ use std::ops::Range;
 use super::*;
 
 /// The routes, each checked in steps (what it matches, where it sends, its gateway steps) and
-/// given its defaults. Errors about the route as a whole are put at its `pool` line.
+/// given its defaults. Errors about the route as a whole are put at its `pool` line (its
+/// `listener` line when it answers by itself).
 pub(in crate::config) fn check(
     raw_routes: Vec<RawRoute>,
     pools: &BTreeMap<String, Pool>,
@@ -16,14 +17,17 @@ pub(in crate::config) fn check(
 ) -> Vec<Route> {
     let mut routes = Vec::new();
     for raw in raw_routes {
-        let at = raw.pool.span();
+        let at = raw.pool.as_ref().map_or_else(|| raw.listener.span(), |p| p.span());
         if !listeners.iter().any(|l| l.name == *raw.listener.get_ref()) {
             errors.at(
                 raw.listener.span(),
                 format!("route uses listener `{}`, which is not defined", raw.listener.get_ref()),
             );
         }
-        defined(&raw.pool, "route", pools, errors);
+        if raw.redirect.is_some() || raw.respond.is_some() {
+            forwarding_only(&raw, at.clone(), errors);
+        }
+        let (pool, answer) = target(raw.pool, raw.redirect, raw.respond, pools, at.clone(), errors);
         let path = path_match(raw.path, raw.path_prefix, raw.path_regex, at.clone(), errors);
         let rewrite_prefix = raw.rewrite_prefix.map(|r| rewrite_prefix(r, &path, errors));
         let method = raw.method.map(|m| method(m, errors));
@@ -50,7 +54,8 @@ pub(in crate::config) fn check(
             headers: raw.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect(),
             cookies: raw.cookies,
             sticky: raw.sticky,
-            pool: raw.pool.into_inner(),
+            pool,
+            answer,
             timeout: Duration::from_millis(raw.timeout_ms.unwrap_or(30_000)),
             split,
             allow,
@@ -69,6 +74,106 @@ pub(in crate::config) fn check(
         });
     }
     routes
+}
+
+/// Where a route's requests go: to its pool, or to an answer of its own (`redirect` or
+/// `respond`); exactly one of the three.
+fn target(
+    pool: Option<Spanned<String>>,
+    redirect: Option<Spanned<RawRedirect>>,
+    respond: Option<Spanned<Fallback>>,
+    pools: &BTreeMap<String, Pool>,
+    at: Range<usize>,
+    errors: &mut Errors,
+) -> (Option<String>, Option<OwnAnswer>) {
+    match (pool, redirect, respond) {
+        (Some(pool), None, None) => {
+            defined(&pool, "route", pools, errors);
+            (Some(pool.into_inner()), None)
+        }
+        (None, Some(raw), None) => (None, Some(self::redirect(raw, errors))),
+        (None, None, Some(raw)) => (None, Some(self::respond(raw, errors))),
+        (None, None, None) => {
+            errors.at(at, "a route needs a pool, or a redirect or respond of its own");
+            (None, None)
+        }
+        _ => {
+            errors.at(at, "a route takes one of pool, redirect and respond");
+            (None, None)
+        }
+    }
+}
+
+/// The settings only a route that sends to a pool uses, refused on one that answers by itself
+/// (`rewrite_prefix` shapes a redirect's prefix, so it stays there).
+fn forwarding_only(raw: &RawRoute, at: Range<usize>, errors: &mut Errors) {
+    let by_prefix = raw.redirect.as_ref().is_some_and(|r| r.get_ref().prefix.is_some());
+    let set = [
+        ("split", !raw.split.is_empty()),
+        ("sticky", raw.sticky),
+        ("timeout_ms", raw.timeout_ms.is_some()),
+        ("retries", raw.retries > 0),
+        ("retry_budget_percent", raw.retry_budget_percent.is_some()),
+        ("fallback", raw.fallback.is_some()),
+        ("shadow", raw.shadow.is_some()),
+        ("cache", raw.cache.is_some()),
+        ("compress", raw.compress.is_some()),
+        ("request_headers", raw.request_headers.is_some()),
+        ("rewrite_prefix", raw.rewrite_prefix.is_some() && !by_prefix),
+    ];
+    for (name, _) in set.iter().filter(|(_, set)| *set) {
+        errors.at(at.clone(), format!("{name} needs a pool: this route answers by itself"));
+    }
+}
+
+/// A route's `redirect`: one of `location` (the whole Location) and `prefix` (the path and
+/// query follow it, so it does not end in `/`; empty, they are the whole Location), visible
+/// ASCII with no space; status 301
+/// (the default), 302, 303, 307 or 308.
+fn redirect(raw: Spanned<RawRedirect>, errors: &mut Errors) -> OwnAnswer {
+    let at = raw.span();
+    let raw = raw.into_inner();
+    let status = raw.status.unwrap_or(301);
+    if ![301, 302, 303, 307, 308].contains(&status) {
+        errors
+            .at(at.clone(), format!("redirect: status {status} is not a redirect (301, 302, 303, 307, 308)"));
+    }
+    let (to, prefix) = match (raw.location, raw.prefix) {
+        (Some(to), None) => (to, false),
+        (None, Some(to)) => (to, true),
+        _ => {
+            errors.at(at, "redirect takes one of location and prefix");
+            return OwnAnswer::Redirect { status, to: String::new(), prefix: false };
+        }
+    };
+    // An empty prefix leaves the path alone (path-absolute: the request's own scheme and host).
+    if (to.is_empty() && !prefix) || !to.bytes().all(|b| b.is_ascii_graphic()) {
+        errors.at(at.clone(), format!("redirect: `{to}` must be visible ASCII with no space"));
+    } else if prefix && to.ends_with('/') {
+        errors.at(
+            at,
+            format!("redirect: prefix `{to}` ends in `/`, and the path that follows it begins with one"),
+        );
+    }
+    OwnAnswer::Redirect { status, to, prefix }
+}
+
+/// A route's `respond`: a final status (200 to 599), no body on a 204 or 304, a content type
+/// that is a field value.
+fn respond(raw: Spanned<Fallback>, errors: &mut Errors) -> OwnAnswer {
+    let at = raw.span();
+    let answer = raw.into_inner();
+    if !(200..=599).contains(&answer.status) {
+        errors.at(at.clone(), "respond: status must be 200 to 599");
+    } else if matches!(answer.status, 204 | 304) && !answer.body.is_empty() {
+        errors.at(at.clone(), format!("respond: a {} has no body", answer.status));
+    }
+    if let Some(content_type) = &answer.content_type
+        && !content_type.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+    {
+        errors.at(at, format!("respond: content_type `{content_type}` is not a field value"));
+    }
+    OwnAnswer::Respond(answer)
 }
 
 /// A pool a route (or its split or shadow, `what`) names must be defined.

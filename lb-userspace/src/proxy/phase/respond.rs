@@ -1,15 +1,15 @@
-//! Respond: the answers the proxy makes itself (plain text, a route's fallback, a cached
-//! answer).
+//! Respond: the answers the proxy makes itself (plain text, a route's fallback, its redirect
+//! or fixed answer, a cached answer).
 use bytes::Bytes;
 use hyper::{
-    Response, StatusCode,
+    Response, StatusCode, Uri,
     header::{self, HeaderValue},
 };
 
 use crate::{
-    config::Fallback,
+    config::{Fallback, OwnAnswer},
     proxy::{
-        body::{Body, full},
+        body::{Body, empty, full},
         cache::Cached,
     },
 };
@@ -31,6 +31,28 @@ pub fn fallback(fallback: &Fallback) -> Response<Body> {
         response.headers_mut().insert(header::CONTENT_TYPE, v);
     }
     response
+}
+
+/// A route's own answer in place of a backend's, and its reason for the log: a redirect to its
+/// `to` (followed, for a prefix, by `uri`'s path and query: the path a backend would get), or
+/// its fixed answer.
+pub fn own(answer: &OwnAnswer, uri: &Uri) -> (Response<Body>, &'static str) {
+    let (status, to, prefix) = match answer {
+        OwnAnswer::Respond(fixed) => return (fallback(fixed), "respond"),
+        OwnAnswer::Redirect { status, to, prefix } => (status, to, prefix),
+    };
+    let location = match prefix {
+        true => format!("{to}{}", uri.path_and_query().map_or("/", |p| p.as_str())),
+        false => to.clone(),
+    };
+    // Validated text, and a path hyper parsed: always a field value.
+    let Ok(location) = HeaderValue::try_from(location) else {
+        return (text(StatusCode::INTERNAL_SERVER_ERROR, "bad redirect"), "bad redirect");
+    };
+    let mut response = Response::new(empty());
+    *response.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    response.headers_mut().insert(header::LOCATION, location);
+    (response, "redirect")
 }
 
 /// The route's fallback if it has one, else `text`.
