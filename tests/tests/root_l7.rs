@@ -167,6 +167,19 @@ compress = {{ min_bytes = 16 }}
 
 [[route]]
 listener = "http"
+host = "moved.test"
+path_prefix = "/old/"
+rewrite_prefix = "/new/"
+redirect = {{ prefix = "https://www.moved.test", status = 308 }}
+
+[[route]]
+listener = "http"
+host = "fixed.test"
+respond = {{ status = 503, body = "down for maintenance\n", content_type = "text/plain" }}
+response_headers = {{ set = {{ "retry-after" = "120" }} }}
+
+[[route]]
+listener = "http"
 pool = "web"
 
 [admin]
@@ -446,9 +459,32 @@ fn root_l7_http1_http2_routing_and_headers() -> Result<()> {
         assert!(out.to_ascii_lowercase().contains("\r\ncontent-encoding: gzip\r\n"), "{out}");
         assert!(out.contains(" sub=edge\n"), "not decoded: {out}");
     }
+    // Routes that answer by themselves: a redirect to another host with the path a backend
+    // would get and the query, and a fixed answer with the route's field, to HTTP/1.1 and
+    // HTTP/2 (HEAD: the head alone).
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let out =
+            bed.curl(&[version, "-D", "-", "-H", "Host: moved.test", &format!("http://{VIP}/old/a?b=1")])?;
+        let lower = out.to_ascii_lowercase();
+        assert!(
+            out.contains(" 308") && lower.contains("\r\nlocation: https://www.moved.test/new/a?b=1\r\n"),
+            "{out}"
+        );
+        let fixed = format!("http://{VIP}/");
+        let out = bed.curl(&[version, "-D", "-", "-H", "Host: fixed.test", &fixed])?;
+        let lower = out.to_ascii_lowercase();
+        assert!(out.contains(" 503") && lower.contains("\r\nretry-after: 120\r\n"), "{out}");
+        assert!(out.ends_with("\r\n\r\ndown for maintenance\n"), "{out}");
+        let out = bed.curl(&[version, "-I", "-H", "Host: fixed.test", &fixed])?;
+        assert!(out.contains(" 503") && out.to_ascii_lowercase().contains("content-length: 21"), "{out}");
+    }
     let listed = bed.lbd.as_ref().expect("running").lbctl(&["route", "list"])?;
     let edits = listed.lines().find(|l| l.contains("edits.test")).unwrap_or_default();
     assert!(edits.contains(" path>/, 3 fields, gzip "), "{listed}");
+    let moved = listed.lines().find(|l| l.contains("moved.test")).unwrap_or_default();
+    assert!(moved.contains(" redirect 308 https://www.moved.test… "), "{listed}");
+    let fixed = listed.lines().find(|l| l.contains("fixed.test")).unwrap_or_default();
+    assert!(fixed.contains(" respond 503 "), "{listed}");
 
     // A backend removed from the pool leaves the request series; the other stays.
     let (b1, b2) = (bed.topology.backends[0].addr4, bed.topology.backends[1].addr4);
