@@ -26,6 +26,8 @@ pub(crate) const REQUESTS: &[&[u8]] = &[
     b"HEAD /c HTTP/1.1\r\nHost: CACHE.test\r\nCache-Control: no-cache\r\nVia: 1.0 x\r\n\r\n",
     // A route's edits: its path prefix rewritten, fields set and removed, the answer gzipped.
     b"GET /z/a HTTP/1.1\r\nHost: edits.test\r\nAccept-Encoding: br;q=0, gzip\r\nCookie: a=1\r\n\r\n",
+    // A route's own answer: a redirect by prefix, the path rewritten and the query after it.
+    b"GET /y/a%2Fb?q=1 HTTP/1.1\r\nHost: moved.test\r\n\r\n",
 ];
 
 const RESPONSES: &[&[u8]] = &[

@@ -35,8 +35,8 @@ async fn proxy(
     backend: SocketAddr,
 ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<tokio::task::JoinHandle<()>>) {
     // Every gateway step that reads the request: a hash by cookie, a sticky split, a rate
-    // limit, a cache with a shadow and retries, a route's edits and gzip, and a catch-all
-    // route.
+    // limit, a cache with a shadow and retries, a route's edits and gzip, a route's own
+    // redirect, and a catch-all route.
     let port = backend.port();
     let text = format!(
         "[dataplane]\ninterface = \"lo\"\n\
@@ -51,6 +51,8 @@ async fn proxy(
          request_headers = {{ set = {{ \"x-a\" = \"1\" }}, remove = [\"cookie\"] }}\n\
          response_headers = {{ set = {{ \"x-b\" = \"2\" }}, remove = [\"vary\"] }}\n\
          compress = {{ min_bytes = 0, types = [\"text/plain\"] }}\n\
+         [[route]]\nlistener = \"l\"\nhost = \"moved.test\"\npath_prefix = \"/y/\"\nrewrite_prefix = \"/w/\"\n\
+         redirect = {{ prefix = \"https://a.test\" }}\nresponse_headers = {{ set = {{ \"x-b\" = \"2\" }} }}\n\
          [[route]]\nlistener = \"l\"\npool = \"p\"\n"
     );
     let config = Config::parse(Path::new("t.toml"), &text).unwrap();
@@ -86,7 +88,7 @@ async fn proxy(
 async fn every_mutated_connection_ends_without_a_panic() {
     let (address, mut tasks) = proxy(test_bed::http1().await).await;
     let mut rng = Rng(0x5eed_0004);
-    let mut answered = 0;
+    let (mut answered, mut redirected) = (0, 0);
     for _ in 0..CONNECTIONS {
         // One to three requests back to back, the last one mutated.
         let mut input = Vec::new();
@@ -108,6 +110,7 @@ async fn every_mutated_connection_ends_without_a_panic() {
             panic!("no end within {ENDS_WITHIN:?}: {:?}", String::from_utf8_lossy(&input))
         });
         answered += usize::from(got.starts_with(b"HTTP/1.1 200"));
+        redirected += usize::from(got.windows(12).any(|w| w == b"HTTP/1.1 301"));
         let task = tasks.recv().await.unwrap();
         tokio::time::timeout(ENDS_WITHIN, task)
             .await
@@ -121,4 +124,5 @@ async fn every_mutated_connection_ends_without_a_panic() {
     // The mutations leave many requests whole: the test reaches the backend, not only the
     // parser's refusals.
     assert!(answered >= CONNECTIONS / 10, "only {answered} of {CONNECTIONS} answered");
+    assert!(redirected > 0, "no request reached the route's own redirect");
 }
