@@ -38,8 +38,8 @@ use crate::proxy::{
 
 type SendError = Box<dyn std::error::Error + Send + Sync>;
 
-/// How long connecting to a backend may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long connecting to a backend may take (HTTP/1.1 and h2c alike).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// An idle pooled connection older than this (ms) is closed rather than reused.
 const IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Idle connections kept per backend, per worker. Above the requests a worker has in flight to

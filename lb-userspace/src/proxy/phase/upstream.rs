@@ -42,9 +42,6 @@ use crate::{
 
 type SendError = Box<dyn std::error::Error + Send + Sync>;
 
-/// How long connecting to a backend may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
 /// A request in flight on an upstream, from send until its response body is done.
 pub struct InFlight(Arc<Upstream>);
 
@@ -76,7 +73,7 @@ impl H2cConnections {
         let mut sender = match open {
             Some(sender) => sender,
             None => {
-                let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
+                let stream = tokio::time::timeout(h1::upstream::CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
                     .await
                     .map_err(|_| "connect timed out")??;
                 let _ = stream.set_nodelay(true);
