@@ -273,6 +273,18 @@ pub struct Listener {
     pub max_header_bytes: usize,
     /// On SIGTERM, how long in-flight requests may take to finish.
     pub drain_timeout: Duration,
+    /// Behind trusted proxies: where a request's client address is read from.
+    pub client_address: Option<ClientAddress>,
+}
+
+/// A request's client address as trusted proxies in front forward it (nginx's `realip`):
+/// taken from `header` when the connection comes from one of `trusted`. From
+/// X-Forwarded-For, it is the last address of the list that is not a trusted proxy's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientAddress {
+    /// Lowercase: `x-forwarded-for`, or a field of one address (`x-real-ip`).
+    pub header: hyper::header::HeaderName,
+    pub trusted: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -87,6 +87,7 @@ name = "wide"
 address = "{VIP}:8081"
 first_byte_timeout_ms = 60000
 idle_timeout_ms = 60000
+client_address = {{ header = "x-forwarded-for", trusted = ["{client}/32"] }}
 
 [[route]]
 listener = "plain"
@@ -109,6 +110,7 @@ socket = "{dir}/lbd.sock"
 metrics = "127.0.0.1:9100"
 "#,
                 tag = topology.tag,
+                client = topology.client.addr4,
                 cert = cert.display(),
                 key = key.display(),
                 dir = dir.0.display(),
@@ -381,6 +383,10 @@ fn root_l7_hygiene_parser_edges_and_access_log() -> Result<()> {
     // A forged X-Request-Id arrives escaped in the access log.
     let forged = "x-request-id: abc status=500 upstream=10.6.6.6:80";
     assert_eq!(bed.status(&format!("http://{VIP}/"), &["-H", forged])?, "200");
+    // Behind a trusted proxy (the client's address, on the wide listener), the log's client is
+    // the address it forwarded, and the connection's its peer.
+    let behind = ["-H", "x-forwarded-for: 198.51.100.7", "-H", "x-request-id: behind-a-proxy"];
+    assert_eq!(bed.status(&format!("http://{VIP}:8081/"), &behind)?, "200");
     // Parser refusals are counted and logged.
     let out = bed.raw(b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n", false)?;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
@@ -388,7 +394,9 @@ fn root_l7_hygiene_parser_edges_and_access_log() -> Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let log = loop {
         let log = std::fs::read_to_string(&bed.log)?;
-        let both = log.contains("abc status=500") && log.contains("status=400 reason=");
+        let both = log.contains("abc status=500")
+            && log.contains("status=400 reason=")
+            && log.contains("behind-a-proxy");
         if both || std::time::Instant::now() > deadline {
             break log;
         }
@@ -398,6 +406,9 @@ fn root_l7_hygiene_parser_edges_and_access_log() -> Result<()> {
     assert!(line.contains("request_id=\"abc status=500 upstream=10.6.6.6:80\""), "not escaped: {line}");
     assert!(line.contains(" status=200 "), "{line}");
     assert!(log.lines().any(|l| l.contains("access") && l.contains("status=400 reason=")), "{log}");
+    let line = log.lines().find(|l| l.contains("behind-a-proxy")).unwrap_or_default();
+    let peer = format!("client=198.51.100.7 peer={}:", bed.topology.client.addr4);
+    assert!(line.contains(&peer), "{line}");
     let metrics = bed.metrics()?;
     assert!(
         metric(&metrics, "sluice_http_parser_refused_total{listener=\"plain\",status=\"400\"}") >= 1.0,

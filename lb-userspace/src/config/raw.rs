@@ -48,6 +48,14 @@ pub(super) struct RawListener {
     pub(super) max_body_bytes: Option<u64>,
     pub(super) max_header_bytes: Option<usize>,
     pub(super) drain_timeout_ms: Option<u64>,
+    pub(super) client_address: Option<Spanned<RawClientAddress>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClientAddress {
+    pub(super) header: String,
+    pub(super) trusted: Vec<Spanned<String>>,
 }
 
 pub(super) fn yes() -> bool {

@@ -566,6 +566,33 @@ fn each_route_check_says_what_is_wrong_at_its_line() {
     assert_eq!(config.routes[0].split, vec![("p".to_string(), 30.0)]);
 }
 
+#[test]
+fn trusted_proxies_are_prefixes_and_their_field_a_field_name() {
+    // Lines 1-2 BASE, 3-5 the listener, `client_address` on 6.
+    let listener = |client_address: &str| {
+        format!(
+            "{BASE}[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\nclient_address = {client_address}\n"
+        )
+    };
+    let config = Config::parse(
+        Path::new("t.toml"),
+        &listener("{ header = \"X-Real-IP\", trusted = [\"10.0.0.0/8\", \"2001:db8::1\"] }"),
+    )
+    .unwrap();
+    let from = config.listeners[0].client_address.as_ref().unwrap();
+    assert_eq!((from.header.as_str(), from.trusted.len()), ("x-real-ip", 2));
+    assert_eq!(
+        errors(&listener("{ header = \"x y\", trusted = [\"10.0.0.0/8\"] }")),
+        ["t.toml:6: client_address: `x y` is not a field name"]
+    );
+    assert_eq!(
+        errors(&listener("{ header = \"x-forwarded-for\", trusted = [] }")),
+        ["t.toml:6: client_address: trusted names no proxy (a prefix like 10.0.0.0/8)"]
+    );
+    let found = errors(&listener("{ header = \"x-forwarded-for\", trusted = [\"10.0.0.0/33\"] }"));
+    assert!(found.len() == 1 && found[0].starts_with("t.toml:6: "), "{found:?}");
+}
+
 /// A route with `extra` and no pool line: lines 1-8 as `route`'s, 9 `[[route]]`, 10 listener,
 /// `extra` from 11.
 fn answering(extra: &str) -> String {

@@ -123,6 +123,17 @@ const MAX_BUSY_POLL_US: u64 = 10_000;
 /// req/s, new handshakes +3%, CPU per handshake 0.81–0.83× → 0.86–0.87× nginx's).
 const DEFAULT_BUSY_POLL_US: u64 = 40;
 
+/// An allow or deny list, or trusted proxies: prefixes, or addresses (a prefix of their full length).
+pub(super) fn nets(list: Vec<Spanned<String>>, errors: &mut Errors) -> Vec<IpNet> {
+    list.iter()
+        .filter_map(|n| {
+            errors.parse(n, "a prefix like 10.0.0.0/8", |s| {
+                s.parse::<IpNet>().ok().or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+            })
+        })
+        .collect()
+}
+
 pub(super) fn parse_mac(text: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = text.split(':');

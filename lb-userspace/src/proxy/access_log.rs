@@ -1,7 +1,11 @@
 //! The access log: one line per request on log target `access`, logfmt or JSON (per listener),
 //! written when the response is done (so it has the bytes sent). Values a client controls are
 //! quoted and escaped, so none can forge a field; an API key in the query is redacted.
-use std::{fmt::Write as _, net::SocketAddr, time::Instant};
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+    time::Instant,
+};
 
 use crate::{
     config::AccessLogFormat,
@@ -42,6 +46,9 @@ pub struct Entry {
     pub request_id: String,
     /// Why the proxy answered by itself, when it did (`no route`, `rate limited`, ...).
     pub reason: Option<&'static str>,
+    /// The client a trusted proxy forwarded (the listener's `client_address`): logged as the
+    /// client, the connection's address as `peer`.
+    pub forwarded_client: Option<IpAddr>,
     pub format: AccessLogFormat,
 }
 
@@ -99,7 +106,14 @@ impl Entry {
 
     /// `line`, appended to `out` (no allocation of its own).
     fn line_into(&self, out: &mut String, conn: &ClientConn, bytes: u64) {
-        let _ = write!(out, "client={} host=", conn.address);
+        match self.forwarded_client {
+            Some(client) => {
+                let _ = write!(out, "client={client} peer={} host=", conn.address);
+            }
+            None => {
+                let _ = write!(out, "client={} host=", conn.address);
+            }
+        }
         quote_into(out, &self.host);
         out.push_str(" method=");
         quote_into(out, &self.method);
@@ -127,7 +141,8 @@ impl Entry {
     /// The JSON object for this request (serde_json escapes every value).
     pub fn json(&self, conn: &ClientConn, bytes: u64) -> String {
         let line = JsonLine {
-            client: conn.address,
+            client: self.forwarded_client.map_or(Client::Peer(conn.address), Client::Forwarded),
+            peer: self.forwarded_client.map(|_| conn.address),
             status: self.status,
             request: Some(JsonRequest {
                 host: &self.host,
@@ -158,7 +173,9 @@ impl Entry {
 /// serde_json escapes every value.
 #[derive(serde::Serialize)]
 struct JsonLine<'a> {
-    client: SocketAddr,
+    client: Client,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer: Option<SocketAddr>,
     status: u16,
     /// None for a request the parser refused.
     #[serde(flatten)]
@@ -169,6 +186,14 @@ struct JsonLine<'a> {
     sni: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
+}
+
+/// A line's client: the connection's peer, or the address a trusted proxy forwarded.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Client {
+    Peer(SocketAddr),
+    Forwarded(IpAddr),
 }
 
 #[derive(serde::Serialize)]
@@ -196,7 +221,8 @@ fn refused_into(out: &mut String, conn: &ClientConn, status: u16, reason: &str, 
         }
         AccessLogFormat::Json => {
             let line = JsonLine {
-                client: conn.address,
+                client: Client::Peer(conn.address),
+                peer: None,
                 status,
                 request: None,
                 tls: None,
@@ -264,6 +290,7 @@ mod tests {
             upstream: "10.0.0.1:80".into(),
             request_id: "abc status=500".into(),
             reason: None,
+            forwarded_client: None,
             format: AccessLogFormat::Logfmt,
         };
         let line = entry.line(&conn, 42);
@@ -273,6 +300,16 @@ mod tests {
         assert_eq!(status[0].1, "200");
         assert!(line.contains("bytes=42 ") && line.contains("tls=TLSv1_3 sni=example.test"), "{line}");
         assert!(line.contains("request_id=\"abc status=500\""), "{line}");
+        assert!(line.starts_with("client=192.0.2.1:5000 host="), "{line}");
+        // Behind a trusted proxy: the client it forwarded, then the connection's peer.
+        let behind = Entry { forwarded_client: Some("198.51.100.7".parse().unwrap()), ..entry };
+        let line = behind.line(&conn, 42);
+        assert!(line.starts_with("client=198.51.100.7 peer=192.0.2.1:5000 host="), "{line}");
+        let v: serde_json::Value = serde_json::from_str(&behind.json(&conn, 42)).unwrap();
+        assert_eq!(
+            (v["client"].as_str(), v["peer"].as_str()),
+            (Some("198.51.100.7"), Some("192.0.2.1:5000"))
+        );
     }
 
     #[test]
@@ -287,6 +324,7 @@ mod tests {
             upstream: "".into(),
             request_id: "abc\", \"status\": 500".into(),
             reason: Some("no route"),
+            forwarded_client: None,
             format: AccessLogFormat::Json,
         };
         let line = entry.json(&conn, 7);
@@ -295,7 +333,7 @@ mod tests {
         assert_eq!((v["status"].as_u64(), v["bytes"].as_u64()), (Some(404), Some(7)));
         assert_eq!(v["request_id"], "abc\", \"status\": 500", "a value cannot forge a field");
         assert_eq!((v["upstream"].as_str(), v["reason"].as_str()), (Some("-"), Some("no route")));
-        assert!(v.get("tls").is_none());
+        assert!(v.get("tls").is_none() && v.get("peer").is_none());
         assert_eq!((v["client"].as_str(), v["duration_ms"].is_f64()), (Some("192.0.2.1:5000"), true));
         // A parser refusal: client, status and reason only.
         let mut refusal = String::new();

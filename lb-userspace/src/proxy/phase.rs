@@ -1,10 +1,11 @@
 //! The phases one request goes through, in order: guard (framing and size limits), path (made
-//! canonical before routing), gate (allow/deny, API key, JWT, rate limit), choose (split,
+//! canonical before routing), client (the address behind trusted proxies), gate (allow/deny, API key, JWT, rate limit), choose (split,
 //! sticky, circuit breaking), headers, caching, shadow, upstream (tries, retries, outlier
 //! observation), respond, compress. Each is a short function of the request's parts; `pipeline` calls
 //! them in turn.
 pub mod caching;
 pub mod choose;
+pub mod client;
 pub mod compress;
 pub mod gate;
 pub mod guard;

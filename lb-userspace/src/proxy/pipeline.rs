@@ -1,5 +1,5 @@
 //! One request through the proxy, as a short sequence of phases (see `phase`): guard, route,
-//! gate, the route's own answer or choose, headers, caching or shadow, upstream, respond; then
+//! client, gate, the route's own answer or choose, headers, caching or shadow, upstream, respond; then
 //! count and log.
 use std::{
     future::Future,
@@ -23,7 +23,7 @@ use crate::{
         cache::CacheStore,
         metrics::{Label, ProxyMetrics},
         phase::{
-            Refusal, caching, choose, compress, gate, guard, headers, path, respond, shadow,
+            Refusal, caching, choose, client, compress, gate, guard, headers, path, respond, shadow,
             upstream::{self, Answered, InFlight, Tries, Upstreams},
         },
         routes::{CompiledRoute, Snapshot},
@@ -47,6 +47,8 @@ struct Labels {
     api_key_query: Option<String>,
     /// Set when an upstream answered: its request, in flight until the answer's body is done.
     in_flight: Option<InFlight>,
+    /// The client a trusted proxy forwarded, when it is not the connection's peer.
+    forwarded_client: Option<std::net::IpAddr>,
 }
 
 impl Labels {
@@ -55,6 +57,15 @@ impl Labels {
         self.route = route.name.clone();
         self.pool = route.pool.clone();
         self.api_key_query = route.runtime.api_keys.as_ref().and_then(|k| k.query_param()).map(str::to_owned);
+    }
+
+    /// The request's client as trusted proxies forwarded it (`client`), noted for the log when
+    /// it is not the connection's peer.
+    fn client_behind(&mut self, client: std::net::IpAddr, conn: &ClientConn) -> std::net::IpAddr {
+        if client != conn.address.ip() {
+            self.forwarded_client = Some(client);
+        }
+        client
     }
 
     /// The backend that answered, and what stays in flight with its answer, which this returns.
@@ -237,6 +248,7 @@ impl Forwarder {
                 upstream_seconds: None,
                 api_key_query: None,
                 in_flight: None,
+                forwarded_client: None,
             };
             let (response, reason) =
                 match self.answer(request, &snapshot, &listener, &conn, &mut labels).await {
@@ -257,6 +269,7 @@ impl Forwarder {
                 upstream: labels.backend.clone(),
                 request_id: labels.request_id.to_str().unwrap_or_default().to_owned(),
                 reason,
+                forwarded_client: labels.forwarded_client,
                 format: listener.access_log_format,
             });
             let mut request_id = labels.request_id;
@@ -299,7 +312,12 @@ impl Forwarder {
                 .route(&listener.name, &labels.host, &request)
                 .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no route"))?;
             labels.routed(route);
-            let client = conn.address.ip();
+            let client = match &listener.client_address {
+                Some(from) => {
+                    labels.client_behind(client::address(from, conn.address.ip(), request.headers()), conn)
+                }
+                None => conn.address.ip(),
+            };
             let (mut parts, body) = request.into_parts();
             gate::admit(route, &mut parts.headers, &parts.uri, client)?;
             if let Some((prefix, with)) = &route.rewrite {

@@ -533,6 +533,8 @@ mod mutations;
 mod own_answers;
 #[cfg(test)]
 mod route_edits;
+#[cfg(test)]
+mod trusted_proxies;
 
 #[cfg(test)]
 mod tests {

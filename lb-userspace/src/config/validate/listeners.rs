@@ -1,4 +1,4 @@
-//! `[[listener]]`: addresses, TLS, limits and timeouts; every L7 VIP needs one.
+//! `[[listener]]`: addresses, TLS, limits and timeouts, trusted proxies; every L7 VIP needs one.
 use super::*;
 
 /// The listeners, each checked in steps (its address, its limits, its TLS) and given its
@@ -21,6 +21,7 @@ pub(in crate::config) fn check(
         };
         limits(&raw, errors);
         let tls = raw.tls.map(|t| tls(t, &raw.name, resolve, errors));
+        let client_address = raw.client_address.map(|c| client_address(c, errors));
         listeners.push(Listener {
             name,
             address,
@@ -38,10 +39,29 @@ pub(in crate::config) fn check(
             max_body_bytes: raw.max_body_bytes.unwrap_or(10 << 20),
             max_header_bytes: raw.max_header_bytes.unwrap_or(16 << 10),
             drain_timeout: Duration::from_millis(raw.drain_timeout_ms.unwrap_or(10_000)),
+            client_address,
         });
     }
     every_l7_vip_heard(vips, &listeners, errors);
     listeners
+}
+
+/// Where the listener reads a request's client address behind trusted proxies: a field name
+/// and at least one trusted prefix.
+fn client_address(raw: Spanned<RawClientAddress>, errors: &mut Errors) -> ClientAddress {
+    let at = raw.span();
+    let raw = raw.into_inner();
+    let header = hyper::header::HeaderName::from_bytes(raw.header.to_ascii_lowercase().as_bytes());
+    if header.is_err() {
+        errors.at(at.clone(), format!("client_address: `{}` is not a field name", raw.header));
+    }
+    if raw.trusted.is_empty() {
+        errors.at(at, "client_address: trusted names no proxy (a prefix like 10.0.0.0/8)");
+    }
+    ClientAddress {
+        header: header.unwrap_or(hyper::header::HeaderName::from_static("x-forwarded-for")),
+        trusted: nets(raw.trusted, errors),
+    }
 }
 
 /// The listener's address, if it parses: a port to listen on, not an L4 VIP's.

@@ -261,17 +261,6 @@ fn split(
     split
 }
 
-/// An allow or deny list: prefixes, or addresses (a prefix of their full length).
-fn nets(list: Vec<Spanned<String>>, errors: &mut Errors) -> Vec<IpNet> {
-    list.iter()
-        .filter_map(|n| {
-            errors.parse(n, "a prefix like 10.0.0.0/8", |s| {
-                s.parse::<IpNet>().ok().or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
-            })
-        })
-        .collect()
-}
-
 /// A route's rate limit: a rate above 0, a burst of at least 1 (the rate by default), and the
 /// route's API key when it is the key.
 fn rate_limit(raw: RawRateLimit, has_api_key: bool, at: Range<usize>, errors: &mut Errors) -> RateLimit {

@@ -73,9 +73,12 @@ impl H2cConnections {
         let mut sender = match open {
             Some(sender) => sender,
             None => {
-                let stream = tokio::time::timeout(h1::upstream::CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
-                    .await
-                    .map_err(|_| "connect timed out")??;
+                let stream = tokio::time::timeout(
+                    h1::upstream::CONNECT_TIMEOUT,
+                    tokio::net::TcpStream::connect(address),
+                )
+                .await
+                .map_err(|_| "connect timed out")??;
                 let _ = stream.set_nodelay(true);
                 let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
