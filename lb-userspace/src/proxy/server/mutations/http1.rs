@@ -34,7 +34,8 @@ const ENDS_WITHIN: Duration = Duration::from_secs(5);
 async fn proxy(
     backend: SocketAddr,
 ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<tokio::task::JoinHandle<()>>) {
-    // Every gateway step that reads the request: a hash by cookie, a sticky split, a rate
+    // Every gateway step that reads the request: the client behind a trusted proxy (the
+    // seeds' X-Forwarded-For), a hash by cookie, a sticky split, a rate
     // limit, a cache with a shadow and retries, a route's edits and gzip, a route's own
     // redirect, and a catch-all route.
     let port = backend.port();
@@ -43,6 +44,7 @@ async fn proxy(
          [[pool]]\nname = \"p\"\nport = {port}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
          [[pool]]\nname = \"h\"\nport = {port}\nbackends = [{{ address = \"127.0.0.1\" }}]\nbalance = \"hash\"\nhash_key = \"cookie:sid\"\n\
          [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\nmax_body_bytes = 4096\n\
+         client_address = {{ header = \"x-forwarded-for\", trusted = [\"127.0.0.0/8\"] }}\n\
          [[route]]\nlistener = \"l\"\npool = \"h\"\nhost = \"hash.test\"\nsplit = [{{ pool = \"p\", percent = 50 }}]\nsticky = true\n\
          rate_limit = {{ requests_per_second = 100000, burst = 100000 }}\n\
          [[route]]\nlistener = \"l\"\npool = \"p\"\nhost = \"cache.test\"\ncache = {{ max_entries = 10 }}\n\
