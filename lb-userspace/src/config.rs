@@ -472,6 +472,9 @@ pub struct HealthCheck {
     pub rise: u32,
     /// Consecutive failures that take an up backend down.
     pub fall: u32,
+    /// An HTTP check's Host (a backend that serves by name); None: the backend's address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// The validated config.

@@ -48,8 +48,9 @@ pub async fn probe(check: &HealthCheck, address: IpAddr) -> Probe {
                 .await
                 .map_err(|err| format!("HTTP: {err}"))?;
             tokio::spawn(connection);
+            let host = check.host.clone().unwrap_or_else(|| target.to_string());
             let request = Request::get(check.path.as_str())
-                .header("host", target.to_string())
+                .header("host", host)
                 .header("user-agent", "sluice-health/1")
                 .body(Empty::<Bytes>::new())
                 .map_err(|err| format!("HTTP request: {err}"))?;
@@ -183,6 +184,7 @@ mod tests {
             timeout: Duration::from_millis(500),
             rise: 1,
             fall: 1,
+            host: None,
         }
     }
 
@@ -195,6 +197,36 @@ mod tests {
             probe(&check(HealthKind::Http, bad), "127.0.0.1".parse().unwrap()).await,
             Probe::Down("HTTP GET /healthz answered 503, expected 200".into())
         );
+    }
+
+    /// A one-shot HTTP server on loopback serving only the name `app.test` (404 to any other
+    /// Host, as a server of named sites answers).
+    async fn named_server() -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+            let status = if head.contains("\r\nhost: app.test\r\n") { "200 OK" } else { "404 Not Found" };
+            let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+            let _ = stream.write_all(reply.as_bytes()).await;
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn http_probe_names_the_host_it_is_given() {
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let by_address = check(HealthKind::Http, named_server().await);
+        assert_eq!(
+            probe(&by_address, local).await,
+            Probe::Down("HTTP GET /healthz answered 404, expected 200".into())
+        );
+        let by_name =
+            HealthCheck { host: Some("app.test".into()), ..check(HealthKind::Http, named_server().await) };
+        assert_eq!(probe(&by_name, local).await, Probe::Up);
     }
 
     #[tokio::test]

@@ -302,6 +302,7 @@ pub(super) struct RawHealth {
     pub(super) rise: u32,
     #[serde(default = "default_rise_fall")]
     pub(super) fall: u32,
+    pub(super) host: Option<String>,
 }
 
 pub(super) fn default_path() -> String {

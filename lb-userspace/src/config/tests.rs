@@ -567,6 +567,39 @@ fn each_route_check_says_what_is_wrong_at_its_line() {
 }
 
 #[test]
+fn an_http_health_check_may_name_its_host() {
+    // Lines 1-2 BASE, 3-5 the pool, its health on 6.
+    let pool = |health: &str| {
+        format!(
+            "{BASE}[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\nhealth = {health}\n"
+        )
+    };
+    let config =
+        Config::parse(Path::new("t.toml"), &pool("{ kind = \"http\", port = 80, host = \"app.test:8080\" }"))
+            .unwrap();
+    let health = config.pools["p"].health.as_ref().unwrap();
+    assert_eq!(health.host.as_deref(), Some("app.test:8080"));
+    for (health, expected) in [
+        (
+            "{ kind = \"tcp\", port = 80, host = \"app.test\" }",
+            "t.toml:6: pool `p` health: host is for kind = \"http\"",
+        ),
+        (
+            "{ kind = \"http\", port = 80, host = \"a b\" }",
+            "t.toml:6: pool `p` health: host `a b` is not a host name",
+        ),
+        (
+            "{ kind = \"http\", port = 80, host = \"u@a.test\" }",
+            "t.toml:6: pool `p` health: host `u@a.test` is not",
+        ),
+        ("{ kind = \"http\", port = 80, host = \"\" }", "t.toml:6: pool `p` health: host `` is not"),
+    ] {
+        let found = errors(&pool(health));
+        assert!(found.iter().any(|e| e.starts_with(expected)), "{health}: {found:?}");
+    }
+}
+
+#[test]
 fn trusted_proxies_are_prefixes_and_their_field_a_field_name() {
     // Lines 1-2 BASE, 3-5 the listener, `client_address` on 6.
     let listener = |client_address: &str| {

@@ -61,7 +61,8 @@ fn backends(raw: Vec<RawBackend>, name: &str, errors: &mut Errors) -> Vec<Backen
 }
 
 /// A pool's health check: a port, a rise and a fall of at least 1, a timeout above 0 and below
-/// the interval, a path from the root. The first broken rule is said.
+/// the interval, a path from the root, a Host (HTTP checks only) that is a host and port. The
+/// first broken rule is said.
 fn health(raw: Spanned<RawHealth>, name: &str, errors: &mut Errors) -> HealthCheck {
     let span = raw.span();
     let h = raw.into_inner();
@@ -74,6 +75,7 @@ fn health(raw: Spanned<RawHealth>, name: &str, errors: &mut Errors) -> HealthChe
         timeout: Duration::from_millis(h.timeout_ms),
         rise: h.rise,
         fall: h.fall,
+        host: h.host,
     };
     if check.port == 0 || check.rise == 0 || check.fall == 0 {
         errors.at(span, format!("pool `{name}` health: port, rise and fall must be at least 1"));
@@ -81,6 +83,12 @@ fn health(raw: Spanned<RawHealth>, name: &str, errors: &mut Errors) -> HealthChe
         errors.at(span, format!("pool `{name}` health: timeout_ms must be above 0 and below interval_ms"));
     } else if !check.path.starts_with('/') {
         errors.at(span, format!("pool `{name}` health: path must start with /"));
+    } else if let Some(host) = &check.host {
+        if check.kind != HealthKind::Http {
+            errors.at(span, format!("pool `{name}` health: host is for kind = \"http\""));
+        } else if host.parse::<hyper::http::uri::Authority>().is_err() || host.contains('@') {
+            errors.at(span, format!("pool `{name}` health: host `{host}` is not a host name (and port)"));
+        }
     }
     check
 }
