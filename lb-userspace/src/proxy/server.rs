@@ -534,6 +534,8 @@ mod own_answers;
 #[cfg(test)]
 mod route_edits;
 #[cfg(test)]
+mod trailers;
+#[cfg(test)]
 mod trusted_proxies;
 
 #[cfg(test)]

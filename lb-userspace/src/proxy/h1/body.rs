@@ -1,9 +1,14 @@
 //! Body framing (RFC 9112 §6, §7): one state machine that cuts a message body out of the bytes
 //! read from a connection: none, Content-Length, chunked, or until the peer closes (responses
-//! only). Every framing rule is one match arm; anything it cannot read exactly is an error.
+//! only). Every framing rule is one match arm; anything it cannot read exactly is an error. A
+//! chunked body's trailer fields are kept for the next hop.
 use bytes::{Buf, Bytes, BytesMut};
+use hyper::{
+    HeaderMap,
+    header::{HeaderName, HeaderValue},
+};
 
-use crate::proxy::byte_set::TCHAR;
+use crate::proxy::{byte_set::TCHAR, h1::encode};
 
 /// How a message's body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +40,9 @@ pub enum BodyError {
 
 /// The longest chunk-size line (digits, extensions) and trailer section accepted.
 const MAX_LINE: usize = 4096;
+/// The most trailer fields passed on (a section with more is dropped whole; its bytes are
+/// bounded by MAX_LINE).
+const MAX_TRAILERS: usize = 32;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Chunk {
@@ -64,7 +72,7 @@ enum Chunk {
     DataLf,
     /// After the last chunk: the start of a trailer field line, or the final CRLF.
     TrailerStart,
-    /// A trailer field's name, up to its colon; then its value (both discarded).
+    /// A trailer field's name, up to its colon; then its value (both kept: `Decoder::trailers`).
     TrailerName,
     TrailerValue,
     TrailerLf,
@@ -97,6 +105,8 @@ pub struct Decoder {
     state: State,
     /// Bytes of the current size line or trailer section (bounded by `MAX_LINE`).
     line: usize,
+    /// The trailer section's field lines as they came (empty: none, the usual case).
+    trailer_lines: Vec<u8>,
 }
 
 impl Decoder {
@@ -107,7 +117,35 @@ impl Decoder {
             Framing::Chunked => State::Chunked(Chunk::Size { size: 0, digits: 0 }),
             Framing::Close => State::Close,
         };
-        Decoder { state, line: 0 }
+        Decoder { state, line: 0, trailer_lines: Vec::new() }
+    }
+
+    /// The body's trailer fields, once it is done (None when it had none): the fields that
+    /// frame, route or ride on the connection left out (`encode::TRAILER_FORBIDDEN`).
+    pub fn trailers(&mut self) -> Option<HeaderMap> {
+        if self.trailer_lines.is_empty() || self.state != State::Done {
+            return None;
+        }
+        self.trailer_lines.extend_from_slice(b"\r\n");
+        let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILERS];
+        // Checked byte by byte as they came (field lines); more than MAX_TRAILERS: dropped.
+        let parsed = match httparse::parse_headers(&self.trailer_lines, &mut fields) {
+            Ok(httparse::Status::Complete((_, parsed))) => parsed,
+            _ => return None,
+        };
+        let mut trailers = HeaderMap::new();
+        for field in parsed {
+            let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(field.name.as_bytes()), HeaderValue::from_bytes(field.value))
+            else {
+                continue;
+            };
+            if !encode::TRAILER_FORBIDDEN.contains(&name) {
+                trailers.append(name, value);
+            }
+        }
+        self.trailer_lines = Vec::new();
+        (!trailers.is_empty()).then_some(trailers)
     }
 
     pub fn is_done(&self) -> bool {
@@ -173,6 +211,12 @@ impl Decoder {
         }
     }
 
+    /// Keeps a byte of a trailer field line; the state it leads to.
+    fn trailer_byte(&mut self, byte: u8, next: Chunk) -> Chunk {
+        self.trailer_lines.push(byte);
+        next
+    }
+
     /// One byte of chunked framing outside chunk data.
     fn chunk_byte(&mut self, chunk: Chunk, byte: u8) -> Result<State, BodyError> {
         // A size line, or the last chunk's line with the trailer section, is bounded.
@@ -233,24 +277,24 @@ impl Decoder {
             Chunk::TrailerStart => match byte {
                 _ if long => return Err(BodyError::Trailer),
                 b'\r' => Chunk::EndLf,
-                _ if TCHAR[byte as usize] => Chunk::TrailerName,
+                _ if TCHAR[byte as usize] => self.trailer_byte(byte, Chunk::TrailerName),
                 _ => return Err(BodyError::Trailer),
             },
             Chunk::TrailerName => match byte {
                 _ if long => return Err(BodyError::Trailer),
-                b':' => Chunk::TrailerValue,
-                _ if TCHAR[byte as usize] => Chunk::TrailerName,
+                b':' => self.trailer_byte(byte, Chunk::TrailerValue),
+                _ if TCHAR[byte as usize] => self.trailer_byte(byte, Chunk::TrailerName),
                 _ => return Err(BodyError::Trailer),
             },
             Chunk::TrailerValue => match byte {
                 _ if long => return Err(BodyError::Trailer),
-                b'\r' => Chunk::TrailerLf,
-                b'\t' => Chunk::TrailerValue,
+                b'\r' => self.trailer_byte(byte, Chunk::TrailerLf),
+                b'\t' => self.trailer_byte(byte, Chunk::TrailerValue),
                 0..=31 | 127 => return Err(BodyError::Trailer),
-                _ => Chunk::TrailerValue,
+                _ => self.trailer_byte(byte, Chunk::TrailerValue),
             },
             Chunk::TrailerLf => match byte {
-                b'\n' => Chunk::TrailerStart,
+                b'\n' => self.trailer_byte(byte, Chunk::TrailerStart),
                 _ => return Err(BodyError::Trailer),
             },
             Chunk::EndLf => match byte {
@@ -310,6 +354,37 @@ mod tests {
         assert_eq!(run(Framing::Empty, b"GET", 10).unwrap(), (Vec::new(), b"GET".to_vec()));
         assert_eq!(run(Framing::Chunked, b"0\r\n\r\n", 1).unwrap(), (Vec::new(), Vec::new()));
         assert_eq!(run(Framing::Chunked, b"A\r\n0123456789\r\n0\r\n\r\n", 3).unwrap().0, b"0123456789");
+    }
+
+    #[test]
+    fn a_chunked_body_keeps_its_trailers_but_those_that_frame_or_route() {
+        let trailers = |input: &[u8], step: usize| {
+            let mut decoder = Decoder::new(Framing::Chunked);
+            let mut buf = BytesMut::new();
+            for piece in input.chunks(step) {
+                buf.extend_from_slice(piece);
+                while let Ok(Decoded::Data(_)) = decoder.decode(&mut buf) {}
+            }
+            assert!(decoder.is_done(), "{:?}", String::from_utf8_lossy(input));
+            decoder.trailers()
+        };
+        for step in [1, 3, 1000] {
+            let got = trailers(
+                b"2\r\nok\r\n0\r\nX-Checksum: abc\r\ngrpc-status:0\r\nX-Checksum: def\r\n\r\n",
+                step,
+            )
+            .unwrap();
+            assert_eq!(got.get_all("x-checksum").iter().collect::<Vec<_>>(), ["abc", "def"]);
+            assert_eq!(got["grpc-status"], "0");
+            assert!(trailers(b"0\r\n\r\n", step).is_none(), "no trailers");
+        }
+        let framing =
+            trailers(b"0\r\nContent-Length: 5\r\nHost: a\r\nConnection: close\r\nX-A: 1\r\n\r\n", 1000);
+        assert_eq!(framing.unwrap().keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-a"]);
+        assert!(trailers(b"0\r\nTransfer-Encoding: chunked\r\n\r\n", 1000).is_none(), "none left");
+        // Past MAX_TRAILERS fields, the section is dropped rather than cut at an arbitrary field.
+        let many: String = (0..MAX_TRAILERS + 1).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert!(trailers(format!("0\r\n{many}\r\n").as_bytes(), 1000).is_none());
     }
 
     #[test]

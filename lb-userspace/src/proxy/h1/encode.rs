@@ -1,6 +1,6 @@
 //! Writing HTTP/1.1 heads and chunk framing into a byte buffer: the response head a client
-//! gets (and an interim one before it), the request head a backend gets, and the size line of
-//! a chunk.
+//! gets (and an interim one before it), the request head a backend gets, the size line of a
+//! chunk, and the last chunk with its trailers.
 use hyper::{HeaderMap, Method, StatusCode, Version, header, header::HeaderName};
 
 use crate::proxy::{
@@ -180,6 +180,32 @@ pub fn chunk_size(len: usize) -> String {
 /// The last chunk and the end of the body (no trailers).
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
+/// Fields never passed on in a trailer section: those that frame the message, name its target
+/// or ride on the connection (RFC 9110 §6.5.1; h2 refuses the connection ones too).
+pub static TRAILER_FORBIDDEN: [HeaderName; 9] = [
+    header::CONNECTION,
+    header::CONTENT_LENGTH,
+    header::HOST,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// The last chunk with `trailers` after it (those not forbidden), and the end of the body.
+pub fn last_chunk_with(trailers: &HeaderMap) -> Vec<u8> {
+    let mut out = b"0\r\n".to_vec();
+    for (name, value) in trailers {
+        if !TRAILER_FORBIDDEN.contains(name) {
+            field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +220,18 @@ mod tests {
         let mut head = Vec::new();
         let close = response_head(&mut head, StatusCode::OK, headers, out, None, connection, beside);
         (String::from_utf8(head).unwrap(), close)
+    }
+
+    #[test]
+    fn a_last_chunk_carries_the_trailers_but_those_that_frame_or_route() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        trailers.insert(header::CONTENT_LENGTH, "5".parse().unwrap());
+        trailers.append("x-sum", "a".parse().unwrap());
+        trailers.append("x-sum", "b".parse().unwrap());
+        let last = last_chunk_with(&trailers);
+        assert_eq!(String::from_utf8(last).unwrap(), "0\r\ngrpc-status: 0\r\nx-sum: a\r\nx-sum: b\r\n\r\n");
+        assert_eq!(last_chunk_with(&HeaderMap::new()), LAST_CHUNK);
     }
 
     #[test]

@@ -293,12 +293,19 @@ impl Pool {
     }
 }
 
-/// Writes the head and the body, framed as `out` says.
+/// Writes the head and the body, framed as `out` says, and its trailers after a chunked one.
 async fn write_body(conn: &mut Conn, head: &[u8], body: &mut Body, out: Out) -> Result<(), SendError> {
     let mut head = Some(head);
     let mut written = 0u64;
+    let mut trailers = None;
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else { continue };
+        let data = match frame?.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                trailers = frame.into_trailers().ok();
+                continue;
+            }
+        };
         if data.is_empty() {
             continue;
         }
@@ -330,12 +337,14 @@ async fn write_body(conn: &mut Conn, head: &[u8], body: &mut Body, out: Out) -> 
     {
         return Err("request body shorter than its Content-Length".into());
     }
+    // A body's trailers go on in chunked framing only (a length leaves no room for them).
+    let last = trailers.as_ref().filter(|_| out == Out::Chunked).map(encode::last_chunk_with);
     let mut tail: SmallVec<[IoSlice<'_>; 2]> = SmallVec::new();
     if let Some(head) = head {
         tail.push(IoSlice::new(head));
     }
     if out == Out::Chunked {
-        tail.push(IoSlice::new(encode::LAST_CHUNK));
+        tail.push(IoSlice::new(last.as_deref().unwrap_or(encode::LAST_CHUNK)));
     }
     write_all_vectored(&mut conn.stream, &mut tail).await?;
     Ok(())
@@ -452,7 +461,7 @@ impl hyper::body::Body for UpstreamBody {
                 }
                 Ok(Decoded::Done) => {
                     this.finish();
-                    return Poll::Ready(None);
+                    return Poll::Ready(this.decoder.trailers().map(|t| Ok(Frame::trailers(t))));
                 }
                 Ok(Decoded::NeedMore) => match ready!(conn.poll_read_more(cx)) {
                     Ok(0) => {

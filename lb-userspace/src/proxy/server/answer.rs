@@ -6,7 +6,11 @@ use std::io;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http_body_util::BodyExt;
-use hyper::{HeaderMap, Method, Response, StatusCode, Version, body::Body as _, header};
+use hyper::{
+    HeaderMap, Method, Response, StatusCode, Version,
+    body::{Body as _, Frame},
+    header,
+};
 use smallvec::SmallVec;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -66,7 +70,7 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
         return failed;
     };
     if !ready.done {
-        match stream_rest(io, &mut body, out, &mut bytes).await {
+        match stream_rest(io, &mut body, out, &mut bytes, ready.trailers.take()).await {
             Streamed::Whole => {}
             Streamed::CutUpstream => {
                 return Written { bytes, keep_alive: false, switched: None, broke: false };
@@ -89,6 +93,8 @@ struct Ready {
     bodiless: bool,
     /// The backend's answer broke before a byte of it was written: the answer is a 502 now.
     broke: bool,
+    /// The body's trailers, when they came first (a body with none of its own).
+    trailers: Option<Box<HeaderMap>>,
 }
 
 impl Ready {
@@ -105,7 +111,7 @@ impl Ready {
         beside: &mut encode::Beside<'_>,
     ) -> Option<Ready> {
         let bodiless = head::answer_is_bodiless(method, parts.status);
-        let mut ready = Ready { first: None, done: bodiless, bodiless, broke: false };
+        let mut ready = Ready { first: None, done: bodiless, bodiless, broke: false, trailers: None };
         if bodiless {
             return Some(ready);
         }
@@ -117,13 +123,15 @@ impl Ready {
             beside.via = None;
             polled = body.frame().now_or_never();
         }
-        match polled {
-            Some(Some(Ok(frame))) => ready.first = frame.into_data().ok(),
+        match polled.map(|f| f.map(|f| f.map(Frame::into_data))) {
+            Some(Some(Ok(Ok(data)))) => ready.first = Some(data),
+            Some(Some(Ok(Err(frame)))) => ready.trailers = frame.into_trailers().ok().map(Box::new),
             Some(None) => ready.done = true,
             Some(Some(Err(_))) => return None,
             None => {}
         }
-        ready.done = ready.done || body.is_end_stream();
+        // Trailers are written after the body (chunked): it is not done with its head.
+        ready.done = ready.trailers.is_none() && (ready.done || body.is_end_stream());
         Some(ready)
     }
 
@@ -142,7 +150,9 @@ impl Ready {
         beside: encode::Beside<'_>,
     ) -> (scratch::Scratch, Out, bool) {
         let first_len = self.first.as_ref().map_or(0, |f| f.len() as u64);
-        let out = framing(self.bodiless, self.done, first_len, body.size_hint().exact(), version);
+        // A body that begins with its trailers is chunked to carry them (its length says 0).
+        let rest = body.size_hint().exact().filter(|_| self.trailers.is_none());
+        let out = framing(self.bodiless, self.done, first_len, rest, version);
         let keep_alive = keep_alive && out != Out::Close;
         let kept_length =
             self.bodiless.then(|| kept_length(method, parts.status, &parts.headers, body)).flatten();
@@ -242,19 +252,27 @@ enum Streamed {
 }
 
 /// Writes the body's remaining pieces as they come (each flushed: streamed answers reach the
-/// client as they are made), chunk-framed when `out` says so, then the last chunk.
+/// client as they are made), chunk-framed when `out` says so, then the last chunk with the
+/// body's trailers (`trailers`: those that came before any data).
 async fn stream_rest<S: AsyncWrite + Unpin>(
     io: &mut S,
     body: &mut Body,
     out: Out,
     bytes: &mut u64,
+    mut trailers: Option<Box<HeaderMap>>,
 ) -> Streamed {
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
             let _ = io.flush().await;
             return Streamed::CutUpstream;
         };
-        let Ok(data) = frame.into_data() else { continue };
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                trailers = frame.into_trailers().ok().map(Box::new);
+                continue;
+            }
+        };
         if data.is_empty() {
             continue;
         }
@@ -272,8 +290,12 @@ async fn stream_rest<S: AsyncWrite + Unpin>(
         }
         let _ = io.flush().await;
     }
-    if out == Out::Chunked && io.write_all(encode::LAST_CHUNK).await.is_err() {
-        return Streamed::WriteFailed;
+    // Trailers go on in chunked framing only (a length or a close leaves no room for them).
+    if out == Out::Chunked {
+        let last = trailers.map(|t| encode::last_chunk_with(&t));
+        if io.write_all(last.as_deref().unwrap_or(encode::LAST_CHUNK)).await.is_err() {
+            return Streamed::WriteFailed;
+        }
     }
     Streamed::Whole
 }

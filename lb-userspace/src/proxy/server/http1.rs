@@ -130,9 +130,10 @@ pub enum Ended {
     Http2(BytesMut),
 }
 
-/// A request body read from the connection while the pipeline consumes it.
+/// A request body read from the connection while the pipeline consumes it (its data, then its
+/// trailers if it has any).
 struct RequestBody {
-    chunks: mpsc::Receiver<Result<Bytes, BodyError>>,
+    chunks: mpsc::Receiver<Result<Frame<Bytes>, BodyError>>,
     left: Option<u64>,
 }
 
@@ -145,11 +146,11 @@ impl hyper::body::Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.chunks.poll_recv(cx) {
-            Poll::Ready(Some(Ok(data))) => {
-                if let Some(left) = &mut self.left {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(left), Some(data)) = (&mut self.left, frame.data_ref()) {
                     *left = left.saturating_sub(data.len() as u64);
                 }
-                Poll::Ready(Some(Ok(Frame::data(data))))
+                Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err.into()))),
             Poll::Ready(None) => Poll::Ready(None),
@@ -171,17 +172,22 @@ async fn pump<S: ClientIo>(
     io: &mut S,
     buf: &mut BytesMut,
     decoder: &mut Decoder,
-    chunks: mpsc::Sender<Result<Bytes, BodyError>>,
+    chunks: mpsc::Sender<Result<Frame<Bytes>, BodyError>>,
     mut expect_continue: bool,
 ) -> bool {
     loop {
         match decoder.decode(buf) {
             Ok(Decoded::Data(data)) => {
-                if chunks.send(Ok(data)).await.is_err() {
+                if chunks.send(Ok(Frame::data(data))).await.is_err() {
                     return false; // the pipeline no longer wants it
                 }
             }
-            Ok(Decoded::Done) => return true,
+            Ok(Decoded::Done) => {
+                if let Some(trailers) = decoder.trailers() {
+                    let _ = chunks.send(Ok(Frame::trailers(trailers))).await;
+                }
+                return true;
+            }
             Ok(Decoded::NeedMore) => {
                 if expect_continue {
                     expect_continue = false;
