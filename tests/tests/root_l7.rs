@@ -707,6 +707,9 @@ fn root_l7_h2c_upstream_with_trailers_and_mtls() -> Result<()> {
     )
     .into_owned();
     assert!(verbose.to_ascii_lowercase().contains("grpc-status: 0"), "trailer lost: {verbose}");
+    // To an HTTP/1.1 client in the last chunk (`--raw`: the chunks as they came).
+    let raw = bed.curl(&["--http1.1", "--raw", "https://grpc.example.test/x"])?;
+    assert!(raw.ends_with("0\r\ngrpc-status: 0\r\n\r\n"), "trailer lost: {raw:?}");
 
     // mTLS: a client certificate from the CA is required.
     let dir = &bed.ca.dir;
