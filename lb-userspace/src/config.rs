@@ -323,6 +323,8 @@ pub struct Route {
     pub answer: Option<OwnAnswer>,
     /// The whole request, upstream included; over it the client gets 504.
     pub timeout: Duration,
+    /// The longest request body this route takes, in place of the listener's.
+    pub max_body_bytes: Option<u64>,
     /// Share (percent) of requests sent to other pools instead of `pool` (canary, blue-green).
     pub split: Vec<(String, f64)>,
     /// Client addresses allowed (empty: all) and denied; others get 403.

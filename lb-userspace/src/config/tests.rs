@@ -560,9 +560,11 @@ fn each_route_check_says_what_is_wrong_at_its_line() {
         assert_eq!(config.routes[0].rewrite_prefix.as_deref(), Some(good));
     }
     // A method is matched upper-cased; a split keeps its pools and shares in order.
-    let ok = route("method = \"get\"\nsplit = [{ pool = \"p\", percent = 30.0 }]\n");
+    let ok =
+        route("method = \"get\"\nsplit = [{ pool = \"p\", percent = 30.0 }]\nmax_body_bytes = 1048576\n");
     let config = Config::parse(Path::new("t.toml"), &ok).unwrap();
     assert_eq!(config.routes[0].method.as_deref(), Some("GET"));
+    assert_eq!(config.routes[0].max_body_bytes, Some(1 << 20));
     assert_eq!(config.routes[0].split, vec![("p".to_string(), 30.0)]);
 }
 
@@ -705,6 +707,7 @@ fn a_route_that_answers_by_itself_takes_no_pool_and_nothing_that_needs_one() {
         ("split = [{ pool = \"p\", percent = 10.0 }]", "split"),
         ("sticky = true", "sticky"),
         ("timeout_ms = 5", "timeout_ms"),
+        ("max_body_bytes = 5", "max_body_bytes"),
         ("retries = 1", "retries"),
         ("retry_budget_percent = 5.0", "retry_budget_percent"),
         ("fallback = { status = 503 }", "fallback"),

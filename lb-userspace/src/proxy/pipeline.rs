@@ -312,6 +312,8 @@ impl Forwarder {
                 .route(&listener.name, &labels.host, &request)
                 .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no route"))?;
             labels.routed(route);
+            let max_body_bytes = route.max_body_bytes.unwrap_or(listener.max_body_bytes);
+            guard::body_fits(&checked, max_body_bytes)?;
             let client = match &listener.client_address {
                 Some(from) => {
                     labels.client_behind(client::address(from, conn.address.ip(), request.headers()), conn)
@@ -368,7 +370,7 @@ impl Forwarder {
                 shadow::send(upstreams, shadow, &parts, &forwarding, host, client, metrics, label);
             }
             let first = choose::backend(pool, route, &parts.headers, client).await?;
-            let (body, body_error) = guard::limit_body(body, listener.max_body_bytes);
+            let (body, body_error) = guard::limit_body(body, max_body_bytes);
             let tries = Tries {
                 upstreams: &self.upstreams,
                 commands: &self.commands,

@@ -58,6 +58,8 @@ pub struct CompiledRoute {
     /// Keep a client on the pool its split gave it (cookie `sluice_pool`).
     pub sticky: bool,
     pub timeout: Duration,
+    /// The longest request body the route takes, when it says (else the listener's).
+    pub max_body_bytes: Option<u64>,
     /// Other pools and their share (percent) of this route's requests.
     split: Vec<(Label, f64)>,
     allow: Vec<IpNet>,
@@ -143,6 +145,7 @@ impl CompiledRoute {
             pool: route.pool.as_deref().unwrap_or_default().into(),
             answer: route.answer.clone(),
             timeout: route.timeout,
+            max_body_bytes: route.max_body_bytes,
         }
     }
 

@@ -523,6 +523,8 @@ pub async fn serve(
 
 pub mod answer;
 #[cfg(test)]
+mod body_limits;
+#[cfg(test)]
 mod compressed;
 pub mod http1;
 #[cfg(test)]

@@ -127,6 +127,8 @@ pub fn valid_host(value: &[u8]) -> bool {
 pub struct Checked {
     /// The head says the request has no body (neither chunked nor a length above zero).
     pub bodiless: bool,
+    /// The body's length as the head says it (Content-Length), when it says one.
+    pub length: Option<u64>,
 }
 
 pub fn check(head: &Head<'_>, listener: &Listener, tls: bool) -> Result<Checked, Refusal> {
@@ -180,13 +182,21 @@ pub fn check(head: &Head<'_>, listener: &Listener, tls: bool) -> Result<Checked,
     if head.headers.len() > MAX_HEADER_FIELDS {
         return Err(Refusal::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too many header fields"));
     }
-    let too_big = length
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .is_some_and(|n| n > listener.max_body_bytes);
-    if too_big {
-        return Err(Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"));
+    Ok(Checked {
+        bodiless: !chunked && length.is_none_or(|v| v.as_bytes() == b"0"),
+        length: length.and_then(|v| v.to_str().ok()?.parse::<u64>().ok()),
+    })
+}
+
+/// A body its head says is longer than `max_bytes` (the route's limit, else the listener's) gets
+/// 413 before a byte of it is read; one that turns out longer is cut (`limit_body`).
+pub fn body_fits(checked: &Checked, max_bytes: u64) -> Result<(), Refusal> {
+    match checked.length {
+        Some(n) if n > max_bytes => {
+            Err(Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"))
+        }
+        _ => Ok(()),
     }
-    Ok(Checked { bodiless: !chunked && length.is_none_or(|v| v.as_bytes() == b"0") })
 }
 
 /// The body cut off past `max_bytes`. A body that fails while streaming (too long, bad
@@ -241,7 +251,8 @@ mod tests {
         }
         let head =
             Head { method, version, uri, headers: &map, read: &Read::of(&map), host: "a", malformed: None };
-        check(&head, &listener(), false)
+        let checked = check(&head, &listener(), false)?;
+        body_fits(&checked, listener().max_body_bytes).map(|()| checked)
     }
 
     fn status_for(method: &Method, uri: &Uri, version: Version, headers: &[(&str, &str)]) -> Option<u16> {
