@@ -275,6 +275,7 @@ pub(super) struct RawPool {
     #[serde(default)]
     pub(super) max_pending_requests: usize,
     pub(super) outlier: Option<Spanned<Outlier>>,
+    pub(super) connect_timeout_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

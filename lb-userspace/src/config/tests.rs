@@ -569,6 +569,22 @@ fn each_route_check_says_what_is_wrong_at_its_line() {
 }
 
 #[test]
+fn a_pool_s_connect_timeout_is_a_millisecond_to_a_minute() {
+    let pool = |line: &str| {
+        format!("{BASE}[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n{line}\n")
+    };
+    let config = Config::parse(Path::new("t.toml"), &pool("connect_timeout_ms = 250")).unwrap();
+    assert_eq!(config.pools["p"].connect_timeout, Some(Duration::from_millis(250)));
+    assert_eq!(Config::parse(Path::new("t.toml"), &pool("")).unwrap().pools["p"].connect_timeout, None);
+    for bad in ["0", "60001"] {
+        assert_eq!(
+            errors(&pool(&format!("connect_timeout_ms = {bad}"))),
+            ["t.toml:6: pool `p`: connect_timeout_ms must be 1 to 60000"]
+        );
+    }
+}
+
+#[test]
 fn an_http_health_check_may_name_its_host() {
     // Lines 1-2 BASE, 3-5 the pool, its health on 6.
     let pool = |health: &str| {

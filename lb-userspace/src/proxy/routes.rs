@@ -18,8 +18,8 @@ use regex::Regex;
 
 use crate::{
     config::{
-        Balance, CacheConfig, CompressConfig, Fallback, HashKey, HeaderEdits, Outlier, OwnAnswer, PathMatch,
-        Route, UpstreamProtocol,
+        Balance, CacheConfig, CompressConfig, DEFAULT_CONNECT_TIMEOUT, Fallback, HashKey, HeaderEdits,
+        Outlier, OwnAnswer, PathMatch, Route, UpstreamProtocol,
     },
     dataplane::tables::addr_of,
     maglev::{self, Weighted},
@@ -190,6 +190,8 @@ pub struct Upstream {
     pub runtime: Arc<BackendRuntime>,
     /// Its pool's runtime: woken when a request ends (pending requests wait on it).
     pub pool: Arc<PoolRuntime>,
+    /// How long a connect to it may take (its pool's `connect_timeout_ms`).
+    pub connect_timeout: Duration,
 }
 
 impl Upstream {
@@ -369,6 +371,7 @@ impl Snapshot {
                             authority: address.to_string().parse().expect("a socket address is an authority"),
                             runtime: runtime.backend(&pool.name, address),
                             pool: pool_runtime.clone(),
+                            connect_timeout: pool.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
                         })
                     })
                     .collect();

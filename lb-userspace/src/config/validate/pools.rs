@@ -25,6 +25,12 @@ pub(in crate::config) fn check(raw_pools: Vec<RawPool>, errors: &mut Errors) -> 
             max_requests_per_backend: raw_pool.max_requests_per_backend,
             max_pending_requests: raw_pool.max_pending_requests,
             outlier: raw_pool.outlier.map(Spanned::into_inner),
+            connect_timeout: raw_pool.connect_timeout_ms.map(|ms| {
+                if *ms.get_ref() == 0 || *ms.get_ref() > 60_000 {
+                    errors.at(ms.span(), format!("pool `{name}`: connect_timeout_ms must be 1 to 60000"));
+                }
+                Duration::from_millis(*ms.get_ref())
+            }),
         };
         if pools.insert(name.clone(), pool).is_some() {
             errors.at(raw_pool.name.span(), format!("pool `{name}` is defined twice"));

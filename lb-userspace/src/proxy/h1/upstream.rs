@@ -38,8 +38,6 @@ use crate::proxy::{
 
 type SendError = Box<dyn std::error::Error + Send + Sync>;
 
-/// How long connecting to a backend may take (HTTP/1.1 and h2c alike).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// An idle pooled connection older than this (ms) is closed rather than reused.
 const IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Idle connections kept per backend, per worker. Above the requests a worker has in flight to
@@ -169,8 +167,8 @@ impl Pool {
         });
     }
 
-    async fn connect(address: SocketAddr) -> Result<Conn, SendError> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
+    async fn connect(address: SocketAddr, timeout: Duration) -> Result<Conn, SendError> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
             .await
             .map_err(|_| "connect timed out")??;
         let _ = stream.set_nodelay(true);
@@ -183,6 +181,7 @@ impl Pool {
     pub async fn send(
         self: &Arc<Self>,
         address: SocketAddr,
+        connect_timeout: Duration,
         method: &Method,
         target: &str,
         headers: &HeaderMap,
@@ -231,7 +230,7 @@ impl Pool {
                     Err(err) => return Err(err),
                 }
             }
-            let mut conn = Box::pin(Self::connect(address)).await?;
+            let mut conn = Box::pin(Self::connect(address, connect_timeout)).await?;
             conn.stream.write_all(&head()).await?;
             return match read_head(&mut conn, method, headers, interim).await? {
                 Some(answer) => Ok(self.response(address, conn, answer)),
@@ -240,7 +239,7 @@ impl Pool {
         }
         let mut conn = match reused {
             Some(conn) => conn,
-            None => Box::pin(Self::connect(address)).await?,
+            None => Box::pin(Self::connect(address, connect_timeout)).await?,
         };
         write_body(&mut conn, &head(), &mut body, out).await?;
         match read_head(&mut conn, method, headers, interim).await? {
@@ -500,6 +499,7 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
+    use crate::config::DEFAULT_CONNECT_TIMEOUT;
 
     /// A backend on 127.0.0.1 answering by path: `/length`, `/chunked`, `/close` (a body
     /// delimited by closing), `/switch` (101, whatever was asked), `/once` (answers, then
@@ -553,11 +553,55 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, "backend.test".parse().unwrap());
         let response = pool
-            .send(address, &Method::GET, path, &headers, encode::Added::default(), body::empty(), None)
+            .send(
+                address,
+                DEFAULT_CONNECT_TIMEOUT,
+                &Method::GET,
+                path,
+                &headers,
+                encode::Added::default(),
+                body::empty(),
+                None,
+            )
             .await
             .unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    /// A backend that takes no more connections (its accept queue full, so the kernel drops
+    /// the SYN) is given up on after the pool's connect timeout.
+    #[tokio::test]
+    async fn a_connect_that_is_never_answered_gives_up_at_its_timeout() {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let address = listener.local_addr().unwrap();
+        // Never accepted: these fill its queue (a backlog of 1 holds two on Linux).
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(TcpStream::connect(address).await.unwrap());
+        }
+        let pool = Arc::new(Pool::default());
+        let started = std::time::Instant::now();
+        let timeout = Duration::from_millis(200);
+        let headers = HeaderMap::new();
+        let sent = pool
+            .send(
+                address,
+                timeout,
+                &Method::GET,
+                "/",
+                &headers,
+                encode::Added::default(),
+                body::empty(),
+                None,
+            )
+            .await;
+        let took = started.elapsed();
+        assert_eq!(sent.err().map(|e| e.to_string()).as_deref(), Some("connect timed out"));
+        assert!(took >= timeout && took < Duration::from_secs(2), "{took:?}");
+        drop((held, listener));
     }
 
     #[tokio::test]
@@ -618,6 +662,7 @@ mod tests {
             async move {
                 pool.send(
                     address,
+                    DEFAULT_CONNECT_TIMEOUT,
                     &Method::GET,
                     "/switch",
                     &headers,
@@ -657,8 +702,18 @@ mod tests {
         headers.insert(header::HOST, "backend.test".parse().unwrap());
         headers.insert(header::CONTENT_LENGTH, "5".parse().unwrap());
         let body = streamed(["hello", "GET /hidden HTTP/1.1\r\n\r\n"]);
-        let sent =
-            pool.send(address, &Method::POST, "/up", &headers, encode::Added::default(), body, None).await;
+        let sent = pool
+            .send(
+                address,
+                DEFAULT_CONNECT_TIMEOUT,
+                &Method::POST,
+                "/up",
+                &headers,
+                encode::Added::default(),
+                body,
+                None,
+            )
+            .await;
         assert!(sent.is_err());
         drop(pool);
         let request = seen.await.unwrap();
@@ -686,7 +741,16 @@ mod tests {
         headers.insert(header::HOST, "backend.test".parse().unwrap());
         let body = streamed(["ab", "cde"]);
         let response = pool
-            .send(address, &Method::POST, "/up", &headers, encode::Added::default(), body, None)
+            .send(
+                address,
+                DEFAULT_CONNECT_TIMEOUT,
+                &Method::POST,
+                "/up",
+                &headers,
+                encode::Added::default(),
+                body,
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(response.status(), hyper::StatusCode::NO_CONTENT);

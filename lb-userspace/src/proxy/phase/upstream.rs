@@ -68,17 +68,19 @@ impl Drop for InFlight {
 struct H2cConnections(ThreadLocal<RefCell<HashMap<SocketAddr, http2::SendRequest<Body>>>>);
 
 impl H2cConnections {
-    async fn send(&self, address: SocketAddr, request: Request<Body>) -> Result<Response<Body>, SendError> {
+    async fn send(
+        &self,
+        address: SocketAddr,
+        connect_timeout: Duration,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, SendError> {
         let open = self.0.get_or_default().borrow().get(&address).filter(|s| !s.is_closed()).cloned();
         let mut sender = match open {
             Some(sender) => sender,
             None => {
-                let stream = tokio::time::timeout(
-                    h1::upstream::CONNECT_TIMEOUT,
-                    tokio::net::TcpStream::connect(address),
-                )
-                .await
-                .map_err(|_| "connect timed out")??;
+                let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(address))
+                    .await
+                    .map_err(|_| "connect timed out")??;
                 let _ = stream.set_nodelay(true);
                 let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
@@ -139,8 +141,12 @@ impl Upstreams {
                 headers.insert(header::HOST, host);
             }
             let added = h1::encode::Added { lines: forwarding.lines(), replacing: &headers::SET_BY_PROXY };
-            let address = upstream.address;
-            return self.http1.send(address, &parts.method, target, &headers, added, body, interim).await;
+            let (address, connect_timeout) = (upstream.address, upstream.connect_timeout);
+            let method = &parts.method;
+            return self
+                .http1
+                .send(address, connect_timeout, method, target, &headers, added, body, interim)
+                .await;
         }
         forwarding.apply(&mut headers);
         headers.remove(header::HOST);
@@ -152,7 +158,7 @@ impl Upstreams {
         *request.version_mut() = Version::HTTP_2;
         *request.headers_mut() = headers;
         // Boxed: HTTP/2's state is not carried by every HTTP/1.1 request's future.
-        Box::pin(self.h2c.send(upstream.address, request)).await
+        Box::pin(self.h2c.send(upstream.address, upstream.connect_timeout, request)).await
     }
 }
 
