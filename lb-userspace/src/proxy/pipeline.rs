@@ -1,6 +1,6 @@
 //! One request through the proxy, as a short sequence of phases (see `phase`): guard, route,
-//! client, gate, the route's own answer or choose, headers, caching or shadow, upstream, respond; then
-//! count and log.
+//! client, gate, the route's own answer or choose, headers, caching or shadow, upstream,
+//! respond; then count and log.
 use std::{
     future::Future,
     sync::{
@@ -16,7 +16,7 @@ use hyper::{
 };
 
 use crate::{
-    config::{Listener, UpstreamProtocol},
+    config::{Listener, OwnAnswer, UpstreamProtocol},
     proxy::{
         access_log::{self, ClientConn, Entry},
         body::Body,
@@ -307,7 +307,7 @@ impl Forwarder {
             let received_host = read.host.cloned();
             path::make_canonical(&mut request)?;
 
-            // Route, gate, choose.
+            // Route, its body limit, the client, gate; the route's own answer, or choose.
             let route = snapshot
                 .route(&listener.name, &labels.host, &request)
                 .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no route"))?;
@@ -326,10 +326,7 @@ impl Forwarder {
                 path::rewrite(&mut parts.uri, prefix, with)?;
             }
             if let Some(own) = &route.answer {
-                // A redirect or a fixed answer: no pool, no backend.
-                let (mut response, reason) = respond::own(own, &parts.uri);
-                headers::edit(response.headers_mut(), &route.response_headers);
-                return Err(Refusal::with(response, reason));
+                return Err(own_answer(own, route, &parts.uri));
             }
             let choice = choose::pool(route, &parts.headers, self.draw());
             labels.pool = choice.pool.clone();
@@ -406,6 +403,14 @@ impl Forwarder {
             Ok(response)
         }
     }
+}
+
+/// A route's own answer (a redirect or a fixed answer: no pool, no backend), with its
+/// `response_headers`; an answer the proxy made, so a `Refusal` with its reason for the log.
+fn own_answer(own: &OwnAnswer, route: &CompiledRoute, uri: &Uri) -> Refusal {
+    let (mut response, reason) = respond::own(own, uri);
+    headers::edit(response.headers_mut(), &route.response_headers);
+    Refusal::with(response, reason)
 }
 
 /// A route's touches on an answer from a backend or the cache, in order: a redirect under its

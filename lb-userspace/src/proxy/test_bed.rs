@@ -108,6 +108,33 @@ pub async fn h2c() -> SocketAddr {
     .await
 }
 
+/// Sends `request` on a new connection to `address` (HTTP/2 with prior knowledge, or
+/// HTTP/1.1), as a client of the proxy's would; the answer's head and its body as text.
+pub async fn ask<B>(
+    address: SocketAddr,
+    request: Request<B>,
+    http2: bool,
+) -> (hyper::http::response::Parts, String)
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::error::Error + Send + Sync,
+{
+    let io = TokioIo::new(TcpStream::connect(address).await.unwrap());
+    let response = if http2 {
+        let (mut send, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
+        tokio::spawn(connection);
+        send.send_request(request).await.unwrap()
+    } else {
+        let (mut send, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(connection);
+        send.send_request(request).await.unwrap()
+    };
+    let (head, body) = response.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    (head, String::from_utf8_lossy(&body).into_owned())
+}
+
 /// Whether an HTTP/2 server's bytes hold an answer's HEADERS that starts `:status: 200` (HPACK's
 /// static index 8, as h2 writes it).
 pub fn answered_200(got: &[u8]) -> bool {

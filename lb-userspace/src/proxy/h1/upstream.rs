@@ -549,6 +549,17 @@ mod tests {
         (address, accepted)
     }
 
+    /// POSTs `body` to `/up` at `address` through `pool`.
+    async fn post(
+        pool: &Arc<Pool>,
+        address: SocketAddr,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Response<Body>, SendError> {
+        let added = encode::Added::default();
+        pool.send(address, DEFAULT_CONNECT_TIMEOUT, &Method::POST, "/up", headers, added, body, None).await
+    }
+
     async fn get(pool: &Arc<Pool>, address: SocketAddr, path: &str) -> String {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, "backend.test".parse().unwrap());
@@ -702,18 +713,7 @@ mod tests {
         headers.insert(header::HOST, "backend.test".parse().unwrap());
         headers.insert(header::CONTENT_LENGTH, "5".parse().unwrap());
         let body = streamed(["hello", "GET /hidden HTTP/1.1\r\n\r\n"]);
-        let sent = pool
-            .send(
-                address,
-                DEFAULT_CONNECT_TIMEOUT,
-                &Method::POST,
-                "/up",
-                &headers,
-                encode::Added::default(),
-                body,
-                None,
-            )
-            .await;
+        let sent = post(&pool, address, &headers, body).await;
         assert!(sent.is_err());
         drop(pool);
         let request = seen.await.unwrap();
@@ -740,19 +740,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, "backend.test".parse().unwrap());
         let body = streamed(["ab", "cde"]);
-        let response = pool
-            .send(
-                address,
-                DEFAULT_CONNECT_TIMEOUT,
-                &Method::POST,
-                "/up",
-                &headers,
-                encode::Added::default(),
-                body,
-                None,
-            )
-            .await
-            .unwrap();
+        let response = post(&pool, address, &headers, body).await.unwrap();
         assert_eq!(response.status(), hyper::StatusCode::NO_CONTENT);
         let request = seen.await.unwrap();
         assert!(

@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper::{Method, Request};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
+
+use crate::proxy::test_bed;
 
 /// Routes that answer by themselves, by host; none has a pool, and no pool is defined.
 const ROUTES: &str = "[[route]]\nlistener = \"l\"\nhost = \"old.test\"\npath_prefix = \"/old/\"\n\
@@ -31,20 +31,8 @@ async fn ask(
     uri: &str,
     http2: bool,
 ) -> (hyper::http::response::Parts, String) {
-    let io = TokioIo::new(TcpStream::connect(address).await.unwrap());
     let request = Request::builder().method(method).uri(uri).body(Empty::<Bytes>::new()).unwrap();
-    let response = if http2 {
-        let (mut send, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
-        tokio::spawn(connection);
-        send.send_request(request).await.unwrap()
-    } else {
-        let (mut send, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
-        tokio::spawn(connection);
-        send.send_request(request).await.unwrap()
-    };
-    let (head, body) = response.into_parts();
-    (head, String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap())
+    test_bed::ask(address, request, http2).await
 }
 
 fn field<'a>(head: &'a hyper::http::response::Parts, name: &str) -> Option<&'a str> {

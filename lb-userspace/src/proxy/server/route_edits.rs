@@ -12,10 +12,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{Empty, Full};
 use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 
 use crate::proxy::test_bed;
 
@@ -79,7 +78,6 @@ async fn listener(h2c: bool, cache: bool) -> (SocketAddr, Arc<AtomicUsize>) {
 /// One GET from an HTTP/1.1 client, or an HTTP/2 one (prior knowledge), with fields the route
 /// replaces and removes: the answer's head and body.
 async fn get(address: SocketAddr, http2: bool) -> (hyper::http::response::Parts, String) {
-    let io = TokioIo::new(TcpStream::connect(address).await.unwrap());
     let request = Request::get("http://a.test/old/a%2Fb?q=/old/")
         .header("cookie", "session=1")
         .header("x-debug", "1")
@@ -87,18 +85,7 @@ async fn get(address: SocketAddr, http2: bool) -> (hyper::http::response::Parts,
         .header("x-kept", "1")
         .body(Empty::<Bytes>::new())
         .unwrap();
-    let response = if http2 {
-        let (mut send, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
-        tokio::spawn(connection);
-        send.send_request(request).await.unwrap()
-    } else {
-        let (mut send, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
-        tokio::spawn(connection);
-        send.send_request(request).await.unwrap()
-    };
-    let (head, body) = response.into_parts();
-    (head, String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap())
+    test_bed::ask(address, request, http2).await
 }
 
 /// The request the backend saw (its echo) and the answer the client got carry the edits.
