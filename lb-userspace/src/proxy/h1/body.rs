@@ -5,10 +5,10 @@
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::{
     HeaderMap,
-    header::{HeaderName, HeaderValue},
+    header::{self, HeaderName, HeaderValue},
 };
 
-use crate::proxy::{byte_set::TCHAR, h1::encode};
+use crate::proxy::byte_set::TCHAR;
 
 /// How a message's body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +37,20 @@ pub enum BodyError {
     #[error("connection closed before the body ended")]
     Truncated,
 }
+
+/// Fields never passed on in a trailer section: those that frame the message, name its target
+/// or ride on the connection (RFC 9110 §6.5.1; h2 refuses the connection ones too).
+pub static TRAILER_FORBIDDEN: [HeaderName; 9] = [
+    header::CONNECTION,
+    header::CONTENT_LENGTH,
+    header::HOST,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
 
 /// The longest chunk-size line (digits, extensions) and trailer section accepted.
 const MAX_LINE: usize = 4096;
@@ -121,7 +135,7 @@ impl Decoder {
     }
 
     /// The body's trailer fields, once it is done (None when it had none): the fields that
-    /// frame, route or ride on the connection left out (`encode::TRAILER_FORBIDDEN`).
+    /// frame, route or ride on the connection left out (`TRAILER_FORBIDDEN`).
     pub fn trailers(&mut self) -> Option<HeaderMap> {
         if self.trailer_lines.is_empty() || self.state != State::Done {
             return None;
@@ -140,7 +154,7 @@ impl Decoder {
             else {
                 continue;
             };
-            if !encode::TRAILER_FORBIDDEN.contains(&name) {
+            if !TRAILER_FORBIDDEN.contains(&name) {
                 trailers.append(name, value);
             }
         }

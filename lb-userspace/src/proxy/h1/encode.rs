@@ -5,7 +5,7 @@ use hyper::{HeaderMap, Method, StatusCode, Version, header, header::HeaderName};
 
 use crate::proxy::{
     date::date,
-    h1::head,
+    h1::{body, head},
     own_fields::{self, VIA, X_REQUEST_ID},
 };
 
@@ -180,25 +180,11 @@ pub fn chunk_size(len: usize) -> String {
 /// The last chunk and the end of the body (no trailers).
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
-/// Fields never passed on in a trailer section: those that frame the message, name its target
-/// or ride on the connection (RFC 9110 §6.5.1; h2 refuses the connection ones too).
-pub static TRAILER_FORBIDDEN: [HeaderName; 9] = [
-    header::CONNECTION,
-    header::CONTENT_LENGTH,
-    header::HOST,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
 /// The last chunk with `trailers` after it (those not forbidden), and the end of the body.
 pub fn last_chunk_with(trailers: &HeaderMap) -> Vec<u8> {
     let mut out = b"0\r\n".to_vec();
     for (name, value) in trailers {
-        if !TRAILER_FORBIDDEN.contains(name) {
+        if !body::TRAILER_FORBIDDEN.contains(name) {
             field(&mut out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
