@@ -22,8 +22,7 @@ pub fn address(from: &ClientAddress, peer: IpAddr, headers: &HeaderMap) -> IpAdd
         return headers.get(&from.header).and_then(|v| parse(v.to_str().ok()?)).unwrap_or(peer);
     }
     let mut last = peer;
-    let fields = headers.get_all(X_FORWARDED_FOR).iter().collect::<Vec<_>>();
-    for field in fields.iter().rev() {
+    for field in headers.get_all(X_FORWARDED_FOR).iter().rev() {
         let Ok(text) = field.to_str() else { return peer };
         for entry in text.rsplit(',') {
             let Some(ip) = parse(entry) else { return peer };
