@@ -275,6 +275,9 @@ pub struct Listener {
     pub drain_timeout: Duration,
     /// Behind trusted proxies: where a request's client address is read from.
     pub client_address: Option<ClientAddress>,
+    /// Every connection begins with a PROXY protocol header (v1 or v2) from a balancer in
+    /// front, whose source address is the client's (HAProxy's `accept-proxy`).
+    pub proxy_protocol: bool,
 }
 
 /// A request's client address as trusted proxies in front forward it (nginx's `realip`):

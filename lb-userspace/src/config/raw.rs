@@ -49,6 +49,8 @@ pub(super) struct RawListener {
     pub(super) max_header_bytes: Option<usize>,
     pub(super) drain_timeout_ms: Option<u64>,
     pub(super) client_address: Option<Spanned<RawClientAddress>>,
+    #[serde(default)]
+    pub(super) proxy_protocol: bool,
 }
 
 #[derive(Debug, Deserialize)]

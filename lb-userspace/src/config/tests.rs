@@ -644,6 +644,18 @@ fn trusted_proxies_are_prefixes_and_their_field_a_field_name() {
     assert!(found.len() == 1 && found[0].starts_with("t.toml:6: "), "{found:?}");
 }
 
+#[test]
+fn a_listener_takes_the_proxy_protocol_when_told() {
+    let listener =
+        |extra: &str| format!("{BASE}[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n{extra}");
+    let config = Config::parse(Path::new("t.toml"), &listener("")).unwrap();
+    assert!(!config.listeners[0].proxy_protocol);
+    let config = Config::parse(Path::new("t.toml"), &listener("proxy_protocol = true\n")).unwrap();
+    assert!(config.listeners[0].proxy_protocol);
+    let found = errors(&listener("proxy_protocol = \"v2\"\n"));
+    assert!(found.len() == 1 && found[0].starts_with("t.toml:6"), "{found:?}");
+}
+
 /// A route with `extra` and no pool line: lines 1-8 as `route`'s, 9 `[[route]]`, 10 listener,
 /// `extra` from 11.
 fn answering(extra: &str) -> String {

@@ -56,6 +56,7 @@ pub struct ProxyMetrics {
     closed_idle: Family<Labels, Counter>,
     cut: Family<Labels, Counter>,
     parser_refused: Family<Labels, Counter>,
+    proxy_header_refused: Family<Labels, Counter>,
     /// Every (route, pool, backend) the request families hold, so that those of backends,
     /// pools and routes gone from the config can be removed (`retain`): the families cannot
     /// list their own.
@@ -81,6 +82,7 @@ impl Default for ProxyMetrics {
             closed_idle: Family::default(),
             cut: Family::default(),
             parser_refused: Family::default(),
+            proxy_header_refused: Family::default(),
             counted: Arc::default(),
         }
     }
@@ -186,6 +188,10 @@ impl ProxyMetrics {
                 "http_parser_refused_total" => {
                     let l: Labels = listener().chain(owned(&labels, "status")).collect();
                     self.parser_refused.get_or_create(&l).inc_by(n);
+                }
+                "http_proxy_protocol_refused_total" => {
+                    let l: Labels = listener().chain(owned(&labels, "reason")).collect();
+                    self.proxy_header_refused.get_or_create(&l).inc_by(n);
                 }
                 _ => {}
             }
@@ -319,6 +325,14 @@ impl ProxyMetrics {
             .inc();
     }
 
+    /// A connection closed because its PROXY protocol header was not there, was malformed, or
+    /// did not come in time (`reason`: missing, malformed, closed, timeout).
+    pub fn proxy_header_refused(&self, listener: &str, reason: &'static str) {
+        self.proxy_header_refused
+            .get_or_create(&vec![("listener", listener.to_owned()), ("reason", reason.to_owned())])
+            .inc();
+    }
+
     /// Adds these metrics to a scrape's registry.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
@@ -352,6 +366,11 @@ impl ProxyMetrics {
             "http_parser_refused",
             "Requests refused by the HTTP parser, by status",
             self.parser_refused.clone(),
+        );
+        registry.register(
+            "http_proxy_protocol_refused",
+            "Connections closed for their PROXY protocol header (missing, malformed, late), by reason",
+            self.proxy_header_refused.clone(),
         );
         let dropped = Counter::<u64>::default();
         dropped.inc_by(log_sink::dropped());

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod own_fields;
 pub mod phase;
 pub mod pipeline;
+pub mod proxy_protocol;
 pub mod routes;
 pub mod runtime;
 pub mod server;

@@ -42,6 +42,7 @@ use crate::{
         own_fields::{self, VIA, X_REQUEST_ID},
         phase::upstream::InFlight,
         pipeline::{Counted, Forwarder},
+        proxy_protocol,
         routes::Snapshot,
         tls,
     },
@@ -256,6 +257,48 @@ impl Connection {
                 Box::pin(this.http2(Rewind::new(read, stream))).await;
             }
             this.closed();
+        })
+    }
+
+    /// A connection from a balancer that speaks the PROXY protocol: its header first, within
+    /// the first-byte timeout, whose source address is then the client's; then served as a
+    /// plain or TLS connection. One that sends no valid header in time is closed and counted.
+    ///
+    /// Chained (`then`), as the steps below, so the task never holds the header's read and
+    /// the connection's service at once. A plain connection's first-byte timeout still counts
+    /// from the accept: the header is part of its first bytes.
+    fn proxied(
+        mut self,
+        acceptor: Option<tokio_rustls::TlsAcceptor>,
+        mut stream: tokio::net::TcpStream,
+    ) -> impl Future<Output = ()> + Send {
+        let wait = self.session.listener.first_byte_timeout;
+        let header = async move {
+            let read = tokio::time::timeout(wait, proxy_protocol::read(&mut stream)).await;
+            (read, stream)
+        };
+        header.then(move |(read, stream)| {
+            let (listener, metrics) = (&self.session.listener, &self.session.forwarder.metrics);
+            let peer = self.session.conn.address;
+            let refused = match read {
+                Ok(Ok(source)) => {
+                    if let Some(source) = source {
+                        self.session.conn = Arc::new(ClientConn::new(source, None, None));
+                    }
+                    None
+                }
+                Ok(Err(err)) => Some((err.reason(), err.to_string())),
+                Err(_) => Some(("timeout", format!("no PROXY protocol header within {wait:?}"))),
+            };
+            if let Some((reason, said)) = refused {
+                metrics.proxy_header_refused(&listener.name, reason);
+                log::debug!("listener {}: connection from {peer}: {said}", listener.name);
+                return Either::Left(std::future::ready(()));
+            }
+            Either::Right(match acceptor {
+                None => Either::Left(self.plain(stream)),
+                Some(acceptor) => Either::Right(self.tls(acceptor, stream)),
+            })
         })
     }
 
@@ -500,11 +543,12 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let conn = Arc::new(ClientConn::new(client, None, None));
         let connection = Connection::new(&serving, conn, registry.register(), permit);
-        match &acceptor {
+        match (&acceptor, listener.proxy_protocol) {
             // Plain connections are one lean task: no TLS or HTTP/2 state (HTTP/1.1's idle wait
             // has the timeouts, the eviction and the stop, as for TLS ones).
-            None => tokio::spawn(connection.plain(stream)),
-            Some(acceptor) => tokio::spawn(connection.tls(acceptor.clone(), stream)),
+            (None, false) => tokio::spawn(connection.plain(stream)),
+            (Some(acceptor), false) => tokio::spawn(connection.tls(acceptor.clone(), stream)),
+            (acceptor, true) => tokio::spawn(connection.proxied(acceptor.clone(), stream)),
         };
     }
     drop(socket);
@@ -533,6 +577,8 @@ mod interim_relay;
 mod mutations;
 #[cfg(test)]
 mod own_answers;
+#[cfg(test)]
+mod proxy_headers;
 #[cfg(test)]
 mod route_edits;
 #[cfg(test)]

@@ -40,6 +40,7 @@ pub(in crate::config) fn check(
             max_header_bytes: raw.max_header_bytes.unwrap_or(16 << 10),
             drain_timeout: Duration::from_millis(raw.drain_timeout_ms.unwrap_or(10_000)),
             client_address,
+            proxy_protocol: raw.proxy_protocol,
         });
     }
     every_l7_vip_heard(vips, &listeners, errors);
