@@ -1,4 +1,5 @@
-//! Real processes for tests and the demo: nginx backends and lbd, each stopped on drop.
+//! Real processes for tests and the demo: nginx backends, HAProxy in front, and lbd, each
+//! stopped on drop.
 use std::{
     path::{Path, PathBuf},
     process::{Child, Stdio},
@@ -124,6 +125,42 @@ impl Nginx {
 }
 
 impl Drop for Nginx {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// An HAProxy (apt's) in a namespace, run from `config` (a whole haproxy.cfg); started once
+/// it listens on `port`.
+pub struct Haproxy {
+    child: Child,
+    _dir: TempDir,
+}
+
+impl Haproxy {
+    pub fn start(host: &Host, config: &str, port: u16) -> Result<Haproxy> {
+        let dir = TempDir::new(&format!("haproxy-{}", host.ns))?;
+        let path = dir.0.join("haproxy.cfg");
+        std::fs::write(&path, config)?;
+        let child = host
+            .command("haproxy")
+            .args(["-db", "-f", path.to_str().context("path")?])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting haproxy")?;
+        let mut haproxy = Haproxy { child, _dir: dir };
+        wait_for(&format!("haproxy to listen on :{port}"), Duration::from_secs(5), || {
+            host.run("ss", &["-Htln", &format!("sport = :{port}")])
+                .map(|o| !o.stdout.is_empty())
+                .unwrap_or(false)
+        })
+        .inspect_err(|_| stop(&mut haproxy.child))?;
+        Ok(haproxy)
+    }
+}
+
+impl Drop for Haproxy {
     fn drop(&mut self) {
         stop(&mut self.child);
     }

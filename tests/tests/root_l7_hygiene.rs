@@ -16,7 +16,7 @@ use anyhow::Result;
 use sluice_tests::{
     netns::Topology,
     pki::TestCa,
-    servers::{Lbd, Nginx, TempDir, wait_for},
+    servers::{Haproxy, Lbd, Nginx, TempDir, wait_for},
 };
 
 const VIP: &str = "198.19.0.5";
@@ -89,6 +89,17 @@ first_byte_timeout_ms = 60000
 idle_timeout_ms = 60000
 client_address = {{ header = "x-forwarded-for", trusted = ["{client}/32"] }}
 
+[[listener]]
+name = "proxied"
+address = "{VIP}:8082"
+proxy_protocol = true
+
+[[listener]]
+name = "proxied_tls"
+address = "{VIP}:8443"
+tls = {{ certificates = [{{ cert = "{cert}", key = "{key}" }}] }}
+proxy_protocol = true
+
 [[route]]
 listener = "plain"
 pool = "web"
@@ -105,6 +116,14 @@ pool = "web"
 listener = "wide"
 pool = "web"
 
+[[route]]
+listener = "proxied"
+pool = "web"
+
+[[route]]
+listener = "proxied_tls"
+pool = "web"
+
 [admin]
 socket = "{dir}/lbd.sock"
 metrics = "127.0.0.1:9100"
@@ -119,9 +138,18 @@ metrics = "127.0.0.1:9100"
         let log = dir.0.join("lbd.log");
         let lbd = Lbd::start_logging(&topology.lb, &config, Some(&log))?;
         wait_for("the listeners", Duration::from_secs(5), || {
-            topology.lb.run("ss", &["-Htln", "sport = :8081"]).map(|o| !o.stdout.is_empty()).unwrap_or(false)
+            topology.lb.run("ss", &["-Htln", "sport = :8443"]).map(|o| !o.stdout.is_empty()).unwrap_or(false)
         })?;
         Ok(Bed { lbd, _nginx: nginx, ca, log, topology, _dir: dir })
+    }
+
+    /// `curl` from the client namespace: the body (empty on failure).
+    fn body(&self, url: &str, args: &[&str]) -> Result<String> {
+        let cacert = self.ca.cert.to_str().unwrap_or_default().to_owned();
+        let mut all = vec!["-s", "--max-time", "3", "--cacert", &cacert];
+        all.extend_from_slice(args);
+        all.push(url);
+        Ok(String::from_utf8_lossy(&self.topology.client.run("curl", &all)?.stdout).into_owned())
     }
 
     /// `curl` from the client namespace: the status code (000 on failure).
@@ -414,5 +442,70 @@ fn root_l7_hygiene_parser_edges_and_access_log() -> Result<()> {
         metric(&metrics, "sluice_http_parser_refused_total{listener=\"plain\",status=\"400\"}") >= 1.0,
         "{metrics}"
     );
+    Ok(())
+}
+
+/// Behind a balancer that speaks the PROXY protocol (HAProxy from apt in the client's
+/// namespace, `send-proxy-v2` to the TLS listener and `send-proxy` to the plain one; curl's own
+/// `--haproxy-protocol`): the header's source is the client the backend and the access log
+/// see. A connection with no header is closed unanswered and counted.
+#[test]
+fn root_l7_hygiene_behind_a_balancer_with_the_proxy_protocol() -> Result<()> {
+    let bed = Bed::new("hyg-proxied")?;
+    let balancer = format!(
+        "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 5s\n  timeout server 5s\n\
+         frontend tls\n  bind 127.0.0.1:9443\n  default_backend lbd_tls\n\
+         frontend plain\n  bind 127.0.0.1:9080\n  default_backend lbd_plain\n\
+         backend lbd_tls\n  server lbd {VIP}:8443 send-proxy-v2\n\
+         backend lbd_plain\n  server lbd {VIP}:8082 send-proxy\n"
+    );
+    let _haproxy = Haproxy::start(&bed.topology.client, &balancer, 9080)?;
+    // Through HAProxy, curl's connection comes from 127.0.0.1 and HAProxy's to lbd from the
+    // client's address: the backend's X-Forwarded-For is the header's source.
+    let resolve = "example.test:9443:127.0.0.1";
+    let body =
+        bed.body("https://example.test:9443/echo", &["--resolve", resolve, "-H", "x-request-id: via-v2"])?;
+    assert!(body.starts_with("backend1 xff=127.0.0.1 proto=https"), "{body:?}");
+    let body = bed.body("https://example.test:9443/echo", &["--resolve", resolve, "--http2"])?;
+    assert!(body.starts_with("backend1 xff=127.0.0.1 proto=https"), "{body:?}");
+    let body = bed.body("http://127.0.0.1:9080/echo", &["-H", "x-request-id: via-v1"])?;
+    assert!(body.starts_with("backend1 xff=127.0.0.1 proto=http "), "{body:?}");
+    // curl's own v1 header names its own address.
+    let body = bed.body(&format!("http://{VIP}:8082/echo"), &["--haproxy-protocol"])?;
+    let client = bed.topology.client.addr4;
+    assert!(body.starts_with(&format!("backend1 xff={client} ")), "{body:?}");
+    // No header (a request, a ClientHello's first bytes): closed unanswered, counted.
+    for (port, bytes) in
+        [(8082, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".as_slice()), (8443, b"\x16\x03\x01\x02\x00\x01\x00")]
+    {
+        let out = bed.topology.client.within(move || {
+            let mut s = TcpStream::connect((VIP, port))?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            s.write_all(bytes)?;
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            Ok(out)
+        })?;
+        assert!(out.is_empty(), "{port}: {out:?}");
+    }
+    let metrics = bed.metrics()?;
+    for listener in ["proxied", "proxied_tls"] {
+        let series =
+            format!("sluice_http_proxy_protocol_refused_total{{listener=\"{listener}\",reason=\"missing\"}}");
+        assert_eq!(metric(&metrics, &series), 1.0, "{metrics}");
+    }
+    // The access log's client is the header's source.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = std::fs::read_to_string(&bed.log)?;
+        if (log.contains("via-v2") && log.contains("via-v1")) || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for id in ["via-v2", "via-v1"] {
+        let line = log.lines().find(|l| l.contains(id)).unwrap_or_default();
+        assert!(line.contains("client=127.0.0.1:") && !line.contains("peer="), "{line}");
+    }
     Ok(())
 }
