@@ -200,7 +200,7 @@ pub(super) async fn start_listener(
 
 /// Every connection has given its slot back (none lingers on the listener's side), and no
 /// task of the listener panicked.
-async fn all_ended(shared: &Shared) {
+pub(super) async fn all_ended(shared: &Shared) {
     let max = shared.max_connections as usize;
     let all_closed = async {
         while shared.slots.available_permits() < max {

@@ -138,3 +138,67 @@ async fn a_connection_without_a_valid_header_in_time_is_closed_and_counted() {
         ["missing", "malformed", "timeout", "closed"].iter().map(|r| refused(&forwarder, r)).collect();
     assert_eq!(counts, [1, 1, 1, 1], "{}", forwarder.metrics.text());
 }
+
+/// Mutated headers (v1 and v2, the request after them left whole or mutated too) through the
+/// whole listener: each connection ends, answered or closed, within a few seconds, every slot
+/// comes back, and no task panics.
+#[tokio::test]
+async fn every_mutated_header_ends_its_connection_without_a_panic() {
+    use crate::mutation::{Rng, mutate};
+    const CONNECTIONS: usize = 400;
+    const AT_ONCE: usize = 100;
+    const ENDS_WITHIN: Duration = Duration::from_secs(5);
+    let backend = test_bed::http1().await;
+    let listener = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\n\
+                    proxy_protocol = true\nfirst_byte_timeout_ms = 1000\nheader_read_timeout_ms = 1000\n\
+                    idle_timeout_ms = 1000\n";
+    let routes = format!(
+        "[[pool]]\nname = \"p\"\nport = {}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
+         [[route]]\nlistener = \"l\"\npool = \"p\"\nrate_limit = {{ requests_per_second = 100000, burst = 100000 }}\n",
+        backend.port()
+    );
+    let (address, shared, _) = super::mutations::start_listener(listener, &routes).await;
+    let headers = [
+        b"PROXY TCP4 192.0.2.7 127.0.0.1 4242 80\r\n".to_vec(),
+        b"PROXY TCP6 2001:db8::7 ::1 4242 80\r\n".to_vec(),
+        b"PROXY UNKNOWN\r\n".to_vec(),
+        v2(false, [192, 0, 2, 8], 5555),
+        v2(true, [192, 0, 2, 8], 5555),
+    ];
+    let spice: &[&[u8]] = &[b"\r\n", b" ", b"\0", b"\xff\xff", b"PROXY ", b"\r\n\r\n\0\r\nQUIT\n", b"65536"];
+    let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut rng = Rng(0x5eed_0bad_0001);
+    let mut answered = 0;
+    for _ in 0..CONNECTIONS / AT_ONCE {
+        let batch = (0..AT_ONCE).map(|_| {
+            let header = &headers[rng.below(headers.len())];
+            // A quarter left whole: good connections among the bad ones.
+            let bytes = match rng.below(4) {
+                0 => [header.as_slice(), request].concat(),
+                1 => mutate(&mut rng, &[header.as_slice(), request].concat(), spice),
+                _ => [mutate(&mut rng, header, spice).as_slice(), request].concat(),
+            };
+            let half_close = rng.below(2) == 0;
+            async move {
+                let exchange = async {
+                    let mut client = TcpStream::connect(address).await.unwrap();
+                    let _ = client.write_all(&bytes).await;
+                    if half_close {
+                        let _ = client.shutdown().await;
+                    }
+                    let mut got = Vec::new();
+                    let _ = client.read_to_end(&mut got).await;
+                    got
+                };
+                let got = tokio::time::timeout(ENDS_WITHIN, exchange)
+                    .await
+                    .unwrap_or_else(|_| panic!("no end within {ENDS_WITHIN:?}: {bytes:?}"));
+                got.starts_with(b"HTTP/1.1 200")
+            }
+        });
+        answered += futures_util::future::join_all(batch).await.into_iter().filter(|&a| a).count();
+    }
+    super::mutations::all_ended(&shared).await;
+    // The whole headers, and some mutated ones, are answered.
+    assert!(answered >= CONNECTIONS / 5, "only {answered} of {CONNECTIONS} answered");
+}
