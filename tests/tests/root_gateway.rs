@@ -370,8 +370,12 @@ fn root_gateway_split_limits_access_retries_fallback() -> Result<()> {
     // Retries: half the picks hit a refusing backend; one retry on the other makes all succeed.
     let with_retry = bed.requests("retry.test", 40)?;
     assert!(with_retry.iter().all(|(c, b)| *c == 200 && b == "backend1"), "{:?}", tally(&with_retry));
+    // Without retries, a refused connect (nothing was sent) still goes to the other backend,
+    // within the retry budget (20% of the route's requests, plus 3): more than the half the
+    // live backend got succeed, and past the budget 502s show.
     let without = bed.requests("noretry.test", 40)?;
-    assert!(without.iter().any(|(c, _)| *c == 502), "without retries some must fail: {:?}", tally(&without));
+    let ok = without.iter().filter(|(c, b)| *c == 200 && b == "backend1").count();
+    assert!(ok >= 23 && without.iter().any(|(c, _)| *c == 502), "{:?}", tally(&without));
 
     // Shadowing: half the requests are mirrored to pool `two`; the client only sees `one`.
     let answers = bed.requests("mirror.test", 200)?;

@@ -585,6 +585,8 @@ mod route_edits;
 mod trailers;
 #[cfg(test)]
 mod trusted_proxies;
+#[cfg(test)]
+mod unreachable_backends;
 
 #[cfg(test)]
 mod tests {

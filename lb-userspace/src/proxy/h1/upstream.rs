@@ -38,6 +38,13 @@ use crate::proxy::{
 
 type SendError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A connection to a backend that could not be made (refused, unreachable, past the pool's
+/// connect timeout): nothing of the request was sent, so it may go to another backend
+/// whatever its method or body (`phase::upstream::Tries`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConnectFailed(pub io::Error);
+
 /// An idle pooled connection older than this (ms) is closed rather than reused.
 const IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Idle connections kept per backend, per worker. Above the requests a worker has in flight to
@@ -167,16 +174,15 @@ impl Pool {
         });
     }
 
-    async fn connect(address: SocketAddr, timeout: Duration) -> Result<Conn, SendError> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
-            .await
-            .map_err(|_| "connect timed out")??;
-        let _ = stream.set_nodelay(true);
+    async fn connect(address: SocketAddr, timeout: Duration) -> Result<Conn, ConnectFailed> {
+        let stream = tcp_connect(address, timeout).await?;
         Ok(Conn { stream, buf: BytesMut::new() })
     }
 
     /// Sends a request to `address` and reads the response head (the interim answers the
     /// client gets put in `interim`); the response's body reads the rest from the connection.
+    /// `body` is read only once a connection is open: when none can be made
+    /// ([`ConnectFailed`]), the caller still has it whole.
     #[allow(clippy::too_many_arguments, reason = "the request's parts, and where its interim answers go")]
     pub async fn send(
         self: &Arc<Self>,
@@ -186,7 +192,7 @@ impl Pool {
         target: &str,
         headers: &HeaderMap,
         added: encode::Added<'_>,
-        mut body: Body,
+        body: &mut Body,
         interim: Option<&Interim>,
     ) -> Result<Response<Body>, SendError> {
         let bodiless = body.is_end_stream();
@@ -241,7 +247,7 @@ impl Pool {
             Some(conn) => conn,
             None => Box::pin(Self::connect(address, connect_timeout)).await?,
         };
-        write_body(&mut conn, &head(), &mut body, out).await?;
+        write_body(&mut conn, &head(), body, out).await?;
         match read_head(&mut conn, method, headers, interim).await? {
             Some(answer) => Ok(self.response(address, conn, answer)),
             None => Err("backend closed the connection before answering".into()),
@@ -290,6 +296,16 @@ impl Pool {
         .boxed();
         response
     }
+}
+
+/// A TCP connection to a backend within `timeout`, Nagle off (HTTP/1.1 and h2c backends).
+pub async fn tcp_connect(address: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectFailed> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| ConnectFailed(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
+        .map_err(ConnectFailed)?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 /// Writes the head and the body, framed as `out` says, and its trailers after a chunked one.
@@ -557,7 +573,9 @@ mod tests {
         body: Body,
     ) -> Result<Response<Body>, SendError> {
         let added = encode::Added::default();
-        pool.send(address, DEFAULT_CONNECT_TIMEOUT, &Method::POST, "/up", headers, added, body, None).await
+        let mut body = body;
+        pool.send(address, DEFAULT_CONNECT_TIMEOUT, &Method::POST, "/up", headers, added, &mut body, None)
+            .await
     }
 
     async fn get(pool: &Arc<Pool>, address: SocketAddr, path: &str) -> String {
@@ -571,7 +589,7 @@ mod tests {
                 path,
                 &headers,
                 encode::Added::default(),
-                body::empty(),
+                &mut body::empty(),
                 None,
             )
             .await
@@ -605,7 +623,7 @@ mod tests {
                 "/",
                 &headers,
                 encode::Added::default(),
-                body::empty(),
+                &mut body::empty(),
                 None,
             )
             .await;
@@ -678,7 +696,7 @@ mod tests {
                     "/switch",
                     &headers,
                     encode::Added::default(),
-                    body::empty(),
+                    &mut body::empty(),
                     None,
                 )
                 .await

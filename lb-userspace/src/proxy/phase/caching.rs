@@ -24,7 +24,7 @@ use hyper::{
 use crate::{
     config::CacheConfig,
     proxy::{
-        body::{self, Body},
+        body::Body,
         cache::{self, CacheStore, Fill, conditional},
         metrics::{Label, ProxyMetrics},
         phase::{
@@ -139,14 +139,16 @@ async fn fetch(upstreams: &Upstreams, request: &CacheRequest<'_>) -> Fetched {
     for name in &conditional::JUDGED_HERE {
         fields.remove(name);
     }
+    let mut no_body = None;
     let sent = upstreams.send(
         pool.protocol,
         &upstream,
         parts,
-        fields,
+        &mut fields,
+        true,
         request.forwarding,
         request.host,
-        body::empty(),
+        &mut no_body,
         None, // a fill's interim answers are not a client's
     );
     let response = match tokio::time::timeout_at(deadline, sent).await {
@@ -394,7 +396,7 @@ mod tests {
                 .forwarder
                 .clone()
                 .handle(
-                    request.body(body::empty()).unwrap(),
+                    request.body(crate::proxy::body::empty()).unwrap(),
                     self.snapshot.clone(),
                     self.listener.clone(),
                     conn,

@@ -7,7 +7,6 @@ use http_body_util::BodyExt;
 use hyper::http::request::Parts;
 
 use crate::proxy::{
-    body,
     metrics::{Label, ProxyMetrics},
     phase::{
         headers::Forwarding,
@@ -54,8 +53,18 @@ pub fn send(
     let (label, pool, protocol) = (label.clone(), shadow.name.clone(), shadow.protocol);
     tokio::spawn(async move {
         let _in_flight = InFlight::start(&target);
-        let headers = copy.headers.clone();
-        let sent = upstreams.send(protocol, &target, &copy, headers, &forwarding, &host, body::empty(), None);
+        let (mut headers, mut no_body) = (std::mem::take(&mut copy.headers), None);
+        let sent = upstreams.send(
+            protocol,
+            &target,
+            &copy,
+            &mut headers,
+            true,
+            &forwarding,
+            &host,
+            &mut no_body,
+            None,
+        );
         let status = match tokio::time::timeout(SHADOW_TIMEOUT, sent).await {
             Ok(Ok(response)) => {
                 let status = response.status().as_u16();

@@ -28,7 +28,8 @@ use crate::{
     config::{Fallback, UpstreamProtocol},
     proxy::{
         body::{self, Body},
-        deadline, h1,
+        deadline,
+        h1::{self, upstream::ConnectFailed},
         interim::Interim,
         metrics::{Label, ProxyMetrics},
         phase::{
@@ -41,6 +42,9 @@ use crate::{
 };
 
 type SendError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How many other backends a request whose backend could not be reached goes to at most.
+const REDISPATCHES: u32 = 3;
 
 /// A request in flight on an upstream, from send until its response body is done.
 pub struct InFlight(Arc<Upstream>);
@@ -68,35 +72,31 @@ impl Drop for InFlight {
 struct H2cConnections(ThreadLocal<RefCell<HashMap<SocketAddr, http2::SendRequest<Body>>>>);
 
 impl H2cConnections {
-    async fn send(
+    /// The open connection to `address`, or a new one: a TCP connect within `connect_timeout`
+    /// and the HTTP/2 handshake, either of which failing is a [`ConnectFailed`] (no request was
+    /// sent on it).
+    async fn sender(
         &self,
         address: SocketAddr,
         connect_timeout: Duration,
-        request: Request<Body>,
-    ) -> Result<Response<Body>, SendError> {
+    ) -> Result<http2::SendRequest<Body>, ConnectFailed> {
         let open = self.0.get_or_default().borrow().get(&address).filter(|s| !s.is_closed()).cloned();
-        let mut sender = match open {
-            Some(sender) => sender,
-            None => {
-                let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(address))
-                    .await
-                    .map_err(|_| "connect timed out")??;
-                let _ = stream.set_nodelay(true);
-                let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .handshake(TokioIo::new(stream))
-                    .await?;
-                tokio::spawn(async move {
-                    if let Err(err) = connection.await {
-                        log::debug!("h2c upstream {address}: {err}");
-                    }
-                });
-                self.0.get_or_default().borrow_mut().insert(address, sender.clone());
-                sender
+        if let Some(sender) = open {
+            return Ok(sender);
+        }
+        let stream = h1::upstream::tcp_connect(address, connect_timeout).await?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|err| ConnectFailed(std::io::Error::other(err)))?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                log::debug!("h2c upstream {address}: {err}");
             }
-        };
-        sender.ready().await?;
-        Ok(sender.send_request(request).await?.map(|body| body.map_err(Into::into).boxed()))
+        });
+        self.0.get_or_default().borrow_mut().insert(address, sender.clone());
+        Ok(sender)
     }
 }
 
@@ -120,45 +120,63 @@ impl Upstreams {
     /// §3.2); HTTP/2 carries the client's host as `:authority` and no Host (RFC 9113 §8.3.1).
     /// An HTTP/1.1 backend's interim answers for the client go to `interim` (an h2c backend's
     /// are not passed on: hyper's client reads past them).
+    ///
+    /// HTTP/1.1 writes the head from `headers` as they are; HTTP/2 needs them as its own, and
+    /// takes them (`take_headers`) or a copy, and the body, only once its connection is open.
+    /// So a try that could not connect ([`ConnectFailed`]) leaves both for another backend.
     #[allow(clippy::too_many_arguments, reason = "the request's parts and where it goes")]
     pub async fn send(
         &self,
         protocol: UpstreamProtocol,
         upstream: &Upstream,
         parts: &Parts,
-        mut headers: HeaderMap,
+        headers: &mut HeaderMap,
+        take_headers: bool,
         forwarding: &Forwarding,
         host: &str,
-        body: Body,
+        body: &mut Option<Body>,
         interim: Option<&Interim>,
     ) -> Result<Response<Body>, SendError> {
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         if protocol == UpstreamProtocol::Http1 {
+            let with_host;
+            let mut fields = &*headers;
             if parts.version == Version::HTTP_10
                 && !headers.contains_key(header::HOST)
                 && let Ok(host) = HeaderValue::from_str(upstream.authority.as_str())
             {
-                headers.insert(header::HOST, host);
+                with_host = {
+                    let mut copy = headers.clone();
+                    copy.insert(header::HOST, host);
+                    copy
+                };
+                fields = &with_host;
             }
             let added = h1::encode::Added { lines: forwarding.lines(), replacing: &headers::SET_BY_PROXY };
             let (address, connect_timeout) = (upstream.address, upstream.connect_timeout);
-            let method = &parts.method;
+            let (method, body) = (&parts.method, body.get_or_insert_with(body::empty));
             return self
                 .http1
-                .send(address, connect_timeout, method, target, &headers, added, body, interim)
+                .send(address, connect_timeout, method, target, fields, added, body, interim)
                 .await;
         }
-        forwarding.apply(&mut headers);
-        headers.remove(header::HOST);
-        let authority = host.parse().unwrap_or_else(|_| upstream.authority.clone());
-        let uri = Uri::builder().scheme("http").authority(authority).path_and_query(target).build()?;
-        let mut request = Request::new(body);
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = uri;
-        *request.version_mut() = Version::HTTP_2;
-        *request.headers_mut() = headers;
         // Boxed: HTTP/2's state is not carried by every HTTP/1.1 request's future.
-        Box::pin(self.h2c.send(upstream.address, upstream.connect_timeout, request)).await
+        Box::pin(async move {
+            let mut sender = self.h2c.sender(upstream.address, upstream.connect_timeout).await?;
+            let mut headers = if take_headers { std::mem::take(headers) } else { headers.clone() };
+            forwarding.apply(&mut headers);
+            headers.remove(header::HOST);
+            let authority = host.parse().unwrap_or_else(|_| upstream.authority.clone());
+            let uri = Uri::builder().scheme("http").authority(authority).path_and_query(target).build()?;
+            let mut request = Request::new(body.take().unwrap_or_else(body::empty));
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = uri;
+            *request.version_mut() = Version::HTTP_2;
+            *request.headers_mut() = headers;
+            sender.ready().await?;
+            Ok(sender.send_request(request).await?.map(|body| body.map_err(Into::into).boxed()))
+        })
+        .await
     }
 }
 
@@ -262,8 +280,11 @@ impl Tries<'_> {
         self.pool.pick(headers, self.client, tried).filter(|_| self.route.take_retry())
     }
 
-    /// Sends the request to `first`, and on a connect failure or a 502/503/504 to other
-    /// backends while tries and budget last.
+    /// Sends the request to `first`; on a broken exchange or a 502/503/504, to other backends
+    /// while tries and budget last. A try that could not connect sent nothing: the request goes
+    /// to another backend whatever its method or body, up to `REDISPATCHES` times within the
+    /// budget and the try's deadline, not counted as a try (nginx's `proxy_next_upstream
+    /// error`, HAProxy's `retry-on conn-failure` with `option redispatch`).
     pub async fn run(
         &self,
         first: Arc<Upstream>,
@@ -274,41 +295,56 @@ impl Tries<'_> {
         let mut upstream = first;
         let mut body = Some(body);
         let mut tried: SmallVec<[SocketAddr; 4]> = SmallVec::new();
-        for attempt in 0..self.tries {
-            if attempt > 0 {
-                // 5 ms doubling per try, times a draw in [0.5, 1.5).
-                let backoff = 5.0 * 2f64.powi(attempt as i32 - 1) * (0.5 + draw() / 100.0);
-                tokio::time::sleep(Duration::from_secs_f64(backoff / 1000.0)).await;
-            }
+        let (mut attempt, mut redispatched) = (0, 0);
+        let mut deadline = None;
+        loop {
             tried.push(upstream.address);
-            let last = attempt + 1 == self.tries;
-            // The last try takes the headers; earlier ones send a copy.
-            let headers = if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
+            let last = attempt + 1 >= self.tries;
             let in_flight = InFlight::start(&upstream);
             // One clock read for both the try's deadline and its duration.
             let sent = tokio::time::Instant::now();
+            // A redispatched try keeps the deadline of the one it stands in for.
+            let until = *deadline.get_or_insert(sent + self.route.timeout);
+            // The headers are lent to the try (HTTP/2 takes them on the last) and put back.
+            let mut headers = std::mem::take(&mut parts.headers);
             let result = {
-                let body = body.take().unwrap_or_else(body::empty);
                 let (protocol, forwarding, host) = (self.pool.protocol, self.forwarding, self.host);
                 let sending = std::pin::pin!(self.upstreams.send(
                     protocol,
                     &upstream,
                     parts,
-                    headers,
+                    &mut headers,
+                    last,
                     forwarding,
                     host,
-                    body,
+                    &mut body,
                     self.interim
                 ));
-                deadline::within(sent + self.route.timeout, sending).await
+                deadline::within(until, sending).await
             };
+            parts.headers = headers;
             let seconds = sent.elapsed().as_secs_f64();
             let response = match self.judged(&upstream, result) {
                 Sent::Answer(response) => response,
                 Sent::Failed(failed) => return Err(failed),
+                Sent::Unreached(failed) => {
+                    let next =
+                        (redispatched < REDISPATCHES).then(|| self.next(&parts.headers, &tried)).flatten();
+                    match next {
+                        Some(next) => {
+                            redispatched += 1;
+                            upstream = next;
+                            continue;
+                        }
+                        None => return Err(failed),
+                    }
+                }
                 Sent::Broken(failed) => match (!last).then(|| self.next(&parts.headers, &tried)).flatten() {
                     Some(next) => {
                         upstream = next;
+                        attempt += 1;
+                        (deadline, body) = (None, None);
+                        self.back_off(attempt, &draw).await;
                         continue;
                     }
                     None => return Err(failed),
@@ -322,15 +358,20 @@ impl Tries<'_> {
                 let (route, pool) = (self.route.name.clone(), self.pool.name.clone());
                 self.metrics.request(route, pool, upstream.label.clone(), status, Some(seconds));
                 upstream = next;
+                attempt += 1;
+                (deadline, body) = (None, None);
+                self.back_off(attempt, &draw).await;
                 continue;
             }
             return Ok(Answered { response, in_flight, seconds, backend: upstream.label.clone() });
         }
-        Err(Failed {
-            status: StatusCode::BAD_GATEWAY,
-            reason: "upstream failed",
-            backend: upstream.label.clone(),
-        })
+    }
+
+    /// The pause before retry `attempt` (1, 2, …): 5 ms doubling per try, times a draw in
+    /// [0.5, 1.5).
+    async fn back_off(&self, attempt: u32, draw: &impl Fn() -> f64) {
+        let backoff = 5.0 * 2f64.powi(attempt as i32 - 1) * (0.5 + draw() / 100.0);
+        tokio::time::sleep(Duration::from_secs_f64(backoff / 1000.0)).await;
     }
 
     /// How one try ended, fed to outlier detection.
@@ -350,6 +391,10 @@ impl Tries<'_> {
         match result {
             Ok(Ok(response)) => Sent::Answer(response),
             Err(_) => Sent::Failed(failed(StatusCode::GATEWAY_TIMEOUT, "upstream timed out")),
+            Ok(Err(err)) if err.is::<ConnectFailed>() => {
+                log::debug!("upstream {}: connect: {err}", upstream.address);
+                Sent::Unreached(failed(StatusCode::BAD_GATEWAY, "upstream unreachable"))
+            }
             Ok(Err(err)) => {
                 log::debug!("upstream {}: {err}", upstream.address);
                 match body_error {
@@ -370,6 +415,9 @@ enum Sent {
     Failed(Failed),
     /// The connection or the exchange broke: another backend may be tried, else this.
     Broken(Failed),
+    /// No connection could be made: nothing was sent, another backend may take the request
+    /// whatever it is, else this.
+    Unreached(Failed),
 }
 
 #[cfg(test)]
