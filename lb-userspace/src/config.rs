@@ -255,6 +255,8 @@ pub struct Listener {
     pub access_log: bool,
     pub access_log_format: AccessLogFormat,
     pub max_connections: usize,
+    /// Connections one client address may have open at once; None: no limit of its own.
+    pub max_connections_per_client: Option<u32>,
     pub header_read_timeout: Duration,
     /// A TLS handshake not done by then is dropped.
     pub handshake_timeout: Duration,

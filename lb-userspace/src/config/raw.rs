@@ -38,6 +38,7 @@ pub(super) struct RawListener {
     #[serde(default)]
     pub(super) access_log_format: AccessLogFormat,
     pub(super) max_connections: Option<usize>,
+    pub(super) max_connections_per_client: Option<u32>,
     pub(super) header_read_timeout_ms: Option<u64>,
     pub(super) handshake_timeout_ms: Option<u64>,
     pub(super) first_byte_timeout_ms: Option<u64>,

@@ -656,6 +656,20 @@ fn a_listener_takes_the_proxy_protocol_when_told() {
     assert!(found.len() == 1 && found[0].starts_with("t.toml:6"), "{found:?}");
 }
 
+#[test]
+fn a_per_client_connection_limit_is_above_0() {
+    let listener =
+        |extra: &str| format!("{BASE}[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n{extra}");
+    let config = Config::parse(Path::new("t.toml"), &listener("max_connections_per_client = 20\n")).unwrap();
+    assert_eq!(config.listeners[0].max_connections_per_client, Some(20));
+    let config = Config::parse(Path::new("t.toml"), &listener("")).unwrap();
+    assert_eq!(config.listeners[0].max_connections_per_client, None);
+    assert_eq!(
+        errors(&listener("max_connections_per_client = 0\n")),
+        ["t.toml:4: listener `l`: max_connections_per_client must be above 0"]
+    );
+}
+
 /// A route with `extra` and no pool line: lines 1-8 as `route`'s, 9 `[[route]]`, 10 listener,
 /// `extra` from 11.
 fn answering(extra: &str) -> String {

@@ -57,6 +57,7 @@ pub struct ProxyMetrics {
     cut: Family<Labels, Counter>,
     parser_refused: Family<Labels, Counter>,
     proxy_header_refused: Family<Labels, Counter>,
+    client_limited: Family<Labels, Counter>,
     /// Every (route, pool, backend) the request families hold, so that those of backends,
     /// pools and routes gone from the config can be removed (`retain`): the families cannot
     /// list their own.
@@ -83,6 +84,7 @@ impl Default for ProxyMetrics {
             cut: Family::default(),
             parser_refused: Family::default(),
             proxy_header_refused: Family::default(),
+            client_limited: Family::default(),
             counted: Arc::default(),
         }
     }
@@ -188,6 +190,9 @@ impl ProxyMetrics {
                 "http_parser_refused_total" => {
                     let l: Labels = listener().chain(owned(&labels, "status")).collect();
                     self.parser_refused.get_or_create(&l).inc_by(n);
+                }
+                "http_client_limited_connections_total" => {
+                    self.client_limited.get_or_create(&listener().collect()).inc_by(n);
                 }
                 "http_proxy_protocol_refused_total" => {
                     let l: Labels = listener().chain(owned(&labels, "reason")).collect();
@@ -333,6 +338,11 @@ impl ProxyMetrics {
             .inc();
     }
 
+    /// A connection closed at once because its client had `max_connections_per_client` open.
+    pub fn client_limited(&self, listener: &str) {
+        self.client_limited.get_or_create(&vec![("listener", listener.to_owned())]).inc();
+    }
+
     /// Adds these metrics to a scrape's registry.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
@@ -366,6 +376,11 @@ impl ProxyMetrics {
             "http_parser_refused",
             "Requests refused by the HTTP parser, by status",
             self.parser_refused.clone(),
+        );
+        registry.register(
+            "http_client_limited_connections",
+            "Connections closed because their client had max_connections_per_client open",
+            self.client_limited.clone(),
         );
         registry.register(
             "http_proxy_protocol_refused",

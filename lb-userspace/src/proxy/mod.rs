@@ -8,6 +8,7 @@ pub mod boxed;
 pub mod busy_poll;
 pub mod byte_set;
 pub mod cache;
+pub mod client_limit;
 pub mod clock;
 pub mod date;
 pub mod deadline;

@@ -36,6 +36,7 @@ use crate::{
         access_log::{ClientConn, Entry},
         body::Body,
         boxed::boxed,
+        client_limit,
         h1::rewind::Rewind,
         h2,
         idle::{self, Busy, Registry, Watched},
@@ -128,6 +129,8 @@ pub struct Shared {
     max_connections: u32,
     registry: Arc<Registry>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
+    /// Open connections by client, with `max_connections_per_client`.
+    per_client: Option<Arc<client_limit::ClientCounts>>,
     accepting: AtomicUsize,
     none_accepting: Notify,
 }
@@ -150,6 +153,7 @@ impl Shared {
             max_connections: listener.max_connections as u32,
             registry: Arc::new(Registry::default()),
             acceptor,
+            per_client: listener.max_connections_per_client.map(client_limit::ClientCounts::new),
             accepting: AtomicUsize::new(workers),
             none_accepting: Notify::new(),
         }))
@@ -185,6 +189,8 @@ impl Shared {
 /// What every connection of a listener is served with.
 struct Serving {
     listener: Arc<Listener>,
+    /// Open connections by client, with `max_connections_per_client`.
+    per_client: Option<Arc<client_limit::ClientCounts>>,
     forwarder: Arc<Forwarder>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     http2: Arc<::h2::server::Builder>,
@@ -199,7 +205,15 @@ struct Connection {
     session: Session,
     http2: Arc<::h2::server::Builder>,
     registered: idle::Registered,
+    _permit: Slot,
+}
+
+/// A connection's place: its slot under `max_connections`, and under its client's
+/// `max_connections_per_client` when the listener has one (boxed: a connection's task holds a
+/// word for it when there is none).
+struct Slot {
     _permit: tokio::sync::OwnedSemaphorePermit,
+    _client: Option<Box<client_limit::Admitted>>,
 }
 
 impl Connection {
@@ -207,7 +221,7 @@ impl Connection {
         serving: &Serving,
         conn: Arc<ClientConn>,
         registered: idle::Registered,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        permit: Slot,
     ) -> Connection {
         let session = Session {
             forwarder: serving.forwarder.clone(),
@@ -270,6 +284,7 @@ impl Connection {
     fn proxied(
         mut self,
         acceptor: Option<tokio_rustls::TlsAcceptor>,
+        per_client: Option<Arc<client_limit::ClientCounts>>,
         mut stream: tokio::net::TcpStream,
     ) -> impl Future<Output = ()> + Send {
         let wait = self.session.listener.first_byte_timeout;
@@ -294,6 +309,15 @@ impl Connection {
                 metrics.proxy_header_refused(&listener.name, reason);
                 log::debug!("listener {}: connection from {peer}: {said}", listener.name);
                 return Either::Left(std::future::ready(()));
+            }
+            if let Some(per_client) = per_client {
+                match per_client.admit(self.session.conn.address.ip()) {
+                    Some(admitted) => self._permit._client = Some(Box::new(admitted)),
+                    None => {
+                        metrics.client_limited(&listener.name);
+                        return Either::Left(std::future::ready(()));
+                    }
+                }
             }
             Either::Right(match acceptor {
                 None => Either::Left(self.plain(stream)),
@@ -514,6 +538,7 @@ pub async fn serve(
     let listener = Arc::new(listener);
     let serving = Serving {
         listener: listener.clone(),
+        per_client: shared.per_client.clone(),
         forwarder: forwarder.clone(),
         snapshot,
         http2: Arc::new(http2),
@@ -540,6 +565,19 @@ pub async fn serve(
             forwarder.metrics.refused(&listener.name);
             continue; // closed at once
         };
+        // Behind a balancer, the client is known once its PROXY header is read (`proxied`).
+        let mut permit = Slot { _permit: permit, _client: None };
+        if !listener.proxy_protocol
+            && let Some(per_client) = &shared.per_client
+        {
+            match per_client.admit(client.ip()) {
+                Some(admitted) => permit._client = Some(Box::new(admitted)),
+                None => {
+                    forwarder.metrics.client_limited(&listener.name);
+                    continue; // closed at once
+                }
+            }
+        }
         let _ = stream.set_nodelay(true);
         let conn = Arc::new(ClientConn::new(client, None, None));
         let connection = Connection::new(&serving, conn, registry.register(), permit);
@@ -548,7 +586,9 @@ pub async fn serve(
             // has the timeouts, the eviction and the stop, as for TLS ones).
             (None, false) => tokio::spawn(connection.plain(stream)),
             (Some(acceptor), false) => tokio::spawn(connection.tls(acceptor.clone(), stream)),
-            (acceptor, true) => tokio::spawn(connection.proxied(acceptor.clone(), stream)),
+            (acceptor, true) => {
+                tokio::spawn(connection.proxied(acceptor.clone(), serving.per_client.clone(), stream))
+            }
         };
     }
     drop(socket);
@@ -577,6 +617,8 @@ mod interim_relay;
 mod mutations;
 #[cfg(test)]
 mod own_answers;
+#[cfg(test)]
+mod per_client_limits;
 #[cfg(test)]
 mod proxy_headers;
 #[cfg(test)]

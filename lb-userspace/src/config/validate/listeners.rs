@@ -30,6 +30,7 @@ pub(in crate::config) fn check(
             access_log: raw.access_log,
             access_log_format: raw.access_log_format,
             max_connections: raw.max_connections.unwrap_or(10_000),
+            max_connections_per_client: raw.max_connections_per_client,
             header_read_timeout: Duration::from_millis(raw.header_read_timeout_ms.unwrap_or(10_000)),
             handshake_timeout: Duration::from_millis(raw.handshake_timeout_ms.unwrap_or(10_000)),
             first_byte_timeout: Duration::from_millis(raw.first_byte_timeout_ms.unwrap_or(10_000)),
@@ -170,6 +171,12 @@ fn limits(raw: &RawListener, errors: &mut Errors) {
     let name = raw.name.get_ref();
     if raw.max_connections == Some(0) {
         errors.at(raw.name.span(), format!("listener `{}`: max_connections must be above 0", short(name)));
+    }
+    if raw.max_connections_per_client == Some(0) {
+        errors.at(
+            raw.name.span(),
+            format!("listener `{}`: max_connections_per_client must be above 0", short(name)),
+        );
     }
     for (what, value) in [
         ("header_read_timeout_ms", raw.header_read_timeout_ms),
