@@ -271,6 +271,10 @@ pub struct Listener {
     /// for this long is closed (Envoy's stream idle timeout; HAProxy's `timeout client` and
     /// `timeout tunnel`, nginx's `send_timeout`).
     pub stream_idle_timeout: Duration,
+    /// A client connection older than this (±10%) is retired: an HTTP/1.1 one closes after its
+    /// next answer, an HTTP/2 one gets GOAWAY at a quiet moment (gRPC's `MAX_CONNECTION_AGE`,
+    /// Envoy's `max_connection_duration`, nginx's `keepalive_time`). None: never.
+    pub max_connection_age: Option<Duration>,
     pub max_body_bytes: u64,
     pub max_header_bytes: usize,
     /// On SIGTERM, how long in-flight requests may take to finish.

@@ -46,6 +46,7 @@ pub(super) struct RawListener {
     pub(super) defer_accept: bool,
     pub(super) idle_timeout_ms: Option<u64>,
     pub(super) stream_idle_timeout_ms: Option<u64>,
+    pub(super) max_connection_age_ms: Option<u64>,
     pub(super) max_body_bytes: Option<u64>,
     pub(super) max_header_bytes: Option<usize>,
     pub(super) drain_timeout_ms: Option<u64>,

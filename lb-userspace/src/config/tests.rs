@@ -670,6 +670,22 @@ fn a_per_client_connection_limit_is_above_0() {
     );
 }
 
+#[test]
+fn a_connection_age_is_above_0() {
+    let listener =
+        |extra: &str| format!("{BASE}[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n{extra}");
+    let config = Config::parse(Path::new("t.toml"), &listener("max_connection_age_ms = 3600000\n")).unwrap();
+    assert_eq!(config.listeners[0].max_connection_age, Some(std::time::Duration::from_secs(3600)));
+    assert_eq!(
+        Config::parse(Path::new("t.toml"), &listener("")).unwrap().listeners[0].max_connection_age,
+        None
+    );
+    assert_eq!(
+        errors(&listener("max_connection_age_ms = 0\n")),
+        ["t.toml:4: listener `l`: max_connection_age_ms must be above 0"]
+    );
+}
+
 /// A route with `extra` and no pool line: lines 1-8 as `route`'s, 9 `[[route]]`, 10 listener,
 /// `extra` from 11.
 fn answering(extra: &str) -> String {

@@ -39,6 +39,9 @@ pub struct Activity {
     last_ms: AtomicU64,
     /// Requests started on this connection; 0 until the first one.
     requests: AtomicU64,
+    /// Coarse-clock milliseconds after which the connection is retired (its listener's
+    /// `max_connection_age_ms`); `u64::MAX`: never.
+    retire_ms: AtomicU64,
     /// Requests whose response is not finished.
     in_flight: AtomicUsize,
     /// Set when the listener needs this connection's slot.
@@ -59,6 +62,7 @@ impl Default for Activity {
         Activity {
             last_ms: AtomicU64::new(coarse_ms()),
             requests: AtomicU64::new(0),
+            retire_ms: AtomicU64::new(u64::MAX),
             in_flight: AtomicUsize::new(0),
             evicting: AtomicBool::new(false),
             nudged: AtomicBool::new(false),
@@ -116,6 +120,23 @@ impl Activity {
     fn nudge(&self) {
         self.nudged.store(true, Ordering::Release);
         self.waker.wake();
+    }
+
+    /// The connection is to be retired once `age` has passed from now.
+    pub fn retire_after(&self, age: Duration) {
+        let at = coarse_ms().saturating_add(age.as_millis().min(u64::MAX as u128) as u64);
+        self.retire_ms.store(at, Ordering::Relaxed);
+    }
+
+    /// How long until the connection is to be retired (zero once it is due); None: never.
+    pub fn retires_in(&self) -> Option<Duration> {
+        let at = self.retire_ms.load(Ordering::Relaxed);
+        (at != u64::MAX).then(|| Duration::from_millis(at.saturating_sub(coarse_ms())))
+    }
+
+    /// Whether the connection is due to be retired.
+    pub fn retired(&self) -> bool {
+        coarse_ms() >= self.retire_ms.load(Ordering::Relaxed)
     }
 
     /// Whether the listener asked this connection to make room; the ask is forgotten.

@@ -223,6 +223,11 @@ impl Connection {
         registered: idle::Registered,
         permit: Slot,
     ) -> Connection {
+        if let Some(age) = serving.listener.max_connection_age {
+            // ±10% by the client's port: connections opened together do not all close together.
+            let spread = 0.9 + f64::from(conn.address.port() % 201) / 1000.0;
+            registered.activity.retire_after(age.mul_f64(spread));
+        }
         let session = Session {
             forwarder: serving.forwarder.clone(),
             snapshot: serving.snapshot.clone(),
@@ -421,6 +426,9 @@ impl Connection {
         };
         let mut grace = (*stop.borrow()).then(&quiet);
         let mut stopping = grace.is_some();
+        // Past `max_connection_age_ms`, the connection is retired as a stopping one is.
+        let mut retire =
+            self.registered.activity.retires_in().map(|after| Box::pin(tokio::time::sleep(after)));
         loop {
             tokio::select! {
                 result = served.as_mut() => {
@@ -443,6 +451,11 @@ impl Connection {
                     return;
                 }
                 _ = stop.changed(), if !stopping => {
+                    stopping = true;
+                    grace = Some(quiet());
+                }
+                _ = async { retire.as_mut().expect("armed").await }, if retire.is_some() && !stopping => {
+                    retire = None;
                     stopping = true;
                     grace = Some(quiet());
                 }
@@ -610,6 +623,8 @@ pub mod answer;
 mod body_limits;
 #[cfg(test)]
 mod compressed;
+#[cfg(test)]
+mod connection_age;
 pub mod http1;
 #[cfg(test)]
 mod interim_relay;

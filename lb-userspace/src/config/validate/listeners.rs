@@ -37,6 +37,7 @@ pub(in crate::config) fn check(
             defer_accept: raw.defer_accept,
             idle_timeout: Duration::from_millis(raw.idle_timeout_ms.unwrap_or(60_000)),
             stream_idle_timeout: Duration::from_millis(raw.stream_idle_timeout_ms.unwrap_or(300_000)),
+            max_connection_age: raw.max_connection_age_ms.map(Duration::from_millis),
             max_body_bytes: raw.max_body_bytes.unwrap_or(10 << 20),
             max_header_bytes: raw.max_header_bytes.unwrap_or(16 << 10),
             drain_timeout: Duration::from_millis(raw.drain_timeout_ms.unwrap_or(10_000)),
@@ -184,6 +185,7 @@ fn limits(raw: &RawListener, errors: &mut Errors) {
         ("first_byte_timeout_ms", raw.first_byte_timeout_ms),
         ("idle_timeout_ms", raw.idle_timeout_ms),
         ("stream_idle_timeout_ms", raw.stream_idle_timeout_ms),
+        ("max_connection_age_ms", raw.max_connection_age_ms),
     ] {
         if value == Some(0) {
             errors.at(raw.name.span(), format!("listener `{name}`: {what} must be above 0"));

@@ -537,8 +537,10 @@ async fn exchange<S: ClientIo>(
     if interim.waiting() {
         relay_interim(io, interim, version).await;
     }
-    // A body not read to its end leaves the stream unusable for another request.
-    let keep_alive = keep_alive && decoder.is_done() && !*cx.stop.borrow();
+    // A body not read to its end leaves the stream unusable for another request; a stopping
+    // listener's connections close, and so does one past its `max_connection_age_ms`.
+    let retired = cx.listener.max_connection_age.is_some() && cx.activity.retired();
+    let keep_alive = keep_alive && decoder.is_done() && !*cx.stop.borrow() && !retired;
     let beside = encode::Beside { request_id: handled.request_id.as_bytes(), via: handled.via };
     let written = write_response(io, &method, version, handled.response, beside, keep_alive).await;
     drop(handled.in_flight);
