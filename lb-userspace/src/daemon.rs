@@ -43,6 +43,10 @@ pub enum ExecError {
     NeedsRestart(String),
 }
 
+/// What a reload refused for a restart says when an upgrade to the same binary applies it: the
+/// new lbd reads the config and takes the listening sockets over by address.
+const BY_UPGRADE: &str = "; `lbctl upgrade` (SIGUSR2) restarts with no failed request";
+
 pub struct Core {
     pub state: State,
     /// The maps (None on an L7-only host).
@@ -307,13 +311,13 @@ impl Core {
             return Err(ExecError::NeedsRestart("interface or pin_dir changed".into()));
         }
         if config.busy_poll != self.state.config.busy_poll {
-            return Err(ExecError::NeedsRestart("[proxy] busy_poll_us changed".into()));
+            return Err(ExecError::NeedsRestart(format!("[proxy] busy_poll_us changed{BY_UPGRADE}")));
         }
         // Listeners are bound and configured at start (one socket per worker).
         if config.listeners != self.state.config.listeners {
             let names = |c: &Config| c.listeners.iter().map(|l| l.name.clone()).collect::<Vec<_>>();
             return Err(ExecError::NeedsRestart(format!(
-                "listeners changed (now {:?}, running {:?}, or their settings)",
+                "listeners changed (now {:?}, running {:?}, or their settings){BY_UPGRADE}",
                 names(&config),
                 names(&self.state.config)
             )));

@@ -104,5 +104,20 @@ fn root_upgrade_under_load_loses_nothing() -> Result<()> {
     assert!(last <= answered + 64, "counted {last}, answered {answered}");
     let status = lbd.lbctl(&["status"])?;
     assert!(status.contains("uptime"), "{status}");
+
+    // Listener changes, which a reload refuses, come with an upgrade to the same binary: a
+    // listener added (the new lbd binds it) beside the ones it takes over.
+    std::fs::write(
+        &path,
+        format!(
+            "{good}\n[[listener]]\nname = \"late\"\naddress = \"{L7}:8080\"\n\n[[route]]\nlistener = \"late\"\npool = \"web\"\n"
+        ),
+    )?;
+    let refused = lbd.lbctl(&["reload"]).expect_err("a reload that adds a listener").to_string();
+    assert!(refused.contains("`lbctl upgrade`"), "{refused}");
+    lbd.upgrade()?;
+    lbd.wait_predecessor(Duration::from_secs(15))?;
+    let answer = topology.client.run("curl", &["-sS", "--max-time", "3", &format!("http://{L7}:8080/")])?;
+    assert!(String::from_utf8_lossy(&answer.stdout).starts_with("backend"), "{answer:?}");
     Ok(())
 }
