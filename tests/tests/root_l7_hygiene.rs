@@ -432,6 +432,7 @@ fn root_l7_hygiene_parser_edges_and_access_log() -> Result<()> {
     };
     let line = log.lines().find(|l| l.contains("abc status=500")).unwrap_or_default();
     assert!(line.contains("request_id=\"abc status=500 upstream=10.6.6.6:80\""), "not escaped: {line}");
+    assert!(line.contains(" user_agent=") && line.contains("curl/"), "{line}");
     assert!(line.contains(" status=200 "), "{line}");
     assert!(log.lines().any(|l| l.contains("access") && l.contains("status=400 reason=")), "{log}");
     let line = log.lines().find(|l| l.contains("behind-a-proxy")).unwrap_or_default();

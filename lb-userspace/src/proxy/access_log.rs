@@ -49,6 +49,9 @@ pub struct Entry {
     /// The client a trusted proxy forwarded (the listener's `client_address`): logged as the
     /// client, the connection's address as `peer`.
     pub forwarded_client: Option<IpAddr>,
+    /// The request's User-Agent and Referer, when it sent them (nginx's `combined` format).
+    pub user_agent: Option<String>,
+    pub referer: Option<String>,
     pub format: AccessLogFormat,
 }
 
@@ -128,6 +131,12 @@ impl Entry {
         let millis = self.started.elapsed().as_secs_f64() * 1000.0;
         let _ = write!(out, " bytes={bytes} duration_ms={millis:.3} request_id=");
         quote_into(out, &self.request_id);
+        for (key, value) in [(" user_agent=", &self.user_agent), (" referer=", &self.referer)] {
+            if let Some(value) = value {
+                out.push_str(key);
+                quote_into(out, value);
+            }
+        }
         if let Some(version) = conn.tls_version {
             let _ = write!(out, " tls={version} sni=");
             quote_into(out, conn.sni.as_deref().unwrap_or("-"));
@@ -152,6 +161,8 @@ impl Entry {
                 bytes,
                 duration_ms: (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
                 request_id: &self.request_id,
+                user_agent: self.user_agent.as_deref(),
+                referer: self.referer.as_deref(),
             }),
             tls: conn.tls_version,
             sni: conn.tls_version.map(|_| conn.sni.as_deref().unwrap_or("-")),
@@ -205,6 +216,10 @@ struct JsonRequest<'a> {
     bytes: u64,
     duration_ms: f64,
     request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_agent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    referer: Option<&'a str>,
 }
 
 /// The line for a request the HTTP parser refused (it never had a method or a path).
@@ -291,6 +306,8 @@ mod tests {
             request_id: "abc status=500".into(),
             reason: None,
             forwarded_client: None,
+            user_agent: Some("curl/7.88.1 status=500".into()),
+            referer: None,
             format: AccessLogFormat::Logfmt,
         };
         let line = entry.line(&conn, 42);
@@ -301,6 +318,11 @@ mod tests {
         assert!(line.contains("bytes=42 ") && line.contains("tls=TLSv1_3 sni=example.test"), "{line}");
         assert!(line.contains("request_id=\"abc status=500\""), "{line}");
         assert!(line.starts_with("client=192.0.2.1:5000 host="), "{line}");
+        // What the client sent, quoted; what it did not, left out.
+        assert!(
+            line.contains(" user_agent=\"curl/7.88.1 status=500\"") && !line.contains("referer="),
+            "{line}"
+        );
         // Behind a trusted proxy: the client it forwarded, then the connection's peer.
         let behind = Entry { forwarded_client: Some("198.51.100.7".parse().unwrap()), ..entry };
         let line = behind.line(&conn, 42);
@@ -325,6 +347,8 @@ mod tests {
             request_id: "abc\", \"status\": 500".into(),
             reason: Some("no route"),
             forwarded_client: None,
+            user_agent: None,
+            referer: Some("https://a.test/\", \"status\": 500".into()),
             format: AccessLogFormat::Json,
         };
         let line = entry.json(&conn, 7);
@@ -333,7 +357,8 @@ mod tests {
         assert_eq!((v["status"].as_u64(), v["bytes"].as_u64()), (Some(404), Some(7)));
         assert_eq!(v["request_id"], "abc\", \"status\": 500", "a value cannot forge a field");
         assert_eq!((v["upstream"].as_str(), v["reason"].as_str()), (Some("-"), Some("no route")));
-        assert!(v.get("tls").is_none() && v.get("peer").is_none());
+        assert!(v.get("tls").is_none() && v.get("peer").is_none() && v.get("user_agent").is_none());
+        assert_eq!(v["referer"], "https://a.test/\", \"status\": 500");
         assert_eq!((v["client"].as_str(), v["duration_ms"].is_f64()), (Some("192.0.2.1:5000"), true));
         // A parser refusal: client, status and reason only.
         let mut refusal = String::new();

@@ -237,7 +237,14 @@ impl Forwarder {
             // start too: only the log needs that clock read).
             let logged = listener.access_log.then(|| {
                 let target = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
-                (Instant::now(), request.method().to_string(), target)
+                let field = |name| {
+                    request
+                        .headers()
+                        .get(name)
+                        .map(|v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                };
+                let agents = (field(header::USER_AGENT), field(header::REFERER));
+                (Instant::now(), request.method().to_string(), target, agents)
             });
             let mut labels = Labels {
                 host: String::new(),
@@ -256,7 +263,7 @@ impl Forwarder {
                     Err(refusal) => (*refusal.response, Some(refusal.reason)),
                 };
             let status = response.status().as_u16();
-            let entry = logged.map(|(started, method, target)| Entry {
+            let entry = logged.map(|(started, method, target, (user_agent, referer))| Entry {
                 started,
                 method,
                 // A key presented in the query stays out of the log.
@@ -270,6 +277,8 @@ impl Forwarder {
                 request_id: labels.request_id.to_str().unwrap_or_default().to_owned(),
                 reason,
                 forwarded_client: labels.forwarded_client,
+                user_agent,
+                referer,
                 format: listener.access_log_format,
             });
             let mut request_id = labels.request_id;
