@@ -4,28 +4,37 @@
 //! the access log see it.
 use std::net::{IpAddr, SocketAddr};
 
-use hyper::HeaderMap;
+use hyper::{HeaderMap, header::FORWARDED};
 
 use crate::{config::ClientAddress, proxy::phase::headers::X_FORWARDED_FOR};
 
 /// The request's client: `peer`, unless `peer` is one of `from`'s trusted proxies and the field
-/// names another address. From X-Forwarded-For (every field of it, in order) that is the last
-/// address not itself trusted, walking from the right (the proxies appended theirs), or the
-/// first if all are; an entry that is not an address stops the walk and the peer stays the
-/// client, as does a field that is missing or not an address.
+/// names another address. From X-Forwarded-For (every field of it, in order), or from
+/// Forwarded's `for=` (RFC 7239: an element per hop), that is the last address not itself
+/// trusted, walking from the right (the proxies appended theirs), or the first if all are; an
+/// entry that is not an address (Forwarded's `unknown` or an obfuscated `_name`, an element
+/// without `for`) stops the walk and the peer stays the client, as does a field that is
+/// missing or not an address.
 pub fn address(from: &ClientAddress, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
     let trusted = |ip: &IpAddr| from.trusted.iter().any(|net| net.contains(ip));
     if !trusted(&peer) {
         return peer;
     }
-    if from.header != X_FORWARDED_FOR {
+    let entry: fn(&str) -> Option<IpAddr> = if from.header == X_FORWARDED_FOR {
+        parse
+    } else if from.header == FORWARDED {
+        forwarded_for
+    } else {
         return headers.get(&from.header).and_then(|v| parse(v.to_str().ok()?)).unwrap_or(peer);
-    }
+    };
     let mut last = peer;
-    for field in headers.get_all(X_FORWARDED_FOR).iter().rev() {
+    for field in headers.get_all(&from.header).iter().rev() {
         let Ok(text) = field.to_str() else { return peer };
-        for entry in text.rsplit(',') {
-            let Some(ip) = parse(entry) else { return peer };
+        // Split at every comma, quoted or not: the entries the trusted proxies appended must
+        // read the same whatever a client wrote before them (an open quote of its own would
+        // otherwise swallow them, and the walk would stop at the proxy's address).
+        for element in text.rsplit(',') {
+            let Some(ip) = entry(element) else { return peer };
             if !trusted(&ip) {
                 return ip;
             }
@@ -33,6 +42,24 @@ pub fn address(from: &ClientAddress, peer: IpAddr, headers: &HeaderMap) -> IpAdd
         }
     }
     last
+}
+
+/// The address of a Forwarded element's `for` (`for=192.0.2.1`, `for="[2001:db8::1]:443"`;
+/// names case-insensitive, RFC 7239 §4); None without one, or when it is no address. Pairs
+/// are split at every `;`, as elements at every `,` (an address holds neither).
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    let value = element.split(';').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        name.trim_matches([' ', '\t']).eq_ignore_ascii_case("for").then_some(value)
+    })?;
+    let value = value.trim_matches([' ', '\t']);
+    let value = match value.strip_prefix('"') {
+        // A quoted address has no escapes of its own (`\` only before a character that
+        // needs none in an address): one with a backslash is not an address.
+        Some(quoted) => quoted.strip_suffix('"').filter(|v| !v.contains('\\'))?,
+        None => value,
+    };
+    parse(value)
 }
 
 /// One address: `192.0.2.1`, `2001:db8::1`, `[2001:db8::1]`, with a port or not; spaces
@@ -74,6 +101,7 @@ mod tests {
         // A client's own claim before the address the trusted proxy saw is passed over.
         assert_eq!(xff("10.0.0.2", &["6.6.6.6, 192.0.2.1, 10.1.1.1"]), "192.0.2.1");
         assert_eq!(xff("10.0.0.2", &["6.6.6.6", "192.0.2.1,10.1.1.1"]), "192.0.2.1", "fields in order");
+        assert_eq!(xff("10.0.0.2", &["\"6.6.6.6, 192.0.2.1"]), "192.0.2.1", "a client's open quote");
         assert_eq!(xff("10.0.0.2", &["[2001:db8::1]:443"]), "2001:db8::1");
         assert_eq!(xff("2001:db8:f::9", &["2001:db8::1"]), "2001:db8::1");
         assert_eq!(xff("10.0.0.2", &["10.3.3.3, 10.1.1.1"]), "10.3.3.3", "all trusted: the first");
@@ -83,6 +111,23 @@ mod tests {
         assert_eq!(xff("10.0.0.2", &[]), "10.0.0.2");
         assert_eq!(xff("10.0.0.2", &["192.0.2.1, unknown"]), "10.0.0.2");
         assert_eq!(xff("10.0.0.2", &["192.0.2.1,"]), "10.0.0.2", "an empty entry");
+    }
+
+    #[test]
+    fn the_last_untrusted_for_of_forwarded_from_a_trusted_peer_is_the_client() {
+        let fwd = |peer, fields: &[&str]| client("forwarded", peer, fields);
+        assert_eq!(fwd("10.0.0.2", &["for=192.0.2.1"]), "192.0.2.1");
+        assert_eq!(fwd("10.0.0.2", &["for=6.6.6.6, for=192.0.2.1;proto=https, For=10.1.1.1"]), "192.0.2.1");
+        assert_eq!(fwd("10.0.0.2", &["for=6.6.6.6", "proto=http;for=\"[2001:db8::1]:4711\""]), "2001:db8::1");
+        // What a client wrote before the proxies' elements does not change how they read.
+        assert_eq!(fwd("10.0.0.2", &["for=\"6.6.6.6, for=192.0.2.1"]), "192.0.2.1", "an open quote");
+        assert_eq!(fwd("10.0.0.2", &["for=192.0.2.1;by=10.0.0.2;host=a.test"]), "192.0.2.1");
+        // Nothing usable: an unknown or hidden hop, an element without `for`, an escape.
+        assert_eq!(fwd("10.0.0.2", &["for=192.0.2.1, for=unknown"]), "10.0.0.2");
+        assert_eq!(fwd("10.0.0.2", &["for=192.0.2.1, for=_hidden"]), "10.0.0.2");
+        assert_eq!(fwd("10.0.0.2", &["for=192.0.2.1, proto=http"]), "10.0.0.2");
+        assert_eq!(fwd("10.0.0.2", &["for=\"192.0.2\\.1\""]), "10.0.0.2");
+        assert_eq!(fwd("192.0.2.9", &["for=192.0.2.1"]), "192.0.2.9", "an untrusted peer");
     }
 
     #[test]
