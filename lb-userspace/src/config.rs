@@ -340,8 +340,9 @@ pub struct Route {
     pub allow: Vec<IpNet>,
     pub deny: Vec<IpNet>,
     pub rate_limit: Option<RateLimit>,
-    /// Extra tries on another backend after a connect failure or a 502/503/504, for requests
-    /// without a body of idempotent methods.
+    /// Extra tries on another backend after an exchange that broke or a 502/503/504, for
+    /// requests without a body of idempotent methods (a backend that cannot be reached gets
+    /// no request, which goes to another backend whatever it is, retries or not).
     pub retries: u32,
     /// Retries stay under this share of the route's requests (plus a few), so they never
     /// multiply an outage's load.
@@ -359,6 +360,9 @@ pub struct Route {
     /// Fields edited on the answer the client gets from a backend or the cache
     /// (`response_headers`).
     pub response_headers: HeaderEdits,
+    /// false: the route's requests leave no access-log line (health checks, static files), as
+    /// nginx's `access_log off` in a `location`; they are still counted.
+    pub access_log: bool,
 }
 
 /// A route's edits of one direction's fields, as HAProxy's `set-header` and `del-header`:

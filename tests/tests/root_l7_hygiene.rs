@@ -102,6 +102,12 @@ proxy_protocol = true
 
 [[route]]
 listener = "plain"
+host = "quiet.test"
+pool = "web"
+access_log = false
+
+[[route]]
+listener = "plain"
 pool = "web"
 
 [[route]]
@@ -415,6 +421,9 @@ fn root_l7_hygiene_parser_edges_and_access_log() -> Result<()> {
     // the address it forwarded, and the connection's its peer.
     let behind = ["-H", "x-forwarded-for: 198.51.100.7", "-H", "x-request-id: behind-a-proxy"];
     assert_eq!(bed.status(&format!("http://{VIP}:8081/"), &behind)?, "200");
+    // A route with `access_log = false` leaves no line, though its requests are counted.
+    let quiet = ["-H", "host: quiet.test", "-H", "x-request-id: quiet-one"];
+    assert_eq!(bed.status(&format!("http://{VIP}/"), &quiet)?, "200");
     // Parser refusals are counted and logged.
     let out = bed.raw(b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n", false)?;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
@@ -438,11 +447,20 @@ fn root_l7_hygiene_parser_edges_and_access_log() -> Result<()> {
     let line = log.lines().find(|l| l.contains("behind-a-proxy")).unwrap_or_default();
     let peer = format!("client=198.51.100.7 peer={}:", bed.topology.client.addr4);
     assert!(line.contains(&peer), "{line}");
+    // Each worker hands its lines over every 100 ms: the quiet route's would be there by now.
+    std::thread::sleep(Duration::from_millis(300));
+    let log = std::fs::read_to_string(&bed.log)?;
+    assert!(!log.contains("quiet-one"), "a route without an access log was logged");
     let metrics = bed.metrics()?;
     assert!(
         metric(&metrics, "sluice_http_parser_refused_total{listener=\"plain\",status=\"400\"}") >= 1.0,
         "{metrics}"
     );
+    let b1 = bed.topology.backends[0].addr4;
+    let quiet = format!(
+        "sluice_http_requests_total{{route=\"plain#0\",pool=\"web\",backend=\"{b1}:80\",class=\"2xx\"}}"
+    );
+    assert_eq!(metric(&metrics, &quiet), 1.0, "{metrics}");
     Ok(())
 }
 

@@ -671,6 +671,14 @@ fn a_per_client_connection_limit_is_above_0() {
 }
 
 #[test]
+fn a_route_may_leave_the_access_log() {
+    let logged =
+        |extra: &str| Config::parse(Path::new("t.toml"), &route(extra)).unwrap().routes[0].access_log;
+    assert!(logged(""));
+    assert!(!logged("access_log = false\n"));
+}
+
+#[test]
 fn a_connection_age_is_above_0() {
     let listener =
         |extra: &str| format!("{BASE}[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n{extra}");

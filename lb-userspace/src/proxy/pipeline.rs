@@ -49,6 +49,8 @@ struct Labels {
     in_flight: Option<InFlight>,
     /// The client a trusted proxy forwarded, when it is not the connection's peer.
     forwarded_client: Option<std::net::IpAddr>,
+    /// false when the route's requests are not logged (`access_log = false`).
+    logged: bool,
 }
 
 impl Labels {
@@ -56,6 +58,7 @@ impl Labels {
     fn routed(&mut self, route: &CompiledRoute) {
         self.route = route.name.clone();
         self.pool = route.pool.clone();
+        self.logged = route.access_log;
         self.api_key_query = route.runtime.api_keys.as_ref().and_then(|k| k.query_param()).map(str::to_owned);
     }
 
@@ -256,6 +259,7 @@ impl Forwarder {
                 api_key_query: None,
                 in_flight: None,
                 forwarded_client: None,
+                logged: true,
             };
             let (response, reason) =
                 match self.answer(request, &snapshot, &listener, &conn, &mut labels).await {
@@ -263,24 +267,27 @@ impl Forwarder {
                     Err(refusal) => (*refusal.response, Some(refusal.reason)),
                 };
             let status = response.status().as_u16();
-            let entry = logged.map(|(started, method, target, (user_agent, referer))| Entry {
-                started,
-                method,
-                // A key presented in the query stays out of the log.
-                target: match &labels.api_key_query {
-                    Some(param) => access_log::redact_query(&target, param),
-                    None => target,
-                },
-                host: std::mem::take(&mut labels.host),
-                status,
-                upstream: labels.backend.clone(),
-                request_id: labels.request_id.to_str().unwrap_or_default().to_owned(),
-                reason,
-                forwarded_client: labels.forwarded_client,
-                user_agent,
-                referer,
-                format: listener.access_log_format,
-            });
+            let entry =
+                logged.filter(|_| labels.logged).map(|(started, method, target, (user_agent, referer))| {
+                    Entry {
+                        started,
+                        method,
+                        // A key presented in the query stays out of the log.
+                        target: match &labels.api_key_query {
+                            Some(param) => access_log::redact_query(&target, param),
+                            None => target,
+                        },
+                        host: std::mem::take(&mut labels.host),
+                        status,
+                        upstream: labels.backend.clone(),
+                        request_id: labels.request_id.to_str().unwrap_or_default().to_owned(),
+                        reason,
+                        forwarded_client: labels.forwarded_client,
+                        user_agent,
+                        referer,
+                        format: listener.access_log_format,
+                    }
+                });
             let mut request_id = labels.request_id;
             request_id.set_sensitive(true);
             // The labels go into the metrics' keys (no clones but the log's).

@@ -72,6 +72,7 @@ pub(in crate::config) fn check(
             compress,
             request_headers: request_headers.unwrap_or_default(),
             response_headers: response_headers.unwrap_or_default(),
+            access_log: raw.access_log,
         });
     }
     routes
