@@ -275,6 +275,8 @@ pub struct Listener {
     /// next answer, an HTTP/2 one gets GOAWAY at a quiet moment (gRPC's `MAX_CONNECTION_AGE`,
     /// Envoy's `max_connection_duration`, nginx's `keepalive_time`). None: never.
     pub max_connection_age: Option<Duration>,
+    /// Streams an HTTP/2 client may have open at once on one connection (SETTINGS).
+    pub http2_max_concurrent_streams: u32,
     pub max_body_bytes: u64,
     pub max_header_bytes: usize,
     /// On SIGTERM, how long in-flight requests may take to finish.

@@ -47,6 +47,7 @@ pub(super) struct RawListener {
     pub(super) idle_timeout_ms: Option<u64>,
     pub(super) stream_idle_timeout_ms: Option<u64>,
     pub(super) max_connection_age_ms: Option<u64>,
+    pub(super) http2_max_concurrent_streams: Option<u32>,
     pub(super) max_body_bytes: Option<u64>,
     pub(super) max_header_bytes: Option<usize>,
     pub(super) drain_timeout_ms: Option<u64>,

@@ -679,6 +679,23 @@ fn a_route_may_leave_the_access_log() {
 }
 
 #[test]
+fn http2_streams_per_connection_are_1_to_10000() {
+    let listener =
+        |extra: &str| format!("{BASE}[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n{extra}");
+    let streams = |extra: &str| {
+        Config::parse(Path::new("t.toml"), &listener(extra)).unwrap().listeners[0]
+            .http2_max_concurrent_streams
+    };
+    assert_eq!((streams(""), streams("http2_max_concurrent_streams = 100\n")), (200, 100));
+    for bad in ["0", "10001"] {
+        assert_eq!(
+            errors(&listener(&format!("http2_max_concurrent_streams = {bad}\n"))),
+            ["t.toml:4: listener `l`: http2_max_concurrent_streams must be 1 to 10000"]
+        );
+    }
+}
+
+#[test]
 fn a_connection_age_is_above_0() {
     let listener =
         |extra: &str| format!("{BASE}[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n{extra}");

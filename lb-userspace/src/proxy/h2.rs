@@ -24,7 +24,6 @@ use crate::config::Listener;
 const WINDOW: u32 = 1024 * 1024;
 const MAX_FRAME: u32 = 16 * 1024;
 const MAX_SEND_BUFFER: usize = 400 * 1024;
-const MAX_STREAMS: u32 = 200;
 const MAX_LOCAL_RESETS: usize = 1024;
 /// h2's own default, said here: streams reset before they are taken up.
 const MAX_PENDING_ACCEPT_RESETS: usize = 20;
@@ -40,6 +39,6 @@ pub fn builder(listener: &Listener) -> Builder {
         .max_local_error_reset_streams(Some(MAX_LOCAL_RESETS))
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
         .max_send_buffer_size(MAX_SEND_BUFFER)
-        .max_concurrent_streams(MAX_STREAMS);
+        .max_concurrent_streams(listener.http2_max_concurrent_streams);
     builder
 }

@@ -712,6 +712,23 @@ mod tests {
         assert!(after < Duration::from_millis(1000), "closed {after:?} into a 300 ms keep-alive limit");
     }
 
+    /// The listener's `http2_max_concurrent_streams` is what its SETTINGS tell a client.
+    #[tokio::test]
+    async fn a_client_is_told_the_listeners_stream_limit() {
+        let listener = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\n\
+                        http2_max_concurrent_streams = 7\n";
+        let routes = "[[route]]\nlistener = \"l\"\nrespond = { status = 200 }\n";
+        let (address, _, _) = super::mutations::start_listener(listener, routes).await;
+        let io = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (client, connection) = ::h2::client::handshake(io).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let (answer, _) =
+            client.send_request(hyper::Request::get("http://a/").body(()).unwrap(), true).unwrap();
+        assert_eq!(answer.await.unwrap().status(), 200);
+        assert_eq!(client.current_max_send_streams(), 7);
+    }
+
     #[tokio::test]
     async fn a_drain_past_its_limit_says_so() {
         let shared = Shared::new(&listener(), None, 1).unwrap();

@@ -38,6 +38,7 @@ pub(in crate::config) fn check(
             idle_timeout: Duration::from_millis(raw.idle_timeout_ms.unwrap_or(60_000)),
             stream_idle_timeout: Duration::from_millis(raw.stream_idle_timeout_ms.unwrap_or(300_000)),
             max_connection_age: raw.max_connection_age_ms.map(Duration::from_millis),
+            http2_max_concurrent_streams: raw.http2_max_concurrent_streams.unwrap_or(200),
             max_body_bytes: raw.max_body_bytes.unwrap_or(10 << 20),
             max_header_bytes: raw.max_header_bytes.unwrap_or(16 << 10),
             drain_timeout: Duration::from_millis(raw.drain_timeout_ms.unwrap_or(10_000)),
@@ -172,6 +173,12 @@ fn limits(raw: &RawListener, errors: &mut Errors) {
     let name = raw.name.get_ref();
     if raw.max_connections == Some(0) {
         errors.at(raw.name.span(), format!("listener `{}`: max_connections must be above 0", short(name)));
+    }
+    if raw.http2_max_concurrent_streams.is_some_and(|n| !(1..=10_000).contains(&n)) {
+        errors.at(
+            raw.name.span(),
+            format!("listener `{}`: http2_max_concurrent_streams must be 1 to 10000", short(name)),
+        );
     }
     if raw.max_connections_per_client == Some(0) {
         errors.at(

@@ -24,7 +24,7 @@ use super::{answer::Answered, request::request};
 use crate::proxy::{body::Body, turn::Turn};
 
 /// Rapid reset (CVE-2023-44487): a client that opens streams and resets each before its
-/// answer sets backends working on requests nobody waits for, unbounded by MAX_STREAMS (a
+/// answer sets backends working on requests nobody waits for, unbounded by the listener's `http2_max_concurrent_streams` (a
 /// reset stream no longer counts). Once a connection has opened this many streams, it is cut
 /// (GOAWAY ENHANCE_YOUR_CALM) if more than half were reset before their answer and within
 /// `answer::EARLY_RESET_MS` of their start, as Envoy does with its premature resets. h2 itself
