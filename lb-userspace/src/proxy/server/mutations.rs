@@ -198,6 +198,25 @@ pub(super) async fn start_listener(
     (address, shared, forwarder)
 }
 
+/// One client connection: `bytes` written (the client's side then shut when `half_close`), and
+/// everything read back until the listener closes, which must come within `ENDS_WITHIN`.
+pub(super) async fn exchange(address: SocketAddr, bytes: &[u8], half_close: bool) -> Vec<u8> {
+    let exchange = async {
+        let mut client = TcpStream::connect(address).await.unwrap();
+        // The listener may refuse and close before it has read everything.
+        let _ = client.write_all(bytes).await;
+        if half_close {
+            let _ = client.shutdown().await;
+        }
+        let mut got = Vec::new();
+        let _ = client.read_to_end(&mut got).await;
+        got
+    };
+    tokio::time::timeout(ENDS_WITHIN, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("no end within {ENDS_WITHIN:?}: {bytes:?}"))
+}
+
 /// Every connection has given its slot back (none lingers on the listener's side), and no
 /// task of the listener panicked.
 pub(super) async fn all_ended(shared: &Shared) {
@@ -236,23 +255,7 @@ async fn every_mutated_http2_connection_ends_by_the_listeners_timeouts_without_a
             let conversation = &conversations[rng.below(conversations.len())];
             let mutated = [PREFACE, &mutated(&mut rng, conversation)].concat();
             let half_close = rng.below(2) == 0;
-            async move {
-                let exchange = async {
-                    let mut client = TcpStream::connect(address).await.unwrap();
-                    // The listener may refuse and close before it has read everything.
-                    let _ = client.write_all(&mutated).await;
-                    if half_close {
-                        let _ = client.shutdown().await;
-                    }
-                    let mut got = Vec::new();
-                    let _ = client.read_to_end(&mut got).await;
-                    got
-                };
-                let got = tokio::time::timeout(ENDS_WITHIN, exchange)
-                    .await
-                    .unwrap_or_else(|_| panic!("no end within {ENDS_WITHIN:?}: {mutated:?}"));
-                test_bed::answered_200(&got)
-            }
+            async move { test_bed::answered_200(&exchange(address, &mutated, half_close).await) }
         });
         answered += futures_util::future::join_all(batch).await.into_iter().filter(|&a| a).count();
     }
