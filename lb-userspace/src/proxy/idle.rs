@@ -153,6 +153,28 @@ impl Activity {
     }
 }
 
+/// `work` (a TLS handshake, a PROXY protocol header) until it ends, or None as soon as the
+/// listener evicts the connection to make room. Such a connection has no request in flight, so
+/// the registry counts it idle, and the longest quiet one is what it evicts: a connection
+/// stalled before its first request that ignored the nudge would keep its slot, and the new
+/// connection would be refused, though an idle keep-alive one could have made room. A stop's
+/// nudge is let pass: the connection's next wait reads the stop flag itself.
+pub async fn unless_evicted<F: Future>(activity: Arc<Activity>, work: F) -> Option<F::Output> {
+    let mut work = std::pin::pin!(work);
+    std::future::poll_fn(|task| {
+        if let Poll::Ready(done) = work.as_mut().poll(task) {
+            return Poll::Ready(Some(done));
+        }
+        while activity.poll_nudged(task).is_ready() {
+            if activity.take_eviction() {
+                return Poll::Ready(None);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// A request in flight on a connection.
 pub struct Busy(Arc<Activity>);
 

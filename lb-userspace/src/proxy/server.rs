@@ -39,7 +39,7 @@ use crate::{
         client_limit,
         h1::rewind::Rewind,
         h2,
-        idle::{self, Busy, Registry, Watched},
+        idle::{self, Busy, Closed, Registry, Watched},
         own_fields::{self, VIA, X_REQUEST_ID},
         phase::upstream::InFlight,
         pipeline::{Counted, Forwarder},
@@ -293,27 +293,34 @@ impl Connection {
         mut stream: tokio::net::TcpStream,
     ) -> impl Future<Output = ()> + Send {
         let wait = self.session.listener.first_byte_timeout;
+        let activity = self.registered.activity.clone();
         let header = async move {
-            let read = tokio::time::timeout(wait, proxy_protocol::read(&mut stream)).await;
+            let reading = idle::unless_evicted(activity, proxy_protocol::read(&mut stream));
+            let read = tokio::time::timeout(wait, reading).await;
             (read, stream)
         };
         header.then(move |(read, stream)| {
             let (listener, metrics) = (&self.session.listener, &self.session.forwarder.metrics);
             let peer = self.session.conn.address;
-            let refused = match read {
-                Ok(Ok(source)) => {
+            let refused = |reason: &'static str, said: &dyn std::fmt::Display| {
+                metrics.proxy_header_refused(&listener.name, reason);
+                log::debug!("listener {}: connection from {peer}: {said}", listener.name);
+                Either::Left(std::future::ready(()))
+            };
+            match read {
+                Ok(None) => {
+                    metrics.closed_idle(&listener.name, Closed::Evicted.label());
+                    return Either::Left(std::future::ready(()));
+                }
+                Ok(Some(Ok(source))) => {
                     if let Some(source) = source {
                         self.session.conn = Arc::new(ClientConn::new(source, None, None));
                     }
-                    None
                 }
-                Ok(Err(err)) => Some((err.reason(), err.to_string())),
-                Err(_) => Some(("timeout", format!("no PROXY protocol header within {wait:?}"))),
-            };
-            if let Some((reason, said)) = refused {
-                metrics.proxy_header_refused(&listener.name, reason);
-                log::debug!("listener {}: connection from {peer}: {said}", listener.name);
-                return Either::Left(std::future::ready(()));
+                Ok(Some(Err(err))) => return refused(err.reason(), &err),
+                Err(_) => {
+                    return refused("timeout", &format_args!("no PROXY protocol header within {wait:?}"));
+                }
             }
             if let Some(per_client) = per_client {
                 match per_client.admit(self.session.conn.address.ip()) {
@@ -342,10 +349,22 @@ impl Connection {
         stream: tokio::net::TcpStream,
     ) -> impl Future<Output = ()> + Send {
         self.opened();
-        let stream = Watched::new(stream, self.registered.activity.clone());
-        let handshake =
-            tokio::time::timeout(self.session.listener.handshake_timeout, Box::pin(acceptor.accept(stream)));
-        handshake.then(move |handshake| self.after_handshake(handshake))
+        let activity = self.registered.activity.clone();
+        let stream = Watched::new(stream, activity.clone());
+        let accepting = idle::unless_evicted(activity, acceptor.accept(stream));
+        let handshake = tokio::time::timeout(self.session.listener.handshake_timeout, Box::pin(accepting));
+        handshake.then(move |handshake| match handshake {
+            Ok(None) => {
+                self.session
+                    .forwarder
+                    .metrics
+                    .closed_idle(&self.session.listener.name, Closed::Evicted.label());
+                self.closed();
+                Either::Left(std::future::ready(()))
+            }
+            Ok(Some(handshake)) => Either::Right(self.after_handshake(Ok(handshake))),
+            Err(elapsed) => Either::Right(self.after_handshake(Err(elapsed))),
+        })
     }
 
     /// The TLS handshake's outcome counted (and logged when it failed), then the connection

@@ -188,3 +188,38 @@ async fn every_mutated_header_ends_its_connection_without_a_panic() {
     // The whole headers, and some mutated ones, are answered.
     assert!(answered >= CONNECTIONS / 5, "only {answered} of {CONNECTIONS} answered");
 }
+
+/// A full listener makes room by closing the connection quiet the longest: one still waiting
+/// for its header goes, and the new client is served (it was refused while that connection
+/// ignored the eviction, though an idle keep-alive one could have gone).
+#[tokio::test]
+async fn a_connection_waiting_for_its_header_is_evicted_to_make_room() {
+    let listener = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\n\
+                    proxy_protocol = true\nmax_connections = 2\n";
+    let routes = "[[route]]\nlistener = \"l\"\nrespond = { status = 200 }\n";
+    let (address, _, forwarder) = super::mutations::start_listener(listener, routes).await;
+    let mut stalled = TcpStream::connect(address).await.unwrap();
+    stalled.write_all(b"PROXY TCP4 192.0.2.7 ").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A kept-alive connection, answered, then idle (quiet for less time than the stalled one).
+    let mut idle = TcpStream::connect(address).await.unwrap();
+    idle.write_all(b"PROXY TCP4 192.0.2.8 127.0.0.1 1 80\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = vec![0; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(2), idle.read(&mut got)).await.unwrap().unwrap();
+    assert!(got[..n].starts_with(b"HTTP/1.1 200"));
+    let third = [
+        b"PROXY TCP4 192.0.2.9 127.0.0.1 1 80\r\n".as_slice(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    ];
+    assert!(exchange(address, &third).await.starts_with("HTTP/1.1 200"), "the new client was refused");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(2), stalled.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the stalled connection is still open");
+    let text = forwarder.metrics.text();
+    assert!(
+        text.contains("http_idle_closed_connections_total{listener=\"l\",reason=\"evicted_idle\"} 1"),
+        "{text}"
+    );
+}

@@ -241,3 +241,40 @@ async fn every_mutated_tls_connection_ends_by_the_listeners_timeouts_without_a_p
     // the refusals.
     assert!(answered >= CONNECTIONS / 10, "only {answered} of {CONNECTIONS} answered");
 }
+
+/// A full TLS listener makes room by closing the connection quiet the longest: one stalled
+/// inside its ClientHello goes, and a new client is served (while a stalled handshake ignored
+/// the eviction, the new client was refused, though an idle keep-alive connection could have
+/// gone).
+#[tokio::test]
+async fn a_connection_stalled_in_its_handshake_is_evicted_to_make_room() {
+    let files = Files::new();
+    let routes = "[[route]]\nlistener = \"l\"\nrespond = { status = 200 }\n";
+    let (address, _, forwarder) =
+        start_listener(&format!("{}max_connections = 2\n", files.listener()), routes).await;
+    let mut stalled = TcpStream::connect(address).await.unwrap();
+    stalled.write_all(b"\x16\x03\x01").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let config = client(&[b"http/1.1"], false);
+    let name = ServerName::try_from("a").unwrap();
+    // A kept-alive connection, answered, then idle (quiet for less time than the stalled one).
+    let tcp = TcpStream::connect(address).await.unwrap();
+    let mut idle = TlsConnector::from(config.clone()).connect(name.clone(), tcp).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut got = vec![0; 1024];
+    let n = idle.read(&mut got).await.unwrap();
+    assert!(got[..n].starts_with(b"HTTP/1.1 200"));
+    let tcp = TcpStream::connect(address).await.unwrap();
+    let mut third = TlsConnector::from(config).connect(name, tcp).await.expect("the new client was refused");
+    third.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(ENDS_WITHIN, third.read_to_end(&mut answer)).await;
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&answer));
+    let closed = tokio::time::timeout(ENDS_WITHIN, stalled.read_to_end(&mut Vec::new())).await;
+    assert!(closed.is_ok(), "the stalled handshake is still open");
+    let text = forwarder.metrics.text();
+    assert!(
+        text.contains("http_idle_closed_connections_total{listener=\"l\",reason=\"evicted_idle\"} 1"),
+        "{text}"
+    );
+}
