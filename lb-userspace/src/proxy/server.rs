@@ -216,6 +216,23 @@ struct Slot {
     _client: Option<Box<client_limit::Admitted>>,
 }
 
+impl Slot {
+    /// Takes `client`'s place under the listener's per-client limit, if it has one; false
+    /// when the client is at its limit (the connection is then to be closed and counted).
+    fn admit(
+        &mut self,
+        per_client: Option<&Arc<client_limit::ClientCounts>>,
+        client: std::net::IpAddr,
+    ) -> bool {
+        let Some(per_client) = per_client else { return true };
+        match per_client.admit(client) {
+            Some(admitted) => self._client = Some(Box::new(admitted)),
+            None => return false,
+        }
+        true
+    }
+}
+
 impl Connection {
     fn new(
         serving: &Serving,
@@ -322,14 +339,9 @@ impl Connection {
                     return refused("timeout", &format_args!("no PROXY protocol header within {wait:?}"));
                 }
             }
-            if let Some(per_client) = per_client {
-                match per_client.admit(self.session.conn.address.ip()) {
-                    Some(admitted) => self._permit._client = Some(Box::new(admitted)),
-                    None => {
-                        metrics.client_limited(&listener.name);
-                        return Either::Left(std::future::ready(()));
-                    }
-                }
+            if !self._permit.admit(per_client.as_ref(), self.session.conn.address.ip()) {
+                metrics.client_limited(&listener.name);
+                return Either::Left(std::future::ready(()));
             }
             Either::Right(match acceptor {
                 None => Either::Left(self.plain(stream)),
@@ -599,16 +611,9 @@ pub async fn serve(
         };
         // Behind a balancer, the client is known once its PROXY header is read (`proxied`).
         let mut permit = Slot { _permit: permit, _client: None };
-        if !listener.proxy_protocol
-            && let Some(per_client) = &shared.per_client
-        {
-            match per_client.admit(client.ip()) {
-                Some(admitted) => permit._client = Some(Box::new(admitted)),
-                None => {
-                    forwarder.metrics.client_limited(&listener.name);
-                    continue; // closed at once
-                }
-            }
+        if !listener.proxy_protocol && !permit.admit(shared.per_client.as_ref(), client.ip()) {
+            forwarder.metrics.client_limited(&listener.name);
+            continue; // closed at once
         }
         let _ = stream.set_nodelay(true);
         let conn = Arc::new(ClientConn::new(client, None, None));
