@@ -418,6 +418,29 @@ pub enum UpstreamProtocol {
     Http1,
     /// Cleartext HTTP/2 with prior knowledge: gRPC, trailers.
     H2c,
+    /// HTTP/2 over TLS (the pool's `tls`), agreed by ALPN.
+    H2,
+}
+
+impl UpstreamProtocol {
+    pub fn is_http2(self) -> bool {
+        self != UpstreamProtocol::Http1
+    }
+}
+
+/// TLS to a pool's backends (`[pool.tls]`; HAProxy's `ssl` on a server line, nginx's
+/// `proxy_pass https://`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendTls {
+    /// The CA whose certificates the backends' must chain to; None only with `verify = false`.
+    pub ca: Option<PathBuf>,
+    /// Whether the backend's certificate is checked (chain and name); false: any is taken.
+    pub verify: bool,
+    /// The name sent in SNI and checked in the certificate; None: the backend's IP address,
+    /// checked against the certificate's IP addresses, and no SNI.
+    pub server_name: Option<String>,
+    /// A client certificate and its key, for backends that ask for one (mTLS).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// How the L7 proxy picks a backend inside a pool (L4 VIPs always use Maglev).
@@ -620,6 +643,8 @@ pub struct Pool {
     /// How long the proxy's connect to one of its backends may take (then the next, or 502);
     /// None: `DEFAULT_CONNECT_TIMEOUT`.
     pub connect_timeout: Option<Duration>,
+    /// TLS to the backends (None: plain TCP).
+    pub tls: Option<BackendTls>,
 }
 
 /// How long the proxy's connect to a backend may take unless its pool says (HAProxy's and

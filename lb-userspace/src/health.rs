@@ -1,6 +1,7 @@
-//! Active health checks: per pool, TCP connect or HTTP GET to every backend each interval;
-//! `rise` successes bring a backend up, `fall` failures take it down, through Command::SetHealth.
-use std::{collections::HashMap, net::IpAddr, net::SocketAddr};
+//! Active health checks: per pool, TCP connect or HTTP GET (over TLS for a pool with TLS) to
+//! every backend each interval; `rise` successes bring a backend up, `fall` failures take it
+//! down, through Command::SetHealth.
+use std::{collections::HashMap, net::IpAddr, net::SocketAddr, sync::Arc};
 
 use futures_util::future::join_all;
 
@@ -13,6 +14,7 @@ use tokio::net::TcpStream;
 use crate::{
     config::{HealthCheck, HealthKind},
     daemon::{Shared, lock},
+    proxy::backend_tls::BackendTls,
     state::Command,
 };
 
@@ -31,8 +33,10 @@ pub enum Probe {
     Skipped,
 }
 
-/// One probe of `address` as `check` says, within its timeout.
-pub async fn probe(check: &HealthCheck, address: IpAddr) -> Probe {
+/// One probe of `address` as `check` says, within its timeout. An HTTP probe of a pool with
+/// TLS shakes hands as the proxy does (`tls`: the same client, so the same CA and name); a
+/// handshake that fails is the backend's failure, as HAProxy's `check-ssl` counts it.
+pub async fn probe(check: &HealthCheck, address: IpAddr, tls: Option<&BackendTls>) -> Probe {
     let target = SocketAddr::new(address, check.port);
     let attempt = async {
         let stream = match TcpStream::connect(target).await {
@@ -43,22 +47,19 @@ pub async fn probe(check: &HealthCheck, address: IpAddr) -> Probe {
         if check.kind == HealthKind::Tcp {
             return Probe::Up;
         }
+        let host = check.host.clone().unwrap_or_else(|| target.to_string());
+        let status = match tls {
+            None => get(stream, false, check, &host).await,
+            Some(tls) => match tls.handshake(stream, target).await {
+                Ok(stream) => {
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    get(stream, h2, check, &host).await
+                }
+                Err(err) => Err(format!("TLS to {target}: {err}")),
+            },
+        };
         let http = async {
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|err| format!("HTTP: {err}"))?;
-            tokio::spawn(connection);
-            let host = check.host.clone().unwrap_or_else(|| target.to_string());
-            let request = Request::get(check.path.as_str())
-                .header("host", host)
-                .header("user-agent", "sluice-health/1")
-                .body(Empty::<Bytes>::new())
-                .map_err(|err| format!("HTTP request: {err}"))?;
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|err| format!("HTTP GET {}: {err}", check.path))?;
-            let status = response.status().as_u16();
+            let status = status?;
             if status == check.expect_status {
                 Ok(())
             } else {
@@ -75,6 +76,37 @@ pub async fn probe(check: &HealthCheck, address: IpAddr) -> Probe {
         .unwrap_or_else(|_| Probe::Down(format!("no answer from {target} within {:?}", check.timeout)))
 }
 
+/// The status of `GET check.path` on `io`, in HTTP/2 when `h2` (a backend that agreed to it
+/// by ALPN), else HTTP/1.1.
+async fn get<I>(io: I, h2: bool, check: &HealthCheck, host: &str) -> Result<u16, String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
+    let request = |uri: &str| {
+        let request = Request::get(uri).header("user-agent", "sluice-health/1");
+        let request = if h2 { request } else { request.header("host", host) };
+        request.body(Empty::<Bytes>::new()).map_err(|err| format!("HTTP request: {err}"))
+    };
+    let sent = if h2 {
+        let request = request(&format!("https://{host}{}", check.path))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(|err| format!("HTTP/2: {err}"))?;
+        tokio::spawn(connection);
+        sender.send_request(request).await
+    } else {
+        let request = request(&check.path)?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(io).await.map_err(|err| format!("HTTP: {err}"))?;
+        tokio::spawn(connection);
+        sender.send_request(request).await
+    };
+    let response = sent.map_err(|err| format!("HTTP GET {}: {err}", check.path))?;
+    Ok(response.status().as_u16())
+}
+
 /// Consecutive results of one backend.
 #[derive(Default)]
 struct Streak {
@@ -86,15 +118,18 @@ struct Streak {
 pub async fn run_pool(core: Shared, pool: String) {
     let mut streaks: HashMap<IpAddr, Streak> = HashMap::new();
     loop {
-        let (check, backends) = {
+        let (check, backends, settings, runtime) = {
             let core = lock(&core);
             let Some(p) = core.state.config.pools.get(&pool) else { return };
             let Some(check) = p.health.clone() else { return };
             let backends: Vec<(IpAddr, bool)> =
                 p.backends.iter().map(|b| (b.addr, core.state.healthy(&pool, b.addr))).collect();
-            (check, backends)
+            (check, backends, p.clone(), core.runtime.clone())
         };
-        let results = join_all(backends.iter().map(|(addr, _)| probe(&check, *addr))).await;
+        // The proxy's own client to the pool (its files looked at off the core's lock).
+        let tls: Option<Arc<BackendTls>> =
+            if check.kind == HealthKind::Http { runtime.backend_tls(&settings) } else { None };
+        let results = join_all(backends.iter().map(|(addr, _)| probe(&check, *addr, tls.as_deref()))).await;
         let mut commands = Vec::new();
         for ((address, healthy), result) in backends.iter().zip(results) {
             let streak = streaks.entry(*address).or_default();
@@ -191,10 +226,10 @@ mod tests {
     #[tokio::test]
     async fn http_probe_wants_the_expected_status() {
         let ok = server("200 OK").await;
-        assert_eq!(probe(&check(HealthKind::Http, ok), "127.0.0.1".parse().unwrap()).await, Probe::Up);
+        assert_eq!(probe(&check(HealthKind::Http, ok), "127.0.0.1".parse().unwrap(), None).await, Probe::Up);
         let bad = server("503 Service Unavailable").await;
         assert_eq!(
-            probe(&check(HealthKind::Http, bad), "127.0.0.1".parse().unwrap()).await,
+            probe(&check(HealthKind::Http, bad), "127.0.0.1".parse().unwrap(), None).await,
             Probe::Down("HTTP GET /healthz answered 503, expected 200".into())
         );
     }
@@ -221,23 +256,24 @@ mod tests {
         let local: IpAddr = "127.0.0.1".parse().unwrap();
         let by_address = check(HealthKind::Http, named_server().await);
         assert_eq!(
-            probe(&by_address, local).await,
+            probe(&by_address, local, None).await,
             Probe::Down("HTTP GET /healthz answered 404, expected 200".into())
         );
         let by_name =
             HealthCheck { host: Some("app.test".into()), ..check(HealthKind::Http, named_server().await) };
-        assert_eq!(probe(&by_name, local).await, Probe::Up);
+        assert_eq!(probe(&by_name, local, None).await, Probe::Up);
     }
 
     #[tokio::test]
     async fn tcp_probe_wants_a_listener() {
         let open = server("200 OK").await;
-        assert_eq!(probe(&check(HealthKind::Tcp, open), "127.0.0.1".parse().unwrap()).await, Probe::Up);
+        assert_eq!(probe(&check(HealthKind::Tcp, open), "127.0.0.1".parse().unwrap(), None).await, Probe::Up);
         let closed = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let Probe::Down(why) = probe(&check(HealthKind::Tcp, closed), "127.0.0.1".parse().unwrap()).await
+        let Probe::Down(why) =
+            probe(&check(HealthKind::Tcp, closed), "127.0.0.1".parse().unwrap(), None).await
         else {
             panic!("a closed port was up");
         };

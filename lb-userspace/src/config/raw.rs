@@ -283,6 +283,17 @@ pub(super) struct RawPool {
     pub(super) max_pending_requests: usize,
     pub(super) outlier: Option<Spanned<Outlier>>,
     pub(super) connect_timeout_ms: Option<Spanned<u64>>,
+    pub(super) tls: Option<Spanned<RawBackendTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackendTls {
+    pub(super) ca: Option<Spanned<PathBuf>>,
+    pub(super) verify: Option<Spanned<bool>>,
+    pub(super) server_name: Option<Spanned<String>>,
+    pub(super) cert: Option<Spanned<PathBuf>>,
+    pub(super) key: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -149,9 +149,6 @@ pub(super) fn parse_mac(text: &str) -> Option<[u8; 6]> {
 
 pub(super) fn validate(mut raw: RawConfig, errors: &mut Errors) -> Config {
     let dp = dataplane::check(&mut raw, errors);
-    let pools = pools::check(raw.pool, errors);
-    let vips = vips::check(raw.vip, &pools, dp.max_vips, errors);
-    let deny = vips::deny(raw.deny, errors);
     // Relative paths (certificates, key files) are relative to the config file's directory.
     let base = errors.file.parent().map(Path::to_path_buf).unwrap_or_default();
     let resolve = |p: Spanned<PathBuf>| {
@@ -159,6 +156,9 @@ pub(super) fn validate(mut raw: RawConfig, errors: &mut Errors) -> Config {
         let path = p.into_inner();
         Spanned::new(span, if path.is_relative() { base.join(path) } else { path })
     };
+    let pools = pools::check(raw.pool, &resolve, errors);
+    let vips = vips::check(raw.vip, &pools, dp.max_vips, errors);
+    let deny = vips::deny(raw.deny, errors);
     let listeners = listeners::check(raw.listener, &vips, &resolve, errors);
     let routes = routes::check(raw.route, &pools, &listeners, &base, &resolve, errors);
     let (bgp, cluster) = cluster::check(raw.bgp, raw.cluster, dp.present, errors);

@@ -3,6 +3,8 @@
 //! pool (the same pools and health as L4), and forward with keep-alive upstream connections.
 pub mod access_log;
 pub mod auth;
+pub mod backend_stream;
+pub mod backend_tls;
 pub mod body;
 pub mod boxed;
 pub mod busy_poll;

@@ -16,7 +16,7 @@ use hyper::{
 };
 
 use crate::{
-    config::{Listener, OwnAnswer, UpstreamProtocol},
+    config::{Listener, OwnAnswer},
     proxy::{
         access_log::{self, ClientConn, Entry},
         body::Body,
@@ -354,7 +354,7 @@ impl Forwarder {
             // beside it), compressed if the client takes gzip.
             let gzip = route.compress.is_some() && compress::accepts_gzip(&parts.headers);
             let (host, request_id) = (&labels.host, &labels.request_id);
-            let h2c = pool.protocol == UpstreamProtocol::H2c;
+            let h2c = pool.protocol.is_http2();
             let forwarding = headers::upstream_request(
                 &mut parts,
                 received_host.as_ref(),

@@ -24,6 +24,8 @@ use crate::{
     dataplane::tables::addr_of,
     maglev::{self, Weighted},
     proxy::{
+        backend_stream::Dial,
+        backend_tls::BackendTls,
         metrics::Label,
         runtime::{BackendRuntime, PoolRuntime, RouteRuntime, Runtime},
     },
@@ -195,9 +197,16 @@ pub struct Upstream {
     pub pool: Arc<PoolRuntime>,
     /// How long a connect to it may take (its pool's `connect_timeout_ms`).
     pub connect_timeout: Duration,
+    /// Its pool's TLS client (None: plain TCP).
+    pub tls: Option<Arc<BackendTls>>,
 }
 
 impl Upstream {
+    /// Where a try to it connects.
+    pub fn dial(&self) -> Dial<'_> {
+        Dial { address: self.address, timeout: self.connect_timeout, tls: self.tls.as_ref() }
+    }
+
     pub fn in_flight(&self) -> usize {
         // SeqCst: a waiter's look after counting itself (`PoolRuntime::pending`); free on x86.
         self.runtime.in_flight.load(Ordering::SeqCst)
@@ -364,6 +373,7 @@ impl Snapshot {
                     Vec::new()
                 };
                 let pool_runtime = runtime.pool(&pool.name);
+                let tls = runtime.backend_tls(pool);
                 let upstreams = usable
                     .iter()
                     .map(|(addr, _)| {
@@ -375,6 +385,7 @@ impl Snapshot {
                             runtime: runtime.backend(&pool.name, address),
                             pool: pool_runtime.clone(),
                             connect_timeout: pool.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+                            tls: tls.clone(),
                         })
                     })
                     .collect();

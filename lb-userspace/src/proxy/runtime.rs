@@ -18,9 +18,10 @@ use governor::{DefaultKeyedRateLimiter, Quota, clock::Clock as _};
 use tokio::sync::Notify;
 
 use crate::{
-    config::{ApiKeyConfig, Config, JwtConfig, RateKey, RateLimit, Route},
+    config::{ApiKeyConfig, Config, JwtConfig, Pool, RateKey, RateLimit, Route},
     proxy::{
         auth::{ApiKeys, Jwt},
+        backend_tls::BackendTls,
         clock,
     },
 };
@@ -259,6 +260,8 @@ pub struct Runtime {
     backends: Mutex<HashMap<(String, SocketAddr), Arc<BackendRuntime>>>,
     pools: Mutex<HashMap<String, Arc<PoolRuntime>>>,
     routes: Mutex<HashMap<String, Arc<RouteRuntime>>>,
+    /// Each pool's TLS client to its backends.
+    backend_tls: Mutex<HashMap<String, Arc<BackendTls>>>,
 }
 
 fn entry<K: Hash + Eq, V>(map: &Mutex<HashMap<K, Arc<V>>>, key: K, make: impl FnOnce() -> V) -> Arc<V> {
@@ -288,6 +291,30 @@ impl Runtime {
         }
     }
 
+    /// The TLS client to `pool`'s backends (None: plain TCP). It is made anew only when the
+    /// pool's TLS settings or protocol changed, or its files did (their modification times,
+    /// looked at when the routes are rebuilt: a reload, a health change); a connection opened
+    /// by a client is reused only by that client. The proxy's requests and the health checks
+    /// share it, and with it rustls's session cache.
+    pub fn backend_tls(&self, pool: &Pool) -> Option<Arc<BackendTls>> {
+        let settings = pool.tls.as_ref()?;
+        let mut clients = self.backend_tls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(&pool.name)
+            && client.is_current(settings, pool.protocol)
+        {
+            return Some(client.clone());
+        }
+        let client = Arc::new(BackendTls::load(settings, pool.protocol));
+        if let Some(why) = client.broken() {
+            log::error!(
+                "pool {}: TLS to its backends cannot be set up, every connect fails: {why}",
+                pool.name
+            );
+        }
+        clients.insert(pool.name.clone(), client.clone());
+        Some(client)
+    }
+
     /// Forgets what `config` no longer names (removed routes, pools and backends).
     pub fn retain(&self, config: &Config) {
         self.backends.lock().unwrap_or_else(|p| p.into_inner()).retain(|(pool, address), _| {
@@ -303,6 +330,10 @@ impl Runtime {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|name, _| config.routes.iter().any(|r| r.name == *name));
+        self.backend_tls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|pool, _| config.pools.get(pool).is_some_and(|p| p.tls.is_some()));
     }
 }
 

@@ -3,7 +3,11 @@ use super::*;
 
 /// The pools by name, each checked in steps (its backends, its health check, its hash key, its
 /// outlier ejection) and given its defaults.
-pub(in crate::config) fn check(raw_pools: Vec<RawPool>, errors: &mut Errors) -> BTreeMap<String, Pool> {
+pub(in crate::config) fn check(
+    raw_pools: Vec<RawPool>,
+    resolve: &impl Fn(Spanned<PathBuf>) -> Spanned<PathBuf>,
+    errors: &mut Errors,
+) -> BTreeMap<String, Pool> {
     let mut pools = BTreeMap::new();
     for raw_pool in raw_pools {
         errors.name(&raw_pool.name, "pool");
@@ -14,6 +18,7 @@ pub(in crate::config) fn check(raw_pools: Vec<RawPool>, errors: &mut Errors) -> 
         if let Some(outlier) = &raw_pool.outlier {
             outlier_bounds(outlier, &name, errors);
         }
+        let tls = backend_tls(raw_pool.tls, raw_pool.protocol, &raw_pool.name, resolve, errors);
         let pool = Pool {
             name: name.clone(),
             backends,
@@ -31,6 +36,7 @@ pub(in crate::config) fn check(raw_pools: Vec<RawPool>, errors: &mut Errors) -> 
                 }
                 Duration::from_millis(*ms.get_ref())
             }),
+            tls,
         };
         if pools.insert(name.clone(), pool).is_some() {
             errors.at(raw_pool.name.span(), format!("pool `{name}` is defined twice"));
@@ -97,6 +103,110 @@ fn health(raw: Spanned<RawHealth>, name: &str, errors: &mut Errors) -> HealthChe
         }
     }
     check
+}
+
+/// A pool's TLS to its backends: a CA file unless `verify = false` (HAProxy's rule: no silent
+/// trust), a server name that is a DNS name or an address, a client certificate with its key,
+/// files resolved and (when files are checked) holding what they should. `h2` needs TLS and
+/// `h2c` refuses it.
+fn backend_tls(
+    raw: Option<Spanned<RawBackendTls>>,
+    protocol: UpstreamProtocol,
+    pool: &Spanned<String>,
+    resolve: &impl Fn(Spanned<PathBuf>) -> Spanned<PathBuf>,
+    errors: &mut Errors,
+) -> Option<BackendTls> {
+    let name = pool.get_ref();
+    let Some(raw) = raw else {
+        if protocol == UpstreamProtocol::H2 {
+            errors.at(
+                pool.span(),
+                format!("pool `{name}`: protocol = \"h2\" is HTTP/2 over TLS and needs `tls` (cleartext HTTP/2 is \"h2c\")"),
+            );
+        }
+        return None;
+    };
+    let span = raw.span();
+    let raw = raw.into_inner();
+    if protocol == UpstreamProtocol::H2c {
+        errors.at(
+            span.clone(),
+            format!("pool `{name}`: protocol = \"h2c\" is cleartext; HTTP/2 over TLS is protocol = \"h2\""),
+        );
+    }
+    let verify = raw.verify.as_ref().is_none_or(|v| *v.get_ref());
+    let ca = raw.ca.map(resolve);
+    match (&ca, verify) {
+        (None, true) => errors.at(
+            span.clone(),
+            format!("pool `{name}` tls: `ca` (the CA that signed the backends' certificates) is needed unless verify = false"),
+        ),
+        (Some(ca), false) => errors.at(ca.span(), format!("pool `{name}` tls: `ca` is unused with verify = false")),
+        _ => {}
+    }
+    if let Some(server_name) = &raw.server_name
+        && rustls_pki_types::ServerName::try_from(server_name.get_ref().as_str()).is_err()
+    {
+        errors.at(
+            server_name.span(),
+            format!(
+                "pool `{name}` tls: server_name `{}` is not a host name or an address",
+                server_name.get_ref()
+            ),
+        );
+    }
+    let client_cert = match (raw.cert.map(resolve), raw.key.map(resolve)) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => {
+            errors.at(span.clone(), format!("pool `{name}` tls: `cert` and `key` go together"));
+            None
+        }
+    };
+    if errors.open_files {
+        use rustls_pki_types::pem::PemObject as _;
+        if let Some(ca) = &ca {
+            certificates_in(ca, errors);
+        }
+        if let Some((cert, key)) = &client_cert {
+            certificates_in(cert, errors);
+            if let Err(err) = open_regular(key.get_ref()).map_err(|e| e.to_string()).and_then(|file| {
+                let mut reader = std::io::BufReader::new(file);
+                rustls_pki_types::PrivateKeyDer::from_pem_reader(&mut reader).map_err(|e| e.to_string())
+            }) {
+                errors.at(
+                    key.span(),
+                    format!("cannot read a private key from {}: {err}", key.get_ref().display()),
+                );
+            }
+        }
+    }
+    Some(BackendTls {
+        ca: ca.map(Spanned::into_inner),
+        verify,
+        server_name: raw.server_name.map(Spanned::into_inner),
+        client_cert: client_cert.map(|(cert, key)| (cert.into_inner(), key.into_inner())),
+    })
+}
+
+/// Whether `file` holds at least one PEM certificate (said as an error if not).
+fn certificates_in(file: &Spanned<PathBuf>, errors: &mut Errors) {
+    use rustls_pki_types::{CertificateDer, pem::PemObject as _};
+    let path = file.get_ref();
+    let found = open_regular(path).map_err(|e| e.to_string()).and_then(|f| {
+        CertificateDer::pem_reader_iter(std::io::BufReader::new(f))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())
+    });
+    match found {
+        Ok(certs) if certs.is_empty() => {
+            errors.at(file.span(), format!("{} holds no PEM certificate", path.display()))
+        }
+        Ok(_) => {}
+        Err(err) => {
+            errors.at(file.span(), format!("cannot read certificates from {}: {err}", path.display()))
+        }
+    }
 }
 
 /// What a hash-balanced pool hashes: `header:NAME`, `cookie:NAME` or the client's address (the

@@ -1,17 +1,15 @@
-//! HTTP/1.1 to backends, driven in the request's own task: a request head and body written
-//! on a pooled keep-alive connection, the response head read back, and the response body cut
-//! from the same connection, which goes back to the pool when its body is done. No task and
-//! no channel per connection; a reused connection the backend closed meanwhile is replaced
-//! once for a request without a body.
+//! HTTP/1.1 to backends, plain or over TLS, driven in the request's own task: a request head
+//! and body written on a pooled keep-alive connection, the response head read back, and the
+//! response body cut from the same connection, which goes back to the pool when its body is
+//! done. No task and no channel per connection; a reused connection the backend closed
+//! meanwhile is replaced once for a request without a body.
 use std::{
     cell::RefCell,
     collections::{HashMap, VecDeque},
     io::{self, IoSlice},
-    net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll, ready},
-    time::Duration,
 };
 
 use bytes::{Bytes, BytesMut};
@@ -23,9 +21,10 @@ use hyper::{
 };
 use smallvec::SmallVec;
 use thread_local::ThreadLocal;
-use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio::io::AsyncWriteExt;
 
 use crate::proxy::{
+    backend_stream::{BackendStream, ConnKey, Dial},
     body::{self, Body},
     clock,
     h1::{
@@ -37,13 +36,6 @@ use crate::proxy::{
 };
 
 type SendError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A connection to a backend that could not be made (refused, unreachable, past the pool's
-/// connect timeout): nothing of the request was sent, so it may go to another backend
-/// whatever its method or body (`phase::upstream::Tries`).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConnectFailed(pub io::Error);
 
 /// An idle pooled connection older than this (ms) is closed rather than reused.
 const IDLE_TIMEOUT_MS: u64 = 60_000;
@@ -61,7 +53,7 @@ const READ_SIZE: usize = 16 * 1024;
 
 /// One keep-alive connection to a backend, with what was read past the last message.
 pub struct Conn {
-    stream: TcpStream,
+    stream: BackendStream,
     buf: BytesMut,
 }
 
@@ -81,7 +73,7 @@ impl Conn {
     }
 
     /// The socket and the bytes already read from it (after a 101 answer).
-    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+    pub fn into_parts(self) -> (BackendStream, BytesMut) {
         (self.stream, self.buf)
     }
 }
@@ -96,8 +88,9 @@ struct Idle {
     since_ms: u64,
 }
 
-/// One worker's idle connections by backend address, most recently used last.
-type IdleLists = HashMap<SocketAddr, VecDeque<Idle>, foldhash::fast::RandomState>;
+/// One worker's idle connections by backend address and TLS client (`Dial::key`), most
+/// recently used last.
+type IdleLists = HashMap<ConnKey, VecDeque<Idle>, foldhash::fast::RandomState>;
 
 /// Idle keep-alive connections, each worker thread's apart: a connection is registered with
 /// the reactor of the worker that opened it, so one worker's request never waits on another
@@ -114,41 +107,40 @@ impl Pool {
         self.idle.get_or_default().borrow_mut()
     }
 
-    /// The most recently used idle connection to `address` from which the backend has said
+    /// The most recently used idle connection for `key` from which the backend has said
     /// nothing since it went idle: one that closed, or sent bytes nobody asked for, is skipped.
     /// Unasked bytes would be read as the next request's answer (response desync: one
     /// client's answer given to another; `server/mutations/relayed.rs`).
     ///
-    /// `try_read` asks tokio's readiness first and makes no syscall while it is clear: the
-    /// short read that ended the connection's last answer cleared it (`poll_read_more`), and
-    /// only an event from the reactor since (bytes, a close) sets it again, as nginx's handler
-    /// on idle keep-alive connections hears them. A close the reactor has not seen yet goes
-    /// unnoticed: a bodiless request is then sent again on a new connection (`send`).
-    fn checkout(&self, address: SocketAddr) -> Option<Conn> {
+    /// On a plain connection the check makes no syscall while tokio's readiness is clear
+    /// (`BackendStream::is_quiet`): the short read that ended the connection's last answer
+    /// cleared it (`poll_read_more`), and only an event from the reactor since (bytes, a close)
+    /// sets it again, as nginx's handler on idle keep-alive connections hears them. A close the
+    /// reactor has not seen yet goes unnoticed: a bodiless request is then sent again on a new
+    /// connection (`send`).
+    fn checkout(&self, key: ConnKey) -> Option<Conn> {
         let mut idle = self.mine();
-        let list = idle.get_mut(&address)?;
+        let list = idle.get_mut(&key)?;
         let now = clock::coarse_ms();
-        while let Some(Idle { conn, since_ms }) = list.pop_back() {
+        while let Some(Idle { mut conn, since_ms }) = list.pop_back() {
             if now.saturating_sub(since_ms) >= IDLE_TIMEOUT_MS {
                 list.clear(); // the rest are older still
                 return None;
             }
-            let mut byte = [0u8; 1];
-            match conn.stream.try_read(&mut byte) {
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Some(conn),
-                _ => continue,
+            if conn.stream.is_quiet() {
+                return Some(conn);
             }
         }
         None
     }
 
-    fn checkin(&self, address: SocketAddr, conn: Conn) {
+    fn checkin(&self, key: ConnKey, conn: Conn) {
         if !conn.buf.is_empty() {
             return; // bytes nobody asked for: the connection cannot be trusted
         }
         let now = clock::coarse_ms();
         let mut idle = self.mine();
-        let list = idle.entry(address).or_default();
+        let list = idle.entry(key).or_default();
         // The oldest go first: when the list is full, or when they have idled too long.
         while list.front().is_some_and(|i| now.saturating_sub(i.since_ms) >= IDLE_TIMEOUT_MS)
             || list.len() >= MAX_IDLE_PER_BACKEND
@@ -174,20 +166,19 @@ impl Pool {
         });
     }
 
-    async fn connect(address: SocketAddr, timeout: Duration) -> Result<Conn, ConnectFailed> {
-        let stream = tcp_connect(address, timeout).await?;
-        Ok(Conn { stream, buf: BytesMut::new() })
+    async fn connect(dial: Dial<'_>) -> Result<Conn, crate::proxy::backend_stream::ConnectFailed> {
+        Ok(Conn { stream: dial.connect().await?, buf: BytesMut::new() })
     }
 
-    /// Sends a request to `address` and reads the response head (the interim answers the
+    /// Sends a request where `dial` says and reads the response head (the interim answers the
     /// client gets put in `interim`); the response's body reads the rest from the connection.
     /// `body` is read only once a connection is open: when none can be made
-    /// ([`ConnectFailed`]), the caller still has it whole.
+    /// ([`ConnectFailed`](crate::proxy::backend_stream::ConnectFailed)), the caller still has
+    /// it whole.
     #[allow(clippy::too_many_arguments, reason = "the request's parts, and where its interim answers go")]
     pub async fn send(
         self: &Arc<Self>,
-        address: SocketAddr,
-        connect_timeout: Duration,
+        dial: Dial<'_>,
         method: &Method,
         target: &str,
         headers: &HeaderMap,
@@ -222,13 +213,14 @@ impl Pool {
         // does the same). Measured: backend context switches per request 0.18 -> 0.06,
         // +9% requests/s at 64 connections (docs/performance.md).
         tokio::task::yield_now().await;
-        let reused = self.checkout(address);
+        let key = dial.key();
+        let reused = self.checkout(key);
         if bodiless {
             if let Some(mut conn) = reused
-                && conn.stream.write_all(&head()).await.is_ok()
+                && write_head(&mut conn, &head()).await.is_ok()
             {
                 match read_head(&mut conn, method, headers, interim).await {
-                    Ok(Some(answer)) => return Ok(self.response(address, conn, answer)),
+                    Ok(Some(answer)) => return Ok(self.response(key, conn, answer)),
                     // Closed or reset before answering: the backend dropped the idle
                     // connection; the request goes again on a new one.
                     Ok(None) => {}
@@ -236,27 +228,27 @@ impl Pool {
                     Err(err) => return Err(err),
                 }
             }
-            let mut conn = Box::pin(Self::connect(address, connect_timeout)).await?;
-            conn.stream.write_all(&head()).await?;
+            let mut conn = Box::pin(Self::connect(dial)).await?;
+            write_head(&mut conn, &head()).await?;
             return match read_head(&mut conn, method, headers, interim).await? {
-                Some(answer) => Ok(self.response(address, conn, answer)),
+                Some(answer) => Ok(self.response(key, conn, answer)),
                 None => Err("backend closed the connection before answering".into()),
             };
         }
         let mut conn = match reused {
             Some(conn) => conn,
-            None => Box::pin(Self::connect(address, connect_timeout)).await?,
+            None => Box::pin(Self::connect(dial)).await?,
         };
         write_body(&mut conn, &head(), body, out).await?;
         match read_head(&mut conn, method, headers, interim).await? {
-            Some(answer) => Ok(self.response(address, conn, answer)),
+            Some(answer) => Ok(self.response(key, conn, answer)),
             None => Err("backend closed the connection before answering".into()),
         }
     }
 
     fn response(
         self: &Arc<Self>,
-        address: SocketAddr,
+        key: ConnKey,
         mut conn: Conn,
         answer: head::ResponseHead,
     ) -> Response<Body> {
@@ -276,7 +268,7 @@ impl Pool {
         {
             let data = conn.buf.split_to(left as usize).freeze();
             if answer.keep_alive {
-                self.checkin(address, conn);
+                self.checkin(key, conn);
             }
             if !data.is_empty() {
                 *response.body_mut() = body::full(data);
@@ -290,7 +282,7 @@ impl Pool {
             conn: Some(conn),
             decoder,
             pool: self.clone(),
-            address,
+            key,
             keep_alive: answer.keep_alive,
         }
         .boxed();
@@ -298,14 +290,11 @@ impl Pool {
     }
 }
 
-/// A TCP connection to a backend within `timeout`, Nagle off (HTTP/1.1 and h2c backends).
-pub async fn tcp_connect(address: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectFailed> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
-        .await
-        .map_err(|_| ConnectFailed(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
-        .map_err(ConnectFailed)?;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
+/// Writes a request head, and sends it on (TLS holds written bytes until flushed; a plain
+/// flush does nothing).
+async fn write_head(conn: &mut Conn, head: &[u8]) -> io::Result<()> {
+    conn.stream.write_all(head).await?;
+    conn.stream.flush().await
 }
 
 /// Writes the head and the body, framed as `out` says, and its trailers after a chunked one.
@@ -362,6 +351,7 @@ async fn write_body(conn: &mut Conn, head: &[u8], body: &mut Body, out: Out) -> 
         tail.push(IoSlice::new(last.as_deref().unwrap_or(encode::LAST_CHUNK)));
     }
     write_all_vectored(&mut conn.stream, &mut tail).await?;
+    conn.stream.flush().await?;
     Ok(())
 }
 
@@ -438,7 +428,7 @@ struct UpstreamBody {
     conn: Option<Conn>,
     decoder: Decoder,
     pool: Arc<Pool>,
-    address: SocketAddr,
+    key: ConnKey,
     keep_alive: bool,
 }
 
@@ -447,7 +437,7 @@ impl UpstreamBody {
         if let Some(conn) = self.conn.take()
             && self.keep_alive
         {
-            self.pool.checkin(self.address, conn);
+            self.pool.checkin(self.key, conn);
         }
     }
 }
@@ -512,10 +502,17 @@ impl hyper::body::Body for UpstreamBody {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use tokio::io::AsyncReadExt;
+    use std::{net::SocketAddr, time::Duration};
+
+    use tokio::{io::AsyncReadExt, net::TcpStream};
 
     use super::*;
     use crate::config::DEFAULT_CONNECT_TIMEOUT;
+
+    /// A plain connection to `address`.
+    fn plain(address: SocketAddr) -> Dial<'static> {
+        Dial { address, timeout: DEFAULT_CONNECT_TIMEOUT, tls: None }
+    }
 
     /// A backend on 127.0.0.1 answering by path: `/length`, `/chunked`, `/close` (a body
     /// delimited by closing), `/switch` (101, whatever was asked), `/once` (answers, then
@@ -574,8 +571,7 @@ mod tests {
     ) -> Result<Response<Body>, SendError> {
         let added = encode::Added::default();
         let mut body = body;
-        pool.send(address, DEFAULT_CONNECT_TIMEOUT, &Method::POST, "/up", headers, added, &mut body, None)
-            .await
+        pool.send(plain(address), &Method::POST, "/up", headers, added, &mut body, None).await
     }
 
     async fn get(pool: &Arc<Pool>, address: SocketAddr, path: &str) -> String {
@@ -583,8 +579,7 @@ mod tests {
         headers.insert(header::HOST, "backend.test".parse().unwrap());
         let response = pool
             .send(
-                address,
-                DEFAULT_CONNECT_TIMEOUT,
+                plain(address),
                 &Method::GET,
                 path,
                 &headers,
@@ -617,8 +612,7 @@ mod tests {
         let headers = HeaderMap::new();
         let sent = pool
             .send(
-                address,
-                timeout,
+                Dial { address, timeout, tls: None },
                 &Method::GET,
                 "/",
                 &headers,
@@ -674,7 +668,7 @@ mod tests {
         assert_eq!(accepted.load(Ordering::Relaxed), 2, "this worker's connection was not reused");
         // A sweep leaves a connection idle for less than the timeout, and closes it after.
         pool.sweep();
-        assert_eq!(pool.mine().get(&address).map(VecDeque::len), Some(1));
+        assert_eq!(pool.mine().get(&(address, 0)).map(VecDeque::len), Some(1));
         // A minute on (not the stamps a minute back: a machine up for less would underflow).
         pool.sweep_at(clock::coarse_ms() + IDLE_TIMEOUT_MS);
         assert!(pool.mine().is_empty(), "a connection idle past the timeout stayed open");
@@ -690,8 +684,7 @@ mod tests {
             let pool = pool.clone();
             async move {
                 pool.send(
-                    address,
-                    DEFAULT_CONNECT_TIMEOUT,
+                    plain(address),
                     &Method::GET,
                     "/switch",
                     &headers,

@@ -1,5 +1,6 @@
 //! Upstream: sending a request to one backend (HTTP/1.1 on the own engine's pooled keep-alive
-//! connections, or HTTP/2 to h2c pools with the client's host as `:authority`), and the tries of one request:
+//! connections, or HTTP/2 to h2c and h2 pools with the client's host as `:authority`; either
+//! over TLS where the pool says), and the tries of one request:
 //! a retry goes to another backend within the route's budget; a 502/503/504 that cannot be
 //! retried reaches the client as the backend sent it; every answer feeds outlier detection.
 use std::{
@@ -27,9 +28,9 @@ use thread_local::ThreadLocal;
 use crate::{
     config::{Fallback, UpstreamProtocol},
     proxy::{
+        backend_stream::{ConnKey, ConnectFailed, Dial},
         body::{self, Body},
-        deadline,
-        h1::{self, upstream::ConnectFailed},
+        deadline, h1,
         interim::Interim,
         metrics::{Label, ProxyMetrics},
         phase::{
@@ -66,25 +67,24 @@ impl Drop for InFlight {
     }
 }
 
-/// Open HTTP/2 connections to h2c backends, one per backend and worker (streams are
-/// multiplexed on it; its task runs on the worker that opened it, as do its requests).
+/// Open HTTP/2 connections to h2c and h2 backends, one per backend, TLS client and worker
+/// (streams are multiplexed on it; its task runs on the worker that opened it, as do its
+/// requests).
 #[derive(Default)]
-struct H2cConnections(ThreadLocal<RefCell<HashMap<SocketAddr, http2::SendRequest<Body>>>>);
+struct Http2Connections(ThreadLocal<RefCell<HashMap<ConnKey, http2::SendRequest<Body>>>>);
 
-impl H2cConnections {
-    /// The open connection to `address`, or a new one: a TCP connect within `connect_timeout`
-    /// and the HTTP/2 handshake, either of which failing is a [`ConnectFailed`] (no request was
-    /// sent on it).
-    async fn sender(
-        &self,
-        address: SocketAddr,
-        connect_timeout: Duration,
-    ) -> Result<http2::SendRequest<Body>, ConnectFailed> {
-        let open = self.0.get_or_default().borrow().get(&address).filter(|s| !s.is_closed()).cloned();
+impl Http2Connections {
+    /// The open connection `dial` names, or a new one: a connect (and TLS handshake) within its
+    /// timeout and the HTTP/2 handshake, either of which failing is a [`ConnectFailed`] (no
+    /// request was sent on it).
+    async fn sender(&self, dial: Dial<'_>) -> Result<http2::SendRequest<Body>, ConnectFailed> {
+        let key = dial.key();
+        let open = self.0.get_or_default().borrow().get(&key).filter(|s| !s.is_closed()).cloned();
         if let Some(sender) = open {
             return Ok(sender);
         }
-        let stream = h1::upstream::tcp_connect(address, connect_timeout).await?;
+        let stream = dial.connect().await?;
+        let address = dial.address;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))
@@ -92,10 +92,10 @@ impl H2cConnections {
             .map_err(|err| ConnectFailed(std::io::Error::other(err)))?;
         tokio::spawn(async move {
             if let Err(err) = connection.await {
-                log::debug!("h2c upstream {address}: {err}");
+                log::debug!("HTTP/2 upstream {address}: {err}");
             }
         });
-        self.0.get_or_default().borrow_mut().insert(address, sender.clone());
+        self.0.get_or_default().borrow_mut().insert(key, sender.clone());
         Ok(sender)
     }
 }
@@ -104,14 +104,14 @@ impl H2cConnections {
 #[derive(Default)]
 pub struct Upstreams {
     http1: Arc<h1::upstream::Pool>,
-    h2c: H2cConnections,
+    http2: Http2Connections,
 }
 
 impl Upstreams {
-    /// Closes this worker's connections that have idled too long (h2c: those already closed).
+    /// Closes this worker's connections that have idled too long (HTTP/2: those already closed).
     pub fn sweep(&self) {
         self.http1.sweep();
-        self.h2c.0.get_or_default().borrow_mut().retain(|_, sender| !sender.is_closed());
+        self.http2.0.get_or_default().borrow_mut().retain(|_, sender| !sender.is_closed());
     }
 
     /// Sends the request (`parts` with `headers`) to `upstream` in its pool's protocol. HTTP/1.1
@@ -153,21 +153,18 @@ impl Upstreams {
                 fields = &with_host;
             }
             let added = h1::encode::Added { lines: forwarding.lines(), replacing: &headers::SET_BY_PROXY };
-            let (address, connect_timeout) = (upstream.address, upstream.connect_timeout);
             let (method, body) = (&parts.method, body.get_or_insert_with(body::empty));
-            return self
-                .http1
-                .send(address, connect_timeout, method, target, fields, added, body, interim)
-                .await;
+            return self.http1.send(upstream.dial(), method, target, fields, added, body, interim).await;
         }
         // Boxed: HTTP/2's state is not carried by every HTTP/1.1 request's future.
         Box::pin(async move {
-            let mut sender = self.h2c.sender(upstream.address, upstream.connect_timeout).await?;
+            let mut sender = self.http2.sender(upstream.dial()).await?;
             let mut headers = if take_headers { std::mem::take(headers) } else { headers.clone() };
             forwarding.apply(&mut headers);
             headers.remove(header::HOST);
             let authority = host.parse().unwrap_or_else(|_| upstream.authority.clone());
-            let uri = Uri::builder().scheme("http").authority(authority).path_and_query(target).build()?;
+            let scheme = if upstream.tls.is_some() { "https" } else { "http" };
+            let uri = Uri::builder().scheme(scheme).authority(authority).path_and_query(target).build()?;
             let mut request = Request::new(body.take().unwrap_or_else(body::empty));
             *request.method_mut() = parts.method.clone();
             *request.uri_mut() = uri;

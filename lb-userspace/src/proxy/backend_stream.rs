@@ -1,0 +1,145 @@
+//! A connection to a backend, plain TCP or TLS: opened within the pool's connect timeout
+//! (the TLS handshake included), read and written as one stream, and asked whether the
+//! backend said anything while it sat idle.
+use std::{
+    io::{self, IoSlice},
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+use tokio_rustls::client::TlsStream;
+
+use crate::proxy::backend_tls::BackendTls;
+
+/// A connection to a backend that could not be made (refused, unreachable, past the pool's
+/// connect timeout, its TLS handshake failed): nothing of the request was sent, so it may go
+/// to another backend whatever its method or body (`phase::upstream::Tries`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConnectFailed(pub io::Error);
+
+/// What connections a try may reuse are filed under: the backend, and the TLS client that
+/// opened them (0: plain).
+pub type ConnKey = (SocketAddr, u64);
+
+/// Where a try goes: the backend, how long its connect may take, and its pool's TLS.
+#[derive(Clone, Copy)]
+pub struct Dial<'a> {
+    pub address: SocketAddr,
+    pub timeout: Duration,
+    pub tls: Option<&'a Arc<BackendTls>>,
+}
+
+impl Dial<'_> {
+    /// The key of the connections this try may reuse.
+    pub fn key(&self) -> ConnKey {
+        (self.address, self.tls.map_or(0, |tls| tls.id))
+    }
+
+    /// A new connection: TCP (Nagle off), then the pool's TLS handshake, both within the
+    /// connect timeout.
+    pub async fn connect(&self) -> Result<BackendStream, ConnectFailed> {
+        let timed_out = || ConnectFailed(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+        let connecting = async {
+            let stream = TcpStream::connect(self.address).await.map_err(ConnectFailed)?;
+            let _ = stream.set_nodelay(true);
+            Ok(match self.tls {
+                None => BackendStream::Plain(stream),
+                Some(tls) => {
+                    let stream = tls.handshake(stream, self.address).await.map_err(|err| {
+                        ConnectFailed(io::Error::new(err.kind(), format!("TLS to {}: {err}", self.address)))
+                    })?;
+                    BackendStream::Tls(Box::new(stream))
+                }
+            })
+        };
+        tokio::time::timeout(self.timeout, connecting).await.map_err(|_| timed_out())?
+    }
+}
+
+/// A connection to a backend.
+pub enum BackendStream {
+    Plain(TcpStream),
+    /// Boxed: rustls's state is ~1 KiB, and plain connections are the common case.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl BackendStream {
+    /// Whether the backend has said nothing (no bytes, no close) since the connection's last
+    /// read: one that did cannot carry another request (its bytes would be read as that
+    /// request's answer).
+    ///
+    /// Plain: `try_read` asks tokio's readiness first and makes no syscall while it is clear.
+    /// TLS: one read with a waker that does nothing, so records that carry no data (a TLS 1.3
+    /// session ticket sent late) are taken in and the connection stays usable.
+    pub fn is_quiet(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        match self {
+            BackendStream::Plain(stream) => {
+                matches!(stream.try_read(&mut byte), Err(err) if err.kind() == io::ErrorKind::WouldBlock)
+            }
+            BackendStream::Tls(stream) => {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                let mut buf = ReadBuf::new(&mut byte);
+                Pin::new(stream.as_mut()).poll_read(&mut cx, &mut buf).is_pending()
+            }
+        }
+    }
+}
+
+impl AsyncRead for BackendStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            BackendStream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for BackendStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            BackendStream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            BackendStream::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            BackendStream::Plain(stream) => stream.is_write_vectored(),
+            BackendStream::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            BackendStream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            BackendStream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! TLS to a pool's backends: the rustls client its `tls` settings make (the CA the backends'
+//! certificates must chain to, or none checked; the name asked for and checked; a client
+//! certificate), ALPN for its protocol, and the handshake on a new connection.
+use std::{
+    io,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::SystemTime,
+};
+
+use rustls::{
+    ClientConfig, DigitallySignedStruct, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::CryptoProvider,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsConnector, client::TlsStream};
+
+use crate::{
+    config::{BackendTls as Settings, UpstreamProtocol},
+    proxy::tls::TlsError,
+};
+
+/// Every client made gets the next number: idle connections are reused only by requests going
+/// through the client that opened them (`h1::upstream::Pool`, the HTTP/2 senders).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A pool's TLS client, made from its settings and the files they name.
+pub struct BackendTls {
+    /// This client among every one made (never 0: plain connections are 0).
+    pub id: u64,
+    /// The connector, or why none could be made (every connect then fails with it: a pool
+    /// with TLS never falls back to plain TCP).
+    connector: Result<TlsConnector, String>,
+    /// SNI and the name the certificate must hold; None: the backend's address.
+    server_name: Option<ServerName<'static>>,
+    /// Whether the backend must agree to HTTP/2 by ALPN.
+    h2: bool,
+    /// What it was made from: the settings, the protocol and its files' modification times.
+    made_from: (Settings, UpstreamProtocol, Vec<Option<SystemTime>>),
+}
+
+impl BackendTls {
+    /// The client `settings` make for a pool speaking `protocol`; a file that cannot be used
+    /// makes a client whose every connect fails with the reason (the config's check read the
+    /// same files, so this is a file changed since).
+    pub fn load(settings: &Settings, protocol: UpstreamProtocol) -> BackendTls {
+        let h2 = protocol == UpstreamProtocol::H2;
+        let connector = client_config(settings, h2).map(TlsConnector::from).map_err(|err| err.to_string());
+        let server_name =
+            settings.server_name.as_deref().and_then(|name| ServerName::try_from(name.to_owned()).ok());
+        BackendTls {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            connector,
+            server_name,
+            h2,
+            made_from: (settings.clone(), protocol, mtimes(settings)),
+        }
+    }
+
+    /// Why this client cannot connect, if it cannot.
+    pub fn broken(&self) -> Option<&str> {
+        self.connector.as_ref().err().map(String::as_str)
+    }
+
+    /// Whether this client is what `settings` make now: the same settings, and files not
+    /// changed since it read them.
+    pub fn is_current(&self, settings: &Settings, protocol: UpstreamProtocol) -> bool {
+        let (made, made_protocol, made_mtimes) = &self.made_from;
+        made == settings && *made_protocol == protocol && *made_mtimes == mtimes(settings)
+    }
+
+    /// The handshake on `stream` to `address`: the pool's server name (else the address) is
+    /// asked for and checked, and an HTTP/2 pool's backend must agree to h2.
+    pub async fn handshake(
+        &self,
+        stream: TcpStream,
+        address: SocketAddr,
+    ) -> io::Result<TlsStream<TcpStream>> {
+        let connector = self.connector.as_ref().map_err(|why| io::Error::other(why.clone()))?;
+        let name = self.server_name.clone().unwrap_or_else(|| ServerName::IpAddress(address.ip().into()));
+        let stream = connector.connect(name, stream).await?;
+        if self.h2 && stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Err(io::Error::other("the backend did not agree to HTTP/2 (ALPN)"));
+        }
+        Ok(stream)
+    }
+}
+
+/// The files the settings name.
+fn files(settings: &Settings) -> impl Iterator<Item = &PathBuf> {
+    settings.ca.iter().chain(settings.client_cert.iter().flat_map(|(cert, key)| [cert, key]))
+}
+
+fn mtimes(settings: &Settings) -> Vec<Option<SystemTime>> {
+    files(settings).map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
+}
+
+fn pem(doing: &'static str, file: &std::path::Path) -> impl FnOnce(rustls_pki_types::pem::Error) -> TlsError {
+    let file = file.to_path_buf();
+    move |error| TlsError::Pem { doing, file, error }
+}
+
+/// The rustls client: TLS 1.2 and 1.3 with ring, the CA's roots (or any certificate), a
+/// client certificate if set, ALPN h2 or http/1.1, and rustls's in-memory session cache (a new
+/// connection to a backend resumes).
+fn client_config(settings: &Settings, h2: bool) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder =
+        ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let builder = match (&settings.ca, settings.verify) {
+        (Some(ca), true) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca).map_err(pem("reading", ca))? {
+                roots.add(cert.map_err(pem("parsing", ca))?)?;
+            }
+            if roots.is_empty() {
+                return Err(TlsError::NoCertificate(ca.clone()));
+            }
+            builder.with_root_certificates(roots)
+        }
+        _ => builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate(provider))),
+    };
+    let mut config = match &settings.client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(pem("reading", cert))?
+                .collect::<Result<_, _>>()
+                .map_err(pem("parsing", cert))?;
+            if chain.is_empty() {
+                return Err(TlsError::NoCertificate(cert.clone()));
+            }
+            let key = PrivateKeyDer::from_pem_file(key).map_err(pem("reading the key", key))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|error| TlsError::KeyMismatch { cert: cert.clone(), error })?
+        }
+    };
+    config.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+    Ok(Arc::new(config))
+}
+
+/// `verify = false`: any certificate is taken (HAProxy's `verify none`); the handshake's
+/// signatures are still checked, so the peer holds the key of the certificate it sent.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
