@@ -279,4 +279,37 @@ mod tests {
         };
         assert!(why.contains("Connection refused"), "{why}");
     }
+
+    /// An HTTP probe of a pool with TLS shakes hands with the pool's client: up when the
+    /// backend's certificate is trusted, in HTTP/1.1 or in HTTP/2 for an h2 pool; down, with
+    /// the handshake's error, when it is not.
+    #[tokio::test]
+    async fn an_http_probe_of_a_pool_with_tls_shakes_hands_as_the_proxy_does() {
+        use crate::{
+            config::{BackendTls as Settings, UpstreamProtocol},
+            proxy::test_bed::{self, Pki},
+        };
+        let pki = Pki::new("health");
+        let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let config = pki.backend_config(&[&b"h2"[..], &b"http/1.1"[..]], false);
+        let backend = test_bed::tls_backend(config, handshakes.clone()).await;
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let http = check(HealthKind::Http, backend.port());
+        let settings = |ca: &std::path::Path| Settings {
+            ca: Some(ca.to_owned()),
+            verify: true,
+            server_name: None,
+            client_cert: None,
+        };
+        for protocol in [UpstreamProtocol::Http1, UpstreamProtocol::H2] {
+            let trusted = BackendTls::load(&settings(&pki.ca), protocol);
+            assert_eq!(probe(&http, local, Some(&trusted)).await, Probe::Up, "{protocol:?}");
+        }
+        assert_eq!(handshakes.load(std::sync::atomic::Ordering::Relaxed), 2);
+        let untrusted = BackendTls::load(&settings(&pki.other_ca), UpstreamProtocol::Http1);
+        let Probe::Down(why) = probe(&http, local, Some(&untrusted)).await else {
+            panic!("a backend whose certificate is not trusted was up");
+        };
+        assert!(why.starts_with("TLS to 127.0.0.1:") && why.contains("UnknownIssuer"), "{why}");
+    }
 }

@@ -928,3 +928,82 @@ fn each_pool_backend_and_health_check_says_what_is_wrong_at_its_line() {
     );
     says(pool(one, "port = 80, path = \"health\""), "t.toml:6: pool `p` health: path must start with /");
 }
+
+#[test]
+fn a_pool_s_tls_needs_a_ca_unless_unverified_and_h2_needs_tls() {
+    // Lines 1-2 BASE, 3-6 the pool (its name on 4), its TLS on 7.
+    let pool = |protocol: &str, tls: &str| {
+        format!(
+            "{BASE}[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\nprotocol = \"{protocol}\"\n{tls}"
+        )
+    };
+    let sent = |text: &str| Config::parse_sent(Path::new("/etc/sluice/t.toml"), text);
+    let config = sent(&pool("h2", "tls = { ca = \"ca.pem\", server_name = \"app.internal\" }\n")).unwrap();
+    let tls = config.pools["p"].tls.as_ref().unwrap();
+    assert_eq!(tls.ca.as_deref(), Some(Path::new("/etc/sluice/ca.pem")), "relative to the config");
+    assert!(tls.verify);
+    assert_eq!(tls.server_name.as_deref(), Some("app.internal"));
+    assert_eq!(config.pools["p"].protocol, UpstreamProtocol::H2);
+    let config =
+        sent(&pool("http1", "tls = { verify = false, cert = \"c.pem\", key = \"k.pem\" }\n")).unwrap();
+    let tls = config.pools["p"].tls.as_ref().unwrap();
+    assert!(!tls.verify && tls.ca.is_none());
+    assert_eq!(tls.client_cert, Some(("/etc/sluice/c.pem".into(), "/etc/sluice/k.pem".into())));
+    assert!(sent(&pool("http1", "")).unwrap().pools["p"].tls.is_none());
+    let errors = |text: &str| -> Vec<String> {
+        sent(text).unwrap_err().0.iter().map(|e| e.to_string().replace("/etc/sluice/t.toml", "t")).collect()
+    };
+    for (protocol, tls, expected) in [
+        ("h2", "", "t:4: pool `p`: protocol = \"h2\" is HTTP/2 over TLS and needs `tls`"),
+        ("h2c", "tls = { verify = false }", "t:7: pool `p`: protocol = \"h2c\" is cleartext"),
+        (
+            "http1",
+            "tls = {}",
+            "t:7: pool `p` tls: `ca` (the CA that signed the backends' certificates) is needed",
+        ),
+        (
+            "http1",
+            "tls = { ca = \"ca.pem\", verify = false }",
+            "t:7: pool `p` tls: `ca` is unused with verify = false",
+        ),
+        (
+            "http1",
+            "tls = { ca = \"ca.pem\", server_name = \"a b\" }",
+            "t:7: pool `p` tls: server_name `a b` is not",
+        ),
+        (
+            "http1",
+            "tls = { ca = \"ca.pem\", cert = \"c.pem\" }",
+            "t:7: pool `p` tls: `cert` and `key` go together",
+        ),
+    ] {
+        let found = errors(&pool(protocol, &format!("{tls}\n")));
+        assert!(found.iter().any(|e| e.starts_with(expected)), "expected `{expected}` in {found:?}");
+    }
+}
+
+#[test]
+fn a_pool_s_tls_files_must_hold_certificates_and_a_key() {
+    let dir = std::env::temp_dir().join(format!("sluice-backend-tls-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("empty.pem"), "no certificate here\n").unwrap();
+    let text = format!(
+        "{BASE}[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n\
+         tls = {{ ca = \"empty.pem\", cert = \"missing.pem\", key = \"empty.pem\" }}\n"
+    );
+    let found: Vec<String> = Config::parse(&dir.join("t.toml"), &text)
+        .unwrap_err()
+        .0
+        .iter()
+        .map(|e| e.to_string().replace(&format!("{}/", dir.display()), ""))
+        .collect();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
+        found,
+        [
+            "t.toml:6: empty.pem holds no PEM certificate",
+            "t.toml:6: cannot read certificates from missing.pem: No such file or directory (os error 2)",
+            "t.toml:6: cannot read a private key from empty.pem: no items found",
+        ],
+    );
+}

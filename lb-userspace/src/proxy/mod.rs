@@ -28,7 +28,7 @@ pub mod routes;
 pub mod runtime;
 pub mod server;
 #[cfg(test)]
-mod test_bed;
+pub mod test_bed;
 pub mod tls;
 pub mod trim;
 pub mod turn;

@@ -644,6 +644,8 @@ pub async fn serve(
 
 pub mod answer;
 #[cfg(test)]
+mod backend_tls;
+#[cfg(test)]
 mod body_limits;
 #[cfg(test)]
 mod compressed;

@@ -156,3 +156,120 @@ pub fn gunzip(bytes: &[u8]) -> String {
     std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(bytes), &mut out).unwrap();
     out
 }
+
+/// Certificates made at run time in a folder of their own: a CA, a backend's certificate
+/// from it (for 127.0.0.1 and `backend.test`), a client certificate from it, and a second CA
+/// that signed neither. Removed when dropped.
+pub struct Pki {
+    pub dir: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
+    pub other_ca: std::path::PathBuf,
+    /// The client certificate and its key.
+    pub client: (std::path::PathBuf, std::path::PathBuf),
+    backend: (Vec<rustls::pki_types::CertificateDer<'static>>, rcgen::KeyPair),
+    ca_der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl Pki {
+    pub fn new(tag: &str) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let dir = std::env::temp_dir().join(format!("sluice-pki-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = |name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(rcgen::DnType::CommonName, name);
+            let cert = params.self_signed(&key).unwrap();
+            (cert, Issuer::new(params, key))
+        };
+        let ((ca_cert, issuer), (other, _)) = (ca("Sluice test CA"), ca("Another CA"));
+        let leaf = |names: &[&str]| {
+            let key = KeyPair::generate().unwrap();
+            let params =
+                CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+            (params.signed_by(&key, &issuer).unwrap(), key)
+        };
+        let (backend, backend_key) = leaf(&["127.0.0.1", "backend.test"]);
+        let (client, client_key) = leaf(&["client.test"]);
+        let write = |name: &str, text: String| {
+            std::fs::write(dir.join(name), text).unwrap();
+            dir.join(name)
+        };
+        Pki {
+            ca: write("ca.pem", ca_cert.pem()),
+            other_ca: write("other-ca.pem", other.pem()),
+            client: (write("client.pem", client.pem()), write("client.key", client_key.serialize_pem())),
+            backend: (vec![backend.der().clone()], backend_key),
+            ca_der: ca_cert.der().clone(),
+            dir,
+        }
+    }
+
+    /// A backend's TLS config: the backend's certificate, ALPN `alpn`, and client
+    /// certificates from the CA required when `mtls`.
+    pub fn backend_config(&self, alpn: &[&[u8]], mtls: bool) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if mtls {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(self.ca_der.clone()).unwrap();
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let key = rustls::pki_types::PrivateKeyDer::try_from(self.backend.1.serialize_der()).unwrap();
+        let mut config = builder.with_single_cert(self.backend.0.clone(), key).unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A backend over TLS (hyper; HTTP/2 when the handshake agreed to h2, else HTTP/1.1) that
+/// answers each request with what it saw: `{version} {host or :authority} {client certificate
+/// or none}`. `handshakes` counts the connections it took in.
+pub async fn tls_backend(
+    config: Arc<rustls::ServerConfig>,
+    handshakes: Arc<std::sync::atomic::AtomicUsize>,
+) -> SocketAddr {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    listening(move |stream| {
+        let (acceptor, handshakes) = (acceptor.clone(), handshakes.clone());
+        async move {
+            let Ok(stream) = acceptor.accept(stream).await else { return };
+            handshakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let client =
+                if stream.get_ref().1.peer_certificates().is_some() { "client-cert" } else { "none" };
+            let service = service_fn(move |request: Request<Incoming>| async move {
+                let host = match request.headers().get(hyper::header::HOST) {
+                    Some(host) => host.to_str().unwrap_or("?").to_owned(),
+                    None => request.uri().authority().map_or("-".into(), |a| a.to_string()),
+                };
+                let text = format!("{:?} {host} {client}", request.version());
+                Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(text))))
+            });
+            let io = TokioIo::new(stream);
+            let _ = if h2 {
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, service)
+                    .await
+            } else {
+                hyper::server::conn::http1::Builder::new().serve_connection(io, service).await
+            };
+        }
+    })
+    .await
+}

@@ -1,0 +1,164 @@
+//! TLS to backends through a listener, with backends over rustls on 127.0.0.1: requests reach
+//! a backend whose certificate the pool trusts, on reused connections, over HTTP/1.1 and
+//! HTTP/2 (`protocol = "h2"`); a certificate from another CA or for another name, a backend
+//! that asks for a client certificate the pool lacks, or one that will not speak HTTP/2 to an
+//! h2 pool, gets no request (502); bytes a backend sends unasked on an idle TLS connection
+//! keep it from being reused.
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::Request;
+use tokio::io::AsyncWriteExt;
+
+use crate::proxy::test_bed::{self, Pki};
+
+/// The backends: `plain_tls` speaks HTTP/1.1 only, `mtls` asks for a client certificate,
+/// `h2` agrees to HTTP/2; each counts its handshakes.
+struct Backends {
+    pki: Pki,
+    plain_tls: (SocketAddr, Arc<AtomicUsize>),
+    mtls: (SocketAddr, Arc<AtomicUsize>),
+    h2: (SocketAddr, Arc<AtomicUsize>),
+}
+
+async fn backends(tag: &str) -> Backends {
+    let pki = Pki::new(tag);
+    let start = |config| async {
+        let handshakes = Arc::new(AtomicUsize::new(0));
+        (test_bed::tls_backend(config, handshakes.clone()).await, handshakes)
+    };
+    let plain_tls = start(pki.backend_config(&[b"http/1.1"], false)).await;
+    let mtls = start(pki.backend_config(&[b"http/1.1"], true)).await;
+    let h2 = start(pki.backend_config(&[b"h2", b"http/1.1"], false)).await;
+    Backends { pki, plain_tls, mtls, h2 }
+}
+
+/// A listener with one route per pool, by host (`NAME.test` to pool `NAME`); each pool is
+/// (name, backend port, protocol, its `tls` table).
+async fn listener(pools: &[(&str, u16, &str, String)]) -> SocketAddr {
+    let mut routes = String::new();
+    for (name, port, protocol, tls) in pools {
+        routes += &format!(
+            "[[pool]]\nname = \"{name}\"\nport = {port}\nprotocol = \"{protocol}\"\n\
+             backends = [{{ address = \"127.0.0.1\" }}]\ntls = {tls}\n\
+             [[route]]\nlistener = \"l\"\nhost = \"{name}.test\"\npool = \"{name}\"\n"
+        );
+    }
+    let listener = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\n";
+    super::mutations::start_listener(listener, &routes).await.0
+}
+
+/// A GET to `host` through the listener, over HTTP/2 or HTTP/1.1: the status and the body.
+async fn get(address: SocketAddr, host: &str, http2: bool) -> (u16, String) {
+    let request = Request::get(format!("http://{host}/")).body(Empty::<Bytes>::new()).unwrap();
+    let (head, body) = test_bed::ask(address, request, http2).await;
+    (head.status.as_u16(), body)
+}
+
+#[tokio::test]
+async fn requests_reach_a_trusted_backend_over_tls_on_reused_connections() {
+    let b = backends("trusted").await;
+    let ca = b.pki.ca.display();
+    let address = listener(&[
+        ("byaddress", b.plain_tls.0.port(), "http1", format!("{{ ca = \"{ca}\" }}")),
+        (
+            "byname",
+            b.plain_tls.0.port(),
+            "http1",
+            format!("{{ ca = \"{ca}\", server_name = \"backend.test\" }}"),
+        ),
+        ("h2", b.h2.0.port(), "h2", format!("{{ ca = \"{ca}\" }}")),
+    ])
+    .await;
+    for i in 0..6 {
+        let http2 = i % 2 == 1;
+        assert_eq!(get(address, "byaddress.test", http2).await, (200, "HTTP/1.1 byaddress.test none".into()));
+        assert_eq!(get(address, "byname.test", http2).await, (200, "HTTP/1.1 byname.test none".into()));
+        assert_eq!(get(address, "h2.test", http2).await, (200, "HTTP/2.0 h2.test none".into()));
+    }
+    // One connection per pool (each pool's TLS client keeps its own), every request on it.
+    assert_eq!(b.plain_tls.1.load(Ordering::Relaxed), 2);
+    assert_eq!(b.h2.1.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_backend_the_pool_cannot_trust_or_that_wants_what_it_lacks_gets_no_request() {
+    let b = backends("refused").await;
+    let (ca, other) = (b.pki.ca.display(), b.pki.other_ca.display());
+    let (cert, key) = (b.pki.client.0.display(), b.pki.client.1.display());
+    let (tls_port, mtls_port, h2_port) = (b.plain_tls.0.port(), b.mtls.0.port(), b.h2.0.port());
+    let address = listener(&[
+        ("untrusted", tls_port, "http1", format!("{{ ca = \"{other}\" }}")),
+        ("misnamed", tls_port, "http1", format!("{{ ca = \"{ca}\", server_name = \"elsewhere.test\" }}")),
+        ("unverified", tls_port, "http1", "{ verify = false, server_name = \"elsewhere.test\" }".into()),
+        ("nocert", mtls_port, "http1", format!("{{ ca = \"{ca}\" }}")),
+        ("withcert", mtls_port, "http1", format!("{{ ca = \"{ca}\", cert = \"{cert}\", key = \"{key}\" }}")),
+        ("noh2", tls_port, "h2", format!("{{ ca = \"{ca}\" }}")),
+        ("plainh2", h2_port, "http1", format!("{{ ca = \"{ca}\" }}")),
+    ])
+    .await;
+    for host in ["untrusted.test", "misnamed.test", "nocert.test", "noh2.test"] {
+        assert_eq!(get(address, host, false).await.0, 502, "{host}");
+    }
+    assert_eq!(b.plain_tls.1.load(Ordering::Relaxed), 0, "a handshake the pool should have refused");
+    assert_eq!(b.mtls.1.load(Ordering::Relaxed), 0, "a handshake without the client certificate");
+    // `verify = false` takes any certificate; a pool's client certificate is shown.
+    assert_eq!(get(address, "unverified.test", false).await, (200, "HTTP/1.1 unverified.test none".into()));
+    assert_eq!(
+        get(address, "withcert.test", false).await,
+        (200, "HTTP/1.1 withcert.test client-cert".into())
+    );
+    // An HTTP/1.1 pool offers only http/1.1, and gets it from a backend that also speaks h2.
+    assert_eq!(get(address, "plainh2.test", true).await, (200, "HTTP/1.1 plainh2.test none".into()));
+}
+
+/// A TLS backend that answers each request (`real-N`, N its count on the connection) and
+/// then, 50 ms later, sends an answer nobody asked for.
+async fn forging_backend(pki: &Pki, handshakes: Arc<AtomicUsize>) -> SocketAddr {
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.backend_config(&[b"http/1.1"], false));
+    test_bed::listening(move |stream| {
+        let (acceptor, handshakes) = (acceptor.clone(), handshakes.clone());
+        async move {
+            let Ok(mut tls) = acceptor.accept(stream).await else { return };
+            handshakes.fetch_add(1, Ordering::Relaxed);
+            let (mut read, mut count) = (Vec::new(), 0);
+            while let Some(end) = test_bed::head_read(&mut tls, &mut read).await {
+                read.drain(..end);
+                count += 1;
+                let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nreal-{count}");
+                if tls.write_all(answer.as_bytes()).await.is_err() || tls.flush().await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged";
+                if tls.write_all(forged).await.is_err() || tls.flush().await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn bytes_a_backend_sends_unasked_on_an_idle_tls_connection_keep_it_from_reuse() {
+    let pki = Pki::new("forging");
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let backend = forging_backend(&pki, handshakes.clone()).await;
+    let address =
+        listener(&[("f", backend.port(), "http1", format!("{{ ca = \"{}\" }}", pki.ca.display()))]).await;
+    for round in 1..=3 {
+        assert_eq!(get(address, "f.test", false).await, (200, "real-1".into()), "round {round}");
+        // The unasked answer arrives while the connection idles in the pool.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(handshakes.load(Ordering::Relaxed), round);
+    }
+}
