@@ -75,9 +75,35 @@ pub struct Nginx {
     _dir: TempDir,
 }
 
+/// What an nginx serves on 443 beside port 80: TLS with this certificate and key, HTTP/2 by
+/// ALPN, client certificates from `client_ca` asked for but not required.
+pub struct NginxTls<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    pub client_ca: &'a Path,
+}
+
 impl Nginx {
     pub fn start(host: &Host, name: &str) -> Result<Nginx> {
+        Nginx::start_with(host, name, None)
+    }
+
+    /// `start`, and TLS on 443 when `tls` says; `/tls` then answers with the scheme, the
+    /// protocol, the TLS version, the SNI and whether a client certificate was verified.
+    pub fn start_with(host: &Host, name: &str, tls: Option<NginxTls<'_>>) -> Result<Nginx> {
         let dir = TempDir::new(&format!("nginx-{}", host.ns))?;
+        let tls = match tls {
+            None => String::new(),
+            Some(tls) => format!(
+                "listen 443 ssl http2;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    \
+                 ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_client_certificate {};\n    ssl_verify_client optional;\n    \
+                 location /tls {{ return 200 \"{name} $scheme $server_protocol $ssl_protocol sni=$ssl_server_name \
+                 client=$ssl_client_verify\\n\"; }}\n    ",
+                tls.cert.display(),
+                tls.key.display(),
+                tls.client_ca.display()
+            ),
+        };
         let conf = dir.0.join("nginx.conf");
         std::fs::write(
             &conf,
@@ -86,7 +112,7 @@ impl Nginx {
                  error_log {dir}/error.log;\nevents {{ worker_connections 4096; }}\n\
                  http {{\n  access_log off;\n  keepalive_requests 100000;\n  client_body_temp_path {dir};\n  \
                  proxy_temp_path {dir};\n  fastcgi_temp_path {dir};\n  uwsgi_temp_path {dir};\n  scgi_temp_path {dir};\n  \
-                 server {{\n    listen 80 reuseport;\n    listen [::]:80 reuseport;\n    \
+                 server {{\n    listen 80 reuseport;\n    listen [::]:80 reuseport;\n    {tls}\
                  location / {{ return 200 \"{name}\\n\"; }}\n    \
                  location /echo {{ return 200 \"{name} xff=$http_x_forwarded_for proto=$http_x_forwarded_proto \
                  fwd=$http_forwarded rid=$http_x_request_id via=$http_via host=$host method=$request_method sub=$http_x_subject\\n\"; }}\n    \

@@ -13,7 +13,7 @@ use anyhow::{Result, bail};
 use sluice_tests::{
     netns::Topology,
     pki::TestCa,
-    servers::{Lbd, Nginx, NsServer, TempDir, wait_for},
+    servers::{Lbd, Nginx, NginxTls, NsServer, TempDir, wait_for},
 };
 
 const VIP: &str = "198.19.0.3";
@@ -37,12 +37,20 @@ impl Bed {
             ca.leaf("example", &["example.test", "api.example.test", "grpc.example.test"], false)?;
         ca.leaf("client", &["client.test"], false)?;
         let (b_cert, b_key) = ca.leaf("wild", &["*.wild.test"], true)?;
+        let (b1, b2) = (topology.backends[0].addr4, topology.backends[1].addr4);
+        // The backends' own certificate, for their addresses and an internal name; and a CA
+        // that signed nothing of theirs.
+        let (n1, n2) = (b1.to_string(), b2.to_string());
+        let (backend_cert, backend_key) = ca.leaf("backend", &["backend.internal", &n1, &n2], false)?;
+        let other_dir = dir.0.join("other");
+        std::fs::create_dir_all(&other_dir)?;
+        let other_ca = TestCa::new(&other_dir)?;
         let mut nginx = Vec::new();
         for (i, backend) in topology.backends.iter().enumerate() {
-            nginx.push(Nginx::start(backend, &format!("backend{}", i + 1))?);
+            let tls = NginxTls { cert: &backend_cert, key: &backend_key, client_ca: &ca.cert };
+            nginx.push(Nginx::start_with(backend, &format!("backend{}", i + 1), Some(tls))?);
         }
         topology.lb.run("ip", &["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
-        let (b1, b2) = (topology.backends[0].addr4, topology.backends[1].addr4);
         let config = dir.0.join("sluice.toml");
         std::fs::write(
             &config,
@@ -146,6 +154,43 @@ host = "ws.test"
 pool = "ws"
 
 [[pool]]
+name = "secure"
+backends = [{{ address = "{b1}" }}, {{ address = "{b2}" }}]
+port = 443
+tls = {{ ca = "{ca}", server_name = "backend.internal" }}
+health = {{ kind = "http", port = 443, path = "/", interval_ms = 300, timeout_ms = 250 }}
+
+[[pool]]
+name = "secure_h2"
+backends = [{{ address = "{b1}" }}]
+port = 443
+protocol = "h2"
+tls = {{ ca = "{ca}", cert = "{client_cert}", key = "{client_key}" }}
+health = {{ kind = "http", port = 443, path = "/", interval_ms = 300, timeout_ms = 250 }}
+
+[[pool]]
+name = "untrusted"
+backends = [{{ address = "{b1}" }}, {{ address = "{b2}" }}]
+port = 443
+tls = {{ ca = "{other_ca}" }}
+health = {{ kind = "http", port = 443, path = "/", interval_ms = 300, timeout_ms = 250 }}
+
+[[route]]
+listener = "http"
+host = "secure.test"
+pool = "secure"
+
+[[route]]
+listener = "http"
+host = "h2.secure.test"
+pool = "secure_h2"
+
+[[route]]
+listener = "http"
+host = "untrusted.test"
+pool = "untrusted"
+
+[[pool]]
 name = "hints"
 backends = [{{ address = "{b1}" }}]
 port = 8083
@@ -193,6 +238,9 @@ metrics = "127.0.0.1:9100"
                 bk = b_key.display(),
                 dir = dir.0.display(),
                 ca = ca.cert.display(),
+                other_ca = other_ca.cert.display(),
+                client_cert = ca.dir.join("client.pem").display(),
+                client_key = ca.dir.join("client.key").display(),
             ),
         )?;
         let h2c = vec![
@@ -727,5 +775,63 @@ fn root_l7_h2c_upstream_with_trailers_and_mtls() -> Result<()> {
     assert!(with_cert.starts_with("backend"), "{with_cert}");
     let without = bed.curl(&["--resolve", &resolve, &url]);
     assert!(without.is_err(), "no client certificate, yet: {without:?}");
+    Ok(())
+}
+
+#[test]
+fn root_l7_tls_to_nginx_backends() -> Result<()> {
+    let bed = Bed::new("l7-backend-tls")?;
+    let get = |host: &str, path: &str| -> Result<String> {
+        let out = bed.topology.client.run(
+            "curl",
+            &["-sS", "--max-time", "5", "-H", &format!("host: {host}"), &format!("http://{VIP}{path}")],
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    // HTTP/1.1 over TLS to both backends, the pool's name in SNI, no client certificate.
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let out = get("secure.test", "/tls")?;
+        assert!(out.ends_with(" https HTTP/1.1 TLSv1.3 sni=backend.internal client=NONE\n"), "{out}");
+        seen.push(out.split(' ').next().unwrap_or_default().to_owned());
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, ["backend1", "backend2"], "both backends over TLS");
+    // HTTP/2 by ALPN, checked by address (no SNI), with the pool's client certificate.
+    let out = get("h2.secure.test", "/tls")?;
+    assert_eq!(out, "backend1 https HTTP/2.0 TLSv1.3 sni= client=SUCCESS\n");
+    // Forwarding fields reach the backend through TLS as they do in plain HTTP.
+    let echo = get("secure.test", "/echo")?;
+    assert!(echo.contains("host=secure.test") && echo.contains("proto=http"), "{echo}");
+    // A pool that trusts another CA sends nothing: 502 (or 503 once its health checks, which
+    // shake hands the same way, have taken both backends out).
+    let out = bed.topology.client.run(
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "host: untrusted.test",
+            &format!("http://{VIP}/"),
+        ],
+    )?;
+    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(status == "502" || status == "503", "{status}");
+    // The health checks over TLS: the trusted pools' backends up, the untrusted pool's down.
+    wait_for("TLS health checks to settle", Duration::from_secs(5), || {
+        let metrics = bed.topology.lb.run("curl", &["-sS", "http://127.0.0.1:9100/metrics"]);
+        let text = metrics.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        let up = |pool: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.starts_with("sluice_backend_up{") && l.contains(&format!("pool=\"{pool}\"")))
+                .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+                .collect()
+        };
+        up("secure") == ["1", "1"] && up("secure_h2") == ["1"] && up("untrusted") == ["0", "0"]
+    })?;
     Ok(())
 }
