@@ -3,7 +3,7 @@
 //! HTTP/2 (`protocol = "h2"`); a certificate from another CA or for another name, a backend
 //! that asks for a client certificate the pool lacks, or one that will not speak HTTP/2 to an
 //! h2 pool, gets no request (502); bytes a backend sends unasked on an idle TLS connection
-//! keep it from being reused.
+//! keep it from being reused; an upgraded (101) connection carries bytes both ways over TLS.
 use std::{
     net::SocketAddr,
     sync::{
@@ -160,5 +160,56 @@ async fn bytes_a_backend_sends_unasked_on_an_idle_tls_connection_keep_it_from_re
         // The unasked answer arrives while the connection idles in the pool.
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(handshakes.load(Ordering::Relaxed), round);
+    }
+}
+
+/// A TLS backend that switches every request to an echo of the bytes after it.
+async fn switching_backend(pki: &Pki) -> SocketAddr {
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.backend_config(&[b"http/1.1"], false));
+    test_bed::listening(move |stream| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(mut tls) = acceptor.accept(stream).await else { return };
+            let mut read = Vec::new();
+            let Some(end) = test_bed::head_read(&mut tls, &mut read).await else { return };
+            let switched =
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+            let _ = tls.write_all(switched).await;
+            let _ = tls.write_all(&read[end..]).await;
+            let _ = tls.flush().await;
+            let (mut from, mut to) = tokio::io::split(tls);
+            let _ = tokio::io::copy(&mut from, &mut to).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_upgraded_connection_to_a_tls_backend_carries_bytes_both_ways() {
+    use tokio::io::AsyncReadExt;
+    let pki = Pki::new("switching");
+    let backend = switching_backend(&pki).await;
+    let address =
+        listener(&[("ws", backend.port(), "http1", format!("{{ ca = \"{}\" }}", pki.ca.display()))]).await;
+    let mut client = tokio::net::TcpStream::connect(address).await.unwrap();
+    let asked = "GET /chat HTTP/1.1\r\nHost: ws.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+    client.write_all(asked.as_bytes()).await.unwrap();
+    let mut read = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), test_bed::head_read(&mut client, &mut read))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(read.starts_with(b"HTTP/1.1 101 "), "{:?}", String::from_utf8_lossy(&read));
+    read.drain(..end);
+    for word in ["ping", "pong and more"] {
+        client.write_all(word.as_bytes()).await.unwrap();
+        while read.len() < word.len() {
+            let mut chunk = [0; 64];
+            let n =
+                tokio::time::timeout(Duration::from_secs(5), client.read(&mut chunk)).await.unwrap().unwrap();
+            assert!(n > 0, "closed");
+            read.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(read.drain(..).as_slice(), word.as_bytes());
     }
 }
