@@ -72,6 +72,28 @@ pub enum BackendStream {
 }
 
 impl BackendStream {
+    /// Writes `bytes` and sends them on: TLS holds what it is given until flushed; a plain
+    /// socket's write is its send (its own `write_all`, with no match per poll).
+    pub async fn write_all_sent(&mut self, bytes: &[u8]) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        match self {
+            BackendStream::Plain(stream) => stream.write_all(bytes).await,
+            BackendStream::Tls(stream) => {
+                stream.write_all(bytes).await?;
+                stream.flush().await
+            }
+        }
+    }
+
+    /// Sends on what TLS holds (nothing to do on a plain socket).
+    pub async fn sent(&mut self) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        match self {
+            BackendStream::Plain(_) => Ok(()),
+            BackendStream::Tls(stream) => stream.flush().await,
+        }
+    }
+
     /// Whether the backend has said nothing (no bytes, no close) since the connection's last
     /// read: one that did cannot carry another request (its bytes would be read as that
     /// request's answer).
@@ -95,6 +117,7 @@ impl BackendStream {
 }
 
 impl AsyncRead for BackendStream {
+    #[inline]
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             BackendStream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
@@ -104,6 +127,7 @@ impl AsyncRead for BackendStream {
 }
 
 impl AsyncWrite for BackendStream {
+    #[inline]
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             BackendStream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
@@ -111,6 +135,7 @@ impl AsyncWrite for BackendStream {
         }
     }
 
+    #[inline]
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

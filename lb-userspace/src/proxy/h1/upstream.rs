@@ -217,7 +217,7 @@ impl Pool {
         let reused = self.checkout(key);
         if bodiless {
             if let Some(mut conn) = reused
-                && write_head(&mut conn, &head()).await.is_ok()
+                && conn.stream.write_all_sent(&head()).await.is_ok()
             {
                 match read_head(&mut conn, method, headers, interim).await {
                     Ok(Some(answer)) => return Ok(self.response(key, conn, answer)),
@@ -229,7 +229,7 @@ impl Pool {
                 }
             }
             let mut conn = Box::pin(Self::connect(dial)).await?;
-            write_head(&mut conn, &head()).await?;
+            conn.stream.write_all_sent(&head()).await?;
             return match read_head(&mut conn, method, headers, interim).await? {
                 Some(answer) => Ok(self.response(key, conn, answer)),
                 None => Err("backend closed the connection before answering".into()),
@@ -290,13 +290,6 @@ impl Pool {
     }
 }
 
-/// Writes a request head, and sends it on (TLS holds written bytes until flushed; a plain
-/// flush does nothing).
-async fn write_head(conn: &mut Conn, head: &[u8]) -> io::Result<()> {
-    conn.stream.write_all(head).await?;
-    conn.stream.flush().await
-}
-
 /// Writes the head and the body, framed as `out` says, and its trailers after a chunked one.
 async fn write_body(conn: &mut Conn, head: &[u8], body: &mut Body, out: Out) -> Result<(), SendError> {
     let mut head = Some(head);
@@ -351,7 +344,7 @@ async fn write_body(conn: &mut Conn, head: &[u8], body: &mut Body, out: Out) -> 
         tail.push(IoSlice::new(last.as_deref().unwrap_or(encode::LAST_CHUNK)));
     }
     write_all_vectored(&mut conn.stream, &mut tail).await?;
-    conn.stream.flush().await?;
+    conn.stream.sent().await?;
     Ok(())
 }
 
