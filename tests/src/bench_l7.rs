@@ -273,15 +273,25 @@ fn load(proxy_pid: u32, mode: &str, url: &str, seconds: u64, log_dir: &Path) -> 
 
 /// The second backend also listens on 127.0.0.2 at the first one's port: a Sluice pool has one
 /// port, so it reaches the two backends as 127.0.0.1 and 127.0.0.2 (the peers use the ports).
-/// `/gz/` serves the gzip mode's page (`PAGE`) as text/html.
-fn backend_config(dir: &Path, port: u16) -> String {
-    let alias =
-        if port == BACKENDS[1] { format!("listen 127.0.0.2:{};", BACKENDS[0]) } else { String::new() };
+/// `/gz/` serves the gzip mode's page (`PAGE`) as text/html. Each also serves TLS on its port
+/// + `TLS_OFFSET` (the tls-upstream mode), with the bed's certificate.
+fn backend_config(dir: &Path, port: u16, cert: &Path, key: &Path) -> String {
+    let tls_port = port + TLS_OFFSET;
+    let alias = if port == BACKENDS[1] {
+        format!("listen 127.0.0.2:{}; listen 127.0.0.2:{} ssl;", BACKENDS[0], BACKENDS[0] + TLS_OFFSET)
+    } else {
+        String::new()
+    };
+    let tls = format!(
+        "listen 127.0.0.1:{tls_port} ssl; ssl_certificate {}; ssl_certificate_key {}; ssl_protocols TLSv1.2 TLSv1.3;",
+        cert.display(),
+        key.display()
+    );
     format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/b{port}.pid;\nerror_log {d}/b{port}.log;\n\
          events {{ worker_connections 4096; }}\nhttp {{\n access_log off;\n keepalive_requests 1000000;\n\
          client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-         server {{ listen 127.0.0.1:{port}; {alias} location / {{ return 200 \"ok\\n\"; }}\n\
+         server {{ listen 127.0.0.1:{port}; {tls} {alias} location / {{ return 200 \"ok\\n\"; }}\n\
          location /gz/ {{ root {d}; default_type text/html; }} }}\n}}\n",
         d = dir.display()
     )
@@ -289,7 +299,7 @@ fn backend_config(dir: &Path, port: u16) -> String {
 
 /// nginx as a proxy; `server_suites`: it picks the TLS suite, AES-128-GCM first (as Sluice does
 /// by default), instead of taking the client's first choice.
-fn nginx_proxy_config(dir: &Path, cert: &Path, key: &Path, server_suites: bool) -> String {
+fn nginx_proxy_config(dir: &Path, cert: &Path, key: &Path, ca: &Path, server_suites: bool) -> String {
     let suites = match server_suites {
         true => {
             " ssl_prefer_server_ciphers on; ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;"
@@ -302,39 +312,52 @@ fn nginx_proxy_config(dir: &Path, cert: &Path, key: &Path, server_suites: bool) 
          gzip on; gzip_comp_level 1; gzip_min_length 256; gzip_proxied any;\n\
          client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
          upstream b {{ server 127.0.0.1:{b0}; server 127.0.0.1:{b1}; keepalive 64; keepalive_requests 1000000; }}\n\
+         upstream bt {{ server 127.0.0.1:{t0}; server 127.0.0.1:{t1}; keepalive 64; keepalive_requests 1000000; }}\n\
          server {{ listen 127.0.0.1:8080; listen 127.0.0.1:8443 ssl http2; ssl_certificate {c}; ssl_certificate_key {k};\n\
          ssl_protocols TLSv1.3 TLSv1.2; ssl_session_tickets on;{suites}\n\
-         location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n}}\n",
+         location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n\
+         location {TLS_UPSTREAM_PATH} {{ proxy_pass https://bt; proxy_http_version 1.1; proxy_set_header Connection \"\";\
+         proxy_ssl_verify on; proxy_ssl_trusted_certificate {ca}; proxy_ssl_name bench.test; proxy_ssl_server_name on; }} }}\n}}\n",
         d = dir.display(),
         c = cert.display(),
         k = key.display(),
+        ca = ca.display(),
         b0 = BACKENDS[0],
-        b1 = BACKENDS[1]
+        b1 = BACKENDS[1],
+        t0 = BACKENDS[0] + TLS_OFFSET,
+        t1 = BACKENDS[1] + TLS_OFFSET
     )
 }
 
-fn haproxy_config(pem: &Path) -> String {
+fn haproxy_config(pem: &Path, ca: &Path) -> String {
     format!(
         "global\n nbthread 1\n maxconn 9500\n tune.ssl.default-dh-param 2048\ndefaults\n mode http\n timeout connect 5s\n timeout client 30s\n timeout server 30s\n\
-         http-reuse always\nfrontend f\n bind 127.0.0.1:7080\n bind 127.0.0.1:7443 ssl crt {p} alpn h2,http/1.1\n default_backend b\n\
-         backend b\n balance roundrobin\n compression algo gzip\n compression type text/html\n server b0 127.0.0.1:{b0}\n server b1 127.0.0.1:{b1}\n",
+         http-reuse always\nfrontend f\n bind 127.0.0.1:7080\n bind 127.0.0.1:7443 ssl crt {p} alpn h2,http/1.1\n\
+         use_backend bt if {{ path_beg {TLS_UPSTREAM_PATH} }}\n default_backend b\n\
+         backend b\n balance roundrobin\n compression algo gzip\n compression type text/html\n server b0 127.0.0.1:{b0}\n server b1 127.0.0.1:{b1}\n\
+         backend bt\n balance roundrobin\n server t0 127.0.0.1:{t0} ssl verify required ca-file {ca} sni str(bench.test) verifyhost bench.test\n\
+          server t1 127.0.0.1:{t1} ssl verify required ca-file {ca} sni str(bench.test) verifyhost bench.test\n",
         p = pem.display(),
+        ca = ca.display(),
         b0 = BACKENDS[0],
-        b1 = BACKENDS[1]
+        b1 = BACKENDS[1],
+        t0 = BACKENDS[0] + TLS_OFFSET,
+        t1 = BACKENDS[1] + TLS_OFFSET
     )
 }
 
 /// Sluice's config; `busy_poll_us` adds a `[proxy]` table setting it (None: the default).
 /// lbd's config: the two backends, plain HTTP on 9080 and TLS on 9443. `dataplane`: with XDP
-/// on the bench's veth (as an edge host runs), else L7 only. `compress`: `/gz/` on 9080 is
-/// gzipped, as the peers' text/html (an lbd older than `compress` is given a config without).
+/// on the bench's veth (as an edge host runs), else L7 only. `current`: `/gz/` on 9080 is
+/// gzipped, as the peers' text/html, and `TLS_UPSTREAM_PATH` goes to the backends over TLS
+/// (an lbd older than `compress` and pools' `tls` is given a config without either).
 fn sluice_config(
     dir: &Path,
     cert: &Path,
     key: &Path,
     busy_poll_us: Option<u64>,
     dataplane: bool,
-    compress: bool,
+    current: bool,
 ) -> String {
     let proxy = match busy_poll_us {
         None => String::new(),
@@ -345,16 +368,23 @@ fn sluice_config(
     } else {
         ""
     };
-    let compressed = match compress {
-        true => "[[route]]\nlistener = \"http\"\npath_prefix = \"/gz/\"\npool = \"b\"\ncompress = {}\n\n",
-        false => "",
+    let current = match current {
+        true => format!(
+            "[[route]]\nlistener = \"http\"\npath_prefix = \"/gz/\"\npool = \"b\"\ncompress = {{}}\n\n\
+             [[pool]]\nname = \"bt\"\nbackends = [{{ address = \"127.0.0.1\" }}, {{ address = \"127.0.0.2\" }}]\nport = {t0}\n\
+             tls = {{ ca = \"{ca}\", server_name = \"bench.test\" }}\n\n\
+             [[route]]\nlistener = \"http\"\npath_prefix = \"{TLS_UPSTREAM_PATH}\"\npool = \"bt\"\n\n",
+            t0 = BACKENDS[0] + TLS_OFFSET,
+            ca = dir.join("ca.pem").display()
+        ),
+        false => String::new(),
     };
     format!(
         "{proxy}{dataplane}[[pool]]\nname = \"b\"\nbackends = [{{ address = \"127.0.0.1\" }}, {{ address = \"127.0.0.2\" }}]\nport = {b0}\n\n\
          [[listener]]\nname = \"http\"\naddress = \"127.0.0.1:9080\"\naccess_log = false\nmax_connections = 15000\n\n\
          [[listener]]\nname = \"https\"\naddress = \"127.0.0.1:9443\"\naccess_log = false\n\
          tls = {{ certificates = [{{ cert = \"{c}\", key = \"{k}\" }}] }}\n\n\
-         {compressed}[[route]]\nlistener = \"http\"\npool = \"b\"\n\n[[route]]\nlistener = \"https\"\npool = \"b\"\n\n\
+         {current}[[route]]\nlistener = \"http\"\npool = \"b\"\n\n[[route]]\nlistener = \"https\"\npool = \"b\"\n\n\
          [admin]\nsocket = \"{d}/lbd.sock\"\n",
         c = cert.display(),
         k = key.display(),
@@ -379,7 +409,15 @@ const BASELINE: &str = "sluice-base";
 /// A 10 KiB text/html page through each proxy's gzip at level 1, wrk asking for gzip (HTTP/1.1
 /// keep-alive; no target in issue #8).
 const GZIP: &str = "gzip";
-const MODES: [&str; 5] = ["http1-keepalive", "tls-keepalive", "tls-handshake", "h2", GZIP];
+/// Plain HTTP/1.1 keep-alive from the client, TLS from the proxy to the backends (kept-alive,
+/// the backends' certificate checked against the bed's CA, SNI `bench.test`; no target in
+/// issue #8).
+const TLS_UPSTREAM: &str = "tls-upstream";
+/// What the tls-upstream mode asks for (each proxy routes it to its TLS backends).
+const TLS_UPSTREAM_PATH: &str = "/tls-up/";
+/// The backends' TLS ports are their plain ports plus this.
+const TLS_OFFSET: u16 = 100;
+const MODES: [&str; 6] = ["http1-keepalive", "tls-keepalive", "tls-handshake", "h2", GZIP, TLS_UPSTREAM];
 /// The modes of an lbd older than `compress` (the baseline).
 const MODES_BEFORE_GZIP: [&str; 4] = ["http1-keepalive", "tls-keepalive", "tls-handshake", "h2"];
 /// The gzip mode's page: list items of a few words, as a page of links, 10 KiB.
@@ -442,7 +480,7 @@ impl Bed {
         let mut backends = Vec::new();
         for port in BACKENDS {
             let conf = dir.0.join(format!("b{port}.conf"));
-            std::fs::write(&conf, backend_config(&dir.0, port))?;
+            std::fs::write(&conf, backend_config(&dir.0, port, &cert, &key))?;
             let prefix = dir.0.to_str().context("path")?;
             backends.push(spawn("1", "nginx", &["-c", conf.to_str().context("path")?, "-p", prefix])?);
             wait_port(port)?;
@@ -563,11 +601,12 @@ fn proxies(bed: &Bed, baseline: Option<&Path>) -> Result<Vec<Proxy>> {
     let busy_conf = dir.0.join("sluice-busy.toml");
     std::fs::write(&busy_conf, sluice_config(&dir.0, cert, key, Some(100), true, true))?;
     let nginx_conf = dir.0.join("proxy.conf");
-    std::fs::write(&nginx_conf, nginx_proxy_config(&dir.0, cert, key, false))?;
+    let ca = &bed.ca.cert;
+    std::fs::write(&nginx_conf, nginx_proxy_config(&dir.0, cert, key, ca, false))?;
     let nginx_128_conf = dir.0.join("proxy-128.conf");
-    std::fs::write(&nginx_128_conf, nginx_proxy_config(&dir.0, cert, key, true))?;
+    std::fs::write(&nginx_128_conf, nginx_proxy_config(&dir.0, cert, key, ca, true))?;
     let haproxy_conf = dir.0.join("haproxy.cfg");
-    std::fs::write(&haproxy_conf, haproxy_config(&combined))?;
+    std::fs::write(&haproxy_conf, haproxy_config(&combined, ca))?;
     let lbd = crate::bin_dir().join("lbd");
     let lbd_run = |name, bin: &Path, conf: &Path| Proxy {
         name,
@@ -637,9 +676,12 @@ fn legend(seconds: u64, baseline: Option<&Path>) {
     println!(
         "{GZIP}: a {PAGE_BYTES}-byte text/html page gzipped at level 1 by each proxy (wrk asks for gzip; plain HTTP/1.1 keep-alive)"
     );
+    println!(
+        "{TLS_UPSTREAM}: plain HTTP/1.1 keep-alive from the client, TLS to the backends (kept alive, certificate and name checked)"
+    );
     if let Some(baseline) = baseline {
         println!(
-            "{BASELINE}: {} with the same config (without the gzip route), in every mode but {GZIP} (an A/B; not in the verdict)",
+            "{BASELINE}: {} with the same config (without the gzip and TLS-upstream routes), in every mode but {GZIP} and {TLS_UPSTREAM} (an A/B; not in the verdict)",
             baseline.display()
         );
     }
@@ -684,6 +726,11 @@ fn rates(proxies: &[Proxy], modes: &[&str], round: usize, seconds: u64, log_dir:
             let proc = proxy.start()?;
             let url = match mode {
                 "http1-keepalive" => format!("http://127.0.0.1:{}/", proxy.http),
+                TLS_UPSTREAM => {
+                    let url = format!("http://127.0.0.1:{}{TLS_UPSTREAM_PATH}", proxy.http);
+                    answers_ok(&url).with_context(|| format!("{} in the {TLS_UPSTREAM} mode", proxy.name))?;
+                    url
+                }
                 GZIP => {
                     let url = format!("http://127.0.0.1:{}/gz/page.html", proxy.http);
                     let size = gzipped(&url).with_context(|| format!("{} in the gzip mode", proxy.name))?;
@@ -703,6 +750,18 @@ fn rates(proxies: &[Proxy], modes: &[&str], round: usize, seconds: u64, log_dir:
         }
     }
     Ok(table)
+}
+
+/// Checks that the proxy at `url` answers 200 (wrk counts any answer alike: a proxy that
+/// could not reach its TLS backends would be measured answering 502).
+fn answers_ok(url: &str) -> Result<()> {
+    let out = in_ns("1", "curl", &["-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", url])
+        .output()?;
+    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    if status != "200" {
+        bail!("{url} answered {status:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
 }
 
 /// Checks that the proxy at `url` gzips the page (wrk reads no bodies and would count plain

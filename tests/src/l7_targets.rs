@@ -127,15 +127,17 @@ pub fn verdict(rounds: &[Round], references: &[&str]) -> Vec<String> {
         }
         lines.push(line);
     }
-    // Gzip: no target; the rate and the CPU per request beside the peers'.
-    let gzip = per_round(rounds, "gzip", references, |s| s.rps, f64::max, 0.0);
-    if !gzip.is_empty() {
-        let (rate, each) = ratio(&gzip);
-        let cpu = per_round(rounds, "gzip", references, |s| s.cpu_us_per_request, f64::min, f64::MAX);
+    // Gzip and TLS to the backends: no target; the rate and the CPU per request beside the peers'.
+    for mode in ["gzip", "tls-upstream"] {
+        let rates = per_round(rounds, mode, references, |s| s.rps, f64::max, 0.0);
+        if rates.is_empty() {
+            continue;
+        }
+        let (rate, each) = ratio(&rates);
+        let cpu = per_round(rounds, mode, references, |s| s.cpu_us_per_request, f64::min, f64::MAX);
         let (cpu, _) = ratio(&cpu);
         lines.push(format!(
-            "{:<16} rate {rate:.2}x the best peer's (rounds {each}), CPU per request {cpu:.2}x the thriftiest peer's (no target)",
-            "gzip"
+            "{mode:<16} rate {rate:.2}x the best peer's (rounds {each}), CPU per request {cpu:.2}x the thriftiest peer's (no target)"
         ));
     }
     let memory: Vec<f64> = rounds

@@ -22,8 +22,19 @@ use crate::proxy::backend_tls::BackendTls;
 /// connect timeout, its TLS handshake failed): nothing of the request was sent, so it may go
 /// to another backend whatever its method or body (`phase::upstream::Tries`).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConnectFailed(pub io::Error);
+#[error("{error}")]
+pub struct ConnectFailed {
+    pub error: io::Error,
+    /// Whether TLS failed (the connection itself was made): the access log says so apart, as
+    /// it is a matter of certificates and names, not of a backend that is down.
+    pub tls: bool,
+}
+
+impl ConnectFailed {
+    pub fn new(error: io::Error) -> ConnectFailed {
+        ConnectFailed { error, tls: false }
+    }
+}
 
 /// What connections a try may reuse are filed under: the backend, and the TLS client that
 /// opened them (0: plain).
@@ -46,15 +57,16 @@ impl Dial<'_> {
     /// A new connection: TCP (Nagle off), then the pool's TLS handshake, both within the
     /// connect timeout.
     pub async fn connect(&self) -> Result<BackendStream, ConnectFailed> {
-        let timed_out = || ConnectFailed(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+        let timed_out = || ConnectFailed::new(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
         let connecting = async {
-            let stream = TcpStream::connect(self.address).await.map_err(ConnectFailed)?;
+            let stream = TcpStream::connect(self.address).await.map_err(ConnectFailed::new)?;
             let _ = stream.set_nodelay(true);
             Ok(match self.tls {
                 None => BackendStream::Plain(stream),
                 Some(tls) => {
-                    let stream = tls.handshake(stream, self.address).await.map_err(|err| {
-                        ConnectFailed(io::Error::new(err.kind(), format!("TLS to {}: {err}", self.address)))
+                    let stream = tls.handshake(stream, self.address).await.map_err(|err| ConnectFailed {
+                        error: io::Error::new(err.kind(), format!("TLS to {}: {err}", self.address)),
+                        tls: true,
                     })?;
                     BackendStream::Tls(Box::new(stream))
                 }

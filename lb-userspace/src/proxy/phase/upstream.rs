@@ -89,7 +89,7 @@ impl Http2Connections {
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|err| ConnectFailed(std::io::Error::other(err)))?;
+            .map_err(|err| ConnectFailed::new(std::io::Error::other(err)))?;
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 log::debug!("HTTP/2 upstream {address}: {err}");
@@ -390,7 +390,9 @@ impl Tries<'_> {
             Err(_) => Sent::Failed(failed(StatusCode::GATEWAY_TIMEOUT, "upstream timed out")),
             Ok(Err(err)) if err.is::<ConnectFailed>() => {
                 log::debug!("upstream {}: connect: {err}", upstream.address);
-                Sent::Unreached(failed(StatusCode::BAD_GATEWAY, "upstream unreachable"))
+                let tls = err.downcast_ref::<ConnectFailed>().is_some_and(|connect| connect.tls);
+                let reason = if tls { "upstream TLS failed" } else { "upstream unreachable" };
+                Sent::Unreached(failed(StatusCode::BAD_GATEWAY, reason))
             }
             Ok(Err(err)) => {
                 log::debug!("upstream {}: {err}", upstream.address);
@@ -465,5 +467,38 @@ mod tests {
         assert!(!timeout.response.headers().contains_key(header::CONNECTION));
         let bad = failed(StatusCode::BAD_REQUEST, "malformed request body").refusal(None);
         assert_eq!(bad.response.headers()[header::CONNECTION], "close");
+    }
+
+    /// A try that could not connect is one another backend may take; the client's 502 says
+    /// whether TLS failed (certificates, names) or the connection itself.
+    #[test]
+    fn a_try_that_could_not_connect_says_whether_tls_failed() {
+        let s = snapshot("");
+        let (route, pool) = (&s.routes["l"][0], &s.pools["p"]);
+        let (commands, _held) = tokio::sync::mpsc::unbounded_channel();
+        let (upstreams, metrics, forwarding) =
+            (Upstreams::default(), ProxyMetrics::default(), Forwarding::default());
+        let tries = Tries {
+            upstreams: &upstreams,
+            commands: &commands,
+            metrics: &metrics,
+            route,
+            pool,
+            host: "a.test",
+            client: "192.0.2.1".parse().unwrap(),
+            tries: 1,
+            body_error: None,
+            forwarding: &forwarding,
+            interim: None,
+        };
+        let upstream = &pool.upstreams[0];
+        for (tls, reason) in [(false, "upstream unreachable"), (true, "upstream TLS failed")] {
+            let error = std::io::Error::other("no");
+            let failed: SendError = Box::new(ConnectFailed { error, tls });
+            let Sent::Unreached(failed) = tries.judged(upstream, Ok(Err(failed))) else {
+                panic!("a try that could not connect was not taken as unreached");
+            };
+            assert_eq!((failed.status, failed.reason), (StatusCode::BAD_GATEWAY, reason));
+        }
     }
 }
