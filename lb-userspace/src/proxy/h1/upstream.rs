@@ -24,7 +24,7 @@ use thread_local::ThreadLocal;
 use tokio::io::AsyncWriteExt;
 
 use crate::proxy::{
-    backend_stream::{BackendStream, ConnKey, Dial},
+    backend_stream::{BackendStream, ConnKey, ConnectFailed, Dial},
     body::{self, Body},
     clock,
     h1::{
@@ -166,15 +166,14 @@ impl Pool {
         });
     }
 
-    async fn connect(dial: Dial<'_>) -> Result<Conn, crate::proxy::backend_stream::ConnectFailed> {
+    async fn connect(dial: Dial<'_>) -> Result<Conn, ConnectFailed> {
         Ok(Conn { stream: dial.connect().await?, buf: BytesMut::new() })
     }
 
     /// Sends a request where `dial` says and reads the response head (the interim answers the
     /// client gets put in `interim`); the response's body reads the rest from the connection.
     /// `body` is read only once a connection is open: when none can be made
-    /// ([`ConnectFailed`](crate::proxy::backend_stream::ConnectFailed)), the caller still has
-    /// it whole.
+    /// ([`ConnectFailed`]), the caller still has it whole.
     #[allow(clippy::too_many_arguments, reason = "the request's parts, and where its interim answers go")]
     pub async fn send(
         self: &Arc<Self>,
