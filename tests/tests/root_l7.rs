@@ -191,6 +191,17 @@ host = "untrusted.test"
 pool = "untrusted"
 
 [[pool]]
+name = "misnamed"
+backends = [{{ address = "{b1}" }}]
+port = 443
+tls = {{ ca = "{ca}", server_name = "elsewhere.internal" }}
+
+[[route]]
+listener = "http"
+host = "misnamed.test"
+pool = "misnamed"
+
+[[pool]]
 name = "hints"
 backends = [{{ address = "{b1}" }}]
 port = 8083
@@ -821,6 +832,28 @@ fn root_l7_tls_to_nginx_backends() -> Result<()> {
     )?;
     let status = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(status == "502" || status == "503", "{status}");
+    // A certificate that does not hold the pool's name: 502, counted as a TLS failure.
+    let out = bed.topology.client.run(
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "host: misnamed.test",
+            &format!("http://{VIP}/"),
+        ],
+    )?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "502");
+    let metrics = bed.topology.lb.run("curl", &["-sS", "http://127.0.0.1:9100/metrics"])?;
+    let failures = format!(
+        "sluice_http_upstream_connect_failures_total{{pool=\"misnamed\",backend=\"{}:443\",reason=\"tls\"}} 1",
+        bed.topology.backends[0].addr4
+    );
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    assert!(text.lines().any(|l| l == failures), "no `{failures}` in the metrics");
     // The health checks over TLS: the trusted pools' backends up, the untrusted pool's down.
     wait_for("TLS health checks to settle", Duration::from_secs(5), || {
         let metrics = bed.topology.lb.run("curl", &["-sS", "http://127.0.0.1:9100/metrics"]);

@@ -34,6 +34,15 @@ impl ConnectFailed {
     pub fn new(error: io::Error) -> ConnectFailed {
         ConnectFailed { error, tls: false }
     }
+
+    /// Why, as the metrics say it: `tls`, `timeout` or `refused` (refused, unreachable, reset).
+    pub fn reason(&self) -> &'static str {
+        match (self.tls, self.error.kind()) {
+            (true, _) => "tls",
+            (false, io::ErrorKind::TimedOut) => "timeout",
+            (false, _) => "refused",
+        }
+    }
 }
 
 /// What connections a try may reuse are filed under: the backend, and the TLS client that

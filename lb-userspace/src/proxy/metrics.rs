@@ -58,6 +58,10 @@ pub struct ProxyMetrics {
     parser_refused: Family<Labels, Counter>,
     proxy_header_refused: Family<Labels, Counter>,
     client_limited: Family<Labels, Counter>,
+    /// Connections to backends that could not be made, by pool, backend and reason.
+    connect_failed: Family<Labels, Counter>,
+    /// The (pool, backend) pairs `connect_failed` holds series of, for `retain`.
+    connect_failed_seen: Arc<Mutex<HashSet<(String, String)>>>,
     /// Every (route, pool, backend) the request families hold, so that those of backends,
     /// pools and routes gone from the config can be removed (`retain`): the families cannot
     /// list their own.
@@ -85,6 +89,8 @@ impl Default for ProxyMetrics {
             parser_refused: Family::default(),
             proxy_header_refused: Family::default(),
             client_limited: Family::default(),
+            connect_failed: Family::default(),
+            connect_failed_seen: Arc::default(),
             counted: Arc::default(),
         }
     }
@@ -198,6 +204,14 @@ impl ProxyMetrics {
                     let l: Labels = listener().chain(owned(&labels, "reason")).collect();
                     self.proxy_header_refused.get_or_create(&l).inc_by(n);
                 }
+                "http_upstream_connect_failures_total" => {
+                    let (Some(pool), Some(backend), Some(reason)) =
+                        (labels.get("pool"), labels.get("backend"), labels.get("reason"))
+                    else {
+                        continue;
+                    };
+                    self.connect_failed_series(pool, backend, reason).inc_by(n);
+                }
                 _ => {}
             }
         }
@@ -288,6 +302,23 @@ impl ProxyMetrics {
                 self.latency.remove(&LatencyLabels { pool: pool.clone(), backend: backend.clone() });
             }
         }
+        self.connect_failed_seen.lock().unwrap_or_else(|p| p.into_inner()).retain(|(pool, backend)| {
+            let live = is_live(
+                config,
+                &(Label::from(""), Label::from(pool.as_str()), Label::from(backend.as_str())),
+            );
+            if !live {
+                for reason in ["refused", "timeout", "tls"] {
+                    let labels = vec![
+                        ("pool", pool.clone()),
+                        ("backend", backend.clone()),
+                        ("reason", reason.to_owned()),
+                    ];
+                    self.connect_failed.remove(&labels);
+                }
+            }
+            live
+        });
     }
 
     pub fn connection_opened(&self, listener: &str) {
@@ -343,6 +374,22 @@ impl ProxyMetrics {
         self.client_limited.get_or_create(&vec![("listener", listener.to_owned())]).inc();
     }
 
+    /// A connection to a backend that could not be made (`reason`: `refused` — refused,
+    /// unreachable or reset —, `timeout`, or `tls`: the handshake failed).
+    pub fn connect_failed(&self, pool: &str, backend: &str, reason: &'static str) {
+        self.connect_failed_series(pool, backend, reason).inc();
+    }
+
+    fn connect_failed_series(&self, pool: &str, backend: &str, reason: &str) -> Counter {
+        self.connect_failed_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((pool.to_owned(), backend.to_owned()));
+        let labels =
+            vec![("pool", pool.to_owned()), ("backend", backend.to_owned()), ("reason", reason.to_owned())];
+        self.connect_failed.get_or_create(&labels).clone()
+    }
+
     /// Adds these metrics to a scrape's registry.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
@@ -387,6 +434,11 @@ impl ProxyMetrics {
             "Connections closed for their PROXY protocol header (missing, malformed, late), by reason",
             self.proxy_header_refused.clone(),
         );
+        registry.register(
+            "http_upstream_connect_failures",
+            "Connections to backends that could not be made, by pool, backend and reason (refused, timeout, tls)",
+            self.connect_failed.clone(),
+        );
         let dropped = Counter::<u64>::default();
         dropped.inc_by(log_sink::dropped());
         registry.register(
@@ -428,7 +480,9 @@ mod tests {
         }
         old.request(route.clone(), pool.clone(), backend.clone(), 503, None);
         old.handshake("https", "ok");
+        old.connect_failed("web", "10.0.0.1:80", "tls");
         let new = ProxyMetrics::default();
+        new.connect_failed("web", "10.0.0.1:80", "tls");
         new.request(route.clone(), pool.clone(), backend.clone(), 200, None);
         new.absorb(&old.text());
         let text = new.text();
@@ -436,6 +490,9 @@ mod tests {
         assert!(requests.iter().any(|l| l.contains("class=\"2xx\"") && l.ends_with(" 4")), "{text}");
         assert!(requests.iter().any(|l| l.contains("class=\"5xx\"") && l.ends_with(" 1")), "{text}");
         assert!(text.lines().any(|l| l.starts_with("tls_handshakes_total") && l.ends_with(" 1")), "{text}");
+        let failed =
+            "http_upstream_connect_failures_total{pool=\"web\",backend=\"10.0.0.1:80\",reason=\"tls\"} 2";
+        assert!(text.contains(failed), "{text}");
     }
 
     /// The per-thread series: labels of the same text made apart (a rebuilt config) count into
@@ -501,6 +558,9 @@ mod tests {
         count("site", "web", "cache", None);
         count("site", "", "", None);
         count("site", "old-pool", "10.0.0.1:8080", Some(0.001));
+        for backend in ["10.0.0.1:8080", "10.0.0.2:8080"] {
+            metrics.connect_failed("web", backend, "refused");
+        }
         let both = "{ address = \"10.0.0.1\" }, { address = \"10.0.0.2\" }";
         // Only the pool no config has goes: 9 series, 8 left.
         metrics.retain(&config(both, &(route("site") + &route("gone"))));
@@ -528,6 +588,15 @@ mod tests {
         assert_eq!(
             latency,
             ["http_upstream_seconds_count{pool=\"web\",backend=\"10.0.0.1:8080\"} 1"],
+            "{text}"
+        );
+        let failed: Vec<_> =
+            text.lines().filter(|l| l.starts_with("http_upstream_connect_failures_total")).collect();
+        assert_eq!(
+            failed,
+            [
+                "http_upstream_connect_failures_total{pool=\"web\",backend=\"10.0.0.1:8080\",reason=\"refused\"} 1"
+            ],
             "{text}"
         );
         // A request of the old snapshot that ends now is counted, and removed the next time.

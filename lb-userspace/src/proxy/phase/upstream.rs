@@ -390,7 +390,9 @@ impl Tries<'_> {
             Err(_) => Sent::Failed(failed(StatusCode::GATEWAY_TIMEOUT, "upstream timed out")),
             Ok(Err(err)) if err.is::<ConnectFailed>() => {
                 log::debug!("upstream {}: connect: {err}", upstream.address);
-                let tls = err.downcast_ref::<ConnectFailed>().is_some_and(|connect| connect.tls);
+                let (tls, why) =
+                    err.downcast_ref::<ConnectFailed>().map_or((false, "refused"), |c| (c.tls, c.reason()));
+                self.metrics.connect_failed(&self.pool.name, &upstream.label, why);
                 let reason = if tls { "upstream TLS failed" } else { "upstream unreachable" };
                 Sent::Unreached(failed(StatusCode::BAD_GATEWAY, reason))
             }
@@ -499,6 +501,15 @@ mod tests {
                 panic!("a try that could not connect was not taken as unreached");
             };
             assert_eq!((failed.status, failed.reason), (StatusCode::BAD_GATEWAY, reason));
+        }
+        let timed_out = ConnectFailed::new(std::io::Error::new(std::io::ErrorKind::TimedOut, "late"));
+        let _ = tries.judged(upstream, Ok(Err(Box::new(timed_out))));
+        let text = metrics.text();
+        for reason in ["refused", "tls", "timeout"] {
+            let series = format!(
+                "http_upstream_connect_failures_total{{pool=\"p\",backend=\"10.0.0.1:80\",reason=\"{reason}\"}} 1"
+            );
+            assert!(text.contains(&series), "{series} not in {text}");
         }
     }
 }
