@@ -3,7 +3,8 @@
 //! HTTP/2 (`protocol = "h2"`); a certificate from another CA or for another name, a backend
 //! that asks for a client certificate the pool lacks, or one that will not speak HTTP/2 to an
 //! h2 pool, gets no request (502); bytes a backend sends unasked on an idle TLS connection
-//! keep it from being reused; an upgraded (101) connection carries bytes both ways over TLS.
+//! keep it from being reused; an upgraded (101) connection carries bytes both ways over TLS; a
+//! backend whose TLS breaks mid-answer ends the exchange (502, or the answer cut).
 use std::{
     net::SocketAddr,
     sync::{
@@ -212,4 +213,84 @@ async fn an_upgraded_connection_to_a_tls_backend_carries_bytes_both_ways() {
         }
         assert_eq!(read.drain(..).as_slice(), word.as_bytes());
     }
+}
+
+/// How the breaking backend ends its answer, by the request's path: bytes inside TLS, bytes
+/// then written on the socket outside TLS, and whether close_notify comes between.
+fn broken_answer(path: &str) -> (&'static [u8], &'static [u8], bool) {
+    const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789";
+    match path {
+        "/garbage" => (b"", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false),
+        "/alert" => (b"HTTP/1.1 200 OK\r\nContent-Le", b"\x15\x03\x03\x00\x02\x02\x28", false),
+        "/cut" => (b"HTTP/1.1 200 OK\r\nContent-Le", b"", false),
+        "/short" => (HEAD, b"", true),
+        _ => (
+            HEAD,
+            b"\x17\x03\x03\x00\x10\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10",
+            false,
+        ),
+    }
+}
+
+/// A TLS backend that breaks each answer as `broken_answer` says, then closes the socket.
+async fn breaking_backend(pki: &Pki) -> SocketAddr {
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.backend_config(&[b"http/1.1"], false));
+    test_bed::listening(move |stream| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(mut tls) = acceptor.accept(stream).await else { return };
+            let mut read = Vec::new();
+            let Some(end) = test_bed::head_read(&mut tls, &mut read).await else { return };
+            let head = String::from_utf8_lossy(&read[..end]).into_owned();
+            let path = head.split(' ').nth(1).unwrap_or("/");
+            let (inside, outside, notify) = broken_answer(path);
+            let _ = tls.write_all(inside).await;
+            let _ = tls.flush().await;
+            if notify {
+                let _ = tls.shutdown().await;
+            }
+            let _ = tls.get_mut().0.write_all(outside).await;
+        }
+    })
+    .await
+}
+
+/// A backend whose TLS breaks (bytes outside TLS, an alert mid-head, the socket cut mid-head,
+/// a close_notify before the body's length, a record that is no cipher text of the session):
+/// each client gets 502, or the head and the bytes that came before the connection is closed;
+/// every exchange ends, every slot comes back, no task panics.
+#[tokio::test]
+async fn a_backend_whose_tls_breaks_ends_its_exchange_with_502_or_a_cut_body() {
+    let pki = Pki::new("breaking");
+    let backend = breaking_backend(&pki).await;
+    let routes = format!(
+        "[[pool]]\nname = \"b\"\nport = {}\nbackends = [{{ address = \"127.0.0.1\" }}]\ntls = {{ ca = \"{}\" }}\n\
+         [[route]]\nlistener = \"l\"\npool = \"b\"\n",
+        backend.port(),
+        pki.ca.display()
+    );
+    let listener = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\n";
+    let (address, shared, _) = super::mutations::start_listener(listener, &routes).await;
+    // A bad record after the head may arrive with it: rustls then fails the read before the
+    // head is taken (502), or after (the head, and the body cut).
+    for (path, expected) in [
+        ("/garbage", &["502"][..]),
+        ("/alert", &["502"]),
+        ("/cut", &["502"]),
+        ("/short", &["200"]),
+        ("/record", &["200", "502"]),
+    ] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n");
+        let got = super::mutations::exchange(address, request.as_bytes(), false).await;
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            expected.iter().any(|status| got.starts_with(&format!("HTTP/1.1 {status} "))),
+            "{path}: {got}"
+        );
+        if got.starts_with("HTTP/1.1 200 ") {
+            // The body's length was promised and not kept: the client sees it cut short.
+            assert!(got.ends_with("\r\n\r\n0123456789"), "{path}: {got}");
+        }
+    }
+    super::mutations::all_ended(&shared).await;
 }
