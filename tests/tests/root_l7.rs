@@ -817,36 +817,15 @@ fn root_l7_tls_to_nginx_backends() -> Result<()> {
     assert!(echo.contains("host=secure.test") && echo.contains("proto=http"), "{echo}");
     // A pool that trusts another CA sends nothing: 502 (or 503 once its health checks, which
     // shake hands the same way, have taken both backends out).
-    let out = bed.topology.client.run(
-        "curl",
-        &[
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-H",
-            "host: untrusted.test",
-            &format!("http://{VIP}/"),
-        ],
-    )?;
-    let status = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(status == "502" || status == "503", "{status}");
+    let status = |host: &str| -> Result<String> {
+        let host = format!("host: {host}");
+        let args = ["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", &host, &format!("http://{VIP}/")];
+        Ok(String::from_utf8_lossy(&bed.topology.client.run("curl", &args)?.stdout).into_owned())
+    };
+    let untrusted = status("untrusted.test")?;
+    assert!(untrusted == "502" || untrusted == "503", "{untrusted}");
     // A certificate that does not hold the pool's name: 502, counted as a TLS failure.
-    let out = bed.topology.client.run(
-        "curl",
-        &[
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-H",
-            "host: misnamed.test",
-            &format!("http://{VIP}/"),
-        ],
-    )?;
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "502");
+    assert_eq!(status("misnamed.test")?, "502");
     let metrics = bed.topology.lb.run("curl", &["-sS", "http://127.0.0.1:9100/metrics"])?;
     let failures = format!(
         "sluice_http_upstream_connect_failures_total{{pool=\"misnamed\",backend=\"{}:443\",reason=\"tls\"}} 1",

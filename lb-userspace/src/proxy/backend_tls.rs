@@ -23,7 +23,7 @@ use tokio_rustls::{TlsConnector, client::TlsStream};
 
 use crate::{
     config::{BackendTls as Settings, UpstreamProtocol},
-    proxy::tls::TlsError,
+    proxy::tls::{self, TlsError, pem},
 };
 
 /// Every client made gets the next number: idle connections are reused only by requests going
@@ -101,11 +101,6 @@ fn mtimes(settings: &Settings) -> Vec<Option<SystemTime>> {
     files(settings).map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
 }
 
-fn pem(doing: &'static str, file: &std::path::Path) -> impl FnOnce(rustls_pki_types::pem::Error) -> TlsError {
-    let file = file.to_path_buf();
-    move |error| TlsError::Pem { doing, file, error }
-}
-
 /// The rustls client: TLS 1.2 and 1.3 with ring, the CA's roots (or any certificate), a
 /// client certificate if set, ALPN h2 or http/1.1, and rustls's in-memory session cache (a new
 /// connection to a backend resumes).
@@ -129,13 +124,7 @@ fn client_config(settings: &Settings, h2: bool) -> Result<Arc<ClientConfig>, Tls
     let mut config = match &settings.client_cert {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                .map_err(pem("reading", cert))?
-                .collect::<Result<_, _>>()
-                .map_err(pem("parsing", cert))?;
-            if chain.is_empty() {
-                return Err(TlsError::NoCertificate(cert.clone()));
-            }
+            let chain = tls::read_chain(cert)?;
             let key = PrivateKeyDer::from_pem_file(key).map_err(pem("reading the key", key))?;
             builder
                 .with_client_auth_cert(chain, key)

@@ -37,7 +37,8 @@ pub enum TlsError {
 
 type Result<T, E = TlsError> = std::result::Result<T, E>;
 
-fn pem(doing: &'static str, file: &Path) -> impl FnOnce(rustls_pki_types::pem::Error) -> TlsError {
+/// A PEM error of `file` while `doing`.
+pub fn pem(doing: &'static str, file: &Path) -> impl FnOnce(rustls_pki_types::pem::Error) -> TlsError {
     let file = file.to_path_buf();
     move |error| TlsError::Pem { doing, file, error }
 }
@@ -51,7 +52,9 @@ pub struct CertStore {
     default: Arc<CertifiedKey>,
 }
 
-fn load_pair(cert: &Path, key: &Path) -> Result<(Arc<CertifiedKey>, Vec<String>)> {
+/// The certificates of a PEM file, at least one (a listener's chain, a pool's client
+/// certificate).
+pub fn read_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(pem("reading", cert))?
         .collect::<Result<_, _>>()
@@ -59,6 +62,11 @@ fn load_pair(cert: &Path, key: &Path) -> Result<(Arc<CertifiedKey>, Vec<String>)
     if chain.is_empty() {
         return Err(TlsError::NoCertificate(cert.to_path_buf()));
     }
+    Ok(chain)
+}
+
+fn load_pair(cert: &Path, key: &Path) -> Result<(Arc<CertifiedKey>, Vec<String>)> {
+    let chain = read_chain(cert)?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(pem("reading the key", key))?;
     let provider = rustls::crypto::ring::default_provider();
     let certified = CertifiedKey::from_der(chain.clone(), key, &provider)

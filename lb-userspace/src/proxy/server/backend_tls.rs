@@ -121,28 +121,43 @@ async fn a_backend_the_pool_cannot_trust_or_that_wants_what_it_lacks_gets_no_req
     assert_eq!(get(address, "plainh2.test", true).await, (200, "HTTP/1.1 plainh2.test none".into()));
 }
 
+type BackendTls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// A raw HTTP/1.1 backend over TLS (the pki's backend certificate, ALPN http/1.1): each
+/// connection that completes its handshake is counted, then served by `serve`.
+async fn raw_tls_backend<F, Fut>(pki: &Pki, handshakes: Arc<AtomicUsize>, serve: F) -> SocketAddr
+where
+    F: Fn(BackendTls) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.backend_config(&[b"http/1.1"], false));
+    test_bed::listening(move |stream| {
+        let (acceptor, handshakes, serve) = (acceptor.clone(), handshakes.clone(), serve.clone());
+        async move {
+            let Ok(tls) = acceptor.accept(stream).await else { return };
+            handshakes.fetch_add(1, Ordering::Relaxed);
+            serve(tls).await;
+        }
+    })
+    .await
+}
+
 /// A TLS backend that answers each request (`real-N`, N its count on the connection) and
 /// then, 50 ms later, sends an answer nobody asked for.
 async fn forging_backend(pki: &Pki, handshakes: Arc<AtomicUsize>) -> SocketAddr {
-    let acceptor = tokio_rustls::TlsAcceptor::from(pki.backend_config(&[b"http/1.1"], false));
-    test_bed::listening(move |stream| {
-        let (acceptor, handshakes) = (acceptor.clone(), handshakes.clone());
-        async move {
-            let Ok(mut tls) = acceptor.accept(stream).await else { return };
-            handshakes.fetch_add(1, Ordering::Relaxed);
-            let (mut read, mut count) = (Vec::new(), 0);
-            while let Some(end) = test_bed::head_read(&mut tls, &mut read).await {
-                read.drain(..end);
-                count += 1;
-                let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nreal-{count}");
-                if tls.write_all(answer.as_bytes()).await.is_err() || tls.flush().await.is_err() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged";
-                if tls.write_all(forged).await.is_err() || tls.flush().await.is_err() {
-                    return;
-                }
+    raw_tls_backend(pki, handshakes, |mut tls| async move {
+        let (mut read, mut count) = (Vec::new(), 0);
+        while let Some(end) = test_bed::head_read(&mut tls, &mut read).await {
+            read.drain(..end);
+            count += 1;
+            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nreal-{count}");
+            if tls.write_all(answer.as_bytes()).await.is_err() || tls.flush().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged";
+            if tls.write_all(forged).await.is_err() || tls.flush().await.is_err() {
+                return;
             }
         }
     })
@@ -166,21 +181,16 @@ async fn bytes_a_backend_sends_unasked_on_an_idle_tls_connection_keep_it_from_re
 
 /// A TLS backend that switches every request to an echo of the bytes after it.
 async fn switching_backend(pki: &Pki) -> SocketAddr {
-    let acceptor = tokio_rustls::TlsAcceptor::from(pki.backend_config(&[b"http/1.1"], false));
-    test_bed::listening(move |stream| {
-        let acceptor = acceptor.clone();
-        async move {
-            let Ok(mut tls) = acceptor.accept(stream).await else { return };
-            let mut read = Vec::new();
-            let Some(end) = test_bed::head_read(&mut tls, &mut read).await else { return };
-            let switched =
-                b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
-            let _ = tls.write_all(switched).await;
-            let _ = tls.write_all(&read[end..]).await;
-            let _ = tls.flush().await;
-            let (mut from, mut to) = tokio::io::split(tls);
-            let _ = tokio::io::copy(&mut from, &mut to).await;
-        }
+    raw_tls_backend(pki, Arc::default(), |mut tls| async move {
+        let mut read = Vec::new();
+        let Some(end) = test_bed::head_read(&mut tls, &mut read).await else { return };
+        let switched =
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+        let _ = tls.write_all(switched).await;
+        let _ = tls.write_all(&read[end..]).await;
+        let _ = tls.flush().await;
+        let (mut from, mut to) = tokio::io::split(tls);
+        let _ = tokio::io::copy(&mut from, &mut to).await;
     })
     .await
 }
@@ -234,23 +244,18 @@ fn broken_answer(path: &str) -> (&'static [u8], &'static [u8], bool) {
 
 /// A TLS backend that breaks each answer as `broken_answer` says, then closes the socket.
 async fn breaking_backend(pki: &Pki) -> SocketAddr {
-    let acceptor = tokio_rustls::TlsAcceptor::from(pki.backend_config(&[b"http/1.1"], false));
-    test_bed::listening(move |stream| {
-        let acceptor = acceptor.clone();
-        async move {
-            let Ok(mut tls) = acceptor.accept(stream).await else { return };
-            let mut read = Vec::new();
-            let Some(end) = test_bed::head_read(&mut tls, &mut read).await else { return };
-            let head = String::from_utf8_lossy(&read[..end]).into_owned();
-            let path = head.split(' ').nth(1).unwrap_or("/");
-            let (inside, outside, notify) = broken_answer(path);
-            let _ = tls.write_all(inside).await;
-            let _ = tls.flush().await;
-            if notify {
-                let _ = tls.shutdown().await;
-            }
-            let _ = tls.get_mut().0.write_all(outside).await;
+    raw_tls_backend(pki, Arc::default(), |mut tls| async move {
+        let mut read = Vec::new();
+        let Some(end) = test_bed::head_read(&mut tls, &mut read).await else { return };
+        let head = String::from_utf8_lossy(&read[..end]).into_owned();
+        let path = head.split(' ').nth(1).unwrap_or("/");
+        let (inside, outside, notify) = broken_answer(path);
+        let _ = tls.write_all(inside).await;
+        let _ = tls.flush().await;
+        if notify {
+            let _ = tls.shutdown().await;
         }
+        let _ = tls.get_mut().0.write_all(outside).await;
     })
     .await
 }
