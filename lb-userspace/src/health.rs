@@ -118,17 +118,17 @@ struct Streak {
 pub async fn run_pool(core: Shared, pool: String) {
     let mut streaks: HashMap<IpAddr, Streak> = HashMap::new();
     loop {
-        let (check, backends, settings, runtime) = {
+        let (check, backends, tls_pool, runtime) = {
             let core = lock(&core);
             let Some(p) = core.state.config.pools.get(&pool) else { return };
             let Some(check) = p.health.clone() else { return };
             let backends: Vec<(IpAddr, bool)> =
                 p.backends.iter().map(|b| (b.addr, core.state.healthy(&pool, b.addr))).collect();
-            (check, backends, p.clone(), core.runtime.clone())
+            let tls_pool = (check.kind == HealthKind::Http && p.tls.is_some()).then(|| p.clone());
+            (check, backends, tls_pool, core.runtime.clone())
         };
         // The proxy's own client to the pool (its files looked at off the core's lock).
-        let tls: Option<Arc<BackendTls>> =
-            if check.kind == HealthKind::Http { runtime.backend_tls(&settings) } else { None };
+        let tls: Option<Arc<BackendTls>> = tls_pool.and_then(|p| runtime.backend_tls(&p));
         let results = join_all(backends.iter().map(|(addr, _)| probe(&check, *addr, tls.as_deref()))).await;
         let mut commands = Vec::new();
         for ((address, healthy), result) in backends.iter().zip(results) {

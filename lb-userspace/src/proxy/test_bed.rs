@@ -101,9 +101,7 @@ pub async fn h2c() -> SocketAddr {
             ];
             Ok::<_, hyper::Error>(Response::new(StreamBody::new(stream::iter(frames))))
         });
-        let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(TokioIo::new(stream), service);
-        let _ = served.await;
+        serve(stream, true, service).await;
     })
     .await
 }
@@ -261,15 +259,26 @@ pub async fn tls_backend(
                 let text = format!("{:?} {host} {client}", request.version());
                 Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(text))))
             });
-            let io = TokioIo::new(stream);
-            let _ = if h2 {
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(io, service)
-                    .await
-            } else {
-                hyper::server::conn::http1::Builder::new().serve_connection(io, service).await
-            };
+            serve(stream, h2, service).await;
         }
     })
     .await
+}
+
+/// Serves one connection with `service` (hyper), in HTTP/2 or HTTP/1.1, until it ends.
+pub async fn serve<I, S>(io: I, http2: bool, service: S)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming> + Send + 'static,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let io = TokioIo::new(io);
+    let _ = if http2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, service).await
+    } else {
+        hyper::server::conn::http1::Builder::new().serve_connection(io, service).await
+    };
 }

@@ -14,7 +14,6 @@ use std::{
 use bytes::Bytes;
 use http_body_util::{Empty, Full};
 use hyper::{Request, Response, body::Incoming, service::service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::proxy::test_bed;
 
@@ -46,14 +45,7 @@ async fn echoing(h2c: bool, asked: Arc<AtomicUsize>) -> SocketAddr {
                     .unwrap();
                 async move { Ok::<_, hyper::Error>(answer) }
             });
-            let io = TokioIo::new(stream);
-            let _ = if h2c {
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(io, service)
-                    .await
-            } else {
-                hyper::server::conn::http1::Builder::new().serve_connection(io, service).await
-            };
+            test_bed::serve(stream, h2c, service).await;
         }
     })
     .await
