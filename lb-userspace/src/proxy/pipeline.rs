@@ -354,14 +354,14 @@ impl Forwarder {
             // beside it), compressed if the client takes gzip.
             let gzip = route.compress.is_some() && compress::accepts_gzip(&parts.headers);
             let (host, request_id) = (&labels.host, &labels.request_id);
-            let h2c = pool.protocol.is_http2();
+            let h2_upstream = pool.protocol.is_http2();
             let forwarding = headers::upstream_request(
                 &mut parts,
                 received_host.as_ref(),
                 conn,
                 forwarded_for.as_ref(),
                 request_id,
-                h2c,
+                h2_upstream,
                 upgrade,
             );
             headers::edit(&mut parts.headers, &route.request_headers);
