@@ -131,6 +131,17 @@ pub struct ApiKeyConfig {
     pub file: PathBuf,
 }
 
+/// Basic auth (RFC 7617): users and their password hashes from an htpasswd file, re-read when
+/// it changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BasicAuthConfig {
+    pub file: PathBuf,
+    /// Named to clients in `WWW-Authenticate`.
+    pub realm: String,
+    /// Pass the user's name to the backend in this header (the client's own is removed).
+    pub user_header: Option<String>,
+}
+
 /// A JWT signature algorithm (the names RFC 7518 gives them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum JwtAlgorithm {
@@ -352,6 +363,7 @@ pub struct Route {
     pub fallback: Option<Fallback>,
     pub api_key: Option<ApiKeyConfig>,
     pub jwt: Option<JwtConfig>,
+    pub basic_auth: Option<BasicAuthConfig>,
     /// Mirror this share (percent) of bodiless requests to another pool; its answers are
     /// discarded and never wait for or change the client's.
     pub shadow: Option<(String, f64)>,

@@ -8,6 +8,7 @@ pub mod dataplane;
 pub mod generate;
 pub mod health;
 pub mod host;
+pub mod htpasswd;
 pub mod inspect;
 pub mod instance;
 pub mod live_view;

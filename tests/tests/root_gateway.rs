@@ -30,6 +30,19 @@ impl Bed {
         topology.lb.run("ip", &["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
         let b = |i: usize| topology.backends[i].addr4;
         std::fs::write(dir.0.join("keys.txt"), "# accepted keys\nkey-one\nkey-three\n")?;
+        // Users as Apache's htpasswd makes them: bcrypt and SHA-512 crypt.
+        let mut users = String::new();
+        for (flag, user, password) in [("-nbB", "ann", "open sesame"), ("-nb5", "bob", "hunter2")] {
+            let made = std::process::Command::new("htpasswd").args([flag, user, password]).output()?;
+            anyhow::ensure!(
+                made.status.success(),
+                "htpasswd {flag}: {}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+            users.push_str(String::from_utf8(made.stdout)?.trim());
+            users.push('\n');
+        }
+        std::fs::write(dir.0.join("users.htpasswd"), users)?;
         let config = dir.0.join("sluice.toml");
         std::fs::write(
             &config,
@@ -102,6 +115,13 @@ listener = "http"
 host = "keys.test"
 pool = "one"
 api_key = {{ header = "x-api-key", file = "keys.txt" }}
+
+[[route]]
+name = "staff"
+listener = "http"
+host = "staff.test"
+pool = "one"
+basic_auth = {{ file = "users.htpasswd", realm = "Staff only", user_header = "x-user" }}
 
 [[route]]
 name = "jwt"
@@ -505,6 +525,41 @@ fn root_gateway_api_keys_and_jwt() -> Result<()> {
     wait_for("the new key", Duration::from_secs(4), || {
         ask(&bed, "keys.test", "/", &["x-api-key: key-two".into()]).map(|a| a.0 == 200).unwrap_or(false)
     })?;
+
+    // Basic auth, users from htpasswd, logins by curl's -u.
+    let staff = |login: &str| -> Result<(u16, String)> {
+        let url = format!("http://{VIP}/echo");
+        let args = [
+            "-sS",
+            "-u",
+            login,
+            "-H",
+            "Host: staff.test",
+            "-H",
+            "X-User: mallory",
+            "-D",
+            "-",
+            "-w",
+            "\n|%{http_code}",
+            &url,
+        ];
+        let out = String::from_utf8_lossy(&bed.topology.client.run("curl", &args)?.stdout).into_owned();
+        let (text, code) = out.rsplit_once('|').unwrap_or_default();
+        Ok((code.trim().parse().unwrap_or(0), text.to_owned()))
+    };
+    for login in ["ann:open sesame", "bob:hunter2"] {
+        let (code, text) = staff(login)?;
+        let user = login.split(':').next().unwrap_or_default();
+        assert_eq!(code, 200, "{login}: {text}");
+        assert!(text.contains(&format!("user={user}\n")), "the user's name, not the forged one: {text}");
+    }
+    for login in ["ann:hunter2", "carol:open sesame", "bob:"] {
+        let (code, text) = staff(login)?;
+        assert_eq!(code, 401, "{login}: {text}");
+        let challenge = "www-authenticate: basic realm=\"staff only\", charset=\"utf-8\"";
+        assert!(text.to_ascii_lowercase().contains(challenge), "{text}");
+    }
+    assert_eq!(ask(&bed, "staff.test", "/", &[])?, (401, "credentials required".into()));
 
     // JWT: valid, expired, not yet valid, wrong audience, bad signature, missing.
     let bearer = |t: String| format!("authorization: Bearer {t}");

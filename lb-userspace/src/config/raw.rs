@@ -117,6 +117,7 @@ pub(super) struct RawRoute {
     pub(super) fallback: Option<Fallback>,
     pub(super) api_key: Option<RawApiKey>,
     pub(super) jwt: Option<JwtConfig>,
+    pub(super) basic_auth: Option<RawBasicAuth>,
     pub(super) shadow: Option<RawShadow>,
     pub(super) cache: Option<CacheConfig>,
     pub(super) compress: Option<Spanned<RawCompress>>,
@@ -181,6 +182,14 @@ pub(super) struct RawApiKey {
     pub(super) header: Option<String>,
     pub(super) query: Option<String>,
     pub(super) file: Spanned<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBasicAuth {
+    pub(super) file: Spanned<PathBuf>,
+    pub(super) realm: Option<Spanned<String>>,
+    pub(super) user_header: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

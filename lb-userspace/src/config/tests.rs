@@ -341,6 +341,52 @@ fn jwt_algorithm_hash_key_and_secret_are_checked_at_their_lines() {
 }
 
 #[test]
+fn basic_auth_files_realms_and_headers_are_checked_at_their_lines() {
+    let dir = std::env::temp_dir().join(format!("sluice-config-basic-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // htpasswd -nbB -C 4 ann 'open sesame', and htpasswd's default (-m) for dee.
+    let ann = "ann:$2y$04$o2bVFVIz.Iqlx6PNV0I.qOGGW6y7kqYhqXMCrf2OkVxyZOmEg/qBa\n";
+    std::fs::write(dir.join("good"), ann).unwrap();
+    std::fs::write(dir.join("md5"), format!("{ann}dee:$apr1$eIqTXKib$2x6sHaEyNNQrYxnTr0KKA1\n")).unwrap();
+    let file = dir.join("t.toml");
+    let route = |auth: &str| {
+        format!(
+            "[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n[[listener]]\nname = \"l\"\n\
+             address = \"127.0.0.1:8080\"\n[[route]]\nlistener = \"l\"\npool = \"p\"\n{auth}\n"
+        )
+    };
+    let found = |auth: &str| -> Vec<String> {
+        Config::parse(&file, &route(auth)).unwrap_err().0.iter().map(ToString::to_string).collect()
+    };
+    let config =
+        Config::parse(&file, &route("basic_auth = { file = \"good\", user_header = \"X-User\" }")).unwrap();
+    let auth = config.routes[0].basic_auth.as_ref().unwrap();
+    assert_eq!((auth.file.clone(), auth.realm.as_str()), (dir.join("good"), "sluice"), "beside the config");
+    assert_eq!(auth.user_header.as_deref(), Some("x-user"));
+    let weak = found("basic_auth = { file = \"md5\" }");
+    assert!(
+        weak.iter()
+            .any(|e| e.contains("t.toml:10: basic_auth:")
+                && e.contains("md5: line 2: user `dee`'s hash is MD5")),
+        "{weak:?}"
+    );
+    let missing = found("basic_auth = { file = \"gone\" }");
+    assert!(
+        missing.iter().any(|e| e.contains("t.toml:10: cannot read") && e.contains("gone")),
+        "{missing:?}"
+    );
+    let realm = found("basic_auth = { file = \"good\", realm = \"say \\\"hi\\\"\" }");
+    assert!(realm.iter().any(|e| e.contains("t.toml:10: basic_auth: realm must be")), "{realm:?}");
+    let header = found("basic_auth = { file = \"good\", user_header = \"x user\" }");
+    assert!(header.iter().any(|e| e.contains("user_header `x user` is not a header name")), "{header:?}");
+    let host = found("basic_auth = { file = \"good\", user_header = \"Host\" }");
+    assert!(host.iter().any(|e| e.contains("user_header `Host` is a field lbd reads or sets")), "{host:?}");
+    let both = found("basic_auth = { file = \"good\" }\njwt = { algorithm = \"HS256\", secret = \"s\" }");
+    assert!(both.iter().any(|e| e.contains("jwt and basic_auth both read Authorization")), "{both:?}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn syn_limit_is_checked_and_defaults_its_burst_to_the_rate() {
     let config = Config::parse(Path::new("t.toml"), &format!("{BASE}syn_rate_per_prefix = 500\n")).unwrap();
     assert_eq!(config.syn_limit, Some(SynLimit { rate: 500, burst: 500 }));

@@ -4,6 +4,7 @@
 use std::{
     fmt::Write as _,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
     time::Instant,
 };
 
@@ -52,6 +53,8 @@ pub struct Entry {
     /// The request's User-Agent and Referer, when it sent them (nginx's `combined` format).
     pub user_agent: Option<String>,
     pub referer: Option<String>,
+    /// The user basic auth let in (nginx's `$remote_user`).
+    pub user: Option<Arc<str>>,
     pub format: AccessLogFormat,
 }
 
@@ -131,6 +134,10 @@ impl Entry {
         let millis = self.started.elapsed().as_secs_f64() * 1000.0;
         let _ = write!(out, " bytes={bytes} duration_ms={millis:.3} request_id=");
         quote_into(out, &self.request_id);
+        if let Some(user) = &self.user {
+            out.push_str(" user=");
+            quote_into(out, user);
+        }
         for (key, value) in [(" user_agent=", &self.user_agent), (" referer=", &self.referer)] {
             if let Some(value) = value {
                 out.push_str(key);
@@ -161,6 +168,7 @@ impl Entry {
                 bytes,
                 duration_ms: (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
                 request_id: &self.request_id,
+                user: self.user.as_deref(),
                 user_agent: self.user_agent.as_deref(),
                 referer: self.referer.as_deref(),
             }),
@@ -216,6 +224,8 @@ struct JsonRequest<'a> {
     bytes: u64,
     duration_ms: f64,
     request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     user_agent: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -308,6 +318,7 @@ mod tests {
             forwarded_client: None,
             user_agent: Some("curl/7.88.1 status=500".into()),
             referer: None,
+            user: Some("ann status=500".into()),
             format: AccessLogFormat::Logfmt,
         };
         let line = entry.line(&conn, 42);
@@ -316,7 +327,7 @@ mod tests {
         assert_eq!(status.len(), 1, "{line}");
         assert_eq!(status[0].1, "200");
         assert!(line.contains("bytes=42 ") && line.contains("tls=TLSv1_3 sni=example.test"), "{line}");
-        assert!(line.contains("request_id=\"abc status=500\""), "{line}");
+        assert!(line.contains("request_id=\"abc status=500\" user=\"ann status=500\""), "{line}");
         assert!(line.starts_with("client=192.0.2.1:5000 host="), "{line}");
         // What the client sent, quoted; what it did not, left out.
         assert!(
@@ -349,6 +360,7 @@ mod tests {
             forwarded_client: None,
             user_agent: None,
             referer: Some("https://a.test/\", \"status\": 500".into()),
+            user: None,
             format: AccessLogFormat::Json,
         };
         let line = entry.json(&conn, 7);
@@ -358,6 +370,7 @@ mod tests {
         assert_eq!(v["request_id"], "abc\", \"status\": 500", "a value cannot forge a field");
         assert_eq!((v["upstream"].as_str(), v["reason"].as_str()), (Some("-"), Some("no route")));
         assert!(v.get("tls").is_none() && v.get("peer").is_none() && v.get("user_agent").is_none());
+        assert!(v.get("user").is_none());
         assert_eq!(v["referer"], "https://a.test/\", \"status\": 500");
         assert_eq!((v["client"].as_str(), v["duration_ms"].is_f64()), (Some("192.0.2.1:5000"), true));
         // A parser refusal: client, status and reason only.

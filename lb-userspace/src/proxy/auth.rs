@@ -1,35 +1,28 @@
 //! Route access by credentials: API keys (header or query parameter, keys from a file that is
 //! re-read when it changes) and JWTs (HS256, RS256, ES256; `exp`, `nbf`, `iss`, `aud` checked).
-use std::{
-    collections::HashSet,
-    path::PathBuf,
-    sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::collections::HashSet;
+#[cfg(test)]
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use hyper::{HeaderMap, StatusCode, Uri, header};
 use jsonwebtoken::{DecodingKey, Validation, errors::ErrorKind};
 
-use crate::config::{ApiKeyConfig, JwtConfig};
+use crate::{
+    config::{ApiKeyConfig, JwtConfig},
+    proxy::watched_file::WatchedFile,
+};
 
 /// Why a request was refused: status and a body that says what to fix.
 pub type Refusal = (StatusCode, &'static str);
 
-/// API keys from a file, one per line (`#` comments), re-read at most once a second when its
-/// modification time changes.
+/// API keys from a file, one per line (`#` comments), read again when it changes.
 pub struct ApiKeys {
     config: ApiKeyConfig,
-    keys: ArcSwap<HashSet<String>>,
-    modified: Mutex<Option<SystemTime>>,
-    checked_at: AtomicU64,
+    keys: WatchedFile<HashSet<String>>,
 }
 
-fn read_keys(file: &PathBuf) -> std::io::Result<HashSet<String>> {
-    Ok(std::fs::read_to_string(file)?
+fn parse_keys(text: &str) -> Result<HashSet<String>, String> {
+    Ok(text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -39,35 +32,8 @@ fn read_keys(file: &PathBuf) -> std::io::Result<HashSet<String>> {
 
 impl ApiKeys {
     pub fn new(config: ApiKeyConfig) -> ApiKeys {
-        let keys = read_keys(&config.file).unwrap_or_default();
-        let modified = std::fs::metadata(&config.file).and_then(|m| m.modified()).ok();
-        ApiKeys {
-            config,
-            keys: ArcSwap::from_pointee(keys),
-            modified: Mutex::new(modified),
-            checked_at: AtomicU64::new(0),
-        }
-    }
-
-    fn refresh(&self) {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        if self.checked_at.swap(now, Ordering::Relaxed) == now {
-            return;
-        }
-        let modified = std::fs::metadata(&self.config.file).and_then(|m| m.modified()).ok();
-        let mut last = self.modified.lock().unwrap_or_else(|p| p.into_inner());
-        if modified != *last {
-            *last = modified;
-            match read_keys(&self.config.file) {
-                Ok(keys) => {
-                    log::info!("API keys reloaded from {} ({} keys)", self.config.file.display(), keys.len());
-                    self.keys.store(keys.into());
-                }
-                Err(err) => {
-                    log::error!("API keys {}: {err}; keeping the previous keys", self.config.file.display())
-                }
-            }
-        }
+        let keys = WatchedFile::new(config.file.clone(), "API keys", parse_keys);
+        ApiKeys { config, keys }
     }
 
     /// The query parameter keys are presented in, if not a header.
@@ -80,7 +46,6 @@ impl ApiKeys {
 
     /// The request's key if it is known.
     pub fn check(&self, headers: &HeaderMap, uri: &Uri) -> Result<String, Refusal> {
-        self.refresh();
         let presented = match (&self.config.header, &self.config.query) {
             (Some(name), _) => headers.get(name.as_str()).and_then(|v| v.to_str().ok()).map(str::to_owned),
             (None, Some(param)) => uri.query().and_then(|q| {
@@ -91,7 +56,7 @@ impl ApiKeys {
             (None, None) => None,
         };
         let Some(key) = presented else { return Err((StatusCode::UNAUTHORIZED, "API key required")) };
-        if self.keys.load().contains(&key) {
+        if self.keys.current().contains(&key) {
             Ok(key)
         } else {
             Err((StatusCode::FORBIDDEN, "API key not accepted"))

@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod auth;
 pub mod backend_stream;
 pub mod backend_tls;
+pub mod basic_auth;
 pub mod body;
 pub mod boxed;
 pub mod busy_poll;
@@ -32,6 +33,7 @@ pub mod test_bed;
 pub mod tls;
 pub mod trim;
 pub mod turn;
+pub mod watched_file;
 pub mod workers;
 
 use std::{sync::Arc, time::Duration};

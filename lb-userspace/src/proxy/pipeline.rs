@@ -51,6 +51,8 @@ struct Labels {
     forwarded_client: Option<std::net::IpAddr>,
     /// false when the route's requests are not logged (`access_log = false`).
     logged: bool,
+    /// The user basic auth let in.
+    user: Option<std::sync::Arc<str>>,
 }
 
 impl Labels {
@@ -260,6 +262,7 @@ impl Forwarder {
                 in_flight: None,
                 forwarded_client: None,
                 logged: true,
+                user: None,
             };
             let (response, reason) =
                 match self.answer(request, &snapshot, &listener, &conn, &mut labels).await {
@@ -285,6 +288,7 @@ impl Forwarder {
                         forwarded_client: labels.forwarded_client,
                         user_agent,
                         referer,
+                        user: labels.user.take(),
                         format: listener.access_log_format,
                     }
                 });
@@ -338,6 +342,9 @@ impl Forwarder {
             };
             let (mut parts, body) = request.into_parts();
             gate::admit(route, &mut parts.headers, &parts.uri, client)?;
+            if let Some(auth) = &route.runtime.basic_auth {
+                labels.user = Some(gate::logged_in(auth, &mut parts.headers).await?);
+            }
             if let Some((prefix, with)) = &route.rewrite {
                 path::rewrite(&mut parts.uri, prefix, with)?;
             }

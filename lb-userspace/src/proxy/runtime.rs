@@ -18,10 +18,11 @@ use governor::{DefaultKeyedRateLimiter, Quota, clock::Clock as _};
 use tokio::sync::Notify;
 
 use crate::{
-    config::{ApiKeyConfig, Config, JwtConfig, Pool, RateKey, RateLimit, Route},
+    config::{ApiKeyConfig, BasicAuthConfig, Config, JwtConfig, Pool, RateKey, RateLimit, Route},
     proxy::{
         auth::{ApiKeys, Jwt},
         backend_tls::BackendTls,
+        basic_auth::BasicAuth,
         clock,
     },
 };
@@ -202,6 +203,7 @@ struct RouteSettings {
     rate_limit: Option<RateLimit>,
     api_key: Option<ApiKeyConfig>,
     jwt: Option<JwtConfig>,
+    basic_auth: Option<BasicAuthConfig>,
 }
 
 impl RouteSettings {
@@ -210,6 +212,7 @@ impl RouteSettings {
             rate_limit: route.rate_limit.clone(),
             api_key: route.api_key.clone(),
             jwt: route.jwt.clone(),
+            basic_auth: route.basic_auth.clone(),
         }
     }
 }
@@ -221,6 +224,7 @@ pub struct RouteRuntime {
     budget: RetryBudget,
     pub api_keys: Option<ApiKeys>,
     pub jwt: Option<Jwt>,
+    pub basic_auth: Option<BasicAuth>,
 }
 
 impl RouteRuntime {
@@ -235,6 +239,7 @@ impl RouteRuntime {
                 .jwt
                 .as_ref()
                 .and_then(|j| Jwt::new(j).map_err(|e| log::error!("route {}: jwt: {e}", route.name)).ok()),
+            basic_auth: route.basic_auth.as_ref().map(BasicAuth::new),
         }
     }
 

@@ -646,6 +646,8 @@ pub mod answer;
 #[cfg(test)]
 mod backend_tls;
 #[cfg(test)]
+mod basic_auth;
+#[cfg(test)]
 mod body_limits;
 #[cfg(test)]
 mod compressed;

@@ -39,6 +39,10 @@ pub(in crate::config) fn check(
         }
         let api_key = raw.api_key.map(|k| api_key(k, resolve, errors));
         let jwt = raw.jwt.map(|j| jwt(j, base, at.clone(), errors));
+        if jwt.is_some() && raw.basic_auth.is_some() {
+            errors.at(at.clone(), "jwt and basic_auth both read Authorization: a route takes one of them");
+        }
+        let basic_auth = raw.basic_auth.map(|b| basic_auth(b, resolve, errors));
         let shadow = raw.shadow.map(|sh| shadow(sh, pools, errors));
         let compress = raw.compress.map(|c| compress(c, errors));
         let request_headers = raw.request_headers.map(|e| header_edits(e, "request_headers", errors));
@@ -67,6 +71,7 @@ pub(in crate::config) fn check(
             fallback: raw.fallback,
             api_key,
             jwt,
+            basic_auth,
             shadow,
             cache: raw.cache,
             compress,
@@ -317,6 +322,59 @@ fn jwt(mut jwt: JwtConfig, base: &Path, at: Range<usize>, errors: &mut Errors) -
         errors.at(at, format!("jwt: subject_header `{name}` is not a header name"));
     }
     jwt
+}
+
+/// A route's basic auth: its htpasswd file readable with every line accepted (when files are
+/// checked), a realm that can be quoted, a user header that is a header name.
+fn basic_auth(
+    raw: RawBasicAuth,
+    resolve: &impl Fn(Spanned<PathBuf>) -> Spanned<PathBuf>,
+    errors: &mut Errors,
+) -> BasicAuthConfig {
+    let file = resolve(raw.file);
+    if errors.open_files {
+        let path = file.get_ref();
+        match files::read_file(path) {
+            Ok(text) => {
+                if let Err(err) = crate::htpasswd::Users::parse(&text) {
+                    errors.at(file.span(), format!("basic_auth: {}: {err}", path.display()));
+                }
+            }
+            Err(err) => errors.at(file.span(), format!("cannot read {}: {err}", path.display())),
+        }
+    }
+    let realm = raw.realm.map_or_else(
+        || "sluice".to_owned(),
+        |realm| {
+            let text = realm.get_ref();
+            let quotable = text.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
+            if text.is_empty() || text.len() > 128 || !quotable {
+                errors.at(
+                    realm.span(),
+                    "basic_auth: realm must be 1 to 128 visible ASCII characters or spaces, no `\"` or `\\`",
+                );
+            }
+            realm.into_inner()
+        },
+    );
+    let user_header = raw.user_header.map(|name| {
+        let lower = name.get_ref().to_ascii_lowercase();
+        let why = if hyper::header::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+            Some("is not a header name")
+        } else if FRAMING.contains(&lower.as_str())
+            || SET_BY_LBD.contains(&lower.as_str())
+            || lower == "authorization"
+        {
+            Some("is a field lbd reads or sets")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            errors.at(name.span(), format!("basic_auth: user_header `{}` {why}", name.get_ref()));
+        }
+        lower
+    });
+    BasicAuthConfig { file: file.into_inner(), realm, user_header }
 }
 
 /// A route's shadow: a defined pool and a share 0 to 100.

@@ -1,13 +1,15 @@
 //! Gate: who may use a route: the client allow and deny lists, an API key, a JWT (whose verified
-//! subject, and only it, reaches the backend in the route's subject header), the rate limit.
-use std::net::IpAddr;
+//! subject, and only it, reaches the backend in the route's subject header), the rate limit, then
+//! basic auth (after the rate limit, as nginx's `limit_req` comes before `auth_basic`: guesses
+//! are limited before they are hashed).
+use std::{net::IpAddr, sync::Arc};
 
 use hyper::{
     HeaderMap, StatusCode, Uri,
     header::{self, HeaderValue},
 };
 
-use crate::proxy::{phase::Refusal, routes::CompiledRoute};
+use crate::proxy::{basic_auth::BasicAuth, phase::Refusal, routes::CompiledRoute};
 
 /// Lets the request through or says why not; may set the JWT subject header.
 pub fn admit(
@@ -47,4 +49,23 @@ pub fn admit(
         return Err(refusal);
     }
     Ok(())
+}
+
+/// Lets the request through if its user and password are right, and names the user; the user's
+/// name, and only it, reaches the backend in the route's user header.
+pub async fn logged_in(auth: &BasicAuth, headers: &mut HeaderMap) -> Result<Arc<str>, Refusal> {
+    let user = auth.check(headers).await.map_err(|(status, why)| {
+        let mut refusal = Refusal::new(status, why);
+        if status == StatusCode::UNAUTHORIZED {
+            refusal.response.headers_mut().insert(header::WWW_AUTHENTICATE, auth.challenge.clone());
+        }
+        refusal
+    })?;
+    if let Some(name) = &auth.user_header {
+        headers.remove(name);
+        if let Ok(value) = HeaderValue::from_str(&user) {
+            headers.insert(name.clone(), value);
+        }
+    }
+    Ok(user)
 }
