@@ -363,7 +363,8 @@ fn root_gateway_split_limits_access_retries_fallback() -> Result<()> {
     let listed = bed.lbd.lbctl(&["route", "list"])?;
     let canary = listed.lines().find(|l| l.starts_with("canary ")).unwrap_or_default();
     assert!(
-        canary.contains("canary.test") && canary.ends_with("one              -                    two 10%"),
+        canary.contains("canary.test")
+            && canary.ends_with("one              -                    -                        two 10%"),
         "{listed}"
     );
     let refused = bed.lbd.lbctl(&["route", "split", "canary", "one", "10"]).unwrap_err().to_string();
@@ -560,6 +561,11 @@ fn root_gateway_api_keys_and_jwt() -> Result<()> {
         assert!(text.to_ascii_lowercase().contains(challenge), "{text}");
     }
     assert_eq!(ask(&bed, "staff.test", "/", &[])?, (401, "credentials required".into()));
+    let listed = bed.lbd.lbctl(&["route", "list"])?;
+    let staff = listed.lines().find(|l| l.starts_with("staff ")).unwrap_or_default();
+    assert!(staff.contains(" basic_auth "), "{listed}");
+    let keyed = listed.lines().find(|l| l.starts_with("keyed ")).unwrap_or_default();
+    assert!(keyed.contains(" api_key, rate_limit 1/s "), "{listed}");
 
     // JWT: valid, expired, not yet valid, wrong audience, bad signature, missing.
     let bearer = |t: String| format!("authorization: Bearer {t}");

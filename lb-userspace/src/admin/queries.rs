@@ -266,5 +266,25 @@ fn route_view(route: &crate::config::Route) -> views::Route {
             .map(|edits| edits.set.len() + edits.remove.len())
             .sum(),
         compress: route.compress.is_some(),
+        gates: gates(route),
     }
+}
+
+/// A route's gates, in the order a request meets them (`phase::gate`).
+fn gates(route: &crate::config::Route) -> Vec<String> {
+    let mut gates = Vec::new();
+    let named = [
+        ("allow", !route.allow.is_empty()),
+        ("deny", !route.deny.is_empty()),
+        ("api_key", route.api_key.is_some()),
+        ("jwt", route.jwt.is_some()),
+    ];
+    gates.extend(named.iter().filter(|(_, set)| *set).map(|(name, _)| (*name).to_owned()));
+    if let Some(limit) = &route.rate_limit {
+        gates.push(format!("rate_limit {}/s", limit.requests_per_second));
+    }
+    if route.basic_auth.is_some() {
+        gates.push("basic_auth".to_owned());
+    }
+    gates
 }

@@ -111,6 +111,10 @@ pub struct Route {
     /// Answers gzipped for clients that take it.
     #[serde(default)]
     pub compress: bool,
+    /// Who may use it, in the order checked: `allow`, `deny`, `api_key`, `jwt`,
+    /// `rate_limit 50/s`, `basic_auth`.
+    #[serde(default)]
+    pub gates: Vec<String>,
 }
 
 /// One entry of `GET /vips`.

@@ -139,11 +139,11 @@ pub fn status(s: &views::Status) {
     }
 }
 
-/// L7 routes in the order they are tried, with their pool and split.
+/// L7 routes in the order they are tried, with their pool, edits, gates and split.
 pub fn routes(routes: &[views::Route]) {
     println!(
-        "{:<20} {:<12} {:<24} {:<16} {:<16} {:<20} split",
-        "name", "listener", "host", "path", "pool", "edits"
+        "{:<20} {:<12} {:<24} {:<16} {:<16} {:<20} {:<24} split",
+        "name", "listener", "host", "path", "pool", "edits", "gates"
     );
     for r in routes {
         let mut split: Vec<String> = r.split.iter().map(|(p, share)| format!("{p} {share}%")).collect();
@@ -162,10 +162,11 @@ pub fn routes(routes: &[views::Route]) {
             edits.push("gzip".to_owned());
         }
         let edits = if edits.is_empty() { "-".to_owned() } else { edits.join(", ") };
+        let gates = if r.gates.is_empty() { "-".to_owned() } else { r.gates.join(", ") };
         // A route that answers by itself shows its answer where a pool would be.
         let pool = r.answer.as_deref().unwrap_or(&r.pool);
         println!(
-            "{:<20} {:<12} {:<24} {:<16} {pool:<16} {edits:<20} {split}",
+            "{:<20} {:<12} {:<24} {:<16} {pool:<16} {edits:<20} {gates:<24} {split}",
             r.name, r.listener, r.host, r.path
         );
     }
