@@ -220,6 +220,8 @@ pub struct RateLimit {
     pub requests_per_second: f64,
     pub burst: f64,
     pub key: RateKey,
+    /// The route's listener's `client_ipv6_prefix`: IPv6 clients' buckets are by this prefix.
+    pub ipv6_prefix: u8,
 }
 
 /// A static answer when no backend can take the request (none usable, or all tries failed).
@@ -268,6 +270,9 @@ pub struct Listener {
     pub max_connections: usize,
     /// Connections one client address may have open at once; None: no limit of its own.
     pub max_connections_per_client: Option<u32>,
+    /// IPv6 clients are counted by this prefix of their address (default 64: one client's
+    /// network) by `max_connections_per_client` and the routes' `rate_limit`s by client.
+    pub client_ipv6_prefix: u8,
     pub header_read_timeout: Duration,
     /// A TLS handshake not done by then is dropped.
     pub handshake_timeout: Duration,

@@ -203,6 +203,28 @@ name = "http"
 address = "{VIP}:80"
 access_log = false
 
+# IPv6 clients, counted by their /64 (the default), or each address alone.
+[[listener]]
+name = "v6"
+address = "[{lb6}]:80"
+access_log = false
+
+[[listener]]
+name = "v6each"
+address = "[{lb6}]:81"
+access_log = false
+client_ipv6_prefix = 128
+
+[[route]]
+listener = "v6"
+pool = "one"
+rate_limit = {{ requests_per_second = 0.01, burst = 2 }}
+
+[[route]]
+listener = "v6each"
+pool = "one"
+rate_limit = {{ requests_per_second = 0.01, burst = 2 }}
+
 [[route]]
 name = "passthrough"
 listener = "http"
@@ -294,6 +316,7 @@ metrics = "127.0.0.1:9100"
                 b1 = b(0),
                 b2 = b(1),
                 b3 = b(2),
+                lb6 = topology.lb.addr6,
                 dir = dir.0.display(),
             ),
         )?;
@@ -382,7 +405,27 @@ fn root_gateway_split_limits_access_retries_fallback() -> Result<()> {
     let headers = String::from_utf8_lossy(&headers.stdout).to_ascii_lowercase();
     assert!(headers.contains("429") && headers.contains("retry-after: 1"), "{headers}");
 
-    // Client address lists: the client's /24 is denied.
+    // IPv6 clients: three addresses of one /64 share its bucket (burst 2); on a listener that
+    // counts each address alone, each has its own.
+    let lb6 = bed.topology.lb.addr6;
+    let client6 = bed.topology.client.addr6.segments();
+    let mut statuses = Vec::new();
+    for (port, last) in [(80, 0x10), (80, 0x11), (80, 0x12), (81, 0x20), (81, 0x21), (81, 0x22)] {
+        let mut segments = client6;
+        segments[7] = last;
+        let source = std::net::Ipv6Addr::from(segments).to_string();
+        bed.topology
+            .client
+            .run("ip", &["-6", "addr", "add", &format!("{source}/64"), "dev", "eth0", "nodad"])?;
+        let url = format!("http://[{lb6}]:{port}/");
+        let out = bed
+            .topology
+            .client
+            .run("curl", &["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--interface", &source, &url])?;
+        statuses.push(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    assert_eq!(statuses, ["200", "200", "429", "200", "200", "200"]);
+
     assert_eq!(
         tally(&bed.requests("private.test", 3)?).keys().next().map(String::as_str),
         Some("403 client address not allowed on this route")

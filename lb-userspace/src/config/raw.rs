@@ -39,6 +39,7 @@ pub(super) struct RawListener {
     pub(super) access_log_format: AccessLogFormat,
     pub(super) max_connections: Option<usize>,
     pub(super) max_connections_per_client: Option<u32>,
+    pub(super) client_ipv6_prefix: Option<u8>,
     pub(super) header_read_timeout_ms: Option<u64>,
     pub(super) handshake_timeout_ms: Option<u64>,
     pub(super) first_byte_timeout_ms: Option<u64>,

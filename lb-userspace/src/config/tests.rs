@@ -387,6 +387,26 @@ fn basic_auth_files_realms_and_headers_are_checked_at_their_lines() {
 }
 
 #[test]
+fn ipv6_clients_are_counted_by_their_listener_s_prefix() {
+    let l7 = |prefix: &str| {
+        format!(
+            "{BASE}[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n[[listener]]\nname = \"l\"\n\
+             address = \"127.0.0.1:8080\"\n{prefix}[[route]]\nlistener = \"l\"\npool = \"p\"\n\
+             rate_limit = {{ requests_per_second = 5 }}\n"
+        )
+    };
+    let config = Config::parse(Path::new("t.toml"), &l7("")).unwrap();
+    assert_eq!(config.listeners[0].client_ipv6_prefix, 64, "a /64 by default");
+    assert_eq!(config.routes[0].rate_limit.as_ref().unwrap().ipv6_prefix, 64);
+    let config = Config::parse(Path::new("t.toml"), &l7("client_ipv6_prefix = 128\n")).unwrap();
+    assert_eq!(config.routes[0].rate_limit.as_ref().unwrap().ipv6_prefix, 128, "the route's listener's");
+    assert_error(
+        &l7("client_ipv6_prefix = 8\n"),
+        "t.toml:7: listener `l`: client_ipv6_prefix must be 16 to 128",
+    );
+}
+
+#[test]
 fn syn_limit_is_checked_and_defaults_its_burst_to_the_rate() {
     let config = Config::parse(Path::new("t.toml"), &format!("{BASE}syn_rate_per_prefix = 500\n")).unwrap();
     assert_eq!(config.syn_limit, Some(SynLimit { rate: 500, burst: 500 }));

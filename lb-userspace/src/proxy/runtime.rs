@@ -23,6 +23,7 @@ use crate::{
         auth::{ApiKeys, Jwt},
         backend_tls::BackendTls,
         basic_auth::BasicAuth,
+        client_limit::client_group,
         clock,
     },
 };
@@ -88,6 +89,7 @@ const MAX_BUCKETS: usize = 100_000;
 /// A route's token buckets (GCRA, from `governor`).
 struct Limiter {
     key: RateKey,
+    ipv6_prefix: u8,
     buckets: DefaultKeyedRateLimiter<LimitKey>,
     checks: AtomicU64,
 }
@@ -99,6 +101,7 @@ impl Limiter {
         let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
         Limiter {
             key: limit.key,
+            ipv6_prefix: limit.ipv6_prefix,
             buckets: DefaultKeyedRateLimiter::keyed(quota.allow_burst(burst)),
             checks: AtomicU64::new(0),
         }
@@ -107,7 +110,7 @@ impl Limiter {
     /// None if the request may go; else the seconds to wait (Retry-After).
     fn check(&self, client: IpAddr, api_key: Option<&str>) -> Option<u64> {
         let key = match self.key {
-            RateKey::ClientIp => LimitKey::Client(client),
+            RateKey::ClientIp => LimitKey::Client(client_group(client, self.ipv6_prefix)),
             RateKey::ApiKey => LimitKey::ApiKey(api_key.unwrap_or_default().to_owned()),
             RateKey::Route => LimitKey::Route,
         };
@@ -391,12 +394,23 @@ mod tests {
 
     #[test]
     fn buckets_limit_per_client() {
-        let limiter =
-            Limiter::new(&RateLimit { requests_per_second: 1.0, burst: 2.0, key: RateKey::ClientIp });
+        let limit =
+            RateLimit { requests_per_second: 1.0, burst: 2.0, key: RateKey::ClientIp, ipv6_prefix: 64 };
+        let limiter = Limiter::new(&limit);
         let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
         assert_eq!(limiter.check(a, None), None);
         assert_eq!(limiter.check(a, None), None);
         assert_eq!(limiter.check(a, None), Some(1), "the burst is spent");
         assert_eq!(limiter.check(b, None), None, "another client has its own bucket");
+        // An IPv6 client's network shares one bucket, whatever address it takes.
+        let v6 = |ip: &str| ip.parse::<IpAddr>().unwrap();
+        assert_eq!(limiter.check(v6("2001:db8:0:1::1"), None), None);
+        assert_eq!(limiter.check(v6("2001:db8:0:1::2"), None), None);
+        assert_eq!(limiter.check(v6("2001:db8:0:1:ffff::3"), None), Some(1), "the same /64");
+        assert_eq!(limiter.check(v6("2001:db8:0:2::1"), None), None, "another /64");
+        let each = Limiter::new(&RateLimit { ipv6_prefix: 128, ..limit });
+        assert_eq!(each.check(v6("2001:db8::1"), None), None);
+        assert_eq!(each.check(v6("2001:db8::1"), None), None);
+        assert_eq!(each.check(v6("2001:db8::2"), None), None, "at /128 each address has its own");
     }
 }

@@ -153,7 +153,9 @@ impl Shared {
             max_connections: listener.max_connections as u32,
             registry: Arc::new(Registry::default()),
             acceptor,
-            per_client: listener.max_connections_per_client.map(client_limit::ClientCounts::new),
+            per_client: listener
+                .max_connections_per_client
+                .map(|limit| client_limit::ClientCounts::new(limit, listener.client_ipv6_prefix)),
             accepting: AtomicUsize::new(workers),
             none_accepting: Notify::new(),
         }))

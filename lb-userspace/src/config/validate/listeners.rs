@@ -1,6 +1,10 @@
 //! `[[listener]]`: addresses, TLS, limits and timeouts, trusted proxies; every L7 VIP needs one.
 use super::*;
 
+/// IPv6 clients counted by their /64 (one client's network, as Cloudflare groups them): an
+/// address of its own per connection costs such a client nothing.
+const DEFAULT_CLIENT_IPV6_PREFIX: u8 = 64;
+
 /// The listeners, each checked in steps (its address, its limits, its TLS) and given its
 /// defaults; then every L7 VIP must have one listening.
 pub(in crate::config) fn check(
@@ -31,6 +35,7 @@ pub(in crate::config) fn check(
             access_log_format: raw.access_log_format,
             max_connections: raw.max_connections.unwrap_or(10_000),
             max_connections_per_client: raw.max_connections_per_client,
+            client_ipv6_prefix: raw.client_ipv6_prefix.unwrap_or(DEFAULT_CLIENT_IPV6_PREFIX),
             header_read_timeout: Duration::from_millis(raw.header_read_timeout_ms.unwrap_or(10_000)),
             handshake_timeout: Duration::from_millis(raw.handshake_timeout_ms.unwrap_or(10_000)),
             first_byte_timeout: Duration::from_millis(raw.first_byte_timeout_ms.unwrap_or(10_000)),
@@ -179,6 +184,10 @@ fn limits(raw: &RawListener, errors: &mut Errors) {
             raw.name.span(),
             format!("listener `{}`: http2_max_concurrent_streams must be 1 to 10000", short(name)),
         );
+    }
+    if raw.client_ipv6_prefix.is_some_and(|bits| !(16..=128).contains(&bits)) {
+        errors
+            .at(raw.name.span(), format!("listener `{}`: client_ipv6_prefix must be 16 to 128", short(name)));
     }
     if raw.max_connections_per_client == Some(0) {
         errors.at(

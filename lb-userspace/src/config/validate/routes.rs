@@ -33,7 +33,12 @@ pub(in crate::config) fn check(
         let method = raw.method.map(|m| method(m, errors));
         let split = split(raw.split, pools, at.clone(), errors);
         let (allow, deny) = (nets(raw.allow, errors), nets(raw.deny, errors));
-        let rate_limit = raw.rate_limit.map(|r| rate_limit(r, raw.api_key.is_some(), at.clone(), errors));
+        let ipv6_prefix = listeners
+            .iter()
+            .find(|l| l.name == *raw.listener.get_ref())
+            .map_or(128, |l| l.client_ipv6_prefix);
+        let rate_limit =
+            raw.rate_limit.map(|r| rate_limit(r, raw.api_key.is_some(), ipv6_prefix, at.clone(), errors));
         if raw.fallback.as_ref().is_some_and(|f| !(200..=599).contains(&f.status)) {
             errors.at(at.clone(), "fallback status must be 200 to 599");
         }
@@ -269,13 +274,20 @@ fn split(
     split
 }
 
-/// A route's rate limit: a rate above 0, a burst of at least 1 (the rate by default), and the
-/// route's API key when it is the key.
-fn rate_limit(raw: RawRateLimit, has_api_key: bool, at: Range<usize>, errors: &mut Errors) -> RateLimit {
+/// A route's rate limit: a rate above 0, a burst of at least 1 (the rate by default), the
+/// route's API key when it is the key, and its listener's IPv6 client prefix.
+fn rate_limit(
+    raw: RawRateLimit,
+    has_api_key: bool,
+    ipv6_prefix: u8,
+    at: Range<usize>,
+    errors: &mut Errors,
+) -> RateLimit {
     let limit = RateLimit {
         requests_per_second: raw.requests_per_second,
         burst: raw.burst.unwrap_or(raw.requests_per_second.max(1.0)),
         key: raw.key,
+        ipv6_prefix,
     };
     if limit.key == RateKey::ApiKey && !has_api_key {
         errors.at(at.clone(), "rate_limit key = \"api_key\" needs the route's api_key");
