@@ -456,6 +456,9 @@ pub struct BackendTls {
     /// The name sent in SNI and checked in the certificate; None: the backend's IP address,
     /// checked against the certificate's IP addresses, and no SNI.
     pub server_name: Option<String>,
+    /// The name is each request's host instead (Envoy's `auto_sni`, nginx's `proxy_ssl_name
+    /// $host`): each host's connections are its own.
+    pub sni_from_host: bool,
     /// A client certificate and its key, for backends that ask for one (mTLS).
     pub client_cert: Option<(PathBuf, PathBuf)>,
 }

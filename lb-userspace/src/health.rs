@@ -50,7 +50,8 @@ pub async fn probe(check: &HealthCheck, address: IpAddr, tls: Option<&BackendTls
         let host = check.host.clone().unwrap_or_else(|| target.to_string());
         let status = match tls {
             None => get(stream, false, check, &host).await,
-            Some(tls) => match tls.handshake(stream, target).await {
+            Some(tls) => match tls.handshake(stream, target, check.host.as_deref().unwrap_or_default()).await
+            {
                 Ok(stream) => {
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                     get(stream, h2, check, &host).await
@@ -299,6 +300,7 @@ mod tests {
             ca: Some(ca.to_owned()),
             verify: true,
             server_name: None,
+            sni_from_host: false,
             client_cert: None,
         };
         for protocol in [UpstreamProtocol::Http1, UpstreamProtocol::H2] {

@@ -202,6 +202,22 @@ host = "misnamed.test"
 pool = "misnamed"
 
 [[pool]]
+name = "byhost"
+backends = [{{ address = "{b1}" }}]
+port = 443
+tls = {{ ca = "{ca}", sni_from_host = true }}
+
+[[route]]
+listener = "http"
+host = "backend.internal"
+pool = "byhost"
+
+[[route]]
+listener = "http"
+host = "elsewhere.internal"
+pool = "byhost"
+
+[[pool]]
 name = "hints"
 backends = [{{ address = "{b1}" }}]
 port = 8083
@@ -826,6 +842,10 @@ fn root_l7_tls_to_nginx_backends() -> Result<()> {
     assert!(untrusted == "502" || untrusted == "503", "{untrusted}");
     // A certificate that does not hold the pool's name: 502, counted as a TLS failure.
     assert_eq!(status("misnamed.test")?, "502");
+    // A pool that names each request's host: the certificate's name passes, another does not.
+    let out = get("backend.internal", "/tls")?;
+    assert_eq!(out, "backend1 https HTTP/1.1 TLSv1.3 sni=backend.internal client=NONE\n");
+    assert_eq!(status("elsewhere.internal")?, "502");
     let metrics = bed.topology.lb.run("curl", &["-sS", "http://127.0.0.1:9100/metrics"])?;
     let failures = format!(
         "sluice_http_upstream_connect_failures_total{{pool=\"misnamed\",backend=\"{}:443\",reason=\"tls\"}} 1",

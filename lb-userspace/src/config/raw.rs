@@ -302,6 +302,7 @@ pub(super) struct RawBackendTls {
     pub(super) ca: Option<Spanned<PathBuf>>,
     pub(super) verify: Option<Spanned<bool>>,
     pub(super) server_name: Option<Spanned<String>>,
+    pub(super) sni_from_host: Option<Spanned<bool>>,
     pub(super) cert: Option<Spanned<PathBuf>>,
     pub(super) key: Option<Spanned<PathBuf>>,
 }

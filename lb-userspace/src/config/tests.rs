@@ -1015,6 +1015,8 @@ fn a_pool_s_tls_needs_a_ca_unless_unverified_and_h2_needs_tls() {
     let tls = config.pools["p"].tls.as_ref().unwrap();
     assert!(!tls.verify && tls.ca.is_none());
     assert_eq!(tls.client_cert, Some(("/etc/sluice/c.pem".into(), "/etc/sluice/k.pem".into())));
+    let config = sent(&pool("http1", "tls = { ca = \"ca.pem\", sni_from_host = true }\n")).unwrap();
+    assert!(config.pools["p"].tls.as_ref().unwrap().sni_from_host);
     assert!(sent(&pool("http1", "")).unwrap().pools["p"].tls.is_none());
     let errors = |text: &str| -> Vec<String> {
         sent(text).unwrap_err().0.iter().map(|e| e.to_string().replace("/etc/sluice/t.toml", "t")).collect()
@@ -1041,6 +1043,11 @@ fn a_pool_s_tls_needs_a_ca_unless_unverified_and_h2_needs_tls() {
             "http1",
             "tls = { ca = \"ca.pem\", cert = \"c.pem\" }",
             "t:7: pool `p` tls: `cert` and `key` go together",
+        ),
+        (
+            "http1",
+            "tls = { ca = \"ca.pem\", server_name = \"a.test\", sni_from_host = true }",
+            "t:7: pool `p` tls: server_name and sni_from_host = true both name the server",
         ),
     ] {
         let found = errors(&pool(protocol, &format!("{tls}\n")));

@@ -49,18 +49,20 @@ impl ConnectFailed {
 /// opened them (0: plain).
 pub type ConnKey = (SocketAddr, u64);
 
-/// Where a try goes: the backend, how long its connect may take, and its pool's TLS.
+/// Where a try goes: the backend, how long its connect may take, its pool's TLS, and the
+/// request's host (the server name of a pool with `sni_from_host`).
 #[derive(Clone, Copy)]
 pub struct Dial<'a> {
     pub address: SocketAddr,
     pub timeout: Duration,
     pub tls: Option<&'a Arc<BackendTls>>,
+    pub host: &'a str,
 }
 
 impl Dial<'_> {
     /// The key of the connections this try may reuse.
     pub fn key(&self) -> ConnKey {
-        (self.address, self.tls.map_or(0, |tls| tls.id))
+        (self.address, self.tls.map_or(0, |tls| tls.id_for(self.host)))
     }
 
     /// A new connection: TCP (Nagle off), then the pool's TLS handshake, both within the
@@ -73,9 +75,11 @@ impl Dial<'_> {
             Ok(match self.tls {
                 None => BackendStream::Plain(stream),
                 Some(tls) => {
-                    let stream = tls.handshake(stream, self.address).await.map_err(|err| ConnectFailed {
-                        error: io::Error::new(err.kind(), format!("TLS to {}: {err}", self.address)),
-                        tls: true,
+                    let stream = tls.handshake(stream, self.address, self.host).await.map_err(|err| {
+                        ConnectFailed {
+                            error: io::Error::new(err.kind(), format!("TLS to {}: {err}", self.address)),
+                            tls: true,
+                        }
                     })?;
                     BackendStream::Tls(Box::new(stream))
                 }

@@ -1,12 +1,14 @@
 //! TLS to a pool's backends: the rustls client its `tls` settings make (the CA the backends'
-//! certificates must chain to, or none checked; the name asked for and checked; a client
-//! certificate), ALPN for its protocol, and the handshake on a new connection.
+//! certificates must chain to, or none checked; the name asked for and checked, the pool's or
+//! each request's host; a client certificate), ALPN for its protocol, and the handshake on a
+//! new connection.
 use std::{
+    collections::HashMap,
     io,
     net::SocketAddr,
     path::PathBuf,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::SystemTime,
@@ -30,6 +32,10 @@ use crate::{
 /// through the client that opened them (`h1::upstream::Pool`, the HTTP/2 senders).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Most hosts a pool with `sni_from_host` files connections under before it starts over (the
+/// idle connections of the hosts forgotten then are not reused, and close when idle too long).
+const MAX_HOSTS: usize = 4096;
+
 /// A pool's TLS client, made from its settings and the files they name.
 pub struct BackendTls {
     /// This client among every one made (never 0: plain connections are 0).
@@ -39,6 +45,9 @@ pub struct BackendTls {
     connector: Result<TlsConnector, String>,
     /// SNI and the name the certificate must hold; None: the backend's address.
     server_name: Option<ServerName<'static>>,
+    /// With `sni_from_host`: the number each request host's connections are filed under (as
+    /// `id` is for the pool's), given on first use.
+    by_host: Option<Mutex<HashMap<Box<str>, u64, foldhash::fast::RandomState>>>,
     /// Whether the backend must agree to HTTP/2 by ALPN.
     h2: bool,
     /// What it was made from: the settings, the protocol and its files' modification times.
@@ -58,6 +67,7 @@ impl BackendTls {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             connector,
             server_name,
+            by_host: settings.sni_from_host.then(Mutex::default),
             h2,
             made_from: (settings.clone(), protocol, mtimes(settings)),
         }
@@ -75,16 +85,52 @@ impl BackendTls {
         made == settings && *made_protocol == protocol && *made_mtimes == mtimes(settings)
     }
 
-    /// The handshake on `stream` to `address`: the pool's server name (else the address) is
-    /// asked for and checked, and an HTTP/2 pool's backend must agree to h2.
+    /// What the connections of a request for `host` are filed under: the client's `id`, or with
+    /// `sni_from_host`, a number of the host's own (connections made for one host never carry
+    /// another's requests: its SNI and certificate name would be wrong).
+    pub fn id_for(&self, host: &str) -> u64 {
+        let Some(by_host) = &self.by_host else { return self.id };
+        if host.is_empty() {
+            return self.id;
+        }
+        let mut ids = by_host.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = ids.get(host) {
+            return *id;
+        }
+        if ids.len() >= MAX_HOSTS {
+            ids.clear();
+        }
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        ids.insert(host.into(), id);
+        id
+    }
+
+    /// The name asked for and checked: with `sni_from_host`, `host` (its port left out); else,
+    /// or with no host, the pool's server name, else the backend's address.
+    fn name_for(&self, host: &str, address: SocketAddr) -> ServerName<'static> {
+        let bare = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None if host.matches(':').count() == 1 => host.split(':').next().unwrap_or_default(),
+            None => host,
+        };
+        if self.by_host.is_some()
+            && let Ok(name) = ServerName::try_from(bare.to_owned())
+        {
+            return name;
+        }
+        self.server_name.clone().unwrap_or_else(|| ServerName::IpAddress(address.ip().into()))
+    }
+
+    /// The handshake on `stream` to `address` for a request to `host` (empty: none): the name
+    /// `name_for` gives is asked for and checked, and an HTTP/2 pool's backend must agree to h2.
     pub async fn handshake(
         &self,
         stream: TcpStream,
         address: SocketAddr,
+        host: &str,
     ) -> io::Result<TlsStream<TcpStream>> {
         let connector = self.connector.as_ref().map_err(|why| io::Error::other(why.clone()))?;
-        let name = self.server_name.clone().unwrap_or_else(|| ServerName::IpAddress(address.ip().into()));
-        let stream = connector.connect(name, stream).await?;
+        let stream = connector.connect(self.name_for(host, address), stream).await?;
         if self.h2 && stream.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(io::Error::other("the backend did not agree to HTTP/2 (ALPN)"));
         }

@@ -202,9 +202,9 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Where a try to it connects.
-    pub fn dial(&self) -> Dial<'_> {
-        Dial { address: self.address, timeout: self.connect_timeout, tls: self.tls.as_ref() }
+    /// Where a try for a request to `host` connects.
+    pub fn dial<'a>(&'a self, host: &'a str) -> Dial<'a> {
+        Dial { address: self.address, timeout: self.connect_timeout, tls: self.tls.as_ref(), host }
     }
 
     pub fn in_flight(&self) -> usize {

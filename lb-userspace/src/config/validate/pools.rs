@@ -106,7 +106,8 @@ fn health(raw: Spanned<RawHealth>, name: &str, errors: &mut Errors) -> HealthChe
 }
 
 /// A pool's TLS to its backends: a CA file unless `verify = false` (HAProxy's rule: no silent
-/// trust), a server name that is a DNS name or an address, a client certificate with its key,
+/// trust), a server name that is a DNS name or an address (or the request's host, not both), a
+/// client certificate with its key,
 /// files resolved and (when files are checked) holding what they should. `h2` needs TLS and
 /// `h2c` refuses it.
 fn backend_tls(
@@ -155,6 +156,13 @@ fn backend_tls(
             ),
         );
     }
+    let sni_from_host = raw.sni_from_host.as_ref().is_some_and(|s| *s.get_ref());
+    if let (Some(server_name), true) = (&raw.server_name, sni_from_host) {
+        errors.at(
+            server_name.span(),
+            format!("pool `{name}` tls: server_name and sni_from_host = true both name the server; keep one"),
+        );
+    }
     let client_cert = match (raw.cert.map(resolve), raw.key.map(resolve)) {
         (Some(cert), Some(key)) => Some((cert, key)),
         (None, None) => None,
@@ -185,6 +193,7 @@ fn backend_tls(
         ca: ca.map(Spanned::into_inner),
         verify,
         server_name: raw.server_name.map(Spanned::into_inner),
+        sni_from_host,
         client_cert: client_cert.map(|(cert, key)| (cert.into_inner(), key.into_inner())),
     })
 }

@@ -503,7 +503,7 @@ mod tests {
 
     /// A plain connection to `address`.
     fn plain(address: SocketAddr) -> Dial<'static> {
-        Dial { address, timeout: DEFAULT_CONNECT_TIMEOUT, tls: None }
+        Dial { address, timeout: DEFAULT_CONNECT_TIMEOUT, tls: None, host: "" }
     }
 
     /// A backend on 127.0.0.1 answering by path: `/length`, `/chunked`, `/close` (a body
@@ -604,7 +604,7 @@ mod tests {
         let headers = HeaderMap::new();
         let sent = pool
             .send(
-                Dial { address, timeout, tls: None },
+                Dial { address, timeout, tls: None, host: "" },
                 &Method::GET,
                 "/",
                 &headers,

@@ -154,11 +154,11 @@ impl Upstreams {
             }
             let added = h1::encode::Added { lines: forwarding.lines(), replacing: &headers::SET_BY_PROXY };
             let (method, body) = (&parts.method, body.get_or_insert_with(body::empty));
-            return self.http1.send(upstream.dial(), method, target, fields, added, body, interim).await;
+            return self.http1.send(upstream.dial(host), method, target, fields, added, body, interim).await;
         }
         // Boxed: HTTP/2's state is not carried by every HTTP/1.1 request's future.
         Box::pin(async move {
-            let mut sender = self.http2.sender(upstream.dial()).await?;
+            let mut sender = self.http2.sender(upstream.dial(host)).await?;
             let mut headers = if take_headers { std::mem::take(headers) } else { headers.clone() };
             forwarding.apply(&mut headers);
             headers.remove(header::HOST);

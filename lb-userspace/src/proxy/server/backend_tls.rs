@@ -4,7 +4,8 @@
 //! that asks for a client certificate the pool lacks, or one that will not speak HTTP/2 to an
 //! h2 pool, gets no request (502); bytes a backend sends unasked on an idle TLS connection
 //! keep it from being reused; an upgraded (101) connection carries bytes both ways over TLS; a
-//! backend whose TLS breaks mid-answer ends the exchange (502, or the answer cut).
+//! backend whose TLS breaks mid-answer ends the exchange (502, or the answer cut). A pool
+//! with `sni_from_host` asks for and checks each request's host, on connections of its own.
 use std::{
     net::SocketAddr,
     sync::{
@@ -119,6 +120,28 @@ async fn a_backend_the_pool_cannot_trust_or_that_wants_what_it_lacks_gets_no_req
     );
     // An HTTP/1.1 pool offers only http/1.1, and gets it from a backend that also speaks h2.
     assert_eq!(get(address, "plainh2.test", true).await, (200, "HTTP/1.1 plainh2.test none".into()));
+}
+
+#[tokio::test]
+async fn a_pool_naming_each_request_s_host_keeps_each_host_s_connections_apart() {
+    let b = backends("by-host").await;
+    let (ca, port) = (b.pki.ca.display(), b.plain_tls.0.port());
+    let routes = format!(
+        "[[pool]]\nname = \"auto\"\nport = {port}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
+         tls = {{ ca = \"{ca}\", sni_from_host = true }}\n[[route]]\nlistener = \"l\"\npool = \"auto\"\n"
+    );
+    let listener = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\n";
+    let address = super::mutations::start_listener(listener, &routes).await.0;
+    // The backend's certificate names backend.test and 127.0.0.1: each is asked for and
+    // checked as the request's host; another host's name is not in it.
+    for i in 0..6 {
+        let http2 = i % 2 == 1;
+        assert_eq!(get(address, "backend.test", http2).await, (200, "HTTP/1.1 backend.test none".into()));
+        assert_eq!(get(address, "127.0.0.1", http2).await, (200, "HTTP/1.1 127.0.0.1 none".into()));
+    }
+    assert_eq!(b.plain_tls.1.load(Ordering::Relaxed), 2, "one connection per host, each reused");
+    assert_eq!(get(address, "elsewhere.test", false).await.0, 502, "a host the certificate does not name");
+    assert_eq!(b.plain_tls.1.load(Ordering::Relaxed), 2);
 }
 
 type BackendTls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
