@@ -204,7 +204,55 @@ fn pool_view(core: &Core, name: &str) -> Option<Value> {
         backends,
         failing_open: fail_open,
         health_check: pool.health.as_ref().and_then(|h| serde_json::to_value(h).ok()),
+        proxy: Some(pool_proxy(pool)),
     }))
+}
+
+/// How the L7 proxy uses `pool`, as `lbctl pool show` prints it.
+fn pool_proxy(pool: &crate::config::Pool) -> views::PoolProxy {
+    use crate::config::{Balance, HashKey};
+    let balance = match (&pool.balance, &pool.hash_key) {
+        (Balance::Hash, HashKey::ClientIp) => "hash client_ip".to_owned(),
+        (Balance::Hash, HashKey::Header(name)) => format!("hash header:{name}"),
+        (Balance::Hash, HashKey::Cookie(name)) => format!("hash cookie:{name}"),
+        (other, _) => {
+            serde_json::to_value(other).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+        }
+    };
+    let tls = pool.tls.as_ref().map(|tls| {
+        let mut parts = vec![match (&tls.ca, tls.verify) {
+            (Some(ca), true) => format!("ca {}", ca.display()),
+            _ => "any certificate".to_owned(),
+        }];
+        parts.push(match (&tls.server_name, tls.sni_from_host) {
+            (Some(name), _) => format!("name {name}"),
+            (None, true) => "name from host".to_owned(),
+            (None, false) => "name the address".to_owned(),
+        });
+        if tls.client_cert.is_some() {
+            parts.push("client cert".to_owned());
+        }
+        parts.join(", ")
+    });
+    views::PoolProxy {
+        port: pool.port,
+        protocol: serde_json::to_value(pool.protocol)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        balance,
+        connect_timeout_ms: pool.connect_timeout.unwrap_or(crate::config::DEFAULT_CONNECT_TIMEOUT).as_millis()
+            as u64,
+        max_requests_per_backend: pool.max_requests_per_backend,
+        max_pending_requests: pool.max_pending_requests,
+        outlier: pool.outlier.as_ref().map(|o| {
+            format!(
+                "{} failures, {} ms (up to {} ms)",
+                o.consecutive_failures, o.ejection_ms, o.max_ejection_ms
+            )
+        }),
+        tls,
+    }
 }
 
 fn stats_view(counters: &Counters) -> Result<views::Stats, DataplaneError> {
@@ -287,4 +335,51 @@ fn gates(route: &crate::config::Route) -> Vec<String> {
         gates.push("basic_auth".to_owned());
     }
     gates
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, sync::Arc};
+
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+    use crate::config::Config;
+
+    const CONFIG: &str = "[[pool]]\nname = \"web\"\nport = 8443\nprotocol = \"h2\"\nbalance = \"hash\"\n\
+         hash_key = \"header:x-user\"\nbackends = [{ address = \"10.0.0.1\" }]\nmax_requests_per_backend = 50\n\
+         outlier = { consecutive_failures = 3, ejection_ms = 5000 }\n\
+         tls = { verify = false, sni_from_host = true }\n\
+         [[pool]]\nname = \"plain\"\nbackends = [{ address = \"10.0.0.2\" }]\n\
+         [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n\
+         [[route]]\nname = \"site\"\nlistener = \"l\"\npool = \"web\"\nallow = [\"10.0.0.0/8\"]\n\
+         rate_limit = { requests_per_second = 20 }\napi_key = { header = \"x-key\", file = \"/nonexistent\" }\n";
+
+    async fn json<T: serde::de::DeserializeOwned>(answer: Answer) -> T {
+        serde_json::from_slice(&answer.into_body().collect().await.unwrap().to_bytes()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_pool_shows_how_the_proxy_uses_it_and_a_route_its_gates() {
+        let path = std::env::temp_dir().join(format!("sluice-queries-{}.toml", std::process::id()));
+        let config = Config::parse_sent(Path::new("sluice.toml"), CONFIG).unwrap();
+        let core: Shared = Arc::new(std::sync::Mutex::new(Core::start(config, path, None).unwrap()));
+        let web: views::Pool = json(pool(&core, "web")).await;
+        let proxy = web.proxy.unwrap();
+        assert_eq!(
+            (proxy.port, proxy.protocol.as_str(), proxy.balance.as_str()),
+            (8443, "h2", "hash header:x-user")
+        );
+        assert_eq!((proxy.connect_timeout_ms, proxy.max_requests_per_backend), (3000, Some(50)));
+        assert_eq!(proxy.outlier.as_deref(), Some("3 failures, 5000 ms (up to 300000 ms)"));
+        assert_eq!(proxy.tls.as_deref(), Some("any certificate, name from host"));
+        let plain: views::Pool = json(pool(&core, "plain")).await;
+        let proxy = plain.proxy.unwrap();
+        assert_eq!(
+            (proxy.protocol.as_str(), proxy.balance.as_str(), proxy.tls),
+            ("http1", "round_robin", None)
+        );
+        let listed: Vec<views::Route> = json(routes(&core)).await;
+        assert_eq!(listed[0].gates, ["allow", "api_key", "rate_limit 20/s"]);
+    }
 }

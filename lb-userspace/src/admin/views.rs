@@ -143,6 +143,28 @@ pub struct Pool {
     pub failing_open: bool,
     /// The pool's health check as configured (durations as `interval_ms`/`timeout_ms`).
     pub health_check: Option<serde_json::Value>,
+    /// How the L7 proxy uses it (absent from an older lbd's answer).
+    #[serde(default)]
+    pub proxy: Option<PoolProxy>,
+}
+
+/// A pool's settings for the L7 proxy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolProxy {
+    pub port: u16,
+    /// `http1`, `h2c` or `h2`.
+    pub protocol: String,
+    /// `round_robin`, `least_requests`, or `hash client_ip`, `hash header:NAME`, `hash cookie:NAME`.
+    pub balance: String,
+    pub connect_timeout_ms: u64,
+    /// Circuit breaking: requests in flight per backend, and how many may wait beyond.
+    pub max_requests_per_backend: Option<usize>,
+    pub max_pending_requests: usize,
+    /// `5 failures, 10000 ms` (up to `max_ejection_ms`).
+    pub outlier: Option<String>,
+    /// TLS to the backends: `ca FILE`, or `any certificate`; the name checked (`name NAME`,
+    /// `name from host`, else the address); `client cert`.
+    pub tls: Option<String>,
 }
 
 /// One backend of a pool.

@@ -34,6 +34,22 @@ pub fn pool(pool: &views::Pool) {
             b.effective_weight
         );
     }
+    if let Some(proxy) = &pool.proxy {
+        let mut line = format!(
+            "  l7: port {}, {}, {}, connect {} ms",
+            proxy.port, proxy.protocol, proxy.balance, proxy.connect_timeout_ms
+        );
+        if let Some(limit) = proxy.max_requests_per_backend {
+            line += &format!(", {limit} in flight per backend (+{} waiting)", proxy.max_pending_requests);
+        }
+        if let Some(outlier) = &proxy.outlier {
+            line += &format!(", outlier ejection after {outlier}");
+        }
+        println!("{line}");
+        if let Some(tls) = &proxy.tls {
+            println!("  tls: {tls}");
+        }
+    }
 }
 
 fn traffic_row(name: &str, t: &views::Traffic, rate: Option<(&views::Traffic, f64)>) {
