@@ -6,6 +6,7 @@
 //! - `GET /status`: uptime, interface, pin directory, pools failing open, the last reload
 //! - `GET /vips`, `GET /routes`, `GET /pools`, `GET /pools/NAME`: the State, with health and
 //!   effective weights
+//! - `GET /listeners`: the L7 listeners, their limits and open connections
 //! - `GET /deny`: the deny list
 //! - `GET /stats`: fast-path counters per verdict/reason, VIP and backend
 //! - `GET /view`: what `lbctl top` and the live page draw
@@ -59,6 +60,7 @@ async fn handle(core: Shared, request: Request<Incoming>) -> Result<Answer, Infa
         (&Method::GET, "/live" | "/ready") => reply(StatusCode::OK, json!({ "ok": true })),
         (&Method::GET, "/status") => queries::status(&core),
         (&Method::GET, "/vips") => queries::vips(&core),
+        (&Method::GET, "/listeners") => queries::listeners(&core),
         (&Method::GET, "/routes") => queries::routes(&core),
         (&Method::GET, "/pools") => queries::pools(&core),
         (&Method::GET, p) if let Some(name) = p.strip_prefix("/pools/") => queries::pool(&core, name),

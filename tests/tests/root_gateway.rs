@@ -425,6 +425,23 @@ fn root_gateway_split_limits_access_retries_fallback() -> Result<()> {
         statuses.push(String::from_utf8_lossy(&out.stdout).into_owned());
     }
     assert_eq!(statuses, ["200", "200", "429", "200", "200", "200"]);
+    // lbctl listener list: each listener with its routes and open connections (one held open).
+    let mut held = bed
+        .topology
+        .client
+        .command("bash")
+        .args(["-c", &format!("exec 3<>/dev/tcp/{VIP}/80; sleep 4")])
+        .spawn()?;
+    let mut listed = String::new();
+    wait_for("the held connection in lbctl listener list", Duration::from_secs(3), || {
+        listed = bed.lbd.lbctl(&["listener", "list"]).unwrap_or_default();
+        listed.lines().any(|l| l.starts_with("http ") && l.split_whitespace().nth(4) == Some("1"))
+    })
+    .with_context(|| listed.clone())?;
+    let _ = held.kill();
+    let _ = held.wait();
+    let each = listed.lines().find(|l| l.starts_with("v6each ")).unwrap_or_default();
+    assert!(each.contains(&format!("[{lb6}]:81")) && each.contains(" http "), "{listed}");
 
     assert_eq!(
         tally(&bed.requests("private.test", 3)?).keys().next().map(String::as_str),

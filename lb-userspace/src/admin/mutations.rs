@@ -46,6 +46,7 @@ fn requests() -> Vec<String> {
         "/status",
         "/vips",
         "/routes",
+        "/listeners",
         "/pools",
         "/pools/web",
         "/view",

@@ -1,5 +1,5 @@
 //! The admin API's answers that change nothing: the State as `GET` shows it (status, VIPs,
-//! routes, pools, deny list), the fast path's counters, the live view, and the questions asked
+//! listeners, routes, pools, deny list), the fast path's counters, the live view, and the questions asked
 //! with a body: which backend a flow goes to (`POST /flow`), what a change would move (`POST
 //! /plan`).
 use hyper::StatusCode;
@@ -94,6 +94,36 @@ pub fn routes(core: &Shared) -> Answer {
     let core = lock(core);
     let routes: Vec<views::Route> = core.state.config.routes.iter().map(route_view).collect();
     reply(StatusCode::OK, json!(routes))
+}
+
+/// `GET /listeners`.
+pub fn listeners(core: &Shared) -> Answer {
+    let core = lock(core);
+    let config = &core.state.config;
+    let listeners: Vec<views::Listener> = config
+        .listeners
+        .iter()
+        .map(|listener| views::Listener {
+            name: listener.name.clone(),
+            address: listener.address,
+            protocol: match &listener.tls {
+                None => "http".to_owned(),
+                Some(tls) => {
+                    let certs = tls.certificates.len();
+                    let mtls = if tls.client_ca.is_some() { "+mtls" } else { "" };
+                    format!("https {certs} cert{}{mtls}", if certs == 1 { "" } else { "s" })
+                }
+            },
+            proxy_protocol: listener.proxy_protocol,
+            client_address: listener.client_address.as_ref().map(|from| from.header.to_string()),
+            max_connections: listener.max_connections,
+            max_connections_per_client: listener.max_connections_per_client,
+            client_ipv6_prefix: listener.client_ipv6_prefix,
+            routes: config.routes.iter().filter(|route| route.listener == listener.name).count(),
+            open_connections: core.proxy_metrics.open_connections(&listener.name),
+        })
+        .collect();
+    reply(StatusCode::OK, json!(listeners))
 }
 
 /// `GET /pools`.
@@ -360,7 +390,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_pool_shows_how_the_proxy_uses_it_and_a_route_its_gates() {
+    async fn pools_routes_and_listeners_show_what_the_proxy_does_with_them() {
         let path = std::env::temp_dir().join(format!("sluice-queries-{}.toml", std::process::id()));
         let config = Config::parse_sent(Path::new("sluice.toml"), CONFIG).unwrap();
         let core: Shared = Arc::new(std::sync::Mutex::new(Core::start(config, path, None).unwrap()));
@@ -381,5 +411,9 @@ mod tests {
         );
         let listed: Vec<views::Route> = json(routes(&core)).await;
         assert_eq!(listed[0].gates, ["allow", "api_key", "rate_limit 20/s"]);
+        core.lock().unwrap().proxy_metrics.connection_opened("l");
+        let listed: Vec<views::Listener> = json(listeners(&core)).await;
+        assert_eq!((listed[0].name.as_str(), listed[0].protocol.as_str()), ("l", "http"));
+        assert_eq!((listed[0].routes, listed[0].open_connections, listed[0].client_ipv6_prefix), (1, 1, 64));
     }
 }

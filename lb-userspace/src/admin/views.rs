@@ -117,6 +117,27 @@ pub struct Route {
     pub gates: Vec<String>,
 }
 
+/// One entry of `GET /listeners`: an L7 listener, its limits and its open connections.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Listener {
+    pub name: String,
+    pub address: std::net::SocketAddr,
+    /// `http`, or `https` with its certificates' count (`https 2 certs`), `+mtls` when it asks
+    /// clients for certificates.
+    pub protocol: String,
+    /// Reads a PROXY protocol header first (`proxy_protocol`).
+    pub proxy_protocol: bool,
+    /// The field a client's address is read from behind trusted proxies (`client_address`).
+    pub client_address: Option<String>,
+    pub max_connections: usize,
+    pub max_connections_per_client: Option<u32>,
+    pub client_ipv6_prefix: u8,
+    /// Routes on it.
+    pub routes: usize,
+    /// Client connections open now, over every worker.
+    pub open_connections: i64,
+}
+
 /// One entry of `GET /vips`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Vip {

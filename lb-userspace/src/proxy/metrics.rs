@@ -329,6 +329,11 @@ impl ProxyMetrics {
         self.connections.get_or_create(&vec![("listener", listener.to_owned())]).dec();
     }
 
+    /// The listener's open client connections (`sluice_http_connections`).
+    pub fn open_connections(&self, listener: &str) -> i64 {
+        self.connections.get(&vec![("listener", listener.to_owned())]).map_or(0, |gauge| gauge.get())
+    }
+
     /// A TLS handshake's end: `ok`, `failed` or `timeout`.
     pub fn handshake(&self, listener: &str, result: &str) {
         self.handshakes

@@ -75,6 +75,11 @@ pub enum Noun {
         #[command(subcommand)]
         verb: BackendVerb,
     },
+    /// L7 listeners: their address, TLS, limits and open connections.
+    Listener {
+        #[command(subcommand)]
+        verb: ListenerVerb,
+    },
     /// L7 routes: list them, or change a split (written to the config file, applied at once).
     Route {
         #[command(subcommand)]
@@ -192,6 +197,12 @@ pub enum BackendVerb {
         /// The new weight (0 to 65535; 0 drains it).
         weight: u32,
     },
+}
+
+#[derive(Subcommand)]
+pub enum ListenerVerb {
+    /// L7 listeners with their address, protocol, limits, routes and open connections.
+    List,
 }
 
 #[derive(Subcommand)]

@@ -15,7 +15,9 @@ use hyper::Method;
 use lb_userspace::{admin::views, dataplane::counters, state::Command};
 use serde_json::{Value, json};
 
-use cli::{CacheVerb, Cli, DenyVerb, NodeVerb, Noun, Output, PlanVerb, PoolVerb, RouteVerb, VipVerb};
+use cli::{
+    CacheVerb, Cli, DenyVerb, ListenerVerb, NodeVerb, Noun, Output, PlanVerb, PoolVerb, RouteVerb, VipVerb,
+};
 use client::{ask, call, command};
 
 async fn run(cli: Cli) -> Result<()> {
@@ -42,6 +44,13 @@ async fn run(cli: Cli) -> Result<()> {
         Noun::Upgrade => {
             if let Some(done) = ask::<views::Upgraded>(&cli, Method::POST, "/upgrade", None).await? {
                 println!("upgraded: lbd {} serves; the old one drains and exits", done.pid);
+            }
+        }
+        Noun::Listener { verb: ListenerVerb::List } => {
+            if let Some(listeners) =
+                ask::<Vec<views::Listener>>(&cli, Method::GET, "/listeners", None).await?
+            {
+                print::listeners(&listeners);
             }
         }
         Noun::Route { verb: RouteVerb::List } => {

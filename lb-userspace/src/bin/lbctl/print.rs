@@ -155,6 +155,36 @@ pub fn status(s: &views::Status) {
     }
 }
 
+/// L7 listeners with their protocol, limits, routes and open connections.
+pub fn listeners(listeners: &[views::Listener]) {
+    println!(
+        "{:<16} {:<46} {:<22} {:>6} {:>12} {:>10}  limits",
+        "name", "address", "protocol", "routes", "connections", "max"
+    );
+    for l in listeners {
+        let mut protocol = l.protocol.clone();
+        if l.proxy_protocol {
+            protocol += " +proxy";
+        }
+        let mut limits = Vec::new();
+        if let Some(per_client) = l.max_connections_per_client {
+            limits.push(format!("{per_client} per client (IPv6 /{})", l.client_ipv6_prefix));
+        }
+        if let Some(header) = &l.client_address {
+            limits.push(format!("client from {header}"));
+        }
+        let limits = if limits.is_empty() { "-".to_owned() } else { limits.join(", ") };
+        println!(
+            "{:<16} {:<46} {protocol:<22} {:>6} {:>12} {:>10}  {limits}",
+            l.name,
+            l.address.to_string(),
+            l.routes,
+            l.open_connections,
+            l.max_connections
+        );
+    }
+}
+
 /// L7 routes in the order they are tried, with their pool, edits, gates and split.
 pub fn routes(routes: &[views::Route]) {
     println!(
