@@ -426,6 +426,16 @@ impl Outlier {
     }
 }
 
+/// A PROXY protocol version a pool's backends read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyVersion {
+    /// The text header (`PROXY TCP4 …`).
+    V1,
+    /// The binary header.
+    V2,
+}
+
 /// How the L7 proxy talks to a pool's backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -665,6 +675,10 @@ pub struct Pool {
     pub connect_timeout: Option<Duration>,
     /// TLS to the backends (None: plain TCP).
     pub tls: Option<BackendTls>,
+    /// A PROXY protocol header before each connection's first byte (HAProxy's `send-proxy`,
+    /// `send-proxy-v2`): the backends learn the client's address from it. Such connections
+    /// carry one client's request each and are not reused.
+    pub proxy_protocol: Option<ProxyVersion>,
 }
 
 /// How long the proxy's connect to a backend may take unless its pool says (HAProxy's and

@@ -9,12 +9,12 @@ use http_body_util::Empty;
 use hyper::{Request, body::Bytes};
 use hyper_util::rt::TokioIo;
 use log::{debug, info, warn};
-use tokio::net::TcpStream;
+use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
 use crate::{
-    config::{HealthCheck, HealthKind},
+    config::{HealthCheck, HealthKind, ProxyVersion},
     daemon::{Shared, lock},
-    proxy::backend_tls::BackendTls,
+    proxy::{backend_tls::BackendTls, proxy_protocol},
     state::Command,
 };
 
@@ -36,14 +36,25 @@ pub enum Probe {
 /// One probe of `address` as `check` says, within its timeout. An HTTP probe of a pool with
 /// TLS shakes hands as the proxy does (`tls`: the same client, so the same CA and name); a
 /// handshake that fails is the backend's failure, as HAProxy's `check-ssl` counts it.
-pub async fn probe(check: &HealthCheck, address: IpAddr, tls: Option<&BackendTls>) -> Probe {
+pub async fn probe(
+    check: &HealthCheck,
+    address: IpAddr,
+    tls: Option<&BackendTls>,
+    proxy: Option<ProxyVersion>,
+) -> Probe {
     let target = SocketAddr::new(address, check.port);
     let attempt = async {
-        let stream = match TcpStream::connect(target).await {
+        let mut stream = match TcpStream::connect(target).await {
             Ok(stream) => stream,
             Err(err) if local_shortage(&err) => return Probe::Skipped,
             Err(err) => return Probe::Down(format!("TCP connect to {target}: {err}")),
         };
+        // A pool whose backends read the PROXY protocol: the header that names no client.
+        if let Some(version) = proxy
+            && let Err(err) = stream.write_all(&proxy_protocol::local_header(version)).await
+        {
+            return Probe::Down(format!("PROXY header to {target}: {err}"));
+        }
         if check.kind == HealthKind::Tcp {
             return Probe::Up;
         }
@@ -119,18 +130,19 @@ struct Streak {
 pub async fn run_pool(core: Shared, pool: String) {
     let mut streaks: HashMap<IpAddr, Streak> = HashMap::new();
     loop {
-        let (check, backends, tls_pool, runtime) = {
+        let (check, backends, tls_pool, proxy, runtime) = {
             let core = lock(&core);
             let Some(p) = core.state.config.pools.get(&pool) else { return };
             let Some(check) = p.health.clone() else { return };
             let backends: Vec<(IpAddr, bool)> =
                 p.backends.iter().map(|b| (b.addr, core.state.healthy(&pool, b.addr))).collect();
             let tls_pool = (check.kind == HealthKind::Http && p.tls.is_some()).then(|| p.clone());
-            (check, backends, tls_pool, core.runtime.clone())
+            (check, backends, tls_pool, p.proxy_protocol, core.runtime.clone())
         };
         // The proxy's own client to the pool (its files looked at off the core's lock).
         let tls: Option<Arc<BackendTls>> = tls_pool.and_then(|p| runtime.backend_tls(&p));
-        let results = join_all(backends.iter().map(|(addr, _)| probe(&check, *addr, tls.as_deref()))).await;
+        let results =
+            join_all(backends.iter().map(|(addr, _)| probe(&check, *addr, tls.as_deref(), proxy))).await;
         let mut commands = Vec::new();
         for ((address, healthy), result) in backends.iter().zip(results) {
             let streak = streaks.entry(*address).or_default();
@@ -227,10 +239,13 @@ mod tests {
     #[tokio::test]
     async fn http_probe_wants_the_expected_status() {
         let ok = server("200 OK").await;
-        assert_eq!(probe(&check(HealthKind::Http, ok), "127.0.0.1".parse().unwrap(), None).await, Probe::Up);
+        assert_eq!(
+            probe(&check(HealthKind::Http, ok), "127.0.0.1".parse().unwrap(), None, None).await,
+            Probe::Up
+        );
         let bad = server("503 Service Unavailable").await;
         assert_eq!(
-            probe(&check(HealthKind::Http, bad), "127.0.0.1".parse().unwrap(), None).await,
+            probe(&check(HealthKind::Http, bad), "127.0.0.1".parse().unwrap(), None, None).await,
             Probe::Down("HTTP GET /healthz answered 503, expected 200".into())
         );
     }
@@ -257,24 +272,27 @@ mod tests {
         let local: IpAddr = "127.0.0.1".parse().unwrap();
         let by_address = check(HealthKind::Http, named_server().await);
         assert_eq!(
-            probe(&by_address, local, None).await,
+            probe(&by_address, local, None, None).await,
             Probe::Down("HTTP GET /healthz answered 404, expected 200".into())
         );
         let by_name =
             HealthCheck { host: Some("app.test".into()), ..check(HealthKind::Http, named_server().await) };
-        assert_eq!(probe(&by_name, local, None).await, Probe::Up);
+        assert_eq!(probe(&by_name, local, None, None).await, Probe::Up);
     }
 
     #[tokio::test]
     async fn tcp_probe_wants_a_listener() {
         let open = server("200 OK").await;
-        assert_eq!(probe(&check(HealthKind::Tcp, open), "127.0.0.1".parse().unwrap(), None).await, Probe::Up);
+        assert_eq!(
+            probe(&check(HealthKind::Tcp, open), "127.0.0.1".parse().unwrap(), None, None).await,
+            Probe::Up
+        );
         let closed = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
         let Probe::Down(why) =
-            probe(&check(HealthKind::Tcp, closed), "127.0.0.1".parse().unwrap(), None).await
+            probe(&check(HealthKind::Tcp, closed), "127.0.0.1".parse().unwrap(), None, None).await
         else {
             panic!("a closed port was up");
         };
@@ -305,11 +323,11 @@ mod tests {
         };
         for protocol in [UpstreamProtocol::Http1, UpstreamProtocol::H2] {
             let trusted = BackendTls::load(&settings(&pki.ca), protocol);
-            assert_eq!(probe(&http, local, Some(&trusted)).await, Probe::Up, "{protocol:?}");
+            assert_eq!(probe(&http, local, Some(&trusted), None).await, Probe::Up, "{protocol:?}");
         }
         assert_eq!(handshakes.load(std::sync::atomic::Ordering::Relaxed), 2);
         let untrusted = BackendTls::load(&settings(&pki.other_ca), UpstreamProtocol::Http1);
-        let Probe::Down(why) = probe(&http, local, Some(&untrusted)).await else {
+        let Probe::Down(why) = probe(&http, local, Some(&untrusted), None).await else {
             panic!("a backend whose certificate is not trusted was up");
         };
         assert!(why.starts_with("TLS to 127.0.0.1:") && why.contains("UnknownIssuer"), "{why}");

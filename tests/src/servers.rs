@@ -89,7 +89,8 @@ impl Nginx {
     }
 
     /// `start`, and TLS on 443 when `tls` says; `/tls` then answers with the scheme, the
-    /// protocol, the TLS version, the SNI and whether a client certificate was verified.
+    /// protocol, the TLS version, the SNI and whether a client certificate was verified. Port
+    /// 8084 requires a PROXY protocol header and answers with the client it names (`pp=`).
     pub fn start_with(host: &Host, name: &str, tls: Option<NginxTls<'_>>) -> Result<Nginx> {
         let dir = TempDir::new(&format!("nginx-{}", host.ns))?;
         let tls = match tls {
@@ -119,7 +120,9 @@ impl Nginx {
                  location /slow {{ root {dir}; limit_rate 40k; }}\n    \
                  location /cached {{ add_header Cache-Control \"max-age=3\"; return 200 \"{name} cached\\n\"; }}\n    \
                  location /busy {{ return 503 \"{name} busy\\n\"; }}\n    \
-                 location /big {{ root {dir}; add_header Cache-Control \"max-age=60\"; }}\n  }}\n}}\n",
+                 location /big {{ root {dir}; add_header Cache-Control \"max-age=60\"; }}\n  }}\n  \
+                 server {{\n    listen 8084 proxy_protocol;\n    \
+                 location / {{ return 200 \"{name} pp=$proxy_protocol_addr:$proxy_protocol_port\\n\"; }}\n  }}\n}}\n",
                 dir = dir.0.display()
             ),
         )?;

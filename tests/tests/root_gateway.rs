@@ -123,6 +123,31 @@ host = "staff.test"
 pool = "one"
 basic_auth = {{ file = "users.htpasswd", realm = "Staff only", user_header = "x-user" }}
 
+# Backends that read the PROXY protocol (nginx `listen 8084 proxy_protocol`), checked with it.
+[[pool]]
+name = "pp1"
+backends = [{{ address = "{b1}" }}]
+port = 8084
+proxy_protocol = "v1"
+health = {{ kind = "http", port = 8084, path = "/", interval_ms = 300, timeout_ms = 250 }}
+
+[[pool]]
+name = "pp2"
+backends = [{{ address = "{b2}" }}]
+port = 8084
+proxy_protocol = "v2"
+health = {{ kind = "http", port = 8084, path = "/", interval_ms = 300, timeout_ms = 250 }}
+
+[[route]]
+listener = "http"
+host = "pp1.test"
+pool = "pp1"
+
+[[route]]
+listener = "http"
+host = "pp2.test"
+pool = "pp2"
+
 [[route]]
 name = "jwt"
 listener = "http"
@@ -626,6 +651,18 @@ fn root_gateway_api_keys_and_jwt() -> Result<()> {
     assert!(staff.contains(" basic_auth "), "{listed}");
     let keyed = listed.lines().find(|l| l.starts_with("keyed ")).unwrap_or_default();
     assert!(keyed.contains(" api_key, rate_limit 1/s "), "{listed}");
+
+    // The PROXY protocol to backends: nginx reads the client's address from it, in v1 and v2,
+    // and the pools' health checks (which send the header that names no client) keep them up.
+    let client = bed.topology.client.addr4;
+    for (host, name) in [("pp1.test", "backend1"), ("pp2.test", "backend2")] {
+        let (code, body) = ask(&bed, host, "/", &[])?;
+        assert_eq!(code, 200, "{host}: {body}");
+        assert!(body.starts_with(&format!("{name} pp={client}:")), "{host}: {body}");
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    let show = bed.lbd.lbctl(&["pool", "show", "pp2"])?;
+    assert!(show.contains(" up ") && !show.contains("DOWN"), "{show}");
 
     // JWT: valid, expired, not yet valid, wrong audience, bad signature, missing.
     let bearer = |t: String| format!("authorization: Bearer {t}");

@@ -282,6 +282,9 @@ fn pool_proxy(pool: &crate::config::Pool) -> views::PoolProxy {
             )
         }),
         tls,
+        proxy_protocol: pool
+            .proxy_protocol
+            .and_then(|v| serde_json::to_value(v).ok()?.as_str().map(str::to_owned)),
     }
 }
 
@@ -380,7 +383,7 @@ mod tests {
          hash_key = \"header:x-user\"\nbackends = [{ address = \"10.0.0.1\" }]\nmax_requests_per_backend = 50\n\
          outlier = { consecutive_failures = 3, ejection_ms = 5000 }\n\
          tls = { verify = false, sni_from_host = true }\n\
-         [[pool]]\nname = \"plain\"\nbackends = [{ address = \"10.0.0.2\" }]\n\
+         [[pool]]\nname = \"plain\"\nbackends = [{ address = \"10.0.0.2\" }]\nproxy_protocol = \"v1\"\n\
          [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n\
          [[route]]\nname = \"site\"\nlistener = \"l\"\npool = \"web\"\nallow = [\"10.0.0.0/8\"]\n\
          rate_limit = { requests_per_second = 20 }\napi_key = { header = \"x-key\", file = \"/nonexistent\" }\n";
@@ -409,6 +412,7 @@ mod tests {
             (proxy.protocol.as_str(), proxy.balance.as_str(), proxy.tls),
             ("http1", "round_robin", None)
         );
+        assert_eq!(proxy.proxy_protocol.as_deref(), Some("v1"));
         let listed: Vec<views::Route> = json(routes(&core)).await;
         assert_eq!(listed[0].gates, ["allow", "api_key", "rate_limit 20/s"]);
         core.lock().unwrap().proxy_metrics.connection_opened("l");

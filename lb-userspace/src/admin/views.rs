@@ -186,6 +186,9 @@ pub struct PoolProxy {
     /// TLS to the backends: `ca FILE`, or `any certificate`; the name checked (`name NAME`,
     /// `name from host`, else the address); `client cert`.
     pub tls: Option<String>,
+    /// The PROXY protocol version sent to the backends (`v1`, `v2`).
+    #[serde(default)]
+    pub proxy_protocol: Option<String>,
 }
 
 /// One backend of a pool.

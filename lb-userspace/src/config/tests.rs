@@ -1015,6 +1015,9 @@ fn a_pool_s_tls_needs_a_ca_unless_unverified_and_h2_needs_tls() {
     let tls = config.pools["p"].tls.as_ref().unwrap();
     assert!(!tls.verify && tls.ca.is_none());
     assert_eq!(tls.client_cert, Some(("/etc/sluice/c.pem".into(), "/etc/sluice/k.pem".into())));
+    let config = sent(&pool("http1", "proxy_protocol = \"v2\"\n")).unwrap();
+    assert_eq!(config.pools["p"].proxy_protocol, Some(ProxyVersion::V2));
+    assert!(sent(&pool("http1", "")).unwrap().pools["p"].proxy_protocol.is_none());
     let config = sent(&pool("http1", "tls = { ca = \"ca.pem\", sni_from_host = true }\n")).unwrap();
     assert!(config.pools["p"].tls.as_ref().unwrap().sni_from_host);
     assert!(sent(&pool("http1", "")).unwrap().pools["p"].tls.is_none());
@@ -1044,6 +1047,7 @@ fn a_pool_s_tls_needs_a_ca_unless_unverified_and_h2_needs_tls() {
             "tls = { ca = \"ca.pem\", cert = \"c.pem\" }",
             "t:7: pool `p` tls: `cert` and `key` go together",
         ),
+        ("h2c", "proxy_protocol = \"v1\"", "t:7: pool `p`: proxy_protocol is for HTTP/1.1 pools"),
         (
             "http1",
             "tls = { ca = \"ca.pem\", server_name = \"a.test\", sni_from_host = true }",

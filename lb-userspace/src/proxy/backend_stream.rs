@@ -46,32 +46,44 @@ impl ConnectFailed {
 }
 
 /// What connections a try may reuse are filed under: the backend, and the TLS client that
-/// opened them (0: plain).
+/// opened them (0: plain), or `PRIVATE`.
 pub type ConnKey = (SocketAddr, u64);
 
-/// Where a try goes: the backend, how long its connect may take, its pool's TLS, and the
-/// request's host (the server name of a pool with `sni_from_host`).
+/// The key of a connection that carries one client's PROXY header: never reused.
+pub const PRIVATE: u64 = u64::MAX;
+
+/// Where a try goes: the backend, how long its connect may take, its pool's TLS, the
+/// request's host (the server name of a pool with `sni_from_host`), and the PROXY header a
+/// pool with `proxy_protocol` writes first.
 #[derive(Clone, Copy)]
 pub struct Dial<'a> {
     pub address: SocketAddr,
     pub timeout: Duration,
     pub tls: Option<&'a Arc<BackendTls>>,
     pub host: &'a str,
+    pub proxy_header: Option<&'a [u8]>,
 }
 
 impl Dial<'_> {
-    /// The key of the connections this try may reuse.
+    /// The key of the connections this try may reuse (`PRIVATE`: none, and it is not kept).
     pub fn key(&self) -> ConnKey {
+        if self.proxy_header.is_some() {
+            return (self.address, PRIVATE);
+        }
         (self.address, self.tls.map_or(0, |tls| tls.id_for(self.host)))
     }
 
-    /// A new connection: TCP (Nagle off), then the pool's TLS handshake, both within the
-    /// connect timeout.
+    /// A new connection: TCP (Nagle off), the PROXY header, then the pool's TLS handshake, all
+    /// within the connect timeout.
     pub async fn connect(&self) -> Result<BackendStream, ConnectFailed> {
         let timed_out = || ConnectFailed::new(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
         let connecting = async {
-            let stream = TcpStream::connect(self.address).await.map_err(ConnectFailed::new)?;
+            let mut stream = TcpStream::connect(self.address).await.map_err(ConnectFailed::new)?;
             let _ = stream.set_nodelay(true);
+            if let Some(header) = self.proxy_header {
+                use tokio::io::AsyncWriteExt;
+                stream.write_all(header).await.map_err(ConnectFailed::new)?;
+            }
             Ok(match self.tls {
                 None => BackendStream::Plain(stream),
                 Some(tls) => {

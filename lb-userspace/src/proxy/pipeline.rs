@@ -366,6 +366,7 @@ impl Forwarder {
                 &mut parts,
                 received_host.as_ref(),
                 conn,
+                listener.address,
                 forwarded_for.as_ref(),
                 request_id,
                 h2_upstream,

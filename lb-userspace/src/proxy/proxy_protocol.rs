@@ -5,7 +5,12 @@
 //! A listener with `proxy_protocol = true` requires the header on every connection (HAProxy's
 //! `accept-proxy`, nginx's `listen … proxy_protocol`): anyone who can reach such a listener can
 //! claim any address, so only the balancers should.
-use std::net::SocketAddr;
+//!
+//! A pool with `proxy_protocol = "v1"` or `"v2"` writes one to its backends (`header`; HAProxy's
+//! `send-proxy`), and its health checks write the one that names no client (`local_header`).
+use std::net::{IpAddr, SocketAddr};
+
+use crate::config::ProxyVersion;
 
 use ppp::{v1, v2};
 use tokio::{io::AsyncReadExt, net::TcpStream};
@@ -140,9 +145,92 @@ pub async fn read(stream: &mut TcpStream) -> Result<Option<SocketAddr>, HeaderEr
     }
 }
 
+/// The header for a connection made for `client`, which reached lbd at `local`. Addresses of
+/// two families (an IPv4 client of a listener on an IPv6 socket) are both written as IPv6.
+pub fn header(version: ProxyVersion, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+    let (client_ip, local_ip) = (client.ip().to_canonical(), local.ip().to_canonical());
+    let v6 = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    let (source, destination) = match (client_ip, local_ip) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => {
+            (SocketAddr::new(client_ip, client.port()), SocketAddr::new(local_ip, local.port()))
+        }
+        _ => (
+            SocketAddr::new(IpAddr::V6(v6(client_ip)), client.port()),
+            SocketAddr::new(IpAddr::V6(v6(local_ip)), local.port()),
+        ),
+    };
+    match version {
+        ProxyVersion::V1 => {
+            let family = if source.is_ipv4() { "TCP4" } else { "TCP6" };
+            format!(
+                "PROXY {family} {} {} {} {}\r\n",
+                source.ip(),
+                destination.ip(),
+                source.port(),
+                destination.port()
+            )
+            .into_bytes()
+        }
+        ProxyVersion::V2 => v2::Builder::with_addresses(
+            v2::Version::Two | v2::Command::Proxy,
+            v2::Protocol::Stream,
+            (source, destination),
+        )
+        .build()
+        .unwrap_or_default(),
+    }
+}
+
+/// The header of a connection lbd makes for itself (a health check): v2's LOCAL, v1's UNKNOWN.
+/// The backend then takes the connection's own addresses.
+pub fn local_header(version: ProxyVersion) -> Vec<u8> {
+    match version {
+        ProxyVersion::V1 => b"PROXY UNKNOWN\r\n".to_vec(),
+        ProxyVersion::V2 => v2::Builder::new(
+            v2::Version::Two | v2::Command::Local,
+            v2::AddressFamily::Unspecified | v2::Protocol::Stream,
+        )
+        .build()
+        .unwrap_or_default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_header_written_for_a_backend_reads_back_as_its_client() {
+        let cases: [(&str, &str, &str); 3] = [
+            ("192.0.2.7:40000", "198.19.0.4:80", "192.0.2.7:40000"),
+            ("[2001:db8::7]:40000", "[2001:db8::1]:443", "[2001:db8::7]:40000"),
+            // An IPv4 client on an IPv6 socket, to a listener's IPv4 address: one family.
+            ("[::ffff:192.0.2.7]:40000", "198.19.0.4:80", "192.0.2.7:40000"),
+        ];
+        for version in [ProxyVersion::V1, ProxyVersion::V2] {
+            for (client, local, read) in cases {
+                let bytes = header(version, client.parse().unwrap(), local.parse().unwrap());
+                let parsed = parse(&bytes).unwrap().unwrap();
+                assert_eq!(parsed.length, bytes.len(), "{version:?} {client}");
+                assert_eq!(parsed.source, Some(read.parse().unwrap()), "{version:?} {client}");
+            }
+            // Two families: both written as IPv6, the IPv4 one mapped.
+            let mixed =
+                header(version, "192.0.2.7:40000".parse().unwrap(), "[2001:db8::1]:80".parse().unwrap());
+            let source = parse(&mixed).unwrap().unwrap().source.unwrap();
+            assert_eq!(source.ip().to_canonical().to_string(), "192.0.2.7", "{version:?}");
+            // A health check's header names no client.
+            let local = local_header(version);
+            assert_eq!(parse(&local).unwrap(), Some(Header { length: local.len(), source: None }));
+        }
+        assert_eq!(
+            header(ProxyVersion::V1, "192.0.2.7:40000".parse().unwrap(), "198.19.0.4:80".parse().unwrap()),
+            b"PROXY TCP4 192.0.2.7 198.19.0.4 40000 80\r\n"
+        );
+    }
 
     fn v2(command: u8, family: u8, addresses: &[u8], tlvs: &[u8]) -> Vec<u8> {
         let mut out = V2_SIGNATURE.to_vec();

@@ -199,12 +199,21 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// Its pool's TLS client (None: plain TCP).
     pub tls: Option<Arc<BackendTls>>,
+    /// The PROXY header its pool sends (None: none).
+    pub proxy_protocol: Option<crate::config::ProxyVersion>,
 }
 
 impl Upstream {
-    /// Where a try for a request to `host` connects.
-    pub fn dial<'a>(&'a self, host: &'a str) -> Dial<'a> {
-        Dial { address: self.address, timeout: self.connect_timeout, tls: self.tls.as_ref(), host }
+    /// Where a try for a request to `host` connects, with its client's PROXY header when the
+    /// pool sends one.
+    pub fn dial<'a>(&'a self, host: &'a str, proxy_header: Option<&'a [u8]>) -> Dial<'a> {
+        Dial {
+            address: self.address,
+            timeout: self.connect_timeout,
+            tls: self.tls.as_ref(),
+            host,
+            proxy_header,
+        }
     }
 
     pub fn in_flight(&self) -> usize {
@@ -386,6 +395,7 @@ impl Snapshot {
                             pool: pool_runtime.clone(),
                             connect_timeout: pool.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
                             tls: tls.clone(),
+                            proxy_protocol: pool.proxy_protocol,
                         })
                     })
                     .collect();

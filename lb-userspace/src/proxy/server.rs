@@ -667,6 +667,8 @@ mod per_client_limits;
 #[cfg(test)]
 mod proxy_headers;
 #[cfg(test)]
+mod proxy_to_backends;
+#[cfg(test)]
 mod route_edits;
 #[cfg(test)]
 mod trailers;

@@ -42,6 +42,9 @@ pub fn pool(pool: &views::Pool) {
         if let Some(limit) = proxy.max_requests_per_backend {
             line += &format!(", {limit} in flight per backend (+{} waiting)", proxy.max_pending_requests);
         }
+        if let Some(version) = &proxy.proxy_protocol {
+            line += &format!(", PROXY protocol {version}");
+        }
         if let Some(outlier) = &proxy.outlier {
             line += &format!(", outlier ejection after {outlier}");
         }

@@ -19,6 +19,14 @@ pub(in crate::config) fn check(
             outlier_bounds(outlier, &name, errors);
         }
         let tls = backend_tls(raw_pool.tls, raw_pool.protocol, &raw_pool.name, resolve, errors);
+        if let Some(version) = &raw_pool.proxy_protocol
+            && raw_pool.protocol.is_http2()
+        {
+            errors.at(
+                version.span(),
+                format!("pool `{name}`: proxy_protocol is for HTTP/1.1 pools (an HTTP/2 connection carries many clients' requests)"),
+            );
+        }
         let pool = Pool {
             name: name.clone(),
             backends,
@@ -37,6 +45,7 @@ pub(in crate::config) fn check(
                 Duration::from_millis(*ms.get_ref())
             }),
             tls,
+            proxy_protocol: raw_pool.proxy_protocol.map(Spanned::into_inner),
         };
         if pools.insert(name.clone(), pool).is_some() {
             errors.at(raw_pool.name.span(), format!("pool `{name}` is defined twice"));

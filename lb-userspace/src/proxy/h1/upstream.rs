@@ -24,7 +24,7 @@ use thread_local::ThreadLocal;
 use tokio::io::AsyncWriteExt;
 
 use crate::proxy::{
-    backend_stream::{BackendStream, ConnKey, ConnectFailed, Dial},
+    backend_stream::{BackendStream, ConnKey, ConnectFailed, Dial, PRIVATE},
     body::{self, Body},
     clock,
     h1::{
@@ -135,8 +135,10 @@ impl Pool {
     }
 
     fn checkin(&self, key: ConnKey, conn: Conn) {
-        if !conn.buf.is_empty() {
-            return; // bytes nobody asked for: the connection cannot be trusted
+        // Bytes nobody asked for: the connection cannot be trusted. One client's PROXY header
+        // (`PRIVATE`): it carries no other's request.
+        if !conn.buf.is_empty() || key.1 == PRIVATE {
+            return;
         }
         let now = clock::coarse_ms();
         let mut idle = self.mine();
@@ -503,7 +505,7 @@ mod tests {
 
     /// A plain connection to `address`.
     fn plain(address: SocketAddr) -> Dial<'static> {
-        Dial { address, timeout: DEFAULT_CONNECT_TIMEOUT, tls: None, host: "" }
+        Dial { address, timeout: DEFAULT_CONNECT_TIMEOUT, tls: None, host: "", proxy_header: None }
     }
 
     /// A backend on 127.0.0.1 answering by path: `/length`, `/chunked`, `/close` (a body
@@ -604,7 +606,7 @@ mod tests {
         let headers = HeaderMap::new();
         let sent = pool
             .send(
-                Dial { address, timeout, tls: None, host: "" },
+                Dial { address, timeout, tls: None, host: "", proxy_header: None },
                 &Method::GET,
                 "/",
                 &headers,

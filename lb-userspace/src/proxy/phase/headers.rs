@@ -138,19 +138,24 @@ pub static SET_BY_PROXY: [HeaderName; 5] =
 /// (`name: value\r\n`). They stay out of the request's header map (building five values and
 /// inserting them into it was ~4% of an HTTP/1.1 request): an HTTP/1.1 backend gets the lines
 /// in its request head, the client's own fields of these names left out (`SET_BY_PROXY`); an
-/// HTTP/2 backend gets them inserted into its copy of the map (`apply`).
+/// HTTP/2 backend gets them inserted into its copy of the map (`apply`). Beside them, the
+/// client connection's two ends, for a pool that sends a PROXY protocol header (`ends`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Forwarding(Lines);
+pub struct Forwarding {
+    lines: Lines,
+    /// The client's address and the listener's, as a PROXY header names them.
+    pub ends: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+}
 
 impl Forwarding {
     /// The head lines.
     pub fn lines(&self) -> &[u8] {
-        &self.0
+        &self.lines
     }
 
     /// Puts the fields into `headers`, replacing the client's.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        for line in self.0.split(|&b| b == b'\n') {
+        for line in self.lines.split(|&b| b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
             let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii_start());
@@ -161,10 +166,10 @@ impl Forwarding {
     }
 
     fn field(&mut self, name: &[u8], value: impl FnOnce(&mut Lines)) {
-        self.0.extend_from_slice(name);
-        self.0.extend_from_slice(b": ");
-        value(&mut self.0);
-        self.0.extend_from_slice(b"\r\n");
+        self.lines.extend_from_slice(name);
+        self.lines.extend_from_slice(b": ");
+        value(&mut self.lines);
+        self.lines.extend_from_slice(b"\r\n");
     }
 }
 
@@ -223,10 +228,15 @@ static HOST_BYTE: [u8; 256] = {
 /// Rewrites the client's request head for the backend; returns the forwarding fields to add.
 /// `host`: the client's Host field (`guard::Read`, which found at most one); `forwarded_for`:
 /// its first X-Forwarded-For, which the client's address is appended to.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the request, its client connection's facts, and the backend's kind"
+)]
 pub fn upstream_request(
     parts: &mut Parts,
     host: Option<&HeaderValue>,
     conn: &ClientConn,
+    local: std::net::SocketAddr,
     forwarded_for: Option<&HeaderValue>,
     request_id: &HeaderValue,
     h2_upstream: bool,
@@ -255,7 +265,8 @@ pub fn upstream_request(
     }
     let client = conn.address.ip();
     let proto = if conn.tls() { "https" } else { "http" };
-    let mut forwarding = Forwarding(Lines::with_capacity(LINES_CAPACITY));
+    let mut forwarding =
+        Forwarding { lines: Lines::with_capacity(LINES_CAPACITY), ends: Some((conn.address, local)) };
     forwarding.field(b"x-forwarded-for", |out| {
         if let Some(previous) = forwarded_for {
             out.extend_from_slice(previous.as_bytes());
@@ -288,6 +299,10 @@ pub fn client_response(headers: &mut HeaderMap, switching: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The listener the tests' requests reached.
+    const LOCAL: std::net::SocketAddr =
+        std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 19, 0, 4)), 80);
 
     #[test]
     fn connection_cannot_remove_host() {
@@ -322,7 +337,7 @@ mod tests {
         let previous = parts.headers.get(X_FORWARDED_FOR).cloned();
         let host = HeaderValue::from_static("example.test");
         let forwarding =
-            upstream_request(&mut parts, Some(&host), &conn, previous.as_ref(), &id, false, false);
+            upstream_request(&mut parts, Some(&host), &conn, LOCAL, previous.as_ref(), &id, false, false);
         assert!(!parts.headers.contains_key("x-hop") && !parts.headers.contains_key(header::CONNECTION));
         // As an HTTP/1.1 backend gets them: lines after the request's own fields.
         assert_eq!(
@@ -352,7 +367,8 @@ mod tests {
         let conn = ClientConn::new("192.0.2.9:4000".parse().unwrap(), None, None);
         let id = HeaderValue::from_static("abc");
         let received = parts.headers.get(header::HOST).cloned();
-        let forwarding = upstream_request(&mut parts, received.as_ref(), &conn, None, &id, false, false);
+        let forwarding =
+            upstream_request(&mut parts, received.as_ref(), &conn, LOCAL, None, &id, false, false);
         forwarding.apply(&mut parts.headers);
         let host = parts.headers.get(header::HOST).map(|h| h.to_str().unwrap().to_owned());
         (host, parts.headers[header::FORWARDED].to_str().unwrap().to_owned())

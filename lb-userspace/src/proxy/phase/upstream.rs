@@ -37,6 +37,7 @@ use crate::{
             Refusal,
             headers::{self, Forwarding},
         },
+        proxy_protocol,
         routes::{CompiledRoute, L7Pool, Upstream},
     },
     state::Command,
@@ -139,6 +140,14 @@ impl Upstreams {
     ) -> Result<Response<Body>, SendError> {
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         if protocol == UpstreamProtocol::Http1 {
+            // A pool that sends the PROXY protocol: a header for this client, on a connection
+            // of its own (config refuses it on HTTP/2 pools, whose connections are shared).
+            let proxy_header = match (upstream.proxy_protocol, forwarding.ends) {
+                (Some(version), Some((client, local))) => {
+                    Some(proxy_protocol::header(version, client, local))
+                }
+                _ => None,
+            };
             let with_host;
             let mut fields = &*headers;
             if parts.version == Version::HTTP_10
@@ -154,11 +163,22 @@ impl Upstreams {
             }
             let added = h1::encode::Added { lines: forwarding.lines(), replacing: &headers::SET_BY_PROXY };
             let (method, body) = (&parts.method, body.get_or_insert_with(body::empty));
-            return self.http1.send(upstream.dial(host), method, target, fields, added, body, interim).await;
+            return self
+                .http1
+                .send(
+                    upstream.dial(host, proxy_header.as_deref()),
+                    method,
+                    target,
+                    fields,
+                    added,
+                    body,
+                    interim,
+                )
+                .await;
         }
         // Boxed: HTTP/2's state is not carried by every HTTP/1.1 request's future.
         Box::pin(async move {
-            let mut sender = self.http2.sender(upstream.dial(host)).await?;
+            let mut sender = self.http2.sender(upstream.dial(host, None)).await?;
             let mut headers = if take_headers { std::mem::take(headers) } else { headers.clone() };
             forwarding.apply(&mut headers);
             headers.remove(header::HOST);
