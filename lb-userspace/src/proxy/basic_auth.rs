@@ -2,7 +2,8 @@
 //! htpasswd file. A login found right is remembered (by a SHA-256 of its `Authorization` value)
 //! until the file changes, so a client's next requests cost no hashing. The hashing itself,
 //! milliseconds by design, runs on tokio's blocking threads, a few at a time per route, so a
-//! burst of logins (or of guesses) never stalls the worker's other connections.
+//! burst of logins (or of guesses) never stalls the worker's other connections. An unknown
+//! user's login is hashed too, so the time an answer takes does not tell who exists.
 use std::{
     num::NonZeroUsize,
     sync::{Arc, Mutex},
@@ -86,14 +87,19 @@ impl BasicAuth {
         if let Some(user) = lock(&logins.verified).get(&key) {
             return Ok(user.clone());
         }
-        let hash = logins.users.get(&user).ok_or(refused)?.clone();
+        // An unknown user is checked too, against another user's hash, and refused whatever it
+        // says: the answer takes as long as a known user's, so it does not tell who exists.
+        let (known, hash) = match logins.users.get(&user) {
+            Some(hash) => (true, hash.clone()),
+            None => (false, logins.users.any().ok_or(refused)?.clone()),
+        };
         let _permit = tokio::time::timeout(CHECK_WAIT, self.checks.acquire())
             .await
             .ok()
             .and_then(Result::ok)
             .ok_or((StatusCode::SERVICE_UNAVAILABLE, "too many logins being checked"))?;
         let right = tokio::task::spawn_blocking(move || hash.verify(&password)).await.unwrap_or(false);
-        if !right {
+        if !(known && right) {
             return Err(refused);
         }
         let user: Arc<str> = String::from_utf8_lossy(&user).into();
@@ -179,6 +185,22 @@ mod tests {
             auth.check(&twice).await,
             refused(StatusCode::BAD_REQUEST, "Authorization sent more than once")
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unknown_user_is_hashed_like_a_known_one() {
+        let (auth, dir) = route("unknown");
+        // Every check taken: a login that needs one waits, then is answered 503. An unknown
+        // user's does too (refused at once, it would tell that the user does not exist).
+        let _all = auth.checks.acquire_many(auth.checks.available_permits() as u32).await.unwrap();
+        let busy = Err((StatusCode::SERVICE_UNAVAILABLE, "too many logins being checked"));
+        assert_eq!(auth.check(&basic("bob", "open sesame")).await, busy);
+        assert_eq!(auth.check(&basic("ann", "guess")).await, busy);
+        drop(_all);
+        // With a check free, it is refused as a wrong password is, even with another user's.
+        let refused = Err((StatusCode::UNAUTHORIZED, "credentials not accepted"));
+        assert_eq!(auth.check(&basic("bob", "open sesame")).await, refused);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -56,8 +56,15 @@ pub fn admit(
 pub async fn logged_in(auth: &BasicAuth, headers: &mut HeaderMap) -> Result<Arc<str>, Refusal> {
     let user = auth.check(headers).await.map_err(|(status, why)| {
         let mut refusal = Refusal::new(status, why);
-        if status == StatusCode::UNAUTHORIZED {
-            refusal.response.headers_mut().insert(header::WWW_AUTHENTICATE, auth.challenge.clone());
+        let headers = refusal.response.headers_mut();
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                drop(headers.insert(header::WWW_AUTHENTICATE, auth.challenge.clone()))
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                drop(headers.insert(header::RETRY_AFTER, HeaderValue::from(1)))
+            }
+            _ => {}
         }
         refusal
     })?;
