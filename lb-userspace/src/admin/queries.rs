@@ -245,9 +245,7 @@ fn pool_proxy(pool: &crate::config::Pool) -> views::PoolProxy {
         (Balance::Hash, HashKey::ClientIp) => "hash client_ip".to_owned(),
         (Balance::Hash, HashKey::Header(name)) => format!("hash header:{name}"),
         (Balance::Hash, HashKey::Cookie(name)) => format!("hash cookie:{name}"),
-        (other, _) => {
-            serde_json::to_value(other).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
-        }
+        (other, _) => config_name(other),
     };
     let tls = pool.tls.as_ref().map(|tls| {
         let mut parts = vec![match (&tls.ca, tls.verify) {
@@ -266,10 +264,7 @@ fn pool_proxy(pool: &crate::config::Pool) -> views::PoolProxy {
     });
     views::PoolProxy {
         port: pool.port,
-        protocol: serde_json::to_value(pool.protocol)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        protocol: config_name(pool.protocol),
         balance,
         connect_timeout_ms: pool.connect_timeout.unwrap_or(crate::config::DEFAULT_CONNECT_TIMEOUT).as_millis()
             as u64,
@@ -282,10 +277,13 @@ fn pool_proxy(pool: &crate::config::Pool) -> views::PoolProxy {
             )
         }),
         tls,
-        proxy_protocol: pool
-            .proxy_protocol
-            .and_then(|v| serde_json::to_value(v).ok()?.as_str().map(str::to_owned)),
+        proxy_protocol: pool.proxy_protocol.map(config_name),
     }
+}
+
+/// A config value's name as the config file writes it (`round_robin`, `h2c`, `v2`).
+fn config_name(value: impl serde::Serialize) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
 fn stats_view(counters: &Counters) -> Result<views::Stats, DataplaneError> {
