@@ -330,6 +330,11 @@ fn jwt_algorithm_hash_key_and_secret_are_checked_at_their_lines() {
     assert!(found.iter().any(|e| e.contains("jwt: key_file required")), "{found:?}");
     let found = errors(&route("algorithm = \"ES256\", key_file = \"/nonexistent/pub.pem\""));
     assert!(found.iter().any(|e| e.contains("jwt: cannot read /nonexistent/pub.pem")), "{found:?}");
+    let found = errors(&route("algorithm = \"HS256\", secret = \"s\", subject_header = \"X-Forwarded-For\""));
+    assert!(
+        found.iter().any(|e| e.contains("subject_header `X-Forwarded-For` is a field lbd reads or sets")),
+        "{found:?}"
+    );
     let not_a_key = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
     let found = errors(&route(&format!("algorithm = \"RS256\", key_file = \"{not_a_key}\"")));
     assert!(found.iter().any(|e| e.contains("jwt: key_file: ")), "{found:?}");

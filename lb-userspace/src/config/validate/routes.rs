@@ -329,11 +329,28 @@ fn jwt(mut jwt: JwtConfig, base: &Path, at: Range<usize>, errors: &mut Errors) -
         errors.at(at.clone(), format!("jwt: {err}"));
     }
     if let Some(name) = &jwt.subject_header
-        && hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+        && let Some(why) = unfit_identity_header(name)
     {
-        errors.at(at, format!("jwt: subject_header `{name}` is not a header name"));
+        errors.at(at, format!("jwt: subject_header `{name}` {why}"));
     }
     jwt
+}
+
+/// Why `name` cannot carry a verified identity to the backends (a JWT's subject, a basic-auth
+/// user), if it cannot: not a field name, or a field lbd reads or sets itself (the framing
+/// fields, Host, the forwarding fields, Authorization).
+fn unfit_identity_header(name: &str) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    if hyper::header::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+        Some("is not a header name")
+    } else if FRAMING.contains(&lower.as_str())
+        || SET_BY_LBD.contains(&lower.as_str())
+        || lower == "authorization"
+    {
+        Some("is a field lbd reads or sets")
+    } else {
+        None
+    }
 }
 
 /// A route's basic auth: its htpasswd file readable with every line accepted (when files are
@@ -371,17 +388,7 @@ fn basic_auth(
     );
     let user_header = raw.user_header.map(|name| {
         let lower = name.get_ref().to_ascii_lowercase();
-        let why = if hyper::header::HeaderName::from_bytes(lower.as_bytes()).is_err() {
-            Some("is not a header name")
-        } else if FRAMING.contains(&lower.as_str())
-            || SET_BY_LBD.contains(&lower.as_str())
-            || lower == "authorization"
-        {
-            Some("is a field lbd reads or sets")
-        } else {
-            None
-        };
-        if let Some(why) = why {
+        if let Some(why) = unfit_identity_header(name.get_ref()) {
             errors.at(name.span(), format!("basic_auth: user_header `{}` {why}", name.get_ref()));
         }
         lower
