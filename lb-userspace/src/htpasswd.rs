@@ -136,14 +136,13 @@ impl Users {
             if user.is_empty() {
                 return Err(Error::NoUser { line });
             }
-            let named = |user: &str| user.to_owned();
             let hash = Hash::of(hash).map_err(|refused| match refused {
-                Refused::Weak(kind) => Error::Weak { line, user: named(user), kind },
-                Refused::Malformed(kind) => Error::Malformed { line, user: named(user), kind },
-                Refused::Costly(why) => Error::Costly { line, user: named(user), why },
+                Refused::Weak(kind) => Error::Weak { line, user: user.to_owned(), kind },
+                Refused::Malformed(kind) => Error::Malformed { line, user: user.to_owned(), kind },
+                Refused::Costly(why) => Error::Costly { line, user: user.to_owned(), why },
             })?;
             if users.insert(user.as_bytes().into(), hash).is_some() {
-                return Err(Error::Twice { line, user: named(user) });
+                return Err(Error::Twice { line, user: user.to_owned() });
             }
         }
         Ok(Users(users))

@@ -23,6 +23,12 @@ pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
     Ok(file)
 }
 
+/// When `path` was last modified; None when it cannot be told (gone, unreadable). What the
+/// files read again on change compare (credentials, certificates).
+pub fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
 /// Reads a config file: a regular file, bounded, UTF-8.
 pub fn read_file(path: &Path) -> std::io::Result<String> {
     use std::io::Read as _;

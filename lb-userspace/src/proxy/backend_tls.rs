@@ -144,7 +144,7 @@ fn files(settings: &Settings) -> impl Iterator<Item = &PathBuf> {
 }
 
 fn mtimes(settings: &Settings) -> Vec<Option<SystemTime>> {
-    files(settings).map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
+    files(settings).map(|p| crate::config::modified(p)).collect()
 }
 
 /// The rustls client: TLS 1.2 and 1.3 with ring, the CA's roots (or any certificate), a

@@ -198,7 +198,7 @@ pub fn files_mtime(tls: &Tls) -> Option<SystemTime> {
     tls.certificates
         .iter()
         .flat_map(|(c, k)| [c, k])
-        .filter_map(|p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .filter_map(|p: &PathBuf| crate::config::modified(p))
         .max()
 }
 

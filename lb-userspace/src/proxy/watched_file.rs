@@ -12,7 +12,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 
-use crate::config::read_file;
+use crate::config::{modified, read_file};
 
 /// Turns a file's text into its contents, or says what is wrong with it.
 pub type Parse<T> = fn(&str) -> Result<T, String>;
@@ -30,10 +30,6 @@ pub struct WatchedFile<T> {
 
 fn read<T>(path: &Path, parse: Parse<T>) -> Result<T, String> {
     read_file(path).map_err(|e| e.to_string()).and_then(|text| parse(&text))
-}
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 impl<T: Default> WatchedFile<T> {
