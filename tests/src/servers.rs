@@ -122,7 +122,7 @@ impl Nginx {
                  location /busy {{ return 503 \"{name} busy\\n\"; }}\n    \
                  location /big {{ root {dir}; add_header Cache-Control \"max-age=60\"; }}\n  }}\n  \
                  server {{\n    listen 8084 proxy_protocol;\n    \
-                 location / {{ return 200 \"{name} pp=$proxy_protocol_addr:$proxy_protocol_port\\n\"; }}\n  }}\n}}\n",
+                 location / {{ return 200 \"{name} pp=$proxy_protocol_addr:$proxy_protocol_port c=$connection\\n\"; }}\n  }}\n}}\n",
                 dir = dir.0.display()
             ),
         )?;

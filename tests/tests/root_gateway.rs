@@ -654,11 +654,22 @@ fn root_gateway_api_keys_and_jwt() -> Result<()> {
 
     // The PROXY protocol to backends: nginx reads the client's address from it, in v1 and v2,
     // and the pools' health checks (which send the header that names no client) keep them up.
+    // Two requests on one curl connection reach nginx on one connection (`$connection`), kept
+    // for that client; another curl's get another.
     let client = bed.topology.client.addr4;
     for (host, name) in [("pp1.test", "backend1"), ("pp2.test", "backend2")] {
         let (code, body) = ask(&bed, host, "/", &[])?;
         assert_eq!(code, 200, "{host}: {body}");
         assert!(body.starts_with(&format!("{name} pp={client}:")), "{host}: {body}");
+        let url = format!("http://{VIP}/");
+        let args = ["-sS", "-H", &format!("Host: {host}"), &url, &url];
+        let twice = String::from_utf8_lossy(&bed.topology.client.run("curl", &args)?.stdout).into_owned();
+        let answers: Vec<&str> = twice.lines().collect();
+        assert!(answers.len() == 2 && answers[0] == answers[1], "one backend connection: {twice}");
+        assert!(
+            answers[0].starts_with(&format!("{name} pp={client}:")) && answers[0] != body,
+            "{twice} {body}"
+        );
     }
     std::thread::sleep(Duration::from_millis(800));
     let show = bed.lbd.lbctl(&["pool", "show", "pp2"])?;

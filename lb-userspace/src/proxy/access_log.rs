@@ -10,7 +10,7 @@ use std::{
 
 use crate::{
     config::AccessLogFormat,
-    proxy::{interim::Interim, log_sink, metrics::Label},
+    proxy::{backend_stream::Kept, interim::Interim, log_sink, metrics::Label},
 };
 
 /// What one client connection is, for every request on it.
@@ -23,11 +23,13 @@ pub struct ClientConn {
     /// Backends' interim answers for the client, taken by the request that was polled as they
     /// came (`interim.rs`).
     pub interim: Interim,
+    /// The backend connection it keeps between its requests to a pool with `proxy_protocol`.
+    pub kept: Kept,
 }
 
 impl ClientConn {
     pub fn new(address: SocketAddr, tls_version: Option<&'static str>, sni: Option<String>) -> ClientConn {
-        ClientConn { address, tls_version, sni, interim: Interim::default() }
+        ClientConn { address, tls_version, sni, interim: Interim::default(), kept: Kept::default() }
     }
 
     pub fn tls(&self) -> bool {

@@ -5,7 +5,7 @@ use std::{
     io::{self, IoSlice},
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex, OnceLock, PoisonError},
     task::{Context, Poll},
     time::Duration,
 };
@@ -46,30 +46,33 @@ impl ConnectFailed {
 }
 
 /// What connections a try may reuse are filed under: the backend, and the TLS client that
-/// opened them (0: plain), or `PRIVATE`.
+/// opened them (0: plain).
 pub type ConnKey = (SocketAddr, u64);
 
-/// The key of a connection that carries one client's PROXY header: never reused.
-pub const PRIVATE: u64 = u64::MAX;
-
 /// Where a try goes: the backend, how long its connect may take, its pool's TLS, the
-/// request's host (the server name of a pool with `sni_from_host`), and the PROXY header a
-/// pool with `proxy_protocol` writes first.
+/// request's host (the server name of a pool with `sni_from_host`), and, for a pool with
+/// `proxy_protocol`, the client's header and where its connection is kept.
 #[derive(Clone, Copy)]
 pub struct Dial<'a> {
     pub address: SocketAddr,
     pub timeout: Duration,
     pub tls: Option<&'a Arc<BackendTls>>,
     pub host: &'a str,
-    pub proxy_header: Option<&'a [u8]>,
+    pub proxy: Option<ForClient<'a>>,
+}
+
+/// A connection that belongs to one client, as a PROXY header names it: the header written
+/// first, and the client connection's slot that keeps it between that client's requests (None:
+/// a cache fill or a shadow copy, whose connection is closed after it).
+#[derive(Clone, Copy)]
+pub struct ForClient<'a> {
+    pub header: &'a [u8],
+    pub kept: Option<&'a Kept>,
 }
 
 impl Dial<'_> {
-    /// The key of the connections this try may reuse (`PRIVATE`: none, and it is not kept).
+    /// The key of the connections this try may reuse.
     pub fn key(&self) -> ConnKey {
-        if self.proxy_header.is_some() {
-            return (self.address, PRIVATE);
-        }
         (self.address, self.tls.map_or(0, |tls| tls.id_for(self.host)))
     }
 
@@ -80,9 +83,9 @@ impl Dial<'_> {
         let connecting = async {
             let mut stream = TcpStream::connect(self.address).await.map_err(ConnectFailed::new)?;
             let _ = stream.set_nodelay(true);
-            if let Some(header) = self.proxy_header {
+            if let Some(proxy) = self.proxy {
                 use tokio::io::AsyncWriteExt;
-                stream.write_all(header).await.map_err(ConnectFailed::new)?;
+                stream.write_all(proxy.header).await.map_err(ConnectFailed::new)?;
             }
             Ok(match self.tls {
                 None => BackendStream::Plain(stream),
@@ -98,6 +101,43 @@ impl Dial<'_> {
             })
         };
         tokio::time::timeout(self.timeout, connecting).await.map_err(|_| timed_out())?
+    }
+}
+
+/// The backend connection one client connection keeps between its requests to a pool with
+/// `proxy_protocol` (HAProxy's private connections): its header names that client, so no other
+/// client's request may use it. One at most, closed with the client connection. Its slot is made
+/// on first use: the client of a pool without the protocol carries one empty word.
+#[derive(Default)]
+pub struct Kept(OnceLock<Arc<Slot>>);
+
+/// Where a kept connection waits, with the key it was opened under.
+#[derive(Default)]
+pub struct Slot(Mutex<Option<(ConnKey, BackendStream)>>);
+
+impl Kept {
+    /// The kept connection, if it was opened under `key` and its backend has said nothing since
+    /// (`BackendStream::is_quiet`). One opened under another key stays.
+    pub fn take(&self, key: ConnKey) -> Option<BackendStream> {
+        let mut kept = self.0.get()?.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.as_ref().is_none_or(|(opened, _)| *opened != key) {
+            return None;
+        }
+        let (_, mut stream) = kept.take()?;
+        stream.is_quiet().then_some(stream)
+    }
+
+    /// Where this client's connections go back when their answers are done.
+    pub fn slot(&self) -> Arc<Slot> {
+        self.0.get_or_init(Default::default).clone()
+    }
+}
+
+impl Slot {
+    /// Keeps `stream` (opened under `key`), closing the one kept before: two requests of one
+    /// HTTP/2 client at once each have a connection, and one of them stays.
+    pub fn keep(&self, key: ConnKey, stream: BackendStream) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((key, stream));
     }
 }
 

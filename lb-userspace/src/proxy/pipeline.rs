@@ -403,7 +403,7 @@ impl Forwarder {
                 tries,
                 body_error,
                 forwarding: &forwarding,
-                interim: Some(&conn.interim),
+                conn: Some(conn),
             };
             let answered = match tries.run(first, &mut parts, body, || self.draw()).await {
                 Ok(answered) => answered,

@@ -24,7 +24,7 @@ use crate::{
     dataplane::tables::addr_of,
     maglev::{self, Weighted},
     proxy::{
-        backend_stream::Dial,
+        backend_stream::{Dial, ForClient},
         backend_tls::BackendTls,
         metrics::Label,
         runtime::{BackendRuntime, PoolRuntime, RouteRuntime, Runtime},
@@ -206,14 +206,8 @@ pub struct Upstream {
 impl Upstream {
     /// Where a try for a request to `host` connects, with its client's PROXY header when the
     /// pool sends one.
-    pub fn dial<'a>(&'a self, host: &'a str, proxy_header: Option<&'a [u8]>) -> Dial<'a> {
-        Dial {
-            address: self.address,
-            timeout: self.connect_timeout,
-            tls: self.tls.as_ref(),
-            host,
-            proxy_header,
-        }
+    pub fn dial<'a>(&'a self, host: &'a str, proxy: Option<ForClient<'a>>) -> Dial<'a> {
+        Dial { address: self.address, timeout: self.connect_timeout, tls: self.tls.as_ref(), host, proxy }
     }
 
     pub fn in_flight(&self) -> usize {

@@ -24,7 +24,7 @@ use thread_local::ThreadLocal;
 use tokio::io::AsyncWriteExt;
 
 use crate::proxy::{
-    backend_stream::{BackendStream, ConnKey, ConnectFailed, Dial, PRIVATE},
+    backend_stream::{BackendStream, ConnKey, ConnectFailed, Dial, Slot},
     body::{self, Body},
     clock,
     h1::{
@@ -58,6 +58,10 @@ pub struct Conn {
 }
 
 impl Conn {
+    fn new(stream: BackendStream) -> Conn {
+        Conn { stream, buf: BytesMut::new() }
+    }
+
     /// Reads more into the buffer; 0 means the backend closed.
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < 1024 {
@@ -135,9 +139,8 @@ impl Pool {
     }
 
     fn checkin(&self, key: ConnKey, conn: Conn) {
-        // Bytes nobody asked for: the connection cannot be trusted. One client's PROXY header
-        // (`PRIVATE`): it carries no other's request.
-        if !conn.buf.is_empty() || key.1 == PRIVATE {
+        // Bytes nobody asked for: the connection cannot be trusted.
+        if !conn.buf.is_empty() {
             return;
         }
         let now = clock::coarse_ms();
@@ -169,7 +172,7 @@ impl Pool {
     }
 
     async fn connect(dial: Dial<'_>) -> Result<Conn, ConnectFailed> {
-        Ok(Conn { stream: dial.connect().await?, buf: BytesMut::new() })
+        Ok(Conn::new(dial.connect().await?))
     }
 
     /// Sends a request where `dial` says and reads the response head (the interim answers the
@@ -215,13 +218,21 @@ impl Pool {
         // +9% requests/s at 64 connections (docs/performance.md).
         tokio::task::yield_now().await;
         let key = dial.key();
-        let reused = self.checkout(key);
+        // A connection that names its client in a PROXY header is that client's alone: kept by
+        // its client connection, never in the worker's pool.
+        let (reused, home) = match dial.proxy {
+            None => (self.checkout(key), Home::Pool),
+            Some(proxy) => match proxy.kept {
+                Some(kept) => (kept.take(key).map(Conn::new), Home::Kept(kept.slot())),
+                None => (None, Home::Closed),
+            },
+        };
         if bodiless {
             if let Some(mut conn) = reused
                 && conn.stream.write_all_sent(&head()).await.is_ok()
             {
                 match read_head(&mut conn, method, headers, interim).await {
-                    Ok(Some(answer)) => return Ok(self.response(key, conn, answer)),
+                    Ok(Some(answer)) => return Ok(self.response(home, key, conn, answer)),
                     // Closed or reset before answering: the backend dropped the idle
                     // connection; the request goes again on a new one.
                     Ok(None) => {}
@@ -232,7 +243,7 @@ impl Pool {
             let mut conn = Box::pin(Self::connect(dial)).await?;
             conn.stream.write_all_sent(&head()).await?;
             return match read_head(&mut conn, method, headers, interim).await? {
-                Some(answer) => Ok(self.response(key, conn, answer)),
+                Some(answer) => Ok(self.response(home, key, conn, answer)),
                 None => Err("backend closed the connection before answering".into()),
             };
         }
@@ -242,13 +253,16 @@ impl Pool {
         };
         write_body(&mut conn, &head(), body, out).await?;
         match read_head(&mut conn, method, headers, interim).await? {
-            Some(answer) => Ok(self.response(key, conn, answer)),
+            Some(answer) => Ok(self.response(home, key, conn, answer)),
             None => Err("backend closed the connection before answering".into()),
         }
     }
 
+    /// The response to a request whose answer's head was read from `conn`: its body is read
+    /// from the connection, which goes `home` when the body is done.
     fn response(
         self: &Arc<Self>,
+        home: Home,
         key: ConnKey,
         mut conn: Conn,
         answer: head::ResponseHead,
@@ -269,7 +283,7 @@ impl Pool {
         {
             let data = conn.buf.split_to(left as usize).freeze();
             if answer.keep_alive {
-                self.checkin(key, conn);
+                home.checkin(self, key, conn);
             }
             if !data.is_empty() {
                 *response.body_mut() = body::full(data);
@@ -279,15 +293,31 @@ impl Pool {
         }
         let _ = decoder.decode(&mut BytesMut::new());
         *response.headers_mut() = answer.headers;
-        *response.body_mut() = UpstreamBody {
-            conn: Some(conn),
-            decoder,
-            pool: self.clone(),
-            key,
-            keep_alive: answer.keep_alive,
-        }
-        .boxed();
+        let keep_alive = answer.keep_alive;
+        *response.body_mut() =
+            UpstreamBody { conn: Some(conn), decoder, pool: self.clone(), home, key, keep_alive }.boxed();
         response
+    }
+}
+
+/// Where a connection goes when its answer is done (and the backend keeps it alive).
+enum Home {
+    /// The worker's idle connections.
+    Pool,
+    /// Its client connection's slot (a PROXY header names that client).
+    Kept(Arc<Slot>),
+    /// Nowhere: it is closed (a PROXY connection of a cache fill or a shadow copy).
+    Closed,
+}
+
+impl Home {
+    fn checkin(&self, pool: &Pool, key: ConnKey, conn: Conn) {
+        match self {
+            Home::Pool => pool.checkin(key, conn),
+            // Bytes nobody asked for: the connection cannot be trusted.
+            Home::Kept(slot) if conn.buf.is_empty() => slot.keep(key, conn.stream),
+            Home::Kept(_) | Home::Closed => {}
+        }
     }
 }
 
@@ -422,6 +452,7 @@ struct UpstreamBody {
     conn: Option<Conn>,
     decoder: Decoder,
     pool: Arc<Pool>,
+    home: Home,
     key: ConnKey,
     keep_alive: bool,
 }
@@ -431,7 +462,7 @@ impl UpstreamBody {
         if let Some(conn) = self.conn.take()
             && self.keep_alive
         {
-            self.pool.checkin(self.key, conn);
+            self.home.checkin(&self.pool, self.key, conn);
         }
     }
 }
@@ -505,7 +536,7 @@ mod tests {
 
     /// A plain connection to `address`.
     fn plain(address: SocketAddr) -> Dial<'static> {
-        Dial { address, timeout: DEFAULT_CONNECT_TIMEOUT, tls: None, host: "", proxy_header: None }
+        Dial { address, timeout: DEFAULT_CONNECT_TIMEOUT, tls: None, host: "", proxy: None }
     }
 
     /// A backend on 127.0.0.1 answering by path: `/length`, `/chunked`, `/close` (a body
@@ -606,7 +637,7 @@ mod tests {
         let headers = HeaderMap::new();
         let sent = pool
             .send(
-                Dial { address, timeout, tls: None, host: "", proxy_header: None },
+                Dial { address, timeout, tls: None, host: "", proxy: None },
                 &Method::GET,
                 "/",
                 &headers,

@@ -28,10 +28,10 @@ use thread_local::ThreadLocal;
 use crate::{
     config::{Fallback, UpstreamProtocol},
     proxy::{
-        backend_stream::{ConnKey, ConnectFailed, Dial},
+        access_log::ClientConn,
+        backend_stream::{ConnKey, ConnectFailed, Dial, ForClient},
         body::{self, Body},
         deadline, h1,
-        interim::Interim,
         metrics::{Label, ProxyMetrics},
         phase::{
             Refusal,
@@ -119,8 +119,9 @@ impl Upstreams {
     /// keeps the client's Host, and an HTTP/1.0 request that came without one gets the
     /// backend's address, as nginx sends by default (every HTTP/1.1 request has a Host, RFC 9112
     /// §3.2); HTTP/2 carries the client's host as `:authority` and no Host (RFC 9113 §8.3.1).
-    /// An HTTP/1.1 backend's interim answers for the client go to `interim` (an h2c backend's
-    /// are not passed on: hyper's client reads past them).
+    /// An HTTP/1.1 backend's interim answers go to the client connection `conn` (an h2c
+    /// backend's are not passed on: hyper's client reads past them); None: a cache fill or a
+    /// shadow copy, whose answer no client waits for.
     ///
     /// HTTP/1.1 writes the head from `headers` as they are; HTTP/2 needs them as its own, and
     /// takes them (`take_headers`) or a copy, and the body, only once its connection is open.
@@ -136,18 +137,21 @@ impl Upstreams {
         forwarding: &Forwarding,
         host: &str,
         body: &mut Option<Body>,
-        interim: Option<&Interim>,
+        conn: Option<&ClientConn>,
     ) -> Result<Response<Body>, SendError> {
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         if protocol == UpstreamProtocol::Http1 {
             // A pool that sends the PROXY protocol: a header for this client, on a connection
-            // of its own (config refuses it on HTTP/2 pools, whose connections are shared).
+            // that is the client's alone, kept by its connection between its requests (config
+            // refuses it on HTTP/2 pools, whose connections are shared).
             let proxy_header = match (upstream.proxy_protocol, forwarding.ends) {
                 (Some(version), Some((client, local))) => {
                     Some(proxy_protocol::header(version, client, local))
                 }
                 _ => None,
             };
+            let proxy =
+                proxy_header.as_deref().map(|header| ForClient { header, kept: conn.map(|conn| &conn.kept) });
             let with_host;
             let mut fields = &*headers;
             if parts.version == Version::HTTP_10
@@ -166,13 +170,13 @@ impl Upstreams {
             return self
                 .http1
                 .send(
-                    upstream.dial(host, proxy_header.as_deref()),
+                    upstream.dial(host, proxy),
                     method,
                     target,
                     fields,
                     added,
                     body,
-                    interim,
+                    conn.map(|conn| &conn.interim),
                 )
                 .await;
         }
@@ -287,8 +291,9 @@ pub struct Tries<'a> {
     pub body_error: Option<Arc<AtomicU16>>,
     /// The fields the proxy adds (`headers::upstream_request`).
     pub forwarding: &'a Forwarding,
-    /// Where the backends' interim answers for the client go.
-    pub interim: Option<&'a Interim>,
+    /// The client connection: where the backends' interim answers go, and where it keeps its
+    /// connections to a pool with `proxy_protocol`.
+    pub conn: Option<&'a ClientConn>,
 }
 
 impl Tries<'_> {
@@ -335,7 +340,7 @@ impl Tries<'_> {
                     forwarding,
                     host,
                     &mut body,
-                    self.interim
+                    self.conn
                 ));
                 deadline::within(until, sending).await
             };
@@ -511,7 +516,7 @@ mod tests {
             tries: 1,
             body_error: None,
             forwarding: &forwarding,
-            interim: None,
+            conn: None,
         };
         let upstream = &pool.upstreams[0];
         for (tls, reason) in [(false, "upstream unreachable"), (true, "upstream TLS failed")] {

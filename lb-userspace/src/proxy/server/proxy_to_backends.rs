@@ -1,16 +1,21 @@
-//! The PROXY protocol toward a pool's backends, with a backend that requires it: each request
-//! reaches it on a connection of its own whose header names the client, in v1 and v2; a backend
-//! connection is never reused (not even by the same client's next request); the pool's health
-//! checks send the header that names no client and find the backend up.
+//! The PROXY protocol toward a pool's backends, with a backend that requires it: each client
+//! connection's requests reach it on a connection of their own whose header names that client,
+//! in v1 and v2; that connection carries no other client's request and closes with the client's;
+//! the pool's health checks send the header that names no client and find the backend up.
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response, body::Incoming, service::service_fn};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::{Request, Response, body::Incoming, client::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use crate::{
     config::{HealthCheck, HealthKind, ProxyVersion},
@@ -19,28 +24,49 @@ use crate::{
 };
 
 /// A backend that reads a PROXY header off each connection (closing it when there is none),
-/// keeps the source it named (None for one that names no client), and answers with it.
-async fn backend(seen: Arc<Mutex<Vec<Option<SocketAddr>>>>) -> SocketAddr {
+/// keeps the source it named (None for one that names no client), and answers with it; `open`
+/// counts its connections open.
+async fn backend(seen: Arc<Mutex<Vec<Option<SocketAddr>>>>, open: Arc<AtomicUsize>) -> SocketAddr {
     test_bed::listening(move |mut stream| {
-        let seen = seen.clone();
+        let (seen, open) = (seen.clone(), open.clone());
         async move {
             let read = tokio::time::timeout(Duration::from_secs(2), proxy_protocol::read(&mut stream)).await;
             let Ok(Ok(source)) = read else { return };
             seen.lock().unwrap().push(source);
+            open.fetch_add(1, Ordering::SeqCst);
             let service = service_fn(move |_: Request<Incoming>| async move {
                 let text = source.map_or("local".to_owned(), |s| s.to_string());
                 Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(text))))
             });
             test_bed::serve(stream, false, service).await;
+            open.fetch_sub(1, Ordering::SeqCst);
         }
     })
     .await
 }
 
+/// A keep-alive HTTP/1.1 client of the proxy, and the address it connects from.
+async fn client(proxy: SocketAddr) -> (http1::SendRequest<Empty<Bytes>>, SocketAddr) {
+    let stream = TcpStream::connect(proxy).await.unwrap();
+    let from = stream.local_addr().unwrap();
+    let (send, connection) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(connection);
+    (send, from)
+}
+
+/// A GET of `host` on `client`'s connection: the status and the body.
+async fn get(client: &mut http1::SendRequest<Empty<Bytes>>, host: &str) -> (u16, String) {
+    let request = Request::builder().uri("/").header("host", host).body(Empty::new()).unwrap();
+    let response = client.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
 #[tokio::test]
-async fn each_request_reaches_the_backend_on_its_own_connection_named_by_its_client() {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let port = backend(seen.clone()).await.port();
+async fn each_client_connection_reaches_the_backend_on_its_own_connection_named_by_it() {
+    let (seen, open) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicUsize::new(0)));
+    let port = backend(seen.clone(), open.clone()).await.port();
     let routes = format!(
         "[[pool]]\nname = \"v1\"\nport = {port}\nproxy_protocol = \"v1\"\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
          [[pool]]\nname = \"v2\"\nport = {port}\nproxy_protocol = \"v2\"\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
@@ -50,22 +76,25 @@ async fn each_request_reaches_the_backend_on_its_own_connection_named_by_its_cli
     let listener = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\n";
     let (address, _, _) = super::mutations::start_listener(listener, &routes).await;
     for host in ["v1.test", "v2.test"] {
-        // Two requests on one client connection: two backend connections, each named by it.
-        let two = format!(
-            "GET / HTTP/1.1\r\nHost: {host}\r\n\r\nGET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-        );
-        let got =
-            String::from_utf8(super::mutations::exchange(address, two.as_bytes(), false).await).unwrap();
-        let answers: Vec<&str> = got.split("HTTP/1.1 ").skip(1).collect();
-        assert_eq!(answers.len(), 2, "{got}");
+        // Two clients, their requests taking turns: each client's go on one backend connection
+        // named by it, never on the other's (a shared pool would hand A's idle connection to B).
+        let mut clients = [client(address).await, client(address).await];
+        for turn in [0, 1, 0, 1] {
+            let (client, from) = &mut clients[turn];
+            assert_eq!(get(client, host).await, (200, from.to_string()), "{host}");
+        }
+        let (from_a, from_b) = (clients[0].1, clients[1].1);
         let sources: Vec<SocketAddr> = seen.lock().unwrap().drain(..).map(Option::unwrap).collect();
-        assert_eq!(sources.len(), 2, "one backend connection per request: {got}");
-        assert!(sources[0] == sources[1] && sources[0].ip().is_loopback(), "{sources:?}");
-        assert!(
-            answers.iter().all(|a| a.starts_with("200") && a.ends_with(&sources[0].to_string())),
-            "{got}"
-        );
-        assert_ne!(sources[0].port(), port, "the client's port, not the backend's");
+        assert_eq!(sources, [from_a, from_b], "one backend connection per client connection: {host}");
+        assert_eq!(open.load(Ordering::SeqCst), 2);
+        // The backend connections close with their clients'.
+        drop(clients);
+        let closed = async {
+            while open.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), closed).await.expect("backend connections closed");
     }
     // A health check of such a pool sends the header that names no client.
     for version in [ProxyVersion::V1, ProxyVersion::V2] {
