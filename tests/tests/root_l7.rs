@@ -561,8 +561,16 @@ fn root_l7_http1_http2_routing_and_headers() -> Result<()> {
     let fixed = listed.lines().find(|l| l.contains("fixed.test")).unwrap_or_default();
     assert!(fixed.contains(" respond 503 "), "{listed}");
 
-    // A backend removed from the pool leaves the request series; the other stays.
+    // Round robin follows the weights: 300 against 100 gives three requests in four.
     let (b1, b2) = (bed.topology.backends[0].addr4, bed.topology.backends[1].addr4);
+    let lbctl = |args: &[&str]| bed.lbd.as_ref().expect("running").lbctl(args);
+    lbctl(&["backend", "weight", "web", &b1.to_string(), "300"])?;
+    let bodies: Vec<String> = (0..40).map(|_| bed.curl(&["https://example.test/"])).collect::<Result<_>>()?;
+    let first = bodies.iter().filter(|b| b.trim() == "backend1").count();
+    assert_eq!((first, bodies.len() - first), (30, 10), "{bodies:?}");
+    lbctl(&["backend", "weight", "web", &b1.to_string(), "100"])?;
+
+    // A backend removed from the pool leaves the request series; the other stays.
     let series = |b| format!("sluice_http_requests_total{{route=\"site\",pool=\"web\",backend=\"{b}:80\"");
     assert!(metrics.contains(&series(b2)), "{metrics}");
     bed.lbd.as_ref().expect("running").lbctl(&["backend", "remove", "web", &b2.to_string()])?;

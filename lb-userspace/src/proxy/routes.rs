@@ -27,6 +27,7 @@ use crate::{
         backend_stream::{Dial, ForClient},
         backend_tls::BackendTls,
         metrics::Label,
+        round_robin,
         runtime::{BackendRuntime, PoolRuntime, RouteRuntime, Runtime},
     },
     state::State,
@@ -201,6 +202,8 @@ pub struct Upstream {
     pub tls: Option<Arc<BackendTls>>,
     /// The PROXY header its pool sends (None: none).
     pub proxy_protocol: Option<crate::config::ProxyVersion>,
+    /// Its effective weight (above 0).
+    pub weight: u32,
 }
 
 impl Upstream {
@@ -230,6 +233,9 @@ pub struct L7Pool {
     balance: Balance,
     hash_key: HashKey,
     next: AtomicUsize,
+    /// The turns of weighted round robin (indexes into upstreams; `round_robin::order`), empty
+    /// when the weights are all the same; for Balance::RoundRobin and LeastRequests.
+    order: Vec<u32>,
     /// Consistent-hash table (indexes into upstreams), for Balance::Hash.
     table: Vec<u32>,
 }
@@ -318,15 +324,28 @@ impl L7Pool {
         if n == 0 {
             return None;
         }
+        let turns = self.order.len();
         let index = match self.balance {
-            Balance::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % n,
-            Balance::LeastRequests => {
+            Balance::RoundRobin if turns == 0 => self.next.fetch_add(1, Ordering::Relaxed) % n,
+            Balance::RoundRobin => self.order[self.next.fetch_add(1, Ordering::Relaxed) % turns] as usize,
+            Balance::LeastRequests if turns == 0 => {
                 // Power of two choices; the pair walks every combination (no RNG on the hot path).
                 let c = self.next.fetch_add(1, Ordering::Relaxed);
                 let a = c % n;
                 let b = if n > 1 { (a + 1 + (c / n) % (n - 1)) % n } else { a };
                 let load = |i: usize| self.upstreams[i].in_flight();
                 if load(b) < load(a) { b } else { a }
+            }
+            Balance::LeastRequests => {
+                // Weighted: the pair is two turns of the weighted order, and the lighter by
+                // requests in flight per weight wins (Envoy's weighted least request). The first
+                // wins ties, so idle backends share requests by weight.
+                let c = self.next.fetch_add(1, Ordering::Relaxed);
+                let a = self.order[c % turns] as usize;
+                let b = self.order[(c + 1 + (c / turns) % (turns - 1)) % turns] as usize;
+                let (a_up, b_up) = (&self.upstreams[a], &self.upstreams[b]);
+                let weighed = |u: &Upstream, other: &Upstream| u.in_flight() as u64 * u64::from(other.weight);
+                if weighed(b_up, a_up) < weighed(a_up, b_up) { b } else { a }
             }
             Balance::Hash => {
                 let key = hash_input(&self.hash_key, headers, client);
@@ -377,9 +396,13 @@ impl Snapshot {
                 };
                 let pool_runtime = runtime.pool(&pool.name);
                 let tls = runtime.backend_tls(pool);
+                let order = match pool.balance {
+                    Balance::Hash => Vec::new(),
+                    _ => round_robin::order(&usable.iter().map(|(_, w)| *w).collect::<Vec<_>>()),
+                };
                 let upstreams = usable
                     .iter()
-                    .map(|(addr, _)| {
+                    .map(|(addr, weight)| {
                         let address = SocketAddr::new(*addr, pool.port);
                         Arc::new(Upstream {
                             address,
@@ -390,6 +413,7 @@ impl Snapshot {
                             connect_timeout: pool.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
                             tls: tls.clone(),
                             proxy_protocol: pool.proxy_protocol,
+                            weight: *weight,
                         })
                     })
                     .collect();
@@ -404,6 +428,7 @@ impl Snapshot {
                     balance: pool.balance,
                     hash_key: pool.hash_key.clone(),
                     next: AtomicUsize::new(0),
+                    order,
                     table,
                 };
                 (pool.name.clone(), l7)
@@ -458,6 +483,44 @@ mod tests {
             (0..6).map(|_| pool.pick(&request(), client, &[]).unwrap().address).collect();
         assert_eq!(picks[..3], picks[3..]);
         assert_eq!(picks[..3].iter().collect::<std::collections::BTreeSet<_>>().len(), 3);
+    }
+
+    /// How many of `picks` requests each backend of a pool of weights 100, 300 and 0 (drained)
+    /// gets with `balance`, with `busy` requests in flight on each.
+    fn weighted_shares(balance: &str, picks: usize, busy: [usize; 2]) -> Vec<usize> {
+        let text = format!(
+            "[dataplane]\ninterface = \"lo\"\n[[pool]]\nname = \"p\"\nbalance = \"{balance}\"\n\
+             backends = [{{ address = \"10.0.0.1\" }}, {{ address = \"10.0.0.2\", weight = 300 }}, \
+             {{ address = \"10.0.0.3\", weight = 0 }}]\n"
+        );
+        let s = Snapshot::build(
+            &State::new(Config::parse(Path::new("t.toml"), &text).unwrap()),
+            &Runtime::default(),
+        );
+        let pool = &s.pools["p"];
+        assert_eq!(pool.upstreams.len(), 2, "weight 0 takes no requests");
+        for (upstream, busy) in pool.upstreams.iter().zip(busy) {
+            upstream.runtime.in_flight.store(busy, Ordering::Relaxed);
+        }
+        let client: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut shares = vec![0; 2];
+        for _ in 0..picks {
+            let picked = pool.pick(&request(), client, &[]).unwrap();
+            shares[pool.upstreams.iter().position(|u| u.address == picked.address).unwrap()] += 1;
+        }
+        shares
+    }
+
+    #[test]
+    fn round_robin_and_least_requests_follow_the_weights() {
+        assert_eq!(weighted_shares("round_robin", 400, [0, 0]), [100, 300]);
+        // Idle backends share by weight; the one with more in flight per weight is passed over
+        // whenever the other is drawn: 3 requests on weight 300 weigh less than 2 on 100.
+        assert_eq!(weighted_shares("least_requests", 400, [0, 0]), [100, 300]);
+        let shares = weighted_shares("least_requests", 400, [2, 3]);
+        assert!(shares[1] > 300, "{shares:?}");
+        let shares = weighted_shares("least_requests", 400, [0, 3]);
+        assert!(shares[0] > 100, "{shares:?}");
     }
 
     #[test]
