@@ -676,10 +676,16 @@ pub struct Pool {
     /// TLS to the backends (None: plain TCP).
     pub tls: Option<BackendTls>,
     /// A PROXY protocol header before each connection's first byte (HAProxy's `send-proxy`,
-    /// `send-proxy-v2`): the backends learn the client's address from it. Such connections
-    /// carry one client's request each and are not reused.
+    /// `send-proxy-v2`): the backends learn the client's address from it. Such a connection
+    /// carries one client connection's requests only.
     pub proxy_protocol: Option<ProxyVersion>,
+    /// How long a backend that comes up (or joins) takes to reach its full share of the
+    /// proxy's requests (HAProxy's `slowstart`); None: at once.
+    pub slow_start: Option<Duration>,
 }
+
+/// The longest `slow_start_ms`.
+pub const MAX_SLOW_START_MS: u64 = 3_600_000;
 
 /// How long the proxy's connect to a backend may take unless its pool says (HAProxy's and
 /// Envoy's examples use 5 s, nginx 60 s; a backend on the same network answers in well under

@@ -301,6 +301,14 @@ impl Core {
         self.proxy_metrics.retain(&self.state.config);
     }
 
+    /// Builds the proxy's snapshot again while a backend is in its slow start, so its weight
+    /// grows (called every `routes::RAMP_STEP`).
+    pub fn ramp(&self) {
+        if self.l7.load().ramping {
+            self.l7.store(Arc::new(Snapshot::build(&self.state, &self.runtime)));
+        }
+    }
+
     /// A reload: the difference between the running State and `config`, as commands.
     /// `host`: the new config's host facts, resolved off the core lock (ARP may take seconds).
     pub fn reload(&mut self, config: Config, host: HostFacts) -> Result<Vec<String>, ExecError> {

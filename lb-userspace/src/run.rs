@@ -263,6 +263,19 @@ fn start_proxy(
             }
         }
     });
+    // Slow start: the snapshot grows a ramping backend's weight step by step.
+    let ramping = core.clone();
+    tokio::spawn(async move {
+        let mut step = tokio::time::interval(proxy::routes::RAMP_STEP);
+        loop {
+            step.tick().await;
+            let core = lock(&ramping);
+            if core.retired {
+                return;
+            }
+            core.ramp();
+        }
+    });
     let (snapshot, forwarder, busy_poll) = {
         let core = lock(core);
         let forwarder =

@@ -78,6 +78,7 @@ mode = "l7"
 [[pool]]
 name = "web"
 backends = [{{ address = "{b1}" }}, {{ address = "{b2}" }}]
+slow_start_ms = 60000
 
 [[pool]]
 name = "api"
@@ -569,6 +570,17 @@ fn root_l7_http1_http2_routing_and_headers() -> Result<()> {
     let first = bodies.iter().filter(|b| b.trim() == "backend1").count();
     assert_eq!((first, bodies.len() - first), (30, 10), "{bodies:?}");
     lbctl(&["backend", "weight", "web", &b1.to_string(), "100"])?;
+
+    // Slow start: a backend back from a drain gets a tenth of its share at first (and ramps
+    // to all of it over the pool's 60 s), where one there from the start had it at once.
+    lbctl(&["backend", "drain", "web", &b2.to_string()])?;
+    lbctl(&["backend", "drain", "web", &b2.to_string(), "--undo"])?;
+    let shown = lbctl(&["pool", "show", "web"])?;
+    let row = shown.lines().find(|l| l.contains(&b2.to_string())).unwrap_or_default();
+    assert!(row.contains("(slow start: 1") && shown.contains("slow start 60000 ms"), "{shown}");
+    let bodies: Vec<String> = (0..22).map(|_| bed.curl(&["https://example.test/"])).collect::<Result<_>>()?;
+    let second = bodies.iter().filter(|b| b.trim() == "backend2").count();
+    assert!((1..=5).contains(&second), "{second} of 22 to the ramping backend: {bodies:?}");
 
     // A backend removed from the pool leaves the request series; the other stays.
     let series = |b| format!("sluice_http_requests_total{{route=\"site\",pool=\"web\",backend=\"{b}:80\"");

@@ -227,6 +227,11 @@ fn pool_view(core: &Core, name: &str) -> Option<Value> {
             healthy: core.state.healthy(name, b.addr),
             ejected: core.state.ejected.contains(&(name.to_owned(), b.addr)),
             effective_weight: w.weight,
+            slow_start_percent: pool.slow_start.and_then(|window| {
+                core.runtime
+                    .slow_start_share(name, std::net::SocketAddr::new(b.addr, pool.port), window)
+                    .map(|t| (t / 10) as u32)
+            }),
         })
         .collect();
     Some(json!(views::Pool {
@@ -278,6 +283,7 @@ fn pool_proxy(pool: &crate::config::Pool) -> views::PoolProxy {
         }),
         tls,
         proxy_protocol: pool.proxy_protocol.map(config_name),
+        slow_start_ms: pool.slow_start.map(|window| window.as_millis() as u64),
     }
 }
 

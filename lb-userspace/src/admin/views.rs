@@ -189,6 +189,9 @@ pub struct PoolProxy {
     /// The PROXY protocol version sent to the backends (`v1`, `v2`).
     #[serde(default)]
     pub proxy_protocol: Option<String>,
+    /// How long a backend that comes up takes to reach its full share.
+    #[serde(default)]
+    pub slow_start_ms: Option<u64>,
 }
 
 /// One backend of a pool.
@@ -202,6 +205,9 @@ pub struct Backend {
     pub ejected: bool,
     /// The weight Maglev uses: 0 when drained, down or ejected (unless the pool fails open).
     pub effective_weight: u32,
+    /// In its pool's slow start: the percent of its weight the proxy gives it so far.
+    #[serde(default)]
+    pub slow_start_percent: Option<u32>,
 }
 
 /// `GET /stats`: the fast path's counters, summed over CPUs.

@@ -293,6 +293,7 @@ pub(super) struct RawPool {
     pub(super) max_pending_requests: usize,
     pub(super) outlier: Option<Spanned<Outlier>>,
     pub(super) connect_timeout_ms: Option<Spanned<u64>>,
+    pub(super) slow_start_ms: Option<Spanned<u64>>,
     pub(super) proxy_protocol: Option<Spanned<ProxyVersion>>,
     pub(super) tls: Option<Spanned<RawBackendTls>>,
 }

@@ -656,6 +656,25 @@ fn a_pool_s_connect_timeout_is_a_millisecond_to_a_minute() {
 }
 
 #[test]
+fn a_pool_s_slow_start_is_up_to_an_hour_and_not_on_a_hash_pool() {
+    let pool = |line: &str| {
+        format!("{BASE}[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n{line}\n")
+    };
+    let config = Config::parse(Path::new("t.toml"), &pool("slow_start_ms = 30000")).unwrap();
+    assert_eq!(config.pools["p"].slow_start, Some(Duration::from_secs(30)));
+    assert_eq!(Config::parse(Path::new("t.toml"), &pool("")).unwrap().pools["p"].slow_start, None);
+    for bad in ["0", "3600001"] {
+        assert_eq!(
+            errors(&pool(&format!("slow_start_ms = {bad}"))),
+            ["t.toml:6: pool `p`: slow_start_ms must be 1 to 3600000"]
+        );
+    }
+    let hashed = errors(&pool("balance = \"hash\"\nhash_key = \"client_ip\"\nslow_start_ms = 1000"));
+    assert_eq!(hashed.len(), 1, "{hashed:?}");
+    assert!(hashed[0].contains("slow_start_ms is for round_robin and least_requests"), "{hashed:?}");
+}
+
+#[test]
 fn an_http_health_check_may_name_its_host() {
     // Lines 1-2 BASE, 3-5 the pool, its health on 6.
     let pool = |health: &str| {

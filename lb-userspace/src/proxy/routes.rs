@@ -4,10 +4,7 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -26,6 +23,7 @@ use crate::{
     proxy::{
         backend_stream::{Dial, ForClient},
         backend_tls::BackendTls,
+        clock,
         metrics::Label,
         round_robin,
         runtime::{BackendRuntime, PoolRuntime, RouteRuntime, Runtime},
@@ -227,12 +225,12 @@ pub struct L7Pool {
     pub protocol: UpstreamProtocol,
     max_in_flight: Option<usize>,
     max_pending: usize,
-    /// Requests waiting for a backend under its limit (kept across rebuilds).
+    /// Requests waiting for a backend under its limit, and round robin's turns (kept across
+    /// rebuilds).
     runtime: Arc<PoolRuntime>,
     pub outlier: Option<Outlier>,
     balance: Balance,
     hash_key: HashKey,
-    next: AtomicUsize,
     /// The turns of weighted round robin (indexes into upstreams; `round_robin::order`), empty
     /// when the weights are all the same; for Balance::RoundRobin and LeastRequests.
     order: Vec<u32>,
@@ -326,11 +324,13 @@ impl L7Pool {
         }
         let turns = self.order.len();
         let index = match self.balance {
-            Balance::RoundRobin if turns == 0 => self.next.fetch_add(1, Ordering::Relaxed) % n,
-            Balance::RoundRobin => self.order[self.next.fetch_add(1, Ordering::Relaxed) % turns] as usize,
+            Balance::RoundRobin if turns == 0 => self.runtime.turns.fetch_add(1, Ordering::Relaxed) % n,
+            Balance::RoundRobin => {
+                self.order[self.runtime.turns.fetch_add(1, Ordering::Relaxed) % turns] as usize
+            }
             Balance::LeastRequests if turns == 0 => {
                 // Power of two choices; the pair walks every combination (no RNG on the hot path).
-                let c = self.next.fetch_add(1, Ordering::Relaxed);
+                let c = self.runtime.turns.fetch_add(1, Ordering::Relaxed);
                 let a = c % n;
                 let b = if n > 1 { (a + 1 + (c / n) % (n - 1)) % n } else { a };
                 let load = |i: usize| self.upstreams[i].in_flight();
@@ -340,7 +340,7 @@ impl L7Pool {
                 // Weighted: the pair is two turns of the weighted order, and the lighter by
                 // requests in flight per weight wins (Envoy's weighted least request). The first
                 // wins ties, so idle backends share requests by weight.
-                let c = self.next.fetch_add(1, Ordering::Relaxed);
+                let c = self.runtime.turns.fetch_add(1, Ordering::Relaxed);
                 let a = self.order[c % turns] as usize;
                 let b = self.order[(c + 1 + (c / turns) % (turns - 1)) % turns] as usize;
                 let (a_up, b_up) = (&self.upstreams[a], &self.upstreams[b]);
@@ -364,12 +364,20 @@ pub struct Snapshot {
     /// Routes per listener name, in config order.
     pub routes: ByName<Vec<CompiledRoute>>,
     pub pools: ByName<L7Pool>,
+    /// Whether a backend is in its slow start: the snapshot is built again every
+    /// `RAMP_STEP` until none is.
+    pub ramping: bool,
 }
+
+/// How often the snapshot is built again while a backend is in its slow start.
+pub const RAMP_STEP: Duration = Duration::from_millis(500);
 
 impl Snapshot {
     /// The snapshot of `state`, its runtime entries taken from (or added to) `runtime`.
     pub fn build(state: &State, runtime: &Runtime) -> Snapshot {
         runtime.retain(&state.config);
+        let (first, now_ms) = (runtime.first_build(), clock::coarse_ms());
+        let mut ramping = false;
         let mut routes: ByName<Vec<CompiledRoute>> = ByName::default();
         for route in &state.config.routes {
             routes.entry(route.listener.clone()).or_default().push(CompiledRoute::compile(route, runtime));
@@ -380,13 +388,26 @@ impl Snapshot {
             .values()
             .map(|pool| {
                 let (weighted, _) = state.effective_backends(pool);
-                let usable: Vec<(IpAddr, u32)> = pool
-                    .backends
-                    .iter()
-                    .zip(&weighted)
-                    .filter(|(_, w)| w.weight > 0)
-                    .map(|(b, w)| (b.addr, w.weight))
-                    .collect();
+                let mut usable: Vec<(IpAddr, u32)> = Vec::new();
+                for (backend, w) in pool.backends.iter().zip(&weighted) {
+                    let mut weight = w.weight;
+                    // Slow start: weights in thousandths, a backend that came up lately at its
+                    // share so far; the snapshot is built again while one ramps (`ramping`).
+                    if let Some(window) = pool.slow_start {
+                        let address = SocketAddr::new(backend.addr, pool.port);
+                        let share = runtime.backend(&pool.name, address).slow_start(
+                            weight > 0,
+                            now_ms,
+                            first,
+                            window,
+                        );
+                        ramping |= weight > 0 && share < 1000;
+                        weight = (u64::from(weight) * share) as u32;
+                    }
+                    if weight > 0 {
+                        usable.push((backend.addr, weight));
+                    }
+                }
                 let table = if pool.balance == Balance::Hash {
                     let w: Vec<Weighted> =
                         usable.iter().map(|(a, w)| Weighted { addr: addr_of(*a), weight: *w }).collect();
@@ -427,14 +448,13 @@ impl Snapshot {
                     outlier: pool.outlier,
                     balance: pool.balance,
                     hash_key: pool.hash_key.clone(),
-                    next: AtomicUsize::new(0),
                     order,
                     table,
                 };
                 (pool.name.clone(), l7)
             })
             .collect();
-        Snapshot { routes, pools }
+        Snapshot { routes, pools, ramping }
     }
 
     /// The first route of `listener` matching the request.
@@ -521,6 +541,43 @@ mod tests {
         assert!(shares[1] > 300, "{shares:?}");
         let shares = weighted_shares("least_requests", 400, [0, 3]);
         assert!(shares[0] > 100, "{shares:?}");
+    }
+
+    #[test]
+    fn a_backend_back_from_down_ramps_up_to_its_weight_over_the_slow_start() {
+        let text = "[dataplane]\ninterface = \"lo\"\n[[pool]]\nname = \"p\"\nslow_start_ms = 400\n\
+             backends = [{ address = \"10.0.0.1\" }, { address = \"10.0.0.2\" }]\n";
+        let mut state = State::new(Config::parse(Path::new("t.toml"), text).unwrap());
+        let runtime = Runtime::default();
+        let shares = |s: &Snapshot, picks: usize| {
+            let pool = &s.pools["p"];
+            let client: IpAddr = "192.0.2.1".parse().unwrap();
+            let second = (0..picks)
+                .filter(|_| {
+                    pool.pick(&request(), client, &[]).unwrap().address.ip().to_string() == "10.0.0.2"
+                })
+                .count();
+            (picks - second, second)
+        };
+        let start = Snapshot::build(&state, &runtime);
+        assert!(!start.ramping, "backends usable at start take their share at once");
+        assert_eq!(shares(&start, 20), (10, 10));
+        let health = |healthy| crate::state::Command::SetHealth {
+            pool: "p".into(),
+            address: "10.0.0.2".parse().unwrap(),
+            healthy,
+        };
+        state.apply(&health(false)).unwrap();
+        assert_eq!(shares(&Snapshot::build(&state, &runtime), 20), (20, 0));
+        state.apply(&health(true)).unwrap();
+        let back = Snapshot::build(&state, &runtime);
+        assert!(back.ramping);
+        let (first, second) = shares(&back, 110);
+        assert!((10..=15).contains(&second), "a tenth of its weight at first: {first} {second}");
+        std::thread::sleep(Duration::from_millis(450));
+        let later = Snapshot::build(&state, &runtime);
+        assert!(!later.ramping);
+        assert_eq!(shares(&later, 20), (10, 10));
     }
 
     #[test]

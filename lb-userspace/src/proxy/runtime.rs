@@ -9,7 +9,7 @@ use std::{
     num::NonZeroU32,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -39,7 +39,18 @@ pub struct BackendRuntime {
     pub ejections: AtomicU32,
     /// When the backend was last let back after an ejection (coarse ms; 0: never).
     pub let_back_ms: AtomicU64,
+    /// For slow start: when the backend last became usable (coarse ms); `NOT_USABLE`, or
+    /// `SINCE_START` when it was usable in lbd's first snapshot (no ramp at start, as HAProxy).
+    came_up_ms: AtomicU64,
 }
+
+/// `came_up_ms` of a backend not usable in the last snapshot (or not seen yet).
+const NOT_USABLE: u64 = 0;
+/// `came_up_ms` of a backend usable since lbd's first snapshot.
+const SINCE_START: u64 = 1;
+/// The share of its weight a backend gets as soon as it comes up, in thousandths (Envoy's
+/// `min_weight_percent` default): at 0 a pool of one ramping backend would take nothing.
+const SLOW_START_FLOOR: u64 = 100;
 
 impl BackendRuntime {
     /// Counts an ejection; returns how many count now: one more than before, less one for each
@@ -62,6 +73,31 @@ impl BackendRuntime {
         self.failures.store(0, Ordering::Relaxed);
         self.let_back_ms.store(clock::coarse_ms().max(1), Ordering::Relaxed);
     }
+
+    /// Slow start: notes whether the backend is `usable` in the snapshot being built (at
+    /// `now_ms`; `first`: lbd's first snapshot), and returns the share of its weight it gets,
+    /// in thousandths: from `SLOW_START_FLOOR` when it came up, growing linearly to 1000 at
+    /// `window` (HAProxy's `slowstart`, Envoy's `slow_start_config`).
+    pub fn slow_start(&self, usable: bool, now_ms: u64, first: bool, window: Duration) -> u64 {
+        if !usable {
+            self.came_up_ms.store(NOT_USABLE, Ordering::Relaxed);
+            return 0;
+        }
+        let came_up = match self.came_up_ms.load(Ordering::Relaxed) {
+            NOT_USABLE => {
+                let at = if first { SINCE_START } else { now_ms.max(SINCE_START + 1) };
+                self.came_up_ms.store(at, Ordering::Relaxed);
+                at
+            }
+            at => at,
+        };
+        let window = window.as_millis() as u64;
+        let up = now_ms.saturating_sub(came_up);
+        if came_up == SINCE_START || up >= window {
+            return 1000;
+        }
+        (up * 1000 / window.max(1)).max(SLOW_START_FLOOR)
+    }
 }
 
 /// One pool: requests waiting for a backend under its circuit breaker's limit.
@@ -73,6 +109,10 @@ pub struct PoolRuntime {
     pub pending: AtomicUsize,
     /// Woken when a request of this pool ends while some wait.
     pub freed: Notify,
+    /// Round robin's count of turns taken: a rebuilt snapshot (a health flip, a slow start's
+    /// step) goes on from where the last left, so a backend whose turn is far down the order
+    /// is not passed over by every rebuild.
+    pub turns: AtomicUsize,
 }
 
 /// What a rate limit counts per, for one request.
@@ -270,6 +310,8 @@ pub struct Runtime {
     routes: Mutex<HashMap<String, Arc<RouteRuntime>>>,
     /// Each pool's TLS client to its backends.
     backend_tls: Mutex<HashMap<String, Arc<BackendTls>>>,
+    /// Whether a snapshot was built already (slow start does not ramp the first one's).
+    built: AtomicBool,
 }
 
 fn entry<K: Hash + Eq, V>(map: &Mutex<HashMap<K, Arc<V>>>, key: K, make: impl FnOnce() -> V) -> Arc<V> {
@@ -277,8 +319,25 @@ fn entry<K: Hash + Eq, V>(map: &Mutex<HashMap<K, Arc<V>>>, key: K, make: impl Fn
 }
 
 impl Runtime {
+    /// Whether this is the first snapshot built on it (true once).
+    pub fn first_build(&self) -> bool {
+        !self.built.swap(true, Ordering::Relaxed)
+    }
+
     pub fn backend(&self, pool: &str, address: SocketAddr) -> Arc<BackendRuntime> {
         entry(&self.backends, (pool.to_owned(), address), BackendRuntime::default)
+    }
+
+    /// The share of its weight (thousandths) a backend has so far in its slow start of
+    /// `window`; None: not in one.
+    pub fn slow_start_share(&self, pool: &str, address: SocketAddr, window: Duration) -> Option<u64> {
+        let backends = self.backends.lock().unwrap_or_else(|p| p.into_inner());
+        let backend = backends.get(&(pool.to_owned(), address))?;
+        match backend.came_up_ms.load(Ordering::Relaxed) {
+            NOT_USABLE | SINCE_START => None,
+            _ => Some(backend.slow_start(true, clock::coarse_ms(), false, window))
+                .filter(|&share| share < 1000),
+        }
     }
 
     pub fn pool(&self, pool: &str) -> Arc<PoolRuntime> {
@@ -348,6 +407,25 @@ impl Runtime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slow_start_ramps_a_backend_that_came_up_but_not_one_there_at_start() {
+        let window = Duration::from_millis(10_000);
+        let (there, joined) = (BackendRuntime::default(), BackendRuntime::default());
+        let t = 5_000_000;
+        assert_eq!(there.slow_start(true, t, true, window), 1000, "usable in the first snapshot");
+        assert_eq!(there.slow_start(true, t + 1, false, window), 1000);
+        assert_eq!(joined.slow_start(true, t, false, window), SLOW_START_FLOOR, "joined later");
+        assert_eq!(joined.slow_start(true, t + 2_500, false, window), SLOW_START_FLOOR.max(250));
+        assert_eq!(joined.slow_start(true, t + 5_000, false, window), 500);
+        assert_eq!(joined.slow_start(true, t + 10_000, false, window), 1000);
+        // Down, then up again: it starts over; so does the one that was there at start.
+        for backend in [&there, &joined] {
+            assert_eq!(backend.slow_start(false, t + 20_000, false, window), 0);
+            assert_eq!(backend.slow_start(true, t + 30_000, false, window), SLOW_START_FLOOR);
+            assert_eq!(backend.slow_start(true, t + 37_500, false, window), 750);
+        }
+    }
 
     #[test]
     fn ejections_count_up_and_wear_off_while_the_backend_serves() {

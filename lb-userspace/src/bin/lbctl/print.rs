@@ -25,8 +25,9 @@ pub fn pool(pool: &views::Pool) {
             (true, _) => "up",
             _ => "DOWN",
         };
+        let ramp = b.slow_start_percent.map(|p| format!("  (slow start: {p}%)")).unwrap_or_default();
         println!(
-            "  {:<40} {:>7} {:>6} {:>8} {:>10}",
+            "  {:<40} {:>7} {:>6} {:>8} {:>10}{ramp}",
             b.address.to_string(),
             b.weight,
             if b.drain { "yes" } else { "no" },
@@ -44,6 +45,9 @@ pub fn pool(pool: &views::Pool) {
         }
         if let Some(version) = &proxy.proxy_protocol {
             line += &format!(", PROXY protocol {version}");
+        }
+        if let Some(ms) = proxy.slow_start_ms {
+            line += &format!(", slow start {ms} ms");
         }
         if let Some(outlier) = &proxy.outlier {
             line += &format!(", outlier ejection after {outlier}");

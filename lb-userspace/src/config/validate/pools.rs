@@ -46,12 +46,27 @@ pub(in crate::config) fn check(
             }),
             tls,
             proxy_protocol: raw_pool.proxy_protocol.map(Spanned::into_inner),
+            slow_start: raw_pool.slow_start_ms.map(|ms| slow_start(ms, raw_pool.balance, &name, errors)),
         };
         if pools.insert(name.clone(), pool).is_some() {
             errors.at(raw_pool.name.span(), format!("pool `{name}` is defined twice"));
         }
     }
     pools
+}
+
+/// A pool's slow start: up to `MAX_SLOW_START_MS`, and not on a hashed pool, whose keys would
+/// move from backend to backend as the weights grew.
+fn slow_start(ms: Spanned<u64>, balance: Balance, name: &str, errors: &mut Errors) -> Duration {
+    if *ms.get_ref() == 0 || *ms.get_ref() > MAX_SLOW_START_MS {
+        errors.at(ms.span(), format!("pool `{name}`: slow_start_ms must be 1 to {MAX_SLOW_START_MS}"));
+    } else if balance == Balance::Hash {
+        errors.at(
+            ms.span(),
+            format!("pool `{name}`: slow_start_ms is for round_robin and least_requests (a hash pool's keys would move as a weight grew)"),
+        );
+    }
+    Duration::from_millis(*ms.get_ref())
 }
 
 /// A pool's backends: host addresses, each once, with a weight up to MAX_WEIGHT
