@@ -203,13 +203,16 @@ pub enum JwtKeyError {
 }
 
 /// What a rate limit counts per.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum RateKey {
     #[default]
     ClientIp,
     /// The API key the request presented (needs the route's `api_key`).
     ApiKey,
+    /// The verified `sub` of the request's JWT (needs the route's `jwt`; tokens without one
+    /// share a bucket).
+    JwtSubject,
     /// The whole route.
     Route,
 }

@@ -155,6 +155,15 @@ host = "jwt.test"
 pool = "one"
 jwt = {{ algorithm = "HS256", secret = "s3cret", issuer = "sluice-test", audience = "edge", subject_header = "x-subject" }}
 
+# A rate limit per JWT subject: each user has a bucket of their own, wherever they come from.
+[[route]]
+name = "jwt-per-user"
+listener = "http"
+host = "jwt-limited.test"
+pool = "one"
+jwt = {{ algorithm = "HS256", secret = "s3cret", issuer = "sluice-test", audience = "edge" }}
+rate_limit = {{ requests_per_second = 0.01, burst = 2, key = "jwt_subject" }}
+
 [[route]]
 name = "admin"
 listener = "http"
@@ -650,7 +659,9 @@ fn root_gateway_api_keys_and_jwt() -> Result<()> {
     let staff = listed.lines().find(|l| l.starts_with("staff ")).unwrap_or_default();
     assert!(staff.contains(" basic_auth "), "{listed}");
     let keyed = listed.lines().find(|l| l.starts_with("keyed ")).unwrap_or_default();
-    assert!(keyed.contains(" api_key, rate_limit 1/s "), "{listed}");
+    assert!(keyed.contains(" api_key, rate_limit 1/s per api_key "), "{listed}");
+    let per_user = listed.lines().find(|l| l.starts_with("jwt-per-user ")).unwrap_or_default();
+    assert!(per_user.contains(" jwt, rate_limit 0.01/s per jwt_subject "), "{listed}");
 
     // The PROXY protocol to backends: nginx reads the client's address from it, in v1 and v2,
     // and the pools' health checks (which send the header that names no client) keep them up.
@@ -695,6 +706,12 @@ fn root_gateway_api_keys_and_jwt() -> Result<()> {
         assert_eq!(ask(&bed, "jwt.test", "/", &[bearer(t)])?, (status, why.to_owned()));
     }
     assert_eq!(ask(&bed, "jwt.test", "/", &[])?, (401, "bearer token required".into()));
+    // Limited per subject: alice's third request waits; bob, from the same address, does not.
+    let code = |sub: &str| -> Result<u16> {
+        Ok(ask(&bed, "jwt-limited.test", "/", &[bearer(token("s3cret", sub, "edge", 60, -1))])?.0)
+    };
+    let alice: Vec<u16> = (0..3).map(|_| code("alice")).collect::<Result<_>>()?;
+    assert_eq!((alice, code("bob")?), (vec![200, 200, 429], 200));
 
     // A gate on a path prefix holds however the client spells the path: it is made canonical
     // before routing, so no spelling reaches the open route beside it while the backend reads

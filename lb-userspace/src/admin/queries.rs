@@ -366,7 +366,11 @@ fn gates(route: &crate::config::Route) -> Vec<String> {
     ];
     gates.extend(named.iter().filter(|(_, set)| *set).map(|(name, _)| (*name).to_owned()));
     if let Some(limit) = &route.rate_limit {
-        gates.push(format!("rate_limit {}/s", limit.requests_per_second));
+        let per = match limit.key {
+            crate::config::RateKey::ClientIp => String::new(),
+            key => format!(" per {}", config_name(key)),
+        };
+        gates.push(format!("rate_limit {}/s{per}", limit.requests_per_second));
     }
     if route.basic_auth.is_some() {
         gates.push("basic_auth".to_owned());

@@ -608,6 +608,10 @@ fn each_route_check_says_what_is_wrong_at_its_line() {
         "t.toml:11: rate_limit key = \"api_key\" needs the route's api_key",
     );
     says(
+        "rate_limit = { requests_per_second = 10.0, key = \"jwt_subject\" }\n",
+        "t.toml:11: rate_limit key = \"jwt_subject\" needs the route's jwt",
+    );
+    says(
         "rate_limit = { requests_per_second = 0.0 }\n",
         "t.toml:11: rate_limit needs requests_per_second above 0",
     );

@@ -119,7 +119,8 @@ pub struct PoolRuntime {
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum LimitKey {
     Client(IpAddr),
-    ApiKey(String),
+    /// An API key or a JWT subject.
+    Named(String),
     Route,
 }
 
@@ -147,11 +148,12 @@ impl Limiter {
         }
     }
 
-    /// None if the request may go; else the seconds to wait (Retry-After).
-    fn check(&self, client: IpAddr, api_key: Option<&str>) -> Option<u64> {
+    /// None if the request may go; else the seconds to wait (Retry-After). `named`: the API
+    /// key or the JWT subject, as the limit's key says.
+    fn check(&self, client: IpAddr, named: Option<&str>) -> Option<u64> {
         let key = match self.key {
             RateKey::ClientIp => LimitKey::Client(client_group(client, self.ipv6_prefix)),
-            RateKey::ApiKey => LimitKey::ApiKey(api_key.unwrap_or_default().to_owned()),
+            RateKey::ApiKey | RateKey::JwtSubject => LimitKey::Named(named.unwrap_or_default().to_owned()),
             RateKey::Route => LimitKey::Route,
         };
         // Now and then, forget the buckets that are full again (they hold nothing).
@@ -286,9 +288,11 @@ impl RouteRuntime {
         }
     }
 
-    /// None if under the rate limit; else seconds to wait.
-    pub fn rate_limited(&self, client: IpAddr, api_key: Option<&str>) -> Option<u64> {
-        self.limiter.as_ref().and_then(|l| l.check(client, api_key))
+    /// None if under the rate limit; else seconds to wait. The limit counts by the client's
+    /// address, the request's `api_key`, its JWT's `subject`, or the route, as its key says.
+    pub fn rate_limited(&self, client: IpAddr, api_key: Option<&str>, subject: Option<&str>) -> Option<u64> {
+        let limiter = self.limiter.as_ref()?;
+        limiter.check(client, if limiter.key == RateKey::JwtSubject { subject } else { api_key })
     }
 
     /// Counts a request (the retry budget's base).
@@ -490,5 +494,22 @@ mod tests {
         assert_eq!(each.check(v6("2001:db8::1"), None), None);
         assert_eq!(each.check(v6("2001:db8::1"), None), None);
         assert_eq!(each.check(v6("2001:db8::2"), None), None, "at /128 each address has its own");
+    }
+
+    #[test]
+    fn a_route_limited_per_jwt_subject_keeps_a_bucket_per_user_whatever_the_address() {
+        let text = "[dataplane]\ninterface = \"lo\"\n[[pool]]\nname = \"p\"\nbackends = [{ address = \"10.0.0.1\" }]\n\
+             [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\n\
+             [[route]]\nname = \"r\"\nlistener = \"l\"\npool = \"p\"\n\
+             jwt = { algorithm = \"HS256\", secret = \"s\" }\n\
+             api_key = { header = \"x-key\", file = \"/nonexistent\" }\n\
+             rate_limit = { requests_per_second = 0.01, burst = 2, key = \"jwt_subject\" }\n";
+        let config = Config::parse_sent(std::path::Path::new("t.toml"), text).unwrap();
+        let route = RouteRuntime::new(&config.routes[0]);
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "198.51.100.7".parse().unwrap());
+        assert_eq!(route.rate_limited(a, Some("k1"), Some("alice")), None);
+        assert_eq!(route.rate_limited(b, Some("k2"), Some("alice")), None, "alice from elsewhere");
+        assert!(route.rate_limited(a, Some("k3"), Some("alice")).is_some(), "alice's burst is spent");
+        assert_eq!(route.rate_limited(a, Some("k1"), Some("bob")), None, "bob has his own");
     }
 }

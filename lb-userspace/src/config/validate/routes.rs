@@ -37,8 +37,9 @@ pub(in crate::config) fn check(
             .iter()
             .find(|l| l.name == *raw.listener.get_ref())
             .map_or(128, |l| l.client_ipv6_prefix);
-        let rate_limit =
-            raw.rate_limit.map(|r| rate_limit(r, raw.api_key.is_some(), ipv6_prefix, at.clone(), errors));
+        let rate_limit = raw.rate_limit.map(|r| {
+            rate_limit(r, (raw.api_key.is_some(), raw.jwt.is_some()), ipv6_prefix, at.clone(), errors)
+        });
         if raw.fallback.as_ref().is_some_and(|f| !(200..=599).contains(&f.status)) {
             errors.at(at.clone(), "fallback status must be 200 to 599");
         }
@@ -275,10 +276,10 @@ fn split(
 }
 
 /// A route's rate limit: a rate above 0, a burst of at least 1 (the rate by default), the
-/// route's API key when it is the key, and its listener's IPv6 client prefix.
+/// route's API key or JWT when it is the key, and its listener's IPv6 client prefix.
 fn rate_limit(
     raw: RawRateLimit,
-    has_api_key: bool,
+    (has_api_key, has_jwt): (bool, bool),
     ipv6_prefix: u8,
     at: Range<usize>,
     errors: &mut Errors,
@@ -291,6 +292,9 @@ fn rate_limit(
     };
     if limit.key == RateKey::ApiKey && !has_api_key {
         errors.at(at.clone(), "rate_limit key = \"api_key\" needs the route's api_key");
+    }
+    if limit.key == RateKey::JwtSubject && !has_jwt {
+        errors.at(at.clone(), "rate_limit key = \"jwt_subject\" needs the route's jwt");
     }
     if limit.requests_per_second <= 0.0 || limit.burst < 1.0 {
         errors.at(at, "rate_limit needs requests_per_second above 0 and burst of at least 1");

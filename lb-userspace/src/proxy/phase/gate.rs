@@ -27,8 +27,9 @@ pub fn admit(
         let key = keys.check(headers, uri).map_err(|(status, why)| Refusal::new(status, why))?;
         api_key = Some(key);
     }
+    let mut subject = None;
     if let Some(jwt) = &runtime.jwt {
-        let subject = jwt.check(headers).map_err(|(status, why)| {
+        subject = jwt.check(headers).map_err(|(status, why)| {
             let mut refusal = Refusal::new(status, why);
             refusal
                 .response
@@ -43,7 +44,7 @@ pub fn admit(
             }
         }
     }
-    if let Some(wait) = runtime.rate_limited(client, api_key.as_deref()) {
+    if let Some(wait) = runtime.rate_limited(client, api_key.as_deref(), subject.as_deref()) {
         let mut refusal = Refusal::new(StatusCode::TOO_MANY_REQUESTS, "rate limited");
         refusal.response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
         return Err(refusal);
