@@ -301,10 +301,20 @@ impl Core {
         self.proxy_metrics.retain(&self.state.config);
     }
 
-    /// Builds the proxy's snapshot again while a backend is in its slow start, so its weight
-    /// grows (called every `routes::RAMP_STEP`).
-    pub fn ramp(&self) {
-        if self.l7.load().ramping {
+    /// Builds the proxy's snapshot again when time has changed it: while a backend is in its
+    /// slow start (its weight grows), and when a pool's TLS files changed (called every
+    /// `routes::REFRESH_EVERY`).
+    pub fn refresh(&self) {
+        let snapshot = self.l7.load();
+        // The runtime's client is made anew when its files change (whoever asks first: this, or
+        // a health check); the snapshot's is then older.
+        let tls_changed = self.state.config.pools.values().any(|pool| {
+            match (self.runtime.backend_tls(pool), snapshot.backend_tls(&pool.name)) {
+                (Some(now), Some(built)) => !Arc::ptr_eq(&now, built),
+                _ => false,
+            }
+        });
+        if snapshot.ramping || tls_changed {
             self.l7.store(Arc::new(Snapshot::build(&self.state, &self.runtime)));
         }
     }

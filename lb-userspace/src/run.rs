@@ -263,17 +263,17 @@ fn start_proxy(
             }
         }
     });
-    // Slow start: the snapshot grows a ramping backend's weight step by step.
+    // The snapshot built again as time changes it: slow starts' steps, pools' TLS files.
     let ramping = core.clone();
     tokio::spawn(async move {
-        let mut step = tokio::time::interval(proxy::routes::RAMP_STEP);
+        let mut step = tokio::time::interval(proxy::routes::REFRESH_EVERY);
         loop {
             step.tick().await;
             let core = lock(&ramping);
             if core.retired {
                 return;
             }
-            core.ramp();
+            core.refresh();
         }
     });
     let (snapshot, forwarder, busy_poll) = {

@@ -848,6 +848,29 @@ fn root_l7_tls_to_nginx_backends() -> Result<()> {
     // HTTP/2 by ALPN, checked by address (no SNI), with the pool's client certificate.
     let out = get("h2.secure.test", "/tls")?;
     assert_eq!(out, "backend1 https HTTP/2.0 TLSv1.3 sni= client=SUCCESS\n");
+    // The pool's client certificate rotated on disk, with no reload: new connections present
+    // the new one within a second. One from a CA nginx does not trust gets nginx's 400; the
+    // test CA's own again, 200. (Key first, then certificate: between the two renames the pair
+    // does not match, and the files read before stay in use.)
+    let stranger_dir = bed.ca.dir.join("stranger");
+    std::fs::create_dir_all(&stranger_dir)?;
+    let (cert, key) = TestCa::new(&stranger_dir)?.leaf("client", &["client.test"], false)?;
+    std::fs::rename(key, bed.ca.dir.join("client.key"))?;
+    std::fs::rename(cert, bed.ca.dir.join("client.pem"))?;
+    let h2_status = || -> Result<String> {
+        let args = ["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", "host: h2.secure.test"];
+        let url = format!("http://{VIP}/tls");
+        let out = bed.topology.client.run("curl", &[&args[..], &[url.as_str()]].concat())?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    wait_for("the rotated client certificate in use", Duration::from_secs(3), || {
+        h2_status().is_ok_and(|s| s == "400")
+    })?;
+    bed.ca.leaf("client", &["client.test"], false)?;
+    wait_for("the test CA's client certificate in use again", Duration::from_secs(5), || {
+        get("h2.secure.test", "/tls")
+            .is_ok_and(|o| o == "backend1 https HTTP/2.0 TLSv1.3 sni= client=SUCCESS\n")
+    })?;
     // Forwarding fields reach the backend through TLS as they do in plain HTTP.
     let echo = get("secure.test", "/echo")?;
     assert!(echo.contains("host=secure.test") && echo.contains("proto=http"), "{echo}");

@@ -50,8 +50,8 @@ pub struct BackendTls {
     by_host: Option<Mutex<HashMap<Box<str>, u64, foldhash::fast::RandomState>>>,
     /// Whether the backend must agree to HTTP/2 by ALPN.
     h2: bool,
-    /// What it was made from: the settings, the protocol and its files' modification times.
-    made_from: (Settings, UpstreamProtocol, Vec<Option<SystemTime>>),
+    /// What it was made from: the settings and the protocol.
+    made_from: (Settings, UpstreamProtocol),
 }
 
 impl BackendTls {
@@ -69,7 +69,7 @@ impl BackendTls {
             server_name,
             by_host: settings.sni_from_host.then(Mutex::default),
             h2,
-            made_from: (settings.clone(), protocol, mtimes(settings)),
+            made_from: (settings.clone(), protocol),
         }
     }
 
@@ -78,11 +78,10 @@ impl BackendTls {
         self.connector.as_ref().err().map(String::as_str)
     }
 
-    /// Whether this client is what `settings` make now: the same settings, and files not
-    /// changed since it read them.
-    pub fn is_current(&self, settings: &Settings, protocol: UpstreamProtocol) -> bool {
-        let (made, made_protocol, made_mtimes) = &self.made_from;
-        made == settings && *made_protocol == protocol && *made_mtimes == mtimes(settings)
+    /// Whether this client was made from `settings` for `protocol` (its files may have
+    /// changed since: `Files`).
+    pub fn made_for(&self, settings: &Settings, protocol: UpstreamProtocol) -> bool {
+        self.made_from == (settings.clone(), protocol)
     }
 
     /// What the connections of a request for `host` are filed under: the client's `id`, or with
@@ -143,8 +142,15 @@ fn files(settings: &Settings) -> impl Iterator<Item = &PathBuf> {
     settings.ca.iter().chain(settings.client_cert.iter().flat_map(|(cert, key)| [cert, key]))
 }
 
-fn mtimes(settings: &Settings) -> Vec<Option<SystemTime>> {
-    files(settings).map(|p| crate::config::modified(p)).collect()
+/// The modification times of the files `settings` name: a client made before they changed is
+/// made again.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Files(Vec<Option<SystemTime>>);
+
+impl Files {
+    pub fn of(settings: &Settings) -> Files {
+        Files(files(settings).map(|p| crate::config::modified(p)).collect())
+    }
 }
 
 /// The rustls client: TLS 1.2 and 1.3 with ring, the CA's roots (or any certificate), a

@@ -365,12 +365,13 @@ pub struct Snapshot {
     pub routes: ByName<Vec<CompiledRoute>>,
     pub pools: ByName<L7Pool>,
     /// Whether a backend is in its slow start: the snapshot is built again every
-    /// `RAMP_STEP` until none is.
+    /// `REFRESH_EVERY` until none is.
     pub ramping: bool,
 }
 
-/// How often the snapshot is built again while a backend is in its slow start.
-pub const RAMP_STEP: Duration = Duration::from_millis(500);
+/// How often lbd looks for what time changes in the snapshot (`Core::refresh`): a slow start's
+/// next step, a pool's TLS files.
+pub const REFRESH_EVERY: Duration = Duration::from_millis(500);
 
 impl Snapshot {
     /// The snapshot of `state`, its runtime entries taken from (or added to) `runtime`.
@@ -455,6 +456,11 @@ impl Snapshot {
             })
             .collect();
         Snapshot { routes, pools, ramping }
+    }
+
+    /// The TLS client `pool`'s backends are reached with (None: plain, or no backend usable).
+    pub fn backend_tls(&self, pool: &str) -> Option<&Arc<BackendTls>> {
+        self.pools.get(pool)?.upstreams.first()?.tls.as_ref()
     }
 
     /// The first route of `listener` matching the request.

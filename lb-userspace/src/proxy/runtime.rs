@@ -21,7 +21,7 @@ use crate::{
     config::{ApiKeyConfig, BasicAuthConfig, Config, JwtConfig, Pool, RateKey, RateLimit, Route},
     proxy::{
         auth::{ApiKeys, Jwt},
-        backend_tls::BackendTls,
+        backend_tls::{BackendTls, Files},
         basic_auth::BasicAuth,
         client_limit::client_group,
         clock,
@@ -312,8 +312,8 @@ pub struct Runtime {
     backends: Mutex<HashMap<(String, SocketAddr), Arc<BackendRuntime>>>,
     pools: Mutex<HashMap<String, Arc<PoolRuntime>>>,
     routes: Mutex<HashMap<String, Arc<RouteRuntime>>>,
-    /// Each pool's TLS client to its backends.
-    backend_tls: Mutex<HashMap<String, Arc<BackendTls>>>,
+    /// Each pool's TLS client to its backends, and its files as they were last looked at.
+    backend_tls: Mutex<HashMap<String, (Arc<BackendTls>, Files)>>,
     /// Whether a snapshot was built already (slow start does not ramp the first one's).
     built: AtomicBool,
 }
@@ -369,20 +369,34 @@ impl Runtime {
     /// share it, and with it rustls's session cache.
     pub fn backend_tls(&self, pool: &Pool) -> Option<Arc<BackendTls>> {
         let settings = pool.tls.as_ref()?;
+        let files = Files::of(settings); // before they are read: a change meanwhile is seen next
         let mut clients = self.backend_tls.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(client) = clients.get(&pool.name)
-            && client.is_current(settings, pool.protocol)
+        let before = clients.get(&pool.name).filter(|(client, _)| client.made_for(settings, pool.protocol));
+        if let Some((client, seen)) = before
+            && *seen == files
         {
             return Some(client.clone());
         }
-        let client = Arc::new(BackendTls::load(settings, pool.protocol));
-        if let Some(why) = client.broken() {
-            log::error!(
+        let mut client = Arc::new(BackendTls::load(settings, pool.protocol));
+        match (client.broken(), before) {
+            // Files changed under the same settings (a certificate rotated) into something that
+            // cannot be used (half written, a key that does not match): the client made before
+            // goes on, as a listener keeps its certificate (`tls::watch`).
+            (Some(why), Some((working, _))) if working.broken().is_none() => {
+                log::error!(
+                    "pool {}: its TLS files changed and cannot be used ({why}); connections go on with the files read before",
+                    pool.name
+                );
+                client = working.clone();
+            }
+            (Some(why), _) => log::error!(
                 "pool {}: TLS to its backends cannot be set up, every connect fails: {why}",
                 pool.name
-            );
+            ),
+            (None, Some(_)) => log::info!("pool {}: TLS files changed; new connections use them", pool.name),
+            (None, None) => {}
         }
-        clients.insert(pool.name.clone(), client.clone());
+        clients.insert(pool.name.clone(), (client.clone(), files));
         Some(client)
     }
 
@@ -494,6 +508,35 @@ mod tests {
         assert_eq!(each.check(v6("2001:db8::1"), None), None);
         assert_eq!(each.check(v6("2001:db8::1"), None), None);
         assert_eq!(each.check(v6("2001:db8::2"), None), None, "at /128 each address has its own");
+    }
+
+    #[test]
+    fn a_pool_s_rotated_tls_files_are_used_and_a_broken_rotation_keeps_the_last_good_ones() {
+        let pki = crate::proxy::test_bed::Pki::new("rotated");
+        let settings = crate::config::BackendTls {
+            ca: Some(pki.ca.clone()),
+            verify: true,
+            server_name: None,
+            sni_from_host: false,
+            client_cert: Some(pki.client.clone()),
+        };
+        let pool = Pool { name: "p".into(), tls: Some(settings), ..Pool::default() };
+        let runtime = Runtime::default();
+        let first = runtime.backend_tls(&pool).unwrap();
+        assert!(first.broken().is_none());
+        assert!(Arc::ptr_eq(&runtime.backend_tls(&pool).unwrap(), &first), "files unchanged");
+        let key = std::fs::read(&pki.client.1).unwrap();
+        // Written anew within the same clock tick, a file may keep its modification time.
+        let rewrite = |bytes: &[u8]| {
+            std::thread::sleep(Duration::from_millis(20));
+            std::fs::write(&pki.client.1, bytes).unwrap();
+        };
+        rewrite(b"-----BEGIN PRIVATE KEY-----\nhalf written");
+        let kept = runtime.backend_tls(&pool).unwrap();
+        assert!(Arc::ptr_eq(&kept, &first), "a broken key keeps the client made before");
+        rewrite(&key);
+        let rotated = runtime.backend_tls(&pool).unwrap();
+        assert!(rotated.broken().is_none() && rotated.id != first.id, "made anew from the fixed files");
     }
 
     #[test]
