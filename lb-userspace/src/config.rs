@@ -685,7 +685,31 @@ pub struct Pool {
     /// How long a backend that comes up (or joins) takes to reach its full share of the
     /// proxy's requests (HAProxy's `slowstart`); None: at once.
     pub slow_start: Option<Duration>,
+    /// How the proxy keeps its HTTP/1.1 connections to the backends between requests.
+    pub keep_alive: KeepAlive,
 }
+
+/// How long an idle HTTP/1.1 connection to a backend is kept for the next request (nginx's
+/// upstream `keepalive_timeout`), and how many requests one carries before it is closed
+/// (nginx's `keepalive_requests`, Envoy's `max_requests_per_connection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepAlive {
+    pub idle_timeout: Duration,
+    /// None: no limit.
+    pub max_requests: Option<u32>,
+}
+
+impl Default for KeepAlive {
+    fn default() -> KeepAlive {
+        KeepAlive { idle_timeout: DEFAULT_KEEPALIVE_TIMEOUT, max_requests: None }
+    }
+}
+
+/// How long an idle connection to a backend is kept unless its pool says (nginx's 60 s).
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The longest `keepalive_timeout_ms`.
+pub const MAX_KEEPALIVE_TIMEOUT_MS: u64 = 3_600_000;
 
 /// The longest `slow_start_ms`.
 pub const MAX_SLOW_START_MS: u64 = 3_600_000;

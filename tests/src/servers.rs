@@ -120,6 +120,7 @@ impl Nginx {
                  location /slow {{ root {dir}; limit_rate 40k; }}\n    \
                  location /cached {{ add_header Cache-Control \"max-age=3\"; return 200 \"{name} cached\\n\"; }}\n    \
                  location /busy {{ return 503 \"{name} busy\\n\"; }}\n    \
+                 location /conn {{ return 200 \"{name} r=$connection_requests\\n\"; }}\n    \
                  location /big {{ root {dir}; add_header Cache-Control \"max-age=60\"; }}\n  }}\n  \
                  server {{\n    listen 8084 proxy_protocol;\n    \
                  location / {{ return 200 \"{name} pp=$proxy_protocol_addr:$proxy_protocol_port c=$connection\\n\"; }}\n  }}\n}}\n",

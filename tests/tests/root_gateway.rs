@@ -64,6 +64,13 @@ mode = "l7"
 name = "one"
 backends = [{{ address = "{b1}" }}]
 
+# One request per backend connection (nginx counts them in `$connection_requests`).
+[[pool]]
+name = "capped"
+backends = [{{ address = "{b1}" }}]
+max_requests_per_connection = 1
+keepalive_timeout_ms = 4000
+
 [[pool]]
 name = "two"
 backends = [{{ address = "{b2}" }}]
@@ -154,6 +161,12 @@ listener = "http"
 host = "jwt.test"
 pool = "one"
 jwt = {{ algorithm = "HS256", secret = "s3cret", issuer = "sluice-test", audience = "edge", subject_header = "x-subject" }}
+
+[[route]]
+name = "capped"
+listener = "http"
+host = "capped.test"
+pool = "capped"
 
 # A rate limit per JWT subject: each user has a bucket of their own, wherever they come from.
 [[route]]
@@ -706,6 +719,11 @@ fn root_gateway_api_keys_and_jwt() -> Result<()> {
         assert_eq!(ask(&bed, "jwt.test", "/", &[bearer(t)])?, (status, why.to_owned()));
     }
     assert_eq!(ask(&bed, "jwt.test", "/", &[])?, (401, "bearer token required".into()));
+    // A pool that closes each backend connection after one request: nginx never sees a second
+    // request on one (with keep-alive as usual, some of six requests would share one).
+    for _ in 0..6 {
+        assert_eq!(ask(&bed, "capped.test", "/conn", &[])?, (200, "backend1 r=1".to_owned()));
+    }
     // Limited per subject: alice's third request waits; bob, from the same address, does not.
     let code = |sub: &str| -> Result<u16> {
         Ok(ask(&bed, "jwt-limited.test", "/", &[bearer(token("s3cret", sub, "edge", 60, -1))])?.0)

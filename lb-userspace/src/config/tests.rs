@@ -660,6 +660,37 @@ fn a_pool_s_connect_timeout_is_a_millisecond_to_a_minute() {
 }
 
 #[test]
+fn a_pool_s_keep_alive_is_bounded_and_for_http1_pools() {
+    let pool = |line: &str| {
+        format!("{BASE}[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n{line}\n")
+    };
+    let config = Config::parse(
+        Path::new("t.toml"),
+        &pool("keepalive_timeout_ms = 4000\nmax_requests_per_connection = 100"),
+    )
+    .unwrap();
+    let want = KeepAlive { idle_timeout: Duration::from_secs(4), max_requests: Some(100) };
+    assert_eq!(config.pools["p"].keep_alive, want);
+    assert_eq!(
+        Config::parse(Path::new("t.toml"), &pool("")).unwrap().pools["p"].keep_alive,
+        KeepAlive::default()
+    );
+    for bad in ["0", "3600001"] {
+        assert_eq!(
+            errors(&pool(&format!("keepalive_timeout_ms = {bad}"))),
+            ["t.toml:6: pool `p`: keepalive_timeout_ms must be 1 to 3600000"]
+        );
+    }
+    assert_eq!(
+        errors(&pool("max_requests_per_connection = 0")),
+        ["t.toml:6: pool `p`: max_requests_per_connection must be at least 1"]
+    );
+    let h2c = errors(&pool("protocol = \"h2c\"\nkeepalive_timeout_ms = 4000"));
+    assert_eq!(h2c.len(), 1, "{h2c:?}");
+    assert!(h2c[0].contains("are for HTTP/1.1 pools"), "{h2c:?}");
+}
+
+#[test]
 fn a_pool_s_slow_start_is_up_to_an_hour_and_not_on_a_hash_pool() {
     let pool = |line: &str| {
         format!("{BASE}[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n{line}\n")

@@ -16,7 +16,7 @@ use tokio::{
 };
 use tokio_rustls::client::TlsStream;
 
-use crate::proxy::backend_tls::BackendTls;
+use crate::{config::KeepAlive, proxy::backend_tls::BackendTls};
 
 /// A connection to a backend that could not be made (refused, unreachable, past the pool's
 /// connect timeout, its TLS handshake failed): nothing of the request was sent, so it may go
@@ -45,13 +45,16 @@ impl ConnectFailed {
     }
 }
 
-/// What connections a try may reuse are filed under: the backend, and the TLS client that
-/// opened them (0: plain).
+/// What connections a try may reuse are filed under: the backend, and the class of connection
+/// (`backend_tls::new_class`): the TLS client that opened them, or the plain pool's own. So one pool never
+/// takes another's idle connection (nginx and HAProxy keep theirs per upstream and backend
+/// too): its keep-alive settings count every request a connection carried.
 pub type ConnKey = (SocketAddr, u64);
 
 /// Where a try goes: the backend, how long its connect may take, its pool's TLS, the
-/// request's host (the server name of a pool with `sni_from_host`), and, for a pool with
-/// `proxy_protocol`, the client's header and where its connection is kept.
+/// request's host (the server name of a pool with `sni_from_host`), for a pool with
+/// `proxy_protocol` the client's header and where its connection is kept, and how long and for
+/// how many requests the connection is kept alive.
 #[derive(Clone, Copy)]
 pub struct Dial<'a> {
     pub address: SocketAddr,
@@ -59,6 +62,9 @@ pub struct Dial<'a> {
     pub tls: Option<&'a Arc<BackendTls>>,
     pub host: &'a str,
     pub proxy: Option<ForClient<'a>>,
+    pub keep_alive: KeepAlive,
+    /// The plain pool's class of connection (`backend_tls::new_class`; a TLS pool's is its client's).
+    pub class: u64,
 }
 
 /// A connection that belongs to one client, as a PROXY header names it: the header written
@@ -73,7 +79,7 @@ pub struct ForClient<'a> {
 impl Dial<'_> {
     /// The key of the connections this try may reuse.
     pub fn key(&self) -> ConnKey {
-        (self.address, self.tls.map_or(0, |tls| tls.id_for(self.host)))
+        (self.address, self.tls.map_or(self.class, |tls| tls.id_for(self.host)))
     }
 
     /// A new connection: TCP (Nagle off), the PROXY header, then the pool's TLS handshake, all
@@ -111,20 +117,32 @@ impl Dial<'_> {
 #[derive(Default)]
 pub struct Kept(OnceLock<Arc<Slot>>);
 
-/// Where a kept connection waits, with the key it was opened under.
+/// Where a kept connection waits.
 #[derive(Default)]
-pub struct Slot(Mutex<Option<(ConnKey, BackendStream)>>);
+pub struct Slot(Mutex<Option<Parked>>);
+
+/// A connection waiting for its next request.
+pub struct Parked {
+    /// The key it was opened under.
+    pub key: ConnKey,
+    pub stream: BackendStream,
+    /// The requests it has carried.
+    pub requests: u32,
+    /// When it is too old to be used (coarse ms).
+    pub until_ms: u64,
+}
 
 impl Kept {
-    /// The kept connection, if it was opened under `key` and its backend has said nothing since
-    /// (`BackendStream::is_quiet`). One opened under another key stays.
-    pub fn take(&self, key: ConnKey) -> Option<BackendStream> {
+    /// The kept connection, if it was opened under `key`, is not too old (at `now_ms`), and its
+    /// backend has said nothing since (`BackendStream::is_quiet`). One opened under another key
+    /// stays.
+    pub fn take(&self, key: ConnKey, now_ms: u64) -> Option<Parked> {
         let mut kept = self.0.get()?.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if kept.as_ref().is_none_or(|(opened, _)| *opened != key) {
+        if kept.as_ref().is_none_or(|parked| parked.key != key) {
             return None;
         }
-        let (_, mut stream) = kept.take()?;
-        stream.is_quiet().then_some(stream)
+        let mut parked = kept.take()?;
+        (now_ms < parked.until_ms && parked.stream.is_quiet()).then_some(parked)
     }
 
     /// Where this client's connections go back when their answers are done.
@@ -134,10 +152,10 @@ impl Kept {
 }
 
 impl Slot {
-    /// Keeps `stream` (opened under `key`), closing the one kept before: two requests of one
-    /// HTTP/2 client at once each have a connection, and one of them stays.
-    pub fn keep(&self, key: ConnKey, stream: BackendStream) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((key, stream));
+    /// Keeps a connection, closing the one kept before: two requests of one HTTP/2 client at
+    /// once each have a connection, and one of them stays.
+    pub fn keep(&self, parked: Parked) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(parked);
     }
 }
 

@@ -28,9 +28,14 @@ use crate::{
     proxy::tls::{self, TlsError, pem},
 };
 
-/// Every client made gets the next number: idle connections are reused only by requests going
-/// through the client that opened them (`h1::upstream::Pool`, the HTTP/2 senders).
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+/// Every class of connection gets the next number: each TLS client (`BackendTls`), each
+/// plain pool (`PoolRuntime`), each host of a pool with `sni_from_host`.
+static NEXT_CLASS: AtomicU64 = AtomicU64::new(1);
+
+/// A number no other class of connection has (`backend_stream::ConnKey`).
+pub fn new_class() -> u64 {
+    NEXT_CLASS.fetch_add(1, Ordering::Relaxed)
+}
 
 /// Most hosts a pool with `sni_from_host` files connections under before it starts over (the
 /// idle connections of the hosts forgotten then are not reused, and close when idle too long).
@@ -38,7 +43,7 @@ const MAX_HOSTS: usize = 4096;
 
 /// A pool's TLS client, made from its settings and the files they name.
 pub struct BackendTls {
-    /// This client among every one made (never 0: plain connections are 0).
+    /// This client among every one made: its connections' class (`new_class`).
     pub id: u64,
     /// The connector, or why none could be made (every connect then fails with it: a pool
     /// with TLS never falls back to plain TCP).
@@ -64,7 +69,7 @@ impl BackendTls {
         let server_name =
             settings.server_name.as_deref().and_then(|name| ServerName::try_from(name.to_owned()).ok());
         BackendTls {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id: new_class(),
             connector,
             server_name,
             by_host: settings.sni_from_host.then(Mutex::default),
@@ -99,7 +104,7 @@ impl BackendTls {
         if ids.len() >= MAX_HOSTS {
             ids.clear();
         }
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let id = new_class();
         ids.insert(host.into(), id);
         id
     }

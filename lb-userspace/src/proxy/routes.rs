@@ -202,13 +202,23 @@ pub struct Upstream {
     pub proxy_protocol: Option<crate::config::ProxyVersion>,
     /// Its effective weight (above 0).
     pub weight: u32,
+    /// How its pool keeps HTTP/1.1 connections alive.
+    pub keep_alive: crate::config::KeepAlive,
 }
 
 impl Upstream {
     /// Where a try for a request to `host` connects, with its client's PROXY header when the
     /// pool sends one.
     pub fn dial<'a>(&'a self, host: &'a str, proxy: Option<ForClient<'a>>) -> Dial<'a> {
-        Dial { address: self.address, timeout: self.connect_timeout, tls: self.tls.as_ref(), host, proxy }
+        Dial {
+            address: self.address,
+            timeout: self.connect_timeout,
+            tls: self.tls.as_ref(),
+            host,
+            proxy,
+            keep_alive: self.keep_alive,
+            class: self.pool.class,
+        }
     }
 
     pub fn in_flight(&self) -> usize {
@@ -436,6 +446,7 @@ impl Snapshot {
                             tls: tls.clone(),
                             proxy_protocol: pool.proxy_protocol,
                             weight: *weight,
+                            keep_alive: pool.keep_alive,
                         })
                     })
                     .collect();
@@ -619,6 +630,20 @@ mod tests {
             "rate-limit bucket refilled"
         );
         assert_eq!(after.pools["p"].upstreams.len(), 2);
+    }
+
+    #[test]
+    fn two_pools_of_one_backend_file_their_connections_apart() {
+        let text = "[dataplane]\ninterface = \"lo\"\n\
+             [[pool]]\nname = \"p\"\nbackends = [{ address = \"10.0.0.1\" }]\n\
+             [[pool]]\nname = \"q\"\nbackends = [{ address = \"10.0.0.1\" }]\nmax_requests_per_connection = 1\n";
+        let state = State::new(Config::parse(Path::new("t.toml"), text).unwrap());
+        let runtime = Runtime::default();
+        let key = |s: &Snapshot, pool: &str| s.pools[pool].upstreams[0].dial("", None).key();
+        let before = Snapshot::build(&state, &runtime);
+        assert_ne!(key(&before, "p"), key(&before, "q"), "q's settings would count p's requests");
+        let after = Snapshot::build(&state, &runtime);
+        assert_eq!(key(&before, "p"), key(&after, "p"), "a rebuild keeps a pool's idle connections");
     }
 
     #[test]

@@ -101,8 +101,10 @@ impl BackendRuntime {
 }
 
 /// One pool: requests waiting for a backend under its circuit breaker's limit.
-#[derive(Default)]
 pub struct PoolRuntime {
+    /// Its plain connections' class (`backend_tls::new_class`): its idle connections are
+    /// its own, kept across rebuilds.
+    pub class: u64,
     /// Requests waiting. SeqCst on both sides: a waiter counts itself before it looks at the
     /// backends' in-flight counts, and a request that ends lowers its count before it looks
     /// here, so one of the two always sees the other (no wake-up lost, none sent for nobody).
@@ -345,7 +347,12 @@ impl Runtime {
     }
 
     pub fn pool(&self, pool: &str) -> Arc<PoolRuntime> {
-        entry(&self.pools, pool.to_owned(), PoolRuntime::default)
+        entry(&self.pools, pool.to_owned(), || PoolRuntime {
+            class: crate::proxy::backend_tls::new_class(),
+            pending: AtomicUsize::new(0),
+            freed: Notify::new(),
+            turns: AtomicUsize::new(0),
+        })
     }
 
     /// The route's runtime; made anew only when its limit or credential settings changed

@@ -47,12 +47,54 @@ pub(in crate::config) fn check(
             tls,
             proxy_protocol: raw_pool.proxy_protocol.map(Spanned::into_inner),
             slow_start: raw_pool.slow_start_ms.map(|ms| slow_start(ms, raw_pool.balance, &name, errors)),
+            keep_alive: keep_alive(
+                raw_pool.keepalive_timeout_ms,
+                raw_pool.max_requests_per_connection,
+                raw_pool.protocol,
+                &name,
+                errors,
+            ),
         };
         if pools.insert(name.clone(), pool).is_some() {
             errors.at(raw_pool.name.span(), format!("pool `{name}` is defined twice"));
         }
     }
     pools
+}
+
+/// How a pool keeps its connections: an idle timeout up to `MAX_KEEPALIVE_TIMEOUT_MS`, at
+/// least one request a connection; for HTTP/1.1 pools (an HTTP/2 pool keeps one connection per
+/// backend for all its streams).
+fn keep_alive(
+    timeout_ms: Option<Spanned<u64>>,
+    max_requests: Option<Spanned<u32>>,
+    protocol: UpstreamProtocol,
+    name: &str,
+    errors: &mut Errors,
+) -> KeepAlive {
+    let mut keep_alive = KeepAlive::default();
+    for span in timeout_ms.iter().map(Spanned::span).chain(max_requests.iter().map(Spanned::span)) {
+        if protocol.is_http2() {
+            errors.at(
+                span,
+                format!("pool `{name}`: keepalive_timeout_ms and max_requests_per_connection are for HTTP/1.1 pools"),
+            );
+        }
+    }
+    if let Some(ms) = timeout_ms {
+        if *ms.get_ref() == 0 || *ms.get_ref() > MAX_KEEPALIVE_TIMEOUT_MS {
+            let bounds = format!("1 to {MAX_KEEPALIVE_TIMEOUT_MS}");
+            errors.at(ms.span(), format!("pool `{name}`: keepalive_timeout_ms must be {bounds}"));
+        }
+        keep_alive.idle_timeout = Duration::from_millis(*ms.get_ref());
+    }
+    if let Some(n) = max_requests {
+        if *n.get_ref() == 0 {
+            errors.at(n.span(), format!("pool `{name}`: max_requests_per_connection must be at least 1"));
+        }
+        keep_alive.max_requests = Some(*n.get_ref());
+    }
+    keep_alive
 }
 
 /// A pool's slow start: up to `MAX_SLOW_START_MS`, and not on a hashed pool, whose keys would

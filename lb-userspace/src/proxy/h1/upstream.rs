@@ -23,26 +23,27 @@ use smallvec::SmallVec;
 use thread_local::ThreadLocal;
 use tokio::io::AsyncWriteExt;
 
-use crate::proxy::{
-    backend_stream::{BackendStream, ConnKey, ConnectFailed, Dial, Slot},
-    body::{self, Body},
-    clock,
-    h1::{
-        body::{Decoded, Decoder},
-        encode::{self, Out},
-        head, scratch,
+use crate::{
+    config::KeepAlive,
+    proxy::{
+        backend_stream::{BackendStream, ConnKey, ConnectFailed, Dial, Parked, Slot},
+        body::{self, Body},
+        clock,
+        h1::{
+            body::{Decoded, Decoder},
+            encode::{self, Out},
+            head, scratch,
+        },
+        interim::{self, Interim},
     },
-    interim::{self, Interim},
 };
 
 type SendError = Box<dyn std::error::Error + Send + Sync>;
 
-/// An idle pooled connection older than this (ms) is closed rather than reused.
-const IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Idle connections kept per backend, per worker. Above the requests a worker has in flight to
 /// one backend under load: 64 HTTP/2 clients with 10 streams each put ~320 on each of two
 /// backends, and a cap of 256 closed and reopened ~75 connections a second (HAProxy keeps every
-/// idle connection; they still go after IDLE_TIMEOUT_MS).
+/// idle connection; they still go after their pool's `keepalive_timeout_ms`).
 const MAX_IDLE_PER_BACKEND: usize = 1024;
 /// The longest response head read from a backend.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -55,11 +56,18 @@ const READ_SIZE: usize = 16 * 1024;
 pub struct Conn {
     stream: BackendStream,
     buf: BytesMut,
+    /// The requests it carried before this one.
+    requests: u32,
 }
 
 impl Conn {
     fn new(stream: BackendStream) -> Conn {
-        Conn { stream, buf: BytesMut::new() }
+        Conn { stream, buf: BytesMut::new(), requests: 0 }
+    }
+
+    /// A connection that waited in a client connection's slot.
+    fn unparked(parked: Parked) -> Conn {
+        Conn { stream: parked.stream, buf: BytesMut::new(), requests: parked.requests }
     }
 
     /// Reads more into the buffer; 0 means the backend closed.
@@ -88,8 +96,9 @@ pub struct Switched(pub Arc<Mutex<Option<Conn>>>);
 
 struct Idle {
     conn: Conn,
-    /// When it went idle, on the coarse clock (ms).
-    since_ms: u64,
+    /// When it is too old to be used, on the coarse clock (ms): its pool's keep-alive timeout
+    /// after it went idle.
+    until_ms: u64,
 }
 
 /// One worker's idle connections by backend address and TLS client (`Dial::key`), most
@@ -126,8 +135,8 @@ impl Pool {
         let mut idle = self.mine();
         let list = idle.get_mut(&key)?;
         let now = clock::coarse_ms();
-        while let Some(Idle { mut conn, since_ms }) = list.pop_back() {
-            if now.saturating_sub(since_ms) >= IDLE_TIMEOUT_MS {
+        while let Some(Idle { mut conn, until_ms }) = list.pop_back() {
+            if now >= until_ms {
                 list.clear(); // the rest are older still
                 return None;
             }
@@ -138,22 +147,14 @@ impl Pool {
         None
     }
 
-    fn checkin(&self, key: ConnKey, conn: Conn) {
-        // Bytes nobody asked for: the connection cannot be trusted.
-        if !conn.buf.is_empty() {
-            return;
-        }
-        let now = clock::coarse_ms();
+    fn checkin(&self, key: ConnKey, conn: Conn, now: u64, until_ms: u64) {
         let mut idle = self.mine();
         let list = idle.entry(key).or_default();
         // The oldest go first: when the list is full, or when they have idled too long.
-        while list.front().is_some_and(|i| now.saturating_sub(i.since_ms) >= IDLE_TIMEOUT_MS)
-            || list.len() >= MAX_IDLE_PER_BACKEND
-        {
+        while list.front().is_some_and(|i| now >= i.until_ms) || list.len() >= MAX_IDLE_PER_BACKEND {
             list.pop_front();
         }
-        let conn = Conn { stream: conn.stream, buf: BytesMut::new() };
-        list.push_back(Idle { conn, since_ms: now });
+        list.push_back(Idle { conn, until_ms });
     }
 
     /// Closes this thread's connections that have idled too long, to every backend: without it
@@ -166,7 +167,7 @@ impl Pool {
     /// `sweep` as of `now` (coarse ms).
     fn sweep_at(&self, now: u64) {
         self.mine().retain(|_, list| {
-            list.retain(|i| now.saturating_sub(i.since_ms) < IDLE_TIMEOUT_MS);
+            list.retain(|i| now < i.until_ms);
             !list.is_empty()
         });
     }
@@ -220,10 +221,14 @@ impl Pool {
         let key = dial.key();
         // A connection that names its client in a PROXY header is that client's alone: kept by
         // its client connection, never in the worker's pool.
+        let keep_alive = dial.keep_alive;
         let (reused, home) = match dial.proxy {
-            None => (self.checkout(key), Home::Pool),
+            None => (self.checkout(key), Home::Pool(keep_alive)),
             Some(proxy) => match proxy.kept {
-                Some(kept) => (kept.take(key).map(Conn::new), Home::Kept(kept.slot())),
+                Some(kept) => {
+                    let parked = kept.take(key, clock::coarse_ms());
+                    (parked.map(Conn::unparked), Home::Kept(kept.slot(), keep_alive))
+                }
                 None => (None, Home::Closed),
             },
         };
@@ -300,23 +305,36 @@ impl Pool {
     }
 }
 
-/// Where a connection goes when its answer is done (and the backend keeps it alive).
+/// Where a connection goes when its answer is done (and the backend keeps it alive), and for
+/// how long and how many requests its pool keeps it.
 enum Home {
     /// The worker's idle connections.
-    Pool,
+    Pool(KeepAlive),
     /// Its client connection's slot (a PROXY header names that client).
-    Kept(Arc<Slot>),
+    Kept(Arc<Slot>, KeepAlive),
     /// Nowhere: it is closed (a PROXY connection of a cache fill or a shadow copy).
     Closed,
 }
 
 impl Home {
-    fn checkin(&self, pool: &Pool, key: ConnKey, conn: Conn) {
+    fn checkin(&self, pool: &Pool, key: ConnKey, mut conn: Conn) {
+        let keep_alive = match self {
+            Home::Pool(keep_alive) | Home::Kept(_, keep_alive) => keep_alive,
+            Home::Closed => return,
+        };
+        conn.requests += 1;
+        // Bytes nobody asked for: the connection cannot be trusted. Its last request: closed.
+        if !conn.buf.is_empty() || keep_alive.max_requests.is_some_and(|max| conn.requests >= max) {
+            return;
+        }
+        let now = clock::coarse_ms();
+        let until_ms = now + keep_alive.idle_timeout.as_millis() as u64;
         match self {
-            Home::Pool => pool.checkin(key, conn),
-            // Bytes nobody asked for: the connection cannot be trusted.
-            Home::Kept(slot) if conn.buf.is_empty() => slot.keep(key, conn.stream),
-            Home::Kept(_) | Home::Closed => {}
+            Home::Pool(_) => pool.checkin(key, conn, now, until_ms),
+            Home::Kept(slot, _) => {
+                slot.keep(Parked { key, stream: conn.stream, requests: conn.requests, until_ms })
+            }
+            Home::Closed => {}
         }
     }
 }
@@ -536,7 +554,15 @@ mod tests {
 
     /// A plain connection to `address`.
     fn plain(address: SocketAddr) -> Dial<'static> {
-        Dial { address, timeout: DEFAULT_CONNECT_TIMEOUT, tls: None, host: "", proxy: None }
+        Dial {
+            address,
+            timeout: DEFAULT_CONNECT_TIMEOUT,
+            tls: None,
+            host: "",
+            proxy: None,
+            keep_alive: KeepAlive::default(),
+            class: 0,
+        }
     }
 
     /// A backend on 127.0.0.1 answering by path: `/length`, `/chunked`, `/close` (a body
@@ -600,18 +626,14 @@ mod tests {
     }
 
     async fn get(pool: &Arc<Pool>, address: SocketAddr, path: &str) -> String {
+        get_via(pool, plain(address), path).await
+    }
+
+    async fn get_via(pool: &Arc<Pool>, dial: Dial<'_>, path: &str) -> String {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, "backend.test".parse().unwrap());
         let response = pool
-            .send(
-                plain(address),
-                &Method::GET,
-                path,
-                &headers,
-                encode::Added::default(),
-                &mut body::empty(),
-                None,
-            )
+            .send(dial, &Method::GET, path, &headers, encode::Added::default(), &mut body::empty(), None)
             .await
             .unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -637,7 +659,15 @@ mod tests {
         let headers = HeaderMap::new();
         let sent = pool
             .send(
-                Dial { address, timeout, tls: None, host: "", proxy: None },
+                Dial {
+                    address,
+                    timeout,
+                    tls: None,
+                    host: "",
+                    proxy: None,
+                    keep_alive: KeepAlive::default(),
+                    class: 0,
+                },
                 &Method::GET,
                 "/",
                 &headers,
@@ -663,6 +693,28 @@ mod tests {
         assert_eq!(get(&pool, address, "/close").await, "until close");
         assert_eq!(get(&pool, address, "/length").await, "length");
         assert_eq!(accepted.load(Ordering::Relaxed), 2, "a close-delimited answer ends its connection");
+    }
+
+    #[tokio::test]
+    async fn a_pool_s_keep_alive_closes_idle_connections_and_caps_their_requests() {
+        let (address, accepted) = backend().await;
+        let pool = Arc::new(Pool::default());
+        let idle_timeout = Duration::from_millis(100);
+        let brief = Dial { keep_alive: KeepAlive { idle_timeout, max_requests: None }, ..plain(address) };
+        assert_eq!(get_via(&pool, brief, "/length").await, "length");
+        assert_eq!(get_via(&pool, brief, "/length").await, "length");
+        assert_eq!(accepted.load(Ordering::Relaxed), 1, "reused while fresh");
+        tokio::time::sleep(idle_timeout + Duration::from_millis(50)).await;
+        assert_eq!(get_via(&pool, brief, "/length").await, "length");
+        assert_eq!(accepted.load(Ordering::Relaxed), 2, "idle past the pool's keep-alive timeout");
+        let pool = Arc::new(Pool::default());
+        let max_requests = Some(2);
+        let capped =
+            Dial { keep_alive: KeepAlive { max_requests, ..KeepAlive::default() }, ..plain(address) };
+        for _ in 0..5 {
+            assert_eq!(get_via(&pool, capped, "/length").await, "length");
+        }
+        assert_eq!(accepted.load(Ordering::Relaxed), 2 + 3, "five requests, two a connection");
     }
 
     #[tokio::test]
@@ -695,7 +747,7 @@ mod tests {
         pool.sweep();
         assert_eq!(pool.mine().get(&(address, 0)).map(VecDeque::len), Some(1));
         // A minute on (not the stamps a minute back: a machine up for less would underflow).
-        pool.sweep_at(clock::coarse_ms() + IDLE_TIMEOUT_MS);
+        pool.sweep_at(clock::coarse_ms() + crate::config::DEFAULT_KEEPALIVE_TIMEOUT.as_millis() as u64);
         assert!(pool.mine().is_empty(), "a connection idle past the timeout stayed open");
     }
 
