@@ -268,7 +268,10 @@ fn root_control_health_checks_remove_and_restore_backends() -> Result<()> {
     })?;
     let show = bed.lbd().lbctl(&["pool", "show", "web"])?;
     assert!(show.contains("FAILING OPEN"), "{show}");
-    assert!(show.contains("\n  l7: port 80, http1, round_robin, connect 3000 ms\n"), "{show}");
+    assert!(
+        show.contains("\n  l7: port 80, http1, round_robin, connect 3000 ms, keep-alive 60000 ms\n"),
+        "{show}"
+    );
     assert!(bed.pool()?.values().all(|(_, w)| *w == 100), "{show}");
     Ok(())
 }

@@ -284,6 +284,8 @@ fn pool_proxy(pool: &crate::config::Pool) -> views::PoolProxy {
         tls,
         proxy_protocol: pool.proxy_protocol.map(config_name),
         slow_start_ms: pool.slow_start.map(|window| window.as_millis() as u64),
+        keepalive_timeout_ms: pool.keep_alive.idle_timeout.as_millis() as u64,
+        max_requests_per_connection: pool.keep_alive.max_requests,
     }
 }
 
@@ -392,6 +394,7 @@ mod tests {
          outlier = { consecutive_failures = 3, ejection_ms = 5000 }\n\
          tls = { verify = false, sni_from_host = true }\n\
          [[pool]]\nname = \"plain\"\nbackends = [{ address = \"10.0.0.2\" }]\nproxy_protocol = \"v1\"\n\
+         keepalive_timeout_ms = 4000\nmax_requests_per_connection = 100\nslow_start_ms = 30000\n\
          [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n\
          [[route]]\nname = \"site\"\nlistener = \"l\"\npool = \"web\"\nallow = [\"10.0.0.0/8\"]\n\
          rate_limit = { requests_per_second = 20 }\napi_key = { header = \"x-key\", file = \"/nonexistent\" }\n";
@@ -421,6 +424,10 @@ mod tests {
             ("http1", "round_robin", None)
         );
         assert_eq!(proxy.proxy_protocol.as_deref(), Some("v1"));
+        assert_eq!(
+            (proxy.keepalive_timeout_ms, proxy.max_requests_per_connection, proxy.slow_start_ms),
+            (4000, Some(100), Some(30000))
+        );
         let listed: Vec<views::Route> = json(routes(&core)).await;
         assert_eq!(listed[0].gates, ["allow", "api_key", "rate_limit 20/s"]);
         core.lock().unwrap().proxy_metrics.connection_opened("l");

@@ -192,6 +192,12 @@ pub struct PoolProxy {
     /// How long a backend that comes up takes to reach its full share.
     #[serde(default)]
     pub slow_start_ms: Option<u64>,
+    /// How long an idle connection to a backend is kept, and how many requests one carries
+    /// (None: no limit).
+    #[serde(default)]
+    pub keepalive_timeout_ms: u64,
+    #[serde(default)]
+    pub max_requests_per_connection: Option<u32>,
 }
 
 /// One backend of a pool.
