@@ -329,6 +329,9 @@ impl Home {
         }
         let now = clock::coarse_ms();
         let until_ms = now + keep_alive.idle_timeout.as_millis() as u64;
+        // Its read buffer goes (an answer cut from it may still hold the allocation): an idle
+        // connection holds none.
+        conn.buf = BytesMut::new();
         match self {
             Home::Pool(_) => pool.checkin(key, conn, now, until_ms),
             Home::Kept(slot, _) => {
@@ -693,6 +696,19 @@ mod tests {
         assert_eq!(get(&pool, address, "/close").await, "until close");
         assert_eq!(get(&pool, address, "/length").await, "length");
         assert_eq!(accepted.load(Ordering::Relaxed), 2, "a close-delimited answer ends its connection");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_read_buffer() {
+        let (address, accepted) = backend().await;
+        let pool = Arc::new(Pool::default());
+        for path in ["/length", "/chunked"] {
+            assert_eq!(get(&pool, address, path).await, &path[1..]);
+            let idle = pool.mine();
+            let conns: Vec<&Idle> = idle.values().flatten().collect();
+            assert!(conns.len() == 1 && conns[0].conn.buf.capacity() == 0, "{path}");
+        }
+        assert_eq!(accepted.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
