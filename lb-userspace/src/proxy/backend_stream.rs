@@ -46,9 +46,9 @@ impl ConnectFailed {
 }
 
 /// What connections a try may reuse are filed under: the backend, and the class of connection
-/// (`backend_tls::new_class`): the TLS client that opened them, or the plain pool's own. So one pool never
-/// takes another's idle connection (nginx and HAProxy keep theirs per upstream and backend
-/// too): its keep-alive settings count every request a connection carried.
+/// (`backend_tls::new_class`): the TLS client that opened them, or the plain pool's own. So one
+/// pool never takes another's idle connection (nginx and HAProxy keep theirs per upstream and
+/// backend too): its keep-alive settings count every request a connection carried.
 pub type ConnKey = (SocketAddr, u64);
 
 /// Where a try goes: the backend, how long its connect may take, its pool's TLS, the
@@ -63,7 +63,8 @@ pub struct Dial<'a> {
     pub host: &'a str,
     pub proxy: Option<ForClient<'a>>,
     pub keep_alive: KeepAlive,
-    /// The plain pool's class of connection (`backend_tls::new_class`; a TLS pool's is its client's).
+    /// The plain pool's class of connection (`backend_tls::new_class`; a TLS pool's is its
+    /// client's).
     pub class: u64,
 }
 
