@@ -685,9 +685,10 @@ fn a_pool_s_keep_alive_is_bounded_and_for_http1_pools() {
         errors(&pool("max_requests_per_connection = 0")),
         ["t.toml:6: pool `p`: max_requests_per_connection must be at least 1"]
     );
-    let h2c = errors(&pool("protocol = \"h2c\"\nkeepalive_timeout_ms = 4000"));
+    let h2c =
+        errors(&pool("protocol = \"h2c\"\nkeepalive_timeout_ms = 4000\nmax_requests_per_connection = 9"));
     assert_eq!(h2c.len(), 1, "{h2c:?}");
-    assert!(h2c[0].contains("are for HTTP/1.1 pools"), "{h2c:?}");
+    assert!(h2c[0].contains("max_requests_per_connection is for HTTP/1.1 pools"), "{h2c:?}");
 }
 
 #[test]

@@ -62,8 +62,8 @@ pub(in crate::config) fn check(
     pools
 }
 
-/// How a pool keeps its connections: an idle timeout up to `MAX_KEEPALIVE_TIMEOUT_MS`, at
-/// least one request a connection; for HTTP/1.1 pools (an HTTP/2 pool keeps one connection per
+/// How a pool keeps its connections: an idle timeout up to `MAX_KEEPALIVE_TIMEOUT_MS`; at
+/// least one request a connection, for HTTP/1.1 pools (an HTTP/2 pool keeps one connection per
 /// backend for all its streams).
 fn keep_alive(
     timeout_ms: Option<Spanned<u64>>,
@@ -73,13 +73,13 @@ fn keep_alive(
     errors: &mut Errors,
 ) -> KeepAlive {
     let mut keep_alive = KeepAlive::default();
-    for span in timeout_ms.iter().map(Spanned::span).chain(max_requests.iter().map(Spanned::span)) {
-        if protocol.is_http2() {
-            errors.at(
-                span,
-                format!("pool `{name}`: keepalive_timeout_ms and max_requests_per_connection are for HTTP/1.1 pools"),
-            );
-        }
+    if let Some(n) = &max_requests
+        && protocol.is_http2()
+    {
+        errors.at(
+            n.span(),
+            format!("pool `{name}`: max_requests_per_connection is for HTTP/1.1 pools (an HTTP/2 connection carries every stream)"),
+        );
     }
     if let Some(ms) = timeout_ms {
         if *ms.get_ref() == 0 || *ms.get_ref() > MAX_KEEPALIVE_TIMEOUT_MS {

@@ -31,7 +31,7 @@ use crate::{
         access_log::ClientConn,
         backend_stream::{ConnKey, ConnectFailed, Dial, ForClient},
         body::{self, Body},
-        deadline, h1,
+        clock, deadline, h1,
         metrics::{Label, ProxyMetrics},
         phase::{
             Refusal,
@@ -70,9 +70,13 @@ impl Drop for InFlight {
 
 /// Open HTTP/2 connections to h2c and h2 backends, one per backend, TLS client and worker
 /// (streams are multiplexed on it; its task runs on the worker that opened it, as do its
-/// requests).
+/// requests), each with when it is too old to be used again (coarse ms: its pool's
+/// `keepalive_timeout_ms` after its last request began).
 #[derive(Default)]
-struct Http2Connections(ThreadLocal<RefCell<HashMap<ConnKey, http2::SendRequest<Body>>>>);
+struct Http2Connections(ThreadLocal<RefCell<HashMap<ConnKey, Http2Connection>>>);
+
+/// One open HTTP/2 connection's sender, and when it is too old to be used again (coarse ms).
+type Http2Connection = (http2::SendRequest<Body>, u64);
 
 impl Http2Connections {
     /// The open connection `dial` names, or a new one: a connect (and TLS handshake) within its
@@ -80,7 +84,15 @@ impl Http2Connections {
     /// request was sent on it).
     async fn sender(&self, dial: Dial<'_>) -> Result<http2::SendRequest<Body>, ConnectFailed> {
         let key = dial.key();
-        let open = self.0.get_or_default().borrow().get(&key).filter(|s| !s.is_closed()).cloned();
+        let now = clock::coarse_ms();
+        let until_ms = now + dial.keep_alive.idle_timeout.as_millis() as u64;
+        let open = {
+            let mut open = self.0.get_or_default().borrow_mut();
+            open.get_mut(&key).filter(|(s, until)| !s.is_closed() && now < *until).map(|(sender, until)| {
+                *until = until_ms;
+                sender.clone()
+            })
+        };
         if let Some(sender) = open {
             return Ok(sender);
         }
@@ -96,7 +108,7 @@ impl Http2Connections {
                 log::debug!("HTTP/2 upstream {address}: {err}");
             }
         });
-        self.0.get_or_default().borrow_mut().insert(key, sender.clone());
+        self.0.get_or_default().borrow_mut().insert(key, (sender.clone(), until_ms));
         Ok(sender)
     }
 }
@@ -109,10 +121,17 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Closes this worker's connections that have idled too long (HTTP/2: those already closed).
+    /// Closes this worker's connections that have idled too long (HTTP/2: also those closed by
+    /// their backend).
     pub fn sweep(&self) {
         self.http1.sweep();
-        self.http2.0.get_or_default().borrow_mut().retain(|_, sender| !sender.is_closed());
+        // A connection let go is closed by hyper once the streams still on it are done.
+        let now = clock::coarse_ms();
+        self.http2
+            .0
+            .get_or_default()
+            .borrow_mut()
+            .retain(|_, (sender, until)| !sender.is_closed() && now < *until);
     }
 
     /// Sends the request (`parts` with `headers`) to `upstream` in its pool's protocol. HTTP/1.1
@@ -464,6 +483,61 @@ mod tests {
              [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\n[[route]]\nlistener = \"l\"\npool = \"p\"\n{route}"
         );
         Snapshot::build(&State::new(Config::parse(Path::new("t.toml"), &text).unwrap()), &Runtime::default())
+    }
+
+    /// An h2c connection unused past its pool's keep-alive timeout is let go, and closed; one
+    /// in use is kept.
+    #[tokio::test]
+    async fn an_http2_connection_idle_past_the_keep_alive_timeout_is_closed() {
+        use std::sync::atomic::AtomicUsize;
+        let (opened, open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (counted, counted_open) = (opened.clone(), open.clone());
+        let address = crate::proxy::test_bed::listening(move |stream| {
+            let (opened, open) = (counted.clone(), counted_open.clone());
+            async move {
+                opened.fetch_add(1, Ordering::SeqCst);
+                open.fetch_add(1, Ordering::SeqCst);
+                let service = hyper::service::service_fn(|_| async {
+                    Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+                });
+                crate::proxy::test_bed::serve(stream, true, service).await;
+                open.fetch_sub(1, Ordering::SeqCst);
+            }
+        })
+        .await;
+        let keep_alive =
+            crate::config::KeepAlive { idle_timeout: Duration::from_millis(100), max_requests: None };
+        let dial = Dial {
+            address,
+            timeout: Duration::from_secs(1),
+            tls: None,
+            host: "",
+            proxy: None,
+            keep_alive,
+            class: 0,
+        };
+        let upstreams = Upstreams::default();
+        let ask = |mut sender: http2::SendRequest<Body>| async move {
+            sender.ready().await.unwrap();
+            let request = Request::builder().uri(format!("http://{address}/")).body(body::empty()).unwrap();
+            assert_eq!(sender.send_request(request).await.unwrap().status(), StatusCode::OK);
+        };
+        for _ in 0..3 {
+            ask(upstreams.http2.sender(dial).await.unwrap()).await;
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            upstreams.sweep();
+        }
+        assert_eq!(opened.load(Ordering::SeqCst), 1, "used within its timeout: kept");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        upstreams.sweep();
+        let closed = async {
+            while open.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(2), closed).await.expect("the idle connection closed");
+        ask(upstreams.http2.sender(dial).await.unwrap()).await;
+        assert_eq!(opened.load(Ordering::SeqCst), 2);
     }
 
     #[test]
