@@ -645,67 +645,58 @@ fn each_route_check_says_what_is_wrong_at_its_line() {
 
 #[test]
 fn a_pool_s_connect_timeout_is_a_millisecond_to_a_minute() {
-    let pool = |line: &str| {
-        format!("{BASE}[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n{line}\n")
-    };
-    let config = Config::parse(Path::new("t.toml"), &pool("connect_timeout_ms = 250")).unwrap();
+    let config = Config::parse(Path::new("t.toml"), &one_pool("connect_timeout_ms = 250")).unwrap();
     assert_eq!(config.pools["p"].connect_timeout, Some(Duration::from_millis(250)));
-    assert_eq!(Config::parse(Path::new("t.toml"), &pool("")).unwrap().pools["p"].connect_timeout, None);
-    for bad in ["0", "60001"] {
+    assert_eq!(Config::parse(Path::new("t.toml"), &one_pool("")).unwrap().pools["p"].connect_timeout, None);
+    refuses_ms_outside("connect_timeout_ms", 60_000);
+}
+
+/// A config with one pool `p`, its section ending with `line` (line 6).
+fn one_pool(line: &str) -> String {
+    format!("{BASE}[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n{line}\n")
+}
+
+/// A pool's `setting` in milliseconds refuses 0 and anything above `max`, saying so.
+fn refuses_ms_outside(setting: &str, max: u64) {
+    for bad in [0, max + 1] {
         assert_eq!(
-            errors(&pool(&format!("connect_timeout_ms = {bad}"))),
-            ["t.toml:6: pool `p`: connect_timeout_ms must be 1 to 60000"]
+            errors(&one_pool(&format!("{setting} = {bad}"))),
+            [format!("t.toml:6: pool `p`: {setting} must be 1 to {max}")]
         );
     }
 }
 
 #[test]
 fn a_pool_s_keep_alive_is_bounded_and_for_http1_pools() {
-    let pool = |line: &str| {
-        format!("{BASE}[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n{line}\n")
-    };
     let config = Config::parse(
         Path::new("t.toml"),
-        &pool("keepalive_timeout_ms = 4000\nmax_requests_per_connection = 100"),
+        &one_pool("keepalive_timeout_ms = 4000\nmax_requests_per_connection = 100"),
     )
     .unwrap();
     let want = KeepAlive { idle_timeout: Duration::from_secs(4), max_requests: Some(100) };
     assert_eq!(config.pools["p"].keep_alive, want);
     assert_eq!(
-        Config::parse(Path::new("t.toml"), &pool("")).unwrap().pools["p"].keep_alive,
+        Config::parse(Path::new("t.toml"), &one_pool("")).unwrap().pools["p"].keep_alive,
         KeepAlive::default()
     );
-    for bad in ["0", "3600001"] {
-        assert_eq!(
-            errors(&pool(&format!("keepalive_timeout_ms = {bad}"))),
-            ["t.toml:6: pool `p`: keepalive_timeout_ms must be 1 to 3600000"]
-        );
-    }
+    refuses_ms_outside("keepalive_timeout_ms", 3_600_000);
     assert_eq!(
-        errors(&pool("max_requests_per_connection = 0")),
+        errors(&one_pool("max_requests_per_connection = 0")),
         ["t.toml:6: pool `p`: max_requests_per_connection must be at least 1"]
     );
     let h2c =
-        errors(&pool("protocol = \"h2c\"\nkeepalive_timeout_ms = 4000\nmax_requests_per_connection = 9"));
+        errors(&one_pool("protocol = \"h2c\"\nkeepalive_timeout_ms = 4000\nmax_requests_per_connection = 9"));
     assert_eq!(h2c.len(), 1, "{h2c:?}");
     assert!(h2c[0].contains("max_requests_per_connection is for HTTP/1.1 pools"), "{h2c:?}");
 }
 
 #[test]
 fn a_pool_s_slow_start_is_up_to_an_hour_and_not_on_a_hash_pool() {
-    let pool = |line: &str| {
-        format!("{BASE}[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n{line}\n")
-    };
-    let config = Config::parse(Path::new("t.toml"), &pool("slow_start_ms = 30000")).unwrap();
+    let config = Config::parse(Path::new("t.toml"), &one_pool("slow_start_ms = 30000")).unwrap();
     assert_eq!(config.pools["p"].slow_start, Some(Duration::from_secs(30)));
-    assert_eq!(Config::parse(Path::new("t.toml"), &pool("")).unwrap().pools["p"].slow_start, None);
-    for bad in ["0", "3600001"] {
-        assert_eq!(
-            errors(&pool(&format!("slow_start_ms = {bad}"))),
-            ["t.toml:6: pool `p`: slow_start_ms must be 1 to 3600000"]
-        );
-    }
-    let hashed = errors(&pool("balance = \"hash\"\nhash_key = \"client_ip\"\nslow_start_ms = 1000"));
+    assert_eq!(Config::parse(Path::new("t.toml"), &one_pool("")).unwrap().pools["p"].slow_start, None);
+    refuses_ms_outside("slow_start_ms", 3_600_000);
+    let hashed = errors(&one_pool("balance = \"hash\"\nhash_key = \"client_ip\"\nslow_start_ms = 1000"));
     assert_eq!(hashed.len(), 1, "{hashed:?}");
     assert!(hashed[0].contains("slow_start_ms is for round_robin and least_requests"), "{hashed:?}");
 }
