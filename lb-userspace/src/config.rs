@@ -685,12 +685,12 @@ pub struct Pool {
     /// How long a backend that comes up (or joins) takes to reach its full share of the
     /// proxy's requests (HAProxy's `slowstart`); None: at once.
     pub slow_start: Option<Duration>,
-    /// How the proxy keeps its HTTP/1.1 connections to the backends between requests.
+    /// How the proxy keeps its connections to the backends between requests.
     pub keep_alive: KeepAlive,
 }
 
-/// How long an idle HTTP/1.1 connection to a backend is kept for the next request (nginx's
-/// upstream `keepalive_timeout`), and how many requests one carries before it is closed
+/// How long an idle connection to a backend is kept for the next request (nginx's upstream
+/// `keepalive_timeout`), and how many requests (HTTP/2: streams) one carries before it is closed
 /// (nginx's `keepalive_requests`, Envoy's `max_requests_per_connection`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeepAlive {

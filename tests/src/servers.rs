@@ -477,18 +477,21 @@ impl NsServer {
     }
 
     /// Cleartext HTTP/2 (prior knowledge), as gRPC backends are: answers every request with
-    /// `h2c <name>` and the trailer `grpc-status: 0`.
+    /// `h2c <name> <version> conn <n>` (n: which of its connections, from 1) and the trailer
+    /// `grpc-status: 0`.
     pub fn h2c(host: &Host, port: u16, name: &str) -> Result<NsServer> {
         use bytes::Bytes;
         use http_body_util::StreamBody;
         use hyper::body::Frame;
         let name = name.to_owned();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         NsServer::start(host, port, move |stream| {
             let name = name.clone();
+            let connection = connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             async move {
                 let service =
                     hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                        let body = format!("h2c {name} {:?}\n", request.version());
+                        let body = format!("h2c {name} {:?} conn {connection}\n", request.version());
                         let mut trailers = hyper::HeaderMap::new();
                         trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
                         let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =

@@ -154,6 +154,19 @@ listener = "http"
 host = "ws.test"
 pool = "ws"
 
+# Two streams an h2c connection, then another connection.
+[[pool]]
+name = "grpc_capped"
+backends = [{{ address = "{b1}" }}]
+port = 8081
+protocol = "h2c"
+max_requests_per_connection = 2
+
+[[route]]
+listener = "http"
+host = "grpc-capped.test"
+pool = "grpc_capped"
+
 [[pool]]
 name = "secure"
 backends = [{{ address = "{b1}" }}, {{ address = "{b2}" }}]
@@ -805,6 +818,17 @@ fn root_l7_h2c_upstream_with_trailers_and_mtls() -> Result<()> {
     // To an HTTP/1.1 client in the last chunk (`--raw`: the chunks as they came).
     let raw = bed.curl(&["--http1.1", "--raw", "https://grpc.example.test/x"])?;
     assert!(raw.ends_with("0\r\ngrpc-status: 0\r\n\r\n"), "trailer lost: {raw:?}");
+
+    // A pool's max_requests_per_connection counts an h2c connection's streams: at most two on
+    // each (each worker keeps its own connections, so requests on two workers interleave).
+    let mut carried = std::collections::HashMap::<String, usize>::new();
+    for _ in 0..6 {
+        let out = bed.curl(&["-H", "host: grpc-capped.test", &format!("http://{VIP}/x")])?;
+        assert!(out.starts_with("h2c backend1"), "{out}");
+        *carried.entry(out.split_whitespace().last().unwrap_or_default().to_owned()).or_default() += 1;
+    }
+    assert!(carried.values().all(|n| *n <= 2), "two requests a connection: {carried:?}");
+    assert!(carried.len() >= 3, "six requests on two-request connections: {carried:?}");
 
     // mTLS: a client certificate from the CA is required.
     let dir = &bed.ca.dir;

@@ -667,7 +667,7 @@ fn refuses_ms_outside(setting: &str, max: u64) {
 }
 
 #[test]
-fn a_pool_s_keep_alive_is_bounded_and_for_http1_pools() {
+fn a_pool_s_keep_alive_is_bounded() {
     let config = Config::parse(
         Path::new("t.toml"),
         &one_pool("keepalive_timeout_ms = 4000\nmax_requests_per_connection = 100"),
@@ -684,10 +684,9 @@ fn a_pool_s_keep_alive_is_bounded_and_for_http1_pools() {
         errors(&one_pool("max_requests_per_connection = 0")),
         ["t.toml:6: pool `p`: max_requests_per_connection must be at least 1"]
     );
-    let h2c =
-        errors(&one_pool("protocol = \"h2c\"\nkeepalive_timeout_ms = 4000\nmax_requests_per_connection = 9"));
-    assert_eq!(h2c.len(), 1, "{h2c:?}");
-    assert!(h2c[0].contains("max_requests_per_connection is for HTTP/1.1 pools"), "{h2c:?}");
+    let h2c = "protocol = \"h2c\"\nkeepalive_timeout_ms = 4000\nmax_requests_per_connection = 9";
+    let h2c = Config::parse(Path::new("t.toml"), &one_pool(h2c)).unwrap();
+    assert_eq!(h2c.pools["p"].keep_alive.max_requests, Some(9), "HTTP/2 pools count streams");
 }
 
 #[test]

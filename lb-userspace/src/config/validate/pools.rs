@@ -50,7 +50,6 @@ pub(in crate::config) fn check(
             keep_alive: keep_alive(
                 raw_pool.keepalive_timeout_ms,
                 raw_pool.max_requests_per_connection,
-                raw_pool.protocol,
                 &name,
                 errors,
             ),
@@ -63,24 +62,14 @@ pub(in crate::config) fn check(
 }
 
 /// How a pool keeps its connections: an idle timeout up to `MAX_KEEPALIVE_TIMEOUT_MS`; at
-/// least one request a connection, for HTTP/1.1 pools (an HTTP/2 pool keeps one connection per
-/// backend for all its streams).
+/// least one request (an HTTP/2 stream) a connection.
 fn keep_alive(
     timeout_ms: Option<Spanned<u64>>,
     max_requests: Option<Spanned<u32>>,
-    protocol: UpstreamProtocol,
     name: &str,
     errors: &mut Errors,
 ) -> KeepAlive {
     let mut keep_alive = KeepAlive::default();
-    if let Some(n) = &max_requests
-        && protocol.is_http2()
-    {
-        errors.at(
-            n.span(),
-            format!("pool `{name}`: max_requests_per_connection is for HTTP/1.1 pools (an HTTP/2 connection carries every stream)"),
-        );
-    }
     if let Some(ms) = timeout_ms {
         if *ms.get_ref() == 0 || *ms.get_ref() > MAX_KEEPALIVE_TIMEOUT_MS {
             let bounds = format!("1 to {MAX_KEEPALIVE_TIMEOUT_MS}");

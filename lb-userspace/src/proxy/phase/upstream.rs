@@ -71,27 +71,51 @@ impl Drop for InFlight {
 /// Open HTTP/2 connections to h2c and h2 backends, one per backend, TLS client and worker
 /// (streams are multiplexed on it; its task runs on the worker that opened it, as do its
 /// requests), each with when it is too old to be used again (coarse ms: its pool's
-/// `keepalive_timeout_ms` after its last request began).
+/// `keepalive_timeout_ms` after its last request began) and how many more requests it may
+/// begin (its pool's `max_requests_per_connection`).
 #[derive(Default)]
 struct Http2Connections(ThreadLocal<RefCell<HashMap<ConnKey, Http2Connection>>>);
 
-/// One open HTTP/2 connection's sender, and when it is too old to be used again (coarse ms).
-type Http2Connection = (http2::SendRequest<Body>, u64);
+/// One open HTTP/2 connection.
+struct Http2Connection {
+    sender: http2::SendRequest<Body>,
+    /// When it is too old to be used again (coarse ms).
+    until_ms: u64,
+    /// Requests it may still begin after those begun; None: no limit.
+    left: Option<u32>,
+}
+
+impl Http2Connection {
+    fn usable(&self, now: u64) -> bool {
+        !self.sender.is_closed() && now < self.until_ms
+    }
+}
 
 impl Http2Connections {
     /// The open connection `dial` names, or a new one: a connect (and TLS handshake) within its
     /// timeout and the HTTP/2 handshake, either of which failing is a [`ConnectFailed`] (no
-    /// request was sent on it).
+    /// request was sent on it). A connection given its last request is let go at once: hyper
+    /// closes it when its streams end, and the next request opens another.
     async fn sender(&self, dial: Dial<'_>) -> Result<http2::SendRequest<Body>, ConnectFailed> {
         let key = dial.key();
         let now = clock::coarse_ms();
         let until_ms = now + dial.keep_alive.idle_timeout.as_millis() as u64;
         let open = {
             let mut open = self.0.get_or_default().borrow_mut();
-            open.get_mut(&key).filter(|(s, until)| !s.is_closed() && now < *until).map(|(sender, until)| {
-                *until = until_ms;
-                sender.clone()
-            })
+            match open.get_mut(&key) {
+                Some(connection) if connection.usable(now) => {
+                    connection.until_ms = until_ms;
+                    let sender = connection.sender.clone();
+                    if let Some(left) = &mut connection.left {
+                        *left -= 1;
+                        if *left == 0 {
+                            open.remove(&key);
+                        }
+                    }
+                    Some(sender)
+                }
+                _ => None,
+            }
         };
         if let Some(sender) = open {
             return Ok(sender);
@@ -108,7 +132,11 @@ impl Http2Connections {
                 log::debug!("HTTP/2 upstream {address}: {err}");
             }
         });
-        self.0.get_or_default().borrow_mut().insert(key, (sender.clone(), until_ms));
+        let left = dial.keep_alive.max_requests.map(|max| max.saturating_sub(1));
+        if left != Some(0) {
+            let kept = Http2Connection { sender: sender.clone(), until_ms, left };
+            self.0.get_or_default().borrow_mut().insert(key, kept);
+        }
         Ok(sender)
     }
 }
@@ -127,11 +155,7 @@ impl Upstreams {
         self.http1.sweep();
         // A connection let go is closed by hyper once the streams still on it are done.
         let now = clock::coarse_ms();
-        self.http2
-            .0
-            .get_or_default()
-            .borrow_mut()
-            .retain(|_, (sender, until)| !sender.is_closed() && now < *until);
+        self.http2.0.get_or_default().borrow_mut().retain(|_, connection| connection.usable(now));
     }
 
     /// Sends the request (`parts` with `headers`) to `upstream` in its pool's protocol. HTTP/1.1
@@ -467,7 +491,7 @@ enum Sent {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use std::{path::Path, sync::atomic::AtomicUsize};
 
     use super::*;
     use crate::{
@@ -485,11 +509,8 @@ mod tests {
         Snapshot::build(&State::new(Config::parse(Path::new("t.toml"), &text).unwrap()), &Runtime::default())
     }
 
-    /// An h2c connection unused past its pool's keep-alive timeout is let go, and closed; one
-    /// in use is kept.
-    #[tokio::test]
-    async fn an_http2_connection_idle_past_the_keep_alive_timeout_is_closed() {
-        use std::sync::atomic::AtomicUsize;
+    /// An h2c backend that counts the connections opened to it and those still open.
+    async fn counting_h2c_backend() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let (opened, open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let (counted, counted_open) = (opened.clone(), open.clone());
         let address = crate::proxy::test_bed::listening(move |stream| {
@@ -505,9 +526,11 @@ mod tests {
             }
         })
         .await;
-        let keep_alive =
-            crate::config::KeepAlive { idle_timeout: Duration::from_millis(100), max_requests: None };
-        let dial = Dial {
+        (address, opened, open)
+    }
+
+    fn h2c_dial(address: SocketAddr, keep_alive: crate::config::KeepAlive) -> Dial<'static> {
+        Dial {
             address,
             timeout: Duration::from_secs(1),
             tls: None,
@@ -515,29 +538,67 @@ mod tests {
             proxy: None,
             keep_alive,
             class: 0,
+        }
+    }
+
+    async fn ask(mut sender: http2::SendRequest<Body>, address: SocketAddr) {
+        sender.ready().await.unwrap();
+        let request = Request::builder().uri(format!("http://{address}/")).body(body::empty()).unwrap();
+        assert_eq!(sender.send_request(request).await.unwrap().status(), StatusCode::OK);
+    }
+
+    /// Waits (up to 2 s) until no connection to the backend is open.
+    async fn all_closed(open: &AtomicUsize) {
+        let closed = async {
+            while open.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         };
+        tokio::time::timeout(Duration::from_secs(2), closed).await.expect("the connections closed");
+    }
+
+    /// An h2c connection unused past its pool's keep-alive timeout is let go, and closed; one
+    /// in use is kept.
+    #[tokio::test]
+    async fn an_http2_connection_idle_past_the_keep_alive_timeout_is_closed() {
+        let (address, opened, open) = counting_h2c_backend().await;
+        let keep_alive =
+            crate::config::KeepAlive { idle_timeout: Duration::from_millis(100), max_requests: None };
+        let dial = h2c_dial(address, keep_alive);
         let upstreams = Upstreams::default();
-        let ask = |mut sender: http2::SendRequest<Body>| async move {
-            sender.ready().await.unwrap();
-            let request = Request::builder().uri(format!("http://{address}/")).body(body::empty()).unwrap();
-            assert_eq!(sender.send_request(request).await.unwrap().status(), StatusCode::OK);
-        };
         for _ in 0..3 {
-            ask(upstreams.http2.sender(dial).await.unwrap()).await;
+            ask(upstreams.http2.sender(dial).await.unwrap(), address).await;
             tokio::time::sleep(Duration::from_millis(40)).await;
             upstreams.sweep();
         }
         assert_eq!(opened.load(Ordering::SeqCst), 1, "used within its timeout: kept");
         tokio::time::sleep(Duration::from_millis(150)).await;
         upstreams.sweep();
-        let closed = async {
-            while open.load(Ordering::SeqCst) > 0 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(2), closed).await.expect("the idle connection closed");
-        ask(upstreams.http2.sender(dial).await.unwrap()).await;
+        all_closed(&open).await;
+        ask(upstreams.http2.sender(dial).await.unwrap(), address).await;
         assert_eq!(opened.load(Ordering::SeqCst), 2);
+    }
+
+    /// With `max_requests_per_connection`, an h2c connection carries that many streams, then is
+    /// let go and closed once they end; the next request opens another.
+    #[tokio::test]
+    async fn an_http2_connection_carries_at_most_its_pool_s_requests() {
+        let (address, opened, open) = counting_h2c_backend().await;
+        let keep_alive = crate::config::KeepAlive { max_requests: Some(2), ..Default::default() };
+        let dial = h2c_dial(address, keep_alive);
+        let upstreams = Upstreams::default();
+        for _ in 0..5 {
+            ask(upstreams.http2.sender(dial).await.unwrap(), address).await;
+        }
+        assert_eq!(opened.load(Ordering::SeqCst), 3, "5 requests, 2 a connection");
+        drop(upstreams);
+        all_closed(&open).await;
+        let once =
+            h2c_dial(address, crate::config::KeepAlive { max_requests: Some(1), ..Default::default() });
+        let upstreams = Upstreams::default();
+        ask(upstreams.http2.sender(once).await.unwrap(), address).await;
+        all_closed(&open).await;
+        assert_eq!(opened.load(Ordering::SeqCst), 4, "one request, then closed: none kept");
     }
 
     #[test]
