@@ -687,7 +687,14 @@ pub struct Pool {
     pub slow_start: Option<Duration>,
     /// How the proxy keeps its connections to the backends between requests.
     pub keep_alive: KeepAlive,
+    /// Streams the proxy opens at once on one HTTP/2 connection to a backend (h2 and h2c
+    /// pools); past it, another connection.
+    pub http2_max_concurrent_streams: u32,
 }
+
+/// Streams open at once on one HTTP/2 connection to a backend unless its pool says: RFC 9113
+/// §6.5.2 asks servers to allow at least 100 (nginx allows 128, Go 250).
+pub const DEFAULT_HTTP2_UPSTREAM_STREAMS: u32 = 100;
 
 /// How long an idle connection to a backend is kept for the next request (nginx's upstream
 /// `keepalive_timeout`), and how many requests (HTTP/2: streams) one carries before it is closed

@@ -286,6 +286,7 @@ fn pool_proxy(pool: &crate::config::Pool) -> views::PoolProxy {
         slow_start_ms: pool.slow_start.map(|window| window.as_millis() as u64),
         keepalive_timeout_ms: pool.keep_alive.idle_timeout.as_millis() as u64,
         max_requests_per_connection: pool.keep_alive.max_requests,
+        http2_max_concurrent_streams: pool.protocol.is_http2().then_some(pool.http2_max_concurrent_streams),
     }
 }
 
@@ -417,13 +418,14 @@ mod tests {
         assert_eq!((proxy.connect_timeout_ms, proxy.max_requests_per_backend), (3000, Some(50)));
         assert_eq!(proxy.outlier.as_deref(), Some("3 failures, 5000 ms (up to 300000 ms)"));
         assert_eq!(proxy.tls.as_deref(), Some("any certificate, name from host"));
+        assert_eq!(proxy.http2_max_concurrent_streams, Some(100));
         let plain: views::Pool = json(pool(&core, "plain")).await;
         let proxy = plain.proxy.unwrap();
         assert_eq!(
             (proxy.protocol.as_str(), proxy.balance.as_str(), proxy.tls),
             ("http1", "round_robin", None)
         );
-        assert_eq!(proxy.proxy_protocol.as_deref(), Some("v1"));
+        assert_eq!((proxy.proxy_protocol.as_deref(), proxy.http2_max_concurrent_streams), (Some("v1"), None));
         assert_eq!(
             (proxy.keepalive_timeout_ms, proxy.max_requests_per_connection, proxy.slow_start_ms),
             (4000, Some(100), Some(30000))

@@ -198,6 +198,9 @@ pub struct PoolProxy {
     pub keepalive_timeout_ms: u64,
     #[serde(default)]
     pub max_requests_per_connection: Option<u32>,
+    /// Streams at once on one HTTP/2 connection to a backend (h2 and h2c pools only).
+    #[serde(default)]
+    pub http2_max_concurrent_streams: Option<u32>,
 }
 
 /// One backend of a pool.

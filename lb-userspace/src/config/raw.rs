@@ -296,6 +296,7 @@ pub(super) struct RawPool {
     pub(super) slow_start_ms: Option<Spanned<u64>>,
     pub(super) keepalive_timeout_ms: Option<Spanned<u64>>,
     pub(super) max_requests_per_connection: Option<Spanned<u32>>,
+    pub(super) http2_max_concurrent_streams: Option<Spanned<u32>>,
     pub(super) proxy_protocol: Option<Spanned<ProxyVersion>>,
     pub(super) tls: Option<Spanned<RawBackendTls>>,
 }

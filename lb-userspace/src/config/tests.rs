@@ -690,6 +690,25 @@ fn a_pool_s_keep_alive_is_bounded() {
 }
 
 #[test]
+fn an_http2_pool_s_streams_a_connection_are_bounded_and_for_http2_pools() {
+    let streams = |extra: &str| {
+        let text = one_pool(&format!("protocol = \"h2c\"\n{extra}"));
+        Config::parse(Path::new("t.toml"), &text).unwrap().pools["p"].http2_max_concurrent_streams
+    };
+    assert_eq!((streams(""), streams("http2_max_concurrent_streams = 8")), (100, 8));
+    for bad in [0, 10_001] {
+        assert_eq!(
+            errors(&one_pool(&format!("protocol = \"h2c\"\nhttp2_max_concurrent_streams = {bad}"))),
+            ["t.toml:7: pool `p`: http2_max_concurrent_streams must be 1 to 10000"]
+        );
+    }
+    assert_eq!(
+        errors(&one_pool("http2_max_concurrent_streams = 8")),
+        ["t.toml:6: pool `p`: http2_max_concurrent_streams is for h2 and h2c pools"]
+    );
+}
+
+#[test]
 fn a_pool_s_slow_start_is_up_to_an_hour_and_not_on_a_hash_pool() {
     let config = Config::parse(Path::new("t.toml"), &one_pool("slow_start_ms = 30000")).unwrap();
     assert_eq!(config.pools["p"].slow_start, Some(Duration::from_secs(30)));

@@ -202,8 +202,11 @@ pub struct Upstream {
     pub proxy_protocol: Option<crate::config::ProxyVersion>,
     /// Its effective weight (above 0).
     pub weight: u32,
-    /// How its pool keeps HTTP/1.1 connections alive.
+    /// How its pool keeps connections alive.
     pub keep_alive: crate::config::KeepAlive,
+    /// Streams at once on one HTTP/2 connection to it (its pool's
+    /// `http2_max_concurrent_streams`).
+    pub http2_streams: u32,
 }
 
 impl Upstream {
@@ -447,6 +450,7 @@ impl Snapshot {
                             proxy_protocol: pool.proxy_protocol,
                             weight: *weight,
                             keep_alive: pool.keep_alive,
+                            http2_streams: pool.http2_max_concurrent_streams,
                         })
                     })
                     .collect();

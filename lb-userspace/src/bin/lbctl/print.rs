@@ -49,11 +49,12 @@ pub fn pool(pool: &views::Pool) {
         if let Some(ms) = proxy.slow_start_ms {
             line += &format!(", slow start {ms} ms");
         }
-        if !proxy.protocol.starts_with("h2") {
-            line += &format!(", keep-alive {} ms", proxy.keepalive_timeout_ms);
-            if let Some(max) = proxy.max_requests_per_connection {
-                line += &format!(" or {max} requests");
-            }
+        line += &format!(", keep-alive {} ms", proxy.keepalive_timeout_ms);
+        if let Some(max) = proxy.max_requests_per_connection {
+            line += &format!(" or {max} requests");
+        }
+        if let Some(streams) = proxy.http2_max_concurrent_streams {
+            line += &format!(", {streams} streams a connection");
         }
         if let Some(outlier) = &proxy.outlier {
             line += &format!(", outlier ejection after {outlier}");

@@ -27,6 +27,8 @@ pub(in crate::config) fn check(
                 format!("pool `{name}`: proxy_protocol is for HTTP/1.1 pools (an HTTP/2 connection carries many clients' requests)"),
             );
         }
+        let http2_streams =
+            http2_streams(raw_pool.http2_max_concurrent_streams, raw_pool.protocol, &name, errors);
         let pool = Pool {
             name: name.clone(),
             backends,
@@ -53,6 +55,7 @@ pub(in crate::config) fn check(
                 &name,
                 errors,
             ),
+            http2_max_concurrent_streams: http2_streams,
         };
         if pools.insert(name.clone(), pool).is_some() {
             errors.at(raw_pool.name.span(), format!("pool `{name}` is defined twice"));
@@ -84,6 +87,25 @@ fn keep_alive(
         keep_alive.max_requests = Some(*n.get_ref());
     }
     keep_alive
+}
+
+/// Streams at once on one HTTP/2 connection to a backend: 1 to 10000, on h2 and h2c pools.
+fn http2_streams(
+    streams: Option<Spanned<u32>>,
+    protocol: UpstreamProtocol,
+    name: &str,
+    errors: &mut Errors,
+) -> u32 {
+    let Some(streams) = streams else { return DEFAULT_HTTP2_UPSTREAM_STREAMS };
+    if !protocol.is_http2() {
+        errors.at(
+            streams.span(),
+            format!("pool `{name}`: http2_max_concurrent_streams is for h2 and h2c pools"),
+        );
+    } else if !(1..=10_000).contains(streams.get_ref()) {
+        errors.at(streams.span(), format!("pool `{name}`: http2_max_concurrent_streams must be 1 to 10000"));
+    }
+    *streams.get_ref()
 }
 
 /// A pool's slow start: up to `MAX_SLOW_START_MS`, and not on a hashed pool, whose keys would

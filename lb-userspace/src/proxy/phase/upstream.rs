@@ -9,7 +9,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicU16, Ordering},
+        atomic::{AtomicU16, AtomicU32, Ordering},
     },
     time::Duration,
 };
@@ -68,57 +68,86 @@ impl Drop for InFlight {
     }
 }
 
-/// Open HTTP/2 connections to h2c and h2 backends, one per backend, TLS client and worker
-/// (streams are multiplexed on it; its task runs on the worker that opened it, as do its
-/// requests), each with when it is too old to be used again (coarse ms: its pool's
-/// `keepalive_timeout_ms` after its last request began) and how many more requests it may
-/// begin (its pool's `max_requests_per_connection`).
+/// Open HTTP/2 connections to h2c and h2 backends, per backend, TLS client and worker (their
+/// tasks run on the worker that opened them, as do their requests). Streams are multiplexed on
+/// the first with room for one more (its pool's `http2_max_concurrent_streams`); another is
+/// opened when none has, as Envoy does, so long-lived streams (gRPC streaming calls) never wait
+/// behind each other for a backend's stream limit.
 #[derive(Default)]
-struct Http2Connections(ThreadLocal<RefCell<HashMap<ConnKey, Http2Connection>>>);
+struct Http2Connections(ThreadLocal<RefCell<HashMap<ConnKey, SmallVec<[Http2Connection; 1]>>>>);
 
 /// One open HTTP/2 connection.
 struct Http2Connection {
     sender: http2::SendRequest<Body>,
-    /// When it is too old to be used again (coarse ms).
+    /// When it is too old to be used again (coarse ms: its pool's `keepalive_timeout_ms` after
+    /// its last stream began).
     until_ms: u64,
-    /// Requests it may still begin after those begun; None: no limit.
+    /// Streams it may still begin (its pool's `max_requests_per_connection`); None: no limit.
     left: Option<u32>,
+    /// Its streams open now (each answer's body holds a [`StreamSlot`]).
+    streams: Arc<AtomicU32>,
 }
 
 impl Http2Connection {
     fn usable(&self, now: u64) -> bool {
         !self.sender.is_closed() && now < self.until_ms
     }
+
+    /// Usable, with fewer than `max_streams` streams open.
+    fn has_room(&self, now: u64, max_streams: u32) -> bool {
+        self.usable(now) && self.streams.load(Ordering::Relaxed) < max_streams
+    }
+}
+
+/// One open stream of an HTTP/2 connection, counted until its answer's body is dropped.
+struct StreamSlot(Arc<AtomicU32>);
+
+impl StreamSlot {
+    fn new(streams: &Arc<AtomicU32>) -> StreamSlot {
+        streams.fetch_add(1, Ordering::Relaxed);
+        StreamSlot(streams.clone())
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Http2Connections {
-    /// The open connection `dial` names, or a new one: a connect (and TLS handshake) within its
-    /// timeout and the HTTP/2 handshake, either of which failing is a [`ConnectFailed`] (no
-    /// request was sent on it). A connection given its last request is let go at once: hyper
-    /// closes it when its streams end, and the next request opens another.
-    async fn sender(&self, dial: Dial<'_>) -> Result<http2::SendRequest<Body>, ConnectFailed> {
+    /// A stream on an open connection `dial` names with room for it (fewer than `max_streams`
+    /// open), or on a new one: a connect (and TLS handshake) within its timeout and the HTTP/2
+    /// handshake, either of which failing is a [`ConnectFailed`] (no request was sent on it).
+    /// A connection given its last stream is let go at once: hyper closes it when its streams
+    /// end.
+    async fn stream(
+        &self,
+        dial: Dial<'_>,
+        max_streams: u32,
+    ) -> Result<(http2::SendRequest<Body>, StreamSlot), ConnectFailed> {
         let key = dial.key();
         let now = clock::coarse_ms();
         let until_ms = now + dial.keep_alive.idle_timeout.as_millis() as u64;
         let open = {
             let mut open = self.0.get_or_default().borrow_mut();
-            match open.get_mut(&key) {
-                Some(connection) if connection.usable(now) => {
-                    connection.until_ms = until_ms;
-                    let sender = connection.sender.clone();
-                    if let Some(left) = &mut connection.left {
-                        *left -= 1;
-                        if *left == 0 {
-                            open.remove(&key);
-                        }
+            open.get_mut(&key).and_then(|connections| {
+                connections.retain(|connection| connection.usable(now));
+                let i = connections.iter().position(|connection| connection.has_room(now, max_streams))?;
+                let connection = &mut connections[i];
+                connection.until_ms = until_ms;
+                let stream = (connection.sender.clone(), StreamSlot::new(&connection.streams));
+                if let Some(left) = &mut connection.left {
+                    *left -= 1;
+                    if *left == 0 {
+                        connections.remove(i);
                     }
-                    Some(sender)
                 }
-                _ => None,
-            }
+                Some(stream)
+            })
         };
-        if let Some(sender) = open {
-            return Ok(sender);
+        if let Some(stream) = open {
+            return Ok(stream);
         }
         let stream = dial.connect().await?;
         let address = dial.address;
@@ -132,13 +161,39 @@ impl Http2Connections {
                 log::debug!("HTTP/2 upstream {address}: {err}");
             }
         });
+        let streams = Arc::default();
+        let slot = StreamSlot::new(&streams);
+        // Kept unless it is to carry no other stream, or another opened meanwhile (by a request
+        // that came at the same time) has room: a burst of first requests leaves one connection,
+        // not one each.
         let left = dial.keep_alive.max_requests.map(|max| max.saturating_sub(1));
-        if left != Some(0) {
-            let kept = Http2Connection { sender: sender.clone(), until_ms, left };
-            self.0.get_or_default().borrow_mut().insert(key, kept);
+        let mut open = self.0.get_or_default().borrow_mut();
+        let connections = open.entry(key).or_default();
+        if left != Some(0) && !connections.iter().any(|connection| connection.has_room(now, max_streams)) {
+            connections.push(Http2Connection { sender: sender.clone(), until_ms, left, streams });
         }
-        Ok(sender)
+        Ok((sender, slot))
     }
+
+    /// Lets go of the connection whose stream `slot` is (its exchange failed with the
+    /// connection): no other request is sent on it, even before hyper says it is closed.
+    fn forget(&self, key: ConnKey, slot: &StreamSlot) {
+        let mut open = self.0.get_or_default().borrow_mut();
+        if let Some(connections) = open.get_mut(&key) {
+            connections.retain(|connection| !Arc::ptr_eq(&connection.streams, &slot.0));
+            if connections.is_empty() {
+                open.remove(&key);
+            }
+        }
+    }
+}
+
+/// Whether an HTTP/2 exchange failed on its stream alone (the backend reset it); else its
+/// connection failed (a GOAWAY, a protocol error, a close).
+fn stream_reset(err: &hyper::Error) -> bool {
+    std::error::Error::source(err)
+        .and_then(|e| e.downcast_ref::<h2::Error>())
+        .is_some_and(h2::Error::is_reset)
 }
 
 /// The connections to every backend.
@@ -155,7 +210,10 @@ impl Upstreams {
         self.http1.sweep();
         // A connection let go is closed by hyper once the streams still on it are done.
         let now = clock::coarse_ms();
-        self.http2.0.get_or_default().borrow_mut().retain(|_, connection| connection.usable(now));
+        self.http2.0.get_or_default().borrow_mut().retain(|_, connections| {
+            connections.retain(|connection| connection.usable(now));
+            !connections.is_empty()
+        });
     }
 
     /// Sends the request (`parts` with `headers`) to `upstream` in its pool's protocol. HTTP/1.1
@@ -225,7 +283,8 @@ impl Upstreams {
         }
         // Boxed: HTTP/2's state is not carried by every HTTP/1.1 request's future.
         Box::pin(async move {
-            let mut sender = self.http2.sender(upstream.dial(host, None)).await?;
+            let (mut sender, slot) =
+                self.http2.stream(upstream.dial(host, None), upstream.http2_streams).await?;
             let mut headers = if take_headers { std::mem::take(headers) } else { headers.clone() };
             forwarding.apply(&mut headers);
             headers.remove(header::HOST);
@@ -237,8 +296,25 @@ impl Upstreams {
             *request.uri_mut() = uri;
             *request.version_mut() = Version::HTTP_2;
             *request.headers_mut() = headers;
-            sender.ready().await?;
-            Ok(sender.send_request(request).await?.map(|body| body.map_err(Into::into).boxed()))
+            let dial = upstream.dial(host, None);
+            let answer = match sender.ready().await {
+                Ok(()) => sender.send_request(request).await,
+                Err(err) => Err(err),
+            };
+            let answer = answer.inspect_err(|err| {
+                if !stream_reset(err) {
+                    self.http2.forget(dial.key(), &slot);
+                }
+            })?;
+            // The stream is counted open until its answer's body is dropped (the closure holds
+            // its slot).
+            Ok(answer.map(|body| {
+                body.map_err(move |err| {
+                    let _open = &slot;
+                    err.into()
+                })
+                .boxed()
+            }))
         })
         .await
     }
@@ -541,7 +617,8 @@ mod tests {
         }
     }
 
-    async fn ask(mut sender: http2::SendRequest<Body>, address: SocketAddr) {
+    /// Sends a request on the stream and checks its answer; the stream's slot is let go with it.
+    async fn ask((mut sender, _slot): (http2::SendRequest<Body>, StreamSlot), address: SocketAddr) {
         sender.ready().await.unwrap();
         let request = Request::builder().uri(format!("http://{address}/")).body(body::empty()).unwrap();
         assert_eq!(sender.send_request(request).await.unwrap().status(), StatusCode::OK);
@@ -567,7 +644,7 @@ mod tests {
         let dial = h2c_dial(address, keep_alive);
         let upstreams = Upstreams::default();
         for _ in 0..3 {
-            ask(upstreams.http2.sender(dial).await.unwrap(), address).await;
+            ask(upstreams.http2.stream(dial, 100).await.unwrap(), address).await;
             tokio::time::sleep(Duration::from_millis(40)).await;
             upstreams.sweep();
         }
@@ -575,7 +652,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(150)).await;
         upstreams.sweep();
         all_closed(&open).await;
-        ask(upstreams.http2.sender(dial).await.unwrap(), address).await;
+        ask(upstreams.http2.stream(dial, 100).await.unwrap(), address).await;
         assert_eq!(opened.load(Ordering::SeqCst), 2);
     }
 
@@ -588,7 +665,7 @@ mod tests {
         let dial = h2c_dial(address, keep_alive);
         let upstreams = Upstreams::default();
         for _ in 0..5 {
-            ask(upstreams.http2.sender(dial).await.unwrap(), address).await;
+            ask(upstreams.http2.stream(dial, 100).await.unwrap(), address).await;
         }
         assert_eq!(opened.load(Ordering::SeqCst), 3, "5 requests, 2 a connection");
         drop(upstreams);
@@ -596,9 +673,56 @@ mod tests {
         let once =
             h2c_dial(address, crate::config::KeepAlive { max_requests: Some(1), ..Default::default() });
         let upstreams = Upstreams::default();
-        ask(upstreams.http2.sender(once).await.unwrap(), address).await;
+        ask(upstreams.http2.stream(once, 100).await.unwrap(), address).await;
         all_closed(&open).await;
         assert_eq!(opened.load(Ordering::SeqCst), 4, "one request, then closed: none kept");
+    }
+
+    /// Streams go on the first connection with room for one more; when none has, another
+    /// connection is opened, and a stream that ends makes room again.
+    #[tokio::test]
+    async fn an_http2_connection_full_of_streams_opens_another() {
+        let (address, opened, _) = counting_h2c_backend().await;
+        let dial = h2c_dial(address, crate::config::KeepAlive::default());
+        let upstreams = Upstreams::default();
+        let kept = || upstreams.http2.0.get_or_default().borrow().get(&dial.key()).map_or(0, |c| c.len());
+        let first = upstreams.http2.stream(dial, 2).await.unwrap();
+        let second = upstreams.http2.stream(dial, 2).await.unwrap();
+        assert_eq!(kept(), 1, "two streams on one connection");
+        let third = upstreams.http2.stream(dial, 2).await.unwrap();
+        assert_eq!(kept(), 2, "the first is full: another");
+        ask(first, address).await;
+        ask(upstreams.http2.stream(dial, 2).await.unwrap(), address).await;
+        assert_eq!(kept(), 2, "a stream ended: room on the first");
+        ask(second, address).await;
+        ask(third, address).await;
+        let streams = [(); 4].map(|_| upstreams.http2.stream(dial, 2));
+        let streams = futures_util::future::try_join_all(streams).await.unwrap();
+        assert_eq!(kept(), 2, "four streams fill the two connections");
+        for stream in streams {
+            ask(stream, address).await;
+        }
+        assert_eq!(opened.load(Ordering::SeqCst), 2, "the backend saw two connections");
+    }
+
+    /// Requests that all find no connection open one each, but only one is kept; the others
+    /// close once their streams end.
+    #[tokio::test]
+    async fn a_burst_of_first_requests_keeps_one_http2_connection() {
+        let (address, opened, open) = counting_h2c_backend().await;
+        let dial = h2c_dial(address, crate::config::KeepAlive::default());
+        let upstreams = Upstreams::default();
+        let streams = [(); 5].map(|_| upstreams.http2.stream(dial, 100));
+        for stream in futures_util::future::try_join_all(streams).await.unwrap() {
+            ask(stream, address).await;
+        }
+        assert_eq!(upstreams.http2.0.get_or_default().borrow()[&dial.key()].len(), 1);
+        let settled = async {
+            while opened.load(Ordering::SeqCst) != 5 || open.load(Ordering::SeqCst) != 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(2), settled).await.expect("five opened, one left open");
     }
 
     #[test]

@@ -367,8 +367,11 @@ const H2_ANSWER_SPICE: &[&[u8]] = &[
 #[tokio::test]
 async fn every_mutated_h2c_answer_reaches_the_client_well_framed_or_as_an_error() {
     let port = mutating_h2c_backend(0x5eed_0009).await.port();
+    // One stream a connection: a mutated answer that breaks the connection (GOAWAY) fails
+    // every stream on it, so each answer is judged on a connection of its own.
     let (address, shared, _) = start(&format!(
-        "[[pool]]\nname = \"g\"\nport = {port}\nprotocol = \"h2c\"\nbackends = [{{ address = \"127.0.0.1\" }}]\n{}",
+        "[[pool]]\nname = \"g\"\nport = {port}\nprotocol = \"h2c\"\nhttp2_max_concurrent_streams = 1\n\
+         backends = [{{ address = \"127.0.0.1\" }}]\n{}",
         route("g", "")
     ))
     .await;
