@@ -113,6 +113,7 @@ pub fn render(core: &Shared) -> Result<String> {
         // A request of a replaced snapshot may have counted into a series publishing removed.
         core.proxy_metrics.retain(&core.state.config);
         core.proxy_metrics.register(&mut registry);
+        upstream_connections(&mut registry, &core);
         build_info(&mut registry);
         if core.state.config.cluster.is_some() {
             gauges(
@@ -172,6 +173,22 @@ fn pools(registry: &mut Registry, core: &Core) {
             effective.get_or_create(&labels).set(w.weight as i64);
         }
     }
+}
+
+/// The connections the proxy made to each backend (from the runtime registry, so they survive
+/// rebuilds; a backend shows once it has one).
+fn upstream_connections(registry: &mut Registry, core: &Core) {
+    let opened = Family::<Vec<(String, String)>, Counter>::default();
+    for (pool, address, n) in core.runtime.connections_opened() {
+        opened
+            .get_or_create(&vec![("pool".to_owned(), pool), ("backend".to_owned(), address.to_string())])
+            .inc_by(n);
+    }
+    registry.register(
+        "http_upstream_connections",
+        "Connections the proxy made to the backend (HTTP/1.1 and HTTP/2, TLS handshakes done)",
+        opened,
+    );
 }
 
 /// lbd's version and the host's name, as labels.

@@ -829,6 +829,15 @@ fn root_l7_h2c_upstream_with_trailers_and_mtls() -> Result<()> {
     }
     assert!(carried.values().all(|n| *n <= 2), "two requests a connection: {carried:?}");
     assert!(carried.len() >= 3, "six requests on two-request connections: {carried:?}");
+    // The metrics count the connections the pool made, as the backend saw them.
+    let metrics = bed.topology.lb.run("curl", &["-sS", "http://127.0.0.1:9100/metrics"])?;
+    let opened = format!(
+        "sluice_http_upstream_connections_total{{pool=\"grpc_capped\",backend=\"{}:8081\"}} {}",
+        bed.topology.backends[0].addr4,
+        carried.len()
+    );
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    assert!(text.lines().any(|l| l == opened), "no `{opened}` in the metrics");
 
     // mTLS: a client certificate from the CA is required.
     let dir = &bed.ca.dir;

@@ -5,7 +5,10 @@ use std::{
     io::{self, IoSlice},
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex, OnceLock, PoisonError},
+    sync::{
+        Arc, Mutex, OnceLock, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -66,6 +69,8 @@ pub struct Dial<'a> {
     /// The plain pool's class of connection (`backend_tls::new_class`; a TLS pool's is its
     /// client's).
     pub class: u64,
+    /// Counts the connections made to this backend (its runtime's), where one counts.
+    pub opened: Option<&'a AtomicU64>,
 }
 
 /// A connection that belongs to one client, as a PROXY header names it: the header written
@@ -107,7 +112,11 @@ impl Dial<'_> {
                 }
             })
         };
-        tokio::time::timeout(self.timeout, connecting).await.map_err(|_| timed_out())?
+        let stream = tokio::time::timeout(self.timeout, connecting).await.map_err(|_| timed_out())??;
+        if let Some(opened) = self.opened {
+            opened.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(stream)
     }
 }
 

@@ -221,6 +221,7 @@ impl Upstream {
             proxy,
             keep_alive: self.keep_alive,
             class: self.pool.class,
+            opened: Some(&self.runtime.connections_opened),
         }
     }
 

@@ -42,6 +42,9 @@ pub struct BackendRuntime {
     /// For slow start: when the backend last became usable (coarse ms); `NOT_USABLE`, or
     /// `SINCE_START` when it was usable in lbd's first snapshot (no ramp at start, as HAProxy).
     came_up_ms: AtomicU64,
+    /// Connections the proxy made to it (HTTP/1.1 and HTTP/2, their TLS handshakes done): with
+    /// its requests, how well connections are reused (`sluice_http_upstream_connections_total`).
+    pub connections_opened: AtomicU64,
 }
 
 /// `came_up_ms` of a backend not usable in the last snapshot (or not seen yet).
@@ -344,6 +347,15 @@ impl Runtime {
             _ => Some(backend.slow_start(true, clock::coarse_ms(), false, window))
                 .filter(|&share| share < 1000),
         }
+    }
+
+    /// Each backend (pool, address) the proxy has made connections to, and how many.
+    pub fn connections_opened(&self) -> Vec<(String, SocketAddr, u64)> {
+        let backends = self.backends.lock().unwrap_or_else(|p| p.into_inner());
+        let counted = backends.iter().map(|((pool, address), backend)| {
+            (pool.clone(), *address, backend.connections_opened.load(Ordering::Relaxed))
+        });
+        counted.filter(|(_, _, opened)| *opened > 0).collect()
     }
 
     pub fn pool(&self, pool: &str) -> Arc<PoolRuntime> {

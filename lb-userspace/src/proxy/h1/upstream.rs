@@ -565,6 +565,7 @@ mod tests {
             proxy: None,
             keep_alive: KeepAlive::default(),
             class: 0,
+            opened: None,
         }
     }
 
@@ -670,6 +671,7 @@ mod tests {
                     proxy: None,
                     keep_alive: KeepAlive::default(),
                     class: 0,
+                    opened: None,
                 },
                 &Method::GET,
                 "/",

@@ -283,8 +283,8 @@ impl Upstreams {
         }
         // Boxed: HTTP/2's state is not carried by every HTTP/1.1 request's future.
         Box::pin(async move {
-            let (mut sender, slot) =
-                self.http2.stream(upstream.dial(host, None), upstream.http2_streams).await?;
+            let dial = upstream.dial(host, None);
+            let (mut sender, slot) = self.http2.stream(dial, upstream.http2_streams).await?;
             let mut headers = if take_headers { std::mem::take(headers) } else { headers.clone() };
             forwarding.apply(&mut headers);
             headers.remove(header::HOST);
@@ -296,13 +296,13 @@ impl Upstreams {
             *request.uri_mut() = uri;
             *request.version_mut() = Version::HTTP_2;
             *request.headers_mut() = headers;
-            let dial = upstream.dial(host, None);
             let answer = match sender.ready().await {
                 Ok(()) => sender.send_request(request).await,
                 Err(err) => Err(err),
             };
             let answer = answer.inspect_err(|err| {
                 if !stream_reset(err) {
+                    // The connection failed: no other stream goes on it.
                     self.http2.forget(dial.key(), &slot);
                 }
             })?;
@@ -567,7 +567,10 @@ enum Sent {
 
 #[cfg(test)]
 mod tests {
-    use std::{path::Path, sync::atomic::AtomicUsize};
+    use std::{
+        path::Path,
+        sync::atomic::{AtomicU64, AtomicUsize},
+    };
 
     use super::*;
     use crate::{
@@ -614,6 +617,7 @@ mod tests {
             proxy: None,
             keep_alive,
             class: 0,
+            opened: None,
         }
     }
 
@@ -710,7 +714,8 @@ mod tests {
     #[tokio::test]
     async fn a_burst_of_first_requests_keeps_one_http2_connection() {
         let (address, opened, open) = counting_h2c_backend().await;
-        let dial = h2c_dial(address, crate::config::KeepAlive::default());
+        let counted = AtomicU64::new(0);
+        let dial = Dial { opened: Some(&counted), ..h2c_dial(address, crate::config::KeepAlive::default()) };
         let upstreams = Upstreams::default();
         let streams = [(); 5].map(|_| upstreams.http2.stream(dial, 100));
         for stream in futures_util::future::try_join_all(streams).await.unwrap() {
@@ -723,6 +728,7 @@ mod tests {
             }
         };
         tokio::time::timeout(Duration::from_secs(2), settled).await.expect("five opened, one left open");
+        assert_eq!(counted.load(Ordering::Relaxed), 5, "each counted as opened");
     }
 
     #[test]
