@@ -669,6 +669,8 @@ mod proxy_headers;
 #[cfg(test)]
 mod proxy_to_backends;
 #[cfg(test)]
+mod refused_streams;
+#[cfg(test)]
 mod route_edits;
 #[cfg(test)]
 mod trailers;

@@ -188,13 +188,31 @@ impl Http2Connections {
     }
 }
 
+/// The h2 error under a hyper one, if any.
+fn h2_error(err: &hyper::Error) -> Option<&h2::Error> {
+    std::error::Error::source(err).and_then(|e| e.downcast_ref::<h2::Error>())
+}
+
 /// Whether an HTTP/2 exchange failed on its stream alone (the backend reset it); else its
 /// connection failed (a GOAWAY, a protocol error, a close).
 fn stream_reset(err: &hyper::Error) -> bool {
-    std::error::Error::source(err)
-        .and_then(|e| e.downcast_ref::<h2::Error>())
-        .is_some_and(h2::Error::is_reset)
+    h2_error(err).is_some_and(h2::Error::is_reset)
 }
+
+/// Whether the backend said it did not process the stream (RFC 9113 §8.7): it refused it
+/// (`REFUSED_STREAM`), or its GOAWAY's last stream came before it (a backend shutting down or
+/// at its own request limit).
+fn unprocessed(err: &hyper::Error) -> bool {
+    h2_error(err).is_some_and(|e| {
+        e.is_remote() && (e.is_go_away() || (e.is_reset() && e.reason() == Some(h2::Reason::REFUSED_STREAM)))
+    })
+}
+
+/// An HTTP/2 request its backend did not process: like a connect that failed, it may go to
+/// another backend (bodiless requests only: a body was sent as it was read).
+#[derive(Debug, thiserror::Error)]
+#[error("stream refused: {0}")]
+pub struct StreamRefused(hyper::Error);
 
 /// The connections to every backend.
 #[derive(Default)]
@@ -285,7 +303,11 @@ impl Upstreams {
         Box::pin(async move {
             let dial = upstream.dial(host, None);
             let (mut sender, slot) = self.http2.stream(dial, upstream.http2_streams).await?;
-            let mut headers = if take_headers { std::mem::take(headers) } else { headers.clone() };
+            // A bodiless request the backend refuses unprocessed may go to another backend, so
+            // its headers are copied, never taken.
+            let bodiless = body.as_ref().is_none_or(hyper::body::Body::is_end_stream);
+            let mut headers =
+                if take_headers && !bodiless { std::mem::take(headers) } else { headers.clone() };
             forwarding.apply(&mut headers);
             headers.remove(header::HOST);
             let authority = host.parse().unwrap_or_else(|_| upstream.authority.clone());
@@ -300,10 +322,14 @@ impl Upstreams {
                 Ok(()) => sender.send_request(request).await,
                 Err(err) => Err(err),
             };
-            let answer = answer.inspect_err(|err| {
-                if !stream_reset(err) {
+            let answer = answer.map_err(|err| -> SendError {
+                if !stream_reset(&err) {
                     // The connection failed: no other stream goes on it.
                     self.http2.forget(dial.key(), &slot);
+                }
+                match unprocessed(&err) {
+                    true if bodiless => Box::new(StreamRefused(err)),
+                    _ => Box::new(err),
                 }
             })?;
             // The stream is counted open until its answer's body is dropped (the closure holds
@@ -532,6 +558,10 @@ impl Tries<'_> {
         match result {
             Ok(Ok(response)) => Sent::Answer(response),
             Err(_) => Sent::Failed(failed(StatusCode::GATEWAY_TIMEOUT, "upstream timed out")),
+            Ok(Err(err)) if err.is::<StreamRefused>() => {
+                log::debug!("upstream {}: {err}", upstream.address);
+                Sent::Unreached(failed(StatusCode::BAD_GATEWAY, "upstream refused the stream"))
+            }
             Ok(Err(err)) if err.is::<ConnectFailed>() => {
                 log::debug!("upstream {}: connect: {err}", upstream.address);
                 let (tls, why) =

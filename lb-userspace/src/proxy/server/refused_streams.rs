@@ -1,0 +1,133 @@
+//! h2c backends that say they did not process a request (RFC 9113 §8.7): one that refuses
+//! every stream (`REFUSED_STREAM`), one that answers with GOAWAY naming no stream processed
+//! (a backend shutting down). Through a listener with real clients, with no `retries`: a
+//! bodiless request goes to another backend of the pool, whatever its method, as if the
+//! connect had failed; one with a body was sent as it was read, so it gets 502.
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::{Empty, Full};
+use hyper::{Method, Request};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+use super::mutations::{HEADERS, PREFACE, frame};
+use crate::proxy::test_bed;
+
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const GOAWAY: u8 = 7;
+const REFUSED_STREAM: u32 = 7;
+
+/// How the backend on 127.0.0.2 says no.
+#[derive(Clone, Copy)]
+enum Refusal {
+    /// `RST_STREAM` with `REFUSED_STREAM` for every stream; the connection stays.
+    Stream,
+    /// GOAWAY with last stream 0 (none processed), then the connection closes.
+    GoAway,
+}
+
+/// Speaks just enough HTTP/2 to refuse: its SETTINGS, an ack of the proxy's, then `refusal`
+/// for each request's HEADERS.
+async fn refusing(mut stream: TcpStream, refusal: Refusal) {
+    if stream.write_all(&frame(SETTINGS, 0, 0, &[])).await.is_err() {
+        return;
+    }
+    let mut read = Vec::new();
+    let mut preface = PREFACE.len();
+    loop {
+        let frame_len = |read: &[u8]| {
+            read.get(preface..preface + 9).map(|h| 9 + u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize)
+        };
+        while frame_len(&read).is_none_or(|len| read.len() < preface + len) {
+            let mut chunk = [0; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let len = frame_len(&read).unwrap();
+        let head: Vec<u8> = read.drain(..preface + len).skip(preface).take(9).collect();
+        preface = 0;
+        let (kind, flags, id) = (head[3], head[4], u32::from_be_bytes([head[5], head[6], head[7], head[8]]));
+        let answer = match (kind, refusal) {
+            (SETTINGS, _) if flags & 1 == 0 => frame(SETTINGS, 1, 0, &[]),
+            (HEADERS, Refusal::Stream) => frame(RST_STREAM, 0, id, &REFUSED_STREAM.to_be_bytes()),
+            (HEADERS, Refusal::GoAway) => frame(GOAWAY, 0, 0, &[0; 8]),
+            _ => continue,
+        };
+        if stream.write_all(&answer).await.is_err() || matches!((kind, refusal), (HEADERS, Refusal::GoAway)) {
+            return;
+        }
+    }
+}
+
+/// A listener whose h2c pools each have a refusing backend on 127.0.0.2 and a serving one on
+/// 127.0.0.1 (the same port): `refuse.test` refuses streams, `away.test` goes away.
+async fn listener() -> SocketAddr {
+    let mut ports = Vec::new();
+    for refusal in [Refusal::Stream, Refusal::GoAway] {
+        let port = test_bed::h2c().await.port();
+        let refuser = TcpListener::bind(("127.0.0.2", port)).await.unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = refuser.accept().await {
+                tokio::spawn(refusing(stream, refusal));
+            }
+        });
+        ports.push(port);
+    }
+    let both = "backends = [{ address = \"127.0.0.2\" }, { address = \"127.0.0.1\" }]";
+    let routes = format!(
+        "[[pool]]\nname = \"r\"\nport = {}\nprotocol = \"h2c\"\n{both}\n\
+         [[pool]]\nname = \"a\"\nport = {}\nprotocol = \"h2c\"\n{both}\n\
+         [[route]]\nlistener = \"l\"\nhost = \"refuse.test\"\npool = \"r\"\n\
+         [[route]]\nlistener = \"l\"\nhost = \"away.test\"\npool = \"a\"\n",
+        ports[0], ports[1]
+    );
+    let listener = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\n";
+    super::mutations::start_listener(listener, &routes).await.0
+}
+
+/// The status of a `method` to `host` over HTTP/1.1 or HTTP/2, with `body` if any.
+async fn status(
+    address: SocketAddr,
+    host: &str,
+    method: Method,
+    body: Option<&'static str>,
+    http2: bool,
+) -> u16 {
+    let request = Request::builder().method(method).uri(format!("http://{host}/"));
+    let head = match body {
+        Some(body) => {
+            test_bed::ask(address, request.body(Full::new(Bytes::from(body))).unwrap(), http2).await.0
+        }
+        None => test_bed::ask(address, request.body(Empty::<Bytes>::new()).unwrap(), http2).await.0,
+    };
+    head.status.as_u16()
+}
+
+#[tokio::test]
+async fn a_bodiless_request_a_backend_did_not_process_goes_to_another() {
+    let address = listener().await;
+    // Round robin puts every other request on the refusing backend.
+    for host in ["refuse.test", "away.test"] {
+        for i in 0..8 {
+            let (method, http2) = (if i % 2 == 0 { Method::GET } else { Method::DELETE }, i >= 4);
+            assert_eq!(status(address, host, method, None, http2).await, 200, "{host} {i}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_request_with_a_body_a_backend_refused_gets_502() {
+    let address = listener().await;
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        statuses.push(status(address, "refuse.test", Method::POST, Some("hello"), i >= 2).await);
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 502, 502], "round robin: half on the refusing backend");
+}
