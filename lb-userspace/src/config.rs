@@ -217,6 +217,21 @@ pub enum RateKey {
     Route,
 }
 
+/// What a route's `retries` retry (Envoy's `retry_on`, HAProxy's `retry-on`): an exchange that
+/// broke once connected (`reset`: a reset, a close before the answer), and answers with these
+/// statuses. By default both, with 502, 503 and 504.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryOn {
+    pub reset: bool,
+    pub statuses: Vec<u16>,
+}
+
+impl Default for RetryOn {
+    fn default() -> RetryOn {
+        RetryOn { reset: true, statuses: vec![502, 503, 504] }
+    }
+}
+
 /// A token bucket: `requests_per_second` sustained, `burst` at once; over it, 429.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RateLimit {
@@ -365,6 +380,8 @@ pub struct Route {
     /// requests without a body of idempotent methods (a backend that cannot be reached gets
     /// no request, which goes to another backend whatever it is, retries or not).
     pub retries: u32,
+    /// What `retries` retry.
+    pub retry_on: RetryOn,
     /// Retries stay under this share of the route's requests (plus a few), so they never
     /// multiply an outage's load.
     pub retry_budget_percent: f64,

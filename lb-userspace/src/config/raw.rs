@@ -114,6 +114,7 @@ pub(super) struct RawRoute {
     pub(super) rate_limit: Option<RawRateLimit>,
     #[serde(default)]
     pub(super) retries: u32,
+    pub(super) retry_on: Option<Spanned<Vec<String>>>,
     pub(super) retry_budget_percent: Option<f64>,
     pub(super) fallback: Option<Fallback>,
     pub(super) api_key: Option<RawApiKey>,

@@ -586,6 +586,29 @@ fn says(extra: &str, expected: &str) {
 }
 
 #[test]
+fn retry_on_names_resets_and_statuses_and_needs_retries() {
+    let retry_on =
+        |extra: &str| Config::parse(Path::new("t.toml"), &route(extra)).unwrap().routes[0].retry_on.clone();
+    assert_eq!(retry_on("retries = 1\n"), RetryOn { reset: true, statuses: vec![502, 503, 504] });
+    assert_eq!(
+        retry_on("retries = 1\nretry_on = [\"503\", \"gateway-error\", \"409\"]\n"),
+        RetryOn { reset: false, statuses: vec![409, 502, 503, 504] }
+    );
+    let all = retry_on("retries = 2\nretry_on = [\"reset\", \"5xx\"]\n");
+    assert!(all.reset && all.statuses == (500..=599).collect::<Vec<_>>());
+    says("retry_on = [\"reset\"]\n", "t.toml:12: retry_on needs retries");
+    for bad in ["\"399\"", "\"600\"", "\"4xx\"", "\"timeout\""] {
+        let word = bad.trim_matches('"');
+        says(
+            &format!("retries = 1\nretry_on = [{bad}]\n"),
+            &format!(
+                "t.toml:13: retry_on: `{word}` is not reset, gateway-error, 5xx or a status from 400 to 599"
+            ),
+        );
+    }
+}
+
+#[test]
 fn each_route_check_says_what_is_wrong_at_its_line() {
     assert!(Config::parse(Path::new("t.toml"), &route("")).is_ok());
     says(
@@ -927,6 +950,7 @@ fn a_route_that_answers_by_itself_takes_no_pool_and_nothing_that_needs_one() {
         ("timeout_ms = 5", "timeout_ms"),
         ("max_body_bytes = 5", "max_body_bytes"),
         ("retries = 1", "retries"),
+        ("retries = 1\nretry_on = [\"reset\"]", "retry_on"),
         ("retry_budget_percent = 5.0", "retry_budget_percent"),
         ("fallback = { status = 503 }", "fallback"),
         ("shadow = { pool = \"p\", percent = 5.0 }", "shadow"),

@@ -69,6 +69,8 @@ pub struct CompiledRoute {
     pub cache: Option<CacheConfig>,
     pub compress: Option<CompressConfig>,
     pub retries: u32,
+    /// What the retries retry: a broken exchange, these statuses.
+    pub retry_on: crate::config::RetryOn,
     retry_budget_percent: f64,
     pub fallback: Option<Fallback>,
     /// The path prefix the route matches and what replaces it for the backend.
@@ -120,6 +122,7 @@ impl CompiledRoute {
             cache: route.cache.clone(),
             compress: route.compress.clone(),
             retries: route.retries,
+            retry_on: route.retry_on.clone(),
             retry_budget_percent: route.retry_budget_percent,
             runtime: runtime.route(route),
             fallback: route.fallback.clone(),

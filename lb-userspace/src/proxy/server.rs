@@ -671,6 +671,8 @@ mod proxy_to_backends;
 #[cfg(test)]
 mod refused_streams;
 #[cfg(test)]
+mod retry_on;
+#[cfg(test)]
 mod route_edits;
 #[cfg(test)]
 mod trailers;

@@ -50,6 +50,7 @@ pub(in crate::config) fn check(
         }
         let basic_auth = raw.basic_auth.map(|b| basic_auth(b, resolve, errors));
         let shadow = raw.shadow.map(|sh| shadow(sh, pools, errors));
+        let retry_on = retry_on(raw.retry_on, raw.retries, errors);
         let compress = raw.compress.map(|c| compress(c, errors));
         let request_headers = raw.request_headers.map(|e| header_edits(e, "request_headers", errors));
         let response_headers = raw.response_headers.map(|e| header_edits(e, "response_headers", errors));
@@ -73,6 +74,7 @@ pub(in crate::config) fn check(
             deny,
             rate_limit,
             retries: raw.retries,
+            retry_on,
             retry_budget_percent: raw.retry_budget_percent.unwrap_or(20.0),
             fallback: raw.fallback,
             api_key,
@@ -87,6 +89,36 @@ pub(in crate::config) fn check(
         });
     }
     routes
+}
+
+/// What a route's retries retry: `reset`, `gateway-error` (502, 503, 504), `5xx`, or a status
+/// from 400 to 599; only with `retries`.
+fn retry_on(raw: Option<Spanned<Vec<String>>>, retries: u32, errors: &mut Errors) -> RetryOn {
+    let Some(raw) = raw else { return RetryOn::default() };
+    let at = raw.span();
+    if retries == 0 {
+        errors.at(at.clone(), "retry_on needs retries");
+    }
+    let mut on = RetryOn { reset: false, statuses: Vec::new() };
+    for word in raw.into_inner() {
+        match word.as_str() {
+            "reset" => on.reset = true,
+            "gateway-error" => on.statuses.extend([502, 503, 504]),
+            "5xx" => on.statuses.extend(500..=599),
+            status => match status.parse::<u16>() {
+                Ok(status) if (400..=599).contains(&status) => on.statuses.push(status),
+                _ => errors.at(
+                    at.clone(),
+                    format!(
+                        "retry_on: `{word}` is not reset, gateway-error, 5xx or a status from 400 to 599"
+                    ),
+                ),
+            },
+        }
+    }
+    on.statuses.sort_unstable();
+    on.statuses.dedup();
+    on
 }
 
 /// Where a route's requests go: to its pool, or to an answer of its own (`redirect` or
@@ -127,6 +159,7 @@ fn forwarding_only(raw: &RawRoute, at: Range<usize>, errors: &mut Errors) {
         ("timeout_ms", raw.timeout_ms.is_some()),
         ("max_body_bytes", raw.max_body_bytes.is_some()),
         ("retries", raw.retries > 0),
+        ("retry_on", raw.retry_on.is_some()),
         ("retry_budget_percent", raw.retry_budget_percent.is_some()),
         ("fallback", raw.fallback.is_some()),
         ("shadow", raw.shadow.is_some()),

@@ -447,11 +447,12 @@ impl Tries<'_> {
         self.pool.pick(headers, self.client, tried).filter(|_| self.route.take_retry())
     }
 
-    /// Sends the request to `first`; on a broken exchange or a 502/503/504, to other backends
-    /// while tries and budget last. A try that could not connect sent nothing: the request goes
-    /// to another backend whatever its method or body, up to `REDISPATCHES` times within the
-    /// budget and the try's deadline, not counted as a try (nginx's `proxy_next_upstream
-    /// error`, HAProxy's `retry-on conn-failure` with `option redispatch`).
+    /// Sends the request to `first`; on what the route retries (`retry_on`: a broken exchange
+    /// and a 502/503/504 by default), to other backends while tries and budget last. A try that
+    /// could not connect sent nothing: the request goes to another backend whatever its method
+    /// or body, up to `REDISPATCHES` times within the budget and the try's deadline, not counted
+    /// as a try (nginx's `proxy_next_upstream error`, HAProxy's `retry-on conn-failure` with
+    /// `option redispatch`).
     pub async fn run(
         &self,
         first: Arc<Upstream>,
@@ -506,7 +507,10 @@ impl Tries<'_> {
                         None => return Err(failed),
                     }
                 }
-                Sent::Broken(failed) => match (!last).then(|| self.next(&parts.headers, &tried)).flatten() {
+                Sent::Broken(failed) => match (!last && self.route.retry_on.reset)
+                    .then(|| self.next(&parts.headers, &tried))
+                    .flatten()
+                {
                     Some(next) => {
                         upstream = next;
                         attempt += 1;
@@ -519,7 +523,7 @@ impl Tries<'_> {
             };
             let status = response.status().as_u16();
             if !last
-                && matches!(status, 502..=504)
+                && self.route.retry_on.statuses.contains(&status)
                 && let Some(next) = self.next(&parts.headers, &tried)
             {
                 let (route, pool) = (self.route.name.clone(), self.pool.name.clone());

@@ -1,0 +1,99 @@
+//! A route's `retry_on` through a listener, with a real client: each pool has a serving
+//! HTTP/1.1 backend on 127.0.0.1 and a failing one on 127.0.0.2 (the same port), which answers
+//! 500 or closes without an answer (a reset); round robin sends every other GET there. What
+//! `retry_on` names is retried on the serving backend; the rest reaches the client.
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::{Request, Response, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::proxy::test_bed;
+
+/// How the backend on 127.0.0.2 fails.
+#[derive(Clone, Copy)]
+enum Failing {
+    /// Answers 500.
+    Status500,
+    /// Reads the request and closes the connection.
+    Reset,
+}
+
+/// A serving backend on 127.0.0.1 and a `failing` one on 127.0.0.2, on one port: the port.
+async fn backends(failing: Failing) -> u16 {
+    let port = test_bed::http1().await.port();
+    let listener = TcpListener::bind(("127.0.0.2", port)).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                match failing {
+                    Failing::Status500 => {
+                        let service = service_fn(|_| async {
+                            let mut answer = Response::new(Empty::<Bytes>::new());
+                            *answer.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                            Ok::<_, hyper::Error>(answer)
+                        });
+                        let served = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service);
+                        let _ = served.await;
+                    }
+                    Failing::Reset => {
+                        let _ = test_bed::head_read(&mut stream, &mut Vec::new()).await;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A listener with a route per host, each over a pool of both backends, one retry, and the
+/// route's `retry_on` line: `500.test` and `500-default.test` on the backend answering 500,
+/// `reset.test` and `reset-default.test` on the one that resets.
+async fn listener() -> SocketAddr {
+    let (status500, reset) = (backends(Failing::Status500).await, backends(Failing::Reset).await);
+    let both = "backends = [{ address = \"127.0.0.2\" }, { address = \"127.0.0.1\" }]";
+    let mut routes = format!(
+        "[[pool]]\nname = \"s\"\nport = {status500}\n{both}\n\
+         [[pool]]\nname = \"r\"\nport = {reset}\n{both}\n"
+    );
+    for (host, pool, retry_on) in [
+        ("500.test", "s", "retry_on = [\"500\"]"),
+        ("500-default.test", "s", ""),
+        ("reset.test", "r", "retry_on = [\"gateway-error\"]"),
+        ("reset-default.test", "r", ""),
+    ] {
+        routes += &format!(
+            "[[route]]\nlistener = \"l\"\nhost = \"{host}\"\npool = \"{pool}\"\nretries = 1\n\
+             retry_budget_percent = 100\n{retry_on}\n"
+        );
+    }
+    let listener = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\n";
+    super::mutations::start_listener(listener, &routes).await.0
+}
+
+/// The statuses of 8 GETs to `host`, sorted.
+async fn statuses(address: SocketAddr, host: &str) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let request = Request::get(format!("http://{host}/")).body(Empty::<Bytes>::new()).unwrap();
+        statuses.push(test_bed::ask(address, request, false).await.0.status.as_u16());
+    }
+    statuses.sort_unstable();
+    statuses
+}
+
+#[tokio::test]
+async fn a_route_retries_what_its_retry_on_names_and_passes_the_rest_on() {
+    let address = listener().await;
+    assert_eq!(statuses(address, "500.test").await, [200; 8], "500 retried");
+    assert_eq!(statuses(address, "500-default.test").await, [200, 200, 200, 200, 500, 500, 500, 500]);
+    assert_eq!(statuses(address, "reset-default.test").await, [200; 8], "a reset retried by default");
+    assert_eq!(
+        statuses(address, "reset.test").await,
+        [200, 200, 200, 200, 502, 502, 502, 502],
+        "gateway-error alone: a reset reaches the client as 502"
+    );
+}
