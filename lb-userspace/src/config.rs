@@ -537,8 +537,11 @@ impl HashKey {
 pub enum HealthKind {
     /// A TCP connect must succeed.
     Tcp,
-    /// An HTTP/1.1 GET of `path` must answer `expect_status`.
+    /// A GET of `path` must answer `expect_status` (HTTP/2 on h2 and h2c pools).
     Http,
+    /// The gRPC health checking protocol (`grpc.health.v1.Health/Check`, h2 and h2c pools):
+    /// the backend must answer SERVING.
+    Grpc,
 }
 
 /// A duration as whole milliseconds (JSON views say `…_ms`, like the config).
@@ -565,6 +568,9 @@ pub struct HealthCheck {
     /// An HTTP check's Host (a backend that serves by name); None: the backend's address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// The service a gRPC check asks about; None: the server as a whole (`""`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// The validated config.

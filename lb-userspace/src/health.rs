@@ -1,15 +1,17 @@
-//! Active health checks: per pool, TCP connect or HTTP GET (over TLS for a pool with TLS) to
-//! every backend each interval; `rise` successes bring a backend up, `fall` failures take it
-//! down, through Command::SetHealth.
+//! Active health checks: per pool, TCP connect, HTTP GET or gRPC's health check (over TLS for a
+//! pool with TLS) to every backend each interval; `rise` successes bring a backend up, `fall`
+//! failures take it down, through Command::SetHealth.
 use std::{collections::HashMap, net::IpAddr, net::SocketAddr, sync::Arc};
 
 use futures_util::future::join_all;
 
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::{Request, body::Bytes};
 use hyper_util::rt::TokioIo;
 use log::{debug, info, warn};
 use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+
+mod grpc;
 
 use crate::{
     config::{HealthCheck, HealthKind, ProxyVersion},
@@ -59,26 +61,18 @@ pub async fn probe(
             return Probe::Up;
         }
         let host = check.host.clone().unwrap_or_else(|| target.to_string());
-        let status = match tls {
-            None => get(stream, false, check, &host).await,
+        let answered = match tls {
+            None => ask(stream, None, check, &host).await,
             Some(tls) => match tls.handshake(stream, target, check.host.as_deref().unwrap_or_default()).await
             {
                 Ok(stream) => {
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    get(stream, h2, check, &host).await
+                    ask(stream, Some(h2), check, &host).await
                 }
                 Err(err) => Err(format!("TLS to {target}: {err}")),
             },
         };
-        let http = async {
-            let status = status?;
-            if status == check.expect_status {
-                Ok(())
-            } else {
-                Err(format!("HTTP GET {} answered {status}, expected {}", check.path, check.expect_status))
-            }
-        };
-        match http.await {
+        match answered {
             Ok(()) => Probe::Up,
             Err(why) => Probe::Down(why),
         }
@@ -86,6 +80,64 @@ pub async fn probe(
     tokio::time::timeout(check.timeout, attempt)
         .await
         .unwrap_or_else(|_| Probe::Down(format!("no answer from {target} within {:?}", check.timeout)))
+}
+
+/// Asks `check`'s question on `io` (`tls`: None for plain TCP, else whether the backend agreed
+/// to HTTP/2 by ALPN): the status of `GET check.path` (HTTP/1.1 unless so agreed), or gRPC's
+/// health check (HTTP/2 always, by prior knowledge on plain TCP, as h2c is).
+async fn ask<I>(io: I, tls: Option<bool>, check: &HealthCheck, host: &str) -> Result<(), String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if check.kind == HealthKind::Grpc {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        return grpc_serving(io, check, &format!("{scheme}://{host}")).await;
+    }
+    let status = get(io, tls == Some(true), check, host).await?;
+    if status == check.expect_status {
+        Ok(())
+    } else {
+        Err(format!("HTTP GET {} answered {status}, expected {}", check.path, check.expect_status))
+    }
+}
+
+/// Whether the backend at `origin` (`scheme://host`) answers gRPC's health check SERVING for
+/// `check.service` (HTTP 200, `grpc-status` 0 in its trailers, or in its head for an answer of
+/// trailers only).
+async fn grpc_serving<I>(io: I, check: &HealthCheck, origin: &str) -> Result<(), String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let request = Request::post(format!("{origin}{}", grpc::CHECK_PATH))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("user-agent", "sluice-health/1")
+        .body(Full::new(grpc::request(check.service.as_deref().unwrap_or_default())))
+        .map_err(|err| format!("gRPC request: {err}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .map_err(|err| format!("HTTP/2: {err}"))?;
+    tokio::spawn(connection);
+    let answer = sender.send_request(request).await.map_err(|err| format!("gRPC health check: {err}"))?;
+    if answer.status() != hyper::StatusCode::OK {
+        return Err(format!("gRPC health check answered HTTP {}", answer.status().as_u16()));
+    }
+    let head = answer.headers().clone();
+    let body = answer.into_body().collect().await.map_err(|err| format!("gRPC health check: {err}"))?;
+    let trailers = body.trailers().cloned().unwrap_or_default();
+    let field = |name: &str| {
+        let value = trailers.get(name).or_else(|| head.get(name));
+        value.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    match field("grpc-status").as_deref() {
+        Some("0") => grpc::serving(&body.to_bytes()),
+        Some(code) => {
+            let message = field("grpc-message").map(|m| format!(": {m}")).unwrap_or_default();
+            Err(format!("gRPC health check: grpc-status {code}{message}"))
+        }
+        None => Err("gRPC health check: no grpc-status".into()),
+    }
 }
 
 /// The status of `GET check.path` on `io`, in HTTP/2 when `h2` (a backend that agreed to it
@@ -233,7 +285,79 @@ mod tests {
             rise: 1,
             fall: 1,
             host: None,
+            service: None,
         }
+    }
+
+    /// An h2c gRPC server on loopback whose health servicer knows the whole server (`""`) and
+    /// `pkg.Echo`, each with its status (1 SERVING, 2 NOT_SERVING); any other service is
+    /// SERVICE_UNKNOWN. `unimplemented`: it has no health servicer (an answer of trailers only,
+    /// grpc-status 12).
+    async fn grpc_server(server: u8, echo: u8, unimplemented: bool) -> u16 {
+        use http_body_util::StreamBody;
+        use hyper::body::Frame;
+        let address = crate::proxy::test_bed::listening(move |stream| async move {
+            let service =
+                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| async move {
+                    let path_ok = request.uri().path() == grpc::CHECK_PATH;
+                    let asked = request.into_body().collect().await?.to_bytes();
+                    let status = match &asked[5..] {
+                        [] => server,
+                        [0x0a, 8, name @ ..] if name == b"pkg.Echo" => echo,
+                        _ => 3,
+                    };
+                    let mut trailers = hyper::HeaderMap::new();
+                    trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+                    let frames: Vec<Result<Frame<Bytes>, hyper::Error>> = if unimplemented || !path_ok {
+                        Vec::new()
+                    } else {
+                        let message = Bytes::from(vec![0, 0, 0, 0, 2, 0x08, status]);
+                        vec![Ok(Frame::data(message)), Ok(Frame::trailers(trailers))]
+                    };
+                    let mut answer =
+                        hyper::Response::new(StreamBody::new(futures_util::stream::iter(frames)));
+                    answer.headers_mut().insert("content-type", "application/grpc".parse().unwrap());
+                    if unimplemented || !path_ok {
+                        answer.headers_mut().insert("grpc-status", "12".parse().unwrap());
+                        answer.headers_mut().insert("grpc-message", "unknown service".parse().unwrap());
+                    }
+                    Ok::<_, hyper::Error>(answer)
+                });
+            crate::proxy::test_bed::serve(stream, true, service).await;
+        })
+        .await;
+        address.port()
+    }
+
+    #[tokio::test]
+    async fn grpc_probe_wants_serving_for_its_service() {
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let grpc = |port, service: Option<&str>| HealthCheck {
+            service: service.map(str::to_owned),
+            ..check(HealthKind::Grpc, port)
+        };
+        let serving = grpc_server(1, 2, false).await;
+        assert_eq!(probe(&grpc(serving, None), local, None, None).await, Probe::Up);
+        assert_eq!(
+            probe(&grpc(serving, Some("pkg.Echo")), local, None, None).await,
+            Probe::Down("gRPC health check: NOT_SERVING".into())
+        );
+        assert_eq!(
+            probe(&grpc(serving, Some("pkg.Other")), local, None, None).await,
+            Probe::Down("gRPC health check: SERVICE_UNKNOWN".into())
+        );
+        let echo_only = grpc_server(2, 1, false).await;
+        assert_eq!(probe(&grpc(echo_only, Some("pkg.Echo")), local, None, None).await, Probe::Up);
+        let unimplemented = grpc_server(1, 1, true).await;
+        assert_eq!(
+            probe(&grpc(unimplemented, None), local, None, None).await,
+            Probe::Down("gRPC health check: grpc-status 12: unknown service".into())
+        );
+        let http1 = server("200 OK").await;
+        let Probe::Down(why) = probe(&grpc(http1, None), local, None, None).await else {
+            panic!("an HTTP/1.1 server passed a gRPC check");
+        };
+        assert!(why.starts_with("gRPC health check") || why.starts_with("HTTP/2"), "{why}");
     }
 
     #[tokio::test]

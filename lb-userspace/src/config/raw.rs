@@ -340,6 +340,7 @@ pub(super) struct RawHealth {
     #[serde(default = "default_rise_fall")]
     pub(super) fall: u32,
     pub(super) host: Option<String>,
+    pub(super) service: Option<String>,
 }
 
 pub(super) fn default_path() -> String {

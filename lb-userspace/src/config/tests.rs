@@ -743,6 +743,29 @@ fn a_pool_s_slow_start_is_up_to_an_hour_and_not_on_a_hash_pool() {
 }
 
 #[test]
+fn a_grpc_health_check_is_for_http2_pools_and_may_name_a_service() {
+    // Lines 1-2 BASE, 3-5 the pool, its health on 6, its protocol on 7.
+    let pool = |health: &str, protocol: &str| {
+        format!(
+            "{BASE}[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\nhealth = {health}\n\
+             protocol = \"{protocol}\"\n"
+        )
+    };
+    let grpc = "{ kind = \"grpc\", port = 50051, service = \"pkg.Echo\" }";
+    let config = Config::parse(Path::new("t.toml"), &pool(grpc, "h2c")).unwrap();
+    let health = config.pools["p"].health.as_ref().unwrap();
+    assert_eq!((health.kind, health.service.as_deref()), (HealthKind::Grpc, Some("pkg.Echo")));
+    assert_eq!(
+        errors(&pool(grpc, "http1")),
+        ["t.toml:6: pool `p` health: kind = \"grpc\" is for h2 and h2c pools"]
+    );
+    assert_eq!(
+        errors(&pool("{ kind = \"http\", port = 80, service = \"a\" }", "h2c")),
+        ["t.toml:6: pool `p` health: service is for kind = \"grpc\""]
+    );
+}
+
+#[test]
 fn an_http_health_check_may_name_its_host() {
     // Lines 1-2 BASE, 3-5 the pool, its health on 6.
     let pool = |health: &str| {

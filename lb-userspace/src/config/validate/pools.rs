@@ -13,7 +13,7 @@ pub(in crate::config) fn check(
         errors.name(&raw_pool.name, "pool");
         let name = raw_pool.name.get_ref().clone();
         let backends = backends(raw_pool.backends, &name, errors);
-        let health = raw_pool.health.map(|h| health(h, &name, errors));
+        let health = raw_pool.health.map(|h| health(h, raw_pool.protocol, &name, errors));
         let hash_key = hash_key(raw_pool.hash_key.as_deref(), &raw_pool.name, errors);
         if let Some(outlier) = &raw_pool.outlier {
             outlier_bounds(outlier, &name, errors);
@@ -152,7 +152,12 @@ fn backends(raw: Vec<RawBackend>, name: &str, errors: &mut Errors) -> Vec<Backen
 /// A pool's health check: a port, a rise and a fall of at least 1, a timeout above 0 and below
 /// the interval, a path from the root, a Host (HTTP checks only) that is a host and port. The
 /// first broken rule is said.
-fn health(raw: Spanned<RawHealth>, name: &str, errors: &mut Errors) -> HealthCheck {
+fn health(
+    raw: Spanned<RawHealth>,
+    protocol: UpstreamProtocol,
+    name: &str,
+    errors: &mut Errors,
+) -> HealthCheck {
     let span = raw.span();
     let h = raw.into_inner();
     let check = HealthCheck {
@@ -165,6 +170,7 @@ fn health(raw: Spanned<RawHealth>, name: &str, errors: &mut Errors) -> HealthChe
         rise: h.rise,
         fall: h.fall,
         host: h.host,
+        service: h.service,
     };
     if check.port == 0 || check.rise == 0 || check.fall == 0 {
         errors.at(span, format!("pool `{name}` health: port, rise and fall must be at least 1"));
@@ -172,9 +178,13 @@ fn health(raw: Spanned<RawHealth>, name: &str, errors: &mut Errors) -> HealthChe
         errors.at(span, format!("pool `{name}` health: timeout_ms must be above 0 and below interval_ms"));
     } else if !check.path.starts_with('/') {
         errors.at(span, format!("pool `{name}` health: path must start with /"));
+    } else if check.kind == HealthKind::Grpc && !protocol.is_http2() {
+        errors.at(span, format!("pool `{name}` health: kind = \"grpc\" is for h2 and h2c pools"));
+    } else if check.service.is_some() && check.kind != HealthKind::Grpc {
+        errors.at(span, format!("pool `{name}` health: service is for kind = \"grpc\""));
     } else if let Some(host) = &check.host {
-        if check.kind != HealthKind::Http {
-            errors.at(span, format!("pool `{name}` health: host is for kind = \"http\""));
+        if check.kind == HealthKind::Tcp {
+            errors.at(span, format!("pool `{name}` health: host is for kind = \"http\" or \"grpc\""));
         } else if host.parse::<hyper::http::uri::Authority>().is_err() || host.contains('@') {
             errors.at(span, format!("pool `{name}` health: host `{host}` is not a host name (and port)"));
         }

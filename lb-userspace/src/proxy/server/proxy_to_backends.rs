@@ -108,6 +108,7 @@ async fn each_client_connection_reaches_the_backend_on_its_own_connection_named_
             rise: 1,
             fall: 1,
             host: None,
+            service: None,
         };
         assert_eq!(probe(&check, "127.0.0.1".parse().unwrap(), None, Some(version)).await, Probe::Up);
         assert_eq!(seen.lock().unwrap().drain(..).collect::<Vec<_>>(), [None], "{version:?}");
