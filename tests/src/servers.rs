@@ -196,6 +196,55 @@ impl Drop for Haproxy {
     }
 }
 
+/// The Python with grpcio that `scripts/setup` installs.
+pub const GRPC_PYTHON: &str = "/usr/local/lib/sluice/grpc/bin/python";
+
+/// The path of a script in `tests/grpc`.
+pub fn grpc_script(name: &str) -> String {
+    format!("{}/grpc/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A real gRPC server (grpcio, `tests/grpc/health_server.py`) in a namespace, with grpcio's
+/// health servicer: SERVING until [`GrpcServer::serving`] says otherwise.
+pub struct GrpcServer {
+    child: Child,
+}
+
+impl GrpcServer {
+    pub fn start(host: &Host, port: u16) -> Result<GrpcServer> {
+        anyhow::ensure!(Path::new(GRPC_PYTHON).exists(), "{GRPC_PYTHON} missing: run scripts/setup");
+        let child = host
+            .command(GRPC_PYTHON)
+            .args([&grpc_script("health_server.py"), &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the gRPC server")?;
+        let mut server = GrpcServer { child };
+        wait_for(&format!("the gRPC server to listen on :{port}"), Duration::from_secs(10), || {
+            host.run("ss", &["-Htln", &format!("sport = :{port}")])
+                .map(|o| !o.stdout.is_empty())
+                .unwrap_or(false)
+        })
+        .inspect_err(|_| stop(&mut server.child))?;
+        Ok(server)
+    }
+
+    /// Sets every service of its health servicer SERVING or NOT_SERVING (`nsenter` execs the
+    /// server, so the child is the server itself).
+    pub fn serving(&self, serving: bool) {
+        let signal = if serving { libc::SIGUSR2 } else { libc::SIGUSR1 };
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
 /// A running `lbd run` inside the lb namespace. On drop: SIGTERM, then `lbd stop --detach`.
 pub struct Lbd {
     child: Child,

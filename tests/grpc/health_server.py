@@ -1,0 +1,40 @@
+"""A gRPC server (grpcio) with grpcio's own health servicer, for the root tests of lbd's gRPC
+health checks and of gRPC through the proxy.
+
+Serves plaintext HTTP/2 (h2c) on the port given as its one argument. The whole server ("") and
+the service "sluice.Echo" start SERVING; SIGUSR1 sets both NOT_SERVING, SIGUSR2 SERVING again.
+Prints "ready" once it listens.
+"""
+import signal
+import sys
+import time
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+SERVICES = ("", "sluice.Echo")
+
+
+def main() -> None:
+    port = int(sys.argv[1])
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+
+    def set_all(status: int) -> None:
+        for service in SERVICES:
+            servicer.set(service, status)
+
+    set_all(health_pb2.HealthCheckResponse.SERVING)
+    signal.signal(signal.SIGUSR1, lambda *_: set_all(health_pb2.HealthCheckResponse.NOT_SERVING))
+    signal.signal(signal.SIGUSR2, lambda *_: set_all(health_pb2.HealthCheckResponse.SERVING))
+    server.add_insecure_port(f"0.0.0.0:{port}")
+    server.start()
+    print("ready", flush=True)
+    # Signal handlers run in the main thread, between its sleeps.
+    while True:
+        time.sleep(0.1)
+
+
+main()
