@@ -5,12 +5,14 @@
 //! its own types; here a stream is a future in the connection's `FuturesUnordered`, polled
 //! before the connection so that the answers it finishes go out in the connection's next write.
 //! A request comes in through `request`, a connection is driven by `connection`, and a stream's
-//! answer goes out through `answer`.
+//! answer goes out through `answer`. HTTP/2 to backends (h2c and h2 pools) is `upstream`, on
+//! hyper's client.
 mod answer;
 mod connection;
 mod request;
 #[cfg(test)]
 mod tests;
+pub mod upstream;
 
 use h2::server::Builder;
 
