@@ -45,6 +45,39 @@ pub(super) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8>
     f
 }
 
+/// What a raw test backend reads of a client's HTTP/2: the preface, then one frame at a time.
+pub(super) struct FrameReader {
+    read: Vec<u8>,
+    /// The preface's bytes still ahead.
+    preface: usize,
+}
+
+impl FrameReader {
+    pub(super) fn new() -> FrameReader {
+        FrameReader { read: Vec::new(), preface: PREFACE.len() }
+    }
+
+    /// The next whole frame's kind, flags and stream (its payload passed over); None once the
+    /// stream ends or fails.
+    pub(super) async fn next(&mut self, stream: &mut (impl AsyncReadExt + Unpin)) -> Option<(u8, u8, u32)> {
+        let preface = self.preface;
+        let frame_len = |read: &[u8]| {
+            read.get(preface..preface + 9).map(|h| 9 + u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize)
+        };
+        while frame_len(&self.read).is_none_or(|len| self.read.len() < preface + len) {
+            let mut chunk = [0; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.read.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let len = frame_len(&self.read)?;
+        let head: Vec<u8> = self.read.drain(..preface + len).skip(preface).take(9).collect();
+        self.preface = 0;
+        Some((head[3], head[4], u32::from_be_bytes([head[5], head[6], head[7], head[8]])))
+    }
+}
+
 /// An HPACK field written literally, not indexed, lengths without Huffman coding.
 fn field(name: &str, value: &str) -> Vec<u8> {
     let mut f = vec![0, name.len() as u8];

@@ -9,11 +9,11 @@ use bytes::Bytes;
 use http_body_util::{Empty, Full};
 use hyper::{Method, Request};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
 };
 
-use super::mutations::{HEADERS, PREFACE, frame};
+use super::mutations::{FrameReader, HEADERS, frame};
 use crate::proxy::test_bed;
 
 const RST_STREAM: u8 = 3;
@@ -36,23 +36,8 @@ async fn refusing(mut stream: TcpStream, refusal: Refusal) {
     if stream.write_all(&frame(SETTINGS, 0, 0, &[])).await.is_err() {
         return;
     }
-    let mut read = Vec::new();
-    let mut preface = PREFACE.len();
-    loop {
-        let frame_len = |read: &[u8]| {
-            read.get(preface..preface + 9).map(|h| 9 + u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize)
-        };
-        while frame_len(&read).is_none_or(|len| read.len() < preface + len) {
-            let mut chunk = [0; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => read.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let len = frame_len(&read).unwrap();
-        let head: Vec<u8> = read.drain(..preface + len).skip(preface).take(9).collect();
-        preface = 0;
-        let (kind, flags, id) = (head[3], head[4], u32::from_be_bytes([head[5], head[6], head[7], head[8]]));
+    let mut frames = FrameReader::new();
+    while let Some((kind, flags, id)) = frames.next(&mut stream).await {
         let answer = match (kind, refusal) {
             (SETTINGS, _) if flags & 1 == 0 => frame(SETTINGS, 1, 0, &[]),
             (HEADERS, Refusal::Stream) => frame(RST_STREAM, 0, id, &REFUSED_STREAM.to_be_bytes()),

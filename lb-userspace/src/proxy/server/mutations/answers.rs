@@ -15,7 +15,7 @@ use tokio::{
 };
 
 use super::{
-    AT_ONCE, CONNECTIONS, END_HEADERS, END_STREAM, ENDS_WITHIN, HEADERS, PREFACE, TIMEOUT_MS, all_ended,
+    AT_ONCE, CONNECTIONS, END_HEADERS, END_STREAM, ENDS_WITHIN, FrameReader, HEADERS, TIMEOUT_MS, all_ended,
     field, frame, start,
 };
 use crate::{
@@ -307,26 +307,8 @@ async fn mutating_h2c_backend(seed: u64) -> SocketAddr {
             if stream.write_all(&frame(4, 0, 0, &[])).await.is_err() {
                 return;
             }
-            let mut read = Vec::new();
-            let mut preface = PREFACE.len();
-            loop {
-                // One whole frame of the proxy's (after its preface).
-                let frame_len = |read: &[u8]| {
-                    read.get(preface..preface + 9)
-                        .map(|h| 9 + u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize)
-                };
-                while frame_len(&read).is_none_or(|len| read.len() < preface + len) {
-                    let mut chunk = [0; 4096];
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => read.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let len = frame_len(&read).unwrap();
-                let head: Vec<u8> = read.drain(..preface + len).skip(preface).take(9).collect();
-                preface = 0;
-                let (kind, flags, id) =
-                    (head[3], head[4], u32::from_be_bytes([head[5], head[6], head[7], head[8]]));
+            let mut frames = FrameReader::new();
+            while let Some((kind, flags, id)) = frames.next(&mut stream).await {
                 let answer = match kind {
                     4 if flags & 1 == 0 => frame(4, 1, 0, &[]),
                     HEADERS if id != 0 => {
