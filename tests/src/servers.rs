@@ -57,6 +57,13 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Waits until something in `host` listens on TCP `port` (`what`, for the error).
+pub fn wait_listening(host: &Host, port: u16, what: &str, timeout: Duration) -> Result<()> {
+    wait_for(&format!("{what} to listen on :{port}"), timeout, || {
+        host.run("ss", &["-Htln", &format!("sport = :{port}")]).map(|o| !o.stdout.is_empty()).unwrap_or(false)
+    })
+}
+
 /// Waits until `ready` holds, polling, or fails after `timeout` naming `what`.
 pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + timeout;
@@ -139,10 +146,7 @@ impl Nginx {
             .spawn()
             .context("starting nginx")?;
         let mut nginx = Nginx { child, _dir: dir };
-        wait_for("nginx to listen on :80", Duration::from_secs(5), || {
-            host.run("ss", &["-Htln", "sport = :80"]).map(|o| !o.stdout.is_empty()).unwrap_or(false)
-        })
-        .inspect_err(|_| stop(&mut nginx.child))?;
+        wait_listening(host, 80, "nginx", Duration::from_secs(5)).inspect_err(|_| stop(&mut nginx.child))?;
         Ok(nginx)
     }
 }
@@ -180,12 +184,8 @@ impl Haproxy {
             .spawn()
             .context("starting haproxy")?;
         let mut haproxy = Haproxy { child, _dir: dir };
-        wait_for(&format!("haproxy to listen on :{port}"), Duration::from_secs(5), || {
-            host.run("ss", &["-Htln", &format!("sport = :{port}")])
-                .map(|o| !o.stdout.is_empty())
-                .unwrap_or(false)
-        })
-        .inspect_err(|_| stop(&mut haproxy.child))?;
+        wait_listening(host, port, "haproxy", Duration::from_secs(5))
+            .inspect_err(|_| stop(&mut haproxy.child))?;
         Ok(haproxy)
     }
 }
@@ -221,12 +221,8 @@ impl GrpcServer {
             .spawn()
             .context("starting the gRPC server")?;
         let mut server = GrpcServer { child };
-        wait_for(&format!("the gRPC server to listen on :{port}"), Duration::from_secs(10), || {
-            host.run("ss", &["-Htln", &format!("sport = :{port}")])
-                .map(|o| !o.stdout.is_empty())
-                .unwrap_or(false)
-        })
-        .inspect_err(|_| stop(&mut server.child))?;
+        wait_listening(host, port, "the gRPC server", Duration::from_secs(10))
+            .inspect_err(|_| stop(&mut server.child))?;
         Ok(server)
     }
 
