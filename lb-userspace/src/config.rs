@@ -710,9 +710,32 @@ pub struct Pool {
     pub slow_start: Option<Duration>,
     /// How the proxy keeps its connections to the backends between requests.
     pub keep_alive: KeepAlive,
-    /// Streams the proxy opens at once on one HTTP/2 connection to a backend (h2 and h2c
-    /// pools); past it, another connection.
-    pub http2_max_concurrent_streams: u32,
+    /// How the proxy uses its HTTP/2 connections to the backends (h2 and h2c pools).
+    pub http2: Http2Upstream,
+}
+
+/// How the proxy uses its HTTP/2 connections to a pool's backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Upstream {
+    /// Streams opened at once on one connection; past it, another connection.
+    pub max_streams: u32,
+    /// PINGs on a connection with streams open: every `interval` without a frame from the
+    /// backend, and the connection closed (its streams failed) if none answers in `timeout`
+    /// (Envoy's `connection_keepalive`). None: no PINGs.
+    pub keepalive: Option<Http2Keepalive>,
+}
+
+impl Default for Http2Upstream {
+    fn default() -> Http2Upstream {
+        Http2Upstream { max_streams: DEFAULT_HTTP2_UPSTREAM_STREAMS, keepalive: None }
+    }
+}
+
+/// HTTP/2 PINGs on a backend connection: how often, and how long an answer may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Keepalive {
+    pub interval: Duration,
+    pub timeout: Duration,
 }
 
 /// Streams open at once on one HTTP/2 connection to a backend unless its pool says: RFC 9113

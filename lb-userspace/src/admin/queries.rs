@@ -286,7 +286,10 @@ fn pool_proxy(pool: &crate::config::Pool) -> views::PoolProxy {
         slow_start_ms: pool.slow_start.map(|window| window.as_millis() as u64),
         keepalive_timeout_ms: pool.keep_alive.idle_timeout.as_millis() as u64,
         max_requests_per_connection: pool.keep_alive.max_requests,
-        http2_max_concurrent_streams: pool.protocol.is_http2().then_some(pool.http2_max_concurrent_streams),
+        http2_max_concurrent_streams: pool.protocol.is_http2().then_some(pool.http2.max_streams),
+        http2_keepalive: pool.http2.keepalive.map(|k| {
+            format!("PING every {} ms, answered within {} ms", k.interval.as_millis(), k.timeout.as_millis())
+        }),
     }
 }
 

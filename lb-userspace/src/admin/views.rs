@@ -201,6 +201,9 @@ pub struct PoolProxy {
     /// Streams at once on one HTTP/2 connection to a backend (h2 and h2c pools only).
     #[serde(default)]
     pub http2_max_concurrent_streams: Option<u32>,
+    /// Its HTTP/2 connections' PINGs (`PING every 30000 ms, answered within 20000 ms`).
+    #[serde(default)]
+    pub http2_keepalive: Option<String>,
 }
 
 /// One backend of a pool.

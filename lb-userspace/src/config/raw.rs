@@ -298,6 +298,7 @@ pub(super) struct RawPool {
     pub(super) keepalive_timeout_ms: Option<Spanned<u64>>,
     pub(super) max_requests_per_connection: Option<Spanned<u32>>,
     pub(super) http2_max_concurrent_streams: Option<Spanned<u32>>,
+    pub(super) http2_keepalive: Option<Spanned<RawHttp2Keepalive>>,
     pub(super) proxy_protocol: Option<Spanned<ProxyVersion>>,
     pub(super) tls: Option<Spanned<RawBackendTls>>,
 }
@@ -320,6 +321,13 @@ pub(super) struct RawBackend {
     pub(super) weight: Option<Spanned<u32>>,
     #[serde(default)]
     pub(super) drain: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttp2Keepalive {
+    pub(super) interval_ms: u64,
+    pub(super) timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

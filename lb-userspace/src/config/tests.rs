@@ -716,7 +716,7 @@ fn a_pool_s_keep_alive_is_bounded() {
 fn an_http2_pool_s_streams_a_connection_are_bounded_and_for_http2_pools() {
     let streams = |extra: &str| {
         let text = one_pool(&format!("protocol = \"h2c\"\n{extra}"));
-        Config::parse(Path::new("t.toml"), &text).unwrap().pools["p"].http2_max_concurrent_streams
+        Config::parse(Path::new("t.toml"), &text).unwrap().pools["p"].http2.max_streams
     };
     assert_eq!((streams(""), streams("http2_max_concurrent_streams = 8")), (100, 8));
     for bad in [0, 10_001] {
@@ -728,6 +728,35 @@ fn an_http2_pool_s_streams_a_connection_are_bounded_and_for_http2_pools() {
     assert_eq!(
         errors(&one_pool("http2_max_concurrent_streams = 8")),
         ["t.toml:6: pool `p`: http2_max_concurrent_streams is for h2 and h2c pools"]
+    );
+}
+
+#[test]
+fn an_http2_pool_s_pings_are_bounded_and_for_http2_pools() {
+    let keepalive = |extra: &str| {
+        let text = one_pool(&format!("protocol = \"h2c\"\n{extra}"));
+        Config::parse(Path::new("t.toml"), &text).unwrap().pools["p"].http2.keepalive
+    };
+    assert_eq!(keepalive(""), None);
+    let every = |interval, timeout| {
+        Some(Http2Keepalive {
+            interval: Duration::from_millis(interval),
+            timeout: Duration::from_millis(timeout),
+        })
+    };
+    assert_eq!(keepalive("http2_keepalive = { interval_ms = 30000 }"), every(30_000, 20_000));
+    assert_eq!(keepalive("http2_keepalive = { interval_ms = 500, timeout_ms = 250 }"), every(500, 250));
+    let bounds =
+        "t.toml:7: pool `p`: http2_keepalive needs interval_ms 100 to 3600000, timeout_ms 1 to 600000";
+    for bad in ["interval_ms = 99", "interval_ms = 3600001", "interval_ms = 1000, timeout_ms = 0"] {
+        assert_eq!(
+            errors(&one_pool(&format!("protocol = \"h2c\"\nhttp2_keepalive = {{ {bad} }}"))),
+            [bounds]
+        );
+    }
+    assert_eq!(
+        errors(&one_pool("http2_keepalive = { interval_ms = 1000 }")),
+        ["t.toml:6: pool `p`: http2_keepalive is for h2 and h2c pools"]
     );
 }
 

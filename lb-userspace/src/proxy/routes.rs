@@ -207,9 +207,8 @@ pub struct Upstream {
     pub weight: u32,
     /// How its pool keeps connections alive.
     pub keep_alive: crate::config::KeepAlive,
-    /// Streams at once on one HTTP/2 connection to it (its pool's
-    /// `http2_max_concurrent_streams`).
-    pub http2_streams: u32,
+    /// How its pool uses HTTP/2 connections (streams at once on one, PINGs).
+    pub http2: crate::config::Http2Upstream,
 }
 
 impl Upstream {
@@ -454,7 +453,7 @@ impl Snapshot {
                             proxy_protocol: pool.proxy_protocol,
                             weight: *weight,
                             keep_alive: pool.keep_alive,
-                            http2_streams: pool.http2_max_concurrent_streams,
+                            http2: pool.http2,
                         })
                     })
                     .collect();

@@ -56,6 +56,9 @@ pub fn pool(pool: &views::Pool) {
         if let Some(streams) = proxy.http2_max_concurrent_streams {
             line += &format!(", {streams} streams a connection");
         }
+        if let Some(pings) = &proxy.http2_keepalive {
+            line += &format!(", {pings}");
+        }
         if let Some(outlier) = &proxy.outlier {
             line += &format!(", outlier ejection after {outlier}");
         }

@@ -27,8 +27,13 @@ pub(in crate::config) fn check(
                 format!("pool `{name}`: proxy_protocol is for HTTP/1.1 pools (an HTTP/2 connection carries many clients' requests)"),
             );
         }
-        let http2_streams =
-            http2_streams(raw_pool.http2_max_concurrent_streams, raw_pool.protocol, &name, errors);
+        let http2 = http2(
+            raw_pool.http2_max_concurrent_streams,
+            raw_pool.http2_keepalive,
+            raw_pool.protocol,
+            &name,
+            errors,
+        );
         let pool = Pool {
             name: name.clone(),
             backends,
@@ -55,7 +60,7 @@ pub(in crate::config) fn check(
                 &name,
                 errors,
             ),
-            http2_max_concurrent_streams: http2_streams,
+            http2,
         };
         if pools.insert(name.clone(), pool).is_some() {
             errors.at(raw_pool.name.span(), format!("pool `{name}` is defined twice"));
@@ -89,23 +94,49 @@ fn keep_alive(
     keep_alive
 }
 
-/// Streams at once on one HTTP/2 connection to a backend: 1 to 10000, on h2 and h2c pools.
-fn http2_streams(
+/// How a pool uses HTTP/2 connections (h2 and h2c pools only): 1 to 10000 streams at once on
+/// one; PINGs every 100 ms to an hour, answered within 1 ms to 10 minutes (20 s by default,
+/// hyper's).
+fn http2(
     streams: Option<Spanned<u32>>,
+    keepalive: Option<Spanned<RawHttp2Keepalive>>,
     protocol: UpstreamProtocol,
     name: &str,
     errors: &mut Errors,
-) -> u32 {
-    let Some(streams) = streams else { return DEFAULT_HTTP2_UPSTREAM_STREAMS };
-    if !protocol.is_http2() {
-        errors.at(
-            streams.span(),
-            format!("pool `{name}`: http2_max_concurrent_streams is for h2 and h2c pools"),
-        );
-    } else if !(1..=10_000).contains(streams.get_ref()) {
-        errors.at(streams.span(), format!("pool `{name}`: http2_max_concurrent_streams must be 1 to 10000"));
+) -> Http2Upstream {
+    let mut http2 = Http2Upstream::default();
+    if let Some(streams) = streams {
+        if !protocol.is_http2() {
+            errors.at(
+                streams.span(),
+                format!("pool `{name}`: http2_max_concurrent_streams is for h2 and h2c pools"),
+            );
+        } else if !(1..=10_000).contains(streams.get_ref()) {
+            errors.at(
+                streams.span(),
+                format!("pool `{name}`: http2_max_concurrent_streams must be 1 to 10000"),
+            );
+        }
+        http2.max_streams = *streams.get_ref();
     }
-    *streams.get_ref()
+    if let Some(keepalive) = keepalive {
+        let at = keepalive.span();
+        let raw = keepalive.into_inner();
+        let timeout_ms = raw.timeout_ms.unwrap_or(20_000);
+        if !protocol.is_http2() {
+            errors.at(at, format!("pool `{name}`: http2_keepalive is for h2 and h2c pools"));
+        } else if !(100..=3_600_000).contains(&raw.interval_ms) || !(1..=600_000).contains(&timeout_ms) {
+            errors.at(
+                at,
+                format!(
+                    "pool `{name}`: http2_keepalive needs interval_ms 100 to 3600000, timeout_ms 1 to 600000"
+                ),
+            );
+        }
+        let (interval, timeout) = (Duration::from_millis(raw.interval_ms), Duration::from_millis(timeout_ms));
+        http2.keepalive = Some(Http2Keepalive { interval, timeout });
+    }
+    http2
 }
 
 /// A pool's slow start: up to `MAX_SLOW_START_MS`, and not on a hashed pool, whose keys would

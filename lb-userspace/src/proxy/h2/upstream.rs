@@ -17,10 +17,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use smallvec::SmallVec;
 use thread_local::ThreadLocal;
 
-use crate::proxy::{
-    backend_stream::{ConnKey, ConnectFailed, Dial},
-    body::Body,
-    clock,
+use crate::{
+    config::Http2Upstream,
+    proxy::{
+        backend_stream::{ConnKey, ConnectFailed, Dial},
+        body::Body,
+        clock,
+    },
 };
 
 type SendError = Box<dyn std::error::Error + Send + Sync>;
@@ -80,12 +83,13 @@ impl Drop for StreamSlot {
 }
 
 impl Pool {
-    /// A stream on an open connection `dial` names with room for it (fewer than `max_streams`
-    /// open), or on a new one: a connect (and TLS handshake) within its timeout and the HTTP/2
-    /// handshake, either of which failing is a [`ConnectFailed`] (no request was sent on it).
-    /// A connection given its last stream is let go at once: hyper closes it when its streams
-    /// end.
-    pub async fn stream(&self, dial: Dial<'_>, max_streams: u32) -> Result<Stream, ConnectFailed> {
+    /// A stream on an open connection `dial` names with room for it (fewer than
+    /// `settings.max_streams` open), or on a new one (with the pool's PINGs): a connect (and TLS
+    /// handshake) within its timeout and the HTTP/2 handshake, either of which failing is a
+    /// [`ConnectFailed`] (no request was sent on it). A connection given its last stream is let
+    /// go at once: hyper closes it when its streams end.
+    pub async fn stream(&self, dial: Dial<'_>, settings: &Http2Upstream) -> Result<Stream, ConnectFailed> {
+        let max_streams = settings.max_streams;
         let key = dial.key();
         let now = clock::coarse_ms();
         let until_ms = now + dial.keep_alive.idle_timeout.as_millis() as u64;
@@ -112,8 +116,12 @@ impl Pool {
         }
         let stream = dial.connect().await?;
         let address = dial.address;
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        if let Some(keepalive) = settings.keepalive {
+            builder.keep_alive_interval(keepalive.interval).keep_alive_timeout(keepalive.timeout);
+        }
+        let (sender, connection) = builder
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|err| ConnectFailed::new(std::io::Error::other(err)))?;
@@ -291,7 +299,7 @@ mod tests {
         let dial = h2c_dial(address, keep_alive);
         let pool = Pool::default();
         for _ in 0..3 {
-            ask(pool.stream(dial, 100).await.unwrap(), address).await;
+            ask(pool.stream(dial, &Http2Upstream::default()).await.unwrap(), address).await;
             tokio::time::sleep(Duration::from_millis(40)).await;
             pool.sweep();
         }
@@ -299,7 +307,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(150)).await;
         pool.sweep();
         all_closed(&open).await;
-        ask(pool.stream(dial, 100).await.unwrap(), address).await;
+        ask(pool.stream(dial, &Http2Upstream::default()).await.unwrap(), address).await;
         assert_eq!(opened.load(Ordering::SeqCst), 2);
     }
 
@@ -312,7 +320,7 @@ mod tests {
         let dial = h2c_dial(address, keep_alive);
         let pool = Pool::default();
         for _ in 0..5 {
-            ask(pool.stream(dial, 100).await.unwrap(), address).await;
+            ask(pool.stream(dial, &Http2Upstream::default()).await.unwrap(), address).await;
         }
         assert_eq!(opened.load(Ordering::SeqCst), 3, "5 requests, 2 a connection");
         drop(pool);
@@ -320,7 +328,7 @@ mod tests {
         let once =
             h2c_dial(address, crate::config::KeepAlive { max_requests: Some(1), ..Default::default() });
         let pool = Pool::default();
-        ask(pool.stream(once, 100).await.unwrap(), address).await;
+        ask(pool.stream(once, &Http2Upstream::default()).await.unwrap(), address).await;
         all_closed(&open).await;
         assert_eq!(opened.load(Ordering::SeqCst), 4, "one request, then closed: none kept");
     }
@@ -333,17 +341,18 @@ mod tests {
         let dial = h2c_dial(address, crate::config::KeepAlive::default());
         let pool = Pool::default();
         let kept = || pool.0.get_or_default().borrow().get(&dial.key()).map_or(0, |c| c.len());
-        let first = pool.stream(dial, 2).await.unwrap();
-        let second = pool.stream(dial, 2).await.unwrap();
+        let two = Http2Upstream { max_streams: 2, ..Http2Upstream::default() };
+        let first = pool.stream(dial, &two).await.unwrap();
+        let second = pool.stream(dial, &two).await.unwrap();
         assert_eq!(kept(), 1, "two streams on one connection");
-        let third = pool.stream(dial, 2).await.unwrap();
+        let third = pool.stream(dial, &two).await.unwrap();
         assert_eq!(kept(), 2, "the first is full: another");
         ask(first, address).await;
-        ask(pool.stream(dial, 2).await.unwrap(), address).await;
+        ask(pool.stream(dial, &two).await.unwrap(), address).await;
         assert_eq!(kept(), 2, "a stream ended: room on the first");
         ask(second, address).await;
         ask(third, address).await;
-        let streams = [(); 4].map(|_| pool.stream(dial, 2));
+        let streams = [(); 4].map(|_| pool.stream(dial, &two));
         let streams = futures_util::future::try_join_all(streams).await.unwrap();
         assert_eq!(kept(), 2, "four streams fill the two connections");
         for stream in streams {
@@ -360,7 +369,8 @@ mod tests {
         let counted = AtomicU64::new(0);
         let dial = Dial { opened: Some(&counted), ..h2c_dial(address, crate::config::KeepAlive::default()) };
         let pool = Pool::default();
-        let streams = [(); 5].map(|_| pool.stream(dial, 100));
+        let settings = Http2Upstream::default();
+        let streams = [(); 5].map(|_| pool.stream(dial, &settings));
         for stream in futures_util::future::try_join_all(streams).await.unwrap() {
             ask(stream, address).await;
         }
@@ -372,5 +382,37 @@ mod tests {
         };
         tokio::time::timeout(Duration::from_secs(2), settled).await.expect("five opened, one left open");
         assert_eq!(counted.load(Ordering::Relaxed), 5, "each counted as opened");
+    }
+
+    /// A backend that answers a stream's head and then goes silent (a host gone without a
+    /// reset): with the pool's PINGs, the connection is found dead and the answer's body fails
+    /// within the interval and the timeout; without, it would wait for the listener's stream
+    /// timeout.
+    #[tokio::test]
+    async fn an_http2_connection_whose_backend_stops_answering_pings_fails_its_streams() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let address = crate::proxy::test_bed::listening(|mut stream| async move {
+            // The server's SETTINGS, an ack of the proxy's, a head for its first stream; then
+            // reads what comes (PINGs too) and answers nothing.
+            let settings = |flags: u8| [&[0, 0, 0, 4, flags][..], &[0; 4]].concat();
+            let head = [&[0, 0, 1, 1, 4, 0, 0, 0, 1][..], &[0x88]].concat(); // HEADERS, :status 200
+            let _ = stream.write_all(&[settings(0), settings(1), head].concat()).await;
+            let mut sink = [0; 4096];
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        let pool = Pool::default();
+        let dial = h2c_dial(address, crate::config::KeepAlive::default());
+        let keepalive = Some(crate::config::Http2Keepalive {
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(100),
+        });
+        let settings = Http2Upstream { keepalive, ..Http2Upstream::default() };
+        let stream = pool.stream(dial, &settings).await.unwrap();
+        let request = Request::builder().uri(format!("http://{address}/")).body(body::empty()).unwrap();
+        let answer = pool.send(dial.key(), stream, request, true).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        let body = tokio::time::timeout(Duration::from_secs(2), answer.into_body().collect()).await;
+        assert!(body.expect("the body ended within 2 s").is_err(), "a dead connection's stream fails");
     }
 }
