@@ -103,7 +103,7 @@ where
 
 /// Whether the backend at `origin` (`scheme://host`) answers gRPC's health check SERVING for
 /// `check.service` (HTTP 200, `grpc-status` 0 in its trailers, or in its head for an answer of
-/// trailers only).
+/// trailers only); an answer longer than `grpc::MAX_ANSWER` fails.
 async fn grpc_serving<I>(io: I, check: &HealthCheck, origin: &str) -> Result<(), String>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -124,7 +124,8 @@ where
         return Err(format!("gRPC health check answered HTTP {}", answer.status().as_u16()));
     }
     let head = answer.headers().clone();
-    let body = answer.into_body().collect().await.map_err(|err| format!("gRPC health check: {err}"))?;
+    let body = http_body_util::Limited::new(answer.into_body(), grpc::MAX_ANSWER).collect().await;
+    let body = body.map_err(|err| format!("gRPC health check: {err}"))?;
     let trailers = body.trailers().cloned().unwrap_or_default();
     let field = |name: &str| {
         let value = trailers.get(name).or_else(|| head.get(name));
@@ -301,17 +302,24 @@ mod tests {
                 hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| async move {
                     let path_ok = request.uri().path() == grpc::CHECK_PATH;
                     let asked = request.into_body().collect().await?.to_bytes();
-                    let status = match &asked[5..] {
-                        [] => server,
-                        [0x0a, 8, name @ ..] if name == b"pkg.Echo" => echo,
-                        _ => 3,
+                    let (status, padding) = match &asked[5..] {
+                        [] => (server, 0),
+                        [0x0a, 8, name @ ..] if name == b"pkg.Echo" => (echo, 0),
+                        // SERVING, with an unknown field of 8 KiB before it.
+                        [0x0a, 7, name @ ..] if name == b"pkg.Big" => (1, 8192),
+                        _ => (3, 0),
                     };
                     let mut trailers = hyper::HeaderMap::new();
                     trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
                     let frames: Vec<Result<Frame<Bytes>, hyper::Error>> = if unimplemented || !path_ok {
                         Vec::new()
                     } else {
-                        let message = Bytes::from(vec![0, 0, 0, 0, 2, 0x08, status]);
+                        let mut field = vec![0x12, 0x80, 0x40]; // field 2, 8192 bytes
+                        field.resize(3 + 8192, 0);
+                        let field = if padding > 0 { field } else { Vec::new() };
+                        let length = (field.len() as u32 + 2).to_be_bytes();
+                        let message = [&[0][..], &length, &field, &[0x08, status]].concat();
+                        let message = Bytes::from(message);
                         vec![Ok(Frame::data(message)), Ok(Frame::trailers(trailers))]
                     };
                     let mut answer =
@@ -346,6 +354,10 @@ mod tests {
             probe(&grpc(serving, Some("pkg.Other")), local, None, None).await,
             Probe::Down("gRPC health check: SERVICE_UNKNOWN".into())
         );
+        let Probe::Down(why) = probe(&grpc(serving, Some("pkg.Big")), local, None, None).await else {
+            panic!("an answer of 8 KiB passed");
+        };
+        assert!(why.starts_with("gRPC health check: length limit exceeded"), "{why}");
         let echo_only = grpc_server(2, 1, false).await;
         assert_eq!(probe(&grpc(echo_only, Some("pkg.Echo")), local, None, None).await, Probe::Up);
         let unimplemented = grpc_server(1, 1, true).await;

@@ -7,6 +7,9 @@ use bytes::Bytes;
 /// The method's path.
 pub const CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
 
+/// The longest answer read (a `HealthCheckResponse` is a few bytes).
+pub const MAX_ANSWER: usize = 4096;
+
 /// `HealthCheckResponse.ServingStatus.SERVING`.
 const SERVING: u64 = 1;
 
