@@ -181,8 +181,9 @@ fn backends(raw: Vec<RawBackend>, name: &str, errors: &mut Errors) -> Vec<Backen
 }
 
 /// A pool's health check: a port, a rise and a fall of at least 1, a timeout above 0 and below
-/// the interval, a path from the root, a Host (HTTP checks only) that is a host and port. The
-/// first broken rule is said.
+/// the interval, a path from the root, gRPC checks on h2 and h2c pools only (and a service on
+/// them only), a Host (HTTP and gRPC checks) that is a host and port. The first broken rule is
+/// said.
 fn health(
     raw: Spanned<RawHealth>,
     protocol: UpstreamProtocol,
