@@ -358,7 +358,16 @@ fn route_view(route: &crate::config::Route) -> views::Route {
             .sum(),
         compress: route.compress.is_some(),
         gates: gates(route),
+        retries: (route.retries > 0).then(|| retries(route)),
     }
+}
+
+/// A route's retries and what they retry: `2 on reset, 502, 503, 504 (budget 20%)`.
+fn retries(route: &crate::config::Route) -> String {
+    let on = &route.retry_on;
+    let mut what: Vec<String> = on.reset.then(|| "reset".to_owned()).into_iter().collect();
+    what.extend(on.statuses.iter().map(u16::to_string));
+    format!("{} on {} (budget {}%)", route.retries, what.join(", "), route.retry_budget_percent)
 }
 
 /// A route's gates, in the order a request meets them (`phase::gate`).
@@ -401,7 +410,8 @@ mod tests {
          keepalive_timeout_ms = 4000\nmax_requests_per_connection = 100\nslow_start_ms = 30000\n\
          [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n\
          [[route]]\nname = \"site\"\nlistener = \"l\"\npool = \"web\"\nallow = [\"10.0.0.0/8\"]\n\
-         rate_limit = { requests_per_second = 20 }\napi_key = { header = \"x-key\", file = \"/nonexistent\" }\n";
+         rate_limit = { requests_per_second = 20 }\napi_key = { header = \"x-key\", file = \"/nonexistent\" }\n\
+         retries = 2\nretry_on = [\"reset\", \"gateway-error\", \"409\"]\n";
 
     async fn json<T: serde::de::DeserializeOwned>(answer: Answer) -> T {
         serde_json::from_slice(&answer.into_body().collect().await.unwrap().to_bytes()).unwrap()
@@ -435,6 +445,7 @@ mod tests {
         );
         let listed: Vec<views::Route> = json(routes(&core)).await;
         assert_eq!(listed[0].gates, ["allow", "api_key", "rate_limit 20/s"]);
+        assert_eq!(listed[0].retries.as_deref(), Some("2 on reset, 409, 502, 503, 504 (budget 20%)"));
         core.lock().unwrap().proxy_metrics.connection_opened("l");
         let listed: Vec<views::Listener> = json(listeners(&core)).await;
         assert_eq!((listed[0].name.as_str(), listed[0].protocol.as_str()), ("l", "http"));

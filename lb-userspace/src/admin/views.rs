@@ -115,6 +115,9 @@ pub struct Route {
     /// `rate_limit 50/s`, `basic_auth`.
     #[serde(default)]
     pub gates: Vec<String>,
+    /// Its retries and what they retry (`2 on reset, 502, 503, 504 (budget 20%)`); None: none.
+    #[serde(default)]
+    pub retries: Option<String>,
 }
 
 /// One entry of `GET /listeners`: an L7 listener, its limits and its open connections.

@@ -232,6 +232,9 @@ pub fn routes(routes: &[views::Route]) {
             "{:<20} {:<12} {:<24} {:<16} {pool:<16} {edits:<20} {gates:<24} {split}",
             r.name, r.listener, r.host, r.path
         );
+        if let Some(retries) = &r.retries {
+            println!("  retries: {retries}");
+        }
     }
 }
 
