@@ -675,6 +675,8 @@ fn root_gateway_api_keys_and_jwt() -> Result<()> {
     assert!(keyed.contains(" api_key, rate_limit 1/s per api_key "), "{listed}");
     let per_user = listed.lines().find(|l| l.starts_with("jwt-per-user ")).unwrap_or_default();
     assert!(per_user.contains(" jwt, rate_limit 0.01/s per jwt_subject "), "{listed}");
+    let retries = listed.lines().skip_while(|l| !l.starts_with("retry ")).nth(1);
+    assert_eq!(retries, Some("  retries: 1 on reset, 502, 503, 504 (budget 100%)"), "{listed}");
 
     // The PROXY protocol to backends: nginx reads the client's address from it, in v1 and v2,
     // and the pools' health checks (which send the header that names no client) keep them up.
