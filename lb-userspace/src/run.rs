@@ -299,9 +299,15 @@ fn take_over(core: &Shared, inherited: Inherited) -> Result<(), RunError> {
     notify(&[NotifyState::MainPid(std::process::id()), NotifyState::Ready]);
     let predecessor = inherited.ready()?;
     info!("took over from the old lbd: serving");
-    let metrics = lock(core).proxy_metrics.clone();
+    let (metrics, runtime) = {
+        let core = lock(core);
+        (core.proxy_metrics.clone(), core.runtime.clone())
+    };
     tokio::task::spawn_blocking(move || match predecessor.counters() {
-        Ok(Some(text)) => metrics.absorb(&text),
+        Ok(Some(text)) => {
+            metrics.absorb(&text);
+            runtime.absorb_connections(&text);
+        }
         Ok(None) => warn!("upgrade: the old lbd ended without its counters"),
         Err(err) => warn!("upgrade: the old lbd's counters: {err}"),
     });
@@ -439,7 +445,10 @@ async fn hand_over_counters(
 ) {
     let open = admin::MAX_CONNECTIONS as u32;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), admin_slots.acquire_many(open)).await;
-    let counters = lock(core).proxy_metrics.text();
+    let counters = {
+        let core = lock(core);
+        core.proxy_metrics.text() + &core.runtime.connections_text()
+    };
     if let Err(err) = tokio::task::spawn_blocking(move || successor.send_counters(&counters))
         .await
         .unwrap_or_else(|err| Err(UpgradeError::Failed { pid: 0, why: err.to_string() }))

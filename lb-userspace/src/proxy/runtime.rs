@@ -358,6 +358,31 @@ impl Runtime {
         counted.filter(|(_, _, opened)| *opened > 0).collect()
     }
 
+    /// The same counts as text exposition lines
+    /// (`http_upstream_connections_total{pool="web",backend="10.0.0.1:80"} 12`): what an
+    /// upgrade hands the new lbd beside the proxy's counters, so they continue there.
+    pub fn connections_text(&self) -> String {
+        let lines = self.connections_opened().into_iter().map(|(pool, address, n)| {
+            format!("http_upstream_connections_total{{pool=\"{pool}\",backend=\"{address}\"}} {n}\n")
+        });
+        lines.collect()
+    }
+
+    /// Adds the counts of another lbd's [`Runtime::connections_text`] lines in `text` (an
+    /// upgrade); other lines are passed over.
+    pub fn absorb_connections(&self, text: &str) {
+        for (name, labels, value) in text.lines().filter_map(crate::proxy::metrics::parse_sample) {
+            let (Some(pool), Some(Ok(address))) =
+                (labels.get("pool"), labels.get("backend").map(|b| b.parse::<SocketAddr>()))
+            else {
+                continue;
+            };
+            if name == "http_upstream_connections_total" {
+                self.backend(pool, address).connections_opened.fetch_add(value as u64, Ordering::Relaxed);
+            }
+        }
+    }
+
     pub fn pool(&self, pool: &str) -> Arc<PoolRuntime> {
         entry(&self.pools, pool.to_owned(), || PoolRuntime {
             class: crate::proxy::backend_tls::new_class(),
@@ -573,5 +598,26 @@ mod tests {
         assert_eq!(route.rate_limited(b, Some("k2"), Some("alice")), None, "alice from elsewhere");
         assert!(route.rate_limited(a, Some("k3"), Some("alice")).is_some(), "alice's burst is spent");
         assert_eq!(route.rate_limited(a, Some("k1"), Some("bob")), None, "bob has his own");
+    }
+
+    /// An upgrade hands the connection counts over as text; the new lbd adds them to its own,
+    /// IPv6 backends and the proxy's other counters' lines alike.
+    #[test]
+    fn connection_counts_continue_in_the_next_lbd() {
+        let (old, new) = (Runtime::default(), Runtime::default());
+        let (v4, v6): (SocketAddr, SocketAddr) =
+            ("10.0.0.1:80".parse().unwrap(), "[fd00::1]:8080".parse().unwrap());
+        old.backend("web", v4).connections_opened.fetch_add(7, Ordering::Relaxed);
+        old.backend("grpc", v6).connections_opened.fetch_add(2, Ordering::Relaxed);
+        old.backend("idle", v4); // none made: not handed over
+        new.backend("web", v4).connections_opened.fetch_add(1, Ordering::Relaxed);
+        let text = format!(
+            "http_requests_total{{route=\"r\",pool=\"web\",backend=\"{v4}\",class=\"2xx\"}} 9\n# EOF\n{}",
+            old.connections_text()
+        );
+        new.absorb_connections(&text);
+        let mut counts = new.connections_opened();
+        counts.sort();
+        assert_eq!(counts, [("grpc".to_owned(), v6, 2), ("web".to_owned(), v4, 8)]);
     }
 }
