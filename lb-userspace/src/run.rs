@@ -299,14 +299,13 @@ fn take_over(core: &Shared, inherited: Inherited) -> Result<(), RunError> {
     notify(&[NotifyState::MainPid(std::process::id()), NotifyState::Ready]);
     let predecessor = inherited.ready()?;
     info!("took over from the old lbd: serving");
-    let (metrics, runtime) = {
-        let core = lock(core);
-        (core.proxy_metrics.clone(), core.runtime.clone())
-    };
+    let metrics = lock(core).proxy_metrics.clone();
+    let core = core.clone();
     tokio::task::spawn_blocking(move || match predecessor.counters() {
         Ok(Some(text)) => {
             metrics.absorb(&text);
-            runtime.absorb_connections(&text);
+            let core = lock(&core);
+            core.runtime.absorb_connections(&text, &core.state.config);
         }
         Ok(None) => warn!("upgrade: the old lbd ended without its counters"),
         Err(err) => warn!("upgrade: the old lbd's counters: {err}"),

@@ -323,6 +323,14 @@ pub struct Runtime {
     built: AtomicBool,
 }
 
+/// Whether `config`'s pool `pool` has the backend at `address` (its address and the pool's port).
+fn names_backend(config: &Config, pool: &str, address: SocketAddr) -> bool {
+    config
+        .pools
+        .get(pool)
+        .is_some_and(|p| p.port == address.port() && p.backends.iter().any(|b| b.addr == address.ip()))
+}
+
 fn entry<K: Hash + Eq, V>(map: &Mutex<HashMap<K, Arc<V>>>, key: K, make: impl FnOnce() -> V) -> Arc<V> {
     map.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_insert_with(|| Arc::new(make())).clone()
 }
@@ -369,15 +377,18 @@ impl Runtime {
     }
 
     /// Adds the counts of another lbd's [`Runtime::connections_text`] lines in `text` (an
-    /// upgrade); other lines are passed over.
-    pub fn absorb_connections(&self, text: &str) {
+    /// upgrade) for the backends `config` names; other lines are passed over.
+    pub fn absorb_connections(&self, text: &str, config: &Config) {
         for (name, labels, value) in text.lines().filter_map(crate::proxy::metrics::parse_sample) {
+            if name != "http_upstream_connections_total" {
+                continue;
+            }
             let (Some(pool), Some(Ok(address))) =
                 (labels.get("pool"), labels.get("backend").map(|b| b.parse::<SocketAddr>()))
             else {
                 continue;
             };
-            if name == "http_upstream_connections_total" {
+            if names_backend(config, pool, address) {
                 self.backend(pool, address).connections_opened.fetch_add(value as u64, Ordering::Relaxed);
             }
         }
@@ -446,11 +457,10 @@ impl Runtime {
 
     /// Forgets what `config` no longer names (removed routes, pools and backends).
     pub fn retain(&self, config: &Config) {
-        self.backends.lock().unwrap_or_else(|p| p.into_inner()).retain(|(pool, address), _| {
-            config.pools.get(pool).is_some_and(|p| {
-                p.port == address.port() && p.backends.iter().any(|b| b.addr == address.ip())
-            })
-        });
+        self.backends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(pool, address), _| names_backend(config, pool, *address));
         self.pools
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -601,7 +611,8 @@ mod tests {
     }
 
     /// An upgrade hands the connection counts over as text; the new lbd adds them to its own,
-    /// IPv6 backends and the proxy's other counters' lines alike.
+    /// IPv6 backends alike, for the backends its config names (the proxy's other counters'
+    /// lines and a backend gone from the config are passed over).
     #[test]
     fn connection_counts_continue_in_the_next_lbd() {
         let (old, new) = (Runtime::default(), Runtime::default());
@@ -610,12 +621,20 @@ mod tests {
         old.backend("web", v4).connections_opened.fetch_add(7, Ordering::Relaxed);
         old.backend("grpc", v6).connections_opened.fetch_add(2, Ordering::Relaxed);
         old.backend("idle", v4); // none made: not handed over
+        old.backend("gone", v4).connections_opened.fetch_add(3, Ordering::Relaxed);
         new.backend("web", v4).connections_opened.fetch_add(1, Ordering::Relaxed);
+        let config = Config::parse(
+            std::path::Path::new("t.toml"),
+            "[dataplane]\ninterface = \"lo\"\n\
+             [[pool]]\nname = \"web\"\nbackends = [{ address = \"10.0.0.1\" }]\n\
+             [[pool]]\nname = \"grpc\"\nport = 8080\nprotocol = \"h2c\"\nbackends = [{ address = \"fd00::1\" }]\n",
+        )
+        .unwrap();
         let text = format!(
             "http_requests_total{{route=\"r\",pool=\"web\",backend=\"{v4}\",class=\"2xx\"}} 9\n# EOF\n{}",
             old.connections_text()
         );
-        new.absorb_connections(&text);
+        new.absorb_connections(&text, &config);
         let mut counts = new.connections_opened();
         counts.sort();
         assert_eq!(counts, [("grpc".to_owned(), v6, 2), ("web".to_owned(), v4, 8)]);
