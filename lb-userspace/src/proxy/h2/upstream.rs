@@ -59,11 +59,12 @@ impl Connection {
     }
 }
 
-/// A stream about to be opened on a connection: its sender, and its slot in the connection's
-/// count of open streams.
+/// A stream about to be opened on a connection: its sender, its slot in the connection's count
+/// of open streams, and what the connection is filed under.
 pub struct Stream {
     sender: http2::SendRequest<Body>,
     slot: StreamSlot,
+    key: ConnKey,
 }
 
 /// One open stream of an HTTP/2 connection, counted until its answer's body is dropped.
@@ -100,8 +101,8 @@ impl Pool {
                 let i = connections.iter().position(|connection| connection.has_room(now, max_streams))?;
                 let connection = &mut connections[i];
                 connection.until_ms = until_ms;
-                let stream =
-                    Stream { sender: connection.sender.clone(), slot: StreamSlot::new(&connection.streams) };
+                let slot = StreamSlot::new(&connection.streams);
+                let stream = Stream { sender: connection.sender.clone(), slot, key };
                 if let Some(left) = &mut connection.left {
                     *left -= 1;
                     if *left == 0 {
@@ -141,20 +142,19 @@ impl Pool {
         if left != Some(0) && !connections.iter().any(|connection| connection.has_room(now, max_streams)) {
             connections.push(Connection { sender: sender.clone(), until_ms, left, streams });
         }
-        Ok(Stream { sender, slot })
+        Ok(Stream { sender, slot, key })
     }
 
-    /// Sends `request` on `stream` (of the connections filed under `key`). A connection that
-    /// fails is let go; a `resendable` (bodiless) request the backend did not process fails
-    /// with [`StreamRefused`]. The answer's body holds the stream's slot.
+    /// Sends `request` on `stream`. A connection that fails is let go; a `resendable`
+    /// (bodiless) request the backend did not process fails with [`StreamRefused`]. The
+    /// answer's body holds the stream's slot.
     pub async fn send(
         &self,
-        key: ConnKey,
         stream: Stream,
         request: Request<Body>,
         resendable: bool,
     ) -> Result<Response<Body>, SendError> {
-        let Stream { mut sender, slot } = stream;
+        let Stream { mut sender, slot, key } = stream;
         let answer = match sender.ready().await {
             Ok(()) => sender.send_request(request).await,
             Err(err) => Err(err),
@@ -410,7 +410,7 @@ mod tests {
         let settings = Http2Upstream { keepalive, ..Http2Upstream::default() };
         let stream = pool.stream(dial, &settings).await.unwrap();
         let request = Request::builder().uri(format!("http://{address}/")).body(body::empty()).unwrap();
-        let answer = pool.send(dial.key(), stream, request, true).await.unwrap();
+        let answer = pool.send(stream, request, true).await.unwrap();
         assert_eq!(answer.status(), StatusCode::OK);
         let body = tokio::time::timeout(Duration::from_secs(2), answer.into_body().collect()).await;
         assert!(body.expect("the body ended within 2 s").is_err(), "a dead connection's stream fails");

@@ -146,8 +146,7 @@ impl Upstreams {
         }
         // Boxed: HTTP/2's state is not carried by every HTTP/1.1 request's future.
         Box::pin(async move {
-            let dial = upstream.dial(host, None);
-            let stream = self.http2.stream(dial, &upstream.http2).await?;
+            let stream = self.http2.stream(upstream.dial(host, None), &upstream.http2).await?;
             // A bodiless request the backend refuses unprocessed may go to another backend, so
             // its headers are copied, never taken.
             let bodiless = body.as_ref().is_none_or(hyper::body::Body::is_end_stream);
@@ -163,7 +162,7 @@ impl Upstreams {
             *request.uri_mut() = uri;
             *request.version_mut() = Version::HTTP_2;
             *request.headers_mut() = headers;
-            self.http2.send(dial.key(), stream, request, bodiless).await
+            self.http2.send(stream, request, bodiless).await
         })
         .await
     }
