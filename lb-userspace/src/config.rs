@@ -537,7 +537,8 @@ impl HashKey {
 pub enum HealthKind {
     /// A TCP connect must succeed.
     Tcp,
-    /// A GET of `path` must answer `expect_status` (HTTP/2 on h2 and h2c pools).
+    /// A GET of `path` must answer `expect_status` (HTTP/1.1; HTTP/2 where a TLS pool's
+    /// backend agrees to it by ALPN).
     Http,
     /// The gRPC health checking protocol (`grpc.health.v1.Health/Check`, h2 and h2c pools):
     /// the backend must answer SERVING.
