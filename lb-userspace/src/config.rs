@@ -376,15 +376,18 @@ pub struct Route {
     pub allow: Vec<IpNet>,
     pub deny: Vec<IpNet>,
     pub rate_limit: Option<RateLimit>,
-    /// Extra tries on another backend after an exchange that broke or a 502/503/504, for
-    /// requests without a body of idempotent methods (a backend that cannot be reached gets
-    /// no request, which goes to another backend whatever it is, retries or not).
+    /// Extra tries on another backend after what `retry_on` names, for requests of idempotent
+    /// methods whose body (if any) fits `retry_buffer_bytes` (a backend that cannot be reached
+    /// gets no request, which goes to another backend whatever it is, retries or not).
     pub retries: u32,
     /// What `retries` retry.
     pub retry_on: RetryOn,
     /// Retries stay under this share of the route's requests (plus a few), so they never
     /// multiply an outage's load.
     pub retry_budget_percent: f64,
+    /// A request body up to this long is kept while it is sent, so that a retry, or another
+    /// backend after an HTTP/2 backend refused it unprocessed, can be sent it too (0: none).
+    pub retry_buffer_bytes: usize,
     pub fallback: Option<Fallback>,
     pub api_key: Option<ApiKeyConfig>,
     pub jwt: Option<JwtConfig>,

@@ -116,6 +116,7 @@ pub(super) struct RawRoute {
     pub(super) retries: u32,
     pub(super) retry_on: Option<Spanned<Vec<String>>>,
     pub(super) retry_budget_percent: Option<f64>,
+    pub(super) retry_buffer_bytes: Option<u64>,
     pub(super) fallback: Option<Fallback>,
     pub(super) api_key: Option<RawApiKey>,
     pub(super) jwt: Option<JwtConfig>,

@@ -586,6 +586,19 @@ fn says(extra: &str, expected: &str) {
 }
 
 #[test]
+fn a_routes_retry_buffer_is_64_kib_by_default_and_at_most_16_mib() {
+    let bytes =
+        |extra: &str| Config::parse(Path::new("t.toml"), &route(extra)).unwrap().routes[0].retry_buffer_bytes;
+    assert_eq!(bytes(""), 65536);
+    assert_eq!(bytes("retry_buffer_bytes = 0\n"), 0, "no body kept");
+    assert_eq!(bytes("retry_buffer_bytes = 16777216\n"), 16 << 20);
+    says(
+        "retry_buffer_bytes = 16777217\n",
+        "t.toml:11: retry_buffer_bytes must be at most 16777216 (16 MiB)",
+    );
+}
+
+#[test]
 fn retry_on_names_resets_and_statuses_and_needs_retries() {
     let retry_on =
         |extra: &str| Config::parse(Path::new("t.toml"), &route(extra)).unwrap().routes[0].retry_on.clone();
@@ -1004,6 +1017,7 @@ fn a_route_that_answers_by_itself_takes_no_pool_and_nothing_that_needs_one() {
         ("retries = 1", "retries"),
         ("retries = 1\nretry_on = [\"reset\"]", "retry_on"),
         ("retry_budget_percent = 5.0", "retry_budget_percent"),
+        ("retry_buffer_bytes = 5", "retry_buffer_bytes"),
         ("fallback = { status = 503 }", "fallback"),
         ("shadow = { pool = \"p\", percent = 5.0 }", "shadow"),
         ("cache = {}", "cache"),

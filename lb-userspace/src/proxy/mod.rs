@@ -25,6 +25,7 @@ pub mod own_fields;
 pub mod phase;
 pub mod pipeline;
 pub mod proxy_protocol;
+pub mod replay;
 pub mod round_robin;
 pub mod routes;
 pub mod runtime;

@@ -354,7 +354,8 @@ impl Forwarder {
             let choice = choose::pool(route, &parts.headers, self.draw());
             labels.pool = choice.pool.clone();
             let pool = choose::serving(snapshot, route, &choice)?;
-            let tries = upstream::tries(route, &parts.method, checked.bodiless && !upgrade);
+            let resendable = (checked.bodiless || route.retry_buffer_bytes > 0) && !upgrade;
+            let tries = upstream::tries(route, &parts.method, resendable);
             route.runtime.count_request();
 
             // Path and headers; then the answer, from the cache or from a backend (a shadow copy

@@ -72,6 +72,8 @@ pub struct CompiledRoute {
     /// What the retries retry: a broken exchange, these statuses.
     pub retry_on: crate::config::RetryOn,
     retry_budget_percent: f64,
+    /// The longest request body kept for another try (0: none).
+    pub retry_buffer_bytes: usize,
     pub fallback: Option<Fallback>,
     /// The path prefix the route matches and what replaces it for the backend.
     pub rewrite: Option<(String, String)>,
@@ -124,6 +126,7 @@ impl CompiledRoute {
             retries: route.retries,
             retry_on: route.retry_on.clone(),
             retry_budget_percent: route.retry_budget_percent,
+            retry_buffer_bytes: route.retry_buffer_bytes,
             runtime: runtime.route(route),
             fallback: route.fallback.clone(),
             rewrite: match (&route.path, &route.rewrite_prefix) {

@@ -76,6 +76,7 @@ pub(in crate::config) fn check(
             retries: raw.retries,
             retry_on,
             retry_budget_percent: raw.retry_budget_percent.unwrap_or(20.0),
+            retry_buffer_bytes: retry_buffer_bytes(raw.retry_buffer_bytes, at.clone(), errors),
             fallback: raw.fallback,
             api_key,
             jwt,
@@ -121,6 +122,20 @@ fn retry_on(raw: Option<Spanned<Vec<String>>>, retries: u32, errors: &mut Errors
     on
 }
 
+/// The longest request body a route keeps for another try: 64 KiB by default, at most 16 MiB
+/// (each request in flight may hold that much).
+fn retry_buffer_bytes(raw: Option<u64>, at: Range<usize>, errors: &mut Errors) -> usize {
+    const MAX: u64 = 16 << 20;
+    match raw {
+        None => 64 << 10,
+        Some(bytes) if bytes > MAX => {
+            errors.at(at, format!("retry_buffer_bytes must be at most {MAX} (16 MiB)"));
+            0
+        }
+        Some(bytes) => bytes as usize,
+    }
+}
+
 /// Where a route's requests go: to its pool, or to an answer of its own (`redirect` or
 /// `respond`); exactly one of the three.
 fn target(
@@ -161,6 +176,7 @@ fn forwarding_only(raw: &RawRoute, at: Range<usize>, errors: &mut Errors) {
         ("retries", raw.retries > 0),
         ("retry_on", raw.retry_on.is_some()),
         ("retry_budget_percent", raw.retry_budget_percent.is_some()),
+        ("retry_buffer_bytes", raw.retry_buffer_bytes.is_some()),
         ("fallback", raw.fallback.is_some()),
         ("shadow", raw.shadow.is_some()),
         ("cache", raw.cache.is_some()),

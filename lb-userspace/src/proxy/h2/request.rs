@@ -10,7 +10,7 @@ use h2::RecvStream;
 use http_body_util::BodyExt;
 use hyper::{
     Request,
-    body::{Body as HttpBody, Frame},
+    body::{Body as HttpBody, Frame, SizeHint},
     header::{self, HeaderValue},
 };
 
@@ -23,6 +23,8 @@ use crate::proxy::{
 struct Incoming {
     recv: RecvStream,
     data_done: bool,
+    /// What its Content-Length leaves to read (h2 refuses a body of another length).
+    left: Option<u64>,
 }
 
 impl HttpBody for Incoming {
@@ -37,6 +39,7 @@ impl HttpBody for Incoming {
             match ready!(self.recv.poll_data(cx)) {
                 Some(Ok(data)) => {
                     let _ = self.recv.flow_control().release_capacity(data.len());
+                    self.left = self.left.map(|left| left.saturating_sub(data.len() as u64));
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Some(Err(err)) => return Poll::Ready(Some(Err(err.into()))),
@@ -52,6 +55,10 @@ impl HttpBody for Incoming {
 
     fn is_end_stream(&self) -> bool {
         self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.left.map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }
 
@@ -74,9 +81,10 @@ pub(super) fn request(mut request: Request<RecvStream>) -> Request<Body> {
     if cookies > 1 {
         join_cookies(request.headers_mut());
     }
+    let left = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
     request.map(|recv| match recv.is_end_stream() {
         true => body::empty(),
-        false => Incoming { recv, data_done: false }.boxed(),
+        false => Incoming { recv, data_done: false, left }.boxed(),
     })
 }
 

@@ -149,6 +149,7 @@ async fn fetch(upstreams: &Upstreams, request: &CacheRequest<'_>) -> Fetched {
         request.forwarding,
         request.host,
         &mut no_body,
+        false,
         None, // a fill's interim answers are not a client's
     );
     let response = match tokio::time::timeout_at(deadline, sent).await {

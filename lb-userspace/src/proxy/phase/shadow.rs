@@ -63,6 +63,7 @@ pub fn send(
             &forwarding,
             &host,
             &mut no_body,
+            false,
             None,
         );
         let status = match tokio::time::timeout(SHADOW_TIMEOUT, sent).await {

@@ -13,12 +13,14 @@ use std::{
     time::Duration,
 };
 
+use hyper::body::Body as _;
 use hyper::{
     HeaderMap, Method, Request, Response, StatusCode, Uri, Version,
     header::{self, HeaderValue},
     http::request::Parts,
 };
 use smallvec::SmallVec;
+use tokio::time::Instant;
 
 use crate::{
     config::{Fallback, UpstreamProtocol},
@@ -34,6 +36,7 @@ use crate::{
             headers::{self, Forwarding},
         },
         proxy_protocol,
+        replay::{self, Replay},
         routes::{CompiledRoute, L7Pool, Upstream},
     },
     state::Command,
@@ -89,7 +92,9 @@ impl Upstreams {
     ///
     /// HTTP/1.1 writes the head from `headers` as they are; HTTP/2 needs them as its own, and
     /// takes them (`take_headers`) or a copy, and the body, only once its connection is open.
-    /// So a try that could not connect ([`ConnectFailed`]) leaves both for another backend.
+    /// So a try that could not connect ([`ConnectFailed`]) leaves both for another backend. A
+    /// bodiless request, or one whose body is `kept` ([`replay`]), that an HTTP/2 backend refuses
+    /// unprocessed fails with [`StreamRefused`], its headers copied rather than taken.
     #[allow(clippy::too_many_arguments, reason = "the request's parts and where it goes")]
     pub async fn send(
         &self,
@@ -101,6 +106,7 @@ impl Upstreams {
         forwarding: &Forwarding,
         host: &str,
         body: &mut Option<Body>,
+        kept: bool,
         conn: Option<&ClientConn>,
     ) -> Result<Response<Body>, SendError> {
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -147,11 +153,11 @@ impl Upstreams {
         // Boxed: HTTP/2's state is not carried by every HTTP/1.1 request's future.
         Box::pin(async move {
             let stream = self.http2.stream(upstream.dial(host, None), &upstream.http2).await?;
-            // A bodiless request the backend refuses unprocessed may go to another backend, so
-            // its headers are copied, never taken.
-            let bodiless = body.as_ref().is_none_or(hyper::body::Body::is_end_stream);
+            // A request the backend refuses unprocessed may go to another backend if its body
+            // can be sent again, so its headers are copied, never taken.
+            let resendable = kept || body.as_ref().is_none_or(hyper::body::Body::is_end_stream);
             let mut headers =
-                if take_headers && !bodiless { std::mem::take(headers) } else { headers.clone() };
+                if take_headers && !resendable { std::mem::take(headers) } else { headers.clone() };
             forwarding.apply(&mut headers);
             headers.remove(header::HOST);
             let authority = host.parse().unwrap_or_else(|_| upstream.authority.clone());
@@ -162,7 +168,7 @@ impl Upstreams {
             *request.uri_mut() = uri;
             *request.version_mut() = Version::HTTP_2;
             *request.headers_mut() = headers;
-            self.http2.send(stream, request, bodiless).await
+            self.http2.send(stream, request, resendable).await
         })
         .await
     }
@@ -234,7 +240,8 @@ impl Failed {
 }
 
 /// How many tries a request gets: 1, or 1 + the route's retries for an idempotent request
-/// that can be sent again (no body, no protocol switch: `resendable`).
+/// that can be sent again (`resendable`: no protocol switch, and no body or one the route keeps,
+/// `retry_buffer_bytes`).
 pub fn tries(route: &CompiledRoute, method: &Method, resendable: bool) -> u32 {
     let idempotent = matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE");
     if route.retries > 0 && resendable && idempotent { route.retries + 1 } else { 1 }
@@ -274,7 +281,8 @@ impl Tries<'_> {
     /// could not connect sent nothing: the request goes to another backend whatever its method
     /// or body, up to `REDISPATCHES` times within the budget and the try's deadline, not counted
     /// as a try (nginx's `proxy_next_upstream error`, HAProxy's `retry-on conn-failure` with
-    /// `option redispatch`).
+    /// `option redispatch`); so does one an HTTP/2 backend refused unprocessed. A body goes to
+    /// another backend only if it was kept (`replay`: up to the route's `retry_buffer_bytes`).
     pub async fn run(
         &self,
         first: Arc<Upstream>,
@@ -283,7 +291,15 @@ impl Tries<'_> {
         draw: impl Fn() -> f64,
     ) -> Result<Answered, Failed> {
         let mut upstream = first;
-        let mut body = Some(body);
+        let bodiless = body.is_end_stream();
+        let mut replay = None;
+        let mut body = Some(if self.keeps(&body) {
+            let (body, kept) = replay::record(body, self.route.retry_buffer_bytes);
+            replay = Some(kept);
+            body
+        } else {
+            body
+        });
         let mut tried: SmallVec<[SocketAddr; 4]> = SmallVec::new();
         let (mut attempt, mut redispatched) = (0, 0);
         let mut deadline = None;
@@ -308,6 +324,7 @@ impl Tries<'_> {
                     forwarding,
                     host,
                     &mut body,
+                    replay.is_some(),
                     self.conn
                 ));
                 deadline::within(until, sending).await
@@ -318,6 +335,10 @@ impl Tries<'_> {
                 Sent::Answer(response) => response,
                 Sent::Failed(failed) => return Err(failed),
                 Sent::Unreached(failed) => {
+                    // A refused HTTP/2 stream took the body: the kept one goes instead.
+                    if body.is_none() && !rewind(&mut body, &mut replay, bodiless, until).await {
+                        return Err(failed);
+                    }
                     let next =
                         (redispatched < REDISPATCHES).then(|| self.next(&parts.headers, &tried)).flatten();
                     match next {
@@ -329,35 +350,54 @@ impl Tries<'_> {
                         None => return Err(failed),
                     }
                 }
-                Sent::Broken(failed) => match (!last && self.route.retry_on.reset)
-                    .then(|| self.next(&parts.headers, &tried))
-                    .flatten()
-                {
-                    Some(next) => {
-                        upstream = next;
-                        attempt += 1;
-                        (deadline, body) = (None, None);
-                        self.back_off(attempt, &draw).await;
-                        continue;
+                Sent::Broken(failed) => {
+                    let next = if !last && self.route.retry_on.reset {
+                        rewind(&mut body, &mut replay, bodiless, until)
+                            .await
+                            .then(|| self.next(&parts.headers, &tried))
+                            .flatten()
+                    } else {
+                        None
+                    };
+                    match next {
+                        Some(next) => {
+                            upstream = next;
+                            attempt += 1;
+                            deadline = None;
+                            self.back_off(attempt, &draw).await;
+                            continue;
+                        }
+                        None => return Err(failed),
                     }
-                    None => return Err(failed),
-                },
+                }
             };
             let status = response.status().as_u16();
             if !last
                 && self.route.retry_on.statuses.contains(&status)
+                && rewind(&mut body, &mut replay, bodiless, until).await
                 && let Some(next) = self.next(&parts.headers, &tried)
             {
                 let (route, pool) = (self.route.name.clone(), self.pool.name.clone());
                 self.metrics.request(route, pool, upstream.label.clone(), status, Some(seconds));
                 upstream = next;
                 attempt += 1;
-                (deadline, body) = (None, None);
+                deadline = None;
                 self.back_off(attempt, &draw).await;
                 continue;
             }
             return Ok(Answered { response, in_flight, seconds, backend: upstream.label.clone() });
         }
+    }
+
+    /// Whether the request's body is kept as it is sent, for another try: one that may have
+    /// another (retries, or an HTTP/2 backend that may refuse it unprocessed), of no declared
+    /// length over the route's bound.
+    fn keeps(&self, body: &Body) -> bool {
+        let limit = self.route.retry_buffer_bytes;
+        !body.is_end_stream()
+            && limit > 0
+            && (self.tries > 1 || self.pool.protocol != UpstreamProtocol::Http1)
+            && body.size_hint().lower() <= limit as u64
     }
 
     /// The pause before retry `attempt` (1, 2, …): 5 ms doubling per try, times a draw in
@@ -408,6 +448,29 @@ impl Tries<'_> {
     }
 }
 
+/// Makes `body` the request's body again for another try: none for a bodiless request, else
+/// the kept one, once the last try let go of it (at the latest at `until`). false: the body was
+/// not kept, or not whole (longer than the route's bound), so no other try can have it.
+async fn rewind(
+    body: &mut Option<Body>,
+    replay: &mut Option<Replay>,
+    bodiless: bool,
+    until: Instant,
+) -> bool {
+    *body = None;
+    if bodiless {
+        return true;
+    }
+    let Some(kept) = replay.take() else { return false };
+    match kept.again(until).await {
+        Some((again, kept)) => {
+            (*body, *replay) = (Some(again), Some(kept));
+            true
+        }
+        None => false,
+    }
+}
+
 /// How one try ended.
 enum Sent {
     /// The backend answered (a 5xx too).
@@ -448,7 +511,7 @@ mod tests {
         assert_eq!(tries(route, &Method::GET, true), 3);
         assert_eq!(tries(route, &Method::PUT, true), 3);
         assert_eq!(tries(route, &Method::POST, true), 1, "not idempotent");
-        assert_eq!(tries(route, &Method::GET, false), 1, "a body or a protocol switch");
+        assert_eq!(tries(route, &Method::GET, false), 1, "a body not kept, or a protocol switch");
         let s = snapshot("");
         assert_eq!(tries(&s.routes["l"][0], &Method::GET, true), 1, "no retries configured");
     }

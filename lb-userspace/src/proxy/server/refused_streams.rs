@@ -1,15 +1,15 @@
 //! h2c backends that say they did not process a request (RFC 9113 §8.7): one that refuses
 //! every stream (`REFUSED_STREAM`), one that answers with GOAWAY naming no stream processed
 //! (a backend shutting down). Through a listener with real clients, with no `retries`: a
-//! bodiless request goes to another backend of the pool, whatever its method, as if the
-//! connect had failed; one with a body was sent as it was read, so it gets 502.
+//! request goes to another backend of the pool, whatever its method, as if the connect had
+//! failed, with its body if the route kept it (`retry_buffer_bytes`), else it gets 502.
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http_body_util::{Empty, Full};
 use hyper::{Method, Request};
 use tokio::{
-    io::AsyncWriteExt,
+    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
 
@@ -69,29 +69,31 @@ async fn listener() -> SocketAddr {
         "[[pool]]\nname = \"r\"\nport = {}\nprotocol = \"h2c\"\n{both}\n\
          [[pool]]\nname = \"a\"\nport = {}\nprotocol = \"h2c\"\n{both}\n\
          [[route]]\nlistener = \"l\"\nhost = \"refuse.test\"\npool = \"r\"\n\
-         [[route]]\nlistener = \"l\"\nhost = \"away.test\"\npool = \"a\"\n",
+         [[route]]\nlistener = \"l\"\nhost = \"away.test\"\npool = \"a\"\n\
+         [[route]]\nlistener = \"l\"\nhost = \"tight.test\"\npool = \"r\"\nretry_buffer_bytes = 4\n",
         ports[0], ports[1]
     );
     let listener = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\n";
     super::mutations::start_listener(listener, &routes).await.0
 }
 
-/// The status of a `method` to `host` over HTTP/1.1 or HTTP/2, with `body` if any.
+/// The status of a `method` to `host` over HTTP/1.1 or HTTP/2, with `body` if any, and the
+/// answer's body (the serving backend echoes the request's).
 async fn status(
     address: SocketAddr,
     host: &str,
     method: Method,
     body: Option<&'static str>,
     http2: bool,
-) -> u16 {
+) -> (u16, String) {
     let request = Request::builder().method(method).uri(format!("http://{host}/"));
-    let head = match body {
+    let (head, answer) = match body {
         Some(body) => {
-            test_bed::ask(address, request.body(Full::new(Bytes::from(body))).unwrap(), http2).await.0
+            test_bed::ask(address, request.body(Full::new(Bytes::from(body))).unwrap(), http2).await
         }
-        None => test_bed::ask(address, request.body(Empty::<Bytes>::new()).unwrap(), http2).await.0,
+        None => test_bed::ask(address, request.body(Empty::<Bytes>::new()).unwrap(), http2).await,
     };
-    head.status.as_u16()
+    (head.status.as_u16(), answer)
 }
 
 #[tokio::test]
@@ -101,17 +103,48 @@ async fn a_bodiless_request_a_backend_did_not_process_goes_to_another() {
     for host in ["refuse.test", "away.test"] {
         for i in 0..8 {
             let (method, http2) = (if i % 2 == 0 { Method::GET } else { Method::DELETE }, i >= 4);
-            assert_eq!(status(address, host, method, None, http2).await, 200, "{host} {i}");
+            assert_eq!(status(address, host, method, None, http2).await.0, 200, "{host} {i}");
         }
     }
 }
 
 #[tokio::test]
-async fn a_request_with_a_body_a_backend_refused_gets_502() {
+async fn a_request_with_a_kept_body_a_backend_did_not_process_goes_to_another_whole() {
+    let address = listener().await;
+    for host in ["refuse.test", "away.test"] {
+        for i in 0..4 {
+            let answer = status(address, host, Method::POST, Some("hello"), i >= 2).await;
+            assert_eq!(answer, (200, "hello".to_owned()), "{host} {i}");
+        }
+    }
+}
+
+/// A body that comes in two parts, the second after the refusal: the kept part, then the
+/// rest as it comes, reach the other backend.
+#[tokio::test]
+async fn a_body_refused_half_sent_goes_to_another_with_its_rest() {
+    let address = listener().await;
+    for i in 0..4 {
+        let mut client = TcpStream::connect(address).await.unwrap();
+        let head =
+            "POST / HTTP/1.1\r\nHost: refuse.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+        client.write_all(format!("{head}5\r\nhello\r\n").as_bytes()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        client.write_all(b"6\r\n world\r\n0\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        let read = client.read_to_end(&mut answer);
+        tokio::time::timeout(std::time::Duration::from_secs(5), read).await.unwrap().unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("hello world"), "{i}: {answer}");
+    }
+}
+
+#[tokio::test]
+async fn a_body_longer_than_the_routes_bound_a_backend_refused_gets_502() {
     let address = listener().await;
     let mut statuses = Vec::new();
     for i in 0..4 {
-        statuses.push(status(address, "refuse.test", Method::POST, Some("hello"), i >= 2).await);
+        statuses.push(status(address, "tight.test", Method::POST, Some("hello"), i >= 2).await.0);
     }
     statuses.sort_unstable();
     assert_eq!(statuses, [200, 200, 502, 502], "round robin: half on the refusing backend");

@@ -1,12 +1,13 @@
 //! A route's `retry_on` through a listener, with a real client: each pool has a serving
 //! HTTP/1.1 backend on 127.0.0.1 and a failing one on 127.0.0.2 (the same port), which answers
 //! 500 or closes without an answer (a reset); round robin sends every other GET there. What
-//! `retry_on` names is retried on the serving backend; the rest reaches the client.
+//! `retry_on` names is retried on the serving backend; the rest reaches the client. A body the
+//! route kept (`retry_buffer_bytes`) goes with the retry.
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::{Request, Response, service::service_fn};
+use http_body_util::{Empty, Full};
+use hyper::{Method, Request, Response, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
@@ -51,7 +52,8 @@ async fn backends(failing: Failing) -> u16 {
 
 /// A listener with a route per host, each over a pool of both backends, one retry, and the
 /// route's `retry_on` line: `500.test` and `500-default.test` on the backend answering 500,
-/// `reset.test` and `reset-default.test` on the one that resets.
+/// `reset.test` and `reset-default.test` on the one that resets; `tight.test` retries 500s
+/// but keeps no body over 4 bytes.
 async fn listener() -> SocketAddr {
     let (status500, reset) = (backends(Failing::Status500).await, backends(Failing::Reset).await);
     let both = "backends = [{ address = \"127.0.0.2\" }, { address = \"127.0.0.1\" }]";
@@ -64,6 +66,7 @@ async fn listener() -> SocketAddr {
         ("500-default.test", "s", ""),
         ("reset.test", "r", "retry_on = [\"gateway-error\"]"),
         ("reset-default.test", "r", ""),
+        ("tight.test", "s", "retry_on = [\"500\"]\nretry_buffer_bytes = 4"),
     ] {
         routes += &format!(
             "[[route]]\nlistener = \"l\"\nhost = \"{host}\"\npool = \"{pool}\"\nretries = 1\n\
@@ -96,4 +99,34 @@ async fn a_route_retries_what_its_retry_on_names_and_passes_the_rest_on() {
         [200, 200, 200, 200, 502, 502, 502, 502],
         "gateway-error alone: a reset reaches the client as 502"
     );
+}
+
+/// The statuses and answers of 8 `method`s to `host` with a 5-byte body, sorted (the serving
+/// backend answers how many bytes it read).
+async fn answers_with_a_body(address: SocketAddr, host: &str, method: Method) -> Vec<(u16, String)> {
+    let mut answers = Vec::new();
+    for i in 0..8 {
+        let request = Request::builder().method(method.clone()).uri(format!("http://{host}/"));
+        let request = request.body(Full::new(Bytes::from_static(b"hello"))).unwrap();
+        let (head, body) = test_bed::ask(address, request, i % 2 == 1).await;
+        answers.push((head.status.as_u16(), body));
+    }
+    answers.sort_unstable();
+    answers
+}
+
+#[tokio::test]
+async fn a_kept_body_goes_with_the_retry_and_one_not_kept_gets_no_retry() {
+    let address = listener().await;
+    let read = (200, "read 5".to_owned());
+    let failed = |status: u16| (status, String::new());
+    assert_eq!(answers_with_a_body(address, "500.test", Method::PUT).await, vec![read.clone(); 8]);
+    assert_eq!(answers_with_a_body(address, "reset-default.test", Method::PUT).await, vec![read.clone(); 8]);
+    let half = |status| [vec![read.clone(); 4], vec![failed(status); 4]].concat();
+    assert_eq!(
+        answers_with_a_body(address, "500.test", Method::POST).await,
+        half(500),
+        "POST: not idempotent"
+    );
+    assert_eq!(answers_with_a_body(address, "tight.test", Method::PUT).await, half(500), "over the bound");
 }
