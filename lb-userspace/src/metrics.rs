@@ -20,6 +20,7 @@ use crate::{
         counters::{Counters, protocol_name},
         tables::ip_of,
     },
+    proxy::runtime::BACKEND_COUNTERS,
 };
 
 /// Why a scrape failed (a 500 with this text).
@@ -113,7 +114,7 @@ pub fn render(core: &Shared) -> Result<String> {
         // A request of a replaced snapshot may have counted into a series publishing removed.
         core.proxy_metrics.retain(&core.state.config);
         core.proxy_metrics.register(&mut registry);
-        upstream_connections(&mut registry, &core);
+        upstream_counters(&mut registry, &core);
         build_info(&mut registry);
         if core.state.config.cluster.is_some() {
             gauges(
@@ -175,20 +176,20 @@ fn pools(registry: &mut Registry, core: &Core) {
     }
 }
 
-/// The connections the proxy made to each backend (from the runtime registry, so they survive
-/// rebuilds; a backend shows once it has one).
-fn upstream_connections(registry: &mut Registry, core: &Core) {
-    let opened = Family::<Vec<(String, String)>, Counter>::default();
-    for (pool, address, n) in core.runtime.connections_opened() {
-        opened
-            .get_or_create(&vec![("pool".to_owned(), pool), ("backend".to_owned(), address.to_string())])
-            .inc_by(n);
+/// The backends' counters: the connections the proxy made to each, the requests each did not
+/// process (from the runtime registry, so they survive rebuilds; a backend shows once it has
+/// a count).
+fn upstream_counters(registry: &mut Registry, core: &Core) {
+    for (name, help, which) in BACKEND_COUNTERS {
+        let family = Family::<Vec<(String, String)>, Counter>::default();
+        for (pool, address, n) in core.runtime.backend_counts(which) {
+            family
+                .get_or_create(&vec![("pool".to_owned(), pool), ("backend".to_owned(), address.to_string())])
+                .inc_by(n);
+        }
+        // The registry adds `_total` to a counter's name.
+        registry.register(name.trim_end_matches("_total"), help, family);
     }
-    registry.register(
-        "http_upstream_connections",
-        "Connections the proxy made to the backend (HTTP/1.1 and HTTP/2, TLS handshakes done)",
-        opened,
-    );
 }
 
 /// lbd's version and the host's name, as labels.

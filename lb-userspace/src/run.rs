@@ -305,7 +305,7 @@ fn take_over(core: &Shared, inherited: Inherited) -> Result<(), RunError> {
         Ok(Some(text)) => {
             metrics.absorb(&text);
             let core = lock(&core);
-            core.runtime.absorb_connections(&text, &core.state.config);
+            core.runtime.absorb_counters(&text, &core.state.config);
         }
         Ok(None) => warn!("upgrade: the old lbd ended without its counters"),
         Err(err) => warn!("upgrade: the old lbd's counters: {err}"),
@@ -446,7 +446,7 @@ async fn hand_over_counters(
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), admin_slots.acquire_many(open)).await;
     let counters = {
         let core = lock(core);
-        core.proxy_metrics.text() + &core.runtime.connections_text()
+        core.proxy_metrics.text() + &core.runtime.counters_text()
     };
     if let Err(err) = tokio::task::spawn_blocking(move || successor.send_counters(&counters))
         .await

@@ -211,11 +211,15 @@ pub struct GrpcServer {
 }
 
 impl GrpcServer {
-    pub fn start(host: &Host, port: u16) -> Result<GrpcServer> {
+    /// With `max_connection_age_ms`, the server closes each connection gracefully that long
+    /// after it opened (gRPC's MAX_CONNECTION_AGE: a GOAWAY, the calls in flight finished).
+    pub fn start(host: &Host, port: u16, max_connection_age_ms: Option<u32>) -> Result<GrpcServer> {
         anyhow::ensure!(Path::new(GRPC_PYTHON).exists(), "{GRPC_PYTHON} missing: run scripts/setup");
+        let mut args = vec![grpc_script("health_server.py"), port.to_string()];
+        args.extend(max_connection_age_ms.map(|ms| ms.to_string()));
         let child = host
             .command(GRPC_PYTHON)
-            .args([&grpc_script("health_server.py"), &port.to_string()])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

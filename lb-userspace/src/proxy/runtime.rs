@@ -45,7 +45,29 @@ pub struct BackendRuntime {
     /// Connections the proxy made to it (HTTP/1.1 and HTTP/2, their TLS handshakes done): with
     /// its requests, how well connections are reused (`sluice_http_upstream_connections_total`).
     pub connections_opened: AtomicU64,
+    /// Requests it did not process (HTTP/2: a stream refused, past a GOAWAY, or still queued
+    /// on a connection that closed), sent on to another backend or answered 502
+    /// (`sluice_http_upstream_unprocessed_total`).
+    pub unprocessed: AtomicU64,
 }
+
+/// Where a counter of a backend's entry is.
+pub type BackendCounter = fn(&BackendRuntime) -> &AtomicU64;
+
+/// The counters a backend's entry keeps for the metrics: each one's series name (without
+/// `sluice_`), its help, and where it is.
+pub const BACKEND_COUNTERS: [(&str, &str, BackendCounter); 2] = [
+    (
+        "http_upstream_connections_total",
+        "Connections the proxy made to the backend (HTTP/1.1 and HTTP/2, TLS handshakes done)",
+        |b| &b.connections_opened,
+    ),
+    (
+        "http_upstream_unprocessed_total",
+        "Requests the backend did not process (HTTP/2: a stream refused, past a GOAWAY, or queued on a connection that closed), sent on to another backend or answered 502",
+        |b| &b.unprocessed,
+    ),
+];
 
 /// `came_up_ms` of a backend not usable in the last snapshot (or not seen yet).
 const NOT_USABLE: u64 = 0;
@@ -357,39 +379,43 @@ impl Runtime {
         }
     }
 
-    /// Each backend (pool, address) the proxy has made connections to, and how many.
-    pub fn connections_opened(&self) -> Vec<(String, SocketAddr, u64)> {
+    /// Each backend (pool, address) whose counter `which` (of [`BACKEND_COUNTERS`]) is above
+    /// 0, and its count.
+    pub fn backend_counts(&self, which: BackendCounter) -> Vec<(String, SocketAddr, u64)> {
         let backends = self.backends.lock().unwrap_or_else(|p| p.into_inner());
         let counted = backends.iter().map(|((pool, address), backend)| {
-            (pool.clone(), *address, backend.connections_opened.load(Ordering::Relaxed))
+            (pool.clone(), *address, which(backend).load(Ordering::Relaxed))
         });
-        counted.filter(|(_, _, opened)| *opened > 0).collect()
+        counted.filter(|(_, _, n)| *n > 0).collect()
     }
 
-    /// The same counts as text exposition lines
+    /// The backends' counters as text exposition lines
     /// (`http_upstream_connections_total{pool="web",backend="10.0.0.1:80"} 12`): what an
     /// upgrade hands the new lbd beside the proxy's counters, so they continue there.
-    pub fn connections_text(&self) -> String {
-        let lines = self.connections_opened().into_iter().map(|(pool, address, n)| {
-            format!("http_upstream_connections_total{{pool=\"{pool}\",backend=\"{address}\"}} {n}\n")
-        });
-        lines.collect()
+    pub fn counters_text(&self) -> String {
+        let mut text = String::new();
+        for (name, _, which) in BACKEND_COUNTERS {
+            for (pool, address, n) in self.backend_counts(which) {
+                text += &format!("{name}{{pool=\"{pool}\",backend=\"{address}\"}} {n}\n");
+            }
+        }
+        text
     }
 
-    /// Adds the counts of another lbd's [`Runtime::connections_text`] lines in `text` (an
+    /// Adds the counts of another lbd's [`Runtime::counters_text`] lines in `text` (an
     /// upgrade) for the backends `config` names; other lines are passed over.
-    pub fn absorb_connections(&self, text: &str, config: &Config) {
+    pub fn absorb_counters(&self, text: &str, config: &Config) {
         for (name, labels, value) in text.lines().filter_map(crate::proxy::metrics::parse_sample) {
-            if name != "http_upstream_connections_total" {
+            let Some((_, _, which)) = BACKEND_COUNTERS.iter().find(|(counter, _, _)| *counter == name) else {
                 continue;
-            }
+            };
             let (Some(pool), Some(Ok(address))) =
                 (labels.get("pool"), labels.get("backend").map(|b| b.parse::<SocketAddr>()))
             else {
                 continue;
             };
             if names_backend(config, pool, address) {
-                self.backend(pool, address).connections_opened.fetch_add(value as u64, Ordering::Relaxed);
+                which(&self.backend(pool, address)).fetch_add(value as u64, Ordering::Relaxed);
             }
         }
     }
@@ -610,16 +636,17 @@ mod tests {
         assert_eq!(route.rate_limited(a, Some("k1"), Some("bob")), None, "bob has his own");
     }
 
-    /// An upgrade hands the connection counts over as text; the new lbd adds them to its own,
-    /// IPv6 backends alike, for the backends its config names (the proxy's other counters'
+    /// An upgrade hands the backends' counters over as text; the new lbd adds them to its
+    /// own, IPv6 backends alike, for the backends its config names (the proxy's other counters'
     /// lines and a backend gone from the config are passed over).
     #[test]
-    fn connection_counts_continue_in_the_next_lbd() {
+    fn backend_counters_continue_in_the_next_lbd() {
         let (old, new) = (Runtime::default(), Runtime::default());
         let (v4, v6): (SocketAddr, SocketAddr) =
             ("10.0.0.1:80".parse().unwrap(), "[fd00::1]:8080".parse().unwrap());
         old.backend("web", v4).connections_opened.fetch_add(7, Ordering::Relaxed);
         old.backend("grpc", v6).connections_opened.fetch_add(2, Ordering::Relaxed);
+        old.backend("grpc", v6).unprocessed.fetch_add(5, Ordering::Relaxed);
         old.backend("idle", v4); // none made: not handed over
         old.backend("gone", v4).connections_opened.fetch_add(3, Ordering::Relaxed);
         new.backend("web", v4).connections_opened.fetch_add(1, Ordering::Relaxed);
@@ -632,11 +659,12 @@ mod tests {
         .unwrap();
         let text = format!(
             "http_requests_total{{route=\"r\",pool=\"web\",backend=\"{v4}\",class=\"2xx\"}} 9\n# EOF\n{}",
-            old.connections_text()
+            old.counters_text()
         );
-        new.absorb_connections(&text, &config);
-        let mut counts = new.connections_opened();
+        new.absorb_counters(&text, &config);
+        let mut counts = new.backend_counts(|b| &b.connections_opened);
         counts.sort();
         assert_eq!(counts, [("grpc".to_owned(), v6, 2), ("web".to_owned(), v4, 8)]);
+        assert_eq!(new.backend_counts(|b| &b.unprocessed), [("grpc".to_owned(), v6, 5)]);
     }
 }

@@ -211,13 +211,17 @@ fn stream_reset(err: &hyper::Error) -> bool {
     h2_error(err).is_some_and(h2::Error::is_reset)
 }
 
-/// Whether the backend said it did not process the stream (RFC 9113 §8.7): it refused it
-/// (`REFUSED_STREAM`), or its GOAWAY's last stream came before it (a backend shutting down or
-/// at its own request limit).
+/// Whether the backend never processed the request: it refused its stream (RFC 9113 §8.7,
+/// `REFUSED_STREAM`), or its GOAWAY's last stream came before it (a backend shutting down or
+/// at its own request limit), or hyper never sent it (canceled: the request was still queued
+/// for a connection that closed, as one does once a GOAWAY's streams are done; a gRPC
+/// server's MAX_CONNECTION_AGE every few minutes).
 fn unprocessed(err: &hyper::Error) -> bool {
-    h2_error(err).is_some_and(|e| {
-        e.is_remote() && (e.is_go_away() || (e.is_reset() && e.reason() == Some(h2::Reason::REFUSED_STREAM)))
-    })
+    err.is_canceled()
+        || h2_error(err).is_some_and(|e| {
+            e.is_remote()
+                && (e.is_go_away() || (e.is_reset() && e.reason() == Some(h2::Reason::REFUSED_STREAM)))
+        })
 }
 
 /// An HTTP/2 request its backend did not process: like a connect that failed, it may go to

@@ -281,8 +281,9 @@ impl Tries<'_> {
     /// could not connect sent nothing: the request goes to another backend whatever its method
     /// or body, up to `REDISPATCHES` times within the budget and the try's deadline, not counted
     /// as a try (nginx's `proxy_next_upstream error`, HAProxy's `retry-on conn-failure` with
-    /// `option redispatch`); so does one an HTTP/2 backend refused unprocessed. A body goes to
-    /// another backend only if it was kept (`replay`: up to the route's `retry_buffer_bytes`).
+    /// `option redispatch`); so does one an HTTP/2 backend refused unprocessed (to that backend
+    /// again, on another connection, when every other was tried). A body goes to another try
+    /// only if it was kept (`replay`: up to the route's `retry_buffer_bytes`).
     pub async fn run(
         &self,
         first: Arc<Upstream>,
@@ -334,13 +335,19 @@ impl Tries<'_> {
             let response = match self.judged(&upstream, result) {
                 Sent::Answer(response) => response,
                 Sent::Failed(failed) => return Err(failed),
-                Sent::Unreached(failed) => {
+                Sent::Unreached { failed, refused } => {
                     // A refused HTTP/2 stream took the body: the kept one goes instead.
                     if body.is_none() && !rewind(&mut body, &mut replay, bodiless, until).await {
                         return Err(failed);
                     }
-                    let next =
-                        (redispatched < REDISPATCHES).then(|| self.next(&parts.headers, &tried)).flatten();
+                    // A backend that refused may take the request on another connection (it
+                    // was retiring its own): when every backend was tried, any may have it.
+                    let next = (redispatched < REDISPATCHES)
+                        .then(|| {
+                            self.next(&parts.headers, &tried)
+                                .or_else(|| refused.then(|| self.next(&parts.headers, &[])).flatten())
+                        })
+                        .flatten();
                     match next {
                         Some(next) => {
                             redispatched += 1;
@@ -426,7 +433,11 @@ impl Tries<'_> {
             Err(_) => Sent::Failed(failed(StatusCode::GATEWAY_TIMEOUT, "upstream timed out")),
             Ok(Err(err)) if err.is::<StreamRefused>() => {
                 log::debug!("upstream {}: {err}", upstream.address);
-                Sent::Unreached(failed(StatusCode::BAD_GATEWAY, "upstream refused the stream"))
+                upstream.runtime.unprocessed.fetch_add(1, Ordering::Relaxed);
+                Sent::Unreached {
+                    failed: failed(StatusCode::BAD_GATEWAY, "upstream refused the stream"),
+                    refused: true,
+                }
             }
             Ok(Err(err)) if err.is::<ConnectFailed>() => {
                 log::debug!("upstream {}: connect: {err}", upstream.address);
@@ -434,7 +445,7 @@ impl Tries<'_> {
                     err.downcast_ref::<ConnectFailed>().map_or((false, "refused"), |c| (c.tls, c.reason()));
                 self.metrics.connect_failed(&self.pool.name, &upstream.label, why);
                 let reason = if tls { "upstream TLS failed" } else { "upstream unreachable" };
-                Sent::Unreached(failed(StatusCode::BAD_GATEWAY, reason))
+                Sent::Unreached { failed: failed(StatusCode::BAD_GATEWAY, reason), refused: false }
             }
             Ok(Err(err)) => {
                 log::debug!("upstream {}: {err}", upstream.address);
@@ -479,9 +490,10 @@ enum Sent {
     Failed(Failed),
     /// The connection or the exchange broke: another backend may be tried, else this.
     Broken(Failed),
-    /// No connection could be made: nothing was sent, another backend may take the request
-    /// whatever it is, else this.
-    Unreached(Failed),
+    /// No connection could be made, or (`refused`) an HTTP/2 backend did not process the
+    /// request: another backend may take it whatever it is (a backend that refused, on another
+    /// connection), else this.
+    Unreached { failed: Failed, refused: bool },
 }
 
 #[cfg(test)]
@@ -560,7 +572,7 @@ mod tests {
         for (tls, reason) in [(false, "upstream unreachable"), (true, "upstream TLS failed")] {
             let error = std::io::Error::other("no");
             let failed: SendError = Box::new(ConnectFailed { error, tls });
-            let Sent::Unreached(failed) = tries.judged(upstream, Ok(Err(failed))) else {
+            let Sent::Unreached { failed, refused: false } = tries.judged(upstream, Ok(Err(failed))) else {
                 panic!("a try that could not connect was not taken as unreached");
             };
             assert_eq!((failed.status, failed.reason), (StatusCode::BAD_GATEWAY, reason));
