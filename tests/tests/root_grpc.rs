@@ -1,7 +1,8 @@
 //! Root tests of gRPC through the L7 proxy with real gRPC servers and a real gRPC client
 //! (grpcio, from `scripts/setup`): plaintext HTTP/2 from the client, an h2c pool to the
 //! backends, and the pool's gRPC health checks (`kind = "grpc"`) taking a NOT_SERVING backend
-//! out and bringing it back, so clients never hear NOT_SERVING.
+//! out and bringing it back, so clients never hear NOT_SERVING; the proxy's refusals told as
+//! gRPC statuses; calls that outlive their backends' connections.
 use std::time::Duration;
 
 use anyhow::Result;
@@ -64,6 +65,12 @@ address = "{VIP}:80"
 
 [[route]]
 listener = "plain"
+path_prefix = "/sluice.Closed/"
+pool = "grpc"
+deny = ["0.0.0.0/0"]
+
+[[route]]
+listener = "plain"
 pool = "grpc"
 
 [admin]
@@ -93,6 +100,16 @@ metrics = "127.0.0.1:9100"
         Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect())
     }
 
+    /// One unary call of `method` from the client, through the proxy: its code's name and
+    /// details (`OK` and the answer's length when it succeeded).
+    fn call(&self, method: &str) -> Result<String> {
+        let out = self
+            .topology
+            .client
+            .run(GRPC_PYTHON, &[&grpc_script("call.py"), &format!("{VIP}:80"), method])?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
     /// lbd's metrics (empty if they cannot be had).
     fn metrics(&self) -> String {
         let scraped = self.topology.lb.run("curl", &["-sS", "http://127.0.0.1:9100/metrics"]);
@@ -114,6 +131,14 @@ fn root_grpc_through_the_proxy_and_grpc_health_checks() -> Result<()> {
     assert_eq!(bed.check("", 6, 1)?, ["SERVING"; 6]);
     assert_eq!(bed.check("sluice.Echo", 2, 1)?, ["SERVING"; 2]);
     assert_eq!(bed.check("nothing.Here", 1, 1)?, ["NOT_FOUND"], "the server's own answer passes through");
+    // A call the proxy refuses (the route denies every client) is told a gRPC status with the
+    // reason, as Envoy tells it, not an HTTP 403 the client would call PERMISSION_DENIED
+    // with no word of why; a method the backend lacks is the backend's answer.
+    assert_eq!(
+        bed.call("/sluice.Closed/Call")?,
+        "PERMISSION_DENIED client address not allowed on this route"
+    );
+    assert_eq!(bed.call("/sluice.Echo/Nothing")?, "UNIMPLEMENTED Method not found!");
     // Backend 1 says NOT_SERVING: the health checks take it out, and clients, answered by
     // backend 2 alone, hear SERVING.
     bed.servers[0].serving(false);

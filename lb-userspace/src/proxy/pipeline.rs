@@ -264,12 +264,21 @@ impl Forwarder {
                 logged: true,
                 user: None,
             };
-            let (response, reason) =
+            let grpc = request.extensions().get::<respond::GrpcCall>().is_some();
+            let (mut response, reason) =
                 match self.answer(request, &snapshot, &listener, &conn, &mut labels).await {
                     Ok(response) => (response, None),
                     Err(refusal) => (*refusal.response, Some(refusal.reason)),
                 };
+            // The log and the metrics keep the status the proxy meant; a gRPC client gets it
+            // as a gRPC status.
             let status = response.status().as_u16();
+            if let Some(reason) = reason
+                && grpc
+                && status >= 400
+            {
+                response = respond::grpc_refusal(status, reason);
+            }
             let entry =
                 logged.filter(|_| labels.logged).map(|(started, method, target, (user_agent, referer))| {
                     Entry {

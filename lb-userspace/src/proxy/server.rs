@@ -655,6 +655,8 @@ mod body_limits;
 mod compressed;
 #[cfg(test)]
 mod connection_age;
+#[cfg(test)]
+mod grpc_refusals;
 pub mod http1;
 #[cfg(test)]
 mod interim_relay;

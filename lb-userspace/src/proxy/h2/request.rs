@@ -1,5 +1,5 @@
 //! A client's HTTP/2 request as the pipeline takes it: its body read under flow control, its
-//! cookies in one field, a padded field value marked malformed.
+//! cookies in one field, a padded field value marked malformed, a gRPC call marked.
 use std::{
     pin::Pin,
     task::{Context, Poll, ready},
@@ -16,7 +16,7 @@ use hyper::{
 
 use crate::proxy::{
     body::{self, Body},
-    phase::guard::Malformed,
+    phase::{guard::Malformed, respond::GrpcCall},
 };
 
 /// then its trailers.
@@ -68,24 +68,28 @@ impl HttpBody for Incoming {
 /// the guard to refuse (400, logged and counted), as nghttp2, and so Envoy, refuse it. An
 /// HTTP/1.1 backend would read such a value trimmed where the proxy's own steps read it whole.
 pub(super) fn request(mut request: Request<RecvStream>) -> Request<Body> {
-    let (mut cookies, mut padded) = (0, false);
+    let (mut cookies, mut padded, mut grpc) = (0, false, false);
     for (name, value) in request.headers() {
         if let (Some(first), Some(last)) = (value.as_bytes().first(), value.as_bytes().last()) {
             padded |= matches!(first, b' ' | b'\t') || matches!(last, b' ' | b'\t');
         }
         cookies += usize::from(name == header::COOKIE);
+        grpc |= name == header::CONTENT_TYPE && value.as_bytes().starts_with(b"application/grpc");
     }
     if padded {
         request.extensions_mut().insert(Malformed("a field value begins or ends with whitespace"));
     }
+    if grpc {
+        request.extensions_mut().insert(GrpcCall);
+    }
     if cookies > 1 {
         join_cookies(request.headers_mut());
     }
+    if request.body().is_end_stream() {
+        return request.map(|_| body::empty());
+    }
     let left = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
-    request.map(|recv| match recv.is_end_stream() {
-        true => body::empty(),
-        false => Incoming { recv, data_done: false, left }.boxed(),
-    })
+    request.map(|recv| Incoming { recv, data_done: false, left }.boxed())
 }
 
 /// Joins a request's Cookie fields into one, `; ` between them (RFC 9113 §8.2.3). HTTP/2 lets

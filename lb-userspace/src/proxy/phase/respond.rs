@@ -1,5 +1,5 @@
 //! Respond: the answers the proxy makes itself (plain text, a route's fallback, its redirect
-//! or fixed answer, a cached answer).
+//! or fixed answer, a cached answer, a refused gRPC call).
 use bytes::Bytes;
 use hyper::{
     Response, StatusCode, Uri,
@@ -55,6 +55,43 @@ pub fn own(answer: &OwnAnswer, uri: &Uri) -> (Response<Body>, &'static str) {
     (response, "redirect")
 }
 
+/// Marks an HTTP/2 request whose content type is gRPC's (`application/grpc…`): the proxy's
+/// refusals of it are gRPC statuses ([`grpc_refusal`]).
+#[derive(Clone, Copy)]
+pub struct GrpcCall;
+
+/// The proxy's refusal (`status`, `reason`) of a gRPC call, as gRPC has it (a trailers-only
+/// answer: 200, the code in `grpc-status`, the reason in `grpc-message`), as Envoy answers.
+/// The code is the one the gRPC spec maps the HTTP status to, which a client would make of the
+/// status itself: 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 UNIMPLEMENTED, 400 INTERNAL,
+/// 429 and 502–504 UNAVAILABLE, any other UNKNOWN.
+pub fn grpc_refusal(status: u16, reason: &str) -> Response<Body> {
+    let code: u16 = match status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    };
+    let mut response = Response::new(empty());
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from(code));
+    // gRPC's message is percent-encoded past printable ASCII, and at `%`.
+    let mut message = String::with_capacity(reason.len());
+    for byte in reason.bytes() {
+        match byte {
+            b' '..=b'~' if byte != b'%' => message.push(byte as char),
+            _ => message += &format!("%{byte:02X}"),
+        }
+    }
+    if let Ok(message) = HeaderValue::try_from(message) {
+        headers.insert("grpc-message", message);
+    }
+    response
+}
+
 /// The route's fallback if it has one, else `text`.
 pub fn fallback_or(fallback_config: Option<&Fallback>, status: StatusCode, reason: &str) -> Response<Body> {
     match fallback_config {
@@ -103,5 +140,25 @@ pub fn cached(answer: &Cached, x_cache: &'static str) -> Response<Body> {
 fn aged(answer: &Cached, headers: &mut hyper::HeaderMap) {
     if let Some(age) = answer.age() {
         headers.insert(header::AGE, HeaderValue::from(age));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_grpc_call_is_a_grpc_status_with_the_reason() {
+        for (status, code) in
+            [(503, "14"), (504, "14"), (429, "14"), (403, "7"), (401, "16"), (404, "12"), (413, "2")]
+        {
+            let answer = grpc_refusal(status, "no healthy backend");
+            assert_eq!(answer.status(), StatusCode::OK);
+            assert_eq!(answer.headers()["grpc-status"], code, "{status}");
+            assert_eq!(answer.headers()["grpc-message"], "no healthy backend");
+            assert_eq!(answer.headers()[header::CONTENT_TYPE], "application/grpc");
+            assert!(hyper::body::Body::is_end_stream(answer.body()), "trailers-only");
+        }
+        assert_eq!(grpc_refusal(500, "100% \u{e9}").headers()["grpc-message"], "100%25 %C3%A9");
     }
 }
