@@ -402,6 +402,9 @@ pub struct Route {
     /// Fields edited on the answer the client gets from a backend or the cache
     /// (`response_headers`).
     pub response_headers: HeaderEdits,
+    /// Browsers' gRPC-Web calls go to the pool (h2/h2c) as gRPC, their answers back as
+    /// gRPC-Web (Envoy's grpc_web filter).
+    pub grpc_web: bool,
     /// false: the route's requests leave no access-log line (health checks, static files), as
     /// nginx's `access_log off` in a `location`; they are still counted.
     pub access_log: bool,

@@ -18,7 +18,7 @@ struct Bed {
     _lbd: Lbd,
     servers: Vec<GrpcServer>,
     topology: Topology,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Bed {
@@ -72,6 +72,7 @@ deny = ["0.0.0.0/0"]
 [[route]]
 listener = "plain"
 pool = "grpc"
+grpc_web = true
 
 [admin]
 socket = "{dir}/lbd.sock"
@@ -86,7 +87,7 @@ metrics = "127.0.0.1:9100"
         wait_for("the listener", Duration::from_secs(5), || {
             topology.lb.run("ss", &["-Htln", "sport = :80"]).map(|o| !o.stdout.is_empty()).unwrap_or(false)
         })?;
-        Ok(Bed { _lbd: lbd, servers, topology, _dir: dir })
+        Ok(Bed { _lbd: lbd, servers, topology, dir })
     }
 
     /// `count` gRPC health checks of `service` from the client, through the proxy, on one
@@ -108,6 +109,34 @@ metrics = "127.0.0.1:9100"
             .client
             .run(GRPC_PYTHON, &[&grpc_script("call.py"), &format!("{VIP}:80"), method])?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// A gRPC-Web call from curl over HTTP/1.1, as a browser makes it: `message` (gRPC's
+    /// frames) as `content_type`; the answer's content type and body.
+    fn web_call(&self, method: &str, content_type: &str, message: &[u8]) -> Result<(String, Vec<u8>)> {
+        let (sent, answer) = (self.dir.0.join("web-call"), self.dir.0.join("web-answer"));
+        std::fs::write(&sent, message)?;
+        let out = self.topology.client.run(
+            "curl",
+            &[
+                "-sS",
+                "--http1.1",
+                "--max-time",
+                "5",
+                "-H",
+                &format!("content-type: {content_type}"),
+                "-H",
+                "x-grpc-web: 1",
+                "--data-binary",
+                &format!("@{}", sent.display()),
+                "-o",
+                &answer.display().to_string(),
+                "-w",
+                "%{content_type}",
+                &format!("http://{VIP}{method}"),
+            ],
+        )?;
+        Ok((String::from_utf8_lossy(&out.stdout).into_owned(), std::fs::read(&answer)?))
     }
 
     /// lbd's metrics (empty if they cannot be had).
@@ -139,6 +168,19 @@ fn root_grpc_through_the_proxy_and_grpc_health_checks() -> Result<()> {
         "PERMISSION_DENIED client address not allowed on this route"
     );
     assert_eq!(bed.call("/sluice.Echo/Nothing")?, "UNIMPLEMENTED Method not found!");
+    // gRPC-Web from curl, as a browser sends it, to grpcio, which speaks gRPC only (the
+    // route's `grpc_web`): the answer's message (SERVING), then its trailers as a frame.
+    const CHECK: &str = "/grpc.health.v1.Health/Check";
+    let (content_type, body) = bed.web_call(CHECK, "application/grpc-web+proto", &[0; 5])?;
+    assert_eq!(content_type, "application/grpc-web+proto");
+    let (message, trailers) = grpc_web_frames(&body);
+    assert_eq!(message, [8, 1], "HealthCheckResponse{{status: SERVING}}: {body:?}");
+    assert!(trailers.lines().any(|l| l.trim_end() == "grpc-status:0"), "{trailers:?}");
+    let (content_type, body) = bed.web_call(CHECK, "application/grpc-web-text", b"AAAAAAA=")?;
+    assert_eq!(content_type, "application/grpc-web-text");
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.decode(&body)?;
+    assert_eq!(grpc_web_frames(&body).0, [8, 1], "{body:?}");
     // Backend 1 says NOT_SERVING: the health checks take it out, and clients, answered by
     // backend 2 alone, hear SERVING.
     bed.servers[0].serving(false);
@@ -179,4 +221,19 @@ fn root_grpc_calls_outlive_the_backends_max_connection_age() -> Result<()> {
     assert!(failed.is_empty(), "calls failed across the backends' GOAWAYs");
     assert!(resent > 0, "no call met a GOAWAY: the test tried nothing");
     Ok(())
+}
+
+/// A gRPC-Web answer's body: its one message, and its trailers' frame as text.
+fn grpc_web_frames(body: &[u8]) -> (Vec<u8>, String) {
+    let (mut message, mut trailers, mut at) = (Vec::new(), String::new(), 0);
+    while at + 5 <= body.len() {
+        let length = u32::from_be_bytes(body[at + 1..at + 5].try_into().unwrap()) as usize;
+        let frame = &body[at + 5..(at + 5 + length).min(body.len())];
+        match body[at] {
+            0x80 => trailers = String::from_utf8_lossy(frame).into_owned(),
+            _ => message = frame.to_vec(),
+        }
+        at += 5 + length;
+    }
+    (message, trailers)
 }

@@ -126,6 +126,8 @@ pub(super) struct RawRoute {
     pub(super) compress: Option<Spanned<RawCompress>>,
     pub(super) request_headers: Option<Spanned<RawHeaderEdits>>,
     pub(super) response_headers: Option<Spanned<RawHeaderEdits>>,
+    #[serde(default)]
+    pub(super) grpc_web: bool,
     #[serde(default = "yes")]
     pub(super) access_log: bool,
 }

@@ -586,6 +586,22 @@ fn says(extra: &str, expected: &str) {
 }
 
 #[test]
+fn grpc_web_needs_http2_pools_split_included() {
+    says("grpc_web = true\n", "t.toml:11: grpc_web needs h2 or h2c pools: pool `p` speaks HTTP/1.1");
+    let h2c = |split: &str| {
+        format!(
+            "{BASE}[[pool]]\nname = \"g\"\nprotocol = \"h2c\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n\
+             [[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.2\" }}]\n\
+             [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n\
+             [[route]]\nlistener = \"l\"\npool = \"g\"\ngrpc_web = true\n{split}"
+        )
+    };
+    assert!(Config::parse(Path::new("t.toml"), &h2c("")).unwrap().routes[0].grpc_web);
+    let found = errors(&h2c("split = [{ pool = \"p\", percent = 10.0 }]\n"));
+    assert!(found.iter().any(|e| e.contains("pool `p` speaks HTTP/1.1")), "{found:?}");
+}
+
+#[test]
 fn a_routes_retry_buffer_is_64_kib_by_default_and_at_most_16_mib() {
     let bytes =
         |extra: &str| Config::parse(Path::new("t.toml"), &route(extra)).unwrap().routes[0].retry_buffer_bytes;
@@ -1018,6 +1034,7 @@ fn a_route_that_answers_by_itself_takes_no_pool_and_nothing_that_needs_one() {
         ("retries = 1\nretry_on = [\"reset\"]", "retry_on"),
         ("retry_budget_percent = 5.0", "retry_budget_percent"),
         ("retry_buffer_bytes = 5", "retry_buffer_bytes"),
+        ("grpc_web = true", "grpc_web"),
         ("fallback = { status = 503 }", "fallback"),
         ("shadow = { pool = \"p\", percent = 5.0 }", "shadow"),
         ("cache = {}", "cache"),

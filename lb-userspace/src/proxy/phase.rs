@@ -1,6 +1,7 @@
 //! The phases one request goes through, in order: guard (framing and size limits), path (made
 //! canonical before routing), client (the address behind trusted proxies), gate (allow/deny, API key, JWT, rate limit), choose (split,
-//! sticky, circuit breaking), headers, caching, shadow, upstream (tries, retries, outlier
+//! sticky, circuit breaking), headers, grpc_web (a browser's call as gRPC, its answer back),
+//! caching, shadow, upstream (tries, retries, outlier
 //! observation), respond, compress. Each is a short function of the request's parts; `pipeline` calls
 //! them in turn.
 pub mod caching;
@@ -8,6 +9,7 @@ pub mod choose;
 pub mod client;
 pub mod compress;
 pub mod gate;
+pub mod grpc_web;
 pub mod guard;
 pub mod headers;
 pub mod path;

@@ -23,7 +23,8 @@ use crate::{
         cache::CacheStore,
         metrics::{Label, ProxyMetrics},
         phase::{
-            Refusal, caching, choose, client, compress, gate, guard, headers, path, respond, shadow,
+            Refusal, caching, choose, client, compress, gate, grpc_web, guard, headers, path, respond,
+            shadow,
             upstream::{self, Answered, InFlight, Tries, Upstreams},
         },
         routes::{CompiledRoute, Snapshot},
@@ -383,6 +384,14 @@ impl Forwarder {
                 upgrade,
             );
             headers::edit(&mut parts.headers, &route.request_headers);
+            // A browser's gRPC-Web call goes on as gRPC (the route's pools speak HTTP/2).
+            let (grpc_web, body) = match route.grpc_web.then(|| grpc_web::call(&parts.headers)).flatten() {
+                Some(call) => {
+                    let body = call.to_grpc(&mut parts.headers, body);
+                    (Some(call), body)
+                }
+                None => (None, body),
+            };
             if let Some(config) = caching::applies(route, &parts) {
                 labels.backend = self.cache_label.clone();
                 let (parts, forwarding) = (&parts, &forwarding);
@@ -428,6 +437,9 @@ impl Forwarder {
             // A 101 carries its backend connection; the client's connection tunnels to it.
             let switching = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
             headers::client_response(response.headers_mut(), switching);
+            if let Some(call) = grpc_web {
+                call.to_grpc_web(&mut response);
+            }
             route_edits(&mut response, route, &labels.host, gzip, &parts.method);
             if choice.set_sticky
                 && let Some(cookie) = choose::sticky_cookie(&choice.pool)

@@ -80,6 +80,8 @@ pub struct CompiledRoute {
     /// Fields set on and removed from the upstream request and the client's answer.
     pub request_headers: HeaderEdits,
     pub response_headers: HeaderEdits,
+    /// Whether gRPC-Web calls go to its pool as gRPC (`phase::grpc_web`).
+    pub grpc_web: bool,
     /// Whether its requests are written to the access log.
     pub access_log: bool,
     /// Rate-limit buckets, the retry budget and credentials (kept across rebuilds).
@@ -135,6 +137,7 @@ impl CompiledRoute {
             },
             request_headers: route.request_headers.clone(),
             response_headers: route.response_headers.clone(),
+            grpc_web: route.grpc_web,
             access_log: route.access_log,
             name: route.name.as_str().into(),
             shadow_label: format!("{}:shadow", route.name).into(),

@@ -657,6 +657,8 @@ mod compressed;
 mod connection_age;
 #[cfg(test)]
 mod grpc_refusals;
+#[cfg(test)]
+mod grpc_web;
 pub mod http1;
 #[cfg(test)]
 mod interim_relay;

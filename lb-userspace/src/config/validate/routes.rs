@@ -54,6 +54,9 @@ pub(in crate::config) fn check(
         let compress = raw.compress.map(|c| compress(c, errors));
         let request_headers = raw.request_headers.map(|e| header_edits(e, "request_headers", errors));
         let response_headers = raw.response_headers.map(|e| header_edits(e, "response_headers", errors));
+        if raw.grpc_web {
+            grpc_web_pools(pool.as_deref(), &split, pools, at.clone(), errors);
+        }
         let place = routes.iter().filter(|r: &&Route| r.listener == *raw.listener.get_ref()).count();
         routes.push(Route {
             name: raw.name.unwrap_or_else(|| format!("{}#{place}", raw.listener.get_ref())),
@@ -86,6 +89,7 @@ pub(in crate::config) fn check(
             compress,
             request_headers: request_headers.unwrap_or_default(),
             response_headers: response_headers.unwrap_or_default(),
+            grpc_web: raw.grpc_web,
             access_log: raw.access_log,
         });
     }
@@ -120,6 +124,23 @@ fn retry_on(raw: Option<Spanned<Vec<String>>>, retries: u32, errors: &mut Errors
     on.statuses.sort_unstable();
     on.statuses.dedup();
     on
+}
+
+/// A `grpc_web` route's pools (its own and its split's) must speak HTTP/2 (h2 or h2c): gRPC
+/// has trailers, which HTTP/1.1 backends do not send.
+fn grpc_web_pools(
+    pool: Option<&str>,
+    split: &[(String, f64)],
+    pools: &BTreeMap<String, Pool>,
+    at: Range<usize>,
+    errors: &mut Errors,
+) {
+    let names = pool.into_iter().chain(split.iter().map(|(name, _)| name.as_str()));
+    for name in names {
+        if pools.get(name).is_some_and(|p| !p.protocol.is_http2()) {
+            errors.at(at.clone(), format!("grpc_web needs h2 or h2c pools: pool `{name}` speaks HTTP/1.1"));
+        }
+    }
 }
 
 /// The longest request body a route keeps for another try: 64 KiB by default, at most 16 MiB
@@ -183,6 +204,7 @@ fn forwarding_only(raw: &RawRoute, at: Range<usize>, errors: &mut Errors) {
         ("compress", raw.compress.is_some()),
         ("request_headers", raw.request_headers.is_some()),
         ("rewrite_prefix", raw.rewrite_prefix.is_some() && !by_prefix),
+        ("grpc_web", raw.grpc_web),
     ];
     for (name, _) in set.iter().filter(|(_, set)| *set) {
         errors.at(at.clone(), format!("{name} needs a pool: this route answers by itself"));
