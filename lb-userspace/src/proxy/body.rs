@@ -3,7 +3,10 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 
-pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+pub type Body = BoxBody<Bytes, Error>;
+
+/// What a body's failure is (whatever made the body).
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// A body of these bytes.
 pub fn full(bytes: Bytes) -> Body {

@@ -19,9 +19,7 @@ use hyper::{
 };
 use tokio::{sync::Notify, time::Instant};
 
-use crate::proxy::body::{self, Body};
-
-type Error = Box<dyn std::error::Error + Send + Sync>;
+use crate::proxy::body::{self, Body, Error};
 
 /// `body`, its first `limit` bytes kept as a try reads them.
 pub fn record(body: Body, limit: usize) -> (Body, Replay) {

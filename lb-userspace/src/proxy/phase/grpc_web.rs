@@ -17,9 +17,7 @@ use hyper::{
     header::{self, HeaderValue},
 };
 
-use crate::proxy::body::Body;
-
-type Error = Box<dyn std::error::Error + Send + Sync>;
+use crate::proxy::body::{Body, Error};
 
 /// A gRPC-Web call on its way: what its answer is to look like.
 pub struct Call {

@@ -13,9 +13,9 @@ use std::{
     time::Duration,
 };
 
-use hyper::body::Body as _;
 use hyper::{
     HeaderMap, Method, Request, Response, StatusCode, Uri, Version,
+    body::Body as _,
     header::{self, HeaderValue},
     http::request::Parts,
 };
