@@ -54,6 +54,9 @@ struct Labels {
     logged: bool,
     /// The user basic auth let in.
     user: Option<std::sync::Arc<str>>,
+    /// A gRPC call's content type (an HTTP/2 call marked as it was read, a gRPC-Web call once
+    /// routed): the proxy's refusals go to it as gRPC statuses, in that type.
+    grpc: Option<HeaderValue>,
 }
 
 impl Labels {
@@ -264,8 +267,11 @@ impl Forwarder {
                 forwarded_client: None,
                 logged: true,
                 user: None,
+                grpc: request
+                    .extensions()
+                    .get::<respond::GrpcCall>()
+                    .map(|_| HeaderValue::from_static("application/grpc")),
             };
-            let grpc = request.extensions().get::<respond::GrpcCall>().is_some();
             let (mut response, reason) =
                 match self.answer(request, &snapshot, &listener, &conn, &mut labels).await {
                     Ok(response) => (response, None),
@@ -275,10 +281,10 @@ impl Forwarder {
             // as a gRPC status.
             let status = response.status().as_u16();
             if let Some(reason) = reason
-                && grpc
+                && let Some(content_type) = labels.grpc.take()
                 && status >= 400
             {
-                response = respond::grpc_refusal(status, reason);
+                response = respond::grpc_refusal(status, reason, content_type);
             }
             let entry =
                 logged.filter(|_| labels.logged).map(|(started, method, target, (user_agent, referer))| {
@@ -342,6 +348,12 @@ impl Forwarder {
                 .route(&listener.name, &labels.host, &request)
                 .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no route"))?;
             labels.routed(route);
+            // A browser's gRPC-Web call on a route that takes them: refused from here on as a
+            // gRPC status; sent on as gRPC once its headers are done.
+            let grpc_web = route.grpc_web.then(|| grpc_web::call(request.headers())).flatten();
+            if let Some(call) = &grpc_web {
+                labels.grpc = Some(call.content_type().clone());
+            }
             let max_body_bytes = route.max_body_bytes.unwrap_or(listener.max_body_bytes);
             guard::body_fits(&checked, max_body_bytes)?;
             let client = match &listener.client_address {
@@ -384,13 +396,10 @@ impl Forwarder {
                 upgrade,
             );
             headers::edit(&mut parts.headers, &route.request_headers);
-            // A browser's gRPC-Web call goes on as gRPC (the route's pools speak HTTP/2).
-            let (grpc_web, body) = match route.grpc_web.then(|| grpc_web::call(&parts.headers)).flatten() {
-                Some(call) => {
-                    let body = call.to_grpc(&mut parts.headers, body);
-                    (Some(call), body)
-                }
-                None => (None, body),
+            // A gRPC-Web call goes on as gRPC (the route's pools speak HTTP/2).
+            let body = match &grpc_web {
+                Some(call) => call.to_grpc(&mut parts.headers, body),
+                None => body,
             };
             if let Some(config) = caching::applies(route, &parts) {
                 labels.backend = self.cache_label.clone();

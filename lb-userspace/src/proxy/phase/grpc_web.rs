@@ -38,6 +38,11 @@ pub fn call(headers: &HeaderMap) -> Option<Call> {
 }
 
 impl Call {
+    /// The content type the client sent (and gets back).
+    pub fn content_type(&self) -> &HeaderValue {
+        &self.content_type
+    }
+
     /// The request as gRPC: its content type (`application/grpc` and the same `+format`),
     /// `te: trailers` (gRPC servers want it), no length if its body is decoded from base64.
     pub fn to_grpc(&self, headers: &mut HeaderMap, body: Body) -> Body {

@@ -56,16 +56,17 @@ pub fn own(answer: &OwnAnswer, uri: &Uri) -> (Response<Body>, &'static str) {
 }
 
 /// Marks an HTTP/2 request whose content type is gRPC's (`application/grpc…`): the proxy's
-/// refusals of it are gRPC statuses ([`grpc_refusal`]).
+/// refusals of it are gRPC statuses ([`grpc_refusal`]). A gRPC-Web call, once routed, too.
 #[derive(Clone, Copy)]
 pub struct GrpcCall;
 
 /// The proxy's refusal (`status`, `reason`) of a gRPC call, as gRPC has it (a trailers-only
-/// answer: 200, the code in `grpc-status`, the reason in `grpc-message`), as Envoy answers.
+/// answer in `content_type`, the call's: 200, the code in `grpc-status`, the reason in
+/// `grpc-message`), as Envoy answers. gRPC-Web takes the same answer.
 /// The code is the one the gRPC spec maps the HTTP status to, which a client would make of the
 /// status itself: 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 UNIMPLEMENTED, 400 INTERNAL,
 /// 429 and 502–504 UNAVAILABLE, any other UNKNOWN.
-pub fn grpc_refusal(status: u16, reason: &str) -> Response<Body> {
+pub fn grpc_refusal(status: u16, reason: &str, content_type: HeaderValue) -> Response<Body> {
     let code: u16 = match status {
         400 => 13,
         401 => 16,
@@ -76,7 +77,7 @@ pub fn grpc_refusal(status: u16, reason: &str) -> Response<Body> {
     };
     let mut response = Response::new(empty());
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(header::CONTENT_TYPE, content_type);
     headers.insert("grpc-status", HeaderValue::from(code));
     // gRPC's message is percent-encoded past printable ASCII, and at `%`.
     let mut message = String::with_capacity(reason.len());
@@ -152,13 +153,15 @@ mod tests {
         for (status, code) in
             [(503, "14"), (504, "14"), (429, "14"), (403, "7"), (401, "16"), (404, "12"), (413, "2")]
         {
-            let answer = grpc_refusal(status, "no healthy backend");
+            let answer =
+                grpc_refusal(status, "no healthy backend", HeaderValue::from_static("application/grpc"));
             assert_eq!(answer.status(), StatusCode::OK);
             assert_eq!(answer.headers()["grpc-status"], code, "{status}");
             assert_eq!(answer.headers()["grpc-message"], "no healthy backend");
             assert_eq!(answer.headers()[header::CONTENT_TYPE], "application/grpc");
             assert!(hyper::body::Body::is_end_stream(answer.body()), "trailers-only");
         }
-        assert_eq!(grpc_refusal(500, "100% \u{e9}").headers()["grpc-message"], "100%25 %C3%A9");
+        let grpc = HeaderValue::from_static("application/grpc");
+        assert_eq!(grpc_refusal(500, "100% \u{e9}", grpc).headers()["grpc-message"], "100%25 %C3%A9");
     }
 }

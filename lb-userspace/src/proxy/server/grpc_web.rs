@@ -75,3 +75,33 @@ async fn a_grpc_web_call_reaches_a_grpc_backend_and_its_answer_the_browser() {
         assert_eq!(body, expected, "{content_type}");
     }
 }
+
+/// A call the proxy refuses once it is routed (its pool cannot be reached, its route's gate
+/// denies the client) is told a gRPC status in the client's gRPC-Web type, over HTTP/1.1 as
+/// over HTTP/2.
+#[tokio::test]
+async fn a_refused_grpc_web_call_is_told_a_grpc_status_in_its_own_type() {
+    let routes = "[[pool]]\nname = \"gone\"\nport = 1\nprotocol = \"h2c\"\nbackends = [{ address = \"127.0.0.1\" }]\n\
+                  [[route]]\nlistener = \"l\"\nhost = \"closed.test\"\npool = \"gone\"\ngrpc_web = true\n\
+                  deny = [\"0.0.0.0/0\"]\n\
+                  [[route]]\nlistener = \"l\"\npool = \"gone\"\ngrpc_web = true\n";
+    let listener = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\n";
+    let address = super::mutations::start_listener(listener, routes).await.0;
+    let cases = [
+        ("g.test", "14", "upstream unreachable"),
+        ("closed.test", "7", "client address not allowed on this route"),
+    ];
+    for ((host, code, message), http2) in cases.into_iter().flat_map(|case| [(case, false), (case, true)]) {
+        let request = Request::post(format!("http://{host}/sluice.Echo/Call"))
+            .header("content-type", "application/grpc-web-text")
+            .body(Full::new(Bytes::from(STANDARD.encode(MESSAGE))))
+            .unwrap();
+        let (head, body) = test_bed::ask(address, request, http2).await;
+        let field = |name: &str| head.headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(head.status, 200, "{head:?}");
+        assert_eq!(field("content-type").as_deref(), Some("application/grpc-web-text"));
+        assert_eq!(field("grpc-status").as_deref(), Some(code), "{host}");
+        assert_eq!(field("grpc-message").as_deref(), Some(message));
+        assert!(body.is_empty(), "{body:?}");
+    }
+}
