@@ -83,7 +83,7 @@ metrics = "127.0.0.1:9100"
                 dir = dir.0.display(),
             ),
         )?;
-        let lbd = Lbd::start(&topology.lb, &config)?;
+        let lbd = Lbd::start_logging(&topology.lb, &config, Some(&dir.0.join("lbd.log")))?;
         wait_for("the listener", Duration::from_secs(5), || {
             topology.lb.run("ss", &["-Htln", "sport = :80"]).map(|o| !o.stdout.is_empty()).unwrap_or(false)
         })?;
@@ -139,6 +139,18 @@ metrics = "127.0.0.1:9100"
         Ok((String::from_utf8_lossy(&out.stdout).into_owned(), std::fs::read(&answer)?))
     }
 
+    /// The access-log lines lbd has written for calls of `method` (they reach the log within
+    /// 100 ms).
+    fn logged(&self, method: &str) -> Vec<String> {
+        std::thread::sleep(Duration::from_millis(300));
+        let log = std::fs::read_to_string(self.dir.0.join("lbd.log")).unwrap_or_default();
+        let path = format!(" path={method} ");
+        log.lines()
+            .filter(|l| l.contains(" INFO  access] ") && l.contains(&path))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// lbd's metrics (empty if they cannot be had).
     fn metrics(&self) -> String {
         let scraped = self.topology.lb.run("curl", &["-sS", "http://127.0.0.1:9100/metrics"]);
@@ -168,6 +180,21 @@ fn root_grpc_through_the_proxy_and_grpc_health_checks() -> Result<()> {
         "PERMISSION_DENIED client address not allowed on this route"
     );
     assert_eq!(bed.call("/sluice.Echo/Nothing")?, "UNIMPLEMENTED Method not found!");
+    // The access log says each call's gRPC status beside its HTTP status (the backends' 200,
+    // or the status the proxy meant by its refusal): from the answer's trailers, its head (a
+    // trailers-only answer), or the refusal.
+    let logged = |method: &str, status: &str| {
+        let lines = bed.logged(method);
+        let wanted = format!(" status={status} ");
+        assert!(!lines.is_empty() && lines.iter().all(|l| l.contains(&wanted)), "{wanted} in {lines:?}");
+    };
+    logged("/sluice.Closed/Call", "403 grpc_status=7");
+    logged("/sluice.Echo/Nothing", "200 grpc_status=12");
+    let checks = bed.logged("/grpc.health.v1.Health/Check");
+    for code in ["0", "5"] {
+        let wanted = format!(" status=200 grpc_status={code} ");
+        assert!(checks.iter().any(|l| l.contains(&wanted)), "{wanted} in {checks:?}");
+    }
     // gRPC-Web from curl, as a browser sends it, to grpcio, which speaks gRPC only (the
     // route's `grpc_web`): the answer's message (SERVING), then its trailers as a frame.
     const CHECK: &str = "/grpc.health.v1.Health/Check";

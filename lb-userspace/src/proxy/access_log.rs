@@ -57,7 +57,35 @@ pub struct Entry {
     pub referer: Option<String>,
     /// The user basic auth let in (nginx's `$remote_user`).
     pub user: Option<Arc<str>>,
+    /// A gRPC call's status (`grpc-status`: its answer's head, its trailers as the body ends,
+    /// or the proxy's refusal), Envoy's `%GRPC_STATUS%`: its HTTP status is 200 either way.
+    pub grpc: Option<GrpcStatus>,
     pub format: AccessLogFormat,
+}
+
+/// A gRPC call's status as the log has it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum GrpcStatus {
+    /// Not seen yet (the trailers may bring it), or never: none is logged.
+    Unknown,
+    Code(u16),
+}
+
+impl GrpcStatus {
+    /// The status `fields` (a head or trailers) carry, if any.
+    pub fn of(fields: &hyper::HeaderMap) -> GrpcStatus {
+        match fields.get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok()) {
+            Some(code) => GrpcStatus::Code(code),
+            None => GrpcStatus::Unknown,
+        }
+    }
+
+    fn code(self) -> Option<u16> {
+        match self {
+            GrpcStatus::Code(code) => Some(code),
+            GrpcStatus::Unknown => None,
+        }
+    }
 }
 
 /// A value as logfmt writes it: bare when it is plain, else quoted with `"` and `\` escaped and
@@ -127,7 +155,11 @@ impl Entry {
         quote_into(out, &self.method);
         out.push_str(" path=");
         quote_into(out, &self.target);
-        let _ = write!(out, " status={} upstream=", self.status);
+        let _ = write!(out, " status={}", self.status);
+        if let Some(code) = self.grpc.and_then(GrpcStatus::code) {
+            let _ = write!(out, " grpc_status={code}");
+        }
+        out.push_str(" upstream=");
         if self.upstream.is_empty() {
             out.push('-');
         } else {
@@ -162,6 +194,7 @@ impl Entry {
             client: self.forwarded_client.map_or(Client::Peer(conn.address), Client::Forwarded),
             peer: self.forwarded_client.map(|_| conn.address),
             status: self.status,
+            grpc_status: self.grpc.and_then(GrpcStatus::code),
             request: Some(JsonRequest {
                 host: &self.host,
                 method: &self.method,
@@ -198,6 +231,8 @@ struct JsonLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     peer: Option<SocketAddr>,
     status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grpc_status: Option<u16>,
     /// None for a request the parser refused.
     #[serde(flatten)]
     request: Option<JsonRequest<'a>>,
@@ -251,6 +286,7 @@ fn refused_into(out: &mut String, conn: &ClientConn, status: u16, reason: &str, 
                 client: Client::Peer(conn.address),
                 peer: None,
                 status,
+                grpc_status: None,
                 request: None,
                 tls: None,
                 sni: None,
@@ -321,6 +357,7 @@ mod tests {
             user_agent: Some("curl/7.88.1 status=500".into()),
             referer: None,
             user: Some("ann status=500".into()),
+            grpc: None,
             format: AccessLogFormat::Logfmt,
         };
         let line = entry.line(&conn, 42);
@@ -363,6 +400,7 @@ mod tests {
             user_agent: None,
             referer: Some("https://a.test/\", \"status\": 500".into()),
             user: None,
+            grpc: None,
             format: AccessLogFormat::Json,
         };
         let line = entry.json(&conn, 7);
@@ -374,6 +412,12 @@ mod tests {
         assert!(v.get("tls").is_none() && v.get("peer").is_none() && v.get("user_agent").is_none());
         assert!(v.get("user").is_none());
         assert_eq!(v["referer"], "https://a.test/\", \"status\": 500");
+        assert!(v.get("grpc_status").is_none(), "not a gRPC call");
+        let grpc = Entry { grpc: Some(GrpcStatus::Code(14)), ..entry };
+        let v: serde_json::Value = serde_json::from_str(&grpc.json(&conn, 7)).unwrap();
+        assert_eq!(v["grpc_status"], 14);
+        let line = Entry { format: AccessLogFormat::Logfmt, ..grpc }.line(&conn, 7);
+        assert!(line.contains(" status=404 grpc_status=14 upstream=-"), "{line}");
         assert_eq!((v["client"].as_str(), v["duration_ms"].is_f64()), (Some("192.0.2.1:5000"), true));
         // A parser refusal: client, status and reason only.
         let mut refusal = String::new();

@@ -18,7 +18,7 @@ use hyper::{
 use crate::{
     config::{Listener, OwnAnswer},
     proxy::{
-        access_log::{self, ClientConn, Entry},
+        access_log::{self, ClientConn, Entry, GrpcStatus},
         body::Body,
         cache::CacheStore,
         metrics::{Label, ProxyMetrics},
@@ -280,12 +280,15 @@ impl Forwarder {
             // The log and the metrics keep the status the proxy meant; a gRPC client gets it
             // as a gRPC status.
             let status = response.status().as_u16();
-            if let Some(reason) = reason
-                && let Some(content_type) = labels.grpc.take()
-                && status >= 400
-            {
-                response = respond::grpc_refusal(status, reason, content_type);
-            }
+            // A gRPC call's status: the refusal's, the answer's head's (trailers-only), or
+            // (Unknown) its trailers' as the body ends.
+            let grpc = labels.grpc.take().map(|content_type| match reason {
+                Some(reason) if status >= 400 => {
+                    response = respond::grpc_refusal(status, reason, content_type);
+                    GrpcStatus::Code(respond::grpc_code(status))
+                }
+                _ => GrpcStatus::of(response.headers()),
+            });
             let entry =
                 logged.filter(|_| labels.logged).map(|(started, method, target, (user_agent, referer))| {
                     Entry {
@@ -305,6 +308,7 @@ impl Forwarder {
                         user_agent,
                         referer,
                         user: labels.user.take(),
+                        grpc,
                         format: listener.access_log_format,
                     }
                 });

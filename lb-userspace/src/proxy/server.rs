@@ -33,7 +33,7 @@ use http1::{Ended, Session};
 use crate::{
     config::Listener,
     proxy::{
-        access_log::{ClientConn, Entry},
+        access_log::{ClientConn, Entry, GrpcStatus},
         body::Body,
         boxed::boxed,
         client_limit,
@@ -55,7 +55,8 @@ const EVICTION_WAIT: Duration = Duration::from_millis(100);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
 /// A response body that keeps its request in flight, on the connection and on its backend,
-/// until it is done, counts the bytes sent, and writes the request's access-log line at the end.
+/// until it is done, counts the bytes sent (and a gRPC call's status from its trailers), and
+/// writes the request's access-log line at the end.
 struct Tracked {
     body: Body,
     _busy: Busy,
@@ -83,10 +84,15 @@ impl hyper::body::Body for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.bytes += data.len() as u64;
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.bytes += data.len() as u64;
+            } else if let Some(trailers) = frame.trailers_ref()
+                && let Some(Entry { grpc: Some(status), .. }) = &mut self.entry
+            {
+                // A gRPC call's status comes in its trailers.
+                *status = GrpcStatus::of(trailers);
+            }
         }
         polled
     }

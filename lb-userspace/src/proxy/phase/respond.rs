@@ -67,14 +67,7 @@ pub struct GrpcCall;
 /// status itself: 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 UNIMPLEMENTED, 400 INTERNAL,
 /// 429 and 502–504 UNAVAILABLE, any other UNKNOWN.
 pub fn grpc_refusal(status: u16, reason: &str, content_type: HeaderValue) -> Response<Body> {
-    let code: u16 = match status {
-        400 => 13,
-        401 => 16,
-        403 => 7,
-        404 => 12,
-        429 | 502 | 503 | 504 => 14,
-        _ => 2,
-    };
+    let code = grpc_code(status);
     let mut response = Response::new(empty());
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, content_type);
@@ -91,6 +84,18 @@ pub fn grpc_refusal(status: u16, reason: &str, content_type: HeaderValue) -> Res
         headers.insert("grpc-message", message);
     }
     response
+}
+
+/// The gRPC code the gRPC spec maps an HTTP status to ([`grpc_refusal`]).
+pub fn grpc_code(status: u16) -> u16 {
+    match status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
 }
 
 /// The route's fallback if it has one, else `text`.
