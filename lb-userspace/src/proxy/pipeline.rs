@@ -277,11 +277,10 @@ impl Forwarder {
                     Ok(response) => (response, None),
                     Err(refusal) => (*refusal.response, Some(refusal.reason)),
                 };
-            // The log and the metrics keep the status the proxy meant; a gRPC client gets it
-            // as a gRPC status.
+            // The log and the metrics keep the status the proxy meant; a gRPC client gets its
+            // refusal as a gRPC status. A call's gRPC status for the log: the refusal's, the
+            // answer's head's (trailers-only), or (Unknown) its trailers' as the body ends.
             let status = response.status().as_u16();
-            // A gRPC call's status: the refusal's, the answer's head's (trailers-only), or
-            // (Unknown) its trailers' as the body ends.
             let grpc = labels.grpc.take().map(|content_type| match reason {
                 Some(reason) if status >= 400 => {
                     response = respond::grpc_refusal(status, reason, content_type);
