@@ -123,6 +123,20 @@ pub struct CompressConfig {
     pub level: u32,
 }
 
+/// A route's CORS policy (the Fetch standard's; Envoy's `cors`): the origins whose pages may
+/// read its answers, and what their calls may use. Validated: origins are `*` alone or
+/// lowercase `scheme://host[:port]` (a host may begin with `*.`); methods are tokens, header
+/// names lowercase, either list may be `*`; no `*` anywhere with `allow_credentials`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsConfig {
+    pub allow_origins: Vec<String>,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub max_age_s: Option<u64>,
+    pub allow_credentials: bool,
+}
+
 /// API keys: presented in a header or a query parameter, accepted from a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyConfig {
@@ -405,6 +419,8 @@ pub struct Route {
     /// Browsers' gRPC-Web calls go to the pool (h2/h2c) as gRPC, their answers back as
     /// gRPC-Web (Envoy's grpc_web filter).
     pub grpc_web: bool,
+    /// Which other sites' pages may call the route from a browser (`phase::cors`).
+    pub cors: Option<CorsConfig>,
     /// false: the route's requests leave no access-log line (health checks, static files), as
     /// nginx's `access_log off` in a `location`; they are still counted.
     pub access_log: bool,

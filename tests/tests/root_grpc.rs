@@ -2,7 +2,8 @@
 //! (grpcio, from `scripts/setup`): plaintext HTTP/2 from the client, an h2c pool to the
 //! backends, and the pool's gRPC health checks (`kind = "grpc"`) taking a NOT_SERVING backend
 //! out and bringing it back, so clients never hear NOT_SERVING; the proxy's refusals told as
-//! gRPC statuses; calls that outlive their backends' connections.
+//! gRPC statuses; calls that outlive their backends' connections; gRPC-Web from a browser page
+//! on another origin (headless Chromium, the routes' CORS policy).
 use std::time::Duration;
 
 use anyhow::Result;
@@ -13,6 +14,38 @@ use sluice_tests::{
 
 const VIP: &str = "198.19.0.7";
 const PORT: u16 = 50051;
+
+/// The gRPC routes' CORS policy: the page's origin (the listener on port 8080) may call them.
+const CORS: &str = "cors = { allow_origins = [\"http://198.19.0.7:8080\"], allow_methods = [\"POST\"], \
+     allow_headers = [\"content-type\", \"x-grpc-web\", \"x-user-agent\"], \
+     expose_headers = [\"grpc-status\", \"grpc-message\"], max_age_s = 60 }";
+
+/// A web app's page, served from another origin than its gRPC service's (port 8080 against
+/// 80), as a browser app with a gRPC-Web client calls it: a health check (a preflighted
+/// `application/grpc-web-text` POST), a call the proxy refuses, and a read of a route whose
+/// policy names another origin. It writes what its script could read into the page.
+const PAGE: &str = "<html><body><pre id=\"out\">waiting</pre><script>\
+const out = document.getElementById(\"out\"); const lines = [];\
+const web = { method: \"POST\", headers: { \"content-type\": \"application/grpc-web-text\", \"x-grpc-web\": \"1\", \"x-user-agent\": \"grpc-web-javascript/0.1\" }, body: \"AAAAAAA=\" };\
+async function call(path) {\
+  try {\
+    const answer = await fetch(\"http://198.19.0.7\" + path, web);\
+    const bytes = Array.from(atob(await answer.text()), c => c.charCodeAt(0));\
+    const cut = bytes.indexOf(128);\
+    const message = cut < 0 ? bytes : bytes.slice(0, cut);\
+    const trailers = cut < 0 ? \"\" : String.fromCharCode(...bytes.slice(cut + 5)).trim();\
+    lines.push(path + \" status=\" + answer.status + \" grpc-status=\" + answer.headers.get(\"grpc-status\") + \" message=\" + message.join(\",\") + \" trailers=\" + trailers.replace(/\\r\\n/g, \";\"));\
+  } catch (e) { lines.push(path + \" failed \" + e.name); }\
+}\
+async function main() {\
+  await call(\"/grpc.health.v1.Health/Check\");\
+  await call(\"/sluice.Closed/Call\");\
+  try { const answer = await fetch(\"http://198.19.0.7/private/\"); lines.push(\"private read \" + answer.status); }\
+  catch (e) { lines.push(\"private failed \" + e.name); }\
+  out.textContent = lines.join(\"\\n\");\
+}\
+main();\
+</script></body></html>";
 
 struct Bed {
     _lbd: Lbd,
@@ -68,11 +101,28 @@ listener = "plain"
 path_prefix = "/sluice.Closed/"
 pool = "grpc"
 deny = ["0.0.0.0/0"]
+grpc_web = true
+{cors}
+
+[[route]]
+listener = "plain"
+path_prefix = "/private/"
+respond = {{ status = 200, body = "not for other sites" }}
+cors = {{ allow_origins = ["https://elsewhere.test"] }}
 
 [[route]]
 listener = "plain"
 pool = "grpc"
 grpc_web = true
+{cors}
+
+[[listener]]
+name = "page"
+address = "{VIP}:8080"
+
+[[route]]
+listener = "page"
+respond = {{ status = 200, content_type = "text/html", body = '{page}' }}
 
 [admin]
 socket = "{dir}/lbd.sock"
@@ -80,6 +130,8 @@ metrics = "127.0.0.1:9100"
 "#,
                 tag = topology.tag,
                 backends = backends.join(", "),
+                cors = CORS,
+                page = PAGE,
                 dir = dir.0.display(),
             ),
         )?;
@@ -247,6 +299,59 @@ fn root_grpc_calls_outlive_the_backends_max_connection_age() -> Result<()> {
     assert_eq!(answers.len(), 1200);
     assert!(failed.is_empty(), "calls failed across the backends' GOAWAYs");
     assert!(resent > 0, "no call met a GOAWAY: the test tried nothing");
+    Ok(())
+}
+
+/// gRPC-Web from a real browser: headless Chromium, in the client's namespace, opens a page
+/// served from another origin and calls the service with a preflighted gRPC-Web POST. The
+/// route's CORS policy lets the page read the answer (the message and the trailers' frame), and
+/// the status of a call the proxy refuses (`grpc-status` exposed on a refusal); a route whose
+/// policy names another origin stays unreadable. The preflights never reach grpcio, which would
+/// not answer them: the access log has them as the proxy's own answers.
+#[test]
+fn root_grpc_web_from_a_browser_page_on_another_origin() -> Result<()> {
+    let bed = Bed::new("grpc-browser", None, 2)?;
+    let out = bed
+        .topology
+        .client
+        .command("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom"])
+        .arg(format!("http://{VIP}:8080/"))
+        .output()?;
+    anyhow::ensure!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let shown =
+        dom.split("<pre id=\"out\">").nth(1).and_then(|rest| rest.split("</pre>").next()).unwrap_or("");
+    let lines: Vec<&str> = shown.lines().collect();
+    // The answer's message (a frame: flags, length 2, HealthCheckResponse{status: SERVING}),
+    // then its trailers' frame; no grpc-status in the head of a call that went well.
+    assert!(
+        lines.first().is_some_and(|l| l.starts_with(
+            "/grpc.health.v1.Health/Check status=200 grpc-status=null message=0,0,0,0,2,8,1 trailers=grpc-status:0;"
+        )),
+        "{dom}"
+    );
+    // The proxy's refusal, a trailers-only answer: its status in the head, readable by the
+    // page only because the refusal carries the policy's fields too.
+    assert_eq!(
+        lines.get(1..),
+        Some(
+            &["/sluice.Closed/Call status=200 grpc-status=7 message= trailers=", "private failed TypeError"]
+                [..]
+        ),
+        "{dom}"
+    );
+    let preflights: Vec<String> = bed
+        .logged("/grpc.health.v1.Health/Check")
+        .into_iter()
+        .chain(bed.logged("/sluice.Closed/Call"))
+        .filter(|l| l.contains(" method=OPTIONS "))
+        .collect();
+    assert_eq!(preflights.len(), 2, "{preflights:?}");
+    assert!(
+        preflights.iter().all(|l| l.contains(" status=204 ") && l.contains("reason=preflight")),
+        "{preflights:?}"
+    );
     Ok(())
 }
 

@@ -128,8 +128,24 @@ pub(super) struct RawRoute {
     pub(super) response_headers: Option<Spanned<RawHeaderEdits>>,
     #[serde(default)]
     pub(super) grpc_web: bool,
+    pub(super) cors: Option<Spanned<RawCors>>,
     #[serde(default = "yes")]
     pub(super) access_log: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCors {
+    pub(super) allow_origins: Vec<String>,
+    #[serde(default)]
+    pub(super) allow_methods: Vec<String>,
+    #[serde(default)]
+    pub(super) allow_headers: Vec<String>,
+    #[serde(default)]
+    pub(super) expose_headers: Vec<String>,
+    pub(super) max_age_s: Option<u64>,
+    #[serde(default)]
+    pub(super) allow_credentials: bool,
 }
 
 #[derive(Debug, Deserialize)]

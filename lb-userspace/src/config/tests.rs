@@ -602,6 +602,58 @@ fn grpc_web_needs_http2_pools_split_included() {
 }
 
 #[test]
+fn cors_names_origins_and_lists_them_when_it_lets_cookies_in() {
+    let cors =
+        |extra: &str| Config::parse(Path::new("t.toml"), &route(extra)).unwrap().routes[0].cors.clone();
+    assert_eq!(cors(""), None);
+    assert_eq!(
+        cors(
+            "cors = { allow_origins = [\"https://App.Example.com\", \"https://*.example.org:8443\"], \
+             allow_methods = [\"GET\", \"PUT\"], allow_headers = [\"Content-Type\"], \
+             expose_headers = [\"grpc-status\"], max_age_s = 600, allow_credentials = true }\n"
+        ),
+        Some(CorsConfig {
+            allow_origins: vec!["https://app.example.com".into(), "https://*.example.org:8443".into()],
+            allow_methods: vec!["GET".into(), "PUT".into()],
+            allow_headers: vec!["content-type".into()],
+            expose_headers: vec!["grpc-status".into()],
+            max_age_s: Some(600),
+            allow_credentials: true,
+        })
+    );
+    assert!(cors("cors = { allow_origins = [\"*\"], allow_headers = [\"*\"] }\n").is_some());
+    for (line, error) in [
+        ("cors = { allow_origins = [] }", "cors: allow_origins names no origin"),
+        (
+            "cors = { allow_origins = [\"*\", \"https://a.test\"] }",
+            "cors: `*` in allow_origins is every origin",
+        ),
+        ("cors = { allow_origins = [\"https://a.test/\"] }", "cors: `https://a.test/` is not an origin"),
+        ("cors = { allow_origins = [\"a.test\"] }", "cors: `a.test` is not an origin"),
+        (
+            "cors = { allow_origins = [\"*\"], allow_methods = [\"G T\"] }",
+            "cors: `G T` is not an HTTP method",
+        ),
+        (
+            "cors = { allow_origins = [\"*\"], expose_headers = [\"a b\"] }",
+            "cors: expose_headers: `a b` is not",
+        ),
+        (
+            "cors = { allow_origins = [\"*\"], allow_credentials = true }",
+            "cors: allow_origins has `*` beside allow_credentials",
+        ),
+        (
+            "cors = { allow_origins = [\"https://a.test\"], allow_headers = [\"*\"], allow_credentials = true }",
+            "cors: allow_headers has `*` beside allow_credentials",
+        ),
+        ("cors = { allow_origins = [\"*\"], origins = [] }", "t.toml:"),
+    ] {
+        let found = errors(&route(&format!("{line}\n")));
+        assert!(found.iter().any(|e| e.starts_with("t.toml:12: ") && e.contains(error)), "{line}: {found:?}");
+    }
+}
+
+#[test]
 fn a_routes_retry_buffer_is_64_kib_by_default_and_at_most_16_mib() {
     let bytes =
         |extra: &str| Config::parse(Path::new("t.toml"), &route(extra)).unwrap().routes[0].retry_buffer_bytes;

@@ -1,8 +1,9 @@
 //! From the raw structs to the typed model: every error collected with its file and line
 //! (nothing stops at the first). This file has the error collector, the shared helpers and the
 //! order of the sections; each section's checks are in `validate/` (dataplane, pools, vips and
-//! deny, listeners, routes, cluster for `[bgp]` and `[cluster]`).
+//! deny, listeners, routes and their cors, cluster for `[bgp]` and `[cluster]`).
 mod cluster;
+mod cors;
 mod dataplane;
 mod listeners;
 mod pools;

@@ -13,6 +13,7 @@ pub mod byte_set;
 pub mod cache;
 pub mod client_limit;
 pub mod clock;
+pub mod cors_policy;
 pub mod date;
 pub mod deadline;
 pub mod h1;

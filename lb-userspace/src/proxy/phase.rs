@@ -1,5 +1,6 @@
 //! The phases one request goes through, in order: guard (framing and size limits), path (made
-//! canonical before routing), client (the address behind trusted proxies), gate (allow/deny, API key, JWT, rate limit), choose (split,
+//! canonical before routing), cors (a browser's preflight answered, its origin's answers
+//! marked), client (the address behind trusted proxies), gate (allow/deny, API key, JWT, rate limit), choose (split,
 //! sticky, circuit breaking), headers, grpc_web (a browser's call as gRPC, its answer back),
 //! caching, shadow, upstream (tries, retries, outlier
 //! observation), respond, compress. Each is a short function of the request's parts; `pipeline` calls
@@ -8,6 +9,7 @@ pub mod caching;
 pub mod choose;
 pub mod client;
 pub mod compress;
+pub mod cors;
 pub mod gate;
 pub mod grpc_web;
 pub mod guard;

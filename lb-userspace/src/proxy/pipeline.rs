@@ -23,7 +23,7 @@ use crate::{
         cache::CacheStore,
         metrics::{Label, ProxyMetrics},
         phase::{
-            Refusal, caching, choose, client, compress, gate, grpc_web, guard, headers, path, respond,
+            Refusal, caching, choose, client, compress, cors, gate, grpc_web, guard, headers, path, respond,
             shadow,
             upstream::{self, Answered, InFlight, Tries, Upstreams},
         },
@@ -57,6 +57,9 @@ struct Labels {
     /// A gRPC call's content type (an HTTP/2 call marked as it was read, a gRPC-Web call once
     /// routed): the proxy's refusals go to it as gRPC statuses, in that type.
     grpc: Option<HeaderValue>,
+    /// The route's CORS policy as it applies to this request's answer, whatever makes it
+    /// (boxed: a word in every request's future).
+    cors: Option<Box<cors::Reply>>,
 }
 
 impl Labels {
@@ -271,6 +274,7 @@ impl Forwarder {
                     .extensions()
                     .get::<respond::GrpcCall>()
                     .map(|_| HeaderValue::from_static("application/grpc")),
+                cors: None,
             };
             let (mut response, reason) =
                 match self.answer(request, &snapshot, &listener, &conn, &mut labels).await {
@@ -288,6 +292,9 @@ impl Forwarder {
                 }
                 _ => GrpcStatus::of(response.headers()),
             });
+            if let Some(reply) = labels.cors.take() {
+                reply.apply(&mut response);
+            }
             let entry =
                 logged.filter(|_| labels.logged).map(|(started, method, target, (user_agent, referer))| {
                     Entry {
@@ -351,6 +358,14 @@ impl Forwarder {
                 .route(&listener.name, &labels.host, &request)
                 .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no route"))?;
             labels.routed(route);
+            // A browser's call from another origin: its preflight answered here, before the
+            // gates (it carries no credentials); its answer marked for the origin, below.
+            if let Some(policy) = &route.cors {
+                labels.cors = cors::see(policy, request.method(), request.headers()).map(Box::new);
+                if let Some(reply) = labels.cors.as_ref().filter(|reply| reply.preflight) {
+                    return Err(reply.preflight());
+                }
+            }
             // A browser's gRPC-Web call on a route that takes them: refused from here on as a
             // gRPC status; sent on as gRPC once its headers are done.
             let grpc_web = route.grpc_web.then(|| grpc_web::call(request.headers())).flatten();

@@ -24,6 +24,7 @@ use crate::{
         backend_stream::{Dial, ForClient},
         backend_tls::BackendTls,
         clock,
+        cors_policy::CorsPolicy,
         metrics::Label,
         round_robin,
         runtime::{BackendRuntime, PoolRuntime, RouteRuntime, Runtime},
@@ -82,6 +83,8 @@ pub struct CompiledRoute {
     pub response_headers: HeaderEdits,
     /// Whether gRPC-Web calls go to its pool as gRPC (`phase::grpc_web`).
     pub grpc_web: bool,
+    /// Its CORS policy (`phase::cors`).
+    pub cors: Option<Arc<CorsPolicy>>,
     /// Whether its requests are written to the access log.
     pub access_log: bool,
     /// Rate-limit buckets, the retry budget and credentials (kept across rebuilds).
@@ -138,6 +141,7 @@ impl CompiledRoute {
             request_headers: route.request_headers.clone(),
             response_headers: route.response_headers.clone(),
             grpc_web: route.grpc_web,
+            cors: route.cors.as_ref().map(|c| Arc::new(CorsPolicy::new(c))),
             access_log: route.access_log,
             name: route.name.as_str().into(),
             shadow_label: format!("{}:shadow", route.name).into(),

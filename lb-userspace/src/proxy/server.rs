@@ -662,6 +662,8 @@ mod compressed;
 #[cfg(test)]
 mod connection_age;
 #[cfg(test)]
+mod cors;
+#[cfg(test)]
 mod grpc_refusals;
 #[cfg(test)]
 mod grpc_web;

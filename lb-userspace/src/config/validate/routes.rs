@@ -1,5 +1,5 @@
 //! `[[route]]`: matches, splits, gateway steps (allow/deny, rate limit, API key, JWT), retries,
-//! fallback, shadow, cache, compression, header edits.
+//! fallback, shadow, cache, compression, header edits (CORS in `cors`).
 use std::ops::Range;
 
 use super::*;
@@ -54,6 +54,7 @@ pub(in crate::config) fn check(
         let compress = raw.compress.map(|c| compress(c, errors));
         let request_headers = raw.request_headers.map(|e| header_edits(e, "request_headers", errors));
         let response_headers = raw.response_headers.map(|e| header_edits(e, "response_headers", errors));
+        let cors = raw.cors.map(|c| super::cors::check(c, errors));
         if raw.grpc_web {
             grpc_web_pools(pool.as_deref(), &split, pools, at.clone(), errors);
         }
@@ -90,6 +91,7 @@ pub(in crate::config) fn check(
             request_headers: request_headers.unwrap_or_default(),
             response_headers: response_headers.unwrap_or_default(),
             grpc_web: raw.grpc_web,
+            cors,
             access_log: raw.access_log,
         });
     }
