@@ -341,12 +341,22 @@ fn root_grpc_web_from_a_browser_page_on_another_origin() -> Result<()> {
         ),
         "{dom}"
     );
-    let preflights: Vec<String> = bed
-        .logged("/grpc.health.v1.Health/Check")
-        .into_iter()
-        .chain(bed.logged("/sluice.Closed/Call"))
-        .filter(|l| l.contains(" method=OPTIONS "))
-        .collect();
+    let (checks, closed) = (bed.logged("/grpc.health.v1.Health/Check"), bed.logged("/sluice.Closed/Call"));
+    // The calls' gRPC statuses in the log: the one the proxy framed from the trailers into the
+    // body, and the refusal's.
+    let calls =
+        |lines: &[String]| lines.iter().filter(|l| l.contains(" method=POST ")).cloned().collect::<Vec<_>>();
+    let (check_calls, closed_calls) = (calls(&checks), calls(&closed));
+    assert!(
+        check_calls.len() == 1 && check_calls[0].contains(" status=200 grpc_status=0 "),
+        "{check_calls:?}"
+    );
+    assert!(
+        closed_calls.len() == 1 && closed_calls[0].contains(" status=403 grpc_status=7 "),
+        "{closed_calls:?}"
+    );
+    let preflights: Vec<String> =
+        checks.into_iter().chain(closed).filter(|l| l.contains(" method=OPTIONS ")).collect();
     assert_eq!(preflights.len(), 2, "{preflights:?}");
     assert!(
         preflights.iter().all(|l| l.contains(" status=204 ") && l.contains("reason=preflight")),

@@ -64,11 +64,31 @@ pub struct Entry {
 }
 
 /// A gRPC call's status as the log has it.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub enum GrpcStatus {
     /// Not seen yet (the trailers may bring it), or never: none is logged.
     Unknown,
     Code(u16),
+    /// A gRPC-Web call's, whose trailers go into its body: set as they pass.
+    Framed(FramedStatus),
+}
+
+/// Where a gRPC-Web answer's body puts the status its trailers carried, for the log: the code
+/// plus one, 0 until then. Put in the answer's extensions where the body is made.
+#[derive(Clone, Debug, Default)]
+pub struct FramedStatus(Arc<std::sync::atomic::AtomicU32>);
+
+impl FramedStatus {
+    pub fn set(&self, trailers: &hyper::HeaderMap) {
+        if let Some(code) = GrpcStatus::of(trailers).code() {
+            self.0.store(u32::from(code) + 1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The status, once the trailers have passed.
+    pub fn code(&self) -> Option<u16> {
+        u16::try_from(self.0.load(std::sync::atomic::Ordering::Relaxed)).ok()?.checked_sub(1)
+    }
 }
 
 impl GrpcStatus {
@@ -80,10 +100,11 @@ impl GrpcStatus {
         }
     }
 
-    fn code(self) -> Option<u16> {
+    fn code(&self) -> Option<u16> {
         match self {
-            GrpcStatus::Code(code) => Some(code),
+            GrpcStatus::Code(code) => Some(*code),
             GrpcStatus::Unknown => None,
+            GrpcStatus::Framed(framed) => framed.code(),
         }
     }
 }
@@ -156,7 +177,7 @@ impl Entry {
         out.push_str(" path=");
         quote_into(out, &self.target);
         let _ = write!(out, " status={}", self.status);
-        if let Some(code) = self.grpc.and_then(GrpcStatus::code) {
+        if let Some(code) = self.grpc.as_ref().and_then(GrpcStatus::code) {
             let _ = write!(out, " grpc_status={code}");
         }
         out.push_str(" upstream=");
@@ -194,7 +215,7 @@ impl Entry {
             client: self.forwarded_client.map_or(Client::Peer(conn.address), Client::Forwarded),
             peer: self.forwarded_client.map(|_| conn.address),
             status: self.status,
-            grpc_status: self.grpc.and_then(GrpcStatus::code),
+            grpc_status: self.grpc.as_ref().and_then(GrpcStatus::code),
             request: Some(JsonRequest {
                 host: &self.host,
                 method: &self.method,
@@ -416,8 +437,17 @@ mod tests {
         let grpc = Entry { grpc: Some(GrpcStatus::Code(14)), ..entry };
         let v: serde_json::Value = serde_json::from_str(&grpc.json(&conn, 7)).unwrap();
         assert_eq!(v["grpc_status"], 14);
-        let line = Entry { format: AccessLogFormat::Logfmt, ..grpc }.line(&conn, 7);
+        let logfmt = Entry { format: AccessLogFormat::Logfmt, ..grpc };
+        let line = logfmt.line(&conn, 7);
         assert!(line.contains(" status=404 grpc_status=14 upstream=-"), "{line}");
+        // A gRPC-Web call's status comes from its body's trailers, once they have passed.
+        let framed = FramedStatus::default();
+        let web = Entry { grpc: Some(GrpcStatus::Framed(framed.clone())), ..logfmt };
+        assert!(!web.line(&conn, 7).contains("grpc_status"), "not yet");
+        let mut trailers = hyper::HeaderMap::new();
+        trailers.insert("grpc-status", "5".parse().unwrap());
+        framed.set(&trailers);
+        assert!(web.line(&conn, 7).contains(" status=404 grpc_status=5 upstream=-"));
         assert_eq!((v["client"].as_str(), v["duration_ms"].is_f64()), (Some("192.0.2.1:5000"), true));
         // A parser refusal: client, status and reason only.
         let mut refusal = String::new();

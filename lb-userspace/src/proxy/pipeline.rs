@@ -18,7 +18,7 @@ use hyper::{
 use crate::{
     config::{Listener, OwnAnswer},
     proxy::{
-        access_log::{self, ClientConn, Entry, GrpcStatus},
+        access_log::{self, ClientConn, Entry, FramedStatus, GrpcStatus},
         body::Body,
         cache::CacheStore,
         metrics::{Label, ProxyMetrics},
@@ -290,7 +290,13 @@ impl Forwarder {
                     response = respond::grpc_refusal(status, reason, content_type);
                     GrpcStatus::Code(respond::grpc_code(status))
                 }
-                _ => GrpcStatus::of(response.headers()),
+                // A gRPC-Web answer's trailers go into its body, which says their status.
+                _ => {
+                    match (GrpcStatus::of(response.headers()), response.extensions().get::<FramedStatus>()) {
+                        (GrpcStatus::Unknown, Some(framed)) => GrpcStatus::Framed(framed.clone()),
+                        (status, _) => status,
+                    }
+                }
             });
             if let Some(reply) = labels.cors.take() {
                 reply.apply(&mut response);

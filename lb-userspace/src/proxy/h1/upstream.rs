@@ -1,8 +1,9 @@
 //! HTTP/1.1 to backends, plain or over TLS, driven in the request's own task: a request head
 //! and body written on a pooled keep-alive connection, the response head read back, and the
 //! response body cut from the same connection, which goes back to the pool when its body is
-//! done. No task and no channel per connection; a reused connection the backend closed
-//! meanwhile is replaced once for a request without a body.
+//! done. No task and no channel per connection. An idle connection the backend closed is not
+//! taken (`BackendStream::is_quiet`, as it leaves the pool); one it closes while a request
+//! goes out is replaced once for a request without a body.
 use std::{
     cell::RefCell,
     collections::{HashMap, VecDeque},
@@ -571,7 +572,8 @@ mod tests {
 
     /// A backend on 127.0.0.1 answering by path: `/length`, `/chunked`, `/close` (a body
     /// delimited by closing), `/switch` (101, whatever was asked), `/once` (answers, then
-    /// closes the kept-alive connection).
+    /// closes the kept-alive connection); any other request gets `once` and the connection is
+    /// kept.
     async fn backend() -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -593,6 +595,20 @@ mod tests {
                         let end = read.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
                         let head = String::from_utf8_lossy(&read[..end]).to_string();
                         read.drain(..end);
+                        // A body of a stated length is read and dropped.
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase().strip_prefix("content-length: ")?.parse().ok()
+                            })
+                            .unwrap_or(0);
+                        while read.len() < length {
+                            match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => read.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        read.drain(..length);
                         let answer: &[u8] = if head.starts_with("GET /length") {
                             b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nlength"
                         } else if head.starts_with("GET /chunked") {
@@ -744,6 +760,26 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(get(&pool, address, "/length").await, "length");
         assert_eq!(accepted.load(Ordering::Relaxed), 2);
+    }
+
+    /// A request with a body is not sent again here once written, so it must not go out on a
+    /// connection the backend has closed: an idle connection whose FIN is already in is
+    /// dropped as it leaves the pool, for a new one.
+    #[tokio::test]
+    async fn an_idle_connection_the_backend_closed_is_not_given_a_request_with_a_body() {
+        let (address, accepted) = backend().await;
+        let pool = Arc::new(Pool::default());
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "backend.test".parse().unwrap());
+        headers.insert(header::CONTENT_LENGTH, "5".parse().unwrap());
+        for round in 1..=3 {
+            assert_eq!(get(&pool, address, "/once").await, "once");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let response = post(&pool, address, &headers, streamed(["hello"])).await.unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"once");
+            assert_eq!(accepted.load(Ordering::Relaxed), 1 + round);
+        }
     }
 
     #[tokio::test]

@@ -17,7 +17,10 @@ use hyper::{
     header::{self, HeaderValue},
 };
 
-use crate::proxy::body::{Body, Error};
+use crate::proxy::{
+    access_log::FramedStatus,
+    body::{Body, Error},
+};
 
 /// A gRPC-Web call on its way: what its answer is to look like.
 pub struct Call {
@@ -78,8 +81,11 @@ impl Call {
         let body = std::mem::replace(response.body_mut(), crate::proxy::body::empty());
         // A trailers-only answer (its status in its head) has no body to frame.
         if !body.is_end_stream() {
+            let status = FramedStatus::default();
+            response.extensions_mut().insert(status.clone());
             *response.body_mut() =
-                Framed { inner: body, text: self.text, pending: BytesMut::new(), done: false }.boxed();
+                Framed { inner: body, text: self.text, pending: BytesMut::new(), done: false, status }
+                    .boxed();
         }
     }
 }
@@ -170,6 +176,8 @@ struct Framed {
     /// Bytes of a group of three not yet whole (`-text`).
     pending: BytesMut,
     done: bool,
+    /// The trailers' status, for the access log.
+    status: FramedStatus,
 }
 
 impl Framed {
@@ -210,7 +218,13 @@ impl HttpBody for Framed {
                 Ok(data) => self.out(&data, false),
                 Err(frame) => {
                     self.done = true;
-                    let trailers = frame.into_trailers().map(|t| trailers_frame(&t)).unwrap_or_default();
+                    let trailers = frame.into_trailers().map_or_else(
+                        |_| BytesMut::new(),
+                        |t| {
+                            self.status.set(&t);
+                            trailers_frame(&t)
+                        },
+                    );
                     self.out(&trailers, true)
                 }
             };
@@ -310,9 +324,12 @@ mod tests {
         call(&headers("application/grpc-web+proto")).unwrap().to_grpc_web(&mut answer);
         assert_eq!(answer.headers()[header::CONTENT_TYPE], "application/grpc-web+proto");
         assert!(!answer.headers().contains_key(header::CONTENT_LENGTH));
+        let status = answer.extensions().get::<FramedStatus>().unwrap().clone();
+        assert_eq!(status.code(), None, "no trailers yet");
         let collected = answer.into_body().collect().await.unwrap();
         assert!(collected.trailers().is_none(), "the trailers went into the body");
         assert_eq!(collected.to_bytes(), GRPC_WEB_ANSWER);
+        assert_eq!(status.code(), Some(0), "their status, for the access log");
     }
 
     #[tokio::test]
