@@ -356,6 +356,8 @@ pub struct Tls {
     /// rustls names them, `TLS13_AES_128_GCM_SHA256`); empty: AES-128-GCM first, then rustls's
     /// order.
     pub cipher_suites: Vec<rustls::SupportedCipherSuite>,
+    /// Tell backends the client's certificate (`X-Forwarded-Client-Cert`; with `client_ca`).
+    pub forward_client_cert: bool,
 }
 
 /// An L7 route: the first route of a listener that matches a request wins.

@@ -110,7 +110,7 @@ protocol = "h2c"
 [[listener]]
 name = "mtls"
 address = "{VIP}:8443"
-tls = {{ certificates = [{{ cert = "{ac}", key = "{ak}" }}], client_ca = "{ca}", cipher_suites = ["TLS13_CHACHA20_POLY1305_SHA256", "TLS13_AES_256_GCM_SHA384"] }}
+tls = {{ certificates = [{{ cert = "{ac}", key = "{ak}" }}], client_ca = "{ca}", cipher_suites = ["TLS13_CHACHA20_POLY1305_SHA256", "TLS13_AES_256_GCM_SHA384"], forward_client_cert = true }}
 
 [[route]]
 listener = "mtls"
@@ -859,6 +859,36 @@ fn root_l7_h2c_upstream_with_trailers_and_mtls() -> Result<()> {
         &url,
     ])?;
     assert!(with_cert.starts_with("backend"), "{with_cert}");
+    // The backend is told the certificate (Envoy's X-Forwarded-Client-Cert): its SHA-256 as
+    // openssl computes it, its subject, its DNS name. A client's own field goes nowhere.
+    let (cert, key) = (dir.join("client.pem"), dir.join("client.key"));
+    let echoed = bed.curl(&[
+        "--resolve",
+        &resolve,
+        "--cert",
+        cert.to_str().unwrap_or_default(),
+        "--key",
+        key.to_str().unwrap_or_default(),
+        "-H",
+        "x-forwarded-client-cert: Hash=forged",
+        "https://example.test:8443/echo",
+    ])?;
+    let fingerprint = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in", cert.to_str().unwrap_or_default()])
+        .output()?;
+    let hash: String = String::from_utf8_lossy(&fingerprint.stdout)
+        .rsplit('=')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .replace(':', "")
+        .to_ascii_lowercase();
+    assert_eq!(hash.len(), 64, "{fingerprint:?}");
+    let wanted = format!(" xfcc=Hash={hash};Subject=\"CN=client.test\";DNS=client.test\n");
+    assert!(echoed.ends_with(&wanted), "{echoed} (wanted {wanted:?})");
+    // On a listener that does not forward certificates, the client's own field is dropped.
+    let plain = bed.curl(&["-H", "x-forwarded-client-cert: Hash=forged", &format!("http://{VIP}/echo")])?;
+    assert!(plain.ends_with(" xfcc=\n"), "{plain}");
     let without = bed.curl(&["--resolve", &resolve, &url]);
     assert!(without.is_err(), "no client certificate, yet: {without:?}");
     Ok(())

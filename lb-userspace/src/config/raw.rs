@@ -74,6 +74,8 @@ pub(super) struct RawTls {
     pub(super) certificates: Vec<RawCertificate>,
     pub(super) client_ca: Option<Spanned<PathBuf>>,
     pub(super) cipher_suites: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub(super) forward_client_cert: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1187,6 +1187,21 @@ fn a_listener_s_tls_needs_a_certificate_and_readable_files_beside_the_config() {
     let tls = config.listeners[0].tls.as_ref().unwrap();
     assert_eq!(tls.certificates, [(PathBuf::from("/etc/c.pem"), PathBuf::from("/etc/sluice/k.pem"))]);
     assert_eq!(tls.client_ca, Some(PathBuf::from("/etc/sluice/ca.pem")));
+    assert!(!tls.forward_client_cert);
+    let forwarded = listener(
+        "certificates = [{ cert = \"/etc/c.pem\", key = \"k.pem\" }], client_ca = \"ca.pem\", forward_client_cert = true",
+    );
+    let config = Config::parse_sent(Path::new("/etc/sluice/t.toml"), &forwarded).unwrap();
+    assert!(config.listeners[0].tls.as_ref().unwrap().forward_client_cert);
+    let without_ca =
+        listener("certificates = [{ cert = \"/etc/c.pem\", key = \"k.pem\" }], forward_client_cert = true");
+    let found = Config::parse_sent(Path::new("/etc/sluice/t.toml"), &without_ca).unwrap_err();
+    assert!(
+        found.0.iter().any(
+            |e| e.line == 4 && e.message.starts_with("listener `l`: forward_client_cert needs client_ca")
+        ),
+        "{found:?}"
+    );
 }
 
 #[test]

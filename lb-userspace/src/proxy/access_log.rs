@@ -25,11 +25,21 @@ pub struct ClientConn {
     pub interim: Interim,
     /// The backend connection it keeps between its requests to a pool with `proxy_protocol`.
     pub kept: Kept,
+    /// Its client certificate as backends are told it (`client_cert`), on a listener with
+    /// `forward_client_cert`.
+    pub client_cert: Option<hyper::header::HeaderValue>,
 }
 
 impl ClientConn {
     pub fn new(address: SocketAddr, tls_version: Option<&'static str>, sni: Option<String>) -> ClientConn {
-        ClientConn { address, tls_version, sni, interim: Interim::default(), kept: Kept::default() }
+        ClientConn {
+            address,
+            tls_version,
+            sni,
+            interim: Interim::default(),
+            kept: Kept::default(),
+            client_cert: None,
+        }
     }
 
     pub fn tls(&self) -> bool {

@@ -11,6 +11,7 @@ pub mod boxed;
 pub mod busy_poll;
 pub mod byte_set;
 pub mod cache;
+pub mod client_cert;
 pub mod client_limit;
 pub mod clock;
 pub mod cors_policy;

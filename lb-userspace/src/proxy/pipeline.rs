@@ -21,6 +21,7 @@ use crate::{
         access_log::{self, ClientConn, Entry, FramedStatus, GrpcStatus},
         body::Body,
         cache::CacheStore,
+        client_cert,
         metrics::{Label, ProxyMetrics},
         phase::{
             Refusal, caching, choose, client, compress, cors, gate, grpc_web, guard, headers, path, respond,
@@ -356,6 +357,7 @@ impl Forwarder {
             let checked =
                 guard::check(&guard::Head::of(&request, &read, &labels.host), listener, conn.tls())?;
             let (upgrade, forwarded_for) = (read.upgrade, read.forwarded_for.cloned());
+            let client_cert_sent = read.client_cert;
             let received_host = read.host.cloned();
             path::make_canonical(&mut request)?;
 
@@ -409,6 +411,10 @@ impl Forwarder {
             let gzip = route.compress.is_some() && compress::accepts_gzip(&parts.headers);
             let (host, request_id) = (&labels.host, &labels.request_id);
             let h2_upstream = pool.protocol.is_http2();
+            if client_cert_sent {
+                // Only the proxy says which certificate a client showed (`forward_client_cert`).
+                parts.headers.remove(client_cert::X_FORWARDED_CLIENT_CERT);
+            }
             let forwarding = headers::upstream_request(
                 &mut parts,
                 received_host.as_ref(),
@@ -425,7 +431,9 @@ impl Forwarder {
                 Some(call) => call.to_grpc(&mut parts.headers, body),
                 None => body,
             };
-            if let Some(config) = caching::applies(route, &parts) {
+            // A request with a forwarded certificate is a credentialed one, as with Authorization:
+            // its answer may be that client's alone.
+            if let Some(config) = caching::applies(route, &parts).filter(|_| conn.client_cert.is_none()) {
                 labels.backend = self.cache_label.clone();
                 let (parts, forwarding) = (&parts, &forwarding);
                 let request = caching::CacheRequest { route, config, pool, parts, forwarding, host, client };

@@ -36,7 +36,7 @@ use crate::{
         access_log::{ClientConn, Entry, GrpcStatus},
         body::Body,
         boxed::boxed,
-        client_limit,
+        client_cert, client_limit,
         h1::rewind::Rewind,
         h2,
         idle::{self, Busy, Closed, Registry, Watched},
@@ -417,11 +417,17 @@ impl Connection {
             }
         };
         let session = stream.get_ref().1;
-        self.session.conn = Arc::new(ClientConn::new(
-            client,
-            session.protocol_version().and_then(|v| v.as_str()),
-            session.server_name().map(str::to_owned),
-        ));
+        let forward_cert = listener.tls.as_ref().is_some_and(|tls| tls.forward_client_cert);
+        self.session.conn = Arc::new(ClientConn {
+            client_cert: forward_cert
+                .then(|| client_cert::details(session.peer_certificates()?.first()?))
+                .flatten(),
+            ..ClientConn::new(
+                client,
+                session.protocol_version().and_then(|v| v.as_str()),
+                session.server_name().map(str::to_owned),
+            )
+        });
         if session.alpn_protocol() == Some(b"h2") {
             // HTTP/2 has a watchdog of its own.
             return Either::Right(Either::Left(async move {

@@ -135,10 +135,19 @@ fn tls(
     if let Some(ca) = &client_ca {
         readable(ca);
     }
+    if raw.forward_client_cert && client_ca.is_none() {
+        errors.at(
+            listener.span(),
+            format!(
+                "listener `{name}`: forward_client_cert needs client_ca (no client certificate to forward)"
+            ),
+        );
+    }
     Tls {
         certificates: certificates.into_iter().map(|c| (c.cert.into_inner(), c.key.into_inner())).collect(),
         client_ca: client_ca.map(Spanned::into_inner),
         cipher_suites,
+        forward_client_cert: raw.forward_client_cert,
     }
 }
 

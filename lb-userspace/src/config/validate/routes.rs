@@ -534,8 +534,9 @@ const FRAMING: [&str; 9] = [
     "transfer-encoding",
     "upgrade",
 ];
-/// Fields lbd sets itself on a request (a client's own are replaced) or on an answer.
-const SET_BY_LBD: [&str; 5] = ["forwarded", "via", "x-forwarded-for", "x-forwarded-proto", "x-request-id"];
+/// Fields lbd sets itself on a request (a client's own are replaced or dropped) or on an answer.
+const SET_BY_LBD: [&str; 6] =
+    ["forwarded", "via", "x-forwarded-client-cert", "x-forwarded-for", "x-forwarded-proto", "x-request-id"];
 
 /// A route's `request_headers` or `response_headers` (`what`): field names that are tokens,
 /// none that lbd frames or sets itself, each named once; values of visible ASCII, spaces and

@@ -19,6 +19,7 @@ use crate::{
     proxy::{
         body::Body,
         byte_set::byte_set,
+        client_cert::X_FORWARDED_CLIENT_CERT,
         h1::head::MAX_HEADER_FIELDS,
         own_fields::X_REQUEST_ID,
         phase::{Refusal, headers::X_FORWARDED_FOR},
@@ -68,6 +69,8 @@ pub struct Read<'a> {
     pub request_id: Option<&'a HeaderValue>,
     /// The first X-Forwarded-For field (the proxy appends the client to it).
     pub forwarded_for: Option<&'a HeaderValue>,
+    /// An X-Forwarded-Client-Cert field: a client's own, which no backend gets.
+    pub client_cert: bool,
 }
 
 impl<'a> Read<'a> {
@@ -87,6 +90,8 @@ impl<'a> Read<'a> {
                 read.request_id.get_or_insert(value);
             } else if name == X_FORWARDED_FOR {
                 read.forwarded_for.get_or_insert(value);
+            } else if name == X_FORWARDED_CLIENT_CERT {
+                read.client_cert = true;
             }
         }
         read

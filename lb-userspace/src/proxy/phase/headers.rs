@@ -287,6 +287,9 @@ pub fn upstream_request(
     forwarding.field(b"x-request-id", |out| out.extend_from_slice(request_id.as_bytes()));
     forwarding.field(b"x-forwarded-proto", |out| out.extend_from_slice(proto.as_bytes()));
     forwarding.field(b"via", |out| out.extend_from_slice(own_fields::via(parts.version).as_bytes()));
+    if let Some(cert) = &conn.client_cert {
+        forwarding.field(b"x-forwarded-client-cert", |out| out.extend_from_slice(cert.as_bytes()));
+    }
     forwarding
 }
 

@@ -2,7 +2,8 @@
 //! request with the route's fields set (the client's own of those names replaced), its removed
 //! ones gone and its path prefix rewritten, over HTTP/1.1 and h2c; the client gets the answer
 //! edited and its redirect under the route's prefix, from an HTTP/1.1 or an HTTP/2 connection,
-//! fresh from the backend or from the cache.
+//! fresh from the backend or from the cache. And a field only the proxy sets: a client's own
+//! X-Forwarded-Client-Cert reaches no backend.
 use std::{
     net::SocketAddr,
     sync::{
@@ -129,4 +130,25 @@ async fn an_answer_from_the_cache_is_edited_as_the_backend_s() {
     }
     // The cache stored the backend's answer as it came; each answer was edited on its way out.
     assert_eq!(asked.load(Ordering::Relaxed), 1, "the answers did not come from the cache");
+}
+
+#[tokio::test]
+async fn a_client_s_own_client_cert_field_reaches_no_backend() {
+    for h2c in [false, true] {
+        let (address, _) = listener(h2c, false).await;
+        for http2 in [false, true] {
+            let request = Request::get("http://a.test/old/x")
+                .header("x-forwarded-client-cert", "Hash=forged;Subject=\"CN=admin\"")
+                .header("x-kept", "1")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let (head, seen) = test_bed::ask(address, request, http2).await;
+            assert_eq!(head.status, 200, "{head:?}");
+            assert!(seen.contains("x-kept: 1"), "{seen}");
+            assert!(
+                !seen.contains("x-forwarded-client-cert"),
+                "a forged certificate reached the backend: {seen}"
+            );
+        }
+    }
 }
