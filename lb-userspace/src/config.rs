@@ -348,8 +348,8 @@ pub struct ClientAddress {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tls {
-    /// (certificate chain PEM, private key PEM) files.
-    pub certificates: Vec<(PathBuf, PathBuf)>,
+    /// Certificate chains with their keys, chosen by SNI.
+    pub certificates: Vec<CertFiles>,
     /// Require client certificates signed by this CA (mTLS).
     pub client_ca: Option<PathBuf>,
     /// The cipher suites offered, in the order the server picks them (named in the config as
@@ -358,6 +358,18 @@ pub struct Tls {
     pub cipher_suites: Vec<rustls::SupportedCipherSuite>,
     /// Tell backends the client's certificate (`X-Forwarded-Client-Cert`; with `client_ca`).
     pub forward_client_cert: bool,
+}
+
+/// A listener certificate's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    /// The chain, PEM, the leaf first.
+    pub cert: PathBuf,
+    /// Its private key, PEM.
+    pub key: PathBuf,
+    /// An OCSP response about the leaf (DER, as `openssl ocsp -respout` writes it), stapled to
+    /// handshakes (nginx's `ssl_stapling_file`, HAProxy's `.ocsp` file).
+    pub ocsp: Option<PathBuf>,
 }
 
 /// An L7 route: the first route of a listener that matches a request wins.

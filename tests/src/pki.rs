@@ -22,6 +22,8 @@ impl TestCa {
         let cert = params.self_signed(&key)?;
         let path = dir.join("ca.pem");
         std::fs::write(&path, cert.pem())?;
+        // The CA's key too, for its OCSP responder (`ocsp_response`).
+        std::fs::write(dir.join("ca.key"), key.serialize_pem())?;
         Ok(TestCa { issuer: Issuer::new(params, key), dir: dir.to_owned(), cert: path })
     }
 
@@ -52,5 +54,43 @@ impl TestCa {
         std::fs::rename(key_path.with_extension("key.tmp"), &key_path)?;
         std::fs::rename(cert_path.with_extension("pem.tmp"), &cert_path)?;
         Ok((cert_path, key_path))
+    }
+    /// The CA's OCSP responder's answer (`openssl ocsp`, DER) that `leaf` (a PEM this CA
+    /// signed) is good, for `minutes`, written to `out`.
+    pub fn ocsp_response(&self, leaf: &Path, minutes: u32, out: &Path) -> Result<()> {
+        let openssl = |args: &[&str]| -> Result<String> {
+            let ran = std::process::Command::new("openssl").args(args).output().context("openssl")?;
+            anyhow::ensure!(
+                ran.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&ran.stderr)
+            );
+            Ok(String::from_utf8_lossy(&ran.stdout).into_owned())
+        };
+        let path = |p: &Path| p.to_str().unwrap_or_default().to_owned();
+        let serial = openssl(&["x509", "-noout", "-serial", "-in", &path(leaf)])?;
+        let serial = serial.trim().trim_start_matches("serial=");
+        let (index, request) = (out.with_extension("index"), out.with_extension("req"));
+        std::fs::write(&index, format!("V\t300101000000Z\t\t{serial}\tunknown\t/CN=leaf\n"))?;
+        let (ca, key) = (path(&self.cert), path(&self.dir.join("ca.key")));
+        openssl(&["ocsp", "-issuer", &ca, "-cert", &path(leaf), "-reqout", &path(&request)])?;
+        openssl(&[
+            "ocsp",
+            "-index",
+            &path(&index),
+            "-CA",
+            &ca,
+            "-rsigner",
+            &ca,
+            "-rkey",
+            &key,
+            "-reqin",
+            &path(&request),
+            "-respout",
+            &path(out),
+            "-nmin",
+            &minutes.to_string(),
+        ])?;
+        Ok(())
     }
 }

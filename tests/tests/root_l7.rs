@@ -35,6 +35,9 @@ impl Bed {
         let ca = TestCa::new(&dir.0)?;
         let (a_cert, a_key) =
             ca.leaf("example", &["example.test", "api.example.test", "grpc.example.test"], false)?;
+        // Its CA's OCSP responder's answer, stapled to its handshakes.
+        let a_ocsp = dir.0.join("example.ocsp");
+        ca.ocsp_response(&a_cert, 60, &a_ocsp)?;
         ca.leaf("client", &["client.test"], false)?;
         let (b_cert, b_key) = ca.leaf("wild", &["*.wild.test"], true)?;
         let (b1, b2) = (topology.backends[0].addr4, topology.backends[1].addr4);
@@ -89,7 +92,7 @@ hash_key = "header:x-user"
 [[listener]]
 name = "https"
 address = "{VIP}:443"
-tls = {{ certificates = [{{ cert = "{ac}", key = "{ak}" }}, {{ cert = "{bc}", key = "{bk}" }}] }}
+tls = {{ certificates = [{{ cert = "{ac}", key = "{ak}", ocsp = "{ao}" }}, {{ cert = "{bc}", key = "{bk}" }}] }}
 max_body_bytes = 1000
 max_header_bytes = 8192
 header_read_timeout_ms = 1000
@@ -274,6 +277,7 @@ metrics = "127.0.0.1:9100"
 "#,
                 tag = topology.tag,
                 ac = a_cert.display(),
+                ao = a_ocsp.display(),
                 ak = a_key.display(),
                 bc = b_cert.display(),
                 bk = b_key.display(),
@@ -356,7 +360,11 @@ fn root_l7_tls_sni_alpn_versions_resumption() -> Result<()> {
     assert!(out.contains("ALPN protocol: h2") && out.contains("TLSv1.3"), "{out}");
     assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
 
-    let out = bed.s_client(&["-servername", "deep.x.wild.test", "-alpn", "http/1.1"])?;
+    // Its OCSP response stapled (nginx's `ssl_stapling_file`); the wildcard one has none.
+    let out = bed.s_client(&["-servername", "example.test", "-status"])?;
+    assert!(out.contains("OCSP Response Status: successful") && out.contains("Cert Status: good"), "{out}");
+    let out = bed.s_client(&["-servername", "deep.x.wild.test", "-alpn", "http/1.1", "-status"])?;
+    assert!(out.contains("OCSP response: no response sent"), "{out}");
     assert!(subject(&out).contains("CN=*.wild.test"), "wildcard by SNI: {out}");
     assert!(out.contains("ALPN protocol: http/1.1") && out.contains("2048 bit"), "RSA key: {out}");
 

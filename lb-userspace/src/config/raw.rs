@@ -83,6 +83,7 @@ pub(super) struct RawTls {
 pub(super) struct RawCertificate {
     pub(super) cert: Spanned<PathBuf>,
     pub(super) key: Spanned<PathBuf>,
+    pub(super) ocsp: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1185,7 +1185,15 @@ fn a_listener_s_tls_needs_a_certificate_and_readable_files_beside_the_config() {
         listener("certificates = [{ cert = \"/etc/c.pem\", key = \"k.pem\" }], client_ca = \"ca.pem\"");
     let config = Config::parse_sent(Path::new("/etc/sluice/t.toml"), &sent).unwrap();
     let tls = config.listeners[0].tls.as_ref().unwrap();
-    assert_eq!(tls.certificates, [(PathBuf::from("/etc/c.pem"), PathBuf::from("/etc/sluice/k.pem"))]);
+    let files = |ocsp: Option<&str>| CertFiles {
+        cert: PathBuf::from("/etc/c.pem"),
+        key: PathBuf::from("/etc/sluice/k.pem"),
+        ocsp: ocsp.map(PathBuf::from),
+    };
+    assert_eq!(tls.certificates, [files(None)]);
+    let stapled = listener("certificates = [{ cert = \"/etc/c.pem\", key = \"k.pem\", ocsp = \"c.ocsp\" }]");
+    let config = Config::parse_sent(Path::new("/etc/sluice/t.toml"), &stapled).unwrap();
+    assert_eq!(config.listeners[0].tls.as_ref().unwrap().certificates, [files(Some("/etc/sluice/c.ocsp"))]);
     assert_eq!(tls.client_ca, Some(PathBuf::from("/etc/sluice/ca.pem")));
     assert!(!tls.forward_client_cert);
     let forwarded = listener(

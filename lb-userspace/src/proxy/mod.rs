@@ -23,6 +23,7 @@ pub mod idle;
 pub mod interim;
 pub mod log_sink;
 pub mod metrics;
+pub mod ocsp;
 pub mod own_fields;
 pub mod phase;
 pub mod pipeline;
@@ -95,14 +96,17 @@ pub fn reload_certs(listener: &Listener, resolver: &tls::Resolver) {
     }
 }
 
-/// Watches certificate files and reloads them when they change.
+/// Watches certificate files and reloads them when they change, or when a stapled OCSP
+/// response goes stale.
 pub async fn watch_certs(listener: Listener, resolver: Arc<tls::Resolver>) {
     let Some(tls) = listener.tls.clone() else { return };
     let mut seen = tls::files_mtime(&tls);
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now = tls::files_mtime(&tls);
-        if now != seen {
+        // A stapled OCSP response past its next update: read again (a fresh one, or none).
+        let stale = resolver.0.load().stale_at.is_some_and(|at| std::time::SystemTime::now() >= at);
+        if now != seen || stale {
             seen = now;
             reload_certs(&listener, &resolver);
         }

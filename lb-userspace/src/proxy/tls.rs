@@ -1,6 +1,7 @@
 //! TLS for L7 listeners: certificates chosen by SNI (exact, then wildcard, then the first as
 //! default), ALPN h2 and http/1.1, TLS 1.2 and 1.3, session tickets, optional client
-//! certificates (mTLS). Certificates reload without a restart; a bad file keeps the old one.
+//! certificates (mTLS), OCSP stapling. Certificates reload without a restart; a bad file keeps
+//! the old one.
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -16,7 +17,10 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
-use crate::config::Tls;
+use crate::{
+    config::{CertFiles, Tls},
+    proxy::ocsp::{self, OcspError, Staple},
+};
 
 /// Why a listener's certificates or TLS settings could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +37,8 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("client CA: {0}")]
     ClientCa(#[from] rustls::server::VerifierBuilderError),
+    #[error(transparent)]
+    Ocsp(#[from] OcspError),
 }
 
 type Result<T, E = TlsError> = std::result::Result<T, E>;
@@ -50,6 +56,9 @@ pub struct CertStore {
     /// "example.com" for "*.example.com".
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Arc<CertifiedKey>,
+    /// When the first stapled OCSP response goes stale: the files are read again then, and
+    /// it is stapled no more (unless a fresh one has come).
+    pub stale_at: Option<SystemTime>,
 }
 
 /// The certificates of a PEM file, at least one (a listener's chain, a pool's client
@@ -65,14 +74,26 @@ pub fn read_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(chain)
 }
 
-fn load_pair(cert: &Path, key: &Path) -> Result<(Arc<CertifiedKey>, Vec<String>)> {
+/// A certificate with its key and its OCSP staple, if it has one that can be stapled now; its
+/// DNS names; when its staple goes stale.
+fn load_pair(files: &CertFiles) -> Result<(Arc<CertifiedKey>, Vec<String>, Option<SystemTime>)> {
+    let (cert, key) = (&files.cert, &files.key);
     let chain = read_chain(cert)?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(pem("reading the key", key))?;
     let provider = rustls::crypto::ring::default_provider();
-    let certified = CertifiedKey::from_der(chain.clone(), key, &provider)
+    let mut certified = CertifiedKey::from_der(chain.clone(), key, &provider)
         .map_err(|error| TlsError::KeyMismatch { cert: cert.to_path_buf(), error })?;
+    let mut stale_at = None;
+    if let Some(file) = &files.ocsp {
+        match ocsp::read(file, &chain[0], SystemTime::now())? {
+            Staple::Good { der, until } => (certified.ocsp, stale_at) = (Some(der), until),
+            Staple::Unusable(why) => {
+                log::warn!("OCSP response {}: not stapled: {why}", file.display());
+            }
+        }
+    }
     let names = names_of(&chain[0]);
-    Ok((Arc::new(certified), names))
+    Ok((Arc::new(certified), names, stale_at))
 }
 
 /// DNS names of a certificate (subject alternative names), lowercase.
@@ -89,8 +110,10 @@ impl CertStore {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         let mut default = None;
-        for (cert, key) in &tls.certificates {
-            let (certified, names) = load_pair(cert, key)?;
+        let mut stale_at: Option<SystemTime> = None;
+        for files in &tls.certificates {
+            let (certified, names, until) = load_pair(files)?;
+            stale_at = stale_at.into_iter().chain(until).min();
             default.get_or_insert_with(|| certified.clone());
             for name in names {
                 match name.strip_prefix("*.") {
@@ -99,7 +122,7 @@ impl CertStore {
                 };
             }
         }
-        Ok(CertStore { exact, wildcard, default: default.ok_or(TlsError::Empty)? })
+        Ok(CertStore { exact, wildcard, default: default.ok_or(TlsError::Empty)?, stale_at })
     }
 
     /// The certificate for a server name.
@@ -193,11 +216,12 @@ pub fn server_config(tls: &Tls, resolver: Arc<Resolver>) -> Result<Arc<ServerCon
     Ok(Arc::new(config))
 }
 
-/// The newest modification time among a listener's certificate files.
+/// The newest modification time among a listener's certificate files (OCSP responses too).
 pub fn files_mtime(tls: &Tls) -> Option<SystemTime> {
     tls.certificates
         .iter()
-        .flat_map(|(c, k)| [c, k])
+        .flat_map(|files| [Some(&files.cert), Some(&files.key), files.ocsp.as_ref()])
+        .flatten()
         .filter_map(|p: &PathBuf| crate::config::modified(p))
         .max()
 }
@@ -205,6 +229,32 @@ pub fn files_mtime(tls: &Tls) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_good_ocsp_response_is_stapled_and_the_store_knows_when_it_goes_stale() {
+        let responder = ocsp::tests::Responder::new("store");
+        let files = |ocsp: Option<PathBuf>| Tls {
+            certificates: vec![CertFiles {
+                cert: responder.leaf_pem.clone(),
+                key: responder.leaf_key.clone(),
+                ocsp,
+            }],
+            client_ca: None,
+            cipher_suites: Vec::new(),
+            forward_client_cert: false,
+        };
+        let store = CertStore::load(&files(Some(responder.respond("fresh", Some('V'), 10)))).unwrap();
+        let stapled = store.pick(Some("stapled.test"));
+        assert!(stapled.ocsp.as_ref().is_some_and(|der| !der.is_empty()));
+        let left = store.stale_at.unwrap().duration_since(SystemTime::now()).unwrap();
+        assert!(left > std::time::Duration::from_secs(8 * 60), "{left:?}");
+        // Revoked: served, with no staple and nothing to watch for.
+        let store = CertStore::load(&files(Some(responder.respond("revoked", Some('R'), 10)))).unwrap();
+        assert!(store.pick(None).ocsp.is_none() && store.stale_at.is_none());
+        // Another file than an OCSP response: refused, as a bad certificate is.
+        let refused = CertStore::load(&files(Some(responder.leaf_key.clone()))).unwrap_err();
+        assert!(refused.to_string().contains("not an OCSP response"), "{refused}");
+    }
 
     fn names(provider: &rustls::crypto::CryptoProvider) -> Vec<String> {
         provider.cipher_suites.iter().map(|s| format!("{:?}", s.suite())).collect()

@@ -112,7 +112,7 @@ fn tls(
     let certificates: Vec<RawCertificate> = raw
         .certificates
         .into_iter()
-        .map(|c| RawCertificate { cert: resolve(c.cert), key: resolve(c.key) })
+        .map(|c| RawCertificate { cert: resolve(c.cert), key: resolve(c.key), ocsp: c.ocsp.map(resolve) })
         .collect();
     let client_ca = raw.client_ca.map(resolve);
     let cipher_suites =
@@ -131,6 +131,9 @@ fn tls(
     for c in &certificates {
         readable(&c.cert);
         readable(&c.key);
+        if let Some(ocsp) = &c.ocsp {
+            readable(ocsp);
+        }
     }
     if let Some(ca) = &client_ca {
         readable(ca);
@@ -144,7 +147,14 @@ fn tls(
         );
     }
     Tls {
-        certificates: certificates.into_iter().map(|c| (c.cert.into_inner(), c.key.into_inner())).collect(),
+        certificates: certificates
+            .into_iter()
+            .map(|c| CertFiles {
+                cert: c.cert.into_inner(),
+                key: c.key.into_inner(),
+                ocsp: c.ocsp.map(Spanned::into_inner),
+            })
+            .collect(),
         client_ca: client_ca.map(Spanned::into_inner),
         cipher_suites,
         forward_client_cert: raw.forward_client_cert,
