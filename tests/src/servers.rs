@@ -123,7 +123,7 @@ impl Nginx {
                  server {{\n    listen 80 reuseport;\n    listen [::]:80 reuseport;\n    {tls}\
                  location / {{ return 200 \"{name}\\n\"; }}\n    \
                  location /echo {{ return 200 \"{name} xff=$http_x_forwarded_for proto=$http_x_forwarded_proto \
-                 fwd=$http_forwarded rid=$http_x_request_id via=$http_via host=$host method=$request_method sub=$http_x_subject user=$http_x_user xfcc=$http_x_forwarded_client_cert\\n\"; }}\n    \
+                 fwd=$http_forwarded rid=$http_x_request_id via=$http_via host=$host method=$request_method xfcc=$http_x_forwarded_client_cert sub=$http_x_subject user=$http_x_user\\n\"; }}\n    \
                  location /slow {{ root {dir}; limit_rate 40k; }}\n    \
                  location /cached {{ add_header Cache-Control \"max-age=3\"; return 200 \"{name} cached\\n\"; }}\n    \
                  location /busy {{ return 503 \"{name} busy\\n\"; }}\n    \

@@ -1,24 +1,17 @@
-//! A listener certificate's OCSP response, stapled to its handshakes, checked as it is read: a
-//! file that is no OCSP response, or one about another certificate (by serial), is refused as a
-//! bad certificate file is; one that does not say "good", or whose next update has passed, is
-//! not stapled (a stale staple would fail clients that insist on one, and tells the rest
-//! nothing), and the listener says so in its log. The signature is the client's to check.
+//! A listener certificate's OCSP response, stapled to its handshakes, checked as it is read:
+//! it must be a successful OCSP response about this certificate (by serial), saying "good",
+//! before its next update. Anything else is not stapled and the listener says why in its log;
+//! the certificate serves all the same (a rotated certificate whose response has not come yet
+//! is served at once, its staple once the new file comes). A stale staple would fail clients
+//! that insist on one, and tells the rest nothing. The signature is the client's to check.
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, SystemTime},
 };
 
 use rustls_pki_types::CertificateDer;
 use x509_cert::{Certificate, der::Decode};
 use x509_ocsp::{BasicOcspResponse, CertStatus, OcspResponse, OcspResponseStatus};
-
-/// Why an OCSP response file cannot go with its certificate.
-#[derive(Debug, thiserror::Error)]
-#[error("OCSP response {file}: {why}")]
-pub struct OcspError {
-    pub file: PathBuf,
-    pub why: String,
-}
 
 /// What a response file gives the certificate.
 #[derive(Debug, PartialEq, Eq)]
@@ -30,13 +23,16 @@ pub enum Staple {
 }
 
 /// Reads `file` and checks it against the chain's leaf, as of `now`.
-pub fn read(file: &Path, leaf: &CertificateDer<'_>, now: SystemTime) -> Result<Staple, OcspError> {
-    let error = |why: String| OcspError { file: file.to_path_buf(), why };
-    let der = std::fs::read(file).map_err(|e| error(e.to_string()))?;
-    check(&der, leaf, now).map_err(error).map(|staple| match staple {
-        Staple::Good { until, .. } => Staple::Good { der, until },
-        unusable => unusable,
-    })
+pub fn read(file: &Path, leaf: &CertificateDer<'_>, now: SystemTime) -> Staple {
+    let der = match std::fs::read(file) {
+        Ok(der) => der,
+        Err(err) => return Staple::Unusable(err.to_string()),
+    };
+    match check(&der, leaf, now) {
+        Ok(Staple::Good { until, .. }) => Staple::Good { der, until },
+        Ok(unusable) => unusable,
+        Err(why) => Staple::Unusable(why),
+    }
 }
 
 /// `der` judged as a response about `leaf` (the bytes themselves are the caller's).
@@ -73,7 +69,7 @@ fn check(der: &[u8], leaf: &CertificateDer<'_>, now: SystemTime) -> Result<Stapl
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::process::Command;
+    use std::{path::PathBuf, process::Command};
 
     use super::*;
 
@@ -182,42 +178,44 @@ pub(crate) mod tests {
         let responder = Responder::new("good");
         let now = SystemTime::now();
         let file = responder.respond("good", Some('V'), 60);
-        let Staple::Good { der, until } = read(&file, &responder.leaf, now).unwrap() else { panic!() };
+        let Staple::Good { der, until } = read(&file, &responder.leaf, now) else { panic!() };
         assert_eq!(der, std::fs::read(&file).unwrap());
         let left = until.unwrap().duration_since(now).unwrap();
         assert!(left > Duration::from_secs(58 * 60) && left <= Duration::from_secs(61 * 60), "{left:?}");
         // An hour on, it is stale.
         let later = now + Duration::from_secs(3601);
         assert_eq!(
-            read(&file, &responder.leaf, later).unwrap(),
+            read(&file, &responder.leaf, later),
             Staple::Unusable("its next update has passed".into())
         );
         // With no next update, it has no end.
         let endless = responder.respond("endless", Some('V'), 0);
-        assert!(matches!(read(&endless, &responder.leaf, later).unwrap(), Staple::Good { until: None, .. }));
+        assert!(matches!(read(&endless, &responder.leaf, later), Staple::Good { until: None, .. }));
     }
 
     #[test]
-    fn a_revoked_or_unknown_certificate_gets_no_staple_and_a_wrong_file_is_refused() {
+    fn a_revoked_or_unknown_certificate_or_a_wrong_file_gets_no_staple() {
         let responder = Responder::new("bad");
         let now = SystemTime::now();
         let revoked = responder.respond("revoked", Some('R'), 60);
         assert_eq!(
-            read(&revoked, &responder.leaf, now).unwrap(),
+            read(&revoked, &responder.leaf, now),
             Staple::Unusable("it says the certificate is revoked".into())
         );
         let unknown = responder.respond("unknown", None, 60);
         assert_eq!(
-            read(&unknown, &responder.leaf, now).unwrap(),
+            read(&unknown, &responder.leaf, now),
             Staple::Unusable("it says the certificate is unknown".into())
         );
-        // About another certificate (another CA's leaf, another serial).
+        // About another certificate (another CA's leaf, another serial), no OCSP response at
+        // all, no file: no staple either.
         let other = Responder::new("other");
-        let err = read(&revoked, &other.leaf, now).unwrap_err();
-        assert!(err.why.contains("about another certificate"), "{err}");
-        // Not an OCSP response at all; no file.
-        let err = read(&responder.leaf_pem, &responder.leaf, now).unwrap_err();
-        assert!(err.why.starts_with("not an OCSP response"), "{err}");
-        assert!(read(&responder.dir.join("none"), &responder.leaf, now).is_err());
+        let unusable = |staple: Staple, start: &str| match staple {
+            Staple::Unusable(why) => assert!(why.starts_with(start), "{why}"),
+            good => panic!("{good:?}"),
+        };
+        unusable(read(&revoked, &other.leaf, now), "it is about another certificate");
+        unusable(read(&responder.leaf_pem, &responder.leaf, now), "not an OCSP response");
+        unusable(read(&responder.dir.join("none"), &responder.leaf, now), "No such file");
     }
 }
