@@ -13,7 +13,7 @@ use anyhow::{Result, bail};
 use sluice_tests::{
     netns::Topology,
     pki::TestCa,
-    servers::{Lbd, Nginx, NginxTls, NsServer, TempDir, wait_for},
+    servers::{Haproxy, Lbd, Nginx, NginxTls, NsServer, TempDir, wait_for},
 };
 
 const VIP: &str = "198.19.0.3";
@@ -22,6 +22,7 @@ struct Bed {
     lbd: Option<Lbd>,
     _nginx: Vec<Nginx>,
     _servers: Vec<NsServer>,
+    _haproxy: Haproxy,
     ca: TestCa,
     config: PathBuf,
     topology: Topology,
@@ -134,6 +135,18 @@ listener = "https"
 host = "api.example.test"
 path_prefix = "/api"
 pool = "api"
+
+# HAProxy behind a PROXY v2 pool: it reads the TLVs lbd writes for a TLS client.
+[[pool]]
+name = "ppv2"
+backends = [{{ address = "{b2}" }}]
+port = 8085
+proxy_protocol = "v2"
+
+[[route]]
+listener = "https"
+host = "pp.wild.test"
+pool = "ppv2"
 
 [[route]]
 listener = "https"
@@ -293,11 +306,28 @@ metrics = "127.0.0.1:9100"
             NsServer::upgrade_echo(&topology.backends[1], 8082)?,
             NsServer::early_hints(&topology.backends[0], 8083)?,
         ];
+        // The PROXY v2 backend: HAProxy answers with what the header told it.
+        let haproxy = Haproxy::start(
+            &topology.backends[1],
+            "defaults\n mode http\n timeout connect 5s\n timeout client 30s\n timeout server 30s\n\
+             frontend pp\n bind :8085 accept-proxy\n http-request return status 200 content-type text/plain \
+             lf-string \"authority=%[fc_pp_authority] client=%[src]\\n\"\n",
+            8085,
+        )?;
         let lbd = Lbd::start(&topology.lb, &config)?;
         wait_for("the https listener", Duration::from_secs(5), || {
             topology.lb.run("ss", &["-Htln", "sport = :443"]).map(|o| !o.stdout.is_empty()).unwrap_or(false)
         })?;
-        Ok(Bed { lbd: Some(lbd), _nginx: nginx, _servers: h2c, ca, config, topology, _dir: dir })
+        Ok(Bed {
+            lbd: Some(lbd),
+            _nginx: nginx,
+            _servers: h2c,
+            _haproxy: haproxy,
+            ca,
+            config,
+            topology,
+            _dir: dir,
+        })
     }
 
     /// curl from the client namespace with the test CA; returns stdout.
@@ -367,6 +397,10 @@ fn root_l7_tls_sni_alpn_versions_resumption() -> Result<()> {
     assert!(out.contains("OCSP response: no response sent"), "{out}");
     assert!(subject(&out).contains("CN=*.wild.test"), "wildcard by SNI: {out}");
     assert!(out.contains("ALPN protocol: http/1.1") && out.contains("2048 bit"), "RSA key: {out}");
+
+    // A PROXY v2 pool: HAProxy reads the client's server name from the header's TLV.
+    let out = bed.curl(&["--resolve", &format!("pp.wild.test:443:{VIP}"), "https://pp.wild.test/"])?;
+    assert_eq!(out, format!("authority=pp.wild.test client={}\n", bed.topology.client.addr4), "{out}");
 
     let out = bed.s_client(&["-servername", "unknown.test", "-tls1_2"])?;
     assert!(subject(&out).contains("CN=example.test"), "default certificate: {out}");

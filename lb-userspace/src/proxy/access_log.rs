@@ -28,6 +28,8 @@ pub struct ClientConn {
     /// Its client certificate as backends are told it (`client_cert`), on a listener with
     /// `forward_client_cert`.
     pub client_cert: Option<hyper::header::HeaderValue>,
+    /// It showed a client certificate the listener verified (mTLS).
+    pub client_verified: bool,
 }
 
 impl ClientConn {
@@ -39,6 +41,7 @@ impl ClientConn {
             interim: Interim::default(),
             kept: Kept::default(),
             client_cert: None,
+            client_verified: false,
         }
     }
 

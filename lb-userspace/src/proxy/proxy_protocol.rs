@@ -8,6 +8,9 @@
 //!
 //! A pool with `proxy_protocol = "v1"` or `"v2"` writes one to its backends (`header`; HAProxy's
 //! `send-proxy`), and its health checks write the one that names no client (`local_header`).
+//! A v2 header for a TLS client says so in TLVs, as HAProxy's `send-proxy-v2-ssl` with
+//! `proxy-v2-options authority` does: the server name the client asked for, and the TLS
+//! version and whether the client showed a verified certificate.
 use std::net::{IpAddr, SocketAddr};
 
 use crate::config::ProxyVersion;
@@ -145,9 +148,48 @@ pub async fn read(stream: &mut TcpStream) -> Result<Option<SocketAddr>, HeaderEr
     }
 }
 
-/// The header for a connection made for `client`, which reached lbd at `local`. Addresses of
-/// two families (an IPv4 client of a listener on an IPv6 socket) are both written as IPv6.
-pub fn header(version: ProxyVersion, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+/// What a v2 header tells of a client's TLS (TLVs; v1 has no room for it).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientTls<'a> {
+    /// rustls's name of the version (`TLSv1_3`), written as OpenSSL names it (`TLSv1.3`).
+    pub version: &'a str,
+    /// The server name the client asked for (SNI).
+    pub sni: Option<&'a str>,
+    /// The client showed a certificate the listener verified (mTLS).
+    pub verified: bool,
+}
+
+/// PP2_TYPE_SSL's client flags: the connection is TLS; the client showed a certificate on this
+/// connection, in this session.
+const PP2_CLIENT_SSL: u8 = 0x01;
+const PP2_CLIENT_CERT_CONN: u8 = 0x02;
+const PP2_CLIENT_CERT_SESS: u8 = 0x04;
+
+/// PP2_TYPE_SSL's value: the client flags, `verify` (0: a certificate was shown and verified),
+/// then the version as a sub-TLV.
+fn ssl_tlv(tls: &ClientTls<'_>) -> Vec<u8> {
+    let version = tls.version.replace('_', ".");
+    let (flags, verify) = match tls.verified {
+        true => (PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS, 0u32),
+        false => (PP2_CLIENT_SSL, 1u32),
+    };
+    let mut value = vec![flags];
+    value.extend(verify.to_be_bytes());
+    value.push(v2::Type::SSLVersion as u8);
+    value.extend((version.len() as u16).to_be_bytes());
+    value.extend(version.as_bytes());
+    value
+}
+
+/// The header for a connection made for `client`, which reached lbd at `local` (over `tls`, if
+/// it did). Addresses of two families (an IPv4 client of a listener on an IPv6 socket) are both
+/// written as IPv6.
+pub fn header(
+    version: ProxyVersion,
+    client: SocketAddr,
+    local: SocketAddr,
+    tls: Option<ClientTls<'_>>,
+) -> Vec<u8> {
     let (client_ip, local_ip) = (client.ip().to_canonical(), local.ip().to_canonical());
     let v6 = |ip: IpAddr| match ip {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),
@@ -174,12 +216,21 @@ pub fn header(version: ProxyVersion, client: SocketAddr, local: SocketAddr) -> V
             )
             .into_bytes()
         }
-        ProxyVersion::V2 => v2::Builder::with_addresses(
-            v2::Version::Two | v2::Command::Proxy,
-            v2::Protocol::Stream,
-            (source, destination),
-        )
-        .build()
+        // Written into a `Vec` (a server name is at most 255 bytes): it does not fail.
+        ProxyVersion::V2 => (|| {
+            let mut builder = v2::Builder::with_addresses(
+                v2::Version::Two | v2::Command::Proxy,
+                v2::Protocol::Stream,
+                (source, destination),
+            );
+            if let Some(tls) = tls {
+                if let Some(sni) = tls.sni {
+                    builder = builder.write_tlv(v2::Type::Authority, sni.as_bytes())?;
+                }
+                builder = builder.write_tlv(v2::Type::SSL, &ssl_tlv(&tls))?;
+            }
+            builder.build()
+        })()
         .unwrap_or_default(),
     }
 }
@@ -212,14 +263,18 @@ mod tests {
         ];
         for version in [ProxyVersion::V1, ProxyVersion::V2] {
             for (client, local, read) in cases {
-                let bytes = header(version, client.parse().unwrap(), local.parse().unwrap());
+                let bytes = header(version, client.parse().unwrap(), local.parse().unwrap(), None);
                 let parsed = parse(&bytes).unwrap().unwrap();
                 assert_eq!(parsed.length, bytes.len(), "{version:?} {client}");
                 assert_eq!(parsed.source, Some(read.parse().unwrap()), "{version:?} {client}");
             }
             // Two families: both written as IPv6, the IPv4 one mapped.
-            let mixed =
-                header(version, "192.0.2.7:40000".parse().unwrap(), "[2001:db8::1]:80".parse().unwrap());
+            let mixed = header(
+                version,
+                "192.0.2.7:40000".parse().unwrap(),
+                "[2001:db8::1]:80".parse().unwrap(),
+                None,
+            );
             let source = parse(&mixed).unwrap().unwrap().source.unwrap();
             assert_eq!(source.ip().to_canonical().to_string(), "192.0.2.7", "{version:?}");
             // A health check's header names no client.
@@ -227,9 +282,41 @@ mod tests {
             assert_eq!(parse(&local).unwrap(), Some(Header { length: local.len(), source: None }));
         }
         assert_eq!(
-            header(ProxyVersion::V1, "192.0.2.7:40000".parse().unwrap(), "198.19.0.4:80".parse().unwrap()),
+            header(
+                ProxyVersion::V1,
+                "192.0.2.7:40000".parse().unwrap(),
+                "198.19.0.4:80".parse().unwrap(),
+                None
+            ),
             b"PROXY TCP4 192.0.2.7 198.19.0.4 40000 80\r\n"
         );
+    }
+
+    #[test]
+    fn a_tls_client_s_v2_header_names_its_server_name_and_tls_in_tlvs() {
+        let (client, local) = ("192.0.2.7:40000".parse().unwrap(), "198.19.0.4:443".parse().unwrap());
+        let tlvs = |tls| {
+            let bytes = header(ProxyVersion::V2, client, local, Some(tls));
+            assert_eq!(parse(&bytes).unwrap().unwrap().source, Some(client), "the TLVs are skipped over");
+            let parsed = v2::Header::try_from(&bytes[..]).unwrap();
+            parsed.tlvs().map(|t| t.unwrap()).map(|t| (t.kind, t.value.to_vec())).collect::<Vec<_>>()
+        };
+        let shown = ClientTls { version: "TLSv1_3", sni: Some("api.example.test"), verified: true };
+        assert_eq!(
+            tlvs(shown),
+            [
+                (0x02, b"api.example.test".to_vec()),
+                (0x20, [&[0x07, 0, 0, 0, 0, 0x21, 0, 7][..], b"TLSv1.3"].concat()),
+            ]
+        );
+        let plain = ClientTls { version: "TLSv1_2", sni: None, verified: false };
+        assert_eq!(tlvs(plain), [(0x20, [&[0x01, 0, 0, 0, 1, 0x21, 0, 7][..], b"TLSv1.2"].concat())]);
+        // v1 has no room for it; without TLS there is nothing to say.
+        assert_eq!(
+            header(ProxyVersion::V1, client, local, Some(shown)),
+            b"PROXY TCP4 192.0.2.7 198.19.0.4 40000 443\r\n"
+        );
+        assert_eq!(header(ProxyVersion::V2, client, local, None).len(), 16 + 12);
     }
 
     fn v2(command: u8, family: u8, addresses: &[u8], tlvs: &[u8]) -> Vec<u8> {

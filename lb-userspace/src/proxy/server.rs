@@ -422,6 +422,7 @@ impl Connection {
             client_cert: forward_cert
                 .then(|| client_cert::details(session.peer_certificates()?.first()?))
                 .flatten(),
+            client_verified: session.peer_certificates().is_some(),
             ..ClientConn::new(
                 client,
                 session.protocol_version().and_then(|v| v.as_str()),

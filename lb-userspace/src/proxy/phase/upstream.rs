@@ -116,7 +116,14 @@ impl Upstreams {
             // refuses it on HTTP/2 pools, whose connections are shared).
             let proxy_header = match (upstream.proxy_protocol, forwarding.ends) {
                 (Some(version), Some((client, local))) => {
-                    Some(proxy_protocol::header(version, client, local))
+                    let tls = conn.and_then(|conn| {
+                        Some(proxy_protocol::ClientTls {
+                            version: conn.tls_version?,
+                            sni: conn.sni.as_deref(),
+                            verified: conn.client_verified,
+                        })
+                    });
+                    Some(proxy_protocol::header(version, client, local, tls))
                 }
                 _ => None,
             };
