@@ -32,7 +32,10 @@ use hyper::{
     header::{self, HeaderValue},
 };
 
-use crate::{config::CompressConfig, proxy::body::Body};
+use crate::{
+    config::CompressConfig,
+    proxy::{body::Body, phase::headers::vary_by},
+};
 
 /// Whether a request's Accept-Encoding takes gzip (RFC 9110 §12.5.3): named (or `x-gzip`) with
 /// a weight above 0, or not named and `*` with a weight above 0.
@@ -73,14 +76,7 @@ pub fn apply(response: &mut Response<Body>, config: &CompressConfig, gzip: bool,
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::ACCEPT_RANGES);
     headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-    let varies = headers.get_all(header::VARY).iter().any(|v| {
-        v.to_str().is_ok_and(|v| {
-            v.split(',').any(|n| n.trim() == "*" || n.trim().eq_ignore_ascii_case("accept-encoding"))
-        })
-    });
-    if !varies {
-        headers.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-    }
+    vary_by(headers, "Accept-Encoding");
     if let Some(etag) = headers.get(header::ETAG)
         && !etag.as_bytes().starts_with(b"W/")
     {

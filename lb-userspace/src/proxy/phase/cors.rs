@@ -19,7 +19,7 @@ use hyper::{
 use crate::proxy::{
     body::{Body, empty},
     cors_policy::CorsPolicy,
-    phase::Refusal,
+    phase::{Refusal, headers::vary_by},
 };
 
 /// What a request on a route with a policy gets of it: nothing when every origin may read its
@@ -84,20 +84,10 @@ impl Reply {
         // An answer that names its origin, or leaves it out, differs by origin: a shared cache
         // must not give one origin's answer to another (the Fetch standard, "CORS protocol
         // and HTTP caches").
-        if !cors.any_origin() && !varies_by_origin(headers) {
-            headers.append(header::VARY, HeaderValue::from_static("origin"));
+        if !cors.any_origin() {
+            vary_by(headers, "origin");
         }
     }
-}
-
-/// Whether the answer's Vary already names Origin (or everything).
-fn varies_by_origin(headers: &HeaderMap) -> bool {
-    headers.get_all(header::VARY).iter().any(|value| {
-        value.as_bytes().split(|b| *b == b',').any(|name| {
-            let name = name.trim_ascii();
-            name == b"*" || name.eq_ignore_ascii_case(b"origin")
-        })
-    })
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use crate::{
     proxy::{
         access_log::ClientConn,
         byte_set::TCHAR,
+        h1::head::value_lists,
         own_fields::{self, VIA, X_REQUEST_ID},
     },
 };
@@ -297,6 +298,18 @@ pub fn upstream_request(
 /// proxy's Via is said by the client's connection as it writes the answer (`Handled::via`).
 pub fn client_response(headers: &mut HeaderMap, switching: bool) {
     strip_hop_by_hop(headers, switching);
+}
+
+/// Adds `name` to an answer's Vary, unless Vary names it already or says `*` (the answer
+/// varies by everything): what gzip and CORS each make an answer depend on.
+pub fn vary_by(headers: &mut HeaderMap, name: &'static str) {
+    let listed = headers
+        .get_all(header::VARY)
+        .iter()
+        .any(|value| value_lists(value.as_bytes(), name) || value_lists(value.as_bytes(), "*"));
+    if !listed {
+        headers.append(header::VARY, HeaderValue::from_static(name));
+    }
 }
 
 #[cfg(test)]
