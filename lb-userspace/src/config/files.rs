@@ -23,10 +23,22 @@ pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
     Ok(file)
 }
 
-/// When `path` was last modified; None when it cannot be told (gone, unreadable). What the
-/// files read again on change compare (credentials, certificates).
-pub fn modified(path: &Path) -> Option<std::time::SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// What the files read again on change compare (credentials, certificates, keys): when the
+/// file was last modified, its length and its inode. A file replaced by a rename (a new inode)
+/// or rewritten to another length has changed even where its time is the same or older than
+/// before (`rsync -t`, `cp -p` and deploy tools keep the source's time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    modified: std::time::SystemTime,
+    len: u64,
+    inode: u64,
+}
+
+/// `path`'s stamp; None when it cannot be told (gone, unreadable).
+pub fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).ok()?;
+    Some(FileStamp { modified: meta.modified().ok()?, len: meta.len(), inode: meta.ino() })
 }
 
 /// Reads a config file: a regular file, bounded, UTF-8.

@@ -11,7 +11,6 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::SystemTime,
 };
 
 use rustls::{
@@ -147,14 +146,13 @@ fn files(settings: &Settings) -> impl Iterator<Item = &PathBuf> {
     settings.ca.iter().chain(settings.client_cert.iter().flat_map(|(cert, key)| [cert, key]))
 }
 
-/// The modification times of the files `settings` name: a client made before they changed is
-/// made again.
+/// The stamps of the files `settings` name: a client made before they changed is made again.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Files(Vec<Option<SystemTime>>);
+pub struct Files(Vec<Option<crate::config::FileStamp>>);
 
 impl Files {
     pub fn of(settings: &Settings) -> Files {
-        Files(files(settings).map(|p| crate::config::modified(p)).collect())
+        Files(files(settings).map(|p| crate::config::stamp(p)).collect())
     }
 }
 

@@ -100,10 +100,10 @@ pub fn reload_certs(listener: &Listener, resolver: &tls::Resolver) {
 /// response goes stale.
 pub async fn watch_certs(listener: Listener, resolver: Arc<tls::Resolver>) {
     let Some(tls) = listener.tls.clone() else { return };
-    let mut seen = tls::files_mtime(&tls);
+    let mut seen = tls::files_stamp(&tls);
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = tls::files_mtime(&tls);
+        let now = tls::files_stamp(&tls);
         // A stapled OCSP response past its next update: read again (a fresh one, or none).
         let stale = resolver.0.load().stale_at.is_some_and(|at| std::time::SystemTime::now() >= at);
         if now != seen || stale {

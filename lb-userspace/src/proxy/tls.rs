@@ -214,19 +214,52 @@ pub fn server_config(tls: &Tls, resolver: Arc<Resolver>) -> Result<Arc<ServerCon
     Ok(Arc::new(config))
 }
 
-/// The newest modification time among a listener's certificate files (OCSP responses too).
-pub fn files_mtime(tls: &Tls) -> Option<SystemTime> {
+/// The stamps of a listener's certificate files (keys and OCSP responses too), in order.
+pub fn files_stamp(tls: &Tls) -> Vec<Option<crate::config::FileStamp>> {
     tls.certificates
         .iter()
         .flat_map(|files| [Some(&files.cert), Some(&files.key), files.ocsp.as_ref()])
         .flatten()
-        .filter_map(|p: &PathBuf| crate::config::modified(p))
-        .max()
+        .map(|p: &PathBuf| crate::config::stamp(p))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A listener's certificate replaced by one with an older time than its key's (`rsync -t`
+    /// keeps the source's) changes what the watch compares.
+    #[test]
+    fn a_certificate_replaced_with_an_older_time_is_seen() {
+        let responder = ocsp::tests::Responder::new("stamps");
+        let tls = Tls {
+            certificates: vec![CertFiles {
+                cert: responder.leaf_pem.clone(),
+                key: responder.leaf_key.clone(),
+                ocsp: None,
+            }],
+            client_ca: None,
+            cipher_suites: Vec::new(),
+            forward_client_cert: false,
+        };
+        // The newest modification time, which the watch compared before: it does not move.
+        let newest = |tls: &Tls| {
+            [&tls.certificates[0].cert, &tls.certificates[0].key]
+                .iter()
+                .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+                .max()
+        };
+        let (before, newest_before) = (files_stamp(&tls), newest(&tls));
+        assert!(before.iter().all(Option::is_some));
+        let staged = responder.dir.join("leaf.pem.new");
+        std::fs::copy(&responder.leaf_pem, &staged).unwrap();
+        let older = SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options().write(true).open(&staged).unwrap().set_modified(older).unwrap();
+        std::fs::rename(&staged, &responder.leaf_pem).unwrap();
+        assert_eq!(newest(&tls), newest_before);
+        assert_ne!(files_stamp(&tls), before);
+    }
 
     #[test]
     fn a_good_ocsp_response_is_stapled_and_the_store_knows_when_it_goes_stale() {

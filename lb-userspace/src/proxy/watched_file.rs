@@ -12,7 +12,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 
-use crate::config::{modified, read_file};
+use crate::config::{FileStamp, read_file, stamp};
 
 /// Turns a file's text into its contents, or says what is wrong with it.
 pub type Parse<T> = fn(&str) -> Result<T, String>;
@@ -23,7 +23,7 @@ pub struct WatchedFile<T> {
     what: &'static str,
     parse: Parse<T>,
     current: ArcSwap<T>,
-    modified: Mutex<Option<SystemTime>>,
+    stamp: Mutex<Option<FileStamp>>,
     /// The second (since the epoch) the file was last looked at.
     looked_at: AtomicU64,
 }
@@ -36,7 +36,7 @@ impl<T: Default> WatchedFile<T> {
     /// The file as it is now. Unreadable or refused (it was checked when the config was read,
     /// so it changed since), it holds `T::default()`: no keys, no users, every request refused.
     pub fn new(path: PathBuf, what: &'static str, parse: Parse<T>) -> WatchedFile<T> {
-        let modified = modified(&path);
+        let stamp = stamp(&path);
         let current = match read(&path, parse) {
             Ok(contents) => contents,
             Err(err) => {
@@ -49,7 +49,7 @@ impl<T: Default> WatchedFile<T> {
             what,
             parse,
             current: ArcSwap::from_pointee(current),
-            modified: Mutex::new(modified),
+            stamp: Mutex::new(stamp),
             looked_at: AtomicU64::new(0),
         }
     }
@@ -71,12 +71,12 @@ impl<T: Default> WatchedFile<T> {
     }
 
     fn reread_if_changed(&self) {
-        let modified = modified(&self.path);
-        let mut last = self.modified.lock().unwrap_or_else(|p| p.into_inner());
-        if modified == *last {
+        let stamp = stamp(&self.path);
+        let mut last = self.stamp.lock().unwrap_or_else(|p| p.into_inner());
+        if stamp == *last {
             return;
         }
-        *last = modified;
+        *last = stamp;
         let (what, path) = (self.what, self.path.display());
         match read(&self.path, self.parse) {
             Ok(contents) => {
@@ -120,6 +120,16 @@ mod tests {
         touch("bad\n", 50);
         watched.look_again();
         assert_eq!(*watched.current(), ["one", "two"], "a broken file keeps what was read before");
+
+        // Replaced by a rename with an older time, as `rsync -t` or `cp -p` then `mv` deploy a
+        // file: another inode, so read again.
+        let staged = dir.join("keys.new");
+        std::fs::write(&staged, "three\n").unwrap();
+        let older = SystemTime::now() - std::time::Duration::from_secs(500);
+        std::fs::File::options().write(true).open(&staged).unwrap().set_modified(older).unwrap();
+        std::fs::rename(&staged, &path).unwrap();
+        watched.look_again();
+        assert_eq!(*watched.current(), ["three"], "a file replaced with an older time");
 
         std::fs::remove_file(&path).unwrap();
         let gone = WatchedFile::new(path, "test keys", lines);
