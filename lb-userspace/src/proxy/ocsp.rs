@@ -24,22 +24,19 @@ pub enum Staple {
 
 /// Reads `file` and checks it against the chain's leaf, as of `now`.
 pub fn read(file: &Path, leaf: &CertificateDer<'_>, now: SystemTime) -> Staple {
-    let der = match std::fs::read(file) {
-        Ok(der) => der,
-        Err(err) => return Staple::Unusable(err.to_string()),
-    };
-    match check(&der, leaf, now) {
-        Ok(Staple::Good { until, .. }) => Staple::Good { der, until },
-        Ok(unusable) => unusable,
-        Err(why) => Staple::Unusable(why),
-    }
+    let checked = std::fs::read(file).map_err(|e| e.to_string()).and_then(|der| {
+        let until = check(&der, leaf, now)?;
+        Ok(Staple::Good { der, until })
+    });
+    checked.unwrap_or_else(Staple::Unusable)
 }
 
-/// `der` judged as a response about `leaf` (the bytes themselves are the caller's).
-fn check(der: &[u8], leaf: &CertificateDer<'_>, now: SystemTime) -> Result<Staple, String> {
+/// `der` judged as a response about `leaf`: stapled until its next update (None: it names
+/// none), or why not.
+fn check(der: &[u8], leaf: &CertificateDer<'_>, now: SystemTime) -> Result<Option<SystemTime>, String> {
     let response = OcspResponse::from_der(der).map_err(|e| format!("not an OCSP response ({e})"))?;
     if response.response_status != OcspResponseStatus::Successful {
-        return Ok(Staple::Unusable(format!("the responder said {:?}", response.response_status)));
+        return Err(format!("the responder said {:?}", response.response_status));
     }
     let bytes = response.response_bytes.ok_or("a successful response with no body")?;
     let basic = BasicOcspResponse::from_der(bytes.response.as_bytes())
@@ -55,16 +52,16 @@ fn check(der: &[u8], leaf: &CertificateDer<'_>, now: SystemTime) -> Result<Stapl
         .ok_or("it is about another certificate (no response for this one's serial number)")?;
     if !matches!(single.cert_status, CertStatus::Good(_)) {
         let status = if matches!(single.cert_status, CertStatus::Revoked(_)) { "revoked" } else { "unknown" };
-        return Ok(Staple::Unusable(format!("it says the certificate is {status}")));
+        return Err(format!("it says the certificate is {status}"));
     }
     let until = single.next_update.map(|t| SystemTime::UNIX_EPOCH + t.0.to_unix_duration());
     if until.is_some_and(|until| until <= now) {
-        return Ok(Staple::Unusable("its next update has passed".into()));
+        return Err("its next update has passed".into());
     }
     if SystemTime::UNIX_EPOCH + single.this_update.0.to_unix_duration() > now + Duration::from_secs(300) {
-        return Ok(Staple::Unusable("it is dated in the future".into()));
+        return Err("it is dated in the future".into());
     }
-    Ok(Staple::Good { der: Vec::new(), until })
+    Ok(until)
 }
 
 #[cfg(test)]
