@@ -55,6 +55,16 @@ impl TestCa {
         std::fs::rename(cert_path.with_extension("pem.tmp"), &cert_path)?;
         Ok((cert_path, key_path))
     }
+
+    /// Puts the CA after the leaf in its certificate file, as a full chain holds them (lbd
+    /// checks a stapled OCSP response against the issuer it finds there).
+    pub fn chain(&self, leaf: &Path) -> Result<()> {
+        let chain = std::fs::read_to_string(leaf)? + &std::fs::read_to_string(&self.cert)?;
+        std::fs::write(leaf.with_extension("pem.tmp"), chain)?;
+        std::fs::rename(leaf.with_extension("pem.tmp"), leaf)?;
+        Ok(())
+    }
+
     /// The CA's OCSP responder's answer (`openssl ocsp`, DER) that `leaf` (a PEM this CA
     /// signed) is good, for `minutes`, written to `out`.
     pub fn ocsp_response(&self, leaf: &Path, minutes: u32, out: &Path) -> Result<()> {

@@ -36,7 +36,9 @@ impl Bed {
         let ca = TestCa::new(&dir.0)?;
         let (a_cert, a_key) =
             ca.leaf("example", &["example.test", "api.example.test", "grpc.example.test"], false)?;
-        // Its CA's OCSP responder's answer, stapled to its handshakes.
+        // Its CA's OCSP responder's answer, stapled to its handshakes (checked against the CA
+        // in its file).
+        ca.chain(&a_cert)?;
         let a_ocsp = dir.0.join("example.ocsp");
         ca.ocsp_response(&a_cert, 60, &a_ocsp)?;
         ca.leaf("client", &["client.test"], false)?;

@@ -83,7 +83,7 @@ fn load_pair(files: &CertFiles) -> Result<(Arc<CertifiedKey>, Vec<String>, Optio
         .map_err(|error| TlsError::KeyMismatch { cert: cert.to_path_buf(), error })?;
     let mut stale_at = None;
     if let Some(file) = &files.ocsp {
-        match ocsp::read(file, &chain[0], SystemTime::now()) {
+        match ocsp::read(file, &chain, SystemTime::now()) {
             Staple::Good { der, until } => (certified.ocsp, stale_at) = (Some(der), until),
             Staple::Unusable(why) => {
                 log::warn!("OCSP response {}: not stapled: {why}", file.display());
