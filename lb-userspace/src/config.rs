@@ -358,6 +358,33 @@ pub struct Tls {
     pub cipher_suites: Vec<rustls::SupportedCipherSuite>,
     /// Tell backends the client's certificate (`X-Forwarded-Client-Cert`; with `client_ca`).
     pub forward_client_cert: bool,
+    /// A certificate for these names from an ACME CA, kept renewed (`proxy::acme`).
+    pub acme: Option<Acme>,
+}
+
+/// A listener's certificate from an ACME CA (RFC 8555: Let's Encrypt, ZeroSSL, a company's
+/// own), ordered when there is none or it is two-thirds through its life, proved by TLS-ALPN-01
+/// (RFC 8737) on the listener itself, so only its port 443 is needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acme {
+    /// The CA's directory URL (https).
+    pub directory: String,
+    /// The account's contact URLs (`mailto:ops@example.com`); may be none.
+    pub contact: Vec<String>,
+    /// The names the certificate is for, lowercase (no wildcard: TLS-ALPN-01 cannot prove one).
+    pub names: Vec<String>,
+    /// Where the listener's account key and certificate are kept: `<state>/<listener>/`.
+    pub folder: PathBuf,
+    /// The CA the directory's own HTTPS certificate is checked against, in place of the
+    /// system's roots (a private or test CA such as Pebble's).
+    pub directory_ca: Option<PathBuf>,
+}
+
+impl Acme {
+    /// The certificate (its chain) and key lbd keeps, there once ordered.
+    pub fn files(&self) -> CertFiles {
+        CertFiles { cert: self.folder.join("cert.pem"), key: self.folder.join("key.pem"), ocsp: None }
+    }
 }
 
 /// A listener certificate's files.

@@ -402,6 +402,7 @@ fn bind_listeners(
         let certs = proxy::load_certs(&listener)?;
         if let Some(resolver) = &certs {
             tokio::spawn(proxy::watch_certs(listener.clone(), resolver.clone()));
+            tokio::spawn(proxy::acme::keep(listener.clone(), resolver.clone()));
         }
         let sockets = handed.remove(&listener.address).filter(|s| s.len() == workers);
         let one = proxy::workers::bind(listener.clone(), certs.clone(), workers, sockets)?;

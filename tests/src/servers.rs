@@ -196,6 +196,75 @@ impl Drop for Haproxy {
     }
 }
 
+/// Pebble, Let's Encrypt's test ACME CA (Debian's `pebble`), in a host's namespace: its
+/// directory at `https://ADDRESS:14000/dir` under a certificate from `ca`, every name it
+/// validates resolved to `answer` by its mock DNS (`pebble-challtestsrv`), and its
+/// TLS-ALPN-01 validations made to port 443.
+pub struct Pebble {
+    pebble: Child,
+    dns: Child,
+    /// The directory URL.
+    pub directory: String,
+    /// The management interface (its roots at `/roots/0`).
+    pub management: String,
+}
+
+impl Pebble {
+    pub fn start(host: &Host, ca: &crate::pki::TestCa, answer: std::net::Ipv4Addr) -> Result<Pebble> {
+        let address = host.addr4;
+        let (cert, key) = ca.leaf("pebble", &["pebble.test", &address.to_string()], false)?;
+        let config = ca.dir.join("pebble.json");
+        std::fs::write(
+            &config,
+            format!(
+                r#"{{"pebble": {{"listenAddress": "{address}:14000", "managementListenAddress": "{address}:15000",
+  "certificate": "{cert}", "privateKey": "{key}", "httpPort": 5002, "tlsPort": 443,
+  "ocspResponderURL": "", "externalAccountBindingRequired": false}}}}"#,
+                cert = cert.display(),
+                key = key.display(),
+            ),
+        )?;
+        let dns = host
+            .command("pebble-challtestsrv")
+            .args(["-defaultIPv4", &answer.to_string(), "-defaultIPv6", "", "-dns01", "127.0.0.1:8053"])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", "", "-management", "127.0.0.1:8055"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting pebble-challtestsrv")?;
+        let pebble = host
+            .command("pebble")
+            .args(["-config", config.to_str().context("path")?, "-dnsserver", "127.0.0.1:8053"])
+            // No random sleeps before validations, no nonces refused at random.
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting pebble")?;
+        let mut started = Pebble {
+            pebble,
+            dns,
+            directory: format!("https://{address}:14000/dir"),
+            management: format!("https://{address}:15000"),
+        };
+        wait_listening(host, 14000, "pebble", Duration::from_secs(10))
+            .and_then(|()| wait_listening(host, 8055, "pebble-challtestsrv", Duration::from_secs(5)))
+            .inspect_err(|_| {
+                stop(&mut started.pebble);
+                stop(&mut started.dns);
+            })?;
+        Ok(started)
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        stop(&mut self.pebble);
+        stop(&mut self.dns);
+    }
+}
+
 /// The Python with grpcio that `scripts/setup` installs.
 pub const GRPC_PYTHON: &str = "/usr/local/lib/sluice/grpc/bin/python";
 

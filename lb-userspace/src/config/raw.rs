@@ -71,11 +71,26 @@ pub(super) fn yes() -> bool {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTls {
+    #[serde(default)]
     pub(super) certificates: Vec<RawCertificate>,
     pub(super) client_ca: Option<Spanned<PathBuf>>,
     pub(super) cipher_suites: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     pub(super) forward_client_cert: bool,
+    pub(super) acme: Option<Spanned<RawAcme>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAcme {
+    pub(super) directory: String,
+    #[serde(default)]
+    pub(super) contact: Vec<String>,
+    pub(super) names: Vec<String>,
+    pub(super) state: Spanned<PathBuf>,
+    pub(super) directory_ca: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub(super) accept_terms: bool,
 }
 
 #[derive(Debug, Deserialize)]

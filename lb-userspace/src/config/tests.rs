@@ -1168,13 +1168,75 @@ fn header_edits_and_compression_are_checked_at_their_line() {
 }
 
 #[test]
+fn a_listener_may_take_its_certificate_from_an_acme_ca() {
+    let listener = |acme: &str, extra: &str| {
+        format!(
+            "{BASE}[[listener]]\nname = \"shop\"\naddress = \"127.0.0.1:8443\"\ntls = {{ acme = {{ {acme} }}{extra} }}\n"
+        )
+    };
+    let good = "directory = \"https://acme.test/dir\", contact = [\"mailto:ops@example.test\"], names = [\"Shop.example.test\", \"www.example.test\"], state = \"acme\", accept_terms = true";
+    let config = Config::parse_sent(Path::new("/etc/sluice/t.toml"), &listener(good, "")).unwrap();
+    let tls = config.listeners[0].tls.as_ref().unwrap();
+    assert!(tls.certificates.is_empty());
+    let acme = tls.acme.as_ref().unwrap();
+    assert_eq!(acme.names, ["shop.example.test", "www.example.test"]);
+    assert_eq!(
+        acme.folder,
+        Path::new("/etc/sluice/acme/shop"),
+        "the state folder, the listener's own below it"
+    );
+    assert_eq!(acme.files().cert, Path::new("/etc/sluice/acme/shop/cert.pem"));
+    assert_eq!(acme.directory_ca, None);
+    let found = |acme: &str, extra: &str| {
+        Config::parse_sent(Path::new("/etc/sluice/t.toml"), &listener(acme, extra))
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|e| e.message)
+            .collect::<Vec<_>>()
+    };
+    let has = |messages: Vec<String>, start: &str| {
+        assert!(messages.iter().any(|m| m.starts_with(start)), "{start}: {messages:?}");
+    };
+    has(
+        found(&good.replace(", accept_terms = true", ""), ""),
+        "listener `shop`: acme: accept_terms = true is needed",
+    );
+    has(
+        found(&good.replace("https://", "http://"), ""),
+        "listener `shop`: acme: directory \"http://acme.test/dir\" is not an https URL",
+    );
+    has(
+        found(&good.replace("Shop.example.test", "*.example.test"), ""),
+        "listener `shop`: acme: *.example.test: a wildcard name needs DNS-01",
+    );
+    has(
+        found(&good.replace("Shop.example.test", "shop_1.test"), ""),
+        "listener `shop`: acme: \"shop_1.test\" is not a DNS name",
+    );
+    has(
+        found(&good.replace("Shop.example.test", "localhost"), ""),
+        "listener `shop`: acme: \"localhost\" is not a DNS name",
+    );
+    has(
+        found(&good.replace("mailto:ops@example.test", "ops@example.test"), ""),
+        "listener `shop`: acme: contact \"ops@example.test\" is not a URL",
+    );
+    has(
+        found(&good.replace("[\"Shop.example.test\", \"www.example.test\"]", "[]"), ""),
+        "listener `shop`: acme: names lists none",
+    );
+    has(found(good, ", client_ca = \"ca.pem\""), "listener `shop`: acme and client_ca");
+}
+
+#[test]
 fn a_listener_s_tls_needs_a_certificate_and_readable_files_beside_the_config() {
     let listener = |tls: &str| {
         format!("{BASE}[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8443\"\ntls = {{ {tls} }}\n")
     };
     assert_error(
         &listener("certificates = []"),
-        "t.toml:4: listener `l`: tls needs at least one certificate",
+        "t.toml:4: listener `l`: tls needs at least one certificate (or acme)",
     );
     // Files are looked for beside the config (here the current folder), and must be readable.
     let found = errors(&listener("certificates = [{ cert = \"no-such-c.pem\", key = \"no-such-k.pem\" }]"));

@@ -2,6 +2,7 @@
 //! TLS or plain connections, serve HTTP/1.1 and HTTP/2, route by host/path/method/headers to a
 //! pool (the same pools and health as L4), and forward with keep-alive upstream connections.
 pub mod access_log;
+pub mod acme;
 pub mod auth;
 pub mod backend_stream;
 pub mod backend_tls;
@@ -43,7 +44,6 @@ pub mod workers;
 
 use std::{sync::Arc, time::Duration};
 
-use arc_swap::ArcSwap;
 use log::{error, info};
 
 use crate::{
@@ -79,7 +79,7 @@ pub fn load_certs(listener: &Listener) -> Result<Option<Arc<tls::Resolver>>, Pro
     let Some(tls) = &listener.tls else { return Ok(None) };
     let store =
         CertStore::load(tls).map_err(|error| ProxyError::Tls { listener: listener.name.clone(), error })?;
-    Ok(Some(Arc::new(tls::Resolver(ArcSwap::from_pointee(store)))))
+    Ok(Some(Arc::new(tls::Resolver::new(store))))
 }
 
 /// Re-reads certificates; a bad file is refused with a log line and the old store kept.
@@ -87,7 +87,7 @@ pub fn reload_certs(listener: &Listener, resolver: &tls::Resolver) {
     let Some(tls) = &listener.tls else { return };
     match CertStore::load(tls) {
         Ok(store) => {
-            resolver.0.store(Arc::new(store));
+            resolver.store.store(Arc::new(store));
             info!("listener {}: certificates reloaded", listener.name);
         }
         Err(err) => {
@@ -105,7 +105,7 @@ pub async fn watch_certs(listener: Listener, resolver: Arc<tls::Resolver>) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now = tls::files_stamp(&tls);
         // A stapled OCSP response past its next update: read again (a fresh one, or none).
-        let stale = resolver.0.load().stale_at.is_some_and(|at| std::time::SystemTime::now() >= at);
+        let stale = resolver.store.load().stale_at.is_some_and(|at| std::time::SystemTime::now() >= at);
         if now != seen || stale {
             seen = now;
             reload_certs(&listener, &resolver);

@@ -34,6 +34,7 @@ use crate::{
     config::Listener,
     proxy::{
         access_log::{ClientConn, Entry, GrpcStatus},
+        acme,
         body::Body,
         boxed::boxed,
         client_cert, client_limit,
@@ -417,6 +418,12 @@ impl Connection {
             }
         };
         let session = stream.get_ref().1;
+        if session.alpn_protocol() == Some(acme::ALPN) {
+            // A CA's TLS-ALPN-01 validation: it has seen the answer; nothing more is said.
+            log::debug!("listener {}: ACME validation from {client}", listener.name);
+            self.closed();
+            return Either::Left(std::future::ready(()));
+        }
         let forward_cert = listener.tls.as_ref().is_some_and(|tls| tls.forward_client_cert);
         self.session.conn = Arc::new(ClientConn {
             client_cert: forward_cert

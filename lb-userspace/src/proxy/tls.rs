@@ -1,7 +1,7 @@
 //! TLS for L7 listeners: certificates chosen by SNI (exact, then wildcard, then the first as
 //! default), ALPN h2 and http/1.1, TLS 1.2 and 1.3, session tickets, optional client
-//! certificates (mTLS), OCSP stapling. Certificates reload without a restart; a bad file keeps
-//! the old one.
+//! certificates (mTLS), OCSP stapling, a certificate from an ACME CA (`acme.rs`). Certificates
+//! reload without a restart; a bad file keeps the old one.
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -18,8 +18,11 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 use crate::{
-    config::{CertFiles, Tls},
-    proxy::ocsp::{self, Staple},
+    config::{Acme, CertFiles, Tls},
+    proxy::{
+        acme,
+        ocsp::{self, Staple},
+    },
 };
 
 /// Why a listener's certificates or TLS settings could not be used.
@@ -53,7 +56,9 @@ pub struct CertStore {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// "example.com" for "*.example.com".
     wildcard: HashMap<String, Arc<CertifiedKey>>,
-    default: Arc<CertifiedKey>,
+    /// For names none matches, and clients that send none; None only while a listener with no
+    /// certificate of its own awaits its first from ACME (its handshakes fail until then).
+    default: Option<Arc<CertifiedKey>>,
     /// When the first stapled OCSP response goes stale: the files are read again then, and
     /// it is stapled no more (unless a fresh one has come).
     pub stale_at: Option<SystemTime>,
@@ -109,8 +114,16 @@ impl CertStore {
         let mut wildcard = HashMap::new();
         let mut default = None;
         let mut stale_at: Option<SystemTime> = None;
-        for files in &tls.certificates {
-            let (certified, names, until) = load_pair(files)?;
+        let mut pairs = tls.certificates.iter().map(load_pair).collect::<Result<Vec<_>>>()?;
+        // lbd's own ACME certificate once it has one, after the listed ones: it serves its names
+        // (and is the default only without them). One that does not load is ordered again.
+        if let Some(files) = tls.acme.as_ref().map(Acme::files).filter(|f| f.cert.exists()) {
+            match load_pair(&files) {
+                Ok(pair) => pairs.push(pair),
+                Err(err) => log::warn!("ACME certificate {}: not served: {err}", files.cert.display()),
+            }
+        }
+        for (certified, names, until) in pairs {
             stale_at = stale_at.into_iter().chain(until).min();
             default.get_or_insert_with(|| certified.clone());
             for name in names {
@@ -120,19 +133,22 @@ impl CertStore {
                 };
             }
         }
-        Ok(CertStore { exact, wildcard, default: default.ok_or(TlsError::Empty)?, stale_at })
+        if default.is_none() && tls.acme.is_none() {
+            return Err(TlsError::Empty);
+        }
+        Ok(CertStore { exact, wildcard, default, stale_at })
     }
 
-    /// The certificate for a server name.
-    pub fn pick(&self, name: Option<&str>) -> Arc<CertifiedKey> {
+    /// The certificate for a server name (None: the listener has none yet).
+    pub fn pick(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let Some(name) = name.map(str::to_ascii_lowercase) else { return self.default.clone() };
         if let Some(c) = self.exact.get(&name) {
-            return c.clone();
+            return Some(c.clone());
         }
         let mut rest = name.as_str();
         while let Some((_, parent)) = rest.split_once('.') {
             if let Some(c) = self.wildcard.get(parent) {
-                return c.clone();
+                return Some(c.clone());
             }
             rest = parent;
         }
@@ -140,13 +156,27 @@ impl CertStore {
     }
 }
 
-/// SNI resolver over a store that can be swapped while connections are accepted.
+/// SNI resolver over a store that can be swapped while connections are accepted, and the
+/// answers to an ACME CA's TLS-ALPN-01 validations of the listener's order in flight.
 #[derive(Debug)]
-pub struct Resolver(pub ArcSwap<CertStore>);
+pub struct Resolver {
+    pub store: ArcSwap<CertStore>,
+    pub challenges: acme::Challenges,
+}
+
+impl Resolver {
+    pub fn new(store: CertStore) -> Resolver {
+        Resolver { store: ArcSwap::from_pointee(store), challenges: acme::Challenges::default() }
+    }
+}
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.load().pick(hello.server_name()))
+        // Only a CA's validation asks for `acme-tls/1` (and only then is it on offer, below).
+        if hello.alpn().is_some_and(|mut offered| offered.any(|p| p == acme::ALPN)) {
+            return self.challenges.answer(hello.server_name());
+        }
+        self.store.load().pick(hello.server_name())
     }
 }
 
@@ -203,6 +233,9 @@ pub fn server_config(tls: &Tls, resolver: Arc<Resolver>) -> Result<Arc<ServerCon
     };
     let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if tls.acme.is_some() {
+        config.alpn_protocols.push(acme::ALPN.to_vec());
+    }
     // The suite is the server's pick (`provider`), not the client's.
     config.ignore_client_order = true;
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
@@ -216,8 +249,10 @@ pub fn server_config(tls: &Tls, resolver: Arc<Resolver>) -> Result<Arc<ServerCon
 
 /// The stamps of a listener's certificate files (keys and OCSP responses too), in order.
 pub fn files_stamp(tls: &Tls) -> Vec<Option<crate::config::FileStamp>> {
+    let ordered = tls.acme.as_ref().map(Acme::files);
     tls.certificates
         .iter()
+        .chain(ordered.iter())
         .flat_map(|files| [Some(&files.cert), Some(&files.key), files.ocsp.as_ref()])
         .flatten()
         .map(|p: &PathBuf| crate::config::stamp(p))
@@ -242,6 +277,7 @@ mod tests {
             client_ca: None,
             cipher_suites: Vec::new(),
             forward_client_cert: false,
+            acme: None,
         };
         // The newest modification time, which the watch compared before: it does not move.
         let newest = |tls: &Tls| {
@@ -273,18 +309,19 @@ mod tests {
             client_ca: None,
             cipher_suites: Vec::new(),
             forward_client_cert: false,
+            acme: None,
         };
         let store = CertStore::load(&files(Some(responder.respond("fresh", Some('V'), 10)))).unwrap();
-        let stapled = store.pick(Some("stapled.test"));
+        let stapled = store.pick(Some("stapled.test")).unwrap();
         assert!(stapled.ocsp.as_ref().is_some_and(|der| !der.is_empty()));
         let left = store.stale_at.unwrap().duration_since(SystemTime::now()).unwrap();
         assert!(left > std::time::Duration::from_secs(8 * 60), "{left:?}");
         // Revoked: served, with no staple and nothing to watch for.
         let store = CertStore::load(&files(Some(responder.respond("revoked", Some('R'), 10)))).unwrap();
-        assert!(store.pick(None).ocsp.is_none() && store.stale_at.is_none());
+        assert!(store.pick(None).unwrap().ocsp.is_none() && store.stale_at.is_none());
         // Another file than an OCSP response: the certificate serves, unstapled.
         let store = CertStore::load(&files(Some(responder.leaf_key.clone()))).unwrap();
-        assert!(store.pick(None).ocsp.is_none() && store.stale_at.is_none());
+        assert!(store.pick(None).unwrap().ocsp.is_none() && store.stale_at.is_none());
     }
 
     fn names(provider: &rustls::crypto::CryptoProvider) -> Vec<String> {

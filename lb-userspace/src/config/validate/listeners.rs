@@ -117,8 +117,16 @@ fn tls(
     let client_ca = raw.client_ca.map(resolve);
     let cipher_suites =
         raw.cipher_suites.map(|listed| cipher_suites(&listed, name, errors)).unwrap_or_default();
-    if certificates.is_empty() {
-        errors.at(listener.span(), format!("listener `{name}`: tls needs at least one certificate"));
+    let acme = raw.acme.map(|acme| self::acme(acme, name, resolve, errors));
+    if certificates.is_empty() && acme.is_none() {
+        errors
+            .at(listener.span(), format!("listener `{name}`: tls needs at least one certificate (or acme)"));
+    }
+    if acme.is_some() && client_ca.is_some() {
+        errors.at(
+            listener.span(),
+            format!("listener `{name}`: acme and client_ca: the CA's validation shows no client certificate"),
+        );
     }
     let mut readable = |file: &Spanned<PathBuf>| {
         if !errors.open_files {
@@ -136,6 +144,9 @@ fn tls(
         }
     }
     if let Some(ca) = &client_ca {
+        readable(ca);
+    }
+    if let Some(ca) = acme.as_ref().and_then(|(_, ca)| ca.as_ref()) {
         readable(ca);
     }
     if raw.forward_client_cert && client_ca.is_none() {
@@ -158,7 +169,69 @@ fn tls(
         client_ca: client_ca.map(Spanned::into_inner),
         cipher_suites,
         forward_client_cert: raw.forward_client_cert,
+        acme: acme.map(|(acme, _)| acme),
     }
+}
+
+/// A listener's ACME settings: an https directory, the terms accepted, DNS names, the state
+/// folder and the directory's CA resolved against the config's folder (the CA returned apart,
+/// to be checked readable).
+fn acme(
+    raw: Spanned<RawAcme>,
+    name: &str,
+    resolve: &impl Fn(Spanned<PathBuf>) -> Spanned<PathBuf>,
+    errors: &mut Errors,
+) -> (Acme, Option<Spanned<PathBuf>>) {
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let mut error = |message: String| errors.at(span.clone(), format!("listener `{name}`: acme: {message}"));
+    if !raw.accept_terms {
+        error(
+            "accept_terms = true is needed: ordering a certificate agrees to the CA's terms of service"
+                .into(),
+        );
+    }
+    if !raw.directory.starts_with("https://") || raw.directory.contains(char::is_whitespace) {
+        error(format!("directory {:?} is not an https URL", raw.directory));
+    }
+    if raw.names.is_empty() {
+        error("names lists none".into());
+    }
+    let names: Vec<String> = raw.names.iter().map(|n| n.to_ascii_lowercase()).collect();
+    for n in &names {
+        if n.starts_with("*.") {
+            error(format!("{n}: a wildcard name needs DNS-01, which lbd does not do"));
+        } else if !dns_name(n) {
+            error(format!("{n:?} is not a DNS name"));
+        }
+    }
+    for c in &raw.contact {
+        if !c.contains(':') || c.contains(char::is_whitespace) {
+            error(format!("contact {c:?} is not a URL (mailto:ops@example.com)"));
+        }
+    }
+    let directory_ca = raw.directory_ca.map(resolve);
+    let acme = Acme {
+        directory: raw.directory,
+        contact: raw.contact,
+        names,
+        folder: resolve(raw.state).into_inner().join(name),
+        directory_ca: directory_ca.as_ref().map(|ca| ca.get_ref().clone()),
+    };
+    (acme, directory_ca)
+}
+
+/// A DNS name of letters, digits and hyphens in dot-separated labels of 1 to 63 bytes, with a
+/// dot inside (as a CA issues for).
+fn dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.contains('.')
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// The cipher suites a listener lists, as rustls names them: the suites themselves here, once;

@@ -1,0 +1,320 @@
+//! A listener's certificate from an ACME CA (RFC 8555), as Caddy, HAProxy 3.2 and nginx's
+//! `acme` module get theirs: ordered when there is none (or it names other names) and again
+//! two-thirds through its life, each name proved by TLS-ALPN-01 (RFC 8737) on the listener
+//! itself, so nothing but its port 443 is needed. The CA's validation connects to the name
+//! with ALPN `acme-tls/1` alone; the listener's resolver answers it with a certificate made for
+//! that order ([`Challenges`]) and the connection closes after the handshake. The certificate
+//! and its key are written into the listener's state folder, where the listener's file watch
+//! finds them and serves them within a second; the account's key is kept beside them.
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder,
+    OrderStatus, RetryPolicy,
+};
+use log::{info, warn};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+
+use crate::{
+    config::{Acme, Listener},
+    proxy::tls::Resolver,
+};
+
+/// The ALPN protocol of a TLS-ALPN-01 validation.
+pub const ALPN: &[u8] = b"acme-tls/1";
+
+/// How long one order may take, all its requests and waits together.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
+/// After a failed order, the first wait before the next; it doubles up to `RETRY_MAX`.
+const RETRY_FIRST: Duration = Duration::from_secs(60);
+const RETRY_MAX: Duration = Duration::from_secs(6 * 3600);
+/// The longest sleep between two looks at the certificate (a clock moved, a file removed).
+const LOOK_EVERY: Duration = Duration::from_secs(12 * 3600);
+
+/// Why an order failed (it is tried again later).
+#[derive(Debug, thiserror::Error)]
+pub enum AcmeError {
+    #[error("{0}")]
+    Acme(#[from] instant_acme::Error),
+    #[error("{doing} {path}: {error}")]
+    File { doing: &'static str, path: PathBuf, error: std::io::Error },
+    #[error("the challenge certificate: {0}")]
+    Challenge(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("no answer within {}s", ORDER_TIMEOUT.as_secs())]
+    Timeout,
+}
+
+type Result<T, E = AcmeError> = std::result::Result<T, E>;
+
+/// Answers to a CA's TLS-ALPN-01 validations, by name, while an order waits for them.
+#[derive(Debug, Default)]
+pub struct Challenges(Mutex<HashMap<String, Arc<CertifiedKey>>>);
+
+impl Challenges {
+    /// The certificate that answers a validation of `name` (none: no order asks for it).
+    pub fn answer(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let name = name?.to_ascii_lowercase();
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&name).cloned()
+    }
+
+    fn put(&self, name: String, answer: Arc<CertifiedKey>) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(name, answer);
+    }
+
+    fn clear(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+/// Keeps the listener's ACME certificate: orders one when it is due, sleeps until it is due
+/// again; a failed order is tried again after a minute, then twice as long each time, up to
+/// six hours (a CA's rate limits count failures).
+pub async fn keep(listener: Listener, resolver: Arc<Resolver>) {
+    let Some(acme) = listener.tls.as_ref().and_then(|tls| tls.acme.clone()) else { return };
+    let mut retry = RETRY_FIRST;
+    loop {
+        let due = due(&acme, SystemTime::now());
+        let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
+        if !wait.is_zero() {
+            tokio::time::sleep(wait.min(LOOK_EVERY)).await;
+            continue;
+        }
+        info!(
+            "listener {}: ordering a certificate for {} from {}",
+            listener.name,
+            acme.names.join(", "),
+            acme.directory
+        );
+        let ordered = tokio::time::timeout(ORDER_TIMEOUT, order(&acme, &resolver.challenges)).await;
+        resolver.challenges.clear();
+        match ordered.unwrap_or(Err(AcmeError::Timeout)) {
+            Ok(()) => {
+                info!("listener {}: certificate ordered into {}", listener.name, acme.folder.display());
+                retry = RETRY_FIRST;
+            }
+            Err(err) => {
+                warn!("listener {}: ACME order failed, again in {}s: {err}", listener.name, retry.as_secs());
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// When the certificate kept in `acme`'s folder is due: now if there is none, it does not
+/// parse or it names other names than `acme.names`; else two-thirds through its life
+/// (Let's Encrypt's advice: certbot's 30 days before the end of 90).
+pub fn due(acme: &Acme, now: SystemTime) -> SystemTime {
+    let Ok(chain) = crate::proxy::tls::read_chain(&acme.files().cert) else { return now };
+    let Ok(leaf) = webpki::EndEntityCert::try_from(&chain[0]) else { return now };
+    let mut names: Vec<String> = leaf.valid_dns_names().map(|n| n.to_ascii_lowercase()).collect();
+    let mut wanted = acme.names.clone();
+    names.sort();
+    wanted.sort();
+    if names != wanted {
+        return now;
+    }
+    let Some((from, until)) = validity(&chain[0]) else { return now };
+    from + until.duration_since(from).unwrap_or_default() * 2 / 3
+}
+
+/// A certificate's not-before and not-after.
+fn validity(cert: &CertificateDer<'_>) -> Option<(SystemTime, SystemTime)> {
+    use x509_cert::der::Decode;
+    let cert = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
+    let at = |t: x509_cert::time::Time| SystemTime::UNIX_EPOCH + t.to_unix_duration();
+    let validity = &cert.tbs_certificate.validity;
+    Some((at(validity.not_before), at(validity.not_after)))
+}
+
+/// One order: the account, each name's TLS-ALPN-01 answer put in `challenges` and the CA told
+/// to look, the order finalized with a new key, the chain and key written.
+async fn order(acme: &Acme, challenges: &Challenges) -> Result<()> {
+    std::fs::create_dir_all(&acme.folder).map_err(file("making", &acme.folder))?;
+    let account = account(acme).await?;
+    let identifiers: Vec<Identifier> = acme.names.iter().cloned().map(Identifier::Dns).collect();
+    let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
+    let mut authorizations = order.authorizations();
+    while let Some(authorization) = authorizations.next().await {
+        let mut authorization = authorization?;
+        match authorization.status {
+            AuthorizationStatus::Pending => {}
+            AuthorizationStatus::Valid => continue,
+            other => return Err(AcmeError::Refused(format!("an authorization is {other:?}"))),
+        }
+        let mut challenge = authorization
+            .challenge(ChallengeType::TlsAlpn01)
+            .ok_or_else(|| AcmeError::Refused("the CA offers no tls-alpn-01 challenge".into()))?;
+        let name = challenge.identifier().to_string().to_ascii_lowercase();
+        challenges.put(name.clone(), answer(&name, challenge.key_authorization().digest().as_ref())?);
+        challenge.set_ready().await?;
+    }
+    let retries = RetryPolicy::new().timeout(Duration::from_secs(120));
+    let status = order.poll_ready(&retries).await?;
+    if status != OrderStatus::Ready {
+        return Err(AcmeError::Refused(format!("the order is {status:?}, not ready")));
+    }
+    let key = order.finalize().await?;
+    let chain = order.poll_certificate(&retries).await?;
+    write(&acme.folder, &key, &chain)
+}
+
+/// The listener's ACME account: the one kept in its folder for this directory, else a new one
+/// (its credentials then kept, readable by root alone).
+async fn account(acme: &Acme) -> Result<Account> {
+    let builder = || match &acme.directory_ca {
+        Some(ca) => Account::builder_with_root(ca),
+        None => Account::builder(),
+    };
+    let path = acme.folder.join("account.json");
+    if let Ok(kept) = std::fs::read(&path)
+        && let Ok(kept) = serde_json::from_slice::<KeptAccount>(&kept)
+        && kept.directory == acme.directory
+    {
+        return Ok(builder()?.from_credentials(kept.credentials).await?);
+    }
+    let contact: Vec<&str> = acme.contact.iter().map(String::as_str).collect();
+    let new = NewAccount { contact: &contact, terms_of_service_agreed: true, only_return_existing: false };
+    let (account, credentials) = builder()?.create(&new, acme.directory.clone(), None).await?;
+    let kept = serde_json::to_vec(&KeptAccount { directory: acme.directory.clone(), credentials })
+        .map_err(|e| AcmeError::Refused(format!("the account's credentials: {e}")))?;
+    write_private(&path, &kept)?;
+    Ok(account)
+}
+
+/// An account's credentials with the directory they belong to.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeptAccount {
+    directory: String,
+    credentials: AccountCredentials,
+}
+
+/// The TLS-ALPN-01 answer for `name`: a self-signed certificate for it alone that carries the
+/// SHA-256 of the key authorization in its critical acmeIdentifier extension.
+fn answer(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>> {
+    let failed = |e: rcgen::Error| AcmeError::Challenge(e.to_string());
+    let key = rcgen::KeyPair::generate().map_err(failed)?;
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).map_err(failed)?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let cert = params.self_signed(&key).map_err(failed)?;
+    let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    // Not `CertifiedKey::from_der`: its check that the key matches parses the certificate with
+    // webpki, which refuses the critical extension it does not know.
+    let key = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| AcmeError::Challenge(e.to_string()))?;
+    Ok(Arc::new(CertifiedKey::new(vec![cert.der().clone()], key)))
+}
+
+/// The new key and chain put in place: each written beside its name and renamed over it, the
+/// key first, so the file watch sees the pair change within one look.
+fn write(folder: &Path, key: &str, chain: &str) -> Result<()> {
+    CertificateDer::pem_slice_iter(chain.as_bytes())
+        .next()
+        .and_then(|first| first.ok())
+        .ok_or_else(|| AcmeError::Refused("the CA sent no certificate".into()))?;
+    let (key_path, cert_path) = (folder.join("key.pem"), folder.join("cert.pem"));
+    let (key_new, cert_new) = (folder.join("key.pem.new"), folder.join("cert.pem.new"));
+    write_private(&key_new, key.as_bytes())?;
+    std::fs::write(&cert_new, chain).map_err(file("writing", &cert_new))?;
+    std::fs::rename(&key_new, &key_path).map_err(file("renaming", &key_new))?;
+    std::fs::rename(&cert_new, &cert_path).map_err(file("renaming", &cert_new))?;
+    Ok(())
+}
+
+/// `bytes` into a new file at `path` that only its owner may read.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let _ = std::fs::remove_file(path);
+    let mut out = std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(file("creating", path))?;
+    out.write_all(bytes).and_then(|()| out.sync_all()).map_err(file("writing", path))
+}
+
+fn file(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AcmeError {
+    let path = path.to_path_buf();
+    move |error| AcmeError::File { doing, path, error }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acme(folder: &Path, names: &[&str]) -> Acme {
+        Acme {
+            directory: "https://acme.test/directory".into(),
+            contact: Vec::new(),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            folder: folder.to_path_buf(),
+            directory_ca: None,
+        }
+    }
+
+    /// A certificate for `names` valid from `from` for `days`, written as the folder's own.
+    fn kept(folder: &Path, names: &[&str], from: SystemTime, days: u64) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.not_before = from.into();
+        params.not_after = (from + Duration::from_secs(days * 86400)).into();
+        let cert = params.self_signed(&key).unwrap();
+        write(folder, &key.serialize_pem(), &cert.pem()).unwrap();
+    }
+
+    #[test]
+    fn a_certificate_is_due_when_missing_for_other_names_or_two_thirds_through_its_life() {
+        let folder = std::env::temp_dir().join(format!("sluice-acme-due-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).unwrap();
+        let now = SystemTime::now();
+        let config = acme(&folder, &["b.test", "a.test"]);
+        assert_eq!(due(&config, now), now, "none yet");
+        let from = SystemTime::UNIX_EPOCH
+            + Duration::from_secs(now.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() - 86400);
+        kept(&folder, &["a.test", "b.test"], from, 90);
+        assert_eq!(due(&config, now), from + Duration::from_secs(60 * 86400));
+        // The key is the owner's alone.
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(folder.join("key.pem")).unwrap().permissions().mode() & 0o777, 0o600);
+        // Another name set (the config changed): due now.
+        assert_eq!(due(&acme(&folder, &["a.test"]), now), now);
+        assert_eq!(due(&acme(&folder, &["a.test", "b.test", "c.test"]), now), now);
+        // A file that is no certificate: due now.
+        std::fs::write(folder.join("cert.pem"), "junk").unwrap();
+        assert_eq!(due(&config, now), now);
+        let _ = std::fs::remove_dir_all(&folder);
+    }
+
+    #[test]
+    fn a_validation_gets_the_answer_for_its_name_only() {
+        let challenges = Challenges::default();
+        assert!(challenges.answer(Some("a.test")).is_none());
+        let digest = [7u8; 32];
+        challenges.put("a.test".into(), answer("a.test", &digest).unwrap());
+        let answered = challenges.answer(Some("A.test")).unwrap();
+        assert!(challenges.answer(Some("b.test")).is_none() && challenges.answer(None).is_none());
+        // The certificate names the name and carries the digest in the acmeIdentifier
+        // extension (1.3.6.1.5.5.7.1.31), critical, as an OCTET STRING.
+        let cert = x509_cert::Certificate::from_der(answered.cert[0].as_ref()).unwrap();
+        let extensions = cert.tbs_certificate.extensions.unwrap();
+        let id = extensions.iter().find(|e| e.extn_id.to_string() == "1.3.6.1.5.5.7.1.31").unwrap();
+        assert!(id.critical);
+        assert_eq!(id.extn_value.as_bytes(), [&[0x04, 32][..], &digest].concat());
+        challenges.clear();
+        assert!(challenges.answer(Some("a.test")).is_none());
+    }
+
+    use x509_cert::der::Decode as _;
+}

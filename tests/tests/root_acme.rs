@@ -1,0 +1,125 @@
+//! Root test of a listener's certificate from an ACME CA: Pebble (Let's Encrypt's test CA) in
+//! the client's namespace validates each name by TLS-ALPN-01 through the router to the VIP's
+//! port 443, as a public CA would; curl then checks the served chain against Pebble's root. A
+//! restarted lbd serves the certificate it kept, with no new order.
+use std::{path::Path, time::Duration};
+
+use anyhow::{Result, ensure};
+use sluice_tests::{
+    netns::Topology,
+    pki::TestCa,
+    servers::{Lbd, Nginx, Pebble, TempDir, wait_for},
+};
+
+const VIP: &str = "198.19.0.5";
+const NAMES: [&str; 2] = ["shop.example.test", "www.example.test"];
+
+#[test]
+fn root_acme_certificate_ordered_by_tls_alpn_served_and_kept_across_a_restart() -> Result<()> {
+    let topology = Topology::new(1)?;
+    let dir = TempDir::new("acme")?;
+    let ca = TestCa::new(&dir.0)?;
+    let _nginx = Nginx::start(&topology.backends[0], "backend1")?;
+    topology.lb.run("ip", &["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+    let pebble = Pebble::start(&topology.client, &ca, VIP.parse()?)?;
+    let state = dir.0.join("acme");
+    let config = dir.0.join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[dataplane]
+interface = "eth0"
+xdp_mode = "generic"
+pin_dir = "/sys/fs/bpf/{tag}"
+
+[[vip]]
+name = "web"
+address = "{VIP}"
+protocol = "tcp"
+pool = "web"
+mode = "l7"
+
+[[pool]]
+name = "web"
+backends = [{{ address = "{b1}" }}]
+health = {{ kind = "tcp", port = 80, interval_ms = 300, timeout_ms = 200, rise = 1, fall = 2 }}
+
+[[listener]]
+name = "shop"
+address = "{VIP}:443"
+tls = {{ acme = {{ directory = "{directory}", contact = ["mailto:ops@example.test"], names = ["{n1}", "{n2}"], state = "{state}", directory_ca = "{ca}", accept_terms = true }} }}
+
+[[route]]
+listener = "shop"
+pool = "web"
+
+[admin]
+socket = "{dir}/lbd.sock"
+"#,
+            tag = topology.tag,
+            b1 = topology.backends[0].addr4,
+            directory = pebble.directory,
+            n1 = NAMES[0],
+            n2 = NAMES[1],
+            state = state.display(),
+            ca = ca.cert.display(),
+            dir = dir.0.display(),
+        ),
+    )?;
+    // Pebble's root (made when it starts), fetched over its own HTTPS.
+    let root = dir.0.join("pebble-root.pem");
+    let fetched = topology.client.run(
+        "curl",
+        &[
+            "-sf",
+            "--max-time",
+            "5",
+            "--cacert",
+            ca.cert.to_str().unwrap_or_default(),
+            &format!("{}/roots/0", pebble.management),
+        ],
+    )?;
+    std::fs::write(&root, &fetched.stdout)?;
+    // curl to a name at the VIP, the chain checked against Pebble's root: the status.
+    let get = |name: &str| -> Result<String> {
+        let resolve = format!("{name}:443:{VIP}");
+        let out = topology
+            .client
+            .command("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(["--max-time", "3", "--cacert", root.to_str().unwrap_or_default(), "--resolve", &resolve])
+            .arg(format!("https://{name}/"))
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let log = dir.0.join("lbd.log");
+    {
+        let _lbd = Lbd::start_logging(&topology.lb, &config, Some(&log))?;
+        let cert = state.join("shop").join("cert.pem");
+        wait_for("the ordered certificate", Duration::from_secs(60), || cert.exists())?;
+        wait_for("the certificate served", Duration::from_secs(5), || {
+            get(NAMES[0]).is_ok_and(|s| s == "200")
+        })?;
+        ensure!(get(NAMES[1])? == "200", "the second name");
+        let logged = std::fs::read_to_string(&log)?;
+        ensure!(logged.contains("certificate ordered into"), "{logged}");
+        let key = state.join("shop").join("key.pem");
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key)?.permissions());
+        ensure!(mode & 0o077 == 0, "the key is readable by others: {mode:o}");
+        ensure!(has_account(&state)?, "no account kept");
+    }
+    // Restarted: the kept certificate serves at once, and nothing is ordered.
+    let log2 = dir.0.join("lbd2.log");
+    let _lbd = Lbd::start_logging(&topology.lb, &config, Some(&log2))?;
+    wait_for("the kept certificate served", Duration::from_secs(5), || {
+        get(NAMES[1]).is_ok_and(|s| s == "200")
+    })?;
+    std::thread::sleep(Duration::from_secs(1));
+    let logged = std::fs::read_to_string(&log2)?;
+    ensure!(!logged.contains("ordering a certificate"), "ordered again: {logged}");
+    Ok(())
+}
+
+fn has_account(state: &Path) -> Result<bool> {
+    Ok(std::fs::read_to_string(state.join("shop").join("account.json"))?.contains("\"directory\""))
+}
