@@ -19,7 +19,7 @@ use crate::{
     },
     host::{self, HostError, HostFacts},
     persist::{self, PersistError},
-    proxy::{cache::CacheStore, metrics::ProxyMetrics, routes::Snapshot, runtime::Runtime},
+    proxy::{cache::CacheStore, metrics::ProxyMetrics, routes::Snapshot, runtime::Runtime, tls::Resolver},
     state::{Command, CommandError, State},
 };
 
@@ -87,6 +87,8 @@ pub struct Core {
     pub upgrades: Option<tokio::sync::mpsc::Sender<crate::upgrade::Asked>>,
     /// A new lbd took over (`upgrade.rs`): this one only drains and changes nothing.
     pub retired: bool,
+    /// The TLS listeners' certificates by listener name, for their expiry in the metrics.
+    pub certificates: Vec<(String, Arc<Resolver>)>,
 }
 
 /// What asks the signal loop for a reload (`reload.rs`), and hears its result.
@@ -251,6 +253,7 @@ impl Core {
             nic_xdp_tx_errors: None,
             upgrades: None,
             retired: false,
+            certificates: Vec::new(),
         };
         core.warn_fail_open(&[]);
         Ok(core)

@@ -137,6 +137,7 @@ pub fn render(core: &Shared) -> Result<String> {
             bgp(&mut registry, &core);
         }
         gauges(&mut registry, process(&core));
+        certificates(&mut registry, &core);
         core.counters.clone()
     };
     if let Some(counters) = counters {
@@ -145,6 +146,24 @@ pub fn render(core: &Shared) -> Result<String> {
     let mut out = String::new();
     encode(&mut out, &registry)?;
     Ok(out)
+}
+
+/// When each TLS listener's certificates expire, so an alert can fire before one does (one
+/// that renewal, by hand or ACME, failed to replace).
+fn certificates(registry: &mut Registry, core: &Core) {
+    let expiry = gauge_family(
+        registry,
+        "tls_certificate_expiry_timestamp_seconds",
+        "When a listener's certificate expires (its not-after, Unix time), by the least of its names",
+    );
+    for (listener, resolver) in &core.certificates {
+        for (name, not_after) in &resolver.store.load().expiries {
+            let at = not_after.duration_since(std::time::SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let labels =
+                vec![("listener".to_owned(), listener.clone()), ("certificate".to_owned(), name.clone())];
+            expiry.get_or_create(&labels).set(at as i64);
+        }
+    }
 }
 
 /// Gauges without labels, each set once.

@@ -403,6 +403,7 @@ fn bind_listeners(
         if let Some(resolver) = &certs {
             tokio::spawn(proxy::watch_certs(listener.clone(), resolver.clone()));
             tokio::spawn(proxy::acme::keep(listener.clone(), resolver.clone()));
+            lock(core).certificates.push((listener.name.clone(), resolver.clone()));
         }
         let sockets = handed.remove(&listener.address).filter(|s| s.len() == workers);
         let one = proxy::workers::bind(listener.clone(), certs.clone(), workers, sockets)?;

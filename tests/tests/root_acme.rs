@@ -55,6 +55,7 @@ pool = "web"
 
 [admin]
 socket = "{dir}/lbd.sock"
+metrics = "127.0.0.1:9100"
 "#,
             tag = topology.tag,
             b1 = topology.backends[0].addr4,
@@ -107,6 +108,18 @@ socket = "{dir}/lbd.sock"
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key)?.permissions());
         ensure!(mode & 0o077 == 0, "the key is readable by others: {mode:o}");
         ensure!(has_account(&state)?, "no account kept");
+        // Its expiry in the metrics, for an alert before it lapses.
+        let metrics = topology.lb.run("curl", &["-s", "--max-time", "3", "http://127.0.0.1:9100/metrics"])?;
+        let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+        let series = format!(
+            "sluice_tls_certificate_expiry_timestamp_seconds{{listener=\"shop\",certificate=\"{}\"}} ",
+            NAMES[0]
+        );
+        let line = metrics.lines().find(|l| l.starts_with(&series)).unwrap_or_default();
+        let at: u64 = line.trim_start_matches(&series).trim().parse().unwrap_or(0);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+        let expiries: Vec<&str> = metrics.lines().filter(|l| l.contains("certificate_expiry")).collect();
+        ensure!(at > now + 30 * 86400, "no expiry a month away: {line:?} in {expiries:?}");
     }
     // Restarted: the kept certificate serves at once, and nothing is ordered.
     let log2 = dir.0.join("lbd2.log");

@@ -76,10 +76,19 @@ impl Challenges {
 
 /// Keeps the listener's ACME certificate: orders one when it is due, sleeps until it is due
 /// again; a failed order is tried again after a minute, then twice as long each time, up to
-/// six hours (a CA's rate limits count failures).
+/// six hours (a CA's rate limits count failures). The wait is kept in the folder
+/// (`retry-after`), so a restarted lbd (a crash loop, an operator's restarts) waits it out too.
 pub async fn keep(listener: Listener, resolver: Arc<Resolver>) {
     let Some(acme) = listener.tls.as_ref().and_then(|tls| tls.acme.clone()) else { return };
     let mut retry = RETRY_FIRST;
+    if let Some((at, next)) = held(&acme.folder) {
+        retry = next;
+        let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+        if !wait.is_zero() {
+            info!("listener {}: the last ACME order failed: the next in {}s", listener.name, wait.as_secs());
+            tokio::time::sleep(wait).await;
+        }
+    }
     loop {
         let due = due(&acme, SystemTime::now());
         let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
@@ -98,15 +107,39 @@ pub async fn keep(listener: Listener, resolver: Arc<Resolver>) {
         match ordered.unwrap_or(Err(AcmeError::Timeout)) {
             Ok(()) => {
                 info!("listener {}: certificate ordered into {}", listener.name, acme.folder.display());
+                let _ = std::fs::remove_file(acme.folder.join(RETRY_AFTER));
                 retry = RETRY_FIRST;
             }
             Err(err) => {
                 warn!("listener {}: ACME order failed, again in {}s: {err}", listener.name, retry.as_secs());
+                let next = (retry * 2).min(RETRY_MAX);
+                hold(&acme.folder, SystemTime::now() + retry, next);
                 tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(RETRY_MAX);
+                retry = next;
             }
         }
     }
+}
+
+/// The file that holds the next order back after a failure: when, and the wait after it.
+const RETRY_AFTER: &str = "retry-after";
+
+/// Notes that no order is to be made before `at`, and to wait `next` after the next failure.
+fn hold(folder: &Path, at: SystemTime, next: Duration) {
+    let at = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let _ = std::fs::create_dir_all(folder);
+    if let Err(err) = std::fs::write(folder.join(RETRY_AFTER), format!("{at} {}\n", next.as_secs())) {
+        warn!("ACME: keeping the retry time in {}: {err}", folder.display());
+    }
+}
+
+/// The time and next wait `hold` noted, if any (a garbled note counts for none).
+fn held(folder: &Path) -> Option<(SystemTime, Duration)> {
+    let text = std::fs::read_to_string(folder.join(RETRY_AFTER)).ok()?;
+    let (at, next) = text.trim().split_once(' ')?;
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(at.parse().ok()?);
+    let next = Duration::from_secs(next.parse().ok()?).clamp(RETRY_FIRST, RETRY_MAX);
+    Some((at, next))
 }
 
 /// When the certificate kept in `acme`'s folder is due: now if there is none, it does not
@@ -122,17 +155,8 @@ pub fn due(acme: &Acme, now: SystemTime) -> SystemTime {
     if names != wanted {
         return now;
     }
-    let Some((from, until)) = validity(&chain[0]) else { return now };
+    let Some((from, until)) = crate::proxy::tls::validity(&chain[0]) else { return now };
     from + until.duration_since(from).unwrap_or_default() * 2 / 3
-}
-
-/// A certificate's not-before and not-after.
-fn validity(cert: &CertificateDer<'_>) -> Option<(SystemTime, SystemTime)> {
-    use x509_cert::der::Decode;
-    let cert = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
-    let at = |t: x509_cert::time::Time| SystemTime::UNIX_EPOCH + t.to_unix_duration();
-    let validity = &cert.tbs_certificate.validity;
-    Some((at(validity.not_before), at(validity.not_after)))
 }
 
 /// One order: the account, each name's TLS-ALPN-01 answer put in `challenges` and the CA told
@@ -294,6 +318,21 @@ mod tests {
         // A file that is no certificate: due now.
         std::fs::write(folder.join("cert.pem"), "junk").unwrap();
         assert_eq!(due(&config, now), now);
+        let _ = std::fs::remove_dir_all(&folder);
+    }
+
+    #[test]
+    fn a_failed_order_s_wait_outlives_a_restart() {
+        let folder = std::env::temp_dir().join(format!("sluice-acme-hold-{}", std::process::id()));
+        assert_eq!(held(&folder), None, "no note: order at once");
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        hold(&folder, at, Duration::from_secs(240));
+        assert_eq!(held(&folder), Some((at, Duration::from_secs(240))));
+        // A wait out of bounds is brought within them; a garbled note is none.
+        hold(&folder, at, Duration::from_secs(100_000_000));
+        assert_eq!(held(&folder), Some((at, RETRY_MAX)));
+        std::fs::write(folder.join(RETRY_AFTER), "soon").unwrap();
+        assert_eq!(held(&folder), None);
         let _ = std::fs::remove_dir_all(&folder);
     }
 

@@ -62,6 +62,8 @@ pub struct CertStore {
     /// When the first stapled OCSP response goes stale: the files are read again then, and
     /// it is stapled no more (unless a fresh one has come).
     pub stale_at: Option<SystemTime>,
+    /// Each certificate's least name (alphabetically; `-` without one) and when it expires.
+    pub expiries: Vec<(String, SystemTime)>,
 }
 
 /// The certificates of a PEM file, at least one (a listener's chain, a pool's client
@@ -99,6 +101,15 @@ fn load_pair(files: &CertFiles) -> Result<(Arc<CertifiedKey>, Vec<String>, Optio
     Ok((Arc::new(certified), names, stale_at))
 }
 
+/// A certificate's not-before and not-after.
+pub fn validity(cert: &CertificateDer<'_>) -> Option<(SystemTime, SystemTime)> {
+    use x509_cert::der::Decode;
+    let cert = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
+    let at = |t: x509_cert::time::Time| SystemTime::UNIX_EPOCH + t.to_unix_duration();
+    let validity = &cert.tbs_certificate.validity;
+    Some((at(validity.not_before), at(validity.not_after)))
+}
+
 /// DNS names of a certificate (subject alternative names), lowercase.
 fn names_of(cert: &CertificateDer<'_>) -> Vec<String> {
     // webpki parses the certificate; its DNS names iterate as strings.
@@ -123,7 +134,12 @@ impl CertStore {
                 Err(err) => log::warn!("ACME certificate {}: not served: {err}", files.cert.display()),
             }
         }
+        let mut expiries = Vec::new();
         for (certified, names, until) in pairs {
+            if let Some((_, not_after)) = validity(&certified.cert[0]) {
+                // The least of its names: the same series whatever order a CA lists them in.
+                expiries.push((names.iter().min().cloned().unwrap_or_else(|| "-".into()), not_after));
+            }
             stale_at = stale_at.into_iter().chain(until).min();
             default.get_or_insert_with(|| certified.clone());
             for name in names {
@@ -136,7 +152,7 @@ impl CertStore {
         if default.is_none() && tls.acme.is_none() {
             return Err(TlsError::Empty);
         }
-        Ok(CertStore { exact, wildcard, default, stale_at })
+        Ok(CertStore { exact, wildcard, default, stale_at, expiries })
     }
 
     /// The certificate for a server name (None: the listener has none yet).
@@ -313,6 +329,10 @@ mod tests {
         };
         let store = CertStore::load(&files(Some(responder.respond("fresh", Some('V'), 10)))).unwrap();
         let stapled = store.pick(Some("stapled.test")).unwrap();
+        // Its expiry, for the metrics (rcgen's default not-after: the year 4096).
+        assert_eq!(store.expiries.len(), 1);
+        assert_eq!(store.expiries[0].0, "stapled.test");
+        assert!(store.expiries[0].1 > SystemTime::now() + std::time::Duration::from_secs(1000 * 365 * 86400));
         assert!(stapled.ocsp.as_ref().is_some_and(|der| !der.is_empty()));
         let left = store.stale_at.unwrap().duration_since(SystemTime::now()).unwrap();
         assert!(left > std::time::Duration::from_secs(8 * 60), "{left:?}");
