@@ -123,6 +123,10 @@ set -e
 if [ -d /run/systemd/system ]; then
     systemctl --system daemon-reload >/dev/null || true
 fi
+# The unit's StateDirectory (ACME accounts and certificates) goes with a purge only.
+if [ \"$1\" = purge ]; then
+    rm -rf /var/lib/sluice
+fi
 ";
 
 /// Builds the package into `out` (default target/deb) from the `dist` binaries, built first,
