@@ -198,8 +198,8 @@ impl Drop for Haproxy {
 
 /// Pebble, Let's Encrypt's test ACME CA (Debian's `pebble`), in a host's namespace: its
 /// directory at `https://ADDRESS:14000/dir` under a certificate from `ca`, every name it
-/// validates resolved to `answer` by its mock DNS (`pebble-challtestsrv`), and its
-/// TLS-ALPN-01 validations made to port 443.
+/// validates resolved to `answer` by its mock DNS (`pebble-challtestsrv`), its TLS-ALPN-01
+/// validations made to port 443, and the certificates it issues valid for `validity`.
 pub struct Pebble {
     pebble: Child,
     dns: Child,
@@ -210,7 +210,12 @@ pub struct Pebble {
 }
 
 impl Pebble {
-    pub fn start(host: &Host, ca: &crate::pki::TestCa, answer: std::net::Ipv4Addr) -> Result<Pebble> {
+    pub fn start(
+        host: &Host,
+        ca: &crate::pki::TestCa,
+        answer: std::net::Ipv4Addr,
+        validity: Duration,
+    ) -> Result<Pebble> {
         let address = host.addr4;
         let (cert, key) = ca.leaf("pebble", &["pebble.test", &address.to_string()], false)?;
         let config = ca.dir.join("pebble.json");
@@ -219,9 +224,11 @@ impl Pebble {
             format!(
                 r#"{{"pebble": {{"listenAddress": "{address}:14000", "managementListenAddress": "{address}:15000",
   "certificate": "{cert}", "privateKey": "{key}", "httpPort": 5002, "tlsPort": 443,
-  "ocspResponderURL": "", "externalAccountBindingRequired": false}}}}"#,
+  "ocspResponderURL": "", "externalAccountBindingRequired": false,
+  "certificateValidityPeriod": {validity}}}}}"#,
                 cert = cert.display(),
                 key = key.display(),
+                validity = validity.as_secs(),
             ),
         )?;
         let dns = host
