@@ -378,6 +378,24 @@ pub struct Acme {
     /// The CA the directory's own HTTPS certificate is checked against, in place of the
     /// system's roots (a private or test CA such as Pebble's).
     pub directory_ca: Option<PathBuf>,
+    /// The CA's external account the new account is bound to (RFC 8555 §7.3.4: ZeroSSL,
+    /// Google Trust Services, most company CAs): its key ID and HMAC key.
+    pub external_account: Option<ExternalAccount>,
+}
+
+/// An ACME CA's external account binding: a key ID and an HMAC key, as the CA hands them out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ExternalAccount {
+    pub kid: String,
+    /// The HMAC key's bytes (decoded from the base64url the CA gives).
+    pub hmac_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ExternalAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key is a secret: never in a log or a debug dump.
+        f.debug_struct("ExternalAccount").field("kid", &self.kid).field("hmac_key", &"REDACTED").finish()
+    }
 }
 
 impl Acme {

@@ -199,7 +199,8 @@ impl Drop for Haproxy {
 /// Pebble, Let's Encrypt's test ACME CA (Debian's `pebble`), in a host's namespace: its
 /// directory at `https://ADDRESS:14000/dir` under a certificate from `ca`, every name it
 /// validates resolved to `answer` by its mock DNS (`pebble-challtestsrv`), its TLS-ALPN-01
-/// validations made to port 443, and the certificates it issues valid for `validity`.
+/// validations made to port 443, the certificates it issues valid for `validity`, and with
+/// `binding` (a key ID and its base64url HMAC key) an external account required of new accounts.
 pub struct Pebble {
     pebble: Child,
     dns: Child,
@@ -215,6 +216,7 @@ impl Pebble {
         ca: &crate::pki::TestCa,
         answer: std::net::Ipv4Addr,
         validity: Duration,
+        binding: Option<(&str, &str)>,
     ) -> Result<Pebble> {
         let address = host.addr4;
         let (cert, key) = ca.leaf("pebble", &["pebble.test", &address.to_string()], false)?;
@@ -224,11 +226,17 @@ impl Pebble {
             format!(
                 r#"{{"pebble": {{"listenAddress": "{address}:14000", "managementListenAddress": "{address}:15000",
   "certificate": "{cert}", "privateKey": "{key}", "httpPort": 5002, "tlsPort": 443,
-  "ocspResponderURL": "", "externalAccountBindingRequired": false,
-  "certificateValidityPeriod": {validity}}}}}"#,
+  "ocspResponderURL": "",
+  "certificateValidityPeriod": {validity}, {binding}}}}}"#,
                 cert = cert.display(),
                 key = key.display(),
                 validity = validity.as_secs(),
+                binding = match binding {
+                    Some((kid, key)) => format!(
+                        r#""externalAccountBindingRequired": true, "externalAccountMACKeys": {{"{kid}": "{key}"}}"#
+                    ),
+                    None => r#""externalAccountBindingRequired": false"#.to_owned(),
+                },
             ),
         )?;
         let dns = host

@@ -3,8 +3,12 @@
 //! port 443, as a public CA would; curl then checks the served chain against Pebble's root. A
 //! restarted lbd serves the certificate it kept, with no new order, and orders the next one
 //! itself two-thirds through the first's life (Pebble issues them for 45 s here), serving it
-//! without a restart.
-use std::{path::Path, time::Duration};
+//! without a restart. A CA that refuses the account has its refusal logged, and its wait kept
+//! across a restart.
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Result, ensure};
 use sluice_tests::{
@@ -15,60 +19,94 @@ use sluice_tests::{
 
 const VIP: &str = "198.19.0.5";
 const NAMES: [&str; 2] = ["shop.example.test", "www.example.test"];
+/// An external account's HMAC key, base64url as a CA gives it.
+const BINDING_KEY: &str = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+
+/// A bed: one backend, the VIP on the lb's loopback, and Pebble in the client's namespace
+/// (certificates valid for `validity`, `binding` required of new accounts).
+struct Bed {
+    topology: Topology,
+    dir: TempDir,
+    ca: TestCa,
+    pebble: Pebble,
+    _nginx: Nginx,
+}
+
+impl Bed {
+    fn new(name: &str, validity: Duration, binding: Option<(&str, &str)>) -> Result<Bed> {
+        let topology = Topology::new(1)?;
+        let dir = TempDir::new(name)?;
+        let ca = TestCa::new(&dir.0)?;
+        let nginx = Nginx::start(&topology.backends[0], "backend1")?;
+        topology.lb.run("ip", &["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+        let pebble = Pebble::start(&topology.client, &ca, VIP.parse()?, validity, binding)?;
+        Ok(Bed { topology, dir, ca, pebble, _nginx: nginx })
+    }
+
+    /// lbd's config: the listener `shop` with `acme` for [`NAMES`], `extra` in its `acme`.
+    fn config(&self, extra: &str) -> Result<PathBuf> {
+        let (topology, dir, ca, pebble) = (&self.topology, &self.dir, &self.ca, &self.pebble);
+        let state = self.state();
+        let config = dir.0.join("sluice.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[dataplane]
+    interface = "eth0"
+    xdp_mode = "generic"
+    pin_dir = "/sys/fs/bpf/{tag}"
+
+    [[vip]]
+    name = "web"
+    address = "{VIP}"
+    protocol = "tcp"
+    pool = "web"
+    mode = "l7"
+
+    [[pool]]
+    name = "web"
+    backends = [{{ address = "{b1}" }}]
+    health = {{ kind = "tcp", port = 80, interval_ms = 300, timeout_ms = 200, rise = 1, fall = 2 }}
+
+    [[listener]]
+    name = "shop"
+    address = "{VIP}:443"
+    tls = {{ acme = {{ directory = "{directory}", contact = ["mailto:ops@example.test"], names = ["{n1}", "{n2}"], state = "{state}", directory_ca = "{ca}", accept_terms = true{extra} }} }}
+
+    [[route]]
+    listener = "shop"
+    pool = "web"
+
+    [admin]
+    socket = "{dir}/lbd.sock"
+    metrics = "127.0.0.1:9100"
+    "#,
+                tag = topology.tag,
+                b1 = topology.backends[0].addr4,
+                directory = pebble.directory,
+                n1 = NAMES[0],
+                n2 = NAMES[1],
+                state = state.display(),
+                ca = ca.cert.display(),
+                dir = dir.0.display(),
+            ),
+        )?;
+        Ok(config)
+    }
+
+    /// Where lbd keeps its ACME state.
+    fn state(&self) -> PathBuf {
+        self.dir.0.join("acme")
+    }
+}
 
 #[test]
 fn root_acme_certificate_ordered_by_tls_alpn_served_kept_across_a_restart_and_renewed() -> Result<()> {
-    let topology = Topology::new(1)?;
-    let dir = TempDir::new("acme")?;
-    let ca = TestCa::new(&dir.0)?;
-    let _nginx = Nginx::start(&topology.backends[0], "backend1")?;
-    topology.lb.run("ip", &["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
-    let pebble = Pebble::start(&topology.client, &ca, VIP.parse()?, Duration::from_secs(45))?;
-    let state = dir.0.join("acme");
-    let config = dir.0.join("sluice.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[dataplane]
-interface = "eth0"
-xdp_mode = "generic"
-pin_dir = "/sys/fs/bpf/{tag}"
-
-[[vip]]
-name = "web"
-address = "{VIP}"
-protocol = "tcp"
-pool = "web"
-mode = "l7"
-
-[[pool]]
-name = "web"
-backends = [{{ address = "{b1}" }}]
-health = {{ kind = "tcp", port = 80, interval_ms = 300, timeout_ms = 200, rise = 1, fall = 2 }}
-
-[[listener]]
-name = "shop"
-address = "{VIP}:443"
-tls = {{ acme = {{ directory = "{directory}", contact = ["mailto:ops@example.test"], names = ["{n1}", "{n2}"], state = "{state}", directory_ca = "{ca}", accept_terms = true }} }}
-
-[[route]]
-listener = "shop"
-pool = "web"
-
-[admin]
-socket = "{dir}/lbd.sock"
-metrics = "127.0.0.1:9100"
-"#,
-            tag = topology.tag,
-            b1 = topology.backends[0].addr4,
-            directory = pebble.directory,
-            n1 = NAMES[0],
-            n2 = NAMES[1],
-            state = state.display(),
-            ca = ca.cert.display(),
-            dir = dir.0.display(),
-        ),
-    )?;
+    // The CA binds new accounts to an external one (ZeroSSL's and company CAs' way).
+    let key = BINDING_KEY;
+    let bed = Bed::new("acme", Duration::from_secs(45), Some(("kid-1", key)))?;
+    let (topology, dir, ca, pebble, state) = (&bed.topology, &bed.dir, &bed.ca, &bed.pebble, bed.state());
+    let config = bed.config(&format!(", external_account = {{ kid = \"kid-1\", hmac_key = \"{key}\" }}"))?;
     // Pebble's root (made when it starts), fetched over its own HTTPS.
     let root = dir.0.join("pebble-root.pem");
     let fetched = topology.client.run(
@@ -111,7 +149,7 @@ metrics = "127.0.0.1:9100"
         ensure!(mode & 0o077 == 0, "the key is readable by others: {mode:o}");
         ensure!(has_account(&state)?, "no account kept");
         // Its expiry in the metrics, for an alert before it lapses.
-        let at = expiry(&topology)?;
+        let at = expiry(topology)?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
         ensure!((now + 20..now + 60).contains(&at), "the expiry is not in 45 s: {at} at {now}");
     }
@@ -125,9 +163,9 @@ metrics = "127.0.0.1:9100"
     let logged = std::fs::read_to_string(&log2)?;
     ensure!(!logged.contains("ordering a certificate"), "ordered again: {logged}");
     // Two-thirds through its life (30 s), the next is ordered and served, with no restart.
-    let first = expiry(&topology)?;
+    let first = expiry(topology)?;
     wait_for("the renewed certificate served", Duration::from_secs(60), || {
-        expiry(&topology).is_ok_and(|at| at > first)
+        expiry(topology).is_ok_and(|at| at > first)
     })?;
     ensure!(get(NAMES[0])? == "200" && get(NAMES[1])? == "200", "the renewed certificate");
     let logged = std::fs::read_to_string(&log2)?;
@@ -145,6 +183,37 @@ fn expiry(topology: &Topology) -> Result<u64> {
     );
     let line = metrics.lines().find(|l| l.starts_with(&series)).unwrap_or_default();
     Ok(line.trim_start_matches(&series).trim().parse().unwrap_or(0))
+}
+
+/// A CA that refuses the account (it requires an external account; none is given): the
+/// failure is logged with the CA's reason and its wait kept, and a restarted lbd waits it out
+/// in place of ordering at once.
+#[test]
+fn root_acme_an_order_the_ca_refuses_is_logged_and_its_wait_outlives_a_restart() -> Result<()> {
+    let bed = Bed::new("acme-refused", Duration::from_secs(3600), Some(("kid-1", BINDING_KEY)))?;
+    let config = bed.config("")?;
+    let (log, held) = (bed.dir.0.join("lbd.log"), bed.state().join("shop").join("retry-after"));
+    {
+        let _lbd = Lbd::start_logging(&bed.topology.lb, &config, Some(&log))?;
+        wait_for("the failed order's wait kept", Duration::from_secs(30), || held.exists())?;
+        let logged = std::fs::read_to_string(&log)?;
+        ensure!(
+            logged.contains("ACME order failed, again in 60s")
+                && logged.to_ascii_lowercase().contains("external"),
+            "{logged}"
+        );
+    }
+    ensure!(!bed.state().join("shop").join("cert.pem").exists(), "a certificate from a refused order");
+    let log = bed.dir.0.join("lbd2.log");
+    let _lbd = Lbd::start_logging(&bed.topology.lb, &config, Some(&log))?;
+    std::thread::sleep(Duration::from_secs(1));
+    let logged = std::fs::read_to_string(&log)?;
+    ensure!(
+        logged.contains("the last ACME order failed: the next in")
+            && !logged.contains("ordering a certificate"),
+        "{logged}"
+    );
+    Ok(())
 }
 
 fn has_account(state: &Path) -> Result<bool> {

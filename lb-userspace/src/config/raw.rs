@@ -91,6 +91,14 @@ pub(super) struct RawAcme {
     pub(super) directory_ca: Option<Spanned<PathBuf>>,
     #[serde(default)]
     pub(super) accept_terms: bool,
+    pub(super) external_account: Option<RawExternalAccount>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawExternalAccount {
+    pub(super) kid: String,
+    pub(super) hmac_key: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1187,6 +1187,15 @@ fn a_listener_may_take_its_certificate_from_an_acme_ca() {
     );
     assert_eq!(acme.files().cert, Path::new("/etc/sluice/acme/shop/cert.pem"));
     assert_eq!(acme.directory_ca, None);
+    assert_eq!(acme.external_account, None);
+    let bound = format!(
+        "{good}, external_account = {{ kid = \"kid-1\", hmac_key = \"zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W\" }}"
+    );
+    let config = Config::parse_sent(Path::new("/etc/sluice/t.toml"), &listener(&bound, "")).unwrap();
+    let eab =
+        config.listeners[0].tls.as_ref().unwrap().acme.as_ref().unwrap().external_account.clone().unwrap();
+    assert_eq!((eab.kid.as_str(), eab.hmac_key.len()), ("kid-1", 48));
+    assert!(!format!("{eab:?}").contains("zWND"), "the key in a debug dump");
     let found = |acme: &str, extra: &str| {
         Config::parse_sent(Path::new("/etc/sluice/t.toml"), &listener(acme, extra))
             .unwrap_err()
@@ -1227,6 +1236,10 @@ fn a_listener_may_take_its_certificate_from_an_acme_ca() {
         "listener `shop`: acme: names lists none",
     );
     has(found(good, ", client_ca = \"ca.pem\""), "listener `shop`: acme and client_ca");
+    has(
+        found(&format!("{good}, external_account = {{ kid = \"k\", hmac_key = \"not base64!\" }}"), ""),
+        "listener `shop`: acme: external_account needs a kid and an hmac_key",
+    );
 }
 
 #[test]

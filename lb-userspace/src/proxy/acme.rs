@@ -207,7 +207,11 @@ async fn account(acme: &Acme) -> Result<Account> {
     }
     let contact: Vec<&str> = acme.contact.iter().map(String::as_str).collect();
     let new = NewAccount { contact: &contact, terms_of_service_agreed: true, only_return_existing: false };
-    let (account, credentials) = builder()?.create(&new, acme.directory.clone(), None).await?;
+    let binding = acme
+        .external_account
+        .as_ref()
+        .map(|eab| instant_acme::ExternalAccountKey::new(eab.kid.clone(), &eab.hmac_key));
+    let (account, credentials) = builder()?.create(&new, acme.directory.clone(), binding.as_ref()).await?;
     let kept = serde_json::to_vec(&KeptAccount { directory: acme.directory.clone(), credentials })
         .map_err(|e| AcmeError::Refused(format!("the account's credentials: {e}")))?;
     write_private(&path, &kept)?;
@@ -284,6 +288,7 @@ mod tests {
             names: names.iter().map(|n| n.to_string()).collect(),
             folder: folder.to_path_buf(),
             directory_ca: None,
+            external_account: None,
         }
     }
 

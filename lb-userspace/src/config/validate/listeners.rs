@@ -210,6 +210,25 @@ fn acme(
             error(format!("contact {c:?} is not a URL (mailto:ops@example.com)"));
         }
     }
+    let external_account = raw.external_account.and_then(|eab| {
+        use base64::Engine as _;
+        // base64url as the CAs give it, padded or not (some hand out standard base64).
+        let key = eab.hmac_key.trim_end_matches('=');
+        let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(key)
+            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(key));
+        match decoded {
+            Ok(hmac_key) if !hmac_key.is_empty() && !eab.kid.is_empty() => {
+                Some(ExternalAccount { kid: eab.kid, hmac_key })
+            }
+            _ => {
+                error(
+                    "external_account needs a kid and an hmac_key in base64url, as the CA gives them".into(),
+                );
+                None
+            }
+        }
+    });
     let directory_ca = raw.directory_ca.map(resolve);
     let acme = Acme {
         directory: raw.directory,
@@ -217,6 +236,7 @@ fn acme(
         names,
         folder: resolve(raw.state).into_inner().join(name),
         directory_ca: directory_ca.as_ref().map(|ca| ca.get_ref().clone()),
+        external_account,
     };
     (acme, directory_ca)
 }
