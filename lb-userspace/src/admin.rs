@@ -6,7 +6,8 @@
 //! - `GET /status`: uptime, interface, pin directory, pools failing open, the last reload
 //! - `GET /vips`, `GET /routes`, `GET /pools`, `GET /pools/NAME`: the State, with health and
 //!   effective weights
-//! - `GET /listeners`: the L7 listeners, their limits and open connections
+//! - `GET /listeners`: the L7 listeners, their limits, open connections and the certificates
+//!   they serve
 //! - `GET /deny`: the deny list
 //! - `GET /stats`: fast-path counters per verdict/reason, VIP and backend
 //! - `GET /view`: what `lbctl top` and the live page draw

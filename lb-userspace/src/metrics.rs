@@ -157,10 +157,13 @@ fn certificates(registry: &mut Registry, core: &Core) {
         "When a listener's certificate expires (its not-after, Unix time), by the least of its names",
     );
     for (listener, resolver) in &core.certificates {
-        for (name, not_after) in &resolver.store.load().expiries {
+        for served in &resolver.store.load().served {
+            let Some(not_after) = served.not_after else { continue };
             let at = not_after.duration_since(std::time::SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            let labels =
-                vec![("listener".to_owned(), listener.clone()), ("certificate".to_owned(), name.clone())];
+            let labels = vec![
+                ("listener".to_owned(), listener.clone()),
+                ("certificate".to_owned(), served.name.clone()),
+            ];
             expiry.get_or_create(&labels).set(at as i64);
         }
     }

@@ -155,13 +155,18 @@ fn root_acme_certificate_ordered_by_tls_alpn_served_kept_across_a_restart_and_re
     }
     // Restarted: the kept certificate serves at once, and nothing is ordered.
     let log2 = dir.0.join("lbd2.log");
-    let _lbd = Lbd::start_logging(&topology.lb, &config, Some(&log2))?;
+    let lbd = Lbd::start_logging(&topology.lb, &config, Some(&log2))?;
     wait_for("the kept certificate served", Duration::from_secs(5), || {
         get(NAMES[1]).is_ok_and(|s| s == "200")
     })?;
     std::thread::sleep(Duration::from_secs(1));
     let logged = std::fs::read_to_string(&log2)?;
     ensure!(!logged.contains("ordering a certificate"), "ordered again: {logged}");
+    // lbctl lists it: its least name, its two names, when it expires, where it came from.
+    let listed = lbd.lbctl(&["listener", "list"])?;
+    let row = listed.lines().find(|l| l.starts_with("shop ") && l.contains(NAMES[0])).unwrap_or_default();
+    ensure!(listed.contains("https 0 certs+acme"), "{listed}");
+    ensure!(row.contains(" 2 ") && row.contains("(0d)") && row.trim_end().ends_with("acme"), "{listed}");
     // Two-thirds through its life (30 s), the next is ordered and served, with no restart.
     let first = expiry(topology)?;
     wait_for("the renewed certificate served", Duration::from_secs(60), || {

@@ -399,6 +399,15 @@ fn root_l7_tls_sni_alpn_versions_resumption() -> Result<()> {
     assert!(out.contains("OCSP response: no response sent"), "{out}");
     assert!(subject(&out).contains("CN=*.wild.test"), "wildcard by SNI: {out}");
     assert!(out.contains("ALPN protocol: http/1.1") && out.contains("2048 bit"), "RSA key: {out}");
+    // lbctl lists both, the stapled one with its staple's end, as read from files.
+    let listed =
+        bed.lbd.as_ref().map(|lbd| lbd.lbctl(&["listener", "list"])).transpose()?.unwrap_or_default();
+    let row = |name: &str| listed.lines().find(|l| l.contains(name)).unwrap_or_default().to_owned();
+    assert!(
+        row("api.example.test").contains(" stapled to ") && row("api.example.test").ends_with("files"),
+        "{listed}"
+    );
+    assert!(row("*.wild.test").contains(" - ") && row("*.wild.test").ends_with("files"), "{listed}");
 
     // A PROXY v2 pool: HAProxy reads the client's server name from the header's TLV.
     let out = bed.curl(&["--resolve", &format!("pp.wild.test:443:{VIP}"), "https://pp.wild.test/"])?;

@@ -110,8 +110,9 @@ pub fn listeners(core: &Shared) -> Answer {
                 None => "http".to_owned(),
                 Some(tls) => {
                     let certs = tls.certificates.len();
+                    let acme = if tls.acme.is_some() { "+acme" } else { "" };
                     let mtls = if tls.client_ca.is_some() { "+mtls" } else { "" };
-                    format!("https {certs} cert{}{mtls}", if certs == 1 { "" } else { "s" })
+                    format!("https {certs} cert{}{acme}{mtls}", if certs == 1 { "" } else { "s" })
                 }
             },
             proxy_protocol: listener.proxy_protocol,
@@ -121,9 +122,30 @@ pub fn listeners(core: &Shared) -> Answer {
             client_ipv6_prefix: listener.client_ipv6_prefix,
             routes: config.routes.iter().filter(|route| route.listener == listener.name).count(),
             open_connections: core.proxy_metrics.open_connections(&listener.name),
+            certificates: core
+                .certificates
+                .iter()
+                .filter(|(name, _)| *name == listener.name)
+                .flat_map(|(_, resolver)| resolver.store.load().served.clone())
+                .map(certificate_view)
+                .collect(),
         })
         .collect();
     reply(StatusCode::OK, json!(listeners))
+}
+
+/// What `GET /listeners` says of a certificate a listener serves.
+fn certificate_view(served: crate::proxy::tls::Served) -> views::Certificate {
+    let unix =
+        |at: std::time::SystemTime| at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    views::Certificate {
+        name: served.name,
+        names: served.names,
+        not_after: served.not_after.map(unix),
+        stapled: served.stapled.is_some(),
+        stapled_until: served.stapled.flatten().map(unix),
+        acme: served.acme,
+    }
 }
 
 /// `GET /pools`.

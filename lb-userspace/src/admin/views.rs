@@ -125,8 +125,8 @@ pub struct Route {
 pub struct Listener {
     pub name: String,
     pub address: std::net::SocketAddr,
-    /// `http`, or `https` with its certificates' count (`https 2 certs`), `+mtls` when it asks
-    /// clients for certificates.
+    /// `http`, or `https` with its certificates' count (`https 2 certs`), `+acme` when it orders
+    /// one itself, `+mtls` when it asks clients for certificates.
     pub protocol: String,
     /// Reads a PROXY protocol header first (`proxy_protocol`).
     pub proxy_protocol: bool,
@@ -139,6 +139,26 @@ pub struct Listener {
     pub routes: usize,
     /// Client connections open now, over every worker.
     pub open_connections: i64,
+    /// The certificates it serves now (absent from an older lbd's answer).
+    #[serde(default)]
+    pub certificates: Vec<Certificate>,
+}
+
+/// A certificate a TLS listener serves now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Certificate {
+    /// The least of its names.
+    pub name: String,
+    /// How many names it has.
+    pub names: usize,
+    /// Its not-after, Unix seconds (None: it does not parse as X.509).
+    pub not_after: Option<u64>,
+    /// An OCSP response is stapled to it.
+    pub stapled: bool,
+    /// Its staple's next update, Unix seconds (None: not stapled, or no end).
+    pub stapled_until: Option<u64>,
+    /// lbd ordered it from the listener's ACME CA.
+    pub acme: bool,
 }
 
 /// One entry of `GET /vips`.

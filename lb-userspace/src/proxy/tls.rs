@@ -62,8 +62,24 @@ pub struct CertStore {
     /// When the first stapled OCSP response goes stale: the files are read again then, and
     /// it is stapled no more (unless a fresh one has come).
     pub stale_at: Option<SystemTime>,
-    /// Each certificate's least name (alphabetically; `-` without one) and when it expires.
-    pub expiries: Vec<(String, SystemTime)>,
+    /// What each certificate is, in the order they were loaded (the default first).
+    pub served: Vec<Served>,
+}
+
+/// A certificate a listener serves, as the metrics and `lbctl listener list` show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    /// The least of its names (alphabetically; `-` without one): the same whatever order a CA
+    /// lists them in.
+    pub name: String,
+    /// How many names it has.
+    pub names: usize,
+    /// Its not-after (None: it does not parse as X.509, which rustls did not mind).
+    pub not_after: Option<SystemTime>,
+    /// Its OCSP staple's next update, when one is stapled (`Some(None)`: with no end).
+    pub stapled: Option<Option<SystemTime>>,
+    /// lbd ordered it from the listener's ACME CA.
+    pub acme: bool,
 }
 
 /// The certificates of a PEM file, at least one (a listener's chain, a pool's client
@@ -126,6 +142,7 @@ impl CertStore {
         let mut default = None;
         let mut stale_at: Option<SystemTime> = None;
         let mut pairs = tls.certificates.iter().map(load_pair).collect::<Result<Vec<_>>>()?;
+        let listed = pairs.len();
         // lbd's own ACME certificate once it has one, after the listed ones: it serves its names
         // (and is the default only without them). One that does not load is ordered again.
         if let Some(files) = tls.acme.as_ref().map(Acme::files).filter(|f| f.cert.exists()) {
@@ -134,12 +151,15 @@ impl CertStore {
                 Err(err) => log::warn!("ACME certificate {}: not served: {err}", files.cert.display()),
             }
         }
-        let mut expiries = Vec::new();
-        for (certified, names, until) in pairs {
-            if let Some((_, not_after)) = validity(&certified.cert[0]) {
-                // The least of its names: the same series whatever order a CA lists them in.
-                expiries.push((names.iter().min().cloned().unwrap_or_else(|| "-".into()), not_after));
-            }
+        let mut served = Vec::new();
+        for (i, (certified, names, until)) in pairs.into_iter().enumerate() {
+            served.push(Served {
+                name: names.iter().min().cloned().unwrap_or_else(|| "-".into()),
+                names: names.len(),
+                not_after: validity(&certified.cert[0]).map(|(_, not_after)| not_after),
+                stapled: certified.ocsp.is_some().then_some(until),
+                acme: i >= listed,
+            });
             stale_at = stale_at.into_iter().chain(until).min();
             default.get_or_insert_with(|| certified.clone());
             for name in names {
@@ -152,7 +172,7 @@ impl CertStore {
         if default.is_none() && tls.acme.is_none() {
             return Err(TlsError::Empty);
         }
-        Ok(CertStore { exact, wildcard, default, stale_at, expiries })
+        Ok(CertStore { exact, wildcard, default, stale_at, served })
     }
 
     /// The certificate for a server name (None: the listener has none yet).
@@ -330,15 +350,20 @@ mod tests {
         let store = CertStore::load(&files(Some(responder.respond("fresh", Some('V'), 10)))).unwrap();
         let stapled = store.pick(Some("stapled.test")).unwrap();
         // Its expiry, for the metrics (rcgen's default not-after: the year 4096).
-        assert_eq!(store.expiries.len(), 1);
-        assert_eq!(store.expiries[0].0, "stapled.test");
-        assert!(store.expiries[0].1 > SystemTime::now() + std::time::Duration::from_secs(1000 * 365 * 86400));
+        let [served] = &store.served[..] else { panic!("{:?}", store.served) };
+        assert_eq!((served.name.as_str(), served.names, served.acme), ("stapled.test", 1, false));
+        assert!(
+            served.not_after.unwrap()
+                > SystemTime::now() + std::time::Duration::from_secs(1000 * 365 * 86400)
+        );
+        assert_eq!(served.stapled, Some(store.stale_at));
         assert!(stapled.ocsp.as_ref().is_some_and(|der| !der.is_empty()));
         let left = store.stale_at.unwrap().duration_since(SystemTime::now()).unwrap();
         assert!(left > std::time::Duration::from_secs(8 * 60), "{left:?}");
         // Revoked: served, with no staple and nothing to watch for.
         let store = CertStore::load(&files(Some(responder.respond("revoked", Some('R'), 10)))).unwrap();
         assert!(store.pick(None).unwrap().ocsp.is_none() && store.stale_at.is_none());
+        assert_eq!(store.served[0].stapled, None);
         // Another file than an OCSP response: the certificate serves, unstapled.
         let store = CertStore::load(&files(Some(responder.leaf_key.clone()))).unwrap();
         assert!(store.pick(None).unwrap().ocsp.is_none() && store.stale_at.is_none());

@@ -51,6 +51,10 @@ async fn run(cli: Cli) -> Result<()> {
                 ask::<Vec<views::Listener>>(&cli, Method::GET, "/listeners", None).await?
             {
                 print::listeners(&listeners);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                print::certificates(&listeners, now);
             }
         }
         Noun::Route { verb: RouteVerb::List } => {

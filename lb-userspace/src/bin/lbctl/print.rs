@@ -202,6 +202,36 @@ pub fn listeners(listeners: &[views::Listener]) {
     }
 }
 
+/// The certificates the TLS listeners serve: each one's least name, how many it has, when it
+/// expires, its OCSP staple, and whether lbd ordered it (ACME) or read it from its files.
+pub fn certificates(listeners: &[views::Listener], now: u64) {
+    if listeners.iter().all(|l| l.certificates.is_empty()) {
+        return;
+    }
+    println!();
+    println!("{:<16} {:<32} {:>5} {:<30} {:<28} from", "listener", "certificate", "names", "expires", "ocsp");
+    let date = |at: u64| {
+        jiff::Timestamp::from_second(at as i64)
+            .map_or_else(|_| at.to_string(), |t| t.strftime("%Y-%m-%d %H:%M UTC").to_string())
+    };
+    for l in listeners {
+        for c in &l.certificates {
+            let expires = match c.not_after {
+                None => "-".to_owned(),
+                Some(at) if at <= now => format!("{} (EXPIRED)", date(at)),
+                Some(at) => format!("{} ({}d)", date(at), (at - now) / 86400),
+            };
+            let ocsp = match (c.stapled, c.stapled_until) {
+                (false, _) => "-".to_owned(),
+                (true, None) => "stapled".to_owned(),
+                (true, Some(until)) => format!("stapled to {}", date(until)),
+            };
+            let from = if c.acme { "acme" } else { "files" };
+            println!("{:<16} {:<32} {:>5} {expires:<30} {ocsp:<28} {from}", l.name, c.name, c.names);
+        }
+    }
+}
+
 /// L7 routes in the order they are tried, with their pool, edits, gates and split.
 pub fn routes(routes: &[views::Route]) {
     println!(
