@@ -373,7 +373,8 @@ pub struct Acme {
     pub contact: Vec<String>,
     /// The names the certificate is for, lowercase (no wildcard: TLS-ALPN-01 cannot prove one).
     pub names: Vec<String>,
-    /// Where the listener's account key and certificate are kept: `<state>/<listener>/`.
+    /// Where the account key and certificate are kept: `<state>/<least name>/`, one folder
+    /// (and one order) for every listener asking for the same certificate.
     pub folder: PathBuf,
     /// The CA the directory's own HTTPS certificate is checked against, in place of the
     /// system's roots (a private or test CA such as Pebble's).

@@ -398,12 +398,20 @@ fn bind_listeners(
     let workers = handed.values().map(Vec::len).find(|n| *n > 0).unwrap_or_else(proxy::workers::count);
     let configured = lock(core).state.config.listeners.clone();
     let (mut bound, mut listeners) = (Vec::new(), Vec::new());
+    let challenges = Arc::new(proxy::acme::Challenges::default());
+    // One ACME order per certificate: listeners that share one (a site's IPv4 and IPv6
+    // listeners) share its folder, and each serves it once written.
+    let mut ordering = std::collections::HashSet::new();
     for listener in configured {
-        let certs = proxy::load_certs(&listener)?;
+        let certs = proxy::load_certs(&listener, &challenges)?;
         if let Some(resolver) = &certs {
             tokio::spawn(proxy::watch_certs(listener.clone(), resolver.clone()));
-            tokio::spawn(proxy::acme::keep(listener.clone(), resolver.clone()));
             lock(core).certificates.push((listener.name.clone(), resolver.clone()));
+        }
+        if let Some(acme) = listener.tls.as_ref().and_then(|tls| tls.acme.clone())
+            && ordering.insert(acme.folder.clone())
+        {
+            tokio::spawn(proxy::acme::keep(listener.name.clone(), acme, challenges.clone()));
         }
         let sockets = handed.remove(&listener.address).filter(|s| s.len() == workers);
         let one = proxy::workers::bind(listener.clone(), certs.clone(), workers, sockets)?;

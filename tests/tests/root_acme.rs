@@ -43,7 +43,8 @@ impl Bed {
         Ok(Bed { topology, dir, ca, pebble, _nginx: nginx })
     }
 
-    /// lbd's config: the listener `shop` with `acme` for [`NAMES`], `extra` in its `acme`.
+    /// lbd's config: the listeners `shop` (443) and `shop-alt` (8443) with `acme` for [`NAMES`]
+    /// (listed in another order by the second), `extra` in its `acme`.
     fn config(&self, extra: &str) -> Result<PathBuf> {
         let (topology, dir, ca, pebble) = (&self.topology, &self.dir, &self.ca, &self.pebble);
         let state = self.state();
@@ -52,35 +53,45 @@ impl Bed {
             &config,
             format!(
                 r#"[dataplane]
-    interface = "eth0"
-    xdp_mode = "generic"
-    pin_dir = "/sys/fs/bpf/{tag}"
+interface = "eth0"
+xdp_mode = "generic"
+pin_dir = "/sys/fs/bpf/{tag}"
 
-    [[vip]]
-    name = "web"
-    address = "{VIP}"
-    protocol = "tcp"
-    pool = "web"
-    mode = "l7"
+[[vip]]
+name = "web"
+address = "{VIP}"
+protocol = "tcp"
+pool = "web"
+mode = "l7"
 
-    [[pool]]
-    name = "web"
-    backends = [{{ address = "{b1}" }}]
-    health = {{ kind = "tcp", port = 80, interval_ms = 300, timeout_ms = 200, rise = 1, fall = 2 }}
+[[pool]]
+name = "web"
+backends = [{{ address = "{b1}" }}]
+health = {{ kind = "tcp", port = 80, interval_ms = 300, timeout_ms = 200, rise = 1, fall = 2 }}
 
-    [[listener]]
-    name = "shop"
-    address = "{VIP}:443"
-    tls = {{ acme = {{ directory = "{directory}", contact = ["mailto:ops@example.test"], names = ["{n1}", "{n2}"], state = "{state}", directory_ca = "{ca}", accept_terms = true{extra} }} }}
+[[listener]]
+name = "shop"
+address = "{VIP}:443"
+tls = {{ acme = {{ directory = "{directory}", contact = ["mailto:ops@example.test"], names = ["{n1}", "{n2}"], state = "{state}", directory_ca = "{ca}", accept_terms = true{extra} }} }}
 
-    [[route]]
-    listener = "shop"
-    pool = "web"
+# The same certificate on another port (as a site's IPv6 listener would have it): one order.
+[[listener]]
+name = "shop-alt"
+address = "{VIP}:8443"
+tls = {{ acme = {{ directory = "{directory}", contact = ["mailto:ops@example.test"], names = ["{n2}", "{n1}"], state = "{state}", directory_ca = "{ca}", accept_terms = true{extra} }} }}
 
-    [admin]
-    socket = "{dir}/lbd.sock"
-    metrics = "127.0.0.1:9100"
-    "#,
+[[route]]
+listener = "shop"
+pool = "web"
+
+[[route]]
+listener = "shop-alt"
+pool = "web"
+
+[admin]
+socket = "{dir}/lbd.sock"
+metrics = "127.0.0.1:9100"
+"#,
                 tag = topology.tag,
                 b1 = topology.backends[0].addr4,
                 directory = pebble.directory,
@@ -121,30 +132,36 @@ fn root_acme_certificate_ordered_by_tls_alpn_served_kept_across_a_restart_and_re
         ],
     )?;
     std::fs::write(&root, &fetched.stdout)?;
-    // curl to a name at the VIP, the chain checked against Pebble's root: the status.
-    let get = |name: &str| -> Result<String> {
-        let resolve = format!("{name}:443:{VIP}");
+    // curl to a name at the VIP's port, the chain checked against Pebble's root: the status.
+    let get_at = |name: &str, port: u16| -> Result<String> {
+        let resolve = format!("{name}:{port}:{VIP}");
         let out = topology
             .client
             .command("curl")
             .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
             .args(["--max-time", "3", "--cacert", root.to_str().unwrap_or_default(), "--resolve", &resolve])
-            .arg(format!("https://{name}/"))
+            .arg(format!("https://{name}:{port}/"))
             .output()?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
+    let get = |name: &str| get_at(name, 443);
     let log = dir.0.join("lbd.log");
     {
         let _lbd = Lbd::start_logging(&topology.lb, &config, Some(&log))?;
-        let cert = state.join("shop").join("cert.pem");
+        let cert = state.join(NAMES[0]).join("cert.pem");
         wait_for("the ordered certificate", Duration::from_secs(60), || cert.exists())?;
         wait_for("the certificate served", Duration::from_secs(5), || {
             get(NAMES[0]).is_ok_and(|s| s == "200")
         })?;
         ensure!(get(NAMES[1])? == "200", "the second name");
+        // The other listener serves the same certificate, from the one order.
+        wait_for("the certificate served on 8443", Duration::from_secs(5), || {
+            get_at(NAMES[1], 8443).is_ok_and(|s| s == "200")
+        })?;
         let logged = std::fs::read_to_string(&log)?;
         ensure!(logged.contains("certificate ordered into"), "{logged}");
-        let key = state.join("shop").join("key.pem");
+        ensure!(logged.matches("ordering a certificate").count() == 1, "more than one order: {logged}");
+        let key = state.join(NAMES[0]).join("key.pem");
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key)?.permissions());
         ensure!(mode & 0o077 == 0, "the key is readable by others: {mode:o}");
         ensure!(has_account(&state)?, "no account kept");
@@ -166,6 +183,8 @@ fn root_acme_certificate_ordered_by_tls_alpn_served_kept_across_a_restart_and_re
     let listed = lbd.lbctl(&["listener", "list"])?;
     let row = listed.lines().find(|l| l.starts_with("shop ") && l.contains(NAMES[0])).unwrap_or_default();
     ensure!(listed.contains("https 0 certs+acme"), "{listed}");
+    let alt = listed.lines().find(|l| l.starts_with("shop-alt ") && l.contains(NAMES[0])).unwrap_or_default();
+    ensure!(alt.trim_end().ends_with("acme"), "{listed}");
     ensure!(row.contains(" 2 ") && row.contains("(0d)") && row.trim_end().ends_with("acme"), "{listed}");
     // Two-thirds through its life (30 s), the next is ordered and served, with no restart.
     let first = expiry(topology)?;
@@ -197,7 +216,7 @@ fn expiry(topology: &Topology) -> Result<u64> {
 fn root_acme_an_order_the_ca_refuses_is_logged_and_its_wait_outlives_a_restart() -> Result<()> {
     let bed = Bed::new("acme-refused", Duration::from_secs(3600), Some(("kid-1", BINDING_KEY)))?;
     let config = bed.config("")?;
-    let (log, held) = (bed.dir.0.join("lbd.log"), bed.state().join("shop").join("retry-after"));
+    let (log, held) = (bed.dir.0.join("lbd.log"), bed.state().join(NAMES[0]).join("retry-after"));
     {
         let _lbd = Lbd::start_logging(&bed.topology.lb, &config, Some(&log))?;
         wait_for("the failed order's wait kept", Duration::from_secs(30), || held.exists())?;
@@ -208,7 +227,7 @@ fn root_acme_an_order_the_ca_refuses_is_logged_and_its_wait_outlives_a_restart()
             "{logged}"
         );
     }
-    ensure!(!bed.state().join("shop").join("cert.pem").exists(), "a certificate from a refused order");
+    ensure!(!bed.state().join(NAMES[0]).join("cert.pem").exists(), "a certificate from a refused order");
     let log = bed.dir.0.join("lbd2.log");
     let _lbd = Lbd::start_logging(&bed.topology.lb, &config, Some(&log))?;
     std::thread::sleep(Duration::from_secs(1));
@@ -222,5 +241,5 @@ fn root_acme_an_order_the_ca_refuses_is_logged_and_its_wait_outlives_a_restart()
 }
 
 fn has_account(state: &Path) -> Result<bool> {
-    Ok(std::fs::read_to_string(state.join("shop").join("account.json"))?.contains("\"directory\""))
+    Ok(std::fs::read_to_string(state.join(NAMES[0]).join("account.json"))?.contains("\"directory\""))
 }

@@ -1182,10 +1182,39 @@ fn a_listener_may_take_its_certificate_from_an_acme_ca() {
     assert_eq!(acme.names, ["shop.example.test", "www.example.test"]);
     assert_eq!(
         acme.folder,
-        Path::new("/etc/sluice/acme/shop"),
+        Path::new("/etc/sluice/acme/shop.example.test"),
         "the state folder, the listener's own below it"
     );
-    assert_eq!(acme.files().cert, Path::new("/etc/sluice/acme/shop/cert.pem"));
+    assert_eq!(acme.files().cert, Path::new("/etc/sluice/acme/shop.example.test/cert.pem"));
+    // Another listener asking for the same certificate (its names in another order) shares it;
+    // one with the same least name but other names would share its folder: refused.
+    let second = |names: &str| {
+        format!(
+            "{}[[listener]]\nname = \"alt\"\naddress = \"127.0.0.1:9443\"\ntls = {{ acme = {{ {} }} }}\n",
+            listener(good, ""),
+            good.replace("[\"Shop.example.test\", \"www.example.test\"]", names)
+        )
+    };
+    let config = Config::parse_sent(
+        Path::new("/etc/sluice/t.toml"),
+        &second("[\"www.example.test\", \"shop.example.test\"]"),
+    )
+    .unwrap();
+    let folders: Vec<_> = config
+        .listeners
+        .iter()
+        .map(|l| l.tls.as_ref().unwrap().acme.as_ref().unwrap().folder.clone())
+        .collect();
+    assert_eq!(folders[0], folders[1]);
+    let refused =
+        Config::parse_sent(Path::new("/etc/sluice/t.toml"), &second("[\"shop.example.test\"]")).unwrap_err();
+    assert!(
+        refused
+            .0
+            .iter()
+            .any(|e| e.message.starts_with("listener `alt`: acme: the same least name as listener `shop`'s")),
+        "{refused:?}"
+    );
     assert_eq!(acme.directory_ca, None);
     assert_eq!(acme.external_account, None);
     let bound = format!(

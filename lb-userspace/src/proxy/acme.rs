@@ -2,10 +2,12 @@
 //! `acme` module get theirs: ordered when there is none (or it names other names) and again
 //! two-thirds through its life, each name proved by TLS-ALPN-01 (RFC 8737) on the listener
 //! itself, so nothing but its port 443 is needed. The CA's validation connects to the name
-//! with ALPN `acme-tls/1` alone; the listener's resolver answers it with a certificate made for
-//! that order ([`Challenges`]) and the connection closes after the handshake. The certificate
-//! and its key are written into the listener's state folder, where the listener's file watch
-//! finds them and serves them within a second; the account's key is kept beside them.
+//! with ALPN `acme-tls/1` alone; any listener with `acme` answers it with a certificate made
+//! for that order ([`Challenges`], shared by all: a CA may validate at a name's IPv4 or IPv6
+//! address) and the connection closes after the handshake. The certificate and its key are
+//! written into its state folder (`<state>/<least name>`, one order however many listeners
+//! serve it), where each listener's file watch finds them and serves them within a second; the
+//! account's key is kept beside them.
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -21,10 +23,7 @@ use log::{info, warn};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
-use crate::{
-    config::{Acme, Listener},
-    proxy::tls::Resolver,
-};
+use crate::config::Acme;
 
 /// The ALPN protocol of a TLS-ALPN-01 validation.
 pub const ALPN: &[u8] = b"acme-tls/1";
@@ -69,23 +68,26 @@ impl Challenges {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(name, answer);
     }
 
-    fn clear(&self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    /// Drops the answers for `names` (an order's, done).
+    fn clear(&self, names: &[String]) {
+        let mut answers = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for name in names {
+            answers.remove(name);
+        }
     }
 }
 
-/// Keeps the listener's ACME certificate: orders one when it is due, sleeps until it is due
-/// again; a failed order is tried again after a minute, then twice as long each time, up to
-/// six hours (a CA's rate limits count failures). The wait is kept in the folder
+/// Keeps an ACME certificate (for `listener` and any other listener that shares it): orders
+/// one when it is due, sleeps until it is due again; a failed order is tried again after a
+/// minute, then twice as long each time, up to six hours (a CA's rate limits count failures). The wait is kept in the folder
 /// (`retry-after`), so a restarted lbd (a crash loop, an operator's restarts) waits it out too.
-pub async fn keep(listener: Listener, resolver: Arc<Resolver>) {
-    let Some(acme) = listener.tls.as_ref().and_then(|tls| tls.acme.clone()) else { return };
+pub async fn keep(listener: String, acme: Acme, challenges: Arc<Challenges>) {
     let mut retry = RETRY_FIRST;
     if let Some((at, next)) = held(&acme.folder) {
         retry = next;
         let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
         if !wait.is_zero() {
-            info!("listener {}: the last ACME order failed: the next in {}s", listener.name, wait.as_secs());
+            info!("listener {}: the last ACME order failed: the next in {}s", listener, wait.as_secs());
             tokio::time::sleep(wait).await;
         }
     }
@@ -98,20 +100,20 @@ pub async fn keep(listener: Listener, resolver: Arc<Resolver>) {
         }
         info!(
             "listener {}: ordering a certificate for {} from {}",
-            listener.name,
+            listener,
             acme.names.join(", "),
             acme.directory
         );
-        let ordered = tokio::time::timeout(ORDER_TIMEOUT, order(&acme, &resolver.challenges)).await;
-        resolver.challenges.clear();
+        let ordered = tokio::time::timeout(ORDER_TIMEOUT, order(&acme, &challenges)).await;
+        challenges.clear(&acme.names);
         match ordered.unwrap_or(Err(AcmeError::Timeout)) {
             Ok(()) => {
-                info!("listener {}: certificate ordered into {}", listener.name, acme.folder.display());
+                info!("listener {}: certificate ordered into {}", listener, acme.folder.display());
                 let _ = std::fs::remove_file(acme.folder.join(RETRY_AFTER));
                 retry = RETRY_FIRST;
             }
             Err(err) => {
-                warn!("listener {}: ACME order failed, again in {}s: {err}", listener.name, retry.as_secs());
+                warn!("listener {}: ACME order failed, again in {}s: {err}", listener, retry.as_secs());
                 let next = (retry * 2).min(RETRY_MAX);
                 hold(&acme.folder, SystemTime::now() + retry, next);
                 tokio::time::sleep(retry).await;
@@ -356,7 +358,7 @@ mod tests {
         let id = extensions.iter().find(|e| e.extn_id.to_string() == "1.3.6.1.5.5.7.1.31").unwrap();
         assert!(id.critical);
         assert_eq!(id.extn_value.as_bytes(), [&[0x04, 32][..], &digest].concat());
-        challenges.clear();
+        challenges.clear(&["a.test".to_owned()]);
         assert!(challenges.answer(Some("a.test")).is_none());
     }
 

@@ -74,12 +74,16 @@ pub fn header_tokens(headers: &hyper::HeaderMap, name: hyper::header::HeaderName
         .collect()
 }
 
-/// Loads a listener's certificates (None for plain HTTP).
-pub fn load_certs(listener: &Listener) -> Result<Option<Arc<tls::Resolver>>, ProxyError> {
+/// Loads a listener's certificates (None for plain HTTP), its resolver answering the ACME
+/// validations in `challenges` (lbd's, for every listener).
+pub fn load_certs(
+    listener: &Listener,
+    challenges: &Arc<acme::Challenges>,
+) -> Result<Option<Arc<tls::Resolver>>, ProxyError> {
     let Some(tls) = &listener.tls else { return Ok(None) };
     let store =
         CertStore::load(tls).map_err(|error| ProxyError::Tls { listener: listener.name.clone(), error })?;
-    Ok(Some(Arc::new(tls::Resolver::new(store))))
+    Ok(Some(Arc::new(tls::Resolver::new(store, challenges.clone()))))
 }
 
 /// Re-reads certificates; a bad file is refused with a log line and the old store kept.

@@ -193,16 +193,17 @@ impl CertStore {
 }
 
 /// SNI resolver over a store that can be swapped while connections are accepted, and the
-/// answers to an ACME CA's TLS-ALPN-01 validations of the listener's order in flight.
+/// answers to an ACME CA's TLS-ALPN-01 validations of lbd's orders in flight (shared by every
+/// listener: a CA may validate a name at any of its addresses).
 #[derive(Debug)]
 pub struct Resolver {
     pub store: ArcSwap<CertStore>,
-    pub challenges: acme::Challenges,
+    challenges: Arc<acme::Challenges>,
 }
 
 impl Resolver {
-    pub fn new(store: CertStore) -> Resolver {
-        Resolver { store: ArcSwap::from_pointee(store), challenges: acme::Challenges::default() }
+    pub fn new(store: CertStore, challenges: Arc<acme::Challenges>) -> Resolver {
+        Resolver { store: ArcSwap::from_pointee(store), challenges }
     }
 }
 

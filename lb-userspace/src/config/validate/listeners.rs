@@ -25,6 +25,26 @@ pub(in crate::config) fn check(
         };
         limits(&raw, errors);
         let tls = raw.tls.map(|t| tls(t, &raw.name, resolve, errors));
+        // Listeners whose ACME certificates share a folder (the least of their names) share the
+        // certificate, so they must ask for the same one.
+        if let Some(acme) = tls.as_ref().and_then(|tls| tls.acme.as_ref()) {
+            let same_folder = listeners.iter().find(|l: &&Listener| {
+                l.tls
+                    .as_ref()
+                    .and_then(|tls| tls.acme.as_ref())
+                    .is_some_and(|other| other.folder == acme.folder && other != acme)
+            });
+            if let Some(other) = same_folder {
+                errors.at(
+                    raw.name.span(),
+                    format!(
+                        "listener `{name}`: acme: the same least name as listener `{}`'s, whose certificate it would share (its folder {}), but other settings",
+                        other.name,
+                        acme.folder.display()
+                    ),
+                );
+            }
+        }
         let client_address = raw.client_address.map(|c| client_address(c, errors));
         listeners.push(Listener {
             name,
@@ -230,11 +250,17 @@ fn acme(
         }
     });
     let directory_ca = raw.directory_ca.map(resolve);
+    let mut names = names;
+    names.sort();
+    names.dedup();
+    // By the certificate, not the listener: the IPv4 and IPv6 listeners of one site share it
+    // (a CA validates a name at either address).
+    let folder = resolve(raw.state).into_inner().join(names.first().map_or("-", String::as_str));
     let acme = Acme {
         directory: raw.directory,
         contact: raw.contact,
         names,
-        folder: resolve(raw.state).into_inner().join(name),
+        folder,
         directory_ca: directory_ca.as_ref().map(|ca| ca.get_ref().clone()),
         external_account,
     };

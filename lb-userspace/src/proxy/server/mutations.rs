@@ -216,7 +216,7 @@ pub(super) async fn start_listener(
     let text = format!("[dataplane]\ninterface = \"lo\"\n{listener}{pools_and_routes}");
     let config = Config::parse(Path::new("t.toml"), &text).unwrap();
     let listener = config.listeners[0].clone();
-    let certs = crate::proxy::load_certs(&listener).unwrap();
+    let certs = crate::proxy::load_certs(&listener, &Default::default()).unwrap();
     let shared = Shared::new(&listener, certs.as_ref(), 1).unwrap();
     let (snapshot, forwarder, ejections) = test_bed::forwarding(config);
     let (never_stops, stop) = tokio::sync::watch::channel(false);
