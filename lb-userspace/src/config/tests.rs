@@ -1236,34 +1236,18 @@ fn a_listener_may_take_its_certificate_from_an_acme_ca() {
     let has = |messages: Vec<String>, start: &str| {
         assert!(messages.iter().any(|m| m.starts_with(start)), "{start}: {messages:?}");
     };
-    has(
-        found(&good.replace(", accept_terms = true", ""), ""),
-        "listener `shop`: acme: accept_terms = true is needed",
-    );
-    has(
-        found(&good.replace("https://", "http://"), ""),
-        "listener `shop`: acme: directory \"http://acme.test/dir\" is not an https URL",
-    );
-    has(
-        found(&good.replace("Shop.example.test", "*.example.test"), ""),
-        "listener `shop`: acme: *.example.test: a wildcard name needs DNS-01",
-    );
-    has(
-        found(&good.replace("Shop.example.test", "shop_1.test"), ""),
-        "listener `shop`: acme: \"shop_1.test\" is not a DNS name",
-    );
-    has(
-        found(&good.replace("Shop.example.test", "localhost"), ""),
-        "listener `shop`: acme: \"localhost\" is not a DNS name",
-    );
-    has(
-        found(&good.replace("mailto:ops@example.test", "ops@example.test"), ""),
-        "listener `shop`: acme: contact \"ops@example.test\" is not a URL",
-    );
-    has(
-        found(&good.replace("[\"Shop.example.test\", \"www.example.test\"]", "[]"), ""),
-        "listener `shop`: acme: names lists none",
-    );
+    // Each edit of the good settings, and the error it makes.
+    for (from, to, error) in [
+        (", accept_terms = true", "", "accept_terms = true is needed"),
+        ("https://", "http://", "directory \"http://acme.test/dir\" is not an https URL"),
+        ("Shop.example.test", "*.example.test", "*.example.test: a wildcard name needs DNS-01"),
+        ("Shop.example.test", "shop_1.test", "\"shop_1.test\" is not a DNS name"),
+        ("Shop.example.test", "localhost", "\"localhost\" is not a DNS name"),
+        ("mailto:ops@example.test", "ops@example.test", "contact \"ops@example.test\" is not a URL"),
+        ("[\"Shop.example.test\", \"www.example.test\"]", "[]", "names lists none"),
+    ] {
+        has(found(&good.replace(from, to), ""), &format!("listener `shop`: acme: {error}"));
+    }
     has(found(good, ", client_ca = \"ca.pem\""), "listener `shop`: acme and client_ca");
     has(
         found(&format!("{good}, external_account = {{ kid = \"k\", hmac_key = \"not base64!\" }}"), ""),
