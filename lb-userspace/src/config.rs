@@ -20,7 +20,7 @@ mod raw;
 mod validate;
 
 pub use errors::{ConfigError, ConfigErrors};
-pub use files::{FileStamp, MAX_FILE_BYTES, open_regular, read_file, stamp};
+pub use files::{FileStamp, MAX_FILE_BYTES, open_regular, read_file, stamp, writable_folder};
 use raw::{
     RawConfig, default_cache_bytes, default_cache_entries, default_cache_object, default_max_ejection_ms,
 };

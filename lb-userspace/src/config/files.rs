@@ -41,6 +41,28 @@ pub fn stamp(path: &Path) -> Option<FileStamp> {
     Some(FileStamp { modified: meta.modified().ok()?, len: meta.len(), inode: meta.ino() })
 }
 
+/// Whether lbd could make or write the folder `path` (an ACME state folder): its nearest
+/// existing ancestor is a folder it may write in, on a file system mounted writable (a unit's
+/// `ProtectSystem=strict` leaves only its listed paths so).
+pub fn writable_folder(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let existing = path.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    if !existing.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a folder", existing.display()),
+        ));
+    }
+    let c_path = std::ffi::CString::new(existing.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `c_path` is a NUL-terminated string that outlives the call; access only reads it.
+    if unsafe { libc::access(c_path.as_ptr(), libc::W_OK) } != 0 {
+        let error = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(error.kind(), format!("{}: {error}", existing.display())));
+    }
+    Ok(())
+}
+
 /// Reads a config file: a regular file, bounded, UTF-8.
 pub fn read_file(path: &Path) -> std::io::Result<String> {
     use std::io::Read as _;

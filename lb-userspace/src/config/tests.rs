@@ -1249,6 +1249,23 @@ fn a_listener_may_take_its_certificate_from_an_acme_ca() {
         has(found(&good.replace(from, to), ""), &format!("listener `shop`: acme: {error}"));
     }
     has(found(good, ", client_ca = \"ca.pem\""), "listener `shop`: acme and client_ca");
+    // Where files are looked at (`lbd check`), the state folder must be one lbd can make: not
+    // below a file. A folder that does not exist yet is made when the first order is.
+    let file = std::env::temp_dir().join(format!("sluice-acme-state-file-{}", std::process::id()));
+    std::fs::write(&file, "").unwrap();
+    let below_a_file = good.replace("state = \"acme\"", &format!("state = \"{}/acme\"", file.display()));
+    let refused = errors(&listener(&below_a_file, ""));
+    assert!(
+        refused
+            .iter()
+            .any(|e| e.contains("listener `shop`: acme: cannot keep its state: ")
+                && e.contains("is not a folder")),
+        "{refused:?}"
+    );
+    let writable =
+        good.replace("state = \"acme\"", &format!("state = \"{}/not/yet\"", std::env::temp_dir().display()));
+    assert!(Config::parse(Path::new("t.toml"), &listener(&writable, "")).is_ok());
+    std::fs::remove_file(&file).unwrap();
     has(
         found(&format!("{good}, external_account = {{ kid = \"k\", hmac_key = \"not base64!\" }}"), ""),
         "listener `shop`: acme: external_account needs a kid and an hmac_key",

@@ -169,6 +169,11 @@ fn tls(
     if let Some(ca) = acme.as_ref().and_then(|(_, ca)| ca.as_ref()) {
         readable(ca);
     }
+    if let Some((acme, _)) = acme.as_ref().filter(|_| errors.open_files)
+        && let Err(err) = writable_folder(&acme.folder)
+    {
+        errors.at(listener.span(), format!("listener `{name}`: acme: cannot keep its state: {err}"));
+    }
     if raw.forward_client_cert && client_ca.is_none() {
         errors.at(
             listener.span(),
