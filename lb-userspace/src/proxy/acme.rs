@@ -16,8 +16,8 @@ use std::{
 };
 
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder,
-    OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, BytesResponse, ChallengeType, HttpClient,
+    Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 use log::{info, warn};
 use rustls::sign::CertifiedKey;
@@ -30,6 +30,10 @@ pub const ALPN: &[u8] = b"acme-tls/1";
 
 /// How long one order may take, all its requests and waits together.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long one request to the CA may wait for its answer's head.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest answer body read from the CA (its largest, a certificate chain, is a few KiB).
+const MAX_ANSWER_BYTES: usize = 1 << 20;
 /// After a failed order, the first wait before the next; it doubles up to `RETRY_MAX`.
 const RETRY_FIRST: Duration = Duration::from_secs(60);
 const RETRY_MAX: Duration = Duration::from_secs(6 * 3600);
@@ -196,10 +200,7 @@ async fn order(acme: &Acme, challenges: &Challenges) -> Result<()> {
 /// The listener's ACME account: the one kept in its folder for this directory, else a new one
 /// (its credentials then kept, readable by root alone).
 async fn account(acme: &Acme) -> Result<Account> {
-    let builder = || match &acme.directory_ca {
-        Some(ca) => Account::builder_with_root(ca),
-        None => Account::builder(),
-    };
+    let builder = || client(acme).map(Account::builder_with_http);
     let path = acme.folder.join("account.json");
     if let Ok(kept) = std::fs::read(&path)
         && let Ok(kept) = serde_json::from_slice::<KeptAccount>(&kept)
@@ -218,6 +219,59 @@ async fn account(acme: &Acme) -> Result<Account> {
         .map_err(|e| AcmeError::Refused(format!("the account's credentials: {e}")))?;
     write_private(&path, &kept)?;
     Ok(account)
+}
+
+/// The HTTP client of the orders: hyper's over rustls, https only, the server checked against
+/// the system's roots or the directory's own CA; each request waits at most
+/// `REQUEST_TIMEOUT` for its answer and reads at most `MAX_ANSWER_BYTES` of it.
+struct Bounded(
+    hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        BodyWrapper<bytes::Bytes>,
+    >,
+);
+
+fn client(acme: &Acme) -> Result<Box<dyn HttpClient>> {
+    let failed = |e: String| AcmeError::Refused(format!("the directory's TLS: {e}"));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match &acme.directory_ca {
+        None => builder.try_with_platform_verifier().map_err(|e| failed(e.to_string()))?,
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in
+                CertificateDer::pem_file_iter(ca).map_err(|e| failed(format!("{}: {e}", ca.display())))?
+            {
+                roots.add(cert.map_err(|e| failed(e.to_string()))?).map_err(|e| failed(e.to_string()))?;
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| failed(e.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            builder.with_tls_config(config)
+        }
+    };
+    let connector = builder.https_only().enable_http1().enable_http2().build();
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+    Ok(Box::new(Bounded(client)))
+}
+
+impl HttpClient for Bounded {
+    fn request(
+        &self,
+        request: hyper::Request<BodyWrapper<bytes::Bytes>>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        let sent = self.0.request(request);
+        Box::pin(async move {
+            let answer = tokio::time::timeout(REQUEST_TIMEOUT, sent)
+                .await
+                .map_err(|_| instant_acme::Error::Str("the CA did not answer within 30 s"))?
+                .map_err(|e| instant_acme::Error::Other(Box::new(e)))?;
+            Ok(BytesResponse::from(answer.map(|body| http_body_util::Limited::new(body, MAX_ANSWER_BYTES))))
+        })
+    }
 }
 
 /// An account's credentials with the directory they belong to.
@@ -341,6 +395,47 @@ mod tests {
         std::fs::write(folder.join(RETRY_AFTER), "soon").unwrap();
         assert_eq!(held(&folder), None);
         let _ = std::fs::remove_dir_all(&folder);
+    }
+
+    /// The orders' client checks the directory's server against its CA and reads at most
+    /// `MAX_ANSWER_BYTES` of an answer: a CA (or what poses as one) cannot fill lbd's memory.
+    #[tokio::test]
+    async fn the_ca_s_answers_are_read_within_a_bound_from_a_server_its_ca_signed() {
+        use http_body_util::Full;
+        let pki = crate::proxy::test_bed::Pki::new("acme-client");
+        let acceptor = tokio_rustls::TlsAcceptor::from(pki.backend_config(&[b"http/1.1"], false));
+        let server = crate::proxy::test_bed::listening(move |stream| {
+            let acceptor = acceptor.clone();
+            async move {
+                let Ok(stream) = acceptor.accept(stream).await else { return };
+                let service =
+                    hyper::service::service_fn(|request: hyper::Request<hyper::body::Incoming>| async move {
+                        let size = if request.uri().path() == "/huge" { MAX_ANSWER_BYTES + 1 } else { 10 };
+                        Ok::<_, hyper::Error>(hyper::Response::new(Full::new(bytes::Bytes::from(vec![
+                            b'x';
+                            size
+                        ]))))
+                    });
+                crate::proxy::test_bed::serve(stream, false, service).await;
+            }
+        })
+        .await;
+        let ask = |ca: &Path, path: &str| {
+            let mut config = acme(Path::new("/nonexistent"), &["a.test"]);
+            config.directory_ca = Some(ca.to_path_buf());
+            let client = client(&config).unwrap();
+            let request =
+                hyper::Request::get(format!("https://{server}{path}")).body(BodyWrapper::default()).unwrap();
+            async move {
+                let mut answer = client.request(request).await.map_err(|e| e.to_string())?;
+                answer.body.into_bytes().await.map(|body| body.len()).map_err(|e| e.to_string())
+            }
+        };
+        assert_eq!(ask(&pki.ca, "/small").await, Ok(10));
+        let huge = ask(&pki.ca, "/huge").await;
+        assert!(huge.as_ref().is_err_and(|e| e.contains("length limit")), "{huge:?}");
+        // A server the CA did not sign is refused.
+        assert!(ask(&pki.other_ca, "/small").await.is_err());
     }
 
     #[test]
