@@ -358,8 +358,19 @@ pub struct Tls {
     pub cipher_suites: Vec<rustls::SupportedCipherSuite>,
     /// Tell backends the client's certificate (`X-Forwarded-Client-Cert`; with `client_ca`).
     pub forward_client_cert: bool,
+    /// What the field carries beside the hash, subject and names.
+    pub forward_client_cert_details: ClientCertDetails,
     /// A certificate for these names from an ACME CA, kept renewed (`proxy::acme`).
     pub acme: Option<Acme>,
+}
+
+/// The client certificate's PEM in X-Forwarded-Client-Cert (Envoy's
+/// `set_current_client_cert_details`): the certificate itself (`Cert=`), and the chain it
+/// showed (`Chain=`), each URL-encoded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientCertDetails {
+    pub cert: bool,
+    pub chain: bool,
 }
 
 /// A listener's certificate from an ACME CA (RFC 8555: Let's Encrypt, ZeroSSL, a company's

@@ -116,7 +116,7 @@ protocol = "h2c"
 [[listener]]
 name = "mtls"
 address = "{VIP}:8443"
-tls = {{ certificates = [{{ cert = "{ac}", key = "{ak}" }}], client_ca = "{ca}", cipher_suites = ["TLS13_CHACHA20_POLY1305_SHA256", "TLS13_AES_256_GCM_SHA384"], forward_client_cert = true }}
+tls = {{ certificates = [{{ cert = "{ac}", key = "{ak}" }}], client_ca = "{ca}", cipher_suites = ["TLS13_CHACHA20_POLY1305_SHA256", "TLS13_AES_256_GCM_SHA384"], forward_client_cert = true, forward_client_cert_details = ["cert"] }}
 
 [[route]]
 listener = "mtls"
@@ -913,7 +913,8 @@ fn root_l7_h2c_upstream_with_trailers_and_mtls() -> Result<()> {
     ])?;
     assert!(with_cert.starts_with("backend"), "{with_cert}");
     // The backend is told the certificate (Envoy's X-Forwarded-Client-Cert): its SHA-256 as
-    // openssl computes it, its subject, its DNS name. A client's own field goes nowhere.
+    // openssl computes it, the certificate itself (URL-encoded PEM), its subject, its DNS name.
+    // A client's own field goes nowhere.
     let (cert, key) = (dir.join("client.pem"), dir.join("client.key"));
     let echoed = bed.curl(&[
         "--resolve",
@@ -937,8 +938,11 @@ fn root_l7_h2c_upstream_with_trailers_and_mtls() -> Result<()> {
         .replace(':', "")
         .to_ascii_lowercase();
     assert_eq!(hash.len(), 64, "{fingerprint:?}");
-    let wanted = format!(" xfcc=Hash={hash};Subject=\"CN=client.test\";DNS=client.test sub=");
-    assert!(echoed.contains(&wanted), "{echoed} (wanted {wanted:?})");
+    let (head, tail) =
+        (format!(" xfcc=Hash={hash};Cert=\""), "\";Subject=\"CN=client.test\";DNS=client.test sub=");
+    let sent = echoed.split_once(&head).and_then(|(_, rest)| rest.split_once(tail)).map(|(pem, _)| pem);
+    let pem = std::fs::read_to_string(&cert)?.replace("\r\n", "\n");
+    assert_eq!(sent.map(url_decoded), Some(pem), "{echoed}");
     // On a listener that does not forward certificates, the client's own field is dropped.
     let plain = bed.curl(&["-H", "x-forwarded-client-cert: Hash=forged", &format!("http://{VIP}/echo")])?;
     assert!(plain.contains(" xfcc= sub="), "{plain}");
@@ -1031,4 +1035,15 @@ fn root_l7_tls_to_nginx_backends() -> Result<()> {
         up("secure") == ["1", "1"] && up("secure_h2") == ["1"] && up("untrusted") == ["0", "0"]
     })?;
     Ok(())
+}
+
+/// `%XX` escapes decoded (a URL-encoded PEM).
+fn url_decoded(text: &str) -> String {
+    let mut out = Vec::new();
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        let hex = |b: Option<u8>| (b.unwrap_or(b'0') as char).to_digit(16).unwrap_or(0) as u8;
+        out.push(if b == b'%' { hex(bytes.next()) * 16 + hex(bytes.next()) } else { b });
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

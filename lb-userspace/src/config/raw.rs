@@ -77,6 +77,7 @@ pub(super) struct RawTls {
     pub(super) cipher_suites: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     pub(super) forward_client_cert: bool,
+    pub(super) forward_client_cert_details: Option<Spanned<Vec<String>>>,
     pub(super) acme: Option<Spanned<RawAcme>>,
 }
 

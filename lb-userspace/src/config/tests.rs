@@ -1306,6 +1306,27 @@ fn a_listener_s_tls_needs_a_certificate_and_readable_files_beside_the_config() {
     );
     let config = Config::parse_sent(Path::new("/etc/sluice/t.toml"), &forwarded).unwrap();
     assert!(config.listeners[0].tls.as_ref().unwrap().forward_client_cert);
+    assert_eq!(config.listeners[0].tls.as_ref().unwrap().forward_client_cert_details, Default::default());
+    let detailed = format!(
+        "{}, forward_client_cert_details = [\"chain\", \"cert\"] }}\n",
+        forwarded.trim_end().trim_end_matches('}').trim_end()
+    );
+    let config = Config::parse_sent(Path::new("/etc/sluice/t.toml"), &detailed).unwrap();
+    let details = config.listeners[0].tls.as_ref().unwrap().forward_client_cert_details;
+    assert!(details.cert && details.chain);
+    for (listed, error) in [
+        (
+            "forward_client_cert = true, forward_client_cert_details = [\"pem\"]",
+            "forward_client_cert_details: \"pem\" is not `cert` or `chain`",
+        ),
+        ("forward_client_cert_details = [\"cert\"]", "forward_client_cert_details needs forward_client_cert"),
+    ] {
+        let text = listener(&format!(
+            "certificates = [{{ cert = \"/etc/c.pem\", key = \"k.pem\" }}], client_ca = \"ca.pem\", {listed}"
+        ));
+        let found = Config::parse_sent(Path::new("/etc/sluice/t.toml"), &text).unwrap_err();
+        assert!(found.0.iter().any(|e| e.message == format!("listener `l`: {error}")), "{found:?}");
+    }
     let without_ca =
         listener("certificates = [{ cert = \"/etc/c.pem\", key = \"k.pem\" }], forward_client_cert = true");
     let found = Config::parse_sent(Path::new("/etc/sluice/t.toml"), &without_ca).unwrap_err();

@@ -425,9 +425,10 @@ impl Connection {
             return Either::Left(std::future::ready(()));
         }
         let forward_cert = listener.tls.as_ref().is_some_and(|tls| tls.forward_client_cert);
+        let details = listener.tls.as_ref().map(|tls| tls.forward_client_cert_details).unwrap_or_default();
         self.session.conn = Arc::new(ClientConn {
             client_cert: forward_cert
-                .then(|| client_cert::details(session.peer_certificates()?.first()?))
+                .then(|| client_cert::details(session.peer_certificates()?, details))
                 .flatten(),
             client_verified: session.peer_certificates().is_some(),
             ..ClientConn::new(

@@ -314,6 +314,7 @@ mod tests {
             client_ca: None,
             cipher_suites: Vec::new(),
             forward_client_cert: false,
+            forward_client_cert_details: Default::default(),
             acme: None,
         };
         // The newest modification time, which the watch compared before: it does not move.
@@ -346,6 +347,7 @@ mod tests {
             client_ca: None,
             cipher_suites: Vec::new(),
             forward_client_cert: false,
+            forward_client_cert_details: Default::default(),
             acme: None,
         };
         let store = CertStore::load(&files(Some(responder.respond("fresh", Some('V'), 10)))).unwrap();

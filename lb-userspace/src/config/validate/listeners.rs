@@ -174,6 +174,27 @@ fn tls(
     {
         errors.at(listener.span(), format!("listener `{name}`: acme: cannot keep its state: {err}"));
     }
+    let mut forward_client_cert_details = ClientCertDetails::default();
+    if let Some(listed) = &raw.forward_client_cert_details {
+        if !raw.forward_client_cert {
+            errors.at(
+                listed.span(),
+                format!("listener `{name}`: forward_client_cert_details needs forward_client_cert"),
+            );
+        }
+        for detail in listed.get_ref() {
+            match detail.as_str() {
+                "cert" => forward_client_cert_details.cert = true,
+                "chain" => forward_client_cert_details.chain = true,
+                other => errors.at(
+                    listed.span(),
+                    format!(
+                        "listener `{name}`: forward_client_cert_details: {other:?} is not `cert` or `chain`"
+                    ),
+                ),
+            }
+        }
+    }
     if raw.forward_client_cert && client_ca.is_none() {
         errors.at(
             listener.span(),
@@ -194,6 +215,7 @@ fn tls(
         client_ca: client_ca.map(Spanned::into_inner),
         cipher_suites,
         forward_client_cert: raw.forward_client_cert,
+        forward_client_cert_details,
         acme: acme.map(|(acme, _)| acme),
     }
 }
