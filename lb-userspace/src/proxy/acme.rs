@@ -83,13 +83,15 @@ impl Challenges {
 
 /// Keeps an ACME certificate (for `listener` and any other listener that shares it): orders
 /// one when it is due, sleeps until it is due again; a failed order is tried again after a
-/// minute, then twice as long each time, up to six hours (a CA's rate limits count failures). The wait is kept in the folder
-/// (`retry-after`), so a restarted lbd (a crash loop, an operator's restarts) waits it out too.
+/// minute, then twice as long each time, up to six hours (a CA's rate limits count failures).
+/// The wait is kept in the folder (`retry-after`), so a restarted lbd (a crash loop, an
+/// operator's restarts) waits it out too.
 pub async fn keep(listener: String, acme: Acme, challenges: Arc<Challenges>) {
     let mut retry = RETRY_FIRST;
     if let Some((at, next)) = held(&acme.folder) {
         retry = next;
-        let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+        // At most the longest wait, whatever the note says (a clock set back since).
+        let wait = at.duration_since(SystemTime::now()).unwrap_or_default().min(RETRY_MAX);
         if !wait.is_zero() {
             info!("listener {}: the last ACME order failed: the next in {}s", listener, wait.as_secs());
             tokio::time::sleep(wait).await;
