@@ -20,6 +20,8 @@ pub struct ClientConn {
     pub tls_version: Option<&'static str>,
     /// The server name the client asked for in its ClientHello.
     pub sni: Option<String>,
+    /// The application protocol its handshake agreed (`h2`, `http/1.1`; None: none, or plain).
+    pub alpn: Option<&'static [u8]>,
     /// Backends' interim answers for the client, taken by the request that was polled as they
     /// came (`interim.rs`).
     pub interim: Interim,
@@ -38,6 +40,7 @@ impl ClientConn {
             address,
             tls_version,
             sni,
+            alpn: None,
             interim: Interim::default(),
             kept: Kept::default(),
             client_cert: None,

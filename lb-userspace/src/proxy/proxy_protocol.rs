@@ -155,6 +155,8 @@ pub struct ClientTls<'a> {
     pub version: &'a str,
     /// The server name the client asked for (SNI).
     pub sni: Option<&'a str>,
+    /// The application protocol the handshake agreed (ALPN: `h2`, `http/1.1`).
+    pub alpn: Option<&'a [u8]>,
     /// The client showed a certificate the listener verified (mTLS).
     pub verified: bool,
 }
@@ -224,6 +226,9 @@ pub fn header(
                 (source, destination),
             );
             if let Some(tls) = tls {
+                if let Some(alpn) = tls.alpn {
+                    builder = builder.write_tlv(v2::Type::ALPN, alpn)?;
+                }
                 if let Some(sni) = tls.sni {
                     builder = builder.write_tlv(v2::Type::Authority, sni.as_bytes())?;
                 }
@@ -301,15 +306,21 @@ mod tests {
             let parsed = v2::Header::try_from(&bytes[..]).unwrap();
             parsed.tlvs().map(|t| t.unwrap()).map(|t| (t.kind, t.value.to_vec())).collect::<Vec<_>>()
         };
-        let shown = ClientTls { version: "TLSv1_3", sni: Some("api.example.test"), verified: true };
+        let shown = ClientTls {
+            version: "TLSv1_3",
+            sni: Some("api.example.test"),
+            alpn: Some(b"h2"),
+            verified: true,
+        };
         assert_eq!(
             tlvs(shown),
             [
+                (0x01, b"h2".to_vec()),
                 (0x02, b"api.example.test".to_vec()),
                 (0x20, [&[0x07, 0, 0, 0, 0, 0x21, 0, 7][..], b"TLSv1.3"].concat()),
             ]
         );
-        let plain = ClientTls { version: "TLSv1_2", sni: None, verified: false };
+        let plain = ClientTls { version: "TLSv1_2", sni: None, alpn: None, verified: false };
         assert_eq!(tlvs(plain), [(0x20, [&[0x01, 0, 0, 0, 1, 0x21, 0, 7][..], b"TLSv1.2"].concat())]);
         // v1 has no room for it; without TLS there is nothing to say.
         assert_eq!(

@@ -431,6 +431,12 @@ impl Connection {
                 .then(|| client_cert::details(session.peer_certificates()?, details))
                 .flatten(),
             client_verified: session.peer_certificates().is_some(),
+            // The listener offers only these two (and ACME's, closed above).
+            alpn: match session.alpn_protocol() {
+                Some(b"h2") => Some(b"h2"),
+                Some(b"http/1.1") => Some(b"http/1.1"),
+                _ => None,
+            },
             ..ClientConn::new(
                 client,
                 session.protocol_version().and_then(|v| v.as_str()),

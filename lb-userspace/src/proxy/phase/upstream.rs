@@ -120,6 +120,7 @@ impl Upstreams {
                         Some(proxy_protocol::ClientTls {
                             version: conn.tls_version?,
                             sni: conn.sni.as_deref(),
+                            alpn: conn.alpn,
                             verified: conn.client_verified,
                         })
                     });
