@@ -3,6 +3,7 @@ pub mod bench_l7;
 pub mod bench_traffic;
 pub mod forward_floor;
 pub mod harness;
+pub mod l7_config;
 pub mod l7_targets;
 pub mod many_hosts;
 pub mod mixed_bed;

@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::{Result, ensure};
 use sluice_tests::{
+    l7_config,
     netns::Topology,
     pki::TestCa,
     servers::{Lbd, Nginx, Pebble, TempDir, wait_for},
@@ -52,24 +53,7 @@ impl Bed {
         std::fs::write(
             &config,
             format!(
-                r#"[dataplane]
-interface = "eth0"
-xdp_mode = "generic"
-pin_dir = "/sys/fs/bpf/{tag}"
-
-[[vip]]
-name = "web"
-address = "{VIP}"
-protocol = "tcp"
-pool = "web"
-mode = "l7"
-
-[[pool]]
-name = "web"
-backends = [{{ address = "{b1}" }}]
-health = {{ kind = "tcp", port = 80, interval_ms = 300, timeout_ms = 200, rise = 1, fall = 2 }}
-
-[[listener]]
+                r#"{bed}[[listener]]
 name = "shop"
 address = "{VIP}:443"
 tls = {{ acme = {{ directory = "{directory}", contact = ["mailto:ops@example.test"], names = ["{n1}", "{n2}"], state = "{state}", directory_ca = "{ca}", accept_terms = true{extra} }} }}
@@ -92,8 +76,7 @@ pool = "web"
 socket = "{dir}/lbd.sock"
 metrics = "127.0.0.1:9100"
 "#,
-                tag = topology.tag,
-                b1 = topology.backends[0].addr4,
+                bed = l7_config::l7_bed(&topology.tag, VIP, &[topology.backends[0].addr4]),
                 directory = pebble.directory,
                 n1 = NAMES[0],
                 n2 = NAMES[1],

@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::Result;
 use sluice_tests::{
+    l7_config,
     netns::Topology,
     pki::TestCa,
     servers::{Haproxy, Lbd, Nginx, TempDir, wait_for},
@@ -46,24 +47,7 @@ impl Bed {
                 r#"[proxy]
 busy_poll_us = 200
 
-[dataplane]
-interface = "eth0"
-xdp_mode = "generic"
-pin_dir = "/sys/fs/bpf/{tag}"
-
-[[vip]]
-name = "web"
-address = "{VIP}"
-protocol = "tcp"
-pool = "web"
-mode = "l7"
-
-[[pool]]
-name = "web"
-backends = [{{ address = "{b1}" }}]
-health = {{ kind = "tcp", port = 80, interval_ms = 300, timeout_ms = 200, rise = 1, fall = 2 }}
-
-[[listener]]
+{bed}[[listener]]
 name = "plain"
 address = "{VIP}:80"
 first_byte_timeout_ms = 1000
@@ -134,7 +118,7 @@ pool = "web"
 socket = "{dir}/lbd.sock"
 metrics = "127.0.0.1:9100"
 "#,
-                tag = topology.tag,
+                bed = l7_config::l7_bed(&topology.tag, VIP, &[b1]),
                 client = topology.client.addr4,
                 cert = cert.display(),
                 key = key.display(),
