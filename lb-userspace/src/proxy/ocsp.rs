@@ -90,12 +90,14 @@ fn names(id: &CertId, issuer: &Certificate) -> Result<bool, String> {
         && hash(key)?.as_ref() == id.issuer_key_hash.as_bytes())
 }
 
+/// The hashes a certificate ID may name (RFC 6960 and 5912); SHA-1 also names a responder by key.
+const SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.26");
+const SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
+const SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
+const SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.3");
+
 /// `bytes` hashed by the algorithm `oid` names (those RFC 6960 and 5912 list for a CertId).
 fn digest(oid: &ObjectIdentifier, bytes: &[u8]) -> Result<ring::digest::Digest, String> {
-    const SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.26");
-    const SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
-    const SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
-    const SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.3");
     let algorithm = match *oid {
         SHA1 => &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
         SHA256 => &ring::digest::SHA256,
@@ -161,7 +163,7 @@ fn is(responder: &ResponderId, cert: &Certificate) -> Result<bool, String> {
         ResponderId::ByName(name) => *name == cert.tbs_certificate.subject,
         ResponderId::ByKey(hash) => {
             let key = cert.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes();
-            digest(&ObjectIdentifier::new_unwrap("1.3.14.3.2.26"), key)?.as_ref() == hash.as_bytes()
+            digest(&SHA1, key)?.as_ref() == hash.as_bytes()
         }
     })
 }
