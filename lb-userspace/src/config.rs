@@ -362,6 +362,16 @@ pub struct Tls {
     pub forward_client_cert_details: ClientCertDetails,
     /// A certificate for these names from an ACME CA, kept renewed (`proxy::acme`).
     pub acme: Option<Acme>,
+    /// HTTP/3 over QUIC on the listener's UDP port too (`proxy::h3`).
+    pub http3: Option<Http3>,
+}
+
+/// A listener's HTTP/3: served on the same address's UDP port, and made known to its TCP
+/// clients by `Alt-Svc` (RFC 7838), since a browser tries HTTP/3 only once told of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Http3 {
+    /// `h3=":PORT"; ma=SECONDS`, added to every answer over TCP; None: not said (`alt_svc_max_age_s = 0`).
+    pub alt_svc: Option<hyper::header::HeaderValue>,
 }
 
 /// The client certificate's PEM in X-Forwarded-Client-Cert (Envoy's

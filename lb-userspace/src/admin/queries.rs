@@ -112,7 +112,8 @@ pub fn listeners(core: &Shared) -> Answer {
                     let certs = tls.certificates.len();
                     let acme = if tls.acme.is_some() { "+acme" } else { "" };
                     let mtls = if tls.client_ca.is_some() { "+mtls" } else { "" };
-                    format!("https {certs} cert{}{acme}{mtls}", if certs == 1 { "" } else { "s" })
+                    let h3 = if tls.http3.is_some() { "+h3" } else { "" };
+                    format!("https {certs} cert{}{acme}{mtls}{h3}", if certs == 1 { "" } else { "s" })
                 }
             },
             proxy_protocol: listener.proxy_protocol,

@@ -126,7 +126,7 @@ pub struct Listener {
     pub name: String,
     pub address: std::net::SocketAddr,
     /// `http`, or `https` with its certificates' count (`https 2 certs`), `+acme` when it orders
-    /// one itself, `+mtls` when it asks clients for certificates.
+    /// one itself, `+mtls` when it asks clients for certificates, `+h3` when it serves HTTP/3 too.
     pub protocol: String,
     /// Reads a PROXY protocol header first (`proxy_protocol`).
     pub proxy_protocol: bool,

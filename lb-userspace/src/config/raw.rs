@@ -79,6 +79,9 @@ pub(super) struct RawTls {
     pub(super) forward_client_cert: bool,
     pub(super) forward_client_cert_details: Option<Spanned<Vec<String>>>,
     pub(super) acme: Option<Spanned<RawAcme>>,
+    #[serde(default)]
+    pub(super) http3: bool,
+    pub(super) alt_svc_max_age_s: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

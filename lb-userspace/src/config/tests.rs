@@ -1461,3 +1461,37 @@ fn a_pool_s_tls_files_must_hold_certificates_and_a_key() {
         ],
     );
 }
+
+#[test]
+fn http3_is_told_by_alt_svc_and_needs_quic_s_suite_and_no_proxy_protocol() {
+    let listener = |tls: &str, extra: &str| {
+        format!(
+            "{BASE}[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8443\"\n{extra}\
+             tls = {{ certificates = [{{ cert = \"/etc/c.pem\", key = \"/etc/k.pem\" }}], {tls} }}\n"
+        )
+    };
+    let http3 = |text: &str| {
+        let config = Config::parse_sent(Path::new("/etc/sluice/t.toml"), text).unwrap();
+        config.listeners[0].tls.as_ref().unwrap().http3.clone()
+    };
+    assert_eq!(http3(&listener("forward_client_cert = false", "")), None);
+    let alt_svc = |text: &str| http3(text).unwrap().alt_svc.map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(alt_svc(&listener("http3 = true", "")).as_deref(), Some("h3=\":8443\"; ma=86400"));
+    assert_eq!(
+        alt_svc(&listener("http3 = true, alt_svc_max_age_s = 300", "")).as_deref(),
+        Some("h3=\":8443\"; ma=300")
+    );
+    assert_eq!(alt_svc(&listener("http3 = true, alt_svc_max_age_s = 0", "")), None);
+    for (tls, extra, error) in [
+        ("alt_svc_max_age_s = 60", "", "alt_svc_max_age_s needs http3 = true"),
+        ("http3 = true", "proxy_protocol = true\n", "http3 and proxy_protocol: QUIC carries no PROXY header"),
+        (
+            "http3 = true, cipher_suites = [\"TLS13_AES_256_GCM_SHA384\"]",
+            "",
+            "http3 needs TLS13_AES_128_GCM_SHA256 in cipher_suites (QUIC's Initial packets use it)",
+        ),
+    ] {
+        let found = Config::parse_sent(Path::new("/etc/sluice/t.toml"), &listener(tls, extra)).unwrap_err();
+        assert!(found.0.iter().any(|e| e.message == format!("listener `l`: {error}")), "{tls}: {found:?}");
+    }
+}

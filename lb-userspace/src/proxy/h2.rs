@@ -17,8 +17,9 @@ pub mod upstream;
 use h2::server::Builder;
 
 pub use self::{
-    answer::{Answered, answer},
+    answer::{Answered, answer, head_fields},
     connection::{Ended, Served},
+    request::marked,
 };
 use crate::config::Listener;
 

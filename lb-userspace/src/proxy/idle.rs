@@ -72,7 +72,8 @@ impl Default for Activity {
 }
 
 impl Activity {
-    fn touch(&self) {
+    /// A byte moved either way (the I/O of a `Watched` stream, or an HTTP/3 stream's frame).
+    pub fn touch(&self) {
         crate::proxy::busy_poll::worked();
         self.last_ms.store(coarse_ms(), Ordering::Relaxed);
     }
@@ -234,9 +235,10 @@ pub async fn watchdog(activity: &Activity, limits: Limits) -> Closed {
         if quiet >= limit {
             return reason;
         }
-        // Requests that end meanwhile leave the connection idle: looked at again by the time
-        // it could be idle too long. (One that starts meanwhile is seen at the wake-up.)
-        let wait = if activity.idle() { limit - quiet } else { (limit - quiet).min(limits.keep_alive) };
+        // Requests that start and end meanwhile leave the connection idle between requests:
+        // looked at again by the time it could be idle too long (before its first request
+        // too, when the keep-alive limit is the shorter one).
+        let wait = (limit - quiet).min(limits.keep_alive);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = activity.nudged() => {

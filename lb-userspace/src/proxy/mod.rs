@@ -20,6 +20,7 @@ pub mod date;
 pub mod deadline;
 pub mod h1;
 pub mod h2;
+pub mod h3;
 pub mod idle;
 pub mod interim;
 pub mod log_sink;

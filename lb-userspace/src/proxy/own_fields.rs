@@ -11,6 +11,7 @@ pub const VIA: HeaderName = HeaderName::from_static("via");
 pub fn via(version: Version) -> &'static str {
     match version {
         Version::HTTP_2 => "2 sluice",
+        Version::HTTP_3 => "3 sluice",
         Version::HTTP_10 => "1.0 sluice",
         _ => "1.1 sluice",
     }
@@ -25,5 +26,6 @@ mod tests {
         assert_eq!(via(Version::HTTP_11), "1.1 sluice");
         assert_eq!(via(Version::HTTP_10), "1.0 sluice");
         assert_eq!(via(Version::HTTP_2), "2 sluice");
+        assert_eq!(via(Version::HTTP_3), "3 sluice");
     }
 }

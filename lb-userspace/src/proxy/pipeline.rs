@@ -302,6 +302,11 @@ impl Forwarder {
             if let Some(reply) = labels.cors.take() {
                 reply.apply(&mut response);
             }
+            // A listener with HTTP/3 says so in every answer (a browser tries it only once told).
+            if let Some(alt_svc) = listener.tls.as_ref().and_then(|tls| tls.http3.as_ref()?.alt_svc.as_ref())
+            {
+                response.headers_mut().insert(header::ALT_SVC, alt_svc.clone());
+            }
             let entry =
                 logged.filter(|_| labels.logged).map(|(started, method, target, (user_agent, referer))| {
                     Entry {

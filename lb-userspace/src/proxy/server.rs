@@ -39,7 +39,7 @@ use crate::{
         boxed::boxed,
         client_cert, client_limit,
         h1::rewind::Rewind,
-        h2,
+        h2, h3,
         idle::{self, Busy, Closed, Registry, Watched},
         own_fields::{self, VIA, X_REQUEST_ID},
         phase::upstream::InFlight,
@@ -136,6 +136,9 @@ pub struct Shared {
     max_connections: u32,
     registry: Arc<Registry>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
+    /// HTTP/3's TLS and transport, on a listener with `http3` (one config: a session resumes
+    /// on any worker).
+    quic: Option<quinn::ServerConfig>,
     /// Open connections by client, with `max_connections_per_client`.
     per_client: Option<Arc<client_limit::ClientCounts>>,
     accepting: AtomicUsize,
@@ -155,11 +158,21 @@ impl Shared {
             }
             _ => None,
         };
+        let quic = match (&listener.tls, resolver) {
+            (Some(tls), Some(resolver)) if tls.http3.is_some() => {
+                let crypto = tls::quic_config(tls, resolver.clone())?;
+                let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+                config.transport_config(h3::transport(listener));
+                Some(config)
+            }
+            _ => None,
+        };
         Ok(Arc::new(Shared {
             slots: Arc::new(Semaphore::new(listener.max_connections)),
             max_connections: listener.max_connections as u32,
             registry: Arc::new(Registry::default()),
             acceptor,
+            quic,
             per_client: listener
                 .max_connections_per_client
                 .map(|limit| client_limit::ClientCounts::new(limit, listener.client_ipv6_prefix)),
@@ -528,13 +541,18 @@ impl Connection {
     }
 }
 
-/// One HTTP/2 stream: the pipeline, then the answer's request ID and Via; its body tracked for
-/// the access log, the in-flight counts and the connection's activity.
+/// One HTTP/2 stream: its answer (`answered`) sent under the stream's flow control.
 fn stream(
     s: &Session,
     request: Request<Body>,
     respond: ::h2::server::SendResponse<Bytes>,
 ) -> impl Future<Output = h2::Answered> + Send + use<> {
+    h2::answer(answered(s, request), respond, Some(s.conn.clone()))
+}
+
+/// An HTTP/2 or HTTP/3 request's answer: the pipeline, then the answer's request ID and Via;
+/// its body tracked for the access log, the in-flight counts and the connection's activity.
+fn answered(s: &Session, request: Request<Body>) -> impl Future<Output = Response<Tracked>> + Send + use<> {
     let busy = s.activity.start();
     let conn = s.conn.clone();
     let head = request.method() == Method::HEAD;
@@ -544,7 +562,7 @@ fn stream(
     let handled = boxed(|| {
         s.forwarder.clone().handle(request, s.snapshot.load_full(), s.listener.clone(), conn.clone())
     });
-    let answer = async move {
+    async move {
         let handled = handled.await;
         let (entry, in_flight, counted) = (handled.entry, handled.in_flight, handled.counted);
         let mut response = handled.response;
@@ -564,11 +582,10 @@ fn stream(
             conn,
             bytes: 0,
         })
-    };
-    h2::answer(answer, respond, Some(s.conn.clone()))
+    }
 }
 
-/// An answer to a HEAD as an HTTP/2 stream sends it: the head alone, with the length its body
+/// An answer to a HEAD as an HTTP/2 or HTTP/3 stream sends it: the head alone, with the length its body
 /// would have had (RFC 9110 §9.3.2). A backend's has no body; one lbd made (a refusal, a
 /// route's fixed answer, a cached answer) has, and h2 would send it as DATA, which the client
 /// takes for a protocol error.
@@ -671,6 +688,33 @@ pub async fn serve(
     }
 }
 
+impl Shared {
+    /// The listener's HTTP/3 config, when it has `http3`.
+    pub fn quic(&self) -> Option<&quinn::ServerConfig> {
+        self.quic.as_ref()
+    }
+}
+
+/// Serves `listener`'s HTTP/3 on `endpoint` until `stop` fires, then drains (`http3`).
+pub async fn serve_http3(
+    listener: Listener,
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    forwarder: Arc<Forwarder>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let serving = Serving {
+        http2: Arc::new(h2::builder(&listener)),
+        listener: Arc::new(listener),
+        per_client: shared.per_client.clone(),
+        forwarder,
+        snapshot,
+        stop,
+    };
+    http3::serve(serving, shared, endpoint).await;
+}
+
 pub mod answer;
 #[cfg(test)]
 mod backend_tls;
@@ -689,6 +733,7 @@ mod grpc_refusals;
 #[cfg(test)]
 mod grpc_web;
 pub mod http1;
+pub mod http3;
 #[cfg(test)]
 mod interim_relay;
 #[cfg(test)]

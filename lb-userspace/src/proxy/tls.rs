@@ -1,5 +1,5 @@
 //! TLS for L7 listeners: certificates chosen by SNI (exact, then wildcard, then the first as
-//! default), ALPN h2 and http/1.1, TLS 1.2 and 1.3, session tickets, optional client
+//! default), ALPN h2 and http/1.1 (h3 over QUIC), TLS 1.2 and 1.3, session tickets, optional client
 //! certificates (mTLS), OCSP stapling, a certificate from an ACME CA (`acme.rs`). Certificates
 //! reload without a restart; a bad file keeps the old one.
 use std::{
@@ -40,6 +40,8 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("client CA: {0}")]
     ClientCa(#[from] rustls::server::VerifierBuilderError),
+    #[error("HTTP/3: {0}")]
+    Quic(String),
 }
 
 type Result<T, E = TlsError> = std::result::Result<T, E>;
@@ -247,15 +249,44 @@ fn provider(listed: &[rustls::SupportedCipherSuite]) -> rustls::crypto::CryptoPr
     provider
 }
 
-/// A listener's rustls config over `resolver`.
+/// A listener's rustls config over `resolver`, for TCP: TLS 1.3 and 1.2, ALPN h2 and
+/// http/1.1 (and ACME's on listeners that order their certificate).
 pub fn server_config(tls: &Tls, resolver: Arc<Resolver>) -> Result<Arc<ServerConfig>> {
+    let mut config = config(tls, resolver, &[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if tls.acme.is_some() {
+        config.alpn_protocols.push(acme::ALPN.to_vec());
+    }
+    Ok(Arc::new(config))
+}
+
+/// A listener's rustls config over `resolver` for HTTP/3 over QUIC (`http3 = true`): the same
+/// certificates, suites and client certificates, TLS 1.3 alone (QUIC has no other, RFC 9001
+/// §4.2), ALPN h3 alone, no early data (0-RTT requests could be replayed).
+pub fn quic_config(tls: &Tls, resolver: Arc<Resolver>) -> Result<quinn::crypto::rustls::QuicServerConfig> {
+    let mut config = config(tls, resolver, &[&rustls::version::TLS13])?;
+    config.alpn_protocols = vec![b"h3".to_vec()];
+    config.max_early_data_size = 0;
+    // QUIC's Initial packets are sealed with TLS13_AES_128_GCM_SHA256 whatever is listed (the
+    // config refuses `http3` with a list of suites without it).
+    quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(config))
+        .map_err(|error| TlsError::Quic(error.to_string()))
+}
+
+/// What the TCP and QUIC configs share: the suites in the server's order, the `versions` they
+/// serve, client certificates, session tickets.
+fn config(
+    tls: &Tls,
+    resolver: Arc<Resolver>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<ServerConfig> {
     let provider = Arc::new(provider(&tls.cipher_suites));
     // Only the versions the suites serve (a list of TLS 1.2 suites alone turns TLS 1.3 off).
-    let versions: Vec<&'static rustls::SupportedProtocolVersion> =
-        [&rustls::version::TLS13, &rustls::version::TLS12]
-            .into_iter()
-            .filter(|v| provider.cipher_suites.iter().any(|s| s.version() == *v))
-            .collect();
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = versions
+        .iter()
+        .copied()
+        .filter(|v| provider.cipher_suites.iter().any(|s| s.version() == *v))
+        .collect();
     let builder = ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(&versions)?;
     let builder = match &tls.client_ca {
         None => builder.with_no_client_auth(),
@@ -269,10 +300,6 @@ pub fn server_config(tls: &Tls, resolver: Arc<Resolver>) -> Result<Arc<ServerCon
         }
     };
     let mut config = builder.with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    if tls.acme.is_some() {
-        config.alpn_protocols.push(acme::ALPN.to_vec());
-    }
     // The suite is the server's pick (`provider`), not the client's.
     config.ignore_client_order = true;
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
@@ -281,7 +308,7 @@ pub fn server_config(tls: &Tls, resolver: Arc<Resolver>) -> Result<Arc<ServerCon
     // ticket cost the client a message to process on every handshake: 3.86-3.89k -> 4.10-4.21k
     // new handshakes a second when the client is the bottleneck (docs/performance.md).
     config.send_tls13_tickets = 1;
-    Ok(Arc::new(config))
+    Ok(config)
 }
 
 /// The stamps of a listener's certificate files (keys and OCSP responses too), in order.
@@ -316,6 +343,7 @@ mod tests {
             forward_client_cert: false,
             forward_client_cert_details: Default::default(),
             acme: None,
+            http3: None,
         };
         // The newest modification time, which the watch compared before: it does not move.
         let newest = |tls: &Tls| {
@@ -349,6 +377,7 @@ mod tests {
             forward_client_cert: false,
             forward_client_cert_details: Default::default(),
             acme: None,
+            http3: None,
         };
         let store = CertStore::load(&files(Some(responder.respond("fresh", Some('V'), 10)))).unwrap();
         let stapled = store.pick(Some("stapled.test")).unwrap();

@@ -29,6 +29,8 @@ pub struct Bound {
     pub listener: Listener,
     pub certs: Option<Arc<tls::Resolver>>,
     sockets: Vec<std::net::TcpListener>,
+    /// HTTP/3's UDP sockets, one per worker, on a listener with `http3`.
+    datagrams: Vec<std::net::UdpSocket>,
 }
 
 fn socket(address: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
@@ -90,7 +92,15 @@ pub fn bind(
     for socket in &sockets {
         defer_accept(socket, listener.defer_accept).map_err(bind_error)?;
     }
-    Ok(Bound { listener, certs, sockets })
+    // Bound afresh, also at an upgrade: the old lbd's UDP sockets are not handed over (its
+    // QUIC connections end with it; see docs/operations.md).
+    let datagrams = match listener.tls.as_ref().and_then(|tls| tls.http3.as_ref()) {
+        Some(_) => (0..sockets.len())
+            .map(|_| server::http3::socket(address).map_err(bind_error))
+            .collect::<Result<_, _>>()?,
+        None => Vec::new(),
+    };
+    Ok(Bound { listener, certs, sockets, datagrams })
 }
 
 impl Bound {
@@ -140,24 +150,31 @@ pub fn start(
     Ok(threads)
 }
 
-/// One worker's listeners: each listener's socket of that worker, with the state its workers share.
-type Listeners = Vec<(Listener, std::net::TcpListener, Arc<Shared>)>;
+/// One worker's listeners: each listener's socket of that worker (and its UDP one, with
+/// `http3`), with the state its workers share.
+type Listeners = Vec<(Listener, std::net::TcpListener, Option<std::net::UdpSocket>, Arc<Shared>)>;
 
 /// The bound listeners dealt out to the workers: worker N gets every listener's Nth socket.
 fn by_worker(bound: Vec<Bound>) -> Result<Vec<Listeners>, ProxyError> {
     let workers = bound.first().map_or(0, |b| b.sockets.len());
     let mut per_worker: Vec<Listeners> = (0..workers).map(|_| Vec::new()).collect();
-    for Bound { listener, certs, sockets } in bound {
+    for Bound { listener, certs, sockets, datagrams } in bound {
+        let http3 = listener.tls.as_ref().is_some_and(|tls| tls.http3.is_some());
         info!(
             "listener {} on {} ({}, {workers} workers)",
             listener.name,
             listener.address,
-            if listener.tls.is_some() { "tls" } else { "http" }
+            match (&listener.tls, http3) {
+                (None, _) => "http",
+                (Some(_), false) => "tls",
+                (Some(_), true) => "tls, and HTTP/3 on UDP",
+            }
         );
         let shared = Shared::new(&listener, certs.as_ref(), sockets.len())
             .map_err(|error| ProxyError::Tls { listener: listener.name.clone(), error })?;
+        let mut datagrams = datagrams.into_iter();
         for (worker, socket) in sockets.into_iter().enumerate() {
-            per_worker[worker].push((listener.clone(), socket, shared.clone()));
+            per_worker[worker].push((listener.clone(), socket, datagrams.next(), shared.clone()));
         }
     }
     Ok(per_worker)
@@ -180,8 +197,25 @@ async fn work(
     tokio::spawn(forwarder.clone().sweep_upstreams());
     tokio::spawn(log_sink::flusher());
     let mut serving = Vec::new();
-    for (listener, socket, shared) in listeners {
+    for (listener, socket, datagrams, shared) in listeners {
         let name = listener.name.clone();
+        if let Some(datagrams) = datagrams {
+            let config = shared.quic().cloned().expect("a listener with UDP sockets has HTTP/3's config");
+            match server::http3::endpoint(datagrams, config) {
+                Ok(endpoint) => {
+                    let served = server::serve_http3(
+                        listener.clone(),
+                        endpoint,
+                        shared.clone(),
+                        snapshot.clone(),
+                        forwarder.clone(),
+                        stop.clone(),
+                    );
+                    serving.push(tokio::spawn(served));
+                }
+                Err(err) => error!("listener {name}: worker {worker}: HTTP/3: {err}"),
+            }
+        }
         let socket =
             match socket.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(socket)) {
                 Ok(socket) => socket,

@@ -24,7 +24,15 @@ pub(in crate::config) fn check(
             continue;
         };
         limits(&raw, errors);
-        let tls = raw.tls.map(|t| tls(t, &raw.name, resolve, errors));
+        let tls = raw.tls.map(|t| tls(t, &raw.name, address.port(), resolve, errors));
+        if raw.proxy_protocol && tls.as_ref().is_some_and(|tls| tls.http3.is_some()) {
+            // A balancer's PROXY header comes over TCP; QUIC's datagrams would come from it
+            // with no client address, or straight from clients the listener does not expect.
+            errors.at(
+                raw.name.span(),
+                format!("listener `{name}`: http3 and proxy_protocol: QUIC carries no PROXY header"),
+            );
+        }
         // Listeners whose ACME certificates share a folder (the least of their names) share the
         // certificate, so they must ask for the same one.
         if let Some(acme) = tls.as_ref().and_then(|tls| tls.acme.as_ref()) {
@@ -125,6 +133,7 @@ fn address(raw: &RawListener, vips: &[Vip], errors: &mut Errors) -> Option<std::
 fn tls(
     raw: RawTls,
     listener: &Spanned<String>,
+    port: u16,
     resolve: &impl Fn(Spanned<PathBuf>) -> Spanned<PathBuf>,
     errors: &mut Errors,
 ) -> Tls {
@@ -137,6 +146,7 @@ fn tls(
     let client_ca = raw.client_ca.map(resolve);
     let cipher_suites =
         raw.cipher_suites.map(|listed| cipher_suites(&listed, name, errors)).unwrap_or_default();
+    let http3 = http3(raw.http3, raw.alt_svc_max_age_s, listener, port, &cipher_suites, errors);
     let acme = raw.acme.map(|acme| self::acme(acme, name, resolve, errors));
     if certificates.is_empty() && acme.is_none() {
         errors
@@ -217,7 +227,44 @@ fn tls(
         forward_client_cert: raw.forward_client_cert,
         forward_client_cert_details,
         acme: acme.map(|(acme, _)| acme),
+        http3,
     }
+}
+
+/// How long a client is told HTTP/3 is there unless the listener says (nginx's and Caddy's
+/// examples say a day: a browser that found it once keeps trying it for that long).
+const ALT_SVC_MAX_AGE_S: u64 = 86_400;
+
+/// A listener's HTTP/3: its Alt-Svc field for `port`. Its QUIC Initial packets need
+/// TLS13_AES_128_GCM_SHA256 (RFC 9001 §5.2), so a list of suites must have it.
+fn http3(
+    on: bool,
+    max_age_s: Option<Spanned<u64>>,
+    listener: &Spanned<String>,
+    port: u16,
+    suites: &[rustls::SupportedCipherSuite],
+    errors: &mut Errors,
+) -> Option<Http3> {
+    let name = listener.get_ref();
+    if !on {
+        if let Some(age) = &max_age_s {
+            errors.at(age.span(), format!("listener `{name}`: alt_svc_max_age_s needs http3 = true"));
+        }
+        return None;
+    }
+    let aes_128 = rustls::CipherSuite::TLS13_AES_128_GCM_SHA256;
+    if !suites.is_empty() && !suites.iter().any(|s| s.suite() == aes_128) {
+        errors.at(
+            listener.span(),
+            format!("listener `{name}`: http3 needs TLS13_AES_128_GCM_SHA256 in cipher_suites (QUIC's Initial packets use it)"),
+        );
+    }
+    let age = max_age_s.map_or(ALT_SVC_MAX_AGE_S, Spanned::into_inner);
+    let alt_svc = (age > 0).then(|| {
+        hyper::header::HeaderValue::from_str(&format!("h3=\":{port}\"; ma={age}"))
+            .expect("digits and quotes are a field value")
+    });
+    Some(Http3 { alt_svc })
 }
 
 /// A listener's ACME settings: an https directory, the terms accepted, DNS names, the state

@@ -117,25 +117,8 @@ where
     B: HttpBody<Data = Bytes> + Unpin,
 {
     let (mut head, body) = response.into_parts();
-    // Connection-specific fields are not allowed in HTTP/2 (RFC 9113 §8.2.2; h2 refuses an
-    // answer with any): a backend's HTTP/1.1 answer may have some.
-    headers::strip_hop_by_hop(&mut head.headers, false);
-    // Date and Content-Length found in one pass over the names (a lookup hashes its name).
-    let (mut dated, mut sized) = (false, false);
-    for name in head.headers.keys() {
-        dated |= name == header::DATE;
-        sized |= name == header::CONTENT_LENGTH;
-    }
-    if !dated {
-        head.headers.insert(header::DATE, date());
-    }
     let end = body.is_end_stream();
-    if !end
-        && !sized
-        && let Some(length) = body.size_hint().exact()
-    {
-        head.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    }
+    head_fields(&mut head.headers, end, body.size_hint().exact());
     match respond.send_response(Response::from_parts(head, ()), end) {
         Ok(send) => (!end).then_some(Sending { body, send, waiting: None }),
         Err(err) => {
@@ -143,6 +126,28 @@ where
             respond.send_reset(Reason::INTERNAL_ERROR);
             None
         }
+    }
+}
+
+/// An answer's head as HTTP/2 and HTTP/3 send it: no connection-specific fields (RFC 9113
+/// §8.2.2, RFC 9114 §4.2; h2 refuses an answer with any, and a backend's HTTP/1.1 answer may
+/// have some), a Date, and the body's `length` when it is known and not `end`.
+pub fn head_fields(headers: &mut hyper::HeaderMap, end: bool, length: Option<u64>) {
+    headers::strip_hop_by_hop(headers, false);
+    // Date and Content-Length found in one pass over the names (a lookup hashes its name).
+    let (mut dated, mut sized) = (false, false);
+    for name in headers.keys() {
+        dated |= name == header::DATE;
+        sized |= name == header::CONTENT_LENGTH;
+    }
+    if !dated {
+        headers.insert(header::DATE, date());
+    }
+    if !end
+        && !sized
+        && let Some(length) = length
+    {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     }
 }
 

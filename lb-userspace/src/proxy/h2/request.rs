@@ -1,5 +1,6 @@
 //! A client's HTTP/2 request as the pipeline takes it: its body read under flow control, its
-//! cookies in one field, a padded field value marked malformed, a gRPC call marked.
+//! cookies in one field, a padded field value marked malformed, a gRPC call marked (the head's
+//! marks are HTTP/3's too).
 use std::{
     pin::Pin,
     task::{Context, Poll, ready},
@@ -62,12 +63,23 @@ impl HttpBody for Incoming {
     }
 }
 
-/// A request as the pipeline takes it: a request that ends with its head (most) has an empty
-/// body, which needs no box; its cookies in one field. A field value that begins or ends with a
-/// space or tab makes it malformed (RFC 9113 §8.2.1), which h2 lets through: it is marked for
-/// the guard to refuse (400, logged and counted), as nghttp2, and so Envoy, refuse it. An
-/// HTTP/1.1 backend would read such a value trimmed where the proxy's own steps read it whole.
+/// A request as the pipeline takes it (`marked`): a request that ends with its head (most) has
+/// an empty body, which needs no box.
 pub(super) fn request(mut request: Request<RecvStream>) -> Request<Body> {
+    marked(&mut request);
+    if request.body().is_end_stream() {
+        return request.map(|_| body::empty());
+    }
+    let left = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+    request.map(|recv| Incoming { recv, data_done: false, left }.boxed())
+}
+
+/// An HTTP/2 or HTTP/3 request's head as the pipeline takes it: its cookies in one field, a
+/// gRPC call marked, and a field value that begins or ends with a space or tab marked
+/// malformed (RFC 9113 §8.2.1, RFC 9114 §4.2), which h2 and h3 let through, for the guard to
+/// refuse (400, logged and counted), as nghttp2, and so Envoy, refuse it. An HTTP/1.1 backend
+/// would read such a value trimmed where the proxy's own steps read it whole.
+pub fn marked<T>(request: &mut Request<T>) {
     let (mut cookies, mut padded, mut grpc) = (0, false, false);
     for (name, value) in request.headers() {
         if let (Some(first), Some(last)) = (value.as_bytes().first(), value.as_bytes().last()) {
@@ -85,11 +97,6 @@ pub(super) fn request(mut request: Request<RecvStream>) -> Request<Body> {
     if cookies > 1 {
         join_cookies(request.headers_mut());
     }
-    if request.body().is_end_stream() {
-        return request.map(|_| body::empty());
-    }
-    let left = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
-    request.map(|recv| Incoming { recv, data_done: false, left }.boxed())
 }
 
 /// Joins a request's Cookie fields into one, `; ` between them (RFC 9113 §8.2.3). HTTP/2 lets

@@ -1,0 +1,279 @@
+//! A listener's HTTP/3: its UDP endpoint on each worker, its QUIC connections under the
+//! listener's connection cap, per-client limit and timeouts, each request stream served by the
+//! pipeline in a task of its own, and the drain on stop (GOAWAY at a quiet moment).
+//!
+//! A QUIC connection counts as one connection under `max_connections`, as a TCP one; an idle
+//! one may be evicted for a new one. Its first-byte, keep-alive and stream idle limits are the
+//! listener's, kept by the same watchdog as HTTP/2's, fed by the request streams' frames.
+use std::{net::SocketAddr, sync::Arc};
+
+use rustls_pki_types::CertificateDer;
+
+use super::{Connection, Serving, Shared, Slot, answered, slot};
+use crate::proxy::{
+    access_log::ClientConn,
+    client_cert, h3,
+    idle::{self, Closed},
+};
+
+/// A UDP socket for `address`, one of the workers' (`SO_REUSEPORT`: the kernel keeps a
+/// client's datagrams on one socket by their addresses and ports).
+pub fn socket(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(address), Type::DGRAM, Some(Protocol::UDP))?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    Ok(socket.into())
+}
+
+/// A QUIC endpoint serving `socket` with the listener's TLS and transport.
+pub fn endpoint(
+    socket: std::net::UdpSocket,
+    config: quinn::ServerConfig,
+) -> std::io::Result<quinn::Endpoint> {
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
+#[cfg(test)]
+mod tests;
+
+/// HTTP/3's codes for closing a connection (RFC 9114 §8.1).
+const H3_NO_ERROR: u32 = 0x100;
+const H3_EXCESSIVE_LOAD: u32 = 0x107;
+
+/// Serves HTTP/3 on `endpoint` until `stop` fires; then lets its connections finish their
+/// requests (each sends GOAWAY at a quiet moment) for up to the listener's drain timeout.
+pub(super) async fn serve(serving: Serving, shared: Arc<Shared>, endpoint: quinn::Endpoint) {
+    let serving = Arc::new(serving);
+    let (listener, metrics) = (serving.listener.clone(), serving.forwarder.metrics.clone());
+    let mut stop = serving.stop.clone();
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+        };
+        let Some(permit) = slot(&shared.slots, &shared.registry).await else {
+            metrics.refused(&listener.name);
+            incoming.refuse();
+            continue;
+        };
+        let mut permit = Slot { _permit: permit, _client: None };
+        let client = incoming.remote_address();
+        if !permit.admit(shared.per_client.as_ref(), client.ip()) {
+            metrics.client_limited(&listener.name);
+            incoming.refuse();
+            continue;
+        }
+        let conn = Arc::new(ClientConn::new(client, None, None));
+        let connection = Connection::new(&serving, conn, shared.registry.register(), permit);
+        tokio::spawn(connection.http3(incoming));
+    }
+    // New connections are refused from here; those open finish (`Connection::http3`).
+    endpoint.set_server_config(None);
+    if tokio::time::timeout(listener.drain_timeout, endpoint.wait_idle()).await.is_err() {
+        endpoint.close(H3_NO_ERROR.into(), b"stopping");
+    }
+}
+
+/// What ended a connection's wait for its next request.
+enum Next {
+    Request(Box<h3::Resolver>),
+    Done,
+    Idle(Closed),
+    Stop,
+    Drained,
+}
+
+impl Connection {
+    /// One QUIC connection: its handshake within the listener's timeout, then its requests,
+    /// until either side closes it, its watchdog does, or the listener stops.
+    async fn http3(mut self, incoming: quinn::Incoming) {
+        self.opened();
+        let (listener, metrics) = (self.session.listener.clone(), self.session.forwarder.metrics.clone());
+        let client = self.session.conn.address;
+        let activity = self.registered.activity.clone();
+        let handshake = async move { incoming.accept()?.await };
+        let handshake = idle::unless_evicted(activity.clone(), handshake);
+        let quic = match tokio::time::timeout(listener.handshake_timeout, handshake).await {
+            Ok(Some(Ok(quic))) => {
+                metrics.handshake(&listener.name, "ok");
+                quic
+            }
+            Ok(Some(Err(err))) => {
+                metrics.handshake(&listener.name, "failed");
+                log::debug!("listener {}: QUIC handshake from {client}: {err}", listener.name);
+                return self.closed();
+            }
+            Ok(None) => {
+                metrics.closed_idle(&listener.name, Closed::Evicted.label());
+                return self.closed();
+            }
+            Err(_) => {
+                metrics.handshake(&listener.name, "timeout");
+                log::debug!("listener {}: QUIC handshake from {client} timed out", listener.name);
+                return self.closed();
+            }
+        };
+        self.session.conn = Arc::new(client_conn(&quic, &listener, client));
+        let built = tokio::time::timeout(
+            listener.handshake_timeout,
+            h3::builder(&listener).build(h3_quinn::Connection::new(quic.clone())),
+        )
+        .await;
+        let mut h3 = match built {
+            Ok(Ok(h3)) => h3,
+            Ok(Err(err)) => {
+                log::debug!("listener {}: HTTP/3 connection from {client}: {err}", listener.name);
+                return self.closed();
+            }
+            Err(_) => {
+                log::debug!(
+                    "listener {}: HTTP/3 connection from {client}: no SETTINGS in time",
+                    listener.name
+                );
+                quic.close(H3_EXCESSIVE_LOAD.into(), b"");
+                return self.closed();
+            }
+        };
+        self.serve_requests(&mut h3, &quic).await;
+        quic.close(H3_NO_ERROR.into(), b"");
+        self.closed();
+    }
+
+    /// A connection's requests, each in a task of its own; GOAWAY once the listener stops or
+    /// the connection is past its age, at a quiet moment, then the close once none is in flight.
+    async fn serve_requests(&self, h3: &mut h3::ServerConnection, quic: &quinn::Connection) {
+        let s = &self.session;
+        let activity = &self.registered.activity;
+        let limits = idle::Limits {
+            first_byte: s.listener.first_byte_timeout,
+            keep_alive: s.listener.idle_timeout,
+            stream: s.listener.stream_idle_timeout,
+        };
+        let mut watchdog = std::pin::pin!(idle::watchdog(activity, limits));
+        let mut stop = s.stop.clone();
+        let mut stopping = *stop.borrow();
+        let mut retire = activity.retires_in().map(|after| Box::pin(tokio::time::sleep(after)));
+        // Armed once stopping: GOAWAY at a quiet moment, or shortly before the drain deadline.
+        let mut goaway = None;
+        let mut drained = None;
+        loop {
+            if stopping && goaway.is_none() && drained.is_none() {
+                let latest = tokio::time::Instant::now()
+                    + s.listener.drain_timeout.saturating_sub(idle::GOAWAY_BEFORE_DEADLINE);
+                goaway = Some(Box::pin(activity.quiet(idle::GOAWAY_QUIET, latest)));
+            }
+            let next = tokio::select! {
+                accepted = h3.accept() => match accepted {
+                    Ok(Some(resolver)) => Next::Request(Box::new(resolver)),
+                    Ok(None) => Next::Done,
+                    Err(err) => {
+                        log::debug!("listener {}: HTTP/3 connection from {}: {err}", s.listener.name, s.conn.address);
+                        Next::Done
+                    }
+                },
+                closed = watchdog.as_mut() => Next::Idle(closed),
+                _ = stop.changed(), if !stopping => Next::Stop,
+                _ = async { retire.as_mut().expect("armed").await }, if retire.is_some() && !stopping => {
+                    retire = None;
+                    Next::Stop
+                }
+                _ = async { goaway.as_mut().expect("armed").await }, if goaway.is_some() => {
+                    goaway = None;
+                    // In-flight requests finish; the client opens no more.
+                    let _ = h3.shutdown(0).await;
+                    drained = Some(Box::pin(activity.quiet(std::time::Duration::ZERO, tokio::time::Instant::now() + idle::GOAWAY_BEFORE_DEADLINE)));
+                    continue;
+                }
+                _ = async { drained.as_mut().expect("armed").await }, if drained.is_some() => Next::Drained,
+                _ = quic.closed() => Next::Done,
+            };
+            match next {
+                Next::Request(resolver) => {
+                    tokio::spawn(request(s.clone(), *resolver));
+                }
+                Next::Done | Next::Drained => return,
+                Next::Idle(closed) => {
+                    s.forwarder.metrics.closed_idle(&s.listener.name, closed.label());
+                    return;
+                }
+                Next::Stop => stopping = true,
+            }
+        }
+    }
+}
+
+/// The client as a QUIC handshake shows it: TLS 1.3, its server name, its certificate (on a
+/// listener with `client_ca`), ALPN h3.
+fn client_conn(
+    quic: &quinn::Connection,
+    listener: &crate::config::Listener,
+    client: SocketAddr,
+) -> ClientConn {
+    let sni = quic
+        .handshake_data()
+        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|data| data.server_name);
+    let chain = quic.peer_identity().and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok());
+    let tls = listener.tls.as_ref();
+    let forward_cert = tls.is_some_and(|tls| tls.forward_client_cert);
+    let details = tls.map(|tls| tls.forward_client_cert_details).unwrap_or_default();
+    ClientConn {
+        client_cert: forward_cert.then(|| client_cert::details(chain.as_deref()?, details)).flatten(),
+        client_verified: chain.is_some(),
+        alpn: Some(b"h3"),
+        ..ClientConn::new(client, rustls::ProtocolVersion::TLSv1_3.as_str(), sni)
+    }
+}
+
+/// One request stream: its head within the listener's header timeout, the pipeline, its answer.
+async fn request(s: super::Session, resolver: h3::Resolver) {
+    let (listener, metrics) = (&s.listener, &s.forwarder.metrics);
+    let (head, stream) =
+        match tokio::time::timeout(listener.header_read_timeout, resolver.resolve_request()).await {
+            Ok(Ok(resolved)) => resolved,
+            Ok(Err(err)) => {
+                // h3 has answered 431 or reset the stream (a malformed head); counted as refusals.
+                let status = match err {
+                    ::h3::error::StreamError::HeaderTooBig { .. } => Some(431),
+                    ::h3::error::StreamError::StreamError { code, .. }
+                        if code == ::h3::error::Code::H3_MESSAGE_ERROR =>
+                    {
+                        Some(400)
+                    }
+                    _ => None,
+                };
+                if let Some(status) = status {
+                    metrics.parser_refused(&listener.name, status);
+                }
+                log::debug!("listener {}: HTTP/3 request from {}: {err}", listener.name, s.conn.address);
+                return;
+            }
+            Err(_) => {
+                log::debug!(
+                    "listener {}: HTTP/3 request from {}: no head within {:?}",
+                    listener.name,
+                    s.conn.address,
+                    listener.header_read_timeout
+                );
+                return;
+            }
+        };
+    let (send, recv) = stream.split();
+    let request = h3::request(head, recv, s.activity.clone());
+    let response = answered(&s, request).await;
+    h3::answer(response, send, s.activity.clone()).await;
+}

@@ -1,0 +1,222 @@
+//! HTTP/3 through a listener with `http3`, from quinn's and h3's own client: requests with and
+//! without a body, the fields a backend sees, the refusals, Alt-Svc over TCP, and a full
+//! listener making room by closing an idle QUIC connection.
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use bytes::{Buf, Bytes};
+use http_body_util::BodyExt;
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use super::super::{Shared, serve, serve_http3};
+use crate::{config::Config, proxy::test_bed};
+
+/// A listener's certificate for `a` and 127.0.0.1, in a folder removed when dropped.
+struct Cert {
+    dir: std::path::PathBuf,
+    der: rustls_pki_types::CertificateDer<'static>,
+}
+
+impl Cert {
+    fn new(tag: &str) -> Cert {
+        let dir = std::env::temp_dir().join(format!("sluice-h3-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["a".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        Cert { der: cert.der().clone(), dir }
+    }
+}
+
+impl Drop for Cert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A backend that answers each request with what it saw: `{host} {via} {body length}`.
+async fn backend() -> SocketAddr {
+    test_bed::listening(|stream| async move {
+        let service = service_fn(|request: Request<Incoming>| async move {
+            let field = |name: &str| {
+                request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned()
+            };
+            let (host, via) = (field("host"), field("via"));
+            let body = request.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>(Response::new(http_body_util::Full::new(Bytes::from(format!(
+                "{host} {via} {}",
+                body.len()
+            )))))
+        });
+        let _ =
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+    })
+    .await
+}
+
+/// A listener with `http3` (and `extra` settings) routed to `backend`, serving TCP and UDP on
+/// 127.0.0.1; their addresses.
+async fn start(cert: &Cert, extra: &str, backend: SocketAddr) -> (SocketAddr, SocketAddr, Arc<Shared>) {
+    let text = format!(
+        "[dataplane]\ninterface = \"lo\"\n\
+         [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:443\"\naccess_log = false\n{extra}\n\
+         tls = {{ certificates = [{{ cert = \"{dir}/cert.pem\", key = \"{dir}/key.pem\" }}], http3 = true }}\n\
+         [[pool]]\nname = \"p\"\nport = {port}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
+         [[route]]\nlistener = \"l\"\npool = \"p\"\n",
+        dir = cert.dir.display(),
+        port = backend.port(),
+    );
+    let config = Config::parse(Path::new("t.toml"), &text).unwrap();
+    let listener = config.listeners[0].clone();
+    let certs = crate::proxy::load_certs(&listener, &Default::default()).unwrap();
+    let shared = Shared::new(&listener, certs.as_ref(), 1).unwrap();
+    let (snapshot, forwarder, ejections) = test_bed::forwarding(config);
+    let (never_stops, stop) = tokio::sync::watch::channel(false);
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp_address = tcp.local_addr().unwrap();
+    let udp = super::socket("127.0.0.1:0".parse().unwrap()).unwrap();
+    let endpoint = super::endpoint(udp, shared.quic().cloned().unwrap()).unwrap();
+    let udp_address = endpoint.local_addr().unwrap();
+    let served =
+        serve(listener.clone(), tcp, shared.clone(), snapshot.clone(), forwarder.clone(), stop.clone());
+    let served3 = serve_http3(listener, endpoint, shared.clone(), snapshot, forwarder, stop);
+    tokio::spawn(async move {
+        let _held = (never_stops, ejections);
+        tokio::join!(served, served3);
+    });
+    (tcp_address, udp_address, shared)
+}
+
+type Client = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+
+/// An HTTP/3 client connected to `address`, trusting `cert`; its QUIC connection too.
+async fn connect(address: SocketAddr, cert: &Cert) -> (Client, quinn::Connection) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let quic = endpoint.connect(address, "a").unwrap().await.unwrap();
+    let (mut driver, client) = h3::client::new(h3_quinn::Connection::new(quic.clone())).await.unwrap();
+    tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    (client, quic)
+}
+
+/// Sends `request` with `body` and reads the answer: its status, fields and body.
+async fn ask(client: &mut Client, request: Request<()>, body: &[u8]) -> (Response<()>, String) {
+    let asked = async {
+        let mut stream = client.send_request(request).await.unwrap();
+        if !body.is_empty() {
+            stream.send_data(Bytes::copy_from_slice(body)).await.unwrap();
+        }
+        stream.finish().await.unwrap();
+        let response = stream.recv_response().await.unwrap();
+        let mut got = Vec::new();
+        while let Some(mut chunk) = stream.recv_data().await.unwrap() {
+            got.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+        }
+        (response, String::from_utf8_lossy(&got).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(5), asked).await.expect("an answer within 5 s")
+}
+
+/// A GET over TLS and HTTP/1.1 to `address`; the answer's head.
+async fn over_tcp(address: SocketAddr, cert: &Cert) -> hyper::http::response::Parts {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("a").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp).await.unwrap();
+    let (mut send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(connection);
+    let request = Request::get("/").header("host", "a").body(http_body_util::Empty::<Bytes>::new()).unwrap();
+    send.send_request(request).await.unwrap().into_parts().0
+}
+
+fn get(path: &str) -> hyper::http::request::Builder {
+    Request::get(format!("https://a{path}"))
+}
+
+#[tokio::test]
+async fn requests_over_http3_reach_the_backend_with_its_host_and_via() {
+    let cert = Cert::new("requests");
+    let (tcp, udp, _) = start(&cert, "", backend().await).await;
+    let (mut client, _quic) = connect(udp, &cert).await;
+    let (answer, body) = ask(&mut client, get("/").body(()).unwrap(), b"").await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(body, "a 3 sluice 0", "the backend's view: Host from :authority, Via of HTTP/3");
+    assert!(answer.headers().contains_key("x-request-id"));
+    assert!(answer.headers().contains_key("date"));
+    // A body, on the same connection.
+    let post = Request::post("https://a/up").header("content-length", "5").body(()).unwrap();
+    let (answer, body) = ask(&mut client, post, b"hello").await;
+    assert_eq!((answer.status().as_u16(), body.as_str()), (200, "a 3 sluice 5"));
+    // TCP clients are told of HTTP/3 on the listener's port.
+    let head = over_tcp(tcp, &cert).await;
+    assert_eq!(head.headers.get("alt-svc").unwrap(), "h3=\":443\"; ma=86400");
+    // HTTP/3 answers say it too (a client keeps it fresh).
+    assert_eq!(answer.headers().get("alt-svc").unwrap(), "h3=\":443\"; ma=86400");
+}
+
+#[tokio::test]
+async fn malformed_http3_requests_are_refused() {
+    let cert = Cert::new("refused");
+    let (_, udp, _) = start(&cert, "max_header_bytes = 8192", backend().await).await;
+    let (mut client, _quic) = connect(udp, &cert).await;
+    // A connection-specific field (RFC 9114 §4.2), which a backend could take for framing.
+    let smuggled = get("/").header("transfer-encoding", "chunked").body(()).unwrap();
+    assert_eq!(ask(&mut client, smuggled, b"").await.0.status(), 400);
+    let padded = get("/").header("x-a", " b").body(()).unwrap();
+    assert_eq!(ask(&mut client, padded, b"").await.0.status(), 400);
+    // More fields than the guard allows.
+    let mut many = get("/");
+    for n in 0..150 {
+        many = many.header(format!("x-{n}"), "1");
+    }
+    assert_eq!(ask(&mut client, many.body(()).unwrap(), b"").await.0.status(), 431);
+    // A head over the listener's limit: the client was told it (SETTINGS), and keeps it.
+    let big = get("/").header("x-big", "b".repeat(9000)).body(()).unwrap();
+    let refused = client.send_request(big).await.err().expect("a head over the limit was sent");
+    assert!(matches!(refused, h3::error::StreamError::HeaderTooBig { max_size: 8192, .. }), "{refused}");
+    // The connection still serves.
+    assert_eq!(ask(&mut client, get("/").body(()).unwrap(), b"").await.0.status(), 200);
+}
+
+#[tokio::test]
+async fn a_full_listener_closes_an_idle_quic_connection_for_a_new_one() {
+    let cert = Cert::new("full");
+    let (_, udp, _) = start(&cert, "max_connections = 1", backend().await).await;
+    let (mut first, first_quic) = connect(udp, &cert).await;
+    assert_eq!(ask(&mut first, get("/").body(()).unwrap(), b"").await.0.status(), 200);
+    let (mut second, _quic) = connect(udp, &cert).await;
+    assert_eq!(ask(&mut second, get("/").body(()).unwrap(), b"").await.0.status(), 200);
+    let closed = tokio::time::timeout(Duration::from_secs(2), first_quic.closed()).await;
+    assert!(closed.is_ok(), "the idle connection was not closed");
+}
+
+#[tokio::test]
+async fn a_quiet_quic_connection_closes_at_the_keep_alive_limit() {
+    let cert = Cert::new("idle");
+    let (_, udp, shared) = start(&cert, "idle_timeout_ms = 300", backend().await).await;
+    let (mut client, quic) = connect(udp, &cert).await;
+    assert_eq!(ask(&mut client, get("/").body(()).unwrap(), b"").await.0.status(), 200);
+    let closed = tokio::time::timeout(Duration::from_secs(3), quic.closed()).await;
+    assert!(closed.is_ok(), "still open after 3 s of a 300 ms keep-alive limit");
+    super::super::mutations::all_ended(&shared).await;
+}
