@@ -288,6 +288,42 @@ pub fn grpc_script(name: &str) -> String {
     format!("{}/grpc/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The Python with aioquic that `scripts/setup` installs: a real HTTP/3 client, apart from
+/// lbd's own QUIC and HTTP/3 crates.
+pub const H3_PYTHON: &str = "/usr/local/lib/sluice/h3/bin/python";
+
+/// `requests` (`tests/h3/ask.py`'s JSON objects) over one HTTP/3 connection from `host` to
+/// `address:port`, naming `server_name` and trusting `ca`: each answer's JSON object, in order.
+pub fn h3_ask(
+    host: &Host,
+    address: &str,
+    port: u16,
+    server_name: &str,
+    ca: &Path,
+    requests: &[serde_json::Value],
+) -> Result<Vec<serde_json::Value>> {
+    anyhow::ensure!(Path::new(H3_PYTHON).exists(), "{H3_PYTHON} missing: run scripts/setup");
+    let script = format!("{}/h3/ask.py", env!("CARGO_MANIFEST_DIR"));
+    let (port, ca) = (port.to_string(), ca.to_str().context("CA path")?.to_owned());
+    let requests: Vec<String> = requests.iter().map(serde_json::Value::to_string).collect();
+    let mut args = vec![script.as_str(), address, &port, server_name, &ca];
+    args.extend(requests.iter().map(String::as_str));
+    let out = host.run("timeout", &[&["30", H3_PYTHON][..], &args].concat())?;
+    let answers: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .context("ask.py's answers")?;
+    anyhow::ensure!(
+        answers.len() == requests.len(),
+        "{} answers to {} requests: {answers:?}; {}",
+        answers.len(),
+        requests.len(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(answers)
+}
+
 /// A real gRPC server (grpcio, `tests/grpc/health_server.py`) in a namespace, with grpcio's
 /// health servicer: SERVING until [`GrpcServer::serving`] says otherwise.
 pub struct GrpcServer {

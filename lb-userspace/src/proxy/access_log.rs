@@ -20,7 +20,8 @@ pub struct ClientConn {
     pub tls_version: Option<&'static str>,
     /// The server name the client asked for in its ClientHello.
     pub sni: Option<String>,
-    /// The application protocol its handshake agreed (`h2`, `http/1.1`; None: none, or plain).
+    /// The application protocol its handshake agreed (`h3`, `h2`, `http/1.1`; None: none, or
+    /// plain).
     pub alpn: Option<&'static [u8]>,
     /// Backends' interim answers for the client, taken by the request that was polled as they
     /// came (`interim.rs`).
@@ -50,6 +51,11 @@ impl ClientConn {
 
     pub fn tls(&self) -> bool {
         self.tls_version.is_some()
+    }
+
+    /// The protocol its handshake agreed, as text (the listeners offer only ASCII names).
+    pub fn alpn(&self) -> Option<&'static str> {
+        self.alpn.and_then(|alpn| std::str::from_utf8(alpn).ok())
     }
 }
 
@@ -218,6 +224,9 @@ impl Entry {
         if let Some(version) = conn.tls_version {
             let _ = write!(out, " tls={version} sni=");
             quote_into(out, conn.sni.as_deref().unwrap_or("-"));
+            if let Some(alpn) = conn.alpn() {
+                let _ = write!(out, " alpn={alpn}");
+            }
         }
         if let Some(reason) = self.reason {
             out.push_str(" reason=");
@@ -246,6 +255,7 @@ impl Entry {
             }),
             tls: conn.tls_version,
             sni: conn.tls_version.map(|_| conn.sni.as_deref().unwrap_or("-")),
+            alpn: conn.alpn(),
             reason: self.reason,
         };
         serde_json::to_string(&line).unwrap_or_default()
@@ -277,6 +287,9 @@ struct JsonLine<'a> {
     tls: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sni: Option<&'a str>,
+    /// The protocol the TLS handshake agreed (`h3`, `h2`, `http/1.1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alpn: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
 }
@@ -327,6 +340,7 @@ fn refused_into(out: &mut String, conn: &ClientConn, status: u16, reason: &str, 
                 request: None,
                 tls: None,
                 sni: None,
+                alpn: None,
                 reason: Some(reason),
             };
             out.push_str(&serde_json::to_string(&line).unwrap_or_default());
@@ -379,8 +393,10 @@ mod tests {
 
     #[test]
     fn the_line_names_every_field_once() {
-        let conn =
-            ClientConn::new("192.0.2.1:5000".parse().unwrap(), Some("TLSv1_3"), Some("example.test".into()));
+        let conn = ClientConn {
+            alpn: Some(b"h3"),
+            ..ClientConn::new("192.0.2.1:5000".parse().unwrap(), Some("TLSv1_3"), Some("example.test".into()))
+        };
         let entry = Entry {
             started: Instant::now(),
             method: "GET".into(),
@@ -402,7 +418,10 @@ mod tests {
         let status: Vec<_> = keys.iter().filter(|(k, _)| k == "status").collect();
         assert_eq!(status.len(), 1, "{line}");
         assert_eq!(status[0].1, "200");
-        assert!(line.contains("bytes=42 ") && line.contains("tls=TLSv1_3 sni=example.test"), "{line}");
+        assert!(
+            line.contains("bytes=42 ") && line.contains("tls=TLSv1_3 sni=example.test alpn=h3"),
+            "{line}"
+        );
         assert!(line.contains("request_id=\"abc status=500\" user=\"ann status=500\""), "{line}");
         assert!(line.starts_with("client=192.0.2.1:5000 host="), "{line}");
         // What the client sent, quoted; what it did not, left out.
@@ -419,6 +438,7 @@ mod tests {
             (v["client"].as_str(), v["peer"].as_str()),
             (Some("198.51.100.7"), Some("192.0.2.1:5000"))
         );
+        assert_eq!(v["alpn"].as_str(), Some("h3"));
     }
 
     #[test]
