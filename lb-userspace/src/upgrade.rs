@@ -1,11 +1,11 @@
 //! Binary upgrade without a lost connection (SIGUSR2, nginx's signal for it, or `lbctl
 //! upgrade`): the running lbd starts the binary found at its own path with its own arguments,
 //! and hands it, over a unix socket (SCM_RIGHTS, as Sozu, Pingora and Envoy's hot restart do),
-//! the pin directory's lock, the admin and metrics sockets and every listening socket. The new
-//! lbd adopts the pinned XDP state, serves on the same sockets (nothing is closed, so nothing
-//! queued in them is lost), says READY, and answers `ready` on the socket; the old one then
-//! stops accepting, drains and exits, sending the new one its proxy counters last (so they
-//! continue, the requests it drained included). A new binary that fails (bad config, cannot
+//! the pin directory's lock, the admin and metrics sockets and every listening socket (HTTP/3's
+//! UDP ones too). The new lbd adopts the pinned XDP state, serves on the same sockets (nothing
+//! is closed, so nothing queued in them is lost), says READY, and answers `ready` on the
+//! socket; the old one then stops accepting, drains and exits, sending the new one its proxy
+//! counters last (so they continue, the requests it drained included). A new binary that fails (bad config, cannot
 //! start, no `ready` within `READY_TIMEOUT`) is stopped, and the old one keeps serving.
 use std::{
     collections::HashMap,
@@ -64,6 +64,10 @@ struct Manifest {
     metrics: bool,
     /// Each listening address and how many sockets it has (one per worker).
     listeners: Vec<(SocketAddr, usize)>,
+    /// Each HTTP/3 listener's address and how many UDP sockets it has (one per worker); none
+    /// from an lbd older than HTTP/3.
+    #[serde(default)]
+    datagrams: Vec<(SocketAddr, usize)>,
 }
 
 /// What a running lbd can hand over: its own duplicates of the descriptors, kept from the
@@ -74,6 +78,7 @@ pub struct Handover {
     pub admin: Option<OwnedFd>,
     pub metrics: Option<OwnedFd>,
     pub listeners: Vec<(SocketAddr, Vec<OwnedFd>)>,
+    pub datagrams: Vec<(SocketAddr, Vec<OwnedFd>)>,
 }
 
 /// Duplicates a descriptor to keep for a handover.
@@ -176,11 +181,13 @@ fn send(socket: &UnixStream, handover: &Handover) -> Result<(), UpgradeError> {
         admin: handover.admin.is_some(),
         metrics: handover.metrics.is_some(),
         listeners: handover.listeners.iter().map(|(a, fds)| (*a, fds.len())).collect(),
+        datagrams: handover.datagrams.iter().map(|(a, fds)| (*a, fds.len())).collect(),
     };
     let fds: Vec<RawFd> = [&handover.lock, &handover.admin, &handover.metrics]
         .into_iter()
         .flatten()
         .chain(handover.listeners.iter().flat_map(|(_, fds)| fds))
+        .chain(handover.datagrams.iter().flat_map(|(_, fds)| fds))
         .map(AsRawFd::as_raw_fd)
         .collect();
     if fds.len() > MAX_FDS {
@@ -204,6 +211,7 @@ pub struct Inherited {
     pub admin: Option<OwnedFd>,
     pub metrics: Option<OwnedFd>,
     pub listeners: HashMap<SocketAddr, Vec<OwnedFd>>,
+    pub datagrams: HashMap<SocketAddr, Vec<OwnedFd>>,
     channel: UnixStream,
 }
 
@@ -240,12 +248,16 @@ impl Inherited {
         let lock = if manifest.lock { Some(next()?) } else { None };
         let admin = if manifest.admin { Some(next()?) } else { None };
         let metrics = if manifest.metrics { Some(next()?) } else { None };
-        let mut listeners = HashMap::new();
-        for (address, count) in manifest.listeners {
-            let sockets = (0..count).map(|_| next()).collect::<Result<Vec<_>, _>>()?;
-            listeners.insert(address, sockets);
-        }
-        Ok(Inherited { lock, admin, metrics, listeners, channel })
+        let mut by_address = |listed: Vec<(SocketAddr, usize)>| -> Result<_, UpgradeError> {
+            let mut sockets = HashMap::new();
+            for (address, count) in listed {
+                sockets.insert(address, (0..count).map(|_| next()).collect::<Result<Vec<_>, _>>()?);
+            }
+            Ok(sockets)
+        };
+        let listeners = by_address(manifest.listeners)?;
+        let datagrams = by_address(manifest.datagrams)?;
+        Ok(Inherited { lock, admin, metrics, listeners, datagrams, channel })
     }
 
     /// Tells the old lbd that this one serves: it stops accepting and drains. The answer waits
@@ -322,6 +334,7 @@ mod tests {
             (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
         let address = listeners[0].local_addr().unwrap();
         let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let handover = Handover {
             lock: None,
             admin: None,
@@ -330,6 +343,7 @@ mod tests {
                 address,
                 listeners.iter().map(|l| keep(std::os::fd::AsFd::as_fd(l)).unwrap()).collect(),
             )],
+            datagrams: vec![(udp.local_addr().unwrap(), vec![keep(std::os::fd::AsFd::as_fd(&udp)).unwrap()])],
         };
         let (ours, theirs) = UnixStream::pair().unwrap();
         send(&ours, &handover).unwrap();
@@ -344,6 +358,15 @@ mod tests {
         let _client = std::net::TcpStream::connect(address).unwrap();
         first.set_nonblocking(false).unwrap();
         assert!(first.accept().is_ok());
+        // An HTTP/3 listener's UDP socket, the very one too: a datagram to it is read there.
+        let datagram =
+            std::net::UdpSocket::from(got.datagrams.remove(&udp.local_addr().unwrap()).unwrap().remove(0));
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .send_to(b"quic", udp.local_addr().unwrap())
+            .unwrap();
+        let mut read = [0u8; 8];
+        assert_eq!(datagram.recv(&mut read).unwrap(), 4);
         let predecessor = got.ready().unwrap();
         let mut answer = [0u8; 6];
         (&ours).read_exact(&mut answer).unwrap();

@@ -2,7 +2,10 @@
 //! from lbd's own stack (aioquic): requests spread over the pool on one QUIC connection, the
 //! fields backends see, a malformed request refused, TCP clients told by Alt-Svc, the log, the
 //! metrics and `lbctl`; and a graceful stop that lets an HTTP/3 request finish.
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Result, ensure};
 use serde_json::{Value, json};
@@ -169,5 +172,38 @@ fn root_http3_a_stopping_lbd_lets_an_http3_request_finish() -> Result<()> {
     ensure!(answers[0]["status"] == 200, "{:?}", answers[0]);
     let length = answers[0]["body"].as_str().map_or(0, str::len);
     ensure!(length == 120 * 1024, "the answer was cut at {length} bytes");
+    Ok(())
+}
+
+#[test]
+fn root_http3_across_an_upgrade_a_download_finishes_and_new_connections_are_served() -> Result<()> {
+    let mut bed = Bed::new("h3-upgrade")?;
+    // A download in flight on the old lbd's QUIC connection (/slow: ~3 s).
+    let downloading = {
+        let (client, ca) = (bed.topology.client.clone(), bed.ca.cert.clone());
+        std::thread::spawn(move || {
+            h3_ask(&client, VIP, 443, "example.test", &ca, &[json!({ "path": "/slow" })])
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let old = bed.lbd.pid();
+    bed.lbd.upgrade()?;
+    ensure!(bed.lbd.pid() != old, "no new lbd");
+    // While the old lbd drains (both read the handed-over UDP sockets), new connections, each
+    // from a port of its own, are served.
+    for n in 0..12 {
+        let answer = bed.ask(&[json!({ "path": "/echo" })])?;
+        ensure!(answer[0]["status"] == 200, "connection {n} after the upgrade: {answer:?}");
+    }
+    ensure!(
+        Path::new(&format!("/proc/{old}")).exists(),
+        "the old lbd ended before the check: it proves nothing"
+    );
+    let downloaded = downloading.join().map_err(|_| anyhow::anyhow!("the client's thread panicked"))??;
+    ensure!(downloaded[0]["status"] == 200, "{:?}", downloaded[0]);
+    let length = downloaded[0]["body"].as_str().map_or(0, str::len);
+    ensure!(length == 120 * 1024, "the download was cut at {length} bytes");
+    bed.lbd.wait_predecessor(Duration::from_secs(10))?;
+    ensure!(bed.ask(&[json!({ "path": "/" })])?[0]["status"] == 200);
     Ok(())
 }

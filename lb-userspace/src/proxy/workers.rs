@@ -70,14 +70,15 @@ fn defer_accept(socket: &std::net::TcpListener, on: bool) -> std::io::Result<()>
 }
 
 /// Binds `workers` sockets for `listener` (must run inside a tokio runtime), or takes the
-/// ones an old lbd `handed` over (`upgrade.rs`). A port another process holds fails here,
+/// ones an old lbd `handed` over (`upgrade.rs`): TCP ones, and UDP ones for HTTP/3. A port another process holds fails here,
 /// before READY: the first socket is bound without `SO_REUSEPORT` to find out, then let go.
 pub fn bind(
     listener: Listener,
     certs: Option<Arc<tls::Resolver>>,
     workers: usize,
-    handed: Option<Vec<std::os::fd::OwnedFd>>,
+    handed: (Option<Vec<std::os::fd::OwnedFd>>, Option<Vec<std::os::fd::OwnedFd>>),
 ) -> Result<Bound, ProxyError> {
+    let (handed, handed_datagrams) = handed;
     let address = listener.address;
     let bind_error = |error| ProxyError::Bind { address, error };
     let sockets: Vec<std::net::TcpListener> = match handed {
@@ -92,21 +93,22 @@ pub fn bind(
     for socket in &sockets {
         defer_accept(socket, listener.defer_accept).map_err(bind_error)?;
     }
-    // Bound afresh, also at an upgrade: the old lbd's UDP sockets are not handed over (its
-    // QUIC connections end with it; see docs/operations.md).
-    let datagrams = match listener.tls.as_ref().and_then(|tls| tls.http3.as_ref()) {
-        Some(_) => (0..sockets.len())
+    let datagrams = match (listener.tls.as_ref().and_then(|tls| tls.http3.as_ref()), handed_datagrams) {
+        (None, _) => Vec::new(),
+        (Some(_), Some(handed)) => handed.into_iter().map(std::net::UdpSocket::from).collect(),
+        (Some(_), None) => (0..sockets.len())
             .map(|_| server::http3::socket(address).map_err(bind_error))
             .collect::<Result<_, _>>()?,
-        None => Vec::new(),
     };
     Ok(Bound { listener, certs, sockets, datagrams })
 }
 
 impl Bound {
-    /// Duplicates of the sockets, kept for an upgrade's handover.
-    pub fn keep(&self) -> std::io::Result<Vec<std::os::fd::OwnedFd>> {
-        self.sockets.iter().map(|s| std::os::fd::AsFd::as_fd(s).try_clone_to_owned()).collect()
+    /// Duplicates of the sockets (TCP, then UDP), kept for an upgrade's handover.
+    pub fn keep(&self) -> std::io::Result<(Vec<std::os::fd::OwnedFd>, Vec<std::os::fd::OwnedFd>)> {
+        let tcp = self.sockets.iter().map(|s| std::os::fd::AsFd::as_fd(s).try_clone_to_owned());
+        let udp = self.datagrams.iter().map(|s| std::os::fd::AsFd::as_fd(s).try_clone_to_owned());
+        Ok((tcp.collect::<Result<_, _>>()?, udp.collect::<Result<_, _>>()?))
     }
 }
 
@@ -268,11 +270,11 @@ mod tests {
     #[tokio::test]
     async fn listeners_defer_accept_as_configured_handed_over_ones_too() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let bound = bind(listener(port, ""), None, 2, None).unwrap();
+        let bound = bind(listener(port, ""), None, 2, (None, None)).unwrap();
         assert!(bound.sockets.iter().all(|s| deferred(s) > 0), "not deferred by default");
         // An upgrade hands the sockets to a config that turns it off.
-        let handed = bound.keep().unwrap();
-        let rebound = bind(listener(port, "defer_accept = false\n"), None, 2, Some(handed)).unwrap();
+        let (handed, _) = bound.keep().unwrap();
+        let rebound = bind(listener(port, "defer_accept = false\n"), None, 2, (Some(handed), None)).unwrap();
         assert!(rebound.sockets.iter().all(|s| deferred(s) == 0), "still deferred");
     }
 }

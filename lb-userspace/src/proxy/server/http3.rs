@@ -52,6 +52,14 @@ const H3_EXCESSIVE_LOAD: u32 = 0x107;
 
 /// Serves HTTP/3 on `endpoint` until `stop` fires; then lets its connections finish their
 /// requests (each sends GOAWAY at a quiet moment) for up to the listener's drain timeout.
+///
+/// After an upgrade the new lbd reads the same UDP sockets (handed over), and each datagram
+/// goes to whichever lbd reads first: nothing steers a QUIC connection's datagrams to the lbd
+/// that holds it (that takes a BPF program choosing the socket by connection ID, as nginx's
+/// `quic_bpf`). Each side drops what it gets for the other (the new lbd's stateless resets
+/// carry tokens the clients do not know), and QUIC sends it again: the draining connections
+/// finish, more slowly, and new handshakes that reach the old lbd first are retried within a
+/// few hundred milliseconds (docs/operations.md).
 pub(super) async fn serve(serving: Serving, shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     let serving = Arc::new(serving);
     let (listener, metrics) = (serving.listener.clone(), serving.forwarder.metrics.clone());
