@@ -372,6 +372,20 @@ pub struct Tls {
 pub struct Http3 {
     /// `h3=":PORT"; ma=SECONDS`, added to every answer over TCP; None: not said (`alt_svc_max_age_s = 0`).
     pub alt_svc: Option<hyper::header::HeaderValue>,
+    /// When a new QUIC connection must first prove its address with a Retry.
+    pub retry: Http3Retry,
+}
+
+/// When a QUIC handshake gets a Retry (RFC 9000 §8.1.2): its client must echo a token to show
+/// that it receives at its source address, which costs a round trip, and a flood of Initials
+/// from spoofed addresses nothing but the Retries (HAProxy's `quic-force-retry` and
+/// `tune.quic.retry-threshold`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Http3Retry {
+    /// Once more handshakes are in progress than `server::http3::RETRY_THRESHOLD`.
+    #[default]
+    UnderLoad,
+    Always,
 }
 
 /// The client certificate's PEM in X-Forwarded-Client-Cert (Envoy's

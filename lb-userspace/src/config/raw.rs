@@ -82,6 +82,7 @@ pub(super) struct RawTls {
     #[serde(default)]
     pub(super) http3: bool,
     pub(super) alt_svc_max_age_s: Option<Spanned<u64>>,
+    pub(super) http3_retry: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1482,7 +1482,18 @@ fn http3_is_told_by_alt_svc_and_needs_quic_s_suite_and_no_proxy_protocol() {
         Some("h3=\":8443\"; ma=300")
     );
     assert_eq!(alt_svc(&listener("http3 = true, alt_svc_max_age_s = 0", "")), None);
+    assert_eq!(http3(&listener("http3 = true", "")).unwrap().retry, Http3Retry::UnderLoad);
+    assert_eq!(
+        http3(&listener("http3 = true, http3_retry = \"always\"", "")).unwrap().retry,
+        Http3Retry::Always
+    );
     for (tls, extra, error) in [
+        ("http3_retry = \"always\"", "", "http3_retry needs http3 = true"),
+        (
+            "http3 = true, http3_retry = \"sometimes\"",
+            "",
+            "http3_retry: \"sometimes\" is not `under_load` or `always`",
+        ),
         ("alt_svc_max_age_s = 60", "", "alt_svc_max_age_s needs http3 = true"),
         ("http3 = true", "proxy_protocol = true\n", "http3 and proxy_protocol: QUIC carries no PROXY header"),
         (

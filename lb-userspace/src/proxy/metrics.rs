@@ -58,6 +58,8 @@ pub struct ProxyMetrics {
     parser_refused: Family<Labels, Counter>,
     proxy_header_refused: Family<Labels, Counter>,
     client_limited: Family<Labels, Counter>,
+    /// QUIC handshakes asked to prove their address first (a Retry).
+    quic_retries: Family<Labels, Counter>,
     /// Connections to backends that could not be made, by pool, backend and reason.
     connect_failed: Family<Labels, Counter>,
     /// The (pool, backend) pairs `connect_failed` holds series of, for `retain`.
@@ -89,6 +91,7 @@ impl Default for ProxyMetrics {
             parser_refused: Family::default(),
             proxy_header_refused: Family::default(),
             client_limited: Family::default(),
+            quic_retries: Family::default(),
             connect_failed: Family::default(),
             connect_failed_seen: Arc::default(),
             counted: Arc::default(),
@@ -199,6 +202,9 @@ impl ProxyMetrics {
                 }
                 "http_client_limited_connections_total" => {
                     self.client_limited.get_or_create(&listener().collect()).inc_by(n);
+                }
+                "quic_retries_total" => {
+                    self.quic_retries.get_or_create(&listener().collect()).inc_by(n);
                 }
                 "http_proxy_protocol_refused_total" => {
                     let l: Labels = listener().chain(owned(&labels, "reason")).collect();
@@ -374,6 +380,11 @@ impl ProxyMetrics {
             .inc();
     }
 
+    /// A QUIC handshake answered with a Retry, so that its client proves its address.
+    pub fn quic_retry(&self, listener: &str) {
+        self.quic_retries.get_or_create(&vec![("listener", listener.to_owned())]).inc();
+    }
+
     /// A connection closed at once because its client had `max_connections_per_client` open.
     pub fn client_limited(&self, listener: &str) {
         self.client_limited.get_or_create(&vec![("listener", listener.to_owned())]).inc();
@@ -428,6 +439,11 @@ impl ProxyMetrics {
             "http_parser_refused",
             "Requests refused by the HTTP parser, by status",
             self.parser_refused.clone(),
+        );
+        registry.register(
+            "quic_retries",
+            "QUIC handshakes answered with a Retry, for their clients to prove their addresses",
+            self.quic_retries.clone(),
         );
         registry.register(
             "http_client_limited_connections",
@@ -485,6 +501,7 @@ mod tests {
         }
         old.request(route.clone(), pool.clone(), backend.clone(), 503, None);
         old.handshake("https", "ok");
+        old.quic_retry("https");
         old.connect_failed("web", "10.0.0.1:80", "tls");
         let new = ProxyMetrics::default();
         new.connect_failed("web", "10.0.0.1:80", "tls");
@@ -495,6 +512,7 @@ mod tests {
         assert!(requests.iter().any(|l| l.contains("class=\"2xx\"") && l.ends_with(" 4")), "{text}");
         assert!(requests.iter().any(|l| l.contains("class=\"5xx\"") && l.ends_with(" 1")), "{text}");
         assert!(text.lines().any(|l| l.starts_with("tls_handshakes_total") && l.ends_with(" 1")), "{text}");
+        assert!(text.contains("quic_retries_total{listener=\"https\"} 1"), "{text}");
         let failed =
             "http_upstream_connect_failures_total{pool=\"web\",backend=\"10.0.0.1:80\",reason=\"tls\"} 2";
         assert!(text.contains(failed), "{text}");

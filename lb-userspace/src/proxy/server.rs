@@ -139,6 +139,8 @@ pub struct Shared {
     /// HTTP/3's TLS and transport, on a listener with `http3` (one config: a session resumes
     /// on any worker).
     quic: Option<quinn::ServerConfig>,
+    /// QUIC handshakes in progress (`http3::RETRY_THRESHOLD`).
+    quic_handshaking: AtomicUsize,
     /// Open connections by client, with `max_connections_per_client`.
     per_client: Option<Arc<client_limit::ClientCounts>>,
     accepting: AtomicUsize,
@@ -173,6 +175,7 @@ impl Shared {
             registry: Arc::new(Registry::default()),
             acceptor,
             quic,
+            quic_handshaking: AtomicUsize::new(0),
             per_client: listener
                 .max_connections_per_client
                 .map(|limit| client_limit::ClientCounts::new(limit, listener.client_ipv6_prefix)),

@@ -146,7 +146,8 @@ fn tls(
     let client_ca = raw.client_ca.map(resolve);
     let cipher_suites =
         raw.cipher_suites.map(|listed| cipher_suites(&listed, name, errors)).unwrap_or_default();
-    let http3 = http3(raw.http3, raw.alt_svc_max_age_s, listener, port, &cipher_suites, errors);
+    let http3 =
+        http3(raw.http3, (raw.alt_svc_max_age_s, raw.http3_retry), listener, port, &cipher_suites, errors);
     let acme = raw.acme.map(|acme| self::acme(acme, name, resolve, errors));
     if certificates.is_empty() && acme.is_none() {
         errors
@@ -239,7 +240,7 @@ const ALT_SVC_MAX_AGE_S: u64 = 86_400;
 /// TLS13_AES_128_GCM_SHA256 (RFC 9001 §5.2), so a list of suites must have it.
 fn http3(
     on: bool,
-    max_age_s: Option<Spanned<u64>>,
+    (max_age_s, retry): (Option<Spanned<u64>>, Option<Spanned<String>>),
     listener: &Spanned<String>,
     port: u16,
     suites: &[rustls::SupportedCipherSuite],
@@ -250,8 +251,21 @@ fn http3(
         if let Some(age) = &max_age_s {
             errors.at(age.span(), format!("listener `{name}`: alt_svc_max_age_s needs http3 = true"));
         }
+        if let Some(retry) = &retry {
+            errors.at(retry.span(), format!("listener `{name}`: http3_retry needs http3 = true"));
+        }
         return None;
     }
+    let retry = match retry.as_ref().map(|r| r.get_ref().as_str()) {
+        None | Some("under_load") => Http3Retry::UnderLoad,
+        Some("always") => Http3Retry::Always,
+        Some(other) => {
+            let at = retry.as_ref().map(Spanned::span).unwrap_or_default();
+            errors
+                .at(at, format!("listener `{name}`: http3_retry: {other:?} is not `under_load` or `always`"));
+            Http3Retry::UnderLoad
+        }
+    };
     let aes_128 = rustls::CipherSuite::TLS13_AES_128_GCM_SHA256;
     if !suites.is_empty() && !suites.iter().any(|s| s.suite() == aes_128) {
         errors.at(
@@ -264,7 +278,7 @@ fn http3(
         hyper::header::HeaderValue::from_str(&format!("h3=\":{port}\"; ma={age}"))
             .expect("digits and quotes are a field value")
     });
-    Some(Http3 { alt_svc })
+    Some(Http3 { alt_svc, retry })
 }
 
 /// A listener's ACME settings: an https directory, the terms accepted, DNS names, the state

@@ -5,15 +5,21 @@
 //! A QUIC connection counts as one connection under `max_connections`, as a TCP one; an idle
 //! one may be evicted for a new one. Its first-byte, keep-alive and stream idle limits are the
 //! listener's, kept by the same watchdog as HTTP/2's, fed by the request streams' frames.
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+};
 
 use rustls_pki_types::CertificateDer;
 
 use super::{Connection, Serving, Shared, Slot, answered, slot};
-use crate::proxy::{
-    access_log::ClientConn,
-    client_cert, h3,
-    idle::{self, Closed},
+use crate::{
+    config::Http3Retry,
+    proxy::{
+        access_log::ClientConn,
+        client_cert, h3,
+        idle::{self, Closed},
+    },
 };
 
 /// A UDP socket for `address`, one of the workers' (`SO_REUSEPORT`: the kernel keeps a
@@ -63,6 +69,9 @@ const H3_EXCESSIVE_LOAD: u32 = 0x107;
 pub(super) async fn serve(serving: Serving, shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     let serving = Arc::new(serving);
     let (listener, metrics) = (serving.listener.clone(), serving.forwarder.metrics.clone());
+    let retry = Retry(
+        listener.tls.as_ref().and_then(|tls| tls.http3.as_ref()).map(|h3| h3.retry).unwrap_or_default(),
+    );
     let mut stop = serving.stop.clone();
     loop {
         let incoming = tokio::select! {
@@ -73,6 +82,14 @@ pub(super) async fn serve(serving: Serving, shared: Arc<Shared>, endpoint: quinn
                 None => break,
             },
         };
+        if !incoming.remote_address_validated() && retry.wanted(&shared) {
+            metrics.quic_retry(&listener.name);
+            // Err: the Initial cannot get a Retry (it carried one's token, which did not hold).
+            if let Err(err) = incoming.retry() {
+                err.into_incoming().refuse();
+            }
+            continue;
+        }
         let Some(permit) = slot(&shared.slots, &shared.registry).await else {
             metrics.refused(&listener.name);
             incoming.refuse();
@@ -87,12 +104,47 @@ pub(super) async fn serve(serving: Serving, shared: Arc<Shared>, endpoint: quinn
         }
         let conn = Arc::new(ClientConn::new(client, None, None));
         let connection = Connection::new(&serving, conn, shared.registry.register(), permit);
-        tokio::spawn(connection.http3(incoming));
+        tokio::spawn(connection.http3(incoming, Handshaking::new(&shared)));
     }
     // New connections are refused from here; those open finish (`Connection::http3`).
     endpoint.set_server_config(None);
     if tokio::time::timeout(listener.drain_timeout, endpoint.wait_idle()).await.is_err() {
         endpoint.close(H3_NO_ERROR.into(), b"stopping");
+    }
+}
+
+/// More QUIC handshakes in progress on a listener (all its workers) than this, and new ones
+/// get a Retry first (`http3_retry = "under_load"`): each holds a connection slot until it
+/// ends or times out, and a flood of Initials from spoofed addresses would take them all.
+/// HAProxy's `tune.quic.retry-threshold` is 100 too.
+pub const RETRY_THRESHOLD: usize = 100;
+
+/// A listener's Retry policy.
+struct Retry(Http3Retry);
+
+impl Retry {
+    /// Whether a new connection whose address is not proved must prove it first.
+    fn wanted(&self, shared: &Shared) -> bool {
+        match self.0 {
+            Http3Retry::Always => true,
+            Http3Retry::UnderLoad => shared.quic_handshaking.load(Ordering::Relaxed) >= RETRY_THRESHOLD,
+        }
+    }
+}
+
+/// A QUIC handshake in progress, counted on its listener until dropped.
+struct Handshaking(Arc<Shared>);
+
+impl Handshaking {
+    fn new(shared: &Arc<Shared>) -> Handshaking {
+        shared.quic_handshaking.fetch_add(1, Ordering::Relaxed);
+        Handshaking(shared.clone())
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.quic_handshaking.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -108,14 +160,16 @@ enum Next {
 impl Connection {
     /// One QUIC connection: its handshake within the listener's timeout, then its requests,
     /// until either side closes it, its watchdog does, or the listener stops.
-    async fn http3(mut self, incoming: quinn::Incoming) {
+    async fn http3(mut self, incoming: quinn::Incoming, handshaking: Handshaking) {
         self.opened();
         let (listener, metrics) = (self.session.listener.clone(), self.session.forwarder.metrics.clone());
         let client = self.session.conn.address;
         let activity = self.registered.activity.clone();
         let handshake = async move { incoming.accept()?.await };
         let handshake = idle::unless_evicted(activity.clone(), handshake);
-        let quic = match tokio::time::timeout(listener.handshake_timeout, handshake).await {
+        let handshake = tokio::time::timeout(listener.handshake_timeout, handshake).await;
+        drop(handshaking);
+        let quic = match handshake {
             Ok(Some(Ok(quic))) => {
                 metrics.handshake(&listener.name, "ok");
                 quic

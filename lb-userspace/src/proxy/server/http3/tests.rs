@@ -60,10 +60,21 @@ async fn backend() -> SocketAddr {
 /// A listener with `http3` (and `extra` settings) routed to `backend`, serving TCP and UDP on
 /// 127.0.0.1; their addresses.
 async fn start(cert: &Cert, extra: &str, backend: SocketAddr) -> (SocketAddr, SocketAddr, Arc<Shared>) {
+    let (tcp, udp, shared, _) = start_with(cert, extra, "", backend).await;
+    (tcp, udp, shared)
+}
+
+/// `start`, with `tls` settings beside the certificate and `http3 = true`; its forwarder too.
+async fn start_with(
+    cert: &Cert,
+    extra: &str,
+    tls: &str,
+    backend: SocketAddr,
+) -> (SocketAddr, SocketAddr, Arc<Shared>, Arc<crate::proxy::pipeline::Forwarder>) {
     let text = format!(
         "[dataplane]\ninterface = \"lo\"\n\
          [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:443\"\naccess_log = false\n{extra}\n\
-         tls = {{ certificates = [{{ cert = \"{dir}/cert.pem\", key = \"{dir}/key.pem\" }}], http3 = true }}\n\
+         tls = {{ certificates = [{{ cert = \"{dir}/cert.pem\", key = \"{dir}/key.pem\" }}], http3 = true{tls} }}\n\
          [[pool]]\nname = \"p\"\nport = {port}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
          [[route]]\nlistener = \"l\"\npool = \"p\"\n",
         dir = cert.dir.display(),
@@ -82,12 +93,12 @@ async fn start(cert: &Cert, extra: &str, backend: SocketAddr) -> (SocketAddr, So
     let udp_address = endpoint.local_addr().unwrap();
     let served =
         serve(listener.clone(), tcp, shared.clone(), snapshot.clone(), forwarder.clone(), stop.clone());
-    let served3 = serve_http3(listener, endpoint, shared.clone(), snapshot, forwarder, stop);
+    let served3 = serve_http3(listener, endpoint, shared.clone(), snapshot, forwarder.clone(), stop);
     tokio::spawn(async move {
         let _held = (never_stops, ejections);
         tokio::join!(served, served3);
     });
-    (tcp_address, udp_address, shared)
+    (tcp_address, udp_address, shared, forwarder)
 }
 
 type Client = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
@@ -219,4 +230,46 @@ async fn a_quiet_quic_connection_closes_at_the_keep_alive_limit() {
     let closed = tokio::time::timeout(Duration::from_secs(3), quic.closed()).await;
     assert!(closed.is_ok(), "still open after 3 s of a 300 ms keep-alive limit");
     super::super::mutations::all_ended(&shared).await;
+}
+
+#[tokio::test]
+async fn a_listener_that_always_retries_serves_clients_that_prove_their_address() {
+    let cert = Cert::new("retry");
+    let (_, udp, _, forwarder) = start_with(&cert, "", ", http3_retry = \"always\"", backend().await).await;
+    let (mut client, _quic) = connect(udp, &cert).await;
+    assert_eq!(ask(&mut client, get("/").body(()).unwrap(), b"").await.0.status(), 200);
+    let text = forwarder.metrics.text();
+    assert!(text.contains("quic_retries_total{listener=\"l\"} 1"), "{text}");
+    assert!(text.contains("tls_handshakes_total{listener=\"l\",result=\"ok\"} 1"), "{text}");
+}
+
+#[tokio::test]
+async fn under_load_only_a_listener_with_many_handshakes_in_progress_retries() {
+    let cert = Cert::new("no-retry");
+    let (_, udp, shared, forwarder) = start_with(&cert, "", "", backend().await).await;
+    let (mut client, _quic) = connect(udp, &cert).await;
+    assert_eq!(ask(&mut client, get("/").body(()).unwrap(), b"").await.0.status(), 200);
+    assert!(!forwarder.metrics.text().contains("quic_retries_total{"), "a Retry with no load");
+    // As if RETRY_THRESHOLD handshakes were under way (a flood of Initials).
+    let flood: Vec<_> = (0..super::RETRY_THRESHOLD).map(|_| super::Handshaking::new(&shared)).collect();
+    let (mut client, _quic) = connect(udp, &cert).await;
+    assert_eq!(ask(&mut client, get("/").body(()).unwrap(), b"").await.0.status(), 200);
+    drop(flood);
+    let text = forwarder.metrics.text();
+    assert!(text.contains("quic_retries_total{listener=\"l\"} 1"), "{text}");
+}
+
+#[tokio::test]
+async fn a_body_over_the_listener_s_limit_is_refused_with_or_without_its_length() {
+    let cert = Cert::new("body");
+    let (_, udp, _) = start(&cert, "max_body_bytes = 1000", backend().await).await;
+    let (mut client, _quic) = connect(udp, &cert).await;
+    let said = Request::post("https://a/").header("content-length", "5000").body(()).unwrap();
+    assert_eq!(ask(&mut client, said, &[b'x'; 5000]).await.0.status(), 413);
+    let (mut client, _quic) = connect(udp, &cert).await;
+    let unsaid = Request::post("https://a/").body(()).unwrap();
+    assert_eq!(ask(&mut client, unsaid, &[b'x'; 5000]).await.0.status(), 413);
+    let small = Request::post("https://a/").body(()).unwrap();
+    let (answer, body) = ask(&mut client, small, &[b'x'; 900]).await;
+    assert_eq!((answer.status().as_u16(), body.as_str()), (200, "a 3 sluice 900"));
 }
