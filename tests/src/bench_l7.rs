@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 mod instructions;
+mod quic;
 pub use instructions::run_instructions;
 
 use crate::{
@@ -370,12 +371,17 @@ fn sluice_config(
     };
     let current = match current {
         true => format!(
-            "[[route]]\nlistener = \"http\"\npath_prefix = \"/gz/\"\npool = \"b\"\ncompress = {{}}\n\n\
+            "[[listener]]\nname = \"h3\"\naddress = \"127.0.0.1:{H3_PORT}\"\naccess_log = false\nmax_connections = 15000\n\
+             tls = {{ certificates = [{{ cert = \"{c}\", key = \"{k}\" }}], http3 = true }}\n\n\
+             [[route]]\nlistener = \"h3\"\npool = \"b\"\n\n\
+             [[route]]\nlistener = \"http\"\npath_prefix = \"/gz/\"\npool = \"b\"\ncompress = {{}}\n\n\
              [[pool]]\nname = \"bt\"\nbackends = [{{ address = \"127.0.0.1\" }}, {{ address = \"127.0.0.2\" }}]\nport = {t0}\n\
              tls = {{ ca = \"{ca}\", server_name = \"bench.test\" }}\n\n\
              [[route]]\nlistener = \"http\"\npath_prefix = \"{TLS_UPSTREAM_PATH}\"\npool = \"bt\"\n\n",
             t0 = BACKENDS[0] + TLS_OFFSET,
-            ca = dir.join("ca.pem").display()
+            ca = dir.join("ca.pem").display(),
+            c = cert.display(),
+            k = key.display(),
         ),
         false => String::new(),
     };
@@ -417,6 +423,9 @@ const TLS_UPSTREAM: &str = "tls-upstream";
 const TLS_UPSTREAM_PATH: &str = "/tls-up/";
 /// The backends' TLS ports are their plain ports plus this.
 const TLS_OFFSET: u16 = 100;
+/// The current lbd's HTTP/3 listener (UDP and TCP), apart from the TLS one the rates use: its
+/// Alt-Svc field would be in their answers.
+const H3_PORT: u16 = 9444;
 const MODES: [&str; 6] = ["http1-keepalive", "tls-keepalive", "tls-handshake", "h2", GZIP, TLS_UPSTREAM];
 /// The modes of an lbd older than `compress` (the baseline).
 const MODES_BEFORE_GZIP: [&str; 4] = ["http1-keepalive", "tls-keepalive", "tls-handshake", "h2"];
@@ -558,12 +567,23 @@ pub fn run_bench(seconds: u64, rounds: usize) -> Result<()> {
             true => idle_memory(&proxies, &tls)?,
             false => (Vec::new(), Vec::new()),
         };
+        let quic_memory = match measure_memory {
+            true => Some(idle_quic_memory(&proxies, &bed.ca.cert)?),
+            false => None,
+        };
         let table = rates(&proxies, &modes, round, seconds, &bed.dir.0)?;
         println!("\nround {round}:");
         print_round(&table, &proxies.iter().map(|p| p.name).collect::<Vec<_>>(), &modes);
         if measure_memory {
             print_memory(&format!("{IDLE_CONNECTIONS} open, one request each, plain HTTP"), &memory);
             print_memory(&format!("{IDLE_TLS_CONNECTIONS} open, one request each, TLS 1.3"), &tls_memory);
+        }
+        if let Some(bytes) = quic_memory {
+            println!(
+                "\nmemory per idle HTTP/3 connection ({} open, one request each; no peer here serves HTTP/3):\nsluice      {:>8.1} KiB",
+                quic::IDLE_QUIC_CONNECTIONS,
+                bytes / 1024.0
+            );
         }
         all.push(Round { table, memory, tls_memory });
     }
@@ -709,6 +729,15 @@ fn idle_memory(
         stop(proc);
     }
     Ok((memory, tls_memory))
+}
+
+/// The current lbd's memory per idle HTTP/3 connection, on a fresh process.
+fn idle_quic_memory(proxies: &[Proxy], ca: &Path) -> Result<f64> {
+    let sluice = proxies.iter().find(|p| p.name == "sluice").context("no current lbd in the bench")?;
+    let proc = sluice.start()?;
+    let bytes = quic::idle_memory_per_connection(proc.0.id(), H3_PORT, quic::IDLE_QUIC_CONNECTIONS, ca);
+    stop(proc);
+    bytes
 }
 
 /// One round's rates: each mode's proxies one after another, seconds apart, in the opposite
