@@ -1,6 +1,7 @@
 """A real HTTP/3 client (aioquic, an implementation apart from lbd's quinn and h3) for the root
 tests: sends the requests it is given on one QUIC connection, one after another, and prints each
-answer as a line of JSON: {"status", "headers", "body"}, or {"reset": code} for a reset stream.
+answer as a line of JSON: {"status", "headers", "interim" (each 1xx answer's fields, with its
+":status"), "body"}, or {"reset": code} for a reset stream.
 
     ask.py ADDRESS PORT SERVER_NAME CA_FILE REQUEST...
 
@@ -38,7 +39,11 @@ class Client(QuicConnectionProtocol):
             if answer is None:
                 continue
             if isinstance(h3_event, HeadersReceived):
-                answer["headers"].extend(h3_event.headers)
+                status = dict(h3_event.headers).get(b":status", b"")
+                if status.startswith(b"1") and not answer["headers"]:
+                    answer["interim"].append(fields_of(h3_event.headers))
+                else:
+                    answer["headers"].extend(h3_event.headers)
             elif isinstance(h3_event, DataReceived):
                 answer["body"] += h3_event.data
             if getattr(h3_event, "stream_ended", False) and not answer["done"].done():
@@ -53,7 +58,7 @@ class Client(QuicConnectionProtocol):
             (b":authority", authority.encode()),
             (b":path", request["path"].encode()),
         ] + [(n.encode(), v.encode()) for n, v in request.get("headers", [])]
-        answer = {"headers": [], "body": b"", "done": asyncio.get_running_loop().create_future()}
+        answer = {"headers": [], "interim": [], "body": b"", "done": asyncio.get_running_loop().create_future()}
         self.answers[stream] = answer
         self.h3.send_headers(stream, head, end_stream=not body)
         if body:
@@ -62,14 +67,21 @@ class Client(QuicConnectionProtocol):
         await asyncio.wait_for(answer["done"], TIMEOUT)
         if "reset" in answer:
             return {"reset": answer["reset"]}
-        fields = {}
-        for name, value in answer["headers"]:
-            fields.setdefault(name.decode(), value.decode())
+        fields = fields_of(answer["headers"])
         return {
             "status": int(fields.pop(":status", "0")),
             "headers": fields,
+            "interim": answer["interim"],
             "body": answer["body"].decode(errors="replace"),
         }
+
+
+def fields_of(headers):
+    """A HEADERS block as a dict of its first value of each name, decoded."""
+    fields = {}
+    for name, value in headers:
+        fields.setdefault(name.decode(), value.decode())
+    return fields
 
 
 async def main(address, port, server_name, ca_file, requests):

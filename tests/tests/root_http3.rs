@@ -13,7 +13,7 @@ use sluice_tests::{
     l7_config,
     netns::Topology,
     pki::TestCa,
-    servers::{Lbd, Nginx, TempDir, h3_ask, wait_for},
+    servers::{Lbd, Nginx, NsServer, TempDir, h3_ask, wait_for},
 };
 
 const VIP: &str = "198.19.0.6";
@@ -21,6 +21,7 @@ const VIP: &str = "198.19.0.6";
 struct Bed {
     lbd: Lbd,
     _nginx: Vec<Nginx>,
+    _hints: NsServer,
     ca: TestCa,
     log: PathBuf,
     topology: Topology,
@@ -37,6 +38,8 @@ impl Bed {
             Nginx::start(&topology.backends[0], "backend1")?,
             Nginx::start(&topology.backends[1], "backend2")?,
         ];
+        // A backend that sends 103 Early Hints before its answer.
+        let hints = NsServer::early_hints(&topology.backends[0], 8083)?;
         topology.lb.run("ip", &["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
         let backends = [topology.backends[0].addr4, topology.backends[1].addr4];
         let config = dir.0.join("sluice.toml");
@@ -49,6 +52,16 @@ address = "{VIP}:443"
 tls = {{ certificates = [{{ cert = "{cert}", key = "{key}" }}], http3 = true }}
 drain_timeout_ms = 5000
 
+[[pool]]
+name = "hints"
+backends = [{{ address = "{b1}" }}]
+port = 8083
+
+[[route]]
+listener = "h3"
+path = "/hints"
+pool = "hints"
+
 [[route]]
 listener = "h3"
 pool = "web"
@@ -58,6 +71,7 @@ socket = "{dir}/lbd.sock"
 metrics = "127.0.0.1:9100"
 "#,
                 bed = l7_config::l7_bed(&topology.tag, VIP, &backends),
+                b1 = backends[0],
                 cert = cert.display(),
                 key = key.display(),
                 dir = dir.0.display(),
@@ -74,7 +88,7 @@ metrics = "127.0.0.1:9100"
         wait_for("both backends up", Duration::from_secs(5), || {
             lbd.pool_show("web").is_ok_and(|pool| pool.values().all(|(state, _)| state == "up"))
         })?;
-        Ok(Bed { lbd, _nginx: nginx, ca, log, topology, _dir: dir })
+        Ok(Bed { lbd, _nginx: nginx, _hints: hints, ca, log, topology, _dir: dir })
     }
 
     /// `requests` over one HTTP/3 connection from the client namespace.
@@ -97,6 +111,7 @@ fn root_http3_a_real_client_through_the_vip_spread_refused_logged_and_told_over_
     // A connection-specific field (RFC 9114 §4.2): a backend could take it for framing.
     requests.push(json!({ "path": "/", "headers": [["transfer-encoding", "chunked"]] }));
     requests.push(json!({ "path": "/echo", "method": "POST", "body": "x".repeat(100_000) }));
+    requests.push(json!({ "path": "/hints" }));
     let answers = bed.ask(&requests)?;
     let bodies: Vec<&str> = answers[..10].iter().map(|a| a["body"].as_str().unwrap_or_default()).collect();
     ensure!(answers[..10].iter().all(|a| a["status"] == 200), "{answers:?}");
@@ -113,6 +128,14 @@ fn root_http3_a_real_client_through_the_vip_spread_refused_logged_and_told_over_
     // nginx answers a POST to a `return` location too: the body went through.
     ensure!(answers[12]["status"] == 200, "a 100 kB POST: {:?}", answers[12]);
     ensure!(answers[12]["body"].as_str().is_some_and(|b| b.contains("method=POST")), "{:?}", answers[12]);
+
+    // The backend's 103 Early Hints reaches the client before the answer, its hop-by-hop
+    // fields left out.
+    let hinted = &answers[13];
+    ensure!(hinted["status"] == 200 && hinted["body"] == "hinted\n", "{hinted:?}");
+    ensure!(hinted["interim"][0][":status"] == "103", "no 103 before the answer: {hinted:?}");
+    ensure!(hinted["interim"][0]["link"] == "</style.css>; rel=preload", "{hinted:?}");
+    ensure!(hinted["interim"][0].get("x-hop").is_none(), "a hop-by-hop field passed: {hinted:?}");
 
     // A TCP client is told where HTTP/3 is.
     let cacert = bed.ca.cert.to_str().unwrap_or_default().to_owned();

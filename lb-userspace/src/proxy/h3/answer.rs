@@ -1,13 +1,19 @@
-//! A request stream's answer: its head sent with Date and length, its body a DATA frame per
-//! chunk as QUIC's flow control lets it go, then its trailers, then the stream's end.
-use std::sync::Arc;
+//! A request stream's answer: the backend's interim answers sent while it waits, its head sent
+//! with Date and length, its body a DATA frame per chunk as QUIC's flow control lets it go,
+//! then its trailers, then the stream's end.
+use std::{
+    future::{Future, poll_fn},
+    sync::Arc,
+    task::Poll,
+};
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http_body_util::BodyExt;
-use hyper::{Response, body::Body as HttpBody};
+use hyper::{HeaderMap, Response, StatusCode, body::Body as HttpBody};
 
 use super::SendHalf;
-use crate::proxy::{h2, idle::Activity};
+use crate::proxy::{access_log::ClientConn, h2, idle::Activity, phase::headers};
 
 /// Why an answer stopped before its end (logged; the stream is reset).
 #[derive(Debug, thiserror::Error)]
@@ -18,15 +24,50 @@ enum SendError {
     Body(String),
 }
 
-/// Sends `response` on `send`; each chunk marks the connection active.
-pub async fn answer<B>(response: Response<B>, mut send: SendHalf, activity: Arc<Activity>)
+/// Sends what `answer` gives on `send`: the interim answers the backend gave meanwhile (from
+/// `conn`'s, which this request takes right after each poll of its own answer: a connection's
+/// requests run on one worker thread, one poll at a time), then the answer. Each chunk marks the
+/// connection active.
+pub async fn answer<F, B>(answer: F, mut send: SendHalf, conn: Arc<ClientConn>, activity: Arc<Activity>)
 where
+    F: Future<Output = Response<B>>,
     B: HttpBody<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
+    let mut answer = std::pin::pin!(answer);
+    let response = loop {
+        let next = poll_fn(|cx| match answer.as_mut().poll(cx) {
+            Poll::Ready(response) => Poll::Ready(Either::Left(response)),
+            Poll::Pending => match conn.interim.take() {
+                heads if heads.is_empty() => Poll::Pending,
+                heads => Poll::Ready(Either::Right(heads)),
+            },
+        })
+        .await;
+        match next {
+            Either::Left(response) => break response,
+            Either::Right(heads) => interim(heads, &mut send).await,
+        }
+    };
+    // Those put in the poll that finished the answer.
+    interim(conn.interim.take(), &mut send).await;
     if let Err(err) = sent(response, &mut send, &activity).await {
         log::debug!("HTTP/3 answer: {err}");
         send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+    }
+}
+
+/// Sends interim answers as HEADERS before the final one (RFC 9114 §4.1), their hop-by-hop
+/// fields left out.
+async fn interim(heads: Vec<(StatusCode, HeaderMap)>, send: &mut SendHalf) {
+    for (status, mut fields) in heads {
+        headers::strip_hop_by_hop(&mut fields, false);
+        let mut head = Response::new(());
+        *head.status_mut() = status;
+        *head.headers_mut() = fields;
+        if let Err(err) = send.send_response(head).await {
+            log::debug!("HTTP/3 interim answer: {err}");
+        }
     }
 }
 

@@ -336,6 +336,5 @@ async fn request(s: super::Session, resolver: h3::Resolver) {
         };
     let (send, recv) = stream.split();
     let request = h3::request(head, recv, s.activity.clone());
-    let response = answered(&s, request).await;
-    h3::answer(response, send, s.activity.clone()).await;
+    h3::answer(answered(&s, request), send, s.conn.clone(), s.activity.clone()).await;
 }
