@@ -212,6 +212,16 @@ pub(super) async fn start_listener(
     listener: &str,
     pools_and_routes: &str,
 ) -> (SocketAddr, Arc<Shared>, Arc<Forwarder>) {
+    let (address, _, shared, forwarder) = start_listening(listener, pools_and_routes).await;
+    (address, shared, forwarder)
+}
+
+/// `start_listener`, serving HTTP/3 on a UDP socket of 127.0.0.1 too when the listener has
+/// `http3`: that socket's address.
+pub(super) async fn start_listening(
+    listener: &str,
+    pools_and_routes: &str,
+) -> (SocketAddr, Option<SocketAddr>, Arc<Shared>, Arc<Forwarder>) {
     record_panics();
     let text = format!("[dataplane]\ninterface = \"lo\"\n{listener}{pools_and_routes}");
     let config = Config::parse(Path::new("t.toml"), &text).unwrap();
@@ -220,15 +230,33 @@ pub(super) async fn start_listener(
     let shared = Shared::new(&listener, certs.as_ref(), 1).unwrap();
     let (snapshot, forwarder, ejections) = test_bed::forwarding(config);
     let (never_stops, stop) = tokio::sync::watch::channel(false);
+    let http3 = shared.quic().map(|config| {
+        let udp = super::http3::socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let endpoint = super::http3::endpoint(udp, config.clone()).unwrap();
+        let address = endpoint.local_addr().unwrap();
+        let served = super::serve_http3(
+            listener.clone(),
+            endpoint,
+            shared.clone(),
+            snapshot.clone(),
+            forwarder.clone(),
+            stop.clone(),
+        );
+        (address, served)
+    });
     let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = socket.local_addr().unwrap();
     let serving = serve(listener, socket, shared.clone(), snapshot, forwarder.clone(), stop);
+    let udp_address = http3.as_ref().map(|(address, _)| *address);
     tokio::spawn(async move {
         // Held while the loop runs: the listener never stops, outlier ejections go nowhere.
         let _held = (never_stops, ejections);
-        serving.await
+        match http3 {
+            Some((_, served)) => drop(tokio::join!(serving, served)),
+            None => serving.await,
+        }
     });
-    (address, shared, forwarder)
+    (address, udp_address, shared, forwarder)
 }
 
 /// One client connection: `bytes` written (the client's side then shut when `half_close`), and

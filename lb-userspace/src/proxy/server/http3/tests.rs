@@ -1,16 +1,15 @@
 //! HTTP/3 through a listener with `http3`, from quinn's and h3's own client: requests with and
 //! without a body, the fields a backend sees, the refusals, Alt-Svc over TCP, and a full
 //! listener making room by closing an idle QUIC connection.
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::{Buf, Bytes};
 use http_body_util::BodyExt;
 use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 
-use super::super::{Shared, serve, serve_http3};
-use crate::{config::Config, proxy::test_bed};
+use super::super::{Shared, mutations::start_listening};
+use crate::proxy::test_bed;
 
 /// A listener's certificate for `a` and 127.0.0.1, in a folder removed when dropped.
 struct Cert {
@@ -71,34 +70,18 @@ async fn start_with(
     tls: &str,
     backend: SocketAddr,
 ) -> (SocketAddr, SocketAddr, Arc<Shared>, Arc<crate::proxy::pipeline::Forwarder>) {
-    let text = format!(
-        "[dataplane]\ninterface = \"lo\"\n\
-         [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:443\"\naccess_log = false\n{extra}\n\
-         tls = {{ certificates = [{{ cert = \"{dir}/cert.pem\", key = \"{dir}/key.pem\" }}], http3 = true{tls} }}\n\
-         [[pool]]\nname = \"p\"\nport = {port}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
-         [[route]]\nlistener = \"l\"\npool = \"p\"\n",
+    let listener = format!(
+        "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:443\"\naccess_log = false\n{extra}\n\
+         tls = {{ certificates = [{{ cert = \"{dir}/cert.pem\", key = \"{dir}/key.pem\" }}], http3 = true{tls} }}\n",
         dir = cert.dir.display(),
-        port = backend.port(),
     );
-    let config = Config::parse(Path::new("t.toml"), &text).unwrap();
-    let listener = config.listeners[0].clone();
-    let certs = crate::proxy::load_certs(&listener, &Default::default()).unwrap();
-    let shared = Shared::new(&listener, certs.as_ref(), 1).unwrap();
-    let (snapshot, forwarder, ejections) = test_bed::forwarding(config);
-    let (never_stops, stop) = tokio::sync::watch::channel(false);
-    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tcp_address = tcp.local_addr().unwrap();
-    let udp = super::socket("127.0.0.1:0".parse().unwrap()).unwrap();
-    let endpoint = super::endpoint(udp, shared.quic().cloned().unwrap()).unwrap();
-    let udp_address = endpoint.local_addr().unwrap();
-    let served =
-        serve(listener.clone(), tcp, shared.clone(), snapshot.clone(), forwarder.clone(), stop.clone());
-    let served3 = serve_http3(listener, endpoint, shared.clone(), snapshot, forwarder.clone(), stop);
-    tokio::spawn(async move {
-        let _held = (never_stops, ejections);
-        tokio::join!(served, served3);
-    });
-    (tcp_address, udp_address, shared, forwarder)
+    let routes = format!(
+        "[[pool]]\nname = \"p\"\nport = {}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
+         [[route]]\nlistener = \"l\"\npool = \"p\"\n",
+        backend.port(),
+    );
+    let (tcp, udp, shared, forwarder) = start_listening(&listener, &routes).await;
+    (tcp, udp.expect("an HTTP/3 listener"), shared, forwarder)
 }
 
 type Client = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
@@ -160,6 +143,11 @@ async fn over_tcp(address: SocketAddr, cert: &Cert) -> hyper::http::response::Pa
     send.send_request(request).await.unwrap().into_parts().0
 }
 
+/// The status of a GET of `/`.
+async fn get_root(client: &mut Client) -> hyper::StatusCode {
+    ask(client, get("/").body(()).unwrap(), b"").await.0.status()
+}
+
 fn get(path: &str) -> hyper::http::request::Builder {
     Request::get(format!("https://a{path}"))
 }
@@ -206,7 +194,7 @@ async fn malformed_http3_requests_are_refused() {
     let refused = client.send_request(big).await.err().expect("a head over the limit was sent");
     assert!(matches!(refused, h3::error::StreamError::HeaderTooBig { max_size: 8192, .. }), "{refused}");
     // The connection still serves.
-    assert_eq!(ask(&mut client, get("/").body(()).unwrap(), b"").await.0.status(), 200);
+    assert_eq!(get_root(&mut client).await, 200);
 }
 
 #[tokio::test]
@@ -214,9 +202,9 @@ async fn a_full_listener_closes_an_idle_quic_connection_for_a_new_one() {
     let cert = Cert::new("full");
     let (_, udp, _) = start(&cert, "max_connections = 1", backend().await).await;
     let (mut first, first_quic) = connect(udp, &cert).await;
-    assert_eq!(ask(&mut first, get("/").body(()).unwrap(), b"").await.0.status(), 200);
+    assert_eq!(get_root(&mut first).await, 200);
     let (mut second, _quic) = connect(udp, &cert).await;
-    assert_eq!(ask(&mut second, get("/").body(()).unwrap(), b"").await.0.status(), 200);
+    assert_eq!(get_root(&mut second).await, 200);
     let closed = tokio::time::timeout(Duration::from_secs(2), first_quic.closed()).await;
     assert!(closed.is_ok(), "the idle connection was not closed");
 }
@@ -226,7 +214,7 @@ async fn a_quiet_quic_connection_closes_at_the_keep_alive_limit() {
     let cert = Cert::new("idle");
     let (_, udp, shared) = start(&cert, "idle_timeout_ms = 300", backend().await).await;
     let (mut client, quic) = connect(udp, &cert).await;
-    assert_eq!(ask(&mut client, get("/").body(()).unwrap(), b"").await.0.status(), 200);
+    assert_eq!(get_root(&mut client).await, 200);
     let closed = tokio::time::timeout(Duration::from_secs(3), quic.closed()).await;
     assert!(closed.is_ok(), "still open after 3 s of a 300 ms keep-alive limit");
     super::super::mutations::all_ended(&shared).await;
@@ -237,7 +225,7 @@ async fn a_listener_that_always_retries_serves_clients_that_prove_their_address(
     let cert = Cert::new("retry");
     let (_, udp, _, forwarder) = start_with(&cert, "", ", http3_retry = \"always\"", backend().await).await;
     let (mut client, _quic) = connect(udp, &cert).await;
-    assert_eq!(ask(&mut client, get("/").body(()).unwrap(), b"").await.0.status(), 200);
+    assert_eq!(get_root(&mut client).await, 200);
     let text = forwarder.metrics.text();
     assert!(text.contains("quic_retries_total{listener=\"l\"} 1"), "{text}");
     assert!(text.contains("tls_handshakes_total{listener=\"l\",result=\"ok\"} 1"), "{text}");
@@ -248,12 +236,12 @@ async fn under_load_only_a_listener_with_many_handshakes_in_progress_retries() {
     let cert = Cert::new("no-retry");
     let (_, udp, shared, forwarder) = start_with(&cert, "", "", backend().await).await;
     let (mut client, _quic) = connect(udp, &cert).await;
-    assert_eq!(ask(&mut client, get("/").body(()).unwrap(), b"").await.0.status(), 200);
+    assert_eq!(get_root(&mut client).await, 200);
     assert!(!forwarder.metrics.text().contains("quic_retries_total{"), "a Retry with no load");
     // As if RETRY_THRESHOLD handshakes were under way (a flood of Initials).
     let flood: Vec<_> = (0..super::RETRY_THRESHOLD).map(|_| super::Handshaking::new(&shared)).collect();
     let (mut client, _quic) = connect(udp, &cert).await;
-    assert_eq!(ask(&mut client, get("/").body(()).unwrap(), b"").await.0.status(), 200);
+    assert_eq!(get_root(&mut client).await, 200);
     drop(flood);
     let text = forwarder.metrics.text();
     assert!(text.contains("quic_retries_total{listener=\"l\"} 1"), "{text}");
