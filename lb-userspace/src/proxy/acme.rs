@@ -163,7 +163,7 @@ pub fn due(acme: &Acme, now: SystemTime) -> SystemTime {
     if names != wanted {
         return now;
     }
-    let Some((from, until)) = crate::proxy::tls::validity(&chain[0]) else { return now };
+    let Some((from, until)) = crate::proxy::validity::of_der(&chain[0]) else { return now };
     from + until.duration_since(from).unwrap_or_default() * 2 / 3
 }
 

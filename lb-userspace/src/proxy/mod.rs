@@ -40,6 +40,7 @@ pub mod test_bed;
 pub mod tls;
 pub mod trim;
 pub mod turn;
+pub mod validity;
 pub mod watched_file;
 pub mod workers;
 

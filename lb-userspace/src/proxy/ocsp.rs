@@ -146,9 +146,8 @@ fn signed_by_issuer(
     if !for_ocsp {
         return Err("its responder's certificate is not for OCSP signing".into());
     }
-    let validity = &delegate.tbs_certificate.validity;
-    let at = |t: x509_cert::time::Time| SystemTime::UNIX_EPOCH + t.to_unix_duration();
-    if now < at(validity.not_before) || at(validity.not_after) < now {
+    let (not_before, not_after) = crate::proxy::validity::of(delegate);
+    if now < not_before || not_after < now {
         return Err("its responder's certificate is not valid now".into());
     }
     match verifies(&delegate_der, &basic.signature_algorithm, &message, signature) {

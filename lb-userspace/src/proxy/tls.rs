@@ -22,6 +22,7 @@ use crate::{
     proxy::{
         acme,
         ocsp::{self, Staple},
+        validity,
     },
 };
 
@@ -119,15 +120,6 @@ fn load_pair(files: &CertFiles) -> Result<(Arc<CertifiedKey>, Vec<String>, Optio
     Ok((Arc::new(certified), names, stale_at))
 }
 
-/// A certificate's not-before and not-after.
-pub fn validity(cert: &CertificateDer<'_>) -> Option<(SystemTime, SystemTime)> {
-    use x509_cert::der::Decode;
-    let cert = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
-    let at = |t: x509_cert::time::Time| SystemTime::UNIX_EPOCH + t.to_unix_duration();
-    let validity = &cert.tbs_certificate.validity;
-    Some((at(validity.not_before), at(validity.not_after)))
-}
-
 /// DNS names of a certificate (subject alternative names), lowercase.
 fn names_of(cert: &CertificateDer<'_>) -> Vec<String> {
     // webpki parses the certificate; its DNS names iterate as strings.
@@ -158,7 +150,7 @@ impl CertStore {
             served.push(Served {
                 name: names.iter().min().cloned().unwrap_or_else(|| "-".into()),
                 names: names.len(),
-                not_after: validity(&certified.cert[0]).map(|(_, not_after)| not_after),
+                not_after: validity::of_der(&certified.cert[0]).map(|(_, not_after)| not_after),
                 stapled: certified.ocsp.is_some().then_some(until),
                 acme: i >= listed,
             });
