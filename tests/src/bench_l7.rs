@@ -351,14 +351,16 @@ fn haproxy_config(pem: &Path, ca: &Path) -> String {
 /// lbd's config: the two backends, plain HTTP on 9080 and TLS on 9443. `dataplane`: with XDP
 /// on the bench's veth (as an edge host runs), else L7 only. `current`: `/gz/` on 9080 is
 /// gzipped, as the peers' text/html, and `TLS_UPSTREAM_PATH` goes to the backends over TLS
-/// (an lbd older than `compress` and pools' `tls` is given a config without either).
+/// (an lbd older than `compress` and pools' `tls` is given a config without either). `http3`:
+/// HTTP/3 on 9443 too (for its idle memory alone: its Alt-Svc field would be in the TLS
+/// answers, and its endpoints' buffers in the idle TCP figures).
 fn sluice_config(
     dir: &Path,
     cert: &Path,
     key: &Path,
     busy_poll_us: Option<u64>,
     dataplane: bool,
-    current: bool,
+    (current, http3): (bool, bool),
 ) -> String {
     let proxy = match busy_poll_us {
         None => String::new(),
@@ -371,17 +373,12 @@ fn sluice_config(
     };
     let current = match current {
         true => format!(
-            "[[listener]]\nname = \"h3\"\naddress = \"127.0.0.1:{H3_PORT}\"\naccess_log = false\nmax_connections = 15000\n\
-             tls = {{ certificates = [{{ cert = \"{c}\", key = \"{k}\" }}], http3 = true }}\n\n\
-             [[route]]\nlistener = \"h3\"\npool = \"b\"\n\n\
-             [[route]]\nlistener = \"http\"\npath_prefix = \"/gz/\"\npool = \"b\"\ncompress = {{}}\n\n\
+            "[[route]]\nlistener = \"http\"\npath_prefix = \"/gz/\"\npool = \"b\"\ncompress = {{}}\n\n\
              [[pool]]\nname = \"bt\"\nbackends = [{{ address = \"127.0.0.1\" }}, {{ address = \"127.0.0.2\" }}]\nport = {t0}\n\
              tls = {{ ca = \"{ca}\", server_name = \"bench.test\" }}\n\n\
              [[route]]\nlistener = \"http\"\npath_prefix = \"{TLS_UPSTREAM_PATH}\"\npool = \"bt\"\n\n",
             t0 = BACKENDS[0] + TLS_OFFSET,
             ca = dir.join("ca.pem").display(),
-            c = cert.display(),
-            k = key.display(),
         ),
         false => String::new(),
     };
@@ -389,13 +386,14 @@ fn sluice_config(
         "{proxy}{dataplane}[[pool]]\nname = \"b\"\nbackends = [{{ address = \"127.0.0.1\" }}, {{ address = \"127.0.0.2\" }}]\nport = {b0}\n\n\
          [[listener]]\nname = \"http\"\naddress = \"127.0.0.1:9080\"\naccess_log = false\nmax_connections = 15000\n\n\
          [[listener]]\nname = \"https\"\naddress = \"127.0.0.1:9443\"\naccess_log = false\n\
-         tls = {{ certificates = [{{ cert = \"{c}\", key = \"{k}\" }}] }}\n\n\
+         tls = {{ certificates = [{{ cert = \"{c}\", key = \"{k}\" }}]{h3} }}\n\n\
          {current}[[route]]\nlistener = \"http\"\npool = \"b\"\n\n[[route]]\nlistener = \"https\"\npool = \"b\"\n\n\
          [admin]\nsocket = \"{d}/lbd.sock\"\n",
         c = cert.display(),
         k = key.display(),
         d = dir.display(),
-        b0 = BACKENDS[0]
+        b0 = BACKENDS[0],
+        h3 = if http3 { ", http3 = true" } else { "" },
     )
 }
 
@@ -423,9 +421,8 @@ const TLS_UPSTREAM: &str = "tls-upstream";
 const TLS_UPSTREAM_PATH: &str = "/tls-up/";
 /// The backends' TLS ports are their plain ports plus this.
 const TLS_OFFSET: u16 = 100;
-/// The current lbd's HTTP/3 listener (UDP and TCP), apart from the TLS one the rates use: its
-/// Alt-Svc field would be in their answers.
-const H3_PORT: u16 = 9444;
+/// The current lbd with HTTP/3, measured for its idle HTTP/3 connections alone.
+const H3: &str = "sluice-h3";
 const MODES: [&str; 6] = ["http1-keepalive", "tls-keepalive", "tls-handshake", "h2", GZIP, TLS_UPSTREAM];
 /// The modes of an lbd older than `compress` (the baseline).
 const MODES_BEFORE_GZIP: [&str; 4] = ["http1-keepalive", "tls-keepalive", "tls-handshake", "h2"];
@@ -538,6 +535,7 @@ impl Proxy {
     fn only(&self) -> Option<&'static [&'static str]> {
         match self.name {
             "sluice-bp" => Some(&BUSY_POLL_MODES),
+            H3 => Some(&[]),
             SAME_SUITES => Some(&["tls-handshake"]),
             FLOOR => Some(&["http1-keepalive"]),
             BASELINE => Some(&MODES_BEFORE_GZIP),
@@ -615,11 +613,13 @@ fn proxies(bed: &Bed, baseline: Option<&Path>) -> Result<Vec<Proxy>> {
     let combined = dir.0.join("haproxy.pem");
     std::fs::write(&combined, std::fs::read_to_string(cert)? + &std::fs::read_to_string(key)?)?;
     let sluice_conf = dir.0.join("sluice.toml");
-    std::fs::write(&sluice_conf, sluice_config(&dir.0, cert, key, None, true, true))?;
+    std::fs::write(&sluice_conf, sluice_config(&dir.0, cert, key, None, true, (true, false)))?;
     let base_conf = dir.0.join("sluice-base.toml");
-    std::fs::write(&base_conf, sluice_config(&dir.0, cert, key, None, true, false))?;
+    std::fs::write(&base_conf, sluice_config(&dir.0, cert, key, None, true, (false, false)))?;
     let busy_conf = dir.0.join("sluice-busy.toml");
-    std::fs::write(&busy_conf, sluice_config(&dir.0, cert, key, Some(100), true, true))?;
+    std::fs::write(&busy_conf, sluice_config(&dir.0, cert, key, Some(100), true, (true, false)))?;
+    let h3_conf = dir.0.join("sluice-h3.toml");
+    std::fs::write(&h3_conf, sluice_config(&dir.0, cert, key, None, true, (true, true)))?;
     let nginx_conf = dir.0.join("proxy.conf");
     let ca = &bed.ca.cert;
     std::fs::write(&nginx_conf, nginx_proxy_config(&dir.0, cert, key, ca, false))?;
@@ -647,6 +647,8 @@ fn proxies(bed: &Bed, baseline: Option<&Path>) -> Result<Vec<Proxy>> {
         lbd_run("sluice", &lbd, &sluice_conf),
         // The same lbd with `[proxy] busy_poll_us = 100` (the default is 40), in BUSY_POLL_MODES.
         lbd_run("sluice-bp", &lbd, &busy_conf),
+        // The same lbd with HTTP/3 on 9443 too: in no mode, for its idle HTTP/3 memory alone.
+        lbd_run(H3, &lbd, &h3_conf),
         Proxy {
             name: "haproxy",
             argv: vec!["haproxy".into(), "-db".into(), "-f".into(), haproxy_conf.display().to_string()],
@@ -733,9 +735,9 @@ fn idle_memory(
 
 /// The current lbd's memory per idle HTTP/3 connection, on a fresh process.
 fn idle_quic_memory(proxies: &[Proxy], ca: &Path) -> Result<f64> {
-    let sluice = proxies.iter().find(|p| p.name == "sluice").context("no current lbd in the bench")?;
+    let sluice = proxies.iter().find(|p| p.name == H3).context("no HTTP/3 lbd in the bench")?;
     let proc = sluice.start()?;
-    let bytes = quic::idle_memory_per_connection(proc.0.id(), H3_PORT, quic::IDLE_QUIC_CONNECTIONS, ca);
+    let bytes = quic::idle_memory_per_connection(proc.0.id(), sluice.https, quic::IDLE_QUIC_CONNECTIONS, ca);
     stop(proc);
     bytes
 }
