@@ -88,6 +88,14 @@ type Client = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 
 /// An HTTP/3 client connected to `address`, trusting `cert`; its QUIC connection too.
 async fn connect(address: SocketAddr, cert: &Cert) -> (Client, quinn::Connection) {
+    let quic = client_endpoint(cert).connect(address, "a").unwrap().await.unwrap();
+    let (mut driver, client) = h3::client::new(h3_quinn::Connection::new(quic.clone())).await.unwrap();
+    tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    (client, quic)
+}
+
+/// A QUIC client endpoint on 127.0.0.1 trusting `cert`, offering h3.
+fn client_endpoint(cert: &Cert) -> quinn::Endpoint {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.der.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -100,10 +108,7 @@ async fn connect(address: SocketAddr, cert: &Cert) -> (Client, quinn::Connection
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let quic = endpoint.connect(address, "a").unwrap().await.unwrap();
-    let (mut driver, client) = h3::client::new(h3_quinn::Connection::new(quic.clone())).await.unwrap();
-    tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
-    (client, quic)
+    endpoint
 }
 
 /// Sends `request` with `body` and reads the answer: its status, fields and body.
@@ -260,4 +265,48 @@ async fn a_body_over_the_listener_s_limit_is_refused_with_or_without_its_length(
     let small = Request::post("https://a/").body(()).unwrap();
     let (answer, body) = ask(&mut client, small, &[b'x'; 900]).await;
     assert_eq!((answer.status().as_u16(), body.as_str()), (200, "a 3 sluice 900"));
+}
+
+/// Datagrams a client could send: 150 real clients' Initials, each sent unchanged (a handshake
+/// begun and abandoned) and twice changed a few bytes at a time, each from a port of its own.
+/// Every connection they open ends (failed, or by the listener's handshake timeout), its slot
+/// comes back, nothing panics, and a real client is served meanwhile.
+#[tokio::test]
+async fn mutated_and_abandoned_initials_end_by_the_handshake_timeout() {
+    use crate::mutation::{Rng, mutate};
+    crate::mutation::record_panics();
+    let cert = Cert::new("initials");
+    let (_, udp, shared, forwarder) =
+        start_with(&cert, "handshake_timeout_ms = 1000\nmax_connections = 1000", "", backend().await).await;
+    // Real clients' first datagrams (each its own connection ID), caught on their way.
+    let catcher = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = client_endpoint(&cert);
+    let mut initials = Vec::new();
+    for _ in 0..150 {
+        let connecting = endpoint.connect(catcher.local_addr().unwrap(), "a").unwrap();
+        let mut initial = vec![0; 2048];
+        let caught = tokio::time::timeout(Duration::from_secs(2), catcher.recv_from(&mut initial)).await;
+        let (n, _) = caught.unwrap().unwrap();
+        initial.truncate(n);
+        initials.push(initial);
+        drop(connecting);
+    }
+    let mut rng = Rng(0x51_1c3e_0003);
+    let spice: &[&[u8]] = &[b"\xc0\x00\x00\x00\x01", b"\x08", b"\x00\x00", b"\xff\xff\xff\xff", b"\x40\x00"];
+    for initial in &initials {
+        for datagram in [initial.clone(), mutate(&mut rng, initial, spice), mutate(&mut rng, initial, spice)]
+        {
+            let from = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            from.send_to(&datagram, udp).unwrap();
+        }
+        // Paced: a burst would overflow the socket's receive buffer, and the kernel drop them.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (mut client, quic) = connect(udp, &cert).await;
+    assert_eq!(get_root(&mut client).await, 200);
+    drop((client, quic, endpoint));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    super::super::mutations::all_ended(&shared).await;
+    let text = forwarder.metrics.text();
+    assert!(text.contains("tls_handshakes_total{listener=\"l\",result=\"timeout\"}"), "{text}");
 }
