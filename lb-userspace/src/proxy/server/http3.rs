@@ -22,8 +22,15 @@ use crate::{
     },
 };
 
+/// How many bytes of datagrams a worker's UDP socket holds for its endpoint to read. The
+/// kernel's default (`net.core.rmem_default`, 208 KiB) is about 170 full datagrams: a burst of
+/// new connections, or one fast upload, overflows it and the kernel drops what comes next
+/// (QUIC sends it again, later). HAProxy's and nginx's QUIC guides say to raise it; lbd asks for
+/// this much itself, past `net.core.rmem_max` where it may (CAP_NET_ADMIN).
+pub const RECEIVE_BUFFER: usize = 4 << 20;
+
 /// A UDP socket for `address`, one of the workers' (`SO_REUSEPORT`: the kernel keeps a
-/// client's datagrams on one socket by their addresses and ports).
+/// client's datagrams on one socket by their addresses and ports), holding RECEIVE_BUFFER.
 pub fn socket(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(address), Type::DGRAM, Some(Protocol::UDP))?;
@@ -32,8 +39,32 @@ pub fn socket(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     }
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
+    receive_buffer(&socket, RECEIVE_BUFFER);
     socket.bind(&address.into())?;
     Ok(socket.into())
+}
+
+/// Asks for a receive buffer of `bytes`: past `net.core.rmem_max` with CAP_NET_ADMIN
+/// (`SO_RCVBUFFORCE`), else as much as the limit lets (`SO_RCVBUF`). Neither failing is an
+/// error: the socket works with the default, and the log says so.
+fn receive_buffer(socket: &socket2::Socket, bytes: usize) {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt on an open socket with a pointer to a c_int and its size.
+    let forced = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if forced == 0 {
+        return;
+    }
+    if let Err(err) = socket.set_recv_buffer_size(bytes) {
+        log::warn!("HTTP/3: the UDP socket keeps its default receive buffer: {err}");
+    }
 }
 
 /// A QUIC endpoint serving `socket` with the listener's TLS and transport.

@@ -310,3 +310,16 @@ async fn mutated_and_abandoned_initials_end_by_the_handshake_timeout() {
     let text = forwarder.metrics.text();
     assert!(text.contains("tls_handshakes_total{listener=\"l\",result=\"timeout\"}"), "{text}");
 }
+
+/// A worker's UDP socket holds RECEIVE_BUFFER (the kernel reports twice what it was asked, its
+/// bookkeeping included); without CAP_NET_ADMIN, as much as `net.core.rmem_max` allows.
+#[test]
+fn a_worker_s_udp_socket_holds_a_burst() {
+    let socket = socket2::Socket::from(super::socket("127.0.0.1:0".parse().unwrap()).unwrap());
+    let held = socket.recv_buffer_size().unwrap();
+    let max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max").unwrap().trim().parse().unwrap();
+    // SAFETY: geteuid reads this process's effective user ID.
+    let root = unsafe { libc::geteuid() } == 0;
+    let wanted = if root { super::RECEIVE_BUFFER } else { max.min(super::RECEIVE_BUFFER) };
+    assert!(held >= wanted, "{held} bytes, {wanted} wanted (rmem_max {max})");
+}
