@@ -112,6 +112,8 @@ fn root_http3_a_real_client_through_the_vip_spread_refused_logged_and_told_over_
     requests.push(json!({ "path": "/", "headers": [["transfer-encoding", "chunked"]] }));
     requests.push(json!({ "path": "/echo", "method": "POST", "body": "x".repeat(100_000) }));
     requests.push(json!({ "path": "/hints" }));
+    // A head over the listener's 16 KiB (aioquic sends it though told the limit).
+    requests.push(json!({ "path": "/", "headers": [["x-big", "b".repeat(20_000)]] }));
     let answers = bed.ask(&requests)?;
     let bodies: Vec<&str> = answers[..10].iter().map(|a| a["body"].as_str().unwrap_or_default()).collect();
     ensure!(answers[..10].iter().all(|a| a["status"] == 200), "{answers:?}");
@@ -136,6 +138,8 @@ fn root_http3_a_real_client_through_the_vip_spread_refused_logged_and_told_over_
     ensure!(hinted["interim"][0][":status"] == "103", "no 103 before the answer: {hinted:?}");
     ensure!(hinted["interim"][0]["link"] == "</style.css>; rel=preload", "{hinted:?}");
     ensure!(hinted["interim"][0].get("x-hop").is_none(), "a hop-by-hop field passed: {hinted:?}");
+
+    ensure!(answers[14]["status"] == 431, "a 20 kB head: {:?}", answers[14]["status"]);
 
     // A TCP client is told where HTTP/3 is.
     let cacert = bed.ca.cert.to_str().unwrap_or_default().to_owned();
@@ -171,7 +175,10 @@ fn root_http3_a_real_client_through_the_vip_spread_refused_logged_and_told_over_
         log.lines().any(|l| l.contains("status=400") && l.contains("alpn=h3")),
         "no refusal logged:\n{log}"
     );
+    ensure!(log.contains("status=431 reason=\"head too large\""), "the 431 not logged:\n{log}");
     let metrics = bed.metrics()?;
+    let refused = "sluice_http_parser_refused_total{listener=\"h3\",status=\"431\"} 1";
+    ensure!(metrics.contains(refused), "{metrics}");
     ensure!(metrics.contains("sluice_tls_handshakes_total{listener=\"h3\",result=\"ok\"}"), "{metrics}");
     let listed = bed.lbd.lbctl(&["listener", "list"])?;
     ensure!(listed.contains("https 1 cert+h3"), "{listed}");

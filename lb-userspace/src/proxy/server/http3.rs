@@ -16,7 +16,7 @@ use super::{Connection, Serving, Shared, Slot, answered, slot};
 use crate::{
     config::Http3Retry,
     proxy::{
-        access_log::ClientConn,
+        access_log::{self, ClientConn},
         client_cert, h3,
         idle::{self, Closed},
     },
@@ -80,9 +80,6 @@ pub fn endpoint(
     )
 }
 
-#[cfg(test)]
-mod tests;
-
 /// HTTP/3's codes for closing a connection (RFC 9114 §8.1).
 const H3_NO_ERROR: u32 = 0x100;
 const H3_EXCESSIVE_LOAD: u32 = 0x107;
@@ -98,7 +95,6 @@ const H3_EXCESSIVE_LOAD: u32 = 0x107;
 /// finish, more slowly, and new handshakes that reach the old lbd first are retried within a
 /// few hundred milliseconds (docs/operations.md).
 pub(super) async fn serve(serving: Serving, shared: Arc<Shared>, endpoint: quinn::Endpoint) {
-    let serving = Arc::new(serving);
     let (listener, metrics) = (serving.listener.clone(), serving.forwarder.metrics.clone());
     let retry = Retry(
         listener.tls.as_ref().and_then(|tls| tls.http3.as_ref()).map(|h3| h3.retry).unwrap_or_default(),
@@ -114,10 +110,10 @@ pub(super) async fn serve(serving: Serving, shared: Arc<Shared>, endpoint: quinn
             },
         };
         if !incoming.remote_address_validated() && retry.wanted(&shared) {
-            metrics.quic_retry(&listener.name);
-            // Err: the Initial cannot get a Retry (it carried one's token, which did not hold).
-            if let Err(err) = incoming.retry() {
-                err.into_incoming().refuse();
+            match incoming.retry() {
+                Ok(()) => metrics.quic_retry(&listener.name),
+                // The Initial cannot get a Retry (it carried one's token, which did not hold).
+                Err(err) => err.into_incoming().refuse(),
             }
             continue;
         }
@@ -339,18 +335,22 @@ async fn request(s: super::Session, resolver: h3::Resolver) {
         match tokio::time::timeout(listener.header_read_timeout, resolver.resolve_request()).await {
             Ok(Ok(resolved)) => resolved,
             Ok(Err(err)) => {
-                // h3 has answered 431 or reset the stream (a malformed head); counted as refusals.
-                let status = match err {
-                    ::h3::error::StreamError::HeaderTooBig { .. } => Some(431),
+                // h3 has answered 431 or reset the stream (a malformed head): counted and logged
+                // as the HTTP/1.1 parser's refusals are.
+                let refused = match err {
+                    ::h3::error::StreamError::HeaderTooBig { .. } => Some((431, "head too large")),
                     ::h3::error::StreamError::StreamError { code, .. }
                         if code == ::h3::error::Code::H3_MESSAGE_ERROR =>
                     {
-                        Some(400)
+                        Some((400, "malformed HTTP/3 head"))
                     }
                     _ => None,
                 };
-                if let Some(status) = status {
+                if let Some((status, reason)) = refused {
                     metrics.parser_refused(&listener.name, status);
+                    if listener.access_log {
+                        access_log::refused(&s.conn, status, reason, listener.access_log_format);
+                    }
                 }
                 log::debug!("listener {}: HTTP/3 request from {}: {err}", listener.name, s.conn.address);
                 return;
@@ -369,3 +369,6 @@ async fn request(s: super::Session, resolver: h3::Resolver) {
     let request = h3::request(head, recv, s.activity.clone());
     h3::answer(answered(&s, request), send, s.conn.clone(), s.activity.clone()).await;
 }
+
+#[cfg(test)]
+mod tests;
