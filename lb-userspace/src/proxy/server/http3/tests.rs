@@ -323,3 +323,25 @@ fn a_worker_s_udp_socket_holds_a_burst() {
     let wanted = if root { super::RECEIVE_BUFFER } else { max.min(super::RECEIVE_BUFFER) };
     assert!(held >= wanted, "{held} bytes, {wanted} wanted (rmem_max {max})");
 }
+
+/// A client may open the listener's `http2_max_concurrent_streams` request streams at once,
+/// at most 100 (each costs every connection an entry in quinn's tables).
+#[tokio::test]
+async fn a_client_may_open_the_listener_s_streams_at_most_100() {
+    let cert = Cert::new("streams");
+    for (setting, allowed) in [("http2_max_concurrent_streams = 3", 3), ("", 100)] {
+        let (_, udp, _) = start(&cert, setting, backend().await).await;
+        let (_client, quic) = connect(udp, &cert).await;
+        let mut open = Vec::new();
+        for n in 0..=allowed {
+            match tokio::time::timeout(Duration::from_millis(200), quic.open_bi()).await {
+                Ok(stream) => open.push(stream.unwrap()),
+                Err(_) => {
+                    assert_eq!(n, allowed, "{setting:?}: only {n} streams opened");
+                    break;
+                }
+            }
+        }
+        assert_eq!(open.len(), allowed, "{setting:?}: more streams opened than allowed");
+    }
+}
