@@ -35,6 +35,7 @@ pub mod round_robin;
 pub mod routes;
 pub mod runtime;
 pub mod server;
+pub mod socket_option;
 #[cfg(test)]
 pub mod test_bed;
 pub mod tls;

@@ -15,7 +15,7 @@ use crate::{
         pipeline::Forwarder,
         routes::Snapshot,
         server::{self, Shared},
-        tls, trim,
+        socket_option, tls, trim,
     },
 };
 
@@ -52,26 +52,14 @@ const DEFER_ACCEPT_SECONDS: libc::c_int = 1;
 /// connection that sends nothing is handed over after about a second and then has its
 /// first-byte timeout.
 fn defer_accept(socket: &std::net::TcpListener, on: bool) -> std::io::Result<()> {
-    let seconds: libc::c_int = if on { DEFER_ACCEPT_SECONDS } else { 0 };
-    // SAFETY: setsockopt on an open socket with a pointer to a c_int and its size.
-    let set = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(socket),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            (&raw const seconds).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    match set {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
-    }
+    let seconds = if on { DEFER_ACCEPT_SECONDS } else { 0 };
+    socket_option::set(socket, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, seconds)
 }
 
 /// Binds `workers` sockets for `listener` (must run inside a tokio runtime), or takes the
-/// ones an old lbd `handed` over (`upgrade.rs`): TCP ones, and UDP ones for HTTP/3. A port another process holds fails here,
-/// before READY: the first socket is bound without `SO_REUSEPORT` to find out, then let go.
+/// ones an old lbd `handed` over (`upgrade.rs`): TCP ones, and UDP ones for HTTP/3. A port
+/// another process holds fails here, before READY: the first socket is bound without
+/// `SO_REUSEPORT` to find out, then let go.
 pub fn bind(
     listener: Listener,
     certs: Option<Arc<tls::Resolver>>,

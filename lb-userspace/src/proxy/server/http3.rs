@@ -19,6 +19,7 @@ use crate::{
         access_log::{self, ClientConn},
         client_cert, h3,
         idle::{self, Closed},
+        socket_option,
     },
 };
 
@@ -49,17 +50,7 @@ pub fn socket(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 /// error: the socket works with the default, and the log says so.
 fn receive_buffer(socket: &socket2::Socket, bytes: usize) {
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: setsockopt on an open socket with a pointer to a c_int and its size.
-    let forced = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(socket),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&raw const value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if forced == 0 {
+    if socket_option::set(socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, value).is_ok() {
         return;
     }
     if let Err(err) = socket.set_recv_buffer_size(bytes) {
