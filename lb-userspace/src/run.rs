@@ -282,11 +282,11 @@ fn start_proxy(
             proxy::pipeline::Forwarder::new(core.proxy_metrics.clone(), ejections, core.cache.clone());
         (core.l7.clone(), Arc::new(forwarder), core.state.config.busy_poll)
     };
-    let handed = inherited
+    let (handed, handed_datagrams) = inherited
         .as_mut()
         .map(|i| (std::mem::take(&mut i.listeners), std::mem::take(&mut i.datagrams)))
         .unwrap_or_default();
-    let (bound, listeners) = bind_listeners(core, handed, handover)?;
+    let (bound, listeners) = bind_listeners(core, handed, handed_datagrams, handover)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // Access-log lines go through a writer thread of their own (`proxy::log_sink`).
     if let Err(err) = proxy::log_sink::start() {
@@ -390,15 +390,15 @@ async fn start_successor(
     successor
 }
 
-/// Binds every configured L7 listener, or takes the sockets an old lbd `handed` over (TCP, then
-/// HTTP/3's UDP), keeping duplicates in `handover` for the next upgrade; each listener's certificates are loaded and
-/// watched. After an upgrade there are as many workers as the old lbd had (one socket each).
+/// Binds every configured L7 listener, or takes the sockets an old lbd `handed` over (and
+/// `handed_datagrams`, HTTP/3's UDP ones), keeping duplicates in `handover` for the next
+/// upgrade; each listener's certificates are loaded and watched. After an upgrade there are as many workers as the old lbd had (one socket each).
 fn bind_listeners(
     core: &Shared,
-    handed: (Handed, Handed),
+    mut handed: Handed,
+    mut handed_datagrams: Handed,
     handover: &mut Handover,
 ) -> Result<(Vec<proxy::workers::Bound>, crate::reload::ServedListeners), RunError> {
-    let (mut handed, mut handed_datagrams) = handed;
     let workers = handed.values().map(Vec::len).find(|n| *n > 0).unwrap_or_else(proxy::workers::count);
     let configured = lock(core).state.config.listeners.clone();
     let (mut bound, mut listeners) = (Vec::new(), Vec::new());
@@ -419,7 +419,7 @@ fn bind_listeners(
         }
         let sockets = handed.remove(&listener.address).filter(|s| s.len() == workers);
         let datagrams = handed_datagrams.remove(&listener.address).filter(|s| s.len() == workers);
-        let one = proxy::workers::bind(listener.clone(), certs.clone(), workers, (sockets, datagrams))?;
+        let one = proxy::workers::bind(listener.clone(), certs.clone(), workers, sockets, datagrams)?;
         let (tcp, udp) = one.keep().map_err(io("keeping the listening sockets"))?;
         handover.listeners.push((listener.address, tcp));
         if !udp.is_empty() {

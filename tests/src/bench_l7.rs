@@ -360,7 +360,8 @@ fn sluice_config(
     key: &Path,
     busy_poll_us: Option<u64>,
     dataplane: bool,
-    (current, http3): (bool, bool),
+    current: bool,
+    http3: bool,
 ) -> String {
     let proxy = match busy_poll_us {
         None => String::new(),
@@ -613,13 +614,13 @@ fn proxies(bed: &Bed, baseline: Option<&Path>) -> Result<Vec<Proxy>> {
     let combined = dir.0.join("haproxy.pem");
     std::fs::write(&combined, std::fs::read_to_string(cert)? + &std::fs::read_to_string(key)?)?;
     let sluice_conf = dir.0.join("sluice.toml");
-    std::fs::write(&sluice_conf, sluice_config(&dir.0, cert, key, None, true, (true, false)))?;
+    std::fs::write(&sluice_conf, sluice_config(&dir.0, cert, key, None, true, true, false))?;
     let base_conf = dir.0.join("sluice-base.toml");
-    std::fs::write(&base_conf, sluice_config(&dir.0, cert, key, None, true, (false, false)))?;
+    std::fs::write(&base_conf, sluice_config(&dir.0, cert, key, None, true, false, false))?;
     let busy_conf = dir.0.join("sluice-busy.toml");
-    std::fs::write(&busy_conf, sluice_config(&dir.0, cert, key, Some(100), true, (true, false)))?;
+    std::fs::write(&busy_conf, sluice_config(&dir.0, cert, key, Some(100), true, true, false))?;
     let h3_conf = dir.0.join("sluice-h3.toml");
-    std::fs::write(&h3_conf, sluice_config(&dir.0, cert, key, None, true, (true, true)))?;
+    std::fs::write(&h3_conf, sluice_config(&dir.0, cert, key, None, true, true, true))?;
     let nginx_conf = dir.0.join("proxy.conf");
     let ca = &bed.ca.cert;
     std::fs::write(&nginx_conf, nginx_proxy_config(&dir.0, cert, key, ca, false))?;

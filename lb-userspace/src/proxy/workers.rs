@@ -64,9 +64,9 @@ pub fn bind(
     listener: Listener,
     certs: Option<Arc<tls::Resolver>>,
     workers: usize,
-    handed: (Option<Vec<std::os::fd::OwnedFd>>, Option<Vec<std::os::fd::OwnedFd>>),
+    handed: Option<Vec<std::os::fd::OwnedFd>>,
+    handed_datagrams: Option<Vec<std::os::fd::OwnedFd>>,
 ) -> Result<Bound, ProxyError> {
-    let (handed, handed_datagrams) = handed;
     let address = listener.address;
     let bind_error = |error| ProxyError::Bind { address, error };
     let sockets: Vec<std::net::TcpListener> = match handed {
@@ -258,11 +258,11 @@ mod tests {
     #[tokio::test]
     async fn listeners_defer_accept_as_configured_handed_over_ones_too() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let bound = bind(listener(port, ""), None, 2, (None, None)).unwrap();
+        let bound = bind(listener(port, ""), None, 2, None, None).unwrap();
         assert!(bound.sockets.iter().all(|s| deferred(s) > 0), "not deferred by default");
         // An upgrade hands the sockets to a config that turns it off.
         let (handed, _) = bound.keep().unwrap();
-        let rebound = bind(listener(port, "defer_accept = false\n"), None, 2, (Some(handed), None)).unwrap();
+        let rebound = bind(listener(port, "defer_accept = false\n"), None, 2, Some(handed), None).unwrap();
         assert!(rebound.sockets.iter().all(|s| deferred(s) == 0), "still deferred");
     }
 }

@@ -91,7 +91,7 @@ pub fn run_instructions() -> Result<()> {
     let dir = &bed.dir;
     // L7 only, and no busy polling: its spinning between requests would be counted.
     let conf = dir.0.join("sluice.toml");
-    std::fs::write(&conf, sluice_config(&dir.0, &bed.cert, &bed.key, Some(0), false, (false, false)))?;
+    std::fs::write(&conf, sluice_config(&dir.0, &bed.cert, &bed.key, Some(0), false, false, false))?;
     let mut lbds: Vec<(&str, PathBuf)> = vec![("sluice", crate::bin_dir().join("lbd"))];
     if let Some(baseline) = std::env::var_os("SLUICE_BENCH_BASELINE") {
         lbds.push(("sluice-base", PathBuf::from(baseline)));

@@ -138,16 +138,15 @@ fn tls(
     errors: &mut Errors,
 ) -> Tls {
     let name = listener.get_ref();
+    let cipher_suites =
+        raw.cipher_suites.as_ref().map(|listed| cipher_suites(listed, name, errors)).unwrap_or_default();
+    let http3 = http3(&raw, listener, port, &cipher_suites, errors);
     let certificates: Vec<RawCertificate> = raw
         .certificates
         .into_iter()
         .map(|c| RawCertificate { cert: resolve(c.cert), key: resolve(c.key), ocsp: c.ocsp.map(resolve) })
         .collect();
     let client_ca = raw.client_ca.map(resolve);
-    let cipher_suites =
-        raw.cipher_suites.map(|listed| cipher_suites(&listed, name, errors)).unwrap_or_default();
-    let http3 =
-        http3(raw.http3, (raw.alt_svc_max_age_s, raw.http3_retry), listener, port, &cipher_suites, errors);
     let acme = raw.acme.map(|acme| self::acme(acme, name, resolve, errors));
     if certificates.is_empty() && acme.is_none() {
         errors
@@ -239,19 +238,19 @@ const ALT_SVC_MAX_AGE_S: u64 = 86_400;
 /// A listener's HTTP/3: its Alt-Svc field for `port`. Its QUIC Initial packets need
 /// TLS13_AES_128_GCM_SHA256 (RFC 9001 §5.2), so a list of suites must have it.
 fn http3(
-    on: bool,
-    (max_age_s, retry): (Option<Spanned<u64>>, Option<Spanned<String>>),
+    raw: &RawTls,
     listener: &Spanned<String>,
     port: u16,
     suites: &[rustls::SupportedCipherSuite],
     errors: &mut Errors,
 ) -> Option<Http3> {
     let name = listener.get_ref();
-    if !on {
-        if let Some(age) = &max_age_s {
+    let (max_age_s, retry) = (&raw.alt_svc_max_age_s, &raw.http3_retry);
+    if !raw.http3 {
+        if let Some(age) = max_age_s {
             errors.at(age.span(), format!("listener `{name}`: alt_svc_max_age_s needs http3 = true"));
         }
-        if let Some(retry) = &retry {
+        if let Some(retry) = retry {
             errors.at(retry.span(), format!("listener `{name}`: http3_retry needs http3 = true"));
         }
         return None;
@@ -273,7 +272,7 @@ fn http3(
             format!("listener `{name}`: http3 needs TLS13_AES_128_GCM_SHA256 in cipher_suites (QUIC's Initial packets use it)"),
         );
     }
-    let age = max_age_s.map_or(ALT_SVC_MAX_AGE_S, Spanned::into_inner);
+    let age = max_age_s.as_ref().map_or(ALT_SVC_MAX_AGE_S, |age| *age.get_ref());
     let alt_svc = (age > 0).then(|| {
         hyper::header::HeaderValue::from_str(&format!("h3=\":{port}\"; ma={age}"))
             .expect("digits and quotes are a field value")
