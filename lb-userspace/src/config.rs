@@ -111,6 +111,27 @@ pub struct CacheConfig {
     pub max_bytes: usize,
     #[serde(default = "default_cache_object")]
     pub max_object_bytes: usize,
+    /// How long past its lifetime a stored answer may be served while one request fetches it
+    /// again in the background, for answers that say nothing of it (RFC 5861's
+    /// `stale-while-revalidate`, which an answer's own Cache-Control overrides).
+    #[serde(default)]
+    pub stale_while_revalidate_s: u32,
+    /// How long past its lifetime a stored answer may be served when fetching it again fails
+    /// (RFC 5861's `stale-if-error`; nginx's `proxy_cache_use_stale error timeout http_5xx`).
+    #[serde(default)]
+    pub stale_if_error_s: u32,
+}
+
+impl Default for CacheConfig {
+    fn default() -> CacheConfig {
+        CacheConfig {
+            max_entries: default_cache_entries(),
+            max_bytes: default_cache_bytes(),
+            max_object_bytes: default_cache_object(),
+            stale_while_revalidate_s: 0,
+            stale_if_error_s: 0,
+        }
+    }
 }
 
 /// A route's answers gzipped for clients that accept it (`compress`), as nginx's `gzip` and

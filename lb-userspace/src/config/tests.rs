@@ -667,6 +667,23 @@ fn a_routes_retry_buffer_is_64_kib_by_default_and_at_most_16_mib() {
 }
 
 #[test]
+fn a_routes_cache_serves_nothing_stale_by_default_and_at_most_a_year() {
+    let cache =
+        |extra: &str| Config::parse(Path::new("t.toml"), &route(extra)).unwrap().routes[0].cache.clone();
+    assert_eq!(cache("cache = {}\n"), Some(CacheConfig::default()));
+    let stale = cache("cache = { stale_while_revalidate_s = 30, stale_if_error_s = 31536000 }\n").unwrap();
+    assert_eq!(
+        (stale.stale_while_revalidate_s, stale.stale_if_error_s, stale.max_entries),
+        (30, 31_536_000, 10_000)
+    );
+    says(
+        "cache = { stale_if_error_s = 31536001 }\n",
+        "t.toml:11: cache: stale_if_error_s is at most 31536000 (a year)",
+    );
+    says("cache = { stale_while_revalidate_s = -1 }\n", "t.toml:12: invalid value: integer `-1`");
+}
+
+#[test]
 fn retry_on_names_resets_and_statuses_and_needs_retries() {
     let retry_on =
         |extra: &str| Config::parse(Path::new("t.toml"), &route(extra)).unwrap().routes[0].retry_on.clone();

@@ -1,7 +1,9 @@
 //! The response cache of routes with `cache`: GET/HEAD answers that Cache-Control (max-age,
 //! s-maxage, no-store, private) or Expires allow, keyed by method, host, path and the request
 //! headers the answer Varies on; bounded by entries and bytes (LRU); concurrent misses of one
-//! key make one upstream request; `lbctl cache purge` empties a route or one path.
+//! key make one upstream request; a stale answer is kept to be revalidated, and served while it
+//! is or when that fails, as long as its grace allows; `lbctl cache purge` empties a route or
+//! one path.
 use std::{
     collections::HashMap,
     num::NonZeroUsize,
@@ -18,6 +20,10 @@ use tokio::sync::OnceCell;
 use crate::config::{CacheConfig, Config};
 
 pub mod conditional;
+pub mod revalidate;
+pub mod stale;
+
+use stale::Grace;
 
 /// A stored answer.
 #[derive(Clone)]
@@ -30,16 +36,32 @@ pub struct Cached {
     /// `Age` says when served (RFC 9111 §4: a stored answer says how long it has been held).
     /// None: not stored.
     stored: Option<(Instant, u64)>,
+    /// How long past `expires` it may be served stale.
+    grace: Grace,
 }
 
 impl Cached {
     /// An answer that is not stored (served once to the requests that waited for it).
     pub fn now(status: StatusCode, headers: HeaderMap, body: Bytes) -> Cached {
-        Cached { status, headers, body, expires: Instant::now(), stored: None }
+        Cached { status, headers, body, expires: Instant::now(), stored: None, grace: Grace::NONE }
     }
 
     pub fn fresh(&self) -> bool {
         Instant::now() < self.expires
+    }
+
+    /// Whether it may be served while one request fetches it again (`stale-while-revalidate`).
+    pub fn served_while_revalidating(&self, config: &CacheConfig) -> bool {
+        self.grace.while_revalidating(self.stale_for(), config)
+    }
+
+    /// Whether it may be served when fetching it again failed (`stale-if-error`).
+    pub fn served_on_error(&self, config: &CacheConfig) -> bool {
+        self.grace.if_error(self.stale_for(), config)
+    }
+
+    fn stale_for(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.expires)
     }
 
     /// Its age in seconds, if it was stored.
@@ -109,10 +131,10 @@ impl RouteCache {
         while self.bytes > self.config.max_bytes && self.pop_oldest() {}
     }
 
-    /// The cell of a miss being fetched, or a new one (the caller fetches).
-    fn pending(&mut self, key: &str) -> Arc<OnceCell<Fill>> {
+    /// The cell of a miss being fetched, or a new one (true: the caller fetches).
+    fn pending(&mut self, key: &str) -> (Arc<OnceCell<Fill>>, bool) {
         if let Some(cell) = self.pending.get(key).and_then(Weak::upgrade) {
-            return cell;
+            return (cell, false);
         }
         let cell = Arc::new(OnceCell::new());
         self.pending.insert(key.to_owned(), Arc::downgrade(&cell));
@@ -120,7 +142,7 @@ impl RouteCache {
             self.pending.retain(|_, cell| cell.strong_count() > 0);
             self.sweep_at = (self.pending.len() * 2).max(SWEEP_FLOOR);
         }
-        cell
+        (cell, true)
     }
 }
 
@@ -128,14 +150,25 @@ fn capacity(config: &CacheConfig) -> NonZeroUsize {
     NonZeroUsize::new(config.max_entries.max(1)).expect("at least one")
 }
 
+/// What a request finds in the cache.
+pub enum Lookup {
+    /// A fresh stored answer.
+    Fresh(Cached),
+    /// None fresh: the cell that coalesces fills of the key, whether this request made it (and
+    /// so starts the fill, when it runs apart from any request), and the stale answer stored,
+    /// if any: the fill revalidates it, and it may be served meanwhile or if the fill fails.
+    Fill { cell: Arc<OnceCell<Fill>>, new: bool, stale: Option<Cached> },
+}
+
 /// What the requests waiting on one miss get.
 #[derive(Clone)]
 pub enum Fill {
-    /// The answer (stored, or served once to the waiters), and its key for the request that
+    /// The answer (stored, or served once to the waiters), its `X-Cache` (MISS, or REVALIDATED
+    /// when the origin said the stale one still holds), and its key for the request that
     /// fetched it (`answer_key`): a waiter whose own key differs (it differs in a field the
     /// answer Varies on, which the key it waited on could not hold before the answer said so)
     /// fetches its own.
-    Answer(Cached, Option<String>),
+    Answer(Box<Cached>, &'static str, Option<String>),
     /// The upstream failed: every waiter answers with this status (502, 504).
     Failed(StatusCode),
     /// Too big to share: every waiter makes its own upstream request.
@@ -249,17 +282,26 @@ impl CacheStore {
     }
 
     /// A fresh stored answer, else the cell that coalesces misses of `key` (every caller gets
-    /// the same one until it is done). One lock for both: a fill that ends between a caller's
-    /// miss and its cell would otherwise start a second fill.
-    pub fn lookup(
-        &self,
-        route: &str,
-        config: &CacheConfig,
-        key: &str,
-    ) -> Result<Cached, Arc<OnceCell<Fill>>> {
-        self.with(route, config, |c| match c.entries.get(key).filter(|e| e.fresh()) {
-            Some(hit) => Ok(hit.clone()),
-            None => Err(c.pending(key)),
+    /// the same one until it is done) with the stale answer, if any. One lock for both: a fill
+    /// that ends between a caller's miss and its cell would otherwise start a second fill.
+    pub fn lookup(&self, route: &str, config: &CacheConfig, key: &str) -> Lookup {
+        self.with(route, config, |c| match c.entries.get(key) {
+            Some(hit) if hit.fresh() => Lookup::Fresh(hit.clone()),
+            stored => {
+                let stale = stored.cloned();
+                let (cell, new) = c.pending(key);
+                Lookup::Fill { cell, new, stale }
+            }
+        })
+    }
+
+    /// Drops the stored answer of `key`: the origin answered again and it was not stored (no
+    /// longer storable), so the stale one must not be served or revalidated.
+    pub fn forget(&self, route: &str, config: &CacheConfig, key: &str) {
+        self.with(route, config, |c| {
+            if let Some(old) = c.entries.pop(key) {
+                c.bytes -= old.body.len();
+            }
         })
     }
 
@@ -285,8 +327,9 @@ impl CacheStore {
             c.vary.put(base, vary);
             let then =
                 headers.get(header::AGE).and_then(|v| v.to_str().ok()?.trim().parse().ok()).unwrap_or(0);
-            let now = Instant::now();
-            let entry = Cached { status, headers, body, expires: now + ttl, stored: Some((now, then)) };
+            let (now, grace) = (Instant::now(), Grace::of(&headers));
+            let entry =
+                Cached { status, headers, body, expires: now + ttl, stored: Some((now, then)), grace };
             c.bytes += entry.body.len();
             if let Some((_, old)) = c.entries.push(full_key, entry.clone()) {
                 c.bytes -= old.body.len();
@@ -393,7 +436,8 @@ mod tests {
     #[test]
     fn vary_separates_entries_and_bytes_are_bounded() {
         let store = CacheStore::default();
-        let config = CacheConfig { max_entries: 100, max_bytes: 10, max_object_bytes: 8 };
+        let config =
+            CacheConfig { max_entries: 100, max_bytes: 10, max_object_bytes: 8, ..Default::default() };
         let vary = headers(&[(header::VARY, "accept-encoding")]);
         let gzip = headers(&[(header::ACCEPT_ENCODING, "gzip")]);
         let plain = HeaderMap::new();
@@ -409,8 +453,8 @@ mod tests {
         );
         let gzip_key = store.key("r", &config, &Method::GET, "h", "/p", &gzip);
         let plain_key = store.key("r", &config, &Method::GET, "h", "/p", &plain);
-        assert!(store.lookup("r", &config, &gzip_key).is_ok());
-        assert!(store.lookup("r", &config, &plain_key).is_err(), "Vary ignored");
+        assert!(fresh(&store, &config, &gzip_key).is_some());
+        assert!(fresh(&store, &config, &plain_key).is_none(), "Vary ignored");
         // Too big for one object: not stored. Over max_bytes: the oldest goes.
         assert!(
             store
@@ -432,7 +476,7 @@ mod tests {
             Some((StatusCode::OK, HeaderMap::new(), Bytes::from("1234567"), ttl)),
             "k",
         );
-        assert!(store.lookup("r", &config, &gzip_key).is_err(), "LRU by bytes");
+        assert!(fresh(&store, &config, &gzip_key).is_none(), "LRU by bytes");
         assert_eq!(store.purge("r", Some("/q")), 1);
     }
 
@@ -442,7 +486,8 @@ mod tests {
     #[test]
     fn a_stored_answer_is_as_old_as_its_age_then_and_its_time_held() {
         let store = CacheStore::default();
-        let config = CacheConfig { max_entries: 100, max_bytes: 1000, max_object_bytes: 100 };
+        let config =
+            CacheConfig { max_entries: 100, max_bytes: 1000, max_object_bytes: 100, ..Default::default() };
         let request = (&Method::GET, "h", "/p");
         let answer = |age: &str| {
             Some((StatusCode::OK, headers(&[(header::AGE, age)]), Bytes::new(), Duration::from_secs(60)))
@@ -457,7 +502,8 @@ mod tests {
     #[test]
     fn requests_that_differ_in_a_varied_field_never_share_a_key() {
         let store = CacheStore::default();
-        let config = CacheConfig { max_entries: 100, max_bytes: 1000, max_object_bytes: 100 };
+        let config =
+            CacheConfig { max_entries: 100, max_bytes: 1000, max_object_bytes: 100, ..Default::default() };
         let request = (&Method::GET, "h", "/p");
         let ttl = Duration::from_secs(60);
         let store_for = |asked: &HeaderMap, vary: &str| {
@@ -467,7 +513,7 @@ mod tests {
         };
         let served = |asked: &HeaderMap| {
             let key = store.key("r", &config, &Method::GET, "h", "/p", asked);
-            store.lookup("r", &config, &key).ok().map(|hit| hit.body)
+            fresh(&store, &config, &key).map(|hit| hit.body)
         };
         let mut two = HeaderMap::new();
         two.append(header::ACCEPT_ENCODING, "identity".parse().unwrap());
@@ -508,9 +554,20 @@ mod tests {
         assert!(stored.is_none());
     }
 
+    /// The fresh answer stored for `key` on route `r`.
+    fn fresh(store: &CacheStore, config: &CacheConfig, key: &str) -> Option<Cached> {
+        match store.lookup("r", config, key) {
+            Lookup::Fresh(hit) => Some(hit),
+            Lookup::Fill { .. } => None,
+        }
+    }
+
     /// The cell of a miss of `key` on route `r`.
     fn miss(store: &CacheStore, config: &CacheConfig, key: &str) -> Arc<OnceCell<Fill>> {
-        store.lookup("r", config, key).err().expect("a miss")
+        match store.lookup("r", config, key) {
+            Lookup::Fill { cell, .. } => cell,
+            Lookup::Fresh(_) => panic!("a hit"),
+        }
     }
 
     /// How many entries, Vary records and misses in flight a route's cache holds.
@@ -536,7 +593,8 @@ mod tests {
     #[test]
     fn a_client_asking_for_ever_new_paths_fills_nothing_past_the_bounds() {
         let store = CacheStore::default();
-        let config = CacheConfig { max_entries: 8, max_bytes: 1 << 20, max_object_bytes: 1024 };
+        let config =
+            CacheConfig { max_entries: 8, max_bytes: 1 << 20, max_object_bytes: 1024, ..Default::default() };
         // Every answer stored, each path new (a query string a request).
         store_paths(&store, &config, 0..1000, "x");
         let (entries, vary, _) = held(&store, "r");
@@ -571,7 +629,8 @@ mod tests {
             )
         };
         let store = CacheStore::default();
-        let limits = CacheConfig { max_entries: 10, max_bytes: 1000, max_object_bytes: 100 };
+        let limits =
+            CacheConfig { max_entries: 10, max_bytes: 1000, max_object_bytes: 100, ..Default::default() };
         for name in ["kept", "uncached", "removed"] {
             let answer = (StatusCode::OK, HeaderMap::new(), Bytes::from("x"), Duration::from_secs(60));
             store.finish(name, &limits, &HeaderMap::new(), (&Method::GET, "h", "/"), Some(answer), "k");
@@ -584,23 +643,25 @@ mod tests {
     #[test]
     fn a_reloaded_routes_new_limits_apply_at_once() {
         let store = CacheStore::default();
-        let config = CacheConfig { max_entries: 10, max_bytes: 1000, max_object_bytes: 100 };
+        let config =
+            CacheConfig { max_entries: 10, max_bytes: 1000, max_object_bytes: 100, ..Default::default() };
         store_paths(&store, &config, 0..10, "0123456789");
         assert_eq!(held(&store, "r").0, 10);
         // Fewer entries: the oldest go, the newest stay.
         let fewer = CacheConfig { max_entries: 3, ..config.clone() };
         let key = |i: usize| store.key("r", &fewer, &Method::GET, "h", &format!("/p?{i}"), &HeaderMap::new());
-        assert!(store.lookup("r", &fewer, &key(9)).is_ok());
-        assert!(store.lookup("r", &fewer, &key(0)).is_err());
+        assert!(fresh(&store, &fewer, &key(9)).is_some());
+        assert!(fresh(&store, &fewer, &key(0)).is_none());
         assert_eq!(held(&store, "r").0, 3);
         // Fewer bytes: down to what fits. A smaller object limit refuses what it used to take.
-        let smaller = CacheConfig { max_entries: 3, max_bytes: 15, max_object_bytes: 5 };
+        let smaller =
+            CacheConfig { max_entries: 3, max_bytes: 15, max_object_bytes: 5, ..Default::default() };
         drop(store.lookup("r", &smaller, "any"));
         assert_eq!(held(&store, "r").0, 1, "one 10-byte entry fits in 15 bytes");
         store_paths(&store, &smaller, 20..21, "0123456789");
         let new_key = store.key("r", &smaller, &Method::GET, "h", "/p?20", &HeaderMap::new());
         assert!(
-            store.lookup("r", &smaller, &new_key).is_err(),
+            fresh(&store, &smaller, &new_key).is_none(),
             "an object over the new max_object_bytes was stored"
         );
     }

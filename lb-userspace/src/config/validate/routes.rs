@@ -86,7 +86,7 @@ pub(in crate::config) fn check(
             jwt,
             basic_auth,
             shadow,
-            cache: raw.cache,
+            cache: raw.cache.map(|c| cache(c, at.clone(), errors)),
             compress,
             request_headers: request_headers.unwrap_or_default(),
             response_headers: response_headers.unwrap_or_default(),
@@ -96,6 +96,22 @@ pub(in crate::config) fn check(
         });
     }
     routes
+}
+
+/// The longest a stored answer may be served stale: a year.
+const MAX_STALE_S: u32 = 365 * 24 * 3600;
+
+/// A route's `cache`: its stale windows at most a year.
+fn cache(raw: CacheConfig, at: Range<usize>, errors: &mut Errors) -> CacheConfig {
+    for (name, seconds) in [
+        ("stale_while_revalidate_s", raw.stale_while_revalidate_s),
+        ("stale_if_error_s", raw.stale_if_error_s),
+    ] {
+        if seconds > MAX_STALE_S {
+            errors.at(at.clone(), format!("cache: {name} is at most {MAX_STALE_S} (a year)"));
+        }
+    }
+    raw
 }
 
 /// What a route's retries retry: `reset`, `gateway-error` (502, 503, 504), `5xx`, or a status

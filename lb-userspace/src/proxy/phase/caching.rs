@@ -2,11 +2,15 @@
 //! one key make one upstream request (picked with the request's own headers, so hashing holds,
 //! and without its conditions, so it asks for the whole answer) whose answer every waiter gets
 //! that does not differ in a field it Varies on, each waiter's `If-None-Match` or
-//! `If-Modified-Since` judged against it (304). An answer larger
-//! than `max_object_bytes` streams through uncached; a timeout is 504, any other failure 502.
+//! `If-Modified-Since` judged against it (304). A stale stored answer is revalidated with its own
+//! validators (a 304 keeps its body), served at once while a fill runs apart within its
+//! `stale-while-revalidate` grace, and served instead of a failure within its `stale-if-error`
+//! one. An answer larger than `max_object_bytes` streams through uncached; a timeout is 504, any
+//! other failure 502.
 use std::{
     net::IpAddr,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -21,11 +25,13 @@ use hyper::{
     http::request::Parts,
 };
 
+use tokio::sync::OnceCell;
+
 use crate::{
-    config::CacheConfig,
+    config::{CacheConfig, UpstreamProtocol},
     proxy::{
         body::Body,
-        cache::{self, CacheStore, Fill, conditional},
+        cache::{self, CacheStore, Fill, Lookup, conditional, revalidate, stale},
         metrics::{Label, ProxyMetrics},
         phase::{
             Refusal,
@@ -33,7 +39,7 @@ use crate::{
             respond,
             upstream::{InFlight, Upstreams},
         },
-        routes::{CompiledRoute, L7Pool},
+        routes::{CompiledRoute, L7Pool, Upstream},
     },
 };
 
@@ -59,13 +65,6 @@ pub struct CacheRequest<'a> {
     pub client: IpAddr,
 }
 
-impl CacheRequest<'_> {
-    /// The request's path and query.
-    fn target(&self) -> &str {
-        self.parts.uri.path_and_query().map_or("/", |p| p.as_str())
-    }
-}
-
 /// What the cache phase answered.
 pub struct Cached {
     pub response: Response<Body>,
@@ -89,6 +88,8 @@ enum Fetched {
     /// Over `max_object_bytes`: what was read so far, then the rest, streamed.
     TooBig(Response<Body>),
     Failed(StatusCode),
+    /// A 304 to a revalidation: the stored answer still holds; the 304's fields.
+    NotModified(HeaderMap),
 }
 
 /// A body that starts with bytes already read and goes on with the rest of the upstream body;
@@ -128,21 +129,36 @@ impl hyper::body::Body for Prefixed {
     }
 }
 
-async fn fetch(upstreams: &Upstreams, request: &CacheRequest<'_>) -> Fetched {
-    let (pool, parts, route) = (request.pool, request.parts, request.route);
-    let Some(upstream) = pool.pick(&parts.headers, request.client, &[]) else {
+/// One upstream request of a fill: to whom, what, and the stale answer it revalidates.
+/// Borrowed from the request it serves, or from what a background fill owns.
+struct Fetch<'a> {
+    /// None: no backend usable.
+    upstream: Option<Arc<Upstream>>,
+    protocol: UpstreamProtocol,
+    parts: &'a Parts,
+    forwarding: &'a Forwarding,
+    host: &'a str,
+    timeout: Duration,
+    max_object_bytes: usize,
+    stale: Option<&'a cache::Cached>,
+}
+
+async fn fetch(upstreams: &Upstreams, request: &Fetch<'_>) -> Fetched {
+    let Some(upstream) = &request.upstream else {
         return Fetched::Failed(StatusCode::SERVICE_UNAVAILABLE);
     };
-    let in_flight = InFlight::start(&upstream);
-    let deadline = tokio::time::Instant::now() + route.timeout;
+    let parts = request.parts;
+    let in_flight = InFlight::start(upstream);
+    let deadline = tokio::time::Instant::now() + request.timeout;
     let mut fields = parts.headers.clone();
     for name in &conditional::JUDGED_HERE {
         fields.remove(name);
     }
+    let asked = request.stale.is_some_and(|stale| revalidate::ask(&mut fields, &stale.headers));
     let mut no_body = None;
     let sent = upstreams.send(
-        pool.protocol,
-        &upstream,
+        request.protocol,
+        upstream,
         parts,
         &mut fields,
         true,
@@ -159,7 +175,10 @@ async fn fetch(upstreams: &Upstreams, request: &CacheRequest<'_>) -> Fetched {
     };
     let (mut head, mut body) = response.into_parts();
     headers::client_response(&mut head.headers, false);
-    let max = request.config.max_object_bytes;
+    if asked && head.status == StatusCode::NOT_MODIFIED {
+        return Fetched::NotModified(head.headers);
+    }
+    let max = request.max_object_bytes;
     let mut read = BytesMut::new();
     let too_big = |head: hyper::http::response::Parts, read: BytesMut, rest: Body, in_flight: InFlight| {
         let body = Prefixed { head: Some(read.freeze()), rest, _in_flight: in_flight };
@@ -192,6 +211,76 @@ async fn fetch(upstreams: &Upstreams, request: &CacheRequest<'_>) -> Fetched {
     Fetched::Whole(head.status, head.headers, read.freeze(), ttl)
 }
 
+/// One fill of a key: fetched, counted (route `NAME:fill`: coalescing shows there), stored. What
+/// its waiters get, and the answer itself when it streams through (too big to store).
+struct FillJob<'a> {
+    store: &'a CacheStore,
+    route: &'a str,
+    label: &'a Label,
+    pool: &'a Label,
+    config: &'a CacheConfig,
+    key: &'a str,
+    fetch: Fetch<'a>,
+}
+
+async fn fill(
+    upstreams: &Upstreams,
+    metrics: &ProxyMetrics,
+    job: FillJob<'_>,
+) -> (Fill, Option<Response<Body>>) {
+    let fetched = fetch(upstreams, &job.fetch).await;
+    let status = match &fetched {
+        Fetched::Whole(status, ..) => status.as_u16(),
+        Fetched::NotModified(_) => 304,
+        Fetched::TooBig(response) => response.status().as_u16(),
+        Fetched::Failed(status) => status.as_u16(),
+    };
+    metrics.request(job.label.clone(), job.pool.clone(), Label::from(""), status, None);
+    let (store, route, config, key) = (job.store, job.route, job.config, job.key);
+    let parts = job.fetch.parts;
+    let described = (&parts.method, job.fetch.host, target(parts));
+    match fetched {
+        Fetched::Whole(status, headers, body, ttl) => {
+            let answer = ttl.map(|ttl| (status, headers.clone(), body.clone(), ttl));
+            let stored = store.finish(route, config, &parts.headers, described, answer, key);
+            if stored.is_none() && !stale::is_error(status) {
+                // The origin's new answer replaces the stale one, stored or not.
+                store.forget(route, config, key);
+            }
+            let its_key = cache::answer_key(described, &headers, &parts.headers);
+            let answer = stored.unwrap_or_else(|| cache::Cached::now(status, headers, body));
+            (Fill::Answer(Box::new(answer), "MISS", its_key), None)
+        }
+        Fetched::NotModified(fields) => {
+            let stale = job.fetch.stale.expect("a 304 only to a revalidation");
+            let Some(updated) = revalidate::updated(&stale.headers, &fields) else {
+                store.finish(route, config, &parts.headers, described, None, key);
+                return (Fill::Failed(StatusCode::BAD_GATEWAY), None);
+            };
+            let ttl = cache::lifetime(parts, stale.status, &updated);
+            let answer = ttl.map(|ttl| (stale.status, updated.clone(), stale.body.clone(), ttl));
+            let stored = store.finish(route, config, &parts.headers, described, answer, key);
+            let its_key = cache::answer_key(described, &updated, &parts.headers);
+            let answer =
+                stored.unwrap_or_else(|| cache::Cached::now(stale.status, updated, stale.body.clone()));
+            (Fill::Answer(Box::new(answer), "REVALIDATED", its_key), None)
+        }
+        Fetched::TooBig(response) => {
+            store.finish(route, config, &parts.headers, described, None, key);
+            (Fill::Uncached, Some(response))
+        }
+        Fetched::Failed(status) => {
+            store.finish(route, config, &parts.headers, described, None, key);
+            (Fill::Failed(status), None)
+        }
+    }
+}
+
+/// A request's path and query.
+fn target(parts: &Parts) -> &str {
+    parts.uri.path_and_query().map_or("/", |p| p.as_str())
+}
+
 /// A stored (or just fetched) answer to this request: 304 when it is a 200 the request's
 /// condition holds for.
 fn answered(answer: &cache::Cached, parts: &Parts, x_cache: &'static str) -> Cached {
@@ -212,79 +301,139 @@ fn failed(route: &CompiledRoute, status: StatusCode) -> Cached {
     Cached { response: respond::fallback_or(route.fallback.as_ref(), status, reason), reason: Some(reason) }
 }
 
+/// Starts a fill on a task of its own, for a request served a stale answer meanwhile
+/// (`stale-while-revalidate`). It holds the key's cell, so requests that come while it runs
+/// are served the stale answer too, or wait for it once that is too old; it is bounded as any
+/// fill (the route's timeout, `max_object_bytes`).
+fn revalidate_apart(
+    store: &Arc<CacheStore>,
+    upstreams: &Arc<Upstreams>,
+    metrics: &ProxyMetrics,
+    request: &CacheRequest<'_>,
+    (cell, key, stale): (Arc<OnceCell<Fill>>, String, cache::Cached),
+) {
+    let (route, parts) = (request.route, request.parts);
+    let upstream = request.pool.pick(&parts.headers, request.client, &[]);
+    let mut parts = Parts::clone(parts);
+    parts.extensions = Default::default();
+    let (store, upstreams, metrics) = (store.clone(), upstreams.clone(), metrics.clone());
+    let (name, label, pool) = (route.name.clone(), route.fill_label.clone(), request.pool.name.clone());
+    let (config, forwarding, host) =
+        (request.config.clone(), request.forwarding.clone(), request.host.to_owned());
+    let (protocol, timeout) = (request.pool.protocol, route.timeout);
+    tokio::spawn(async move {
+        let fetch = Fetch {
+            upstream,
+            protocol,
+            parts: &parts,
+            forwarding: &forwarding,
+            host: &host,
+            timeout,
+            max_object_bytes: config.max_object_bytes,
+            stale: Some(&stale),
+        };
+        let job = FillJob {
+            store: &store,
+            route: &name,
+            label: &label,
+            pool: &pool,
+            config: &config,
+            key: &key,
+            fetch,
+        };
+        // An answer too big to store is dropped unread: no client waits for it.
+        cell.get_or_init(|| async { fill(&upstreams, &metrics, job).await.0 }).await;
+    });
+}
+
 /// Answers a cache route's request from the store, or fills it.
 pub async fn serve(
-    store: &CacheStore,
-    upstreams: &Upstreams,
+    store: &Arc<CacheStore>,
+    upstreams: &Arc<Upstreams>,
     metrics: &ProxyMetrics,
     request: &CacheRequest<'_>,
 ) -> Cached {
     let (route, config, parts) = (request.route, request.config, request.parts);
-    let key = store.key(&route.name, config, &parts.method, request.host, request.target(), &parts.headers);
-    let cell = match store.lookup(&route.name, config, &key) {
-        Ok(hit) => return answered(&hit, parts, "HIT"),
-        Err(cell) => cell,
+    let key = store.key(&route.name, config, &parts.method, request.host, target(parts), &parts.headers);
+    let (cell, stale) = match store.lookup(&route.name, config, &key) {
+        Lookup::Fresh(hit) => return answered(&hit, parts, "HIT"),
+        Lookup::Fill { cell, new, stale: Some(stale) } if stale.served_while_revalidating(config) => {
+            if new {
+                revalidate_apart(store, upstreams, metrics, request, (cell, key, stale.clone()));
+            }
+            return answered(&stale, parts, "UPDATING");
+        }
+        Lookup::Fill { cell, stale, .. } => (cell, stale),
     };
     let mut mine = None;
     let mut filled = false;
     let fill = cell
         .get_or_init(|| async {
             filled = true;
-            let fetched = fetch(upstreams, request).await;
-            // Upstream fills are counted apart (route NAME:fill): coalescing shows there.
-            let status = match &fetched {
-                Fetched::Whole(status, ..) => status.as_u16(),
-                Fetched::TooBig(response) => response.status().as_u16(),
-                Fetched::Failed(status) => status.as_u16(),
+            let fetch = Fetch {
+                upstream: request.pool.pick(&parts.headers, request.client, &[]),
+                protocol: request.pool.protocol,
+                parts,
+                forwarding: request.forwarding,
+                host: request.host,
+                timeout: route.timeout,
+                max_object_bytes: config.max_object_bytes,
+                stale: stale.as_ref(),
             };
-            metrics.request(
-                route.fill_label.clone(),
-                request.pool.name.clone(),
-                Label::from(""),
-                status,
-                None,
-            );
-            let described = (&parts.method, request.host, request.target());
-            match fetched {
-                Fetched::Whole(status, headers, body, ttl) => {
-                    let answer = ttl.map(|ttl| (status, headers.clone(), body.clone(), ttl));
-                    let stored = store.finish(&route.name, config, &parts.headers, described, answer, &key);
-                    let its_key = cache::answer_key(described, &headers, &parts.headers);
-                    Fill::Answer(stored.unwrap_or_else(|| cache::Cached::now(status, headers, body)), its_key)
-                }
-                Fetched::TooBig(response) => {
-                    store.finish(&route.name, config, &parts.headers, described, None, &key);
-                    mine = Some(response);
-                    Fill::Uncached
-                }
-                Fetched::Failed(status) => {
-                    store.finish(&route.name, config, &parts.headers, described, None, &key);
-                    Fill::Failed(status)
-                }
-            }
+            let (name, label, pool) = (&route.name, &route.fill_label, &request.pool.name);
+            let job = FillJob { store, route: name, label, pool, config, key: &key, fetch };
+            let (fill, response) = fill(upstreams, metrics, job).await;
+            mine = response;
+            fill
         })
         .await
         .clone();
-    let described = (&parts.method, request.host, request.target());
-    match (fill, mine) {
-        (Fill::Answer(answer, its_key), _)
+    let described = (&parts.method, request.host, target(parts));
+    let outcome = match (fill, mine) {
+        (Fill::Answer(answer, x_cache, its_key), _)
             if filled
                 || its_key.is_some()
                     && its_key == cache::answer_key(described, &answer.headers, &parts.headers) =>
         {
-            answered(&answer, parts, "MISS")
+            Ok((*answer, x_cache))
         }
-        (Fill::Failed(status), _) => failed(route, status),
-        (Fill::Uncached, Some(response)) => Cached { response, reason: None },
+        (Fill::Failed(status), _) => Err(status),
+        (Fill::Uncached, Some(response)) => return Cached { response, reason: None },
         // Waited on a fill too big to share, or on one whose answer varies on a field in which
         // this request differs from the one that fetched it: this request fetches its own.
-        (Fill::Answer(..) | Fill::Uncached, _) => match fetch(upstreams, request).await {
-            Fetched::Whole(status, headers, body, _) => {
-                answered(&cache::Cached::now(status, headers, body), parts, "MISS")
+        (Fill::Answer(..) | Fill::Uncached, _) => {
+            let own = Fetch {
+                upstream: request.pool.pick(&parts.headers, request.client, &[]),
+                protocol: request.pool.protocol,
+                parts,
+                forwarding: request.forwarding,
+                host: request.host,
+                timeout: route.timeout,
+                max_object_bytes: config.max_object_bytes,
+                stale: None, // the stale answer is another key's
+            };
+            match fetch(upstreams, &own).await {
+                Fetched::Whole(status, headers, body, _) => {
+                    Ok((cache::Cached::now(status, headers, body), "MISS"))
+                }
+                Fetched::TooBig(response) => return Cached { response, reason: None },
+                // Asked with no validator, a 304 is no answer to this request.
+                Fetched::NotModified(_) => Err(StatusCode::BAD_GATEWAY),
+                Fetched::Failed(status) => Err(status),
             }
-            Fetched::TooBig(response) => Cached { response, reason: None },
-            Fetched::Failed(status) => failed(route, status),
-        },
+        }
+    };
+    let error = match &outcome {
+        Ok((answer, _)) => stale::is_error(answer.status),
+        Err(_) => true,
+    };
+    // The stale answer, when fetching failed and its grace allows (`stale-if-error`).
+    if error && let Some(stale) = stale.as_ref().filter(|stale| stale.served_on_error(config)) {
+        return answered(stale, parts, "STALE");
+    }
+    match outcome {
+        Ok((answer, x_cache)) => answered(&answer, parts, x_cache),
+        Err(status) => failed(route, status),
     }
 }
 
@@ -367,10 +516,15 @@ mod tests {
 
     impl Client {
         fn new(port: u16) -> Client {
+            Client::with(port, "max_entries = 10")
+        }
+
+        /// A client of a route whose `cache` is `{ settings }`.
+        fn with(port: u16, settings: &str) -> Client {
             let text = format!(
                 "[dataplane]\ninterface = \"lo\"\n[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\n\
                  [[pool]]\nname = \"p\"\nport = {port}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
-                 [[route]]\nlistener = \"l\"\npool = \"p\"\ncache = {{ max_entries = 10 }}\n"
+                 [[route]]\nlistener = \"l\"\npool = \"p\"\ntimeout_ms = 1000\ncache = {{ {settings} }}\n"
             );
             let config = Config::parse(Path::new("t.toml"), &text).unwrap();
             let listener = Arc::new(config.listeners[0].clone());
@@ -490,5 +644,154 @@ mod tests {
         );
         assert_eq!((one.2.as_str(), two.2.as_str()), ("the whole answer", "the whole answer"));
         assert_eq!(seen.lock().unwrap().len(), 3, "{:?}", seen.lock().unwrap());
+    }
+
+    /// What the versioned origin does next.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mood {
+        /// Answers with version `n`: 304 when asked `If-None-Match` with its tag.
+        Serving(u8),
+        /// 503.
+        Failing,
+        /// Closes the connection unanswered.
+        Down,
+    }
+
+    /// An origin whose mood the test sets; every answer after 50 ms, with `Cache-Control:
+    /// CC` (the path's query), so a test picks each answer's freshness and grace. Notes each
+    /// request's `If-None-Match`.
+    async fn versioned() -> (u16, Arc<Mutex<Mood>>, Arc<Mutex<Vec<String>>>) {
+        let mood = Arc::new(Mutex::new(Mood::Serving(1)));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (moody, noted) = (mood.clone(), seen.clone());
+        let address = test_bed::listening(move |stream| {
+            let (moody, noted) = (moody.clone(), noted.clone());
+            async move {
+                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let (moody, noted) = (moody.clone(), noted.clone());
+                    async move {
+                        let inm = request.headers().get(header::IF_NONE_MATCH);
+                        let inm = inm.map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned());
+                        noted.lock().unwrap().push(inm.clone());
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let cache_control = request.uri().query().unwrap_or("max-age=60").replace("%20", " ");
+                        let answer = Response::builder().header(header::CACHE_CONTROL, cache_control);
+                        let mood = *moody.lock().unwrap();
+                        let answer = match mood {
+                            Mood::Down => return Err("down"),
+                            Mood::Failing => answer.status(503).body(Bytes::from("busy")),
+                            Mood::Serving(n) if inm == format!("\"v{n}\"") => {
+                                answer.status(304).header(header::ETAG, inm).body(Bytes::new())
+                            }
+                            Mood::Serving(n) => answer
+                                .header(header::ETAG, format!("\"v{n}\""))
+                                .body(Bytes::from(format!("version {n}"))),
+                        };
+                        Ok::<_, &str>(answer.unwrap().map(http_body_util::Full::new))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            }
+        })
+        .await;
+        (address.port(), mood, seen)
+    }
+
+    /// Waits out a 1 s lifetime.
+    async fn expire() {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+
+    fn said(answer: &(u16, HeaderMap, String)) -> (u16, &str, &str) {
+        let x_cache = answer.1.get("x-cache").map_or("-", |v| v.to_str().unwrap());
+        (answer.0, x_cache, answer.2.as_str())
+    }
+
+    #[tokio::test]
+    async fn a_stale_answer_is_revalidated_and_a_304_keeps_its_body() {
+        let (port, mood, seen) = versioned().await;
+        let client = Client::new(port);
+        let short = "/page?max-age=1";
+        assert_eq!(said(&client.get(short, &[]).await), (200, "MISS", "version 1"));
+        expire().await;
+        // The origin says version 1 still holds, for another second.
+        let revalidated = client.get(short, &[]).await;
+        assert_eq!(said(&revalidated), (200, "REVALIDATED", "version 1"));
+        assert_eq!(seen.lock().unwrap().as_slice(), ["-", "\"v1\""], "asked with the stored tag");
+        // Stored again, with the 304's fields: fresh for that second.
+        assert_eq!(said(&client.get(short, &[]).await), (200, "HIT", "version 1"));
+        // A client's own condition is still judged here, against the revalidated answer.
+        assert_eq!(client.get(short, &[("if-none-match", "\"v1\"")]).await.0, 304);
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        // Changed at the origin: its 200 replaces the stored answer.
+        *mood.lock().unwrap() = Mood::Serving(2);
+        let (_, _, body) = client.get("/other?max-age=1", &[]).await;
+        assert_eq!(body, "version 2");
+        expire().await;
+        *mood.lock().unwrap() = Mood::Serving(3);
+        assert_eq!(said(&client.get("/other?max-age=1", &[]).await), (200, "MISS", "version 3"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_fill_serves_the_stale_answer_within_its_grace() {
+        let (port, mood, _) = versioned().await;
+        let client = Client::with(port, "max_entries = 10, stale_if_error_s = 60");
+        let paths = [
+            "/a?max-age=1",
+            "/b?max-age=1",
+            "/c?max-age=1,%20must-revalidate",
+            "/d?max-age=1,%20stale-if-error=0",
+        ];
+        for path in paths {
+            assert_eq!(said(&client.get(path, &[]).await), (200, "MISS", "version 1"), "{path}");
+        }
+        expire().await;
+        *mood.lock().unwrap() = Mood::Failing;
+        assert_eq!(said(&client.get(paths[0], &[]).await), (200, "STALE", "version 1"));
+        *mood.lock().unwrap() = Mood::Down;
+        let stale = client.get(paths[1], &[]).await;
+        assert_eq!(said(&stale), (200, "STALE", "version 1"));
+        let age: u64 = stale.1[header::AGE].to_str().unwrap().parse().unwrap();
+        assert!(age >= 1, "a stale answer's Age is past its lifetime: {age}");
+        // An answer that must be revalidated, or whose own grace is over, is not served stale.
+        assert_eq!(client.get(paths[2], &[]).await.0, 502);
+        *mood.lock().unwrap() = Mood::Failing;
+        assert_eq!(said(&client.get(paths[3], &[]).await), (503, "MISS", "busy"));
+        // Without a route setting or a directive, no grace at all.
+        let plain = Client::new(port);
+        *mood.lock().unwrap() = Mood::Serving(1);
+        plain.get(paths[0], &[]).await;
+        expire().await;
+        *mood.lock().unwrap() = Mood::Failing;
+        assert_eq!(said(&plain.get(paths[0], &[]).await), (503, "MISS", "busy"));
+    }
+
+    #[tokio::test]
+    async fn within_its_grace_a_stale_answer_is_served_at_once_and_fetched_again_apart() {
+        let (port, mood, seen) = versioned().await;
+        let client = Client::new(port);
+        let path = "/feed?max-age=1,%20stale-while-revalidate=30";
+        assert_eq!(said(&client.get(path, &[]).await), (200, "MISS", "version 1"));
+        expire().await;
+        *mood.lock().unwrap() = Mood::Serving(2);
+        // Five clients at once: each gets the stale answer; one fill runs apart.
+        let asks = (0..5).map(|_| client.get(path, &[]));
+        for answer in futures_util::future::join_all(asks).await {
+            assert_eq!(said(&answer), (200, "UPDATING", "version 1"));
+        }
+        let mut refreshed = None;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            let answer = client.get(path, &[]).await;
+            if said(&answer).1 == "HIT" {
+                refreshed = Some(answer);
+                break;
+            }
+        }
+        let refreshed = refreshed.expect("the fill apart stored the new version");
+        assert_eq!(said(&refreshed), (200, "HIT", "version 2"));
+        assert_eq!(seen.lock().unwrap().as_slice(), ["-", "\"v1\""], "one revalidation for five clients");
     }
 }
