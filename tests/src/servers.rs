@@ -128,7 +128,8 @@ impl Nginx {
                  location /cached {{ add_header Cache-Control \"max-age=3\"; return 200 \"{name} cached\\n\"; }}\n    \
                  location /busy {{ return 503 \"{name} busy\\n\"; }}\n    \
                  location /conn {{ return 200 \"{name} r=$connection_requests\\n\"; }}\n    \
-                 location /big {{ root {dir}; add_header Cache-Control \"max-age=60\"; }}\n  }}\n  \
+                 location /big {{ root {dir}; add_header Cache-Control \"max-age=60\"; }}\n    \
+                 location /short {{ root {dir}; add_header Cache-Control \"max-age=1\"; }}\n  }}\n  \
                  server {{\n    listen 8084 proxy_protocol;\n    \
                  location / {{ return 200 \"{name} pp=$proxy_protocol_addr:$proxy_protocol_port c=$connection\\n\"; }}\n  }}\n}}\n",
                 dir = dir.0.display()
@@ -138,6 +139,8 @@ impl Nginx {
         std::fs::write(dir.0.join("slow"), vec![b'x'; 120 * 1024])?;
         // /big: 64 KiB at full speed, cacheable (larger than a small cache's objects).
         std::fs::write(dir.0.join("big"), vec![b'y'; 64 * 1024])?;
+        // /short: a file (ETag, Last-Modified) fresh for a second: revalidated by caches.
+        std::fs::write(dir.0.join("short"), format!("{name} short\n"))?;
         let child = host
             .command("nginx")
             .args(["-c", conf.to_str().context("path")?, "-p", dir.0.to_str().context("path")?])

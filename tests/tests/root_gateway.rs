@@ -288,6 +288,20 @@ retries = 1
 retry_budget_percent = 20
 
 [[route]]
+name = "stale"
+listener = "http"
+host = "stale.test"
+pool = "one"
+cache = {{ max_entries = 10, stale_if_error_s = 600 }}
+
+[[route]]
+name = "updating"
+listener = "http"
+host = "updating.test"
+pool = "one"
+cache = {{ max_entries = 10, stale_while_revalidate_s = 30 }}
+
+[[route]]
 name = "smallcache"
 listener = "http"
 host = "smallcache.test"
@@ -862,6 +876,72 @@ fn root_gateway_response_cache() -> Result<()> {
     // ...and gone after a purge.
     assert!(bed.lbd.lbctl(&["cache", "purge", "cached"])?.contains("purged 1"));
     assert_eq!(get(&bed)?.0, 502);
+    Ok(())
+}
+
+/// A cache route's stale answers with nginx as the origin: revalidated with their validators
+/// (nginx's 304), served at once while fetched again apart, and instead of the error when the
+/// backend is gone.
+#[test]
+fn root_gateway_cache_revalidates_and_serves_stale_answers() -> Result<()> {
+    let mut bed = Bed::new()?;
+    let get = |bed: &Bed, host: &str| -> Result<(u16, String, String)> {
+        let host = format!("Host: {host}");
+        let out = bed
+            .topology
+            .client
+            .run("curl", &["-sS", "-D", "-", "-H", &host, &format!("http://{VIP}/short")])?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let code = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let x_cache = text
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-cache: ").map(|v| v.trim().to_owned()))
+            .unwrap_or_default();
+        let body = text.rsplit("\r\n\r\n").next().unwrap_or_default().trim().to_owned();
+        Ok((code, x_cache, body))
+    };
+    let fills =
+        |route: &str| wait_for_count(&bed, &format!("sluice_http_requests_total{{route=\"{route}:fill\""));
+    let expire = || std::thread::sleep(Duration::from_millis(1200));
+    let short = |x_cache: &str| (200, x_cache.to_owned(), "backend1 short".to_owned());
+    assert_eq!(get(&bed, "stale.test")?, short("miss"));
+    assert_eq!(get(&bed, "updating.test")?, short("miss"));
+    expire();
+    // nginx answers the stored ETag with 304: the body stays, fresh for another second.
+    assert_eq!(get(&bed, "stale.test")?, short("revalidated"));
+    assert_eq!(get(&bed, "stale.test")?, short("hit"));
+    // Within stale_while_revalidate_s: the stale answer at once, then the one fetched apart.
+    let before = fills("updating")?;
+    assert_eq!(get(&bed, "updating.test")?, short("updating"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match get(&bed, "updating.test")? {
+            got if got == short("hit") => break,
+            got => anyhow::ensure!(got == short("updating"), "{got:?}"),
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "no fill apart");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fills("updating")? - before, 1, "one fill apart");
+    // The backend gone: within stale_if_error_s the stale answer, not the 502.
+    bed.nginx.remove(0);
+    expire();
+    assert_eq!(get(&bed, "stale.test")?, short("stale"));
+    assert_eq!(get(&bed, "updating.test")?, short("updating"));
+    let out = bed.topology.client.run(
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Host: cache.test",
+            &format!("http://{VIP}/short"),
+        ],
+    )?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "502", "a route without grace");
     Ok(())
 }
 
