@@ -68,6 +68,9 @@ pub struct Entry {
     pub target: String,
     pub status: u16,
     pub upstream: Label,
+    /// Where a cache route's answer came from: HIT, MISS, REVALIDATED, UPDATING or STALE (nginx's
+    /// `$upstream_cache_status`).
+    pub cache: Option<&'static str>,
     pub request_id: String,
     /// Why the proxy answered by itself, when it did (`no route`, `rate limited`, ...).
     pub reason: Option<&'static str>,
@@ -208,6 +211,9 @@ impl Entry {
         } else {
             quote_into(out, &self.upstream);
         }
+        if let Some(cache) = self.cache {
+            let _ = write!(out, " cache={cache}");
+        }
         let millis = self.started.elapsed().as_secs_f64() * 1000.0;
         let _ = write!(out, " bytes={bytes} duration_ms={millis:.3} request_id=");
         quote_into(out, &self.request_id);
@@ -246,6 +252,7 @@ impl Entry {
                 method: &self.method,
                 path: &self.target,
                 upstream: if self.upstream.is_empty() { "-" } else { &self.upstream },
+                cache: self.cache,
                 bytes,
                 duration_ms: (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
                 request_id: &self.request_id,
@@ -308,6 +315,8 @@ struct JsonRequest<'a> {
     method: &'a str,
     path: &'a str,
     upstream: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache: Option<&'a str>,
     bytes: u64,
     duration_ms: f64,
     request_id: &'a str,
@@ -404,6 +413,7 @@ mod tests {
             target: "/".into(),
             status: 200,
             upstream: "10.0.0.1:80".into(),
+            cache: None,
             request_id: "abc status=500".into(),
             reason: None,
             forwarded_client: None,
@@ -439,6 +449,12 @@ mod tests {
             (Some("198.51.100.7"), Some("192.0.2.1:5000"))
         );
         assert_eq!(v["alpn"].as_str(), Some("h3"));
+        assert!(!line.contains("cache=") && v.get("cache").is_none(), "not a cache route's");
+        // A cache route's answer says where it came from, after its upstream.
+        let cached = Entry { cache: Some("STALE"), upstream: "cache".into(), ..behind };
+        assert!(cached.line(&conn, 42).contains(" upstream=cache cache=STALE bytes=42 "));
+        let v: serde_json::Value = serde_json::from_str(&cached.json(&conn, 42)).unwrap();
+        assert_eq!(v["cache"].as_str(), Some("STALE"));
     }
 
     #[test]
@@ -451,6 +467,7 @@ mod tests {
             target: "/a?b=\"c\"\n".into(),
             status: 404,
             upstream: "".into(),
+            cache: None,
             request_id: "abc\", \"status\": 500".into(),
             reason: Some("no route"),
             forwarded_client: None,

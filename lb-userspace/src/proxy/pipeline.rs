@@ -61,6 +61,8 @@ struct Labels {
     /// The route's CORS policy as it applies to this request's answer, whatever makes it
     /// (boxed: a word in every request's future).
     cors: Option<Box<cors::Reply>>,
+    /// Where a cache route's answer came from (its `X-Cache`).
+    cache: Option<&'static str>,
 }
 
 impl Labels {
@@ -276,6 +278,7 @@ impl Forwarder {
                     .get::<respond::GrpcCall>()
                     .map(|_| HeaderValue::from_static("application/grpc")),
                 cors: None,
+                cache: None,
             };
             let (mut response, reason) =
                 match self.answer(request, &snapshot, &listener, &conn, &mut labels).await {
@@ -320,6 +323,7 @@ impl Forwarder {
                         host: std::mem::take(&mut labels.host),
                         status,
                         upstream: labels.backend.clone(),
+                        cache: labels.cache,
                         request_id: labels.request_id.to_str().unwrap_or_default().to_owned(),
                         reason,
                         forwarded_client: labels.forwarded_client,
@@ -444,7 +448,9 @@ impl Forwarder {
                 let request = caching::CacheRequest { route, config, pool, parts, forwarding, host, client };
                 // Boxed: the cache's state is not carried by every request's future.
                 let cached = Box::pin(caching::serve(&self.cache, &self.upstreams, &self.metrics, &request));
-                let mut response = cached.await.into_answer()?;
+                let cached = cached.await;
+                labels.cache = Some(cached.x_cache);
+                let mut response = cached.into_answer()?;
                 route_edits(&mut response, route, host, gzip, &parts.method);
                 return Ok(response);
             }

@@ -69,6 +69,9 @@ pub struct CacheRequest<'a> {
 pub struct Cached {
     pub response: Response<Body>,
     pub reason: Option<&'static str>,
+    /// Where the answer came from, as its `X-Cache` says (MISS also for a failed fill and an
+    /// answer too big to store), for the access log.
+    pub x_cache: &'static str,
 }
 
 impl Cached {
@@ -289,7 +292,7 @@ fn answered(answer: &cache::Cached, parts: &Parts, x_cache: &'static str) -> Cac
             true => respond::not_modified(answer, x_cache),
             false => respond::cached(answer, x_cache),
         };
-    Cached { response, reason: None }
+    Cached { response, reason: None, x_cache }
 }
 
 fn failed(route: &CompiledRoute, status: StatusCode) -> Cached {
@@ -298,7 +301,8 @@ fn failed(route: &CompiledRoute, status: StatusCode) -> Cached {
         StatusCode::SERVICE_UNAVAILABLE => "no backend available",
         _ => "upstream failed",
     };
-    Cached { response: respond::fallback_or(route.fallback.as_ref(), status, reason), reason: Some(reason) }
+    let response = respond::fallback_or(route.fallback.as_ref(), status, reason);
+    Cached { response, reason: Some(reason), x_cache: "MISS" }
 }
 
 /// Starts a fill on a task of its own, for a request served a stale answer meanwhile
@@ -398,7 +402,7 @@ pub async fn serve(
             Ok((*answer, x_cache))
         }
         (Fill::Failed(status), _) => Err(status),
-        (Fill::Uncached, Some(response)) => return Cached { response, reason: None },
+        (Fill::Uncached, Some(response)) => return Cached { response, reason: None, x_cache: "MISS" },
         // Waited on a fill too big to share, or on one whose answer varies on a field in which
         // this request differs from the one that fetched it: this request fetches its own.
         (Fill::Answer(..) | Fill::Uncached, _) => {
@@ -416,7 +420,7 @@ pub async fn serve(
                 Fetched::Whole(status, headers, body, _) => {
                     Ok((cache::Cached::now(status, headers, body), "MISS"))
                 }
-                Fetched::TooBig(response) => return Cached { response, reason: None },
+                Fetched::TooBig(response) => return Cached { response, reason: None, x_cache: "MISS" },
                 // Asked with no validator, a 304 is no answer to this request.
                 Fetched::NotModified(_) => Err(StatusCode::BAD_GATEWAY),
                 Fetched::Failed(status) => Err(status),
@@ -522,7 +526,7 @@ mod tests {
         /// A client of a route whose `cache` is `{ settings }`.
         fn with(port: u16, settings: &str) -> Client {
             let text = format!(
-                "[dataplane]\ninterface = \"lo\"\n[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\n\
+                "[dataplane]\ninterface = \"lo\"\n[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\n\
                  [[pool]]\nname = \"p\"\nport = {port}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
                  [[route]]\nlistener = \"l\"\npool = \"p\"\ntimeout_ms = 1000\ncache = {{ {settings} }}\n"
             );
@@ -558,6 +562,11 @@ mod tests {
                 )
                 .await;
             let (head, body) = handled.response.into_parts();
+            // The access log says where the answer came from, as X-Cache does.
+            if let Some(x_cache) = head.headers.get("x-cache") {
+                let logged = handled.entry.as_ref().and_then(|entry| entry.cache);
+                assert_eq!(logged, Some(x_cache.to_str().unwrap()));
+            }
             let body = body.collect().await.unwrap().to_bytes();
             (head.status.as_u16(), head.headers, String::from_utf8(body.to_vec()).unwrap())
         }
