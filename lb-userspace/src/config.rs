@@ -194,6 +194,15 @@ pub struct JwtConfig {
     pub secret: Option<String>,
     /// The RS256/ES256 public key (PEM).
     pub key_file: Option<PathBuf>,
+    /// A JWK Set file: the keys a token's `kid` chooses from (`jwk_set`), re-read when it
+    /// changes.
+    pub jwks_file: Option<PathBuf>,
+    /// A JWK Set's https URL (an identity provider's `jwks_uri`), fetched every
+    /// `jwks_refresh_s` and soon after a token names a key the set lacks.
+    pub jwks_url: Option<String>,
+    /// The CA that signs `jwks_url`'s server (default: the system's roots).
+    pub jwks_ca: Option<PathBuf>,
+    pub jwks_refresh_s: Option<u32>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     /// Pass the verified subject (`sub`) to the backend in this header.
@@ -223,6 +232,26 @@ impl JwtConfig {
         }
     }
 }
+
+impl JwtConfig {
+    /// How often `jwks_url` is fetched again (Envoy's `cache_duration` is 10 minutes too).
+    pub fn jwks_refresh(&self) -> Duration {
+        Duration::from_secs(self.jwks_refresh_s.unwrap_or(DEFAULT_JWKS_REFRESH_S).into())
+    }
+
+    /// The algorithm as the JWT library names it.
+    pub fn library_algorithm(&self) -> jsonwebtoken::Algorithm {
+        match self.algorithm {
+            JwtAlgorithm::HS256 => jsonwebtoken::Algorithm::HS256,
+            JwtAlgorithm::RS256 => jsonwebtoken::Algorithm::RS256,
+            JwtAlgorithm::ES256 => jsonwebtoken::Algorithm::ES256,
+        }
+    }
+}
+
+/// `jwks_refresh_s`'s default and bounds.
+pub const DEFAULT_JWKS_REFRESH_S: u32 = 600;
+pub const JWKS_REFRESH_S: std::ops::RangeInclusive<u32> = 10..=86_400;
 
 /// Why a route's JWT key could not be made.
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,7 @@ pub mod host;
 pub mod htpasswd;
 pub mod inspect;
 pub mod instance;
+pub mod jwk_set;
 pub mod live_view;
 pub mod maglev;
 pub mod metrics;

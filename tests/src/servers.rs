@@ -129,7 +129,8 @@ impl Nginx {
                  location /busy {{ return 503 \"{name} busy\\n\"; }}\n    \
                  location /conn {{ return 200 \"{name} r=$connection_requests\\n\"; }}\n    \
                  location /big {{ root {dir}; add_header Cache-Control \"max-age=60\"; }}\n    \
-                 location /short {{ root {dir}; add_header Cache-Control \"max-age=1\"; }}\n  }}\n  \
+                 location /short {{ root {dir}; add_header Cache-Control \"max-age=1\"; }}\n    \
+                 location = /jwks.json {{ root {dir}; default_type application/json; }}\n  }}\n  \
                  server {{\n    listen 8084 proxy_protocol;\n    \
                  location / {{ return 200 \"{name} pp=$proxy_protocol_addr:$proxy_protocol_port c=$connection\\n\"; }}\n  }}\n}}\n",
                 dir = dir.0.display()
@@ -155,6 +156,11 @@ impl Nginx {
 }
 
 impl Nginx {
+    /// Its folder: files put there are served at their names (`/jwks.json`).
+    pub fn dir(&self) -> &Path {
+        &self._dir.0
+    }
+
     /// The nginx process (nsenter execs it, so it is the child itself).
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -6,7 +6,8 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::{Context, Result};
 use sluice_tests::{
     netns::Topology,
-    servers::{Lbd, Nginx, TempDir, wait_for},
+    pki::TestCa,
+    servers::{Lbd, Nginx, NginxTls, TempDir, wait_for},
 };
 
 const VIP: &str = "198.19.0.4";
@@ -23,10 +24,16 @@ impl Bed {
     fn new() -> Result<Bed> {
         let topology = Topology::new(3)?;
         let dir = TempDir::new("gateway")?;
+        // Backend 2 serves HTTPS too (an identity provider's JWK Set, `/jwks.json`).
+        let ca = TestCa::new(&dir.0)?;
+        let (cert, key) = ca.leaf("backend2", &[&topology.backends[1].addr4.to_string()], false)?;
+        let tls = NginxTls { cert: &cert, key: &key, client_ca: &ca.cert };
         let nginx = vec![
             Nginx::start(&topology.backends[0], "backend1")?,
-            Nginx::start(&topology.backends[1], "backend2")?,
+            Nginx::start_with(&topology.backends[1], "backend2", Some(tls))?,
         ];
+        std::fs::write(nginx[1].dir().join("jwks.json"), jwk_set(&[&Es256::new("k0")?.jwk]))?;
+        let jwks_ca = ca.cert.display();
         topology.lb.run("ip", &["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
         let b = |i: usize| topology.backends[i].addr4;
         std::fs::write(dir.0.join("keys.txt"), "# accepted keys\nkey-one\nkey-three\n")?;
@@ -154,6 +161,13 @@ pool = "pp1"
 listener = "http"
 host = "pp2.test"
 pool = "pp2"
+
+[[route]]
+name = "jwks"
+listener = "http"
+host = "jwks.test"
+pool = "one"
+jwt = {{ algorithm = "ES256", jwks_url = "https://{b2}/jwks.json", jwks_ca = "{jwks_ca}", jwks_refresh_s = 10, subject_header = "x-subject" }}
 
 [[route]]
 name = "jwt"
@@ -629,6 +643,92 @@ fn token(secret: &str, sub: &str, aud: &str, exp_in: i64, nbf_in: i64) -> String
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .expect("encode")
+}
+
+/// An ES256 key pair: its signing key, and its public half as a JWK named `kid`.
+struct Es256 {
+    key: jsonwebtoken::EncodingKey,
+    jwk: String,
+    kid: String,
+}
+
+impl Es256 {
+    fn new(kid: &str) -> Result<Es256> {
+        use base64::Engine as _;
+        let pair = rcgen::KeyPair::generate()?;
+        let point = pair.public_key_raw(); // 0x04, then x and y
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let (x, y) = (b64(&point[1..33]), b64(&point[33..65]));
+        let jwk = format!(
+            r#"{{"kty":"EC","crv":"P-256","kid":"{kid}","use":"sig","alg":"ES256","x":"{x}","y":"{y}"}}"#
+        );
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes())?;
+        Ok(Es256 { key, jwk, kid: kid.to_owned() })
+    }
+
+    /// `Authorization: Bearer …` for `sub`, signed by this key, its header naming `kid`.
+    fn bearer(&self, kid: &str, sub: &str) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(kid.to_owned());
+        let exp =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+                + 600;
+        let claims = serde_json::json!({ "sub": sub, "exp": exp });
+        format!(
+            "Authorization: Bearer {}",
+            jsonwebtoken::encode(&header, &claims, &self.key).expect("encode")
+        )
+    }
+}
+
+fn jwk_set(keys: &[&str]) -> String {
+    format!(r#"{{"keys":[{}]}}"#, keys.join(","))
+}
+
+/// A route whose JWT keys are an identity provider's JWK Set, fetched by lbd over HTTPS from
+/// nginx (its server checked against the route's `jwks_ca`): a token is checked with the key its
+/// `kid` names, and a key the provider adds is fetched once a token names it.
+#[test]
+fn root_gateway_jwt_keys_from_a_jwk_set_url() -> Result<()> {
+    let bed = Bed::new()?;
+    let (k1, k2) = (Es256::new("k1")?, Es256::new("k2")?);
+    let publish = |keys: &[&Es256]| -> Result<()> {
+        let jwks: Vec<&str> = keys.iter().map(|k| k.jwk.as_str()).collect();
+        let staged = bed.nginx[1].dir().join("jwks.json.new");
+        std::fs::write(&staged, jwk_set(&jwks))?;
+        Ok(std::fs::rename(&staged, bed.nginx[1].dir().join("jwks.json"))?)
+    };
+    // Until a token names it, lbd holds the set it fetched at start (k0 alone).
+    publish(&[&k1])?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let answer = ask(&bed, "jwks.test", "/echo", &[k1.bearer(&k1.kid, "ann")])?;
+        if answer.0 == 200 || std::time::Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(answer.0, 200, "{answer:?}");
+    assert!(answer.1.contains("sub=ann"), "{answer:?}");
+    // k1's kid on another key's signature; no token; a token of a key nobody published.
+    let forged = ask(&bed, "jwks.test", "/", &[k2.bearer(&k1.kid, "ann")])?;
+    assert_eq!(forged, (401, "token signature invalid".into()));
+    assert_eq!(ask(&bed, "jwks.test", "/", &[])?, (401, "bearer token required".into()));
+    assert_eq!(ask(&bed, "jwks.test", "/", &[k2.bearer(&k2.kid, "bob")])?, (401, "token key unknown".into()));
+    // The provider adds k2: a token of it is let in once lbd fetches the set again (every
+    // `jwks_refresh_s`, 10 s here; an unknown key made it fetch just now, and may again only
+    // after 30 s).
+    publish(&[&k1, &k2])?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        let answer = ask(&bed, "jwks.test", "/echo", &[k2.bearer(&k2.kid, "bob")])?;
+        if answer.0 == 200 || std::time::Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(answer.0 == 200 && answer.1.contains("sub=bob"), "{answer:?}");
+    Ok(())
 }
 
 #[test]

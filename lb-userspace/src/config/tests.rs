@@ -667,6 +667,62 @@ fn a_routes_retry_buffer_is_64_kib_by_default_and_at_most_16_mib() {
 }
 
 #[test]
+fn a_jwk_set_is_one_keys_source_and_read_when_files_are() {
+    let dir = std::env::temp_dir().join(format!("sluice-config-jwks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let jwk = r#"{"kty":"EC","kid":"e1","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
+    std::fs::write(dir.join("keys.json"), format!(r#"{{"keys":[{jwk}]}}"#)).unwrap();
+    std::fs::write(dir.join("broken.json"), "{\"keys\": 1}").unwrap();
+    let file = |name: &str| dir.join(name).display().to_string();
+    let jwt = |fields: &str| route(&format!("jwt = {{ {fields} }}\n"));
+    let parsed = Config::parse(
+        Path::new("t.toml"),
+        &jwt(&format!("algorithm = \"ES256\", jwks_file = \"{}\"", file("keys.json"))),
+    );
+    assert!(parsed.unwrap().routes[0].jwt.as_ref().unwrap().jwks_file.is_some());
+    let refused = |fields: String, expected: &str| {
+        let found = errors(&jwt(&fields));
+        assert!(found.iter().any(|e| e.contains(expected)), "`{fields}`: expected `{expected}` in {found:?}");
+    };
+    refused(format!("algorithm = \"RS256\", jwks_file = \"{}\"", file("keys.json")), "has no RS256 key");
+    refused(
+        format!("algorithm = \"ES256\", jwks_file = \"{}\"", file("broken.json")),
+        "broken.json: not a JWK Set",
+    );
+    refused(format!("algorithm = \"ES256\", jwks_file = \"{}\"", file("gone.json")), "gone.json: ");
+    refused(
+        format!("algorithm = \"HS256\", secret = \"s\", jwks_file = \"{}\"", file("keys.json")),
+        "jwt: one of secret, key_file, jwks_file and jwks_url, not secret and jwks_file",
+    );
+    let url = "jwks_url = \"https://idp.example.com/.well-known/jwks.json\"";
+    let ok = Config::parse(
+        Path::new("t.toml"),
+        &jwt(&format!("algorithm = \"RS256\", {url}, jwks_refresh_s = 60")),
+    );
+    let ok = ok.unwrap().routes[0].jwt.clone().unwrap();
+    assert_eq!((ok.jwks_refresh(), ok.jwks_url.is_some()), (std::time::Duration::from_secs(60), true));
+    for bad in ["http://idp.example.com/jwks", "https:///jwks", "idp.example.com", "https://bad host/"] {
+        refused(
+            format!("algorithm = \"RS256\", jwks_url = \"{bad}\""),
+            &format!("jwks_url `{bad}` is not an https URL"),
+        );
+    }
+    refused(
+        format!("algorithm = \"RS256\", {url}, jwks_refresh_s = 5"),
+        "jwks_refresh_s must be 10 to 86400",
+    );
+    refused(
+        format!("algorithm = \"RS256\", {url}, jwks_ca = \"{}\"", file("keys.json")),
+        "no PEM certificate to read",
+    );
+    refused(
+        "algorithm = \"HS256\", secret = \"s\", jwks_refresh_s = 60".into(),
+        "jwks_ca and jwks_refresh_s go with jwks_url",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn a_routes_cache_serves_nothing_stale_by_default_and_at_most_a_year() {
     let cache =
         |extra: &str| Config::parse(Path::new("t.toml"), &route(extra)).unwrap().routes[0].cache.clone();

@@ -23,7 +23,10 @@ use log::{info, warn};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
-use crate::config::Acme;
+use crate::{
+    config::Acme,
+    proxy::https_client::{self, HttpsClient},
+};
 
 /// The ALPN protocol of a TLS-ALPN-01 validation.
 pub const ALPN: &[u8] = b"acme-tls/1";
@@ -226,37 +229,11 @@ async fn account(acme: &Acme) -> Result<Account> {
 /// The HTTP client of the orders: hyper's over rustls, https only, the server checked against
 /// the system's roots or the directory's own CA; each request waits at most
 /// `REQUEST_TIMEOUT` for its answer and reads at most `MAX_ANSWER_BYTES` of it.
-struct Bounded(
-    hyper_util::client::legacy::Client<
-        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-        BodyWrapper<bytes::Bytes>,
-    >,
-);
+struct Bounded(HttpsClient<BodyWrapper<bytes::Bytes>>);
 
 fn client(acme: &Acme) -> Result<Box<dyn HttpClient>> {
-    let failed = |e: String| AcmeError::Refused(format!("the directory's TLS: {e}"));
-    let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    let builder = match &acme.directory_ca {
-        None => builder.try_with_platform_verifier().map_err(|e| failed(e.to_string()))?,
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in
-                CertificateDer::pem_file_iter(ca).map_err(|e| failed(format!("{}: {e}", ca.display())))?
-            {
-                roots.add(cert.map_err(|e| failed(e.to_string()))?).map_err(|e| failed(e.to_string()))?;
-            }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| failed(e.to_string()))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            builder.with_tls_config(config)
-        }
-    };
-    let connector = builder.https_only().enable_http1().enable_http2().build();
-    let client =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+    let client = https_client::build(acme.directory_ca.as_deref())
+        .map_err(|e| AcmeError::Refused(format!("the directory's TLS: {e}")))?;
     Ok(Box::new(Bounded(client)))
 }
 

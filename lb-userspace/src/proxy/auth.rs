@@ -1,15 +1,20 @@
 //! Route access by credentials: API keys (header or query parameter, keys from a file that is
-//! re-read when it changes) and JWTs (HS256, RS256, ES256; `exp`, `nbf`, `iss`, `aud` checked).
+//! re-read when it changes) and JWTs (HS256, RS256, ES256; `exp`, `nbf`, `iss`, `aud` checked;
+//! one key, or a JWK Set from a file or an identity provider's URL, chosen by the token's `kid`).
 use std::collections::HashSet;
 #[cfg(test)]
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hyper::{HeaderMap, StatusCode, Uri, header};
-use jsonwebtoken::{DecodingKey, Validation, errors::ErrorKind};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 
 use crate::{
     config::{ApiKeyConfig, JwtConfig},
-    proxy::watched_file::WatchedFile,
+    jwk_set::KeySet,
+    proxy::{
+        jwks_fetch::{RemoteKeys, RemoteKeysError},
+        watched_file::WatchedFile,
+    },
 };
 
 /// Why a request was refused: status and a body that says what to fix.
@@ -66,9 +71,20 @@ impl ApiKeys {
 
 /// A JWT verifier for one route.
 pub struct Jwt {
-    key: DecodingKey,
+    keys: Keys,
+    algorithm: Algorithm,
     validation: Validation,
     pub subject_header: Option<hyper::header::HeaderName>,
+}
+
+/// Where a route's JWT keys come from.
+enum Keys {
+    /// `secret` or `key_file`.
+    One(DecodingKey),
+    /// `jwks_file`, re-read when it changes.
+    File(WatchedFile<KeySet>),
+    /// `jwks_url`.
+    Remote(std::sync::Arc<RemoteKeys>),
 }
 
 #[derive(serde::Deserialize)]
@@ -83,12 +99,21 @@ pub enum JwtError {
     Key(#[from] crate::config::JwtKeyError),
     #[error("subject_header `{0}` is not a header name")]
     SubjectHeader(String),
+    #[error(transparent)]
+    Remote(#[from] RemoteKeysError),
 }
 
 impl Jwt {
     /// The check `config` asks for; the error says what is wrong with it.
     pub fn new(config: &JwtConfig) -> Result<Jwt, JwtError> {
-        let (algorithm, key) = config.decoding_key()?;
+        let algorithm = config.library_algorithm();
+        let keys = match (&config.jwks_file, &config.jwks_url) {
+            (Some(file), _) => Keys::File(WatchedFile::new(file.clone(), "JWK Set", KeySet::parse)),
+            (None, Some(url)) => {
+                Keys::Remote(RemoteKeys::new(url, config.jwks_ca.as_deref(), config.jwks_refresh())?)
+            }
+            (None, None) => Keys::One(config.decoding_key()?.1),
+        };
         let mut validation = Validation::new(algorithm);
         validation.validate_nbf = true;
         validation.leeway = 0;
@@ -112,7 +137,7 @@ impl Jwt {
             ),
             None => None,
         };
-        Ok(Jwt { key, validation, subject_header })
+        Ok(Jwt { keys, algorithm, validation, subject_header })
     }
 
     /// The token's subject if the bearer token is valid.
@@ -122,26 +147,63 @@ impl Jwt {
             .and_then(|v| v.to_str().ok())
             .and_then(bearer_token)
             .ok_or((StatusCode::UNAUTHORIZED, "bearer token required"))?;
-        match jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation) {
-            Ok(data) => Ok(data.claims.sub),
-            Err(err) => Err(match err.kind() {
-                ErrorKind::ExpiredSignature => (StatusCode::UNAUTHORIZED, "token expired"),
-                ErrorKind::ImmatureSignature => (StatusCode::UNAUTHORIZED, "token not valid yet"),
-                ErrorKind::InvalidIssuer => (StatusCode::FORBIDDEN, "token issuer not accepted"),
-                ErrorKind::InvalidAudience => (StatusCode::FORBIDDEN, "token audience not accepted"),
-                ErrorKind::InvalidSignature => (StatusCode::UNAUTHORIZED, "token signature invalid"),
-                ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => {
-                    (StatusCode::FORBIDDEN, "token has no issuer")
+        let set = match &self.keys {
+            Keys::One(key) => return self.verify(token, [key]),
+            Keys::File(file) => file.current(),
+            Keys::Remote(remote) => {
+                let set = remote.current();
+                if !remote.fetched() {
+                    return Err((StatusCode::SERVICE_UNAVAILABLE, "token keys not fetched yet"));
                 }
-                ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => {
-                    (StatusCode::FORBIDDEN, "token has no audience")
-                }
-                ErrorKind::MissingRequiredClaim(_) => {
-                    (StatusCode::UNAUTHORIZED, "token lacks a required claim")
-                }
-                _ => (StatusCode::UNAUTHORIZED, "token invalid"),
-            }),
+                set
+            }
+        };
+        let kid = jsonwebtoken::decode_header(token).ok().and_then(|header| header.kid);
+        let mut keys = set.candidates(self.algorithm, kid.as_deref()).peekable();
+        if keys.peek().is_none() {
+            if let (Keys::Remote(remote), Some(_)) = (&self.keys, &kid) {
+                remote.unknown_key();
+            }
+            return Err((StatusCode::UNAUTHORIZED, "token key unknown"));
         }
+        self.verify(token, keys)
+    }
+
+    /// The token's subject if one of `keys` verifies it (a bad signature tries the next key: a
+    /// token without a `kid` may be any key's); else why not, as the last key said.
+    fn verify<'a>(
+        &self,
+        token: &str,
+        keys: impl IntoIterator<Item = &'a DecodingKey>,
+    ) -> Result<Option<String>, Refusal> {
+        let mut refused = (StatusCode::UNAUTHORIZED, "token key unknown");
+        for key in keys {
+            match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
+                Ok(data) => return Ok(data.claims.sub),
+                Err(err) if *err.kind() == ErrorKind::InvalidSignature => refused = refusal(&err),
+                Err(err) => return Err(refusal(&err)),
+            }
+        }
+        Err(refused)
+    }
+}
+
+/// What a client is told of a token the library refused.
+fn refusal(err: &jsonwebtoken::errors::Error) -> Refusal {
+    match err.kind() {
+        ErrorKind::ExpiredSignature => (StatusCode::UNAUTHORIZED, "token expired"),
+        ErrorKind::ImmatureSignature => (StatusCode::UNAUTHORIZED, "token not valid yet"),
+        ErrorKind::InvalidIssuer => (StatusCode::FORBIDDEN, "token issuer not accepted"),
+        ErrorKind::InvalidAudience => (StatusCode::FORBIDDEN, "token audience not accepted"),
+        ErrorKind::InvalidSignature => (StatusCode::UNAUTHORIZED, "token signature invalid"),
+        ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => {
+            (StatusCode::FORBIDDEN, "token has no issuer")
+        }
+        ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => {
+            (StatusCode::FORBIDDEN, "token has no audience")
+        }
+        ErrorKind::MissingRequiredClaim(_) => (StatusCode::UNAUTHORIZED, "token lacks a required claim"),
+        _ => (StatusCode::UNAUTHORIZED, "token invalid"),
     }
 }
 
@@ -157,15 +219,8 @@ mod tests {
     use super::*;
 
     fn jwt(issuer: Option<&str>, audience: Option<&str>) -> Jwt {
-        Jwt::new(&JwtConfig {
-            algorithm: crate::config::JwtAlgorithm::HS256,
-            secret: Some("s3cret".into()),
-            key_file: None,
-            issuer: issuer.map(str::to_owned),
-            audience: audience.map(str::to_owned),
-            subject_header: None,
-        })
-        .unwrap()
+        let (issuer, audience) = (issuer.map(str::to_owned), audience.map(str::to_owned));
+        Jwt::new(&JwtConfig { issuer, audience, ..jwt_config() }).unwrap()
     }
 
     fn token(claims: serde_json::Value) -> String {
@@ -225,5 +280,200 @@ mod tests {
         let verifier = jwt(None, None);
         let t = token(serde_json::json!({ "sub": "ann" }));
         assert_eq!(verifier.check(&headers(&format!("Bearer {t}"))).unwrap_err().0, StatusCode::UNAUTHORIZED);
+    }
+
+    /// A new ES256 key: its signing key, and its public half as a JWK named `kid`.
+    fn es256(kid: &str) -> (jsonwebtoken::EncodingKey, String) {
+        use base64::Engine as _;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let point = key.public_key_raw(); // 0x04, then x and y
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let jwk = format!(
+            r#"{{"kty":"EC","crv":"P-256","kid":"{kid}","use":"sig","x":"{}","y":"{}"}}"#,
+            b64(&point[1..33]),
+            b64(&point[33..65])
+        );
+        (jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(), jwk)
+    }
+
+    /// A bearer token for `sub`, signed with `key`, its header naming `kid`.
+    fn bearer(key: &jsonwebtoken::EncodingKey, kid: Option<&str>, sub: &str) -> HeaderMap {
+        let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+        header.kid = kid.map(str::to_owned);
+        let claims = serde_json::json!({ "sub": sub, "exp": exp() });
+        headers(&format!("Bearer {}", jsonwebtoken::encode(&header, &claims, key).unwrap()))
+    }
+
+    fn jwks(keys: &[&str]) -> String {
+        format!(r#"{{"keys":[{}]}}"#, keys.join(","))
+    }
+
+    fn es256_config() -> JwtConfig {
+        JwtConfig { algorithm: crate::config::JwtAlgorithm::ES256, secret: None, ..jwt_config() }
+    }
+
+    fn jwt_config() -> JwtConfig {
+        JwtConfig {
+            algorithm: crate::config::JwtAlgorithm::HS256,
+            secret: Some("s3cret".into()),
+            key_file: None,
+            jwks_file: None,
+            jwks_url: None,
+            jwks_ca: None,
+            jwks_refresh_s: None,
+            issuer: None,
+            audience: None,
+            subject_header: None,
+        }
+    }
+
+    #[test]
+    fn a_jwk_set_files_keys_are_chosen_by_kid_and_its_changes_read() {
+        let dir = std::env::temp_dir().join(format!("sluice-jwks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keys.json");
+        let ((a, a_jwk), (b, b_jwk), (c, c_jwk)) = (es256("a"), es256("b"), es256("c"));
+        std::fs::write(&file, jwks(&[&a_jwk, &b_jwk])).unwrap();
+        let verifier = Jwt::new(&JwtConfig { jwks_file: Some(file.clone()), ..es256_config() }).unwrap();
+        assert_eq!(verifier.check(&bearer(&a, Some("a"), "ann")), Ok(Some("ann".into())));
+        assert_eq!(verifier.check(&bearer(&b, Some("b"), "bob")), Ok(Some("bob".into())));
+        // Without a kid, any key of the set; with another key's kid, that key alone.
+        assert_eq!(verifier.check(&bearer(&b, None, "bob")), Ok(Some("bob".into())));
+        let refused = verifier.check(&bearer(&a, Some("b"), "ann"));
+        assert_eq!(refused, Err((StatusCode::UNAUTHORIZED, "token signature invalid")));
+        assert_eq!(
+            verifier.check(&bearer(&c, None, "cy")),
+            Err((StatusCode::UNAUTHORIZED, "token signature invalid"))
+        );
+        let unknown = verifier.check(&bearer(&c, Some("c"), "cy"));
+        assert_eq!(unknown, Err((StatusCode::UNAUTHORIZED, "token key unknown")));
+        // The provider rotated: a replaced file is read again (as API key files are).
+        let staged = dir.join("keys.new");
+        std::fs::write(&staged, jwks(&[&b_jwk, &c_jwk])).unwrap();
+        std::fs::rename(&staged, &file).unwrap();
+        let Keys::File(watched) = &verifier.keys else { panic!("a file's keys") };
+        watched.look_again();
+        assert_eq!(verifier.check(&bearer(&c, Some("c"), "cy")), Ok(Some("cy".into())));
+        assert_eq!(verifier.check(&bearer(&a, Some("a"), "ann")).unwrap_err().1, "token key unknown");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An identity provider's key set over HTTPS, counting its fetches; answers 500 while
+    /// `broken`.
+    struct Provider {
+        url: String,
+        keys: std::sync::Arc<std::sync::Mutex<String>>,
+        fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        pki: crate::proxy::test_bed::Pki,
+    }
+
+    impl Provider {
+        async fn start(keys: String) -> Provider {
+            use std::sync::{Arc, Mutex, atomic::*};
+            let pki = crate::proxy::test_bed::Pki::new("jwks");
+            let acceptor = tokio_rustls::TlsAcceptor::from(pki.backend_config(&[b"http/1.1"], false));
+            let (keys, fetches, broken) =
+                (Arc::new(Mutex::new(keys)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+            let served = (keys.clone(), fetches.clone(), broken.clone());
+            let address = crate::proxy::test_bed::listening(move |stream| {
+                let (acceptor, served) = (acceptor.clone(), served.clone());
+                async move {
+                    let Ok(stream) = acceptor.accept(stream).await else { return };
+                    let service =
+                        hyper::service::service_fn(move |_: hyper::Request<hyper::body::Incoming>| {
+                            let (keys, fetches, broken) = served.clone();
+                            async move {
+                                fetches.fetch_add(1, Ordering::SeqCst);
+                                let mut answer = hyper::Response::new(http_body_util::Full::new(
+                                    bytes::Bytes::from(keys.lock().unwrap().clone()),
+                                ));
+                                if broken.load(Ordering::SeqCst) {
+                                    *answer.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                                }
+                                Ok::<_, hyper::Error>(answer)
+                            }
+                        });
+                    crate::proxy::test_bed::serve(stream, false, service).await;
+                }
+            })
+            .await;
+            Provider { url: format!("https://{address}/jwks.json"), keys, fetches, broken, pki }
+        }
+
+        fn fetches(&self) -> usize {
+            self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    /// Checks `headers` until the answer is not `until` (a fetch apart ended), for up to 5 s.
+    async fn checked_after(
+        verifier: &Jwt,
+        headers: &HeaderMap,
+        until: Refusal,
+    ) -> Result<Option<String>, Refusal> {
+        for _ in 0..250 {
+            match verifier.check(headers) {
+                Err(refusal) if refusal == until => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                other => return other,
+            }
+        }
+        verifier.check(headers)
+    }
+
+    #[tokio::test]
+    async fn a_jwk_set_url_is_fetched_and_fetched_again_for_an_unknown_key() {
+        let ((a, a_jwk), (b, b_jwk)) = (es256("a"), es256("b"));
+        let provider = Provider::start(jwks(&[&a_jwk])).await;
+        let config = JwtConfig {
+            jwks_url: Some(provider.url.clone()),
+            jwks_ca: Some(provider.pki.ca.clone()),
+            ..es256_config()
+        };
+        let verifier = Jwt::new(&config).unwrap();
+        // Fetched when made; until then a token cannot be checked (503, not the client's fault).
+        let not_yet = (StatusCode::SERVICE_UNAVAILABLE, "token keys not fetched yet");
+        let ann = bearer(&a, Some("a"), "ann");
+        assert_eq!(checked_after(&verifier, &ann, not_yet).await, Ok(Some("ann".into())));
+        assert_eq!(provider.fetches(), 1);
+        // A token of a key the set lacks: refused, and the set fetched again at once.
+        *provider.keys.lock().unwrap() = jwks(&[&a_jwk, &b_jwk]);
+        let bob = bearer(&b, Some("b"), "bob");
+        let unknown = (StatusCode::UNAUTHORIZED, "token key unknown");
+        assert_eq!(verifier.check(&bob), Err(unknown));
+        assert_eq!(checked_after(&verifier, &bob, unknown).await, Ok(Some("bob".into())));
+        assert_eq!(provider.fetches(), 2);
+        // Forged kids cannot make lbd fetch on every request: once per 30 s at most.
+        let (c, _) = es256("c");
+        for _ in 0..20 {
+            assert_eq!(verifier.check(&bearer(&c, Some("c"), "cy")), Err(unknown));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(provider.fetches(), 2);
+        // A provider that fails keeps the keys held.
+        provider.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+        let Keys::Remote(remote) = &verifier.keys else { panic!("remote keys") };
+        remote.fetch_now();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(provider.fetches(), 3);
+        assert_eq!(verifier.check(&bob), Ok(Some("bob".into())));
+    }
+
+    #[tokio::test]
+    async fn a_jwk_set_url_whose_server_another_ca_signed_is_never_trusted() {
+        let (a, a_jwk) = es256("a");
+        let provider = Provider::start(jwks(&[&a_jwk])).await;
+        let config = JwtConfig {
+            jwks_url: Some(provider.url.clone()),
+            jwks_ca: Some(provider.pki.other_ca.clone()),
+            ..es256_config()
+        };
+        let verifier = Jwt::new(&config).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let refused = verifier.check(&bearer(&a, Some("a"), "ann"));
+        assert_eq!(refused, Err((StatusCode::SERVICE_UNAVAILABLE, "token keys not fetched yet")));
+        assert_eq!(provider.fetches(), 0, "the handshake failed before any request");
     }
 }

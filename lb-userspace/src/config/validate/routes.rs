@@ -3,6 +3,7 @@
 use std::ops::Range;
 
 use super::*;
+use crate::jwk_set::KeySet;
 
 /// The routes, each checked in steps (what it matches, where it sends, its gateway steps) and
 /// given its defaults. Errors about the route as a whole are put at its `pool` line (its
@@ -414,12 +415,49 @@ fn api_key(
 /// A route's JWT check: its key file beside the config, a key that decodes, a subject header
 /// that is a header name.
 fn jwt(mut jwt: JwtConfig, base: &Path, at: Range<usize>, errors: &mut Errors) -> JwtConfig {
-    jwt.key_file = jwt.key_file.map(|f| if f.is_relative() { base.join(f) } else { f });
-    // A key file is opened only where files are (never for a config text a client sent).
-    if (jwt.algorithm == JwtAlgorithm::HS256 || errors.open_files)
-        && let Err(err) = jwt.decoding_key()
-    {
-        errors.at(at.clone(), format!("jwt: {err}"));
+    let resolve = |f: PathBuf| if f.is_relative() { base.join(f) } else { f };
+    jwt.key_file = jwt.key_file.map(resolve);
+    jwt.jwks_file = jwt.jwks_file.map(resolve);
+    jwt.jwks_ca = jwt.jwks_ca.map(resolve);
+    let sources: Vec<&str> = [
+        ("secret", jwt.secret.is_some()),
+        ("key_file", jwt.key_file.is_some()),
+        ("jwks_file", jwt.jwks_file.is_some()),
+        ("jwks_url", jwt.jwks_url.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    if let [first, second, ..] = sources[..] {
+        errors.at(
+            at.clone(),
+            format!("jwt: one of secret, key_file, jwks_file and jwks_url, not {first} and {second}"),
+        );
+    }
+    if jwt.jwks_url.is_none() && (jwt.jwks_ca.is_some() || jwt.jwks_refresh_s.is_some()) {
+        errors.at(at.clone(), "jwt: jwks_ca and jwks_refresh_s go with jwks_url");
+    }
+    let algorithm = jwt.library_algorithm();
+    match (&jwt.jwks_file, &jwt.jwks_url) {
+        // A key file is opened only where files are (never for a config text a client sent).
+        (Some(file), _) if errors.open_files => {
+            let read = files::read_file(file).map_err(|e| e.to_string()).and_then(|t| KeySet::parse(&t));
+            match read {
+                Err(err) => errors.at(at.clone(), format!("jwt: jwks_file {}: {err}", file.display())),
+                Ok(set) if set.count(algorithm) == 0 => errors
+                    .at(at.clone(), format!("jwt: jwks_file {} has no {algorithm:?} key", file.display())),
+                Ok(_) => {}
+            }
+        }
+        (Some(_), _) => {}
+        (None, Some(url)) => jwks_url(url, &jwt, at.clone(), errors),
+        (None, None) => {
+            if (jwt.algorithm == JwtAlgorithm::HS256 || errors.open_files)
+                && let Err(err) = jwt.decoding_key()
+            {
+                errors.at(at.clone(), format!("jwt: {err}"));
+            }
+        }
     }
     if let Some(name) = &jwt.subject_header
         && let Some(why) = unfit_identity_header(name)
@@ -427,6 +465,28 @@ fn jwt(mut jwt: JwtConfig, base: &Path, at: Range<usize>, errors: &mut Errors) -
         errors.at(at, format!("jwt: subject_header `{name}` {why}"));
     }
     jwt
+}
+
+/// A JWK Set URL: https with a host; its CA a readable PEM file with certificates; its refresh
+/// within bounds.
+fn jwks_url(url: &str, jwt: &JwtConfig, at: Range<usize>, errors: &mut Errors) {
+    let parsed = url.parse::<hyper::Uri>().ok();
+    if parsed.as_ref().is_none_or(|u| u.scheme_str() != Some("https") || u.host().is_none_or(str::is_empty)) {
+        errors.at(at.clone(), format!("jwt: jwks_url `{url}` is not an https URL"));
+    }
+    if let Some(refresh) = jwt.jwks_refresh_s
+        && !JWKS_REFRESH_S.contains(&refresh)
+    {
+        let (low, high) = (JWKS_REFRESH_S.start(), JWKS_REFRESH_S.end());
+        errors.at(at.clone(), format!("jwt: jwks_refresh_s must be {low} to {high}"));
+    }
+    if let Some(ca) = jwt.jwks_ca.as_ref().filter(|_| errors.open_files) {
+        use rustls_pki_types::{CertificateDer, pem::PemObject};
+        let certs = CertificateDer::pem_file_iter(ca).map(|certs| certs.filter(Result::is_ok).count());
+        if !certs.is_ok_and(|n| n > 0) {
+            errors.at(at, format!("jwt: jwks_ca {}: no PEM certificate to read", ca.display()));
+        }
+    }
 }
 
 /// Why `name` cannot carry a verified identity to the backends (a JWT's subject, a basic-auth

@@ -1,0 +1,150 @@
+//! JWK Sets (RFC 7517): the signing keys an identity provider publishes (Keycloak, Auth0, Okta,
+//! Entra ID, Dex: `/.well-known/jwks.json` or the `jwks_uri` of its OpenID configuration), as
+//! a route's `jwt` verifies tokens with them: a token's key is the one its header's `kid`
+//! names, else any key of the route's algorithm.
+//!
+//! Only keys lbd verifies with are kept: RSA for RS256, EC P-256 for ES256, octet keys for
+//! HS256, each unless its `alg` names another algorithm or its `use` is encryption (`enc`).
+//! Others (EdDSA, RSA-OAEP, P-384) are skipped, so a provider that publishes them beside its
+//! signing keys is served; a set with no key lbd can use is refused.
+use std::collections::HashSet;
+
+use jsonwebtoken::{
+    Algorithm, DecodingKey,
+    jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse},
+};
+
+/// The most keys a set may hold: providers publish a handful (the current key, the next, the
+/// last); a token without a `kid` is tried against every key of its algorithm.
+pub const MAX_KEYS: usize = 64;
+
+/// A JWK Set's usable keys.
+#[derive(Default)]
+pub struct KeySet {
+    keys: Vec<Key>,
+}
+
+struct Key {
+    kid: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+impl KeySet {
+    /// The set in `text` (JSON, `{"keys": [...]}`), or what is wrong with it.
+    pub fn parse(text: &str) -> Result<KeySet, String> {
+        let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("not a JWK Set: {e}"))?;
+        if set.keys.len() > MAX_KEYS {
+            return Err(format!("{} keys; at most {MAX_KEYS}", set.keys.len()));
+        }
+        let mut keys = Vec::new();
+        for jwk in &set.keys {
+            let Some(algorithm) = verifies(jwk) else { continue };
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| {
+                format!("key {}: {e}", jwk.common.key_id.as_deref().unwrap_or("without a kid"))
+            })?;
+            keys.push(Key { kid: jwk.common.key_id.clone(), algorithm, key });
+        }
+        let mut kids = HashSet::new();
+        if let Some(twice) = keys.iter().filter_map(|k| k.kid.as_deref()).find(|kid| !kids.insert(*kid)) {
+            return Err(format!("two keys have the kid `{twice}`"));
+        }
+        if keys.is_empty() {
+            return Err("no RS256, ES256 or HS256 signing key".into());
+        }
+        Ok(KeySet { keys })
+    }
+
+    /// How many keys it holds.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// How many keys of `algorithm` it holds.
+    pub fn count(&self, algorithm: Algorithm) -> usize {
+        self.keys.iter().filter(|k| k.algorithm == algorithm).count()
+    }
+
+    /// The keys a token of `algorithm` may have been signed with: the one its `kid` names, or
+    /// every key of the algorithm when it names none.
+    pub fn candidates(&self, algorithm: Algorithm, kid: Option<&str>) -> impl Iterator<Item = &DecodingKey> {
+        self.keys
+            .iter()
+            .filter(move |k| k.algorithm == algorithm && kid.is_none_or(|kid| k.kid.as_deref() == Some(kid)))
+            .map(|k| &k.key)
+    }
+}
+
+/// The algorithm lbd verifies with `jwk`, if any.
+fn verifies(jwk: &Jwk) -> Option<Algorithm> {
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+        return None;
+    }
+    let (algorithm, named) = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => (Algorithm::RS256, KeyAlgorithm::RS256),
+        AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+            (Algorithm::ES256, KeyAlgorithm::ES256)
+        }
+        AlgorithmParameters::OctetKey(_) => (Algorithm::HS256, KeyAlgorithm::HS256),
+        _ => return None,
+    };
+    jwk.common.key_algorithm.is_none_or(|alg| alg == named).then_some(algorithm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The modulus of a 2048-bit RSA key made for these tests (`openssl genrsa`).
+    const RSA_N: &str = "vwFuxAKMwrdQptxyg48bEzEGPyE_nZKnrSdDDeaGpOZuI5TVP9JZqbTw4i2wJhMJBRFWb4NX_Im6JaqdM7Y6n6kskyGOGesGnr90K1UE1oDjiS1k04vYtra7sPFlvBRAG1uHvx1ZpCvXqaqF7kaxaZeumF_tXouBHAIzQcbBCfWGPep0cZjLpfD8O2Diyu8T5lNsV6q8mgSegEF_FsSSJvfzRERxIv5rFrcRj1bKhMW8GwN3iBIjyfJN0ojwRwlUswlbgpAAJoYT5-mINy50qyKxTghsSnlvl8bCdd3r6kY0nNueFWAi-Xn12Qpd7XtjrjhiC4a3bmjHWz8ZolId0Q";
+
+    fn rsa(kid: &str, extra: &str) -> String {
+        format!(r#"{{"kty":"RSA","kid":"{kid}","n":"{RSA_N}","e":"AQAB"{extra}}}"#)
+    }
+
+    fn set(keys: &[String]) -> String {
+        format!(r#"{{"keys":[{}]}}"#, keys.join(","))
+    }
+
+    #[test]
+    fn a_tokens_kid_picks_its_key_and_no_kid_tries_every_key_of_its_algorithm() {
+        let ec = r#"{"kty":"EC","kid":"e1","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
+        let keys =
+            KeySet::parse(&set(&[rsa("r1", ""), rsa("r2", r#","alg":"RS256","use":"sig""#), ec.into()]))
+                .unwrap();
+        assert_eq!((keys.count(Algorithm::RS256), keys.count(Algorithm::ES256)), (2, 1));
+        assert_eq!(keys.candidates(Algorithm::RS256, Some("r2")).count(), 1);
+        assert_eq!(keys.candidates(Algorithm::RS256, Some("e1")).count(), 0, "a key of another algorithm");
+        assert_eq!(keys.candidates(Algorithm::RS256, Some("gone")).count(), 0);
+        assert_eq!(keys.candidates(Algorithm::RS256, None).count(), 2);
+        assert_eq!(keys.candidates(Algorithm::HS256, None).count(), 0);
+    }
+
+    #[test]
+    fn keys_lbd_does_not_verify_with_are_skipped_and_a_set_of_none_refused() {
+        let skipped = [
+            rsa("enc", r#","use":"enc""#),
+            rsa("oaep", r#","alg":"RSA-OAEP""#),
+            rsa("rs512", r#","alg":"RS512""#),
+            r#"{"kty":"OKP","kid":"ed","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#
+                .into(),
+            r#"{"kty":"EC","kid":"p384","crv":"P-384","x":"AA","y":"AA"}"#.into(),
+        ];
+        let mut all = skipped.to_vec();
+        all.push(rsa("sig", ""));
+        assert_eq!(KeySet::parse(&set(&all)).unwrap().count(Algorithm::RS256), 1);
+        assert_eq!(KeySet::parse(&set(&skipped)).err().unwrap(), "no RS256, ES256 or HS256 signing key");
+        assert!(KeySet::parse("{}").err().unwrap().starts_with("not a JWK Set"));
+        assert!(KeySet::parse("[1]").err().unwrap().starts_with("not a JWK Set"));
+        let twice = KeySet::parse(&set(&[rsa("a", ""), rsa("a", "")])).err().unwrap();
+        assert_eq!(twice, "two keys have the kid `a`");
+        let many = KeySet::parse(&set(&vec![rsa("x", ""); MAX_KEYS + 1])).err().unwrap();
+        assert_eq!(many, "65 keys; at most 64");
+        let broken = KeySet::parse(&set(&[r#"{"kty":"RSA","kid":"b","n":"!!","e":"AQAB"}"#.into()])).err();
+        assert!(broken.unwrap().starts_with("key b: "));
+    }
+}
