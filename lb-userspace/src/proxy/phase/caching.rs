@@ -65,6 +65,22 @@ pub struct CacheRequest<'a> {
     pub client: IpAddr,
 }
 
+impl CacheRequest<'_> {
+    /// An upstream request for this one (its backend picked now), revalidating `stale`.
+    fn fetch<'a>(&'a self, stale: Option<&'a cache::Cached>) -> Fetch<'a> {
+        Fetch {
+            upstream: self.pool.pick(&self.parts.headers, self.client, &[]),
+            protocol: self.pool.protocol,
+            parts: self.parts,
+            forwarding: self.forwarding,
+            host: self.host,
+            timeout: self.route.timeout,
+            max_object_bytes: self.config.max_object_bytes,
+            stale,
+        }
+    }
+}
+
 /// What the cache phase answered.
 pub struct Cached {
     pub response: Response<Body>,
@@ -374,16 +390,7 @@ pub async fn serve(
     let fill = cell
         .get_or_init(|| async {
             filled = true;
-            let fetch = Fetch {
-                upstream: request.pool.pick(&parts.headers, request.client, &[]),
-                protocol: request.pool.protocol,
-                parts,
-                forwarding: request.forwarding,
-                host: request.host,
-                timeout: route.timeout,
-                max_object_bytes: config.max_object_bytes,
-                stale: stale.as_ref(),
-            };
+            let fetch = request.fetch(stale.as_ref());
             let (name, label, pool) = (&route.name, &route.fill_label, &request.pool.name);
             let job = FillJob { store, route: name, label, pool, config, key: &key, fetch };
             let (fill, response) = fill(upstreams, metrics, job).await;
@@ -406,17 +413,8 @@ pub async fn serve(
         // Waited on a fill too big to share, or on one whose answer varies on a field in which
         // this request differs from the one that fetched it: this request fetches its own.
         (Fill::Answer(..) | Fill::Uncached, _) => {
-            let own = Fetch {
-                upstream: request.pool.pick(&parts.headers, request.client, &[]),
-                protocol: request.pool.protocol,
-                parts,
-                forwarding: request.forwarding,
-                host: request.host,
-                timeout: route.timeout,
-                max_object_bytes: config.max_object_bytes,
-                stale: None, // the stale answer is another key's
-            };
-            match fetch(upstreams, &own).await {
+            // The stale answer is another key's: not revalidated here.
+            match fetch(upstreams, &request.fetch(None)).await {
                 Fetched::Whole(status, headers, body, _) => {
                     Ok((cache::Cached::now(status, headers, body), "MISS"))
                 }
