@@ -138,6 +138,7 @@ pub fn render(core: &Shared) -> Result<String> {
         }
         gauges(&mut registry, process(&core));
         certificates(&mut registry, &core);
+        caches(&mut registry, &core);
         core.counters.clone()
     };
     if let Some(counters) = counters {
@@ -166,6 +167,19 @@ fn certificates(registry: &mut Registry, core: &Core) {
             ];
             expiry.get_or_create(&labels).set(at as i64);
         }
+    }
+}
+
+/// What each cache route holds: answers (stale ones kept to revalidate included) and their
+/// bodies' bytes, within its `max_entries` and `max_bytes`.
+fn caches(registry: &mut Registry, core: &Core) {
+    let entries = gauge_family(registry, "http_cache_entries", "Answers a route's cache holds");
+    let bytes =
+        gauge_family(registry, "http_cache_bytes", "Bytes of the answers' bodies a route's cache holds");
+    for (route, held, size) in core.cache.sizes() {
+        let labels = vec![("route".to_owned(), route)];
+        entries.get_or_create(&labels).set(held as i64);
+        bytes.get_or_create(&labels).set(size as i64);
     }
 }
 

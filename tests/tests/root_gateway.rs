@@ -1006,6 +1006,14 @@ fn root_gateway_cache_revalidates_and_serves_stale_answers() -> Result<()> {
     let short = |x_cache: &str| (200, x_cache.to_owned(), "backend1 short".to_owned());
     assert_eq!(get(&bed, "stale.test")?, short("miss"));
     assert_eq!(get(&bed, "updating.test")?, short("miss"));
+    // What each cache holds is in the metrics.
+    let metrics = bed.topology.lb.run("curl", &["-sS", "http://127.0.0.1:9100/metrics"])?;
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    for line in
+        ["sluice_http_cache_entries{route=\"stale\"} 1", "sluice_http_cache_bytes{route=\"updating\"} 15"]
+    {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
     expire();
     // nginx answers the stored ETag with 304: the body stays, fresh for another second.
     assert_eq!(get(&bed, "stale.test")?, short("revalidated"));

@@ -339,6 +339,12 @@ impl CacheStore {
         })
     }
 
+    /// Each route's cache: its name, the answers it holds, and their bodies' bytes.
+    pub fn sizes(&self) -> Vec<(String, usize, usize)> {
+        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        routes.iter().map(|(route, cache)| (route.clone(), cache.entries.len(), cache.bytes)).collect()
+    }
+
     /// Drops the caches of routes that no longer cache (removed, or `cache` taken off): their
     /// entries would otherwise stay in memory until lbd restarts.
     pub fn retain(&self, config: &Config) {
@@ -477,6 +483,7 @@ mod tests {
             "k",
         );
         assert!(fresh(&store, &config, &gzip_key).is_none(), "LRU by bytes");
+        assert_eq!(store.sizes(), [("r".to_owned(), 1, 7)]);
         assert_eq!(store.purge("r", Some("/q")), 1);
     }
 
