@@ -1050,6 +1050,9 @@ fn root_gateway_cache_revalidates_and_serves_stale_answers() -> Result<()> {
         ],
     )?;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "502", "a route without grace");
+    // A purge by prefix takes the paths under it.
+    assert!(bed.lbd.lbctl(&["cache", "purge", "stale", "/sh*"])?.contains("purged 1"));
+    assert_eq!(get(&bed, "stale.test")?.0, 502, "purged: nothing stale left to serve");
     Ok(())
 }
 

@@ -352,21 +352,26 @@ impl CacheStore {
         self.routes.lock().unwrap_or_else(|p| p.into_inner()).retain(|name, _| cached(name));
     }
 
-    /// Empties a route's cache, or only the entries of one path; returns how many went.
+    /// Empties a route's cache, or only the entries of one path (its query included), or of
+    /// every path that begins with `PREFIX` when the path is `PREFIX*` (Varnish's ban by URL
+    /// prefix); returns how many went.
     pub fn purge(&self, route: &str, path: Option<&str>) -> usize {
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         let Some(cache) = routes.get_mut(route) else { return 0 };
+        let matches = |target: &str| match path {
+            None => true,
+            Some(path) => match path.strip_suffix('*') {
+                Some(prefix) => target.starts_with(prefix),
+                None => target == path,
+            },
+        };
+        // A key is `METHOD HOST/PATH?QUERY`, then the varied fields on lines of their own.
+        let target = |key: &str| key.split('\n').next()?.split_once('/').map(|(_, rest)| format!("/{rest}"));
         let doomed: Vec<String> = cache
             .entries
             .iter()
             .map(|(k, _)| k.clone())
-            .filter(|k| {
-                path.is_none_or(|p| {
-                    k.split('\n').next().is_some_and(|base| {
-                        base.split_once('/').is_some_and(|(_, rest)| format!("/{rest}") == p)
-                    })
-                })
-            })
+            .filter(|k| target(k).is_some_and(|t| matches(&t)))
             .collect();
         for key in &doomed {
             if let Some(old) = cache.entries.pop(key) {
@@ -484,6 +489,7 @@ mod tests {
         );
         assert!(fresh(&store, &config, &gzip_key).is_none(), "LRU by bytes");
         assert_eq!(store.sizes(), [("r".to_owned(), 1, 7)]);
+
         assert_eq!(store.purge("r", Some("/q")), 1);
     }
 
@@ -618,6 +624,22 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &second), "a second fill of one key");
         let abandoned = miss(&store, &config, "gone 999");
         assert!(!abandoned.initialized() && Arc::strong_count(&abandoned) == 1);
+    }
+
+    #[test]
+    fn a_purge_takes_one_target_or_every_target_under_a_prefix() {
+        let store = CacheStore::default();
+        let config = CacheConfig::default();
+        store_paths(&store, &config, 0..3, "x");
+        for path in ["/a/b?c", "/a/b", "/ab"] {
+            let answer = (StatusCode::OK, HeaderMap::new(), Bytes::from("y"), Duration::from_secs(60));
+            store.finish("r", &config, &HeaderMap::new(), (&Method::GET, "h", path), Some(answer), "k");
+        }
+        assert_eq!(store.purge("r", Some("/a/b")), 1, "one target, exactly");
+        assert_eq!(store.purge("r", Some("/a/*")), 1, "a prefix");
+        assert_eq!(store.purge("r", Some("/p?*")), 3);
+        assert_eq!(store.purge("r", Some("/nothing*")), 0);
+        assert_eq!(store.purge("r", None), 1, "/ab");
     }
 
     #[test]

@@ -223,11 +223,12 @@ pub enum RouteVerb {
 
 #[derive(Subcommand)]
 pub enum CacheVerb {
-    /// Empty a route's cache, or only one path of it.
+    /// Empty a route's cache, or only one path of it, or the paths under a prefix.
     Purge {
         /// The route's name.
         route: String,
-        /// Only this path (and query), e.g. `/img/logo.png`.
+        /// Only this path (and query), e.g. `/img/logo.png`; or, ending in `*`, every path
+        /// that begins with what comes before it, e.g. `/img/*`.
         path: Option<String>,
     },
 }
