@@ -181,16 +181,24 @@ pub struct CacheStore {
     routes: Mutex<HashMap<String, RouteCache>>,
 }
 
+/// The statuses stored, given a lifetime: those whose meaning is the same for every client of
+/// a target, which RFC 9110 §15.1 calls cacheable by default (200, 203, 204, 300, 301, 308,
+/// 404, 405, 410, 414, 501). A 404 or 410 stored spares the backend a crawler's or a broken
+/// link's repeats (negative caching, as CDNs and Varnish do); a 302 or 307 is a redirect for
+/// now, and 5xx errors are passing: neither is stored.
+const STORED: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+
 /// How long a response to `request` may be cached; None: not cacheable. RFC 9111 for a
 /// shared cache (the `http-cache-semantics` crate: `s-maxage` over `max-age`, `Age` taken off,
 /// `Expires` counted from `Date`, `private`/`no-store`/`no-cache` refused, no heuristic
-/// freshness), plus Sluice's own rules: only 200s, and never an answer that sets a cookie.
+/// freshness), plus Sluice's own rules: only the statuses of [`STORED`], and never an answer
+/// that sets a cookie.
 pub fn lifetime(
     request: &hyper::http::request::Parts,
     status: StatusCode,
     headers: &HeaderMap,
 ) -> Option<Duration> {
-    if status != StatusCode::OK || headers.contains_key(header::SET_COOKIE) {
+    if !STORED.contains(&status.as_u16()) || headers.contains_key(header::SET_COOKIE) {
         return None;
     }
     let mut response = hyper::Response::new(());
@@ -435,7 +443,16 @@ mod tests {
         for no in ["no-store", "private, max-age=60", "no-cache", "max-age=0"] {
             assert_eq!(lifetime(ok, &headers(&[(cc.clone(), no)])), None, "{no}");
         }
-        assert_eq!(lifetime(StatusCode::NOT_FOUND, &headers(&[(cc.clone(), "max-age=60")])), None);
+        for status in [404, 410, 301, 308, 204] {
+            let status = StatusCode::from_u16(status).unwrap();
+            let stored = lifetime(status, &headers(&[(cc.clone(), "max-age=60")]));
+            assert_eq!(stored, Some(Duration::from_secs(60)), "{status}");
+            assert_eq!(lifetime(status, &HeaderMap::new()), None, "{status} without a lifetime");
+        }
+        for status in [302, 307, 206, 304, 500, 502, 503] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(lifetime(status, &headers(&[(cc.clone(), "max-age=60")])), None, "{status}");
+        }
         let cookie = headers(&[(cc.clone(), "max-age=60"), (header::SET_COOKIE, "a=b")]);
         assert_eq!(lifetime(ok, &cookie), None, "answers that set cookies are per client");
         let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));

@@ -662,6 +662,8 @@ mod tests {
         Failing,
         /// Closes the connection unanswered.
         Down,
+        /// 404.
+        Missing,
     }
 
     /// An origin whose mood the test sets; every answer after 50 ms, with `Cache-Control:
@@ -687,6 +689,7 @@ mod tests {
                         let answer = match mood {
                             Mood::Down => return Err("down"),
                             Mood::Failing => answer.status(503).body(Bytes::from("busy")),
+                            Mood::Missing => answer.status(404).body(Bytes::from("no such page")),
                             Mood::Serving(n) if inm == format!("\"v{n}\"") => {
                                 answer.status(304).header(header::ETAG, inm).body(Bytes::new())
                             }
@@ -800,5 +803,20 @@ mod tests {
         let refreshed = refreshed.expect("the fill apart stored the new version");
         assert_eq!(said(&refreshed), (200, "HIT", "version 2"));
         assert_eq!(seen.lock().unwrap().as_slice(), ["-", "\"v1\""], "one revalidation for five clients");
+    }
+
+    #[tokio::test]
+    async fn a_404_with_a_lifetime_is_stored_and_a_503_never() {
+        let (port, mood, seen) = versioned().await;
+        let client = Client::new(port);
+        *mood.lock().unwrap() = Mood::Missing;
+        for x_cache in ["MISS", "HIT"] {
+            assert_eq!(said(&client.get("/gone?max-age=60", &[]).await), (404, x_cache, "no such page"));
+        }
+        *mood.lock().unwrap() = Mood::Failing;
+        for _ in 0..2 {
+            assert_eq!(said(&client.get("/busy?max-age=60", &[]).await), (503, "MISS", "busy"));
+        }
+        assert_eq!(seen.lock().unwrap().len(), 3, "the 404 once, the 503 each time");
     }
 }
