@@ -24,7 +24,6 @@ use hyper::{
     header,
     http::request::Parts,
 };
-
 use tokio::sync::OnceCell;
 
 use crate::{
