@@ -207,6 +207,10 @@ pub struct JwtConfig {
     pub audience: Option<String>,
     /// Pass the verified subject (`sub`) to the backend in this header.
     pub subject_header: Option<String>,
+    /// Pass these claims of a verified token to the backend, each in its header (claim name →
+    /// header name; Envoy's `claim_to_headers`).
+    #[serde(default)]
+    pub claim_headers: BTreeMap<String, String>,
 }
 
 impl JwtConfig {

@@ -167,7 +167,7 @@ name = "jwks"
 listener = "http"
 host = "jwks.test"
 pool = "one"
-jwt = {{ algorithm = "ES256", jwks_url = "https://{b2}/jwks.json", jwks_ca = "{jwks_ca}", jwks_refresh_s = 10, subject_header = "x-subject" }}
+jwt = {{ algorithm = "ES256", jwks_url = "https://{b2}/jwks.json", jwks_ca = "{jwks_ca}", jwks_refresh_s = 10, subject_header = "x-subject", claim_headers = {{ email = "x-user" }} }}
 
 [[route]]
 name = "jwt"
@@ -673,7 +673,7 @@ impl Es256 {
         let exp =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
                 + 600;
-        let claims = serde_json::json!({ "sub": sub, "exp": exp });
+        let claims = serde_json::json!({ "sub": sub, "exp": exp, "email": format!("{sub}@example.test") });
         format!(
             "Authorization: Bearer {}",
             jsonwebtoken::encode(&header, &claims, &self.key).expect("encode")
@@ -702,14 +702,16 @@ fn root_gateway_jwt_keys_from_a_jwk_set_url() -> Result<()> {
     publish(&[&k1])?;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let answer = loop {
-        let answer = ask(&bed, "jwks.test", "/echo", &[k1.bearer(&k1.kid, "ann")])?;
+        let forged = "X-User: mallory".to_owned();
+        let answer = ask(&bed, "jwks.test", "/echo", &[k1.bearer(&k1.kid, "ann"), forged])?;
         if answer.0 == 200 || std::time::Instant::now() > deadline {
             break answer;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(answer.0, 200, "{answer:?}");
-    assert!(answer.1.contains("sub=ann"), "{answer:?}");
+    // The token's subject and email reach the backend; the client's own X-User does not.
+    assert!(answer.1.contains("sub=ann user=ann@example.test"), "{answer:?}");
     // k1's kid on another key's signature; no token; a token of a key nobody published.
     let forged = ask(&bed, "jwks.test", "/", &[k2.bearer(&k1.kid, "ann")])?;
     assert_eq!(forged, (401, "token signature invalid".into()));

@@ -667,7 +667,7 @@ fn a_routes_retry_buffer_is_64_kib_by_default_and_at_most_16_mib() {
 }
 
 #[test]
-fn a_jwk_set_is_one_keys_source_and_read_when_files_are() {
+fn a_jwts_keys_have_one_source_and_its_claim_headers_are_fields_of_its_own() {
     let dir = std::env::temp_dir().join(format!("sluice-config-jwks-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let jwk = r#"{"kty":"EC","kid":"e1","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
@@ -719,6 +719,23 @@ fn a_jwk_set_is_one_keys_source_and_read_when_files_are() {
         "algorithm = \"HS256\", secret = \"s\", jwks_refresh_s = 60".into(),
         "jwks_ca and jwks_refresh_s go with jwks_url",
     );
+    let hs = "algorithm = \"HS256\", secret = \"s\"";
+    let claims =
+        Config::parse(Path::new("t.toml"), &jwt(&format!("{hs}, claim_headers = {{ email = \"X-Email\" }}")));
+    assert_eq!(claims.unwrap().routes[0].jwt.as_ref().unwrap().claim_headers["email"], "X-Email");
+    refused(
+        format!("{hs}, claim_headers = {{ email = \"Host\" }}"),
+        "claim_headers: `Host` is a field lbd reads or sets",
+    );
+    refused(
+        format!("{hs}, claim_headers = {{ email = \"x y\" }}"),
+        "claim_headers: `x y` is not a header name",
+    );
+    refused(
+        format!("{hs}, subject_header = \"X-Sub\", claim_headers = {{ email = \"x-sub\" }}"),
+        "claim_headers: `x-sub` carries another claim already",
+    );
+    refused(format!("{hs}, claim_headers = {{ \"\" = \"x-a\" }}"), "claim_headers: a claim's name is empty");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

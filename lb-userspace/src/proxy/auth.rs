@@ -5,7 +5,10 @@ use std::collections::HashSet;
 #[cfg(test)]
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hyper::{HeaderMap, StatusCode, Uri, header};
+use hyper::{
+    HeaderMap, StatusCode, Uri,
+    header::{self, HeaderName, HeaderValue},
+};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 
 use crate::{
@@ -75,6 +78,17 @@ pub struct Jwt {
     algorithm: Algorithm,
     validation: Validation,
     pub subject_header: Option<hyper::header::HeaderName>,
+    /// The claims passed to the backend, each in its header (`claim_headers`).
+    claim_headers: Vec<(String, HeaderName)>,
+}
+
+/// What a verified token tells the backend: its subject, and the fields of `claim_headers`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub subject: Option<String>,
+    /// Each claim header's name, and the claim's value where the token has it as text, a
+    /// number, a boolean, or a list of those (joined with `,`).
+    pub fields: Vec<(HeaderName, Option<HeaderValue>)>,
 }
 
 /// Where a route's JWT keys come from.
@@ -92,13 +106,21 @@ struct Claims {
     sub: Option<String>,
 }
 
+/// A token's claims, all of them (read only for a route with `claim_headers`).
+#[derive(serde::Deserialize)]
+struct AllClaims {
+    sub: Option<String>,
+    #[serde(flatten)]
+    rest: serde_json::Map<String, serde_json::Value>,
+}
+
 /// Why a route's JWT check could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum JwtError {
     #[error(transparent)]
     Key(#[from] crate::config::JwtKeyError),
-    #[error("subject_header `{0}` is not a header name")]
-    SubjectHeader(String),
+    #[error("`{0}` is not a header name")]
+    HeaderName(String),
     #[error(transparent)]
     Remote(#[from] RemoteKeysError),
 }
@@ -130,18 +152,21 @@ impl Jwt {
             }
             None => validation.validate_aud = false,
         }
-        let subject_header = match &config.subject_header {
-            Some(name) => Some(
-                hyper::header::HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|_| JwtError::SubjectHeader(name.clone()))?,
-            ),
-            None => None,
+        let header = |name: &String| {
+            HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                .map_err(|_| JwtError::HeaderName(name.clone()))
         };
-        Ok(Jwt { keys, algorithm, validation, subject_header })
+        let subject_header = config.subject_header.as_ref().map(header).transpose()?;
+        let claim_headers = config
+            .claim_headers
+            .iter()
+            .map(|(claim, name)| Ok((claim.clone(), header(name)?)))
+            .collect::<Result<_, JwtError>>()?;
+        Ok(Jwt { keys, algorithm, validation, subject_header, claim_headers })
     }
 
-    /// The token's subject if the bearer token is valid.
-    pub fn check(&self, headers: &HeaderMap) -> Result<Option<String>, Refusal> {
+    /// What the bearer token tells the backend, if it is valid.
+    pub fn check(&self, headers: &HeaderMap) -> Result<Verified, Refusal> {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -169,23 +194,54 @@ impl Jwt {
         self.verify(token, keys)
     }
 
-    /// The token's subject if one of `keys` verifies it (a bad signature tries the next key: a
+    /// What the token tells if one of `keys` verifies it (a bad signature tries the next key: a
     /// token without a `kid` may be any key's); else why not, as the last key said.
     fn verify<'a>(
         &self,
         token: &str,
         keys: impl IntoIterator<Item = &'a DecodingKey>,
-    ) -> Result<Option<String>, Refusal> {
+    ) -> Result<Verified, Refusal> {
         let mut refused = (StatusCode::UNAUTHORIZED, "token key unknown");
         for key in keys {
-            match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
-                Ok(data) => return Ok(data.claims.sub),
+            let verified = match self.claim_headers.is_empty() {
+                true => jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+                    .map(|data| Verified { subject: data.claims.sub, fields: Vec::new() }),
+                false => jsonwebtoken::decode::<AllClaims>(token, key, &self.validation).map(|data| {
+                    let fields = self
+                        .claim_headers
+                        .iter()
+                        .map(|(claim, name)| {
+                            (name.clone(), data.claims.rest.get(claim).and_then(claim_value))
+                        })
+                        .collect();
+                    Verified { subject: data.claims.sub, fields }
+                }),
+            };
+            match verified {
+                Ok(verified) => return Ok(verified),
                 Err(err) if *err.kind() == ErrorKind::InvalidSignature => refused = refusal(&err),
                 Err(err) => return Err(refusal(&err)),
             }
         }
         Err(refused)
     }
+}
+
+/// A claim as a header value: text as it is, a number or a boolean as JSON writes it, a list
+/// of those joined with `,`; None for anything else (an object, null) or a value no header
+/// may carry (a control character).
+fn claim_value(claim: &serde_json::Value) -> Option<HeaderValue> {
+    use serde_json::Value;
+    let scalar = |value: &Value| match value {
+        Value::String(text) => Some(text.clone()),
+        Value::Number(_) | Value::Bool(_) => Some(value.to_string()),
+        _ => None,
+    };
+    let text = match claim {
+        Value::Array(items) => items.iter().map(scalar).collect::<Option<Vec<_>>>()?.join(","),
+        other => scalar(other)?,
+    };
+    HeaderValue::from_str(&text).ok()
 }
 
 /// What a client is told of a token the library refused.
@@ -223,6 +279,11 @@ mod tests {
         Jwt::new(&JwtConfig { issuer, audience, ..jwt_config() }).unwrap()
     }
 
+    /// The subject of a token `verifier` lets in.
+    fn subject(verifier: &Jwt, headers: &HeaderMap) -> Result<Option<String>, Refusal> {
+        verifier.check(headers).map(|verified| verified.subject)
+    }
+
     fn token(claims: serde_json::Value) -> String {
         let key = jsonwebtoken::EncodingKey::from_secret(b"s3cret");
         jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key)
@@ -245,32 +306,32 @@ mod tests {
         let t = token(serde_json::json!({ "sub": "ann", "exp": exp() }));
         for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
             assert_eq!(
-                verifier.check(&headers(&format!("{scheme} {t}"))),
+                subject(&verifier, &headers(&format!("{scheme} {t}"))),
                 Ok(Some("ann".into())),
                 "{scheme}"
             );
         }
-        assert!(verifier.check(&headers(&format!("Basic {t}"))).is_err());
+        assert!(subject(&verifier, &headers(&format!("Basic {t}"))).is_err());
     }
 
     #[test]
     fn a_configured_issuer_or_audience_is_required() {
         let verifier = jwt(Some("idp"), Some("api"));
         let all = token(serde_json::json!({ "exp": exp(), "iss": "idp", "aud": "api" }));
-        assert!(verifier.check(&headers(&format!("Bearer {all}"))).is_ok());
+        assert!(subject(&verifier, &headers(&format!("Bearer {all}"))).is_ok());
         let no_iss = token(serde_json::json!({ "exp": exp(), "aud": "api" }));
         assert_eq!(
-            verifier.check(&headers(&format!("Bearer {no_iss}"))).unwrap_err().0,
+            subject(&verifier, &headers(&format!("Bearer {no_iss}"))).unwrap_err().0,
             StatusCode::FORBIDDEN
         );
         let no_aud = token(serde_json::json!({ "exp": exp(), "iss": "idp" }));
         assert_eq!(
-            verifier.check(&headers(&format!("Bearer {no_aud}"))).unwrap_err().0,
+            subject(&verifier, &headers(&format!("Bearer {no_aud}"))).unwrap_err().0,
             StatusCode::FORBIDDEN
         );
         let wrong = token(serde_json::json!({ "exp": exp(), "iss": "other", "aud": "api" }));
         assert_eq!(
-            verifier.check(&headers(&format!("Bearer {wrong}"))).unwrap_err().0,
+            subject(&verifier, &headers(&format!("Bearer {wrong}"))).unwrap_err().0,
             StatusCode::FORBIDDEN
         );
     }
@@ -279,7 +340,10 @@ mod tests {
     fn exp_is_required() {
         let verifier = jwt(None, None);
         let t = token(serde_json::json!({ "sub": "ann" }));
-        assert_eq!(verifier.check(&headers(&format!("Bearer {t}"))).unwrap_err().0, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            subject(&verifier, &headers(&format!("Bearer {t}"))).unwrap_err().0,
+            StatusCode::UNAUTHORIZED
+        );
     }
 
     /// A new ES256 key: its signing key, and its public half as a JWK named `kid`.
@@ -324,6 +388,7 @@ mod tests {
             issuer: None,
             audience: None,
             subject_header: None,
+            claim_headers: Default::default(),
         }
     }
 
@@ -335,17 +400,17 @@ mod tests {
         let ((a, a_jwk), (b, b_jwk), (c, c_jwk)) = (es256("a"), es256("b"), es256("c"));
         std::fs::write(&file, jwks(&[&a_jwk, &b_jwk])).unwrap();
         let verifier = Jwt::new(&JwtConfig { jwks_file: Some(file.clone()), ..es256_config() }).unwrap();
-        assert_eq!(verifier.check(&bearer(&a, Some("a"), "ann")), Ok(Some("ann".into())));
-        assert_eq!(verifier.check(&bearer(&b, Some("b"), "bob")), Ok(Some("bob".into())));
+        assert_eq!(subject(&verifier, &bearer(&a, Some("a"), "ann")), Ok(Some("ann".into())));
+        assert_eq!(subject(&verifier, &bearer(&b, Some("b"), "bob")), Ok(Some("bob".into())));
         // Without a kid, any key of the set; with another key's kid, that key alone.
-        assert_eq!(verifier.check(&bearer(&b, None, "bob")), Ok(Some("bob".into())));
-        let refused = verifier.check(&bearer(&a, Some("b"), "ann"));
+        assert_eq!(subject(&verifier, &bearer(&b, None, "bob")), Ok(Some("bob".into())));
+        let refused = subject(&verifier, &bearer(&a, Some("b"), "ann"));
         assert_eq!(refused, Err((StatusCode::UNAUTHORIZED, "token signature invalid")));
         assert_eq!(
-            verifier.check(&bearer(&c, None, "cy")),
+            subject(&verifier, &bearer(&c, None, "cy")),
             Err((StatusCode::UNAUTHORIZED, "token signature invalid"))
         );
-        let unknown = verifier.check(&bearer(&c, Some("c"), "cy"));
+        let unknown = subject(&verifier, &bearer(&c, Some("c"), "cy"));
         assert_eq!(unknown, Err((StatusCode::UNAUTHORIZED, "token key unknown")));
         // The provider rotated: a replaced file is read again (as API key files are).
         let staged = dir.join("keys.new");
@@ -353,8 +418,8 @@ mod tests {
         std::fs::rename(&staged, &file).unwrap();
         let Keys::File(watched) = &verifier.keys else { panic!("a file's keys") };
         watched.look_again();
-        assert_eq!(verifier.check(&bearer(&c, Some("c"), "cy")), Ok(Some("cy".into())));
-        assert_eq!(verifier.check(&bearer(&a, Some("a"), "ann")).unwrap_err().1, "token key unknown");
+        assert_eq!(subject(&verifier, &bearer(&c, Some("c"), "cy")), Ok(Some("cy".into())));
+        assert_eq!(subject(&verifier, &bearer(&a, Some("a"), "ann")).unwrap_err().1, "token key unknown");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -413,14 +478,14 @@ mod tests {
         until: Refusal,
     ) -> Result<Option<String>, Refusal> {
         for _ in 0..250 {
-            match verifier.check(headers) {
+            match subject(verifier, headers) {
                 Err(refusal) if refusal == until => {
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await
                 }
                 other => return other,
             }
         }
-        verifier.check(headers)
+        subject(verifier, headers)
     }
 
     #[tokio::test]
@@ -442,13 +507,13 @@ mod tests {
         *provider.keys.lock().unwrap() = jwks(&[&a_jwk, &b_jwk]);
         let bob = bearer(&b, Some("b"), "bob");
         let unknown = (StatusCode::UNAUTHORIZED, "token key unknown");
-        assert_eq!(verifier.check(&bob), Err(unknown));
+        assert_eq!(subject(&verifier, &bob), Err(unknown));
         assert_eq!(checked_after(&verifier, &bob, unknown).await, Ok(Some("bob".into())));
         assert_eq!(provider.fetches(), 2);
         // Forged kids cannot make lbd fetch on every request: once per 30 s at most.
         let (c, _) = es256("c");
         for _ in 0..20 {
-            assert_eq!(verifier.check(&bearer(&c, Some("c"), "cy")), Err(unknown));
+            assert_eq!(subject(&verifier, &bearer(&c, Some("c"), "cy")), Err(unknown));
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         assert_eq!(provider.fetches(), 2);
@@ -458,7 +523,7 @@ mod tests {
         remote.fetch_now();
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         assert_eq!(provider.fetches(), 3);
-        assert_eq!(verifier.check(&bob), Ok(Some("bob".into())));
+        assert_eq!(subject(&verifier, &bob), Ok(Some("bob".into())));
     }
 
     #[tokio::test]
@@ -472,8 +537,43 @@ mod tests {
         };
         let verifier = Jwt::new(&config).unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        let refused = verifier.check(&bearer(&a, Some("a"), "ann"));
+        let refused = subject(&verifier, &bearer(&a, Some("a"), "ann"));
         assert_eq!(refused, Err((StatusCode::SERVICE_UNAVAILABLE, "token keys not fetched yet")));
         assert_eq!(provider.fetches(), 0, "the handshake failed before any request");
+    }
+
+    #[test]
+    fn claims_go_in_their_headers_as_text() {
+        let claim_headers =
+            [("email", "X-Email"), ("groups", "x-groups"), ("level", "x-level"), ("org", "x-org")];
+        let claim_headers = claim_headers.into_iter().map(|(c, h)| (c.to_owned(), h.to_owned())).collect();
+        let verifier = Jwt::new(&JwtConfig { claim_headers, ..jwt_config() }).unwrap();
+        let t = token(serde_json::json!({
+            "sub": "ann", "exp": exp(), "email": "ann@example.test", "groups": ["ops", "dev", 7],
+            "level": 3, "org": { "id": 1 }
+        }));
+        let verified = verifier.check(&headers(&format!("Bearer {t}"))).unwrap();
+        let fields: Vec<(String, Option<String>)> = verified
+            .fields
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.as_ref().map(|v| v.to_str().unwrap().to_owned())))
+            .collect();
+        let text = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            fields,
+            [
+                ("x-email".to_owned(), text("ann@example.test")),
+                ("x-groups".to_owned(), text("ops,dev,7")),
+                ("x-level".to_owned(), text("3")),
+                ("x-org".to_owned(), None),
+            ],
+            "an object is no header's value"
+        );
+        assert_eq!(verified.subject.as_deref(), Some("ann"));
+        // A claim the token lacks, or one no header may carry: the field is named, without a value
+        // (so the client's own is still taken away).
+        let t = token(serde_json::json!({ "sub": "bob", "exp": exp(), "email": "bob\r\nx-admin: 1" }));
+        let verified = verifier.check(&headers(&format!("Bearer {t}"))).unwrap();
+        assert!(verified.fields.iter().all(|(_, value)| value.is_none()), "{:?}", verified.fields);
     }
 }

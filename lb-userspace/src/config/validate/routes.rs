@@ -462,7 +462,20 @@ fn jwt(mut jwt: JwtConfig, base: &Path, at: Range<usize>, errors: &mut Errors) -
     if let Some(name) = &jwt.subject_header
         && let Some(why) = unfit_identity_header(name)
     {
-        errors.at(at, format!("jwt: subject_header `{name}` {why}"));
+        errors.at(at.clone(), format!("jwt: subject_header `{name}` {why}"));
+    }
+    let mut headers: Vec<String> = jwt.subject_header.iter().map(|h| h.to_ascii_lowercase()).collect();
+    for (claim, name) in &jwt.claim_headers {
+        if claim.is_empty() {
+            errors.at(at.clone(), "jwt: claim_headers: a claim's name is empty");
+        }
+        if let Some(why) = unfit_identity_header(name) {
+            errors.at(at.clone(), format!("jwt: claim_headers: `{name}` {why}"));
+        }
+        if headers.contains(&name.to_ascii_lowercase()) {
+            errors.at(at.clone(), format!("jwt: claim_headers: `{name}` carries another claim already"));
+        }
+        headers.push(name.to_ascii_lowercase());
     }
     jwt
 }

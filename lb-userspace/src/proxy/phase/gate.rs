@@ -1,5 +1,6 @@
 //! Gate: who may use a route: the client allow and deny lists, an API key, a JWT (whose verified
-//! subject, and only it, reaches the backend in the route's subject header), the rate limit, then
+//! subject and claims, and only they, reach the backend in the route's subject and claim
+//! headers), the rate limit, then
 //! basic auth (after the rate limit, as nginx's `limit_req` comes before `auth_basic`: guesses
 //! are limited before they are hashed).
 use std::{net::IpAddr, sync::Arc};
@@ -29,7 +30,7 @@ pub fn admit(
     }
     let mut subject = None;
     if let Some(jwt) = &runtime.jwt {
-        subject = jwt.check(headers).map_err(|(status, why)| {
+        let verified = jwt.check(headers).map_err(|(status, why)| {
             let mut refusal = Refusal::new(status, why);
             refusal
                 .response
@@ -37,10 +38,18 @@ pub fn admit(
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             refusal
         })?;
+        subject = verified.subject;
         if let Some(name) = &jwt.subject_header {
             headers.remove(name);
             if let Some(value) = subject.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
                 headers.insert(name.clone(), value);
+            }
+        }
+        // Only the token says these: a client's own fields of these names go.
+        for (name, value) in verified.fields {
+            headers.remove(&name);
+            if let Some(value) = value {
+                headers.insert(name, value);
             }
         }
     }
