@@ -471,6 +471,22 @@ pub struct Acme {
     /// The CA's external account the new account is bound to (RFC 8555 §7.3.4: ZeroSSL,
     /// Google Trust Services, most company CAs): its key ID and HMAC key.
     pub external_account: Option<ExternalAccount>,
+    /// How the CA is shown that lbd holds each name.
+    pub challenge: AcmeChallenge,
+}
+
+/// How an ACME CA validates a name (RFC 8555 §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum AcmeChallenge {
+    /// A TLS handshake to the name's port 443 with ALPN `acme-tls/1` (RFC 8737), answered by
+    /// the listener itself.
+    #[default]
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    /// `GET http://NAME/.well-known/acme-challenge/TOKEN` on port 80, answered by any plain
+    /// listener on port 80 (HAProxy's and nginx's `acme`).
+    #[serde(rename = "http-01")]
+    Http01,
 }
 
 /// An ACME CA's external account binding: a key ID and an HMAC key, as the CA hands them out.

@@ -69,6 +69,9 @@ pub struct Core {
     pub proxy_metrics: ProxyMetrics,
     /// The proxy's response caches (purged through the admin API).
     pub cache: Arc<CacheStore>,
+    /// The answers to ACME CAs' validations while orders wait for them (the TLS listeners'
+    /// resolvers and the proxy's plain listeners answer from it).
+    pub acme_challenges: Arc<crate::proxy::acme::Challenges>,
     /// What the proxy keeps across snapshots (in-flight counts, streaks, buckets, budgets).
     pub runtime: Arc<Runtime>,
     /// Where `lbctl reload` asks the signal loop for a reload (set once lbd runs it).
@@ -244,6 +247,7 @@ impl Core {
             l7,
             proxy_metrics,
             cache,
+            acme_challenges: Default::default(),
             runtime,
             reloads: None,
             last_reload: None,

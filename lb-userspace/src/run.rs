@@ -278,8 +278,12 @@ fn start_proxy(
     });
     let (snapshot, forwarder, busy_poll) = {
         let core = lock(core);
-        let forwarder =
-            proxy::pipeline::Forwarder::new(core.proxy_metrics.clone(), ejections, core.cache.clone());
+        let forwarder = proxy::pipeline::Forwarder::new(
+            core.proxy_metrics.clone(),
+            ejections,
+            core.cache.clone(),
+            core.acme_challenges.clone(),
+        );
         (core.l7.clone(), Arc::new(forwarder), core.state.config.busy_poll)
     };
     let (handed, handed_datagrams) = inherited
@@ -402,7 +406,7 @@ fn bind_listeners(
     let workers = handed.values().map(Vec::len).find(|n| *n > 0).unwrap_or_else(proxy::workers::count);
     let configured = lock(core).state.config.listeners.clone();
     let (mut bound, mut listeners) = (Vec::new(), Vec::new());
-    let challenges = Arc::new(proxy::acme::Challenges::default());
+    let challenges = lock(core).acme_challenges.clone();
     // One ACME order per certificate: listeners that share one (a site's IPv4 and IPv6
     // listeners) share its folder, and each serves it once written.
     let mut ordering = std::collections::HashSet::new();

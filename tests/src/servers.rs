@@ -208,7 +208,7 @@ impl Drop for Haproxy {
 /// Pebble, Let's Encrypt's test ACME CA (Debian's `pebble`), in a host's namespace: its
 /// directory at `https://ADDRESS:14000/dir` under a certificate from `ca`, every name it
 /// validates resolved to `answer` by its mock DNS (`pebble-challtestsrv`), its TLS-ALPN-01
-/// validations made to port 443, the certificates it issues valid for `validity`, and with
+/// validations made to port 443 and its HTTP-01 ones to port 80, the certificates it issues valid for `validity`, and with
 /// `binding` (a key ID and its base64url HMAC key) an external account required of new accounts.
 pub struct Pebble {
     pebble: Child,
@@ -234,7 +234,7 @@ impl Pebble {
             &config,
             format!(
                 r#"{{"pebble": {{"listenAddress": "{address}:14000", "managementListenAddress": "{address}:15000",
-  "certificate": "{cert}", "privateKey": "{key}", "httpPort": 5002, "tlsPort": 443,
+  "certificate": "{cert}", "privateKey": "{key}", "httpPort": 80, "tlsPort": 443,
   "ocspResponderURL": "",
   "certificateValidityPeriod": {validity}, {binding}}}}}"#,
                 cert = cert.display(),

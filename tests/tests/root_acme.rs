@@ -180,6 +180,82 @@ fn root_acme_certificate_ordered_by_tls_alpn_served_kept_across_a_restart_and_re
     Ok(())
 }
 
+/// HTTP-01 (HAProxy's and nginx's `acme`): Pebble asks for its token on the VIP's port 80,
+/// where a plain listener that sends everything else to https answers it before redirecting.
+#[test]
+fn root_acme_certificate_ordered_by_http_01_on_a_plain_listener() -> Result<()> {
+    let bed = Bed::new("acme-http", Duration::from_secs(3600), None)?;
+    let (topology, dir, ca, pebble, state) = (&bed.topology, &bed.dir, &bed.ca, &bed.pebble, bed.state());
+    let config = dir.0.join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{bed}[[listener]]
+name = "plain"
+address = "{VIP}:80"
+redirect_https = true
+
+[[listener]]
+name = "shop"
+address = "{VIP}:443"
+tls = {{ acme = {{ directory = "{directory}", names = ["{n1}"], state = "{state}", directory_ca = "{ca}", accept_terms = true, challenge = "http-01" }} }}
+
+[[route]]
+listener = "plain"
+pool = "web"
+
+[[route]]
+listener = "shop"
+pool = "web"
+
+[admin]
+socket = "{dir}/lbd.sock"
+metrics = "127.0.0.1:9100"
+"#,
+            bed = l7_config::l7_bed(&topology.tag, VIP, &[topology.backends[0].addr4]),
+            directory = pebble.directory,
+            n1 = NAMES[0],
+            state = state.display(),
+            ca = ca.cert.display(),
+            dir = dir.0.display(),
+        ),
+    )?;
+    let log = dir.0.join("lbd.log");
+    let _lbd = Lbd::start_logging(&topology.lb, &config, Some(&log))?;
+    let cert = state.join(NAMES[0]).join("cert.pem");
+    wait_for("the ordered certificate", Duration::from_secs(60), || cert.exists())?;
+    let root = dir.0.join("pebble-root.pem");
+    let cacert = ca.cert.to_str().unwrap_or_default();
+    let fetched = topology.client.run(
+        "curl",
+        &["-sf", "--max-time", "5", "--cacert", cacert, &format!("{}/roots/0", pebble.management)],
+    )?;
+    std::fs::write(&root, &fetched.stdout)?;
+    let status = |url: &str| -> Result<String> {
+        let resolve = format!("{}:443:{VIP}", NAMES[0]);
+        let out = topology
+            .client
+            .command("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3"])
+            .args(["--cacert", root.to_str().unwrap_or_default(), "--resolve", &resolve, url])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    wait_for("the certificate served", Duration::from_secs(5), || {
+        status(&format!("https://{}/", NAMES[0])).is_ok_and(|s| s == "200")
+    })?;
+    // The validation was answered by lbd itself, logged as such; once the order is done, the
+    // token's path is redirected as any other.
+    let logged = std::fs::read_to_string(&log)?;
+    ensure!(
+        logged.contains("path=\"/.well-known/acme-challenge/")
+            && logged.contains("reason=\"acme challenge\""),
+        "{logged}"
+    );
+    ensure!(status(&format!("http://{VIP}/.well-known/acme-challenge/x"))? == "301", "not redirected");
+    Ok(())
+}
+
 /// When the listener's certificate expires, as lbd's metrics say (0: no such series).
 fn expiry(topology: &Topology) -> Result<u64> {
     let metrics = topology.lb.run("curl", &["-s", "--max-time", "3", "http://127.0.0.1:9100/metrics"])?;

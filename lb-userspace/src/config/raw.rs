@@ -97,6 +97,8 @@ pub(super) struct RawAcme {
     #[serde(default)]
     pub(super) accept_terms: bool,
     pub(super) external_account: Option<RawExternalAccount>,
+    #[serde(default)]
+    pub(super) challenge: AcmeChallenge,
 }
 
 #[derive(Debug, Deserialize)]

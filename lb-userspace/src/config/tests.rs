@@ -1360,6 +1360,21 @@ fn a_listener_may_take_its_certificate_from_an_acme_ca() {
         found(&format!("{good}, external_account = {{ kid = \"k\", hmac_key = \"not base64!\" }}"), ""),
         "listener `shop`: acme: external_account needs a kid and an hmac_key",
     );
+    // HTTP-01: asked on port 80, so a plain listener must be there; with it, client
+    // certificates may be asked on the TLS listener (the validation does not reach it).
+    let http01 = format!("{good}, challenge = \"http-01\"");
+    has(found(&http01, ""), "listener `shop`: acme: http-01 needs a plain listener on port 80");
+    has(found(&format!("{good}, challenge = \"dns-01\""), ""), "unknown variant `dns-01`");
+    let plain = "[[listener]]\nname = \"plain\"\naddress = \"127.0.0.1:80\"\n";
+    let both = format!("{}{plain}", listener(&http01, ", client_ca = \"/etc/ca.pem\""));
+    let config = Config::parse_sent(Path::new("/etc/sluice/t.toml"), &both).unwrap();
+    let acme = config.listeners[0].tls.as_ref().unwrap().acme.clone().unwrap();
+    assert_eq!(acme.challenge, AcmeChallenge::Http01);
+    let config = Config::parse_sent(Path::new("/etc/sluice/t.toml"), &listener(good, "")).unwrap();
+    assert_eq!(
+        config.listeners[0].tls.as_ref().unwrap().acme.as_ref().unwrap().challenge,
+        AcmeChallenge::TlsAlpn01
+    );
 }
 
 #[test]

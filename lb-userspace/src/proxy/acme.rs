@@ -1,17 +1,22 @@
 //! A listener's certificate from an ACME CA (RFC 8555), as Caddy, HAProxy 3.2 and nginx's
 //! `acme` module get theirs: ordered when there is none (or it names other names) and again
 //! two-thirds through its life, each name proved by TLS-ALPN-01 (RFC 8737) on the listener
-//! itself, so nothing but its port 443 is needed. The CA's validation connects to the name
-//! with ALPN `acme-tls/1` alone; any listener with `acme` answers it with a certificate made
-//! for that order ([`Challenges`], shared by all: a CA may validate at a name's IPv4 or IPv6
-//! address) and the connection closes after the handshake. The certificate and its key are
-//! written into its state folder (`<state>/<least name>`, one order however many listeners
-//! serve it), where each listener's file watch finds them and serves them within a second; the
-//! account's key is kept beside them.
+//! itself, so nothing but its port 443 is needed, or by HTTP-01 on a plain listener's port 80.
+//! TLS-ALPN-01's validation connects to the name with ALPN `acme-tls/1` alone; any listener
+//! with `acme` answers it with a certificate made for that order ([`Challenges`], shared by
+//! all: a CA may validate at a name's IPv4 or IPv6 address) and the connection closes after the
+//! handshake. HTTP-01's asks for a token's path, which the pipeline answers from the same
+//! [`Challenges`] before anything else. The certificate and its key are written into its state
+//! folder (`<state>/<least name>`, one order however many listeners serve it), where each
+//! listener's file watch finds them and serves them within a second; the account's key is kept
+//! beside them.
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -24,7 +29,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 use crate::{
-    config::Acme,
+    config::{Acme, AcmeChallenge},
     proxy::https_client::{self, HttpsClient},
 };
 
@@ -60,27 +65,55 @@ pub enum AcmeError {
 
 type Result<T, E = AcmeError> = std::result::Result<T, E>;
 
-/// Answers to a CA's TLS-ALPN-01 validations, by name, while an order waits for them.
+/// Where an HTTP-01 validation asks (RFC 8555 §8.3): this, then the challenge's token.
+pub const HTTP_PATH: &str = "/.well-known/acme-challenge/";
+
+/// Answers to a CA's validations while an order waits for them: TLS-ALPN-01's certificates by
+/// name, HTTP-01's key authorizations by token (with the name each is for).
 #[derive(Debug, Default)]
-pub struct Challenges(Mutex<HashMap<String, Arc<CertifiedKey>>>);
+pub struct Challenges {
+    certificates: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    tokens: Mutex<HashMap<String, (String, String)>>,
+    /// Whether `tokens` holds any: read on every plain request, without the lock.
+    awaiting_http: AtomicBool,
+}
 
 impl Challenges {
     /// The certificate that answers a validation of `name` (none: no order asks for it).
     pub fn answer(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let name = name?.to_ascii_lowercase();
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&name).cloned()
+        self.certificates.lock().unwrap_or_else(|p| p.into_inner()).get(&name).cloned()
+    }
+
+    /// The key authorization an HTTP-01 validation of `path` gets, if an order waits for it.
+    pub fn http_answer(&self, path: &str) -> Option<String> {
+        if !self.awaiting_http.load(Ordering::Relaxed) {
+            return None;
+        }
+        let token = path.strip_prefix(HTTP_PATH)?;
+        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.get(token).map(|(_, answer)| answer.clone())
     }
 
     fn put(&self, name: String, answer: Arc<CertifiedKey>) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(name, answer);
+        self.certificates.lock().unwrap_or_else(|p| p.into_inner()).insert(name, answer);
+    }
+
+    fn put_token(&self, name: String, token: String, key_authorization: String) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.insert(token, (name, key_authorization));
+        self.awaiting_http.store(true, Ordering::Relaxed);
     }
 
     /// Drops the answers for `names` (an order's, done).
     fn clear(&self, names: &[String]) {
-        let mut answers = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut answers = self.certificates.lock().unwrap_or_else(|p| p.into_inner());
         for name in names {
             answers.remove(name);
         }
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.retain(|_, (name, _)| !names.contains(name));
+        self.awaiting_http.store(!tokens.is_empty(), Ordering::Relaxed);
     }
 }
 
@@ -185,11 +218,23 @@ async fn order(acme: &Acme, challenges: &Challenges) -> Result<()> {
             AuthorizationStatus::Valid => continue,
             other => return Err(AcmeError::Refused(format!("an authorization is {other:?}"))),
         }
+        let (kind, named) = match acme.challenge {
+            AcmeChallenge::TlsAlpn01 => (ChallengeType::TlsAlpn01, "tls-alpn-01"),
+            AcmeChallenge::Http01 => (ChallengeType::Http01, "http-01"),
+        };
         let mut challenge = authorization
-            .challenge(ChallengeType::TlsAlpn01)
-            .ok_or_else(|| AcmeError::Refused("the CA offers no tls-alpn-01 challenge".into()))?;
+            .challenge(kind)
+            .ok_or_else(|| AcmeError::Refused(format!("the CA offers no {named} challenge")))?;
         let name = challenge.identifier().to_string().to_ascii_lowercase();
-        challenges.put(name.clone(), answer(&name, challenge.key_authorization().digest().as_ref())?);
+        let key_authorization = challenge.key_authorization();
+        match acme.challenge {
+            AcmeChallenge::TlsAlpn01 => {
+                challenges.put(name.clone(), answer(&name, key_authorization.digest().as_ref())?)
+            }
+            AcmeChallenge::Http01 => {
+                challenges.put_token(name, challenge.token.clone(), key_authorization.as_str().to_owned())
+            }
+        }
         challenge.set_ready().await?;
     }
     let retries = RetryPolicy::new().timeout(Duration::from_secs(120));
@@ -324,6 +369,7 @@ mod tests {
             folder: folder.to_path_buf(),
             directory_ca: None,
             external_account: None,
+            challenge: AcmeChallenge::TlsAlpn01,
         }
     }
 
@@ -415,6 +461,23 @@ mod tests {
         assert!(huge.as_ref().is_err_and(|e| e.contains("length limit")), "{huge:?}");
         // A server the CA did not sign is refused.
         assert!(ask(&pki.other_ca, "/small").await.is_err());
+    }
+
+    #[test]
+    fn an_http_validation_gets_its_tokens_answer_while_its_order_waits() {
+        let challenges = Challenges::default();
+        let path = |token: &str| format!("{HTTP_PATH}{token}");
+        assert_eq!(challenges.http_answer(&path("t1")), None);
+        challenges.put_token("a.test".into(), "t1".into(), "t1.thumbprint".into());
+        challenges.put_token("b.test".into(), "t2".into(), "t2.thumbprint".into());
+        assert_eq!(challenges.http_answer(&path("t1")).as_deref(), Some("t1.thumbprint"));
+        assert_eq!(challenges.http_answer("/t1"), None, "only under the challenge path");
+        assert_eq!(challenges.http_answer(&path("t3")), None);
+        challenges.clear(&["a.test".to_owned()]);
+        assert_eq!(challenges.http_answer(&path("t1")), None, "its order is done");
+        assert_eq!(challenges.http_answer(&path("t2")).as_deref(), Some("t2.thumbprint"));
+        challenges.clear(&["b.test".to_owned()]);
+        assert!(!challenges.awaiting_http.load(Ordering::Relaxed), "no order waits: one load a request");
     }
 
     #[test]

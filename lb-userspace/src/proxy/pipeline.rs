@@ -19,6 +19,7 @@ use crate::{
     config::{Listener, OwnAnswer},
     proxy::{
         access_log::{self, ClientConn, Entry, FramedStatus, GrpcStatus},
+        acme,
         body::Body,
         cache::CacheStore,
         client_cert,
@@ -141,6 +142,8 @@ const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct Forwarder {
     /// Routes' response caches (shared with the admin API for purges).
     cache: Arc<CacheStore>,
+    /// HTTP-01 validations' answers, while an ACME order waits for them.
+    challenges: Arc<acme::Challenges>,
     /// Where outlier ejections go (into the State, like health results).
     commands: tokio::sync::mpsc::UnboundedSender<Command>,
     upstreams: Arc<Upstreams>,
@@ -184,6 +187,7 @@ impl Forwarder {
         metrics: ProxyMetrics,
         commands: tokio::sync::mpsc::UnboundedSender<Command>,
         cache: Arc<CacheStore>,
+        challenges: Arc<acme::Challenges>,
     ) -> Forwarder {
         let id_seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -193,6 +197,7 @@ impl Forwarder {
         hex_digits(id_seed, &mut id_start[..16]);
         Forwarder {
             cache,
+            challenges,
             commands,
             upstreams: Arc::new(Upstreams::default()),
             metrics,
@@ -363,6 +368,12 @@ impl Forwarder {
             let read = guard::Read::of(request.headers());
             labels.host = host_of(request.uri(), read.host);
             labels.request_id = self.request_id_for(read.request_id);
+            // An ACME CA's HTTP-01 validation, before any redirect to https or route.
+            if !conn.tls()
+                && let Some(answer) = self.challenges.http_answer(request.uri().path())
+            {
+                return Err(Refusal::with(respond::acme_answer(answer), "acme challenge"));
+            }
             let checked =
                 guard::check(&guard::Head::of(&request, &read, &labels.host), listener, conn.tls())?;
             let (upgrade, forwarded_for) = (read.upgrade, read.forwarded_for.cloned());

@@ -15,9 +15,7 @@ use tokio::{
 
 use crate::{
     config::Config,
-    proxy::{
-        cache::CacheStore, metrics::ProxyMetrics, pipeline::Forwarder, routes::Snapshot, runtime::Runtime,
-    },
+    proxy::{metrics::ProxyMetrics, pipeline::Forwarder, routes::Snapshot, runtime::Runtime},
     state::{Command, State},
 };
 
@@ -27,7 +25,7 @@ pub fn forwarding(config: Config) -> (Arc<ArcSwap<Snapshot>>, Arc<Forwarder>, Un
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(&State::new(config), &Runtime::default())));
     let (commands, ejections) = tokio::sync::mpsc::unbounded_channel();
     let forwarder =
-        Arc::new(Forwarder::new(ProxyMetrics::default(), commands, Arc::new(CacheStore::default())));
+        Arc::new(Forwarder::new(ProxyMetrics::default(), commands, Default::default(), Default::default()));
     (snapshot, forwarder, ejections)
 }
 

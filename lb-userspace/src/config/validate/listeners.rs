@@ -14,6 +14,8 @@ pub(in crate::config) fn check(
     errors: &mut Errors,
 ) -> Vec<Listener> {
     let mut listeners = Vec::new();
+    // Listeners whose ACME orders are validated over HTTP (the name, where it is defined).
+    let mut http01 = Vec::new();
     for raw in raw_listeners {
         let name = raw.name.get_ref().clone();
         if listeners.iter().any(|l: &Listener| l.name == name) {
@@ -53,6 +55,13 @@ pub(in crate::config) fn check(
                 );
             }
         }
+        if tls
+            .as_ref()
+            .and_then(|tls| tls.acme.as_ref())
+            .is_some_and(|a| a.challenge == AcmeChallenge::Http01)
+        {
+            http01.push(raw.name.clone());
+        }
         let client_address = raw.client_address.map(|c| client_address(c, errors));
         listeners.push(Listener {
             name,
@@ -80,7 +89,25 @@ pub(in crate::config) fn check(
         });
     }
     every_l7_vip_heard(vips, &listeners, errors);
+    http01_heard(&listeners, &http01, errors);
     listeners
+}
+
+/// A CA's HTTP-01 validation asks on port 80: listeners whose `acme` uses it need a plain
+/// listener on port 80 to answer (any address: the names' addresses are the DNS's to say).
+fn http01_heard(listeners: &[Listener], http01: &[Spanned<String>], errors: &mut Errors) {
+    if listeners.iter().any(|l| l.tls.is_none() && l.address.port() == 80) {
+        return;
+    }
+    for name in http01 {
+        errors.at(
+            name.span(),
+            format!(
+                "listener `{}`: acme: http-01 needs a plain listener on port 80, where the CA asks",
+                name.get_ref()
+            ),
+        );
+    }
 }
 
 /// Where the listener reads a request's client address behind trusted proxies: a field name
@@ -152,7 +179,9 @@ fn tls(
         errors
             .at(listener.span(), format!("listener `{name}`: tls needs at least one certificate (or acme)"));
     }
-    if acme.is_some() && client_ca.is_some() {
+    if acme.as_ref().is_some_and(|(acme, _)| acme.challenge == AcmeChallenge::TlsAlpn01)
+        && client_ca.is_some()
+    {
         errors.at(
             listener.span(),
             format!("listener `{name}`: acme and client_ca: the CA's validation shows no client certificate"),
@@ -350,6 +379,7 @@ fn acme(
         folder,
         directory_ca: directory_ca.as_ref().map(|ca| ca.get_ref().clone()),
         external_account,
+        challenge: raw.challenge,
     };
     (acme, directory_ca)
 }

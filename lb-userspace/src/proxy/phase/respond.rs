@@ -22,6 +22,13 @@ pub fn text(status: StatusCode, text: &str) -> Response<Body> {
     response
 }
 
+/// An ACME CA's HTTP-01 validation's answer: the key authorization, exactly (RFC 8555 §8.3).
+pub fn acme_answer(key_authorization: String) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::from(key_authorization)));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    response
+}
+
 /// The route's static answer when no backend can take a request.
 pub fn fallback(fallback: &Fallback) -> Response<Body> {
     let mut response = Response::new(full(Bytes::from(fallback.body.clone())));
