@@ -248,7 +248,7 @@ metrics = "127.0.0.1:9100"
     // token's path is redirected as any other.
     let logged = std::fs::read_to_string(&log)?;
     ensure!(
-        logged.contains("path=\"/.well-known/acme-challenge/")
+        logged.contains("path=/.well-known/acme-challenge/")
             && logged.contains("reason=\"acme challenge\""),
         "{logged}"
     );
