@@ -47,41 +47,48 @@ impl Bed {
     /// lbd's config: the listeners `shop` (443) and `shop-alt` (8443) with `acme` for [`NAMES`]
     /// (listed in another order by the second), `extra` in its `acme`.
     fn config(&self, extra: &str) -> Result<PathBuf> {
-        let (topology, dir, ca, pebble) = (&self.topology, &self.dir, &self.ca, &self.pebble);
-        let state = self.state();
-        let config = dir.0.join("sluice.toml");
-        std::fs::write(
-            &config,
+        let acme = |names: [&str; 2]| {
             format!(
-                r#"{bed}[[listener]]
+                r#"{{ acme = {{ directory = "{}", contact = ["mailto:ops@example.test"], names = ["{}", "{}"], state = "{}", directory_ca = "{}", accept_terms = true{extra} }} }}"#,
+                self.pebble.directory,
+                names[0],
+                names[1],
+                self.state().display(),
+                self.ca.cert.display(),
+            )
+        };
+        self.config_of(&format!(
+            r#"[[listener]]
 name = "shop"
 address = "{VIP}:443"
-tls = {{ acme = {{ directory = "{directory}", contact = ["mailto:ops@example.test"], names = ["{n1}", "{n2}"], state = "{state}", directory_ca = "{ca}", accept_terms = true{extra} }} }}
+tls = {}
 
 # The same certificate on another port (as a site's IPv6 listener would have it): one order.
 [[listener]]
 name = "shop-alt"
 address = "{VIP}:8443"
-tls = {{ acme = {{ directory = "{directory}", contact = ["mailto:ops@example.test"], names = ["{n2}", "{n1}"], state = "{state}", directory_ca = "{ca}", accept_terms = true{extra} }} }}
-
-[[route]]
-listener = "shop"
-pool = "web"
-
-[[route]]
-listener = "shop-alt"
-pool = "web"
-
-[admin]
-socket = "{dir}/lbd.sock"
-metrics = "127.0.0.1:9100"
+tls = {}
 "#,
+            acme(NAMES),
+            acme([NAMES[1], NAMES[0]]),
+        ))
+    }
+
+    /// lbd's config: the bed's VIP and pool, `listeners`, a route from each to the pool, the
+    /// admin socket and metrics.
+    fn config_of(&self, listeners: &str) -> Result<PathBuf> {
+        let (topology, dir) = (&self.topology, &self.dir);
+        let routes: String = listeners
+            .lines()
+            .filter_map(|l| l.strip_prefix("name = "))
+            .map(|name| format!("[[route]]\nlistener = {name}\npool = \"web\"\n\n"))
+            .collect();
+        let config = dir.0.join("sluice.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "{bed}{listeners}\n{routes}[admin]\nsocket = \"{dir}/lbd.sock\"\nmetrics = \"127.0.0.1:9100\"\n",
                 bed = l7_config::l7_bed(&topology.tag, VIP, &[topology.backends[0].addr4]),
-                directory = pebble.directory,
-                n1 = NAMES[0],
-                n2 = NAMES[1],
-                state = state.display(),
-                ca = ca.cert.display(),
                 dir = dir.0.display(),
             ),
         )?;
@@ -186,11 +193,8 @@ fn root_acme_certificate_ordered_by_tls_alpn_served_kept_across_a_restart_and_re
 fn root_acme_certificate_ordered_by_http_01_on_a_plain_listener() -> Result<()> {
     let bed = Bed::new("acme-http", Duration::from_secs(3600), None)?;
     let (topology, dir, ca, pebble, state) = (&bed.topology, &bed.dir, &bed.ca, &bed.pebble, bed.state());
-    let config = dir.0.join("sluice.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"{bed}[[listener]]
+    let config = bed.config_of(&format!(
+        r#"[[listener]]
 name = "plain"
 address = "{VIP}:80"
 redirect_https = true
@@ -199,27 +203,12 @@ redirect_https = true
 name = "shop"
 address = "{VIP}:443"
 tls = {{ acme = {{ directory = "{directory}", names = ["{n1}"], state = "{state}", directory_ca = "{ca}", accept_terms = true, challenge = "http-01" }} }}
-
-[[route]]
-listener = "plain"
-pool = "web"
-
-[[route]]
-listener = "shop"
-pool = "web"
-
-[admin]
-socket = "{dir}/lbd.sock"
-metrics = "127.0.0.1:9100"
 "#,
-            bed = l7_config::l7_bed(&topology.tag, VIP, &[topology.backends[0].addr4]),
-            directory = pebble.directory,
-            n1 = NAMES[0],
-            state = state.display(),
-            ca = ca.cert.display(),
-            dir = dir.0.display(),
-        ),
-    )?;
+        directory = pebble.directory,
+        n1 = NAMES[0],
+        state = state.display(),
+        ca = ca.cert.display(),
+    ))?;
     let log = dir.0.join("lbd.log");
     let _lbd = Lbd::start_logging(&topology.lb, &config, Some(&log))?;
     let cert = state.join(NAMES[0]).join("cert.pem");
@@ -248,8 +237,7 @@ metrics = "127.0.0.1:9100"
     // token's path is redirected as any other.
     let logged = std::fs::read_to_string(&log)?;
     ensure!(
-        logged.contains("path=/.well-known/acme-challenge/")
-            && logged.contains("reason=\"acme challenge\""),
+        logged.contains("path=/.well-known/acme-challenge/") && logged.contains("reason=\"acme challenge\""),
         "{logged}"
     );
     ensure!(status(&format!("http://{VIP}/.well-known/acme-challenge/x"))? == "301", "not redirected");

@@ -382,7 +382,28 @@ fn route_view(route: &crate::config::Route) -> views::Route {
         compress: route.compress.is_some(),
         gates: gates(route),
         retries: (route.retries > 0).then(|| retries(route)),
+        cache: route.cache.as_ref().map(cache),
     }
+}
+
+/// A route's cache as `lbctl route list` shows it.
+fn cache(cache: &crate::config::CacheConfig) -> String {
+    let size = |bytes: usize| match bytes {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} bytes"),
+    };
+    let mut text = format!(
+        "{} entries, {}, {} each",
+        cache.max_entries,
+        size(cache.max_bytes),
+        size(cache.max_object_bytes)
+    );
+    let (updating, on_error) = (cache.stale_while_revalidate_s, cache.stale_if_error_s);
+    if updating > 0 || on_error > 0 {
+        text += &format!("; stale {updating} s updating, {on_error} s on error");
+    }
+    text
 }
 
 /// A route's retries and what they retry: `2 on reset, 502, 503, 504 (budget 20%)`.
@@ -434,7 +455,8 @@ mod tests {
          [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n\
          [[route]]\nname = \"site\"\nlistener = \"l\"\npool = \"web\"\nallow = [\"10.0.0.0/8\"]\n\
          rate_limit = { requests_per_second = 20 }\napi_key = { header = \"x-key\", file = \"/nonexistent\" }\n\
-         retries = 2\nretry_on = [\"reset\", \"gateway-error\", \"409\"]\n";
+         retries = 2\nretry_on = [\"reset\", \"gateway-error\", \"409\"]\n\
+         cache = { max_bytes = 1048576, max_object_bytes = 4096, stale_if_error_s = 600 }\n";
 
     async fn json<T: serde::de::DeserializeOwned>(answer: Answer) -> T {
         serde_json::from_slice(&answer.into_body().collect().await.unwrap().to_bytes()).unwrap()
@@ -469,6 +491,8 @@ mod tests {
         let listed: Vec<views::Route> = json(routes(&core)).await;
         assert_eq!(listed[0].gates, ["allow", "api_key", "rate_limit 20/s"]);
         assert_eq!(listed[0].retries.as_deref(), Some("2 on reset, 409, 502, 503, 504 (budget 20%)"));
+        let cache = listed[0].cache.as_deref();
+        assert_eq!(cache, Some("10000 entries, 1 MiB, 4 KiB each; stale 0 s updating, 600 s on error"));
         core.lock().unwrap().proxy_metrics.connection_opened("l");
         let listed: Vec<views::Listener> = json(listeners(&core)).await;
         assert_eq!((listed[0].name.as_str(), listed[0].protocol.as_str()), ("l", "http"));

@@ -118,6 +118,10 @@ pub struct Route {
     /// Its retries and what they retry (`2 on reset, 502, 503, 504 (budget 20%)`); None: none.
     #[serde(default)]
     pub retries: Option<String>,
+    /// Its response cache's bounds and stale windows (`10000 entries, 64 MiB, 1 MiB each; stale
+    /// 30 s updating, 600 s on error`); None: it caches nothing.
+    #[serde(default)]
+    pub cache: Option<String>,
 }
 
 /// One entry of `GET /listeners`: an L7 listener, its limits and its open connections.

@@ -265,6 +265,9 @@ pub fn routes(routes: &[views::Route]) {
         if let Some(retries) = &r.retries {
             println!("  retries: {retries}");
         }
+        if let Some(cache) = &r.cache {
+            println!("  cache: {cache}");
+        }
     }
 }
 
