@@ -216,8 +216,8 @@ pub struct JwtConfig {
 impl JwtConfig {
     /// The key tokens are verified with: the HS256 secret, or the RS256/ES256 public key read
     /// from its PEM file (config validation and the proxy both build it here).
-    pub fn decoding_key(&self) -> Result<(jsonwebtoken::Algorithm, jsonwebtoken::DecodingKey), JwtKeyError> {
-        use jsonwebtoken::{Algorithm, DecodingKey};
+    pub fn decoding_key(&self) -> Result<jsonwebtoken::DecodingKey, JwtKeyError> {
+        use jsonwebtoken::DecodingKey;
         let pem = || -> Result<Vec<u8>, JwtKeyError> {
             let file = self.key_file.as_ref().ok_or(JwtKeyError::NoKeyFile)?;
             files::read_file(file)
@@ -226,18 +226,14 @@ impl JwtConfig {
         };
         match self.algorithm {
             JwtAlgorithm::HS256 => match self.secret.as_deref() {
-                Some(secret) if !secret.is_empty() => {
-                    Ok((Algorithm::HS256, DecodingKey::from_secret(secret.as_bytes())))
-                }
+                Some(secret) if !secret.is_empty() => Ok(DecodingKey::from_secret(secret.as_bytes())),
                 _ => Err(JwtKeyError::NoSecret),
             },
-            JwtAlgorithm::RS256 => Ok((Algorithm::RS256, DecodingKey::from_rsa_pem(&pem()?)?)),
-            JwtAlgorithm::ES256 => Ok((Algorithm::ES256, DecodingKey::from_ec_pem(&pem()?)?)),
+            JwtAlgorithm::RS256 => Ok(DecodingKey::from_rsa_pem(&pem()?)?),
+            JwtAlgorithm::ES256 => Ok(DecodingKey::from_ec_pem(&pem()?)?),
         }
     }
-}
 
-impl JwtConfig {
     /// How often `jwks_url` is fetched again (Envoy's `cache_duration` is 10 minutes too).
     pub fn jwks_refresh(&self) -> Duration {
         Duration::from_secs(self.jwks_refresh_s.unwrap_or(DEFAULT_JWKS_REFRESH_S).into())

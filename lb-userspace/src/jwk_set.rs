@@ -18,6 +18,12 @@ use jsonwebtoken::{
 /// last); a token without a `kid` is tried against every key of its algorithm.
 pub const MAX_KEYS: usize = 64;
 
+/// The most keys a token without a `kid` is checked against: each check is a signature's
+/// verification (tens of µs for RSA), so a client's kid-less tokens must not cost a set's
+/// every key. Providers name the key in every token; a set is two or three keys while they
+/// rotate.
+pub const TRIED_WITHOUT_KID: usize = 4;
+
 /// A JWK Set's usable keys.
 #[derive(Default)]
 pub struct KeySet {
@@ -70,11 +76,12 @@ impl KeySet {
     }
 
     /// The keys a token of `algorithm` may have been signed with: the one its `kid` names, or
-    /// every key of the algorithm when it names none.
+    /// the set's first `TRIED_WITHOUT_KID` keys of the algorithm when it names none.
     pub fn candidates(&self, algorithm: Algorithm, kid: Option<&str>) -> impl Iterator<Item = &DecodingKey> {
         self.keys
             .iter()
             .filter(move |k| k.algorithm == algorithm && kid.is_none_or(|kid| k.kid.as_deref() == Some(kid)))
+            .take(if kid.is_some() { 1 } else { TRIED_WITHOUT_KID })
             .map(|k| &k.key)
     }
 }
@@ -122,6 +129,14 @@ mod tests {
         assert_eq!(keys.candidates(Algorithm::RS256, Some("gone")).count(), 0);
         assert_eq!(keys.candidates(Algorithm::RS256, None).count(), 2);
         assert_eq!(keys.candidates(Algorithm::HS256, None).count(), 0);
+        let many: Vec<String> = (0..10).map(|i| rsa(&format!("r{i}"), "")).collect();
+        let many = KeySet::parse(&set(&many)).unwrap();
+        assert_eq!(
+            many.candidates(Algorithm::RS256, None).count(),
+            TRIED_WITHOUT_KID,
+            "a kid-less token's cost is bounded"
+        );
+        assert_eq!(many.candidates(Algorithm::RS256, Some("r9")).count(), 1);
     }
 
     #[test]

@@ -134,7 +134,7 @@ impl Jwt {
             (None, Some(url)) => {
                 Keys::Remote(RemoteKeys::new(url, config.jwks_ca.as_deref(), config.jwks_refresh())?)
             }
-            (None, None) => Keys::One(config.decoding_key()?.1),
+            (None, None) => Keys::One(config.decoding_key()?),
         };
         let mut validation = Validation::new(algorithm);
         validation.validate_nbf = true;
