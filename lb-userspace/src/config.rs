@@ -204,7 +204,10 @@ pub struct JwtConfig {
     pub jwks_ca: Option<PathBuf>,
     pub jwks_refresh_s: Option<u32>,
     pub issuer: Option<String>,
-    pub audience: Option<String>,
+    /// The audiences a token may be for (one of them must be in its `aud`); empty: any.
+    /// `audience = "api"` or `audience = ["api", "admin"]`.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub audience: Vec<String>,
     /// Pass the verified subject (`sub`) to the backend in this header.
     pub subject_header: Option<String>,
     /// Pass these claims of a verified token to the backend, each in its header (claim name →
@@ -247,6 +250,20 @@ impl JwtConfig {
             JwtAlgorithm::ES256 => jsonwebtoken::Algorithm::ES256,
         }
     }
+}
+
+/// A string, or a list of them.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
 }
 
 /// `jwks_refresh_s`'s default and bounds.

@@ -720,6 +720,13 @@ fn a_jwts_keys_have_one_source_and_its_claim_headers_are_fields_of_its_own() {
         "jwks_ca and jwks_refresh_s go with jwks_url",
     );
     let hs = "algorithm = \"HS256\", secret = \"s\"";
+    let audiences = |list: &str| {
+        let parsed = Config::parse(Path::new("t.toml"), &jwt(&format!("{hs}, audience = {list}")));
+        parsed.unwrap().routes[0].jwt.as_ref().unwrap().audience.clone()
+    };
+    assert_eq!(audiences("\"api\""), ["api"]);
+    assert_eq!(audiences("[\"api\", \"admin\"]"), ["api", "admin"]);
+    refused(format!("{hs}, audience = [\"api\", \"\"]"), "jwt: an audience is empty");
     let claims =
         Config::parse(Path::new("t.toml"), &jwt(&format!("{hs}, claim_headers = {{ email = \"X-Email\" }}")));
     assert_eq!(claims.unwrap().routes[0].jwt.as_ref().unwrap().claim_headers["email"], "X-Email");

@@ -145,12 +145,12 @@ impl Jwt {
             validation.set_issuer(&[iss]);
             validation.required_spec_claims.insert("iss".to_owned());
         }
-        match &config.audience {
-            Some(aud) => {
-                validation.set_audience(&[aud]);
+        match config.audience.is_empty() {
+            false => {
+                validation.set_audience(&config.audience);
                 validation.required_spec_claims.insert("aud".to_owned());
             }
-            None => validation.validate_aud = false,
+            true => validation.validate_aud = false,
         }
         let header = |name: &String| {
             HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
@@ -275,7 +275,8 @@ mod tests {
     use super::*;
 
     fn jwt(issuer: Option<&str>, audience: Option<&str>) -> Jwt {
-        let (issuer, audience) = (issuer.map(str::to_owned), audience.map(str::to_owned));
+        let (issuer, audience) =
+            (issuer.map(str::to_owned), audience.into_iter().map(str::to_owned).collect());
         Jwt::new(&JwtConfig { issuer, audience, ..jwt_config() }).unwrap()
     }
 
@@ -337,6 +338,19 @@ mod tests {
     }
 
     #[test]
+    fn a_token_for_any_of_the_routes_audiences_passes() {
+        let verifier =
+            Jwt::new(&JwtConfig { audience: vec!["api".into(), "admin".into()], ..jwt_config() }).unwrap();
+        for aud in [serde_json::json!("admin"), serde_json::json!(["web", "api"])] {
+            let t = token(serde_json::json!({ "exp": exp(), "aud": aud }));
+            assert!(subject(&verifier, &headers(&format!("Bearer {t}"))).is_ok(), "{aud}");
+        }
+        let t = token(serde_json::json!({ "exp": exp(), "aud": ["web"] }));
+        let refused = subject(&verifier, &headers(&format!("Bearer {t}")));
+        assert_eq!(refused, Err((StatusCode::FORBIDDEN, "token audience not accepted")));
+    }
+
+    #[test]
     fn exp_is_required() {
         let verifier = jwt(None, None);
         let t = token(serde_json::json!({ "sub": "ann" }));
@@ -386,7 +400,7 @@ mod tests {
             jwks_ca: None,
             jwks_refresh_s: None,
             issuer: None,
-            audience: None,
+            audience: Vec::new(),
             subject_header: None,
             claim_headers: Default::default(),
         }

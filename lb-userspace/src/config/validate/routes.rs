@@ -434,6 +434,9 @@ fn jwt(mut jwt: JwtConfig, base: &Path, at: Range<usize>, errors: &mut Errors) -
             format!("jwt: one of secret, key_file, jwks_file and jwks_url, not {first} and {second}"),
         );
     }
+    if jwt.audience.iter().any(String::is_empty) {
+        errors.at(at.clone(), "jwt: an audience is empty");
+    }
     if jwt.jwks_url.is_none() && (jwt.jwks_ca.is_some() || jwt.jwks_refresh_s.is_some()) {
         errors.at(at.clone(), "jwt: jwks_ca and jwks_refresh_s go with jwks_url");
     }
