@@ -296,6 +296,9 @@ pub enum RateKey {
     JwtSubject,
     /// The whole route.
     Route,
+    /// The value of the request's field `header` (a tenant or a user a proxy in front names;
+    /// Kong's `limit_by = "header"`); a request without it counts by its client address.
+    Header,
 }
 
 /// What a route's `retries` retry (Envoy's `retry_on`, HAProxy's `retry-on`): an exchange that
@@ -319,6 +322,8 @@ pub struct RateLimit {
     pub requests_per_second: f64,
     pub burst: f64,
     pub key: RateKey,
+    /// The field counted by with `key = "header"`.
+    pub header: Option<hyper::header::HeaderName>,
     /// The route's listener's `client_ipv6_prefix`: IPv6 clients' buckets are by this prefix.
     pub ipv6_prefix: u8,
 }

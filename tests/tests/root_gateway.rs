@@ -349,6 +349,13 @@ pool = "one"
 split = [{{ pool = "two", percent = 10 }}]
 
 [[route]]
+name = "per-tenant"
+listener = "http"
+host = "tenant.test"
+pool = "one"
+rate_limit = {{ requests_per_second = 0.01, burst = 2, key = "header", header = "x-tenant" }}
+
+[[route]]
 name = "limited"
 listener = "http"
 host = "limited.test"
@@ -479,6 +486,17 @@ fn root_gateway_split_limits_access_retries_fallback() -> Result<()> {
     )?;
     let headers = String::from_utf8_lossy(&headers.stdout).to_ascii_lowercase();
     assert!(headers.contains("429") && headers.contains("retry-after: 1"), "{headers}");
+
+    // Per tenant, as a gateway in front names it (burst 2): one tenant's third request is
+    // refused, another tenant's first is not; a request without the field counts by client.
+    let tenant =
+        |name: &str| ask(&bed, "tenant.test", "/", &[format!("X-Tenant: {name}")]).map(|(code, _)| code);
+    let codes = [tenant("acme")?, tenant("acme")?, tenant("acme")?, tenant("globex")?];
+    assert_eq!(codes, [200, 200, 429, 200], "per tenant");
+    let none = (0..3)
+        .map(|_| ask(&bed, "tenant.test", "/", &[]).map(|(code, _)| code))
+        .collect::<Result<Vec<_>>>()?;
+    assert_eq!(none, [200, 200, 429], "by client without the field");
 
     // IPv6 clients: three addresses of one /64 share its bucket (burst 2); on a listener that
     // counts each address alone, each has its own.

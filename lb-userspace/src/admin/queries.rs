@@ -427,6 +427,9 @@ fn gates(route: &crate::config::Route) -> Vec<String> {
     if let Some(limit) = &route.rate_limit {
         let per = match limit.key {
             crate::config::RateKey::ClientIp => String::new(),
+            crate::config::RateKey::Header => {
+                format!(" per header {}", limit.header.as_ref().map_or("", |h| h.as_str()))
+            }
             key => format!(" per {}", config_name(key)),
         };
         gates.push(format!("rate_limit {}/s{per}", limit.requests_per_second));

@@ -260,6 +260,7 @@ pub(super) struct RawRateLimit {
     pub(super) burst: Option<f64>,
     #[serde(default)]
     pub(super) key: RateKey,
+    pub(super) header: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -747,6 +747,27 @@ fn a_jwts_keys_have_one_source_and_its_claim_headers_are_fields_of_its_own() {
 }
 
 #[test]
+fn a_rate_limit_by_header_names_its_header() {
+    let limit =
+        |extra: &str| Config::parse(Path::new("t.toml"), &route(extra)).unwrap().routes[0].rate_limit.clone();
+    let by_tenant =
+        limit("rate_limit = { requests_per_second = 5, key = \"header\", header = \"X-Tenant\" }\n");
+    assert_eq!(by_tenant.unwrap().header.unwrap().as_str(), "x-tenant");
+    says(
+        "rate_limit = { requests_per_second = 5, key = \"header\" }\n",
+        "t.toml:11: rate_limit key = \"header\" needs header",
+    );
+    says(
+        "rate_limit = { requests_per_second = 5, header = \"x-a\" }\n",
+        "t.toml:11: rate_limit header goes with key = \"header\"",
+    );
+    says(
+        "rate_limit = { requests_per_second = 5, key = \"header\", header = \"x a\" }\n",
+        "t.toml:11: rate_limit header `x a` is not a header name",
+    );
+}
+
+#[test]
 fn a_routes_cache_serves_nothing_stale_by_default_and_at_most_a_year() {
     let cache =
         |extra: &str| Config::parse(Path::new("t.toml"), &route(extra)).unwrap().routes[0].cache.clone();

@@ -629,8 +629,11 @@ mod tests {
         first.runtime.failures.store(2, Ordering::Relaxed);
         let route = &before.routes["l"][0];
         let client: IpAddr = "192.0.2.1".parse().unwrap();
-        assert_eq!(route.runtime.rate_limited(client, None, None), None);
-        assert!(route.runtime.rate_limited(client, None, None).is_some(), "burst of 1 spent");
+        assert_eq!(route.runtime.rate_limited(client, (None, None), &hyper::HeaderMap::new()), None);
+        assert!(
+            route.runtime.rate_limited(client, (None, None), &hyper::HeaderMap::new()).is_some(),
+            "burst of 1 spent"
+        );
         // Another backend goes down: the snapshot is rebuilt.
         let down = crate::state::Command::SetHealth {
             pool: "p".into(),
@@ -643,7 +646,10 @@ mod tests {
         assert_eq!(same.in_flight(), 7, "in-flight count reset");
         assert_eq!(same.runtime.failures.load(Ordering::Relaxed), 2, "failure streak reset");
         assert!(
-            after.routes["l"][0].runtime.rate_limited(client, None, None).is_some(),
+            after.routes["l"][0]
+                .runtime
+                .rate_limited(client, (None, None), &hyper::HeaderMap::new())
+                .is_some(),
             "rate-limit bucket refilled"
         );
         assert_eq!(after.pools["p"].upstreams.len(), 2);

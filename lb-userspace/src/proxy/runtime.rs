@@ -157,6 +157,7 @@ const MAX_BUCKETS: usize = 100_000;
 /// A route's token buckets (GCRA, from `governor`).
 struct Limiter {
     key: RateKey,
+    header: Option<hyper::header::HeaderName>,
     ipv6_prefix: u8,
     buckets: DefaultKeyedRateLimiter<LimitKey>,
     checks: AtomicU64,
@@ -169,6 +170,7 @@ impl Limiter {
         let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
         Limiter {
             key: limit.key,
+            header: limit.header.clone(),
             ipv6_prefix: limit.ipv6_prefix,
             buckets: DefaultKeyedRateLimiter::keyed(quota.allow_burst(burst)),
             checks: AtomicU64::new(0),
@@ -176,11 +178,15 @@ impl Limiter {
     }
 
     /// None if the request may go; else the seconds to wait (Retry-After). `named`: the API
-    /// key or the JWT subject, as the limit's key says.
+    /// key, the JWT subject or the header's value, as the limit's key says.
     fn check(&self, client: IpAddr, named: Option<&str>) -> Option<u64> {
         let key = match self.key {
             RateKey::ClientIp => LimitKey::Client(client_group(client, self.ipv6_prefix)),
             RateKey::ApiKey | RateKey::JwtSubject => LimitKey::Named(named.unwrap_or_default().to_owned()),
+            RateKey::Header => match named {
+                Some(value) => LimitKey::Named(value.to_owned()),
+                None => LimitKey::Client(client_group(client, self.ipv6_prefix)),
+            },
             RateKey::Route => LimitKey::Route,
         };
         // Now and then, forget the buckets that are full again (they hold nothing).
@@ -316,10 +322,22 @@ impl RouteRuntime {
     }
 
     /// None if under the rate limit; else seconds to wait. The limit counts by the client's
-    /// address, the request's `api_key`, its JWT's `subject`, or the route, as its key says.
-    pub fn rate_limited(&self, client: IpAddr, api_key: Option<&str>, subject: Option<&str>) -> Option<u64> {
+    /// address, the request's `api_key`, its JWT's `subject`, a field of its `headers` (text; a
+    /// request without it, or with another kind of value, by its client's address), or the
+    /// route, as its key says.
+    pub fn rate_limited(
+        &self,
+        client: IpAddr,
+        (api_key, subject): (Option<&str>, Option<&str>),
+        headers: &hyper::HeaderMap,
+    ) -> Option<u64> {
         let limiter = self.limiter.as_ref()?;
-        limiter.check(client, if limiter.key == RateKey::JwtSubject { subject } else { api_key })
+        let named = match limiter.key {
+            RateKey::JwtSubject => subject,
+            RateKey::Header => limiter.header.as_ref().and_then(|name| headers.get(name)?.to_str().ok()),
+            _ => api_key,
+        };
+        limiter.check(client, named)
     }
 
     /// Counts a request (the retry budget's base).
@@ -570,8 +588,13 @@ mod tests {
 
     #[test]
     fn buckets_limit_per_client() {
-        let limit =
-            RateLimit { requests_per_second: 1.0, burst: 2.0, key: RateKey::ClientIp, ipv6_prefix: 64 };
+        let limit = RateLimit {
+            requests_per_second: 1.0,
+            burst: 2.0,
+            key: RateKey::ClientIp,
+            header: None,
+            ipv6_prefix: 64,
+        };
         let limiter = Limiter::new(&limit);
         let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
         assert_eq!(limiter.check(a, None), None);
@@ -630,10 +653,47 @@ mod tests {
         let config = Config::parse_sent(std::path::Path::new("t.toml"), text).unwrap();
         let route = RouteRuntime::new(&config.routes[0]);
         let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "198.51.100.7".parse().unwrap());
-        assert_eq!(route.rate_limited(a, Some("k1"), Some("alice")), None);
-        assert_eq!(route.rate_limited(b, Some("k2"), Some("alice")), None, "alice from elsewhere");
-        assert!(route.rate_limited(a, Some("k3"), Some("alice")).is_some(), "alice's burst is spent");
-        assert_eq!(route.rate_limited(a, Some("k1"), Some("bob")), None, "bob has his own");
+        assert_eq!(route.rate_limited(a, (Some("k1"), Some("alice")), &hyper::HeaderMap::new()), None);
+        assert_eq!(
+            route.rate_limited(b, (Some("k2"), Some("alice")), &hyper::HeaderMap::new()),
+            None,
+            "alice from elsewhere"
+        );
+        assert!(
+            route.rate_limited(a, (Some("k3"), Some("alice")), &hyper::HeaderMap::new()).is_some(),
+            "alice's burst is spent"
+        );
+        assert_eq!(
+            route.rate_limited(a, (Some("k1"), Some("bob")), &hyper::HeaderMap::new()),
+            None,
+            "bob has his own"
+        );
+    }
+
+    #[test]
+    fn a_route_limited_per_header_keeps_a_bucket_per_value_and_one_per_client_without_it() {
+        let text = "[dataplane]\ninterface = \"lo\"\n[[pool]]\nname = \"p\"\nbackends = [{ address = \"10.0.0.1\" }]\n\
+             [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\n\
+             [[route]]\nname = \"r\"\nlistener = \"l\"\npool = \"p\"\n\
+             rate_limit = { requests_per_second = 0.01, burst = 2, key = \"header\", header = \"X-Tenant\" }\n";
+        let config = Config::parse_sent(std::path::Path::new("t.toml"), text).unwrap();
+        let route = RouteRuntime::new(&config.routes[0]);
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "198.51.100.7".parse().unwrap());
+        let tenant = |value: &str| {
+            let mut headers = hyper::HeaderMap::new();
+            headers.insert("x-tenant", value.parse().unwrap());
+            headers
+        };
+        let none = hyper::HeaderMap::new();
+        assert_eq!(route.rate_limited(a, (None, None), &tenant("acme")), None);
+        assert_eq!(route.rate_limited(b, (None, None), &tenant("acme")), None, "acme from elsewhere");
+        assert!(route.rate_limited(a, (None, None), &tenant("acme")).is_some(), "acme's burst is spent");
+        assert_eq!(route.rate_limited(a, (None, None), &tenant("globex")), None, "globex has its own");
+        // Without the field, by the client's address (its own bucket, not a shared one).
+        assert_eq!(route.rate_limited(a, (None, None), &none), None);
+        assert_eq!(route.rate_limited(a, (None, None), &none), None);
+        assert!(route.rate_limited(a, (None, None), &none).is_some());
+        assert_eq!(route.rate_limited(b, (None, None), &none), None, "another client");
     }
 
     /// An upgrade hands the backends' counters over as text; the new lbd adds them to its

@@ -374,10 +374,23 @@ fn rate_limit(
     at: Range<usize>,
     errors: &mut Errors,
 ) -> RateLimit {
+    let header = raw.header.as_ref().and_then(|name| {
+        let parsed = hyper::header::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes());
+        if parsed.is_err() {
+            errors.at(at.clone(), format!("rate_limit header `{name}` is not a header name"));
+        }
+        parsed.ok()
+    });
+    match (raw.key == RateKey::Header, raw.header.is_some()) {
+        (true, false) => errors.at(at.clone(), "rate_limit key = \"header\" needs header = \"NAME\""),
+        (false, true) => errors.at(at.clone(), "rate_limit header goes with key = \"header\""),
+        _ => {}
+    }
     let limit = RateLimit {
         requests_per_second: raw.requests_per_second,
         burst: raw.burst.unwrap_or(raw.requests_per_second.max(1.0)),
         key: raw.key,
+        header,
         ipv6_prefix,
     };
     if limit.key == RateKey::ApiKey && !has_api_key {

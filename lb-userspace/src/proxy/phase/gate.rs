@@ -53,7 +53,7 @@ pub fn admit(
             }
         }
     }
-    if let Some(wait) = runtime.rate_limited(client, api_key.as_deref(), subject.as_deref()) {
+    if let Some(wait) = runtime.rate_limited(client, (api_key.as_deref(), subject.as_deref()), headers) {
         let mut refusal = Refusal::new(StatusCode::TOO_MANY_REQUESTS, "rate limited");
         refusal.response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
         return Err(refusal);
