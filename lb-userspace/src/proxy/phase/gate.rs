@@ -86,3 +86,50 @@ pub async fn logged_in(auth: &BasicAuth, headers: &mut HeaderMap) -> Result<Arc<
     }
     Ok(user)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::{config::Config, proxy::routes::Snapshot, state::State};
+
+    /// A route whose JWT's `tenant` claim goes in X-Tenant, limited per X-Tenant (burst 1).
+    fn snapshot() -> Snapshot {
+        let text = "[dataplane]\ninterface = \"lo\"\n[[pool]]\nname = \"p\"\nbackends = [{ address = \"10.0.0.1\" }]\n\
+             [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\n\
+             [[route]]\nlistener = \"l\"\npool = \"p\"\n\
+             jwt = { algorithm = \"HS256\", secret = \"s3cret\", claim_headers = { tenant = \"x-tenant\" } }\n\
+             rate_limit = { requests_per_second = 0.01, burst = 1, key = \"header\", header = \"x-tenant\" }\n";
+        let config = Config::parse(Path::new("t.toml"), text).unwrap();
+        Snapshot::build(&State::new(config), &Default::default())
+    }
+
+    /// A request of tenant `tenant` that also says `X-Tenant: claimed` itself.
+    fn request(tenant: &str, claimed: &str) -> HeaderMap {
+        let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+        let claims = serde_json::json!({ "sub": "u", "exp": exp, "tenant": tenant });
+        let key = jsonwebtoken::EncodingKey::from_secret(b"s3cret");
+        let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+        headers.insert("x-tenant", claimed.parse().unwrap());
+        headers
+    }
+
+    /// The claim header is set before the rate limit is counted: a limit by that field counts
+    /// by the verified claim, whatever the client wrote in it.
+    #[test]
+    fn a_limit_by_a_claims_field_counts_the_verified_claim() {
+        let snapshot = snapshot();
+        let route = &snapshot.routes["l"][0];
+        let (uri, client) = ("/".parse::<Uri>().unwrap(), "192.0.2.1".parse().unwrap());
+        let mut first = request("acme", "globex");
+        assert!(admit(route, &mut first, &uri, client).is_ok());
+        assert_eq!(first["x-tenant"], "acme", "the backend gets the claim");
+        // acme's burst is spent, whatever the field says; globex has its own.
+        let refused = admit(route, &mut request("acme", "globex"), &uri, client).err().unwrap();
+        assert_eq!(refused.response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(admit(route, &mut request("globex", "acme"), &uri, client).is_ok());
+    }
+}
