@@ -78,9 +78,7 @@ impl RemoteKeys {
             fetching: AtomicBool::new(false),
             fetched: AtomicBool::new(false),
         });
-        if tokio::runtime::Handle::try_current().is_ok() {
-            remote.fetch_if_due();
-        }
+        remote.fetch_if_due();
         Ok(remote)
     }
 
