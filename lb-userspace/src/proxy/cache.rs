@@ -117,6 +117,13 @@ impl RouteCache {
         self.shed_bytes();
     }
 
+    /// Drops the entry of `key`, and its bytes from the count.
+    fn remove(&mut self, key: &str) {
+        if let Some(old) = self.entries.pop(key) {
+            self.bytes -= old.body.len();
+        }
+    }
+
     fn pop_oldest(&mut self) -> bool {
         match self.entries.pop_lru() {
             Some((_, old)) => {
@@ -306,11 +313,7 @@ impl CacheStore {
     /// Drops the stored answer of `key`: the origin answered again and it was not stored (no
     /// longer storable), so the stale one must not be served or revalidated.
     pub fn forget(&self, route: &str, config: &CacheConfig, key: &str) {
-        self.with(route, config, |c| {
-            if let Some(old) = c.entries.pop(key) {
-                c.bytes -= old.body.len();
-            }
-        })
+        self.with(route, config, |c| c.remove(key))
     }
 
     /// Stores an answer (if it fits) and ends the coalescing of its key.
@@ -382,9 +385,7 @@ impl CacheStore {
             .filter(|k| target(k).is_some_and(|t| matches(&t)))
             .collect();
         for key in &doomed {
-            if let Some(old) = cache.entries.pop(key) {
-                cache.bytes -= old.body.len();
-            }
+            cache.remove(key);
         }
         doomed.len()
     }
