@@ -77,17 +77,19 @@ pub struct Jwt {
     keys: Keys,
     algorithm: Algorithm,
     validation: Validation,
-    pub subject_header: Option<hyper::header::HeaderName>,
+    subject_header: Option<hyper::header::HeaderName>,
     /// The claims passed to the backend, each in its header (`claim_headers`).
     claim_headers: Vec<(String, HeaderName)>,
 }
 
-/// What a verified token tells the backend: its subject, and the fields of `claim_headers`.
+/// What a verified token tells the backend: its subject, and the fields it sets (the subject's
+/// header, then those of `claim_headers`; each a client may not set itself).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Verified {
     pub subject: Option<String>,
-    /// Each claim header's name, and the claim's value where the token has it as text, a
-    /// number, a boolean, or a list of those (joined with `,`).
+    /// Each field's name, and its value: the subject, or the claim where the token has it as
+    /// text, a number, a boolean, or a list of those (joined with `,`); None: the field is only
+    /// taken away.
     pub fields: Vec<(HeaderName, Option<HeaderValue>)>,
 }
 
@@ -218,7 +220,13 @@ impl Jwt {
                 }),
             };
             match verified {
-                Ok(verified) => return Ok(verified),
+                Ok(mut verified) => {
+                    if let Some(name) = &self.subject_header {
+                        let value = verified.subject.as_deref().and_then(|s| HeaderValue::from_str(s).ok());
+                        verified.fields.push((name.clone(), value));
+                    }
+                    return Ok(verified);
+                }
                 Err(err) if *err.kind() == ErrorKind::InvalidSignature => refused = refusal(&err),
                 Err(err) => return Err(refusal(&err)),
             }

@@ -39,12 +39,6 @@ pub fn admit(
             refusal
         })?;
         subject = verified.subject;
-        if let Some(name) = &jwt.subject_header {
-            headers.remove(name);
-            if let Some(value) = subject.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
-                headers.insert(name.clone(), value);
-            }
-        }
         // Only the token says these: a client's own fields of these names go.
         for (name, value) in verified.fields {
             headers.remove(&name);
