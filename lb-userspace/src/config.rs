@@ -310,6 +310,14 @@ pub struct RetryOn {
     pub statuses: Vec<u16>,
 }
 
+impl RetryOn {
+    /// Whether a try past its own timeout is retried: it got no answer, as a reset gets none,
+    /// and stands for the 504 the client would get (Envoy retries it under both).
+    pub fn late(&self) -> bool {
+        self.reset || self.statuses.contains(&504)
+    }
+}
+
 impl Default for RetryOn {
     fn default() -> RetryOn {
         RetryOn { reset: true, statuses: vec![502, 503, 504] }
@@ -563,8 +571,11 @@ pub struct Route {
     pub pool: Option<String>,
     /// What the route answers with, in place of a pool's backends.
     pub answer: Option<OwnAnswer>,
-    /// The whole request, upstream included; over it the client gets 504.
+    /// The whole request, upstream included, every try; over it the client gets 504.
     pub timeout: Duration,
+    /// One try, until the backend's response head (`try_timeout_ms`; Envoy's
+    /// `per_try_timeout`): past it the try has failed and may be retried on another backend.
+    pub try_timeout: Option<Duration>,
     /// The longest request body this route takes, in place of the listener's.
     pub max_body_bytes: Option<u64>,
     /// Share (percent) of requests sent to other pools instead of `pool` (canary, blue-green).

@@ -165,6 +165,24 @@ impl Nginx {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Stops the process (SIGSTOP) until the guard is dropped: a backend that hangs, whose
+    /// kernel still takes connections and requests but which never answers.
+    pub fn pause(&self) -> Paused<'_> {
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGSTOP) };
+        Paused(self)
+    }
+}
+
+/// A paused nginx ([`Nginx::pause`]), continued when dropped.
+pub struct Paused<'a>(&'a Nginx);
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(self.0.pid() as i32, libc::SIGCONT) };
+    }
 }
 
 impl Drop for Nginx {

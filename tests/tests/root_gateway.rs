@@ -90,6 +90,11 @@ backends = [{{ address = "{b3}" }}, {{ address = "{b1}" }}]
 name = "dead"
 backends = [{{ address = "{b3}" }}]
 
+# Backend 2 first: paused in the test, it takes connections and never answers.
+[[pool]]
+name = "hanging"
+backends = [{{ address = "{b2}" }}, {{ address = "{b1}" }}]
+
 [[pool]]
 name = "ejecting"
 backends = [{{ address = "{b3}" }}, {{ address = "{b1}" }}]
@@ -384,6 +389,22 @@ host = "noretry.test"
 pool = "flaky"
 
 [[route]]
+name = "late"
+listener = "http"
+host = "late.test"
+pool = "hanging"
+retries = 1
+retry_budget_percent = 100
+try_timeout_ms = 400
+
+[[route]]
+name = "hung"
+listener = "http"
+host = "hung.test"
+pool = "hanging"
+timeout_ms = 1500
+
+[[route]]
 name = "fallback"
 listener = "http"
 host = "fallback.test"
@@ -550,6 +571,21 @@ fn root_gateway_split_limits_access_retries_fallback() -> Result<()> {
     let without = bed.requests("noretry.test", 40)?;
     let ok = without.iter().filter(|(c, b)| *c == 200 && b == "backend1").count();
     assert!(ok >= 23 && without.iter().any(|(c, _)| *c == 502), "{:?}", tally(&without));
+
+    // A backend that hangs (backend 2 paused): a try left after `try_timeout_ms` (400) goes to
+    // the other backend, so every request is answered, the hung ones 400 ms late. Without it,
+    // the hung backend's requests wait for the route's whole timeout (1500) and get 504.
+    {
+        let _paused = bed.nginx[1].pause();
+        let started = std::time::Instant::now();
+        let late = bed.requests("late.test", 6)?;
+        let took = started.elapsed();
+        assert!(late.iter().all(|(c, b)| *c == 200 && b == "backend1"), "{:?}", tally(&late));
+        assert!(took >= Duration::from_millis(1100) && took < Duration::from_secs(4), "{took:?}");
+        let hung = tally(&bed.requests("hung.test", 2)?);
+        let expected = [("200 backend1", 1), ("504 upstream timed out", 1)];
+        assert_eq!(hung, expected.map(|(k, n)| (k.to_owned(), n)).into(), "{hung:?}");
+    }
 
     // Shadowing: half the requests are mirrored to pool `two`; the client only sees `one`.
     let answers = bed.requests("mirror.test", 200)?;

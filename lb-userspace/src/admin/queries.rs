@@ -406,12 +406,18 @@ fn cache(cache: &crate::config::CacheConfig) -> String {
     text
 }
 
-/// A route's retries and what they retry: `2 on reset, 502, 503, 504 (budget 20%)`.
+/// A route's retries and what they retry: `2 on reset, 502, 503, 504 (budget 20%)`, and
+/// `, 250 ms a try` with a `try_timeout_ms`.
 fn retries(route: &crate::config::Route) -> String {
     let on = &route.retry_on;
     let mut what: Vec<String> = on.reset.then(|| "reset".to_owned()).into_iter().collect();
     what.extend(on.statuses.iter().map(u16::to_string));
-    format!("{} on {} (budget {}%)", route.retries, what.join(", "), route.retry_budget_percent)
+    let mut text =
+        format!("{} on {} (budget {}%)", route.retries, what.join(", "), route.retry_budget_percent);
+    if let Some(try_timeout) = route.try_timeout {
+        text += &format!(", {} ms a try", try_timeout.as_millis());
+    }
+    text
 }
 
 /// A route's gates, in the order a request meets them (`phase::gate`).
@@ -458,7 +464,7 @@ mod tests {
          [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n\
          [[route]]\nname = \"site\"\nlistener = \"l\"\npool = \"web\"\nallow = [\"10.0.0.0/8\"]\n\
          rate_limit = { requests_per_second = 20 }\napi_key = { header = \"x-key\", file = \"/nonexistent\" }\n\
-         retries = 2\nretry_on = [\"reset\", \"gateway-error\", \"409\"]\n\
+         retries = 2\nretry_on = [\"reset\", \"gateway-error\", \"409\"]\ntry_timeout_ms = 250\n\
          cache = { max_bytes = 1048576, max_object_bytes = 4096, stale_if_error_s = 600 }\n";
 
     async fn json<T: serde::de::DeserializeOwned>(answer: Answer) -> T {
@@ -493,7 +499,10 @@ mod tests {
         );
         let listed: Vec<views::Route> = json(routes(&core)).await;
         assert_eq!(listed[0].gates, ["allow", "api_key", "rate_limit 20/s"]);
-        assert_eq!(listed[0].retries.as_deref(), Some("2 on reset, 409, 502, 503, 504 (budget 20%)"));
+        assert_eq!(
+            listed[0].retries.as_deref(),
+            Some("2 on reset, 409, 502, 503, 504 (budget 20%), 250 ms a try")
+        );
         let cache = listed[0].cache.as_deref();
         assert_eq!(cache, Some("10000 entries, 1 MiB, 4 KiB each; stale 0 s updating, 600 s on error"));
         core.lock().unwrap().proxy_metrics.connection_opened("l");

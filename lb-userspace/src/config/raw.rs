@@ -137,6 +137,7 @@ pub(super) struct RawRoute {
     pub(super) redirect: Option<Spanned<RawRedirect>>,
     pub(super) respond: Option<Spanned<Fallback>>,
     pub(super) timeout_ms: Option<u64>,
+    pub(super) try_timeout_ms: Option<Spanned<u64>>,
     pub(super) max_body_bytes: Option<u64>,
     #[serde(default)]
     pub(super) split: Vec<RawSplit>,

@@ -808,6 +808,23 @@ fn retry_on_names_resets_and_statuses_and_needs_retries() {
 }
 
 #[test]
+fn a_tries_timeout_is_1_ms_to_the_routes_whole_timeout() {
+    let try_timeout =
+        |extra: &str| Config::parse(Path::new("t.toml"), &route(extra)).unwrap().routes[0].try_timeout;
+    assert_eq!(try_timeout(""), None);
+    assert_eq!(try_timeout("try_timeout_ms = 250\n"), Some(Duration::from_millis(250)));
+    assert_eq!(try_timeout("timeout_ms = 500\ntry_timeout_ms = 500\n"), Some(Duration::from_millis(500)));
+    says(
+        "try_timeout_ms = 0\n",
+        "t.toml:12: try_timeout_ms must be 1 to the route's timeout_ms (30000), not 0",
+    );
+    says(
+        "timeout_ms = 500\ntry_timeout_ms = 501\n",
+        "t.toml:13: try_timeout_ms must be 1 to the route's timeout_ms (500), not 501",
+    );
+}
+
+#[test]
 fn each_route_check_says_what_is_wrong_at_its_line() {
     assert!(Config::parse(Path::new("t.toml"), &route("")).is_ok());
     says(
@@ -1199,6 +1216,7 @@ fn a_route_that_answers_by_itself_takes_no_pool_and_nothing_that_needs_one() {
         ("split = [{ pool = \"p\", percent = 10.0 }]", "split"),
         ("sticky = true", "sticky"),
         ("timeout_ms = 5", "timeout_ms"),
+        ("try_timeout_ms = 5", "try_timeout_ms"),
         ("max_body_bytes = 5", "max_body_bytes"),
         ("retries = 1", "retries"),
         ("retries = 1\nretry_on = [\"reset\"]", "retry_on"),

@@ -59,7 +59,10 @@ pub struct CompiledRoute {
     pub answer: Option<OwnAnswer>,
     /// Keep a client on the pool its split gave it (cookie `sluice_pool`).
     pub sticky: bool,
+    /// The whole request, every try (`timeout_ms`).
     pub timeout: Duration,
+    /// One try, until its answer's head (`try_timeout_ms`).
+    pub try_timeout: Option<Duration>,
     /// The longest request body the route takes, when it says (else the listener's).
     pub max_body_bytes: Option<u64>,
     /// Other pools and their share (percent) of this route's requests.
@@ -162,6 +165,7 @@ impl CompiledRoute {
             pool: route.pool.as_deref().unwrap_or_default().into(),
             answer: route.answer.clone(),
             timeout: route.timeout,
+            try_timeout: route.try_timeout,
             max_body_bytes: route.max_body_bytes,
         }
     }

@@ -60,6 +60,7 @@ pub(in crate::config) fn check(
             grpc_web_pools(pool.as_deref(), &split, pools, at.clone(), errors);
         }
         let place = routes.iter().filter(|r: &&Route| r.listener == *raw.listener.get_ref()).count();
+        let timeout_ms = raw.timeout_ms.unwrap_or(30_000);
         routes.push(Route {
             name: raw.name.unwrap_or_else(|| format!("{}#{place}", raw.listener.get_ref())),
             listener: raw.listener.into_inner(),
@@ -72,7 +73,8 @@ pub(in crate::config) fn check(
             sticky: raw.sticky,
             pool,
             answer,
-            timeout: Duration::from_millis(raw.timeout_ms.unwrap_or(30_000)),
+            timeout: Duration::from_millis(timeout_ms),
+            try_timeout: raw.try_timeout_ms.map(|t| try_timeout(t, timeout_ms, errors)),
             max_body_bytes: raw.max_body_bytes,
             split,
             allow,
@@ -113,6 +115,17 @@ fn cache(raw: CacheConfig, at: Range<usize>, errors: &mut Errors) -> CacheConfig
         }
     }
     raw
+}
+
+/// A route's `try_timeout_ms`: at least 1 ms and at most the route's whole `timeout_ms`
+/// (a try past it could not end before the request does).
+fn try_timeout(raw: Spanned<u64>, timeout_ms: u64, errors: &mut Errors) -> Duration {
+    let at = raw.span();
+    let ms = raw.into_inner();
+    if ms == 0 || ms > timeout_ms {
+        errors.at(at, format!("try_timeout_ms must be 1 to the route's timeout_ms ({timeout_ms}), not {ms}"));
+    }
+    Duration::from_millis(ms)
 }
 
 /// What a route's retries retry: `reset`, `gateway-error` (502, 503, 504), `5xx`, or a status
@@ -212,6 +225,7 @@ fn forwarding_only(raw: &RawRoute, at: Range<usize>, errors: &mut Errors) {
         ("split", !raw.split.is_empty()),
         ("sticky", raw.sticky),
         ("timeout_ms", raw.timeout_ms.is_some()),
+        ("try_timeout_ms", raw.try_timeout_ms.is_some()),
         ("max_body_bytes", raw.max_body_bytes.is_some()),
         ("retries", raw.retries > 0),
         ("retry_on", raw.retry_on.is_some()),

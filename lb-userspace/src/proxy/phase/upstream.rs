@@ -311,15 +311,20 @@ impl Tries<'_> {
         });
         let mut tried: SmallVec<[SocketAddr; 4]> = SmallVec::new();
         let (mut attempt, mut redispatched) = (0, 0);
-        let mut deadline = None;
+        // The route's deadline, from the first try over every other; the try's own, which a
+        // redispatched try keeps from the one it stands in for.
+        let (mut whole, mut deadline) = (None, None);
         loop {
             tried.push(upstream.address);
             let last = attempt + 1 >= self.tries;
             let in_flight = InFlight::start(&upstream);
             // One clock read for both the try's deadline and its duration.
             let sent = tokio::time::Instant::now();
-            // A redispatched try keeps the deadline of the one it stands in for.
-            let until = *deadline.get_or_insert(sent + self.route.timeout);
+            let whole = *whole.get_or_insert(sent + self.route.timeout);
+            let until = *deadline.get_or_insert_with(|| match self.route.try_timeout {
+                Some(try_timeout) => whole.min(sent + try_timeout),
+                None => whole,
+            });
             // The headers are lent to the try (HTTP/2 takes them on the last) and put back.
             let mut headers = std::mem::take(&mut parts.headers);
             let result = {
@@ -340,12 +345,12 @@ impl Tries<'_> {
             };
             parts.headers = headers;
             let seconds = sent.elapsed().as_secs_f64();
-            let response = match self.judged(&upstream, result) {
+            let response = match self.judged(&upstream, result, until < whole) {
                 Sent::Answer(response) => response,
                 Sent::Failed(failed) => return Err(failed),
                 Sent::Unreached { failed, refused } => {
                     // A refused HTTP/2 stream took the body: the kept one goes instead.
-                    if body.is_none() && !rewind(&mut body, &mut replay, bodiless, until).await {
+                    if body.is_none() && !rewind(&mut body, &mut replay, bodiless, whole).await {
                         return Err(failed);
                     }
                     // A backend that refused may take the request on another connection (it
@@ -365,9 +370,16 @@ impl Tries<'_> {
                         None => return Err(failed),
                     }
                 }
-                Sent::Broken(failed) => {
-                    let next = if !last && self.route.retry_on.reset {
-                        rewind(&mut body, &mut replay, bodiless, until)
+                sent @ (Sent::Broken(_) | Sent::Late(_)) => {
+                    // A try past its own timeout is retried as a reset (no answer came) or as
+                    // the 504 it stands for; it is counted as that 504 when it is.
+                    let (retried, late, failed) = match sent {
+                        Sent::Late(failed) => (self.route.retry_on.late(), true, failed),
+                        Sent::Broken(failed) => (self.route.retry_on.reset, false, failed),
+                        _ => unreachable!("matched above"),
+                    };
+                    let next = if !last && retried {
+                        rewind(&mut body, &mut replay, bodiless, whole)
                             .await
                             .then(|| self.next(&parts.headers, &tried))
                             .flatten()
@@ -376,6 +388,10 @@ impl Tries<'_> {
                     };
                     match next {
                         Some(next) => {
+                            if late {
+                                let (route, pool) = (self.route.name.clone(), self.pool.name.clone());
+                                self.metrics.request(route, pool, upstream.label.clone(), 504, Some(seconds));
+                            }
                             upstream = next;
                             attempt += 1;
                             deadline = None;
@@ -389,7 +405,7 @@ impl Tries<'_> {
             let status = response.status().as_u16();
             if !last
                 && self.route.retry_on.statuses.contains(&status)
-                && rewind(&mut body, &mut replay, bodiless, until).await
+                && rewind(&mut body, &mut replay, bodiless, whole).await
                 && let Some(next) = self.next(&parts.headers, &tried)
             {
                 let (route, pool) = (self.route.name.clone(), self.pool.name.clone());
@@ -422,11 +438,13 @@ impl Tries<'_> {
         tokio::time::sleep(Duration::from_secs_f64(backoff / 1000.0)).await;
     }
 
-    /// How one try ended, fed to outlier detection.
+    /// How one try ended, fed to outlier detection; `own_deadline`: the deadline it had was
+    /// its own (`try_timeout_ms`), before the route's.
     fn judged(
         &self,
         upstream: &Upstream,
         result: Result<Result<Response<Body>, SendError>, deadline::Elapsed>,
+        own_deadline: bool,
     ) -> Sent {
         let body_error = self.body_error.as_ref().map_or(0, |e| e.load(Ordering::Relaxed));
         let bad = match &result {
@@ -438,6 +456,7 @@ impl Tries<'_> {
         let failed = |status, reason| Failed { status, reason, backend: upstream.label.clone() };
         match result {
             Ok(Ok(response)) => Sent::Answer(response),
+            Err(_) if own_deadline => Sent::Late(failed(StatusCode::GATEWAY_TIMEOUT, "upstream timed out")),
             Err(_) => Sent::Failed(failed(StatusCode::GATEWAY_TIMEOUT, "upstream timed out")),
             Ok(Err(err)) if err.is::<StreamRefused>() => {
                 log::debug!("upstream {}: {err}", upstream.address);
@@ -498,6 +517,9 @@ enum Sent {
     Failed(Failed),
     /// The connection or the exchange broke: another backend may be tried, else this.
     Broken(Failed),
+    /// No answer came within the try's own timeout (`try_timeout_ms`): another backend may be
+    /// tried within the route's, else this (504).
+    Late(Failed),
     /// No connection could be made, or (`refused`) an HTTP/2 backend did not process the
     /// request: another backend may take it whatever it is (a backend that refused, on another
     /// connection), else this.
@@ -580,13 +602,14 @@ mod tests {
         for (tls, reason) in [(false, "upstream unreachable"), (true, "upstream TLS failed")] {
             let error = std::io::Error::other("no");
             let failed: SendError = Box::new(ConnectFailed { error, tls });
-            let Sent::Unreached { failed, refused: false } = tries.judged(upstream, Ok(Err(failed))) else {
+            let Sent::Unreached { failed, refused: false } = tries.judged(upstream, Ok(Err(failed)), false)
+            else {
                 panic!("a try that could not connect was not taken as unreached");
             };
             assert_eq!((failed.status, failed.reason), (StatusCode::BAD_GATEWAY, reason));
         }
         let timed_out = ConnectFailed::new(std::io::Error::new(std::io::ErrorKind::TimedOut, "late"));
-        let _ = tries.judged(upstream, Ok(Err(Box::new(timed_out))));
+        let _ = tries.judged(upstream, Ok(Err(Box::new(timed_out))), false);
         let text = metrics.text();
         for reason in ["refused", "tls", "timeout"] {
             let series = format!(

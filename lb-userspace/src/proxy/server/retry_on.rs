@@ -2,7 +2,8 @@
 //! HTTP/1.1 backend on 127.0.0.1 and a failing one on 127.0.0.2 (the same port), which answers
 //! 500 or closes without an answer (a reset); round robin sends every other GET there. What
 //! `retry_on` names is retried on the serving backend; the rest reaches the client. A body the
-//! route kept (`retry_buffer_bytes`) goes with the retry.
+//! route kept (`retry_buffer_bytes`) goes with the retry. A backend that never answers is left
+//! at the route's `try_timeout_ms` for the serving one, all within its `timeout_ms`.
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -20,6 +21,8 @@ enum Failing {
     Status500,
     /// Reads the request and closes the connection.
     Reset,
+    /// Reads the request and never answers (holding the connection open for a minute).
+    Silent,
 }
 
 /// A serving backend on 127.0.0.1 and a `failing` one on 127.0.0.2, on one port: the port.
@@ -42,6 +45,10 @@ async fn backends(failing: Failing) -> u16 {
                     }
                     Failing::Reset => {
                         let _ = test_bed::head_read(&mut stream, &mut Vec::new()).await;
+                    }
+                    Failing::Silent => {
+                        let _ = test_bed::head_read(&mut stream, &mut Vec::new()).await;
+                        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
                     }
                 }
             });
@@ -129,4 +136,76 @@ async fn a_kept_body_goes_with_the_retry_and_one_not_kept_gets_no_retry() {
         "POST: not idempotent"
     );
     assert_eq!(answers_with_a_body(address, "tight.test", Method::PUT).await, half(500), "over the bound");
+}
+
+/// A listener whose pool `t` has a serving backend (127.0.0.1) and one that never answers
+/// (127.0.0.2), and whose pool `q` has two that never answer (127.0.0.2 and .3). Routes:
+/// `late.test` leaves a try at 200 ms for another backend; `once.test` has no retries;
+/// `not-named.test` retries only 500s; `whole.test` tries three silent backends, 300 ms each,
+/// within a route timeout of 500 ms.
+async fn late_listener() -> SocketAddr {
+    let port = backends(Failing::Silent).await;
+    let third = TcpListener::bind(("127.0.0.3", port)).await.unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = third.accept().await {
+            held.push(stream);
+        }
+    });
+    let mut routes = format!(
+        "[[pool]]\nname = \"t\"\nport = {port}\n\
+         backends = [{{ address = \"127.0.0.2\" }}, {{ address = \"127.0.0.1\" }}]\n\
+         [[pool]]\nname = \"q\"\nport = {port}\n\
+         backends = [{{ address = \"127.0.0.2\" }}, {{ address = \"127.0.0.3\" }}]\n"
+    );
+    for (host, pool, settings) in [
+        ("late.test", "t", "retries = 1\ntry_timeout_ms = 200"),
+        ("once.test", "t", "try_timeout_ms = 200"),
+        ("not-named.test", "t", "retries = 1\nretry_on = [\"500\"]\ntry_timeout_ms = 200"),
+        ("whole.test", "q", "retries = 2\ntry_timeout_ms = 300\ntimeout_ms = 500"),
+    ] {
+        routes += &format!(
+            "[[route]]\nlistener = \"l\"\nhost = \"{host}\"\npool = \"{pool}\"\n\
+             retry_budget_percent = 100\n{settings}\n"
+        );
+    }
+    let listener = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\n";
+    super::mutations::start_listener(listener, &routes).await.0
+}
+
+/// The statuses of 4 GETs to `host` (two of them first sent to the silent backend), sorted,
+/// and the longest any took.
+async fn timed_statuses(address: SocketAddr, host: &str) -> (Vec<u16>, std::time::Duration) {
+    let (mut statuses, mut longest) = (Vec::new(), std::time::Duration::ZERO);
+    for _ in 0..4 {
+        let request = Request::get(format!("http://{host}/")).body(Empty::<Bytes>::new()).unwrap();
+        let started = std::time::Instant::now();
+        statuses.push(test_bed::ask(address, request, false).await.0.status.as_u16());
+        longest = longest.max(started.elapsed());
+    }
+    statuses.sort_unstable();
+    (statuses, longest)
+}
+
+#[tokio::test]
+async fn a_try_past_its_timeout_goes_to_another_backend_within_the_routes_timeout() {
+    let address = late_listener().await;
+    let second = std::time::Duration::from_secs(1);
+    let (statuses, longest) = timed_statuses(address, "late.test").await;
+    assert_eq!(statuses, [200; 4], "the silent backend's tries retried");
+    assert!(longest >= std::time::Duration::from_millis(190) && longest < second, "{longest:?}");
+    for host in ["once.test", "not-named.test"] {
+        let (statuses, longest) = timed_statuses(address, host).await;
+        assert_eq!(statuses, [200, 200, 504, 504], "{host}: no retry, 504 at the try's timeout");
+        assert!(longest < second, "{host}: {longest:?}");
+    }
+    // Three tries of 300 ms would take 900: the route's 500 ms bound them all.
+    let request = Request::get("http://whole.test/").body(Empty::<Bytes>::new()).unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(test_bed::ask(address, request, false).await.0.status, 504);
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(490) && took < std::time::Duration::from_millis(850),
+        "{took:?}"
+    );
 }
