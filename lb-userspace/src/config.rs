@@ -717,7 +717,8 @@ pub enum Balance {
     RoundRobin,
     /// The less busy of two random backends (power of two choices).
     LeastRequests,
-    /// Consistent hash of `hash_key`: `header:NAME`, `cookie:NAME` or `client_ip`.
+    /// Consistent hash of `hash_key`: `header:NAME`, `cookie:NAME`, `client_ip`, `path`, `uri`
+    /// or `query:NAME`.
     Hash,
 }
 
@@ -731,16 +732,31 @@ pub enum HashKey {
     Header(hyper::header::HeaderName),
     /// `cookie:NAME`: a cookie's value.
     Cookie(String),
+    /// `path`: the path the backend gets, without the query (HAProxy's `balance uri`).
+    Path,
+    /// `uri`: the path the backend gets and its query (nginx's `hash $request_uri`).
+    Uri,
+    /// `query:NAME`: a query parameter's value, as sent (HAProxy's `balance url_param`,
+    /// Envoy's `query_parameter`).
+    Query(String),
 }
 
 impl HashKey {
-    /// `client_ip`, `header:NAME` or `cookie:NAME`; None for anything else.
+    /// `client_ip`, `header:NAME`, `cookie:NAME`, `path`, `uri` or `query:NAME`; None for
+    /// anything else.
     pub fn parse(text: &str) -> Option<HashKey> {
-        if text == "client_ip" {
-            return Some(HashKey::ClientIp);
+        match text {
+            "client_ip" => return Some(HashKey::ClientIp),
+            "path" => return Some(HashKey::Path),
+            "uri" => return Some(HashKey::Uri),
+            _ => {}
         }
         if let Some(name) = text.strip_prefix("header:") {
             return hyper::header::HeaderName::from_bytes(name.as_bytes()).ok().map(HashKey::Header);
+        }
+        if let Some(name) = text.strip_prefix("query:") {
+            let plain = |c: char| c.is_ascii_graphic() && !matches!(c, '&' | '=' | '#');
+            return (!name.is_empty() && name.chars().all(plain)).then(|| HashKey::Query(name.to_owned()));
         }
         let name = text.strip_prefix("cookie:").filter(|n| !n.is_empty() && !n.contains([';', '=', ' ']))?;
         Some(HashKey::Cookie(name.to_owned()))

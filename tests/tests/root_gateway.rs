@@ -346,6 +346,19 @@ host = "hashcache.test"
 pool = "hashed"
 cache = {{ max_entries = 100 }}
 
+# By a query parameter (HAProxy's `balance url_param`).
+[[pool]]
+name = "byquery"
+backends = [{{ address = "{b1}" }}, {{ address = "{b2}" }}]
+balance = "hash"
+hash_key = "query:user"
+
+[[route]]
+name = "byquery"
+listener = "http"
+host = "byquery.test"
+pool = "byquery"
+
 [[route]]
 name = "canary"
 listener = "http"
@@ -1189,5 +1202,19 @@ fn root_gateway_claims_pass_through_budget_big_objects_and_hashed_fills() -> Res
             ask(&bed, "hashcache.test", &format!("/cached?fill={i}"), &[format!("x-user: {user}")])?;
         assert_eq!((code, body), (200, format!("{backend} cached")), "{user}");
     }
+
+    // By a query parameter: a user's requests keep their backend whatever the path and the
+    // other parameters; 20 users use both.
+    let mut by_backend = BTreeMap::new();
+    for user in &users {
+        let (code, backend) = ask(&bed, "byquery.test", &format!("/?user={user}"), &[])?;
+        assert_eq!(code, 200);
+        for again in [format!("/echo?a=1&user={user}"), format!("/x/y?user={user}&b")] {
+            let (code, body) = ask(&bed, "byquery.test", &again, &[])?;
+            assert!(code == 200 && body.starts_with(&backend), "{user} {again}: {body} not {backend}");
+        }
+        *by_backend.entry(backend).or_insert(0) += 1;
+    }
+    assert_eq!(by_backend.len(), 2, "20 users all hashed to one backend: {by_backend:?}");
     Ok(())
 }

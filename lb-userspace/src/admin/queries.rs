@@ -273,6 +273,9 @@ fn pool_proxy(pool: &crate::config::Pool) -> views::PoolProxy {
         (Balance::Hash, HashKey::ClientIp) => "hash client_ip".to_owned(),
         (Balance::Hash, HashKey::Header(name)) => format!("hash header:{name}"),
         (Balance::Hash, HashKey::Cookie(name)) => format!("hash cookie:{name}"),
+        (Balance::Hash, HashKey::Query(name)) => format!("hash query:{name}"),
+        (Balance::Hash, HashKey::Path) => "hash path".to_owned(),
+        (Balance::Hash, HashKey::Uri) => "hash uri".to_owned(),
         (other, _) => config_name(other),
     };
     let tls = pool.tls.as_ref().map(|tls| {

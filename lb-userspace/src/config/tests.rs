@@ -314,6 +314,28 @@ fn a_host_without_dataplane_is_l7_only() {
 }
 
 #[test]
+fn a_hash_key_names_a_header_cookie_query_parameter_the_path_the_uri_or_the_client() {
+    let name = |n: &str| hyper::header::HeaderName::from_bytes(n.as_bytes()).unwrap();
+    for (text, key) in [
+        ("client_ip", Some(HashKey::ClientIp)),
+        ("header:x-user", Some(HashKey::Header(name("x-user")))),
+        ("cookie:session", Some(HashKey::Cookie("session".into()))),
+        ("path", Some(HashKey::Path)),
+        ("uri", Some(HashKey::Uri)),
+        ("query:user_id", Some(HashKey::Query("user_id".into()))),
+        ("query:", None),
+        ("query:a=b", None),
+        ("query:a&b", None),
+        ("query:a b", None),
+        ("cookie:", None),
+        ("header:x y", None),
+        ("url", None),
+    ] {
+        assert_eq!(HashKey::parse(text), key, "{text}");
+    }
+}
+
+#[test]
 fn jwt_algorithm_hash_key_and_secret_are_checked_at_their_lines() {
     let l7 = "[[pool]]\nname = \"p\"\nbalance = \"hash\"\nhash_key = \"header:X Bad\"\nbackends = [{ address = \"10.0.0.1\" }]\n\
               [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n";

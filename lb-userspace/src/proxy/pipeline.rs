@@ -472,7 +472,7 @@ impl Forwarder {
                 let (upstreams, metrics, label) = (&self.upstreams, &self.metrics, &route.shadow_label);
                 shadow::send(upstreams, shadow, &parts, &forwarding, host, client, metrics, label);
             }
-            let first = choose::backend(pool, route, &parts.headers, client).await?;
+            let first = choose::backend(pool, route, &parts, client).await?;
             let (body, body_error) = guard::limit_body(body, max_body_bytes);
             let tries = Tries {
                 upstreams: &self.upstreams,

@@ -2,13 +2,14 @@
 //! snapshot sits behind an ArcSwap, so requests take no lock. What must outlive a rebuild
 //! (in-flight counts, streaks, buckets, budgets) lives in the [`Runtime`] the snapshot points to.
 use std::{
+    borrow::Cow,
     collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
-use hyper::{HeaderMap, Method, Request};
+use hyper::{Method, Request, http::request::Parts};
 use ipnet::IpNet;
 use lb_common::hash::murmur3_32;
 use regex::Regex;
@@ -280,24 +281,42 @@ pub fn cookie<'a>(headers: &'a hyper::HeaderMap, name: &str) -> Option<&'a str> 
         .map(|(_, v)| v)
 }
 
-/// What the key of a consistent-hash pool is for a request with `headers`.
-fn hash_input(key: &HashKey, headers: &HeaderMap, client: IpAddr) -> Vec<u8> {
+/// What the key of a consistent-hash pool is for `request` from `client`; empty when the
+/// request lacks it (so all such requests share a backend, as a missing header's do).
+fn hash_input<'a>(key: &HashKey, request: &'a Parts, client: IpAddr) -> Cow<'a, [u8]> {
+    let uri = &request.uri;
     match key {
-        HashKey::Header(name) => headers.get(name).map(|v| v.as_bytes().to_vec()).unwrap_or_default(),
-        HashKey::Cookie(name) => cookie(headers, name).unwrap_or_default().as_bytes().to_vec(),
-        HashKey::ClientIp => addr_of(client).to_vec(),
+        HashKey::Header(name) => request.headers.get(name).map_or(&[][..], |v| v.as_bytes()).into(),
+        HashKey::Cookie(name) => cookie(&request.headers, name).unwrap_or_default().as_bytes().into(),
+        HashKey::ClientIp => addr_of(client).to_vec().into(),
+        HashKey::Path => uri.path().as_bytes().into(),
+        HashKey::Uri => uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes().into(),
+        HashKey::Query(name) => query_value(uri.query().unwrap_or_default(), name).as_bytes().into(),
     }
 }
 
+/// The value of the first parameter `name` of a query, as sent (`a` in `x=1&name=a`); empty
+/// if there is none.
+fn query_value<'a>(query: &'a str, name: &str) -> &'a str {
+    query
+        .split('&')
+        .find_map(|pair| match pair.split_once('=') {
+            Some((key, value)) if key == name => Some(value),
+            None if pair == name => Some(""),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
 impl L7Pool {
-    /// Picks an upstream for a request with `headers` from `client`: the balancer's choice, else
-    /// (tried already, or at its circuit breaker's limit) the next usable one in pool order.
-    /// None: every upstream was tried or is at its limit.
-    pub fn pick(&self, headers: &HeaderMap, client: IpAddr, tried: &[SocketAddr]) -> Option<Arc<Upstream>> {
+    /// Picks an upstream for `request` from `client`: the balancer's choice, else (tried
+    /// already, or at its circuit breaker's limit) the next usable one in pool order. None:
+    /// every upstream was tried or is at its limit.
+    pub fn pick(&self, request: &Parts, client: IpAddr, tried: &[SocketAddr]) -> Option<Arc<Upstream>> {
         // A retry does not consult the balancer again (that would skew round robin): it takes
         // the next backend after the last one tried.
         let first = match tried.last() {
-            None => self.choose(headers, client)?,
+            None => self.choose(request, client)?,
             Some(last) => self.upstreams.iter().find(|u| u.address == *last)?.clone(),
         };
         let usable = |u: &Upstream| {
@@ -317,11 +336,11 @@ impl L7Pool {
     /// one of at most `max_pending_requests`) for one to free up.
     pub async fn pick_or_wait(
         &self,
-        headers: &HeaderMap,
+        request: &Parts,
         client: IpAddr,
         timeout: Duration,
     ) -> Option<Arc<Upstream>> {
-        if let Some(upstream) = self.pick(headers, client, &[]) {
+        if let Some(upstream) = self.pick(request, client, &[]) {
             return Some(upstream);
         }
         let pending = &self.runtime.pending;
@@ -335,7 +354,7 @@ impl L7Pool {
             let freed = self.runtime.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if let Some(upstream) = self.pick(headers, client, &[]) {
+            if let Some(upstream) = self.pick(request, client, &[]) {
                 break Some(upstream);
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
@@ -347,7 +366,7 @@ impl L7Pool {
     }
 
     /// The balancing rule's choice for `request` from `client`.
-    fn choose(&self, headers: &HeaderMap, client: IpAddr) -> Option<Arc<Upstream>> {
+    fn choose(&self, request: &Parts, client: IpAddr) -> Option<Arc<Upstream>> {
         let n = self.upstreams.len();
         if n == 0 {
             return None;
@@ -378,7 +397,7 @@ impl L7Pool {
                 if weighed(b_up, a_up) < weighed(a_up, b_up) { b } else { a }
             }
             Balance::Hash => {
-                let key = hash_input(&self.hash_key, headers, client);
+                let key = hash_input(&self.hash_key, request, client);
                 self.table[(murmur3_32(&key, 0) % HASH_TABLE_SIZE) as usize] as usize
             }
         };
@@ -516,8 +535,8 @@ mod tests {
         Snapshot::build(&State::new(Config::parse(Path::new("t.toml"), &text).unwrap()), &Runtime::default())
     }
 
-    fn request() -> HeaderMap {
-        HeaderMap::new()
+    fn request() -> Parts {
+        Request::new(()).into_parts().0
     }
 
     #[test]
@@ -671,6 +690,45 @@ mod tests {
         assert_ne!(key(&before, "p"), key(&before, "q"), "q's settings would count p's requests");
         let after = Snapshot::build(&state, &runtime);
         assert_eq!(key(&before, "p"), key(&after, "p"), "a rebuild keeps a pool's idle connections");
+    }
+
+    /// The backend a hash pool keyed by `hash_key` picks for a GET of `target`.
+    fn hashed(pool: &L7Pool, target: &str) -> SocketAddr {
+        let request = Request::get(target).body(()).unwrap().into_parts().0;
+        pool.pick(&request, "192.0.2.1".parse().unwrap(), &[]).unwrap().address
+    }
+
+    #[test]
+    fn a_hash_pool_keys_by_the_path_the_uri_or_a_query_parameter() {
+        let s = snapshot("balance = \"hash\"\nhash_key = \"path\"\n");
+        let pool = &s.pools["p"];
+        let spread: std::collections::BTreeSet<_> = (0..30).map(|i| hashed(pool, &format!("/{i}"))).collect();
+        assert_eq!(spread.len(), 3, "30 paths on one or two backends");
+        assert_eq!(hashed(pool, "/a?x=1"), hashed(pool, "/a?x=2"), "the query is not the path's");
+        let s = snapshot("balance = \"hash\"\nhash_key = \"uri\"\n");
+        let pool = &s.pools["p"];
+        let spread: std::collections::BTreeSet<_> =
+            (0..30).map(|i| hashed(pool, &format!("/a?x={i}"))).collect();
+        assert_eq!(spread.len(), 3, "30 queries of one path on one or two backends");
+        let s = snapshot("balance = \"hash\"\nhash_key = \"query:user\"\n");
+        let pool = &s.pools["p"];
+        for i in 0..10 {
+            let first = hashed(pool, &format!("/a?user={i}"));
+            assert_eq!(hashed(pool, &format!("/b/c?x=1&user={i}&y")), first, "user {i}");
+        }
+        let spread: std::collections::BTreeSet<_> =
+            (0..30).map(|i| hashed(pool, &format!("/?user={i}"))).collect();
+        assert_eq!(spread.len(), 3);
+        // A request without it: as an empty value, one backend for all.
+        assert_eq!(hashed(pool, "/a"), hashed(pool, "/b?users=1&user"));
+    }
+
+    #[test]
+    fn a_query_parameter_is_its_first_value_as_sent() {
+        assert_eq!(query_value("a=1&b=2&a=3", "a"), "1");
+        assert_eq!(query_value("ab=1&b=%20x", "b"), "%20x");
+        assert_eq!(query_value("b&a=1", "b"), "");
+        assert_eq!(query_value("", "b"), "");
     }
 
     #[test]

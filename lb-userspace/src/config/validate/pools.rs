@@ -337,8 +337,8 @@ fn certificates_in(file: &Spanned<PathBuf>, errors: &mut Errors) {
     }
 }
 
-/// What a hash-balanced pool hashes: `header:NAME`, `cookie:NAME` or the client's address (the
-/// default, and what a wrong key falls back to after its error).
+/// What a hash-balanced pool hashes: `header:NAME`, `cookie:NAME`, `path`, `uri`, `query:NAME`
+/// or the client's address (the default, and what a wrong key falls back to after its error).
 fn hash_key(raw: Option<&str>, pool: &Spanned<String>, errors: &mut Errors) -> HashKey {
     match raw.map(HashKey::parse) {
         None => HashKey::ClientIp,
@@ -346,7 +346,10 @@ fn hash_key(raw: Option<&str>, pool: &Spanned<String>, errors: &mut Errors) -> H
         Some(None) => {
             errors.at(
                 pool.span(),
-                format!("pool `{}`: hash_key must be header:NAME, cookie:NAME or client_ip", pool.get_ref()),
+                format!(
+                    "pool `{}`: hash_key must be header:NAME, cookie:NAME, query:NAME, path, uri or client_ip",
+                    pool.get_ref()
+                ),
             );
             HashKey::ClientIp
         }

@@ -68,7 +68,7 @@ impl CacheRequest<'_> {
     /// An upstream request for this one (its backend picked now), revalidating `stale`.
     fn fetch<'a>(&'a self, stale: Option<&'a cache::Cached>) -> Fetch<'a> {
         Fetch {
-            upstream: self.pool.pick(&self.parts.headers, self.client, &[]),
+            upstream: self.pool.pick(self.parts, self.client, &[]),
             protocol: self.pool.protocol,
             parts: self.parts,
             forwarding: self.forwarding,
@@ -332,7 +332,7 @@ fn revalidate_apart(
     (cell, key, stale): (Arc<OnceCell<Fill>>, String, cache::Cached),
 ) {
     let (route, parts) = (request.route, request.parts);
-    let upstream = request.pool.pick(&parts.headers, request.client, &[]);
+    let upstream = request.pool.pick(parts, request.client, &[]);
     let mut parts = Parts::clone(parts);
     parts.extensions = Default::default();
     let (store, upstreams, metrics) = (store.clone(), upstreams.clone(), metrics.clone());

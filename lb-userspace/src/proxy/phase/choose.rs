@@ -3,7 +3,7 @@
 //! (`L7Pool::pick_or_wait`: balancer, circuit breaking).
 use std::{net::IpAddr, sync::Arc};
 
-use hyper::{HeaderMap, StatusCode, header::HeaderValue};
+use hyper::{HeaderMap, StatusCode, header::HeaderValue, http::request::Parts};
 
 use crate::proxy::{
     metrics::Label,
@@ -45,15 +45,15 @@ pub fn serving<'s>(
         .ok_or_else(|| unavailable(route, "no backend available"))
 }
 
-/// The pool's backend for a request with `headers` from `client`; while every backend is at its
-/// request limit, waits for one within the route's timeout.
+/// The pool's backend for `request` from `client`; while every backend is at its request
+/// limit, waits for one within the route's timeout.
 pub async fn backend(
     pool: &L7Pool,
     route: &CompiledRoute,
-    headers: &HeaderMap,
+    request: &Parts,
     client: IpAddr,
 ) -> Result<Arc<Upstream>, Refusal> {
-    pool.pick_or_wait(headers, client, route.timeout)
+    pool.pick_or_wait(request, client, route.timeout)
         .await
         .ok_or_else(|| unavailable(route, "every backend is at its request limit"))
 }

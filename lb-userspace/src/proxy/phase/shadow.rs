@@ -45,7 +45,7 @@ pub fn send(
     metrics: &ProxyMetrics,
     label: &Label,
 ) {
-    let Some(target) = shadow.pick(&parts.headers, client, &[]) else { return };
+    let Some(target) = shadow.pick(parts, client, &[]) else { return };
     let mut copy = Parts::clone(parts);
     copy.extensions = Default::default();
     let (upstreams, metrics, host, forwarding) =

@@ -280,8 +280,8 @@ pub struct Tries<'a> {
 
 impl Tries<'_> {
     /// The next backend for a retry: one not tried yet, if the budget allows.
-    fn next(&self, headers: &HeaderMap, tried: &[SocketAddr]) -> Option<Arc<Upstream>> {
-        self.pool.pick(headers, self.client, tried).filter(|_| self.route.take_retry())
+    fn next(&self, request: &Parts, tried: &[SocketAddr]) -> Option<Arc<Upstream>> {
+        self.pool.pick(request, self.client, tried).filter(|_| self.route.take_retry())
     }
 
     /// Sends the request to `first`; on what the route retries (`retry_on`: a broken exchange
@@ -357,8 +357,8 @@ impl Tries<'_> {
                     // was retiring its own): when every backend was tried, any may have it.
                     let next = (redispatched < REDISPATCHES)
                         .then(|| {
-                            self.next(&parts.headers, &tried)
-                                .or_else(|| refused.then(|| self.next(&parts.headers, &[])).flatten())
+                            self.next(parts, &tried)
+                                .or_else(|| refused.then(|| self.next(parts, &[])).flatten())
                         })
                         .flatten();
                     match next {
@@ -381,7 +381,7 @@ impl Tries<'_> {
                     let next = if !last && retried {
                         rewind(&mut body, &mut replay, bodiless, whole)
                             .await
-                            .then(|| self.next(&parts.headers, &tried))
+                            .then(|| self.next(parts, &tried))
                             .flatten()
                     } else {
                         None
@@ -406,7 +406,7 @@ impl Tries<'_> {
             if !last
                 && self.route.retry_on.statuses.contains(&status)
                 && rewind(&mut body, &mut replay, bodiless, whole).await
-                && let Some(next) = self.next(&parts.headers, &tried)
+                && let Some(next) = self.next(parts, &tried)
             {
                 let (route, pool) = (self.route.name.clone(), self.pool.name.clone());
                 self.metrics.request(route, pool, upstream.label.clone(), status, Some(seconds));
