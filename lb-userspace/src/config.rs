@@ -177,12 +177,48 @@ pub struct BasicAuthConfig {
     pub user_header: Option<String>,
 }
 
-/// A JWT signature algorithm (the names RFC 7518 gives them).
+/// A JWT signature algorithm (the names RFC 7518 and RFC 8037 give them): HMAC with a shared
+/// secret, RSA (PKCS#1 v1.5 or PSS), ECDSA on P-256 or P-384, or Ed25519.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum JwtAlgorithm {
     HS256,
+    HS384,
+    HS512,
     RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
     ES256,
+    ES384,
+    EdDSA,
+}
+
+impl JwtAlgorithm {
+    /// Whether tokens are signed with a shared secret (HMAC), not a key pair.
+    pub fn is_hmac(self) -> bool {
+        matches!(self, JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512)
+    }
+
+    /// The algorithm as the JWT library names it.
+    pub fn library(self) -> jsonwebtoken::Algorithm {
+        use jsonwebtoken::Algorithm as A;
+        match self {
+            JwtAlgorithm::HS256 => A::HS256,
+            JwtAlgorithm::HS384 => A::HS384,
+            JwtAlgorithm::HS512 => A::HS512,
+            JwtAlgorithm::RS256 => A::RS256,
+            JwtAlgorithm::RS384 => A::RS384,
+            JwtAlgorithm::RS512 => A::RS512,
+            JwtAlgorithm::PS256 => A::PS256,
+            JwtAlgorithm::PS384 => A::PS384,
+            JwtAlgorithm::PS512 => A::PS512,
+            JwtAlgorithm::ES256 => A::ES256,
+            JwtAlgorithm::ES384 => A::ES384,
+            JwtAlgorithm::EdDSA => A::EdDSA,
+        }
+    }
 }
 
 /// JWT bearer tokens.
@@ -190,9 +226,9 @@ pub enum JwtAlgorithm {
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
     pub algorithm: JwtAlgorithm,
-    /// The HS256 secret.
+    /// The HMAC (HS256, HS384, HS512) secret.
     pub secret: Option<String>,
-    /// The RS256/ES256 public key (PEM).
+    /// The public key (PEM) of the other algorithms.
     pub key_file: Option<PathBuf>,
     /// A JWK Set file: the keys a token's `kid` chooses from (`jwk_set`), re-read when it
     /// changes.
@@ -217,8 +253,8 @@ pub struct JwtConfig {
 }
 
 impl JwtConfig {
-    /// The key tokens are verified with: the HS256 secret, or the RS256/ES256 public key read
-    /// from its PEM file (config validation and the proxy both build it here).
+    /// The key tokens are verified with: the HMAC secret, or the public key read from its PEM
+    /// file (config validation and the proxy both build it here).
     pub fn decoding_key(&self) -> Result<jsonwebtoken::DecodingKey, JwtKeyError> {
         use jsonwebtoken::DecodingKey;
         let pem = || -> Result<Vec<u8>, JwtKeyError> {
@@ -227,28 +263,23 @@ impl JwtConfig {
                 .map(String::into_bytes)
                 .map_err(|error| JwtKeyError::Unreadable { file: file.clone(), error: error.to_string() })
         };
+        use JwtAlgorithm as A;
         match self.algorithm {
-            JwtAlgorithm::HS256 => match self.secret.as_deref() {
+            A::HS256 | A::HS384 | A::HS512 => match self.secret.as_deref() {
                 Some(secret) if !secret.is_empty() => Ok(DecodingKey::from_secret(secret.as_bytes())),
                 _ => Err(JwtKeyError::NoSecret),
             },
-            JwtAlgorithm::RS256 => Ok(DecodingKey::from_rsa_pem(&pem()?)?),
-            JwtAlgorithm::ES256 => Ok(DecodingKey::from_ec_pem(&pem()?)?),
+            A::RS256 | A::RS384 | A::RS512 | A::PS256 | A::PS384 | A::PS512 => {
+                Ok(DecodingKey::from_rsa_pem(&pem()?)?)
+            }
+            A::ES256 | A::ES384 => Ok(DecodingKey::from_ec_pem(&pem()?)?),
+            A::EdDSA => Ok(DecodingKey::from_ed_pem(&pem()?)?),
         }
     }
 
     /// How often `jwks_url` is fetched again (Envoy's `cache_duration` is 10 minutes too).
     pub fn jwks_refresh(&self) -> Duration {
         Duration::from_secs(self.jwks_refresh_s.unwrap_or(DEFAULT_JWKS_REFRESH_S).into())
-    }
-
-    /// The algorithm as the JWT library names it.
-    pub fn library_algorithm(&self) -> jsonwebtoken::Algorithm {
-        match self.algorithm {
-            JwtAlgorithm::HS256 => jsonwebtoken::Algorithm::HS256,
-            JwtAlgorithm::RS256 => jsonwebtoken::Algorithm::RS256,
-            JwtAlgorithm::ES256 => jsonwebtoken::Algorithm::ES256,
-        }
     }
 }
 
@@ -273,7 +304,7 @@ pub const JWKS_REFRESH_S: std::ops::RangeInclusive<u32> = 10..=86_400;
 /// Why a route's JWT key could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum JwtKeyError {
-    #[error("HS256 needs a secret")]
+    #[error("an HMAC algorithm (HS256, HS384, HS512) needs a secret")]
     NoSecret,
     #[error("key_file required")]
     NoKeyFile,
@@ -565,6 +596,8 @@ pub struct Route {
     pub headers: BTreeMap<String, String>,
     /// Cookies that must be present with these values (A/B routing).
     pub cookies: BTreeMap<String, String>,
+    /// Query parameters that must be present with these values, as sent (`?version=2`).
+    pub query: BTreeMap<String, String>,
     /// With `split`: a client keeps the pool it was first given (cookie `sluice_pool`).
     pub sticky: bool,
     /// Where the route sends its requests; None when it answers them itself (`answer`).

@@ -3,10 +3,12 @@
 //! a route's `jwt` verifies tokens with them: a token's key is the one its header's `kid`
 //! names, else any key of the route's algorithm.
 //!
-//! Only keys lbd verifies with are kept: RSA for RS256, EC P-256 for ES256, octet keys for
-//! HS256, each unless its `alg` names another algorithm or its `use` is encryption (`enc`).
-//! Others (EdDSA, RSA-OAEP, P-384) are skipped, so a provider that publishes them beside its
-//! signing keys is served; a set with no key lbd can use is refused.
+//! Only keys lbd verifies with are kept: RSA for RS256/384/512 and PS256/384/512, EC P-256 for
+//! ES256 and P-384 for ES384, Ed25519 for EdDSA, octet keys for HS256/384/512; a key whose
+//! `alg` names one algorithm is used for that one alone, and one whose `use` is encryption
+//! (`enc`) or whose `alg` is no signature's (RSA-OAEP) not at all. Others (X25519, P-521) are
+//! skipped, so a provider that publishes them beside its signing keys is served; a set with no
+//! key lbd can use is refused.
 use std::collections::HashSet;
 
 use jsonwebtoken::{
@@ -32,7 +34,8 @@ pub struct KeySet {
 
 struct Key {
     kid: Option<String>,
-    algorithm: Algorithm,
+    /// The algorithms it verifies: its kind's, or the one its `alg` names.
+    algorithms: &'static [Algorithm],
     key: DecodingKey,
 }
 
@@ -45,18 +48,21 @@ impl KeySet {
         }
         let mut keys = Vec::new();
         for jwk in &set.keys {
-            let Some(algorithm) = verifies(jwk) else { continue };
+            let algorithms = verifies(jwk);
+            if algorithms.is_empty() {
+                continue;
+            }
             let key = DecodingKey::from_jwk(jwk).map_err(|e| {
                 format!("key {}: {e}", jwk.common.key_id.as_deref().unwrap_or("without a kid"))
             })?;
-            keys.push(Key { kid: jwk.common.key_id.clone(), algorithm, key });
+            keys.push(Key { kid: jwk.common.key_id.clone(), algorithms, key });
         }
         let mut kids = HashSet::new();
         if let Some(twice) = keys.iter().filter_map(|k| k.kid.as_deref()).find(|kid| !kids.insert(*kid)) {
             return Err(format!("two keys have the kid `{twice}`"));
         }
         if keys.is_empty() {
-            return Err("no RS256, ES256 or HS256 signing key".into());
+            return Err("no signing key of RSA, EC P-256 or P-384, Ed25519 or a secret".into());
         }
         Ok(KeySet { keys })
     }
@@ -72,7 +78,7 @@ impl KeySet {
 
     /// How many keys of `algorithm` it holds.
     pub fn count(&self, algorithm: Algorithm) -> usize {
-        self.keys.iter().filter(|k| k.algorithm == algorithm).count()
+        self.keys.iter().filter(|k| k.algorithms.contains(&algorithm)).count()
     }
 
     /// The keys a token of `algorithm` may have been signed with: the one its `kid` names, or
@@ -80,26 +86,47 @@ impl KeySet {
     pub fn candidates(&self, algorithm: Algorithm, kid: Option<&str>) -> impl Iterator<Item = &DecodingKey> {
         self.keys
             .iter()
-            .filter(move |k| k.algorithm == algorithm && kid.is_none_or(|kid| k.kid.as_deref() == Some(kid)))
+            .filter(move |k| {
+                k.algorithms.contains(&algorithm) && kid.is_none_or(|kid| k.kid.as_deref() == Some(kid))
+            })
             .take(if kid.is_some() { 1 } else { TRIED_WITHOUT_KID })
             .map(|k| &k.key)
     }
 }
 
-/// The algorithm lbd verifies with `jwk`, if any.
-fn verifies(jwk: &Jwk) -> Option<Algorithm> {
+/// The algorithms lbd verifies with `jwk`: those of its kind, or the one of them its `alg`
+/// names; none for an encryption key, an `alg` of another kind, or a kind lbd does not verify
+/// with.
+fn verifies(jwk: &Jwk) -> &'static [Algorithm] {
+    use Algorithm as A;
     if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
-        return None;
+        return &[];
     }
-    let (algorithm, named) = match &jwk.algorithm {
-        AlgorithmParameters::RSA(_) => (Algorithm::RS256, KeyAlgorithm::RS256),
-        AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
-            (Algorithm::ES256, KeyAlgorithm::ES256)
-        }
-        AlgorithmParameters::OctetKey(_) => (Algorithm::HS256, KeyAlgorithm::HS256),
-        _ => return None,
+    let kind: &'static [Algorithm] = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => &[A::RS256, A::RS384, A::RS512, A::PS256, A::PS384, A::PS512],
+        AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => &[A::ES256],
+        AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P384 => &[A::ES384],
+        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => &[A::EdDSA],
+        AlgorithmParameters::OctetKey(_) => &[A::HS256, A::HS384, A::HS512],
+        _ => return &[],
     };
-    jwk.common.key_algorithm.is_none_or(|alg| alg == named).then_some(algorithm)
+    let Some(named) = jwk.common.key_algorithm else { return kind };
+    let named = match named {
+        KeyAlgorithm::HS256 => A::HS256,
+        KeyAlgorithm::HS384 => A::HS384,
+        KeyAlgorithm::HS512 => A::HS512,
+        KeyAlgorithm::RS256 => A::RS256,
+        KeyAlgorithm::RS384 => A::RS384,
+        KeyAlgorithm::RS512 => A::RS512,
+        KeyAlgorithm::PS256 => A::PS256,
+        KeyAlgorithm::PS384 => A::PS384,
+        KeyAlgorithm::PS512 => A::PS512,
+        KeyAlgorithm::ES256 => A::ES256,
+        KeyAlgorithm::ES384 => A::ES384,
+        KeyAlgorithm::EdDSA => A::EdDSA,
+        _ => return &[],
+    };
+    kind.iter().position(|a| *a == named).map_or(&[], |at| &kind[at..=at])
 }
 
 #[cfg(test)]
@@ -144,15 +171,18 @@ mod tests {
         let skipped = [
             rsa("enc", r#","use":"enc""#),
             rsa("oaep", r#","alg":"RSA-OAEP""#),
-            rsa("rs512", r#","alg":"RS512""#),
-            r#"{"kty":"OKP","kid":"ed","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#
+            rsa("es", r#","alg":"ES256""#),
+            r#"{"kty":"OKP","kid":"x","crv":"X25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#
                 .into(),
-            r#"{"kty":"EC","kid":"p384","crv":"P-384","x":"AA","y":"AA"}"#.into(),
+            r#"{"kty":"EC","kid":"p521","crv":"P-521","x":"AA","y":"AA"}"#.into(),
         ];
         let mut all = skipped.to_vec();
         all.push(rsa("sig", ""));
         assert_eq!(KeySet::parse(&set(&all)).unwrap().count(Algorithm::RS256), 1);
-        assert_eq!(KeySet::parse(&set(&skipped)).err().unwrap(), "no RS256, ES256 or HS256 signing key");
+        assert_eq!(
+            KeySet::parse(&set(&skipped)).err().unwrap(),
+            "no signing key of RSA, EC P-256 or P-384, Ed25519 or a secret"
+        );
         assert!(KeySet::parse("{}").err().unwrap().starts_with("not a JWK Set"));
         assert!(KeySet::parse("[1]").err().unwrap().starts_with("not a JWK Set"));
         let twice = KeySet::parse(&set(&[rsa("a", ""), rsa("a", "")])).err().unwrap();
@@ -161,5 +191,45 @@ mod tests {
         assert_eq!(many, "65 keys; at most 64");
         let broken = KeySet::parse(&set(&[r#"{"kty":"RSA","kid":"b","n":"!!","e":"AQAB"}"#.into()])).err();
         assert!(broken.unwrap().starts_with("key b: "));
+    }
+
+    /// A P-384 public key made now, as a JWK named `kid`.
+    fn p384(kid: &str) -> String {
+        use base64::Engine as _;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let point = key.public_key_raw(); // 0x04, then x and y
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        format!(
+            r#"{{"kty":"EC","crv":"P-384","kid":"{kid}","x":"{}","y":"{}"}}"#,
+            b64(&point[1..49]),
+            b64(&point[49..])
+        )
+    }
+
+    #[test]
+    fn each_kind_of_key_verifies_its_algorithms_or_the_one_its_alg_names() {
+        use Algorithm as A;
+        let ed =
+            r#"{"kty":"OKP","kid":"ed","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
+        let oct = r#"{"kty":"oct","kid":"h","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQ"}"#;
+        let keys = [rsa("any", ""), rsa("ps", r#","alg":"PS384""#), p384("p384"), ed.into(), oct.into()];
+        let keys = KeySet::parse(&set(&keys)).unwrap();
+        let kids = |algorithm| -> Vec<&str> {
+            keys.keys
+                .iter()
+                .filter(|k| k.algorithms.contains(&algorithm))
+                .filter_map(|k| k.kid.as_deref())
+                .collect()
+        };
+        for algorithm in [A::RS256, A::RS384, A::RS512, A::PS256, A::PS512] {
+            assert_eq!(kids(algorithm), ["any"], "{algorithm:?}");
+        }
+        assert_eq!(kids(A::PS384), ["any", "ps"]);
+        assert_eq!(kids(A::ES384), ["p384"]);
+        assert_eq!(kids(A::ES256), Vec::<&str>::new());
+        assert_eq!(kids(A::EdDSA), ["ed"]);
+        assert_eq!(kids(A::HS512), ["h"]);
+        assert_eq!(keys.candidates(A::PS384, Some("ps")).count(), 1);
+        assert_eq!(keys.candidates(A::RS256, Some("ps")).count(), 0, "its alg names another");
     }
 }

@@ -37,6 +37,23 @@ impl Bed {
         topology.lb.run("ip", &["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
         let b = |i: usize| topology.backends[i].addr4;
         std::fs::write(dir.0.join("keys.txt"), "# accepted keys\nkey-one\nkey-three\n")?;
+        // An identity provider's RSA key (openssl's), for PS256 tokens: lbd has its public half.
+        let openssl = |args: &[&str]| -> Result<Vec<u8>> {
+            let out = std::process::Command::new("openssl").args(args).output().context("openssl")?;
+            anyhow::ensure!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(out.stdout)
+        };
+        let rsa_key = dir.0.join("idp-rsa.key");
+        std::fs::write(
+            &rsa_key,
+            openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])?,
+        )?;
+        let public = openssl(&["pkey", "-in", rsa_key.to_str().context("path")?, "-pubout"])?;
+        std::fs::write(dir.0.join("idp-rsa.pub"), public)?;
         // Users as Apache's htpasswd makes them: bcrypt and SHA-512 crypt.
         let mut users = String::new();
         for (flag, user, password) in [("-nbB", "ann", "open sesame"), ("-nb5", "bob", "hunter2")] {
@@ -182,6 +199,13 @@ pool = "one"
 jwt = {{ algorithm = "HS256", secret = "s3cret", issuer = "sluice-test", audience = "edge", subject_header = "x-subject" }}
 
 [[route]]
+name = "jwt-pss"
+listener = "http"
+host = "jwtpss.test"
+pool = "one"
+jwt = {{ algorithm = "PS256", key_file = "idp-rsa.pub", subject_header = "x-subject" }}
+
+[[route]]
 name = "capped"
 listener = "http"
 host = "capped.test"
@@ -230,6 +254,13 @@ name = "ab"
 listener = "http"
 host = "ab.test"
 cookies = {{ variant = "b" }}
+pool = "two"
+
+[[route]]
+name = "ab-query"
+listener = "http"
+host = "ab.test"
+query = {{ api = "v2" }}
 pool = "two"
 
 [[route]]
@@ -609,6 +640,10 @@ fn root_gateway_split_limits_access_retries_fallback() -> Result<()> {
     // A/B by cookie value.
     assert_eq!(ask(&bed, "ab.test", "/", &["cookie: variant=b".into()])?, (200, "backend2".into()));
     assert_eq!(ask(&bed, "ab.test", "/", &["cookie: variant=a".into()])?, (200, "backend1".into()));
+    // ...and by a query parameter's value, as sent.
+    assert_eq!(ask(&bed, "ab.test", "/?x=1&api=v2", &[])?, (200, "backend2".into()));
+    assert_eq!(ask(&bed, "ab.test", "/?api=v1", &[])?, (200, "backend1".into()));
+    assert_eq!(ask(&bed, "ab.test", "/?api=v%32", &[])?, (200, "backend1".into()));
     // Sticky split: with cookies kept, every request stays on the first pool it was given;
     // without, both pools answer.
     let sticky = |cookies: bool| -> Result<BTreeMap<String, usize>> {
@@ -1158,6 +1193,26 @@ fn root_gateway_claims_pass_through_budget_big_objects_and_hashed_fills() -> Res
     assert_eq!(ask(&bed, "jwt.test", "/", &[format!("authorization: Bearer {no_iss}")])?.0, 403);
     assert_eq!(ask(&bed, "jwt.test", "/", &[format!("authorization: Bearer {no_aud}")])?.0, 403);
     assert_eq!(ask(&bed, "jwt.test", "/", &[format!("authorization: bEARER {good}")])?.0, 200);
+    // RSA-PSS (PS256) with the provider's key: its tokens pass with their subject; the same
+    // key's RS256 tokens, and PS256 tokens of another key, do not.
+    let private = std::fs::read(bed.dir.0.join("idp-rsa.key"))?;
+    let rsa = |algorithm, key: &[u8]| -> Result<String> {
+        let claims = serde_json::json!({ "sub": "pat", "exp": now + 60 });
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(key)?;
+        Ok(jsonwebtoken::encode(&jsonwebtoken::Header::new(algorithm), &claims, &key)?)
+    };
+    let bearer = |token: String| vec![format!("authorization: Bearer {token}")];
+    let pss = rsa(jsonwebtoken::Algorithm::PS256, &private)?;
+    let (code, body) = ask(&bed, "jwtpss.test", "/echo", &bearer(pss))?;
+    assert!(code == 200 && body.contains("sub=pat"), "{code} {body}");
+    let pkcs1 = rsa(jsonwebtoken::Algorithm::RS256, &private)?;
+    assert_eq!(ask(&bed, "jwtpss.test", "/", &bearer(pkcs1))?.0, 401, "RS256 on a PS256 route");
+    let other = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
+        .output()?
+        .stdout;
+    let forged = rsa(jsonwebtoken::Algorithm::PS256, &other)?;
+    assert_eq!(ask(&bed, "jwtpss.test", "/", &bearer(forged))?.0, 401, "another key's PS256");
 
     // A 503 that cannot be retried (one backend) reaches the client as the backend sent it.
     assert_eq!(ask(&bed, "passthrough.test", "/busy", &[])?, (503, "backend1 busy".into()));

@@ -131,6 +131,7 @@ pub(super) struct RawRoute {
     pub(super) headers: BTreeMap<String, String>,
     #[serde(default)]
     pub(super) cookies: BTreeMap<String, String>,
+    pub(super) query: Option<Spanned<BTreeMap<String, String>>>,
     #[serde(default)]
     pub(super) sticky: bool,
     pub(super) pool: Option<Spanned<String>>,

@@ -336,6 +336,20 @@ fn a_hash_key_names_a_header_cookie_query_parameter_the_path_the_uri_or_the_clie
 }
 
 #[test]
+fn a_routes_query_match_is_parameters_as_a_query_carries_them() {
+    let query =
+        |extra: &str| Config::parse(Path::new("t.toml"), &route(extra)).unwrap().routes[0].query.clone();
+    assert!(query("").is_empty());
+    let q = query("query = { version = \"2\", beta = \"\", \"a%20b\" = \"x=y\" }\n");
+    assert_eq!(q.len(), 3);
+    assert_eq!((q["version"].as_str(), q["beta"].as_str(), q["a%20b"].as_str()), ("2", "", "x=y"));
+    for bad in ["\"a=b\" = \"1\"", "\"\" = \"1\"", "a = \"1&b=2\"", "a = \"x y\"", "a = \"#\""] {
+        let found = errors(&route(&format!("query = {{ {bad} }}\n")));
+        assert!(found.iter().any(|e| e.contains("t.toml:12: query: ")), "{bad}: {found:?}");
+    }
+}
+
+#[test]
 fn jwt_algorithm_hash_key_and_secret_are_checked_at_their_lines() {
     let l7 = "[[pool]]\nname = \"p\"\nbalance = \"hash\"\nhash_key = \"header:X Bad\"\nbackends = [{ address = \"10.0.0.1\" }]\n\
               [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n";
@@ -346,7 +360,10 @@ fn jwt_algorithm_hash_key_and_secret_are_checked_at_their_lines() {
     let found = errors(&route("algorithm = \"none\""));
     assert!(found.iter().any(|e| e.contains("unknown variant `none`")), "{found:?}");
     let found = errors(&route("algorithm = \"HS256\""));
-    assert!(found.iter().any(|e| e.contains("jwt: HS256 needs a secret")), "{found:?}");
+    assert!(
+        found.iter().any(|e| e.contains("jwt: an HMAC algorithm (HS256, HS384, HS512) needs a secret")),
+        "{found:?}"
+    );
     // A key file is opened where the config is a file (Config::parse): named, readable, a key.
     let found = errors(&route("algorithm = \"RS256\""));
     assert!(found.iter().any(|e| e.contains("jwt: key_file required")), "{found:?}");

@@ -1,6 +1,7 @@
 //! Route access by credentials: API keys (header or query parameter, keys from a file that is
-//! re-read when it changes) and JWTs (HS256, RS256, ES256; `exp`, `nbf`, `iss`, `aud` checked;
-//! one key, or a JWK Set from a file or an identity provider's URL, chosen by the token's `kid`).
+//! re-read when it changes) and JWTs (HMAC, RSA, PSS, ECDSA, Ed25519; `exp`, `nbf`, `iss`,
+//! `aud` checked; one key, or a JWK Set from a file or an identity provider's URL, chosen by
+//! the token's `kid`).
 use std::collections::HashSet;
 #[cfg(test)]
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -130,7 +131,7 @@ pub enum JwtError {
 impl Jwt {
     /// The check `config` asks for; the error says what is wrong with it.
     pub fn new(config: &JwtConfig) -> Result<Jwt, JwtError> {
-        let algorithm = config.library_algorithm();
+        let algorithm = config.algorithm.library();
         let keys = match (&config.jwks_file, &config.jwks_url) {
             (Some(file), _) => Keys::File(WatchedFile::new(file.clone(), "JWK Set", KeySet::parse)),
             (None, Some(url)) => {
@@ -412,6 +413,67 @@ mod tests {
             subject_header: None,
             claim_headers: Default::default(),
         }
+    }
+
+    /// A key pair of `kind` made now: its signing key, and its public key's PEM file in `dir`.
+    fn key_pair(
+        kind: &'static rcgen::SignatureAlgorithm,
+        dir: &std::path::Path,
+        name: &str,
+    ) -> (jsonwebtoken::EncodingKey, std::path::PathBuf) {
+        let key = rcgen::KeyPair::generate_for(kind).unwrap();
+        let file = dir.join(format!("{name}.pem"));
+        std::fs::write(&file, key.public_key_pem()).unwrap();
+        let der = key.serialize_der();
+        let signing = if kind == &rcgen::PKCS_ED25519 {
+            jsonwebtoken::EncodingKey::from_ed_der(&der)
+        } else {
+            jsonwebtoken::EncodingKey::from_ec_der(&der)
+        };
+        (signing, file)
+    }
+
+    /// A bearer token for `ann` of `algorithm`, signed with `key`.
+    fn signed(algorithm: Algorithm, key: &jsonwebtoken::EncodingKey) -> HeaderMap {
+        let claims = serde_json::json!({ "sub": "ann", "exp": exp() });
+        let token = jsonwebtoken::encode(&jsonwebtoken::Header::new(algorithm), &claims, key).unwrap();
+        headers(&format!("Bearer {token}"))
+    }
+
+    #[test]
+    fn each_algorithm_lets_in_tokens_of_its_own_key_alone() {
+        use crate::config::JwtAlgorithm as J;
+        let dir = std::env::temp_dir().join(format!("sluice-jwt-algorithms-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (p384, p384_pem) = key_pair(&rcgen::PKCS_ECDSA_P384_SHA384, &dir, "p384");
+        let (other384, _) = key_pair(&rcgen::PKCS_ECDSA_P384_SHA384, &dir, "other384");
+        let (ed, ed_pem) = key_pair(&rcgen::PKCS_ED25519, &dir, "ed");
+        let (other_ed, _) = key_pair(&rcgen::PKCS_ED25519, &dir, "other-ed");
+        let secret = jsonwebtoken::EncodingKey::from_secret(b"s3cret");
+        let wrong_secret = jsonwebtoken::EncodingKey::from_secret(b"guess");
+        let with_file = |algorithm, file: &std::path::PathBuf| JwtConfig {
+            algorithm,
+            secret: None,
+            key_file: Some(file.clone()),
+            ..jwt_config()
+        };
+        let cases = [
+            (with_file(J::ES384, &p384_pem), Algorithm::ES384, &p384, &other384),
+            (with_file(J::EdDSA, &ed_pem), Algorithm::EdDSA, &ed, &other_ed),
+            (JwtConfig { algorithm: J::HS384, ..jwt_config() }, Algorithm::HS384, &secret, &wrong_secret),
+            (JwtConfig { algorithm: J::HS512, ..jwt_config() }, Algorithm::HS512, &secret, &wrong_secret),
+        ];
+        let invalid = Err((StatusCode::UNAUTHORIZED, "token signature invalid"));
+        for (config, algorithm, key, other) in cases {
+            let verifier = Jwt::new(&config).unwrap();
+            assert_eq!(subject(&verifier, &signed(algorithm, key)), Ok(Some("ann".into())), "{algorithm:?}");
+            assert_eq!(subject(&verifier, &signed(algorithm, other)), invalid, "{algorithm:?}: another key");
+            // A token of another algorithm (HS256 with the route's own secret, for the HMAC
+            // ones) is refused whatever its signature.
+            let refused = subject(&verifier, &signed(Algorithm::HS256, &secret));
+            assert_eq!(refused.unwrap_err().0, StatusCode::UNAUTHORIZED, "{algorithm:?}: HS256");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

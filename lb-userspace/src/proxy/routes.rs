@@ -55,6 +55,7 @@ pub struct CompiledRoute {
     method: Option<Method>,
     headers: Vec<(String, String)>,
     cookies: Vec<(String, String)>,
+    query: Vec<(String, String)>,
     pub pool: Label,
     /// What the route answers by itself (then it has no pool).
     pub answer: Option<OwnAnswer>,
@@ -161,6 +162,7 @@ impl CompiledRoute {
             method: route.method.as_deref().and_then(|m| Method::from_bytes(m.as_bytes()).ok()),
             headers: route.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             cookies: route.cookies.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            query: route.query.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             sticky: route.sticky,
             // A route that answers by itself has the label of no pool.
             pool: route.pool.as_deref().unwrap_or_default().into(),
@@ -198,6 +200,10 @@ impl CompiledRoute {
                 .iter()
                 .all(|(k, v)| request.headers().get(k).is_some_and(|h| h.as_bytes() == v.as_bytes()))
             && self.cookies.iter().all(|(k, v)| cookie(request.headers(), k) == Some(v.as_str()))
+            && self
+                .query
+                .iter()
+                .all(|(k, v)| query_param(request.uri().query().unwrap_or_default(), k) == Some(v))
     }
 }
 
@@ -291,21 +297,20 @@ fn hash_input<'a>(key: &HashKey, request: &'a Parts, client: IpAddr) -> Cow<'a, 
         HashKey::ClientIp => addr_of(client).to_vec().into(),
         HashKey::Path => uri.path().as_bytes().into(),
         HashKey::Uri => uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes().into(),
-        HashKey::Query(name) => query_value(uri.query().unwrap_or_default(), name).as_bytes().into(),
+        HashKey::Query(name) => {
+            query_param(uri.query().unwrap_or_default(), name).unwrap_or_default().as_bytes().into()
+        }
     }
 }
 
-/// The value of the first parameter `name` of a query, as sent (`a` in `x=1&name=a`); empty
-/// if there is none.
-fn query_value<'a>(query: &'a str, name: &str) -> &'a str {
-    query
-        .split('&')
-        .find_map(|pair| match pair.split_once('=') {
-            Some((key, value)) if key == name => Some(value),
-            None if pair == name => Some(""),
-            _ => None,
-        })
-        .unwrap_or_default()
+/// The value of the first parameter `name` of a query, as sent (`a` in `x=1&name=a`; empty in
+/// `x=1&name`); None if there is none.
+pub fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| match pair.split_once('=') {
+        Some((key, value)) if key == name => Some(value),
+        None if pair == name => Some(""),
+        _ => None,
+    })
 }
 
 impl L7Pool {
@@ -724,11 +729,36 @@ mod tests {
     }
 
     #[test]
+    fn a_route_may_match_query_parameters_as_sent() {
+        let text = "[dataplane]\ninterface = \"lo\"\n[[pool]]\nname = \"p\"\nbackends = [{ address = \"10.0.0.1\" }]\n\
+             [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\n\
+             [[route]]\nname = \"v2\"\nlistener = \"l\"\npool = \"p\"\nquery = { version = \"2\", beta = \"\" }\n\
+             [[route]]\nname = \"rest\"\nlistener = \"l\"\npool = \"p\"\n";
+        let s = Snapshot::build(
+            &State::new(Config::parse(Path::new("t.toml"), text).unwrap()),
+            &Runtime::default(),
+        );
+        let routed = |target: &str| {
+            let request = Request::get(target).body(()).unwrap();
+            s.route("l", "a.test", &request).map(|r| r.name.to_string())
+        };
+        for target in ["/?version=2&beta", "/a/b?beta=&x=1&version=2", "/?version=2&beta&version=3"] {
+            assert_eq!(routed(target).as_deref(), Some("v2"), "{target}");
+        }
+        for target in
+            ["/?version=2", "/?version=3&beta", "/?version=3&version=2&beta", "/?beta&version=%32", "/"]
+        {
+            assert_eq!(routed(target).as_deref(), Some("rest"), "{target}");
+        }
+    }
+
+    #[test]
     fn a_query_parameter_is_its_first_value_as_sent() {
-        assert_eq!(query_value("a=1&b=2&a=3", "a"), "1");
-        assert_eq!(query_value("ab=1&b=%20x", "b"), "%20x");
-        assert_eq!(query_value("b&a=1", "b"), "");
-        assert_eq!(query_value("", "b"), "");
+        assert_eq!(query_param("a=1&b=2&a=3", "a"), Some("1"));
+        assert_eq!(query_param("ab=1&b=%20x", "b"), Some("%20x"));
+        assert_eq!(query_param("b&a=1", "b"), Some(""));
+        assert_eq!(query_param("ab=1", "b"), None);
+        assert_eq!(query_param("", "b"), None);
     }
 
     #[test]

@@ -70,6 +70,7 @@ pub(in crate::config) fn check(
             method,
             headers: raw.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect(),
             cookies: raw.cookies,
+            query: raw.query.map(|q| query(q, errors)).unwrap_or_default(),
             sticky: raw.sticky,
             pool,
             answer,
@@ -112,6 +113,25 @@ fn cache(raw: CacheConfig, at: Range<usize>, errors: &mut Errors) -> CacheConfig
     ] {
         if seconds > MAX_STALE_S {
             errors.at(at.clone(), format!("cache: {name} is at most {MAX_STALE_S} (a year)"));
+        }
+    }
+    raw
+}
+
+/// A route's `query` match: parameter names and values as a query carries them (no `&` or
+/// `#`, no `=` in a name, visible ASCII), each compared with the first value sent.
+fn query(raw: Spanned<BTreeMap<String, String>>, errors: &mut Errors) -> BTreeMap<String, String> {
+    let at = raw.span();
+    let raw = raw.into_inner();
+    let plain = |text: &str, name: bool| {
+        text.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '&' | '#') && !(name && c == '='))
+    };
+    for (name, value) in &raw {
+        if name.is_empty() || !plain(name, true) || !plain(value, false) {
+            errors.at(
+                at.clone(),
+                format!("query: `{name}` = `{value}` is not a parameter as a query carries it (no space, `&`, `#` or `=` in the name)"),
+            );
         }
     }
     raw
@@ -467,7 +487,7 @@ fn jwt(mut jwt: JwtConfig, base: &Path, at: Range<usize>, errors: &mut Errors) -
     if jwt.jwks_url.is_none() && (jwt.jwks_ca.is_some() || jwt.jwks_refresh_s.is_some()) {
         errors.at(at.clone(), "jwt: jwks_ca and jwks_refresh_s go with jwks_url");
     }
-    let algorithm = jwt.library_algorithm();
+    let algorithm = jwt.algorithm.library();
     match (&jwt.jwks_file, &jwt.jwks_url) {
         // A key file is opened only where files are (never for a config text a client sent).
         (Some(file), _) if errors.open_files => {
@@ -482,7 +502,7 @@ fn jwt(mut jwt: JwtConfig, base: &Path, at: Range<usize>, errors: &mut Errors) -
         (Some(_), _) => {}
         (None, Some(url)) => jwks_url(url, &jwt, at.clone(), errors),
         (None, None) => {
-            if (jwt.algorithm == JwtAlgorithm::HS256 || errors.open_files)
+            if (jwt.algorithm.is_hmac() || errors.open_files)
                 && let Err(err) = jwt.decoding_key()
             {
                 errors.at(at.clone(), format!("jwt: {err}"));
