@@ -635,7 +635,7 @@ pub struct Route {
     pub basic_auth: Option<BasicAuthConfig>,
     /// Mirror this share (percent) of bodiless requests to another pool; its answers are
     /// discarded and never wait for or change the client's.
-    pub shadow: Option<(String, f64)>,
+    pub shadow: Option<Shadow>,
     pub cache: Option<CacheConfig>,
     pub compress: Option<CompressConfig>,
     /// Fields edited on the request the backend gets (`request_headers`).
@@ -651,6 +651,17 @@ pub struct Route {
     /// false: the route's requests leave no access-log line (health checks, static files), as
     /// nginx's `access_log off` in a `location`; they are still counted.
     pub access_log: bool,
+}
+
+/// A route's shadow copies: a share of its requests copied to another pool, whose answers are
+/// counted and dropped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shadow {
+    pub pool: String,
+    /// The share (percent) of requests copied.
+    pub percent: f64,
+    /// The longest request body copied (a request with a longer one is not).
+    pub max_body_bytes: usize,
 }
 
 /// A route's edits of one direction's fields, as HAProxy's `set-header` and `del-header`:

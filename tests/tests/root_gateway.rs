@@ -636,6 +636,30 @@ fn root_gateway_split_limits_access_retries_fallback() -> Result<()> {
     assert!(answers.iter().all(|(c, b)| *c == 200 && b == "backend1"), "{:?}", tally(&answers));
     let mirrored = wait_for_count(&bed, "sluice_http_requests_total{route=\"mirror:shadow\",pool=\"two\"")?;
     assert!((60..=140).contains(&mirrored), "{mirrored} of 200 mirrored");
+    // POSTs are mirrored with their bodies (up to 64 KiB by default); longer ones are not.
+    let post = |bytes: usize, n: usize| -> Result<Vec<String>> {
+        let file = bed.dir.0.join(format!("body-{bytes}"));
+        std::fs::write(&file, vec![b'p'; bytes])?;
+        let (host, data) = ("Host: mirror.test".to_owned(), format!("@{}", file.display()));
+        let url = format!("http://{VIP}/");
+        let mut args = vec!["-sS", "-H", &host, "--data-binary", &data, "-w", "|%{http_code}\n"];
+        args.extend(std::iter::repeat_n(url.as_str(), n));
+        let out = bed.topology.client.run("curl", &args)?;
+        Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect())
+    };
+    let answers = post(1000, 100)?;
+    assert!(answers.iter().all(|l| l == "backend1" || l == "|200"), "{answers:?}");
+    let with_bodies =
+        wait_for_count(&bed, "sluice_http_requests_total{route=\"mirror:shadow\",pool=\"two\"")?;
+    assert!(
+        (mirrored + 25..=mirrored + 75).contains(&with_bodies),
+        "{} of 100 POSTs mirrored",
+        with_bodies - mirrored
+    );
+    let answers = post(100 * 1024, 10)?;
+    assert!(answers.iter().all(|l| l == "backend1" || l == "|200"), "{answers:?}");
+    let after = wait_for_count(&bed, "sluice_http_requests_total{route=\"mirror:shadow\",pool=\"two\"")?;
+    assert_eq!(after, with_bodies, "a 100 KiB body was mirrored");
 
     // A/B by cookie value.
     assert_eq!(ask(&bed, "ab.test", "/", &["cookie: variant=b".into()])?, (200, "backend2".into()));

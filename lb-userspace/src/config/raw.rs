@@ -230,6 +230,7 @@ pub(super) fn default_cache_object() -> usize {
 pub(super) struct RawShadow {
     pub(super) pool: Spanned<String>,
     pub(super) percent: f64,
+    pub(super) max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -900,6 +900,15 @@ fn each_route_check_says_what_is_wrong_at_its_line() {
         "t.toml:12: shadow uses pool `q`, which is not defined",
     );
     says("shadow = { pool = \"p\", percent = 101.0 }\n", "t.toml:12: shadow percent must be 0 to 100");
+    says(
+        "shadow = { pool = \"p\", percent = 1.0, max_body_bytes = 16777217 }\n",
+        "t.toml:12: shadow max_body_bytes must be at most 16777216 (16 MiB)",
+    );
+    let shadow =
+        |line: &str| Config::parse(Path::new("t.toml"), &route(line)).unwrap().routes[0].shadow.clone();
+    assert_eq!(shadow("shadow = { pool = \"p\", percent = 5.0 }\n").unwrap().max_body_bytes, 65536);
+    let bound = shadow("shadow = { pool = \"p\", percent = 5.0, max_body_bytes = 0 }\n").unwrap();
+    assert_eq!((bound.pool.as_str(), bound.percent, bound.max_body_bytes), ("p", 5.0, 0));
     says("rewrite_prefix = \"/v2/\"\n", "t.toml:12: rewrite_prefix needs the route's path_prefix");
     for bad in ["v2/", "/a b", "/a?x=1", "/a//b", "/a/./b", "/a/..", "/%zz", "/a%2"] {
         says(

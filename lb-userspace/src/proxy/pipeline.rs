@@ -465,15 +465,13 @@ impl Forwarder {
                 route_edits(&mut response, route, host, gzip, &parts.method);
                 return Ok(response);
             }
-            if checked.bodiless
-                && !upgrade
-                && let Some(shadow) = shadow::chosen(route, snapshot, || self.draw())
-            {
+            let (mut body, body_error) = guard::limit_body(body, max_body_bytes);
+            if !upgrade && let Some(shadow) = shadow::chosen(route, snapshot, &body, || self.draw()) {
                 let (upstreams, metrics, label) = (&self.upstreams, &self.metrics, &route.shadow_label);
-                shadow::send(upstreams, shadow, &parts, &forwarding, host, client, metrics, label);
+                let request = (&parts, body);
+                body = shadow::send(upstreams, shadow, request, &forwarding, host, client, metrics, label);
             }
             let first = choose::backend(pool, route, &parts, client).await?;
-            let (body, body_error) = guard::limit_body(body, max_body_bytes);
             let tries = Tries {
                 upstreams: &self.upstreams,
                 commands: &self.commands,

@@ -17,7 +17,7 @@ use regex::Regex;
 use crate::{
     config::{
         Balance, CacheConfig, CompressConfig, DEFAULT_CONNECT_TIMEOUT, Fallback, HashKey, HeaderEdits,
-        Outlier, OwnAnswer, PathMatch, Route, UpstreamProtocol,
+        Outlier, OwnAnswer, PathMatch, Route, Shadow, UpstreamProtocol,
     },
     dataplane::tables::addr_of,
     maglev::{self, Weighted},
@@ -71,7 +71,7 @@ pub struct CompiledRoute {
     split: Vec<(Label, f64)>,
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,
-    pub shadow: Option<(String, f64)>,
+    pub shadow: Option<Shadow>,
     pub cache: Option<CacheConfig>,
     pub compress: Option<CompressConfig>,
     pub retries: u32,

@@ -756,6 +756,8 @@ mod retry_on;
 #[cfg(test)]
 mod route_edits;
 #[cfg(test)]
+mod shadow_copies;
+#[cfg(test)]
 mod trailers;
 #[cfg(test)]
 mod trusted_proxies;

@@ -612,13 +612,23 @@ fn basic_auth(
     BasicAuthConfig { file: file.into_inner(), realm, user_header }
 }
 
-/// A route's shadow: a defined pool and a share 0 to 100.
-fn shadow(raw: RawShadow, pools: &BTreeMap<String, Pool>, errors: &mut Errors) -> (String, f64) {
+/// A route's shadow: a defined pool, a share 0 to 100, and the longest body copied (64 KiB by
+/// default, at most 16 MiB: each copy in flight holds its body).
+fn shadow(raw: RawShadow, pools: &BTreeMap<String, Pool>, errors: &mut Errors) -> Shadow {
+    const MAX: u64 = 16 << 20;
     defined(&raw.pool, "shadow", pools, errors);
     if !(0.0..=100.0).contains(&raw.percent) {
         errors.at(raw.pool.span(), "shadow percent must be 0 to 100");
     }
-    (raw.pool.into_inner(), raw.percent)
+    let max_body_bytes = raw.max_body_bytes.unwrap_or(64 << 10);
+    if max_body_bytes > MAX {
+        errors.at(raw.pool.span(), format!("shadow max_body_bytes must be at most {MAX} (16 MiB)"));
+    }
+    Shadow {
+        pool: raw.pool.into_inner(),
+        percent: raw.percent,
+        max_body_bytes: max_body_bytes.min(MAX) as usize,
+    }
 }
 
 /// The media types a route compresses when its `compress` names none: text and the text-like

@@ -28,7 +28,7 @@ async fn listener() -> SocketAddr {
 }
 
 /// POSTs `size` bytes to `path`, with their length said or chunked: the status and body.
-async fn post(address: SocketAddr, path: &str, size: usize, chunked: bool) -> (u16, String) {
+pub(super) async fn post(address: SocketAddr, path: &str, size: usize, chunked: bool) -> (u16, String) {
     let io = TokioIo::new(TcpStream::connect(address).await.unwrap());
     let (mut send, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
     tokio::spawn(connection);
