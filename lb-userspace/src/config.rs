@@ -807,6 +807,10 @@ impl HashKey {
     }
 }
 
+/// How much of an HTTP health check's answer is read for its `expect_body` (Envoy reads 1 KiB
+/// by default; a status page is seldom longer than this).
+pub const HEALTH_BODY_BYTES: usize = 64 << 10;
+
 /// How a pool's backends are probed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -833,6 +837,10 @@ pub struct HealthCheck {
     pub port: u16,
     pub path: String,
     pub expect_status: u16,
+    /// Text an HTTP check's answer must hold within its first `HEALTH_BODY_BYTES` (HAProxy's
+    /// `http-check expect string`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expect_body: Option<String>,
     /// Shown as `interval_ms` and `timeout_ms`, as in the config.
     #[serde(rename = "interval_ms", serialize_with = "millis")]
     pub interval: Duration,
@@ -1056,6 +1064,9 @@ pub struct BackendSpec {
     pub weight: u32,
     /// Set by the operator: no new flows, established flows stay; the weight is kept.
     pub drain: bool,
+    /// Takes new flows only while no other backend of the pool can (nginx's and HAProxy's
+    /// `backup`).
+    pub backup: bool,
 }
 
 /// The highest `syn_rate_per_prefix` and `syn_burst`.

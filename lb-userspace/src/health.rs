@@ -14,7 +14,7 @@ use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 mod grpc;
 
 use crate::{
-    config::{HealthCheck, HealthKind, ProxyVersion},
+    config::{HEALTH_BODY_BYTES, HealthCheck, HealthKind, ProxyVersion},
     daemon::{Shared, lock},
     proxy::{backend_tls::BackendTls, proxy_protocol},
     state::Command,
@@ -93,12 +93,34 @@ where
         let scheme = if tls.is_some() { "https" } else { "http" };
         return grpc_serving(io, check, &format!("{scheme}://{host}")).await;
     }
-    let status = get(io, tls == Some(true), check, host).await?;
-    if status == check.expect_status {
-        Ok(())
-    } else {
-        Err(format!("HTTP GET {} answered {status}, expected {}", check.path, check.expect_status))
+    let answer = get(io, tls == Some(true), check, host).await?;
+    let status = answer.status().as_u16();
+    if status != check.expect_status {
+        return Err(format!("HTTP GET {} answered {status}, expected {}", check.path, check.expect_status));
     }
+    let Some(expected) = &check.expect_body else { return Ok(()) };
+    let start = head_of(answer.into_body(), HEALTH_BODY_BYTES).await?;
+    match start.windows(expected.len()).any(|w| w == expected.as_bytes()) {
+        true => Ok(()),
+        false => Err(format!("HTTP GET {} answered without {expected:?}", check.path)),
+    }
+}
+
+/// The first `limit` bytes of `body` (all of it if shorter); the rest is not read.
+async fn head_of(mut body: hyper::body::Incoming, limit: usize) -> Result<Vec<u8>, String> {
+    let mut start = Vec::new();
+    while start.len() < limit {
+        match body.frame().await {
+            None => break,
+            Some(Err(err)) => return Err(format!("HTTP body: {err}")),
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    start.extend_from_slice(&data[..data.len().min(limit - start.len())]);
+                }
+            }
+        }
+    }
+    Ok(start)
 }
 
 /// Whether the backend at `origin` (`scheme://host`) answers gRPC's health check SERVING for
@@ -141,9 +163,14 @@ where
     }
 }
 
-/// The status of `GET check.path` on `io`, in HTTP/2 when `h2` (a backend that agreed to it
-/// by ALPN), else HTTP/1.1.
-async fn get<I>(io: I, h2: bool, check: &HealthCheck, host: &str) -> Result<u16, String>
+/// The answer to `GET check.path` on `io`, in HTTP/2 when `h2` (a backend that agreed to it by
+/// ALPN), else HTTP/1.1.
+async fn get<I>(
+    io: I,
+    h2: bool,
+    check: &HealthCheck,
+    host: &str,
+) -> Result<hyper::Response<hyper::body::Incoming>, String>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -168,8 +195,7 @@ where
         tokio::spawn(connection);
         sender.send_request(request).await
     };
-    let response = sent.map_err(|err| format!("HTTP GET {}: {err}", check.path))?;
-    Ok(response.status().as_u16())
+    sent.map_err(|err| format!("HTTP GET {}: {err}", check.path))
 }
 
 /// Consecutive results of one backend.
@@ -263,13 +289,18 @@ mod tests {
 
     /// A one-shot HTTP server on loopback answering `status`.
     async fn server(status: &'static str) -> u16 {
+        answering(status, String::new()).await
+    }
+
+    /// A one-shot HTTP server on loopback answering `status` with `body`.
+    async fn answering(status: &'static str, body: String) -> u16 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
             let mut buf = [0u8; 1024];
             let _ = stream.read(&mut buf).await;
-            let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+            let reply = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}", body.len());
             let _ = stream.write_all(reply.as_bytes()).await;
         });
         port
@@ -281,6 +312,7 @@ mod tests {
             port,
             path: "/healthz".into(),
             expect_status: 200,
+            expect_body: None,
             interval: Duration::from_secs(1),
             timeout: Duration::from_millis(500),
             rise: 1,
@@ -384,6 +416,23 @@ mod tests {
             probe(&check(HealthKind::Http, bad), "127.0.0.1".parse().unwrap(), None, None).await,
             Probe::Down("HTTP GET /healthz answered 503, expected 200".into())
         );
+    }
+
+    #[tokio::test]
+    async fn http_probe_may_want_text_within_the_answers_start() {
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let expect_body = Some(r#""status":"ok""#.to_owned());
+        let wants = |port| HealthCheck { expect_body: expect_body.clone(), ..check(HealthKind::Http, port) };
+        let ok = answering("200 OK", r#"{"db":"up","status":"ok"}"#.into()).await;
+        assert_eq!(probe(&wants(ok), local, None, None).await, Probe::Up);
+        let down = Probe::Down(r#"HTTP GET /healthz answered without "\"status\":\"ok\"""#.into());
+        let degraded = answering("200 OK", r#"{"status":"degraded"}"#.into()).await;
+        assert_eq!(probe(&wants(degraded), local, None, None).await, down);
+        let past = answering("200 OK", format!("{}\"status\":\"ok\"", " ".repeat(HEALTH_BODY_BYTES))).await;
+        assert_eq!(probe(&wants(past), local, None, None).await, down, "past what is read");
+        let failing = answering("503 Service Unavailable", r#"{"status":"ok"}"#.into()).await;
+        let why = Probe::Down("HTTP GET /healthz answered 503, expected 200".into());
+        assert_eq!(probe(&wants(failing), local, None, None).await, why, "the status first");
     }
 
     /// A one-shot HTTP server on loopback serving only the name `app.test` (404 to any other

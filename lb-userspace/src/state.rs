@@ -174,14 +174,17 @@ fn members_diff(pool: &str, before: &[BackendSpec], after: &[BackendSpec], comma
 }
 
 /// Whether anything but pool membership and deny prefixes (which commands of their own change)
-/// differs: VIPs, listeners, routes, a pool's settings such as its health check.
+/// differs: VIPs, listeners, routes, a pool's settings such as its health check, which of its
+/// backends are backups (a setting of the file's, as the health check is).
 fn settings_changed(old: &Config, new: &Config) -> bool {
     let mut rest = old.clone();
     rest.pools = new.pools.clone();
     rest.deny = new.deny.clone();
+    let backups = |p: &Pool| p.backends.iter().filter(|b| b.backup).map(|b| b.addr).collect::<BTreeSet<_>>();
     let pool_settings_changed = old.pools.iter().any(|(n, p)| {
         new.pools.get(n).is_some_and(|q| {
             Pool { backends: Vec::new(), ..q.clone() } != Pool { backends: Vec::new(), ..p.clone() }
+                || backups(p) != backups(q)
         })
     });
     rest != *new || pool_settings_changed
@@ -294,7 +297,12 @@ impl State {
                 "pool `{pool}` serves an IPv6 L4 VIP: it cannot take IPv4 backend {address}"
             )));
         }
-        self.pool_mut(pool)?.backends.push(BackendSpec { addr: address, weight, drain: false });
+        self.pool_mut(pool)?.backends.push(BackendSpec {
+            addr: address,
+            weight,
+            drain: false,
+            backup: false,
+        });
         Ok(format!("pool {pool}: backend {address} added with weight {weight}"))
     }
 
@@ -405,7 +413,11 @@ impl State {
         let mut pools = std::mem::take(&mut self.config.pools);
         for (name, pool) in pools.iter_mut() {
             if let Some(p) = config.pools.get(name) {
-                *pool = Pool { backends: std::mem::take(&mut pool.backends), ..p.clone() };
+                let mut backends = std::mem::take(&mut pool.backends);
+                for b in &mut backends {
+                    b.backup = p.backends.iter().find(|q| q.addr == b.addr).map_or(b.backup, |q| q.backup);
+                }
+                *pool = Pool { backends, ..p.clone() };
             }
         }
         config.pools = pools;
@@ -453,17 +465,21 @@ impl State {
         commands
     }
 
-    /// Effective Maglev weights of a pool: drained, down and ejected backends get 0. If every
-    /// backend that is not drained is down or ejected, all of them keep their weight (fail open): dropping all
+    /// Effective Maglev weights of a pool: drained, down and ejected backends get 0, and backup
+    /// backends too while a backend that is not one takes flows. If every backend that is not
+    /// drained is down or ejected, all of them keep their weight (fail open): dropping all
     /// traffic is worse than sending some to backends the probes may be wrong about.
     pub fn effective_backends(&self, pool: &Pool) -> (Vec<Weighted>, bool) {
         let ready: Vec<&BackendSpec> = pool.backends.iter().filter(|b| !b.drain).collect();
         let fail_open = !ready.is_empty() && ready.iter().all(|b| !self.usable(&pool.name, b.addr));
+        let standing_by =
+            ready.iter().any(|b| !b.backup && b.weight > 0 && (fail_open || self.usable(&pool.name, b.addr)));
         let weighted = pool
             .backends
             .iter()
             .map(|b| {
-                let usable = !b.drain && (fail_open || self.usable(&pool.name, b.addr));
+                let usable =
+                    !b.drain && (fail_open || self.usable(&pool.name, b.addr)) && !(b.backup && standing_by);
                 Weighted { addr: addr_of(b.addr), weight: if usable { b.weight } else { 0 } }
             })
             .collect();

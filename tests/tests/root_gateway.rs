@@ -107,6 +107,29 @@ backends = [{{ address = "{b3}" }}, {{ address = "{b1}" }}]
 name = "dead"
 backends = [{{ address = "{b3}" }}]
 
+# Backend 2 stands by: it takes requests only while backend 1 cannot.
+[[pool]]
+name = "standby"
+backends = [{{ address = "{b1}" }}, {{ address = "{b2}", backup = true }}]
+
+[[route]]
+name = "standby"
+listener = "http"
+host = "standby.test"
+pool = "standby"
+
+# Checked by what the answer says: backend 1's page lacks the text, so it is down.
+[[pool]]
+name = "bodychecked"
+backends = [{{ address = "{b1}" }}, {{ address = "{b2}" }}]
+health = {{ kind = "http", port = 80, path = "/", expect_body = "backend2", interval_ms = 300, timeout_ms = 250, rise = 1, fall = 1 }}
+
+[[route]]
+name = "bodychecked"
+listener = "http"
+host = "bodychecked.test"
+pool = "bodychecked"
+
 # Backend 2 first: paused in the test, it takes connections and never answers.
 [[pool]]
 name = "hanging"
@@ -708,6 +731,30 @@ fn root_gateway_outlier_ejection_circuit_breaker_retry_budget() -> Result<()> {
     wait_for("return after ejection", Duration::from_secs(3), || {
         bed.lbd.pool_show("ejecting").map(|p| p[&dead].0 == "up").unwrap_or(false)
     })?;
+
+    // A health check that wants text in the answer: backend 1 answers 200 without it, so it is
+    // down, and every request goes to backend 2.
+    let (b1, b2) = (bed.topology.backends[0].addr4.to_string(), bed.topology.backends[1].addr4.to_string());
+    wait_for("backend 1 down by its answer's text", Duration::from_secs(5), || {
+        bed.lbd.pool_show("bodychecked").map(|p| p[&b1].0 == "DOWN" && p[&b2].0 == "up").unwrap_or(false)
+    })?;
+    let answers = bed.requests("bodychecked.test", 6)?;
+    assert!(answers.iter().all(|(c, b)| *c == 200 && b == "backend2"), "{:?}", tally(&answers));
+
+    // A backup backend stands by while the other can take requests: with backend 1 drained,
+    // backend 2 takes them all; undrained, backend 1 has them back.
+    let all_to = |backend: &str| -> Result<()> {
+        let answers = bed.requests("standby.test", 6)?;
+        anyhow::ensure!(answers.iter().all(|(c, b)| *c == 200 && b == backend), "{:?}", tally(&answers));
+        Ok(())
+    };
+    all_to("backend1")?;
+    let shown = bed.lbd.lbctl(&["pool", "show", "standby"])?;
+    assert!(shown.lines().any(|l| l.contains(&b2) && l.ends_with("(backup)")), "{shown}");
+    bed.lbd.lbctl(&["backend", "drain", "standby", &b1])?;
+    all_to("backend2")?;
+    bed.lbd.lbctl(&["backend", "drain", "standby", &b1, "--undo"])?;
+    all_to("backend1")?;
 
     // Circuit breaking: one request in flight per backend; a second one gets 503 at once.
     let slow = bed

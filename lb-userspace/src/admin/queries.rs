@@ -247,6 +247,7 @@ fn pool_view(core: &Core, name: &str) -> Option<Value> {
             address: b.addr,
             weight: b.weight,
             drain: b.drain,
+            backup: b.backup,
             healthy: core.state.healthy(name, b.addr),
             ejected: core.state.ejected.contains(&(name.to_owned(), b.addr)),
             effective_weight: w.weight,

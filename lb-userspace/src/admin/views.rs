@@ -247,6 +247,9 @@ pub struct Backend {
     /// In its pool's slow start: the percent of its weight the proxy gives it so far.
     #[serde(default)]
     pub slow_start_percent: Option<u32>,
+    /// A backup: it takes flows only while the pool's other backends cannot.
+    #[serde(default)]
+    pub backup: bool,
 }
 
 /// `GET /stats`: the fast path's counters, summed over CPUs.

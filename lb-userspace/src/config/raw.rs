@@ -377,6 +377,8 @@ pub(super) struct RawBackend {
     pub(super) weight: Option<Spanned<u32>>,
     #[serde(default)]
     pub(super) drain: bool,
+    #[serde(default)]
+    pub(super) backup: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -395,6 +397,7 @@ pub(super) struct RawHealth {
     pub(super) path: String,
     #[serde(default = "default_status")]
     pub(super) expect_status: u16,
+    pub(super) expect_body: Option<String>,
     #[serde(default = "default_interval")]
     pub(super) interval_ms: u64,
     #[serde(default = "default_timeout")]

@@ -1059,6 +1059,27 @@ fn a_grpc_health_check_is_for_http2_pools_and_may_name_a_service() {
 }
 
 #[test]
+fn an_http_health_check_may_want_text_in_its_answer() {
+    // Lines 1-2 BASE, 3-5 the pool, its health on 6.
+    let pool = |health: &str| {
+        format!(
+            "{BASE}[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\nhealth = {health}\n"
+        )
+    };
+    let config =
+        Config::parse(Path::new("t.toml"), &pool("{ kind = \"http\", port = 80, expect_body = \"ok\" }"));
+    assert_eq!(config.unwrap().pools["p"].health.as_ref().unwrap().expect_body.as_deref(), Some("ok"));
+    assert_eq!(
+        errors(&pool("{ kind = \"tcp\", port = 80, expect_body = \"ok\" }")),
+        ["t.toml:6: pool `p` health: expect_body is for kind = \"http\""]
+    );
+    assert_eq!(
+        errors(&pool("{ kind = \"http\", port = 80, expect_body = \"\" }")),
+        ["t.toml:6: pool `p` health: expect_body must be 1 to 65536 bytes"]
+    );
+}
+
+#[test]
 fn an_http_health_check_may_name_its_host() {
     // Lines 1-2 BASE, 3-5 the pool, its health on 6.
     let pool = |health: &str| {

@@ -762,6 +762,31 @@ mod tests {
     }
 
     #[test]
+    fn a_backup_is_picked_only_while_the_other_backends_are_down() {
+        let text = "[dataplane]\ninterface = \"lo\"\n[[pool]]\nname = \"p\"\n\
+             backends = [{ address = \"10.0.0.1\" }, { address = \"10.0.0.2\", backup = true }]\n";
+        let mut state = State::new(Config::parse(Path::new("t.toml"), text).unwrap());
+        let runtime = Runtime::default();
+        let picked = |state: &State| {
+            let s = Snapshot::build(state, &runtime);
+            let client: IpAddr = "192.0.2.1".parse().unwrap();
+            let picks =
+                (0..4).map(|_| s.pools["p"].pick(&request(), client, &[]).unwrap().address.ip().to_string());
+            picks.collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>()
+        };
+        assert_eq!(picked(&state), ["10.0.0.1"]);
+        let health = |healthy| crate::state::Command::SetHealth {
+            pool: "p".into(),
+            address: "10.0.0.1".parse().unwrap(),
+            healthy,
+        };
+        state.apply(&health(false)).unwrap();
+        assert_eq!(picked(&state), ["10.0.0.2"]);
+        state.apply(&health(true)).unwrap();
+        assert_eq!(picked(&state), ["10.0.0.1"]);
+    }
+
+    #[test]
     fn a_retry_takes_the_next_backend_not_tried() {
         let s = snapshot("");
         let pool = &s.pools["p"];

@@ -46,6 +46,63 @@ fn down_backends_leave_and_all_down_fails_open() {
 }
 
 #[test]
+fn a_backup_takes_flows_only_while_no_other_backend_can() {
+    let backends = "{ address = \"10.0.0.1\" }, { address = \"10.0.0.2\", weight = 50 }, \
+                    { address = \"10.0.0.3\", backup = true, weight = 30 }";
+    let mut state = State::new(config(backends, ""));
+    let weights = |state: &State| {
+        let (weights, open) = state.effective_backends(&state.config.pools["web"]);
+        (weights.iter().map(|w| w.weight).collect::<Vec<_>>(), open)
+    };
+    let health = |a, healthy| Command::SetHealth { pool: "web".into(), address: ip(a), healthy };
+    assert_eq!(weights(&state), (vec![100, 50, 0], false), "standing by");
+    state.apply(&health("10.0.0.1", false)).unwrap();
+    assert_eq!(weights(&state), (vec![0, 50, 0], false), "one other backend is enough");
+    let drain = Command::SetDrain { pool: "web".into(), address: ip("10.0.0.2"), drain: true };
+    state.apply(&drain).unwrap();
+    assert_eq!(weights(&state), (vec![0, 0, 30], false), "the others down or drained: the backup serves");
+    assert!(state.pool_usable(&state.config.pools["web"]));
+    state.apply(&health("10.0.0.1", true)).unwrap();
+    assert_eq!(weights(&state), (vec![100, 0, 0], false), "back to standing by");
+    state.apply(&health("10.0.0.1", false)).unwrap();
+    state.apply(&health("10.0.0.3", false)).unwrap();
+    assert_eq!(
+        weights(&state),
+        (vec![100, 0, 0], true),
+        "all down: failing open, the backup still standing by"
+    );
+    let ejected = Command::SetEjected { pool: "web".into(), address: ip("10.0.0.1"), ejected: true };
+    state.apply(&health("10.0.0.3", true)).unwrap();
+    state.apply(&ejected).unwrap();
+    assert_eq!(weights(&state), (vec![0, 0, 30], false), "an ejection counts as down");
+}
+
+#[test]
+fn a_reload_makes_backends_backups_or_not() {
+    let mut state = State::new(config("{ address = \"10.0.0.1\" }, { address = \"10.0.0.2\" }", ""));
+    let new = config(
+        "{ address = \"10.0.0.1\" }, { address = \"10.0.0.2\", backup = true }, \
+         { address = \"10.0.0.3\", backup = true }",
+        "",
+    );
+    for c in state.diff(&new) {
+        state.apply(&c).unwrap();
+    }
+    let backups = |state: &State| {
+        let pool = &state.config.pools["web"];
+        pool.backends.iter().filter(|b| b.backup).map(|b| b.addr.to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(backups(&state), ["10.0.0.2", "10.0.0.3"]);
+    assert_eq!(state.config, new, "the reload reached the file's config");
+    let old =
+        config("{ address = \"10.0.0.1\" }, { address = \"10.0.0.2\" }, { address = \"10.0.0.3\" }", "");
+    for c in state.diff(&old) {
+        state.apply(&c).unwrap();
+    }
+    assert_eq!(backups(&state), Vec::<String>::new());
+}
+
+#[test]
 fn diff_then_apply_reaches_the_new_config() {
     let old =
         config("{ address = \"10.0.0.1\" }, { address = \"10.0.0.2\", weight = 10 }", "\"203.0.113.0/24\"");

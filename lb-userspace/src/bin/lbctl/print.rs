@@ -25,9 +25,12 @@ pub fn pool(pool: &views::Pool) {
             (true, _) => "up",
             _ => "DOWN",
         };
-        let ramp = b.slow_start_percent.map(|p| format!("  (slow start: {p}%)")).unwrap_or_default();
+        let mut notes = b.slow_start_percent.map(|p| format!("  (slow start: {p}%)")).unwrap_or_default();
+        if b.backup {
+            notes += "  (backup)";
+        }
         println!(
-            "  {:<40} {:>7} {:>6} {:>8} {:>10}{ramp}",
+            "  {:<40} {:>7} {:>6} {:>8} {:>10}{notes}",
             b.address.to_string(),
             b.weight,
             if b.drain { "yes" } else { "no" },

@@ -175,15 +175,15 @@ fn backends(raw: Vec<RawBackend>, name: &str, errors: &mut Errors) -> Vec<Backen
             Some(w) => w.into_inner(),
             None => DEFAULT_WEIGHT,
         };
-        backends.push(BackendSpec { addr, weight, drain: b.drain });
+        backends.push(BackendSpec { addr, weight, drain: b.drain, backup: b.backup });
     }
     backends
 }
 
 /// A pool's health check: a port, a rise and a fall of at least 1, a timeout above 0 and below
 /// the interval, a path from the root, gRPC checks on h2 and h2c pools only (and a service on
-/// them only), a Host (HTTP and gRPC checks) that is a host and port. The first broken rule is
-/// said.
+/// them only), a body's text on HTTP checks only and within what is read of it, a Host (HTTP
+/// and gRPC checks) that is a host and port. The first broken rule is said.
 fn health(
     raw: Spanned<RawHealth>,
     protocol: UpstreamProtocol,
@@ -197,6 +197,7 @@ fn health(
         port: h.port,
         path: h.path,
         expect_status: h.expect_status,
+        expect_body: h.expect_body,
         interval: Duration::from_millis(h.interval_ms),
         timeout: Duration::from_millis(h.timeout_ms),
         rise: h.rise,
@@ -214,6 +215,11 @@ fn health(
         errors.at(span, format!("pool `{name}` health: kind = \"grpc\" is for h2 and h2c pools"));
     } else if check.service.is_some() && check.kind != HealthKind::Grpc {
         errors.at(span, format!("pool `{name}` health: service is for kind = \"grpc\""));
+    } else if check.expect_body.is_some() && check.kind != HealthKind::Http {
+        errors.at(span, format!("pool `{name}` health: expect_body is for kind = \"http\""));
+    } else if check.expect_body.as_ref().is_some_and(|text| text.is_empty() || text.len() > HEALTH_BODY_BYTES)
+    {
+        errors.at(span, format!("pool `{name}` health: expect_body must be 1 to {HEALTH_BODY_BYTES} bytes"));
     } else if let Some(host) = &check.host {
         if check.kind == HealthKind::Tcp {
             errors.at(span, format!("pool `{name}` health: host is for kind = \"http\" or \"grpc\""));

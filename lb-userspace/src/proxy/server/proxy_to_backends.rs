@@ -103,6 +103,7 @@ async fn each_client_connection_reaches_the_backend_on_its_own_connection_named_
             port,
             path: "/".into(),
             expect_status: 200,
+            expect_body: None,
             interval: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
             rise: 1,
