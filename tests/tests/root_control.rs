@@ -1,5 +1,6 @@
 //! Root tests of the control plane on a real topology: lbctl pool changes under long-lived
-//! connections, health checks taking backends out and back, SIGKILL and re-adoption, SIGHUP.
+//! connections, health checks taking backends out and back, SIGKILL and re-adoption, SIGHUP
+//! (a backup backend standing by, then taking the flows).
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{BufRead, BufReader, Read, Write},
@@ -303,7 +304,7 @@ fn root_control_sigkill_keeps_forwarding_and_restart_readopts() -> Result<()> {
 
 #[test]
 fn root_control_sighup_applies_good_configs_only() -> Result<()> {
-    let bed = Bed::new("control-hup")?;
+    let mut bed = Bed::new("control-hup")?;
     let original = std::fs::read_to_string(&bed.config)?;
     let pool_before = bed.pool()?;
 
@@ -335,6 +336,30 @@ fn root_control_sighup_applies_good_configs_only() -> Result<()> {
         bed.pool().map(|p| p.contains_key(&b3)).unwrap_or(false)
     })?;
     assert!(bed.new_connections(30)?.contains_key("backend3"));
+
+    // Backend 3 made a backup by a reload: it stands by (L4 flows go to backends 1 and 2), and
+    // takes every new flow once both are down, the pool not failing open.
+    let with_backup = std::fs::read_to_string(&bed.config)?.replace(
+        &format!("{{ address = \"{b3}\", weight = 100 }}"),
+        &format!("{{ address = \"{b3}\", backup = true }}"),
+    );
+    std::fs::write(&bed.config, with_backup)?;
+    bed.lbd().signal(libc::SIGHUP);
+    wait_for("backend3 standing by", Duration::from_secs(3), || {
+        bed.pool().map(|p| p[&b3] == ("up".to_owned(), 0)).unwrap_or(false)
+    })?;
+    let shown = bed.lbd().lbctl(&["pool", "show", "web"])?;
+    assert!(shown.lines().any(|l| l.contains(&b3) && l.ends_with("(backup)")), "{shown}");
+    assert_eq!(bed.new_connections(20)?.keys().collect::<Vec<_>>(), ["backend1", "backend2"]);
+    bed.nginx[0] = None;
+    bed.nginx[1] = None;
+    let (b1, b2) = (bed.backend(1), bed.backend(2));
+    wait_for("backends 1 and 2 down", Duration::from_secs(3), || {
+        bed.pool().map(|p| p[&b1].0 == "DOWN" && p[&b2].0 == "DOWN" && p[&b3].1 == 100).unwrap_or(false)
+    })?;
+    assert_eq!(bed.new_connections(20)?.keys().collect::<Vec<_>>(), ["backend3"]);
+    let shown = bed.lbd().lbctl(&["pool", "show", "web"])?;
+    assert!(!shown.contains("FAILING OPEN"), "{shown}");
     Ok(())
 }
 
