@@ -997,6 +997,20 @@ pub struct Pool {
     pub keep_alive: KeepAlive,
     /// How the proxy uses its HTTP/2 connections to the backends (h2 and h2c pools).
     pub http2: Http2Upstream,
+    /// A cookie that keeps a client on the backend that first answered it (HAProxy's `cookie
+    /// … insert`, nginx's `sticky cookie`).
+    pub sticky_cookie: Option<StickyCookie>,
+}
+
+/// The cookie that keeps a client on the pool a route's sticky split gave it.
+pub const STICKY_COOKIE: &str = "sluice_pool";
+
+/// A pool's backend cookie: its name, and how long a browser keeps it (None: until it closes).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickyCookie {
+    pub name: String,
+    pub max_age_s: Option<u32>,
 }
 
 /// How the proxy uses its HTTP/2 connections to a pool's backends.

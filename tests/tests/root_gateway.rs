@@ -107,6 +107,18 @@ backends = [{{ address = "{b3}" }}, {{ address = "{b1}" }}]
 name = "dead"
 backends = [{{ address = "{b3}" }}]
 
+# A cookie keeps each client on the backend that first answered it.
+[[pool]]
+name = "cookied"
+backends = [{{ address = "{b1}" }}, {{ address = "{b2}" }}]
+sticky_cookie = {{ name = "SERVERID", max_age_s = 3600 }}
+
+[[route]]
+name = "cookied"
+listener = "http"
+host = "cookied.test"
+pool = "cookied"
+
 # Backend 2 stands by: it takes requests only while backend 1 cannot.
 [[pool]]
 name = "standby"
@@ -755,6 +767,42 @@ fn root_gateway_outlier_ejection_circuit_breaker_retry_budget() -> Result<()> {
     all_to("backend2")?;
     bed.lbd.lbctl(&["backend", "drain", "standby", &b1, "--undo"])?;
     all_to("backend1")?;
+
+    // A backend cookie: curl with a cookie jar stays on the backend that first answered it, a
+    // client without one is balanced over both. Drained, the backend keeps the clients its
+    // cookie names and takes no new one.
+    let jar = bed.dir.0.join("cookies.txt");
+    let jar = jar.to_str().context("path")?;
+    let backends = |with_jar: bool| -> Result<BTreeMap<String, usize>> {
+        let url = format!("http://{VIP}/");
+        let mut args = vec!["-sS", "-H", "Host: cookied.test"];
+        if with_jar {
+            args.extend(["-b", jar, "-c", jar]);
+        }
+        args.extend(std::iter::repeat_n(url.as_str(), 8));
+        let out = String::from_utf8_lossy(&bed.topology.client.run("curl", &args)?.stdout).into_owned();
+        let mut seen = BTreeMap::new();
+        for line in out.lines() {
+            *seen.entry(line.to_owned()).or_default() += 1;
+        }
+        Ok(seen)
+    };
+    let first = backends(true)?;
+    assert_eq!(first.len(), 1, "a client with a cookie jar moved between backends: {first:?}");
+    let kept = first.keys().next().cloned().unwrap_or_default();
+    assert_eq!(backends(false)?.len(), 2, "clients without cookies all went to one backend");
+    let jar_text = std::fs::read_to_string(jar)?;
+    assert!(
+        jar_text.contains("SERVERID") && !jar_text.contains(&b1) && !jar_text.contains(&b2),
+        "{jar_text}"
+    );
+    let kept_address = if kept == "backend1" { &b1 } else { &b2 };
+    bed.lbd.lbctl(&["backend", "drain", "cookied", kept_address])?;
+    assert_eq!(backends(true)?, BTreeMap::from([(kept.clone(), 8)]), "drained: its client stays");
+    let others = backends(false)?;
+    assert!(!others.contains_key(&kept), "drained: a new client came to it: {others:?}");
+    let shown = bed.lbd.lbctl(&["pool", "show", "cookied"])?;
+    assert!(shown.contains(", sticky by cookie SERVERID"), "{shown}");
 
     // Circuit breaking: one request in flight per backend; a second one gets 503 at once.
     let slow = bed

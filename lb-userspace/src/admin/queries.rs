@@ -317,6 +317,7 @@ fn pool_proxy(pool: &crate::config::Pool) -> views::PoolProxy {
         http2_keepalive: pool.http2.keepalive.map(|k| {
             format!("PING every {} ms, answered within {} ms", k.interval.as_millis(), k.timeout.as_millis())
         }),
+        sticky_cookie: pool.sticky_cookie.as_ref().map(|c| c.name.clone()),
     }
 }
 

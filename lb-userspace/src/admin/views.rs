@@ -231,6 +231,9 @@ pub struct PoolProxy {
     /// Its HTTP/2 connections' PINGs (`PING every 30000 ms, answered within 20000 ms`).
     #[serde(default)]
     pub http2_keepalive: Option<String>,
+    /// The cookie that keeps a client on its backend (`sticky_cookie`), by name.
+    #[serde(default)]
+    pub sticky_cookie: Option<String>,
 }
 
 /// One backend of a pool.

@@ -357,6 +357,7 @@ pub(super) struct RawPool {
     pub(super) http2_keepalive: Option<Spanned<RawHttp2Keepalive>>,
     pub(super) proxy_protocol: Option<Spanned<ProxyVersion>>,
     pub(super) tls: Option<Spanned<RawBackendTls>>,
+    pub(super) sticky_cookie: Option<Spanned<StickyCookie>>,
 }
 
 #[derive(Debug, Deserialize)]

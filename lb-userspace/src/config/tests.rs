@@ -1059,6 +1059,33 @@ fn a_grpc_health_check_is_for_http2_pools_and_may_name_a_service() {
 }
 
 #[test]
+fn a_pools_backend_cookie_is_a_cookie_name_kept_at_most_400_days() {
+    // Lines 1-2 BASE, 3-5 the pool, its cookie on 6.
+    let pool = |cookie: &str| {
+        format!(
+            "{BASE}[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\nsticky_cookie = {cookie}\n"
+        )
+    };
+    let config = Config::parse(Path::new("t.toml"), &pool("{ name = \"SERVERID\" }")).unwrap();
+    let cookie = config.pools["p"].sticky_cookie.clone().unwrap();
+    assert_eq!((cookie.name.as_str(), cookie.max_age_s), ("SERVERID", None));
+    for (cookie, error) in [
+        ("{ name = \"a b\" }", "t.toml:6: pool `p`: sticky_cookie name `a b` is not a cookie name"),
+        ("{ name = \"\" }", "t.toml:6: pool `p`: sticky_cookie name `` is not a cookie name"),
+        (
+            "{ name = \"sluice_pool\" }",
+            "t.toml:6: pool `p`: sticky_cookie `sluice_pool` is the routes' own cookie",
+        ),
+        (
+            "{ name = \"s\", max_age_s = 0 }",
+            "t.toml:6: pool `p`: sticky_cookie max_age_s must be 1 to 34560000 (400 days)",
+        ),
+    ] {
+        assert_eq!(errors(&pool(cookie)), [error], "{cookie}");
+    }
+}
+
+#[test]
 fn an_http_health_check_may_want_text_in_its_answer() {
     // Lines 1-2 BASE, 3-5 the pool, its health on 6.
     let pool = |health: &str| {

@@ -494,6 +494,7 @@ impl Forwarder {
             };
 
             // Respond: the backend's answer as the client gets it.
+            let backend_cookie = pool.sticky_cookie(&parts, answered.in_flight.upstream());
             let mut response = labels.answered(answered);
             // A 101 carries its backend connection; the client's connection tunnels to it.
             let switching = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -505,6 +506,9 @@ impl Forwarder {
             if choice.set_sticky
                 && let Some(cookie) = choose::sticky_cookie(&choice.pool)
             {
+                response.headers_mut().append(header::SET_COOKIE, cookie);
+            }
+            if let Some(cookie) = backend_cookie {
                 response.headers_mut().append(header::SET_COOKIE, cookie);
             }
             Ok(response)

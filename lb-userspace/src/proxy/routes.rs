@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use hyper::{Method, Request, http::request::Parts};
+use hyper::{Method, Request, header::HeaderValue, http::request::Parts};
 use ipnet::IpNet;
 use lb_common::hash::murmur3_32;
 use regex::Regex;
@@ -17,7 +17,7 @@ use regex::Regex;
 use crate::{
     config::{
         Balance, CacheConfig, CompressConfig, DEFAULT_CONNECT_TIMEOUT, Fallback, HashKey, HeaderEdits,
-        Outlier, OwnAnswer, PathMatch, Route, Shadow, UpstreamProtocol,
+        Outlier, OwnAnswer, PathMatch, Route, Shadow, StickyCookie, UpstreamProtocol,
     },
     dataplane::tables::addr_of,
     maglev::{self, Weighted},
@@ -230,6 +230,27 @@ pub struct Upstream {
     pub keep_alive: crate::config::KeepAlive,
     /// How its pool uses HTTP/2 connections (streams at once on one, PINGs).
     pub http2: crate::config::Http2Upstream,
+    /// Its pool's backend cookie for it (a pool with `sticky_cookie`).
+    pub sticky: Option<StickyId>,
+}
+
+/// What a pool's backend cookie says of one backend: its id (not its address: a client learns
+/// nothing of the network behind), the same on every lbd of a pool (hosts behind ECMP), and
+/// the Set-Cookie that gives it.
+pub struct StickyId {
+    pub id: String,
+    pub set_cookie: HeaderValue,
+}
+
+impl StickyId {
+    fn new(cookie: &StickyCookie, pool: &str, address: SocketAddr) -> Option<StickyId> {
+        let named = format!("{pool}/{address}");
+        let id = format!("{:08x}{:08x}", murmur3_32(named.as_bytes(), 0), murmur3_32(named.as_bytes(), 1));
+        let age = cookie.max_age_s.map(|s| format!("; Max-Age={s}")).unwrap_or_default();
+        let set_cookie =
+            HeaderValue::from_str(&format!("{}={id}; Path=/; HttpOnly{age}", cookie.name)).ok()?;
+        Some(StickyId { id, set_cookie })
+    }
 }
 
 impl Upstream {
@@ -259,6 +280,11 @@ impl Upstream {
 pub struct L7Pool {
     pub name: Label,
     pub upstreams: Vec<Arc<Upstream>>,
+    /// The name of its backend cookie (`sticky_cookie`), if it has one.
+    sticky: Option<String>,
+    /// With a backend cookie: drained backends still up, which keep the clients their cookie
+    /// names (HAProxy's and nginx's drain with sticky sessions) and take no others.
+    draining: Vec<Arc<Upstream>>,
     pub protocol: UpstreamProtocol,
     max_in_flight: Option<usize>,
     max_pending: usize,
@@ -321,7 +347,10 @@ impl L7Pool {
         // A retry does not consult the balancer again (that would skew round robin): it takes
         // the next backend after the last one tried.
         let first = match tried.last() {
-            None => self.choose(request, client)?,
+            None => match self.stuck(request) {
+                Some(stuck) => stuck,
+                None => self.choose(request, client)?,
+            },
             Some(last) => self.upstreams.iter().find(|u| u.address == *last)?.clone(),
         };
         let usable = |u: &Upstream| {
@@ -368,6 +397,22 @@ impl L7Pool {
         };
         pending.fetch_sub(1, Ordering::Relaxed);
         picked
+    }
+
+    /// The backend `request`'s backend cookie names, if it still takes the requests of its
+    /// clients (up, not ejected; drained or not).
+    fn stuck(&self, request: &Parts) -> Option<Arc<Upstream>> {
+        let id = cookie(&request.headers, self.sticky.as_deref()?)?;
+        let named = |u: &&Arc<Upstream>| u.sticky.as_ref().is_some_and(|s| s.id == id);
+        self.upstreams.iter().chain(&self.draining).find(named).cloned()
+    }
+
+    /// The Set-Cookie that keeps the client of `request` on `upstream`, which answered it: for
+    /// a pool with a backend cookie, when the request named another backend or none.
+    pub fn sticky_cookie(&self, request: &Parts, upstream: &Upstream) -> Option<HeaderValue> {
+        let sticky = upstream.sticky.as_ref()?;
+        let sent = cookie(&request.headers, self.sticky.as_deref()?);
+        (sent != Some(sticky.id.as_str())).then(|| sticky.set_cookie.clone())
     }
 
     /// The balancing rule's choice for `request` from `client`.
@@ -476,28 +521,42 @@ impl Snapshot {
                     Balance::Hash => Vec::new(),
                     _ => round_robin::order(&usable.iter().map(|(_, w)| *w).collect::<Vec<_>>()),
                 };
-                let upstreams = usable
-                    .iter()
-                    .map(|(addr, weight)| {
-                        let address = SocketAddr::new(*addr, pool.port);
-                        Arc::new(Upstream {
-                            address,
-                            label: address.to_string().into(),
-                            authority: address.to_string().parse().expect("a socket address is an authority"),
-                            runtime: runtime.backend(&pool.name, address),
-                            pool: pool_runtime.clone(),
-                            connect_timeout: pool.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-                            tls: tls.clone(),
-                            proxy_protocol: pool.proxy_protocol,
-                            weight: *weight,
-                            keep_alive: pool.keep_alive,
-                            http2: pool.http2,
-                        })
+                let upstream = |addr: IpAddr, weight: u32| {
+                    let address = SocketAddr::new(addr, pool.port);
+                    Arc::new(Upstream {
+                        address,
+                        label: address.to_string().into(),
+                        authority: address.to_string().parse().expect("a socket address is an authority"),
+                        runtime: runtime.backend(&pool.name, address),
+                        pool: pool_runtime.clone(),
+                        connect_timeout: pool.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+                        tls: tls.clone(),
+                        proxy_protocol: pool.proxy_protocol,
+                        weight,
+                        keep_alive: pool.keep_alive,
+                        http2: pool.http2,
+                        sticky: pool
+                            .sticky_cookie
+                            .as_ref()
+                            .and_then(|c| StickyId::new(c, &pool.name, address)),
                     })
-                    .collect();
+                };
+                let upstreams = usable.iter().map(|(addr, weight)| upstream(*addr, *weight)).collect();
+                // Drained by the operator (not standing by as a backup), still up.
+                let draining = match pool.sticky_cookie {
+                    None => Vec::new(),
+                    Some(_) => pool
+                        .backends
+                        .iter()
+                        .filter(|b| (b.drain || b.weight == 0) && state.usable(&pool.name, b.addr))
+                        .map(|b| upstream(b.addr, b.weight.max(1)))
+                        .collect(),
+                };
                 let l7 = L7Pool {
                     name: pool.name.as_str().into(),
                     upstreams,
+                    sticky: pool.sticky_cookie.as_ref().map(|c| c.name.clone()),
+                    draining,
                     protocol: pool.protocol,
                     max_in_flight: pool.max_requests_per_backend,
                     max_pending: pool.max_pending_requests,
@@ -784,6 +843,61 @@ mod tests {
         assert_eq!(picked(&state), ["10.0.0.2"]);
         state.apply(&health(true)).unwrap();
         assert_eq!(picked(&state), ["10.0.0.1"]);
+    }
+
+    #[test]
+    fn a_backend_cookie_keeps_its_client_on_its_backend_drained_or_not() {
+        let text = |drain: bool| {
+            format!(
+                "[dataplane]\ninterface = \"lo\"\n[[pool]]\nname = \"p\"\n\
+                 sticky_cookie = {{ name = \"srv\", max_age_s = 60 }}\n\
+                 backends = [{{ address = \"10.0.0.1\" }}, {{ address = \"10.0.0.2\", drain = {drain} }}]\n"
+            )
+        };
+        let mut state = State::new(Config::parse(Path::new("t.toml"), &text(false)).unwrap());
+        let runtime = Runtime::default();
+        let client: IpAddr = "192.0.2.1".parse().unwrap();
+        let with = |cookie: &str| {
+            let mut request = request();
+            request.headers.insert(hyper::header::COOKIE, cookie.parse().unwrap());
+            request
+        };
+        let s = Snapshot::build(&state, &runtime);
+        let pool = &s.pools["p"];
+        let second = pool.upstreams.iter().find(|u| u.address.ip().to_string() == "10.0.0.2").unwrap();
+        let id = second.sticky.as_ref().unwrap().id.clone();
+        assert_eq!(id.len(), 16);
+        assert_eq!(
+            second.sticky.as_ref().unwrap().set_cookie,
+            format!("srv={id}; Path=/; HttpOnly; Max-Age=60").as_str()
+        );
+        let stuck = with(&format!("a=1; srv={id}"));
+        let picked = |s: &Snapshot, request: &Parts| {
+            (0..4)
+                .map(|_| s.pools["p"].pick(request, client, &[]).unwrap().address.ip().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(picked(&s, &stuck), ["10.0.0.2"; 4]);
+        assert_eq!(picked(&s, &with("srv=0000")).len(), 4);
+        assert!(picked(&s, &with("srv=0000")).contains(&"10.0.0.1".to_owned()), "an unknown id: balanced");
+        // Set when the request named another backend or none; not when it named this one.
+        assert!(pool.sticky_cookie(&request(), second).is_some());
+        assert!(pool.sticky_cookie(&with("srv=0000"), second).is_some());
+        assert!(pool.sticky_cookie(&stuck, second).is_none());
+        // Drained: its clients stay, new ones never come.
+        let drained = State::new(Config::parse(Path::new("t.toml"), &text(true)).unwrap());
+        let s = Snapshot::build(&drained, &runtime);
+        assert_eq!(picked(&s, &stuck), ["10.0.0.2"; 4]);
+        assert_eq!(picked(&s, &request()), ["10.0.0.1"; 4]);
+        // Down: its clients go elsewhere (and get the other's cookie).
+        let down = crate::state::Command::SetHealth {
+            pool: "p".into(),
+            address: "10.0.0.2".parse().unwrap(),
+            healthy: false,
+        };
+        state.apply(&down).unwrap();
+        let s = Snapshot::build(&state, &runtime);
+        assert_eq!(picked(&s, &stuck), ["10.0.0.1"; 4]);
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub fn pool(pool: &views::Pool) {
         if let Some(outlier) = &proxy.outlier {
             line += &format!(", outlier ejection after {outlier}");
         }
+        if let Some(cookie) = &proxy.sticky_cookie {
+            line += &format!(", sticky by cookie {cookie}");
+        }
         println!("{line}");
         if let Some(tls) = &proxy.tls {
             println!("  tls: {tls}");

@@ -61,6 +61,7 @@ pub(in crate::config) fn check(
                 errors,
             ),
             http2,
+            sticky_cookie: raw_pool.sticky_cookie.map(|c| sticky_cookie(c, &name, errors)),
         };
         if pools.insert(name.clone(), pool).is_some() {
             errors.at(raw_pool.name.span(), format!("pool `{name}` is defined twice"));
@@ -341,6 +342,29 @@ fn certificates_in(file: &Spanned<PathBuf>, errors: &mut Errors) {
             errors.at(file.span(), format!("cannot read certificates from {}: {err}", path.display()))
         }
     }
+}
+
+/// A pool's backend cookie: a cookie name (an HTTP token) that is not the routes' own
+/// (`sluice_pool`), kept by browsers for at most 400 days (what browsers keep at most).
+fn sticky_cookie(raw: Spanned<StickyCookie>, pool: &str, errors: &mut Errors) -> StickyCookie {
+    let at = raw.span();
+    let cookie = raw.into_inner();
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if cookie.name.is_empty() || !cookie.name.chars().all(token) {
+        errors.at(
+            at.clone(),
+            format!("pool `{pool}`: sticky_cookie name `{}` is not a cookie name", cookie.name),
+        );
+    } else if cookie.name == STICKY_COOKIE {
+        errors.at(
+            at.clone(),
+            format!("pool `{pool}`: sticky_cookie `{}` is the routes' own cookie", cookie.name),
+        );
+    }
+    if cookie.max_age_s.is_some_and(|s| s == 0 || s > 400 * 86_400) {
+        errors.at(at, format!("pool `{pool}`: sticky_cookie max_age_s must be 1 to 34560000 (400 days)"));
+    }
+    cookie
 }
 
 /// What a hash-balanced pool hashes: `header:NAME`, `cookie:NAME`, `path`, `uri`, `query:NAME`

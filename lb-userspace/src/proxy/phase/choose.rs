@@ -5,14 +5,14 @@ use std::{net::IpAddr, sync::Arc};
 
 use hyper::{HeaderMap, StatusCode, header::HeaderValue, http::request::Parts};
 
-use crate::proxy::{
-    metrics::Label,
-    phase::Refusal,
-    routes::{self, CompiledRoute, L7Pool, Snapshot, Upstream},
+use crate::{
+    config::STICKY_COOKIE,
+    proxy::{
+        metrics::Label,
+        phase::Refusal,
+        routes::{self, CompiledRoute, L7Pool, Snapshot, Upstream},
+    },
 };
-
-/// The cookie that keeps a client on the pool a sticky split gave it.
-pub const STICKY_COOKIE: &str = "sluice_pool";
 
 pub struct Choice {
     pub pool: Label,

@@ -55,6 +55,11 @@ impl InFlight {
         upstream.runtime.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(upstream.clone())
     }
+
+    /// The upstream the request is in flight on.
+    pub fn upstream(&self) -> &Upstream {
+        &self.0
+    }
 }
 
 impl Drop for InFlight {
