@@ -365,6 +365,8 @@ pub struct RateLimit {
     pub header: Option<hyper::header::HeaderName>,
     /// The route's listener's `client_ipv6_prefix`: IPv6 clients' buckets are by this prefix.
     pub ipv6_prefix: u8,
+    /// Answers tell the client its bucket (`RateLimit-Limit`, `-Remaining`, `-Reset`).
+    pub headers: bool,
 }
 
 /// A static answer when no backend can take the request (none usable, or all tries failed).

@@ -447,6 +447,13 @@ pool = "one"
 rate_limit = {{ requests_per_second = 5, burst = 5 }}
 
 [[route]]
+name = "told"
+listener = "http"
+host = "told.test"
+pool = "one"
+rate_limit = {{ requests_per_second = 0.5, burst = 2, headers = true }}
+
+[[route]]
 name = "private"
 listener = "http"
 host = "private.test"
@@ -586,6 +593,20 @@ fn root_gateway_split_limits_access_retries_fallback() -> Result<()> {
     )?;
     let headers = String::from_utf8_lossy(&headers.stdout).to_ascii_lowercase();
     assert!(headers.contains("429") && headers.contains("retry-after: 1"), "{headers}");
+    assert!(!headers.contains("ratelimit-"), "a limit that does not tell: {headers}");
+    // A limit that tells (burst 2, a token every 2 s): each answer says what is left.
+    let told = |expected: &[&str]| -> Result<()> {
+        let out = bed.topology.client.run(
+            "curl",
+            &["-sS", "-D", "-", "-o", "/dev/null", "-H", "Host: told.test", &format!("http://{VIP}/")],
+        )?;
+        let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+        anyhow::ensure!(expected.iter().all(|line| head.contains(&format!("{line}\r\n"))), "{head}");
+        Ok(())
+    };
+    told(&["http/1.1 200 ok", "ratelimit-limit: 2", "ratelimit-remaining: 1", "ratelimit-reset: 2"])?;
+    told(&["http/1.1 200 ok", "ratelimit-remaining: 0", "ratelimit-reset: 4"])?;
+    told(&["http/1.1 429 too many requests", "ratelimit-remaining: 0", "retry-after: 2"])?;
 
     // Per tenant, as a gateway in front names it (burst 2): one tenant's third request is
     // refused, another tenant's first is not; a request without the field counts by client.

@@ -264,6 +264,8 @@ pub(super) struct RawRateLimit {
     #[serde(default)]
     pub(super) key: RateKey,
     pub(super) header: Option<String>,
+    #[serde(default)]
+    pub(super) headers: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]

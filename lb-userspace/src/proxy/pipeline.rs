@@ -409,7 +409,7 @@ impl Forwarder {
                 None => conn.address.ip(),
             };
             let (mut parts, body) = request.into_parts();
-            gate::admit(route, &mut parts.headers, &parts.uri, client)?;
+            let allowance = gate::admit(route, &mut parts.headers, &parts.uri, client)?;
             if let Some(auth) = &route.runtime.basic_auth {
                 labels.user = Some(gate::logged_in(auth, &mut parts.headers).await?);
             }
@@ -463,6 +463,9 @@ impl Forwarder {
                 labels.cache = Some(cached.x_cache);
                 let mut response = cached.into_answer()?;
                 route_edits(&mut response, route, host, gzip, &parts.method);
+                if let Some(allowance) = &allowance {
+                    gate::tell(response.headers_mut(), allowance);
+                }
                 return Ok(response);
             }
             let (mut body, body_error) = guard::limit_body(body, max_body_bytes);
@@ -510,6 +513,9 @@ impl Forwarder {
             }
             if let Some(cookie) = backend_cookie {
                 response.headers_mut().append(header::SET_COOKIE, cookie);
+            }
+            if let Some(allowance) = &allowance {
+                gate::tell(response.headers_mut(), allowance);
             }
             Ok(response)
         }

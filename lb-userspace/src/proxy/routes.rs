@@ -716,9 +716,9 @@ mod tests {
         first.runtime.failures.store(2, Ordering::Relaxed);
         let route = &before.routes["l"][0];
         let client: IpAddr = "192.0.2.1".parse().unwrap();
-        assert_eq!(route.runtime.rate_limited(client, (None, None), &hyper::HeaderMap::new()), None);
+        assert_eq!(route.runtime.refused(client, (None, None), &hyper::HeaderMap::new()), None);
         assert!(
-            route.runtime.rate_limited(client, (None, None), &hyper::HeaderMap::new()).is_some(),
+            route.runtime.refused(client, (None, None), &hyper::HeaderMap::new()).is_some(),
             "burst of 1 spent"
         );
         // Another backend goes down: the snapshot is rebuilt.
@@ -733,10 +733,7 @@ mod tests {
         assert_eq!(same.in_flight(), 7, "in-flight count reset");
         assert_eq!(same.runtime.failures.load(Ordering::Relaxed), 2, "failure streak reset");
         assert!(
-            after.routes["l"][0]
-                .runtime
-                .rate_limited(client, (None, None), &hyper::HeaderMap::new())
-                .is_some(),
+            after.routes["l"][0].runtime.refused(client, (None, None), &hyper::HeaderMap::new()).is_some(),
             "rate-limit bucket refilled"
         );
         assert_eq!(after.pools["p"].upstreams.len(), 2);

@@ -154,13 +154,39 @@ enum LimitKey {
 /// Most keys a limiter keeps before full buckets are forgotten.
 const MAX_BUCKETS: usize = 100_000;
 
-/// A route's token buckets (GCRA, from `governor`).
+/// A route's token buckets (GCRA, from `governor`), each check telling what is left.
 struct Limiter {
     key: RateKey,
     header: Option<hyper::header::HeaderName>,
     ipv6_prefix: u8,
-    buckets: DefaultKeyedRateLimiter<LimitKey>,
+    buckets: Buckets,
     checks: AtomicU64,
+    /// The bucket's size, and the time one token takes to come back.
+    burst: u32,
+    period: Duration,
+    told: bool,
+}
+
+type Buckets = governor::RateLimiter<
+    LimitKey,
+    governor::state::keyed::DefaultKeyedStateStore<LimitKey>,
+    governor::clock::DefaultClock,
+    governor::middleware::StateInformationMiddleware,
+>;
+
+/// What a route's rate limit says of one request: whether it may go, and its bucket as the
+/// `RateLimit-*` fields tell it (the IETF draft Kong sends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowance {
+    pub allowed: bool,
+    /// The bucket's size (the burst).
+    pub limit: u32,
+    /// Requests it would let through now.
+    pub remaining: u32,
+    /// Seconds until it is full again (refused: until the next request may go).
+    pub reset_s: u64,
+    /// The route's limit tells its clients (`headers = true`).
+    pub told: bool,
 }
 
 impl Limiter {
@@ -172,14 +198,17 @@ impl Limiter {
             key: limit.key,
             header: limit.header.clone(),
             ipv6_prefix: limit.ipv6_prefix,
-            buckets: DefaultKeyedRateLimiter::keyed(quota.allow_burst(burst)),
+            buckets: DefaultKeyedRateLimiter::keyed(quota.allow_burst(burst)).with_middleware(),
             checks: AtomicU64::new(0),
+            burst: burst.get(),
+            period,
+            told: limit.headers,
         }
     }
 
-    /// None if the request may go; else the seconds to wait (Retry-After). `named`: the API
-    /// key, the JWT subject or the header's value, as the limit's key says.
-    fn check(&self, client: IpAddr, named: Option<&str>) -> Option<u64> {
+    /// Whether the request may go, and what is left. `named`: the API key, the JWT subject or
+    /// the header's value, as the limit's key says.
+    fn check(&self, client: IpAddr, named: Option<&str>) -> Allowance {
         let key = match self.key {
             RateKey::ClientIp => LimitKey::Client(client_group(client, self.ipv6_prefix)),
             RateKey::ApiKey | RateKey::JwtSubject => LimitKey::Named(named.unwrap_or_default().to_owned()),
@@ -197,10 +226,16 @@ impl Limiter {
             self.buckets.shrink_to_fit();
         }
         match self.buckets.check_key(&key) {
-            Ok(()) => None,
+            Ok(state) => {
+                let remaining = state.remaining_burst_capacity().min(self.burst);
+                let empty = self.period.as_secs_f64() * f64::from(self.burst - remaining);
+                let reset_s = empty.ceil() as u64;
+                Allowance { allowed: true, limit: self.burst, remaining, reset_s, told: self.told }
+            }
             Err(not_until) => {
                 let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
-                Some(wait.as_secs_f64().ceil().max(1.0) as u64)
+                let reset_s = wait.as_secs_f64().ceil().max(1.0) as u64;
+                Allowance { allowed: false, limit: self.burst, remaining: 0, reset_s, told: self.told }
             }
         }
     }
@@ -330,14 +365,25 @@ impl RouteRuntime {
         client: IpAddr,
         (api_key, subject): (Option<&str>, Option<&str>),
         headers: &hyper::HeaderMap,
-    ) -> Option<u64> {
+    ) -> Option<Allowance> {
         let limiter = self.limiter.as_ref()?;
         let named = match limiter.key {
             RateKey::JwtSubject => subject,
             RateKey::Header => limiter.header.as_ref().and_then(|name| headers.get(name)?.to_str().ok()),
             _ => api_key,
         };
-        limiter.check(client, named)
+        Some(limiter.check(client, named))
+    }
+
+    /// For tests: the wait a refused request is told (None: let through, or no limit).
+    #[cfg(test)]
+    pub fn refused(
+        &self,
+        client: IpAddr,
+        ids: (Option<&str>, Option<&str>),
+        headers: &hyper::HeaderMap,
+    ) -> Option<u64> {
+        self.rate_limited(client, ids, headers).filter(|a| !a.allowed).map(|a| a.reset_s)
     }
 
     /// Counts a request (the retry budget's base).
@@ -594,23 +640,29 @@ mod tests {
             key: RateKey::ClientIp,
             header: None,
             ipv6_prefix: 64,
+            headers: false,
+        };
+        // The wait a refused request is told (None: let through).
+        let refused = |limiter: &Limiter, ip: IpAddr| {
+            let allowance = limiter.check(ip, None);
+            (!allowance.allowed).then_some(allowance.reset_s)
         };
         let limiter = Limiter::new(&limit);
         let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
-        assert_eq!(limiter.check(a, None), None);
-        assert_eq!(limiter.check(a, None), None);
-        assert_eq!(limiter.check(a, None), Some(1), "the burst is spent");
-        assert_eq!(limiter.check(b, None), None, "another client has its own bucket");
+        assert_eq!(refused(&limiter, a), None);
+        assert_eq!(refused(&limiter, a), None);
+        assert_eq!(refused(&limiter, a), Some(1), "the burst is spent");
+        assert_eq!(refused(&limiter, b), None, "another client has its own bucket");
         // An IPv6 client's network shares one bucket, whatever address it takes.
         let v6 = |ip: &str| ip.parse::<IpAddr>().unwrap();
-        assert_eq!(limiter.check(v6("2001:db8:0:1::1"), None), None);
-        assert_eq!(limiter.check(v6("2001:db8:0:1::2"), None), None);
-        assert_eq!(limiter.check(v6("2001:db8:0:1:ffff::3"), None), Some(1), "the same /64");
-        assert_eq!(limiter.check(v6("2001:db8:0:2::1"), None), None, "another /64");
+        assert_eq!(refused(&limiter, v6("2001:db8:0:1::1")), None);
+        assert_eq!(refused(&limiter, v6("2001:db8:0:1::2")), None);
+        assert_eq!(refused(&limiter, v6("2001:db8:0:1:ffff::3")), Some(1), "the same /64");
+        assert_eq!(refused(&limiter, v6("2001:db8:0:2::1")), None, "another /64");
         let each = Limiter::new(&RateLimit { ipv6_prefix: 128, ..limit });
-        assert_eq!(each.check(v6("2001:db8::1"), None), None);
-        assert_eq!(each.check(v6("2001:db8::1"), None), None);
-        assert_eq!(each.check(v6("2001:db8::2"), None), None, "at /128 each address has its own");
+        assert_eq!(refused(&each, v6("2001:db8::1")), None);
+        assert_eq!(refused(&each, v6("2001:db8::1")), None);
+        assert_eq!(refused(&each, v6("2001:db8::2")), None, "at /128 each address has its own");
     }
 
     #[test]
@@ -653,18 +705,18 @@ mod tests {
         let config = Config::parse_sent(std::path::Path::new("t.toml"), text).unwrap();
         let route = RouteRuntime::new(&config.routes[0]);
         let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "198.51.100.7".parse().unwrap());
-        assert_eq!(route.rate_limited(a, (Some("k1"), Some("alice")), &hyper::HeaderMap::new()), None);
+        assert_eq!(route.refused(a, (Some("k1"), Some("alice")), &hyper::HeaderMap::new()), None);
         assert_eq!(
-            route.rate_limited(b, (Some("k2"), Some("alice")), &hyper::HeaderMap::new()),
+            route.refused(b, (Some("k2"), Some("alice")), &hyper::HeaderMap::new()),
             None,
             "alice from elsewhere"
         );
         assert!(
-            route.rate_limited(a, (Some("k3"), Some("alice")), &hyper::HeaderMap::new()).is_some(),
+            route.refused(a, (Some("k3"), Some("alice")), &hyper::HeaderMap::new()).is_some(),
             "alice's burst is spent"
         );
         assert_eq!(
-            route.rate_limited(a, (Some("k1"), Some("bob")), &hyper::HeaderMap::new()),
+            route.refused(a, (Some("k1"), Some("bob")), &hyper::HeaderMap::new()),
             None,
             "bob has his own"
         );
@@ -685,15 +737,15 @@ mod tests {
             headers
         };
         let none = hyper::HeaderMap::new();
-        assert_eq!(route.rate_limited(a, (None, None), &tenant("acme")), None);
-        assert_eq!(route.rate_limited(b, (None, None), &tenant("acme")), None, "acme from elsewhere");
-        assert!(route.rate_limited(a, (None, None), &tenant("acme")).is_some(), "acme's burst is spent");
-        assert_eq!(route.rate_limited(a, (None, None), &tenant("globex")), None, "globex has its own");
+        assert_eq!(route.refused(a, (None, None), &tenant("acme")), None);
+        assert_eq!(route.refused(b, (None, None), &tenant("acme")), None, "acme from elsewhere");
+        assert!(route.refused(a, (None, None), &tenant("acme")).is_some(), "acme's burst is spent");
+        assert_eq!(route.refused(a, (None, None), &tenant("globex")), None, "globex has its own");
         // Without the field, by the client's address (its own bucket, not a shared one).
-        assert_eq!(route.rate_limited(a, (None, None), &none), None);
-        assert_eq!(route.rate_limited(a, (None, None), &none), None);
-        assert!(route.rate_limited(a, (None, None), &none).is_some());
-        assert_eq!(route.rate_limited(b, (None, None), &none), None, "another client");
+        assert_eq!(route.refused(a, (None, None), &none), None);
+        assert_eq!(route.refused(a, (None, None), &none), None);
+        assert!(route.refused(a, (None, None), &none).is_some());
+        assert_eq!(route.refused(b, (None, None), &none), None, "another client");
     }
 
     /// An upgrade hands the backends' counters over as text; the new lbd adds them to its

@@ -426,6 +426,7 @@ fn rate_limit(
         key: raw.key,
         header,
         ipv6_prefix,
+        headers: raw.headers,
     };
     if limit.key == RateKey::ApiKey && !has_api_key {
         errors.at(at.clone(), "rate_limit key = \"api_key\" needs the route's api_key");
