@@ -375,14 +375,10 @@ impl Tries<'_> {
                         None => return Err(failed),
                     }
                 }
-                sent @ (Sent::Broken(_) | Sent::Late(_)) => {
+                Sent::Broken { failed, late } => {
                     // A try past its own timeout is retried as a reset (no answer came) or as
                     // the 504 it stands for; it is counted as that 504 when it is.
-                    let (retried, late, failed) = match sent {
-                        Sent::Late(failed) => (self.route.retry_on.late(), true, failed),
-                        Sent::Broken(failed) => (self.route.retry_on.reset, false, failed),
-                        _ => unreachable!("matched above"),
-                    };
+                    let retried = if late { self.route.retry_on.late() } else { self.route.retry_on.reset };
                     let next = if !last && retried {
                         rewind(&mut body, &mut replay, bodiless, whole)
                             .await
@@ -461,7 +457,9 @@ impl Tries<'_> {
         let failed = |status, reason| Failed { status, reason, backend: upstream.label.clone() };
         match result {
             Ok(Ok(response)) => Sent::Answer(response),
-            Err(_) if own_deadline => Sent::Late(failed(StatusCode::GATEWAY_TIMEOUT, "upstream timed out")),
+            Err(_) if own_deadline => {
+                Sent::Broken { failed: failed(StatusCode::GATEWAY_TIMEOUT, "upstream timed out"), late: true }
+            }
             Err(_) => Sent::Failed(failed(StatusCode::GATEWAY_TIMEOUT, "upstream timed out")),
             Ok(Err(err)) if err.is::<StreamRefused>() => {
                 log::debug!("upstream {}: {err}", upstream.address);
@@ -484,7 +482,10 @@ impl Tries<'_> {
                 match body_error {
                     413 => Sent::Failed(failed(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")),
                     400 => Sent::Failed(failed(StatusCode::BAD_REQUEST, "malformed request body")),
-                    _ => Sent::Broken(failed(StatusCode::BAD_GATEWAY, "upstream failed")),
+                    _ => Sent::Broken {
+                        failed: failed(StatusCode::BAD_GATEWAY, "upstream failed"),
+                        late: false,
+                    },
                 }
             }
         }
@@ -520,11 +521,10 @@ enum Sent {
     Answer(Response<Body>),
     /// The client is told this; no retry helps (a timeout, the client's bad body).
     Failed(Failed),
-    /// The connection or the exchange broke: another backend may be tried, else this.
-    Broken(Failed),
-    /// No answer came within the try's own timeout (`try_timeout_ms`): another backend may be
-    /// tried within the route's, else this (504).
-    Late(Failed),
+    /// The connection or the exchange broke, or (`late`) no answer came within the try's own
+    /// timeout (`try_timeout_ms`): another backend may be tried (within the route's timeout),
+    /// else this (a 504 when late).
+    Broken { failed: Failed, late: bool },
     /// No connection could be made, or (`refused`) an HTTP/2 backend did not process the
     /// request: another backend may take it whatever it is (a backend that refused, on another
     /// connection), else this.
