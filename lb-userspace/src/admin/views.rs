@@ -202,7 +202,8 @@ pub struct PoolProxy {
     pub port: u16,
     /// `http1`, `h2c` or `h2`.
     pub protocol: String,
-    /// `round_robin`, `least_requests`, or `hash client_ip`, `hash header:NAME`, `hash cookie:NAME`.
+    /// `round_robin`, `least_requests`, or `hash client_ip`, `hash header:NAME`, `hash cookie:NAME`,
+    /// `hash query:NAME`, `hash path`, `hash uri`.
     pub balance: String,
     pub connect_timeout_ms: u64,
     /// Circuit breaking: requests in flight per backend, and how many may wait beyond.
