@@ -447,6 +447,40 @@ pub struct Listener {
     /// Every connection begins with a PROXY protocol header (v1 or v2) from a balancer in
     /// front, whose source address is the client's (HAProxy's `accept-proxy`).
     pub proxy_protocol: bool,
+    /// The pages sent in place of the plain text of the errors lbd makes itself, by status
+    /// (nginx's `error_page`, HAProxy's `errorfile`); in status order. A reload applies them.
+    pub error_pages: Vec<ErrorPage>,
+}
+
+/// A listener's page for one status of the errors lbd makes itself (not a backend's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorPage {
+    pub status: u16,
+    /// Read when the snapshot is first built with it, and again when it changes.
+    pub file: PathBuf,
+    /// By the file's extension.
+    pub content_type: &'static str,
+}
+
+/// The largest error page: a page, not a site; kept in memory and sent in one write.
+pub const MAX_ERROR_PAGE_BYTES: usize = 64 * 1024;
+
+/// An error page file's text as it is sent, or why it cannot be (over `MAX_ERROR_PAGE_BYTES`).
+pub fn error_page_body(text: &str) -> Result<bytes::Bytes, String> {
+    match text.len() {
+        n if n > MAX_ERROR_PAGE_BYTES => {
+            Err(format!("{n} bytes, over the {MAX_ERROR_PAGE_BYTES} an error page may have"))
+        }
+        _ => Ok(bytes::Bytes::copy_from_slice(text.as_bytes())),
+    }
+}
+
+impl Listener {
+    /// The listener as binding and serving it depend on: its settings but for the error pages,
+    /// which a reload applies (a change of the rest needs a restart).
+    pub fn bound_settings(&self) -> Listener {
+        Listener { error_pages: Vec::new(), ..self.clone() }
+    }
 }
 
 /// A request's client address as trusted proxies in front forward it (nginx's `realip`):

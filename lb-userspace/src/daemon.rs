@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use log::{error, info, warn};
 
 use crate::{
-    config::Config,
+    config::{Config, Listener},
     dataplane::{
         DataplaneError,
         counters::Counters,
@@ -338,8 +338,10 @@ impl Core {
         if config.busy_poll != self.state.config.busy_poll {
             return Err(ExecError::NeedsRestart(format!("[proxy] busy_poll_us changed{BY_UPGRADE}")));
         }
-        // Listeners are bound and configured at start (one socket per worker).
-        if config.listeners != self.state.config.listeners {
+        // Listeners are bound and configured at start (one socket per worker); their error
+        // pages are the snapshot's.
+        let bound = |c: &Config| c.listeners.iter().map(Listener::bound_settings).collect::<Vec<_>>();
+        if bound(&config) != bound(&self.state.config) {
             let names = |c: &Config| c.listeners.iter().map(|l| l.name.clone()).collect::<Vec<_>>();
             return Err(ExecError::NeedsRestart(format!(
                 "listeners changed (now {:?}, running {:?}, or their settings){BY_UPGRADE}",
@@ -371,6 +373,8 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
+    use hyper::header::HeaderValue;
+
     use super::*;
 
     #[test]
@@ -393,6 +397,36 @@ mod tests {
         let missing = Command::RemoveBackend { pool: "web".into(), address: "10.0.0.9".parse().unwrap() };
         assert!(matches!(execute_persisting(&core, &[missing]), Err(ExecError::Refused(_))));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_reload_applies_a_listeners_error_pages_and_refuses_its_other_settings() {
+        let dir = std::env::temp_dir().join(format!("sluice-daemon-pages-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("502.html"), "<h1>down</h1>").unwrap();
+        let path = dir.join("sluice.toml");
+        let text = |extra: &str| {
+            format!(
+                "[[pool]]\nname = \"web\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n\
+                 [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:18080\"\n{extra}"
+            )
+        };
+        let config = |extra: &str| Config::parse(&path, &text(extra)).unwrap();
+        let mut core = Core::start(config(""), path.clone(), None).unwrap();
+        let host = || host::facts(&config("")).unwrap();
+        assert!(core.l7.load().error_pages.is_empty());
+        let pages = "error_pages = { 502 = \"502.html\" }\n";
+        core.reload(config(pages), host()).unwrap();
+        let page = core.l7.load().error_pages["l"].page(502).map(|(kind, body)| (kind.clone(), body));
+        assert_eq!(
+            page,
+            Some((HeaderValue::from_static("text/html; charset=utf-8"), "<h1>down</h1>".into()))
+        );
+        let refused = core.reload(config(&format!("{pages}max_connections = 5\n")), host());
+        assert!(matches!(refused, Err(ExecError::NeedsRestart(_))), "{refused:?}");
+        core.reload(config(""), host()).unwrap();
+        assert!(core.l7.load().error_pages.is_empty(), "taken away by a reload too");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

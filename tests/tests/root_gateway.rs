@@ -67,6 +67,8 @@ impl Bed {
             users.push('\n');
         }
         std::fs::write(dir.0.join("users.htpasswd"), users)?;
+        std::fs::write(dir.0.join("404.html"), "<h1>Nothing here</h1>\n")?;
+        std::fs::write(dir.0.join("502.json"), "{\"error\":\"try again soon\"}\n")?;
         let config = dir.0.join("sluice.toml");
         std::fs::write(
             &config,
@@ -351,6 +353,23 @@ client_ipv6_prefix = 128
 listener = "v6"
 pool = "one"
 rate_limit = {{ requests_per_second = 0.01, burst = 2 }}
+
+# lbd's own errors as the site's pages (nginx's `error_page`).
+[[listener]]
+name = "paged"
+address = "[{lb6}]:82"
+access_log = false
+error_pages = {{ 404 = "404.html", 502 = "502.json" }}
+
+[[route]]
+listener = "paged"
+host = "dead.test"
+pool = "dead"
+
+[[route]]
+listener = "paged"
+host = "live.test"
+pool = "one"
 
 [[route]]
 listener = "v6each"
@@ -639,6 +658,26 @@ fn root_gateway_split_limits_access_retries_fallback() -> Result<()> {
         statuses.push(String::from_utf8_lossy(&out.stdout).into_owned());
     }
     assert_eq!(statuses, ["200", "200", "429", "200", "200", "200"]);
+    // A listener's error pages: lbd's own 404 and 502 as its pages, a backend's answer as it is.
+    let paged = |host: &str| -> Result<String> {
+        let out = bed.topology.client.run(
+            "curl",
+            &[
+                "-sS",
+                "-H",
+                &format!("Host: {host}"),
+                "-w",
+                "|%{http_code}|%{content_type}",
+                &format!("http://[{lb6}]:82/"),
+            ],
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    assert_eq!(paged("none.test")?, "<h1>Nothing here</h1>\n|404|text/html; charset=utf-8");
+    assert_eq!(paged("dead.test")?, "{\"error\":\"try again soon\"}\n|502|application/json");
+    let live = paged("live.test")?;
+    assert!(live.starts_with("backend1") && live.contains("|200|"), "{live}");
+    assert_eq!(ask(&bed, "none.test", "/", &[])?, (404, "no route".into()), "a listener without pages");
     // lbctl listener list: each listener with its routes and open connections (one held open).
     let mut held = bed
         .topology

@@ -55,6 +55,7 @@ pub(super) struct RawListener {
     pub(super) client_address: Option<Spanned<RawClientAddress>>,
     #[serde(default)]
     pub(super) proxy_protocol: bool,
+    pub(super) error_pages: Option<Spanned<BTreeMap<String, PathBuf>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1753,3 +1753,49 @@ fn http3_is_told_by_alt_svc_and_needs_quic_s_suite_and_no_proxy_protocol() {
         assert!(found.0.iter().any(|e| e.message == format!("listener `l`: {error}")), "{tls}: {found:?}");
     }
 }
+
+#[test]
+fn error_pages_are_statuses_of_400_to_599_in_readable_files_of_known_types() {
+    let dir = std::env::temp_dir().join(format!("sluice-config-pages-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("502.html"), "<h1>down</h1>").unwrap();
+    std::fs::write(dir.join("429.JSON"), "{}").unwrap();
+    std::fs::write(dir.join("big.html"), "x".repeat(MAX_ERROR_PAGE_BYTES + 1)).unwrap();
+    std::fs::write(dir.join("logo.png"), "png").unwrap();
+    let file = dir.join("t.toml");
+    let listener = |pages: &str| {
+        format!(
+            "[dataplane]\ninterface = \"eth0\"\n[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n\
+             error_pages = {{ {pages} }}\n"
+        )
+    };
+    let found = |pages: &str| -> Vec<String> {
+        Config::parse(&file, &listener(pages)).unwrap_err().0.iter().map(ToString::to_string).collect()
+    };
+    let config = Config::parse(&file, &listener("502 = \"502.html\", 429 = \"429.JSON\"")).unwrap();
+    let pages = &config.listeners[0].error_pages;
+    assert_eq!(
+        pages.iter().map(|p| (p.status, p.file.clone(), p.content_type)).collect::<Vec<_>>(),
+        [
+            (429, dir.join("429.JSON"), "application/json"),
+            (502, dir.join("502.html"), "text/html; charset=utf-8")
+        ],
+        "beside the config, in status order, typed by extension"
+    );
+    for (pages, expected) in [
+        ("302 = \"502.html\"", "t.toml:6: error_pages: `302` is not a status from 400 to 599"),
+        ("fivehundred = \"502.html\"", "error_pages: `fivehundred` is not a status"),
+        ("500 = \"logo.png\"", "error_pages: 500: logo.png is not a .html, .htm, .json, .txt or .xml file"),
+        ("503 = \"gone.html\"", "error_pages: 503:"),
+        ("504 = \"big.html\"", "bytes, over the 65536 an error page may have"),
+    ] {
+        let errors = found(pages);
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "`{pages}`: expected `{expected}` in {errors:?}"
+        );
+    }
+    // A sent config (`lbctl plan -c`) names files lbd does not open.
+    Config::parse_sent(&file, &listener("503 = \"gone.html\"")).unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -17,7 +17,7 @@ use crate::{
     jwk_set::KeySet,
     proxy::{
         jwks_fetch::{RemoteKeys, RemoteKeysError},
-        watched_file::WatchedFile,
+        watched_file::{self, WatchedFile},
     },
 };
 
@@ -41,7 +41,7 @@ fn parse_keys(text: &str) -> Result<HashSet<String>, String> {
 
 impl ApiKeys {
     pub fn new(config: ApiKeyConfig) -> ApiKeys {
-        let keys = WatchedFile::new(config.file.clone(), "API keys", parse_keys);
+        let keys = WatchedFile::new(config.file.clone(), "API keys", parse_keys, watched_file::REFUSING);
         ApiKeys { config, keys }
     }
 
@@ -133,7 +133,9 @@ impl Jwt {
     pub fn new(config: &JwtConfig) -> Result<Jwt, JwtError> {
         let algorithm = config.algorithm.library();
         let keys = match (&config.jwks_file, &config.jwks_url) {
-            (Some(file), _) => Keys::File(WatchedFile::new(file.clone(), "JWK Set", KeySet::parse)),
+            (Some(file), _) => {
+                Keys::File(WatchedFile::new(file.clone(), "JWK Set", KeySet::parse, watched_file::REFUSING))
+            }
             (None, Some(url)) => {
                 Keys::Remote(RemoteKeys::new(url, config.jwks_ca.as_deref(), config.jwks_refresh())?)
             }

@@ -19,7 +19,11 @@ use lru::LruCache;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 
-use crate::{config::BasicAuthConfig, htpasswd::Users, proxy::watched_file::WatchedFile};
+use crate::{
+    config::BasicAuthConfig,
+    htpasswd::Users,
+    proxy::watched_file::{self, WatchedFile},
+};
 
 /// Why a request was refused: status and a body that says what to fix.
 pub type Refusal = (StatusCode, &'static str);
@@ -62,7 +66,7 @@ impl BasicAuth {
         let challenge = format!("Basic realm=\"{}\", charset=\"UTF-8\"", config.realm);
         let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
         BasicAuth {
-            logins: WatchedFile::new(config.file.clone(), "basic_auth users", parse),
+            logins: WatchedFile::new(config.file.clone(), "basic_auth users", parse, watched_file::REFUSING),
             challenge: HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Basic")),
             user_header: config
                 .user_header

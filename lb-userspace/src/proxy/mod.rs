@@ -18,6 +18,7 @@ pub mod clock;
 pub mod cors_policy;
 pub mod date;
 pub mod deadline;
+pub mod error_pages;
 pub mod h1;
 pub mod h2;
 pub mod h3;

@@ -307,6 +307,10 @@ impl Forwarder {
                     }
                 }
             });
+            // lbd's own error in the listener's page for it, if it has one.
+            if grpc.is_none() && reason.is_some() {
+                snapshot.dress_error(&listener.name, &mut response);
+            }
             if let Some(reply) = labels.cors.take() {
                 reply.apply(&mut response);
             }

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use hyper::{Method, Request, header::HeaderValue, http::request::Parts};
+use hyper::{Method, Request, Response, header::HeaderValue, http::request::Parts};
 use ipnet::IpNet;
 use lb_common::hash::murmur3_32;
 use regex::Regex;
@@ -24,8 +24,10 @@ use crate::{
     proxy::{
         backend_stream::{Dial, ForClient},
         backend_tls::BackendTls,
+        body::Body,
         clock,
         cors_policy::CorsPolicy,
+        error_pages::ErrorPages,
         metrics::Label,
         round_robin,
         runtime::{BackendRuntime, PoolRuntime, RouteRuntime, Runtime},
@@ -466,6 +468,8 @@ pub struct Snapshot {
     /// Whether a backend is in its slow start: the snapshot is built again every
     /// `REFRESH_EVERY` until none is.
     pub ramping: bool,
+    /// Error pages per listener name (listeners with none are not here).
+    pub error_pages: ByName<ErrorPages>,
 }
 
 /// How often lbd looks for what time changes in the snapshot (`Core::refresh`): a slow start's
@@ -570,7 +574,21 @@ impl Snapshot {
                 (pool.name.clone(), l7)
             })
             .collect();
-        Snapshot { routes, pools, ramping }
+        let error_pages = state
+            .config
+            .listeners
+            .iter()
+            .filter(|l| !l.error_pages.is_empty())
+            .map(|l| (l.name.clone(), runtime.error_pages(l)))
+            .collect();
+        Snapshot { routes, pools, ramping, error_pages }
+    }
+
+    /// Dresses lbd's own plain-text error in `listener`'s page for its status, if it has one.
+    pub fn dress_error(&self, listener: &str, response: &mut Response<Body>) {
+        if let Some(pages) = self.error_pages.get(listener) {
+            pages.dress(response);
+        }
     }
 
     /// The TLS client `pool`'s backends are reached with (None: plain, or no backend usable).

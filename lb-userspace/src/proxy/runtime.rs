@@ -7,6 +7,7 @@ use std::{
     hash::Hash,
     net::{IpAddr, SocketAddr},
     num::NonZeroU32,
+    path::PathBuf,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
@@ -14,17 +15,23 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use governor::{DefaultKeyedRateLimiter, Quota, clock::Clock as _};
 use tokio::sync::Notify;
 
 use crate::{
-    config::{ApiKeyConfig, BasicAuthConfig, Config, JwtConfig, Pool, RateKey, RateLimit, Route},
+    config::{
+        ApiKeyConfig, BasicAuthConfig, Config, JwtConfig, Listener, Pool, RateKey, RateLimit, Route,
+        error_page_body,
+    },
     proxy::{
         auth::{ApiKeys, Jwt},
         backend_tls::{BackendTls, Files},
         basic_auth::BasicAuth,
         client_limit::client_group,
         clock,
+        error_pages::{self, ErrorPages},
+        watched_file::WatchedFile,
     },
 };
 
@@ -405,6 +412,8 @@ pub struct Runtime {
     routes: Mutex<HashMap<String, Arc<RouteRuntime>>>,
     /// Each pool's TLS client to its backends, and its files as they were last looked at.
     backend_tls: Mutex<HashMap<String, (Arc<BackendTls>, Files)>>,
+    /// Listeners' error pages by file: read when first named, again when they change.
+    error_pages: Mutex<HashMap<PathBuf, Arc<WatchedFile<Bytes>>>>,
     /// Whether a snapshot was built already (slow start does not ramp the first one's).
     built: AtomicBool,
 }
@@ -545,7 +554,22 @@ impl Runtime {
         Some(client)
     }
 
-    /// Forgets what `config` no longer names (removed routes, pools and backends).
+    /// `listener`'s error pages, each file read when a listener first names it.
+    pub fn error_pages(&self, listener: &Listener) -> ErrorPages {
+        ErrorPages::new(listener.error_pages.iter().map(|page| {
+            let body = entry(&self.error_pages, page.file.clone(), || {
+                WatchedFile::new(
+                    page.file.clone(),
+                    "error page",
+                    error_page_body,
+                    error_pages::PLAIN_MEANWHILE,
+                )
+            });
+            (page.status, page.content_type, body)
+        }))
+    }
+
+    /// Forgets what `config` no longer names (removed routes, pools, backends, error pages).
     pub fn retain(&self, config: &Config) {
         self.backends
             .lock()
@@ -563,6 +587,10 @@ impl Runtime {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|pool, _| config.pools.get(pool).is_some_and(|p| p.tls.is_some()));
+        self.error_pages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|file, _| config.listeners.iter().flat_map(|l| &l.error_pages).any(|p| p.file == *file));
     }
 }
 

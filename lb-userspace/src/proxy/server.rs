@@ -732,6 +732,8 @@ mod connection_age;
 #[cfg(test)]
 mod cors;
 #[cfg(test)]
+mod error_pages;
+#[cfg(test)]
 mod grpc_refusals;
 #[cfg(test)]
 mod grpc_web;

@@ -14,6 +14,9 @@ use arc_swap::ArcSwap;
 
 use crate::config::{FileStamp, read_file, stamp};
 
+/// What an unreadable credentials file means until it is fixed.
+pub const REFUSING: &str = "refusing every request";
+
 /// Turns a file's text into its contents, or says what is wrong with it.
 pub type Parse<T> = fn(&str) -> Result<T, String>;
 
@@ -34,13 +37,14 @@ fn read<T>(path: &Path, parse: Parse<T>) -> Result<T, String> {
 
 impl<T: Default> WatchedFile<T> {
     /// The file as it is now. Unreadable or refused (it was checked when the config was read,
-    /// so it changed since), it holds `T::default()`: no keys, no users, every request refused.
-    pub fn new(path: PathBuf, what: &'static str, parse: Parse<T>) -> WatchedFile<T> {
+    /// so it changed since), it holds `T::default()` (no keys, no users: every request
+    /// refused), logged with what that means (`meanwhile`).
+    pub fn new(path: PathBuf, what: &'static str, parse: Parse<T>, meanwhile: &str) -> WatchedFile<T> {
         let stamp = stamp(&path);
         let current = match read(&path, parse) {
             Ok(contents) => contents,
             Err(err) => {
-                log::error!("{what} {}: {err}; refusing every request until it is fixed", path.display());
+                log::error!("{what} {}: {err}; {meanwhile} until it is fixed", path.display());
                 T::default()
             }
         };
@@ -105,7 +109,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("keys");
         std::fs::write(&path, "one\n").unwrap();
-        let watched = WatchedFile::new(path.clone(), "test keys", lines);
+        let watched = WatchedFile::new(path.clone(), "test keys", lines, REFUSING);
         assert_eq!(*watched.current(), ["one"]);
 
         let touch = |text: &str, age: u64| {
@@ -132,7 +136,7 @@ mod tests {
         assert_eq!(*watched.current(), ["three"], "a file replaced with an older time");
 
         std::fs::remove_file(&path).unwrap();
-        let gone = WatchedFile::new(path, "test keys", lines);
+        let gone = WatchedFile::new(path, "test keys", lines, REFUSING);
         assert!(gone.current().is_empty(), "an unreadable file holds nothing");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -63,6 +63,7 @@ pub(in crate::config) fn check(
             http01.push(raw.name.clone());
         }
         let client_address = raw.client_address.map(|c| client_address(c, errors));
+        let error_pages = raw.error_pages.map_or_else(Vec::new, |pages| error_pages(pages, resolve, errors));
         listeners.push(Listener {
             name,
             address,
@@ -86,6 +87,7 @@ pub(in crate::config) fn check(
             drain_timeout: Duration::from_millis(raw.drain_timeout_ms.unwrap_or(10_000)),
             client_address,
             proxy_protocol: raw.proxy_protocol,
+            error_pages,
         });
     }
     every_l7_vip_heard(vips, &listeners, errors);
@@ -108,6 +110,54 @@ fn http01_heard(listeners: &[Listener], http01: &[Spanned<String>], errors: &mut
             ),
         );
     }
+}
+
+/// The types of the files an error page may be, by extension.
+const ERROR_PAGE_TYPES: [(&str, &str); 5] = [
+    ("html", "text/html; charset=utf-8"),
+    ("htm", "text/html; charset=utf-8"),
+    ("json", "application/json"),
+    ("txt", "text/plain; charset=utf-8"),
+    ("xml", "application/xml"),
+];
+
+/// A listener's error pages: statuses 400 to 599, each a readable file (when files are
+/// checked) of a known type and at most `MAX_ERROR_PAGE_BYTES`.
+fn error_pages(
+    raw: Spanned<BTreeMap<String, PathBuf>>,
+    resolve: &impl Fn(Spanned<PathBuf>) -> Spanned<PathBuf>,
+    errors: &mut Errors,
+) -> Vec<ErrorPage> {
+    let at = raw.span();
+    let mut pages = Vec::new();
+    for (status, file) in raw.into_inner() {
+        let Some(status) = status.parse::<u16>().ok().filter(|s| (400..=599).contains(s)) else {
+            errors.at(at.clone(), format!("error_pages: `{status}` is not a status from 400 to 599"));
+            continue;
+        };
+        let extension = file.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
+        let Some(&(_, content_type)) = ERROR_PAGE_TYPES.iter().find(|(e, _)| *e == extension) else {
+            errors.at(
+                at.clone(),
+                format!(
+                    "error_pages: {status}: {} is not a .html, .htm, .json, .txt or .xml file (its type is told by its name)",
+                    file.display()
+                ),
+            );
+            continue;
+        };
+        let file = resolve(Spanned::new(at.clone(), file)).into_inner();
+        if errors.open_files {
+            match files::read_file(&file).map_err(|e| e.to_string()).and_then(|t| error_page_body(&t)) {
+                Ok(_) => {}
+                Err(err) => {
+                    errors.at(at.clone(), format!("error_pages: {status}: {}: {err}", file.display()))
+                }
+            }
+        }
+        pages.push(ErrorPage { status, file, content_type });
+    }
+    pages
 }
 
 /// Where the listener reads a request's client address behind trusted proxies: a field name

@@ -14,11 +14,16 @@ use crate::{
     },
 };
 
-/// A `text/plain` answer with `text` and a newline.
+/// Marks an answer `text` made: one a listener's error page may stand in for.
+#[derive(Clone, Copy)]
+pub struct Plain;
+
+/// A `text/plain` answer with `text` and a newline: an error lbd makes itself.
 pub fn text(status: StatusCode, text: &str) -> Response<Body> {
     let mut response = Response::new(full(Bytes::from(format!("{text}\n"))));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response.extensions_mut().insert(Plain);
     response
 }
 

@@ -221,12 +221,22 @@ async fn pump<S: ClientIo>(
 /// Answers a request the parser refused, counts and logs it.
 async fn refuse<S: ClientIo>(io: &mut S, cx: &Session, refused: Refused) {
     let status = refused.status;
-    let line = format!(
-        "HTTP/1.1 {} {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-        status.as_str(),
-        status.canonical_reason().unwrap_or("")
-    );
-    let _ = io.write_all(line.as_bytes()).await;
+    let snapshot = cx.snapshot.load();
+    let page = snapshot.error_pages.get(&cx.listener.name).and_then(|pages| pages.page(status.as_u16()));
+    let mut answer =
+        format!("HTTP/1.1 {} {}\r\n", status.as_str(), status.canonical_reason().unwrap_or("")).into_bytes();
+    match page {
+        Some((content_type, body)) => {
+            answer.extend_from_slice(b"content-type: ");
+            answer.extend_from_slice(content_type.as_bytes());
+            answer.extend_from_slice(
+                format!("\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len()).as_bytes(),
+            );
+            answer.extend_from_slice(&body);
+        }
+        None => answer.extend_from_slice(b"content-length: 0\r\nconnection: close\r\n\r\n"),
+    }
+    let _ = io.write_all(&answer).await;
     let _ = io.shutdown().await;
     cx.forwarder.metrics.parser_refused(&cx.listener.name, status.as_u16());
     if cx.listener.access_log {
