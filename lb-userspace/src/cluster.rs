@@ -281,6 +281,10 @@ pub fn commands(state: &State, pools: &Pools) -> (Vec<Vec<Command>>, Vec<String>
             unknown.push(name.clone());
             continue;
         };
+        // A DNS pool's members are its records' (`dns_pools`).
+        if pool.dns.is_some() {
+            continue;
+        }
         let mut list = Vec::new();
         let now: BTreeMap<IpAddr, Member> =
             pool.backends.iter().map(|b| (b.addr, Member { weight: b.weight, drain: b.drain })).collect();

@@ -937,6 +937,8 @@ pub struct Config {
     pub bgp: Option<Bgp>,
     /// Pools' backends from etcd (`[cluster]`); None: from this file and lbctl only.
     pub cluster: Option<Cluster>,
+    /// The DNS servers of pools with `dns` (`[resolver]`); None: /etc/resolv.conf's.
+    pub resolver: Option<Resolver>,
 }
 
 /// Where the pools' backends come from when several hosts share them: etcd.
@@ -1036,6 +1038,29 @@ pub struct Pool {
     /// A cookie that keeps a client on the backend that first answered it (HAProxy's `cookie
     /// … insert`, nginx's `sticky cookie`).
     pub sticky_cookie: Option<StickyCookie>,
+    /// The backends are a DNS name's addresses, asked again and again (`dns_pools`); None:
+    /// the file's, lbctl's and etcd's.
+    pub dns: Option<PoolDns>,
+}
+
+/// Where a pool's backends come from in DNS: every A and AAAA record of `name` (Envoy's
+/// `STRICT_DNS` cluster, HAProxy's `server-template` with `resolvers`, nginx's `resolve`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolDns {
+    /// Lowercase, without a trailing dot: asked as it is (no search domains).
+    pub name: String,
+    /// How often it is asked (whatever the records' TTL, as nginx's `resolver valid=`).
+    pub interval: Duration,
+    /// How long an answer with no address (NXDOMAIN, or no A and no AAAA record) must last
+    /// before the pool is emptied (HAProxy's `hold nx`); failures to get an answer never empty it.
+    pub empty_hold: Duration,
+}
+
+/// The DNS servers pools' names are asked of (`[resolver]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolver {
+    /// In order; none: /etc/resolv.conf's.
+    pub nameservers: Vec<std::net::SocketAddr>,
 }
 
 /// The cookie that keeps a client on the pool a route's sticky split gave it.

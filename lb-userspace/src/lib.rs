@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod dns_pools;
 pub mod generate;
 pub mod health;
 pub mod host;

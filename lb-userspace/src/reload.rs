@@ -1,6 +1,6 @@
 //! One reload path, for SIGHUP and `lbctl reload` alike: the config file re-read off the async
 //! workers and outside the core lock, applied through `Core::reload` (all or nothing), then
-//! health checks started for new pools and listeners' certificates re-read. Its result and
+//! health checks and DNS followers started for new pools and listeners' certificates re-read. Its result and
 //! time are kept for `lbctl status` and the metrics.
 use std::{collections::HashSet, path::PathBuf, sync::Arc, time::SystemTime};
 
@@ -35,6 +35,8 @@ pub struct Reloader {
     pub listeners: ServedListeners,
     /// Pools with a running health checker.
     pub checked: HashSet<String>,
+    /// Pools with a running DNS follower.
+    pub dns_followed: HashSet<String>,
 }
 
 impl Reloader {
@@ -64,6 +66,7 @@ impl Reloader {
                 }
                 info!("reload applied ({} changes)", lines.len());
                 health::spawn_missing(&self.core, &mut self.checked);
+                crate::dns_pools::spawn_missing(&self.core, &mut self.dns_followed);
                 // Certificates follow an applied reload only.
                 for (listener, certs) in &self.listeners {
                     if let Some(resolver) = certs {

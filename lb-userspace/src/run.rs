@@ -86,12 +86,19 @@ pub fn run(path: &Path) -> Result<(), RunError> {
         let withdraw_tx = start_followers(&core, dataplane_on.then_some((&pin_dir, &interface)));
         let mut checked = HashSet::new();
         health::spawn_missing(&core, &mut checked);
+        let mut dns_followed = HashSet::new();
+        crate::dns_pools::spawn_missing(&core, &mut dns_followed);
         let (serving, listeners) = start_proxy(&core, &mut inherited, &mut handover)?;
         // SIGHUP and `lbctl reload` share one reload path (crate::reload).
         let (reload_tx, reload_asks) = tokio::sync::mpsc::channel(4);
         lock(&core).reloads = Some(reload_tx);
-        let reloader =
-            crate::reload::Reloader { core: core.clone(), path: path.to_owned(), listeners, checked };
+        let reloader = crate::reload::Reloader {
+            core: core.clone(),
+            path: path.to_owned(),
+            listeners,
+            checked,
+            dns_followed,
+        };
         let (upgrade_tx, upgrade_asks) = tokio::sync::mpsc::channel(1);
         lock(&core).upgrades = Some(upgrade_tx);
         let handover = Arc::new(handover);

@@ -516,6 +516,21 @@ host = "fallback.test"
 pool = "dead"
 fallback = {{ status = 503, body = "down for maintenance\n" }}
 
+# Backends from DNS: the addresses of app.sluice.test, asked of a DNS server on backend 3
+# (dnsmasq, started by the test that uses it) every second.
+[resolver]
+nameservers = ["{b3}"]
+
+[[pool]]
+name = "named"
+dns = {{ name = "app.sluice.test", interval_ms = 1000, empty_hold_ms = 1000 }}
+
+[[route]]
+name = "named"
+listener = "http"
+host = "named.test"
+pool = "named"
+
 [admin]
 socket = "{dir}/lbd.sock"
 metrics = "127.0.0.1:9100"
@@ -1450,5 +1465,82 @@ fn root_gateway_claims_pass_through_budget_big_objects_and_hashed_fills() -> Res
         *by_backend.entry(backend).or_insert(0) += 1;
     }
     assert_eq!(by_backend.len(), 2, "20 users all hashed to one backend: {by_backend:?}");
+    Ok(())
+}
+
+/// dnsmasq on `host` (port 53) answering for `sluice.test` from `hosts` alone (NXDOMAIN for a
+/// name it does not list); SIGHUP makes it read the file again. Stopped when dropped.
+struct Dnsmasq(std::process::Child);
+
+impl Dnsmasq {
+    fn start(host: &sluice_tests::netns::Host, hosts: &std::path::Path) -> Result<Dnsmasq> {
+        let child = host
+            .command("dnsmasq")
+            .args(["--keep-in-foreground", "--no-resolv", "--no-hosts", "--bind-interfaces", "--user=root"])
+            .args(["--conf-file=/dev/null", "--pid-file=", "--local=/sluice.test/"])
+            .arg(format!("--listen-address={}", host.addr4))
+            .arg(format!("--addn-hosts={}", hosts.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("dnsmasq")?;
+        Ok(Dnsmasq(child))
+    }
+
+    fn reread(&self) {
+        // SAFETY: the dnsmasq this test started, by PID.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGHUP) };
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn root_gateway_a_pool_s_backends_follow_its_dns_records() -> Result<()> {
+    let bed = Bed::new()?;
+    let (b1, b2) = (bed.topology.backends[0].addr4, bed.topology.backends[1].addr4);
+    let hosts = bed.dir.0.join("dns-hosts");
+    std::fs::write(&hosts, format!("{b1} app.sluice.test\n{b2} app.sluice.test\n"))?;
+    let dns = Dnsmasq::start(&bed.topology.backends[2], &hosts)?;
+    // Both records' backends answer, by round robin.
+    let mut answers = Vec::new();
+    wait_for("both DNS backends serving", Duration::from_secs(8), || {
+        answers = bed.requests("named.test", 6).unwrap_or_default();
+        let tally = tally(&answers);
+        tally.get("200 backend1") == Some(&3) && tally.get("200 backend2") == Some(&3)
+    })
+    .with_context(|| format!("{:?}", tally(&answers)))?;
+    let shown = bed.lbd.lbctl(&["pool", "show", "named"])?;
+    assert!(shown.contains("backends from DNS: app.sluice.test, asked every 1000 ms"), "{shown}");
+    assert!(shown.contains(&b1.to_string()) && shown.contains(&b2.to_string()), "{shown}");
+    // Which backends it has is the records' to say.
+    let added = bed.lbd.lbctl(&["backend", "add", "named", "10.9.9.9"]);
+    let refused = format!("{added:?}");
+    assert!(refused.contains("addresses of DNS name app.sluice.test: change its records"), "{refused}");
+    // Backend 1's record gone: within a few seconds every request goes to backend 2.
+    std::fs::write(&hosts, format!("{b2} app.sluice.test\n"))?;
+    dns.reread();
+    wait_for("backend 1 gone with its record", Duration::from_secs(8), || {
+        answers = bed.requests("named.test", 6).unwrap_or_default();
+        tally(&answers).get("200 backend2") == Some(&6)
+    })
+    .with_context(|| format!("{:?}", tally(&answers)))?;
+    let file = std::fs::read_to_string(bed.dir.0.join("sluice.toml"))?;
+    let named = file.split("name = \"named\"").nth(1).unwrap_or_default();
+    let backends = named.lines().find(|l| l.starts_with("backends")).unwrap_or_default();
+    assert!(
+        backends.contains(&b2.to_string()) && !backends.contains(&b1.to_string()),
+        "written back: {backends}"
+    );
+    // DNS away (stopped): the last known backend keeps serving.
+    drop(dns);
+    std::thread::sleep(Duration::from_secs(3));
+    let answers = bed.requests("named.test", 4)?;
+    assert_eq!(tally(&answers).get("200 backend2"), Some(&4), "{:?}", tally(&answers));
     Ok(())
 }

@@ -78,6 +78,14 @@ pub async fn commands(core: &Shared, body: &[u8]) -> Answer {
         Ok(commands) => commands,
         Err(err) => return fail(StatusCode::BAD_REQUEST, err),
     };
+    // A DNS pool's members are its records'.
+    let refused = {
+        let core = lock(core);
+        commands.iter().find_map(|c| crate::dns_pools::refusal(&core.state, c))
+    };
+    if let Some(why) = refused {
+        return fail(StatusCode::BAD_REQUEST, why);
+    }
     // With [cluster], backends change in etcd; every host (this one too) applies the change
     // from there.
     let etcd = lock(core).etcd.clone();

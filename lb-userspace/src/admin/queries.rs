@@ -264,6 +264,14 @@ fn pool_view(core: &Core, name: &str) -> Option<Value> {
         failing_open: fail_open,
         health_check: pool.health.as_ref().and_then(|h| serde_json::to_value(h).ok()),
         proxy: Some(pool_proxy(pool)),
+        dns: pool.dns.as_ref().map(|dns| {
+            format!(
+                "{}, asked every {} ms, emptied after {} ms without an address",
+                dns.name,
+                dns.interval.as_millis(),
+                dns.empty_hold.as_millis()
+            )
+        }),
     }))
 }
 

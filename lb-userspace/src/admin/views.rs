@@ -194,6 +194,10 @@ pub struct Pool {
     /// How the L7 proxy uses it (absent from an older lbd's answer).
     #[serde(default)]
     pub proxy: Option<PoolProxy>,
+    /// Where its backends come from in DNS: `NAME, asked every N ms, emptied after N ms
+    /// without an address`.
+    #[serde(default)]
+    pub dns: Option<String>,
 }
 
 /// A pool's settings for the L7 proxy.

@@ -19,6 +19,7 @@ pub(super) struct RawConfig {
     pub(super) proxy: RawProxy,
     pub(super) bgp: Option<RawBgp>,
     pub(super) cluster: Option<RawCluster>,
+    pub(super) resolver: Option<RawResolver>,
     #[serde(default)]
     pub(super) listener: Vec<RawListener>,
     #[serde(default)]
@@ -361,6 +362,21 @@ pub(super) struct RawPool {
     pub(super) proxy_protocol: Option<Spanned<ProxyVersion>>,
     pub(super) tls: Option<Spanned<RawBackendTls>>,
     pub(super) sticky_cookie: Option<Spanned<StickyCookie>>,
+    pub(super) dns: Option<Spanned<RawPoolDns>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPoolDns {
+    pub(super) name: String,
+    pub(super) interval_ms: Option<u64>,
+    pub(super) empty_hold_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawResolver {
+    pub(super) nameservers: Spanned<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1799,3 +1799,40 @@ fn error_pages_are_statuses_of_400_to_599_in_readable_files_of_known_types() {
     Config::parse_sent(&file, &listener("503 = \"gone.html\"")).unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_dns_pool_names_a_host_asked_every_second_to_an_hour_and_has_no_backup() {
+    let pool = |dns: &str| format!("[[pool]]\nname = \"app\"\nbackends = []\ndns = {dns}\n");
+    let config = Config::parse(Path::new("t.toml"), &pool("{ name = \"App.Internal.\" }")).unwrap();
+    let dns = config.pools["app"].dns.clone().unwrap();
+    assert_eq!(
+        (dns.name.as_str(), dns.interval, dns.empty_hold),
+        ("app.internal", Duration::from_secs(5), Duration::from_secs(30)),
+        "lowercase, no trailing dot, Envoy's 5 s, HAProxy's hold nx"
+    );
+    assert_eq!(config.resolver, None, "/etc/resolv.conf's servers");
+    for (dns, expected) in [
+        ("{ name = \"10.0.0.1\" }", "dns: `10.0.0.1` is not a host name"),
+        ("{ name = \"a..b\" }", "dns: `a..b` is not a host name"),
+        ("{ name = \"a b\" }", "dns: `a b` is not a host name"),
+        ("{ name = \"a\", interval_ms = 999 }", "dns: interval_ms must be 1000 to 3600000"),
+        ("{ name = \"a\", empty_hold_ms = 86400001 }", "dns: empty_hold_ms must be at most 86400000"),
+        ("{ name = \"a\", ttl = 5 }", "unknown field `ttl`"),
+    ] {
+        let found = errors(&pool(dns));
+        assert!(found.iter().any(|e| e.contains(expected)), "expected `{expected}` in {found:?}");
+    }
+    assert_error(
+        "[[pool]]\nname = \"app\"\nbackends = [{ address = \"10.0.0.1\", backup = true }]\ndns = { name = \"a\" }\n",
+        "t.toml:4: pool `app`: dns: its backends come and go with the name's records, so none is a backup",
+    );
+    let servers = |list: &str| format!("[resolver]\nnameservers = {list}\n{}", pool("{ name = \"a\" }"));
+    let config =
+        Config::parse(Path::new("t.toml"), &servers("[\"10.0.0.53\", \"[fd00::53]:5353\"]")).unwrap();
+    assert_eq!(
+        config.resolver.unwrap().nameservers,
+        ["10.0.0.53:53".parse().unwrap(), "[fd00::53]:5353".parse().unwrap()]
+    );
+    assert_error(&servers("[\"dns.example\"]"), "t.toml:2: resolver: `dns.example` is not IP or IP:PORT");
+    assert_error(&servers("[]"), "t.toml:2: resolver: nameservers must name 1 to 8 servers");
+}

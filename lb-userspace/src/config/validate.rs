@@ -163,6 +163,7 @@ pub(super) fn validate(mut raw: RawConfig, errors: &mut Errors) -> Config {
     let listeners = listeners::check(raw.listener, &vips, &resolve, errors);
     let routes = routes::check(raw.route, &pools, &listeners, &base, &resolve, errors);
     let (bgp, cluster) = cluster::check(raw.bgp, raw.cluster, dp.present, errors);
+    let resolver = raw.resolver.map(|r| cluster::resolver(r, errors));
     Config {
         dataplane: dp.present,
         interface: dp.interface,
@@ -189,5 +190,6 @@ pub(super) fn validate(mut raw: RawConfig, errors: &mut Errors) -> Config {
         deny,
         bgp,
         cluster,
+        resolver,
     }
 }

@@ -38,6 +38,9 @@ pub fn pool(pool: &views::Pool) {
             b.effective_weight
         );
     }
+    if let Some(dns) = &pool.dns {
+        println!("  backends from DNS: {dns}");
+    }
     if let Some(proxy) = &pool.proxy {
         let mut line = format!(
             "  l7: port {}, {}, {}, connect {} ms",

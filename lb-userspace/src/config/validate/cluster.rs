@@ -1,4 +1,5 @@
-//! `[bgp]` and `[cluster]`: how a host announces its VIPs and where its pools come from.
+//! `[bgp]`, `[cluster]` and `[resolver]`: how a host announces its VIPs and where its pools'
+//! backends come from (etcd, DNS).
 use super::*;
 
 pub(in crate::config) fn check(
@@ -52,4 +53,28 @@ pub(in crate::config) fn check(
         Cluster { endpoints, prefix, vips: c.vips }
     });
     (bgp, cluster)
+}
+
+/// `[resolver]`: 1 to 8 DNS servers, each `IP` or `IP:PORT` (port 53 when not given).
+pub(in crate::config) fn resolver(raw: RawResolver, errors: &mut Errors) -> Resolver {
+    let at = raw.nameservers.span();
+    let nameservers: Vec<std::net::SocketAddr> = raw
+        .nameservers
+        .into_inner()
+        .iter()
+        .filter_map(|server| {
+            let parsed = server
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .or_else(|| server.parse::<IpAddr>().ok().map(|ip| std::net::SocketAddr::new(ip, 53)));
+            if parsed.is_none() {
+                errors.at(at.clone(), format!("resolver: `{server}` is not IP or IP:PORT"));
+            }
+            parsed
+        })
+        .collect();
+    if !(1..=8).contains(&nameservers.len()) {
+        errors.at(at, "resolver: nameservers must name 1 to 8 servers");
+    }
+    Resolver { nameservers }
 }

@@ -36,7 +36,7 @@ pub(in crate::config) fn check(
         );
         let pool = Pool {
             name: name.clone(),
-            backends,
+            backends: backends.clone(),
             health,
             port: raw_pool.port.unwrap_or(80),
             balance: raw_pool.balance,
@@ -62,12 +62,50 @@ pub(in crate::config) fn check(
             ),
             http2,
             sticky_cookie: raw_pool.sticky_cookie.map(|c| sticky_cookie(c, &name, errors)),
+            dns: raw_pool.dns.map(|dns| pool_dns(dns, &backends, &name, errors)),
         };
         if pools.insert(name.clone(), pool).is_some() {
             errors.at(raw_pool.name.span(), format!("pool `{name}` is defined twice"));
         }
     }
     pools
+}
+
+/// A pool's DNS name: a host name (labels of 1 to 63 letters, digits, `-` and `_`, 253
+/// characters at most), asked every 1 s to an hour (5 s by default, Envoy's), an empty answer
+/// held 0 to a day (30 s by default, HAProxy's `hold nx`); no backup among the backends the
+/// file lists (they come and go with the records).
+fn pool_dns(raw: Spanned<RawPoolDns>, backends: &[BackendSpec], pool: &str, errors: &mut Errors) -> PoolDns {
+    let at = raw.span();
+    let raw = raw.into_inner();
+    let name = raw.name.strip_suffix('.').unwrap_or(&raw.name).to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if name.len() > 253 || !name.split('.').all(label_ok) || name.parse::<IpAddr>().is_ok() {
+        errors.at(at.clone(), format!("pool `{pool}`: dns: `{}` is not a host name", raw.name));
+    }
+    let interval_ms = raw.interval_ms.unwrap_or(5_000);
+    if !(1_000..=3_600_000).contains(&interval_ms) {
+        errors.at(at.clone(), format!("pool `{pool}`: dns: interval_ms must be 1000 to 3600000"));
+    }
+    let empty_hold_ms = raw.empty_hold_ms.unwrap_or(30_000);
+    if empty_hold_ms > 86_400_000 {
+        errors.at(at.clone(), format!("pool `{pool}`: dns: empty_hold_ms must be at most 86400000 (a day)"));
+    }
+    if backends.iter().any(|b| b.backup) {
+        errors.at(
+            at,
+            format!(
+                "pool `{pool}`: dns: its backends come and go with the name's records, so none is a backup"
+            ),
+        );
+    }
+    PoolDns {
+        name,
+        interval: Duration::from_millis(interval_ms),
+        empty_hold: Duration::from_millis(empty_hold_ms),
+    }
 }
 
 /// How a pool keeps its connections: an idle timeout up to `MAX_KEEPALIVE_TIMEOUT_MS`; at
