@@ -19,7 +19,7 @@ use crate::{
     },
     host::{self, HostError, HostFacts},
     persist::{self, PersistError},
-    proxy::{cache::CacheStore, metrics::ProxyMetrics, routes::Snapshot, runtime::Runtime, tls::Resolver},
+    proxy::{cache::CacheStore, metrics::ProxyMetrics, runtime::Runtime, snapshot::Snapshot, tls::Resolver},
     state::{Command, CommandError, State},
 };
 
@@ -310,7 +310,7 @@ impl Core {
 
     /// Builds the proxy's snapshot again when time has changed it: while a backend is in its
     /// slow start (its weight grows), and when a pool's TLS files changed (called every
-    /// `routes::REFRESH_EVERY`).
+    /// `snapshot::REFRESH_EVERY`).
     pub fn refresh(&self) {
         let snapshot = self.l7.load();
         // The runtime's client is made anew when its files change (whoever asks first: this, or

@@ -273,7 +273,7 @@ fn start_proxy(
     // The snapshot built again as time changes it: slow starts' steps, pools' TLS files.
     let ramping = core.clone();
     tokio::spawn(async move {
-        let mut step = tokio::time::interval(proxy::routes::REFRESH_EVERY);
+        let mut step = tokio::time::interval(proxy::snapshot::REFRESH_EVERY);
         loop {
             step.tick().await;
             let core = lock(&ramping);

@@ -32,12 +32,14 @@ pub mod ocsp;
 pub mod own_fields;
 pub mod phase;
 pub mod pipeline;
+pub mod pool;
 pub mod proxy_protocol;
 pub mod replay;
 pub mod round_robin;
 pub mod routes;
 pub mod runtime;
 pub mod server;
+pub mod snapshot;
 pub mod socket_option;
 #[cfg(test)]
 pub mod test_bed;

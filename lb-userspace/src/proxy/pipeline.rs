@@ -29,7 +29,8 @@ use crate::{
             shadow,
             upstream::{self, Answered, InFlight, Tries, Upstreams},
         },
-        routes::{CompiledRoute, Snapshot},
+        routes::CompiledRoute,
+        snapshot::Snapshot,
     },
     state::Command,
 };

@@ -45,7 +45,7 @@ use crate::{
         phase::upstream::InFlight,
         pipeline::{Counted, Forwarder},
         proxy_protocol,
-        routes::Snapshot,
+        snapshot::Snapshot,
         tls,
     },
 };

@@ -15,7 +15,7 @@ use tokio::{
 
 use crate::{
     config::Config,
-    proxy::{metrics::ProxyMetrics, pipeline::Forwarder, routes::Snapshot, runtime::Runtime},
+    proxy::{metrics::ProxyMetrics, pipeline::Forwarder, runtime::Runtime, snapshot::Snapshot},
     state::{Command, State},
 };
 

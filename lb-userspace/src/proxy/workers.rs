@@ -13,8 +13,8 @@ use crate::{
     proxy::{
         ProxyError, busy_poll, log_sink,
         pipeline::Forwarder,
-        routes::Snapshot,
         server::{self, Shared},
+        snapshot::Snapshot,
         socket_option, tls, trim,
     },
 };

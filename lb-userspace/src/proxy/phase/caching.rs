@@ -38,7 +38,8 @@ use crate::{
             respond,
             upstream::{InFlight, Upstreams},
         },
-        routes::{CompiledRoute, L7Pool, Upstream},
+        pool::{L7Pool, Upstream},
+        routes::CompiledRoute,
     },
 };
 
@@ -510,7 +511,7 @@ mod tests {
     /// A request to the cache route through the whole pipeline: its status, fields and body.
     struct Client {
         forwarder: Arc<crate::proxy::pipeline::Forwarder>,
-        snapshot: Arc<crate::proxy::routes::Snapshot>,
+        snapshot: Arc<crate::proxy::snapshot::Snapshot>,
         listener: Arc<crate::config::Listener>,
         _ejections: tokio::sync::mpsc::UnboundedReceiver<crate::state::Command>,
     }

@@ -10,7 +10,9 @@ use crate::{
     proxy::{
         metrics::Label,
         phase::Refusal,
-        routes::{self, CompiledRoute, L7Pool, Snapshot, Upstream},
+        pool::{L7Pool, Upstream},
+        routes::{self, CompiledRoute},
+        snapshot::Snapshot,
     },
 };
 

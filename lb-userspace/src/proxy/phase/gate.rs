@@ -107,7 +107,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::{config::Config, proxy::routes::Snapshot, state::State};
+    use crate::{config::Config, proxy::snapshot::Snapshot, state::State};
 
     /// A route whose JWT's `tenant` claim goes in X-Tenant, limited per X-Tenant (burst 1).
     fn snapshot() -> Snapshot {

@@ -25,7 +25,9 @@ use crate::proxy::{
         headers::Forwarding,
         upstream::{InFlight, Upstreams},
     },
-    routes::{CompiledRoute, L7Pool, Snapshot},
+    pool::L7Pool,
+    routes::CompiledRoute,
+    snapshot::Snapshot,
 };
 
 /// How long a shadow copy may take before it is given up (its body's wait included).

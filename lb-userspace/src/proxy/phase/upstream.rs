@@ -35,9 +35,10 @@ use crate::{
             Refusal,
             headers::{self, Forwarding},
         },
+        pool::{L7Pool, Upstream},
         proxy_protocol,
         replay::{self, Replay},
-        routes::{CompiledRoute, L7Pool, Upstream},
+        routes::CompiledRoute,
     },
     state::Command,
 };
@@ -538,7 +539,7 @@ mod tests {
     use super::*;
     use crate::{
         config::Config,
-        proxy::{routes::Snapshot, runtime::Runtime},
+        proxy::{runtime::Runtime, snapshot::Snapshot},
         state::State,
     };
 

@@ -43,8 +43,8 @@ use crate::{
         interim::Interim,
         phase::headers,
         pipeline::Forwarder,
-        routes::Snapshot,
         server::answer::{BROKE, write_response},
+        snapshot::Snapshot,
     },
 };
 
