@@ -1,6 +1,7 @@
 //! lbd's running core: the State, the maps it is written to, and the one method every change
 //! (CLI, admin API, health checks, reload) goes through.
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     sync::{Arc, Mutex, MutexGuard},
     time::Instant,
@@ -86,6 +87,8 @@ pub struct Core {
     pub etcd: Option<Arc<crate::cluster::Etcd>>,
     /// How following etcd goes.
     pub following: Following,
+    /// Each DNS pool's last answer (`dns_pools`), by pool.
+    pub dns_answers: BTreeMap<String, crate::dns_pools::LastAnswer>,
     /// Where `lbctl upgrade` asks the signal loop for an upgrade (set once lbd runs it).
     pub upgrades: Option<tokio::sync::mpsc::Sender<crate::upgrade::Asked>>,
     /// A new lbd took over (`upgrade.rs`): this one only drains and changes nothing.
@@ -254,6 +257,7 @@ impl Core {
             announcing: Announcing::default(),
             etcd: None,
             following: Following::default(),
+            dns_answers: BTreeMap::new(),
             nic_xdp_tx_errors: None,
             upgrades: None,
             retired: false,

@@ -30,6 +30,25 @@ use crate::{
 const SERVER_TIMEOUT: Duration = Duration::from_secs(2);
 const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A DNS pool's last answer, as `lbctl pool show` and the metrics tell it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastAnswer {
+    /// The addresses it named (0: none, NXDOMAIN or no record).
+    pub addresses: usize,
+    /// Why there was no answer (None: there was one).
+    pub failure: Option<String>,
+}
+
+impl LastAnswer {
+    fn of(answer: &Answer) -> LastAnswer {
+        match answer {
+            Answer::Addresses(found) => LastAnswer { addresses: found.len(), failure: None },
+            Answer::NoAddress => LastAnswer { addresses: 0, failure: None },
+            Answer::Failed(why) => LastAnswer { addresses: 0, failure: Some(why.clone()) },
+        }
+    }
+}
+
 /// What a name's records said.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Answer {
@@ -148,6 +167,7 @@ async fn follow(core: Shared, pool: String) {
         };
         let Some((dns, servers)) = settings else {
             info!("pool {pool}: no longer follows DNS");
+            lock(&core).dns_answers.remove(&pool);
             return;
         };
         if asking.as_ref().is_none_or(|(made_for, _)| *made_for != servers) {
@@ -162,6 +182,7 @@ async fn follow(core: Shared, pool: String) {
         }
         if let Some((_, resolver)) = &asking {
             let answer = ask(resolver, &dns.name).await;
+            lock(&core).dns_answers.insert(pool.clone(), LastAnswer::of(&answer));
             if let Some(addresses) = to_apply(&pool, &dns, answer, &mut empty_since, &mut said) {
                 match apply(&core, &pool, &dns, addresses).await {
                     Err(ExecError::Retired) => return,
@@ -410,6 +431,8 @@ mod tests {
             lock(&core).state.config.pools["app"].backends.iter().map(|b| b.addr.to_string()).collect()
         };
         eventually("both records served", || backends() == ["10.0.0.1", "10.0.0.2"]).await;
+        let last = lock(&core).dns_answers["app"].clone();
+        assert_eq!(last, LastAnswer { addresses: 2, failure: None });
         let file = std::fs::read_to_string(&path).unwrap();
         assert!(file.contains("10.0.0.1") && file.contains("10.0.0.2"), "written back: {file}");
 
@@ -420,6 +443,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         assert_eq!(backends(), ["10.0.0.2", "10.0.0.3"], "within the hold");
         eventually("emptied after the hold", || backends().is_empty()).await;
+        assert_eq!(lock(&core).dns_answers["app"], LastAnswer { addresses: 0, failure: None }, "answered");
         *records.lock().unwrap() = vec!["10.0.0.4".parse().unwrap()];
         eventually("back", || backends() == ["10.0.0.4"]).await;
         let _ = std::fs::remove_dir_all(&dir);

@@ -136,6 +136,7 @@ pub fn render(core: &Shared) -> Result<String> {
         if core.state.config.bgp.is_some() {
             bgp(&mut registry, &core);
         }
+        dns_pools(&mut registry, &core);
         gauges(&mut registry, process(&core));
         certificates(&mut registry, &core);
         caches(&mut registry, &core);
@@ -147,6 +148,25 @@ pub fn render(core: &Shared) -> Result<String> {
     let mut out = String::new();
     encode(&mut out, &registry)?;
     Ok(out)
+}
+
+/// Each DNS pool's last answer: whether its servers answered, and how many addresses.
+fn dns_pools(registry: &mut Registry, core: &Core) {
+    if core.dns_answers.is_empty() {
+        return;
+    }
+    let answering = gauge_family(
+        registry,
+        "dns_pool_answering",
+        "1 if a DNS pool's name was answered at the last ask (addresses or none), 0 if not",
+    );
+    let addresses =
+        gauge_family(registry, "dns_pool_addresses", "The addresses a DNS pool's name had at the last ask");
+    for (pool, last) in &core.dns_answers {
+        let labels = vec![("pool".to_owned(), pool.clone())];
+        answering.get_or_create(&labels).set(last.failure.is_none() as i64);
+        addresses.get_or_create(&labels).set(last.addresses as i64);
+    }
 }
 
 /// When each TLS listener's certificates expire, so an alert can fire before one does (one

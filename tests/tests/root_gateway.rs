@@ -1517,6 +1517,7 @@ fn root_gateway_a_pool_s_backends_follow_its_dns_records() -> Result<()> {
     .with_context(|| format!("{:?}", tally(&answers)))?;
     let shown = bed.lbd.lbctl(&["pool", "show", "named"])?;
     assert!(shown.contains("backends from DNS: app.sluice.test, asked every 1000 ms"), "{shown}");
+    assert!(shown.contains("; last: 2 addresses"), "{shown}");
     assert!(shown.contains(&b1.to_string()) && shown.contains(&b2.to_string()), "{shown}");
     // Which backends it has is the records' to say.
     let added = bed.lbd.lbctl(&["backend", "add", "named", "10.9.9.9"]);
@@ -1537,9 +1538,19 @@ fn root_gateway_a_pool_s_backends_follow_its_dns_records() -> Result<()> {
         backends.contains(&b2.to_string()) && !backends.contains(&b1.to_string()),
         "written back: {backends}"
     );
-    // DNS away (stopped): the last known backend keeps serving.
+    // DNS away (stopped): the last known backend keeps serving, and the metrics say so.
     drop(dns);
-    std::thread::sleep(Duration::from_secs(3));
+    let mut metrics = String::new();
+    wait_for("the metrics to tell DNS is not answering", Duration::from_secs(8), || {
+        metrics = bed
+            .topology
+            .lb
+            .run("curl", &["-sS", "http://127.0.0.1:9100/metrics"])
+            .map_or(String::new(), |o| String::from_utf8_lossy(&o.stdout).into_owned());
+        metrics.contains("sluice_dns_pool_answering{pool=\"named\"} 0")
+    })
+    .with_context(|| metrics.lines().filter(|l| l.contains("dns_pool")).collect::<Vec<_>>().join("\n"))?;
+    assert!(metrics.contains("sluice_dns_pool_addresses{pool=\"named\"} 0"), "no answer, no address");
     let answers = bed.requests("named.test", 4)?;
     assert_eq!(tally(&answers).get("200 backend2"), Some(&4), "{:?}", tally(&answers));
     Ok(())

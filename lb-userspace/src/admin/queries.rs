@@ -265,8 +265,13 @@ fn pool_view(core: &Core, name: &str) -> Option<Value> {
         health_check: pool.health.as_ref().and_then(|h| serde_json::to_value(h).ok()),
         proxy: Some(pool_proxy(pool)),
         dns: pool.dns.as_ref().map(|dns| {
+            let last = match core.dns_answers.get(name) {
+                None => "not asked yet".to_owned(),
+                Some(crate::dns_pools::LastAnswer { failure: Some(why), .. }) => format!("no answer: {why}"),
+                Some(last) => format!("{} addresses", last.addresses),
+            };
             format!(
-                "{}, asked every {} ms, emptied after {} ms without an address",
+                "{}, asked every {} ms, emptied after {} ms without an address; last: {last}",
                 dns.name,
                 dns.interval.as_millis(),
                 dns.empty_hold.as_millis()
