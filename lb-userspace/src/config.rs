@@ -687,6 +687,9 @@ pub struct Route {
     /// false: the route's requests leave no access-log line (health checks, static files), as
     /// nginx's `access_log off` in a `location`; they are still counted.
     pub access_log: bool,
+    /// A backend's error answer goes to the client as the listener's page for its status, when
+    /// it has one (nginx's `proxy_intercept_errors on`).
+    pub intercept_errors: bool,
 }
 
 /// A route's shadow copies: a share of its requests copied to another pool, whose answers are

@@ -370,6 +370,7 @@ pool = "dead"
 listener = "paged"
 host = "live.test"
 pool = "one"
+intercept_errors = true
 
 [[route]]
 listener = "v6each"
@@ -674,24 +675,21 @@ fn root_gateway_split_limits_access_retries_fallback() -> Result<()> {
     }
     assert_eq!(statuses, ["200", "200", "429", "200", "200", "200"]);
     // A listener's error pages: lbd's own 404 and 502 as its pages, a backend's answer as it is.
-    let paged = |host: &str| -> Result<String> {
-        let out = bed.topology.client.run(
-            "curl",
-            &[
-                "-sS",
-                "-H",
-                &format!("Host: {host}"),
-                "-w",
-                "|%{http_code}|%{content_type}",
-                &format!("http://[{lb6}]:82/"),
-            ],
-        )?;
+    let paged = |host: &str, path: &str| -> Result<String> {
+        let url = format!("http://[{lb6}]:82{path}");
+        let host = format!("Host: {host}");
+        let out = bed
+            .topology
+            .client
+            .run("curl", &["-sS", "-H", &host, "-w", "|%{http_code}|%{content_type}", &url])?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
-    assert_eq!(paged("none.test")?, "<h1>Nothing here</h1>\n|404|text/html; charset=utf-8");
-    assert_eq!(paged("dead.test")?, "{\"error\":\"try again soon\"}\n|502|application/json");
-    let live = paged("live.test")?;
+    assert_eq!(paged("none.test", "/")?, "<h1>Nothing here</h1>\n|404|text/html; charset=utf-8");
+    assert_eq!(paged("dead.test", "/")?, "{\"error\":\"try again soon\"}\n|502|application/json");
+    let live = paged("live.test", "/")?;
     assert!(live.starts_with("backend1") && live.contains("|200|"), "{live}");
+    // nginx's own 404, intercepted by the route (`intercept_errors`): the site's page.
+    assert_eq!(paged("live.test", "/missing")?, "<h1>Nothing here</h1>\n|404|text/html; charset=utf-8");
     assert_eq!(ask(&bed, "none.test", "/", &[])?, (404, "no route".into()), "a listener without pages");
     // lbctl listener list: each listener with its routes and open connections (one held open).
     let mut held = bed

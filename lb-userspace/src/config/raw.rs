@@ -168,6 +168,8 @@ pub(super) struct RawRoute {
     pub(super) cors: Option<Spanned<RawCors>>,
     #[serde(default = "yes")]
     pub(super) access_log: bool,
+    #[serde(default)]
+    pub(super) intercept_errors: bool,
 }
 
 #[derive(Debug, Deserialize)]

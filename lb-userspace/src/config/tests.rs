@@ -1836,3 +1836,24 @@ fn a_dns_pool_names_a_host_asked_every_second_to_an_hour_and_has_no_backup() {
     assert_error(&servers("[\"dns.example\"]"), "t.toml:2: resolver: `dns.example` is not IP or IP:PORT");
     assert_error(&servers("[]"), "t.toml:2: resolver: nameservers must name 1 to 8 servers");
 }
+
+#[test]
+fn a_route_intercepts_errors_only_with_pages_to_send_and_a_pool() {
+    let config = |pages: &str, route: &str| {
+        format!(
+            "[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n\
+             [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n{pages}\
+             [[route]]\nlistener = \"l\"\n{route}\nintercept_errors = true\n"
+        )
+    };
+    let found = errors(&config("", "pool = \"p\""));
+    assert!(
+        found.iter().any(|e| e.contains("intercept_errors: listener `l` has no error_pages to send")),
+        "{found:?}"
+    );
+    let pages = "error_pages = { 404 = \"/nonexistent/404.html\" }\n";
+    let found = errors(&config(pages, "respond = { status = 200 }"));
+    assert!(found.iter().any(|e| e.contains("intercept_errors needs a pool")), "{found:?}");
+    let config = Config::parse_sent(Path::new("t.toml"), &config(pages, "pool = \"p\"")).unwrap();
+    assert!(config.routes[0].intercept_errors);
+}

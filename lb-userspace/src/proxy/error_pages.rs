@@ -51,6 +51,23 @@ impl ErrorPages {
         (!body.is_empty()).then_some((&page.content_type, body))
     }
 
+    /// A backend's error answer (400 to 599) replaced by the page for its status, if there is
+    /// one (a route's `intercept_errors`, nginx's `proxy_intercept_errors`): the status kept,
+    /// the backend's fields and body dropped (its connection is not reused).
+    pub fn intercept(&self, response: &mut Response<Body>) {
+        let status = response.status();
+        if !(status.is_client_error() || status.is_server_error()) {
+            return;
+        }
+        if let Some((content_type, body)) = self.page(status.as_u16()) {
+            let mut page = Response::new(full(body));
+            *page.status_mut() = status;
+            *page.version_mut() = response.version();
+            page.headers_mut().insert(header::CONTENT_TYPE, content_type.clone());
+            *response = page;
+        }
+    }
+
     /// `response`'s text replaced by the page for its status, if it is lbd's own plain text
     /// (`respond::text`) and the listener has one; its other fields (`Retry-After`,
     /// `WWW-Authenticate`, `Connection`) stay.

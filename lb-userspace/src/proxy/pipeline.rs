@@ -467,6 +467,9 @@ impl Forwarder {
                 let cached = cached.await;
                 labels.cache = Some(cached.x_cache);
                 let mut response = cached.into_answer()?;
+                if route.intercept_errors {
+                    snapshot.intercept_error(&listener.name, &mut response);
+                }
                 route_edits(&mut response, route, host, gzip, &parts.method);
                 if let Some(allowance) = &allowance {
                     gate::tell(response.headers_mut(), allowance);
@@ -509,6 +512,9 @@ impl Forwarder {
             headers::client_response(response.headers_mut(), switching);
             if let Some(call) = grpc_web {
                 call.to_grpc_web(&mut response);
+            }
+            if route.intercept_errors {
+                snapshot.intercept_error(&listener.name, &mut response);
             }
             route_edits(&mut response, route, &labels.host, gzip, &parts.method);
             if choice.set_sticky

@@ -71,6 +71,8 @@ pub struct CompiledRoute {
     pub cors: Option<Arc<CorsPolicy>>,
     /// Whether its requests are written to the access log.
     pub access_log: bool,
+    /// Whether a backend's error answer is replaced by the listener's page for its status.
+    pub intercept_errors: bool,
     /// Rate-limit buckets, the retry budget and credentials (kept across rebuilds).
     pub runtime: Arc<RouteRuntime>,
 }
@@ -127,6 +129,7 @@ impl CompiledRoute {
             grpc_web: route.grpc_web,
             cors: route.cors.as_ref().map(|c| Arc::new(CorsPolicy::new(c))),
             access_log: route.access_log,
+            intercept_errors: route.intercept_errors,
             name: route.name.as_str().into(),
             shadow_label: format!("{}:shadow", route.name).into(),
             fill_label: format!("{}:fill", route.name).into(),

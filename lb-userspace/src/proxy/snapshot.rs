@@ -63,6 +63,14 @@ impl Snapshot {
         Snapshot { routes, pools, ramping, error_pages }
     }
 
+    /// A backend's error answer in `listener`'s page for its status (a route's
+    /// `intercept_errors`).
+    pub fn intercept_error(&self, listener: &str, response: &mut Response<Body>) {
+        if let Some(pages) = self.error_pages.get(listener) {
+            pages.intercept(response);
+        }
+    }
+
     /// Dresses lbd's own plain-text error in `listener`'s page for its status, if it has one.
     pub fn dress_error(&self, listener: &str, response: &mut Response<Body>) {
         if let Some(pages) = self.error_pages.get(listener) {

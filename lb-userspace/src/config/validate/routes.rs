@@ -59,6 +59,13 @@ pub(in crate::config) fn check(
         if raw.grpc_web {
             grpc_web_pools(pool.as_deref(), &split, pools, at.clone(), errors);
         }
+        let listener = listeners.iter().find(|l| l.name == *raw.listener.get_ref());
+        if raw.intercept_errors && listener.is_some_and(|l| l.error_pages.is_empty()) {
+            errors.at(
+                at.clone(),
+                format!("intercept_errors: listener `{}` has no error_pages to send", raw.listener.get_ref()),
+            );
+        }
         let place = routes.iter().filter(|r: &&Route| r.listener == *raw.listener.get_ref()).count();
         let timeout_ms = raw.timeout_ms.unwrap_or(30_000);
         routes.push(Route {
@@ -97,6 +104,7 @@ pub(in crate::config) fn check(
             grpc_web: raw.grpc_web,
             cors,
             access_log: raw.access_log,
+            intercept_errors: raw.intercept_errors,
         });
     }
     routes
@@ -258,6 +266,7 @@ fn forwarding_only(raw: &RawRoute, at: Range<usize>, errors: &mut Errors) {
         ("request_headers", raw.request_headers.is_some()),
         ("rewrite_prefix", raw.rewrite_prefix.is_some() && !by_prefix),
         ("grpc_web", raw.grpc_web),
+        ("intercept_errors", raw.intercept_errors),
     ];
     for (name, _) in set.iter().filter(|(_, set)| *set) {
         errors.at(at.clone(), format!("{name} needs a pool: this route answers by itself"));

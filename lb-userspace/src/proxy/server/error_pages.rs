@@ -126,3 +126,60 @@ async fn a_page_changed_is_sent_as_it_is_now_and_one_gone_keeps_the_page_read_be
     assert_eq!(get(address, "none.test", false).await.1, "<h1>Nothing at this address</h1>\n");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A backend answering each request with the status its path names (`/status/503`), a body of
+/// its own and a field.
+async fn erring_backend() -> SocketAddr {
+    test_bed::listening(|stream| async move {
+        let service = hyper::service::service_fn(|request: Request<hyper::body::Incoming>| async move {
+            let status = request.uri().path().rsplit('/').next().and_then(|s| s.parse().ok()).unwrap_or(200);
+            let mut answer =
+                hyper::Response::new(http_body_util::Full::new(Bytes::from("the backend's own\n")));
+            *answer.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+            answer.headers_mut().insert("x-backend", "yes".parse().unwrap());
+            Ok::<_, std::convert::Infallible>(answer)
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_route_that_intercepts_sends_the_page_for_its_backends_errors_that_have_one() {
+    let dir = pages("intercepted");
+    let port = erring_backend().await.port();
+    let listener = format!(
+        "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\naccess_log = false\n\
+         error_pages = {{ 404 = \"{d}/404.html\", 502 = \"{d}/502.html\" }}\n",
+        d = dir.display()
+    );
+    let routes = format!(
+        "[[pool]]\nname = \"p\"\nport = {port}\nbackends = [{{ address = \"127.0.0.1\" }}]\n\
+         [[route]]\nlistener = \"l\"\nhost = \"site.test\"\npool = \"p\"\nintercept_errors = true\n\
+         response_headers = {{ set = {{ \"x-site\" = \"1\" }} }}\n\
+         [[route]]\nlistener = \"l\"\npool = \"p\"\n"
+    );
+    let address = super::mutations::start_listener(&listener, &routes).await.0;
+    let ask = |host: &'static str, path: &'static str, http2: bool| async move {
+        let request = Request::get(format!("http://{host}{path}")).body(Empty::<Bytes>::new()).unwrap();
+        test_bed::ask(address, request, http2).await
+    };
+    for http2 in [false, true] {
+        let (head, body) = ask("site.test", "/status/404", http2).await;
+        assert_eq!((head.status.as_u16(), body.as_str()), (404, "<h1>Not here</h1>\n"));
+        assert_eq!(content_type(&head), "text/html; charset=utf-8");
+        assert!(!head.headers.contains_key("x-backend"), "the backend's fields dropped: {head:?}");
+        assert!(head.headers.contains_key("x-site"), "the route's edits still made: {head:?}");
+        // No page for 503, and a 200: the backend's answers as they are.
+        let (head, body) = ask("site.test", "/status/503", http2).await;
+        assert_eq!((head.status.as_u16(), body.as_str()), (503, "the backend's own\n"));
+        assert!(head.headers.contains_key("x-backend"));
+        assert_eq!(ask("site.test", "/status/200", http2).await.1, "the backend's own\n");
+        // A route that does not intercept passes the backend's 404.
+        let (head, body) = ask("other.test", "/status/404", http2).await;
+        assert_eq!((head.status.as_u16(), body.as_str()), (404, "the backend's own\n"));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
