@@ -688,8 +688,10 @@ fn root_gateway_split_limits_access_retries_fallback() -> Result<()> {
     assert_eq!(paged("dead.test", "/")?, "{\"error\":\"try again soon\"}\n|502|application/json");
     let live = paged("live.test", "/")?;
     assert!(live.starts_with("backend1") && live.contains("|200|"), "{live}");
-    // nginx's own 404, intercepted by the route (`intercept_errors`): the site's page.
-    assert_eq!(paged("live.test", "/missing")?, "<h1>Nothing here</h1>\n|404|text/html; charset=utf-8");
+    // nginx's own 404 (a file it does not have), intercepted by the route (`intercept_errors`):
+    // the site's page; its 503, for which the listener has no page, as nginx said it.
+    assert_eq!(paged("live.test", "/slow/missing")?, "<h1>Nothing here</h1>\n|404|text/html; charset=utf-8");
+    assert_eq!(paged("live.test", "/busy")?, "backend1 busy\n|503|text/plain");
     assert_eq!(ask(&bed, "none.test", "/", &[])?, (404, "no route".into()), "a listener without pages");
     // lbctl listener list: each listener with its routes and open connections (one held open).
     let mut held = bed
