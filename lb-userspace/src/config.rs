@@ -690,6 +690,17 @@ pub struct Route {
     /// A backend's error answer goes to the client as the listener's page for its status, when
     /// it has one (nginx's `proxy_intercept_errors on`).
     pub intercept_errors: bool,
+    /// A share of its requests delayed or refused before a backend sees them (`phase::fault`).
+    pub fault: Option<Fault>,
+}
+
+/// Faults a route injects (Envoy's fault injection), each into its share of the requests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fault {
+    /// How long, and the share (percent) of requests held that long first.
+    pub delay: Option<(Duration, f64)>,
+    /// The status, and the share (percent) of requests answered with it (no backend asked).
+    pub abort: Option<(u16, f64)>,
 }
 
 /// A route's shadow copies: a share of its requests copied to another pool, whose answers are

@@ -1857,3 +1857,35 @@ fn a_route_intercepts_errors_only_with_pages_to_send_and_a_pool() {
     let config = Config::parse_sent(Path::new("t.toml"), &config(pages, "pool = \"p\"")).unwrap();
     assert!(config.routes[0].intercept_errors);
 }
+
+#[test]
+fn a_fault_is_a_delay_of_up_to_a_minute_or_an_error_status_each_with_its_share() {
+    let route = |fault: &str| {
+        format!(
+            "[[pool]]\nname = \"p\"\nbackends = [{{ address = \"10.0.0.1\" }}]\n\
+             [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n\
+             [[route]]\nlistener = \"l\"\npool = \"p\"\nfault = {fault}\n"
+        )
+    };
+    let parsed = |fault: &str| Config::parse(Path::new("t.toml"), &route(fault)).unwrap().routes[0].fault;
+    assert_eq!(
+        parsed("{ delay_ms = 250, delay_percent = 10, abort_status = 503 }"),
+        Some(Fault { delay: Some((Duration::from_millis(250), 10.0)), abort: Some((503, 100.0)) }),
+        "a share not given is every request"
+    );
+    for (fault, expected) in [
+        ("{ delay_ms = 0 }", "fault: delay_ms must be 1 to 60000"),
+        ("{ delay_ms = 60001 }", "fault: delay_ms must be 1 to 60000"),
+        ("{ abort_status = 302 }", "fault: abort_status must be 400 to 599"),
+        ("{ abort_status = 503, abort_percent = 101 }", "fault: abort_percent must be 0 to 100"),
+        ("{ delay_ms = 5, abort_percent = 5 }", "fault: abort_percent needs abort_status"),
+        ("{ delay_percent = 5 }", "fault: delay_percent needs delay_ms"),
+        ("{}", "fault: give delay_ms, abort_status or both"),
+    ] {
+        let found = errors(&route(fault));
+        assert!(found.iter().any(|e| e.contains(expected)), "`{fault}`: expected `{expected}` in {found:?}");
+    }
+    let own = "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n\
+               [[route]]\nlistener = \"l\"\nrespond = { status = 200 }\nfault = { abort_status = 503 }\n";
+    assert!(errors(own).iter().any(|e| e.contains("fault needs a pool")));
+}

@@ -1,6 +1,7 @@
 //! The phases one request goes through, in order: guard (framing and size limits), path (made
 //! canonical before routing), cors (a browser's preflight answered, its origin's answers
-//! marked), client (the address behind trusted proxies), gate (allow/deny, API key, JWT, rate limit), choose (split,
+//! marked), client (the address behind trusted proxies), gate (allow/deny, API key, JWT, rate
+//! limit), fault (a share held or refused, to test with), choose (split,
 //! sticky, circuit breaking), headers, grpc_web (a browser's call as gRPC, its answer back),
 //! caching, shadow, upstream (tries, retries, outlier
 //! observation), respond, compress. Each is a short function of the request's parts; `pipeline` calls
@@ -10,6 +11,7 @@ pub mod choose;
 pub mod client;
 pub mod compress;
 pub mod cors;
+pub mod fault;
 pub mod gate;
 pub mod grpc_web;
 pub mod guard;

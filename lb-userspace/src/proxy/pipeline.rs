@@ -1,5 +1,5 @@
 //! One request through the proxy, as a short sequence of phases (see `phase`): guard, route,
-//! client, gate, the route's own answer or choose, headers, caching or shadow, upstream,
+//! client, gate, the route's own answer, fault, choose, headers, caching or shadow, upstream,
 //! respond; then count and log.
 use std::{
     future::Future,
@@ -25,8 +25,8 @@ use crate::{
         client_cert,
         metrics::{Label, ProxyMetrics},
         phase::{
-            Refusal, caching, choose, client, compress, cors, gate, grpc_web, guard, headers, path, respond,
-            shadow,
+            Refusal, caching, choose, client, compress, cors, fault, gate, grpc_web, guard, headers, path,
+            respond, shadow,
             upstream::{self, Answered, InFlight, Tries, Upstreams},
         },
         routes::CompiledRoute,
@@ -423,6 +423,9 @@ impl Forwarder {
             }
             if let Some(own) = &route.answer {
                 return Err(own_answer(own, route, &parts.uri));
+            }
+            if let Some(injected) = &route.fault {
+                fault::inject(injected, || self.draw()).await?;
             }
             let choice = choose::pool(route, &parts.headers, self.draw());
             labels.pool = choice.pool.clone();

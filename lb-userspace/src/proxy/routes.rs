@@ -73,6 +73,8 @@ pub struct CompiledRoute {
     pub access_log: bool,
     /// Whether a backend's error answer is replaced by the listener's page for its status.
     pub intercept_errors: bool,
+    /// A share of its requests held or refused before a backend sees them.
+    pub fault: Option<crate::config::Fault>,
     /// Rate-limit buckets, the retry budget and credentials (kept across rebuilds).
     pub runtime: Arc<RouteRuntime>,
 }
@@ -130,6 +132,7 @@ impl CompiledRoute {
             cors: route.cors.as_ref().map(|c| Arc::new(CorsPolicy::new(c))),
             access_log: route.access_log,
             intercept_errors: route.intercept_errors,
+            fault: route.fault,
             name: route.name.as_str().into(),
             shadow_label: format!("{}:shadow", route.name).into(),
             fill_label: format!("{}:fill", route.name).into(),

@@ -734,6 +734,8 @@ mod cors;
 #[cfg(test)]
 mod error_pages;
 #[cfg(test)]
+mod faults;
+#[cfg(test)]
 mod grpc_refusals;
 #[cfg(test)]
 mod grpc_web;
