@@ -634,6 +634,9 @@ pub struct Route {
     pub cookies: BTreeMap<String, String>,
     /// Query parameters that must be present with these values, as sent (`?version=2`).
     pub query: BTreeMap<String, String>,
+    /// The client addresses it takes (prefixes; empty: any), the one behind trusted proxies
+    /// where the listener has them (HAProxy's `use_backend … if { src … }`).
+    pub clients: Vec<IpNet>,
     /// With `split`: a client keeps the pool it was first given (cookie `sluice_pool`).
     pub sticky: bool,
     /// Where the route sends its requests; None when it answers them itself (`answer`).

@@ -135,6 +135,8 @@ pub(super) struct RawRoute {
     pub(super) cookies: BTreeMap<String, String>,
     pub(super) query: Option<Spanned<BTreeMap<String, String>>>,
     #[serde(default)]
+    pub(super) clients: Vec<Spanned<String>>,
+    #[serde(default)]
     pub(super) sticky: bool,
     pub(super) pool: Option<Spanned<String>>,
     pub(super) redirect: Option<Spanned<RawRedirect>>,

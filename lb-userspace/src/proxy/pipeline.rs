@@ -386,9 +386,16 @@ impl Forwarder {
             let received_host = read.host.cloned();
             path::make_canonical(&mut request)?;
 
-            // Route, its body limit, the client, gate; the route's own answer, or choose.
+            // The client (routes may match it), route, its body limit, gate; the route's own
+            // answer, or choose.
+            let client = match &listener.client_address {
+                Some(from) => {
+                    labels.client_behind(client::address(from, conn.address.ip(), request.headers()), conn)
+                }
+                None => conn.address.ip(),
+            };
             let route = snapshot
-                .route(&listener.name, &labels.host, &request)
+                .route(&listener.name, &labels.host, &request, client)
                 .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no route"))?;
             labels.routed(route);
             // A browser's call from another origin: its preflight answered here, before the
@@ -407,12 +414,6 @@ impl Forwarder {
             }
             let max_body_bytes = route.max_body_bytes.unwrap_or(listener.max_body_bytes);
             guard::body_fits(&checked, max_body_bytes)?;
-            let client = match &listener.client_address {
-                Some(from) => {
-                    labels.client_behind(client::address(from, conn.address.ip(), request.headers()), conn)
-                }
-                None => conn.address.ip(),
-            };
             let (mut parts, body) = request.into_parts();
             let allowance = gate::admit(route, &mut parts.headers, &parts.uri, client)?;
             if let Some(auth) = &route.runtime.basic_auth {

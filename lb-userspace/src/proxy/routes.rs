@@ -35,6 +35,8 @@ pub struct CompiledRoute {
     headers: Vec<(String, String)>,
     cookies: Vec<(String, String)>,
     query: Vec<(String, String)>,
+    /// The client prefixes it takes (empty: any).
+    clients: Vec<IpNet>,
     pub pool: Label,
     /// What the route answers by itself (then it has no pool).
     pub answer: Option<OwnAnswer>,
@@ -148,6 +150,7 @@ impl CompiledRoute {
             headers: route.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             cookies: route.cookies.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             query: route.query.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            clients: route.clients.clone(),
             sticky: route.sticky,
             // A route that answers by itself has the label of no pool.
             pool: route.pool.as_deref().unwrap_or_default().into(),
@@ -158,7 +161,7 @@ impl CompiledRoute {
         }
     }
 
-    pub(super) fn matches<B>(&self, host: &str, request: &Request<B>) -> bool {
+    pub(super) fn matches<B>(&self, host: &str, request: &Request<B>, client: IpAddr) -> bool {
         let host_ok = match &self.host {
             None => true,
             Some(h) => match h.strip_prefix("*.") {
@@ -189,6 +192,7 @@ impl CompiledRoute {
                 .query
                 .iter()
                 .all(|(k, v)| query_param(request.uri().query().unwrap_or_default(), k) == Some(v))
+            && (self.clients.is_empty() || self.clients.iter().any(|n| n.contains(&client)))
     }
 }
 
@@ -237,7 +241,7 @@ mod tests {
         );
         let routed = |target: &str| {
             let request = Request::get(target).body(()).unwrap();
-            s.route("l", "a.test", &request).map(|r| r.name.to_string())
+            s.route("l", "a.test", &request, [192, 0, 2, 1].into()).map(|r| r.name.to_string())
         };
         for target in ["/?version=2&beta", "/a/b?beta=&x=1&version=2", "/?version=2&beta&version=3"] {
             assert_eq!(routed(target).as_deref(), Some("v2"), "{target}");
@@ -256,5 +260,30 @@ mod tests {
         assert_eq!(query_param("b&a=1", "b"), Some(""));
         assert_eq!(query_param("ab=1", "b"), None);
         assert_eq!(query_param("", "b"), None);
+    }
+
+    #[test]
+    fn a_route_may_match_its_clients_by_prefix_of_either_family() {
+        let text = "[[pool]]\nname = \"p\"\nbackends = [{ address = \"10.0.0.1\" }]\n\
+             [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\n\
+             [[route]]\nname = \"inside\"\nlistener = \"l\"\npool = \"p\"\nclients = [\"10.0.0.0/8\", \"fd00::/8\", \"192.0.2.7\"]\n\
+             [[route]]\nname = \"rest\"\nlistener = \"l\"\npool = \"p\"\n";
+        let s = Snapshot::build(
+            &State::new(Config::parse(Path::new("t.toml"), text).unwrap()),
+            &Runtime::default(),
+        );
+        let request = Request::get("/").body(()).unwrap();
+        let routed = |client: &str| {
+            s.route("l", "a.test", &request, client.parse().unwrap()).unwrap().name.to_string()
+        };
+        for client in ["10.1.2.3", "fd00::1", "192.0.2.7"] {
+            assert_eq!(routed(client), "inside", "{client}");
+        }
+        for client in ["11.0.0.1", "2001:db8::1", "192.0.2.8"] {
+            assert_eq!(routed(client), "rest", "{client}");
+        }
+        let bad = text.replace("\"10.0.0.0/8\"", "\"ten\"");
+        let found = Config::parse(Path::new("t.toml"), &bad).unwrap_err().to_string();
+        assert!(found.contains("a prefix like 10.0.0.0/8"), "{found}");
     }
 }

@@ -83,8 +83,14 @@ impl Snapshot {
         self.pools.get(pool)?.upstreams.first()?.tls.as_ref()
     }
 
-    /// The first route of `listener` matching the request.
-    pub fn route<B>(&self, listener: &str, host: &str, request: &Request<B>) -> Option<&CompiledRoute> {
-        self.routes.get(listener)?.iter().find(|r| r.matches(host, request))
+    /// The first route of `listener` matching the request from `client`.
+    pub fn route<B>(
+        &self,
+        listener: &str,
+        host: &str,
+        request: &Request<B>,
+        client: std::net::IpAddr,
+    ) -> Option<&CompiledRoute> {
+        self.routes.get(listener)?.iter().find(|r| r.matches(host, request, client))
     }
 }

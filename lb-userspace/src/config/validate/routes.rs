@@ -78,6 +78,7 @@ pub(in crate::config) fn check(
             headers: raw.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect(),
             cookies: raw.cookies,
             query: raw.query.map(|q| query(q, errors)).unwrap_or_default(),
+            clients: nets(raw.clients, errors),
             sticky: raw.sticky,
             pool,
             answer,

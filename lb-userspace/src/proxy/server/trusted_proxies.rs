@@ -1,6 +1,7 @@
 //! A listener behind trusted proxies, with a real client: the client address they forward in
-//! X-Forwarded-For is what a route's allow list and its rate limit per client see; from a peer
-//! that is not trusted, the field is the client's own claim and is not believed.
+//! X-Forwarded-For is what a route's allow list, its rate limit per client and its `clients`
+//! match see; from a peer that is not trusted, the field is the client's own claim and is not
+//! believed.
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -10,9 +11,12 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 /// Routes that answer by themselves: one open only to 192.0.2.0/24, one limited to a request
-/// per client for the test's length.
+/// per client for the test's length; `office.test` answers 201 to clients of 203.0.113.0/24
+/// (a route matching them), 200 to the others.
 const ROUTES: &str = "[[route]]\nlistener = \"l\"\nhost = \"gated.test\"\nallow = [\"192.0.2.0/24\"]\n\
      respond = { status = 200 }\n\
+     [[route]]\nlistener = \"l\"\nhost = \"office.test\"\nclients = [\"203.0.113.0/24\"]\nrespond = { status = 201 }\n\
+     [[route]]\nlistener = \"l\"\nhost = \"office.test\"\nrespond = { status = 200 }\n\
      [[route]]\nlistener = \"l\"\nhost = \"limited.test\"\n\
      rate_limit = { requests_per_second = 0.001, burst = 1, key = \"client_ip\" }\nrespond = { status = 200 }\n";
 
@@ -48,6 +52,10 @@ async fn behind_a_trusted_proxy_the_gates_see_the_client_it_forwarded() {
     assert_eq!(status(address, "limited.test", Some("198.51.100.1")).await, 200);
     assert_eq!(status(address, "limited.test", Some("198.51.100.1")).await, 429);
     assert_eq!(status(address, "limited.test", Some("198.51.100.2")).await, 200);
+    // Routes by the forwarded client.
+    assert_eq!(status(address, "office.test", Some("203.0.113.9")).await, 201);
+    assert_eq!(status(address, "office.test", Some("198.51.100.1")).await, 200);
+    assert_eq!(status(address, "office.test", None).await, 200, "the proxy itself is not in the office");
 }
 
 #[tokio::test]
@@ -56,4 +64,5 @@ async fn from_a_peer_that_is_not_trusted_the_field_is_not_believed() {
     assert_eq!(status(address, "gated.test", Some("192.0.2.1")).await, 403);
     assert_eq!(status(address, "limited.test", Some("198.51.100.1")).await, 200);
     assert_eq!(status(address, "limited.test", Some("198.51.100.2")).await, 429, "one bucket: the peer's");
+    assert_eq!(status(address, "office.test", Some("203.0.113.9")).await, 200, "routed by the peer");
 }
