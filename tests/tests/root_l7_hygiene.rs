@@ -427,6 +427,8 @@ fn root_l7_hygiene_parser_edges_and_access_log() -> Result<()> {
     assert!(line.contains("request_id=\"abc status=500 upstream=10.6.6.6:80\""), "not escaped: {line}");
     assert!(line.contains(" user_agent=") && line.contains("curl/"), "{line}");
     assert!(line.contains(" status=200 "), "{line}");
+    // The backend's time to its answer's head; one try, so no `tries`.
+    assert!(line.contains(" upstream_ms=") && !line.contains(" tries="), "{line}");
     assert!(log.lines().any(|l| l.contains("access") && l.contains("status=400 reason=")), "{log}");
     let line = log.lines().find(|l| l.contains("behind-a-proxy")).unwrap_or_default();
     let peer = format!("client=198.51.100.7 peer={}:", bed.topology.client.addr4);

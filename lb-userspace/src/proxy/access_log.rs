@@ -68,6 +68,12 @@ pub struct Entry {
     pub target: String,
     pub status: u16,
     pub upstream: Label,
+    /// The upstream's time to its answer's head, when one answered (nginx's
+    /// `$upstream_header_time`).
+    pub upstream_seconds: Option<f64>,
+    /// The backends tried (0: none; written when above 1, a retried request: Envoy's
+    /// `%UPSTREAM_REQUEST_ATTEMPT_COUNT%`).
+    pub tries: u32,
     /// Where a cache route's answer came from: HIT, MISS, REVALIDATED, UPDATING or STALE (nginx's
     /// `$upstream_cache_status`).
     pub cache: Option<&'static str>,
@@ -211,6 +217,12 @@ impl Entry {
         } else {
             quote_into(out, &self.upstream);
         }
+        if let Some(seconds) = self.upstream_seconds {
+            let _ = write!(out, " upstream_ms={:.3}", seconds * 1000.0);
+        }
+        if self.tries > 1 {
+            let _ = write!(out, " tries={}", self.tries);
+        }
         if let Some(cache) = self.cache {
             let _ = write!(out, " cache={cache}");
         }
@@ -252,6 +264,8 @@ impl Entry {
                 method: &self.method,
                 path: &self.target,
                 upstream: if self.upstream.is_empty() { "-" } else { &self.upstream },
+                upstream_ms: self.upstream_seconds.map(|s| (s * 1e6).round() / 1e3),
+                tries: (self.tries > 1).then_some(self.tries),
                 cache: self.cache,
                 bytes,
                 duration_ms: (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
@@ -315,6 +329,10 @@ struct JsonRequest<'a> {
     method: &'a str,
     path: &'a str,
     upstream: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tries: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cache: Option<&'a str>,
     bytes: u64,
@@ -413,6 +431,8 @@ mod tests {
             target: "/".into(),
             status: 200,
             upstream: "10.0.0.1:80".into(),
+            upstream_seconds: Some(0.0012341),
+            tries: 2,
             cache: None,
             request_id: "abc status=500".into(),
             reason: None,
@@ -433,6 +453,13 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("request_id=\"abc status=500\" user=\"ann status=500\""), "{line}");
+        assert!(line.contains(" upstream=10.0.0.1:80 upstream_ms=1.234 tries=2 bytes=42 "), "{line}");
+        let v: serde_json::Value = serde_json::from_str(&entry.json(&conn, 42)).unwrap();
+        assert_eq!((v["upstream_ms"].as_f64(), v["tries"].as_u64()), (Some(1.234), Some(2)));
+        let once = Entry { tries: 1, upstream_seconds: None, ..entry };
+        let line = once.line(&conn, 42);
+        assert!(!line.contains("tries=") && !line.contains("upstream_ms="), "one try, none said: {line}");
+        let entry = Entry { tries: 2, upstream_seconds: Some(0.0012341), ..once };
         assert!(line.starts_with("client=192.0.2.1:5000 host="), "{line}");
         // What the client sent, quoted; what it did not, left out.
         assert!(
@@ -451,7 +478,13 @@ mod tests {
         assert_eq!(v["alpn"].as_str(), Some("h3"));
         assert!(!line.contains("cache=") && v.get("cache").is_none(), "not a cache route's");
         // A cache route's answer says where it came from, after its upstream.
-        let cached = Entry { cache: Some("STALE"), upstream: "cache".into(), ..behind };
+        let cached = Entry {
+            cache: Some("STALE"),
+            upstream: "cache".into(),
+            upstream_seconds: None,
+            tries: 0,
+            ..behind
+        };
         assert!(cached.line(&conn, 42).contains(" upstream=cache cache=STALE bytes=42 "));
         let v: serde_json::Value = serde_json::from_str(&cached.json(&conn, 42)).unwrap();
         assert_eq!(v["cache"].as_str(), Some("STALE"));
@@ -467,6 +500,8 @@ mod tests {
             target: "/a?b=\"c\"\n".into(),
             status: 404,
             upstream: "".into(),
+            upstream_seconds: None,
+            tries: 0,
             cache: None,
             request_id: "abc\", \"status\": 500".into(),
             reason: Some("no route"),

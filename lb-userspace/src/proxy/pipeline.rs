@@ -47,6 +47,8 @@ struct Labels {
     backend: Label,
     /// Set when an upstream answered: its time to response headers.
     upstream_seconds: Option<f64>,
+    /// The backends tried.
+    tries: u32,
     /// The query parameter the route takes API keys in (redacted from the log).
     api_key_query: Option<String>,
     /// Set when an upstream answered: its request, in flight until the answer's body is done.
@@ -89,6 +91,7 @@ impl Labels {
     fn answered(&mut self, answered: Answered) -> Response<Body> {
         self.backend = answered.backend;
         self.upstream_seconds = Some(answered.seconds);
+        self.tries = answered.tries;
         self.in_flight = Some(answered.in_flight);
         answered.response
     }
@@ -274,6 +277,7 @@ impl Forwarder {
                 pool: self.none.clone(),
                 backend: self.none.clone(),
                 upstream_seconds: None,
+                tries: 0,
                 api_key_query: None,
                 in_flight: None,
                 forwarded_client: None,
@@ -333,6 +337,8 @@ impl Forwarder {
                         host: std::mem::take(&mut labels.host),
                         status,
                         upstream: labels.backend.clone(),
+                        upstream_seconds: labels.upstream_seconds,
+                        tries: labels.tries,
                         cache: labels.cache,
                         request_id: labels.request_id.to_str().unwrap_or_default().to_owned(),
                         reason,
@@ -504,6 +510,7 @@ impl Forwarder {
                 Ok(answered) => answered,
                 Err(failed) => {
                     labels.backend = failed.backend.clone();
+                    labels.tries = failed.tries;
                     return Err(failed.refusal(route.fallback.as_ref()));
                 }
             };
@@ -566,7 +573,46 @@ fn route_edits(
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use http_body_util::BodyExt;
+
     use super::*;
+    use crate::{config::Config, proxy::test_bed};
+
+    /// A request through the pipeline to `host` on a listener whose pool `p` has a backend that
+    /// refuses connections (127.0.0.2) before a live one, and pool `d` only the refusing one:
+    /// the answer's status and its log entry.
+    async fn logged(host: &str) -> (u16, Entry) {
+        let port = test_bed::http1().await.port();
+        let text = format!(
+            "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\n\
+             [[pool]]\nname = \"p\"\nport = {port}\nbackends = [{{ address = \"127.0.0.2\" }}, {{ address = \"127.0.0.1\" }}]\n\
+             [[pool]]\nname = \"d\"\nport = {port}\nbackends = [{{ address = \"127.0.0.2\" }}]\n\
+             [[route]]\nlistener = \"l\"\nhost = \"dead.test\"\npool = \"d\"\n\
+             [[route]]\nlistener = \"l\"\npool = \"p\"\n"
+        );
+        let config = Config::parse(Path::new("t.toml"), &text).unwrap();
+        let listener = Arc::new(config.listeners[0].clone());
+        let (snapshot, forwarder, _ejections) = test_bed::forwarding(config);
+        let request = Request::get("/").header(header::HOST, host).body(crate::proxy::body::empty()).unwrap();
+        let conn = Arc::new(ClientConn::new("192.0.2.1:4000".parse().unwrap(), None, None));
+        let handled = forwarder.handle(request, snapshot.load_full(), listener, conn).await;
+        let status = handled.response.status().as_u16();
+        let _ = handled.response.into_body().collect().await;
+        (status, handled.entry.expect("the listener logs"))
+    }
+
+    #[tokio::test]
+    async fn the_log_says_how_many_backends_a_request_tried_and_how_long_the_answer_took() {
+        // Round robin starts on the refusing backend: its connect fails, the live one answers.
+        let (status, entry) = logged("a.test").await;
+        assert_eq!((status, entry.tries), (200, 2));
+        assert!(entry.upstream.starts_with("127.0.0.1:"), "the one that answered: {}", &*entry.upstream);
+        assert!(entry.upstream_seconds.is_some_and(|s| s > 0.0), "{:?}", entry.upstream_seconds);
+        let (status, entry) = logged("dead.test").await;
+        assert_eq!((status, entry.tries, entry.upstream_seconds), (502, 1, None), "one backend, no answer");
+    }
 
     #[test]
     fn hex_digits_are_the_values_last_ones() {

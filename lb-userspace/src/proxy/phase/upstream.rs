@@ -231,6 +231,8 @@ pub struct Answered {
     /// Time to response headers.
     pub seconds: f64,
     pub backend: Label,
+    /// The tries it took (1: the first backend answered).
+    pub tries: u32,
 }
 
 /// No answer to pass on: what to tell the client.
@@ -239,9 +241,17 @@ pub struct Failed {
     pub reason: &'static str,
     /// The last backend tried (empty if none).
     pub backend: Label,
+    /// The tries made (0 if none).
+    pub tries: u32,
 }
 
 impl Failed {
+    /// The failure after `tries` tries.
+    fn after(mut self, tries: usize) -> Failed {
+        self.tries = tries as u32;
+        self
+    }
+
     /// What the client is told: a 502 is the route's fallback if it has one; a bad request
     /// body (400) closes the connection, whose stream is no longer trusted.
     pub fn refusal(self, fallback: Option<&Fallback>) -> Refusal {
@@ -353,11 +363,11 @@ impl Tries<'_> {
             let seconds = sent.elapsed().as_secs_f64();
             let response = match self.judged(&upstream, result, until < whole) {
                 Sent::Answer(response) => response,
-                Sent::Failed(failed) => return Err(failed),
+                Sent::Failed(failed) => return Err(failed.after(tried.len())),
                 Sent::Unreached { failed, refused } => {
                     // A refused HTTP/2 stream took the body: the kept one goes instead.
                     if body.is_none() && !rewind(&mut body, &mut replay, bodiless, whole).await {
-                        return Err(failed);
+                        return Err(failed.after(tried.len()));
                     }
                     // A backend that refused may take the request on another connection (it
                     // was retiring its own): when every backend was tried, any may have it.
@@ -373,7 +383,7 @@ impl Tries<'_> {
                             upstream = next;
                             continue;
                         }
-                        None => return Err(failed),
+                        None => return Err(failed.after(tried.len())),
                     }
                 }
                 Sent::Broken { failed, late } => {
@@ -400,7 +410,7 @@ impl Tries<'_> {
                             self.back_off(attempt, &draw).await;
                             continue;
                         }
-                        None => return Err(failed),
+                        None => return Err(failed.after(tried.len())),
                     }
                 }
             };
@@ -418,7 +428,8 @@ impl Tries<'_> {
                 self.back_off(attempt, &draw).await;
                 continue;
             }
-            return Ok(Answered { response, in_flight, seconds, backend: upstream.label.clone() });
+            let (backend, tries) = (upstream.label.clone(), tried.len() as u32);
+            return Ok(Answered { response, in_flight, seconds, backend, tries });
         }
     }
 
@@ -455,7 +466,7 @@ impl Tries<'_> {
             Ok(Ok(response)) => response.status().is_server_error(),
         };
         observe(self.pool, upstream, bad, self.commands);
-        let failed = |status, reason| Failed { status, reason, backend: upstream.label.clone() };
+        let failed = |status, reason| Failed { status, reason, backend: upstream.label.clone(), tries: 0 };
         match result {
             Ok(Ok(response)) => Sent::Answer(response),
             Err(_) if own_deadline => {
@@ -566,7 +577,7 @@ mod tests {
 
     #[test]
     fn a_failure_becomes_the_fallback_a_timeout_or_a_closing_400() {
-        let failed = |status, reason| Failed { status, reason, backend: Label::from("") };
+        let failed = |status, reason| Failed { status, reason, backend: Label::from(""), tries: 0 };
         let fallback = Fallback { status: 503, body: "later".into(), content_type: None };
         let gateway = failed(StatusCode::BAD_GATEWAY, "upstream failed").refusal(Some(&fallback));
         assert_eq!(
