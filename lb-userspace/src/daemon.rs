@@ -189,6 +189,30 @@ pub fn lock(core: &Shared) -> MutexGuard<'_, Core> {
     core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Starts `task` for each pool `wants` that has none running (`running`: the pools that have
+/// one; pools gone, or no longer wanted, are forgotten there): the health checkers and the DNS
+/// followers, each of which ends once its pool is gone.
+pub fn spawn_per_pool<Task, Run>(
+    core: &Shared,
+    running: &mut std::collections::HashSet<String>,
+    wants: impl Fn(&crate::config::Pool) -> bool,
+    task: Task,
+) where
+    Task: Fn(Shared, String) -> Run,
+    Run: std::future::Future<Output = ()> + Send + 'static,
+{
+    let pools: Vec<String> = {
+        let core = lock(core);
+        core.state.config.pools.values().filter(|p| wants(p)).map(|p| p.name.clone()).collect()
+    };
+    running.retain(|p| pools.contains(p));
+    for pool in pools {
+        if running.insert(pool.clone()) {
+            tokio::spawn(task(core.clone(), pool));
+        }
+    }
+}
+
 /// Makes the maps (if this host has them) and the SYN cookie rules hold `desired`; one line
 /// per change.
 fn write_dataplane(

@@ -140,16 +140,7 @@ pub fn refusal(state: &State, command: &Command) -> Option<String> {
 
 /// Starts a follower for each pool with `dns` that has none running.
 pub fn spawn_missing(core: &Shared, running: &mut HashSet<String>) {
-    let pools: Vec<String> = {
-        let core = lock(core);
-        core.state.config.pools.values().filter(|p| p.dns.is_some()).map(|p| p.name.clone()).collect()
-    };
-    running.retain(|p| pools.contains(p));
-    for pool in pools {
-        if running.insert(pool.clone()) {
-            tokio::spawn(follow(core.clone(), pool));
-        }
-    }
+    crate::daemon::spawn_per_pool(core, running, |p| p.dns.is_some(), follow);
 }
 
 /// One pool's follower: asks, applies, sleeps `interval`; its settings and the resolver's are

@@ -267,16 +267,7 @@ pub async fn run_pool(core: Shared, pool: String) {
 
 /// Starts checkers for pools with a health check that have none running.
 pub fn spawn_missing(core: &Shared, running: &mut std::collections::HashSet<String>) {
-    let pools: Vec<String> = {
-        let core = lock(core);
-        core.state.config.pools.values().filter(|p| p.health.is_some()).map(|p| p.name.clone()).collect()
-    };
-    running.retain(|p| pools.contains(p));
-    for pool in pools {
-        if running.insert(pool.clone()) {
-            tokio::spawn(run_pool(core.clone(), pool));
-        }
-    }
+    crate::daemon::spawn_per_pool(core, running, |p| p.health.is_some(), run_pool);
 }
 
 #[cfg(test)]

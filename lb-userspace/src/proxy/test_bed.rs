@@ -131,6 +131,15 @@ where
     (head, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// A GET to `host` through the listener at `address`, over HTTP/2 or HTTP/1.1: the status and
+/// the body as text.
+pub async fn get(address: SocketAddr, host: &str, http2: bool) -> (u16, String) {
+    let request =
+        Request::get(format!("http://{host}/")).body(http_body_util::Empty::<Bytes>::new()).unwrap();
+    let (head, body) = ask(address, request, http2).await;
+    (head.status.as_u16(), body)
+}
+
 /// Whether an HTTP/2 server's bytes hold an answer's HEADERS that starts `:status: 200` (HPACK's
 /// static index 8, as h2 writes it).
 pub fn answered_200(got: &[u8]) -> bool {

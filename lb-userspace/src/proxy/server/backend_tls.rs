@@ -15,9 +15,6 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::Request;
 use tokio::io::AsyncWriteExt;
 
 use crate::proxy::test_bed::{self, Pki};
@@ -58,13 +55,6 @@ async fn listener(pools: &[(&str, u16, &str, String)]) -> SocketAddr {
     super::mutations::start_listener(listener, &routes).await.0
 }
 
-/// A GET to `host` through the listener, over HTTP/2 or HTTP/1.1: the status and the body.
-async fn get(address: SocketAddr, host: &str, http2: bool) -> (u16, String) {
-    let request = Request::get(format!("http://{host}/")).body(Empty::<Bytes>::new()).unwrap();
-    let (head, body) = test_bed::ask(address, request, http2).await;
-    (head.status.as_u16(), body)
-}
-
 #[tokio::test]
 async fn requests_reach_a_trusted_backend_over_tls_on_reused_connections() {
     let b = backends("trusted").await;
@@ -82,9 +72,15 @@ async fn requests_reach_a_trusted_backend_over_tls_on_reused_connections() {
     .await;
     for i in 0..6 {
         let http2 = i % 2 == 1;
-        assert_eq!(get(address, "byaddress.test", http2).await, (200, "HTTP/1.1 byaddress.test none".into()));
-        assert_eq!(get(address, "byname.test", http2).await, (200, "HTTP/1.1 byname.test none".into()));
-        assert_eq!(get(address, "h2.test", http2).await, (200, "HTTP/2.0 h2.test none".into()));
+        assert_eq!(
+            test_bed::get(address, "byaddress.test", http2).await,
+            (200, "HTTP/1.1 byaddress.test none".into())
+        );
+        assert_eq!(
+            test_bed::get(address, "byname.test", http2).await,
+            (200, "HTTP/1.1 byname.test none".into())
+        );
+        assert_eq!(test_bed::get(address, "h2.test", http2).await, (200, "HTTP/2.0 h2.test none".into()));
     }
     // One connection per pool (each pool's TLS client keeps its own), every request on it.
     assert_eq!(b.plain_tls.1.load(Ordering::Relaxed), 2);
@@ -108,18 +104,24 @@ async fn a_backend_the_pool_cannot_trust_or_that_wants_what_it_lacks_gets_no_req
     ])
     .await;
     for host in ["untrusted.test", "misnamed.test", "nocert.test", "noh2.test"] {
-        assert_eq!(get(address, host, false).await.0, 502, "{host}");
+        assert_eq!(test_bed::get(address, host, false).await.0, 502, "{host}");
     }
     assert_eq!(b.plain_tls.1.load(Ordering::Relaxed), 0, "a handshake the pool should have refused");
     assert_eq!(b.mtls.1.load(Ordering::Relaxed), 0, "a handshake without the client certificate");
     // `verify = false` takes any certificate; a pool's client certificate is shown.
-    assert_eq!(get(address, "unverified.test", false).await, (200, "HTTP/1.1 unverified.test none".into()));
     assert_eq!(
-        get(address, "withcert.test", false).await,
+        test_bed::get(address, "unverified.test", false).await,
+        (200, "HTTP/1.1 unverified.test none".into())
+    );
+    assert_eq!(
+        test_bed::get(address, "withcert.test", false).await,
         (200, "HTTP/1.1 withcert.test client-cert".into())
     );
     // An HTTP/1.1 pool offers only http/1.1, and gets it from a backend that also speaks h2.
-    assert_eq!(get(address, "plainh2.test", true).await, (200, "HTTP/1.1 plainh2.test none".into()));
+    assert_eq!(
+        test_bed::get(address, "plainh2.test", true).await,
+        (200, "HTTP/1.1 plainh2.test none".into())
+    );
 }
 
 #[tokio::test]
@@ -136,11 +138,18 @@ async fn a_pool_naming_each_request_s_host_keeps_each_host_s_connections_apart()
     // checked as the request's host; another host's name is not in it.
     for i in 0..6 {
         let http2 = i % 2 == 1;
-        assert_eq!(get(address, "backend.test", http2).await, (200, "HTTP/1.1 backend.test none".into()));
-        assert_eq!(get(address, "127.0.0.1", http2).await, (200, "HTTP/1.1 127.0.0.1 none".into()));
+        assert_eq!(
+            test_bed::get(address, "backend.test", http2).await,
+            (200, "HTTP/1.1 backend.test none".into())
+        );
+        assert_eq!(test_bed::get(address, "127.0.0.1", http2).await, (200, "HTTP/1.1 127.0.0.1 none".into()));
     }
     assert_eq!(b.plain_tls.1.load(Ordering::Relaxed), 2, "one connection per host, each reused");
-    assert_eq!(get(address, "elsewhere.test", false).await.0, 502, "a host the certificate does not name");
+    assert_eq!(
+        test_bed::get(address, "elsewhere.test", false).await.0,
+        502,
+        "a host the certificate does not name"
+    );
     assert_eq!(b.plain_tls.1.load(Ordering::Relaxed), 2);
 }
 
@@ -195,7 +204,7 @@ async fn bytes_a_backend_sends_unasked_on_an_idle_tls_connection_keep_it_from_re
     let address =
         listener(&[("f", backend.port(), "http1", format!("{{ ca = \"{}\" }}", pki.ca.display()))]).await;
     for round in 1..=3 {
-        assert_eq!(get(address, "f.test", false).await, (200, "real-1".into()), "round {round}");
+        assert_eq!(test_bed::get(address, "f.test", false).await, (200, "real-1".into()), "round {round}");
         // The unasked answer arrives while the connection idles in the pool.
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(handshakes.load(Ordering::Relaxed), round);

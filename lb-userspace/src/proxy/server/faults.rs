@@ -6,10 +6,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::Request;
-
 use crate::proxy::test_bed;
 
 async fn listener() -> SocketAddr {
@@ -26,25 +22,19 @@ async fn listener() -> SocketAddr {
     super::mutations::start_listener(listener, &routes).await.0
 }
 
-async fn get(address: SocketAddr, host: &str, http2: bool) -> (u16, String) {
-    let request = Request::get(format!("http://{host}/")).body(Empty::<Bytes>::new()).unwrap();
-    let (head, body) = test_bed::ask(address, request, http2).await;
-    (head.status.as_u16(), body)
-}
-
 #[tokio::test]
 async fn a_route_s_faults_hold_or_refuse_its_share_of_requests() {
     let address = listener().await;
     for http2 in [false, true] {
         // The pool is dead: the 503 is the fault's, not a failed try's 502.
-        assert_eq!(get(address, "abort.test", http2).await, (503, "fault injected\n".into()));
+        assert_eq!(test_bed::get(address, "abort.test", http2).await, (503, "fault injected\n".into()));
         let started = Instant::now();
-        assert_eq!(get(address, "delay.test", http2).await, (200, "read 0".into()));
+        assert_eq!(test_bed::get(address, "delay.test", http2).await, (200, "read 0".into()));
         assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
     }
     let mut refused = 0;
     for _ in 0..100 {
-        match get(address, "half.test", false).await {
+        match test_bed::get(address, "half.test", false).await {
             (500, body) if body == "fault injected\n" => refused += 1,
             (200, _) => {}
             other => panic!("{other:?}"),
