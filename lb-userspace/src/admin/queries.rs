@@ -123,6 +123,7 @@ pub fn listeners(core: &Shared) -> Answer {
             client_ipv6_prefix: listener.client_ipv6_prefix,
             routes: config.routes.iter().filter(|route| route.listener == listener.name).count(),
             open_connections: core.proxy_metrics.open_connections(&listener.name),
+            error_pages: listener.error_pages.iter().map(|page| page.status).collect(),
             certificates: core
                 .certificates
                 .iter()
@@ -401,6 +402,14 @@ fn route_view(route: &crate::config::Route) -> views::Route {
         gates: gates(route),
         retries: (route.retries > 0).then(|| retries(route)),
         cache: route.cache.as_ref().map(cache),
+        clients: route.clients.iter().map(ToString::to_string).collect(),
+        fault: route.fault.map(|fault| {
+            let delay =
+                fault.delay.map(|(delay, share)| format!("delay {} ms to {share}%", delay.as_millis()));
+            let abort = fault.abort.map(|(status, share)| format!("abort {status} to {share}%"));
+            [delay, abort].into_iter().flatten().collect::<Vec<_>>().join(", ")
+        }),
+        intercept_errors: route.intercept_errors,
     }
 }
 
@@ -479,11 +488,12 @@ mod tests {
          tls = { verify = false, sni_from_host = true }\n\
          [[pool]]\nname = \"plain\"\nbackends = [{ address = \"10.0.0.2\" }]\nproxy_protocol = \"v1\"\n\
          keepalive_timeout_ms = 4000\nmax_requests_per_connection = 100\nslow_start_ms = 30000\n\
-         [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\n\
+         [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\nerror_pages = { 502 = \"/nonexistent/502.html\" }\n\
          [[route]]\nname = \"site\"\nlistener = \"l\"\npool = \"web\"\nallow = [\"10.0.0.0/8\"]\n\
          rate_limit = { requests_per_second = 20 }\napi_key = { header = \"x-key\", file = \"/nonexistent\" }\n\
          retries = 2\nretry_on = [\"reset\", \"gateway-error\", \"409\"]\ntry_timeout_ms = 250\n\
-         cache = { max_bytes = 1048576, max_object_bytes = 4096, stale_if_error_s = 600 }\n";
+         cache = { max_bytes = 1048576, max_object_bytes = 4096, stale_if_error_s = 600 }\n\
+         clients = [\"192.0.2.0/24\"]\nfault = { delay_ms = 200, delay_percent = 10, abort_status = 503, abort_percent = 1 }\n";
 
     async fn json<T: serde::de::DeserializeOwned>(answer: Answer) -> T {
         serde_json::from_slice(&answer.into_body().collect().await.unwrap().to_bytes()).unwrap()
@@ -523,9 +533,12 @@ mod tests {
         );
         let cache = listed[0].cache.as_deref();
         assert_eq!(cache, Some("10000 entries, 1 MiB, 4 KiB each; stale 0 s updating, 600 s on error"));
+        assert_eq!(listed[0].clients, ["192.0.2.0/24"]);
+        assert_eq!(listed[0].fault.as_deref(), Some("delay 200 ms to 10%, abort 503 to 1%"));
         core.lock().unwrap().proxy_metrics.connection_opened("l");
         let listed: Vec<views::Listener> = json(listeners(&core)).await;
         assert_eq!((listed[0].name.as_str(), listed[0].protocol.as_str()), ("l", "http"));
         assert_eq!((listed[0].routes, listed[0].open_connections, listed[0].client_ipv6_prefix), (1, 1, 64));
+        assert_eq!(listed[0].error_pages, [502]);
     }
 }

@@ -122,6 +122,15 @@ pub struct Route {
     /// 30 s updating, 600 s on error`); None: it caches nothing.
     #[serde(default)]
     pub cache: Option<String>,
+    /// The client prefixes it matches (empty: any).
+    #[serde(default)]
+    pub clients: Vec<String>,
+    /// Its injected faults (`delay 200 ms to 10%, abort 503 to 1%`); None: none.
+    #[serde(default)]
+    pub fault: Option<String>,
+    /// Whether backends' errors go out as the listener's pages.
+    #[serde(default)]
+    pub intercept_errors: bool,
 }
 
 /// One entry of `GET /listeners`: an L7 listener, its limits and its open connections.
@@ -146,6 +155,9 @@ pub struct Listener {
     /// The certificates it serves now (absent from an older lbd's answer).
     #[serde(default)]
     pub certificates: Vec<Certificate>,
+    /// The statuses it has error pages for.
+    #[serde(default)]
+    pub error_pages: Vec<u16>,
 }
 
 /// A certificate a TLS listener serves now.

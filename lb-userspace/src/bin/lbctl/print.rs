@@ -199,6 +199,10 @@ pub fn listeners(listeners: &[views::Listener]) {
         if let Some(header) = &l.client_address {
             limits.push(format!("client from {header}"));
         }
+        if !l.error_pages.is_empty() {
+            let statuses: Vec<String> = l.error_pages.iter().map(u16::to_string).collect();
+            limits.push(format!("error pages {}", statuses.join(" ")));
+        }
         let limits = if limits.is_empty() { "-".to_owned() } else { limits.join(", ") };
         println!(
             "{:<16} {:<46} {protocol:<22} {:>6} {:>12} {:>10}  {limits}",
@@ -263,6 +267,9 @@ pub fn routes(routes: &[views::Route]) {
         if r.compress {
             edits.push("gzip".to_owned());
         }
+        if r.intercept_errors {
+            edits.push("error pages".to_owned());
+        }
         let edits = if edits.is_empty() { "-".to_owned() } else { edits.join(", ") };
         let gates = if r.gates.is_empty() { "-".to_owned() } else { r.gates.join(", ") };
         // A route that answers by itself shows its answer where a pool would be.
@@ -276,6 +283,12 @@ pub fn routes(routes: &[views::Route]) {
         }
         if let Some(cache) = &r.cache {
             println!("  cache: {cache}");
+        }
+        if !r.clients.is_empty() {
+            println!("  clients: {}", r.clients.join(", "));
+        }
+        if let Some(fault) = &r.fault {
+            println!("  fault: {fault}");
         }
     }
 }
