@@ -706,6 +706,54 @@ pub struct Fault {
     pub abort: Option<(u16, f64)>,
 }
 
+/// A route's `fault` as the file and `lbctl route fault` give it.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay_percent: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abort_status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abort_percent: Option<f64>,
+}
+
+impl FaultSpec {
+    /// The fault, or why this is none: a delay of 1 ms to a minute, an abort status of 400 to
+    /// 599, each with its share (0 to 100, 100 when not given); a share only with its fault,
+    /// and one fault at least.
+    pub fn check(&self) -> Result<Fault, String> {
+        let share = |percent: Option<f64>, what: &str| match percent.unwrap_or(100.0) {
+            p if (0.0..=100.0).contains(&p) => Ok(p),
+            _ => Err(format!("{what}_percent must be 0 to 100")),
+        };
+        if self.delay_percent.is_some() && self.delay_ms.is_none() {
+            return Err("delay_percent needs delay_ms".into());
+        }
+        if self.abort_percent.is_some() && self.abort_status.is_none() {
+            return Err("abort_percent needs abort_status".into());
+        }
+        let delay = match self.delay_ms {
+            Some(ms) if !(1..=60_000).contains(&ms) => return Err("delay_ms must be 1 to 60000".into()),
+            Some(ms) => Some((Duration::from_millis(ms), share(self.delay_percent, "delay")?)),
+            None => None,
+        };
+        let abort = match self.abort_status {
+            Some(status) if !(400..=599).contains(&status) => {
+                return Err("abort_status must be 400 to 599".into());
+            }
+            Some(status) => Some((status, share(self.abort_percent, "abort")?)),
+            None => None,
+        };
+        if delay.is_none() && abort.is_none() {
+            return Err("give delay_ms, abort_status or both".into());
+        }
+        Ok(Fault { delay, abort })
+    }
+}
+
 /// A route's shadow copies: a share of its requests copied to another pool, whose answers are
 /// counted and dropped.
 #[derive(Debug, Clone, PartialEq)]

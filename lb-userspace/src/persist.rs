@@ -177,6 +177,30 @@ pub fn edit(text: &str, command: &Command) -> Result<String> {
         Command::SetSplit { route, pool, percent } => {
             set_split(named(&mut doc, "route", route)?, pool, *percent)
         }
+        Command::SetFault { route, fault } => {
+            let route = named(&mut doc, "route", route)?;
+            match fault {
+                None => {
+                    route.remove("fault");
+                }
+                Some(spec) => {
+                    let mut table = InlineTable::new();
+                    if let Some(ms) = spec.delay_ms {
+                        table.insert("delay_ms", (ms as i64).into());
+                    }
+                    if let Some(percent) = spec.delay_percent {
+                        table.insert("delay_percent", percent.into());
+                    }
+                    if let Some(status) = spec.abort_status {
+                        table.insert("abort_status", i64::from(status).into());
+                    }
+                    if let Some(percent) = spec.abort_percent {
+                        table.insert("abort_percent", percent.into());
+                    }
+                    route.insert("fault", Item::Value(Value::InlineTable(table)));
+                }
+            }
+        }
         Command::AddDeny { prefix } => deny_prefixes(&mut doc)?.push(prefix.to_string()),
         Command::RemoveDeny { prefix } => {
             let prefixes = deny_prefixes(&mut doc)?;
@@ -364,6 +388,26 @@ mod tests {
         let remove = Command::RemoveBackend { pool: "web".into(), address: "10.0.0.1".parse().unwrap() };
         let config = Config::parse(Path::new("t.toml"), &edit(&text, &remove).unwrap()).unwrap();
         assert_eq!(config.pools["web"].backends.len(), 1);
+    }
+
+    #[test]
+    fn a_fault_set_and_ended_in_the_file() {
+        let text = "[[pool]]\nname = \"web\"\nbackends = [{ address = \"10.0.0.1\" }]\n\
+                    [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\n\
+                    [[route]] # the site\nname = \"site\"\nlistener = \"l\"\npool = \"web\"\n";
+        let spec =
+            crate::config::FaultSpec { delay_ms: Some(250), delay_percent: Some(12.5), ..Default::default() };
+        let set = Command::SetFault { route: "site".into(), fault: Some(spec) };
+        let with = edit(text, &set).unwrap();
+        assert!(
+            with.contains("# the site") && with.contains("fault = { delay_ms = 250, delay_percent = 12.5 }"),
+            "{with}"
+        );
+        let config = Config::parse(Path::new("t.toml"), &with).unwrap();
+        assert_eq!(config.routes[0].fault, Some(spec.check().unwrap()));
+        let ended = edit(&with, &Command::SetFault { route: "site".into(), fault: None }).unwrap();
+        assert_eq!(Config::parse(Path::new("t.toml"), &ended).unwrap().routes[0].fault, None);
+        assert!(!ended.contains("fault"), "{ended}");
     }
 
     #[test]

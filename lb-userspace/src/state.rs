@@ -52,6 +52,12 @@ pub enum Command {
         pool: String,
         percent: f64,
     },
+    /// Inject these faults into a route's requests (`fault`: a chaos experiment), or stop
+    /// (None).
+    SetFault {
+        route: String,
+        fault: Option<crate::config::FaultSpec>,
+    },
     AddDeny {
         prefix: IpNet,
     },
@@ -109,6 +115,7 @@ impl Command {
                 self,
                 Command::SetNodeDrain { .. }
                     | Command::SetSplit { .. }
+                    | Command::SetFault { .. }
                     | Command::AddDeny { .. }
                     | Command::RemoveDeny { .. }
             )
@@ -217,6 +224,39 @@ impl State {
         self.healthy(pool, address) && !self.ejected.contains(&(pool.to_owned(), address))
     }
 
+    /// `Command::SetFault`: the route's faults replaced (None: none), checked as the file's are;
+    /// a route that answers by itself has none.
+    fn set_fault(
+        &mut self,
+        route: &str,
+        spec: Option<&crate::config::FaultSpec>,
+    ) -> Result<String, CommandError> {
+        let fault = spec
+            .map(|s| s.check().map_err(|why| CommandError::Invalid(format!("fault: {why}"))))
+            .transpose()?;
+        let r = self
+            .config
+            .routes
+            .iter_mut()
+            .find(|r| r.name == route)
+            .ok_or_else(|| CommandError::Invalid(format!("no route `{route}`")))?;
+        if r.pool.is_none() && fault.is_some() {
+            return Err(CommandError::Invalid(format!(
+                "route `{route}` answers by itself: no backend to fault"
+            )));
+        }
+        if r.fault == fault {
+            return Ok(String::new());
+        }
+        r.fault = fault;
+        Ok(match spec {
+            Some(spec) => {
+                format!("route {route}: faults {}", serde_json::to_string(spec).unwrap_or_default())
+            }
+            None => format!("route {route}: no faults"),
+        })
+    }
+
     /// `Command::SetSplit`: the route's share to `pool` replaced (0 removes it); the shares
     /// must stay within what the config accepts (0 to 100, at most 100 in all).
     fn set_split(&mut self, route: &str, pool: &str, percent: f64) -> Result<String, CommandError> {
@@ -270,6 +310,7 @@ impl State {
             Command::SetDrain { pool, address, drain } => self.set_drain(pool, *address, *drain),
             Command::SetNodeDrain { drained } => self.set_node_drain(*drained),
             Command::SetSplit { route, pool, percent } => self.set_split(route, pool, *percent),
+            Command::SetFault { route, fault } => self.set_fault(route, fault.as_ref()),
             Command::AddDeny { prefix } => self.add_deny(*prefix),
             Command::RemoveDeny { prefix } => self.remove_deny(*prefix),
             Command::SetHealth { pool, address, healthy } => self.set_health(pool, *address, *healthy),

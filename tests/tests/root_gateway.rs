@@ -693,6 +693,18 @@ fn root_gateway_split_limits_access_retries_fallback() -> Result<()> {
     assert_eq!(paged("live.test", "/slow/missing")?, "<h1>Nothing here</h1>\n|404|text/html; charset=utf-8");
     assert_eq!(paged("live.test", "/busy")?, "backend1 busy\n|503|text/plain");
     assert_eq!(ask(&bed, "none.test", "/", &[])?, (404, "no route".into()), "a listener without pages");
+    // A chaos experiment by command: every request of route `open` answered 503 by the fault,
+    // written to the file; cleared, served again.
+    bed.lbd.lbctl(&["route", "fault", "open", "--abort-status", "503"])?;
+    assert_eq!(ask(&bed, "paths.test", "/", &[])?, (503, "fault injected".into()));
+    let file = std::fs::read_to_string(bed.dir.0.join("sluice.toml"))?;
+    assert!(file.contains("fault = { abort_status = 503 }"), "written to the file");
+    let listed = bed.lbd.lbctl(&["route", "list"])?;
+    assert!(listed.contains("  fault: abort 503 to 100%"), "{listed}");
+    bed.lbd.lbctl(&["route", "fault", "open", "--clear"])?;
+    assert_eq!(ask(&bed, "paths.test", "/", &[])?, (200, "backend1".into()));
+    let refused = format!("{:?}", bed.lbd.lbctl(&["route", "fault", "open", "--abort-status", "200"]));
+    assert!(refused.contains("fault: abort_status must be 400 to 599"), "{refused}");
     // lbctl listener list: each listener with its routes and open connections (one held open).
     let mut held = bed
         .topology

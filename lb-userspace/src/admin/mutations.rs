@@ -70,6 +70,10 @@ fn requests() -> Vec<String> {
         post("/commands", r#"{"command":"add_backend","pool":"web","address":"10.0.0.9","weight":2}"#),
         post("/commands", r#"[{"command":"set_drain","pool":"canary","address":"10.0.0.3","drain":true}]"#),
         post("/commands", r#"{"command":"set_split","route":"site","pool":"canary","percent":25.5}"#),
+        post(
+            "/commands",
+            r#"{"command":"set_fault","route":"site","fault":{"abort_status":503,"abort_percent":5}}"#,
+        ),
         post("/commands", r#"{"command":"add_deny","prefix":"198.51.100.0/24"}"#),
         post("/commands", r#"{"command":"set_node_drain","drained":true}"#),
         post("/reload", ""),

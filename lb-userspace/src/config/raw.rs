@@ -172,16 +172,7 @@ pub(super) struct RawRoute {
     pub(super) access_log: bool,
     #[serde(default)]
     pub(super) intercept_errors: bool,
-    pub(super) fault: Option<Spanned<RawFault>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawFault {
-    pub(super) delay_ms: Option<u64>,
-    pub(super) delay_percent: Option<f64>,
-    pub(super) abort_status: Option<u16>,
-    pub(super) abort_percent: Option<f64>,
+    pub(super) fault: Option<Spanned<FaultSpec>>,
 }
 
 #[derive(Debug, Deserialize)]

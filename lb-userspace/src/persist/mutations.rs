@@ -34,6 +34,8 @@ const COMMANDS: &[&str] = &[
     r#"{"command":"set_node_drain","drained":true}"#,
     r#"{"command":"set_split","route":"site","pool":"canary","percent":25.5}"#,
     r#"{"command":"set_split","route":"api","pool":"web","percent":100}"#,
+    r#"{"command":"set_fault","route":"site","fault":{"delay_ms":200,"delay_percent":10,"abort_status":503}}"#,
+    r#"{"command":"set_fault","route":"api","fault":null}"#,
     r#"{"command":"add_deny","prefix":"198.51.100.0/24"}"#,
     r#"{"command":"remove_deny","prefix":"192.0.2.0/24"}"#,
 ];

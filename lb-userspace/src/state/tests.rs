@@ -2,6 +2,7 @@
 use std::path::Path;
 
 use super::*;
+use crate::config::{Fault, FaultSpec};
 
 fn config(backends: &str, deny: &str) -> Config {
     let text = format!(
@@ -219,4 +220,38 @@ fn an_l7_only_host_refuses_a_deny_prefix_as_its_config_would() {
     // With a dataplane it is taken.
     let mut state = State::new(config("{ address = \"10.0.0.1\" }", ""));
     assert_eq!(state.apply(&deny).unwrap(), "deny 198.51.100.0/24 added");
+}
+
+#[test]
+fn a_route_s_faults_change_by_command_within_the_file_s_bounds() {
+    let text = "[[pool]]\nname = \"web\"\nbackends = [{ address = \"10.0.0.1\" }]\n\
+                [[listener]]\nname = \"l\"\naddress = \"127.0.0.1:80\"\n\
+                [[route]]\nname = \"site\"\nlistener = \"l\"\npool = \"web\"\n\
+                [[route]]\nname = \"ok\"\nlistener = \"l\"\nrespond = { status = 200 }\n";
+    let mut state = State::new(Config::parse(Path::new("t.toml"), text).unwrap());
+    let fault = |route: &str, spec: Option<FaultSpec>| Command::SetFault { route: route.into(), fault: spec };
+    let abort = FaultSpec { abort_status: Some(503), abort_percent: Some(5.0), ..Default::default() };
+    let line = state.apply(&fault("site", Some(abort))).unwrap();
+    assert_eq!(line, "route site: faults {\"abort_status\":503,\"abort_percent\":5.0}");
+    assert_eq!(state.config.routes[0].fault, Some(Fault { delay: None, abort: Some((503, 5.0)) }));
+    assert_eq!(state.apply(&fault("site", Some(abort))).unwrap(), "", "no change");
+    for (refused, why) in [
+        (
+            fault("site", Some(FaultSpec { abort_status: Some(200), ..Default::default() })),
+            "abort_status must be 400 to 599",
+        ),
+        (
+            fault("site", Some(FaultSpec { delay_ms: Some(0), ..Default::default() })),
+            "delay_ms must be 1 to 60000",
+        ),
+        (fault("site", Some(FaultSpec::default())), "give delay_ms, abort_status or both"),
+        (fault("ok", Some(abort)), "answers by itself"),
+        (fault("nope", None), "no route `nope`"),
+    ] {
+        let err = state.apply(&refused).unwrap_err().to_string();
+        assert!(err.contains(why), "{err}");
+    }
+    assert_eq!(state.apply(&fault("site", None)).unwrap(), "route site: no faults");
+    assert_eq!(state.config.routes[0].fault, None);
+    assert!(fault("site", None).persists(), "written to the config file");
 }

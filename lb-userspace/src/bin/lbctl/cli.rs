@@ -219,6 +219,28 @@ pub enum RouteVerb {
         /// Its share of the route's requests, 0 to 100.
         percent: f64,
     },
+    /// Inject faults into a route's requests, to see how clients and retries bear them (a
+    /// chaos experiment; written to the config file): hold a share of them DELAY_MS first,
+    /// answer a share with ABORT_STATUS and ask no backend. `--clear` stops.
+    Fault {
+        /// The route's name.
+        route: String,
+        /// How long to hold a request, 1 to 60000 ms.
+        #[arg(long)]
+        delay_ms: Option<u64>,
+        /// The share of requests held, 0 to 100 (default 100).
+        #[arg(long)]
+        delay_percent: Option<f64>,
+        /// The status to answer with, 400 to 599.
+        #[arg(long)]
+        abort_status: Option<u16>,
+        /// The share of requests answered so, 0 to 100 (default 100).
+        #[arg(long)]
+        abort_percent: Option<f64>,
+        /// Stop the route's faults.
+        #[arg(long, conflicts_with_all = ["delay_ms", "delay_percent", "abort_status", "abort_percent"])]
+        clear: bool,
+    },
 }
 
 #[derive(Subcommand)]

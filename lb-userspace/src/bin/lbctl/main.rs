@@ -66,6 +66,18 @@ async fn run(cli: Cli) -> Result<()> {
             let split = Command::SetSplit { route: route.clone(), pool: pool.clone(), percent: *percent };
             changed(&command(&cli, split).await?);
         }
+        Noun::Route {
+            verb: RouteVerb::Fault { route, delay_ms, delay_percent, abort_status, abort_percent, clear },
+        } => {
+            let spec = lb_userspace::config::FaultSpec {
+                delay_ms: *delay_ms,
+                delay_percent: *delay_percent,
+                abort_status: *abort_status,
+                abort_percent: *abort_percent,
+            };
+            let fault = Command::SetFault { route: route.clone(), fault: (!clear).then_some(spec) };
+            changed(&command(&cli, fault).await?);
+        }
         Noun::Node { verb } => {
             let drained = matches!(verb, NodeVerb::Drain);
             changed(&command(&cli, Command::SetNodeDrain { drained }).await?);

@@ -106,7 +106,7 @@ pub(in crate::config) fn check(
             cors,
             access_log: raw.access_log,
             intercept_errors: raw.intercept_errors,
-            fault: raw.fault.map(|f| fault(f, errors)),
+            fault: raw.fault.and_then(|f| fault(f, errors)),
         });
     }
     routes
@@ -644,38 +644,9 @@ fn shadow(raw: RawShadow, pools: &BTreeMap<String, Pool>, errors: &mut Errors) -
     }
 }
 
-/// A route's `fault`: a delay of 1 ms to a minute, an abort status of 400 to 599, each with its
-/// share (0 to 100, 100 when not given); a share needs its fault, and one fault at least.
-fn fault(raw: Spanned<RawFault>, errors: &mut Errors) -> Fault {
-    let at = raw.span();
-    let raw = raw.into_inner();
-    let mut share = |percent: Option<f64>, what: &str| {
-        let percent = percent.unwrap_or(100.0);
-        if !(0.0..=100.0).contains(&percent) {
-            errors.at(at.clone(), format!("fault: {what}_percent must be 0 to 100"));
-        }
-        percent
-    };
-    let delay = raw.delay_ms.map(|ms| (ms, share(raw.delay_percent, "delay")));
-    let abort = raw.abort_status.map(|status| (status, share(raw.abort_percent, "abort")));
-    if delay.is_some_and(|(ms, _)| !(1..=60_000).contains(&ms)) {
-        errors.at(at.clone(), "fault: delay_ms must be 1 to 60000");
-    }
-    if abort.is_some_and(|(status, _)| !(400..=599).contains(&status)) {
-        errors.at(at.clone(), "fault: abort_status must be 400 to 599");
-    }
-    for (percent, fault, what) in
-        [(raw.delay_percent, delay.is_some(), "delay"), (raw.abort_percent, abort.is_some(), "abort")]
-    {
-        if percent.is_some() && !fault {
-            let needs = if what == "delay" { "delay_ms" } else { "abort_status" };
-            errors.at(at.clone(), format!("fault: {what}_percent needs {needs}"));
-        }
-    }
-    if delay.is_none() && abort.is_none() {
-        errors.at(at, "fault: give delay_ms, abort_status or both");
-    }
-    Fault { delay: delay.map(|(ms, percent)| (Duration::from_millis(ms), percent)), abort }
+/// A route's `fault`, checked as `lbctl route fault`'s is (`FaultSpec::check`).
+fn fault(raw: Spanned<FaultSpec>, errors: &mut Errors) -> Option<Fault> {
+    raw.get_ref().check().map_err(|why| errors.at(raw.span(), format!("fault: {why}"))).ok()
 }
 
 /// The media types a route compresses when its `compress` names none: text and the text-like
