@@ -30,6 +30,11 @@ use crate::{
 const SERVER_TIMEOUT: Duration = Duration::from_secs(2);
 const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The most addresses a pool takes from its name (the lowest, in address order): an answer
+/// over TCP may hold thousands, and every backend costs the data plane's tables and a health
+/// check.
+pub const MAX_ADDRESSES: usize = 512;
+
 /// A DNS pool's last answer, as `lbctl pool show` and the metrics tell it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastAnswer {
@@ -102,15 +107,26 @@ pub async fn ask(resolver: &TokioResolver, name: &str) -> Answer {
     }
 }
 
-/// The commands that make `pool`'s backends `addresses`: a new address added with the default
-/// weight, a gone one removed; an address the pool cannot take (IPv4 in a pool of an IPv6 L4
-/// VIP) is left out, and said in the second list.
+/// The commands that make `pool`'s backends `addresses` (the first `MAX_ADDRESSES`): a new
+/// address added with the default weight, a gone one removed; an address the pool cannot take
+/// (IPv4 in a pool of an IPv6 L4 VIP), and those past the bound, are left out, and said in the
+/// second list.
 pub fn commands(state: &State, pool: &str, addresses: &BTreeSet<IpAddr>) -> (Vec<Command>, Vec<String>) {
     let Some(now) = state.config.pools.get(pool) else {
         return (Vec::new(), Vec::new());
     };
     let mut next = state.clone();
     let (mut commands, mut refused) = (Vec::new(), Vec::new());
+    if addresses.len() > MAX_ADDRESSES {
+        let past = addresses.iter().nth(MAX_ADDRESSES).copied();
+        refused.push(format!(
+            "{} addresses from {} on: a pool takes at most {MAX_ADDRESSES} of its name's",
+            addresses.len() - MAX_ADDRESSES,
+            past.map_or_else(String::new, |a| a.to_string())
+        ));
+    }
+    let addresses: BTreeSet<IpAddr> = addresses.iter().take(MAX_ADDRESSES).copied().collect();
+    let addresses = &addresses;
     let gone = now.backends.iter().map(|b| b.addr).filter(|a| !addresses.contains(a));
     let new = addresses.iter().copied().filter(|a| !now.backends.iter().any(|b| b.addr == *a));
     let removes = gone.map(|address| Command::RemoveBackend { pool: pool.to_owned(), address });
@@ -367,6 +383,17 @@ mod tests {
 
     fn commands_of(state: &State, addresses: &[&str]) -> Vec<Command> {
         commands(state, "app", &set(addresses)).0
+    }
+
+    #[test]
+    fn a_pool_takes_at_most_its_bound_of_a_name_s_addresses() {
+        let state = state("");
+        let many: BTreeSet<IpAddr> =
+            (0..600u32).map(|i| IpAddr::from(std::net::Ipv4Addr::from(0x0a01_0000 + i))).collect();
+        let (commands, refused) = commands(&state, "app", &many);
+        let adds = commands.iter().filter(|c| matches!(c, Command::AddBackend { .. })).count();
+        assert_eq!(adds, MAX_ADDRESSES, "the lowest 512");
+        assert_eq!(refused, ["88 addresses from 10.1.2.0 on: a pool takes at most 512 of its name's"]);
     }
 
     #[test]
