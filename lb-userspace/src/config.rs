@@ -401,6 +401,17 @@ pub enum AccessLogFormat {
     Json,
 }
 
+/// Which requests leave an access-log line (`access_log_filter`, Envoy's access log filters
+/// joined by `or`): those answered with a status of at least `status_at_least`, those slower
+/// than `slower_than`, and a `sample_percent` share of the rest (by request ID, so the same
+/// requests are sampled on every host an ID crosses). None of them given: every request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogFilter {
+    pub status_at_least: Option<u16>,
+    pub slower_than: Option<Duration>,
+    pub sample_percent: Option<f64>,
+}
+
 /// An L7 listener: TLS or plain HTTP, on lbd's own socket.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
@@ -412,6 +423,8 @@ pub struct Listener {
     pub redirect_https: bool,
     pub access_log: bool,
     pub access_log_format: AccessLogFormat,
+    /// Which requests are logged (None: every one).
+    pub access_log_filter: Option<LogFilter>,
     pub max_connections: usize,
     /// Connections one client address may have open at once; None: no limit of its own.
     pub max_connections_per_client: Option<u32>,

@@ -38,6 +38,7 @@ pub(super) struct RawListener {
     pub(super) access_log: bool,
     #[serde(default)]
     pub(super) access_log_format: AccessLogFormat,
+    pub(super) access_log_filter: Option<Spanned<RawLogFilter>>,
     pub(super) max_connections: Option<usize>,
     pub(super) max_connections_per_client: Option<u32>,
     pub(super) client_ipv6_prefix: Option<u8>,
@@ -57,6 +58,14 @@ pub(super) struct RawListener {
     #[serde(default)]
     pub(super) proxy_protocol: bool,
     pub(super) error_pages: Option<Spanned<BTreeMap<String, PathBuf>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLogFilter {
+    pub(super) status_at_least: Option<u16>,
+    pub(super) slower_than_ms: Option<u64>,
+    pub(super) sample_percent: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

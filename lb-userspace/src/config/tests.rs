@@ -1889,3 +1889,33 @@ fn a_fault_is_a_delay_of_up_to_a_minute_or_an_error_status_each_with_its_share()
                [[route]]\nlistener = \"l\"\nrespond = { status = 200 }\nfault = { abort_status = 503 }\n";
     assert!(errors(own).iter().any(|e| e.contains("fault needs a pool")));
 }
+
+#[test]
+fn an_access_log_filter_names_a_status_a_time_or_a_share() {
+    let listener = |filter: &str| {
+        format!("[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\naccess_log_filter = {filter}\n")
+    };
+    let config = Config::parse(
+        Path::new("t.toml"),
+        &listener("{ status_at_least = 500, slower_than_ms = 1000, sample_percent = 0.5 }"),
+    )
+    .unwrap();
+    assert_eq!(
+        config.listeners[0].access_log_filter,
+        Some(LogFilter {
+            status_at_least: Some(500),
+            slower_than: Some(Duration::from_secs(1)),
+            sample_percent: Some(0.5)
+        })
+    );
+    for (filter, expected) in [
+        ("{ status_at_least = 99 }", "access_log_filter: status_at_least must be 100 to 599"),
+        ("{ slower_than_ms = 0 }", "access_log_filter: slower_than_ms must be 1 to 3600000"),
+        ("{ sample_percent = 101 }", "access_log_filter: sample_percent must be 0 to 100"),
+        ("{}", "access_log_filter: give status_at_least, slower_than_ms or sample_percent"),
+        ("{ status = 500 }", "unknown field `status`"),
+    ] {
+        let found = errors(&listener(filter));
+        assert!(found.iter().any(|e| e.contains(expected)), "`{filter}`: expected `{expected}` in {found:?}");
+    }
+}

@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    config::AccessLogFormat,
+    config::{AccessLogFormat, LogFilter},
     proxy::{backend_stream::Kept, interim::Interim, log_sink, metrics::Label},
 };
 
@@ -92,6 +92,28 @@ pub struct Entry {
     /// or the proxy's refusal), Envoy's `%GRPC_STATUS%`: its HTTP status is 200 either way.
     pub grpc: Option<GrpcStatus>,
     pub format: AccessLogFormat,
+    /// Which requests leave a line (None: every one).
+    pub filter: Option<LogFilter>,
+}
+
+/// Whether `filter` keeps the line of a request answered `status` after `took`, whose ID is
+/// `request_id` (sampled by its hash: the same ID is sampled alike on every host).
+pub fn kept(
+    filter: Option<&LogFilter>,
+    status: u16,
+    took: Option<std::time::Duration>,
+    request_id: &str,
+) -> bool {
+    let Some(filter) = filter else {
+        return true;
+    };
+    let sampled = |percent: f64| {
+        let draw = lb_common::hash::murmur3_32(request_id.as_bytes(), 0x106) as f64 / (u32::MAX as f64 + 1.0);
+        draw * 100.0 < percent
+    };
+    filter.status_at_least.is_some_and(|least| status >= least)
+        || filter.slower_than.zip(took).is_some_and(|(limit, took)| took > limit)
+        || filter.sample_percent.is_some_and(sampled)
 }
 
 /// A gRPC call's status as the log has it.
@@ -282,8 +304,11 @@ impl Entry {
         serde_json::to_string(&line).unwrap_or_default()
     }
 
-    /// Logs the line (through the worker's buffer: `log_sink`).
+    /// Logs the line (through the worker's buffer: `log_sink`), if the listener's filter keeps it.
     pub fn write(&self, conn: &ClientConn, bytes: u64) {
+        if !kept(self.filter.as_ref(), self.status, Some(self.started.elapsed()), &self.request_id) {
+            return;
+        }
         match self.format {
             AccessLogFormat::Logfmt => log_sink::write(|out| self.line_into(out, conn, bytes)),
             AccessLogFormat::Json => log_sink::write(|out| out.push_str(&self.json(conn, bytes))),
@@ -347,7 +372,18 @@ struct JsonRequest<'a> {
 }
 
 /// The line for a request the HTTP parser refused (it never had a method or a path).
-pub fn refused(conn: &ClientConn, status: u16, reason: &str, format: AccessLogFormat) {
+pub fn refused(
+    conn: &ClientConn,
+    status: u16,
+    reason: &str,
+    format: AccessLogFormat,
+    filter: Option<&LogFilter>,
+) {
+    // No ID and no time of its own: a filter keeps it by its status alone.
+    let by_status = filter.map(|f| LogFilter { slower_than: None, sample_percent: None, ..*f });
+    if !kept(by_status.as_ref(), status, None, "") {
+        return;
+    }
     log_sink::write(|out| refused_into(out, conn, status, reason, format));
 }
 
@@ -419,6 +455,31 @@ mod tests {
     }
 
     #[test]
+    fn a_filter_keeps_errors_slow_requests_and_a_sample_of_the_rest() {
+        use std::time::Duration;
+        let filter = LogFilter {
+            status_at_least: Some(500),
+            slower_than: Some(Duration::from_millis(200)),
+            sample_percent: Some(10.0),
+        };
+        let ids: Vec<String> = (0..10_000).map(|i| format!("{i:024x}")).collect();
+        let fast = Some(Duration::from_millis(5));
+        let sampled = ids.iter().filter(|id| kept(Some(&filter), 200, fast, id)).count();
+        assert!((800..=1200).contains(&sampled), "{sampled} of 10000 sampled at 10%");
+        // The same ID is sampled alike every time (on every host it crosses).
+        let one = &ids[0];
+        assert_eq!(kept(Some(&filter), 200, fast, one), kept(Some(&filter), 404, fast, one));
+        assert!(ids.iter().all(|id| kept(Some(&filter), 503, fast, id)), "errors: all");
+        assert!(
+            ids.iter().all(|id| kept(Some(&filter), 200, Some(Duration::from_millis(250)), id)),
+            "slow: all"
+        );
+        let errors_only = LogFilter { status_at_least: Some(400), slower_than: None, sample_percent: None };
+        assert!(!kept(Some(&errors_only), 399, fast, one) && kept(Some(&errors_only), 400, None, one));
+        assert!(kept(None, 200, fast, one), "no filter: every line");
+    }
+
+    #[test]
     fn the_line_names_every_field_once() {
         let conn = ClientConn {
             alpn: Some(b"h3"),
@@ -442,6 +503,7 @@ mod tests {
             user: Some("ann status=500".into()),
             grpc: None,
             format: AccessLogFormat::Logfmt,
+            filter: None,
         };
         let line = entry.line(&conn, 42);
         let keys = fields(&line);
@@ -511,6 +573,7 @@ mod tests {
             user: None,
             grpc: None,
             format: AccessLogFormat::Json,
+            filter: None,
         };
         let line = entry.json(&conn, 7);
         assert!(!line.contains('\n'), "{line}");

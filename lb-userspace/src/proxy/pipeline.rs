@@ -348,6 +348,7 @@ impl Forwarder {
                         user: labels.user.take(),
                         grpc,
                         format: listener.access_log_format,
+                        filter: listener.access_log_filter,
                     }
                 });
             let mut request_id = labels.request_id;

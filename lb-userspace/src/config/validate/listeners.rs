@@ -71,6 +71,7 @@ pub(in crate::config) fn check(
             redirect_https: raw.redirect_https,
             access_log: raw.access_log,
             access_log_format: raw.access_log_format,
+            access_log_filter: raw.access_log_filter.map(|f| log_filter(f, errors)),
             max_connections: raw.max_connections.unwrap_or(10_000),
             max_connections_per_client: raw.max_connections_per_client,
             client_ipv6_prefix: raw.client_ipv6_prefix.unwrap_or(DEFAULT_CLIENT_IPV6_PREFIX),
@@ -109,6 +110,30 @@ fn http01_heard(listeners: &[Listener], http01: &[Spanned<String>], errors: &mut
                 name.get_ref()
             ),
         );
+    }
+}
+
+/// A listener's `access_log_filter`: a status of 100 to 599, a time of 1 ms to an hour, a share
+/// of 0 to 100; one at least.
+fn log_filter(raw: Spanned<RawLogFilter>, errors: &mut Errors) -> LogFilter {
+    let at = raw.span();
+    let raw = raw.into_inner();
+    if raw.status_at_least.is_some_and(|s| !(100..=599).contains(&s)) {
+        errors.at(at.clone(), "access_log_filter: status_at_least must be 100 to 599");
+    }
+    if raw.slower_than_ms.is_some_and(|ms| !(1..=3_600_000).contains(&ms)) {
+        errors.at(at.clone(), "access_log_filter: slower_than_ms must be 1 to 3600000");
+    }
+    if raw.sample_percent.is_some_and(|p| !(0.0..=100.0).contains(&p)) {
+        errors.at(at.clone(), "access_log_filter: sample_percent must be 0 to 100");
+    }
+    if raw.status_at_least.is_none() && raw.slower_than_ms.is_none() && raw.sample_percent.is_none() {
+        errors.at(at, "access_log_filter: give status_at_least, slower_than_ms or sample_percent");
+    }
+    LogFilter {
+        status_at_least: raw.status_at_least,
+        slower_than: raw.slower_than_ms.map(Duration::from_millis),
+        sample_percent: raw.sample_percent,
     }
 }
 

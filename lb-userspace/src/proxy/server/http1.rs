@@ -240,7 +240,8 @@ async fn refuse<S: ClientIo>(io: &mut S, cx: &Session, refused: Refused) {
     let _ = io.shutdown().await;
     cx.forwarder.metrics.parser_refused(&cx.listener.name, status.as_u16());
     if cx.listener.access_log {
-        access_log::refused(&cx.conn, status.as_u16(), refused.reason, cx.listener.access_log_format);
+        let (format, filter) = (cx.listener.access_log_format, cx.listener.access_log_filter.as_ref());
+        access_log::refused(&cx.conn, status.as_u16(), refused.reason, format, filter);
     }
 }
 

@@ -343,7 +343,8 @@ async fn request(s: super::Session, resolver: h3::Resolver) {
                 if let Some((status, reason)) = refused {
                     metrics.parser_refused(&listener.name, status);
                     if listener.access_log {
-                        access_log::refused(&s.conn, status, reason, listener.access_log_format);
+                        let filter = listener.access_log_filter.as_ref();
+                        access_log::refused(&s.conn, status, reason, listener.access_log_format, filter);
                     }
                 }
                 log::debug!("listener {}: HTTP/3 request from {}: {err}", listener.name, s.conn.address);
