@@ -78,6 +78,12 @@ name = "proxied"
 address = "{VIP}:8082"
 proxy_protocol = true
 
+# Only errors from 404 up are logged here.
+[[listener]]
+name = "filtered"
+address = "{VIP}:8084"
+access_log_filter = {{ status_at_least = 404 }}
+
 [[listener]]
 name = "proxied_tls"
 address = "{VIP}:8443"
@@ -104,6 +110,10 @@ pool = "web"
 
 [[route]]
 listener = "wide"
+pool = "web"
+
+[[route]]
+listener = "filtered"
 pool = "web"
 
 [[route]]
@@ -408,6 +418,10 @@ fn root_l7_hygiene_parser_edges_and_access_log() -> Result<()> {
     // A route with `access_log = false` leaves no line, though its requests are counted.
     let quiet = ["-H", "host: quiet.test", "-H", "x-request-id: quiet-one"];
     assert_eq!(bed.status(&format!("http://{VIP}/"), &quiet)?, "200");
+    // A listener that logs errors only: nginx's 404 (a file it lacks) leaves a line, its 200 none.
+    let filtered = |path: &str, id: &str| bed.status(&format!("http://{VIP}:8084{path}"), &["-H", id]);
+    assert_eq!(filtered("/", "x-request-id: filtered-200")?, "200");
+    assert_eq!(filtered("/slow/missing", "x-request-id: filtered-404")?, "404");
     // Parser refusals are counted and logged.
     let out = bed.raw(b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n", false)?;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
@@ -417,7 +431,8 @@ fn root_l7_hygiene_parser_edges_and_access_log() -> Result<()> {
         let log = std::fs::read_to_string(&bed.log)?;
         let both = log.contains("abc status=500")
             && log.contains("status=400 reason=")
-            && log.contains("behind-a-proxy");
+            && log.contains("behind-a-proxy")
+            && log.contains("filtered-404");
         if both || std::time::Instant::now() > deadline {
             break log;
         }
@@ -430,6 +445,7 @@ fn root_l7_hygiene_parser_edges_and_access_log() -> Result<()> {
     // The backend's time to its answer's head; one try, so no `tries`.
     assert!(line.contains(" upstream_ms=") && !line.contains(" tries="), "{line}");
     assert!(log.lines().any(|l| l.contains("access") && l.contains("status=400 reason=")), "{log}");
+    assert!(log.contains("request_id=filtered-404"), "the filter keeps an error");
     let line = log.lines().find(|l| l.contains("behind-a-proxy")).unwrap_or_default();
     let peer = format!("client=198.51.100.7 peer={}:", bed.topology.client.addr4);
     assert!(line.contains(&peer), "{line}");
@@ -437,6 +453,7 @@ fn root_l7_hygiene_parser_edges_and_access_log() -> Result<()> {
     std::thread::sleep(Duration::from_millis(300));
     let log = std::fs::read_to_string(&bed.log)?;
     assert!(!log.contains("quiet-one"), "a route without an access log was logged");
+    assert!(!log.contains("filtered-200"), "a 200 on a listener that logs errors only was logged");
     let metrics = bed.metrics()?;
     assert!(
         metric(&metrics, "sluice_http_parser_refused_total{listener=\"plain\",status=\"400\"}") >= 1.0,
