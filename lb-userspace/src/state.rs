@@ -206,6 +206,14 @@ impl State {
         self.config.pools.get_mut(pool).ok_or_else(|| CommandError::NoPool(pool.to_owned()))
     }
 
+    fn route_mut(&mut self, route: &str) -> Result<&mut crate::config::Route, CommandError> {
+        self.config
+            .routes
+            .iter_mut()
+            .find(|r| r.name == route)
+            .ok_or_else(|| CommandError::Invalid(format!("no route `{route}`")))
+    }
+
     fn backend_mut(&mut self, pool: &str, address: IpAddr) -> Result<&mut BackendSpec, CommandError> {
         self.pool_mut(pool)?
             .backends
@@ -234,12 +242,7 @@ impl State {
         let fault = spec
             .map(|s| s.check().map_err(|why| CommandError::Invalid(format!("fault: {why}"))))
             .transpose()?;
-        let r = self
-            .config
-            .routes
-            .iter_mut()
-            .find(|r| r.name == route)
-            .ok_or_else(|| CommandError::Invalid(format!("no route `{route}`")))?;
+        let r = self.route_mut(route)?;
         if r.pool.is_none() && fault.is_some() {
             return Err(CommandError::Invalid(format!(
                 "route `{route}` answers by itself: no backend to fault"
@@ -266,12 +269,7 @@ impl State {
         if !self.config.pools.contains_key(pool) {
             return Err(CommandError::NoPool(pool.to_owned()));
         }
-        let r = self
-            .config
-            .routes
-            .iter_mut()
-            .find(|r| r.name == route)
-            .ok_or_else(|| CommandError::Invalid(format!("no route `{route}`")))?;
+        let r = self.route_mut(route)?;
         if r.pool.is_none() {
             return Err(CommandError::Invalid(format!(
                 "route `{route}` answers by itself (redirect or respond): it has no pool to split"
