@@ -443,10 +443,11 @@ mod tests {
         let config = |extra: &str| Config::parse(&path, &text(extra)).unwrap();
         let mut core = Core::start(config(""), path.clone(), None).unwrap();
         let host = || host::facts(&config("")).unwrap();
-        assert!(core.l7.load().error_pages.is_empty());
+        assert!(core.l7.load().error_pages("l").is_none());
         let pages = "error_pages = { 502 = \"502.html\" }\n";
         core.reload(config(pages), host()).unwrap();
-        let page = core.l7.load().error_pages["l"].page(502).map(|(kind, body)| (kind.clone(), body));
+        let page =
+            core.l7.load().error_pages("l").unwrap().page(502).map(|(kind, body)| (kind.clone(), body));
         assert_eq!(
             page,
             Some((HeaderValue::from_static("text/html; charset=utf-8"), "<h1>down</h1>".into()))
@@ -454,7 +455,7 @@ mod tests {
         let refused = core.reload(config(&format!("{pages}max_connections = 5\n")), host());
         assert!(matches!(refused, Err(ExecError::NeedsRestart(_))), "{refused:?}");
         core.reload(config(""), host()).unwrap();
-        assert!(core.l7.load().error_pages.is_empty(), "taken away by a reload too");
+        assert!(core.l7.load().error_pages("l").is_none(), "taken away by a reload too");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

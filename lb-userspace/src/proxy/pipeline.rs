@@ -313,8 +313,11 @@ impl Forwarder {
                 }
             });
             // lbd's own error in the listener's page for it, if it has one.
-            if grpc.is_none() && reason.is_some() {
-                snapshot.dress_error(&listener.name, &mut response);
+            if grpc.is_none()
+                && reason.is_some()
+                && let Some(pages) = snapshot.error_pages(&listener.name)
+            {
+                pages.dress(&mut response);
             }
             if let Some(reply) = labels.cors.take() {
                 reply.apply(&mut response);
@@ -478,8 +481,10 @@ impl Forwarder {
                 let cached = cached.await;
                 labels.cache = Some(cached.x_cache);
                 let mut response = cached.into_answer()?;
-                if route.intercept_errors {
-                    snapshot.intercept_error(&listener.name, &mut response);
+                if route.intercept_errors
+                    && let Some(pages) = snapshot.error_pages(&listener.name)
+                {
+                    pages.intercept(&mut response);
                 }
                 route_edits(&mut response, route, host, gzip, &parts.method);
                 if let Some(allowance) = &allowance {
@@ -525,8 +530,10 @@ impl Forwarder {
             if let Some(call) = grpc_web {
                 call.to_grpc_web(&mut response);
             }
-            if route.intercept_errors {
-                snapshot.intercept_error(&listener.name, &mut response);
+            if route.intercept_errors
+                && let Some(pages) = snapshot.error_pages(&listener.name)
+            {
+                pages.intercept(&mut response);
             }
             route_edits(&mut response, route, &labels.host, gzip, &parts.method);
             if choice.set_sticky

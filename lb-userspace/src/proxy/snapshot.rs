@@ -4,12 +4,12 @@
 //! [`Runtime`] it is built with.
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use hyper::{Request, Response};
+use hyper::Request;
 
 use crate::{
     proxy::{
-        backend_tls::BackendTls, body::Body, clock, error_pages::ErrorPages, pool::L7Pool,
-        routes::CompiledRoute, runtime::Runtime,
+        backend_tls::BackendTls, clock, error_pages::ErrorPages, pool::L7Pool, routes::CompiledRoute,
+        runtime::Runtime,
     },
     state::State,
 };
@@ -26,7 +26,7 @@ pub struct Snapshot {
     /// `REFRESH_EVERY` until none is.
     pub ramping: bool,
     /// Error pages per listener name (listeners with none are not here).
-    pub error_pages: ByName<ErrorPages>,
+    error_pages: ByName<ErrorPages>,
 }
 
 /// How often lbd looks for what time changes in the snapshot (`Core::refresh`): a slow start's
@@ -63,19 +63,9 @@ impl Snapshot {
         Snapshot { routes, pools, ramping, error_pages }
     }
 
-    /// A backend's error answer in `listener`'s page for its status (a route's
-    /// `intercept_errors`).
-    pub fn intercept_error(&self, listener: &str, response: &mut Response<Body>) {
-        if let Some(pages) = self.error_pages.get(listener) {
-            pages.intercept(response);
-        }
-    }
-
-    /// Dresses lbd's own plain-text error in `listener`'s page for its status, if it has one.
-    pub fn dress_error(&self, listener: &str, response: &mut Response<Body>) {
-        if let Some(pages) = self.error_pages.get(listener) {
-            pages.dress(response);
-        }
+    /// `listener`'s error pages, if it has any.
+    pub fn error_pages(&self, listener: &str) -> Option<&ErrorPages> {
+        self.error_pages.get(listener)
     }
 
     /// The TLS client `pool`'s backends are reached with (None: plain, or no backend usable).

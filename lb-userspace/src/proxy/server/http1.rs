@@ -222,7 +222,7 @@ async fn pump<S: ClientIo>(
 async fn refuse<S: ClientIo>(io: &mut S, cx: &Session, refused: Refused) {
     let status = refused.status;
     let snapshot = cx.snapshot.load();
-    let page = snapshot.error_pages.get(&cx.listener.name).and_then(|pages| pages.page(status.as_u16()));
+    let page = snapshot.error_pages(&cx.listener.name).and_then(|pages| pages.page(status.as_u16()));
     let mut answer =
         format!("HTTP/1.1 {} {}\r\n", status.as_str(), status.canonical_reason().unwrap_or("")).into_bytes();
     match page {
