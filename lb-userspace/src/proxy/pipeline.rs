@@ -23,6 +23,7 @@ use crate::{
         body::Body,
         cache::CacheStore,
         client_cert,
+        error_pages::ErrorPages,
         metrics::{Label, ProxyMetrics},
         phase::{
             Refusal, caching, choose, client, compress, cors, fault, gate, grpc_web, guard, headers, path,
@@ -481,12 +482,8 @@ impl Forwarder {
                 let cached = cached.await;
                 labels.cache = Some(cached.x_cache);
                 let mut response = cached.into_answer()?;
-                if route.intercept_errors
-                    && let Some(pages) = snapshot.error_pages(&listener.name)
-                {
-                    pages.intercept(&mut response);
-                }
-                route_edits(&mut response, route, host, gzip, &parts.method);
+                let pages = || snapshot.error_pages(&listener.name);
+                route_edits(&mut response, route, host, gzip, &parts.method, pages);
                 if let Some(allowance) = &allowance {
                     gate::tell(response.headers_mut(), allowance);
                 }
@@ -530,12 +527,8 @@ impl Forwarder {
             if let Some(call) = grpc_web {
                 call.to_grpc_web(&mut response);
             }
-            if route.intercept_errors
-                && let Some(pages) = snapshot.error_pages(&listener.name)
-            {
-                pages.intercept(&mut response);
-            }
-            route_edits(&mut response, route, &labels.host, gzip, &parts.method);
+            let pages = || snapshot.error_pages(&listener.name);
+            route_edits(&mut response, route, &labels.host, gzip, &parts.method, pages);
             if choice.set_sticky
                 && let Some(cookie) = choose::sticky_cookie(&choice.pool)
             {
@@ -560,16 +553,23 @@ fn own_answer(own: &OwnAnswer, route: &CompiledRoute, uri: &Uri) -> Refusal {
     Refusal::with(response, reason)
 }
 
-/// A route's touches on an answer from a backend or the cache, in order: a redirect under its
+/// A route's touches on an answer from a backend or the cache, in order: an error answer in
+/// its listener's page (`intercept_errors`; `pages` looked up only then), a redirect under its
 /// rewritten prefix given the route's prefix back, its `response_headers`, its gzip (`gzip`:
 /// the client takes it; `host` and `method`: the request's).
-fn route_edits(
+fn route_edits<'a>(
     response: &mut Response<Body>,
     route: &CompiledRoute,
     host: &str,
     gzip: bool,
     method: &Method,
+    pages: impl FnOnce() -> Option<&'a ErrorPages>,
 ) {
+    if route.intercept_errors
+        && let Some(pages) = pages()
+    {
+        pages.intercept(response);
+    }
     if let Some((prefix, with)) = &route.rewrite {
         path::restore_location(response.headers_mut(), prefix, with, host);
     }
